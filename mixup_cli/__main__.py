@@ -1,0 +1,3 @@
+from mixup_cli.cli import main
+
+main(prog_name="mixup")

@@ -1,0 +1,71 @@
+"""The ``mixup`` command line: click commands only, over the library.
+
+Each command lives in its own module; this one builds the group and turns
+the library's exceptions into one-line messages and exit codes.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import click
+
+from mixup_cli import __version__
+from mixup_cli.errors import MixupError
+
+from .augment import augment
+
+EXIT_INTERRUPTED = 130
+
+
+class _StderrFormatter(logging.Formatter):
+    def format(self, record):
+        return f"{record.levelname.lower()}: {record.getMessage()}"
+
+
+class MixupGroup(click.Group):
+    """Maps library errors to ``Error: ...`` on stderr and the documented exit codes."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except MixupError as exc:
+            if ctx.meta.get("mixup.debug"):
+                raise
+            click.echo(f"Error: {exc}", err=True)
+            ctx.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("Interrupted: no output was written.", err=True)
+            ctx.exit(EXIT_INTERRUPTED)
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
+        except Exception as exc:  # a bug or an unforeseen system error: still one line
+            if ctx.meta.get("mixup.debug"):
+                raise
+            click.echo(f"Error: {type(exc).__name__}: {exc} (run with --debug for the traceback)", err=True)
+            ctx.exit(1)
+
+
+@click.group(cls=MixupGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "-V", "--version", prog_name="mixup")
+def cli():
+    """Apply mixup to datasets on disk, streaming, seeded, with per-row provenance.
+
+    \b
+    Example:
+      mixup augment in.h5 out.h5 --alpha 0.2 --seed 7
+    """
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_StderrFormatter())
+    logger = logging.getLogger("mixup_cli")
+    logger.handlers[:] = [handler]
+    logger.propagate = False
+    logger.setLevel(logging.WARNING)
+
+
+cli.add_command(augment)
+
+
+def main(args=None, prog_name="mixup"):
+    return cli.main(args=args, prog_name=prog_name)

@@ -1,0 +1,124 @@
+"""Pure array math for mixup: no I/O, no global random state.
+
+For output row ``i`` with weight ``lam[i]`` and partner row ``j``::
+
+    out[i] = lam[i] * a[i] + (1 - lam[i]) * b[i]        where b[i] = x[j]
+
+``lam`` is broadcast over every non-sample axis. Floating arrays are mixed in
+their own dtype (float32 stays float32); integer arrays are mixed in float32,
+rounded to nearest and clipped to their dtype's range, so they never wrap.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mixup_cli.errors import ParameterError
+
+# Rows are mixed in slices of about this many bytes so the two temporaries
+# stay in cache instead of spilling whole-batch arrays to memory.
+_SLICE_BYTES = 256 * 1024
+
+
+def check_alpha(alpha: float) -> float:
+    """Return alpha as a float, or raise if Beta(alpha, alpha) is undefined."""
+    try:
+        value = float(alpha)
+    except (TypeError, ValueError):
+        raise ParameterError(f"--alpha must be a number, got {alpha!r}", "--alpha") from None
+    if not np.isfinite(value) or value <= 0:
+        raise ParameterError(
+            f"--alpha must be a finite number > 0 (Beta(alpha, alpha)), got {alpha!r}", "--alpha"
+        )
+    return value
+
+
+def sample_lam(rng: np.random.Generator, alpha: float, size: int) -> np.ndarray:
+    """Draw ``size`` mixing weights from Beta(alpha, alpha) as float64."""
+    return rng.beta(alpha, alpha, size=size)
+
+
+def working_dtype(dtype: np.dtype) -> np.dtype:
+    """The dtype arithmetic happens in: the array's own if floating, else float32."""
+    dtype = np.dtype(dtype)
+    if dtype.kind == "f":
+        return dtype
+    if dtype.kind in "iu":
+        return np.dtype(np.float32)
+    raise ParameterError(
+        f"cannot mix arrays of dtype {dtype}: supported are float16/32/64 and integer types"
+    )
+
+
+def mix_rows(a: np.ndarray, b: np.ndarray, lam: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """Mix row ``i`` of ``a`` with row ``i`` of ``b`` using weight ``lam[i]``.
+
+    ``a`` and ``b`` have the same shape (rows first) and dtype; the result has
+    that dtype too. The arithmetic is exactly ``lam*a + (1-lam)*b`` evaluated
+    in the working dtype (``lam`` is first rounded to it), so it matches
+    ``l = lam.astype(dtype); l*a + (1-l)*b`` bit for bit.
+    """
+    if a.shape != b.shape:
+        raise ValueError(f"row blocks differ in shape: {a.shape} vs {b.shape}")
+    if lam.shape != (a.shape[0],):
+        raise ValueError(f"lam has shape {lam.shape}, expected ({a.shape[0]},)")
+    if out is None:
+        out = np.empty(a.shape, dtype=a.dtype)
+    n = a.shape[0]
+    if n == 0:
+        return out
+    work = working_dtype(a.dtype)
+    integer = a.dtype.kind in "iu"
+    if integer:
+        info = np.iinfo(a.dtype)
+    bcast = (-1,) + (1,) * (a.ndim - 1)
+    lam_w = lam.astype(work).reshape(bcast)
+    rest_w = (1 - lam_w).astype(work)
+
+    row_bytes = max(1, int(np.prod(a.shape[1:], dtype=np.int64)) * work.itemsize)
+    step = max(1, _SLICE_BYTES // row_bytes)
+    tmp_a = np.empty((min(step, n),) + a.shape[1:], dtype=work)
+    tmp_b = np.empty_like(tmp_a)
+    for start in range(0, n, step):
+        stop = min(n, start + step)
+        k = stop - start
+        ta, tb = tmp_a[:k], tmp_b[:k]
+        np.multiply(lam_w[start:stop], a[start:stop], out=ta, casting="unsafe")
+        np.multiply(rest_w[start:stop], b[start:stop], out=tb, casting="unsafe")
+        if integer:
+            np.add(ta, tb, out=ta)
+            np.rint(ta, out=ta)
+            np.clip(ta, info.min, info.max, out=ta)
+            out[start:stop] = ta
+        else:
+            np.add(ta, tb, out=out[start:stop])
+    return out
+
+
+def mixup(
+    x: np.ndarray,
+    y: np.ndarray | None = None,
+    alpha: float = 0.2,
+    rng: np.random.Generator | int | None = None,
+):
+    """Mix an in-memory batch, pairing each row with a random row of the batch.
+
+    The in-memory counterpart of ``mixup augment`` for one block: ``rng`` is a
+    ``numpy.random.Generator`` or a seed it is made from (never the global
+    random state). Returns ``(x_mixed, y_mixed, lam, partner)``; ``y_mixed``
+    is None when ``y`` is None. Any batch size works, one row included.
+    """
+    alpha = check_alpha(alpha)
+    if not isinstance(rng, np.random.Generator):
+        rng = np.random.default_rng(rng)
+    x = np.asarray(x)
+    n = x.shape[0]
+    if y is not None:
+        y = np.asarray(y)
+        if y.shape[0] != n:
+            raise ValueError(f"x has {n} rows but y has {y.shape[0]}")
+    lam = sample_lam(rng, alpha, n)
+    partner = rng.permutation(n).astype(np.int64)
+    x_mixed = mix_rows(x, x[partner], lam)
+    y_mixed = None if y is None else mix_rows(y, y[partner], lam)
+    return x_mixed, y_mixed, lam, partner

@@ -1,0 +1,63 @@
+"""Readers and writers, one module per format, chosen by the path.
+
+Formats are imported only when used, so that ``mixup --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+from mixup_cli.errors import InputError, ParameterError
+from mixup_cli.io.base import ArraySpec, Reader, WriteOptions, Writer
+
+__all__ = ["ArraySpec", "Reader", "Writer", "WriteOptions", "format_of", "open_reader", "create_writer"]
+
+# suffix -> (format name, module)
+_SUFFIXES = {
+    ".h5": "hdf5",
+    ".hdf5": "hdf5",
+    ".npz": "npz",
+}
+_MODULES = {"hdf5": "mixup_cli.io.hdf5", "npz": "mixup_cli.io.npz", "npydir": "mixup_cli.io.npydir"}
+SUPPORTED = ".h5, .hdf5, .npz, or a directory of .npy files (a path without extension)"
+
+
+def format_of(path: Path, *, for_output: bool = False) -> str:
+    """The format a path is in (input) or will be written in (output)."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix in _SUFFIXES:
+        return _SUFFIXES[suffix]
+    if path.is_dir() or (for_output and suffix == "" and not path.exists()):
+        return "npydir"
+    if suffix == ".npy":
+        hint = "put x.npy and y.npy in one directory and pass the directory"
+    else:
+        hint = f"use {SUPPORTED}"
+    role = "output" if for_output else "input"
+    raise (ParameterError if for_output else InputError)(
+        f"{path}: unknown {role} format '{suffix or path.name}'; {hint}"
+    )
+
+
+def _module(fmt: str):
+    return importlib.import_module(_MODULES[fmt])
+
+
+def open_reader(path: Path) -> Reader:
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: no such file or directory")
+    return _module(format_of(path)).open_reader(path)
+
+
+def create_writer(path: Path, fmt: str, specs: dict[str, ArraySpec], options: WriteOptions) -> Writer:
+    module = _module(fmt)
+    if options.compression not in module.Writer.compressions:
+        raise ParameterError(
+            f"--compression {options.compression} is not available for {fmt} output "
+            f"(choose from {', '.join(module.Writer.compressions)})",
+            "--compression",
+        )
+    return module.Writer(path, specs, options)

@@ -1,0 +1,154 @@
+"""The small interface every format's reader and writer implements."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from mixup_cli.errors import InputError
+
+
+@dataclass(frozen=True)
+class ArraySpec:
+    """Shape (rows first) and dtype of one array."""
+
+    shape: tuple[int, ...]
+    dtype: np.dtype
+
+    @property
+    def rows(self) -> int:
+        return self.shape[0]
+
+    @property
+    def row_shape(self) -> tuple[int, ...]:
+        return self.shape[1:]
+
+    @property
+    def row_bytes(self) -> int:
+        return int(np.prod(self.row_shape, dtype=np.int64)) * np.dtype(self.dtype).itemsize
+
+    def to_dict(self) -> dict:
+        return {"shape": list(self.shape), "dtype": np.dtype(self.dtype).str}
+
+
+def refuse_unsupported_dtype(path: Path, key: str, dtype: np.dtype) -> None:
+    """Object, string, bool and complex arrays cannot be mixed: say so early."""
+    dtype = np.dtype(dtype)
+    if dtype.kind not in "fiu":
+        raise InputError(
+            f"{path}: array '{key}' has dtype {dtype}, which cannot be mixed; "
+            "supported dtypes are float16/32/64 and integer types"
+        )
+
+
+class Reader(ABC):
+    """Read-only access to the named arrays of one dataset, by row ranges."""
+
+    format_name: str = ""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    @abstractmethod
+    def keys(self) -> list[str]:
+        """Names of the arrays present."""
+
+    @abstractmethod
+    def spec(self, key: str) -> ArraySpec:
+        """Shape and dtype of array ``key`` (which exists)."""
+
+    @abstractmethod
+    def read(self, key: str, start: int, stop: int) -> np.ndarray:
+        """Rows ``start:stop`` of ``key`` as an in-memory array."""
+
+    def take(self, key: str, rows: np.ndarray) -> np.ndarray:
+        """Rows at the given indices, in that order (random access: slower)."""
+        order = np.argsort(rows, kind="stable")
+        sorted_rows = rows[order]
+        unique, inverse = np.unique(sorted_rows, return_inverse=True)
+        picked = self._take_sorted_unique(key, unique)[inverse]
+        out = np.empty_like(picked)
+        out[order] = picked
+        return out
+
+    def _take_sorted_unique(self, key: str, rows: np.ndarray) -> np.ndarray:
+        return np.stack([self.read(key, int(r), int(r) + 1)[0] for r in rows]) if len(rows) else (
+            self.read(key, 0, 0)
+        )
+
+    def describe(self, key: str) -> dict:
+        """Storage details of ``key`` (chunking, compression) where the format has them."""
+        return {}
+
+    def chunk_rows(self, key: str) -> int | None:
+        return None
+
+    @abstractmethod
+    def files(self) -> list[Path]:
+        """The files on disk that make up this dataset (for hashing)."""
+
+    def require(self, key: str, option: str) -> ArraySpec:
+        """The spec of ``key``, or an error naming the option and the keys present."""
+        if key not in self.keys():
+            present = ", ".join(sorted(self.keys())) or "none"
+            raise InputError(
+                f"{self.path}: no array '{key}' (arrays present: {present}); choose one with {option}"
+            )
+        spec = self.spec(key)
+        if len(spec.shape) == 0:
+            raise InputError(f"{self.path}: array '{key}' is a scalar; it needs a first axis of samples")
+        refuse_unsupported_dtype(self.path, key, spec.dtype)
+        return spec
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+@dataclass(frozen=True)
+class WriteOptions:
+    compression: str = "none"  # none | gzip | lzf
+    chunk_bytes: int = 1024 * 1024  # HDF5 chunk size aimed at along the sample axis
+    block_rows: int | None = None  # chunks divide this so blocks stay chunk-aligned
+
+
+class Writer(ABC):
+    """Creates one dataset at ``path`` and accepts row ranges of each array."""
+
+    format_name: str = ""
+    compressions: tuple[str, ...] = ("none",)
+
+    def __init__(self, path: Path, specs: dict[str, ArraySpec], options: WriteOptions):
+        self.path = Path(path)
+        self.specs = specs
+        self.options = options
+
+    @abstractmethod
+    def write(self, key: str, start: int, data: np.ndarray) -> None:
+        """Store ``data`` as rows ``start:start+len(data)`` of ``key``."""
+
+    def set_attributes(self, attrs: dict) -> None:
+        """Attach small metadata (tool version, run id) where the format can."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Finish the file(s): after this the data is complete on disk."""
+
+    def abort(self) -> None:
+        """Release handles after a failure; the caller removes the files."""
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    @abstractmethod
+    def files(self) -> list[Path]:
+        """Files written, relative to the final dataset path (for hashing)."""

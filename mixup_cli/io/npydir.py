@@ -1,0 +1,87 @@
+"""A directory of ``.npy`` files, one array per file (``x.npy``, ``y.npy``...).
+
+Inputs are memory-mapped; outputs are written through writable memory maps,
+so neither side holds more than the rows being touched.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from mixup_cli.errors import InputError
+from mixup_cli.io import base
+from mixup_cli.io.base import ArraySpec, WriteOptions
+from mixup_cli.io.npyfile import memmap_npy
+
+
+def open_reader(path: Path) -> "Reader":
+    return Reader(path)
+
+
+class Reader(base.Reader):
+    format_name = "npydir"
+
+    def __init__(self, path: Path):
+        super().__init__(path)
+        try:
+            names = sorted(p for p in self.path.iterdir() if p.suffix == ".npy" and p.is_file())
+        except PermissionError:
+            raise InputError(f"{self.path}: permission denied; make the directory readable") from None
+        self._files = {p.stem: p for p in names}
+        self._arrays: dict[str, np.ndarray] = {}
+
+    def _array(self, key: str) -> np.ndarray:
+        if key not in self._arrays:
+            self._arrays[key] = memmap_npy(self._files[key])
+        return self._arrays[key]
+
+    def keys(self) -> list[str]:
+        return list(self._files)
+
+    def require(self, key: str, option: str) -> ArraySpec:
+        if key not in self._files:
+            present = ", ".join(f"{k}.npy" for k in self._files) or "no .npy files"
+            raise InputError(f"{self.path}: no {key}.npy (present: {present}); choose one with {option}")
+        return super().require(key, option)
+
+    def spec(self, key: str) -> ArraySpec:
+        arr = self._array(key)
+        return ArraySpec(tuple(arr.shape), arr.dtype)
+
+    def read(self, key: str, start: int, stop: int) -> np.ndarray:
+        return np.array(self._array(key)[start:stop], order="C")
+
+    def _take_sorted_unique(self, key: str, rows: np.ndarray) -> np.ndarray:
+        return np.asarray(self._array(key)[rows])
+
+    def files(self) -> list[Path]:
+        return list(self._files.values())
+
+    def close(self) -> None:
+        self._arrays.clear()
+
+
+class Writer(base.Writer):
+    format_name = "npydir"
+
+    def __init__(self, path: Path, specs: dict[str, ArraySpec], options: WriteOptions):
+        super().__init__(path, specs, options)
+        self.path.mkdir()
+        self._maps = {
+            key: np.lib.format.open_memmap(self.path / f"{key}.npy", mode="w+", dtype=spec.dtype, shape=spec.shape)
+            for key, spec in specs.items()
+        }
+
+    def write(self, key: str, start: int, data: np.ndarray) -> None:
+        self._maps[key][start : start + len(data)] = data
+
+    def close(self) -> None:
+        for arr in self._maps.values():
+            if isinstance(arr, np.memmap):
+                arr.flush()
+        self._maps.clear()
+
+    def files(self) -> list[Path]:
+        return [Path(f"{key}.npy") for key in self.specs]

@@ -1,0 +1,128 @@
+"""The provenance sidecar ``OUT.provenance.json``: what made an output.
+
+It records every parameter that decides the output (seed included), the
+inputs' and outputs' hashes, shapes and dtypes, and the software versions,
+so a run can be repeated and checked (``mixup verify``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import sys
+import threading
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from mixup_cli import __version__
+from mixup_cli.atomic import write_text
+from mixup_cli.errors import InputError
+
+SCHEMA_VERSION = 1
+SIDECAR_SUFFIX = ".provenance.json"
+_HASH_BLOCK = 8 * 1024 * 1024
+
+
+def sidecar_path(output: Path) -> Path:
+    output = Path(output)
+    return output.with_name(output.name + SIDECAR_SUFFIX)
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        buf = bytearray(_HASH_BLOCK)
+        view = memoryview(buf)
+        while n := fh.readinto(buf):
+            digest.update(view[:n])
+    return digest.hexdigest()
+
+
+class BackgroundHash:
+    """Hashes files in a thread while the run goes on (hashlib releases the GIL)."""
+
+    def __init__(self, paths: list[Path]):
+        self._paths = list(paths)
+        self._result: dict[str, str] = {}
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        try:
+            for p in self._paths:
+                self._result[str(p)] = sha256_file(p)
+        except BaseException as exc:  # re-raised in result()
+            self._error = exc
+
+    def result(self) -> dict[str, str]:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._result
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def software_versions() -> dict:
+    import h5py  # only when a sidecar is written
+
+    return {
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "h5py": h5py.version.version,
+        "hdf5": h5py.version.hdf5_version,
+        "mixup_cli": __version__,
+    }
+
+
+def build(
+    *,
+    run_id: str,
+    command_line: list[str],
+    parameters: dict,
+    execution: dict,
+    input_entry: dict,
+    output_entry: dict,
+    started_at: str,
+    finished_at: str,
+) -> dict:
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "tool": {"name": "mixup-cli", "version": __version__},
+        "run_id": run_id,
+        "command_line": command_line,
+        "parameters": parameters,
+        "execution": execution,
+        "input": input_entry,
+        "output": output_entry,
+        "started_at": started_at,
+        "finished_at": finished_at,
+        "software": software_versions(),
+    }
+
+
+def write(path: Path, record: dict) -> None:
+    write_text(path, json.dumps(record, indent=2, sort_keys=True) + "\n")
+
+
+def read(path: Path) -> dict:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            record = json.load(fh)
+    except FileNotFoundError:
+        raise InputError(f"{path}: no provenance sidecar; was this file written by mixup augment?") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: not a valid provenance sidecar ({exc})") from None
+    if not isinstance(record, dict) or record.get("schema_version") != SCHEMA_VERSION:
+        raise InputError(f"{path}: unsupported sidecar schema (expected version {SCHEMA_VERSION})")
+    return record
+
+
+def command_line() -> list[str]:
+    return [Path(sys.argv[0]).name] + sys.argv[1:]

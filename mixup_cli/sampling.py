@@ -1,0 +1,170 @@
+"""Keyed randomness and pairing plans.
+
+The input's rows are cut into *blocks* of ``block_rows`` consecutive rows.
+Everything random about a block (its rows' lam and partners) comes from a
+generator keyed by ``(seed, purpose, copy, block)``, never from a shared
+stream, so any block can be computed alone, in any order, on any machine,
+and the result does not depend on how many rows are read or written at once.
+
+Pairing modes:
+
+``global``
+    For each copy the blocks are put in a random cyclic order; a block takes
+    its partners from the next block of that cycle, one partner per row, from
+    a random permutation of that block's rows. Partners thus come from
+    anywhere in the dataset, while the input is still read as whole,
+    contiguous blocks: walking the cycle keeps the partner block in memory as
+    the next step's own block, so each block is read about once per copy.
+``batch``
+    The reference behaviour: a row's partner is a random row of its own block.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+
+from mixup_cli.core import check_alpha, sample_lam
+from mixup_cli.errors import ParameterError
+
+PAIRINGS = ("global", "batch")
+
+# Bumped whenever the mapping from (seed, parameters) to output changes, so
+# that an old sidecar is never silently checked against a new plan.
+PLAN_VERSION = 1
+
+# Key "purposes": each use of randomness has its own stream.
+_CYCLE = 0
+_ROWS = 1
+# Blocks aim at this many bytes of x+y rows when --block-rows is not given.
+DEFAULT_BLOCK_BYTES = 16 * 1024 * 1024
+
+
+def keyed_rng(seed: int, *key: int) -> np.random.Generator:
+    """A generator that depends only on ``seed`` and the integers in ``key``."""
+    return np.random.Generator(np.random.PCG64(np.random.SeedSequence(seed, spawn_key=key)))
+
+
+def draw_seed() -> int:
+    """A fresh seed for runs without --seed (recorded, so they can be repeated)."""
+    return int(np.random.SeedSequence().entropy % (2**63))
+
+
+def default_block_rows(row_bytes: int, target_bytes: int = DEFAULT_BLOCK_BYTES) -> int:
+    """The largest power of two of rows whose bytes stay within ``target_bytes``."""
+    rows = max(1, target_bytes // max(1, row_bytes))
+    return 1 << (int(rows).bit_length() - 1)
+
+
+def check_positive(value: int, option: str) -> int:
+    if value is None or int(value) < 1:
+        raise ParameterError(f"{option} must be an integer >= 1, got {value!r}", option)
+    return int(value)
+
+
+def _cover(rng: np.random.Generator, pool: int, n: int) -> np.ndarray:
+    """``n`` offsets into a pool of ``pool`` rows: concatenated random permutations."""
+    parts, have = [], 0
+    while have < n:
+        parts.append(rng.permutation(pool))
+        have += pool
+    return np.concatenate(parts)[:n] if len(parts) > 1 else parts[0][:n]
+
+
+@dataclass(frozen=True)
+class Task:
+    """One unit of work: mix block ``block`` of copy ``copy`` into the output."""
+
+    copy: int  # -1 for the untouched original rows
+    block: int
+    partner_block: int
+    start: int  # first input row of the block
+    stop: int
+    out_start: int  # first output row it is written to
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything that decides the output, and nothing that does not."""
+
+    n_rows: int
+    alpha: float
+    seed: int
+    block_rows: int
+    pairing: str = "global"
+    copies: int = 1
+    include_original: bool = False
+
+    def __post_init__(self):
+        check_alpha(self.alpha)
+        if self.pairing not in PAIRINGS:
+            raise ParameterError(
+                f"--pairing must be one of {', '.join(PAIRINGS)}, got {self.pairing!r}", "--pairing"
+            )
+        check_positive(self.block_rows, "--block-rows")
+        check_positive(self.copies, "--copies")
+        if self.n_rows < 1:
+            raise ValueError("a plan needs at least one row")
+        if not (isinstance(self.seed, (int, np.integer)) and self.seed >= 0):
+            raise ParameterError(f"--seed must be an integer >= 0, got {self.seed!r}", "--seed")
+
+    @property
+    def n_blocks(self) -> int:
+        return -(-self.n_rows // self.block_rows)
+
+    @property
+    def output_rows(self) -> int:
+        return self.n_rows * (self.copies + int(self.include_original))
+
+    def block_bounds(self, block: int) -> tuple[int, int]:
+        start = block * self.block_rows
+        return start, min(self.n_rows, start + self.block_rows)
+
+    def copy_offset(self, copy: int) -> int:
+        """First output row of ``copy`` (-1 is the original, written first)."""
+        return (copy + int(self.include_original)) * self.n_rows
+
+    def block_order(self, copy: int) -> np.ndarray:
+        """The order blocks are visited in; for global pairing, the cycle."""
+        if self.pairing == "global" and self.n_blocks > 1:
+            return keyed_rng(self.seed, _CYCLE, copy).permutation(self.n_blocks)
+        return np.arange(self.n_blocks)
+
+    def tasks(self) -> Iterator[Task]:
+        """All tasks, ordered so that consecutive tasks share a block."""
+        if self.include_original:
+            for b in range(self.n_blocks):
+                yield self._task(-1, b, b)
+        for copy in range(self.copies):
+            order = self.block_order(copy)
+            for t, b in enumerate(order):
+                partner = order[(t + 1) % len(order)] if self.pairing == "global" else b
+                yield self._task(copy, int(b), int(partner))
+
+    def _task(self, copy: int, block: int, partner_block: int) -> Task:
+        start, stop = self.block_bounds(block)
+        return Task(copy, block, partner_block, start, stop, self.copy_offset(copy) + start)
+
+    def draw(self, task: Task) -> tuple[np.ndarray, np.ndarray]:
+        """lam (float64) and partner (int64 input row) for every row of the task."""
+        n = task.stop - task.start
+        if task.copy < 0:
+            return np.ones(n), np.arange(task.start, task.stop, dtype=np.int64)
+        rng = keyed_rng(self.seed, _ROWS, task.copy, task.block)
+        lam = sample_lam(rng, self.alpha, n)
+        p_start, p_stop = self.block_bounds(task.partner_block)
+        partner = _cover(rng, p_stop - p_start, n).astype(np.int64) + p_start
+        return lam, partner
+
+    def to_dict(self) -> dict:
+        return {
+            "alpha": self.alpha,
+            "seed": int(self.seed),
+            "block_rows": self.block_rows,
+            "pairing": self.pairing,
+            "copies": self.copies,
+            "include_original": self.include_original,
+            "plan_version": PLAN_VERSION,
+        }
