@@ -1,0 +1,180 @@
+"""The command line: exit codes, messages, stdout/stderr discipline, help."""
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import REPO, SAMPLE_H5, expected_mix, load_output, make_arrays, write_h5, write_npz
+from mixup_cli import __version__
+from mixup_cli.cli import cli
+
+
+@pytest.fixture
+def small_h5(tmp_path):
+    x, y = make_arrays(n=25)
+    return write_h5(tmp_path / "in.h5", x=x, y=y), x, y
+
+
+def test_augment_json_goes_to_stdout_alone(run_cli, small_h5, tmp_path):
+    src, x, y = small_h5
+    out = tmp_path / "out.h5"
+    result = run_cli("augment", src, out, "--seed", 4, "--json")
+    assert result.exit_code == 0, result.stderr
+    summary = json.loads(result.stdout)  # the whole of stdout is one JSON object
+    assert summary["rows"] == 25 and summary["seed"] == 4
+    assert summary["output"] == str(out) and Path(summary["sidecar"]).exists()
+    data = load_output(out)
+    assert np.array_equal(data["x"], expected_mix(x, data["lam"], data["partner"]))
+
+
+def test_quiet_prints_nothing(run_cli, small_h5, tmp_path):
+    src, _, _ = small_h5
+    result = run_cli("augment", src, tmp_path / "out.npz", "--seed", 1, "--quiet")
+    assert result.exit_code == 0
+    assert result.stdout == "" and result.stderr == ""
+
+
+def test_default_run_reports_on_stderr_only(run_cli, small_h5, tmp_path):
+    src, _, _ = small_h5
+    result = run_cli("augment", src, tmp_path / "out.h5", "--seed", 1)
+    assert result.exit_code == 0 and result.stdout == ""
+    assert "wrote 25 rows" in result.stderr and "seed 1" in result.stderr
+
+
+def test_existing_output_is_kept_without_overwrite(run_cli, small_h5, tmp_path):
+    src, _, _ = small_h5
+    out = tmp_path / "out.h5"
+    out.write_bytes(b"precious")
+    result = run_cli("augment", src, out, "--seed", 1)
+    assert result.exit_code == 1
+    assert "already exists" in result.stderr and "--overwrite" in result.stderr
+    assert out.read_bytes() == b"precious"
+    assert run_cli("augment", src, out, "--seed", 1, "--overwrite").exit_code == 0
+    assert load_output(out)["x"].shape == (25, 4, 3)
+
+
+def leftovers(directory):
+    return sorted(p.name for p in Path(directory).iterdir() if p.name != "in.h5")
+
+
+@pytest.mark.parametrize(
+    "args, code, pattern",
+    [
+        (["--alpha", "0"], 2, r"--alpha"),
+        (["--alpha", "-0.5"], 2, r"--alpha"),
+        (["--alpha", "nan"], 2, r"--alpha"),
+        (["--batch-size", "0"], 2, r"--batch-size"),
+        (["--copies", "0"], 2, r"--copies"),
+        (["--x-key", "images"], 1, r"no array 'images' \(arrays present: x, y\).*--x-key"),
+        (["--y-key", "labels"], 1, r"no array 'labels'.*--y-key"),
+        (["--compression", "zstd"], 2, r"--compression"),
+    ],
+)
+def test_refused_options(run_cli, small_h5, tmp_path, args, code, pattern):
+    src, _, _ = small_h5
+    result = run_cli("augment", src, tmp_path / "out.h5", *args)
+    assert result.exit_code == code, result.stderr
+    assert re.search(pattern, result.stderr), result.stderr
+    assert "Traceback" not in result.stderr
+    assert leftovers(tmp_path) == []
+
+
+def test_mismatched_rows_are_refused_before_output(run_cli, tmp_path):
+    x, y = make_arrays(n=10)
+    src = write_h5(tmp_path / "in.h5", x=x, y=y[:9])
+    result = run_cli("augment", src, tmp_path / "out.h5")
+    assert result.exit_code == 1
+    assert "'x' has 10 rows but 'y' has 9" in result.stderr and str(src) in result.stderr
+    assert leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("name", ["out.csv", "out.npy", "out.txt"])
+def test_unknown_output_extension_is_a_usage_error(run_cli, small_h5, tmp_path, name):
+    src, _, _ = small_h5
+    result = run_cli("augment", src, tmp_path / name)
+    assert result.exit_code == 2
+    assert name in result.stderr and "unknown output format" in result.stderr
+    assert leftovers(tmp_path) == []
+
+
+def test_lzf_is_refused_for_npz(run_cli, small_h5, tmp_path):
+    src, _, _ = small_h5
+    result = run_cli("augment", src, tmp_path / "out.npz", "--compression", "lzf")
+    assert result.exit_code == 2 and "lzf" in result.stderr
+    assert leftovers(tmp_path) == []
+
+
+def test_pickled_npz_is_never_loaded(run_cli, tmp_path):
+    x = np.empty(3, dtype=object)
+    x[:] = [{"a": 1}, None, 3]
+    np.savez(tmp_path / "in.npz", x=x, y=np.ones((3, 2)))
+    result = run_cli("augment", tmp_path / "in.npz", tmp_path / "out.h5")
+    assert result.exit_code == 1 and "pickled" in result.stderr
+
+
+def test_output_equal_to_input_is_refused(run_cli, small_h5):
+    src, _, _ = small_h5
+    result = run_cli("augment", src, src, "--overwrite")
+    assert result.exit_code == 2 and "input itself" in result.stderr
+
+
+def test_missing_input(run_cli, tmp_path):
+    result = run_cli("augment", tmp_path / "nope.h5", tmp_path / "out.h5")
+    assert result.exit_code == 1 and "nope.h5" in result.stderr and "no such file" in result.stderr
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "mixup_cli", "augment", str(tmp_path / "nope.h5"), str(tmp_path / "o.h5"), "--debug"],
+        capture_output=True, text=True, cwd=REPO,
+    )
+    assert result.returncode == 1 and "Traceback" in result.stderr
+
+
+def test_version(run_cli):
+    result = run_cli("--version")
+    assert result.exit_code == 0 and __version__ in result.stdout
+
+
+def test_every_command_has_help_with_an_example(run_cli):
+    for name in cli.commands:
+        result = run_cli(name, "--help")
+        assert result.exit_code == 0
+        assert f"mixup {name} " in result.stdout, f"{name} --help lacks an example"
+
+
+def test_every_command_is_documented_in_the_readme():
+    readme = (REPO / "README.md").read_text()
+    for name in cli.commands:
+        assert f"mixup {name}" in readme, name
+
+
+def test_installed_executable_runs_the_sample(run_mixup, tmp_path):
+    out = tmp_path / "digits-mixed.h5"
+    proc = run_mixup("augment", SAMPLE_H5, out, "--seed", 7, "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["rows"] == 1797
+    assert proc.stderr == ""  # no progress bar when stderr is not a terminal, summary via --json
+    assert out.exists() and Path(str(out) + ".provenance.json").exists()
+
+
+def test_python_dash_m_and_exit_codes_in_a_shell_script(tmp_path):
+    x, y = make_arrays(n=8)
+    write_npz(tmp_path / "in.npz", x=x, y=y)
+    script = tmp_path / "job.sh"
+    script.write_text(
+        "set -euo pipefail\n"
+        f"{sys.executable} -m mixup_cli augment in.npz out.h5 --seed 1 --quiet\n"
+        f"if {sys.executable} -m mixup_cli augment in.npz out.h5 --quiet 2>err.txt; then exit 9; fi\n"
+        "echo done\n"
+    )
+    proc = subprocess.run(["bash", str(script)], cwd=tmp_path, capture_output=True, text=True,
+                          env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "done"
+    assert "already exists" in (tmp_path / "err.txt").read_text()

@@ -1,0 +1,105 @@
+"""The core mixup math against the reference formula."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+from hypothesis.extra import numpy as hnp
+
+from mixup_cli.core import mix_rows, mixup, sample_lam
+from mixup_cli.errors import ParameterError
+
+
+def reference_formula(x, y, lam, partner):
+    """The seed article's function with its two random draws passed in."""
+    l = lam
+    x_, y_ = x[partner], y[partner]
+    shape = tuple(-1 if i == 0 else 1 for i in range(len(x.shape)))
+    x = l.reshape(shape) * x + (1 - l).reshape(shape) * x_
+    shape = tuple(-1 if i == 0 else 1 for i in range(len(y.shape)))
+    y = l.reshape(shape) * y + (1 - l).reshape(shape) * y_
+    return x, y
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    x=hnp.arrays(np.float64, hnp.array_shapes(min_dims=1, max_dims=4, min_side=1, max_side=6),
+                 elements=st.floats(-1e6, 1e6)),
+    data=st.data(),
+)
+def test_float64_equals_reference_bit_for_bit(x, data):
+    n = x.shape[0]
+    y = data.draw(hnp.arrays(np.float64, (n, 3), elements=st.floats(0, 1)))
+    lam = data.draw(hnp.arrays(np.float64, (n,), elements=st.floats(0, 1)))
+    partner = np.array(data.draw(st.permutations(range(n))), dtype=np.int64)
+    ref_x, ref_y = reference_formula(x, y, lam, partner)
+    assert np.array_equal(mix_rows(x, x[partner], lam), ref_x)
+    assert np.array_equal(mix_rows(y, y[partner], lam), ref_y)
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_dtype_is_kept_and_close_to_float64_reference(dtype):
+    rng = np.random.default_rng(1)
+    x = rng.random((37, 3, 5, 2)).astype(dtype)
+    lam = rng.beta(0.4, 0.4, 37)
+    partner = rng.permutation(37)
+    out = mix_rows(x, x[partner], lam)
+    assert out.dtype == dtype
+    ref, _ = reference_formula(x.astype(np.float64), np.zeros((37, 1)), lam, partner)
+    assert np.allclose(out, ref, rtol=np.finfo(dtype).eps * 4, atol=np.finfo(dtype).eps * 4)
+
+
+def test_large_rows_are_sliced_without_changing_results():
+    rng = np.random.default_rng(2)
+    x = rng.random((9, 300, 300)).astype(np.float32)  # rows larger than one cache slice
+    lam = rng.random(9)
+    partner = rng.permutation(9)
+    l = lam.astype(np.float32)[:, None, None]
+    assert np.array_equal(mix_rows(x, x[partner], lam), l * x + (1 - l) * x[partner])
+
+
+def test_integer_rows_are_rounded_and_clipped_not_wrapped():
+    a = np.array([[250, 3]], dtype=np.uint8)
+    b = np.array([[255, 0]], dtype=np.uint8)
+    out = mix_rows(a, b, np.array([0.5]))
+    assert out.dtype == np.uint8
+    assert out.tolist() == [[252, 2]]  # 252.5 and 1.5 rounded half to even
+    extreme = mix_rows(np.array([[255]], np.uint8), np.array([[255]], np.uint8), np.array([1.0]))
+    assert extreme.tolist() == [[255]]
+
+
+def test_mixup_uses_the_generator_not_global_state():
+    x = np.arange(20, dtype=np.float32).reshape(10, 2)
+    y = np.eye(10, dtype=np.float32)
+    np.random.seed(0)
+    before = np.random.get_state()[1].copy()
+    a = mixup(x, y, 0.2, rng=np.random.default_rng(5))
+    b = mixup(x, y, 0.2, rng=5)
+    assert np.array_equal(np.random.get_state()[1], before)
+    for u, v in zip(a, b):
+        assert np.array_equal(u, v)
+    x_m, y_m, lam, partner = a
+    assert x_m.dtype == np.float32 and y_m.dtype == np.float32
+    assert sorted(partner.tolist()) == list(range(10))
+    assert np.allclose(y_m.sum(axis=1), 1, atol=1e-6)
+
+
+@pytest.mark.parametrize("n", [1, 3, 7])
+def test_odd_and_single_row_batches(n):
+    x = np.ones((n, 4), dtype=np.float32)
+    x_m, y_m, lam, partner = mixup(x, None, 0.2, rng=0)
+    assert x_m.shape == (n, 4) and y_m is None and lam.shape == (n,)
+    assert np.array_equal(x_m, x)
+
+
+@pytest.mark.parametrize("alpha", [0, -1, float("nan"), float("inf")])
+def test_bad_alpha_is_refused(alpha):
+    with pytest.raises(ParameterError, match="--alpha"):
+        mixup(np.ones((2, 2)), None, alpha, rng=0)
+
+
+def test_sample_lam_is_beta_shaped():
+    lam = sample_lam(np.random.default_rng(0), 0.2, 20000)
+    assert lam.dtype == np.float64 and lam.min() >= 0 and lam.max() <= 1
+    # Beta(0.2, 0.2) is U-shaped: most mass near the ends, mean 0.5.
+    assert abs(lam.mean() - 0.5) < 0.02
+    assert ((lam < 0.1) | (lam > 0.9)).mean() > 0.6
