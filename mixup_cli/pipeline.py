@@ -19,7 +19,8 @@ from mixup_cli import __version__, atomic, provenance
 from mixup_cli.core import check_alpha, mix_rows
 from mixup_cli.errors import InputError, OutputError, ParameterError
 from mixup_cli.io import ArraySpec, Reader, WriteOptions, create_writer, format_of, open_reader
-from mixup_cli.sampling import Plan, check_positive, default_block_rows, draw_seed
+from mixup_cli.classes import class_index
+from mixup_cli.sampling import CLASS_PAIRINGS, Plan, check_positive, default_block_rows, draw_seed
 
 log = logging.getLogger("mixup_cli")
 
@@ -144,6 +145,11 @@ def check_output_path(input_path: Path, output: Path, overwrite: bool) -> str:
 def resolve_plan(request: AugmentRequest, source: Source) -> Plan:
     block_rows = request.block_rows or default_block_rows(source.row_bytes)
     seed = draw_seed() if request.seed is None else request.seed
+    classes = None
+    if request.pairing in CLASS_PAIRINGS:
+        if request.y_key is None:
+            raise ParameterError(f"--pairing {request.pairing} needs class labels; name them with --y-key", "--pairing")
+        classes = class_index(source.reader, request.y_key)
     return Plan(
         n_rows=source.n_rows,
         alpha=request.alpha,
@@ -152,6 +158,7 @@ def resolve_plan(request: AugmentRequest, source: Source) -> Plan:
         pairing=request.pairing,
         copies=request.copies,
         include_original=request.include_original,
+        classes=classes,
     )
 
 
@@ -195,9 +202,13 @@ def run_plan(source: Source, plan: Plan, writer, batch_rows: int, progress: Prog
     }
     for task in plan.tasks():
         own = cache.get(task.block, keep=task.partner_block)
-        partner_rows = cache.get(task.partner_block, keep=task.block)
         lam, partner = plan.draw(task)
-        local = partner - plan.block_bounds(task.partner_block)[0]
+        if task.partner_block is None:  # partners by index (sorted, unique reads)
+            partner_rows = {key: source.reader.take(key, partner) for key in source.specs}
+            local = np.arange(len(partner))
+        else:
+            partner_rows = cache.get(task.partner_block, keep=task.block)
+            local = partner - plan.block_bounds(task.partner_block)[0]
         n = task.stop - task.start
         for s in range(0, n, batch_rows):
             e = min(n, s + batch_rows)

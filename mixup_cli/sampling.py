@@ -17,19 +17,26 @@ Pairing modes:
     the next step's own block, so each block is read about once per copy.
 ``batch``
     The reference behaviour: a row's partner is a random row of its own block.
+``within-class`` / ``between-class``
+    A row's partner is drawn uniformly from the rows of the same / of any
+    other class in the whole dataset (``mixup_cli.classes``), keyed per copy
+    and block like the rest. Partners are then read by index (their tasks
+    have no partner block).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterator
 
 import numpy as np
 
+from mixup_cli.classes import ClassIndex
 from mixup_cli.core import check_alpha, sample_lam
 from mixup_cli.errors import ParameterError
 
-PAIRINGS = ("global", "batch")
+PAIRINGS = ("global", "batch", "within-class", "between-class")
+CLASS_PAIRINGS = ("within-class", "between-class")
 
 # Bumped whenever the mapping from (seed, parameters) to output changes, so
 # that an old sidecar is never silently checked against a new plan.
@@ -79,7 +86,7 @@ class Task:
 
     copy: int  # -1 for the untouched original rows
     block: int
-    partner_block: int
+    partner_block: int | None  # None: partners are read by index (class pairings)
     start: int  # first input row of the block
     stop: int
     out_start: int  # first output row it is written to
@@ -96,6 +103,9 @@ class Plan:
     pairing: str = "global"
     copies: int = 1
     include_original: bool = False
+    # Class of every row, for the class pairings (derived from the input, so
+    # not a parameter of its own).
+    classes: ClassIndex | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self):
         check_alpha(self.alpha)
@@ -109,6 +119,11 @@ class Plan:
             raise ValueError("a plan needs at least one row")
         if not (isinstance(self.seed, (int, np.integer)) and self.seed >= 0):
             raise ParameterError(f"--seed must be an integer >= 0, got {self.seed!r}", "--seed")
+        if self.classes is not None:
+            if self.classes.n_rows != self.n_rows:
+                raise ValueError(f"class index has {self.classes.n_rows} rows, the plan {self.n_rows}")
+            if self.pairing == "between-class":
+                self.classes.check_between()
 
     @property
     def n_blocks(self) -> int:
@@ -140,10 +155,13 @@ class Plan:
         for copy in range(self.copies):
             order = self.block_order(copy)
             for t, b in enumerate(order):
+                if self.pairing in CLASS_PAIRINGS:
+                    yield self._task(copy, int(b), None)
+                    continue
                 partner = order[(t + 1) % len(order)] if self.pairing == "global" else b
                 yield self._task(copy, int(b), int(partner))
 
-    def _task(self, copy: int, block: int, partner_block: int) -> Task:
+    def _task(self, copy: int, block: int, partner_block: int | None) -> Task:
         start, stop = self.block_bounds(block)
         return Task(copy, block, partner_block, start, stop, self.copy_offset(copy) + start)
 
@@ -154,6 +172,11 @@ class Plan:
             return np.ones(n), np.arange(task.start, task.stop, dtype=np.int64)
         rng = keyed_rng(self.seed, _ROWS, task.copy, task.block)
         lam = sample_lam(rng, self.alpha, n)
+        if task.partner_block is None:
+            if self.classes is None:
+                raise ValueError(f"--pairing {self.pairing} needs the class index of the rows")
+            same = self.pairing == "within-class"
+            return lam, self.classes.draw_partners(rng, task.start, task.stop, same)
         p_start, p_stop = self.block_bounds(task.partner_block)
         partner = _cover(rng, p_stop - p_start, n).astype(np.int64) + p_start
         return lam, partner

@@ -43,7 +43,7 @@ class _BarProgress:
 @click.option("--seed", type=click.IntRange(min=0), default=None, help="Seed for all randomness; drawn and recorded if omitted.")
 @click.option("--x-key", default="x", show_default=True, help="Array holding the inputs (HDF5 path, .npz member or .npy file stem).")
 @click.option("--y-key", default="y", show_default=True, help="Array holding the targets.")
-@click.option("--pairing", type=click.Choice(PAIRINGS), default="global", show_default=True, help="Where partners come from: the whole dataset, or the row's own block.")
+@click.option("--pairing", type=click.Choice(PAIRINGS), default="global", show_default=True, help="Where partners come from: the whole dataset, the row's own block, or rows of the same / another class of y.")
 @click.option("--copies", type=int, default=1, show_default=True, help="Augmented copies of the dataset to write.")
 @click.option("--include-original", is_flag=True, help="Also write the original rows first (lam = 1, partner = itself).")
 @click.option("--batch-size", type=int, default=None, help="Rows mixed and written at once [default: about 4 MiB]. Does not change the output.")
