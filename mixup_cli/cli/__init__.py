@@ -15,6 +15,8 @@ from mixup_cli import __version__
 from mixup_cli.errors import MixupError
 
 from .augment import augment
+from .inspect import inspect
+from .verify import verify
 
 EXIT_INTERRUPTED = 130
 
@@ -65,6 +67,8 @@ def cli():
 
 
 cli.add_command(augment)
+cli.add_command(verify)
+cli.add_command(inspect)
 
 
 def main(args=None, prog_name="mixup"):

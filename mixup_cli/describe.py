@@ -1,0 +1,87 @@
+"""What ``mixup inspect`` shows: a dataset's arrays and, for an output, the
+summary of its provenance sidecar."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from mixup_cli import provenance
+from mixup_cli.io import open_reader
+
+
+def _jsonable(value):
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def arrays_of(reader) -> dict:
+    arrays = {}
+    for key in reader.keys():
+        spec = reader.spec(key)
+        storage = reader.describe(key)
+        chunks = storage.get("chunks")
+        arrays[key] = {
+            "shape": list(spec.shape),
+            "dtype": np.dtype(spec.dtype).name,
+            "chunks": list(chunks) if chunks else None,
+            "compression": storage.get("compression", "none"),
+        }
+    return arrays
+
+
+def provenance_summary(record: dict) -> dict:
+    """The parameters and identities a reader of an output wants first."""
+    params = record.get("parameters") or {}
+    entry = record.get("input") or {}
+    return {
+        "run_id": record.get("run_id"),
+        "seed": params.get("seed"),
+        "alpha": params.get("alpha"),
+        "pairing": params.get("pairing"),
+        "copies": params.get("copies"),
+        "include_original": params.get("include_original"),
+        "block_rows": params.get("block_rows"),
+        "x_key": params.get("x_key"),
+        "y_key": params.get("y_key"),
+        "plan_version": params.get("plan_version"),
+        "input": {
+            "path": entry.get("path"),
+            "format": entry.get("format"),
+            "files": [{"path": f.get("path"), "sha256": f.get("sha256")} for f in entry.get("files", [])],
+        },
+        "tool_version": (record.get("tool") or {}).get("version"),
+        "finished_at": record.get("finished_at"),
+    }
+
+
+def describe(path: Path) -> dict:
+    """Arrays (shape, dtype, chunks, compression), file attributes, and the
+    provenance summary when ``path`` has a sidecar (None otherwise)."""
+    path = Path(path)
+    reader = open_reader(path)
+    try:
+        info = {"path": str(path), "format": reader.format_name, "arrays": arrays_of(reader), "attributes": {}}
+        attributes = getattr(reader, "attributes", None)
+        if attributes is not None:
+            try:
+                info["attributes"] = {k: _jsonable(v) for k, v in attributes().items()}
+            except (ValueError, TypeError, OSError):
+                info["attributes"] = {}
+    finally:
+        reader.close()
+    sidecar = provenance.sidecar_path(path)
+    info["provenance"] = None
+    if sidecar.exists():
+        summary = provenance_summary(provenance.read(sidecar))
+        summary["sidecar"] = str(sidecar)
+        file_run_id = info["attributes"].get("run_id")
+        summary["run_id_matches_file"] = None if file_run_id is None else file_run_id == summary["run_id"]
+        info["provenance"] = summary
+    return info

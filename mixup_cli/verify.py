@@ -1,0 +1,220 @@
+"""``mixup verify OUT``: check an output against its provenance sidecar.
+
+Three checks, all run so that a report names everything that differs:
+
+``output files``
+    every file of OUT has the size and SHA-256 the sidecar records;
+``input files``
+    the input (where the sidecar says, or ``input_path``) still has the
+    recorded size and SHA-256;
+``recompute``
+    the output is computed again from the input and the sidecar's
+    parameters, with the same plan and pipeline as ``mixup augment``, and
+    compared row by row with OUT as it goes: memory stays bounded by a
+    batch, as in a run. The first differing array and row are reported.
+
+Editing the sidecar's parameters (seed, alpha, pairing...) is caught by the
+recomputation, since they no longer produce OUT.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from mixup_cli import provenance
+from mixup_cli.errors import InputError, MixupError
+from mixup_cli.io import open_reader
+from mixup_cli.sampling import PLAN_VERSION
+
+CHECKS = ("output files", "input files", "recompute")
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    detail: str
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "ok": self.ok, "detail": self.detail}
+
+
+@dataclass
+class VerifyReport:
+    output: Path
+    sidecar: Path
+    input: Path
+    checks: list[Check] = field(default_factory=list)
+    # The first array and row of OUT that differ from the recomputation.
+    first_difference: dict | None = None
+
+    @property
+    def ok(self) -> bool:
+        return all(check.ok for check in self.checks)
+
+    def to_dict(self) -> dict:
+        return {
+            "ok": self.ok,
+            "output": str(self.output),
+            "sidecar": str(self.sidecar),
+            "input": str(self.input),
+            "checks": [check.to_dict() for check in self.checks],
+            "first_difference": self.first_difference,
+        }
+
+
+def _files_of(entry: dict, root: Path) -> list[tuple[Path, dict]]:
+    """The recorded files of a dataset entry, mapped onto where it is now."""
+    recorded_root = Path(entry["path"])
+    mapped = []
+    for item in entry.get("files", []):
+        recorded = Path(item["path"])
+        try:
+            rel = recorded.relative_to(recorded_root)
+        except ValueError:
+            rel = Path(recorded.name)
+        mapped.append((root if str(rel) == "." else root / rel, item))
+    return mapped
+
+
+def check_files(name: str, entry: dict, root: Path, hint: str = "") -> Check:
+    """Each recorded file exists under ``root`` with its recorded size and SHA-256."""
+    files = _files_of(entry, root)
+    if not files:
+        return Check(name, False, f"the sidecar records no files for {root}")
+    problems = []
+    for path, item in files:
+        if not path.exists():
+            problems.append(f"{path}: not found{hint}")
+            continue
+        size = path.stat().st_size
+        if size != item.get("size"):
+            problems.append(f"{path}: size {size} bytes, the sidecar records {item.get('size')}")
+            continue
+        digest = provenance.sha256_file(path)
+        if digest != item.get("sha256"):
+            problems.append(
+                f"{path}: SHA-256 {digest[:12]}... differs from the recorded {str(item.get('sha256'))[:12]}..."
+            )
+    if problems:
+        return Check(name, False, "; ".join(problems))
+    count = len(files)
+    return Check(name, True, f"{count} file{'s' if count != 1 else ''}, size and SHA-256 as recorded")
+
+
+class CompareWriter:
+    """Takes the rows a run would write and compares them with an existing
+    output instead, remembering the first differing row of each array."""
+
+    def __init__(self, reader):
+        self._reader = reader
+        self.first: dict[str, int] = {}
+        self.count: dict[str, int] = {}
+
+    def write(self, key: str, start: int, data: np.ndarray) -> None:
+        n = len(data)
+        if n == 0:
+            return
+        actual = self._reader.read(key, start, start + n)
+        expected = np.ascontiguousarray(data).reshape(n, -1).view(np.uint8)
+        actual = np.ascontiguousarray(actual).reshape(n, -1).view(np.uint8)
+        rows = np.flatnonzero((expected != actual).any(axis=1))
+        if len(rows):
+            first = start + int(rows[0])
+            self.first[key] = min(first, self.first.get(key, first))
+            self.count[key] = self.count.get(key, 0) + len(rows)
+
+
+def recompute(record: dict, output: Path, input_path: Path, batch_size: int | None = None, progress=None):
+    """Recompute OUT from the input and the recorded parameters.
+
+    Returns ``(check, first_difference)``."""
+    from mixup_cli import pipeline  # the same code path as a run
+
+    params = record.get("parameters") or {}
+    if params.get("plan_version") != PLAN_VERSION:
+        return Check(
+            "recompute", False,
+            f"the sidecar's plan_version is {params.get('plan_version')!r}, this mixup-cli computes "
+            f"version {PLAN_VERSION}; verify with the mixup-cli version that wrote it",
+        ), None
+    try:
+        request = pipeline.AugmentRequest(
+            input=input_path, output=output, alpha=params["alpha"], seed=params["seed"],
+            x_key=params["x_key"], y_key=params.get("y_key"), pairing=params["pairing"],
+            copies=params["copies"], include_original=params["include_original"],
+            block_rows=params["block_rows"], command_line=[],
+        )
+    except KeyError as exc:
+        return Check("recompute", False, f"the sidecar lacks the parameter {exc}"), None
+
+    source = out_reader = None
+    try:
+        source = pipeline.open_source(input_path, request.x_key, request.y_key)
+        plan = pipeline.resolve_plan(request, source)
+        expected = pipeline.output_specs(source, plan)
+        out_reader = open_reader(output)
+        present = out_reader.keys()
+        problems = []
+        for key, spec in expected.items():
+            if key not in present:
+                problems.append(f"array '{key}' is missing from {output}")
+            elif out_reader.spec(key) != spec:
+                got = out_reader.spec(key)
+                problems.append(
+                    f"'{key}' has shape {got.shape} and dtype {got.dtype}; the recorded parameters "
+                    f"give shape {spec.shape} and dtype {np.dtype(spec.dtype)}"
+                )
+        if problems:
+            return Check("recompute", False, "; ".join(problems)), None
+        writer = CompareWriter(out_reader)
+        batch_rows = batch_size or pipeline.default_batch_rows(source.row_bytes, plan.block_rows)
+        progress = progress or pipeline.Progress()
+        progress.start(plan.output_rows)
+        pipeline.run_plan(source, plan, writer, batch_rows, progress)
+    except (MixupError, OSError, ValueError, TypeError, KeyError) as exc:
+        return Check("recompute", False, f"could not recompute the output: {exc}"), None
+    finally:
+        for reader in (source.reader if source else None, out_reader):
+            if reader is not None:
+                reader.close()
+
+    if not writer.first:
+        return Check("recompute", True, f"all {plan.output_rows} rows of {len(expected)} arrays match"), None
+    order = list(expected)
+    keys = sorted(writer.first, key=lambda k: (writer.first[k], order.index(k)))
+    parts = [
+        f"'{k}' first at row {writer.first[k]} ({writer.count[k]} of {plan.output_rows} rows differ)" for k in keys
+    ]
+    first = {"array": keys[0], "row": writer.first[keys[0]]}
+    return Check("recompute", False, "the recomputed output differs: " + ", ".join(parts)), first
+
+
+def verify(output: Path, input_path: Path | None = None, batch_size: int | None = None, progress=None) -> VerifyReport:
+    """Run every check on OUT; raise only when there is nothing to check."""
+    output = Path(output)
+    if not output.exists():
+        raise InputError(f"{output}: no such file or directory")
+    sidecar = provenance.sidecar_path(output)
+    record = provenance.read(sidecar)
+    try:
+        out_entry, in_entry = record["output"], record["input"]
+        recorded_input = Path(in_entry["path"])
+    except (KeyError, TypeError):
+        raise InputError(f"{sidecar}: lacks the 'input' or 'output' entry; it is not a complete sidecar") from None
+    source = Path(input_path) if input_path is not None else recorded_input
+    report = VerifyReport(output, sidecar, source)
+
+    report.checks.append(check_files("output files", out_entry, output))
+    hint = "; if the input moved, pass its new place with --input" if input_path is None else ""
+    report.checks.append(check_files("input files", in_entry, source, hint))
+    if not source.exists():
+        report.checks.append(Check("recompute", False, f"skipped: input {source} not found{hint}"))
+    else:
+        check, first = recompute(record, output, source, batch_size, progress)
+        report.checks.append(check)
+        report.first_difference = first
+    return report
