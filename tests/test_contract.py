@@ -148,3 +148,14 @@ def test_h5diff_finds_no_difference_between_batch_sizes(run_cli, tmp_path, pairi
             "--copies", 2, "--quiet")
     proc = subprocess.run([H5DIFF, str(outs[0]), str(tmp_path / "seed12.h5"), "/lam", "/lam"], capture_output=True)
     assert proc.returncode == 1
+
+
+def test_output_data_do_not_depend_on_the_output_format(tmp_path):
+    x, y = make_arrays(n=N, x_shape=(3, 2))
+    src = write_h5(tmp_path / "in.h5", x=x, y=y)
+    got = []
+    for name in ("out.h5", "out.npz", "out"):
+        augment(AugmentRequest(src, tmp_path / name, seed=4, pairing="within-class", block_rows=8, copies=2))
+        got.append(load_output(tmp_path / name))
+    assert_identical(got[0], got[1])
+    assert_identical(got[0], got[2])
