@@ -296,6 +296,8 @@ def test_x_without_y(tmp_path, run_cli, outdir):
     # a --y-key given explicitly must exist
     result = run_cli("augment", src, outdir / "named.h5", "--y-key", "y")
     assert result.exit_code == 1 and "no array 'y'" in result.stderr
+    result = run_cli("augment", both, outdir / "named.h5", "--no-y", "--y-key", "y")
+    assert result.exit_code == 2 and "--no-y and --y-key" in result.stderr
     result = run_cli("augment", src, outdir / "named.h5", "--num-classes", 3)
     assert result.exit_code == 2 and "without y" in result.stderr
     assert not (outdir / "named.h5").exists()

@@ -60,8 +60,8 @@ def _y_key_given() -> bool:
 @click.option("--no-y", is_flag=True, help="Mix x alone (unlabelled data); y is neither read nor written.")
 @click.option("--y-format", type=click.Choice(Y_FORMATS), default="soft", show_default=True, help="soft: mixed targets; pair: y_a, y_b (the two original targets, dtype kept) beside lam.")
 @click.option("--y-kind", type=click.Choice(Y_KINDS), default="auto", show_default=True, help="What y holds; auto: integer (N,) labels are classes (one-hot), bool and other integer targets 0/1, floats dense.")
-@click.option("--num-classes", type=click.IntRange(min=1), default=None, help="Classes of integer labels (labels in [0, C)) [default: max label + 1, found by a pass over y].")
-@click.option("--label-smoothing", type=click.FloatRange(0, 1, max_open=True), default=0.0, help="Class targets: off = EPS/C, on = 1 - EPS + EPS/C, applied before mixing.")
+@click.option("--num-classes", type=click.IntRange(min=1), default=None, metavar="C", help="Classes of integer labels (labels in [0, C)) [default: max label + 1, found by a pass over y].")
+@click.option("--label-smoothing", type=click.FloatRange(0, 1, max_open=True), default=0.0, metavar="EPS", help="Class targets: off = EPS/C, on = 1 - EPS + EPS/C, applied before mixing.")
 @click.option("--x-dtype", type=click.Choice(X_DTYPES), default="keep", show_default=True, help="Output dtype of x (keep: integers are rounded and clipped back).")
 @click.option("--allow-nonfinite", is_flag=True, help="Mix NaN and Inf as they are instead of stopping at the first row holding one.")
 @quiet_option
