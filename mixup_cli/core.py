@@ -5,8 +5,9 @@ For output row ``i`` with weight ``lam[i]`` and partner row ``j``::
     out[i] = lam[i] * a[i] + (1 - lam[i]) * b[i]        where b[i] = x[j]
 
 ``lam`` is broadcast over every non-sample axis. Floating arrays are mixed in
-their own dtype (float32 stays float32); integer arrays are mixed in float32,
-rounded to nearest and clipped to their dtype's range, so they never wrap.
+their own dtype (float32 stays float32); integer arrays are mixed in float32
+(8- and 16-bit, exact there) or float64 (wider), rounded to nearest and
+clipped to their dtype's range, so they never wrap.
 """
 
 from __future__ import annotations
@@ -39,15 +40,30 @@ def sample_lam(rng: np.random.Generator, alpha: float, size: int) -> np.ndarray:
 
 
 def working_dtype(dtype: np.dtype) -> np.dtype:
-    """The dtype arithmetic happens in: the array's own if floating, else float32."""
+    """The dtype arithmetic happens in: the array's own if floating; float32
+    for 8- and 16-bit integers, float64 for wider ones (float32 would round
+    int32 values and overflow at their maximum)."""
     dtype = np.dtype(dtype)
     if dtype.kind == "f":
         return dtype
     if dtype.kind in "iu":
-        return np.dtype(np.float32)
+        return np.dtype(np.float32 if dtype.itemsize <= 2 else np.float64)
     raise ParameterError(
         f"cannot mix arrays of dtype {dtype}: supported are float16/32/64 and integer types"
     )
+
+
+def integer_bounds(dtype: np.dtype, work: np.dtype) -> tuple[float, float]:
+    """The dtype's range as values of ``work`` that cast back without wrapping
+    (int64's maximum is not a float64: the largest float64 below it is used)."""
+    info = np.iinfo(dtype)
+    work_type = np.dtype(work).type
+    lo, hi = work_type(info.min), work_type(info.max)
+    if int(hi) > info.max:
+        hi = np.nextafter(hi, work_type(0))
+    if int(lo) < info.min:
+        lo = np.nextafter(lo, work_type(0))
+    return lo, hi
 
 
 def mix_rows(a: np.ndarray, b: np.ndarray, lam: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
@@ -70,7 +86,7 @@ def mix_rows(a: np.ndarray, b: np.ndarray, lam: np.ndarray, out: np.ndarray | No
     work = working_dtype(a.dtype)
     integer = a.dtype.kind in "iu"
     if integer:
-        info = np.iinfo(a.dtype)
+        lo, hi = integer_bounds(a.dtype, work)
     bcast = (-1,) + (1,) * (a.ndim - 1)
     lam_w = lam.astype(work).reshape(bcast)
     rest_w = (1 - lam_w).astype(work)
@@ -88,7 +104,7 @@ def mix_rows(a: np.ndarray, b: np.ndarray, lam: np.ndarray, out: np.ndarray | No
         if integer:
             np.add(ta, tb, out=ta)
             np.rint(ta, out=ta)
-            np.clip(ta, info.min, info.max, out=ta)
+            np.clip(ta, lo, hi, out=ta)
             out[start:stop] = ta
         else:
             np.add(ta, tb, out=out[start:stop])
@@ -115,6 +131,11 @@ def mixup(
     n = x.shape[0]
     if y is not None:
         y = np.asarray(y)
+        if y.dtype.kind != "f":
+            raise ParameterError(
+                f"y has dtype {y.dtype}: integer labels are not mixed as numbers; one-hot encode them "
+                "first (mixup_cli.labels.one_hot(y, num_classes)) or pass float targets"
+            )
         if y.shape[0] != n:
             raise ValueError(f"x has {n} rows but y has {y.shape[0]}")
     lam = sample_lam(rng, alpha, n)

@@ -20,11 +20,14 @@ from mixup_cli.core import check_alpha, mix_rows
 from mixup_cli.errors import InputError, OutputError, ParameterError
 from mixup_cli.io import ArraySpec, Reader, WriteOptions, create_writer, format_of, open_reader
 from mixup_cli.classes import class_index
+from mixup_cli.prepare import DataOptions, Prepared, pair_keys, prepare
 from mixup_cli.sampling import CLASS_PAIRINGS, Plan, check_positive, default_block_rows, draw_seed
 
 log = logging.getLogger("mixup_cli")
 
 PROVENANCE_KEYS = ("lam", "partner")
+# Targets may also be bool (binary and multi-label 0/1); x may not.
+TARGET_DTYPE_KINDS = "fiub"
 # Default batch: rows of about this many bytes are mixed and written at once.
 DEFAULT_BATCH_BYTES = 4 * 1024 * 1024
 
@@ -45,6 +48,21 @@ class AugmentRequest:
     compression: str = "none"
     overwrite: bool = False
     command_line: list[str] = field(default_factory=provenance.command_line)
+    # How x and y are read and mixed (see prepare.DataOptions and labels.py).
+    x_dtype: str = "keep"
+    y_format: str = "soft"
+    y_kind: str = "auto"
+    num_classes: int | None = None
+    label_smoothing: float = 0.0
+    allow_nonfinite: bool = False
+    # False: a missing y_key means x alone (unlabelled data) instead of an error.
+    require_y: bool = True
+
+    def data_options(self) -> DataOptions:
+        return DataOptions(
+            x_dtype=self.x_dtype, y_format=self.y_format, y_kind=self.y_kind, num_classes=self.num_classes,
+            label_smoothing=self.label_smoothing, allow_nonfinite=self.allow_nonfinite,
+        )
 
 
 @dataclass
@@ -84,8 +102,26 @@ class Progress:
 class Source:
     """An opened input with the arrays that take part, checked for consistency."""
 
-    reader: Reader
-    specs: dict[str, ArraySpec]  # data keys (x, then y if any), in that order
+    reader: Reader  # reads rows as they are mixed (prepare.PreparedReader)
+    specs: dict[str, ArraySpec]  # data keys (x, then y if any) as mixed: --x-dtype, y encoded
+    input_specs: dict[str, ArraySpec] | None = None  # the same keys as stored in the input
+    prepared: Prepared | None = None
+
+    @property
+    def y_key(self) -> str | None:
+        return next(iter(list(self.specs)[1:]), None)
+
+    @property
+    def paired_keys(self) -> tuple[str, ...]:
+        """Data keys written as KEY_a / KEY_b (``--y-format pair``) instead of mixed."""
+        return self.prepared.paired if self.prepared is not None else ()
+
+    @property
+    def mixed_keys(self) -> list[str]:
+        return [key for key in self.specs if key not in self.paired_keys]
+
+    def output_keys(self, key: str) -> tuple[str, ...]:
+        return pair_keys(key) if key in self.paired_keys else (key,)
 
     @property
     def n_rows(self) -> int:
@@ -96,35 +132,53 @@ class Source:
         return sum(spec.row_bytes for spec in self.specs.values())
 
 
-def open_source(path: Path, x_key: str, y_key: str | None) -> Source:
-    """Open the input and check that x (and y) exist and have rows to mix."""
+def open_source(
+    path: Path, x_key: str, y_key: str | None, options: DataOptions | None = None, require_y: bool = True
+) -> Source:
+    """Open the input and check that x (and y) exist and have rows to mix.
+
+    ``options`` decide how rows are prepared (x dtype, target encoding,
+    NaN checks); the classes of integer labels may be found here by one
+    streaming pass over y. Without ``require_y`` a missing y means x alone.
+    """
     reader = open_reader(path)
     try:
         specs = {x_key: reader.require(x_key, "--x-key")}
+        if y_key is not None and not require_y and y_key not in reader.keys():
+            log.warning("%s has no '%s': mixing '%s' alone (--no-y says so; --y-key names targets)", path, y_key, x_key)
+            y_key = None
         if y_key is not None:
             if y_key == x_key:
                 raise ParameterError(f"--y-key and --x-key both name '{x_key}'", "--y-key")
-            specs[y_key] = reader.require(y_key, "--y-key")
+            specs[y_key] = reader.require(y_key, "--y-key", kinds=TARGET_DTYPE_KINDS)
             n_x, n_y = specs[x_key].rows, specs[y_key].rows
             if n_x != n_y:
                 raise InputError(
                     f"{path}: '{x_key}' has {n_x} rows but '{y_key}' has {n_y}; "
                     "x and y need one row per sample"
                 )
-            if specs[y_key].dtype.kind != "f":
-                raise InputError(
-                    f"{path}: '{y_key}' has dtype {specs[y_key].dtype}; targets are mixed as "
-                    "floating point, so one-hot encode integer class labels first"
-                )
         if specs[x_key].rows == 0:
             raise InputError(f"{path}: '{x_key}' has zero rows; there is nothing to mix")
         for key in PROVENANCE_KEYS:
             if key in specs:
                 raise ParameterError(f"'{key}' is reserved for provenance in the output; rename the array", "--x-key")
+        prepared = prepare(reader, x_key, specs[x_key], y_key, specs.get(y_key), options or DataOptions())
+        check_output_keys(prepared, x_key)
     except BaseException:
         reader.close()
         raise
-    return Source(reader, specs)
+    return Source(prepared.reader, prepared.specs, specs, prepared)
+
+
+def check_output_keys(prepared: Prepared, x_key: str) -> None:
+    """Pair outputs (y_a, y_b) must not collide with x or the provenance arrays."""
+    for key in prepared.paired:
+        for name in pair_keys(key):
+            if name == x_key or name in PROVENANCE_KEYS:
+                raise ParameterError(
+                    f"--y-format pair would write '{name}', which is also '{x_key}' or a provenance array; "
+                    "rename the array", "--y-format"
+                )
 
 
 def check_output_path(input_path: Path, output: Path, overwrite: bool) -> str:
@@ -168,7 +222,11 @@ def default_batch_rows(row_bytes: int, block_rows: int) -> int:
 
 def output_specs(source: Source, plan: Plan) -> dict[str, ArraySpec]:
     rows = plan.output_rows
-    specs = {key: ArraySpec((rows,) + spec.row_shape, spec.dtype) for key, spec in source.specs.items()}
+    specs = {
+        out_key: ArraySpec((rows,) + spec.row_shape, spec.dtype)
+        for key, spec in source.specs.items()
+        for out_key in source.output_keys(key)
+    }
     specs["lam"] = ArraySpec((rows,), np.dtype(np.float64))
     specs["partner"] = ArraySpec((rows,), np.dtype(np.int64))
     return specs
@@ -213,15 +271,24 @@ def run_plan(source: Source, plan: Plan, writer, batch_rows: int, progress: Prog
         for s in range(0, n, batch_rows):
             e = min(n, s + batch_rows)
             at = task.out_start + s
-            for key in source.specs:
+            for key in source.mixed_keys:
                 if task.copy < 0:
                     writer.write(key, at, own[key][s:e])
                 else:
                     mixed = mix_rows(own[key][s:e], partner_rows[key][local[s:e]], lam[s:e], out=buffers[key][: e - s])
                     writer.write(key, at, mixed)
+            for key in source.paired_keys:
+                write_pair(writer, key, at, own[key][s:e], partner_rows[key][local[s:e]])
             writer.write("lam", at, lam[s:e])
             writer.write("partner", at, partner[s:e])
             progress.update(e - s)
+
+
+def write_pair(writer, key: str, at: int, own_rows: np.ndarray, partner_rows: np.ndarray) -> None:
+    """``--y-format pair``: the row's own target and its partner's, unmixed."""
+    key_a, key_b = pair_keys(key)
+    writer.write(key_a, at, own_rows)
+    writer.write(key_b, at, partner_rows)
 
 
 def augment(request: AugmentRequest, progress: Progress | None = None) -> AugmentResult:
@@ -236,7 +303,7 @@ def augment(request: AugmentRequest, progress: Progress | None = None) -> Augmen
     input_path, output = Path(request.input), Path(request.output)
     out_format = check_output_path(input_path, output, request.overwrite)
 
-    source = open_source(input_path, request.x_key, request.y_key)
+    source = open_source(input_path, request.x_key, request.y_key, request.data_options(), request.require_y)
     try:
         plan = resolve_plan(request, source)
         batch_rows = request.batch_size or default_batch_rows(source.row_bytes, plan.block_rows)
@@ -261,7 +328,7 @@ def augment(request: AugmentRequest, progress: Progress | None = None) -> Augmen
             writer.abort()
             atomic.remove(tmp)
             raise
-        input_entry = dataset_entry(input_path, source.reader.format_name, source.specs, in_hashes)
+        input_entry = dataset_entry(input_path, source.reader.format_name, source.input_specs or source.specs, in_hashes)
         try:
             atomic.commit(tmp, output, request.overwrite)
         except BaseException:
@@ -275,7 +342,8 @@ def augment(request: AugmentRequest, progress: Progress | None = None) -> Augmen
     finally:
         source.reader.close()
 
-    parameters = dict(plan.to_dict(), x_key=request.x_key, y_key=request.y_key, compression=request.compression)
+    parameters = dict(plan.to_dict(), x_key=request.x_key, y_key=source.y_key, compression=request.compression)
+    parameters.update(source.prepared.parameters())
     seconds = time.perf_counter() - t0
     record = provenance.build(
         run_id=run_id,

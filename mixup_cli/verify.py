@@ -133,6 +133,7 @@ def recompute(record: dict, output: Path, input_path: Path, batch_size: int | No
 
     Returns ``(check, first_difference)``."""
     from mixup_cli import pipeline  # the same code path as a run
+    from mixup_cli.prepare import DataOptions
 
     params = record.get("parameters") or {}
     if params.get("plan_version") != PLAN_VERSION:
@@ -153,7 +154,8 @@ def recompute(record: dict, output: Path, input_path: Path, batch_size: int | No
 
     source = out_reader = None
     try:
-        source = pipeline.open_source(input_path, request.x_key, request.y_key)
+        options = DataOptions.from_parameters(params)
+        source = pipeline.open_source(input_path, request.x_key, request.y_key, options)
         plan = pipeline.resolve_plan(request, source)
         expected = pipeline.output_specs(source, plan)
         out_reader = open_reader(output)

@@ -180,3 +180,19 @@ def test_installed_executable_exit_codes(h5_output, run_mixup):
     edit_sidecar(out, seed=read_sidecar(out)["parameters"]["seed"] + 1)
     proc = run_mixup("verify", out)
     assert proc.returncode == 1 and "FAILED: recompute" in proc.stdout
+
+
+@pytest.mark.parametrize("extra", [
+    ["--num-classes", "6", "--label-smoothing", "0.1"],
+    ["--y-format", "pair"],
+    ["--x-dtype", "float64"],
+])
+def test_target_and_dtype_options_are_recomputed(run_cli, tmp_path, extra):
+    rng = np.random.default_rng(3)
+    x = rng.integers(0, 256, (30, 4, 4), dtype=np.uint8)
+    labels = rng.integers(0, 5, 30)
+    src = write_h5(tmp_path / "in.h5", x=x, y=labels)
+    out = run_augment(run_cli, src, tmp_path / "out.h5", *extra)
+    result = run_cli("verify", out)
+    assert result.exit_code == 0, result.stdout + result.stderr
+    assert result.stdout.strip().endswith("OK")

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import click
 
+from mixup_cli.labels import Y_KINDS
+from mixup_cli.prepare import X_DTYPES, Y_FORMATS
 from mixup_cli.sampling import PAIRINGS
 
 from .options import debug_option, json_option, quiet_option
@@ -36,13 +38,18 @@ class _BarProgress:
             self._bar.close()
 
 
+def _y_key_given() -> bool:
+    ctx = click.get_current_context()
+    return ctx.get_parameter_source("y_key") != click.core.ParameterSource.DEFAULT
+
+
 @click.command()
 @click.argument("input_path", metavar="IN", type=click.Path(path_type=Path))
 @click.argument("output_path", metavar="OUT", type=click.Path(path_type=Path))
 @click.option("--alpha", type=float, default=0.2, show_default=True, help="lam ~ Beta(alpha, alpha).")
 @click.option("--seed", type=click.IntRange(min=0), default=None, help="Seed for all randomness; drawn and recorded if omitted.")
 @click.option("--x-key", default="x", show_default=True, help="Array holding the inputs (HDF5 path, .npz member or .npy file stem).")
-@click.option("--y-key", default="y", show_default=True, help="Array holding the targets.")
+@click.option("--y-key", default="y", show_default=True, help="Array holding the targets. If not given and IN has no 'y', x is mixed alone.")
 @click.option("--pairing", type=click.Choice(PAIRINGS), default="global", show_default=True, help="Where partners come from: the whole dataset, the row's own block, or rows of the same / another class of y.")
 @click.option("--copies", type=int, default=1, show_default=True, help="Augmented copies of the dataset to write.")
 @click.option("--include-original", is_flag=True, help="Also write the original rows first (lam = 1, partner = itself).")
@@ -50,11 +57,19 @@ class _BarProgress:
 @click.option("--block-rows", type=int, default=None, help="Rows per pairing block, the unit of randomness [default: about 16 MiB].")
 @click.option("--compression", type=click.Choice(["none", "gzip", "lzf"]), default="none", show_default=True, help="Output compression (HDF5: gzip or lzf; .npz: gzip).")
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists (only once the new output is complete).")
+@click.option("--no-y", is_flag=True, help="Mix x alone (unlabelled data); y is neither read nor written.")
+@click.option("--y-format", type=click.Choice(Y_FORMATS), default="soft", show_default=True, help="soft: mixed targets; pair: y_a, y_b (the two original targets, dtype kept) beside lam.")
+@click.option("--y-kind", type=click.Choice(Y_KINDS), default="auto", show_default=True, help="What y holds; auto: integer (N,) labels are classes (one-hot), bool and other integer targets 0/1, floats dense.")
+@click.option("--num-classes", type=click.IntRange(min=1), default=None, metavar="C", help="Classes of integer labels (labels in [0, C)) [default: max label + 1, found by a pass over y].")
+@click.option("--label-smoothing", type=click.FloatRange(0, 1, max_open=True), default=0.0, metavar="EPS", help="Class targets: off = EPS/C, on = 1 - EPS + EPS/C, applied before mixing.")
+@click.option("--x-dtype", type=click.Choice(X_DTYPES), default="keep", show_default=True, help="Output dtype of x (keep: integers are rounded and clipped back).")
+@click.option("--allow-nonfinite", is_flag=True, help="Mix NaN and Inf as they are instead of stopping at the first row holding one.")
 @quiet_option
 @json_option
 @debug_option
 def augment(input_path, output_path, alpha, seed, x_key, y_key, pairing, copies, include_original,
-            batch_size, block_rows, compression, overwrite, quiet, as_json):
+            batch_size, block_rows, compression, overwrite, no_y, y_format, y_kind, num_classes,
+            label_smoothing, x_dtype, allow_nonfinite, quiet, as_json):
     """Write a mixed copy of dataset IN to OUT, plus OUT.provenance.json.
 
     IN and OUT are .h5/.hdf5, .npz, or a directory of .npy files (x.npy,
@@ -65,6 +80,8 @@ def augment(input_path, output_path, alpha, seed, x_key, y_key, pairing, copies,
       mixup augment in.h5 out.h5 --alpha 0.2 --seed 7
       mixup augment data/ mixed/ --seed 7          # x.npy + y.npy in data/
       mixup augment in.npz out.h5 --copies 3 --compression gzip --json
+      mixup augment labels.h5 out.h5 --num-classes 10 --label-smoothing 0.1
+      mixup augment masks.h5 out.h5 --y-format pair   # y_a, y_b, lam
     """
     from mixup_cli.pipeline import AugmentRequest, augment as run_augment
 
@@ -72,7 +89,14 @@ def augment(input_path, output_path, alpha, seed, x_key, y_key, pairing, copies,
         input=input_path, output=output_path, alpha=alpha, seed=seed, x_key=x_key, y_key=y_key,
         pairing=pairing, copies=copies, include_original=include_original, batch_size=batch_size,
         block_rows=block_rows, compression=compression, overwrite=overwrite,
+        x_dtype=x_dtype, y_format=y_format, y_kind=y_kind, num_classes=num_classes,
+        label_smoothing=label_smoothing, allow_nonfinite=allow_nonfinite,
+        require_y=_y_key_given(),
     )
+    if no_y:
+        if _y_key_given():
+            raise click.UsageError("--no-y and --y-key exclude each other")
+        request.y_key = None
     bar = _BarProgress(quiet)
     try:
         result = run_augment(request, progress=bar)

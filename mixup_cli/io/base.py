@@ -34,13 +34,17 @@ class ArraySpec:
         return {"shape": list(self.shape), "dtype": np.dtype(self.dtype).str}
 
 
-def refuse_unsupported_dtype(path: Path, key: str, dtype: np.dtype) -> None:
-    """Object, string, bool and complex arrays cannot be mixed: say so early."""
+def refuse_unsupported_dtype(path: Path, key: str, dtype: np.dtype, kinds: str = "fiu") -> None:
+    """Object, string, bool and complex arrays cannot be mixed: say so early.
+
+    ``kinds`` are the numpy dtype kinds accepted ("b" admits bool, for targets).
+    """
     dtype = np.dtype(dtype)
-    if dtype.kind not in "fiu":
+    if dtype.kind not in kinds:
+        supported = "float16/32/64, integer and bool types" if "b" in kinds else "float16/32/64 and integer types"
         raise InputError(
             f"{path}: array '{key}' has dtype {dtype}, which cannot be mixed; "
-            "supported dtypes are float16/32/64 and integer types"
+            f"supported dtypes are {supported}"
         )
 
 
@@ -90,7 +94,7 @@ class Reader(ABC):
     def files(self) -> list[Path]:
         """The files on disk that make up this dataset (for hashing)."""
 
-    def require(self, key: str, option: str) -> ArraySpec:
+    def require(self, key: str, option: str, kinds: str = "fiu") -> ArraySpec:
         """The spec of ``key``, or an error naming the option and the keys present."""
         if key not in self.keys():
             present = ", ".join(sorted(self.keys())) or "none"
@@ -100,7 +104,7 @@ class Reader(ABC):
         spec = self.spec(key)
         if len(spec.shape) == 0:
             raise InputError(f"{self.path}: array '{key}' is a scalar; it needs a first axis of samples")
-        refuse_unsupported_dtype(self.path, key, spec.dtype)
+        refuse_unsupported_dtype(self.path, key, spec.dtype, kinds)
         return spec
 
     def close(self) -> None:

@@ -40,11 +40,11 @@ class Reader(base.Reader):
     def keys(self) -> list[str]:
         return list(self._files)
 
-    def require(self, key: str, option: str) -> ArraySpec:
+    def require(self, key: str, option: str, kinds: str = "fiu") -> ArraySpec:
         if key not in self._files:
             present = ", ".join(f"{k}.npy" for k in self._files) or "no .npy files"
             raise InputError(f"{self.path}: no {key}.npy (present: {present}); choose one with {option}")
-        return super().require(key, option)
+        return super().require(key, option, kinds)
 
     def spec(self, key: str) -> ArraySpec:
         arr = self._array(key)

@@ -1,0 +1,223 @@
+"""Arrays as they are mixed: x in its output dtype, y encoded, both checked.
+
+``PreparedReader`` wraps an input's reader and, block by block as rows are
+read, converts x to ``--x-dtype``, encodes y (``labels.py``) and refuses
+NaN or Inf (unless ``--allow-nonfinite``), naming the array and first row.
+Everything downstream (block cache, mixing, writers, any engine that reads
+through it) sees only prepared rows and never loads an array whole.
+
+With ``--y-format pair`` the targets are not mixed: each output row gets
+``KEY_a`` (its own row's target) and ``KEY_b`` (its partner's), dtype kept,
+beside ``lam``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from mixup_cli import labels
+from mixup_cli.errors import InputError, ParameterError
+from mixup_cli.io.base import ArraySpec, Reader
+
+X_DTYPES = ("keep", "float16", "float32", "float64")
+Y_FORMATS = ("soft", "pair")
+
+
+@dataclass(frozen=True)
+class DataOptions:
+    """The options that decide how x and y are read and mixed."""
+
+    x_dtype: str = "keep"  # keep | float16 | float32 | float64
+    y_format: str = "soft"  # soft | pair
+    y_kind: str = "auto"  # auto | classes | binary | multilabel | dense
+    num_classes: int | None = None
+    label_smoothing: float = 0.0
+    allow_nonfinite: bool = False
+
+    def check(self) -> "DataOptions":
+        if self.x_dtype not in X_DTYPES:
+            raise ParameterError(f"--x-dtype must be one of {', '.join(X_DTYPES)}, got {self.x_dtype!r}", "--x-dtype")
+        if self.y_format not in Y_FORMATS:
+            raise ParameterError(f"--y-format must be one of {', '.join(Y_FORMATS)}, got {self.y_format!r}", "--y-format")
+        if self.y_kind not in labels.Y_KINDS:
+            raise ParameterError(f"--y-kind must be one of {', '.join(labels.Y_KINDS)}, got {self.y_kind!r}", "--y-kind")
+        labels.check_smoothing(self.label_smoothing)
+        if self.y_format == "pair":
+            for value, option in ((self.num_classes, "--num-classes"), (self.label_smoothing or None, "--label-smoothing")):
+                if value is not None:
+                    raise ParameterError(
+                        f"{option} applies to --y-format soft; pair writes the targets as they are", option
+                    )
+        return self
+
+    @classmethod
+    def from_parameters(cls, parameters: dict) -> "DataOptions":
+        """The options a sidecar's ``parameters`` record (defaults where absent)."""
+        targets = parameters.get("targets") or {}
+        pair = parameters.get("y_format", "soft") == "pair"
+        return cls(
+            x_dtype=parameters.get("x_dtype", "keep"),
+            y_format=parameters.get("y_format", "soft"),
+            y_kind=targets.get("kind", "auto"),
+            num_classes=None if pair else targets.get("num_classes"),
+            label_smoothing=0.0 if pair else targets.get("label_smoothing", 0.0),
+            allow_nonfinite=parameters.get("allow_nonfinite", False),
+        )
+
+
+def pair_keys(key: str) -> tuple[str, str]:
+    """Output names of a target written as a pair: own row's, partner's."""
+    return f"{key}_a", f"{key}_b"
+
+
+Transform = Callable[[np.ndarray, object], np.ndarray]
+
+
+class PreparedReader(Reader):
+    """The input as it is mixed: reads go to ``inner``, then through a
+    per-key transform ``f(block, rows)`` (``rows``: first row read, or the
+    rows read by index)."""
+
+    def __init__(self, inner: Reader, specs: dict[str, ArraySpec], transforms: dict[str, Transform]):
+        super().__init__(inner.path)
+        self.inner = inner
+        self.format_name = inner.format_name
+        self._specs = specs
+        self._transforms = transforms
+
+    def keys(self) -> list[str]:
+        return self.inner.keys()
+
+    def spec(self, key: str) -> ArraySpec:
+        return self._specs[key] if key in self._specs else self.inner.spec(key)
+
+    def read(self, key: str, start: int, stop: int) -> np.ndarray:
+        block = self.inner.read(key, start, stop)
+        f = self._transforms.get(key)
+        return block if f is None else f(block, start)
+
+    def take(self, key: str, rows: np.ndarray) -> np.ndarray:
+        block = self.inner.take(key, rows)
+        f = self._transforms.get(key)
+        return block if f is None else f(block, np.asarray(rows))
+
+    def describe(self, key: str) -> dict:
+        return self.inner.describe(key)
+
+    def chunk_rows(self, key: str) -> int | None:
+        return self.inner.chunk_rows(key)
+
+    def files(self):
+        return self.inner.files()
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+@dataclass(frozen=True)
+class Prepared:
+    reader: PreparedReader
+    specs: dict[str, ArraySpec]  # data keys as mixed: x then y
+    paired: tuple[str, ...]  # data keys written as KEY_a / KEY_b instead of mixed
+    targets: labels.Targets | None  # None without y, or with --y-format pair
+    target_kind: str | None  # the kind of y (recorded for pair too)
+    options: DataOptions
+
+    def parameters(self) -> dict:
+        """What the sidecar's ``parameters`` records (``DataOptions.from_parameters`` reads it back)."""
+        if self.targets is not None:
+            targets = self.targets.to_dict()
+        elif self.target_kind is not None:
+            targets = {"kind": self.target_kind, "dtype": None, "num_classes": None, "classes": None,
+                       "label_smoothing": 0.0}
+        else:
+            targets = None
+        return {
+            "x_dtype": self.options.x_dtype,
+            "y_format": self.options.y_format,
+            "allow_nonfinite": self.options.allow_nonfinite,
+            "targets": targets,
+        }
+
+
+def first_nonfinite_row(block: np.ndarray) -> int | None:
+    """Offset of the first row holding NaN or Inf, or None (floats only)."""
+    if block.dtype.kind != "f" or len(block) == 0:
+        return None
+    finite = np.isfinite(block)
+    if finite.all():
+        return None
+    return int(np.flatnonzero(~finite.reshape(len(block), -1).all(axis=1))[0])
+
+
+def check_finite(block: np.ndarray, rows, label: str, note: str = "") -> None:
+    i = first_nonfinite_row(block)
+    if i is not None:
+        raise InputError(
+            f"{label} row {labels.row_number(rows, i)} holds NaN or Inf{note}; "
+            "clean the data or pass --allow-nonfinite to mix such values as they are"
+        )
+
+
+def prepare(
+    reader: Reader,
+    x_key: str,
+    x_spec: ArraySpec,
+    y_key: str | None,
+    y_spec: ArraySpec | None,
+    options: DataOptions,
+) -> Prepared:
+    """Resolve what x and y become (finding the classes if needed) and wrap ``reader``."""
+    options.check()
+    check = not options.allow_nonfinite
+    x_label = f"{reader.path}: '{x_key}'"
+    x_dtype = x_spec.dtype if options.x_dtype == "keep" else np.dtype(options.x_dtype)
+    converted = np.dtype(x_dtype) != np.dtype(x_spec.dtype)
+    note = f" after conversion to {np.dtype(x_dtype)}" if converted else ""
+
+    def prepare_x(block, rows):
+        if converted:
+            with np.errstate(over="ignore"):  # values beyond the new dtype become Inf: reported below
+                block = block.astype(x_dtype)
+        if check:
+            check_finite(block, rows, x_label, note)
+        return block
+
+    specs = {x_key: ArraySpec(x_spec.shape, np.dtype(x_dtype))}
+    transforms: dict[str, Transform] = {x_key: prepare_x}
+    targets, kind, paired = None, None, ()
+    if y_key is None:
+        for value, option in ((options.num_classes, "--num-classes"), (options.label_smoothing or None, "--label-smoothing"),
+                              (None if options.y_kind == "auto" else options.y_kind, "--y-kind"),
+                              (None if options.y_format == "soft" else options.y_format, "--y-format")):
+            if value is not None:
+                raise ParameterError(f"{option} applies to targets, but {reader.path} is mixed without y", option)
+    if y_key is not None:
+        y_label = f"{reader.path}: '{y_key}'"
+        if options.y_format == "pair":
+            kind = labels.auto_kind(y_spec.dtype, y_spec.row_shape) if options.y_kind == "auto" else options.y_kind
+            paired = (y_key,)
+            specs[y_key] = y_spec
+
+            def prepare_y(block, rows):
+                if check:
+                    check_finite(block, rows, y_label)
+                return block
+        else:
+            targets = labels.resolve(
+                reader, y_key, y_spec.dtype, y_spec.shape, options.y_kind, options.num_classes, options.label_smoothing
+            )
+            kind = targets.kind
+            specs[y_key] = ArraySpec((y_spec.rows,) + targets.encoded_row_shape(y_spec.row_shape), targets.dtype)
+
+            def prepare_y(block, rows):
+                if check:
+                    check_finite(block, rows, y_label)
+                return targets.encode(block, rows)
+
+        transforms[y_key] = prepare_y
+    wrapped = PreparedReader(reader, specs, transforms)
+    return Prepared(wrapped, specs, paired, targets, kind, options)
