@@ -1,10 +1,19 @@
 """Nothing half-written: outputs are built under a temporary name beside the
-target and renamed into place only when complete."""
+target and renamed into place only when complete.
+
+Everything a run keeps beside ``OUT`` while it works starts with
+``.OUT.mixup-partial`` (the partial output itself, the resume journal, the
+staging directory of an ``.npz``), so it is hidden, never matches a glob such
+as ``*.h5``, and can be found and removed as one group.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
+import threading
 from pathlib import Path
 
 from mixup_cli.errors import OutputError
@@ -19,6 +28,15 @@ def partial_path(final: Path) -> Path:
     return final.with_name(f".{final.name}{PARTIAL_SUFFIX}")
 
 
+def partials(final: Path) -> list[Path]:
+    """Every temporary entry a run for ``final`` may leave beside it."""
+    prefix = partial_path(final).name
+    try:
+        return sorted(p for p in Path(final).parent.iterdir() if p.name.startswith(prefix))
+    except OSError:
+        return []
+
+
 def remove(path: Path) -> None:
     path = Path(path)
     if path.is_dir() and not path.is_symlink():
@@ -30,7 +48,15 @@ def remove(path: Path) -> None:
             pass
 
 
-def _fsync(path: Path) -> None:
+def remove_partials(final: Path) -> None:
+    """Remove the partial output of ``final`` and everything that goes with it."""
+    for path in partials(final):
+        remove(path)
+
+
+def sync(path: Path) -> None:
+    """fsync a file, or every file under a directory."""
+    path = Path(path)
     paths = [p for p in path.rglob("*") if p.is_file()] if path.is_dir() else [path]
     for p in paths:
         fd = os.open(p, os.O_RDONLY)
@@ -40,10 +66,47 @@ def _fsync(path: Path) -> None:
             os.close(fd)
 
 
-def commit(tmp: Path, final: Path, overwrite: bool) -> None:
-    """Move the finished ``tmp`` to ``final``; replace an existing one only if allowed."""
+def _sync_dir(directory: Path) -> None:
+    try:
+        dir_fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dir_fd)
+    except OSError:
+        pass
+    finally:
+        os.close(dir_fd)
+
+
+@contextlib.contextmanager
+def signals_deferred():
+    """Hold SIGINT and SIGTERM back while the block runs (main thread, POSIX).
+
+    Used around the final renames, so that an interruption cannot fall
+    between the output and its sidecar; a signal that arrives meanwhile is
+    delivered as soon as the block ends.
+    """
+    held = {signal.SIGINT, signal.SIGTERM}
+    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def commit(tmp: Path, final: Path, overwrite: bool, fsync: bool = True) -> None:
+    """Move the finished ``tmp`` to ``final``; replace an existing one only if allowed.
+
+    ``final`` is never opened: an existing one is replaced by the rename
+    alone, so until then it stays exactly as it was.
+    """
     tmp, final = Path(tmp), Path(final)
-    _fsync(tmp)
+    if fsync:
+        sync(tmp)
     if final.exists() or final.is_symlink():
         if not overwrite:
             raise OutputError(f"{final}: already exists; pass --overwrite to replace it")
@@ -57,20 +120,31 @@ def commit(tmp: Path, final: Path, overwrite: bool) -> None:
             os.replace(final, old)
             os.replace(tmp, final)
             remove(old)
+            _sync_dir(final.parent)
             return
     os.replace(tmp, final)
-    dir_fd = os.open(final.parent, os.O_RDONLY)
+    _sync_dir(final.parent)
+
+
+def stage_text(tmp: Path, text: str) -> Path:
+    """Write ``text`` to the temporary file ``tmp``, flushed to disk; return ``tmp``."""
+    tmp = Path(tmp)
     try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+    except BaseException:
+        remove(tmp)
+        raise
+    return tmp
 
 
 def write_text(final: Path, text: str, overwrite: bool = True) -> None:
     """Write a small text file atomically."""
-    tmp = partial_path(final)
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    commit(tmp, final, overwrite)
+    tmp = stage_text(partial_path(final), text)
+    try:
+        commit(tmp, final, overwrite, fsync=False)
+    except BaseException:
+        remove(tmp)
+        raise
