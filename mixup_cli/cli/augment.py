@@ -10,6 +10,7 @@ import click
 
 from mixup_cli.sampling import PAIRINGS
 
+from . import signals
 from .options import debug_option, json_option, quiet_option
 
 
@@ -29,6 +30,7 @@ class _BarProgress:
         )
 
     def update(self, rows: int) -> None:
+        signals.check()
         self._bar.update(rows)
 
     def close(self) -> None:
@@ -37,7 +39,7 @@ class _BarProgress:
 
 
 @click.command()
-@click.argument("input_path", metavar="IN", type=click.Path(path_type=Path))
+@click.argument("input_path", metavar="IN", type=click.Path(path_type=Path, readable=False))  # the library says why
 @click.argument("output_path", metavar="OUT", type=click.Path(path_type=Path))
 @click.option("--alpha", type=float, default=0.2, show_default=True, help="lam ~ Beta(alpha, alpha).")
 @click.option("--seed", type=click.IntRange(min=0), default=None, help="Seed for all randomness; drawn and recorded if omitted.")
@@ -50,11 +52,12 @@ class _BarProgress:
 @click.option("--block-rows", type=int, default=None, help="Rows per pairing block, the unit of randomness [default: about 16 MiB].")
 @click.option("--compression", type=click.Choice(["none", "gzip", "lzf"]), default="none", show_default=True, help="Output compression (HDF5: gzip or lzf; .npz: gzip).")
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists (only once the new output is complete).")
+@click.option("--resume", is_flag=True, help="Continue a run that was killed, from its last block written, if its options and input match; otherwise say what differs and stop.")
 @quiet_option
 @json_option
 @debug_option
 def augment(input_path, output_path, alpha, seed, x_key, y_key, pairing, copies, include_original,
-            batch_size, block_rows, compression, overwrite, quiet, as_json):
+            batch_size, block_rows, compression, overwrite, quiet, as_json, resume):
     """Write a mixed copy of dataset IN to OUT, plus OUT.provenance.json.
 
     IN and OUT are .h5/.hdf5, .npz, or a directory of .npy files (x.npy,
@@ -65,13 +68,14 @@ def augment(input_path, output_path, alpha, seed, x_key, y_key, pairing, copies,
       mixup augment in.h5 out.h5 --alpha 0.2 --seed 7
       mixup augment data/ mixed/ --seed 7          # x.npy + y.npy in data/
       mixup augment in.npz out.h5 --copies 3 --compression gzip --json
+      mixup augment in.h5 out.h5 --seed 7 --resume  # after a killed run
     """
     from mixup_cli.pipeline import AugmentRequest, augment as run_augment
 
     request = AugmentRequest(
         input=input_path, output=output_path, alpha=alpha, seed=seed, x_key=x_key, y_key=y_key,
         pairing=pairing, copies=copies, include_original=include_original, batch_size=batch_size,
-        block_rows=block_rows, compression=compression, overwrite=overwrite,
+        block_rows=block_rows, compression=compression, overwrite=overwrite, resume=resume,
     )
     bar = _BarProgress(quiet)
     try:
