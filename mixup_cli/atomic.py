@@ -18,7 +18,13 @@ from pathlib import Path
 
 from mixup_cli.errors import OutputError
 
+try:
+    import fcntl
+except ImportError:  # not POSIX: runs are not locked against each other
+    fcntl = None
+
 PARTIAL_SUFFIX = ".mixup-partial"
+LOCK_SUFFIX = ".lock"
 
 
 def partial_path(final: Path) -> Path:
@@ -28,13 +34,64 @@ def partial_path(final: Path) -> Path:
     return final.with_name(f".{final.name}{PARTIAL_SUFFIX}")
 
 
-def partials(final: Path) -> list[Path]:
+def partials(final: Path, *, with_lock: bool = True) -> list[Path]:
     """Every temporary entry a run for ``final`` may leave beside it."""
     prefix = partial_path(final).name
+    lock = lock_path(final).name
     try:
-        return sorted(p for p in Path(final).parent.iterdir() if p.name.startswith(prefix))
+        return sorted(
+            p for p in Path(final).parent.iterdir()
+            if p.name.startswith(prefix) and (with_lock or p.name != lock)
+        )
     except OSError:
         return []
+
+
+def lock_path(final: Path) -> Path:
+    partial = partial_path(final)
+    return partial.with_name(partial.name + LOCK_SUFFIX)
+
+
+class RunLock:
+    """An exclusive lock on writing ``final``: two runs never share a partial output.
+
+    The kernel releases it when the process dies, SIGKILL included, so a
+    killed run never blocks the next one. Filesystems without ``flock``
+    run unlocked.
+    """
+
+    def __init__(self, final: Path):
+        self.final = Path(final)
+        self.path = lock_path(final)
+        self._fd: int | None = None
+
+    def acquire(self) -> "RunLock":
+        if fcntl is None:
+            return self
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise OutputError(
+                f"{self.final}: another mixup run is writing it right now; "
+                "wait for that run to end or choose another output path"
+            ) from None
+        except OSError:  # no locking on this filesystem
+            os.close(fd)
+            remove(self.path)
+            return self
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        """Unlock; the lock file goes too unless a partial output stays for --resume."""
+        if self._fd is None:
+            return
+        if not partials(self.final, with_lock=False):
+            remove(self.path)
+        os.close(self._fd)
+        self._fd = None
 
 
 def remove(path: Path) -> None:
@@ -49,8 +106,9 @@ def remove(path: Path) -> None:
 
 
 def remove_partials(final: Path) -> None:
-    """Remove the partial output of ``final`` and everything that goes with it."""
-    for path in partials(final):
+    """Remove the partial output of ``final`` and what goes with it (the lock
+    file stays with its holder, see ``RunLock.release``)."""
+    for path in partials(final, with_lock=False):
         remove(path)
 
 

@@ -281,7 +281,7 @@ def _open_journal(request: AugmentRequest, output: Path) -> resume.Journal | Non
     Without --resume, leftovers of an interrupted run are removed (with a
     warning): a retried job then simply starts over.
     """
-    left = atomic.partials(output)
+    left = atomic.partials(output, with_lock=False)
     if request.resume and left:
         return resume.Journal.load(resume.journal_path(output), output)
     if request.resume:
@@ -291,7 +291,8 @@ def _open_journal(request: AugmentRequest, output: Path) -> resume.Journal | Non
             "removing %s left by an interrupted run (pass --resume to continue such a run instead)",
             ", ".join(p.name for p in left),
         )
-    atomic.remove_partials(output)
+    for path in left:
+        atomic.remove(path)
     return None
 
 
@@ -314,7 +315,9 @@ def augment(request: AugmentRequest, progress: Progress | None = None) -> Augmen
     out_format = check_output_path(input_path, output, request.overwrite)
 
     source = open_source(input_path, request.x_key, request.y_key)
+    lock = atomic.RunLock(output)
     try:
+        lock.acquire()
         journal = _open_journal(request, output)
         if journal is not None and request.seed is None and journal.seed is not None:
             request = dataclasses.replace(request, seed=journal.seed)
@@ -397,6 +400,7 @@ def augment(request: AugmentRequest, progress: Progress | None = None) -> Augmen
                 ) from None
             raise
     finally:
+        lock.release()
         source.reader.close()
 
     return AugmentResult(output, sidecar, plan.output_rows, seconds, int(plan.seed), journal.run_id, record)

@@ -169,7 +169,7 @@ class Journal:
     def load(cls, path: Path, output: Path) -> "Journal":
         partial = atomic.partial_path(output)
         # The output itself, or (.npz) its staging directory.
-        if not any(p != Path(path) and not p.name.startswith(Path(path).name) for p in atomic.partials(output)):
+        if not any(not p.name.startswith(Path(path).name) for p in atomic.partials(output, with_lock=False)):
             raise OutputError(
                 f"{output}: cannot resume, the partial output {partial.name} is missing; "
                 "run without --resume to start over"
