@@ -348,6 +348,27 @@ def test_disk_full_during_the_write(tmp_path, small_tmpfs):
     assert list(small_tmpfs.iterdir()) == []
 
 
+_NO_PRECHECK = """
+import sys
+from mixup_cli import pipeline
+pipeline.check_free_space = lambda *args: None  # let the write itself hit the full disk
+from mixup_cli.cli import main
+main(sys.argv[1:], prog_name="mixup")
+"""
+
+
+@pytest.mark.parametrize("name", ["out.h5", "out"])
+def test_disk_full_mid_write_without_the_precheck(tmp_path, small_tmpfs, name):
+    x, y = make_arrays(n=3000, x_shape=(400,))
+    src = write_h5(tmp_path / "in.h5", x=x, y=y)
+    out = small_tmpfs / name
+    result = subprocess.run([sys.executable, "-c", _NO_PRECHECK, "augment", str(src), str(out), "--seed", "1"],
+                            capture_output=True, text=True, timeout=60,
+                            env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert_clean_failure(result, 1, rf"{re.escape(str(out))}: disk full \(no space left")
+    assert list(small_tmpfs.iterdir()) == []
+
+
 def test_disk_full_keeps_old_output(tmp_path, small_tmpfs):
     """--overwrite replaces OUT only at the final rename: a failed run leaves it."""
     x, y = make_arrays(n=3000, x_shape=(400,))

@@ -105,6 +105,13 @@ def chunk_rows_for(spec: ArraySpec, options: WriteOptions) -> int:
     return max(1, limit)
 
 
+def _writer_cache(options: WriteOptions) -> dict:
+    """Uncompressed output goes straight to the file, without HDF5's chunk
+    cache: rows are written in whole runs anyway, and after a failed write
+    (disk full) a file with dirty cached chunks crashes HDF5 when closed."""
+    return {"rdcc_nbytes": 0} if options.compression == "none" else {}
+
+
 class Writer(base.Writer):
     format_name = "hdf5"
     compressions = ("none", "gzip", "lzf")
@@ -112,7 +119,7 @@ class Writer(base.Writer):
     def __init__(self, path: Path, specs: dict[str, ArraySpec], options: WriteOptions):
         super().__init__(path, specs, options)
         try:
-            self._file = h5py.File(self.path, "w")
+            self._file = h5py.File(self.path, "w", **_writer_cache(options))
         except OSError as exc:
             if _is_lock_error(exc):
                 raise OutputError(f"{self.path}: cannot create HDF5 file: {_LOCK_HINT}") from None
@@ -148,7 +155,7 @@ class Writer(base.Writer):
         self = cls.__new__(cls)
         base.Writer.__init__(self, path, specs, options)
         try:
-            self._file = h5py.File(self.path, "r+")
+            self._file = h5py.File(self.path, "r+", **_writer_cache(options))
         except OSError as exc:
             reason = "locked by another process" if _is_lock_error(exc) else "HDF5 cannot open it"
             raise cls.damaged(self.path, reason) from None
