@@ -139,21 +139,32 @@ def _sync_dir(directory: Path) -> None:
 
 @contextlib.contextmanager
 def signals_deferred():
-    """Hold SIGINT and SIGTERM back while the block runs (main thread, POSIX).
+    """Hold SIGINT and SIGTERM back while the block runs (main thread only).
 
     Used around the final renames, so that an interruption cannot fall
-    between the output and its sidecar; a signal that arrives meanwhile is
-    delivered as soon as the block ends.
+    between the output and its sidecar. The handlers are swapped for a
+    recorder rather than masking the signals, which would not hold with
+    other threads running; a signal that arrives meanwhile is raised again,
+    under the original handler, as soon as the block ends.
     """
-    held = {signal.SIGINT, signal.SIGTERM}
-    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    caught: list[int] = []
+    previous = {}
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        handler = signal.getsignal(signum)
+        if handler in (signal.SIG_IGN, None):
+            continue
+        previous[signum] = handler
+        signal.signal(signum, lambda received, frame: caught.append(received))
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        if caught:
+            signal.raise_signal(caught[0])
 
 
 def commit(tmp: Path, final: Path, overwrite: bool, fsync: bool = True) -> None:

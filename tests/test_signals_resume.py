@@ -252,3 +252,53 @@ def test_second_run_on_the_same_output_is_refused(big_h5, tmp_path):
         proc.wait(timeout=10)
     assert second.returncode == 1 and "another mixup run is writing it" in second.stderr
     assert (tmp_path / ".out.h5.mixup-partial").exists()  # the first run's work was not removed
+
+
+def test_interruption_inside_the_library_removes_the_partial_files(tmp_path):
+    from mixup_cli import pipeline
+
+    src = _source(tmp_path, "h5")
+    out = tmp_path / "out.h5"
+    out.write_bytes(b"old output")
+
+    class Interrupt(pipeline.Progress):
+        def update(self, rows):
+            raise KeyboardInterrupt
+
+    request = pipeline.AugmentRequest(src, out, seed=1, block_rows=100, overwrite=True)
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.augment(request, progress=Interrupt())
+    assert partials(tmp_path) == [] and out.read_bytes() == b"old output"
+    assert not Path(f"{out}.provenance.json").exists()
+
+
+def test_differences_are_named_by_option():
+    old = {"tool_version": "1", "plan": {"alpha": 0.2, "seed": 1, "plan_version": 1},
+           "options": {"x_key": "x"}, "input": {"files": [{"size": 1}]}, "output": {"format": "hdf5"}}
+    new = {"tool_version": "2", "plan": {"alpha": 0.3, "seed": 1, "plan_version": 1},
+           "options": {"x_key": "images"}, "input": {"files": [{"size": 2}]}, "output": {"format": "npz"}}
+    found = resume.differences(old, new)
+    assert "--alpha 0.2 (interrupted run) vs 0.3 (now)" in found
+    assert "--x-key x (interrupted run) vs images (now)" in found
+    assert any(f.startswith("input files") for f in found)
+    assert any(f.startswith("output format hdf5") for f in found)
+    assert any(f.startswith("mixup-cli version 1") for f in found)
+    assert resume.differences(old, old) == []
+
+
+def test_signals_are_held_back_during_the_final_renames():
+    from mixup_cli import atomic
+
+    received = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: received.append(signum))
+    try:
+        with atomic.signals_deferred():
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.05)
+            assert received == []
+        deadline = time.monotonic() + 5
+        while not received and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert received == [signal.SIGTERM]
+    finally:
+        signal.signal(signal.SIGTERM, previous)
