@@ -1,15 +1,30 @@
 """Nothing half-written: outputs are built under a temporary name beside the
-target and renamed into place only when complete."""
+target and renamed into place only when complete.
+
+Everything a run keeps beside ``OUT`` while it works starts with
+``.OUT.mixup-partial`` (the partial output itself, the resume journal, the
+staging directory of an ``.npz``), so it is hidden, never matches a glob such
+as ``*.h5``, and can be found and removed as one group.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
+import threading
 from pathlib import Path
 
 from mixup_cli.errors import OutputError
 
+try:
+    import fcntl
+except ImportError:  # not POSIX: runs are not locked against each other
+    fcntl = None
+
 PARTIAL_SUFFIX = ".mixup-partial"
+LOCK_SUFFIX = ".lock"
 
 
 def partial_path(final: Path) -> Path:
@@ -17,6 +32,66 @@ def partial_path(final: Path) -> Path:
     never mistaken for output by a glob such as ``*.h5``."""
     final = Path(final)
     return final.with_name(f".{final.name}{PARTIAL_SUFFIX}")
+
+
+def partials(final: Path, *, with_lock: bool = True) -> list[Path]:
+    """Every temporary entry a run for ``final`` may leave beside it."""
+    prefix = partial_path(final).name
+    lock = lock_path(final).name
+    try:
+        return sorted(
+            p for p in Path(final).parent.iterdir()
+            if p.name.startswith(prefix) and (with_lock or p.name != lock)
+        )
+    except OSError:
+        return []
+
+
+def lock_path(final: Path) -> Path:
+    partial = partial_path(final)
+    return partial.with_name(partial.name + LOCK_SUFFIX)
+
+
+class RunLock:
+    """An exclusive lock on writing ``final``: two runs never share a partial output.
+
+    The kernel releases it when the process dies, SIGKILL included, so a
+    killed run never blocks the next one. Filesystems without ``flock``
+    run unlocked.
+    """
+
+    def __init__(self, final: Path):
+        self.final = Path(final)
+        self.path = lock_path(final)
+        self._fd: int | None = None
+
+    def acquire(self) -> "RunLock":
+        if fcntl is None:
+            return self
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise OutputError(
+                f"{self.final}: another mixup run is writing it right now; "
+                "wait for that run to end or choose another output path"
+            ) from None
+        except OSError:  # no locking on this filesystem
+            os.close(fd)
+            remove(self.path)
+            return self
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        """Unlock; the lock file goes too unless a partial output stays for --resume."""
+        if self._fd is None:
+            return
+        if not partials(self.final, with_lock=False):
+            remove(self.path)
+        os.close(self._fd)
+        self._fd = None
 
 
 def remove(path: Path) -> None:
@@ -30,7 +105,16 @@ def remove(path: Path) -> None:
             pass
 
 
-def _fsync(path: Path) -> None:
+def remove_partials(final: Path) -> None:
+    """Remove the partial output of ``final`` and what goes with it (the lock
+    file stays with its holder, see ``RunLock.release``)."""
+    for path in partials(final, with_lock=False):
+        remove(path)
+
+
+def sync(path: Path) -> None:
+    """fsync a file, or every file under a directory."""
+    path = Path(path)
     paths = [p for p in path.rglob("*") if p.is_file()] if path.is_dir() else [path]
     for p in paths:
         fd = os.open(p, os.O_RDONLY)
@@ -40,10 +124,58 @@ def _fsync(path: Path) -> None:
             os.close(fd)
 
 
-def commit(tmp: Path, final: Path, overwrite: bool) -> None:
-    """Move the finished ``tmp`` to ``final``; replace an existing one only if allowed."""
+def _sync_dir(directory: Path) -> None:
+    try:
+        dir_fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dir_fd)
+    except OSError:
+        pass
+    finally:
+        os.close(dir_fd)
+
+
+@contextlib.contextmanager
+def signals_deferred():
+    """Hold SIGINT and SIGTERM back while the block runs (main thread only).
+
+    Used around the final renames, so that an interruption cannot fall
+    between the output and its sidecar. The handlers are swapped for a
+    recorder rather than masking the signals, which would not hold with
+    other threads running; a signal that arrives meanwhile is raised again,
+    under the original handler, as soon as the block ends.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = {}
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        handler = signal.getsignal(signum)
+        if handler in (signal.SIG_IGN, None):
+            continue
+        previous[signum] = handler
+        signal.signal(signum, lambda received, frame: caught.append(received))
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        if caught:
+            signal.raise_signal(caught[0])
+
+
+def commit(tmp: Path, final: Path, overwrite: bool, fsync: bool = True) -> None:
+    """Move the finished ``tmp`` to ``final``; replace an existing one only if allowed.
+
+    ``final`` is never opened: an existing one is replaced by the rename
+    alone, so until then it stays exactly as it was.
+    """
     tmp, final = Path(tmp), Path(final)
-    _fsync(tmp)
+    if fsync:
+        sync(tmp)
     if final.exists() or final.is_symlink():
         if not overwrite:
             raise OutputError(f"{final}: already exists; pass --overwrite to replace it")
@@ -57,20 +189,31 @@ def commit(tmp: Path, final: Path, overwrite: bool) -> None:
             os.replace(final, old)
             os.replace(tmp, final)
             remove(old)
+            _sync_dir(final.parent)
             return
     os.replace(tmp, final)
-    dir_fd = os.open(final.parent, os.O_RDONLY)
+    _sync_dir(final.parent)
+
+
+def stage_text(tmp: Path, text: str) -> Path:
+    """Write ``text`` to the temporary file ``tmp``, flushed to disk; return ``tmp``."""
+    tmp = Path(tmp)
     try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+    except BaseException:
+        remove(tmp)
+        raise
+    return tmp
 
 
 def write_text(final: Path, text: str, overwrite: bool = True) -> None:
     """Write a small text file atomically."""
-    tmp = partial_path(final)
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    commit(tmp, final, overwrite)
+    tmp = stage_text(partial_path(final), text)
+    try:
+        commit(tmp, final, overwrite, fsync=False)
+    except BaseException:
+        remove(tmp)
+        raise

@@ -6,6 +6,9 @@ partner block) and one batch of output rows, whatever the number of rows.
 
 from __future__ import annotations
 
+import dataclasses
+import errno
+import json
 import logging
 import os
 import time
@@ -15,10 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from mixup_cli import __version__, atomic, provenance
+from mixup_cli import __version__, atomic, provenance, resume
 from mixup_cli.core import check_alpha, mix_rows
 from mixup_cli.errors import InputError, OutputError, ParameterError
-from mixup_cli.io import ArraySpec, Reader, WriteOptions, create_writer, format_of, open_reader
+from mixup_cli.io import ArraySpec, Reader, WriteOptions, create_writer, format_of, open_reader, reopen_writer
 from mixup_cli.classes import class_index
 from mixup_cli.prepare import DataOptions, Prepared, pair_keys, prepare
 from mixup_cli.sampling import CLASS_PAIRINGS, Plan, check_positive, default_block_rows, draw_seed
@@ -63,6 +66,7 @@ class AugmentRequest:
             x_dtype=self.x_dtype, y_format=self.y_format, y_kind=self.y_kind, num_classes=self.num_classes,
             label_smoothing=self.label_smoothing, allow_nonfinite=self.allow_nonfinite,
         )
+    resume: bool = False
 
 
 @dataclass
@@ -184,13 +188,24 @@ def check_output_keys(prepared: Prepared, x_key: str) -> None:
 def check_output_path(input_path: Path, output: Path, overwrite: bool) -> str:
     """Refuse outputs that cannot or must not be written; return the output format."""
     fmt = format_of(output, for_output=True)
-    if output.resolve() == input_path.resolve() or (output.exists() and os.path.samefile(output, input_path)):
+    out_real, in_real = output.resolve(), input_path.resolve()
+    if out_real == in_real or (
+        output.exists() and input_path.exists() and os.path.samefile(output, input_path)
+    ):
         raise ParameterError(f"{output}: is the input itself; choose another output path", "OUT")
-    parent = output.resolve().parent
+    if output.is_dir() and in_real.is_relative_to(out_real):
+        raise ParameterError(f"{output}: contains the input {input_path}; choose another output path", "OUT")
+    # The partial output is created beside OUT, in the directory as spelled.
+    parent = output.parent
+    if not parent.exists():
+        raise OutputError(f"{output}: directory {parent.resolve()} does not exist; create it first")
     if not parent.is_dir():
-        raise OutputError(f"{output}: directory {parent} does not exist; create it first")
+        raise OutputError(f"{output}: {parent.resolve()} is not a directory; choose another output path")
     if not os.access(parent, os.W_OK | os.X_OK):
-        raise OutputError(f"{output}: directory {parent} is not writable")
+        raise OutputError(
+            f"{output}: directory {parent.resolve()} is not writable; "
+            "fix its permissions or choose another output directory"
+        )
     if (output.exists() or output.is_symlink()) and not overwrite:
         raise OutputError(f"{output}: already exists; pass --overwrite to replace it")
     return fmt
@@ -251,14 +266,22 @@ class BlockCache:
         return self._blocks[block]
 
 
-def run_plan(source: Source, plan: Plan, writer, batch_rows: int, progress: Progress) -> None:
-    """Compute every task of the plan and hand the rows to ``writer``."""
+def run_plan(source: Source, plan: Plan, writer, batch_rows: int, progress: Progress,
+             skip=frozenset(), on_done=None) -> None:
+    """Compute every task of the plan and hand the rows to ``writer``.
+
+    Tasks are numbered in ``plan.tasks()`` order; those in ``skip`` are
+    already in the output (resume). ``on_done(index)`` is called once a
+    task's rows have all been handed to the writer.
+    """
     cache = BlockCache(source, plan)
     buffers = {
         key: np.empty((min(batch_rows, plan.block_rows),) + spec.row_shape, spec.dtype)
         for key, spec in source.specs.items()
     }
-    for task in plan.tasks():
+    for index, task in enumerate(plan.tasks()):
+        if index in skip:
+            continue
         own = cache.get(task.block, keep=task.partner_block)
         lam, partner = plan.draw(task)
         if task.partner_block is None:  # partners by index (sorted, unique reads)
@@ -282,6 +305,66 @@ def run_plan(source: Source, plan: Plan, writer, batch_rows: int, progress: Prog
             writer.write("lam", at, lam[s:e])
             writer.write("partner", at, partner[s:e])
             progress.update(e - s)
+        if on_done is not None:
+            on_done(index)
+
+
+def _disk_full(exc: BaseException) -> bool:
+    if not isinstance(exc, OSError):
+        return False
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(exc).lower()
+    return "no space left" in text or "errno = 28" in text or "quota exceeded" in text
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB"
+
+
+def check_free_space(output: Path, out_format: str, specs: dict[str, ArraySpec], compression: str) -> None:
+    """Refuse up front an output that cannot fit on its disk.
+
+    The uncompressed bytes are a lower bound of what the output takes (a
+    stored ``.npz`` needs them twice: staging, then the archive). Compressed
+    HDF5 output has no such bound and is not checked.
+    """
+    if out_format == "hdf5" and compression != "none":
+        return
+    need = sum(int(np.prod(spec.shape, dtype=np.int64)) * np.dtype(spec.dtype).itemsize for spec in specs.values())
+    if out_format == "npz" and compression == "none":
+        need *= 2
+    try:
+        st = os.statvfs(output.parent)
+    except (OSError, AttributeError):
+        return
+    free = st.f_bavail * st.f_frsize
+    if free < need:
+        raise OutputError(
+            f"{output}: disk full: the output needs about {_mib(need)} but {_mib(free)} is free in "
+            f"{output.parent.resolve()}; free some space or choose another output directory"
+        )
+
+
+def _open_journal(request: AugmentRequest, output: Path) -> resume.Journal | None:
+    """The journal of the interrupted run to continue, or None to start afresh.
+
+    Without --resume, leftovers of an interrupted run are removed (with a
+    warning): a retried job then simply starts over.
+    """
+    left = atomic.partials(output, with_lock=False)
+    if request.resume and left:
+        return resume.Journal.load(resume.journal_path(output), output)
+    if request.resume:
+        log.warning("%s: no interrupted run to resume; starting from the beginning", output)
+    elif left:
+        log.warning(
+            "removing %s left by an interrupted run (pass --resume to continue such a run instead)",
+            ", ".join(p.name for p in left),
+        )
+    for path in left:
+        atomic.remove(path)
+    return None
 
 
 def write_pair(writer, key: str, at: int, own_rows: np.ndarray, partner_rows: np.ndarray) -> None:
@@ -292,7 +375,13 @@ def write_pair(writer, key: str, at: int, own_rows: np.ndarray, partner_rows: np
 
 
 def augment(request: AugmentRequest, progress: Progress | None = None) -> AugmentResult:
-    """Run ``mixup augment``: write OUT and its sidecar, or nothing at all."""
+    """Run ``mixup augment``: write OUT and its sidecar, or nothing at all.
+
+    Everything is built under ``.OUT.mixup-partial`` names beside OUT; on any
+    failure (interruption included) those are removed and an existing OUT is
+    left as it was. After a kill they stay, and ``request.resume`` continues
+    from the last block the journal records.
+    """
     started_at, t0 = provenance.utc_now(), time.perf_counter()
     progress = progress or Progress()
     check_alpha(request.alpha)
@@ -304,69 +393,110 @@ def augment(request: AugmentRequest, progress: Progress | None = None) -> Augmen
     out_format = check_output_path(input_path, output, request.overwrite)
 
     source = open_source(input_path, request.x_key, request.y_key, request.data_options(), request.require_y)
+    lock = atomic.RunLock(output)
     try:
+        lock.acquire()
+        journal = _open_journal(request, output)
+        if journal is not None and request.seed is None and journal.seed is not None:
+            request = dataclasses.replace(request, seed=journal.seed)
         plan = resolve_plan(request, source)
         batch_rows = request.batch_size or default_batch_rows(source.row_bytes, plan.block_rows)
-        input_hashes = provenance.BackgroundHash(source.reader.files())
-        run_id = uuid.uuid4().hex
         specs = output_specs(source, plan)
-        tmp = atomic.partial_path(output)
-        if tmp.exists():
-            log.warning("removing %s left by an interrupted run", tmp)
-            atomic.remove(tmp)
         options = WriteOptions(compression=request.compression, block_rows=plan.block_rows)
-        writer = create_writer(tmp, out_format, specs, options)
+        fingerprint = resume.fingerprint(request, plan, source, out_format, specs)
+        tmp = atomic.partial_path(output)
+        writer = None
+        if journal is not None:
+            # A refusal here leaves the partial output as it was.
+            journal.check(fingerprint, output)
+            writer = reopen_writer(tmp, out_format, specs, options)
+        input_hashes = provenance.BackgroundHash(source.reader.files())
+        sidecar = provenance.sidecar_path(output)
+        sidecar_tmp = tmp.with_name(tmp.name + provenance.SIDECAR_SUFFIX)  # removed with the partial
         try:
+            if journal is None:
+                check_free_space(output, out_format, specs, request.compression)
+                writer = create_writer(tmp, out_format, specs, options)
+                journal = resume.Journal(resume.journal_path(output), fingerprint, uuid.uuid4().hex, started_at)
+                journal.save()
+            resumed_tasks = len(journal.done)
             progress.start(plan.output_rows)
-            run_plan(source, plan, writer, batch_rows, progress)
-            writer.set_attributes({"mixup_cli_version": __version__, "run_id": run_id})
+            if resumed_tasks:
+                progress.update(sum(t.stop - t.start for i, t in enumerate(plan.tasks()) if i in journal.done))
+            run_plan(
+                source, plan, writer, batch_rows, progress,
+                skip=frozenset(journal.done), on_done=lambda index: journal.task_done(index, writer),
+            )
+            writer.flush()
+            journal.save()  # every task recorded before the file is finished
+            writer.set_attributes({"mixup_cli_version": __version__, "run_id": journal.run_id})
             writer.close()
             out_files = [tmp / rel if str(rel) != "." else tmp for rel in writer.files()]
             out_hashes = provenance.BackgroundHash(out_files).result()
             in_hashes = input_hashes.result()
-        except BaseException:
-            writer.abort()
-            atomic.remove(tmp)
+            input_entry = dataset_entry(
+                input_path, source.reader.format_name, source.input_specs or source.specs, in_hashes
+            )
+            final_hashes = {
+                str(output / rel if str(rel) != "." else output): out_hashes[str(f)]
+                for rel, f in zip(writer.files(), out_files)
+            }
+            sizes = {
+                str(output / rel if str(rel) != "." else output): f.stat().st_size
+                for rel, f in zip(writer.files(), out_files)
+            }
+            output_entry = dataset_entry(output, out_format, specs, final_hashes, sizes)
+
+            parameters = dict(plan.to_dict(), x_key=request.x_key, y_key=source.y_key, compression=request.compression)
+            parameters.update(source.prepared.parameters())
+            seconds = time.perf_counter() - t0
+            execution = {"engine": "local", "batch_size": batch_rows, "seconds": round(seconds, 3)}
+            if resumed_tasks:
+                execution["resumed_tasks"] = resumed_tasks
+            record = provenance.build(
+                run_id=journal.run_id,
+                command_line=request.command_line,
+                parameters=parameters,
+                execution=execution,
+                input_entry=input_entry,
+                output_entry=output_entry,
+                started_at=journal.started_at,
+                finished_at=provenance.utc_now(),
+            )
+            atomic.stage_text(sidecar_tmp, json.dumps(record, indent=2, sort_keys=True) + "\n")
+            atomic.sync(tmp)
+            # The output, then its sidecar, then the journal: no interruption in between.
+            with atomic.signals_deferred():
+                atomic.commit(tmp, output, request.overwrite, fsync=False)
+                atomic.commit(sidecar_tmp, sidecar, overwrite=True, fsync=False)
+                atomic.remove_partials(output)
+        except BaseException as exc:
+            if writer is not None:
+                writer.abort()
+            atomic.remove_partials(output)
+            if _disk_full(exc):
+                raise OutputError(
+                    f"{output}: disk full (no space left in {output.parent.resolve()}); "
+                    "nothing was written: free some space or choose another output directory"
+                ) from None
             raise
-        input_entry = dataset_entry(input_path, source.reader.format_name, source.input_specs or source.specs, in_hashes)
-        try:
-            atomic.commit(tmp, output, request.overwrite)
-        except BaseException:
-            atomic.remove(tmp)
-            raise
-        final_hashes = {
-            str(output / rel if str(rel) != "." else output): out_hashes[str(f)]
-            for rel, f in zip(writer.files(), out_files)
-        }
-        output_entry = dataset_entry(output, out_format, specs, final_hashes)
     finally:
+        lock.release()
         source.reader.close()
 
-    parameters = dict(plan.to_dict(), x_key=request.x_key, y_key=source.y_key, compression=request.compression)
-    parameters.update(source.prepared.parameters())
-    seconds = time.perf_counter() - t0
-    record = provenance.build(
-        run_id=run_id,
-        command_line=request.command_line,
-        parameters=parameters,
-        execution={"engine": "local", "batch_size": batch_rows, "seconds": round(seconds, 3)},
-        input_entry=input_entry,
-        output_entry=output_entry,
-        started_at=started_at,
-        finished_at=provenance.utc_now(),
-    )
-    sidecar = provenance.sidecar_path(output)
-    provenance.write(sidecar, record)
-    return AugmentResult(output, sidecar, plan.output_rows, seconds, int(plan.seed), run_id, record)
+    return AugmentResult(output, sidecar, plan.output_rows, seconds, int(plan.seed), journal.run_id, record)
 
 
-def dataset_entry(path: Path, fmt: str, specs: dict[str, ArraySpec], hashes: dict[str, str]) -> dict:
-    """A dataset as the sidecar records it: where, what arrays, which files with their hashes."""
+def dataset_entry(path: Path, fmt: str, specs: dict[str, ArraySpec], hashes: dict[str, str],
+                  sizes: dict[str, int] | None = None) -> dict:
+    """A dataset as the sidecar records it: where, what arrays, which files with their hashes.
+
+    ``sizes`` gives the files' sizes when they are not yet at ``path``."""
     return {
         "path": str(Path(path).resolve()),
         "format": fmt,
         "arrays": {key: spec.to_dict() for key, spec in specs.items()},
         "files": [
-            {"path": str(Path(p).resolve()), "size": Path(p).stat().st_size, "sha256": digest} for p, digest in hashes.items()
+            {"path": str(Path(p).resolve()), "size": sizes[p] if sizes else Path(p).stat().st_size, "sha256": digest} for p, digest in hashes.items()
         ],
     }

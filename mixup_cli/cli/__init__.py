@@ -14,6 +14,7 @@ import click
 from mixup_cli import __version__
 from mixup_cli.errors import MixupError
 
+from . import signals
 from .augment import augment
 from .inspect import inspect
 from .verify import verify
@@ -31,15 +32,18 @@ class MixupGroup(click.Group):
 
     def invoke(self, ctx):
         try:
-            return super().invoke(ctx)
+            result = super().invoke(ctx)
+            signals.check()
+            return result
         except MixupError as exc:
             if ctx.meta.get("mixup.debug"):
                 raise
             click.echo(f"Error: {exc}", err=True)
             ctx.exit(exc.exit_code)
-        except KeyboardInterrupt:
-            click.echo("Interrupted: no output was written.", err=True)
-            ctx.exit(EXIT_INTERRUPTED)
+        except KeyboardInterrupt as exc:
+            name, code = signals.describe(exc)
+            click.echo(f"Interrupted by {name}: stopped and removed the temporary files.", err=True)
+            ctx.exit(code)
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
         except Exception as exc:  # a bug or an unforeseen system error: still one line
@@ -72,4 +76,5 @@ cli.add_command(inspect)
 
 
 def main(args=None, prog_name="mixup"):
+    signals.install()
     return cli.main(args=args, prog_name=prog_name)

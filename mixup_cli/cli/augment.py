@@ -12,6 +12,7 @@ from mixup_cli.labels import Y_KINDS
 from mixup_cli.prepare import X_DTYPES, Y_FORMATS
 from mixup_cli.sampling import PAIRINGS
 
+from . import signals
 from .options import debug_option, json_option, quiet_option
 
 
@@ -31,6 +32,7 @@ class _BarProgress:
         )
 
     def update(self, rows: int) -> None:
+        signals.check()
         self._bar.update(rows)
 
     def close(self) -> None:
@@ -44,7 +46,7 @@ def _y_key_given() -> bool:
 
 
 @click.command()
-@click.argument("input_path", metavar="IN", type=click.Path(path_type=Path))
+@click.argument("input_path", metavar="IN", type=click.Path(path_type=Path, readable=False))  # the library says why
 @click.argument("output_path", metavar="OUT", type=click.Path(path_type=Path))
 @click.option("--alpha", type=float, default=0.2, show_default=True, help="lam ~ Beta(alpha, alpha).")
 @click.option("--seed", type=click.IntRange(min=0), default=None, help="Seed for all randomness; drawn and recorded if omitted.")
@@ -64,12 +66,13 @@ def _y_key_given() -> bool:
 @click.option("--label-smoothing", type=click.FloatRange(0, 1, max_open=True), default=0.0, metavar="EPS", help="Class targets: off = EPS/C, on = 1 - EPS + EPS/C, applied before mixing.")
 @click.option("--x-dtype", type=click.Choice(X_DTYPES), default="keep", show_default=True, help="Output dtype of x (keep: integers are rounded and clipped back).")
 @click.option("--allow-nonfinite", is_flag=True, help="Mix NaN and Inf as they are instead of stopping at the first row holding one.")
+@click.option("--resume", is_flag=True, help="Continue a run that was killed, from its last block written, if its options and input match; otherwise say what differs and stop.")
 @quiet_option
 @json_option
 @debug_option
 def augment(input_path, output_path, alpha, seed, x_key, y_key, pairing, copies, include_original,
             batch_size, block_rows, compression, overwrite, no_y, y_format, y_kind, num_classes,
-            label_smoothing, x_dtype, allow_nonfinite, quiet, as_json):
+            label_smoothing, x_dtype, allow_nonfinite, resume, quiet, as_json):
     """Write a mixed copy of dataset IN to OUT, plus OUT.provenance.json.
 
     IN and OUT are .h5/.hdf5, .npz, or a directory of .npy files (x.npy,
@@ -82,6 +85,7 @@ def augment(input_path, output_path, alpha, seed, x_key, y_key, pairing, copies,
       mixup augment in.npz out.h5 --copies 3 --compression gzip --json
       mixup augment labels.h5 out.h5 --num-classes 10 --label-smoothing 0.1
       mixup augment masks.h5 out.h5 --y-format pair   # y_a, y_b, lam
+      mixup augment in.h5 out.h5 --seed 7 --resume  # after a killed run
     """
     from mixup_cli.pipeline import AugmentRequest, augment as run_augment
 
@@ -91,7 +95,7 @@ def augment(input_path, output_path, alpha, seed, x_key, y_key, pairing, copies,
         block_rows=block_rows, compression=compression, overwrite=overwrite,
         x_dtype=x_dtype, y_format=y_format, y_kind=y_kind, num_classes=num_classes,
         label_smoothing=label_smoothing, allow_nonfinite=allow_nonfinite,
-        require_y=_y_key_given(),
+        require_y=_y_key_given(), resume=resume,
     )
     if no_y:
         if _y_key_given():

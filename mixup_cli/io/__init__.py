@@ -11,7 +11,7 @@ from pathlib import Path
 from mixup_cli.errors import InputError, ParameterError
 from mixup_cli.io.base import ArraySpec, Reader, WriteOptions, Writer
 
-__all__ = ["ArraySpec", "Reader", "Writer", "WriteOptions", "format_of", "open_reader", "create_writer"]
+__all__ = ["ArraySpec", "Reader", "Writer", "WriteOptions", "format_of", "open_reader", "create_writer", "reopen_writer"]
 
 # suffix -> (format name, module)
 _SUFFIXES = {
@@ -48,8 +48,14 @@ def _module(fmt: str):
 def open_reader(path: Path) -> Reader:
     path = Path(path)
     if not path.exists():
-        raise InputError(f"{path}: no such file or directory")
-    return _module(format_of(path)).open_reader(path)
+        raise InputError(f"{path}: no such file or directory; check the path")
+    fmt = format_of(path)
+    if fmt != "npydir" and path.is_dir():
+        raise InputError(
+            f"{path}: is a directory, not a {fmt} file; pass the file itself "
+            "(a directory is read as .npy files only when its name has no extension)"
+        )
+    return _module(fmt).open_reader(path)
 
 
 def create_writer(path: Path, fmt: str, specs: dict[str, ArraySpec], options: WriteOptions) -> Writer:
@@ -61,3 +67,8 @@ def create_writer(path: Path, fmt: str, specs: dict[str, ArraySpec], options: Wr
             "--compression",
         )
     return module.Writer(path, specs, options)
+
+
+def reopen_writer(path: Path, fmt: str, specs: dict[str, ArraySpec], options: WriteOptions) -> Writer:
+    """A writer on the partial output of an interrupted run (``--resume``)."""
+    return _module(fmt).Writer.reopen(path, specs, options)

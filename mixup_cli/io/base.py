@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mixup_cli.errors import InputError
+from mixup_cli.errors import InputError, OutputError
 
 
 @dataclass(frozen=True)
@@ -142,9 +142,25 @@ class Writer(ABC):
     def set_attributes(self, attrs: dict) -> None:
         """Attach small metadata (tool version, run id) where the format can."""
 
+    def flush(self) -> None:
+        """Make every row written so far durable on disk (the resume journal relies on it)."""
+
+    @classmethod
+    def reopen(cls, path: Path, specs: dict[str, ArraySpec], options: WriteOptions) -> "Writer":
+        """A writer on the partial output an interrupted run left at ``path``."""
+        raise OutputError(f"{path}: {cls.format_name} output cannot be resumed; run without --resume")
+
     @abstractmethod
     def close(self) -> None:
         """Finish the file(s): after this the data is complete on disk."""
+
+    @staticmethod
+    def damaged(path: Path, reason: str) -> OutputError:
+        """The error for a partial output that cannot be reopened."""
+        return OutputError(
+            f"{path}: cannot resume, the partial output is damaged ({reason}); "
+            "run again without --resume to start over"
+        )
 
     def abort(self) -> None:
         """Release handles after a failure; the caller removes the files."""

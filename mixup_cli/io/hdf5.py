@@ -6,6 +6,8 @@ the plan's block size, so every block the pipeline writes covers whole chunks.
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 
 import h5py
@@ -21,12 +23,19 @@ _LOCK_HINT = (
 )
 
 
+def _is_lock_error(exc: OSError) -> bool:
+    # Word match: HDF5's messages also mention "sblock" (the superblock).
+    return re.search(r"\bf?lock(s|ed|ing)?\b", str(exc).lower()) is not None
+
+
 def _open_error(path: Path, exc: OSError) -> InputError:
     text = str(exc).lower()
-    if "lock" in text:
+    if _is_lock_error(exc):
         return InputError(f"{path}: cannot open HDF5 file: {_LOCK_HINT}")
     if "permission" in text or getattr(exc, "errno", None) == 13:
         return InputError(f"{path}: permission denied; make the file readable")
+    if "truncated file" in text:
+        return InputError(f"{path}: not a readable HDF5 file: it is truncated; copy or write it again completely")
     return InputError(f"{path}: not a readable HDF5 file (is it damaged, truncated or another format?)")
 
 
@@ -96,6 +105,13 @@ def chunk_rows_for(spec: ArraySpec, options: WriteOptions) -> int:
     return max(1, limit)
 
 
+def _writer_cache(options: WriteOptions) -> dict:
+    """Uncompressed output goes straight to the file, without HDF5's chunk
+    cache: rows are written in whole runs anyway, and after a failed write
+    (disk full) a file with dirty cached chunks crashes HDF5 when closed."""
+    return {"rdcc_nbytes": 0} if options.compression == "none" else {}
+
+
 class Writer(base.Writer):
     format_name = "hdf5"
     compressions = ("none", "gzip", "lzf")
@@ -103,8 +119,10 @@ class Writer(base.Writer):
     def __init__(self, path: Path, specs: dict[str, ArraySpec], options: WriteOptions):
         super().__init__(path, specs, options)
         try:
-            self._file = h5py.File(self.path, "w")
+            self._file = h5py.File(self.path, "w", **_writer_cache(options))
         except OSError as exc:
+            if _is_lock_error(exc):
+                raise OutputError(f"{self.path}: cannot create HDF5 file: {_LOCK_HINT}") from None
             raise OutputError(f"{self.path}: cannot create HDF5 file: {exc}") from None
         compression = None if options.compression == "none" else options.compression
         self._datasets = {}
@@ -123,6 +141,34 @@ class Writer(base.Writer):
     def set_attributes(self, attrs: dict) -> None:
         for name, value in attrs.items():
             self._file.attrs[name] = value
+
+    def flush(self) -> None:
+        self._file.flush()
+        try:
+            os.fsync(self._file.id.get_vfd_handle())
+        except (OSError, TypeError, ValueError):
+            pass
+
+    @classmethod
+    def reopen(cls, path: Path, specs: dict[str, ArraySpec], options: WriteOptions) -> "Writer":
+        # HDF5 is not crash-safe: after a kill the file may not open at all.
+        self = cls.__new__(cls)
+        base.Writer.__init__(self, path, specs, options)
+        try:
+            self._file = h5py.File(self.path, "r+", **_writer_cache(options))
+        except OSError as exc:
+            reason = "locked by another process" if _is_lock_error(exc) else "HDF5 cannot open it"
+            raise cls.damaged(self.path, reason) from None
+        try:
+            self._datasets = {key: self._file[key] for key in specs}
+            for key, spec in specs.items():
+                ds = self._datasets[key]
+                if tuple(ds.shape) != tuple(spec.shape) or ds.dtype != spec.dtype:
+                    raise ValueError(f"array '{key}' has the wrong shape or dtype")
+        except (KeyError, OSError, ValueError, RuntimeError) as exc:
+            self._file.close()
+            raise cls.damaged(self.path, str(exc) or "arrays missing") from None
+        return self
 
     def close(self) -> None:
         if self._file.id.valid:

@@ -13,7 +13,7 @@ import numpy as np
 from mixup_cli.errors import InputError
 from mixup_cli.io import base
 from mixup_cli.io.base import ArraySpec, WriteOptions
-from mixup_cli.io.npyfile import memmap_npy
+from mixup_cli.io.npyfile import create_npy, memmap_npy, reopen_npy
 
 
 def open_reader(path: Path) -> "Reader":
@@ -69,10 +69,22 @@ class Writer(base.Writer):
     def __init__(self, path: Path, specs: dict[str, ArraySpec], options: WriteOptions):
         super().__init__(path, specs, options)
         self.path.mkdir()
-        self._maps = {
-            key: np.lib.format.open_memmap(self.path / f"{key}.npy", mode="w+", dtype=spec.dtype, shape=spec.shape)
-            for key, spec in specs.items()
-        }
+        self._maps = {key: create_npy(self.path / f"{key}.npy", spec.shape, spec.dtype) for key, spec in specs.items()}
+
+    @classmethod
+    def reopen(cls, path: Path, specs: dict[str, ArraySpec], options: WriteOptions) -> "Writer":
+        self = cls.__new__(cls)
+        base.Writer.__init__(self, path, specs, options)
+        try:
+            self._maps = {key: reopen_npy(self.path / f"{key}.npy", spec.shape, spec.dtype) for key, spec in specs.items()}
+        except (OSError, ValueError) as exc:
+            raise cls.damaged(self.path, str(exc)) from None
+        return self
+
+    def flush(self) -> None:
+        for arr in self._maps.values():
+            if isinstance(arr, np.memmap):
+                arr.flush()
 
     def write(self, key: str, start: int, data: np.ndarray) -> None:
         self._maps[key][start : start + len(data)] = data

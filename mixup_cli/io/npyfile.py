@@ -3,6 +3,8 @@ the ``.npy``-directory and ``.npz`` formats. Never unpickles."""
 
 from __future__ import annotations
 
+import errno
+import os
 from pathlib import Path
 
 import numpy as np
@@ -45,3 +47,31 @@ def memmap_npy(path: Path, offset: int = 0, label: str | None = None) -> np.ndar
     if expected == 0:
         return np.empty(shape, dtype=dtype, order="F" if fortran else "C")
     return np.memmap(path, dtype=dtype, mode="r", offset=data_offset, shape=shape, order="F" if fortran else "C")
+
+
+def create_npy(path: Path, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """A new ``.npy`` file memory-mapped for writing, its disk space reserved.
+
+    Reserving the space up front turns a full disk into an error here,
+    instead of a crash (SIGBUS) on a later write through the map.
+    """
+    arr = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+    size = os.path.getsize(path)
+    if size and hasattr(os, "posix_fallocate"):
+        fd = os.open(path, os.O_RDWR)
+        try:
+            os.posix_fallocate(fd, 0, size)
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                raise
+        finally:
+            os.close(fd)
+    return arr
+
+
+def reopen_npy(path: Path, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """Memory-map an existing ``.npy`` file for writing; ValueError if it is not as expected."""
+    arr = np.lib.format.open_memmap(path, mode="r+")
+    if tuple(arr.shape) != tuple(shape) or arr.dtype != np.dtype(dtype):
+        raise ValueError(f"{Path(path).name} has shape {arr.shape} and dtype {arr.dtype}")
+    return arr

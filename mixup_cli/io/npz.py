@@ -20,7 +20,7 @@ import numpy as np
 from mixup_cli.errors import InputError
 from mixup_cli.io import base
 from mixup_cli.io.base import ArraySpec, WriteOptions
-from mixup_cli.io.npyfile import memmap_npy
+from mixup_cli.io.npyfile import create_npy, memmap_npy, reopen_npy
 
 _LOCAL_HEADER = struct.Struct("<4s2B4HL2L2H")  # zip local file header, 30 bytes
 
@@ -113,10 +113,33 @@ class Writer(base.Writer):
         if self._staging.exists():
             shutil.rmtree(self._staging)
         self._staging.mkdir()
-        self._maps = {
-            key: np.lib.format.open_memmap(self._staging / f"{key}.npy", mode="w+", dtype=spec.dtype, shape=spec.shape)
-            for key, spec in specs.items()
-        }
+        self._maps = {key: create_npy(self._staging / f"{key}.npy", spec.shape, spec.dtype) for key, spec in specs.items()}
+
+    @classmethod
+    def reopen(cls, path: Path, specs: dict[str, ArraySpec], options: WriteOptions) -> "Writer":
+        self = cls.__new__(cls)
+        base.Writer.__init__(self, path, specs, options)
+        self._staging = self.path.with_name(self.path.name + ".staging")
+        if not self._staging.is_dir():
+            # Killed after the archive was packed: it only waits to be renamed.
+            try:
+                with zipfile.ZipFile(self.path) as zf:
+                    names = set(zf.namelist())
+                    if zf.testzip() is not None or names != {f"{key}.npy" for key in specs}:
+                        raise ValueError("the archive is incomplete")
+            except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+                raise cls.damaged(self.path, str(exc)) from None
+            self._maps = {}
+            return self
+        try:
+            self._maps = {key: reopen_npy(self._staging / f"{key}.npy", spec.shape, spec.dtype) for key, spec in specs.items()}
+        except (OSError, ValueError) as exc:
+            raise cls.damaged(self.path, str(exc)) from None
+        return self
+
+    def flush(self) -> None:
+        for arr in self._maps.values():
+            arr.flush()
 
     def write(self, key: str, start: int, data: np.ndarray) -> None:
         self._maps[key][start : start + len(data)] = data

@@ -1,0 +1,191 @@
+"""Resuming a run that was killed: the journal beside the partial output.
+
+While a run works, ``.OUT.mixup-partial.journal.json`` records a fingerprint
+of everything that decides the output (plan, options, the input files' sizes
+and modification times, the output's format and arrays, the tool version)
+and which tasks of the plan are already in the partial output. The journal
+is rewritten atomically at most every ``SAVE_INTERVAL`` seconds, always after
+the writer has flushed the rows of the tasks it lists, so after a kill it
+never claims more than is on disk.
+
+``--resume`` compares the journal's fingerprint with the new run's, refuses
+with the list of differences when they differ, and otherwise skips the
+recorded tasks. Tasks are keyed by their place in ``Plan.tasks()`` and each
+is computed alone from the seed, so the result is the same as an
+uninterrupted run, whatever ``--batch-size`` either run used.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from pathlib import Path
+
+from mixup_cli import __version__, atomic
+from mixup_cli.errors import OutputError
+
+JOURNAL_SUFFIX = ".journal.json"
+JOURNAL_VERSION = 1
+# Seconds between journal updates: at most this much work is redone on resume.
+SAVE_INTERVAL = 1.0
+
+# Request fields that do not decide the output (or enter it through the plan).
+# Request fields that do not decide output bytes (y's presence shows in the output arrays).
+_NOT_IN_FINGERPRINT = {
+    "input", "output", "seed", "block_rows", "batch_size", "overwrite", "command_line", "resume", "require_y",
+    "engine", "scheduler", "workers",
+}
+
+
+def journal_path(output: Path) -> Path:
+    partial = atomic.partial_path(output)
+    return partial.with_name(partial.name + JOURNAL_SUFFIX)
+
+
+def _plain(value):
+    """``value`` as it reads back from JSON (tuples become lists, paths strings)."""
+    return json.loads(json.dumps(value, default=str, sort_keys=True))
+
+
+def fingerprint(request, plan, source, out_format: str, out_specs: dict) -> dict:
+    """Everything that decides the bytes of the output."""
+    plan_fields = plan.to_dict()
+    options = {
+        f.name: getattr(request, f.name)
+        for f in dataclasses.fields(request)
+        if f.name not in _NOT_IN_FINGERPRINT and f.name not in plan_fields
+    }
+    files = []
+    for path in source.reader.files():
+        st = Path(path).stat()
+        files.append({"path": str(Path(path).resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns})
+    return _plain(
+        {
+            "tool_version": __version__,
+            "plan": plan_fields,
+            "options": options,
+            "input": {
+                "path": str(Path(request.input).resolve()),
+                "format": source.reader.format_name,
+                "arrays": {key: spec.to_dict() for key, spec in source.specs.items()},
+                "files": files,
+            },
+            "output": {"format": out_format, "arrays": {key: spec.to_dict() for key, spec in out_specs.items()}},
+        }
+    )
+
+
+def _option_name(section: str, key: str) -> str:
+    if section in ("plan", "options") and key != "plan_version":
+        return "--" + key.replace("_", "-")
+    return {
+        ("", "tool_version"): "mixup-cli version",
+        ("plan", "plan_version"): "plan version",
+        ("input", "path"): "input path",
+        ("input", "format"): "input format",
+        ("input", "arrays"): "input arrays (shapes or dtypes)",
+        ("input", "files"): "input files (size or modification time: the input changed)",
+        ("output", "format"): "output format",
+        ("output", "arrays"): "output arrays (shapes or dtypes)",
+    }.get((section, key), f"{section}.{key}".strip("."))
+
+
+def _short(value) -> str:
+    text = json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else str(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def differences(old: dict, new: dict) -> list[str]:
+    """What differs between two fingerprints, in words."""
+    found = []
+    for section in sorted(set(old) | set(new)):
+        a, b = old.get(section), new.get(section)
+        if isinstance(a, dict) and isinstance(b, dict):
+            for key in sorted(set(a) | set(b)):
+                if a.get(key) != b.get(key):
+                    name = _option_name(section, key)
+                    if section in ("plan", "options", "") or key in ("path", "format"):
+                        name += f" {_short(a.get(key))} (interrupted run) vs {_short(b.get(key))} (now)"
+                    found.append(name)
+        elif a != b:
+            found.append(f"{_option_name('', section)} {_short(a)} (interrupted run) vs {_short(b)} (now)")
+    return found
+
+
+def _ranges(done: set[int]) -> list[list[int]]:
+    """Sorted task indices as [first, last] runs, to keep the journal small."""
+    out: list[list[int]] = []
+    for i in sorted(done):
+        if out and out[-1][1] == i - 1:
+            out[-1][1] = i
+        else:
+            out.append([i, i])
+    return out
+
+
+class Journal:
+    """The resume record of one partial output."""
+
+    def __init__(self, path: Path, fingerprint: dict, run_id: str, started_at: str, done=()):
+        self.path = Path(path)
+        self.fingerprint = fingerprint
+        self.run_id = run_id
+        self.started_at = started_at
+        self.done: set[int] = set(done)
+        self._saved_at = 0.0
+
+    @property
+    def seed(self) -> int | None:
+        return self.fingerprint.get("plan", {}).get("seed")
+
+    def save(self) -> None:
+        record = {
+            "journal_version": JOURNAL_VERSION,
+            "run_id": self.run_id,
+            "started_at": self.started_at,
+            "fingerprint": self.fingerprint,
+            "done": _ranges(self.done),
+        }
+        # The temporary name shares the partial output's prefix, so cleanup finds it.
+        tmp = atomic.stage_text(self.path.with_name(self.path.name + ".tmp"), json.dumps(record, sort_keys=True) + "\n")
+        os.replace(tmp, self.path)
+        self._saved_at = time.monotonic()
+
+    def task_done(self, index: int, writer) -> None:
+        """Record a finished task; every ``SAVE_INTERVAL`` s flush the writer, then save."""
+        self.done.add(index)
+        if time.monotonic() - self._saved_at >= SAVE_INTERVAL:
+            writer.flush()
+            self.save()
+
+    def check(self, new_fingerprint: dict, output: Path) -> None:
+        """Refuse to resume when anything that decides the output differs."""
+        found = differences(self.fingerprint, new_fingerprint)
+        if found:
+            raise OutputError(
+                f"{output}: cannot resume, the interrupted run differs: {'; '.join(found)}; "
+                "rerun with its options, or without --resume to start over"
+            )
+
+    @classmethod
+    def load(cls, path: Path, output: Path) -> "Journal":
+        partial = atomic.partial_path(output)
+        # The output itself, or (.npz) its staging directory.
+        if not any(not p.name.startswith(Path(path).name) for p in atomic.partials(output, with_lock=False)):
+            raise OutputError(
+                f"{output}: cannot resume, the partial output {partial.name} is missing; "
+                "run without --resume to start over"
+            )
+        try:
+            record = json.loads(Path(path).read_text(encoding="utf-8"))
+            if record.get("journal_version") != JOURNAL_VERSION:
+                raise ValueError("unknown journal version")
+            done = {i for first, last in record["done"] for i in range(first, last + 1)}
+            return cls(path, record["fingerprint"], record["run_id"], record["started_at"], done)
+        except FileNotFoundError:
+            reason = "it has no journal (the run stopped before its first block)"
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            reason = f"its journal {Path(path).name} is unreadable"
+        raise OutputError(f"{output}: cannot resume {partial.name}: {reason}; run without --resume to start over")

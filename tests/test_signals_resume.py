@@ -1,0 +1,304 @@
+"""Interruption and resume, with real ``mixup augment`` processes.
+
+SIGINT and SIGTERM stop a run, remove its temporary files and exit 130 / 143;
+after SIGKILL the partial output stays, under its hidden name, and
+``--resume`` finishes it into the same arrays an uninterrupted run writes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from conftest import REPO, load_output, make_arrays, mixup_executable, read_sidecar, write_h5, write_npy_dir, write_npz
+from mixup_cli import resume
+
+# Big enough that a run takes a few seconds even on a fast machine.
+BIG_ROWS, BIG_WIDTH = 100_000, 256  # x: about 100 MB of float32
+BIG_ARGS = ["--seed", "3", "--block-rows", "500", "--copies", "3"]
+
+
+def env():
+    return dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+
+
+def mixup(*args, timeout=120):
+    return subprocess.run(mixup_executable() + [str(a) for a in args], capture_output=True, text=True, timeout=timeout, env=env())
+
+
+def start(*args):
+    def default_signals():  # a parent that ignores SIGINT (a background job) must not hide it
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+    return subprocess.Popen(
+        mixup_executable() + [str(a) for a in args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, env=env(), preexec_fn=default_signals,
+    )
+
+
+def partials(directory: Path) -> list[str]:
+    return sorted(p.name for p in Path(directory).iterdir() if ".mixup-partial" in p.name)
+
+
+def wait_for_progress(proc, output: Path, timeout=60.0) -> int:
+    """Wait until the journal records finished tasks; return how many."""
+    journal = resume.journal_path(output)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"the run ended before it could be interrupted: {proc.communicate()}"
+        try:
+            done = json.loads(journal.read_text())["done"]
+        except (OSError, ValueError, KeyError):
+            done = []
+        if done:
+            return sum(last - first + 1 for first, last in done)
+        time.sleep(0.05)
+    raise AssertionError("no progress recorded in the journal")
+
+
+@pytest.fixture(scope="module")
+def big_h5(tmp_path_factory):
+    path = tmp_path_factory.mktemp("big") / "in.h5"
+    rng = np.random.default_rng(0)
+    with h5py.File(path, "w") as f:
+        x = f.create_dataset("x", shape=(BIG_ROWS, BIG_WIDTH), dtype="f4", chunks=(1000, BIG_WIDTH))
+        for s in range(0, BIG_ROWS, 20_000):
+            x[s : s + 20_000] = rng.standard_normal((20_000, BIG_WIDTH), dtype=np.float32)
+        f.create_dataset("y", data=np.eye(10, dtype=np.float32)[rng.integers(0, 10, BIG_ROWS)], chunks=(1000, 10))
+    return path
+
+
+def test_sigkill_then_resume_gives_the_uninterrupted_arrays(big_h5, tmp_path):
+    out = tmp_path / "out.h5"
+    proc = start("augment", big_h5, out, *BIG_ARGS, "--quiet")
+    wait_for_progress(proc, out)
+    proc.kill()
+    proc.wait(timeout=10)
+
+    # Nothing that looks finished: only the hidden partial and its journal.
+    assert not out.exists() and not Path(f"{out}.provenance.json").exists()
+    # (the lock file is released by the kernel and removed by the next run)
+    assert partials(tmp_path) == [".out.h5.mixup-partial", ".out.h5.mixup-partial.journal.json", ".out.h5.mixup-partial.lock"]
+    partial = tmp_path / ".out.h5.mixup-partial"
+    before = (partial.stat().st_size, partial.stat().st_mtime_ns)
+
+    # Different parameters: refused, saying what differs, and nothing touched.
+    refused = mixup("augment", big_h5, out, *BIG_ARGS, "--alpha", "0.4", "--resume")
+    assert refused.returncode == 1, refused.stderr
+    assert "Traceback" not in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
+    assert "cannot resume" in refused.stderr and "--alpha 0.2 (interrupted run) vs 0.4 (now)" in refused.stderr
+    assert (partial.stat().st_size, partial.stat().st_mtime_ns) == before and not out.exists()
+
+    # Same parameters (another batch size, which never changes the output): resumed.
+    resumed = mixup("augment", big_h5, out, *BIG_ARGS, "--batch-size", "77", "--resume", "--quiet")
+    assert resumed.returncode == 0, resumed.stderr
+    assert partials(tmp_path) == []
+    assert read_sidecar(out)["execution"]["resumed_tasks"] > 0
+
+    reference = tmp_path / "ref.h5"
+    assert mixup("augment", big_h5, reference, *BIG_ARGS, "--quiet").returncode == 0
+    got, want = load_output(out), load_output(reference)
+    assert sorted(got) == sorted(want)
+    for key in want:
+        assert got[key].dtype == want[key].dtype
+        assert got[key].tobytes() == want[key].tobytes(), key
+    assert read_sidecar(out)["output"]["files"][0]["sha256"] != ""
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"])
+def test_interrupt_removes_temporary_files(big_h5, tmp_path, signum, code):
+    out = tmp_path / "out.h5"
+    old = write_h5(out, x=np.zeros((3, 2), np.float32), y=np.zeros((3, 2), np.float32))
+    old_bytes = old.read_bytes()
+    proc = start("augment", big_h5, out, *BIG_ARGS, "--overwrite")
+    wait_for_progress(proc, out)
+    sent = time.monotonic()
+    proc.send_signal(signum)
+    stdout, stderr = proc.communicate(timeout=30)
+    assert time.monotonic() - sent < 10
+    assert proc.returncode == code, stderr
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"Interrupted by {signum.name}"), stderr
+    assert "Traceback" not in stderr and stdout == ""
+    assert partials(tmp_path) == []
+    assert out.read_bytes() == old_bytes  # --overwrite replaces only at the final rename
+
+
+# A run killed at a chosen point, the way SIGKILL would: no cleanup runs.
+_KILLED_RUN = """
+import os, sys
+from mixup_cli import pipeline, resume
+resume.SAVE_INTERVAL = 0  # journal every task, so the kill point is exact
+src, out, stop_after, seed = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+
+class Killer(pipeline.Progress):
+    rows = 0
+    def update(self, rows):
+        self.rows += rows
+        if self.rows >= stop_after:
+            os._exit(9)
+
+request = pipeline.AugmentRequest(src, out, seed=None if seed == "-" else int(seed), block_rows=100, copies=2, batch_size=30)
+pipeline.augment(request, progress=Killer())
+raise SystemExit("not killed")
+"""
+
+
+def killed_run(src, out, stop_after=1500, seed="-"):
+    done = subprocess.run([sys.executable, "-c", _KILLED_RUN, str(src), str(out), str(stop_after), seed],
+                          capture_output=True, text=True, env=env(), timeout=120)
+    assert done.returncode == 9, done.stderr
+
+
+def _source(tmp_path, fmt):
+    x, y = make_arrays(n=1000, x_shape=(6,), dtype=np.float32)
+    if fmt == "h5":
+        return write_h5(tmp_path / "in.h5", x=x, y=y)
+    if fmt == "npz":
+        return write_npz(tmp_path / "in.npz", x=x, y=y)
+    return write_npy_dir(tmp_path / "data", x=x, y=y)
+
+
+@pytest.mark.parametrize("out_name", ["out.h5", "out.npz", "out"])
+def test_resume_each_format(tmp_path, out_name):
+    """A run without --seed, killed mid-task, resumed without --seed: the recorded seed is reused."""
+    src = _source(tmp_path, {"out.h5": "npz", "out.npz": "h5", "out": "npydir"}[out_name])
+    out = tmp_path / out_name
+    killed_run(src, out)
+    assert not out.exists() and ".mixup-partial" in " ".join(partials(tmp_path))
+    seed = json.loads(resume.journal_path(out).read_text())["fingerprint"]["plan"]["seed"]
+
+    result = mixup("augment", src, out, "--block-rows", 100, "--copies", 2, "--resume", "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert partials(tmp_path) == []
+    sidecar = read_sidecar(out)
+    assert sidecar["parameters"]["seed"] == seed and sidecar["execution"]["resumed_tasks"] > 0
+
+    reference = tmp_path / ("ref" + Path(out_name).suffix)
+    assert mixup("augment", src, reference, "--block-rows", 100, "--copies", 2, "--seed", seed, "--quiet").returncode == 0
+    got, want = load_output(out), load_output(reference)
+    assert sorted(got) == sorted(want)
+    for key in want:
+        assert got[key].tobytes() == want[key].tobytes(), key
+
+
+def test_resume_refused_when_the_input_changed(tmp_path):
+    src = _source(tmp_path, "h5")
+    out = tmp_path / "out.h5"
+    killed_run(src, out, seed="5")
+    with h5py.File(src, "a") as f:
+        f["x"][0] = 42.0
+    result = mixup("augment", src, out, "--block-rows", 100, "--copies", 2, "--seed", 5, "--resume")
+    assert result.returncode == 1
+    assert "cannot resume" in result.stderr and "input files" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not out.exists() and (tmp_path / ".out.h5.mixup-partial").exists()
+
+
+def test_resume_refused_when_the_partial_is_damaged(tmp_path):
+    """HDF5 is not crash-safe: a partial that no longer opens is reported, not trusted."""
+    src = _source(tmp_path, "npz")
+    out = tmp_path / "out.h5"
+    killed_run(src, out, seed="5")
+    partial = tmp_path / ".out.h5.mixup-partial"
+    with open(partial, "r+b") as fh:
+        fh.truncate(100)
+    result = mixup("augment", src, out, "--block-rows", 100, "--copies", 2, "--seed", 5, "--resume")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "partial output is damaged" in result.stderr and "without --resume" in result.stderr
+    assert partial.stat().st_size == 100 and not out.exists()
+
+    # Without --resume the leftovers are removed (with a warning) and the run starts over.
+    again = mixup("augment", src, out, "--block-rows", 100, "--copies", 2, "--seed", 5, "--quiet")
+    assert again.returncode == 0 and "removing .out.h5.mixup-partial" in again.stderr
+    assert partials(tmp_path) == [] and load_output(out)["x"].shape == (2000, 6)
+
+
+def test_resume_without_journal_is_refused(tmp_path):
+    src = _source(tmp_path, "h5")
+    out = tmp_path / "out.npz"
+    (tmp_path / ".out.npz.mixup-partial").write_bytes(b"half")
+    result = mixup("augment", src, out, "--seed", 1, "--resume")
+    assert result.returncode == 1 and "no journal" in result.stderr and "without --resume" in result.stderr
+    assert (tmp_path / ".out.npz.mixup-partial").read_bytes() == b"half" and not out.exists()
+
+
+def test_resume_with_nothing_to_resume_starts_afresh(tmp_path):
+    src = _source(tmp_path, "h5")
+    out = tmp_path / "out.h5"
+    result = mixup("augment", src, out, "--seed", 1, "--resume", "--quiet")
+    assert result.returncode == 0 and "no interrupted run to resume" in result.stderr
+    assert load_output(out)["x"].shape == (1000, 6) and partials(tmp_path) == []
+
+
+def test_second_run_on_the_same_output_is_refused(big_h5, tmp_path):
+    out = tmp_path / "out.h5"
+    proc = start("augment", big_h5, out, *BIG_ARGS, "--quiet")
+    try:
+        wait_for_progress(proc, out)
+        second = mixup("augment", big_h5, out, "--seed", 1)
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+    assert second.returncode == 1 and "another mixup run is writing it" in second.stderr
+    assert (tmp_path / ".out.h5.mixup-partial").exists()  # the first run's work was not removed
+
+
+def test_interruption_inside_the_library_removes_the_partial_files(tmp_path):
+    from mixup_cli import pipeline
+
+    src = _source(tmp_path, "h5")
+    out = tmp_path / "out.h5"
+    out.write_bytes(b"old output")
+
+    class Interrupt(pipeline.Progress):
+        def update(self, rows):
+            raise KeyboardInterrupt
+
+    request = pipeline.AugmentRequest(src, out, seed=1, block_rows=100, overwrite=True)
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.augment(request, progress=Interrupt())
+    assert partials(tmp_path) == [] and out.read_bytes() == b"old output"
+    assert not Path(f"{out}.provenance.json").exists()
+
+
+def test_differences_are_named_by_option():
+    old = {"tool_version": "1", "plan": {"alpha": 0.2, "seed": 1, "plan_version": 1},
+           "options": {"x_key": "x"}, "input": {"files": [{"size": 1}]}, "output": {"format": "hdf5"}}
+    new = {"tool_version": "2", "plan": {"alpha": 0.3, "seed": 1, "plan_version": 1},
+           "options": {"x_key": "images"}, "input": {"files": [{"size": 2}]}, "output": {"format": "npz"}}
+    found = resume.differences(old, new)
+    assert "--alpha 0.2 (interrupted run) vs 0.3 (now)" in found
+    assert "--x-key x (interrupted run) vs images (now)" in found
+    assert any(f.startswith("input files") for f in found)
+    assert any(f.startswith("output format hdf5") for f in found)
+    assert any(f.startswith("mixup-cli version 1") for f in found)
+    assert resume.differences(old, old) == []
+
+
+def test_signals_are_held_back_during_the_final_renames():
+    from mixup_cli import atomic
+
+    received = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: received.append(signum))
+    try:
+        with atomic.signals_deferred():
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.05)
+            assert received == []
+        deadline = time.monotonic() + 5
+        while not received and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert received == [signal.SIGTERM]
+    finally:
+        signal.signal(signal.SIGTERM, previous)
