@@ -15,9 +15,9 @@ import numpy as np
 
 from mixup_cli.errors import ParameterError
 
-# Rows are mixed in slices of about this many bytes so the two temporaries
-# stay in cache instead of spilling whole-batch arrays to memory.
-_SLICE_BYTES = 256 * 1024
+# Rows are mixed in slices of about this many bytes so that the temporaries
+# stay in the CPU cache (L2) instead of spilling whole-batch arrays to memory.
+_SLICE_BYTES = 512 * 1024
 
 
 def check_alpha(alpha: float) -> float:
@@ -60,6 +60,36 @@ def mix_rows(a: np.ndarray, b: np.ndarray, lam: np.ndarray, out: np.ndarray | No
     """
     if a.shape != b.shape:
         raise ValueError(f"row blocks differ in shape: {a.shape} vs {b.shape}")
+    return _mix(a, b, None, lam, out)
+
+
+def mix_gather(a: np.ndarray, pool: np.ndarray, index: np.ndarray, lam: np.ndarray,
+               out: np.ndarray | None = None) -> np.ndarray:
+    """``mix_rows(a, pool[index], lam, out)`` without materialising ``pool[index]``.
+
+    Partner rows are gathered slice by slice into a small buffer that stays in
+    cache, which saves a full pass over memory. Same result, bit for bit.
+    """
+    index = np.asarray(index)
+    if a.shape[1:] != pool.shape[1:] or a.dtype != pool.dtype:
+        raise ValueError(f"row blocks differ: {a.shape} {a.dtype} vs {pool.shape} {pool.dtype}")
+    if index.shape != (a.shape[0],):
+        raise ValueError(f"index has shape {index.shape}, expected ({a.shape[0]},)")
+    if len(index) and (index.min() < 0 or index.max() >= len(pool)):
+        raise IndexError(f"partner index out of range for {len(pool)} rows")
+    return _mix(a, pool, index, lam, out)
+
+
+def _mix(a, b, index, lam, out):
+    """The one loop behind mix_rows and mix_gather: rows in cache-sized slices.
+
+    Per slice: expand lam to a contiguous buffer (numpy's broadcast copy is
+    fast, while a ufunc broadcasting a per-row scalar pays a per-row cost),
+    multiply in place, do the same for ``1 - lam`` and the partner rows, and
+    add straight into ``out``. Every value is computed by exactly the same
+    float operations as ``l*a + (1-l)*b``, so results are identical.
+    """
+    lam = np.asarray(lam)
     if lam.shape != (a.shape[0],):
         raise ValueError(f"lam has shape {lam.shape}, expected ({a.shape[0]},)")
     if out is None:
@@ -69,27 +99,35 @@ def mix_rows(a: np.ndarray, b: np.ndarray, lam: np.ndarray, out: np.ndarray | No
         return out
     work = working_dtype(a.dtype)
     integer = a.dtype.kind in "iu"
-    if integer:
-        info = np.iinfo(a.dtype)
     bcast = (-1,) + (1,) * (a.ndim - 1)
     lam_w = lam.astype(work).reshape(bcast)
     rest_w = (1 - lam_w).astype(work)
 
     row_bytes = max(1, int(np.prod(a.shape[1:], dtype=np.int64)) * work.itemsize)
     step = max(1, _SLICE_BYTES // row_bytes)
-    tmp_a = np.empty((min(step, n),) + a.shape[1:], dtype=work)
-    tmp_b = np.empty_like(tmp_a)
+    shape = (min(step, n),) + a.shape[1:]
+    tmp_a = np.empty(shape, dtype=work)
+    tmp_b = np.empty(shape, dtype=work)
+    gathered = np.empty(shape, dtype=b.dtype) if index is not None else None
     for start in range(0, n, step):
         stop = min(n, start + step)
         k = stop - start
         ta, tb = tmp_a[:k], tmp_b[:k]
-        np.multiply(lam_w[start:stop], a[start:stop], out=ta, casting="unsafe")
-        np.multiply(rest_w[start:stop], b[start:stop], out=tb, casting="unsafe")
+        np.copyto(ta, lam_w[start:stop])
+        np.multiply(ta, a[start:stop], out=ta, casting="unsafe")
+        np.copyto(tb, rest_w[start:stop])
+        if index is None:
+            rows = b[start:stop]
+        else:
+            rows = gathered[:k]
+            np.take(b, index[start:stop], axis=0, out=rows, mode="clip")  # bounds checked above
+        np.multiply(tb, rows, out=tb, casting="unsafe")
         if integer:
+            info = np.iinfo(a.dtype)
             np.add(ta, tb, out=ta)
             np.rint(ta, out=ta)
             np.clip(ta, info.min, info.max, out=ta)
-            out[start:stop] = ta
+            np.copyto(out[start:stop], ta, casting="unsafe")
         else:
             np.add(ta, tb, out=out[start:stop])
     return out
@@ -119,6 +157,6 @@ def mixup(
             raise ValueError(f"x has {n} rows but y has {y.shape[0]}")
     lam = sample_lam(rng, alpha, n)
     partner = rng.permutation(n).astype(np.int64)
-    x_mixed = mix_rows(x, x[partner], lam)
-    y_mixed = None if y is None else mix_rows(y, y[partner], lam)
+    x_mixed = mix_gather(x, x, partner, lam)
+    y_mixed = None if y is None else mix_gather(y, y, partner, lam)
     return x_mixed, y_mixed, lam, partner
