@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -16,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from mixup_cli import __version__, atomic, provenance
-from mixup_cli.core import check_alpha, mix_rows
+from mixup_cli.core import check_alpha, mix_gather
 from mixup_cli.errors import InputError, OutputError, ParameterError
 from mixup_cli.io import ArraySpec, Reader, WriteOptions, create_writer, format_of, open_reader
 from mixup_cli.sampling import Plan, check_positive, default_block_rows, draw_seed
@@ -24,8 +26,9 @@ from mixup_cli.sampling import Plan, check_positive, default_block_rows, draw_se
 log = logging.getLogger("mixup_cli")
 
 PROVENANCE_KEYS = ("lam", "partner")
-# Default batch: rows of about this many bytes are mixed and written at once.
-DEFAULT_BATCH_BYTES = 4 * 1024 * 1024
+# Default batch: rows of about this many bytes are mixed and written at once
+# (at most a block). Large batches mean few, chunk-aligned HDF5 calls.
+DEFAULT_BATCH_BYTES = 16 * 1024 * 1024
 
 
 @dataclass
@@ -168,49 +171,216 @@ def output_specs(source: Source, plan: Plan) -> dict[str, ArraySpec]:
 
 
 class BlockCache:
-    """Keeps the last two blocks read: walking the pairing cycle, each block
-    is needed as a partner and then again as the next task's own block."""
+    """Keeps the last two blocks read, in two buffers reused for the whole run:
+    walking the pairing cycle, each block is needed as a partner and then
+    again as the next task's own block."""
 
     def __init__(self, source: Source, plan: Plan):
         self._source, self._plan = source, plan
-        self._blocks: dict[int, dict[str, np.ndarray]] = {}
+        rows = min(plan.block_rows, plan.n_rows)
+        self._slots = [
+            {key: np.empty((rows,) + spec.row_shape, spec.dtype) for key, spec in source.specs.items()}
+            for _ in range(2)
+        ]
+        self._held: list[int | None] = [None, None]  # block held by each slot
 
     def get(self, block: int, keep: int) -> dict[str, np.ndarray]:
-        if block not in self._blocks:
-            for old in [b for b in self._blocks if b != keep]:
-                del self._blocks[old]
-            start, stop = self._plan.block_bounds(block)
-            self._blocks[block] = {
-                key: self._source.reader.read(key, start, stop) for key in self._source.specs
-            }
-        return self._blocks[block]
+        start, stop = self._plan.block_bounds(block)
+        if block in self._held:
+            slot = self._held.index(block)
+        else:
+            slot = 1 if self._held[0] == keep and keep != block else 0
+            self._held[slot] = None  # a failed read leaves nothing stale behind
+            for key, buf in self._slots[slot].items():
+                self._source.reader.read_into(key, start, stop, buf)
+            self._held[slot] = block
+        return {key: buf[: stop - start] for key, buf in self._slots[slot].items()}
 
 
-def run_plan(source: Source, plan: Plan, writer, batch_rows: int, progress: Progress) -> None:
-    """Compute every task of the plan and hand the rows to ``writer``."""
+class _WriterThread:
+    """Writes batches in order in a thread while the caller mixes the next.
+
+    Two sets of output buffers go back and forth: the caller fills one while
+    the thread writes the other (numpy and the HDF5 library release the GIL
+    for most of that work). An error in the thread is re-raised in the
+    caller at its next call, and ``close`` always joins the thread, so no
+    write is in flight when the caller cleans up.
+    """
+
+    def __init__(self, writer, buffers: list[dict[str, np.ndarray]]):
+        self._writer = writer
+        self._flusher = _Flusher(writer)
+        self._free: queue.Queue = queue.Queue()
+        for b in buffers:
+            self._free.put(b)
+        self._todo: queue.Queue = queue.Queue()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="mixup-writer", daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        while True:
+            item = self._todo.get()
+            if item is None:
+                return
+            at, n, bufs = item
+            try:
+                if self._error is None:
+                    for key, buf in bufs.items():
+                        self._writer.write(key, at, buf[:n])
+                        self._flusher.wrote(buf[:n].nbytes)
+            except BaseException as exc:  # handed to the caller
+                self._error = exc
+            self._free.put(bufs)
+
+    def _check(self):
+        if self._error is not None:
+            raise self._error
+
+    def acquire(self) -> dict[str, np.ndarray]:
+        while True:
+            self._check()
+            try:
+                return self._free.get(timeout=0.05)
+            except queue.Empty:
+                continue
+
+    def submit(self, at: int, n: int, bufs: dict[str, np.ndarray]) -> None:
+        self._todo.put((at, n, bufs))
+
+    def close(self) -> None:
+        self._todo.put(None)
+        self._thread.join()
+        self._flusher.close()
+        self._check()
+
+
+class _Flusher:
+    """Starts the disk flush of the output while it is being written.
+
+    Every ``every`` bytes written, a thread fdatasyncs the output files, so
+    the final fsync before the rename finds little left to do. Only a
+    speed-up: failures are ignored here (the final fsync reports them).
+    """
+
+    every = 64 * 1024 * 1024
+
+    def __init__(self, writer):
+        base = Path(getattr(writer, "path", ""))
+        try:
+            rels = writer.files()
+        except Exception:
+            rels = []
+        self._paths = [base / rel if str(rel) != "." else base for rel in rels] if str(base) else []
+        self._pending = 0
+        self._wake = threading.Event()
+        self._done = False
+        self._thread = threading.Thread(target=self._run, name="mixup-flush", daemon=True)
+        self._thread.start()
+
+    def wrote(self, nbytes: int) -> None:
+        self._pending += nbytes
+        if self._pending >= self.every:
+            self._pending = 0
+            self._wake.set()
+
+    def _run(self):
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            if self._done:
+                return
+            for p in self._paths:
+                try:
+                    fd = os.open(p, os.O_RDONLY)
+                except OSError:
+                    continue
+                try:
+                    os.fdatasync(fd)
+                except OSError:
+                    pass
+                finally:
+                    os.close(fd)
+
+    def close(self) -> None:
+        self._done = True
+        self._wake.set()
+        self._thread.join()
+
+
+class _InlineWriter:
+    """The same interface, writing at once in the caller's thread."""
+
+    def __init__(self, writer, buffers):
+        self._writer, self._bufs = writer, buffers[0]
+
+    def acquire(self):
+        return self._bufs
+
+    def submit(self, at, n, bufs):
+        for key, buf in bufs.items():
+            self._writer.write(key, at, buf[:n])
+
+    def close(self):
+        pass
+
+
+def run_plan(source: Source, plan: Plan, writer, batch_rows: int, progress: Progress, *,
+             threaded: bool = True) -> None:
+    """Compute every task of the plan and hand the rows to ``writer``.
+
+    Reading and mixing happen in the caller's thread, writing in another
+    (``threaded=False`` writes inline: same bytes, slower). Memory: two input
+    blocks and two batches of output rows, whatever the number of rows.
+    """
     cache = BlockCache(source, plan)
-    buffers = {
-        key: np.empty((min(batch_rows, plan.block_rows),) + spec.row_shape, spec.dtype)
-        for key, spec in source.specs.items()
-    }
-    for task in plan.tasks():
-        own = cache.get(task.block, keep=task.partner_block)
-        partner_rows = cache.get(task.partner_block, keep=task.block)
-        lam, partner = plan.draw(task)
-        local = partner - plan.block_bounds(task.partner_block)[0]
-        n = task.stop - task.start
-        for s in range(0, n, batch_rows):
-            e = min(n, s + batch_rows)
-            at = task.out_start + s
-            for key in source.specs:
-                if task.copy < 0:
-                    writer.write(key, at, own[key][s:e])
-                else:
-                    mixed = mix_rows(own[key][s:e], partner_rows[key][local[s:e]], lam[s:e], out=buffers[key][: e - s])
-                    writer.write(key, at, mixed)
-            writer.write("lam", at, lam[s:e])
-            writer.write("partner", at, partner[s:e])
-            progress.update(e - s)
+    rows = min(batch_rows, plan.block_rows, plan.n_rows)
+    specs = dict(source.specs)
+    specs["lam"] = ArraySpec((rows,), np.dtype(np.float64))
+    specs["partner"] = ArraySpec((rows,), np.dtype(np.int64))
+    buffers = [
+        {key: np.empty((rows,) + spec.row_shape, spec.dtype) for key, spec in specs.items()}
+        for _ in range(2 if threaded else 1)
+    ]
+    out = (_WriterThread if threaded else _InlineWriter)(writer, buffers)
+    try:
+        for task in plan.tasks():
+            own = cache.get(task.block, keep=task.partner_block)
+            partner_rows = cache.get(task.partner_block, keep=task.block)
+            lam, partner = plan.draw(task)
+            local = partner - plan.block_bounds(task.partner_block)[0]
+            n = task.stop - task.start
+            for s in range(0, n, batch_rows):
+                e = min(n, s + batch_rows)
+                k = e - s
+                bufs = out.acquire()
+                for key in source.specs:
+                    if task.copy < 0:
+                        np.copyto(bufs[key][:k], own[key][s:e])
+                    else:
+                        mix_gather(own[key][s:e], partner_rows[key], local[s:e], lam[s:e], out=bufs[key][:k])
+                bufs["lam"][:k] = lam[s:e]
+                bufs["partner"][:k] = partner[s:e]
+                out.submit(task.out_start + s, k, bufs)
+                progress.update(k)
+    except BaseException:
+        try:
+            out.close()
+        except BaseException:
+            pass  # the first error is the one to report
+        raise
+    out.close()
+
+
+def _sync(path: Path) -> None:
+    """fsync every file of an output (one file, or a directory of them)."""
+    paths = [p for p in path.rglob("*") if p.is_file()] if path.is_dir() else [path]
+    for p in paths:
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def augment(request: AugmentRequest, progress: Progress | None = None) -> AugmentResult:
@@ -244,7 +414,9 @@ def augment(request: AugmentRequest, progress: Progress | None = None) -> Augmen
             writer.set_attributes({"mixup_cli_version": __version__, "run_id": run_id})
             writer.close()
             out_files = [tmp / rel if str(rel) != "." else tmp for rel in writer.files()]
-            out_hashes = provenance.BackgroundHash(out_files).result()
+            out_hashing = provenance.BackgroundHash(out_files)
+            _sync(tmp)  # the disk flush overlaps the hashing; commit's own fsync is then quick
+            out_hashes = out_hashing.result()
             in_hashes = input_hashes.result()
         except BaseException:
             writer.abort()
