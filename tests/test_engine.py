@@ -216,3 +216,33 @@ def test_direct_chunk_writes_handle_unaligned_and_edge_rows(tmp_path):
         with h5py.File(path, "r") as f:
             assert f["x"].chunks == (8, 3)
             assert np.array_equal(f["x"][()], x), comp
+
+
+@pytest.mark.parametrize("layout", [
+    dict(chunks=(7, 3, 2)), dict(chunks=None), dict(chunks=(4, 3, 1)), dict(chunks=(7, 3, 2), compression="gzip"),
+    dict(chunks=(7, 3, 2), dtype=">f4"), dict(chunks=(5, 3, 2), dtype="u1"), dict(chunks=(7, 3, 2), partial=True),
+])
+def test_raw_reads_equal_hdf5_reads_or_fall_back(tmp_path, layout):
+    layout = dict(layout)
+    dtype = np.dtype(layout.pop("dtype", "<f4"))
+    partial = layout.pop("partial", False)
+    x = (np.random.default_rng(0).random((50, 3, 2)) * 200).astype(dtype)
+    path = tmp_path / "in.h5"
+    with h5py.File(path, "w") as f:
+        ds = f.create_dataset("x", shape=x.shape, dtype=dtype, fillvalue=7, **layout)
+        if partial:  # chunks 2 and 3 never written: HDF5 returns the fill value
+            ds[:14] = x[:14]
+            ds[28:] = x[28:]
+        else:
+            ds[...] = x
+    with h5py.File(path, "r") as f:
+        expected = f["x"][()]
+    reader = hdf5.Reader(path)
+    try:
+        for start, stop in [(0, 50), (0, 7), (3, 4), (6, 22), (13, 29), (44, 50), (49, 50)]:
+            out = np.full((60, 3, 2), 99, dtype=x.dtype)
+            reader.read_into("x", start, stop, out)
+            assert np.array_equal(out[: stop - start], expected[start:stop]), (start, stop)
+            assert (out[stop - start :] == 99).all()
+    finally:
+        reader.close()

@@ -47,6 +47,8 @@ class Reader(base.Reader):
         except OSError as exc:
             raise _open_error(self.path, exc) from None
         self._datasets: dict[str, h5py.Dataset] = {}
+        self._raw: dict[str, tuple | None] = {}
+        self._fd: int | None = None
 
         def collect(name, obj):
             if isinstance(obj, h5py.Dataset):
@@ -69,8 +71,69 @@ class Reader(base.Reader):
         return out
 
     def read_into(self, key: str, start: int, stop: int, out: np.ndarray) -> None:
-        if stop > start:
-            self._datasets[key].read_direct(out, np.s_[start:stop], np.s_[0 : stop - start])
+        if stop <= start:
+            return
+        if self._raw_read(key, start, stop, out):
+            return
+        self._datasets[key].read_direct(out, np.s_[start:stop], np.s_[0 : stop - start])
+
+    def _raw_layout(self, key: str):
+        """``(row_bytes, chunk_rows or None, contiguous offset)`` when the rows
+        of ``key`` lie in the file as plain bytes (no filter, native byte
+        order, chunks holding whole rows, or contiguous storage); else None."""
+        if key in self._raw:
+            return self._raw[key]
+        layout = None
+        ds = self._datasets[key]
+        try:
+            if (ds.dtype.isnative and ds.dtype.kind in "fiu" and ds.shape and ds.shape[0]
+                    and self._file.id.get_create_plist().get_userblock() == 0
+                    and ds.id.get_create_plist().get_nfilters() == 0 and not ds.is_virtual
+                    and ds.external is None):
+                row_bytes = int(np.prod(ds.shape[1:], dtype=np.int64)) * ds.dtype.itemsize
+                if ds.chunks is None:
+                    offset = ds.id.get_offset()
+                    if offset is not None:
+                        layout = (row_bytes, None, offset)
+                elif tuple(ds.chunks[1:]) == tuple(ds.shape[1:]):
+                    layout = (row_bytes, ds.chunks[0], None)
+        except Exception:
+            layout = None
+        self._raw[key] = layout
+        return layout
+
+    def _raw_read(self, key: str, start: int, stop: int, out: np.ndarray) -> bool:
+        """Read rows with ``os.preadv`` straight into ``out``: outside h5py's
+        global lock, so reading overlaps the writer thread's HDF5 calls.
+        False (and nothing read) when the layout does not allow it."""
+        layout = self._raw_layout(key)
+        if layout is None or not out.flags.c_contiguous or out.dtype != self._datasets[key].dtype:
+            return False
+        row_bytes, chunk_rows, offset = layout
+        dest = memoryview(out[: stop - start]).cast("B")
+        pieces = []  # (file offset, first byte in dest, byte count)
+        if chunk_rows is None:
+            pieces.append((offset + start * row_bytes, 0, (stop - start) * row_bytes))
+        else:
+            ds = self._datasets[key]
+            tail = (0,) * (len(ds.shape) - 1)
+            first = (start // chunk_rows) * chunk_rows
+            for c in range(first, stop, chunk_rows):
+                info = ds.id.get_chunk_info_by_coord((c,) + tail)
+                if info.byte_offset is None or info.filter_mask or info.size < chunk_rows * row_bytes:
+                    return False  # unallocated (fill value) or unusual chunk: let HDF5 do it
+                lo, hi = max(start, c), min(stop, c + chunk_rows)
+                pieces.append((info.byte_offset + (lo - c) * row_bytes, (lo - start) * row_bytes, (hi - lo) * row_bytes))
+        if self._fd is None:
+            self._fd = os.open(self.path, os.O_RDONLY)
+        for file_at, at, count in pieces:
+            done = 0
+            while done < count:
+                got = os.preadv(self._fd, [dest[at + done : at + count]], file_at + done)
+                if got <= 0:
+                    raise InputError(f"{self.path}: file ended while reading '{key}' (truncated?)")
+                done += got
+        return True
 
     def _take_sorted_unique(self, key: str, rows: np.ndarray) -> np.ndarray:
         return self._datasets[key][rows.tolist()] if len(rows) else self.read(key, 0, 0)
@@ -90,6 +153,9 @@ class Reader(base.Reader):
         return [self.path]
 
     def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
         self._file.close()
 
 
