@@ -173,7 +173,8 @@ def output_specs(source: Source, plan: Plan) -> dict[str, ArraySpec]:
 class BlockCache:
     """Keeps the last two blocks read, in two buffers reused for the whole run:
     walking the pairing cycle, each block is needed as a partner and then
-    again as the next task's own block."""
+    again as the next task's own block. The arrays ``get`` returns are views
+    of those buffers: valid until a later ``get`` evicts their block."""
 
     def __init__(self, source: Source, plan: Plan):
         self._source, self._plan = source, plan
