@@ -171,26 +171,66 @@ def output_specs(source: Source, plan: Plan) -> dict[str, ArraySpec]:
 
 
 class BlockCache:
-    """Keeps the last two blocks read, in two buffers reused for the whole run:
-    walking the pairing cycle, each block is needed as a partner and then
-    again as the next task's own block. The arrays ``get`` returns are views
-    of those buffers: valid until a later ``get`` evicts their block."""
+    """Input blocks in a few buffers reused for the whole run.
 
-    def __init__(self, source: Source, plan: Plan):
+    Walking the pairing cycle, each block is needed as a partner and then
+    again as the next task's own block, so it is read once. The arrays
+    ``get`` returns are views of the buffers. A buffer can be *pinned* while
+    the writer thread still reads it (rows mixed in place, or original rows)
+    and *forgotten* once its rows are overwritten; ``get`` never reuses a
+    pinned buffer, waiting for the writer if needed.
+    """
+
+    def __init__(self, source: Source, plan: Plan, slots: int = 2, check=None):
         self._source, self._plan = source, plan
-        rows = min(plan.block_rows, plan.n_rows)
-        self._slots = [
-            {key: np.empty((rows,) + spec.row_shape, spec.dtype) for key, spec in source.specs.items()}
-            for _ in range(2)
-        ]
-        self._held: list[int | None] = [None, None]  # block held by each slot
+        self._rows = min(plan.block_rows, plan.n_rows)
+        self._slots: list[dict[str, np.ndarray] | None] = [None] * max(2, slots)
+        self._held: list[int | None] = [None] * len(self._slots)  # block held by each buffer
+        self._pins = [0] * len(self._slots)
+        self._cond = threading.Condition()
+        self._check = check or (lambda: None)
+
+    def slot_of(self, block: int) -> int:
+        return self._held.index(block)
+
+    def pin(self, slot: int) -> None:
+        with self._cond:
+            self._pins[slot] += 1
+
+    def unpin(self, slot: int) -> None:
+        with self._cond:
+            self._pins[slot] -= 1
+            self._cond.notify_all()
+
+    def take_over(self, slot: int) -> None:
+        """The caller is about to overwrite the buffer's rows (mixing in
+        place): wait until the writer has none of them in flight, and forget
+        which block it held."""
+        with self._cond:
+            while self._pins[slot]:
+                self._check()
+                self._cond.wait(0.05)
+            self._held[slot] = None
+
+    def _victim(self, keep: int, block: int) -> int | None:
+        free = [i for i in range(len(self._slots)) if self._pins[i] == 0 and self._held[i] not in (keep, block)]
+        used = [i for i in free if self._slots[i] is not None]  # reuse touched memory first
+        return (used or free or [None])[0]
 
     def get(self, block: int, keep: int) -> dict[str, np.ndarray]:
         start, stop = self._plan.block_bounds(block)
         if block in self._held:
             slot = self._held.index(block)
         else:
-            slot = 1 if self._held[0] == keep and keep != block else 0
+            with self._cond:
+                while (slot := self._victim(keep, block)) is None:
+                    self._check()
+                    self._cond.wait(0.05)
+            if self._slots[slot] is None:
+                self._slots[slot] = {
+                    key: np.empty((self._rows,) + spec.row_shape, spec.dtype)
+                    for key, spec in self._source.specs.items()
+                }
             self._held[slot] = None  # a failed read leaves nothing stale behind
             for key, buf in self._slots[slot].items():
                 self._source.reader.read_into(key, start, stop, buf)
@@ -201,19 +241,16 @@ class BlockCache:
 class _WriterThread:
     """Writes batches in order in a thread while the caller mixes the next.
 
-    Two sets of output buffers go back and forth: the caller fills one while
-    the thread writes the other (numpy and the HDF5 library release the GIL
-    for most of that work). An error in the thread is re-raised in the
-    caller at its next call, and ``close`` always joins the thread, so no
+    Each batch comes with a ``release`` callback, called once its rows are
+    written (or dropped after an error) so the caller may reuse the memory.
+    An error in the thread is re-raised in the caller by ``check`` (which
+    the caller's waits call), and ``close`` always joins the thread, so no
     write is in flight when the caller cleans up.
     """
 
-    def __init__(self, writer, buffers: list[dict[str, np.ndarray]]):
+    def __init__(self, writer):
         self._writer = writer
         self._flusher = _Flusher(writer)
-        self._free: queue.Queue = queue.Queue()
-        for b in buffers:
-            self._free.put(b)
         self._todo: queue.Queue = queue.Queue()
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="mixup-writer", daemon=True)
@@ -224,36 +261,30 @@ class _WriterThread:
             item = self._todo.get()
             if item is None:
                 return
-            at, n, bufs = item
+            at, arrays, release = item
             try:
                 if self._error is None:
-                    for key, buf in bufs.items():
-                        self._writer.write(key, at, buf[:n])
-                        self._flusher.wrote(buf[:n].nbytes)
+                    for key, arr in arrays.items():
+                        self._writer.write(key, at, arr)
+                        self._flusher.wrote(arr.nbytes)
             except BaseException as exc:  # handed to the caller
                 self._error = exc
-            self._free.put(bufs)
+            finally:
+                release()
 
-    def _check(self):
+    def check(self) -> None:
         if self._error is not None:
             raise self._error
 
-    def acquire(self) -> dict[str, np.ndarray]:
-        while True:
-            self._check()
-            try:
-                return self._free.get(timeout=0.05)
-            except queue.Empty:
-                continue
-
-    def submit(self, at: int, n: int, bufs: dict[str, np.ndarray]) -> None:
-        self._todo.put((at, n, bufs))
+    def submit(self, at: int, arrays: dict[str, np.ndarray], release) -> None:
+        self.check()
+        self._todo.put((at, arrays, release))
 
     def close(self) -> None:
         self._todo.put(None)
         self._thread.join()
         self._flusher.close()
-        self._check()
+        self.check()
 
 
 class _Flusher:
@@ -312,18 +343,43 @@ class _Flusher:
 class _InlineWriter:
     """The same interface, writing at once in the caller's thread."""
 
-    def __init__(self, writer, buffers):
-        self._writer, self._bufs = writer, buffers[0]
+    def __init__(self, writer):
+        self._writer = writer
 
-    def acquire(self):
-        return self._bufs
+    def check(self) -> None:
+        pass
 
-    def submit(self, at, n, bufs):
-        for key, buf in bufs.items():
-            self._writer.write(key, at, buf[:n])
+    def submit(self, at, arrays, release):
+        try:
+            for key, arr in arrays.items():
+                self._writer.write(key, at, arr)
+        finally:
+            release()
 
     def close(self):
         pass
+
+
+class _BufferPool:
+    """Output buffers for mixing out of place, handed back by the writer."""
+
+    def __init__(self, specs: dict[str, ArraySpec], rows: int, count: int, check):
+        self._specs, self._rows, self._left, self._check = specs, rows, count, check
+        self._free: queue.Queue = queue.Queue()
+
+    def acquire(self) -> dict[str, np.ndarray]:
+        if self._free.empty() and self._left > 0:  # allocated on first need
+            self._left -= 1
+            return {key: np.empty((self._rows,) + spec.row_shape, spec.dtype) for key, spec in self._specs.items()}
+        while True:
+            self._check()
+            try:
+                return self._free.get(timeout=0.05)
+            except queue.Empty:
+                continue
+
+    def release(self, bufs) -> None:
+        self._free.put(bufs)
 
 
 def run_plan(source: Source, plan: Plan, writer, batch_rows: int, progress: Progress, *,
@@ -331,38 +387,48 @@ def run_plan(source: Source, plan: Plan, writer, batch_rows: int, progress: Prog
     """Compute every task of the plan and hand the rows to ``writer``.
 
     Reading and mixing happen in the caller's thread, writing in another
-    (``threaded=False`` writes inline: same bytes, slower). Memory: two input
-    blocks and two batches of output rows, whatever the number of rows.
+    (``threaded=False`` writes inline: same bytes, slower). With global
+    pairing over several blocks, a block is mixed in place (its own rows are
+    not needed again: the cycle reads it afresh when it comes back as a
+    partner), so memory holds three blocks, one being written, one being
+    mixed, one its partner. Otherwise rows are mixed into two output
+    batches. Either way, about three blocks, whatever the number of rows.
     """
-    cache = BlockCache(source, plan)
+    out = _WriterThread(writer) if threaded else _InlineWriter(writer)
+    cache = BlockCache(source, plan, slots=3 if threaded else 2, check=out.check)
+    in_place = plan.pairing == "global" and plan.n_blocks > 1
     rows = min(batch_rows, plan.block_rows, plan.n_rows)
-    specs = dict(source.specs)
-    specs["lam"] = ArraySpec((rows,), np.dtype(np.float64))
-    specs["partner"] = ArraySpec((rows,), np.dtype(np.int64))
-    buffers = [
-        {key: np.empty((rows,) + spec.row_shape, spec.dtype) for key, spec in specs.items()}
-        for _ in range(2 if threaded else 1)
-    ]
-    out = (_WriterThread if threaded else _InlineWriter)(writer, buffers)
+    pool = _BufferPool(source.specs, rows, 2 if threaded else 1, out.check)
     try:
         for task in plan.tasks():
             own = cache.get(task.block, keep=task.partner_block)
             partner_rows = cache.get(task.partner_block, keep=task.block)
+            slot = cache.slot_of(task.block)
             lam, partner = plan.draw(task)
             local = partner - plan.block_bounds(task.partner_block)[0]
+            mixing_in_place = in_place and task.copy >= 0
+            if mixing_in_place:
+                cache.take_over(slot)  # its rows are about to become output rows
             n = task.stop - task.start
             for s in range(0, n, batch_rows):
                 e = min(n, s + batch_rows)
                 k = e - s
-                bufs = out.acquire()
-                for key in source.specs:
-                    if task.copy < 0:
-                        np.copyto(bufs[key][:k], own[key][s:e])
-                    else:
-                        mix_gather(own[key][s:e], partner_rows[key], local[s:e], lam[s:e], out=bufs[key][:k])
-                bufs["lam"][:k] = lam[s:e]
-                bufs["partner"][:k] = partner[s:e]
-                out.submit(task.out_start + s, k, bufs)
+                if task.copy < 0 or mixing_in_place:
+                    arrays = {key: own[key][s:e] for key in source.specs}
+                    if mixing_in_place:
+                        for key in source.specs:
+                            mix_gather(own[key][s:e], partner_rows[key], local[s:e], lam[s:e], out=arrays[key])
+                    cache.pin(slot)
+                    release = (lambda i=slot: cache.unpin(i))
+                else:
+                    bufs = pool.acquire()
+                    arrays = {key: bufs[key][:k] for key in source.specs}
+                    for key in source.specs:
+                        mix_gather(own[key][s:e], partner_rows[key], local[s:e], lam[s:e], out=arrays[key])
+                    release = (lambda b=bufs: pool.release(b))
+                arrays["lam"] = lam[s:e]
+                arrays["partner"] = partner[s:e]
+                out.submit(task.out_start + s, arrays, release)
                 progress.update(k)
     except BaseException:
         try:

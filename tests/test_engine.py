@@ -246,3 +246,51 @@ def test_raw_reads_equal_hdf5_reads_or_fall_back(tmp_path, layout):
             assert (out[stop - start :] == 99).all()
     finally:
         reader.close()
+
+
+def _seed_where_copy_starts_with_the_last_block():
+    """A seed whose first copy starts its cycle with the block the original
+    rows end with: that block is still in memory, queued for writing."""
+    for seed in range(1000):
+        plan = Plan(n_rows=37, alpha=0.3, seed=seed, block_rows=5, copies=2, include_original=True)
+        if plan.block_order(0)[0] == plan.n_blocks - 1:
+            return seed
+    raise AssertionError("no such seed")
+
+
+SLOW_PLANS = PLANS + [dict(pairing="global", copies=2, include_original=True, block_rows=5,
+                           seed=_seed_where_copy_starts_with_the_last_block())]
+
+
+@pytest.mark.parametrize("params", SLOW_PLANS)
+def test_slow_writer_never_sees_rows_change_under_it(tmp_path, params, monkeypatch):
+    """Mixing in place reuses input buffers the writer thread reads: with a
+    slow writer the reader must wait for it, never overwrite rows in flight."""
+    import time
+
+    x, y = make_arrays(n=37, x_shape=(3, 2), seed=6)
+    src = write_h5(tmp_path / "in.h5", x=x, y=y)
+    source = open_source(src, "x", "y")
+    real_write = hdf5.Writer.write
+
+    def slow_write(self, key, start, data):
+        snapshot = np.array(data, copy=True)
+        time.sleep(0.002)
+        assert np.array_equal(np.asarray(data), snapshot, equal_nan=True), "rows changed while being written"
+        return real_write(self, key, start, data)
+
+    try:
+        plan = Plan(n_rows=37, alpha=0.3, **dict(dict(seed=9), **params))
+        results = []
+        for threaded in (False, True):
+            if threaded:
+                monkeypatch.setattr(hdf5.Writer, "write", slow_write)
+            path = tmp_path / f"out-{threaded}.h5"
+            writer = hdf5.Writer(path, pipeline.output_specs(source, plan), WriteOptions(block_rows=plan.block_rows))
+            run_plan(source, plan, writer, 3, Progress(), threaded=threaded)
+            writer.close()
+            results.append(h5_arrays(path))
+    finally:
+        source.reader.close()
+    for key in results[0]:
+        assert np.array_equal(results[0][key], results[1][key]), key
