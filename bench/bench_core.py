@@ -14,6 +14,8 @@ Contenders:
   ``sklearn.utils.shuffle``; promotes float32 to float64), re-implemented here.
 - ``mixup_cli.core.mixup``: the same job (draw lam and partners, gather, mix
   x and y), per-row lam, float32 kept.
+- ``mix_gather (x only)``: x alone, partners gathered slice by slice, into a
+  preallocated output (what the file engine does per batch).
 - ``mix_rows (b given)``: the arithmetic alone, partner rows already gathered.
 - ``x.copy()``: the memory floor.
 - timm ``Mixup(mode='elem')`` and torchvision ``v2.MixUp``, only when those
@@ -32,7 +34,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from mixup_cli.core import mix_rows, mixup  # noqa: E402
+from mixup_cli.core import mix_gather, mix_rows, mixup  # noqa: E402
 
 
 def seed_mixup(x, y, batch_size, alpha=0.2):
@@ -51,11 +53,13 @@ def seed_mixup(x, y, batch_size, alpha=0.2):
 def contenders(x, y, n):
     rng = np.random.default_rng(0)
     lam = rng.beta(0.2, 0.2, n)
-    b = x[rng.permutation(n)]
+    perm = rng.permutation(n)
+    b = x[perm]
     out = np.empty_like(x)
     items = [
         ("seed function", lambda: seed_mixup(x, y, n)),
         ("mixup_cli.core.mixup", lambda: mixup(x, y, 0.2, rng=rng)),
+        ("mix_gather (x only)", lambda: mix_gather(x, x, perm, lam, out=out)),
         ("mix_rows (b given)", lambda: mix_rows(x, b, lam, out=out)),
         ("x.copy()", lambda: x.copy()),
     ]

@@ -11,6 +11,8 @@ rounded to nearest and clipped to their dtype's range, so they never wrap.
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 from mixup_cli.errors import ParameterError
@@ -81,6 +83,24 @@ def mix_gather(a: np.ndarray, pool: np.ndarray, index: np.ndarray, lam: np.ndarr
     return _mix(a, pool, index, lam, out)
 
 
+_local = threading.local()
+
+
+def _scratch(i: int, shape: tuple, dtype) -> np.ndarray:
+    """Temporary ``i`` of this thread, kept between calls: a fresh megabyte
+    each call would cost page faults comparable to the arithmetic itself."""
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if nbytes > 4 * _SLICE_BYTES:  # huge rows: not worth keeping around
+        return np.empty(shape, dtype=dtype)
+    bufs = getattr(_local, "bufs", None)
+    if bufs is None:
+        bufs = _local.bufs = [None, None, None]
+    if bufs[i] is None or bufs[i].nbytes < nbytes:
+        bufs[i] = np.empty(max(nbytes, 1), dtype=np.uint8)
+    return bufs[i][:nbytes].view(dtype).reshape(shape)
+
+
 def _mix(a, b, index, lam, out):
     """The one loop behind mix_rows and mix_gather: rows in cache-sized slices.
 
@@ -107,9 +127,9 @@ def _mix(a, b, index, lam, out):
     row_bytes = max(1, int(np.prod(a.shape[1:], dtype=np.int64)) * work.itemsize)
     step = max(1, _SLICE_BYTES // row_bytes)
     shape = (min(step, n),) + a.shape[1:]
-    tmp_a = np.empty(shape, dtype=work)
-    tmp_b = np.empty(shape, dtype=work)
-    gathered = np.empty(shape, dtype=b.dtype) if index is not None else None
+    tmp_a = _scratch(0, shape, work)
+    tmp_b = _scratch(1, shape, work)
+    gathered = _scratch(2, shape, b.dtype) if index is not None else None
     for start in range(0, n, step):
         stop = min(n, start + step)
         k = stop - start
