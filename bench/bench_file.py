@@ -16,6 +16,10 @@ ratio.
   SHA-256, fsync, atomic rename and the provenance sidecar.
 
 Cases: uncompressed and gzip (both sides), ``global`` and ``batch`` pairing.
+``--phases`` adds, per case, where one more candidate run spends its time:
+``run_plan`` (read, mix, write; the input is hashed meanwhile in a thread),
+``fsync``, ``wait hashes`` (mostly the output's SHA-256, which can only start
+once the file is closed), and the rest.
 The page cache is warm for both sides (the input was just written). The
 CPU columns add up user and system time of all threads: on a shared machine
 they vary less than wall time, and show the work each side does. ``load`` is
@@ -76,6 +80,34 @@ def candidate(src: Path, dst: Path, compression: str, pairing: str) -> None:
                            overwrite=True, command_line=["bench"]))
 
 
+def candidate_phases(src: Path, dst: Path, compression: str, pairing: str) -> dict:
+    """One candidate run, timing its stages by wrapping the library's functions."""
+    from mixup_cli import pipeline, provenance
+
+    spent = {"run_plan": 0.0, "fsync": 0.0, "wait hashes": 0.0}
+    originals = (pipeline.run_plan, pipeline._sync, provenance.BackgroundHash.result)
+
+    def wrap(fn, name):
+        def inner(*a, **k):
+            t0 = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                spent[name] += time.perf_counter() - t0
+        return inner
+
+    pipeline.run_plan = wrap(originals[0], "run_plan")
+    pipeline._sync = wrap(originals[1], "fsync")
+    provenance.BackgroundHash.result = wrap(originals[2], "wait hashes")
+    try:
+        total = timed(lambda: candidate(src, dst, compression, pairing))[0]
+    finally:
+        pipeline.run_plan, pipeline._sync, provenance.BackgroundHash.result = originals
+    spent["rest"] = total - sum(spent.values())
+    spent["total"] = total
+    return spent
+
+
 def timed(fn) -> tuple[float, float]:
     """Wall seconds and CPU seconds (all threads of this process) of one call."""
     r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
@@ -92,6 +124,8 @@ def main(argv=None):
     parser.add_argument("--workdir", default=tempfile.gettempdir())
     parser.add_argument("--cases", default="none:global,none:batch,gzip:global,gzip:batch",
                         help="comma-separated compression:pairing pairs")
+    parser.add_argument("--phases", action="store_true",
+                        help="also print where one candidate run of each case spends its time")
     args = parser.parse_args(argv)
 
     work = Path(tempfile.mkdtemp(prefix="mixup-bench-", dir=args.workdir))
@@ -101,6 +135,7 @@ def main(argv=None):
         size = src.stat().st_size
         print(f"input: {args.rows} x 32x32x3 float32 + y[10], chunks of {CHUNK_ROWS} rows, "
               f"{size / 1e9:.2f} GB; median of {args.repeats} (gzip: {args.gzip_repeats}), alternating")
+        phases = {}
         print(f"{'compression':<12} {'pairing':<8} {'h5py copy s':>12} {'mixup s':>9} {'ratio':>7}"
               f" {'copy CPU s':>11} {'mixup CPU s':>12} {'CPU ratio':>10} {'load':>5}")
         for case in args.cases.split(","):
@@ -117,10 +152,19 @@ def main(argv=None):
             for i in range(args.gzip_repeats if compression == "gzip" else args.repeats):
                 for run in ((run_ref, run_cand) if i % 2 == 0 else (run_cand, run_ref)):
                     run()
+            if args.phases:
+                phases[case] = candidate_phases(src, work / "out.h5", compression, pairing)
+                (work / "out.h5").unlink()
             r, c = statistics.median(t for t, _ in ref_t), statistics.median(t for t, _ in cand_t)
             rc, cc = statistics.median(u for _, u in ref_t), statistics.median(u for _, u in cand_t)
             print(f"{compression:<12} {pairing:<8} {r:12.2f} {c:9.2f} {c / r:6.2f}x"
                   f" {rc:11.2f} {cc:12.2f} {cc / rc:9.2f}x {os.getloadavg()[0]:5.1f}", flush=True)
+        if phases:
+            print("\nwhere one candidate run spends its time (s):")
+            names = list(next(iter(phases.values())))
+            print(f"{'case':<14}" + "".join(f" {n:>14}" for n in names))
+            for case, t in phases.items():
+                print(f"{case:<14}" + "".join(f" {t[n]:14.2f}" for n in names))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
