@@ -12,13 +12,16 @@ clipped to their dtype's range, so they never wrap.
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 from mixup_cli.errors import ParameterError
 
-# Rows are mixed in slices of about this many bytes so the two temporaries
-# stay in cache instead of spilling whole-batch arrays to memory.
-_SLICE_BYTES = 256 * 1024
+# Rows are mixed in slices of about this many bytes: the three temporaries
+# stay in the CPU cache instead of spilling whole-batch arrays to memory, and
+# slices are large enough that numpy's per-call cost stays small.
+_SLICE_BYTES = 1024 * 1024
 
 
 def check_alpha(alpha: float) -> float:
@@ -76,6 +79,54 @@ def mix_rows(a: np.ndarray, b: np.ndarray, lam: np.ndarray, out: np.ndarray | No
     """
     if a.shape != b.shape:
         raise ValueError(f"row blocks differ in shape: {a.shape} vs {b.shape}")
+    return _mix(a, b, None, lam, out)
+
+
+def mix_gather(a: np.ndarray, pool: np.ndarray, index: np.ndarray, lam: np.ndarray,
+               out: np.ndarray | None = None) -> np.ndarray:
+    """``mix_rows(a, pool[index], lam, out)`` without materialising ``pool[index]``.
+
+    Partner rows are gathered slice by slice into a small buffer that stays in
+    cache, which saves a full pass over memory. Same result, bit for bit.
+    """
+    index = np.asarray(index)
+    if a.shape[1:] != pool.shape[1:] or a.dtype != pool.dtype:
+        raise ValueError(f"row blocks differ: {a.shape} {a.dtype} vs {pool.shape} {pool.dtype}")
+    if index.shape != (a.shape[0],):
+        raise ValueError(f"index has shape {index.shape}, expected ({a.shape[0]},)")
+    if len(index) and (index.min() < 0 or index.max() >= len(pool)):
+        raise IndexError(f"partner index out of range for {len(pool)} rows")
+    return _mix(a, pool, index, lam, out)
+
+
+_local = threading.local()
+
+
+def _scratch(i: int, shape: tuple, dtype) -> np.ndarray:
+    """Temporary ``i`` of this thread, kept between calls: a fresh megabyte
+    each call would cost page faults comparable to the arithmetic itself."""
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if nbytes > 4 * _SLICE_BYTES:  # huge rows: not worth keeping around
+        return np.empty(shape, dtype=dtype)
+    bufs = getattr(_local, "bufs", None)
+    if bufs is None:
+        bufs = _local.bufs = [None, None, None]
+    if bufs[i] is None or bufs[i].nbytes < nbytes:
+        bufs[i] = np.empty(max(nbytes, 1), dtype=np.uint8)
+    return bufs[i][:nbytes].view(dtype).reshape(shape)
+
+
+def _mix(a, b, index, lam, out):
+    """The one loop behind mix_rows and mix_gather: rows in cache-sized slices.
+
+    Per slice: expand lam to a contiguous buffer (numpy's broadcast copy is
+    fast, while a ufunc broadcasting a per-row scalar pays a per-row cost),
+    multiply in place, do the same for ``1 - lam`` and the partner rows, and
+    add straight into ``out``. Every value is computed by exactly the same
+    float operations as ``l*a + (1-l)*b``, so results are identical.
+    """
+    lam = np.asarray(lam)
     if lam.shape != (a.shape[0],):
         raise ValueError(f"lam has shape {lam.shape}, expected ({a.shape[0]},)")
     if out is None:
@@ -93,19 +144,28 @@ def mix_rows(a: np.ndarray, b: np.ndarray, lam: np.ndarray, out: np.ndarray | No
 
     row_bytes = max(1, int(np.prod(a.shape[1:], dtype=np.int64)) * work.itemsize)
     step = max(1, _SLICE_BYTES // row_bytes)
-    tmp_a = np.empty((min(step, n),) + a.shape[1:], dtype=work)
-    tmp_b = np.empty_like(tmp_a)
+    shape = (min(step, n),) + a.shape[1:]
+    tmp_a = _scratch(0, shape, work)
+    tmp_b = _scratch(1, shape, work)
+    gathered = _scratch(2, shape, b.dtype) if index is not None else None
     for start in range(0, n, step):
         stop = min(n, start + step)
         k = stop - start
         ta, tb = tmp_a[:k], tmp_b[:k]
-        np.multiply(lam_w[start:stop], a[start:stop], out=ta, casting="unsafe")
-        np.multiply(rest_w[start:stop], b[start:stop], out=tb, casting="unsafe")
+        np.copyto(ta, lam_w[start:stop])
+        np.multiply(ta, a[start:stop], out=ta, casting="unsafe")
+        np.copyto(tb, rest_w[start:stop])
+        if index is None:
+            rows = b[start:stop]
+        else:
+            rows = gathered[:k]
+            np.take(b, index[start:stop], axis=0, out=rows, mode="clip")  # bounds checked above
+        np.multiply(tb, rows, out=tb, casting="unsafe")
         if integer:
             np.add(ta, tb, out=ta)
             np.rint(ta, out=ta)
             np.clip(ta, lo, hi, out=ta)
-            out[start:stop] = ta
+            np.copyto(out[start:stop], ta, casting="unsafe")
         else:
             np.add(ta, tb, out=out[start:stop])
     return out
@@ -140,6 +200,6 @@ def mixup(
             raise ValueError(f"x has {n} rows but y has {y.shape[0]}")
     lam = sample_lam(rng, alpha, n)
     partner = rng.permutation(n).astype(np.int64)
-    x_mixed = mix_rows(x, x[partner], lam)
-    y_mixed = None if y is None else mix_rows(y, y[partner], lam)
+    x_mixed = mix_gather(x, x, partner, lam)
+    y_mixed = None if y is None else mix_gather(y, y, partner, lam)
     return x_mixed, y_mixed, lam, partner

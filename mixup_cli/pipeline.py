@@ -11,6 +11,8 @@ import errno
 import json
 import logging
 import os
+import queue
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -19,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from mixup_cli import __version__, atomic, provenance, resume
-from mixup_cli.core import check_alpha, mix_rows
+from mixup_cli.core import check_alpha, mix_gather
 from mixup_cli.errors import InputError, OutputError, ParameterError
 from mixup_cli.io import ArraySpec, Reader, WriteOptions, create_writer, format_of, open_reader, reopen_writer
 from mixup_cli.classes import class_index
@@ -31,8 +33,9 @@ log = logging.getLogger("mixup_cli")
 PROVENANCE_KEYS = ("lam", "partner")
 # Targets may also be bool (binary and multi-label 0/1); x may not.
 TARGET_DTYPE_KINDS = "fiub"
-# Default batch: rows of about this many bytes are mixed and written at once.
-DEFAULT_BATCH_BYTES = 4 * 1024 * 1024
+# Default batch: rows of about this many bytes are mixed and written at once
+# (at most a block). Large batches mean few, chunk-aligned HDF5 calls.
+DEFAULT_BATCH_BYTES = 16 * 1024 * 1024
 
 
 @dataclass
@@ -248,65 +251,72 @@ def output_specs(source: Source, plan: Plan) -> dict[str, ArraySpec]:
 
 
 class BlockCache:
-    """Keeps the last two blocks read: walking the pairing cycle, each block
-    is needed as a partner and then again as the next task's own block."""
+    """Input blocks in a few buffers reused for the whole run.
 
-    def __init__(self, source: Source, plan: Plan):
+    Walking the pairing cycle, each block is needed as a partner and then
+    again as the next task's own block, so it is read once. The arrays
+    ``get`` returns are views of the buffers. A buffer can be *pinned* while
+    the writer thread still reads it (rows mixed in place, or original rows)
+    and *forgotten* once its rows are overwritten; ``get`` never reuses a
+    pinned buffer, waiting for the writer if needed.
+    """
+
+    def __init__(self, source: Source, plan: Plan, slots: int = 2, check=None):
         self._source, self._plan = source, plan
-        self._blocks: dict[int, dict[str, np.ndarray]] = {}
+        self._rows = min(plan.block_rows, plan.n_rows)
+        self._slots: list[dict[str, np.ndarray] | None] = [None] * max(2, slots)
+        self._held: list[int | None] = [None] * len(self._slots)  # block held by each buffer
+        self._pins = [0] * len(self._slots)
+        self._cond = threading.Condition()
+        self._check = check or (lambda: None)
+
+    def slot_of(self, block: int) -> int:
+        return self._held.index(block)
+
+    def pin(self, slot: int) -> None:
+        with self._cond:
+            self._pins[slot] += 1
+
+    def unpin(self, slot: int) -> None:
+        with self._cond:
+            self._pins[slot] -= 1
+            self._cond.notify_all()
+
+    def take_over(self, slot: int) -> None:
+        """The caller is about to overwrite the buffer's rows (mixing in
+        place): wait until the writer has none of them in flight, and forget
+        which block it held."""
+        with self._cond:
+            while self._pins[slot]:
+                self._check()
+                self._cond.wait(0.05)
+            self._held[slot] = None
+
+    def _victim(self, keep: int, block: int) -> int | None:
+        wanted = {b for b in (keep, block) if b is not None}  # keep is None for partners read by index
+        free = [i for i in range(len(self._slots)) if self._pins[i] == 0 and self._held[i] not in wanted]
+        used = [i for i in free if self._slots[i] is not None]  # reuse touched memory first
+        return (used or free or [None])[0]
 
     def get(self, block: int, keep: int) -> dict[str, np.ndarray]:
-        if block not in self._blocks:
-            for old in [b for b in self._blocks if b != keep]:
-                del self._blocks[old]
-            start, stop = self._plan.block_bounds(block)
-            self._blocks[block] = {
-                key: self._source.reader.read(key, start, stop) for key in self._source.specs
-            }
-        return self._blocks[block]
-
-
-def run_plan(source: Source, plan: Plan, writer, batch_rows: int, progress: Progress,
-             skip=frozenset(), on_done=None) -> None:
-    """Compute every task of the plan and hand the rows to ``writer``.
-
-    Tasks are numbered in ``plan.tasks()`` order; those in ``skip`` are
-    already in the output (resume). ``on_done(index)`` is called once a
-    task's rows have all been handed to the writer.
-    """
-    cache = BlockCache(source, plan)
-    buffers = {
-        key: np.empty((min(batch_rows, plan.block_rows),) + spec.row_shape, spec.dtype)
-        for key, spec in source.specs.items()
-    }
-    for index, task in enumerate(plan.tasks()):
-        if index in skip:
-            continue
-        own = cache.get(task.block, keep=task.partner_block)
-        lam, partner = plan.draw(task)
-        if task.partner_block is None:  # partners by index (sorted, unique reads)
-            partner_rows = {key: source.reader.take(key, partner) for key in source.specs}
-            local = np.arange(len(partner))
+        start, stop = self._plan.block_bounds(block)
+        if block in self._held:
+            slot = self._held.index(block)
         else:
-            partner_rows = cache.get(task.partner_block, keep=task.block)
-            local = partner - plan.block_bounds(task.partner_block)[0]
-        n = task.stop - task.start
-        for s in range(0, n, batch_rows):
-            e = min(n, s + batch_rows)
-            at = task.out_start + s
-            for key in source.mixed_keys:
-                if task.copy < 0:
-                    writer.write(key, at, own[key][s:e])
-                else:
-                    mixed = mix_rows(own[key][s:e], partner_rows[key][local[s:e]], lam[s:e], out=buffers[key][: e - s])
-                    writer.write(key, at, mixed)
-            for key in source.paired_keys:
-                write_pair(writer, key, at, own[key][s:e], partner_rows[key][local[s:e]])
-            writer.write("lam", at, lam[s:e])
-            writer.write("partner", at, partner[s:e])
-            progress.update(e - s)
-        if on_done is not None:
-            on_done(index)
+            with self._cond:
+                while (slot := self._victim(keep, block)) is None:
+                    self._check()
+                    self._cond.wait(0.05)
+            if self._slots[slot] is None:
+                self._slots[slot] = {
+                    key: np.empty((self._rows,) + spec.row_shape, spec.dtype)
+                    for key, spec in self._source.specs.items()
+                }
+            self._held[slot] = None  # a failed read leaves nothing stale behind
+            for key, buf in self._slots[slot].items():
+                self._source.reader.read_into(key, start, stop, buf)
+            self._held[slot] = block
+        return {key: buf[: stop - start] for key, buf in self._slots[slot].items()}
 
 
 def _disk_full(exc: BaseException) -> bool:
@@ -367,11 +377,237 @@ def _open_journal(request: AugmentRequest, output: Path) -> resume.Journal | Non
     return None
 
 
-def write_pair(writer, key: str, at: int, own_rows: np.ndarray, partner_rows: np.ndarray) -> None:
-    """``--y-format pair``: the row's own target and its partner's, unmixed."""
-    key_a, key_b = pair_keys(key)
-    writer.write(key_a, at, own_rows)
-    writer.write(key_b, at, partner_rows)
+class _WriterThread:
+    """Writes batches in order in a thread while the caller mixes the next.
+
+    Each batch comes with a ``release`` callback, called once its rows are
+    written (or dropped after an error) so the caller may reuse the memory.
+    An error in the thread is re-raised in the caller by ``check`` (which
+    the caller's waits call), and ``close`` always joins the thread, so no
+    write is in flight when the caller cleans up.
+    """
+
+    def __init__(self, writer):
+        self._writer = writer
+        self._flusher = _Flusher(writer)
+        self._todo: queue.Queue = queue.Queue()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="mixup-writer", daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        while True:
+            item = self._todo.get()
+            if item is None:
+                return
+            if callable(item):  # a marker: everything submitted before it is written
+                if self._error is None:
+                    try:
+                        item()
+                    except BaseException as exc:
+                        self._error = exc
+                continue
+            at, arrays, release = item
+            try:
+                if self._error is None:
+                    for key, arr in arrays.items():
+                        self._writer.write(key, at, arr)
+                        self._flusher.wrote(arr.nbytes)
+            except BaseException as exc:  # handed to the caller
+                self._error = exc
+            finally:
+                release()
+
+    def check(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def submit(self, at: int, arrays: dict[str, np.ndarray], release) -> None:
+        self.check()
+        self._todo.put((at, arrays, release))
+
+    def after(self, callback) -> None:
+        """Call ``callback`` in the writer's thread once all rows submitted so far are written."""
+        self.check()
+        self._todo.put(callback)
+
+    def close(self) -> None:
+        self._todo.put(None)
+        self._thread.join()
+        self._flusher.close()
+        self.check()
+
+
+class _Flusher:
+    """Starts the disk flush of the output while it is being written.
+
+    Every ``every`` bytes written, a thread fdatasyncs the output files, so
+    the final fsync before the rename finds little left to do. Only a
+    speed-up: failures are ignored here (the final fsync reports them).
+    """
+
+    every = 64 * 1024 * 1024
+
+    def __init__(self, writer):
+        base = Path(getattr(writer, "path", ""))
+        try:
+            rels = writer.files()
+        except Exception:
+            rels = []
+        self._paths = [base / rel if str(rel) != "." else base for rel in rels] if str(base) else []
+        self._pending = 0
+        self._wake = threading.Event()
+        self._done = False
+        self._thread = threading.Thread(target=self._run, name="mixup-flush", daemon=True)
+        self._thread.start()
+
+    def wrote(self, nbytes: int) -> None:
+        self._pending += nbytes
+        if self._pending >= self.every:
+            self._pending = 0
+            self._wake.set()
+
+    def _run(self):
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            if self._done:
+                return
+            for p in self._paths:
+                try:
+                    fd = os.open(p, os.O_RDONLY)
+                except OSError:
+                    continue
+                try:
+                    os.fdatasync(fd)
+                except OSError:
+                    pass
+                finally:
+                    os.close(fd)
+
+    def close(self) -> None:
+        self._done = True
+        self._wake.set()
+        self._thread.join()
+
+
+class _InlineWriter:
+    """The same interface, writing at once in the caller's thread."""
+
+    def __init__(self, writer):
+        self._writer = writer
+
+    def check(self) -> None:
+        pass
+
+    def submit(self, at, arrays, release):
+        try:
+            for key, arr in arrays.items():
+                self._writer.write(key, at, arr)
+        finally:
+            release()
+
+    def after(self, callback):
+        callback()
+
+    def close(self):
+        pass
+
+
+class _BufferPool:
+    """Output buffers for mixing out of place, handed back by the writer."""
+
+    def __init__(self, specs: dict[str, ArraySpec], rows: int, count: int, check):
+        self._specs, self._rows, self._left, self._check = specs, rows, count, check
+        self._free: queue.Queue = queue.Queue()
+
+    def acquire(self) -> dict[str, np.ndarray]:
+        if self._free.empty() and self._left > 0:  # allocated on first need
+            self._left -= 1
+            return {key: np.empty((self._rows,) + spec.row_shape, spec.dtype) for key, spec in self._specs.items()}
+        while True:
+            self._check()
+            try:
+                return self._free.get(timeout=0.05)
+            except queue.Empty:
+                continue
+
+    def release(self, bufs) -> None:
+        self._free.put(bufs)
+
+
+def run_plan(source: Source, plan: Plan, writer, batch_rows: int, progress: Progress, *,
+             threaded: bool = True, skip=frozenset(), on_done=None) -> None:
+    """Compute every task of the plan and hand the rows to ``writer``.
+
+    Reading and mixing happen in the caller's thread, writing in another
+    (``threaded=False`` writes inline: same bytes, slower). With global
+    pairing over several blocks, a block is mixed in place (its own rows are
+    not needed again: the cycle reads it afresh when it comes back as a
+    partner), so memory holds three blocks, one being written, one being
+    mixed, one its partner. Otherwise rows are mixed into two output
+    batches. Either way, about three blocks, whatever the number of rows.
+
+    Tasks are numbered in ``plan.tasks()`` order; those in ``skip`` are
+    already in the output (resume). ``on_done(index)`` is called once all of
+    a task's rows are written.
+    """
+    out = _WriterThread(writer) if threaded else _InlineWriter(writer)
+    cache = BlockCache(source, plan, slots=3 if threaded else 2, check=out.check)
+    in_place = plan.pairing == "global" and plan.n_blocks > 1
+    rows = min(batch_rows, plan.block_rows, plan.n_rows)
+    mixed_specs = {key: source.specs[key] for key in source.mixed_keys}
+    pool = _BufferPool(mixed_specs, rows, 2 if threaded else 1, out.check)
+    try:
+        for index, task in enumerate(plan.tasks()):
+            if index in skip:
+                continue
+            own = cache.get(task.block, keep=task.partner_block)
+            lam, partner = plan.draw(task)
+            if task.partner_block is None:  # class pairings: partners by index (sorted, unique reads)
+                partner_rows = {key: source.reader.take(key, partner) for key in source.specs}
+                local = np.arange(len(partner))
+            else:
+                partner_rows = cache.get(task.partner_block, keep=task.block)
+                local = partner - plan.block_bounds(task.partner_block)[0]
+            slot = cache.slot_of(task.block)
+            mixing_in_place = in_place and task.copy >= 0
+            if mixing_in_place:
+                cache.take_over(slot)  # its rows are about to become output rows
+            n = task.stop - task.start
+            for s in range(0, n, batch_rows):
+                e = min(n, s + batch_rows)
+                k = e - s
+                if task.copy < 0 or mixing_in_place:
+                    arrays = {key: own[key][s:e] for key in source.mixed_keys}
+                    if mixing_in_place:
+                        for key in source.mixed_keys:
+                            mix_gather(own[key][s:e], partner_rows[key], local[s:e], lam[s:e], out=arrays[key])
+                    cache.pin(slot)
+                    release = (lambda i=slot: cache.unpin(i))
+                else:
+                    bufs = pool.acquire()
+                    arrays = {key: bufs[key][:k] for key in source.mixed_keys}
+                    for key in source.mixed_keys:
+                        mix_gather(own[key][s:e], partner_rows[key], local[s:e], lam[s:e], out=arrays[key])
+                    release = (lambda b=bufs: pool.release(b))
+                for key in source.paired_keys:  # --y-format pair: both targets, unmixed (copies)
+                    key_a, key_b = pair_keys(key)
+                    arrays[key_a] = own[key][s:e].copy()
+                    arrays[key_b] = partner_rows[key][local[s:e]]
+                arrays["lam"] = lam[s:e]
+                arrays["partner"] = partner[s:e]
+                out.submit(task.out_start + s, arrays, release)
+                progress.update(k)
+            if on_done is not None:
+                out.after(lambda i=index: on_done(i))
+    except BaseException:
+        try:
+            out.close()
+        except BaseException:
+            pass  # the first error is the one to report
+        raise
+    out.close()
 
 
 def augment(request: AugmentRequest, progress: Progress | None = None) -> AugmentResult:
@@ -432,7 +668,9 @@ def augment(request: AugmentRequest, progress: Progress | None = None) -> Augmen
             writer.set_attributes({"mixup_cli_version": __version__, "run_id": journal.run_id})
             writer.close()
             out_files = [tmp / rel if str(rel) != "." else tmp for rel in writer.files()]
-            out_hashes = provenance.BackgroundHash(out_files).result()
+            out_hashing = provenance.BackgroundHash(out_files)
+            atomic.sync(tmp)  # the disk flush overlaps the hashing; commit's own fsync is then quick
+            out_hashes = out_hashing.result()
             in_hashes = input_hashes.result()
             input_entry = dataset_entry(
                 input_path, source.reader.format_name, source.input_specs or source.specs, in_hashes
@@ -464,7 +702,6 @@ def augment(request: AugmentRequest, progress: Progress | None = None) -> Augmen
                 finished_at=provenance.utc_now(),
             )
             atomic.stage_text(sidecar_tmp, json.dumps(record, indent=2, sort_keys=True) + "\n")
-            atomic.sync(tmp)
             # The output, then its sidecar, then the journal: no interruption in between.
             with atomic.signals_deferred():
                 atomic.commit(tmp, output, request.overwrite, fsync=False)

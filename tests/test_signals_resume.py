@@ -24,7 +24,7 @@ from mixup_cli import resume
 
 # Big enough that a run takes a few seconds even on a fast machine.
 BIG_ROWS, BIG_WIDTH = 100_000, 256  # x: about 100 MB of float32
-BIG_ARGS = ["--seed", "3", "--block-rows", "500", "--copies", "3"]
+BIG_ARGS = ["--seed", "3", "--block-rows", "500", "--copies", "8"]
 
 
 def env():

@@ -55,7 +55,7 @@ def _y_key_given() -> bool:
 @click.option("--pairing", type=click.Choice(PAIRINGS), default="global", show_default=True, help="Where partners come from: the whole dataset, the row's own block, or rows of the same / another class of y.")
 @click.option("--copies", type=int, default=1, show_default=True, help="Augmented copies of the dataset to write.")
 @click.option("--include-original", is_flag=True, help="Also write the original rows first (lam = 1, partner = itself).")
-@click.option("--batch-size", type=int, default=None, help="Rows mixed and written at once [default: about 4 MiB]. Does not change the output.")
+@click.option("--batch-size", type=int, default=None, help="Rows mixed and written at once [default: about 16 MiB, at most a block]. Does not change the output.")
 @click.option("--block-rows", type=int, default=None, help="Rows per pairing block, the unit of randomness [default: about 16 MiB].")
 @click.option("--compression", type=click.Choice(["none", "gzip", "lzf"]), default="none", show_default=True, help="Output compression (HDF5: gzip or lzf; .npz: gzip).")
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists (only once the new output is complete).")

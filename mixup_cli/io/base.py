@@ -68,6 +68,10 @@ class Reader(ABC):
     def read(self, key: str, start: int, stop: int) -> np.ndarray:
         """Rows ``start:stop`` of ``key`` as an in-memory array."""
 
+    def read_into(self, key: str, start: int, stop: int, out: np.ndarray) -> None:
+        """Rows ``start:stop`` of ``key`` into ``out[:stop-start]`` (a reused buffer)."""
+        np.copyto(out[: stop - start], self.read(key, start, stop))
+
     def take(self, key: str, rows: np.ndarray) -> np.ndarray:
         """Rows at the given indices, in that order (random access: slower)."""
         order = np.argsort(rows, kind="stable")

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import re
+import zlib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import h5py
@@ -53,6 +55,8 @@ class Reader(base.Reader):
         except OSError as exc:
             raise _open_error(self.path, exc) from None
         self._datasets: dict[str, h5py.Dataset] = {}
+        self._raw: dict[str, tuple | None] = {}
+        self._fd: int | None = None
 
         def collect(name, obj):
             if isinstance(obj, h5py.Dataset):
@@ -74,6 +78,71 @@ class Reader(base.Reader):
             ds.read_direct(out, np.s_[start:stop])
         return out
 
+    def read_into(self, key: str, start: int, stop: int, out: np.ndarray) -> None:
+        if stop <= start:
+            return
+        if self._raw_read(key, start, stop, out):
+            return
+        self._datasets[key].read_direct(out, np.s_[start:stop], np.s_[0 : stop - start])
+
+    def _raw_layout(self, key: str):
+        """``(row_bytes, chunk_rows or None, contiguous offset)`` when the rows
+        of ``key`` lie in the file as plain bytes (no filter, native byte
+        order, chunks holding whole rows, or contiguous storage); else None."""
+        if key in self._raw:
+            return self._raw[key]
+        layout = None
+        ds = self._datasets[key]
+        try:
+            if (ds.dtype.isnative and ds.dtype.kind in "fiu" and ds.shape and ds.shape[0]
+                    and self._file.id.get_create_plist().get_userblock() == 0
+                    and ds.id.get_create_plist().get_nfilters() == 0 and not ds.is_virtual
+                    and ds.external is None):
+                row_bytes = int(np.prod(ds.shape[1:], dtype=np.int64)) * ds.dtype.itemsize
+                if ds.chunks is None:
+                    offset = ds.id.get_offset()
+                    if offset is not None:
+                        layout = (row_bytes, None, offset)
+                elif tuple(ds.chunks[1:]) == tuple(ds.shape[1:]):
+                    layout = (row_bytes, ds.chunks[0], None)
+        except Exception:
+            layout = None
+        self._raw[key] = layout
+        return layout
+
+    def _raw_read(self, key: str, start: int, stop: int, out: np.ndarray) -> bool:
+        """Read rows with ``os.preadv`` straight into ``out``: outside h5py's
+        global lock, so reading overlaps the writer thread's HDF5 calls.
+        False (and nothing read) when the layout does not allow it."""
+        layout = self._raw_layout(key)
+        if layout is None or not out.flags.c_contiguous or out.dtype != self._datasets[key].dtype:
+            return False
+        row_bytes, chunk_rows, offset = layout
+        dest = memoryview(out[: stop - start]).cast("B")
+        pieces = []  # (file offset, first byte in dest, byte count)
+        if chunk_rows is None:
+            pieces.append((offset + start * row_bytes, 0, (stop - start) * row_bytes))
+        else:
+            ds = self._datasets[key]
+            tail = (0,) * (len(ds.shape) - 1)
+            first = (start // chunk_rows) * chunk_rows
+            for c in range(first, stop, chunk_rows):
+                info = ds.id.get_chunk_info_by_coord((c,) + tail)
+                if info.byte_offset is None or info.filter_mask or info.size < chunk_rows * row_bytes:
+                    return False  # unallocated (fill value) or unusual chunk: let HDF5 do it
+                lo, hi = max(start, c), min(stop, c + chunk_rows)
+                pieces.append((info.byte_offset + (lo - c) * row_bytes, (lo - start) * row_bytes, (hi - lo) * row_bytes))
+        if self._fd is None:
+            self._fd = os.open(self.path, os.O_RDONLY)
+        for file_at, at, count in pieces:
+            done = 0
+            while done < count:
+                got = os.preadv(self._fd, [dest[at + done : at + count]], file_at + done)
+                if got <= 0:
+                    raise InputError(f"{self.path}: file ended while reading '{key}' (truncated?)")
+                done += got
+        return True
+
     def _take_sorted_unique(self, key: str, rows: np.ndarray) -> np.ndarray:
         return self._datasets[key][rows.tolist()] if len(rows) else self.read(key, 0, 0)
 
@@ -92,6 +161,9 @@ class Reader(base.Reader):
         return [self.path]
 
     def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
         self._file.close()
 
 
@@ -110,9 +182,21 @@ def _writer_cache(options: WriteOptions) -> dict:
     cache: rows are written in whole runs anyway, and after a failed write
     (disk full) a file with dirty cached chunks crashes HDF5 when closed."""
     return {"rdcc_nbytes": 0} if options.compression == "none" else {}
+# gzip level of HDF5 output (h5py's default for compression="gzip").
+GZIP_LEVEL = 4
 
 
 class Writer(base.Writer):
+    """Chunked HDF5 output.
+
+    Writes that cover whole chunks skip HDF5's chunk cache and filter
+    pipeline: each chunk goes to the file with ``write_direct_chunk``, and
+    for gzip it is deflated first by a small pool of threads (zlib releases
+    the GIL), so compression uses every core. The bytes stored are what the
+    deflate filter stores, so any HDF5 reader decodes them. Other writes
+    (edges of a chunk, lzf) go through HDF5 as usual.
+    """
+
     format_name = "hdf5"
     compressions = ("none", "gzip", "lzf")
 
@@ -125,18 +209,61 @@ class Writer(base.Writer):
                 raise OutputError(f"{self.path}: cannot create HDF5 file: {_LOCK_HINT}") from None
             raise OutputError(f"{self.path}: cannot create HDF5 file: {exc}") from None
         compression = None if options.compression == "none" else options.compression
+        opts = GZIP_LEVEL if options.compression == "gzip" else None
         self._datasets = {}
+        self._chunk_rows: dict[str, int] = {}
         for key, spec in specs.items():
             chunks = None
             if spec.rows and all(spec.row_shape):
                 chunks = (chunk_rows_for(spec, options),) + spec.row_shape
+                self._chunk_rows[key] = chunks[0]
             self._datasets[key] = self._file.create_dataset(
-                key, shape=spec.shape, dtype=spec.dtype, chunks=chunks, compression=compression
+                key, shape=spec.shape, dtype=spec.dtype, chunks=chunks, compression=compression,
+                compression_opts=opts,
             )
+        self._start_direct_writes()
+
+    def _start_direct_writes(self) -> None:
+        self._direct = self.options.compression in ("none", "gzip")
+        self._pool = None
+        if self.options.compression == "gzip":
+            self._pool = ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1))
 
     def write(self, key: str, start: int, data: np.ndarray) -> None:
-        if len(data):
-            self._datasets[key].write_direct(np.ascontiguousarray(data), dest_sel=np.s_[start : start + len(data)])
+        n = len(data)
+        if not n:
+            return
+        ds = self._datasets[key]
+        data = np.ascontiguousarray(data, dtype=ds.dtype)
+        c = self._chunk_rows.get(key)
+        if not self._direct or c is None:
+            ds.write_direct(data, dest_sel=np.s_[start : start + n])
+            return
+        # Rows [first, last) form whole chunks; the edges go through HDF5.
+        first = -(-start // c) * c
+        last = max(first, ((start + n) // c) * c)
+        if first > start:
+            ds.write_direct(data[: min(n, first - start)], dest_sel=np.s_[start : min(start + n, first)])
+        if last > first:
+            self._write_chunks(ds, first, data[first - start : last - start], c)
+        if start + n > last >= first:
+            ds.write_direct(data[last - start :], dest_sel=np.s_[last : start + n])
+
+    def _write_chunks(self, ds, first: int, rows: np.ndarray, c: int) -> None:
+        tail = (0,) * (rows.ndim - 1)
+        pieces = [rows[i : i + c] for i in range(0, len(rows), c)]
+        if self._pool is None:
+            for i, piece in enumerate(pieces):
+                ds.id.write_direct_chunk((first + i * c,) + tail, piece)
+            return
+        # Deflate a few chunks ahead of the one being written: bounded memory.
+        window = 2 * self._pool._max_workers
+        futures = [self._pool.submit(zlib.compress, piece, GZIP_LEVEL) for piece in pieces[:window]]
+        for i in range(len(pieces)):
+            if i + window < len(pieces):
+                futures.append(self._pool.submit(zlib.compress, pieces[i + window], GZIP_LEVEL))
+            ds.id.write_direct_chunk((first + i * c,) + tail, futures[i].result())
+            futures[i] = None
 
     def set_attributes(self, attrs: dict) -> None:
         for name, value in attrs.items():
@@ -168,9 +295,14 @@ class Writer(base.Writer):
         except (KeyError, OSError, ValueError, RuntimeError) as exc:
             self._file.close()
             raise cls.damaged(self.path, str(exc) or "arrays missing") from None
+        self._chunk_rows = {key: ds.chunks[0] for key, ds in self._datasets.items() if ds.chunks}
+        self._start_direct_writes()
         return self
 
     def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
         if self._file.id.valid:
             self._file.flush()
             self._file.close()

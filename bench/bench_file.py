@@ -1,0 +1,173 @@
+"""File benchmark: ``mixup augment`` against an h5py streaming copy.
+
+    python bench/bench_file.py [--rows 40000] [--repeats 3] [--workdir /tmp]
+
+Generates an HDF5 file (float32 ``x`` of 40,000 x 32x32x3 = 0.49 GB, chunks
+of 256 rows, plus one-hot ``y``) in a temporary folder under ``--workdir``
+and deletes it at the end. For each case the reference and the candidate run
+alternately (which goes first alternates too), ``--repeats`` times each; the table gives medians and their
+ratio.
+
+- reference: an h5py loop reading 1024-row batches (``read_direct`` into one
+  buffer) of ``x`` and ``y`` and writing them to a new file chunked the same
+  way (256 rows), with the same compression.
+- candidate: ``mixup augment`` run in-process through the library
+  (``mixup_cli.pipeline.augment``), everything included: input and output
+  SHA-256, fsync, atomic rename and the provenance sidecar.
+
+Cases: uncompressed and gzip (both sides), ``global`` and ``batch`` pairing.
+``--phases`` adds, per case, where one more candidate run spends its time:
+``run_plan`` (read, mix, write; the input is hashed meanwhile in a thread),
+``fsync``, ``wait hashes`` (mostly the output's SHA-256, which can only start
+once the file is closed), and the rest.
+The page cache is warm for both sides (the input was just written). The
+CPU columns add up user and system time of all threads: on a shared machine
+they vary less than wall time, and show the work each side does. ``load`` is
+the 1-minute load average at the end of the case (other processes on the
+machine; on 2 CPUs anything above 2 means the two sides shared the cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from mixup_cli.pipeline import AugmentRequest, augment  # noqa: E402
+
+CHUNK_ROWS = 256
+BATCH = 1024
+
+
+def make_input(path: Path, rows: int) -> None:
+    rng = np.random.default_rng(0)
+    with h5py.File(path, "w") as f:
+        x = f.create_dataset("x", shape=(rows, 32, 32, 3), dtype=np.float32, chunks=(CHUNK_ROWS, 32, 32, 3))
+        y = f.create_dataset("y", shape=(rows, 10), dtype=np.float32, chunks=(CHUNK_ROWS, 10))
+        for s in range(0, rows, 4096):
+            e = min(rows, s + 4096)
+            x[s:e] = rng.random((e - s, 32, 32, 3), dtype=np.float32)
+            y[s:e] = np.eye(10, dtype=np.float32)[rng.integers(0, 10, e - s)]
+
+
+def h5py_copy(src: Path, dst: Path, compression: str | None) -> None:
+    """The reference: stream every row of x and y to a new chunked file."""
+    with h5py.File(src, "r") as fin, h5py.File(dst, "w") as fout:
+        for key in ("x", "y"):
+            ds = fin[key]
+            out = fout.create_dataset(key, shape=ds.shape, dtype=ds.dtype,
+                                      chunks=(CHUNK_ROWS,) + ds.shape[1:], compression=compression)
+            buf = np.empty((BATCH,) + ds.shape[1:], ds.dtype)
+            for s in range(0, ds.shape[0], BATCH):
+                e = min(ds.shape[0], s + BATCH)
+                ds.read_direct(buf, np.s_[s:e], np.s_[0:e - s])
+                out.write_direct(buf, np.s_[0:e - s], np.s_[s:e])
+
+
+def candidate(src: Path, dst: Path, compression: str, pairing: str) -> None:
+    augment(AugmentRequest(src, dst, alpha=0.2, seed=1, pairing=pairing, compression=compression,
+                           overwrite=True, command_line=["bench"]))
+
+
+def candidate_phases(src: Path, dst: Path, compression: str, pairing: str) -> dict:
+    """One candidate run, timing its stages by wrapping the library's functions."""
+    from mixup_cli import pipeline, provenance
+
+    spent = {"run_plan": 0.0, "fsync": 0.0, "wait hashes": 0.0}
+    originals = (pipeline.run_plan, pipeline._sync, provenance.BackgroundHash.result)
+
+    def wrap(fn, name):
+        def inner(*a, **k):
+            t0 = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                spent[name] += time.perf_counter() - t0
+        return inner
+
+    pipeline.run_plan = wrap(originals[0], "run_plan")
+    pipeline._sync = wrap(originals[1], "fsync")
+    provenance.BackgroundHash.result = wrap(originals[2], "wait hashes")
+    try:
+        total = timed(lambda: candidate(src, dst, compression, pairing))[0]
+    finally:
+        pipeline.run_plan, pipeline._sync, provenance.BackgroundHash.result = originals
+    spent["rest"] = total - sum(spent.values())
+    spent["total"] = total
+    return spent
+
+
+def timed(fn) -> tuple[float, float]:
+    """Wall seconds and CPU seconds (all threads of this process) of one call."""
+    r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+    fn()
+    wall, r1 = time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF)
+    return wall, (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=40000)
+    parser.add_argument("--repeats", type=int, default=5, help="per uncompressed case")
+    parser.add_argument("--gzip-repeats", type=int, default=3, help="per gzip case (20 s each)")
+    parser.add_argument("--workdir", default=tempfile.gettempdir())
+    parser.add_argument("--cases", default="none:global,none:batch,gzip:global,gzip:batch",
+                        help="comma-separated compression:pairing pairs")
+    parser.add_argument("--phases", action="store_true",
+                        help="also print where one candidate run of each case spends its time")
+    args = parser.parse_args(argv)
+
+    work = Path(tempfile.mkdtemp(prefix="mixup-bench-", dir=args.workdir))
+    try:
+        src = work / "in.h5"
+        make_input(src, args.rows)
+        size = src.stat().st_size
+        print(f"input: {args.rows} x 32x32x3 float32 + y[10], chunks of {CHUNK_ROWS} rows, "
+              f"{size / 1e9:.2f} GB; median of {args.repeats} (gzip: {args.gzip_repeats}), alternating")
+        phases = {}
+        print(f"{'compression':<12} {'pairing':<8} {'h5py copy s':>12} {'mixup s':>9} {'ratio':>7}"
+              f" {'copy CPU s':>11} {'mixup CPU s':>12} {'CPU ratio':>10} {'load':>5}")
+        for case in args.cases.split(","):
+            compression, pairing = case.split(":")
+            ref_t, cand_t = [], []
+            def run_ref():
+                ref_t.append(timed(lambda: h5py_copy(src, work / "ref.h5", None if compression == "none" else compression)))
+                (work / "ref.h5").unlink()
+
+            def run_cand():
+                cand_t.append(timed(lambda: candidate(src, work / "out.h5", compression, pairing)))
+                (work / "out.h5").unlink()
+
+            for i in range(args.gzip_repeats if compression == "gzip" else args.repeats):
+                for run in ((run_ref, run_cand) if i % 2 == 0 else (run_cand, run_ref)):
+                    run()
+            if args.phases:
+                phases[case] = candidate_phases(src, work / "out.h5", compression, pairing)
+                (work / "out.h5").unlink()
+            r, c = statistics.median(t for t, _ in ref_t), statistics.median(t for t, _ in cand_t)
+            rc, cc = statistics.median(u for _, u in ref_t), statistics.median(u for _, u in cand_t)
+            print(f"{compression:<12} {pairing:<8} {r:12.2f} {c:9.2f} {c / r:6.2f}x"
+                  f" {rc:11.2f} {cc:12.2f} {cc / rc:9.2f}x {os.getloadavg()[0]:5.1f}", flush=True)
+        if phases:
+            print("\nwhere one candidate run spends its time (s):")
+            names = list(next(iter(phases.values())))
+            print(f"{'case':<14}" + "".join(f" {n:>14}" for n in names))
+            for case, t in phases.items():
+                print(f"{case:<14}" + "".join(f" {t[n]:14.2f}" for n in names))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,296 @@
+"""The streaming engine: threaded writing, reused buffers, direct chunk writes."""
+
+import os
+import subprocess
+
+import h5py
+import numpy as np
+import pytest
+
+from conftest import expected_mix, load_output, make_arrays, write_h5, write_npy_dir
+from mixup_cli import pipeline
+from mixup_cli.core import mix_gather, mix_rows, mixup
+from mixup_cli.io import hdf5
+from mixup_cli.io.base import ArraySpec, WriteOptions
+from mixup_cli.pipeline import AugmentRequest, BlockCache, Progress, augment, open_source, run_plan
+from mixup_cli.sampling import Plan
+
+
+def h5_arrays(path):
+    with h5py.File(path, "r") as f:
+        return {k: f[k][()] for k in f.keys()}
+
+
+PLANS = [
+    dict(pairing="global", copies=1, include_original=False, block_rows=8),
+    dict(pairing="global", copies=2, include_original=True, block_rows=5),
+    dict(pairing="batch", copies=1, include_original=False, block_rows=16),
+    dict(pairing="global", copies=1, include_original=False, block_rows=64),  # one block
+]
+
+
+@pytest.mark.parametrize("params", PLANS)
+@pytest.mark.parametrize("batch_rows", [1, 3, 8, 1000])
+@pytest.mark.parametrize("compression", ["none", "gzip"])
+def test_threaded_engine_writes_the_same_bytes_as_the_simple_loop(tmp_path, params, batch_rows, compression):
+    x, y = make_arrays(n=37, x_shape=(3, 2), seed=4)
+    src = write_h5(tmp_path / "in.h5", x=x, y=y)
+    source = open_source(src, "x", "y")
+    try:
+        plan = Plan(n_rows=37, alpha=0.3, seed=9, **params)
+        results = []
+        for threaded in (False, True):
+            path = tmp_path / f"out-{threaded}.h5"
+            specs = pipeline.output_specs(source, plan)
+            writer = hdf5.Writer(path, specs, WriteOptions(compression=compression, block_rows=plan.block_rows,
+                                                           chunk_bytes=4 * 6 * 4))
+            run_plan(source, plan, writer, batch_rows, Progress(), threaded=threaded)
+            writer.close()
+            results.append(h5_arrays(path))
+    finally:
+        source.reader.close()
+    simple, threaded = results
+    assert simple.keys() == threaded.keys() == {"x", "y", "lam", "partner"}
+    for key in simple:
+        assert np.array_equal(simple[key], threaded[key]), key
+    first = 37 if params["include_original"] else 0
+    for c in range(params["copies"]):
+        rows = slice(first + 37 * c, first + 37 * (c + 1))
+        for key, arr in (("x", x), ("y", y)):
+            assert np.array_equal(threaded[key][rows],
+                                  expected_mix(arr, threaded["lam"][rows], threaded["partner"][rows]))
+
+
+def test_output_data_does_not_depend_on_batch_size_or_compression(tmp_path):
+    x, y = make_arrays(n=100, x_shape=(4, 4), seed=2)
+    src = write_h5(tmp_path / "in.h5", x=x, y=y)
+    outputs = []
+    for i, (batch, comp) in enumerate([(None, "none"), (7, "none"), (33, "gzip"), (None, "gzip"), (1, "lzf")]):
+        out = tmp_path / f"out{i}.h5"
+        augment(AugmentRequest(src, out, seed=5, batch_size=batch, block_rows=16, compression=comp))
+        outputs.append(h5_arrays(out))
+    for other in outputs[1:]:
+        for key in outputs[0]:
+            assert np.array_equal(outputs[0][key], other[key]), key
+
+
+def test_gzip_output_is_read_by_hdf5_tools(tmp_path):
+    x, y = make_arrays(n=50, x_shape=(8,))
+    src = write_h5(tmp_path / "in.h5", x=x, y=y)
+    plain, packed = tmp_path / "plain.h5", tmp_path / "packed.h5"
+    augment(AugmentRequest(src, plain, seed=1, block_rows=16))
+    augment(AugmentRequest(src, packed, seed=1, block_rows=16, compression="gzip"))
+    with h5py.File(packed, "r") as f:
+        assert f["x"].compression == "gzip" and f["x"].chunks[0] <= 16
+    if not _has("h5diff"):
+        pytest.skip("h5diff not installed")
+    for key in ("/x", "/y", "/lam", "/partner"):
+        done = subprocess.run(["h5diff", str(plain), str(packed), key, key], capture_output=True, text=True)
+        assert done.returncode == 0, done.stdout + done.stderr
+
+
+def _has(tool):
+    return any(os.access(os.path.join(d, tool), os.X_OK) for d in os.environ.get("PATH", "").split(os.pathsep))
+
+
+class Boom(RuntimeError):
+    pass
+
+
+def _assert_nothing_left(tmp_path, out):
+    assert not out.exists()
+    assert not pipeline.provenance.sidecar_path(out).exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.h5"]
+
+
+def test_error_in_the_writer_thread_reaches_the_caller_and_leaves_no_output(tmp_path, monkeypatch):
+    x, y = make_arrays(n=40)
+    src = write_h5(tmp_path / "in.h5", x=x, y=y)
+    calls = {"n": 0}
+    real_write = hdf5.Writer.write
+
+    def failing_write(self, key, start, data):
+        calls["n"] += 1
+        if calls["n"] == 6:
+            raise Boom("disk on fire")
+        return real_write(self, key, start, data)
+
+    monkeypatch.setattr(hdf5.Writer, "write", failing_write)
+    out = tmp_path / "out.h5"
+    with pytest.raises(Boom, match="disk on fire"):
+        augment(AugmentRequest(src, out, seed=1, batch_size=3, block_rows=8))
+    _assert_nothing_left(tmp_path, out)
+
+
+def test_error_while_reading_stops_the_writer_thread_and_leaves_no_output(tmp_path, monkeypatch):
+    x, y = make_arrays(n=40)
+    src = write_h5(tmp_path / "in.h5", x=x, y=y)
+    calls = {"n": 0}
+    real_read = hdf5.Reader.read_into
+
+    def failing_read(self, key, start, stop, out):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise Boom("bad sector")
+        return real_read(self, key, start, stop, out)
+
+    monkeypatch.setattr(hdf5.Reader, "read_into", failing_read)
+    before = {t.name for t in __import__("threading").enumerate()}
+    out = tmp_path / "out.h5"
+    with pytest.raises(Boom, match="bad sector"):
+        augment(AugmentRequest(src, out, seed=1, batch_size=3, block_rows=8))
+    _assert_nothing_left(tmp_path, out)
+    after = {t.name for t in __import__("threading").enumerate()}
+    assert "mixup-writer" not in after - before and "mixup-flush" not in after - before
+
+
+def test_block_cache_reuses_two_buffers_and_returns_the_right_rows(tmp_path):
+    x, y = make_arrays(n=30, x_shape=(2,))
+    src = write_h5(tmp_path / "in.h5", x=x, y=y)
+    source = open_source(src, "x", "y")
+    try:
+        plan = Plan(n_rows=30, alpha=0.2, seed=0, block_rows=8)
+        cache = BlockCache(source, plan)
+        seen = set()
+        for block, keep in [(0, 1), (1, 0), (1, 2), (2, 1), (3, 2), (2, 3), (0, 3), (3, 0)]:
+            got = cache.get(block, keep)
+            start, stop = plan.block_bounds(block)
+            assert np.array_equal(got["x"], x[start:stop]) and np.array_equal(got["y"], y[start:stop])
+            seen.add(got["x"].base.__array_interface__["data"][0] if got["x"].base is not None else id(got["x"]))
+        assert len(seen) <= 2
+    finally:
+        source.reader.close()
+
+
+def test_npy_dir_input_goes_through_the_generic_read_into(tmp_path):
+    x, y = make_arrays(n=23, x_shape=(3,))
+    src = write_npy_dir(tmp_path / "in", x=x, y=y)
+    out = tmp_path / "out.h5"
+    augment(AugmentRequest(src, out, seed=2, batch_size=4, block_rows=8))
+    got = load_output(out)
+    assert np.array_equal(got["x"], expected_mix(x, got["lam"], got["partner"]))
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64, np.uint8, np.int16])
+def test_mix_gather_equals_mix_rows_of_the_gathered_rows(dtype):
+    rng = np.random.default_rng(3)
+    pool = (rng.random((50, 5, 7)) * 100).astype(dtype)
+    a = (rng.random((31, 5, 7)) * 100).astype(dtype)
+    index = rng.integers(0, 50, 31)
+    lam = rng.beta(0.3, 0.3, 31)
+    assert np.array_equal(mix_gather(a, pool, index, lam), mix_rows(a, pool[index], lam))
+
+
+def test_mix_gather_with_rows_larger_than_a_cache_slice():
+    rng = np.random.default_rng(4)
+    x = rng.random((5, 400, 400)).astype(np.float32)
+    index, lam = rng.permutation(5), rng.random(5)
+    l = lam.astype(np.float32)[:, None, None]
+    assert np.array_equal(mix_gather(x, x, index, lam), l * x + (1 - l) * x[index])
+
+
+def test_mix_gather_refuses_out_of_range_partners():
+    x = np.zeros((4, 2), np.float32)
+    with pytest.raises(IndexError):
+        mix_gather(x, x, np.array([0, 1, 2, 4]), np.ones(4))
+    with pytest.raises(IndexError):
+        mix_gather(x, x, np.array([0, -1, 2, 3]), np.ones(4))
+
+
+def test_in_memory_mixup_matches_the_formula():
+    x, y = make_arrays(n=64, x_shape=(3, 8, 8))
+    xm, ym, lam, partner = mixup(x, y, 0.4, rng=1)
+    assert np.array_equal(xm, expected_mix(x, lam, partner))
+    assert np.array_equal(ym, expected_mix(y, lam, partner))
+
+
+def test_direct_chunk_writes_handle_unaligned_and_edge_rows(tmp_path):
+    x = np.random.default_rng(0).random((45, 3)).astype(np.float32)
+    for comp in ("none", "gzip", "lzf"):
+        path = tmp_path / f"{comp}.h5"
+        w = hdf5.Writer(path, {"x": ArraySpec(x.shape, x.dtype)},
+                        WriteOptions(compression=comp, chunk_bytes=8 * 12, block_rows=16))
+        for start, stop in [(0, 3), (3, 19), (19, 40), (40, 45)]:
+            w.write("x", start, x[start:stop])
+        w.close()
+        with h5py.File(path, "r") as f:
+            assert f["x"].chunks == (8, 3)
+            assert np.array_equal(f["x"][()], x), comp
+
+
+@pytest.mark.parametrize("layout", [
+    dict(chunks=(7, 3, 2)), dict(chunks=None), dict(chunks=(4, 3, 1)), dict(chunks=(7, 3, 2), compression="gzip"),
+    dict(chunks=(7, 3, 2), dtype=">f4"), dict(chunks=(5, 3, 2), dtype="u1"), dict(chunks=(7, 3, 2), partial=True),
+])
+def test_raw_reads_equal_hdf5_reads_or_fall_back(tmp_path, layout):
+    layout = dict(layout)
+    dtype = np.dtype(layout.pop("dtype", "<f4"))
+    partial = layout.pop("partial", False)
+    x = (np.random.default_rng(0).random((50, 3, 2)) * 200).astype(dtype)
+    path = tmp_path / "in.h5"
+    with h5py.File(path, "w") as f:
+        ds = f.create_dataset("x", shape=x.shape, dtype=dtype, fillvalue=7, **layout)
+        if partial:  # chunks 2 and 3 never written: HDF5 returns the fill value
+            ds[:14] = x[:14]
+            ds[28:] = x[28:]
+        else:
+            ds[...] = x
+    with h5py.File(path, "r") as f:
+        expected = f["x"][()]
+    reader = hdf5.Reader(path)
+    try:
+        for start, stop in [(0, 50), (0, 7), (3, 4), (6, 22), (13, 29), (44, 50), (49, 50)]:
+            out = np.full((60, 3, 2), 99, dtype=x.dtype)
+            reader.read_into("x", start, stop, out)
+            assert np.array_equal(out[: stop - start], expected[start:stop]), (start, stop)
+            assert (out[stop - start :] == 99).all()
+    finally:
+        reader.close()
+
+
+def _seed_where_copy_starts_with_the_last_block():
+    """A seed whose first copy starts its cycle with the block the original
+    rows end with: that block is still in memory, queued for writing."""
+    for seed in range(1000):
+        plan = Plan(n_rows=37, alpha=0.3, seed=seed, block_rows=5, copies=2, include_original=True)
+        if plan.block_order(0)[0] == plan.n_blocks - 1:
+            return seed
+    raise AssertionError("no such seed")
+
+
+SLOW_PLANS = PLANS + [dict(pairing="global", copies=2, include_original=True, block_rows=5,
+                           seed=_seed_where_copy_starts_with_the_last_block())]
+
+
+@pytest.mark.parametrize("params", SLOW_PLANS)
+def test_slow_writer_never_sees_rows_change_under_it(tmp_path, params, monkeypatch):
+    """Mixing in place reuses input buffers the writer thread reads: with a
+    slow writer the reader must wait for it, never overwrite rows in flight."""
+    import time
+
+    x, y = make_arrays(n=37, x_shape=(3, 2), seed=6)
+    src = write_h5(tmp_path / "in.h5", x=x, y=y)
+    source = open_source(src, "x", "y")
+    real_write = hdf5.Writer.write
+
+    def slow_write(self, key, start, data):
+        snapshot = np.array(data, copy=True)
+        time.sleep(0.002)
+        assert np.array_equal(np.asarray(data), snapshot, equal_nan=True), "rows changed while being written"
+        return real_write(self, key, start, data)
+
+    try:
+        plan = Plan(n_rows=37, alpha=0.3, **dict(dict(seed=9), **params))
+        results = []
+        for threaded in (False, True):
+            if threaded:
+                monkeypatch.setattr(hdf5.Writer, "write", slow_write)
+            path = tmp_path / f"out-{threaded}.h5"
+            writer = hdf5.Writer(path, pipeline.output_specs(source, plan), WriteOptions(block_rows=plan.block_rows))
+            run_plan(source, plan, writer, 3, Progress(), threaded=threaded)
+            writer.close()
+            results.append(h5_arrays(path))
+    finally:
+        source.reader.close()
+    for key in results[0]:
+        assert np.array_equal(results[0][key], results[1][key]), key
