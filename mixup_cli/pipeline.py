@@ -15,10 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
-from mixup_cli import __version__, atomic, provenance
-from mixup_cli.core import check_alpha, mix_rows
+from mixup_cli import __version__, atomic, cutmix, provenance
+from mixup_cli.core import check_alpha
 from mixup_cli.errors import InputError, OutputError, ParameterError
 from mixup_cli.io import ArraySpec, Reader, WriteOptions, create_writer, format_of, open_reader
+from mixup_cli.mixing import Mixer
 from mixup_cli.sampling import Plan, check_positive, default_block_rows, draw_seed
 
 log = logging.getLogger("mixup_cli")
@@ -44,6 +45,8 @@ class AugmentRequest:
     compression: str = "none"
     overwrite: bool = False
     command_line: list[str] = field(default_factory=provenance.command_line)
+    method: str = "mixup"
+    layout: str | None = None  # cutmix: NHWC or NCHW; inferred when unambiguous
 
 
 @dataclass
@@ -144,6 +147,10 @@ def check_output_path(input_path: Path, output: Path, overwrite: bool) -> str:
 def resolve_plan(request: AugmentRequest, source: Source) -> Plan:
     block_rows = request.block_rows or default_block_rows(source.row_bytes)
     seed = draw_seed() if request.seed is None else request.seed
+    layout = None
+    if request.method == "cutmix":
+        x_spec = source.specs[request.x_key]
+        layout = cutmix.resolve_layout(x_spec.row_shape, request.layout, f"{source.reader.path}: '{request.x_key}'")
     return Plan(
         n_rows=source.n_rows,
         alpha=request.alpha,
@@ -152,6 +159,8 @@ def resolve_plan(request: AugmentRequest, source: Source) -> Plan:
         pairing=request.pairing,
         copies=request.copies,
         include_original=request.include_original,
+        method=request.method,
+        layout=layout,
     )
 
 
@@ -162,8 +171,8 @@ def default_batch_rows(row_bytes: int, block_rows: int) -> int:
 def output_specs(source: Source, plan: Plan) -> dict[str, ArraySpec]:
     rows = plan.output_rows
     specs = {key: ArraySpec((rows,) + spec.row_shape, spec.dtype) for key, spec in source.specs.items()}
-    specs["lam"] = ArraySpec((rows,), np.dtype(np.float64))
-    specs["partner"] = ArraySpec((rows,), np.dtype(np.int64))
+    for name, (row_shape, dtype) in Mixer.provenance_specs(plan).items():
+        specs[name] = ArraySpec((rows,) + row_shape, dtype)
     return specs
 
 
@@ -189,6 +198,7 @@ class BlockCache:
 def run_plan(source: Source, plan: Plan, writer, batch_rows: int, progress: Progress) -> None:
     """Compute every task of the plan and hand the rows to ``writer``."""
     cache = BlockCache(source, plan)
+    mixer = Mixer(plan, {key: spec.row_shape for key, spec in source.specs.items()})
     buffers = {
         key: np.empty((min(batch_rows, plan.block_rows),) + spec.row_shape, spec.dtype)
         for key, spec in source.specs.items()
@@ -196,8 +206,8 @@ def run_plan(source: Source, plan: Plan, writer, batch_rows: int, progress: Prog
     for task in plan.tasks():
         own = cache.get(task.block, keep=task.partner_block)
         partner_rows = cache.get(task.partner_block, keep=task.block)
-        lam, partner = plan.draw(task)
-        local = partner - plan.block_bounds(task.partner_block)[0]
+        drawn = mixer.draw(task)
+        local = drawn.partner - plan.block_bounds(task.partner_block)[0]
         n = task.stop - task.start
         for s in range(0, n, batch_rows):
             e = min(n, s + batch_rows)
@@ -206,10 +216,10 @@ def run_plan(source: Source, plan: Plan, writer, batch_rows: int, progress: Prog
                 if task.copy < 0:
                     writer.write(key, at, own[key][s:e])
                 else:
-                    mixed = mix_rows(own[key][s:e], partner_rows[key][local[s:e]], lam[s:e], out=buffers[key][: e - s])
+                    mixed = mixer.mix(key, own[key][s:e], partner_rows[key][local[s:e]], drawn, s, e, out=buffers[key][: e - s])
                     writer.write(key, at, mixed)
-            writer.write("lam", at, lam[s:e])
-            writer.write("partner", at, partner[s:e])
+            for name, values in drawn.provenance(s, e).items():
+                writer.write(name, at, values)
             progress.update(e - s)
 
 

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import click
 
-from mixup_cli.sampling import PAIRINGS
+from mixup_cli.cutmix import LAYOUTS
+from mixup_cli.sampling import METHODS, PAIRINGS
 
 from .options import debug_option, json_option, quiet_option
 
@@ -50,11 +51,13 @@ class _BarProgress:
 @click.option("--block-rows", type=int, default=None, help="Rows per pairing block, the unit of randomness [default: about 16 MiB].")
 @click.option("--compression", type=click.Choice(["none", "gzip", "lzf"]), default="none", show_default=True, help="Output compression (HDF5: gzip or lzf; .npz: gzip).")
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists (only once the new output is complete).")
+@click.option("--method", type=click.Choice(METHODS), default="mixup", show_default=True, help="mixup blends whole rows; cutmix pastes a box of the partner image into each image (x must be images).")
+@click.option("--layout", type=click.Choice(LAYOUTS), default=None, help="Axis order of image x for cutmix [default: inferred when unambiguous].")
 @quiet_option
 @json_option
 @debug_option
 def augment(input_path, output_path, alpha, seed, x_key, y_key, pairing, copies, include_original,
-            batch_size, block_rows, compression, overwrite, quiet, as_json):
+            batch_size, block_rows, compression, overwrite, method, layout, quiet, as_json):
     """Write a mixed copy of dataset IN to OUT, plus OUT.provenance.json.
 
     IN and OUT are .h5/.hdf5, .npz, or a directory of .npy files (x.npy,
@@ -72,6 +75,7 @@ def augment(input_path, output_path, alpha, seed, x_key, y_key, pairing, copies,
         input=input_path, output=output_path, alpha=alpha, seed=seed, x_key=x_key, y_key=y_key,
         pairing=pairing, copies=copies, include_original=include_original, batch_size=batch_size,
         block_rows=block_rows, compression=compression, overwrite=overwrite,
+        method=method, layout=layout,
     )
     bar = _BarProgress(quiet)
     try:
