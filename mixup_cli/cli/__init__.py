@@ -15,6 +15,7 @@ from mixup_cli import __version__
 from mixup_cli.errors import MixupError
 
 from .augment import augment
+from .preview import preview
 
 EXIT_INTERRUPTED = 130
 
@@ -65,6 +66,7 @@ def cli():
 
 
 cli.add_command(augment)
+cli.add_command(preview)
 
 
 def main(args=None, prog_name="mixup"):
