@@ -213,3 +213,12 @@ def test_in_memory_cutmix():
     assert np.array_equal(y_m, expected_mix(y, lam, partner))
     again = cutmix.cutmix(x, y, alpha=1.0, rng=np.random.default_rng(3))
     assert all(np.array_equal(a, b) for a, b in zip(again, (x_m, y_m, lam, partner, box)))
+
+
+def test_box_is_reserved_for_cutmix_provenance(run_cli, tmp_path):
+    x, _ = make_images(5, "NHW", np.float32)
+    src = write_h5(tmp_path / "in.h5", x=x, box=np.eye(5, dtype=np.float32))
+    result = run_cli("augment", src, tmp_path / "out.h5", "--method", "cutmix", "--y-key", "box")
+    assert result.exit_code == 2 and "'box' is reserved" in result.stderr
+    assert list(tmp_path.iterdir()) == [src]
+    assert run_cli("augment", src, tmp_path / "out.h5", "--y-key", "box", "-q").exit_code == 0  # mixup writes no box
