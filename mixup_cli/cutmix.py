@@ -81,7 +81,10 @@ def image_size(row_shape: tuple[int, ...], layout: str) -> tuple[int, int]:
     if len(row_shape) != (2 if layout == GRAYSCALE else 3):
         raise ParameterError(f"rows of shape {_shape_text(row_shape)} do not have layout {layout}", "--layout")
     h_axis, w_axis = _SPATIAL_AXES[layout]
-    return int(row_shape[h_axis]), int(row_shape[w_axis])
+    height, width = int(row_shape[h_axis]), int(row_shape[w_axis])
+    if height < 1 or width < 1:
+        raise ParameterError(f"images of shape {_shape_text(row_shape)} have no pixels to cut", "--method")
+    return height, width
 
 
 def image_axes(layout: str) -> tuple[int, int]:
