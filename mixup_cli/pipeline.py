@@ -20,10 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
-from mixup_cli import __version__, atomic, provenance, resume
-from mixup_cli.core import check_alpha, mix_gather
+from mixup_cli import __version__, atomic, cutmix, provenance, resume
+from mixup_cli.core import check_alpha
 from mixup_cli.errors import InputError, OutputError, ParameterError
 from mixup_cli.io import ArraySpec, Reader, WriteOptions, create_writer, format_of, open_reader, reopen_writer
+from mixup_cli.mixing import Mixer
 from mixup_cli.classes import class_index
 from mixup_cli.prepare import DataOptions, Prepared, pair_keys, prepare
 from mixup_cli.sampling import CLASS_PAIRINGS, Plan, check_positive, default_block_rows, draw_seed
@@ -70,6 +71,8 @@ class AugmentRequest:
             label_smoothing=self.label_smoothing, allow_nonfinite=self.allow_nonfinite,
         )
     resume: bool = False
+    method: str = "mixup"
+    layout: str | None = None  # cutmix: NHWC or NCHW; inferred when unambiguous
 
 
 @dataclass
@@ -222,6 +225,10 @@ def resolve_plan(request: AugmentRequest, source: Source) -> Plan:
         if request.y_key is None:
             raise ParameterError(f"--pairing {request.pairing} needs class labels; name them with --y-key", "--pairing")
         classes = class_index(source.reader, request.y_key)
+    layout = None
+    if request.method == "cutmix":
+        x_spec = source.specs[request.x_key]
+        layout = cutmix.resolve_layout(x_spec.row_shape, request.layout, f"{source.reader.path}: '{request.x_key}'")
     return Plan(
         n_rows=source.n_rows,
         alpha=request.alpha,
@@ -231,6 +238,8 @@ def resolve_plan(request: AugmentRequest, source: Source) -> Plan:
         copies=request.copies,
         include_original=request.include_original,
         classes=classes,
+        method=request.method,
+        layout=layout,
     )
 
 
@@ -245,8 +254,8 @@ def output_specs(source: Source, plan: Plan) -> dict[str, ArraySpec]:
         for key, spec in source.specs.items()
         for out_key in source.output_keys(key)
     }
-    specs["lam"] = ArraySpec((rows,), np.dtype(np.float64))
-    specs["partner"] = ArraySpec((rows,), np.dtype(np.int64))
+    for name, (row_shape, dtype) in Mixer.provenance_specs(plan).items():
+        specs[name] = ArraySpec((rows,) + row_shape, dtype)
     return specs
 
 
@@ -558,12 +567,14 @@ def run_plan(source: Source, plan: Plan, writer, batch_rows: int, progress: Prog
     rows = min(batch_rows, plan.block_rows, plan.n_rows)
     mixed_specs = {key: source.specs[key] for key in source.mixed_keys}
     pool = _BufferPool(mixed_specs, rows, 2 if threaded else 1, out.check)
+    mixer = Mixer(plan, {key: spec.row_shape for key, spec in mixed_specs.items()})
     try:
         for index, task in enumerate(plan.tasks()):
             if index in skip:
                 continue
             own = cache.get(task.block, keep=task.partner_block)
-            lam, partner = plan.draw(task)
+            drawn = mixer.draw(task)
+            partner = drawn.partner
             if task.partner_block is None:  # class pairings: partners by index (sorted, unique reads)
                 partner_rows = {key: source.reader.take(key, partner) for key in source.specs}
                 local = np.arange(len(partner))
@@ -582,21 +593,20 @@ def run_plan(source: Source, plan: Plan, writer, batch_rows: int, progress: Prog
                     arrays = {key: own[key][s:e] for key in source.mixed_keys}
                     if mixing_in_place:
                         for key in source.mixed_keys:
-                            mix_gather(own[key][s:e], partner_rows[key], local[s:e], lam[s:e], out=arrays[key])
+                            mixer.mix_gather(key, own[key][s:e], partner_rows[key], local[s:e], drawn, s, e, out=arrays[key])
                     cache.pin(slot)
                     release = (lambda i=slot: cache.unpin(i))
                 else:
                     bufs = pool.acquire()
                     arrays = {key: bufs[key][:k] for key in source.mixed_keys}
                     for key in source.mixed_keys:
-                        mix_gather(own[key][s:e], partner_rows[key], local[s:e], lam[s:e], out=arrays[key])
+                        mixer.mix_gather(key, own[key][s:e], partner_rows[key], local[s:e], drawn, s, e, out=arrays[key])
                     release = (lambda b=bufs: pool.release(b))
                 for key in source.paired_keys:  # --y-format pair: both targets, unmixed (copies)
                     key_a, key_b = pair_keys(key)
                     arrays[key_a] = own[key][s:e].copy()
                     arrays[key_b] = partner_rows[key][local[s:e]]
-                arrays["lam"] = lam[s:e]
-                arrays["partner"] = partner[s:e]
+                arrays.update(drawn.provenance(s, e))
                 out.submit(task.out_start + s, arrays, release)
                 progress.update(k)
             if on_done is not None:

@@ -31,12 +31,14 @@ from typing import Iterator
 
 import numpy as np
 
+from mixup_cli import cutmix
 from mixup_cli.classes import ClassIndex
 from mixup_cli.core import check_alpha, sample_lam
 from mixup_cli.errors import ParameterError
 
 PAIRINGS = ("global", "batch", "within-class", "between-class")
 CLASS_PAIRINGS = ("within-class", "between-class")
+METHODS = ("mixup", "cutmix")
 
 # Bumped whenever the mapping from (seed, parameters) to output changes, so
 # that an old sidecar is never silently checked against a new plan.
@@ -45,6 +47,7 @@ PLAN_VERSION = 1
 # Key "purposes": each use of randomness has its own stream.
 _CYCLE = 0
 _ROWS = 1
+_BOXES = 2
 # Blocks aim at this many bytes of x+y rows when --block-rows is not given.
 DEFAULT_BLOCK_BYTES = 16 * 1024 * 1024
 
@@ -106,9 +109,17 @@ class Plan:
     # Class of every row, for the class pairings (derived from the input, so
     # not a parameter of its own).
     classes: ClassIndex | None = field(default=None, compare=False, repr=False)
+    method: str = "mixup"
+    layout: str | None = None  # cutmix only: NHWC, NCHW or NHW (grayscale)
 
     def __post_init__(self):
         check_alpha(self.alpha)
+        if self.method not in METHODS:
+            raise ParameterError(f"--method must be one of {', '.join(METHODS)}, got {self.method!r}", "--method")
+        if self.method != "cutmix":
+            object.__setattr__(self, "layout", None)
+        elif self.layout not in cutmix.LAYOUTS + (cutmix.GRAYSCALE,):
+            raise ParameterError(f"--layout must be one of {', '.join(cutmix.LAYOUTS)}, got {self.layout!r}", "--layout")
         if self.pairing not in PAIRINGS:
             raise ParameterError(
                 f"--pairing must be one of {', '.join(PAIRINGS)}, got {self.pairing!r}", "--pairing"
@@ -181,6 +192,18 @@ class Plan:
         partner = _cover(rng, p_stop - p_start, n).astype(np.int64) + p_start
         return lam, partner
 
+    def draw_boxes(self, task: Task, lam: np.ndarray, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+        """CutMix: a box (y0, x0, y1, x1) per row of the task, and lam corrected to it.
+
+        Keyed by ``(seed, copy, block)`` like ``draw``, from a stream of its own,
+        so lam's draw and the partners are the same as mixup's for the same seed.
+        """
+        n = task.stop - task.start
+        if task.copy < 0:
+            return np.zeros((n, 4), dtype=np.int64), lam
+        rng = keyed_rng(self.seed, _BOXES, task.copy, task.block)
+        return cutmix.draw_boxes(rng, lam, height, width)
+
     def to_dict(self) -> dict:
         return {
             "alpha": self.alpha,
@@ -189,5 +212,7 @@ class Plan:
             "pairing": self.pairing,
             "copies": self.copies,
             "include_original": self.include_original,
+            "method": self.method,
+            "layout": self.layout,
             "plan_version": PLAN_VERSION,
         }

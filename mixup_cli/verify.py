@@ -148,6 +148,7 @@ def recompute(record: dict, output: Path, input_path: Path, batch_size: int | No
             x_key=params["x_key"], y_key=params.get("y_key"), pairing=params["pairing"],
             copies=params["copies"], include_original=params["include_original"],
             block_rows=params["block_rows"], command_line=[],
+            method=params.get("method", "mixup"), layout=params.get("layout"),
         )
     except KeyError as exc:
         return Check("recompute", False, f"the sidecar lacks the parameter {exc}"), None

@@ -19,6 +19,8 @@ from .augment import augment
 from .inspect import inspect
 from .verify import verify
 
+from .preview import preview
+
 EXIT_INTERRUPTED = 130
 
 
@@ -73,6 +75,8 @@ def cli():
 cli.add_command(augment)
 cli.add_command(verify)
 cli.add_command(inspect)
+
+cli.add_command(preview)
 
 
 def main(args=None, prog_name="mixup"):

@@ -10,7 +10,8 @@ import click
 
 from mixup_cli.labels import Y_KINDS
 from mixup_cli.prepare import X_DTYPES, Y_FORMATS
-from mixup_cli.sampling import PAIRINGS
+from mixup_cli.cutmix import LAYOUTS
+from mixup_cli.sampling import METHODS, PAIRINGS
 
 from . import signals
 from .options import debug_option, json_option, quiet_option
@@ -67,12 +68,14 @@ def _y_key_given() -> bool:
 @click.option("--x-dtype", type=click.Choice(X_DTYPES), default="keep", show_default=True, help="Output dtype of x (keep: integers are rounded and clipped back).")
 @click.option("--allow-nonfinite", is_flag=True, help="Mix NaN and Inf as they are instead of stopping at the first row holding one.")
 @click.option("--resume", is_flag=True, help="Continue a run that was killed, from its last block written, if its options and input match; otherwise say what differs and stop.")
+@click.option("--method", type=click.Choice(METHODS), default="mixup", show_default=True, help="mixup blends whole rows; cutmix pastes a box of the partner image into each image (x must be images).")
+@click.option("--layout", type=click.Choice(LAYOUTS), default=None, help="Axis order of image x for cutmix [default: inferred when unambiguous].")
 @quiet_option
 @json_option
 @debug_option
 def augment(input_path, output_path, alpha, seed, x_key, y_key, pairing, copies, include_original,
             batch_size, block_rows, compression, overwrite, no_y, y_format, y_kind, num_classes,
-            label_smoothing, x_dtype, allow_nonfinite, resume, quiet, as_json):
+            label_smoothing, x_dtype, allow_nonfinite, resume, method, layout, quiet, as_json):
     """Write a mixed copy of dataset IN to OUT, plus OUT.provenance.json.
 
     IN and OUT are .h5/.hdf5, .npz, or a directory of .npy files (x.npy,
@@ -95,7 +98,7 @@ def augment(input_path, output_path, alpha, seed, x_key, y_key, pairing, copies,
         block_rows=block_rows, compression=compression, overwrite=overwrite,
         x_dtype=x_dtype, y_format=y_format, y_kind=y_kind, num_classes=num_classes,
         label_smoothing=label_smoothing, allow_nonfinite=allow_nonfinite,
-        require_y=_y_key_given(), resume=resume,
+        require_y=_y_key_given(), resume=resume, method=method, layout=layout,
     )
     if no_y:
         if _y_key_given():

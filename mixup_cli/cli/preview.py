@@ -1,0 +1,69 @@
+"""``mixup preview``: a picture of the augmentation before running it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from mixup_cli.cutmix import LAYOUTS
+from mixup_cli.sampling import METHODS
+
+from .options import debug_option, quiet_option
+
+
+@click.command()
+@click.argument("input_path", metavar="[IN]", required=False, type=click.Path(path_type=Path))
+@click.option("-o", "--output", "output_path", required=True, type=click.Path(path_type=Path), help="Picture to write: .png (or .svg, .pdf).")
+@click.option("--method", type=click.Choice(METHODS), default="mixup", show_default=True, help="Method shown for IN.")
+@click.option("--alpha", type=float, default=0.2, show_default=True, help="lam ~ Beta(alpha, alpha).")
+@click.option("--seed", type=click.IntRange(min=0), default=None, help="Seed, as for augment [default: drawn, shown in the title].")
+@click.option("--rows", type=click.IntRange(min=1, max=32), default=4, show_default=True, help="Rows of IN to show.")
+@click.option("--x-key", default="x", show_default=True, help="Array holding the inputs.")
+@click.option("--y-key", default="y", show_default=True, help="Array holding the targets.")
+@click.option("--layout", type=click.Choice(LAYOUTS), default=None, help="Axis order of image x [default: inferred when unambiguous].")
+@click.option("--block-rows", type=int, default=None, help="As for augment, to show exactly the rows it would write [default: augment's].")
+@click.option("--identity", type=int, default=None, metavar="N", help="Instead of IN: mixup of the N x N identity matrix, one panel per alpha.")
+@click.option("--alphas", default="0.1,0.2,...,0.9", show_default=True, help="Alphas of the --identity panels: a list, or a range first,second,...,last.")
+@click.option("--hist", is_flag=True, help="Add the histogram of lam against the Beta(alpha, alpha) density.")
+@click.option("--dpi", type=click.IntRange(min=20, max=600), default=100, show_default=True, help="Resolution of the picture.")
+@click.option("--overwrite", is_flag=True, help="Replace the picture if it exists.")
+@quiet_option
+@debug_option
+def preview(input_path, output_path, method, alpha, seed, rows, x_key, y_key, layout, block_rows, identity,
+            alphas, hist, dpi, overwrite, quiet):
+    """Draw what the augmentation does: a picture to look at before running it.
+
+    With IN, shows --rows rows of the dataset, each as its own input, its
+    partner and the result (lam in the title), exactly as `mixup augment`
+    with the same --method, --alpha, --seed and --block-rows writes them;
+    only those rows are read. With --identity N, shows mixup of the N x N
+    identity matrix for each of --alphas. Needs matplotlib:
+    pip install 'mixup-cli[plot]'.
+
+    \b
+    Examples:
+      mixup preview sample_data/digits.h5 -o grid.png --alpha 0.4 --seed 7
+      mixup preview images.h5 -o cutmix.png --method cutmix --alpha 1 --hist
+      mixup preview --identity 10 --alphas 0.1,0.2,...,0.9 -o table.png
+    """
+    from mixup_cli import preview as lib
+    from mixup_cli.sampling import draw_seed
+
+    if (input_path is None) == (identity is None):
+        raise click.UsageError("give either IN (a dataset) or --identity N, not both and not neither")
+    if identity is not None and method != "mixup":
+        raise click.UsageError("--identity shows mixup of a matrix; --method cutmix needs images (give IN)")
+    lib.require_matplotlib()
+    lib.check_output(output_path, overwrite)
+    seed = draw_seed() if seed is None else seed
+    if identity is not None:
+        fig = lib.identity_figure(identity, lib.parse_alphas(alphas), seed, hist=hist)
+    else:
+        shown = lib.preview_rows(input_path, x_key=x_key, y_key=y_key, method=method, alpha=alpha, seed=seed,
+                                 rows=rows, layout=layout, block_rows=block_rows)
+        fig = lib.dataset_figure(shown, hist=hist)
+    lib.save_figure(fig, output_path, dpi=dpi, overwrite=overwrite)
+    if not quiet:
+        width, height = lib.pixel_size(fig, dpi)
+        click.echo(f"wrote {output_path} ({width} x {height} px, seed {seed})", err=True)

@@ -1,0 +1,367 @@
+"""Pictures of what mixup and CutMix do, before running them on a dataset.
+
+Drawn with matplotlib, the optional ``plot`` extra (``pip install
+'mixup-cli[plot]'``), imported only when a picture is made. Figures are
+``matplotlib.figure.Figure`` objects on the Agg canvas: no pyplot, no global
+backend, no window.
+
+- ``dataset_figure(preview_rows(IN, ...))``: rows of a dataset, each shown as
+  its own input, its partner and the mixed result, exactly as ``mixup
+  augment`` with the same options writes them (the first rows of the plan's
+  first task: the same plan, the same keyed draws, the same per-task
+  computation). Only the rows shown are read.
+- ``identity_figure(n, alphas, seed)``: mixup applied to the ``n x n``
+  identity matrix, one panel per alpha: how much each alpha blends.
+- ``hist=True`` adds the histogram of lam for the alpha against the
+  Beta(alpha, alpha) density.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from mixup_cli import atomic, cutmix
+from mixup_cli.core import check_alpha, mix_rows, sample_lam
+from mixup_cli.errors import MixupError, OutputError, ParameterError
+from mixup_cli.sampling import check_positive, keyed_rng
+
+INSTALL_HINT = "pip install 'mixup-cli[plot]'"
+FORMATS = ("png", "svg", "pdf")
+DEFAULT_ALPHAS = "0.1,0.2,...,0.9"
+MAX_PANELS = 64
+MAX_IDENTITY = 1024
+HIST_SAMPLES = 20_000
+PANEL = 2.0  # inches per panel
+# Key purpose of the preview's own draws (identity matrix, histogram); they
+# never reach a dataset, so they only need to differ from one another.
+_PREVIEW = 100
+
+
+class PlotExtraMissing(MixupError):
+    """matplotlib is not installed: a usage problem, solved by installing the extra."""
+
+    exit_code = 2
+
+
+def require_matplotlib():
+    """``(Figure, FigureCanvasAgg)``, or an error that says which extra to install."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise PlotExtraMissing(
+            f"mixup preview draws with matplotlib, which is not installed; install it with: {INSTALL_HINT}"
+        ) from None
+    return Figure, FigureCanvasAgg
+
+
+def new_figure(width: float, height: float):
+    Figure, FigureCanvasAgg = require_matplotlib()
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def pixel_size(fig, dpi: int) -> tuple[int, int]:
+    """Width and height in pixels of ``fig`` saved at ``dpi``."""
+    width, height = fig.get_size_inches()
+    return int(round(width * dpi)), int(round(height * dpi))
+
+
+# ----------------------------------------------------------------- parameters
+
+
+def parse_alphas(text: str) -> list[float]:
+    """``"0.1,0.3,0.5"``, or a range written ``"0.1,0.2,...,0.9"``."""
+    parts = [p.strip() for p in str(text).split(",") if p.strip()]
+
+    def number(p):
+        try:
+            value = float(p)
+        except ValueError:
+            raise ParameterError(f"--alphas: {p!r} is not a number", "--alphas") from None
+        if not math.isfinite(value) or value <= 0:
+            raise ParameterError(f"--alphas: every alpha must be a finite number > 0, got {p}", "--alphas")
+        return value
+
+    if "..." in parts:
+        if len(parts) != 4 or parts[2] != "...":
+            raise ParameterError(f"--alphas: write a range as first,second,...,last, got {text!r}", "--alphas")
+        first, second, last = number(parts[0]), number(parts[1]), number(parts[3])
+        step = second - first
+        count = (last - first) / step + 1 if step > 0 else 0
+        if step <= 0 or count > MAX_PANELS or abs(count - round(count)) > 1e-6:
+            raise ParameterError(
+                f"--alphas: {text!r} is not an increasing range that ends on its last value", "--alphas"
+            )
+        alphas = [round(first + k * step, 10) for k in range(int(round(count)))]
+    else:
+        alphas = [number(p) for p in parts]
+    if not alphas:
+        raise ParameterError("--alphas: give at least one alpha, e.g. 0.1,0.2,...,0.9", "--alphas")
+    if len(alphas) > MAX_PANELS:
+        raise ParameterError(f"--alphas: at most {MAX_PANELS} panels, got {len(alphas)}", "--alphas")
+    return alphas
+
+
+def beta_pdf(x: np.ndarray, a: float, b: float | None = None) -> np.ndarray:
+    """Density of Beta(a, b) on the open interval (0, 1), from ``math.lgamma``."""
+    b = a if b is None else b
+    x = np.asarray(x, dtype=np.float64)
+    log_beta = math.lgamma(a) + math.lgamma(b) - math.lgamma(a + b)
+    return np.exp((a - 1) * np.log(x) + (b - 1) * np.log1p(-x) - log_beta)
+
+
+def check_output(output: Path, overwrite: bool) -> str:
+    """The picture format of ``output``, or why it cannot be written."""
+    output = Path(output)
+    fmt = output.suffix.lower().lstrip(".")
+    if fmt not in FORMATS:
+        raise ParameterError(f"{output}: -o must end in .png, .svg or .pdf", "-o")
+    parent = output.resolve().parent
+    if not parent.is_dir():
+        raise OutputError(f"{output}: directory {parent} does not exist; create it first")
+    if (output.exists() or output.is_symlink()) and not overwrite:
+        raise OutputError(f"{output}: already exists; pass --overwrite to replace it")
+    return fmt
+
+
+def save_figure(fig, output: Path, dpi: int = 100, overwrite: bool = False) -> Path:
+    """Write ``fig`` beside ``output`` under a temporary name, then rename it into place."""
+    output = Path(output)
+    fmt = check_output(output, overwrite)
+    tmp = atomic.partial_path(output)
+    try:
+        fig.savefig(tmp, format=fmt, dpi=dpi)
+        atomic.commit(tmp, output, overwrite)
+    except BaseException:
+        atomic.remove(tmp)
+        raise
+    return output
+
+
+# ------------------------------------------------------------------ histogram
+
+
+def lam_sample(alpha: float, seed: int, method: str = "mixup", image_size: tuple[int, int] | None = None,
+               size: int = HIST_SAMPLES, key: int = 0) -> np.ndarray:
+    """lam as a run draws it: Beta(alpha, alpha), corrected to the box for CutMix."""
+    rng = keyed_rng(seed, _PREVIEW, 2, key)
+    lam = sample_lam(rng, alpha, size)
+    if method == "cutmix":
+        _, lam = cutmix.draw_boxes(rng, lam, *image_size)
+    return lam
+
+
+def draw_lam_hist(ax, alpha: float, lam: np.ndarray, label: str, compact: bool = False) -> None:
+    heights, _, _ = ax.hist(lam, bins=50, range=(0, 1), density=True, color="#9ecae1",
+                            edgecolor="#6baed6", linewidth=0.4, label=label)
+    xs = np.linspace(0.0005, 0.9995, 800)
+    pdf = beta_pdf(xs, alpha)
+    ax.plot(xs, pdf, color="#d62728", linewidth=1.4, label=f"Beta({alpha:g}, {alpha:g}) density")
+    middle = pdf[(xs > 0.05) & (xs < 0.95)]
+    ax.set_ylim(0, 1.15 * max(float(np.max(heights)), float(np.max(middle))))
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("lam", fontsize=8)
+    ax.tick_params(labelsize=7)
+    if not compact:
+        ax.set_ylabel("density", fontsize=8)
+        ax.legend(fontsize=7, loc="upper center", frameon=False)
+
+
+# ------------------------------------------------------------------- identity
+
+
+def identity_figure(n: int, alphas, seed: int, hist: bool = False):
+    """mixup of the ``n x n`` identity matrix (rows are samples), one panel per alpha.
+
+    Every panel pairs row ``i`` with the same partner (one keyed permutation);
+    only lam, drawn per alpha, differs. With ``hist``, each panel has the
+    histogram of lam for its alpha below it.
+    """
+    if isinstance(alphas, str):
+        alphas = parse_alphas(alphas)
+    alphas = [check_alpha(a) for a in alphas]
+    if not 2 <= int(n) <= MAX_IDENTITY:
+        raise ParameterError(f"--identity must be between 2 and {MAX_IDENTITY}, got {n}", "--identity")
+    n = int(n)
+    k = len(alphas)
+    cols = math.ceil(math.sqrt(k))
+    rows = math.ceil(k / cols)
+    per_row = 2 if hist else 1
+    fig = new_figure(cols * PANEL + 1.0, rows * PANEL * (1.75 if hist else 1) + 0.5)
+    grid = fig.add_gridspec(rows * per_row, cols, height_ratios=[1, 0.75] * rows if hist else None)
+    eye = np.eye(n)
+    partner = keyed_rng(seed, _PREVIEW, 0).permutation(n)
+    image_axes, image = [], None
+    for i, alpha in enumerate(alphas):
+        r, c = divmod(i, cols)
+        lam = sample_lam(keyed_rng(seed, _PREVIEW, 1, i), alpha, n)
+        mixed = mix_rows(eye, eye[partner], lam)
+        ax = fig.add_subplot(grid[r * per_row, c])
+        image = ax.imshow(mixed, vmin=0, vmax=1, cmap="viridis", interpolation="nearest")
+        ax.set_title(f"α = {alpha:g}", fontsize=10)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        image_axes.append(ax)
+        if hist:
+            draw_lam_hist(fig.add_subplot(grid[r * per_row + 1, c]), alpha,
+                          lam_sample(alpha, seed, key=i), "lam drawn", compact=True)
+    fig.colorbar(image, ax=image_axes, shrink=0.8, label="value")
+    title = f"mixup of the {n} x {n} identity matrix (seed {seed})"
+    if hist:
+        title += f"\nbars: lam of {HIST_SAMPLES} draws; red line: Beta(α, α) density"
+    fig.suptitle(title, fontsize=11)
+    return fig
+
+
+# -------------------------------------------------------------------- dataset
+
+
+@dataclass
+class PreviewRows:
+    """Rows of a dataset as ``mixup augment`` with the same options mixes them."""
+
+    path: Path
+    x_key: str
+    y_key: str | None
+    method: str
+    alpha: float
+    seed: int
+    layout: str | None  # how x is shown: NHW, NHWC, NCHW, or None (not an image: a line)
+    rows: np.ndarray  # input row of each shown row
+    out_rows: np.ndarray  # its output row in copy 0
+    partner: np.ndarray
+    lam: np.ndarray
+    box: np.ndarray | None
+    own: dict  # key -> rows
+    other: dict  # key -> partner rows
+    mixed: dict  # key -> mixed rows
+    image_size: tuple[int, int] | None
+
+
+def preview_rows(
+    path: Path, *, x_key: str = "x", y_key: str | None = "y", method: str = "mixup", alpha: float = 0.2,
+    seed: int = 0, rows: int = 4, layout: str | None = None, block_rows: int | None = None,
+) -> PreviewRows:
+    """The first ``rows`` rows of the plan's first task of copy 0, mixed.
+
+    Reads those rows (contiguous) and their partners (by index), nothing else.
+    """
+    from mixup_cli.mixing import Mixer
+    from mixup_cli.pipeline import AugmentRequest, open_source, resolve_plan
+
+    check_alpha(alpha)
+    rows = check_positive(rows, "--rows")
+    if block_rows is not None:
+        check_positive(block_rows, "--block-rows")
+    path = Path(path)
+    source = open_source(path, x_key, y_key)
+    try:
+        request = AugmentRequest(path, path, alpha=alpha, seed=seed, x_key=x_key, y_key=y_key,
+                                 block_rows=block_rows, method=method, layout=layout, command_line=[])
+        plan = resolve_plan(request, source)
+        mixer = Mixer(plan, {key: spec.row_shape for key, spec in source.specs.items()})
+        task = next(t for t in plan.tasks() if t.copy == 0)
+        drawn = mixer.draw(task)
+        k = min(rows, task.stop - task.start)
+        partner = drawn.partner[:k]
+        own = {key: source.reader.read(key, task.start, task.start + k) for key in source.specs}
+        other = {key: source.reader.take(key, partner) for key in source.specs}
+        mixed = {key: mixer.mix(key, own[key], other[key], drawn, 0, k) for key in source.specs}
+        x_shape = source.specs[x_key].row_shape
+    finally:
+        source.reader.close()
+    if plan.method == "cutmix":
+        shown_layout = plan.layout
+    else:
+        try:
+            shown_layout = cutmix.resolve_layout(x_shape, layout)
+        except ParameterError:
+            shown_layout = None  # not an image: drawn as a line of values
+    return PreviewRows(
+        path=path, x_key=x_key, y_key=y_key, method=plan.method, alpha=plan.alpha, seed=int(plan.seed),
+        layout=shown_layout, rows=np.arange(task.start, task.start + k), out_rows=task.out_start + np.arange(k),
+        partner=partner, lam=drawn.lam[:k], box=None if drawn.box is None else drawn.box[:k],
+        own=own, other=other, mixed=mixed, image_size=mixer.image_size,
+    )
+
+
+def _as_image(row: np.ndarray, layout: str) -> np.ndarray:
+    """A row as (H, W) or (H, W, 3) for imshow."""
+    if layout == "NCHW":
+        row = np.moveaxis(row, 0, -1)
+    if row.ndim == 3:
+        row = row[..., 0] if row.shape[-1] < 3 else row[..., :3]
+    return row
+
+
+def _label(y_row: np.ndarray | None) -> str:
+    if y_row is None:
+        return ""
+    flat = np.asarray(y_row).ravel()
+    if flat.size == 1:
+        return f", y = {float(flat[0]):.3g}"
+    if np.asarray(y_row).ndim == 1:
+        return f", class {int(np.argmax(flat))}"
+    return ""
+
+
+def dataset_figure(p: PreviewRows, hist: bool = False):
+    """Each shown row: its input, its partner, and the result with lam in the title."""
+    from matplotlib.patches import Rectangle
+
+    k = len(p.rows)
+    fig = new_figure(3 * PANEL, k * PANEL + (1.5 * PANEL if hist else 0) + 0.5)
+    grid = fig.add_gridspec(k + int(hist), 3, height_ratios=[1] * k + ([1.5] if hist else []))
+    x_own, x_other, x_mixed = p.own[p.x_key], p.other[p.x_key], p.mixed[p.x_key]
+    shown = np.concatenate([x_own.ravel(), x_other.ravel(), x_mixed.ravel()]).astype(np.float64)
+    if x_own.dtype == np.uint8:
+        vmin, vmax = 0.0, 255.0
+    else:
+        vmin, vmax = float(shown.min()), float(shown.max())
+        if vmax <= vmin:
+            vmax = vmin + 1.0
+    y = p.y_key
+    for i in range(k):
+        panels = [
+            (x_own[i], f"row {p.rows[i]}{_label(p.own[y][i] if y else None)}"),
+            (x_other[i], f"partner {p.partner[i]}{_label(p.other[y][i] if y else None)}"),
+            (x_mixed[i], f"{p.method}, lam = {p.lam[i]:.3f}"),
+        ]
+        for c, (row, title) in enumerate(panels):
+            ax = fig.add_subplot(grid[i, c])
+            ax.set_title(title, fontsize=9)
+            if p.layout is None:
+                ax.plot(np.asarray(row, dtype=np.float64).ravel(), linewidth=1)
+                ax.set_ylim(vmin - 0.05 * (vmax - vmin), vmax + 0.05 * (vmax - vmin))
+                ax.tick_params(labelsize=7)
+                continue
+            image = _as_image(row, p.layout)
+            if image.ndim == 3:
+                scaled = np.clip((image.astype(np.float64) - vmin) / (vmax - vmin), 0, 1)
+                ax.imshow(scaled, interpolation="nearest")
+            else:
+                ax.imshow(image, cmap="gray", vmin=vmin, vmax=vmax, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if p.box is not None and c > 0:
+                y0, x0, y1, x1 = (int(v) for v in p.box[i])
+                if y1 > y0 and x1 > x0:
+                    ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False,
+                                           edgecolor="#ff7f0e", linewidth=1.5, linestyle="--"))
+    if hist:
+        ax = fig.add_subplot(grid[k, :])
+        lam = lam_sample(p.alpha, p.seed, p.method, p.image_size)
+        if p.method == "cutmix":
+            h, w = p.image_size
+            label = f"lam corrected to the box ({h} x {w} images)"
+        else:
+            label = "lam drawn"
+        draw_lam_hist(ax, p.alpha, lam, f"{label}, {len(lam)} draws")
+    fig.suptitle(f"{p.path.name}: {p.method}, alpha {p.alpha:g}, seed {p.seed}", fontsize=10)
+    return fig

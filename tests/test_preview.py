@@ -1,0 +1,187 @@
+"""mixup preview: pictures rendered to real files and read back."""
+
+import struct
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import SAMPLE_H5, load_output, write_h5
+from mixup_cli import preview
+from mixup_cli.errors import ParameterError
+from mixup_cli.pipeline import AugmentRequest, augment
+
+
+@pytest.fixture
+def mpl():
+    return pytest.importorskip("matplotlib")
+
+
+def png_size(path):
+    """Width and height from the PNG header (signature, then the IHDR chunk)."""
+    data = path.read_bytes()[:24]
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR", f"{path} is not a PNG"
+    return struct.unpack(">II", data[16:24])
+
+
+def check_png(path, size):
+    import matplotlib.image
+
+    assert png_size(path) == size
+    pixels = matplotlib.image.imread(path)
+    assert pixels.shape[:2] == (size[1], size[0])
+    colours = np.unique(pixels.reshape(-1, pixels.shape[-1]), axis=0)
+    assert len(colours) > 10, "the picture is (nearly) blank"
+    assert not list(path.parent.glob(".*mixup-partial"))
+
+
+def rgb_dataset(tmp_path, n=20):
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (n, 12, 10, 3)).astype(np.uint8)
+    y = np.eye(4, dtype=np.float32)[rng.integers(0, 4, n)]
+    return write_h5(tmp_path / "rgb.h5", x=x, y=y)
+
+
+def test_dataset_grid_from_the_sample(run_cli, tmp_path, mpl):
+    out = tmp_path / "grid.png"
+    result = run_cli("preview", SAMPLE_H5, "-o", out, "--rows", 3, "--seed", 7, "--alpha", 0.4)
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout == "" and "seed 7" in result.stderr
+    check_png(out, (600, 3 * 200 + 50))
+
+
+def test_cutmix_grid_with_histogram(run_cli, tmp_path, mpl):
+    out = tmp_path / "cutmix.png"
+    result = run_cli("preview", rgb_dataset(tmp_path), "-o", out, "--method", "cutmix", "--alpha", 1,
+                     "--rows", 2, "--hist", "--seed", 1, "--dpi", 50, "--quiet")
+    assert result.exit_code == 0, result.stderr
+    assert result.stderr == ""
+    check_png(out, (300, (2 * 2 + 3 + 0.5) * 50))
+
+
+def test_mixup_of_feature_vectors_is_drawn_as_lines(tmp_path, mpl):
+    x = np.random.default_rng(0).standard_normal((9, 16)).astype(np.float32)
+    src = write_h5(tmp_path / "in.h5", x=x, y=np.eye(3, dtype=np.float32)[np.arange(9) % 3])
+    shown = preview.preview_rows(src, seed=3, rows=2)
+    assert shown.layout is None
+    fig = preview.dataset_figure(shown)
+    assert sum(bool(ax.lines) for ax in fig.axes) == 6
+    preview.save_figure(fig, tmp_path / "lines.png", dpi=40)
+    check_png(tmp_path / "lines.png", (240, 180))
+
+
+def test_identity_table(run_cli, tmp_path, mpl):
+    out = tmp_path / "table.png"
+    result = run_cli("preview", "--identity", 8, "--alphas", "0.1,0.2,...,0.9", "-o", out, "--seed", 2)
+    assert result.exit_code == 0, result.stderr
+    check_png(out, (700, 650))
+
+
+@pytest.mark.parametrize("hist", [False, True])
+def test_identity_figure_has_one_panel_per_alpha(mpl, hist):
+    alphas = preview.parse_alphas("0.1,0.2,...,0.9")
+    fig = preview.identity_figure(10, alphas, seed=0, hist=hist)
+    panels = [ax for ax in fig.axes if ax.images]
+    assert len(panels) == 9
+    assert [ax.get_title() for ax in panels] == [f"α = {a:g}" for a in alphas]
+    for ax in panels:
+        values = ax.images[0].get_array()
+        assert values.shape == (10, 10)
+        assert np.allclose(values.sum(axis=1), 1)  # mixup keeps each row's total
+    assert sum(bool(ax.patches) for ax in fig.axes) == (9 if hist else 0)  # histogram bars
+
+
+def test_preview_shows_what_augment_writes(tmp_path):
+    src = rgb_dataset(tmp_path, n=30)
+    for method in ("mixup", "cutmix"):
+        out = tmp_path / f"{method}.h5"
+        augment(AugmentRequest(src, out, alpha=0.8, seed=5, block_rows=8, method=method))
+        written = load_output(out)
+        shown = preview.preview_rows(src, method=method, alpha=0.8, seed=5, rows=5, block_rows=8)
+        at = shown.out_rows
+        assert np.array_equal(written["x"][at], shown.mixed["x"])
+        assert np.array_equal(written["y"][at], shown.mixed["y"])
+        assert np.array_equal(written["lam"][at], shown.lam)
+        assert np.array_equal(written["partner"][at], shown.partner)
+        if method == "cutmix":
+            assert np.array_equal(written["box"][at], shown.box)
+
+
+def test_preview_reads_only_the_rows_it_shows(tmp_path, monkeypatch):
+    from mixup_cli.io import hdf5
+
+    x = np.random.default_rng(0).random((500, 8, 8)).astype(np.float32)
+    src = write_h5(tmp_path / "big.h5", x=x, y=np.eye(2, dtype=np.float32)[np.arange(500) % 2])
+    rows_read = []
+    read, take = hdf5.Reader.read, hdf5.Reader._take_sorted_unique
+
+    def counting_read(self, key, start, stop):
+        rows_read.append(stop - start)
+        return read(self, key, start, stop)
+
+    def counting_take(self, key, rows):
+        rows_read.append(len(rows))
+        return take(self, key, rows)
+
+    monkeypatch.setattr(hdf5.Reader, "read", counting_read)
+    monkeypatch.setattr(hdf5.Reader, "_take_sorted_unique", counting_take)
+    preview.preview_rows(src, seed=1, rows=3)
+    assert 0 < sum(rows_read) <= 2 * 2 * 3  # x and y: 3 rows and 3 partners each
+
+
+def test_missing_matplotlib_names_the_extra(run_cli, tmp_path, monkeypatch):
+    for name in [m for m in sys.modules if m == "matplotlib" or m.startswith("matplotlib.")] + ["matplotlib"]:
+        monkeypatch.setitem(sys.modules, name, None)
+    out = tmp_path / "grid.png"
+    result = run_cli("preview", SAMPLE_H5, "-o", out)
+    assert result.exit_code == 2
+    assert "pip install 'mixup-cli[plot]'" in result.stderr and "Traceback" not in result.stderr
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "args, code, pattern",
+    [
+        (["-o", "x.png"], 2, "either IN"),
+        ([SAMPLE_H5, "--identity", "4", "-o", "x.png"], 2, "either IN"),
+        (["--identity", "4", "--method", "cutmix", "-o", "x.png"], 2, "--method cutmix needs images"),
+        (["--identity", "4", "--alphas", "0.1,0,0.3", "-o", "x.png"], 2, "--alphas"),
+        (["--identity", "4", "--alphas", "0.1,...,0.9", "-o", "x.png"], 2, "--alphas"),
+        (["--identity", "1", "-o", "x.png"], 2, "--identity"),
+        (["--identity", "4", "-o", "x.jpg"], 2, "-o must end in .png"),
+        ([SAMPLE_H5, "--method", "cutmix", "--x-key", "y", "--y-key", "x", "-o", "x.png"], 2, "needs images"),
+    ],
+)
+def test_refused_previews(run_cli, tmp_path, monkeypatch, mpl, args, code, pattern):
+    monkeypatch.chdir(tmp_path)
+    result = run_cli("preview", *args)
+    assert result.exit_code == code, result.output
+    assert pattern in result.stderr
+    assert not list(tmp_path.iterdir())
+
+
+def test_existing_picture_is_kept_without_overwrite(run_cli, tmp_path, mpl):
+    out = tmp_path / "table.png"
+    out.write_bytes(b"keep")
+    result = run_cli("preview", "--identity", 4, "--alphas", "0.5", "-o", out)
+    assert result.exit_code == 1 and "--overwrite" in result.stderr
+    assert out.read_bytes() == b"keep"
+    result = run_cli("preview", "--identity", 4, "--alphas", "0.5", "-o", out, "--overwrite", "--dpi", 40)
+    assert result.exit_code == 0, result.stderr
+    assert png_size(out) == (120, 100)
+
+
+def test_parse_alphas():
+    assert preview.parse_alphas("0.1,0.2,...,0.9") == [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
+    assert preview.parse_alphas("0.5, 1, 2") == [0.5, 1.0, 2.0]
+    assert preview.parse_alphas("1,2,...,4") == [1, 2, 3, 4]
+    for bad in ("", "a", "0.2,0.1,...,0.9", "0.1,0.2,...,0.95", "-1", "inf"):
+        with pytest.raises(ParameterError):
+            preview.parse_alphas(bad)
+
+
+@pytest.mark.parametrize("alpha", [0.1, 0.4, 1.0, 2.5])
+def test_beta_density_matches_scipy(alpha):
+    stats = pytest.importorskip("scipy.stats")
+    xs = np.linspace(0.01, 0.99, 50)
+    assert np.allclose(preview.beta_pdf(xs, alpha), stats.beta.pdf(xs, alpha, alpha), rtol=1e-10)
