@@ -16,10 +16,11 @@ from pathlib import Path
 import numpy as np
 
 from mixup_cli import __version__, atomic, provenance
-from mixup_cli.core import check_alpha, mix_rows
+from mixup_cli.core import check_alpha
 from mixup_cli.errors import InputError, OutputError, ParameterError
 from mixup_cli.io import ArraySpec, Reader, WriteOptions, create_writer, format_of, open_reader
 from mixup_cli.sampling import Plan, check_positive, default_block_rows, draw_seed
+from mixup_cli.tasks import mix_task, prepare_task
 
 log = logging.getLogger("mixup_cli")
 
@@ -187,29 +188,19 @@ class BlockCache:
 
 
 def run_plan(source: Source, plan: Plan, writer, batch_rows: int, progress: Progress) -> None:
-    """Compute every task of the plan and hand the rows to ``writer``."""
+    """The local engine: compute every task of the plan and hand the rows to ``writer``."""
     cache = BlockCache(source, plan)
     buffers = {
         key: np.empty((min(batch_rows, plan.block_rows),) + spec.row_shape, spec.dtype)
         for key, spec in source.specs.items()
     }
     for task in plan.tasks():
-        own = cache.get(task.block, keep=task.partner_block)
-        partner_rows = cache.get(task.partner_block, keep=task.block)
-        lam, partner = plan.draw(task)
-        local = partner - plan.block_bounds(task.partner_block)[0]
-        n = task.stop - task.start
-        for s in range(0, n, batch_rows):
-            e = min(n, s + batch_rows)
-            at = task.out_start + s
-            for key in source.specs:
-                if task.copy < 0:
-                    writer.write(key, at, own[key][s:e])
-                else:
-                    mixed = mix_rows(own[key][s:e], partner_rows[key][local[s:e]], lam[s:e], out=buffers[key][: e - s])
-                    writer.write(key, at, mixed)
-            writer.write("lam", at, lam[s:e])
-            writer.write("partner", at, partner[s:e])
+        others = {task.block: task.partner_block, task.partner_block: task.block}
+        prepared = prepare_task(plan, task, lambda block: cache.get(block, keep=others[block]))
+        for s in range(0, prepared.rows, batch_rows):
+            e = min(prepared.rows, s + batch_rows)
+            for key, rows in mix_task(prepared, s, e, out=buffers).items():
+                writer.write(key, task.out_start + s, rows)
             progress.update(e - s)
 
 
