@@ -17,6 +17,7 @@ import numpy as np
 
 from mixup_cli import __version__, atomic, provenance
 from mixup_cli.core import check_alpha
+from mixup_cli.engines import check_engine_options
 from mixup_cli.errors import InputError, OutputError, ParameterError
 from mixup_cli.io import ArraySpec, Reader, WriteOptions, create_writer, format_of, open_reader
 from mixup_cli.sampling import Plan, check_positive, default_block_rows, draw_seed
@@ -44,6 +45,9 @@ class AugmentRequest:
     block_rows: int | None = None
     compression: str = "none"
     overwrite: bool = False
+    engine: str = "local"  # local | dask
+    scheduler: str | None = None  # dask: address of an existing scheduler
+    workers: int | None = None  # dask: processes of a local cluster started for the run
     command_line: list[str] = field(default_factory=provenance.command_line)
 
 
@@ -213,6 +217,7 @@ def augment(request: AugmentRequest, progress: Progress | None = None) -> Augmen
     for value, option in ((request.batch_size, "--batch-size"), (request.block_rows, "--block-rows")):
         if value is not None:
             check_positive(value, option)
+    check_engine_options(request.engine, request.scheduler, request.workers)
     input_path, output = Path(request.input), Path(request.output)
     out_format = check_output_path(input_path, output, request.overwrite)
 
@@ -231,7 +236,17 @@ def augment(request: AugmentRequest, progress: Progress | None = None) -> Augmen
         writer = create_writer(tmp, out_format, specs, options)
         try:
             progress.start(plan.output_rows)
-            run_plan(source, plan, writer, batch_rows, progress)
+            if request.engine == "dask":
+                from mixup_cli.engines import dask_engine
+
+                execution = dask_engine.run_plan(
+                    input_path, source.specs, plan, writer, progress,
+                    scheduler=request.scheduler, workers=request.workers,
+                )
+                batch_rows = plan.block_rows  # a worker mixes a whole block at once
+            else:
+                run_plan(source, plan, writer, batch_rows, progress)
+                execution = {"engine": "local"}
             writer.set_attributes({"mixup_cli_version": __version__, "run_id": run_id})
             writer.close()
             out_files = [tmp / rel if str(rel) != "." else tmp for rel in writer.files()]
@@ -261,7 +276,7 @@ def augment(request: AugmentRequest, progress: Progress | None = None) -> Augmen
         run_id=run_id,
         command_line=request.command_line,
         parameters=parameters,
-        execution={"engine": "local", "batch_size": batch_rows, "seconds": round(seconds, 3)},
+        execution=dict(execution, batch_size=batch_rows, seconds=round(seconds, 3)),
         input_entry=input_entry,
         output_entry=output_entry,
         started_at=started_at,
