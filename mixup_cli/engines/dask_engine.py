@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 import uuid
 from collections import OrderedDict
 from contextlib import contextmanager
@@ -125,9 +126,10 @@ def run_task(job: Job, task: Task) -> list[Piece]:
     except MixupError as exc:
         raise type(exc)(f"{exc} (on worker {_worker_name()})") from None
     except Exception as exc:
+        p_start, p_stop = job.plan.block_bounds(task.partner_block)
         raise MixupError(
-            f"{job.input}: cannot read or mix input rows {task.start}:{task.stop} "
-            f"on worker {_worker_name()}: {type(exc).__name__}: {exc}"
+            f"{job.input}: cannot read or mix input rows {task.start}:{task.stop} (partners from rows "
+            f"{p_start}:{p_stop}) on worker {_worker_name()}: {type(exc).__name__}: {exc}"
         ) from None
     if job.target is None:
         return [(key, task.out_start, data) for key, data in rows.items()]
@@ -187,7 +189,7 @@ def connect(scheduler: str | None, workers: int | None):
             n = workers or os.cpu_count() or 1
             cluster = distributed.LocalCluster(
                 n_workers=n, processes=True, threads_per_worker=1,
-                dashboard_address=None, silence_logs=logging.ERROR,
+                dashboard_address=":0", silence_logs=logging.CRITICAL,
             )
             client = distributed.Client(cluster, set_as_default=False)
         try:
@@ -236,7 +238,7 @@ def run_plan(input_path: Path, specs: dict[str, ArraySpec], plan: Plan, writer, 
                 progress.update(task.stop - task.start)
                 submit_next()
         except BaseException:
-            _drain(distributed, client, list(pending))
+            _drain(client, list(pending))
             raise
     return {
         "engine": "dask", "workers": len(nthreads), "scheduler": scheduler or "local",
@@ -256,13 +258,15 @@ def _result(future, task: Task) -> list[Piece]:
         ) from None
 
 
-def _drain(distributed, client, futures) -> None:
-    """Let tasks already running finish (they may be writing to the partial
-    output), then drop the rest."""
-    try:
-        distributed.wait(futures, timeout=DRAIN_TIMEOUT_S)
-    except Exception:
-        pass
+def _drain(client, futures) -> None:
+    """Let the tasks already submitted finish (they may be writing to the
+    partial output, which is removed next), then drop them."""
+    deadline = time.monotonic() + DRAIN_TIMEOUT_S
+    for future in futures:
+        try:
+            future.exception(timeout=max(0.1, deadline - time.monotonic()))  # waits; never raises its error
+        except Exception:
+            pass
     try:
         client.cancel(futures)
     except Exception:
