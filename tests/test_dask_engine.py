@@ -93,7 +93,7 @@ def test_workers_without_a_scheduler_start_and_stop_a_local_cluster(dataset, tmp
     assert local.returncode == 0, local.stderr
     remote = run_mixup("augment", src, tmp_path / "dask.zarr", *COMMON, "--engine", "dask", "--workers", 2, "--json")
     assert remote.returncode == 0, remote.stderr
-    assert '"rows": 303' in remote.stdout
+    assert '"rows": 303' in remote.stdout and remote.stderr == ""
     assert_same_bytes(load_any(tmp_path / "local.zarr"), load_any(tmp_path / "dask.zarr"))
     execution = read_sidecar(tmp_path / "dask.zarr")["execution"]
     assert execution["workers"] == 2 and execution["scheduler"] == "local"
@@ -181,7 +181,7 @@ def test_a_worker_notices_an_input_that_changed(tmp_path):
     plan = Plan(n_rows=30, alpha=0.2, seed=1, block_rows=10)
     specs = {"x": ArraySpec((30,) + x.shape[1:], x.dtype), "y": ArraySpec((30, 5), y.dtype)}
     with pytest.raises(InputError, match="changed since the run started"):
-        run_task(Job(str(src), specs, plan, None), next(plan.tasks()))
+        run_task(Job("test", str(src), specs, plan, None), next(plan.tasks()))
 
 
 def test_only_whole_chunks_are_written_by_workers():
@@ -226,3 +226,21 @@ def test_engine_options_are_checked(dataset, tmp_path, run_cli, args, pattern):
     src, _, _ = dataset
     result = run_cli("augment", src, tmp_path / "out.h5", *args)
     assert result.exit_code == 2 and pattern in result.stderr
+
+
+def open_inputs_on_workers():
+    from mixup_cli.engines import dask_engine
+
+    return len(dask_engine._READERS)
+
+
+def test_workers_close_their_inputs_when_the_run_ends(scheduler, tmp_path):
+    import distributed
+
+    x, y = make_arrays(n=30)
+    src = write_npz(tmp_path / "in.npz", compressed=True, x=x, y=y)  # inflated to a temporary file per worker
+    local = augment(AugmentRequest(src, tmp_path / "local.h5", seed=2, block_rows=8))
+    remote = augment(AugmentRequest(src, tmp_path / "dask.h5", seed=2, block_rows=8, engine="dask", scheduler=scheduler))
+    assert_same_bytes(load_any(local.output), load_any(remote.output))
+    with distributed.Client(scheduler, set_as_default=False) as client:
+        assert set(client.run(open_inputs_on_workers).values()) == {0}

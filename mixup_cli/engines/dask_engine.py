@@ -29,7 +29,6 @@ import os
 import threading
 import time
 import uuid
-from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,6 +55,7 @@ DRAIN_TIMEOUT_S = 120
 class Job:
     """What every task of one run needs on a worker (small and picklable)."""
 
+    run: str  # names this run's tasks and the inputs workers keep open for it
     input: str  # absolute path, the same on every worker
     specs: dict[str, ArraySpec]  # the data arrays, as the client saw them
     plan: Plan
@@ -67,9 +67,8 @@ Piece = tuple[str, int, np.ndarray]  # key, first output row, rows
 
 # ---------------------------------------------------------------- on a worker
 
-_READERS: "OrderedDict[tuple, Reader]" = OrderedDict()
+_READERS: dict[tuple, Reader] = {}  # (run, path, file identity) -> the input, open
 _READERS_LOCK = threading.Lock()
-_READERS_KEPT = 2
 
 
 def _worker_name() -> str:
@@ -82,12 +81,13 @@ def _worker_name() -> str:
 
 
 def _open_input(job: Job) -> Reader:
-    """The input, opened once per worker process and kept for the run's next tasks."""
+    """The input, opened once per worker process and run, and kept open for
+    the run's next tasks (``close_inputs`` closes it when the run ends)."""
     try:
         st = os.stat(job.input)
     except OSError:
         raise InputError(f"{job.input}: no such file or directory") from None
-    key = (job.input, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    key = (job.run, job.input, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
     with _READERS_LOCK:
         reader = _READERS.get(key)
         if reader is None:
@@ -105,10 +105,16 @@ def _open_input(job: Job) -> Reader:
                 reader.close()
                 raise
             _READERS[key] = reader
-            while len(_READERS) > _READERS_KEPT:
-                _READERS.popitem(last=False)[1].close()
-        _READERS.move_to_end(key)
         return reader
+
+
+def close_inputs(run: str) -> None:
+    """Close the inputs this worker process keeps open for ``run`` (called on
+    every worker when the run ends: releases file handles and decompressed
+    temporary copies; other runs sharing the cluster keep theirs)."""
+    with _READERS_LOCK:
+        for key in [k for k in _READERS if k[0] == run]:
+            _READERS.pop(key).close()
 
 
 def _aligned(start: int, stop: int, chunk: int, end: int) -> tuple[int, int]:
@@ -211,8 +217,8 @@ def run_plan(input_path: Path, specs: dict[str, ArraySpec], plan: Plan, writer, 
              *, scheduler: str | None = None, workers: int | None = None) -> dict:
     """Run every task of ``plan`` on Dask; return what the sidecar records of it."""
     distributed = import_distributed()
-    job = Job(str(Path(input_path).resolve()), dict(specs), plan, writer.parallel_target())
     run = uuid.uuid4().hex[:12]
+    job = Job(run, str(Path(input_path).resolve()), dict(specs), plan, writer.parallel_target())
     with connect(scheduler, workers) as client, _quiet_distributed_logs():
         nthreads = client.nthreads()
         limit = IN_FLIGHT_PER_THREAD * max(1, sum(nthreads.values()))
@@ -240,6 +246,11 @@ def run_plan(input_path: Path, specs: dict[str, ArraySpec], plan: Plan, writer, 
         except BaseException:
             _drain(client, list(pending))
             raise
+        finally:
+            try:
+                client.run(close_inputs, run)
+            except Exception:  # a worker gone: nothing of ours left open there
+                pass
     return {
         "engine": "dask", "workers": len(nthreads), "scheduler": scheduler or "local",
         "dask": distributed.__version__,

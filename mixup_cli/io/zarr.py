@@ -21,6 +21,7 @@ from mixup_cli.io.base import ArraySpec, WriteOptions
 from mixup_cli.io.hdf5 import chunk_rows_for
 
 EXTRA = "pip install 'mixup-cli[dask]'"
+GZIP_LEVEL = 4  # h5py's default for HDF5 gzip: "gzip" costs the same in both formats
 
 
 def import_zarr(path: Path | None = None, *, for_output: bool = False):
@@ -42,7 +43,7 @@ def open_reader(path: Path) -> "Reader":
 def _compressors(name: str):
     zarr = import_zarr()
     if name == "gzip":
-        return [zarr.codecs.GzipCodec()]
+        return [zarr.codecs.GzipCodec(level=GZIP_LEVEL)]
     if name == "zstd":
         return [zarr.codecs.ZstdCodec()]
     return None
