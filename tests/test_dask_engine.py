@@ -244,3 +244,17 @@ def test_workers_close_their_inputs_when_the_run_ends(scheduler, tmp_path):
     assert_same_bytes(load_any(local.output), load_any(remote.output))
     with distributed.Client(scheduler, set_as_default=False) as client:
         assert set(client.run(open_inputs_on_workers).values()) == {0}
+
+
+def test_workers_read_a_zarr_input(scheduler, tmp_path):
+    import zarr
+
+    x, y = make_arrays(n=50, x_shape=(3, 3))
+    root = zarr.open_group(str(tmp_path / "in.zarr"), mode="w-")
+    root.create_array("x", data=x, chunks=(7, 3, 3))
+    root.create_array("y", data=y, chunks=(50, 5))
+    src = tmp_path / "in.zarr"
+    local = augment(AugmentRequest(src, tmp_path / "local.zarr", seed=9, block_rows=16, copies=2))
+    remote = augment(AugmentRequest(src, tmp_path / "dask.zarr", seed=9, block_rows=16, copies=2,
+                                    engine="dask", scheduler=scheduler, compression="zstd"))
+    assert_same_bytes(load_any(local.output), load_any(remote.output))
