@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import load_output, make_arrays, read_sidecar, write_h5, write_npz
-from mixup_cli.errors import InputError, MixupError
+from mixup_cli.errors import InputError
 from mixup_cli.pipeline import AugmentRequest, Progress, augment
 
 KEYS = ("x", "y", "lam", "partner")

@@ -9,7 +9,7 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest import REPO, expected_mix, load_output, make_arrays, read_sidecar, write_h5, write_npz
+from conftest import REPO, expected_mix, make_arrays, read_sidecar, write_h5, write_npz
 from mixup_cli.pipeline import AugmentRequest, augment
 
 zarr = pytest.importorskip("zarr", reason="Zarr is an optional extra: pip install 'mixup-cli[dask]'")
