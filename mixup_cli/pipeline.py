@@ -22,6 +22,7 @@ import numpy as np
 
 from mixup_cli import __version__, atomic, cutmix, provenance, resume
 from mixup_cli.core import check_alpha
+from mixup_cli.engines import check_engine_options
 from mixup_cli.errors import InputError, OutputError, ParameterError
 from mixup_cli.io import ArraySpec, Reader, WriteOptions, create_writer, format_of, open_reader, reopen_writer
 from mixup_cli.mixing import Mixer
@@ -54,6 +55,9 @@ class AugmentRequest:
     block_rows: int | None = None
     compression: str = "none"
     overwrite: bool = False
+    engine: str = "local"  # local | dask
+    scheduler: str | None = None  # dask: address of an existing scheduler
+    workers: int | None = None  # dask: processes of a local cluster started for the run
     command_line: list[str] = field(default_factory=provenance.command_line)
     # How x and y are read and mixed (see prepare.DataOptions and labels.py).
     x_dtype: str = "keep"
@@ -635,6 +639,7 @@ def augment(request: AugmentRequest, progress: Progress | None = None) -> Augmen
     for value, option in ((request.batch_size, "--batch-size"), (request.block_rows, "--block-rows")):
         if value is not None:
             check_positive(value, option)
+    check_engine_options(request.engine, request.scheduler, request.workers)
     input_path, output = Path(request.input), Path(request.output)
     out_format = check_output_path(input_path, output, request.overwrite)
 
@@ -669,10 +674,24 @@ def augment(request: AugmentRequest, progress: Progress | None = None) -> Augmen
             progress.start(plan.output_rows)
             if resumed_tasks:
                 progress.update(sum(t.stop - t.start for i, t in enumerate(plan.tasks()) if i in journal.done))
-            run_plan(
-                source, plan, writer, batch_rows, progress,
-                skip=frozenset(journal.done), on_done=lambda index: journal.task_done(index, writer),
-            )
+            if request.engine == "dask":
+                from mixup_cli.engines import dask_engine
+
+                # Workers open the input themselves, prepared as here; a resumed
+                # run is recomputed whole (same bytes).
+                # Recorded options (classes found here included), so workers need no pass over y.
+                worker_options = DataOptions.from_parameters(source.prepared.parameters())
+                engine_info = dask_engine.run_plan(
+                    input_path, source, worker_options, plan, writer, progress,
+                    scheduler=request.scheduler, workers=request.workers,
+                )
+                batch_rows = plan.block_rows  # a worker mixes a whole block at once
+            else:
+                run_plan(
+                    source, plan, writer, batch_rows, progress,
+                    skip=frozenset(journal.done), on_done=lambda index: journal.task_done(index, writer),
+                )
+                engine_info = {"engine": "local"}
             writer.flush()
             journal.save()  # every task recorded before the file is finished
             writer.set_attributes({"mixup_cli_version": __version__, "run_id": journal.run_id})
@@ -698,7 +717,7 @@ def augment(request: AugmentRequest, progress: Progress | None = None) -> Augmen
             parameters = dict(plan.to_dict(), x_key=request.x_key, y_key=source.y_key, compression=request.compression)
             parameters.update(source.prepared.parameters())
             seconds = time.perf_counter() - t0
-            execution = {"engine": "local", "batch_size": batch_rows, "seconds": round(seconds, 3)}
+            execution = dict(engine_info, batch_size=batch_rows, seconds=round(seconds, 3))
             if resumed_tasks:
                 execution["resumed_tasks"] = resumed_tasks
             record = provenance.build(

@@ -11,6 +11,7 @@ import click
 from mixup_cli.labels import Y_KINDS
 from mixup_cli.prepare import X_DTYPES, Y_FORMATS
 from mixup_cli.cutmix import LAYOUTS
+from mixup_cli.engines import ENGINES
 from mixup_cli.sampling import METHODS, PAIRINGS
 
 from . import signals
@@ -58,7 +59,7 @@ def _y_key_given() -> bool:
 @click.option("--include-original", is_flag=True, help="Also write the original rows first (lam = 1, partner = itself).")
 @click.option("--batch-size", type=int, default=None, help="Rows mixed and written at once [default: about 16 MiB, at most a block]. Does not change the output.")
 @click.option("--block-rows", type=int, default=None, help="Rows per pairing block, the unit of randomness [default: about 16 MiB].")
-@click.option("--compression", type=click.Choice(["none", "gzip", "lzf"]), default="none", show_default=True, help="Output compression (HDF5: gzip or lzf; .npz: gzip).")
+@click.option("--compression", type=click.Choice(["none", "gzip", "lzf", "zstd"]), default="none", show_default=True, help="Output compression (HDF5: gzip or lzf; .npz: gzip; Zarr: gzip or zstd).")
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists (only once the new output is complete).")
 @click.option("--no-y", is_flag=True, help="Mix x alone (unlabelled data); y is neither read nor written.")
 @click.option("--y-format", type=click.Choice(Y_FORMATS), default="soft", show_default=True, help="soft: mixed targets; pair: y_a, y_b (the two original targets, dtype kept) beside lam.")
@@ -70,16 +71,20 @@ def _y_key_given() -> bool:
 @click.option("--resume", is_flag=True, help="Continue a run that was killed, from its last block written, if its options and input match; otherwise say what differs and stop.")
 @click.option("--method", type=click.Choice(METHODS), default="mixup", show_default=True, help="mixup blends whole rows; cutmix pastes a box of the partner image into each image (x must be images).")
 @click.option("--layout", type=click.Choice(LAYOUTS), default=None, help="Axis order of image x for cutmix [default: inferred when unambiguous].")
+@click.option("--engine", type=click.Choice(ENGINES), default="local", show_default=True, help="Where blocks are computed: this process, or a Dask cluster (extra: pip install 'mixup-cli[dask]'). Does not change the output.")
+@click.option("--scheduler", metavar="ADDRESS", default=None, help="With --engine dask: address of a running Dask scheduler (tcp://host:8786).")
+@click.option("--workers", type=int, default=None, help="With --engine dask and no --scheduler: worker processes of a local cluster started for this run [default: CPU count].")
 @quiet_option
 @json_option
 @debug_option
 def augment(input_path, output_path, alpha, seed, x_key, y_key, pairing, copies, include_original,
             batch_size, block_rows, compression, overwrite, no_y, y_format, y_kind, num_classes,
-            label_smoothing, x_dtype, allow_nonfinite, resume, method, layout, quiet, as_json):
+            label_smoothing, x_dtype, allow_nonfinite, resume, method, layout, engine, scheduler, workers,
+            quiet, as_json):
     """Write a mixed copy of dataset IN to OUT, plus OUT.provenance.json.
 
-    IN and OUT are .h5/.hdf5, .npz, or a directory of .npy files (x.npy,
-    y.npy); OUT's extension chooses its format, so formats convert.
+    IN and OUT are .h5/.hdf5, .npz, .zarr, or a directory of .npy files
+    (x.npy, y.npy); OUT's extension chooses its format, so formats convert.
 
     \b
     Examples:
@@ -89,6 +94,7 @@ def augment(input_path, output_path, alpha, seed, x_key, y_key, pairing, copies,
       mixup augment labels.h5 out.h5 --num-classes 10 --label-smoothing 0.1
       mixup augment masks.h5 out.h5 --y-format pair   # y_a, y_b, lam
       mixup augment in.h5 out.h5 --seed 7 --resume  # after a killed run
+      mixup augment in.h5 out.zarr --engine dask --scheduler tcp://host:8786
     """
     from mixup_cli.pipeline import AugmentRequest, augment as run_augment
 
@@ -99,6 +105,7 @@ def augment(input_path, output_path, alpha, seed, x_key, y_key, pairing, copies,
         x_dtype=x_dtype, y_format=y_format, y_kind=y_kind, num_classes=num_classes,
         label_smoothing=label_smoothing, allow_nonfinite=allow_nonfinite,
         require_y=_y_key_given(), resume=resume, method=method, layout=layout,
+        engine=engine, scheduler=scheduler, workers=workers,
     )
     if no_y:
         if _y_key_given():

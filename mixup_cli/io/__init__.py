@@ -18,9 +18,15 @@ _SUFFIXES = {
     ".h5": "hdf5",
     ".hdf5": "hdf5",
     ".npz": "npz",
+    ".zarr": "zarr",
 }
-_MODULES = {"hdf5": "mixup_cli.io.hdf5", "npz": "mixup_cli.io.npz", "npydir": "mixup_cli.io.npydir"}
-SUPPORTED = ".h5, .hdf5, .npz, or a directory of .npy files (a path without extension)"
+_MODULES = {
+    "hdf5": "mixup_cli.io.hdf5",
+    "npz": "mixup_cli.io.npz",
+    "npydir": "mixup_cli.io.npydir",
+    "zarr": "mixup_cli.io.zarr",
+}
+SUPPORTED = ".h5, .hdf5, .npz, .zarr, or a directory of .npy files (a path without extension)"
 
 
 def format_of(path: Path, *, for_output: bool = False) -> str:
@@ -28,7 +34,10 @@ def format_of(path: Path, *, for_output: bool = False) -> str:
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix in _SUFFIXES:
-        return _SUFFIXES[suffix]
+        fmt = _SUFFIXES[suffix]
+        if fmt == "zarr":  # an optional extra: say so before any work is done
+            _module(fmt).import_zarr(path, for_output=for_output)
+        return fmt
     if path.is_dir() or (for_output and suffix == "" and not path.exists()):
         return "npydir"
     if suffix == ".npy":
@@ -41,6 +50,10 @@ def format_of(path: Path, *, for_output: bool = False) -> str:
     )
 
 
+# Formats stored as a directory rather than one file.
+DIRECTORY_FORMATS = ("npydir", "zarr")
+
+
 def _module(fmt: str):
     return importlib.import_module(_MODULES[fmt])
 
@@ -50,7 +63,7 @@ def open_reader(path: Path) -> Reader:
     if not path.exists():
         raise InputError(f"{path}: no such file or directory; check the path")
     fmt = format_of(path)
-    if fmt != "npydir" and path.is_dir():
+    if fmt not in DIRECTORY_FORMATS and path.is_dir():
         raise InputError(
             f"{path}: is a directory, not a {fmt} file; pass the file itself "
             "(a directory is read as .npy files only when its name has no extension)"

@@ -143,6 +143,13 @@ class Writer(ABC):
     def write(self, key: str, start: int, data: np.ndarray) -> None:
         """Store ``data`` as rows ``start:start+len(data)`` of ``key``."""
 
+    def parallel_target(self):
+        """A picklable object through which other processes can write rows
+        into this output at once (``.write(key, start, rows)`` of whole
+        chunks), or None when only this writer can write: then the rows of
+        every task come back to it."""
+        return None
+
     def set_attributes(self, attrs: dict) -> None:
         """Attach small metadata (tool version, run id) where the format can."""
 

@@ -1,0 +1,298 @@
+"""The Dask engine: a plan's tasks run on a Dask cluster.
+
+Each task is submitted as one future that computes ``tasks.compute_task`` on
+a worker. Workers open the input path themselves (shared storage), so no
+dataset travels through the client; only the plan and the task's
+coordinates do.
+
+Output:
+
+* Zarr: the workers write their rows straight into the partial store. Output
+  chunks divide the block size, but a copy's blocks need not start on a
+  chunk boundary (when the row count is not a multiple of it), so a worker
+  writes only the chunks its task covers whole and returns the few rows at
+  its edges; the client writes those, one at a time. No chunk is ever
+  written by two processes at once.
+* HDF5, ``.npz``, ``.npy``: every task's rows come back to the client, whose
+  single writer writes them as they arrive.
+
+At most ``2 x worker threads`` tasks are in flight, so the client holds a
+bounded number of blocks whatever the dataset's size. A task that fails on a
+worker ends the run with that worker's message; tasks still running are
+waited for first, so none writes after the partial output is removed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from mixup_cli.engines import import_distributed
+from mixup_cli.errors import InputError, MixupError
+from mixup_cli.io import ArraySpec
+from mixup_cli.prepare import DataOptions
+from mixup_cli.sampling import Plan, Task
+from mixup_cli.tasks import compute_task
+
+# How long to wait for an existing scheduler to answer, and for it to have a worker.
+CONNECT_TIMEOUT_S = 20
+WORKERS_TIMEOUT_S = 60
+# Tasks in flight per worker thread: enough to keep workers busy while the
+# client writes, few enough to bound the client's memory.
+IN_FLIGHT_PER_THREAD = 2
+# After a failure, how long to let tasks already running finish.
+DRAIN_TIMEOUT_S = 120
+
+
+@dataclass(frozen=True)
+class Job:
+    """What every task of one run needs on a worker (small and picklable)."""
+
+    run: str  # names this run's tasks and the inputs workers keep open for it
+    input: str  # absolute path, the same on every worker
+    specs: dict[str, ArraySpec]  # the data arrays as mixed, as the client saw them
+    x_key: str
+    y_key: str | None
+    options: DataOptions  # how the input is prepared (targets, dtypes, checks)
+    plan: Plan
+    target: object | None  # the writer's parallel_target(), or None
+
+
+Piece = tuple[str, int, np.ndarray]  # key, first output row, rows
+
+
+# ---------------------------------------------------------------- on a worker
+
+_READERS: dict[tuple, object] = {}  # (run, path, file identity) -> the input (a pipeline.Source), open
+_READERS_LOCK = threading.Lock()
+
+
+def _worker_name() -> str:
+    try:
+        from distributed import get_worker
+
+        return get_worker().address
+    except Exception:  # not running inside a worker (tests call run_task directly)
+        return "this process"
+
+
+def _open_input(job: Job):
+    """The input, opened once per worker process and run, and kept open for
+    the run's next tasks (``close_inputs`` closes it when the run ends)."""
+    try:
+        st = os.stat(job.input)
+    except OSError:
+        raise InputError(f"{job.input}: no such file or directory") from None
+    key = (job.run, job.input, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    with _READERS_LOCK:
+        reader = _READERS.get(key)
+        if reader is None:
+            from mixup_cli.pipeline import open_source  # the same preparation as the client's
+
+            reader = open_source(Path(job.input), job.x_key, job.y_key, job.options, require_y=False)
+            try:
+                for name, expected in job.specs.items():
+                    found = reader.specs.get(name)
+                    if found != expected:
+                        what = "is missing" if found is None else f"is now {found.shape} {found.dtype}"
+                        raise InputError(
+                            f"{job.input}: changed since the run started ('{name}' {what}, "
+                            f"expected {expected.shape} {expected.dtype}); run again"
+                        )
+            except BaseException:
+                reader.reader.close()
+                raise
+            _READERS[key] = reader
+        return reader
+
+
+def close_inputs(run: str) -> None:
+    """Close the inputs this worker process keeps open for ``run`` (called on
+    every worker when the run ends: releases file handles and decompressed
+    temporary copies; other runs sharing the cluster keep theirs)."""
+    with _READERS_LOCK:
+        for key in [k for k in _READERS if k[0] == run]:
+            _READERS.pop(key).reader.close()
+
+
+def _aligned(start: int, stop: int, chunk: int, end: int) -> tuple[int, int]:
+    """The part of rows ``start:stop`` made of whole chunks (the array's last,
+    shorter chunk counts as whole); empty (lo >= hi) when there is none."""
+    lo = -(-start // chunk) * chunk
+    hi = stop if stop == end else stop // chunk * chunk
+    return lo, hi
+
+
+def run_task(job: Job, task: Task) -> list[Piece]:
+    """Compute one task on a worker; return the rows the client must write."""
+    try:
+        rows = compute_task(_open_input(job), job.plan, task)
+    except MixupError as exc:
+        raise type(exc)(f"{exc} (on worker {_worker_name()})") from None
+    except Exception as exc:
+        if task.partner_block is None:
+            partners = "partners by class"
+        else:
+            partners = "partners from rows {}:{}".format(*job.plan.block_bounds(task.partner_block))
+        raise MixupError(
+            f"{job.input}: cannot read or mix input rows {task.start}:{task.stop} ({partners}) "
+            f"on worker {_worker_name()}: {type(exc).__name__}: {exc}"
+        ) from None
+    if job.target is None:
+        return [(key, task.out_start, data) for key, data in rows.items()]
+    pieces: list[Piece] = []
+    end = job.plan.output_rows
+    for key, data in rows.items():
+        start, stop = task.out_start, task.out_start + len(data)
+        lo, hi = _aligned(start, stop, job.target.chunk_rows[key], end)
+        if lo >= hi:
+            pieces.append((key, start, data))
+            continue
+        try:
+            job.target.write(key, lo, data[lo - start : hi - start])
+        except Exception as exc:
+            raise MixupError(
+                f"{job.target.path}: worker {_worker_name()} cannot write '{key}' ({type(exc).__name__}: {exc}); "
+                "Zarr output must be a directory the workers can write at the same path"
+            ) from None
+        if lo > start:
+            pieces.append((key, start, data[: lo - start]))
+        if hi < stop:
+            pieces.append((key, hi, data[hi - start :]))
+    return pieces
+
+
+# ---------------------------------------------------------------- on the client
+
+
+@contextmanager
+def _quiet_distributed_logs():
+    """Dask's own log lines (worker start and stop, ...) are not ours to show."""
+    logger = logging.getLogger("distributed")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+@contextmanager
+def connect(scheduler: str | None, workers: int | None):
+    """A client of the cluster at ``scheduler``, or of a local cluster of
+    ``workers`` processes started here and stopped on the way out."""
+    distributed = import_distributed()
+    cluster = None
+    with _quiet_distributed_logs():
+        if scheduler:
+            try:
+                client = distributed.Client(scheduler, timeout=CONNECT_TIMEOUT_S, set_as_default=False)
+            except (OSError, TimeoutError, ValueError) as exc:
+                raise MixupError(
+                    f"--scheduler {scheduler}: cannot connect to a Dask scheduler there ({exc}); "
+                    "start one with `dask scheduler` and pass the address it prints"
+                ) from None
+        else:
+            n = workers or os.cpu_count() or 1
+            cluster = distributed.LocalCluster(
+                n_workers=n, processes=True, threads_per_worker=1,
+                dashboard_address=":0", silence_logs=logging.CRITICAL,
+            )
+            client = distributed.Client(cluster, set_as_default=False)
+        try:
+            try:
+                client.wait_for_workers(1, timeout=WORKERS_TIMEOUT_S)
+            except (TimeoutError, OSError):
+                raise MixupError(
+                    f"--scheduler {scheduler}: the scheduler has no workers; "
+                    f"start some with `dask worker {scheduler}`"
+                ) from None
+            yield client
+        finally:
+            client.close()
+            if cluster is not None:
+                cluster.close()
+
+
+def run_plan(input_path: Path, source, options: DataOptions, plan: Plan, writer, progress,
+             *, scheduler: str | None = None, workers: int | None = None) -> dict:
+    """Run every task of ``plan`` on Dask; return what the sidecar records of it.
+
+    ``source`` is the client's opened input (``pipeline.Source``); workers
+    open the same path with the same ``options``."""
+    distributed = import_distributed()
+    run = uuid.uuid4().hex[:12]
+    x_key = next(iter(source.specs))
+    job = Job(run, str(Path(input_path).resolve()), dict(source.specs), x_key, source.y_key, options,
+              plan, writer.parallel_target())
+    with connect(scheduler, workers) as client, _quiet_distributed_logs():
+        nthreads = client.nthreads()
+        limit = IN_FLIGHT_PER_THREAD * max(1, sum(nthreads.values()))
+        tasks = enumerate(plan.tasks())
+        pending: dict = {}
+        arrived = distributed.as_completed(loop=client.loop)
+
+        def submit_next() -> None:
+            for i, task in tasks:
+                future = client.submit(run_task, job, task, key=f"mixup-{run}-{i}", pure=False, retries=0)
+                pending[future] = task
+                arrived.add(future)
+                return
+
+        for _ in range(limit):
+            submit_next()
+        try:
+            for future in arrived:
+                task = pending.pop(future)
+                for key, start, rows in _result(future, task):
+                    writer.write(key, start, rows)
+                future.release()
+                progress.update(task.stop - task.start)
+                submit_next()
+        except BaseException:
+            _drain(client, list(pending))
+            raise
+        finally:
+            try:
+                client.run(close_inputs, run)
+            except Exception:  # a worker gone: nothing of ours left open there
+                pass
+    return {
+        "engine": "dask", "workers": len(nthreads), "scheduler": scheduler or "local",
+        "dask": distributed.__version__,
+    }
+
+
+def _result(future, task: Task) -> list[Piece]:
+    """The task's rows, or its worker's error (a MixupError, with its message)."""
+    try:
+        return future.result()
+    except MixupError:
+        raise
+    except Exception as exc:  # a worker died, the scheduler went away, ...
+        raise MixupError(
+            f"the Dask cluster failed on input rows {task.start}:{task.stop}: {type(exc).__name__}: {exc}"
+        ) from None
+
+
+def _drain(client, futures) -> None:
+    """Let the tasks already submitted finish (they may be writing to the
+    partial output, which is removed next), then drop them."""
+    deadline = time.monotonic() + DRAIN_TIMEOUT_S
+    for future in futures:
+        try:
+            future.exception(timeout=max(0.1, deadline - time.monotonic()))  # waits; never raises its error
+        except Exception:
+            pass
+    try:
+        client.cancel(futures)
+    except Exception:
+        pass

@@ -1,0 +1,167 @@
+"""Zarr directory stores (``*.zarr``) through zarr-python 3, an optional extra.
+
+Arrays are chunked along the sample axis with chunks that divide the plan's
+block size, so a block written by one worker covers whole chunks: many
+processes can write one store at once as long as no two touch a chunk
+(``ParallelTarget`` writes only the chunks a task covers whole; the rows at
+its edges go through the single ``Writer``). Keys may be nested group paths
+(``train/images``), as in HDF5.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from mixup_cli.errors import InputError, OutputError, ParameterError
+from mixup_cli.io import base
+from mixup_cli.io.base import ArraySpec, WriteOptions
+from mixup_cli.io.hdf5 import chunk_rows_for
+
+EXTRA = "pip install 'mixup-cli[dask]'"
+GZIP_LEVEL = 4  # h5py's default for HDF5 gzip: "gzip" costs the same in both formats
+
+
+def import_zarr(path: Path | None = None, *, for_output: bool = False):
+    """The zarr module, or a usage error (exit 2) naming the extra that provides it."""
+    try:
+        import zarr
+    except ImportError:
+        where = f"{path}: " if path is not None else ""
+        raise ParameterError(
+            f"{where}Zarr support is an optional extra; install it with {EXTRA}", "OUT" if for_output else "IN"
+        ) from None
+    return zarr
+
+
+def open_reader(path: Path) -> "Reader":
+    return Reader(path)
+
+
+def _compressors(name: str):
+    zarr = import_zarr()
+    if name == "gzip":
+        return [zarr.codecs.GzipCodec(level=GZIP_LEVEL)]
+    if name == "zstd":
+        return [zarr.codecs.ZstdCodec()]
+    return None
+
+
+def _store_files(root: Path) -> list[Path]:
+    return sorted(p for p in Path(root).rglob("*") if p.is_file())
+
+
+class Reader(base.Reader):
+    format_name = "zarr"
+
+    def __init__(self, path: Path):
+        super().__init__(path)
+        zarr = import_zarr(self.path)
+        try:
+            group = zarr.open_group(store=str(self.path), mode="r")
+            self._arrays = {
+                name: node for name, node in group.members(max_depth=None) if isinstance(node, zarr.Array)
+            }
+        except PermissionError:
+            raise InputError(f"{self.path}: permission denied; make the store readable") from None
+        except Exception as exc:  # zarr raises several kinds for a damaged or foreign store
+            raise InputError(
+                f"{self.path}: not a readable Zarr group ({type(exc).__name__}: {exc}); "
+                "a .zarr input must be a directory store holding a group of arrays"
+            ) from None
+
+    def keys(self) -> list[str]:
+        return list(self._arrays)
+
+    def spec(self, key: str) -> ArraySpec:
+        arr = self._arrays[key]
+        return ArraySpec(tuple(arr.shape), np.dtype(arr.dtype))
+
+    def read(self, key: str, start: int, stop: int) -> np.ndarray:
+        arr = self._arrays[key]
+        return np.ascontiguousarray(arr[start:stop], dtype=np.dtype(arr.dtype))
+
+    def _take_sorted_unique(self, key: str, rows: np.ndarray) -> np.ndarray:
+        if not len(rows):
+            return self.read(key, 0, 0)
+        return np.asarray(self._arrays[key].get_orthogonal_selection((rows,)))
+
+    def chunk_rows(self, key: str) -> int | None:
+        return self._arrays[key].chunks[0]
+
+    def describe(self, key: str) -> dict:
+        arr = self._arrays[key]
+        names = [type(c).__name__.removesuffix("Codec").lower() for c in arr.compressors]
+        return {"chunks": list(arr.chunks), "compression": "+".join(names) or "none"}
+
+    def attributes(self) -> dict:
+        zarr = import_zarr(self.path)
+        return dict(zarr.open_group(store=str(self.path), mode="r").attrs)
+
+    def files(self) -> list[Path]:
+        return _store_files(self.path)
+
+
+def chunk_shape(spec: ArraySpec, options: WriteOptions) -> tuple[int, ...]:
+    rows = chunk_rows_for(spec, options) if spec.rows else 1
+    return (max(1, rows),) + tuple(max(1, d) for d in spec.row_shape)
+
+
+@dataclass(frozen=True)
+class ParallelTarget:
+    """What a worker process needs to write rows into the store (picklable)."""
+
+    path: str
+    chunk_rows: dict[str, int]
+
+    def write(self, key: str, start: int, data: np.ndarray) -> None:
+        """Write whole chunks of ``key``; the caller keeps every write chunk-aligned."""
+        zarr = import_zarr()
+        arr = zarr.open_array(store=self.path, path=key, mode="r+")
+        arr[start : start + len(data)] = data
+
+
+class Writer(base.Writer):
+    format_name = "zarr"
+    compressions = ("none", "gzip", "zstd")
+
+    def __init__(self, path: Path, specs: dict[str, ArraySpec], options: WriteOptions):
+        super().__init__(path, specs, options)
+        zarr = import_zarr(self.path, for_output=True)
+        try:
+            self._group = zarr.open_group(store=str(self.path), mode="w-")
+        except (OSError, FileExistsError) as exc:
+            raise OutputError(f"{self.path}: cannot create Zarr store: {exc}") from None
+        compressors = _compressors(options.compression)
+        self._arrays = {
+            key: self._group.create_array(
+                key, shape=spec.shape, dtype=spec.dtype, chunks=chunk_shape(spec, options),
+                compressors=compressors, fill_value=0,
+            )
+            for key, spec in specs.items()
+        }
+        self._files: list[Path] | None = None
+
+    def write(self, key: str, start: int, data: np.ndarray) -> None:
+        if len(data):
+            self._arrays[key][start : start + len(data)] = data
+
+    def parallel_target(self) -> ParallelTarget:
+        return ParallelTarget(
+            str(self.path.resolve()), {key: arr.chunks[0] for key, arr in self._arrays.items()}
+        )
+
+    def set_attributes(self, attrs: dict) -> None:
+        self._group.attrs.update(attrs)
+
+    def close(self) -> None:
+        if self._files is None:
+            self._files = [p.relative_to(self.path) for p in _store_files(self.path)]
+
+    def abort(self) -> None:
+        self._files = []
+
+    def files(self) -> list[Path]:
+        return list(self._files or [])

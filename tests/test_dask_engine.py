@@ -1,0 +1,281 @@
+"""The Dask engine against a real scheduler and two real worker processes on
+loopback: same bytes as the local engine, errors from workers, clean exits."""
+
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from conftest import load_output, make_arrays, read_sidecar, write_h5, write_npz
+from mixup_cli.errors import InputError
+from mixup_cli.pipeline import AugmentRequest, Progress, augment
+
+KEYS = ("x", "y", "lam", "partner")
+
+
+def needs_dask():
+    pytest.importorskip("distributed", reason="the Dask engine is an optional extra: pip install 'mixup-cli[dask]'")
+    pytest.importorskip("zarr", reason="Zarr is an optional extra: pip install 'mixup-cli[dask]'")
+
+
+@pytest.fixture(scope="module")
+def scheduler():
+    """A scheduler and two worker processes, shut down even when a test fails."""
+    needs_dask()
+    import distributed
+
+    cluster = distributed.LocalCluster(
+        n_workers=2, processes=True, threads_per_worker=1, dashboard_address=":0", host="127.0.0.1",
+    )
+    try:
+        yield cluster.scheduler_address
+    finally:
+        cluster.close()
+
+
+def load_any(path, keys=KEYS) -> dict[str, np.ndarray]:
+    path = Path(path)
+    if path.suffix == ".zarr":
+        import zarr
+
+        root = zarr.open_group(str(path), mode="r")
+        return {key: root[key][...] for key in keys}
+    with h5py.File(path, "r") as f:
+        return {key: f[key][()] for key in keys}
+
+
+def assert_same_bytes(a, b):
+    assert a.keys() == b.keys()
+    for key in a:
+        assert a[key].dtype == b[key].dtype and a[key].shape == b[key].shape, key
+        assert a[key].tobytes() == b[key].tobytes(), key
+
+
+@pytest.fixture
+def dataset(tmp_path):
+    # 101 rows in blocks of 16: copies start off the chunk grid, so the
+    # engine's edge rows (written by the client) are exercised too.
+    x, y = make_arrays(n=101, x_shape=(6, 4))
+    return write_h5(tmp_path / "in.h5", x=x, y=y), x, y
+
+
+COMMON = ("--seed", 11, "--block-rows", 16, "--copies", 2, "--include-original", "--alpha", 0.3)
+
+
+def leftovers(directory):
+    return sorted(p.name for p in Path(directory).iterdir() if "mixup-partial" in p.name or "mixup-old" in p.name)
+
+
+@pytest.mark.parametrize("pairing", ["global", "batch"])
+@pytest.mark.parametrize("out_name", ["out.h5", "out.zarr"])
+def test_dask_scheduler_gives_the_local_bytes(scheduler, dataset, tmp_path, run_mixup, pairing, out_name):
+    src, _, _ = dataset
+    local_out, dask_out = tmp_path / f"local-{out_name}", tmp_path / f"dask-{out_name}"
+    args = COMMON + ("--pairing", pairing, "--compression", "gzip", "-q")
+    local = run_mixup("augment", src, local_out, *args)
+    assert local.returncode == 0, local.stderr
+    remote = run_mixup("augment", src, dask_out, *args, "--engine", "dask", "--scheduler", scheduler)
+    assert remote.returncode == 0, remote.stderr
+    assert remote.stderr == ""
+    assert_same_bytes(load_any(local_out), load_any(dask_out))
+    local_rec, dask_rec = read_sidecar(local_out), read_sidecar(dask_out)
+    assert local_rec["parameters"] == dask_rec["parameters"]
+    assert dask_rec["execution"]["engine"] == "dask" and dask_rec["execution"]["workers"] == 2
+    assert dask_rec["execution"]["scheduler"] == scheduler
+    assert leftovers(tmp_path) == []
+
+
+def test_workers_without_a_scheduler_start_and_stop_a_local_cluster(dataset, tmp_path, run_mixup):
+    needs_dask()
+    src, _, _ = dataset
+    local = run_mixup("augment", src, tmp_path / "local.zarr", *COMMON, "-q")
+    assert local.returncode == 0, local.stderr
+    remote = run_mixup("augment", src, tmp_path / "dask.zarr", *COMMON, "--engine", "dask", "--workers", 2, "--json")
+    assert remote.returncode == 0, remote.stderr
+    assert '"rows": 303' in remote.stdout and remote.stderr == ""
+    assert_same_bytes(load_any(tmp_path / "local.zarr"), load_any(tmp_path / "dask.zarr"))
+    execution = read_sidecar(tmp_path / "dask.zarr")["execution"]
+    assert execution["workers"] == 2 and execution["scheduler"] == "local"
+
+
+class Recorder(Progress):
+    def start(self, total):
+        self.total, self.done = total, 0
+
+    def update(self, rows):
+        self.done += rows
+
+
+@pytest.mark.parametrize("out_name", ["out.npz", "out"])
+def test_results_written_by_the_client_for_npz_and_npy(scheduler, dataset, tmp_path, out_name):
+    src, _, _ = dataset
+    local = augment(AugmentRequest(src, tmp_path / f"local-{out_name}", seed=4, block_rows=8))
+    progress = Recorder()
+    remote = augment(AugmentRequest(src, tmp_path / f"dask-{out_name}", seed=4, block_rows=8,
+                                    engine="dask", scheduler=scheduler), progress=progress)
+    assert progress.done == progress.total == remote.rows == local.rows
+    a, b = load_output(local.output), load_output(remote.output)
+    assert sorted(a) == sorted(b)
+    for key in a:
+        assert a[key].tobytes() == b[key].tobytes(), key
+
+
+def corrupt_one_chunk(path, key="x", index=2):
+    """Scramble the compressed bytes of one chunk: the file still opens and
+    validates, but reading that block fails."""
+    with h5py.File(path, "r") as f:
+        info = f[key].id.get_chunk_info(index)
+    with open(path, "r+b") as fh:
+        fh.seek(info.byte_offset)
+        fh.write(b"\xff" * info.size)
+
+
+@pytest.mark.parametrize("out_name, cluster", [("out.h5", "scheduler"), ("out.zarr", "scheduler"), ("out.zarr", "workers")])
+def test_a_failing_block_on_a_worker_ends_with_its_message(scheduler, tmp_path, run_mixup, out_name, cluster):
+    x, y = make_arrays(n=96, x_shape=(8,))
+    src = tmp_path / "in.h5"
+    with h5py.File(src, "w") as f:
+        f.create_dataset("x", data=x, chunks=(16, 8), compression="gzip")
+        f.create_dataset("y", data=y)
+    corrupt_one_chunk(src)
+    where = ("--scheduler", scheduler) if cluster == "scheduler" else ("--workers", 2)
+    proc = run_mixup("augment", src, tmp_path / out_name, "--seed", 1, "--block-rows", 16, "--engine", "dask", *where)
+    assert proc.returncode == 1, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), proc.stderr
+    assert lines[0].startswith(f"Error: {src}: cannot read or mix input rows ")
+    assert "on worker tcp://127.0.0.1" in lines[0] and "OSError" in lines[0]
+    assert "Traceback" not in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.h5"]
+
+
+class DeleteInputAtStart(Progress):
+    """Removes the input once the run is planned and its output created."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+
+    def start(self, total):
+        self.path.unlink()
+
+
+def test_input_removed_between_planning_and_work(scheduler, tmp_path):
+    x, y = make_arrays(n=40)
+    src = write_npz(tmp_path / "in.npz", x=x, y=y)
+    out = tmp_path / "out.zarr"
+    with pytest.raises(InputError, match=r"in\.npz: no such file or directory \(on worker tcp://"):
+        augment(AugmentRequest(src, out, seed=1, block_rows=8, engine="dask", scheduler=scheduler),
+                progress=DeleteInputAtStart(src))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_worker_notices_an_input_that_changed(tmp_path):
+    needs_dask()
+    from mixup_cli.engines.dask_engine import Job, run_task
+    from mixup_cli.io import ArraySpec
+    from mixup_cli.prepare import DataOptions
+    from mixup_cli.sampling import Plan
+
+    x, y = make_arrays(n=20)
+    src = write_h5(tmp_path / "in.h5", x=x, y=y)
+    plan = Plan(n_rows=30, alpha=0.2, seed=1, block_rows=10)
+    specs = {"x": ArraySpec((30,) + x.shape[1:], x.dtype), "y": ArraySpec((30, 5), y.dtype)}
+    with pytest.raises(InputError, match="changed since the run started"):
+        run_task(Job("test", str(src), specs, "x", "y", DataOptions(), plan, None), next(plan.tasks()))
+
+
+def test_only_whole_chunks_are_written_by_workers():
+    needs_dask()
+    from mixup_cli.engines.dask_engine import _aligned
+
+    assert _aligned(0, 16, 8, 100) == (0, 16)
+    assert _aligned(5, 21, 8, 100) == (8, 16)  # rows 5:8 and 16:21 go back to the client
+    assert _aligned(5, 7, 8, 100) == (8, 0)  # nothing whole
+    assert _aligned(96, 100, 8, 100) == (96, 100)  # the array's last, short chunk is whole
+    assert _aligned(90, 100, 8, 100) == (96, 100)
+
+
+def test_an_unreachable_scheduler_is_a_one_line_error(dataset, tmp_path, run_cli, monkeypatch):
+    needs_dask()
+    from mixup_cli.engines import dask_engine
+
+    monkeypatch.setattr(dask_engine, "CONNECT_TIMEOUT_S", 1)
+    src, _, _ = dataset
+    result = run_cli("augment", src, tmp_path / "out.h5", "--engine", "dask", "--scheduler", "tcp://127.0.0.1:9")
+    assert result.exit_code == 1
+    assert "--scheduler tcp://127.0.0.1:9: cannot connect to a Dask scheduler" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.h5"]
+
+
+def test_without_dask_the_message_names_the_extra(dataset, tmp_path, run_cli, monkeypatch):
+    src, _, _ = dataset
+    monkeypatch.setitem(sys.modules, "distributed", None)  # `import distributed` now fails
+    result = run_cli("augment", src, tmp_path / "out.h5", "--engine", "dask")
+    assert result.exit_code == 2
+    assert "--engine dask needs the optional Dask extra; install it with pip install 'mixup-cli[dask]'" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.h5"]
+
+
+@pytest.mark.parametrize("args, pattern", [
+    (("--workers", 2), "--workers needs --engine dask"),
+    (("--scheduler", "tcp://h:1"), "--scheduler needs --engine dask"),
+    (("--engine", "dask", "--workers", 0), "--workers must be an integer >= 1"),
+    (("--engine", "dask", "--workers", 2, "--scheduler", "tcp://h:1"), "give only one"),
+])
+def test_engine_options_are_checked(dataset, tmp_path, run_cli, args, pattern):
+    src, _, _ = dataset
+    result = run_cli("augment", src, tmp_path / "out.h5", *args)
+    assert result.exit_code == 2 and pattern in result.stderr
+
+
+def open_inputs_on_workers():
+    from mixup_cli.engines import dask_engine
+
+    return len(dask_engine._READERS)
+
+
+def test_workers_close_their_inputs_when_the_run_ends(scheduler, tmp_path):
+    import distributed
+
+    x, y = make_arrays(n=30)
+    src = write_npz(tmp_path / "in.npz", compressed=True, x=x, y=y)  # inflated to a temporary file per worker
+    local = augment(AugmentRequest(src, tmp_path / "local.h5", seed=2, block_rows=8))
+    remote = augment(AugmentRequest(src, tmp_path / "dask.h5", seed=2, block_rows=8, engine="dask", scheduler=scheduler))
+    assert_same_bytes(load_any(local.output), load_any(remote.output))
+    with distributed.Client(scheduler, set_as_default=False) as client:
+        assert set(client.run(open_inputs_on_workers).values()) == {0}
+
+
+def test_workers_read_a_zarr_input(scheduler, tmp_path):
+    import zarr
+
+    x, y = make_arrays(n=50, x_shape=(3, 3))
+    root = zarr.open_group(str(tmp_path / "in.zarr"), mode="w-")
+    root.create_array("x", data=x, chunks=(7, 3, 3))
+    root.create_array("y", data=y, chunks=(50, 5))
+    src = tmp_path / "in.zarr"
+    local = augment(AugmentRequest(src, tmp_path / "local.zarr", seed=9, block_rows=16, copies=2))
+    remote = augment(AugmentRequest(src, tmp_path / "dask.zarr", seed=9, block_rows=16, copies=2,
+                                    engine="dask", scheduler=scheduler, compression="zstd"))
+    assert_same_bytes(load_any(local.output), load_any(remote.output))
+
+
+@pytest.mark.parametrize("extra", [
+    ("--pairing", "within-class", "--num-classes", 4, "--label-smoothing", 0.1),
+    ("--method", "cutmix", "--y-format", "pair"),
+])
+def test_dask_gives_the_local_bytes_for_labels_classes_and_cutmix(scheduler, tmp_path, run_mixup, extra):
+    rng = np.random.default_rng(2)
+    x = rng.integers(0, 256, (70, 6, 6, 3), dtype=np.uint8)
+    src = write_h5(tmp_path / "in.h5", x=x, y=rng.integers(0, 4, 70))
+    args = COMMON + extra + ("-q",)
+    local = run_mixup("augment", src, tmp_path / "local.h5", *args)
+    assert local.returncode == 0, local.stderr
+    remote = run_mixup("augment", src, tmp_path / "dask.zarr", *args, "--engine", "dask", "--scheduler", scheduler)
+    assert remote.returncode == 0, remote.stderr
+    with h5py.File(tmp_path / "local.h5", "r") as f:
+        keys = tuple(f.keys())
+    assert_same_bytes(load_any(tmp_path / "local.h5", keys), load_any(tmp_path / "dask.zarr", keys))
+    assert read_sidecar(tmp_path / "local.h5")["parameters"] == read_sidecar(tmp_path / "dask.zarr")["parameters"]
