@@ -124,17 +124,23 @@ def sync(path: Path) -> None:
             os.close(fd)
 
 
-def _sync_dir(directory: Path) -> None:
+def sync_quietly(path: Path, data_only: bool = False) -> None:
+    """fsync (or fdatasync) one file or directory, ignoring failures: for
+    early flushes whose errors a later, checked sync reports."""
     try:
-        dir_fd = os.open(directory, os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY)
     except OSError:
         return
     try:
-        os.fsync(dir_fd)
+        (os.fdatasync if data_only else os.fsync)(fd)
     except OSError:
         pass
     finally:
-        os.close(dir_fd)
+        os.close(fd)
+
+
+def _sync_dir(directory: Path) -> None:
+    sync_quietly(directory)
 
 
 @contextlib.contextmanager

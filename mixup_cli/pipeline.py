@@ -487,16 +487,7 @@ class _Flusher:
             if self._done:
                 return
             for p in self._paths:
-                try:
-                    fd = os.open(p, os.O_RDONLY)
-                except OSError:
-                    continue
-                try:
-                    os.fdatasync(fd)
-                except OSError:
-                    pass
-                finally:
-                    os.close(fd)
+                atomic.sync_quietly(p, data_only=True)
 
     def close(self) -> None:
         self._done = True

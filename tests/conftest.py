@@ -107,3 +107,15 @@ def run_mixup():
 
 def read_sidecar(output) -> dict:
     return json.loads(Path(str(output) + ".provenance.json").read_text())
+
+
+@pytest.fixture
+def outdir(tmp_path):
+    """An empty directory for outputs, to check that a refused run leaves nothing."""
+    d = tmp_path / "outputs"
+    d.mkdir()
+    return d
+
+
+def assert_nothing_written(outdir):
+    assert sorted(p.name for p in outdir.iterdir()) == []

@@ -7,7 +7,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import expected_mix, load_output, read_sidecar, write_h5, write_npy_dir, write_npz
+from conftest import (assert_nothing_written, expected_mix, load_output, read_sidecar, write_h5, write_npy_dir,
+                      write_npz)
 from mixup_cli.core import mix_rows, working_dtype
 from mixup_cli.pipeline import AugmentRequest, augment
 
@@ -22,17 +23,6 @@ def run(src, out, **kw):
 
 def one_hot(n, c=3):
     return np.eye(c, dtype=np.float32)[np.arange(n) % c]
-
-
-@pytest.fixture
-def outdir(tmp_path):
-    d = tmp_path / "outputs"
-    d.mkdir()
-    return d
-
-
-def assert_nothing_written(outdir):
-    assert sorted(p.name for p in outdir.iterdir()) == []
 
 
 def rounded_formula(x, lam, partner):

@@ -5,7 +5,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import expected_mix, load_output, read_sidecar, write_h5, write_npy_dir, write_npz
+from conftest import (assert_nothing_written, expected_mix, load_output, read_sidecar, write_h5, write_npy_dir,
+                      write_npz)
 from mixup_cli import labels
 from mixup_cli.errors import InputError, ParameterError
 from mixup_cli.io import open_reader
@@ -21,17 +22,6 @@ def run(src, out, **kw):
     kw.setdefault("seed", 5)
     kw.setdefault("command_line", [])
     return augment(AugmentRequest(src, out, **kw))
-
-
-@pytest.fixture
-def outdir(tmp_path):
-    d = tmp_path / "outputs"
-    d.mkdir()
-    return d
-
-
-def assert_nothing_written(outdir):
-    assert sorted(p.name for p in outdir.iterdir()) == []
 
 
 # ---------------------------------------------------------------- classes
