@@ -213,13 +213,3 @@ def stage_text(tmp: Path, text: str) -> Path:
         remove(tmp)
         raise
     return tmp
-
-
-def write_text(final: Path, text: str, overwrite: bool = True) -> None:
-    """Write a small text file atomically."""
-    tmp = stage_text(partial_path(final), text)
-    try:
-        commit(tmp, final, overwrite, fsync=False)
-    except BaseException:
-        remove(tmp)
-        raise

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import errno
-import json
 import logging
 import os
 import queue
@@ -721,7 +720,7 @@ def augment(request: AugmentRequest, progress: Progress | None = None) -> Augmen
                 started_at=journal.started_at,
                 finished_at=provenance.utc_now(),
             )
-            atomic.stage_text(sidecar_tmp, json.dumps(record, indent=2, sort_keys=True) + "\n")
+            atomic.stage_text(sidecar_tmp, provenance.to_json(record))
             # The output, then its sidecar, then the journal: no interruption in between.
             with atomic.signals_deferred():
                 atomic.commit(tmp, output, request.overwrite, fsync=False)

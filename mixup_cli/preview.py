@@ -31,7 +31,6 @@ from mixup_cli.sampling import check_positive, keyed_rng
 
 INSTALL_HINT = "pip install 'mixup-cli[plot]'"
 FORMATS = ("png", "svg", "pdf")
-DEFAULT_ALPHAS = "0.1,0.2,...,0.9"
 MAX_PANELS = 64
 MAX_IDENTITY = 1024
 HIST_SAMPLES = 20_000

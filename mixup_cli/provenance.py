@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 
 from mixup_cli import __version__
-from mixup_cli.atomic import write_text
 from mixup_cli.errors import InputError
 
 SCHEMA_VERSION = 1
@@ -107,8 +106,9 @@ def build(
     }
 
 
-def write(path: Path, record: dict) -> None:
-    write_text(path, json.dumps(record, indent=2, sort_keys=True) + "\n")
+def to_json(record: dict) -> str:
+    """The sidecar's text: sorted keys, indented for people."""
+    return json.dumps(record, indent=2, sort_keys=True) + "\n"
 
 
 def read(path: Path) -> dict:

@@ -29,7 +29,6 @@ from mixup_cli.errors import InputError, MixupError
 from mixup_cli.io import open_reader
 from mixup_cli.sampling import PLAN_VERSION
 
-CHECKS = ("output files", "input files", "recompute")
 
 
 @dataclass

@@ -6,12 +6,10 @@ from __future__ import annotations
 
 import hashlib
 import os
-import pickle
 import re
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import h5py

@@ -1,6 +1,5 @@
 """Pairing modes: the law of lam, who pairs with whom, class labels."""
 
-import h5py
 import numpy as np
 import pytest
 from scipy import stats

@@ -17,11 +17,8 @@ from mixup_cli.errors import MixupError
 from . import signals
 from .augment import augment
 from .inspect import inspect
-from .verify import verify
-
 from .preview import preview
-
-EXIT_INTERRUPTED = 130
+from .verify import verify
 
 
 class _StderrFormatter(logging.Formatter):
