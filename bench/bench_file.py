@@ -85,7 +85,7 @@ def candidate_phases(src: Path, dst: Path, compression: str, pairing: str) -> di
     from mixup_cli import pipeline, provenance
 
     spent = {"run_plan": 0.0, "fsync": 0.0, "wait hashes": 0.0}
-    originals = (pipeline.run_plan, pipeline._sync, provenance.BackgroundHash.result)
+    originals = (pipeline.run_plan, pipeline.atomic.sync, provenance.BackgroundHash.result)
 
     def wrap(fn, name):
         def inner(*a, **k):
@@ -97,12 +97,12 @@ def candidate_phases(src: Path, dst: Path, compression: str, pairing: str) -> di
         return inner
 
     pipeline.run_plan = wrap(originals[0], "run_plan")
-    pipeline._sync = wrap(originals[1], "fsync")
+    pipeline.atomic.sync = wrap(originals[1], "fsync")
     provenance.BackgroundHash.result = wrap(originals[2], "wait hashes")
     try:
         total = timed(lambda: candidate(src, dst, compression, pairing))[0]
     finally:
-        pipeline.run_plan, pipeline._sync, provenance.BackgroundHash.result = originals
+        pipeline.run_plan, pipeline.atomic.sync, provenance.BackgroundHash.result = originals
     spent["rest"] = total - sum(spent.values())
     spent["total"] = total
     return spent

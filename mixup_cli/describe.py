@@ -56,6 +56,10 @@ def provenance_summary(record: dict) -> dict:
             "format": entry.get("format"),
             "files": [{"path": f.get("path"), "sha256": f.get("sha256")} for f in entry.get("files", [])],
         },
+        # Each output array's SHA-256 (mixup_cli.digests), when recorded.
+        "array_sha256": {
+            key: a["sha256"] for key, a in ((record.get("output") or {}).get("arrays") or {}).items() if "sha256" in a
+        },
         "tool_version": (record.get("tool") or {}).get("version"),
         "finished_at": record.get("finished_at"),
     }

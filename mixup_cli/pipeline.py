@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mixup_cli import __version__, atomic, cutmix, provenance, resume
+from mixup_cli import __version__, atomic, cutmix, digests, provenance, resume
 from mixup_cli.core import check_alpha
 from mixup_cli.engines import check_engine_options
 from mixup_cli.errors import InputError, OutputError, ParameterError
@@ -67,6 +67,8 @@ class AugmentRequest:
     allow_nonfinite: bool = False
     # False: a missing y_key means x alone (unlabelled data) instead of an error.
     require_y: bool = True
+    # Also record each output file's SHA-256 (one more read of the whole output).
+    hash_files: bool = False
 
     def data_options(self) -> DataOptions:
         return DataOptions(
@@ -661,6 +663,7 @@ def augment(request: AugmentRequest, progress: Progress | None = None) -> Augmen
                 journal = resume.Journal(resume.journal_path(output), fingerprint, uuid.uuid4().hex, started_at)
                 journal.save()
             resumed_tasks = len(journal.done)
+            block_digests = output_block_digests(plan, specs, journal)
             progress.start(plan.output_rows)
             if resumed_tasks:
                 progress.update(sum(t.stop - t.start for i, t in enumerate(plan.tasks()) if i in journal.done))
@@ -673,12 +676,12 @@ def augment(request: AugmentRequest, progress: Progress | None = None) -> Augmen
                 worker_options = DataOptions.from_parameters(source.prepared.parameters())
                 engine_info = dask_engine.run_plan(
                     input_path, source, worker_options, plan, writer, progress,
-                    scheduler=request.scheduler, workers=request.workers,
+                    scheduler=request.scheduler, workers=request.workers, block_digests=block_digests,
                 )
                 batch_rows = plan.block_rows  # a worker mixes a whole block at once
             else:
                 run_plan(
-                    source, plan, writer, batch_rows, progress,
+                    source, plan, digests.HashingWriter(writer, block_digests), batch_rows, progress,
                     skip=frozenset(journal.done), on_done=lambda index: journal.task_done(index, writer),
                 )
                 engine_info = {"engine": "local"}
@@ -687,22 +690,25 @@ def augment(request: AugmentRequest, progress: Progress | None = None) -> Augmen
             writer.set_attributes({"mixup_cli_version": __version__, "run_id": journal.run_id})
             writer.close()
             out_files = [tmp / rel if str(rel) != "." else tmp for rel in writer.files()]
-            out_hashing = provenance.BackgroundHash(out_files)
+            out_hashing = provenance.BackgroundHash(out_files if request.hash_files else [])
             atomic.sync(tmp)  # the disk flush overlaps the hashing; commit's own fsync is then quick
             out_hashes = out_hashing.result()
             in_hashes = input_hashes.result()
             input_entry = dataset_entry(
                 input_path, source.reader.format_name, source.input_specs or source.specs, in_hashes
             )
-            final_hashes = {
-                str(output / rel if str(rel) != "." else output): out_hashes[str(f)]
-                for rel, f in zip(writer.files(), out_files)
+            final = {str(output / rel if str(rel) != "." else output): f for rel, f in zip(writer.files(), out_files)}
+            output_entry = dataset_entry(
+                output, out_format, specs,
+                {name: out_hashes.get(str(f)) for name, f in final.items()},
+                {name: f.stat().st_size for name, f in final.items()},
+            )
+            array_digests = block_digests.arrays()
+            for key, entry in output_entry["arrays"].items():
+                entry["sha256"] = array_digests[key]
+            output_entry["array_sha256"] = {
+                "scheme": digests.SCHEME, "block_rows": plan.block_rows, "segment_rows": plan.n_rows,
             }
-            sizes = {
-                str(output / rel if str(rel) != "." else output): f.stat().st_size
-                for rel, f in zip(writer.files(), out_files)
-            }
-            output_entry = dataset_entry(output, out_format, specs, final_hashes, sizes)
 
             parameters = dict(plan.to_dict(), x_key=request.x_key, y_key=source.y_key, compression=request.compression)
             parameters.update(source.prepared.parameters())
@@ -743,16 +749,32 @@ def augment(request: AugmentRequest, progress: Progress | None = None) -> Augmen
     return AugmentResult(output, sidecar, plan.output_rows, seconds, int(plan.seed), journal.run_id, record)
 
 
-def dataset_entry(path: Path, fmt: str, specs: dict[str, ArraySpec], hashes: dict[str, str],
+def dataset_entry(path: Path, fmt: str, specs: dict[str, ArraySpec], hashes: dict[str, str | None],
                   sizes: dict[str, int] | None = None) -> dict:
     """A dataset as the sidecar records it: where, what arrays, which files with their hashes.
 
-    ``sizes`` gives the files' sizes when they are not yet at ``path``."""
+    ``sizes`` gives the files' sizes when they are not yet at ``path``; a
+    file whose hash is None is recorded without one."""
+    files = []
+    for p, digest in hashes.items():
+        item = {"path": str(Path(p).resolve()), "size": sizes[p] if sizes else Path(p).stat().st_size}
+        if digest is not None:
+            item["sha256"] = digest
+        files.append(item)
     return {
         "path": str(Path(path).resolve()),
         "format": fmt,
         "arrays": {key: spec.to_dict() for key, spec in specs.items()},
-        "files": [
-            {"path": str(Path(p).resolve()), "size": sizes[p] if sizes else Path(p).stat().st_size, "sha256": digest} for p, digest in hashes.items()
-        ],
+        "files": files,
     }
+
+
+def output_block_digests(plan: Plan, specs: dict[str, ArraySpec], journal: resume.Journal) -> digests.BlockDigests:
+    """The digests of the output's blocks, shared with the journal so that a
+    resumed run keeps those of the blocks already written."""
+    written = {task.out_start for i, task in enumerate(plan.tasks()) if i in journal.done}
+    for start in [s for s in journal.digests if s not in written]:
+        del journal.digests[start]  # hashed, but not recorded as written: written again
+    segments = plan.copies + int(plan.include_original)
+    bounds = digests.block_bounds(plan.n_rows, plan.block_rows, segments)
+    return digests.BlockDigests(bounds, specs, done=journal.digests)

@@ -1,8 +1,9 @@
 """The provenance sidecar ``OUT.provenance.json``: what made an output.
 
 It records every parameter that decides the output (seed included), the
-inputs' and outputs' hashes, shapes and dtypes, and the software versions,
-so a run can be repeated and checked (``mixup verify``).
+input files' SHA-256, the output arrays' SHA-256 (``mixup_cli.digests``),
+shapes and dtypes, and the software versions, so a run can be repeated and
+checked (``mixup verify``).
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ import numpy as np
 from mixup_cli import __version__
 from mixup_cli.errors import InputError
 
-SCHEMA_VERSION = 1
+# 2: each output array's SHA-256 (mixup_cli.digests); output files' SHA-256 only on request.
+SCHEMA_VERSION = 2
+READABLE_SCHEMAS = (1, 2)
 SIDECAR_SUFFIX = ".provenance.json"
 _HASH_BLOCK = 1024 * 1024  # per read; larger buys no speed, only memory
 
@@ -119,8 +122,11 @@ def read(path: Path) -> dict:
         raise InputError(f"{path}: no provenance sidecar; was this file written by mixup augment?") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InputError(f"{path}: not a valid provenance sidecar ({exc})") from None
-    if not isinstance(record, dict) or record.get("schema_version") != SCHEMA_VERSION:
-        raise InputError(f"{path}: unsupported sidecar schema (expected version {SCHEMA_VERSION})")
+    if not isinstance(record, dict) or record.get("schema_version") not in READABLE_SCHEMAS:
+        raise InputError(
+            f"{path}: unsupported sidecar schema (this mixup-cli reads versions "
+            f"{', '.join(map(str, READABLE_SCHEMAS))}); check it with the mixup-cli version that wrote it"
+        )
     return record
 
 

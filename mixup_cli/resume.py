@@ -27,7 +27,7 @@ from mixup_cli import __version__, atomic
 from mixup_cli.errors import OutputError
 
 JOURNAL_SUFFIX = ".journal.json"
-JOURNAL_VERSION = 1
+JOURNAL_VERSION = 2  # 2: digests of the finished blocks
 # Seconds between journal updates: at most this much work is redone on resume.
 SAVE_INTERVAL = 1.0
 
@@ -35,7 +35,7 @@ SAVE_INTERVAL = 1.0
 # Request fields that do not decide output bytes (y's presence shows in the output arrays).
 _NOT_IN_FINGERPRINT = {
     "input", "output", "seed", "block_rows", "batch_size", "overwrite", "command_line", "resume", "require_y",
-    "engine", "scheduler", "workers",
+    "engine", "scheduler", "workers", "hash_files",
 }
 
 
@@ -128,12 +128,14 @@ def _ranges(done: set[int]) -> list[list[int]]:
 class Journal:
     """The resume record of one partial output."""
 
-    def __init__(self, path: Path, fingerprint: dict, run_id: str, started_at: str, done=()):
+    def __init__(self, path: Path, fingerprint: dict, run_id: str, started_at: str, done=(), digests=None):
         self.path = Path(path)
         self.fingerprint = fingerprint
         self.run_id = run_id
         self.started_at = started_at
         self.done: set[int] = set(done)
+        # First output row of a written block -> its arrays' digests (digests.BlockDigests.done).
+        self.digests: dict[int, dict[str, str]] = dict(digests or {})
         self._saved_at = 0.0
 
     @property
@@ -147,6 +149,7 @@ class Journal:
             "started_at": self.started_at,
             "fingerprint": self.fingerprint,
             "done": _ranges(self.done),
+            "digests": {str(start): d for start, d in sorted(self.digests.items())},
         }
         # The temporary name shares the partial output's prefix, so cleanup finds it.
         tmp = atomic.stage_text(self.path.with_name(self.path.name + ".tmp"), json.dumps(record, sort_keys=True) + "\n")
@@ -183,7 +186,8 @@ class Journal:
             if record.get("journal_version") != JOURNAL_VERSION:
                 raise ValueError("unknown journal version")
             done = {i for first, last in record["done"] for i in range(first, last + 1)}
-            return cls(path, record["fingerprint"], record["run_id"], record["started_at"], done)
+            digests = {int(start): dict(d) for start, d in record["digests"].items()}
+            return cls(path, record["fingerprint"], record["run_id"], record["started_at"], done, digests)
         except FileNotFoundError:
             reason = "it has no journal (the run stopped before its first block)"
         except (OSError, ValueError, KeyError, TypeError, AttributeError):

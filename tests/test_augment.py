@@ -113,7 +113,7 @@ def test_sidecar_records_files_arrays_and_parameters(tmp_path, out_name):
     result = augment(AugmentRequest(src, out, seed=9, alpha=0.3, command_line=["mixup", "augment"]))
     record = read_sidecar(out)
     assert result.sidecar == Path(str(out) + ".provenance.json")
-    assert record["schema_version"] == 1
+    assert record["schema_version"] == 2
     assert record["tool"]["name"] == "mixup-cli"
     assert record["command_line"] == ["mixup", "augment"]
     params = record["parameters"]
@@ -123,11 +123,23 @@ def test_sidecar_records_files_arrays_and_parameters(tmp_path, out_name):
     assert record["input"]["files"][0]["size"] == src.stat().st_size
     assert record["input"]["arrays"]["x"] == {"shape": [20, 4, 3], "dtype": "<f4"}
     files = record["output"]["files"]
-    assert files and all(sha256(f["path"]) == f["sha256"] for f in files)
+    assert files and all("sha256" not in f for f in files)  # the arrays' digests cover the data
     assert all(Path(f["path"]).stat().st_size == f["size"] for f in files)
-    assert record["output"]["arrays"]["lam"] == {"shape": [20], "dtype": "<f8"}
+    lam = record["output"]["arrays"]["lam"]
+    assert {k: lam[k] for k in ("shape", "dtype")} == {"shape": [20], "dtype": "<f8"}
+    assert len(lam["sha256"]) == 64
     assert record["started_at"].endswith("Z") and record["finished_at"] >= record["started_at"]
     assert {"python", "numpy", "h5py", "hdf5"} <= set(record["software"])
+
+
+@pytest.mark.parametrize("out_name", ["out.h5", "out.npz", "out"])
+def test_hash_files_records_each_output_files_sha256(tmp_path, out_name):
+    x, y = make_arrays(n=20)
+    src = write_h5(tmp_path / "in.h5", x=x, y=y)
+    out = tmp_path / out_name
+    augment(AugmentRequest(src, out, seed=9, hash_files=True, command_line=[]))
+    files = read_sidecar(out)["output"]["files"]
+    assert files and all(sha256(f["path"]) == f["sha256"] for f in files)
 
 
 def test_hdf5_output_layout_and_root_attributes(tmp_path):

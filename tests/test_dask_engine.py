@@ -82,6 +82,7 @@ def test_dask_scheduler_gives_the_local_bytes(scheduler, dataset, tmp_path, run_
     assert_same_bytes(load_any(local_out), load_any(dask_out))
     local_rec, dask_rec = read_sidecar(local_out), read_sidecar(dask_out)
     assert local_rec["parameters"] == dask_rec["parameters"]
+    assert local_rec["output"]["arrays"] == dask_rec["output"]["arrays"]  # digests computed on the workers
     assert dask_rec["execution"]["engine"] == "dask" and dask_rec["execution"]["workers"] == 2
     assert dask_rec["execution"]["scheduler"] == scheduler
     assert leftovers(tmp_path) == []
@@ -120,6 +121,7 @@ def test_results_written_by_the_client_for_npz_and_npy(scheduler, dataset, tmp_p
     assert sorted(a) == sorted(b)
     for key in a:
         assert a[key].tobytes() == b[key].tobytes(), key
+    assert local.record["output"]["arrays"] == remote.record["output"]["arrays"]
 
 
 def corrupt_one_chunk(path, key="x", index=2):
@@ -278,4 +280,6 @@ def test_dask_gives_the_local_bytes_for_labels_classes_and_cutmix(scheduler, tmp
     with h5py.File(tmp_path / "local.h5", "r") as f:
         keys = tuple(f.keys())
     assert_same_bytes(load_any(tmp_path / "local.h5", keys), load_any(tmp_path / "dask.zarr", keys))
-    assert read_sidecar(tmp_path / "local.h5")["parameters"] == read_sidecar(tmp_path / "dask.zarr")["parameters"]
+    local_rec, dask_rec = read_sidecar(tmp_path / "local.h5"), read_sidecar(tmp_path / "dask.zarr")
+    assert local_rec["parameters"] == dask_rec["parameters"]
+    assert local_rec["output"]["arrays"] == dask_rec["output"]["arrays"]

@@ -66,9 +66,10 @@ def test_changed_value_in_x_is_found(h5_output, run_cli):
         f["x"][13, 2, 1] += 1
     result = run_cli("verify", out)
     assert result.exit_code == 1
-    assert "FAIL  output files" in result.stdout and "SHA-256" in result.stdout
+    assert "FAIL  output data: 'x': SHA-256" in result.stdout
+    assert "ok    output files" in result.stdout  # same size; no file hash recorded by default
     assert "'x' first at row 13 (1 of 40 rows differ)" in result.stdout
-    assert result.stdout.splitlines()[-1] == "FAILED: output files, recompute"
+    assert result.stdout.splitlines()[-1] == "FAILED: output data, recompute"
 
 
 def test_flipped_byte_in_the_hdf5_file_is_found(h5_output, run_cli):
@@ -85,7 +86,7 @@ def test_flipped_byte_in_the_hdf5_file_is_found(h5_output, run_cli):
     assert report["ok"] is False
     assert report["first_difference"] == {"array": "x", "row": chunk_rows + 3}
     failed = {c["name"] for c in report["checks"] if not c["ok"]}
-    assert failed == {"output files", "recompute"}
+    assert failed == {"output data", "recompute"}
 
 
 def test_flipped_byte_in_a_npy_output_is_found(run_cli, tmp_path):
@@ -96,7 +97,7 @@ def test_flipped_byte_in_a_npy_output_is_found(run_cli, tmp_path):
     flip_byte(x_file, header + 21 * ROW_BYTES + 5)
     result = run_cli("verify", out)
     assert result.exit_code == 1
-    assert "x.npy: SHA-256" in result.stdout
+    assert "FAIL  output data: 'x': SHA-256" in result.stdout
     assert "'x' first at row 21" in result.stdout
 
 
@@ -162,7 +163,7 @@ def test_json_report_of_a_fresh_output(h5_output, run_cli):
     assert result.exit_code == 0
     report = json.loads(result.stdout)
     assert report["ok"] is True and report["first_difference"] is None
-    assert [c["name"] for c in report["checks"]] == ["output files", "input files", "recompute"]
+    assert [c["name"] for c in report["checks"]] == ["output files", "output data", "input files", "recompute"]
     assert result.stderr == ""
 
 

@@ -74,13 +74,14 @@ def _y_key_given() -> bool:
 @click.option("--engine", type=click.Choice(ENGINES), default="local", show_default=True, help="Where blocks are computed: this process, or a Dask cluster (extra: pip install 'mixup-cli[dask]'). Does not change the output.")
 @click.option("--scheduler", metavar="ADDRESS", default=None, help="With --engine dask: address of a running Dask scheduler (tcp://host:8786).")
 @click.option("--workers", type=int, default=None, help="With --engine dask and no --scheduler: worker processes of a local cluster started for this run [default: CPU count].")
+@click.option("--hash-files", is_flag=True, help="Also record each output file's SHA-256 in the sidecar (one more read of the output; the arrays' SHA-256 is always recorded).")
 @quiet_option
 @json_option
 @debug_option
 def augment(input_path, output_path, alpha, seed, x_key, y_key, pairing, copies, include_original,
             batch_size, block_rows, compression, overwrite, no_y, y_format, y_kind, num_classes,
             label_smoothing, x_dtype, allow_nonfinite, resume, method, layout, engine, scheduler, workers,
-            quiet, as_json):
+            hash_files, quiet, as_json):
     """Write a mixed copy of dataset IN to OUT, plus OUT.provenance.json.
 
     IN and OUT are .h5/.hdf5, .npz, .zarr, or a directory of .npy files
@@ -105,7 +106,7 @@ def augment(input_path, output_path, alpha, seed, x_key, y_key, pairing, copies,
         x_dtype=x_dtype, y_format=y_format, y_kind=y_kind, num_classes=num_classes,
         label_smoothing=label_smoothing, allow_nonfinite=allow_nonfinite,
         require_y=_y_key_given(), resume=resume, method=method, layout=layout,
-        engine=engine, scheduler=scheduler, workers=workers,
+        engine=engine, scheduler=scheduler, workers=workers, hash_files=hash_files,
     )
     if no_y:
         if _y_key_given():

@@ -38,6 +38,8 @@ def render(info: dict) -> str:
     ]
     for f in p["input"]["files"]:
         fields.append(("input sha256", f"{f['sha256']}  {Path(f['path']).name}"))
+    for key, digest in p.get("array_sha256", {}).items():
+        fields.append(("array sha256", f"{digest}  {key}"))
     fields.append(("written by", f"mixup-cli {p['tool_version']} at {p['finished_at']}"))
     lines.append(f"provenance ({p['sidecar']})")
     width = max(len(name) for name, _ in fields)
@@ -56,7 +58,8 @@ def inspect(path, as_json):
 
     Lists each array of FILE with its shape, dtype, chunking and compression
     and, when FILE has a sidecar (FILE.provenance.json), its summary: run id,
-    seed, alpha, pairing, copies, input and the input's SHA-256.
+    seed, alpha, pairing, copies, input and the input's SHA-256, and the
+    SHA-256 of each array written.
 
     FILE is .h5/.hdf5, .npz or a directory of .npy files.
 

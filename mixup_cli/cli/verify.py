@@ -23,7 +23,7 @@ from .options import debug_option, json_option, quiet_option
 def verify(output_path, input_path, batch_size, quiet, as_json):
     """Check OUT against its provenance sidecar, recomputing it.
 
-    Checks OUT's files against the SHA-256 hashes and sizes in
+    Checks OUT's files and arrays against the sizes and SHA-256 hashes in
     OUT.provenance.json, checks the input still has its recorded hashes, and
     recomputes OUT from the input and the recorded parameters.
 

@@ -35,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mixup_cli import digests
 from mixup_cli.engines import import_distributed
 from mixup_cli.errors import InputError, MixupError
 from mixup_cli.io import ArraySpec
@@ -131,8 +132,9 @@ def _aligned(start: int, stop: int, chunk: int, end: int) -> tuple[int, int]:
     return lo, hi
 
 
-def run_task(job: Job, task: Task) -> list[Piece]:
-    """Compute one task on a worker; return the rows the client must write."""
+def run_task(job: Job, task: Task) -> tuple[list[Piece], dict[str, str]]:
+    """Compute one task on a worker; return the rows the client must write,
+    and the digests of the task's block (``digests.of_rows``)."""
     try:
         rows = compute_task(_open_input(job), job.plan, task)
     except MixupError as exc:
@@ -146,8 +148,9 @@ def run_task(job: Job, task: Task) -> list[Piece]:
             f"{job.input}: cannot read or mix input rows {task.start}:{task.stop} ({partners}) "
             f"on worker {_worker_name()}: {type(exc).__name__}: {exc}"
         ) from None
+    found = digests.of_rows(rows)
     if job.target is None:
-        return [(key, task.out_start, data) for key, data in rows.items()]
+        return [(key, task.out_start, data) for key, data in rows.items()], found
     pieces: list[Piece] = []
     end = job.plan.output_rows
     for key, data in rows.items():
@@ -167,7 +170,7 @@ def run_task(job: Job, task: Task) -> list[Piece]:
             pieces.append((key, start, data[: lo - start]))
         if hi < stop:
             pieces.append((key, hi, data[hi - start :]))
-    return pieces
+    return pieces, found
 
 
 # ---------------------------------------------------------------- on the client
@@ -223,11 +226,12 @@ def connect(scheduler: str | None, workers: int | None):
 
 
 def run_plan(input_path: Path, source, options: DataOptions, plan: Plan, writer, progress,
-             *, scheduler: str | None = None, workers: int | None = None) -> dict:
+             *, scheduler: str | None = None, workers: int | None = None, block_digests=None) -> dict:
     """Run every task of ``plan`` on Dask; return what the sidecar records of it.
 
     ``source`` is the client's opened input (``pipeline.Source``); workers
-    open the same path with the same ``options``."""
+    open the same path with the same ``options``. Each block's digests,
+    computed by its worker, are added to ``block_digests`` (a ``BlockDigests``)."""
     distributed = import_distributed()
     run = uuid.uuid4().hex[:12]
     x_key = next(iter(source.specs))
@@ -252,8 +256,11 @@ def run_plan(input_path: Path, source, options: DataOptions, plan: Plan, writer,
         try:
             for future in arrived:
                 task = pending.pop(future)
-                for key, start, rows in _result(future, task):
+                pieces, found = _result(future, task)
+                for key, start, rows in pieces:
                     writer.write(key, start, rows)
+                if block_digests is not None:
+                    block_digests.add(task.out_start, found)
                 future.release()
                 progress.update(task.stop - task.start)
                 submit_next()
@@ -271,8 +278,8 @@ def run_plan(input_path: Path, source, options: DataOptions, plan: Plan, writer,
     }
 
 
-def _result(future, task: Task) -> list[Piece]:
-    """The task's rows, or its worker's error (a MixupError, with its message)."""
+def _result(future, task: Task) -> tuple[list[Piece], dict[str, str]]:
+    """The task's rows and digests, or its worker's error (a MixupError, with its message)."""
     try:
         return future.result()
     except MixupError:

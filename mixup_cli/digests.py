@@ -1,0 +1,132 @@
+"""SHA-256 of the output arrays, computed while their rows are written.
+
+A file's SHA-256 can only be computed once the file is complete (HDF5
+rewrites its headers when it closes), which costs one more read of the whole
+output at the end of every run. The output's *data* is hashed instead, as it
+streams to the writer, block by block:
+
+* the output's rows are cut into blocks: each copy (and the original, with
+  ``--include-original``) of the input's ``segment_rows`` rows is cut into
+  pieces of ``block_rows`` rows, the last one shorter;
+* each block of an array is hashed (SHA-256 of its rows' bytes, C order);
+* the array's digest is the SHA-256 of its blocks' 32-byte digests, in row
+  order.
+
+Blocks are the plan's units of work, so each is written (or computed on a
+Dask worker) whole, in any order, and a resumed run keeps the digests of
+the blocks already written. The result depends only on the array's values,
+dtype and the two block sizes: the same data written as HDF5, ``.npz``,
+``.npy`` or Zarr has the same digests.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+
+import numpy as np
+
+SCHEME = "sha256 of the sha256 of each block of rows"
+
+
+def block_bounds(segment_rows: int, block_rows: int, segments: int) -> list[tuple[int, int]]:
+    """``(start, stop)`` output rows of every block, in row order."""
+    bounds = []
+    for s in range(segments):
+        base = s * segment_rows
+        for b in range(0, segment_rows, block_rows):
+            bounds.append((base + b, base + min(b + block_rows, segment_rows)))
+    return bounds
+
+
+def _update(digest, rows: np.ndarray) -> None:
+    rows = np.ascontiguousarray(rows)
+    if rows.dtype.byteorder == ">":  # the digest is of little-endian bytes, wherever it runs
+        rows = rows.astype(rows.dtype.newbyteorder("<"))
+    digest.update(memoryview(rows.reshape(-1)).cast("B"))
+
+
+def of_rows(arrays: dict[str, np.ndarray]) -> dict[str, str]:
+    """The digests of one whole block (each array's rows of that block)."""
+    out = {}
+    for key, rows in arrays.items():
+        digest = hashlib.sha256()
+        _update(digest, rows)
+        out[key] = digest.hexdigest()
+    return out
+
+
+def combine(blocks: list[str]) -> str:
+    """An array's digest from its blocks' digests (hex, in row order)."""
+    digest = hashlib.sha256()
+    for hex_digest in blocks:
+        digest.update(bytes.fromhex(hex_digest))
+    return digest.hexdigest()
+
+
+class BlockDigests:
+    """The digests of an output's blocks, as they are finished.
+
+    ``done`` maps a block's first row to ``{array: hex digest}``. It may be
+    a resume journal's own dict, shared, so that the journal saves the
+    digests of the blocks it records as written.
+    """
+
+    def __init__(self, bounds: list[tuple[int, int]], keys, done: dict[int, dict[str, str]] | None = None):
+        self.bounds = list(bounds)
+        self.keys = list(keys)
+        self.done: dict[int, dict[str, str]] = {} if done is None else done
+
+    def add(self, start: int, digests: dict[str, str]) -> None:
+        self.done[start] = dict(digests)
+
+    def missing(self) -> list[tuple[int, int]]:
+        return [(a, b) for a, b in self.bounds if a not in self.done]
+
+    def arrays(self) -> dict[str, str]:
+        """Every array's digest; raises if a block was never finished."""
+        missing = self.missing()
+        if missing:
+            raise RuntimeError(f"no digest for output rows {missing[0][0]}:{missing[0][1]} ({len(missing)} blocks)")
+        return {key: combine([self.done[a][key] for a, _ in self.bounds]) for key in self.keys}
+
+
+class HashingWriter:
+    """Wraps an output writer: hashes each block's rows as they are written.
+
+    Writes must not cross a block boundary (the engine writes within one
+    task, which is one block) and come in row order within a block; a block
+    whose rows are written again (a resumed run) is hashed afresh.
+    """
+
+    def __init__(self, writer, digests: BlockDigests):
+        self._writer = writer
+        self.digests = digests
+        self._starts = [a for a, _ in digests.bounds]
+        self._open: dict[tuple[str, int], tuple] = {}  # (key, block start) -> (hash, next row)
+        self._finished: dict[int, dict[str, str]] = {}  # blocks with some arrays finished
+
+    def write(self, key: str, start: int, data: np.ndarray) -> None:
+        self._writer.write(key, start, data)
+        n = len(data)
+        if n == 0:
+            return
+        i = bisect.bisect_right(self._starts, start) - 1
+        block_start, block_stop = self.digests.bounds[i]
+        if start + n > block_stop:
+            raise ValueError(f"write of rows {start}:{start + n} crosses the block {block_start}:{block_stop}")
+        digest, expected = self._open.get((key, block_start)) or (hashlib.sha256(), block_start)
+        if start != expected:
+            raise ValueError(f"rows of block {block_start}:{block_stop} of '{key}' written out of order")
+        _update(digest, data)
+        if start + n < block_stop:
+            self._open[(key, block_start)] = (digest, start + n)
+            return
+        self._open.pop((key, block_start), None)
+        finished = self._finished.setdefault(block_start, {})
+        finished[key] = digest.hexdigest()
+        if len(finished) == len(self.digests.keys):  # every array of the block: the block is done
+            self.digests.add(block_start, self._finished.pop(block_start))
+
+    def __getattr__(self, name):  # everything else is the wrapped writer's
+        return getattr(self._writer, name)
