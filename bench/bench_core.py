@@ -3,10 +3,13 @@
     python bench/bench_core.py [--rows 1024] [--repeats 15]
 
 A batch of float32 images 3x32x32 (1024 rows: 12.6 MB) with one-hot targets
-for 10 classes. Each repeat runs every contender once, in rotation, so that
-noise from other processes hits them all alike; the table gives the median
-of the repeats and the ratios to the seed article's function and to
-``x.copy()`` of the same bytes.
+for 10 classes. Each repeat runs every contender once, in a shuffled order
+(fixed seed), so that noise from other processes hits them all alike and no
+contender always runs right after the seed function, whose freed memory makes
+the next allocation pay its page faults again; the table gives the median of
+the repeats and the ratios to the seed article's function and to
+``x.copy()`` of the same bytes. The first line says which loop
+``mixup_cli.core`` uses (``KERNEL``: the compiled one, or numpy).
 
 Contenders:
 
@@ -14,8 +17,10 @@ Contenders:
   ``sklearn.utils.shuffle``; promotes float32 to float64), re-implemented here.
 - ``mixup_cli.core.mixup``: the same job (draw lam and partners, gather, mix
   x and y), per-row lam, float32 kept.
-- ``mix_gather (x only)``: x alone, partners gathered slice by slice, into a
+- ``mix_gather (x only)``: x alone, partners gathered as it mixes, into a
   preallocated output (what the file engine does per batch).
+- ``mix_gather (numpy path)``: the same through the numpy loop, which is used
+  where the compiled one is not built or ``MIXUP_CLI_KERNEL=numpy`` is set.
 - ``mix_rows (b given)``: the arithmetic alone, partner rows already gathered.
 - ``x.copy()``: the memory floor.
 - timm ``Mixup(mode='elem')`` and torchvision ``v2.MixUp``, only when those
@@ -34,6 +39,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from mixup_cli import core  # noqa: E402
 from mixup_cli.core import mix_gather, mix_rows, mixup  # noqa: E402
 
 
@@ -56,10 +62,14 @@ def contenders(x, y, n):
     perm = rng.permutation(n)
     b = x[perm]
     out = np.empty_like(x)
+    lam_w = lam.astype(x.dtype)
+    rest_w = (1 - lam_w).astype(x.dtype)
     items = [
         ("seed function", lambda: seed_mixup(x, y, n)),
         ("mixup_cli.core.mixup", lambda: mixup(x, y, 0.2, rng=rng)),
         ("mix_gather (x only)", lambda: mix_gather(x, x, perm, lam, out=out)),
+        # the loop mix_gather falls back to, called directly
+        ("mix_gather (numpy path)", lambda: core._mix_numpy(x, x, perm, lam_w, rest_w, out)),
         ("mix_rows (b given)", lambda: mix_rows(x, b, lam, out=out)),
         ("x.copy()", lambda: x.copy()),
     ]
@@ -102,9 +112,10 @@ def main(argv=None):
     times = {name: [] for name, _ in items}
     for name, fn in items:  # warm-up
         fn()
-    for r in range(args.repeats):
-        rotated = items[r % len(items):] + items[: r % len(items)]
-        for name, fn in rotated:
+    order = np.random.default_rng(0)
+    for _ in range(args.repeats):
+        for i in order.permutation(len(items)):
+            name, fn = items[i]
             t0 = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - t0)
@@ -112,7 +123,7 @@ def main(argv=None):
     med = {name: statistics.median(ts) for name, ts in times.items()}
     seed_t, copy_t = med["seed function"], med["x.copy()"]
     print(f"batch: {n} x 3x32x32 float32 ({x.nbytes / 1e6:.1f} MB) + one-hot y[10]; "
-          f"median of {args.repeats}, one thread")
+          f"median of {args.repeats}, one thread; core.KERNEL = {core.KERNEL!r}")
     print(f"{'contender':<26} {'ms':>8} {'seed / this':>12} {'this / copy':>12}")
     for name, _ in items:
         t = med[name]

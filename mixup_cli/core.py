@@ -8,15 +8,41 @@ For output row ``i`` with weight ``lam[i]`` and partner row ``j``::
 their own dtype (float32 stays float32); integer arrays are mixed in float32
 (8- and 16-bit, exact there) or float64 (wider), rounded to nearest and
 clipped to their dtype's range, so they never wrap.
+
+The loop runs in the compiled ``mixup_cli._kernel`` (one pass over memory)
+where it is built and the arrays suit it, else in numpy; both give the same
+bytes. ``KERNEL`` says which is active: ``"c"``, or ``"numpy"`` when the
+extension is missing or ``MIXUP_CLI_KERNEL=numpy`` was set at import.
 """
 
 from __future__ import annotations
 
+import math
+import os
 import threading
 
 import numpy as np
 
 from mixup_cli.errors import ParameterError
+
+
+def _load_kernel():
+    if os.environ.get("MIXUP_CLI_KERNEL", "").strip().lower() == "numpy":
+        return None
+    try:
+        from mixup_cli import _kernel
+    except ImportError:
+        return None
+    # A build left over from an older _kernel.c may take other arguments.
+    return _kernel if getattr(_kernel, "VERSION", None) == 1 else None
+
+
+_kernel = _load_kernel()
+KERNEL = "numpy" if _kernel is None else "c"
+_KERNEL_DTYPES = frozenset(
+    np.dtype(t) for t in (np.float32, np.float64, np.uint8, np.int8, np.uint16, np.int16,
+                          np.int32, np.uint32, np.int64, np.uint64)
+)
 
 # Rows are mixed in slices of about this many bytes: the three temporaries
 # stay in the CPU cache instead of spilling whole-batch arrays to memory, and
@@ -86,8 +112,9 @@ def mix_gather(a: np.ndarray, pool: np.ndarray, index: np.ndarray, lam: np.ndarr
                out: np.ndarray | None = None) -> np.ndarray:
     """``mix_rows(a, pool[index], lam, out)`` without materialising ``pool[index]``.
 
-    Partner rows are gathered slice by slice into a small buffer that stays in
-    cache, which saves a full pass over memory. Same result, bit for bit.
+    Partner rows are read where they are as the rows are mixed (the numpy loop
+    gathers them slice by slice into a small buffer that stays in cache),
+    which saves a full pass over memory. Same result, bit for bit.
     """
     index = np.asarray(index)
     if a.shape[1:] != pool.shape[1:] or a.dtype != pool.dtype:
@@ -118,14 +145,8 @@ def _scratch(i: int, shape: tuple, dtype) -> np.ndarray:
 
 
 def _mix(a, b, index, lam, out):
-    """The one loop behind mix_rows and mix_gather: rows in cache-sized slices.
-
-    Per slice: expand lam to a contiguous buffer (numpy's broadcast copy is
-    fast, while a ufunc broadcasting a per-row scalar pays a per-row cost),
-    multiply in place, do the same for ``1 - lam`` and the partner rows, and
-    add straight into ``out``. Every value is computed by exactly the same
-    float operations as ``l*a + (1-l)*b``, so results are identical.
-    """
+    """The one loop behind mix_rows and mix_gather: the compiled kernel where
+    it applies, else numpy (``_mix_numpy``)."""
     lam = np.asarray(lam)
     if lam.shape != (a.shape[0],):
         raise ValueError(f"lam has shape {lam.shape}, expected ({a.shape[0]},)")
@@ -135,12 +156,46 @@ def _mix(a, b, index, lam, out):
     if n == 0:
         return out
     work = working_dtype(a.dtype)
+    lam_w = np.ascontiguousarray(lam, dtype=work)
+    rest_w = (1 - lam_w).astype(work, copy=False)
+    if _kernel is not None and _mix_kernel(a, b, index, lam_w, rest_w, out):
+        return out
+    return _mix_numpy(a, b, index, lam_w, rest_w, out)
+
+
+def _mix_kernel(a, b, index, lam_w, rest_w, out) -> bool:
+    """Mix in one pass in C; False (nothing done) where numpy must do it:
+    dtypes it lacks (float16), non-contiguous or overlapping arrays."""
+    if not (
+        isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and isinstance(out, np.ndarray)
+        and a.dtype in _KERNEL_DTYPES and b.dtype == a.dtype and out.dtype == a.dtype
+        and out.shape == a.shape
+        and a.flags.c_contiguous and b.flags.c_contiguous and out.flags.c_contiguous
+        and out.flags.writeable
+    ):
+        return False
+    if index is not None:
+        index = np.ascontiguousarray(index, dtype=np.int64)
+    return _kernel.mix(out, a, b, index, lam_w, rest_w, math.prod(a.shape[1:]))
+
+
+def _mix_numpy(a, b, index, lam_w, rest_w, out):
+    """The numpy loop: rows in cache-sized slices.
+
+    Per slice: expand lam to a contiguous buffer (numpy's broadcast copy is
+    fast, while a ufunc broadcasting a per-row scalar pays a per-row cost),
+    multiply in place, do the same for ``1 - lam`` and the partner rows, and
+    add straight into ``out``. Every value is computed by exactly the same
+    float operations as ``l*a + (1-l)*b``, so results are identical.
+    """
+    n = a.shape[0]
+    work = lam_w.dtype
     integer = a.dtype.kind in "iu"
     if integer:
         lo, hi = integer_bounds(a.dtype, work)
     bcast = (-1,) + (1,) * (a.ndim - 1)
-    lam_w = lam.astype(work).reshape(bcast)
-    rest_w = (1 - lam_w).astype(work)
+    lam_w = lam_w.reshape(bcast)
+    rest_w = rest_w.reshape(bcast)
 
     row_bytes = max(1, int(np.prod(a.shape[1:], dtype=np.int64)) * work.itemsize)
     step = max(1, _SLICE_BYTES // row_bytes)
