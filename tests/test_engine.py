@@ -3,11 +3,15 @@
 import os
 import subprocess
 
+from unittest import mock
+
 import h5py
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from conftest import expected_mix, load_output, make_arrays, write_h5, write_npy_dir
+from conftest import expected_mix, load_output, make_arrays, write_h5, write_npy_dir, write_npz
 from mixup_cli import pipeline
 from mixup_cli.core import mix_gather, mix_rows, mixup
 from mixup_cli.io import hdf5
@@ -246,6 +250,113 @@ def test_raw_reads_equal_hdf5_reads_or_fall_back(tmp_path, layout):
             assert (out[stop - start :] == 99).all()
     finally:
         reader.close()
+
+
+# Partner rows by index: Reader.take against numpy's fancy indexing.
+TAKE_LAYOUTS = {
+    "chunked": dict(chunks=(16, 8)),
+    "chunked gzip": dict(chunks=(16, 8), compression="gzip"),
+    "contiguous": dict(chunks=None),
+    "chunks of part rows": dict(chunks=(16, 4)),
+    "chunks never written": dict(chunks=(16, 8), written=()),
+    "chunks partly written": dict(chunks=(16, 8), written=(slice(0, 20), slice(64, 100))),
+    "contiguous never written": dict(chunks=None, written=()),
+    "big-endian chunked": dict(chunks=(16, 8), dtype=">f4"),
+    "big-endian contiguous": dict(chunks=None, dtype=">f4"),
+    "uint8, 7-row chunks": dict(chunks=(7, 8), dtype="u1"),
+}
+TAKE_ROWS = [
+    [], [0], [99], [0, 99], [99, 0], [5, 5, 5], [99, 0, 50, 50, 3, 16, 15], [15, 16], list(range(16, 32)),
+    list(range(100)), list(range(99, -1, -1)), list(range(0, 100, 3)), [17, 40, 41, 42, 60, 95, 96],
+]
+
+
+@pytest.fixture(scope="module")
+def take_files(tmp_path_factory):
+    """One HDF5 file per layout of a (100, 8) array; with what h5py reads of it."""
+    folder = tmp_path_factory.mktemp("take")
+    x = np.random.default_rng(3).random((100, 8)) * 200
+    files = {}
+    for i, (name, layout) in enumerate(TAKE_LAYOUTS.items()):
+        layout = dict(layout)
+        dtype = np.dtype(layout.pop("dtype", "<f4"))
+        written = layout.pop("written", (slice(None),))
+        path = folder / f"{i}.h5"
+        with h5py.File(path, "w") as f:
+            ds = f.create_dataset("x", shape=x.shape, dtype=dtype, fillvalue=7, **layout)
+            for rows in written:
+                ds[rows] = x[rows].astype(dtype)
+        with h5py.File(path, "r") as f:
+            files[name] = (path, f["x"][()])
+    return files
+
+
+def _check_take(reader, expected, rows):
+    rows = np.asarray(rows, dtype=np.int64)
+    got = reader.take("x", rows)
+    assert got.dtype == expected.dtype and got.shape == (len(rows),) + expected.shape[1:]
+    assert np.array_equal(got, expected[rows]), rows
+
+
+@pytest.mark.parametrize("layout", TAKE_LAYOUTS)
+def test_take_equals_fancy_indexing(take_files, layout):
+    path, expected = take_files[layout]
+    row_bytes = expected[0].nbytes
+    for gap in (0, 3 * row_bytes, hdf5.TAKE_GAP_BYTES):
+        for window in (5 * row_bytes, hdf5.TAKE_WINDOW_BYTES):
+            with mock.patch.object(hdf5, "TAKE_GAP_BYTES", gap), \
+                    mock.patch.object(hdf5, "TAKE_WINDOW_BYTES", window), hdf5.Reader(path) as reader:
+                for rows in TAKE_ROWS:
+                    _check_take(reader, expected, rows)
+                # Memory: one reused buffer of at most a chunk (or a window).
+                chunks = reader._datasets["x"].chunks
+                bound = chunks[0] * row_bytes if chunks else window
+                assert reader._scratch is None or reader._scratch.nbytes <= bound
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    layout=st.sampled_from(sorted(TAKE_LAYOUTS)),
+    rows=st.lists(st.integers(0, 99), max_size=160),
+    gap_rows=st.sampled_from([0, 1, 4, 2048]),
+    window_rows=st.sampled_from([1, 6, 32768]),
+)
+def test_hypothesis_take_equals_fancy_indexing(take_files, layout, rows, gap_rows, window_rows):
+    path, expected = take_files[layout]
+    row_bytes = expected[0].nbytes
+    with mock.patch.object(hdf5, "TAKE_GAP_BYTES", gap_rows * row_bytes), \
+            mock.patch.object(hdf5, "TAKE_WINDOW_BYTES", window_rows * row_bytes), hdf5.Reader(path) as reader:
+        _check_take(reader, expected, rows)
+
+
+def test_take_reads_a_compressed_chunk_once(take_files, monkeypatch):
+    path, expected = take_files["chunked gzip"]
+    reads = []
+    real = hdf5.Reader._raw_read
+
+    def recording(self, key, start, stop, out, chunks=None):
+        reads.append((start, stop))
+        return real(self, key, start, stop, out, chunks)
+
+    monkeypatch.setattr(hdf5.Reader, "_raw_read", recording)
+    rows = np.array([1, 3, 14, 15, 16, 40, 41, 47, 99, 3])
+    with hdf5.Reader(path) as reader:
+        _check_take(reader, expected, rows)
+    assert reads == [(1, 16), (16, 17), (40, 48), (99, 100)]
+
+
+@pytest.mark.parametrize("fmt", ["npz", "npz deflated", "npy"])
+def test_take_of_memory_mapped_formats_equals_fancy_indexing(tmp_path, fmt):
+    from mixup_cli.io import open_reader
+
+    x = np.random.default_rng(4).random((50, 3, 2)).astype(np.float32)
+    if fmt == "npy":
+        path = write_npy_dir(tmp_path / "in", x=x)
+    else:
+        path = write_npz(tmp_path / "in.npz", compressed=fmt == "npz deflated", x=x)
+    with open_reader(path) as reader:
+        for rows in [[], [0], [49, 0, 7, 7, 30], list(range(49, -1, -2))]:
+            _check_take(reader, x, rows)
 
 
 def _seed_where_copy_starts_with_the_last_block():

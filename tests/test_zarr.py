@@ -71,6 +71,16 @@ def test_zarr_to_h5_with_nested_keys_and_integer_images(tmp_path):
     assert read_sidecar(out)["input"]["format"] == "zarr"
 
 
+def test_take_equals_fancy_indexing(tmp_path):
+    from mixup_cli.io import zarr as zarr_io
+
+    x = np.random.default_rng(2).random((50, 3, 2)).astype(np.float32)
+    with zarr_io.Reader(write_zarr(tmp_path / "in.zarr", chunk_rows=7, x=x)) as reader:
+        for rows in [[], [0], [49], [49, 0, 7, 7, 30, 6], list(range(49, -1, -3))]:
+            got = reader.take("x", np.array(rows, dtype=np.int64))
+            assert got.dtype == x.dtype and np.array_equal(got, x[rows]) and got.shape == (len(rows), 3, 2)
+
+
 def test_npz_to_zarr_with_copies_and_originals(tmp_path):
     x, y = make_arrays(n=21, x_shape=(5,))
     src = write_npz(tmp_path / "in.npz", x=x, y=y)

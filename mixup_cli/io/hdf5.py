@@ -45,6 +45,25 @@ def open_reader(path: Path) -> "Reader":
     return Reader(path)
 
 
+# Reader.take groups the rows it reads by chunk, or in contiguous storage by
+# windows of about TAKE_WINDOW_BYTES; within a group, a raw read goes on
+# through up to TAKE_GAP_BYTES of unwanted rows rather than start another
+# (measured on 40 B, 1 KiB and 12 KiB rows with 0.2-30% of rows wanted:
+# 64 KiB was never far from the fastest, whole chunks up to 2x slower).
+TAKE_WINDOW_BYTES = 1 << 20
+TAKE_GAP_BYTES = 64 << 10
+
+
+def _runs(rows: np.ndarray, group: int, gap: int):
+    """``(first, stop)`` index pairs cutting sorted unique ``rows`` into runs
+    read at once: never across a multiple of ``group`` rows, nor across more
+    than ``gap`` unwanted rows."""
+    new = np.ones(len(rows), dtype=bool)
+    new[1:] = (rows[1:] // group != rows[:-1] // group) | (np.diff(rows) > gap + 1)
+    starts = np.flatnonzero(new)
+    return zip(starts.tolist(), np.append(starts[1:], len(rows)).tolist())
+
+
 class Reader(base.Reader):
     format_name = "hdf5"
 
@@ -57,6 +76,7 @@ class Reader(base.Reader):
         self._datasets: dict[str, h5py.Dataset] = {}
         self._raw: dict[str, tuple | None] = {}
         self._fd: int | None = None
+        self._scratch: np.ndarray | None = None
 
         def collect(name, obj):
             if isinstance(obj, h5py.Dataset):
@@ -110,10 +130,11 @@ class Reader(base.Reader):
         self._raw[key] = layout
         return layout
 
-    def _raw_read(self, key: str, start: int, stop: int, out: np.ndarray) -> bool:
+    def _raw_read(self, key: str, start: int, stop: int, out: np.ndarray, chunks: dict | None = None) -> bool:
         """Read rows with ``os.preadv`` straight into ``out``: outside h5py's
         global lock, so reading overlaps the writer thread's HDF5 calls.
-        False (and nothing read) when the layout does not allow it."""
+        False (and nothing read) when the layout does not allow it.
+        ``chunks`` keeps the storage info of chunks already looked up."""
         layout = self._raw_layout(key)
         if layout is None or not out.flags.c_contiguous or out.dtype != self._datasets[key].dtype:
             return False
@@ -125,9 +146,12 @@ class Reader(base.Reader):
         else:
             ds = self._datasets[key]
             tail = (0,) * (len(ds.shape) - 1)
+            chunks = {} if chunks is None else chunks
             first = (start // chunk_rows) * chunk_rows
             for c in range(first, stop, chunk_rows):
-                info = ds.id.get_chunk_info_by_coord((c,) + tail)
+                info = chunks.get(c)
+                if info is None:
+                    info = chunks[c] = ds.id.get_chunk_info_by_coord((c,) + tail)
                 if info.byte_offset is None or info.filter_mask or info.size < chunk_rows * row_bytes:
                     return False  # unallocated (fill value) or unusual chunk: let HDF5 do it
                 lo, hi = max(start, c), min(stop, c + chunk_rows)
@@ -144,7 +168,44 @@ class Reader(base.Reader):
         return True
 
     def _take_sorted_unique(self, key: str, rows: np.ndarray) -> np.ndarray:
-        return self._datasets[key][rows.tolist()] if len(rows) else self.read(key, 0, 0)
+        """The rows, read chunk by chunk (h5py's list indexing of chunked
+        storage is many times slower): the rows wanted from one chunk (one
+        window of contiguous storage) are read as a few row ranges, into the
+        result when a range is all wanted rows, else into a reused buffer
+        they are copied from."""
+        ds = self._datasets[key]
+        raw = self._raw_layout(key) is not None
+        if ds.chunks is None and not raw:
+            # Contiguous or compact, read through HDF5: its point selections are fast there.
+            return ds[rows.tolist()] if len(rows) else self.read(key, 0, 0)
+        out = np.empty((len(rows),) + ds.shape[1:], dtype=ds.dtype)
+        if not out.size:
+            return out
+        if rows[0] < 0 or rows[-1] >= ds.shape[0]:
+            raise IndexError(f"{self.path}: rows of '{key}' out of range 0..{ds.shape[0] - 1}")
+        row_bytes = out.nbytes // len(rows)
+        group = ds.chunks[0] if ds.chunks else max(1, TAKE_WINDOW_BYTES // row_bytes)
+        # A raw read costs little more than the bytes it copies: long gaps are
+        # skipped. An HDF5 read of a chunk costs about the whole chunk: one each.
+        gap = TAKE_GAP_BYTES // row_bytes if raw else group
+        chunks: dict = {}
+        for first, stop in _runs(rows, group, gap):
+            lo, hi = int(rows[first]), int(rows[stop - 1]) + 1
+            whole = hi - lo == stop - first  # every row of the range is wanted
+            dest = out[first:stop] if whole else self._buffer(out, hi - lo)
+            if not self._raw_read(key, lo, hi, dest, chunks):
+                ds.read_direct(dest, np.s_[lo:hi], np.s_[0 : hi - lo])
+            if not whole:
+                np.take(dest, rows[first:stop] - lo, axis=0, out=out[first:stop], mode="clip")
+        return out
+
+    def _buffer(self, like: np.ndarray, rows: int) -> np.ndarray:
+        """A C-contiguous array of ``rows`` rows shaped like ``like``'s, in
+        memory kept for the next call (at most one chunk's or window's bytes)."""
+        nbytes = rows * (like.nbytes // len(like))
+        if self._scratch is None or self._scratch.nbytes < nbytes:
+            self._scratch = np.empty(nbytes, dtype=np.uint8)
+        return self._scratch[:nbytes].view(like.dtype).reshape((rows,) + like.shape[1:])
 
     def chunk_rows(self, key: str) -> int | None:
         chunks = self._datasets[key].chunks

@@ -13,7 +13,7 @@ import numpy as np
 from mixup_cli.errors import InputError
 from mixup_cli.io import base
 from mixup_cli.io.base import ArraySpec, WriteOptions
-from mixup_cli.io.npyfile import create_npy, memmap_npy, reopen_npy
+from mixup_cli.io.npyfile import NpyMaps, memmap_npy
 
 
 def open_reader(path: Path) -> "Reader":
@@ -69,31 +69,26 @@ class Writer(base.Writer):
     def __init__(self, path: Path, specs: dict[str, ArraySpec], options: WriteOptions):
         super().__init__(path, specs, options)
         self.path.mkdir()
-        self._maps = {key: create_npy(self.path / f"{key}.npy", spec.shape, spec.dtype) for key, spec in specs.items()}
+        self._maps = NpyMaps(self.path, specs)
 
     @classmethod
     def reopen(cls, path: Path, specs: dict[str, ArraySpec], options: WriteOptions) -> "Writer":
         self = cls.__new__(cls)
         base.Writer.__init__(self, path, specs, options)
         try:
-            self._maps = {key: reopen_npy(self.path / f"{key}.npy", spec.shape, spec.dtype) for key, spec in specs.items()}
+            self._maps = NpyMaps(self.path, specs, reopen=True)
         except (OSError, ValueError) as exc:
             raise cls.damaged(self.path, str(exc)) from None
         return self
 
     def flush(self) -> None:
-        for arr in self._maps.values():
-            if isinstance(arr, np.memmap):
-                arr.flush()
+        self._maps.flush()
 
     def write(self, key: str, start: int, data: np.ndarray) -> None:
-        self._maps[key][start : start + len(data)] = data
+        self._maps.write(key, start, data)
 
     def close(self) -> None:
-        for arr in self._maps.values():
-            if isinstance(arr, np.memmap):
-                arr.flush()
-        self._maps.clear()
+        self._maps.close()
 
     def files(self) -> list[Path]:
         return [Path(f"{key}.npy") for key in self.specs]

@@ -1,5 +1,6 @@
-"""Opening single ``.npy`` arrays without loading them: the shared piece of
-the ``.npy``-directory and ``.npz`` formats. Never unpickles."""
+"""Opening single ``.npy`` arrays without loading them, and writing them
+through memory maps: the shared piece of the ``.npy``-directory and ``.npz``
+formats. Never unpickles."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from mixup_cli.errors import InputError
+from mixup_cli.io.base import ArraySpec
 
 
 def read_header(fh, label: str) -> tuple[tuple[int, ...], bool, np.dtype, int]:
@@ -75,3 +77,31 @@ def reopen_npy(path: Path, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarra
     if tuple(arr.shape) != tuple(shape) or arr.dtype != np.dtype(dtype):
         raise ValueError(f"{Path(path).name} has shape {arr.shape} and dtype {arr.dtype}")
     return arr
+
+
+class NpyMaps:
+    """Output arrays as ``KEY.npy`` files in one folder, written through
+    writable memory maps: new ones, or (``reopen``) those a run left there,
+    checked against ``specs`` (OSError or ValueError when they are not)."""
+
+    def __init__(self, folder: Path, specs: dict[str, ArraySpec], reopen: bool = False):
+        open_npy = reopen_npy if reopen else create_npy
+        self._maps = {
+            key: open_npy(Path(folder) / f"{key}.npy", spec.shape, spec.dtype) for key, spec in specs.items()
+        }
+
+    def __len__(self) -> int:
+        return len(self._maps)
+
+    def write(self, key: str, start: int, data: np.ndarray) -> None:
+        self._maps[key][start : start + len(data)] = data
+
+    def flush(self) -> None:
+        for arr in self._maps.values():
+            if isinstance(arr, np.memmap):
+                arr.flush()
+
+    def close(self) -> None:
+        """Flush and let go of the maps (closed once none refers to them)."""
+        self.flush()
+        self._maps.clear()

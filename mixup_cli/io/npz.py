@@ -20,7 +20,7 @@ import numpy as np
 from mixup_cli.errors import InputError
 from mixup_cli.io import base
 from mixup_cli.io.base import ArraySpec, WriteOptions
-from mixup_cli.io.npyfile import create_npy, memmap_npy, reopen_npy
+from mixup_cli.io.npyfile import NpyMaps, memmap_npy
 
 _LOCAL_HEADER = struct.Struct("<4s2B4HL2L2H")  # zip local file header, 30 bytes
 
@@ -113,7 +113,7 @@ class Writer(base.Writer):
         if self._staging.exists():
             shutil.rmtree(self._staging)
         self._staging.mkdir()
-        self._maps = {key: create_npy(self._staging / f"{key}.npy", spec.shape, spec.dtype) for key, spec in specs.items()}
+        self._maps: NpyMaps | None = NpyMaps(self._staging, specs)
 
     @classmethod
     def reopen(cls, path: Path, specs: dict[str, ArraySpec], options: WriteOptions) -> "Writer":
@@ -129,27 +129,25 @@ class Writer(base.Writer):
                         raise ValueError("the archive is incomplete")
             except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
                 raise cls.damaged(self.path, str(exc)) from None
-            self._maps = {}
+            self._maps = None
             return self
         try:
-            self._maps = {key: reopen_npy(self._staging / f"{key}.npy", spec.shape, spec.dtype) for key, spec in specs.items()}
+            self._maps = NpyMaps(self._staging, specs, reopen=True)
         except (OSError, ValueError) as exc:
             raise cls.damaged(self.path, str(exc)) from None
         return self
 
     def flush(self) -> None:
-        for arr in self._maps.values():
-            arr.flush()
+        if self._maps:
+            self._maps.flush()
 
     def write(self, key: str, start: int, data: np.ndarray) -> None:
-        self._maps[key][start : start + len(data)] = data
+        self._maps.write(key, start, data)
 
     def close(self) -> None:
         if not self._maps:
             return
-        for arr in self._maps.values():
-            arr.flush()
-        self._maps.clear()
+        self._maps.close()
         method = zipfile.ZIP_DEFLATED if self.options.compression == "gzip" else zipfile.ZIP_STORED
         with zipfile.ZipFile(self.path, "w", compression=method, allowZip64=True) as zf:
             for key in self.specs:
@@ -157,7 +155,7 @@ class Writer(base.Writer):
         shutil.rmtree(self._staging)
 
     def abort(self) -> None:
-        self._maps.clear()
+        self._maps = None
         shutil.rmtree(self._staging, ignore_errors=True)
 
     def files(self) -> list[Path]:
