@@ -91,33 +91,37 @@ class BlockDigests:
         return {key: combine([self.done[a][key] for a, _ in self.bounds]) for key in self.keys}
 
 
-class HashingWriter:
-    """Wraps an output writer: hashes each block's rows as they are written.
+class BlockHasher:
+    """Hashes each block's rows as the engine produces them.
 
-    Writes must not cross a block boundary (the engine writes within one
-    task, which is one block) and come in row order within a block; a block
-    whose rows are written again (a resumed run) is hashed afresh.
+    ``update(start, arrays)`` takes rows of every output array beginning at
+    output row ``start``. Rows must not cross a block boundary (the engine
+    works within one task, which is one block) and come in row order within
+    a block; a block whose rows come again (a resumed run) is hashed afresh.
+    A block is added to ``digests`` once all its rows of every array came.
     """
 
-    def __init__(self, writer, digests: BlockDigests):
-        self._writer = writer
+    def __init__(self, digests: BlockDigests):
         self.digests = digests
         self._starts = [a for a, _ in digests.bounds]
         self._open: dict[tuple[str, int], tuple] = {}  # (key, block start) -> (hash, next row)
         self._finished: dict[int, dict[str, str]] = {}  # blocks with some arrays finished
 
-    def write(self, key: str, start: int, data: np.ndarray) -> None:
-        self._writer.write(key, start, data)
+    def update(self, start: int, arrays: dict[str, np.ndarray]) -> None:
+        for key, data in arrays.items():
+            self._update(key, start, data)
+
+    def _update(self, key: str, start: int, data: np.ndarray) -> None:
         n = len(data)
         if n == 0:
             return
         i = bisect.bisect_right(self._starts, start) - 1
         block_start, block_stop = self.digests.bounds[i]
         if start + n > block_stop:
-            raise ValueError(f"write of rows {start}:{start + n} crosses the block {block_start}:{block_stop}")
+            raise ValueError(f"rows {start}:{start + n} cross the block {block_start}:{block_stop}")
         digest, expected = self._open.get((key, block_start)) or (hashlib.sha256(), block_start)
         if start != expected:
-            raise ValueError(f"rows of block {block_start}:{block_stop} of '{key}' written out of order")
+            raise ValueError(f"rows of block {block_start}:{block_stop} of '{key}' came out of order")
         _update(digest, data)
         if start + n < block_stop:
             self._open[(key, block_start)] = (digest, start + n)
@@ -127,6 +131,3 @@ class HashingWriter:
         finished[key] = digest.hexdigest()
         if len(finished) == len(self.digests.keys):  # every array of the block: the block is done
             self.digests.add(block_start, self._finished.pop(block_start))
-
-    def __getattr__(self, name):  # everything else is the wrapped writer's
-        return getattr(self._writer, name)

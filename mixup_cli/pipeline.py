@@ -542,7 +542,7 @@ class _BufferPool:
 
 
 def run_plan(source: Source, plan: Plan, writer, batch_rows: int, progress: Progress, *,
-             threaded: bool = True, skip=frozenset(), on_done=None) -> None:
+             threaded: bool = True, skip=frozenset(), on_done=None, hasher=None) -> None:
     """Compute every task of the plan and hand the rows to ``writer``.
 
     Reading and mixing happen in the caller's thread, writing in another
@@ -555,7 +555,9 @@ def run_plan(source: Source, plan: Plan, writer, batch_rows: int, progress: Prog
 
     Tasks are numbered in ``plan.tasks()`` order; those in ``skip`` are
     already in the output (resume). ``on_done(index)`` is called once all of
-    a task's rows are written.
+    a task's rows are written. ``hasher`` (a ``digests.BlockHasher``) is
+    given every batch before it is written: hashing here, beside the mixing,
+    leaves the writer thread only the writing.
     """
     out = _WriterThread(writer) if threaded else _InlineWriter(writer)
     cache = BlockCache(source, plan, slots=3 if threaded else 2, check=out.check)
@@ -603,6 +605,8 @@ def run_plan(source: Source, plan: Plan, writer, batch_rows: int, progress: Prog
                     arrays[key_a] = own[key][s:e].copy()
                     arrays[key_b] = partner_rows[key][local[s:e]]
                 arrays.update(drawn.provenance(s, e))
+                if hasher is not None:
+                    hasher.update(task.out_start + s, arrays)
                 out.submit(task.out_start + s, arrays, release)
                 progress.update(k)
             if on_done is not None:
@@ -681,7 +685,7 @@ def augment(request: AugmentRequest, progress: Progress | None = None) -> Augmen
                 batch_rows = plan.block_rows  # a worker mixes a whole block at once
             else:
                 run_plan(
-                    source, plan, digests.HashingWriter(writer, block_digests), batch_rows, progress,
+                    source, plan, writer, batch_rows, progress, hasher=digests.BlockHasher(block_digests),
                     skip=frozenset(journal.done), on_done=lambda index: journal.task_done(index, writer),
                 )
                 engine_info = {"engine": "local"}

@@ -149,7 +149,8 @@ class Journal:
             "started_at": self.started_at,
             "fingerprint": self.fingerprint,
             "done": _ranges(self.done),
-            "digests": {str(start): d for start, d in sorted(self.digests.items())},
+            # A copy first: the engine adds digests from another thread.
+            "digests": {str(start): d for start, d in sorted(dict(self.digests).items())},
         }
         # The temporary name shares the partial output's prefix, so cleanup finds it.
         tmp = atomic.stage_text(self.path.with_name(self.path.name + ".tmp"), json.dumps(record, sort_keys=True) + "\n")

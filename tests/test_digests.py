@@ -79,21 +79,22 @@ def test_digests_do_not_depend_on_format_or_batch_size(tmp_path):
     assert recorded(tmp_path / "e.h5")["x"] != found[0]["x"]
 
 
-def test_hashing_writer_refuses_writes_that_break_its_blocks():
-    class Sink:
-        def write(self, key, start, data):
-            pass
-
-    blocks = digests.BlockDigests(digests.block_bounds(10, 4, 1), ["x"])
-    writer = digests.HashingWriter(Sink(), blocks)
-    with pytest.raises(ValueError, match="crosses the block 0:4"):
-        writer.write("x", 2, np.zeros(3))
+def test_block_hasher_refuses_rows_that_break_its_blocks():
+    blocks = digests.BlockDigests(digests.block_bounds(10, 4, 1), ["x", "lam"])
+    hasher = digests.BlockHasher(blocks)
+    with pytest.raises(ValueError, match="cross the block 0:4"):
+        hasher.update(2, {"x": np.zeros(3)})
     with pytest.raises(ValueError, match="out of order"):
-        writer.write("x", 5, np.zeros(1))
+        hasher.update(5, {"x": np.zeros(1)})
+    x, lam = np.arange(10, dtype=np.float64), np.linspace(0, 1, 10)
     for start, stop in digests.block_bounds(10, 4, 1):
-        writer.write("x", start, np.arange(start, stop, dtype=np.float64))
+        hasher.update(start, {"x": x[start:start + 1]})  # a block in two pieces
+        hasher.update(start + 1, {"x": x[start + 1:stop]})
+        assert start not in blocks.done  # lam of this block has not come yet
+        hasher.update(start, {"lam": lam[start:stop]})
+        assert start in blocks.done
     assert blocks.missing() == []
-    assert blocks.arrays()["x"] == digest_by_hand(np.arange(10, dtype=np.float64), 10, 4)
+    assert blocks.arrays() == {"x": digest_by_hand(x, 10, 4), "lam": digest_by_hand(lam, 10, 4)}
 
 
 def test_an_unfinished_block_is_reported_not_guessed():
