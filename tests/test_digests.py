@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import make_arrays, read_sidecar, write_h5
-from mixup_cli import digests
+from mixup_cli import digests, provenance
 from mixup_cli.io import open_reader
 from mixup_cli.pipeline import AugmentRequest, augment
 from mixup_cli.sampling import Plan
@@ -141,3 +141,11 @@ def test_a_sidecar_without_array_digests_still_verifies(tmp_path, run_cli):
     result = run_cli("verify", out)
     assert result.exit_code == 0, result.stdout
     assert "output data" not in result.stdout and "size and SHA-256 as recorded" in result.stdout
+
+
+@pytest.mark.parametrize("size", [0, 1, provenance._MAPPED_WINDOW, 2 * provenance._MAPPED_WINDOW + 3])
+def test_file_sha256_is_that_of_its_bytes(tmp_path, size):
+    """Files are hashed a mapped window at a time (bounded RSS): the result is the plain SHA-256."""
+    path = tmp_path / "f.bin"
+    path.write_bytes(np.random.default_rng(size).bytes(size))
+    assert provenance.sha256_file(path) == hashlib.sha256(path.read_bytes()).hexdigest()
