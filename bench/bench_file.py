@@ -12,14 +12,15 @@ ratio.
   buffer) of ``x`` and ``y`` and writing them to a new file chunked the same
   way (256 rows), with the same compression.
 - candidate: ``mixup augment`` run in-process through the library
-  (``mixup_cli.pipeline.augment``), everything included: input and output
-  SHA-256, fsync, atomic rename and the provenance sidecar.
+  (``mixup_cli.pipeline.augment``), everything included: the input file's
+  and the output arrays' SHA-256, fsync, atomic rename and the provenance
+  sidecar.
 
 Cases: uncompressed and gzip (both sides), ``global`` and ``batch`` pairing.
 ``--phases`` adds, per case, where one more candidate run spends its time:
-``run_plan`` (read, mix, write; the input is hashed meanwhile in a thread),
-``fsync``, ``wait hashes`` (mostly the output's SHA-256, which can only start
-once the file is closed), and the rest.
+``run_plan`` (read, mix, hash and write the output; the input file is hashed
+meanwhile in a thread), ``fsync``, ``wait hashes`` (what is left of the
+input's hash after ``run_plan``), and the rest.
 The page cache is warm for both sides (the input was just written). The
 CPU columns add up user and system time of all threads: on a shared machine
 they vary less than wall time, and show the work each side does. ``load`` is
