@@ -674,13 +674,13 @@ def augment(request: AugmentRequest, progress: Progress | None = None) -> Augmen
             if request.engine == "dask":
                 from mixup_cli.engines import dask_engine
 
-                # Workers open the input themselves, prepared as here; a resumed
-                # run is recomputed whole (same bytes).
-                # Recorded options (classes found here included), so workers need no pass over y.
+                # Workers open the input themselves, prepared as here, with the
+                # recorded options (classes found here included): no pass over y.
                 worker_options = DataOptions.from_parameters(source.prepared.parameters())
                 engine_info = dask_engine.run_plan(
                     input_path, source, worker_options, plan, writer, progress,
                     scheduler=request.scheduler, workers=request.workers, block_digests=block_digests,
+                    skip=frozenset(journal.done), on_done=lambda index: journal.task_done(index, writer),
                 )
                 batch_rows = plan.block_rows  # a worker mixes a whole block at once
             else:

@@ -283,3 +283,42 @@ def test_dask_gives_the_local_bytes_for_labels_classes_and_cutmix(scheduler, tmp
     local_rec, dask_rec = read_sidecar(tmp_path / "local.h5"), read_sidecar(tmp_path / "dask.zarr")
     assert local_rec["parameters"] == dask_rec["parameters"]
     assert local_rec["output"]["arrays"] == dask_rec["output"]["arrays"]
+
+
+def test_tasks_already_written_are_not_computed_again(scheduler, dataset):
+    """What --resume relies on: skipped tasks reach neither the workers nor the writer."""
+    from mixup_cli import digests
+    from mixup_cli.engines import dask_engine
+    from mixup_cli.pipeline import open_source, output_specs, resolve_plan
+    from mixup_cli.prepare import DataOptions
+
+    src, _, _ = dataset
+    request = AugmentRequest(src, src.with_name("unused.h5"), seed=11, block_rows=16, copies=2)
+    source = open_source(src, "x", "y", request.data_options())
+    try:
+        plan = resolve_plan(request, source)
+        tasks = list(plan.tasks())
+        skip = frozenset(range(0, len(tasks), 2))
+
+        class Recorder:
+            def __init__(self):
+                self.rows = {}
+
+            def parallel_target(self):
+                return None
+
+            def write(self, key, start, data):
+                self.rows.setdefault(key, set()).update(range(start, start + len(data)))
+
+        writer, done = Recorder(), []
+        bounds = digests.block_bounds(plan.n_rows, plan.block_rows, plan.copies)
+        found = digests.BlockDigests(bounds, output_specs(source, plan))
+        dask_engine.run_plan(src, source, DataOptions.from_parameters(source.prepared.parameters()), plan,
+                             writer, Progress(), scheduler=scheduler, block_digests=found,
+                             skip=skip, on_done=done.append)
+    finally:
+        source.reader.close()
+    assert sorted(done) == [i for i in range(len(tasks)) if i not in skip]
+    expected = {r for i in done for r in range(tasks[i].out_start, tasks[i].out_start + tasks[i].stop - tasks[i].start)}
+    assert writer.rows["x"] == expected
+    assert sorted(found.done) == sorted(tasks[i].out_start for i in done)

@@ -157,6 +157,31 @@ raise SystemExit("not killed")
 """
 
 
+def test_a_killed_run_resumes_on_dask_without_redoing_its_blocks(big_h5, tmp_path):
+    pytest.importorskip("distributed", reason="the Dask engine is an optional extra: pip install 'mixup-cli[dask]'")
+    out = tmp_path / "out.h5"
+    proc = start("augment", big_h5, out, *BIG_ARGS, "--quiet")
+    wait_for_progress(proc, out)
+    proc.kill()
+    proc.wait(timeout=10)
+    done = json.loads(resume.journal_path(out).read_text())["done"]
+    written = sum(last - first + 1 for first, last in done)
+
+    resumed = mixup("augment", big_h5, out, *BIG_ARGS, "--resume", "--engine", "dask", "--workers", 1,
+                    "--quiet", timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    record = read_sidecar(out)
+    assert record["execution"]["engine"] == "dask"
+    assert record["execution"]["resumed_tasks"] >= written > 0  # those blocks were not computed again
+
+    reference = tmp_path / "ref.h5"
+    assert mixup("augment", big_h5, reference, *BIG_ARGS, "--quiet").returncode == 0
+    got, want = load_output(out), load_output(reference)
+    for key in want:
+        assert got[key].tobytes() == want[key].tobytes(), key
+    assert record["output"]["arrays"] == read_sidecar(reference)["output"]["arrays"]
+
+
 def killed_run(src, out, stop_after=1500, seed="-"):
     done = subprocess.run([sys.executable, "-c", _KILLED_RUN, str(src), str(out), str(stop_after), seed],
                           capture_output=True, text=True, env=env(), timeout=120)

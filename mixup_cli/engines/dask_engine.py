@@ -226,12 +226,16 @@ def connect(scheduler: str | None, workers: int | None):
 
 
 def run_plan(input_path: Path, source, options: DataOptions, plan: Plan, writer, progress,
-             *, scheduler: str | None = None, workers: int | None = None, block_digests=None) -> dict:
+             *, scheduler: str | None = None, workers: int | None = None, block_digests=None,
+             skip=frozenset(), on_done=None) -> dict:
     """Run every task of ``plan`` on Dask; return what the sidecar records of it.
 
     ``source`` is the client's opened input (``pipeline.Source``); workers
     open the same path with the same ``options``. Each block's digests,
-    computed by its worker, are added to ``block_digests`` (a ``BlockDigests``)."""
+    computed by its worker, are added to ``block_digests`` (a ``BlockDigests``).
+    As in ``pipeline.run_plan``, tasks (numbered in ``plan.tasks()`` order) in
+    ``skip`` are already in the output, and ``on_done(index)`` is called once
+    a task's rows are all written."""
     distributed = import_distributed()
     run = uuid.uuid4().hex[:12]
     x_key = next(iter(source.specs))
@@ -240,14 +244,14 @@ def run_plan(input_path: Path, source, options: DataOptions, plan: Plan, writer,
     with connect(scheduler, workers) as client, _quiet_distributed_logs():
         nthreads = client.nthreads()
         limit = IN_FLIGHT_PER_THREAD * max(1, sum(nthreads.values()))
-        tasks = enumerate(plan.tasks())
+        tasks = ((i, task) for i, task in enumerate(plan.tasks()) if i not in skip)
         pending: dict = {}
         arrived = distributed.as_completed(loop=client.loop)
 
         def submit_next() -> None:
             for i, task in tasks:
                 future = client.submit(run_task, job, task, key=f"mixup-{run}-{i}", pure=False, retries=0)
-                pending[future] = task
+                pending[future] = (i, task)
                 arrived.add(future)
                 return
 
@@ -255,12 +259,14 @@ def run_plan(input_path: Path, source, options: DataOptions, plan: Plan, writer,
             submit_next()
         try:
             for future in arrived:
-                task = pending.pop(future)
+                index, task = pending.pop(future)
                 pieces, found = _result(future, task)
                 for key, start, rows in pieces:
                     writer.write(key, start, rows)
                 if block_digests is not None:
                     block_digests.add(task.out_start, found)
+                if on_done is not None:
+                    on_done(index)
                 future.release()
                 progress.update(task.stop - task.start)
                 submit_next()
