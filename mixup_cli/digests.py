@@ -41,8 +41,9 @@ def block_bounds(segment_rows: int, block_rows: int, segments: int) -> list[tupl
 
 def _update(digest, rows: np.ndarray) -> None:
     rows = np.ascontiguousarray(rows)
-    if rows.dtype.byteorder == ">":  # the digest is of little-endian bytes, wherever it runs
-        rows = rows.astype(rows.dtype.newbyteorder("<"))
+    little = rows.dtype.newbyteorder("<")
+    if rows.dtype != little:  # the digest is of little-endian bytes, wherever it runs
+        rows = rows.astype(little)
     digest.update(memoryview(rows.reshape(-1)).cast("B"))
 
 
