@@ -391,22 +391,23 @@ def _open_journal(request: AugmentRequest, output: Path) -> resume.Journal | Non
     return None
 
 
-class _WriterThread:
-    """Writes batches in order in a thread while the caller mixes the next.
+class _Stage:
+    """A thread that handles batches in order while the caller mixes the next.
 
-    Each batch comes with a ``release`` callback, called once its rows are
-    written (or dropped after an error) so the caller may reuse the memory.
-    An error in the thread is re-raised in the caller by ``check`` (which
-    the caller's waits call), and ``close`` always joins the thread, so no
-    write is in flight when the caller cleans up.
+    ``handle(at, arrays)`` is called for each batch in the thread; each batch
+    comes with a ``release`` callback, called once it is handled (or dropped
+    after an error) so the caller may reuse the memory. An error in the
+    thread is re-raised in the caller by ``check`` (which the caller's waits
+    call), and ``close`` always joins the thread, so nothing is in flight
+    when the caller cleans up.
     """
 
-    def __init__(self, writer):
-        self._writer = writer
-        self._flusher = _Flusher(writer)
+    def __init__(self, name: str, handle, on_close=None):
+        self._handle = handle
+        self._on_close = on_close
         self._todo: queue.Queue = queue.Queue()
         self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="mixup-writer", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
     def _run(self):
@@ -414,7 +415,7 @@ class _WriterThread:
             item = self._todo.get()
             if item is None:
                 return
-            if callable(item):  # a marker: everything submitted before it is written
+            if callable(item):  # a marker: everything submitted before it is handled
                 if self._error is None:
                     try:
                         item()
@@ -424,9 +425,7 @@ class _WriterThread:
             at, arrays, release = item
             try:
                 if self._error is None:
-                    for key, arr in arrays.items():
-                        self._writer.write(key, at, arr)
-                        self._flusher.wrote(arr.nbytes)
+                    self._handle(at, arrays)
             except BaseException as exc:  # handed to the caller
                 self._error = exc
             finally:
@@ -441,15 +440,44 @@ class _WriterThread:
         self._todo.put((at, arrays, release))
 
     def after(self, callback) -> None:
-        """Call ``callback`` in the writer's thread once all rows submitted so far are written."""
+        """Call ``callback`` in the stage's thread once all batches submitted so far are handled."""
         self.check()
         self._todo.put(callback)
 
     def close(self) -> None:
         self._todo.put(None)
         self._thread.join()
-        self._flusher.close()
+        if self._on_close is not None:
+            self._on_close()
         self.check()
+
+
+def _writer_thread(writer) -> _Stage:
+    """Writes batches in a thread; a flusher starts the disk flush meanwhile."""
+    flusher = _Flusher(writer)
+
+    def write(at, arrays):
+        for key, arr in arrays.items():
+            writer.write(key, at, arr)
+            flusher.wrote(arr.nbytes)
+
+    return _Stage("mixup-writer", write, on_close=flusher.close)
+
+
+def _released_after(count: int, release):
+    """A callback that calls ``release`` on its ``count``-th call (a batch
+    handed to several stages is free once all of them are done with it)."""
+    lock = threading.Lock()
+    left = [count]
+
+    def done():
+        with lock:
+            left[0] -= 1
+            last = left[0] == 0
+        if last:
+            release()
+
+    return done
 
 
 class _Flusher:
@@ -555,16 +583,23 @@ def run_plan(source: Source, plan: Plan, writer, batch_rows: int, progress: Prog
 
     Tasks are numbered in ``plan.tasks()`` order; those in ``skip`` are
     already in the output (resume). ``on_done(index)`` is called once all of
-    a task's rows are written. ``hasher`` (a ``digests.BlockHasher``) is
-    given every batch before it is written: hashing here, beside the mixing,
-    leaves the writer thread only the writing.
+    a task's rows are written (and hashed). ``hasher`` (a
+    ``digests.BlockHasher``) is given every batch, in a third thread.
     """
-    out = _WriterThread(writer) if threaded else _InlineWriter(writer)
-    cache = BlockCache(source, plan, slots=3 if threaded else 2, check=out.check)
+    out = _writer_thread(writer) if threaded else _InlineWriter(writer)
+    # Output hashes in a thread of their own: the work spreads over the cores.
+    hashing = _Stage("mixup-hash", hasher.update) if hasher is not None and threaded else None
+    stages = [st for st in (hashing, out) if st is not None]  # closed in this order
+
+    def check():
+        for stage in stages:
+            stage.check()
+
+    cache = BlockCache(source, plan, slots=3 if threaded else 2, check=check)
     in_place = plan.pairing == "global" and plan.n_blocks > 1
     rows = min(batch_rows, plan.block_rows, plan.n_rows)
     mixed_specs = {key: source.specs[key] for key in source.mixed_keys}
-    pool = _BufferPool(mixed_specs, rows, 2 if threaded else 1, out.check)
+    pool = _BufferPool(mixed_specs, rows, 2 if threaded else 1, check)
     mixer = Mixer(plan, {key: spec.row_shape for key, spec in mixed_specs.items()})
     try:
         for index, task in enumerate(plan.tasks()):
@@ -605,19 +640,27 @@ def run_plan(source: Source, plan: Plan, writer, batch_rows: int, progress: Prog
                     arrays[key_a] = own[key][s:e].copy()
                     arrays[key_b] = partner_rows[key][local[s:e]]
                 arrays.update(drawn.provenance(s, e))
-                if hasher is not None:
+                if hashing is not None:
+                    release = _released_after(2, release)
+                    hashing.submit(task.out_start + s, arrays, release)
+                elif hasher is not None:
                     hasher.update(task.out_start + s, arrays)
                 out.submit(task.out_start + s, arrays, release)
                 progress.update(k)
             if on_done is not None:
-                out.after(lambda i=index: on_done(i))
+                if hashing is not None:  # once hashed, then once written: the journal keeps its digests
+                    hashing.after(lambda i=index: out.after(lambda: on_done(i)))
+                else:
+                    out.after(lambda i=index: on_done(i))
     except BaseException:
-        try:
-            out.close()
-        except BaseException:
-            pass  # the first error is the one to report
+        for stage in stages:
+            try:
+                stage.close()
+            except BaseException:
+                pass  # the first error is the one to report
         raise
-    out.close()
+    for stage in stages:
+        stage.close()
 
 
 def augment(request: AugmentRequest, progress: Progress | None = None) -> AugmentResult:

@@ -405,3 +405,53 @@ def test_slow_writer_never_sees_rows_change_under_it(tmp_path, params, monkeypat
         source.reader.close()
     for key in results[0]:
         assert np.array_equal(results[0][key], results[1][key]), key
+
+
+def test_error_in_the_hashing_thread_reaches_the_caller_and_leaves_no_output(tmp_path, monkeypatch):
+    from mixup_cli import digests
+
+    x, y = make_arrays(n=40)
+    src = write_h5(tmp_path / "in.h5", x=x, y=y)
+    calls = {"n": 0}
+    real_update = digests.BlockHasher.update
+
+    def failing_update(self, start, arrays):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise Boom("hash unit broke")
+        return real_update(self, start, arrays)
+
+    monkeypatch.setattr(digests.BlockHasher, "update", failing_update)
+    before = {t.name for t in __import__("threading").enumerate()}
+    out = tmp_path / "out.h5"
+    with pytest.raises(Boom, match="hash unit broke"):
+        augment(AugmentRequest(src, out, seed=1, batch_size=3, block_rows=8))
+    _assert_nothing_left(tmp_path, out)
+    after = {t.name for t in __import__("threading").enumerate()}
+    assert not {"mixup-hash", "mixup-writer"} & (after - before)
+
+
+@pytest.mark.parametrize("params", SLOW_PLANS)
+def test_slow_hashing_never_sees_rows_change_under_it(tmp_path, params, monkeypatch):
+    """A batch is released (its buffer reused) only once both the writer and
+    the hashing thread are done with it: the digests are those of the rows written."""
+    import time
+
+    from mixup_cli import digests
+
+    x, y = make_arrays(n=37, x_shape=(3, 2), seed=6)
+    src = write_h5(tmp_path / "in.h5", x=x, y=y)
+    request = dict(dict(seed=9), **params, batch_size=3)
+    fast = augment(AugmentRequest(src, tmp_path / "fast.h5", **request))
+    real_update = digests.BlockHasher.update
+
+    def slow_update(self, start, arrays):
+        snapshot = {key: np.array(a, copy=True) for key, a in arrays.items()}
+        time.sleep(0.002)
+        for key, a in arrays.items():
+            assert np.array_equal(np.asarray(a), snapshot[key], equal_nan=True), "rows changed while being hashed"
+        return real_update(self, start, arrays)
+
+    monkeypatch.setattr(digests.BlockHasher, "update", slow_update)
+    slow = augment(AugmentRequest(src, tmp_path / "slow.h5", **request))
+    assert slow.record["output"]["arrays"] == fast.record["output"]["arrays"]
