@@ -2,6 +2,7 @@
 
 import os
 import subprocess
+import threading
 
 from unittest import mock
 
@@ -107,45 +108,38 @@ def _assert_nothing_left(tmp_path, out):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.h5"]
 
 
-def test_error_in_the_writer_thread_reaches_the_caller_and_leaves_no_output(tmp_path, monkeypatch):
+def _failure_points():
+    from mixup_cli import digests
+
+    return [
+        pytest.param(hdf5.Writer, "write", 6, id="writer thread"),
+        pytest.param(hdf5.Reader, "read_into", 5, id="reading"),
+        pytest.param(digests.BlockHasher, "update", 4, id="hashing thread"),
+    ]
+
+
+@pytest.mark.parametrize("cls, method, nth", _failure_points())
+def test_an_error_anywhere_reaches_the_caller_stops_every_thread_and_leaves_no_output(
+        tmp_path, monkeypatch, cls, method, nth):
     x, y = make_arrays(n=40)
     src = write_h5(tmp_path / "in.h5", x=x, y=y)
     calls = {"n": 0}
-    real_write = hdf5.Writer.write
+    real = getattr(cls, method)
 
-    def failing_write(self, key, start, data):
+    def failing(self, *args):
         calls["n"] += 1
-        if calls["n"] == 6:
-            raise Boom("disk on fire")
-        return real_write(self, key, start, data)
+        if calls["n"] == nth:
+            raise Boom(f"{method} broke")
+        return real(self, *args)
 
-    monkeypatch.setattr(hdf5.Writer, "write", failing_write)
+    monkeypatch.setattr(cls, method, failing)
+    before = {t.name for t in threading.enumerate()}
     out = tmp_path / "out.h5"
-    with pytest.raises(Boom, match="disk on fire"):
+    with pytest.raises(Boom, match=f"{method} broke"):
         augment(AugmentRequest(src, out, seed=1, batch_size=3, block_rows=8))
     _assert_nothing_left(tmp_path, out)
-
-
-def test_error_while_reading_stops_the_writer_thread_and_leaves_no_output(tmp_path, monkeypatch):
-    x, y = make_arrays(n=40)
-    src = write_h5(tmp_path / "in.h5", x=x, y=y)
-    calls = {"n": 0}
-    real_read = hdf5.Reader.read_into
-
-    def failing_read(self, key, start, stop, out):
-        calls["n"] += 1
-        if calls["n"] == 5:
-            raise Boom("bad sector")
-        return real_read(self, key, start, stop, out)
-
-    monkeypatch.setattr(hdf5.Reader, "read_into", failing_read)
-    before = {t.name for t in __import__("threading").enumerate()}
-    out = tmp_path / "out.h5"
-    with pytest.raises(Boom, match="bad sector"):
-        augment(AugmentRequest(src, out, seed=1, batch_size=3, block_rows=8))
-    _assert_nothing_left(tmp_path, out)
-    after = {t.name for t in __import__("threading").enumerate()}
-    assert "mixup-writer" not in after - before and "mixup-flush" not in after - before
+    started = {t.name for t in threading.enumerate()} - before
+    assert not {"mixup-writer", "mixup-hash", "mixup-flush"} & started
 
 
 def test_block_cache_reuses_two_buffers_and_returns_the_right_rows(tmp_path):
@@ -405,30 +399,6 @@ def test_slow_writer_never_sees_rows_change_under_it(tmp_path, params, monkeypat
         source.reader.close()
     for key in results[0]:
         assert np.array_equal(results[0][key], results[1][key]), key
-
-
-def test_error_in_the_hashing_thread_reaches_the_caller_and_leaves_no_output(tmp_path, monkeypatch):
-    from mixup_cli import digests
-
-    x, y = make_arrays(n=40)
-    src = write_h5(tmp_path / "in.h5", x=x, y=y)
-    calls = {"n": 0}
-    real_update = digests.BlockHasher.update
-
-    def failing_update(self, start, arrays):
-        calls["n"] += 1
-        if calls["n"] == 4:
-            raise Boom("hash unit broke")
-        return real_update(self, start, arrays)
-
-    monkeypatch.setattr(digests.BlockHasher, "update", failing_update)
-    before = {t.name for t in __import__("threading").enumerate()}
-    out = tmp_path / "out.h5"
-    with pytest.raises(Boom, match="hash unit broke"):
-        augment(AugmentRequest(src, out, seed=1, batch_size=3, block_rows=8))
-    _assert_nothing_left(tmp_path, out)
-    after = {t.name for t in __import__("threading").enumerate()}
-    assert not {"mixup-hash", "mixup-writer"} & (after - before)
 
 
 @pytest.mark.parametrize("params", SLOW_PLANS)
