@@ -151,3 +151,35 @@ def test_help_imports_neither_zarr_nor_dask():
                           env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout) == []
+
+
+def test_partial_store_reopens_for_resume_and_flush_syncs_what_changed(tmp_path, monkeypatch):
+    import os
+    import shutil
+
+    from mixup_cli.errors import OutputError
+    from mixup_cli.io import zarr as zarr_io
+    from mixup_cli.io.base import ArraySpec, WriteOptions
+
+    specs = {"x": ArraySpec((20, 3), np.dtype("float32")), "lam": ArraySpec((20,), np.dtype("float64"))}
+    options = WriteOptions(block_rows=10)
+    path = tmp_path / "part.zarr"
+    writer = zarr_io.Writer(path, specs, options)
+    writer.write("x", 0, np.ones((10, 3), np.float32))
+    synced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(os.readlink(f"/proc/self/fd/{fd}")) or real_fsync(fd))
+    writer.flush()
+    chunk_files = {str(p) for p in path.rglob("*") if p.is_file() and "c" in p.relative_to(path).parts[1:2]}
+    assert chunk_files and chunk_files <= set(synced)
+    writer.close()
+
+    again = zarr_io.Writer.reopen(path, specs, options)  # as --resume does
+    again.write("x", 10, np.full((10, 3), 2, np.float32))
+    again.close()
+    with zarr_io.Reader(path) as reader:
+        assert np.array_equal(reader.read("x", 0, 20), np.repeat([[1.0], [2.0]], 10, axis=0) * np.ones(3))
+
+    shutil.rmtree(path / "lam")
+    with pytest.raises(OutputError, match="cannot resume, the partial output is damaged"):
+        zarr_io.Writer.reopen(path, specs, options)

@@ -10,6 +10,8 @@ its edges go through the single ``Writer``). Keys may be nested group paths
 
 from __future__ import annotations
 
+import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +23,9 @@ from mixup_cli.io.base import ArraySpec, WriteOptions
 from mixup_cli.io.hdf5 import chunk_rows_for
 
 EXTRA = "pip install 'mixup-cli[dask]'"
+# File times come from a coarse clock: files changed just before the last
+# flush may carry an older time, so flush looks back this much further.
+_MTIME_SLACK_NS = 1_000_000_000
 GZIP_LEVEL = 4  # h5py's default for HDF5 gzip: "gzip" costs the same in both formats
 
 
@@ -143,6 +148,42 @@ class Writer(base.Writer):
             for key, spec in specs.items()
         }
         self._files: list[Path] | None = None
+        self._flushed_at = 0
+
+    @classmethod
+    def reopen(cls, path: Path, specs: dict[str, ArraySpec], options: WriteOptions) -> "Writer":
+        self = cls.__new__(cls)
+        base.Writer.__init__(self, path, specs, options)
+        zarr = import_zarr(self.path, for_output=True)
+        try:
+            self._group = zarr.open_group(store=str(self.path), mode="r+")
+            self._arrays = {key: self._group[key] for key in specs}
+        except Exception as exc:  # zarr raises many kinds for a broken store
+            raise cls.damaged(self.path, f"{type(exc).__name__}: {exc}") from None
+        for key, spec in specs.items():
+            arr = self._arrays[key]
+            if tuple(arr.shape) != spec.shape or np.dtype(arr.dtype) != np.dtype(spec.dtype):
+                raise cls.damaged(self.path, f"'{key}' has shape {arr.shape} and dtype {arr.dtype}, not {spec.shape} {np.dtype(spec.dtype)}")
+        self._files = None
+        self._flushed_at = 0
+        return self
+
+    def flush(self) -> None:
+        """fsync what changed in the store since the last flush: chunk files
+        (written here or by Dask workers) and the directories holding them."""
+        since, self._flushed_at = self._flushed_at, time.time_ns()
+        since -= _MTIME_SLACK_NS
+        for p in [self.path, *self.path.rglob("*")]:
+            try:
+                if p.stat().st_mtime_ns < since:
+                    continue
+                fd = os.open(p, os.O_RDONLY)
+            except FileNotFoundError:
+                continue
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
 
     def write(self, key: str, start: int, data: np.ndarray) -> None:
         if len(data):
