@@ -6,8 +6,9 @@ Three checks, all run so that a report names everything that differs:
     every file of OUT has the size (and SHA-256, when recorded) the sidecar
     records;
 ``output data``
-    every array of OUT has the SHA-256 the sidecar records (read back block
-    by block, see ``mixup_cli.digests``): needs no input;
+    every array of OUT has the SHA-256 the sidecar records (see
+    ``mixup_cli.digests``), hashed as ``recompute`` reads OUT, so OUT is
+    read once; without the input, read back block by block;
 ``input files``
     the input (where the sidecar says, or ``input_path``) still has the
     recorded size and SHA-256;
@@ -111,15 +112,32 @@ def check_files(name: str, entry: dict, root: Path, hint: str = "") -> Check:
     return Check(name, True, f"{count} file{'s' if count != 1 else ''}, {what} as recorded")
 
 
-def check_array_digests(entry: dict, output: Path) -> Check | None:
-    """Each output array's SHA-256, read back block by block; None when the
-    sidecar records none (written before array digests were recorded)."""
+def recorded_digests(entry: dict) -> dict | None:
+    """How the sidecar's output entry says its arrays were hashed (the
+    ``array_sha256`` scheme), or None when it records no array digests."""
     scheme = entry.get("array_sha256")
     arrays = entry.get("arrays") or {}
-    if not scheme or not all("sha256" in a for a in arrays.values()):
+    if not scheme or not arrays or not all("sha256" in a for a in arrays.values()):
+        return None
+    return scheme
+
+
+def check_array_digests(entry: dict, output: Path, found: dict[str, str] | None = None) -> Check | None:
+    """Each output array's SHA-256 against the sidecar: ``found`` when the
+    recomputation already hashed the rows it read, else read back block by
+    block. None when the sidecar records no array digests (older sidecars)."""
+    scheme = recorded_digests(entry)
+    if scheme is None:
         return None
     if scheme.get("scheme") != digests.SCHEME:
         return Check("output data", False, f"unknown digest scheme {scheme.get('scheme')!r}")
+    arrays = entry["arrays"]
+    if found is not None and set(found) == set(arrays):
+        problems = [_differs(key, found[key], recorded["sha256"]) for key, recorded in arrays.items()
+                    if found[key] != recorded["sha256"]]
+        if problems:
+            return Check("output data", False, "; ".join(problems))
+        return Check("output data", True, f"{len(arrays)} arrays, SHA-256 as recorded")
     problems = []
     try:
         with open_reader(output) as reader:
@@ -138,7 +156,7 @@ def check_array_digests(entry: dict, output: Path) -> Check | None:
                     [digests.of_rows({key: reader.read(key, a, b)})[key] for a, b in bounds]
                 )
                 if found != recorded["sha256"]:
-                    problems.append(f"'{key}': SHA-256 {found[:12]}... differs from the recorded {recorded['sha256'][:12]}...")
+                    problems.append(_differs(key, found, recorded["sha256"]))
     except (MixupError, OSError, ValueError, KeyError, TypeError) as exc:
         return Check("output data", False, f"cannot read {output}: {exc}")
     if problems:
@@ -146,12 +164,18 @@ def check_array_digests(entry: dict, output: Path) -> Check | None:
     return Check("output data", True, f"{len(arrays)} arrays, SHA-256 as recorded")
 
 
+def _differs(key: str, found: str, recorded: str) -> str:
+    return f"'{key}': SHA-256 {found[:12]}... differs from the recorded {recorded[:12]}..."
+
+
 class CompareWriter:
     """Takes the rows a run would write and compares them with an existing
-    output instead, remembering the first differing row of each array."""
+    output instead, remembering the first differing row of each array; the
+    rows read are given to ``hasher`` too (the output is read once)."""
 
-    def __init__(self, reader):
+    def __init__(self, reader, hasher=None):
         self._reader = reader
+        self._hasher = hasher
         self.first: dict[str, int] = {}
         self.count: dict[str, int] = {}
 
@@ -160,6 +184,8 @@ class CompareWriter:
         if n == 0:
             return
         actual = self._reader.read(key, start, start + n)
+        if self._hasher is not None:
+            self._hasher.update(start, {key: actual})
         expected = np.ascontiguousarray(data).reshape(n, -1).view(np.uint8)
         actual = np.ascontiguousarray(actual).reshape(n, -1).view(np.uint8)
         rows = np.flatnonzero((expected != actual).any(axis=1))
@@ -172,7 +198,9 @@ class CompareWriter:
 def recompute(record: dict, output: Path, input_path: Path, batch_size: int | None = None, progress=None):
     """Recompute OUT from the input and the recorded parameters.
 
-    Returns ``(check, first_difference)``."""
+    Returns ``(check, first_difference, digests)``: ``digests`` are the
+    SHA-256 of OUT's arrays as read for the comparison, when the sidecar
+    records them for the same blocks (else None)."""
     from mixup_cli import pipeline  # the same code path as a run
     from mixup_cli.prepare import DataOptions
 
@@ -182,7 +210,7 @@ def recompute(record: dict, output: Path, input_path: Path, batch_size: int | No
             "recompute", False,
             f"the sidecar's plan_version is {params.get('plan_version')!r}, this mixup-cli computes "
             f"version {PLAN_VERSION}; verify with the mixup-cli version that wrote it",
-        ), None
+        ), None, None
     try:
         request = pipeline.AugmentRequest(
             input=input_path, output=output, alpha=params["alpha"], seed=params["seed"],
@@ -192,7 +220,7 @@ def recompute(record: dict, output: Path, input_path: Path, batch_size: int | No
             method=params.get("method", "mixup"), layout=params.get("layout"),
         )
     except KeyError as exc:
-        return Check("recompute", False, f"the sidecar lacks the parameter {exc}"), None
+        return Check("recompute", False, f"the sidecar lacks the parameter {exc}"), None, None
 
     source = out_reader = None
     try:
@@ -213,28 +241,34 @@ def recompute(record: dict, output: Path, input_path: Path, batch_size: int | No
                     f"give shape {spec.shape} and dtype {np.dtype(spec.dtype)}"
                 )
         if problems:
-            return Check("recompute", False, "; ".join(problems)), None
-        writer = CompareWriter(out_reader)
+            return Check("recompute", False, "; ".join(problems)), None, None
+        scheme = recorded_digests(record.get("output") or {})
+        hasher = None
+        if scheme and (scheme.get("block_rows"), scheme.get("segment_rows")) == (plan.block_rows, plan.n_rows):
+            bounds = digests.block_bounds(plan.n_rows, plan.block_rows, plan.copies + int(plan.include_original))
+            hasher = digests.BlockHasher(digests.BlockDigests(bounds, expected))
+        writer = CompareWriter(out_reader, hasher)
         batch_rows = batch_size or pipeline.default_batch_rows(source.row_bytes, plan.block_rows)
         progress = progress or pipeline.Progress()
         progress.start(plan.output_rows)
         pipeline.run_plan(source, plan, writer, batch_rows, progress)
     except (MixupError, OSError, ValueError, TypeError, KeyError) as exc:
-        return Check("recompute", False, f"could not recompute the output: {exc}"), None
+        return Check("recompute", False, f"could not recompute the output: {exc}"), None, None
     finally:
         for reader in (source.reader if source else None, out_reader):
             if reader is not None:
                 reader.close()
 
+    found = hasher.digests.arrays() if hasher is not None and not hasher.digests.missing() else None
     if not writer.first:
-        return Check("recompute", True, f"all {plan.output_rows} rows of {len(expected)} arrays match"), None
+        return Check("recompute", True, f"all {plan.output_rows} rows of {len(expected)} arrays match"), None, found
     order = list(expected)
     keys = sorted(writer.first, key=lambda k: (writer.first[k], order.index(k)))
     parts = [
         f"'{k}' first at row {writer.first[k]} ({writer.count[k]} of {plan.output_rows} rows differ)" for k in keys
     ]
     first = {"array": keys[0], "row": writer.first[keys[0]]}
-    return Check("recompute", False, "the recomputed output differs: " + ", ".join(parts)), first
+    return Check("recompute", False, "the recomputed output differs: " + ", ".join(parts)), first, found
 
 
 def verify(output: Path, input_path: Path | None = None, batch_size: int | None = None, progress=None) -> VerifyReport:
@@ -252,16 +286,15 @@ def verify(output: Path, input_path: Path | None = None, batch_size: int | None 
     source = Path(input_path) if input_path is not None else recorded_input
     report = VerifyReport(output, sidecar, source)
 
+    hint = "; if the input moved, pass its new place with --input" if input_path is None else ""
+    recomputed, first, found = None, None, None
+    if source.exists():
+        recomputed, first, found = recompute(record, output, source, batch_size, progress)
     report.checks.append(check_files("output files", out_entry, output))
-    data_check = check_array_digests(out_entry, output)
+    data_check = check_array_digests(out_entry, output, found)
     if data_check is not None:
         report.checks.append(data_check)
-    hint = "; if the input moved, pass its new place with --input" if input_path is None else ""
     report.checks.append(check_files("input files", in_entry, source, hint))
-    if not source.exists():
-        report.checks.append(Check("recompute", False, f"skipped: input {source} not found{hint}"))
-    else:
-        check, first = recompute(record, output, source, batch_size, progress)
-        report.checks.append(check)
-        report.first_difference = first
+    report.checks.append(recomputed or Check("recompute", False, f"skipped: input {source} not found{hint}"))
+    report.first_difference = first
     return report

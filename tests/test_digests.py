@@ -149,3 +149,40 @@ def test_file_sha256_is_that_of_its_bytes(tmp_path, size):
     path = tmp_path / "f.bin"
     path.write_bytes(np.random.default_rng(size).bytes(size))
     assert provenance.sha256_file(path) == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_verify_hashes_the_output_as_it_recomputes_and_without_the_input_too(tmp_path, run_cli, monkeypatch):
+    from mixup_cli import verify
+    from mixup_cli.io import hdf5
+
+    x, y = make_arrays(n=40)
+    src = write_h5(tmp_path / "in.h5", x=x, y=y)
+    out = tmp_path / "out.h5"
+    assert run_cli("augment", src, out, "--seed", 2, "--block-rows", 8, "--quiet").exit_code == 0
+    rows_read = {"n": 0}
+    real_read = hdf5.Reader.read
+
+    def counting_read(self, key, start, stop):
+        if self.path == out:
+            rows_read["n"] += stop - start
+        return real_read(self, key, start, stop)
+
+    monkeypatch.setattr(hdf5.Reader, "read", counting_read)
+    report = verify.verify(out)
+    assert report.ok and [c.name for c in report.checks] == ["output files", "output data", "input files", "recompute"]
+    assert rows_read["n"] == 40 * 4  # every row of the four arrays, once
+
+    # A digest edited in the sidecar: the data check fails, the recomputation still matches.
+    path = tmp_path / "out.h5.provenance.json"
+    record = json.loads(path.read_text())
+    record["output"]["arrays"]["partner"]["sha256"] = "0" * 64
+    path.write_text(json.dumps(record))
+    failed = {c.name for c in verify.verify(out).checks if not c.ok}
+    assert failed == {"output data"}
+
+    # Without the input, the arrays are read back and hashed all the same.
+    src.rename(tmp_path / "moved.h5")
+    rows_read["n"] = 0
+    checks = {c.name: c for c in verify.verify(out).checks}
+    assert not checks["output data"].ok and "'partner': SHA-256 " in checks["output data"].detail
+    assert "skipped" in checks["recompute"].detail and rows_read["n"] == 40 * 4
