@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mixup_cli import __version__
+from mixup_cli import __version__, core
 from mixup_cli.errors import InputError
 
 # 2: each output array's SHA-256 (mixup_cli.digests); output files' SHA-256 only on request.
@@ -94,6 +94,7 @@ def software_versions() -> dict:
         "h5py": h5py.version.version,
         "hdf5": h5py.version.hdf5_version,
         "mixup_cli": __version__,
+        "kernel": core.KERNEL,  # the compiled mixing loop or numpy's (same bytes)
     }
 
 

@@ -130,6 +130,7 @@ def test_sidecar_records_files_arrays_and_parameters(tmp_path, out_name):
     assert len(lam["sha256"]) == 64
     assert record["started_at"].endswith("Z") and record["finished_at"] >= record["started_at"]
     assert {"python", "numpy", "h5py", "hdf5"} <= set(record["software"])
+    assert record["software"]["kernel"] in ("c", "numpy")
 
 
 @pytest.mark.parametrize("out_name", ["out.h5", "out.npz", "out"])
