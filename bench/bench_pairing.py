@@ -1,6 +1,6 @@
 """Pairing benchmark: the cost of each ``--pairing`` mode on one file.
 
-    python bench/bench_pairing.py [--rows 42000] [--repeats 2] [--workdir /tmp]
+    python bench/bench_pairing.py [--rows 42000] [--repeats 2] [--workdir /tmp] [--input-compression gzip]
 
 Writes an HDF5 file of float32 x (32x32x3 per row, chunks of 256 rows) and
 one-hot y[10] sorted by class (about 0.5 GB with the default rows) under a
@@ -34,15 +34,16 @@ ROW_SHAPE = (32, 32, 3)
 CLASSES = 10
 
 
-def make_input(path: Path, rows: int) -> None:
+def make_input(path: Path, rows: int, compression: str | None = None) -> None:
     rng = np.random.default_rng(0)
     labels = np.sort(rng.integers(0, CLASSES, rows))  # sorted by class, as datasets on disk often are
     with h5py.File(path, "w") as f:
-        x = f.create_dataset("x", (rows,) + ROW_SHAPE, "f4", chunks=(256,) + ROW_SHAPE)
+        x = f.create_dataset("x", (rows,) + ROW_SHAPE, "f4", chunks=(256,) + ROW_SHAPE, compression=compression)
         for s in range(0, rows, 4096):
             e = min(rows, s + 4096)
             x[s:e] = rng.random((e - s,) + ROW_SHAPE, dtype=np.float32)
-        f.create_dataset("y", data=np.eye(CLASSES, dtype=np.float32)[labels], chunks=(256, CLASSES))
+        f.create_dataset("y", data=np.eye(CLASSES, dtype=np.float32)[labels], chunks=(256, CLASSES),
+                         compression=compression)
 
 
 def main() -> None:
@@ -50,12 +51,14 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=42_000)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--workdir", default=tempfile.gettempdir())
+    parser.add_argument("--input-compression", choices=["none", "gzip"], default="none",
+                        help="gzip: the class modes then read from an uncompressed copy (mixup_cli.scratch)")
     args = parser.parse_args()
 
     folder = Path(tempfile.mkdtemp(prefix="mixup-bench-pairing-", dir=args.workdir))
     try:
         src = folder / "in.h5"
-        make_input(src, args.rows)
+        make_input(src, args.rows, None if args.input_compression == "none" else args.input_compression)
         megabytes = src.stat().st_size / 1e6
         times: dict[str, list[float]] = {mode: [] for mode in PAIRINGS}
         for _ in range(args.repeats):
@@ -67,7 +70,8 @@ def main() -> None:
                 out.unlink()
                 Path(str(out) + ".provenance.json").unlink()
         base = statistics.median(times["global"])
-        print(f"{args.rows} rows, {megabytes:.0f} MB, uncompressed output, median of {args.repeats}")
+        print(f"{args.rows} rows, {megabytes:.0f} MB, input compression {args.input_compression}, "
+              f"uncompressed output, median of {args.repeats}")
         print(f"{'pairing':<15}{'s':>8}{'rows/s':>10}{'MB/s':>8}{'/ global':>10}")
         for mode in PAIRINGS:
             t = statistics.median(times[mode])

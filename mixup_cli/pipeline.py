@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mixup_cli import __version__, atomic, cutmix, digests, provenance, resume
+from mixup_cli import __version__, atomic, cutmix, digests, provenance, resume, scratch
 from mixup_cli.core import check_alpha
 from mixup_cli.engines import check_engine_options
 from mixup_cli.errors import InputError, OutputError, ParameterError
@@ -346,26 +346,32 @@ def _mib(n: int) -> str:
     return f"{n / 2**20:.1f} MiB"
 
 
-def check_free_space(output: Path, out_format: str, specs: dict[str, ArraySpec], compression: str) -> None:
+def check_free_space(output: Path, out_format: str, specs: dict[str, ArraySpec], compression: str,
+                     extra: int = 0) -> None:
     """Refuse up front an output that cannot fit on its disk.
 
     The uncompressed bytes are a lower bound of what the output takes (a
     stored ``.npz`` needs them twice: staging, then the archive). Compressed
-    HDF5 output has no such bound and is not checked.
+    HDF5 output has no such bound and counts for nothing. ``extra``: the
+    bytes of a scratch copy of the input made beside the output (``scratch``).
     """
-    if out_format == "hdf5" and compression != "none":
+    need = 0
+    if not (out_format == "hdf5" and compression != "none"):
+        need = sum(int(np.prod(spec.shape, dtype=np.int64)) * np.dtype(spec.dtype).itemsize for spec in specs.values())
+        if out_format == "npz" and compression == "none":
+            need *= 2
+    need += extra
+    if not need:
         return
-    need = sum(int(np.prod(spec.shape, dtype=np.int64)) * np.dtype(spec.dtype).itemsize for spec in specs.values())
-    if out_format == "npz" and compression == "none":
-        need *= 2
     try:
         st = os.statvfs(output.parent)
     except (OSError, AttributeError):
         return
     free = st.f_bavail * st.f_frsize
     if free < need:
+        what = "the output and an uncompressed copy of the input (for the class pairing) need" if extra else "the output needs"
         raise OutputError(
-            f"{output}: disk full: the output needs about {_mib(need)} but {_mib(free)} is free in "
+            f"{output}: disk full: {what} about {_mib(need)} but {_mib(free)} is free in "
             f"{output.parent.resolve()}; free some space or choose another output directory"
         )
 
@@ -703,9 +709,10 @@ def augment(request: AugmentRequest, progress: Progress | None = None) -> Augmen
         input_hashes = provenance.BackgroundHash(source.reader.files())
         sidecar = provenance.sidecar_path(output)
         sidecar_tmp = tmp.with_name(tmp.name + provenance.SIDECAR_SUFFIX)  # removed with the partial
+        scratch_needs = scratch.scratch_bytes(source, plan) if request.engine == "local" else 0
         try:
             if journal is None:
-                check_free_space(output, out_format, specs, request.compression)
+                check_free_space(output, out_format, specs, request.compression, scratch_needs)
                 writer = create_writer(tmp, out_format, specs, options)
                 journal = resume.Journal(resume.journal_path(output), fingerprint, uuid.uuid4().hex, started_at)
                 journal.save()
@@ -727,10 +734,12 @@ def augment(request: AugmentRequest, progress: Progress | None = None) -> Augmen
                 )
                 batch_rows = plan.block_rows  # a worker mixes a whole block at once
             else:
-                run_plan(
-                    source, plan, writer, batch_rows, progress, hasher=digests.BlockHasher(block_digests),
-                    skip=frozenset(journal.done), on_done=lambda index: journal.task_done(index, writer),
-                )
+                # Class pairings on compressed input: read from an uncompressed copy.
+                with scratch.source_for_run(source, plan, tmp.with_name(tmp.name + ".scratch.h5")) as run_source:
+                    run_plan(
+                        run_source, plan, writer, batch_rows, progress, hasher=digests.BlockHasher(block_digests),
+                        skip=frozenset(journal.done), on_done=lambda index: journal.task_done(index, writer),
+                    )
                 engine_info = {"engine": "local"}
             writer.flush()
             journal.save()  # every task recorded before the file is finished

@@ -124,6 +124,9 @@ class PreparedReader(Reader):
     def chunk_rows(self, key: str) -> int | None:
         return self.inner.chunk_rows(key)
 
+    def take_inflates(self, key: str) -> bool:
+        return self.inner.take_inflates(key)
+
     def files(self):
         return self.inner.files()
 

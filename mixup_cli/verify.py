@@ -24,12 +24,14 @@ recomputation, since they no longer produce OUT.
 
 from __future__ import annotations
 
+import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from mixup_cli import digests, provenance
+from mixup_cli import digests, provenance, scratch
 from mixup_cli.errors import InputError, MixupError
 from mixup_cli.io import open_reader
 from mixup_cli.sampling import PLAN_VERSION
@@ -195,6 +197,13 @@ class CompareWriter:
             self.count[key] = self.count.get(key, 0) + len(rows)
 
 
+def _scratch_path(output: Path) -> Path:
+    """Where a recomputation may put a scratch copy of the input: beside OUT
+    (hidden, one per process), or in the temporary folder if that is read-only."""
+    folder = output.parent if os.access(output.parent, os.W_OK) else Path(tempfile.gettempdir())
+    return folder / f".{output.name}.mixup-verify-{os.getpid()}.scratch.h5"
+
+
 def recompute(record: dict, output: Path, input_path: Path, batch_size: int | None = None, progress=None):
     """Recompute OUT from the input and the recorded parameters.
 
@@ -251,7 +260,9 @@ def recompute(record: dict, output: Path, input_path: Path, batch_size: int | No
         batch_rows = batch_size or pipeline.default_batch_rows(source.row_bytes, plan.block_rows)
         progress = progress or pipeline.Progress()
         progress.start(plan.output_rows)
-        pipeline.run_plan(source, plan, writer, batch_rows, progress)
+        # Class pairings on compressed input: from an uncompressed copy, as in a run.
+        with scratch.source_for_run(source, plan, _scratch_path(output)) as run_source:
+            pipeline.run_plan(run_source, plan, writer, batch_rows, progress)
     except (MixupError, OSError, ValueError, TypeError, KeyError) as exc:
         return Check("recompute", False, f"could not recompute the output: {exc}"), None, None
     finally:

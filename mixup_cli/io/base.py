@@ -94,6 +94,10 @@ class Reader(ABC):
     def chunk_rows(self, key: str) -> int | None:
         return None
 
+    def take_inflates(self, key: str) -> bool:
+        """Whether ``take`` decompresses whole chunks to return a few rows."""
+        return False
+
     @abstractmethod
     def files(self) -> list[Path]:
         """The files on disk that make up this dataset (for hashing)."""

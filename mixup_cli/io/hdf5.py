@@ -211,6 +211,9 @@ class Reader(base.Reader):
         chunks = self._datasets[key].chunks
         return chunks[0] if chunks else None
 
+    def take_inflates(self, key: str) -> bool:
+        return self._datasets[key].id.get_create_plist().get_nfilters() > 0
+
     def describe(self, key: str) -> dict:
         ds = self._datasets[key]
         return {"chunks": list(ds.chunks) if ds.chunks else None, "compression": ds.compression or "none"}

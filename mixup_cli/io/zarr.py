@@ -96,6 +96,9 @@ class Reader(base.Reader):
     def chunk_rows(self, key: str) -> int | None:
         return self._arrays[key].chunks[0]
 
+    def take_inflates(self, key: str) -> bool:
+        return bool(self._arrays[key].compressors)
+
     def describe(self, key: str) -> dict:
         arr = self._arrays[key]
         names = [type(c).__name__.removesuffix("Codec").lower() for c in arr.compressors]

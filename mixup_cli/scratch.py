@@ -1,0 +1,79 @@
+"""An uncompressed scratch copy of the input, for the class pairings.
+
+A class-pairing task reads its partners from anywhere in the input (see
+``sampling``). From compressed input (filtered HDF5, compressed Zarr) each
+such read inflates every chunk it touches, and every block touches most
+chunks: a run would inflate the whole input once per block, a cost that
+grows with the square of the rows. So when there are more than a few
+blocks, the input's data arrays are first copied once, as they are mixed
+(prepared: targets encoded, x converted, checked), into an uncompressed
+HDF5 file beside the output, and the run reads everything from there:
+its own blocks in whole chunks and its partners as raw row ranges. The copy
+costs one pass over the input and its uncompressed size on disk; it is
+removed when the run ends, however it ends (an interrupted run's copy is
+made again on resume).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+from mixup_cli.io import hdf5
+from mixup_cli.io.base import ArraySpec, WriteOptions
+from mixup_cli.sampling import CLASS_PAIRINGS, Plan
+
+# With this many blocks or fewer, inflating the input once per block costs
+# no more than making the copy.
+MIN_BLOCKS = 3
+
+
+def wanted(source, plan: Plan) -> bool:
+    return (plan.pairing in CLASS_PAIRINGS and plan.n_blocks >= MIN_BLOCKS
+            and any(source.reader.take_inflates(key) for key in source.specs))
+
+
+def scratch_bytes(source, plan: Plan) -> int:
+    """Disk the copy takes (0 when the run reads the input itself)."""
+    if not wanted(source, plan):
+        return 0
+    return sum(int(np.prod(spec.shape, dtype=np.int64)) * np.dtype(spec.dtype).itemsize
+               for spec in source.specs.values())
+
+
+def _copy(source, plan: Plan, path: Path) -> hdf5.Reader:
+    """The prepared data arrays, written block by block (memory: one block)."""
+    specs = {key: ArraySpec(spec.shape, spec.dtype) for key, spec in source.specs.items()}
+    writer = hdf5.Writer(path, specs, WriteOptions(compression="none", block_rows=plan.block_rows))
+    try:
+        rows = min(plan.block_rows, plan.n_rows)
+        buffers = {key: np.empty((rows,) + spec.row_shape, spec.dtype) for key, spec in specs.items()}
+        for block in range(plan.n_blocks):
+            start, stop = plan.block_bounds(block)
+            for key, buf in buffers.items():
+                source.reader.read_into(key, start, stop, buf)
+                writer.write(key, start, buf[: stop - start])
+    finally:
+        writer.close()
+    return hdf5.Reader(path)
+
+
+@contextmanager
+def source_for_run(source, plan: Plan, path: Path):
+    """The source a run reads: ``source`` itself, or (class pairings on
+    compressed input, several blocks) the same arrays from a copy at
+    ``path``, removed on the way out."""
+    if not wanted(source, plan):
+        yield source
+        return
+    reader = None
+    try:
+        reader = _copy(source, plan, Path(path))
+        yield dataclasses.replace(source, reader=reader)  # rows already prepared: read as they are
+    finally:
+        if reader is not None:
+            reader.close()
+        Path(path).unlink(missing_ok=True)
