@@ -121,3 +121,46 @@ def test_verify_recomputes_from_a_copy_too_and_removes_it(tmp_path, run_cli, mon
     assert result.exit_code == 0, result.stdout
     assert len(copies) == 1 and copies[0].parent == tmp_path and copies[0].name.startswith(".out.h5.mixup-verify-")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.h5", "out.h5.provenance.json", "packed.h5"]
+
+
+_KILLED = """
+import os, sys
+from mixup_cli import pipeline, resume
+resume.SAVE_INTERVAL = 0
+src, out = sys.argv[1], sys.argv[2]
+
+class Killer(pipeline.Progress):
+    rows = 0
+    def update(self, rows):
+        self.rows += rows
+        if self.rows >= 50:
+            os._exit(9)
+
+pipeline.augment(pipeline.AugmentRequest(src, out, seed=5, block_rows=20, batch_size=10, pairing="within-class"),
+                 progress=Killer())
+"""
+
+
+def test_a_killed_run_resumes_with_a_fresh_copy(tmp_path, run_mixup):
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    x, y = images_and_labels()
+    packed = write_gzip_h5(tmp_path / "packed.h5", x=x, y=y)
+    out = tmp_path / "out.h5"
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    killed = subprocess.run([sys.executable, "-c", _KILLED, str(packed), str(out)], env=env, capture_output=True, text=True)
+    assert killed.returncode == 9, killed.stderr
+    assert (tmp_path / ".out.h5.mixup-partial.scratch.h5").exists()  # left by the kill, like the partial output
+
+    args = ("--seed", 5, "--block-rows", 20, "--pairing", "within-class", "--quiet")
+    resumed = run_mixup("augment", packed, out, *args, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert read_sidecar(out)["execution"]["resumed_tasks"] > 0
+    assert run_mixup("augment", packed, tmp_path / "ref.h5", *args).returncode == 0
+    got, want = arrays_of(out), arrays_of(tmp_path / "ref.h5")
+    for key in want:
+        assert got[key].tobytes() == want[key].tobytes(), key
+    assert sorted(p.name for p in tmp_path.iterdir() if "mixup" in p.name) == []
