@@ -425,3 +425,67 @@ def test_slow_hashing_never_sees_rows_change_under_it(tmp_path, params, monkeypa
     monkeypatch.setattr(digests.BlockHasher, "update", slow_update)
     slow = augment(AugmentRequest(src, tmp_path / "slow.h5", **request))
     assert slow.record["output"]["arrays"] == fast.record["output"]["arrays"]
+
+
+@pytest.mark.parametrize("layout, inflated_here", [
+    (dict(chunks=(7, 3, 2), compression="gzip"), True),  # last chunk partial
+    (dict(chunks=(16, 3, 2), compression="gzip", compression_opts=9), True),
+    (dict(chunks=(7, 3, 2), compression="gzip", shuffle=True), False),  # another filter too: HDF5 reads
+    (dict(chunks=(7, 3, 1), compression="gzip"), False),  # chunks split rows
+    (dict(chunks=(7, 3, 2), compression="lzf"), False),
+])
+@settings(max_examples=25, deadline=None)
+@given(start=st.integers(0, 50), length=st.integers(0, 50))
+def test_gzip_chunks_inflated_on_every_core_equal_hdf5_reads(tmp_path_factory, layout, inflated_here, start, length):
+    stop = min(50, start + length)
+    path = tmp_path_factory.mktemp("gz") / "in.h5"
+    x = (np.random.default_rng(1).random((50, 3, 2)) * 200).astype(np.float32)
+    with h5py.File(path, "w") as f:
+        f.create_dataset("x", data=x, **layout)
+    reader = hdf5.Reader(path)
+    try:
+        out = np.full((max(1, stop - start), 3, 2), -1, np.float32)
+        reader.read_into("x", start, stop, out)
+        assert np.array_equal(out[: stop - start], x[start:stop])
+        assert (reader._deflated("x") is not None) is inflated_here
+    finally:
+        reader.close()
+
+
+def test_inflating_handles_chunks_stored_raw_or_never_written(tmp_path):
+    x = np.arange(40 * 4, dtype=np.int16).reshape(40, 4)
+    path = tmp_path / "in.h5"
+    with h5py.File(path, "w") as f:
+        ds = f.create_dataset("x", shape=x.shape, dtype=x.dtype, chunks=(8, 4), compression="gzip", fillvalue=-5)
+        ds[:16] = x[:16]
+        ds.id.write_direct_chunk((16, 0), x[16:24].tobytes(), filter_mask=1)  # stored without its deflate
+        ds[32:] = x[32:]  # rows 24:32 never written
+    reader = hdf5.Reader(path)
+    try:
+        out = np.empty((24, 4), np.int16)
+        reader.read_into("x", 0, 24, out)
+        assert np.array_equal(out, x[:24])
+        pool = reader._pool
+        assert pool is not None  # inflated here
+        out = np.empty((40, 4), np.int16)
+        reader.read_into("x", 0, 40, out)  # meets the unwritten chunk: HDF5 reads it all
+        assert np.array_equal(out[24:32], np.full((8, 4), -5)) and np.array_equal(out[32:], x[32:])
+    finally:
+        reader.close()
+    assert reader._pool is None
+
+
+def test_a_damaged_gzip_chunk_is_named(tmp_path, run_cli):
+    x, y = make_arrays(n=100, x_shape=(8,))
+    path = tmp_path / "in.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("x", data=x, chunks=(16, 8), compression="gzip")
+        f.create_dataset("y", data=y, chunks=(16,) + y.shape[1:], compression="gzip")
+        info = f["x"].id.get_chunk_info(2)
+    with open(path, "r+b") as fh:
+        fh.seek(info.byte_offset)
+        fh.write(b"\xff" * info.size)
+    result = run_cli("augment", path, tmp_path / "out.h5", "--seed", 1)
+    assert result.exit_code == 1
+    assert "in.h5: the compressed chunk of 'x' rows 32:48 is damaged" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.h5"]

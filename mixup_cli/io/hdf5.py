@@ -76,6 +76,8 @@ class Reader(base.Reader):
         self._datasets: dict[str, h5py.Dataset] = {}
         self._raw: dict[str, tuple | None] = {}
         self._fd: int | None = None
+        self._deflate: dict[str, int | None] = {}
+        self._pool: ThreadPoolExecutor | None = None  # inflates gzip chunks
         self._scratch: np.ndarray | None = None
 
         def collect(name, obj):
@@ -103,7 +105,66 @@ class Reader(base.Reader):
             return
         if self._raw_read(key, start, stop, out):
             return
+        if self._inflate_read(key, start, stop, out):
+            return
         self._datasets[key].read_direct(out, np.s_[start:stop], np.s_[0 : stop - start])
+
+    def _deflated(self, key: str) -> int | None:
+        """Rows per chunk when ``key`` is stored as chunks of whole rows
+        compressed with deflate alone (gzip, native byte order); else None."""
+        if key not in self._deflate:
+            ds, rows = self._datasets[key], None
+            try:
+                dcpl = ds.id.get_create_plist()
+                if (ds.chunks and tuple(ds.chunks[1:]) == tuple(ds.shape[1:]) and ds.dtype.isnative
+                        and ds.dtype.kind in "fiub" and dcpl.get_nfilters() == 1
+                        and dcpl.get_filter(0)[0] == h5py.h5z.FILTER_DEFLATE and not ds.is_virtual):
+                    rows = ds.chunks[0]
+            except Exception:
+                rows = None
+            self._deflate[key] = rows
+        return self._deflate[key]
+
+    def _inflate_read(self, key: str, start: int, stop: int, out: np.ndarray) -> bool:
+        """Read gzip chunks as stored and inflate them on every core (zlib
+        releases the GIL; HDF5 would inflate them one by one under its lock).
+        False (nothing read) when the layout does not allow it."""
+        chunk_rows = self._deflated(key)
+        ds = self._datasets[key]
+        if chunk_rows is None or not out.flags.c_contiguous or out.dtype != ds.dtype:
+            return False
+        tail = (0,) * (ds.ndim - 1)
+        first = (start // chunk_rows) * chunk_rows
+        coords = [(c,) + tail for c in range(first, stop, chunk_rows)]
+        if any(ds.id.get_chunk_info_by_coord(c).byte_offset is None for c in coords):
+            return False  # a chunk never written (fill value): let HDF5 do it
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1))
+        chunk_shape = (chunk_rows,) + ds.shape[1:]
+
+        def inflate(stored: bytes, filtered: bool, c: int) -> None:
+            try:
+                data = zlib.decompress(stored) if filtered else stored
+                rows = np.frombuffer(data, dtype=ds.dtype).reshape(chunk_shape)
+            except (zlib.error, ValueError) as exc:
+                raise InputError(
+                    f"{self.path}: the compressed chunk of '{key}' rows {c}:{c + chunk_rows} is damaged "
+                    f"({exc}); copy or write the file again"
+                ) from None
+            lo, hi = max(start, c), min(stop, c + chunk_rows)
+            out[lo - start : hi - start] = rows[lo - c : hi - c]
+
+        jobs = []
+        try:
+            for coord in coords:
+                mask, stored = ds.id.read_direct_chunk(coord)
+                jobs.append(self._pool.submit(inflate, stored, not (mask & 1), coord[0]))
+        finally:
+            errors = [job.exception() for job in jobs]  # all finished: none writes into out later
+        failed = next((e for e in errors if e is not None), None)
+        if failed is not None:
+            raise failed
+        return True
 
     def _raw_layout(self, key: str):
         """``(row_bytes, chunk_rows or None, contiguous offset)`` when the rows
@@ -225,6 +286,9 @@ class Reader(base.Reader):
         return [self.path]
 
     def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
