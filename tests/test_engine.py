@@ -430,7 +430,8 @@ def test_slow_hashing_never_sees_rows_change_under_it(tmp_path, params, monkeypa
 @pytest.mark.parametrize("layout, inflated_here", [
     (dict(chunks=(7, 3, 2), compression="gzip"), True),  # last chunk partial
     (dict(chunks=(16, 3, 2), compression="gzip", compression_opts=9), True),
-    (dict(chunks=(7, 3, 2), compression="gzip", shuffle=True), False),  # another filter too: HDF5 reads
+    (dict(chunks=(7, 3, 2), compression="gzip", shuffle=True), True),
+    (dict(chunks=(7, 3, 2), compression="gzip", fletcher32=True), False),  # another filter too: HDF5 reads
     (dict(chunks=(7, 3, 1), compression="gzip"), False),  # chunks split rows
     (dict(chunks=(7, 3, 2), compression="lzf"), False),
 ])
@@ -489,3 +490,23 @@ def test_a_damaged_gzip_chunk_is_named(tmp_path, run_cli):
     assert result.exit_code == 1
     assert "in.h5: the compressed chunk of 'x' rows 32:48 is damaged" in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.h5"]
+
+
+def test_shuffled_chunks_stored_with_some_filters_skipped(tmp_path):
+    x = np.arange(24 * 3, dtype=np.float64).reshape(24, 3) * 1.5
+    shuffled = np.frombuffer(x[8:16].tobytes(), np.uint8).reshape(-1, 8).T.tobytes()
+    path = tmp_path / "in.h5"
+    with h5py.File(path, "w") as f:
+        ds = f.create_dataset("x", shape=x.shape, dtype=x.dtype, chunks=(8, 3), compression="gzip", shuffle=True)
+        ds[:8] = x[:8]  # shuffled, then deflated
+        ds.id.write_direct_chunk((8, 0), shuffled, filter_mask=2)  # shuffled, not deflated
+        ds.id.write_direct_chunk((16, 0), x[16:].tobytes(), filter_mask=3)  # neither
+    with h5py.File(path, "r") as f:
+        assert np.array_equal(f["x"][()], x)  # what HDF5 itself reads
+    reader = hdf5.Reader(path)
+    try:
+        out = np.empty_like(x)
+        reader.read_into("x", 0, 24, out)
+        assert reader._pool is not None and np.array_equal(out, x)
+    finally:
+        reader.close()

@@ -45,6 +45,8 @@ def open_reader(path: Path) -> "Reader":
     return Reader(path)
 
 
+_DEFLATE, _SHUFFLE = h5py.h5z.FILTER_DEFLATE, h5py.h5z.FILTER_SHUFFLE
+
 # Reader.take groups the rows it reads by chunk, or in contiguous storage by
 # windows of about TAKE_WINDOW_BYTES; within a group, a raw read goes on
 # through up to TAKE_GAP_BYTES of unwanted rows rather than start another
@@ -109,30 +111,34 @@ class Reader(base.Reader):
             return
         self._datasets[key].read_direct(out, np.s_[start:stop], np.s_[0 : stop - start])
 
-    def _deflated(self, key: str) -> int | None:
-        """Rows per chunk when ``key`` is stored as chunks of whole rows
-        compressed with deflate alone (gzip, native byte order); else None."""
+    def _deflated(self, key: str) -> tuple[int, bool] | None:
+        """``(rows per chunk, shuffled)`` when ``key`` is stored as chunks of
+        whole rows compressed with deflate (gzip), after HDF5's byte shuffle
+        or not, in native byte order; else None."""
         if key not in self._deflate:
-            ds, rows = self._datasets[key], None
+            ds, layout = self._datasets[key], None
             try:
                 dcpl = ds.id.get_create_plist()
+                filters = [dcpl.get_filter(i)[0] for i in range(dcpl.get_nfilters())]
                 if (ds.chunks and tuple(ds.chunks[1:]) == tuple(ds.shape[1:]) and ds.dtype.isnative
-                        and ds.dtype.kind in "fiub" and dcpl.get_nfilters() == 1
-                        and dcpl.get_filter(0)[0] == h5py.h5z.FILTER_DEFLATE and not ds.is_virtual):
-                    rows = ds.chunks[0]
+                        and ds.dtype.kind in "fiub" and not ds.is_virtual
+                        and filters in ([_DEFLATE], [_SHUFFLE, _DEFLATE])):
+                    layout = (ds.chunks[0], filters[0] == _SHUFFLE)
             except Exception:
-                rows = None
-            self._deflate[key] = rows
+                layout = None
+            self._deflate[key] = layout
         return self._deflate[key]
 
     def _inflate_read(self, key: str, start: int, stop: int, out: np.ndarray) -> bool:
-        """Read gzip chunks as stored and inflate them on every core (zlib
-        releases the GIL; HDF5 would inflate them one by one under its lock).
+        """Read gzip chunks as stored and inflate (and unshuffle) them on every
+        core (zlib releases the GIL; HDF5 would do them one by one under its lock).
         False (nothing read) when the layout does not allow it."""
-        chunk_rows = self._deflated(key)
+        layout = self._deflated(key)
         ds = self._datasets[key]
-        if chunk_rows is None or not out.flags.c_contiguous or out.dtype != ds.dtype:
+        if layout is None or not out.flags.c_contiguous or out.dtype != ds.dtype:
             return False
+        chunk_rows, shuffled = layout
+        deflate_bit = 2 if shuffled else 1  # a set bit of the filter mask: that filter was skipped
         tail = (0,) * (ds.ndim - 1)
         first = (start // chunk_rows) * chunk_rows
         coords = [(c,) + tail for c in range(first, stop, chunk_rows)]
@@ -142,9 +148,11 @@ class Reader(base.Reader):
             self._pool = ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1))
         chunk_shape = (chunk_rows,) + ds.shape[1:]
 
-        def inflate(stored: bytes, filtered: bool, c: int) -> None:
+        def inflate(stored: bytes, mask: int, c: int) -> None:
             try:
-                data = zlib.decompress(stored) if filtered else stored
+                data = stored if mask & deflate_bit else zlib.decompress(stored)
+                if shuffled and not mask & 1:  # byte k of every element was stored together
+                    data = np.frombuffer(data, np.uint8).reshape(ds.dtype.itemsize, -1).T.copy()
                 rows = np.frombuffer(data, dtype=ds.dtype).reshape(chunk_shape)
             except (zlib.error, ValueError) as exc:
                 raise InputError(
@@ -158,7 +166,7 @@ class Reader(base.Reader):
         try:
             for coord in coords:
                 mask, stored = ds.id.read_direct_chunk(coord)
-                jobs.append(self._pool.submit(inflate, stored, not (mask & 1), coord[0]))
+                jobs.append(self._pool.submit(inflate, stored, mask, coord[0]))
         finally:
             errors = [job.exception() for job in jobs]  # all finished: none writes into out later
         failed = next((e for e in errors if e is not None), None)
