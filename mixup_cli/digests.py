@@ -78,6 +78,12 @@ class BlockDigests:
         self.keys = list(keys)
         self.done: dict[int, dict[str, str]] = {} if done is None else done
 
+    @classmethod
+    def for_plan(cls, plan, keys, done: dict[int, dict[str, str]] | None = None) -> "BlockDigests":
+        """The blocks of ``plan``'s output (a ``sampling.Plan``: its tasks' rows)."""
+        bounds = block_bounds(plan.n_rows, plan.block_rows, plan.output_rows // plan.n_rows)
+        return cls(bounds, keys, done)
+
     def add(self, start: int, digests: dict[str, str]) -> None:
         self.done[start] = dict(digests)
 

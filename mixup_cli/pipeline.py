@@ -831,6 +831,4 @@ def output_block_digests(plan: Plan, specs: dict[str, ArraySpec], journal: resum
     written = {task.out_start for i, task in enumerate(plan.tasks()) if i in journal.done}
     for start in [s for s in journal.digests if s not in written]:
         del journal.digests[start]  # hashed, but not recorded as written: written again
-    segments = plan.copies + int(plan.include_original)
-    bounds = digests.block_bounds(plan.n_rows, plan.block_rows, segments)
-    return digests.BlockDigests(bounds, specs, done=journal.digests)
+    return digests.BlockDigests.for_plan(plan, specs, done=journal.digests)

@@ -254,8 +254,7 @@ def recompute(record: dict, output: Path, input_path: Path, batch_size: int | No
         scheme = recorded_digests(record.get("output") or {})
         hasher = None
         if scheme and (scheme.get("block_rows"), scheme.get("segment_rows")) == (plan.block_rows, plan.n_rows):
-            bounds = digests.block_bounds(plan.n_rows, plan.block_rows, plan.copies + int(plan.include_original))
-            hasher = digests.BlockHasher(digests.BlockDigests(bounds, expected))
+            hasher = digests.BlockHasher(digests.BlockDigests.for_plan(plan, expected))
         writer = CompareWriter(out_reader, hasher)
         batch_rows = batch_size or pipeline.default_batch_rows(source.row_bytes, plan.block_rows)
         progress = progress or pipeline.Progress()

@@ -311,8 +311,7 @@ def test_tasks_already_written_are_not_computed_again(scheduler, dataset):
                 self.rows.setdefault(key, set()).update(range(start, start + len(data)))
 
         writer, done = Recorder(), []
-        bounds = digests.block_bounds(plan.n_rows, plan.block_rows, plan.copies)
-        found = digests.BlockDigests(bounds, output_specs(source, plan))
+        found = digests.BlockDigests.for_plan(plan, output_specs(source, plan))
         dask_engine.run_plan(src, source, DataOptions.from_parameters(source.prepared.parameters()), plan,
                              writer, Progress(), scheduler=scheduler, block_digests=found,
                              skip=skip, on_done=done.append)

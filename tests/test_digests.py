@@ -45,6 +45,7 @@ def test_blocks_are_the_plans_tasks_in_row_order(n_rows, block_rows, copies, inc
     tasks = sorted((t.out_start, t.out_start + t.stop - t.start) for t in plan.tasks())
     segments = copies + int(include_original)
     assert digests.block_bounds(n_rows, block_rows, segments) == tasks
+    assert digests.BlockDigests.for_plan(plan, ["x"]).bounds == tasks
     assert tasks[-1][1] == plan.output_rows
 
 
