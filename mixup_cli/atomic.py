@@ -112,12 +112,24 @@ def remove_partials(final: Path) -> None:
         remove(path)
 
 
-def sync(path: Path) -> None:
-    """fsync a file, or every file under a directory."""
+def sync(path: Path, changed_since_ns: int | None = None) -> None:
+    """fsync a file, or every file under a directory. With
+    ``changed_since_ns``, only what was modified since then, the directories
+    under ``path`` (their new entries) included."""
     path = Path(path)
-    paths = [p for p in path.rglob("*") if p.is_file()] if path.is_dir() else [path]
+    if changed_since_ns is None:
+        paths = [p for p in path.rglob("*") if p.is_file()] if path.is_dir() else [path]
+    else:
+        paths = [path, *path.rglob("*")] if path.is_dir() else [path]
     for p in paths:
-        fd = os.open(p, os.O_RDONLY)
+        try:
+            if changed_since_ns is not None and p.stat().st_mtime_ns < changed_since_ns:
+                continue
+            fd = os.open(p, os.O_RDONLY)
+        except FileNotFoundError:
+            if changed_since_ns is None:
+                raise
+            continue  # removed meanwhile: nothing of it to keep
         try:
             os.fsync(fd)
         finally:

@@ -10,13 +10,13 @@ its edges go through the single ``Writer``). Keys may be nested group paths
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from mixup_cli import atomic
 from mixup_cli.errors import InputError, OutputError, ParameterError
 from mixup_cli.io import base
 from mixup_cli.io.base import ArraySpec, WriteOptions
@@ -175,18 +175,7 @@ class Writer(base.Writer):
         """fsync what changed in the store since the last flush: chunk files
         (written here or by Dask workers) and the directories holding them."""
         since, self._flushed_at = self._flushed_at, time.time_ns()
-        since -= _MTIME_SLACK_NS
-        for p in [self.path, *self.path.rglob("*")]:
-            try:
-                if p.stat().st_mtime_ns < since:
-                    continue
-                fd = os.open(p, os.O_RDONLY)
-            except FileNotFoundError:
-                continue
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+        atomic.sync(self.path, changed_since_ns=since - _MTIME_SLACK_NS)
 
     def write(self, key: str, start: int, data: np.ndarray) -> None:
         if len(data):
