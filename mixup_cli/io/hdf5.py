@@ -78,7 +78,7 @@ class Reader(base.Reader):
         self._datasets: dict[str, h5py.Dataset] = {}
         self._raw: dict[str, tuple | None] = {}
         self._fd: int | None = None
-        self._deflate: dict[str, int | None] = {}
+        self._deflate: dict[str, tuple[int, bool] | None] = {}
         self._pool: ThreadPoolExecutor | None = None  # inflates gzip chunks
         self._scratch: np.ndarray | None = None
 
