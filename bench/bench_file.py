@@ -20,7 +20,9 @@ Cases: uncompressed and gzip (both sides), ``global`` and ``batch`` pairing.
 ``--phases`` adds, per case, where one more candidate run spends its time:
 ``run_plan`` (read, mix, hash and write the output; the input file is hashed
 meanwhile in a thread), ``fsync``, ``wait hashes`` (what is left of the
-input's hash after ``run_plan``), and the rest.
+input's hash after ``run_plan``), and the rest; and the seconds spent in the
+calls of each stage (reading, mixing, hashing the output, writing, hashing
+the input), each in its own thread, so they overlap.
 The page cache is warm for both sides (the input was just written). The
 CPU columns add up user and system time of all threads: on a shared machine
 they vary less than wall time, and show the work each side does. ``load`` is
@@ -81,12 +83,20 @@ def candidate(src: Path, dst: Path, compression: str, pairing: str) -> None:
                            overwrite=True, command_line=["bench"]))
 
 
-def candidate_phases(src: Path, dst: Path, compression: str, pairing: str) -> dict:
-    """One candidate run, timing its stages by wrapping the library's functions."""
-    from mixup_cli import pipeline, provenance
+def candidate_phases(src: Path, dst: Path, compression: str, pairing: str) -> tuple[dict, dict]:
+    """One candidate run, timed by wrapping the library's functions: where the
+    run's wall time goes, and the seconds spent in each stage's calls (in
+    their own threads, so these overlap)."""
+    from mixup_cli import digests, mixing, pipeline, provenance
+    from mixup_cli.io import hdf5
 
-    spent = {"run_plan": 0.0, "fsync": 0.0, "wait hashes": 0.0}
-    originals = (pipeline.run_plan, pipeline.atomic.sync, provenance.BackgroundHash.result)
+    phases = {"run_plan": (pipeline, "run_plan"), "fsync": (pipeline.atomic, "sync"),
+              "wait hashes": (provenance.BackgroundHash, "result")}
+    stages = {"read": (hdf5.Reader, "read_into"), "mix": (mixing.Mixer, "mix_gather"),
+              "hash out": (digests.BlockHasher, "update"), "write": (hdf5.Writer, "write"),
+              "hash in": (provenance, "sha256_file")}
+    spent = {name: 0.0 for name in [*phases, *stages]}
+    originals = {name: getattr(owner, attr) for name, (owner, attr) in {**phases, **stages}.items()}
 
     def wrap(fn, name):
         def inner(*a, **k):
@@ -97,16 +107,17 @@ def candidate_phases(src: Path, dst: Path, compression: str, pairing: str) -> di
                 spent[name] += time.perf_counter() - t0
         return inner
 
-    pipeline.run_plan = wrap(originals[0], "run_plan")
-    pipeline.atomic.sync = wrap(originals[1], "fsync")
-    provenance.BackgroundHash.result = wrap(originals[2], "wait hashes")
+    for name, (owner, attr) in {**phases, **stages}.items():
+        setattr(owner, attr, wrap(originals[name], name))
     try:
         total = timed(lambda: candidate(src, dst, compression, pairing))[0]
     finally:
-        pipeline.run_plan, pipeline.atomic.sync, provenance.BackgroundHash.result = originals
-    spent["rest"] = total - sum(spent.values())
-    spent["total"] = total
-    return spent
+        for name, (owner, attr) in {**phases, **stages}.items():
+            setattr(owner, attr, originals[name])
+    wall = {name: spent[name] for name in phases}
+    wall["rest"] = total - sum(wall.values())
+    wall["total"] = total
+    return wall, {name: spent[name] for name in stages}
 
 
 def timed(fn) -> tuple[float, float]:
@@ -160,12 +171,15 @@ def main(argv=None):
             rc, cc = statistics.median(u for _, u in ref_t), statistics.median(u for _, u in cand_t)
             print(f"{compression:<12} {pairing:<8} {r:12.2f} {c:9.2f} {c / r:6.2f}x"
                   f" {rc:11.2f} {cc:12.2f} {cc / rc:9.2f}x {os.getloadavg()[0]:5.1f}", flush=True)
-        if phases:
-            print("\nwhere one candidate run spends its time (s):")
-            names = list(next(iter(phases.values())))
+        for title, index in (("where one candidate run spends its time (s):", 0),
+                             ("seconds in each stage's calls, in their own threads (they overlap):", 1)):
+            if not phases:
+                break
+            print(f"\n{title}")
+            names = list(next(iter(phases.values()))[index])
             print(f"{'case':<14}" + "".join(f" {n:>14}" for n in names))
-            for case, t in phases.items():
-                print(f"{case:<14}" + "".join(f" {t[n]:14.2f}" for n in names))
+            for case, tables in phases.items():
+                print(f"{case:<14}" + "".join(f" {tables[index][n]:14.2f}" for n in names))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

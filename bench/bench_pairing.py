@@ -1,6 +1,6 @@
 """Pairing benchmark: the cost of each ``--pairing`` mode on one file.
 
-    python bench/bench_pairing.py [--rows 42000] [--repeats 2] [--workdir /tmp] [--input-compression gzip]
+    python bench/bench_pairing.py [--rows 42000] [--repeats 2] [--workdir /tmp] [--input-compression gzip [--no-scratch]]
 
 Writes an HDF5 file of float32 x (32x32x3 per row, chunks of 256 rows) and
 one-hot y[10] sorted by class (about 0.5 GB with the default rows) under a
@@ -27,6 +27,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from mixup_cli import scratch  # noqa: E402
 from mixup_cli.pipeline import AugmentRequest, augment  # noqa: E402
 from mixup_cli.sampling import PAIRINGS  # noqa: E402
 
@@ -53,7 +54,11 @@ def main() -> None:
     parser.add_argument("--workdir", default=tempfile.gettempdir())
     parser.add_argument("--input-compression", choices=["none", "gzip"], default="none",
                         help="gzip: the class modes then read from an uncompressed copy (mixup_cli.scratch)")
+    parser.add_argument("--no-scratch", action="store_true",
+                        help="read compressed input directly, never from a copy: what the copy saves")
     args = parser.parse_args()
+    if args.no_scratch:
+        scratch.MIN_BLOCKS = sys.maxsize
 
     folder = Path(tempfile.mkdtemp(prefix="mixup-bench-pairing-", dir=args.workdir))
     try:
@@ -70,8 +75,8 @@ def main() -> None:
                 out.unlink()
                 Path(str(out) + ".provenance.json").unlink()
         base = statistics.median(times["global"])
-        print(f"{args.rows} rows, {megabytes:.0f} MB, input compression {args.input_compression}, "
-              f"uncompressed output, median of {args.repeats}")
+        print(f"{args.rows} rows, {megabytes:.0f} MB, input compression {args.input_compression}"
+              f"{' (no scratch copy)' if args.no_scratch else ''}, uncompressed output, median of {args.repeats}")
         print(f"{'pairing':<15}{'s':>8}{'rows/s':>10}{'MB/s':>8}{'/ global':>10}")
         for mode in PAIRINGS:
             t = statistics.median(times[mode])
