@@ -7,7 +7,9 @@ For output row ``i`` with weight ``lam[i]`` and partner row ``j``::
 ``lam`` is broadcast over every non-sample axis. Floating arrays are mixed in
 their own dtype (float32 stays float32); integer arrays are mixed in float32
 (8- and 16-bit, exact there) or float64 (wider), rounded to nearest and
-clipped to their dtype's range, so they never wrap.
+clipped to their dtype's range, so they never wrap. 64-bit elements of
+magnitude 2^49 or more are mixed exactly (``_exact_u64``), since float64
+would be off by thousands near 2^63.
 
 The loop runs in the compiled ``mixup_cli._kernel`` (one pass over memory)
 where it is built and the arrays suit it, else in numpy; both give the same
@@ -34,7 +36,7 @@ def _load_kernel():
     except ImportError:
         return None
     # A build left over from an older _kernel.c may take other arguments.
-    return _kernel if getattr(_kernel, "VERSION", None) == 1 else None
+    return _kernel if getattr(_kernel, "VERSION", None) == 2 else None
 
 
 _kernel = _load_kernel()
@@ -193,6 +195,7 @@ def _mix_numpy(a, b, index, lam_w, rest_w, out):
     integer = a.dtype.kind in "iu"
     if integer:
         lo, hi = integer_bounds(a.dtype, work)
+    wide = integer and a.dtype.itemsize == 8
     bcast = (-1,) + (1,) * (a.ndim - 1)
     lam_w = lam_w.reshape(bcast)
     rest_w = rest_w.reshape(bcast)
@@ -217,13 +220,91 @@ def _mix_numpy(a, b, index, lam_w, rest_w, out):
             np.take(b, index[start:stop], axis=0, out=rows, mode="clip")  # bounds checked above
         np.multiply(tb, rows, out=tb, casting="unsafe")
         if integer:
+            exact = _exact64_slice(a[start:stop], rows, lam_w[start:stop]) if wide else None
             np.add(ta, tb, out=ta)
             np.rint(ta, out=ta)
             np.clip(ta, lo, hi, out=ta)
             np.copyto(out[start:stop], ta, casting="unsafe")
+            if exact is not None:
+                flat = out[start:stop].reshape(-1)  # a view: out is contiguous in this loop
+                flat[exact[0]] = exact[1]
         else:
             np.add(ta, tb, out=out[start:stop])
     return out
+
+
+# 64-bit integers: below 2^49 in magnitude the float64 formula is within 1
+# of the exact result (its error is under 2^-51 * max(|a|, |b|) < 0.25 before
+# rounding) and is kept; larger values are mixed exactly (_exact_u64).
+_BIG = 1 << 49
+_SIGN = np.uint64(1 << 63)
+_M32 = np.uint64(0xFFFFFFFF)
+
+
+def _exact64_slice(a, b, lam_w):
+    """For one slice of 64-bit integers: (flat indices, exact values) of the
+    elements the float formula is not accurate for (a value of magnitude
+    2^49 or more, weight in [0, 1]), or None when there are none."""
+    big = (a >= _BIG) | (b >= _BIG)
+    if a.dtype.kind == "i":
+        big |= (a < -_BIG) | (b < -_BIG)
+    big &= (lam_w >= 0) & (lam_w <= 1)  # lam_w broadcasts over the row
+    where = np.flatnonzero(big)
+    if not len(where):
+        return None
+    av = a.reshape(-1)[where]
+    bv = np.ascontiguousarray(b).reshape(-1)[where]
+    lv = np.broadcast_to(lam_w, a.shape).reshape(-1)[where]
+    if a.dtype.kind == "i":
+        value = (_exact_u64(av.view(np.uint64) ^ _SIGN, bv.view(np.uint64) ^ _SIGN, lv) ^ _SIGN).view(np.int64)
+    else:
+        value = _exact_u64(av, bv, lv)
+    return where, value.astype(a.dtype, copy=False)
+
+
+def _shr128(hi, lo, k):
+    """Low 64 bits of (hi*2^64 + lo) >> k, for k in [52, 120]."""
+    small = k < 64
+    ks = np.minimum(k, 63).astype(np.uint64)
+    kb = np.maximum(k - 64, 0).astype(np.uint64)
+    return np.where(small, (hi << (np.uint64(64) - ks)) | (lo >> ks), hi >> kb)
+
+
+def _low_nonzero(hi, lo, k):
+    """Whether (hi*2^64 + lo) mod 2^k is not 0, for k in [52, 120]."""
+    small = k < 64
+    ks = np.minimum(k, 63).astype(np.uint64)
+    kb = np.maximum(k - 64, 0).astype(np.uint64)
+    low = (lo << (np.uint64(64) - ks)) != 0
+    high = (lo != 0) | ((hi & ((np.uint64(1) << kb) - np.uint64(1))) != 0)
+    return np.where(small, low, high)
+
+
+def _exact_u64(a, b, lam):
+    """Round half to even of ``lam*a + (1-lam)*b`` exactly, for uint64 ``a``,
+    ``b`` and float64 ``lam`` in [0, 1] (1-D arrays): the computation of the
+    kernel's ``exact_u64``, in 64-bit words. With ``w = min(lam, 1-lam)``
+    (both exact doubles) the value is ``base + w*(other - base)``; ``w = M *
+    2^-s`` with a 53-bit ``M``, so the product is at most 117 bits."""
+    upper = lam >= 0.5
+    w = np.where(upper, 1.0 - lam, lam)
+    base = np.where(upper, a, b)
+    other = np.where(upper, b, a)
+    neg = other < base
+    mag = np.where(neg, base - other, other - base)
+    f, e = np.frexp(w)
+    m = np.ldexp(f, 53).astype(np.uint64)
+    s = np.minimum(53 - e.astype(np.int64), 120)  # w <= 0.5: s >= 53
+    ml, mh, dl, dh = m & _M32, m >> np.uint64(32), mag & _M32, mag >> np.uint64(32)
+    ll, lh, hl, hh = ml * dl, ml * dh, mh * dl, mh * dh
+    mid = (lh & _M32) + (hl & _M32) + (ll >> np.uint64(32))
+    lo = (ll & _M32) | ((mid & _M32) << np.uint64(32))
+    hi = hh + (lh >> np.uint64(32)) + (hl >> np.uint64(32)) + (mid >> np.uint64(32))
+    q = _shr128(hi, lo, s)
+    round_bit = (_shr128(hi, lo, s - 1) & np.uint64(1)) != 0
+    odd = ((base ^ q) & np.uint64(1)) != 0
+    q = q + (round_bit & (_low_nonzero(hi, lo, s - 1) | odd)).astype(np.uint64)
+    return np.where(neg, base - q, base + q)
 
 
 def mixup(
