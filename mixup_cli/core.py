@@ -157,12 +157,39 @@ def _mix(a, b, index, lam, out):
     n = a.shape[0]
     if n == 0:
         return out
+    a, b, index = _unalias(a, b, index, out)
     work = working_dtype(a.dtype)
     lam_w = np.ascontiguousarray(lam, dtype=work)
     rest_w = (1 - lam_w).astype(work, copy=False)
     if _kernel is not None and _mix_kernel(a, b, index, lam_w, rest_w, out):
         return out
     return _mix_numpy(a, b, index, lam_w, rest_w, out)
+
+
+def _same_view(x, y) -> bool:
+    """Whether two arrays are the very same elements in the same order
+    (each output element then depends only on the input element it replaces)."""
+    return (
+        x.shape == y.shape and x.strides == y.strides
+        and x.__array_interface__["data"][0] == y.__array_interface__["data"][0]
+    )
+
+
+def _unalias(a, b, index, out):
+    """Inputs the loops may read while ``out`` is written. The loops write
+    ``out`` slice by slice, so partner rows (or a shifted ``a``) that share
+    memory with ``out`` could be read after they were overwritten: such
+    inputs are copied first (only the partner rows used, for a gather)."""
+    if not isinstance(out, np.ndarray):
+        return a, b, index
+    if isinstance(b, np.ndarray) and np.may_share_memory(out, b):
+        if index is not None:
+            b, index = np.take(b, index, axis=0), None
+        elif not _same_view(out, b):
+            b = b.copy()
+    if isinstance(a, np.ndarray) and np.may_share_memory(out, a) and not _same_view(out, a):
+        a = a.copy()
+    return a, b, index
 
 
 def _mix_kernel(a, b, index, lam_w, rest_w, out) -> bool:

@@ -259,3 +259,42 @@ def test_environment_variable_selects_the_numpy_loop():
     x = np.random.default_rng(6).random((33, 7, 5)).astype(np.float32)
     out = mix_gather(x, x, np.arange(33)[::-1], np.linspace(0, 1, 33))
     assert hashlib.sha256(out.tobytes()).hexdigest() == digest
+
+
+@pytest.fixture(params=["c", "numpy"])
+def kernel_path(request, monkeypatch):
+    """Run a test through the compiled loop and through the numpy loop."""
+    if request.param == "c" and core._kernel is None:
+        pytest.skip("mixup_cli._kernel not active")
+    if request.param == "numpy":
+        monkeypatch.setattr(core, "_kernel", None)
+    return request.param
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.uint8, np.int64])
+def test_gather_in_place_from_its_own_rows(kernel_path, dtype):
+    """mix_gather(a, a, idx, lam, out=a): every partner row is read as it was
+    before the call, also beyond one internal slice (4096 x 256 float32 is 4 MB)."""
+    rng = np.random.default_rng(11)
+    a = (rng.random((4100, 256)) * 200).astype(dtype)
+    index = rng.integers(0, len(a), len(a)).astype(np.int64)
+    lam = rng.random(len(a))
+    want = mix_rows(a.copy(), a.copy()[index], lam)
+    got = mix_gather(a, a, index, lam, out=a)
+    assert got is a
+    assert np.array_equal(a, want)
+
+
+def test_rows_shifted_onto_themselves(kernel_path):
+    """out and the inputs overlapping with an offset (out = x[1:], b = x[:-1])."""
+    rng = np.random.default_rng(12)
+    x = rng.random((5000, 256)).astype(np.float32)
+    lam = rng.random(len(x) - 1)
+    want = mix_rows(x[1:].copy(), x[:-1].copy(), lam)
+    mix_rows(x[1:], x[:-1], lam, out=x[1:])
+    assert np.array_equal(x[1:], want)
+    y = rng.random((5000, 256)).astype(np.float32)
+    partner = y[::-1][1:].copy()
+    want = mix_rows(y[1:].copy(), partner, lam)
+    mix_rows(y[1:], partner, lam, out=y[:-1])
+    assert np.array_equal(y[:-1], want)
