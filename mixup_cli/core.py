@@ -52,8 +52,17 @@ _KERNEL_DTYPES = frozenset(
 _SLICE_BYTES = 1024 * 1024
 
 
+# numpy's Beta sampler is accurate (mean and variance as Beta's, within a few
+# ulps of 0.5 once the spread is below double precision) from 5e-324 to about
+# 9e307, where the sum of its two Gamma draws overflows and every lam becomes
+# 0. The accepted range leaves a wide margin on both sides (README: --alpha).
+ALPHA_MIN = 1e-300
+ALPHA_MAX = 1e300
+
+
 def check_alpha(alpha: float) -> float:
-    """Return alpha as a float, or raise if Beta(alpha, alpha) is undefined."""
+    """Return alpha as a float, or raise if Beta(alpha, alpha) is undefined
+    or outside the range the sampler is accurate in."""
     try:
         value = float(alpha)
     except (TypeError, ValueError):
@@ -61,6 +70,12 @@ def check_alpha(alpha: float) -> float:
     if not np.isfinite(value) or value <= 0:
         raise ParameterError(
             f"--alpha must be a finite number > 0 (Beta(alpha, alpha)), got {alpha!r}", "--alpha"
+        )
+    if not ALPHA_MIN <= value <= ALPHA_MAX:
+        raise ParameterError(
+            f"--alpha {alpha!r} is outside [{ALPHA_MIN:g}, {ALPHA_MAX:g}], the range where Beta(alpha, alpha) "
+            f"is sampled accurately; above {ALPHA_MAX:g} every lam is 0.5 anyway, below {ALPHA_MIN:g} 0 or 1",
+            "--alpha",
         )
     return value
 

@@ -103,3 +103,38 @@ def test_sample_lam_is_beta_shaped():
     # Beta(0.2, 0.2) is U-shaped: most mass near the ends, mean 0.5.
     assert abs(lam.mean() - 0.5) < 0.02
     assert ((lam < 0.1) | (lam > 0.9)).mean() > 0.6
+
+
+@pytest.mark.parametrize("alpha", [1e308, 1.7e308, 1e301, 1e-301, 5e-324])
+def test_alpha_outside_the_accurate_range_is_refused(alpha):
+    with pytest.raises(ParameterError, match=r"--alpha .*\[1e-300, 1e\+300\]"):
+        mixup(np.ones((2, 2)), None, alpha, rng=0)
+
+
+@pytest.mark.parametrize("alpha", [1e-300, 1e-10, 0.2, 1.0, 1e3, 1e12, 1e300])
+def test_lam_follows_beta_at_the_ends_of_the_accepted_range(alpha):
+    """Sample mean and variance against Beta(alpha, alpha)'s: 1/2 and 1/(4(2a+1))."""
+    n = 100_000
+    lam = sample_lam(np.random.default_rng(7), alpha, n)
+    assert np.all((lam >= 0) & (lam <= 1))
+    var = 1 / (4 * (2 * alpha + 1))
+    assert abs(lam.mean() - 0.5) < 5 * np.sqrt(var / n) + 2**-53
+    spread = np.sqrt(var)
+    if spread > 1e-12:
+        assert abs(lam.var() / var - 1) < 0.03
+    else:  # below double precision near 0.5: every draw within a few ulps of it
+        assert np.abs(lam - 0.5).max() <= max(8 * spread, 2**-52)
+    if alpha <= 1e-10:  # nearly all the mass at 0 and 1, half each
+        assert np.mean((lam == 0) | (lam == 1)) > 0.999
+
+
+def test_cli_refuses_huge_alpha_before_writing(run_cli, tmp_path):
+    from conftest import make_arrays, write_h5
+
+    x, y = make_arrays(n=12)
+    src = write_h5(tmp_path / "in.h5", x=x, y=y)
+    result = run_cli("augment", src, tmp_path / "out.h5", "--alpha", "1e308")
+    assert result.exit_code == 2
+    assert "--alpha" in result.stderr and "1e+300" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.h5"]
