@@ -179,6 +179,18 @@ def check_finite(block: np.ndarray, rows, label: str, note: str = "") -> None:
         )
 
 
+def _refuse_long_float(path, key: str, dtype: np.dtype, hint: str) -> None:
+    """float16/32/64 are the floats every output format stores and reads back;
+    long double (float96/float128) is not portable (HDF5 output of it cannot be
+    read again through numpy's buffer protocol, other formats differ by platform)."""
+    dtype = np.dtype(dtype)
+    if dtype.kind == "f" and dtype.itemsize not in (2, 4, 8):
+        raise InputError(
+            f"{path}: array '{key}' has dtype {dtype.name} (long double), which is not supported "
+            f"(float16/32/64 and integer types are); {hint}"
+        )
+
+
 def prepare(
     reader: Reader,
     x_key: str,
@@ -189,6 +201,10 @@ def prepare(
 ) -> Prepared:
     """Resolve what x and y become (finding the classes if needed) and wrap ``reader``."""
     options.check()
+    if options.x_dtype == "keep":
+        _refuse_long_float(reader.path, x_key, x_spec.dtype, "pass --x-dtype float64 to convert it as it is read")
+    if y_spec is not None:
+        _refuse_long_float(reader.path, y_key, y_spec.dtype, "save the targets as float64")
     check = not options.allow_nonfinite
     x_label = f"{reader.path}: '{x_key}'"
     x_dtype = x_spec.dtype if options.x_dtype == "keep" else np.dtype(options.x_dtype)

@@ -171,6 +171,43 @@ def test_unsupported_y_dtypes_are_refused(tmp_path, run_cli, outdir, y):
     assert_nothing_written(outdir)
 
 
+needs_long_double = pytest.mark.skipif(np.dtype(np.longdouble).itemsize == 8, reason="long double is float64 here")
+
+
+@needs_long_double
+@pytest.mark.parametrize("fmt", ["npz", "npydir", "npz-compressed"])
+@pytest.mark.parametrize("key", ["x", "y"])
+def test_long_double_is_refused_naming_file_and_array(tmp_path, run_cli, outdir, fmt, key):
+    n = 6
+    arrays = {"x": np.ones((n, 2), np.float32), "y": one_hot(n)}
+    arrays[key] = arrays[key].astype(np.longdouble)
+    if fmt == "npydir":
+        src = write_npy_dir(tmp_path / "in", **arrays)
+    else:
+        src = write_npz(tmp_path / "in.npz", compressed=fmt == "npz-compressed", **arrays)
+    for out in ("out.h5", "out.npz", "out"):
+        result = run_cli("augment", src, outdir / out)
+        assert result.exit_code == 1, result.stderr
+        line = result.stderr.strip()
+        assert "\n" not in line and str(src) in line and f"array '{key}'" in line and "long double" in line
+        assert "Traceback" not in result.stderr
+        assert_nothing_written(outdir)
+
+
+@needs_long_double
+def test_long_double_x_converted_with_x_dtype_round_trips_and_verifies(tmp_path, run_cli):
+    x = (np.arange(24, dtype=np.longdouble).reshape(12, 2) / 7)
+    src = write_npz(tmp_path / "in.npz", x=x, y=one_hot(12))
+    out = tmp_path / "out.h5"
+    assert run_cli("augment", src, out, "--x-dtype", "float64", "--seed", 3).exit_code == 0
+    with h5py.File(out) as f:
+        got, lam, partner = f["x"][()], f["lam"][()], f["partner"][()]
+    assert got.dtype == np.float64
+    assert np.array_equal(got, mix_rows(x.astype(np.float64), x.astype(np.float64)[partner], lam))
+    result = run_cli("verify", out)
+    assert result.exit_code == 0, result.stdout + result.stderr
+
+
 # ---------------------------------------------------------------- NaN and Inf
 
 
