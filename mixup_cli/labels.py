@@ -43,6 +43,12 @@ Y_KINDS = ("auto",) + KINDS
 KIND_NAMES = {"classes": "class", "binary": "binary", "multilabel": "multi-label", "dense": "dense"}
 # Rows of y read at once by the pass that finds the classes.
 SCAN_ROWS = 1 << 20
+# Inferred classes (no --num-classes) are refused when there are more of them
+# than rows, or when their one-hot rows would be more than ONE_HOT_FACTOR times
+# the input's rows (x and y) and more than ONE_HOT_FLOOR bytes in all: labels
+# that are identifiers rather than classes would otherwise start a huge output.
+ONE_HOT_FACTOR = 8
+ONE_HOT_FLOOR = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -117,10 +123,13 @@ def resolve(
     kind: str = "auto",
     num_classes: int | None = None,
     label_smoothing: float = 0.0,
+    input_row_bytes: int | None = None,
 ) -> Targets:
     """Decide how ``y`` is encoded; for classes without ``num_classes``, find them.
 
     ``reader`` is only read (in blocks) when the classes must be found.
+    ``input_row_bytes`` (x and y of one input row) sizes the guard on
+    inferred classes (``check_inferred_classes``).
     """
     dtype = np.dtype(dtype)
     row_shape = tuple(shape[1:])
@@ -160,6 +169,7 @@ def resolve(
         if not len(classes):
             raise InputError(f"{label} has no rows; there are no classes to encode")
         num_classes = int(classes[-1]) + 1
+        check_inferred_classes(label, num_classes, len(classes), shape[0], input_row_bytes)
     else:
         try:
             num_classes = int(num_classes)
@@ -168,6 +178,26 @@ def resolve(
         if num_classes < 1:
             raise ParameterError(f"--num-classes must be an integer >= 1, got {num_classes!r}", "--num-classes")
     return Targets("classes", np.dtype(np.float32), num_classes, classes, eps, label)
+
+
+def check_inferred_classes(label: str, num_classes: int, present: int, n_rows: int,
+                           input_row_bytes: int | None) -> None:
+    """Refuse classes found in the data that look like identifiers: more
+    classes than rows, or a one-hot output many times the input."""
+    one_hot_row = num_classes * np.dtype(np.float32).itemsize
+    reason = None
+    if num_classes > n_rows:
+        reason = "more classes than rows"
+    elif (input_row_bytes and one_hot_row > ONE_HOT_FACTOR * input_row_bytes
+          and one_hot_row * n_rows > ONE_HOT_FLOOR):
+        reason = (f"one-hot rows of {one_hot_row} bytes would be {one_hot_row / input_row_bytes:.0f} times "
+                  f"the input's {input_row_bytes}-byte rows, {one_hot_row * n_rows / 2**20:.0f} MiB per copy")
+    if reason:
+        raise InputError(
+            f"{label}: labels up to {num_classes - 1} make {num_classes} classes ({present} present) "
+            f"for {n_rows} rows: {reason}; if they are identifiers, not classes, pass --y-format pair "
+            f"(kept as they are) or --y-kind dense (mixed as numbers); if they are classes, pass --num-classes"
+        )
 
 
 def find_classes(reader, key: str, n_rows: int, label: str, block_rows: int = SCAN_ROWS) -> tuple[int, ...]:

@@ -241,7 +241,8 @@ def prepare(
                 return block
         else:
             targets = labels.resolve(
-                reader, y_key, y_spec.dtype, y_spec.shape, options.y_kind, options.num_classes, options.label_smoothing
+                reader, y_key, y_spec.dtype, y_spec.shape, options.y_kind, options.num_classes, options.label_smoothing,
+                input_row_bytes=x_spec.row_bytes + y_spec.row_bytes,
             )
             kind = targets.kind
             specs[y_key] = ArraySpec((y_spec.rows,) + targets.encoded_row_shape(y_spec.row_shape), targets.dtype)

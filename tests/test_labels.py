@@ -1,5 +1,6 @@
 """Targets: integer classes, binary, multi-label, dense, pair output, label smoothing."""
 
+import h5py
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -370,3 +371,87 @@ def test_hypothesis_class_labels_equal_hand_encoding(tmp_path_factory, n, c, blo
     for key in ("x", "y", "lam", "partner"):
         assert np.array_equal(out_a[key], out_b[key]), key
     assert np.allclose(out_a["y"].sum(axis=1), 1, atol=1e-5)
+
+
+# ---------------------------------------------------------------- guard on inferred classes
+
+
+def test_identifiers_as_labels_are_refused_naming_classes_rows_and_options(tmp_path, run_cli, outdir):
+    """More inferred classes than rows: identifiers, not classes."""
+    n = 2000
+    y = np.random.default_rng(3).choice(524_263, n, replace=False).astype(np.int64)
+    y[0] = 524_263
+    src = write_h5(tmp_path / "ids.h5", x=xs(n, (2,)), y=y)
+    result = run_cli("augment", src, outdir / "out.h5")
+    assert result.exit_code == 1, result.stderr
+    line = result.stderr.strip()
+    assert "\n" not in line and "Traceback" not in line
+    assert "524264 classes" in line and "2000 rows" in line and "more classes than rows" in line
+    for option in ("--num-classes", "--y-kind dense", "--y-format pair"):
+        assert option in line
+    assert_nothing_written(outdir)
+    # the options it names do help: pair keeps them, dense mixes them as numbers
+    assert run_cli("augment", src, outdir / "pair.h5", "--y-format", "pair").exit_code == 0
+    assert run_cli("augment", src, outdir / "dense.h5", "--y-kind", "dense").exit_code == 0
+    with h5py.File(outdir / "pair.h5") as f:
+        assert np.array_equal(f["y_a"][()], y)
+        assert np.array_equal(f["y_b"][()], y[f["partner"][()]])
+
+
+def test_one_hot_many_times_the_input_is_refused(tmp_path, run_cli, outdir):
+    """Fewer classes than rows, but one-hot rows 3000x the input's: 763 MiB per copy."""
+    n = 20_000
+    y = (np.arange(n) % 10_000).astype(np.int64)
+    src = write_npz(tmp_path / "in.npz", x=np.ones((n, 1), np.float32), y=y)
+    result = run_cli("augment", src, outdir / "out.h5")
+    assert result.exit_code == 1, result.stderr
+    assert "10000 classes" in result.stderr and "20000 rows" in result.stderr and "times" in result.stderr
+    assert_nothing_written(outdir)
+
+
+def test_a_small_one_hot_is_not_refused(tmp_path):
+    """Below the floor (64 MiB) many classes per row are fine: 1000 rows, 900 classes, 3.4 MiB."""
+    n = 1000
+    y = (np.arange(n) % 900).astype(np.int64)
+    src = write_h5(tmp_path / "in.h5", x=np.ones((n, 1), np.float32), y=y)
+    run(src, tmp_path / "out.h5")
+    with h5py.File(tmp_path / "out.h5") as f:
+        assert f["y"].shape == (n, 900)
+
+
+def test_explicit_num_classes_is_not_second_guessed(tmp_path):
+    y = np.array([0, 7, 3, 7, 9], np.int64)
+    src = write_h5(tmp_path / "in.h5", x=xs(5), y=y)
+    with pytest.raises(InputError, match="more classes than rows"):
+        run(src, tmp_path / "a.h5")
+    run(src, tmp_path / "b.h5", num_classes=10)
+    with h5py.File(tmp_path / "b.h5") as f:
+        assert f["y"].shape == (5, 10)
+
+
+def test_free_space_check_counts_the_one_hot_output(tmp_path, monkeypatch):
+    """x is 8 KB; with 2000 classes the one-hot y is 16 MB: a disk with 4 MB free refuses it."""
+    import os
+    from types import SimpleNamespace
+
+    from mixup_cli import pipeline
+    from mixup_cli.errors import OutputError
+
+    n = 2000
+    src = write_h5(tmp_path / "in.h5", x=np.ones((n, 1), np.float32), y=(np.arange(n) % 10).astype(np.int64))
+    out_dir = tmp_path / "o"
+    out_dir.mkdir()
+    real = os.statvfs
+
+    def small_disk(path):
+        if os.path.realpath(path) == os.path.realpath(out_dir):
+            return SimpleNamespace(f_bavail=1024, f_frsize=4096)  # 4 MiB free
+        return real(path)
+
+    monkeypatch.setattr(pipeline.os, "statvfs", small_disk)
+    with pytest.raises(OutputError, match="disk full"):
+        run(src, out_dir / "big.h5", num_classes=2000)
+    assert sorted(p.name for p in out_dir.iterdir()) == []
+    run(src, out_dir / "small.h5")  # 10 classes: about 0.2 MB, fits
+    with h5py.File(out_dir / "small.h5") as f:
+        assert f["y"].shape == (n, 10)
