@@ -268,8 +268,8 @@ def _mix_numpy(a, b, index, lam_w, rest_w, out):
             np.clip(ta, lo, hi, out=ta)
             np.copyto(out[start:stop], ta, casting="unsafe")
             if exact is not None:
-                flat = out[start:stop].reshape(-1)  # a view: out is contiguous in this loop
-                flat[exact[0]] = exact[1]
+                part = out[start:stop]
+                part[np.unravel_index(exact[0], part.shape)] = exact[1]  # out may be any view
         else:
             np.add(ta, tb, out=out[start:stop])
     return out

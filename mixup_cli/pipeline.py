@@ -148,15 +148,18 @@ class Source:
 
 
 def open_source(
-    path: Path, x_key: str, y_key: str | None, options: DataOptions | None = None, require_y: bool = True
+    path: Path, x_key: str, y_key: str | None, options: DataOptions | None = None, require_y: bool = True,
+    scratch_prefix: Path | None = None,
 ) -> Source:
     """Open the input and check that x (and y) exist and have rows to mix.
 
     ``options`` decide how rows are prepared (x dtype, target encoding,
     NaN checks); the classes of integer labels may be found here by one
     streaming pass over y. Without ``require_y`` a missing y means x alone.
+    ``scratch_prefix``: the output's partial name, beside which the reader may
+    put scratch files (inflated ``.npz`` members); else the temporary directory.
     """
-    reader = open_reader(path)
+    reader = open_reader(path, scratch_prefix)
     try:
         specs = {x_key: reader.require(x_key, "--x-key")}
         if y_key is not None and not require_y and y_key not in reader.keys():
@@ -688,7 +691,8 @@ def augment(request: AugmentRequest, progress: Progress | None = None) -> Augmen
     input_path, output = Path(request.input), Path(request.output)
     out_format = check_output_path(input_path, output, request.overwrite)
 
-    source = open_source(input_path, request.x_key, request.y_key, request.data_options(), request.require_y)
+    source = open_source(input_path, request.x_key, request.y_key, request.data_options(), request.require_y,
+                         scratch_prefix=atomic.partial_path(output))
     lock = atomic.RunLock(output)
     try:
         lock.acquire()

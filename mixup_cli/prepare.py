@@ -21,6 +21,7 @@ import numpy as np
 from mixup_cli import labels
 from mixup_cli.errors import InputError, ParameterError
 from mixup_cli.io.base import ArraySpec, Reader
+from mixup_cli.io.npyfile import check_output_key
 
 X_DTYPES = ("keep", "float16", "float32", "float64")
 Y_FORMATS = ("soft", "pair")
@@ -201,6 +202,11 @@ def prepare(
 ) -> Prepared:
     """Resolve what x and y become (finding the classes if needed) and wrap ``reader``."""
     options.check()
+    # Output arrays take the input's names; refuse at the start any name that
+    # could point outside OUT (npyfile.check_output_key).
+    check_output_key(x_key, "--x-key")
+    if y_key is not None:
+        check_output_key(y_key, "--y-key")
     if options.x_dtype == "keep":
         _refuse_long_float(reader.path, x_key, x_spec.dtype, "pass --x-dtype float64 to convert it as it is read")
     if y_spec is not None:

@@ -120,3 +120,17 @@ def test_weights_outside_unit_interval_still_clip():
     b = np.array([2**63 - 1, -(2**63)], np.int64)
     out = mix_both(a, b, np.array([-1.0, -1.0]))
     assert out.tolist() == [2**63 - 1024, -(2**63)]
+
+
+def test_non_contiguous_arrays_take_the_same_exact_path():
+    rng = np.random.default_rng(9)
+    a = rng.integers(0, 2**64 - 1, (30, 6), dtype=np.uint64, endpoint=True)
+    b = rng.integers(0, 2**64 - 1, (30, 6), dtype=np.uint64, endpoint=True)
+    lam = rng.random(30)
+    out = np.zeros((30, 6), np.uint64)
+    mix_rows(a[:, ::2], b[:, 1::2], lam, out=out[:, ::2])
+    assert np.array_equal(out[:, ::2], mix_rows(np.ascontiguousarray(a[:, ::2]), np.ascontiguousarray(b[:, 1::2]), lam))
+    assert not out[:, 1::2].any()
+    for i in range(30):
+        for k in range(3):
+            assert int(out[i, 2 * k]) == exact_round(int(a[i, 2 * k]), int(b[i, 2 * k + 1]), float(lam[i]))

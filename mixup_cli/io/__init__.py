@@ -58,7 +58,9 @@ def _module(fmt: str):
     return importlib.import_module(_MODULES[fmt])
 
 
-def open_reader(path: Path) -> Reader:
+def open_reader(path: Path, scratch_prefix: Path | None = None) -> Reader:
+    """``scratch_prefix``: where a reader may put scratch files (the output's
+    partial name; compressed ``.npz`` members are inflated there)."""
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: no such file or directory; check the path")
@@ -68,6 +70,8 @@ def open_reader(path: Path) -> Reader:
             f"{path}: is a directory, not a {fmt} file; pass the file itself "
             "(a directory is read as .npy files only when its name has no extension)"
         )
+    if fmt == "npz":
+        return _module(fmt).open_reader(path, scratch_prefix)
     return _module(fmt).open_reader(path)
 
 

@@ -1,7 +1,8 @@
 """A directory of ``.npy`` files, one array per file (``x.npy``, ``y.npy``...).
 
 Inputs are memory-mapped; outputs are written through writable memory maps,
-so neither side holds more than the rows being touched.
+so neither side holds more than the rows being touched. A nested key such as
+``train/images`` is the file ``train/images.npy`` inside the directory.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import numpy as np
 from mixup_cli.errors import InputError
 from mixup_cli.io import base
 from mixup_cli.io.base import ArraySpec, WriteOptions
-from mixup_cli.io.npyfile import NpyMaps, memmap_npy
+from mixup_cli.errors import ParameterError
+from mixup_cli.io.npyfile import NpyMaps, member_path, memmap_npy
 
 
 def open_reader(path: Path) -> "Reader":
@@ -30,18 +32,43 @@ class Reader(base.Reader):
         except PermissionError:
             raise InputError(f"{self.path}: permission denied; make the directory readable") from None
         self._files = {p.stem: p for p in names}
+        self._nested: dict[str, Path] = {}  # nested keys opened (train/images -> train/images.npy)
         self._arrays: dict[str, np.ndarray] = {}
+
+    def _file(self, key: str) -> Path | None:
+        """The file of ``key``: top-level, or nested inside the directory."""
+        if key in self._files:
+            return self._files[key]
+        if key in self._nested:
+            return self._nested[key]
+        if "/" not in key.strip("/"):
+            return None
+        try:
+            path = self.path / member_path(key)
+        except ParameterError:  # '..' and the like never leave the directory
+            return None
+        if not path.is_file():
+            return None
+        self._nested[key] = path
+        return path
 
     def _array(self, key: str) -> np.ndarray:
         if key not in self._arrays:
-            self._arrays[key] = memmap_npy(self._files[key])
+            self._arrays[key] = memmap_npy(self._file(key))
         return self._arrays[key]
 
     def keys(self) -> list[str]:
-        return list(self._files)
+        nested = []
+        for sub in sorted(p for p in self.path.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            try:
+                nested += sorted(q.relative_to(self.path).with_suffix("").as_posix()
+                                 for q in sub.rglob("*.npy") if q.is_file())
+            except OSError:
+                continue
+        return list(self._files) + nested
 
     def require(self, key: str, option: str, kinds: str = "fiu") -> ArraySpec:
-        if key not in self._files:
+        if self._file(key) is None:
             present = ", ".join(f"{k}.npy" for k in self._files) or "no .npy files"
             raise InputError(f"{self.path}: no {key}.npy (present: {present}); choose one with {option}")
         return super().require(key, option, kinds)
@@ -57,7 +84,7 @@ class Reader(base.Reader):
         return np.asarray(self._array(key)[rows])
 
     def files(self) -> list[Path]:
-        return list(self._files.values())
+        return list(self._files.values()) + list(self._nested.values())
 
     def close(self) -> None:
         self._arrays.clear()
@@ -68,6 +95,8 @@ class Writer(base.Writer):
 
     def __init__(self, path: Path, specs: dict[str, ArraySpec], options: WriteOptions):
         super().__init__(path, specs, options)
+        for key in specs:
+            member_path(key)  # refused before anything is made
         self.path.mkdir()
         self._maps = NpyMaps(self.path, specs)
 
@@ -91,4 +120,4 @@ class Writer(base.Writer):
         self._maps.close()
 
     def files(self) -> list[Path]:
-        return [Path(f"{key}.npy") for key in self.specs]
+        return [Path(member_path(key)) for key in self.specs]

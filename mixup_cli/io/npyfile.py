@@ -5,12 +5,13 @@ formats. Never unpickles."""
 from __future__ import annotations
 
 import errno
+import math
 import os
 from pathlib import Path
 
 import numpy as np
 
-from mixup_cli.errors import InputError
+from mixup_cli.errors import InputError, ParameterError
 from mixup_cli.io.base import ArraySpec
 
 
@@ -32,23 +33,76 @@ def read_header(fh, label: str) -> tuple[tuple[int, ...], bool, np.dtype, int]:
     return tuple(shape), fortran, dtype, fh.tell()
 
 
-def memmap_npy(path: Path, offset: int = 0, label: str | None = None) -> np.ndarray:
-    """Memory-map the ``.npy`` array that starts at ``offset`` in ``path``, read-only."""
-    label = label or str(path)
+def memmap_npy(source, offset: int = 0, label: str | None = None, end: int | None = None) -> np.ndarray:
+    """Memory-map the ``.npy`` array that starts at ``offset`` in ``source``
+    (a path, or an open binary file), read-only.
+
+    ``end``: where the array's bytes must end at the latest (the end of an
+    archive member); by default the end of the file. A header promising more
+    data than that, or a shape no array can have, is an InputError naming
+    ``label``.
+    """
+    label = label or str(source)
     try:
-        with open(path, "rb") as fh:
-            fh.seek(offset)
-            shape, fortran, dtype, data_offset = read_header(fh, label)
-            fh.seek(0, 2)
-            size = fh.tell()
+        if isinstance(source, (str, os.PathLike)):
+            with open(source, "rb") as fh:
+                shape, fortran, dtype, data_offset, size = _header_and_size(fh, offset, label)
+        else:
+            shape, fortran, dtype, data_offset, size = _header_and_size(source, offset, label)
     except PermissionError:
         raise InputError(f"{label}: permission denied; make the file readable") from None
-    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    if data_offset + expected > size:
-        raise InputError(f"{label}: truncated: the header promises {expected} bytes of data")
-    if expected == 0:
-        return np.empty(shape, dtype=dtype, order="F" if fortran else "C")
-    return np.memmap(path, dtype=dtype, mode="r", offset=data_offset, shape=shape, order="F" if fortran else "C")
+    if any(d < 0 for d in shape):
+        raise InputError(f"{label}: the .npy header gives an impossible shape {shape} (a negative length); the file is damaged")
+    expected = math.prod(shape) * dtype.itemsize  # Python integers: no overflow
+    limit = size if end is None else min(size, end)
+    if data_offset + expected > limit:
+        have = max(0, limit - data_offset)
+        if end is not None:
+            raise InputError(
+                f"{label}: member is shorter than its .npy header says (shape {shape}, dtype {dtype}: "
+                f"{expected} bytes of data, but the member holds {have}); the archive is damaged"
+            )
+        raise InputError(
+            f"{label}: truncated: the header promises {expected} bytes of data (shape {shape}, dtype {dtype}) "
+            f"but the file holds {have}"
+        )
+    order = "F" if fortran else "C"
+    try:
+        if expected == 0:
+            return np.empty(shape, dtype=dtype, order=order)
+        return np.memmap(source, dtype=dtype, mode="r", offset=data_offset, shape=shape, order=order)
+    except (ValueError, OverflowError, MemoryError) as exc:
+        raise InputError(f"{label}: the .npy header gives shape {shape}, which no array can have ({exc})") from None
+
+
+def _header_and_size(fh, offset: int, label: str):
+    fh.seek(offset)
+    shape, fortran, dtype, data_offset = read_header(fh, label)
+    fh.seek(0, 2)
+    return shape, fortran, dtype, data_offset, fh.tell()
+
+
+def member_path(key: str) -> str:
+    """The relative POSIX path ``KEY.npy`` an output array is stored under
+    (in a ``.npy`` directory, or as an ``.npz`` member). Nested keys such as
+    ``train/images`` become subfolders; a leading ``/`` is dropped. Names
+    that could point outside the output (``..``, ``.``, empty parts,
+    backslashes, NUL) are refused: ``check_output_key``."""
+    check_output_key(key)
+    return key.lstrip("/") + ".npy"
+
+
+def check_output_key(key: str, option: str = "--x-key") -> None:
+    """Refuse an array name that is not a plain (or nested plain) name."""
+    parts = key.lstrip("/").split("/")
+    if (not key.lstrip("/") or any(part in ("", ".", "..") for part in parts)
+            or "\\" in key or "\0" in key):
+        raise ParameterError(
+            f"{option} {key!r}: not usable as an output array name: arrays are written as files inside OUT, "
+            "so names must be plain, or nested like 'train/images', without '..', '.', empty parts "
+            "or backslashes; rename the array in the input",
+            option,
+        )
 
 
 def create_npy(path: Path, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
@@ -86,9 +140,12 @@ class NpyMaps:
 
     def __init__(self, folder: Path, specs: dict[str, ArraySpec], reopen: bool = False):
         open_npy = reopen_npy if reopen else create_npy
-        self._maps = {
-            key: open_npy(Path(folder) / f"{key}.npy", spec.shape, spec.dtype) for key, spec in specs.items()
-        }
+        self._maps = {}
+        for key, spec in specs.items():
+            path = Path(folder) / member_path(key)
+            if not reopen:
+                path.parent.mkdir(parents=True, exist_ok=True)  # nested keys: subfolders
+            self._maps[key] = open_npy(path, spec.shape, spec.dtype)
 
     def __len__(self) -> int:
         return len(self._maps)

@@ -1,18 +1,29 @@
 """``.npz`` archives (``numpy.savez`` / ``savez_compressed``).
 
-Stored (uncompressed) members are memory-mapped in place. Deflated members
-cannot be read at random offsets, so each one used is first inflated, as a
-stream, into a temporary ``.npy`` file and memory-mapped from there: disk,
-not memory, holds it. Output members are staged as ``.npy`` memory maps
-beside the target and packed into the archive when the run completes.
+Stored (uncompressed) members are memory-mapped in place, after checking
+that the member holds all the bytes its ``.npy`` header promises. Deflated
+members cannot be read at random offsets, so each one used is first
+inflated, as a stream, into a scratch file and memory-mapped from there:
+disk, not memory, holds it. The scratch file is made beside the output
+(``scratch_prefix``: the output's partial name, so cleanup rules for partial
+files cover it) or, without an output, in the temporary directory; it is
+unlinked as soon as it is made (``O_TMPFILE`` where the filesystem has it),
+so nothing is left behind even by SIGKILL. Inflation writes no more than the
+``.npy`` header declares, and that size is checked against the free space
+first: a zip bomb is refused, not inflated. Output members are staged as
+``.npy`` memory maps beside the target and packed into the archive when the
+run completes; nested keys (``train/images``) become members
+``train/images.npy``.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import struct
 import tempfile
 import zipfile
+from itertools import count
 from pathlib import Path
 
 import numpy as np
@@ -20,13 +31,44 @@ import numpy as np
 from mixup_cli.errors import InputError
 from mixup_cli.io import base
 from mixup_cli.io.base import ArraySpec, WriteOptions
-from mixup_cli.io.npyfile import NpyMaps, memmap_npy
+from mixup_cli.io.npyfile import NpyMaps, member_path, memmap_npy, read_header
 
 _LOCAL_HEADER = struct.Struct("<4s2B4HL2L2H")  # zip local file header, 30 bytes
 
 
-def open_reader(path: Path) -> "Reader":
-    return Reader(path)
+def open_reader(path: Path, scratch_prefix: Path | None = None) -> "Reader":
+    return Reader(path, scratch_prefix)
+
+
+_scratch_names = count()
+
+
+def _scratch_file(prefix: Path | None):
+    """An open, already unlinked file to inflate a member into: beside the
+    output under its partial name (``prefix``), else in the temporary
+    directory. Only a kill in the instant between creating and unlinking a
+    named file (where O_TMPFILE is missing) can leave it behind, under the
+    partial prefix that the next run on that output removes."""
+    folder = Path(prefix).parent if prefix is not None else Path(tempfile.gettempdir())
+    tmpfile = getattr(os, "O_TMPFILE", 0)
+    if tmpfile:
+        try:
+            return os.fdopen(os.open(folder, tmpfile | os.O_RDWR, 0o600), "w+b")
+        except OSError:
+            pass  # the filesystem lacks it: a named file, unlinked at once
+    stem = Path(prefix).name if prefix is not None else "mixup-npz"
+    path = folder / f"{stem}.inflate-{os.getpid()}-{next(_scratch_names)}.npy"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    os.unlink(path)
+    return os.fdopen(fd, "w+b")
+
+
+def _free_bytes(folder: Path) -> int | None:
+    try:
+        st = os.statvfs(folder)
+    except (OSError, AttributeError):
+        return None
+    return st.f_bavail * st.f_frsize
 
 
 def _data_offset(path: Path, info: zipfile.ZipInfo) -> int:
@@ -41,8 +83,9 @@ def _data_offset(path: Path, info: zipfile.ZipInfo) -> int:
 class Reader(base.Reader):
     format_name = "npz"
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, scratch_prefix: Path | None = None):
         super().__init__(path)
+        self._scratch_prefix = scratch_prefix
         try:
             self._zip = zipfile.ZipFile(self.path)
         except PermissionError:
@@ -53,7 +96,6 @@ class Reader(base.Reader):
             info.filename[: -len(".npy")]: info for info in self._zip.infolist() if info.filename.endswith(".npy")
         }
         self._arrays: dict[str, np.ndarray] = {}
-        self._spill: Path | None = None
 
     def _array(self, key: str) -> np.ndarray:
         if key in self._arrays:
@@ -61,19 +103,55 @@ class Reader(base.Reader):
         info = self._members[key]
         label = f"{self.path}[{key}]"
         if info.compress_type == zipfile.ZIP_STORED:
-            arr = memmap_npy(self.path, _data_offset(self.path, info), label)
+            start = _data_offset(self.path, info)
+            arr = memmap_npy(self.path, start, label, end=start + info.compress_size)
         else:
-            if self._spill is None:
-                self._spill = Path(tempfile.mkdtemp(prefix="mixup-npz-"))
-            target = self._spill / f"{len(self._arrays)}.npy"
-            try:
-                with self._zip.open(info) as src, open(target, "wb") as dst:
-                    shutil.copyfileobj(src, dst, 4 * 1024 * 1024)
-            except (zipfile.BadZipFile, OSError, EOFError) as exc:
-                raise InputError(f"{label}: cannot decompress ({exc})") from None
-            arr = memmap_npy(target, 0, label)
+            arr = self._inflate(info, label)
         self._arrays[key] = arr
         return arr
+
+    def _inflate(self, info: zipfile.ZipInfo, label: str) -> np.ndarray:
+        """Inflate a deflated member into an unlinked scratch file, no more
+        than its header declares, after checking that much is free."""
+        try:
+            with self._zip.open(info) as src:
+                shape, _, dtype, header_bytes = read_header(src, label)
+                if any(d < 0 for d in shape):
+                    raise InputError(f"{label}: the .npy header gives an impossible shape {shape} "
+                                     "(a negative length); the archive is damaged")
+                need = header_bytes + int(np.prod(shape, dtype=object)) * dtype.itemsize
+                if need > info.file_size:
+                    raise InputError(
+                        f"{label}: member is shorter than its .npy header says (shape {shape}, dtype {dtype}: "
+                        f"{need} bytes, but the archive declares {info.file_size}); the archive is damaged"
+                    )
+                folder = Path(self._scratch_prefix).parent if self._scratch_prefix is not None else Path(tempfile.gettempdir())
+                free = _free_bytes(folder)
+                if free is not None and need > free:
+                    raise InputError(
+                        f"{label}: inflating this compressed member needs {need / 2**20:.1f} MiB "
+                        f"(shape {shape}, dtype {dtype}) but {free / 2**20:.1f} MiB is free in {folder.resolve()}; "
+                        "free some space, or store the archive uncompressed (numpy.savez)"
+                    )
+                dst = _scratch_file(self._scratch_prefix)
+                try:
+                    with self._zip.open(info) as again:
+                        left = need
+                        while left:
+                            piece = again.read(min(left, 4 * 1024 * 1024))
+                            if not piece:
+                                raise InputError(f"{label}: member ends before the {need} bytes its header declares; "
+                                                 "the archive is damaged")
+                            dst.write(piece)
+                            left -= len(piece)
+                    dst.flush()
+                    return memmap_npy(dst, 0, label)
+                finally:
+                    dst.close()  # the map keeps the data; the file has no name
+        except (zipfile.BadZipFile, EOFError, OSError) as exc:
+            if isinstance(exc, OSError) and exc.errno == 28:
+                raise InputError(f"{label}: disk full while inflating the member; free some space") from None
+            raise InputError(f"{label}: cannot decompress ({exc})") from None
 
     def keys(self) -> list[str]:
         return list(self._members)
@@ -96,11 +174,8 @@ class Reader(base.Reader):
         return [self.path]
 
     def close(self) -> None:
-        self._arrays.clear()
+        self._arrays.clear()  # scratch files go with their last map
         self._zip.close()
-        if self._spill is not None:
-            shutil.rmtree(self._spill, ignore_errors=True)
-            self._spill = None
 
 
 class Writer(base.Writer):
@@ -109,6 +184,8 @@ class Writer(base.Writer):
 
     def __init__(self, path: Path, specs: dict[str, ArraySpec], options: WriteOptions):
         super().__init__(path, specs, options)
+        for key in specs:
+            member_path(key)  # refused before anything is made
         self._staging = self.path.with_name(self.path.name + ".staging")
         if self._staging.exists():
             shutil.rmtree(self._staging)
@@ -125,7 +202,7 @@ class Writer(base.Writer):
             try:
                 with zipfile.ZipFile(self.path) as zf:
                     names = set(zf.namelist())
-                    if zf.testzip() is not None or names != {f"{key}.npy" for key in specs}:
+                    if zf.testzip() is not None or names != {member_path(key) for key in specs}:
                         raise ValueError("the archive is incomplete")
             except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
                 raise cls.damaged(self.path, str(exc)) from None
@@ -151,7 +228,7 @@ class Writer(base.Writer):
         method = zipfile.ZIP_DEFLATED if self.options.compression == "gzip" else zipfile.ZIP_STORED
         with zipfile.ZipFile(self.path, "w", compression=method, allowZip64=True) as zf:
             for key in self.specs:
-                zf.write(self._staging / f"{key}.npy", arcname=f"{key}.npy")
+                zf.write(self._staging / member_path(key), arcname=member_path(key))
         shutil.rmtree(self._staging)
 
     def abort(self) -> None:
