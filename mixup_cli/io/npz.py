@@ -33,6 +33,7 @@ from mixup_cli.io import base
 from mixup_cli.io.base import ArraySpec, WriteOptions
 from mixup_cli.io.npyfile import NpyMaps, member_path, memmap_npy, read_header
 
+_PACKED_AT = (1980, 1, 1, 0, 0, 0)  # the earliest time a zip entry can hold
 _LOCAL_HEADER = struct.Struct("<4s2B4HL2L2H")  # zip local file header, 30 bytes
 
 
@@ -228,7 +229,14 @@ class Writer(base.Writer):
         method = zipfile.ZIP_DEFLATED if self.options.compression == "gzip" else zipfile.ZIP_STORED
         with zipfile.ZipFile(self.path, "w", compression=method, allowZip64=True) as zf:
             for key in self.specs:
-                zf.write(self._staging / member_path(key), arcname=member_path(key))
+                name = member_path(key)
+                info = zipfile.ZipInfo.from_file(self._staging / name, arcname=name)
+                # A fixed timestamp: the same data gives the same archive, byte for byte,
+                # whenever it is packed (the staged files' mtimes would differ).
+                info.date_time = _PACKED_AT
+                info.compress_type = method
+                with open(self._staging / name, "rb") as src, zf.open(info, "w") as dst:
+                    shutil.copyfileobj(src, dst, 4 * 1024 * 1024)
         shutil.rmtree(self._staging)
 
     def abort(self) -> None:
