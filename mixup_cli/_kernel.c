@@ -163,10 +163,23 @@ static ALWAYS_INLINE uint64_t exact_u64(uint64_t a, uint64_t b, double l)
     static ALWAYS_INLINE void NAME##_row(T *o, const T *x, const T *y, double l,         \
                                          double r, double lo, double hi, Py_ssize_t m)   \
     {                                                                                    \
-        const int exact = l >= 0.0 && l <= 1.0;                                          \
+        int exact = l >= 0.0 && l <= 1.0;                                                \
+        if (exact) { /* a vectorised scan first: most rows have no large value */        \
+            int big = 0;                                                                 \
+            for (Py_ssize_t k = 0; k < m; k++)                                           \
+                big |= BIG(x[k]) | BIG(y[k]);                                            \
+            exact = big;                                                                 \
+        }                                                                                \
+        if (!exact) {                                                                    \
+            for (Py_ssize_t k = 0; k < m; k++) {                                         \
+                double v = l * (double)x[k] + r * (double)y[k];                          \
+                o[k] = FIN_RINT(T, v, lo, hi);                                           \
+            }                                                                            \
+            return;                                                                      \
+        }                                                                                \
         for (Py_ssize_t k = 0; k < m; k++) {                                             \
             const T xa = x[k], xb = y[k];                                                \
-            if (exact && (BIG(xa) || BIG(xb))) {                                         \
+            if (BIG(xa) || BIG(xb)) {                                                    \
                 o[k] = EXACT(xa, xb, l);                                                 \
             }                                                                            \
             else {                                                                       \
@@ -175,7 +188,7 @@ static ALWAYS_INLINE uint64_t exact_u64(uint64_t a, uint64_t b, double l)
             }                                                                            \
         }                                                                                \
     }                                                                                    \
-    static void NAME##_rows(void *out_, const void *a_, const void *b_,                  \
+    MIX_CLONES static void NAME##_rows(void *out_, const void *a_, const void *b_,       \
                             const int64_t *index, const void *lam_, const void *rest_,   \
                             double lo, double hi, Py_ssize_t n, Py_ssize_t m)            \
     {                                                                                    \
