@@ -237,3 +237,14 @@ def test_compressed_input_uses_no_tmpdir_and_a_kill_leaves_nothing(tmp_path):
         assert result.returncode == 0, result.stderr
     assert sorted(p.name for p in outdir.iterdir()) == ["out.h5", "out.h5.provenance.json"]
     assert list(tmpdir.iterdir()) == []
+
+
+def test_without_o_tmpfile_the_named_scratch_file_is_unlinked_at_once(tmp_path, monkeypatch):
+    monkeypatch.delattr(os, "O_TMPFILE", raising=False)
+    x = np.arange(300, dtype=np.float64).reshape(100, 3)
+    src = write_npz(tmp_path / "in.npz", compressed=True, x=x)
+    folder = tmp_path / "out_dir"
+    folder.mkdir()
+    with open_reader(src, scratch_prefix=folder / ".out.npz.mixup-partial") as reader:
+        assert np.array_equal(reader.read("x", 0, 100), x)
+        assert list(folder.iterdir()) == []
