@@ -340,3 +340,44 @@ def test_torch_dataloader_with_two_workers_reads_every_row_once(outputs, key):
     assert len(seen) == len(raw["x"])
     for i in range(len(raw["x"])):
         assert seen[raw["x"][i].tobytes()] == (float(raw["lam"][i]), int(raw["partner"][i]))
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "chunked-edge", "chunk-splits-rows", "gzip-shuffle",
+                                    "big-endian", "unallocated-chunks", "userblock"])
+def test_every_hdf5_layout_reads_as_h5py_reads_it(tmp_path, layout):
+    """Plain rows are read with pread; anything else through HDF5: same values."""
+    n = 45
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((n, 3, 5)).astype(np.float32)
+    kw = {"data": x}
+    file_kw = {}
+    if layout == "chunked-edge":
+        kw["chunks"] = (8, 3, 5)  # 45 rows: the last chunk is partly outside the data
+    elif layout == "chunk-splits-rows":
+        kw["chunks"] = (4, 3, 2)
+    elif layout == "gzip-shuffle":
+        kw.update(chunks=(8, 3, 5), compression="gzip", shuffle=True)
+    elif layout == "big-endian":
+        kw["data"] = x.astype(">f4")
+        kw["chunks"] = (8, 3, 5)
+    elif layout == "userblock":
+        file_kw["userblock_size"] = 512
+    p = tmp_path / "o.h5"
+    with h5py.File(p, "w", **file_kw) as f:
+        if layout == "unallocated-chunks":
+            d = f.create_dataset("x", (n, 3, 5), "f4", chunks=(8, 3, 5), fillvalue=7.5)
+            d[8:16] = x[8:16]  # other chunks never written: HDF5 returns the fill value
+        else:
+            f.create_dataset("x", **kw)
+        f["lam"] = rng.random(n)
+        f.create_dataset("partner", data=rng.integers(0, n, n), chunks=(10,))
+    with h5py.File(p, "r") as f:
+        raw = {k: f[k][()] for k in ("x", "lam", "partner")}
+    ds = MixupDataset(p)
+    for sel in (slice(0, n), slice(5, 30), [44, 0, 17, 16, 15, 8, 7, 3, 3], rng.permutation(n)):
+        batch = ds[sel]
+        for k in raw:
+            np.testing.assert_array_equal(batch[k], raw[k][sel])
+            assert batch[k].dtype == raw[k].dtype
+    for i in (0, 7, 8, 44, -1):
+        np.testing.assert_array_equal(ds[i]["x"], raw["x"][i])
