@@ -148,15 +148,17 @@ class Source:
 
 
 def open_source(
-    path: Path, x_key: str, y_key: str | None, options: DataOptions | None = None, require_y: bool = True
+    path: Path, x_key: str, y_key: str | None, options: DataOptions | None = None, require_y: bool = True,
+    fast: bool = True,
 ) -> Source:
     """Open the input and check that x (and y) exist and have rows to mix.
 
     ``options`` decide how rows are prepared (x dtype, target encoding,
     NaN checks); the classes of integer labels may be found here by one
     streaming pass over y. Without ``require_y`` a missing y means x alone.
+    ``fast=False`` reads through the format library's own decoding (verify).
     """
-    reader = open_reader(path)
+    reader = open_reader(path, fast=fast)
     try:
         specs = {x_key: reader.require(x_key, "--x-key")}
         if y_key is not None and not require_y and y_key not in reader.keys():
