@@ -243,8 +243,9 @@ class Reader(base.Reader):
         except (OSError, KeyError, ValueError, RuntimeError, TypeError):
             return False
 
-    def _ds(self, key: str) -> h5py.Dataset:
-        """The dataset h5py opens at ``key``, or an error saying why not."""
+    def _ds(self, key: str, option: str = "its key option") -> h5py.Dataset:
+        """The dataset h5py opens at ``key``, or an error saying why not
+        (``option``: the option that names another array)."""
         ds = self._datasets.get(key)
         if ds is not None:
             return ds
@@ -272,10 +273,10 @@ class Reader(base.Reader):
                 raise InputError(
                     f"{self.path}: '{key}' is a sparse matrix ({kind}: a group of data, indices and indptr), "
                     "and mixup mixes dense arrays; densify it first (for example with anndata: "
-                    "adata.X = adata.X.toarray(), then write_h5ad) or pass another array with its key option"
+                    f"adata.X = adata.X.toarray(), then write_h5ad) or pass another array with {option}"
                 )
             raise InputError(
-                f"{self.path}: '{key}' is a group, not an array; pass the path of an array in it "
+                f"{self.path}: '{key}' is a group, not an array; pass the path of an array in it with {option} "
                 f"(for example '{key.rstrip('/')}/{next(iter(obj.keys()), 'name')}')"
             )
         if not isinstance(obj, h5py.Dataset):
@@ -305,7 +306,7 @@ class Reader(base.Reader):
 
     def require(self, key: str, option: str, kinds: str = "fiu") -> ArraySpec:
         if key in self.keys():
-            self._check_readable(key, self._ds(key))
+            self._check_readable(key, self._ds(key, option))
         spec = super().require(key, option, kinds)
         if spec.dtype.kind == "f" and spec.dtype.itemsize > 8:
             raise InputError(
