@@ -224,16 +224,18 @@ class Reader(base.Reader):
 
     def keys(self) -> list[str]:
         if self._listed is None:
-            listed = []
-
-            def collect(name, obj):
-                if isinstance(obj, h5py.Dataset):
-                    listed.append(name)
-
+            names = []
             try:
-                self._file.visititems(collect)
+                self._file.visit(names.append)  # each object once, by its first name
             except (OSError, KeyError, RuntimeError, ValueError):
                 pass  # a broken link deeper down: list what was reached
+            listed = []
+            for name in names:
+                try:
+                    if self._file.get(name, getclass=True) is h5py.Dataset:
+                        listed.append(name)
+                except (OSError, KeyError, RuntimeError, ValueError, TypeError):
+                    listed.append(name)  # unreadable: listed, and inspect says why
             self._listed = listed
         return _Keys(self._listed, self)
 
