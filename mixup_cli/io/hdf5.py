@@ -433,97 +433,147 @@ class Reader(base.Reader):
             fd = self._fds[name] = os.open(name, os.O_RDONLY)
         return fd
 
+    def _stream(self, key: str):
+        """``(chunk_bytes, chunk_rows, chunks_per_row_group)`` when the chunks
+        of ``key``, taken in order, hold its elements in C order: chunks of
+        whole rows, or chunks of one row that split it only along one axis
+        into equal parts (``(1, 64)`` of 256 columns); else None. Chunk ``k``
+        then holds bytes ``[k*chunk_bytes, (k+1)*chunk_bytes)`` of the rows
+        laid end to end (the last chunk may run past the end)."""
+        ds = self._ds(key)
+        c, shape = ds.chunks, ds.shape
+        if not c or not shape:
+            return None
+        itemsize = ds.dtype.itemsize
+        if tuple(c[1:]) == tuple(shape[1:]):
+            return int(np.prod(c, dtype=np.int64)) * itemsize, c[0], 1
+        if c[0] != 1:
+            return None
+        split = [d for d in range(1, len(shape)) if c[d] != shape[d]]
+        m = split[-1]
+        if any(c[d] != 1 for d in range(1, m)) or shape[m] % c[m]:
+            return None
+        per_row = int(np.prod(shape[1:m], dtype=np.int64)) * (shape[m] // c[m])
+        return int(np.prod(c, dtype=np.int64)) * itemsize, 1, per_row
+
     def _chunk_index(self, key: str):
-        """``(byte offsets, sizes, filter masks)`` of the chunks of ``key``
-        (chunks of whole rows), by chunk number along the rows; offset -1
-        where a chunk was never written. Read once, in one pass over HDF5's
-        index (a lookup by coordinate costs more the further the chunk is)."""
+        """``(byte offsets, sizes, filter masks)`` of the chunks of ``key`` in
+        the order of ``_stream`` (offset -1 where a chunk was never written).
+        Read once, in one pass over HDF5's index: a lookup by coordinate costs
+        more the further the chunk is, which made reading quadratic."""
         if key in self._index:
             return self._index[key]
-        ds = self._ds(key)
-        index = None
+        ds, stream, index = self._ds(key), self._stream(key), None
         chunk_iter = getattr(ds.id, "chunk_iter", None)
-        if chunk_iter is not None:
-            n = -(-ds.shape[0] // ds.chunks[0])
-            offsets = np.full(n, -1, dtype=np.int64)
-            sizes = np.zeros(n, dtype=np.int64)
-            masks = np.zeros(n, dtype=np.int64)
-            rows = ds.chunks[0]
-
-            def visit(info):
-                i = info.chunk_offset[0] // rows
-                offsets[i], sizes[i], masks[i] = info.byte_offset, info.size, info.filter_mask
-
+        if stream is not None and chunk_iter is not None:
+            c, shape = ds.chunks, ds.shape
+            grid = [-(-shape[d] // c[d]) for d in range(len(shape))]
+            found = []
             try:
-                chunk_iter(visit)
+                chunk_iter(lambda info: found.append(
+                    (*info.chunk_offset, info.byte_offset, info.size, info.filter_mask)))
+                total = int(np.prod(grid, dtype=np.int64))
+                offsets = np.full(total, -1, dtype=np.int64)
+                sizes = np.zeros(total, dtype=np.int64)
+                masks = np.zeros(total, dtype=np.int64)
+                if found:
+                    table = np.array(found, dtype=np.int64).reshape(len(found), -1)
+                    coords = tuple(table[:, d] // c[d] for d in range(len(shape)))
+                    k = np.ravel_multi_index(coords, grid)  # C order of chunks = _stream's order
+                    offsets[k], sizes[k], masks[k] = table[:, -3], table[:, -2], table[:, -1]
                 index = (offsets, sizes, masks)
             except Exception:
                 index = None
         self._index[key] = index
         return index
 
-    def _deflated(self, key: str) -> tuple[int, bool] | None:
-        """``(rows per chunk, shuffled)`` when ``key`` is stored as chunks of
-        whole rows compressed with deflate (gzip), after HDF5's byte shuffle
-        or not, of a type copied as stored; else None."""
+    def _deflated(self, key: str) -> bool | None:
+        """Whether ``key`` is stored as ``_stream`` chunks deflated (gzip),
+        after HDF5's byte shuffle (True) or not (False), of a type copied as
+        stored; else None."""
         if key not in self._deflate:
             ds, layout = self._ds(key), None
             try:
                 filters = [code for code, _ in self._filters(ds)]
-                if (self._plain(ds) and ds.chunks and tuple(ds.chunks[1:]) == tuple(ds.shape[1:])
+                if (self._plain(ds) and self._stream(key) is not None
                         and filters in ([_DEFLATE], [_SHUFFLE, _DEFLATE])
                         and self._chunk_index(key) is not None):
-                    layout = (ds.chunks[0], filters[0] == _SHUFFLE)
+                    layout = filters[0] == _SHUFFLE
             except Exception:
                 layout = None
             self._deflate[key] = layout
         return self._deflate[key]
 
+    def _chunk_range(self, key: str, start: int, stop: int):
+        """The chunks holding rows ``start:stop`` and the byte range of the
+        rows laid end to end."""
+        chunk_bytes, chunk_rows, per_row = self._stream(key)
+        row_bytes = chunk_bytes * per_row // chunk_rows
+        first, last = (start // chunk_rows) * per_row, -(-stop // chunk_rows) * per_row
+        return chunk_bytes, first, last, start * row_bytes, stop * row_bytes
+
     def _inflate_read(self, key: str, start: int, stop: int, out: np.ndarray) -> bool:
         """Read gzip chunks as stored and inflate (and unshuffle) them on every
-        core (zlib releases the GIL; HDF5 would do them one by one under its lock).
-        False (nothing read) when the layout does not allow it."""
-        layout = self._deflated(key)
+        core (zlib releases the GIL; HDF5 would do them one by one under its
+        lock), many small chunks per job. False (nothing read) when the
+        layout does not allow it."""
+        shuffled = self._deflated(key)
         ds = self._ds(key)
-        if layout is None or not out.flags.c_contiguous or out.dtype != ds.dtype:
+        if shuffled is None or not out.flags.c_contiguous or out.dtype != ds.dtype:
             return False
-        chunk_rows, shuffled = layout
         offsets, sizes, masks = self._chunk_index(key)
-        first, last = start // chunk_rows, -(-stop // chunk_rows)
+        chunk_bytes, first, last, want_lo, want_hi = self._chunk_range(key, start, stop)
+        _, chunk_rows, per_row = self._stream(key)
         if (offsets[first:last] < 0).any():
             return False  # a chunk never written (fill value): let HDF5 do it
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1))
         fd = self._fd(ds)
-        chunk_shape = (chunk_rows,) + ds.shape[1:]
-        chunk_bytes = int(np.prod(chunk_shape, dtype=np.int64)) * ds.dtype.itemsize
+        dest = memoryview(out).cast("B")
+        itemsize = ds.dtype.itemsize
         deflate_bit = 2 if shuffled else 1  # a set bit of the filter mask: that filter was skipped
 
-        def inflate(lo_chunk: int, hi_chunk: int) -> None:
-            for i in range(lo_chunk, hi_chunk):
-                c = i * chunk_rows
-                try:
-                    stored = os.pread(fd, int(sizes[i]), int(offsets[i]))
-                    mask = int(masks[i])
-                    data = stored if mask & deflate_bit else zlib.decompress(stored)
-                    if len(data) != chunk_bytes:
-                        raise ValueError(f"{len(data)} bytes where {chunk_bytes} were expected")
-                    if shuffled and not mask & 1:  # byte k of every element was stored together
-                        data = np.frombuffer(data, np.uint8).reshape(ds.dtype.itemsize, -1).T.copy()
-                    rows = np.frombuffer(data, dtype=ds.dtype).reshape(chunk_shape)
-                except (zlib.error, ValueError) as exc:
-                    raise InputError(
-                        f"{self.path}: the compressed chunk of '{key}' rows {c}:{c + chunk_rows} is damaged "
-                        f"({exc}); copy or write the file again"
-                    ) from None
-                lo, hi = max(start, c), min(stop, c + chunk_rows)
-                out[lo - start : hi - start] = rows[lo - c : hi - c]
+        def inflate(k0: int, k1: int) -> None:
+            try:
+                offs, lens = offsets[k0:k1], sizes[k0:k1]
+                if (offs[1:] == offs[:-1] + lens[:-1]).all():  # stored one after the other: one read
+                    span = memoryview(os.pread(fd, int(offs[-1] + lens[-1] - offs[0]), int(offs[0])))
+                    ends = np.cumsum(lens)
+                    stored = [span[a:b] for a, b in zip((ends - lens).tolist(), ends.tolist())]
+                else:
+                    stored = [os.pread(fd, int(n), int(o)) for o, n in zip(offs.tolist(), lens.tolist())]
+                job_masks = masks[k0:k1].tolist()
+                parts = []
+                for k, (piece, mask) in enumerate(zip(stored, job_masks), k0):
+                    try:
+                        parts.append(piece if mask & deflate_bit else zlib.decompress(piece))
+                        if len(parts[-1]) != chunk_bytes:
+                            raise ValueError(f"it inflates to {len(parts[-1])} bytes, not {chunk_bytes}")
+                    except (zlib.error, ValueError) as exc:
+                        row = k // per_row * chunk_rows
+                        raise InputError(
+                            f"{self.path}: the compressed chunk of '{key}' rows {row}:{row + chunk_rows} is "
+                            f"damaged ({exc}); copy or write the file again"
+                        ) from None
+                data = np.frombuffer(b"".join(parts), np.uint8).reshape(k1 - k0, chunk_bytes)
+                if shuffled and itemsize > 1:  # byte b of every element was stored together
+                    unshuffled = data.reshape(k1 - k0, itemsize, -1).transpose(0, 2, 1).reshape(k1 - k0, -1)
+                    skipped = np.array(job_masks) & 1  # shuffle skipped for that chunk
+                    data = np.where(skipped[:, None].astype(bool), data, unshuffled) if skipped.any() else unshuffled
+            except (zlib.error, ValueError) as exc:
+                raise InputError(
+                    f"{self.path}: a compressed chunk of '{key}' near row {start} is damaged "
+                    f"({exc}); copy or write the file again"
+                ) from None
+            lo, hi = max(want_lo, k0 * chunk_bytes), min(want_hi, k1 * chunk_bytes)
+            flat = data.reshape(-1)
+            dest[lo - want_lo : hi - want_lo] = flat[lo - k0 * chunk_bytes : hi - k0 * chunk_bytes]
 
-        per_job = max(1, INFLATE_JOB_BYTES // max(1, chunk_bytes))
+        per_job = max(1, INFLATE_JOB_BYTES // chunk_bytes)
         jobs = []
         try:
-            for lo_chunk in range(first, last, per_job):
-                jobs.append(self._pool.submit(inflate, lo_chunk, min(last, lo_chunk + per_job)))
+            for k0 in range(first, last, per_job):
+                jobs.append(self._pool.submit(inflate, k0, min(last, k0 + per_job)))
         finally:
             errors = [job.exception() for job in jobs]  # all finished: none writes into out later
         failed = next((e for e in errors if e is not None), None)
@@ -534,9 +584,9 @@ class Reader(base.Reader):
         return True
 
     def _raw_layout(self, key: str):
-        """``(row_bytes, chunk_rows or None, contiguous offset)`` when the rows
-        of ``key`` lie in the file as plain bytes (no filter, a type copied as
-        stored, chunks holding whole rows, or contiguous storage); else None."""
+        """``(row_bytes, chunked, contiguous offset)`` when the rows of
+        ``key`` lie in the file as plain bytes (no filter, a type copied as
+        stored, ``_stream`` chunks or contiguous storage); else None."""
         if key in self._raw:
             return self._raw[key]
         layout = None
@@ -547,9 +597,9 @@ class Reader(base.Reader):
                 if ds.chunks is None:
                     offset = ds.id.get_offset()
                     if offset is not None:
-                        layout = (row_bytes, None, offset)
-                elif tuple(ds.chunks[1:]) == tuple(ds.shape[1:]) and self._chunk_index(key) is not None:
-                    layout = (row_bytes, ds.chunks[0], None)
+                        layout = (row_bytes, False, offset)
+                elif self._stream(key) is not None and self._chunk_index(key) is not None:
+                    layout = (row_bytes, True, None)
         except Exception:
             layout = None
         self._raw[key] = layout
@@ -564,29 +614,27 @@ class Reader(base.Reader):
         ds = self._ds(key)
         if layout is None or not out.flags.c_contiguous or out.dtype != ds.dtype:
             return False
-        row_bytes, chunk_rows, offset = layout
+        row_bytes, chunked, offset = layout
         dest = memoryview(out[: stop - start]).cast("B")
-        if chunk_rows is None:
+        if not chunked:
             pieces = [(offset + start * row_bytes, 0, (stop - start) * row_bytes)]
         else:
             offsets, sizes, masks = self._chunk_index(key)
-            first, last = start // chunk_rows, -(-stop // chunk_rows)
+            chunk_bytes, first, last, want_lo, want_hi = self._chunk_range(key, start, stop)
             chunk_offsets = offsets[first:last]
-            if ((chunk_offsets < 0).any() or masks[first:last].any()
-                    or (sizes[first:last] < chunk_rows * row_bytes).any()):
+            if (chunk_offsets < 0).any() or masks[first:last].any() or (sizes[first:last] < chunk_bytes).any():
                 return False  # unallocated (fill value) or unusual chunk: let HDF5 do it
-            c = np.arange(first, last, dtype=np.int64) * chunk_rows
-            lo = np.maximum(c, start)
-            hi = np.minimum(c + chunk_rows, stop)
-            file_at = chunk_offsets + (lo - c) * row_bytes
-            count = (hi - lo) * row_bytes
-            at = (lo - start) * row_bytes
+            begin = np.arange(first, last, dtype=np.int64) * chunk_bytes
+            lo = np.maximum(begin, want_lo)
+            hi = np.minimum(begin + chunk_bytes, want_hi)
+            file_at = chunk_offsets + (lo - begin)
+            count = hi - lo
             # Chunks stored one after the other are read in one call.
-            new = np.ones(len(c), dtype=bool)
+            new = np.ones(len(begin), dtype=bool)
             new[1:] = file_at[1:] != file_at[:-1] + count[:-1]
             starts = np.flatnonzero(new)
             totals = np.add.reduceat(count, starts)
-            pieces = list(zip(file_at[starts].tolist(), at[starts].tolist(), totals.tolist()))
+            pieces = list(zip(file_at[starts].tolist(), (lo[starts] - want_lo).tolist(), totals.tolist()))
         fd = self._fd(ds)
         for file_at, at, count in pieces:
             done = 0
