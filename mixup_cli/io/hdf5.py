@@ -470,17 +470,18 @@ class Reader(base.Reader):
             grid = [-(-shape[d] // c[d]) for d in range(len(shape))]
             found = []
             try:
-                chunk_iter(lambda info: found.append(
-                    (*info.chunk_offset, info.byte_offset, info.size, info.filter_mask)))
+                chunk_iter(found.append)
                 total = int(np.prod(grid, dtype=np.int64))
                 offsets = np.full(total, -1, dtype=np.int64)
                 sizes = np.zeros(total, dtype=np.int64)
                 masks = np.zeros(total, dtype=np.int64)
                 if found:
-                    table = np.array(found, dtype=np.int64).reshape(len(found), -1)
-                    coords = tuple(table[:, d] // c[d] for d in range(len(shape)))
-                    k = np.ravel_multi_index(coords, grid)  # C order of chunks = _stream's order
-                    offsets[k], sizes[k], masks[k] = table[:, -3], table[:, -2], table[:, -1]
+                    # Each record is (chunk_offset, filter_mask, byte_offset, size).
+                    coords = np.array([info[0] for info in found], dtype=np.int64).reshape(len(found), -1)
+                    k = np.ravel_multi_index(tuple(coords[:, d] // c[d] for d in range(len(shape))), grid)
+                    offsets[k] = np.fromiter((info[2] for info in found), np.int64, len(found))
+                    sizes[k] = np.fromiter((info[3] for info in found), np.int64, len(found))
+                    masks[k] = np.fromiter((info[1] for info in found), np.int64, len(found))
                 index = (offsets, sizes, masks)
             except Exception:
                 index = None
@@ -544,7 +545,14 @@ class Reader(base.Reader):
                     stored = [os.pread(fd, int(n), int(o)) for o, n in zip(offs.tolist(), lens.tolist())]
                 job_masks = masks[k0:k1].tolist()
                 parts = []
-                for k, (piece, mask) in enumerate(zip(stored, job_masks), k0):
+                if not any(job_masks):  # the usual case: every chunk deflated, in one C loop
+                    try:
+                        parts = list(map(zlib.decompress, stored))
+                    except zlib.error:
+                        parts = []  # found again below, with the chunk it is in
+                    if any(len(p) != chunk_bytes for p in parts):
+                        parts = []
+                for k, (piece, mask) in enumerate(zip(stored, job_masks) if not parts else (), k0):
                     try:
                         parts.append(piece if mask & deflate_bit else zlib.decompress(piece))
                         if len(parts[-1]) != chunk_bytes:
