@@ -30,8 +30,8 @@ REPO = Path(__file__).resolve().parent.parent
 
 # name: (shape, chunks, gzip, writer)
 LAYOUTS = {
-    "row-chunks (20k x 32 x 32, 1 image per chunk)": ((20_000, 32, 32), (1, 32, 32), False, "h5py"),
-    "row-chunks gzip": ((20_000, 32, 32), (1, 32, 32), True, "h5py"),
+    "row-chunks (30k uint8 images 64 x 64, 1 per chunk)": ((30_000, 64, 64), (1, 64, 64), False, "h5py"),
+    "row-chunks gzip": ((30_000, 64, 64), (1, 64, 64), True, "h5py"),
     "part-row (100k x 256, chunks 1 x 64)": ((100_000, 256), (1, 64), False, "h5py"),
     "part-row gzip": ((100_000, 256), (1, 64), True, "h5py"),
     "1 x 64 (100k x 64, chunks 1 x 64)": ((100_000, 64), (1, 64), False, "h5py"),
@@ -42,8 +42,11 @@ LAYOUTS = {
 
 def make(path: Path, shape, chunks, gzip: bool, writer: str) -> None:
     rng = np.random.default_rng(0)
-    # Smooth-ish values so gzip has something to do, as in real data.
+    # Smooth-ish values so gzip has something to do, as in real data;
+    # images (3-D) as uint8 pixels, the rest float32.
     x = (rng.standard_normal(shape).cumsum(axis=-1) / 8).astype(np.float32)
+    if len(shape) == 3:
+        x = np.clip(x * 16 + 128, 0, 255).astype(np.uint8)
     if writer == "netcdf4":
         import netCDF4
 
