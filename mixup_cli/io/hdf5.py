@@ -394,11 +394,9 @@ class Reader(base.Reader):
     # --- reading -----------------------------------------------------------
 
     def _hdf5_read(self, key: str, out: np.ndarray, start: int, stop: int) -> None:
-        """Rows through HDF5 (its type conversion and filters)."""
-        try:
-            self._ds(key).read_direct(out, np.s_[start:stop], np.s_[0 : stop - start])
-        except OSError as exc:
-            raise InputError(f"{self.path}: cannot read rows {start}:{stop} of '{key}': {exc}") from None
+        """Rows through HDF5 (its type conversion and filters). An OSError
+        (a damaged chunk) goes up as it is: the engines name the rows."""
+        self._ds(key).read_direct(out, np.s_[start:stop], np.s_[0 : stop - start])
 
     def read(self, key: str, start: int, stop: int) -> np.ndarray:
         ds = self._ds(key)
@@ -663,10 +661,7 @@ class Reader(base.Reader):
         raw = self._raw_layout(key) is not None
         if ds.chunks is None and not raw:
             # Contiguous or compact, read through HDF5: its point selections are fast there.
-            try:
-                return ds[rows.tolist()] if len(rows) else self.read(key, 0, 0)
-            except OSError as exc:
-                raise InputError(f"{self.path}: cannot read rows of '{key}': {exc}") from None
+            return ds[rows.tolist()] if len(rows) else self.read(key, 0, 0)
         out = np.empty((len(rows),) + ds.shape[1:], dtype=ds.dtype)
         if not out.size:
             return out
