@@ -151,8 +151,12 @@ def type_name(dtype: np.dtype, tid=None) -> str:
                     name = ("big-endian " if tid.get_order() == h5py.h5t.ORDER_BE else "little-endian ") + name
                 if tid.get_precision() != 8 * tid.get_size() or tid.get_offset():
                     name += f" ({tid.get_precision()} bits at bit {tid.get_offset()})"
-                elif cls == h5py.h5t.FLOAT and not plain_type(tid, dtype.newbyteorder("=")):
-                    name += f" (non-IEEE layout: exponent bias {tid.get_ebias()})"
+                elif cls == h5py.h5t.FLOAT:
+                    ref = h5py.h5t.py_create(dtype.newbyteorder("="))
+                    if (tid.get_size(), tid.get_fields(), tid.get_ebias()) != (
+                            ref.get_size(), ref.get_fields(), ref.get_ebias()):
+                        name = (f"{8 * tid.get_size()}-bit float, non-IEEE (exponent bias {tid.get_ebias()}), "
+                                f"read as {dtype.name}")
         except Exception:
             pass
     return name
