@@ -474,3 +474,39 @@ def test_missing_filter_refusal_from_the_executable(run_mixup, tmp_path, outdir,
         "or point HDF5_PLUGIN_PATH at a folder holding it"
     ]
     assert_nothing_written(outdir)
+
+
+def test_a_character_device_is_refused(run_cli, outdir):
+    result = run_cli("augment", "/dev/null", outdir / "out.h5", "--no-y")
+    assert result.exit_code == 1
+    assert result.stderr.strip() == "Error: /dev/null: is a character device, not a dataset file; " \
+        "write the data to a file and pass that"
+    assert_nothing_written(outdir)
+
+
+def test_a_file_without_the_signature_is_still_an_unknown_format(run_cli, tmp_path, outdir):
+    src = tmp_path / "notes.txt"
+    src.write_bytes(b"not hdf5" * 200)
+    result = run_cli("augment", src, outdir / "out.h5", "--no-y")
+    assert result.exit_code == 1 and "unknown input format '.txt'" in result.stderr
+    assert_nothing_written(outdir)
+
+
+@pytest.mark.parametrize("storage", ["chunked", "chunked-gzip"])
+def test_unusual_bit_layout_with_class_pairing(run_cli, tmp_path, outdir, storage):
+    """Partners read by index (and, compressed, through the scratch copy)."""
+    x = np.random.default_rng(5).integers(-2048, 2048, (N, D)).astype(np.int16)
+    labels = np.random.default_rng(6).integers(0, 3, N)
+    src = tmp_path / "odd.h5"
+    with h5py.File(src, "w") as f:
+        f["y"] = labels
+        stored = _low_level_dataset(f, "x", _int12(), x, **STORAGE[storage])[()]
+    out = outdir / "out.h5"
+    result = run_cli("augment", src, out, "--seed", 2, "--pairing", "within-class", "--block-rows", 8, "--quiet")
+    assert result.exit_code == 0, result.stderr
+    with h5py.File(out, "r") as f:
+        lam, partner, x_out = f["lam"][()], f["partner"][()], f["x"][()]
+    assert (labels[partner] == labels).all()
+    assert _check_rows(x_out, stored, lam, partner) <= 1
+    verified = run_cli("verify", out)
+    assert verified.exit_code == 0 and verified.stdout.splitlines()[-1] == "OK", verified.stdout
