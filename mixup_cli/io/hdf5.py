@@ -1,4 +1,5 @@
-"""HDF5 datasets (``.h5``, ``.hdf5``) through h5py.
+"""HDF5 datasets through h5py: ``.h5``, ``.hdf5``, and any input file with
+the HDF5 signature (``.h5ad``, ``.nc``, ``.he5``...).
 
 Output datasets are chunked along the sample axis with chunks that divide
 the plan's block size, so every block the pipeline writes covers whole chunks.
@@ -105,9 +106,9 @@ def plain_type(tid, dtype: np.dtype) -> bool:
             return False
         if tid.get_pad() != (h5py.h5t.PAD_ZERO, h5py.h5t.PAD_ZERO):
             return False
-        ref = h5py.h5t.py_create(dtype)
         if cls == h5py.h5t.INTEGER:
             return tid.get_sign() == (h5py.h5t.SGN_2 if dtype.kind == "i" else h5py.h5t.SGN_NONE)
+        ref = h5py.h5t.py_create(dtype)  # IEEE's layout of that size, as h5py makes it
         return (tid.get_fields() == ref.get_fields() and tid.get_ebias() == ref.get_ebias()
                 and tid.get_norm() == ref.get_norm())
     except Exception:
@@ -168,7 +169,7 @@ def _first_existing(name: str, prefixes: list[str], origin: Path) -> Path | None
     if os.path.isabs(name):
         return Path(name) if os.path.exists(name) else None
     for prefix in prefixes:
-        for part in prefix.split(os.pathsep if os.name == "nt" else ":"):
+        for part in prefix.split(os.pathsep):  # HDF5 splits its prefixes the same way
             if part:
                 candidate = Path(part.replace("${ORIGIN}", str(origin))) / name
                 if candidate.exists():
