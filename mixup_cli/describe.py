@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from mixup_cli import provenance
+from mixup_cli.errors import MixupError
 from mixup_cli.io import open_reader
 
 
@@ -22,14 +23,25 @@ def _jsonable(value):
 
 
 def arrays_of(reader) -> dict:
+    """Each array's shape, type, chunks and compression; an array that
+    cannot be read is listed with the reason instead (the rest still shown)."""
+    from mixup_cli.io.hdf5 import type_name  # readable names for every format's dtypes
+
     arrays = {}
     for key in reader.keys():
-        spec = reader.spec(key)
-        storage = reader.describe(key)
+        try:
+            spec = reader.spec(key)
+            storage = reader.describe(key)
+        except (MixupError, OSError, TypeError, ValueError, KeyError) as exc:
+            reason = str(exc)
+            prefix = f"{reader.path}: "
+            arrays[key] = {"shape": None, "dtype": None, "chunks": None, "compression": None,
+                           "error": reason[len(prefix):] if reason.startswith(prefix) else reason}
+            continue
         chunks = storage.get("chunks")
         arrays[key] = {
             "shape": list(spec.shape),
-            "dtype": np.dtype(spec.dtype).name,
+            "dtype": storage.get("type") or type_name(spec.dtype),
             "chunks": list(chunks) if chunks else None,
             "compression": storage.get("compression", "none"),
         }

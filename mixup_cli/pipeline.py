@@ -149,7 +149,7 @@ class Source:
 
 def open_source(
     path: Path, x_key: str, y_key: str | None, options: DataOptions | None = None, require_y: bool = True,
-    scratch_prefix: Path | None = None,
+    scratch_prefix: Path | None = None, fast: bool = True,
 ) -> Source:
     """Open the input and check that x (and y) exist and have rows to mix.
 
@@ -158,8 +158,9 @@ def open_source(
     streaming pass over y. Without ``require_y`` a missing y means x alone.
     ``scratch_prefix``: the output's partial name, beside which the reader may
     put scratch files (inflated ``.npz`` members); else the temporary directory.
+    ``fast=False`` reads through the format library's own decoding (verify).
     """
-    reader = open_reader(path, scratch_prefix)
+    reader = open_reader(path, scratch_prefix, fast=fast)
     try:
         specs = {x_key: reader.require(x_key, "--x-key")}
         if y_key is not None and not require_y and y_key not in reader.keys():

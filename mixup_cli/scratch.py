@@ -44,7 +44,7 @@ def scratch_bytes(source, plan: Plan) -> int:
                for spec in source.specs.values())
 
 
-def _copy(source, plan: Plan, path: Path) -> hdf5.Reader:
+def _copy(source, plan: Plan, path: Path, fast: bool = True) -> hdf5.Reader:
     """The prepared data arrays, written block by block (memory: one block)."""
     specs = {key: ArraySpec(spec.shape, spec.dtype) for key, spec in source.specs.items()}
     writer = hdf5.Writer(path, specs, WriteOptions(compression="none", block_rows=plan.block_rows))
@@ -58,20 +58,21 @@ def _copy(source, plan: Plan, path: Path) -> hdf5.Reader:
                 writer.write(key, start, buf[: stop - start])
     finally:
         writer.close()
-    return hdf5.Reader(path)
+    return hdf5.Reader(path, fast=fast)
 
 
 @contextmanager
-def source_for_run(source, plan: Plan, path: Path):
+def source_for_run(source, plan: Plan, path: Path, fast: bool = True):
     """The source a run reads: ``source`` itself, or (class pairings on
     compressed input, several blocks) the same arrays from a copy at
-    ``path``, removed on the way out."""
+    ``path``, removed on the way out; the copy is read with the reader's
+    fast paths only when ``fast`` (verify reads it through HDF5)."""
     if not wanted(source, plan):
         yield source
         return
     reader = None
     try:
-        reader = _copy(source, plan, Path(path))
+        reader = _copy(source, plan, Path(path), fast)
         yield dataclasses.replace(source, reader=reader)  # rows already prepared: read as they are
     finally:
         if reader is not None:

@@ -81,8 +81,16 @@ def _files_of(entry: dict, root: Path) -> list[tuple[Path, dict]]:
         try:
             rel = recorded.relative_to(recorded_root)
         except ValueError:
-            rel = Path(recorded.name)
-        mapped.append((root if str(rel) == "." else root / rel, item))
+            rel = None
+        if rel is not None:
+            mapped.append((root if str(rel) == "." else root / rel, item))
+            continue
+        # A file the input reads from besides itself (a virtual dataset's
+        # source, external raw data or link target): beside it, as recorded.
+        try:
+            mapped.append((root.parent / recorded.relative_to(recorded_root.parent), item))
+        except ValueError:
+            mapped.append((recorded, item))
     return mapped
 
 
@@ -234,10 +242,12 @@ def recompute(record: dict, output: Path, input_path: Path, batch_size: int | No
     source = out_reader = None
     try:
         options = DataOptions.from_parameters(params)
-        source = pipeline.open_source(input_path, request.x_key, request.y_key, options)
+        # Read through HDF5's own decoding, never the run's fast paths: a
+        # wrong fast path would otherwise reproduce its own wrong output.
+        source = pipeline.open_source(input_path, request.x_key, request.y_key, options, fast=False)
         plan = pipeline.resolve_plan(request, source)
         expected = pipeline.output_specs(source, plan)
-        out_reader = open_reader(output)
+        out_reader = open_reader(output, fast=False)
         present = out_reader.keys()
         problems = []
         for key, spec in expected.items():
@@ -260,7 +270,7 @@ def recompute(record: dict, output: Path, input_path: Path, batch_size: int | No
         progress = progress or pipeline.Progress()
         progress.start(plan.output_rows)
         # Class pairings on compressed input: from an uncompressed copy, as in a run.
-        with scratch.source_for_run(source, plan, _scratch_path(output)) as run_source:
+        with scratch.source_for_run(source, plan, _scratch_path(output), fast=False) as run_source:
             pipeline.run_plan(run_source, plan, writer, batch_rows, progress)
     except (MixupError, OSError, ValueError, TypeError, KeyError) as exc:
         return Check("recompute", False, f"could not recompute the output: {exc}"), None, None

@@ -89,3 +89,42 @@ def test_npy_directory_output(run_cli, tmp_path):
 def test_missing_file(run_cli, tmp_path):
     result = run_cli("inspect", tmp_path / "nope.h5")
     assert result.exit_code == 1 and "no such file" in result.stderr
+
+
+def test_unreadable_array_is_marked_and_the_rest_shown(run_cli, tmp_path):
+    import h5py
+
+    src = tmp_path / "mixed_types.h5"
+    with h5py.File(src, "w") as f:
+        f["x"] = np.zeros((5, 2), np.float32)
+        f["be"] = np.zeros(5, ">i2")
+        f["be_float"] = np.zeros(5, ">f8")
+        odd = h5py.h5t.IEEE_F32LE.copy()
+        odd.set_ebias(100)
+        h5py.h5d.create(f.id, b"odd_float", odd, h5py.h5s.create_simple((5,)))
+        f["rec"] = np.zeros(5, [("a", "<f4"), ("b", "i1")])
+        f["name"] = np.array([b"a" * 224] * 5)
+        f["blob"] = np.zeros(5, "V344")
+        h5py.h5d.create(f.id, b"when", h5py.h5t.UNIX_D64LE, h5py.h5s.create_simple((5,)))  # H5T_TIME
+        tid = h5py.h5t.STD_I16LE.copy()
+        tid.set_precision(12)
+        tid.set_offset(2)
+        h5py.h5d.create(f.id, b"packed", tid, h5py.h5s.create_simple((5,)))
+    result = run_cli("inspect", src)
+    assert result.exit_code == 0, result.stderr
+    text = result.stdout
+    assert "big-endian int16" in text
+    assert "compound {a: float32, b: int8}" in text
+    assert "string (fixed, 224 bytes)" in text
+    assert "opaque (344 bytes)" in text
+    assert "int16 (12 bits at bit 2)" in text
+    lines = {line.split()[0]: line for line in text.splitlines()[2:]}
+    assert "big-endian float64" in lines["be_float"] and "non-IEEE" not in lines["be_float"]
+    # h5py reads it as float64 (HDF5 converts): both are said.
+    assert "32-bit float, non-IEEE (exponent bias 100), read as float64" in lines["odd_float"]
+    assert "void344" not in text and "bytes224" not in text
+    when = [line for line in text.splitlines() if line.split()[:1] == ["when"]]
+    assert len(when) == 1 and "unreadable" in when[0] and "H5T_TIME" in when[0]
+    info = json.loads(run_cli("inspect", src, "--json").stdout)
+    assert info["arrays"]["x"] == {"shape": [5, 2], "dtype": "float32", "chunks": None, "compression": "none"}
+    assert info["arrays"]["when"]["shape"] is None and "H5T_TIME" in info["arrays"]["when"]["error"]

@@ -17,10 +17,15 @@ def _shape(values) -> str:
 def render(info: dict) -> str:
     lines = [f"{info['path']} ({info['format']})"]
     rows = [("array", "shape", "dtype", "chunks", "compression")]
+    unreadable = {}
     for key, a in info["arrays"].items():
+        if a.get("error"):
+            unreadable[key] = a["error"]
+            continue
         rows.append((key, _shape(a["shape"]), a["dtype"], _shape(a["chunks"]) if a["chunks"] else "-", a["compression"]))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines += ["  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    lines += [f"  {key}  unreadable: {reason}" for key, reason in unreadable.items()]
     p = info.get("provenance")
     if p is None:
         lines.append("no provenance sidecar")

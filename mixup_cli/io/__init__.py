@@ -6,6 +6,8 @@ Formats are imported only when used, so that ``mixup --help`` stays fast.
 from __future__ import annotations
 
 import importlib
+import os
+import stat
 from pathlib import Path
 
 from mixup_cli.errors import InputError, ParameterError
@@ -28,6 +30,33 @@ _MODULES = {
 }
 SUPPORTED = ".h5, .hdf5, .npz, .zarr, or a directory of .npy files (a path without extension)"
 
+# An HDF5 file starts with this signature at byte 0, 512, 1024, 2048, ...
+# (after a user block); .h5ad, .nc, .nc4, .he5, .hdf files are HDF5 too.
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def is_hdf5(path: Path) -> bool:
+    """Whether the regular file at ``path`` carries the HDF5 signature."""
+    try:
+        with open(path, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            at = 0
+            while at + len(HDF5_SIGNATURE) <= size:
+                fh.seek(at)
+                if fh.read(len(HDF5_SIGNATURE)) == HDF5_SIGNATURE:
+                    return True
+                at = 512 if at == 0 else at * 2
+    except OSError:
+        return False
+    return False
+
+
+def _regular_file(path: Path) -> bool:
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return False
+
 
 def format_of(path: Path, *, for_output: bool = False) -> str:
     """The format a path is in (input) or will be written in (output)."""
@@ -40,6 +69,13 @@ def format_of(path: Path, *, for_output: bool = False) -> str:
         return fmt
     if path.is_dir() or (for_output and suffix == "" and not path.exists()):
         return "npydir"
+    if not for_output and _regular_file(path) and is_hdf5(path):
+        return "hdf5"
+    if not for_output and _regular_file(path) and suffix in (".nc", ".cdf"):
+        raise InputError(
+            f"{path}: a netCDF file in the classic (netCDF-3) format, not HDF5; convert it to netCDF-4 "
+            "first (for example `nccopy -k nc4 IN OUT.nc`, or xarray's to_netcdf(engine='h5netcdf'))"
+        )
     if suffix == ".npy":
         hint = "put x.npy and y.npy in one directory and pass the directory"
     else:
@@ -58,12 +94,25 @@ def _module(fmt: str):
     return importlib.import_module(_MODULES[fmt])
 
 
-def open_reader(path: Path, scratch_prefix: Path | None = None) -> Reader:
-    """``scratch_prefix``: where a reader may put scratch files (the output's
-    partial name; compressed ``.npz`` members are inflated there)."""
+def open_reader(path: Path, scratch_prefix: Path | None = None, fast: bool = True) -> Reader:
+    """A reader of the dataset at ``path``. ``scratch_prefix``: where a
+    reader may put scratch files (the output's partial name; compressed
+    ``.npz`` members are inflated there). ``fast=False`` turns off the
+    readers' shortcuts around their libraries' decoding (HDF5: raw and
+    inflated reads), for checks that must not share them."""
     path = Path(path)
-    if not path.exists():
-        raise InputError(f"{path}: no such file or directory; check the path")
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file or directory; check the path") from None
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        # Opening a FIFO would wait for a writer forever; datasets are files.
+        kind = ("a named pipe (FIFO)" if stat.S_ISFIFO(mode) else "a character device" if stat.S_ISCHR(mode)
+                else "a block device" if stat.S_ISBLK(mode) else "a socket" if stat.S_ISSOCK(mode)
+                else "not a regular file")
+        raise InputError(f"{path}: is {kind}, not a dataset file; write the data to a file and pass that")
     fmt = format_of(path)
     if fmt not in DIRECTORY_FORMATS and path.is_dir():
         raise InputError(
@@ -72,6 +121,8 @@ def open_reader(path: Path, scratch_prefix: Path | None = None) -> Reader:
         )
     if fmt == "npz":
         return _module(fmt).open_reader(path, scratch_prefix)
+    if fmt == "hdf5":
+        return _module(fmt).open_reader(path, fast=fast)
     return _module(fmt).open_reader(path)
 
 

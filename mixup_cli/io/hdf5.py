@@ -1,4 +1,5 @@
-"""HDF5 datasets (``.h5``, ``.hdf5``) through h5py.
+"""HDF5 datasets through h5py: ``.h5``, ``.hdf5``, and any input file with
+the HDF5 signature (``.h5ad``, ``.nc``, ``.he5``...).
 
 Output datasets are chunked along the sample axis with chunks that divide
 the plan's block size, so every block the pipeline writes covers whole chunks.
@@ -41,8 +42,8 @@ def _open_error(path: Path, exc: OSError) -> InputError:
     return InputError(f"{path}: not a readable HDF5 file (is it damaged, truncated or another format?)")
 
 
-def open_reader(path: Path) -> "Reader":
-    return Reader(path)
+def open_reader(path: Path, fast: bool = True) -> "Reader":
+    return Reader(path, fast=fast)
 
 
 _DEFLATE, _SHUFFLE = h5py.h5z.FILTER_DEFLATE, h5py.h5z.FILTER_SHUFFLE
@@ -55,6 +56,23 @@ _DEFLATE, _SHUFFLE = h5py.h5z.FILTER_DEFLATE, h5py.h5z.FILTER_SHUFFLE
 TAKE_WINDOW_BYTES = 1 << 20
 TAKE_GAP_BYTES = 64 << 10
 
+# Gzip chunks inflated by one pool job: enough that a job's overhead is
+# small against its work when chunks are tiny (one row of a few hundred bytes).
+INFLATE_JOB_BYTES = 1 << 20
+
+# Filters HDF5 may lack, by id: the name users know and where it comes from.
+_PLUGINS = {
+    307: "bzip2", 32000: "lzf", 32001: "blosc", 32002: "mafisc", 32003: "snappy", 32004: "lz4",
+    32005: "apax", 32006: "cbf", 32007: "jpeg-xr", 32008: "bitshuffle", 32009: "spdp", 32010: "lpc-rice",
+    32011: "ccsds-123", 32012: "jpeg-ls", 32013: "zfp", 32014: "fpzip", 32015: "zstd", 32016: "b3d",
+    32017: "sz", 32018: "fcidecomp", 32019: "jpeg", 32020: "vbz", 32022: "fapec", 32023: "bitgroom",
+    32024: "granular bitround", 32025: "sz3", 32026: "blosc2", 32027: "flac", 4: "szip",
+}
+_PLUGIN_HINT = (
+    "install the plugin (for example `pip install hdf5plugin`, which mixup loads when present) "
+    "or point HDF5_PLUGIN_PATH at a folder holding it"
+)
+
 
 def _runs(rows: np.ndarray, group: int, gap: int):
     """``(first, stop)`` index pairs cutting sorted unique ``rows`` into runs
@@ -66,40 +84,330 @@ def _runs(rows: np.ndarray, group: int, gap: int):
     return zip(starts.tolist(), np.append(starts[1:], len(rows)).tolist())
 
 
+def _native_order() -> int:
+    return h5py.h5t.ORDER_LE if np.little_endian else h5py.h5t.ORDER_BE
+
+
+def plain_type(tid, dtype: np.dtype) -> bool:
+    """Whether the stored HDF5 type ``tid`` is, bit for bit, the numpy
+    ``dtype`` h5py reads it as: then its bytes can be copied as they are.
+    Anything else (fewer significant bits, a bit offset, padding, another
+    byte order, a float layout or exponent bias other than IEEE's, enums)
+    must go through HDF5's conversion."""
+    dtype = np.dtype(dtype)
+    if not dtype.isnative or dtype.kind not in "fiu":
+        return False
+    try:
+        cls = tid.get_class()
+        expected = h5py.h5t.INTEGER if dtype.kind in "iu" else h5py.h5t.FLOAT
+        if cls != expected or tid.get_size() != dtype.itemsize or tid.get_order() != _native_order():
+            return False
+        if tid.get_precision() != 8 * dtype.itemsize or tid.get_offset() != 0:
+            return False
+        if tid.get_pad() != (h5py.h5t.PAD_ZERO, h5py.h5t.PAD_ZERO):
+            return False
+        if cls == h5py.h5t.INTEGER:
+            return tid.get_sign() == (h5py.h5t.SGN_2 if dtype.kind == "i" else h5py.h5t.SGN_NONE)
+        ref = h5py.h5t.py_create(dtype)  # IEEE's layout of that size, as h5py makes it
+        return (tid.get_fields() == ref.get_fields() and tid.get_ebias() == ref.get_ebias()
+                and tid.get_norm() == ref.get_norm())
+    except Exception:
+        return False
+
+
+def type_name(dtype: np.dtype, tid=None) -> str:
+    """A dtype in words people read: byte order, string kind and size,
+    compound fields; with the HDF5 type, its unusual bit layouts."""
+    dtype = np.dtype(dtype)
+    vlen = h5py.check_string_dtype(dtype)
+    if vlen is not None and vlen.length is None:
+        return "string (variable length)"
+    if h5py.check_vlen_dtype(dtype) is not None:
+        return f"variable-length sequence of {type_name(h5py.check_vlen_dtype(dtype))}"
+    if dtype.names:
+        return "compound {" + ", ".join(f"{n}: {type_name(dtype.fields[n][0])}" for n in dtype.names) + "}"
+    if dtype.subdtype is not None:
+        base, shape = dtype.subdtype
+        return f"{type_name(base)} array {tuple(shape)}"
+    if dtype.kind == "S":
+        return f"string (fixed, {dtype.itemsize} bytes)"
+    if dtype.kind == "U":
+        return f"string (fixed, {dtype.itemsize // 4} characters)"
+    if dtype.kind == "V":
+        return f"opaque ({dtype.itemsize} bytes)"
+    if dtype.kind == "O":
+        return "object references"
+    name = dtype.name
+    if dtype.kind == "f" and dtype.itemsize > 8:
+        name = f"long double ({8 * dtype.itemsize}-bit)"
+    if dtype.itemsize > 1 and dtype.byteorder not in ("=", "|") and not dtype.isnative:
+        name = ("big-endian " if dtype.byteorder == ">" else "little-endian ") + name
+    if tid is not None and dtype.kind in "fiu":
+        try:
+            cls = tid.get_class()
+            if cls == h5py.h5t.ENUM:
+                name = f"enum of {name}"
+            elif cls in (h5py.h5t.INTEGER, h5py.h5t.FLOAT):
+                if tid.get_order() != _native_order() and "endian" not in name and tid.get_size() > 1:
+                    name = ("big-endian " if tid.get_order() == h5py.h5t.ORDER_BE else "little-endian ") + name
+                if tid.get_precision() != 8 * tid.get_size() or tid.get_offset():
+                    name += f" ({tid.get_precision()} bits at bit {tid.get_offset()})"
+                elif cls == h5py.h5t.FLOAT:
+                    ref = h5py.h5t.py_create(dtype.newbyteorder("="))
+                    if (tid.get_size(), tid.get_fields(), tid.get_ebias()) != (
+                            ref.get_size(), ref.get_fields(), ref.get_ebias()):
+                        name = (f"{8 * tid.get_size()}-bit float, non-IEEE (exponent bias {tid.get_ebias()}), "
+                                f"read as {dtype.name}")
+        except Exception:
+            pass
+    return name
+
+
+def _first_existing(name: str, prefixes: list[str], origin: Path) -> Path | None:
+    """Where HDF5 finds a file it names relative to prefixes (``${ORIGIN}``:
+    the directory of the file naming it), or None when it is nowhere."""
+    if os.path.isabs(name):
+        return Path(name) if os.path.exists(name) else None
+    for prefix in prefixes:
+        for part in prefix.split(os.pathsep):  # HDF5 splits its prefixes the same way
+            if part:
+                candidate = Path(part.replace("${ORIGIN}", str(origin))) / name
+                if candidate.exists():
+                    return candidate
+    return None
+
+
+def _prefix(value) -> str:
+    return value.decode() if isinstance(value, bytes) else (value or "")
+
+
+def _sparse_group(obj) -> bool:
+    return isinstance(obj, h5py.Group) and all(name in obj for name in ("data", "indices", "indptr"))
+
+
+class _Keys(list):
+    """The arrays listed (each once), where ``in`` asks h5py: any path it
+    resolves is a key (leading '/', soft, hard and external links)."""
+
+    def __init__(self, listed, reader: "Reader"):
+        super().__init__(listed)
+        self._reader = reader
+
+    def __contains__(self, key) -> bool:
+        return list.__contains__(self, key) or self._reader._exists(key)
+
+
 class Reader(base.Reader):
+    """HDF5 input.
+
+    With ``fast`` (the default), rows whose stored bytes are exactly the
+    numpy dtype h5py returns are read without HDF5's conversion: unfiltered
+    rows with ``os.preadv``, gzip chunks inflated by a thread pool. With
+    ``fast=False`` every read goes through HDF5's own decoding (``verify``
+    recomputes from that, so a wrong fast path cannot certify itself).
+    """
+
     format_name = "hdf5"
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, fast: bool = True):
         super().__init__(path)
+        self.fast = fast
         try:
             self._file = h5py.File(self.path, "r")
         except OSError as exc:
             raise _open_error(self.path, exc) from None
+        self._listed: list[str] | None = None
         self._datasets: dict[str, h5py.Dataset] = {}
         self._raw: dict[str, tuple | None] = {}
-        self._fd: int | None = None
+        self._fds: dict[str, int] = {}
         self._deflate: dict[str, tuple[int, bool] | None] = {}
+        self._index: dict[str, tuple | None] = {}
         self._pool: ThreadPoolExecutor | None = None  # inflates gzip chunks
         self._scratch: np.ndarray | None = None
 
-        def collect(name, obj):
-            if isinstance(obj, h5py.Dataset):
-                self._datasets[name] = obj
-
-        self._file.visititems(collect)
+    # --- names ---------------------------------------------------------
 
     def keys(self) -> list[str]:
-        return list(self._datasets)
+        if self._listed is None:
+            names = []
+            try:
+                self._file.visit(names.append)  # each object once, by its first name
+            except (OSError, KeyError, RuntimeError, ValueError):
+                pass  # a broken link deeper down: list what was reached
+            listed = []
+            for name in names:
+                try:
+                    if self._file.get(name, getclass=True) is h5py.Dataset:
+                        listed.append(name)
+                except (OSError, KeyError, RuntimeError, ValueError, TypeError):
+                    listed.append(name)  # unreadable: listed, and inspect says why
+            self._listed = listed
+        return _Keys(self._listed, self)
+
+    def _exists(self, key: str) -> bool:
+        try:
+            return self._file.get(key, getlink=True) is not None
+        except (OSError, KeyError, ValueError, RuntimeError, TypeError):
+            return False
+
+    def _ds(self, key: str, option: str = "its key option") -> h5py.Dataset:
+        """The dataset h5py opens at ``key``, or an error saying why not
+        (``option``: the option that names another array)."""
+        ds = self._datasets.get(key)
+        if ds is not None:
+            return ds
+        try:
+            obj = self._file.get(key)
+        except (OSError, KeyError, ValueError, RuntimeError) as exc:
+            link = None
+            try:
+                link = self._file.get(key, getlink=True)
+            except (OSError, KeyError, ValueError, RuntimeError):
+                pass
+            if isinstance(link, h5py.ExternalLink):
+                raise InputError(
+                    f"{self.path}: array '{key}' is an external link to '{link.path}' in {link.filename}, "
+                    "which cannot be opened; put that file where the link points"
+                ) from None
+            raise InputError(f"{self.path}: cannot open '{key}' ({exc})") from None
+        if obj is None:
+            raise KeyError(key)
+        if isinstance(obj, h5py.Group):
+            if _sparse_group(obj):
+                encoding = obj.attrs.get("encoding-type", b"")
+                encoding = encoding.decode() if isinstance(encoding, bytes) else str(encoding)
+                kind = {"csr_matrix": "CSR", "csc_matrix": "CSC"}.get(encoding, "CSR/CSC")
+                raise InputError(
+                    f"{self.path}: '{key}' is a sparse matrix ({kind}: a group of data, indices and indptr), "
+                    "and mixup mixes dense arrays; densify it first (for example with anndata: "
+                    f"adata.X = adata.X.toarray(), then write_h5ad) or pass another array with {option}"
+                )
+            raise InputError(
+                f"{self.path}: '{key}' is a group, not an array; pass the path of an array in it with {option} "
+                f"(for example '{key.rstrip('/')}/{next(iter(obj.keys()), 'name')}')"
+            )
+        if not isinstance(obj, h5py.Dataset):
+            raise InputError(f"{self.path}: '{key}' is not an array")
+        self._datasets[key] = obj
+        return obj
+
+    def _dtype(self, key: str, ds: h5py.Dataset) -> np.dtype:
+        try:
+            return ds.dtype
+        except (TypeError, ValueError) as exc:
+            try:
+                cls = ds.id.get_type().get_class()
+            except Exception:
+                cls = None
+            what = {h5py.h5t.TIME: "an HDF5 time type (H5T_TIME)"}.get(cls, "an HDF5 type numpy cannot hold")
+            raise InputError(
+                f"{self.path}: array '{key}' has {what}, which cannot be mixed ({exc}); "
+                "store it as integers or floats"
+            ) from None
+
+    # --- what an array is ------------------------------------------------
 
     def spec(self, key: str) -> ArraySpec:
-        ds = self._datasets[key]
-        return ArraySpec(tuple(ds.shape), ds.dtype)
+        ds = self._ds(key)
+        return ArraySpec(tuple(ds.shape), self._dtype(key, ds))
+
+    def require(self, key: str, option: str, kinds: str = "fiu") -> ArraySpec:
+        if key in self.keys():
+            self._check_readable(key, self._ds(key, option))
+        spec = super().require(key, option, kinds)
+        if spec.dtype.kind == "f" and spec.dtype.itemsize > 8:
+            raise InputError(
+                f"{self.path}: array '{key}' is long double ({8 * spec.dtype.itemsize}-bit float), "
+                "which mixup does not write; convert it to float64 first"
+            )
+        return spec
+
+    def _check_readable(self, key: str, ds: h5py.Dataset) -> None:
+        """Refuse now, in words, what HDF5 would fail on at the first read
+        (or worse, fill in silently): missing filters and files."""
+        self._dtype(key, ds)
+        for code, name in self._filters(ds):
+            if h5py.h5z.filter_avail(code):
+                continue
+            _load_plugins()
+            if not h5py.h5z.filter_avail(code):
+                raise InputError(
+                    f"{self.path}: array '{key}' is compressed with HDF5 filter {code} ({name}), which this "
+                    f"HDF5 lacks; {_PLUGIN_HINT}"
+                )
+        for item in ds.external or []:
+            if self._external_file(ds, item[0]) is None:
+                raise InputError(
+                    f"{self.path}: array '{key}' keeps its data in the external file '{item[0]}', which is "
+                    "missing (looked for as HDF5 does: relative to the current directory or "
+                    "HDF5_EXTFILE_PREFIX); put it back or run from the folder it is relative to"
+                )
+        for name in self._missing_sources(ds):
+            raise InputError(
+                f"{self.path}: virtual array '{key}' takes rows from '{name}', which is missing "
+                "(HDF5 would fill them in silently); put the source file back beside the file"
+            )
+
+    def _filters(self, ds: h5py.Dataset) -> list[tuple[int, str]]:
+        try:
+            dcpl = ds.id.get_create_plist()
+            found = []
+            for i in range(dcpl.get_nfilters()):
+                code, _flags, _values, stored = dcpl.get_filter(i)
+                stored = stored.decode(errors="replace") if isinstance(stored, bytes) else str(stored or "")
+                found.append((code, _PLUGINS.get(code) or stored or "unknown"))
+            return found
+        except Exception:
+            return []
+
+    def _external_file(self, ds: h5py.Dataset, name) -> Path | None:
+        name = os.fsdecode(name)
+        try:
+            prefix = _prefix(ds.id.get_access_plist().get_efile_prefix())
+        except Exception:
+            prefix = ""
+        prefixes = [os.environ.get("HDF5_EXTFILE_PREFIX", ""), prefix, os.getcwd()]
+        return _first_existing(name, prefixes, Path(ds.file.filename).parent)
+
+    def _sources(self, ds: h5py.Dataset) -> list[tuple[str, Path | None]]:
+        """The source files of a virtual dataset: (name stored, where it is)."""
+        if not ds.is_virtual:
+            return []
+        try:
+            prefix = _prefix(ds.id.get_access_plist().get_virtual_prefix())
+        except Exception:
+            prefix = ""
+        here = Path(ds.file.filename)
+        prefixes = [os.environ.get("HDF5_VDS_PREFIX", ""), prefix, str(here.parent), os.getcwd()]
+        found = []
+        for vmap in ds.virtual_sources():
+            name = vmap.file_name
+            if name == ".":
+                found.append((name, here))
+            elif "%" in name:  # a printf-style pattern: HDF5 maps many files; not followed here
+                continue
+            else:
+                found.append((name, _first_existing(name, prefixes, here.parent)))
+        return found
+
+    def _missing_sources(self, ds: h5py.Dataset) -> list[str]:
+        try:
+            return [name for name, where in self._sources(ds) if where is None]
+        except Exception:
+            return []
+
+    # --- reading -----------------------------------------------------------
+
+    def _hdf5_read(self, key: str, out: np.ndarray, start: int, stop: int) -> None:
+        """Rows through HDF5 (its type conversion and filters). An OSError
+        (a damaged chunk) goes up as it is: the engines name the rows."""
+        self._ds(key).read_direct(out, np.s_[start:stop], np.s_[0 : stop - start])
 
     def read(self, key: str, start: int, stop: int) -> np.ndarray:
-        ds = self._datasets[key]
-        out = np.empty((stop - start,) + ds.shape[1:], dtype=ds.dtype)
+        ds = self._ds(key)
+        out = np.empty((stop - start,) + ds.shape[1:], dtype=self._dtype(key, ds))
         if stop > start:
-            ds.read_direct(out, np.s_[start:stop])
+            self._hdf5_read(key, out, start, stop)
         return out
 
     def read_into(self, key: str, start: int, stop: int, out: np.ndarray) -> None:
@@ -109,128 +417,240 @@ class Reader(base.Reader):
             return
         if self._inflate_read(key, start, stop, out):
             return
-        self._datasets[key].read_direct(out, np.s_[start:stop], np.s_[0 : stop - start])
+        self._hdf5_read(key, out, start, stop)
 
-    def _deflated(self, key: str) -> tuple[int, bool] | None:
-        """``(rows per chunk, shuffled)`` when ``key`` is stored as chunks of
-        whole rows compressed with deflate (gzip), after HDF5's byte shuffle
-        or not, in native byte order; else None."""
-        if key not in self._deflate:
-            ds, layout = self._datasets[key], None
+    def _plain(self, ds: h5py.Dataset) -> bool:
+        """Whether the fast paths may copy this dataset's stored bytes."""
+        if not self.fast or ds.is_virtual or not ds.shape or not ds.shape[0]:
+            return False
+        try:
+            return (plain_type(ds.id.get_type(), ds.dtype) and ds.external is None
+                    and ds.file.id.get_create_plist().get_userblock() == 0)
+        except Exception:
+            return False
+
+    def _fd(self, ds: h5py.Dataset) -> int:
+        name = ds.file.filename  # another file's for an external link
+        fd = self._fds.get(name)
+        if fd is None:
+            fd = self._fds[name] = os.open(name, os.O_RDONLY)
+        return fd
+
+    def _stream(self, key: str):
+        """``(chunk_bytes, chunk_rows, chunks_per_row_group)`` when the chunks
+        of ``key``, taken in order, hold its elements in C order: chunks of
+        whole rows, or chunks of one row that split it only along one axis
+        into equal parts (``(1, 64)`` of 256 columns); else None. Chunk ``k``
+        then holds bytes ``[k*chunk_bytes, (k+1)*chunk_bytes)`` of the rows
+        laid end to end (the last chunk may run past the end)."""
+        ds = self._ds(key)
+        c, shape = ds.chunks, ds.shape
+        if not c or not shape:
+            return None
+        itemsize = ds.dtype.itemsize
+        if tuple(c[1:]) == tuple(shape[1:]):
+            return int(np.prod(c, dtype=np.int64)) * itemsize, c[0], 1
+        if c[0] != 1:
+            return None
+        split = [d for d in range(1, len(shape)) if c[d] != shape[d]]
+        m = split[-1]
+        if any(c[d] != 1 for d in range(1, m)) or shape[m] % c[m]:
+            return None
+        per_row = int(np.prod(shape[1:m], dtype=np.int64)) * (shape[m] // c[m])
+        return int(np.prod(c, dtype=np.int64)) * itemsize, 1, per_row
+
+    def _chunk_index(self, key: str):
+        """``(byte offsets, sizes, filter masks)`` of the chunks of ``key`` in
+        the order of ``_stream`` (offset -1 where a chunk was never written).
+        Read once, in one pass over HDF5's index: a lookup by coordinate costs
+        more the further the chunk is, which made reading quadratic."""
+        if key in self._index:
+            return self._index[key]
+        ds, stream, index = self._ds(key), self._stream(key), None
+        chunk_iter = getattr(ds.id, "chunk_iter", None)
+        if stream is not None and chunk_iter is not None:
+            c, shape = ds.chunks, ds.shape
+            grid = [-(-shape[d] // c[d]) for d in range(len(shape))]
+            found = []
             try:
-                dcpl = ds.id.get_create_plist()
-                filters = [dcpl.get_filter(i)[0] for i in range(dcpl.get_nfilters())]
-                if (ds.chunks and tuple(ds.chunks[1:]) == tuple(ds.shape[1:]) and ds.dtype.isnative
-                        and ds.dtype.kind in "fiub" and not ds.is_virtual
-                        and filters in ([_DEFLATE], [_SHUFFLE, _DEFLATE])):
-                    layout = (ds.chunks[0], filters[0] == _SHUFFLE)
+                chunk_iter(found.append)
+                total = int(np.prod(grid, dtype=np.int64))
+                offsets = np.full(total, -1, dtype=np.int64)
+                sizes = np.zeros(total, dtype=np.int64)
+                masks = np.zeros(total, dtype=np.int64)
+                if found:
+                    # Each record is (chunk_offset, filter_mask, byte_offset, size).
+                    coords = np.array([info[0] for info in found], dtype=np.int64).reshape(len(found), -1)
+                    k = np.ravel_multi_index(tuple(coords[:, d] // c[d] for d in range(len(shape))), grid)
+                    offsets[k] = np.fromiter((info[2] for info in found), np.int64, len(found))
+                    sizes[k] = np.fromiter((info[3] for info in found), np.int64, len(found))
+                    masks[k] = np.fromiter((info[1] for info in found), np.int64, len(found))
+                index = (offsets, sizes, masks)
+            except Exception:
+                index = None
+        self._index[key] = index
+        return index
+
+    def _deflated(self, key: str) -> bool | None:
+        """Whether ``key`` is stored as ``_stream`` chunks deflated (gzip),
+        after HDF5's byte shuffle (True) or not (False), of a type copied as
+        stored; else None."""
+        if key not in self._deflate:
+            ds, layout = self._ds(key), None
+            try:
+                filters = [code for code, _ in self._filters(ds)]
+                if (self._plain(ds) and self._stream(key) is not None
+                        and filters in ([_DEFLATE], [_SHUFFLE, _DEFLATE])
+                        and self._chunk_index(key) is not None):
+                    layout = filters[0] == _SHUFFLE
             except Exception:
                 layout = None
             self._deflate[key] = layout
         return self._deflate[key]
 
+    def _chunk_range(self, key: str, start: int, stop: int):
+        """The chunks holding rows ``start:stop`` and the byte range of the
+        rows laid end to end."""
+        chunk_bytes, chunk_rows, per_row = self._stream(key)
+        row_bytes = chunk_bytes * per_row // chunk_rows
+        first, last = (start // chunk_rows) * per_row, -(-stop // chunk_rows) * per_row
+        return chunk_bytes, first, last, start * row_bytes, stop * row_bytes
+
     def _inflate_read(self, key: str, start: int, stop: int, out: np.ndarray) -> bool:
         """Read gzip chunks as stored and inflate (and unshuffle) them on every
-        core (zlib releases the GIL; HDF5 would do them one by one under its lock).
-        False (nothing read) when the layout does not allow it."""
-        layout = self._deflated(key)
-        ds = self._datasets[key]
-        if layout is None or not out.flags.c_contiguous or out.dtype != ds.dtype:
+        core (zlib releases the GIL; HDF5 would do them one by one under its
+        lock), many small chunks per job. False (nothing read) when the
+        layout does not allow it."""
+        shuffled = self._deflated(key)
+        ds = self._ds(key)
+        if shuffled is None or not out.flags.c_contiguous or out.dtype != ds.dtype:
             return False
-        chunk_rows, shuffled = layout
-        deflate_bit = 2 if shuffled else 1  # a set bit of the filter mask: that filter was skipped
-        tail = (0,) * (ds.ndim - 1)
-        first = (start // chunk_rows) * chunk_rows
-        coords = [(c,) + tail for c in range(first, stop, chunk_rows)]
-        if any(ds.id.get_chunk_info_by_coord(c).byte_offset is None for c in coords):
+        offsets, sizes, masks = self._chunk_index(key)
+        chunk_bytes, first, last, want_lo, want_hi = self._chunk_range(key, start, stop)
+        _, chunk_rows, per_row = self._stream(key)
+        if (offsets[first:last] < 0).any():
             return False  # a chunk never written (fill value): let HDF5 do it
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1))
-        chunk_shape = (chunk_rows,) + ds.shape[1:]
+        fd = self._fd(ds)
+        dest = memoryview(out).cast("B")
+        itemsize = ds.dtype.itemsize
+        deflate_bit = 2 if shuffled else 1  # a set bit of the filter mask: that filter was skipped
 
-        def inflate(stored: bytes, mask: int, c: int) -> None:
+        def inflate(k0: int, k1: int) -> None:
             try:
-                data = stored if mask & deflate_bit else zlib.decompress(stored)
-                if shuffled and not mask & 1:  # byte k of every element was stored together
-                    data = np.frombuffer(data, np.uint8).reshape(ds.dtype.itemsize, -1).T.copy()
-                rows = np.frombuffer(data, dtype=ds.dtype).reshape(chunk_shape)
+                offs, lens = offsets[k0:k1], sizes[k0:k1]
+                if (offs[1:] == offs[:-1] + lens[:-1]).all():  # stored one after the other: one read
+                    span = memoryview(os.pread(fd, int(offs[-1] + lens[-1] - offs[0]), int(offs[0])))
+                    ends = np.cumsum(lens)
+                    stored = [span[a:b] for a, b in zip((ends - lens).tolist(), ends.tolist())]
+                else:
+                    stored = [os.pread(fd, int(n), int(o)) for o, n in zip(offs.tolist(), lens.tolist())]
+                job_masks = masks[k0:k1].tolist()
+                parts = []
+                if not any(job_masks):  # the usual case: every chunk deflated, in one C loop
+                    try:
+                        parts = list(map(zlib.decompress, stored))
+                    except zlib.error:
+                        parts = []  # found again below, with the chunk it is in
+                    if any(len(p) != chunk_bytes for p in parts):
+                        parts = []
+                for k, (piece, mask) in enumerate(zip(stored, job_masks) if not parts else (), k0):
+                    try:
+                        parts.append(piece if mask & deflate_bit else zlib.decompress(piece))
+                        if len(parts[-1]) != chunk_bytes:
+                            raise ValueError(f"it inflates to {len(parts[-1])} bytes, not {chunk_bytes}")
+                    except (zlib.error, ValueError) as exc:
+                        row = k // per_row * chunk_rows
+                        raise InputError(
+                            f"{self.path}: the compressed chunk of '{key}' rows {row}:{row + chunk_rows} is "
+                            f"damaged ({exc}); copy or write the file again"
+                        ) from None
+                data = np.frombuffer(b"".join(parts), np.uint8).reshape(k1 - k0, chunk_bytes)
+                if shuffled and itemsize > 1:  # byte b of every element was stored together
+                    unshuffled = data.reshape(k1 - k0, itemsize, -1).transpose(0, 2, 1).reshape(k1 - k0, -1)
+                    skipped = np.array(job_masks) & 1  # shuffle skipped for that chunk
+                    data = np.where(skipped[:, None].astype(bool), data, unshuffled) if skipped.any() else unshuffled
             except (zlib.error, ValueError) as exc:
                 raise InputError(
-                    f"{self.path}: the compressed chunk of '{key}' rows {c}:{c + chunk_rows} is damaged "
+                    f"{self.path}: a compressed chunk of '{key}' near row {start} is damaged "
                     f"({exc}); copy or write the file again"
                 ) from None
-            lo, hi = max(start, c), min(stop, c + chunk_rows)
-            out[lo - start : hi - start] = rows[lo - c : hi - c]
+            lo, hi = max(want_lo, k0 * chunk_bytes), min(want_hi, k1 * chunk_bytes)
+            flat = data.reshape(-1)
+            dest[lo - want_lo : hi - want_lo] = flat[lo - k0 * chunk_bytes : hi - k0 * chunk_bytes]
 
+        per_job = max(1, INFLATE_JOB_BYTES // chunk_bytes)
         jobs = []
         try:
-            for coord in coords:
-                mask, stored = ds.id.read_direct_chunk(coord)
-                jobs.append(self._pool.submit(inflate, stored, mask, coord[0]))
+            for k0 in range(first, last, per_job):
+                jobs.append(self._pool.submit(inflate, k0, min(last, k0 + per_job)))
         finally:
             errors = [job.exception() for job in jobs]  # all finished: none writes into out later
         failed = next((e for e in errors if e is not None), None)
         if failed is not None:
+            if isinstance(failed, OSError):
+                raise InputError(f"{self.path}: cannot read '{key}': {failed}") from None
             raise failed
         return True
 
     def _raw_layout(self, key: str):
-        """``(row_bytes, chunk_rows or None, contiguous offset)`` when the rows
-        of ``key`` lie in the file as plain bytes (no filter, native byte
-        order, chunks holding whole rows, or contiguous storage); else None."""
+        """``(row_bytes, chunked, contiguous offset)`` when the rows of
+        ``key`` lie in the file as plain bytes (no filter, a type copied as
+        stored, ``_stream`` chunks or contiguous storage); else None."""
         if key in self._raw:
             return self._raw[key]
         layout = None
-        ds = self._datasets[key]
+        ds = self._ds(key)
         try:
-            if (ds.dtype.isnative and ds.dtype.kind in "fiu" and ds.shape and ds.shape[0]
-                    and self._file.id.get_create_plist().get_userblock() == 0
-                    and ds.id.get_create_plist().get_nfilters() == 0 and not ds.is_virtual
-                    and ds.external is None):
+            if self._plain(ds) and not self._filters(ds):
                 row_bytes = int(np.prod(ds.shape[1:], dtype=np.int64)) * ds.dtype.itemsize
                 if ds.chunks is None:
                     offset = ds.id.get_offset()
                     if offset is not None:
-                        layout = (row_bytes, None, offset)
-                elif tuple(ds.chunks[1:]) == tuple(ds.shape[1:]):
-                    layout = (row_bytes, ds.chunks[0], None)
+                        layout = (row_bytes, False, offset)
+                elif self._stream(key) is not None and self._chunk_index(key) is not None:
+                    layout = (row_bytes, True, None)
         except Exception:
             layout = None
         self._raw[key] = layout
         return layout
 
-    def _raw_read(self, key: str, start: int, stop: int, out: np.ndarray, chunks: dict | None = None) -> bool:
+    def _raw_read(self, key: str, start: int, stop: int, out: np.ndarray, chunks=None) -> bool:
         """Read rows with ``os.preadv`` straight into ``out``: outside h5py's
         global lock, so reading overlaps the writer thread's HDF5 calls.
         False (and nothing read) when the layout does not allow it.
-        ``chunks`` keeps the storage info of chunks already looked up."""
+        (``chunks`` is not used: chunk locations come from the array's index.)"""
         layout = self._raw_layout(key)
-        if layout is None or not out.flags.c_contiguous or out.dtype != self._datasets[key].dtype:
+        ds = self._ds(key)
+        if layout is None or not out.flags.c_contiguous or out.dtype != ds.dtype:
             return False
-        row_bytes, chunk_rows, offset = layout
+        row_bytes, chunked, offset = layout
         dest = memoryview(out[: stop - start]).cast("B")
-        pieces = []  # (file offset, first byte in dest, byte count)
-        if chunk_rows is None:
-            pieces.append((offset + start * row_bytes, 0, (stop - start) * row_bytes))
+        if not chunked:
+            pieces = [(offset + start * row_bytes, 0, (stop - start) * row_bytes)]
         else:
-            ds = self._datasets[key]
-            tail = (0,) * (len(ds.shape) - 1)
-            chunks = {} if chunks is None else chunks
-            first = (start // chunk_rows) * chunk_rows
-            for c in range(first, stop, chunk_rows):
-                info = chunks.get(c)
-                if info is None:
-                    info = chunks[c] = ds.id.get_chunk_info_by_coord((c,) + tail)
-                if info.byte_offset is None or info.filter_mask or info.size < chunk_rows * row_bytes:
-                    return False  # unallocated (fill value) or unusual chunk: let HDF5 do it
-                lo, hi = max(start, c), min(stop, c + chunk_rows)
-                pieces.append((info.byte_offset + (lo - c) * row_bytes, (lo - start) * row_bytes, (hi - lo) * row_bytes))
-        if self._fd is None:
-            self._fd = os.open(self.path, os.O_RDONLY)
+            offsets, sizes, masks = self._chunk_index(key)
+            chunk_bytes, first, last, want_lo, want_hi = self._chunk_range(key, start, stop)
+            chunk_offsets = offsets[first:last]
+            if (chunk_offsets < 0).any() or masks[first:last].any() or (sizes[first:last] < chunk_bytes).any():
+                return False  # unallocated (fill value) or unusual chunk: let HDF5 do it
+            begin = np.arange(first, last, dtype=np.int64) * chunk_bytes
+            lo = np.maximum(begin, want_lo)
+            hi = np.minimum(begin + chunk_bytes, want_hi)
+            file_at = chunk_offsets + (lo - begin)
+            count = hi - lo
+            # Chunks stored one after the other are read in one call.
+            new = np.ones(len(begin), dtype=bool)
+            new[1:] = file_at[1:] != file_at[:-1] + count[:-1]
+            starts = np.flatnonzero(new)
+            totals = np.add.reduceat(count, starts)
+            pieces = list(zip(file_at[starts].tolist(), (lo[starts] - want_lo).tolist(), totals.tolist()))
+        fd = self._fd(ds)
         for file_at, at, count in pieces:
             done = 0
             while done < count:
-                got = os.preadv(self._fd, [dest[at + done : at + count]], file_at + done)
+                got = os.preadv(fd, [dest[at + done : at + count]], file_at + done)
                 if got <= 0:
                     raise InputError(f"{self.path}: file ended while reading '{key}' (truncated?)")
                 done += got
@@ -242,7 +662,7 @@ class Reader(base.Reader):
         window of contiguous storage) are read as a few row ranges, into the
         result when a range is all wanted rows, else into a reused buffer
         they are copied from."""
-        ds = self._datasets[key]
+        ds = self._ds(key)
         raw = self._raw_layout(key) is not None
         if ds.chunks is None and not raw:
             # Contiguous or compact, read through HDF5: its point selections are fast there.
@@ -257,13 +677,12 @@ class Reader(base.Reader):
         # A raw read costs little more than the bytes it copies: long gaps are
         # skipped. An HDF5 read of a chunk costs about the whole chunk: one each.
         gap = TAKE_GAP_BYTES // row_bytes if raw else group
-        chunks: dict = {}
         for first, stop in _runs(rows, group, gap):
             lo, hi = int(rows[first]), int(rows[stop - 1]) + 1
             whole = hi - lo == stop - first  # every row of the range is wanted
             dest = out[first:stop] if whole else self._buffer(out, hi - lo)
-            if not self._raw_read(key, lo, hi, dest, chunks):
-                ds.read_direct(dest, np.s_[lo:hi], np.s_[0 : hi - lo])
+            if not self._raw_read(key, lo, hi, dest):
+                self._hdf5_read(key, dest, lo, hi)
             if not whole:
                 np.take(dest, rows[first:stop] - lo, axis=0, out=out[first:stop], mode="clip")
         return out
@@ -277,30 +696,75 @@ class Reader(base.Reader):
         return self._scratch[:nbytes].view(like.dtype).reshape((rows,) + like.shape[1:])
 
     def chunk_rows(self, key: str) -> int | None:
-        chunks = self._datasets[key].chunks
+        chunks = self._ds(key).chunks
         return chunks[0] if chunks else None
 
     def take_inflates(self, key: str) -> bool:
-        return self._datasets[key].id.get_create_plist().get_nfilters() > 0
+        return bool(self._filters(self._ds(key)))
 
     def describe(self, key: str) -> dict:
-        ds = self._datasets[key]
-        return {"chunks": list(ds.chunks) if ds.chunks else None, "compression": ds.compression or "none"}
+        ds = self._ds(key)
+        filters = self._filters(ds)
+        compression = ds.compression or "none"
+        if compression == "none" and filters:
+            compression = "+".join(name for _, name in filters)
+        info = {"chunks": list(ds.chunks) if ds.chunks else None, "compression": compression}
+        try:
+            info["type"] = type_name(self._dtype(key, ds), ds.id.get_type())
+        except InputError:
+            pass
+        return info
 
     def attributes(self) -> dict:
         return {k: (v.item() if hasattr(v, "item") else v) for k, v in self._file.attrs.items()}
 
     def files(self) -> list[Path]:
-        return [self.path]
+        """The file, and every file the arrays opened so far read from:
+        external-link targets, virtual datasets' sources, external raw files."""
+        found = [self.path]
+        seen = {os.path.realpath(self.path)}
+
+        def add(p) -> None:
+            if p is not None and os.path.realpath(p) not in seen:
+                seen.add(os.path.realpath(p))
+                found.append(Path(p))
+
+        for ds in self._datasets.values():
+            try:
+                add(ds.file.filename)
+                for item in ds.external or []:
+                    add(self._external_file(ds, item[0]))
+                for _name, where in self._sources(ds):
+                    add(where)
+            except Exception:
+                continue
+        return found
 
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown()
             self._pool = None
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+        self._datasets.clear()
         self._file.close()
+
+
+_plugins_loaded = False
+
+
+def _load_plugins() -> None:
+    """Register the filters of ``hdf5plugin`` when it is installed (only when
+    an array needs a filter HDF5 lacks: it is not imported otherwise)."""
+    global _plugins_loaded
+    if _plugins_loaded:
+        return
+    _plugins_loaded = True
+    try:
+        import hdf5plugin  # noqa: F401
+    except Exception:
+        pass
 
 
 def chunk_rows_for(spec: ArraySpec, options: WriteOptions) -> int:

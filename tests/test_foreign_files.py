@@ -1,0 +1,512 @@
+"""Files written by other software (PyTables, netCDF4, anndata) and legal but
+unusual HDF5 layouts and types (h5py's low-level API): each gives the right
+output, checked row by row against the input as h5py reads it, and passes
+``mixup verify``, or a one-line refusal naming the file and array, exit 1,
+with nothing left in the output folder."""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import h5py
+import numpy as np
+import pytest
+
+from conftest import assert_nothing_written
+
+from mixup_cli.io import hdf5
+
+N, D = 41, 6
+
+
+def _data(dtype=np.float32, n=N, d=D, seed=0):
+    rng = np.random.default_rng(seed)
+    if np.dtype(dtype).kind == "f":
+        return rng.standard_normal((n, d)).astype(dtype)
+    info = np.iinfo(dtype)
+    return rng.integers(max(info.min, -2000), min(info.max, 2000), (n, d)).astype(dtype)
+
+
+def _labels(n=N, k=3, seed=1):
+    rng = np.random.default_rng(seed)
+    return np.eye(k, dtype=np.float32)[rng.integers(0, k, n)]
+
+
+def _check_rows(out, x, lam, partner):
+    """x_out[i] against the README's rule, computed here from h5py's x."""
+    assert out.shape == x.shape
+    if x.dtype.kind == "f":
+        native = x.astype(x.dtype.newbyteorder("="))
+        l = lam.astype(native.dtype).reshape((-1,) + (1,) * (x.ndim - 1))
+        expected = l * native + (1 - l) * native[partner]
+        np.testing.assert_array_equal(out, expected)
+        return 0.0
+    l = lam.reshape((-1,) + (1,) * (x.ndim - 1))
+    exact = l * x.astype(np.float64) + (1 - l) * x[partner].astype(np.float64)
+    info = np.iinfo(x.dtype)
+    expected = np.clip(np.round(exact), info.min, info.max)
+    err = float(np.abs(out.astype(np.float64) - expected).max())
+    assert err <= 1, err
+    return err
+
+
+def check_accepted(run_cli, src, outdir, x_key="x", y_key="y", x=None, y=None, name="out.h5"):
+    """Mix ``src``, compare every row with the formula on arrays h5py read
+    (``x``/``y`` given, or read here by h5py), then ``mixup verify``."""
+    out = outdir / name
+    if x is None:
+        with h5py.File(src, "r") as f:
+            x = f[x_key][()]
+            y = f[y_key][()] if y_key else None
+    args = ["augment", src, out, "--seed", 5, "--alpha", 0.4, "--quiet", "--x-key", x_key]
+    args += ["--y-key", y_key] if y_key else ["--no-y"]
+    result = run_cli(*args)
+    assert result.exit_code == 0, result.stderr
+    with h5py.File(out, "r") as f:
+        lam, partner = f["lam"][()], f["partner"][()]
+        x_out = f[x_key][()]
+        y_out = f[y_key][()] if y_key else None
+    assert sorted(partner.tolist()) == list(range(len(x)))  # global pairing: a permutation
+    err = _check_rows(x_out, x, lam, partner)
+    if y_key:
+        _check_rows(y_out, y, lam, partner)
+    verified = run_cli("verify", out)
+    assert verified.exit_code == 0, verified.stdout
+    assert verified.stdout.splitlines()[-1] == "OK"
+    return out, err
+
+
+def check_refused(run_cli, src, outdir, key, *words, x_key="x", y_key=None):
+    args = ["augment", src, outdir / "out.h5", "--seed", 5, "--quiet", "--x-key", x_key]
+    args += ["--y-key", y_key] if y_key else ["--no-y"]
+    result = run_cli(*args)
+    assert result.exit_code == 1, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert str(src) in lines[0] and f"'{key}'" in lines[0], lines[0]
+    for word in words:
+        assert word in lines[0], (word, lines[0])
+    assert "Traceback" not in result.stderr
+    assert_nothing_written(outdir)
+    return lines[0]
+
+
+# --- other software ---------------------------------------------------------
+
+
+def _tables():
+    warnings.filterwarnings("ignore", module="tables")
+    return pytest.importorskip("tables")
+
+
+@pytest.mark.parametrize("kind", ["array", "carray-zlib", "earray-zlib-shuffle"])
+def test_pytables_arrays(run_cli, tmp_path, outdir, kind):
+    tables = _tables()
+    x, y = _data(), _labels()
+    src = tmp_path / "pytables.h5"
+    with tables.open_file(src, "w") as f:
+        if kind == "array":
+            f.create_array("/", "x", obj=x)
+            f.create_array("/", "y", obj=y)
+        elif kind == "carray-zlib":
+            filters = tables.Filters(complevel=4, complib="zlib", shuffle=False)
+            f.create_carray("/", "x", obj=x, filters=filters, chunkshape=(5, D))
+            f.create_carray("/", "y", obj=y, filters=filters)
+        else:
+            filters = tables.Filters(complevel=4, complib="zlib", shuffle=True)
+            ex = f.create_earray("/", "x", atom=tables.Float32Atom(), shape=(0, D), filters=filters,
+                                 chunkshape=(3, D))
+            ey = f.create_earray("/", "y", atom=tables.Float32Atom(), shape=(0, 3), filters=filters)
+            for i in range(0, N, 7):  # appended in pieces, as a logger would
+                ex.append(x[i : i + 7])
+                ey.append(y[i : i + 7])
+    check_accepted(run_cli, src, outdir)
+
+
+def test_pytables_blosc_is_refused_naming_the_filter(run_mixup, tmp_path, outdir, monkeypatch):
+    tables = _tables()
+    src = tmp_path / "blosc.h5"
+    with tables.open_file(src, "w") as f:
+        f.create_carray("/", "x", obj=_data(), filters=tables.Filters(complevel=5, complib="blosc"))
+    # No plugins where HDF5 looks (netCDF4, imported by another test, points it at its own).
+    (tmp_path / "no-plugins").mkdir()
+    monkeypatch.setenv("HDF5_PLUGIN_PATH", str(tmp_path / "no-plugins"))
+    result = run_mixup("augment", src, outdir / "out.h5", "--no-y")
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"Error: {src}: array 'x' is compressed with HDF5 filter 32001 (blosc), which this HDF5 lacks; "
+        "install the plugin (for example `pip install hdf5plugin`, which mixup loads when present) "
+        "or point HDF5_PLUGIN_PATH at a folder holding it"
+    ]
+    assert_nothing_written(outdir)
+
+
+def test_pytables_time_array_is_refused(run_cli, tmp_path, outdir):
+    tables = _tables()
+    src = tmp_path / "times.h5"
+    with tables.open_file(src, "w") as f:
+        t = f.create_carray("/", "t", atom=tables.Time64Atom(), shape=(N,))
+        t[:] = np.arange(N, dtype=np.float64)
+    check_refused(run_cli, src, outdir, "t", "H5T_TIME", x_key="t")
+
+
+def test_netcdf4_unlimited_zlib_shuffle_named_nc(run_cli, tmp_path, outdir):
+    netCDF4 = pytest.importorskip("netCDF4")
+    x, y = _data(d=64), _labels()
+    src = tmp_path / "written_by_netcdf4.nc"
+    with netCDF4.Dataset(src, "w") as nc:
+        nc.createDimension("time", None)
+        nc.createDimension("feature", 64)
+        nc.createDimension("class", 3)
+        vx = nc.createVariable("x", "f4", ("time", "feature"), zlib=True, shuffle=True, chunksizes=(1, 64))
+        vy = nc.createVariable("y", "f4", ("time", "class"), zlib=True, shuffle=True, chunksizes=(1, 3))
+        for i in range(0, N, 10):
+            vx[i : i + 10] = x[i : i + 10]
+            vy[i : i + 10] = y[i : i + 10]
+    check_accepted(run_cli, src, outdir)
+
+
+def test_anndata_dense_x_with_obs_labels(run_cli, tmp_path, outdir):
+    anndata = pytest.importorskip("anndata")
+    pd = pytest.importorskip("pandas")
+    x = _data()
+    labels = np.random.default_rng(2).integers(0, 3, N).astype(np.float32)
+    adata = anndata.AnnData(X=x, obs=pd.DataFrame({"score": labels}, index=[f"c{i}" for i in range(N)]))
+    src = tmp_path / "cells.h5ad"
+    adata.write_h5ad(src)
+    with h5py.File(src, "r") as f:
+        assert isinstance(f["X"], h5py.Dataset)
+        score = f["obs/score"][()]
+    # A float column as targets: mixed linearly like x.
+    check_accepted(run_cli, src, outdir, x_key="X", y_key="obs/score", x=x, y=score)
+
+
+def test_anndata_sparse_x_is_refused_as_a_sparse_matrix(run_cli, tmp_path, outdir):
+    anndata = pytest.importorskip("anndata")
+    sparse = pytest.importorskip("scipy.sparse")
+    x = _data()
+    x[x < 0.5] = 0
+    src = tmp_path / "sparse.h5ad"
+    anndata.AnnData(X=sparse.csr_matrix(x)).write_h5ad(src)
+    check_refused(run_cli, src, outdir, "X", "sparse matrix (CSR", "toarray()", "--x-key", x_key="X")
+
+
+# --- unusual HDF5 types -----------------------------------------------------
+
+
+def _low_level_dataset(f, name, tid, data, chunks=None, gzip=False):
+    """A dataset of HDF5 type ``tid`` holding ``data`` (HDF5 converts)."""
+    dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+    if chunks:
+        dcpl.set_chunk(chunks)
+        if gzip:
+            dcpl.set_deflate(4)
+    space = h5py.h5s.create_simple(data.shape)
+    dsid = h5py.h5d.create(f.id, name.encode(), tid, space, dcpl=dcpl)
+    dsid.write(h5py.h5s.ALL, h5py.h5s.ALL, np.ascontiguousarray(data))
+    return f[name]
+
+
+def _int12(order="le"):
+    tid = (h5py.h5t.STD_I16LE if order == "le" else h5py.h5t.STD_I16BE).copy()
+    tid.set_precision(12)
+    tid.set_offset(2)
+    return tid
+
+
+def _odd_float():
+    tid = h5py.h5t.IEEE_F32LE.copy()
+    tid.set_ebias(100)  # IEEE's is 127: same bits, other numbers
+    return tid
+
+
+STORAGE = {"contiguous": {}, "chunked": {"chunks": (4, D)}, "chunked-gzip": {"chunks": (4, D), "gzip": True}}
+
+
+@pytest.mark.parametrize("storage", sorted(STORAGE))
+@pytest.mark.parametrize("kind", ["int16 precision 12 offset 2", "float32 exponent bias 100"])
+def test_unusual_bit_layouts_read_through_hdf5_conversion(run_cli, tmp_path, outdir, kind, storage):
+    """The fast paths would copy the stored bits (every row wrong, or a false
+    'truncated' when the array is last in the file): HDF5 converts them."""
+    if kind.startswith("int"):
+        x, tid = np.random.default_rng(3).integers(-2048, 2048, (N, D)).astype(np.int16), _int12()
+    else:
+        x, tid = _data(np.float32), _odd_float()
+    src = tmp_path / "odd.h5"
+    with h5py.File(src, "w") as f:
+        f["y"] = _labels()
+        ds = _low_level_dataset(f, "x", tid, x, **STORAGE[storage])  # last in the file
+        stored = ds[()]
+    np.testing.assert_array_equal(stored, x)  # h5py decodes it to the values written
+    with hdf5.Reader(src) as reader:
+        assert reader._raw_layout("x") is None and reader._deflated("x") is None
+    check_accepted(run_cli, src, outdir, x=stored, y=_labels())
+
+
+def test_ordinary_types_keep_their_fast_paths(tmp_path):
+    src = tmp_path / "plain.h5"
+    with h5py.File(src, "w") as f:
+        f.create_dataset("raw", data=_data(), chunks=(4, D))
+        f.create_dataset("contig", data=_data(np.int16))
+        f.create_dataset("gz", data=_data(np.uint8), chunks=(4, D), compression="gzip", shuffle=True)
+        f.create_dataset("be", data=_data(np.dtype(">f4")), chunks=(4, D))
+    with hdf5.Reader(src) as reader:
+        assert reader._raw_layout("raw") is not None and reader._raw_layout("contig") is not None
+        assert reader._deflated("gz") is not None
+        assert reader._raw_layout("be") is None
+    with hdf5.Reader(src, fast=False) as reader:  # verify's reader: HDF5 decodes everything
+        assert reader._raw_layout("raw") is None and reader._deflated("gz") is None
+
+
+def test_verify_does_not_share_a_wrong_fast_path(run_cli, tmp_path, outdir, monkeypatch):
+    """A fast path copying 12-bit integers as stored writes a wrong output;
+    verify, reading through HDF5, says so instead of certifying it."""
+    x = np.random.default_rng(4).integers(-2048, 2048, (N, D)).astype(np.int16)
+    src = tmp_path / "odd.h5"
+    with h5py.File(src, "w") as f:
+        _low_level_dataset(f, "x", _int12(), x)
+    monkeypatch.setattr(hdf5, "plain_type", lambda tid, dtype: np.dtype(dtype).kind in "fiu")
+    out = outdir / "out.h5"
+    assert run_cli("augment", src, out, "--seed", 1, "--no-y", "--quiet").exit_code == 0
+    with h5py.File(out, "r") as f:
+        assert not np.array_equal(f["x"][()], x)  # the broken path's wrong rows
+    result = run_cli("verify", out)
+    assert result.exit_code == 1
+    assert "FAIL  recompute: the recomputed output differs: 'x' first at row 0" in result.stdout
+
+
+@pytest.mark.parametrize("dtype", [">i2", ">f4", ">f8", ">u2"])
+def test_big_endian(run_cli, tmp_path, outdir, dtype):
+    src = tmp_path / "be.h5"
+    with h5py.File(src, "w") as f:
+        f.create_dataset("x", data=_data(np.dtype(dtype)), chunks=(4, D), compression="gzip")
+    _, err = check_accepted(run_cli, src, outdir, y_key=None)
+    assert err <= 1
+
+
+@pytest.mark.parametrize("layout", ["fletcher32", "scaleoffset-int", "scaleoffset-float", "compact", "contiguous",
+                                    "lzf", "gzip-1-row-chunks", "part-row-chunks"])
+def test_storage_layouts(run_cli, tmp_path, outdir, layout):
+    src = tmp_path / "layout.h5"
+    x = _data(np.int32 if layout == "scaleoffset-int" else np.float32)
+    with h5py.File(src, "w") as f:
+        f["y"] = _labels()
+        if layout == "fletcher32":
+            f.create_dataset("x", data=x, chunks=(4, D), fletcher32=True)
+        elif layout == "scaleoffset-int":
+            f.create_dataset("x", data=x, chunks=(4, D), scaleoffset=0)
+        elif layout == "scaleoffset-float":
+            f.create_dataset("x", data=x, chunks=(4, D), scaleoffset=3)  # lossy: compared to what h5py reads
+        elif layout == "compact":
+            dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+            dcpl.set_layout(h5py.h5d.COMPACT)
+            dsid = h5py.h5d.create(f.id, b"x", h5py.h5t.py_create(x.dtype), h5py.h5s.create_simple(x.shape), dcpl=dcpl)
+            dsid.write(h5py.h5s.ALL, h5py.h5s.ALL, x)
+        elif layout == "contiguous":
+            f.create_dataset("x", data=x)
+        elif layout == "lzf":
+            f.create_dataset("x", data=x, chunks=(4, D), compression="lzf")
+        elif layout == "gzip-1-row-chunks":
+            f.create_dataset("x", data=x, chunks=(1, D), compression="gzip", shuffle=True)
+        else:
+            f.create_dataset("x", data=x, chunks=(3, 2), compression="gzip")
+    check_accepted(run_cli, src, outdir)
+
+
+def test_external_raw_storage_is_an_input_file(run_cli, tmp_path, outdir):
+    x = _data()
+    raw = tmp_path / "x.raw"
+    x.tofile(raw)
+    src = tmp_path / "ext.h5"
+    with h5py.File(src, "w") as f:
+        f.create_dataset("x", shape=x.shape, dtype=x.dtype, external=[(str(raw), 0, x.nbytes)])
+    out, _ = check_accepted(run_cli, src, outdir, y_key=None)
+    import json
+
+    files = [item["path"] for item in json.loads((outdir / "out.h5.provenance.json").read_text())["input"]["files"]]
+    assert str(raw.resolve()) in files
+    raw.write_bytes(_data(seed=9).tobytes())
+    result = run_cli("verify", out)
+    assert result.exit_code == 1
+    assert "FAIL  input files" in result.stdout and "x.raw" in result.stdout
+
+
+def test_missing_external_raw_storage_is_refused(run_cli, tmp_path, outdir):
+    x = _data()
+    raw = tmp_path / "gone.raw"
+    x.tofile(raw)
+    src = tmp_path / "ext.h5"
+    with h5py.File(src, "w") as f:
+        f.create_dataset("x", shape=x.shape, dtype=x.dtype, external=[(str(raw), 0, x.nbytes)])
+    raw.unlink()
+    check_refused(run_cli, src, outdir, "x", "external file", "gone.raw", "missing")
+
+
+def _vds(tmp_path, x):
+    """x split over two source files, joined by a virtual dataset."""
+    half = len(x) // 2
+    layout = h5py.VirtualLayout(shape=x.shape, dtype=x.dtype)
+    for i, (lo, hi) in enumerate([(0, half), (half, len(x))]):
+        name = f"part{i}.h5"
+        with h5py.File(tmp_path / name, "w") as f:
+            f.create_dataset("data", data=x[lo:hi], chunks=(4, D), compression="gzip")
+        layout[lo:hi] = h5py.VirtualSource(name, "data", shape=(hi - lo, D))  # relative: beside the file
+    src = tmp_path / "joined.h5"
+    with h5py.File(src, "w") as f:
+        f.create_virtual_dataset("x", layout, fillvalue=-1)
+    return src
+
+
+def test_virtual_dataset_sources_are_input_files(run_cli, tmp_path, outdir):
+    x = _data()
+    src = _vds(tmp_path, x)
+    out, _ = check_accepted(run_cli, src, outdir, y_key=None, x=x)
+    import json
+
+    files = [os.path.basename(item["path"])
+             for item in json.loads((outdir / "out.h5.provenance.json").read_text())["input"]["files"]]
+    assert files == ["joined.h5", "part0.h5", "part1.h5"]
+    with h5py.File(tmp_path / "part1.h5", "r+") as f:  # edit a source after the run
+        f["data"][0] = 99
+    result = run_cli("verify", out)
+    assert result.exit_code == 1
+    failed = [line for line in result.stdout.splitlines() if line.startswith("FAIL")]
+    assert any(line.startswith("FAIL  input files") and "part1.h5" in line for line in failed), result.stdout
+
+
+def test_virtual_dataset_with_a_missing_source_is_refused(run_cli, tmp_path, outdir):
+    src = _vds(tmp_path, _data())
+    (tmp_path / "part1.h5").unlink()
+    check_refused(run_cli, src, outdir, "x", "part1.h5", "missing")
+
+
+# --- names as h5py resolves them -------------------------------------------
+
+
+@pytest.mark.parametrize("key", ["/x", "alias", "/group/x_again", "group/x_again", "soft_in_group/x"])
+def test_keys_h5py_resolves(run_cli, tmp_path, outdir, key):
+    x = _data()
+    src = tmp_path / "links.h5"
+    with h5py.File(src, "w") as f:
+        f["x"] = x
+        f["alias"] = h5py.SoftLink("/x")
+        f.create_group("group")["x_again"] = f["x"]  # a hard link: the same dataset under another name
+        f["soft_in_group"] = h5py.SoftLink("/")
+    check_accepted(run_cli, src, outdir, x_key=key, y_key=None, x=x)
+
+
+def test_external_link_target_is_an_input(run_cli, tmp_path, outdir):
+    x = _data()
+    target = tmp_path / "target.h5"
+    with h5py.File(target, "w") as f:
+        f.create_dataset("x", data=x, chunks=(4, D))
+    src = tmp_path / "links.h5"
+    with h5py.File(src, "w") as f:
+        f["x"] = h5py.ExternalLink("target.h5", "/x")
+    cwd = os.getcwd()
+    os.chdir(tmp_path)  # HDF5 looks for a relative link target from here too
+    try:
+        out, _ = check_accepted(run_cli, src, outdir, y_key=None, x=x)
+        import json
+
+        files = [os.path.basename(item["path"])
+                 for item in json.loads((outdir / "out.h5.provenance.json").read_text())["input"]["files"]]
+        assert files == ["links.h5", "target.h5"]
+    finally:
+        os.chdir(cwd)
+
+
+@pytest.mark.parametrize("suffix", [".h5ad", ".nc4", ".he5", ".hdf", ".dat", ""])
+def test_hdf5_recognised_by_its_signature(run_cli, tmp_path, outdir, suffix):
+    x = _data()
+    src = tmp_path / f"data{suffix}"
+    with h5py.File(src, "w", userblock_size=512 if suffix == ".dat" else 0) as f:
+        f["x"] = x
+    check_accepted(run_cli, src, outdir, y_key=None, x=x)
+
+
+def test_netcdf3_is_refused_with_what_to_do(run_cli, tmp_path, outdir):
+    src = tmp_path / "classic.nc"
+    src.write_bytes(b"CDF\x01" + bytes(60))
+    result = run_cli("augment", src, outdir / "out.h5", "--no-y")
+    assert result.exit_code == 1 and "netCDF-3" in result.stderr and "nccopy" in result.stderr
+    assert_nothing_written(outdir)
+
+
+def test_a_fifo_is_refused_at_once(run_mixup, tmp_path, outdir):
+    fifo = tmp_path / "pipe.h5"
+    os.mkfifo(fifo)
+    result = run_mixup("augment", fifo, outdir / "out.h5", "--no-y", timeout=30)
+    assert result.returncode == 1
+    assert result.stderr.strip() == f"Error: {fifo}: is a named pipe (FIFO), not a dataset file; " \
+        "write the data to a file and pass that"
+    assert_nothing_written(outdir)
+
+
+# --- other refusals -----------------------------------------------------------
+
+
+def test_long_double_from_hdf5_is_refused(run_cli, tmp_path, outdir):
+    if np.dtype(np.longdouble).itemsize <= 8:
+        pytest.skip("long double is float64 here")
+    src = tmp_path / "ld.h5"
+    with h5py.File(src, "w") as f:
+        f["x"] = _data(np.float64).astype(np.longdouble)
+    check_refused(run_cli, src, outdir, "x", "long double", "float64")
+
+
+def test_missing_filter_refusal_from_the_executable(run_mixup, tmp_path, outdir, monkeypatch):
+    """Exit code and message from the installed executable (no traceback)."""
+    src = tmp_path / "filtered.h5"
+    with h5py.File(src, "w") as f:
+        dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+        dcpl.set_chunk((4, D))
+        dcpl.set_filter(32015, h5py.h5z.FLAG_OPTIONAL, (3,))  # zstd, optional: no plugin needed to write
+        h5py.h5d.create(f.id, b"x", h5py.h5t.IEEE_F32LE, h5py.h5s.create_simple((N, D)), dcpl=dcpl)
+    (tmp_path / "no-plugins").mkdir()
+    monkeypatch.setenv("HDF5_PLUGIN_PATH", str(tmp_path / "no-plugins"))
+    result = run_mixup("augment", src, outdir / "out.h5", "--no-y")
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"Error: {src}: array 'x' is compressed with HDF5 filter 32015 (zstd), which this HDF5 lacks; "
+        "install the plugin (for example `pip install hdf5plugin`, which mixup loads when present) "
+        "or point HDF5_PLUGIN_PATH at a folder holding it"
+    ]
+    assert_nothing_written(outdir)
+
+
+def test_a_character_device_is_refused(run_cli, outdir):
+    result = run_cli("augment", "/dev/null", outdir / "out.h5", "--no-y")
+    assert result.exit_code == 1
+    assert result.stderr.strip() == "Error: /dev/null: is a character device, not a dataset file; " \
+        "write the data to a file and pass that"
+    assert_nothing_written(outdir)
+
+
+def test_a_file_without_the_signature_is_still_an_unknown_format(run_cli, tmp_path, outdir):
+    src = tmp_path / "notes.txt"
+    src.write_bytes(b"not hdf5" * 200)
+    result = run_cli("augment", src, outdir / "out.h5", "--no-y")
+    assert result.exit_code == 1 and "unknown input format '.txt'" in result.stderr
+    assert_nothing_written(outdir)
+
+
+@pytest.mark.parametrize("storage", ["chunked", "chunked-gzip"])
+def test_unusual_bit_layout_with_class_pairing(run_cli, tmp_path, outdir, storage):
+    """Partners read by index (and, compressed, through the scratch copy)."""
+    x = np.random.default_rng(5).integers(-2048, 2048, (N, D)).astype(np.int16)
+    labels = np.random.default_rng(6).integers(0, 3, N)
+    src = tmp_path / "odd.h5"
+    with h5py.File(src, "w") as f:
+        f["y"] = labels
+        stored = _low_level_dataset(f, "x", _int12(), x, **STORAGE[storage])[()]
+    out = outdir / "out.h5"
+    result = run_cli("augment", src, out, "--seed", 2, "--pairing", "within-class", "--block-rows", 8, "--quiet")
+    assert result.exit_code == 0, result.stderr
+    with h5py.File(out, "r") as f:
+        lam, partner, x_out = f["lam"][()], f["partner"][()], f["x"][()]
+    assert (labels[partner] == labels).all()
+    assert _check_rows(x_out, stored, lam, partner) <= 1
+    verified = run_cli("verify", out)
+    assert verified.exit_code == 0 and verified.stdout.splitlines()[-1] == "OK", verified.stdout
