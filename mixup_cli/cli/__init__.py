@@ -32,6 +32,11 @@ class MixupGroup(click.Group):
     def invoke(self, ctx):
         try:
             result = super().invoke(ctx)
+            signals.settle()
+            name = signals.late()
+            if name is not None:
+                click.echo(f"warning: {name} came too late to stop the run: the output was already being "
+                           "put in place, and is complete", err=True)
             signals.check()
             return result
         except MixupError as exc:
@@ -41,7 +46,8 @@ class MixupGroup(click.Group):
             ctx.exit(exc.exit_code)
         except KeyboardInterrupt as exc:
             name, code = signals.describe(exc)
-            click.echo(f"Interrupted by {name}: stopped and removed the temporary files.", err=True)
+            message = getattr(exc, "mixup_message", None)  # augment says what it kept
+            click.echo(message or f"Interrupted by {name}: stopped and removed the temporary files.", err=True)
             ctx.exit(code)
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise

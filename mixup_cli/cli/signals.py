@@ -1,11 +1,15 @@
 """SIGINT and SIGTERM stop a run through the library's own cleanup.
 
 The handler raises in the main thread (``KeyboardInterrupt``, or its
-subclass ``Terminated`` for SIGTERM), so the library's ``except
-BaseException`` paths remove the temporary files. A Python exception raised
-from a signal handler can land in a finalizer and be swallowed there; the
-signal is therefore also remembered, and ``check()`` (called on progress and
-when the command returns) raises it again.
+subclass ``Terminated`` for SIGTERM); ``augment`` then stops at a clean
+checkpoint and keeps its partial files for ``--resume``. A Python exception
+raised from a signal handler can land in a finalizer and be swallowed
+there; the signal is therefore also remembered, and ``check()`` (called on
+progress and just before the final commit) raises it again.
+
+Once the commit has begun (``finishing()``), nothing can stop the run any
+more: a signal is only remembered, the run ends with exit 0, and ``late()``
+says one came too late. The exit code always tells what is on disk.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ import sys
 EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}  # 128 + signal number
 
 _pending: int | None = None
+_finishing = False
+_late: list[int] = []
 
 
 class Terminated(KeyboardInterrupt):
@@ -28,6 +34,9 @@ def _exception(signum: int) -> KeyboardInterrupt:
 
 def _on_signal(signum, frame):
     global _pending
+    if _finishing:
+        _late.append(signum)  # the commit goes on: raising now would report a failure that is not
+        return
     if _pending is not None:
         return  # already stopping: let the cleanup finish (SIGKILL still ends it at once)
     _pending = signum
@@ -51,8 +60,35 @@ def install() -> None:
 
 def check() -> None:
     """Raise the interruption again if a signal arrived and its exception was lost."""
-    if _pending is not None:
+    if _pending is not None and not _finishing:
         raise _exception(_pending)
+
+
+def finishing() -> None:
+    """The point of no return: from now on signals are remembered, never raised."""
+    global _finishing
+    check()  # an interruption swallowed earlier still stops the run, before anything is replaced
+    _finishing = True
+
+
+def add_late(signums) -> None:
+    """Signals the library held back during the commit itself."""
+    _late[:0] = list(signums)
+
+
+def late() -> str | None:
+    """The first signal that came after the point of no return, by name; None if none did."""
+    return signal.Signals(_late[0]).name if _late else None
+
+
+def settle() -> None:
+    """At the end of a finished command: later signals are ignored by the
+    kernel, so the exit code stays the one the command chose (the
+    interpreter would otherwise restore the default action while exiting)."""
+    if _finishing:
+        for signum in EXIT_CODES:
+            if signal.getsignal(signum) is _on_signal:
+                signal.signal(signum, signal.SIG_IGN)
 
 
 def describe(exc: KeyboardInterrupt) -> tuple[str, int]:

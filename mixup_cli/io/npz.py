@@ -154,6 +154,11 @@ class Writer(base.Writer):
                 zf.write(self._staging / f"{key}.npy", arcname=f"{key}.npy")
         shutil.rmtree(self._staging)
 
+    def suspend(self) -> None:
+        if self._maps:  # the staged arrays stay, unpacked, for --resume
+            self._maps.close()
+        self._maps = None
+
     def abort(self) -> None:
         self._maps = None
         shutil.rmtree(self._staging, ignore_errors=True)
