@@ -321,6 +321,7 @@ def commit_output(tmp: Path, final: Path, sidecar_tmp: Path, sidecar: Path, over
                 aside = _old_aside_path(final)
                 remove(aside)
                 os.rename(final, aside)
+                test_pause("old-aside")
                 try:
                     os.rename(tmp, final)
                 except BaseException:
@@ -424,7 +425,7 @@ def test_pause(stage: str) -> None:
     the file FLAG and waits (at most 60 s) until FLAG is removed, so that a
     test can signal or kill the process at exactly that instant. Stages:
     ``progress`` (rows written), ``staged`` (sidecar staged), ``commit-record``,
-    ``output-in-place``, ``sidecar-in-place``, ``cleaned``, ``committed``,
+    ``old-aside`` (no RENAME_EXCHANGE only), ``output-in-place``, ``sidecar-in-place``, ``cleaned``, ``committed``,
     ``finished`` (summary printed)."""
     spec = os.environ.get("MIXUP_TEST_PAUSE")
     if not spec:
