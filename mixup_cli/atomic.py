@@ -314,9 +314,10 @@ def commit_output(tmp: Path, final: Path, sidecar_tmp: Path, sidecar: Path, over
     try:
         if check is not None:
             check()
-        if old_exists and tmp.is_dir() and final.is_dir() and not final.is_symlink():
-            # One atomic swap where the system has it; the old data then sits
-            # under the partial name. Elsewhere: old aside, then new in.
+        if old_exists and tmp.is_dir():
+            # A directory cannot be renamed over an existing entry. One atomic
+            # swap where the system has it (the old entry then sits under the
+            # partial name, removed with it); elsewhere: old aside, then new in.
             if not exchange(tmp, final):
                 aside = _old_aside_path(final)
                 remove(aside)
