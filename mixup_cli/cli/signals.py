@@ -7,6 +7,15 @@ raised from a signal handler can land in a finalizer and be swallowed
 there; the signal is therefore also remembered, and ``check()`` (called on
 progress and just before the final commit) raises it again.
 
+Never inside the threading machinery: an exception raised between a
+``Condition``'s lock being taken and its ``with`` block being entered (or
+the other way round on leaving) leaves the lock held for ever, and the
+writer thread that needs it next never ends, nor the run that joins it.
+Landing in ``threading`` or ``queue`` code, the handler therefore only
+remembers the signal and takes it again 10 ms later, until it lands
+elsewhere (or the main thread has sat in such a wait for half a second:
+then it is blocked in a wait, which is safe to break).
+
 Once the commit has begun (``finishing()``), nothing can stop the run any
 more: a signal is only remembered, the run ends with exit 0, and ``late()``
 says one came too late. The exit code always tells what is on disk.
@@ -14,14 +23,23 @@ says one came too late. The exit code always tells what is on disk.
 
 from __future__ import annotations
 
+import os
+import queue
 import signal
 import sys
+import threading
+import time
 
 EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}  # 128 + signal number
 
 _pending: int | None = None
+_raised = False  # the interruption was raised in the main thread
+_deferred_since: float | None = None
 _finishing = False
 _late: list[int] = []
+_RETRY_S = 0.01
+_DEFER_AT_MOST_S = 0.5
+_LOCK_CODE = {os.path.abspath(threading.__file__), os.path.abspath(queue.__file__)}
 
 
 class Terminated(KeyboardInterrupt):
@@ -32,15 +50,33 @@ def _exception(signum: int) -> KeyboardInterrupt:
     return Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
 
 
+def _in_lock_code(frame) -> bool:
+    return frame is not None and os.path.abspath(frame.f_code.co_filename) in _LOCK_CODE
+
+
 def _on_signal(signum, frame):
-    global _pending
+    global _pending, _raised, _deferred_since
     if _finishing:
         _late.append(signum)  # the commit goes on: raising now would report a failure that is not
         return
-    if _pending is not None:
+    if _raised:
         return  # already stopping: let the cleanup finish (SIGKILL still ends it at once)
-    _pending = signum
-    raise _exception(signum)
+    if _pending is None:
+        _pending = signum
+    now = time.monotonic()
+    if _in_lock_code(frame) and hasattr(signal, "setitimer"):
+        if _deferred_since is None:
+            _deferred_since = now
+        if now - _deferred_since < _DEFER_AT_MOST_S:
+            signal.setitimer(signal.ITIMER_REAL, _RETRY_S)  # SIGALRM: try again
+            return
+    _raised = True
+    raise _exception(_pending)
+
+
+def _on_alarm(signum, frame):
+    if _pending is not None and not _raised:
+        _on_signal(_pending, frame)
 
 
 def _unraisable(info, _default=sys.unraisablehook):
@@ -55,12 +91,17 @@ def install() -> None:
     for signum in EXIT_CODES:
         if signal.getsignal(signum) is not signal.SIG_IGN:
             signal.signal(signum, _on_signal)
+    if hasattr(signal, "SIGALRM"):
+        signal.signal(signal.SIGALRM, _on_alarm)
     sys.unraisablehook = _unraisable
 
 
 def check() -> None:
-    """Raise the interruption again if a signal arrived and its exception was lost."""
+    """Raise the interruption if a signal arrived: one put off (see above), or
+    one whose exception was lost."""
+    global _raised
     if _pending is not None and not _finishing:
+        _raised = True
         raise _exception(_pending)
 
 
