@@ -194,7 +194,7 @@ def test_signals_at_random_instants_exit_code_matches_the_disk(source, reference
         d.mkdir()
         out = old_output(d, name, references)
         proc = start("augment", source, out, "--seed", 2, "--overwrite", *ARGS)
-        time.sleep(rng.uniform(0.2, 1.5))  # from start-up to after the commit
+        time.sleep(rng.uniform(0.3, 1.5))  # from start-up (past the interpreter's own) to after the commit
         signum = rng.choice([signal.SIGTERM, signal.SIGINT])
         proc.send_signal(signum)
         _, stderr = proc.communicate(timeout=60)

@@ -6,15 +6,21 @@ the library's exceptions into one-line messages and exit codes.
 
 from __future__ import annotations
 
-import logging
 import sys
 
-import click
+from . import signals
+
+# Run as the command, the handlers go in before the heavy imports below: a
+# signal then is remembered, and the command ends cleanly as it starts.
+signals.install_early()
+
+import logging  # noqa: E402
+
+import click  # noqa: E402
 
 from mixup_cli import __version__
 from mixup_cli.errors import MixupError
 
-from . import signals
 from .augment import augment
 from .inspect import inspect
 from .preview import preview
@@ -84,4 +90,5 @@ cli.add_command(preview)
 
 def main(args=None, prog_name="mixup"):
     signals.install()
+    signals.started()
     return cli.main(args=args, prog_name=prog_name)

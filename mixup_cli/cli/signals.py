@@ -24,22 +24,21 @@ says one came too late. The exit code always tells what is on disk.
 from __future__ import annotations
 
 import os
-import queue
 import signal
 import sys
-import threading
 import time
 
 EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}  # 128 + signal number
 
 _pending: int | None = None
+_starting = False  # installed while the command imports: remember, never raise
 _raised = False  # the interruption was raised in the main thread
 _deferred_since: float | None = None
 _finishing = False
 _late: list[int] = []
 _RETRY_S = 0.01
 _DEFER_AT_MOST_S = 0.5
-_LOCK_CODE = {os.path.abspath(threading.__file__), os.path.abspath(queue.__file__)}
+_LOCK_MODULES = ("threading", "queue")  # looked up when needed: this module must import fast
 
 
 class Terminated(KeyboardInterrupt):
@@ -51,11 +50,21 @@ def _exception(signum: int) -> KeyboardInterrupt:
 
 
 def _in_lock_code(frame) -> bool:
-    return frame is not None and os.path.abspath(frame.f_code.co_filename) in _LOCK_CODE
+    if frame is None:
+        return False
+    where = frame.f_code.co_filename
+    for name in _LOCK_MODULES:
+        module = sys.modules.get(name)
+        if module is not None and where == getattr(module, "__file__", None):
+            return True
+    return False
 
 
 def _on_signal(signum, frame):
     global _pending, _raised, _deferred_since
+    if _starting:
+        _pending = _pending or signum  # raised in the middle of an import, it would be a traceback
+        return
     if _finishing:
         _late.append(signum)  # the commit goes on: raising now would report a failure that is not
         return
@@ -94,6 +103,33 @@ def install() -> None:
     if hasattr(signal, "SIGALRM"):
         signal.signal(signal.SIGALRM, _on_alarm)
     sys.unraisablehook = _unraisable
+
+
+def install_early() -> None:
+    """Install the handlers at once when this process is the ``mixup``
+    command itself (not a test importing the package, nor a worker process
+    started with "spawn" that imports the command's main module again)."""
+    global _starting
+    name = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    if name != "mixup" and not sys.argv[0].endswith(os.path.join("mixup_cli", "__main__.py")):
+        return
+    mp = sys.modules.get("multiprocessing.process")
+    if mp is not None and getattr(mp.current_process(), "_inheriting", False):
+        return
+    _starting = True
+    install()
+
+
+def started() -> None:
+    """The command begins: from now on signals stop it. One that came while
+    it was starting ends it here, before anything was done."""
+    global _starting
+    _starting = False
+    if _pending is not None:
+        name = signal.Signals(_pending).name
+        sys.stderr.write(f"Interrupted by {name} while starting: stopped before doing anything.\n")
+        sys.stderr.flush()
+        raise SystemExit(EXIT_CODES[_pending])
 
 
 def check() -> None:
