@@ -149,9 +149,10 @@ def main():
                     else:
                         ok = ok and not leftovers(d, name)
                         outcomes[f"{rc}: old, nothing kept"] += 1
-                elif rc == -signum:  # before the handlers were installed: nothing begun
+                elif rc == -signum or "KeyboardInterrupt" in err:
+                    # In the interpreter's own start-up, before any of mixup runs: nothing begun.
                     ok = found == "old" and not leftovers(d, name)
-                    outcomes["killed at start-up, old"] += 1
+                    outcomes["stopped in interpreter start-up, old"] += 1
                 else:
                     ok = False
                 if not ok:

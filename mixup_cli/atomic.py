@@ -331,8 +331,11 @@ def commit_output(tmp: Path, final: Path, sidecar_tmp: Path, sidecar: Path, over
         else:
             os.replace(tmp, final)
     except BaseException:
-        remove(record)
-        _sync_dir(final.parent)
+        aside = _old_aside_path(final)
+        if (final.exists() or final.is_symlink()) or not (aside.exists() or aside.is_symlink()):
+            remove(record)  # nothing replaced: as it was
+            _sync_dir(final.parent)
+        # else the old directory could not be moved back: the record lets recover() do it
         raise
     _sync_dir(final.parent)
     test_pause("output-in-place")

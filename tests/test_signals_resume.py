@@ -456,3 +456,48 @@ def test_signals_are_held_back_during_the_final_renames_and_not_raised_again():
         assert received == [signal.SIGTERM]  # the handler is back
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+_LOCK_PROBE = """
+import random, signal, sys, threading, time
+from mixup_cli.cli import signals
+signals.install()
+if sys.argv[1] == "raise-anywhere":  # the handler as it was: raise wherever the signal lands
+    def raw(signum, frame):
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGINT, raw)
+main = threading.main_thread().ident
+rng = random.Random(0)
+held = 0
+for trial in range(int(sys.argv[2])):
+    signals._pending, signals._raised = None, False
+    cond = threading.Condition()  # as the engine's block cache and queues use them
+    try:
+        threading.Timer(rng.uniform(0.002, 0.01), lambda: signal.pthread_kill(main, signal.SIGINT)).start()
+        while True:
+            with cond:
+                pass
+    except KeyboardInterrupt:
+        pass
+    try:
+        time.sleep(0.03)  # a signal put off is taken meanwhile
+    except KeyboardInterrupt:
+        pass
+    held += cond._is_owned()  # left held: the writer thread waiting for it would never end
+print(held)
+"""
+
+
+def test_an_interruption_never_leaves_a_lock_held():
+    """The cause of the SIGINT that did not stop a run: raised between a
+    Condition's lock being taken and its ``with`` block being entered, the
+    exception left the lock held, and the writer thread waiting for it (and
+    the run joining that thread) never ended."""
+    def held(mode):
+        done = subprocess.run([sys.executable, "-c", _LOCK_PROBE, mode, "100"], capture_output=True, text=True,
+                              env=env(), timeout=120)
+        assert done.returncode == 0, done.stderr
+        return int(done.stdout)
+
+    assert held("raise-anywhere") > 0  # the probe does catch the fault
+    assert held("mixup") == 0

@@ -11,10 +11,9 @@ Never inside the threading machinery: an exception raised between a
 ``Condition``'s lock being taken and its ``with`` block being entered (or
 the other way round on leaving) leaves the lock held for ever, and the
 writer thread that needs it next never ends, nor the run that joins it.
-Landing in ``threading`` or ``queue`` code, the handler therefore only
-remembers the signal and takes it again 10 ms later, until it lands
-elsewhere (or the main thread has sat in such a wait for half a second:
-then it is blocked in a wait, which is safe to break).
+Landing in ``threading`` or ``queue`` code, anywhere but a wait blocked
+in ``acquire`` (written to be interrupted), the handler therefore only
+remembers the signal and takes it again 10 ms later (SIGALRM).
 
 Once the commit has begun (``finishing()``), nothing can stop the run any
 more: a signal is only remembered, the run ends with exit 0, and ``late()``
@@ -26,18 +25,15 @@ from __future__ import annotations
 import os
 import signal
 import sys
-import time
 
 EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}  # 128 + signal number
 
 _pending: int | None = None
 _starting = False  # installed while the command imports: remember, never raise
 _raised = False  # the interruption was raised in the main thread
-_deferred_since: float | None = None
 _finishing = False
 _late: list[int] = []
 _RETRY_S = 0.01
-_DEFER_AT_MOST_S = 0.5
 _LOCK_MODULES = ("threading", "queue")  # looked up when needed: this module must import fast
 
 
@@ -49,19 +45,29 @@ def _exception(signum: int) -> KeyboardInterrupt:
     return Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
 
 
-def _in_lock_code(frame) -> bool:
+def _unsafe(frame) -> bool:
+    """Whether raising in ``frame`` could leave a lock of ``threading`` or
+    ``queue`` held. Their code is safe to break only where it waits,
+    blocked in a lock's ``acquire`` (``Condition.wait``, ``Thread.join``):
+    those waits are written to be interrupted."""
     if frame is None:
         return False
     where = frame.f_code.co_filename
     for name in _LOCK_MODULES:
         module = sys.modules.get(name)
         if module is not None and where == getattr(module, "__file__", None):
-            return True
-    return False
+            break
+    else:
+        return False
+    if frame.f_code.co_name in ("wait", "_wait_for_tstate_lock"):
+        import linecache
+
+        return ".acquire(" not in linecache.getline(where, frame.f_lineno)
+    return True
 
 
 def _on_signal(signum, frame):
-    global _pending, _raised, _deferred_since
+    global _pending, _raised
     if _starting:
         _pending = _pending or signum  # raised in the middle of an import, it would be a traceback
         return
@@ -72,13 +78,9 @@ def _on_signal(signum, frame):
         return  # already stopping: let the cleanup finish (SIGKILL still ends it at once)
     if _pending is None:
         _pending = signum
-    now = time.monotonic()
-    if _in_lock_code(frame) and hasattr(signal, "setitimer"):
-        if _deferred_since is None:
-            _deferred_since = now
-        if now - _deferred_since < _DEFER_AT_MOST_S:
-            signal.setitimer(signal.ITIMER_REAL, _RETRY_S)  # SIGALRM: try again
-            return
+    if _unsafe(frame) and hasattr(signal, "setitimer"):
+        signal.setitimer(signal.ITIMER_REAL, _RETRY_S)  # SIGALRM: try again in a moment
+        return
     _raised = True
     raise _exception(_pending)
 

@@ -9,6 +9,7 @@ beside the target and packed into the archive when the run completes.
 
 from __future__ import annotations
 
+import os
 import shutil
 import struct
 import tempfile
@@ -152,7 +153,12 @@ class Writer(base.Writer):
         with zipfile.ZipFile(self.path, "w", compression=method, allowZip64=True) as zf:
             for key in self.specs:
                 zf.write(self._staging / f"{key}.npy", arcname=f"{key}.npy")
-        shutil.rmtree(self._staging)
+        # Out of reopen()'s sight in one rename, then removed: interrupted
+        # half-way through removing it, --resume would find a staging half gone.
+        done = self._staging.with_name(self._staging.name + ".done")
+        shutil.rmtree(done, ignore_errors=True)
+        os.rename(self._staging, done)
+        shutil.rmtree(done)
 
     def suspend(self) -> None:
         if self._maps:  # the staged arrays stay, unpacked, for --resume
