@@ -36,6 +36,7 @@ class MixupGroup(click.Group):
     """Maps library errors to ``Error: ...`` on stderr and the documented exit codes."""
 
     def invoke(self, ctx):
+        signals.begin_command()
         try:
             result = super().invoke(ctx)
             signals.settle()

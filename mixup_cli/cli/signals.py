@@ -150,6 +150,13 @@ def finishing() -> None:
     _finishing = True
 
 
+def begin_command() -> None:
+    """A command starts (several may run in one process, in tests): nothing finished yet."""
+    global _finishing
+    _finishing = False
+    _late.clear()
+
+
 def add_late(signums) -> None:
     """Signals the library held back during the commit itself."""
     _late[:0] = list(signums)
