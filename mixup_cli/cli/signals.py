@@ -62,7 +62,8 @@ def _unsafe(frame) -> bool:
     if frame.f_code.co_name in ("wait", "_wait_for_tstate_lock"):
         import linecache
 
-        return ".acquire(" not in linecache.getline(where, frame.f_lineno)
+        line = linecache.getline(where, frame.f_lineno)
+        return bool(line) and ".acquire(" not in line  # no source to read: waits are the likely place
     return True
 
 
