@@ -459,7 +459,7 @@ def test_signals_are_held_back_during_the_final_renames_and_not_raised_again():
 
 
 _LOCK_PROBE = """
-import random, signal, sys, threading, time
+import os, random, signal, sys, threading, time
 from mixup_cli.cli import signals
 signals.install()
 if sys.argv[1] == "raise-anywhere":  # the handler as it was: raise wherever the signal lands
@@ -484,7 +484,8 @@ for trial in range(int(sys.argv[2])):
     except KeyboardInterrupt:
         pass
     held += cond._is_owned()  # left held: the writer thread waiting for it would never end
-print(held)
+print(held, flush=True)
+os._exit(0)  # a timer thread stuck on a lock the raw handler left held must not keep the probe alive
 """
 
 
