@@ -9,10 +9,14 @@ as ``*.h5``, and can be found and removed as one group.
 
 from __future__ import annotations
 
-import contextlib
+import errno
+import json
+import logging
 import os
 import shutil
 import signal
+import stat
+import sys
 import threading
 from pathlib import Path
 
@@ -22,6 +26,8 @@ try:
     import fcntl
 except ImportError:  # not POSIX: runs are not locked against each other
     fcntl = None
+
+log = logging.getLogger("mixup_cli")
 
 PARTIAL_SUFFIX = ".mixup-partial"
 LOCK_SUFFIX = ".lock"
@@ -155,62 +161,386 @@ def _sync_dir(directory: Path) -> None:
     sync_quietly(directory)
 
 
-@contextlib.contextmanager
-def signals_deferred():
+class signals_held:
     """Hold SIGINT and SIGTERM back while the block runs (main thread only).
 
-    Used around the final renames, so that an interruption cannot fall
-    between the output and its sidecar. The handlers are swapped for a
-    recorder rather than masking the signals, which would not hold with
-    other threads running; a signal that arrives meanwhile is raised again,
-    under the original handler, as soon as the block ends.
+    Used around the final renames: once the first rename is done the run
+    can only go forward, so a signal that arrives meanwhile must not stop
+    it half-way. The handlers are swapped for a recorder rather than
+    masking the signals, which would not hold with other threads running.
+    Signals caught are listed in ``caught`` and are *not* raised again when
+    the block ends: the commit is finished, and stopping now would report
+    a failure that did not happen. The caller says they came too late.
     """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    caught: list[int] = []
-    previous = {}
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        handler = signal.getsignal(signum)
-        if handler in (signal.SIG_IGN, None):
-            continue
-        previous[signum] = handler
-        signal.signal(signum, lambda received, frame: caught.append(received))
-    try:
-        yield
-    finally:
-        for signum, handler in previous.items():
+
+    def __init__(self):
+        self.caught: list[int] = []
+        self._previous: dict = {}
+
+    def _record(self, signum, frame):
+        self.caught.append(signum)
+
+    def __enter__(self) -> "signals_held":
+        if threading.current_thread() is not threading.main_thread():
+            return self
+        try:
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                handler = signal.getsignal(signum)
+                if handler in (signal.SIG_IGN, None):
+                    continue
+                self._previous[signum] = handler
+                signal.signal(signum, self._record)
+        except BaseException:  # interrupted while swapping: leave the handlers as they were
+            self._restore()
+            raise
+        return self
+
+    def _restore(self) -> None:
+        for signum, handler in self._previous.items():
             signal.signal(signum, handler)
-        if caught:
-            signal.raise_signal(caught[0])
+        self._previous.clear()
+
+    def __exit__(self, *exc) -> None:
+        self._restore()
 
 
 def commit(tmp: Path, final: Path, overwrite: bool, fsync: bool = True) -> None:
-    """Move the finished ``tmp`` to ``final``; replace an existing one only if allowed.
-
-    ``final`` is never opened: an existing one is replaced by the rename
-    alone, so until then it stays exactly as it was.
-    """
+    """Move the finished file ``tmp`` to ``final`` in one rename; replace an
+    existing one only if allowed (a single file, such as a picture)."""
     tmp, final = Path(tmp), Path(final)
     if fsync:
         sync(tmp)
-    if final.exists() or final.is_symlink():
-        if not overwrite:
-            raise OutputError(f"{final}: already exists; pass --overwrite to replace it")
-        if final.is_dir() != tmp.is_dir():
-            kind = "directory" if final.is_dir() else "file"
-            raise OutputError(f"{final}: exists and is a {kind}; remove it or choose another output path")
-        if tmp.is_dir():
-            # Directories cannot be swapped in one rename: move the old aside first.
-            old = final.with_name(f".{final.name}.mixup-old")
-            remove(old)
-            os.replace(final, old)
-            os.replace(tmp, final)
-            remove(old)
-            _sync_dir(final.parent)
-            return
+    if (final.exists() or final.is_symlink()) and not overwrite:
+        raise OutputError(f"{final}: already exists; pass --overwrite to replace it")
     os.replace(tmp, final)
     _sync_dir(final.parent)
+
+
+# ---------------------------------------------------------------- the final commit
+#
+# An output is committed in up to three steps: OUT (a file renamed over the
+# old one, or a directory swapped with it), then its sidecar, then the old
+# data removed. A record of the commit, ``.OUT.mixup-partial.commit.json``,
+# is written and flushed before the first step; it names the new output and
+# sidecar by inode. Whatever instant a kill falls on, the next command on OUT
+# (``recover``) tells from the inodes which steps were done, and finishes the
+# commit (OUT already new) or rolls it back (OUT still old).
+
+COMMIT_SUFFIX = ".commit.json"
+_OLD_SUFFIX = ".old"  # an old directory set aside where it cannot be swapped
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
+_SYS_RENAMEAT2 = {"x86_64": 316, "aarch64": 276, "amd64": 316, "arm64": 276}
+
+
+def commit_record_path(final: Path) -> Path:
+    partial = partial_path(final)
+    return partial.with_name(partial.name + COMMIT_SUFFIX)
+
+
+def _old_aside_path(final: Path) -> Path:
+    partial = partial_path(final)
+    return partial.with_name(partial.name + _OLD_SUFFIX)
+
+
+def exchange(a: Path, b: Path) -> bool:
+    """Swap two directory entries in one atomic step (Linux ``renameat2``
+    with ``RENAME_EXCHANGE``). False where the system or filesystem cannot."""
+    import ctypes
+    import platform
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return False
+    args = (_AT_FDCWD, os.fsencode(str(a)), _AT_FDCWD, os.fsencode(str(b)), _RENAME_EXCHANGE)
+    fn = getattr(libc, "renameat2", None)  # glibc 2.28 and later
+    if fn is not None:
+        fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+        fn.restype = ctypes.c_int
+        result = fn(*args)
+    else:
+        number = _SYS_RENAMEAT2.get(platform.machine())
+        if number is None:
+            return False
+        libc.syscall.restype = ctypes.c_long
+        result = libc.syscall(ctypes.c_long(number), ctypes.c_int(args[0]), ctypes.c_char_p(args[1]),
+                              ctypes.c_int(args[2]), ctypes.c_char_p(args[3]), ctypes.c_uint(args[4]))
+    if result == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP):
+        return False  # no renameat2, or a filesystem without RENAME_EXCHANGE
+    raise OSError(err, os.strerror(err), str(a), None, str(b))
+
+
+def _ident(path: Path) -> list[int] | None:
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    return [st.st_dev, st.st_ino]
+
+
+class CommitIncomplete(OutputError):
+    """The new output is in place but not yet its sidecar; the commit record
+    stays, so the next command on OUT finishes the commit."""
+
+
+def commit_output(tmp: Path, final: Path, sidecar_tmp: Path, sidecar: Path, overwrite: bool,
+                  check=None) -> None:
+    """Put the finished output ``tmp`` and its sidecar in place: ``final``
+    and ``sidecar``, replacing old ones only with ``overwrite``.
+
+    A failure before ``final`` is replaced leaves everything as it was (the
+    record is removed again); one after it raises ``CommitIncomplete``.
+    ``check()`` runs once the record is written, right before the first
+    rename (the last look at what an old ``final`` holds).
+    """
+    tmp, final, sidecar_tmp, sidecar = Path(tmp), Path(final), Path(sidecar_tmp), Path(sidecar)
+    old_exists = final.exists() or final.is_symlink()
+    if old_exists and not overwrite:
+        raise OutputError(f"{final}: already exists; pass --overwrite to replace it")
+    record = commit_record_path(final)
+    steps = {
+        "output": final.name, "sidecar": sidecar.name, "sidecar_tmp": sidecar_tmp.name,
+        "new_output": _ident(tmp), "new_sidecar": _ident(sidecar_tmp),
+    }
+    os.replace(stage_text(record.with_name(record.name + ".tmp"), json.dumps(steps) + "\n"), record)
+    _sync_dir(final.parent)
+    test_pause("commit-record")
+    try:
+        if check is not None:
+            check()
+        if old_exists and tmp.is_dir():
+            # A directory cannot be renamed over an existing entry. One atomic
+            # swap where the system has it (the old entry then sits under the
+            # partial name, removed with it); elsewhere: old aside, then new in.
+            if not exchange(tmp, final):
+                aside = _old_aside_path(final)
+                remove(aside)
+                os.rename(final, aside)
+                test_pause("old-aside")
+                try:
+                    os.rename(tmp, final)
+                except BaseException:
+                    os.rename(aside, final)
+                    raise
+        else:
+            os.replace(tmp, final)
+    except BaseException:
+        aside = _old_aside_path(final)
+        if (final.exists() or final.is_symlink()) or not (aside.exists() or aside.is_symlink()):
+            remove(record)  # nothing replaced: as it was
+            _sync_dir(final.parent)
+        # else the old directory could not be moved back: the record lets recover() do it
+        raise
+    _sync_dir(final.parent)
+    test_pause("output-in-place")
+    try:
+        os.replace(sidecar_tmp, sidecar)
+        _sync_dir(final.parent)
+    except OSError as exc:
+        raise CommitIncomplete(
+            f"{final}: the new output is in place but its sidecar could not be ({exc.strerror}); "
+            f"the next mixup command on {final.name} finishes this"
+        ) from None
+    test_pause("sidecar-in-place")
+    _finish(final)
+
+
+def _finish(final: Path) -> None:
+    """The last step: what the run left beside OUT (the journal, an old
+    directory) goes, the commit record last."""
+    record = commit_record_path(final)
+    for path in partials(final, with_lock=False):
+        if path != record:
+            remove(path)
+    test_pause("cleaned")
+    remove(record)
+    _sync_dir(final.parent)
+
+
+def recover(final: Path) -> str | None:
+    """Finish or roll back the commit of a run killed while committing ``final``.
+
+    Returns (and logs, as a warning) what was done, or None when there was
+    no half-done commit, or when a run is committing it right now.
+    """
+    final = Path(final)
+    record = commit_record_path(final)
+    if not record.exists():
+        return None
+    lock = RunLock(final)
+    try:
+        lock.acquire()
+    except (OutputError, OSError):
+        return None  # a live run holds it (and finishes its own commit), or the directory is read-only
+    try:
+        if not record.exists():
+            return None
+        message = _recover_locked(final, record)
+    except OSError as exc:
+        message = f"{final}: found a half-done commit but could not finish it ({exc}); check the directory's permissions"
+    finally:
+        lock.release()
+    log.warning("%s", message)
+    return message
+
+
+def _recover_locked(final: Path, record: Path) -> str:
+    try:
+        steps = json.loads(record.read_text(encoding="utf-8"))
+        new_output, new_sidecar = steps["new_output"], steps["new_sidecar"]
+        sidecar = final.with_name(steps["sidecar"])
+        sidecar_tmp = final.with_name(steps["sidecar_tmp"])
+    except (OSError, ValueError, KeyError, TypeError):
+        remove(record)  # written by a rename once complete: damaged by something else
+        return f"{final}: removed an unreadable commit record; {final.name} is as it was"
+    partial = partial_path(final)
+    if new_output is not None and _ident(final) == new_output:
+        # The point of no return was passed: go forward.
+        if _ident(sidecar) != new_sidecar and _ident(sidecar_tmp) == new_sidecar:
+            os.replace(sidecar_tmp, sidecar)
+            _sync_dir(final.parent)
+        if _ident(sidecar) != new_sidecar:
+            raise OSError(errno.ENOENT, f"the new sidecar {sidecar_tmp.name} is missing")
+        _finish(final)
+        return (f"{final}: finished the commit of a run stopped while putting it in place: "
+                f"the new output and its sidecar are there now")
+    aside = _old_aside_path(final)
+    if not (final.exists() or final.is_symlink()) and (aside.exists() or aside.is_symlink()):
+        os.rename(aside, final)  # the old directory was set aside, the new not yet in
+    remove(record)
+    _sync_dir(final.parent)
+    return (f"{final}: a run was stopped before replacing it, which stays as it was; "
+            f"its finished output waits as {partial.name}: rerun with --resume to put it in place, "
+            "or without --resume to discard it")
+
+
+_reached: dict[str, int] = {}
+
+
+def test_pause(stage: str) -> None:
+    """A test hook, inert unless ``MIXUP_TEST_PAUSE=STAGE[@N]:FLAG`` is set:
+    the N-th time (default: the first) the run reaches ``stage``, it creates
+    the file FLAG and waits (at most 60 s) until FLAG is removed, so that a
+    test can signal or kill the process at exactly that instant. Stages:
+    ``progress`` (rows written), ``staged`` (sidecar staged), ``commit-record``,
+    ``old-aside`` (no RENAME_EXCHANGE only), ``output-in-place``, ``sidecar-in-place``, ``cleaned``, ``committed``,
+    ``finished`` (summary printed)."""
+    spec = os.environ.get("MIXUP_TEST_PAUSE")
+    if not spec:
+        return
+    where, _, flag = spec.partition(":")
+    name, _, nth = where.partition("@")
+    if name != stage:
+        return
+    _reached[stage] = _reached.get(stage, 0) + 1
+    if _reached[stage] != int(nth or 1) or not flag:
+        return
+    import time
+
+    Path(flag).touch()
+    deadline = time.monotonic() + 60
+    while os.path.exists(flag) and time.monotonic() < deadline:
+        time.sleep(0.005)
+
+
+# ---------------------------------------------------------------- before any work
+
+
+def check_replaceable(final: Path, sidecar: Path, directory: bool) -> None:
+    """Refuse, before any work, an OUT that the final commit must not or
+    could not replace (``directory``: the output is a directory).
+
+    ``--overwrite`` replaces only what a mixup run made: an existing
+    directory must hold nothing but a previous output's own files (those
+    its sidecar lists, or a Zarr store with mixup's attributes). A single
+    file OUT is the user's to name and is replaced whatever it holds.
+    In a sticky directory (``/tmp``) only a file's owner may replace it.
+    """
+    final, sidecar = Path(final), Path(sidecar)
+    if final.exists() and not final.is_symlink():  # a link is replaced itself, never what it points to
+        if final.is_dir() != directory:
+            kind = "directory" if final.is_dir() else "file"
+            raise OutputError(f"{final}: exists and is a {kind}; remove it or choose another output path")
+        if directory:
+            foreign = foreign_entries(final, sidecar)
+            if foreign:
+                shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+                raise OutputError(
+                    f"{final}: --overwrite would delete {shown}, which no mixup run wrote there; "
+                    "move them away or choose another output path (--overwrite replaces only a previous mixup output)"
+                )
+    for path in (final, sidecar):
+        _check_sticky(path)
+
+
+def _check_sticky(path: Path) -> None:
+    try:
+        st, parent = os.lstat(path), os.stat(path.parent)
+    except OSError:
+        return
+    uid = os.geteuid() if hasattr(os, "geteuid") else None
+    if uid is None or not parent.st_mode & stat.S_ISVTX or uid in (0, st.st_uid, parent.st_uid):
+        return
+    raise OutputError(
+        f"{path}: belongs to another user in the sticky directory {path.parent.resolve()}, where only its "
+        "owner may replace it (the final rename would be refused); choose another output path"
+    )
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+
+
+def _recorded_files(sidecar: Path) -> set[str]:
+    """Files of the output as its sidecar lists them, relative to the output."""
+    record = _read_json(sidecar)
+    entry = record.get("output") if isinstance(record, dict) else None
+    if not isinstance(entry, dict):
+        return set()
+    found = set()
+    base = Path(str(entry.get("path", "")))
+    for item in entry.get("files") or []:
+        try:
+            found.add(Path(str(item["path"])).relative_to(base).as_posix())
+        except (KeyError, TypeError, ValueError):
+            continue
+    return found
+
+
+def _mixup_zarr(root: Path) -> bool:
+    meta = _read_json(root / "zarr.json")
+    attrs = meta.get("attributes") if isinstance(meta, dict) else None
+    return isinstance(attrs, dict) and "run_id" in attrs and "mixup_cli_version" in attrs
+
+
+def foreign_entries(final: Path, sidecar: Path) -> list[str]:
+    """What in the directory ``final`` a previous mixup output did not write
+    (relative paths; empty directories count for nothing)."""
+    final = Path(final)
+    recorded = _recorded_files(sidecar)
+    zarr_store = _mixup_zarr(final)
+    foreign = []
+    for path in sorted(final.rglob("*")):
+        if path.is_dir() and not path.is_symlink():
+            continue
+        rel = path.relative_to(final)
+        name = rel.as_posix()
+        if name in recorded:
+            continue
+        # The store's own metadata and the files under its arrays (chunks come and go).
+        if zarr_store and (name == "zarr.json" or (len(rel.parts) > 1 and (final / rel.parts[0] / "zarr.json").is_file())):
+            continue
+        foreign.append(name)
+    return foreign
 
 
 def stage_text(tmp: Path, text: str) -> Path:

@@ -81,6 +81,9 @@ def describe(path: Path) -> dict:
     """Arrays (shape, dtype, chunks, compression), file attributes, and the
     provenance summary when ``path`` has a sidecar (None otherwise)."""
     path = Path(path)
+    from mixup_cli.atomic import recover
+
+    recover(path)  # a commit left half-done by a killed run: finished or rolled back, with a warning
     reader = open_reader(path)
     try:
         info = {"path": str(path), "format": reader.format_name, "arrays": arrays_of(reader), "attributes": {}}

@@ -37,6 +37,8 @@ TARGET_DTYPE_KINDS = "fiub"
 # Default batch: rows of about this many bytes are mixed and written at once
 # (at most a block). Large batches mean few, chunk-aligned HDF5 calls.
 DEFAULT_BATCH_BYTES = 16 * 1024 * 1024
+# Output formats that are directories (committed by swapping directories).
+DIRECTORY_FORMATS = ("npydir", "zarr")
 
 
 @dataclass
@@ -89,6 +91,7 @@ class AugmentResult:
     seed: int
     run_id: str
     record: dict
+    late_signals: tuple[int, ...] = ()  # SIGINT/SIGTERM held back during the commit: too late to stop it
 
     def summary(self) -> dict:
         """What ``--json`` prints: enough for a script to find and check the output."""
@@ -111,6 +114,10 @@ class Progress:
 
     def update(self, rows: int) -> None:
         pass
+
+    def committing(self) -> None:
+        """Called once the output is complete, right before it is put in
+        place; from then on the run cannot be stopped (it may still raise)."""
 
 
 @dataclass(frozen=True)
@@ -223,6 +230,7 @@ def check_output_path(input_path: Path, output: Path, overwrite: bool) -> str:
         )
     if (output.exists() or output.is_symlink()) and not overwrite:
         raise OutputError(f"{output}: already exists; pass --overwrite to replace it")
+    atomic.check_replaceable(output, provenance.sidecar_path(output), fmt in DIRECTORY_FORMATS)
     return fmt
 
 
@@ -690,6 +698,7 @@ def augment(request: AugmentRequest, progress: Progress | None = None) -> Augmen
             check_positive(value, option)
     check_engine_options(request.engine, request.scheduler, request.workers)
     input_path, output = Path(request.input), Path(request.output)
+    atomic.recover(output)  # a commit a killed run left half-done is finished or rolled back first
     out_format = check_output_path(input_path, output, request.overwrite)
 
     source = open_source(input_path, request.x_key, request.y_key, request.data_options(), request.require_y,
@@ -715,6 +724,7 @@ def augment(request: AugmentRequest, progress: Progress | None = None) -> Augmen
         sidecar = provenance.sidecar_path(output)
         sidecar_tmp = tmp.with_name(tmp.name + provenance.SIDECAR_SUFFIX)  # removed with the partial
         scratch_needs = scratch.scratch_bytes(source, plan) if request.engine == "local" else 0
+        commit_started = False
         try:
             if journal is None:
                 check_free_space(output, out_format, specs, request.compression, scratch_needs)
@@ -788,12 +798,25 @@ def augment(request: AugmentRequest, progress: Progress | None = None) -> Augmen
                 finished_at=provenance.utc_now(),
             )
             atomic.stage_text(sidecar_tmp, provenance.to_json(record))
-            # The output, then its sidecar, then the journal: no interruption in between.
-            with atomic.signals_deferred():
-                atomic.commit(tmp, output, request.overwrite, fsync=False)
-                atomic.commit(sidecar_tmp, sidecar, overwrite=True, fsync=False)
-                atomic.remove_partials(output)
+            atomic.test_pause("staged")
+            # The point of no return: once the first rename is under way the run
+            # finishes the commit whatever arrives; a signal meanwhile is only
+            # reported as too late (``late_signals``), never as a stop.
+            committing = getattr(progress, "committing", None)
+            if committing is not None:
+                committing()  # may still stop the run: nothing is replaced yet
+            commit_started = True
+            with atomic.signals_held() as held:
+                atomic.commit_output(
+                    tmp, output, sidecar_tmp, sidecar, request.overwrite,
+                    check=lambda: atomic.check_replaceable(output, sidecar, out_format in DIRECTORY_FORMATS),
+                )
+            atomic.test_pause("committed")
         except BaseException as exc:
+            if commit_started and atomic.commit_record_path(output).exists():
+                raise  # the new output is in place: its record lets the next command finish the commit
+            if isinstance(exc, KeyboardInterrupt) and _keep_for_resume(writer, journal):
+                raise  # stopped at a checkpoint: --resume continues from the journal
             if writer is not None:
                 writer.abort()
             atomic.remove_partials(output)
@@ -807,7 +830,30 @@ def augment(request: AugmentRequest, progress: Progress | None = None) -> Augmen
         lock.release()
         source.reader.close()
 
-    return AugmentResult(output, sidecar, plan.output_rows, seconds, int(plan.seed), journal.run_id, record)
+    return AugmentResult(output, sidecar, plan.output_rows, seconds, int(plan.seed), journal.run_id, record,
+                         tuple(held.caught))
+
+
+def _keep_for_resume(writer, journal) -> bool:
+    """After SIGINT or SIGTERM: leave the partial output as --resume needs it
+    (rows flushed, journal saved after them, files closed). False when there
+    is nothing to continue, or it cannot be left consistent."""
+    if writer is None or journal is None:
+        return False
+    try:
+        writer.flush()
+    except Exception:  # closed already (then the journal was saved before), or a failing disk:
+        pass  # either way the journal on disk claims no more than is flushed
+    else:
+        try:
+            journal.save()
+        except Exception:
+            return False
+    try:
+        writer.suspend()
+    except Exception:
+        return False
+    return True
 
 
 def dataset_entry(path: Path, fmt: str, specs: dict[str, ArraySpec], hashes: dict[str, str | None],

@@ -294,6 +294,9 @@ def recompute(record: dict, output: Path, input_path: Path, batch_size: int | No
 def verify(output: Path, input_path: Path | None = None, batch_size: int | None = None, progress=None) -> VerifyReport:
     """Run every check on OUT; raise only when there is nothing to check."""
     output = Path(output)
+    from mixup_cli.atomic import recover
+
+    recover(output)  # a commit left half-done by a killed run: finished or rolled back, with a warning
     if not output.exists():
         raise InputError(f"{output}: no such file or directory")
     sidecar = provenance.sidecar_path(output)

@@ -1,14 +1,17 @@
 """Interruption and resume, with real ``mixup augment`` processes.
 
-SIGINT and SIGTERM stop a run, remove its temporary files and exit 130 / 143;
-after SIGKILL the partial output stays, under its hidden name, and
+SIGINT and SIGTERM stop a run at a checkpoint (rows flushed, journal saved,
+files closed), keep its partial files and exit 130 / 143 with the command
+that continues it; after SIGKILL the partial output stays too. Either way
 ``--resume`` finishes it into the same arrays an uninterrupted run writes.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -119,8 +122,34 @@ def test_sigkill_then_resume_gives_the_uninterrupted_arrays(big_h5, tmp_path):
     assert {k: a["sha256"] for k, a in resumed_arrays.items()} == {k: a["sha256"] for k, a in reference_arrays.items()}
 
 
+def array_digests(path: Path) -> dict[str, str]:
+    """SHA-256 of each array of an HDF5 output, read slice by slice (memory stays small)."""
+    found = {}
+    with h5py.File(path, "r") as f:
+        for key in f:
+            digest = hashlib.sha256()
+            for s in range(0, f[key].shape[0], 50_000):
+                digest.update(np.ascontiguousarray(f[key][s : s + 50_000]).tobytes())
+            found[key] = f"{f[key].dtype.str}{f[key].shape}:{digest.hexdigest()}"
+    return found
+
+
+@pytest.fixture(scope="module")
+def big_reference(big_h5, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ref") / "ref.h5"
+    done = mixup("augment", big_h5, out, *BIG_ARGS, "--quiet")
+    assert done.returncode == 0, done.stderr
+    return array_digests(out)
+
+
+def continue_command(stderr: str) -> list[str]:
+    """The command the interruption message gives to continue the run."""
+    line = stderr.strip().splitlines()[0]
+    return shlex.split(line.split("continue with: ", 1)[1].split(" (or run it again", 1)[0])
+
+
 @pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"])
-def test_interrupt_removes_temporary_files(big_h5, tmp_path, signum, code):
+def test_interrupt_stops_at_a_checkpoint_and_resume_finishes(big_h5, big_reference, tmp_path, signum, code):
     out = tmp_path / "out.h5"
     old = write_h5(out, x=np.zeros((3, 2), np.float32), y=np.zeros((3, 2), np.float32))
     old_bytes = old.read_bytes()
@@ -128,14 +157,87 @@ def test_interrupt_removes_temporary_files(big_h5, tmp_path, signum, code):
     wait_for_progress(proc, out)
     sent = time.monotonic()
     proc.send_signal(signum)
-    stdout, stderr = proc.communicate(timeout=30)
+    # Generous: a loaded machine is slow, but the stop itself waits on nothing unbounded.
+    stdout, stderr = proc.communicate(timeout=60)
     assert time.monotonic() - sent < 10
     assert proc.returncode == code, stderr
     lines = [line for line in stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith(f"Interrupted by {signum.name}"), stderr
+    assert len(lines) == 1 and lines[0].startswith(f"Interrupted by {signum.name}: stopped at a checkpoint"), stderr
     assert "Traceback" not in stderr and stdout == ""
-    assert partials(tmp_path) == []
-    assert out.read_bytes() == old_bytes  # --overwrite replaces only at the final rename
+    assert partials(tmp_path) == [".out.h5.mixup-partial", ".out.h5.mixup-partial.journal.json", ".out.h5.mixup-partial.lock"]
+    assert out.read_bytes() == old_bytes  # --overwrite replaces only at the final commit
+
+    command = continue_command(stderr)
+    assert command[0] == "mixup" and command[-1] == "--resume" and str(out) in command
+    resumed = mixup(*command[1:], "--quiet")
+    assert resumed.returncode == 0, resumed.stderr
+    assert partials(tmp_path) == [] and read_sidecar(out)["execution"]["resumed_tasks"] > 0
+    assert array_digests(out) == big_reference
+
+
+# Stop a run at its N-th progress update (atomic.test_pause) for a signal there.
+def paused(args, stage, tmp_path):
+    flag = tmp_path / "paused.flag"
+    proc = subprocess.Popen(mixup_executable() + [str(a) for a in args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=dict(env(), MIXUP_TEST_PAUSE=f"{stage}:{flag}"))
+    deadline = time.monotonic() + 60
+    while not flag.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.005)
+    return proc, flag
+
+
+@pytest.mark.parametrize("out_name", ["out.h5", "out.npz", "out", "out.zarr"])
+def test_sigterm_mid_run_then_resume_is_byte_identical(tmp_path, out_name):
+    if out_name.endswith(".zarr"):
+        pytest.importorskip("zarr", reason="Zarr is an optional extra")
+    src = _source(tmp_path, "h5")
+    out = tmp_path / out_name
+    args = ["augment", src, out, "--block-rows", 100, "--copies", 2, "--batch-size", 30, "--seed", 4]
+    proc, flag = paused(args, "progress@40", tmp_path)  # 40 of 80 batches: 10 of 20 tasks, the 10th not yet recorded
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 143, stderr
+    assert len(stderr.strip().splitlines()) == 1 and "stopped at a checkpoint" in stderr
+    assert not out.exists() and ".%s.mixup-partial.journal.json" % out_name in partials(tmp_path)
+    done = json.loads(resume.journal_path(out).read_text())["done"]
+    assert done == [[0, 8]]  # current: every task finished before the signal, not those of a second ago
+
+    resumed = mixup(*continue_command(stderr)[1:], "--quiet")
+    assert resumed.returncode == 0, resumed.stderr
+    assert partials(tmp_path) == [] and read_sidecar(out)["execution"]["resumed_tasks"] == 9
+
+    reference = tmp_path / ("ref" + Path(out_name).suffix)
+    assert mixup(*args[:2], reference, *args[3:], "--quiet").returncode == 0
+    got, want = read_arrays(out), read_arrays(reference)
+    assert sorted(got) == sorted(want)
+    for key in want:
+        assert got[key].tobytes() == want[key].tobytes(), key
+    assert read_sidecar(out)["output"]["arrays"] == read_sidecar(reference)["output"]["arrays"]
+
+
+def test_a_run_without_resume_removes_what_an_interrupted_run_kept(tmp_path):
+    src = _source(tmp_path, "npz")
+    out = tmp_path / "out"
+    args = ["augment", src, out, "--block-rows", 100, "--batch-size", 30, "--seed", 4]
+    proc, flag = paused(args, "progress@5", tmp_path)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "--resume" in stderr
+    assert ".out.mixup-partial" in partials(tmp_path)
+    again = mixup(*args, "--quiet")
+    assert again.returncode == 0 and "removing .out.mixup-partial" in again.stderr
+    assert partials(tmp_path) == [] and load_output(out)["x"].shape == (1000, 6)
+
+
+def test_the_message_says_what_was_kept(tmp_path):
+    from mixup_cli.cli.augment import _stopped
+
+    out = tmp_path / "out.h5"
+    assert _stopped(out, "SIGTERM") == "Interrupted by SIGTERM: stopped before writing any output; nothing was kept."
+    (tmp_path / ".out.h5.mixup-partial").write_bytes(b"")
+    resume.journal_path(out).write_text("{}")
+    assert "stopped at a checkpoint" in _stopped(out, "SIGTERM") and "--resume" in _stopped(out, "SIGTERM")
 
 
 # A run killed at a chosen point, the way SIGKILL would: no cleanup runs.
@@ -291,7 +393,7 @@ def test_second_run_on_the_same_output_is_refused(big_h5, tmp_path):
     assert (tmp_path / ".out.h5.mixup-partial").exists()  # the first run's work was not removed
 
 
-def test_interruption_inside_the_library_removes_the_partial_files(tmp_path):
+def test_interruption_inside_the_library_keeps_a_resumable_partial(tmp_path):
     from mixup_cli import pipeline
 
     src = _source(tmp_path, "h5")
@@ -299,14 +401,26 @@ def test_interruption_inside_the_library_removes_the_partial_files(tmp_path):
     out.write_bytes(b"old output")
 
     class Interrupt(pipeline.Progress):
-        def update(self, rows):
-            raise KeyboardInterrupt
+        rows = 0
 
-    request = pipeline.AugmentRequest(src, out, seed=1, block_rows=100, overwrite=True)
+        def update(self, rows):
+            self.rows += rows
+            if self.rows > 500:
+                raise KeyboardInterrupt
+
+    request = pipeline.AugmentRequest(src, out, seed=1, block_rows=100, batch_size=50, overwrite=True)
     with pytest.raises(KeyboardInterrupt):
         pipeline.augment(request, progress=Interrupt())
-    assert partials(tmp_path) == [] and out.read_bytes() == b"old output"
-    assert not Path(f"{out}.provenance.json").exists()
+    assert out.read_bytes() == b"old output" and not Path(f"{out}.provenance.json").exists()
+    assert ".out.h5.mixup-partial" in partials(tmp_path)
+    assert json.loads(resume.journal_path(out).read_text())["done"] == [[0, 4]]  # 5 blocks of 100 rows
+
+    result = pipeline.augment(pipeline.AugmentRequest(src, out, seed=1, block_rows=100, overwrite=True, resume=True))
+    assert result.record["execution"]["resumed_tasks"] == 5 and partials(tmp_path) == []
+    reference = tmp_path / "ref.h5"
+    pipeline.augment(pipeline.AugmentRequest(src, reference, seed=1, block_rows=100))
+    got, want = load_output(out), load_output(reference)
+    assert all(got[k].tobytes() == want[k].tobytes() for k in want)
 
 
 def test_differences_are_named_by_option():
@@ -323,19 +437,68 @@ def test_differences_are_named_by_option():
     assert resume.differences(old, old) == []
 
 
-def test_signals_are_held_back_during_the_final_renames():
+def test_signals_are_held_back_during_the_final_renames_and_not_raised_again():
     from mixup_cli import atomic
 
     received = []
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: received.append(signum))
     try:
-        with atomic.signals_deferred():
+        with atomic.signals_held() as held:
             os.kill(os.getpid(), signal.SIGTERM)
             time.sleep(0.05)
             assert received == []
-        deadline = time.monotonic() + 5
-        while not received and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert received == [signal.SIGTERM]
+        time.sleep(0.05)
+        # Too late to stop what the block did: listed for the caller, never delivered afterwards.
+        assert held.caught == [signal.SIGTERM] and received == []
+        assert signal.getsignal(signal.SIGTERM) is not None and received == []
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.05)
+        assert received == [signal.SIGTERM]  # the handler is back
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+_LOCK_PROBE = """
+import os, random, signal, sys, threading, time
+from mixup_cli.cli import signals
+signals.install()
+if sys.argv[1] == "raise-anywhere":  # the handler as it was: raise wherever the signal lands
+    def raw(signum, frame):
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGINT, raw)
+main = threading.main_thread().ident
+rng = random.Random(0)
+held = 0
+for trial in range(int(sys.argv[2])):
+    signals._pending, signals._raised = None, False
+    cond = threading.Condition()  # as the engine's block cache and queues use them
+    try:
+        threading.Timer(rng.uniform(0.002, 0.01), lambda: signal.pthread_kill(main, signal.SIGINT)).start()
+        while True:
+            with cond:
+                pass
+    except KeyboardInterrupt:
+        pass
+    try:
+        time.sleep(0.03)  # a signal put off is taken meanwhile
+    except KeyboardInterrupt:
+        pass
+    held += cond._is_owned()  # left held: the writer thread waiting for it would never end
+print(held, flush=True)
+os._exit(0)  # a timer thread stuck on a lock the raw handler left held must not keep the probe alive
+"""
+
+
+def test_an_interruption_never_leaves_a_lock_held():
+    """The cause of the SIGINT that did not stop a run: raised between a
+    Condition's lock being taken and its ``with`` block being entered, the
+    exception left the lock held, and the writer thread waiting for it (and
+    the run joining that thread) never ended."""
+    def held(mode):
+        done = subprocess.run([sys.executable, "-c", _LOCK_PROBE, mode, "100"], capture_output=True, text=True,
+                              env=env(), timeout=120)
+        assert done.returncode == 0, done.stderr
+        return int(done.stdout)
+
+    assert held("raise-anywhere") > 0  # the probe does catch the fault
+    assert held("mixup") == 0

@@ -6,15 +6,21 @@ the library's exceptions into one-line messages and exit codes.
 
 from __future__ import annotations
 
-import logging
 import sys
 
-import click
+from . import signals
+
+# Run as the command, the handlers go in before the heavy imports below: a
+# signal then is remembered, and the command ends cleanly as it starts.
+signals.install_early()
+
+import logging  # noqa: E402
+
+import click  # noqa: E402
 
 from mixup_cli import __version__
 from mixup_cli.errors import MixupError
 
-from . import signals
 from .augment import augment
 from .inspect import inspect
 from .preview import preview
@@ -30,8 +36,14 @@ class MixupGroup(click.Group):
     """Maps library errors to ``Error: ...`` on stderr and the documented exit codes."""
 
     def invoke(self, ctx):
+        signals.begin_command()
         try:
             result = super().invoke(ctx)
+            signals.settle()
+            name = signals.late()
+            if name is not None:
+                click.echo(f"warning: {name} came too late to stop the run: the output was already being "
+                           "put in place, and is complete", err=True)
             signals.check()
             return result
         except MixupError as exc:
@@ -41,7 +53,8 @@ class MixupGroup(click.Group):
             ctx.exit(exc.exit_code)
         except KeyboardInterrupt as exc:
             name, code = signals.describe(exc)
-            click.echo(f"Interrupted by {name}: stopped and removed the temporary files.", err=True)
+            message = getattr(exc, "mixup_message", None)  # augment says what it kept
+            click.echo(message or f"Interrupted by {name}: stopped and removed the temporary files.", err=True)
             ctx.exit(code)
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
@@ -78,4 +91,5 @@ cli.add_command(preview)
 
 def main(args=None, prog_name="mixup"):
     signals.install()
+    signals.started()
     return cli.main(args=args, prog_name=prog_name)

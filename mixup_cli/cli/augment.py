@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -13,6 +14,8 @@ from mixup_cli.prepare import X_DTYPES, Y_FORMATS
 from mixup_cli.cutmix import LAYOUTS
 from mixup_cli.engines import ENGINES
 from mixup_cli.sampling import METHODS, PAIRINGS
+
+from mixup_cli import atomic
 
 from . import signals
 from .options import debug_option, json_option, quiet_option
@@ -36,10 +39,29 @@ class _BarProgress:
     def update(self, rows: int) -> None:
         signals.check()
         self._bar.update(rows)
+        atomic.test_pause("progress")
+
+    def committing(self) -> None:
+        signals.finishing()
 
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()
+
+
+def _resume_command() -> str:
+    args = [a for a in sys.argv[1:] if a != "--resume"]
+    return shlex.join(["mixup", *args, "--resume"])
+
+
+def _stopped(output: Path, name: str) -> str:
+    """What an interrupted run says, from what it left on disk."""
+    from mixup_cli import resume
+
+    if resume.journal_path(output).exists() and atomic.partials(output, with_lock=False):
+        return (f"Interrupted by {name}: stopped at a checkpoint, the partial output is kept; "
+                f"continue with: {_resume_command()} (or run it again without --resume to discard it)")
+    return f"Interrupted by {name}: stopped before writing any output; nothing was kept."
 
 
 def _y_key_given() -> bool:
@@ -115,8 +137,12 @@ def augment(input_path, output_path, alpha, seed, x_key, y_key, pairing, copies,
     bar = _BarProgress(quiet)
     try:
         result = run_augment(request, progress=bar)
+    except KeyboardInterrupt as exc:
+        exc.mixup_message = _stopped(output_path, signals.describe(exc)[0])
+        raise
     finally:
         bar.close()
+    signals.add_late(result.late_signals)
     if as_json:
         click.echo(json.dumps(result.summary(), sort_keys=True))
     elif not quiet:
@@ -125,3 +151,4 @@ def augment(input_path, output_path, alpha, seed, x_key, y_key, pairing, copies,
             f"(seed {result.seed}); provenance in {result.sidecar}",
             err=True,
         )
+    atomic.test_pause("finished")

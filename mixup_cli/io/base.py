@@ -177,6 +177,12 @@ class Writer(ABC):
             "run again without --resume to start over"
         )
 
+    def suspend(self) -> None:
+        """Stop after an interruption, keeping the partial output for
+        ``--resume``: release the files without packing or removing
+        anything (the caller has flushed). Also called on a closed writer."""
+        self.close()
+
     def abort(self) -> None:
         """Release handles after a failure; the caller removes the files."""
         try:

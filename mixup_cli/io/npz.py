@@ -237,7 +237,17 @@ class Writer(base.Writer):
                 info.compress_type = method
                 with open(self._staging / name, "rb") as src, zf.open(info, "w") as dst:
                     shutil.copyfileobj(src, dst, 4 * 1024 * 1024)
-        shutil.rmtree(self._staging)
+        # Out of reopen()'s sight in one rename, then removed: interrupted
+        # half-way through removing it, --resume would find a staging half gone.
+        done = self._staging.with_name(self._staging.name + ".done")
+        shutil.rmtree(done, ignore_errors=True)
+        os.rename(self._staging, done)
+        shutil.rmtree(done)
+
+    def suspend(self) -> None:
+        if self._maps:  # the staged arrays stay, unpacked, for --resume
+            self._maps.close()
+        self._maps = None
 
     def abort(self) -> None:
         self._maps = None
