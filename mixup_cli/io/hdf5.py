@@ -505,8 +505,9 @@ class Writer(base.Writer):
         try:
             self._file = h5py.File(self.path, "r+", **_writer_cache(options))
         except OSError as exc:
-            reason = "locked by another process" if _is_lock_error(exc) else "HDF5 cannot open it"
-            raise cls.damaged(self.path, reason) from None
+            if _is_lock_error(exc):
+                raise OutputError(f"{self.path}: cannot resume: {_LOCK_HINT}") from None
+            raise cls.damaged(self.path, "HDF5 cannot open it") from None
         try:
             self._datasets = {key: self._file[key] for key in specs}
             for key, spec in specs.items():
