@@ -5,7 +5,7 @@
 For each output format (HDF5 with no compression, gzip and lzf, ``.npz``,
 ``.npy`` directory, Zarr) one uninterrupted run gives the reference arrays
 and its duration T. Then, ``--kills`` times: a run is started, killed with
-SIGKILL after a delay drawn uniformly from [0, 1.1 T] (so kills land in
+SIGKILL after a delay drawn uniformly from [0, 1.05 T] (so kills land in
 start-up, creation, the first journal save, mid-stream, the flush and the
 commit), and ``mixup augment ... --resume`` is run once. Its output is read
 with h5py / numpy / zarr directly and compared with the reference, array by
@@ -18,6 +18,10 @@ array, byte for byte. Each trial is counted as one of:
   said so and exited 0 (arrays identical);
 - ``different``: exit 0 but some array differs (must never happen);
 - ``failed``: non-zero exit, or an output that does not read back.
+
+``journaled`` counts the kills after which the journal recorded finished
+tasks (those must resume), and ``journaled but started over`` those of them
+that --resume could not continue (a partial damaged by the kill).
 
 Not part of the test suite (minutes of work). Prints one line per format and
 a JSON summary on stdout at the end.
@@ -44,12 +48,12 @@ REPO = Path(__file__).resolve().parent.parent
 # name -> (output, --compression, --copies): copies chosen so that each run
 # takes about a second or two of work on a small machine.
 FORMATS = {
-    "h5:none": ("out.h5", "none", 6),
-    "h5:gzip": ("out.h5", "gzip", 1),
-    "h5:lzf": ("out.h5", "lzf", 3),
-    "npz": ("out.npz", "none", 4),
-    "npydir": ("out", "none", 6),
-    "zarr": ("out.zarr", "none", 3),
+    "h5:none": ("out.h5", "none", 20),
+    "h5:gzip": ("out.h5", "gzip", 2),
+    "h5:lzf": ("out.h5", "lzf", 5),
+    "npz": ("out.npz", "none", 12),
+    "npydir": ("out", "none", 20),
+    "zarr": ("out.zarr", "none", 5),
 }
 
 
@@ -109,22 +113,37 @@ def soak(name: str, src: Path, workdir: Path, kills: int, args: list[str], rng: 
         d.mkdir()
     cmd = mixup_command() + ["augment", str(src)]
     opts = args + ["--copies", str(copies), "--compression", compression, "--quiet"]
-    t0 = time.perf_counter()
-    done = subprocess.run(cmd + [str(ref_dir / out_name)] + opts, env=env(), capture_output=True, text=True)
-    took = time.perf_counter() - t0
-    if done.returncode != 0:
-        raise SystemExit(f"{name}: the reference run failed: {done.stderr}")
+    took = float("inf")
+    for _ in range(2):  # the faster of two runs (the first has cold caches)
+        remove(ref_dir / out_name)
+        remove(ref_dir / f"{out_name}.provenance.json")
+        t0 = time.perf_counter()
+        done = subprocess.run(cmd + [str(ref_dir / out_name)] + opts, env=env(), capture_output=True, text=True)
+        took = min(took, time.perf_counter() - t0)
+        if done.returncode != 0:
+            raise SystemExit(f"{name}: the reference run failed: {done.stderr}")
     want = read_digests(ref_dir / out_name)
-    counts = {"resumed": 0, "started over": 0, "complete": 0, "different": 0, "failed": 0}
+    counts = {"resumed": 0, "started over": 0, "complete": 0, "different": 0, "failed": 0,
+              "journaled": 0, "journaled but started over": 0}
     failures: list[str] = []
     out = run_dir / out_name
     for trial in range(kills):
         clean(run_dir)
-        delay = rng.uniform(0, 1.1 * took)
+        delay = rng.uniform(0, 1.05 * took)
         proc = subprocess.Popen(cmd + [str(out)] + opts, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        t0 = time.perf_counter()
         time.sleep(delay)
         proc.kill()
         finished_first = proc.wait() == 0
+        if finished_first:  # runs vary with the machine's load: aim at the shortest seen
+            took = min(took, time.perf_counter() - t0)
+        journal = out.with_name(f".{out.name}.mixup-partial.journal.json")
+        try:
+            journaled = bool(json.loads(journal.read_text())["done"])
+        except (OSError, ValueError, KeyError):
+            journaled = False
+        if journaled:
+            counts["journaled"] += 1
         again = subprocess.run(cmd + [str(out)] + opts + ["--resume"], env=env(), capture_output=True, text=True)
         if again.returncode != 0:
             counts["failed"] += 1
@@ -147,7 +166,11 @@ def soak(name: str, src: Path, workdir: Path, kills: int, args: list[str], rng: 
             failures.append(f"trial {trial}: the run had finished but --resume did not say so: {again.stderr.strip()}")
         else:
             sidecar = json.loads(Path(f"{out}.provenance.json").read_text())
-            counts["resumed" if sidecar["execution"].get("resumed_tasks") else "started over"] += 1
+            resumed = bool(sidecar["execution"].get("resumed_tasks"))
+            counts["resumed" if resumed else "started over"] += 1
+            if journaled and not resumed:
+                counts["journaled but started over"] += 1
+                failures.append(f"trial {trial} (kill at {delay:.3f} s): progress journaled, yet started over: {again.stderr.strip()}")
     clean(run_dir)
     return {"format": name, "kills": kills, "uninterrupted_s": round(took, 3), "counts": counts, "failures": failures}
 

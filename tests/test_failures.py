@@ -355,14 +355,37 @@ main(sys.argv[1:], prog_name="mixup")
 """
 
 
-@pytest.mark.parametrize("name", ["out.h5", "out"])
-def test_disk_full_mid_write_without_the_precheck(tmp_path, small_tmpfs, name):
+# Every format and compression: the write itself hits the full disk.
+_EVERY_OUTPUT = [
+    ("out.h5", "none"), ("out.h5", "gzip"), ("out.h5", "lzf"), ("out.npz", "none"), ("out.npz", "gzip"),
+    ("out", "none"), ("out.zarr", "none"), ("out.zarr", "gzip"), ("out.zarr", "zstd"),
+]
+
+
+@pytest.mark.parametrize("name,compression", _EVERY_OUTPUT)
+def test_disk_full_mid_write_without_the_precheck(tmp_path, small_tmpfs, name, compression):
+    """Exit 1 with the one line, nothing left: no crash closing a file whose
+    write failed (HDF5 lzf), no write still in flight after cleanup (Zarr)."""
+    if name.endswith(".zarr"):
+        pytest.importorskip("zarr")
     x, y = make_arrays(n=3000, x_shape=(400,))
     src = write_h5(tmp_path / "in.h5", x=x, y=y)
     out = small_tmpfs / name
-    result = subprocess.run([sys.executable, "-c", _NO_PRECHECK, "augment", str(src), str(out), "--seed", "1"],
+    result = subprocess.run([sys.executable, "-c", _NO_PRECHECK, "augment", str(src), str(out), "--seed", "1",
+                             "--compression", compression],
                             capture_output=True, text=True, timeout=60,
                             env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert_clean_failure(result, 1, rf"{re.escape(str(out))}: disk full \(no space left")
+    assert list(small_tmpfs.iterdir()) == []
+
+
+@pytest.mark.parametrize("compression", ["gzip", "lzf"])
+def test_disk_full_compressed_hdf5(tmp_path, small_tmpfs, compression):
+    """No free-space bound exists for compressed HDF5: the run itself finds the disk full."""
+    x, y = make_arrays(n=3000, x_shape=(400,))
+    src = write_h5(tmp_path / "in.h5", x=x, y=y)
+    out = small_tmpfs / "out.h5"
+    result = run(["augment", src, out, "--seed", 1, "--compression", compression])
     assert_clean_failure(result, 1, rf"{re.escape(str(out))}: disk full \(no space left")
     assert list(small_tmpfs.iterdir()) == []
 
