@@ -4,10 +4,12 @@
 
 For each output format (HDF5 with no compression, gzip and lzf, ``.npz``,
 ``.npy`` directory, Zarr) one uninterrupted run gives the reference arrays
-and its duration T. Then, ``--kills`` times: a run is started, killed with
-SIGKILL after a delay drawn uniformly from [0, 1.05 T] (so kills land in
-start-up, creation, the first journal save, mid-stream, the flush and the
-commit), and ``mixup augment ... --resume`` is run once. Its output is read
+with its start-up time S (until its first partial file appears) and the
+rest of its duration T. Then, ``--kills`` times: a run is started and killed
+with SIGKILL, one time in ten at an instant drawn uniformly in start-up
+[0, S], otherwise at one drawn uniformly in [0, 1.05 T] after its first
+partial file appeared (creation, the first journal save, mid-stream, the
+flush and the commit); then ``mixup augment ... --resume`` is run once. Its output is read
 with h5py / numpy / zarr directly and compared with the reference, array by
 array, byte for byte. Each trial is counted as one of:
 
@@ -48,12 +50,12 @@ REPO = Path(__file__).resolve().parent.parent
 # name -> (output, --compression, --copies): copies chosen so that each run
 # takes about a second or two of work on a small machine.
 FORMATS = {
-    "h5:none": ("out.h5", "none", 12),
+    "h5:none": ("out.h5", "none", 4),
     "h5:gzip": ("out.h5", "gzip", 1),
-    "h5:lzf": ("out.h5", "lzf", 3),
-    "npz": ("out.npz", "none", 8),
-    "npydir": ("out", "none", 12),
-    "zarr": ("out.zarr", "none", 3),
+    "h5:lzf": ("out.h5", "lzf", 2),
+    "npz": ("out.npz", "none", 3),
+    "npydir": ("out", "none", 4),
+    "zarr": ("out.zarr", "none", 2),
 }
 
 
@@ -86,6 +88,20 @@ def read_digests(path: Path) -> dict[str, str]:
             for k, v in sorted(arrays.items())}
 
 
+# Share of the kills aimed at start-up, before any partial file exists (the
+# rest are spread over the run from its first partial file to its exit).
+STARTUP_SHARE = 0.1
+
+
+def wait_for_partial(proc, out: Path) -> bool:
+    """Wait until the run has made its first partial file (or ended)."""
+    while proc.poll() is None:
+        if any(p.name.startswith(f".{out.name}.mixup-partial") for p in out.parent.iterdir()):
+            return True
+        time.sleep(0.002)
+    return False
+
+
 def make_input(path: Path, rows: int, width: int) -> None:
     rng = np.random.default_rng(0)
     with h5py.File(path, "w") as f:
@@ -113,16 +129,20 @@ def soak(name: str, src: Path, workdir: Path, kills: int, args: list[str], rng: 
         d.mkdir()
     cmd = mixup_command() + ["augment", str(src)]
     opts = args + ["--copies", str(copies), "--compression", compression, "--quiet"]
-    times = []
-    for _ in range(3):  # the median of three runs: the machine's load varies
+    starts, works = [], []
+    for _ in range(3):  # medians of three runs: the machine's load varies
         remove(ref_dir / out_name)
         remove(ref_dir / f"{out_name}.provenance.json")
         t0 = time.perf_counter()
-        done = subprocess.run(cmd + [str(ref_dir / out_name)] + opts, env=env(), capture_output=True, text=True)
-        times.append(time.perf_counter() - t0)
-        if done.returncode != 0:
-            raise SystemExit(f"{name}: the reference run failed: {done.stderr}")
-    took = sorted(times)[1]
+        proc = subprocess.Popen(cmd + [str(ref_dir / out_name)] + opts, env=env(), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True)
+        started = wait_for_partial(proc, ref_dir / out_name)
+        t1 = time.perf_counter()
+        if proc.wait() != 0:
+            raise SystemExit(f"{name}: the reference run failed: {proc.stderr.read()}")
+        starts.append(t1 - t0 if started else 0.0)
+        works.append(time.perf_counter() - t1)
+    startup, took = sorted(starts)[1], sorted(works)[1]
     want = read_digests(ref_dir / out_name)
     counts = {"resumed": 0, "started over": 0, "complete": 0, "different": 0, "failed": 0,
               "journaled": 0, "journaled but started over": 0}
@@ -130,9 +150,14 @@ def soak(name: str, src: Path, workdir: Path, kills: int, args: list[str], rng: 
     out = run_dir / out_name
     for trial in range(kills):
         clean(run_dir)
-        delay = rng.uniform(0, 1.05 * took)
         proc = subprocess.Popen(cmd + [str(out)] + opts, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(delay)
+        if rng.random() < STARTUP_SHARE:  # in start-up: imports, opening the input, planning
+            delay = rng.uniform(0, startup)
+            time.sleep(delay)
+        else:  # from the first partial file on: creation, journal, streaming, flush, commit
+            wait_for_partial(proc, out)
+            delay = startup + rng.uniform(0, 1.05 * took)
+            time.sleep(delay - startup)
         proc.kill()
         finished_first = proc.wait() == 0
         journal = out.with_name(f".{out.name}.mixup-partial.journal.json")
@@ -170,7 +195,8 @@ def soak(name: str, src: Path, workdir: Path, kills: int, args: list[str], rng: 
                 counts["journaled but started over"] += 1
                 failures.append(f"trial {trial} (kill at {delay:.3f} s): progress journaled, yet started over: {again.stderr.strip()}")
     clean(run_dir)
-    return {"format": name, "kills": kills, "uninterrupted_s": round(took, 3), "counts": counts, "failures": failures}
+    return {"format": name, "kills": kills, "startup_s": round(startup, 3), "uninterrupted_s": round(took, 3),
+            "counts": counts, "failures": failures}
 
 
 def main() -> None:
@@ -194,7 +220,7 @@ def main() -> None:
             result = soak(name, src, workdir, ns.kills, args, rng)
             results.append(result)
             c = result["counts"]
-            print(f"{name:8} kills {ns.kills:4}  run {result['uninterrupted_s']:.2f} s  "
+            print(f"{name:8} kills {ns.kills:4}  start-up {result['startup_s']:.2f} s  run {result['uninterrupted_s']:.2f} s  "
                   + "  ".join(f"{k} {v}" for k, v in c.items()), file=sys.stderr, flush=True)
             for line in result["failures"][:5]:
                 print("   ", line, file=sys.stderr, flush=True)

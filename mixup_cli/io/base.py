@@ -181,8 +181,9 @@ class Writer(ABC):
         return DamagedPartial(f"{path}: the partial output is damaged ({reason})")
 
     def read(self, key: str, start: int, stop: int) -> np.ndarray | None:
-        """Rows already written (resume checks them against the journal's
-        digests), or None where the format cannot read its partial output."""
+        """Rows already written, where a kill may have left them misplaced
+        (resume checks them against the journal's digests: compressed HDF5,
+        whose chunk index changes as rows stream), else None."""
         return None
 
     def abort(self) -> None:

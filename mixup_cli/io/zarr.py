@@ -219,9 +219,6 @@ class Writer(base.Writer):
                 _wait_for_zarr_writes()
                 raise
 
-    def read(self, key: str, start: int, stop: int) -> np.ndarray:
-        return np.asarray(self._arrays[key][start:stop])
-
     def parallel_target(self) -> ParallelTarget:
         return ParallelTarget(
             str(self.path.resolve()), {key: arr.chunks[0] for key, arr in self._arrays.items()}
