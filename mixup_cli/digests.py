@@ -29,14 +29,41 @@ import numpy as np
 SCHEME = "sha256 of the sha256 of each block of rows"
 
 
-def block_bounds(segment_rows: int, block_rows: int, segments: int) -> list[tuple[int, int]]:
+def block_bounds(segment_rows: int, block_rows: int, segments: int) -> "Bounds":
     """``(start, stop)`` output rows of every block, in row order."""
-    bounds = []
-    for s in range(segments):
-        base = s * segment_rows
-        for b in range(0, segment_rows, block_rows):
-            bounds.append((base + b, base + min(b + block_rows, segment_rows)))
-    return bounds
+    return Bounds(segment_rows, block_rows, segments)
+
+
+class Bounds:
+    """The blocks of ``segments`` segments of ``segment_rows`` rows, computed
+    on demand: memory does not grow with the number of blocks (``--copies``)."""
+
+    def __init__(self, segment_rows: int, block_rows: int, segments: int):
+        self.segment_rows, self.block_rows, self.segments = segment_rows, block_rows, segments
+        self._per = -(-segment_rows // block_rows)
+
+    def __len__(self) -> int:
+        return self._per * self.segments
+
+    def __getitem__(self, i: int) -> tuple[int, int]:
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        s, b = divmod(i, self._per)
+        base = s * self.segment_rows
+        return base + b * self.block_rows, base + min((b + 1) * self.block_rows, self.segment_rows)
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
+
+    def __eq__(self, other) -> bool:
+        return list(self) == list(other)
+
+    def index_of(self, row: int) -> int:
+        """The block holding output row ``row``."""
+        s, r = divmod(row, self.segment_rows)
+        return s * self._per + r // self.block_rows
 
 
 def _update(digest, rows: np.ndarray) -> None:
@@ -73,8 +100,8 @@ class BlockDigests:
     digests of the blocks it records as written.
     """
 
-    def __init__(self, bounds: list[tuple[int, int]], keys, done: dict[int, dict[str, str]] | None = None):
-        self.bounds = list(bounds)
+    def __init__(self, bounds, keys, done: dict[int, dict[str, str]] | None = None):
+        self.bounds = bounds if isinstance(bounds, Bounds) else list(bounds)
         self.keys = list(keys)
         self.done: dict[int, dict[str, str]] = {} if done is None else done
 
@@ -110,7 +137,12 @@ class BlockHasher:
 
     def __init__(self, digests: BlockDigests):
         self.digests = digests
-        self._starts = [a for a, _ in digests.bounds]
+        bounds = digests.bounds
+        if isinstance(bounds, Bounds):
+            self._index = bounds.index_of
+        else:
+            starts = [a for a, _ in bounds]
+            self._index = lambda row: bisect.bisect_right(starts, row) - 1
         self._open: dict[tuple[str, int], tuple] = {}  # (key, block start) -> (hash, next row)
         self._finished: dict[int, dict[str, str]] = {}  # blocks with some arrays finished
 
@@ -122,7 +154,7 @@ class BlockHasher:
         n = len(data)
         if n == 0:
             return
-        i = bisect.bisect_right(self._starts, start) - 1
+        i = self._index(start)
         block_start, block_stop = self.digests.bounds[i]
         if start + n > block_stop:
             raise ValueError(f"rows {start}:{start + n} cross the block {block_start}:{block_stop}")

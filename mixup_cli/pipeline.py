@@ -24,6 +24,7 @@ from mixup_cli.core import check_alpha
 from mixup_cli.engines import check_engine_options
 from mixup_cli.errors import InputError, OutputError, ParameterError
 from mixup_cli.io import ArraySpec, Reader, WriteOptions, create_writer, format_of, open_reader, reopen_writer
+from mixup_cli.io.base import DamagedPartial
 from mixup_cli.mixing import Mixer
 from mixup_cli.classes import class_index
 from mixup_cli.prepare import DataOptions, Prepared, pair_keys, prepare
@@ -92,6 +93,7 @@ class AugmentResult:
     run_id: str
     record: dict
     late_signals: tuple[int, ...] = ()  # SIGINT/SIGTERM held back during the commit: too late to stop it
+    already_complete: bool = False  # --resume found OUT finished by this same command
 
     def summary(self) -> dict:
         """What ``--json`` prints: enough for a script to find and check the output."""
@@ -156,7 +158,7 @@ class Source:
 
 def open_source(
     path: Path, x_key: str, y_key: str | None, options: DataOptions | None = None, require_y: bool = True,
-    scratch_prefix: Path | None = None, fast: bool = True,
+    scratch_prefix: Path | None = None, fast: bool = True, y_for: str | None = None,
 ) -> Source:
     """Open the input and check that x (and y) exist and have rows to mix.
 
@@ -171,6 +173,10 @@ def open_source(
     try:
         specs = {x_key: reader.require(x_key, "--x-key")}
         if y_key is not None and not require_y and y_key not in reader.keys():
+            if y_for is not None:  # e.g. --pairing within-class: the labels are not optional
+                raise ParameterError(
+                    f"{path} has no '{y_key}': {y_for} needs class labels; name them with --y-key", "--y-key"
+                )
             log.warning("%s has no '%s': mixing '%s' alone (--no-y says so; --y-key names targets)", path, y_key, x_key)
             y_key = None
         if y_key is not None:
@@ -207,10 +213,32 @@ def check_output_keys(prepared: Prepared, x_key: str) -> None:
                 )
 
 
-def check_output_path(input_path: Path, output: Path, overwrite: bool) -> str:
-    """Refuse outputs that cannot or must not be written; return the output format."""
+def _symlink_loop(path: Path) -> bool:
+    try:
+        os.stat(path)
+    except OSError as exc:
+        return exc.errno == errno.ELOOP
+    return False
+
+
+def check_output_path(input_path: Path, output: Path, overwrite: bool, exists_ok: bool = False) -> str:
+    """Refuse outputs that cannot or must not be written; return the output format.
+
+    ``exists_ok``: an existing OUT is let through to be compared with the
+    command (``--resume`` on a finished run), not to be replaced."""
+    if _symlink_loop(input_path):
+        raise InputError(f"{input_path}: is a symbolic link that loops back on itself; fix the link or pass the file")
+    for path in (output.parent, output):
+        if _symlink_loop(path):
+            raise OutputError(
+                f"{output}: {'is' if path == output else 'is in'} a symbolic link that loops back on itself; "
+                "fix or remove the link, or choose another output path"
+            )
     fmt = format_of(output, for_output=True)
-    out_real, in_real = output.resolve(), input_path.resolve()
+    try:
+        out_real, in_real = output.resolve(), input_path.resolve()
+    except (RuntimeError, OSError) as exc:  # a loop further up either path
+        raise OutputError(f"{output}: cannot resolve {output} or {input_path} ({exc}); fix the symbolic links") from None
     if out_real == in_real or (
         output.exists() and input_path.exists() and os.path.samefile(output, input_path)
     ):
@@ -228,9 +256,10 @@ def check_output_path(input_path: Path, output: Path, overwrite: bool) -> str:
             f"{output}: directory {parent.resolve()} is not writable; "
             "fix its permissions or choose another output directory"
         )
-    if (output.exists() or output.is_symlink()) and not overwrite:
+    if (output.exists() or output.is_symlink()) and not (overwrite or exists_ok):
         raise OutputError(f"{output}: already exists; pass --overwrite to replace it")
-    atomic.check_replaceable(output, provenance.sidecar_path(output), fmt in DIRECTORY_FORMATS)
+    if overwrite:
+        atomic.check_replaceable(output, provenance.sidecar_path(output), fmt in DIRECTORY_FORMATS)
     return fmt
 
 
@@ -239,9 +268,13 @@ def resolve_plan(request: AugmentRequest, source: Source) -> Plan:
     seed = draw_seed() if request.seed is None else request.seed
     classes = None
     if request.pairing in CLASS_PAIRINGS:
-        if request.y_key is None:
-            raise ParameterError(f"--pairing {request.pairing} needs class labels; name them with --y-key", "--pairing")
-        classes = class_index(source.reader, request.y_key)
+        # The source's y: a y_key the input lacks (and was not asked for) is dropped there.
+        if source.y_key is None:
+            where = f"{source.reader.path} has no '{request.y_key}': " if request.y_key else ""
+            raise ParameterError(
+                f"{where}--pairing {request.pairing} needs class labels; name them with --y-key", "--pairing"
+            )
+        classes = class_index(source.reader, source.y_key)
     layout = None
     if request.method == "cutmix":
         x_spec = source.specs[request.x_key]
@@ -396,7 +429,13 @@ def _open_journal(request: AugmentRequest, output: Path) -> resume.Journal | Non
     """
     left = atomic.partials(output, with_lock=False)
     if request.resume and left:
-        return resume.Journal.load(resume.journal_path(output), output)
+        try:
+            return resume.Journal.load(resume.journal_path(output), output)
+        except resume.NothingToResume as exc:
+            # Nothing journaled, nothing lost: a retried job needs no human.
+            log.warning("%s; starting from the beginning", exc)
+            _discard(left)
+            return None
     if request.resume:
         log.warning("%s: no interrupted run to resume; starting from the beginning", output)
     elif left:
@@ -404,9 +443,73 @@ def _open_journal(request: AugmentRequest, output: Path) -> resume.Journal | Non
             "removing %s left by an interrupted run (pass --resume to continue such a run instead)",
             ", ".join(p.name for p in left),
         )
-    for path in left:
-        atomic.remove(path)
+    _discard(left)
     return None
+
+
+def _discard(paths) -> None:
+    for path in paths:
+        atomic.remove(path)
+
+
+def _keep_verified(journal: resume.Journal, plan: Plan, writer) -> bool:
+    """Whether the blocks the journal records as written read back with
+    their recorded digests (formats whose writer can read its partial).
+    A kill can never make them differ; a partial damaged otherwise does."""
+    if not journal.done:
+        return True
+    for index, task in enumerate(plan.tasks()):
+        if index not in journal.done:
+            continue
+        want = journal.digests.get(task.out_start)
+        if want is None:
+            return False
+        try:
+            rows = {key: writer.read(key, task.out_start, task.out_start + task.stop - task.start) for key in want}
+        except Exception:
+            return False
+        if any(v is None for v in rows.values()):
+            return True  # this format cannot read its partial output back
+        if digests.of_rows(rows) != want:
+            return False
+    return True
+
+
+def _completed_run(request: AugmentRequest, source: Source, output: Path, out_format: str) -> AugmentResult | None:
+    """With --resume, an OUT whose sidecar records this very command: the
+    result of that run (nothing to do), else None."""
+    sidecar = provenance.sidecar_path(output)
+    try:
+        record = provenance.read(sidecar)
+        params = record["parameters"]
+        seed = request.seed if request.seed is not None else params.get("seed")
+        if not isinstance(seed, int):
+            return None
+        plan = resolve_plan(dataclasses.replace(request, seed=seed), source)
+        expected = dict(plan.to_dict(), x_key=request.x_key, y_key=source.y_key, compression=request.compression)
+        expected.update(source.prepared.parameters())
+        if resume._plain(expected) != resume._plain(params):
+            return None
+        inp, out = record["input"], record["output"]
+        if inp["path"] != str(Path(request.input).resolve()) or out["format"] != out_format:
+            return None
+        done_at = sidecar.stat().st_mtime_ns
+        recorded = {f["path"]: f["size"] for f in inp["files"]}
+        for path in source.reader.files():
+            st = Path(path).stat()
+            if recorded.get(str(Path(path).resolve())) != st.st_size or st.st_mtime_ns > done_at:
+                return None  # the input changed since
+        arrays = {key: spec.to_dict() for key, spec in output_specs(source, plan).items()}
+        if resume._plain(arrays) != resume._plain({k: {"shape": v["shape"], "dtype": v["dtype"]} for k, v in out["arrays"].items()}):
+            return None
+        for f in out["files"]:
+            if Path(f["path"]).stat().st_size != f["size"]:
+                return None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    log.warning("%s: already complete (its sidecar records this command); nothing to do", output)
+    return AugmentResult(output, sidecar, plan.output_rows, 0.0, int(seed), str(record.get("run_id")), record,
+                         already_complete=True)
 
 
 class _Stage:
@@ -699,13 +802,25 @@ def augment(request: AugmentRequest, progress: Progress | None = None) -> Augmen
     check_engine_options(request.engine, request.scheduler, request.workers)
     input_path, output = Path(request.input), Path(request.output)
     atomic.recover(output)  # a commit a killed run left half-done is finished or rolled back first
-    out_format = check_output_path(input_path, output, request.overwrite)
+    # --resume on a finished OUT: done if its sidecar records this command.
+    maybe_done = (request.resume and not request.overwrite and output.exists()
+                  and provenance.sidecar_path(output).is_file() and not atomic.partials(output, with_lock=False))
+    out_format = check_output_path(input_path, output, request.overwrite, exists_ok=maybe_done)
 
-    source = open_source(input_path, request.x_key, request.y_key, request.data_options(), request.require_y,
+    y_for = f"--pairing {request.pairing}" if request.pairing in CLASS_PAIRINGS else None
+    source = open_source(input_path, request.x_key, request.y_key, request.data_options(), request.require_y, y_for,
                          scratch_prefix=atomic.partial_path(output))
     lock = atomic.RunLock(output)
     try:
         lock.acquire()
+        if maybe_done:
+            finished = _completed_run(request, source, output, out_format)
+            if finished is not None:
+                return finished
+            raise OutputError(
+                f"{output}: already exists, written by another command (its sidecar differs); "
+                "pass --overwrite to replace it"
+            )
         journal = _open_journal(request, output)
         if journal is not None and request.seed is None and journal.seed is not None:
             request = dataclasses.replace(request, seed=journal.seed)
@@ -719,7 +834,17 @@ def augment(request: AugmentRequest, progress: Progress | None = None) -> Augmen
         if journal is not None:
             # A refusal here leaves the partial output as it was.
             journal.check(fingerprint, output)
-            writer = reopen_writer(tmp, out_format, specs, options)
+            try:
+                writer = reopen_writer(tmp, out_format, specs, options)
+                if not _keep_verified(journal, plan, writer):
+                    writer.abort()
+                    writer = None
+                    raise DamagedPartial(f"{output}: the partial output does not hold the rows its journal records")
+            except DamagedPartial as exc:
+                # A kill mid-flush: what it held cannot be trusted, so start over.
+                log.warning("%s; starting from the beginning", exc)
+                _discard(atomic.partials(output, with_lock=False))
+                journal = None  # the plan keeps the interrupted run's seed
         input_hashes = provenance.BackgroundHash(source.reader.files())
         sidecar = provenance.sidecar_path(output)
         sidecar_tmp = tmp.with_name(tmp.name + provenance.SIDECAR_SUFFIX)  # removed with the partial
@@ -734,7 +859,7 @@ def augment(request: AugmentRequest, progress: Progress | None = None) -> Augmen
             resumed_tasks = len(journal.done)
             block_digests = output_block_digests(plan, specs, journal)
             progress.start(plan.output_rows)
-            if resumed_tasks:
+            if resumed_tasks:  # (work proportional to the tasks done, only when resuming)
                 progress.update(sum(t.stop - t.start for i, t in enumerate(plan.tasks()) if i in journal.done))
             if request.engine == "dask":
                 from mixup_cli.engines import dask_engine
@@ -879,7 +1004,8 @@ def dataset_entry(path: Path, fmt: str, specs: dict[str, ArraySpec], hashes: dic
 def output_block_digests(plan: Plan, specs: dict[str, ArraySpec], journal: resume.Journal) -> digests.BlockDigests:
     """The digests of the output's blocks, shared with the journal so that a
     resumed run keeps those of the blocks already written."""
-    written = {task.out_start for i, task in enumerate(plan.tasks()) if i in journal.done}
+    # A fresh run has nothing to look up: no pass over the plan's tasks.
+    written = {task.out_start for i, task in enumerate(plan.tasks()) if i in journal.done} if journal.done else set()
     for start in [s for s in journal.digests if s not in written]:
         del journal.digests[start]  # hashed, but not recorded as written: written again
     return digests.BlockDigests.for_plan(plan, specs, done=journal.digests)

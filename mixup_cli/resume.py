@@ -26,6 +26,12 @@ from pathlib import Path
 from mixup_cli import __version__, atomic
 from mixup_cli.errors import OutputError
 
+class NothingToResume(OutputError):
+    """The partial files cannot be continued, and hold nothing worth keeping
+    (no journal, an unreadable one, or no partial output beside it): the
+    run starts over instead."""
+
+
 JOURNAL_SUFFIX = ".journal.json"
 JOURNAL_VERSION = 2  # 2: digests of the finished blocks
 # Seconds between journal updates: at most this much work is redone on resume.
@@ -137,6 +143,7 @@ class Journal:
         # First output row of a written block -> its arrays' digests (digests.BlockDigests.done).
         self.digests: dict[int, dict[str, str]] = dict(digests or {})
         self._saved_at = 0.0
+        self._first = True  # the first finished task is recorded at once: early kills lose little
 
     @property
     def seed(self) -> int | None:
@@ -158,9 +165,11 @@ class Journal:
         self._saved_at = time.monotonic()
 
     def task_done(self, index: int, writer) -> None:
-        """Record a finished task; every ``SAVE_INTERVAL`` s flush the writer, then save."""
+        """Record a finished task; for the first one and then every
+        ``SAVE_INTERVAL`` s flush the writer, then save."""
         self.done.add(index)
-        if time.monotonic() - self._saved_at >= SAVE_INTERVAL:
+        if self._first or time.monotonic() - self._saved_at >= SAVE_INTERVAL:
+            self._first = False
             writer.flush()
             self.save()
 
@@ -178,10 +187,7 @@ class Journal:
         partial = atomic.partial_path(output)
         # The output itself, or (.npz) its staging directory.
         if not any(not p.name.startswith(Path(path).name) for p in atomic.partials(output, with_lock=False)):
-            raise OutputError(
-                f"{output}: cannot resume, the partial output {partial.name} is missing; "
-                "run without --resume to start over"
-            )
+            raise NothingToResume(f"{output}: the partial output {partial.name} is missing")
         try:
             record = json.loads(Path(path).read_text(encoding="utf-8"))
             if record.get("journal_version") != JOURNAL_VERSION:
@@ -193,4 +199,4 @@ class Journal:
             reason = "it has no journal (the run stopped before its first block)"
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             reason = f"its journal {Path(path).name} is unreadable"
-        raise OutputError(f"{output}: cannot resume {partial.name}: {reason}; run without --resume to start over")
+        raise NothingToResume(f"{output}: {partial.name} cannot be continued: {reason}")

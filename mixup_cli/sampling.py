@@ -48,6 +48,10 @@ PLAN_VERSION = 1
 _CYCLE = 0
 _ROWS = 1
 _BOXES = 2
+# At most this many tasks (blocks x copies) in one run: the resume journal
+# and the sidecar's digests keep an entry per block, and a run must not spend
+# its first minutes on a plan that would never finish (--copies 1000000000).
+MAX_TASKS = 1_000_000
 # Blocks aim at this many bytes of x+y rows when --block-rows is not given.
 DEFAULT_BLOCK_BYTES = 16 * 1024 * 1024
 
@@ -130,6 +134,13 @@ class Plan:
             raise ValueError("a plan needs at least one row")
         if not (isinstance(self.seed, (int, np.integer)) and self.seed >= 0):
             raise ParameterError(f"--seed must be an integer >= 0, got {self.seed!r}", "--seed")
+        if self.n_tasks > MAX_TASKS:
+            raise ParameterError(
+                f"--copies {self.copies} of {self.n_blocks} block(s) of {self.block_rows} rows make "
+                f"{self.n_tasks:,} tasks, more than the {MAX_TASKS:,} one run can record (one resume "
+                "and digest entry each); lower --copies or raise --block-rows",
+                "--copies",
+            )
         if self.classes is not None:
             if self.classes.n_rows != self.n_rows:
                 raise ValueError(f"class index has {self.classes.n_rows} rows, the plan {self.n_rows}")
@@ -139,6 +150,10 @@ class Plan:
     @property
     def n_blocks(self) -> int:
         return -(-self.n_rows // self.block_rows)
+
+    @property
+    def n_tasks(self) -> int:
+        return self.n_blocks * (self.copies + int(self.include_original))
 
     @property
     def output_rows(self) -> int:

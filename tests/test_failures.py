@@ -10,6 +10,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import h5py
@@ -17,6 +18,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO, load_output, make_arrays, mixup_executable, write_h5, write_npy_dir, write_npz
+from mixup_cli.errors import ParameterError
 
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 SETPRIV = shutil.which("setpriv")
@@ -348,6 +350,7 @@ def test_disk_full_during_the_write(tmp_path, small_tmpfs):
 
 _NO_PRECHECK = """
 import sys
+import time
 from mixup_cli import pipeline
 pipeline.check_free_space = lambda *args: None  # let the write itself hit the full disk
 from mixup_cli.cli import main
@@ -355,14 +358,37 @@ main(sys.argv[1:], prog_name="mixup")
 """
 
 
-@pytest.mark.parametrize("name", ["out.h5", "out"])
-def test_disk_full_mid_write_without_the_precheck(tmp_path, small_tmpfs, name):
+# Every format and compression: the write itself hits the full disk.
+_EVERY_OUTPUT = [
+    ("out.h5", "none"), ("out.h5", "gzip"), ("out.h5", "lzf"), ("out.npz", "none"), ("out.npz", "gzip"),
+    ("out", "none"), ("out.zarr", "none"), ("out.zarr", "gzip"), ("out.zarr", "zstd"),
+]
+
+
+@pytest.mark.parametrize("name,compression", _EVERY_OUTPUT)
+def test_disk_full_mid_write_without_the_precheck(tmp_path, small_tmpfs, name, compression):
+    """Exit 1 with the one line, nothing left: no crash closing a file whose
+    write failed (HDF5 lzf), no write still in flight after cleanup (Zarr)."""
+    if name.endswith(".zarr"):
+        pytest.importorskip("zarr")
     x, y = make_arrays(n=3000, x_shape=(400,))
     src = write_h5(tmp_path / "in.h5", x=x, y=y)
     out = small_tmpfs / name
-    result = subprocess.run([sys.executable, "-c", _NO_PRECHECK, "augment", str(src), str(out), "--seed", "1"],
+    result = subprocess.run([sys.executable, "-c", _NO_PRECHECK, "augment", str(src), str(out), "--seed", "1",
+                             "--compression", compression],
                             capture_output=True, text=True, timeout=60,
                             env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert_clean_failure(result, 1, rf"{re.escape(str(out))}: disk full \(no space left")
+    assert list(small_tmpfs.iterdir()) == []
+
+
+@pytest.mark.parametrize("compression", ["gzip", "lzf"])
+def test_disk_full_compressed_hdf5(tmp_path, small_tmpfs, compression):
+    """No free-space bound exists for compressed HDF5: the run itself finds the disk full."""
+    x, y = make_arrays(n=3000, x_shape=(400,))
+    src = write_h5(tmp_path / "in.h5", x=x, y=y)
+    out = small_tmpfs / "out.h5"
+    result = run(["augment", src, out, "--seed", 1, "--compression", compression])
     assert_clean_failure(result, 1, rf"{re.escape(str(out))}: disk full \(no space left")
     assert list(small_tmpfs.iterdir()) == []
 
@@ -416,3 +442,66 @@ def test_hdf5_output_is_never_opened_at_its_final_path(tmp_path):
         assert held["x"].shape == (7, 4, 3)  # the old file, still whole
     assert load_output(out)["x"].shape == (20, 4, 3)
     assert temporaries(tmp_path) == []
+
+
+def test_a_billion_copies_are_refused_at_once(tmp_path):
+    """No minutes spent planning tasks that could never be recorded: refused
+    before anything is written, in about the time the command takes to start."""
+    x, y = make_arrays(n=200, x_shape=(4,))
+    src = write_h5(tmp_path / "in.h5", x=x, y=y)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    args = ["augment", src, out_dir / "out.h5", "--seed", 1, "--copies", 10**9, "--compression", "gzip"]
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(mixup_executable() + [str(a) for a in args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    _, status, usage = os.wait4(proc.pid, 0)  # this child's own peak memory
+    took = time.perf_counter() - t0
+    stdout, stderr = proc.stdout.read(), proc.stderr.read()
+    proc.stdout.close(), proc.stderr.close()
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    result = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+    assert_clean_failure(result, 2, r"--copies 1000000000 .* 1,000,000,000 tasks.*lower --copies or raise --block-rows")
+    assert took < 10, took  # start-up included, on a loaded machine; the planning itself is O(1)
+    assert usage.ru_maxrss < 300 * 1024, usage.ru_maxrss  # KiB: no task list in memory
+    assert list(out_dir.iterdir()) == []
+
+
+def test_many_tasks_cost_no_memory_before_the_first_write():
+    """The block bounds behind the output digests are computed, not listed."""
+    from mixup_cli import digests
+    from mixup_cli.sampling import MAX_TASKS, Plan
+
+    plan = Plan(n_rows=10, alpha=0.2, seed=1, block_rows=10, copies=MAX_TASKS)
+    t0 = time.perf_counter()
+    blocks = digests.BlockDigests.for_plan(plan, ["x"])
+    assert time.perf_counter() - t0 < 0.1
+    assert len(blocks.bounds) == MAX_TASKS and blocks.bounds[-1] == (10 * MAX_TASKS - 10, 10 * MAX_TASKS)
+    with pytest.raises(ParameterError, match="--copies"):
+        Plan(n_rows=10, alpha=0.2, seed=1, block_rows=10, copies=MAX_TASKS + 1)
+
+
+def test_class_pairing_on_an_input_without_y_is_a_usage_error(tmp_path):
+    x, _ = make_arrays(n=50, x_shape=(4,))
+    src = write_npz(tmp_path / "in.npz", x=x)
+    out = tmp_path / "out.h5"
+    for pairing in ("within-class", "between-class"):
+        result = run(["augment", src, out, "--seed", 1, "--pairing", pairing])
+        assert_clean_failure(result, 2, rf"in\.npz has no 'y': --pairing {pairing} needs class labels; name them with --y-key")
+    assert not out.exists() and temporaries(tmp_path) == []
+
+
+def test_symlink_loops_are_named(tmp_path):
+    x, y = make_arrays(n=50, x_shape=(4,))
+    src = write_h5(tmp_path / "in.h5", x=x, y=y)
+    loop = tmp_path / "loop.h5"
+    loop.symlink_to(loop.name)  # points at itself
+    as_input = run(["augment", loop, tmp_path / "out.h5", "--seed", 1])
+    assert_clean_failure(as_input, 1, r"loop\.h5: is a symbolic link that loops back on itself")
+    as_output = run(["augment", src, loop, "--seed", 1])
+    assert_clean_failure(as_output, 1, r"loop\.h5: is a symbolic link that loops back on itself; fix or remove the link")
+    (tmp_path / "dir").symlink_to("dir")
+    inside = run(["augment", src, tmp_path / "dir" / "out.h5", "--seed", 1])
+    assert_clean_failure(inside, 1, r"out\.h5: is in a symbolic link that loops back on itself")
+    assert loop.is_symlink() and temporaries(tmp_path) == [] and not (tmp_path / "out.h5").exists()

@@ -344,32 +344,30 @@ def test_resume_refused_when_the_input_changed(tmp_path):
     assert not out.exists() and (tmp_path / ".out.h5.mixup-partial").exists()
 
 
-def test_resume_refused_when_the_partial_is_damaged(tmp_path):
-    """HDF5 is not crash-safe: a partial that no longer opens is reported, not trusted."""
+def test_resume_of_a_damaged_partial_starts_over(tmp_path):
+    """A partial that no longer opens holds nothing to keep: --resume says so and starts over."""
     src = _source(tmp_path, "npz")
     out = tmp_path / "out.h5"
     killed_run(src, out, seed="5")
     partial = tmp_path / ".out.h5.mixup-partial"
     with open(partial, "r+b") as fh:
         fh.truncate(100)
-    result = mixup("augment", src, out, "--block-rows", 100, "--copies", 2, "--seed", 5, "--resume")
-    assert result.returncode == 1 and "Traceback" not in result.stderr
-    assert "partial output is damaged" in result.stderr and "without --resume" in result.stderr
-    assert partial.stat().st_size == 100 and not out.exists()
-
-    # Without --resume the leftovers are removed (with a warning) and the run starts over.
-    again = mixup("augment", src, out, "--block-rows", 100, "--copies", 2, "--seed", 5, "--quiet")
-    assert again.returncode == 0 and "removing .out.h5.mixup-partial" in again.stderr
+    result = mixup("augment", src, out, "--block-rows", 100, "--copies", 2, "--seed", 5, "--resume", "--quiet")
+    assert result.returncode == 0 and "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "partial output is damaged" in lines[0] and "starting from the beginning" in lines[0]
     assert partials(tmp_path) == [] and load_output(out)["x"].shape == (2000, 6)
+    assert "resumed_tasks" not in read_sidecar(out)["execution"]
 
 
-def test_resume_without_journal_is_refused(tmp_path):
+def test_resume_without_journal_starts_over(tmp_path):
     src = _source(tmp_path, "h5")
     out = tmp_path / "out.npz"
     (tmp_path / ".out.npz.mixup-partial").write_bytes(b"half")
-    result = mixup("augment", src, out, "--seed", 1, "--resume")
-    assert result.returncode == 1 and "no journal" in result.stderr and "without --resume" in result.stderr
-    assert (tmp_path / ".out.npz.mixup-partial").read_bytes() == b"half" and not out.exists()
+    result = mixup("augment", src, out, "--seed", 1, "--resume", "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert "no journal" in result.stderr and "starting from the beginning" in result.stderr
+    assert partials(tmp_path) == [] and load_output(out)["x"].shape == (1000, 6)
 
 
 def test_resume_with_nothing_to_resume_starts_afresh(tmp_path):

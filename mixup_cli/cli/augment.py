@@ -145,7 +145,7 @@ def augment(input_path, output_path, alpha, seed, x_key, y_key, pairing, copies,
     signals.add_late(result.late_signals)
     if as_json:
         click.echo(json.dumps(result.summary(), sort_keys=True))
-    elif not quiet:
+    elif not quiet and not result.already_complete:  # that case was said already
         click.echo(
             f"wrote {result.rows} rows to {result.output} in {result.seconds:.2f} s "
             f"(seed {result.seed}); provenance in {result.sidecar}",

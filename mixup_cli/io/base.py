@@ -125,6 +125,11 @@ class Reader(ABC):
         self.close()
 
 
+class DamagedPartial(OutputError):
+    """A partial output that cannot be continued; starting over loses nothing
+    that could be kept."""
+
+
 @dataclass(frozen=True)
 class WriteOptions:
     compression: str = "none"  # none | gzip | lzf
@@ -171,11 +176,15 @@ class Writer(ABC):
 
     @staticmethod
     def damaged(path: Path, reason: str) -> OutputError:
-        """The error for a partial output that cannot be reopened."""
-        return OutputError(
-            f"{path}: cannot resume, the partial output is damaged ({reason}); "
-            "run again without --resume to start over"
-        )
+        """The error for a partial output that cannot be reopened (a kill
+        mid-flush): ``--resume`` then starts over by itself."""
+        return DamagedPartial(f"{path}: the partial output is damaged ({reason})")
+
+    def read(self, key: str, start: int, stop: int) -> np.ndarray | None:
+        """Rows already written, where a kill may have left them misplaced
+        (resume checks them against the journal's digests: compressed HDF5,
+        whose chunk index changes as rows stream), else None."""
+        return None
 
     def suspend(self) -> None:
         """Stop after an interruption, keeping the partial output for

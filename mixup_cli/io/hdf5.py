@@ -778,23 +778,35 @@ def chunk_rows_for(spec: ArraySpec, options: WriteOptions) -> int:
 
 
 def _writer_cache(options: WriteOptions) -> dict:
-    """Uncompressed output goes straight to the file, without HDF5's chunk
-    cache: rows are written in whole runs anyway, and after a failed write
-    (disk full) a file with dirty cached chunks crashes HDF5 when closed."""
-    return {"rdcc_nbytes": 0} if options.compression == "none" else {}
+    """No HDF5 chunk cache on output: rows are written in whole runs anyway,
+    and after a failed write (disk full) a file with dirty cached chunks
+    crashes HDF5 when it is closed (lzf included: it then writes each chunk
+    through the filter at once)."""
+    return {"rdcc_nbytes": 0}
+
+
 # gzip level of HDF5 output (h5py's default for compression="gzip").
 GZIP_LEVEL = 4
 
 
 class Writer(base.Writer):
-    """Chunked HDF5 output.
+    """Chunked HDF5 output that survives a kill.
 
-    Writes that cover whole chunks skip HDF5's chunk cache and filter
-    pipeline: each chunk goes to the file with ``write_direct_chunk``, and
-    for gzip it is deflated first by a small pool of threads (zlib releases
-    the GIL), so compression uses every core. The bytes stored are what the
-    deflate filter stores, so any HDF5 reader decodes them. Other writes
-    (edges of a chunk, lzf) go through HDF5 as usual.
+    Uncompressed output has every chunk allocated when the file is created
+    (``H5D_ALLOC_TIME_EARLY``, no fill); the file is then flushed, and rows
+    are written with ``os.pwrite`` at the chunks' offsets, found once: the
+    HDF5 metadata on disk never changes while rows stream, so a kill at any
+    instant leaves a file that opens, holding every row written.
+
+    Compressed chunks vary in size, so their index grows as they are
+    written. Writes that cover whole gzip chunks skip HDF5's filter
+    pipeline: each chunk is deflated by a small pool of threads (zlib
+    releases the GIL) and stored with ``write_direct_chunk``; the bytes are
+    what the deflate filter stores, so any HDF5 reader decodes them. Other
+    writes (edges of a chunk, lzf) go through HDF5. The metadata reaches the
+    disk at each ``flush`` (the journal records only tasks flushed before
+    it); a kill during a flush can leave a file that does not open, which
+    ``--resume`` then starts over.
     """
 
     format_name = "hdf5"
@@ -802,6 +814,7 @@ class Writer(base.Writer):
 
     def __init__(self, path: Path, specs: dict[str, ArraySpec], options: WriteOptions):
         super().__init__(path, specs, options)
+        self._failed = False
         try:
             self._file = h5py.File(self.path, "w", **_writer_cache(options))
         except OSError as exc:
@@ -812,15 +825,23 @@ class Writer(base.Writer):
         opts = GZIP_LEVEL if options.compression == "gzip" else None
         self._datasets = {}
         self._chunk_rows: dict[str, int] = {}
-        for key, spec in specs.items():
-            chunks = None
-            if spec.rows and all(spec.row_shape):
-                chunks = (chunk_rows_for(spec, options),) + spec.row_shape
-                self._chunk_rows[key] = chunks[0]
-            self._datasets[key] = self._file.create_dataset(
-                key, shape=spec.shape, dtype=spec.dtype, chunks=chunks, compression=compression,
-                compression_opts=opts,
-            )
+        try:
+            for key, spec in specs.items():
+                chunks, dcpl = None, None
+                if spec.rows and all(spec.row_shape):
+                    chunks = (chunk_rows_for(spec, options),) + spec.row_shape
+                    self._chunk_rows[key] = chunks[0]
+                    if compression is None:
+                        dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+                        dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+                self._datasets[key] = self._file.create_dataset(
+                    key, shape=spec.shape, dtype=spec.dtype, chunks=chunks, compression=compression,
+                    compression_opts=opts, dcpl=dcpl, fill_time="never" if dcpl is not None else None,
+                )
+            self.flush()  # the file is complete on disk before any row is written
+        except BaseException:
+            self._failed = True
+            raise
         self._start_direct_writes()
 
     def _start_direct_writes(self) -> None:
@@ -828,14 +849,53 @@ class Writer(base.Writer):
         self._pool = None
         if self.options.compression == "gzip":
             self._pool = ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1))
+        # Uncompressed: file offset of every chunk, per array (None: through HDF5).
+        self._offsets: dict[str, np.ndarray | None] = {}
+        self._fd: int | None = None
+        if self.options.compression == "none":
+            for key, c in self._chunk_rows.items():
+                self._offsets[key] = self._chunk_offsets(self._datasets[key], c)
+            if any(v is not None for v in self._offsets.values()):
+                self._fd = os.open(self.path, os.O_WRONLY)
+
+    @staticmethod
+    def _chunk_offsets(ds, chunk_rows: int) -> np.ndarray | None:
+        """Byte offset of each chunk of ``ds``, when all are allocated and
+        hold plain bytes (an older partial may have late allocation)."""
+        if ds.dtype.kind not in "fiub" or ds.id.get_create_plist().get_nfilters():
+            return None
+        n = -(-ds.shape[0] // chunk_rows)
+        offsets = np.full(n, -1, dtype=np.int64)
+        chunk_bytes = chunk_rows * int(np.prod(ds.shape[1:], dtype=np.int64)) * ds.dtype.itemsize
+
+        def found(info):
+            if info.size == chunk_bytes and not info.filter_mask:
+                offsets[info.chunk_offset[0] // chunk_rows] = info.byte_offset
+
+        try:
+            ds.id.chunk_iter(found)
+        except (AttributeError, RuntimeError, ValueError):
+            return None
+        return offsets if n and (offsets >= 0).all() else None
 
     def write(self, key: str, start: int, data: np.ndarray) -> None:
+        try:
+            self._write(key, start, data)
+        except BaseException:
+            self._failed = True
+            raise
+
+    def _write(self, key: str, start: int, data: np.ndarray) -> None:
         n = len(data)
         if not n:
             return
         ds = self._datasets[key]
         data = np.ascontiguousarray(data, dtype=ds.dtype)
         c = self._chunk_rows.get(key)
+        offsets = self._offsets.get(key)
+        if offsets is not None:
+            self._pwrite(offsets, start, data, c)
+            return
         if not self._direct or c is None:
             ds.write_direct(data, dest_sel=np.s_[start : start + n])
             return
@@ -848,6 +908,21 @@ class Writer(base.Writer):
             self._write_chunks(ds, first, data[first - start : last - start], c)
         if start + n > last >= first:
             ds.write_direct(data[last - start :], dest_sel=np.s_[last : start + n])
+
+    def _pwrite(self, offsets: np.ndarray, start: int, data: np.ndarray, c: int) -> None:
+        """Rows into their chunks' bytes, outside HDF5 (and its global lock)."""
+        row_bytes = data.nbytes // len(data)
+        raw = memoryview(data.reshape(-1)).cast("B")
+        row, stop = start, start + len(data)
+        while row < stop:
+            chunk = row // c
+            end = min(stop, (chunk + 1) * c)
+            at = int(offsets[chunk]) + (row - chunk * c) * row_bytes
+            piece = raw[(row - start) * row_bytes : (end - start) * row_bytes]
+            while len(piece):
+                written = os.pwrite(self._fd, piece, at)
+                piece, at = piece[written:], at + written
+            row = end
 
     def _write_chunks(self, ds, first: int, rows: np.ndarray, c: int) -> None:
         tail = (0,) * (rows.ndim - 1)
@@ -870,42 +945,83 @@ class Writer(base.Writer):
             self._file.attrs[name] = value
 
     def flush(self) -> None:
-        self._file.flush()
         try:
-            os.fsync(self._file.id.get_vfd_handle())
-        except (OSError, TypeError, ValueError):
-            pass
+            if getattr(self, "_fd", None) is not None:
+                os.fsync(self._fd)
+            self._file.flush()
+            try:
+                os.fsync(self._file.id.get_vfd_handle())
+            except (TypeError, ValueError):
+                pass
+        except BaseException:
+            self._failed = True
+            raise
+
+    def read(self, key: str, start: int, stop: int) -> np.ndarray | None:
+        # Raw-written arrays need no check: their metadata never changed after creation.
+        if self._offsets.get(key) is not None:
+            return None
+        return self._datasets[key][start:stop]
 
     @classmethod
     def reopen(cls, path: Path, specs: dict[str, ArraySpec], options: WriteOptions) -> "Writer":
-        # HDF5 is not crash-safe: after a kill the file may not open at all.
+        # A kill during a flush of compressed output may leave a file that does not open.
         self = cls.__new__(cls)
         base.Writer.__init__(self, path, specs, options)
+        self._failed = False
         try:
             self._file = h5py.File(self.path, "r+", **_writer_cache(options))
         except OSError as exc:
-            reason = "locked by another process" if _is_lock_error(exc) else "HDF5 cannot open it"
-            raise cls.damaged(self.path, reason) from None
+            if _is_lock_error(exc):
+                raise OutputError(f"{self.path}: cannot resume: {_LOCK_HINT}") from None
+            raise cls.damaged(self.path, "HDF5 cannot open it") from None
         try:
             self._datasets = {key: self._file[key] for key in specs}
             for key, spec in specs.items():
                 ds = self._datasets[key]
                 if tuple(ds.shape) != tuple(spec.shape) or ds.dtype != spec.dtype:
                     raise ValueError(f"array '{key}' has the wrong shape or dtype")
+            self._chunk_rows = {key: ds.chunks[0] for key, ds in self._datasets.items() if ds.chunks}
+            self._start_direct_writes()
         except (KeyError, OSError, ValueError, RuntimeError) as exc:
             self._file.close()
             raise cls.damaged(self.path, str(exc) or "arrays missing") from None
-        self._chunk_rows = {key: ds.chunks[0] for key, ds in self._datasets.items() if ds.chunks}
-        self._start_direct_writes()
         return self
 
-    def close(self) -> None:
+    def _release(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
+        if getattr(self, "_fd", None) is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def close(self) -> None:
+        self._release()
         if self._file.id.valid:
             self._file.flush()
             self._file.close()
+
+    def abort(self) -> None:
+        """After a failed write (disk full) HDF5 may crash when it flushes
+        the file on closing it, now or at exit: the partial is cut to zero
+        bytes first, so that the flush finds room, then closed (the caller
+        removes it)."""
+        try:
+            self._release()
+        except BaseException:
+            pass
+        if not getattr(self, "_file", None) or not self._file.id.valid:
+            return
+        if self._failed:
+            try:
+                os.ftruncate(self._file.id.get_vfd_handle(), 0)
+            except (OSError, TypeError, ValueError):
+                pass
+        try:
+            self._file.close()
+        except BaseException:
+            pass
 
     def files(self) -> list[Path]:
         return [Path(".")]

@@ -58,6 +58,38 @@ def _store_files(root: Path) -> list[Path]:
     return sorted(p for p in Path(root).rglob("*") if p.is_file())
 
 
+def _wait_for_zarr_writes(timeout: float = 60.0) -> None:
+    """Wait until zarr's event loop has no task in flight (writes of the
+    other chunks of a failed assignment), and mark their errors as seen:
+    otherwise they go on writing after the partial store is removed, and
+    asyncio prints their tracebacks at exit."""
+    import asyncio
+
+    try:
+        from zarr.core import sync as zsync
+    except ImportError:
+        return
+    loop = zsync.loop[0]
+    if loop is None or loop.is_closed() or not loop.is_running():
+        return
+
+    async def drain():
+        me = asyncio.current_task()
+        while True:
+            others = [t for t in asyncio.all_tasks() if t is not me and not t.done()]
+            if not others:
+                return
+            await asyncio.wait(others)
+            for task in others:
+                if task.done() and not task.cancelled():
+                    task.exception()
+
+    try:
+        asyncio.run_coroutine_threadsafe(drain(), loop).result(timeout)
+    except Exception:
+        pass
+
+
 class Reader(base.Reader):
     format_name = "zarr"
 
@@ -179,7 +211,13 @@ class Writer(base.Writer):
 
     def write(self, key: str, start: int, data: np.ndarray) -> None:
         if len(data):
-            self._arrays[key][start : start + len(data)] = data
+            try:
+                self._arrays[key][start : start + len(data)] = data
+            except BaseException:
+                # One chunk's write failed (disk full): its siblings are still
+                # running in zarr's event loop; they must end before cleanup.
+                _wait_for_zarr_writes()
+                raise
 
     def parallel_target(self) -> ParallelTarget:
         return ParallelTarget(
@@ -194,6 +232,7 @@ class Writer(base.Writer):
             self._files = [p.relative_to(self.path) for p in _store_files(self.path)]
 
     def abort(self) -> None:
+        _wait_for_zarr_writes()
         self._files = []
 
     def files(self) -> list[Path]:
