@@ -808,7 +808,7 @@ def augment(request: AugmentRequest, progress: Progress | None = None) -> Augmen
     out_format = check_output_path(input_path, output, request.overwrite, exists_ok=maybe_done)
 
     y_for = f"--pairing {request.pairing}" if request.pairing in CLASS_PAIRINGS else None
-    source = open_source(input_path, request.x_key, request.y_key, request.data_options(), request.require_y, y_for,
+    source = open_source(input_path, request.x_key, request.y_key, request.data_options(), request.require_y, y_for=y_for,
                          scratch_prefix=atomic.partial_path(output))
     lock = atomic.RunLock(output)
     try:
