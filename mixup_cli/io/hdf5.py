@@ -303,9 +303,25 @@ class Reader(base.Reader):
         self._file.close()
 
 
-def chunk_rows_for(spec: ArraySpec, options: WriteOptions) -> int:
-    """Rows per chunk: about ``chunk_bytes``, dividing the block size, at most the rows."""
-    limit = max(1, options.chunk_bytes // max(1, spec.row_bytes))
+# Chunk size aimed at for compressed HDF5 output: reading one row inflates its
+# whole chunk, so random row access (a shuffled DataLoader) wants small ones;
+# 64 KiB kept gzip's write time and size near 1 MiB chunks' in
+# bench/bench_chunking.py while reading random rows several times faster.
+COMPRESSED_CHUNK_BYTES = 64 << 10
+
+
+def chunk_rows_for(spec: ArraySpec, options: WriteOptions, *,
+                   compressed_chunk_bytes: int | None = COMPRESSED_CHUNK_BYTES) -> int:
+    """Rows per chunk: ``--chunk-rows`` when given (``base.check_chunk_rows``
+    saw it divide the block rows), else about ``chunk_bytes`` (at most
+    ``compressed_chunk_bytes`` for compressed output); always dividing the
+    block size and at most the rows."""
+    target = options.chunk_bytes
+    if options.compression != "none" and compressed_chunk_bytes:
+        target = min(target, compressed_chunk_bytes)
+    limit = max(1, target // max(1, spec.row_bytes))
+    if options.chunk_rows:
+        limit = options.chunk_rows
     limit = min(limit, spec.rows)
     if options.block_rows:
         divisors = [d for d in range(1, min(limit, options.block_rows) + 1) if options.block_rows % d == 0]
@@ -320,6 +336,24 @@ def _writer_cache(options: WriteOptions) -> dict:
     return {"rdcc_nbytes": 0} if options.compression == "none" else {}
 # gzip level of HDF5 output (h5py's default for compression="gzip").
 GZIP_LEVEL = 4
+
+
+def shuffle_for(options: WriteOptions) -> bool:
+    """Whether HDF5's byte-shuffle filter runs before compression: on for
+    gzip unless turned off (it groups the like bytes of numbers, so deflate
+    finds more to share), off without compression (it would do nothing)."""
+    if options.compression == "none":
+        return False
+    return options.compression == "gzip" if options.shuffle is None else bool(options.shuffle)
+
+
+def _shuffled_deflate(piece: np.ndarray, itemsize: int) -> bytes:
+    """What HDF5's shuffle then deflate filters store for one chunk: byte k
+    of every element together, for k = 0..itemsize-1, then zlib at GZIP_LEVEL.
+    (A chunk holds whole elements, so there is no tail of loose bytes.)"""
+    if itemsize > 1:
+        piece = np.frombuffer(piece, np.uint8).reshape(-1, itemsize).T.copy()
+    return zlib.compress(piece, GZIP_LEVEL)
 
 
 class Writer(base.Writer):
@@ -346,6 +380,7 @@ class Writer(base.Writer):
             raise OutputError(f"{self.path}: cannot create HDF5 file: {exc}") from None
         compression = None if options.compression == "none" else options.compression
         opts = GZIP_LEVEL if options.compression == "gzip" else None
+        shuffle = shuffle_for(options)
         self._datasets = {}
         self._chunk_rows: dict[str, int] = {}
         for key, spec in specs.items():
@@ -355,7 +390,7 @@ class Writer(base.Writer):
                 self._chunk_rows[key] = chunks[0]
             self._datasets[key] = self._file.create_dataset(
                 key, shape=spec.shape, dtype=spec.dtype, chunks=chunks, compression=compression,
-                compression_opts=opts,
+                compression_opts=opts, shuffle=shuffle,
             )
         self._start_direct_writes()
 
@@ -394,10 +429,14 @@ class Writer(base.Writer):
             return
         # Deflate a few chunks ahead of the one being written: bounded memory.
         window = 2 * self._pool._max_workers
-        futures = [self._pool.submit(zlib.compress, piece, GZIP_LEVEL) for piece in pieces[:window]]
+        if ds.shuffle:  # the dataset's filters say so (also on a reopened file)
+            compress, arg = _shuffled_deflate, ds.dtype.itemsize
+        else:
+            compress, arg = zlib.compress, GZIP_LEVEL
+        futures = [self._pool.submit(compress, piece, arg) for piece in pieces[:window]]
         for i in range(len(pieces)):
             if i + window < len(pieces):
-                futures.append(self._pool.submit(zlib.compress, pieces[i + window], GZIP_LEVEL))
+                futures.append(self._pool.submit(compress, pieces[i + window], arg))
             ds.id.write_direct_chunk((first + i * c,) + tail, futures[i].result())
             futures[i] = None
 

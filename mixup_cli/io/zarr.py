@@ -45,8 +45,12 @@ def open_reader(path: Path) -> "Reader":
     return Reader(path)
 
 
-def _compressors(name: str):
+def _compressors(name: str, zarr_format: int = 3):
     zarr = import_zarr()
+    if zarr_format == 2:  # v2 metadata names numcodecs codecs, as zarr-python 2 reads them
+        import numcodecs
+
+        return {"gzip": [numcodecs.GZip(level=GZIP_LEVEL)], "zstd": [numcodecs.Zstd()]}.get(name)
     if name == "gzip":
         return [zarr.codecs.GzipCodec(level=GZIP_LEVEL)]
     if name == "zstd":
@@ -113,7 +117,8 @@ class Reader(base.Reader):
 
 
 def chunk_shape(spec: ArraySpec, options: WriteOptions) -> tuple[int, ...]:
-    rows = chunk_rows_for(spec, options) if spec.rows else 1
+    # Each chunk is a file: compressed output keeps chunk_bytes (no smaller default).
+    rows = chunk_rows_for(spec, options, compressed_chunk_bytes=None) if spec.rows else 1
     return (max(1, rows),) + tuple(max(1, d) for d in spec.row_shape)
 
 
@@ -139,10 +144,10 @@ class Writer(base.Writer):
         super().__init__(path, specs, options)
         zarr = import_zarr(self.path, for_output=True)
         try:
-            self._group = zarr.open_group(store=str(self.path), mode="w-")
+            self._group = zarr.open_group(store=str(self.path), mode="w-", zarr_format=options.zarr_format)
         except (OSError, FileExistsError) as exc:
             raise OutputError(f"{self.path}: cannot create Zarr store: {exc}") from None
-        compressors = _compressors(options.compression)
+        compressors = _compressors(options.compression, options.zarr_format)
         self._arrays = {
             key: self._group.create_array(
                 key, shape=spec.shape, dtype=spec.dtype, chunks=chunk_shape(spec, options),
