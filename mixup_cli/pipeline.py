@@ -237,7 +237,9 @@ def resolve_plan(request: AugmentRequest, source: Source) -> Plan:
     if request.pairing in CLASS_PAIRINGS:
         if request.y_key is None:
             raise ParameterError(f"--pairing {request.pairing} needs class labels; name them with --y-key", "--pairing")
-        classes = class_index(source.reader, request.y_key)
+        targets = source.prepared.targets if source.prepared is not None else None
+        # Labels one-hot encoded: classes are columns, even a single one (all labels 0).
+        classes = class_index(source.reader, request.y_key, one_hot=targets is not None and targets.kind == "classes")
     layout = None
     if request.method == "cutmix":
         x_spec = source.specs[request.x_key]

@@ -1,4 +1,7 @@
-"""Zarr directory stores (``*.zarr``) through zarr-python 3, an optional extra.
+"""Zarr directory stores (``*.zarr``) through zarr-python 3, an optional extra
+(``zarr``, also brought by ``dask``). Output is Zarr v3, or v2
+(``--zarr-format 2``: ``.zgroup``/``.zarray`` metadata and numcodecs
+compressors, which zarr-python 2 opens).
 
 Arrays are chunked along the sample axis with chunks that divide the plan's
 block size, so a block written by one worker covers whole chunks: many
@@ -22,7 +25,7 @@ from mixup_cli.io import base
 from mixup_cli.io.base import ArraySpec, WriteOptions
 from mixup_cli.io.hdf5 import chunk_rows_for
 
-EXTRA = "pip install 'mixup-cli[dask]'"
+EXTRA = "pip install 'mixup-cli[zarr]'"
 # File times come from a coarse clock: files changed just before the last
 # flush may carry an older time, so flush looks back this much further.
 _MTIME_SLACK_NS = 1_000_000_000
