@@ -151,6 +151,7 @@ def test_chunk_rows_that_cannot_be_honoured_is_a_usage_error(images, tmp_path, r
     ("o.npz", ("--chunk-rows", 8), "--chunk-rows applies to HDF5 and Zarr"),
     ("o.h5", ("--zarr-format", "2"), "--zarr-format applies to Zarr"),
     ("o.npz", ("--byte-shuffle",), "--byte-shuffle applies to HDF5"),
+    ("o.h5", ("--byte-shuffle",), "--byte-shuffle only helps compression"),
 ])
 def test_layout_options_for_another_format_are_refused(images, tmp_path, run_mixup, out_name, args, word):
     done = run_mixup("augment", images, tmp_path / out_name, *args)

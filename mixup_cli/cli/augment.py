@@ -99,6 +99,7 @@ def augment(input_path, output_path, alpha, seed, x_key, y_key, pairing, copies,
       mixup augment masks.h5 out.h5 --y-format pair   # y_a, y_b, lam
       mixup augment in.h5 out.h5 --seed 7 --resume  # after a killed run
       mixup augment in.h5 out.zarr --engine dask --scheduler tcp://host:8786
+      mixup augment in.h5 out.zarr --zarr-format 2   # for zarr-python 2 readers
     """
     from mixup_cli.pipeline import AugmentRequest, augment as run_augment
 

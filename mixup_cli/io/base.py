@@ -144,6 +144,8 @@ def layout_options(out_format: str, compression: str, block_rows: int | None, ch
         raise ParameterError(f"--zarr-format must be 2 or 3, got {zarr_format}", "--zarr-format")
     if byte_shuffle is not None and out_format != "hdf5":
         raise ParameterError(f"--byte-shuffle applies to HDF5 output, not {out_format}", "--byte-shuffle")
+    if byte_shuffle and compression == "none":
+        raise ParameterError("--byte-shuffle only helps compression: add --compression gzip or lzf", "--byte-shuffle")
     options = WriteOptions(compression=compression, block_rows=block_rows, chunk_rows=chunk_rows,
                            shuffle=byte_shuffle, zarr_format=zarr_format or 3)
     check_chunk_rows(options, out_format)
