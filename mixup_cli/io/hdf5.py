@@ -304,21 +304,22 @@ class Reader(base.Reader):
 
 
 # Chunk size aimed at for compressed HDF5 output: reading one row inflates its
-# whole chunk, so random row access (a shuffled DataLoader) wants small ones;
-# 64 KiB kept gzip's write time and size near 1 MiB chunks' in
-# bench/bench_chunking.py while reading random rows several times faster.
-COMPRESSED_CHUNK_BYTES = 64 << 10
+# whole chunk, so random row access (a shuffled DataLoader) wants small ones.
+# bench/bench_chunking.py (12 KiB rows): gzip+shuffle at 64 KiB read random
+# rows 13-20x faster than 1 MiB chunks without shuffle, and wrote faster;
+# lzf goes through HDF5's pipeline chunk by chunk, where 64 KiB chunks
+# doubled its write time, so it keeps 256 KiB (random rows still ~5x faster).
+COMPRESSED_CHUNK_BYTES = {"gzip": 64 << 10, "lzf": 256 << 10}
 
 
-def chunk_rows_for(spec: ArraySpec, options: WriteOptions, *,
-                   compressed_chunk_bytes: int | None = COMPRESSED_CHUNK_BYTES) -> int:
+def chunk_rows_for(spec: ArraySpec, options: WriteOptions, *, compressed: bool = True) -> int:
     """Rows per chunk: ``--chunk-rows`` when given (``base.check_chunk_rows``
     saw it divide the block rows), else about ``chunk_bytes`` (at most
-    ``compressed_chunk_bytes`` for compressed output); always dividing the
-    block size and at most the rows."""
+    ``COMPRESSED_CHUNK_BYTES`` for compressed output, unless not
+    ``compressed``); always dividing the block size and at most the rows."""
     target = options.chunk_bytes
-    if options.compression != "none" and compressed_chunk_bytes:
-        target = min(target, compressed_chunk_bytes)
+    if compressed and options.compression in COMPRESSED_CHUNK_BYTES:
+        target = min(target, COMPRESSED_CHUNK_BYTES[options.compression])
     limit = max(1, target // max(1, spec.row_bytes))
     if options.chunk_rows:
         limit = options.chunk_rows

@@ -121,7 +121,7 @@ class Reader(base.Reader):
 
 def chunk_shape(spec: ArraySpec, options: WriteOptions) -> tuple[int, ...]:
     # Each chunk is a file: compressed output keeps chunk_bytes (no smaller default).
-    rows = chunk_rows_for(spec, options, compressed_chunk_bytes=None) if spec.rows else 1
+    rows = chunk_rows_for(spec, options, compressed=False) if spec.rows else 1
     return (max(1, rows),) + tuple(max(1, d) for d in spec.row_shape)
 
 
