@@ -60,7 +60,7 @@ def _y_key_given() -> bool:
 @click.option("--batch-size", type=int, default=None, help="Rows mixed and written at once [default: about 16 MiB, at most a block]. Does not change the output.")
 @click.option("--block-rows", type=int, default=None, help="Rows per pairing block, the unit of randomness [default: about 16 MiB].")
 @click.option("--compression", type=click.Choice(["none", "gzip", "lzf", "zstd"]), default="none", show_default=True, help="Output compression (HDF5: gzip or lzf; .npz: gzip; Zarr: gzip or zstd).")
-@click.option("--chunk-rows", type=click.IntRange(min=1), default=None, metavar="N", help="HDF5/Zarr output: rows per chunk; must divide the block rows [default: chunks of about 64 KiB for gzip HDF5, 256 KiB for lzf, 1 MiB otherwise]. Does not change the arrays.")
+@click.option("--chunk-rows", type=click.IntRange(min=1), default=None, metavar="N", help="HDF5/Zarr output: rows per chunk; must divide the block rows [default: chunks of about 64 KiB for compressed HDF5, 1 MiB otherwise]. Does not change the arrays.")
 @click.option("--byte-shuffle/--no-byte-shuffle", default=None, help="HDF5 output: the shuffle filter before compression [default: on for gzip]. Does not change the arrays.")
 @click.option("--zarr-format", type=click.Choice(["2", "3"]), default=None, help="Zarr output: store format; 2 for readers that know only Zarr v2 (zarr-python 2) [default: 3].")
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists (only once the new output is complete).")

@@ -305,11 +305,10 @@ class Reader(base.Reader):
 
 # Chunk size aimed at for compressed HDF5 output: reading one row inflates its
 # whole chunk, so random row access (a shuffled DataLoader) wants small ones.
-# bench/bench_chunking.py (12 KiB rows): gzip+shuffle at 64 KiB read random
-# rows 13-20x faster than 1 MiB chunks without shuffle, and wrote faster;
-# lzf goes through HDF5's pipeline chunk by chunk, where 64 KiB chunks
-# doubled its write time, so it keeps 256 KiB (random rows still ~5x faster).
-COMPRESSED_CHUNK_BYTES = {"gzip": 64 << 10, "lzf": 256 << 10}
+# bench/bench_chunking.py (12 KiB rows, README Performance): 64 KiB chunks
+# (gzip with shuffle) read random rows ~25x faster than 1 MiB chunks without
+# shuffle, at 0.8-1.3x uncompressed output's rate; 16 KiB ones gained little more.
+COMPRESSED_CHUNK_BYTES = {"gzip": 64 << 10, "lzf": 64 << 10}
 
 
 def chunk_rows_for(spec: ArraySpec, options: WriteOptions, *, compressed: bool = True) -> int:
