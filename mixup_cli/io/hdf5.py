@@ -306,8 +306,8 @@ class Reader(base.Reader):
 # Chunk size aimed at for compressed HDF5 output: reading one row inflates its
 # whole chunk, so random row access (a shuffled DataLoader) wants small ones.
 # bench/bench_chunking.py (12 KiB rows, README Performance): 64 KiB chunks
-# (gzip with shuffle) read random rows ~25x faster than 1 MiB chunks without
-# shuffle, at 0.8-1.3x uncompressed output's rate; 16 KiB ones gained little more.
+# (gzip with shuffle) read random rows 20-25x faster than 1 MiB chunks
+# without shuffle, at 0.7-1.3x uncompressed output's rate, in less CPU time.
 COMPRESSED_CHUNK_BYTES = {"gzip": 64 << 10, "lzf": 64 << 10}
 
 
