@@ -19,9 +19,13 @@ from mixup_cli.errors import InputError, ParameterError
 _READ_BYTES = 16 * 1024 * 1024
 
 
-def labels_of(rows: np.ndarray, label: str = "y") -> np.ndarray:
-    """The class (int64) of each row of a block of targets."""
+def labels_of(rows: np.ndarray, label: str = "y", one_hot: bool = False) -> np.ndarray:
+    """The class (int64) of each row of a block of targets. ``one_hot``: the
+    rows are class labels encoded as one-hot rows, so even one column is a
+    class index (column 0 is class 0), not a label value."""
     rows = np.asarray(rows)
+    if one_hot and rows.ndim == 2 and rows.shape[1]:
+        return np.argmax(rows, axis=1).astype(np.int64)
     if rows.ndim == 2 and rows.shape[1] == 1:
         rows = rows[:, 0]
     if rows.ndim == 1:
@@ -97,13 +101,14 @@ class ClassIndex:
             )
 
 
-def class_index(reader, key: str, label: str | None = None) -> ClassIndex:
-    """Build the index with one pass over ``key``, read in contiguous pieces."""
+def class_index(reader, key: str, label: str | None = None, one_hot: bool = False) -> ClassIndex:
+    """Build the index with one pass over ``key``, read in contiguous pieces
+    (``one_hot``: as ``labels_of``)."""
     spec = reader.spec(key)
     label = label or f"{reader.path}['{key}']"
     labels = np.empty(spec.rows, dtype=np.int64)
     step = max(1, _READ_BYTES // max(1, spec.row_bytes))
     for start in range(0, spec.rows, step):
         stop = min(spec.rows, start + step)
-        labels[start:stop] = labels_of(reader.read(key, start, stop), label)
+        labels[start:stop] = labels_of(reader.read(key, start, stop), label, one_hot)
     return ClassIndex.from_labels(labels, label)

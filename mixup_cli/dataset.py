@@ -34,7 +34,7 @@ Formats:
 - ``.npz``: a stored (uncompressed) member is memory-mapped at its offset in
   the archive; a compressed member (``--compression gzip``) cannot be, so it
   is inflated and held in memory whole, once per process, on first use.
-- Zarr: needs zarr-python (``pip install 'mixup-cli[dask]'``), imported only
+- Zarr: needs zarr-python (``pip install 'mixup-cli[zarr]'``), imported only
   when a Zarr output is opened.
 """
 
@@ -53,7 +53,7 @@ from .errors import InputError
 
 __all__ = ["MixupDataset"]
 
-_ZARR_EXTRA = "pip install 'mixup-cli[dask]'"
+_ZARR_EXTRA = "pip install 'mixup-cli[zarr]'"
 _PROVENANCE = ("lam", "partner")
 
 

@@ -25,6 +25,7 @@ from mixup_cli.engines import check_engine_options
 from mixup_cli.errors import InputError, OutputError, ParameterError
 from mixup_cli.io import ArraySpec, Reader, WriteOptions, create_writer, format_of, open_reader, reopen_writer
 from mixup_cli.io.base import DamagedPartial
+from mixup_cli.io.base import layout_options
 from mixup_cli.mixing import Mixer
 from mixup_cli.classes import class_index
 from mixup_cli.prepare import DataOptions, Prepared, pair_keys, prepare
@@ -81,6 +82,10 @@ class AugmentRequest:
     resume: bool = False
     method: str = "mixup"
     layout: str | None = None  # cutmix: NHWC or NCHW; inferred when unambiguous
+    # Storage layout of OUT (not its arrays' bytes): None = the format's default.
+    chunk_rows: int | None = None
+    byte_shuffle: bool | None = None
+    zarr_format: int | None = None
 
 
 @dataclass
@@ -274,7 +279,9 @@ def resolve_plan(request: AugmentRequest, source: Source) -> Plan:
             raise ParameterError(
                 f"{where}--pairing {request.pairing} needs class labels; name them with --y-key", "--pairing"
             )
-        classes = class_index(source.reader, source.y_key)
+        targets = source.prepared.targets if source.prepared is not None else None
+        # Labels one-hot encoded: classes are columns, even a single one (all labels 0).
+        classes = class_index(source.reader, source.y_key, one_hot=targets is not None and targets.kind == "classes")
     layout = None
     if request.method == "cutmix":
         x_spec = source.specs[request.x_key]
@@ -827,7 +834,8 @@ def augment(request: AugmentRequest, progress: Progress | None = None) -> Augmen
         plan = resolve_plan(request, source)
         batch_rows = request.batch_size or default_batch_rows(source.row_bytes, plan.block_rows)
         specs = output_specs(source, plan)
-        options = WriteOptions(compression=request.compression, block_rows=plan.block_rows)
+        options = layout_options(out_format, request.compression, plan.block_rows, request.chunk_rows,
+                                 request.byte_shuffle, request.zarr_format)
         fingerprint = resume.fingerprint(request, plan, source, out_format, specs)
         tmp = atomic.partial_path(output)
         writer = None

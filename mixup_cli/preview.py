@@ -33,6 +33,7 @@ INSTALL_HINT = "pip install 'mixup-cli[plot]'"
 FORMATS = ("png", "svg", "pdf")
 MAX_PANELS = 64
 MAX_IDENTITY = 1024
+IDENTITY_PIXELS = 128  # cells drawn across an identity panel at most
 HIST_SAMPLES = 20_000
 PANEL = 2.0  # inches per panel
 # Key purpose of the preview's own draws (identity matrix, histogram); they
@@ -196,26 +197,46 @@ def identity_figure(n: int, alphas, seed: int, hist: bool = False):
     grid = fig.add_gridspec(rows * per_row, cols, height_ratios=[1, 0.75] * rows if hist else None)
     eye = np.eye(n)
     partner = keyed_rng(seed, _PREVIEW, 0).permutation(n)
+    # A panel is about PANEL * 100 pixels: more cells than that and nearest
+    # resampling drops most of the diagonal, so larger matrices are shown as
+    # the maximum of each pool x pool block of cells.
+    pool = math.ceil(n / IDENTITY_PIXELS)
     image_axes, image = [], None
     for i, alpha in enumerate(alphas):
         r, c = divmod(i, cols)
         lam = sample_lam(keyed_rng(seed, _PREVIEW, 1, i), alpha, n)
-        mixed = mix_rows(eye, eye[partner], lam)
+        mixed = _max_pooled(mix_rows(eye, eye[partner], lam), pool)
         ax = fig.add_subplot(grid[r * per_row, c])
-        image = ax.imshow(mixed, vmin=0, vmax=1, cmap="viridis", interpolation="nearest")
+        image = ax.imshow(mixed, vmin=0, vmax=1, cmap="viridis", interpolation="nearest",
+                          extent=(-0.5, n - 0.5, n - 0.5, -0.5))
         ax.set_title(f"α = {alpha:g}", fontsize=10)
-        ax.set_xticks([])
-        ax.set_yticks([])
+        ax.set_xticks([0, n - 1])
+        ax.set_yticks([0, n - 1])
+        ax.tick_params(labelsize=7)
+        ax.set_xlabel("class (column)", fontsize=8)
+        ax.set_ylabel("sample (row)", fontsize=8)
         image_axes.append(ax)
         if hist:
             draw_lam_hist(fig.add_subplot(grid[r * per_row + 1, c]), alpha,
                           lam_sample(alpha, seed, key=i), "lam drawn", compact=True)
     fig.colorbar(image, ax=image_axes, shrink=0.8, label="value")
     title = f"mixup of the {n} x {n} identity matrix (seed {seed})"
+    if pool > 1:
+        title += f"\neach cell drawn: the largest value of {pool} x {pool}"
     if hist:
         title += f"\nbars: lam of {HIST_SAMPLES} draws; red line: Beta(α, α) density"
     fig.suptitle(title, fontsize=11)
     return fig
+
+
+def _max_pooled(a: np.ndarray, pool: int) -> np.ndarray:
+    """The maximum of every ``pool x pool`` block of ``a`` (edges padded with 0)."""
+    if pool <= 1:
+        return a
+    n = -(-a.shape[0] // pool) * pool
+    padded = np.zeros((n, n), a.dtype)
+    padded[: a.shape[0], : a.shape[1]] = a
+    return padded.reshape(n // pool, pool, n // pool, pool).max(axis=(1, 3))
 
 
 # -------------------------------------------------------------------- dataset
@@ -241,6 +262,7 @@ class PreviewRows:
     other: dict  # key -> partner rows
     mixed: dict  # key -> mixed rows
     image_size: tuple[int, int] | None
+    y_kind: str | None = None  # classes, binary, multilabel or dense (labels.KINDS)
 
 
 def preview_rows(
@@ -273,6 +295,7 @@ def preview_rows(
         other = {key: source.reader.take(key, partner) for key in source.specs}
         mixed = {key: mixer.mix(key, own[key], other[key], drawn, 0, k) for key in source.specs}
         x_shape = source.specs[x_key].row_shape
+        y_kind = source.prepared.target_kind if source.prepared is not None else None
     finally:
         source.reader.close()
     if plan.method == "cutmix":
@@ -286,7 +309,7 @@ def preview_rows(
         path=path, x_key=x_key, y_key=y_key, method=plan.method, alpha=plan.alpha, seed=int(plan.seed),
         layout=shown_layout, rows=np.arange(task.start, task.start + k), out_rows=task.out_start + np.arange(k),
         partner=partner, lam=drawn.lam[:k], box=None if drawn.box is None else drawn.box[:k],
-        own=own, other=other, mixed=mixed, image_size=mixer.image_size,
+        own=own, other=other, mixed=mixed, image_size=mixer.image_size, y_kind=y_kind,
     )
 
 
@@ -299,15 +322,23 @@ def _as_image(row: np.ndarray, layout: str) -> np.ndarray:
     return row
 
 
-def _label(y_row: np.ndarray | None) -> str:
+def _label(y_row: np.ndarray | None, kind: str | None = None) -> str:
+    """How a panel names a row's target: its class, its set of labels
+    (multi-label: the argmax of a multi-hot row means nothing), or its value."""
     if y_row is None:
         return ""
     flat = np.asarray(y_row).ravel()
     if flat.size == 1:
         return f", y = {float(flat[0]):.3g}"
-    if np.asarray(y_row).ndim == 1:
-        return f", class {int(np.argmax(flat))}"
-    return ""
+    if np.asarray(y_row).ndim != 1 or kind == "dense":
+        return ""
+    if kind == "multilabel" or (kind is None and np.isin(flat, (0, 1)).all() and flat.sum() != 1):
+        on = np.flatnonzero(flat).tolist()
+        if not on:
+            return ", no labels"
+        shown = ", ".join(map(str, on[:6])) + (", ..." if len(on) > 6 else "")
+        return f", labels {{{shown}}}"
+    return f", class {int(np.argmax(flat))}"
 
 
 def dataset_figure(p: PreviewRows, hist: bool = False):
@@ -328,8 +359,8 @@ def dataset_figure(p: PreviewRows, hist: bool = False):
     y = p.y_key
     for i in range(k):
         panels = [
-            (x_own[i], f"row {p.rows[i]}{_label(p.own[y][i] if y else None)}"),
-            (x_other[i], f"partner {p.partner[i]}{_label(p.other[y][i] if y else None)}"),
+            (x_own[i], f"row {p.rows[i]}{_label(p.own[y][i] if y else None, p.y_kind)}"),
+            (x_other[i], f"partner {p.partner[i]}{_label(p.other[y][i] if y else None, p.y_kind)}"),
             (x_mixed[i], f"{p.method}, lam = {p.lam[i]:.3f}"),
         ]
         for c, (row, title) in enumerate(panels):

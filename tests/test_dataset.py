@@ -222,7 +222,7 @@ def test_missing_path_and_unknown_extension(tmp_path):
 
 def test_missing_zarr_names_the_extra(outputs, monkeypatch):
     monkeypatch.setitem(sys.modules, "zarr", None)  # import zarr -> ImportError
-    with pytest.raises(InputError, match=r"pip install 'mixup-cli\[dask\]'"):
+    with pytest.raises(InputError, match=r"pip install 'mixup-cli\[zarr\]'"):
         MixupDataset(outputs["zarr", "none", "soft"])
 
 

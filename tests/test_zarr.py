@@ -12,7 +12,7 @@ import pytest
 from conftest import REPO, expected_mix, make_arrays, read_sidecar, write_h5, write_npz
 from mixup_cli.pipeline import AugmentRequest, augment
 
-zarr = pytest.importorskip("zarr", reason="Zarr is an optional extra: pip install 'mixup-cli[dask]'")
+zarr = pytest.importorskip("zarr", reason="Zarr is an optional extra: pip install 'mixup-cli[zarr]'")
 
 
 def write_zarr(path, chunk_rows=16, **arrays):
@@ -134,7 +134,7 @@ def test_without_zarr_the_message_names_the_extra(tmp_path, run_cli, monkeypatch
     src = write_h5(tmp_path / "in.h5", x=x, y=y)
     monkeypatch.setitem(sys.modules, "zarr", None)  # `import zarr` now fails
     result = run_cli("augment", src, tmp_path / "out.zarr")
-    assert result.exit_code == 2 and "pip install 'mixup-cli[dask]'" in result.stderr
+    assert result.exit_code == 2 and "pip install 'mixup-cli[zarr]'" in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.h5"]
 
 

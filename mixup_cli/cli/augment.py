@@ -82,6 +82,9 @@ def _y_key_given() -> bool:
 @click.option("--batch-size", type=int, default=None, help="Rows mixed and written at once [default: about 16 MiB, at most a block]. Does not change the output.")
 @click.option("--block-rows", type=int, default=None, help="Rows per pairing block, the unit of randomness [default: about 16 MiB].")
 @click.option("--compression", type=click.Choice(["none", "gzip", "lzf", "zstd"]), default="none", show_default=True, help="Output compression (HDF5: gzip or lzf; .npz: gzip; Zarr: gzip or zstd).")
+@click.option("--chunk-rows", type=click.IntRange(min=1), default=None, metavar="N", help="HDF5/Zarr output: rows per chunk; must divide the block rows [default: chunks of about 64 KiB for compressed HDF5, 1 MiB otherwise]. Does not change the arrays.")
+@click.option("--byte-shuffle/--no-byte-shuffle", default=None, help="HDF5 output: the shuffle filter before compression [default: on for gzip]. Does not change the arrays.")
+@click.option("--zarr-format", type=click.Choice(["2", "3"]), default=None, help="Zarr output: store format; 2 for readers that know only Zarr v2 (zarr-python 2) [default: 3].")
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists (only once the new output is complete).")
 @click.option("--no-y", is_flag=True, help="Mix x alone (unlabelled data); y is neither read nor written.")
 @click.option("--y-format", type=click.Choice(Y_FORMATS), default="soft", show_default=True, help="soft: mixed targets; pair: y_a, y_b (the two original targets, dtype kept) beside lam.")
@@ -101,7 +104,7 @@ def _y_key_given() -> bool:
 @json_option
 @debug_option
 def augment(input_path, output_path, alpha, seed, x_key, y_key, pairing, copies, include_original,
-            batch_size, block_rows, compression, overwrite, no_y, y_format, y_kind, num_classes,
+            batch_size, block_rows, compression, chunk_rows, byte_shuffle, zarr_format, overwrite, no_y, y_format, y_kind, num_classes,
             label_smoothing, x_dtype, allow_nonfinite, resume, method, layout, engine, scheduler, workers,
             hash_files, quiet, as_json):
     """Write a mixed copy of dataset IN to OUT, plus OUT.provenance.json.
@@ -118,6 +121,7 @@ def augment(input_path, output_path, alpha, seed, x_key, y_key, pairing, copies,
       mixup augment masks.h5 out.h5 --y-format pair   # y_a, y_b, lam
       mixup augment in.h5 out.h5 --seed 7 --resume  # after a killed run
       mixup augment in.h5 out.zarr --engine dask --scheduler tcp://host:8786
+      mixup augment in.h5 out.zarr --zarr-format 2   # for zarr-python 2 readers
     """
     from mixup_cli.pipeline import AugmentRequest, augment as run_augment
 
@@ -129,6 +133,7 @@ def augment(input_path, output_path, alpha, seed, x_key, y_key, pairing, copies,
         label_smoothing=label_smoothing, allow_nonfinite=allow_nonfinite,
         require_y=_y_key_given(), resume=resume, method=method, layout=layout,
         engine=engine, scheduler=scheduler, workers=workers, hash_files=hash_files,
+        chunk_rows=chunk_rows, byte_shuffle=byte_shuffle, zarr_format=int(zarr_format) if zarr_format else None,
     )
     if no_y:
         if _y_key_given():

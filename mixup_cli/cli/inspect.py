@@ -14,6 +14,45 @@ def _shape(values) -> str:
     return "(" + ", ".join(map(str, values)) + ("," if len(values) == 1 else "") + ")"
 
 
+_STORE_METADATA = ("zarr.json", ".zgroup", ".zattrs", ".zarray", ".zmetadata")
+
+
+def _array_of(rel: Path) -> str:
+    """The array (or store) a file of a directory input belongs to: a Zarr
+    chunk (``x/c/0/0``, v2 ``x/0.0``) or metadata file to its array's folder,
+    a file at the top (``x.npy``) to itself, store metadata to the store."""
+    parts = rel.parts
+    for k in range(len(parts) - 1):
+        if parts[k] == "c" and all(q.isdigit() for q in parts[k + 1 :]):
+            return "/".join(parts[:k])
+    if len(parts) > 1:
+        return "/".join(parts[:-1])
+    return "(store metadata)" if parts[0] in _STORE_METADATA else parts[0]
+
+
+def _input_files(entry: dict) -> list[tuple[str, str]]:
+    """One line per input file, or for a directory input one per array: a
+    Zarr store has a file per chunk, listed by --json with their SHA-256."""
+    root = Path(entry.get("path") or "")
+    singles, groups = [], {}
+    for f in entry.get("files", []):
+        path = Path(f["path"])
+        try:
+            rel = path.relative_to(root)
+        except ValueError:
+            rel = Path(".")
+        if rel == Path("."):
+            singles.append(("input sha256", f"{f.get('sha256')}  {path.name}"))
+        else:
+            groups.setdefault(_array_of(rel), []).append((rel, f.get("sha256")))
+    for name, files in sorted(groups.items()):
+        if len(files) == 1:
+            singles.append(("input sha256", f"{files[0][1]}  {files[0][0]}"))
+        else:
+            singles.append(("input files", f"{name}: {len(files)} files (the SHA-256 of each: --json)"))
+    return singles
+
+
 def render(info: dict) -> str:
     lines = [f"{info['path']} ({info['format']})"]
     rows = [("array", "shape", "dtype", "chunks", "compression")]
@@ -41,8 +80,7 @@ def render(info: dict) -> str:
         ("x key / y key", f"{p['x_key']} / {p['y_key']}"),
         ("input", f"{p['input']['path']} ({p['input']['format']})"),
     ]
-    for f in p["input"]["files"]:
-        fields.append(("input sha256", f"{f['sha256']}  {Path(f['path']).name}"))
+    fields += _input_files(p["input"])
     for key, digest in p.get("array_sha256", {}).items():
         fields.append(("array sha256", f"{digest}  {key}"))
     fields.append(("written by", f"mixup-cli {p['tool_version']} at {p['finished_at']}"))

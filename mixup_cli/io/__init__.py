@@ -81,9 +81,8 @@ def format_of(path: Path, *, for_output: bool = False) -> str:
     else:
         hint = f"use {SUPPORTED}"
     role = "output" if for_output else "input"
-    raise (ParameterError if for_output else InputError)(
-        f"{path}: unknown {role} format '{suffix or path.name}'; {hint}"
-    )
+    # A usage error (exit 2) either way: the path given chooses the format.
+    raise ParameterError(f"{path}: unknown {role} format '{suffix or path.name}'; {hint}", "OUT" if for_output else "IN")
 
 
 # Formats stored as a directory rather than one file.

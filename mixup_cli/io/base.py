@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mixup_cli.errors import InputError, OutputError
+from mixup_cli.errors import InputError, OutputError, ParameterError
 
 
 @dataclass(frozen=True)
@@ -135,6 +135,48 @@ class WriteOptions:
     compression: str = "none"  # none | gzip | lzf
     chunk_bytes: int = 1024 * 1024  # HDF5 chunk size aimed at along the sample axis
     block_rows: int | None = None  # chunks divide this so blocks stay chunk-aligned
+    chunk_rows: int | None = None  # --chunk-rows: rows per chunk asked for (must divide block_rows)
+    shuffle: bool | None = None  # HDF5 byte-shuffle before compression; None: on for gzip
+    zarr_format: int = 3  # --zarr-format: 2 for readers that only know Zarr v2
+
+
+def layout_options(out_format: str, compression: str, block_rows: int | None, chunk_rows: int | None = None,
+                   byte_shuffle: bool | None = None, zarr_format: int | None = None) -> WriteOptions:
+    """The WriteOptions of a run, refusing storage options OUT's format lacks."""
+    if zarr_format is not None and out_format != "zarr":
+        raise ParameterError(f"--zarr-format applies to Zarr output (.zarr), not {out_format}", "--zarr-format")
+    if zarr_format not in (None, 2, 3):
+        raise ParameterError(f"--zarr-format must be 2 or 3, got {zarr_format}", "--zarr-format")
+    if byte_shuffle is not None and out_format != "hdf5":
+        raise ParameterError(f"--byte-shuffle applies to HDF5 output, not {out_format}", "--byte-shuffle")
+    if byte_shuffle and compression == "none":
+        raise ParameterError("--byte-shuffle only helps compression: add --compression gzip or lzf", "--byte-shuffle")
+    options = WriteOptions(compression=compression, block_rows=block_rows, chunk_rows=chunk_rows,
+                           shuffle=byte_shuffle, zarr_format=zarr_format or 3)
+    check_chunk_rows(options, out_format)
+    return options
+
+
+def check_chunk_rows(options: WriteOptions, out_format: str) -> None:
+    """Refuse a ``--chunk-rows`` that chunked output cannot honour: chunks must
+    divide the block rows, so that every block written covers whole chunks
+    (a chunk shared by two blocks would be written twice, by two workers)."""
+    n = options.chunk_rows
+    if n is None:
+        return
+    if out_format not in ("hdf5", "zarr"):
+        raise ParameterError(f"--chunk-rows applies to HDF5 and Zarr output, not {out_format}", "--chunk-rows")
+    if n < 1:
+        raise ParameterError(f"--chunk-rows must be an integer >= 1, got {n}", "--chunk-rows")
+    if options.block_rows and options.block_rows % n:
+        b = options.block_rows
+        fits = {f for d in range(1, int(b ** 0.5) + 1) if b % d == 0 for f in (d, b // d)}
+        near = sorted(fits, key=lambda d: abs(d - n))[:3]
+        raise ParameterError(
+            f"--chunk-rows {n} does not divide the block rows ({options.block_rows}): blocks must cover "
+            f"whole chunks; choose a divisor such as {', '.join(map(str, sorted(near)))}, or set --block-rows",
+            "--chunk-rows",
+        )
 
 
 class Writer(ABC):

@@ -1,4 +1,7 @@
-"""Zarr directory stores (``*.zarr``) through zarr-python 3, an optional extra.
+"""Zarr directory stores (``*.zarr``) through zarr-python 3, an optional extra
+(``zarr``, also brought by ``dask``). Output is Zarr v3, or v2
+(``--zarr-format 2``: ``.zgroup``/``.zarray`` metadata and numcodecs
+compressors, which zarr-python 2 opens).
 
 Arrays are chunked along the sample axis with chunks that divide the plan's
 block size, so a block written by one worker covers whole chunks: many
@@ -22,7 +25,7 @@ from mixup_cli.io import base
 from mixup_cli.io.base import ArraySpec, WriteOptions
 from mixup_cli.io.hdf5 import chunk_rows_for
 
-EXTRA = "pip install 'mixup-cli[dask]'"
+EXTRA = "pip install 'mixup-cli[zarr]'"
 # File times come from a coarse clock: files changed just before the last
 # flush may carry an older time, so flush looks back this much further.
 _MTIME_SLACK_NS = 1_000_000_000
@@ -45,8 +48,12 @@ def open_reader(path: Path) -> "Reader":
     return Reader(path)
 
 
-def _compressors(name: str):
+def _compressors(name: str, zarr_format: int = 3):
     zarr = import_zarr()
+    if zarr_format == 2:  # v2 metadata names numcodecs codecs, as zarr-python 2 reads them
+        import numcodecs
+
+        return {"gzip": [numcodecs.GZip(level=GZIP_LEVEL)], "zstd": [numcodecs.Zstd()]}.get(name)
     if name == "gzip":
         return [zarr.codecs.GzipCodec(level=GZIP_LEVEL)]
     if name == "zstd":
@@ -145,7 +152,8 @@ class Reader(base.Reader):
 
 
 def chunk_shape(spec: ArraySpec, options: WriteOptions) -> tuple[int, ...]:
-    rows = chunk_rows_for(spec, options) if spec.rows else 1
+    # Each chunk is a file: compressed output keeps chunk_bytes (no smaller default).
+    rows = chunk_rows_for(spec, options, compressed=False) if spec.rows else 1
     return (max(1, rows),) + tuple(max(1, d) for d in spec.row_shape)
 
 
@@ -171,10 +179,10 @@ class Writer(base.Writer):
         super().__init__(path, specs, options)
         zarr = import_zarr(self.path, for_output=True)
         try:
-            self._group = zarr.open_group(store=str(self.path), mode="w-")
+            self._group = zarr.open_group(store=str(self.path), mode="w-", zarr_format=options.zarr_format)
         except (OSError, FileExistsError) as exc:
             raise OutputError(f"{self.path}: cannot create Zarr store: {exc}") from None
-        compressors = _compressors(options.compression)
+        compressors = _compressors(options.compression, options.zarr_format)
         self._arrays = {
             key: self._group.create_array(
                 key, shape=spec.shape, dtype=spec.dtype, chunks=chunk_shape(spec, options),
