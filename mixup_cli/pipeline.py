@@ -27,7 +27,7 @@ from mixup_cli.io import ArraySpec, Reader, WriteOptions, create_writer, format_
 from mixup_cli.mixing import Mixer
 from mixup_cli.classes import class_index
 from mixup_cli.prepare import DataOptions, Prepared, pair_keys, prepare
-from mixup_cli.sampling import CLASS_PAIRINGS, Plan, check_positive, default_block_rows, draw_seed
+from mixup_cli.sampling import CLASS_PAIRINGS, INDEX_PAIRINGS, Plan, check_positive, default_block_rows, draw_seed
 
 log = logging.getLogger("mixup_cli")
 
@@ -78,6 +78,11 @@ class AugmentRequest:
     resume: bool = False
     method: str = "mixup"
     layout: str | None = None  # cutmix: NHWC or NCHW; inferred when unambiguous
+    # --pairing knn / knn-within-class: neighbours per row, projection dimension.
+    neighbors: int | None = None
+    project: int | None = None
+    # --pairing label-kernel: the kernel's bandwidth.
+    bandwidth: float | None = None
 
 
 @dataclass
@@ -233,6 +238,7 @@ def resolve_plan(request: AugmentRequest, source: Source) -> Plan:
         if request.y_key is None:
             raise ParameterError(f"--pairing {request.pairing} needs class labels; name them with --y-key", "--pairing")
         classes = class_index(source.reader, request.y_key)
+    partners = _partner_index(request, source, block_rows, classes)
     layout = None
     if request.method == "cutmix":
         x_spec = source.specs[request.x_key]
@@ -248,7 +254,37 @@ def resolve_plan(request: AugmentRequest, source: Source) -> Plan:
         classes=classes,
         method=request.method,
         layout=layout,
+        neighbors=request.neighbors,
+        project=request.project,
+        bandwidth=request.bandwidth,
+        partners=partners,
     )
+
+
+def _partner_index(request: AugmentRequest, source: Source, block_rows: int, classes):
+    """The index the knn and label-kernel pairings draw partners from (one or
+    two passes over x, or one over y), built once the options are checked."""
+    if request.pairing not in INDEX_PAIRINGS:
+        return None
+    # Check the options (a Plan without the index) before reading anything.
+    Plan(n_rows=source.n_rows, alpha=request.alpha, seed=0, block_rows=block_rows, pairing=request.pairing,
+         neighbors=request.neighbors, project=request.project, bandwidth=request.bandwidth)
+    if request.pairing == "label-kernel":
+        from mixup_cli import label_kernel
+
+        if request.y_key is None:
+            raise ParameterError("--pairing label-kernel needs targets; name them with --y-key", "--pairing")
+        kind = source.prepared.target_kind if source.prepared is not None else None
+        return label_kernel.build(source.reader, request.y_key, request.bandwidth, kind)
+    from mixup_cli import neighbours
+
+    within = None
+    if request.pairing == "knn-within-class":
+        if request.y_key is None:
+            raise ParameterError("--pairing knn-within-class needs class labels; name them with --y-key", "--pairing")
+        within = class_index(source.reader, request.y_key)
+    return neighbours.build(source.reader, request.x_key, request.neighbors, request.project, within,
+                            f"{source.reader.path}['{request.x_key}']")
 
 
 def default_batch_rows(row_bytes: int, block_rows: int) -> int:

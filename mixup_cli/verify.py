@@ -227,6 +227,7 @@ def recompute(record: dict, output: Path, input_path: Path, batch_size: int | No
             copies=params["copies"], include_original=params["include_original"],
             block_rows=params["block_rows"], command_line=[],
             method=params.get("method", "mixup"), layout=params.get("layout"),
+            neighbors=params.get("neighbors"), project=params.get("project"), bandwidth=params.get("bandwidth"),
         )
     except KeyError as exc:
         return Check("recompute", False, f"the sidecar lacks the parameter {exc}"), None, None

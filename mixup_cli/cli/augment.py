@@ -12,7 +12,9 @@ from mixup_cli.labels import Y_KINDS
 from mixup_cli.prepare import X_DTYPES, Y_FORMATS
 from mixup_cli.cutmix import LAYOUTS
 from mixup_cli.engines import ENGINES
-from mixup_cli.sampling import METHODS, PAIRINGS
+from mixup_cli.sampling import KNN_PAIRINGS, METHODS, PAIRINGS
+
+DEFAULT_NEIGHBORS = 5
 
 from . import signals
 from .options import debug_option, json_option, quiet_option
@@ -54,7 +56,10 @@ def _y_key_given() -> bool:
 @click.option("--seed", type=click.IntRange(min=0), default=None, help="Seed for all randomness; drawn and recorded if omitted.")
 @click.option("--x-key", default="x", show_default=True, help="Array holding the inputs (HDF5 path, .npz member or .npy file stem).")
 @click.option("--y-key", default="y", show_default=True, help="Array holding the targets. If not given and IN has no 'y', x is mixed alone.")
-@click.option("--pairing", type=click.Choice(PAIRINGS), default="global", show_default=True, help="Where partners come from: the whole dataset, the row's own block, or rows of the same / another class of y.")
+@click.option("--pairing", type=click.Choice(PAIRINGS), default="global", show_default=True, help="Where partners come from: the whole dataset, the row's own block, rows of the same / another class of y, one of the --neighbors nearest rows in x (of the same class), or rows of near float y (C-Mixup, --bandwidth).")
+@click.option("--neighbors", type=click.IntRange(min=1), default=None, metavar="K", help="With --pairing knn / knn-within-class: the partner is one of the K nearest rows [default: 5].")
+@click.option("--project", type=click.IntRange(min=1), default=None, metavar="D", help="With --pairing knn: search neighbours in x projected to D dimensions (IncrementalPCA, one streaming pass) [default: the rows as they are].")
+@click.option("--bandwidth", type=float, default=None, metavar="S", help="With --pairing label-kernel: partner probability proportional to exp(-|y_i - y_j|^2 / (2 S^2)).")
 @click.option("--copies", type=int, default=1, show_default=True, help="Augmented copies of the dataset to write.")
 @click.option("--include-original", is_flag=True, help="Also write the original rows first (lam = 1, partner = itself).")
 @click.option("--batch-size", type=int, default=None, help="Rows mixed and written at once [default: about 16 MiB, at most a block]. Does not change the output.")
@@ -78,7 +83,7 @@ def _y_key_given() -> bool:
 @quiet_option
 @json_option
 @debug_option
-def augment(input_path, output_path, alpha, seed, x_key, y_key, pairing, copies, include_original,
+def augment(input_path, output_path, alpha, seed, x_key, y_key, pairing, neighbors, project, bandwidth, copies, include_original,
             batch_size, block_rows, compression, overwrite, no_y, y_format, y_kind, num_classes,
             label_smoothing, x_dtype, allow_nonfinite, resume, method, layout, engine, scheduler, workers,
             hash_files, quiet, as_json):
@@ -96,6 +101,8 @@ def augment(input_path, output_path, alpha, seed, x_key, y_key, pairing, copies,
       mixup augment masks.h5 out.h5 --y-format pair   # y_a, y_b, lam
       mixup augment in.h5 out.h5 --seed 7 --resume  # after a killed run
       mixup augment in.h5 out.zarr --engine dask --scheduler tcp://host:8786
+      mixup augment images.h5 out.h5 --pairing knn --neighbors 5 --project 32
+      mixup augment regression.h5 out.h5 --pairing label-kernel --bandwidth 0.5
     """
     from mixup_cli.pipeline import AugmentRequest, augment as run_augment
 
@@ -107,6 +114,8 @@ def augment(input_path, output_path, alpha, seed, x_key, y_key, pairing, copies,
         label_smoothing=label_smoothing, allow_nonfinite=allow_nonfinite,
         require_y=_y_key_given(), resume=resume, method=method, layout=layout,
         engine=engine, scheduler=scheduler, workers=workers, hash_files=hash_files,
+        neighbors=neighbors if neighbors is not None or pairing not in KNN_PAIRINGS else DEFAULT_NEIGHBORS,
+        project=project, bandwidth=bandwidth,
     )
     if no_y:
         if _y_key_given():
