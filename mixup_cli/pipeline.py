@@ -27,7 +27,7 @@ from mixup_cli.io import ArraySpec, Reader, WriteOptions, create_writer, format_
 from mixup_cli.mixing import Mixer
 from mixup_cli.classes import class_index
 from mixup_cli.prepare import DataOptions, Prepared, pair_keys, prepare
-from mixup_cli.sampling import CLASS_PAIRINGS, INDEX_PAIRINGS, Plan, check_positive, default_block_rows, draw_seed
+from mixup_cli.sampling import CLASS_PAIRINGS, DEFAULT_NEIGHBORS, INDEX_PAIRINGS, KNN_PAIRINGS, Plan, check_positive, default_block_rows, draw_seed
 
 log = logging.getLogger("mixup_cli")
 
@@ -233,6 +233,8 @@ def check_output_path(input_path: Path, output: Path, overwrite: bool) -> str:
 def resolve_plan(request: AugmentRequest, source: Source) -> Plan:
     block_rows = request.block_rows or default_block_rows(source.row_bytes)
     seed = draw_seed() if request.seed is None else request.seed
+    if request.pairing in KNN_PAIRINGS and request.neighbors is None:
+        request = dataclasses.replace(request, neighbors=DEFAULT_NEIGHBORS)
     classes = None
     if request.pairing in CLASS_PAIRINGS:
         if request.y_key is None:

@@ -49,6 +49,7 @@ KNN_PAIRINGS = ("knn", "knn-within-class")
 # Pairings whose partners come from an index over the whole dataset
 # (``Plan.partners``), read by index.
 INDEX_PAIRINGS = KNN_PAIRINGS + ("label-kernel",)
+DEFAULT_NEIGHBORS = 5  # --neighbors when not given
 BY_INDEX_PAIRINGS = CLASS_PAIRINGS + INDEX_PAIRINGS
 METHODS = ("mixup", "cutmix")
 

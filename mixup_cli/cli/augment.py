@@ -12,9 +12,7 @@ from mixup_cli.labels import Y_KINDS
 from mixup_cli.prepare import X_DTYPES, Y_FORMATS
 from mixup_cli.cutmix import LAYOUTS
 from mixup_cli.engines import ENGINES
-from mixup_cli.sampling import KNN_PAIRINGS, METHODS, PAIRINGS
-
-DEFAULT_NEIGHBORS = 5
+from mixup_cli.sampling import METHODS, PAIRINGS
 
 from . import signals
 from .options import debug_option, json_option, quiet_option
@@ -114,8 +112,7 @@ def augment(input_path, output_path, alpha, seed, x_key, y_key, pairing, neighbo
         label_smoothing=label_smoothing, allow_nonfinite=allow_nonfinite,
         require_y=_y_key_given(), resume=resume, method=method, layout=layout,
         engine=engine, scheduler=scheduler, workers=workers, hash_files=hash_files,
-        neighbors=neighbors if neighbors is not None or pairing not in KNN_PAIRINGS else DEFAULT_NEIGHBORS,
-        project=project, bandwidth=bandwidth,
+        neighbors=neighbors, project=project, bandwidth=bandwidth,
     )
     if no_y:
         if _y_key_given():
