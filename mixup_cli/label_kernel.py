@@ -175,4 +175,9 @@ def build(reader, y_key: str, bandwidth: float, kind: str | None, label: str | N
     for s in range(0, spec.rows, step):
         e = min(spec.rows, s + step)
         y[s:e] = reader.read(y_key, s, e)
+    if y.ndim == 2 and y.shape[1] > 1 and np.all((y == 0) | (y == 1)) and np.all(y.sum(axis=1) == 1):
+        raise ParameterError(
+            f"--pairing label-kernel is for float (regression) targets, but every row of {label} is one-hot: "
+            "class labels; for them use --pairing within-class or between-class", "--pairing",
+        )
     return LabelKernel.from_targets(y, bandwidth, label)
