@@ -18,7 +18,7 @@ Memory while the index is built: the features, ``N x D x 4`` bytes (D the
 row width, or the projection's dimension), plus the search's working memory
 (scikit-learn's ``working_memory``, 1 GiB by default); while the run lasts,
 the neighbour table, ``N x K x 8`` bytes. The projection is fitted with one
-streaming pass over x (``partial_fit`` per piece of about 16 MiB), and x is
+streaming pass over x (``partial_fit`` per piece of 256 rows, or 8 D, at most 16 MiB), and x is
 read a second time to project it. scikit-learn is imported only here, and
 only when one of these pairings is used.
 """
@@ -33,6 +33,8 @@ from mixup_cli.errors import ParameterError
 
 # x is read in contiguous pieces of about this many bytes (as float64).
 _READ_BYTES = 16 * 1024 * 1024
+# Rows per partial_fit of the projection (at least 8 D).
+_FIT_ROWS = 256
 # Bytes of candidate rows gathered at once to compute exact distances.
 _EXACT_BYTES = 64 * 1024 * 1024
 # Rows queried at once.
@@ -106,7 +108,9 @@ def features(reader, key: str, project: int | None = None, label: str = "x") -> 
         )
     from sklearn.decomposition import IncrementalPCA
 
-    step = max(step, d)
+    # partial_fit takes an SVD of (piece + D) rows: per row it costs about
+    # (piece + D)^2 / piece, least for pieces of a few D rows.
+    step = max(d, min(step, max(8 * d, _FIT_ROWS)))
     bounds = _pieces(n, step, least=d)
     ipca = IncrementalPCA(n_components=d)  # no randomness: the same rows in the same pieces give the same fit
     for s, e in bounds:
