@@ -21,8 +21,8 @@ Multi-dimensional y (shape (N, d)): the law is exact, over every other row
 (Euclidean distance of the target rows), which costs O(N^2 d) per copy; it is
 accepted up to ``EXACT_MAX_ROWS`` rows and refused above.
 
-Memory: the targets as float64 (N x d x 8 bytes) and, for 1-D y, the sort
-order and its inverse (N x 16 bytes), for the length of the run.
+Memory: the targets as float64 (N x d x 8 bytes) and, for 1-D y, the sorted
+labels, the sort order and its inverse (N x 24 bytes more), for the length of the run.
 """
 
 from __future__ import annotations
