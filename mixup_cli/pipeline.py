@@ -25,7 +25,8 @@ from mixup_cli.engines import check_engine_options
 from mixup_cli.errors import InputError, OutputError, ParameterError
 from mixup_cli.io import ArraySpec, Reader, WriteOptions, create_writer, format_of, open_reader, reopen_writer
 from mixup_cli.mixing import Mixer
-from mixup_cli.classes import class_index
+from mixup_cli import balance
+from mixup_cli.classes import ClassIndex, class_index
 from mixup_cli.prepare import DataOptions, Prepared, pair_keys, prepare
 from mixup_cli.sampling import CLASS_PAIRINGS, DEFAULT_NEIGHBORS, INDEX_PAIRINGS, KNN_PAIRINGS, Plan, check_positive, default_block_rows, draw_seed
 
@@ -83,6 +84,9 @@ class AugmentRequest:
     project: int | None = None
     # --pairing label-kernel: the kernel's bandwidth.
     bandwidth: float | None = None
+    # --balance / --balance-to M: M rows of every class per copy (see balance.py).
+    balance: bool = False
+    balance_to: int | None = None
 
 
 @dataclass
@@ -235,8 +239,14 @@ def resolve_plan(request: AugmentRequest, source: Source) -> Plan:
     seed = draw_seed() if request.seed is None else request.seed
     if request.pairing in KNN_PAIRINGS and request.neighbors is None:
         request = dataclasses.replace(request, neighbors=DEFAULT_NEIGHBORS)
-    classes = None
-    if request.pairing in CLASS_PAIRINGS:
+    classes = own = None
+    if balance.check(request.pairing, request.balance, request.balance_to, request.y_key):
+        # One pass over y: the own rows, and the classes of the plan's rows from them.
+        input_classes = class_index(source.reader, request.y_key)
+        own = balance.own_rows(input_classes, seed, request.balance_to)
+        if request.pairing in CLASS_PAIRINGS:
+            classes = ClassIndex.from_labels(input_classes.values[input_classes.codes[own]], input_classes.label)
+    elif request.pairing in CLASS_PAIRINGS:
         if request.y_key is None:
             raise ParameterError(f"--pairing {request.pairing} needs class labels; name them with --y-key", "--pairing")
         classes = class_index(source.reader, request.y_key)
@@ -246,7 +256,7 @@ def resolve_plan(request: AugmentRequest, source: Source) -> Plan:
         x_spec = source.specs[request.x_key]
         layout = cutmix.resolve_layout(x_spec.row_shape, request.layout, f"{source.reader.path}: '{request.x_key}'")
     return Plan(
-        n_rows=source.n_rows,
+        n_rows=source.n_rows if own is None else len(own),
         alpha=request.alpha,
         seed=seed,
         block_rows=block_rows,
@@ -260,6 +270,8 @@ def resolve_plan(request: AugmentRequest, source: Source) -> Plan:
         project=request.project,
         bandwidth=request.bandwidth,
         partners=partners,
+        balance_to=request.balance_to if own is not None else None,
+        own=own,
     )
 
 
@@ -633,6 +645,7 @@ def run_plan(source: Source, plan: Plan, writer, batch_rows: int, progress: Prog
     a task's rows are written (and hashed). ``hasher`` (a
     ``digests.BlockHasher``) is given every batch, in a third thread.
     """
+    source = balance.view(source, plan)  # a balanced plan's rows, read by index
     out = _writer_thread(writer) if threaded else _InlineWriter(writer)
     # Output hashes in a thread of their own: the work spreads over the cores.
     hashing = _Stage("mixup-hash", hasher.update) if hasher is not None and threaded else None

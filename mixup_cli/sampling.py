@@ -132,6 +132,10 @@ class Plan:
     # The index the INDEX_PAIRINGS draw from (derived from the input), with
     # ``draw_partners(rng, start, stop)``.
     partners: object | None = field(default=None, compare=False, repr=False)
+    # --balance: the input row of each of the plan's rows (``balance.own_rows``);
+    # the plan's rows are then these, ``n_rows = len(own)``. None: the input's rows.
+    balance_to: int | None = None  # rows per class (None: the largest class's count)
+    own: np.ndarray | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self):
         check_alpha(self.alpha)
@@ -166,6 +170,8 @@ class Plan:
                 )
         elif self.bandwidth is not None:
             raise ParameterError("--bandwidth goes with --pairing label-kernel", "--bandwidth")
+        if self.own is not None and len(self.own) != self.n_rows:
+            raise ValueError(f"balanced plan has {len(self.own)} own rows, n_rows {self.n_rows}")
         if self.partners is not None and self.partners.n_rows != self.n_rows:
             raise ValueError(f"partner index has {self.partners.n_rows} rows, the plan {self.n_rows}")
         if self.classes is not None:
@@ -253,6 +259,8 @@ class Plan:
                      "project_batch_rows": getattr(self.partners, "project_batch_rows", None)}
         elif self.pairing == "label-kernel":
             extra = {"bandwidth": self.bandwidth}
+        if self.own is not None:
+            extra.update(balance=True, balance_to=self.balance_to, rows_per_copy=self.n_rows)
         return extra | {
             "alpha": self.alpha,
             "seed": int(self.seed),

@@ -32,7 +32,7 @@ MIN_BLOCKS = 3
 
 
 def wanted(source, plan: Plan) -> bool:
-    return (plan.pairing in BY_INDEX_PAIRINGS and plan.n_blocks >= MIN_BLOCKS
+    return (plan.pairing in BY_INDEX_PAIRINGS and plan.n_blocks >= MIN_BLOCKS and plan.own is None
             and any(source.reader.take_inflates(key) for key in source.specs))
 
 

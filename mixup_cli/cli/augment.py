@@ -58,6 +58,8 @@ def _y_key_given() -> bool:
 @click.option("--neighbors", type=click.IntRange(min=1), default=None, metavar="K", help="With --pairing knn / knn-within-class: the partner is one of the K nearest rows [default: 5].")
 @click.option("--project", type=click.IntRange(min=1), default=None, metavar="D", help="With --pairing knn: search neighbours in x projected to D dimensions (IncrementalPCA, one streaming pass) [default: the rows as they are].")
 @click.option("--bandwidth", type=float, default=None, metavar="S", help="With --pairing label-kernel: partner probability proportional to exp(-|y_i - y_j|^2 / (2 S^2)).")
+@click.option("--balance", is_flag=True, help="Every class gets as many output rows per copy as the largest class: own rows of smaller classes are drawn more often (an 'own' array records each row's own input row).")
+@click.option("--balance-to", type=click.IntRange(min=1), default=None, metavar="M", help="Balance to M rows of every class per copy (implies --balance; larger classes are subsampled).")
 @click.option("--copies", type=int, default=1, show_default=True, help="Augmented copies of the dataset to write.")
 @click.option("--include-original", is_flag=True, help="Also write the original rows first (lam = 1, partner = itself).")
 @click.option("--batch-size", type=int, default=None, help="Rows mixed and written at once [default: about 16 MiB, at most a block]. Does not change the output.")
@@ -81,7 +83,7 @@ def _y_key_given() -> bool:
 @quiet_option
 @json_option
 @debug_option
-def augment(input_path, output_path, alpha, seed, x_key, y_key, pairing, neighbors, project, bandwidth, copies, include_original,
+def augment(input_path, output_path, alpha, seed, x_key, y_key, pairing, neighbors, project, bandwidth, balance, balance_to, copies, include_original,
             batch_size, block_rows, compression, overwrite, no_y, y_format, y_kind, num_classes,
             label_smoothing, x_dtype, allow_nonfinite, resume, method, layout, engine, scheduler, workers,
             hash_files, quiet, as_json):
@@ -112,7 +114,7 @@ def augment(input_path, output_path, alpha, seed, x_key, y_key, pairing, neighbo
         label_smoothing=label_smoothing, allow_nonfinite=allow_nonfinite,
         require_y=_y_key_given(), resume=resume, method=method, layout=layout,
         engine=engine, scheduler=scheduler, workers=workers, hash_files=hash_files,
-        neighbors=neighbors, project=project, bandwidth=bandwidth,
+        neighbors=neighbors, project=project, balance=balance, balance_to=balance_to, bandwidth=bandwidth,
     )
     if no_y:
         if _y_key_given():
