@@ -25,7 +25,7 @@ from mixup_cli.engines import check_engine_options
 from mixup_cli.errors import InputError, OutputError, ParameterError
 from mixup_cli.io import ArraySpec, Reader, WriteOptions, create_writer, format_of, open_reader, reopen_writer
 from mixup_cli.mixing import Mixer
-from mixup_cli import balance
+from mixup_cli import balance, names
 from mixup_cli.classes import ClassIndex, class_index
 from mixup_cli.prepare import DataOptions, Prepared, pair_keys, prepare
 from mixup_cli.sampling import CLASS_PAIRINGS, DEFAULT_NEIGHBORS, INDEX_PAIRINGS, KNN_PAIRINGS, Plan, check_positive, default_block_rows, draw_seed
@@ -170,6 +170,7 @@ def open_source(
     """
     reader = open_reader(path, scratch_prefix)
     try:
+        reader = names.wrap(reader, y_key)  # string or categorical class labels, shown as class codes
         specs = {x_key: reader.require(x_key, "--x-key")}
         if y_key is not None and not require_y and y_key not in reader.keys():
             log.warning("%s has no '%s': mixing '%s' alone (--no-y says so; --y-key names targets)", path, y_key, x_key)
@@ -798,7 +799,8 @@ def augment(request: AugmentRequest, progress: Progress | None = None) -> Augmen
                 engine_info = {"engine": "local"}
             writer.flush()
             journal.save()  # every task recorded before the file is finished
-            writer.set_attributes({"mixup_cli_version": __version__, "run_id": journal.run_id})
+            writer.set_attributes({"mixup_cli_version": __version__, "run_id": journal.run_id,
+                                   **names.attributes(source.prepared)})
             writer.close()
             out_files = [tmp / rel if str(rel) != "." else tmp for rel in writer.files()]
             out_hashing = provenance.BackgroundHash(out_files if request.hash_files else [])
