@@ -37,8 +37,9 @@ _READ_BYTES = 16 * 1024 * 1024
 _FIT_ROWS = 256
 # Bytes of candidate rows gathered at once to compute exact distances.
 _EXACT_BYTES = 64 * 1024 * 1024
-# Rows queried at once.
+# Rows queried at once, and at most this many candidates in all.
 _QUERY_ROWS = 4096
+_QUERY_CANDIDATES = 1 << 22
 # Candidates beyond self and the K neighbours, so that ties at the K-th
 # distance are usually seen in the first query.
 _SLACK = 8
@@ -147,8 +148,9 @@ def neighbour_table(feats: np.ndarray, k: int) -> np.ndarray:
     pending, m = np.arange(n), min(n, k + 1 + _SLACK)
     while len(pending):
         again = []
-        for s in range(0, len(pending), _QUERY_ROWS):
-            rows = pending[s:s + _QUERY_ROWS]
+        step = max(1, min(_QUERY_ROWS, _QUERY_CANDIDATES // m))  # many tied rows: fewer rows at once
+        for s in range(0, len(pending), step):
+            rows = pending[s:s + step]
             cand = search.kneighbors(feats[rows], n_neighbors=m, return_distance=False).astype(np.int64)
             d = _exact(feats, rows, cand)
             d[cand == rows[:, None]] = np.inf  # the row itself: never its own neighbour

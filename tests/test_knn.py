@@ -221,3 +221,12 @@ def test_scikit_learn_is_not_imported_at_start_up():
                           env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"
+
+
+def test_identical_rows_take_the_lowest_indices_in_bounded_queries(monkeypatch):
+    """Every row at distance 0 from every other: the search widens to all
+    rows, a few rows at a time, and the lists are the lowest other indices."""
+    monkeypatch.setattr(neighbours, "_QUERY_CANDIDATES", 1000)
+    table = neighbours.neighbour_table(np.ones((300, 4), dtype=np.float32), 3)
+    expected = np.array([[j for j in range(5) if j != i][:3] for i in range(300)])
+    assert np.array_equal(table, expected)
