@@ -28,7 +28,9 @@ from mixup_cli.mixing import Mixer
 from mixup_cli import balance, names
 from mixup_cli.classes import ClassIndex, class_index
 from mixup_cli.prepare import DataOptions, Prepared, pair_keys, prepare
-from mixup_cli.sampling import CLASS_PAIRINGS, DEFAULT_NEIGHBORS, INDEX_PAIRINGS, KNN_PAIRINGS, Plan, check_positive, default_block_rows, draw_seed
+from mixup_cli.sampling import (
+    CLASS_PAIRINGS, DEFAULT_NEIGHBORS, INDEX_PAIRINGS, KNN_PAIRINGS, Plan, check_positive, default_block_rows, draw_seed,
+)
 
 log = logging.getLogger("mixup_cli")
 
@@ -170,8 +172,8 @@ def open_source(
     """
     reader = open_reader(path, scratch_prefix)
     try:
-        reader = names.wrap(reader, y_key)  # string or categorical class labels, shown as class codes
         specs = {x_key: reader.require(x_key, "--x-key")}
+        reader = names.wrap(reader, y_key)  # string or categorical class labels, shown as class codes
         if y_key is not None and not require_y and y_key not in reader.keys():
             log.warning("%s has no '%s': mixing '%s' alone (--no-y says so; --y-key names targets)", path, y_key, x_key)
             y_key = None
