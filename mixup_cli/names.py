@@ -92,6 +92,10 @@ class NamedLabels:
             return self._inner.take(key, rows)
         return self._codes(self._inner.take(self._source_key, rows), np.asarray(rows))
 
+    def stored_spec(self) -> ArraySpec:
+        """The labels as the input stores them (strings, or AnnData's codes)."""
+        return self._inner.spec(self._source_key)
+
     def describe(self, key: str) -> dict:
         return self._inner.describe(self._source_key if key == self._key else key)
 
@@ -150,3 +154,10 @@ def attributes(prepared) -> dict:
     import json
 
     return {"class_names": json.dumps(found)}
+
+
+def stored_specs(reader, specs: dict) -> dict:
+    """``specs`` with the labels' entry as the input stores them (for the sidecar)."""
+    if not isinstance(reader, NamedLabels) or reader._key not in specs:
+        return specs
+    return dict(specs, **{reader._key: reader.stored_spec()})

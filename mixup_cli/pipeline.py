@@ -197,7 +197,7 @@ def open_source(
     except BaseException:
         reader.close()
         raise
-    return Source(prepared.reader, prepared.specs, specs, prepared)
+    return Source(prepared.reader, prepared.specs, names.stored_specs(reader, specs), prepared)
 
 
 def check_output_keys(prepared: Prepared, x_key: str) -> None:

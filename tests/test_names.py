@@ -54,7 +54,10 @@ def test_labels_become_one_hot_columns_in_scikit_learn_order(tmp_path, labels, f
     assert np.array_equal(y[:80], onehot)  # the original rows: column k is name k
     l = lam[80:].astype(np.float32)[:, None]
     assert np.allclose(y[80:], l * onehot + (1 - l) * onehot[partner[80:]])
-    assert read_sidecar(out)["parameters"]["class_names"] == expected_names
+    record = read_sidecar(out)
+    assert record["parameters"]["class_names"] == expected_names
+    stored = record["input"]["arrays"][key]["dtype"]  # as the input stores the labels, not their codes
+    assert stored == "|i1" if form == "anndata" else np.dtype(stored).kind in "USO"
 
 
 def test_npz_output_records_the_names_in_the_sidecar(tmp_path, labels):
