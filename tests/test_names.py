@@ -104,3 +104,16 @@ def test_a_missing_category_is_a_one_line_error(tmp_path, labels, run_mixup, out
     assert proc.returncode == 1
     assert "row 7" in proc.stderr and "missing category" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and list(outdir.iterdir()) == []
+
+
+def test_pair_format_writes_the_class_codes(tmp_path, labels):
+    inputs, _, text = write_inputs(tmp_path, labels)
+    src, key = inputs["h5-vlen"]
+    out = tmp_path / "out.h5"
+    augment(AugmentRequest(src, out, y_key=key, seed=2, y_format="pair"))
+    names = sorted(set(text.tolist()))
+    with h5py.File(out, "r") as f:
+        codes = np.array([names.index(t) for t in text])
+        assert f[f"{key}_a"].dtype == np.int64 and np.array_equal(f[f"{key}_a"][()], codes)
+        assert np.array_equal(f[f"{key}_b"][()], codes[f["partner"][()]])
+        assert json.loads(f.attrs["class_names"]) == names
