@@ -63,6 +63,9 @@ def provenance_summary(record: dict) -> dict:
         "x_key": params.get("x_key"),
         "y_key": params.get("y_key"),
         "plan_version": params.get("plan_version"),
+        # What some pairings and --balance add (absent for the others).
+        "pairing_options": {key: params[key] for key in ("neighbors", "project", "bandwidth", "balance",
+                                                         "balance_to", "rows_per_copy") if params.get(key) is not None},
         "input": {
             "path": entry.get("path"),
             "format": entry.get("format"),

@@ -35,12 +35,19 @@ class Drawn:
     lam: np.ndarray  # float64; for CutMix corrected to the box's area
     partner: np.ndarray  # int64 input row
     box: np.ndarray | None = None  # CutMix: int64 (rows, 4) as y0, x0, y1, x1
+    # Balanced plans: ``partner`` is a row of the plan's rows; these are the
+    # input rows of the partner and of the row itself (``own``).
+    partner_input: np.ndarray | None = None
+    own: np.ndarray | None = None
 
     def provenance(self, s: int = 0, e: int | None = None) -> dict[str, np.ndarray]:
         """Rows ``s:e`` of each provenance array, by output name."""
-        arrays = {"lam": self.lam[s:e], "partner": self.partner[s:e]}
+        partner = self.partner if self.partner_input is None else self.partner_input
+        arrays = {"lam": self.lam[s:e], "partner": partner[s:e]}
         if self.box is not None:
             arrays["box"] = self.box[s:e]
+        if self.own is not None:
+            arrays["own"] = self.own[s:e]
         return arrays
 
 
@@ -52,6 +59,8 @@ class Mixer:
         self.row_shapes = {key: tuple(shape) for key, shape in row_shapes.items()}
         self.paste_axes: dict[str, tuple[int, int] | None] = {key: None for key in self.row_shapes}
         self.image_size: tuple[int, int] | None = None
+        if plan.own is not None and "own" in self.row_shapes:
+            raise ParameterError("'own' is reserved for provenance in balanced output; rename the array", "--balance")
         if plan.method == "cutmix":
             reserved = [key for key in self.row_shapes if key in PROVENANCE["cutmix"]]
             if reserved:
@@ -68,14 +77,20 @@ class Mixer:
     @staticmethod
     def provenance_specs(plan: Plan) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
         """Row shape and dtype of each provenance array the plan's output holds."""
-        return {name: (shape, np.dtype(dtype)) for name, (shape, dtype) in PROVENANCE[plan.method].items()}
+        specs = {name: (shape, np.dtype(dtype)) for name, (shape, dtype) in PROVENANCE[plan.method].items()}
+        if plan.own is not None:  # --balance: each output row's own input row
+            specs["own"] = ((), np.dtype(np.int64))
+        return specs
 
     def draw(self, task: Task) -> Drawn:
         lam, partner = self.plan.draw(task)
-        if self.plan.method != "cutmix":
-            return Drawn(lam, partner)
-        box, lam = self.plan.draw_boxes(task, lam, *self.image_size)
-        return Drawn(lam, partner, box)
+        box = None
+        if self.plan.method == "cutmix":
+            box, lam = self.plan.draw_boxes(task, lam, *self.image_size)
+        if self.plan.own is None:
+            return Drawn(lam, partner, box)
+        own = self.plan.own
+        return Drawn(lam, partner, box, partner_input=own[partner], own=own[task.start:task.stop])
 
     def mix(
         self, key: str, own: np.ndarray, partner_rows: np.ndarray, drawn: Drawn, s: int, e: int,

@@ -27,9 +27,12 @@ from mixup_cli.io import ArraySpec, Reader, WriteOptions, create_writer, format_
 from mixup_cli.io.base import DamagedPartial
 from mixup_cli.io.base import layout_options
 from mixup_cli.mixing import Mixer
-from mixup_cli.classes import class_index
+from mixup_cli import balance, names
+from mixup_cli.classes import ClassIndex, class_index
 from mixup_cli.prepare import DataOptions, Prepared, pair_keys, prepare
-from mixup_cli.sampling import CLASS_PAIRINGS, Plan, check_positive, default_block_rows, draw_seed
+from mixup_cli.sampling import (
+    CLASS_PAIRINGS, DEFAULT_NEIGHBORS, INDEX_PAIRINGS, KNN_PAIRINGS, Plan, check_positive, default_block_rows, draw_seed,
+)
 
 log = logging.getLogger("mixup_cli")
 
@@ -86,6 +89,14 @@ class AugmentRequest:
     chunk_rows: int | None = None
     byte_shuffle: bool | None = None
     zarr_format: int | None = None
+    # --pairing knn / knn-within-class: neighbours per row, projection dimension.
+    neighbors: int | None = None
+    project: int | None = None
+    # --pairing label-kernel: the kernel's bandwidth.
+    bandwidth: float | None = None
+    # --balance / --balance-to M: M rows of every class per copy (see balance.py).
+    balance: bool = False
+    balance_to: int | None = None
 
 
 @dataclass
@@ -177,6 +188,7 @@ def open_source(
     reader = open_reader(path, scratch_prefix, fast=fast)
     try:
         specs = {x_key: reader.require(x_key, "--x-key")}
+        reader = names.wrap(reader, y_key)  # string or categorical class labels, shown as class codes
         if y_key is not None and not require_y and y_key not in reader.keys():
             if y_for is not None:  # e.g. --pairing within-class: the labels are not optional
                 raise ParameterError(
@@ -204,7 +216,7 @@ def open_source(
     except BaseException:
         reader.close()
         raise
-    return Source(prepared.reader, prepared.specs, specs, prepared)
+    return Source(prepared.reader, prepared.specs, names.stored_specs(reader, specs), prepared)
 
 
 def check_output_keys(prepared: Prepared, x_key: str) -> None:
@@ -268,26 +280,40 @@ def check_output_path(input_path: Path, output: Path, overwrite: bool, exists_ok
     return fmt
 
 
+def _class_index(source: Source) -> ClassIndex:
+    """The classes of the source's y, in one pass (one-hot encoded labels are
+    read by column, so a single class is still class 0)."""
+    targets = source.prepared.targets if source.prepared is not None else None
+    return class_index(source.reader, source.y_key, one_hot=targets is not None and targets.kind == "classes")
+
+
 def resolve_plan(request: AugmentRequest, source: Source) -> Plan:
     block_rows = request.block_rows or default_block_rows(source.row_bytes)
     seed = draw_seed() if request.seed is None else request.seed
-    classes = None
-    if request.pairing in CLASS_PAIRINGS:
+    if request.pairing in KNN_PAIRINGS and request.neighbors is None:
+        request = dataclasses.replace(request, neighbors=DEFAULT_NEIGHBORS)
+    if request.pairing in CLASS_PAIRINGS and source.y_key is None:
         # The source's y: a y_key the input lacks (and was not asked for) is dropped there.
-        if source.y_key is None:
-            where = f"{source.reader.path} has no '{request.y_key}': " if request.y_key else ""
-            raise ParameterError(
-                f"{where}--pairing {request.pairing} needs class labels; name them with --y-key", "--pairing"
-            )
-        targets = source.prepared.targets if source.prepared is not None else None
-        # Labels one-hot encoded: classes are columns, even a single one (all labels 0).
-        classes = class_index(source.reader, source.y_key, one_hot=targets is not None and targets.kind == "classes")
+        where = f"{source.reader.path} has no '{request.y_key}': " if request.y_key else ""
+        raise ParameterError(
+            f"{where}--pairing {request.pairing} needs class labels; name them with --y-key", "--pairing"
+        )
+    classes = own = None
+    if balance.check(request.pairing, request.balance, request.balance_to, source.y_key):
+        # One pass over y: the own rows, and the classes of the plan's rows from them.
+        input_classes = _class_index(source)
+        own = balance.own_rows(input_classes, seed, request.balance_to)
+        if request.pairing in CLASS_PAIRINGS:
+            classes = ClassIndex.from_labels(input_classes.values[input_classes.codes[own]], input_classes.label)
+    elif request.pairing in CLASS_PAIRINGS:
+        classes = _class_index(source)
+    partners = _partner_index(request, source, block_rows, classes)
     layout = None
     if request.method == "cutmix":
         x_spec = source.specs[request.x_key]
         layout = cutmix.resolve_layout(x_spec.row_shape, request.layout, f"{source.reader.path}: '{request.x_key}'")
     return Plan(
-        n_rows=source.n_rows,
+        n_rows=source.n_rows if own is None else len(own),
         alpha=request.alpha,
         seed=seed,
         block_rows=block_rows,
@@ -297,7 +323,39 @@ def resolve_plan(request: AugmentRequest, source: Source) -> Plan:
         classes=classes,
         method=request.method,
         layout=layout,
+        neighbors=request.neighbors,
+        project=request.project,
+        bandwidth=request.bandwidth,
+        partners=partners,
+        balance_to=request.balance_to if own is not None else None,
+        own=own,
     )
+
+
+def _partner_index(request: AugmentRequest, source: Source, block_rows: int, classes):
+    """The index the knn and label-kernel pairings draw partners from (one or
+    two passes over x, or one over y), built once the options are checked."""
+    if request.pairing not in INDEX_PAIRINGS:
+        return None
+    # Check the options (a Plan without the index) before reading anything.
+    Plan(n_rows=source.n_rows, alpha=request.alpha, seed=0, block_rows=block_rows, pairing=request.pairing,
+         neighbors=request.neighbors, project=request.project, bandwidth=request.bandwidth)
+    if request.pairing == "label-kernel":
+        from mixup_cli import label_kernel
+
+        if request.y_key is None:
+            raise ParameterError("--pairing label-kernel needs targets; name them with --y-key", "--pairing")
+        kind = source.prepared.target_kind if source.prepared is not None else None
+        return label_kernel.build(source.reader, request.y_key, request.bandwidth, kind)
+    from mixup_cli import neighbours
+
+    within = None
+    if request.pairing == "knn-within-class":
+        if request.y_key is None:
+            raise ParameterError("--pairing knn-within-class needs class labels; name them with --y-key", "--pairing")
+        within = class_index(source.reader, request.y_key)
+    return neighbours.build(source.reader, request.x_key, request.neighbors, request.project, within,
+                            f"{source.reader.path}['{request.x_key}']")
 
 
 def default_batch_rows(row_bytes: int, block_rows: int) -> int:
@@ -714,6 +772,7 @@ def run_plan(source: Source, plan: Plan, writer, batch_rows: int, progress: Prog
     a task's rows are written (and hashed). ``hasher`` (a
     ``digests.BlockHasher``) is given every batch, in a third thread.
     """
+    source = balance.view(source, plan)  # a balanced plan's rows, read by index
     out = _writer_thread(writer) if threaded else _InlineWriter(writer)
     # Output hashes in a thread of their own: the work spreads over the cores.
     hashing = _Stage("mixup-hash", hasher.update) if hasher is not None and threaded else None
@@ -891,7 +950,8 @@ def augment(request: AugmentRequest, progress: Progress | None = None) -> Augmen
                 engine_info = {"engine": "local"}
             writer.flush()
             journal.save()  # every task recorded before the file is finished
-            writer.set_attributes({"mixup_cli_version": __version__, "run_id": journal.run_id})
+            writer.set_attributes({"mixup_cli_version": __version__, "run_id": journal.run_id,
+                                   **names.attributes(source.prepared)})
             writer.close()
             out_files = [tmp / rel if str(rel) != "." else tmp for rel in writer.files()]
             out_hashing = provenance.BackgroundHash(out_files if request.hash_files else [])

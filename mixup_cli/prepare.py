@@ -143,6 +143,8 @@ class Prepared:
     targets: labels.Targets | None  # None without y, or with --y-format pair
     target_kind: str | None  # the kind of y (recorded for pair too)
     options: DataOptions
+    # String or categorical labels (``names.NamedLabels``): the name of each class code.
+    class_names: list[str] | None = None
 
     def parameters(self) -> dict:
         """What the sidecar's ``parameters`` records (``DataOptions.from_parameters`` reads it back)."""
@@ -153,12 +155,15 @@ class Prepared:
                        "label_smoothing": 0.0}
         else:
             targets = None
-        return {
+        recorded = {
             "x_dtype": self.options.x_dtype,
             "y_format": self.options.y_format,
             "allow_nonfinite": self.options.allow_nonfinite,
             "targets": targets,
         }
+        if self.class_names is not None:  # only for such labels: other sidecars stay as they were
+            recorded["class_names"] = list(self.class_names)
+        return recorded
 
 
 def first_nonfinite_row(block: np.ndarray) -> int | None:
@@ -260,4 +265,4 @@ def prepare(
 
         transforms[y_key] = prepare_y
     wrapped = PreparedReader(reader, specs, transforms)
-    return Prepared(wrapped, specs, paired, targets, kind, options)
+    return Prepared(wrapped, specs, paired, targets, kind, options, getattr(reader, "class_names", None))

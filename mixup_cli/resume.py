@@ -39,6 +39,9 @@ SAVE_INTERVAL = 1.0
 
 # Request fields that do not decide the output (or enter it through the plan).
 # Request fields that do not decide output bytes (y's presence shows in the output arrays).
+# Options of some pairings only: left out when not given, so that other runs'
+# fingerprints are what they were.
+_PAIRING_OPTIONS = {"neighbors", "project", "bandwidth", "balance", "balance_to"}
 _NOT_IN_FINGERPRINT = {
     "input", "output", "seed", "block_rows", "batch_size", "overwrite", "command_line", "resume", "require_y",
     "engine", "scheduler", "workers", "hash_files",
@@ -62,6 +65,7 @@ def fingerprint(request, plan, source, out_format: str, out_specs: dict) -> dict
         f.name: getattr(request, f.name)
         for f in dataclasses.fields(request)
         if f.name not in _NOT_IN_FINGERPRINT and f.name not in plan_fields
+        and not (f.name in _PAIRING_OPTIONS and getattr(request, f.name) in (None, False))
     }
     files = []
     for path in source.reader.files():

@@ -22,6 +22,13 @@ Pairing modes:
     other class in the whole dataset (``mixup_cli.classes``), keyed per copy
     and block like the rest. Partners are then read by index (their tasks
     have no partner block).
+``knn`` / ``knn-within-class``
+    A row's partner is drawn uniformly from its K nearest rows in feature
+    space (of the same class), from a ``neighbours.NeighbourIndex``.
+``label-kernel``
+    C-Mixup: a partner drawn with probability proportional to the Gaussian
+    kernel of the label distance (``label_kernel.LabelKernel``).
+    These too read their partners by index.
 """
 
 from __future__ import annotations
@@ -36,8 +43,14 @@ from mixup_cli.classes import ClassIndex
 from mixup_cli.core import check_alpha, sample_lam
 from mixup_cli.errors import ParameterError
 
-PAIRINGS = ("global", "batch", "within-class", "between-class")
+PAIRINGS = ("global", "batch", "within-class", "between-class", "knn", "knn-within-class", "label-kernel")
 CLASS_PAIRINGS = ("within-class", "between-class")
+KNN_PAIRINGS = ("knn", "knn-within-class")
+# Pairings whose partners come from an index over the whole dataset
+# (``Plan.partners``), read by index.
+INDEX_PAIRINGS = KNN_PAIRINGS + ("label-kernel",)
+DEFAULT_NEIGHBORS = 5  # --neighbors when not given
+BY_INDEX_PAIRINGS = CLASS_PAIRINGS + INDEX_PAIRINGS
 METHODS = ("mixup", "cutmix")
 
 # Bumped whenever the mapping from (seed, parameters) to output changes, so
@@ -115,6 +128,18 @@ class Plan:
     classes: ClassIndex | None = field(default=None, compare=False, repr=False)
     method: str = "mixup"
     layout: str | None = None  # cutmix only: NHWC, NCHW or NHW (grayscale)
+    # knn pairings: neighbours per row, and the projection's dimension (None: none).
+    neighbors: int | None = None
+    project: int | None = None
+    # label-kernel: the kernel's bandwidth, in units of y.
+    bandwidth: float | None = None
+    # The index the INDEX_PAIRINGS draw from (derived from the input), with
+    # ``draw_partners(rng, start, stop)``.
+    partners: object | None = field(default=None, compare=False, repr=False)
+    # --balance: the input row of each of the plan's rows (``balance.own_rows``);
+    # the plan's rows are then these, ``n_rows = len(own)``. None: the input's rows.
+    balance_to: int | None = None  # rows per class (None: the largest class's count)
+    own: np.ndarray | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self):
         check_alpha(self.alpha)
@@ -141,6 +166,25 @@ class Plan:
                 "and digest entry each); lower --copies or raise --block-rows",
                 "--copies",
             )
+        if self.pairing in KNN_PAIRINGS:
+            check_positive(self.neighbors, "--neighbors")
+            if self.project is not None:
+                check_positive(self.project, "--project")
+        elif self.neighbors is not None or self.project is not None:
+            option = "--neighbors" if self.neighbors is not None else "--project"
+            raise ParameterError(f"{option} goes with --pairing knn or knn-within-class", option)
+        if self.pairing == "label-kernel":
+            if not (self.bandwidth is not None and np.isfinite(self.bandwidth) and self.bandwidth > 0):
+                raise ParameterError(
+                    f"--pairing label-kernel needs --bandwidth S > 0 (in units of y), got {self.bandwidth!r}",
+                    "--bandwidth",
+                )
+        elif self.bandwidth is not None:
+            raise ParameterError("--bandwidth goes with --pairing label-kernel", "--bandwidth")
+        if self.own is not None and len(self.own) != self.n_rows:
+            raise ValueError(f"balanced plan has {len(self.own)} own rows, n_rows {self.n_rows}")
+        if self.partners is not None and self.partners.n_rows != self.n_rows:
+            raise ValueError(f"partner index has {self.partners.n_rows} rows, the plan {self.n_rows}")
         if self.classes is not None:
             if self.classes.n_rows != self.n_rows:
                 raise ValueError(f"class index has {self.classes.n_rows} rows, the plan {self.n_rows}")
@@ -181,7 +225,7 @@ class Plan:
         for copy in range(self.copies):
             order = self.block_order(copy)
             for t, b in enumerate(order):
-                if self.pairing in CLASS_PAIRINGS:
+                if self.pairing in BY_INDEX_PAIRINGS:
                     yield self._task(copy, int(b), None)
                     continue
                 partner = order[(t + 1) % len(order)] if self.pairing == "global" else b
@@ -198,6 +242,10 @@ class Plan:
             return np.ones(n), np.arange(task.start, task.stop, dtype=np.int64)
         rng = keyed_rng(self.seed, _ROWS, task.copy, task.block)
         lam = sample_lam(rng, self.alpha, n)
+        if task.partner_block is None and self.pairing in INDEX_PAIRINGS:
+            if self.partners is None:
+                raise ValueError(f"--pairing {self.pairing} needs the partner index of the rows")
+            return lam, self.partners.draw_partners(rng, task.start, task.stop)
         if task.partner_block is None:
             if self.classes is None:
                 raise ValueError(f"--pairing {self.pairing} needs the class index of the rows")
@@ -220,7 +268,15 @@ class Plan:
         return cutmix.draw_boxes(rng, lam, height, width)
 
     def to_dict(self) -> dict:
-        return {
+        extra = {}  # only for the pairings that have them: other sidecars stay as they were
+        if self.pairing in KNN_PAIRINGS:
+            extra = {"neighbors": self.neighbors, "project": self.project,
+                     "project_batch_rows": getattr(self.partners, "project_batch_rows", None)}
+        elif self.pairing == "label-kernel":
+            extra = {"bandwidth": self.bandwidth}
+        if self.own is not None:
+            extra.update(balance=True, balance_to=self.balance_to, rows_per_copy=self.n_rows)
+        return extra | {
             "alpha": self.alpha,
             "seed": int(self.seed),
             "block_rows": self.block_rows,

@@ -24,7 +24,7 @@ import numpy as np
 
 from mixup_cli.io import hdf5
 from mixup_cli.io.base import ArraySpec, WriteOptions
-from mixup_cli.sampling import CLASS_PAIRINGS, Plan
+from mixup_cli.sampling import BY_INDEX_PAIRINGS, Plan
 
 # With this many blocks or fewer, inflating the input once per block costs
 # no more than making the copy.
@@ -32,7 +32,7 @@ MIN_BLOCKS = 3
 
 
 def wanted(source, plan: Plan) -> bool:
-    return (plan.pairing in CLASS_PAIRINGS and plan.n_blocks >= MIN_BLOCKS
+    return (plan.pairing in BY_INDEX_PAIRINGS and plan.n_blocks >= MIN_BLOCKS and plan.own is None
             and any(source.reader.take_inflates(key) for key in source.specs))
 
 

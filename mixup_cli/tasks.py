@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from mixup_cli import balance
 from mixup_cli.mixing import Mixer
 from mixup_cli.prepare import pair_keys
 from mixup_cli.sampling import Plan, Task
@@ -26,6 +27,7 @@ def read_block(source, plan: Plan, block: int) -> Block:
 
 def compute_task(source, plan: Plan, task: Task) -> Block:
     """All output rows of one task: data arrays (mixed, or pairs), then provenance."""
+    source = balance.view(source, plan)  # a balanced plan's rows, read by index
     mixed_specs = {key: source.specs[key] for key in source.mixed_keys}
     mixer = Mixer(plan, {key: spec.row_shape for key, spec in mixed_specs.items()})
     own = read_block(source, plan, task.block)

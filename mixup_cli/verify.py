@@ -235,6 +235,8 @@ def recompute(record: dict, output: Path, input_path: Path, batch_size: int | No
             copies=params["copies"], include_original=params["include_original"],
             block_rows=params["block_rows"], command_line=[],
             method=params.get("method", "mixup"), layout=params.get("layout"),
+            neighbors=params.get("neighbors"), project=params.get("project"), bandwidth=params.get("bandwidth"),
+            balance=bool(params.get("balance", False)), balance_to=params.get("balance_to"),
         )
     except KeyError as exc:
         return Check("recompute", False, f"the sidecar lacks the parameter {exc}"), None, None

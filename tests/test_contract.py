@@ -15,7 +15,10 @@ from hypothesis import strategies as st
 from conftest import load_output, make_arrays, write_h5, write_npy_dir, write_npz
 from mixup_cli.classes import ClassIndex
 from mixup_cli.pipeline import AugmentRequest, augment
-from mixup_cli.sampling import PAIRINGS, Plan
+from mixup_cli.sampling import INDEX_PAIRINGS, Plan, PAIRINGS as ALL_PAIRINGS
+
+# The pairings that need no index over the data (the others: test_knn.py, test_label_kernel.py).
+PAIRINGS = tuple(p for p in ALL_PAIRINGS if p not in INDEX_PAIRINGS)
 
 N = 53
 OUT_NAMES = {"h5": "out{}.h5", "npz": "out{}.npz", "npydir": "out{}"}

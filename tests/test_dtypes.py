@@ -162,7 +162,8 @@ def test_unsupported_x_dtypes_are_refused(tmp_path, run_cli, outdir, kind, fmt):
     assert_nothing_written(outdir)
 
 
-@pytest.mark.parametrize("y", [np.ones(6, dtype=np.complex128), _string_array(6)])
+# Strings of shape (N,) are class labels (test_names.py); strings of any other shape are not.
+@pytest.mark.parametrize("y", [np.ones(6, dtype=np.complex128), _string_array(12).reshape(6, 2)])
 def test_unsupported_y_dtypes_are_refused(tmp_path, run_cli, outdir, y):
     src = write_npz(tmp_path / "in.npz", x=np.ones((6, 2), np.float32), y=y)
     result = run_cli("augment", src, outdir / "out.h5")

@@ -9,7 +9,10 @@ from mixup_cli.classes import ClassIndex, class_index, labels_of
 from mixup_cli.errors import InputError, ParameterError
 from mixup_cli.io import hdf5
 from mixup_cli.pipeline import AugmentRequest, augment
-from mixup_cli.sampling import PAIRINGS, Plan
+from mixup_cli.sampling import INDEX_PAIRINGS, Plan, PAIRINGS as ALL_PAIRINGS
+
+# The pairings that need no index over the data (the others: test_knn.py, test_label_kernel.py).
+PAIRINGS = tuple(p for p in ALL_PAIRINGS if p not in INDEX_PAIRINGS)
 
 N_CLASSES = 10
 

@@ -76,7 +76,12 @@ def _y_key_given() -> bool:
 @click.option("--seed", type=click.IntRange(min=0), default=None, help="Seed for all randomness; drawn and recorded if omitted.")
 @click.option("--x-key", default="x", show_default=True, help="Array holding the inputs (HDF5 path, .npz member or .npy file stem).")
 @click.option("--y-key", default="y", show_default=True, help="Array holding the targets. If not given and IN has no 'y', x is mixed alone.")
-@click.option("--pairing", type=click.Choice(PAIRINGS), default="global", show_default=True, help="Where partners come from: the whole dataset, the row's own block, or rows of the same / another class of y.")
+@click.option("--pairing", type=click.Choice(PAIRINGS), default="global", show_default=True, help="Where partners come from: the whole dataset, the row's own block, rows of the same / another class of y, one of the --neighbors nearest rows in x (of the same class), or rows of near float y (C-Mixup, --bandwidth).")
+@click.option("--neighbors", type=click.IntRange(min=1), default=None, metavar="K", help="With --pairing knn / knn-within-class: the partner is one of the K nearest rows [default: 5].")
+@click.option("--project", type=click.IntRange(min=1), default=None, metavar="D", help="With --pairing knn: search neighbours in x projected to D dimensions (IncrementalPCA, one streaming pass) [default: the rows as they are].")
+@click.option("--bandwidth", type=float, default=None, metavar="S", help="With --pairing label-kernel: partner probability proportional to exp(-|y_i - y_j|^2 / (2 S^2)).")
+@click.option("--balance", is_flag=True, help="Every class gets as many output rows per copy as the largest class: own rows of smaller classes are drawn more often (an 'own' array records each row's own input row).")
+@click.option("--balance-to", type=click.IntRange(min=1), default=None, metavar="M", help="Balance to M rows of every class per copy (implies --balance; larger classes are subsampled).")
 @click.option("--copies", type=int, default=1, show_default=True, help="Augmented copies of the dataset to write.")
 @click.option("--include-original", is_flag=True, help="Also write the original rows first (lam = 1, partner = itself).")
 @click.option("--batch-size", type=int, default=None, help="Rows mixed and written at once [default: about 16 MiB, at most a block]. Does not change the output.")
@@ -103,8 +108,9 @@ def _y_key_given() -> bool:
 @quiet_option
 @json_option
 @debug_option
-def augment(input_path, output_path, alpha, seed, x_key, y_key, pairing, copies, include_original,
-            batch_size, block_rows, compression, chunk_rows, byte_shuffle, zarr_format, overwrite, no_y, y_format, y_kind, num_classes,
+def augment(input_path, output_path, alpha, seed, x_key, y_key, pairing, neighbors, project, bandwidth, balance,
+            balance_to, copies, include_original, batch_size, block_rows, compression, chunk_rows, byte_shuffle,
+            zarr_format, overwrite, no_y, y_format, y_kind, num_classes,
             label_smoothing, x_dtype, allow_nonfinite, resume, method, layout, engine, scheduler, workers,
             hash_files, quiet, as_json):
     """Write a mixed copy of dataset IN to OUT, plus OUT.provenance.json.
@@ -122,6 +128,8 @@ def augment(input_path, output_path, alpha, seed, x_key, y_key, pairing, copies,
       mixup augment in.h5 out.h5 --seed 7 --resume  # after a killed run
       mixup augment in.h5 out.zarr --engine dask --scheduler tcp://host:8786
       mixup augment in.h5 out.zarr --zarr-format 2   # for zarr-python 2 readers
+      mixup augment images.h5 out.h5 --pairing knn --neighbors 5 --project 32
+      mixup augment regression.h5 out.h5 --pairing label-kernel --bandwidth 0.5
     """
     from mixup_cli.pipeline import AugmentRequest, augment as run_augment
 
@@ -134,6 +142,7 @@ def augment(input_path, output_path, alpha, seed, x_key, y_key, pairing, copies,
         require_y=_y_key_given(), resume=resume, method=method, layout=layout,
         engine=engine, scheduler=scheduler, workers=workers, hash_files=hash_files,
         chunk_rows=chunk_rows, byte_shuffle=byte_shuffle, zarr_format=int(zarr_format) if zarr_format else None,
+        neighbors=neighbors, project=project, balance=balance, balance_to=balance_to, bandwidth=bandwidth,
     )
     if no_y:
         if _y_key_given():

@@ -74,6 +74,7 @@ def render(info: dict) -> str:
         ("seed", p["seed"]),
         ("alpha", p["alpha"]),
         ("pairing", p["pairing"]),
+        *[(key.replace("_", " "), value) for key, value in (p.get("pairing_options") or {}).items()],
         ("copies", p["copies"]),
         ("include original", "yes" if p["include_original"] else "no"),
         ("block rows", p["block_rows"]),

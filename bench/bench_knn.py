@@ -1,0 +1,112 @@
+"""kNN pairing benchmark: ``--pairing knn`` against ``global`` on the same data.
+
+    python bench/bench_knn.py [--tabular-rows 100000] [--image-rows 40000] [--neighbors 5] [--workdir /tmp]
+
+Writes two HDF5 files under a temporary folder in ``--workdir``:
+
+* tabular: 100k rows of 64 float32 (standard normal), integer labels of 10 classes;
+* images: 40k rows of 32x32x3 float32 (uniform), integer labels of 10 classes (about 0.5 GB);
+
+then runs ``mixup augment`` (through the library, each run in a fresh
+process, so that its peak memory is its own and scikit-learn's import is
+counted) for ``global`` and the knn modes (the images with ``--project 32``),
+and prints, per run, the wall time, the part of it spent building the
+neighbour index (``resolve_plan``: scikit-learn's import, the projection's
+fit and transform, the search), rows/s and the peak resident memory. Files
+are deleted at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+
+RUN = r"""
+import json, resource, sys, time
+from mixup_cli import pipeline
+args = json.loads(sys.argv[1])
+real, spent = pipeline.resolve_plan, {}
+def timed(*a, **k):
+    t = time.perf_counter()
+    plan = real(*a, **k)
+    spent["index"] = time.perf_counter() - t
+    return plan
+pipeline.resolve_plan = timed
+t = time.perf_counter()
+pipeline.augment(pipeline.AugmentRequest(args.pop("src"), args.pop("out"), seed=1, command_line=[], **args))
+print(json.dumps({"seconds": time.perf_counter() - t, "index": spent["index"],
+                  "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def make_inputs(folder: Path, tabular_rows: int, image_rows: int) -> tuple[Path, Path]:
+    rng = np.random.default_rng(0)
+    tab = folder / "tabular.h5"
+    with h5py.File(tab, "w") as f:
+        f.create_dataset("x", data=rng.standard_normal((tabular_rows, 64), dtype=np.float32), chunks=(min(4096, tabular_rows), 64))
+        f.create_dataset("y", data=rng.integers(0, 10, tabular_rows))
+    img = folder / "images.h5"
+    with h5py.File(img, "w") as f:
+        x = f.create_dataset("x", (image_rows, 32, 32, 3), "f4", chunks=(min(256, image_rows), 32, 32, 3))
+        for s in range(0, image_rows, 4096):
+            e = min(image_rows, s + 4096)
+            x[s:e] = rng.random((e - s, 32, 32, 3), dtype=np.float32)
+        f.create_dataset("y", data=rng.integers(0, 10, image_rows))
+    return tab, img
+
+
+def run(src: Path, out: Path, **options) -> dict:
+    env = {"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}
+    proc = subprocess.run([sys.executable, "-c", RUN, json.dumps(dict(options, src=str(src), out=str(out)))],
+                          capture_output=True, text=True, env=env, check=False)
+    if proc.returncode:
+        raise SystemExit(proc.stderr)
+    out.unlink()
+    Path(str(out) + ".provenance.json").unlink()
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tabular-rows", type=int, default=100_000)
+    parser.add_argument("--image-rows", type=int, default=40_000)
+    parser.add_argument("--neighbors", type=int, default=5)
+    parser.add_argument("--workdir", default=tempfile.gettempdir())
+    args = parser.parse_args()
+    folder = Path(tempfile.mkdtemp(prefix="mixup-bench-knn-", dir=args.workdir))
+    try:
+        tab, img = make_inputs(folder, args.tabular_rows, args.image_rows)
+        k = args.neighbors
+        cases = [
+            ("tabular", tab, args.tabular_rows, "global", {}),
+            ("tabular", tab, args.tabular_rows, "knn", {"neighbors": k}),
+            ("tabular", tab, args.tabular_rows, "knn-within-class", {"neighbors": k}),
+            ("images", img, args.image_rows, "global", {}),
+            ("images", img, args.image_rows, "knn --project 32", {"neighbors": k, "project": 32}),
+        ]
+        print(f"tabular: {args.tabular_rows} x 64 float32; images: {args.image_rows} x 32x32x3 float32; "
+              f"K = {k}; uncompressed HDF5 in and out, one run each, in a fresh process")
+        print(f"{'data':<9}{'pairing':<20}{'s':>8}{'index s':>9}{'rows/s':>10}{'peak MB':>9}{'/ global':>10}")
+        base = {}
+        for data, src, rows, label, options in cases:
+            pairing = label.split()[0]
+            r = run(src, folder / "out.h5", pairing=pairing, **options)
+            base.setdefault(data, r["seconds"])
+            print(f"{data:<9}{label:<20}{r['seconds']:>8.2f}{r['index'] if pairing != 'global' else 0:>9.2f}"
+                  f"{rows / r['seconds']:>10,.0f}{r['rss_mb']:>9.0f}{r['seconds'] / base[data]:>9.2f}x", flush=True)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,183 @@
+"""Partners by label distance, for ``--pairing label-kernel`` (C-Mixup).
+
+For dense float targets ``y``, row i's partner j != i is drawn with
+probability proportional to ``exp(-|y_i - y_j|^2 / (2 S^2))``, S the
+bandwidth, keyed by ``(seed, copy, block)`` like the other pairings and read
+by index.
+
+One-dimensional y (shape (N,) or (N, 1)): the rows are sorted by label once
+(ties by row index); a row's candidates are the rows whose label is within
+``4 S`` of its own, a contiguous window of the sorted order, weighted with
+the exact kernel, and its partner is drawn by the inverse CDF over that
+window. Rows farther than 4 S are left out: each of them would weigh less
+than ``e^-8 = 3.4e-4`` of a row with the same label, so the truncation
+moves a row's law by at most that factor times the share of rows beyond 4 S
+over the window's total weight. Cost: the window's rows, per row drawn; a
+bandwidth wide enough to take in most of the data makes it O(N^2) per copy.
+A row with no other row in its window takes the row of nearest label (ties:
+the lower row index).
+
+Multi-dimensional y (shape (N, d)): the law is exact, over every other row
+(Euclidean distance of the target rows), which costs O(N^2 d) per copy; it is
+accepted up to ``EXACT_MAX_ROWS`` rows and refused above.
+
+Memory: the targets as float64 (N x d x 8 bytes) and, for 1-D y, the sorted
+labels, the sort order and its inverse (N x 24 bytes more), for the length of the run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from mixup_cli.errors import InputError, ParameterError
+
+WINDOW = 4.0  # half-width of a row's window, in bandwidths
+EXACT_MAX_ROWS = 20_000
+# Kernel weights computed at once (float64 each, a few arrays of them).
+_CHUNK = 1 << 22
+_READ_BYTES = 16 * 1024 * 1024
+_KIND_WORDS = {"classes": "class", "binary": "binary (0/1)", "multilabel": "multi-label"}
+
+
+def check_bandwidth(bandwidth) -> float:
+    try:
+        s = float(bandwidth)
+    except (TypeError, ValueError):
+        s = float("nan")
+    if not (np.isfinite(s) and s > 0):
+        raise ParameterError(f"--bandwidth must be a number > 0, got {bandwidth!r}", "--bandwidth")
+    return s
+
+
+@dataclass(frozen=True, eq=False)
+class LabelKernel:
+    bandwidth: float
+    y: np.ndarray  # (N,) for 1-D labels, else (N, d); float64
+    order: np.ndarray | None = None  # 1-D: rows sorted by label (stable)
+    rank: np.ndarray | None = None  # 1-D: position of each row in ``order``
+    sorted_y: np.ndarray | None = None  # 1-D: the labels in ``order``
+
+    @classmethod
+    def from_targets(cls, y: np.ndarray, bandwidth: float, label: str = "y") -> "LabelKernel":
+        s = check_bandwidth(bandwidth)
+        y = np.asarray(y, dtype=np.float64)
+        if y.ndim == 2 and y.shape[1] == 1:
+            y = y[:, 0]
+        if y.ndim > 2:
+            raise InputError(
+                f"{label}: has shape {y.shape}; --pairing label-kernel needs targets of shape (N,) or (N, d)"
+            )
+        if not np.all(np.isfinite(y)):
+            raise InputError(f"{label}: holds NaN or Inf; --pairing label-kernel needs finite targets")
+        if len(y) < 2:
+            raise InputError(f"{label}: has {len(y)} row; --pairing label-kernel needs at least two rows")
+        if y.ndim == 1:
+            order = np.argsort(y, kind="stable")
+            rank = np.empty_like(order)
+            rank[order] = np.arange(len(y))
+            return cls(s, y, order, rank, y[order])
+        if len(y) > EXACT_MAX_ROWS:
+            raise ParameterError(
+                f"--pairing label-kernel: {label} has {len(y)} rows of {y.shape[1]} values; the exact law over "
+                f"multi-dimensional targets costs N^2 and is accepted up to {EXACT_MAX_ROWS} rows "
+                "(one-dimensional targets have no such limit)", "--pairing",
+            )
+        return cls(s, y)
+
+    @property
+    def n_rows(self) -> int:
+        return len(self.y)
+
+    def draw_partners(self, rng: np.random.Generator, start: int, stop: int) -> np.ndarray:
+        u = rng.random(stop - start)
+        if self.y.ndim == 1:
+            return self._draw_sorted(u, start, stop)
+        return self._draw_exact(u, start, stop)
+
+    def _draw_sorted(self, u: np.ndarray, start: int, stop: int) -> np.ndarray:
+        ys = self.sorted_y
+        rows = np.arange(start, stop)
+        yi = self.y[rows]
+        p = self.rank[rows]
+        half = WINDOW * self.bandwidth
+        lo = np.searchsorted(ys, yi - half, side="left")
+        hi = np.searchsorted(ys, yi + half, side="right")
+        out = np.empty(len(rows), dtype=np.int64)
+        lengths = hi - lo
+        s = 0
+        while s < len(rows):  # pieces of at most _CHUNK weights (at least one row)
+            ends = np.cumsum(lengths[s:])
+            e = s + max(1, int(np.searchsorted(ends, _CHUNK, side="right")))
+            out[s:e] = self._window_pick(ys, u[s:e], yi[s:e], p[s:e], lo[s:e], lengths[s:e])
+            s = e
+        return out
+
+    def _window_pick(self, ys, u, yi, p, lo, lengths) -> np.ndarray:
+        ends = np.cumsum(lengths)
+        starts = ends - lengths
+        owner = np.repeat(np.arange(len(lengths)), lengths)
+        pos = lo[owner] + (np.arange(ends[-1]) - starts[owner])
+        w = np.exp(-((ys[pos] - yi[owner]) ** 2) / (2 * self.bandwidth ** 2))
+        w[pos == p[owner]] = 0.0  # never the row itself
+        cs = np.cumsum(w)
+        base = np.where(starts > 0, cs[starts - 1], 0.0)
+        total = cs[ends - 1] - base
+        pick = np.searchsorted(cs, base + u * total, side="right")
+        pick = np.clip(pick, starts, ends - 1)
+        chosen = pos[pick]
+        alone = total <= 0
+        if alone.any():
+            chosen[alone] = self._nearest_sorted(ys, p[alone])
+        return self.order[chosen].astype(np.int64)
+
+    def _nearest_sorted(self, ys, p) -> np.ndarray:
+        """Sorted positions of the rows of nearest label (ties: lower row index)."""
+        n = len(ys)
+        left = np.clip(p - 1, 0, n - 1)
+        right = np.clip(p + 1, 0, n - 1)
+        dl = np.where(p > 0, ys[p] - ys[left], np.inf)
+        dr = np.where(p < n - 1, ys[right] - ys[p], np.inf)
+        take_left = (dl < dr) | ((dl == dr) & (self.order[left] < self.order[right]))
+        return np.where(take_left, left, right)
+
+    def _draw_exact(self, u: np.ndarray, start: int, stop: int) -> np.ndarray:
+        n = self.n_rows
+        out = np.empty(stop - start, dtype=np.int64)
+        step = max(1, _CHUNK // n)
+        for s in range(start, stop, step):
+            e = min(stop, s + step)
+            d2 = ((self.y[s:e, None, :] - self.y[None, :, :]) ** 2).sum(axis=2)
+            d2[np.arange(e - s), np.arange(s, e)] = np.inf  # never the row itself
+            w = np.exp(-d2 / (2 * self.bandwidth ** 2))
+            cs = np.cumsum(w, axis=1)
+            total = cs[:, -1]
+            pick = np.minimum((cs <= (u[s - start:e - start] * total)[:, None]).sum(axis=1), n - 1)
+            alone = total <= 0
+            if alone.any():
+                pick[alone] = np.argmin(d2[alone], axis=1)  # the nearest label (argmin: lowest index on ties)
+            out[s - start:e - start] = pick
+        return out
+
+
+def build(reader, y_key: str, bandwidth: float, kind: str | None, label: str | None = None) -> LabelKernel:
+    """Read the targets (one pass) and index them; refused for class targets."""
+    label = label or f"{reader.path}['{y_key}']"
+    if kind is not None and kind != "dense":
+        raise ParameterError(
+            f"--pairing label-kernel is for float (regression) targets, but {label} holds {_KIND_WORDS.get(kind, kind)} targets; "
+            "for class labels use --pairing within-class or between-class", "--pairing",
+        )
+    spec = reader.spec(y_key)
+    y = np.empty(spec.shape, dtype=np.float64)
+    step = max(1, _READ_BYTES // max(1, spec.row_bytes))
+    for s in range(0, spec.rows, step):
+        e = min(spec.rows, s + step)
+        y[s:e] = reader.read(y_key, s, e)
+    if y.ndim == 2 and y.shape[1] > 1 and np.all((y == 0) | (y == 1)) and np.all(y.sum(axis=1) == 1):
+        raise ParameterError(
+            f"--pairing label-kernel is for float (regression) targets, but every row of {label} is one-hot: "
+            "class labels; for them use --pairing within-class or between-class", "--pairing",
+        )
+    return LabelKernel.from_targets(y, bandwidth, label)

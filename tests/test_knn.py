@@ -1,0 +1,232 @@
+"""--pairing knn / knn-within-class: partners among the K nearest rows, ties
+by index, the contract (batch sizes, engines, verify), refusals, start-up."""
+
+import json
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from scipy import stats
+
+from conftest import REPO, load_output, read_sidecar, write_h5, write_npz
+from mixup_cli import neighbours
+from mixup_cli.pipeline import AugmentRequest, augment
+
+
+def brute_lists(feats, k, groups=None, rows=None):
+    """Reference: per row (of ``rows``), the K nearest other rows by (squared distance, index)."""
+    f = np.asarray(feats, dtype=np.float64)
+    rows = np.arange(len(f)) if rows is None else np.asarray(rows)
+    d = ((f[rows, None, :] - f[None, :, :]) ** 2).sum(axis=2)
+    d[np.arange(len(rows)), rows] = np.inf
+    if groups is not None:
+        d[groups[rows, None] != groups[None, :]] = np.inf
+    idx = np.broadcast_to(np.arange(len(f)), d.shape)
+    return np.lexsort((idx, d), axis=-1)[:, :k]
+
+
+def read_h5(path):
+    with h5py.File(path, "r") as f:
+        return {k: f[k][()] for k in f}
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(n=st.integers(2, 120), width=st.integers(1, 4), k=st.integers(1, 6), levels=st.integers(1, 5),
+       seed=st.integers(0, 2**16))
+def test_table_is_the_brute_force_k_nearest_with_ties_by_index(n, width, k, levels, seed):
+    """Few distinct values: many rows at exactly the same distance (and many
+    identical rows), so the K-th neighbour is usually one of a tie."""
+    k = min(k, n - 1)
+    feats = np.random.default_rng(seed).integers(0, levels, (n, width)).astype(np.float32)
+    assert np.array_equal(neighbours.neighbour_table(feats, k), brute_lists(feats, k))
+
+
+def test_table_on_continuous_data_with_more_rows_than_one_query():
+    rng = np.random.default_rng(3)
+    feats = rng.standard_normal((5000, 3)).astype(np.float32)
+    feats[4000:] = feats[:1000]  # exact duplicates, far apart in index
+    table = neighbours.neighbour_table(feats, 4)
+    sample = rng.choice(5000, 300, replace=False)
+    assert np.array_equal(table[sample], brute_lists(feats, 4, rows=sample))
+    assert (table[:1000, 0] == np.arange(4000, 5000)).all()  # a duplicate is the nearest
+
+
+@pytest.fixture
+def tabular(tmp_path):
+    rng = np.random.default_rng(7)
+    x = rng.integers(0, 4, (240, 3)).astype(np.float32)  # ties everywhere
+    labels = rng.integers(0, 3, 240)
+    y = np.eye(3, dtype=np.float32)[labels]
+    return write_h5(tmp_path / "in.h5", x=x, y=y), x, labels
+
+
+@pytest.mark.parametrize("pairing", ["knn", "knn-within-class"])
+def test_output_partners_are_among_the_k_nearest_and_mix_by_the_formula(tabular, tmp_path, pairing):
+    src, x, labels = tabular
+    out = tmp_path / "out.h5"
+    augment(AugmentRequest(src, out, seed=2, pairing=pairing, neighbors=4, block_rows=32, copies=3))
+    got = read_h5(out)
+    ref = brute_lists(x, 4, labels if pairing == "knn-within-class" else None)
+    own = np.tile(np.arange(240), 3)
+    assert all(p in ref[i] for p, i in zip(got["partner"], own))
+    if pairing == "knn-within-class":
+        assert (labels[got["partner"]] == labels[own]).all()
+    lam = got["lam"].astype(np.float32)[:, None]
+    assert np.allclose(got["x"], lam * x[own] + (1 - lam) * x[got["partner"]], atol=1e-6)
+    params = read_sidecar(out)["parameters"]
+    assert (params["pairing"], params["neighbors"], params["project"]) == (pairing, 4, None)
+
+
+def test_partner_is_uniform_over_the_k_neighbours():
+    """The position of the partner in its row's list: uniform (chi-square)."""
+    rng = np.random.default_rng(0)
+    table = np.argsort(rng.random((2000, 7)), axis=1)  # any table: what is drawn is the position
+    index = neighbours.NeighbourIndex(table)
+    from mixup_cli.sampling import Plan
+
+    plan = Plan(n_rows=2000, alpha=0.5, seed=4, block_rows=256, pairing="knn", neighbors=7, copies=5,
+                partners=index)
+    pos = []
+    for task in plan.tasks():
+        _, partner = plan.draw(task)
+        rows = np.arange(task.start, task.stop)
+        pos.append(np.argmax(table[rows] == partner[:, None], axis=1))
+    counts = np.bincount(np.concatenate(pos), minlength=7)
+    assert stats.chisquare(counts).pvalue > 0.001
+
+
+def test_projection_searches_in_the_projected_space(tmp_path):
+    """Rows on a 2-D plane inside 12 dimensions: --project 2 finds the
+    neighbours of the plane's coordinates; fitted piece by piece, memory bounded."""
+    rng = np.random.default_rng(1)
+    coords = rng.standard_normal((600, 2))
+    basis = np.linalg.qr(rng.standard_normal((12, 2)))[0].T
+    x = (coords @ basis + 3.0).astype(np.float32)
+    src = write_h5(tmp_path / "in.h5", x=x, y=rng.random(600).astype(np.float32))
+    out = tmp_path / "out.h5"
+    augment(AugmentRequest(src, out, seed=5, pairing="knn", neighbors=3, project=2, block_rows=64, copies=2))
+    ref = brute_lists(coords, 3)
+    partner = read_h5(out)["partner"]
+    own = np.tile(np.arange(600), 2)
+    assert np.mean([p in ref[i] for p, i in zip(partner, own)]) == 1.0
+    params = read_sidecar(out)["parameters"]
+    assert params["project"] == 2 and params["project_batch_rows"] >= 2
+
+
+def test_projection_is_fitted_in_pieces(monkeypatch):
+    """partial_fit sees pieces of bounded size (the last one never below D rows)."""
+    from sklearn.decomposition import IncrementalPCA
+
+    seen = []
+    real = IncrementalPCA.partial_fit
+
+    def spy(self, X, *args, **kwargs):
+        seen.append(len(X))
+        return real(self, X, *args, **kwargs)
+
+    monkeypatch.setattr(IncrementalPCA, "partial_fit", spy)
+    monkeypatch.setattr(neighbours, "_READ_BYTES", 100 * 8 * 10)  # 100 rows of 10 float64
+
+    class Reader:
+        def __init__(self, a):
+            self.a = a
+
+        def spec(self, key):
+            from mixup_cli.io import ArraySpec
+
+            return ArraySpec(self.a.shape, self.a.dtype)
+
+        def read(self, key, s, e):
+            return self.a[s:e]
+
+    a = np.random.default_rng(0).standard_normal((1005, 10))
+    feats, batch = neighbours.features(Reader(a), "x", project=8)
+    assert batch == 100 and seen == [100] * 9 + [105] and feats.shape == (1005, 8) and feats.dtype == np.float32
+
+
+@pytest.mark.parametrize("pairing,extra", [
+    ("knn", {}), ("knn-within-class", {}), ("knn", {"project": 2}),
+])
+@pytest.mark.parametrize("fmt", ["h5", "npz"])
+def test_batch_size_never_changes_the_output(tabular, tmp_path, pairing, extra, fmt):
+    src, x, labels = tabular
+    if fmt == "npz":
+        src = write_npz(tmp_path / "in.npz", x=x, y=np.eye(3, dtype=np.float32)[labels])
+    outs = []
+    for batch in (1, 7, 1000):
+        out = tmp_path / f"out{batch}.{fmt}"
+        augment(AugmentRequest(src, out, seed=9, pairing=pairing, neighbors=3, batch_size=batch, block_rows=16,
+                               copies=2, include_original=True, **extra))
+        outs.append(load_output(out))
+    for other in outs[1:]:
+        for key in outs[0]:
+            assert outs[0][key].tobytes() == other[key].tobytes(), key
+
+
+def test_verify_recomputes_and_catches_an_edited_k(tabular, tmp_path, run_cli):
+    src, _, _ = tabular
+    out = tmp_path / "out.h5"
+    result = run_cli("augment", src, out, "--pairing", "knn-within-class", "--neighbors", 3, "--project", 2,
+                     "--seed", 1, "--block-rows", 32, "-q")
+    assert result.exit_code == 0, result.stderr
+    result = run_cli("verify", out)
+    assert result.exit_code == 0, result.stdout + result.stderr
+    sidecar = out.with_name(out.name + ".provenance.json")
+    record = json.loads(sidecar.read_text())
+    record["parameters"]["neighbors"] = 4
+    sidecar.write_text(json.dumps(record))
+    result = run_cli("verify", out)
+    assert result.exit_code != 0 and "recomputed output differs" in result.stdout
+
+
+def test_dask_gives_the_local_bytes(tabular, tmp_path, run_mixup):
+    pytest.importorskip("distributed")
+    src, _, _ = tabular
+    args = ("--pairing", "knn", "--neighbors", 3, "--seed", 4, "--block-rows", 32, "--copies", 2, "-q")
+    local = run_mixup("augment", src, tmp_path / "local.h5", *args)
+    assert local.returncode == 0, local.stderr
+    remote = run_mixup("augment", src, tmp_path / "dask.h5", *args, "--engine", "dask", "--workers", 2)
+    assert remote.returncode == 0, remote.stderr
+    a, b = read_h5(tmp_path / "local.h5"), read_h5(tmp_path / "dask.h5")
+    for key in ("x", "y", "lam", "partner"):
+        assert a[key].tobytes() == b[key].tobytes(), key
+
+
+@pytest.mark.parametrize("args,pattern", [
+    (("--pairing", "knn", "--neighbors", 240), "--neighbors 240"),
+    (("--pairing", "knn-within-class", "--neighbors", 100), "class"),
+    (("--pairing", "knn", "--project", 4), "--project 4"),
+    (("--pairing", "global", "--neighbors", 3), "--neighbors goes with --pairing knn"),
+    (("--project", 2), "--project goes with"),
+])
+def test_refusals_are_one_line_exit_2_and_leave_nothing(tabular, outdir, run_mixup, args, pattern):
+    src, _, _ = tabular
+    proc = run_mixup("augment", src, outdir / "out.h5", *args)
+    assert proc.returncode == 2, proc.stderr
+    assert pattern in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert list(outdir.iterdir()) == []
+
+
+def test_scikit_learn_is_not_imported_at_start_up():
+    code = ("import sys; from click.testing import CliRunner; from mixup_cli.cli import cli; "
+            "import mixup_cli.pipeline, mixup_cli.sampling; "
+            "r = CliRunner().invoke(cli, ['augment', '--help']); assert r.exit_code == 0; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('sklearn', 'scipy')))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
+                          env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
+
+
+def test_identical_rows_take_the_lowest_indices_in_bounded_queries(monkeypatch):
+    """Every row at distance 0 from every other: the search widens to all
+    rows, a few rows at a time, and the lists are the lowest other indices."""
+    monkeypatch.setattr(neighbours, "_QUERY_CANDIDATES", 1000)
+    table = neighbours.neighbour_table(np.ones((300, 4), dtype=np.float32), 3)
+    expected = np.array([[j for j in range(5) if j != i][:3] for i in range(300)])
+    assert np.array_equal(table, expected)
