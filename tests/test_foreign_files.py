@@ -488,7 +488,7 @@ def test_a_file_without_the_signature_is_still_an_unknown_format(run_cli, tmp_pa
     src = tmp_path / "notes.txt"
     src.write_bytes(b"not hdf5" * 200)
     result = run_cli("augment", src, outdir / "out.h5", "--no-y")
-    assert result.exit_code == 1 and "unknown input format '.txt'" in result.stderr
+    assert result.exit_code == 2 and "unknown input format '.txt'" in result.stderr
     assert_nothing_written(outdir)
 
 
