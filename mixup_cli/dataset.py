@@ -50,6 +50,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from .errors import InputError
+from .io.npyfile import read_header
 
 __all__ = ["MixupDataset"]
 
@@ -264,16 +265,9 @@ class _NumpyArray:
 
 
 def _checked_header(path, fh, what):
-    try:
-        version = np.lib.format.read_magic(fh)
-        if version == (1, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
-        else:
-            shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
-    except ValueError as exc:
-        raise InputError(f"{path}: {what} is not a .npy array ({exc})") from None
-    if dtype.hasobject:
-        raise InputError(f"{path}: {what} holds Python objects; they are never unpickled")
+    """Shape, fortran order and dtype of the ``.npy`` header at ``fh``'s
+    position (the writers' own parser: nothing is ever unpickled)."""
+    shape, fortran, dtype, _ = read_header(fh, f"{path}: {what}")
     return shape, fortran, dtype
 
 
