@@ -371,8 +371,11 @@ def recover(final: Path) -> str | None:
     """
     final = Path(final)
     record = commit_record_path(final)
-    if not record.exists():
-        return None
+    try:
+        if not record.exists():
+            return None
+    except OSError:
+        return None  # the directory cannot be searched: the run's own checks say so in words
     lock = RunLock(final)
     try:
         lock.acquire()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 import stat
 import subprocess
 from pathlib import Path
@@ -148,20 +149,33 @@ def test_sticky_directory_refusal_comes_before_any_work(src, tmp_path, monkeypat
 
 
 @pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"), reason="needs root to run as another user")
-def test_sticky_directory_refusal_through_the_executable(src, tmp_path):
-    sticky = tmp_path / "shared"
+def test_sticky_directory_refusal_through_the_executable(src):
+    # Under a folder every user can search (pytest's own temporary folder is root's alone).
+    base = Path(tempfile.mkdtemp(prefix="mixup-sticky-", dir="/tmp"))
+    try:
+        base.chmod(0o755)
+        _sticky_refusal_as_nobody(src, base)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _sticky_refusal_as_nobody(src, base):
+    as_nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    probe = subprocess.run(as_nobody + [*mixup_executable(), "--version"], capture_output=True, text=True,
+                           env=dict(os.environ, PYTHONPATH=str(REPO)), cwd=base, timeout=120)
+    if probe.returncode != 0:
+        pytest.skip(f"user nobody cannot run the project here: {probe.stderr.strip()[-200:]}")
+    mine = base / "in.h5"
+    shutil.copy(src, mine)
+    mine.chmod(0o644)
+    sticky = base / "shared"
     sticky.mkdir()
     sticky.chmod(0o1777)
-    tmp_path.chmod(0o755)
-    src.chmod(0o644)
     out = sticky / "out.h5"
     out.write_bytes(b"root's")  # owned by root; the run is user nobody's
     env = dict(os.environ, PYTHONPATH=str(REPO), HOME=str(sticky))
-    cmd = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *mixup_executable(),
-           "augment", str(src), str(out), "--seed", "1", "--overwrite"]
+    cmd = as_nobody + [*mixup_executable(), "augment", str(mine), str(out), "--seed", "1", "--overwrite"]
     result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120, cwd=sticky)
-    if "Permission denied" in result.stderr and "sticky" not in result.stderr:
-        pytest.skip(f"user nobody cannot run the project here: {result.stderr.strip()[-200:]}")
     assert result.returncode == 1, result.stderr
     assert "sticky directory" in result.stderr and out.read_bytes() == b"root's"
     assert sorted(p.name for p in sticky.iterdir()) == ["out.h5"]
