@@ -500,3 +500,24 @@ def test_an_interruption_never_leaves_a_lock_held():
 
     assert held("raise-anywhere") > 0  # the probe does catch the fault
     assert held("mixup") == 0
+
+
+def test_raising_the_interruption_cancels_a_pending_retry(monkeypatch):
+    """A retry alarm left armed once the interruption is raised would fire while
+    the interpreter exits, with SIGALRM's default action: exit -14 instead of 143."""
+    import signal as signal_module
+
+    from mixup_cli.cli import signals
+
+    monkeypatch.setattr(signals, "_pending", signal_module.SIGTERM)
+    monkeypatch.setattr(signals, "_raised", False)
+    monkeypatch.setattr(signals, "_finishing", False)
+    previous = signal_module.signal(signal_module.SIGALRM, signal_module.SIG_IGN)
+    try:
+        signal_module.setitimer(signal_module.ITIMER_REAL, 5.0)  # the retry the handler arms
+        with pytest.raises(signals.Terminated):
+            signals.check()
+        assert signal_module.getitimer(signal_module.ITIMER_REAL) == (0.0, 0.0)
+    finally:
+        signal_module.setitimer(signal_module.ITIMER_REAL, 0)
+        signal_module.signal(signal_module.SIGALRM, previous)

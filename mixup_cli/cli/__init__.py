@@ -91,5 +91,8 @@ cli.add_command(preview)
 
 def main(args=None, prog_name="mixup"):
     signals.install()
-    signals.started()
-    return cli.main(args=args, prog_name=prog_name)
+    try:
+        signals.started()
+        return cli.main(args=args, prog_name=prog_name)
+    finally:
+        signals.shutdown()

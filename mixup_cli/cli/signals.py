@@ -83,7 +83,23 @@ def _on_signal(signum, frame):
         signal.setitimer(signal.ITIMER_REAL, _RETRY_S)  # SIGALRM: try again in a moment
         return
     _raised = True
+    _disarm()
     raise _exception(_pending)
+
+
+def _disarm() -> None:
+    """Cancel a retry still pending: once the interruption is raised it has no
+    more to do, and an alarm that fired while the interpreter exits (its
+    handlers back to the defaults) would kill the process with SIGALRM."""
+    if hasattr(signal, "setitimer"):
+        signal.setitimer(signal.ITIMER_REAL, 0)
+
+
+def shutdown() -> None:
+    """The command has ended: no retry may fire any more."""
+    _disarm()
+    if hasattr(signal, "SIGALRM") and signal.getsignal(signal.SIGALRM) is _on_alarm:
+        signal.signal(signal.SIGALRM, signal.SIG_IGN)
 
 
 def _on_alarm(signum, frame):
@@ -141,6 +157,7 @@ def check() -> None:
     global _raised
     if _pending is not None and not _finishing:
         _raised = True
+        _disarm()
         raise _exception(_pending)
 
 
