@@ -50,6 +50,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from .errors import InputError
+from .io.base import pread_pieces
 from .io.npyfile import read_header
 
 __all__ = ["MixupDataset"]
@@ -150,7 +151,7 @@ class _Hdf5Array:
         self.dtype = ds.dtype
         self._store = store
         self._layout = _plain_layout(ds, plain_file)
-        self._chunk_at = {}  # first row of a chunk -> its file offset (None: not plain)
+        self._chunk_at = None  # file offset of each chunk, read on first use
 
     def read(self, index):
         if isinstance(index, int):
@@ -176,12 +177,16 @@ class _Hdf5Array:
         return out
 
     def _chunk_offset(self, c):
-        if c not in self._chunk_at:
-            info = self.ds.id.get_chunk_info_by_coord((c,) + (0,) * (len(self.shape) - 1))
-            row_bytes, chunk_rows, _ = self._layout
-            plain = info.byte_offset is not None and not info.filter_mask and info.size >= chunk_rows * row_bytes
-            self._chunk_at[c] = info.byte_offset if plain else None  # None: unallocated (fill value)
-        return self._chunk_at[c]
+        """File offset of the chunk starting at row ``c``; None: HDF5 reads
+        (a chunk not allocated or not plain). The index is read once, in one
+        pass: a lookup by coordinate costs more the further the chunk is."""
+        if self._chunk_at is None:
+            from mixup_cli.io.hdf5 import plain_chunk_offsets
+
+            self._chunk_at = plain_chunk_offsets(self.ds, self._layout[1])
+            if self._chunk_at is None:
+                self._layout = None  # not every chunk is plain: HDF5 reads the rest
+        return None if self._chunk_at is None else int(self._chunk_at[c // self._layout[1]])
 
     def _pread(self, out, runs) -> bool:
         # One pread per run (per chunk a run crosses): a fraction of the
@@ -200,14 +205,7 @@ class _Hdf5Array:
                 lo, hi = max(first, c), min(stop, c + chunk_rows)
                 pieces.append((base + (lo - c) * row_bytes, (at + lo - first) * row_bytes, (hi - lo) * row_bytes))
         dest = memoryview(out.reshape(-1).view(np.uint8))
-        fd = self._store.fd()
-        for file_at, at, count in pieces:
-            done = 0
-            while done < count:
-                got = os.preadv(fd, [dest[at + done:at + count]], file_at + done)
-                if got <= 0:
-                    raise InputError(f"{self._store.path}: file ended while reading {self.ds.name!r} (truncated?)")
-                done += got
+        pread_pieces(self._store.fd(), dest, pieces, f"{self._store.path}: {self.ds.name!r}")
         return True
 
 

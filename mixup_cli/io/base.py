@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -244,3 +245,16 @@ class Writer(ABC):
     @abstractmethod
     def files(self) -> list[Path]:
         """Files written, relative to the final dataset path (for hashing)."""
+
+
+def pread_pieces(fd: int, dest: memoryview, pieces, label: str) -> None:
+    """Fill ``dest`` from the file: ``pieces`` are (file offset, first byte
+    in ``dest``, byte count). A file that ends early is an InputError naming
+    ``label`` (what was being read)."""
+    for file_at, at, count in pieces:
+        done = 0
+        while done < count:
+            got = os.preadv(fd, [dest[at + done : at + count]], file_at + done)
+            if got <= 0:
+                raise InputError(f"{label}: the file ended while reading it (truncated?)")
+            done += got

@@ -646,14 +646,7 @@ class Reader(base.Reader):
             starts = np.flatnonzero(new)
             totals = np.add.reduceat(count, starts)
             pieces = list(zip(file_at[starts].tolist(), (lo[starts] - want_lo).tolist(), totals.tolist()))
-        fd = self._fd(ds)
-        for file_at, at, count in pieces:
-            done = 0
-            while done < count:
-                got = os.preadv(fd, [dest[at + done : at + count]], file_at + done)
-                if got <= 0:
-                    raise InputError(f"{self.path}: file ended while reading '{key}' (truncated?)")
-                done += got
+        base.pread_pieces(self._fd(ds), dest, pieces, f"{self.path}: '{key}'")
         return True
 
     def _take_sorted_unique(self, key: str, rows: np.ndarray) -> np.ndarray:
@@ -801,6 +794,27 @@ def _writer_cache(options: WriteOptions) -> dict:
     return {"rdcc_nbytes": 0}
 
 
+def plain_chunk_offsets(ds, chunk_rows: int) -> np.ndarray | None:
+    """Byte offset of each chunk of ``ds`` (chunks of ``chunk_rows`` whole
+    rows), found in one pass over its chunk index, when all are allocated
+    and hold plain bytes (an older partial may have late allocation); else None."""
+    if ds.dtype.kind not in "fiub" or ds.id.get_create_plist().get_nfilters():
+        return None
+    n = -(-ds.shape[0] // chunk_rows)
+    offsets = np.full(n, -1, dtype=np.int64)
+    chunk_bytes = chunk_rows * int(np.prod(ds.shape[1:], dtype=np.int64)) * ds.dtype.itemsize
+
+    def found(info):
+        if info.size == chunk_bytes and not info.filter_mask:
+            offsets[info.chunk_offset[0] // chunk_rows] = info.byte_offset
+
+    try:
+        ds.id.chunk_iter(found)
+    except (AttributeError, RuntimeError, ValueError):
+        return None
+    return offsets if n and (offsets >= 0).all() else None
+
+
 # gzip level of HDF5 output (h5py's default for compression="gzip").
 GZIP_LEVEL = 4
 
@@ -889,29 +903,9 @@ class Writer(base.Writer):
         self._fd: int | None = None
         if self.options.compression == "none":
             for key, c in self._chunk_rows.items():
-                self._offsets[key] = self._chunk_offsets(self._datasets[key], c)
+                self._offsets[key] = plain_chunk_offsets(self._datasets[key], c)
             if any(v is not None for v in self._offsets.values()):
                 self._fd = os.open(self.path, os.O_WRONLY)
-
-    @staticmethod
-    def _chunk_offsets(ds, chunk_rows: int) -> np.ndarray | None:
-        """Byte offset of each chunk of ``ds``, when all are allocated and
-        hold plain bytes (an older partial may have late allocation)."""
-        if ds.dtype.kind not in "fiub" or ds.id.get_create_plist().get_nfilters():
-            return None
-        n = -(-ds.shape[0] // chunk_rows)
-        offsets = np.full(n, -1, dtype=np.int64)
-        chunk_bytes = chunk_rows * int(np.prod(ds.shape[1:], dtype=np.int64)) * ds.dtype.itemsize
-
-        def found(info):
-            if info.size == chunk_bytes and not info.filter_mask:
-                offsets[info.chunk_offset[0] // chunk_rows] = info.byte_offset
-
-        try:
-            ds.id.chunk_iter(found)
-        except (AttributeError, RuntimeError, ValueError):
-            return None
-        return offsets if n and (offsets >= 0).all() else None
 
     def write(self, key: str, start: int, data: np.ndarray) -> None:
         try:
