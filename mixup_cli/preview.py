@@ -18,6 +18,7 @@ backend, no window.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,7 @@ import numpy as np
 from mixup_cli import atomic, cutmix
 from mixup_cli.core import check_alpha, mix_rows, sample_lam
 from mixup_cli.errors import MixupError, OutputError, ParameterError
+from mixup_cli.prepare import DataOptions, pair_keys
 from mixup_cli.sampling import check_positive, keyed_rng
 
 INSTALL_HINT = "pip install 'mixup-cli[plot]'"
@@ -248,54 +250,78 @@ class PreviewRows:
 
     path: Path
     x_key: str
-    y_key: str | None
+    y_key: str | None  # None: x alone (unlabelled data)
     method: str
     alpha: float
     seed: int
     layout: str | None  # how x is shown: NHW, NHWC, NCHW, or None (not an image: a line)
     rows: np.ndarray  # input row of each shown row
     out_rows: np.ndarray  # its output row in copy 0
-    partner: np.ndarray
+    partner: np.ndarray  # input row of its partner
     lam: np.ndarray
     box: np.ndarray | None
-    own: dict  # key -> rows
-    other: dict  # key -> partner rows
-    mixed: dict  # key -> mixed rows
+    own: dict  # data key -> rows
+    other: dict  # data key -> partner rows
+    mixed: dict  # output array -> its rows as augment writes them (y_a, y_b for a pair)
     image_size: tuple[int, int] | None
     y_kind: str | None = None  # classes, binary, multilabel or dense (labels.KINDS)
+    paired: tuple[str, ...] = ()  # data keys written as KEY_a / KEY_b (--y-format pair)
+    class_names: list | None = None  # names of the classes of string labels, by code
+    pairing: str = "global"
 
 
 def preview_rows(
-    path: Path, *, x_key: str = "x", y_key: str | None = "y", method: str = "mixup", alpha: float = 0.2,
-    seed: int = 0, rows: int = 4, layout: str | None = None, block_rows: int | None = None,
+    path: Path, *, x_key: str = "x", y_key: str | None = "y", require_y: bool = True,
+    data: DataOptions | None = None, method: str = "mixup", alpha: float = 0.2, seed: int = 0, rows: int = 4,
+    layout: str | None = None, block_rows: int | None = None, pairing: str = "global",
+    neighbors: int | None = None, project: int | None = None, bandwidth: float | None = None,
+    balance: bool = False, balance_to: int | None = None,
 ) -> PreviewRows:
     """The first ``rows`` rows of the plan's first task of copy 0, mixed.
 
-    Reads those rows (contiguous) and their partners (by index), nothing else.
+    The input is opened and the plan built as ``mixup augment`` does with the
+    same keys, data options (``data``) and pairing parameters; then the rows
+    are mixed by the same per-task computation (``tasks.compute_task``'s
+    steps, for only the rows shown). Reads those rows and their partners,
+    and what the plan itself needs (a pass over y for the class pairings,
+    the index of knn and label-kernel).
     """
+    from mixup_cli import balance as balancing
     from mixup_cli.mixing import Mixer
     from mixup_cli.pipeline import AugmentRequest, open_source, resolve_plan
+    from mixup_cli.sampling import CLASS_PAIRINGS
 
     check_alpha(alpha)
     rows = check_positive(rows, "--rows")
     if block_rows is not None:
         check_positive(block_rows, "--block-rows")
     path = Path(path)
-    source = open_source(path, x_key, y_key)
+    data = data or DataOptions()
+    y_for = f"--pairing {pairing}" if pairing in CLASS_PAIRINGS else None
+    source = open_source(path, x_key, y_key, data, require_y, y_for=y_for)
     try:
-        request = AugmentRequest(path, path, alpha=alpha, seed=seed, x_key=x_key, y_key=y_key,
-                                 block_rows=block_rows, method=method, layout=layout, command_line=[])
+        # The request augment would get (IN as its own OUT: nothing is written).
+        request = AugmentRequest(
+            path, path, alpha=alpha, seed=seed, x_key=x_key, y_key=y_key, require_y=require_y,
+            block_rows=block_rows, method=method, layout=layout, pairing=pairing, neighbors=neighbors,
+            project=project, bandwidth=bandwidth, balance=balance, balance_to=balance_to, command_line=[],
+            **dataclasses.asdict(data),
+        )
         plan = resolve_plan(request, source)
-        mixer = Mixer(plan, {key: spec.row_shape for key, spec in source.specs.items()})
+        shown = balancing.view(source, plan)  # a balanced plan's rows, read by index
+        mixer = Mixer(plan, {key: shown.specs[key].row_shape for key in shown.mixed_keys})
         task = next(t for t in plan.tasks() if t.copy == 0)
         drawn = mixer.draw(task)
         k = min(rows, task.stop - task.start)
-        partner = drawn.partner[:k]
-        own = {key: source.reader.read(key, task.start, task.start + k) for key in source.specs}
-        other = {key: source.reader.take(key, partner) for key in source.specs}
-        mixed = {key: mixer.mix(key, own[key], other[key], drawn, 0, k) for key in source.specs}
-        x_shape = source.specs[x_key].row_shape
-        y_kind = source.prepared.target_kind if source.prepared is not None else None
+        own = {key: shown.reader.read(key, task.start, task.start + k) for key in shown.specs}
+        other = {key: shown.reader.take(key, drawn.partner[:k]) for key in shown.specs}
+        mixed = {key: mixer.mix(key, own[key], other[key], drawn, 0, k) for key in shown.mixed_keys}
+        for key in shown.paired_keys:
+            key_a, key_b = pair_keys(key)
+            mixed[key_a], mixed[key_b] = own[key], other[key]
+        provenance = drawn.provenance(0, k)
+        x_shape = shown.specs[x_key].row_shape
+        prepared = source.prepared
     finally:
         source.reader.close()
     if plan.method == "cutmix":
@@ -306,10 +332,13 @@ def preview_rows(
         except ParameterError:
             shown_layout = None  # not an image: drawn as a line of values
     return PreviewRows(
-        path=path, x_key=x_key, y_key=y_key, method=plan.method, alpha=plan.alpha, seed=int(plan.seed),
-        layout=shown_layout, rows=np.arange(task.start, task.start + k), out_rows=task.out_start + np.arange(k),
-        partner=partner, lam=drawn.lam[:k], box=None if drawn.box is None else drawn.box[:k],
-        own=own, other=other, mixed=mixed, image_size=mixer.image_size, y_kind=y_kind,
+        path=path, x_key=x_key, y_key=source.y_key, method=plan.method, alpha=plan.alpha, seed=int(plan.seed),
+        layout=shown_layout,
+        rows=provenance["own"] if "own" in provenance else np.arange(task.start, task.start + k),
+        out_rows=task.out_start + np.arange(k), partner=provenance["partner"], lam=provenance["lam"],
+        box=provenance.get("box"), own=own, other=other, mixed=mixed, image_size=mixer.image_size,
+        y_kind=prepared.target_kind if prepared is not None else None, paired=tuple(source.paired_keys),
+        class_names=getattr(prepared, "class_names", None) or None, pairing=plan.pairing,
     )
 
 
@@ -322,13 +351,20 @@ def _as_image(row: np.ndarray, layout: str) -> np.ndarray:
     return row
 
 
-def _label(y_row: np.ndarray | None, kind: str | None = None) -> str:
-    """How a panel names a row's target: its class, its set of labels
-    (multi-label: the argmax of a multi-hot row means nothing), or its value."""
+def _label(y_row: np.ndarray | None, kind: str | None = None, names: list | None = None) -> str:
+    """How a panel names a row's target: its class (by name for string
+    labels), its set of labels (multi-label: the argmax of a multi-hot row
+    means nothing), or its value. Nothing for a mask (drawn on its own)."""
     if y_row is None:
         return ""
     flat = np.asarray(y_row).ravel()
+
+    def named(code: int) -> str:
+        return f", class {names[code]}" if names and 0 <= code < len(names) else f", class {code}"
+
     if flat.size == 1:
+        if kind == "classes" and flat.dtype.kind in "iu":  # a label kept as it is (--y-format pair)
+            return named(int(flat[0]))
         return f", y = {float(flat[0]):.3g}"
     if np.asarray(y_row).ndim != 1 or kind == "dense":
         return ""
@@ -338,54 +374,98 @@ def _label(y_row: np.ndarray | None, kind: str | None = None) -> str:
             return ", no labels"
         shown = ", ".join(map(str, on[:6])) + (", ..." if len(on) > 6 else "")
         return f", labels {{{shown}}}"
-    return f", class {int(np.argmax(flat))}"
+    return named(int(np.argmax(flat)))
+
+
+def _value_range(*arrays: np.ndarray) -> tuple[float, float]:
+    """The colour scale of panels: 0-255 for bytes, else the values' range."""
+    if all(a.dtype == np.uint8 for a in arrays):
+        return 0.0, 255.0
+    shown = np.concatenate([np.asarray(a, dtype=np.float64).ravel() for a in arrays])
+    vmin, vmax = float(np.nanmin(shown)), float(np.nanmax(shown))
+    return (vmin, vmin + 1.0) if not vmax > vmin else (vmin, vmax)
+
+
+def _draw_row(ax, row: np.ndarray, layout: str | None, vmin: float, vmax: float, cmap: str = "gray") -> None:
+    """One row in one panel: an image, or a line of values."""
+    if layout is None:
+        ax.plot(np.asarray(row, dtype=np.float64).ravel(), linewidth=1)
+        ax.set_ylim(vmin - 0.05 * (vmax - vmin), vmax + 0.05 * (vmax - vmin))
+        ax.tick_params(labelsize=7)
+        return
+    image = _as_image(row, layout)
+    if image.ndim == 3:
+        scaled = np.clip((image.astype(np.float64) - vmin) / (vmax - vmin), 0, 1)
+        ax.imshow(scaled, interpolation="nearest")
+    else:
+        ax.imshow(image, cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _mask_layout(row_shape: tuple[int, ...], x_layout: str | None) -> str | None:
+    """How a target row that is itself an image (a segmentation mask) is
+    drawn; None when y is a label or a vector (named in the titles)."""
+    if len(row_shape) == 2:
+        return "NHW"
+    if len(row_shape) == 3:
+        return x_layout if x_layout in ("NHWC", "NCHW") else "NHWC"
+    return None
 
 
 def dataset_figure(p: PreviewRows, hist: bool = False):
-    """Each shown row: its input, its partner, and the result with lam in the title."""
+    """Each shown row: its input, its partner, and the result with lam in the
+    title; a target that is an image (a mask) gets a line of its own below:
+    the row's, the partner's, and the mixed one (or, with ``--y-format
+    pair``, the two kept as they are)."""
     from matplotlib.patches import Rectangle
 
     k = len(p.rows)
-    fig = new_figure(3 * PANEL, k * PANEL + (1.5 * PANEL if hist else 0) + 0.5)
-    grid = fig.add_gridspec(k + int(hist), 3, height_ratios=[1] * k + ([1.5] if hist else []))
-    x_own, x_other, x_mixed = p.own[p.x_key], p.other[p.x_key], p.mixed[p.x_key]
-    shown = np.concatenate([x_own.ravel(), x_other.ravel(), x_mixed.ravel()]).astype(np.float64)
-    if x_own.dtype == np.uint8:
-        vmin, vmax = 0.0, 255.0
-    else:
-        vmin, vmax = float(shown.min()), float(shown.max())
-        if vmax <= vmin:
-            vmax = vmin + 1.0
     y = p.y_key
+    mask = _mask_layout(p.own[y].shape[1:], p.layout) if y is not None else None
+    per_row = 2 if mask else 1
+    fig = new_figure(3 * PANEL, k * per_row * PANEL + (1.5 * PANEL if hist else 0) + 0.5)
+    grid = fig.add_gridspec(k * per_row + int(hist), 3, height_ratios=[1] * (k * per_row) + ([1.5] if hist else []))
+    x_own, x_other, x_mixed = p.own[p.x_key], p.other[p.x_key], p.mixed[p.x_key]
+    vmin, vmax = _value_range(x_own, x_other, x_mixed)
+    paired = y in p.paired
+    titled = y is not None and mask is None
+    if mask:
+        y_shown = [p.own[y], p.other[y]] + ([] if paired else [p.mixed[y]])
+        y_min, y_max = _value_range(*y_shown)
     for i in range(k):
         panels = [
-            (x_own[i], f"row {p.rows[i]}{_label(p.own[y][i] if y else None, p.y_kind)}"),
-            (x_other[i], f"partner {p.partner[i]}{_label(p.other[y][i] if y else None, p.y_kind)}"),
+            (x_own[i], f"row {p.rows[i]}{_label(p.own[y][i], p.y_kind, p.class_names) if titled else ''}"),
+            (x_other[i], f"partner {p.partner[i]}{_label(p.other[y][i], p.y_kind, p.class_names) if titled else ''}"),
             (x_mixed[i], f"{p.method}, lam = {p.lam[i]:.3f}"),
         ]
         for c, (row, title) in enumerate(panels):
-            ax = fig.add_subplot(grid[i, c])
+            ax = fig.add_subplot(grid[i * per_row, c])
             ax.set_title(title, fontsize=9)
-            if p.layout is None:
-                ax.plot(np.asarray(row, dtype=np.float64).ravel(), linewidth=1)
-                ax.set_ylim(vmin - 0.05 * (vmax - vmin), vmax + 0.05 * (vmax - vmin))
-                ax.tick_params(labelsize=7)
-                continue
-            image = _as_image(row, p.layout)
-            if image.ndim == 3:
-                scaled = np.clip((image.astype(np.float64) - vmin) / (vmax - vmin), 0, 1)
-                ax.imshow(scaled, interpolation="nearest")
-            else:
-                ax.imshow(image, cmap="gray", vmin=vmin, vmax=vmax, interpolation="nearest")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if p.box is not None and c > 0:
+            _draw_row(ax, row, p.layout, vmin, vmax)
+            if p.layout is not None and p.box is not None and c > 0:
                 y0, x0, y1, x1 = (int(v) for v in p.box[i])
                 if y1 > y0 and x1 > x0:
                     ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False,
                                            edgecolor="#ff7f0e", linewidth=1.5, linestyle="--"))
+        if not mask:
+            continue
+        names = pair_keys(y) if paired else (y, y)
+        masks = [(p.own[y][i], f"{names[0]} (row {p.rows[i]})"), (p.other[y][i], f"{names[1]} (partner {p.partner[i]})")]
+        for c, (row, title) in enumerate(masks):
+            ax = fig.add_subplot(grid[i * per_row + 1, c])
+            ax.set_title(title, fontsize=9)
+            _draw_row(ax, row, mask, y_min, y_max, cmap="viridis")
+        ax = fig.add_subplot(grid[i * per_row + 1, 2])
+        if paired:  # augment writes both targets as they are: nothing is mixed
+            ax.set_axis_off()
+            ax.text(0.5, 0.5, f"{names[0]}, {names[1]} kept\nas they are,\nlam = {p.lam[i]:.3f}",
+                    ha="center", va="center", fontsize=9, transform=ax.transAxes)
+        else:
+            ax.set_title(f"{y} mixed", fontsize=9)
+            _draw_row(ax, p.mixed[y][i], mask, y_min, y_max, cmap="viridis")
     if hist:
-        ax = fig.add_subplot(grid[k, :])
+        ax = fig.add_subplot(grid[k * per_row, :])
         lam = lam_sample(p.alpha, p.seed, p.method, p.image_size)
         if p.method == "cutmix":
             h, w = p.image_size

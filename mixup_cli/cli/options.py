@@ -1,8 +1,50 @@
-"""Options shared by several commands, as small decorators."""
+"""Options shared by several commands, each defined once, as decorators.
+
+A command takes the groups it shares (``keys_options``, ``run_options``,
+``pairing_options``, ``data_options``, ``batch_size_option``, ``quiet_option``,
+``json_option``, ``debug_option``) instead of redefining them, so one help
+text and one default serve every command. ``keys_options`` and
+``data_options`` hand the command one object each (``keys``: a ``Keys``,
+``data``: a ``prepare.DataOptions``) instead of their separate values; the
+other groups pass values named as ``pipeline.AugmentRequest``'s fields, so a
+command builds its request from them as they come.
+
+Only light modules are imported here: the lists of choices, not the code
+that uses them (``mixup --help`` stays fast).
+"""
 
 from __future__ import annotations
 
+import functools
+from dataclasses import dataclass
+
 import click
+
+from mixup_cli.cutmix import LAYOUTS
+from mixup_cli.labels import Y_KINDS
+from mixup_cli.prepare import X_DTYPES, Y_FORMATS, DataOptions
+from mixup_cli.sampling import METHODS, PAIRINGS, check_positive
+
+
+def _apply(f, options):
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def _gathered(f, names, build, into):
+    """``f`` called with the values of ``names`` replaced by ``build(ctx, **values)`` as ``into``."""
+
+    @functools.wraps(f)
+    def wrapper(*args, **kwargs):
+        values = {name: kwargs.pop(name) for name in names}
+        kwargs[into] = build(click.get_current_context(), **values)
+        return f(*args, **kwargs)
+
+    return wrapper
+
+
+# ----------------------------------------------------------- output and errors
 
 
 def _set_debug(ctx, param, value):
@@ -28,3 +70,124 @@ def json_option(f):
 
 def quiet_option(f):
     return click.option("-q", "--quiet", is_flag=True, help="No progress bar and no messages, errors aside.")(f)
+
+
+def _positive(ctx, param, value):
+    # The library's check and message (exit 2), at the option.
+    return None if value is None else check_positive(value, param.opts[0])
+
+
+def batch_size_option(f):
+    return click.option(
+        "--batch-size", type=int, default=None, callback=_positive,
+        help="Rows computed at once (augment: mixed and written; verify: recomputed and compared) "
+             "[default: about 16 MiB, at most a block]. Does not change the output or the result.",
+    )(f)
+
+
+# --------------------------------------------------------------------- arrays
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Which arrays hold x and y; ``require_y``: whether a missing y is an error
+    (``--y-key`` given) or means x alone."""
+
+    x_key: str
+    y_key: str | None
+    require_y: bool
+
+    def as_dict(self) -> dict:
+        return {"x_key": self.x_key, "y_key": self.y_key, "require_y": self.require_y}
+
+
+def _keys(ctx, x_key, y_key, no_y):
+    y_given = ctx.get_parameter_source("y_key") != click.core.ParameterSource.DEFAULT
+    if no_y:
+        if y_given:
+            raise click.UsageError("--no-y and --y-key exclude each other")
+        y_key = None
+    return Keys(x_key, y_key, y_given)
+
+
+def keys_options(f):
+    """--x-key, --y-key, --no-y, passed as ``keys`` (a ``Keys``)."""
+    f = _gathered(f, ("x_key", "y_key", "no_y"), _keys, "keys")
+    return _apply(f, [
+        click.option("--x-key", default="x", show_default=True,
+                     help="Array holding the inputs (HDF5 path, .npz member or .npy file stem)."),
+        click.option("--y-key", default="y", show_default=True,
+                     help="Array holding the targets. If not given and IN has no 'y', x is mixed alone."),
+        click.option("--no-y", is_flag=True, help="Mix x alone (unlabelled data); y is neither read nor written."),
+    ])
+
+
+def _data(ctx, **values):
+    return DataOptions(**values)
+
+
+def data_options(f):
+    """How x and y are read and mixed, passed as ``data`` (a ``prepare.DataOptions``)."""
+    names = ("y_format", "y_kind", "num_classes", "label_smoothing", "x_dtype", "allow_nonfinite")
+    f = _gathered(f, names, _data, "data")
+    return _apply(f, [
+        click.option("--y-format", type=click.Choice(Y_FORMATS), default="soft", show_default=True,
+                     help="soft: mixed targets; pair: y_a, y_b (the two original targets, dtype kept) beside lam."),
+        click.option("--y-kind", type=click.Choice(Y_KINDS), default="auto", show_default=True,
+                     help="What y holds; auto: integer (N,) labels are classes (one-hot), bool and other integer "
+                          "targets 0/1, floats dense."),
+        click.option("--num-classes", type=click.IntRange(min=1), default=None, metavar="C",
+                     help="Classes of integer labels (labels in [0, C)) [default: max label + 1, found by a pass "
+                          "over y]."),
+        click.option("--label-smoothing", type=click.FloatRange(0, 1, max_open=True), default=0.0, metavar="EPS",
+                     help="Class targets: off = EPS/C, on = 1 - EPS + EPS/C, applied before mixing."),
+        click.option("--x-dtype", type=click.Choice(X_DTYPES), default="keep", show_default=True,
+                     help="Output dtype of x (keep: integers are rounded and clipped back)."),
+        click.option("--allow-nonfinite", is_flag=True,
+                     help="Mix NaN and Inf as they are instead of stopping at the first row holding one."),
+    ])
+
+
+# ------------------------------------------------------------------------ run
+
+
+def run_options(f):
+    """--alpha, --seed, --method, --layout, --block-rows: the draws of a run."""
+    return _apply(f, [
+        click.option("--alpha", type=float, default=0.2, show_default=True, help="lam ~ Beta(alpha, alpha)."),
+        click.option("--seed", type=click.IntRange(min=0), default=None,
+                     help="Seed for all randomness; drawn (and recorded, or shown) if omitted."),
+        click.option("--method", type=click.Choice(METHODS), default="mixup", show_default=True,
+                     help="mixup blends whole rows; cutmix pastes a box of the partner image into each image "
+                          "(x must be images)."),
+        click.option("--layout", type=click.Choice(LAYOUTS), default=None,
+                     help="Axis order of image x, for cutmix and for drawing images [default: inferred when "
+                          "unambiguous]."),
+        click.option("--block-rows", type=int, default=None,
+                     help="Rows per pairing block, the unit of randomness [default: about 16 MiB]."),
+    ])
+
+
+def pairing_options(f):
+    """--pairing and its parameters, --balance and --balance-to: which rows are mixed with which."""
+    return _apply(f, [
+        click.option("--pairing", type=click.Choice(PAIRINGS), default="global", show_default=True,
+                     help="Where partners come from: the whole dataset, the row's own block, rows of the same / "
+                          "another class of y, one of the --neighbors nearest rows in x (of the same class), or "
+                          "rows of near float y (C-Mixup, --bandwidth)."),
+        click.option("--neighbors", type=click.IntRange(min=1), default=None, metavar="K",
+                     help="With --pairing knn / knn-within-class: the partner is one of the K nearest rows "
+                          "[default: 5]."),
+        click.option("--project", type=click.IntRange(min=1), default=None, metavar="D",
+                     help="With --pairing knn: search neighbours in x projected to D dimensions (IncrementalPCA, "
+                          "one streaming pass) [default: the rows as they are]."),
+        click.option("--bandwidth", type=float, default=None, metavar="S",
+                     help="With --pairing label-kernel: partner probability proportional to "
+                          "exp(-|y_i - y_j|^2 / (2 S^2))."),
+        click.option("--balance", is_flag=True,
+                     help="Every class gets as many output rows per copy as the largest class: own rows of smaller "
+                          "classes are drawn more often (an 'own' array records each row's own input row)."),
+        click.option("--balance-to", type=click.IntRange(min=1), default=None, metavar="M",
+                     help="Balance to M rows of every class per copy (implies --balance; larger classes are "
+                          "subsampled)."),
+    ])

@@ -7,16 +7,15 @@ from pathlib import Path
 
 import click
 
-from .augment import _BarProgress
-from .options import debug_option, json_option, quiet_option
+from .progress import BarProgress
+from .options import batch_size_option, debug_option, json_option, quiet_option
 
 
 @click.command()
 @click.argument("output_path", metavar="OUT", type=click.Path(path_type=Path))
 @click.option("--input", "input_path", type=click.Path(path_type=Path), default=None,
               help="Where the input is now, if it moved since the run [default: the path in the sidecar].")
-@click.option("--batch-size", type=click.IntRange(min=1), default=None,
-              help="Rows recomputed and compared at once [default: about 4 MiB]. Does not change the result.")
+@batch_size_option
 @quiet_option
 @json_option
 @debug_option
@@ -37,7 +36,7 @@ def verify(output_path, input_path, batch_size, quiet, as_json):
     """
     from mixup_cli.verify import verify as run_verify
 
-    bar = _BarProgress(quiet or as_json)
+    bar = BarProgress(quiet or as_json)
     try:
         report = run_verify(output_path, input_path=input_path, batch_size=batch_size, progress=bar)
     finally:
