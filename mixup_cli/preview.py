@@ -377,9 +377,9 @@ def _label(y_row: np.ndarray | None, kind: str | None = None, names: list | None
     return named(int(np.argmax(flat)))
 
 
-def _value_range(*arrays: np.ndarray) -> tuple[float, float]:
-    """The colour scale of panels: 0-255 for bytes, else the values' range."""
-    if all(a.dtype == np.uint8 for a in arrays):
+def _value_range(*arrays: np.ndarray, bytes_full: bool = True) -> tuple[float, float]:
+    """The colour scale of panels: 0-255 for bytes (images), else the values' range."""
+    if bytes_full and all(a.dtype == np.uint8 for a in arrays):
         return 0.0, 255.0
     shown = np.concatenate([np.asarray(a, dtype=np.float64).ravel() for a in arrays])
     vmin, vmax = float(np.nanmin(shown)), float(np.nanmax(shown))
@@ -432,7 +432,7 @@ def dataset_figure(p: PreviewRows, hist: bool = False):
     titled = y is not None and mask is None
     if mask:
         y_shown = [p.own[y], p.other[y]] + ([] if paired else [p.mixed[y]])
-        y_min, y_max = _value_range(*y_shown)
+        y_min, y_max = _value_range(*y_shown, bytes_full=False)  # a mask's classes, not grey levels
     for i in range(k):
         panels = [
             (x_own[i], f"row {p.rows[i]}{_label(p.own[y][i], p.y_kind, p.class_names) if titled else ''}"),

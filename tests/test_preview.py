@@ -3,6 +3,7 @@
 import struct
 import sys
 
+import h5py
 import numpy as np
 import pytest
 
@@ -10,6 +11,7 @@ from conftest import SAMPLE_H5, load_output, write_h5
 from mixup_cli import preview
 from mixup_cli.errors import ParameterError
 from mixup_cli.pipeline import AugmentRequest, augment
+from mixup_cli.prepare import DataOptions
 
 
 @pytest.fixture
@@ -185,3 +187,131 @@ def test_beta_density_matches_scipy(alpha):
     stats = pytest.importorskip("scipy.stats")
     xs = np.linspace(0.01, 0.99, 50)
     assert np.allclose(preview.beta_pdf(xs, alpha), stats.beta.pdf(xs, alpha, alpha), rtol=1e-10)
+
+
+# ------------------------------------------- any file augment mixes, preview shows
+
+
+def _masks(tmp_path, n=30):
+    rng = np.random.default_rng(3)
+    x = rng.integers(0, 256, (n, 8, 8)).astype(np.uint8)
+    y = rng.integers(0, 5, (n, 8, 8)).astype(np.uint8)  # a class per pixel
+    return write_h5(tmp_path / "masks.h5", x=x, y=y)
+
+
+def _unlabelled(tmp_path, n=30):
+    x = np.random.default_rng(4).standard_normal((n, 6)).astype(np.float32)
+    return write_h5(tmp_path / "unlabelled.h5", x=x)
+
+
+def _classes(tmp_path, n=30):
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((n, 5)).astype(np.float32)
+    y = np.array([0] * 4 + [1] * 10 + [2] * 16, dtype=np.int64)[rng.permutation(n)]
+    return write_h5(tmp_path / "classes.h5", x=x, y=y)
+
+
+def _names(tmp_path, n=30):
+    rng = np.random.default_rng(6)
+    x = rng.integers(0, 256, (n, 6, 6)).astype(np.uint8)
+    y = np.array(["cat", "dog", "owl"], dtype="S3")[rng.integers(0, 3, n)]
+    return write_h5(tmp_path / "names.h5", x=x, y=y)
+
+
+def _regression(tmp_path, n=30):
+    rng = np.random.default_rng(7)
+    return write_h5(tmp_path / "regression.h5", x=rng.standard_normal((n, 4)).astype(np.float32),
+                    y=rng.standard_normal(n).astype(np.float32))
+
+
+SHOWN_CASES = {
+    "masks as pairs": (_masks, ["--y-format", "pair"]),
+    "masks as pairs, cutmix": (_masks, ["--y-format", "pair", "--method", "cutmix", "--alpha", "1"]),
+    "masks mixed as numbers, cutmix": (_masks, ["--y-kind", "dense", "--method", "cutmix", "--alpha", "1"]),
+    "unlabelled": (_unlabelled, []),
+    "labels left out": (_classes, ["--no-y"]),
+    "within-class": (_classes, ["--pairing", "within-class"]),
+    "between-class, balanced": (_classes, ["--pairing", "between-class", "--balance"]),
+    "knn": (_classes, ["--pairing", "knn", "--neighbors", "3"]),
+    "string labels, within-class": (_names, ["--pairing", "within-class", "--label-smoothing", "0.1"]),
+    "string labels as pairs": (_names, ["--y-format", "pair"]),
+    "x as float32": (_names, ["--x-dtype", "float32"]),
+    "label-kernel": (_regression, ["--pairing", "label-kernel", "--bandwidth", "0.5"]),
+}
+
+
+@pytest.mark.parametrize("case", list(SHOWN_CASES))
+def test_preview_shows_what_augment_writes_for_any_input(run_cli, tmp_path, monkeypatch, mpl, case):
+    make, args = SHOWN_CASES[case]
+    src = make(tmp_path)
+    common = [*args, "--seed", 5, "--block-rows", 8]
+    shown = []
+    figure = preview.dataset_figure
+    monkeypatch.setattr(preview, "dataset_figure", lambda p, hist=False: shown.append(p) or figure(p, hist))
+    picture = tmp_path / "shown.png"
+    result = run_cli("preview", src, "-o", picture, "--rows", 3, "--dpi", 25, *common)
+    assert result.exit_code == 0, result.stderr
+    check_png(picture, png_size(picture))
+    result = run_cli("augment", src, tmp_path / "out.h5", *common, "--quiet")
+    assert result.exit_code == 0, result.stderr
+    (p,) = shown
+    with h5py.File(tmp_path / "out.h5", "r") as f:
+        written = {key: f[key][()] for key in f}
+    at = p.out_rows
+    assert len(at) == 3
+    provenance = {"lam": p.lam, "partner": p.partner}
+    if p.box is not None:
+        provenance["box"] = p.box
+    if "--balance" in args:
+        provenance["own"] = p.rows
+    else:
+        assert np.array_equal(p.rows, at)  # copy 0, first block: output row i is input row i
+    assert set(written) == set(p.mixed) | set(provenance)  # every array augment writes is shown
+    for key, rows in {**p.mixed, **provenance}.items():
+        assert rows.dtype == written[key].dtype, key
+        assert np.array_equal(written[key][at], rows, equal_nan=rows.dtype.kind == "f"), key
+
+
+def test_mask_preview_draws_the_masks_below_their_rows(tmp_path, mpl):
+    src = _masks(tmp_path)
+    shown = preview.preview_rows(src, seed=2, rows=3, data=DataOptions(y_format="pair"))
+    assert shown.paired == ("y",) and set(shown.mixed) == {"x", "y_a", "y_b"}
+    fig = preview.dataset_figure(shown)
+    titles = [ax.get_title() for ax in fig.axes if ax.images]
+    assert len(titles) == 3 * 5  # x: row, partner, mixed; the masks y_a and y_b
+    assert titles[3:5] == [f"y_a (row {shown.rows[0]})", f"y_b (partner {shown.partner[0]})"]
+    kept = [ax for ax in fig.axes if ax.texts]
+    assert len(kept) == 3 and "kept" in kept[0].texts[0].get_text()
+
+
+def test_string_labels_are_named_in_the_titles(tmp_path, mpl):
+    src = _names(tmp_path)
+    shown = preview.preview_rows(src, seed=2, rows=4)
+    assert shown.class_names == ["cat", "dog", "owl"]
+    with h5py.File(src, "r") as f:
+        y = f["y"][()].astype(str)
+    fig = preview.dataset_figure(shown)
+    titles = [ax.get_title() for ax in fig.axes if ax.get_title().startswith("row ")]
+    assert titles == [f"row {r}, class {y[r]}" for r in shown.rows]
+
+
+def test_the_mask_message_names_an_option_preview_takes(run_cli, tmp_path, mpl):
+    """Soft targets of masks are refused by augment and preview alike, with a
+    message that suggests --y-format pair; preview takes it and then works."""
+    src = _masks(tmp_path)
+    refused = run_cli("augment", src, tmp_path / "out.h5", "--seed", 1)
+    result = run_cli("preview", src, "-o", tmp_path / "m.png", "--seed", 1)
+    assert result.exit_code == refused.exit_code == 1
+    assert result.stderr == refused.stderr and "--y-format pair" in result.stderr
+    assert "--y-format" in run_cli("preview", "--help").stdout
+    result = run_cli("preview", src, "-o", tmp_path / "m.png", "--seed", 1, "--y-format", "pair")
+    assert result.exit_code == 0, result.stderr
+    assert "--y-format" not in result.stderr
+
+
+def test_unlabelled_preview_says_x_is_shown_alone(run_cli, tmp_path, mpl):
+    result = run_cli("preview", _unlabelled(tmp_path), "-o", tmp_path / "u.png", "--seed", 1)
+    assert result.exit_code == 0, result.stderr
+    assert "has no 'y': mixing 'x' alone" in result.stderr
+    result = run_cli("preview", _unlabelled(tmp_path), "-o", tmp_path / "v.png", "--y-key", "y")
+    assert result.exit_code == 1 and "no array 'y'" in result.stderr  # asked for: an error, as for augment
