@@ -178,3 +178,25 @@ def test_python_dash_m_and_exit_codes_in_a_shell_script(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "done"
     assert "already exists" in (tmp_path / "err.txt").read_text()
+
+
+def test_shared_options_refuse_alike_in_every_command(run_cli, small_h5, tmp_path):
+    """--batch-size is one option for augment and verify: the same check, the same message."""
+    src, _, _ = small_h5
+    out = tmp_path / "out.h5"
+    assert run_cli("augment", src, out, "--seed", 1, "--quiet").exit_code == 0
+    messages = set()
+    for args in (["augment", src, tmp_path / "other.h5"], ["verify", out]):
+        result = run_cli(*args, "--batch-size", 0)
+        assert result.exit_code == 2
+        messages.add(result.stderr)
+    assert messages == {"Error: --batch-size must be an integer >= 1, got 0\n"}
+    assert not (tmp_path / "other.h5").exists()
+
+
+def test_no_y_and_y_key_exclude_each_other_in_augment_and_preview(run_cli, small_h5, tmp_path):
+    src, _, _ = small_h5
+    for args in (["augment", src, tmp_path / "out.h5"], ["preview", src, "-o", tmp_path / "p.png"]):
+        result = run_cli(*args, "--no-y", "--y-key", "y")
+        assert result.exit_code == 2 and "--no-y and --y-key exclude each other" in result.stderr
+    assert leftovers(tmp_path) == []

@@ -14,7 +14,7 @@ from mixup_cli.engines import ENGINES
 
 from . import signals
 from .options import (
-    batch_size_option, data_options, debug_option, json_option, keys_options, pairing_options, quiet_option,
+    as_int, batch_size_option, data_options, debug_option, json_option, keys_options, pairing_options, quiet_option,
     run_options,
 )
 from .progress import BarProgress
@@ -47,7 +47,7 @@ def _stopped(output: Path, name: str) -> str:
 @click.option("--compression", type=click.Choice(["none", "gzip", "lzf", "zstd"]), default="none", show_default=True, help="Output compression (HDF5: gzip or lzf; .npz: gzip; Zarr: gzip or zstd).")
 @click.option("--chunk-rows", type=click.IntRange(min=1), default=None, metavar="N", help="HDF5/Zarr output: rows per chunk; must divide the block rows [default: chunks of about 64 KiB for compressed HDF5, 1 MiB otherwise]. Does not change the arrays.")
 @click.option("--byte-shuffle/--no-byte-shuffle", default=None, help="HDF5 output: the shuffle filter before compression [default: on for gzip]. Does not change the arrays.")
-@click.option("--zarr-format", type=click.Choice(["2", "3"]), default=None, callback=lambda ctx, param, value: int(value) if value else None, help="Zarr output: store format; 2 for readers that know only Zarr v2 (zarr-python 2) [default: 3].")
+@click.option("--zarr-format", type=click.Choice(["2", "3"]), default=None, callback=as_int, help="Zarr output: store format; 2 for readers that know only Zarr v2 (zarr-python 2) [default: 3].")
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists (only once the new output is complete).")
 @data_options
 @click.option("--resume", is_flag=True, help="Continue a run that was killed, from its last block written, if its options and input match; otherwise say what differs and stop.")

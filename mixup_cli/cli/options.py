@@ -77,6 +77,11 @@ def _positive(ctx, param, value):
     return None if value is None else check_positive(value, param.opts[0])
 
 
+def as_int(ctx, param, value):
+    """A choice of numbers (``click.Choice(["2", "3"])``) as an int, None kept."""
+    return None if value is None else int(value)
+
+
 def batch_size_option(f):
     return click.option(
         "--batch-size", type=int, default=None, callback=_positive,
@@ -156,7 +161,7 @@ def run_options(f):
     return _apply(f, [
         click.option("--alpha", type=float, default=0.2, show_default=True, help="lam ~ Beta(alpha, alpha)."),
         click.option("--seed", type=click.IntRange(min=0), default=None,
-                     help="Seed for all randomness; drawn (and recorded, or shown) if omitted."),
+                     help="Seed for all randomness; drawn if omitted (augment records it, preview shows it)."),
         click.option("--method", type=click.Choice(METHODS), default="mixup", show_default=True,
                      help="mixup blends whole rows; cutmix pastes a box of the partner image into each image "
                           "(x must be images)."),
