@@ -6,6 +6,8 @@ import sys
 import h5py
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from conftest import SAMPLE_H5, load_output, write_h5
 from mixup_cli import preview
@@ -315,3 +317,28 @@ def test_unlabelled_preview_says_x_is_shown_alone(run_cli, tmp_path, mpl):
     assert "has no 'y': mixing 'x' alone" in result.stderr
     result = run_cli("preview", _unlabelled(tmp_path), "-o", tmp_path / "v.png", "--y-key", "y")
     assert result.exit_code == 1 and "no array 'y'" in result.stderr  # asked for: an error, as for augment
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    seed=st.integers(0, 2**32), alpha=st.sampled_from([0.2, 1.0, 3.0]), block_rows=st.integers(3, 40),
+    rows=st.integers(1, 12), pairing=st.sampled_from(["global", "batch", "within-class", "between-class"]),
+    y_format=st.sampled_from(["soft", "pair"]), balance=st.booleans(),
+)
+def test_preview_rows_are_the_rows_augment_writes(tmp_path_factory, seed, alpha, block_rows, rows, pairing,
+                                                   y_format, balance):
+    directory = tmp_path_factory.mktemp("shown")
+    src = _classes(directory)
+    out = directory / "out.h5"
+    data = DataOptions(y_format=y_format)
+    run = dict(alpha=alpha, seed=seed, block_rows=block_rows, pairing=pairing, balance=balance)
+    augment(AugmentRequest(src, out, **run, y_format=y_format, command_line=[]))
+    shown = preview.preview_rows(src, data=data, rows=rows, **run)
+    with h5py.File(out, "r") as f:
+        at = shown.out_rows
+        assert len(at) == min(rows, block_rows, f["lam"].shape[0])
+        for key, values in shown.mixed.items():
+            assert np.array_equal(f[key][at], values), key
+        assert np.array_equal(f["partner"][at], shown.partner)
+        assert np.array_equal(f["lam"][at], shown.lam)
+        assert np.array_equal(f["own"][at] if balance else at, shown.rows)
