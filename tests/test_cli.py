@@ -200,3 +200,24 @@ def test_no_y_and_y_key_exclude_each_other_in_augment_and_preview(run_cli, small
         result = run_cli(*args, "--no-y", "--y-key", "y")
         assert result.exit_code == 2 and "--no-y and --y-key exclude each other" in result.stderr
     assert leftovers(tmp_path) == []
+
+
+HEAVY_MODULES = {"sklearn", "dask", "distributed", "zarr", "numcodecs", "tables", "matplotlib", "tqdm", "h5py",
+                 "scipy", "anndata", "netCDF4"}
+
+
+@pytest.mark.parametrize("args", [["--help"], ["augment", "--help"], ["preview", "--help"], ["verify", "--help"]])
+def test_help_imports_no_heavy_module(args):
+    """--help stays fast: the shared options import lists of choices, not the code behind them."""
+    code = (
+        "import runpy, sys\n"
+        f"sys.argv = ['mixup', *{args!r}]\n"
+        "try:\n    runpy.run_module('mixup_cli', run_name='__main__')\n"
+        "except SystemExit:\n    pass\n"
+        "print(' '.join(sorted({m.split('.')[0] for m in sys.modules})), file=sys.stderr)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    assert "Usage: mixup" in proc.stdout
+    loaded = set(proc.stderr.split())
+    assert "click" in loaded and not loaded & HEAVY_MODULES, sorted(loaded & HEAVY_MODULES)
