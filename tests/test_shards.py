@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import pickle
 from pathlib import Path
 from unittest import mock
 
@@ -20,7 +21,7 @@ from mixup_cli import pipeline, provenance
 from mixup_cli.errors import InputError, OutputError, ParameterError
 from mixup_cli.pipeline import AugmentRequest, augment, open_source, resolve_plan
 from mixup_cli.sampling import Plan
-from mixup_cli.sets import (ConcatReader, Part, check_outdir, check_outdir_contents, check_part_seed,
+from mixup_cli.sets import (ConcatReader, Part, check_plan, check_outdir, check_outdir_contents, check_part_seed,
                             check_storage_options, collect_inputs, from_single, inspect_inputs, output_paths,
                             output_rows, parse_shard, part_of, read_section, restrict, section, set_id, set_status,
                             task_slice, to_single, whole_task)
@@ -199,6 +200,10 @@ def test_concat_reader_keeps_few_readers_open(tmp_path):
         reader.take("x", np.arange(0, 120, 7))
         assert len(os.listdir("/proc/self/fd")) <= fds + 3
         assert [p.name for p in reader.files()] == [p.name for p in paths]
+        copy = pickle.loads(pickle.dumps(reader))  # for another process: the layout, no open file
+        assert copy.open_count == 0
+        np.testing.assert_array_equal(copy.read("x", 50, 70), x[50:70])
+        copy.close()
 
 
 def test_string_labels_of_different_storage_are_named_over_the_whole_set(tmp_path):
@@ -365,6 +370,16 @@ def test_restricted_tasks_cover_the_single_file_output_once(sizes, block_rows, c
                 covered[single] += 1
         assert (local_seen == 1).all()  # each output's rows written once, none left out
     assert (covered == 1).all()
+
+
+def test_a_balanced_plan_cannot_be_split_by_input(tmp_path):
+    paths, _, _ = _shards(tmp_path)
+    request = AugmentRequest(paths[0], tmp_path / "o", seed=1, balance=True, command_line=[])
+    plan = resolve_plan(request, _set_source(inspect_inputs(paths), request))
+    with pytest.raises(ParameterError, match="--balance cannot split its output by input") as err:
+        check_plan(plan)
+    assert err.value.option == "--balance"
+    check_plan(Plan(n_rows=10, alpha=0.2, seed=1, block_rows=4))
 
 
 # --- identity, sidecar section, OUTDIR -----------------------------------------

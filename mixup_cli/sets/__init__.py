@@ -16,10 +16,10 @@ from mixup_cli.sets.inputs import Part, WHOLE, check_part_seed, collect_inputs, 
 from mixup_cli.sets.layout import (SetLayout, ShardInfo, check_outdir, check_storage_options, inspect_inputs,
                                    output_paths)
 from mixup_cli.sets.reader import ConcatReader
-from mixup_cli.sets.restrict import from_single, output_rows, restrict, segment, task_slice, to_single, whole_task
+from mixup_cli.sets.restrict import check_plan, from_single, output_rows, restrict, segment, task_slice, to_single, whole_task
 
 __all__ = [
-    "ConcatReader", "Part", "SetLayout", "SetStatus", "ShardInfo", "WHOLE", "check_outdir", "check_outdir_contents",
+    "ConcatReader", "Part", "check_plan", "SetLayout", "SetStatus", "ShardInfo", "WHOLE", "check_outdir", "check_outdir_contents",
     "check_part_seed", "check_storage_options", "collect_inputs", "from_single", "inspect_inputs", "output_paths",
     "output_rows", "parse_shard", "part_of", "read_list", "read_section", "restrict", "section", "segment", "set_id",
     "set_status", "task_slice", "to_single", "whole_task",

@@ -44,7 +44,8 @@ class ConcatReader(Reader):
                  scratch_prefix: Path | None = None, fast: bool = True, max_open: int = DEFAULT_MAX_OPEN):
         super().__init__(layout.shards[0].path)
         self.layout = layout
-        self._opener = opener or (lambda path: open_reader(path, scratch_prefix, fast=fast))
+        self._custom_opener = opener
+        self._scratch_prefix, self._fast = scratch_prefix, fast
         self._max_open = max(1, int(max_open))
         self._open: OrderedDict[int, Reader] = OrderedDict()
         self._files: dict[int, list[Path]] = {}  # of inputs opened, recorded before they close
@@ -68,7 +69,11 @@ class ConcatReader(Reader):
         while len(self._open) >= self._max_open:
             old, evicted = self._open.popitem(last=False)
             self._close_one(old, evicted)
-        reader = self._opener(self.layout.shards[k].path)
+        path = self.layout.shards[k].path
+        if self._custom_opener is not None:
+            reader = self._custom_opener(path)
+        else:
+            reader = open_reader(path, self._scratch_prefix, fast=self._fast)
         self.opened += 1
         self._open[k] = reader
         return reader
@@ -181,6 +186,13 @@ class ConcatReader(Reader):
                     seen.add(str(path))
                     found.append(Path(path))
         return found
+
+    def __getstate__(self):
+        # Pickled for another process (a Dask worker): the layout travels, open
+        # readers do not; the copy opens its own as it reads.
+        state = dict(self.__dict__)
+        state["_open"] = OrderedDict()
+        return state
 
     @property
     def open_count(self) -> int:

@@ -21,7 +21,19 @@ from __future__ import annotations
 import dataclasses
 from typing import Iterable, Iterator
 
+from mixup_cli.errors import ParameterError
 from mixup_cli.sampling import Plan, Task
+
+
+def check_plan(plan: Plan) -> None:
+    """Refuse plans whose output rows are not rows of the inputs in order:
+    ``--balance`` draws M rows per class from the whole set, so its rows
+    belong to no one input's output."""
+    if plan.own is not None:
+        raise ParameterError(
+            "--balance cannot split its output by input (its rows are drawn per class from the whole set); "
+            "run it on one file holding the set", "--balance",
+        )
 
 
 def segment(plan: Plan, task: Task) -> int:
