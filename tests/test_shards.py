@@ -21,7 +21,7 @@ from mixup_cli import pipeline, provenance
 from mixup_cli.errors import InputError, OutputError, ParameterError
 from mixup_cli.pipeline import AugmentRequest, augment, open_source, resolve_plan
 from mixup_cli.sampling import Plan
-from mixup_cli.sets import (ConcatReader, Part, check_plan, check_outdir, check_outdir_contents, check_part_seed,
+from mixup_cli.sets import (ConcatReader, Part, check_plan, locate_rows, check_outdir, check_outdir_contents, check_part_seed,
                             check_storage_options, collect_inputs, from_single, inspect_inputs, output_paths,
                             output_rows, parse_shard, part_of, read_section, restrict, section, set_id, set_status,
                             task_slice, to_single, whole_task)
@@ -330,6 +330,32 @@ def test_storage_options_checked_against_every_output_format(tmp_path):
         check_storage_options(mixed, "lzf", 64)
     with pytest.raises(ParameterError, match=r"c.npz: --chunk-rows applies to HDF5 and Zarr"):
         check_storage_options(mixed + [tmp_path / "c.npz"], "none", 64, chunk_rows=16)
+
+
+def test_row_errors_name_the_input_and_its_row(tmp_path):
+    x, y = make_arrays(sum(SIZES))
+    x[37 + 5 + 20, 1, 2] = np.nan  # input 2, its row 20
+    labels = np.arange(sum(SIZES)) % 3
+    labels[37 + 3] = -1  # input 1, its row 3
+    folder = tmp_path / "s"
+    folder.mkdir()
+    paths, at = [], 0
+    for k, n in enumerate(SIZES):
+        paths.append(write_h5(folder / f"p{k}.h5", x=x[at : at + n], y=labels[at : at + n]))
+        at += n
+    layout = inspect_inputs(paths)
+    source = _set_source(layout, AugmentRequest(paths[0], tmp_path / "o", y_kind="dense"))
+    with pytest.raises(InputError) as err:
+        source.reader.read("x", 32, 80)
+    assert str(err.value).startswith(f"{paths[0]} (and 4 more inputs of the set): 'x' row 62 holds NaN")
+    told = locate_rows(err.value, layout)
+    assert type(told) is InputError
+    assert str(told).startswith(f"{paths[2]}: 'x' row 20 (row 62 of the set) holds NaN or Inf")
+    with pytest.raises(InputError) as err:
+        _set_source(layout, AugmentRequest(paths[0], tmp_path / "o", pairing="within-class"))
+    assert f"{paths[1]}: 'y' row 3 (row 40 of the set) has label -1" in str(locate_rows(err.value, layout))
+    other = ParameterError("--alpha must be > 0", "--alpha")
+    assert locate_rows(other, layout) is other
 
 
 # --- restriction to one output -------------------------------------------------

@@ -9,6 +9,7 @@ Every refusal is one line naming the input (and the array) at fault.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -59,6 +60,37 @@ class SetLayout:
     @property
     def formats(self) -> tuple[str, ...]:
         return tuple(sorted({s.format for s in self.shards}))
+
+    @property
+    def label(self) -> str:
+        """How messages about the whole set name it (the ConcatReader's ``path``):
+        vague rather than wrong, until ``locate_rows`` names the input."""
+        first = self.shards[0].path
+        more = len(self.shards) - 1
+        return str(first) if not more else f"{first} (and {more} more input{'s' if more > 1 else ''} of the set)"
+
+
+def locate_rows(error: Exception, layout: SetLayout) -> Exception:
+    """``error`` with a global row of the set, as the library phrases it
+    (``LABEL: 'KEY' row N ...`` or ``LABEL['KEY'] row N``), told as the
+    input holding it and its row there. Other messages are kept as they are."""
+    text = str(error)
+    pattern = re.compile(re.escape(layout.label) + r"(?P<key>: '[^']*'|\['[^']*'\])? row (?P<row>\d+)")
+    match = pattern.search(text)
+    if match is None:
+        return error
+    row = int(match.group("row"))
+    if not 0 <= row < layout.n_rows:
+        return error
+    k, local = layout.locate(row)
+    told = f"{layout.shards[k].path}{match.group('key') or ''} row {local} (row {row} of the set)"
+    new = text[: match.start()] + told + text[match.end():]
+    if isinstance(error, ParameterError):
+        return type(error)(new, error.option)
+    try:
+        return type(error)(new)
+    except TypeError:
+        return error
 
 
 def _same_identity(a: Path, b: Path) -> bool:

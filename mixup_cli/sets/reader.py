@@ -42,7 +42,7 @@ class ConcatReader(Reader):
 
     def __init__(self, layout: SetLayout, *, opener: Callable[[Path], Reader] | None = None,
                  scratch_prefix: Path | None = None, fast: bool = True, max_open: int = DEFAULT_MAX_OPEN):
-        super().__init__(layout.shards[0].path)
+        super().__init__(Path(layout.label))  # messages name the set; layout.locate_rows names the input
         self.layout = layout
         self._custom_opener = opener
         self._scratch_prefix, self._fast = scratch_prefix, fast
