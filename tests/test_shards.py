@@ -24,7 +24,7 @@ from mixup_cli.sampling import Plan
 from mixup_cli.sets import (ConcatReader, Part, check_plan, locate_rows, check_outdir, check_outdir_contents, check_part_seed,
                             check_storage_options, collect_inputs, from_single, inspect_inputs, output_paths,
                             output_rows, parse_shard, part_of, read_section, restrict, section, set_id, set_status,
-                            task_slice, to_single, whole_task)
+                            split, task_slice, to_single, whole_task)
 from mixup_cli.tasks import compute_task
 from tests.conftest import make_arrays, write_h5, write_npy_dir, write_npz
 
@@ -396,6 +396,13 @@ def test_restricted_tasks_cover_the_single_file_output_once(sizes, block_rows, c
                 covered[single] += 1
         assert (local_seen == 1).all()  # each output's rows written once, none left out
     assert (covered == 1).all()
+    for count in (1, 2, len(sizes) + 2):  # a part's outputs in one pass: what restrict gives each
+        for i in range(count):
+            part = Part(i, count).outputs(len(sizes))
+            got = split(iter(tasks), plan, offsets, part)
+            assert sorted(got) == list(part)
+            for k in part:
+                assert got[k] == list(restrict(tasks, plan, int(offsets[k]), sizes[k]))
 
 
 def test_a_balanced_plan_cannot_be_split_by_input(tmp_path):

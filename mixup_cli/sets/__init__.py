@@ -19,12 +19,12 @@ from mixup_cli.sets.layout import (
 )
 from mixup_cli.sets.reader import ConcatReader
 from mixup_cli.sets.restrict import (
-    check_plan, from_single, output_rows, restrict, segment, task_slice, to_single, whole_task,
+    check_plan, from_single, output_rows, restrict, segment, split, task_slice, to_single, whole_task,
 )
 
 __all__ = [
     "ConcatReader", "Part", "SetLayout", "SetStatus", "ShardInfo", "WHOLE", "check_outdir", "check_outdir_contents",
     "check_part_seed", "check_plan", "check_storage_options", "collect_inputs", "from_single", "inspect_inputs",
     "locate_rows", "output_paths", "output_rows", "parse_shard", "part_of", "read_list", "read_section", "restrict",
-    "section", "segment", "set_id", "set_status", "task_slice", "to_single", "whole_task",
+    "section", "segment", "set_id", "split", "set_status", "task_slice", "to_single", "whole_task",
 ]
