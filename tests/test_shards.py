@@ -537,6 +537,19 @@ def _set_source(layout, request: AugmentRequest):
                            require_y=request.require_y)
 
 
+def _replace_y(path: Path, y: np.ndarray) -> None:
+    if path.suffix == ".h5":
+        with h5py.File(path, "a") as f:
+            del f["y"]
+            f["y"] = y.astype("S") if y.dtype.kind == "U" else y
+    elif path.suffix == ".npz":
+        with np.load(path) as z:
+            x = z["x"]
+        write_npz(path, x=x, y=y)
+    else:
+        np.save(path / "y.npy", y)
+
+
 def _set_outputs(layout, request: AugmentRequest) -> list[dict[str, np.ndarray]]:
     """Each output's arrays computed alone: for its restricted tasks, the
     whole block through tasks.compute_task, then the task's sub-range."""
@@ -561,21 +574,30 @@ def _set_outputs(layout, request: AugmentRequest) -> list[dict[str, np.ndarray]]
     return results
 
 
-@pytest.mark.parametrize("pairing, method, copies, original, fmt", [
-    ("global", "mixup", 1, False, "h5"),
-    ("global", "mixup", 2, True, ("h5", "npz", "npy")),
-    ("batch", "mixup", 1, False, "npz"),
-    ("within-class", "mixup", 2, False, "h5gz"),
-    ("between-class", "mixup", 1, True, "h5"),
-    ("global", "cutmix", 1, False, "h5"),
-    ("within-class", "cutmix", 2, False, "npy"),
+@pytest.mark.parametrize("pairing, method, copies, original, fmt, extra", [
+    ("global", "mixup", 1, False, "h5", {}),
+    ("global", "mixup", 2, True, ("h5", "npz", "npy"), {}),
+    ("batch", "mixup", 1, False, "npz", {}),
+    ("within-class", "mixup", 2, False, "h5gz", {}),
+    ("between-class", "mixup", 1, True, "h5", {}),
+    ("global", "cutmix", 1, False, "h5", {}),
+    ("within-class", "cutmix", 2, False, "npy", {}),
+    ("knn", "mixup", 1, False, "h5", {"neighbors": 3}),
+    ("label-kernel", "mixup", 1, False, "h5", {"bandwidth": 0.5, "y": "dense"}),
+    ("within-class", "mixup", 1, False, ("h5", "npz"), {"y": "names", "y_format": "pair"}),
 ])
-def test_outputs_equal_the_single_file_run(tmp_path, pairing, method, copies, original, fmt):
+def test_outputs_equal_the_single_file_run(tmp_path, pairing, method, copies, original, fmt, extra):
+    extra = dict(extra)
+    kind = extra.pop("y", None)
     x_shape = (6, 6, 3) if method == "cutmix" else (4, 3)
     paths, x, y = _shards(tmp_path, fmt=fmt, x_shape=x_shape)
-    whole = write_h5(tmp_path / "whole.h5", x=x, y=y)
+    if kind is not None:  # y rewritten: regression targets, or class names as text
+        y = x[:, 0, 0].astype(np.float64) if kind == "dense" else np.array(["ant", "bee", "cat"])[y.argmax(1) % 3]
+        for path, part in zip(paths, np.split(y, np.cumsum(SIZES)[:-1])):
+            _replace_y(path, part)
+    whole = write_h5(tmp_path / "whole.h5", x=x, y=y.astype("S") if y.dtype.kind == "U" else y)
     common = dict(alpha=0.4, seed=11, block_rows=16, pairing=pairing, copies=copies, include_original=original,
-                  method=method, command_line=[])
+                  method=method, command_line=[], **extra)
     augment(AugmentRequest(whole, tmp_path / "single.h5", **common))
     with h5py.File(tmp_path / "single.h5", "r") as f:
         single = {key: f[key][()] for key in f}
