@@ -21,7 +21,7 @@ from mixup_cli import pipeline, provenance
 from mixup_cli.errors import InputError, OutputError, ParameterError
 from mixup_cli.pipeline import AugmentRequest, augment, open_source, resolve_plan
 from mixup_cli.sampling import Plan
-from mixup_cli.sets import (ConcatReader, Part, check_plan, locate_rows, check_outdir, check_outdir_contents, check_part_seed,
+from mixup_cli.sets import (ConcatReader, Part, check_plan, inputs_state, is_set_form, locate_rows, check_outdir, check_outdir_contents, check_part_seed,
                             check_storage_options, collect_inputs, from_single, inspect_inputs, output_paths,
                             output_rows, parse_shard, part_of, read_section, restrict, section, set_id, set_status,
                             split, task_slice, to_single, whole_task)
@@ -131,6 +131,15 @@ def test_parts_cover_every_output_once_in_order(n_outputs, count):
         assert sizes.count(0) == count - n_outputs
     for k in range(n_outputs):
         assert k in Part(part_of(k, n_outputs, count), count).outputs(n_outputs)
+
+
+def test_which_command_lines_name_a_set():
+    assert is_set_form(2, "mixed")
+    assert is_set_form(1, "mixed/")  # a glob that matched one shard
+    assert is_set_form(1, "mixed", inputs_from="list.txt")
+    assert is_set_form(1, "mixed", shard="0/2")
+    assert not is_set_form(1, "mixed")  # today's .npy directory output
+    assert not is_set_form(1, "out.h5")
 
 
 def test_parts_need_a_seed():
@@ -435,6 +444,15 @@ def test_set_id_depends_on_inputs_order_rows_and_plan(tmp_path):
     moved = tmp_path / "moved"
     (tmp_path / "shards").rename(moved)
     assert set_id(inspect_inputs([moved / p.name for p in paths]), _decides()) == sid
+
+
+def test_inputs_state_follows_the_inputs_files(tmp_path):
+    paths, x, y = _shards(tmp_path)
+    layout = inspect_inputs(paths)
+    before = inputs_state(layout)
+    assert inputs_state(layout) == before
+    os.utime(paths[3], ns=(1, 1))
+    assert inputs_state(layout) != before
 
 
 def _fake_output(outdir: Path, layout, k: int, part: Part, sid: str):

@@ -11,9 +11,11 @@
 """
 
 from mixup_cli.sets.identity import (
-    SetStatus, check_outdir_contents, read_section, section, set_id, set_status,
+    SetStatus, check_outdir_contents, inputs_state, read_section, section, set_id, set_status,
 )
-from mixup_cli.sets.inputs import WHOLE, Part, check_part_seed, collect_inputs, parse_shard, part_of, read_list
+from mixup_cli.sets.inputs import (
+    WHOLE, Part, check_part_seed, collect_inputs, is_set_form, parse_shard, part_of, read_list,
+)
 from mixup_cli.sets.layout import (
     SetLayout, ShardInfo, check_outdir, check_storage_options, inspect_inputs, locate_rows, output_paths,
 )
@@ -24,7 +26,7 @@ from mixup_cli.sets.restrict import (
 
 __all__ = [
     "ConcatReader", "Part", "SetLayout", "SetStatus", "ShardInfo", "WHOLE", "check_outdir", "check_outdir_contents",
-    "check_part_seed", "check_plan", "check_storage_options", "collect_inputs", "from_single", "inspect_inputs",
+    "check_part_seed", "check_plan", "check_storage_options", "collect_inputs", "from_single", "inputs_state", "inspect_inputs", "is_set_form",
     "locate_rows", "output_paths", "output_rows", "parse_shard", "part_of", "read_list", "read_section", "restrict",
     "section", "segment", "set_id", "split", "set_status", "task_slice", "to_single", "whole_task",
 ]

@@ -49,6 +49,19 @@ def set_id(layout: SetLayout, decides: dict) -> str:
     return _digest({"version": SET_VERSION, "inputs": inputs_sha256(layout), "decides": decides})
 
 
+def inputs_state(layout: SetLayout, files=None) -> str:
+    """SHA-256 of every input file's size and modification time, in order:
+    what a part's resume journal records of the inputs, computed once per run
+    (S stats), instead of listing all S inputs in each of S journals.
+    ``files``: the files of each input (``Reader.files()``), else the inputs."""
+    entries = []
+    for k, shard in enumerate(layout.shards):
+        for path in (files[k] if files is not None else [shard.path]):
+            st = Path(path).stat()
+            entries.append([shard.path.name, str(Path(path).name), st.st_size, st.st_mtime_ns])
+    return _digest(entries)
+
+
 def section(layout: SetLayout, k: int, part: Part, sid: str) -> dict:
     """The ``set`` section of output ``k``'s sidecar."""
     shard = layout.shards[k]

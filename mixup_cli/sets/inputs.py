@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from dataclasses import dataclass
@@ -60,6 +61,15 @@ def collect_inputs(arguments: Iterable[str | Path], inputs_from: str | Path | No
         where = f" (--inputs-from {inputs_from} lists none)" if inputs_from is not None else ""
         raise ParameterError(f"no inputs given{where}; pass IN... OUTDIR or --inputs-from FILE", "IN")
     return paths
+
+
+def is_set_form(n_inputs: int, out_text: str, inputs_from: str | Path | None = None, shard: str | None = None) -> bool:
+    """Whether ``augment IN... OUT`` names a set (OUT a directory of outputs)
+    or one output: two inputs or more, ``--inputs-from``, ``--shard``, or an
+    OUT spelled with a trailing slash (``shards/*.h5 mixed/`` stays a set
+    when the glob matches one file; without the slash, one input and a
+    suffix-less OUT is today's ``.npy`` directory output)."""
+    return n_inputs >= 2 or inputs_from is not None or shard is not None or str(out_text).endswith(("/", os.sep))
 
 
 _SHARD = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$")
