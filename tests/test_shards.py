@@ -292,6 +292,8 @@ def test_an_input_inside_outdir_and_an_outdir_that_is_a_file(tmp_path):
     d = write_npy_dir(tmp_path / "d", x=x, y=y)
     with pytest.raises(ParameterError, match=r"d: is inside the output directory"):
         inspect_inputs([a, d], outdir=d)
+    with pytest.raises(ParameterError, match=r"out: is inside the input .*d; choose another OUTDIR"):
+        inspect_inputs([a, d], outdir=d / "out")
     with pytest.raises(OutputError, match=r"a.h5: is a file, not a directory"):
         check_outdir(a)
     with pytest.raises(OutputError, match="does not exist"):

@@ -156,6 +156,8 @@ def inspect_inputs(paths: Sequence[Path], x_key: str = "x", y_key: str | None = 
             real = path.resolve()
             if real == out_real or real.is_relative_to(out_real):
                 raise ParameterError(f"{path}: is inside the output directory {outdir}; choose another OUTDIR", "OUTDIR")
+            if out_real.is_relative_to(real):  # a directory input (.npy files, Zarr) would receive outputs
+                raise ParameterError(f"{outdir}: is inside the input {path}; choose another OUTDIR", "OUTDIR")
         reader = opener(path)
         try:
             keys, shared = _used_keys(reader, path, x_key, y_key, require_y)
