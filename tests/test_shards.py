@@ -511,8 +511,17 @@ def test_outdir_holds_only_this_sets_outputs(tmp_path):
                                           rf"{sid[:12]}, this set is {other[:12]}\); .*--overwrite"):
         check_outdir_contents(out, outputs, other)
     assert check_outdir_contents(out, outputs, other, overwrite=True) == set()
+    single = write_h5(out / "part-0003.h5", x=np.zeros((1, 1)))  # a run on one input: a sidecar, no set
+    provenance.sidecar_path(single).write_text(provenance.to_json(provenance.build(
+        run_id="r", command_line=[], parameters={}, execution={}, input_entry={}, output_entry={}, started_at="",
+        finished_at="")))
+    with pytest.raises(OutputError, match=r"part-0003.h5: is not an output of this set \(its sidecar records no set\); "
+                                          r".*--overwrite"):
+        check_outdir_contents(out, outputs, sid)
+    assert check_outdir_contents(out, outputs, sid, overwrite=True) == {0, 1}
     write_h5(out / "part-0004.h5", x=np.zeros((1, 1)))  # no sidecar: written by something else
-    with pytest.raises(OutputError, match=r"part-0004.h5: is not an output of this set \(it has no sidecar of a set\)"):
+    with pytest.raises(OutputError, match=r"part-0004.h5: is not an output of this set \(it has no provenance sidecar\); "
+                                          r"move it away, choose another OUTDIR$"):
         check_outdir_contents(out, outputs, sid, overwrite=True)
 
 

@@ -97,11 +97,16 @@ def read_section(record: dict, label: str) -> dict | None:
     return found
 
 
-def _sidecar_set(sidecar: Path) -> dict | None:
+def _sidecar_set(sidecar: Path) -> tuple[bool, dict | None]:
+    """(whether a readable sidecar is there, its set section)."""
     try:
-        return read_section(provenance.read(sidecar), str(sidecar))
+        record = provenance.read(sidecar)
     except InputError:
-        return None
+        return False, None
+    try:
+        return True, read_section(record, str(sidecar))
+    except InputError:
+        return True, None
 
 
 def check_outdir_contents(outdir: Path, outputs: Sequence[Path], sid: str, overwrite: bool = False) -> set[int]:
@@ -130,18 +135,18 @@ def check_outdir_contents(outdir: Path, outputs: Sequence[Path], sid: str, overw
                 f"{entry}: is not an output of this set; a set's OUTDIR holds only its outputs, their sidecars and "
                 "partial files: move it away or choose another OUTDIR"
             )
-        found = _sidecar_set(provenance.sidecar_path(outputs[k]))
+        readable, found = _sidecar_set(provenance.sidecar_path(outputs[k]))
         if found is not None and found["set_id"] == sid and int(found["index"]) == k:
             if (outdir / outputs[k].name).exists():
                 done.add(k)
             continue
-        if overwrite and found is not None:
+        if overwrite and readable:  # a previous output of mixup (of another set, or of one input)
             continue
-        why = ("it has no sidecar of a set" if found is None
+        why = ("it has no provenance sidecar" if not readable else "its sidecar records no set" if found is None
                else f"its sidecar records set {found['set_id'][:12]}, this set is {sid[:12]}")
         raise OutputError(
             f"{entry}: is not an output of this set ({why}); move it away, choose another OUTDIR"
-            + ("" if found is None else ", or pass --overwrite to replace it")
+            + ("" if not readable else ", or pass --overwrite to replace it")
         )
     return done
 

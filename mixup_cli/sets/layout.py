@@ -137,6 +137,7 @@ def inspect_inputs(paths: Sequence[Path], x_key: str = "x", y_key: str | None = 
     seen: dict[tuple[int, int], int] = {}
     shards: list[ShardInfo] = []
     first_keys: list[str] | None = None
+    row_keys: tuple[str, ...] = ()
     first_shared: dict[str, np.ndarray] = {}
     offset = 0
     for k, path in enumerate(paths):
@@ -162,7 +163,7 @@ def inspect_inputs(paths: Sequence[Path], x_key: str = "x", y_key: str | None = 
         try:
             keys, shared = _used_keys(reader, path, x_key, y_key, require_y)
             if first_keys is None:
-                first_keys = keys + shared
+                first_keys, row_keys = keys + shared, tuple(keys)
             elif keys + shared != first_keys:
                 missing = [key for key in first_keys if key not in keys + shared]
                 extra = [key for key in keys + shared if key not in first_keys]
@@ -182,9 +183,8 @@ def inspect_inputs(paths: Sequence[Path], x_key: str = "x", y_key: str | None = 
                 specs[key] = reader.require(key, option, kinds=kinds)
             for key in shared:
                 value = reader.read(key, 0, reader.spec(key).rows)
-                if not first_shared.setdefault(key, value).shape == value.shape or not np.array_equal(
-                    first_shared[key], value
-                ):
+                ref = first_shared.setdefault(key, value)
+                if ref.shape != value.shape or not np.array_equal(ref, value):
                     raise InputError(
                         f"{path}: array '{key}' differs from {paths[0]}'s; the inputs of a set need the same categories"
                     )
@@ -201,7 +201,7 @@ def inspect_inputs(paths: Sequence[Path], x_key: str = "x", y_key: str | None = 
         finally:
             reader.close()
         offset += rows
-    return SetLayout(tuple(shards), tuple(first_keys[: len(first_keys) - len(first_shared)]), tuple(first_shared))
+    return SetLayout(tuple(shards), row_keys, tuple(first_shared))
 
 
 def _agree(path: Path, specs: dict[str, ArraySpec], first: Path, first_specs: dict[str, ArraySpec]) -> None:
