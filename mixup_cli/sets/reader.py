@@ -38,7 +38,8 @@ def _unified_dtype(dtypes: list[np.dtype]) -> np.dtype:
 
 
 class ConcatReader(Reader):
-    """The set's inputs as one Reader (read-only, rows in the given order)."""
+    """The set's inputs as one Reader (read-only, rows in the given order).
+    Used from one thread at a time, like the readers it holds."""
 
     def __init__(self, layout: SetLayout, *, opener: Callable[[Path], Reader] | None = None,
                  scratch_prefix: Path | None = None, fast: bool = True, max_open: int = DEFAULT_MAX_OPEN):
