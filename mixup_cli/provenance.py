@@ -108,8 +108,9 @@ def build(
     output_entry: dict,
     started_at: str,
     finished_at: str,
+    set_section: dict | None = None,
 ) -> dict:
-    return {
+    record = {
         "schema_version": SCHEMA_VERSION,
         "tool": {"name": "mixup-cli", "version": __version__},
         "run_id": run_id,
@@ -122,6 +123,9 @@ def build(
         "finished_at": finished_at,
         "software": software_versions(),
     }
+    if set_section is not None:  # one output of a sharded set (mixup_cli.sets.identity.section)
+        record["set"] = set_section
+    return record
 
 
 def to_json(record: dict) -> str:

@@ -1,0 +1,284 @@
+"""A set's inputs checked against each other, and where their outputs go.
+
+``inspect_inputs`` opens each input once, one at a time, and keeps only
+small metadata per input (``ShardInfo``: path, rows, offset, format, the
+specs of the arrays used), so memory is O(S) whatever the inputs hold.
+Every refusal is one line naming the input (and the array) at fault.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from mixup_cli.errors import InputError, OutputError, ParameterError
+from mixup_cli.io import format_of, open_reader
+from mixup_cli.io.base import ArraySpec, layout_options
+from mixup_cli.names import STRING_KINDS
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    path: Path
+    rows: int
+    offset: int  # global row of its first row
+    format: str
+    specs: dict[str, ArraySpec]  # the arrays used, as this input stores them
+
+
+@dataclass(frozen=True)
+class SetLayout:
+    """The set's inputs in order, and the arrays every one of them has."""
+
+    shards: tuple[ShardInfo, ...]
+    keys: tuple[str, ...]  # arrays read: x, y (or an AnnData categorical's codes and categories)
+    # Arrays every input holds identically (AnnData categories): shown once, not concatenated.
+    shared: tuple[str, ...] = ()
+
+    @property
+    def n_rows(self) -> int:
+        last = self.shards[-1]
+        return last.offset + last.rows
+
+    @property
+    def offsets(self) -> np.ndarray:
+        """Global first row of each input, and the total rows last (S + 1 entries)."""
+        return np.array([s.offset for s in self.shards] + [self.n_rows], dtype=np.int64)
+
+    def locate(self, row: int) -> tuple[int, int]:
+        """(input k, its local row) of global row ``row``."""
+        k = int(np.searchsorted(self.offsets, row, side="right")) - 1
+        if not (0 <= row < self.n_rows):
+            raise IndexError(f"row {row} outside the set's {self.n_rows} rows")
+        return k, row - self.shards[k].offset
+
+    @property
+    def formats(self) -> tuple[str, ...]:
+        return tuple(sorted({s.format for s in self.shards}))
+
+    @property
+    def label(self) -> str:
+        """How messages about the whole set name it (the ConcatReader's ``path``):
+        vague rather than wrong, until ``locate_rows`` names the input."""
+        first = self.shards[0].path
+        more = len(self.shards) - 1
+        return str(first) if not more else f"{first} (and {more} more input{'s' if more > 1 else ''} of the set)"
+
+
+def locate_rows(error: Exception, layout: SetLayout) -> Exception:
+    """``error`` with a global row of the set, as the library phrases it
+    (``LABEL: 'KEY' row N ...`` or ``LABEL['KEY'] row N``), told as the
+    input holding it and its row there. Other messages are kept as they are."""
+    text = str(error)
+    pattern = re.compile(re.escape(layout.label) + r"(?P<key>: '[^']*'|\['[^']*'\])? row (?P<row>\d+)")
+    match = pattern.search(text)
+    if match is None:
+        return error
+    row = int(match.group("row"))
+    if not 0 <= row < layout.n_rows:
+        return error
+    k, local = layout.locate(row)
+    told = f"{layout.shards[k].path}{match.group('key') or ''} row {local} (row {row} of the set)"
+    new = text[: match.start()] + told + text[match.end():]
+    if isinstance(error, ParameterError):
+        return type(error)(new, error.option)
+    try:
+        return type(error)(new)
+    except TypeError:
+        return error
+
+
+def _same_identity(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _categorical(keys: set[str], y_key: str) -> bool:
+    return y_key not in keys and {f"{y_key}/codes", f"{y_key}/categories"} <= keys
+
+
+def _used_keys(reader, path: Path, x_key: str, y_key: str | None, require_y: bool) -> tuple[list[str], list[str]]:
+    """The arrays of one input taking part: (row arrays, shared arrays)."""
+    keys = set(reader.keys())
+    if x_key not in keys:
+        reader.require(x_key, "--x-key")  # its own message (arrays present, the option)
+    if y_key is None:
+        return [x_key], []
+    if _categorical(keys, y_key):
+        return [x_key, f"{y_key}/codes"], [f"{y_key}/categories"]
+    if y_key in keys:
+        return [x_key, y_key], []
+    if require_y:
+        reader.require(y_key, "--y-key")
+    return [x_key], []
+
+
+def inspect_inputs(paths: Sequence[Path], x_key: str = "x", y_key: str | None = "y", *, require_y: bool = True,
+                   outdir: Path | None = None, opener: Callable = open_reader) -> SetLayout:
+    """Check the inputs against each other and return the set's layout.
+
+    Refused, naming the input: the same file given twice; an input that is
+    OUTDIR or inside it; an input without rows; arrays missing from some
+    inputs but not others; row shapes or dtypes that differ from the first
+    input's (string labels may differ in storage: fixed lengths, bytes or
+    text); AnnData categories that differ; x and y of different lengths.
+    """
+    paths = [Path(p) for p in paths]
+    if not paths:
+        raise ParameterError("a set needs at least one input", "IN")
+    out_real = Path(outdir).resolve() if outdir is not None else None
+    seen: dict[tuple[int, int], int] = {}
+    shards: list[ShardInfo] = []
+    first_keys: list[str] | None = None
+    row_keys: tuple[str, ...] = ()
+    first_shared: dict[str, np.ndarray] = {}
+    offset = 0
+    for k, path in enumerate(paths):
+        try:
+            st = os.stat(path)
+        except OSError:
+            st = None  # open_reader says why
+        if st is not None:
+            ident = (st.st_dev, st.st_ino)
+            if ident in seen:
+                j = seen[ident]
+                raise ParameterError(
+                    f"{path}: is given twice (input {j + 1}, {paths[j]}, is the same file); list each input once", "IN"
+                )
+            seen[ident] = k
+        if out_real is not None:
+            real = path.resolve()
+            if real == out_real or real.is_relative_to(out_real):
+                raise ParameterError(f"{path}: is inside the output directory {outdir}; choose another OUTDIR", "OUTDIR")
+            if out_real.is_relative_to(real):  # a directory input (.npy files, Zarr) would receive outputs
+                raise ParameterError(f"{outdir}: is inside the input {path}; choose another OUTDIR", "OUTDIR")
+        reader = opener(path)
+        try:
+            keys, shared = _used_keys(reader, path, x_key, y_key, require_y)
+            if first_keys is None:
+                first_keys, row_keys = keys + shared, tuple(keys)
+            elif keys + shared != first_keys:
+                missing = [key for key in first_keys if key not in keys + shared]
+                extra = [key for key in keys + shared if key not in first_keys]
+                if missing:
+                    raise InputError(
+                        f"{path}: has no array '{missing[0]}', which {paths[0]} has; every input of a set needs the "
+                        "same arrays"
+                    )
+                raise InputError(
+                    f"{path}: has an array '{extra[0]}', which {paths[0]} lacks; every input of a set needs the same "
+                    "arrays"
+                )
+            specs = {}
+            for key in keys:
+                option = "--x-key" if key == x_key else "--y-key"
+                kinds = "fiu" if key == x_key else "fiubSUO"
+                specs[key] = reader.require(key, option, kinds=kinds)
+            for key in shared:
+                value = reader.read(key, 0, reader.spec(key).rows)
+                ref = first_shared.setdefault(key, value)
+                if ref.shape != value.shape or not np.array_equal(ref, value):
+                    raise InputError(
+                        f"{path}: array '{key}' differs from {paths[0]}'s; the inputs of a set need the same categories"
+                    )
+            rows = specs[x_key].rows
+            for key, spec in specs.items():
+                if spec.rows != rows:
+                    raise InputError(f"{path}: '{x_key}' has {rows} rows but '{key}' has {spec.rows}; x and y need one "
+                                     "row per sample")
+            if rows == 0:
+                raise InputError(f"{path}: '{x_key}' has zero rows; remove it from the set's inputs")
+            if shards:
+                _agree(path, specs, paths[0], shards[0].specs)
+            shards.append(ShardInfo(path, rows, offset, reader.format_name, specs))
+        finally:
+            reader.close()
+        offset += rows
+    return SetLayout(tuple(shards), row_keys, tuple(first_shared))
+
+
+def _agree(path: Path, specs: dict[str, ArraySpec], first: Path, first_specs: dict[str, ArraySpec]) -> None:
+    for key, spec in specs.items():
+        ref = first_specs[key]
+        if spec.row_shape != ref.row_shape:
+            raise InputError(
+                f"{path}: array '{key}' has rows of shape {spec.row_shape}, but {first}'s are {ref.row_shape}; every "
+                "input of a set needs the same row shape"
+            )
+        a, b = np.dtype(spec.dtype), np.dtype(ref.dtype)
+        if a == b or (a.kind in STRING_KINDS and b.kind in STRING_KINDS):
+            continue  # string labels: lengths and storage may differ, the names are read as text
+        raise InputError(
+            f"{path}: array '{key}' is {a}, but {first}'s is {b}; every input of a set needs the same dtype "
+            "(convert it, or leave it out of the set)"
+        )
+
+
+def output_paths(layout_or_paths, outdir: Path) -> list[Path]:
+    """OUTDIR/<name of input k> for each input, in the format its name says.
+
+    Refused: two inputs of the same name (from different folders), and a
+    name that is not an output format (an HDF5 input named ``.h5ad``)."""
+    paths = [s.path for s in layout_or_paths.shards] if isinstance(layout_or_paths, SetLayout) else list(layout_or_paths)
+    outdir = Path(outdir)
+    names: dict[str, Path] = {}
+    found = []
+    for path in paths:
+        name = Path(path).name
+        if name in names:
+            raise ParameterError(
+                f"{path}: has the same name as {names[name]}; outputs are named after their inputs, so rename one",
+                "IN",
+            )
+        names[name] = path
+        out = outdir / name
+        try:
+            format_of(out, for_output=True)
+        except ParameterError:
+            raise ParameterError(
+                f"{path}: its output {out} would have no output format; a set's outputs take their inputs' names "
+                "(.h5, .hdf5, .npz, .zarr or a directory of .npy files), so rename the input", "IN"
+            ) from None
+        found.append(out)
+    return found
+
+
+def check_outdir(outdir: Path) -> None:
+    """OUTDIR must be a directory that exists (or can be created by the caller)."""
+    outdir = Path(outdir)
+    if outdir.exists() and not outdir.is_dir():
+        raise OutputError(f"{outdir}: is a file, not a directory; a set's outputs go into a directory (OUTDIR)")
+    parent = outdir.resolve().parent
+    if not outdir.exists() and not parent.is_dir():
+        raise OutputError(f"{outdir}: directory {parent} does not exist; create it first")
+
+
+def check_storage_options(outputs: Sequence[Path], compression: str, block_rows: int | None,
+                          chunk_rows: int | None = None, byte_shuffle: bool | None = None,
+                          zarr_format: int | None = None) -> None:
+    """The storage options of one command apply to every output: refuse
+    them, naming the first output of a format they do not fit (a set may
+    mix formats; ``--zarr-format`` then does not fit its HDF5 outputs)."""
+    from mixup_cli.io import _module
+
+    done = set()
+    for out in outputs:
+        fmt = format_of(out, for_output=True)
+        if fmt in done:
+            continue
+        done.add(fmt)
+        try:
+            layout_options(fmt, compression, block_rows, chunk_rows, byte_shuffle, zarr_format)
+            if compression not in _module(fmt).Writer.compressions:
+                raise ParameterError(
+                    f"--compression {compression} is not available for {fmt} output", "--compression"
+                )
+        except ParameterError as exc:
+            raise ParameterError(f"{out}: {exc}", exc.option) from None
