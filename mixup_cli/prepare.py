@@ -146,6 +146,18 @@ class Prepared:
     # String or categorical labels (``names.NamedLabels``): the name of each class code.
     class_names: list[str] | None = None
 
+    def resolved_options(self) -> DataOptions:
+        """The options that prepare the same rows again without a pass over y
+        (the kind and classes found here): what other processes open the input with."""
+        t = self.targets
+        return DataOptions(
+            x_dtype=self.options.x_dtype, y_format=self.options.y_format,
+            y_kind=(t.kind if t is not None else self.target_kind) or "auto",
+            num_classes=t.num_classes if t is not None else None,
+            label_smoothing=t.label_smoothing if t is not None else 0.0,
+            allow_nonfinite=self.options.allow_nonfinite,
+        )
+
     def parameters(self) -> dict:
         """What the sidecar's ``parameters`` records (``DataOptions.from_parameters`` reads it back)."""
         if self.targets is not None:

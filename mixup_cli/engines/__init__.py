@@ -1,7 +1,11 @@
-"""Engines run a plan's tasks: ``local`` (this process, in ``pipeline.run_plan``)
-or ``dask`` (a Dask cluster, in ``dask_engine``; an optional extra, imported
-only when asked for). Both compute every task with ``mixup_cli.tasks`` and
-so write the same bytes."""
+"""Engines run a plan's tasks: ``local`` (this process, ``engines/local.py``)
+or ``dask`` (a Dask cluster, ``engines/dask.py``; an optional extra, imported
+only when asked for). Both implement one protocol,
+
+    run(source, plan, writer, tasks, progress, *, skip, on_done, block_digests, **settings) -> dict
+
+and compute every task with ``mixup_cli.tasks`` (``output_rows``), so they
+write the same bytes."""
 
 from __future__ import annotations
 
@@ -30,6 +34,15 @@ def check_engine_options(engine: str, scheduler: str | None, workers: int | None
     if scheduler is not None and not str(scheduler).strip():
         raise ParameterError("--scheduler needs an address such as tcp://host:8786", "--scheduler")
     import_distributed()
+
+
+def get(name: str):
+    """The engine module called ``name`` (imported only now)."""
+    if name == "dask":
+        from mixup_cli.engines import dask as engine
+    else:
+        from mixup_cli.engines import local as engine
+    return engine
 
 
 def import_distributed():
