@@ -18,6 +18,7 @@ from pathlib import Path
 
 from mixup_cli import __version__, atomic, engines, names, preflight, provenance, resume, scratch, sidecar
 from mixup_cli.core import check_alpha
+from mixup_cli.engines import local
 from mixup_cli.errors import OutputError
 from mixup_cli.io import create_writer  # looked up here at run time: tests wrap it
 from mixup_cli.io.base import layout_options
@@ -167,13 +168,14 @@ def _run_tasks(request, source: Source, plan: Plan, partial: _Partial, progress:
     common = dict(skip=frozenset(journal.done), on_done=lambda index: journal.task_done(index, writer),
                   block_digests=block_digests)
     if request.engine == "dask":  # workers open the input themselves, prepared as here
-        info = engines.get("dask").run(source, plan, writer, plan.tasks(), progress, **common,
-                                       scheduler=request.scheduler, workers=request.workers)
+        from mixup_cli.engines import dask
+
+        info = dask.run(source, plan, writer, plan.tasks(), progress, **common,
+                        scheduler=request.scheduler, workers=request.workers)
     else:
         # Class pairings on compressed input: read from an uncompressed copy.
         with scratch.source_for_run(source, plan, partial.tmp.with_name(partial.tmp.name + ".scratch.h5")) as run_source:
-            info = engines.get("local").run(run_source, plan, writer, plan.tasks(), progress, **common,
-                                            batch_rows=request.batch_size)
+            info = local.run(run_source, plan, writer, plan.tasks(), progress, **common, batch_rows=request.batch_size)
     writer.flush()
     journal.save()  # every task recorded before the file is finished
     writer.set_attributes({"mixup_cli_version": __version__, "run_id": journal.run_id,

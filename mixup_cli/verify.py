@@ -215,6 +215,22 @@ def _scratch_path(output: Path) -> Path:
     return folder / f".{output.name}.mixup-verify-{os.getpid()}.scratch.h5"
 
 
+def _shape_problems(expected: dict, out_reader, output: Path) -> list[str]:
+    """How OUT's arrays differ in name, shape or dtype from what the parameters give."""
+    present = out_reader.keys()
+    problems = []
+    for key, spec in expected.items():
+        if key not in present:
+            problems.append(f"array '{key}' is missing from {output}")
+        elif out_reader.spec(key) != spec:
+            got = out_reader.spec(key)
+            problems.append(
+                f"'{key}' has shape {got.shape} and dtype {got.dtype}; the recorded parameters "
+                f"give shape {spec.shape} and dtype {np.dtype(spec.dtype)}"
+            )
+    return problems
+
+
 def recompute(record: dict, output: Path, input_path: Path, batch_size: int | None = None, progress=None):
     """Recompute OUT from the input and the recorded parameters.
 
@@ -247,17 +263,7 @@ def recompute(record: dict, output: Path, input_path: Path, batch_size: int | No
         plan = plan_from_sidecar(params, source)
         expected = output_specs(source, plan)
         out_reader = open_reader(output, fast=False)
-        present = out_reader.keys()
-        problems = []
-        for key, spec in expected.items():
-            if key not in present:
-                problems.append(f"array '{key}' is missing from {output}")
-            elif out_reader.spec(key) != spec:
-                got = out_reader.spec(key)
-                problems.append(
-                    f"'{key}' has shape {got.shape} and dtype {got.dtype}; the recorded parameters "
-                    f"give shape {spec.shape} and dtype {np.dtype(spec.dtype)}"
-                )
+        problems = _shape_problems(expected, out_reader, output)
         if problems:
             return Check("recompute", False, "; ".join(problems)), None, None
         scheme = recorded_digests(record.get("output") or {})
@@ -279,15 +285,17 @@ def recompute(record: dict, output: Path, input_path: Path, batch_size: int | No
                 reader.close()
 
     found = block_digests.arrays() if block_digests is not None and not block_digests.missing() else None
+    return _compared(writer, plan.output_rows, list(expected)) + (found,)
+
+
+def _compared(writer: CompareWriter, rows: int, order: list[str]) -> tuple[Check, dict | None]:
+    """The recompute check from what the comparing writer found, and the first difference."""
     if not writer.first:
-        return Check("recompute", True, f"all {plan.output_rows} rows of {len(expected)} arrays match"), None, found
-    order = list(expected)
+        return Check("recompute", True, f"all {rows} rows of {len(order)} arrays match"), None
     keys = sorted(writer.first, key=lambda k: (writer.first[k], order.index(k)))
-    parts = [
-        f"'{k}' first at row {writer.first[k]} ({writer.count[k]} of {plan.output_rows} rows differ)" for k in keys
-    ]
+    parts = [f"'{k}' first at row {writer.first[k]} ({writer.count[k]} of {rows} rows differ)" for k in keys]
     first = {"array": keys[0], "row": writer.first[keys[0]]}
-    return Check("recompute", False, "the recomputed output differs: " + ", ".join(parts)), first, found
+    return Check("recompute", False, "the recomputed output differs: " + ", ".join(parts)), first
 
 
 def verify(output: Path, input_path: Path | None = None, batch_size: int | None = None, progress=None) -> VerifyReport:

@@ -5,7 +5,8 @@ only when asked for). Both implement one protocol,
     run(source, plan, writer, tasks, progress, *, skip, on_done, block_digests, **settings) -> dict
 
 and compute every task with ``mixup_cli.tasks`` (``output_rows``), so they
-write the same bytes."""
+write the same bytes. This module holds what both need (names, option
+checks) and imports neither: ``pipeline`` picks one."""
 
 from __future__ import annotations
 
@@ -34,15 +35,6 @@ def check_engine_options(engine: str, scheduler: str | None, workers: int | None
     if scheduler is not None and not str(scheduler).strip():
         raise ParameterError("--scheduler needs an address such as tcp://host:8786", "--scheduler")
     import_distributed()
-
-
-def get(name: str):
-    """The engine module called ``name`` (imported only now)."""
-    if name == "dask":
-        from mixup_cli.engines import dask as engine
-    else:
-        from mixup_cli.engines import local as engine
-    return engine
 
 
 def import_distributed():
