@@ -122,9 +122,6 @@ class PreparedReader(Reader):
     def describe(self, key: str) -> dict:
         return self.inner.describe(key)
 
-    def chunk_rows(self, key: str) -> int | None:
-        return self.inner.chunk_rows(key)
-
     def take_inflates(self, key: str) -> bool:
         return self.inner.take_inflates(key)
 
