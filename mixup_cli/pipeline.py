@@ -127,7 +127,8 @@ class _Partial:
         fingerprint = resume.fingerprint(request, plan, source, out_format, specs)
         writer = None
         if journal is not None:
-            writer = resume.reopen_partial(journal, fingerprint, output, out_format, specs, options, plan.tasks())
+            writer = resume.reopen_partial(journal, fingerprint, output, out_format, specs, options, plan,
+                                           plan.tasks())
             journal = journal if writer is not None else None
         return cls(output, out_format, plan, specs, options, fingerprint, journal, writer, started_at)
 
@@ -140,7 +141,6 @@ class _Partial:
             self.journal = resume.Journal(resume.journal_path(self.output), self.fingerprint, uuid.uuid4().hex,
                                           self.started_at)
             self.journal.save()
-        self.resumed = len(self.journal.done)
 
     def fail(self, exc: BaseException) -> None:
         """After ``exc``: keep what the next command needs, remove the rest."""
@@ -162,6 +162,7 @@ def _run_tasks(request, source: Source, plan: Plan, partial: _Partial, progress:
     """Every task not yet written, on the request's engine; the writer is closed after."""
     journal, writer = partial.journal, partial.writer
     block_digests = partial.block_digests = resume.block_digests(plan, partial.specs, journal, plan.tasks())
+    partial.resumed = len(journal.done)
     progress.start(plan.output_rows)
     if journal.done:  # (work proportional to the tasks done, only when resuming)
         progress.update(sum(t.stop - t.start for i, t in enumerate(plan.tasks()) if i in journal.done))

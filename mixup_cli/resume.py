@@ -242,7 +242,14 @@ def discard(paths) -> None:
         atomic.remove(path)
 
 
-def keep_verified(journal: Journal, tasks, writer) -> bool:
+def _block_rows(plan, task) -> tuple[int, int]:
+    """The output rows of the whole block a task is (part of): what a digest covers."""
+    first, last = plan.block_bounds(task.block)
+    start = task.out_start - (task.start - first)
+    return start, start + last - first
+
+
+def keep_verified(journal: Journal, plan, tasks, writer) -> bool:
     """Whether the tasks (of the run's list ``tasks``) the journal records as
     written read back with their recorded digests (formats whose writer can
     read its partial). A kill can never make them differ; a partial damaged
@@ -252,11 +259,14 @@ def keep_verified(journal: Journal, tasks, writer) -> bool:
     for index, task in enumerate(tasks):
         if index not in journal.done:
             continue
-        want = journal.digests.get(task.out_start)
+        start, stop = _block_rows(plan, task)
+        want = journal.digests.get(start)
         if want is None:
+            if stop - start != task.stop - task.start:
+                continue  # part of a block not finished: ``block_digests`` has it redone
             return False
         try:
-            rows = {key: writer.read(key, task.out_start, task.out_start + task.stop - task.start) for key in want}
+            rows = {key: writer.read(key, start, stop) for key in want}
         except Exception:
             return False
         if any(v is None for v in rows.values()):
@@ -293,13 +303,17 @@ def block_digests(plan, specs: dict, journal: Journal, tasks) -> digests.BlockDi
     resumed run keeps those of the blocks already written (``tasks``: the
     run's list, which the journal's indices number)."""
     # A fresh run has nothing to look up: no pass over the tasks.
-    written = {task.out_start for i, task in enumerate(tasks) if i in journal.done} if journal.done else set()
+    starts = {i: _block_rows(plan, task)[0] for i, task in enumerate(tasks) if i in journal.done} if journal.done else {}
+    # Parts of a block whose other parts were not all written: redone with them (a digest covers the whole block).
+    journal.done -= {i for i, start in starts.items() if start not in journal.digests}
+    written = {starts[i] for i in journal.done}
     for start in [s for s in journal.digests if s not in written]:
         del journal.digests[start]  # hashed, but not recorded as written: written again
     return digests.BlockDigests.for_plan(plan, specs, done=journal.digests)
 
 
-def reopen_partial(journal: Journal, fingerprint: dict, output: Path, out_format: str, specs: dict, options, tasks):
+def reopen_partial(journal: Journal, fingerprint: dict, output: Path, out_format: str, specs: dict, options,
+                   plan, tasks):
     """The writer of the partial output the journal describes, its journaled
     tasks checked, or None when it cannot be trusted (then removed: the run
     starts over, keeping the interrupted run's seed). Refuses, leaving the
@@ -308,7 +322,7 @@ def reopen_partial(journal: Journal, fingerprint: dict, output: Path, out_format
     writer = None
     try:
         writer = reopen_writer(atomic.partial_path(output), out_format, specs, options)
-        if not keep_verified(journal, tasks, writer):
+        if not keep_verified(journal, plan, tasks, writer):
             writer.abort()
             raise DamagedPartial(f"{output}: the partial output does not hold the rows its journal records")
     except DamagedPartial as exc:

@@ -320,3 +320,47 @@ def test_tasks_already_written_are_not_computed_again(scheduler, dataset):
     expected = {r for i in done for r in range(tasks[i].out_start, tasks[i].out_start + tasks[i].stop - tasks[i].start)}
     assert writer.rows["x"] == expected
     assert sorted(found.done) == sorted(tasks[i].out_start for i in done)
+
+
+def test_tasks_that_are_parts_of_blocks_give_the_rows_and_digests_of_whole_blocks(scheduler, dataset):
+    """The engine protocol on Dask: a list of sub-range tasks (in any order of
+    arrival) writes the rows, and records the block digests, of whole blocks."""
+    from mixup_cli import digests
+    from mixup_cli.engines import dask as dask_engine
+    from mixup_cli.planning import build_plan, output_specs
+    from mixup_cli.sampling import Task
+    from mixup_cli.source import open_source
+
+    src, _, _ = dataset
+    source = open_source(src, "x", "y")
+    try:
+        plan = build_plan(source, alpha=0.3, seed=4, block_rows=16, copies=2, include_original=True)
+        specs = output_specs(source, plan)
+        parts = []
+        for t in plan.tasks():
+            mid = t.start + (t.stop - t.start) // 3
+            parts += [Task(t.copy, t.block, t.partner_block, t.start, mid, t.out_start),
+                      Task(t.copy, t.block, t.partner_block, mid, t.stop, t.out_start + mid - t.start)]
+        found = []
+        arrays = []
+        for tasks in (plan.tasks(), parts):
+            class Collect:
+                def __init__(self):
+                    self.arrays = {k: np.zeros(s.shape, s.dtype) for k, s in specs.items()}
+
+                def parallel_target(self):
+                    return None
+
+                def write(self, key, start, data):
+                    self.arrays[key][start : start + len(data)] = data
+
+            writer = Collect()
+            block_digests = digests.BlockDigests.for_plan(plan, specs)
+            dask_engine.run(source, plan, writer, tasks, Progress(), scheduler=scheduler, block_digests=block_digests)
+            found.append(block_digests.arrays())
+            arrays.append(writer.arrays)
+    finally:
+        source.reader.close()
+    assert found[0] == found[1]
+    for key in specs:
+        assert arrays[0][key].tobytes() == arrays[1][key].tobytes(), key

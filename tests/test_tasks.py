@@ -145,3 +145,17 @@ def test_plan_from_a_sidecar_of_another_version_is_refused(src):
             plan_from_sidecar({"plan_version": 99}, source)
     finally:
         source.reader.close()
+
+
+def test_resume_redoes_the_parts_of_a_block_not_finished(tmp_path):
+    """A digest covers a whole block: parts journaled as written, of a block
+    whose digest is missing (its other parts were not), are done again."""
+    from mixup_cli import resume
+
+    plan = Plan(n_rows=40, alpha=0.3, seed=1, block_rows=10, pairing="batch")
+    tasks = list(split(plan, 2))  # 8 parts: two per block
+    specs = {"x": None}
+    journal = resume.Journal(tmp_path / "j.json", {}, "run", "now", done={0, 1, 2, 5}, digests={0: {"x": "a"}})
+    resume.block_digests(plan, specs, journal, tasks)
+    assert journal.done == {0, 1}  # block 0 finished; part 2 (block 1) and part 5 (block 2) alone are not
+    assert journal.digests == {0: {"x": "a"}}

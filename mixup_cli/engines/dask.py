@@ -131,9 +131,11 @@ def _aligned(start: int, stop: int, chunk: int, end: int) -> tuple[int, int]:
     return lo, hi
 
 
-def run_task(job: Job, task: Task) -> tuple[list[Piece], dict[str, str]]:
+def run_task(job: Job, task: Task) -> tuple[list[Piece], dict[str, str] | None]:
     """Compute one task on a worker; return the rows the client must write,
-    and the digests of the task's block (``digests.of_rows``)."""
+    and the digests of the task's block (``digests.of_rows``). A task that is
+    part of a block returns all its rows and no digests: the client hashes
+    them with the block's other parts (``_Parts``)."""
     try:
         rows = compute_task(_open_input(job), job.plan, task)
     except MixupError as exc:
@@ -147,6 +149,8 @@ def run_task(job: Job, task: Task) -> tuple[list[Piece], dict[str, str]]:
             f"{job.input}: cannot read or mix input rows {task.start}:{task.stop} ({partners}) "
             f"on worker {_worker_name()}: {type(exc).__name__}: {exc}"
         ) from None
+    if (task.start, task.stop) != job.plan.block_bounds(task.block):
+        return [(key, task.out_start, data) for key, data in rows.items()], None
     found = digests.of_rows(rows)
     if job.target is None:
         return [(key, task.out_start, data) for key, data in rows.items()], found
@@ -227,16 +231,11 @@ def connect(scheduler: str | None, workers: int | None):
 def run(source, plan: Plan, writer, tasks, progress, *, skip=frozenset(), on_done=None, block_digests=None,
         scheduler: str | None = None, workers: int | None = None) -> dict:
     """Compute ``tasks`` on Dask and hand their rows to ``writer``; return
-    what the sidecar records of the engine. The same protocol as
-    ``engines.local.run``: tasks numbered in the order of ``tasks``, those in
-    ``skip`` already written, ``on_done(index)`` once a task's rows are all
-    written, each block's digests (computed by its worker) added to
-    ``block_digests``.
-
+    what the sidecar records of the engine. The protocol of
+    ``engines.local.run``; each block's digests come from its worker.
     ``source`` is the client's opened input; workers open the same path,
     prepared with the same options (the classes found here included: no
-    pass over y on the workers). Tasks here are whole blocks.
-    """
+    pass over y on the workers)."""
     distributed = import_distributed()
     run_id = uuid.uuid4().hex[:12]
     options = source.prepared.resolved_options() if source.prepared is not None else DataOptions()
@@ -248,10 +247,10 @@ def run(source, plan: Plan, writer, tasks, progress, *, skip=frozenset(), on_don
         todo = ((i, task) for i, task in enumerate(tasks) if i not in skip)
         pending: dict = {}
         arrived = distributed.as_completed(loop=client.loop)
+        parts = _Parts(plan, block_digests)
 
         def submit_next() -> None:
             for i, task in todo:
-                _check_whole(plan, task)
                 future = client.submit(run_task, job, task, key=f"mixup-{run_id}-{i}", pure=False, retries=0)
                 pending[future] = (i, task)
                 arrived.add(future)
@@ -265,7 +264,9 @@ def run(source, plan: Plan, writer, tasks, progress, *, skip=frozenset(), on_don
                 pieces, found = _result(future, task)
                 for key, start, rows in pieces:
                     writer.write(key, start, rows)
-                if block_digests is not None:
+                if found is None:
+                    parts.add(task, pieces)
+                elif block_digests is not None:
                     block_digests.add(task.out_start, found)
                 if on_done is not None:
                     on_done(index)
@@ -286,10 +287,28 @@ def run(source, plan: Plan, writer, tasks, progress, *, skip=frozenset(), on_don
     }
 
 
-def _check_whole(plan: Plan, task: Task) -> None:
-    """A worker hashes its task's rows as one block's digest: tasks must be whole blocks."""
-    if (task.start, task.stop) != plan.block_bounds(task.block):
-        raise ValueError(f"the Dask engine runs whole blocks; rows {task.start}:{task.stop} are part of one")
+class _Parts:
+    """Digests of blocks run as several tasks: each part's rows wait until
+    the rows before it in its block have come, then are hashed in order
+    (a block's digest covers its rows in order; parts arrive in any)."""
+
+    def __init__(self, plan: Plan, block_digests):
+        self._plan = plan
+        self._hasher = digests.BlockHasher(block_digests) if block_digests is not None else None
+        self._waiting: dict[int, dict[str, np.ndarray]] = {}  # first output row of a part -> its rows
+        self._next: dict[int, int] = {}  # block's first output row -> the next row to hash
+
+    def add(self, task: Task, pieces: list[Piece]) -> None:
+        if self._hasher is None:
+            return
+        block_start = task.out_start - (task.start - self._plan.block_bounds(task.block)[0])
+        self._waiting[task.out_start] = {key: rows for key, _, rows in pieces}
+        at = self._next.get(block_start, block_start)
+        while at in self._waiting:
+            rows = self._waiting.pop(at)
+            self._hasher.update(at, rows)
+            at += len(next(iter(rows.values())))
+        self._next[block_start] = at
 
 
 def _result(future, task: Task) -> tuple[list[Piece], dict[str, str]]:
