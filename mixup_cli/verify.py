@@ -14,9 +14,9 @@ Three checks, all run so that a report names everything that differs:
     recorded size and SHA-256;
 ``recompute``
     the output is computed again from the input and the sidecar's
-    parameters, with the same plan and pipeline as ``mixup augment``, and
-    compared row by row with OUT as it goes: memory stays bounded by a
-    batch, as in a run. The first differing array and row are reported.
+    parameters, with the same plan, engine and per-task computation as
+    ``mixup augment``, and compared row by row with OUT as it goes: memory
+    is bounded as in a run (ARCHITECTURE.md, "Memory"). The first differing array and row are reported.
 
 Editing the sidecar's parameters (seed, alpha, pairing...) is caught by the
 recomputation, since they no longer produce OUT.

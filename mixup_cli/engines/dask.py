@@ -17,7 +17,7 @@ Output:
   single writer writes them as they arrive.
 
 At most ``2 x worker threads`` tasks are in flight, so the client holds a
-bounded number of blocks whatever the dataset's size. A task that fails on a
+bounded number of blocks whatever the dataset's size (ARCHITECTURE.md, "Memory"). A task that fails on a
 worker ends the run with that worker's message; tasks still running are
 waited for first, so none writes after the partial output is removed.
 """

@@ -5,8 +5,8 @@ and hashing in a third (``_Stage``), through two sets of output buffers;
 input blocks sit in a few buffers reused for the whole run (``BlockCache``).
 With global pairing over several blocks, a block is mixed in place (its own
 rows are not needed again: the cycle reads it afresh when it comes back as a
-partner). The memory this takes is the one bound stated in ARCHITECTURE.md
-("Bounded memory"). Each task's rows come from ``tasks.output_rows``, the
+partner). The memory this takes: ARCHITECTURE.md, "Memory" (the one
+statement of the bound). Each task's rows come from ``tasks.output_rows``, the
 computation every engine shares.
 """
 
