@@ -159,3 +159,36 @@ def test_resume_redoes_the_parts_of_a_block_not_finished(tmp_path):
     resume.block_digests(plan, specs, journal, tasks)
     assert journal.done == {0, 1}  # block 0 finished; part 2 (block 1) and part 5 (block 2) alone are not
     assert journal.digests == {0: {"x": "a"}}
+
+
+@pytest.mark.parametrize("y, options", [
+    (np.arange(30) % 4, {}),
+    (np.arange(30) % 4, dict(num_classes=6, label_smoothing=0.2)),
+    (np.eye(3, dtype=np.float32)[np.arange(30) % 3], {}),
+    ((np.arange(30) % 2).astype(bool), {}),
+    (np.linspace(0, 1, 30), dict(x_dtype="float64")),
+    (np.arange(30) % 4, dict(y_format="pair")),
+    (None, {}),
+])
+def test_workers_prepare_the_rows_as_the_client_did(tmp_path, y, options):
+    """What the Dask workers open the input with (``Prepared.resolved_options``,
+    passed as it is) prepares the same rows as the client, and is what the
+    sidecar's parameters read back to."""
+    from mixup_cli.prepare import DataOptions
+
+    arrays = {"x": np.random.default_rng(2).random((30, 3), dtype=np.float32)}
+    if y is not None:
+        arrays["y"] = y
+    src = write_h5(tmp_path / "in.h5", **arrays)
+    y_key = "y" if y is not None else None
+    client = open_source(src, "x", y_key, DataOptions(**options))
+    resolved = client.prepared.resolved_options()
+    worker = open_source(src, "x", y_key, resolved)
+    try:
+        assert resolved == DataOptions.from_parameters(client.prepared.parameters())
+        assert worker.specs == client.specs and worker.paired_keys == client.paired_keys
+        for key in client.specs:
+            assert worker.reader.read(key, 0, 30).tobytes() == client.reader.read(key, 0, 30).tobytes()
+    finally:
+        client.reader.close()
+        worker.reader.close()
