@@ -192,3 +192,16 @@ def test_workers_prepare_the_rows_as_the_client_did(tmp_path, y, options):
     finally:
         client.reader.close()
         worker.reader.close()
+
+
+def test_both_engines_implement_one_protocol():
+    """``run(source, plan, writer, tasks, progress, *, skip, on_done, block_digests, ...)``."""
+    import inspect
+
+    from mixup_cli.engines import dask as dask_engine
+
+    protocol = ["source", "plan", "writer", "tasks", "progress", "skip", "on_done", "block_digests"]
+    for engine in (local, dask_engine):
+        params = inspect.signature(engine.run).parameters
+        assert list(params)[: len(protocol)] == protocol, engine.__name__
+        assert all(params[name].kind is inspect.Parameter.KEYWORD_ONLY for name in protocol[5:])
