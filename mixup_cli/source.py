@@ -57,7 +57,7 @@ class Source:
 
 def open_source(
     path: Path, x_key: str, y_key: str | None, options: DataOptions | None = None, require_y: bool = True,
-    scratch_prefix: Path | None = None, fast: bool = True, y_for: str | None = None,
+    scratch_prefix: Path | None = None, fast: bool = True, y_for: str | None = None, reader: Reader | None = None,
 ) -> Source:
     """Open the input and check that x (and y) exist and have rows to mix.
 
@@ -67,8 +67,11 @@ def open_source(
     ``scratch_prefix``: the output's partial name, beside which the reader may
     put scratch files (inflated ``.npz`` members); else the temporary directory.
     ``fast=False`` reads through the format library's own decoding (verify).
+    ``reader``: an input already opened (a set's ``ConcatReader``), checked and
+    prepared like a file's; closed here when a check fails.
     """
-    reader = open_reader(path, scratch_prefix, fast=fast)
+    if reader is None:
+        reader = open_reader(path, scratch_prefix, fast=fast)
     try:
         specs = {x_key: reader.require(x_key, "--x-key")}
         reader = names.wrap(reader, y_key)  # string or categorical class labels, shown as class codes

@@ -10,7 +10,6 @@ import json
 import os
 import pickle
 from pathlib import Path
-from unittest import mock
 
 import h5py
 import numpy as np
@@ -18,6 +17,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from mixup_cli import pipeline, provenance
+from mixup_cli.engines import local
 from mixup_cli.errors import InputError, OutputError, ParameterError
 from mixup_cli.pipeline import AugmentRequest, augment, open_source, resolve_plan
 from mixup_cli.sampling import Plan
@@ -559,11 +559,9 @@ def test_set_status_from_the_sidecars(tmp_path):
 
 def _set_source(layout, request: AugmentRequest):
     """pipeline.open_source over the set: the same checks and preparation as
-    one input, on the ConcatReader (phase 2 passes the reader in)."""
-    reader = ConcatReader(layout)
-    with mock.patch.object(pipeline, "open_reader", lambda *a, **k: reader):
-        return open_source(layout.shards[0].path, request.x_key, request.y_key, request.data_options(),
-                           require_y=request.require_y)
+    one input, on the ConcatReader passed in."""
+    return open_source(layout.shards[0].path, request.x_key, request.y_key, request.data_options(),
+                       require_y=request.require_y, reader=ConcatReader(layout))
 
 
 def _replace_y(path: Path, y: np.ndarray) -> None:
@@ -673,7 +671,7 @@ class _MemoryWriter:
 @pytest.mark.parametrize("pairing, fmt", [("global", "h5"), ("global", ("h5gz", "npzc", "zarr")),
                                           ("within-class", ("h5", "npz"))])
 def test_the_engine_reads_a_set_as_the_concatenated_file(tmp_path, pairing, fmt):
-    """run_plan over the ConcatReader (its block cache, raw and inflating
+    """The local engine over the ConcatReader (its block cache, raw and inflating
     reads, partners by index) writes the single-file run's bytes."""
     paths, x, y = _shards(tmp_path, fmt=fmt)
     whole = write_h5(tmp_path / "whole.h5", x=x, y=y)
@@ -683,7 +681,7 @@ def test_the_engine_reads_a_set_as_the_concatenated_file(tmp_path, pairing, fmt)
     source = _set_source(inspect_inputs(paths), request)
     plan = resolve_plan(request, source)
     writer = _MemoryWriter()
-    pipeline.run_plan(source, plan, writer, 7, pipeline.Progress())
+    local.run(source, plan, writer, plan.tasks(), pipeline.Progress(), batch_rows=7)
     source.reader.close()
     with h5py.File(tmp_path / "single.h5", "r") as f:
         for key in f:
