@@ -12,6 +12,12 @@ streams to the writer, block by block:
 * the array's digest is the SHA-256 of its blocks' 32-byte digests, in row
   order.
 
+A set's output ``k`` (``mixup_cli/sets``) holds rows ``offset_k ..`` of the
+set in each segment: its blocks are the set's blocks clipped to them, the
+boundaries shifted by ``block_offset = offset_k mod block_rows`` (the first
+block shorter), so a sidecar's scheme (``block_rows``, ``segment_rows``,
+``block_offset``) lets the digests be recomputed from the file alone.
+
 Blocks are the plan's units of work, so each is written (or computed on a
 Dask worker) whole, in any order, and a resumed run keeps the digests of
 the blocks already written. The result depends only on the array's values,
@@ -29,18 +35,21 @@ import numpy as np
 SCHEME = "sha256 of the sha256 of each block of rows"
 
 
-def block_bounds(segment_rows: int, block_rows: int, segments: int) -> "Bounds":
+def block_bounds(segment_rows: int, block_rows: int, segments: int, block_offset: int = 0) -> "Bounds":
     """``(start, stop)`` output rows of every block, in row order."""
-    return Bounds(segment_rows, block_rows, segments)
+    return Bounds(segment_rows, block_rows, segments, block_offset)
 
 
 class Bounds:
     """The blocks of ``segments`` segments of ``segment_rows`` rows, computed
-    on demand: memory does not grow with the number of blocks (``--copies``)."""
+    on demand: memory does not grow with the number of blocks (``--copies``).
+    ``block_offset``: each segment's block boundaries fall ``block_rows -
+    block_offset`` rows after its start, then every ``block_rows`` (a set's output)."""
 
-    def __init__(self, segment_rows: int, block_rows: int, segments: int):
+    def __init__(self, segment_rows: int, block_rows: int, segments: int, block_offset: int = 0):
         self.segment_rows, self.block_rows, self.segments = segment_rows, block_rows, segments
-        self._per = -(-segment_rows // block_rows)
+        self.block_offset = block_offset % block_rows
+        self._per = -(-(segment_rows + self.block_offset) // block_rows)
 
     def __len__(self) -> int:
         return self._per * self.segments
@@ -51,8 +60,9 @@ class Bounds:
         if not 0 <= i < len(self):
             raise IndexError(i)
         s, b = divmod(i, self._per)
-        base = s * self.segment_rows
-        return base + b * self.block_rows, base + min((b + 1) * self.block_rows, self.segment_rows)
+        base, off = s * self.segment_rows, self.block_offset
+        return (base + max(0, b * self.block_rows - off),
+                base + min((b + 1) * self.block_rows - off, self.segment_rows))
 
     def __iter__(self):
         return (self[i] for i in range(len(self)))
@@ -63,7 +73,7 @@ class Bounds:
     def index_of(self, row: int) -> int:
         """The block holding output row ``row``."""
         s, r = divmod(row, self.segment_rows)
-        return s * self._per + r // self.block_rows
+        return s * self._per + (r + self.block_offset) // self.block_rows
 
 
 def _update(digest, rows: np.ndarray) -> None:
@@ -106,9 +116,12 @@ class BlockDigests:
         self.done: dict[int, dict[str, str]] = {} if done is None else done
 
     @classmethod
-    def for_plan(cls, plan, keys, done: dict[int, dict[str, str]] | None = None) -> "BlockDigests":
-        """The blocks of ``plan``'s output (a ``sampling.Plan``: its tasks' rows)."""
-        bounds = block_bounds(plan.n_rows, plan.block_rows, plan.output_rows // plan.n_rows)
+    def for_plan(cls, plan, keys, done: dict[int, dict[str, str]] | None = None, *,
+                 segment_rows: int | None = None, block_offset: int = 0) -> "BlockDigests":
+        """The blocks of ``plan``'s output (a ``sampling.Plan``: its tasks' rows);
+        a set's output: ``segment_rows`` its input's rows, ``block_offset`` its offset."""
+        segment = plan.n_rows if segment_rows is None else segment_rows
+        bounds = block_bounds(segment, plan.block_rows, plan.output_rows // plan.n_rows, block_offset)
         return cls(bounds, keys, done)
 
     def add(self, start: int, digests: dict[str, str]) -> None:

@@ -15,6 +15,7 @@ import logging
 import time
 import uuid
 from pathlib import Path
+from typing import Callable, Iterable
 
 from mixup_cli import __version__, atomic, engines, names, preflight, provenance, resume, scratch, sidecar
 from mixup_cli.core import check_alpha
@@ -24,12 +25,13 @@ from mixup_cli.io import create_writer  # looked up here at run time: tests wrap
 from mixup_cli.io.base import layout_options
 from mixup_cli.planning import build_plan, default_batch_rows, output_specs  # noqa: F401  (re-exported)
 from mixup_cli.request import AugmentRequest, AugmentResult, Progress
-from mixup_cli.sampling import CLASS_PAIRINGS, Plan, check_positive
+from mixup_cli.sampling import CLASS_PAIRINGS, Plan, Task, check_positive
 from mixup_cli.source import Source, open_source
 
 log = logging.getLogger("mixup_cli")
 
-__all__ = ["AugmentRequest", "AugmentResult", "Progress", "augment", "open_source", "resolve_plan"]
+__all__ = ["AugmentRequest", "AugmentResult", "OutputJob", "Progress", "augment", "open_source", "resolve_plan",
+           "write_output"]
 
 
 def augment(request: AugmentRequest, progress: Progress | None = None) -> AugmentResult:
@@ -59,21 +61,53 @@ def augment(request: AugmentRequest, progress: Progress | None = None) -> Augmen
         if journal is not None and request.seed is None and journal.seed is not None:
             request = dataclasses.replace(request, seed=journal.seed)  # the interrupted run's seed
         plan = build_plan(source, **request.plan_parameters())
-        partial = _Partial.open(request, source, plan, out_format, journal, started_at)
-        input_hashes = provenance.BackgroundHash(source.reader.files())
-        try:
-            partial.create(request, source)
-            engine_info = _run_tasks(request, source, plan, partial, progress)
-            record = _record(request, source, plan, partial, engine_info, input_hashes, time.perf_counter() - t0)
-            held = _commit(request, output, out_format, partial, record, progress)
-        except BaseException as exc:
-            partial.fail(exc)
-            raise
+        job = OutputJob(output, out_format, plan.tasks, plan.output_rows, input_path, source.reader.format_name,
+                        source.input_specs or source.specs, source.reader.files, output_specs(source, plan))
+        partial, record, held = write_output(request, source, plan, job, journal, progress, started_at, t0)
     finally:
         lock.release()
         source.reader.close()
     return AugmentResult(output, partial.sidecar, plan.output_rows, partial.seconds, int(plan.seed),
                          partial.journal.run_id, record, tuple(held.caught))
+
+
+@dataclasses.dataclass
+class OutputJob:
+    """One output and what is its own: a single-file run writes one, a set's
+    part one per output (``sets.run``), both through ``write_output``."""
+
+    output: Path
+    out_format: str
+    tasks: Callable[[], Iterable[Task]]  # the plan's tasks that write it, in the order the journal numbers
+    rows: int
+    input_path: Path  # the input its sidecar records (a set's output: its own input)
+    input_format: str
+    input_specs: dict
+    input_files: Callable[[], list]  # hashed into that entry
+    specs: dict  # its arrays
+    shift: tuple[int, int] | None = None  # a set's output: (its input's rows, offset mod block rows), digests.Bounds
+    input_record: dict | None = None  # what the journal's fingerprint records of the input (a set's inputs)
+    set_section: dict | None = None  # the sidecar's ``set`` section
+    run_source: Source | None = None  # what the local engine reads (a set's scratch copy, made once for all)
+
+
+def write_output(request, source: Source, plan: Plan, job: OutputJob, journal, progress: Progress,
+                 started_at: str, t0: float):
+    """The partial output (reopened from ``journal`` or fresh), its tasks on
+    the engine, the record, the commit; on any failure what --resume needs is
+    kept and the rest removed. The caller holds OUT's lock. Returns
+    ``(partial, record, held signals)``."""
+    partial = _Partial.open(request, source, plan, job, journal, started_at)
+    input_hashes = provenance.BackgroundHash(job.input_files())
+    try:
+        partial.create(request, source)
+        engine_info = _run_tasks(request, source, plan, partial, progress)
+        record = _record(request, source, plan, partial, engine_info, input_hashes, time.perf_counter() - t0)
+        held = _commit(request, job.output, job.out_format, partial, record, progress)
+    except BaseException as exc:
+        partial.fail(exc)
+        raise
+    return partial, record, held
 
 
 def check_request(request: AugmentRequest) -> None:
@@ -104,12 +138,13 @@ def _already_done(request: AugmentRequest, source: Source, output: Path, out_for
 class _Partial:
     """The partial output of a run: its writer, journal and names beside OUT."""
 
-    def __init__(self, output, out_format, plan, specs, options, fingerprint, journal, writer, started_at):
-        self.output, self.out_format, self.plan, self.specs = output, out_format, plan, specs
+    def __init__(self, job, plan, options, fingerprint, journal, writer, started_at):
+        self.job = job
+        self.output, self.out_format, self.plan, self.specs = job.output, job.out_format, plan, job.specs
         self.options, self.fingerprint, self.journal, self.writer = options, fingerprint, journal, writer
         self.started_at = started_at
-        self.tmp = atomic.partial_path(output)
-        self.sidecar = provenance.sidecar_path(output)
+        self.tmp = atomic.partial_path(self.output)
+        self.sidecar = provenance.sidecar_path(self.output)
         self.sidecar_tmp = self.tmp.with_name(self.tmp.name + provenance.SIDECAR_SUFFIX)  # removed with the partial
         self.commit_started = False
         self.resumed = 0  # tasks the journal had when the run started
@@ -117,25 +152,24 @@ class _Partial:
         self.block_digests = None
 
     @classmethod
-    def open(cls, request, source, plan, out_format, journal, started_at) -> "_Partial":
+    def open(cls, request, source, plan, job: OutputJob, journal, started_at) -> "_Partial":
         """Reopen what the journal describes (a refusal leaves it as it was),
         or prepare a fresh start."""
-        output = Path(request.output)
-        specs = output_specs(source, plan)
-        options = layout_options(out_format, request.compression, plan.block_rows, request.chunk_rows,
+        options = layout_options(job.out_format, request.compression, plan.block_rows, request.chunk_rows,
                                  request.byte_shuffle, request.zarr_format)
-        fingerprint = resume.fingerprint(request, plan, source, out_format, specs)
+        fingerprint = resume.fingerprint(request, plan, source, job.out_format, job.specs, job.input_record)
         writer = None
         if journal is not None:
-            writer = resume.reopen_partial(journal, fingerprint, output, out_format, specs, options, plan,
-                                           plan.tasks())
+            writer = resume.reopen_partial(journal, fingerprint, job.output, job.out_format, job.specs, options,
+                                           plan, job.tasks(), job.shift)
             journal = journal if writer is not None else None
-        return cls(output, out_format, plan, specs, options, fingerprint, journal, writer, started_at)
+        return cls(job, plan, options, fingerprint, journal, writer, started_at)
 
     def create(self, request, source: Source) -> None:
         """A fresh partial output and journal, once it is known to fit (unless reopened)."""
         if self.journal is None:
-            scratch_needs = scratch.scratch_bytes(source, self.plan) if request.engine == "local" else 0
+            by_output = request.engine == "local" and self.job.run_source is None  # else made once, or none
+            scratch_needs = scratch.scratch_bytes(source, self.plan) if by_output else 0
             preflight.check_free_space(self.output, self.out_format, self.specs, request.compression, scratch_needs)
             self.writer = create_writer(self.tmp, self.out_format, self.specs, self.options)
             self.journal = resume.Journal(resume.journal_path(self.output), self.fingerprint, uuid.uuid4().hex,
@@ -160,23 +194,25 @@ class _Partial:
 
 def _run_tasks(request, source: Source, plan: Plan, partial: _Partial, progress: Progress) -> dict:
     """Every task not yet written, on the request's engine; the writer is closed after."""
-    journal, writer = partial.journal, partial.writer
-    block_digests = partial.block_digests = resume.block_digests(plan, partial.specs, journal, plan.tasks())
+    journal, writer, job = partial.journal, partial.writer, partial.job
+    block_digests = partial.block_digests = resume.block_digests(plan, partial.specs, journal, job.tasks(), job.shift)
     partial.resumed = len(journal.done)
-    progress.start(plan.output_rows)
+    progress.start(job.rows)
     if journal.done:  # (work proportional to the tasks done, only when resuming)
-        progress.update(sum(t.stop - t.start for i, t in enumerate(plan.tasks()) if i in journal.done))
+        progress.update(sum(t.stop - t.start for i, t in enumerate(job.tasks()) if i in journal.done))
     common = dict(skip=frozenset(journal.done), on_done=lambda index: journal.task_done(index, writer),
                   block_digests=block_digests)
     if request.engine == "dask":  # workers open the input themselves, prepared as here
         from mixup_cli.engines import dask
 
-        info = dask.run(source, plan, writer, plan.tasks(), progress, **common,
+        info = dask.run(source, plan, writer, job.tasks(), progress, **common,
                         scheduler=request.scheduler, workers=request.workers)
+    elif job.run_source is not None:
+        info = local.run(job.run_source, plan, writer, job.tasks(), progress, **common, batch_rows=request.batch_size)
     else:
         # Class pairings on compressed input: read from an uncompressed copy.
         with scratch.source_for_run(source, plan, partial.tmp.with_name(partial.tmp.name + ".scratch.h5")) as run_source:
-            info = local.run(run_source, plan, writer, plan.tasks(), progress, **common, batch_rows=request.batch_size)
+            info = local.run(run_source, plan, writer, job.tasks(), progress, **common, batch_rows=request.batch_size)
     writer.flush()
     journal.save()  # every task recorded before the file is finished
     writer.set_attributes({"mixup_cli_version": __version__, "run_id": journal.run_id,
@@ -193,11 +229,11 @@ def _record(request, source: Source, plan: Plan, partial: _Partial, engine_info:
     out_hashing = provenance.BackgroundHash(out_files if request.hash_files else [])
     atomic.sync(tmp)  # the disk flush overlaps the hashing; commit's own fsync is then quick
     out_hashes, in_hashes = out_hashing.result(), input_hashes.result()
-    input_entry = sidecar.dataset_entry(Path(request.input), source.reader.format_name,
-                                        source.input_specs or source.specs, in_hashes)
+    job = partial.job
+    input_entry = sidecar.dataset_entry(job.input_path, job.input_format, job.input_specs, in_hashes)
     final = {str(output / rel if str(rel) != "." else output): f for rel, f in zip(writer.files(), out_files)}
     output_entry = sidecar.output_entry(output, partial.out_format, partial.specs, final, out_hashes, plan,
-                                        partial.block_digests)
+                                        partial.block_digests, job.shift)
     partial.seconds = seconds
     execution = dict(engine_info, seconds=round(seconds, 3))
     if partial.resumed:
@@ -206,7 +242,7 @@ def _record(request, source: Source, plan: Plan, partial: _Partial, engine_info:
         run_id=partial.journal.run_id, command_line=request.command_line,
         parameters=sidecar.run_parameters(plan, request, source), execution=execution,
         input_entry=input_entry, output_entry=output_entry,
-        started_at=partial.journal.started_at, finished_at=provenance.utc_now(),
+        started_at=partial.journal.started_at, finished_at=provenance.utc_now(), set_section=job.set_section,
     )
 
 

@@ -63,8 +63,10 @@ def _plain(value):
     return json.loads(json.dumps(value, default=str, sort_keys=True))
 
 
-def fingerprint(request, plan, source, out_format: str, out_specs: dict) -> dict:
-    """Everything that decides the bytes of the output."""
+def fingerprint(request, plan, source, out_format: str, out_specs: dict, input_record: dict | None = None) -> dict:
+    """Everything that decides the bytes of the output. ``input_record``: what
+    stands for the input (a set's output: the set's inputs, stated once,
+    ``sets.inputs_state``), instead of the input's own files."""
     plan_fields = plan.to_dict()
     options = {
         f.name: getattr(request, f.name)
@@ -73,20 +75,22 @@ def fingerprint(request, plan, source, out_format: str, out_specs: dict) -> dict
         and not (f.name in _PAIRING_OPTIONS and getattr(request, f.name) in (None, False))
     }
     files = []
-    for path in source.reader.files():
+    for path in source.reader.files() if input_record is None else ():
         st = Path(path).stat()
         files.append({"path": str(Path(path).resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns})
+    if input_record is None:
+        input_record = {
+            "path": str(Path(request.input).resolve()),
+            "format": source.reader.format_name,
+            "arrays": {key: spec.to_dict() for key, spec in source.specs.items()},
+            "files": files,
+        }
     return _plain(
         {
             "tool_version": __version__,
             "plan": plan_fields,
             "options": options,
-            "input": {
-                "path": str(Path(request.input).resolve()),
-                "format": source.reader.format_name,
-                "arrays": {key: spec.to_dict() for key, spec in source.specs.items()},
-                "files": files,
-            },
+            "input": input_record,
             "output": {"format": out_format, "arrays": {key: spec.to_dict() for key, spec in out_specs.items()}},
         }
     )
@@ -242,14 +246,19 @@ def discard(paths) -> None:
         atomic.remove(path)
 
 
-def _block_rows(plan, task) -> tuple[int, int]:
-    """The output rows of the whole block a task is (part of): what a digest covers."""
+def _block_rows(plan, task, shift=None) -> tuple[int, int]:
+    """The output rows of the whole block a task is (part of): what a digest covers.
+    ``shift``: (segment_rows, block_offset) of a set's output, whose blocks
+    are the set's clipped to its input (``digests.Bounds``)."""
+    if shift is not None:
+        bounds = digests.block_bounds(shift[0], plan.block_rows, plan.output_rows // plan.n_rows, shift[1])
+        return bounds[bounds.index_of(task.out_start)]
     first, last = plan.block_bounds(task.block)
     start = task.out_start - (task.start - first)
     return start, start + last - first
 
 
-def keep_verified(journal: Journal, plan, tasks, writer) -> bool:
+def keep_verified(journal: Journal, plan, tasks, writer, shift=None) -> bool:
     """Whether the tasks (of the run's list ``tasks``) the journal records as
     written read back with their recorded digests (formats whose writer can
     read its partial). A kill can never make them differ; a partial damaged
@@ -259,7 +268,7 @@ def keep_verified(journal: Journal, plan, tasks, writer) -> bool:
     for index, task in enumerate(tasks):
         if index not in journal.done:
             continue
-        start, stop = _block_rows(plan, task)
+        start, stop = _block_rows(plan, task, shift)
         want = journal.digests.get(start)
         if want is None:
             if stop - start != task.stop - task.start:
@@ -298,22 +307,25 @@ def keep_for_resume(writer, journal) -> bool:
     return True
 
 
-def block_digests(plan, specs: dict, journal: Journal, tasks) -> digests.BlockDigests:
+def block_digests(plan, specs: dict, journal: Journal, tasks, shift=None) -> digests.BlockDigests:
     """The digests of the output's blocks, shared with the journal so that a
     resumed run keeps those of the blocks already written (``tasks``: the
     run's list, which the journal's indices number)."""
     # A fresh run has nothing to look up: no pass over the tasks.
-    starts = {i: _block_rows(plan, task)[0] for i, task in enumerate(tasks) if i in journal.done} if journal.done else {}
+    starts = {i: _block_rows(plan, task, shift)[0] for i, task in enumerate(tasks) if i in journal.done} if journal.done else {}
     # Parts of a block whose other parts were not all written: redone with them (a digest covers the whole block).
     journal.done -= {i for i, start in starts.items() if start not in journal.digests}
     written = {starts[i] for i in journal.done}
     for start in [s for s in journal.digests if s not in written]:
         del journal.digests[start]  # hashed, but not recorded as written: written again
-    return digests.BlockDigests.for_plan(plan, specs, done=journal.digests)
+    if shift is None:
+        return digests.BlockDigests.for_plan(plan, specs, done=journal.digests)
+    return digests.BlockDigests.for_plan(plan, specs, done=journal.digests, segment_rows=shift[0],
+                                         block_offset=shift[1])
 
 
 def reopen_partial(journal: Journal, fingerprint: dict, output: Path, out_format: str, specs: dict, options,
-                   plan, tasks):
+                   plan, tasks, shift=None):
     """The writer of the partial output the journal describes, its journaled
     tasks checked, or None when it cannot be trusted (then removed: the run
     starts over, keeping the interrupted run's seed). Refuses, leaving the
@@ -322,7 +334,7 @@ def reopen_partial(journal: Journal, fingerprint: dict, output: Path, out_format
     writer = None
     try:
         writer = reopen_writer(atomic.partial_path(output), out_format, specs, options)
-        if not keep_verified(journal, plan, tasks, writer):
+        if not keep_verified(journal, plan, tasks, writer, shift):
             writer.abort()
             raise DamagedPartial(f"{output}: the partial output does not hold the rows its journal records")
     except DamagedPartial as exc:

@@ -45,9 +45,10 @@ def dataset_entry(path: Path, fmt: str, specs: dict[str, ArraySpec], hashes: dic
 
 
 def output_entry(output: Path, out_format: str, specs: dict[str, ArraySpec], files: dict[str, Path],
-                 hashes: dict[str, str], plan: Plan, block_digests: digests.BlockDigests) -> dict:
+                 hashes: dict[str, str], plan: Plan, block_digests: digests.BlockDigests, shift=None) -> dict:
     """The output's entry: ``files`` maps each file's final path to where it
-    is now; the arrays' digests come from the blocks as they were written."""
+    is now; the arrays' digests come from the blocks as they were written.
+    ``shift``: (segment_rows, block_offset) of a set's output (``digests.Bounds``)."""
     entry = dataset_entry(
         output, out_format, specs,
         {name: hashes.get(str(f)) for name, f in files.items()},
@@ -57,6 +58,8 @@ def output_entry(output: Path, out_format: str, specs: dict[str, ArraySpec], fil
     for key, item in entry["arrays"].items():
         item["sha256"] = array_digests[key]
     entry["array_sha256"] = {"scheme": digests.SCHEME, "block_rows": plan.block_rows, "segment_rows": plan.n_rows}
+    if shift is not None:
+        entry["array_sha256"].update(segment_rows=shift[0], block_offset=shift[1])
     return entry
 
 
