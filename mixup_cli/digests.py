@@ -159,6 +159,10 @@ class BlockHasher:
         self._open: dict[tuple[str, int], tuple] = {}  # (key, block start) -> (hash, next row)
         self._finished: dict[int, dict[str, str]] = {}  # blocks with some arrays finished
 
+    def block_start(self, row: int) -> int:
+        """The first output row of the block holding ``row``."""
+        return self.digests.bounds[self._index(row)][0]
+
     def update(self, start: int, arrays: dict[str, np.ndarray]) -> None:
         for key, data in arrays.items():
             self._update(key, start, data)

@@ -30,6 +30,7 @@ class Source:
     prepared: Prepared | None = None
     paired: tuple[str, ...] = ()  # data keys written as KEY_a / KEY_b (--y-format pair) instead of mixed
     path: Path | None = None  # the input as opened (workers of other engines open it again)
+    layout: object | None = None  # a set's ``sets.SetLayout`` (its inputs; path is the first): workers open it so
 
     @property
     def y_key(self) -> str | None:
@@ -58,6 +59,7 @@ class Source:
 def open_source(
     path: Path, x_key: str, y_key: str | None, options: DataOptions | None = None, require_y: bool = True,
     scratch_prefix: Path | None = None, fast: bool = True, y_for: str | None = None, reader: Reader | None = None,
+    layout=None,
 ) -> Source:
     """Open the input and check that x (and y) exist and have rows to mix.
 
@@ -68,7 +70,8 @@ def open_source(
     put scratch files (inflated ``.npz`` members); else the temporary directory.
     ``fast=False`` reads through the format library's own decoding (verify).
     ``reader``: an input already opened (a set's ``ConcatReader``), checked and
-    prepared like a file's; closed here when a check fails.
+    prepared like a file's; closed here when a check fails; ``layout``: the
+    set's, which the Source keeps for the workers of other engines.
     """
     if reader is None:
         reader = open_reader(path, scratch_prefix, fast=fast)
@@ -102,7 +105,8 @@ def open_source(
     except BaseException:
         reader.close()
         raise
-    return Source(prepared.reader, prepared.specs, names.stored_specs(reader, specs), prepared, prepared.paired, path)
+    return Source(prepared.reader, prepared.specs, names.stored_specs(reader, specs), prepared, prepared.paired, path,
+                  layout)
 
 
 def check_output_keys(prepared: Prepared, x_key: str) -> None:

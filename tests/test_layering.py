@@ -15,9 +15,9 @@ PACKAGE = Path(__file__).resolve().parent.parent / "mixup_cli"
 # Highest first. A name covers the module and everything under it.
 LAYERS = [
     ("cli", ["cli", "__main__"]),
-    ("commands", ["pipeline", "verify", "preview", "describe", "dataset"]),
+    ("commands", ["pipeline", "verify", "preview", "describe", "dataset", "sets.run"]),
     ("engines", ["engines"]),
-    ("run", ["request", "source", "planning", "preflight", "resume", "sidecar", "scratch", "tasks"]),
+    ("run", ["request", "source", "planning", "preflight", "resume", "sidecar", "scratch", "tasks", "sets"]),
     ("data", ["mixing", "sampling", "balance", "classes", "neighbours", "label_kernel", "cutmix", "prepare",
               "labels", "names", "io", "digests", "provenance", "atomic"]),
     ("core", ["", "core", "errors", "_kernel"]),  # "": the package itself (__version__)
@@ -72,10 +72,13 @@ def _resolve(target: str, name: str, mods) -> str:
 
 
 def layer_of(module: str) -> int | None:
+    """The layer of the longest name that covers ``module`` (``sets.run`` above ``sets``)."""
+    best, found = -1, None
     for rank, (_, names) in enumerate(reversed(LAYERS)):
-        if any(module == n or (n and module.startswith(n + ".")) for n in names):
-            return rank
-    return None
+        for n in names:
+            if (module == n or (n and module.startswith(n + "."))) and len(n) > best:
+                best, found = len(n), rank
+    return found
 
 
 def violations(package: Path) -> list[str]:

@@ -35,9 +35,25 @@ def _stopped(output: Path, name: str) -> str:
     return f"Interrupted by {name}: stopped before writing any output; nothing was kept."
 
 
+def _stopped_set(outdir: Path, name: str, written: list[Path]) -> str:
+    """What an interrupted set's part says: outputs committed, one kept to resume."""
+    from mixup_cli import resume
+
+    done = f"{len(written)} output(s) of this part committed; " if written else ""
+    kept = [p for p in sorted(Path(outdir).glob(".*" + atomic.PARTIAL_SUFFIX + resume.JOURNAL_SUFFIX))]
+    if kept:
+        return (f"Interrupted by {name}: stopped at a checkpoint; {done}the partial output is kept; "
+                f"continue with: {_resume_command()} (or run it again without --resume to start that output over)")
+    return f"Interrupted by {name}: stopped; {done}nothing else was kept."
+
+
 @click.command()
-@click.argument("input_path", metavar="IN", type=click.Path(path_type=Path, readable=False))  # the library says why
-@click.argument("output_path", metavar="OUT", type=click.Path(path_type=Path))
+# Strings: a set's OUT is told by a trailing slash, which a Path drops. The library says why a path fails.
+@click.argument("paths", metavar="IN... OUT", nargs=-1, type=click.Path(readable=False))
+@click.option("--inputs-from", metavar="FILE", default=None,
+              help="A set's inputs, one path a line (relative to FILE's folder; '-' reads stdin), after any IN given: sets of any size.")
+@click.option("--shard", metavar="I/N", default=None,
+              help="Write only part I of N of the set's outputs (outputs floor(I*S/N) to floor((I+1)*S/N)-1 of S), with the whole set's plan; N > 1 needs --seed.")
 @keys_options
 @run_options
 @pairing_options
@@ -58,11 +74,17 @@ def _stopped(output: Path, name: str) -> str:
 @quiet_option
 @json_option
 @debug_option
-def augment(input_path, output_path, keys, data, quiet, as_json, **params):
+def augment(paths, inputs_from, shard, keys, data, quiet, as_json, **params):
     """Write a mixed copy of dataset IN to OUT, plus OUT.provenance.json.
 
     IN and OUT are .h5/.hdf5, .npz, .zarr, or a directory of .npy files
     (x.npy, y.npy); OUT's extension chooses its format, so formats convert.
+
+    A set: with two inputs or more (or --inputs-from, --shard, or OUT ending
+    in /) the inputs are mixed as one dataset, their concatenation in the
+    order given (pairs cross inputs), and OUT is a directory receiving one
+    output per input under its name, each with its sidecar, and the set's
+    manifest mixup-set.json. --shard I/N writes part I of N of them.
 
     \b
     Examples:
@@ -76,14 +98,33 @@ def augment(input_path, output_path, keys, data, quiet, as_json, **params):
       mixup augment in.h5 out.zarr --zarr-format 2   # for zarr-python 2 readers
       mixup augment images.h5 out.h5 --pairing knn --neighbors 5 --project 32
       mixup augment regression.h5 out.h5 --pairing label-kernel --bandwidth 0.5
+      mixup augment shards/*.h5 mixed/ --seed 7     # a set: mixed/part-0000.h5, ...
+      mixup augment --inputs-from shards.txt mixed/ --seed 7
+      mixup augment shards/*.h5 mixed/ --seed 7 --shard $SLURM_ARRAY_TASK_ID/16
     """
     import dataclasses
 
-    from mixup_cli.pipeline import AugmentRequest, augment as run_augment
+    from mixup_cli.pipeline import AugmentRequest
+    from mixup_cli.sets import is_set_form
 
+    if not paths:
+        raise click.UsageError("Missing arguments 'IN... OUT'.")
+    if len(paths) == 1 and inputs_from is None:
+        raise click.UsageError("Missing argument 'OUT' (or --inputs-from FILE for a set's inputs).")
+    *inputs, out_text = paths
+    inputs, output_path = [Path(p) for p in inputs], Path(out_text)
     # Every other option is named as the request's field it sets.
-    request = AugmentRequest(input=input_path, output=output_path, **keys.as_dict(),
+    request = AugmentRequest(input=inputs[0] if inputs else output_path, output=output_path, **keys.as_dict(),
                              **dataclasses.asdict(data), **params)
+    if is_set_form(len(inputs), out_text, inputs_from, shard):
+        return _augment_set(request, inputs, inputs_from, shard, quiet, as_json)
+    _augment_one(request, quiet, as_json)
+
+
+def _augment_one(request, quiet: bool, as_json: bool) -> None:
+    from mixup_cli.pipeline import augment as run_augment
+
+    output_path = request.output
     bar = BarProgress(quiet)
     try:
         result = run_augment(request, progress=bar)
@@ -101,4 +142,31 @@ def augment(input_path, output_path, keys, data, quiet, as_json, **params):
             f"(seed {result.seed}); provenance in {result.sidecar}",
             err=True,
         )
+    atomic.test_pause("finished")
+
+
+def _augment_set(request, inputs, inputs_from, shard, quiet: bool, as_json: bool) -> None:
+    from mixup_cli.sets import collect_inputs, parse_shard
+    from mixup_cli.sets.run import augment_set
+
+    part = parse_shard(shard)
+    paths = collect_inputs(inputs, inputs_from)
+    bar = BarProgress(quiet)
+    outdir = request.output
+    written: list[Path] = []
+    try:
+        result = augment_set(request, paths, outdir, part, progress=bar, written=written)
+    except KeyboardInterrupt as exc:
+        exc.mixup_message = _stopped_set(outdir, signals.describe(exc)[0], written)
+        raise
+    finally:
+        bar.close()
+    signals.add_late(result.late_signals)
+    if as_json:
+        click.echo(json.dumps(result.summary(), sort_keys=True))
+    elif not quiet:
+        what = (f"wrote {len(result.written)} output(s), {result.rows} rows, to {outdir}" if result.written
+                else f"{outdir}: this part's {len(result.skipped)} output(s) already complete; nothing to do")
+        click.echo(f"{what} in {result.seconds:.2f} s (seed {result.seed}, set {result.set_id[:12]}, "
+                   f"part {result.part})", err=True)
     atomic.test_pause("finished")

@@ -24,6 +24,8 @@ waited for first, so none writes after the partial output is removed.
 
 from __future__ import annotations
 
+import dataclasses
+
 import logging
 import os
 import threading
@@ -66,6 +68,7 @@ class Job:
     options: DataOptions  # how the input is prepared (targets, dtypes, checks; the classes found by the client)
     plan: Plan
     target: object | None  # the writer's parallel_target(), or None
+    layout: object | None = None  # a set's inputs (sets.SetLayout, absolute paths): read as their ConcatReader
 
 
 Piece = tuple[str, int, np.ndarray]  # key, first output row, rows
@@ -97,7 +100,13 @@ def _open_input(job: Job):
     with _READERS_LOCK:
         reader = _READERS.get(key)
         if reader is None:
-            reader = open_source(Path(job.input), job.x_key, job.y_key, job.options, require_y=False)
+            concat = None
+            if job.layout is not None:  # a set: its inputs as one reader, opened from the pickled layout
+                from mixup_cli.sets import ConcatReader
+
+                concat = ConcatReader(job.layout)
+            reader = open_source(Path(job.input), job.x_key, job.y_key, job.options, require_y=False,
+                                 reader=concat, layout=job.layout)
             try:
                 for name, expected in job.specs.items():
                     found = reader.specs.get(name)
@@ -239,8 +248,12 @@ def run(source, plan: Plan, writer, tasks, progress, *, skip=frozenset(), on_don
     distributed = import_distributed()
     run_id = uuid.uuid4().hex[:12]
     options = source.prepared.resolved_options() if source.prepared is not None else DataOptions()
+    layout = source.layout
+    if layout is not None:  # workers may run elsewhere: every input by its absolute path
+        layout = dataclasses.replace(layout, shards=tuple(dataclasses.replace(s, path=Path(s.path).resolve())
+                                                          for s in layout.shards))
     job = Job(run_id, str(Path(source.path).resolve()), dict(source.specs), next(iter(source.specs)), source.y_key,
-              options, plan, writer.parallel_target())
+              options, plan, writer.parallel_target(), layout)
     with connect(scheduler, workers) as client, _quiet_distributed_logs():
         nthreads = client.nthreads()
         limit = IN_FLIGHT_PER_THREAD * max(1, sum(nthreads.values()))
@@ -301,7 +314,7 @@ class _Parts:
     def add(self, task: Task, pieces: list[Piece]) -> None:
         if self._hasher is None:
             return
-        block_start = task.out_start - (task.start - self._plan.block_bounds(task.block)[0])
+        block_start = self._hasher.block_start(task.out_start)  # the output's blocks (a set's are shifted)
         self._waiting[task.out_start] = {key: rows for key, _, rows in pieces}
         at = self._next.get(block_start, block_start)
         while at in self._waiting:

@@ -6,12 +6,14 @@
   outputs' paths, OUTDIR checks, row errors told by input;
 - ``reader``: ``ConcatReader``, the inputs read as one ``Reader``;
 - ``restrict``: one plan over the set's rows, cut into one task list per output;
-- ``identity``: ``set_id``, the sidecar's ``set`` section, OUTDIR's contents
-  and the set's status as its sidecars tell it.
+- ``identity``: ``set_id``, the sidecar's ``set`` section, OUTDIR's manifest
+  and contents, and the set's status as its sidecars tell it;
+- ``run`` (not imported here: it sits above the engines): ``augment_set``.
 """
 
 from mixup_cli.sets.identity import (
-    SetStatus, check_outdir_contents, inputs_state, read_section, section, set_id, set_status,
+    MANIFEST, SetStatus, check_outdir_contents, inputs_state, manifest, read_manifest, read_section, section, set_id,
+    set_status, write_manifest,
 )
 from mixup_cli.sets.inputs import (
     WHOLE, Part, check_part_seed, collect_inputs, is_set_form, parse_shard, part_of, read_list,
@@ -25,7 +27,7 @@ from mixup_cli.sets.restrict import (
 )
 
 __all__ = [
-    "ConcatReader", "Part", "SetLayout", "SetStatus", "ShardInfo", "WHOLE", "check_outdir", "check_outdir_contents",
+    "MANIFEST", "manifest", "read_manifest", "write_manifest", "ConcatReader", "Part", "SetLayout", "SetStatus", "ShardInfo", "WHOLE", "check_outdir", "check_outdir_contents",
     "check_part_seed", "check_plan", "check_storage_options", "collect_inputs", "from_single", "inputs_state", "inspect_inputs", "is_set_form",
     "locate_rows", "output_paths", "output_rows", "parse_shard", "part_of", "read_list", "read_section", "restrict",
     "section", "segment", "set_id", "split", "set_status", "task_slice", "to_single", "whole_task",

@@ -1,8 +1,11 @@
 """A set's identity, its section in each output's sidecar, and what OUTDIR may hold.
 
-There is no manifest for the set: parts run apart (an array job) would
-race to write it. Each output's own sidecar carries a ``set`` section
-instead, and ``set_status(OUTDIR)`` finds the set from the sidecars there.
+Each output's own sidecar carries a ``set`` section, and
+``set_status(OUTDIR)`` finds the set from the sidecars there. OUTDIR also
+holds ``mixup-set.json`` (``MANIFEST``, written by ``sets.run``): the whole
+input list and the plan, whatever S. Its content depends only on the set
+(no part, time or run id), and every part writes it by an atomic rename, so
+parts running at once write the same bytes and cannot corrupt it.
 
 ``set_id`` is the SHA-256 of the ordered inputs (name and rows) and of
 what decides the output (the plan's fields and the data options), so two
@@ -28,6 +31,9 @@ from mixup_cli.sets.layout import SetLayout
 
 SET_VERSION = 1
 INLINE_INPUTS = 256
+MANIFEST = "mixup-set.json"
+# The manifest's temporary names and a part's scratch copy: OUTDIR may hold them.
+SET_PREFIX = ".mixup-set."
 
 
 def _digest(value) -> str:
@@ -127,8 +133,11 @@ def check_outdir_contents(outdir: Path, outputs: Sequence[Path], sid: str, overw
         raise OutputError(f"{outdir}: cannot list it ({exc.strerror or exc}); fix its permissions") from None
     for entry in entries:
         name = entry.name
-        if any(name.startswith(prefix) for prefix in partial_prefixes):
+        if any(name.startswith(prefix) for prefix in partial_prefixes) or name.startswith(SET_PREFIX):
             continue  # a part's run in progress or interrupted: its journal decides (--resume)
+        if name == MANIFEST:
+            _check_manifest(entry, sid, overwrite)
+            continue
         k = index.get(name, sidecars.get(name))
         if k is None:
             raise OutputError(
@@ -136,6 +145,8 @@ def check_outdir_contents(outdir: Path, outputs: Sequence[Path], sid: str, overw
                 "partial files: move it away or choose another OUTDIR"
             )
         readable, found = _sidecar_set(provenance.sidecar_path(outputs[k]))
+        if not readable and atomic.partials(outputs[k], with_lock=False):
+            continue  # another part is committing it right now (output in place, its sidecar next)
         if found is not None and found["set_id"] == sid and int(found["index"]) == k:
             if (outdir / outputs[k].name).exists():
                 done.add(k)
@@ -149,6 +160,55 @@ def check_outdir_contents(outdir: Path, outputs: Sequence[Path], sid: str, overw
             + ("" if not readable else ", or pass --overwrite to replace it")
         )
     return done
+
+
+def manifest(layout: SetLayout, sid: str, parameters: dict, outputs: Sequence[Path]) -> dict:
+    """OUTDIR's ``mixup-set.json``: what every part agrees on, nothing of its own."""
+    return {
+        "mixup_set": SET_VERSION,
+        "set_id": sid,
+        "rows": layout.n_rows,
+        "inputs": [dict(entry, path=str(s.path.resolve())) for entry, s in zip(input_list(layout), layout.shards)],
+        "outputs": [Path(p).name for p in outputs],
+        "parameters": parameters,
+    }
+
+
+def write_manifest(outdir: Path, record: dict) -> Path:
+    """Write (or leave, when it already says the same) OUTDIR's manifest by an
+    atomic rename from a name of this process's own."""
+    import os
+
+    path = Path(outdir) / MANIFEST
+    text = json.dumps(record, sort_keys=True, indent=1, default=str) + "\n"
+    try:
+        if path.read_text(encoding="utf-8") == text:
+            return path
+    except (OSError, UnicodeDecodeError):
+        pass
+    tmp = atomic.stage_text(Path(outdir) / f"{SET_PREFIX}{os.getpid()}.json.tmp", text)
+    os.replace(tmp, path)
+    return path
+
+
+def read_manifest(outdir: Path) -> dict | None:
+    """OUTDIR's manifest, or None when there is none (or it is unreadable)."""
+    try:
+        record = json.loads((Path(outdir) / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) and record.get("mixup_set") == SET_VERSION else None
+
+
+def _check_manifest(path: Path, sid: str, overwrite: bool) -> None:
+    record = read_manifest(path.parent)
+    if record is not None and record.get("set_id") == sid:
+        return
+    if record is not None and overwrite:
+        return  # another set's: replaced with its outputs
+    why = "unreadable" if record is None else f"of set {str(record.get('set_id'))[:12]}, this set is {sid[:12]}"
+    raise OutputError(f"{path}: is the manifest of another set ({why}); move it away, choose another OUTDIR"
+                      + ("" if record is None else ", or pass --overwrite to replace that set's outputs"))
 
 
 @dataclass

@@ -177,6 +177,15 @@ class ConcatReader(Reader):
         # Each input passed its own reader's checks in inspect_inputs.
         return super().require(key, option, kinds)
 
+    def input_files(self, k: int) -> list[Path]:
+        """The files input ``k`` reads (itself, and what it links to): its own
+        output's sidecar hashes these only, never the whole set's."""
+        if k in self._open:
+            return list(self._open[k].files())
+        if k not in self._files:
+            self._reader(k)
+        return list(self._open[k].files()) if k in self._open else list(self._files[k])
+
     def files(self) -> list[Path]:
         """Every input's files in input order (an input never opened: itself)."""
         found, seen = [], set()
