@@ -145,13 +145,20 @@ def _augment_one(request, quiet: bool, as_json: bool) -> None:
     atomic.test_pause("finished")
 
 
+class _SetBar(BarProgress):
+    """The bar of a set's part, also told when one output is committed and another follows."""
+
+    def between_outputs(self, caught) -> None:
+        signals.between_outputs(caught)
+
+
 def _augment_set(request, inputs, inputs_from, shard, quiet: bool, as_json: bool) -> None:
     from mixup_cli.sets import collect_inputs, parse_shard
     from mixup_cli.sets.run import augment_set
 
     part = parse_shard(shard)
     paths = collect_inputs(inputs, inputs_from)
-    bar = BarProgress(quiet)
+    bar = _SetBar(quiet)
     outdir = request.output
     written: list[Path] = []
     try:

@@ -168,6 +168,19 @@ def finishing() -> None:
     _finishing = True
 
 
+def between_outputs(caught) -> None:
+    """One output of a set is committed and another follows: signals stop
+    the run again; one that came during that commit (``caught``, or held as
+    late) stops it now, before the next output starts."""
+    global _finishing, _pending
+    came = list(_late) + list(caught)
+    _late.clear()
+    _finishing = False
+    if came and _pending is None:
+        _pending = came[0]
+    check()
+
+
 def begin_command() -> None:
     """A command starts (several may run in one process, in tests): nothing finished yet."""
     global _finishing
