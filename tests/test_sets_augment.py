@@ -1,0 +1,353 @@
+"""``mixup augment IN1 IN2 ... OUTDIR``: a set mixed as the concatenation of
+its inputs. Outputs are reopened with h5py/numpy directly and compared,
+byte for byte, with the single-file run on one file holding the
+concatenated input (written here with h5py)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from mixup_cli.pipeline import AugmentRequest, augment
+from mixup_cli.sets import Part
+from mixup_cli.sets.run import augment_set
+from tests.conftest import REPO, load_output, mixup_executable, write_h5, write_npy_dir, write_npz
+
+SIZES = (37, 5, 64, 1, 29)  # unequal; with --block-rows 16 no boundary but 0 falls on a block's
+BLOCK = 16
+
+
+def _arrays(n: int, x_shape=(6, 5, 3), seed=0, y="onehot"):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n,) + x_shape).astype(np.float32)
+    if y == "onehot":
+        yv = np.eye(4, dtype=np.float32)[rng.integers(0, 4, n)]
+    else:  # a regression target, for the label kernel
+        yv = rng.standard_normal(n).astype(np.float32)
+    return x, yv
+
+
+def _write(path: Path, fmt: str, x, y) -> Path:
+    if fmt == "h5":
+        return write_h5(path.with_suffix(".h5"), x=x, y=y)
+    if fmt == "npz":
+        return write_npz(path.with_suffix(".npz"), x=x, y=y)
+    return write_npy_dir(path, x=x, y=y)
+
+
+def _set(tmp_path: Path, sizes=SIZES, fmts=("h5",), y="onehot", seed=0):
+    """The shards (formats cycling through ``fmts``) and one HDF5 file of their concatenation."""
+    x, yv = _arrays(sum(sizes), seed=seed, y=y)
+    folder = tmp_path / "shards"
+    folder.mkdir(exist_ok=True)
+    paths, at = [], 0
+    for k, n in enumerate(sizes):
+        paths.append(_write(folder / f"part-{k:04d}", fmts[k % len(fmts)], x[at : at + n], yv[at : at + n]))
+        at += n
+    with h5py.File(tmp_path / "whole.h5", "w") as f:  # the concatenation, written directly
+        f["x"], f["y"] = x, yv
+    return paths, tmp_path / "whole.h5"
+
+
+def _single(whole: Path, out: Path, **common) -> dict[str, np.ndarray]:
+    augment(AugmentRequest(whole, out, command_line=[], **common))
+    with h5py.File(out, "r") as f:
+        return {k: f[k][()] for k in f}
+
+
+def _outputs(outdir: Path, paths) -> list[dict[str, np.ndarray]]:
+    return [load_output(outdir / p.name) for p in paths]
+
+
+def _assert_concatenation(single: dict, outs: list[dict], sizes=SIZES) -> None:
+    """Each segment of the single-file output is that segment of every output, in input order."""
+    total = sum(sizes)
+    for key, want in single.items():
+        segments = len(want) // total
+        pieces = [out[key][s * n : (s + 1) * n] for s in range(segments) for out, n in zip(outs, sizes)]
+        got = np.concatenate(pieces)
+        assert got.dtype == want.dtype and got.shape == want.shape, key
+        assert got.tobytes() == want.tobytes(), key
+
+
+def _digest_from_file(arr: np.ndarray, scheme: dict) -> str:
+    """The sidecar's array digest recomputed from the output alone: SHA-256 of
+    each block's SHA-256, blocks cut every block_rows, shifted by block_offset."""
+    n, br, off = scheme["segment_rows"], scheme["block_rows"], scheme.get("block_offset", 0)
+    outer = hashlib.sha256()
+    for s in range(len(arr) // n):
+        cuts = [0] + [c for c in range(br - off if off else br, n, br)] + [n]
+        for a, b in zip(cuts, cuts[1:]):
+            rows = np.ascontiguousarray(arr[s * n + a : s * n + b])
+            outer.update(hashlib.sha256(rows.tobytes()).digest())
+    return outer.hexdigest()
+
+
+CASES = [
+    dict(pairing="global"), dict(pairing="batch"), dict(pairing="within-class"), dict(pairing="between-class"),
+    dict(pairing="knn", neighbors=3), dict(pairing="knn-within-class", neighbors=2),
+    dict(pairing="label-kernel", bandwidth=0.5), dict(method="cutmix", pairing="global"),
+    dict(method="cutmix", pairing="within-class"),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(str(v) for v in c.values()))
+def test_the_sets_outputs_are_the_single_file_run_on_the_concatenation(tmp_path, case):
+    y = "dense" if case.get("pairing") == "label-kernel" else "onehot"
+    paths, whole = _set(tmp_path, y=y)
+    common = dict(alpha=0.4, seed=11, block_rows=BLOCK, copies=2, include_original=True, batch_size=7, **case)
+    single = _single(whole, tmp_path / "single.h5", **common)
+    outdir = tmp_path / "mixed"
+    result = augment_set(AugmentRequest(paths[0], outdir, command_line=[], **common), paths, outdir)
+    assert [p.name for p in result.written] == [p.name for p in paths]
+    outs = _outputs(outdir, paths)
+    _assert_concatenation(single, outs)
+    for p, out, n in zip(paths, outs, SIZES):  # partner is a row of the whole set: pairs cross the inputs
+        assert len(out["lam"]) == 3 * n
+    assert any((out["partner"][n:] >= n).any() for out, n in zip(outs, SIZES)) or case.get("pairing") == "batch"
+    for k, p in enumerate(paths):  # each sidecar's digests follow from its file alone
+        record = json.loads((outdir / (p.name + ".provenance.json")).read_text())
+        scheme = record["output"]["array_sha256"]
+        assert scheme["block_offset"] == sum(SIZES[:k]) % BLOCK and scheme["segment_rows"] == SIZES[k]
+        for key, arr in outs[k].items():
+            assert record["output"]["arrays"][key]["sha256"] == _digest_from_file(arr, scheme), (k, key)
+
+
+def test_mixed_formats_and_the_sidecars_own_input(tmp_path):
+    """Shards of HDF5, .npz and .npy directories, outputs each in its input's
+    format; each sidecar records (and hashes) its own input only."""
+    paths, whole = _set(tmp_path, fmts=("h5", "npz", "npy"))
+    common = dict(alpha=0.3, seed=2, block_rows=BLOCK, pairing="within-class")
+    single = _single(whole, tmp_path / "single.h5", **common)
+    outdir = tmp_path / "mixed"
+    augment_set(AugmentRequest(paths[0], outdir, command_line=[], hash_files=True, **common), paths, outdir)
+    _assert_concatenation(single, _outputs(outdir, paths))
+    manifest = json.loads((outdir / "mixup-set.json").read_text())
+    assert [e["name"] for e in manifest["inputs"]] == [p.name for p in paths]
+    assert [e["offset"] for e in manifest["inputs"]] == list(np.cumsum((0,) + SIZES[:-1]))
+    for k, p in enumerate(paths):
+        record = json.loads((outdir / (p.name + ".provenance.json")).read_text())
+        assert record["input"]["path"] == str(p.resolve())
+        files = [Path(f["path"]) for f in record["input"]["files"]]
+        assert all(f == p.resolve() or f.parent == p.resolve() for f in files), files
+        assert record["set"]["index"] == k and record["set"]["set_id"] == manifest["set_id"]
+        assert record["set"]["input"]["offset"] == manifest["inputs"][k]["offset"]
+
+
+# --- parts ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("count", [1, 2, 3, len(SIZES), len(SIZES) + 2])
+def test_any_split_into_parts_writes_the_whole_runs_files(tmp_path, count):
+    paths, _ = _set(tmp_path)
+    common = dict(alpha=0.3, seed=5, block_rows=BLOCK, copies=2, pairing="between-class")
+    whole_dir, parts_dir = tmp_path / "whole", tmp_path / "parts"
+    augment_set(AugmentRequest(paths[0], whole_dir, command_line=[], **common), paths, whole_dir)
+    owners = {}
+    for i in reversed(range(count)):  # any order
+        result = augment_set(AugmentRequest(paths[0], parts_dir, command_line=[], **common), paths, parts_dir,
+                             Part(i, count))
+        for p in result.written:
+            owners[p.name] = i
+    assert sorted(owners) == sorted(p.name for p in paths)
+    assert sorted(x.name for x in whole_dir.iterdir()) == sorted(x.name for x in parts_dir.iterdir())
+    assert (whole_dir / "mixup-set.json").read_bytes() == (parts_dir / "mixup-set.json").read_bytes()
+    for k, p in enumerate(paths):
+        a, b = load_output(whole_dir / p.name), load_output(parts_dir / p.name)
+        assert {key: v.tobytes() for key, v in a.items()} == {key: v.tobytes() for key, v in b.items()}
+        section = json.loads((parts_dir / (p.name + ".provenance.json")).read_text())["set"]
+        assert section["part"] == {"index": owners[p.name], "count": count}
+        assert (section["index"], section["outputs"], section["rows"]) == (k, len(SIZES), sum(SIZES))
+        # Part I of N writes outputs floor(I*S/N) .. floor((I+1)*S/N) - 1.
+        i = owners[p.name]
+        assert i * len(SIZES) // count <= k < (i + 1) * len(SIZES) // count
+
+
+# --- through the command line ----------------------------------------------
+
+
+def _env(**extra):
+    return dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""), **extra)
+
+
+def _mixup(*args, **extra) -> subprocess.CompletedProcess:
+    return subprocess.run(mixup_executable() + ["augment", *map(str, args)], capture_output=True, text=True,
+                          timeout=120, env=_env(**extra))
+
+
+def test_the_command_line_forms(tmp_path):
+    paths, whole = _set(tmp_path)
+    listing = tmp_path / "shards.txt"
+    listing.write_text("# the set\n" + "\n".join(f"shards/{p.name}" for p in paths[2:]) + "\n")
+    args = ["--seed", 3, "--block-rows", BLOCK, "--copies", 2]
+    r = _mixup(*paths[:2], tmp_path / "out", "--inputs-from", listing, *args, "--json")
+    assert r.returncode == 0, r.stderr
+    summary = json.loads(r.stdout)
+    assert summary["part"] == "0/1" and summary["seed"] == 3 and summary["rows"] == 2 * sum(SIZES)
+    assert [Path(p).name for p in summary["outputs"]] == [p.name for p in paths]
+    assert len(summary["set_id"]) == 64
+    single = _single(whole, tmp_path / "single.h5", alpha=0.2, seed=3, block_rows=BLOCK, copies=2)
+    _assert_concatenation(single, _outputs(tmp_path / "out", paths))
+    # One input and OUT with a slash: a set of one; without it, today's single output.
+    r = _mixup(paths[0], str(tmp_path / "one") + "/", *args)
+    assert r.returncode == 0 and sorted(x.name for x in (tmp_path / "one").iterdir()) == [
+        "mixup-set.json", paths[0].name, paths[0].name + ".provenance.json"]
+    r = _mixup(paths[0], tmp_path / "plain.h5", *args)
+    assert r.returncode == 0 and "set" not in json.loads((tmp_path / "plain.h5.provenance.json").read_text())
+    # Again without --resume: refused, nothing changed; with --resume: nothing to do, exit 0.
+    before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "out").iterdir()}
+    r = _mixup(*paths, tmp_path / "out", *args)
+    assert r.returncode == 1 and "already exists (an output of this set)" in r.stderr
+    r = _mixup(*paths, tmp_path / "out", "--resume", "--block-rows", BLOCK, "--copies", 2, "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["outputs"] == [] and json.loads(r.stdout)["seed"] == 3  # seed from the manifest
+    assert before == {p.name: p.stat().st_mtime_ns for p in (tmp_path / "out").iterdir()}
+
+
+def _paused(args, stage: str, flag: Path, **extra):
+    proc = subprocess.Popen(mixup_executable() + ["augment", *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=_env(MIXUP_TEST_PAUSE=f"{stage}:{flag}", **extra))
+    deadline = time.monotonic() + 60
+    while not flag.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.005)
+    return proc
+
+
+@pytest.mark.parametrize("sig, code, at", [(signal.SIGINT, 130, 12), (signal.SIGTERM, 143, 22)])
+def test_a_part_stopped_mid_output_resumes_to_the_same_bytes(tmp_path, sig, code, at):
+    paths, _ = _set(tmp_path)
+    args = [*paths, tmp_path / "out", "--seed", 4, "--block-rows", BLOCK, "--batch-size", 4, "--copies", 2,
+            "--shard", "0/2"]
+    ref = _mixup(*paths, tmp_path / "ref", "--seed", 4, "--block-rows", BLOCK, "--copies", 2, "--shard", "0/2")
+    assert ref.returncode == 0, ref.stderr
+    flag = tmp_path / "paused.flag"
+    proc = _paused(args, f"progress@{at}", flag)
+    proc.send_signal(sig)
+    flag.unlink()
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == code, stderr
+    assert "stopped at a checkpoint" in stderr and "--resume" in stderr
+    left = sorted(x.name for x in (tmp_path / "out").iterdir())
+    committed = [p.name for p in paths if p.name in left]
+    assert committed == [p.name for p in paths[: at // 20]]  # 20 batches in output 0: those before the stop are complete
+    assert any(name.endswith(".journal.json") for name in left)  # the current one is resumable
+    r = _mixup(*args, "--resume")
+    assert r.returncode == 0, r.stderr
+    for p in paths[:2]:  # part 0 of 2 of 5 outputs: outputs 0 and 1
+        a, b = load_output(tmp_path / "ref" / p.name), load_output(tmp_path / "out" / p.name)
+        assert {k: v.tobytes() for k, v in a.items()} == {k: v.tobytes() for k, v in b.items()}
+    assert sorted(x.name for x in (tmp_path / "out").iterdir()) == sorted(x.name for x in (tmp_path / "ref").iterdir())
+
+
+def test_a_signal_between_two_outputs_keeps_the_first(tmp_path):
+    paths, _ = _set(tmp_path)
+    args = [*paths, tmp_path / "out", "--seed", 4, "--block-rows", BLOCK]
+    flag = tmp_path / "paused.flag"
+    proc = _paused(args, "committed", flag)  # output 0 committed, output 1 not started
+    proc.send_signal(signal.SIGINT)
+    flag.unlink()
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    left = sorted(x.name for x in (tmp_path / "out").iterdir())
+    assert left == ["mixup-set.json", paths[0].name, paths[0].name + ".provenance.json"], left
+    r = _mixup(*args, "--resume", "--json")
+    assert r.returncode == 0, r.stderr
+    assert [Path(p).name for p in json.loads(r.stdout)["skipped"]] == [paths[0].name]
+
+
+# --- refusals ------------------------------------------------------------------
+
+
+def _refusal_inputs(tmp_path: Path, what: str):
+    x, y = _arrays(20)
+    a = write_h5(tmp_path / "a.h5", x=x[:10], y=y[:10])
+    if what == "row shape":
+        b = write_h5(tmp_path / "b.h5", x=np.zeros((10, 6, 5, 2), np.float32), y=y[10:])
+    elif what == "dtype":
+        b = write_h5(tmp_path / "b.h5", x=x[10:].astype(np.float64), y=y[10:])
+    else:  # keys
+        b = write_h5(tmp_path / "b.h5", x=x[10:])
+    return [a, b]
+
+
+@pytest.mark.parametrize("what, says", [
+    ("row shape", r"b.h5: array 'x' has rows of shape \(6, 5, 2\), but .*a.h5.s are \(6, 5, 3\)"),
+    ("dtype", r"b.h5: array 'x' is float64, but .*a.h5's is float32"),
+    ("keys", r"b.h5: has no array 'y', which .*a.h5 has"),
+])
+def test_inputs_that_disagree_are_refused_naming_the_input_and_array(tmp_path, what, says):
+    import re
+
+    paths = _refusal_inputs(tmp_path, what)
+    r = _mixup(*paths, tmp_path / "out", "--seed", 1)
+    assert r.returncode == 1, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and re.search(says, lines[0]), lines
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_outdir_with_foreign_files_is_refused_and_left_alone(tmp_path):
+    paths, _ = _set(tmp_path)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    (out / paths[1].name).write_bytes(b"not an output")
+    for extra in ([], ["--overwrite"]):
+        r = _mixup(*paths, out, "--seed", 1, *extra)
+        assert r.returncode == 1, r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1
+        assert "is not an output of this set" in r.stderr
+        assert sorted(x.name for x in out.iterdir()) == ["notes.txt", paths[1].name]
+    (out / "notes.txt").unlink()
+    r = _mixup(*paths, out, "--seed", 1)
+    assert r.returncode == 1 and f"{paths[1].name}: is not an output of this set (it has no provenance sidecar)" in r.stderr
+    # An output of another set (another seed) is replaced only with --overwrite.
+    (out / paths[1].name).unlink()
+    assert _mixup(*paths, out, "--seed", 1).returncode == 0
+    r = _mixup(*paths, out, "--seed", 2)
+    assert r.returncode == 1 and "manifest of another set" in r.stderr
+    assert _mixup(*paths, out, "--seed", 2, "--overwrite").returncode == 0
+    assert json.loads((out / "mixup-set.json").read_text())["parameters"]["seed"] == 2
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--shard", "3/3", "--seed", 1], "--shard 3/3: I must be below N"),
+    (["--shard", "1-3", "--seed", 1], "--shard must be I/N"),
+    (["--shard", "0/3"], "--shard 0/3 needs --seed"),
+    (["--balance", "--seed", 1], "--balance cannot split its output by input"),
+])
+def test_usage_refusals(tmp_path, args, says):
+    paths, _ = _set(tmp_path)
+    r = _mixup(*paths, tmp_path / "out", *args)
+    assert r.returncode == 2, r.stderr
+    assert says in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+# --- Dask --------------------------------------------------------------------
+
+
+def test_the_dask_engine_runs_a_set_with_the_local_bytes(tmp_path):
+    pytest.importorskip("distributed", reason="the Dask engine is an optional extra")
+    paths, _ = _set(tmp_path, fmts=("h5", "npz"))
+    common = ["--seed", 9, "--block-rows", BLOCK, "--copies", 2, "--pairing", "within-class"]
+    assert _mixup(*paths, tmp_path / "local", *common).returncode == 0
+    r = _mixup(*paths, tmp_path / "dask", *common, "--engine", "dask", "--workers", 2)
+    assert r.returncode == 0, r.stderr
+    for p in paths:
+        a, b = load_output(tmp_path / "local" / p.name), load_output(tmp_path / "dask" / p.name)
+        assert {k: v.tobytes() for k, v in a.items()} == {k: v.tobytes() for k, v in b.items()}
+        la = json.loads((tmp_path / "local" / (p.name + ".provenance.json")).read_text())
+        da = json.loads((tmp_path / "dask" / (p.name + ".provenance.json")).read_text())
+        assert la["output"]["arrays"] == da["output"]["arrays"]  # digests: the same blocks
+        assert da["execution"]["engine"] == "dask" and la["set"]["set_id"] == da["set"]["set_id"]
