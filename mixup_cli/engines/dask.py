@@ -248,12 +248,8 @@ def run(source, plan: Plan, writer, tasks, progress, *, skip=frozenset(), on_don
     distributed = import_distributed()
     run_id = uuid.uuid4().hex[:12]
     options = source.prepared.resolved_options() if source.prepared is not None else DataOptions()
-    layout = source.layout
-    if layout is not None:  # workers may run elsewhere: every input by its absolute path
-        layout = dataclasses.replace(layout, shards=tuple(dataclasses.replace(s, path=Path(s.path).resolve())
-                                                          for s in layout.shards))
     job = Job(run_id, str(Path(source.path).resolve()), dict(source.specs), next(iter(source.specs)), source.y_key,
-              options, plan, writer.parallel_target(), layout)
+              options, plan, writer.parallel_target(), _absolute(source.layout))
     with connect(scheduler, workers) as client, _quiet_distributed_logs():
         nthreads = client.nthreads()
         limit = IN_FLIGHT_PER_THREAD * max(1, sum(nthreads.values()))
@@ -298,6 +294,14 @@ def run(source, plan: Plan, writer, tasks, progress, *, skip=frozenset(), on_don
         "engine": "dask", "workers": len(nthreads), "scheduler": scheduler or "local",
         "dask": distributed.__version__, "batch_size": plan.block_rows,  # a worker mixes a whole task at once
     }
+
+
+def _absolute(layout):
+    """A set's layout with every input by its absolute path (workers may run elsewhere)."""
+    if layout is None:
+        return None
+    return dataclasses.replace(layout, shards=tuple(dataclasses.replace(s, path=Path(s.path).resolve())
+                                                    for s in layout.shards))
 
 
 class _Parts:

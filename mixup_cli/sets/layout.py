@@ -141,67 +141,82 @@ def inspect_inputs(paths: Sequence[Path], x_key: str = "x", y_key: str | None = 
     first_shared: dict[str, np.ndarray] = {}
     offset = 0
     for k, path in enumerate(paths):
-        try:
-            st = os.stat(path)
-        except OSError:
-            st = None  # open_reader says why
-        if st is not None:
-            ident = (st.st_dev, st.st_ino)
-            if ident in seen:
-                j = seen[ident]
-                raise ParameterError(
-                    f"{path}: is given twice (input {j + 1}, {paths[j]}, is the same file); list each input once", "IN"
-                )
-            seen[ident] = k
-        if out_real is not None:
-            real = path.resolve()
-            if real == out_real or real.is_relative_to(out_real):
-                raise ParameterError(f"{path}: is inside the output directory {outdir}; choose another OUTDIR", "OUTDIR")
-            if out_real.is_relative_to(real):  # a directory input (.npy files, Zarr) would receive outputs
-                raise ParameterError(f"{outdir}: is inside the input {path}; choose another OUTDIR", "OUTDIR")
+        _check_place(path, k, paths, seen, out_real, outdir)
         reader = opener(path)
         try:
             keys, shared = _used_keys(reader, path, x_key, y_key, require_y)
             if first_keys is None:
                 first_keys, row_keys = keys + shared, tuple(keys)
             elif keys + shared != first_keys:
-                missing = [key for key in first_keys if key not in keys + shared]
-                extra = [key for key in keys + shared if key not in first_keys]
-                if missing:
-                    raise InputError(
-                        f"{path}: has no array '{missing[0]}', which {paths[0]} has; every input of a set needs the "
-                        "same arrays"
-                    )
-                raise InputError(
-                    f"{path}: has an array '{extra[0]}', which {paths[0]} lacks; every input of a set needs the same "
-                    "arrays"
-                )
-            specs = {}
-            for key in keys:
-                option = "--x-key" if key == x_key else "--y-key"
-                kinds = "fiu" if key == x_key else "fiubSUO"
-                specs[key] = reader.require(key, option, kinds=kinds)
-            for key in shared:
-                value = reader.read(key, 0, reader.spec(key).rows)
-                ref = first_shared.setdefault(key, value)
-                if ref.shape != value.shape or not np.array_equal(ref, value):
-                    raise InputError(
-                        f"{path}: array '{key}' differs from {paths[0]}'s; the inputs of a set need the same categories"
-                    )
-            rows = specs[x_key].rows
-            for key, spec in specs.items():
-                if spec.rows != rows:
-                    raise InputError(f"{path}: '{x_key}' has {rows} rows but '{key}' has {spec.rows}; x and y need one "
-                                     "row per sample")
-            if rows == 0:
-                raise InputError(f"{path}: '{x_key}' has zero rows; remove it from the set's inputs")
+                _refuse_keys(path, paths[0], first_keys, keys + shared)
+            specs = _shard_specs(reader, path, keys, shared, x_key, first_shared, paths[0])
             if shards:
                 _agree(path, specs, paths[0], shards[0].specs)
+            rows = specs[x_key].rows
             shards.append(ShardInfo(path, rows, offset, reader.format_name, specs))
         finally:
             reader.close()
         offset += rows
     return SetLayout(tuple(shards), row_keys, tuple(first_shared))
+
+
+def _check_place(path: Path, k: int, paths, seen: dict, out_real: Path | None, outdir) -> None:
+    """Refuse an input given twice (same device and inode), or inside OUTDIR (or holding it)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        st = None  # open_reader says why
+    if st is not None:
+        ident = (st.st_dev, st.st_ino)
+        if ident in seen:
+            j = seen[ident]
+            raise ParameterError(
+                f"{path}: is given twice (input {j + 1}, {paths[j]}, is the same file); list each input once", "IN"
+            )
+        seen[ident] = k
+    if out_real is not None:
+        real = path.resolve()
+        if real == out_real or real.is_relative_to(out_real):
+            raise ParameterError(f"{path}: is inside the output directory {outdir}; choose another OUTDIR", "OUTDIR")
+        if out_real.is_relative_to(real):  # a directory input (.npy files, Zarr) would receive outputs
+            raise ParameterError(f"{outdir}: is inside the input {path}; choose another OUTDIR", "OUTDIR")
+
+
+def _refuse_keys(path: Path, first: Path, first_keys: list[str], keys: list[str]) -> None:
+    missing = [key for key in first_keys if key not in keys]
+    extra = [key for key in keys if key not in first_keys]
+    if missing:
+        raise InputError(
+            f"{path}: has no array '{missing[0]}', which {first} has; every input of a set needs the same arrays"
+        )
+    raise InputError(
+        f"{path}: has an array '{extra[0]}', which {first} lacks; every input of a set needs the same arrays"
+    )
+
+
+def _shard_specs(reader, path: Path, keys, shared, x_key: str, first_shared: dict, first: Path) -> dict:
+    """The input's specs of the arrays used, checked: shared arrays equal to the
+    first input's, x and y of one length, rows to mix."""
+    specs = {}
+    for key in keys:
+        option = "--x-key" if key == x_key else "--y-key"
+        kinds = "fiu" if key == x_key else "fiubSUO"
+        specs[key] = reader.require(key, option, kinds=kinds)
+    for key in shared:
+        value = reader.read(key, 0, reader.spec(key).rows)
+        ref = first_shared.setdefault(key, value)
+        if ref.shape != value.shape or not np.array_equal(ref, value):
+            raise InputError(
+                f"{path}: array '{key}' differs from {first}'s; the inputs of a set need the same categories"
+            )
+    rows = specs[x_key].rows
+    for key, spec in specs.items():
+        if spec.rows != rows:
+            raise InputError(f"{path}: '{x_key}' has {rows} rows but '{key}' has {spec.rows}; x and y need one "
+                             "row per sample")
+    if rows == 0:
+        raise InputError(f"{path}: '{x_key}' has zero rows; remove it from the set's inputs")
+    return specs
 
 
 def _agree(path: Path, specs: dict[str, ArraySpec], first: Path, first_specs: dict[str, ArraySpec]) -> None:
