@@ -351,3 +351,26 @@ def test_the_dask_engine_runs_a_set_with_the_local_bytes(tmp_path):
         da = json.loads((tmp_path / "dask" / (p.name + ".provenance.json")).read_text())
         assert la["output"]["arrays"] == da["output"]["arrays"]  # digests: the same blocks
         assert da["execution"]["engine"] == "dask" and la["set"]["set_id"] == da["set"]["set_id"]
+
+
+def test_a_bad_row_is_named_by_its_input_and_nothing_is_left(tmp_path):
+    """A NaN found while mixing: the input holding it and its row there, one
+    line, exit 1; outputs committed before it stay (complete, with their
+    sidecars), nothing partial is left."""
+    paths, _ = _set(tmp_path)
+    with h5py.File(paths[2], "a") as f:
+        f["x"][20, 0, 0, 0] = np.nan
+    r = _mixup(*paths, tmp_path / "out", "--seed", 1, "--block-rows", BLOCK)
+    assert r.returncode == 1, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"{paths[2]}: 'x' row 20 (row 62 of the set) holds NaN or Inf" in lines[0], lines
+    left = sorted(x.name for x in (tmp_path / "out").iterdir()) if (tmp_path / "out").exists() else []
+    outputs = [name for name in left if not name.endswith(".provenance.json") and name != "mixup-set.json"]
+    assert all(name in {p.name for p in paths} for name in outputs), left  # no partial file
+    assert left == sorted(["mixup-set.json"] * bool(outputs) + outputs + [n + ".provenance.json" for n in outputs])
+    # Before the first block is mixed (a class pairing's pass over y), nothing at all is left.
+    with h5py.File(paths[3], "a") as f:
+        f["y"][0, 0] = np.nan
+    r = _mixup(*paths, tmp_path / "out2", "--seed", 1, "--pairing", "within-class")
+    assert r.returncode == 1 and paths[3].name in r.stderr and "'y' row 0" in r.stderr, r.stderr
+    assert not (tmp_path / "out2").exists()

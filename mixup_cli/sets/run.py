@@ -142,9 +142,35 @@ def _run_part(request, source, concat: ConcatReader, plan, outputs, result: SetR
         first = outputs[min(done)]
         raise OutputError(f"{first}: already exists (an output of this set); pass --resume to continue the set, "
                           "or --overwrite to write it again")
+    result.set_id = sid
+    fresh = (not outdir.exists(), not (outdir / identity.MANIFEST).exists())
     outdir.mkdir(exist_ok=True)
     identity.write_manifest(outdir, identity.manifest(layout, sid, parameters, outputs))
-    result.set_id, result.rows = sid, sum(output_rows(plan, layout.shards[k].rows) for k in mine)
+    try:
+        return _write_part(request, source, concat, plan, outputs, result, progress, started_at, t0, done)
+    except BaseException:
+        _tidy(outdir, *fresh)
+        raise
+
+
+def _tidy(outdir: Path, made_dir: bool, made_manifest: bool) -> None:
+    """After a failure: a manifest (and OUTDIR) this part made is removed when
+    nothing else is there (no output, nothing kept for --resume)."""
+    try:
+        left = [p for p in outdir.iterdir() if p.name != identity.MANIFEST]
+        if made_manifest and not left:
+            (outdir / identity.MANIFEST).unlink(missing_ok=True)
+            if made_dir:
+                outdir.rmdir()
+    except OSError:
+        pass
+
+
+def _write_part(request, source, concat, plan, outputs, result: SetResult, progress, started_at, t0,
+                done: set[int]) -> SetResult:
+    layout, outdir, part = concat.layout, result.outdir, result.part
+    mine = part.outputs(len(outputs))
+    result.rows = sum(output_rows(plan, layout.shards[k].rows) for k in mine)
     progress.inner.start(result.rows)
     todo = [k for k in mine if not (request.resume and k in done)]
     for k in mine:
@@ -156,7 +182,8 @@ def _run_part(request, source, concat: ConcatReader, plan, outputs, result: SetR
         state = identity.inputs_state(layout)  # S stats once, for every output's journal
         with _run_source(request, source, plan, outdir, part) as run_source:
             for n, k in enumerate(todo):
-                job = _job(request, source, concat, plan, outputs, k, tasks.pop(k), sid, part, state, run_source)
+                job = _job(request, source, concat, plan, outputs, k, tasks.pop(k), result.set_id, part, state,
+                           run_source)
                 held = _write_one(request, source, plan, job, progress, started_at, t0)
                 result.written.append(outputs[k])
                 if n + 1 < len(todo):
