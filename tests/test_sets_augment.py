@@ -374,3 +374,23 @@ def test_a_bad_row_is_named_by_its_input_and_nothing_is_left(tmp_path):
     r = _mixup(*paths, tmp_path / "out2", "--seed", 1, "--pairing", "within-class")
     assert r.returncode == 1 and paths[3].name in r.stderr and "'y' row 0" in r.stderr, r.stderr
     assert not (tmp_path / "out2").exists()
+
+
+def test_parts_running_at_once_write_the_whole_runs_files(tmp_path):
+    """Three parts started together in one OUTDIR (as an array job does):
+    each sees the others' partial files and commits, all exit 0, and the
+    files (manifest included) are those of one run."""
+    paths, _ = _set(tmp_path)
+    common = ["--seed", 6, "--block-rows", BLOCK, "--batch-size", 4, "--pairing", "within-class", "-q"]
+    assert _mixup(*paths, tmp_path / "whole", *common).returncode == 0
+    procs = [subprocess.Popen(mixup_executable() + ["augment", *map(str, paths), str(tmp_path / "parts"), *map(str, common),
+                                                    "--shard", f"{i}/3"], stderr=subprocess.PIPE, text=True, env=_env())
+             for i in range(3)]
+    for proc in procs:
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+    assert sorted(x.name for x in (tmp_path / "parts").iterdir()) == sorted(x.name for x in (tmp_path / "whole").iterdir())
+    assert (tmp_path / "whole" / "mixup-set.json").read_bytes() == (tmp_path / "parts" / "mixup-set.json").read_bytes()
+    for p in paths:
+        a, b = load_output(tmp_path / "whole" / p.name), load_output(tmp_path / "parts" / p.name)
+        assert {k: v.tobytes() for k, v in a.items()} == {k: v.tobytes() for k, v in b.items()}

@@ -99,18 +99,17 @@ def augment_set(request: AugmentRequest, inputs: Sequence[Path], outdir: Path, p
     outputs = output_paths(layout, outdir)
     check_storage_options(outputs, request.compression, request.block_rows, request.chunk_rows,
                           request.byte_shuffle, request.zarr_format)
-    source, concat = _open_set(request, layout, outdir, part)
     try:
-        try:
-            plan = build_plan(source, **request.plan_parameters())
-            check_plan(plan)
-            result = SetResult(outdir, "", part, int(plan.seed), 0, 0.0, written if written is not None else [])
-            return _run_part(request, source, concat, plan, outputs, result, _PartProgress(progress), started_at, t0)
-        except MixupError as exc:
-            told = locate_rows(exc, layout)  # a row of the set, told as its input's row
-            if told is exc:
-                raise
-            raise told from None
+        source, concat = _open_set(request, layout, outdir, part)  # may pass over y (names, classes)
+    except MixupError as exc:
+        raise locate_rows(exc, layout) from None  # a row of the set, told as its input's row
+    try:
+        plan = build_plan(source, **request.plan_parameters())
+        check_plan(plan)
+        result = SetResult(outdir, "", part, int(plan.seed), 0, 0.0, written if written is not None else [])
+        return _run_part(request, source, concat, plan, outputs, result, _PartProgress(progress), started_at, t0)
+    except MixupError as exc:
+        raise locate_rows(exc, layout) from None
     finally:
         source.reader.close()
 
