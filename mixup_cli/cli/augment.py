@@ -172,8 +172,10 @@ def _augment_set(request, inputs, inputs_from, shard, quiet: bool, as_json: bool
     if as_json:
         click.echo(json.dumps(result.summary(), sort_keys=True))
     elif not quiet:
-        what = (f"wrote {len(result.written)} output(s), {result.rows} rows, to {outdir}" if result.written
-                else f"{outdir}: this part's {len(result.skipped)} output(s) already complete; nothing to do")
+        before = f", {len(result.skipped)} already complete" if result.skipped else ""
+        what = (f"wrote {len(result.written)} output(s){before} to {outdir}, {result.rows} rows in this part,"
+                if result.written else f"{outdir}: this part's {len(result.skipped)} output(s) already complete; "
+                "nothing to do,")
         click.echo(f"{what} in {result.seconds:.2f} s (seed {result.seed}, set {result.set_id[:12]}, "
                    f"part {result.part})", err=True)
     atomic.test_pause("finished")

@@ -232,7 +232,8 @@ def _write_one(request, source, plan, job: pipeline.OutputJob, progress, started
     lock = atomic.RunLock(output)
     try:
         lock.acquire()
-        journal = resume.open_journal(output, request.resume)
+        # --resume of a set: outputs not started yet simply start (no warning for each).
+        journal = resume.open_journal(output, request.resume and bool(atomic.partials(output, with_lock=False)))
         _, _, held = pipeline.write_output(request, source, plan, job, journal, progress, started_at, t0)
     finally:
         lock.release()
