@@ -16,6 +16,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from mixup_cli.pipeline import AugmentRequest, augment
 from mixup_cli.sets import Part
@@ -394,3 +395,31 @@ def test_parts_running_at_once_write_the_whole_runs_files(tmp_path):
     for p in paths:
         a, b = load_output(tmp_path / "whole" / p.name), load_output(tmp_path / "parts" / p.name)
         assert {k: v.tobytes() for k, v in a.items()} == {k: v.tobytes() for k, v in b.items()}
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(sizes=st.lists(st.integers(1, 40), min_size=2, max_size=6), block_rows=st.sampled_from([3, 8, 16, 64]),
+       copies=st.integers(1, 2), include_original=st.booleans(),
+       pairing=st.sampled_from(["global", "batch", "between-class"]))
+def test_any_shard_sizes_and_blocks_give_the_concatenations_run(tmp_path_factory, sizes, block_rows, copies,
+                                                                 include_original, pairing):
+    tmp_path = tmp_path_factory.mktemp("sets")
+    paths, whole = _set(tmp_path, sizes=tuple(sizes))
+    common = dict(alpha=0.5, seed=3, block_rows=block_rows, copies=copies, include_original=include_original,
+                  pairing=pairing)
+    single = _single(whole, tmp_path / "single.h5", **common)
+    outdir = tmp_path / "mixed"
+    augment_set(AugmentRequest(paths[0], outdir, command_line=[], **common), paths, outdir)
+    _assert_concatenation(single, _outputs(outdir, paths), sizes=tuple(sizes))
+
+
+def test_more_inputs_than_readers_kept_open(tmp_path):
+    """20 inputs, more than the ConcatReader keeps open (16): inputs reopened
+    as the partners by class are read, the same bytes."""
+    sizes = tuple(3 + k % 4 for k in range(20))
+    paths, whole = _set(tmp_path, sizes=sizes, fmts=("h5", "npz"))
+    common = dict(alpha=0.3, seed=8, block_rows=8, pairing="within-class", copies=2)
+    single = _single(whole, tmp_path / "single.h5", **common)
+    outdir = tmp_path / "mixed"
+    augment_set(AugmentRequest(paths[0], outdir, command_line=[], **common), paths, outdir)
+    _assert_concatenation(single, _outputs(outdir, paths), sizes=sizes)
