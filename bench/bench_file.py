@@ -88,9 +88,10 @@ def candidate_phases(src: Path, dst: Path, compression: str, pairing: str) -> tu
     run's wall time goes, and the seconds spent in each stage's calls (in
     their own threads, so these overlap)."""
     from mixup_cli import digests, mixing, pipeline, provenance
+    from mixup_cli.engines import local
     from mixup_cli.io import hdf5
 
-    phases = {"run_plan": (pipeline, "run_plan"), "fsync": (pipeline.atomic, "sync"),
+    phases = {"run_plan": (local, "run"), "fsync": (pipeline.atomic, "sync"),
               "wait hashes": (provenance.BackgroundHash, "result")}
     stages = {"read": (hdf5.Reader, "read_into"), "mix": (mixing.Mixer, "mix_gather"),
               "hash out": (digests.BlockHasher, "update"), "write": (hdf5.Writer, "write"),

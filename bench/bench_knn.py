@@ -35,13 +35,13 @@ RUN = r"""
 import json, resource, sys, time
 from mixup_cli import pipeline
 args = json.loads(sys.argv[1])
-real, spent = pipeline.resolve_plan, {}
+real, spent = pipeline.build_plan, {}
 def timed(*a, **k):
     t = time.perf_counter()
     plan = real(*a, **k)
     spent["index"] = time.perf_counter() - t
     return plan
-pipeline.resolve_plan = timed
+pipeline.build_plan = timed
 t = time.perf_counter()
 pipeline.augment(pipeline.AugmentRequest(args.pop("src"), args.pop("out"), seed=1, command_line=[], **args))
 print(json.dumps({"seconds": time.perf_counter() - t, "index": spent["index"],

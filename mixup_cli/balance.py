@@ -91,9 +91,6 @@ class BalancedReader:
     def describe(self, key: str) -> dict:
         return self._inner.describe(key)
 
-    def chunk_rows(self, key: str):
-        return self._inner.chunk_rows(key)
-
     def take_inflates(self, key: str) -> bool:
         return self._inner.take_inflates(key)
 

@@ -115,6 +115,22 @@ def check_smoothing(eps: float) -> float:
     return value
 
 
+def _other_targets(kind: str, dtype: np.dtype, shape, num_classes, eps: float, label: str) -> Targets:
+    """Binary, multi-label or dense targets: mixed as they are (as floats)."""
+    if num_classes is not None:
+        raise ParameterError(
+            f"--num-classes applies to class labels; {label} holds {kind} targets "
+            f"(shape {list(shape)}, dtype {dtype})", "--num-classes")
+    if eps:
+        raise ParameterError(
+            f"--label-smoothing applies to class labels; {label} holds {kind} targets "
+            f"(shape {list(shape)}, dtype {dtype}), which are mixed as they are", "--label-smoothing")
+    if kind == "binary" and tuple(shape[1:]) not in ((), (1,)):
+        raise InputError(f"{label} has shape {list(shape)}; binary targets have shape (N,) or (N, 1)")
+    out = dtype if dtype.kind == "f" else np.dtype(np.float32)
+    return Targets(kind, out, label=label)
+
+
 def resolve(
     reader,
     key: str,
@@ -145,18 +161,7 @@ def resolve(
             "supported target dtypes are float16/32/64, integer and bool types"
         )
     if kind != "classes":
-        if num_classes is not None:
-            raise ParameterError(
-                f"--num-classes applies to class labels; {label} holds {kind} targets "
-                f"(shape {list(shape)}, dtype {dtype})", "--num-classes")
-        if eps:
-            raise ParameterError(
-                f"--label-smoothing applies to class labels; {label} holds {kind} targets "
-                f"(shape {list(shape)}, dtype {dtype}), which are mixed as they are", "--label-smoothing")
-        if kind == "binary" and row_shape not in ((), (1,)):
-            raise InputError(f"{label} has shape {list(shape)}; binary targets have shape (N,) or (N, 1)")
-        out = dtype if dtype.kind == "f" else np.dtype(np.float32)
-        return Targets(kind, out, label=label)
+        return _other_targets(kind, dtype, shape, num_classes, eps, label)
 
     if row_shape not in ((), (1,)):
         raise InputError(

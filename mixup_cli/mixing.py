@@ -40,6 +40,11 @@ class Drawn:
     partner_input: np.ndarray | None = None
     own: np.ndarray | None = None
 
+    def rows(self, s: int, e: int) -> "Drawn":
+        """Rows ``s:e`` only (a task that is part of a block)."""
+        cut = (lambda a: None if a is None else a[s:e])
+        return Drawn(self.lam[s:e], self.partner[s:e], cut(self.box), cut(self.partner_input), cut(self.own))
+
     def provenance(self, s: int = 0, e: int | None = None) -> dict[str, np.ndarray]:
         """Rows ``s:e`` of each provenance array, by output name."""
         partner = self.partner if self.partner_input is None else self.partner_input

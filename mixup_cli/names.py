@@ -99,9 +99,6 @@ class NamedLabels:
     def describe(self, key: str) -> dict:
         return self._inner.describe(self._source_key if key == self._key else key)
 
-    def chunk_rows(self, key: str):
-        return self._inner.chunk_rows(self._source_key if key == self._key else key)
-
     def take_inflates(self, key: str) -> bool:
         return self._inner.take_inflates(self._source_key if key == self._key else key)
 

@@ -122,9 +122,6 @@ class PreparedReader(Reader):
     def describe(self, key: str) -> dict:
         return self.inner.describe(key)
 
-    def chunk_rows(self, key: str) -> int | None:
-        return self.inner.chunk_rows(key)
-
     def take_inflates(self, key: str) -> bool:
         return self.inner.take_inflates(key)
 
@@ -145,6 +142,18 @@ class Prepared:
     options: DataOptions
     # String or categorical labels (``names.NamedLabels``): the name of each class code.
     class_names: list[str] | None = None
+
+    def resolved_options(self) -> DataOptions:
+        """The options that prepare the same rows again without a pass over y
+        (the kind and classes found here): what other processes open the input with."""
+        t = self.targets
+        return DataOptions(
+            x_dtype=self.options.x_dtype, y_format=self.options.y_format,
+            y_kind=(t.kind if t is not None else self.target_kind) or "auto",
+            num_classes=t.num_classes if t is not None else None,
+            label_smoothing=t.label_smoothing if t is not None else 0.0,
+            allow_nonfinite=self.options.allow_nonfinite,
+        )
 
     def parameters(self) -> dict:
         """What the sidecar's ``parameters`` records (``DataOptions.from_parameters`` reads it back)."""
@@ -197,6 +206,42 @@ def _refuse_long_float(path, key: str, dtype: np.dtype, hint: str) -> None:
         )
 
 
+def _refuse_target_options(options: DataOptions, path) -> None:
+    for value, option in ((options.num_classes, "--num-classes"), (options.label_smoothing or None, "--label-smoothing"),
+                          (None if options.y_kind == "auto" else options.y_kind, "--y-kind"),
+                          (None if options.y_format == "soft" else options.y_format, "--y-format")):
+        if value is not None:
+            raise ParameterError(f"{option} applies to targets, but {path} is mixed without y", option)
+
+
+def _prepare_y(reader: Reader, y_key: str, y_spec: ArraySpec, x_spec: ArraySpec, options: DataOptions):
+    """y as mixed: its spec, the transform of each block read, its ``Targets``
+    (None for pairs) and kind."""
+    check = not options.allow_nonfinite
+    y_label = f"{reader.path}: '{y_key}'"
+    if options.y_format == "pair":
+        kind = labels.auto_kind(y_spec.dtype, y_spec.row_shape) if options.y_kind == "auto" else options.y_kind
+
+        def prepare_pair(block, rows):
+            if check:
+                check_finite(block, rows, y_label)
+            return block
+
+        return y_spec, prepare_pair, None, kind
+    targets = labels.resolve(
+        reader, y_key, y_spec.dtype, y_spec.shape, options.y_kind, options.num_classes, options.label_smoothing,
+        input_row_bytes=x_spec.row_bytes + y_spec.row_bytes,
+    )
+
+    def prepare_y(block, rows):
+        if check:
+            check_finite(block, rows, y_label)
+        return targets.encode(block, rows)
+
+    spec = ArraySpec((y_spec.rows,) + targets.encoded_row_shape(y_spec.row_shape), targets.dtype)
+    return spec, prepare_y, targets, targets.kind
+
+
 def prepare(
     reader: Reader,
     x_key: str,
@@ -234,35 +279,9 @@ def prepare(
     transforms: dict[str, Transform] = {x_key: prepare_x}
     targets, kind, paired = None, None, ()
     if y_key is None:
-        for value, option in ((options.num_classes, "--num-classes"), (options.label_smoothing or None, "--label-smoothing"),
-                              (None if options.y_kind == "auto" else options.y_kind, "--y-kind"),
-                              (None if options.y_format == "soft" else options.y_format, "--y-format")):
-            if value is not None:
-                raise ParameterError(f"{option} applies to targets, but {reader.path} is mixed without y", option)
-    if y_key is not None:
-        y_label = f"{reader.path}: '{y_key}'"
-        if options.y_format == "pair":
-            kind = labels.auto_kind(y_spec.dtype, y_spec.row_shape) if options.y_kind == "auto" else options.y_kind
-            paired = (y_key,)
-            specs[y_key] = y_spec
-
-            def prepare_y(block, rows):
-                if check:
-                    check_finite(block, rows, y_label)
-                return block
-        else:
-            targets = labels.resolve(
-                reader, y_key, y_spec.dtype, y_spec.shape, options.y_kind, options.num_classes, options.label_smoothing,
-                input_row_bytes=x_spec.row_bytes + y_spec.row_bytes,
-            )
-            kind = targets.kind
-            specs[y_key] = ArraySpec((y_spec.rows,) + targets.encoded_row_shape(y_spec.row_shape), targets.dtype)
-
-            def prepare_y(block, rows):
-                if check:
-                    check_finite(block, rows, y_label)
-                return targets.encode(block, rows)
-
-        transforms[y_key] = prepare_y
+        _refuse_target_options(options, reader.path)
+    else:
+        specs[y_key], transforms[y_key], targets, kind = _prepare_y(reader, y_key, y_spec, x_spec, options)
+        paired = (y_key,) if options.y_format == "pair" else ()
     wrapped = PreparedReader(reader, specs, transforms)
     return Prepared(wrapped, specs, paired, targets, kind, options, getattr(reader, "class_names", None))

@@ -19,12 +19,17 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import time
 from pathlib import Path
 
-from mixup_cli import __version__, atomic
+from mixup_cli import __version__, atomic, digests
 from mixup_cli.errors import OutputError
+from mixup_cli.io import reopen_writer
+from mixup_cli.io.base import DamagedPartial
+
+log = logging.getLogger("mixup_cli")
 
 class NothingToResume(OutputError):
     """The partial files cannot be continued, and hold nothing worth keeping
@@ -204,3 +209,125 @@ class Journal:
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             reason = f"its journal {Path(path).name} is unreadable"
         raise NothingToResume(f"{output}: {partial.name} cannot be continued: {reason}")
+
+
+def open_journal(output: Path, resume: bool) -> Journal | None:
+    """The journal of the interrupted run to continue, or None to start afresh.
+
+    Without --resume, leftovers of an interrupted run are removed (with a
+    warning): a retried job then simply starts over.
+    """
+    left = atomic.partials(output, with_lock=False)
+    if resume and left:
+        try:
+            return Journal.load(journal_path(output), output)
+        except NothingToResume as exc:
+            # Nothing journaled, nothing lost: a retried job needs no human.
+            log.warning("%s; starting from the beginning", exc)
+            discard(left)
+            return None
+    if resume:
+        log.warning("%s: no interrupted run to resume; starting from the beginning", output)
+    elif left:
+        log.warning(
+            "removing %s left by an interrupted run (pass --resume to continue such a run instead)",
+            ", ".join(p.name for p in left),
+        )
+    discard(left)
+    return None
+
+
+def discard(paths) -> None:
+    for path in paths:
+        atomic.remove(path)
+
+
+def _block_rows(plan, task) -> tuple[int, int]:
+    """The output rows of the whole block a task is (part of): what a digest covers."""
+    first, last = plan.block_bounds(task.block)
+    start = task.out_start - (task.start - first)
+    return start, start + last - first
+
+
+def keep_verified(journal: Journal, plan, tasks, writer) -> bool:
+    """Whether the tasks (of the run's list ``tasks``) the journal records as
+    written read back with their recorded digests (formats whose writer can
+    read its partial). A kill can never make them differ; a partial damaged
+    otherwise does."""
+    if not journal.done:
+        return True
+    for index, task in enumerate(tasks):
+        if index not in journal.done:
+            continue
+        start, stop = _block_rows(plan, task)
+        want = journal.digests.get(start)
+        if want is None:
+            if stop - start != task.stop - task.start:
+                continue  # part of a block not finished: ``block_digests`` has it redone
+            return False
+        try:
+            rows = {key: writer.read(key, start, stop) for key in want}
+        except Exception:
+            return False
+        if any(v is None for v in rows.values()):
+            return True  # this format cannot read its partial output back
+        if digests.of_rows(rows) != want:
+            return False
+    return True
+
+
+def keep_for_resume(writer, journal) -> bool:
+    """After SIGINT or SIGTERM: leave the partial output as --resume needs it
+    (rows flushed, journal saved after them, files closed). False when there
+    is nothing to continue, or it cannot be left consistent."""
+    if writer is None or journal is None:
+        return False
+    try:
+        writer.flush()
+    except Exception:  # closed already (then the journal was saved before), or a failing disk:
+        pass  # either way the journal on disk claims no more than is flushed
+    else:
+        try:
+            journal.save()
+        except Exception:
+            return False
+    try:
+        writer.suspend()
+    except Exception:
+        return False
+    return True
+
+
+def block_digests(plan, specs: dict, journal: Journal, tasks) -> digests.BlockDigests:
+    """The digests of the output's blocks, shared with the journal so that a
+    resumed run keeps those of the blocks already written (``tasks``: the
+    run's list, which the journal's indices number)."""
+    # A fresh run has nothing to look up: no pass over the tasks.
+    starts = {i: _block_rows(plan, task)[0] for i, task in enumerate(tasks) if i in journal.done} if journal.done else {}
+    # Parts of a block whose other parts were not all written: redone with them (a digest covers the whole block).
+    journal.done -= {i for i, start in starts.items() if start not in journal.digests}
+    written = {starts[i] for i in journal.done}
+    for start in [s for s in journal.digests if s not in written]:
+        del journal.digests[start]  # hashed, but not recorded as written: written again
+    return digests.BlockDigests.for_plan(plan, specs, done=journal.digests)
+
+
+def reopen_partial(journal: Journal, fingerprint: dict, output: Path, out_format: str, specs: dict, options,
+                   plan, tasks):
+    """The writer of the partial output the journal describes, its journaled
+    tasks checked, or None when it cannot be trusted (then removed: the run
+    starts over, keeping the interrupted run's seed). Refuses, leaving the
+    partial as it was, when the fingerprint differs."""
+    journal.check(fingerprint, output)
+    writer = None
+    try:
+        writer = reopen_writer(atomic.partial_path(output), out_format, specs, options)
+        if not keep_verified(journal, plan, tasks, writer):
+            writer.abort()
+            raise DamagedPartial(f"{output}: the partial output does not hold the rows its journal records")
+    except DamagedPartial as exc:
+        # A kill mid-flush: what it held cannot be trusted, so start over.
+        log.warning("%s; starting from the beginning", exc)
+        discard(atomic.partials(output, with_lock=False))
+        return None
+    return writer

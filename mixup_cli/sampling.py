@@ -267,6 +267,23 @@ class Plan:
         rng = keyed_rng(self.seed, _BOXES, task.copy, task.block)
         return cutmix.draw_boxes(rng, lam, height, width)
 
+    @classmethod
+    def from_dict(cls, record: dict, n_rows: int, *, classes=None, partners=None, own=None) -> "Plan":
+        """The plan ``to_dict`` recorded, over ``n_rows`` input rows (a balanced
+        plan's ``rows_per_copy`` instead). What is derived from the input
+        (``classes``, ``partners``, ``own``) is not recorded: a pairing that
+        needs it takes it here (``planning.plan_from_sidecar`` builds it)."""
+        if record.get("plan_version") != PLAN_VERSION:
+            raise ValueError(f"plan_version {record.get('plan_version')!r}, this code computes {PLAN_VERSION}")
+        optional = ("layout", "neighbors", "project", "bandwidth", "balance_to")
+        fields = {key: record[key] for key in ("alpha", "seed", "block_rows", "pairing", "copies", "include_original")}
+        fields.update({key: record.get(key) for key in optional}, method=record.get("method", "mixup"))
+        if record.get("balance"):
+            n_rows = int(record["rows_per_copy"])
+        else:
+            fields["balance_to"] = None
+        return cls(n_rows=n_rows, classes=classes, partners=partners, own=own, **fields)
+
     def to_dict(self) -> dict:
         extra = {}  # only for the pairings that have them: other sidecars stay as they were
         if self.pairing in KNN_PAIRINGS:

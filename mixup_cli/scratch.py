@@ -73,7 +73,8 @@ def source_for_run(source, plan: Plan, path: Path, fast: bool = True):
     reader = None
     try:
         reader = _copy(source, plan, Path(path), fast)
-        yield dataclasses.replace(source, reader=reader)  # rows already prepared: read as they are
+        # A source of its own: rows already prepared, read as they are (the input's reader is not in it).
+        yield dataclasses.replace(source, reader=reader, prepared=None, input_specs=None, path=Path(path))
     finally:
         if reader is not None:
             reader.close()

@@ -1,22 +1,100 @@
-"""One task's output rows, computed from the plan and the input alone.
+"""The one per-task computation: a task's output rows, from the plan and the
+input alone, for every engine and for anything that recomputes an output.
 
-A task (one block of one copy, see ``sampling.Task``) can run anywhere: the
-Dask engine calls ``compute_task`` on its workers. It computes exactly what
-the local engine's ``pipeline.run_plan`` streams for that task (same
-``Mixer``, same partner rows), only a whole task at once instead of batch by
-batch; tests compare the two engines byte for byte.
+A task (``sampling.Task``) names rows ``[start, stop)`` of one block of one
+copy: the whole block, or a sub-range of it. What is random (``lam``,
+partners, CutMix boxes) is drawn for the whole block, keyed by (seed, copy,
+block), and sliced to the task's rows, so a task's rows are the same
+whether its block runs as one task or as several. Engines differ only in
+where blocks come from and where rows go:
+
+* ``task_input(source, plan, mixer, task, block_rows)`` gathers what a task
+  mixes (``block_rows(block, keep)`` gives a whole block's rows: the local
+  engine's cache, or a plain read);
+* ``output_rows(source, mixer, inputs, s, e, out)`` gives output rows
+  ``s:e`` of the task (the local engine calls it per batch);
+* ``compute_task(source, plan, task)`` gives them all at once (Dask workers).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Callable
+
 import numpy as np
 
 from mixup_cli import balance
-from mixup_cli.mixing import Mixer
+from mixup_cli.mixing import Drawn, Mixer
 from mixup_cli.prepare import pair_keys
 from mixup_cli.sampling import Plan, Task
 
 Block = dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class TaskInput:
+    """What one task mixes; every array has one entry per row of the task."""
+
+    task: Task
+    drawn: Drawn  # provenance of the task's rows
+    own: Block  # the task's own rows, per data key
+    pool: Block  # partner rows, per data key ...
+    index: np.ndarray  # ... and the row of ``pool`` of each task row
+
+
+def whole_block(plan: Plan, task: Task) -> Task:
+    """The task covering all of ``task``'s block (itself when it does)."""
+    start, stop = plan.block_bounds(task.block)
+    if (task.start, task.stop) == (start, stop):
+        return task
+    return Task(task.copy, task.block, task.partner_block, start, stop, task.out_start - (task.start - start))
+
+
+def draw(plan: Plan, mixer: Mixer, task: Task) -> Drawn:
+    """The task's provenance: drawn for its whole block, sliced to its rows."""
+    block = whole_block(plan, task)
+    drawn = mixer.draw(block)
+    if block is task:
+        return drawn
+    return drawn.rows(task.start - block.start, task.stop - block.start)
+
+
+def task_input(source, plan: Plan, mixer: Mixer, task: Task, block_rows: Callable[[int, int | None], Block]) -> TaskInput:
+    """Gather a task's rows and partners. ``source`` is the plan's view of the
+    input (``balance.view``); ``block_rows(block, keep)`` returns a whole
+    block's rows, keeping block ``keep`` if it holds it."""
+    first = plan.block_bounds(task.block)[0]
+    own = {key: rows[task.start - first : task.stop - first]
+           for key, rows in block_rows(task.block, task.partner_block).items()}
+    drawn = draw(plan, mixer, task)
+    if task.partner_block is None:  # class and index pairings: partners by index (sorted, unique reads)
+        pool = {key: source.reader.take(key, drawn.partner) for key in source.specs}
+        index = np.arange(len(drawn.partner))
+    else:
+        pool = block_rows(task.partner_block, task.block)
+        index = drawn.partner - plan.block_bounds(task.partner_block)[0]
+    return TaskInput(task, drawn, own, pool, index)
+
+
+def output_rows(source, mixer: Mixer, inputs: TaskInput, s: int, e: int, out: Block | None = None) -> Block:
+    """Output rows ``s:e`` of the task, for every output array: data (mixed
+    into ``out`` when given, or the original rows of copy -1; pairs as they
+    are), then provenance."""
+    task, own = inputs.task, inputs.own
+    arrays: Block = {}
+    for key in source.mixed_keys:
+        if task.copy < 0:
+            arrays[key] = own[key][s:e]
+        else:
+            target = None if out is None else out[key]
+            arrays[key] = mixer.mix_gather(key, own[key][s:e], inputs.pool[key], inputs.index[s:e], inputs.drawn,
+                                           s, e, out=target)
+    for key in source.paired_keys:  # --y-format pair: both targets, unmixed (copies: buffers are reused)
+        key_a, key_b = pair_keys(key)
+        arrays[key_a] = own[key][s:e].copy()
+        arrays[key_b] = inputs.pool[key][inputs.index[s:e]]
+    arrays.update(inputs.drawn.provenance(s, e))
+    return arrays
 
 
 def read_block(source, plan: Plan, block: int) -> Block:
@@ -26,28 +104,16 @@ def read_block(source, plan: Plan, block: int) -> Block:
 
 
 def compute_task(source, plan: Plan, task: Task) -> Block:
-    """All output rows of one task: data arrays (mixed, or pairs), then provenance."""
+    """All output rows of one task, at once."""
     source = balance.view(source, plan)  # a balanced plan's rows, read by index
-    mixed_specs = {key: source.specs[key] for key in source.mixed_keys}
-    mixer = Mixer(plan, {key: spec.row_shape for key, spec in mixed_specs.items()})
-    own = read_block(source, plan, task.block)
-    drawn = mixer.draw(task)
-    if task.partner_block is None:  # class pairings: partners by index
-        partners = {key: source.reader.take(key, drawn.partner) for key in source.specs}
-        local = np.arange(len(drawn.partner))
-    else:
-        partners = own if task.partner_block == task.block else read_block(source, plan, task.partner_block)
-        local = drawn.partner - plan.block_bounds(task.partner_block)[0]
-    n = task.stop - task.start
-    result: Block = {}
-    for key in source.mixed_keys:
-        if task.copy < 0:
-            result[key] = own[key]
-        else:
-            result[key] = mixer.mix_gather(key, own[key], partners[key], local, drawn, 0, n)
-    for key in source.paired_keys:
-        key_a, key_b = pair_keys(key)
-        result[key_a] = own[key]
-        result[key_b] = partners[key][local]
-    result.update(drawn.provenance())
-    return result
+    mixed = {key: source.specs[key].row_shape for key in source.mixed_keys}
+    mixer = Mixer(plan, mixed)
+    read: dict[int, Block] = {}
+
+    def block_rows(block: int, keep: int | None) -> Block:
+        if block not in read:
+            read[block] = read_block(source, plan, block)
+        return read[block]
+
+    inputs = task_input(source, plan, mixer, task, block_rows)
+    return output_rows(source, mixer, inputs, 0, task.stop - task.start)

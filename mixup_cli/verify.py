@@ -14,9 +14,9 @@ Three checks, all run so that a report names everything that differs:
     recorded size and SHA-256;
 ``recompute``
     the output is computed again from the input and the sidecar's
-    parameters, with the same plan and pipeline as ``mixup augment``, and
-    compared row by row with OUT as it goes: memory stays bounded by a
-    batch, as in a run. The first differing array and row are reported.
+    parameters, with the same plan, engine and per-task computation as
+    ``mixup augment``, and compared row by row with OUT as it goes: memory
+    is bounded as in a run (ARCHITECTURE.md, "Memory"). The first differing array and row are reported.
 
 Editing the sidecar's parameters (seed, alpha, pairing...) is caught by the
 recomputation, since they no longer produce OUT.
@@ -35,6 +35,9 @@ from mixup_cli import digests, provenance, scratch
 from mixup_cli.errors import InputError, MixupError
 from mixup_cli.io import open_reader
 from mixup_cli.sampling import PLAN_VERSION
+
+# Parameters a sidecar must record for the output to be recomputed.
+_REQUIRED = ("alpha", "seed", "x_key", "pairing", "copies", "include_original", "block_rows")
 
 
 
@@ -212,14 +215,33 @@ def _scratch_path(output: Path) -> Path:
     return folder / f".{output.name}.mixup-verify-{os.getpid()}.scratch.h5"
 
 
+def _shape_problems(expected: dict, out_reader, output: Path) -> list[str]:
+    """How OUT's arrays differ in name, shape or dtype from what the parameters give."""
+    present = out_reader.keys()
+    problems = []
+    for key, spec in expected.items():
+        if key not in present:
+            problems.append(f"array '{key}' is missing from {output}")
+        elif out_reader.spec(key) != spec:
+            got = out_reader.spec(key)
+            problems.append(
+                f"'{key}' has shape {got.shape} and dtype {got.dtype}; the recorded parameters "
+                f"give shape {spec.shape} and dtype {np.dtype(spec.dtype)}"
+            )
+    return problems
+
+
 def recompute(record: dict, output: Path, input_path: Path, batch_size: int | None = None, progress=None):
     """Recompute OUT from the input and the recorded parameters.
 
     Returns ``(check, first_difference, digests)``: ``digests`` are the
     SHA-256 of OUT's arrays as read for the comparison, when the sidecar
     records them for the same blocks (else None)."""
-    from mixup_cli import pipeline  # the same code path as a run
+    from mixup_cli.engines import local  # the run's own engine and computation
+    from mixup_cli.planning import output_specs, plan_from_sidecar
     from mixup_cli.prepare import DataOptions
+    from mixup_cli.request import Progress
+    from mixup_cli.source import open_source
 
     params = record.get("parameters") or {}
     if params.get("plan_version") != PLAN_VERSION:
@@ -228,52 +250,33 @@ def recompute(record: dict, output: Path, input_path: Path, batch_size: int | No
             f"the sidecar's plan_version is {params.get('plan_version')!r}, this mixup-cli computes "
             f"version {PLAN_VERSION}; verify with the mixup-cli version that wrote it",
         ), None, None
-    try:
-        request = pipeline.AugmentRequest(
-            input=input_path, output=output, alpha=params["alpha"], seed=params["seed"],
-            x_key=params["x_key"], y_key=params.get("y_key"), pairing=params["pairing"],
-            copies=params["copies"], include_original=params["include_original"],
-            block_rows=params["block_rows"], command_line=[],
-            method=params.get("method", "mixup"), layout=params.get("layout"),
-            neighbors=params.get("neighbors"), project=params.get("project"), bandwidth=params.get("bandwidth"),
-            balance=bool(params.get("balance", False)), balance_to=params.get("balance_to"),
-        )
-    except KeyError as exc:
-        return Check("recompute", False, f"the sidecar lacks the parameter {exc}"), None, None
+    missing = [key for key in _REQUIRED if key not in params]
+    if missing:
+        return Check("recompute", False, f"the sidecar lacks the parameter '{missing[0]}'"), None, None
 
     source = out_reader = None
     try:
         options = DataOptions.from_parameters(params)
         # Read through HDF5's own decoding, never the run's fast paths: a
         # wrong fast path would otherwise reproduce its own wrong output.
-        source = pipeline.open_source(input_path, request.x_key, request.y_key, options, fast=False)
-        plan = pipeline.resolve_plan(request, source)
-        expected = pipeline.output_specs(source, plan)
+        source = open_source(input_path, params["x_key"], params.get("y_key"), options, fast=False)
+        plan = plan_from_sidecar(params, source)
+        expected = output_specs(source, plan)
         out_reader = open_reader(output, fast=False)
-        present = out_reader.keys()
-        problems = []
-        for key, spec in expected.items():
-            if key not in present:
-                problems.append(f"array '{key}' is missing from {output}")
-            elif out_reader.spec(key) != spec:
-                got = out_reader.spec(key)
-                problems.append(
-                    f"'{key}' has shape {got.shape} and dtype {got.dtype}; the recorded parameters "
-                    f"give shape {spec.shape} and dtype {np.dtype(spec.dtype)}"
-                )
+        problems = _shape_problems(expected, out_reader, output)
         if problems:
             return Check("recompute", False, "; ".join(problems)), None, None
         scheme = recorded_digests(record.get("output") or {})
-        hasher = None
+        block_digests = None
         if scheme and (scheme.get("block_rows"), scheme.get("segment_rows")) == (plan.block_rows, plan.n_rows):
-            hasher = digests.BlockHasher(digests.BlockDigests.for_plan(plan, expected))
-        writer = CompareWriter(out_reader, hasher)
-        batch_rows = batch_size or pipeline.default_batch_rows(source.row_bytes, plan.block_rows)
-        progress = progress or pipeline.Progress()
+            block_digests = digests.BlockDigests.for_plan(plan, expected)
+        # The rows read for the comparison are hashed as they come (OUT is read once).
+        writer = CompareWriter(out_reader, digests.BlockHasher(block_digests) if block_digests else None)
+        progress = progress or Progress()
         progress.start(plan.output_rows)
         # Class pairings on compressed input: from an uncompressed copy, as in a run.
         with scratch.source_for_run(source, plan, _scratch_path(output), fast=False) as run_source:
-            pipeline.run_plan(run_source, plan, writer, batch_rows, progress)
+            local.run(run_source, plan, writer, plan.tasks(), progress, batch_rows=batch_size)
     except (MixupError, OSError, ValueError, TypeError, KeyError) as exc:
         return Check("recompute", False, f"could not recompute the output: {exc}"), None, None
     finally:
@@ -281,16 +284,18 @@ def recompute(record: dict, output: Path, input_path: Path, batch_size: int | No
             if reader is not None:
                 reader.close()
 
-    found = hasher.digests.arrays() if hasher is not None and not hasher.digests.missing() else None
+    found = block_digests.arrays() if block_digests is not None and not block_digests.missing() else None
+    return _compared(writer, plan.output_rows, list(expected)) + (found,)
+
+
+def _compared(writer: CompareWriter, rows: int, order: list[str]) -> tuple[Check, dict | None]:
+    """The recompute check from what the comparing writer found, and the first difference."""
     if not writer.first:
-        return Check("recompute", True, f"all {plan.output_rows} rows of {len(expected)} arrays match"), None, found
-    order = list(expected)
+        return Check("recompute", True, f"all {rows} rows of {len(order)} arrays match"), None
     keys = sorted(writer.first, key=lambda k: (writer.first[k], order.index(k)))
-    parts = [
-        f"'{k}' first at row {writer.first[k]} ({writer.count[k]} of {plan.output_rows} rows differ)" for k in keys
-    ]
+    parts = [f"'{k}' first at row {writer.first[k]} ({writer.count[k]} of {rows} rows differ)" for k in keys]
     first = {"array": keys[0], "row": writer.first[keys[0]]}
-    return Check("recompute", False, "the recomputed output differs: " + ", ".join(parts)), first, found
+    return Check("recompute", False, "the recomputed output differs: " + ", ".join(parts)), first
 
 
 def verify(output: Path, input_path: Path | None = None, batch_size: int | None = None, progress=None) -> VerifyReport:

@@ -175,7 +175,7 @@ def test_input_removed_between_planning_and_work(scheduler, tmp_path):
 
 def test_a_worker_notices_an_input_that_changed(tmp_path):
     needs_dask()
-    from mixup_cli.engines.dask_engine import Job, run_task
+    from mixup_cli.engines.dask import Job, run_task
     from mixup_cli.io import ArraySpec
     from mixup_cli.prepare import DataOptions
     from mixup_cli.sampling import Plan
@@ -190,7 +190,7 @@ def test_a_worker_notices_an_input_that_changed(tmp_path):
 
 def test_only_whole_chunks_are_written_by_workers():
     needs_dask()
-    from mixup_cli.engines.dask_engine import _aligned
+    from mixup_cli.engines.dask import _aligned
 
     assert _aligned(0, 16, 8, 100) == (0, 16)
     assert _aligned(5, 21, 8, 100) == (8, 16)  # rows 5:8 and 16:21 go back to the client
@@ -201,7 +201,7 @@ def test_only_whole_chunks_are_written_by_workers():
 
 def test_an_unreachable_scheduler_is_a_one_line_error(dataset, tmp_path, run_cli, monkeypatch):
     needs_dask()
-    from mixup_cli.engines import dask_engine
+    from mixup_cli.engines import dask as dask_engine
 
     monkeypatch.setattr(dask_engine, "CONNECT_TIMEOUT_S", 1)
     src, _, _ = dataset
@@ -233,7 +233,7 @@ def test_engine_options_are_checked(dataset, tmp_path, run_cli, args, pattern):
 
 
 def open_inputs_on_workers():
-    from mixup_cli.engines import dask_engine
+    from mixup_cli.engines import dask as dask_engine
 
     return len(dask_engine._READERS)
 
@@ -288,15 +288,15 @@ def test_dask_gives_the_local_bytes_for_labels_classes_and_cutmix(scheduler, tmp
 def test_tasks_already_written_are_not_computed_again(scheduler, dataset):
     """What --resume relies on: skipped tasks reach neither the workers nor the writer."""
     from mixup_cli import digests
-    from mixup_cli.engines import dask_engine
-    from mixup_cli.pipeline import open_source, output_specs, resolve_plan
-    from mixup_cli.prepare import DataOptions
+    from mixup_cli.engines import dask as dask_engine
+    from mixup_cli.planning import build_plan, output_specs
+    from mixup_cli.source import open_source
 
     src, _, _ = dataset
     request = AugmentRequest(src, src.with_name("unused.h5"), seed=11, block_rows=16, copies=2)
     source = open_source(src, "x", "y", request.data_options())
     try:
-        plan = resolve_plan(request, source)
+        plan = build_plan(source, **request.plan_parameters())
         tasks = list(plan.tasks())
         skip = frozenset(range(0, len(tasks), 2))
 
@@ -312,12 +312,55 @@ def test_tasks_already_written_are_not_computed_again(scheduler, dataset):
 
         writer, done = Recorder(), []
         found = digests.BlockDigests.for_plan(plan, output_specs(source, plan))
-        dask_engine.run_plan(src, source, DataOptions.from_parameters(source.prepared.parameters()), plan,
-                             writer, Progress(), scheduler=scheduler, block_digests=found,
-                             skip=skip, on_done=done.append)
+        dask_engine.run(source, plan, writer, plan.tasks(), Progress(), scheduler=scheduler, block_digests=found,
+                        skip=skip, on_done=done.append)
     finally:
         source.reader.close()
     assert sorted(done) == [i for i in range(len(tasks)) if i not in skip]
     expected = {r for i in done for r in range(tasks[i].out_start, tasks[i].out_start + tasks[i].stop - tasks[i].start)}
     assert writer.rows["x"] == expected
     assert sorted(found.done) == sorted(tasks[i].out_start for i in done)
+
+
+def test_tasks_that_are_parts_of_blocks_give_the_rows_and_digests_of_whole_blocks(scheduler, dataset):
+    """The engine protocol on Dask: a list of sub-range tasks (in any order of
+    arrival) writes the rows, and records the block digests, of whole blocks."""
+    from mixup_cli import digests
+    from mixup_cli.engines import dask as dask_engine
+    from mixup_cli.planning import build_plan, output_specs
+    from mixup_cli.sampling import Task
+    from mixup_cli.source import open_source
+
+    src, _, _ = dataset
+    source = open_source(src, "x", "y")
+    try:
+        plan = build_plan(source, alpha=0.3, seed=4, block_rows=16, copies=2, include_original=True)
+        specs = output_specs(source, plan)
+        parts = []
+        for t in plan.tasks():
+            mid = t.start + (t.stop - t.start) // 3
+            parts += [Task(t.copy, t.block, t.partner_block, t.start, mid, t.out_start),
+                      Task(t.copy, t.block, t.partner_block, mid, t.stop, t.out_start + mid - t.start)]
+        found = []
+        arrays = []
+        for tasks in (plan.tasks(), parts):
+            class Collect:
+                def __init__(self):
+                    self.arrays = {k: np.zeros(s.shape, s.dtype) for k, s in specs.items()}
+
+                def parallel_target(self):
+                    return None
+
+                def write(self, key, start, data):
+                    self.arrays[key][start : start + len(data)] = data
+
+            writer = Collect()
+            block_digests = digests.BlockDigests.for_plan(plan, specs)
+            dask_engine.run(source, plan, writer, tasks, Progress(), scheduler=scheduler, block_digests=block_digests)
+            found.append(block_digests.arrays())
+            arrays.append(writer.arrays)
+    finally:
+        source.reader.close()
+    assert found[0] == found[1]
+    for key in specs:
+        assert arrays[0][key].tobytes() == arrays[1][key].tobytes(), key

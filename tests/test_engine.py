@@ -13,11 +13,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import expected_mix, load_output, make_arrays, write_h5, write_npy_dir, write_npz
-from mixup_cli import pipeline
+from mixup_cli import planning, provenance
 from mixup_cli.core import mix_gather, mix_rows, mixup
 from mixup_cli.io import hdf5
 from mixup_cli.io.base import ArraySpec, WriteOptions
-from mixup_cli.pipeline import AugmentRequest, BlockCache, Progress, augment, open_source, run_plan
+from mixup_cli.engines import local
+from mixup_cli.engines.local import BlockCache
+from mixup_cli.pipeline import AugmentRequest, Progress, augment, open_source
 from mixup_cli.sampling import Plan
 
 
@@ -46,10 +48,10 @@ def test_threaded_engine_writes_the_same_bytes_as_the_simple_loop(tmp_path, para
         results = []
         for threaded in (False, True):
             path = tmp_path / f"out-{threaded}.h5"
-            specs = pipeline.output_specs(source, plan)
+            specs = planning.output_specs(source, plan)
             writer = hdf5.Writer(path, specs, WriteOptions(compression=compression, block_rows=plan.block_rows,
                                                            chunk_bytes=4 * 6 * 4))
-            run_plan(source, plan, writer, batch_rows, Progress(), threaded=threaded)
+            local.run(source, plan, writer, plan.tasks(), Progress(), batch_rows=batch_rows, threaded=threaded)
             writer.close()
             results.append(h5_arrays(path))
     finally:
@@ -104,7 +106,7 @@ class Boom(RuntimeError):
 
 def _assert_nothing_left(tmp_path, out):
     assert not out.exists()
-    assert not pipeline.provenance.sidecar_path(out).exists()
+    assert not provenance.sidecar_path(out).exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.h5"]
 
 
@@ -391,8 +393,8 @@ def test_slow_writer_never_sees_rows_change_under_it(tmp_path, params, monkeypat
             if threaded:
                 monkeypatch.setattr(hdf5.Writer, "write", slow_write)
             path = tmp_path / f"out-{threaded}.h5"
-            writer = hdf5.Writer(path, pipeline.output_specs(source, plan), WriteOptions(block_rows=plan.block_rows))
-            run_plan(source, plan, writer, 3, Progress(), threaded=threaded)
+            writer = hdf5.Writer(path, planning.output_specs(source, plan), WriteOptions(block_rows=plan.block_rows))
+            local.run(source, plan, writer, plan.tasks(), Progress(), batch_rows=3, threaded=threaded)
             writer.close()
             results.append(h5_arrays(path))
     finally:

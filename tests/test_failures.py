@@ -351,8 +351,8 @@ def test_disk_full_during_the_write(tmp_path, small_tmpfs):
 _NO_PRECHECK = """
 import sys
 import time
-from mixup_cli import pipeline
-pipeline.check_free_space = lambda *args: None  # let the write itself hit the full disk
+from mixup_cli import preflight
+preflight.check_free_space = lambda *args: None  # let the write itself hit the full disk
 from mixup_cli.cli import main
 main(sys.argv[1:], prog_name="mixup")
 """

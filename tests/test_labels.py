@@ -334,7 +334,7 @@ def test_core_mixup_refuses_integer_labels():
 
 
 def test_errors_from_rows_read_by_index_name_the_input_row(tmp_path):
-    from mixup_cli.pipeline import open_source
+    from mixup_cli.source import open_source
 
     y = np.arange(10) % 3
     y[7] = 4
@@ -434,7 +434,7 @@ def test_free_space_check_counts_the_one_hot_output(tmp_path, monkeypatch):
     import os
     from types import SimpleNamespace
 
-    from mixup_cli import pipeline
+    from mixup_cli import preflight
     from mixup_cli.errors import OutputError
 
     n = 2000
@@ -448,7 +448,7 @@ def test_free_space_check_counts_the_one_hot_output(tmp_path, monkeypatch):
             return SimpleNamespace(f_bavail=1024, f_frsize=4096)  # 4 MiB free
         return real(path)
 
-    monkeypatch.setattr(pipeline.os, "statvfs", small_disk)
+    monkeypatch.setattr(preflight.os, "statvfs", small_disk)
     with pytest.raises(OutputError, match="disk full"):
         run(src, out_dir / "big.h5", num_classes=2000)
     assert sorted(p.name for p in out_dir.iterdir()) == []

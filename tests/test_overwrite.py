@@ -132,7 +132,7 @@ def test_a_link_is_replaced_never_what_it_points_to(src, tmp_path, run_mixup):
 
 def test_sticky_directory_refusal_comes_before_any_work(src, tmp_path, monkeypatch):
     """Another user's OUT in a sticky directory cannot be renamed over: said up front."""
-    from mixup_cli import pipeline
+    from mixup_cli import preflight
     from mixup_cli.errors import OutputError
 
     sticky = tmp_path / "shared"
@@ -143,9 +143,9 @@ def test_sticky_directory_refusal_comes_before_any_work(src, tmp_path, monkeypat
     me = os.stat(out).st_uid + 1000  # neither the file's owner nor the directory's
     monkeypatch.setattr(os, "geteuid", lambda: me)
     with pytest.raises(OutputError, match="sticky directory"):
-        pipeline.check_output_path(src, out, overwrite=True)
+        preflight.check_output_path(src, out, overwrite=True)
     monkeypatch.undo()
-    pipeline.check_output_path(src, out, overwrite=True)  # the owner may
+    preflight.check_output_path(src, out, overwrite=True)  # the owner may
 
 
 @pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"), reason="needs root to run as another user")

@@ -12,7 +12,10 @@ from conftest import make_arrays, read_sidecar, write_h5
 from mixup_cli import scratch
 from mixup_cli.errors import OutputError
 from mixup_cli.io import hdf5
-from mixup_cli.pipeline import AugmentRequest, augment, check_free_space, open_source, resolve_plan
+from mixup_cli.pipeline import AugmentRequest, augment
+from mixup_cli.planning import build_plan
+from mixup_cli.preflight import check_free_space
+from mixup_cli.source import open_source
 
 
 def write_gzip_h5(path, **arrays):
@@ -89,7 +92,7 @@ def test_a_copy_is_made_only_where_it_pays(tmp_path, pairing, block_rows, compre
     src = (write_gzip_h5 if compressed else write_h5)(tmp_path / "in.h5", x=x, y=y)
     source = open_source(src, "x", "y")
     try:
-        plan = resolve_plan(AugmentRequest(src, tmp_path / "o.h5", seed=1, block_rows=block_rows, pairing=pairing), source)
+        plan = build_plan(source, alpha=0.2, seed=1, block_rows=block_rows, pairing=pairing)
         assert scratch.wanted(source, plan) is expected
         # x: 90 rows of 48 uint8; y: 90 one-hot rows of 5 float32
         assert scratch.scratch_bytes(source, plan) == (90 * 48 + 90 * 5 * 4 if expected else 0)

@@ -1,7 +1,12 @@
-"""Engines run a plan's tasks: ``local`` (this process, in ``pipeline.run_plan``)
-or ``dask`` (a Dask cluster, in ``dask_engine``; an optional extra, imported
-only when asked for). Both compute every task with ``mixup_cli.tasks`` and
-so write the same bytes."""
+"""Engines run a plan's tasks: ``local`` (this process, ``engines/local.py``)
+or ``dask`` (a Dask cluster, ``engines/dask.py``; an optional extra, imported
+only when asked for). Both implement one protocol,
+
+    run(source, plan, writer, tasks, progress, *, skip, on_done, block_digests, **settings) -> dict
+
+and compute every task with ``mixup_cli.tasks`` (``output_rows``), so they
+write the same bytes. This module holds what both need (names, option
+checks) and imports neither: ``pipeline`` picks one."""
 
 from __future__ import annotations
 

@@ -11,6 +11,10 @@ import numpy as np
 
 from mixup_cli.errors import InputError, OutputError, ParameterError
 
+# gzip level of HDF5 and Zarr output: h5py's default for compression="gzip",
+# so "gzip" costs the same in both formats.
+GZIP_LEVEL = 4
+
 
 @dataclass(frozen=True)
 class ArraySpec:
@@ -91,9 +95,6 @@ class Reader(ABC):
     def describe(self, key: str) -> dict:
         """Storage details of ``key`` (chunking, compression) where the format has them."""
         return {}
-
-    def chunk_rows(self, key: str) -> int | None:
-        return None
 
     def take_inflates(self, key: str) -> bool:
         """Whether ``take`` decompresses whole chunks to return a few rows."""

@@ -18,7 +18,7 @@ import numpy as np
 
 from mixup_cli.errors import InputError, OutputError
 from mixup_cli.io import base
-from mixup_cli.io.base import ArraySpec, WriteOptions
+from mixup_cli.io.base import GZIP_LEVEL, ArraySpec, WriteOptions
 
 _LOCK_HINT = (
     "the file is locked by another process, or this filesystem does not support "
@@ -688,10 +688,6 @@ class Reader(base.Reader):
             self._scratch = np.empty(nbytes, dtype=np.uint8)
         return self._scratch[:nbytes].view(like.dtype).reshape((rows,) + like.shape[1:])
 
-    def chunk_rows(self, key: str) -> int | None:
-        chunks = self._ds(key).chunks
-        return chunks[0] if chunks else None
-
     def take_inflates(self, key: str) -> bool:
         return bool(self._filters(self._ds(key)))
 
@@ -815,8 +811,6 @@ def plain_chunk_offsets(ds, chunk_rows: int) -> np.ndarray | None:
     return offsets if n and (offsets >= 0).all() else None
 
 
-# gzip level of HDF5 output (h5py's default for compression="gzip").
-GZIP_LEVEL = 4
 
 
 def shuffle_for(options: WriteOptions) -> bool:

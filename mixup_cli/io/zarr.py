@@ -22,14 +22,13 @@ import numpy as np
 from mixup_cli import atomic
 from mixup_cli.errors import InputError, OutputError, ParameterError
 from mixup_cli.io import base
-from mixup_cli.io.base import ArraySpec, WriteOptions
+from mixup_cli.io.base import GZIP_LEVEL, ArraySpec, WriteOptions
 from mixup_cli.io.hdf5 import chunk_rows_for
 
 EXTRA = "pip install 'mixup-cli[zarr]'"
 # File times come from a coarse clock: files changed just before the last
 # flush may carry an older time, so flush looks back this much further.
 _MTIME_SLACK_NS = 1_000_000_000
-GZIP_LEVEL = 4  # h5py's default for HDF5 gzip: "gzip" costs the same in both formats
 
 
 def import_zarr(path: Path | None = None, *, for_output: bool = False):
@@ -131,9 +130,6 @@ class Reader(base.Reader):
         if not len(rows):
             return self.read(key, 0, 0)
         return np.asarray(self._arrays[key].get_orthogonal_selection((rows,)))
-
-    def chunk_rows(self, key: str) -> int | None:
-        return self._arrays[key].chunks[0]
 
     def take_inflates(self, key: str) -> bool:
         return bool(self._arrays[key].compressors)

@@ -1,7 +1,7 @@
 """The Dask engine: a plan's tasks run on a Dask cluster.
 
 Each task is submitted as one future that computes ``tasks.compute_task`` on
-a worker. Workers open the input path themselves (shared storage), so no
+a worker (the computation the local engine runs batch by batch). Workers open the input path themselves (shared storage), so no
 dataset travels through the client; only the plan and the task's
 coordinates do.
 
@@ -17,7 +17,7 @@ Output:
   single writer writes them as they arrive.
 
 At most ``2 x worker threads`` tasks are in flight, so the client holds a
-bounded number of blocks whatever the dataset's size. A task that fails on a
+bounded number of blocks whatever the dataset's size (ARCHITECTURE.md, "Memory"). A task that fails on a
 worker ends the run with that worker's message; tasks still running are
 waited for first, so none writes after the partial output is removed.
 """
@@ -41,6 +41,7 @@ from mixup_cli.errors import InputError, MixupError
 from mixup_cli.io import ArraySpec
 from mixup_cli.prepare import DataOptions
 from mixup_cli.sampling import Plan, Task
+from mixup_cli.source import open_source
 from mixup_cli.tasks import compute_task
 
 # How long to wait for an existing scheduler to answer, and for it to have a worker.
@@ -62,7 +63,7 @@ class Job:
     specs: dict[str, ArraySpec]  # the data arrays as mixed, as the client saw them
     x_key: str
     y_key: str | None
-    options: DataOptions  # how the input is prepared (targets, dtypes, checks)
+    options: DataOptions  # how the input is prepared (targets, dtypes, checks; the classes found by the client)
     plan: Plan
     target: object | None  # the writer's parallel_target(), or None
 
@@ -72,7 +73,7 @@ Piece = tuple[str, int, np.ndarray]  # key, first output row, rows
 
 # ---------------------------------------------------------------- on a worker
 
-_READERS: dict[tuple, object] = {}  # (run, path, file identity) -> the input (a pipeline.Source), open
+_READERS: dict[tuple, object] = {}  # (run, path, file identity) -> the input (a source.Source), open
 _READERS_LOCK = threading.Lock()
 
 
@@ -96,8 +97,6 @@ def _open_input(job: Job):
     with _READERS_LOCK:
         reader = _READERS.get(key)
         if reader is None:
-            from mixup_cli.pipeline import open_source  # the same preparation as the client's
-
             reader = open_source(Path(job.input), job.x_key, job.y_key, job.options, require_y=False)
             try:
                 for name, expected in job.specs.items():
@@ -132,9 +131,11 @@ def _aligned(start: int, stop: int, chunk: int, end: int) -> tuple[int, int]:
     return lo, hi
 
 
-def run_task(job: Job, task: Task) -> tuple[list[Piece], dict[str, str]]:
+def run_task(job: Job, task: Task) -> tuple[list[Piece], dict[str, str] | None]:
     """Compute one task on a worker; return the rows the client must write,
-    and the digests of the task's block (``digests.of_rows``)."""
+    and the digests of the task's block (``digests.of_rows``). A task that is
+    part of a block returns all its rows and no digests: the client hashes
+    them with the block's other parts (``_Parts``)."""
     try:
         rows = compute_task(_open_input(job), job.plan, task)
     except MixupError as exc:
@@ -148,6 +149,8 @@ def run_task(job: Job, task: Task) -> tuple[list[Piece], dict[str, str]]:
             f"{job.input}: cannot read or mix input rows {task.start}:{task.stop} ({partners}) "
             f"on worker {_worker_name()}: {type(exc).__name__}: {exc}"
         ) from None
+    if (task.start, task.stop) != job.plan.block_bounds(task.block):
+        return [(key, task.out_start, data) for key, data in rows.items()], None
     found = digests.of_rows(rows)
     if job.target is None:
         return [(key, task.out_start, data) for key, data in rows.items()], found
@@ -225,45 +228,45 @@ def connect(scheduler: str | None, workers: int | None):
                 cluster.close()
 
 
-def run_plan(input_path: Path, source, options: DataOptions, plan: Plan, writer, progress,
-             *, scheduler: str | None = None, workers: int | None = None, block_digests=None,
-             skip=frozenset(), on_done=None) -> dict:
-    """Run every task of ``plan`` on Dask; return what the sidecar records of it.
-
-    ``source`` is the client's opened input (``pipeline.Source``); workers
-    open the same path with the same ``options``. Each block's digests,
-    computed by its worker, are added to ``block_digests`` (a ``BlockDigests``).
-    As in ``pipeline.run_plan``, tasks (numbered in ``plan.tasks()`` order) in
-    ``skip`` are already in the output, and ``on_done(index)`` is called once
-    a task's rows are all written."""
+def run(source, plan: Plan, writer, tasks, progress, *, skip=frozenset(), on_done=None, block_digests=None,
+        scheduler: str | None = None, workers: int | None = None) -> dict:
+    """Compute ``tasks`` on Dask and hand their rows to ``writer``; return
+    what the sidecar records of the engine. The protocol of
+    ``engines.local.run``; each block's digests come from its worker.
+    ``source`` is the client's opened input; workers open the same path,
+    prepared with the same options (the classes found here included: no
+    pass over y on the workers)."""
     distributed = import_distributed()
-    run = uuid.uuid4().hex[:12]
-    x_key = next(iter(source.specs))
-    job = Job(run, str(Path(input_path).resolve()), dict(source.specs), x_key, source.y_key, options,
-              plan, writer.parallel_target())
+    run_id = uuid.uuid4().hex[:12]
+    options = source.prepared.resolved_options() if source.prepared is not None else DataOptions()
+    job = Job(run_id, str(Path(source.path).resolve()), dict(source.specs), next(iter(source.specs)), source.y_key,
+              options, plan, writer.parallel_target())
     with connect(scheduler, workers) as client, _quiet_distributed_logs():
         nthreads = client.nthreads()
         limit = IN_FLIGHT_PER_THREAD * max(1, sum(nthreads.values()))
-        tasks = ((i, task) for i, task in enumerate(plan.tasks()) if i not in skip)
+        todo = ((i, task) for i, task in enumerate(tasks) if i not in skip)
         pending: dict = {}
         arrived = distributed.as_completed(loop=client.loop)
+        parts = _Parts(plan, block_digests)
 
         def submit_next() -> None:
-            for i, task in tasks:
-                future = client.submit(run_task, job, task, key=f"mixup-{run}-{i}", pure=False, retries=0)
+            for i, task in todo:
+                future = client.submit(run_task, job, task, key=f"mixup-{run_id}-{i}", pure=False, retries=0)
                 pending[future] = (i, task)
                 arrived.add(future)
                 return
 
-        for _ in range(limit):
-            submit_next()
         try:
+            for _ in range(limit):
+                submit_next()
             for future in arrived:
                 index, task = pending.pop(future)
                 pieces, found = _result(future, task)
                 for key, start, rows in pieces:
                     writer.write(key, start, rows)
-                if block_digests is not None:
+                if found is None:
+                    parts.add(task, pieces)
+                elif block_digests is not None:
                     block_digests.add(task.out_start, found)
                 if on_done is not None:
                     on_done(index)
@@ -275,13 +278,37 @@ def run_plan(input_path: Path, source, options: DataOptions, plan: Plan, writer,
             raise
         finally:
             try:
-                client.run(close_inputs, run)
+                client.run(close_inputs, run_id)
             except Exception:  # a worker gone: nothing of ours left open there
                 pass
     return {
         "engine": "dask", "workers": len(nthreads), "scheduler": scheduler or "local",
-        "dask": distributed.__version__,
+        "dask": distributed.__version__, "batch_size": plan.block_rows,  # a worker mixes a whole task at once
     }
+
+
+class _Parts:
+    """Digests of blocks run as several tasks: each part's rows wait until
+    the rows before it in its block have come, then are hashed in order
+    (a block's digest covers its rows in order; parts arrive in any)."""
+
+    def __init__(self, plan: Plan, block_digests):
+        self._plan = plan
+        self._hasher = digests.BlockHasher(block_digests) if block_digests is not None else None
+        self._waiting: dict[int, dict[str, np.ndarray]] = {}  # first output row of a part -> its rows
+        self._next: dict[int, int] = {}  # block's first output row -> the next row to hash
+
+    def add(self, task: Task, pieces: list[Piece]) -> None:
+        if self._hasher is None:
+            return
+        block_start = task.out_start - (task.start - self._plan.block_bounds(task.block)[0])
+        self._waiting[task.out_start] = {key: rows for key, _, rows in pieces}
+        at = self._next.get(block_start, block_start)
+        while at in self._waiting:
+            rows = self._waiting.pop(at)
+            self._hasher.update(at, rows)
+            at += len(next(iter(rows.values())))
+        self._next[block_start] = at
 
 
 def _result(future, task: Task) -> tuple[list[Piece], dict[str, str]]:

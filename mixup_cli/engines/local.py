@@ -1,0 +1,369 @@
+"""The local engine: a plan's tasks in this process.
+
+Reading and mixing happen in the caller's thread, writing in a second one
+and hashing in a third (``_Stage``), through two sets of output buffers;
+input blocks sit in a few buffers reused for the whole run (``BlockCache``).
+With global pairing over several blocks, a block is mixed in place (its own
+rows are not needed again: the cycle reads it afresh when it comes back as a
+partner). The memory this takes: ARCHITECTURE.md, "Memory" (the one
+statement of the bound). Each task's rows come from ``tasks.output_rows``, the
+computation every engine shares.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from mixup_cli import atomic, balance, digests
+from mixup_cli.io import ArraySpec
+from mixup_cli.mixing import Mixer
+from mixup_cli.planning import default_batch_rows
+from mixup_cli.sampling import Plan
+from mixup_cli.tasks import output_rows, task_input
+
+
+def run(source, plan: Plan, writer, tasks, progress, *, skip=frozenset(), on_done=None, block_digests=None,
+        batch_rows: int | None = None, threaded: bool = True) -> dict:
+    """Compute ``tasks`` (an iterable of the plan's tasks, whole blocks or
+    parts of them) and hand their rows to ``writer``; return what the sidecar
+    records of the engine.
+
+    Tasks are numbered in the order of ``tasks``; those in ``skip`` are
+    already in the output (resume). ``on_done(index)`` is called once all of
+    a task's rows are written (and hashed). Each batch is hashed into
+    ``block_digests`` (a ``digests.BlockDigests``), in a third thread.
+    ``threaded=False`` writes and hashes inline: same bytes, slower.
+    """
+    batch_rows = batch_rows or default_batch_rows(source.row_bytes, plan.block_rows)
+    source = balance.view(source, plan)  # a balanced plan's rows, read by index
+    hasher = digests.BlockHasher(block_digests) if block_digests is not None else None
+    out = _writer_thread(writer) if threaded else _InlineWriter(writer)
+    # Output hashes in a thread of their own: the work spreads over the cores.
+    hashing = _Stage("mixup-hash", hasher.update) if hasher is not None and threaded else None
+    stages = [st for st in (hashing, out) if st is not None]  # closed in this order
+
+    def check():
+        for stage in stages:
+            stage.check()
+
+    rows = min(batch_rows, plan.block_rows, plan.n_rows)
+    mixed_specs = {key: source.specs[key] for key in source.mixed_keys}
+    state = _Run(
+        source, plan, Mixer(plan, {key: spec.row_shape for key, spec in mixed_specs.items()}),
+        BlockCache(source, plan, slots=3 if threaded else 2, check=check),
+        _BufferPool(mixed_specs, rows, 2 if threaded else 1, check), out, hashing, hasher, batch_rows, progress,
+    )
+    try:
+        for index, task in enumerate(tasks):
+            if index not in skip:
+                state.run_task(task)
+                if on_done is not None:
+                    state.after(lambda i=index: on_done(i))
+    except BaseException:
+        for stage in stages:
+            try:
+                stage.close()
+            except BaseException:
+                pass  # the first error is the one to report
+        raise
+    for stage in stages:
+        stage.close()
+    return {"engine": "local", "batch_size": batch_rows}
+
+
+class _Run:
+    """One run's parts, and how a task goes through them."""
+
+    def __init__(self, source, plan, mixer, cache, pool, out, hashing, hasher, batch_rows, progress):
+        self.source, self.plan, self.mixer, self.cache, self.pool = source, plan, mixer, cache, pool
+        self.out, self.hashing, self.hasher, self.batch_rows, self.progress = out, hashing, hasher, batch_rows, progress
+        self.in_place = plan.pairing == "global" and plan.n_blocks > 1
+
+    def run_task(self, task) -> None:
+        cache = self.cache
+        inputs = task_input(self.source, self.plan, self.mixer, task, cache.get)
+        slot = cache.slot_of(task.block)
+        mixing_in_place = self.in_place and task.copy >= 0
+        if mixing_in_place:
+            cache.take_over(slot)  # its rows are about to become output rows
+        n = task.stop - task.start
+        for s in range(0, n, self.batch_rows):
+            e = min(n, s + self.batch_rows)
+            if task.copy < 0 or mixing_in_place:
+                # Rows of the cached block itself: pinned until written.
+                into = {key: inputs.own[key][s:e] for key in self.source.mixed_keys} if mixing_in_place else None
+                arrays = output_rows(self.source, self.mixer, inputs, s, e, into)
+                cache.pin(slot)
+                release = (lambda i=slot: cache.unpin(i))
+            else:
+                bufs = self.pool.acquire()
+                arrays = output_rows(self.source, self.mixer, inputs, s, e, {key: b[: e - s] for key, b in bufs.items()})
+                release = (lambda b=bufs: self.pool.release(b))
+            self.submit(task.out_start + s, arrays, release)
+            self.progress.update(e - s)
+
+    def submit(self, at: int, arrays, release) -> None:
+        if self.hashing is not None:
+            release = _released_after(2, release)
+            self.hashing.submit(at, arrays, release)
+        elif self.hasher is not None:
+            self.hasher.update(at, arrays)
+        self.out.submit(at, arrays, release)
+
+    def after(self, callback) -> None:
+        """``callback`` once everything submitted so far is hashed, then written."""
+        if self.hashing is not None:  # the journal keeps the digests of what is written
+            self.hashing.after(lambda: self.out.after(callback))
+        else:
+            self.out.after(callback)
+
+
+class BlockCache:
+    """Input blocks in a few buffers reused for the whole run.
+
+    Walking the pairing cycle, each block is needed as a partner and then
+    again as the next task's own block, so it is read once. The arrays
+    ``get`` returns are views of the buffers. A buffer can be *pinned* while
+    the writer thread still reads it (rows mixed in place, or original rows)
+    and *forgotten* once its rows are overwritten; ``get`` never reuses a
+    pinned buffer, waiting for the writer if needed.
+    """
+
+    def __init__(self, source, plan: Plan, slots: int = 2, check=None):
+        self._source, self._plan = source, plan
+        self._rows = min(plan.block_rows, plan.n_rows)
+        self._slots: list[dict[str, np.ndarray] | None] = [None] * max(2, slots)
+        self._held: list[int | None] = [None] * len(self._slots)  # block held by each buffer
+        self._pins = [0] * len(self._slots)
+        self._cond = threading.Condition()
+        self._check = check or (lambda: None)
+
+    def slot_of(self, block: int) -> int:
+        return self._held.index(block)
+
+    def pin(self, slot: int) -> None:
+        with self._cond:
+            self._pins[slot] += 1
+
+    def unpin(self, slot: int) -> None:
+        with self._cond:
+            self._pins[slot] -= 1
+            self._cond.notify_all()
+
+    def take_over(self, slot: int) -> None:
+        """The caller is about to overwrite the buffer's rows (mixing in
+        place): wait until the writer has none of them in flight, and forget
+        which block it held."""
+        with self._cond:
+            while self._pins[slot]:
+                self._check()
+                self._cond.wait(0.05)
+            self._held[slot] = None
+
+    def _victim(self, keep: int, block: int) -> int | None:
+        wanted = {b for b in (keep, block) if b is not None}  # keep is None for partners read by index
+        free = [i for i in range(len(self._slots)) if self._pins[i] == 0 and self._held[i] not in wanted]
+        used = [i for i in free if self._slots[i] is not None]  # reuse touched memory first
+        return (used or free or [None])[0]
+
+    def get(self, block: int, keep: int) -> dict[str, np.ndarray]:
+        start, stop = self._plan.block_bounds(block)
+        if block in self._held:
+            slot = self._held.index(block)
+        else:
+            with self._cond:
+                while (slot := self._victim(keep, block)) is None:
+                    self._check()
+                    self._cond.wait(0.05)
+            if self._slots[slot] is None:
+                self._slots[slot] = {
+                    key: np.empty((self._rows,) + spec.row_shape, spec.dtype)
+                    for key, spec in self._source.specs.items()
+                }
+            self._held[slot] = None  # a failed read leaves nothing stale behind
+            for key, buf in self._slots[slot].items():
+                self._source.reader.read_into(key, start, stop, buf)
+            self._held[slot] = block
+        return {key: buf[: stop - start] for key, buf in self._slots[slot].items()}
+
+
+class _Stage:
+    """A thread that handles batches in order while the caller mixes the next.
+
+    ``handle(at, arrays)`` is called for each batch in the thread; each batch
+    comes with a ``release`` callback, called once it is handled (or dropped
+    after an error) so the caller may reuse the memory. An error in the
+    thread is re-raised in the caller by ``check`` (which the caller's waits
+    call), and ``close`` always joins the thread, so nothing is in flight
+    when the caller cleans up.
+    """
+
+    def __init__(self, name: str, handle, on_close=None):
+        self._handle = handle
+        self._on_close = on_close
+        self._todo: queue.Queue = queue.Queue()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        while True:
+            item = self._todo.get()
+            if item is None:
+                return
+            if callable(item):  # a marker: everything submitted before it is handled
+                if self._error is None:
+                    try:
+                        item()
+                    except BaseException as exc:
+                        self._error = exc
+                continue
+            at, arrays, release = item
+            try:
+                if self._error is None:
+                    self._handle(at, arrays)
+            except BaseException as exc:  # handed to the caller
+                self._error = exc
+            finally:
+                release()
+
+    def check(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def submit(self, at: int, arrays: dict[str, np.ndarray], release) -> None:
+        self.check()
+        self._todo.put((at, arrays, release))
+
+    def after(self, callback) -> None:
+        """Call ``callback`` in the stage's thread once all batches submitted so far are handled."""
+        self.check()
+        self._todo.put(callback)
+
+    def close(self) -> None:
+        self._todo.put(None)
+        self._thread.join()
+        if self._on_close is not None:
+            self._on_close()
+        self.check()
+
+
+def _writer_thread(writer) -> _Stage:
+    """Writes batches in a thread; a flusher starts the disk flush meanwhile."""
+    flusher = _Flusher(writer)
+
+    def write(at, arrays):
+        for key, arr in arrays.items():
+            writer.write(key, at, arr)
+            flusher.wrote(arr.nbytes)
+
+    return _Stage("mixup-writer", write, on_close=flusher.close)
+
+
+def _released_after(count: int, release):
+    """A callback that calls ``release`` on its ``count``-th call (a batch
+    handed to several stages is free once all of them are done with it)."""
+    lock = threading.Lock()
+    left = [count]
+
+    def done():
+        with lock:
+            left[0] -= 1
+            last = left[0] == 0
+        if last:
+            release()
+
+    return done
+
+
+class _Flusher:
+    """Starts the disk flush of the output while it is being written.
+
+    Every ``every`` bytes written, a thread fdatasyncs the output files, so
+    the final fsync before the rename finds little left to do. Only a
+    speed-up: failures are ignored here (the final fsync reports them).
+    """
+
+    every = 64 * 1024 * 1024
+
+    def __init__(self, writer):
+        base = Path(getattr(writer, "path", ""))
+        try:
+            rels = writer.files()
+        except Exception:
+            rels = []
+        self._paths = [base / rel if str(rel) != "." else base for rel in rels] if str(base) else []
+        self._pending = 0
+        self._wake = threading.Event()
+        self._done = False
+        self._thread = threading.Thread(target=self._run, name="mixup-flush", daemon=True)
+        self._thread.start()
+
+    def wrote(self, nbytes: int) -> None:
+        self._pending += nbytes
+        if self._pending >= self.every:
+            self._pending = 0
+            self._wake.set()
+
+    def _run(self):
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            if self._done:
+                return
+            for p in self._paths:
+                atomic.sync_quietly(p, data_only=True)
+
+    def close(self) -> None:
+        self._done = True
+        self._wake.set()
+        self._thread.join()
+
+
+class _InlineWriter:
+    """The same interface, writing at once in the caller's thread."""
+
+    def __init__(self, writer):
+        self._writer = writer
+
+    def check(self) -> None:
+        pass
+
+    def submit(self, at, arrays, release):
+        try:
+            for key, arr in arrays.items():
+                self._writer.write(key, at, arr)
+        finally:
+            release()
+
+    def after(self, callback):
+        callback()
+
+    def close(self):
+        pass
+
+
+class _BufferPool:
+    """Output buffers for mixing out of place, handed back by the writer."""
+
+    def __init__(self, specs: dict[str, ArraySpec], rows: int, count: int, check):
+        self._specs, self._rows, self._left, self._check = specs, rows, count, check
+        self._free: queue.Queue = queue.Queue()
+
+    def acquire(self) -> dict[str, np.ndarray]:
+        if self._free.empty() and self._left > 0:  # allocated on first need
+            self._left -= 1
+            return {key: np.empty((self._rows,) + spec.row_shape, spec.dtype) for key, spec in self._specs.items()}
+        while True:
+            self._check()
+            try:
+                return self._free.get(timeout=0.05)
+            except queue.Empty:
+                continue
+
+    def release(self, bufs) -> None:
+        self._free.put(bufs)

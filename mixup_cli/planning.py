@@ -1,0 +1,138 @@
+"""From parameters to a ``Plan``: the indexes its pairing draws from (classes,
+neighbours, label kernel, balanced rows), found by passes over the source,
+and the shapes the plan's output takes.
+
+``build_plan(source, ...)`` takes plain parameters (``augment``, ``preview``);
+``plan_from_sidecar(parameters, source)`` the ones a sidecar records
+(``verify``). Both give the same plan for the same parameters.
+"""
+
+from __future__ import annotations
+
+from mixup_cli import balance as balancing, cutmix
+from mixup_cli.classes import ClassIndex, class_index
+from mixup_cli.errors import ParameterError
+from mixup_cli.io import ArraySpec
+from mixup_cli.mixing import Mixer
+from mixup_cli.sampling import (
+    CLASS_PAIRINGS, DEFAULT_NEIGHBORS, INDEX_PAIRINGS, KNN_PAIRINGS, PLAN_VERSION, Plan, default_block_rows, draw_seed,
+)
+from mixup_cli.source import Source
+
+# Default batch: rows of about this many bytes are mixed and written at once
+# (at most a block). Large batches mean few, chunk-aligned HDF5 calls.
+DEFAULT_BATCH_BYTES = 16 * 1024 * 1024
+
+# Sidecar parameters that build_plan takes, with their default when absent.
+_RECORDED = {
+    "alpha": None, "seed": None, "x_key": None, "y_key": None, "pairing": None, "copies": None,
+    "include_original": None, "block_rows": None, "method": "mixup", "layout": None, "neighbors": None,
+    "project": None, "bandwidth": None, "balance": False, "balance_to": None,
+}
+
+
+def build_plan(
+    source: Source, *, alpha: float, seed: int | None = None, x_key: str | None = None, y_key: str | None = None,
+    pairing: str = "global", copies: int = 1, include_original: bool = False, block_rows: int | None = None,
+    method: str = "mixup", layout: str | None = None, neighbors: int | None = None, project: int | None = None,
+    bandwidth: float | None = None, balance: bool = False, balance_to: int | None = None,
+) -> Plan:
+    """The plan of a run over ``source`` (seed drawn when None; ``x_key`` and
+    ``y_key`` as asked, the source's own by default)."""
+    x_key = x_key or next(iter(source.specs))
+    y_key = source.y_key if y_key is None else y_key
+    block_rows = block_rows or default_block_rows(source.row_bytes)
+    seed = draw_seed() if seed is None else seed
+    if pairing in KNN_PAIRINGS and neighbors is None:
+        neighbors = DEFAULT_NEIGHBORS
+    if pairing in CLASS_PAIRINGS and source.y_key is None:
+        # The source's y: a y_key the input lacks (and was not asked for) is dropped there.
+        where = f"{source.reader.path} has no '{y_key}': " if y_key else ""
+        raise ParameterError(f"{where}--pairing {pairing} needs class labels; name them with --y-key", "--pairing")
+    classes = own = None
+    if balance_wanted := balancing.check(pairing, balance, balance_to, source.y_key):
+        # One pass over y: the own rows, and the classes of the plan's rows from them.
+        input_classes = _class_index(source)
+        own = balancing.own_rows(input_classes, seed, balance_to)
+        if pairing in CLASS_PAIRINGS:
+            classes = ClassIndex.from_labels(input_classes.values[input_classes.codes[own]], input_classes.label)
+    elif pairing in CLASS_PAIRINGS:
+        classes = _class_index(source)
+    options = dict(alpha=alpha, block_rows=block_rows, pairing=pairing, neighbors=neighbors, project=project,
+                   bandwidth=bandwidth)
+    if pairing in INDEX_PAIRINGS:  # check the options (a Plan without the index) before reading anything
+        Plan(n_rows=source.n_rows, seed=0, **options)
+    partners = partner_index(source, pairing, x_key, y_key, neighbors, project, bandwidth)
+    if method == "cutmix":
+        x_spec = source.specs[x_key]
+        layout = cutmix.resolve_layout(x_spec.row_shape, layout, f"{source.reader.path}: '{x_key}'")
+    return Plan(
+        n_rows=source.n_rows if own is None else len(own), seed=seed, copies=copies,
+        include_original=include_original, classes=classes, method=method,
+        layout=layout if method == "cutmix" else None, partners=partners,
+        balance_to=balance_to if balance_wanted else None, own=own, **options,
+    )
+
+
+def plan_from_sidecar(parameters: dict, source: Source) -> Plan:
+    """The plan a sidecar's ``parameters`` record, rebuilt over ``source``
+    (its indexes found again); a usage error when they are incomplete or of
+    another plan version."""
+    if parameters.get("plan_version") != PLAN_VERSION:
+        raise ParameterError(
+            f"the sidecar's plan_version is {parameters.get('plan_version')!r}, this mixup-cli computes "
+            f"version {PLAN_VERSION}; verify with the mixup-cli version that wrote it", "OUT",
+        )
+    missing = [key for key, default in _RECORDED.items() if default is None and key not in parameters
+               and key not in ("layout", "neighbors", "project", "bandwidth", "balance_to", "y_key")]
+    if missing:
+        raise ParameterError(f"the sidecar lacks the parameter '{missing[0]}'", "OUT")
+    kwargs = {key: parameters.get(key, default) for key, default in _RECORDED.items()}
+    kwargs["balance"] = bool(kwargs["balance"])
+    return build_plan(source, **kwargs)
+
+
+def _class_index(source: Source) -> ClassIndex:
+    """The classes of the source's y, in one pass (one-hot encoded labels are
+    read by column, so a single class is still class 0)."""
+    targets = source.prepared.targets if source.prepared is not None else None
+    return class_index(source.reader, source.y_key, one_hot=targets is not None and targets.kind == "classes")
+
+
+def partner_index(source: Source, pairing: str, x_key: str, y_key: str | None, neighbors, project, bandwidth):
+    """The index the knn and label-kernel pairings draw partners from (one or
+    two passes over x, or one over y); None for the other pairings."""
+    if pairing not in INDEX_PAIRINGS:
+        return None
+    if pairing == "label-kernel":
+        from mixup_cli import label_kernel
+
+        if y_key is None:
+            raise ParameterError("--pairing label-kernel needs targets; name them with --y-key", "--pairing")
+        kind = source.prepared.target_kind if source.prepared is not None else None
+        return label_kernel.build(source.reader, y_key, bandwidth, kind)
+    from mixup_cli import neighbours
+
+    within = None
+    if pairing == "knn-within-class":
+        if y_key is None:
+            raise ParameterError("--pairing knn-within-class needs class labels; name them with --y-key", "--pairing")
+        within = class_index(source.reader, y_key)
+    return neighbours.build(source.reader, x_key, neighbors, project, within, f"{source.reader.path}['{x_key}']")
+
+
+def default_batch_rows(row_bytes: int, block_rows: int) -> int:
+    return min(block_rows, default_block_rows(row_bytes, DEFAULT_BATCH_BYTES))
+
+
+def output_specs(source: Source, plan: Plan) -> dict[str, ArraySpec]:
+    """Every array of the plan's output: data (mixed, or pairs), then provenance."""
+    rows = plan.output_rows
+    specs = {
+        out_key: ArraySpec((rows,) + spec.row_shape, spec.dtype)
+        for key, spec in source.specs.items()
+        for out_key in source.output_keys(key)
+    }
+    for name, (row_shape, dtype) in Mixer.provenance_specs(plan).items():
+        specs[name] = ArraySpec((rows,) + row_shape, dtype)
+    return specs

@@ -1,0 +1,111 @@
+"""What ``augment`` is asked and what it answers: the request (built by the
+command line, field by field), the result, and the progress interface."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mixup_cli import provenance
+from mixup_cli.prepare import DataOptions
+
+
+@dataclass
+class AugmentRequest:
+    input: Path
+    output: Path
+    alpha: float = 0.2
+    seed: int | None = None
+    x_key: str = "x"
+    y_key: str | None = "y"
+    pairing: str = "global"
+    copies: int = 1
+    include_original: bool = False
+    batch_size: int | None = None
+    block_rows: int | None = None
+    compression: str = "none"
+    overwrite: bool = False
+    engine: str = "local"  # local | dask
+    scheduler: str | None = None  # dask: address of an existing scheduler
+    workers: int | None = None  # dask: processes of a local cluster started for the run
+    command_line: list[str] = field(default_factory=provenance.command_line)
+    # How x and y are read and mixed (see prepare.DataOptions and labels.py).
+    x_dtype: str = "keep"
+    y_format: str = "soft"
+    y_kind: str = "auto"
+    num_classes: int | None = None
+    label_smoothing: float = 0.0
+    allow_nonfinite: bool = False
+    # False: a missing y_key means x alone (unlabelled data) instead of an error.
+    require_y: bool = True
+    # Also record each output file's SHA-256 (one more read of the whole output).
+    hash_files: bool = False
+
+    def data_options(self) -> DataOptions:
+        return DataOptions(
+            x_dtype=self.x_dtype, y_format=self.y_format, y_kind=self.y_kind, num_classes=self.num_classes,
+            label_smoothing=self.label_smoothing, allow_nonfinite=self.allow_nonfinite,
+        )
+    resume: bool = False
+    method: str = "mixup"
+    layout: str | None = None  # cutmix: NHWC or NCHW; inferred when unambiguous
+    # Storage layout of OUT (not its arrays' bytes): None = the format's default.
+    chunk_rows: int | None = None
+    byte_shuffle: bool | None = None
+    zarr_format: int | None = None
+    # --pairing knn / knn-within-class: neighbours per row, projection dimension.
+    neighbors: int | None = None
+    project: int | None = None
+    # --pairing label-kernel: the kernel's bandwidth.
+    bandwidth: float | None = None
+    # --balance / --balance-to M: M rows of every class per copy (see balance.py).
+    balance: bool = False
+    balance_to: int | None = None
+
+    def plan_parameters(self) -> dict:
+        """The keyword arguments of ``planning.build_plan`` this request gives."""
+        return dict(
+            alpha=self.alpha, seed=self.seed, x_key=self.x_key, y_key=self.y_key, pairing=self.pairing,
+            copies=self.copies, include_original=self.include_original, block_rows=self.block_rows,
+            method=self.method, layout=self.layout, neighbors=self.neighbors, project=self.project,
+            bandwidth=self.bandwidth, balance=self.balance, balance_to=self.balance_to,
+        )
+
+
+@dataclass
+class AugmentResult:
+    output: Path
+    sidecar: Path
+    rows: int
+    seconds: float
+    seed: int
+    run_id: str
+    record: dict
+    late_signals: tuple[int, ...] = ()  # SIGINT/SIGTERM held back during the commit: too late to stop it
+    already_complete: bool = False  # --resume found OUT finished by this same command
+
+    def summary(self) -> dict:
+        """What ``--json`` prints: enough for a script to find and check the output."""
+        return {
+            "output": str(self.output),
+            "sidecar": str(self.sidecar),
+            "rows": self.rows,
+            "seconds": round(self.seconds, 3),
+            "rows_per_second": round(self.rows / self.seconds, 1) if self.seconds > 0 else None,
+            "seed": self.seed,
+            "run_id": self.run_id,
+        }
+
+
+class Progress:
+    """Receives progress: ``start`` once with the output's row count, then ``update``."""
+
+    def start(self, total: int) -> None:
+        pass
+
+    def update(self, rows: int) -> None:
+        pass
+
+    def committing(self) -> None:
+        """Called once the output is complete, right before it is put in
+        place; from then on the run cannot be stopped (it may still raise)."""
