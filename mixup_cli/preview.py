@@ -18,7 +18,6 @@ backend, no window.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -287,9 +286,11 @@ def preview_rows(
     the index of knn and label-kernel).
     """
     from mixup_cli import balance as balancing
+    from mixup_cli import tasks
     from mixup_cli.mixing import Mixer
-    from mixup_cli.pipeline import AugmentRequest, open_source, resolve_plan
-    from mixup_cli.sampling import CLASS_PAIRINGS
+    from mixup_cli.planning import build_plan
+    from mixup_cli.sampling import CLASS_PAIRINGS, Task
+    from mixup_cli.source import open_source
 
     check_alpha(alpha)
     rows = check_positive(rows, "--rows")
@@ -300,26 +301,23 @@ def preview_rows(
     y_for = f"--pairing {pairing}" if pairing in CLASS_PAIRINGS else None
     source = open_source(path, x_key, y_key, data, require_y, y_for=y_for)
     try:
-        # The request augment would get (IN as its own OUT: nothing is written).
-        request = AugmentRequest(
-            path, path, alpha=alpha, seed=seed, x_key=x_key, y_key=y_key, require_y=require_y,
-            block_rows=block_rows, method=method, layout=layout, pairing=pairing, neighbors=neighbors,
-            project=project, bandwidth=bandwidth, balance=balance, balance_to=balance_to, command_line=[],
-            **dataclasses.asdict(data),
-        )
-        plan = resolve_plan(request, source)
+        plan = build_plan(source, alpha=alpha, seed=seed, x_key=x_key, y_key=y_key, pairing=pairing,
+                          block_rows=block_rows, method=method, layout=layout, neighbors=neighbors,
+                          project=project, bandwidth=bandwidth, balance=balance, balance_to=balance_to)
         shown = balancing.view(source, plan)  # a balanced plan's rows, read by index
         mixer = Mixer(plan, {key: shown.specs[key].row_shape for key in shown.mixed_keys})
-        task = next(t for t in plan.tasks() if t.copy == 0)
-        drawn = mixer.draw(task)
-        k = min(rows, task.stop - task.start)
-        own = {key: shown.reader.read(key, task.start, task.start + k) for key in shown.specs}
-        other = {key: shown.reader.take(key, drawn.partner[:k]) for key in shown.specs}
-        mixed = {key: mixer.mix(key, own[key], other[key], drawn, 0, k) for key in shown.mixed_keys}
-        for key in shown.paired_keys:
-            key_a, key_b = pair_keys(key)
-            mixed[key_a], mixed[key_b] = own[key], other[key]
+        first = next(t for t in plan.tasks() if t.copy == 0)
+        k = min(rows, first.stop - first.start)
+        # The first k rows as a task of their own: drawn for the whole block and
+        # mixed by the engines' own computation, reading only those rows and partners.
+        task = Task(first.copy, first.block, first.partner_block, first.start, first.start + k, first.out_start)
+        drawn = tasks.draw(plan, mixer, task)
+        own = {key: shown.reader.read(key, task.start, task.stop) for key in shown.specs}
+        other = {key: shown.reader.take(key, drawn.partner) for key in shown.specs}
+        inputs = tasks.TaskInput(task, drawn, own, other, np.arange(k))
+        written = tasks.output_rows(shown, mixer, inputs, 0, k)
         provenance = drawn.provenance(0, k)
+        mixed = {key: value for key, value in written.items() if key not in provenance}
         x_shape = shown.specs[x_key].row_shape
         prepared = source.prepared
     finally:
