@@ -87,6 +87,14 @@ def run_cli():
 
 
 def mixup_executable() -> list[str]:
+    """The ``mixup`` script installed for the interpreter running the tests.
+
+    The one beside ``sys.executable`` first: a ``mixup`` found on PATH may be a
+    version manager's shim (pyenv's costs a shell script and 0.1 s a run, and
+    may pick another interpreter)."""
+    beside = Path(sys.executable).with_name("mixup")
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return [str(beside)]
     exe = shutil.which("mixup")
     return [exe] if exe else [sys.executable, "-m", "mixup_cli"]
 
