@@ -12,6 +12,9 @@ from conftest import load_output, make_arrays, read_sidecar, write_h5, write_npz
 from mixup_cli.errors import InputError
 from mixup_cli.pipeline import AugmentRequest, Progress, augment
 
+# On one xdist worker: they share its cluster (conftest.dask_scheduler).
+pytestmark = pytest.mark.xdist_group("dask")
+
 KEYS = ("x", "y", "lam", "partner")
 
 
@@ -20,19 +23,9 @@ def needs_dask():
     pytest.importorskip("zarr", reason="Zarr is an optional extra: pip install 'mixup-cli[dask]'")
 
 
-@pytest.fixture(scope="module")
-def scheduler():
-    """A scheduler and two worker processes, shut down even when a test fails."""
-    needs_dask()
-    import distributed
-
-    cluster = distributed.LocalCluster(
-        n_workers=2, processes=True, threads_per_worker=1, dashboard_address=":0", host="127.0.0.1",
-    )
-    try:
-        yield cluster.scheduler_address
-    finally:
-        cluster.close()
+@pytest.fixture
+def scheduler(dask_scheduler):
+    return dask_scheduler
 
 
 def load_any(path, keys=KEYS) -> dict[str, np.ndarray]:
