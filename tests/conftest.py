@@ -57,15 +57,24 @@ def write_npy_dir(path, **arrays):
 
 
 def load_output(path) -> dict[str, np.ndarray]:
-    """Every array of an output dataset, whatever its format."""
+    """Every array of an output dataset, whatever its format, read with the
+    format's own library. Never empty: two outputs compared key by key must
+    have arrays to compare (a Zarr store once read as no arrays at all)."""
     path = Path(path)
     if path.suffix in (".h5", ".hdf5"):
         with h5py.File(path, "r") as f:
-            return {k: f[k][()] for k in f.keys()}
-    if path.suffix == ".npz":
+            found = {k: f[k][()] for k in f.keys()}
+    elif path.suffix == ".npz":
         with np.load(path, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
-    return {p.stem: np.load(p, allow_pickle=False) for p in path.glob("*.npy")}
+            found = {k: z[k] for k in z.files}
+    elif path.suffix == ".zarr":
+        import zarr
+
+        found = {k: np.asarray(a[...]) for k, a in zarr.open_group(str(path), mode="r").arrays()}
+    else:
+        found = {p.stem: np.load(p, allow_pickle=False) for p in path.glob("*.npy")}
+    assert found, f"no arrays in {path}"
+    return found
 
 
 def expected_mix(arr, lam, partner, source_rows=None):
