@@ -22,8 +22,11 @@ import h5py
 import numpy as np
 import pytest
 
+from click.testing import CliRunner
+
 from conftest import REPO, load_output, make_arrays, mixup_executable, read_sidecar, write_h5, write_npy_dir, write_npz
 from mixup_cli import resume
+from mixup_cli.cli import cli
 from mixup_cli.io import open_reader
 
 # Big enough that a run takes a few seconds even on a fast machine.
@@ -37,6 +40,12 @@ def env():
 
 def mixup(*args, timeout=120):
     return subprocess.run(mixup_executable() + [str(a) for a in args], capture_output=True, text=True, timeout=timeout, env=env())
+
+
+def uninterrupted(*args):
+    """The reference run, in-process: the interrupted and resumed runs are the real processes."""
+    done = CliRunner().invoke(cli, [str(a) for a in args] + ["--quiet"])
+    assert done.exit_code == 0, done.output
 
 
 def start(*args):
@@ -137,7 +146,7 @@ def test_sigkill_then_resume_gives_the_uninterrupted_arrays(how, tmp_path):
     assert read_sidecar(out)["execution"]["resumed_tasks"] > 0
 
     reference = tmp_path / "ref.h5"
-    assert mixup("augment", src, reference, *args, "--quiet").returncode == 0
+    uninterrupted("augment", src, reference, *args)
     # Compared slice by slice: the big outputs are 0.8 GB each.
     assert array_digests(out) == array_digests(reference)
     # The arrays' digests of the resumed run (blocks written before the kill
@@ -201,7 +210,7 @@ def test_interrupt_stops_at_a_checkpoint_and_resume_finishes(how, tmp_path, sign
         want = request.getfixturevalue("big_reference")
     else:
         reference = tmp_path / "ref.h5"
-        assert mixup("augment", src, reference, *args, "--quiet").returncode == 0
+        uninterrupted("augment", src, reference, *args)
         want = array_digests(reference)
     assert array_digests(out) == want
 
@@ -239,7 +248,7 @@ def test_sigterm_mid_run_then_resume_is_byte_identical(tmp_path, out_name):
     assert partials(tmp_path) == [] and read_sidecar(out)["execution"]["resumed_tasks"] == 9
 
     reference = tmp_path / ("ref" + Path(out_name).suffix)
-    assert mixup(*args[:2], reference, *args[3:], "--quiet").returncode == 0
+    uninterrupted(*args[:2], reference, *args[3:])
     got, want = read_arrays(out), read_arrays(reference)
     assert sorted(got) == sorted(want)
     for key in want:
@@ -309,7 +318,7 @@ def test_a_killed_run_resumes_on_dask_without_redoing_its_blocks(dask_scheduler,
     assert record["execution"]["resumed_tasks"] >= written > 0  # those blocks were not computed again
 
     reference = tmp_path / "ref.h5"
-    assert mixup("augment", src, reference, *SMALL_ARGS, "--quiet").returncode == 0
+    uninterrupted("augment", src, reference, *SMALL_ARGS)
     got, want = load_output(out), load_output(reference)
     for key in want:
         assert got[key].tobytes() == want[key].tobytes(), key
@@ -349,7 +358,7 @@ def test_resume_each_format(tmp_path, out_name):
     assert sidecar["parameters"]["seed"] == seed and sidecar["execution"]["resumed_tasks"] > 0
 
     reference = tmp_path / ("ref" + Path(out_name).suffix)
-    assert mixup("augment", src, reference, "--block-rows", 100, "--copies", 2, "--seed", seed, "--quiet").returncode == 0
+    uninterrupted("augment", src, reference, "--block-rows", 100, "--copies", 2, "--seed", seed)
     got, want = read_arrays(out), read_arrays(reference)
     assert sorted(got) == sorted(want)
     for key in want:
