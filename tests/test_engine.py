@@ -394,7 +394,7 @@ def test_take_equals_fancy_indexing(take_files, layout):
                 assert reader._scratch is None or reader._scratch.nbytes <= bound
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(
     layout=st.sampled_from(sorted(TAKE_LAYOUTS)),
     rows=st.lists(st.integers(0, 99), max_size=160),
