@@ -48,11 +48,14 @@ def uninterrupted(*args):
     assert done.exit_code == 0, done.output
 
 
-def start(*args):
-    def default_signals():  # a parent that ignores SIGINT (a background job) must not hide it
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+def default_signals():
+    """For children: a parent that ignores SIGINT (a suite run as a background
+    job) must not hide it from them (they would keep it ignored)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
+
+def start(*args):
     return subprocess.Popen(
         mixup_executable() + [str(a) for a in args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True, env=env(), preexec_fn=default_signals,
@@ -219,7 +222,8 @@ def test_interrupt_stops_at_a_checkpoint_and_resume_finishes(how, tmp_path, sign
 def paused(args, stage, tmp_path):
     flag = tmp_path / "paused.flag"
     proc = subprocess.Popen(mixup_executable() + [str(a) for a in args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=dict(env(), MIXUP_TEST_PAUSE=f"{stage}:{flag}"))
+                            stderr=subprocess.PIPE, text=True, env=dict(env(), MIXUP_TEST_PAUSE=f"{stage}:{flag}"),
+                            preexec_fn=default_signals)
     deadline = time.monotonic() + 60
     while not flag.exists():
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
@@ -539,7 +543,7 @@ def test_an_interruption_never_leaves_a_lock_held(trials):
     the run joining that thread) never ended."""
     def held(mode, trials, until):
         done = subprocess.run([sys.executable, "-c", _LOCK_PROBE, mode, str(trials), until], capture_output=True,
-                              text=True, env=env(), timeout=120)
+                              text=True, env=env(), timeout=120, preexec_fn=default_signals)
         assert done.returncode == 0, done.stderr
         return int(done.stdout)
 
