@@ -138,19 +138,26 @@ def assert_nothing_written(outdir):
     assert sorted(p.name for p in outdir.iterdir()) == []
 
 
-@pytest.fixture(scope="session")
+_CLUSTER: dict = {}
+
+
+@pytest.fixture
 def dask_scheduler():
-    """One scheduler and two worker processes for every Dask test of a test
-    process (a cluster takes seconds to start), shut down even when a test fails.
-    The tests that use it are grouped on one xdist worker (``xdist_group``)."""
+    """A scheduler and two worker processes on loopback, shared by consecutive
+    Dask tests (a cluster takes seconds to start) and shut down after the last
+    of them (``pytest_runtest_teardown``: an idle cluster keeps using CPU). The
+    tests that use it are grouped on one xdist worker (``xdist_group``)."""
     pytest.importorskip("distributed", reason="the Dask engine is an optional extra: pip install 'mixup-cli[dask]'")
     pytest.importorskip("zarr", reason="Zarr is an optional extra: pip install 'mixup-cli[dask]'")
     import distributed
 
-    cluster = distributed.LocalCluster(
-        n_workers=2, processes=True, threads_per_worker=1, dashboard_address=":0", host="127.0.0.1",
-    )
-    try:
-        yield cluster.scheduler_address
-    finally:
-        cluster.close()
+    if "cluster" not in _CLUSTER:
+        _CLUSTER["cluster"] = distributed.LocalCluster(
+            n_workers=2, processes=True, threads_per_worker=1, dashboard_address=":0", host="127.0.0.1",
+        )
+    return _CLUSTER["cluster"].scheduler_address
+
+
+def pytest_runtest_teardown(item, nextitem):
+    if "cluster" in _CLUSTER and (nextitem is None or "dask_scheduler" not in nextitem.fixturenames):
+        _CLUSTER.pop("cluster").close()
