@@ -188,7 +188,10 @@ def test_sigterm_at_each_step_of_the_commit(source, references, tmp_path, stage,
     assert leftovers(tmp_path) == []
 
 
-@pytest.mark.parametrize("stage", ["staged", "commit-record", "output-in-place", "committed", "finished"])
+# SIGINT at the last stoppable step and the first and last too-late ones; the
+# other steps (which SIGTERM meets in every format above) in the slow suite.
+@pytest.mark.parametrize("stage", ["staged", "commit-record", pytest.param("output-in-place", marks=pytest.mark.slow),
+                                   pytest.param("committed", marks=pytest.mark.slow), "finished"])
 def test_sigint_at_steps_of_the_commit(source, references, tmp_path, stage):
     out = old_output(tmp_path, "out.h5", references)
     rc, stderr = paused_run(["augment", source, out, "--seed", 2, "--overwrite", *ARGS], stage, signal.SIGINT, tmp_path)

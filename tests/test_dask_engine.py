@@ -127,7 +127,11 @@ def corrupt_one_chunk(path, key="x", index=2):
         fh.write(b"\xff" * info.size)
 
 
-@pytest.mark.parametrize("out_name, cluster", [("out.h5", "scheduler"), ("out.zarr", "scheduler"), ("out.zarr", "workers")])
+# With --workers the run starts a cluster of its own (seconds): the slow suite;
+# test_workers_without_a_scheduler_start_and_stop_a_local_cluster covers starting one.
+@pytest.mark.parametrize("out_name, cluster", [
+    ("out.h5", "scheduler"), ("out.zarr", "scheduler"), pytest.param("out.zarr", "workers", marks=pytest.mark.slow),
+])
 def test_a_failing_block_on_a_worker_ends_with_its_message(scheduler, tmp_path, run_mixup, out_name, cluster):
     x, y = make_arrays(n=96, x_shape=(8,))
     src = tmp_path / "in.h5"
