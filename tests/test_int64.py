@@ -53,7 +53,7 @@ def mix_both(a, b, lam):
 
 
 @pytest.mark.parametrize("dtype", [np.int64, np.uint64])
-@settings(max_examples=50, deadline=None)
+@settings(max_examples=120, deadline=None)
 @given(data=st.data())
 def test_within_one_of_exact_over_the_whole_range(dtype, data):
     n = data.draw(st.integers(1, 6))
