@@ -95,6 +95,15 @@ def run_cli():
     return run
 
 
+def run_in_process(*args) -> subprocess.CompletedProcess:
+    """The command line in this process (click's runner) as a CompletedProcess,
+    for reference runs beside the runs under test: no interpreter start-up.
+    An exception that escapes the command fails the test."""
+    args = [str(a) for a in args]
+    result = CliRunner().invoke(cli, args, catch_exceptions=False)
+    return subprocess.CompletedProcess(args, result.exit_code, result.stdout, result.stderr)
+
+
 def mixup_executable() -> list[str]:
     """The ``mixup`` script installed for the interpreter running the tests.
 

@@ -8,7 +8,7 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest import load_output, make_arrays, read_sidecar, write_h5, write_npz
+from conftest import load_output, make_arrays, read_sidecar, write_h5, write_npz, run_in_process
 from mixup_cli.errors import InputError
 from mixup_cli.pipeline import AugmentRequest, Progress, augment
 
@@ -67,7 +67,7 @@ def test_dask_scheduler_gives_the_local_bytes(scheduler, dataset, tmp_path, run_
     src, _, _ = dataset
     local_out, dask_out = tmp_path / f"local-{out_name}", tmp_path / f"dask-{out_name}"
     args = COMMON + ("--pairing", pairing, "--compression", "gzip", "-q")
-    local = run_mixup("augment", src, local_out, *args)
+    local = run_in_process("augment", src, local_out, *args)
     assert local.returncode == 0, local.stderr
     remote = run_mixup("augment", src, dask_out, *args, "--engine", "dask", "--scheduler", scheduler)
     assert remote.returncode == 0, remote.stderr
@@ -84,7 +84,7 @@ def test_dask_scheduler_gives_the_local_bytes(scheduler, dataset, tmp_path, run_
 def test_workers_without_a_scheduler_start_and_stop_a_local_cluster(dataset, tmp_path, run_mixup):
     needs_dask()
     src, _, _ = dataset
-    local = run_mixup("augment", src, tmp_path / "local.zarr", *COMMON, "-q")
+    local = run_in_process("augment", src, tmp_path / "local.zarr", *COMMON, "-q")
     assert local.returncode == 0, local.stderr
     remote = run_mixup("augment", src, tmp_path / "dask.zarr", *COMMON, "--engine", "dask", "--workers", 2, "--json")
     assert remote.returncode == 0, remote.stderr
@@ -270,7 +270,7 @@ def test_dask_gives_the_local_bytes_for_labels_classes_and_cutmix(scheduler, tmp
     x = rng.integers(0, 256, (70, 6, 6, 3), dtype=np.uint8)
     src = write_h5(tmp_path / "in.h5", x=x, y=rng.integers(0, 4, 70))
     args = COMMON + extra + ("-q",)
-    local = run_mixup("augment", src, tmp_path / "local.h5", *args)
+    local = run_in_process("augment", src, tmp_path / "local.h5", *args)
     assert local.returncode == 0, local.stderr
     remote = run_mixup("augment", src, tmp_path / "dask.zarr", *args, "--engine", "dask", "--scheduler", scheduler)
     assert remote.returncode == 0, remote.stderr
