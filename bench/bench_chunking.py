@@ -36,7 +36,7 @@ import h5py
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+import installed  # noqa: E402  (first: the installed mixup_cli, not the checkout)
 
 from mixup_cli.dataset import MixupDataset  # noqa: E402
 
@@ -72,6 +72,7 @@ def rate(n, seconds):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    installed.add_arguments(ap)
     ap.add_argument("--rows", type=int, default=20_000)
     ap.add_argument("--row-shape", default="3,32,32")
     ap.add_argument("--reads", type=int, default=2000, help="random rows read per measure")
@@ -79,10 +80,12 @@ def main():
     ap.add_argument("--compression", default="none,gzip,lzf", help="compressions measured (comma-separated)")
     ap.add_argument("--workdir", default=tempfile.gettempdir())
     args = ap.parse_args()
+    installed.check(args)
+    print(installed.header(), flush=True)
     shape = tuple(int(s) for s in args.row_shape.split(","))
     row_bytes = int(np.prod(shape)) * 4
     work = Path(tempfile.mkdtemp(prefix="bench_chunking.", dir=args.workdir))
-    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = installed.env()
     try:
         import torch
     except ImportError:
@@ -106,7 +109,7 @@ def main():
             if comp not in args.compression.split(","):
                 continue
             out = work / "out.h5"
-            cmd = [sys.executable, "-m", "mixup_cli", "augment", str(src), str(out), "--seed", "1",
+            cmd = installed.mixup() + ["augment", str(src), str(out), "--seed", "1",
                    "--compression", comp, "--quiet", "--overwrite"]
             if chunk_rows:
                 cmd += ["--chunk-rows", str(chunk_rows)]

@@ -37,7 +37,7 @@ import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import installed  # noqa: E402  (first: the installed mixup_cli, not the checkout)
 
 from mixup_cli import core  # noqa: E402
 from mixup_cli.core import mix_gather, mix_rows, mixup  # noqa: E402
@@ -100,9 +100,12 @@ def contenders(x, y, n):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    installed.add_arguments(parser)
     parser.add_argument("--rows", type=int, default=1024)
     parser.add_argument("--repeats", type=int, default=15)
     args = parser.parse_args(argv)
+    installed.check(args)
+    print(installed.header(), flush=True)
 
     rng = np.random.default_rng(1)
     n = args.rows

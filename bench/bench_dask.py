@@ -26,6 +26,8 @@ import h5py
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
+
+import installed  # noqa: E402  (the installed mixup_cli for the subprocesses)
 ROW_SHAPE = (32, 32, 3)
 CLASSES = 10
 
@@ -67,18 +69,21 @@ def size_of(path: Path) -> int:
 
 
 def run(args: list[str]) -> float:
-    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = installed.env()
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "mixup_cli", "augment", *map(str, args)], check=True, env=env)
+    subprocess.run(installed.mixup() + ["augment", *map(str, args)], check=True, env=env)
     return time.perf_counter() - t0
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    installed.add_arguments(parser)
     parser.add_argument("--size-mb", type=int, default=512)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--tmp", default=None, help="where the data goes (default: the system's temporary directory)")
     opts = parser.parse_args()
+    installed.check(opts)
+    print(installed.header(), flush=True)
 
     work = Path(tempfile.mkdtemp(prefix="mixup-bench-", dir=opts.tmp))
     try:

@@ -26,7 +26,7 @@ import h5py
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+import installed  # noqa: E402  (first: the installed mixup_cli, not the checkout)
 
 from mixup_cli.dataset import MixupDataset  # noqa: E402
 
@@ -43,15 +43,18 @@ def timed(fn, n):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    installed.add_arguments(ap)
     ap.add_argument("--rows", type=int, default=10_000)
     ap.add_argument("--row-shape", default="3,32,32")
     ap.add_argument("--reads", type=int, default=2000, help="random rows read per measure")
     ap.add_argument("--compression", default="none,gzip")
     ap.add_argument("--workdir", default=tempfile.gettempdir())
     args = ap.parse_args()
+    installed.check(args)
+    print(installed.header(), flush=True)
     shape = tuple(int(s) for s in args.row_shape.split(","))
     work = Path(tempfile.mkdtemp(prefix="bench_dataset.", dir=args.workdir))
-    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = installed.env()
     try:
         rng = np.random.default_rng(0)
         src = work / "in.h5"
@@ -67,7 +70,7 @@ def main():
               f"{'ds[i:i+64]':>11}{'DataLoader':>11}")
         for comp in args.compression.split(","):
             out = work / f"out-{comp}.h5"
-            subprocess.run([sys.executable, "-m", "mixup_cli", "augment", str(src), str(out), "--seed", "1",
+            subprocess.run(installed.mixup() + ["augment", str(src), str(out), "--seed", "1",
                             "--compression", comp, "--quiet"], check=True, env=env)
             idx = rng.integers(0, args.rows, args.reads)
             with h5py.File(out, "r") as f:

@@ -45,7 +45,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import installed  # noqa: E402  (first: the installed mixup_cli, not the checkout)
 
 from mixup_cli.pipeline import AugmentRequest, augment  # noqa: E402
 
@@ -131,6 +131,7 @@ def timed(fn) -> tuple[float, float]:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    installed.add_arguments(parser)
     parser.add_argument("--rows", type=int, default=40000)
     parser.add_argument("--repeats", type=int, default=5, help="per uncompressed case")
     parser.add_argument("--gzip-repeats", type=int, default=3, help="per gzip case (20 s each)")
@@ -140,6 +141,8 @@ def main(argv=None):
     parser.add_argument("--phases", action="store_true",
                         help="also print where one candidate run of each case spends its time")
     args = parser.parse_args(argv)
+    installed.check(args)
+    print(installed.header(), flush=True)
 
     work = Path(tempfile.mkdtemp(prefix="mixup-bench-", dir=args.workdir))
     try:

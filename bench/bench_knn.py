@@ -31,6 +31,8 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 
+import installed  # noqa: E402  (the installed mixup_cli for the subprocesses)
+
 RUN = r"""
 import json, resource, sys, time
 from mixup_cli import pipeline
@@ -66,8 +68,8 @@ def make_inputs(folder: Path, tabular_rows: int, image_rows: int) -> tuple[Path,
 
 
 def run(src: Path, out: Path, **options) -> dict:
-    env = {"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}
-    proc = subprocess.run([sys.executable, "-c", RUN, json.dumps(dict(options, src=str(src), out=str(out)))],
+    env = dict(installed.env(), PATH="/usr/bin:/bin")
+    proc = subprocess.run(installed.python() + ["-c", RUN, json.dumps(dict(options, src=str(src), out=str(out)))],
                           capture_output=True, text=True, env=env, check=False)
     if proc.returncode:
         raise SystemExit(proc.stderr)
@@ -78,11 +80,14 @@ def run(src: Path, out: Path, **options) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    installed.add_arguments(parser)
     parser.add_argument("--tabular-rows", type=int, default=100_000)
     parser.add_argument("--image-rows", type=int, default=40_000)
     parser.add_argument("--neighbors", type=int, default=5)
     parser.add_argument("--workdir", default=tempfile.gettempdir())
     args = parser.parse_args()
+    installed.check(args)
+    print(installed.header(), flush=True)
     folder = Path(tempfile.mkdtemp(prefix="mixup-bench-knn-", dir=args.workdir))
     try:
         tab, img = make_inputs(folder, args.tabular_rows, args.image_rows)

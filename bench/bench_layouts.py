@@ -31,6 +31,8 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 
+import installed  # noqa: E402  (the installed mixup_cli for the subprocesses)
+
 # name: (shape, chunks, gzip, writer)
 LAYOUTS = {
     "row-chunks (30k uint8 images 64 x 64, 1 per chunk)": ((30_000, 64, 64), (1, 64, 64), False, "h5py"),
@@ -99,9 +101,8 @@ def h5py_script(src: Path, dst: Path) -> float:
 
 
 def mixup(src: Path, dst: Path) -> float:
-    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    exe = shutil.which("mixup")
-    cmd = ([exe] if exe else [sys.executable, "-m", "mixup_cli"]) + [
+    env = installed.env()
+    cmd = installed.mixup() + [
         "augment", str(src), str(dst), "--no-y", "--seed", "1", "--quiet", "--overwrite"]
     t = time.perf_counter()
     subprocess.run(cmd, check=True, env=env)
@@ -110,11 +111,14 @@ def mixup(src: Path, dst: Path) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    installed.add_arguments(ap)
     ap.add_argument("--rows-scale", type=float, default=1.0, help="scale the rows of every layout")
     ap.add_argument("--only", help="run the layouts whose name contains this")
     ap.add_argument("--repeat", type=int, default=1, help="best of this many runs of each")
     ap.add_argument("--keep", type=Path, help="folder for the files (default: a temporary one, removed)")
     args = ap.parse_args()
+    installed.check(args)
+    print(installed.header(), flush=True)
     work = args.keep or Path(tempfile.mkdtemp(prefix="bench_layouts"))
     work.mkdir(parents=True, exist_ok=True)
     rows = []

@@ -28,7 +28,7 @@ import h5py
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+import installed  # noqa: E402  (first: the installed mixup_cli, not the checkout)
 
 from mixup_cli.pipeline import default_batch_rows  # noqa: E402
 from mixup_cli.sampling import default_block_rows  # noqa: E402
@@ -65,8 +65,8 @@ runpy.run_module('mixup_cli', run_name='__main__')
 
 def peak_rss(args: list[str]) -> int:
     """Peak resident set size (bytes) of one ``mixup`` process."""
-    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    done = subprocess.run([sys.executable, "-c", _WRAPPER] + args, env=env, stdout=subprocess.DEVNULL,
+    env = installed.env()
+    done = subprocess.run(installed.python() + ["-c", _WRAPPER] + args, env=env, stdout=subprocess.DEVNULL,
                           stderr=subprocess.PIPE, text=True)
     if done.returncode != 0:
         raise SystemExit(f"mixup augment failed: {done.stderr}")
@@ -76,9 +76,12 @@ def peak_rss(args: list[str]) -> int:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    installed.add_arguments(parser)
     parser.add_argument("--rows", type=int, default=4096, help="N")
     parser.add_argument("--workdir", default=tempfile.gettempdir())
     args = parser.parse_args(argv)
+    installed.check(args)
+    print(installed.header(), flush=True)
     n = args.rows
     row_bytes = int(np.prod(ROW_SHAPE)) * 4 + CLASSES * 4
     block = default_block_rows(row_bytes)

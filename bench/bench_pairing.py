@@ -25,7 +25,7 @@ import h5py
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+import installed  # noqa: E402  (first: the installed mixup_cli, not the checkout)
 
 from mixup_cli import scratch  # noqa: E402
 from mixup_cli.pipeline import AugmentRequest, augment  # noqa: E402
@@ -52,6 +52,7 @@ def make_input(path: Path, rows: int, compression: str | None = None) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    installed.add_arguments(parser)
     parser.add_argument("--rows", type=int, default=42_000)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--workdir", default=tempfile.gettempdir())
@@ -60,6 +61,8 @@ def main() -> None:
     parser.add_argument("--no-scratch", action="store_true",
                         help="read compressed input directly, never from a copy: what the copy saves")
     args = parser.parse_args()
+    installed.check(args)
+    print(installed.header(), flush=True)
     if args.no_scratch:
         scratch.MIN_BLOCKS = sys.maxsize
 

@@ -47,6 +47,8 @@ import h5py
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
+
+import installed  # noqa: E402  (the installed mixup_cli for the subprocesses)
 # name -> (output, --compression, --copies): copies chosen so that each run
 # takes about a second or two of work on a small machine.
 FORMATS = {
@@ -60,12 +62,11 @@ FORMATS = {
 
 
 def mixup_command() -> list[str]:
-    exe = shutil.which("mixup")
-    return [exe] if exe else [sys.executable, "-m", "mixup_cli"]
+    return installed.mixup()
 
 
 def env() -> dict:
-    return dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return installed.env()
 
 
 def read_digests(path: Path) -> dict[str, str]:
@@ -201,6 +202,7 @@ def soak(name: str, src: Path, workdir: Path, kills: int, args: list[str], rng: 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    installed.add_arguments(parser)
     parser.add_argument("--kills", type=int, default=100, help="per format")
     parser.add_argument("--formats", default=",".join(FORMATS))
     parser.add_argument("--rows", type=int, default=10000)
@@ -209,6 +211,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="of the kill instants")
     parser.add_argument("--workdir", default=tempfile.gettempdir())
     ns = parser.parse_args()
+    installed.check(ns)
+    print(installed.header(), flush=True)
     rng = random.Random(ns.seed)
     workdir = Path(tempfile.mkdtemp(prefix="mixup-soak-", dir=ns.workdir))
     results = []

@@ -35,17 +35,18 @@ import h5py
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
+
+import installed  # noqa: E402  (the installed mixup_cli for the subprocesses)
 FORMATS = ["out.h5", "out.npz", "out", "out.zarr"]
 STAGES = ["staged", "commit-record", "output-in-place", "sidecar-in-place", "cleaned", "committed"]
 
 
 def env(**extra):
-    return dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""), **extra)
+    return installed.env(**extra)
 
 
 def exe():
-    found = shutil.which("mixup")
-    return [found] if found else [sys.executable, "-m", "mixup_cli"]
+    return installed.mixup()
 
 
 def run(*args, **extra):
@@ -101,11 +102,14 @@ def place_old(d: Path, name: str, refs_dir: Path) -> Path:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    installed.add_arguments(parser)
     parser.add_argument("--trials", type=int, default=40, help="random-instant signals per format")
     parser.add_argument("--kills", type=int, default=20, help="SIGKILLs at commit steps per format")
     parser.add_argument("--rows", type=int, default=20000)
     parser.add_argument("--seed", type=int, default=1)
     opts = parser.parse_args()
+    installed.check(opts)
+    print(installed.header(), flush=True)
     rng = random.Random(opts.seed)
     work = Path(tempfile.mkdtemp(prefix="mixup-soak-"))
     src = work / "in.h5"

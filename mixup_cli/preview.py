@@ -18,7 +18,6 @@ backend, no window.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -286,10 +285,9 @@ def preview_rows(
     and what the plan itself needs (a pass over y for the class pairings,
     the index of knn and label-kernel).
     """
-    from mixup_cli import balance as balancing
-    from mixup_cli.mixing import Mixer
-    from mixup_cli.pipeline import AugmentRequest, open_source, resolve_plan
+    from mixup_cli.planning import build_plan
     from mixup_cli.sampling import CLASS_PAIRINGS
+    from mixup_cli.source import open_source
 
     check_alpha(alpha)
     rows = check_positive(rows, "--rows")
@@ -300,28 +298,13 @@ def preview_rows(
     y_for = f"--pairing {pairing}" if pairing in CLASS_PAIRINGS else None
     source = open_source(path, x_key, y_key, data, require_y, y_for=y_for)
     try:
-        # The request augment would get (IN as its own OUT: nothing is written).
-        request = AugmentRequest(
-            path, path, alpha=alpha, seed=seed, x_key=x_key, y_key=y_key, require_y=require_y,
-            block_rows=block_rows, method=method, layout=layout, pairing=pairing, neighbors=neighbors,
-            project=project, bandwidth=bandwidth, balance=balance, balance_to=balance_to, command_line=[],
-            **dataclasses.asdict(data),
-        )
-        plan = resolve_plan(request, source)
-        shown = balancing.view(source, plan)  # a balanced plan's rows, read by index
-        mixer = Mixer(plan, {key: shown.specs[key].row_shape for key in shown.mixed_keys})
-        task = next(t for t in plan.tasks() if t.copy == 0)
-        drawn = mixer.draw(task)
-        k = min(rows, task.stop - task.start)
-        own = {key: shown.reader.read(key, task.start, task.start + k) for key in shown.specs}
-        other = {key: shown.reader.take(key, drawn.partner[:k]) for key in shown.specs}
-        mixed = {key: mixer.mix(key, own[key], other[key], drawn, 0, k) for key in shown.mixed_keys}
-        for key in shown.paired_keys:
-            key_a, key_b = pair_keys(key)
-            mixed[key_a], mixed[key_b] = own[key], other[key]
-        provenance = drawn.provenance(0, k)
+        plan = build_plan(source, alpha=alpha, seed=seed, x_key=x_key, y_key=y_key, pairing=pairing,
+                          block_rows=block_rows, method=method, layout=layout, neighbors=neighbors,
+                          project=project, bandwidth=bandwidth, balance=balance, balance_to=balance_to)
+        shown, task, mixer, own, other, mixed, provenance = _first_rows(source, plan, rows)
         x_shape = shown.specs[x_key].row_shape
         prepared = source.prepared
+        k = task.stop - task.start
     finally:
         source.reader.close()
     if plan.method == "cutmix":
@@ -340,6 +323,28 @@ def preview_rows(
         y_kind=prepared.target_kind if prepared is not None else None, paired=tuple(source.paired_keys),
         class_names=getattr(prepared, "class_names", None) or None, pairing=plan.pairing,
     )
+
+
+def _first_rows(source, plan, rows: int):
+    """The first ``rows`` rows of the plan's first task of copy 0 as a task of
+    their own: drawn for the whole block and mixed by the engines' own
+    computation (``tasks.output_rows``), reading only those rows and partners."""
+    from mixup_cli import balance, tasks
+    from mixup_cli.mixing import Mixer
+    from mixup_cli.sampling import Task
+
+    shown = balance.view(source, plan)  # a balanced plan's rows, read by index
+    mixer = Mixer(plan, {key: shown.specs[key].row_shape for key in shown.mixed_keys})
+    first = next(t for t in plan.tasks() if t.copy == 0)
+    k = min(rows, first.stop - first.start)
+    task = Task(first.copy, first.block, first.partner_block, first.start, first.start + k, first.out_start)
+    drawn = tasks.draw(plan, mixer, task)
+    own = {key: shown.reader.read(key, task.start, task.stop) for key in shown.specs}
+    other = {key: shown.reader.take(key, drawn.partner) for key in shown.specs}
+    written = tasks.output_rows(shown, mixer, tasks.TaskInput(task, drawn, own, other, np.arange(k)), 0, k)
+    provenance = drawn.provenance(0, k)
+    mixed = {key: value for key, value in written.items() if key not in provenance}
+    return shown, task, mixer, own, other, mixed, provenance
 
 
 def _as_image(row: np.ndarray, layout: str) -> np.ndarray:
@@ -418,8 +423,6 @@ def dataset_figure(p: PreviewRows, hist: bool = False):
     title; a target that is an image (a mask) gets a line of its own below:
     the row's, the partner's, and the mixed one (or, with ``--y-format
     pair``, the two kept as they are)."""
-    from matplotlib.patches import Rectangle
-
     k = len(p.rows)
     y = p.y_key
     mask = _mask_layout(p.own[y].shape[1:], p.layout) if y is not None else None
@@ -444,34 +447,53 @@ def dataset_figure(p: PreviewRows, hist: bool = False):
             ax.set_title(title, fontsize=9)
             _draw_row(ax, row, p.layout, vmin, vmax)
             if p.layout is not None and p.box is not None and c > 0:
-                y0, x0, y1, x1 = (int(v) for v in p.box[i])
-                if y1 > y0 and x1 > x0:
-                    ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False,
-                                           edgecolor="#ff7f0e", linewidth=1.5, linestyle="--"))
+                _draw_box(ax, p.box[i])
         if not mask:
             continue
-        names = pair_keys(y) if paired else (y, y)
-        masks = [(p.own[y][i], f"{names[0]} (row {p.rows[i]})"), (p.other[y][i], f"{names[1]} (partner {p.partner[i]})")]
-        for c, (row, title) in enumerate(masks):
-            ax = fig.add_subplot(grid[i * per_row + 1, c])
-            ax.set_title(title, fontsize=9)
-            _draw_row(ax, row, mask, y_min, y_max, cmap="viridis")
-        ax = fig.add_subplot(grid[i * per_row + 1, 2])
-        if paired:  # augment writes both targets as they are: nothing is mixed
-            ax.set_axis_off()
-            ax.text(0.5, 0.5, f"{names[0]}, {names[1]} kept\nas they are,\nlam = {p.lam[i]:.3f}",
-                    ha="center", va="center", fontsize=9, transform=ax.transAxes)
-        else:
-            ax.set_title(f"{y} mixed", fontsize=9)
-            _draw_row(ax, p.mixed[y][i], mask, y_min, y_max, cmap="viridis")
+        _mask_line(fig, grid, i * per_row + 1, p, i, mask, (y_min, y_max))
     if hist:
-        ax = fig.add_subplot(grid[k * per_row, :])
-        lam = lam_sample(p.alpha, p.seed, p.method, p.image_size)
-        if p.method == "cutmix":
-            h, w = p.image_size
-            label = f"lam corrected to the box ({h} x {w} images)"
-        else:
-            label = "lam drawn"
-        draw_lam_hist(ax, p.alpha, lam, f"{label}, {len(lam)} draws")
+        _hist_panel(fig.add_subplot(grid[k * per_row, :]), p)
     fig.suptitle(f"{p.path.name}: {p.method}, alpha {p.alpha:g}, seed {p.seed}", fontsize=10)
     return fig
+
+
+def _draw_box(ax, box) -> None:
+    """CutMix's box on a panel, dashed."""
+    from matplotlib.patches import Rectangle
+
+    y0, x0, y1, x1 = (int(v) for v in box)
+    if y1 > y0 and x1 > x0:
+        ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False,
+                               edgecolor="#ff7f0e", linewidth=1.5, linestyle="--"))
+
+
+def _mask_line(fig, grid, line: int, p: PreviewRows, i: int, mask: str, value_range) -> None:
+    """The masks of shown row ``i``: its own, its partner's, and the mixed one
+    (or, with ``--y-format pair``, the two kept as they are)."""
+    y, paired = p.y_key, p.y_key in p.paired
+    y_min, y_max = value_range
+    names = pair_keys(y) if paired else (y, y)
+    masks = [(p.own[y][i], f"{names[0]} (row {p.rows[i]})"), (p.other[y][i], f"{names[1]} (partner {p.partner[i]})")]
+    for c, (row, title) in enumerate(masks):
+        ax = fig.add_subplot(grid[line, c])
+        ax.set_title(title, fontsize=9)
+        _draw_row(ax, row, mask, y_min, y_max, cmap="viridis")
+    ax = fig.add_subplot(grid[line, 2])
+    if paired:  # augment writes both targets as they are: nothing is mixed
+        ax.set_axis_off()
+        ax.text(0.5, 0.5, f"{names[0]}, {names[1]} kept\nas they are,\nlam = {p.lam[i]:.3f}",
+                ha="center", va="center", fontsize=9, transform=ax.transAxes)
+    else:
+        ax.set_title(f"{y} mixed", fontsize=9)
+        _draw_row(ax, p.mixed[y][i], mask, y_min, y_max, cmap="viridis")
+
+
+def _hist_panel(ax, p: PreviewRows) -> None:
+    """lam as drawn (CutMix: corrected to its box) against the Beta density."""
+    lam = lam_sample(p.alpha, p.seed, p.method, p.image_size)
+    if p.method == "cutmix":
+        h, w = p.image_size
+        label = f"lam corrected to the box ({h} x {w} images)"
+    else:
+        label = "lam drawn"
+    draw_lam_hist(ax, p.alpha, lam, f"{label}, {len(lam)} draws")

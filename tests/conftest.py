@@ -57,15 +57,24 @@ def write_npy_dir(path, **arrays):
 
 
 def load_output(path) -> dict[str, np.ndarray]:
-    """Every array of an output dataset, whatever its format."""
+    """Every array of an output dataset, whatever its format, read with the
+    format's own library. Never empty: two outputs compared key by key must
+    have arrays to compare (a Zarr store once read as no arrays at all)."""
     path = Path(path)
     if path.suffix in (".h5", ".hdf5"):
         with h5py.File(path, "r") as f:
-            return {k: f[k][()] for k in f.keys()}
-    if path.suffix == ".npz":
+            found = {k: f[k][()] for k in f.keys()}
+    elif path.suffix == ".npz":
         with np.load(path, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
-    return {p.stem: np.load(p, allow_pickle=False) for p in path.glob("*.npy")}
+            found = {k: z[k] for k in z.files}
+    elif path.suffix == ".zarr":
+        import zarr
+
+        found = {k: np.asarray(a[...]) for k, a in zarr.open_group(str(path), mode="r").arrays()}
+    else:
+        found = {p.stem: np.load(p, allow_pickle=False) for p in path.glob("*.npy")}
+    assert found, f"no arrays in {path}"
+    return found
 
 
 def expected_mix(arr, lam, partner, source_rows=None):
@@ -86,7 +95,24 @@ def run_cli():
     return run
 
 
+def run_in_process(*args) -> subprocess.CompletedProcess:
+    """The command line in this process (click's runner) as a CompletedProcess,
+    for reference runs beside the runs under test: no interpreter start-up.
+    An exception that escapes the command fails the test."""
+    args = [str(a) for a in args]
+    result = CliRunner().invoke(cli, args, catch_exceptions=False)
+    return subprocess.CompletedProcess(args, result.exit_code, result.stdout, result.stderr)
+
+
 def mixup_executable() -> list[str]:
+    """The ``mixup`` script installed for the interpreter running the tests.
+
+    The one beside ``sys.executable`` first: a ``mixup`` found on PATH may be a
+    version manager's shim (pyenv's costs a shell script and 0.1 s a run, and
+    may pick another interpreter)."""
+    beside = Path(sys.executable).with_name("mixup")
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return [str(beside)]
     exe = shutil.which("mixup")
     return [exe] if exe else [sys.executable, "-m", "mixup_cli"]
 
@@ -119,3 +145,28 @@ def outdir(tmp_path):
 
 def assert_nothing_written(outdir):
     assert sorted(p.name for p in outdir.iterdir()) == []
+
+
+_CLUSTER: dict = {}
+
+
+@pytest.fixture
+def dask_scheduler():
+    """A scheduler and two worker processes on loopback, shared by consecutive
+    Dask tests (a cluster takes seconds to start) and shut down after the last
+    of them (``pytest_runtest_teardown``: an idle cluster keeps using CPU). The
+    tests that use it are grouped on one xdist worker (``xdist_group``)."""
+    pytest.importorskip("distributed", reason="the Dask engine is an optional extra: pip install 'mixup-cli[dask]'")
+    pytest.importorskip("zarr", reason="Zarr is an optional extra: pip install 'mixup-cli[dask]'")
+    import distributed
+
+    if "cluster" not in _CLUSTER:
+        _CLUSTER["cluster"] = distributed.LocalCluster(
+            n_workers=2, processes=True, threads_per_worker=1, dashboard_address=":0", host="127.0.0.1",
+        )
+    return _CLUSTER["cluster"].scheduler_address
+
+
+def pytest_runtest_teardown(item, nextitem):
+    if "cluster" in _CLUSTER and (nextitem is None or "dask_scheduler" not in nextitem.fixturenames):
+        _CLUSTER.pop("cluster").close()

@@ -7,7 +7,7 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest import load_output, read_sidecar, write_h5, write_npz
+from conftest import load_output, read_sidecar, write_h5, write_npz, run_in_process
 from mixup_cli.pipeline import AugmentRequest, augment
 
 COUNTS = (300, 120, 37, 1)  # classes 0..3, one with a single row
@@ -100,12 +100,12 @@ def test_verify_inspect_and_an_edited_balance(imbalanced, tmp_path, run_cli):
     assert result.exit_code != 0 and "recompute" in result.stdout
 
 
-def test_dask_gives_the_local_bytes(imbalanced, tmp_path, run_mixup):
-    pytest.importorskip("distributed")
+@pytest.mark.xdist_group("dask")
+def test_dask_gives_the_local_bytes(dask_scheduler, imbalanced, tmp_path, run_mixup):
     src, _, _ = imbalanced
     args = ("--balance", "--pairing", "within-class", "--seed", 4, "--block-rows", 64, "--copies", 2, "-q")
-    assert run_mixup("augment", src, tmp_path / "local.h5", *args).returncode == 0
-    remote = run_mixup("augment", src, tmp_path / "dask.h5", *args, "--engine", "dask", "--workers", 2)
+    assert run_in_process("augment", src, tmp_path / "local.h5", *args).returncode == 0
+    remote = run_mixup("augment", src, tmp_path / "dask.h5", *args, "--engine", "dask", "--scheduler", dask_scheduler)
     assert remote.returncode == 0, remote.stderr
     with h5py.File(tmp_path / "local.h5", "r") as a, h5py.File(tmp_path / "dask.h5", "r") as b:
         for key in ("x", "y", "lam", "partner", "own"):

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from conftest import REPO, load_output, make_arrays, read_sidecar, write_h5
+from conftest import REPO, load_output, make_arrays, read_sidecar, write_h5, run_in_process
 from mixup_cli.io import hdf5
 from mixup_cli.io.base import ArraySpec, WriteOptions
 
@@ -41,7 +41,7 @@ def images(tmp_path):
 
 def test_gzip_default_is_small_shuffled_chunks_with_the_same_arrays(images, tmp_path, run_mixup):
     plain, packed = tmp_path / "plain.h5", tmp_path / "packed.h5"
-    assert run_mixup("augment", images, plain, *ARGS).returncode == 0
+    assert run_in_process("augment", images, plain, *ARGS).returncode == 0
     done = run_mixup("augment", images, packed, *ARGS, "--compression", "gzip")
     assert done.returncode == 0, done.stderr
     with h5py.File(packed, "r") as f:
@@ -61,7 +61,7 @@ def test_gzip_default_is_small_shuffled_chunks_with_the_same_arrays(images, tmp_
 @pytest.mark.skipif(shutil.which("h5diff") is None, reason="needs hdf5-tools (h5diff, h5dump)")
 def test_hdf5_tools_decode_the_shuffled_chunks(images, tmp_path, run_mixup):
     plain, packed = tmp_path / "plain.h5", tmp_path / "packed.h5"
-    assert run_mixup("augment", images, plain, *ARGS).returncode == 0
+    assert run_in_process("augment", images, plain, *ARGS).returncode == 0
     assert run_mixup("augment", images, packed, *ARGS, "--compression", "gzip", "--chunk-rows", 16).returncode == 0
     for key in ("x", "y", "lam", "partner"):
         diff = subprocess.run(["h5diff", str(plain), str(packed), key, key], capture_output=True, text=True)
@@ -125,7 +125,7 @@ def test_chunk_rows_sets_hdf5_and_zarr_chunks(images, tmp_path, run_mixup):
     with h5py.File(out, "r") as f:
         assert {f[k].chunks[0] for k in f} == {8}
     plain = tmp_path / "plain.h5"
-    assert run_mixup("augment", images, plain, *ARGS, "--block-rows", 64).returncode == 0
+    assert run_in_process("augment", images, plain, *ARGS, "--block-rows", 64).returncode == 0
     assert _digests(out) == _digests(plain)
     if pytest.importorskip("zarr", reason="Zarr is an optional extra"):
         store = tmp_path / "c.zarr"
@@ -184,7 +184,7 @@ def test_zarr_format_2_is_plain_v2_metadata_and_chunks(images, tmp_path, run_mix
     done = run_mixup("augment", images, store, *ARGS, "--zarr-format", "2", "--compression", compression,
                      "--chunk-rows", 32, "--block-rows", 128)
     assert done.returncode == 0, done.stderr
-    assert run_mixup("augment", images, plain, *ARGS, "--block-rows", 128).returncode == 0
+    assert run_in_process("augment", images, plain, *ARGS, "--block-rows", 128).returncode == 0
     assert not (store / "zarr.json").exists()
     assert json.loads((store / ".zgroup").read_text()) == {"zarr_format": 2}
     attrs = json.loads((store / ".zattrs").read_text())
@@ -239,7 +239,7 @@ def test_resume_keeps_the_layout(images, tmp_path, run_mixup, fmt):
     assert resumed.returncode == 0, resumed.stderr
     assert read_sidecar(out)["execution"]["resumed_tasks"] > 0
     ref = tmp_path / "ref.h5"
-    assert run_mixup("augment", images, ref, "--seed", 5, "--block-rows", 64, "--copies", 2, "--quiet").returncode == 0
+    assert run_in_process("augment", images, ref, "--seed", 5, "--block-rows", 64, "--copies", 2, "--quiet").returncode == 0
     want = load_output(ref)
     for key in want:
         if fmt == "zarr2":

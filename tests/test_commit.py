@@ -24,7 +24,10 @@ import h5py
 import numpy as np
 import pytest
 
+from click.testing import CliRunner
+
 from conftest import REPO, make_arrays, mixup_executable, write_h5
+from mixup_cli.cli import cli
 
 FORMATS = ["out.h5", "out.npz", "out", "out.zarr"]
 ARGS = ["--block-rows", "250", "--quiet"]
@@ -123,8 +126,8 @@ def references(source, tmp_path_factory):
         for label, seed in (("old", 1), ("new", 2)):
             out = base / label / name
             out.parent.mkdir(exist_ok=True)
-            done = mixup("augment", source, out, "--seed", seed, *ARGS)
-            assert done.returncode == 0, done.stderr
+            done = CliRunner().invoke(cli, ["augment", str(source), str(out), "--seed", str(seed), *ARGS])
+            assert done.exit_code == 0, done.output
             refs[name][label] = (read_arrays(out), sidecar_of(out), out)
     return refs
 
@@ -146,12 +149,23 @@ def old_output(tmp_path: Path, name: str, refs) -> Path:
     return out
 
 
+def matrix(stages):
+    """(stage, format) for every pair: the fast suite runs each stage with one
+    single-file and one directory format, alternating so that each format
+    meets every other stage; the slow suite runs the rest."""
+    params = []
+    for i, stage in enumerate(stages):
+        fast = {FORMATS[i % 2], FORMATS[2 + i % 2]}  # out.h5/out.npz, out/out.zarr
+        for name in FORMATS:
+            params.append(pytest.param(stage, name, id=f"{stage}-{name}", marks=() if name in fast else pytest.mark.slow))
+    return params
+
+
 def expected(refs, name):
     return {label: refs[name][label][:2] for label in ("old", "new")}
 
 
-@pytest.mark.parametrize("name", FORMATS)
-@pytest.mark.parametrize("stage", STOPPABLE + TOO_LATE)
+@pytest.mark.parametrize("stage, name", matrix(STOPPABLE + TOO_LATE))
 def test_sigterm_at_each_step_of_the_commit(source, references, tmp_path, stage, name):
     out = old_output(tmp_path, name, references)
     rc, stderr = paused_run(["augment", source, out, "--seed", 2, "--overwrite", *ARGS], stage, signal.SIGTERM, tmp_path)
@@ -174,7 +188,10 @@ def test_sigterm_at_each_step_of_the_commit(source, references, tmp_path, stage,
     assert leftovers(tmp_path) == []
 
 
-@pytest.mark.parametrize("stage", ["staged", "commit-record", "output-in-place", "committed", "finished"])
+# SIGINT at the last stoppable step and the first and last too-late ones; the
+# other steps (which SIGTERM meets in every format above) in the slow suite.
+@pytest.mark.parametrize("stage", ["staged", "commit-record", pytest.param("output-in-place", marks=pytest.mark.slow),
+                                   pytest.param("committed", marks=pytest.mark.slow), "finished"])
 def test_sigint_at_steps_of_the_commit(source, references, tmp_path, stage):
     out = old_output(tmp_path, "out.h5", references)
     rc, stderr = paused_run(["augment", source, out, "--seed", 2, "--overwrite", *ARGS], stage, signal.SIGINT, tmp_path)
@@ -184,6 +201,7 @@ def test_sigint_at_steps_of_the_commit(source, references, tmp_path, stage):
     assert len(stderr.strip().splitlines()) == 1 and "Traceback" not in stderr
 
 
+@pytest.mark.slow  # timing: 16 whole runs signalled at random instants
 @pytest.mark.parametrize("name", ["out.h5", "out.npz", "out", "out.zarr"])
 def test_signals_at_random_instants_exit_code_matches_the_disk(source, references, tmp_path, name):
     """Signals at random instants of whole runs (no pause): 0 only with the
@@ -220,8 +238,7 @@ KILL_STAGES = {
 }
 
 
-@pytest.mark.parametrize("name", FORMATS)
-@pytest.mark.parametrize("stage", list(KILL_STAGES))
+@pytest.mark.parametrize("stage, name", matrix(list(KILL_STAGES)))
 def test_sigkill_in_the_commit_is_finished_or_rolled_back(source, references, tmp_path, stage, name, run_cli):
     out = old_output(tmp_path, name, references)
     rc, _ = paused_run(["augment", source, out, "--seed", 2, "--overwrite", *ARGS], stage, signal.SIGKILL, tmp_path)

@@ -8,9 +8,12 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest import load_output, make_arrays, read_sidecar, write_h5, write_npz
+from conftest import load_output, make_arrays, read_sidecar, write_h5, write_npz, run_in_process
 from mixup_cli.errors import InputError
 from mixup_cli.pipeline import AugmentRequest, Progress, augment
+
+# On one xdist worker: they share its cluster (conftest.dask_scheduler).
+pytestmark = pytest.mark.xdist_group("dask")
 
 KEYS = ("x", "y", "lam", "partner")
 
@@ -20,19 +23,9 @@ def needs_dask():
     pytest.importorskip("zarr", reason="Zarr is an optional extra: pip install 'mixup-cli[dask]'")
 
 
-@pytest.fixture(scope="module")
-def scheduler():
-    """A scheduler and two worker processes, shut down even when a test fails."""
-    needs_dask()
-    import distributed
-
-    cluster = distributed.LocalCluster(
-        n_workers=2, processes=True, threads_per_worker=1, dashboard_address=":0", host="127.0.0.1",
-    )
-    try:
-        yield cluster.scheduler_address
-    finally:
-        cluster.close()
+@pytest.fixture
+def scheduler(dask_scheduler):
+    return dask_scheduler
 
 
 def load_any(path, keys=KEYS) -> dict[str, np.ndarray]:
@@ -74,7 +67,7 @@ def test_dask_scheduler_gives_the_local_bytes(scheduler, dataset, tmp_path, run_
     src, _, _ = dataset
     local_out, dask_out = tmp_path / f"local-{out_name}", tmp_path / f"dask-{out_name}"
     args = COMMON + ("--pairing", pairing, "--compression", "gzip", "-q")
-    local = run_mixup("augment", src, local_out, *args)
+    local = run_in_process("augment", src, local_out, *args)
     assert local.returncode == 0, local.stderr
     remote = run_mixup("augment", src, dask_out, *args, "--engine", "dask", "--scheduler", scheduler)
     assert remote.returncode == 0, remote.stderr
@@ -91,7 +84,7 @@ def test_dask_scheduler_gives_the_local_bytes(scheduler, dataset, tmp_path, run_
 def test_workers_without_a_scheduler_start_and_stop_a_local_cluster(dataset, tmp_path, run_mixup):
     needs_dask()
     src, _, _ = dataset
-    local = run_mixup("augment", src, tmp_path / "local.zarr", *COMMON, "-q")
+    local = run_in_process("augment", src, tmp_path / "local.zarr", *COMMON, "-q")
     assert local.returncode == 0, local.stderr
     remote = run_mixup("augment", src, tmp_path / "dask.zarr", *COMMON, "--engine", "dask", "--workers", 2, "--json")
     assert remote.returncode == 0, remote.stderr
@@ -134,7 +127,11 @@ def corrupt_one_chunk(path, key="x", index=2):
         fh.write(b"\xff" * info.size)
 
 
-@pytest.mark.parametrize("out_name, cluster", [("out.h5", "scheduler"), ("out.zarr", "scheduler"), ("out.zarr", "workers")])
+# With --workers the run starts a cluster of its own (seconds): the slow suite;
+# test_workers_without_a_scheduler_start_and_stop_a_local_cluster covers starting one.
+@pytest.mark.parametrize("out_name, cluster", [
+    ("out.h5", "scheduler"), ("out.zarr", "scheduler"), pytest.param("out.zarr", "workers", marks=pytest.mark.slow),
+])
 def test_a_failing_block_on_a_worker_ends_with_its_message(scheduler, tmp_path, run_mixup, out_name, cluster):
     x, y = make_arrays(n=96, x_shape=(8,))
     src = tmp_path / "in.h5"
@@ -273,7 +270,7 @@ def test_dask_gives_the_local_bytes_for_labels_classes_and_cutmix(scheduler, tmp
     x = rng.integers(0, 256, (70, 6, 6, 3), dtype=np.uint8)
     src = write_h5(tmp_path / "in.h5", x=x, y=rng.integers(0, 4, 70))
     args = COMMON + extra + ("-q",)
-    local = run_mixup("augment", src, tmp_path / "local.h5", *args)
+    local = run_in_process("augment", src, tmp_path / "local.h5", *args)
     assert local.returncode == 0, local.stderr
     remote = run_mixup("augment", src, tmp_path / "dask.zarr", *args, "--engine", "dask", "--scheduler", scheduler)
     assert remote.returncode == 0, remote.stderr

@@ -257,13 +257,27 @@ CASES = {
 }
 
 
+def run_in_process(args):
+    """The command line in this process (click's runner), as a CompletedProcess;
+    an exception that escapes the command fails the test, as a traceback would."""
+    from click.testing import CliRunner
+
+    from mixup_cli.cli import cli
+
+    result = CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+    return subprocess.CompletedProcess(args, result.exit_code, result.stdout, result.stderr)
+
+
+# Every case through the command line in-process; through the executable (a
+# process of its own per case: exit status, stderr as a shell sees them) in the slow suite.
+@pytest.mark.parametrize("how", ["in-process", pytest.param("executable", marks=pytest.mark.slow)])
 @pytest.mark.parametrize("case", list(CASES), ids=list(CASES))
-def test_bad_input(tmp_path, case):
+def test_bad_input(tmp_path, case, how):
     src, out, extra, code, pattern = CASES[case](tmp_path)
     out = Path(out) if out is not None else tmp_path / "out.h5"
     out_existed = out.exists() or out.is_symlink()
     before_in, before_out = digest(src), digest(out)
-    result = run(["augment", src, out, "--seed", 1, *extra])
+    result = (run if how == "executable" else run_in_process)(["augment", src, out, "--seed", 1, *extra])
     assert_clean_failure(result, code, pattern)
     if out_existed:
         assert digest(out) == before_out

@@ -79,7 +79,7 @@ def cases(draw):
 
 
 @needs_kernel
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(case=cases())
 def test_kernel_gives_the_numpy_bytes(case):
     a, pool, index, lam, in_place = case

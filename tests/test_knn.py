@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scipy import stats
 
-from conftest import REPO, load_output, read_sidecar, write_h5, write_npz
+from conftest import REPO, load_output, read_sidecar, write_h5, write_npz, run_in_process
 from mixup_cli import neighbours
 from mixup_cli.pipeline import AugmentRequest, augment
 
@@ -183,13 +183,13 @@ def test_verify_recomputes_and_catches_an_edited_k(tabular, tmp_path, run_cli):
     assert result.exit_code != 0 and "recomputed output differs" in result.stdout
 
 
-def test_dask_gives_the_local_bytes(tabular, tmp_path, run_mixup):
-    pytest.importorskip("distributed")
+@pytest.mark.xdist_group("dask")
+def test_dask_gives_the_local_bytes(dask_scheduler, tabular, tmp_path, run_mixup):
     src, _, _ = tabular
     args = ("--pairing", "knn", "--neighbors", 3, "--seed", 4, "--block-rows", 32, "--copies", 2, "-q")
-    local = run_mixup("augment", src, tmp_path / "local.h5", *args)
+    local = run_in_process("augment", src, tmp_path / "local.h5", *args)
     assert local.returncode == 0, local.stderr
-    remote = run_mixup("augment", src, tmp_path / "dask.h5", *args, "--engine", "dask", "--workers", 2)
+    remote = run_mixup("augment", src, tmp_path / "dask.h5", *args, "--engine", "dask", "--scheduler", dask_scheduler)
     assert remote.returncode == 0, remote.stderr
     a, b = read_h5(tmp_path / "local.h5"), read_h5(tmp_path / "dask.h5")
     for key in ("x", "y", "lam", "partner"):

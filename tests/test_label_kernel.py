@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from conftest import load_output, read_sidecar, write_h5, write_npz
+from conftest import load_output, read_sidecar, write_h5, write_npz, run_in_process
 from mixup_cli import label_kernel
 from mixup_cli.errors import ParameterError
 from mixup_cli.label_kernel import LabelKernel
@@ -146,12 +146,12 @@ def test_verify_recomputes_and_catches_an_edited_bandwidth(regression, tmp_path,
     assert result.exit_code != 0 and "recomputed output differs" in result.stdout
 
 
-def test_dask_gives_the_local_bytes(regression, tmp_path, run_mixup):
-    pytest.importorskip("distributed")
+@pytest.mark.xdist_group("dask")
+def test_dask_gives_the_local_bytes(dask_scheduler, regression, tmp_path, run_mixup):
     src, _, _ = regression
     args = ("--pairing", "label-kernel", "--bandwidth", 0.2, "--seed", 4, "--block-rows", 32, "--copies", 2, "-q")
-    assert run_mixup("augment", src, tmp_path / "local.h5", *args).returncode == 0
-    remote = run_mixup("augment", src, tmp_path / "dask.h5", *args, "--engine", "dask", "--workers", 2)
+    assert run_in_process("augment", src, tmp_path / "local.h5", *args).returncode == 0
+    remote = run_mixup("augment", src, tmp_path / "dask.h5", *args, "--engine", "dask", "--scheduler", dask_scheduler)
     assert remote.returncode == 0, remote.stderr
     with h5py.File(tmp_path / "local.h5", "r") as a, h5py.File(tmp_path / "dask.h5", "r") as b:
         for key in ("x", "y", "lam", "partner"):

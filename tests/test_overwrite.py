@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import REPO, make_arrays, mixup_executable, read_sidecar, write_h5
+from conftest import REPO, make_arrays, mixup_executable, read_sidecar, run_in_process, write_h5
 
 
 @pytest.fixture
@@ -36,7 +36,7 @@ def test_a_directory_of_other_outputs_is_not_replaced(src, tmp_path, run_mixup):
     mixed = tmp_path / "mixed"
     mixed.mkdir()
     for shard in ("a", "b"):
-        done = run_mixup("augment", src, mixed / f"{shard}.h5", "--seed", 1, "--quiet")
+        done = run_in_process("augment", src, mixed / f"{shard}.h5", "--seed", 1, "--quiet")  # the previous outputs
         assert done.returncode == 0, done.stderr
     before = snapshot(mixed)
     result = run_mixup("augment", src, mixed, "--seed", 2, "--overwrite")
@@ -54,7 +54,7 @@ def test_a_previous_directory_output_is_replaced_but_not_with_foreign_files(src,
     if name.endswith(".zarr"):
         pytest.importorskip("zarr", reason="Zarr is an optional extra")
     out = tmp_path / name
-    assert run_mixup("augment", src, out, "--seed", 1, "--quiet").returncode == 0
+    assert run_in_process("augment", src, out, "--seed", 1, "--quiet").returncode == 0  # the previous output
     again = run_mixup("augment", src, out, "--seed", 2, "--overwrite", "--quiet")
     assert again.returncode == 0, again.stderr
     assert read_sidecar(out)["parameters"]["seed"] == 2 and hidden(tmp_path) == []
@@ -70,7 +70,7 @@ def test_a_previous_directory_output_is_replaced_but_not_with_foreign_files(src,
 def test_a_mixup_zarr_store_without_its_sidecar_is_still_ours(src, tmp_path, run_mixup):
     pytest.importorskip("zarr", reason="Zarr is an optional extra")
     out = tmp_path / "out.zarr"
-    assert run_mixup("augment", src, out, "--seed", 1, "--quiet").returncode == 0
+    assert run_in_process("augment", src, out, "--seed", 1, "--quiet").returncode == 0  # the previous output
     Path(f"{out}.provenance.json").unlink()
     done = run_mixup("augment", src, out, "--seed", 2, "--overwrite", "--quiet")
     assert done.returncode == 0, done.stderr

@@ -21,8 +21,10 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from click.testing import CliRunner
 
 from conftest import REPO, load_output, make_arrays, mixup_executable, read_sidecar, write_h5
+from mixup_cli.cli import cli
 
 ARGS = ["--seed", "11", "--block-rows", "100", "--copies", "2"]
 
@@ -89,13 +91,20 @@ def src(tmp_path):
     return write_h5(tmp_path / "in.h5", x=x, y=y)
 
 
+_REFERENCES: dict = {}
+
+
 def reference(src, tmp_path, name, *extra) -> dict[str, np.ndarray]:
-    ref = tmp_path / "ref" / name
-    ref.parent.mkdir(exist_ok=True)
-    if not ref.exists():
-        done = mixup("augment", src, ref, *ARGS, *extra, "--quiet")
-        assert done.returncode == 0, done.stderr
-    return load_output(ref)
+    """An uninterrupted run's arrays, made in-process (the interrupted runs are
+    the real processes) once per format and options: every ``src`` holds the same rows."""
+    key = (name, *extra)
+    if key not in _REFERENCES:
+        ref = tmp_path / "ref" / name
+        ref.parent.mkdir(exist_ok=True)
+        done = CliRunner().invoke(cli, ["augment", str(src), str(ref), *ARGS, *map(str, extra), "--quiet"])
+        assert done.exit_code == 0, done.output
+        _REFERENCES[key] = load_output(ref)
+    return _REFERENCES[key]
 
 
 
