@@ -348,8 +348,8 @@ def verify(output: Path, input_path: Path | None = None, batch_size: int | None 
 # any input), with the set's plan and the output's own tasks (``sets.split``).
 
 _ADVICE = {
-    "output files": "the output changed after the run: remove it and its sidecar, then write it again",
-    "output data": "the output changed after the run: remove it and its sidecar, then write it again",
+    "output files": "the output changed after the run: remove it and its sidecar, then {rewrite}",
+    "output data": "the output changed after the run: remove it and its sidecar, then {rewrite}",
     "input files": "its input changed since the run (or moved: --input): restore it, or write the set again",
     "recompute": "it is not what the set's inputs and recorded parameters give: restore the inputs, or write "
                  "the set again",
@@ -413,7 +413,9 @@ def verify_set(outdir: Path, input_path: Path | None = None, batch_size: int | N
         report.reports = _verify_outputs(view, sorted(view.present), input_paths(view, input_path), input_path,
                                          batch_size, progress)
     for k, found in sorted(report.reports.items()):
-        report.problems += [f"{found.output}: {c.name}: {c.detail}; {_ADVICE[c.name]}" for c in found.checks if not c.ok]
+        rewrite = "write it again: " + _command(view, view.parts_for(k))
+        report.problems += [f"{found.output}: {c.name}: {c.detail}; " + _ADVICE[c.name].format(rewrite=rewrite)
+                            for c in found.checks if not c.ok]
     return report
 
 
@@ -440,15 +442,20 @@ def _recover_set(outdir: Path) -> None:
         recover(outdir / name)
 
 
-def _who_writes(view, k: int, parts: list[str]) -> str:
-    """What writes a missing output: the part of each ``--shard`` count seen, as a command."""
+def _command(view, parts: list[str]) -> str:
+    """The command that writes an output of the set: its part of each ``--shard`` count seen."""
     seed = (view.parameters or {}).get("seed")
     command = f"mixup augment <the set's inputs> {view.outdir}" + (f" --seed {seed}" if seed is not None else "")
+    shards = [p for p in parts if not p.endswith("/1")]
+    return f"{command} --shard {shards[0]} --resume" if shards else f"{command} --resume"
+
+
+def _who_writes(view, k: int, parts: list[str]) -> str:
     how = "interrupted; " if view.name(k) in view.interrupted else ""
     shards = [p for p in parts if not p.endswith("/1")]
     if not shards:
-        return f"{how}write it: {command} --resume"
-    return f"{how}part {' (or '.join(shards)}{')' * (len(shards) - 1)} writes it: {command} --shard {shards[0]} --resume"
+        return f"{how}write it: {_command(view, parts)}"
+    return f"{how}part {' or '.join(shards)} writes it: {_command(view, parts)}"
 
 
 def _verify_outputs(view, ks: list[int], paths: list[Path], override, batch_size, progress) -> dict[int, VerifyReport]:
