@@ -408,7 +408,8 @@ def verify_set(outdir: Path, input_path: Path | None = None, batch_size: int | N
     for k in view.missing:
         parts = view.parts_for(k)
         report.missing.append({"index": k, "name": view.name(k), "parts": parts})
-        report.problems.append(f"{outdir / view.name(k)}: missing; {_who_writes(view, k, parts)}")
+        what = "missing" if not (outdir / view.name(k)).exists() else "not committed (no sidecar of this set)"
+        report.problems.append(f"{outdir / view.name(k)}: {what}; {_who_writes(view, k, parts)}")
     if view.present:
         report.reports = _verify_outputs(view, sorted(view.present), input_paths(view, input_path), input_path,
                                          batch_size, progress)

@@ -112,6 +112,11 @@ def test_a_missing_output_is_named_with_the_command_that_writes_it(run_cli, tmp_
     assert _fails(result) == [
         f"FAIL  {out / paths[3].name}: missing; write it: mixup augment <the set's inputs> {out} --seed 7 --resume"
     ]
+    (out / f"{paths[1].name}.provenance.json").unlink()  # the file there, but never committed with its sidecar
+    fails = _fails(run_cli("verify", out))
+    assert fails[0] == (f"FAIL  {out / paths[1].name}: not committed (no sidecar of this set); write it: mixup augment "
+                        f"<the set's inputs> {out} --seed 7 --resume")
+    assert len(fails) == 2
 
 
 def test_an_edited_array_fails_its_output_by_digest_and_recomputation(run_cli, tmp_path):
