@@ -24,6 +24,7 @@ recomputation, since they no longer produce OUT.
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -399,25 +400,56 @@ def verify_set(outdir: Path, input_path: Path | None = None, batch_size: int | N
                progress=None) -> SetVerifyReport:
     """Whether the set in OUTDIR is complete (every output present with its
     sidecar) and correct (each output verified, recomputed from the whole set)."""
+    from mixup_cli.sets import MANIFEST
     from mixup_cli.sets.status import input_paths, read_set
 
     outdir = Path(outdir)
     _recover_set(outdir)
     view = read_set(outdir)
     report = SetVerifyReport(outdir, view.set_id, view.outputs)
+    if view.present:
+        records = _records(view, sorted(view.present))
+        params = _set_parameters(view, records)
+        if view.has_manifest and view.parameters != params:
+            report.problems.append(
+                f"{outdir / MANIFEST}: its parameters differ from its outputs' sidecars' ({_changed(params, view.parameters)}); "
+                "it was edited: write the set again, or remove it (a part's run writes it again)")
+        view.parameters = params  # the seed told in the commands below
+        report.reports = _verify_outputs(view, records, params, input_paths(view, input_path), input_path,
+                                         batch_size, progress)
     for k in view.missing:
         parts = view.parts_for(k)
         report.missing.append({"index": k, "name": view.name(k), "parts": parts})
         what = "missing" if not (outdir / view.name(k)).exists() else "not committed (no sidecar of this set)"
         report.problems.append(f"{outdir / view.name(k)}: {what}; {_who_writes(view, k, parts)}")
-    if view.present:
-        report.reports = _verify_outputs(view, sorted(view.present), input_paths(view, input_path), input_path,
-                                         batch_size, progress)
     for k, found in sorted(report.reports.items()):
         rewrite = "write it again: " + _command(view, view.parts_for(k))
         report.problems += [f"{found.output}: {c.name}: {c.detail}; " + _ADVICE[c.name].format(rewrite=rewrite)
                             for c in found.checks if not c.ok]
     return report
+
+
+def _records(view, ks: list[int]) -> dict[int, dict]:
+    return {k: provenance.read(provenance.sidecar_path(view.present[k])) for k in ks}
+
+
+def _set_parameters(view, records: dict[int, dict]) -> dict:
+    """The set's parameters: those most of its outputs' sidecars record (one
+    edited sidecar fails alone); for one output, the manifest's when there is one."""
+    if len(records) == 1 and view.parameters is not None:
+        return view.parameters
+    counted: dict[str, list] = {}
+    for record in records.values():
+        params = record.get("parameters") or {}
+        counted.setdefault(json.dumps(params, sort_keys=True, default=str), []).append(params)
+    most = max(len(found) for found in counted.values())
+    tied = [found[0] for found in counted.values() if len(found) == most]
+    return view.parameters if view.parameters in tied else tied[0]
+
+
+def _changed(a: dict, b: dict | None) -> str:
+    b = b or {}
+    return ", ".join(sorted(key for key in set(a) | set(b) if a.get(key) != b.get(key)))
 
 
 def _verify_set_output(output: Path, record: dict, input_path, batch_size, progress) -> VerifyReport:
@@ -429,7 +461,9 @@ def _verify_set_output(output: Path, record: dict, input_path, batch_size, progr
     if k not in view.present or view.present[k].name != output.name:
         raise InputError(f"{output}: its sidecar says it is output {k} of a set, but {output.parent} holds "
                          f"{view.present.get(k)} as that output; an OUTDIR holds one set")
-    return _verify_outputs(view, [k], input_paths(view, input_path), input_path, batch_size, progress)[k]
+    records = _records(view, [k])
+    return _verify_outputs(view, records, _set_parameters(view, records), input_paths(view, input_path), input_path,
+                           batch_size, progress)[k]
 
 
 def _recover_set(outdir: Path) -> None:
@@ -459,10 +493,11 @@ def _who_writes(view, k: int, parts: list[str]) -> str:
     return f"{how}part {' or '.join(shards)} writes it: {_command(view, parts)}"
 
 
-def _verify_outputs(view, ks: list[int], paths: list[Path], override, batch_size, progress) -> dict[int, VerifyReport]:
-    """Each output ``k`` of ``ks`` (present) checked as ``verify`` checks one."""
-    records = {k: provenance.read(provenance.sidecar_path(view.present[k])) for k in ks}
-    params = view.parameters if view.parameters is not None else records[ks[0]].get("parameters") or {}
+def _verify_outputs(view, records: dict[int, dict], params: dict, paths: list[Path], override, batch_size,
+                    progress) -> dict[int, VerifyReport]:
+    """Each present output (``records``: their sidecars) checked as ``verify``
+    checks one, recomputed with the set's ``params``."""
+    ks = sorted(records)
     hint = "; if the inputs moved, pass --input (their folder, or a list of them)" if override is None else ""
     recomputed = _recompute_set(view, ks, records, params, paths, batch_size, progress, hint)
     reports = {}
@@ -471,9 +506,8 @@ def _verify_outputs(view, ks: list[int], paths: list[Path], override, batch_size
         rep = reports[k] = VerifyReport(output, provenance.sidecar_path(output), paths[k])
         check, rep.first_difference, found = recomputed[k]
         if (record.get("parameters") or {}) != params:
-            changed = sorted(key for key in set(params) | set(record.get("parameters") or {})
-                             if params.get(key) != (record.get("parameters") or {}).get(key))
-            check = Check("recompute", False, f"its sidecar's parameters differ from the set's ({', '.join(changed)})")
+            check = Check("recompute", False,
+                          f"its sidecar's parameters differ from the set's ({_changed(params, record.get('parameters'))})")
         rep.checks.append(check_files("output files", record.get("output") or {}, output))
         data_check = check_array_digests(record.get("output") or {}, output, found)
         if data_check is not None:

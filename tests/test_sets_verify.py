@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -163,6 +164,10 @@ def test_moved_inputs_are_found_with_input_a_folder_or_a_list(run_cli, tmp_path)
     result = run_cli("verify", out)
     assert result.exit_code == 1
     assert "recompute: skipped: input" in result.stdout and "pass --input" in result.stdout
+    # Without the inputs the digests are read back from each file alone, by its own (shifted) blocks.
+    report = json.loads(run_cli("verify", out, "--json").stdout)
+    data = [{c["name"]: c for c in r["checks"]}["output data"] for r in report["reports"]]
+    assert len(data) == len(paths) and all(c["ok"] for c in data), data
     assert run_cli("verify", out, "--input", moved).exit_code == 0
     listing = tmp_path / "list.txt"
     listing.write_text("# the shards, in order\n" + "".join(f"moved/{p.name}\n" for p in paths))
@@ -185,6 +190,44 @@ def test_an_edited_sidecar_parameter_fails_that_output(run_cli, tmp_path):
     assert fails == [f"FAIL  {out / paths[1].name}: recompute: its sidecar's parameters differ from the set's (alpha); "
                      "it is not what the set's inputs and recorded parameters give: restore the inputs, or write the "
                      "set again"]
+
+
+def test_an_edited_manifest_is_named_and_the_outputs_still_verify(run_cli, tmp_path):
+    paths = _shards(tmp_path)
+    out = _augment(run_cli, paths, tmp_path / "mixed")
+    manifest = out / "mixup-set.json"
+    record = json.loads(manifest.read_text())
+    record["parameters"]["seed"] = 8
+    manifest.write_text(json.dumps(record))
+    result = run_cli("verify", out)
+    assert result.exit_code == 1
+    assert _fails(result) == [f"FAIL  {manifest}: its parameters differ from its outputs' sidecars' (seed); it was "
+                              "edited: write the set again, or remove it (a part's run writes it again)"]
+    assert sum(line.startswith("ok    ") for line in result.stdout.splitlines()) == len(paths)
+    # One output alone is held to the manifest: it cannot tell which of the two was edited.
+    alone = run_cli("verify", out / paths[0].name)
+    assert alone.exit_code == 1 and "recompute: its sidecar's parameters differ from the set's (seed)" in alone.stdout
+
+
+def test_every_reader_of_a_sets_verification_is_opened_without_fast_paths(run_cli, tmp_path, monkeypatch):
+    from mixup_cli import verify
+    from mixup_cli.sets import reader
+
+    paths = _shards(tmp_path, fmts=("h5", "npz"))
+    out = _augment(run_cli, paths, tmp_path / "mixed", "--pairing", "within-class")
+    opened = []
+    for module in (verify, reader):
+        real = module.open_reader
+
+        def spy(path, *args, _real=real, **kwargs):
+            opened.append((Path(path).name, kwargs.get("fast", True)))
+            return _real(path, *args, **kwargs)
+
+        monkeypatch.setattr(module, "open_reader", spy)
+    assert run_cli("verify", out).exit_code == 0
+    names = {name for name, _ in opened}
+    assert {p.name for p in paths} <= names  # every input (and output) read ...
+    assert all(fast is False for _, fast in opened), opened  # ... and none through a fast path
 
 
 def test_verify_does_not_share_a_wrong_fast_path(run_cli, tmp_path, monkeypatch):
