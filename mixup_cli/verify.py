@@ -486,7 +486,7 @@ def _command(view, parts: list[str]) -> str:
 
 
 def _who_writes(view, k: int, parts: list[str]) -> str:
-    how = "interrupted; " if view.name(k) in view.interrupted else ""
+    how = "an interrupted run left its partial files; " if view.name(k) in view.interrupted else ""
     shards = [p for p in parts if not p.endswith("/1")]
     if not shards:
         return f"{how}write it: {_command(view, parts)}"

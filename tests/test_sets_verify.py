@@ -118,6 +118,11 @@ def test_a_missing_output_is_named_with_the_command_that_writes_it(run_cli, tmp_
     assert fails[0] == (f"FAIL  {out / paths[1].name}: not committed (no sidecar of this set); write it: mixup augment "
                         f"<the set's inputs> {out} --seed 7 --resume")
     assert len(fails) == 2
+    (out / f".{paths[3].name}.mixup-partial").mkdir()  # what a stopped part leaves: --resume continues it
+    assert _fails(run_cli("verify", out))[1] == (
+        f"FAIL  {out / paths[3].name}: missing; an interrupted run left its partial files; write it: mixup augment "
+        f"<the set's inputs> {out} --seed 7 --resume")
+    assert f"  interrupted       {paths[3].name} (continue with --resume)" in run_cli("inspect", out).stdout
 
 
 def test_an_edited_array_fails_its_output_by_digest_and_recomputation(run_cli, tmp_path):
