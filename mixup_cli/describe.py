@@ -107,3 +107,45 @@ def describe(path: Path) -> dict:
         summary["run_id_matches_file"] = None if file_run_id is None else file_run_id == summary["run_id"]
         info["provenance"] = summary
     return info
+
+
+def describe_set(outdir: Path) -> dict:
+    """A set's OUTDIR (``mixup augment IN1 IN2 ... OUTDIR``): its inputs (rows
+    each, total), the plan's parameters, the outputs present and missing,
+    the ``--shard`` parts seen (done or not), and whether it is complete.
+    Read from the manifest and sidecars only: no array is opened."""
+    from mixup_cli.atomic import recover
+    from mixup_cli.sets.status import read_set
+
+    outdir = Path(outdir)
+    view = read_set(outdir)
+    for k in view.missing:  # a commit a killed part left half-done counts once finished
+        if view.inputs is not None:
+            recover(outdir / view.name(k))
+    view = read_set(outdir)
+    params = view.parameters or {}
+    rows = [e["rows"] for e in view.inputs] if view.inputs is not None else []
+    return {
+        "path": str(outdir),
+        "format": "set",
+        "set_id": view.set_id,
+        "manifest": view.has_manifest,
+        "rows": view.rows,
+        "inputs": {
+            "count": view.outputs,
+            "rows": view.rows,
+            "rows_min": min(rows) if rows else None,
+            "rows_max": max(rows) if rows else None,
+            "list": view.inputs,
+        },
+        "parameters": {key: params.get(key) for key in ("seed", "alpha", "pairing", "copies", "include_original",
+                                                        "block_rows", "x_key", "y_key", "method", "plan_version")},
+        "outputs": {
+            "count": view.outputs,
+            "present": [view.name(k) for k in sorted(view.present)],
+            "missing": [view.name(k) for k in view.missing],
+            "interrupted": view.interrupted,
+        },
+        "parts": {str(n): {"count": n, **table} for n, table in view.parts_table().items()},
+        "complete": view.complete,
+    }

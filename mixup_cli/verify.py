@@ -24,6 +24,7 @@ recomputation, since they no longer produce OUT.
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -172,7 +173,8 @@ def _read_back_digests(output: Path, arrays: dict, scheme: dict) -> tuple[dict[s
             if segment < 1 or rows % segment:
                 problems.append(f"'{key}' has {rows} rows, not a whole number of copies of {segment}")
                 continue
-            bounds = digests.block_bounds(segment, int(scheme["block_rows"]), rows // segment)
+            bounds = digests.block_bounds(segment, int(scheme["block_rows"]), rows // segment,
+                                          int(scheme.get("block_offset", 0)))  # a set's output: shifted blocks
             found[key] = digests.combine([digests.of_rows({key: reader.read(key, a, b)})[key] for a, b in bounds])
     return found, problems
 
@@ -237,7 +239,6 @@ def recompute(record: dict, output: Path, input_path: Path, batch_size: int | No
     Returns ``(check, first_difference, digests)``: ``digests`` are the
     SHA-256 of OUT's arrays as read for the comparison, when the sidecar
     records them for the same blocks (else None)."""
-    from mixup_cli.engines import local  # the run's own engine and computation
     from mixup_cli.planning import output_specs, plan_from_sidecar
     from mixup_cli.prepare import DataOptions
     from mixup_cli.request import Progress
@@ -254,7 +255,7 @@ def recompute(record: dict, output: Path, input_path: Path, batch_size: int | No
     if missing:
         return Check("recompute", False, f"the sidecar lacks the parameter '{missing[0]}'"), None, None
 
-    source = out_reader = None
+    source = None
     try:
         options = DataOptions.from_parameters(params)
         # Read through HDF5's own decoding, never the run's fast paths: a
@@ -262,30 +263,41 @@ def recompute(record: dict, output: Path, input_path: Path, batch_size: int | No
         source = open_source(input_path, params["x_key"], params.get("y_key"), options, fast=False)
         plan = plan_from_sidecar(params, source)
         expected = output_specs(source, plan)
-        out_reader = open_reader(output, fast=False)
-        problems = _shape_problems(expected, out_reader, output)
-        if problems:
-            return Check("recompute", False, "; ".join(problems)), None, None
         scheme = recorded_digests(record.get("output") or {})
         block_digests = None
         if scheme and (scheme.get("block_rows"), scheme.get("segment_rows")) == (plan.block_rows, plan.n_rows):
             block_digests = digests.BlockDigests.for_plan(plan, expected)
-        # The rows read for the comparison are hashed as they come (OUT is read once).
-        writer = CompareWriter(out_reader, digests.BlockHasher(block_digests) if block_digests else None)
         progress = progress or Progress()
         progress.start(plan.output_rows)
         # Class pairings on compressed input: from an uncompressed copy, as in a run.
         with scratch.source_for_run(source, plan, _scratch_path(output), fast=False) as run_source:
-            local.run(run_source, plan, writer, plan.tasks(), progress, batch_rows=batch_size)
+            return compare(run_source, plan, plan.tasks(), expected, output, block_digests, progress, batch_size)
     except (MixupError, OSError, ValueError, TypeError, KeyError) as exc:
         return Check("recompute", False, f"could not recompute the output: {exc}"), None, None
     finally:
-        for reader in (source.reader if source else None, out_reader):
-            if reader is not None:
-                reader.close()
+        if source is not None:
+            source.reader.close()
 
+
+def compare(run_source, plan, tasks, expected: dict, output: Path, block_digests, progress, batch_size=None):
+    """Run ``tasks`` of ``plan`` on the local engine (the run's own) into a
+    ``CompareWriter`` over OUT, read with ``fast=False``. Returns ``(check,
+    first_difference, digests)`` like ``recompute``."""
+    from mixup_cli.engines import local
+
+    out_reader = open_reader(output, fast=False)
+    try:
+        problems = _shape_problems(expected, out_reader, output)
+        if problems:
+            return Check("recompute", False, "; ".join(problems)), None, None
+        # The rows read for the comparison are hashed as they come (OUT is read once).
+        writer = CompareWriter(out_reader, digests.BlockHasher(block_digests) if block_digests else None)
+        local.run(run_source, plan, writer, tasks, progress, batch_rows=batch_size)
+    finally:
+        out_reader.close()
+    rows = next(iter(expected.values())).rows
     found = block_digests.arrays() if block_digests is not None and not block_digests.missing() else None
-    return _compared(writer, plan.output_rows, list(expected)) + (found,)
+    return _compared(writer, rows, list(expected)) + (found,)
 
 
 def _compared(writer: CompareWriter, rows: int, order: list[str]) -> tuple[Check, dict | None]:
@@ -313,6 +325,8 @@ def verify(output: Path, input_path: Path | None = None, batch_size: int | None 
         recorded_input = Path(in_entry["path"])
     except (KeyError, TypeError):
         raise InputError(f"{sidecar}: lacks the 'input' or 'output' entry; it is not a complete sidecar") from None
+    if "set" in record:  # one output of a set: recomputed from the whole set
+        return _verify_set_output(output, record, input_path, batch_size, progress)
     source = Path(input_path) if input_path is not None else recorded_input
     report = VerifyReport(output, sidecar, source)
 
@@ -328,3 +342,275 @@ def verify(output: Path, input_path: Path | None = None, batch_size: int | None 
     report.checks.append(recomputed or Check("recompute", False, f"skipped: input {source} not found{hint}"))
     report.first_difference = first
     return report
+
+
+# A set's outputs (``mixup augment IN1 IN2 ... OUTDIR``): each output is
+# checked as above, but recomputed from the WHOLE set (partners come from
+# any input), with the set's plan and the output's own tasks (``sets.split``).
+
+_ADVICE = {
+    "output files": "the output changed after the run: remove it and its sidecar, then {rewrite}",
+    "output data": "the output changed after the run: remove it and its sidecar, then {rewrite}",
+    "input files": "its input changed since the run (or moved: --input): restore it, or write the set again",
+    "recompute": "it is not what the set's inputs and recorded parameters give: restore the inputs, or write "
+                 "the set again",
+}
+
+
+class _OneBar:
+    """One progress bar over every output checked: each output's ``start`` is ignored."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def start(self, total: int) -> None:
+        pass
+
+    def update(self, rows: int) -> None:
+        self.inner.update(rows)
+
+
+@dataclass
+class SetVerifyReport:
+    outdir: Path
+    set_id: str
+    outputs: int  # S
+    missing: list[dict] = field(default_factory=list)  # name, index, parts that write it
+    reports: dict[int, VerifyReport] = field(default_factory=dict)  # each present output's
+    problems: list[str] = field(default_factory=list)  # one line each: the output, what failed, what to do
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    @property
+    def complete(self) -> bool:
+        return not self.missing
+
+    def to_dict(self) -> dict:
+        return {
+            "ok": self.ok, "outdir": str(self.outdir), "set_id": self.set_id, "outputs": self.outputs,
+            "complete": self.complete, "verified": sum(r.ok for r in self.reports.values()),
+            "missing": self.missing, "problems": self.problems,
+            "reports": [dict(r.to_dict(), index=k) for k, r in sorted(self.reports.items())],
+        }
+
+
+def verify_set(outdir: Path, input_path: Path | None = None, batch_size: int | None = None,
+               progress=None) -> SetVerifyReport:
+    """Whether the set in OUTDIR is complete (every output present with its
+    sidecar) and correct (each output verified, recomputed from the whole set)."""
+    from mixup_cli.sets import MANIFEST
+    from mixup_cli.sets.status import input_paths, read_set
+
+    outdir = Path(outdir)
+    _recover_set(outdir)
+    view = read_set(outdir)
+    report = SetVerifyReport(outdir, view.set_id, view.outputs)
+    if view.present:
+        records = _records(view, sorted(view.present))
+        params = _set_parameters(view, records)
+        if view.has_manifest and view.parameters != params:
+            report.problems.append(
+                f"{outdir / MANIFEST}: its parameters differ from its outputs' sidecars' ({_changed(params, view.parameters)}); "
+                "it was edited: write the set again, or remove it (a part's run writes it again)")
+        view.parameters = params  # the seed told in the commands below
+        report.reports = _verify_outputs(view, records, params, input_paths(view, input_path), input_path,
+                                         batch_size, progress)
+    for k in view.missing:
+        parts = view.parts_for(k)
+        report.missing.append({"index": k, "name": view.name(k), "parts": parts})
+        what = "missing" if not (outdir / view.name(k)).exists() else "not committed (no sidecar of this set)"
+        report.problems.append(f"{outdir / view.name(k)}: {what}; {_who_writes(view, k, parts)}")
+    for k, found in sorted(report.reports.items()):
+        rewrite = "write it again: " + _command(view, view.parts_for(k))
+        report.problems += [f"{found.output}: {c.name}: {c.detail}; " + _ADVICE[c.name].format(rewrite=rewrite)
+                            for c in found.checks if not c.ok]
+    return report
+
+
+def _records(view, ks: list[int]) -> dict[int, dict]:
+    return {k: provenance.read(provenance.sidecar_path(view.present[k])) for k in ks}
+
+
+def _set_parameters(view, records: dict[int, dict]) -> dict:
+    """The set's parameters: those most of its outputs' sidecars record (one
+    edited sidecar fails alone); for one output, the manifest's when there is one."""
+    if len(records) == 1 and view.parameters is not None:
+        return view.parameters
+    counted: dict[str, list] = {}
+    for record in records.values():
+        params = record.get("parameters") or {}
+        counted.setdefault(json.dumps(params, sort_keys=True, default=str), []).append(params)
+    most = max(len(found) for found in counted.values())
+    tied = [found[0] for found in counted.values() if len(found) == most]
+    return view.parameters if view.parameters in tied else tied[0]
+
+
+def _changed(a: dict, b: dict | None) -> str:
+    b = b or {}
+    return ", ".join(sorted(key for key in set(a) | set(b) if a.get(key) != b.get(key)))
+
+
+def _verify_set_output(output: Path, record: dict, input_path, batch_size, progress) -> VerifyReport:
+    from mixup_cli.sets import read_section
+    from mixup_cli.sets.status import input_paths, read_set
+
+    k = int(read_section(record, str(provenance.sidecar_path(output)))["index"])
+    view = read_set(output.parent)
+    if k not in view.present or view.present[k].name != output.name:
+        raise InputError(f"{output}: its sidecar says it is output {k} of a set, but {output.parent} holds "
+                         f"{view.present.get(k)} as that output; an OUTDIR holds one set")
+    records = _records(view, [k])
+    return _verify_outputs(view, records, _set_parameters(view, records), input_paths(view, input_path), input_path,
+                           batch_size, progress)[k]
+
+
+def _recover_set(outdir: Path) -> None:
+    """Finish (or roll back) any commit a killed part left half-done, before counting outputs."""
+    from mixup_cli.atomic import recover
+    from mixup_cli.sets import read_manifest
+
+    names = set((read_manifest(outdir) or {}).get("outputs") or [])
+    names |= {p.name[: -len(provenance.SIDECAR_SUFFIX)] for p in outdir.glob("*" + provenance.SIDECAR_SUFFIX)}
+    for name in sorted(names):
+        recover(outdir / name)
+
+
+def _command(view, parts: list[str]) -> str:
+    """The command that writes an output of the set: its part of each ``--shard`` count seen."""
+    seed = (view.parameters or {}).get("seed")
+    command = f"mixup augment <the set's inputs> {view.outdir}" + (f" --seed {seed}" if seed is not None else "")
+    shards = [p for p in parts if not p.endswith("/1")]
+    return f"{command} --shard {shards[0]} --resume" if shards else f"{command} --resume"
+
+
+def _who_writes(view, k: int, parts: list[str]) -> str:
+    how = "an interrupted run left its partial files; " if view.name(k) in view.interrupted else ""
+    shards = [p for p in parts if not p.endswith("/1")]
+    if not shards:
+        return f"{how}write it: {_command(view, parts)}"
+    return f"{how}part {' or '.join(shards)} writes it: {_command(view, parts)}"
+
+
+def _verify_outputs(view, records: dict[int, dict], params: dict, paths: list[Path], override, batch_size,
+                    progress) -> dict[int, VerifyReport]:
+    """Each present output (``records``: their sidecars) checked as ``verify``
+    checks one, recomputed with the set's ``params``."""
+    ks = sorted(records)
+    hint = "; if the inputs moved, pass --input (their folder, or a list of them)" if override is None else ""
+    recomputed = _recompute_set(view, ks, records, params, paths, batch_size, progress, hint)
+    reports = {}
+    for k in ks:
+        record, output = records[k], view.present[k]
+        rep = reports[k] = VerifyReport(output, provenance.sidecar_path(output), paths[k])
+        check, rep.first_difference, found = recomputed[k]
+        if (record.get("parameters") or {}) != params:
+            check = Check("recompute", False,
+                          f"its sidecar's parameters differ from the set's ({_changed(params, record.get('parameters'))})")
+        rep.checks.append(check_files("output files", record.get("output") or {}, output))
+        data_check = check_array_digests(record.get("output") or {}, output, found)
+        if data_check is not None:
+            rep.checks.append(data_check)
+        rep.checks.append(check_files("input files", record.get("input") or {}, paths[k], hint))
+        rep.checks.append(check)
+    return reports
+
+
+def _parameters_problem(params: dict) -> Check | None:
+    if params.get("plan_version") != PLAN_VERSION:
+        return Check("recompute", False,
+                     f"the sidecar's plan_version is {params.get('plan_version')!r}, this mixup-cli computes version "
+                     f"{PLAN_VERSION}; verify with the mixup-cli version that wrote it")
+    missing = [key for key in _REQUIRED if key not in params]
+    return Check("recompute", False, f"the sidecar lacks the parameter '{missing[0]}'") if missing else None
+
+
+def _recompute_set(view, ks, records, params, paths, batch_size, progress, hint) -> dict[int, tuple]:
+    """``(check, first_difference, digests)`` for each output of ``ks``: the
+    set opened once (fast=False), one plan, each output's own tasks."""
+    from mixup_cli.sets import ConcatReader, inspect_inputs, split
+
+    absent = [p for p in paths if not p.exists()]
+    problem = (Check("recompute", False, f"skipped: input {absent[0]} of the set not found{hint}") if absent
+               else _parameters_problem(params))
+    if problem is not None:
+        return {k: (problem, None, None) for k in ks}
+    results, concat = {}, None
+    try:
+        y_key = params.get("y_key")
+        layout = inspect_inputs(paths, params["x_key"], y_key, require_y=y_key is not None,
+                                opener=lambda p: open_reader(p, fast=False))
+        problem = _layout_problem(view, layout)
+        if problem is not None:
+            return {k: (problem, None, None) for k in ks}
+        concat = ConcatReader(layout, fast=False, scratch_prefix=_set_scratch(view.outdir, "inflated"))
+        source, plan = _open_set_source(params, paths[0], concat, layout)
+        tasks = split(plan.tasks(), plan, layout.offsets, range(min(ks), max(ks) + 1))
+        _compare_outputs(view, ks, records, source, plan, layout, tasks, results, batch_size, progress)
+    except (MixupError, OSError, ValueError, TypeError, KeyError) as exc:
+        failed = Check("recompute", False, f"could not recompute the output from the set: {exc}")
+        results.update({k: (failed, None, None) for k in ks if k not in results})
+    finally:
+        if concat is not None:
+            concat.close()
+    return results
+
+
+def _set_scratch(outdir: Path, what: str) -> Path:
+    """Scratch names of a set's verification: in OUTDIR under the set's own
+    prefix (which a part's run allows there), or in the temporary folder."""
+    from mixup_cli.sets.identity import SET_PREFIX
+
+    folder = outdir if os.access(outdir, os.W_OK) else Path(tempfile.gettempdir())
+    return folder / f"{SET_PREFIX}verify-{os.getpid()}.{what}"
+
+
+def _layout_problem(view, layout) -> Check | None:
+    """The inputs found now against the rows the set recorded."""
+    if layout.n_rows == view.rows and all(s.rows == e["rows"] for s, e in zip(layout.shards, view.inputs)):
+        return None
+    k = next((k for k, (s, e) in enumerate(zip(layout.shards, view.inputs)) if s.rows != e["rows"]), 0)
+    return Check("recompute", False, f"input {layout.shards[k].path} has {layout.shards[k].rows} rows, the set "
+                                     f"recorded {view.inputs[k]['rows']}; the set's inputs changed since the run")
+
+
+def _open_set_source(params: dict, first: Path, concat, layout):
+    """The set's ``Source`` (over ``concat``) and the plan its parameters record."""
+    from mixup_cli.planning import plan_from_sidecar
+    from mixup_cli.prepare import DataOptions
+    from mixup_cli.source import open_source
+
+    source = open_source(first, params["x_key"], params.get("y_key"), DataOptions.from_parameters(params),
+                         fast=False, reader=concat, layout=layout)
+    return source, plan_from_sidecar(params, source)
+
+
+def _compare_outputs(view, ks, records, source, plan, layout, tasks, results, batch_size, progress) -> None:
+    """Each output recomputed through the local engine from one run source
+    (class pairings on compressed inputs: one scratch copy of the whole set)."""
+    from mixup_cli.io import ArraySpec
+    from mixup_cli.planning import output_specs
+    from mixup_cli.request import Progress
+    from mixup_cli.sets import output_rows
+
+    specs = output_specs(source, plan)
+    progress = progress or Progress()
+    progress.start(sum(output_rows(plan, layout.shards[k].rows) for k in ks))
+    bar = _OneBar(progress)
+    with scratch.source_for_run(source, plan, _set_scratch(view.outdir, "scratch.h5"), fast=False) as run_source:
+        for k in ks:
+            shard = layout.shards[k]
+            rows, shift = output_rows(plan, shard.rows), shard.offset % plan.block_rows
+            expected = {key: ArraySpec((rows,) + spec.row_shape, spec.dtype) for key, spec in specs.items()}
+            scheme = recorded_digests(records[k].get("output") or {})
+            block_digests = None
+            if scheme and (scheme.get("block_rows"), scheme.get("segment_rows"), scheme.get("block_offset", 0)) == (
+                    plan.block_rows, shard.rows, shift):
+                block_digests = digests.BlockDigests.for_plan(plan, expected, segment_rows=shard.rows,
+                                                              block_offset=shift)
+            try:
+                results[k] = compare(run_source, plan, tasks.pop(k), expected, view.present[k], block_digests, bar,
+                                     batch_size)
+            except (MixupError, OSError, ValueError, TypeError, KeyError) as exc:
+                results[k] = (Check("recompute", False, f"could not recompute the output: {exc}"), None, None)

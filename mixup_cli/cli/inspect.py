@@ -93,6 +93,45 @@ def render(info: dict) -> str:
     return "\n".join(lines)
 
 
+INPUTS_LISTED = 10  # a set's inputs shown one a line up to this many; more: a summary (all: --json)
+
+
+def render_set(info: dict) -> str:
+    inputs, outputs, p = info["inputs"], info["outputs"], info["parameters"]
+    lines = [f"{info['path']} (set {info['set_id'][:12]}, {inputs['count']} inputs, {info['rows']} rows)"]
+    listed = inputs["list"] or []
+    if listed and len(listed) <= INPUTS_LISTED:
+        width = max(len(e["name"]) for e in listed)
+        lines += [f"  {e['name'].ljust(width)}  {e['rows']:>10} rows  from row {e['offset']}" for e in listed]
+    elif listed:
+        lines.append(f"  inputs {listed[0]['name']} ... {listed[-1]['name']}: {inputs['rows_min']} to "
+                     f"{inputs['rows_max']} rows each, {inputs['rows']} in all (each: --json)")
+    fields = [
+        ("seed", p["seed"]), ("alpha", p["alpha"]), ("pairing", p["pairing"]), ("copies", p["copies"]),
+        ("include original", "yes" if p["include_original"] else "no"), ("block rows", p["block_rows"]),
+        ("x key / y key", f"{p['x_key']} / {p['y_key']}"),
+        ("outputs", f"{len(outputs['present'])} of {outputs['count']} present"),
+    ]
+    if outputs["missing"]:
+        shown = outputs["missing"][:INPUTS_LISTED]
+        more = len(outputs["missing"]) - len(shown)
+        fields.append(("missing", ", ".join(shown) + (f" and {more} more" if more else "")))
+    if outputs["interrupted"]:
+        fields.append(("interrupted", ", ".join(outputs["interrupted"]) + " (continue with --resume)"))
+    for part in info["parts"].values():
+        done = part["done"]
+        fields.append((f"parts of {part['count']}", f"{len(done)} done ({_indices(done)})"
+                       + (f", not done: {_indices(part['not_done'])}" if part["not_done"] else "")))
+    fields.append(("complete", "yes" if info["complete"] else "no"))
+    width = max(len(name) for name, _ in fields)
+    lines += [f"  {name.ljust(width)}  {value}" for name, value in fields]
+    return "\n".join(lines)
+
+
+def _indices(values: list[int]) -> str:
+    return ", ".join(map(str, values)) if values else "none"
+
+
 @click.command()
 @click.argument("path", metavar="FILE", type=click.Path(path_type=Path))
 @json_option
@@ -105,14 +144,22 @@ def inspect(path, as_json):
     seed, alpha, pairing, copies, input and the input's SHA-256, and the
     SHA-256 of each array written.
 
-    FILE is .h5/.hdf5, .npz or a directory of .npy files.
+    FILE is .h5/.hdf5, .npz or a directory of .npy files, or a set's OUTDIR
+    (mixup augment IN1 IN2 ... OUTDIR): then its inputs and rows, the
+    parameters, the outputs present and missing, the --shard parts done,
+    and whether the set is complete.
 
     \b
     Examples:
       mixup inspect out.h5
       mixup inspect mixed/ --json
     """
-    from mixup_cli.describe import describe
+    from mixup_cli.describe import describe, describe_set
+    from mixup_cli.sets.status import is_set_dir
 
+    if is_set_dir(path):
+        info = describe_set(path)
+        click.echo(json.dumps(info, sort_keys=True) if as_json else render_set(info))
+        return
     info = describe(path)
     click.echo(json.dumps(info, sort_keys=True) if as_json else render(info))

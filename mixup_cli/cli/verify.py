@@ -14,7 +14,9 @@ from .options import batch_size_option, debug_option, json_option, quiet_option
 @click.command()
 @click.argument("output_path", metavar="OUT", type=click.Path(path_type=Path))
 @click.option("--input", "input_path", type=click.Path(path_type=Path), default=None,
-              help="Where the input is now, if it moved since the run [default: the path in the sidecar].")
+              help="Where the input is now, if it moved since the run [default: the path in the sidecar]. "
+                   "For a set (OUTDIR or one of its outputs): the folder now holding its inputs under their "
+                   "names, or a file listing them in order, one a line.")
 @batch_size_option
 @quiet_option
 @json_option
@@ -29,18 +31,32 @@ def verify(output_path, input_path, batch_size, quiet, as_json):
     Prints OK and exits 0 when everything holds; otherwise names each check
     that failed (with the first differing array and row) and exits 1.
 
+    OUT may be a set's OUTDIR (mixup augment IN1 IN2 ... OUTDIR): then the
+    set must be complete (each missing output is named, with the --shard
+    part that writes it) and every output verify, each recomputed from the
+    whole set. One of a set's outputs is also recomputed from the whole set.
+
     \b
     Examples:
       mixup verify out.h5
       mixup verify out.h5 --input /data/moved/in.h5 --json
+      mixup verify mixed/
+      mixup verify mixed/ --input /data/moved/shards/
     """
-    from mixup_cli.verify import verify as run_verify
+    from mixup_cli.sets.status import is_set_dir
+    from mixup_cli.verify import verify as run_verify, verify_set
 
     bar = BarProgress(quiet or as_json)
     try:
-        report = run_verify(output_path, input_path=input_path, batch_size=batch_size, progress=bar)
+        if is_set_dir(output_path):
+            report = verify_set(output_path, input_path=input_path, batch_size=batch_size, progress=bar)
+        else:
+            report = run_verify(output_path, input_path=input_path, batch_size=batch_size, progress=bar)
     finally:
         bar.close()
+    if hasattr(report, "problems"):
+        _echo_set(report, quiet, as_json)
+        return
     if as_json:
         click.echo(json.dumps(report.to_dict(), sort_keys=True))
     else:
@@ -49,5 +65,27 @@ def verify(output_path, input_path, batch_size, quiet, as_json):
                 click.echo(f"{'ok' if check.ok else 'FAIL':<5} {check.name}: {check.detail}")
         failed = [check.name for check in report.checks if not check.ok]
         click.echo("OK" if report.ok else f"FAILED: {', '.join(failed)}")
+    if not report.ok:
+        raise click.exceptions.Exit(1)
+
+
+def _echo_set(report, quiet: bool, as_json: bool) -> None:
+    """A set's report: one line per output checked, one per problem, then the verdict."""
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), sort_keys=True))
+    else:
+        if not quiet:
+            for k, found in sorted(report.reports.items()):
+                if found.ok:
+                    click.echo(f"ok    {found.output}: {', '.join(c.name for c in found.checks)}")
+        for line in report.problems:
+            click.echo(f"FAIL  {line}")
+        verified = sum(r.ok for r in report.reports.values())
+        if report.ok:
+            click.echo(f"OK: set {report.set_id[:12]}, all {report.outputs} outputs present and verified")
+        else:
+            click.echo(f"FAILED: set {report.set_id[:12]}, {report.outputs - len(report.missing)} of {report.outputs} "
+                       f"outputs present, {verified} verified, {len(report.problems)} "
+                       f"problem{'s' if len(report.problems) != 1 else ''}")
     if not report.ok:
         raise click.exceptions.Exit(1)
