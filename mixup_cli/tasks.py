@@ -62,18 +62,27 @@ def draw(plan: Plan, mixer: Mixer, task: Task) -> Drawn:
 def task_input(source, plan: Plan, mixer: Mixer, task: Task, block_rows: Callable[[int, int | None], Block]) -> TaskInput:
     """Gather a task's rows and partners. ``source`` is the plan's view of the
     input (``balance.view``); ``block_rows(block, keep)`` returns a whole
-    block's rows, keeping block ``keep`` if it holds it."""
-    first = plan.block_bounds(task.block)[0]
-    own = {key: rows[task.start - first : task.stop - first]
-           for key, rows in block_rows(task.block, task.partner_block).items()}
+    block's rows, keeping block ``keep`` if it holds it.
+
+    A task that is part of its block (a set's output holds only its input's
+    rows) reads only its own rows, and its partners by index unless they are
+    a large share of the partner block: reading whole blocks for each of a
+    set's outputs read each block once per output it touches."""
+    first, last = plan.block_bounds(task.block)
     drawn = draw(plan, mixer, task)
-    if task.partner_block is None:  # class and index pairings: partners by index (sorted, unique reads)
-        pool = {key: source.reader.take(key, drawn.partner) for key in source.specs}
-        index = np.arange(len(drawn.partner))
+    whole = (task.start, task.stop) == (first, last)
+    if whole:
+        own = block_rows(task.block, task.partner_block)
     else:
-        pool = block_rows(task.partner_block, task.block)
-        index = drawn.partner - plan.block_bounds(task.partner_block)[0]
-    return TaskInput(task, drawn, own, pool, index)
+        own = {key: source.reader.read(key, task.start, task.stop) for key in source.specs}
+    if task.partner_block is not None:
+        p_first, p_last = plan.block_bounds(task.partner_block)
+        if whole or 4 * (task.stop - task.start) >= p_last - p_first:
+            return TaskInput(task, drawn, own, block_rows(task.partner_block, task.block if whole else None),
+                             drawn.partner - p_first)
+    # class and index pairings, or few partners: by index (sorted, unique reads)
+    pool = {key: source.reader.take(key, drawn.partner) for key in source.specs}
+    return TaskInput(task, drawn, own, pool, np.arange(len(drawn.partner)))
 
 
 def output_rows(source, mixer: Mixer, inputs: TaskInput, s: int, e: int, out: Block | None = None) -> Block:

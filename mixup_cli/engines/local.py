@@ -23,7 +23,7 @@ from mixup_cli.io import ArraySpec
 from mixup_cli.mixing import Mixer
 from mixup_cli.planning import default_batch_rows
 from mixup_cli.sampling import Plan
-from mixup_cli.tasks import output_rows, task_input
+from mixup_cli.tasks import output_rows, task_input, whole_block
 
 
 def run(source, plan: Plan, writer, tasks, progress, *, skip=frozenset(), on_done=None, block_digests=None,
@@ -86,14 +86,19 @@ class _Run:
     def run_task(self, task) -> None:
         cache = self.cache
         inputs = task_input(self.source, self.plan, self.mixer, task, cache.get)
-        slot = cache.slot_of(task.block)
-        mixing_in_place = self.in_place and task.copy >= 0
+        # Part of a block: its rows were read apart from the cache (tasks.task_input).
+        whole = whole_block(self.plan, task) is task
+        slot = cache.slot_of(task.block) if whole else None
+        mixing_in_place = self.in_place and task.copy >= 0 and whole
         if mixing_in_place:
             cache.take_over(slot)  # its rows are about to become output rows
         n = task.stop - task.start
         for s in range(0, n, self.batch_rows):
             e = min(n, s + self.batch_rows)
-            if task.copy < 0 or mixing_in_place:
+            if task.copy < 0 and not whole:  # original rows read for this task alone
+                arrays = output_rows(self.source, self.mixer, inputs, s, e)
+                release = (lambda: None)
+            elif task.copy < 0 or mixing_in_place:
                 # Rows of the cached block itself: pinned until written.
                 into = {key: inputs.own[key][s:e] for key in self.source.mixed_keys} if mixing_in_place else None
                 arrays = output_rows(self.source, self.mixer, inputs, s, e, into)
