@@ -17,7 +17,7 @@ from mixup_cli.classes import ClassIndex
 from mixup_cli.pipeline import AugmentRequest, augment
 from mixup_cli.sampling import INDEX_PAIRINGS, Plan, PAIRINGS as ALL_PAIRINGS
 
-# The pairings that need no index over the data (the others: test_knn.py, test_label_kernel.py).
+# The pairings that need no index over the data (the others: test_neighbours.py, test_label_kernel.py).
 PAIRINGS = tuple(p for p in ALL_PAIRINGS if p not in INDEX_PAIRINGS)
 
 N = 53

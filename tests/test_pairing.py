@@ -11,7 +11,7 @@ from mixup_cli.io import hdf5
 from mixup_cli.pipeline import AugmentRequest, augment
 from mixup_cli.sampling import INDEX_PAIRINGS, Plan, PAIRINGS as ALL_PAIRINGS
 
-# The pairings that need no index over the data (the others: test_knn.py, test_label_kernel.py).
+# The pairings that need no index over the data (the others: test_neighbours.py, test_label_kernel.py).
 PAIRINGS = tuple(p for p in ALL_PAIRINGS if p not in INDEX_PAIRINGS)
 
 N_CLASSES = 10
@@ -68,7 +68,7 @@ def sorted_by_class(tmp_path_factory):
     y = np.eye(N_CLASSES, dtype=np.float32)[labels]
     # Contiguous: partners read by index then cost a few reads per block, not
     # one per 16-row chunk (ten times the time); the chunked read path by index
-    # is tested against numpy in test_engine (take).
+    # is tested against numpy in test_engines_local (take).
     path = write_h5(tmp_path_factory.mktemp("sorted") / "sorted.h5", chunks=False, x=x, y=y)
     return path, labels
 
