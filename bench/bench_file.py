@@ -18,9 +18,9 @@ ratio.
 
 Cases: uncompressed and gzip (both sides), ``global`` and ``batch`` pairing.
 ``--phases`` adds, per case, where one more candidate run spends its time:
-``run_plan`` (read, mix, hash and write the output; the input file is hashed
+the engine's ``run`` (read, mix, hash and write the output; the input file is hashed
 meanwhile in a thread), ``fsync``, ``wait hashes`` (what is left of the
-input's hash after ``run_plan``), and the rest; and the seconds spent in the
+input's hash after it), and the rest; and the seconds spent in the
 calls of each stage (reading, mixing, hashing the output, writing, hashing
 the input), each in its own thread, so they overlap.
 The page cache is warm for both sides (the input was just written). The
@@ -91,7 +91,7 @@ def candidate_phases(src: Path, dst: Path, compression: str, pairing: str) -> tu
     from mixup_cli.engines import local
     from mixup_cli.io import hdf5
 
-    phases = {"run_plan": (local, "run"), "fsync": (pipeline.atomic, "sync"),
+    phases = {"engine run": (local, "run"), "fsync": (pipeline.atomic, "sync"),
               "wait hashes": (provenance.BackgroundHash, "result")}
     stages = {"read": (hdf5.Reader, "read_into"), "mix": (mixing.Mixer, "mix_gather"),
               "hash out": (digests.BlockHasher, "update"), "write": (hdf5.Writer, "write"),

@@ -11,7 +11,7 @@ then runs ``mixup augment`` (through the library, each run in a fresh
 process, so that its peak memory is its own and scikit-learn's import is
 counted) for ``global`` and the knn modes (the images with ``--project 32``),
 and prints, per run, the wall time, the part of it spent building the
-neighbour index (``resolve_plan``: scikit-learn's import, the projection's
+neighbour index (``planning.build_plan``: scikit-learn's import, the projection's
 fit and transform, the search), rows/s and the peak resident memory. Files
 are deleted at the end.
 """

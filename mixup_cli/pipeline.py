@@ -23,15 +23,14 @@ from mixup_cli.engines import local
 from mixup_cli.errors import OutputError
 from mixup_cli.io import create_writer  # looked up here at run time: tests wrap it
 from mixup_cli.io.base import layout_options
-from mixup_cli.planning import build_plan, default_batch_rows, output_specs  # noqa: F401  (re-exported)
+from mixup_cli.planning import build_plan, output_specs
 from mixup_cli.request import AugmentRequest, AugmentResult, Progress
 from mixup_cli.sampling import CLASS_PAIRINGS, Plan, Task, check_positive
 from mixup_cli.source import Source, open_source
 
 log = logging.getLogger("mixup_cli")
 
-__all__ = ["AugmentRequest", "AugmentResult", "OutputJob", "Progress", "augment", "open_source", "resolve_plan",
-           "write_output"]
+__all__ = ["AugmentRequest", "AugmentResult", "OutputJob", "Progress", "augment", "open_source", "write_output"]
 
 
 def augment(request: AugmentRequest, progress: Progress | None = None) -> AugmentResult:
@@ -118,11 +117,6 @@ def check_request(request: AugmentRequest) -> None:
         if value is not None:
             check_positive(value, option)
     engines.check_engine_options(request.engine, request.scheduler, request.workers)
-
-
-def resolve_plan(request: AugmentRequest, source: Source) -> Plan:
-    """The plan of ``request`` over ``source`` (``planning.build_plan``)."""
-    return build_plan(source, **request.plan_parameters())
 
 
 def _already_done(request: AugmentRequest, source: Source, output: Path, out_format: str) -> AugmentResult:

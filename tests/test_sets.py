@@ -19,7 +19,8 @@ from hypothesis import given, settings, strategies as st
 from mixup_cli import pipeline, provenance
 from mixup_cli.engines import local
 from mixup_cli.errors import InputError, OutputError, ParameterError
-from mixup_cli.pipeline import AugmentRequest, augment, open_source, resolve_plan
+from mixup_cli.pipeline import AugmentRequest, augment, open_source
+from mixup_cli.planning import build_plan
 from mixup_cli.sampling import Plan
 from mixup_cli.sets import (ConcatReader, Part, check_plan, inputs_state, is_set_form, locate_rows, check_outdir, check_outdir_contents, check_part_seed,
                             check_storage_options, collect_inputs, from_single, inspect_inputs, output_paths,
@@ -419,7 +420,7 @@ def test_restricted_tasks_cover_the_single_file_output_once(sizes, block_rows, c
 def test_a_balanced_plan_cannot_be_split_by_input(tmp_path):
     paths, _, _ = _shards(tmp_path)
     request = AugmentRequest(paths[0], tmp_path / "o", seed=1, balance=True, command_line=[])
-    plan = resolve_plan(request, _set_source(inspect_inputs(paths), request))
+    plan = build_plan(_set_source(inspect_inputs(paths), request), **request.plan_parameters())
     with pytest.raises(ParameterError, match="--balance cannot split its output by input") as err:
         check_plan(plan)
     assert err.value.option == "--balance"
@@ -581,7 +582,7 @@ def _set_outputs(layout, request: AugmentRequest) -> list[dict[str, np.ndarray]]
     """Each output's arrays computed alone: for its restricted tasks, the
     whole block through tasks.compute_task, then the task's sub-range."""
     source = _set_source(layout, request)
-    plan = resolve_plan(request, source)
+    plan = build_plan(source, **request.plan_parameters())
     tasks = list(plan.tasks())
     results = []
     for shard in layout.shards:
@@ -679,7 +680,7 @@ def test_the_engine_reads_a_set_as_the_concatenated_file(tmp_path, pairing, fmt)
     augment(AugmentRequest(whole, tmp_path / "single.h5", **common))
     request = AugmentRequest(paths[0], tmp_path / "unused", **common)
     source = _set_source(inspect_inputs(paths), request)
-    plan = resolve_plan(request, source)
+    plan = build_plan(source, **request.plan_parameters())
     writer = _MemoryWriter()
     local.run(source, plan, writer, plan.tasks(), pipeline.Progress(), batch_rows=7)
     source.reader.close()
