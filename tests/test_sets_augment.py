@@ -266,6 +266,27 @@ def test_a_signal_between_two_outputs_keeps_the_first(tmp_path):
     assert [Path(p).name for p in json.loads(r.stdout)["skipped"]] == [paths[0].name]
 
 
+
+@pytest.mark.parametrize("stage", ["sidecar-in-place", "cleaned", "committed"])
+def test_a_kill_late_in_an_outputs_commit_leaves_nothing_after_resume(tmp_path, stage):
+    # SIGKILL once output 0 and its sidecar are in place, before its commit
+    # record or its lock file is removed: --resume skips output 0 as complete
+    # and must still finish its commit and remove the lock file.
+    paths, _ = _set(tmp_path)
+    args = [*paths, tmp_path / "out", "--seed", 4, "--block-rows", BLOCK]
+    flag = tmp_path / "paused.flag"
+    proc = _paused(args, stage, flag)
+    proc.kill()
+    proc.communicate(timeout=60)
+    left = sorted(x.name for x in (tmp_path / "out").iterdir())
+    assert f".{paths[0].name}.mixup-partial.lock" in left and paths[0].name + ".provenance.json" in left, left
+    r = _mixup(*args, "--resume", "--json")
+    assert r.returncode == 0, r.stderr
+    assert [Path(p).name for p in json.loads(r.stdout)["skipped"]] == [paths[0].name]
+    names = [p.name for p in paths]
+    assert sorted(x.name for x in (tmp_path / "out").iterdir()) == sorted(
+        ["mixup-set.json", *names, *(n + ".provenance.json" for n in names)])
+
 # --- refusals ------------------------------------------------------------------
 
 
