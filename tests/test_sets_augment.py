@@ -287,6 +287,43 @@ def test_a_kill_late_in_an_outputs_commit_leaves_nothing_after_resume(tmp_path, 
     assert sorted(x.name for x in (tmp_path / "out").iterdir()) == sorted(
         ["mixup-set.json", *names, *(n + ".provenance.json" for n in names)])
 
+
+def test_a_kill_while_the_manifest_is_staged_leaves_nothing_after_resume(tmp_path):
+    paths, _ = _set(tmp_path)
+    args = [*paths, tmp_path / "out", "--seed", 4, "--block-rows", BLOCK, "--shard", "1/2"]
+    flag = tmp_path / "paused.flag"
+    proc = _paused(args, "manifest-staged", flag)
+    proc.kill()
+    proc.communicate(timeout=60)
+    left = sorted(x.name for x in (tmp_path / "out").iterdir())
+    assert len(left) == 1 and left[0].startswith(".mixup-set.") and left[0].endswith(".json.tmp"), left
+    r = _mixup(*args, "--resume")
+    assert r.returncode == 0, r.stderr
+    names = [p.name for p in paths[2:]]  # part 1 of 2 of 5 outputs: outputs 2 to 4
+    assert sorted(x.name for x in (tmp_path / "out").iterdir()) == sorted(
+        ["mixup-set.json", *names, *(n + ".provenance.json" for n in names)])
+
+
+def test_a_manifest_staged_by_another_host_or_a_live_process_is_left(tmp_path):
+    import socket
+
+    from mixup_cli.sets import identity
+
+    host = socket.gethostname()
+    live = subprocess.Popen(["sleep", "30"])
+    try:
+        keep = [tmp_path / f".mixup-set.other-{host}.1.json.tmp", tmp_path / f".mixup-set.{host}.{live.pid}.json.tmp"]
+        dead = subprocess.Popen(["true"])
+        dead.wait()
+        stale = tmp_path / f".mixup-set.{host}.{dead.pid}.json.tmp"
+        for p in (*keep, stale):
+            p.write_text("{}")
+        identity.write_manifest(tmp_path, {"mixup_set": 1})
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["mixup-set.json", *(p.name for p in keep)])
+    finally:
+        live.kill()
+        live.wait()
+
 # --- refusals ------------------------------------------------------------------
 
 

@@ -181,14 +181,68 @@ def write_manifest(outdir: Path, record: dict) -> Path:
 
     path = Path(outdir) / MANIFEST
     text = json.dumps(record, sort_keys=True, indent=1, default=str) + "\n"
+    _remove_stale_stages(Path(outdir))
     try:
         if path.read_text(encoding="utf-8") == text:
             return path
     except (OSError, UnicodeDecodeError):
         pass
-    tmp = atomic.stage_text(Path(outdir) / f"{SET_PREFIX}{os.getpid()}.json.tmp", text)
-    os.replace(tmp, path)
+    for attempt in (1, 2):
+        tmp = atomic.stage_text(Path(outdir) / _stage_name(), text)
+        atomic.test_pause("manifest-staged")
+        try:
+            os.replace(tmp, path)
+            break
+        except FileNotFoundError:  # removed as stale by a part that could not see this process: stage again
+            if attempt == 2:
+                raise
     return path
+
+
+_STAGE_SUFFIX = ".json.tmp"
+
+
+def _stage_name() -> str:
+    """This process's name for the manifest it stages: host and pid, so a
+    later part can tell a stage a killed process left from one in progress."""
+    import os
+    import socket
+
+    return f"{SET_PREFIX}{socket.gethostname()}.{os.getpid()}{_STAGE_SUFFIX}"
+
+
+def _remove_stale_stages(outdir: Path) -> None:
+    """Remove the manifests staged by processes of this host that are gone
+    (killed between staging and renaming); a stage of another host, or of a
+    live process, may be renamed any moment and is left."""
+    import os
+    import socket
+
+    host = socket.gethostname()
+    try:
+        stages = list(outdir.glob(f"{SET_PREFIX}*{_STAGE_SUFFIX}"))
+    except OSError:
+        return
+    for stage in stages:
+        who, _, pid = stage.name[len(SET_PREFIX):-len(_STAGE_SUFFIX)].rpartition(".")
+        if who != host or not pid.isdigit() or int(pid) == os.getpid() or _alive(int(pid)):
+            continue
+        try:
+            stage.unlink()
+        except OSError:
+            pass
+
+
+def _alive(pid: int) -> bool:
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, another user's
+        return True
+    return True
 
 
 def read_manifest(outdir: Path) -> dict | None:
