@@ -324,6 +324,41 @@ def test_a_manifest_staged_by_another_host_or_a_live_process_is_left(tmp_path):
         live.kill()
         live.wait()
 
+
+def test_a_scratch_copy_a_killed_part_left_is_removed_by_the_next_run(tmp_path):
+    # Class pairings on compressed shards: a part reads a scratch copy of the
+    # whole set. A kill after the part's last commit leaves it; the --resume
+    # (nothing left to write) and a run of another part remove it.
+    x, y = _arrays(sum(SIZES))
+    (tmp_path / "shards").mkdir()
+    paths, at = [], 0
+    for k, n in enumerate(SIZES):
+        paths.append(tmp_path / "shards" / f"part-{k}.h5")
+        with h5py.File(paths[-1], "w") as f:
+            f.create_dataset("x", data=x[at:at + n], compression="gzip")
+            f.create_dataset("y", data=y[at:at + n], compression="gzip")
+        at += n
+    common = [*paths, tmp_path / "out", "--seed", 4, "--block-rows", BLOCK, "--pairing", "within-class"]
+    flag = tmp_path / "paused.flag"
+    proc = _paused([*common, "--shard", "0/2"], "committed@2", flag)  # part 0 of 2: outputs 0 and 1
+    proc.kill()
+    proc.communicate(timeout=60)
+    names = [p.name for p in paths]
+
+    def left():
+        return sorted(x.name for x in (tmp_path / "out").iterdir())
+
+    assert [n for n in left() if n.endswith(".scratch.h5")], left()
+    r = _mixup(*common, "--shard", "0/2", "--resume")
+    assert r.returncode == 0, r.stderr
+    assert left() == sorted(["mixup-set.json", *names[:2], *(n + ".provenance.json" for n in names[:2])])
+    proc = _paused([*common, "--shard", "1/2"], "committed", tmp_path / "paused2.flag")
+    proc.kill()
+    proc.communicate(timeout=60)
+    r = _mixup(*common, "--resume")  # the whole set, its last outputs
+    assert r.returncode == 0, r.stderr
+    assert left() == sorted(["mixup-set.json", *names, *(n + ".provenance.json" for n in names)])
+
 # --- refusals ------------------------------------------------------------------
 
 

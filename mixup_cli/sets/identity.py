@@ -181,7 +181,7 @@ def write_manifest(outdir: Path, record: dict) -> Path:
 
     path = Path(outdir) / MANIFEST
     text = json.dumps(record, sort_keys=True, indent=1, default=str) + "\n"
-    _remove_stale_stages(Path(outdir))
+    remove_stale(Path(outdir))
     try:
         if path.read_text(encoding="utf-8") == text:
             return path
@@ -200,37 +200,47 @@ def write_manifest(outdir: Path, record: dict) -> Path:
 
 
 _STAGE_SUFFIX = ".json.tmp"
+SCRATCH_SUFFIX = ".scratch.h5"
 
 
 def _stage_name() -> str:
-    """This process's name for the manifest it stages: host and pid, so a
-    later part can tell a stage a killed process left from one in progress."""
+    return own_name("", _STAGE_SUFFIX)
+
+
+def own_name(tag: str, suffix: str) -> str:
+    """A temporary name in OUTDIR of this process's own, with its host and
+    pid, so a later part can tell what a killed process left from what a
+    live one is using (``remove_stale``)."""
     import os
     import socket
 
-    return f"{SET_PREFIX}{socket.gethostname()}.{os.getpid()}{_STAGE_SUFFIX}"
+    return f"{SET_PREFIX}{tag}{socket.gethostname()}.{os.getpid()}{suffix}"
 
 
-def _remove_stale_stages(outdir: Path) -> None:
-    """Remove the manifests staged by processes of this host that are gone
-    (killed between staging and renaming); a stage of another host, or of a
-    live process, may be renamed any moment and is left."""
+def remove_stale(outdir: Path) -> None:
+    """Remove the manifests staged and the scratch copies made by processes
+    of this host that are gone (killed before removing them); those of
+    another host, or of a live process, may be in use and are left."""
     import os
     import socket
 
     host = socket.gethostname()
     try:
-        stages = list(outdir.glob(f"{SET_PREFIX}*{_STAGE_SUFFIX}"))
+        entries = [p for p in Path(outdir).iterdir() if p.name.startswith(SET_PREFIX)]
     except OSError:
         return
-    for stage in stages:
-        who, _, pid = stage.name[len(SET_PREFIX):-len(_STAGE_SUFFIX)].rpartition(".")
-        if who != host or not pid.isdigit() or int(pid) == os.getpid() or _alive(int(pid)):
+    for entry in entries:
+        suffix = next((x for x in (_STAGE_SUFFIX, SCRATCH_SUFFIX) if entry.name.endswith(x)), None)
+        if suffix is None:
             continue
-        try:
-            stage.unlink()
-        except OSError:
-            pass
+        who, _, pid = entry.name[len(SET_PREFIX):-len(suffix)].rpartition(".")
+        if not (who == host or who.endswith("." + host)) or not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        if not _alive(int(pid)):
+            try:
+                entry.unlink()
+            except OSError:
+                pass
 
 
 def _alive(pid: int) -> bool:

@@ -216,7 +216,9 @@ def _run_source(request, source, plan, outdir: Path, part: Part):
         from contextlib import nullcontext
 
         return nullcontext(None)
-    return scratch.source_for_run(source, plan, outdir / f"{identity.SET_PREFIX}{part.index}-{part.count}.scratch.h5")
+    # Named with this process's host and pid: the next part removes it if a kill left it (identity.remove_stale).
+    name = identity.own_name(f"{part.index}-{part.count}.", identity.SCRATCH_SUFFIX)
+    return scratch.source_for_run(source, plan, outdir / name)
 
 
 def _job(request, source, concat: ConcatReader, plan, outputs, k: int, tasks, sid: str, part: Part, state: str,
