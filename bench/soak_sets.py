@@ -2,6 +2,7 @@
 then ``--resume`` once, against an uninterrupted run of the whole set.
 
     python bench/soak_sets.py [--trials 60] [--block-rows 700] [--workdir /tmp]
+    python bench/soak_sets.py --pairing within-class --shard-compression gzip  # the scratch copy too
 
 Builds a set of six HDF5 shards of unequal sizes (a few MB in all, blocks
 straddling shards) and the reference, ``mixup augment shards... REF/ --seed 7
@@ -60,15 +61,18 @@ MANIFEST = "mixup-set.json"
 SIDECAR = ".provenance.json"
 
 
-def make_shards(folder: Path, width: int) -> list[Path]:
+def make_shards(folder: Path, width: int, compression: str | None = None) -> list[Path]:
     rng = np.random.default_rng(0)
+    filters = {"compression": compression} if compression else {}
     folder.mkdir()
     paths = []
     for k, rows in enumerate(SHARD_ROWS):
         path = folder / f"shard-{k}.h5"
         with h5py.File(path, "w") as f:
-            f.create_dataset("x", data=rng.standard_normal((rows, width), dtype=np.float32), chunks=(256, width))
-            f.create_dataset("y", data=np.eye(10, dtype=np.float32)[rng.integers(0, 10, rows)], chunks=(256, 10))
+            f.create_dataset("x", data=rng.standard_normal((rows, width), dtype=np.float32), chunks=(256, width),
+                             **filters)
+            f.create_dataset("y", data=np.eye(10, dtype=np.float32)[rng.integers(0, 10, rows)], chunks=(256, 10),
+                             **filters)
         paths.append(path)
     return paths
 
@@ -210,7 +214,10 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=60)
     parser.add_argument("--width", type=int, default=192, help="float32 columns of x")
     parser.add_argument("--block-rows", type=int, default=700)
-    parser.add_argument("--copies", type=int, default=2)
+    parser.add_argument("--copies", type=int, default=3)
+    parser.add_argument("--pairing", default="global", help="--pairing of every run")
+    parser.add_argument("--shard-compression", default=None, choices=["gzip", "lzf"],
+                        help="of the shards (with a class pairing, a part's run then reads a scratch copy of the set)")
     parser.add_argument("--seed", type=int, default=0, help="of the instants and parts")
     parser.add_argument("--workdir", default=tempfile.gettempdir())
     ns = parser.parse_args()
@@ -220,9 +227,9 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="mixup-soak-sets-", dir=ns.workdir))
     t_all = time.perf_counter()
     try:
-        shards = make_shards(work / "shards", ns.width)
+        shards = make_shards(work / "shards", ns.width, ns.shard_compression)
         names = [p.name for p in shards]
-        opts = ["--seed", "7", "--block-rows", str(ns.block_rows), "--copies", str(ns.copies)]
+        opts = ["--seed", "7", "--block-rows", str(ns.block_rows), "--copies", str(ns.copies), "--pairing", ns.pairing]
         timings: dict = {}
         runs = []
         for _ in range(3):  # medians of three: the machine's load varies
@@ -232,15 +239,20 @@ def main() -> None:
         if extras(work / "ref", names):
             raise SystemExit(f"the reference run left {extras(work / 'ref', names)}")
         ref = {name: digests(work / "ref" / name) for name in names}
-        for i in range(PARTS):  # each part once: same bytes as the whole run, and its duration
+        for i in range(PARTS):  # each part (median of three): same bytes as the whole run, and its duration
             d = work / f"part-{i}"
-            timings[i] = timed_run(command(shards, d, opts, i) + ["--quiet"], d)
+            runs = []
+            for _ in range(3):
+                remove(d)
+                runs.append(timed_run(command(shards, d, opts, i) + ["--quiet"], d))
+            timings[i] = tuple(sorted(r[j] for r in runs)[1] for j in (0, 1))
             mine = part_outputs(i, names)
             if {n: digests(d / n) for n in mine} != {n: ref[n] for n in mine} or extras(d, mine):
                 raise SystemExit(f"--shard {i}/{PARTS} uninterrupted differs from the whole set's run")
             remove(d)
         print(f"set of {len(names)} shards, {sum(SHARD_ROWS)} rows, "
-              f"{sum(p.stat().st_size for p in shards) / 2**20:.1f} MiB, --block-rows {ns.block_rows}; "
+              f"{sum(p.stat().st_size for p in shards) / 2**20:.1f} MiB ({ns.shard_compression or 'not compressed'}), "
+              f"--block-rows {ns.block_rows} --copies {ns.copies} --pairing {ns.pairing}; "
               f"start-up / run: set {timings[None][0]:.2f} / {timings[None][1]:.2f} s, "
               + ", ".join(f"part {i} {timings[i][0]:.2f} / {timings[i][1]:.2f} s" for i in range(PARTS)),
               file=sys.stderr, flush=True)
@@ -268,9 +280,11 @@ def main() -> None:
     bad = [r for r in results if r["outcome"] in ("different", "failed")]
     print(json.dumps({"trials": ns.trials, "seconds": round(took, 1), "block_rows": ns.block_rows,
                       "shard_rows": list(SHARD_ROWS), "copies": ns.copies,
+                      "pairing": ns.pairing, "shard_compression": ns.shard_compression,
                       "startup_run_s": {("set" if k is None else f"{k}/{PARTS}"): [round(v, 3) for v in t]
                                         for k, t in timings.items()},
-                      "totals": {o: totals[o] for o in OUTCOMES}, "by_signal_and_kind": table, "failures": bad},
+                      "totals": {o: totals[o] for o in OUTCOMES}, "by_signal_and_kind": table, "failures": bad,
+                      "trials_detail": [{k: r[k] for k in ("trial", "part", "signal", "at_s", "rc", "outcome")} for r in results]},
                      indent=1))
     raise SystemExit(1 if bad else 0)
 
