@@ -433,7 +433,8 @@ def test_pause(stage: str) -> None:
     test can signal or kill the process at exactly that instant. Stages:
     ``progress`` (rows written), ``staged`` (sidecar staged), ``commit-record``,
     ``old-aside`` (no RENAME_EXCHANGE only), ``output-in-place``, ``sidecar-in-place``, ``cleaned``, ``committed``,
-    ``finished`` (summary printed)."""
+    ``finished`` (summary printed), and for a set ``manifest-staged`` (OUTDIR's manifest
+    staged, not yet renamed)."""
     spec = os.environ.get("MIXUP_TEST_PAUSE")
     if not spec:
         return

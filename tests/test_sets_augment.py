@@ -266,6 +266,99 @@ def test_a_signal_between_two_outputs_keeps_the_first(tmp_path):
     assert [Path(p).name for p in json.loads(r.stdout)["skipped"]] == [paths[0].name]
 
 
+
+@pytest.mark.parametrize("stage", ["sidecar-in-place", "cleaned", "committed"])
+def test_a_kill_late_in_an_outputs_commit_leaves_nothing_after_resume(tmp_path, stage):
+    # SIGKILL once output 0 and its sidecar are in place, before its commit
+    # record or its lock file is removed: --resume skips output 0 as complete
+    # and must still finish its commit and remove the lock file.
+    paths, _ = _set(tmp_path)
+    args = [*paths, tmp_path / "out", "--seed", 4, "--block-rows", BLOCK]
+    flag = tmp_path / "paused.flag"
+    proc = _paused(args, stage, flag)
+    proc.kill()
+    proc.communicate(timeout=60)
+    left = sorted(x.name for x in (tmp_path / "out").iterdir())
+    assert f".{paths[0].name}.mixup-partial.lock" in left and paths[0].name + ".provenance.json" in left, left
+    r = _mixup(*args, "--resume", "--json")
+    assert r.returncode == 0, r.stderr
+    assert [Path(p).name for p in json.loads(r.stdout)["skipped"]] == [paths[0].name]
+    names = [p.name for p in paths]
+    assert sorted(x.name for x in (tmp_path / "out").iterdir()) == sorted(
+        ["mixup-set.json", *names, *(n + ".provenance.json" for n in names)])
+
+
+def test_a_kill_while_the_manifest_is_staged_leaves_nothing_after_resume(tmp_path):
+    paths, _ = _set(tmp_path)
+    args = [*paths, tmp_path / "out", "--seed", 4, "--block-rows", BLOCK, "--shard", "1/2"]
+    flag = tmp_path / "paused.flag"
+    proc = _paused(args, "manifest-staged", flag)
+    proc.kill()
+    proc.communicate(timeout=60)
+    left = sorted(x.name for x in (tmp_path / "out").iterdir())
+    assert len(left) == 1 and left[0].startswith(".mixup-set.") and left[0].endswith(".json.tmp"), left
+    r = _mixup(*args, "--resume")
+    assert r.returncode == 0, r.stderr
+    names = [p.name for p in paths[2:]]  # part 1 of 2 of 5 outputs: outputs 2 to 4
+    assert sorted(x.name for x in (tmp_path / "out").iterdir()) == sorted(
+        ["mixup-set.json", *names, *(n + ".provenance.json" for n in names)])
+
+
+def test_a_manifest_staged_by_another_host_or_a_live_process_is_left(tmp_path):
+    import socket
+
+    from mixup_cli.sets import identity
+
+    host = socket.gethostname()
+    live = subprocess.Popen(["sleep", "30"])
+    try:
+        keep = [tmp_path / f".mixup-set.other-{host}.1.json.tmp", tmp_path / f".mixup-set.{host}.{live.pid}.json.tmp"]
+        dead = subprocess.Popen(["true"])
+        dead.wait()
+        stale = tmp_path / f".mixup-set.{host}.{dead.pid}.json.tmp"
+        for p in (*keep, stale):
+            p.write_text("{}")
+        identity.write_manifest(tmp_path, {"mixup_set": 1})
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["mixup-set.json", *(p.name for p in keep)])
+    finally:
+        live.kill()
+        live.wait()
+
+
+def test_a_scratch_copy_a_killed_part_left_is_removed_by_the_next_run(tmp_path):
+    # Class pairings on compressed shards: a part reads a scratch copy of the
+    # whole set. A kill after the part's last commit leaves it; the --resume
+    # (nothing left to write) and a run of another part remove it.
+    x, y = _arrays(sum(SIZES))
+    (tmp_path / "shards").mkdir()
+    paths, at = [], 0
+    for k, n in enumerate(SIZES):
+        paths.append(tmp_path / "shards" / f"part-{k}.h5")
+        with h5py.File(paths[-1], "w") as f:
+            f.create_dataset("x", data=x[at:at + n], compression="gzip")
+            f.create_dataset("y", data=y[at:at + n], compression="gzip")
+        at += n
+    common = [*paths, tmp_path / "out", "--seed", 4, "--block-rows", BLOCK, "--pairing", "within-class"]
+    flag = tmp_path / "paused.flag"
+    proc = _paused([*common, "--shard", "0/2"], "committed@2", flag)  # part 0 of 2: outputs 0 and 1
+    proc.kill()
+    proc.communicate(timeout=60)
+    names = [p.name for p in paths]
+
+    def left():
+        return sorted(x.name for x in (tmp_path / "out").iterdir())
+
+    assert [n for n in left() if n.endswith(".scratch.h5")], left()
+    r = _mixup(*common, "--shard", "0/2", "--resume")
+    assert r.returncode == 0, r.stderr
+    assert left() == sorted(["mixup-set.json", *names[:2], *(n + ".provenance.json" for n in names[:2])])
+    proc = _paused([*common, "--shard", "1/2"], "committed", tmp_path / "paused2.flag")
+    proc.kill()
+    proc.communicate(timeout=60)
+    r = _mixup(*common, "--resume")  # the whole set, its last outputs
+    assert r.returncode == 0, r.stderr
+    assert left() == sorted(["mixup-set.json", *names, *(n + ".provenance.json" for n in names)])
+
 # --- refusals ------------------------------------------------------------------
 
 

@@ -181,14 +181,78 @@ def write_manifest(outdir: Path, record: dict) -> Path:
 
     path = Path(outdir) / MANIFEST
     text = json.dumps(record, sort_keys=True, indent=1, default=str) + "\n"
+    remove_stale(Path(outdir))
     try:
         if path.read_text(encoding="utf-8") == text:
             return path
     except (OSError, UnicodeDecodeError):
         pass
-    tmp = atomic.stage_text(Path(outdir) / f"{SET_PREFIX}{os.getpid()}.json.tmp", text)
-    os.replace(tmp, path)
+    for attempt in (1, 2):
+        tmp = atomic.stage_text(Path(outdir) / _stage_name(), text)
+        atomic.test_pause("manifest-staged")
+        try:
+            os.replace(tmp, path)
+            break
+        except FileNotFoundError:  # removed as stale by a part that could not see this process: stage again
+            if attempt == 2:
+                raise
     return path
+
+
+_STAGE_SUFFIX = ".json.tmp"
+SCRATCH_SUFFIX = ".scratch.h5"
+
+
+def _stage_name() -> str:
+    return own_name("", _STAGE_SUFFIX)
+
+
+def own_name(tag: str, suffix: str) -> str:
+    """A temporary name in OUTDIR of this process's own, with its host and
+    pid, so a later part can tell what a killed process left from what a
+    live one is using (``remove_stale``)."""
+    import os
+    import socket
+
+    return f"{SET_PREFIX}{tag}{socket.gethostname()}.{os.getpid()}{suffix}"
+
+
+def remove_stale(outdir: Path) -> None:
+    """Remove the manifests staged and the scratch copies made by processes
+    of this host that are gone (killed before removing them); those of
+    another host, or of a live process, may be in use and are left."""
+    import os
+    import socket
+
+    host = socket.gethostname()
+    try:
+        entries = [p for p in Path(outdir).iterdir() if p.name.startswith(SET_PREFIX)]
+    except OSError:
+        return
+    for entry in entries:
+        suffix = next((x for x in (_STAGE_SUFFIX, SCRATCH_SUFFIX) if entry.name.endswith(x)), None)
+        if suffix is None:
+            continue
+        who, _, pid = entry.name[len(SET_PREFIX):-len(suffix)].rpartition(".")
+        if not (who == host or who.endswith("." + host)) or not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        if not _alive(int(pid)):
+            try:
+                entry.unlink()
+            except OSError:
+                pass
+
+
+def _alive(pid: int) -> bool:
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, another user's
+        return True
+    return True
 
 
 def read_manifest(outdir: Path) -> dict | None:

@@ -136,6 +136,8 @@ def _run_part(request, source, concat: ConcatReader, plan, outputs, result: SetR
     parameters = sidecar.run_parameters(plan, request, source)
     sid = identity.set_id(layout, parameters)
     mine = part.outputs(len(outputs))
+    for k in mine:  # a commit a killed part left half-done is finished or rolled back before it counts as done
+        atomic.recover(outputs[k])
     done = identity.check_outdir_contents(outdir, outputs, sid, request.overwrite) & set(mine)
     if done and not (request.resume or request.overwrite):
         first = outputs[min(done)]
@@ -174,6 +176,7 @@ def _write_part(request, source, concat, plan, outputs, result: SetResult, progr
     todo = [k for k in mine if not (request.resume and k in done)]
     for k in mine:
         if k not in todo:
+            _drop_stale_lock(outputs[k])
             result.skipped.append(outputs[k])
             progress.update(output_rows(plan, layout.shards[k].rows))
     if todo:
@@ -193,6 +196,18 @@ def _write_part(request, source, concat, plan, outputs, result: SetResult, progr
     return result
 
 
+def _drop_stale_lock(output: Path) -> None:
+    """An output skipped as complete: the lock file a run killed after its
+    commit (before releasing the lock) left goes, as it does when a
+    single-file --resume finds its output complete."""
+    lock = atomic.RunLock(output)
+    try:
+        lock.acquire()
+    except OutputError:
+        return  # a live run holds it, and removes it itself
+    lock.release()
+
+
 def _run_source(request, source, plan, outdir: Path, part: Part):
     """The local engine's source for every output of the part: class
     pairings on compressed inputs read one uncompressed copy of the whole
@@ -201,7 +216,9 @@ def _run_source(request, source, plan, outdir: Path, part: Part):
         from contextlib import nullcontext
 
         return nullcontext(None)
-    return scratch.source_for_run(source, plan, outdir / f"{identity.SET_PREFIX}{part.index}-{part.count}.scratch.h5")
+    # Named with this process's host and pid: the next part removes it if a kill left it (identity.remove_stale).
+    name = identity.own_name(f"{part.index}-{part.count}.", identity.SCRATCH_SUFFIX)
+    return scratch.source_for_run(source, plan, outdir / name)
 
 
 def _job(request, source, concat: ConcatReader, plan, outputs, k: int, tasks, sid: str, part: Part, state: str,
