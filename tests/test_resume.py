@@ -99,8 +99,8 @@ def reference(src, tmp_path, name, *extra) -> dict[str, np.ndarray]:
     the real processes) once per format and options: every ``src`` holds the same rows."""
     key = (name, *extra)
     if key not in _REFERENCES:
-        ref = tmp_path / "ref" / name
-        ref.parent.mkdir(exist_ok=True)
+        ref = tmp_path / f"ref-{len(_REFERENCES)}" / name  # one folder per reference: a test may need two
+        ref.parent.mkdir()
         done = CliRunner().invoke(cli, ["augment", str(src), str(ref), *ARGS, *map(str, extra), "--quiet"])
         assert done.exit_code == 0, done.output
         _REFERENCES[key] = load_output(ref)
