@@ -144,8 +144,11 @@ def test_a_failing_block_on_a_worker_ends_with_its_message(scheduler, tmp_path, 
     assert proc.returncode == 1, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: "), proc.stderr
-    assert lines[0].startswith(f"Error: {src}: cannot read or mix input rows ")
-    assert "on worker tcp://127.0.0.1" in lines[0] and "OSError" in lines[0]
+    # The damaged chunk named as the local engine names it, and where it was read.
+    assert lines[0].startswith(f"Error: {src}: the compressed chunk of 'x' rows 32:48 "), lines[0]
+    assert "copy or write the file again" in lines[0] and "on worker tcp://127.0.0.1" in lines[0]
+    local = run_mixup("augment", src, tmp_path / out_name, "--seed", 1, "--block-rows", 16)
+    assert local.returncode == 1 and local.stderr.strip() == lines[0].split(" (on worker")[0], local.stderr
     assert "Traceback" not in proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.h5"]
 
