@@ -125,15 +125,8 @@ def _augment_one(request, quiet: bool, as_json: bool) -> None:
     from mixup_cli.pipeline import augment as run_augment
 
     output_path = request.output
-    bar = BarProgress(quiet)
-    try:
-        result = run_augment(request, progress=bar)
-    except KeyboardInterrupt as exc:
-        exc.mixup_message = _stopped(output_path, signals.describe(exc)[0])
-        raise
-    finally:
-        bar.close()
-    signals.add_late(result.late_signals)
+    result = _with_bar(BarProgress(quiet), lambda bar: run_augment(request, progress=bar),
+                       lambda name: _stopped(output_path, name))
     if as_json:
         click.echo(json.dumps(result.summary(), sort_keys=True))
     elif not quiet and not result.already_complete:  # that case was said already
@@ -143,6 +136,20 @@ def _augment_one(request, quiet: bool, as_json: bool) -> None:
             err=True,
         )
     atomic.test_pause("finished")
+
+
+def _with_bar(bar, run, stopped):
+    """``run(bar)``, the bar closed after; an interruption says what it left
+    (``stopped(signal name)``), signals too late to stop the commit are noted."""
+    try:
+        result = run(bar)
+    except KeyboardInterrupt as exc:
+        exc.mixup_message = stopped(signals.describe(exc)[0])
+        raise
+    finally:
+        bar.close()
+    signals.add_late(result.late_signals)
+    return result
 
 
 class _SetBar(BarProgress):
@@ -158,17 +165,10 @@ def _augment_set(request, inputs, inputs_from, shard, quiet: bool, as_json: bool
 
     part = parse_shard(shard)
     paths = collect_inputs(inputs, inputs_from)
-    bar = _SetBar(quiet)
     outdir = request.output
     written: list[Path] = []
-    try:
-        result = augment_set(request, paths, outdir, part, progress=bar, written=written)
-    except KeyboardInterrupt as exc:
-        exc.mixup_message = _stopped_set(outdir, signals.describe(exc)[0], written)
-        raise
-    finally:
-        bar.close()
-    signals.add_late(result.late_signals)
+    result = _with_bar(_SetBar(quiet), lambda bar: augment_set(request, paths, outdir, part, progress=bar, written=written),
+                       lambda name: _stopped_set(outdir, name, written))
     if as_json:
         click.echo(json.dumps(result.summary(), sort_keys=True))
     elif not quiet:
