@@ -102,6 +102,9 @@ class NamedLabels:
     def take_inflates(self, key: str) -> bool:
         return self._inner.take_inflates(self._source_key if key == self._key else key)
 
+    def take_scatters(self) -> bool:
+        return self._inner.take_scatters()
+
     def files(self):
         return self._inner.files()
 

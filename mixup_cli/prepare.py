@@ -125,6 +125,9 @@ class PreparedReader(Reader):
     def take_inflates(self, key: str) -> bool:
         return self.inner.take_inflates(key)
 
+    def take_scatters(self) -> bool:
+        return self.inner.take_scatters()
+
     def files(self):
         return self.inner.files()
 

@@ -32,8 +32,14 @@ MIN_BLOCKS = 3
 
 
 def wanted(source, plan: Plan) -> bool:
-    return (plan.pairing in BY_INDEX_PAIRINGS and plan.n_blocks >= MIN_BLOCKS and plan.own is None
-            and any(source.reader.take_inflates(key) for key in source.specs))
+    """Whether partners read by index should come from a copy: the input's
+    chunks would be inflated once per block, or (a set of more inputs than its
+    reader keeps open) each output's partners would reopen inputs all over
+    the set, O(inputs) opens an output."""
+    if plan.pairing not in BY_INDEX_PAIRINGS or plan.own is not None:
+        return False
+    return source.reader.take_scatters() or (
+        plan.n_blocks >= MIN_BLOCKS and any(source.reader.take_inflates(key) for key in source.specs))
 
 
 def scratch_bytes(source, plan: Plan) -> int:

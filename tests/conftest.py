@@ -104,6 +104,16 @@ def run_in_process(*args) -> subprocess.CompletedProcess:
     return subprocess.CompletedProcess(args, result.exit_code, result.stdout, result.stderr)
 
 
+def default_signals():
+    """``preexec_fn`` for children that tests signal: a parent that ignores
+    SIGINT (a suite run as a background job) must not hide it from them (they
+    would keep it ignored)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def mixup_executable() -> list[str]:
     """The ``mixup`` script installed for the interpreter running the tests.
 

@@ -26,7 +26,7 @@ import pytest
 
 from click.testing import CliRunner
 
-from conftest import REPO, make_arrays, mixup_executable, write_h5
+from conftest import REPO, default_signals, make_arrays, mixup_executable, write_h5
 from mixup_cli.cli import cli
 
 FORMATS = ["out.h5", "out.npz", "out", "out.zarr"]
@@ -46,10 +46,6 @@ def mixup(*args, prefix=(), **extra):
 
 
 def start(*args, prefix=(), **extra):
-    def default_signals():
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-
     cmd = list(prefix) or mixup_executable()
     return subprocess.Popen(cmd + [str(a) for a in args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env=env(**extra), preexec_fn=default_signals)

@@ -24,7 +24,7 @@ import pytest
 
 from click.testing import CliRunner
 
-from conftest import REPO, load_output, make_arrays, mixup_executable, read_sidecar, write_h5, write_npy_dir, write_npz
+from conftest import REPO, default_signals, load_output, make_arrays, mixup_executable, read_sidecar, write_h5, write_npy_dir, write_npz
 from mixup_cli import resume
 from mixup_cli.cli import cli
 from mixup_cli.io import open_reader
@@ -46,13 +46,6 @@ def uninterrupted(*args):
     """The reference run, in-process: the interrupted and resumed runs are the real processes."""
     done = CliRunner().invoke(cli, [str(a) for a in args] + ["--quiet"])
     assert done.exit_code == 0, done.output
-
-
-def default_signals():
-    """For children: a parent that ignores SIGINT (a suite run as a background
-    job) must not hide it from them (they would keep it ignored)."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def start(*args):

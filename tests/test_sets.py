@@ -27,7 +27,7 @@ from mixup_cli.sets import (ConcatReader, Part, check_plan, inputs_state, is_set
                             output_rows, parse_shard, part_of, read_section, restrict, section, set_id, set_status,
                             split, task_slice, to_single, whole_task)
 from mixup_cli.tasks import compute_task
-from tests.conftest import make_arrays, write_h5, write_npy_dir, write_npz
+from conftest import make_arrays, write_h5, write_npy_dir, write_npz
 
 SIZES = (37, 5, 64, 1, 29)  # unequal, boundaries off any power-of-two block
 

@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from mixup_cli.pipeline import AugmentRequest, augment
 from mixup_cli.sets import Part
 from mixup_cli.sets.run import augment_set
-from tests.conftest import REPO, load_output, mixup_executable, write_h5, write_npy_dir, write_npz
+from conftest import REPO, default_signals, load_output, mixup_executable, write_h5, write_npy_dir, write_npz
 
 SIZES = (37, 5, 64, 1, 29)  # unequal; with --block-rows 16 no boundary but 0 falls on a block's
 BLOCK = 16
@@ -216,7 +216,8 @@ def test_the_command_line_forms(tmp_path):
 
 def _paused(args, stage: str, flag: Path, **extra):
     proc = subprocess.Popen(mixup_executable() + ["augment", *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=_env(MIXUP_TEST_PAUSE=f"{stage}:{flag}", **extra))
+                            stderr=subprocess.PIPE, text=True, env=_env(MIXUP_TEST_PAUSE=f"{stage}:{flag}", **extra),
+                            preexec_fn=default_signals)
     deadline = time.monotonic() + 60
     while not flag.exists():
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
@@ -506,13 +507,24 @@ def test_any_shard_sizes_and_blocks_give_the_concatenations_run(tmp_path_factory
     _assert_concatenation(single, _outputs(outdir, paths), sizes=tuple(sizes))
 
 
-def test_more_inputs_than_readers_kept_open(tmp_path):
-    """20 inputs, more than the ConcatReader keeps open (16): inputs reopened
-    as the partners by class are read, the same bytes."""
+@pytest.mark.parametrize("pairing", ["global", "within-class"])
+def test_more_inputs_than_readers_kept_open(tmp_path, monkeypatch, pairing):
+    """20 inputs, more than the ConcatReader keeps open (16): with global
+    pairing inputs are reopened as blocks are read; partners by class, which
+    fall anywhere in the set for every output, come from one scratch copy of
+    the set made once (not O(inputs) reopenings an output). The same bytes."""
+    from mixup_cli import scratch
+
+    copies = []
+    real_copy = scratch._copy
+    monkeypatch.setattr(scratch, "_copy", lambda *a, **k: copies.append(a[2]) or real_copy(*a, **k))
     sizes = tuple(3 + k % 4 for k in range(20))
     paths, whole = _set(tmp_path, sizes=sizes, fmts=("h5", "npz"))
-    common = dict(alpha=0.3, seed=8, block_rows=8, pairing="within-class", copies=2)
+    common = dict(alpha=0.3, seed=8, block_rows=8, pairing=pairing, copies=2)
     single = _single(whole, tmp_path / "single.h5", **common)
+    assert copies == []  # one file: its take reopens nothing
     outdir = tmp_path / "mixed"
     augment_set(AugmentRequest(paths[0], outdir, command_line=[], **common), paths, outdir)
     _assert_concatenation(single, _outputs(outdir, paths), sizes=sizes)
+    assert len(copies) == (1 if pairing == "within-class" else 0)
+    assert not [p for p in outdir.iterdir() if "scratch" in p.name]  # removed when the part ends

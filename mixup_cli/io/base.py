@@ -100,6 +100,11 @@ class Reader(ABC):
         """Whether ``take`` decompresses whole chunks to return a few rows."""
         return False
 
+    def take_scatters(self) -> bool:
+        """Whether ``take`` of rows spread over the data opens more files than
+        the reader keeps open (a set of many inputs), reopening some each time."""
+        return False
+
     @abstractmethod
     def files(self) -> list[Path]:
         """The files on disk that make up this dataset (for hashing)."""

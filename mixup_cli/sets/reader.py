@@ -173,6 +173,10 @@ class ConcatReader(Reader):
         # Asked once per run (scratch.wanted): each input answers for itself.
         return any(self._reader(k).take_inflates(key) for k in range(len(self.layout.shards)))
 
+    def take_scatters(self) -> bool:
+        # Partners by index fall in any input: past max_open, every take reopens inputs.
+        return len(self.layout.shards) > self._max_open
+
     def require(self, key: str, option: str, kinds: str = "fiu") -> ArraySpec:
         # Each input passed its own reader's checks in inspect_inputs.
         return super().require(key, option, kinds)
