@@ -563,3 +563,40 @@ def test_raising_the_interruption_cancels_a_pending_retry(monkeypatch):
     finally:
         signal_module.setitimer(signal_module.ITIMER_REAL, 0)
         signal_module.signal(signal_module.SIGALRM, previous)
+
+
+def test_an_interruption_leaves_no_report_of_abandoned_async_work():
+    """Interrupted while another library's event loop (zarr's) had work in
+    flight: stderr is the one line saying what was kept, not Python's reports
+    of destroyed tasks and never-awaited coroutines as the process exits."""
+    script = r'''
+import asyncio, threading, sys
+import click
+from mixup_cli.cli import MixupGroup
+
+loop = asyncio.new_event_loop()
+threading.Thread(target=loop.run_forever, daemon=True).start()
+
+async def never_done():
+    await asyncio.Event().wait()
+
+async def fails():
+    raise RuntimeError("cannot schedule new futures after shutdown")
+
+@click.group(cls=MixupGroup)
+def group():
+    pass
+
+@group.command()
+def run():
+    asyncio.run_coroutine_threadsafe(never_done(), loop)  # pending when the process exits
+    asyncio.run_coroutine_threadsafe(fails(), loop)  # an exception nobody retrieves
+    abandoned = never_done()  # a coroutine never awaited
+    raise KeyboardInterrupt
+
+group(["run"])
+'''
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+                          env=env(), preexec_fn=default_signals)
+    assert done.returncode == 130, done.stderr
+    assert done.stderr.strip().splitlines() == ["Interrupted by SIGINT: stopped and removed the temporary files."], done.stderr

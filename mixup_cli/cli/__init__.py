@@ -32,6 +32,16 @@ class _StderrFormatter(logging.Formatter):
         return f"{record.levelname.lower()}: {record.getMessage()}"
 
 
+def _quiet_abandoned_work() -> None:
+    """After an interruption the message says what was kept; work other
+    libraries had in flight (zarr's event loop) must not add Python's own
+    reports of abandoned tasks and coroutines to stderr as the process exits."""
+    import warnings
+
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+    warnings.filterwarnings("ignore", message="coroutine .* was never awaited", category=RuntimeWarning)
+
+
 class MixupGroup(click.Group):
     """Maps library errors to ``Error: ...`` on stderr and the documented exit codes."""
 
@@ -52,6 +62,7 @@ class MixupGroup(click.Group):
             click.echo(f"Error: {exc}", err=True)
             ctx.exit(exc.exit_code)
         except KeyboardInterrupt as exc:
+            _quiet_abandoned_work()
             name, code = signals.describe(exc)
             message = getattr(exc, "mixup_message", None)  # augment says what it kept
             click.echo(message or f"Interrupted by {name}: stopped and removed the temporary files.", err=True)
