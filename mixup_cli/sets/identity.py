@@ -275,8 +275,21 @@ def _check_manifest(path: Path, sid: str, overwrite: bool) -> None:
                       + ("" if record is None else ", or pass --overwrite to replace that set's outputs"))
 
 
+class OutputsPresent:
+    """Of a set's ``outputs`` outputs, those in ``present`` (index -> path):
+    which are missing, and whether the set is complete."""
+
+    @property
+    def missing(self) -> list[int]:
+        return [k for k in range(self.outputs) if k not in self.present]
+
+    @property
+    def complete(self) -> bool:
+        return not self.missing
+
+
 @dataclass
-class SetStatus:
+class SetStatus(OutputsPresent):
     """What the sidecars in OUTDIR say of the set they belong to."""
 
     set_id: str
@@ -286,14 +299,6 @@ class SetStatus:
     parts: dict[tuple[int, int], list[int]] = field(default_factory=dict)  # (I, N) -> outputs it wrote
     inputs: list[dict] | None = None  # the ordered inputs, when known (inline, or every output present)
     sections: dict[int, dict] = field(default_factory=dict)
-
-    @property
-    def missing(self) -> list[int]:
-        return [k for k in range(self.outputs) if k not in self.present]
-
-    @property
-    def complete(self) -> bool:
-        return not self.missing
 
     def parts_done(self) -> dict[tuple[int, int], bool]:
         """Each part seen: whether every output it is assigned is present."""

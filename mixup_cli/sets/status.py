@@ -20,7 +20,7 @@ from mixup_cli.sets.inputs import Part, part_of, read_list
 
 
 @dataclass
-class SetView:
+class SetView(identity.OutputsPresent):
     outdir: Path
     set_id: str
     outputs: int  # S
@@ -32,14 +32,6 @@ class SetView:
     sections: dict[int, dict] = field(default_factory=dict)
     interrupted: list[str] = field(default_factory=list)  # outputs with partial files left
     has_manifest: bool = False
-
-    @property
-    def missing(self) -> list[int]:
-        return [k for k in range(self.outputs) if k not in self.present]
-
-    @property
-    def complete(self) -> bool:
-        return not self.missing
 
     def name(self, k: int) -> str:
         return self.inputs[k]["name"] if self.inputs is not None else f"output {k} of {self.outputs}"
