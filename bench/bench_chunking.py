@@ -27,7 +27,6 @@ import os
 import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -62,7 +61,7 @@ def choices(row_bytes):
     for comp in ("none", "gzip", "lzf"):
         for label, nbytes in sizes.items():
             rows = 1 << max(0, (nbytes // row_bytes).bit_length() - 1)
-            for shuffle in ((None,) if comp == "none" else (True, False)):
+            for shuffle in (None,) if comp == "none" else (True, False):
                 yield comp, label, rows, shuffle
 
 
@@ -99,18 +98,31 @@ def main():
                 b = min(a + 1024, args.rows)
                 d[a:b] = image_like(rng, b - a, shape)
             f["y"] = rng.integers(0, 10, args.rows)
-        print(f"{args.rows:,} rows of x {shape} float32 ({args.rows * row_bytes / 2**20:,.0f} MiB) + y; "
-              f"cpus {os.cpu_count()}; load {os.getloadavg()[0]:.1f}; read rates in rows/s "
-              f"({args.reads:,} random rows){'' if torch else '; no torch: loader skipped'}")
-        print(f"{'compression':<12}{'chunk':>8}{'rows':>6}{'shuffle':>8}{'MiB':>8}{'write s':>9}"
-              f"{'seq':>10}{'random':>9}{'dataset':>9}{'loader':>9}")
+        print(
+            f"{args.rows:,} rows of x {shape} float32 ({args.rows * row_bytes / 2**20:,.0f} MiB) + y; "
+            f"cpus {os.cpu_count()}; load {os.getloadavg()[0]:.1f}; read rates in rows/s "
+            f"({args.reads:,} random rows){'' if torch else '; no torch: loader skipped'}"
+        )
+        print(
+            f"{'compression':<12}{'chunk':>8}{'rows':>6}{'shuffle':>8}{'MiB':>8}{'write s':>9}"
+            f"{'seq':>10}{'random':>9}{'dataset':>9}{'loader':>9}"
+        )
         idx = rng.integers(0, args.rows, args.reads)
         for comp, label, chunk_rows, shuffle in choices(row_bytes):
             if comp not in args.compression.split(","):
                 continue
             out = work / "out.h5"
-            cmd = installed.mixup() + ["augment", str(src), str(out), "--seed", "1",
-                   "--compression", comp, "--quiet", "--overwrite"]
+            cmd = installed.mixup() + [
+                "augment",
+                str(src),
+                str(out),
+                "--seed",
+                "1",
+                "--compression",
+                comp,
+                "--quiet",
+                "--overwrite",
+            ]
             if chunk_rows:
                 cmd += ["--chunk-rows", str(chunk_rows)]
             if shuffle is not None:
@@ -125,7 +137,7 @@ def main():
                 rows, shuffled = x.chunks[0], x.shuffle
                 t = time.perf_counter()
                 for a in range(0, args.rows, 1024):
-                    x[a:a + 1024]
+                    x[a : a + 1024]
                 seq = rate(args.rows, time.perf_counter() - t)
                 t = time.perf_counter()
                 for i in idx:
@@ -147,8 +159,11 @@ def main():
             size = out.stat().st_size / 2**20
             name = label if label == "default" else f"~{label}"
             sh = "-" if comp == "none" else ("on" if shuffled else "off")
-            print(f"{comp:<12}{name:>8}{rows:>6}{sh:>8}{size:>8,.0f}{statistics.median(walls):>9.2f}"
-                  f"{seq:>10,.0f}{rnd:>9,.0f}{dsr:>9,.0f}{loader:>9}", flush=True)
+            print(
+                f"{comp:<12}{name:>8}{rows:>6}{sh:>8}{size:>8,.0f}{statistics.median(walls):>9.2f}"
+                f"{seq:>10,.0f}{rnd:>9,.0f}{dsr:>9,.0f}{loader:>9}",
+                flush=True,
+            )
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -30,14 +30,11 @@ Contenders:
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import sys
 import time
 
-import numpy as np
-
 import installed  # noqa: E402  (first: the installed mixup_cli, not the checkout)
+import numpy as np
 
 from mixup_cli import core  # noqa: E402
 from mixup_cli.core import mix_gather, mix_rows, mixup  # noqa: E402
@@ -113,7 +110,7 @@ def main(argv=None):
     y = np.eye(10, dtype=np.float32)[rng.integers(0, 10, n)]
     items = contenders(x, y, n)
     times = {name: [] for name, _ in items}
-    for name, fn in items:  # warm-up
+    for _name, fn in items:  # warm-up
         fn()
     order = np.random.default_rng(0)
     for _ in range(args.repeats):
@@ -125,8 +122,10 @@ def main(argv=None):
 
     med = {name: statistics.median(ts) for name, ts in times.items()}
     seed_t, copy_t = med["seed function"], med["x.copy()"]
-    print(f"batch: {n} x 3x32x32 float32 ({x.nbytes / 1e6:.1f} MB) + one-hot y[10]; "
-          f"median of {args.repeats}, one thread; core.KERNEL = {core.KERNEL!r}")
+    print(
+        f"batch: {n} x 3x32x32 float32 ({x.nbytes / 1e6:.1f} MB) + one-hot y[10]; "
+        f"median of {args.repeats}, one thread; core.KERNEL = {core.KERNEL!r}"
+    )
     print(f"{'contender':<26} {'ms':>8} {'seed / this':>12} {'this / copy':>12}")
     for name, _ in items:
         t = med[name]

@@ -17,7 +17,6 @@ import os
 import platform
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -28,6 +27,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 
 import installed  # noqa: E402  (the installed mixup_cli for the subprocesses)
+
 ROW_SHAPE = (32, 32, 3)
 CLASSES = 10
 
@@ -90,8 +90,11 @@ def main() -> None:
         src = work / "in.h5"
         rows = make_input(src, opts.size_mb)
         mb = src.stat().st_size / 2**20
-        print(f"input: {rows} rows of {ROW_SHAPE} float32 + {CLASSES} one-hot, {mb:.0f} MiB; "
-              f"{os.cpu_count()} CPUs, Python {platform.python_version()}", flush=True)
+        print(
+            f"input: {rows} rows of {ROW_SHAPE} float32 + {CLASSES} one-hot, {mb:.0f} MiB; "
+            f"{os.cpu_count()} CPUs, Python {platform.python_version()}",
+            flush=True,
+        )
         common = ["--seed", 7, "--compression", "gzip", "--quiet"]
         dask = ["--engine", "dask", "--workers", opts.workers]
         cases = [
@@ -113,7 +116,9 @@ def main() -> None:
         print("| engine | output (gzip) | seconds | MiB/s of input | output MiB |")
         print("| --- | --- | ---: | ---: | ---: |")
         for engine, fmt, seconds, out_mb in results:
-            print(f"| {engine} | {'HDF5' if fmt == 'h5' else 'Zarr'} | {seconds:.1f} | {mb / seconds:.0f} | {out_mb:.0f} |")
+            print(
+                f"| {engine} | {'HDF5' if fmt == 'h5' else 'Zarr'} | {seconds:.1f} | {mb / seconds:.0f} | {out_mb:.0f} |"
+            )
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

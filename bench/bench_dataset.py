@@ -14,10 +14,8 @@ DataLoader (2 workers, shuffle=True, batch 64) over the whole output.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -64,14 +62,21 @@ def main():
                 b = min(a + 1024, args.rows)
                 d[a:b] = rng.random((b - a,) + shape, dtype=np.float32)
             f["y"] = rng.integers(0, 10, args.rows)
-        print(f"{args.rows:,} rows of x {shape} float32 ({args.rows * np.prod(shape) * 4 / 2**20:,.0f} MiB), "
-              f"{args.reads:,} random reads; rows/s")
-        print(f"{'output':<8}{'MiB':>8}{'x chunk':>14}{'h5py row':>10}{'ds[i]':>10}{'ds[64 idx]':>11}"
-              f"{'ds[i:i+64]':>11}{'DataLoader':>11}")
+        print(
+            f"{args.rows:,} rows of x {shape} float32 ({args.rows * np.prod(shape) * 4 / 2**20:,.0f} MiB), "
+            f"{args.reads:,} random reads; rows/s"
+        )
+        print(
+            f"{'output':<8}{'MiB':>8}{'x chunk':>14}{'h5py row':>10}{'ds[i]':>10}{'ds[64 idx]':>11}"
+            f"{'ds[i:i+64]':>11}{'DataLoader':>11}"
+        )
         for comp in args.compression.split(","):
             out = work / f"out-{comp}.h5"
-            subprocess.run(installed.mixup() + ["augment", str(src), str(out), "--seed", "1",
-                            "--compression", comp, "--quiet"], check=True, env=env)
+            subprocess.run(
+                installed.mixup() + ["augment", str(src), str(out), "--seed", "1", "--compression", comp, "--quiet"],
+                check=True,
+                env=env,
+            )
             idx = rng.integers(0, args.rows, args.reads)
             with h5py.File(out, "r") as f:
                 chunk = f["x"].chunks
@@ -81,7 +86,7 @@ def main():
             one = timed(lambda: [ds[int(i)] for i in idx], len(idx))
             batches = idx[: len(idx) // 64 * 64].reshape(-1, 64)
             many = timed(lambda: [ds[b] for b in batches], batches.size)
-            seq = timed(lambda: [ds[a:a + 64] for a in range(0, len(ds), 64)], len(ds))
+            seq = timed(lambda: [ds[a : a + 64] for a in range(0, len(ds), 64)], len(ds))
             loader = "-"
             try:
                 import torch
@@ -92,7 +97,9 @@ def main():
                 loader = timed(lambda: [b for b in dl], len(ds))
             ds.close()
             size = out.stat().st_size / 2**20
-            print(f"{comp:<8}{size:>8,.0f}{str(chunk[0]) + ' rows':>14}{h5:>10}{one:>10}{many:>11}{seq:>11}{loader:>11}")
+            print(
+                f"{comp:<8}{size:>8,.0f}{str(chunk[0]) + ' rows':>14}{h5:>10}{one:>10}{many:>11}{seq:>11}{loader:>11}"
+            )
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

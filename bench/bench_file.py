@@ -37,15 +37,13 @@ import os
 import resource
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import h5py
-import numpy as np
-
 import installed  # noqa: E402  (first: the installed mixup_cli, not the checkout)
+import numpy as np
 
 from mixup_cli.pipeline import AugmentRequest, augment  # noqa: E402
 
@@ -69,18 +67,29 @@ def h5py_copy(src: Path, dst: Path, compression: str | None) -> None:
     with h5py.File(src, "r") as fin, h5py.File(dst, "w") as fout:
         for key in ("x", "y"):
             ds = fin[key]
-            out = fout.create_dataset(key, shape=ds.shape, dtype=ds.dtype,
-                                      chunks=(CHUNK_ROWS,) + ds.shape[1:], compression=compression)
+            out = fout.create_dataset(
+                key, shape=ds.shape, dtype=ds.dtype, chunks=(CHUNK_ROWS,) + ds.shape[1:], compression=compression
+            )
             buf = np.empty((BATCH,) + ds.shape[1:], ds.dtype)
             for s in range(0, ds.shape[0], BATCH):
                 e = min(ds.shape[0], s + BATCH)
-                ds.read_direct(buf, np.s_[s:e], np.s_[0:e - s])
-                out.write_direct(buf, np.s_[0:e - s], np.s_[s:e])
+                ds.read_direct(buf, np.s_[s:e], np.s_[0 : e - s])
+                out.write_direct(buf, np.s_[0 : e - s], np.s_[s:e])
 
 
 def candidate(src: Path, dst: Path, compression: str, pairing: str) -> None:
-    augment(AugmentRequest(src, dst, alpha=0.2, seed=1, pairing=pairing, compression=compression,
-                           overwrite=True, command_line=["bench"]))
+    augment(
+        AugmentRequest(
+            src,
+            dst,
+            alpha=0.2,
+            seed=1,
+            pairing=pairing,
+            compression=compression,
+            overwrite=True,
+            command_line=["bench"],
+        )
+    )
 
 
 def candidate_phases(src: Path, dst: Path, compression: str, pairing: str) -> tuple[dict, dict]:
@@ -91,11 +100,18 @@ def candidate_phases(src: Path, dst: Path, compression: str, pairing: str) -> tu
     from mixup_cli.engines import local
     from mixup_cli.io import hdf5
 
-    phases = {"engine run": (local, "run"), "fsync": (pipeline.atomic, "sync"),
-              "wait hashes": (provenance.BackgroundHash, "result")}
-    stages = {"read": (hdf5.Reader, "read_into"), "mix": (mixing.Mixer, "mix_gather"),
-              "hash out": (digests.BlockHasher, "update"), "write": (hdf5.Writer, "write"),
-              "hash in": (provenance, "sha256_file")}
+    phases = {
+        "engine run": (local, "run"),
+        "fsync": (pipeline.atomic, "sync"),
+        "wait hashes": (provenance.BackgroundHash, "result"),
+    }
+    stages = {
+        "read": (hdf5.Reader, "read_into"),
+        "mix": (mixing.Mixer, "mix_gather"),
+        "hash out": (digests.BlockHasher, "update"),
+        "write": (hdf5.Writer, "write"),
+        "hash in": (provenance, "sha256_file"),
+    }
     spent = {name: 0.0 for name in [*phases, *stages]}
     originals = {name: getattr(owner, attr) for name, (owner, attr) in {**phases, **stages}.items()}
 
@@ -106,6 +122,7 @@ def candidate_phases(src: Path, dst: Path, compression: str, pairing: str) -> tu
                 return fn(*a, **k)
             finally:
                 spent[name] += time.perf_counter() - t0
+
         return inner
 
     for name, (owner, attr) in {**phases, **stages}.items():
@@ -136,10 +153,14 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=5, help="per uncompressed case")
     parser.add_argument("--gzip-repeats", type=int, default=3, help="per gzip case (20 s each)")
     parser.add_argument("--workdir", default=tempfile.gettempdir())
-    parser.add_argument("--cases", default="none:global,none:batch,gzip:global,gzip:batch",
-                        help="comma-separated compression:pairing pairs")
-    parser.add_argument("--phases", action="store_true",
-                        help="also print where one candidate run of each case spends its time")
+    parser.add_argument(
+        "--cases",
+        default="none:global,none:batch,gzip:global,gzip:batch",
+        help="comma-separated compression:pairing pairs",
+    )
+    parser.add_argument(
+        "--phases", action="store_true", help="also print where one candidate run of each case spends its time"
+    )
     args = parser.parse_args(argv)
     installed.check(args)
     print(installed.header(), flush=True)
@@ -149,16 +170,23 @@ def main(argv=None):
         src = work / "in.h5"
         make_input(src, args.rows)
         size = src.stat().st_size
-        print(f"input: {args.rows} x 32x32x3 float32 + y[10], chunks of {CHUNK_ROWS} rows, "
-              f"{size / 1e9:.2f} GB; median of {args.repeats} (gzip: {args.gzip_repeats}), alternating")
+        print(
+            f"input: {args.rows} x 32x32x3 float32 + y[10], chunks of {CHUNK_ROWS} rows, "
+            f"{size / 1e9:.2f} GB; median of {args.repeats} (gzip: {args.gzip_repeats}), alternating"
+        )
         phases = {}
-        print(f"{'compression':<12} {'pairing':<8} {'h5py copy s':>12} {'mixup s':>9} {'ratio':>7}"
-              f" {'copy CPU s':>11} {'mixup CPU s':>12} {'CPU ratio':>10} {'load':>5}")
+        print(
+            f"{'compression':<12} {'pairing':<8} {'h5py copy s':>12} {'mixup s':>9} {'ratio':>7}"
+            f" {'copy CPU s':>11} {'mixup CPU s':>12} {'CPU ratio':>10} {'load':>5}"
+        )
         for case in args.cases.split(","):
             compression, pairing = case.split(":")
             ref_t, cand_t = [], []
+
             def run_ref():
-                ref_t.append(timed(lambda: h5py_copy(src, work / "ref.h5", None if compression == "none" else compression)))
+                ref_t.append(
+                    timed(lambda: h5py_copy(src, work / "ref.h5", None if compression == "none" else compression))
+                )
                 (work / "ref.h5").unlink()
 
             def run_cand():
@@ -166,17 +194,22 @@ def main(argv=None):
                 (work / "out.h5").unlink()
 
             for i in range(args.gzip_repeats if compression == "gzip" else args.repeats):
-                for run in ((run_ref, run_cand) if i % 2 == 0 else (run_cand, run_ref)):
+                for run in (run_ref, run_cand) if i % 2 == 0 else (run_cand, run_ref):
                     run()
             if args.phases:
                 phases[case] = candidate_phases(src, work / "out.h5", compression, pairing)
                 (work / "out.h5").unlink()
             r, c = statistics.median(t for t, _ in ref_t), statistics.median(t for t, _ in cand_t)
             rc, cc = statistics.median(u for _, u in ref_t), statistics.median(u for _, u in cand_t)
-            print(f"{compression:<12} {pairing:<8} {r:12.2f} {c:9.2f} {c / r:6.2f}x"
-                  f" {rc:11.2f} {cc:12.2f} {cc / rc:9.2f}x {os.getloadavg()[0]:5.1f}", flush=True)
-        for title, index in (("where one candidate run spends its time (s):", 0),
-                             ("seconds in each stage's calls, in their own threads (they overlap):", 1)):
+            print(
+                f"{compression:<12} {pairing:<8} {r:12.2f} {c:9.2f} {c / r:6.2f}x"
+                f" {rc:11.2f} {cc:12.2f} {cc / rc:9.2f}x {os.getloadavg()[0]:5.1f}",
+                flush=True,
+            )
+        for title, index in (
+            ("where one candidate run spends its time (s):", 0),
+            ("seconds in each stage's calls, in their own threads (they overlap):", 1),
+        ):
             if not phases:
                 break
             print(f"\n{title}")

@@ -22,7 +22,6 @@ import argparse
 import json
 import shutil
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -55,7 +54,9 @@ def make_inputs(folder: Path, tabular_rows: int, image_rows: int) -> tuple[Path,
     rng = np.random.default_rng(0)
     tab = folder / "tabular.h5"
     with h5py.File(tab, "w") as f:
-        f.create_dataset("x", data=rng.standard_normal((tabular_rows, 64), dtype=np.float32), chunks=(min(4096, tabular_rows), 64))
+        f.create_dataset(
+            "x", data=rng.standard_normal((tabular_rows, 64), dtype=np.float32), chunks=(min(4096, tabular_rows), 64)
+        )
         f.create_dataset("y", data=rng.integers(0, 10, tabular_rows))
     img = folder / "images.h5"
     with h5py.File(img, "w") as f:
@@ -69,8 +70,13 @@ def make_inputs(folder: Path, tabular_rows: int, image_rows: int) -> tuple[Path,
 
 def run(src: Path, out: Path, **options) -> dict:
     env = dict(installed.env(), PATH="/usr/bin:/bin")
-    proc = subprocess.run(installed.python() + ["-c", RUN, json.dumps(dict(options, src=str(src), out=str(out)))],
-                          capture_output=True, text=True, env=env, check=False)
+    proc = subprocess.run(
+        installed.python() + ["-c", RUN, json.dumps(dict(options, src=str(src), out=str(out)))],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
     if proc.returncode:
         raise SystemExit(proc.stderr)
     out.unlink()
@@ -99,16 +105,21 @@ def main() -> None:
             ("images", img, args.image_rows, "global", {}),
             ("images", img, args.image_rows, "knn --project 32", {"neighbors": k, "project": 32}),
         ]
-        print(f"tabular: {args.tabular_rows} x 64 float32; images: {args.image_rows} x 32x32x3 float32; "
-              f"K = {k}; uncompressed HDF5 in and out, one run each, in a fresh process")
+        print(
+            f"tabular: {args.tabular_rows} x 64 float32; images: {args.image_rows} x 32x32x3 float32; "
+            f"K = {k}; uncompressed HDF5 in and out, one run each, in a fresh process"
+        )
         print(f"{'data':<9}{'pairing':<20}{'s':>8}{'index s':>9}{'rows/s':>10}{'peak MB':>9}{'/ global':>10}")
         base = {}
         for data, src, rows, label, options in cases:
             pairing = label.split()[0]
             r = run(src, folder / "out.h5", pairing=pairing, **options)
             base.setdefault(data, r["seconds"])
-            print(f"{data:<9}{label:<20}{r['seconds']:>8.2f}{r['index'] if pairing != 'global' else 0:>9.2f}"
-                  f"{rows / r['seconds']:>10,.0f}{r['rss_mb']:>9.0f}{r['seconds'] / base[data]:>9.2f}x", flush=True)
+            print(
+                f"{data:<9}{label:<20}{r['seconds']:>8.2f}{r['index'] if pairing != 'global' else 0:>9.2f}"
+                f"{rows / r['seconds']:>10,.0f}{r['rss_mb']:>9.0f}{r['seconds'] / base[data]:>9.2f}x",
+                flush=True,
+            )
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 

@@ -63,8 +63,7 @@ def make(path: Path, shape, chunks, gzip: bool, writer: str) -> None:
                 v[i : i + 10_000] = x[i : i + 10_000]
         return
     with h5py.File(path, "w") as f:
-        f.create_dataset("x", data=x, chunks=chunks, compression="gzip" if gzip else None,
-                         shuffle=gzip)
+        f.create_dataset("x", data=x, chunks=chunks, compression="gzip" if gzip else None, shuffle=gzip)
 
 
 def h5py_copy(src: Path, dst: Path, sync: bool = False) -> float:
@@ -102,8 +101,7 @@ def h5py_script(src: Path, dst: Path) -> float:
 
 def mixup(src: Path, dst: Path) -> float:
     env = installed.env()
-    cmd = installed.mixup() + [
-        "augment", str(src), str(dst), "--no-y", "--seed", "1", "--quiet", "--overwrite"]
+    cmd = installed.mixup() + ["augment", str(src), str(dst), "--no-y", "--seed", "1", "--quiet", "--overwrite"]
     t = time.perf_counter()
     subprocess.run(cmd, check=True, env=env)
     return time.perf_counter() - t
@@ -134,8 +132,9 @@ def main() -> None:
             script = min(h5py_script(src, work / "copy.h5") for _ in range(args.repeat))
             ours = min(mixup(src, work / "out.h5") for _ in range(args.repeat))
             rows.append((name, shape, base, synced, script, ours))
-            print(f"{name}: h5py {base:.2f} s (+fsync {synced:.2f} s), mixup {ours:.2f} s, {ours / base:.2f}x",
-                  flush=True)
+            print(
+                f"{name}: h5py {base:.2f} s (+fsync {synced:.2f} s), mixup {ours:.2f} s, {ours / base:.2f}x", flush=True
+            )
             for p in work.iterdir():
                 if p.is_file():
                     p.unlink()
@@ -143,12 +142,16 @@ def main() -> None:
         if args.keep is None:
             shutil.rmtree(work, ignore_errors=True)
     print()
-    print("| layout | rows | h5py read + write (s) | same + fsync (s) | same as a script (s) | `mixup augment` (s) "
-          "| ratio | ratio to h5py + fsync | ratio to the script |")
+    print(
+        "| layout | rows | h5py read + write (s) | same + fsync (s) | same as a script (s) | `mixup augment` (s) "
+        "| ratio | ratio to h5py + fsync | ratio to the script |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name, shape, base, synced, script, ours in rows:
-        print(f"| {name} | {shape[0]:,} | {base:.2f} | {synced:.2f} | {script:.2f} | {ours:.2f} | {ours / base:.2f}x "
-              f"| {ours / synced:.2f}x | {ours / script:.2f}x |")
+        print(
+            f"| {name} | {shape[0]:,} | {base:.2f} | {synced:.2f} | {script:.2f} | {ours:.2f} | {ours / base:.2f}x "
+            f"| {ours / synced:.2f}x | {ours / script:.2f}x |"
+        )
 
 
 if __name__ == "__main__":

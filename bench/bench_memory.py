@@ -17,10 +17,8 @@ Files are deleted at the end.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -66,8 +64,13 @@ runpy.run_module('mixup_cli', run_name='__main__')
 def peak_rss(args: list[str]) -> int:
     """Peak resident set size (bytes) of one ``mixup`` process."""
     env = installed.env()
-    done = subprocess.run(installed.python() + ["-c", _WRAPPER] + args, env=env, stdout=subprocess.DEVNULL,
-                          stderr=subprocess.PIPE, text=True)
+    done = subprocess.run(
+        installed.python() + ["-c", _WRAPPER] + args,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     if done.returncode != 0:
         raise SystemExit(f"mixup augment failed: {done.stderr}")
     kb = [int(line.split()[1]) for line in done.stderr.splitlines() if line.startswith("VMHWM_KB ")]
@@ -93,10 +96,14 @@ def main(argv=None):
         for rows in (64, n, 8 * n):
             files[rows] = work / f"in-{rows}.h5"
             make_input(files[rows], rows)
-        print(f"rows of 32x32x3 float32 + y[{CLASSES}]: {row_bytes} bytes; default block {block} rows, "
-              f"default batch {batch_bytes * mb:.1f} MiB")
-        print(f"{'compression':<12} {'baseline MiB':>13} {'N':>7} {'peak MiB':>9} {'8N':>7} {'peak MiB':>9}"
-              f" {'8N / N':>7} {'limit MiB':>10} {'under':>6}")
+        print(
+            f"rows of 32x32x3 float32 + y[{CLASSES}]: {row_bytes} bytes; default block {block} rows, "
+            f"default batch {batch_bytes * mb:.1f} MiB"
+        )
+        print(
+            f"{'compression':<12} {'baseline MiB':>13} {'N':>7} {'peak MiB':>9} {'8N':>7} {'peak MiB':>9}"
+            f" {'8N / N':>7} {'limit MiB':>10} {'under':>6}"
+        )
         for comp in ("none", "gzip"):
             peaks = {}
             for rows, src in files.items():
@@ -106,8 +113,10 @@ def main(argv=None):
                 Path(str(out) + ".provenance.json").unlink()
             limit = peaks[64] + 4 * batch_bytes
             worst = max(peaks[n], peaks[8 * n])
-            print(f"{comp:<12} {peaks[64] * mb:13.1f} {n:7d} {peaks[n] * mb:9.1f} {8 * n:7d} {peaks[8 * n] * mb:9.1f}"
-                  f" {peaks[8 * n] / peaks[n]:7.3f} {limit * mb:10.1f} {'yes' if worst < limit else 'NO':>6}")
+            print(
+                f"{comp:<12} {peaks[64] * mb:13.1f} {n:7d} {peaks[n] * mb:9.1f} {8 * n:7d} {peaks[8 * n] * mb:9.1f}"
+                f" {peaks[8 * n] / peaks[n]:7.3f} {limit * mb:10.1f} {'yes' if worst < limit else 'NO':>6}"
+            )
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

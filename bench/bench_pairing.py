@@ -46,8 +46,9 @@ def make_input(path: Path, rows: int, compression: str | None = None) -> None:
         for s in range(0, rows, 4096):
             e = min(rows, s + 4096)
             x[s:e] = rng.random((e - s,) + ROW_SHAPE, dtype=np.float32)
-        f.create_dataset("y", data=np.eye(CLASSES, dtype=np.float32)[labels], chunks=(256, CLASSES),
-                         compression=compression)
+        f.create_dataset(
+            "y", data=np.eye(CLASSES, dtype=np.float32)[labels], chunks=(256, CLASSES), compression=compression
+        )
 
 
 def main() -> None:
@@ -56,10 +57,17 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=42_000)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--workdir", default=tempfile.gettempdir())
-    parser.add_argument("--input-compression", choices=["none", "gzip"], default="none",
-                        help="gzip: the class modes then read from an uncompressed copy (mixup_cli.scratch)")
-    parser.add_argument("--no-scratch", action="store_true",
-                        help="read compressed input directly, never from a copy: what the copy saves")
+    parser.add_argument(
+        "--input-compression",
+        choices=["none", "gzip"],
+        default="none",
+        help="gzip: the class modes then read from an uncompressed copy (mixup_cli.scratch)",
+    )
+    parser.add_argument(
+        "--no-scratch",
+        action="store_true",
+        help="read compressed input directly, never from a copy: what the copy saves",
+    )
     args = parser.parse_args()
     installed.check(args)
     print(installed.header(), flush=True)
@@ -81,8 +89,10 @@ def main() -> None:
                 out.unlink()
                 Path(str(out) + ".provenance.json").unlink()
         base = statistics.median(times["global"])
-        print(f"{args.rows} rows, {megabytes:.0f} MB, input compression {args.input_compression}"
-              f"{' (no scratch copy)' if args.no_scratch else ''}, uncompressed output, median of {args.repeats}")
+        print(
+            f"{args.rows} rows, {megabytes:.0f} MB, input compression {args.input_compression}"
+            f"{' (no scratch copy)' if args.no_scratch else ''}, uncompressed output, median of {args.repeats}"
+        )
         print(f"{'pairing':<15}{'s':>8}{'rows/s':>10}{'MB/s':>8}{'/ global':>10}")
         for mode in PAIRINGS:
             t = statistics.median(times[mode])

@@ -122,8 +122,10 @@ def main() -> None:
 
         for r in range(args.repeats):
             first, second = (0, 1) if r % 2 == 0 else (1, 0)
-            cases = [(lambda: one_file(), lambda: the_set(folder / "set")),
-                     (lambda: the_set(folder / "set1"), lambda: four_parts(folder / "parts"))]
+            cases = [
+                (lambda: one_file(), lambda: the_set(folder / "set")),
+                (lambda: the_set(folder / "set1"), lambda: four_parts(folder / "parts")),
+            ]
             for name, (ref, cand) in zip(rows, cases):
                 fns = (ref, cand)
                 times = [0.0, 0.0]
@@ -134,8 +136,10 @@ def main() -> None:
         _check(folder / "set", paths, folder / "single.h5")
         _check(folder / "parts", paths, folder / "single.h5")
         total = sum(p.stat().st_size for p in paths) / 2**20
-        print(f"{args.shards} shards, {total:.0f} MiB in all, {os.cpu_count()} CPUs, load "
-              f"{os.getloadavg()[0]:.1f}, median of {args.repeats}")
+        print(
+            f"{args.shards} shards, {total:.0f} MiB in all, {os.cpu_count()} CPUs, load "
+            f"{os.getloadavg()[0]:.1f}, median of {args.repeats}"
+        )
         print(f"{'case':<24} {'reference s':>12} {'candidate s':>12} {'ratio':>7}")
         refs = {"set": "one file", "4 parts, 2 at a time": "the set, one run"}
         for name, (ref, cand) in rows.items():

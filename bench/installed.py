@@ -42,18 +42,24 @@ sys.path[:] = _without_repo(sys.path)
 try:
     import mixup_cli  # noqa: F401
 except ImportError:
-    print("mixup-cli is not installed for this interpreter: run `pip install .` in the repository first",
-          file=sys.stderr)
-    raise SystemExit(2)
+    print(
+        "mixup-cli is not installed for this interpreter: run `pip install .` in the repository first", file=sys.stderr
+    )
+    raise SystemExit(2) from None
 
-BUILD = ("the compiled kernel (mixup_cli._kernel) is not in use: build it with `pip install .` "
-         "(or `python setup.py build_ext --inplace` for an editable checkout), or pass --allow-numpy "
-         "to measure the numpy loop")
+BUILD = (
+    "the compiled kernel (mixup_cli._kernel) is not in use: build it with `pip install .` "
+    "(or `python setup.py build_ext --inplace` for an editable checkout), or pass --allow-numpy "
+    "to measure the numpy loop"
+)
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--allow-numpy", action="store_true",
-                        help="run even when mixup_cli.core.KERNEL is the numpy loop (figures are then not the installed kernel's)")
+    parser.add_argument(
+        "--allow-numpy",
+        action="store_true",
+        help="run even when mixup_cli.core.KERNEL is the numpy loop (figures are then not the installed kernel's)",
+    )
 
 
 def check(args) -> str:

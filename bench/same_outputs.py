@@ -79,9 +79,12 @@ def make_inputs(d: Path) -> dict[str, Path]:
     # Chunked + gzip HDF5: images with integer labels (4 classes, unequal sizes).
     p = d / "img_gzip.h5"
     with h5py.File(p, "w") as f:
-        f.create_dataset("x", data=rng.random((301, 6, 6, 3), dtype=np.float32), chunks=(16, 6, 6, 3), compression="gzip")
-        f.create_dataset("y", data=rng.choice(4, size=301, p=[0.4, 0.3, 0.2, 0.1]).astype(np.int64),
-                         chunks=(64,), compression="gzip")
+        f.create_dataset(
+            "x", data=rng.random((301, 6, 6, 3), dtype=np.float32), chunks=(16, 6, 6, 3), compression="gzip"
+        )
+        f.create_dataset(
+            "y", data=rng.choice(4, size=301, p=[0.4, 0.3, 0.2, 0.1]).astype(np.int64), chunks=(64,), compression="gzip"
+        )
     inputs["img_gzip"] = p
     # .npz: float64 x, one-hot y.
     p = d / "onehot.npz"
@@ -90,7 +93,9 @@ def make_inputs(d: Path) -> dict[str, Path]:
     inputs["onehot_npz"] = p
     # .npz with string labels, uint8 x.
     p = d / "names.npz"
-    np.savez(p, x=rng.integers(0, 256, (190, 5), dtype=np.uint8), y=np.array(["cat", "dog", "emu"])[rng.integers(0, 3, 190)])
+    np.savez(
+        p, x=rng.integers(0, 256, (190, 5), dtype=np.uint8), y=np.array(["cat", "dog", "emu"])[rng.integers(0, 3, 190)]
+    )
     inputs["names_npz"] = p
     # .npy directory: int16 x and dense float y (regression: label-kernel).
     p = d / "dense_dir"
@@ -142,13 +147,33 @@ _case("digits-dir-zarr", "digits_dir", ".zarr", "--block-rows", "256", "--copies
 _case("digits-zarr2", "digits_h5", ".zarr", "--zarr-format", "2", "--block-rows", "128")
 _case("digits-gzip-out", "digits_h5", ".h5", "--compression", "gzip", "--block-rows", "300", "--batch-size", "77")
 _case("digits-copies", "digits_h5", ".h5", "--copies", "2", "--include-original", "--block-rows", "400")
-_case("digits-copies-batch7", "digits_h5", ".h5", "--copies", "2", "--include-original", "--block-rows", "400",
-      "--batch-size", "7")
+_case(
+    "digits-copies-batch7",
+    "digits_h5",
+    ".h5",
+    "--copies",
+    "2",
+    "--include-original",
+    "--block-rows",
+    "400",
+    "--batch-size",
+    "7",
+)
 _case("gzip-cutmix", "img_gzip", ".h5", "--method", "cutmix", "--block-rows", "64")
 _case("gzip-cutmix-within", "img_gzip", ".npz", "--method", "cutmix", "--pairing", "within-class", "--copies", "2")
 _case("gzip-balance", "img_gzip", ".h5", "--balance", "--block-rows", "100")
-_case("gzip-balance-to", "img_gzip", ".zarr", "--balance-to", "50", "--pairing", "between-class", "--copies", "2",
-      "--include-original")
+_case(
+    "gzip-balance-to",
+    "img_gzip",
+    ".zarr",
+    "--balance-to",
+    "50",
+    "--pairing",
+    "between-class",
+    "--copies",
+    "2",
+    "--include-original",
+)
 _case("gzip-smoothing", "img_gzip", ".h5", "--label-smoothing", "0.1", "--num-classes", "6", "--x-dtype", "float64")
 _case("gzip-pair", "img_gzip", ".h5", "--y-format", "pair", "--block-rows", "50")
 _case("onehot-global", "onehot_npz", ".h5", "--block-rows", "64", "--batch-size", "30")
@@ -166,8 +191,20 @@ _case("masks-pair-batch", "masks", ".npz", "--y-format", "pair", "--pairing", "b
 _case("zarr-global", "zarr", ".h5", "--block-rows", "32")
 _case("zarr-between", "zarr", ".zarr", "--pairing", "between-class", "--block-rows", "32", "--batch-size", "10")
 _case("zarr-knn-within", "zarr", ".npz", "--pairing", "knn-within-class", "--neighbors", "4")
-_case("digits-dask", "digits_h5", ".zarr", "--engine", "dask", "--workers", "2", "--block-rows", "256",
-      "--copies", "2", "--include-original")
+_case(
+    "digits-dask",
+    "digits_h5",
+    ".zarr",
+    "--engine",
+    "dask",
+    "--workers",
+    "2",
+    "--block-rows",
+    "256",
+    "--copies",
+    "2",
+    "--include-original",
+)
 
 
 def run_all(only: set[str] | None = None) -> dict[str, dict]:
@@ -221,8 +258,11 @@ def main() -> int:
         if name not in before:
             differ.append(f"{name}: not in {args.compare}")
         elif json.loads(json.dumps(now, sort_keys=True)) != before[name]:
-            keys = sorted(k for k in set(now.get("arrays", {})) | set(before[name].get("arrays", {}))
-                          if now.get("arrays", {}).get(k) != before[name].get("arrays", {}).get(k))
+            keys = sorted(
+                k
+                for k in set(now.get("arrays", {})) | set(before[name].get("arrays", {}))
+                if now.get("arrays", {}).get(k) != before[name].get("arrays", {}).get(k)
+            )
             differ.append(f"{name}: differs ({', '.join(keys) or 'exit, parameters or recorded digests'})")
     arrays = sum(len(r.get("arrays", {})) for r in results.values())
     if differ:

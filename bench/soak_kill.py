@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import random
 import shutil
 import subprocess
@@ -49,6 +48,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 
 import installed  # noqa: E402  (the installed mixup_cli for the subprocesses)
+
 # name -> (output, --compression, --copies): copies chosen so that each run
 # takes about a second or two of work on a small machine.
 FORMATS = {
@@ -85,8 +85,10 @@ def read_digests(path: Path) -> dict[str, str]:
         arrays = {name: node[...] for name, node in group.members(max_depth=None) if isinstance(node, zarr.Array)}
     else:
         arrays = {p.stem: np.load(p) for p in sorted(path.glob("*.npy"))}
-    return {k: hashlib.sha256(np.ascontiguousarray(v).tobytes()).hexdigest() + str(v.dtype) + str(v.shape)
-            for k, v in sorted(arrays.items())}
+    return {
+        k: hashlib.sha256(np.ascontiguousarray(v).tobytes()).hexdigest() + str(v.dtype) + str(v.shape)
+        for k, v in sorted(arrays.items())
+    }
 
 
 # Share of the kills aimed at start-up, before any partial file exists (the
@@ -135,8 +137,13 @@ def soak(name: str, src: Path, workdir: Path, kills: int, args: list[str], rng: 
         remove(ref_dir / out_name)
         remove(ref_dir / f"{out_name}.provenance.json")
         t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd + [str(ref_dir / out_name)] + opts, env=env(), stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            cmd + [str(ref_dir / out_name)] + opts,
+            env=env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         started = wait_for_partial(proc, ref_dir / out_name)
         t1 = time.perf_counter()
         if proc.wait() != 0:
@@ -145,13 +152,22 @@ def soak(name: str, src: Path, workdir: Path, kills: int, args: list[str], rng: 
         works.append(time.perf_counter() - t1)
     startup, took = sorted(starts)[1], sorted(works)[1]
     want = read_digests(ref_dir / out_name)
-    counts = {"resumed": 0, "started over": 0, "complete": 0, "different": 0, "failed": 0,
-              "journaled": 0, "journaled but started over": 0}
+    counts = {
+        "resumed": 0,
+        "started over": 0,
+        "complete": 0,
+        "different": 0,
+        "failed": 0,
+        "journaled": 0,
+        "journaled but started over": 0,
+    }
     failures: list[str] = []
     out = run_dir / out_name
     for trial in range(kills):
         clean(run_dir)
-        proc = subprocess.Popen(cmd + [str(out)] + opts, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            cmd + [str(out)] + opts, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         if rng.random() < STARTUP_SHARE:  # in start-up: imports, opening the input, planning
             delay = rng.uniform(0, startup)
             time.sleep(delay)
@@ -171,7 +187,9 @@ def soak(name: str, src: Path, workdir: Path, kills: int, args: list[str], rng: 
         again = subprocess.run(cmd + [str(out)] + opts + ["--resume"], env=env(), capture_output=True, text=True)
         if again.returncode != 0:
             counts["failed"] += 1
-            failures.append(f"trial {trial} (kill at {delay:.3f} s): exit {again.returncode}: {again.stderr.strip()[-300:]}")
+            failures.append(
+                f"trial {trial} (kill at {delay:.3f} s): exit {again.returncode}: {again.stderr.strip()[-300:]}"
+            )
             continue
         try:
             got = read_digests(out)
@@ -194,10 +212,18 @@ def soak(name: str, src: Path, workdir: Path, kills: int, args: list[str], rng: 
             counts["resumed" if resumed else "started over"] += 1
             if journaled and not resumed:
                 counts["journaled but started over"] += 1
-                failures.append(f"trial {trial} (kill at {delay:.3f} s): progress journaled, yet started over: {again.stderr.strip()}")
+                failures.append(
+                    f"trial {trial} (kill at {delay:.3f} s): progress journaled, yet started over: {again.stderr.strip()}"
+                )
     clean(run_dir)
-    return {"format": name, "kills": kills, "startup_s": round(startup, 3), "uninterrupted_s": round(took, 3),
-            "counts": counts, "failures": failures}
+    return {
+        "format": name,
+        "kills": kills,
+        "startup_s": round(startup, 3),
+        "uninterrupted_s": round(took, 3),
+        "counts": counts,
+        "failures": failures,
+    }
 
 
 def main() -> None:
@@ -224,8 +250,12 @@ def main() -> None:
             result = soak(name, src, workdir, ns.kills, args, rng)
             results.append(result)
             c = result["counts"]
-            print(f"{name:8} kills {ns.kills:4}  start-up {result['startup_s']:.2f} s  run {result['uninterrupted_s']:.2f} s  "
-                  + "  ".join(f"{k} {v}" for k, v in c.items()), file=sys.stderr, flush=True)
+            print(
+                f"{name:8} kills {ns.kills:4}  start-up {result['startup_s']:.2f} s  run {result['uninterrupted_s']:.2f} s  "
+                + "  ".join(f"{k} {v}" for k, v in c.items()),
+                file=sys.stderr,
+                flush=True,
+            )
             for line in result["failures"][:5]:
                 print("   ", line, file=sys.stderr, flush=True)
     finally:

@@ -48,9 +48,8 @@ from collections import Counter
 from pathlib import Path
 
 import h5py
-import numpy as np
-
 import installed  # noqa: E402  (first: the installed mixup_cli for the subprocesses)
+import numpy as np
 from soak_kill import STARTUP_SHARE, remove
 
 # Unequal shards (rows); with --block-rows 700 most blocks straddle two.
@@ -69,10 +68,12 @@ def make_shards(folder: Path, width: int, compression: str | None = None) -> lis
     for k, rows in enumerate(SHARD_ROWS):
         path = folder / f"shard-{k}.h5"
         with h5py.File(path, "w") as f:
-            f.create_dataset("x", data=rng.standard_normal((rows, width), dtype=np.float32), chunks=(256, width),
-                             **filters)
-            f.create_dataset("y", data=np.eye(10, dtype=np.float32)[rng.integers(0, 10, rows)], chunks=(256, 10),
-                             **filters)
+            f.create_dataset(
+                "x", data=rng.standard_normal((rows, width), dtype=np.float32), chunks=(256, width), **filters
+            )
+            f.create_dataset(
+                "y", data=np.eye(10, dtype=np.float32)[rng.integers(0, 10, rows)], chunks=(256, 10), **filters
+            )
         paths.append(path)
     return paths
 
@@ -82,7 +83,7 @@ def part_outputs(index: int | None, names: list[str]) -> list[str]:
     if index is None:
         return list(names)
     s = len(names)
-    return names[index * s // PARTS:(index + 1) * s // PARTS]
+    return names[index * s // PARTS : (index + 1) * s // PARTS]
 
 
 def digests(path: Path) -> dict[str, str]:
@@ -155,8 +156,9 @@ def trial(n: int, rng: random.Random, shards, names, ref, timings, opts, work: P
     mine = part_outputs(index, names)
     startup, took = timings[index]
     cmd = command(shards, outdir, opts, index)
-    proc = subprocess.Popen(cmd + ["--quiet"], env=installed.env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        cmd + ["--quiet"], env=installed.env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
     t0 = time.perf_counter()
     if rng.random() < STARTUP_SHARE:
         delay = rng.uniform(0, startup)
@@ -170,15 +172,28 @@ def trial(n: int, rng: random.Random, shards, names, ref, timings, opts, work: P
     _, err1 = proc.communicate(timeout=300)
     rc1 = proc.returncode
     left = listing(outdir)
-    what = {"trial": n, "part": "set" if index is None else f"{index}/{PARTS}", "signal": signum.name,
-            "at_s": round(at, 3), "rc": rc1}
-    again = subprocess.run(cmd + ["--resume", "--json"], env=installed.env(), capture_output=True, text=True,
-                           timeout=300)
+    what = {
+        "trial": n,
+        "part": "set" if index is None else f"{index}/{PARTS}",
+        "signal": signum.name,
+        "at_s": round(at, 3),
+        "rc": rc1,
+    }
+    again = subprocess.run(
+        cmd + ["--resume", "--json"], env=installed.env(), capture_output=True, text=True, timeout=300
+    )
 
     def failed(why: str) -> dict:
-        return dict(what, outcome="failed", why=why, command=" ".join(cmd + ["--resume"]), left_after_stop=left,
-                    left_after_resume=listing(outdir), stderr_stop=err1.strip()[-300:],
-                    stderr_resume=again.stderr.strip()[-400:])
+        return dict(
+            what,
+            outcome="failed",
+            why=why,
+            command=" ".join(cmd + ["--resume"]),
+            left_after_stop=left,
+            left_after_resume=listing(outdir),
+            stderr_stop=err1.strip()[-300:],
+            stderr_resume=again.stderr.strip()[-400:],
+        )
 
     if again.returncode != 0:
         return failed(f"--resume exit {again.returncode}")
@@ -194,8 +209,13 @@ def trial(n: int, rng: random.Random, shards, names, ref, timings, opts, work: P
     if extra:
         return failed(f"left in OUTDIR after the resume: {extra}")
     if index is None:
-        checked = subprocess.run(installed.mixup() + ["verify", str(outdir), "--quiet"], env=installed.env(),
-                                 capture_output=True, text=True, timeout=300)
+        checked = subprocess.run(
+            installed.mixup() + ["verify", str(outdir), "--quiet"],
+            env=installed.env(),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         if checked.returncode != 0:
             return failed(f"mixup verify exit {checked.returncode}: {(checked.stdout + checked.stderr).strip()[-300:]}")
     if rc1 == 0:
@@ -216,8 +236,12 @@ def main() -> None:
     parser.add_argument("--block-rows", type=int, default=700)
     parser.add_argument("--copies", type=int, default=3)
     parser.add_argument("--pairing", default="global", help="--pairing of every run")
-    parser.add_argument("--shard-compression", default=None, choices=["gzip", "lzf"],
-                        help="of the shards (with a class pairing, a part's run then reads a scratch copy of the set)")
+    parser.add_argument(
+        "--shard-compression",
+        default=None,
+        choices=["gzip", "lzf"],
+        help="of the shards (with a class pairing, a part's run then reads a scratch copy of the set)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="of the instants and parts")
     parser.add_argument("--workdir", default=tempfile.gettempdir())
     ns = parser.parse_args()
@@ -250,12 +274,15 @@ def main() -> None:
             if {n: digests(d / n) for n in mine} != {n: ref[n] for n in mine} or extras(d, mine):
                 raise SystemExit(f"--shard {i}/{PARTS} uninterrupted differs from the whole set's run")
             remove(d)
-        print(f"set of {len(names)} shards, {sum(SHARD_ROWS)} rows, "
-              f"{sum(p.stat().st_size for p in shards) / 2**20:.1f} MiB ({ns.shard_compression or 'not compressed'}), "
-              f"--block-rows {ns.block_rows} --copies {ns.copies} --pairing {ns.pairing}; "
-              f"start-up / run: set {timings[None][0]:.2f} / {timings[None][1]:.2f} s, "
-              + ", ".join(f"part {i} {timings[i][0]:.2f} / {timings[i][1]:.2f} s" for i in range(PARTS)),
-              file=sys.stderr, flush=True)
+        print(
+            f"set of {len(names)} shards, {sum(SHARD_ROWS)} rows, "
+            f"{sum(p.stat().st_size for p in shards) / 2**20:.1f} MiB ({ns.shard_compression or 'not compressed'}), "
+            f"--block-rows {ns.block_rows} --copies {ns.copies} --pairing {ns.pairing}; "
+            f"start-up / run: set {timings[None][0]:.2f} / {timings[None][1]:.2f} s, "
+            + ", ".join(f"part {i} {timings[i][0]:.2f} / {timings[i][1]:.2f} s" for i in range(PARTS)),
+            file=sys.stderr,
+            flush=True,
+        )
         results = []
         for n in range(ns.trials):
             result = trial(n, rng, shards, names, ref, timings, opts, work)
@@ -272,20 +299,43 @@ def main() -> None:
             rows = [r for r in results if r["signal"] == sig.name and (r["part"] == "set") == (kind == "set")]
             counts = Counter(r["outcome"] for r in rows)
             codes = Counter(str(r["rc"]) for r in rows)
-            table[f"{sig.name} {kind}"] = {"trials": len(rows), **{o: counts[o] for o in OUTCOMES},
-                                          "exit codes": dict(sorted(codes.items()))}
-            print(f"{sig.name:8} {kind:4} trials {len(rows):3}  " + "  ".join(f"{o} {counts[o]}" for o in OUTCOMES)
-                  + f"  exit codes {dict(sorted(codes.items()))}", file=sys.stderr, flush=True)
+            table[f"{sig.name} {kind}"] = {
+                "trials": len(rows),
+                **{o: counts[o] for o in OUTCOMES},
+                "exit codes": dict(sorted(codes.items())),
+            }
+            print(
+                f"{sig.name:8} {kind:4} trials {len(rows):3}  "
+                + "  ".join(f"{o} {counts[o]}" for o in OUTCOMES)
+                + f"  exit codes {dict(sorted(codes.items()))}",
+                file=sys.stderr,
+                flush=True,
+            )
     totals = Counter(r["outcome"] for r in results)
     bad = [r for r in results if r["outcome"] in ("different", "failed")]
-    print(json.dumps({"trials": ns.trials, "seconds": round(took, 1), "block_rows": ns.block_rows,
-                      "shard_rows": list(SHARD_ROWS), "copies": ns.copies,
-                      "pairing": ns.pairing, "shard_compression": ns.shard_compression,
-                      "startup_run_s": {("set" if k is None else f"{k}/{PARTS}"): [round(v, 3) for v in t]
-                                        for k, t in timings.items()},
-                      "totals": {o: totals[o] for o in OUTCOMES}, "by_signal_and_kind": table, "failures": bad,
-                      "trials_detail": [{k: r[k] for k in ("trial", "part", "signal", "at_s", "rc", "outcome")} for r in results]},
-                     indent=1))
+    print(
+        json.dumps(
+            {
+                "trials": ns.trials,
+                "seconds": round(took, 1),
+                "block_rows": ns.block_rows,
+                "shard_rows": list(SHARD_ROWS),
+                "copies": ns.copies,
+                "pairing": ns.pairing,
+                "shard_compression": ns.shard_compression,
+                "startup_run_s": {
+                    ("set" if k is None else f"{k}/{PARTS}"): [round(v, 3) for v in t] for k, t in timings.items()
+                },
+                "totals": {o: totals[o] for o in OUTCOMES},
+                "by_signal_and_kind": table,
+                "failures": bad,
+                "trials_detail": [
+                    {k: r[k] for k in ("trial", "part", "signal", "at_s", "rc", "outcome")} for r in results
+                ],
+            },
+            indent=1,
+        )
+    )
     raise SystemExit(1 if bad else 0)
 
 

@@ -19,13 +19,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import shlex
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from collections import Counter
@@ -37,6 +35,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 
 import installed  # noqa: E402  (the installed mixup_cli for the subprocesses)
+
 FORMATS = ["out.h5", "out.npz", "out", "out.zarr"]
 STAGES = ["staged", "commit-record", "output-in-place", "sidecar-in-place", "cleaned", "committed"]
 
@@ -54,8 +53,9 @@ def run(*args, **extra):
 
 
 def start(*args, **extra):
-    return subprocess.Popen(exe() + [str(a) for a in args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=env(**extra))
+    return subprocess.Popen(
+        exe() + [str(a) for a in args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env(**extra)
+    )
 
 
 def arrays(path: Path) -> dict[str, bytes]:
@@ -84,7 +84,8 @@ def state(out: Path, refs) -> str:
     for label, (want, want_record) in refs.items():
         if found == want:
             same = record["parameters"]["seed"] == want_record["parameters"]["seed"] and (
-                record["output"]["arrays"] == want_record["output"]["arrays"])
+                record["output"]["arrays"] == want_record["output"]["arrays"]
+            )
             return label if same else f"{label} data, other sidecar"
     return "neither"
 
@@ -162,8 +163,10 @@ def main():
                 if not ok:
                     bad.append((trial, rc, found, err.strip()[-300:]))
                 shutil.rmtree(d)
-            print(f"{name}: signals at random instants: exit code matched disk in "
-                  f"{opts.trials - len(bad)} of {opts.trials}; {dict(outcomes)}")
+            print(
+                f"{name}: signals at random instants: exit code matched disk in "
+                f"{opts.trials - len(bad)} of {opts.trials}; {dict(outcomes)}"
+            )
             for item in bad:
                 print("   MISMATCH", item)
 
@@ -174,8 +177,9 @@ def main():
                 out = place_old(d, name, work)
                 stage = STAGES[trial % len(STAGES)]
                 flag = d / "flag"
-                proc = start("augment", src, out, "--seed", 2, "--overwrite", *common,
-                             MIXUP_TEST_PAUSE=f"{stage}:{flag}")
+                proc = start(
+                    "augment", src, out, "--seed", 2, "--overwrite", *common, MIXUP_TEST_PAUSE=f"{stage}:{flag}"
+                )
                 while not flag.exists() and proc.poll() is None:
                     time.sleep(0.002)
                 proc.kill()
@@ -183,15 +187,29 @@ def main():
                 flag.unlink(missing_ok=True)
                 checked = run("verify", out, "--quiet")
                 found = state(out, refs)
-                ok = checked.returncode == 0 and found in ("old", "new") and not [
-                    n for n in leftovers(d, name) if n not in (f".{name}.mixup-partial", f".{name}.mixup-partial.journal.json",
-                                                              f".{name}.mixup-partial.provenance.json", f".{name}.mixup-partial.lock")]
+                ok = (
+                    checked.returncode == 0
+                    and found in ("old", "new")
+                    and not [
+                        n
+                        for n in leftovers(d, name)
+                        if n
+                        not in (
+                            f".{name}.mixup-partial",
+                            f".{name}.mixup-partial.journal.json",
+                            f".{name}.mixup-partial.provenance.json",
+                            f".{name}.mixup-partial.lock",
+                        )
+                    ]
+                )
                 kills[f"{stage}: {found}"] += 1
                 if not ok:
                     kbad.append((stage, found, checked.stdout[-200:], checked.stderr[-300:]))
                 shutil.rmtree(d)
-            print(f"{name}: SIGKILL at commit steps, then verify: consistent in {opts.kills - len(kbad)} of "
-                  f"{opts.kills}; {dict(kills)}")
+            print(
+                f"{name}: SIGKILL at commit steps, then verify: consistent in {opts.kills - len(kbad)} of "
+                f"{opts.kills}; {dict(kills)}"
+            )
             for item in kbad:
                 print("   INCONSISTENT", item)
     finally:

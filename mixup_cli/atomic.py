@@ -46,8 +46,7 @@ def partials(final: Path, *, with_lock: bool = True) -> list[Path]:
     lock = lock_path(final).name
     try:
         return sorted(
-            p for p in Path(final).parent.iterdir()
-            if p.name.startswith(prefix) and (with_lock or p.name != lock)
+            p for p in Path(final).parent.iterdir() if p.name.startswith(prefix) and (with_lock or p.name != lock)
         )
     except OSError:
         return []
@@ -71,7 +70,7 @@ class RunLock:
         self.path = lock_path(final)
         self._fd: int | None = None
 
-    def acquire(self) -> "RunLock":
+    def acquire(self) -> RunLock:
         if fcntl is None:
             return self
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -180,7 +179,7 @@ class signals_held:
     def _record(self, signum, frame):
         self.caught.append(signum)
 
-    def __enter__(self) -> "signals_held":
+    def __enter__(self) -> signals_held:
         if threading.current_thread() is not threading.main_thread():
             return self
         try:
@@ -266,8 +265,14 @@ def exchange(a: Path, b: Path) -> bool:
         if number is None:
             return False
         libc.syscall.restype = ctypes.c_long
-        result = libc.syscall(ctypes.c_long(number), ctypes.c_int(args[0]), ctypes.c_char_p(args[1]),
-                              ctypes.c_int(args[2]), ctypes.c_char_p(args[3]), ctypes.c_uint(args[4]))
+        result = libc.syscall(
+            ctypes.c_long(number),
+            ctypes.c_int(args[0]),
+            ctypes.c_char_p(args[1]),
+            ctypes.c_int(args[2]),
+            ctypes.c_char_p(args[3]),
+            ctypes.c_uint(args[4]),
+        )
     if result == 0:
         return True
     err = ctypes.get_errno()
@@ -289,8 +294,7 @@ class CommitIncomplete(OutputError):
     stays, so the next command on OUT finishes the commit."""
 
 
-def commit_output(tmp: Path, final: Path, sidecar_tmp: Path, sidecar: Path, overwrite: bool,
-                  check=None) -> None:
+def commit_output(tmp: Path, final: Path, sidecar_tmp: Path, sidecar: Path, overwrite: bool, check=None) -> None:
     """Put the finished output ``tmp`` and its sidecar in place: ``final``
     and ``sidecar``, replacing old ones only with ``overwrite``.
 
@@ -305,8 +309,11 @@ def commit_output(tmp: Path, final: Path, sidecar_tmp: Path, sidecar: Path, over
         raise OutputError(f"{final}: already exists; pass --overwrite to replace it")
     record = commit_record_path(final)
     steps = {
-        "output": final.name, "sidecar": sidecar.name, "sidecar_tmp": sidecar_tmp.name,
-        "new_output": _ident(tmp), "new_sidecar": _ident(sidecar_tmp),
+        "output": final.name,
+        "sidecar": sidecar.name,
+        "sidecar_tmp": sidecar_tmp.name,
+        "new_output": _ident(tmp),
+        "new_sidecar": _ident(sidecar_tmp),
     }
     os.replace(stage_text(record.with_name(record.name + ".tmp"), json.dumps(steps) + "\n"), record)
     _sync_dir(final.parent)
@@ -386,7 +393,9 @@ def recover(final: Path) -> str | None:
             return None
         message = _recover_locked(final, record)
     except OSError as exc:
-        message = f"{final}: found a half-done commit but could not finish it ({exc}); check the directory's permissions"
+        message = (
+            f"{final}: found a half-done commit but could not finish it ({exc}); check the directory's permissions"
+        )
     finally:
         lock.release()
     log.warning("%s", message)
@@ -411,16 +420,20 @@ def _recover_locked(final: Path, record: Path) -> str:
         if _ident(sidecar) != new_sidecar:
             raise OSError(errno.ENOENT, f"the new sidecar {sidecar_tmp.name} is missing")
         _finish(final)
-        return (f"{final}: finished the commit of a run stopped while putting it in place: "
-                f"the new output and its sidecar are there now")
+        return (
+            f"{final}: finished the commit of a run stopped while putting it in place: "
+            f"the new output and its sidecar are there now"
+        )
     aside = _old_aside_path(final)
     if not (final.exists() or final.is_symlink()) and (aside.exists() or aside.is_symlink()):
         os.rename(aside, final)  # the old directory was set aside, the new not yet in
     remove(record)
     _sync_dir(final.parent)
-    return (f"{final}: a run was stopped before replacing it, which stays as it was; "
-            f"its finished output waits as {partial.name}: rerun with --resume to put it in place, "
-            "or without --resume to discard it")
+    return (
+        f"{final}: a run was stopped before replacing it, which stays as it was; "
+        f"its finished output waits as {partial.name}: rerun with --resume to put it in place, "
+        "or without --resume to discard it"
+    )
 
 
 _reached: dict[str, int] = {}
@@ -541,7 +554,9 @@ def foreign_entries(final: Path, sidecar: Path) -> list[str]:
         if name in recorded:
             continue
         # The store's own metadata and the files under its arrays (chunks come and go).
-        if zarr_store and (name == "zarr.json" or (len(rel.parts) > 1 and (final / rel.parts[0] / "zarr.json").is_file())):
+        if zarr_store and (
+            name == "zarr.json" or (len(rel.parts) > 1 and (final / rel.parts[0] / "zarr.json").is_file())
+        ):
             continue
         foreign.append(name)
     return foreign

@@ -39,7 +39,7 @@ def own_rows(classes: ClassIndex, seed: int, per_class: int | None = None) -> np
     parts = []
     for c in range(classes.n_classes):
         start, count = int(classes.offsets[c]), int(classes.counts[c])
-        rows = np.sort(classes.order[start:start + count]).astype(np.int64)
+        rows = np.sort(classes.order[start : start + count]).astype(np.int64)
         rng = keyed_rng(seed, _BALANCE, c)
         picks = np.concatenate([rng.permutation(count) for _ in range(-(-m // count))])[:m]
         parts.append(rows[picks])
@@ -57,7 +57,8 @@ def check(pairing: str, balance: bool, balance_to: int | None, y_key: str | None
     if pairing in INDEX_PAIRINGS:
         raise ParameterError(
             f"--balance repeats rows of the smaller classes, which --pairing {pairing} would pair with their "
-            "own copies; use --pairing global, batch, within-class or between-class with --balance", "--balance",
+            "own copies; use --pairing global, batch, within-class or between-class with --balance",
+            "--balance",
         )
     if y_key is None:
         raise ParameterError("--balance needs class labels; name them with --y-key", "--balance")

@@ -59,7 +59,7 @@ class ClassIndex:
     label: str = "y"  # names the targets in messages
 
     @classmethod
-    def from_labels(cls, labels: np.ndarray, label: str = "y") -> "ClassIndex":
+    def from_labels(cls, labels: np.ndarray, label: str = "y") -> ClassIndex:
         labels = np.asarray(labels)
         values, codes = np.unique(labels, return_inverse=True)
         codes = codes.reshape(-1).astype(np.int32 if len(values) < 2**31 else np.int64)

@@ -42,8 +42,8 @@ def _load_kernel():
 _kernel = _load_kernel()
 KERNEL = "numpy" if _kernel is None else "c"
 _KERNEL_DTYPES = frozenset(
-    np.dtype(t) for t in (np.float32, np.float64, np.uint8, np.int8, np.uint16, np.int16,
-                          np.int32, np.uint32, np.int64, np.uint64)
+    np.dtype(t)
+    for t in (np.float32, np.float64, np.uint8, np.int8, np.uint16, np.int16, np.int32, np.uint32, np.int64, np.uint64)
 )
 
 # Rows are mixed in slices of about this many bytes: the three temporaries
@@ -68,9 +68,7 @@ def check_alpha(alpha: float) -> float:
     except (TypeError, ValueError):
         raise ParameterError(f"--alpha must be a number, got {alpha!r}", "--alpha") from None
     if not np.isfinite(value) or value <= 0:
-        raise ParameterError(
-            f"--alpha must be a finite number > 0 (Beta(alpha, alpha)), got {alpha!r}", "--alpha"
-        )
+        raise ParameterError(f"--alpha must be a finite number > 0 (Beta(alpha, alpha)), got {alpha!r}", "--alpha")
     if not ALPHA_MIN <= value <= ALPHA_MAX:
         raise ParameterError(
             f"--alpha {alpha!r} is outside [{ALPHA_MIN:g}, {ALPHA_MAX:g}], the range where Beta(alpha, alpha) "
@@ -94,9 +92,7 @@ def working_dtype(dtype: np.dtype) -> np.dtype:
         return dtype
     if dtype.kind in "iu":
         return np.dtype(np.float32 if dtype.itemsize <= 2 else np.float64)
-    raise ParameterError(
-        f"cannot mix arrays of dtype {dtype}: supported are float16/32/64 and integer types"
-    )
+    raise ParameterError(f"cannot mix arrays of dtype {dtype}: supported are float16/32/64 and integer types")
 
 
 def integer_bounds(dtype: np.dtype, work: np.dtype) -> tuple[float, float]:
@@ -125,8 +121,9 @@ def mix_rows(a: np.ndarray, b: np.ndarray, lam: np.ndarray, out: np.ndarray | No
     return _mix(a, b, None, lam, out)
 
 
-def mix_gather(a: np.ndarray, pool: np.ndarray, index: np.ndarray, lam: np.ndarray,
-               out: np.ndarray | None = None) -> np.ndarray:
+def mix_gather(
+    a: np.ndarray, pool: np.ndarray, index: np.ndarray, lam: np.ndarray, out: np.ndarray | None = None
+) -> np.ndarray:
     """``mix_rows(a, pool[index], lam, out)`` without materialising ``pool[index]``.
 
     Partner rows are read where they are as the rows are mixed (the numpy loop
@@ -185,7 +182,8 @@ def _same_view(x, y) -> bool:
     """Whether two arrays are the very same elements in the same order
     (each output element then depends only on the input element it replaces)."""
     return (
-        x.shape == y.shape and x.strides == y.strides
+        x.shape == y.shape
+        and x.strides == y.strides
         and x.__array_interface__["data"][0] == y.__array_interface__["data"][0]
     )
 
@@ -211,10 +209,16 @@ def _mix_kernel(a, b, index, lam_w, rest_w, out) -> bool:
     """Mix in one pass in C; False (nothing done) where numpy must do it:
     dtypes it lacks (float16), non-contiguous or overlapping arrays."""
     if not (
-        isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and isinstance(out, np.ndarray)
-        and a.dtype in _KERNEL_DTYPES and b.dtype == a.dtype and out.dtype == a.dtype
+        isinstance(a, np.ndarray)
+        and isinstance(b, np.ndarray)
+        and isinstance(out, np.ndarray)
+        and a.dtype in _KERNEL_DTYPES
+        and b.dtype == a.dtype
+        and out.dtype == a.dtype
         and out.shape == a.shape
-        and a.flags.c_contiguous and b.flags.c_contiguous and out.flags.c_contiguous
+        and a.flags.c_contiguous
+        and b.flags.c_contiguous
+        and out.flags.c_contiguous
         and out.flags.writeable
     ):
         return False

@@ -153,7 +153,9 @@ def box_mask(box: np.ndarray, height: int, width: int) -> np.ndarray:
     return in_rows[:, :, None] & in_cols[:, None, :]
 
 
-def paste(a: np.ndarray, b: np.ndarray, box: np.ndarray, axes: tuple[int, int], out: np.ndarray | None = None) -> np.ndarray:
+def paste(
+    a: np.ndarray, b: np.ndarray, box: np.ndarray, axes: tuple[int, int], out: np.ndarray | None = None
+) -> np.ndarray:
     """Row ``i`` of ``a`` with row ``i`` of ``b`` pasted inside ``box[i]``.
 
     ``a`` and ``b`` have the same shape (rows first) and dtype; ``axes`` are

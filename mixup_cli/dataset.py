@@ -44,8 +44,9 @@ import json
 import os
 import struct
 import zipfile
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 
@@ -69,9 +70,7 @@ def _format_of(path: Path) -> str:
         return "npz"
     if path.is_dir():
         return "npydir"
-    raise InputError(
-        f"{path}: not a mixup output (expected .h5, .hdf5, .zarr, .npz or a directory of .npy files)"
-    )
+    raise InputError(f"{path}: not a mixup output (expected .h5, .hdf5, .zarr, .npz or a directory of .npy files)")
 
 
 def _sidecar_of(path: Path) -> Path:
@@ -129,9 +128,15 @@ def _plain_layout(ds, plain_file):
     per chunk, or contiguous storage), so they can be read with ``pread``;
     else None (HDF5 reads them)."""
     try:
-        if not (plain_file and ds.shape and ds.dtype.kind in "biufc" and ds.dtype.fields is None
-                and not ds.is_virtual and ds.external is None
-                and ds.id.get_create_plist().get_nfilters() == 0):
+        if not (
+            plain_file
+            and ds.shape
+            and ds.dtype.kind in "biufc"
+            and ds.dtype.fields is None
+            and not ds.is_virtual
+            and ds.external is None
+            and ds.id.get_create_plist().get_nfilters() == 0
+        ):
             return None
         row_bytes = int(np.prod(ds.shape[1:], dtype=np.int64)) * ds.dtype.itemsize
         if ds.chunks is None:
@@ -173,7 +178,7 @@ class _Hdf5Array:
         if n and self._layout is not None and self._pread(out, runs):
             return out
         for first, at, count in runs:
-            out[at:at + count] = self.ds[first:first + count]
+            out[at : at + count] = self.ds[first : first + count]
         return out
 
     def _chunk_offset(self, c):
@@ -216,9 +221,7 @@ class _ZarrStore:
         try:
             import zarr
         except ImportError:
-            raise InputError(
-                f"{path}: reading Zarr output needs zarr-python: {_ZARR_EXTRA}"
-            ) from None
+            raise InputError(f"{path}: reading Zarr output needs zarr-python: {_ZARR_EXTRA}") from None
         try:
             group = zarr.open_group(str(path), mode="r")
         except Exception as exc:  # zarr raises several types for "not a store"
@@ -359,9 +362,7 @@ def _names(path: Path, keys: dict[str, tuple], params: dict | None) -> dict[str,
                 wanted["y"] = y_key
         for name, key in wanted.items():
             if key not in keys:
-                raise InputError(
-                    f"{path}: the sidecar names {key!r} as {name}, but the output has no such array"
-                )
+                raise InputError(f"{path}: the sidecar names {key!r} as {name}, but the output has no such array")
         names.update(wanted)
     else:
         rest = [k for k in keys if k not in names.values() and k != "box"]
@@ -421,7 +422,7 @@ class MixupDataset:
         keys = {k: (a.shape, a.dtype) for k, a in store.arrays.items()}
         all_names = _names(self.path, keys, self.parameters or None)
         n = keys["lam"][0][0]
-        for name, key in all_names.items():
+        for key in all_names.values():
             shape = keys[key][0]
             if not shape or shape[0] != n:
                 raise InputError(
@@ -432,9 +433,7 @@ class MixupDataset:
             names = list(names)
             unknown = [nm for nm in names if nm not in all_names]
             if unknown:
-                raise InputError(
-                    f"{self.path}: no array named {unknown[0]!r} (available: {', '.join(all_names)})"
-                )
+                raise InputError(f"{self.path}: no array named {unknown[0]!r} (available: {', '.join(all_names)})")
             all_names = {nm: all_names[nm] for nm in names}
         self.keys: dict[str, str] = all_names
         self.shapes = {nm: tuple(keys[k][0]) for nm, k in all_names.items()}
@@ -448,7 +447,9 @@ class MixupDataset:
         try:
             params = json.loads(sidecar.read_text()).get("parameters")
         except (OSError, ValueError, AttributeError) as exc:
-            raise InputError(f"{sidecar}: unreadable provenance sidecar ({exc}); move it away to read the output without it") from None
+            raise InputError(
+                f"{sidecar}: unreadable provenance sidecar ({exc}); move it away to read the output without it"
+            ) from None
         return params if isinstance(params, dict) else {}
 
     def _opened(self):

@@ -35,8 +35,13 @@ def arrays_of(reader) -> dict:
         except (MixupError, OSError, TypeError, ValueError, KeyError) as exc:
             reason = str(exc)
             prefix = f"{reader.path}: "
-            arrays[key] = {"shape": None, "dtype": None, "chunks": None, "compression": None,
-                           "error": reason[len(prefix):] if reason.startswith(prefix) else reason}
+            arrays[key] = {
+                "shape": None,
+                "dtype": None,
+                "chunks": None,
+                "compression": None,
+                "error": reason[len(prefix) :] if reason.startswith(prefix) else reason,
+            }
             continue
         chunks = storage.get("chunks")
         arrays[key] = {
@@ -64,8 +69,11 @@ def provenance_summary(record: dict) -> dict:
         "y_key": params.get("y_key"),
         "plan_version": params.get("plan_version"),
         # What some pairings and --balance add (absent for the others).
-        "pairing_options": {key: params[key] for key in ("neighbors", "project", "bandwidth", "balance",
-                                                         "balance_to", "rows_per_copy") if params.get(key) is not None},
+        "pairing_options": {
+            key: params[key]
+            for key in ("neighbors", "project", "bandwidth", "balance", "balance_to", "rows_per_copy")
+            if params.get(key) is not None
+        },
         "input": {
             "path": entry.get("path"),
             "format": entry.get("format"),
@@ -138,8 +146,21 @@ def describe_set(outdir: Path) -> dict:
             "rows_max": max(rows) if rows else None,
             "list": view.inputs,
         },
-        "parameters": {key: params.get(key) for key in ("seed", "alpha", "pairing", "copies", "include_original",
-                                                        "block_rows", "x_key", "y_key", "method", "plan_version")},
+        "parameters": {
+            key: params.get(key)
+            for key in (
+                "seed",
+                "alpha",
+                "pairing",
+                "copies",
+                "include_original",
+                "block_rows",
+                "x_key",
+                "y_key",
+                "method",
+                "plan_version",
+            )
+        },
         "outputs": {
             "count": view.outputs,
             "present": [view.name(k) for k in sorted(view.present)],

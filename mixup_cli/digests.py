@@ -35,7 +35,7 @@ import numpy as np
 SCHEME = "sha256 of the sha256 of each block of rows"
 
 
-def block_bounds(segment_rows: int, block_rows: int, segments: int, block_offset: int = 0) -> "Bounds":
+def block_bounds(segment_rows: int, block_rows: int, segments: int, block_offset: int = 0) -> Bounds:
     """``(start, stop)`` output rows of every block, in row order."""
     return Bounds(segment_rows, block_rows, segments, block_offset)
 
@@ -61,8 +61,10 @@ class Bounds:
             raise IndexError(i)
         s, b = divmod(i, self._per)
         base, off = s * self.segment_rows, self.block_offset
-        return (base + max(0, b * self.block_rows - off),
-                base + min((b + 1) * self.block_rows - off, self.segment_rows))
+        return (
+            base + max(0, b * self.block_rows - off),
+            base + min((b + 1) * self.block_rows - off, self.segment_rows),
+        )
 
     def __iter__(self):
         return (self[i] for i in range(len(self)))
@@ -116,8 +118,15 @@ class BlockDigests:
         self.done: dict[int, dict[str, str]] = {} if done is None else done
 
     @classmethod
-    def for_plan(cls, plan, keys, done: dict[int, dict[str, str]] | None = None, *,
-                 segment_rows: int | None = None, block_offset: int = 0) -> "BlockDigests":
+    def for_plan(
+        cls,
+        plan,
+        keys,
+        done: dict[int, dict[str, str]] | None = None,
+        *,
+        segment_rows: int | None = None,
+        block_offset: int = 0,
+    ) -> BlockDigests:
         """The blocks of ``plan``'s output (a ``sampling.Plan``: its tasks' rows);
         a set's output: ``segment_rows`` its input's rows, ``block_offset`` its offset."""
         segment = plan.n_rows if segment_rows is None else segment_rows

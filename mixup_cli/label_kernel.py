@@ -60,7 +60,7 @@ class LabelKernel:
     sorted_y: np.ndarray | None = None  # 1-D: the labels in ``order``
 
     @classmethod
-    def from_targets(cls, y: np.ndarray, bandwidth: float, label: str = "y") -> "LabelKernel":
+    def from_targets(cls, y: np.ndarray, bandwidth: float, label: str = "y") -> LabelKernel:
         s = check_bandwidth(bandwidth)
         y = np.asarray(y, dtype=np.float64)
         if y.ndim == 2 and y.shape[1] == 1:
@@ -82,7 +82,8 @@ class LabelKernel:
             raise ParameterError(
                 f"--pairing label-kernel: {label} has {len(y)} rows of {y.shape[1]} values; the exact law over "
                 f"multi-dimensional targets costs N^2 and is accepted up to {EXACT_MAX_ROWS} rows "
-                "(one-dimensional targets have no such limit)", "--pairing",
+                "(one-dimensional targets have no such limit)",
+                "--pairing",
             )
         return cls(s, y)
 
@@ -119,7 +120,7 @@ class LabelKernel:
         starts = ends - lengths
         owner = np.repeat(np.arange(len(lengths)), lengths)
         pos = lo[owner] + (np.arange(ends[-1]) - starts[owner])
-        w = np.exp(-((ys[pos] - yi[owner]) ** 2) / (2 * self.bandwidth ** 2))
+        w = np.exp(-((ys[pos] - yi[owner]) ** 2) / (2 * self.bandwidth**2))
         w[pos == p[owner]] = 0.0  # never the row itself
         cs = np.cumsum(w)
         base = np.where(starts > 0, cs[starts - 1], 0.0)
@@ -150,14 +151,14 @@ class LabelKernel:
             e = min(stop, s + step)
             d2 = ((self.y[s:e, None, :] - self.y[None, :, :]) ** 2).sum(axis=2)
             d2[np.arange(e - s), np.arange(s, e)] = np.inf  # never the row itself
-            w = np.exp(-d2 / (2 * self.bandwidth ** 2))
+            w = np.exp(-d2 / (2 * self.bandwidth**2))
             cs = np.cumsum(w, axis=1)
             total = cs[:, -1]
-            pick = np.minimum((cs <= (u[s - start:e - start] * total)[:, None]).sum(axis=1), n - 1)
+            pick = np.minimum((cs <= (u[s - start : e - start] * total)[:, None]).sum(axis=1), n - 1)
             alone = total <= 0
             if alone.any():
                 pick[alone] = np.argmin(d2[alone], axis=1)  # the nearest label (argmin: lowest index on ties)
-            out[s - start:e - start] = pick
+            out[s - start : e - start] = pick
         return out
 
 
@@ -167,7 +168,8 @@ def build(reader, y_key: str, bandwidth: float, kind: str | None, label: str | N
     if kind is not None and kind != "dense":
         raise ParameterError(
             f"--pairing label-kernel is for float (regression) targets, but {label} holds {_KIND_WORDS.get(kind, kind)} targets; "
-            "for class labels use --pairing within-class or between-class", "--pairing",
+            "for class labels use --pairing within-class or between-class",
+            "--pairing",
         )
     spec = reader.spec(y_key)
     y = np.empty(spec.shape, dtype=np.float64)
@@ -178,6 +180,7 @@ def build(reader, y_key: str, bandwidth: float, kind: str | None, label: str | N
     if y.ndim == 2 and y.shape[1] > 1 and np.all((y == 0) | (y == 1)) and np.all(y.sum(axis=1) == 1):
         raise ParameterError(
             f"--pairing label-kernel is for float (regression) targets, but every row of {label} is one-hot: "
-            "class labels; for them use --pairing within-class or between-class", "--pairing",
+            "class labels; for them use --pairing within-class or between-class",
+            "--pairing",
         )
     return LabelKernel.from_targets(y, bandwidth, label)

@@ -34,6 +34,7 @@ extra copy per block.
 from __future__ import annotations
 
 from dataclasses import dataclass
+
 import numpy as np
 
 from mixup_cli.errors import InputError, ParameterError
@@ -119,12 +120,15 @@ def _other_targets(kind: str, dtype: np.dtype, shape, num_classes, eps: float, l
     """Binary, multi-label or dense targets: mixed as they are (as floats)."""
     if num_classes is not None:
         raise ParameterError(
-            f"--num-classes applies to class labels; {label} holds {kind} targets "
-            f"(shape {list(shape)}, dtype {dtype})", "--num-classes")
+            f"--num-classes applies to class labels; {label} holds {kind} targets (shape {list(shape)}, dtype {dtype})",
+            "--num-classes",
+        )
     if eps:
         raise ParameterError(
             f"--label-smoothing applies to class labels; {label} holds {kind} targets "
-            f"(shape {list(shape)}, dtype {dtype}), which are mixed as they are", "--label-smoothing")
+            f"(shape {list(shape)}, dtype {dtype}), which are mixed as they are",
+            "--label-smoothing",
+        )
     if kind == "binary" and tuple(shape[1:]) not in ((), (1,)):
         raise InputError(f"{label} has shape {list(shape)}; binary targets have shape (N,) or (N, 1)")
     out = dtype if dtype.kind == "f" else np.dtype(np.float32)
@@ -179,24 +183,28 @@ def resolve(
         try:
             num_classes = int(num_classes)
         except (TypeError, ValueError):
-            raise ParameterError(f"--num-classes must be an integer >= 1, got {num_classes!r}", "--num-classes") from None
+            raise ParameterError(
+                f"--num-classes must be an integer >= 1, got {num_classes!r}", "--num-classes"
+            ) from None
         if num_classes < 1:
             raise ParameterError(f"--num-classes must be an integer >= 1, got {num_classes!r}", "--num-classes")
     return Targets("classes", np.dtype(np.float32), num_classes, classes, eps, label)
 
 
-def check_inferred_classes(label: str, num_classes: int, present: int, n_rows: int,
-                           input_row_bytes: int | None) -> None:
+def check_inferred_classes(
+    label: str, num_classes: int, present: int, n_rows: int, input_row_bytes: int | None
+) -> None:
     """Refuse classes found in the data that look like identifiers: more
     classes than rows, or a one-hot output many times the input."""
     one_hot_row = num_classes * np.dtype(np.float32).itemsize
     reason = None
     if num_classes > n_rows:
         reason = "more classes than rows"
-    elif (input_row_bytes and one_hot_row > ONE_HOT_FACTOR * input_row_bytes
-          and one_hot_row * n_rows > ONE_HOT_FLOOR):
-        reason = (f"one-hot rows of {one_hot_row} bytes would be {one_hot_row / input_row_bytes:.0f} times "
-                  f"the input's {input_row_bytes}-byte rows, {one_hot_row * n_rows / 2**20:.0f} MiB per copy")
+    elif input_row_bytes and one_hot_row > ONE_HOT_FACTOR * input_row_bytes and one_hot_row * n_rows > ONE_HOT_FLOOR:
+        reason = (
+            f"one-hot rows of {one_hot_row} bytes would be {one_hot_row / input_row_bytes:.0f} times "
+            f"the input's {input_row_bytes}-byte rows, {one_hot_row * n_rows / 2**20:.0f} MiB per copy"
+        )
     if reason:
         raise InputError(
             f"{label}: labels up to {num_classes - 1} make {num_classes} classes ({present} present) "
@@ -214,9 +222,7 @@ def find_classes(reader, key: str, n_rows: int, label: str, block_rows: int = SC
         negative = np.flatnonzero(labels < 0)
         if len(negative):
             row = row_number(start, int(negative[0]))
-            raise InputError(
-                f"{label} row {row} has label {int(labels[negative[0]])}; class labels must be >= 0"
-            )
+            raise InputError(f"{label} row {row} has label {int(labels[negative[0]])}; class labels must be >= 0")
         found.update(int(v) for v in np.unique(labels))
     return tuple(sorted(found))
 
@@ -274,7 +280,8 @@ def check_zero_one(block: np.ndarray, first_row: int, label: str, kind: str) -> 
         value = block[row].reshape(-1)[int(np.flatnonzero(flat[row])[0])]
         hint = (
             "use --y-format pair to keep such targets as they are, or --y-kind dense to mix them as numbers"
-            if block.dtype.kind in "iu" else "use --y-kind dense to mix them as numbers"
+            if block.dtype.kind in "iu"
+            else "use --y-kind dense to mix them as numbers"
         )
         raise InputError(
             f"{label} row {row_number(first_row, row)} holds {value.item()}, but {KIND_NAMES[kind]} targets are 0 or 1; {hint}"

@@ -40,9 +40,9 @@ class Drawn:
     partner_input: np.ndarray | None = None
     own: np.ndarray | None = None
 
-    def rows(self, s: int, e: int) -> "Drawn":
+    def rows(self, s: int, e: int) -> Drawn:
         """Rows ``s:e`` only (a task that is part of a block)."""
-        cut = (lambda a: None if a is None else a[s:e])
+        cut = lambda a: None if a is None else a[s:e]
         return Drawn(self.lam[s:e], self.partner[s:e], cut(self.box), cut(self.partner_input), cut(self.own))
 
     def provenance(self, s: int = 0, e: int | None = None) -> dict[str, np.ndarray]:
@@ -95,10 +95,16 @@ class Mixer:
         if self.plan.own is None:
             return Drawn(lam, partner, box)
         own = self.plan.own
-        return Drawn(lam, partner, box, partner_input=own[partner], own=own[task.start:task.stop])
+        return Drawn(lam, partner, box, partner_input=own[partner], own=own[task.start : task.stop])
 
     def mix(
-        self, key: str, own: np.ndarray, partner_rows: np.ndarray, drawn: Drawn, s: int, e: int,
+        self,
+        key: str,
+        own: np.ndarray,
+        partner_rows: np.ndarray,
+        drawn: Drawn,
+        s: int,
+        e: int,
         out: np.ndarray | None = None,
     ) -> np.ndarray:
         """Output rows ``s:e`` of array ``key`` for a task that is not an original copy.
@@ -112,7 +118,14 @@ class Mixer:
         return mix_rows(own, partner_rows, drawn.lam[s:e], out=out)
 
     def mix_gather(
-        self, key: str, own: np.ndarray, pool: np.ndarray, index: np.ndarray, drawn: Drawn, s: int, e: int,
+        self,
+        key: str,
+        own: np.ndarray,
+        pool: np.ndarray,
+        index: np.ndarray,
+        drawn: Drawn,
+        s: int,
+        e: int,
         out: np.ndarray | None = None,
     ) -> np.ndarray:
         """``mix`` with partner rows ``pool[index]``, gathered without a full copy for mixup."""

@@ -36,7 +36,9 @@ def _as_text(block: np.ndarray, label: str) -> np.ndarray:
         if isinstance(value, bytes):
             value = value.decode("utf-8")
         elif not isinstance(value, str):
-            raise InputError(f"{label}: holds {type(value).__name__} values among its strings; labels must all be strings")
+            raise InputError(
+                f"{label}: holds {type(value).__name__} values among its strings; labels must all be strings"
+            )
         out.append(value)
     return np.array(out, dtype=str) if out else np.empty(0, dtype="U1")
 
@@ -44,8 +46,9 @@ def _as_text(block: np.ndarray, label: str) -> np.ndarray:
 class NamedLabels:
     """A reader whose ``key`` is shown as int64 class codes into ``names``."""
 
-    def __init__(self, inner, key: str, names: np.ndarray, source_key: str | None = None,
-                 categories: np.ndarray | None = None):
+    def __init__(
+        self, inner, key: str, names: np.ndarray, source_key: str | None = None, categories: np.ndarray | None = None
+    ):
         self._inner, self._key = inner, key
         self._source_key = source_key or key  # AnnData: KEY/codes
         self._categories = categories  # AnnData: code -> position in names

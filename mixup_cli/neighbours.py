@@ -105,7 +105,8 @@ def features(reader, key: str, project: int | None = None, label: str = "x") -> 
     if d > width or d > n:
         raise ParameterError(
             f"--project {d}: {label} has {n} rows of {width} values; the projection needs at most "
-            f"{min(width, n)} dimensions", "--project",
+            f"{min(width, n)} dimensions",
+            "--project",
         )
     from sklearn.decomposition import IncrementalPCA
 
@@ -150,7 +151,7 @@ def neighbour_table(feats: np.ndarray, k: int) -> np.ndarray:
         again = []
         step = max(1, min(_QUERY_ROWS, _QUERY_CANDIDATES // m))  # many tied rows: fewer rows at once
         for s in range(0, len(pending), step):
-            rows = pending[s:s + step]
+            rows = pending[s : s + step]
             cand = search.kneighbors(feats[rows], n_neighbors=m, return_distance=False).astype(np.int64)
             d = _exact(feats, rows, cand)
             d[cand == rows[:, None]] = np.inf  # the row itself: never its own neighbour
@@ -196,11 +197,12 @@ def build(reader, x_key: str, k: int, project: int | None = None, classes=None, 
         raise ParameterError(
             f"--neighbors {k}: class {classes.values[c]} of {classes.label} has {int(classes.counts[c])} "
             f"rows, so fewer than {k} others to pair with within its class; use a smaller --neighbors "
-            "or --pairing knn", "--neighbors",
+            "or --pairing knn",
+            "--neighbors",
         )
     feats, batch = features(reader, x_key, project, label)
     table = np.empty((n, k), dtype=np.int64)
     for c in range(classes.n_classes):
-        rows = np.sort(classes.order[classes.offsets[c]:classes.offsets[c] + classes.counts[c]]).astype(np.int64)
+        rows = np.sort(classes.order[classes.offsets[c] : classes.offsets[c] + classes.counts[c]]).astype(np.int64)
         table[rows] = rows[neighbour_table(feats[rows], k)]  # local order is row order: ties still by index
     return NeighbourIndex(table, batch)

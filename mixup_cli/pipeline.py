@@ -14,8 +14,8 @@ import dataclasses
 import logging
 import time
 import uuid
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable
 
 from mixup_cli import __version__, atomic, engines, names, preflight, provenance, resume, scratch, sidecar
 from mixup_cli.core import check_alpha
@@ -49,8 +49,15 @@ def augment(request: AugmentRequest, progress: Progress | None = None) -> Augmen
     maybe_done = preflight.maybe_finished(output, request.resume, request.overwrite)
     out_format = preflight.check_output_path(input_path, output, request.overwrite, exists_ok=maybe_done)
     y_for = f"--pairing {request.pairing}" if request.pairing in CLASS_PAIRINGS else None
-    source = open_source(input_path, request.x_key, request.y_key, request.data_options(), request.require_y,
-                         y_for=y_for, scratch_prefix=atomic.partial_path(output))
+    source = open_source(
+        input_path,
+        request.x_key,
+        request.y_key,
+        request.data_options(),
+        request.require_y,
+        y_for=y_for,
+        scratch_prefix=atomic.partial_path(output),
+    )
     lock = atomic.RunLock(output)
     try:
         lock.acquire()
@@ -60,14 +67,31 @@ def augment(request: AugmentRequest, progress: Progress | None = None) -> Augmen
         if journal is not None and request.seed is None and journal.seed is not None:
             request = dataclasses.replace(request, seed=journal.seed)  # the interrupted run's seed
         plan = build_plan(source, **request.plan_parameters())
-        job = OutputJob(output, out_format, plan.tasks, plan.output_rows, input_path, source.reader.format_name,
-                        source.input_specs or source.specs, source.reader.files, output_specs(source, plan))
+        job = OutputJob(
+            output,
+            out_format,
+            plan.tasks,
+            plan.output_rows,
+            input_path,
+            source.reader.format_name,
+            source.input_specs or source.specs,
+            source.reader.files,
+            output_specs(source, plan),
+        )
         partial, record, held = write_output(request, source, plan, job, journal, progress, started_at, t0)
     finally:
         lock.release()
         source.reader.close()
-    return AugmentResult(output, partial.sidecar, plan.output_rows, partial.seconds, int(plan.seed),
-                         partial.journal.run_id, record, tuple(held.caught))
+    return AugmentResult(
+        output,
+        partial.sidecar,
+        plan.output_rows,
+        partial.seconds,
+        int(plan.seed),
+        partial.journal.run_id,
+        record,
+        tuple(held.caught),
+    )
 
 
 @dataclasses.dataclass
@@ -90,8 +114,9 @@ class OutputJob:
     run_source: Source | None = None  # what the local engine reads (a set's scratch copy, made once for all)
 
 
-def write_output(request, source: Source, plan: Plan, job: OutputJob, journal, progress: Progress,
-                 started_at: str, t0: float):
+def write_output(
+    request, source: Source, plan: Plan, job: OutputJob, journal, progress: Progress, started_at: str, t0: float
+):
     """The partial output (reopened from ``journal`` or fresh), its tasks on
     the engine, the record, the commit; on any failure what --resume needs is
     kept and the rest removed. The caller holds OUT's lock. Returns
@@ -146,16 +171,23 @@ class _Partial:
         self.block_digests = None
 
     @classmethod
-    def open(cls, request, source, plan, job: OutputJob, journal, started_at) -> "_Partial":
+    def open(cls, request, source, plan, job: OutputJob, journal, started_at) -> _Partial:
         """Reopen what the journal describes (a refusal leaves it as it was),
         or prepare a fresh start."""
-        options = layout_options(job.out_format, request.compression, plan.block_rows, request.chunk_rows,
-                                 request.byte_shuffle, request.zarr_format)
+        options = layout_options(
+            job.out_format,
+            request.compression,
+            plan.block_rows,
+            request.chunk_rows,
+            request.byte_shuffle,
+            request.zarr_format,
+        )
         fingerprint = resume.fingerprint(request, plan, source, job.out_format, job.specs, job.input_record)
         writer = None
         if journal is not None:
-            writer = resume.reopen_partial(journal, fingerprint, job.output, job.out_format, job.specs, options,
-                                           plan, job.tasks(), job.shift)
+            writer = resume.reopen_partial(
+                journal, fingerprint, job.output, job.out_format, job.specs, options, plan, job.tasks(), job.shift
+            )
             journal = journal if writer is not None else None
         return cls(job, plan, options, fingerprint, journal, writer, started_at)
 
@@ -166,8 +198,9 @@ class _Partial:
             scratch_needs = scratch.scratch_bytes(source, self.plan) if by_output else 0
             preflight.check_free_space(self.output, self.out_format, self.specs, request.compression, scratch_needs)
             self.writer = create_writer(self.tmp, self.out_format, self.specs, self.options)
-            self.journal = resume.Journal(resume.journal_path(self.output), self.fingerprint, uuid.uuid4().hex,
-                                          self.started_at)
+            self.journal = resume.Journal(
+                resume.journal_path(self.output), self.fingerprint, uuid.uuid4().hex, self.started_at
+            )
             self.journal.save()
 
     def fail(self, exc: BaseException) -> None:
@@ -194,29 +227,37 @@ def _run_tasks(request, source: Source, plan: Plan, partial: _Partial, progress:
     progress.start(job.rows)
     if journal.done:  # (work proportional to the tasks done, only when resuming)
         progress.update(sum(t.stop - t.start for i, t in enumerate(job.tasks()) if i in journal.done))
-    common = dict(skip=frozenset(journal.done), on_done=lambda index: journal.task_done(index, writer),
-                  block_digests=block_digests)
+    common = dict(
+        skip=frozenset(journal.done),
+        on_done=lambda index: journal.task_done(index, writer),
+        block_digests=block_digests,
+    )
     if request.engine == "dask":  # workers open the input themselves, prepared as here
         from mixup_cli.engines import dask
 
-        info = dask.run(source, plan, writer, job.tasks(), progress, **common,
-                        scheduler=request.scheduler, workers=request.workers)
+        info = dask.run(
+            source, plan, writer, job.tasks(), progress, **common, scheduler=request.scheduler, workers=request.workers
+        )
     elif job.run_source is not None:
         info = local.run(job.run_source, plan, writer, job.tasks(), progress, **common, batch_rows=request.batch_size)
     else:
         # Class pairings on compressed input: read from an uncompressed copy.
-        with scratch.source_for_run(source, plan, partial.tmp.with_name(partial.tmp.name + ".scratch.h5")) as run_source:
+        with scratch.source_for_run(
+            source, plan, partial.tmp.with_name(partial.tmp.name + ".scratch.h5")
+        ) as run_source:
             info = local.run(run_source, plan, writer, job.tasks(), progress, **common, batch_rows=request.batch_size)
     writer.flush()
     journal.save()  # every task recorded before the file is finished
-    writer.set_attributes({"mixup_cli_version": __version__, "run_id": journal.run_id,
-                           **names.attributes(source.prepared)})
+    writer.set_attributes(
+        {"mixup_cli_version": __version__, "run_id": journal.run_id, **names.attributes(source.prepared)}
+    )
     writer.close()
     return info
 
 
-def _record(request, source: Source, plan: Plan, partial: _Partial, engine_info: dict, input_hashes,
-            seconds: float) -> dict:
+def _record(
+    request, source: Source, plan: Plan, partial: _Partial, engine_info: dict, input_hashes, seconds: float
+) -> dict:
     """The sidecar's record, once the output's files are closed (and synced)."""
     writer, output, tmp = partial.writer, partial.output, partial.tmp
     out_files = [tmp / rel if str(rel) != "." else tmp for rel in writer.files()]
@@ -226,17 +267,23 @@ def _record(request, source: Source, plan: Plan, partial: _Partial, engine_info:
     job = partial.job
     input_entry = sidecar.dataset_entry(job.input_path, job.input_format, job.input_specs, in_hashes)
     final = {str(output / rel if str(rel) != "." else output): f for rel, f in zip(writer.files(), out_files)}
-    output_entry = sidecar.output_entry(output, partial.out_format, partial.specs, final, out_hashes, plan,
-                                        partial.block_digests, job.shift)
+    output_entry = sidecar.output_entry(
+        output, partial.out_format, partial.specs, final, out_hashes, plan, partial.block_digests, job.shift
+    )
     partial.seconds = seconds
     execution = dict(engine_info, seconds=round(seconds, 3))
     if partial.resumed:
         execution["resumed_tasks"] = partial.resumed
     return provenance.build(
-        run_id=partial.journal.run_id, command_line=request.command_line,
-        parameters=sidecar.run_parameters(plan, request, source), execution=execution,
-        input_entry=input_entry, output_entry=output_entry,
-        started_at=partial.journal.started_at, finished_at=provenance.utc_now(), set_section=job.set_section,
+        run_id=partial.journal.run_id,
+        command_line=request.command_line,
+        parameters=sidecar.run_parameters(plan, request, source),
+        execution=execution,
+        input_entry=input_entry,
+        output_entry=output_entry,
+        started_at=partial.journal.started_at,
+        finished_at=provenance.utc_now(),
+        set_section=job.set_section,
     )
 
 
@@ -254,7 +301,11 @@ def _commit(request, output: Path, out_format: str, partial: _Partial, record: d
     directory = out_format in preflight.DIRECTORY_FORMATS
     with atomic.signals_held() as held:
         atomic.commit_output(
-            partial.tmp, output, partial.sidecar_tmp, partial.sidecar, request.overwrite,
+            partial.tmp,
+            output,
+            partial.sidecar_tmp,
+            partial.sidecar,
+            request.overwrite,
             check=lambda: atomic.check_replaceable(output, partial.sidecar, directory),
         )
     atomic.test_pause("committed")

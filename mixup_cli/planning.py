@@ -9,13 +9,21 @@ and the shapes the plan's output takes.
 
 from __future__ import annotations
 
-from mixup_cli import balance as balancing, cutmix
+from mixup_cli import balance as balancing
+from mixup_cli import cutmix
 from mixup_cli.classes import ClassIndex, class_index
 from mixup_cli.errors import ParameterError
 from mixup_cli.io import ArraySpec
 from mixup_cli.mixing import Mixer
 from mixup_cli.sampling import (
-    CLASS_PAIRINGS, DEFAULT_NEIGHBORS, INDEX_PAIRINGS, KNN_PAIRINGS, PLAN_VERSION, Plan, default_block_rows, draw_seed,
+    CLASS_PAIRINGS,
+    DEFAULT_NEIGHBORS,
+    INDEX_PAIRINGS,
+    KNN_PAIRINGS,
+    PLAN_VERSION,
+    Plan,
+    default_block_rows,
+    draw_seed,
 )
 from mixup_cli.source import Source
 
@@ -25,17 +33,42 @@ DEFAULT_BATCH_BYTES = 16 * 1024 * 1024
 
 # Sidecar parameters that build_plan takes, with their default when absent.
 _RECORDED = {
-    "alpha": None, "seed": None, "x_key": None, "y_key": None, "pairing": None, "copies": None,
-    "include_original": None, "block_rows": None, "method": "mixup", "layout": None, "neighbors": None,
-    "project": None, "bandwidth": None, "balance": False, "balance_to": None,
+    "alpha": None,
+    "seed": None,
+    "x_key": None,
+    "y_key": None,
+    "pairing": None,
+    "copies": None,
+    "include_original": None,
+    "block_rows": None,
+    "method": "mixup",
+    "layout": None,
+    "neighbors": None,
+    "project": None,
+    "bandwidth": None,
+    "balance": False,
+    "balance_to": None,
 }
 
 
 def build_plan(
-    source: Source, *, alpha: float, seed: int | None = None, x_key: str | None = None, y_key: str | None = None,
-    pairing: str = "global", copies: int = 1, include_original: bool = False, block_rows: int | None = None,
-    method: str = "mixup", layout: str | None = None, neighbors: int | None = None, project: int | None = None,
-    bandwidth: float | None = None, balance: bool = False, balance_to: int | None = None,
+    source: Source,
+    *,
+    alpha: float,
+    seed: int | None = None,
+    x_key: str | None = None,
+    y_key: str | None = None,
+    pairing: str = "global",
+    copies: int = 1,
+    include_original: bool = False,
+    block_rows: int | None = None,
+    method: str = "mixup",
+    layout: str | None = None,
+    neighbors: int | None = None,
+    project: int | None = None,
+    bandwidth: float | None = None,
+    balance: bool = False,
+    balance_to: int | None = None,
 ) -> Plan:
     """The plan of a run over ``source`` (seed drawn when None; ``x_key`` and
     ``y_key`` as asked, the source's own by default)."""
@@ -58,8 +91,9 @@ def build_plan(
             classes = ClassIndex.from_labels(input_classes.values[input_classes.codes[own]], input_classes.label)
     elif pairing in CLASS_PAIRINGS:
         classes = _class_index(source)
-    options = dict(alpha=alpha, block_rows=block_rows, pairing=pairing, neighbors=neighbors, project=project,
-                   bandwidth=bandwidth)
+    options = dict(
+        alpha=alpha, block_rows=block_rows, pairing=pairing, neighbors=neighbors, project=project, bandwidth=bandwidth
+    )
     if pairing in INDEX_PAIRINGS:  # check the options (a Plan without the index) before reading anything
         Plan(n_rows=source.n_rows, seed=0, **options)
     partners = partner_index(source, pairing, x_key, y_key, neighbors, project, bandwidth)
@@ -67,10 +101,17 @@ def build_plan(
         x_spec = source.specs[x_key]
         layout = cutmix.resolve_layout(x_spec.row_shape, layout, f"{source.reader.path}: '{x_key}'")
     return Plan(
-        n_rows=source.n_rows if own is None else len(own), seed=seed, copies=copies,
-        include_original=include_original, classes=classes, method=method,
-        layout=layout if method == "cutmix" else None, partners=partners,
-        balance_to=balance_to if balance_wanted else None, own=own, **options,
+        n_rows=source.n_rows if own is None else len(own),
+        seed=seed,
+        copies=copies,
+        include_original=include_original,
+        classes=classes,
+        method=method,
+        layout=layout if method == "cutmix" else None,
+        partners=partners,
+        balance_to=balance_to if balance_wanted else None,
+        own=own,
+        **options,
     )
 
 
@@ -81,10 +122,16 @@ def plan_from_sidecar(parameters: dict, source: Source) -> Plan:
     if parameters.get("plan_version") != PLAN_VERSION:
         raise ParameterError(
             f"the sidecar's plan_version is {parameters.get('plan_version')!r}, this mixup-cli computes "
-            f"version {PLAN_VERSION}; verify with the mixup-cli version that wrote it", "OUT",
+            f"version {PLAN_VERSION}; verify with the mixup-cli version that wrote it",
+            "OUT",
         )
-    missing = [key for key, default in _RECORDED.items() if default is None and key not in parameters
-               and key not in ("layout", "neighbors", "project", "bandwidth", "balance_to", "y_key")]
+    missing = [
+        key
+        for key, default in _RECORDED.items()
+        if default is None
+        and key not in parameters
+        and key not in ("layout", "neighbors", "project", "bandwidth", "balance_to", "y_key")
+    ]
     if missing:
         raise ParameterError(f"the sidecar lacks the parameter '{missing[0]}'", "OUT")
     kwargs = {key: parameters.get(key, default) for key, default in _RECORDED.items()}

@@ -43,10 +43,10 @@ def check_output_path(input_path: Path, output: Path, overwrite: bool, exists_ok
     try:
         out_real, in_real = output.resolve(), input_path.resolve()
     except (RuntimeError, OSError) as exc:  # a loop further up either path
-        raise OutputError(f"{output}: cannot resolve {output} or {input_path} ({exc}); fix the symbolic links") from None
-    if out_real == in_real or (
-        output.exists() and input_path.exists() and os.path.samefile(output, input_path)
-    ):
+        raise OutputError(
+            f"{output}: cannot resolve {output} or {input_path} ({exc}); fix the symbolic links"
+        ) from None
+    if out_real == in_real or (output.exists() and input_path.exists() and os.path.samefile(output, input_path)):
         raise ParameterError(f"{output}: is the input itself; choose another output path", "OUT")
     if output.is_dir() and in_real.is_relative_to(out_real):
         raise ParameterError(f"{output}: contains the input {input_path}; choose another output path", "OUT")
@@ -81,8 +81,9 @@ def _mib(n: int) -> str:
     return f"{n / 2**20:.1f} MiB"
 
 
-def check_free_space(output: Path, out_format: str, specs: dict[str, ArraySpec], compression: str,
-                     extra: int = 0) -> None:
+def check_free_space(
+    output: Path, out_format: str, specs: dict[str, ArraySpec], compression: str, extra: int = 0
+) -> None:
     """Refuse up front an output that cannot fit on its disk.
 
     The uncompressed bytes are a lower bound of what the output takes (a
@@ -104,7 +105,11 @@ def check_free_space(output: Path, out_format: str, specs: dict[str, ArraySpec],
         return
     free = st.f_bavail * st.f_frsize
     if free < need:
-        what = "the output and an uncompressed copy of the input (for the class pairing) need" if extra else "the output needs"
+        what = (
+            "the output and an uncompressed copy of the input (for the class pairing) need"
+            if extra
+            else "the output needs"
+        )
         raise OutputError(
             f"{output}: disk full: {what} about {_mib(need)} but {_mib(free)} is free in "
             f"{output.parent.resolve()}; free some space or choose another output directory"
@@ -114,5 +119,10 @@ def check_free_space(output: Path, out_format: str, specs: dict[str, ArraySpec],
 def maybe_finished(output: Path, resume: bool, overwrite: bool) -> bool:
     """``--resume`` on an OUT that looks finished (its sidecar beside it, no
     partial files): let it through, to be compared with the command."""
-    return (resume and not overwrite and output.exists() and provenance.sidecar_path(output).is_file()
-            and not atomic.partials(output, with_lock=False))
+    return (
+        resume
+        and not overwrite
+        and output.exists()
+        and provenance.sidecar_path(output).is_file()
+        and not atomic.partials(output, with_lock=False)
+    )

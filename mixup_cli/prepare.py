@@ -13,8 +13,8 @@ beside ``lam``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
@@ -38,16 +38,23 @@ class DataOptions:
     label_smoothing: float = 0.0
     allow_nonfinite: bool = False
 
-    def check(self) -> "DataOptions":
+    def check(self) -> DataOptions:
         if self.x_dtype not in X_DTYPES:
             raise ParameterError(f"--x-dtype must be one of {', '.join(X_DTYPES)}, got {self.x_dtype!r}", "--x-dtype")
         if self.y_format not in Y_FORMATS:
-            raise ParameterError(f"--y-format must be one of {', '.join(Y_FORMATS)}, got {self.y_format!r}", "--y-format")
+            raise ParameterError(
+                f"--y-format must be one of {', '.join(Y_FORMATS)}, got {self.y_format!r}", "--y-format"
+            )
         if self.y_kind not in labels.Y_KINDS:
-            raise ParameterError(f"--y-kind must be one of {', '.join(labels.Y_KINDS)}, got {self.y_kind!r}", "--y-kind")
+            raise ParameterError(
+                f"--y-kind must be one of {', '.join(labels.Y_KINDS)}, got {self.y_kind!r}", "--y-kind"
+            )
         labels.check_smoothing(self.label_smoothing)
         if self.y_format == "pair":
-            for value, option in ((self.num_classes, "--num-classes"), (self.label_smoothing or None, "--label-smoothing")):
+            for value, option in (
+                (self.num_classes, "--num-classes"),
+                (self.label_smoothing or None, "--label-smoothing"),
+            ):
                 if value is not None:
                     raise ParameterError(
                         f"{option} applies to --y-format soft; pair writes the targets as they are", option
@@ -55,7 +62,7 @@ class DataOptions:
         return self
 
     @classmethod
-    def from_parameters(cls, parameters: dict) -> "DataOptions":
+    def from_parameters(cls, parameters: dict) -> DataOptions:
         """The options a sidecar's ``parameters`` record (defaults where absent)."""
         targets = parameters.get("targets") or {}
         pair = parameters.get("y_format", "soft") == "pair"
@@ -151,7 +158,8 @@ class Prepared:
         (the kind and classes found here): what other processes open the input with."""
         t = self.targets
         return DataOptions(
-            x_dtype=self.options.x_dtype, y_format=self.options.y_format,
+            x_dtype=self.options.x_dtype,
+            y_format=self.options.y_format,
             y_kind=(t.kind if t is not None else self.target_kind) or "auto",
             num_classes=t.num_classes if t is not None else None,
             label_smoothing=t.label_smoothing if t is not None else 0.0,
@@ -163,8 +171,13 @@ class Prepared:
         if self.targets is not None:
             targets = self.targets.to_dict()
         elif self.target_kind is not None:
-            targets = {"kind": self.target_kind, "dtype": None, "num_classes": None, "classes": None,
-                       "label_smoothing": 0.0}
+            targets = {
+                "kind": self.target_kind,
+                "dtype": None,
+                "num_classes": None,
+                "classes": None,
+                "label_smoothing": 0.0,
+            }
         else:
             targets = None
         recorded = {
@@ -210,9 +223,12 @@ def _refuse_long_float(path, key: str, dtype: np.dtype, hint: str) -> None:
 
 
 def _refuse_target_options(options: DataOptions, path) -> None:
-    for value, option in ((options.num_classes, "--num-classes"), (options.label_smoothing or None, "--label-smoothing"),
-                          (None if options.y_kind == "auto" else options.y_kind, "--y-kind"),
-                          (None if options.y_format == "soft" else options.y_format, "--y-format")):
+    for value, option in (
+        (options.num_classes, "--num-classes"),
+        (options.label_smoothing or None, "--label-smoothing"),
+        (None if options.y_kind == "auto" else options.y_kind, "--y-kind"),
+        (None if options.y_format == "soft" else options.y_format, "--y-format"),
+    ):
         if value is not None:
             raise ParameterError(f"{option} applies to targets, but {path} is mixed without y", option)
 
@@ -232,7 +248,13 @@ def _prepare_y(reader: Reader, y_key: str, y_spec: ArraySpec, x_spec: ArraySpec,
 
         return y_spec, prepare_pair, None, kind
     targets = labels.resolve(
-        reader, y_key, y_spec.dtype, y_spec.shape, options.y_kind, options.num_classes, options.label_smoothing,
+        reader,
+        y_key,
+        y_spec.dtype,
+        y_spec.shape,
+        options.y_kind,
+        options.num_classes,
+        options.label_smoothing,
         input_row_bytes=x_spec.row_bytes + y_spec.row_bytes,
     )
 

@@ -148,8 +148,14 @@ def save_figure(fig, output: Path, dpi: int = 100, overwrite: bool = False) -> P
 # ------------------------------------------------------------------ histogram
 
 
-def lam_sample(alpha: float, seed: int, method: str = "mixup", image_size: tuple[int, int] | None = None,
-               size: int = HIST_SAMPLES, key: int = 0) -> np.ndarray:
+def lam_sample(
+    alpha: float,
+    seed: int,
+    method: str = "mixup",
+    image_size: tuple[int, int] | None = None,
+    size: int = HIST_SAMPLES,
+    key: int = 0,
+) -> np.ndarray:
     """lam as a run draws it: Beta(alpha, alpha), corrected to the box for CutMix."""
     rng = keyed_rng(seed, _PREVIEW, 2, key)
     lam = sample_lam(rng, alpha, size)
@@ -159,8 +165,9 @@ def lam_sample(alpha: float, seed: int, method: str = "mixup", image_size: tuple
 
 
 def draw_lam_hist(ax, alpha: float, lam: np.ndarray, label: str, compact: bool = False) -> None:
-    heights, _, _ = ax.hist(lam, bins=50, range=(0, 1), density=True, color="#9ecae1",
-                            edgecolor="#6baed6", linewidth=0.4, label=label)
+    heights, _, _ = ax.hist(
+        lam, bins=50, range=(0, 1), density=True, color="#9ecae1", edgecolor="#6baed6", linewidth=0.4, label=label
+    )
     xs = np.linspace(0.0005, 0.9995, 800)
     pdf = beta_pdf(xs, alpha)
     ax.plot(xs, pdf, color="#d62728", linewidth=1.4, label=f"Beta({alpha:g}, {alpha:g}) density")
@@ -208,8 +215,9 @@ def identity_figure(n: int, alphas, seed: int, hist: bool = False):
         lam = sample_lam(keyed_rng(seed, _PREVIEW, 1, i), alpha, n)
         mixed = _max_pooled(mix_rows(eye, eye[partner], lam), pool)
         ax = fig.add_subplot(grid[r * per_row, c])
-        image = ax.imshow(mixed, vmin=0, vmax=1, cmap="viridis", interpolation="nearest",
-                          extent=(-0.5, n - 0.5, n - 0.5, -0.5))
+        image = ax.imshow(
+            mixed, vmin=0, vmax=1, cmap="viridis", interpolation="nearest", extent=(-0.5, n - 0.5, n - 0.5, -0.5)
+        )
         ax.set_title(f"α = {alpha:g}", fontsize=10)
         ax.set_xticks([0, n - 1])
         ax.set_yticks([0, n - 1])
@@ -218,8 +226,13 @@ def identity_figure(n: int, alphas, seed: int, hist: bool = False):
         ax.set_ylabel("sample (row)", fontsize=8)
         image_axes.append(ax)
         if hist:
-            draw_lam_hist(fig.add_subplot(grid[r * per_row + 1, c]), alpha,
-                          lam_sample(alpha, seed, key=i), "lam drawn", compact=True)
+            draw_lam_hist(
+                fig.add_subplot(grid[r * per_row + 1, c]),
+                alpha,
+                lam_sample(alpha, seed, key=i),
+                "lam drawn",
+                compact=True,
+            )
     fig.colorbar(image, ax=image_axes, shrink=0.8, label="value")
     title = f"mixup of the {n} x {n} identity matrix (seed {seed})"
     if pool > 1:
@@ -270,11 +283,24 @@ class PreviewRows:
 
 
 def preview_rows(
-    path: Path, *, x_key: str = "x", y_key: str | None = "y", require_y: bool = True,
-    data: DataOptions | None = None, method: str = "mixup", alpha: float = 0.2, seed: int = 0, rows: int = 4,
-    layout: str | None = None, block_rows: int | None = None, pairing: str = "global",
-    neighbors: int | None = None, project: int | None = None, bandwidth: float | None = None,
-    balance: bool = False, balance_to: int | None = None,
+    path: Path,
+    *,
+    x_key: str = "x",
+    y_key: str | None = "y",
+    require_y: bool = True,
+    data: DataOptions | None = None,
+    method: str = "mixup",
+    alpha: float = 0.2,
+    seed: int = 0,
+    rows: int = 4,
+    layout: str | None = None,
+    block_rows: int | None = None,
+    pairing: str = "global",
+    neighbors: int | None = None,
+    project: int | None = None,
+    bandwidth: float | None = None,
+    balance: bool = False,
+    balance_to: int | None = None,
 ) -> PreviewRows:
     """The first ``rows`` rows of the plan's first task of copy 0, mixed.
 
@@ -298,9 +324,22 @@ def preview_rows(
     y_for = f"--pairing {pairing}" if pairing in CLASS_PAIRINGS else None
     source = open_source(path, x_key, y_key, data, require_y, y_for=y_for)
     try:
-        plan = build_plan(source, alpha=alpha, seed=seed, x_key=x_key, y_key=y_key, pairing=pairing,
-                          block_rows=block_rows, method=method, layout=layout, neighbors=neighbors,
-                          project=project, bandwidth=bandwidth, balance=balance, balance_to=balance_to)
+        plan = build_plan(
+            source,
+            alpha=alpha,
+            seed=seed,
+            x_key=x_key,
+            y_key=y_key,
+            pairing=pairing,
+            block_rows=block_rows,
+            method=method,
+            layout=layout,
+            neighbors=neighbors,
+            project=project,
+            bandwidth=bandwidth,
+            balance=balance,
+            balance_to=balance_to,
+        )
         shown, task, mixer, own, other, mixed, provenance = _first_rows(source, plan, rows)
         x_shape = shown.specs[x_key].row_shape
         prepared = source.prepared
@@ -315,13 +354,26 @@ def preview_rows(
         except ParameterError:
             shown_layout = None  # not an image: drawn as a line of values
     return PreviewRows(
-        path=path, x_key=x_key, y_key=source.y_key, method=plan.method, alpha=plan.alpha, seed=int(plan.seed),
+        path=path,
+        x_key=x_key,
+        y_key=source.y_key,
+        method=plan.method,
+        alpha=plan.alpha,
+        seed=int(plan.seed),
         layout=shown_layout,
         rows=provenance["own"] if "own" in provenance else np.arange(task.start, task.start + k),
-        out_rows=task.out_start + np.arange(k), partner=provenance["partner"], lam=provenance["lam"],
-        box=provenance.get("box"), own=own, other=other, mixed=mixed, image_size=mixer.image_size,
-        y_kind=prepared.target_kind if prepared is not None else None, paired=tuple(source.paired_keys),
-        class_names=getattr(prepared, "class_names", None) or None, pairing=plan.pairing,
+        out_rows=task.out_start + np.arange(k),
+        partner=provenance["partner"],
+        lam=provenance["lam"],
+        box=provenance.get("box"),
+        own=own,
+        other=other,
+        mixed=mixed,
+        image_size=mixer.image_size,
+        y_kind=prepared.target_kind if prepared is not None else None,
+        paired=tuple(source.paired_keys),
+        class_names=getattr(prepared, "class_names", None) or None,
+        pairing=plan.pairing,
     )
 
 
@@ -463,8 +515,11 @@ def _draw_box(ax, box) -> None:
 
     y0, x0, y1, x1 = (int(v) for v in box)
     if y1 > y0 and x1 > x0:
-        ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False,
-                               edgecolor="#ff7f0e", linewidth=1.5, linestyle="--"))
+        ax.add_patch(
+            Rectangle(
+                (x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, edgecolor="#ff7f0e", linewidth=1.5, linestyle="--"
+            )
+        )
 
 
 def _mask_line(fig, grid, line: int, p: PreviewRows, i: int, mask: str, value_range) -> None:
@@ -481,8 +536,15 @@ def _mask_line(fig, grid, line: int, p: PreviewRows, i: int, mask: str, value_ra
     ax = fig.add_subplot(grid[line, 2])
     if paired:  # augment writes both targets as they are: nothing is mixed
         ax.set_axis_off()
-        ax.text(0.5, 0.5, f"{names[0]}, {names[1]} kept\nas they are,\nlam = {p.lam[i]:.3f}",
-                ha="center", va="center", fontsize=9, transform=ax.transAxes)
+        ax.text(
+            0.5,
+            0.5,
+            f"{names[0]}, {names[1]} kept\nas they are,\nlam = {p.lam[i]:.3f}",
+            ha="center",
+            va="center",
+            fontsize=9,
+            transform=ax.transAxes,
+        )
     else:
         ax.set_title(f"{y} mixed", fontsize=9)
         _draw_row(ax, p.mixed[y][i], mask, y_min, y_max, cmap="viridis")

@@ -43,9 +43,14 @@ class AugmentRequest:
 
     def data_options(self) -> DataOptions:
         return DataOptions(
-            x_dtype=self.x_dtype, y_format=self.y_format, y_kind=self.y_kind, num_classes=self.num_classes,
-            label_smoothing=self.label_smoothing, allow_nonfinite=self.allow_nonfinite,
+            x_dtype=self.x_dtype,
+            y_format=self.y_format,
+            y_kind=self.y_kind,
+            num_classes=self.num_classes,
+            label_smoothing=self.label_smoothing,
+            allow_nonfinite=self.allow_nonfinite,
         )
+
     resume: bool = False
     method: str = "mixup"
     layout: str | None = None  # cutmix: NHWC or NCHW; inferred when unambiguous
@@ -65,10 +70,21 @@ class AugmentRequest:
     def plan_parameters(self) -> dict:
         """The keyword arguments of ``planning.build_plan`` this request gives."""
         return dict(
-            alpha=self.alpha, seed=self.seed, x_key=self.x_key, y_key=self.y_key, pairing=self.pairing,
-            copies=self.copies, include_original=self.include_original, block_rows=self.block_rows,
-            method=self.method, layout=self.layout, neighbors=self.neighbors, project=self.project,
-            bandwidth=self.bandwidth, balance=self.balance, balance_to=self.balance_to,
+            alpha=self.alpha,
+            seed=self.seed,
+            x_key=self.x_key,
+            y_key=self.y_key,
+            pairing=self.pairing,
+            copies=self.copies,
+            include_original=self.include_original,
+            block_rows=self.block_rows,
+            method=self.method,
+            layout=self.layout,
+            neighbors=self.neighbors,
+            project=self.project,
+            bandwidth=self.bandwidth,
+            balance=self.balance,
+            balance_to=self.balance_to,
         )
 
 

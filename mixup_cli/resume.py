@@ -31,6 +31,7 @@ from mixup_cli.io.base import DamagedPartial
 
 log = logging.getLogger("mixup_cli")
 
+
 class NothingToResume(OutputError):
     """The partial files cannot be continued, and hold nothing worth keeping
     (no journal, an unreadable one, or no partial output beside it): the
@@ -48,8 +49,19 @@ SAVE_INTERVAL = 1.0
 # fingerprints are what they were.
 _PAIRING_OPTIONS = {"neighbors", "project", "bandwidth", "balance", "balance_to"}
 _NOT_IN_FINGERPRINT = {
-    "input", "output", "seed", "block_rows", "batch_size", "overwrite", "command_line", "resume", "require_y",
-    "engine", "scheduler", "workers", "hash_files",
+    "input",
+    "output",
+    "seed",
+    "block_rows",
+    "batch_size",
+    "overwrite",
+    "command_line",
+    "resume",
+    "require_y",
+    "engine",
+    "scheduler",
+    "workers",
+    "hash_files",
 }
 
 
@@ -71,7 +83,8 @@ def fingerprint(request, plan, source, out_format: str, out_specs: dict, input_r
     options = {
         f.name: getattr(request, f.name)
         for f in dataclasses.fields(request)
-        if f.name not in _NOT_IN_FINGERPRINT and f.name not in plan_fields
+        if f.name not in _NOT_IN_FINGERPRINT
+        and f.name not in plan_fields
         and not (f.name in _PAIRING_OPTIONS and getattr(request, f.name) in (None, False))
     }
     files = []
@@ -196,7 +209,7 @@ class Journal:
             )
 
     @classmethod
-    def load(cls, path: Path, output: Path) -> "Journal":
+    def load(cls, path: Path, output: Path) -> Journal:
         partial = atomic.partial_path(output)
         # The output itself, or (.npz) its staging directory.
         if not any(not p.name.startswith(Path(path).name) for p in atomic.partials(output, with_lock=False)):
@@ -312,7 +325,11 @@ def block_digests(plan, specs: dict, journal: Journal, tasks, shift=None) -> dig
     resumed run keeps those of the blocks already written (``tasks``: the
     run's list, which the journal's indices number)."""
     # A fresh run has nothing to look up: no pass over the tasks.
-    starts = {i: _block_rows(plan, task, shift)[0] for i, task in enumerate(tasks) if i in journal.done} if journal.done else {}
+    starts = (
+        {i: _block_rows(plan, task, shift)[0] for i, task in enumerate(tasks) if i in journal.done}
+        if journal.done
+        else {}
+    )
     # Parts of a block whose other parts were not all written: redone with them (a digest covers the whole block).
     journal.done -= {i for i, start in starts.items() if start not in journal.digests}
     written = {starts[i] for i in journal.done}
@@ -320,12 +337,14 @@ def block_digests(plan, specs: dict, journal: Journal, tasks, shift=None) -> dig
         del journal.digests[start]  # hashed, but not recorded as written: written again
     if shift is None:
         return digests.BlockDigests.for_plan(plan, specs, done=journal.digests)
-    return digests.BlockDigests.for_plan(plan, specs, done=journal.digests, segment_rows=shift[0],
-                                         block_offset=shift[1])
+    return digests.BlockDigests.for_plan(
+        plan, specs, done=journal.digests, segment_rows=shift[0], block_offset=shift[1]
+    )
 
 
-def reopen_partial(journal: Journal, fingerprint: dict, output: Path, out_format: str, specs: dict, options,
-                   plan, tasks, shift=None):
+def reopen_partial(
+    journal: Journal, fingerprint: dict, output: Path, out_format: str, specs: dict, options, plan, tasks, shift=None
+):
     """The writer of the partial output the journal describes, its journaled
     tasks checked, or None when it cannot be trusted (then removed: the run
     starts over, keeping the interrupted run's seed). Refuses, leaving the

@@ -33,8 +33,8 @@ Pairing modes:
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 
 import numpy as np
 
@@ -148,11 +148,11 @@ class Plan:
         if self.method != "cutmix":
             object.__setattr__(self, "layout", None)
         elif self.layout not in cutmix.LAYOUTS + (cutmix.GRAYSCALE,):
-            raise ParameterError(f"--layout must be one of {', '.join(cutmix.LAYOUTS)}, got {self.layout!r}", "--layout")
-        if self.pairing not in PAIRINGS:
             raise ParameterError(
-                f"--pairing must be one of {', '.join(PAIRINGS)}, got {self.pairing!r}", "--pairing"
+                f"--layout must be one of {', '.join(cutmix.LAYOUTS)}, got {self.layout!r}", "--layout"
             )
+        if self.pairing not in PAIRINGS:
+            raise ParameterError(f"--pairing must be one of {', '.join(PAIRINGS)}, got {self.pairing!r}", "--pairing")
         check_positive(self.block_rows, "--block-rows")
         check_positive(self.copies, "--copies")
         if self.n_rows < 1:
@@ -268,7 +268,7 @@ class Plan:
         return cutmix.draw_boxes(rng, lam, height, width)
 
     @classmethod
-    def from_dict(cls, record: dict, n_rows: int, *, classes=None, partners=None, own=None) -> "Plan":
+    def from_dict(cls, record: dict, n_rows: int, *, classes=None, partners=None, own=None) -> Plan:
         """The plan ``to_dict`` recorded, over ``n_rows`` input rows (a balanced
         plan's ``rows_per_copy`` instead). What is derived from the input
         (``classes``, ``partners``, ``own``) is not recorded: a pairing that
@@ -287,8 +287,11 @@ class Plan:
     def to_dict(self) -> dict:
         extra = {}  # only for the pairings that have them: other sidecars stay as they were
         if self.pairing in KNN_PAIRINGS:
-            extra = {"neighbors": self.neighbors, "project": self.project,
-                     "project_batch_rows": getattr(self.partners, "project_batch_rows", None)}
+            extra = {
+                "neighbors": self.neighbors,
+                "project": self.project,
+                "project_batch_rows": getattr(self.partners, "project_batch_rows", None),
+            }
         elif self.pairing == "label-kernel":
             extra = {"bandwidth": self.bandwidth}
         if self.own is not None:

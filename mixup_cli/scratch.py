@@ -39,15 +39,17 @@ def wanted(source, plan: Plan) -> bool:
     if plan.pairing not in BY_INDEX_PAIRINGS or plan.own is not None:
         return False
     return source.reader.take_scatters() or (
-        plan.n_blocks >= MIN_BLOCKS and any(source.reader.take_inflates(key) for key in source.specs))
+        plan.n_blocks >= MIN_BLOCKS and any(source.reader.take_inflates(key) for key in source.specs)
+    )
 
 
 def scratch_bytes(source, plan: Plan) -> int:
     """Disk the copy takes (0 when the run reads the input itself)."""
     if not wanted(source, plan):
         return 0
-    return sum(int(np.prod(spec.shape, dtype=np.int64)) * np.dtype(spec.dtype).itemsize
-               for spec in source.specs.values())
+    return sum(
+        int(np.prod(spec.shape, dtype=np.int64)) * np.dtype(spec.dtype).itemsize for spec in source.specs.values()
+    )
 
 
 def _copy(source, plan: Plan, path: Path, fast: bool = True) -> hdf5.Reader:

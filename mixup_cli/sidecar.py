@@ -24,8 +24,13 @@ def run_parameters(plan: Plan, request: AugmentRequest, source: Source) -> dict:
     return parameters
 
 
-def dataset_entry(path: Path, fmt: str, specs: dict[str, ArraySpec], hashes: dict[str, str | None],
-                  sizes: dict[str, int] | None = None) -> dict:
+def dataset_entry(
+    path: Path,
+    fmt: str,
+    specs: dict[str, ArraySpec],
+    hashes: dict[str, str | None],
+    sizes: dict[str, int] | None = None,
+) -> dict:
     """A dataset as the sidecar records it: where, what arrays, which files with their hashes.
 
     ``sizes`` gives the files' sizes when they are not yet at ``path``; a
@@ -44,13 +49,23 @@ def dataset_entry(path: Path, fmt: str, specs: dict[str, ArraySpec], hashes: dic
     }
 
 
-def output_entry(output: Path, out_format: str, specs: dict[str, ArraySpec], files: dict[str, Path],
-                 hashes: dict[str, str], plan: Plan, block_digests: digests.BlockDigests, shift=None) -> dict:
+def output_entry(
+    output: Path,
+    out_format: str,
+    specs: dict[str, ArraySpec],
+    files: dict[str, Path],
+    hashes: dict[str, str],
+    plan: Plan,
+    block_digests: digests.BlockDigests,
+    shift=None,
+) -> dict:
     """The output's entry: ``files`` maps each file's final path to where it
     is now; the arrays' digests come from the blocks as they were written.
     ``shift``: (segment_rows, block_offset) of a set's output (``digests.Bounds``)."""
     entry = dataset_entry(
-        output, out_format, specs,
+        output,
+        out_format,
+        specs,
         {name: hashes.get(str(f)) for name, f in files.items()},
         {name: f.stat().st_size for name, f in files.items()},
     )
@@ -86,7 +101,9 @@ def completed_run(request: AugmentRequest, source: Source, output: Path, out_for
             if recorded.get(str(Path(path).resolve())) != st.st_size or st.st_mtime_ns > done_at:
                 return None  # the input changed since
         arrays = {key: spec.to_dict() for key, spec in output_specs(source, plan).items()}
-        if resume._plain(arrays) != resume._plain({k: {"shape": v["shape"], "dtype": v["dtype"]} for k, v in out["arrays"].items()}):
+        if resume._plain(arrays) != resume._plain(
+            {k: {"shape": v["shape"], "dtype": v["dtype"]} for k, v in out["arrays"].items()}
+        ):
             return None
         for f in out["files"]:
             if Path(f["path"]).stat().st_size != f["size"]:
@@ -94,5 +111,6 @@ def completed_run(request: AugmentRequest, source: Source, output: Path, out_for
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
     log.warning("%s: already complete (its sidecar records this command); nothing to do", output)
-    return AugmentResult(output, sidecar, plan.output_rows, 0.0, int(seed), str(record.get("run_id")), record,
-                         already_complete=True)
+    return AugmentResult(
+        output, sidecar, plan.output_rows, 0.0, int(seed), str(record.get("run_id")), record, already_complete=True
+    )

@@ -57,8 +57,15 @@ class Source:
 
 
 def open_source(
-    path: Path, x_key: str, y_key: str | None, options: DataOptions | None = None, require_y: bool = True,
-    scratch_prefix: Path | None = None, fast: bool = True, y_for: str | None = None, reader: Reader | None = None,
+    path: Path,
+    x_key: str,
+    y_key: str | None,
+    options: DataOptions | None = None,
+    require_y: bool = True,
+    scratch_prefix: Path | None = None,
+    fast: bool = True,
+    y_for: str | None = None,
+    reader: Reader | None = None,
     layout=None,
 ) -> Source:
     """Open the input and check that x (and y) exist and have rows to mix.
@@ -92,8 +99,7 @@ def open_source(
             n_x, n_y = specs[x_key].rows, specs[y_key].rows
             if n_x != n_y:
                 raise InputError(
-                    f"{path}: '{x_key}' has {n_x} rows but '{y_key}' has {n_y}; "
-                    "x and y need one row per sample"
+                    f"{path}: '{x_key}' has {n_x} rows but '{y_key}' has {n_y}; x and y need one row per sample"
                 )
         if specs[x_key].rows == 0:
             raise InputError(f"{path}: '{x_key}' has zero rows; there is nothing to mix")
@@ -105,8 +111,9 @@ def open_source(
     except BaseException:
         reader.close()
         raise
-    return Source(prepared.reader, prepared.specs, names.stored_specs(reader, specs), prepared, prepared.paired, path,
-                  layout)
+    return Source(
+        prepared.reader, prepared.specs, names.stored_specs(reader, specs), prepared, prepared.paired, path, layout
+    )
 
 
 def check_output_keys(prepared: Prepared, x_key: str) -> None:
@@ -116,5 +123,6 @@ def check_output_keys(prepared: Prepared, x_key: str) -> None:
             if name == x_key or name in PROVENANCE_KEYS:
                 raise ParameterError(
                     f"--y-format pair would write '{name}', which is also '{x_key}' or a provenance array; "
-                    "rename the array", "--y-format"
+                    "rename the array",
+                    "--y-format",
                 )

@@ -18,8 +18,8 @@ where blocks come from and where rows go:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
@@ -59,7 +59,9 @@ def draw(plan: Plan, mixer: Mixer, task: Task) -> Drawn:
     return drawn.rows(task.start - block.start, task.stop - block.start)
 
 
-def task_input(source, plan: Plan, mixer: Mixer, task: Task, block_rows: Callable[[int, int | None], Block]) -> TaskInput:
+def task_input(
+    source, plan: Plan, mixer: Mixer, task: Task, block_rows: Callable[[int, int | None], Block]
+) -> TaskInput:
     """Gather a task's rows and partners. ``source`` is the plan's view of the
     input (``balance.view``); ``block_rows(block, keep)`` returns a whole
     block's rows, keeping block ``keep`` if it holds it.
@@ -78,8 +80,9 @@ def task_input(source, plan: Plan, mixer: Mixer, task: Task, block_rows: Callabl
     if task.partner_block is not None:
         p_first, p_last = plan.block_bounds(task.partner_block)
         if whole or 4 * (task.stop - task.start) >= p_last - p_first:
-            return TaskInput(task, drawn, own, block_rows(task.partner_block, task.block if whole else None),
-                             drawn.partner - p_first)
+            return TaskInput(
+                task, drawn, own, block_rows(task.partner_block, task.block if whole else None), drawn.partner - p_first
+            )
     # class and index pairings, or few partners: by index (sorted, unique reads)
     pool = {key: source.reader.take(key, drawn.partner) for key in source.specs}
     return TaskInput(task, drawn, own, pool, np.arange(len(drawn.partner)))
@@ -96,8 +99,9 @@ def output_rows(source, mixer: Mixer, inputs: TaskInput, s: int, e: int, out: Bl
             arrays[key] = own[key][s:e]
         else:
             target = None if out is None else out[key]
-            arrays[key] = mixer.mix_gather(key, own[key][s:e], inputs.pool[key], inputs.index[s:e], inputs.drawn,
-                                           s, e, out=target)
+            arrays[key] = mixer.mix_gather(
+                key, own[key][s:e], inputs.pool[key], inputs.index[s:e], inputs.drawn, s, e, out=target
+            )
     for key in source.paired_keys:  # --y-format pair: both targets, unmixed (copies: buffers are reused)
         key_a, key_b = pair_keys(key)
         arrays[key_a] = own[key][s:e].copy()

@@ -41,7 +41,6 @@ from mixup_cli.sampling import PLAN_VERSION
 _REQUIRED = ("alpha", "seed", "x_key", "pairing", "copies", "include_original", "block_rows")
 
 
-
 @dataclass
 class Check:
     name: str
@@ -152,8 +151,11 @@ def check_array_digests(entry: dict, output: Path, found: dict[str, str] | None 
             found, problems = _read_back_digests(output, arrays, scheme)
         except (MixupError, OSError, ValueError, KeyError, TypeError) as exc:
             return Check("output data", False, f"cannot read {output}: {exc}")
-    problems += [_differs(key, found[key], recorded["sha256"]) for key, recorded in arrays.items()
-                 if key in found and found[key] != recorded["sha256"]]
+    problems += [
+        _differs(key, found[key], recorded["sha256"])
+        for key, recorded in arrays.items()
+        if key in found and found[key] != recorded["sha256"]
+    ]
     if problems:
         return Check("output data", False, "; ".join(problems))
     return Check("output data", True, f"{len(arrays)} arrays, SHA-256 as recorded")
@@ -173,8 +175,9 @@ def _read_back_digests(output: Path, arrays: dict, scheme: dict) -> tuple[dict[s
             if segment < 1 or rows % segment:
                 problems.append(f"'{key}' has {rows} rows, not a whole number of copies of {segment}")
                 continue
-            bounds = digests.block_bounds(segment, int(scheme["block_rows"]), rows // segment,
-                                          int(scheme.get("block_offset", 0)))  # a set's output: shifted blocks
+            bounds = digests.block_bounds(
+                segment, int(scheme["block_rows"]), rows // segment, int(scheme.get("block_offset", 0))
+            )  # a set's output: shifted blocks
             found[key] = digests.combine([digests.of_rows({key: reader.read(key, a, b)})[key] for a, b in bounds])
     return found, problems
 
@@ -246,11 +249,16 @@ def recompute(record: dict, output: Path, input_path: Path, batch_size: int | No
 
     params = record.get("parameters") or {}
     if params.get("plan_version") != PLAN_VERSION:
-        return Check(
-            "recompute", False,
-            f"the sidecar's plan_version is {params.get('plan_version')!r}, this mixup-cli computes "
-            f"version {PLAN_VERSION}; verify with the mixup-cli version that wrote it",
-        ), None, None
+        return (
+            Check(
+                "recompute",
+                False,
+                f"the sidecar's plan_version is {params.get('plan_version')!r}, this mixup-cli computes "
+                f"version {PLAN_VERSION}; verify with the mixup-cli version that wrote it",
+            ),
+            None,
+            None,
+        )
     missing = [key for key in _REQUIRED if key not in params]
     if missing:
         return Check("recompute", False, f"the sidecar lacks the parameter '{missing[0]}'"), None, None
@@ -353,7 +361,7 @@ _ADVICE = {
     "output data": "the output changed after the run: remove it and its sidecar, then {rewrite}",
     "input files": "its input changed since the run (or moved: --input): restore it, or write the set again",
     "recompute": "it is not what the set's inputs and recorded parameters give: restore the inputs, or write "
-                 "the set again",
+    "the set again",
 }
 
 
@@ -389,15 +397,21 @@ class SetVerifyReport:
 
     def to_dict(self) -> dict:
         return {
-            "ok": self.ok, "outdir": str(self.outdir), "set_id": self.set_id, "outputs": self.outputs,
-            "complete": self.complete, "verified": sum(r.ok for r in self.reports.values()),
-            "missing": self.missing, "problems": self.problems,
+            "ok": self.ok,
+            "outdir": str(self.outdir),
+            "set_id": self.set_id,
+            "outputs": self.outputs,
+            "complete": self.complete,
+            "verified": sum(r.ok for r in self.reports.values()),
+            "missing": self.missing,
+            "problems": self.problems,
             "reports": [dict(r.to_dict(), index=k) for k, r in sorted(self.reports.items())],
         }
 
 
-def verify_set(outdir: Path, input_path: Path | None = None, batch_size: int | None = None,
-               progress=None) -> SetVerifyReport:
+def verify_set(
+    outdir: Path, input_path: Path | None = None, batch_size: int | None = None, progress=None
+) -> SetVerifyReport:
     """Whether the set in OUTDIR is complete (every output present with its
     sidecar) and correct (each output verified, recomputed from the whole set)."""
     from mixup_cli.sets import MANIFEST
@@ -413,10 +427,12 @@ def verify_set(outdir: Path, input_path: Path | None = None, batch_size: int | N
         if view.has_manifest and view.parameters != params:
             report.problems.append(
                 f"{outdir / MANIFEST}: its parameters differ from its outputs' sidecars' ({_changed(params, view.parameters)}); "
-                "it was edited: write the set again, or remove it (a part's run writes it again)")
+                "it was edited: write the set again, or remove it (a part's run writes it again)"
+            )
         view.parameters = params  # the seed told in the commands below
-        report.reports = _verify_outputs(view, records, params, input_paths(view, input_path), input_path,
-                                         batch_size, progress)
+        report.reports = _verify_outputs(
+            view, records, params, input_paths(view, input_path), input_path, batch_size, progress
+        )
     for k in view.missing:
         parts = view.parts_for(k)
         report.missing.append({"index": k, "name": view.name(k), "parts": parts})
@@ -424,8 +440,11 @@ def verify_set(outdir: Path, input_path: Path | None = None, batch_size: int | N
         report.problems.append(f"{outdir / view.name(k)}: {what}; {_who_writes(view, k, parts)}")
     for k, found in sorted(report.reports.items()):
         rewrite = "write it again: " + _command(view, view.parts_for(k))
-        report.problems += [f"{found.output}: {c.name}: {c.detail}; " + _ADVICE[c.name].format(rewrite=rewrite)
-                            for c in found.checks if not c.ok]
+        report.problems += [
+            f"{found.output}: {c.name}: {c.detail}; " + _ADVICE[c.name].format(rewrite=rewrite)
+            for c in found.checks
+            if not c.ok
+        ]
     return report
 
 
@@ -459,11 +478,14 @@ def _verify_set_output(output: Path, record: dict, input_path, batch_size, progr
     k = int(read_section(record, str(provenance.sidecar_path(output)))["index"])
     view = read_set(output.parent)
     if k not in view.present or view.present[k].name != output.name:
-        raise InputError(f"{output}: its sidecar says it is output {k} of a set, but {output.parent} holds "
-                         f"{view.present.get(k)} as that output; an OUTDIR holds one set")
+        raise InputError(
+            f"{output}: its sidecar says it is output {k} of a set, but {output.parent} holds "
+            f"{view.present.get(k)} as that output; an OUTDIR holds one set"
+        )
     records = _records(view, [k])
-    return _verify_outputs(view, records, _set_parameters(view, records), input_paths(view, input_path), input_path,
-                           batch_size, progress)[k]
+    return _verify_outputs(
+        view, records, _set_parameters(view, records), input_paths(view, input_path), input_path, batch_size, progress
+    )[k]
 
 
 def _recover_set(outdir: Path) -> None:
@@ -493,8 +515,9 @@ def _who_writes(view, k: int, parts: list[str]) -> str:
     return f"{how}part {' or '.join(shards)} writes it: {_command(view, parts)}"
 
 
-def _verify_outputs(view, records: dict[int, dict], params: dict, paths: list[Path], override, batch_size,
-                    progress) -> dict[int, VerifyReport]:
+def _verify_outputs(
+    view, records: dict[int, dict], params: dict, paths: list[Path], override, batch_size, progress
+) -> dict[int, VerifyReport]:
     """Each present output (``records``: their sidecars) checked as ``verify``
     checks one, recomputed with the set's ``params``."""
     ks = sorted(records)
@@ -506,8 +529,11 @@ def _verify_outputs(view, records: dict[int, dict], params: dict, paths: list[Pa
         rep = reports[k] = VerifyReport(output, provenance.sidecar_path(output), paths[k])
         check, rep.first_difference, found = recomputed[k]
         if (record.get("parameters") or {}) != params:
-            check = Check("recompute", False,
-                          f"its sidecar's parameters differ from the set's ({_changed(params, record.get('parameters'))})")
+            check = Check(
+                "recompute",
+                False,
+                f"its sidecar's parameters differ from the set's ({_changed(params, record.get('parameters'))})",
+            )
         rep.checks.append(check_files("output files", record.get("output") or {}, output))
         data_check = check_array_digests(record.get("output") or {}, output, found)
         if data_check is not None:
@@ -519,9 +545,12 @@ def _verify_outputs(view, records: dict[int, dict], params: dict, paths: list[Pa
 
 def _parameters_problem(params: dict) -> Check | None:
     if params.get("plan_version") != PLAN_VERSION:
-        return Check("recompute", False,
-                     f"the sidecar's plan_version is {params.get('plan_version')!r}, this mixup-cli computes version "
-                     f"{PLAN_VERSION}; verify with the mixup-cli version that wrote it")
+        return Check(
+            "recompute",
+            False,
+            f"the sidecar's plan_version is {params.get('plan_version')!r}, this mixup-cli computes version "
+            f"{PLAN_VERSION}; verify with the mixup-cli version that wrote it",
+        )
     missing = [key for key in _REQUIRED if key not in params]
     return Check("recompute", False, f"the sidecar lacks the parameter '{missing[0]}'") if missing else None
 
@@ -532,15 +561,19 @@ def _recompute_set(view, ks, records, params, paths, batch_size, progress, hint)
     from mixup_cli.sets import ConcatReader, inspect_inputs, split
 
     absent = [p for p in paths if not p.exists()]
-    problem = (Check("recompute", False, f"skipped: input {absent[0]} of the set not found{hint}") if absent
-               else _parameters_problem(params))
+    problem = (
+        Check("recompute", False, f"skipped: input {absent[0]} of the set not found{hint}")
+        if absent
+        else _parameters_problem(params)
+    )
     if problem is not None:
         return {k: (problem, None, None) for k in ks}
     results, concat = {}, None
     try:
         y_key = params.get("y_key")
-        layout = inspect_inputs(paths, params["x_key"], y_key, require_y=y_key is not None,
-                                opener=lambda p: open_reader(p, fast=False))
+        layout = inspect_inputs(
+            paths, params["x_key"], y_key, require_y=y_key is not None, opener=lambda p: open_reader(p, fast=False)
+        )
         problem = _layout_problem(view, layout)
         if problem is not None:
             return {k: (problem, None, None) for k in ks}
@@ -571,8 +604,12 @@ def _layout_problem(view, layout) -> Check | None:
     if layout.n_rows == view.rows and all(s.rows == e["rows"] for s, e in zip(layout.shards, view.inputs)):
         return None
     k = next((k for k, (s, e) in enumerate(zip(layout.shards, view.inputs)) if s.rows != e["rows"]), 0)
-    return Check("recompute", False, f"input {layout.shards[k].path} has {layout.shards[k].rows} rows, the set "
-                                     f"recorded {view.inputs[k]['rows']}; the set's inputs changed since the run")
+    return Check(
+        "recompute",
+        False,
+        f"input {layout.shards[k].path} has {layout.shards[k].rows} rows, the set "
+        f"recorded {view.inputs[k]['rows']}; the set's inputs changed since the run",
+    )
 
 
 def _open_set_source(params: dict, first: Path, concat, layout):
@@ -581,8 +618,15 @@ def _open_set_source(params: dict, first: Path, concat, layout):
     from mixup_cli.prepare import DataOptions
     from mixup_cli.source import open_source
 
-    source = open_source(first, params["x_key"], params.get("y_key"), DataOptions.from_parameters(params),
-                         fast=False, reader=concat, layout=layout)
+    source = open_source(
+        first,
+        params["x_key"],
+        params.get("y_key"),
+        DataOptions.from_parameters(params),
+        fast=False,
+        reader=concat,
+        layout=layout,
+    )
     return source, plan_from_sidecar(params, source)
 
 
@@ -606,11 +650,16 @@ def _compare_outputs(view, ks, records, source, plan, layout, tasks, results, ba
             scheme = recorded_digests(records[k].get("output") or {})
             block_digests = None
             if scheme and (scheme.get("block_rows"), scheme.get("segment_rows"), scheme.get("block_offset", 0)) == (
-                    plan.block_rows, shard.rows, shift):
-                block_digests = digests.BlockDigests.for_plan(plan, expected, segment_rows=shard.rows,
-                                                              block_offset=shift)
+                plan.block_rows,
+                shard.rows,
+                shift,
+            ):
+                block_digests = digests.BlockDigests.for_plan(
+                    plan, expected, segment_rows=shard.rows, block_offset=shift
+                )
             try:
-                results[k] = compare(run_source, plan, tasks.pop(k), expected, view.present[k], block_digests, bar,
-                                     batch_size)
+                results[k] = compare(
+                    run_source, plan, tasks.pop(k), expected, view.present[k], block_digests, bar, batch_size
+                )
             except (MixupError, OSError, ValueError, TypeError, KeyError) as exc:
                 results[k] = (Check("recompute", False, f"could not recompute the output: {exc}"), None, None)

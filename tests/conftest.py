@@ -135,7 +135,11 @@ def run_mixup():
         env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
         return subprocess.run(
             mixup_executable() + [str(a) for a in args],
-            capture_output=True, text=True, timeout=timeout, env=env, **kwargs,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=env,
+            **kwargs,
         )
 
     return run
@@ -172,7 +176,11 @@ def dask_scheduler():
 
     if "cluster" not in _CLUSTER:
         _CLUSTER["cluster"] = distributed.LocalCluster(
-            n_workers=2, processes=True, threads_per_worker=1, dashboard_address=":0", host="127.0.0.1",
+            n_workers=2,
+            processes=True,
+            threads_per_worker=1,
+            dashboard_address=":0",
+            host="127.0.0.1",
         )
     return _CLUSTER["cluster"].scheduler_address
 

@@ -23,10 +23,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-
 from click.testing import CliRunner
-
 from conftest import REPO, default_signals, make_arrays, mixup_executable, write_h5
+
 from mixup_cli.cli import cli
 
 FORMATS = ["out.h5", "out.npz", "out", "out.zarr"]
@@ -47,8 +46,14 @@ def mixup(*args, prefix=(), **extra):
 
 def start(*args, prefix=(), **extra):
     cmd = list(prefix) or mixup_executable()
-    return subprocess.Popen(cmd + [str(a) for a in args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=env(**extra), preexec_fn=default_signals)
+    return subprocess.Popen(
+        cmd + [str(a) for a in args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env(**extra),
+        preexec_fn=default_signals,
+    )
 
 
 def paused_run(args, stage, signum, tmp_path, prefix=()):
@@ -153,7 +158,9 @@ def matrix(stages):
     for i, stage in enumerate(stages):
         fast = {FORMATS[i % 2], FORMATS[2 + i % 2]}  # out.h5/out.npz, out/out.zarr
         for name in FORMATS:
-            params.append(pytest.param(stage, name, id=f"{stage}-{name}", marks=() if name in fast else pytest.mark.slow))
+            params.append(
+                pytest.param(stage, name, id=f"{stage}-{name}", marks=() if name in fast else pytest.mark.slow)
+            )
     return params
 
 
@@ -164,14 +171,16 @@ def expected(refs, name):
 @pytest.mark.parametrize("stage, name", matrix(STOPPABLE + TOO_LATE))
 def test_sigterm_at_each_step_of_the_commit(source, references, tmp_path, stage, name):
     out = old_output(tmp_path, name, references)
-    rc, stderr = paused_run(["augment", source, out, "--seed", 2, "--overwrite", *ARGS], stage, signal.SIGTERM, tmp_path)
+    rc, stderr = paused_run(
+        ["augment", source, out, "--seed", 2, "--overwrite", *ARGS], stage, signal.SIGTERM, tmp_path
+    )
     assert "Traceback" not in stderr
     lines = stderr.strip().splitlines()
     if stage in STOPPABLE:
         # Stopped before anything was replaced: exit 143, the old output intact, the work kept.
         assert rc == 143 and len(lines) == 1 and "stopped at a checkpoint" in lines[0], stderr
         assert state(out, expected(references, name)) == "old"
-        assert ".%s.mixup-partial.journal.json" % name in leftovers(tmp_path)
+        assert f".{name}.mixup-partial.journal.json" in leftovers(tmp_path)
         command = shlex.split(lines[0].split("continue with: ")[1].split(" (or run")[0])
         assert command[-1] == "--resume"
         resumed = mixup(*command[1:])
@@ -186,8 +195,16 @@ def test_sigterm_at_each_step_of_the_commit(source, references, tmp_path, stage,
 
 # SIGINT at the last stoppable step and the first and last too-late ones; the
 # other steps (which SIGTERM meets in every format above) in the slow suite.
-@pytest.mark.parametrize("stage", ["staged", "commit-record", pytest.param("output-in-place", marks=pytest.mark.slow),
-                                   pytest.param("committed", marks=pytest.mark.slow), "finished"])
+@pytest.mark.parametrize(
+    "stage",
+    [
+        "staged",
+        "commit-record",
+        pytest.param("output-in-place", marks=pytest.mark.slow),
+        pytest.param("committed", marks=pytest.mark.slow),
+        "finished",
+    ],
+)
 def test_sigint_at_steps_of_the_commit(source, references, tmp_path, stage):
     out = old_output(tmp_path, "out.h5", references)
     rc, stderr = paused_run(["augment", source, out, "--seed", 2, "--overwrite", *ARGS], stage, signal.SIGINT, tmp_path)
@@ -267,7 +284,9 @@ def test_sigkill_in_the_commit_is_finished_or_rolled_back(source, references, tm
 def test_every_command_on_out_finishes_a_half_done_commit(source, references, tmp_path, command, run_cli):
     name = "out.zarr"
     out = old_output(tmp_path, name, references)
-    rc, _ = paused_run(["augment", source, out, "--seed", 2, "--overwrite", *ARGS], "output-in-place", signal.SIGKILL, tmp_path)
+    rc, _ = paused_run(
+        ["augment", source, out, "--seed", 2, "--overwrite", *ARGS], "output-in-place", signal.SIGKILL, tmp_path
+    )
     assert rc == -signal.SIGKILL
     # A reader right now finds the new store beside the old sidecar: the record says so.
     assert (tmp_path / f".{name}.mixup-partial.commit.json").exists()
@@ -297,8 +316,13 @@ def test_without_renameat2_a_kill_between_the_two_renames_is_recovered(source, r
     rolled back; after them, completed."""
     name = "out"
     out = old_output(tmp_path, name, references)
-    rc, _ = paused_run(["augment", source, out, "--seed", 2, "--overwrite", *ARGS], stage, signal.SIGKILL,
-                       tmp_path, prefix=[sys.executable, "-c", _WITHOUT_EXCHANGE])
+    rc, _ = paused_run(
+        ["augment", source, out, "--seed", 2, "--overwrite", *ARGS],
+        stage,
+        signal.SIGKILL,
+        tmp_path,
+        prefix=[sys.executable, "-c", _WITHOUT_EXCHANGE],
+    )
     assert rc == -signal.SIGKILL
     if stage == "old-aside":
         assert not out.exists() and (tmp_path / f".{name}.mixup-partial.old").is_dir()

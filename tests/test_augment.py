@@ -6,9 +6,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from conftest import expected_mix, load_output, make_arrays, read_sidecar, write_h5, write_npy_dir, write_npz
 
-from conftest import (expected_mix, load_output, make_arrays, read_sidecar, write_h5, write_npy_dir,
-                      write_npz)
 from mixup_cli.pipeline import AugmentRequest, augment
 
 
@@ -170,8 +169,7 @@ def test_custom_keys_and_nested_hdf5_paths(tmp_path):
     with h5py.File(tmp_path / "in.h5", "w") as f:
         f["train/images"] = x
         f["train/labels"] = y
-    augment(AugmentRequest(tmp_path / "in.h5", tmp_path / "out.h5", seed=2,
-                           x_key="train/images", y_key="train/labels"))
+    augment(AugmentRequest(tmp_path / "in.h5", tmp_path / "out.h5", seed=2, x_key="train/images", y_key="train/labels"))
     with h5py.File(tmp_path / "out.h5") as f:
         lam, partner = f["lam"][()], f["partner"][()]
         assert np.array_equal(f["train/images"][()], expected_mix(x, lam, partner))

@@ -6,8 +6,8 @@ import json
 import h5py
 import numpy as np
 import pytest
+from conftest import load_output, read_sidecar, run_in_process, write_h5, write_npz
 
-from conftest import load_output, read_sidecar, write_h5, write_npz, run_in_process
 from mixup_cli.pipeline import AugmentRequest, augment
 
 COUNTS = (300, 120, 37, 1)  # classes 0..3, one with a single row
@@ -28,12 +28,24 @@ def copy_rows(n_copy, copies, include_original):
 
 @pytest.mark.parametrize("balance_to", [None, 50, 400])
 @pytest.mark.parametrize("pairing", ["global", "batch", "within-class", "between-class"])
-def test_every_class_gets_exactly_m_rows_per_copy_and_rows_follow_the_formula(imbalanced, tmp_path, pairing,
-                                                                             balance_to):
+def test_every_class_gets_exactly_m_rows_per_copy_and_rows_follow_the_formula(
+    imbalanced, tmp_path, pairing, balance_to
+):
     src, x, labels = imbalanced
     out = tmp_path / "out.h5"
-    augment(AugmentRequest(src, out, seed=3, pairing=pairing, balance=True, balance_to=balance_to,
-                           block_rows=64, copies=2, include_original=True))
+    augment(
+        AugmentRequest(
+            src,
+            out,
+            seed=3,
+            pairing=pairing,
+            balance=True,
+            balance_to=balance_to,
+            block_rows=64,
+            copies=2,
+            include_original=True,
+        )
+    )
     with h5py.File(out, "r") as f:
         got = {k: f[k][()] for k in f}
     m = balance_to or max(COUNTS)
@@ -54,7 +66,7 @@ def test_every_class_gets_exactly_m_rows_per_copy_and_rows_follow_the_formula(im
     if pairing == "within-class":
         assert (labels[partner] == labels[own]).all()
     if pairing == "between-class":
-        assert (labels[partner[4 * m:]] != labels[own[4 * m:]]).all()
+        assert (labels[partner[4 * m :]] != labels[own[4 * m :]]).all()
     params = read_sidecar(out)["parameters"]
     assert (params["balance"], params["balance_to"], params["rows_per_copy"]) == (True, balance_to, 4 * m)
 
@@ -120,11 +132,14 @@ def test_unbalanced_runs_have_no_own_array(imbalanced, tmp_path):
     assert "balance" not in read_sidecar(tmp_path / "out.h5")["parameters"]
 
 
-@pytest.mark.parametrize("args,pattern", [
-    (("--balance", "--pairing", "knn"), "--balance"),
-    (("--balance", "--pairing", "label-kernel", "--bandwidth", 1), "--balance"),
-    (("--balance", "--no-y"), "--balance needs class labels"),
-])
+@pytest.mark.parametrize(
+    "args,pattern",
+    [
+        (("--balance", "--pairing", "knn"), "--balance"),
+        (("--balance", "--pairing", "label-kernel", "--bandwidth", 1), "--balance"),
+        (("--balance", "--no-y"), "--balance needs class labels"),
+    ],
+)
 def test_refusals_are_one_line_exit_2_and_leave_nothing(imbalanced, outdir, run_mixup, args, pattern):
     src, _, _ = imbalanced
     proc = run_mixup("augment", src, outdir / "out.h5", *args)

@@ -18,15 +18,17 @@ PROBE = (
 
 
 def run(args, **env):
-    return subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=60,
-                          env=dict(os.environ, PYTHONPATH=str(REPO), **env))
+    return subprocess.run(
+        args, cwd=REPO, capture_output=True, text=True, timeout=60, env=dict(os.environ, PYTHONPATH=str(REPO), **env)
+    )
 
 
 def test_the_checkout_is_not_imported():
     done = run([sys.executable, "-c", PROBE])
     if done.returncode == 2:  # not installed for this interpreter: the sources on every path were not taken
         assert done.stderr.strip().splitlines() == [
-            "mixup-cli is not installed for this interpreter: run `pip install .` in the repository first"]
+            "mixup-cli is not installed for this interpreter: run `pip install .` in the repository first"
+        ]
         return
     assert done.returncode == 0, done.stderr
     path, pythonpath, imported = json.loads(done.stdout)
@@ -44,7 +46,9 @@ def test_a_benchmark_refuses_the_numpy_loop_unless_allowed():
     if "not installed" in lines[0]:
         return
     assert "python setup.py build_ext --inplace" in lines[0] and "--allow-numpy" in lines[0]
-    allowed = run([sys.executable, "bench/bench_core.py", "--rows", "8", "--repeats", "1", "--allow-numpy"],
-                  MIXUP_CLI_KERNEL="numpy")
+    allowed = run(
+        [sys.executable, "bench/bench_core.py", "--rows", "8", "--repeats", "1", "--allow-numpy"],
+        MIXUP_CLI_KERNEL="numpy",
+    )
     assert allowed.returncode == 0, allowed.stderr
     assert allowed.stdout.splitlines()[0].endswith("core.KERNEL = 'numpy'")

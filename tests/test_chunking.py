@@ -19,9 +19,10 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from conftest import REPO, load_output, read_sidecar, run_in_process, write_h5
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from conftest import REPO, load_output, make_arrays, read_sidecar, write_h5, run_in_process
 from mixup_cli.io import hdf5
 from mixup_cli.io.base import ArraySpec, WriteOptions
 
@@ -71,7 +72,9 @@ def test_hdf5_tools_decode_the_shuffled_chunks(images, tmp_path, run_mixup):
     with h5py.File(plain, "r") as f:
         lam = f["lam"][()]
     # h5dump's own decoding of the values (not just h5diff's verdict).
-    dump = subprocess.run(["h5dump", "-m", "%.17g", "-w", "1", "-d", "lam", str(packed)], capture_output=True, text=True)
+    dump = subprocess.run(
+        ["h5dump", "-m", "%.17g", "-w", "1", "-d", "lam", str(packed)], capture_output=True, text=True
+    )
     values = [float(v.split(":")[-1].strip(" ,")) for v in dump.stdout.splitlines() if v.strip().startswith("(")]
     assert len(values) == len(lam) and np.array_equal(np.array(values, lam.dtype), lam)
 
@@ -99,9 +102,14 @@ def test_shuffled_gzip_chunks_match_hdf5s_own_filter(tmp_path, dtype):
 
 
 @settings(max_examples=25, deadline=None)
-@given(rows=st.integers(1, 70), chunk=st.sampled_from([1, 2, 4, 8]), width=st.integers(1, 4),
-       dtype=st.sampled_from(["f2", "f4", "f8", "i1", "u4", "i8"]), shuffle=st.sampled_from([None, True, False]),
-       cut=st.integers(0, 70))
+@given(
+    rows=st.integers(1, 70),
+    chunk=st.sampled_from([1, 2, 4, 8]),
+    width=st.integers(1, 4),
+    dtype=st.sampled_from(["f2", "f4", "f8", "i1", "u4", "i8"]),
+    shuffle=st.sampled_from([None, True, False]),
+    cut=st.integers(0, 70),
+)
 def test_gzip_output_reads_back_through_h5py(tmp_path_factory, rows, chunk, width, dtype, shuffle, cut):
     rng = np.random.default_rng(rows * 7 + chunk)
     data = (rng.random((rows, width)) * 100).astype(dtype)
@@ -135,10 +143,13 @@ def test_chunk_rows_sets_hdf5_and_zarr_chunks(images, tmp_path, run_mixup):
         assert _digests(store) == _digests(plain)
 
 
-@pytest.mark.parametrize("args, words", [
-    (("--chunk-rows", 7, "--block-rows", 64), ["--chunk-rows 7 does not divide the block rows (64)", "8"]),
-    (("--chunk-rows", 0), ["--chunk-rows"]),
-])
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (("--chunk-rows", 7, "--block-rows", 64), ["--chunk-rows 7 does not divide the block rows (64)", "8"]),
+        (("--chunk-rows", 0), ["--chunk-rows"]),
+    ],
+)
 def test_chunk_rows_that_cannot_be_honoured_is_a_usage_error(images, tmp_path, run_mixup, args, words):
     out = tmp_path / "c.h5"
     done = run_mixup("augment", images, out, *args)
@@ -147,12 +158,15 @@ def test_chunk_rows_that_cannot_be_honoured_is_a_usage_error(images, tmp_path, r
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.h5"]
 
 
-@pytest.mark.parametrize("out_name, args, word", [
-    ("o.npz", ("--chunk-rows", 8), "--chunk-rows applies to HDF5 and Zarr"),
-    ("o.h5", ("--zarr-format", "2"), "--zarr-format applies to Zarr"),
-    ("o.npz", ("--byte-shuffle",), "--byte-shuffle applies to HDF5"),
-    ("o.h5", ("--byte-shuffle",), "--byte-shuffle only helps compression"),
-])
+@pytest.mark.parametrize(
+    "out_name, args, word",
+    [
+        ("o.npz", ("--chunk-rows", 8), "--chunk-rows applies to HDF5 and Zarr"),
+        ("o.h5", ("--zarr-format", "2"), "--zarr-format applies to Zarr"),
+        ("o.npz", ("--byte-shuffle",), "--byte-shuffle applies to HDF5"),
+        ("o.h5", ("--byte-shuffle",), "--byte-shuffle only helps compression"),
+    ],
+)
 def test_layout_options_for_another_format_are_refused(images, tmp_path, run_mixup, out_name, args, word):
     done = run_mixup("augment", images, tmp_path / out_name, *args)
     assert done.returncode == 2 and word in done.stderr, done.stderr
@@ -181,8 +195,20 @@ def _read_v2(store: Path, key: str) -> np.ndarray:
 def test_zarr_format_2_is_plain_v2_metadata_and_chunks(images, tmp_path, run_mixup, compression):
     zarr = pytest.importorskip("zarr", reason="Zarr is an optional extra")
     store, plain = tmp_path / "o.zarr", tmp_path / "plain.h5"
-    done = run_mixup("augment", images, store, *ARGS, "--zarr-format", "2", "--compression", compression,
-                     "--chunk-rows", 32, "--block-rows", 128)
+    done = run_mixup(
+        "augment",
+        images,
+        store,
+        *ARGS,
+        "--zarr-format",
+        "2",
+        "--compression",
+        compression,
+        "--chunk-rows",
+        32,
+        "--block-rows",
+        128,
+    )
     assert done.returncode == 0, done.stderr
     assert run_in_process("augment", images, plain, *ARGS, "--block-rows", 128).returncode == 0
     assert not (store / "zarr.json").exists()
@@ -228,8 +254,13 @@ def test_resume_keeps_the_layout(images, tmp_path, run_mixup, fmt):
         pytest.importorskip("zarr", reason="Zarr is an optional extra")
     out = tmp_path / ("o.zarr" if fmt == "zarr2" else "o.h5")
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    killed = subprocess.run([sys.executable, "-c", _KILLED, str(images), str(out), fmt], env=env,
-                            capture_output=True, text=True, timeout=120)
+    killed = subprocess.run(
+        [sys.executable, "-c", _KILLED, str(images), str(out), fmt],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert killed.returncode == 9, killed.stderr
     args = ("--seed", 5, "--block-rows", 64, "--copies", 2, "--compression", "gzip", "--chunk-rows", 16)
     args += ("--zarr-format", "2") if fmt == "zarr2" else ()
@@ -239,7 +270,10 @@ def test_resume_keeps_the_layout(images, tmp_path, run_mixup, fmt):
     assert resumed.returncode == 0, resumed.stderr
     assert read_sidecar(out)["execution"]["resumed_tasks"] > 0
     ref = tmp_path / "ref.h5"
-    assert run_in_process("augment", images, ref, "--seed", 5, "--block-rows", 64, "--copies", 2, "--quiet").returncode == 0
+    assert (
+        run_in_process("augment", images, ref, "--seed", 5, "--block-rows", 64, "--copies", 2, "--quiet").returncode
+        == 0
+    )
     want = load_output(ref)
     for key in want:
         if fmt == "zarr2":

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import REPO, SAMPLE_H5, expected_mix, load_output, make_arrays, write_h5, write_npz
+
 from mixup_cli import __version__
 from mixup_cli.cli import cli
 
@@ -131,7 +131,9 @@ def test_missing_input(run_cli, tmp_path):
 def test_debug_shows_the_traceback(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "mixup_cli", "augment", str(tmp_path / "nope.h5"), str(tmp_path / "o.h5"), "--debug"],
-        capture_output=True, text=True, cwd=REPO,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
     )
     assert result.returncode == 1 and "Traceback" in result.stderr
 
@@ -173,8 +175,13 @@ def test_python_dash_m_and_exit_codes_in_a_shell_script(tmp_path):
         f"if {sys.executable} -m mixup_cli augment in.npz out.h5 --quiet 2>err.txt; then exit 9; fi\n"
         "echo done\n"
     )
-    proc = subprocess.run(["bash", str(script)], cwd=tmp_path, capture_output=True, text=True,
-                          env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+    proc = subprocess.run(
+        ["bash", str(script)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "done"
     assert "already exists" in (tmp_path / "err.txt").read_text()
@@ -202,8 +209,20 @@ def test_no_y_and_y_key_exclude_each_other_in_augment_and_preview(run_cli, small
     assert leftovers(tmp_path) == []
 
 
-HEAVY_MODULES = {"sklearn", "dask", "distributed", "zarr", "numcodecs", "tables", "matplotlib", "tqdm", "h5py",
-                 "scipy", "anndata", "netCDF4"}
+HEAVY_MODULES = {
+    "sklearn",
+    "dask",
+    "distributed",
+    "zarr",
+    "numcodecs",
+    "tables",
+    "matplotlib",
+    "tqdm",
+    "h5py",
+    "scipy",
+    "anndata",
+    "netCDF4",
+}
 
 
 @pytest.mark.parametrize("args", [["--help"], ["augment", "--help"], ["preview", "--help"], ["verify", "--help"]])

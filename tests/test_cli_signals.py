@@ -21,10 +21,19 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-
 from click.testing import CliRunner
+from conftest import (
+    REPO,
+    default_signals,
+    load_output,
+    make_arrays,
+    mixup_executable,
+    read_sidecar,
+    write_h5,
+    write_npy_dir,
+    write_npz,
+)
 
-from conftest import REPO, default_signals, load_output, make_arrays, mixup_executable, read_sidecar, write_h5, write_npy_dir, write_npz
 from mixup_cli import resume
 from mixup_cli.cli import cli
 from mixup_cli.io import open_reader
@@ -39,7 +48,9 @@ def env():
 
 
 def mixup(*args, timeout=120):
-    return subprocess.run(mixup_executable() + [str(a) for a in args], capture_output=True, text=True, timeout=timeout, env=env())
+    return subprocess.run(
+        mixup_executable() + [str(a) for a in args], capture_output=True, text=True, timeout=timeout, env=env()
+    )
 
 
 def uninterrupted(*args):
@@ -50,8 +61,12 @@ def uninterrupted(*args):
 
 def start(*args):
     return subprocess.Popen(
-        mixup_executable() + [str(a) for a in args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True, env=env(), preexec_fn=default_signals,
+        mixup_executable() + [str(a) for a in args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env(),
+        preexec_fn=default_signals,
     )
 
 
@@ -124,7 +139,11 @@ def test_sigkill_then_resume_gives_the_uninterrupted_arrays(how, tmp_path):
     # Nothing that looks finished: only the hidden partial and its journal.
     assert not out.exists() and not Path(f"{out}.provenance.json").exists()
     # (the lock file is released by the kernel and removed by the next run)
-    assert partials(tmp_path) == [".out.h5.mixup-partial", ".out.h5.mixup-partial.journal.json", ".out.h5.mixup-partial.lock"]
+    assert partials(tmp_path) == [
+        ".out.h5.mixup-partial",
+        ".out.h5.mixup-partial.journal.json",
+        ".out.h5.mixup-partial.lock",
+    ]
     partial = tmp_path / ".out.h5.mixup-partial"
     before = (partial.stat().st_size, partial.stat().st_mtime_ns)
 
@@ -194,7 +213,11 @@ def test_interrupt_stops_at_a_checkpoint_and_resume_finishes(how, tmp_path, sign
     assert len(lines) == 1 and lines[0].startswith(f"Interrupted by {signum.name}: stopped at a checkpoint"), stderr
     assert "Traceback" not in stderr and stdout == ""
     (tmp_path / "paused.flag").unlink(missing_ok=True)
-    assert partials(tmp_path) == [".out.h5.mixup-partial", ".out.h5.mixup-partial.journal.json", ".out.h5.mixup-partial.lock"]
+    assert partials(tmp_path) == [
+        ".out.h5.mixup-partial",
+        ".out.h5.mixup-partial.journal.json",
+        ".out.h5.mixup-partial.lock",
+    ]
     assert out.read_bytes() == old_bytes  # --overwrite replaces only at the final commit
 
     command = continue_command(stderr)
@@ -214,9 +237,14 @@ def test_interrupt_stops_at_a_checkpoint_and_resume_finishes(how, tmp_path, sign
 # Stop a run at its N-th progress update (atomic.test_pause) for a signal there.
 def paused(args, stage, tmp_path):
     flag = tmp_path / "paused.flag"
-    proc = subprocess.Popen(mixup_executable() + [str(a) for a in args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=dict(env(), MIXUP_TEST_PAUSE=f"{stage}:{flag}"),
-                            preexec_fn=default_signals)
+    proc = subprocess.Popen(
+        mixup_executable() + [str(a) for a in args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=dict(env(), MIXUP_TEST_PAUSE=f"{stage}:{flag}"),
+        preexec_fn=default_signals,
+    )
     deadline = time.monotonic() + 60
     while not flag.exists():
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
@@ -236,7 +264,7 @@ def test_sigterm_mid_run_then_resume_is_byte_identical(tmp_path, out_name):
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 143, stderr
     assert len(stderr.strip().splitlines()) == 1 and "stopped at a checkpoint" in stderr
-    assert not out.exists() and ".%s.mixup-partial.journal.json" % out_name in partials(tmp_path)
+    assert not out.exists() and f".{out_name}.mixup-partial.journal.json" in partials(tmp_path)
     done = json.loads(resume.journal_path(out).read_text())["done"]
     assert done == [[0, 8]]  # current: every task finished before the signal, not those of a second ago
 
@@ -307,8 +335,19 @@ def test_a_killed_run_resumes_on_dask_without_redoing_its_blocks(dask_scheduler,
     done = json.loads(resume.journal_path(out).read_text())["done"]
     written = sum(last - first + 1 for first, last in done)
 
-    resumed = mixup("augment", src, out, *SMALL_ARGS, "--resume", "--engine", "dask", "--scheduler", dask_scheduler,
-                    "--quiet", timeout=300)
+    resumed = mixup(
+        "augment",
+        src,
+        out,
+        *SMALL_ARGS,
+        "--resume",
+        "--engine",
+        "dask",
+        "--scheduler",
+        dask_scheduler,
+        "--quiet",
+        timeout=300,
+    )
     assert resumed.returncode == 0, resumed.stderr
     record = read_sidecar(out)
     assert record["execution"]["engine"] == "dask"
@@ -323,8 +362,13 @@ def test_a_killed_run_resumes_on_dask_without_redoing_its_blocks(dask_scheduler,
 
 
 def killed_run(src, out, stop_after=1500, seed="-"):
-    done = subprocess.run([sys.executable, "-c", _KILLED_RUN, str(src), str(out), str(stop_after), seed],
-                          capture_output=True, text=True, env=env(), timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", _KILLED_RUN, str(src), str(out), str(stop_after), seed],
+        capture_output=True,
+        text=True,
+        env=env(),
+        timeout=120,
+    )
     assert done.returncode == 9, done.stderr
 
 
@@ -459,10 +503,20 @@ def test_interruption_inside_the_library_keeps_a_resumable_partial(tmp_path):
 
 
 def test_differences_are_named_by_option():
-    old = {"tool_version": "1", "plan": {"alpha": 0.2, "seed": 1, "plan_version": 1},
-           "options": {"x_key": "x"}, "input": {"files": [{"size": 1}]}, "output": {"format": "hdf5"}}
-    new = {"tool_version": "2", "plan": {"alpha": 0.3, "seed": 1, "plan_version": 1},
-           "options": {"x_key": "images"}, "input": {"files": [{"size": 2}]}, "output": {"format": "npz"}}
+    old = {
+        "tool_version": "1",
+        "plan": {"alpha": 0.2, "seed": 1, "plan_version": 1},
+        "options": {"x_key": "x"},
+        "input": {"files": [{"size": 1}]},
+        "output": {"format": "hdf5"},
+    }
+    new = {
+        "tool_version": "2",
+        "plan": {"alpha": 0.3, "seed": 1, "plan_version": 1},
+        "options": {"x_key": "images"},
+        "input": {"files": [{"size": 2}]},
+        "output": {"format": "npz"},
+    }
     found = resume.differences(old, new)
     assert "--alpha 0.2 (interrupted run) vs 0.3 (now)" in found
     assert "--x-key x (interrupted run) vs images (now)" in found
@@ -534,9 +588,16 @@ def test_an_interruption_never_leaves_a_lock_held(trials):
     Condition's lock being taken and its ``with`` block being entered, the
     exception left the lock held, and the writer thread waiting for it (and
     the run joining that thread) never ended."""
+
     def held(mode, trials, until):
-        done = subprocess.run([sys.executable, "-c", _LOCK_PROBE, mode, str(trials), until], capture_output=True,
-                              text=True, env=env(), timeout=120, preexec_fn=default_signals)
+        done = subprocess.run(
+            [sys.executable, "-c", _LOCK_PROBE, mode, str(trials), until],
+            capture_output=True,
+            text=True,
+            env=env(),
+            timeout=120,
+            preexec_fn=default_signals,
+        )
         assert done.returncode == 0, done.stderr
         return int(done.stdout)
 
@@ -569,7 +630,7 @@ def test_an_interruption_leaves_no_report_of_abandoned_async_work():
     """Interrupted while another library's event loop (zarr's) had work in
     flight: stderr is the one line saying what was kept, not Python's reports
     of destroyed tasks and never-awaited coroutines as the process exits."""
-    script = r'''
+    script = r"""
 import asyncio, threading, sys
 import click
 from mixup_cli.cli import MixupGroup
@@ -595,8 +656,16 @@ def run():
     raise KeyboardInterrupt
 
 group(["run"])
-'''
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
-                          env=env(), preexec_fn=default_signals)
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env(),
+        preexec_fn=default_signals,
+    )
     assert done.returncode == 130, done.stderr
-    assert done.stderr.strip().splitlines() == ["Interrupted by SIGINT: stopped and removed the temporary files."], done.stderr
+    assert done.stderr.strip().splitlines() == ["Interrupted by SIGINT: stopped and removed the temporary files."], (
+        done.stderr
+    )

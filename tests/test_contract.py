@@ -9,13 +9,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import load_output, make_arrays, write_h5, write_npy_dir, write_npz
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from conftest import load_output, make_arrays, write_h5, write_npy_dir, write_npz
 from mixup_cli.classes import ClassIndex
 from mixup_cli.pipeline import AugmentRequest, augment
-from mixup_cli.sampling import INDEX_PAIRINGS, Plan, PAIRINGS as ALL_PAIRINGS
+from mixup_cli.sampling import INDEX_PAIRINGS, Plan
+from mixup_cli.sampling import PAIRINGS as ALL_PAIRINGS
 
 # The pairings that need no index over the data (the others: test_neighbours.py, test_label_kernel.py).
 PAIRINGS = tuple(p for p in ALL_PAIRINGS if p not in INDEX_PAIRINGS)
@@ -47,8 +48,11 @@ def test_batch_size_never_changes_the_output(tmp_path, fmt, pairing):
     outputs = []
     for i, batch_size in enumerate([1, 7, 1000, N + 5]):
         out = tmp_path / OUT_NAMES[fmt].format(i)
-        augment(AugmentRequest(src, out, seed=42, pairing=pairing, batch_size=batch_size, block_rows=8,
-                               copies=2, include_original=True))
+        augment(
+            AugmentRequest(
+                src, out, seed=42, pairing=pairing, batch_size=batch_size, block_rows=8, copies=2, include_original=True
+            )
+        )
         outputs.append(load_output(out))
     for other in outputs[1:]:
         assert_identical(outputs[0], other)
@@ -75,8 +79,18 @@ def test_contract_holds_for_any_shape_of_the_run(n, block_rows, batches, pairing
         got = []
         for i, batch_size in enumerate(batches):
             out = tmp / OUT_NAMES[fmt].format(i)
-            augment(AugmentRequest(src, out, seed=7, pairing=pairing, batch_size=batch_size, block_rows=block_rows,
-                                   copies=copies, include_original=include_original))
+            augment(
+                AugmentRequest(
+                    src,
+                    out,
+                    seed=7,
+                    pairing=pairing,
+                    batch_size=batch_size,
+                    block_rows=block_rows,
+                    copies=copies,
+                    include_original=include_original,
+                )
+            )
             got.append(load_output(out))
     assert_identical(*got)
 
@@ -86,14 +100,22 @@ def test_every_block_is_computed_alone_in_any_order(pairing):
     """A task's lam and partners depend on the seed and the task's coordinates
     only: drawing the tasks shuffled, or one plan per task, changes nothing."""
     labels = np.random.default_rng(0).integers(0, 3, 100)
-    plan = Plan(n_rows=100, alpha=0.5, seed=9, block_rows=16, pairing=pairing, copies=2,
-                classes=ClassIndex.from_labels(labels))
+    plan = Plan(
+        n_rows=100, alpha=0.5, seed=9, block_rows=16, pairing=pairing, copies=2, classes=ClassIndex.from_labels(labels)
+    )
     tasks = list(plan.tasks())
     in_order = {(t.copy, t.block): plan.draw(t) for t in tasks}
     shuffled = [tasks[i] for i in np.random.default_rng(1).permutation(len(tasks))]
     for t in shuffled:
-        fresh = Plan(n_rows=100, alpha=0.5, seed=9, block_rows=16, pairing=pairing, copies=2,
-                     classes=ClassIndex.from_labels(labels))
+        fresh = Plan(
+            n_rows=100,
+            alpha=0.5,
+            seed=9,
+            block_rows=16,
+            pairing=pairing,
+            copies=2,
+            classes=ClassIndex.from_labels(labels),
+        )
         for lam, partner in (plan.draw(t), fresh.draw(t)):
             assert lam.tobytes() == in_order[(t.copy, t.block)][0].tobytes()
             assert partner.tobytes() == in_order[(t.copy, t.block)][1].tobytes()
@@ -119,8 +141,18 @@ def test_command_line_batch_sizes_give_identical_files(run_cli, tmp_path):
     x, y = make_arrays(n=N)
     src = write_npz(tmp_path / "in.npz", x=x, y=y)
     for batch in (1, 1000):
-        result = run_cli("augment", src, tmp_path / f"out{batch}.npz", "--seed", 3, "--batch-size", batch,
-                         "--block-rows", 16, "--quiet")
+        result = run_cli(
+            "augment",
+            src,
+            tmp_path / f"out{batch}.npz",
+            "--seed",
+            3,
+            "--batch-size",
+            batch,
+            "--block-rows",
+            16,
+            "--quiet",
+        )
         assert result.exit_code == 0, result.stderr
     # .npz carries no run id: the whole archive is byte-identical.
     assert (tmp_path / "out1.npz").read_bytes() == (tmp_path / "out1000.npz").read_bytes()
@@ -137,8 +169,22 @@ def test_h5diff_finds_no_difference_between_batch_sizes(run_cli, tmp_path, pairi
     outs = []
     for batch in (1, 7, 1000, N + 1):
         out = tmp_path / f"out{batch}.h5"
-        result = run_cli("augment", src, out, "--seed", 11, "--pairing", pairing, "--batch-size", batch,
-                         "--block-rows", 8, "--copies", 2, "--quiet")
+        result = run_cli(
+            "augment",
+            src,
+            out,
+            "--seed",
+            11,
+            "--pairing",
+            pairing,
+            "--batch-size",
+            batch,
+            "--block-rows",
+            8,
+            "--copies",
+            2,
+            "--quiet",
+        )
         assert result.exit_code == 0, result.stderr
         outs.append(out)
     # Compare datasets: the root attribute run_id differs between runs by design.
@@ -147,8 +193,20 @@ def test_h5diff_finds_no_difference_between_batch_sizes(run_cli, tmp_path, pairi
             proc = subprocess.run([H5DIFF, str(outs[0]), str(other), name, name], capture_output=True, text=True)
             assert proc.returncode == 0, (name, proc.stdout, proc.stderr)
     # h5diff does see a difference when there is one.
-    run_cli("augment", src, tmp_path / "seed12.h5", "--seed", 12, "--pairing", pairing, "--block-rows", 8,
-            "--copies", 2, "--quiet")
+    run_cli(
+        "augment",
+        src,
+        tmp_path / "seed12.h5",
+        "--seed",
+        12,
+        "--pairing",
+        pairing,
+        "--block-rows",
+        8,
+        "--copies",
+        2,
+        "--quiet",
+    )
     proc = subprocess.run([H5DIFF, str(outs[0]), str(tmp_path / "seed12.h5"), "/lam", "/lam"], capture_output=True)
     assert proc.returncode == 1
 

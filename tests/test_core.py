@@ -2,7 +2,8 @@
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from mixup_cli.core import mix_rows, mixup, sample_lam
@@ -22,8 +23,9 @@ def reference_formula(x, y, lam, partner):
 
 @settings(max_examples=60, deadline=None)
 @given(
-    x=hnp.arrays(np.float64, hnp.array_shapes(min_dims=1, max_dims=4, min_side=1, max_side=6),
-                 elements=st.floats(-1e6, 1e6)),
+    x=hnp.arrays(
+        np.float64, hnp.array_shapes(min_dims=1, max_dims=4, min_side=1, max_side=6), elements=st.floats(-1e6, 1e6)
+    ),
     data=st.data(),
 )
 def test_float64_equals_reference_bit_for_bit(x, data):

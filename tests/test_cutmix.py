@@ -3,8 +3,8 @@
 import h5py
 import numpy as np
 import pytest
-
 from conftest import expected_mix, load_output, make_arrays, read_sidecar, write_h5, write_npy_dir, write_npz
+
 from mixup_cli import cutmix
 from mixup_cli.errors import ParameterError
 from mixup_cli.io import open_reader
@@ -98,8 +98,19 @@ def test_output_bytes_do_not_depend_on_batch_size(tmp_path, fmt):
     outs = []
     for batch in (1, 3, 1000):
         out = tmp_path / names.format(f"b{batch}")
-        augment(AugmentRequest(src, out, alpha=0.3, seed=9, batch_size=batch, block_rows=16, copies=2,
-                               include_original=True, method="cutmix"))
+        augment(
+            AugmentRequest(
+                src,
+                out,
+                alpha=0.3,
+                seed=9,
+                batch_size=batch,
+                block_rows=16,
+                copies=2,
+                include_original=True,
+                method="cutmix",
+            )
+        )
         outs.append(load_output(out))
     for other in outs[1:]:
         assert other.keys() == outs[0].keys()
@@ -232,8 +243,22 @@ def test_cutmix_output_passes_verify_and_an_edit_fails_it(run_cli, tmp_path, pai
     labels = rng.integers(0, 4, 40)
     src = write_h5(tmp_path / "in.h5", x=x, y=labels)
     out = tmp_path / "out.h5"
-    result = run_cli("augment", src, out, "--method", "cutmix", "--seed", 3, "--block-rows", 16,
-                     "--pairing", pairing, "--copies", 2, "--quiet")
+    result = run_cli(
+        "augment",
+        src,
+        out,
+        "--method",
+        "cutmix",
+        "--seed",
+        3,
+        "--block-rows",
+        16,
+        "--pairing",
+        pairing,
+        "--copies",
+        2,
+        "--quiet",
+    )
     assert result.exit_code == 0, result.stderr
     assert run_cli("verify", out).exit_code == 0
     with h5py.File(out, "r+") as f:

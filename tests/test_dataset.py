@@ -12,9 +12,10 @@ import h5py
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from hypothesis import given, settings, strategies as st
-
 from conftest import make_arrays, write_h5
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from mixup_cli.cli import cli
 from mixup_cli.dataset import MixupDataset
 from mixup_cli.errors import InputError
@@ -48,8 +49,13 @@ def raw_arrays(path) -> dict:
 
 
 FORMATS = [
-    ("h5", "none"), ("h5", "gzip"), ("zarr", "none"), ("zarr", "gzip"),
-    ("npz", "none"), ("npz", "gzip"), ("npydir", "none"),
+    ("h5", "none"),
+    ("h5", "gzip"),
+    ("zarr", "none"),
+    ("zarr", "gzip"),
+    ("npz", "none"),
+    ("npz", "gzip"),
+    ("npydir", "none"),
 ]
 Y_FORMATS = ["soft", "pair", "no-y"]
 
@@ -103,8 +109,13 @@ def test_rows_slices_and_index_arrays_match_the_stored_arrays(outputs, fmt, comp
             batch = ds[sel]
             for name, key in names.items():
                 np.testing.assert_array_equal(batch[name], raw[key][sel])
-        for idx in (rng.permutation(2 * N)[:30], rng.integers(0, 2 * N, 40), np.array([5, 5, 4, -1]),
-                    np.array([], dtype=np.int64), [2 * N - 1, 0]):
+        for idx in (
+            rng.permutation(2 * N)[:30],
+            rng.integers(0, 2 * N, 40),
+            np.array([5, 5, 4, -1]),
+            np.array([], dtype=np.int64),
+            [2 * N - 1, 0],
+        ):
             batch = ds[idx]
             for name, key in names.items():
                 np.testing.assert_array_equal(batch[name], raw[key][np.asarray(idx, dtype=np.int64)])
@@ -164,8 +175,10 @@ def test_nested_keys_and_the_sidecar_names(tmp_path):
     with h5py.File(src, "w") as f:
         f["train/images"] = x
         f["train/labels"] = y
-    for yf, names in (("soft", {"x": "train/images", "y": "train/labels"}),
-                      ("pair", {"x": "train/images", "y_a": "train/labels_a", "y_b": "train/labels_b"})):
+    for yf, names in (
+        ("soft", {"x": "train/images", "y": "train/labels"}),
+        ("pair", {"x": "train/images", "y_a": "train/labels_a", "y_b": "train/labels_b"}),
+    ):
         out = tmp_path / f"{yf}.h5"
         augment(src, out, "--x-key", "train/images", "--y-key", "train/labels", "--y-format", yf, "--seed", 1)
         raw = raw_arrays(out)
@@ -299,15 +312,25 @@ def _read_in_child(rows):
     return os.getpid(), ds._pid, batch, np.stack(singles)
 
 
-_WORKER_KEYS = [("h5", "gzip", "soft"), ("h5", "none", "pair"), ("zarr", "gzip", "soft"),
-                ("npz", "none", "soft"), ("npydir", "none", "no-y")]
+_WORKER_KEYS = [
+    ("h5", "gzip", "soft"),
+    ("h5", "none", "pair"),
+    ("zarr", "gzip", "soft"),
+    ("npz", "none", "soft"),
+    ("npydir", "none", "no-y"),
+]
 
 
 # Fork for every format; spawn (a new interpreter per worker, about a second)
 # for the formats whose handles are reopened per process, the rest in the slow suite.
-@pytest.mark.parametrize("method, key", [("fork", k) for k in _WORKER_KEYS] + [
-    pytest.param("spawn", k, marks=() if k[0] in ("h5", "zarr") and k[2] != "pair" else pytest.mark.slow)
-    for k in _WORKER_KEYS])
+@pytest.mark.parametrize(
+    "method, key",
+    [("fork", k) for k in _WORKER_KEYS]
+    + [
+        pytest.param("spawn", k, marks=() if k[0] in ("h5", "zarr") and k[2] != "pair" else pytest.mark.slow)
+        for k in _WORKER_KEYS
+    ],
+)
 def test_workers_read_a_dataset_opened_in_the_parent(outputs, method, key):
     out = outputs[key]
     raw = raw_arrays(out)
@@ -348,8 +371,18 @@ def test_torch_dataloader_with_two_workers_reads_every_row_once(outputs, key):
         assert seen[raw["x"][i].tobytes()] == (float(raw["lam"][i]), int(raw["partner"][i]))
 
 
-@pytest.mark.parametrize("layout", ["contiguous", "chunked-edge", "chunk-splits-rows", "gzip-shuffle",
-                                    "big-endian", "unallocated-chunks", "userblock"])
+@pytest.mark.parametrize(
+    "layout",
+    [
+        "contiguous",
+        "chunked-edge",
+        "chunk-splits-rows",
+        "gzip-shuffle",
+        "big-endian",
+        "unallocated-chunks",
+        "userblock",
+    ],
+)
 def test_every_hdf5_layout_reads_as_h5py_reads_it(tmp_path, layout):
     """Plain rows are read with pread; anything else through HDF5: same values."""
     n = 45

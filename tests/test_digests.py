@@ -7,10 +7,10 @@ import json
 
 import numpy as np
 import pytest
+from conftest import make_arrays, read_sidecar, write_h5
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import make_arrays, read_sidecar, write_h5
 from mixup_cli import digests, provenance
 from mixup_cli.io import open_reader
 from mixup_cli.pipeline import AugmentRequest, augment
@@ -37,11 +37,23 @@ def digest_by_hand(array: np.ndarray, segment_rows: int, block_rows: int) -> str
 
 
 @settings(max_examples=60, deadline=None)
-@given(n_rows=st.integers(1, 60), block_rows=st.integers(1, 70), copies=st.integers(1, 3),
-       include_original=st.booleans(), pairing=st.sampled_from(["global", "batch"]))
+@given(
+    n_rows=st.integers(1, 60),
+    block_rows=st.integers(1, 70),
+    copies=st.integers(1, 3),
+    include_original=st.booleans(),
+    pairing=st.sampled_from(["global", "batch"]),
+)
 def test_blocks_are_the_plans_tasks_in_row_order(n_rows, block_rows, copies, include_original, pairing):
-    plan = Plan(seed=1, alpha=0.2, n_rows=n_rows, block_rows=block_rows, pairing=pairing,
-                copies=copies, include_original=include_original)
+    plan = Plan(
+        seed=1,
+        alpha=0.2,
+        n_rows=n_rows,
+        block_rows=block_rows,
+        pairing=pairing,
+        copies=copies,
+        include_original=include_original,
+    )
     tasks = sorted((t.out_start, t.out_start + t.stop - t.start) for t in plan.tasks())
     segments = copies + int(include_original)
     assert digests.block_bounds(n_rows, block_rows, segments) == tasks
@@ -57,8 +69,19 @@ def test_recorded_digests_match_the_written_arrays(tmp_path, out_name, pairing):
     x, y = make_arrays(n=45, x_shape=(5, 3))
     src = write_h5(tmp_path / "in.h5", x=x, y=y)
     out = tmp_path / out_name
-    augment(AugmentRequest(src, out, seed=3, block_rows=8, batch_size=3, copies=2, include_original=True,
-                           pairing=pairing, command_line=[]))
+    augment(
+        AugmentRequest(
+            src,
+            out,
+            seed=3,
+            block_rows=8,
+            batch_size=3,
+            copies=2,
+            include_original=True,
+            pairing=pairing,
+            command_line=[],
+        )
+    )
     record = read_sidecar(out)["output"]
     assert record["array_sha256"] == {"scheme": digests.SCHEME, "block_rows": 8, "segment_rows": 45}
     data = read_all(out)
@@ -89,8 +112,8 @@ def test_block_hasher_refuses_rows_that_break_its_blocks():
         hasher.update(5, {"x": np.zeros(1)})
     x, lam = np.arange(10, dtype=np.float64), np.linspace(0, 1, 10)
     for start, stop in digests.block_bounds(10, 4, 1):
-        hasher.update(start, {"x": x[start:start + 1]})  # a block in two pieces
-        hasher.update(start + 1, {"x": x[start + 1:stop]})
+        hasher.update(start, {"x": x[start : start + 1]})  # a block in two pieces
+        hasher.update(start + 1, {"x": x[start + 1 : stop]})
         assert start not in blocks.done  # lam of this block has not come yet
         hasher.update(start, {"lam": lam[start:stop]})
         assert start in blocks.done

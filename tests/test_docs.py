@@ -29,8 +29,8 @@ import re
 import click
 import pytest
 from click.testing import CliRunner
-
 from conftest import REPO
+
 from mixup_cli.cli import cli
 
 README = REPO / "README.md"
@@ -52,9 +52,8 @@ def command_sections(text: str) -> dict[str, str]:
         if not m:
             continue
         level = len(m.group(1))
-        end = next((j for j in range(i + 1, len(lines))
-                    if re.match(r"^#{1,%d} " % level, lines[j])), len(lines))
-        sections[m.group(2)] = "\n".join(lines[i + 1:end])
+        end = next((j for j in range(i + 1, len(lines)) if re.match(rf"^#{{1,{level}}} ", lines[j])), len(lines))
+        sections[m.group(2)] = "\n".join(lines[i + 1 : end])
     return sections
 
 
@@ -69,12 +68,11 @@ def option_table(section: str) -> list[tuple[list[str], str, str]]:
     for i, line in enumerate(lines):
         if line.startswith("|") and _cells(line)[:2] == ["option", "default"]:
             rows = []
-            for row in lines[i + 2:]:
+            for row in lines[i + 2 :]:
                 if not row.startswith("|"):
                     break
                 cells = _cells(row)
-                options = [code.split()[0] for code in re.findall(r"`([^`]+)`", cells[0])
-                           if code.startswith("-")]
+                options = [code.split()[0] for code in re.findall(r"`([^`]+)`", cells[0]) if code.startswith("-")]
                 rows.append((options, cells[1], cells[2] if len(cells) > 2 else ""))
             return rows
     return []
@@ -98,8 +96,7 @@ def help_options(name: str) -> set[str]:
 
 
 def command_options(command: click.Command) -> dict[str, click.Option]:
-    return {opt: p for p in command.params if isinstance(p, click.Option)
-            for opt in (*p.opts, *p.secondary_opts)}
+    return {opt: p for p in command.params if isinstance(p, click.Option) for opt in (*p.opts, *p.secondary_opts)}
 
 
 def _help_default(param: click.Option) -> str | None:
@@ -205,8 +202,11 @@ def test_every_section_has_a_table_that_is_read(readme, name):
 
 def _row(readme: str, section: str, option: str) -> str:
     body = command_sections(readme)[section]
-    (line,) = [line for line in body.splitlines()
-               if line.startswith("|") and option in [o.split()[0] for o in re.findall(r"`(-[^`]+)`", _cells(line)[0])]]
+    (line,) = [
+        line
+        for line in body.splitlines()
+        if line.startswith("|") and option in [o.split()[0] for o in re.findall(r"`(-[^`]+)`", _cells(line)[0])]
+    ]
     return line
 
 
@@ -283,7 +283,6 @@ def test_the_help_defaults_in_mib_are_what_a_run_uses(run_cli, tmp_path):
     import json
 
     import numpy as np
-
     from conftest import write_h5
 
     for name in ("augment", "verify"):

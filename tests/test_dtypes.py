@@ -4,11 +4,10 @@ dtypes, NaN and Inf."""
 import h5py
 import numpy as np
 import pytest
+from conftest import assert_nothing_written, expected_mix, load_output, read_sidecar, write_h5, write_npy_dir, write_npz
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import (assert_nothing_written, expected_mix, load_output, read_sidecar, write_h5, write_npy_dir,
-                      write_npz)
 from mixup_cli.core import mix_rows, working_dtype
 from mixup_cli.pipeline import AugmentRequest, augment
 
@@ -146,8 +145,12 @@ def _string_array(n):
 @pytest.mark.parametrize("fmt", ["h5", "npz", "npydir"])
 def test_unsupported_x_dtypes_are_refused(tmp_path, run_cli, outdir, kind, fmt):
     n = 6
-    x = {"bool": np.ones((n, 2), dtype=bool), "complex": np.ones((n, 2), dtype=np.complex64),
-         "string": _string_array(n), "bytes": _string_array(n).astype("S")}[kind]
+    x = {
+        "bool": np.ones((n, 2), dtype=bool),
+        "complex": np.ones((n, 2), dtype=np.complex64),
+        "string": _string_array(n),
+        "bytes": _string_array(n).astype("S"),
+    }[kind]
     if fmt == "h5" and kind == "string":
         src = tmp_path / "in.h5"
         with h5py.File(src, "w") as f:
@@ -197,7 +200,7 @@ def test_long_double_is_refused_naming_file_and_array(tmp_path, run_cli, outdir,
 
 @needs_long_double
 def test_long_double_x_converted_with_x_dtype_round_trips_and_verifies(tmp_path, run_cli):
-    x = (np.arange(24, dtype=np.longdouble).reshape(12, 2) / 7)
+    x = np.arange(24, dtype=np.longdouble).reshape(12, 2) / 7
     src = write_npz(tmp_path / "in.npz", x=x, y=one_hot(12))
     out = tmp_path / "out.h5"
     assert run_cli("augment", src, out, "--x-dtype", "float64", "--seed", 3).exit_code == 0
@@ -216,8 +219,10 @@ def test_long_double_x_converted_with_x_dtype_round_trips_and_verifies(tmp_path,
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
 def test_nonfinite_values_are_refused_naming_array_and_row(tmp_path, run_cli, outdir, key, bad):
     n = 40
-    arrays = {"x": np.random.default_rng(5).standard_normal((n, 3)).astype(np.float32),
-              "y": np.random.default_rng(6).random((n, 2))}
+    arrays = {
+        "x": np.random.default_rng(5).standard_normal((n, 3)).astype(np.float32),
+        "y": np.random.default_rng(6).random((n, 2)),
+    }
     arrays[key][33, 1] = bad
     arrays[key][37, 0] = bad
     src = write_h5(tmp_path / "in.h5", **arrays)

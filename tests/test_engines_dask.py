@@ -7,8 +7,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from conftest import load_output, make_arrays, read_sidecar, run_in_process, write_h5, write_npz
 
-from conftest import load_output, make_arrays, read_sidecar, write_h5, write_npz, run_in_process
 from mixup_cli.errors import InputError
 from mixup_cli.pipeline import AugmentRequest, Progress, augment
 
@@ -107,8 +107,10 @@ def test_results_written_by_the_client_for_npz_and_npy(scheduler, dataset, tmp_p
     src, _, _ = dataset
     local = augment(AugmentRequest(src, tmp_path / f"local-{out_name}", seed=4, block_rows=8))
     progress = Recorder()
-    remote = augment(AugmentRequest(src, tmp_path / f"dask-{out_name}", seed=4, block_rows=8,
-                                    engine="dask", scheduler=scheduler), progress=progress)
+    remote = augment(
+        AugmentRequest(src, tmp_path / f"dask-{out_name}", seed=4, block_rows=8, engine="dask", scheduler=scheduler),
+        progress=progress,
+    )
     assert progress.done == progress.total == remote.rows == local.rows
     a, b = load_output(local.output), load_output(remote.output)
     assert sorted(a) == sorted(b)
@@ -129,9 +131,14 @@ def corrupt_one_chunk(path, key="x", index=2):
 
 # With --workers the run starts a cluster of its own (seconds): the slow suite;
 # test_workers_without_a_scheduler_start_and_stop_a_local_cluster covers starting one.
-@pytest.mark.parametrize("out_name, cluster", [
-    ("out.h5", "scheduler"), ("out.zarr", "scheduler"), pytest.param("out.zarr", "workers", marks=pytest.mark.slow),
-])
+@pytest.mark.parametrize(
+    "out_name, cluster",
+    [
+        ("out.h5", "scheduler"),
+        ("out.zarr", "scheduler"),
+        pytest.param("out.zarr", "workers", marks=pytest.mark.slow),
+    ],
+)
 def test_a_failing_block_on_a_worker_ends_with_its_message(scheduler, tmp_path, run_mixup, out_name, cluster):
     x, y = make_arrays(n=96, x_shape=(8,))
     src = tmp_path / "in.h5"
@@ -168,8 +175,10 @@ def test_input_removed_between_planning_and_work(scheduler, tmp_path):
     src = write_npz(tmp_path / "in.npz", x=x, y=y)
     out = tmp_path / "out.zarr"
     with pytest.raises(InputError, match=r"in\.npz: no such file or directory \(on worker tcp://"):
-        augment(AugmentRequest(src, out, seed=1, block_rows=8, engine="dask", scheduler=scheduler),
-                progress=DeleteInputAtStart(src))
+        augment(
+            AugmentRequest(src, out, seed=1, block_rows=8, engine="dask", scheduler=scheduler),
+            progress=DeleteInputAtStart(src),
+        )
     assert list(tmp_path.iterdir()) == []
 
 
@@ -220,12 +229,15 @@ def test_without_dask_the_message_names_the_extra(dataset, tmp_path, run_cli, mo
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.h5"]
 
 
-@pytest.mark.parametrize("args, pattern", [
-    (("--workers", 2), "--workers needs --engine dask"),
-    (("--scheduler", "tcp://h:1"), "--scheduler needs --engine dask"),
-    (("--engine", "dask", "--workers", 0), "--workers must be an integer >= 1"),
-    (("--engine", "dask", "--workers", 2, "--scheduler", "tcp://h:1"), "give only one"),
-])
+@pytest.mark.parametrize(
+    "args, pattern",
+    [
+        (("--workers", 2), "--workers needs --engine dask"),
+        (("--scheduler", "tcp://h:1"), "--scheduler needs --engine dask"),
+        (("--engine", "dask", "--workers", 0), "--workers must be an integer >= 1"),
+        (("--engine", "dask", "--workers", 2, "--scheduler", "tcp://h:1"), "give only one"),
+    ],
+)
 def test_engine_options_are_checked(dataset, tmp_path, run_cli, args, pattern):
     src, _, _ = dataset
     result = run_cli("augment", src, tmp_path / "out.h5", *args)
@@ -244,7 +256,9 @@ def test_workers_close_their_inputs_when_the_run_ends(scheduler, tmp_path):
     x, y = make_arrays(n=30)
     src = write_npz(tmp_path / "in.npz", compressed=True, x=x, y=y)  # inflated to a temporary file per worker
     local = augment(AugmentRequest(src, tmp_path / "local.h5", seed=2, block_rows=8))
-    remote = augment(AugmentRequest(src, tmp_path / "dask.h5", seed=2, block_rows=8, engine="dask", scheduler=scheduler))
+    remote = augment(
+        AugmentRequest(src, tmp_path / "dask.h5", seed=2, block_rows=8, engine="dask", scheduler=scheduler)
+    )
     assert_same_bytes(load_any(local.output), load_any(remote.output))
     with distributed.Client(scheduler, set_as_default=False) as client:
         assert set(client.run(open_inputs_on_workers).values()) == {0}
@@ -259,15 +273,28 @@ def test_workers_read_a_zarr_input(scheduler, tmp_path):
     root.create_array("y", data=y, chunks=(50, 5))
     src = tmp_path / "in.zarr"
     local = augment(AugmentRequest(src, tmp_path / "local.zarr", seed=9, block_rows=16, copies=2))
-    remote = augment(AugmentRequest(src, tmp_path / "dask.zarr", seed=9, block_rows=16, copies=2,
-                                    engine="dask", scheduler=scheduler, compression="zstd"))
+    remote = augment(
+        AugmentRequest(
+            src,
+            tmp_path / "dask.zarr",
+            seed=9,
+            block_rows=16,
+            copies=2,
+            engine="dask",
+            scheduler=scheduler,
+            compression="zstd",
+        )
+    )
     assert_same_bytes(load_any(local.output), load_any(remote.output))
 
 
-@pytest.mark.parametrize("extra", [
-    ("--pairing", "within-class", "--num-classes", 4, "--label-smoothing", 0.1),
-    ("--method", "cutmix", "--y-format", "pair"),
-])
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ("--pairing", "within-class", "--num-classes", 4, "--label-smoothing", 0.1),
+        ("--method", "cutmix", "--y-format", "pair"),
+    ],
+)
 def test_dask_gives_the_local_bytes_for_labels_classes_and_cutmix(scheduler, tmp_path, run_mixup, extra):
     rng = np.random.default_rng(2)
     x = rng.integers(0, 256, (70, 6, 6, 3), dtype=np.uint8)
@@ -312,8 +339,17 @@ def test_tasks_already_written_are_not_computed_again(scheduler, dataset):
 
         writer, done = Recorder(), []
         found = digests.BlockDigests.for_plan(plan, output_specs(source, plan))
-        dask_engine.run(source, plan, writer, plan.tasks(), Progress(), scheduler=scheduler, block_digests=found,
-                        skip=skip, on_done=done.append)
+        dask_engine.run(
+            source,
+            plan,
+            writer,
+            plan.tasks(),
+            Progress(),
+            scheduler=scheduler,
+            block_digests=found,
+            skip=skip,
+            on_done=done.append,
+        )
     finally:
         source.reader.close()
     assert sorted(done) == [i for i in range(len(tasks)) if i not in skip]
@@ -339,11 +375,14 @@ def test_tasks_that_are_parts_of_blocks_give_the_rows_and_digests_of_whole_block
         parts = []
         for t in plan.tasks():
             mid = t.start + (t.stop - t.start) // 3
-            parts += [Task(t.copy, t.block, t.partner_block, t.start, mid, t.out_start),
-                      Task(t.copy, t.block, t.partner_block, mid, t.stop, t.out_start + mid - t.start)]
+            parts += [
+                Task(t.copy, t.block, t.partner_block, t.start, mid, t.out_start),
+                Task(t.copy, t.block, t.partner_block, mid, t.stop, t.out_start + mid - t.start),
+            ]
         found = []
         arrays = []
         for tasks in (plan.tasks(), parts):
+
             class Collect:
                 def __init__(self):
                     self.arrays = {k: np.zeros(s.shape, s.dtype) for k, s in specs.items()}

@@ -3,22 +3,21 @@
 import os
 import subprocess
 import threading
-
 from unittest import mock
 
 import h5py
 import numpy as np
 import pytest
+from conftest import expected_mix, load_output, make_arrays, write_h5, write_npy_dir, write_npz
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import expected_mix, load_output, make_arrays, write_h5, write_npy_dir, write_npz
 from mixup_cli import planning, provenance
 from mixup_cli.core import mix_gather, mix_rows, mixup
-from mixup_cli.io import hdf5
-from mixup_cli.io.base import ArraySpec, WriteOptions
 from mixup_cli.engines import local
 from mixup_cli.engines.local import BlockCache
+from mixup_cli.io import hdf5
+from mixup_cli.io.base import ArraySpec, WriteOptions
 from mixup_cli.pipeline import AugmentRequest, Progress, augment, open_source
 from mixup_cli.sampling import Plan
 
@@ -101,8 +100,9 @@ def test_threaded_engine_writes_the_reference_bytes(tmp_path, params, batch_rows
         for threaded in (False, True):
             path = tmp_path / f"out-{threaded}.h5"
             specs = planning.output_specs(source, plan)
-            writer = hdf5.Writer(path, specs, WriteOptions(compression=compression, block_rows=plan.block_rows,
-                                                           chunk_bytes=4 * 6 * 4))
+            writer = hdf5.Writer(
+                path, specs, WriteOptions(compression=compression, block_rows=plan.block_rows, chunk_bytes=4 * 6 * 4)
+            )
             local.run(source, plan, writer, plan.tasks(), Progress(), batch_rows=batch_rows, threaded=threaded)
             writer.close()
             results.append(h5_arrays(path))
@@ -169,7 +169,8 @@ def _failure_points():
 
 @pytest.mark.parametrize("cls, method, nth", _failure_points())
 def test_an_error_anywhere_reaches_the_caller_stops_every_thread_and_leaves_no_output(
-        tmp_path, monkeypatch, cls, method, nth):
+    tmp_path, monkeypatch, cls, method, nth
+):
     x, y = make_arrays(n=40)
     src = write_h5(tmp_path / "in.h5", x=x, y=y)
     calls = {"n": 0}
@@ -294,8 +295,9 @@ def test_direct_chunk_writes_handle_unaligned_and_edge_rows(tmp_path):
     x = np.random.default_rng(0).random((45, 3)).astype(np.float32)
     for comp in ("none", "gzip", "lzf"):
         path = tmp_path / f"{comp}.h5"
-        w = hdf5.Writer(path, {"x": ArraySpec(x.shape, x.dtype)},
-                        WriteOptions(compression=comp, chunk_bytes=8 * 12, block_rows=16))
+        w = hdf5.Writer(
+            path, {"x": ArraySpec(x.shape, x.dtype)}, WriteOptions(compression=comp, chunk_bytes=8 * 12, block_rows=16)
+        )
         for start, stop in [(0, 3), (3, 19), (19, 40), (40, 45)]:
             w.write("x", start, x[start:stop])
         w.close()
@@ -304,10 +306,18 @@ def test_direct_chunk_writes_handle_unaligned_and_edge_rows(tmp_path):
             assert np.array_equal(f["x"][()], x), comp
 
 
-@pytest.mark.parametrize("layout", [
-    dict(chunks=(7, 3, 2)), dict(chunks=None), dict(chunks=(4, 3, 1)), dict(chunks=(7, 3, 2), compression="gzip"),
-    dict(chunks=(7, 3, 2), dtype=">f4"), dict(chunks=(5, 3, 2), dtype="u1"), dict(chunks=(7, 3, 2), partial=True),
-])
+@pytest.mark.parametrize(
+    "layout",
+    [
+        dict(chunks=(7, 3, 2)),
+        dict(chunks=None),
+        dict(chunks=(4, 3, 1)),
+        dict(chunks=(7, 3, 2), compression="gzip"),
+        dict(chunks=(7, 3, 2), dtype=">f4"),
+        dict(chunks=(5, 3, 2), dtype="u1"),
+        dict(chunks=(7, 3, 2), partial=True),
+    ],
+)
 def test_raw_reads_equal_hdf5_reads_or_fall_back(tmp_path, layout):
     layout = dict(layout)
     dtype = np.dtype(layout.pop("dtype", "<f4"))
@@ -348,8 +358,19 @@ TAKE_LAYOUTS = {
     "uint8, 7-row chunks": dict(chunks=(7, 8), dtype="u1"),
 }
 TAKE_ROWS = [
-    [], [0], [99], [0, 99], [99, 0], [5, 5, 5], [99, 0, 50, 50, 3, 16, 15], [15, 16], list(range(16, 32)),
-    list(range(100)), list(range(99, -1, -1)), list(range(0, 100, 3)), [17, 40, 41, 42, 60, 95, 96],
+    [],
+    [0],
+    [99],
+    [0, 99],
+    [99, 0],
+    [5, 5, 5],
+    [99, 0, 50, 50, 3, 16, 15],
+    [15, 16],
+    list(range(16, 32)),
+    list(range(100)),
+    list(range(99, -1, -1)),
+    list(range(0, 100, 3)),
+    [17, 40, 41, 42, 60, 95, 96],
 ]
 
 
@@ -386,8 +407,11 @@ def test_take_equals_fancy_indexing(take_files, layout):
     row_bytes = expected[0].nbytes
     for gap in (0, 3 * row_bytes, hdf5.TAKE_GAP_BYTES):
         for window in (5 * row_bytes, hdf5.TAKE_WINDOW_BYTES):
-            with mock.patch.object(hdf5, "TAKE_GAP_BYTES", gap), \
-                    mock.patch.object(hdf5, "TAKE_WINDOW_BYTES", window), hdf5.Reader(path) as reader:
+            with (
+                mock.patch.object(hdf5, "TAKE_GAP_BYTES", gap),
+                mock.patch.object(hdf5, "TAKE_WINDOW_BYTES", window),
+                hdf5.Reader(path) as reader,
+            ):
                 for rows in TAKE_ROWS:
                     _check_take(reader, expected, rows)
                 # Memory: one reused buffer of at most a chunk (or a window).
@@ -406,8 +430,11 @@ def test_take_equals_fancy_indexing(take_files, layout):
 def test_hypothesis_take_equals_fancy_indexing(take_files, layout, rows, gap_rows, window_rows):
     path, expected = take_files[layout]
     row_bytes = expected[0].nbytes
-    with mock.patch.object(hdf5, "TAKE_GAP_BYTES", gap_rows * row_bytes), \
-            mock.patch.object(hdf5, "TAKE_WINDOW_BYTES", window_rows * row_bytes), hdf5.Reader(path) as reader:
+    with (
+        mock.patch.object(hdf5, "TAKE_GAP_BYTES", gap_rows * row_bytes),
+        mock.patch.object(hdf5, "TAKE_WINDOW_BYTES", window_rows * row_bytes),
+        hdf5.Reader(path) as reader,
+    ):
         _check_take(reader, expected, rows)
 
 
@@ -451,8 +478,15 @@ def _seed_where_copy_starts_with_the_last_block():
     raise AssertionError("no such seed")
 
 
-SLOW_PLANS = PLANS + [dict(pairing="global", copies=2, include_original=True, block_rows=5,
-                           seed=_seed_where_copy_starts_with_the_last_block())]
+SLOW_PLANS = PLANS + [
+    dict(
+        pairing="global",
+        copies=2,
+        include_original=True,
+        block_rows=5,
+        seed=_seed_where_copy_starts_with_the_last_block(),
+    )
+]
 
 
 @pytest.mark.parametrize("params", SLOW_PLANS)
@@ -518,14 +552,17 @@ def test_slow_hashing_never_sees_rows_change_under_it(tmp_path, params, monkeypa
     assert slow.record["output"]["arrays"] == fast.record["output"]["arrays"]
 
 
-@pytest.mark.parametrize("layout, inflated_here", [
-    (dict(chunks=(7, 3, 2), compression="gzip"), True),  # last chunk partial
-    (dict(chunks=(16, 3, 2), compression="gzip", compression_opts=9), True),
-    (dict(chunks=(7, 3, 2), compression="gzip", shuffle=True), True),
-    (dict(chunks=(7, 3, 2), compression="gzip", fletcher32=True), False),  # another filter too: HDF5 reads
-    (dict(chunks=(7, 3, 1), compression="gzip"), False),  # chunks split rows
-    (dict(chunks=(7, 3, 2), compression="lzf"), False),
-])
+@pytest.mark.parametrize(
+    "layout, inflated_here",
+    [
+        (dict(chunks=(7, 3, 2), compression="gzip"), True),  # last chunk partial
+        (dict(chunks=(16, 3, 2), compression="gzip", compression_opts=9), True),
+        (dict(chunks=(7, 3, 2), compression="gzip", shuffle=True), True),
+        (dict(chunks=(7, 3, 2), compression="gzip", fletcher32=True), False),  # another filter too: HDF5 reads
+        (dict(chunks=(7, 3, 1), compression="gzip"), False),  # chunks split rows
+        (dict(chunks=(7, 3, 2), compression="lzf"), False),
+    ],
+)
 @settings(max_examples=25, deadline=None)
 @given(start=st.integers(0, 50), length=st.integers(0, 50))
 def test_gzip_chunks_inflated_on_every_core_equal_hdf5_reads(tmp_path_factory, layout, inflated_here, start, length):

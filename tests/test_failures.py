@@ -16,8 +16,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-
 from conftest import REPO, load_output, make_arrays, mixup_executable, write_h5, write_npy_dir, write_npz
+
 from mixup_cli.errors import ParameterError
 
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
@@ -36,12 +36,18 @@ def digest(path: Path) -> dict[str, str]:
     if path.is_file():
         return {path.name: hashlib.sha256(path.read_bytes()).hexdigest()}
     if path.is_dir():
-        return {str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(path.rglob("*")) if p.is_file()}
+        return {
+            str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(path.rglob("*"))
+            if p.is_file()
+        }
     return {}
 
 
 def temporaries(*directories: Path) -> list[str]:
-    return sorted(p.name for d in directories if Path(d).is_dir() for p in Path(d).iterdir() if ".mixup-partial" in p.name)
+    return sorted(
+        p.name for d in directories if Path(d).is_dir() for p in Path(d).iterdir() if ".mixup-partial" in p.name
+    )
 
 
 def run(args, prefix=(), env_extra=None, timeout=60):
@@ -49,7 +55,10 @@ def run(args, prefix=(), env_extra=None, timeout=60):
     env.update(env_extra or {})
     return subprocess.run(
         list(prefix) + mixup_executable() + [str(a) for a in args],
-        capture_output=True, text=True, timeout=timeout, env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
     )
 
 
@@ -65,6 +74,7 @@ def assert_clean_failure(result, code, pattern):
 # Each case builds its input in ``d`` and returns (IN, OUT, extra args, exit code, pattern);
 # OUT is None for "d/out.h5".
 
+
 def _h5(d, **arrays):
     if not arrays:
         x, y = make_arrays(n=20)
@@ -79,6 +89,7 @@ def _bytes(name, data):
             p.parent.mkdir()
         p.write_bytes(data)
         return (p.parent if name.endswith("/x.npy") else p), None, [], 1, None
+
     return build
 
 
@@ -131,12 +142,14 @@ def _zero_rows(d):
 def _key(option, name, pattern):
     def build(d):
         return _h5(d), None, [option, name], 1, pattern
+
     return build
 
 
 def _option(*args, pattern):
     def build(d):
         return _h5(d), None, list(args), 2, pattern
+
     return build
 
 
@@ -155,6 +168,7 @@ def _same_path(spelling, *extra):
             out = d / "hard.h5"
             os.link(src, out)
         return src, out, list(extra), 2, r"is the input itself"
+
     return build
 
 
@@ -185,6 +199,7 @@ def _unknown(name, code, pattern):
             np.save(p, np.zeros((3, 2), np.float32))
             return p, None, [], code, pattern
         return _h5(d), d / name, [], code, pattern
+
     return build
 
 
@@ -243,7 +258,9 @@ CASES = {
     "OUT parent is a file": _out_parent_is_file,
     "OUT exists": _existing_out,
     "unknown output extension": _unknown("out.txt", 2, r"out\.txt: unknown output format '\.txt'"),
-    "single .npy output": _unknown("out.npy", 2, r"out\.npy: unknown output format.*put x\.npy and y\.npy in one directory"),
+    "single .npy output": _unknown(
+        "out.npy", 2, r"out\.npy: unknown output format.*put x\.npy and y\.npy in one directory"
+    ),
     "unknown input extension": _unknown("in.txt", 2, r"in\.txt: unknown input format '\.txt'"),
     "single .npy input": _unknown("x.npy", 2, r"x\.npy: unknown input format.*one directory"),
     "alpha 0": _option("--alpha", "0", pattern=r"--alpha must be a finite number > 0"),
@@ -331,7 +348,9 @@ def small_tmpfs(tmp_path):
         pytest.skip("mounting a small tmpfs to fill up needs root")
     mount = tmp_path / "small"
     mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True, text=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True, text=True
+    )
     if done.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
     try:
@@ -374,8 +393,15 @@ main(sys.argv[1:], prog_name="mixup")
 
 # Every format and compression: the write itself hits the full disk.
 _EVERY_OUTPUT = [
-    ("out.h5", "none"), ("out.h5", "gzip"), ("out.h5", "lzf"), ("out.npz", "none"), ("out.npz", "gzip"),
-    ("out", "none"), ("out.zarr", "none"), ("out.zarr", "gzip"), ("out.zarr", "zstd"),
+    ("out.h5", "none"),
+    ("out.h5", "gzip"),
+    ("out.h5", "lzf"),
+    ("out.npz", "none"),
+    ("out.npz", "gzip"),
+    ("out", "none"),
+    ("out.zarr", "none"),
+    ("out.zarr", "gzip"),
+    ("out.zarr", "zstd"),
 ]
 
 
@@ -388,10 +414,24 @@ def test_disk_full_mid_write_without_the_precheck(tmp_path, small_tmpfs, name, c
     x, y = make_arrays(n=3000, x_shape=(400,))
     src = write_h5(tmp_path / "in.h5", x=x, y=y)
     out = small_tmpfs / name
-    result = subprocess.run([sys.executable, "-c", _NO_PRECHECK, "augment", str(src), str(out), "--seed", "1",
-                             "--compression", compression],
-                            capture_output=True, text=True, timeout=60,
-                            env=dict(os.environ, PYTHONPATH=str(REPO)))
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            _NO_PRECHECK,
+            "augment",
+            str(src),
+            str(out),
+            "--seed",
+            "1",
+            "--compression",
+            compression,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+    )
     assert_clean_failure(result, 1, rf"{re.escape(str(out))}: disk full \(no space left")
     assert list(small_tmpfs.iterdir()) == []
 
@@ -438,7 +478,9 @@ def test_locked_hdf5_input(tmp_path):
     finally:
         holder.kill()
         holder.wait()
-    assert_clean_failure(result, 1, r"in\.h5: cannot open HDF5 file: the file is locked by another process.*HDF5_USE_FILE_LOCKING")
+    assert_clean_failure(
+        result, 1, r"in\.h5: cannot open HDF5 file: the file is locked by another process.*HDF5_USE_FILE_LOCKING"
+    )
     assert not (tmp_path / "out.h5").exists() and temporaries(tmp_path) == []
     assert digest(src) == before
 
@@ -470,11 +512,17 @@ def test_a_billion_copies_are_refused_at_once(tmp_path):
     # The command's own peak memory, from a small parent: a child forked from
     # this (large) test process keeps that process's peak as its own across exec.
     peak_file = tmp_path / "peak"
-    probe = ("import os, subprocess, sys; p = subprocess.Popen(sys.argv[2:]); _, s, u = os.wait4(p.pid, 0); "
-             "open(sys.argv[1], 'w').write(str(u.ru_maxrss)); sys.exit(os.waitstatus_to_exitcode(s))")
+    probe = (
+        "import os, subprocess, sys; p = subprocess.Popen(sys.argv[2:]); _, s, u = os.wait4(p.pid, 0); "
+        "open(sys.argv[1], 'w').write(str(u.ru_maxrss)); sys.exit(os.waitstatus_to_exitcode(s))"
+    )
     t0 = time.perf_counter()
-    result = subprocess.run([sys.executable, "-c", probe, str(peak_file)] + mixup_executable() + [str(a) for a in args],
-                            capture_output=True, text=True, env=env)
+    result = subprocess.run(
+        [sys.executable, "-c", probe, str(peak_file)] + mixup_executable() + [str(a) for a in args],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     took = time.perf_counter() - t0
     peak_kib = int(peak_file.read_text())
     assert_clean_failure(result, 2, r"--copies 1000000000 .* 1,000,000,000 tasks.*lower --copies or raise --block-rows")
@@ -503,7 +551,9 @@ def test_class_pairing_on_an_input_without_y_is_a_usage_error(tmp_path):
     out = tmp_path / "out.h5"
     for pairing in ("within-class", "between-class"):
         result = run(["augment", src, out, "--seed", 1, "--pairing", pairing])
-        assert_clean_failure(result, 2, rf"in\.npz has no 'y': --pairing {pairing} needs class labels; name them with --y-key")
+        assert_clean_failure(
+            result, 2, rf"in\.npz has no 'y': --pairing {pairing} needs class labels; name them with --y-key"
+        )
     assert not out.exists() and temporaries(tmp_path) == []
 
 
@@ -515,7 +565,9 @@ def test_symlink_loops_are_named(tmp_path):
     as_input = run(["augment", loop, tmp_path / "out.h5", "--seed", 1])
     assert_clean_failure(as_input, 1, r"loop\.h5: is a symbolic link that loops back on itself")
     as_output = run(["augment", src, loop, "--seed", 1])
-    assert_clean_failure(as_output, 1, r"loop\.h5: is a symbolic link that loops back on itself; fix or remove the link")
+    assert_clean_failure(
+        as_output, 1, r"loop\.h5: is a symbolic link that loops back on itself; fix or remove the link"
+    )
     (tmp_path / "dir").symlink_to("dir")
     inside = run(["augment", src, tmp_path / "dir" / "out.h5", "--seed", 1])
     assert_clean_failure(inside, 1, r"out\.h5: is in a symbolic link that loops back on itself")

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import REPO, write_h5
 
 README = (REPO / "README.md").read_text()
@@ -48,8 +47,11 @@ def test_readme_set_script_runs_as_written(tmp_path):
         (root / "shards").mkdir(parents=True)
         rng = np.random.default_rng(0)
         for k, rows in enumerate((30, 17, 41)):
-            write_h5(root / "shards" / f"part-{k:04d}.h5", x=rng.random((rows, 4), dtype=np.float32),
-                     y=rng.integers(0, 3, rows))
+            write_h5(
+                root / "shards" / f"part-{k:04d}.h5",
+                x=rng.random((rows, 4), dtype=np.float32),
+                y=rng.integers(0, 3, rows),
+            )
         done = subprocess.run(["bash", "-c", script], cwd=root, env=env, capture_output=True, text=True)
         assert done.returncode == 0, done.stderr
         outputs = sorted((root / "mixed").glob("*.h5"))
@@ -72,12 +74,15 @@ def test_readme_label_examples_never_write_the_same_output_twice():
     assert len(outs) >= 5 and len(outs) == len(set(outs)), outs
 
 
-@pytest.mark.parametrize("y, shown", [
-    (np.zeros(20, np.int64), "class 0"),
-    (np.full(20, 3, np.int64), "class 3"),
-    (np.zeros((20, 1), np.float32), "class 0"),
-    (np.eye(3, dtype=np.float32)[np.zeros(20, int)], "class 0"),
-])
+@pytest.mark.parametrize(
+    "y, shown",
+    [
+        (np.zeros(20, np.int64), "class 0"),
+        (np.full(20, 3, np.int64), "class 3"),
+        (np.zeros((20, 1), np.float32), "class 0"),
+        (np.eye(3, dtype=np.float32)[np.zeros(20, int)], "class 0"),
+    ],
+)
 def test_between_class_on_a_single_class_names_that_class(tmp_path, run_mixup, y, shown):
     src = write_h5(tmp_path / "in.h5", x=np.ones((20, 3), np.float32), y=y)
     result = run_mixup("augment", src, tmp_path / "out.h5", "--pairing", "between-class")
@@ -122,8 +127,11 @@ def test_inspect_lists_a_zarr_input_by_array(tmp_path, run_mixup):
     assert run_mixup("augment", store, out, "--seed", 2, "--quiet").returncode == 0
     shown = run_mixup("inspect", out)
     assert shown.returncode == 0, shown.stderr
-    lines = [line.split(None, 2)[2] for line in shown.stdout.splitlines() if line.strip().startswith("input ")
-             and line.split()[1] in ("sha256", "files")]
+    lines = [
+        line.split(None, 2)[2]
+        for line in shown.stdout.splitlines()
+        if line.strip().startswith("input ") and line.split()[1] in ("sha256", "files")
+    ]
     # One line per array of the store (4 chunk files + zarr.json each), one for the store's zarr.json.
     arrays = [f"{k}: 5 files (the SHA-256 of each: --json)" for k in ("lam", "partner", "x", "y")]
     assert lines[1:] == arrays, lines

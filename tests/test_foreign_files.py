@@ -12,7 +12,6 @@ import warnings
 import h5py
 import numpy as np
 import pytest
-
 from conftest import assert_nothing_written
 
 from mixup_cli.io import hdf5
@@ -115,8 +114,7 @@ def test_pytables_arrays(run_cli, tmp_path, outdir, kind):
             f.create_carray("/", "y", obj=y, filters=filters)
         else:
             filters = tables.Filters(complevel=4, complib="zlib", shuffle=True)
-            ex = f.create_earray("/", "x", atom=tables.Float32Atom(), shape=(0, D), filters=filters,
-                                 chunkshape=(3, D))
+            ex = f.create_earray("/", "x", atom=tables.Float32Atom(), shape=(0, D), filters=filters, chunkshape=(3, D))
             ey = f.create_earray("/", "y", atom=tables.Float32Atom(), shape=(0, 3), filters=filters)
             for i in range(0, N, 7):  # appended in pieces, as a logger would
                 ex.append(x[i : i + 7])
@@ -285,8 +283,19 @@ def test_big_endian(run_cli, tmp_path, outdir, dtype):
     assert err <= 1
 
 
-@pytest.mark.parametrize("layout", ["fletcher32", "scaleoffset-int", "scaleoffset-float", "compact", "contiguous",
-                                    "lzf", "gzip-1-row-chunks", "part-row-chunks"])
+@pytest.mark.parametrize(
+    "layout",
+    [
+        "fletcher32",
+        "scaleoffset-int",
+        "scaleoffset-float",
+        "compact",
+        "contiguous",
+        "lzf",
+        "gzip-1-row-chunks",
+        "part-row-chunks",
+    ],
+)
 def test_storage_layouts(run_cli, tmp_path, outdir, layout):
     src = tmp_path / "layout.h5"
     x = _data(np.int32 if layout == "scaleoffset-int" else np.float32)
@@ -364,8 +373,10 @@ def test_virtual_dataset_sources_are_input_files(run_cli, tmp_path, outdir):
     out, _ = check_accepted(run_cli, src, outdir, y_key=None, x=x)
     import json
 
-    files = [os.path.basename(item["path"])
-             for item in json.loads((outdir / "out.h5.provenance.json").read_text())["input"]["files"]]
+    files = [
+        os.path.basename(item["path"])
+        for item in json.loads((outdir / "out.h5.provenance.json").read_text())["input"]["files"]
+    ]
     assert files == ["joined.h5", "part0.h5", "part1.h5"]
     with h5py.File(tmp_path / "part1.h5", "r+") as f:  # edit a source after the run
         f["data"][0] = 99
@@ -410,8 +421,10 @@ def test_external_link_target_is_an_input(run_cli, tmp_path, outdir):
         out, _ = check_accepted(run_cli, src, outdir, y_key=None, x=x)
         import json
 
-        files = [os.path.basename(item["path"])
-                 for item in json.loads((outdir / "out.h5.provenance.json").read_text())["input"]["files"]]
+        files = [
+            os.path.basename(item["path"])
+            for item in json.loads((outdir / "out.h5.provenance.json").read_text())["input"]["files"]
+        ]
         assert files == ["links.h5", "target.h5"]
     finally:
         os.chdir(cwd)
@@ -439,8 +452,10 @@ def test_a_fifo_is_refused_at_once(run_mixup, tmp_path, outdir):
     os.mkfifo(fifo)
     result = run_mixup("augment", fifo, outdir / "out.h5", "--no-y", timeout=30)
     assert result.returncode == 1
-    assert result.stderr.strip() == f"Error: {fifo}: is a named pipe (FIFO), not a dataset file; " \
+    assert (
+        result.stderr.strip() == f"Error: {fifo}: is a named pipe (FIFO), not a dataset file; "
         "write the data to a file and pass that"
+    )
     assert_nothing_written(outdir)
 
 
@@ -479,8 +494,10 @@ def test_missing_filter_refusal_from_the_executable(run_mixup, tmp_path, outdir,
 def test_a_character_device_is_refused(run_cli, outdir):
     result = run_cli("augment", "/dev/null", outdir / "out.h5", "--no-y")
     assert result.exit_code == 1
-    assert result.stderr.strip() == "Error: /dev/null: is a character device, not a dataset file; " \
+    assert (
+        result.stderr.strip() == "Error: /dev/null: is a character device, not a dataset file; "
         "write the data to a file and pass that"
+    )
     assert_nothing_written(outdir)
 
 

@@ -1,5 +1,9 @@
-"""No library function longer than MAX_LINES (nested functions counted in
-their parent), except the few listed with their length, which may only shrink."""
+"""No library function longer than MAX_LINES statements (nested functions counted
+in their parent), except the few listed with their length, which may only shrink.
+
+A function's length is the number of lines on which one of its statements
+starts: a call the formatter spreads over several lines counts once, so the
+measure does not change with the formatting."""
 
 from __future__ import annotations
 
@@ -7,11 +11,11 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "mixup_cli"
-MAX_LINES = 60
+MAX_LINES = 45
 # module path, function: its length today. One pass over HDF5's stored
 # chunks (reading, inflating and placing them) reads best whole.
 ALLOWED = {
-    ("io/hdf5.py", "_inflate_read"): 77,
+    ("io/hdf5.py", "_inflate_read"): 61,
 }
 
 
@@ -21,7 +25,7 @@ def long_functions(package: Path) -> dict[tuple[str, str], int]:
         rel = path.relative_to(package).as_posix()
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                lines = node.end_lineno - node.lineno + 1
+                lines = len({s.lineno for s in ast.walk(node) if isinstance(s, ast.stmt)})
                 if lines > MAX_LINES:
                     found[(rel, node.name)] = max(lines, found.get((rel, node.name), 0))
     return found

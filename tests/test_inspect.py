@@ -5,7 +5,6 @@ import shutil
 
 import numpy as np
 import pytest
-
 from conftest import make_arrays, read_sidecar, write_h5, write_npy_dir, write_npz
 
 
@@ -14,8 +13,25 @@ def output(run_cli, tmp_path):
     x, y = make_arrays(n=30, x_shape=(4, 3))
     src = write_h5(tmp_path / "in.h5", x=x, y=y)
     out = tmp_path / "out.h5"
-    result = run_cli("augment", src, out, "--seed", 17, "--alpha", 0.4, "--pairing", "within-class",
-                     "--copies", 2, "--include-original", "--block-rows", 8, "--compression", "gzip", "--quiet")
+    result = run_cli(
+        "augment",
+        src,
+        out,
+        "--seed",
+        17,
+        "--alpha",
+        0.4,
+        "--pairing",
+        "within-class",
+        "--copies",
+        2,
+        "--include-original",
+        "--block-rows",
+        8,
+        "--compression",
+        "gzip",
+        "--quiet",
+    )
     assert result.exit_code == 0, result.stderr
     return out
 
@@ -29,10 +45,16 @@ def test_text_of_an_output(run_cli, output):
     assert lines["x"] == ["(90,", "4,", "3)", "float32", "(8,", "4,", "3)", "gzip"]
     assert lines["lam"] == ["(90,)", "float64", "(8,)", "gzip"]
     assert lines["partner"][1] == "int64" and lines["y"][2] == "float32"
-    for expected in ("seed              17", "alpha             0.4", "pairing           within-class",
-                     "copies            2", "include original  yes", "block rows        8",
-                     f"run id            {record['run_id']}",
-                     f"input sha256      {record['input']['files'][0]['sha256']}  in.h5"):
+    for expected in (
+        "seed              17",
+        "alpha             0.4",
+        "pairing           within-class",
+        "copies            2",
+        "include original  yes",
+        "block rows        8",
+        f"run id            {record['run_id']}",
+        f"input sha256      {record['input']['files'][0]['sha256']}  in.h5",
+    ):
         assert expected in text, expected
     assert "warning" not in text
 
@@ -45,7 +67,13 @@ def test_json_of_an_output(run_cli, output):
     assert info["format"] == "hdf5"
     assert info["arrays"]["x"] == {"shape": [90, 4, 3], "dtype": "float32", "chunks": [8, 4, 3], "compression": "gzip"}
     p = info["provenance"]
-    assert (p["seed"], p["alpha"], p["pairing"], p["copies"], p["include_original"]) == (17, 0.4, "within-class", 2, True)
+    assert (p["seed"], p["alpha"], p["pairing"], p["copies"], p["include_original"]) == (
+        17,
+        0.4,
+        "within-class",
+        2,
+        True,
+    )
     assert p["run_id"] == record["run_id"] == info["attributes"]["run_id"]
     assert p["run_id_matches_file"] is True
     assert p["input"]["files"][0]["sha256"] == record["input"]["files"][0]["sha256"]

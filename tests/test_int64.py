@@ -5,7 +5,8 @@ from fractions import Fraction
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mixup_cli import core
 from mixup_cli.core import mix_gather, mix_rows, working_dtype
@@ -18,7 +19,8 @@ RANGES = {np.int64: (-(2**63), 2**63 - 1), np.uint64: (0, 2**64 - 1)}
 def extremes(dtype):
     lo, hi = RANGES[dtype]
     near = st.one_of(
-        st.integers(lo, lo + 4096), st.integers(hi - 4096, hi),
+        st.integers(lo, lo + 4096),
+        st.integers(hi - 4096, hi),
         st.integers(-(2**49) - 64, -(2**49) + 64).filter(lambda v: v >= lo),
         st.integers(2**49 - 64, 2**49 + 64),
         st.integers(2**62 - 2**40, 2**62 + 2**40),
@@ -28,8 +30,22 @@ def extremes(dtype):
 
 
 LAMS = st.one_of(
-    st.sampled_from([0.0, 1.0, 0.5, 1e-300, 5e-324, 0.25, 0.75, float(np.nextafter(0.5, 0)),
-                     float(np.nextafter(0.5, 1)), float(np.nextafter(1.0, 0)), 1 - 1e-9, 1e-9]),
+    st.sampled_from(
+        [
+            0.0,
+            1.0,
+            0.5,
+            1e-300,
+            5e-324,
+            0.25,
+            0.75,
+            float(np.nextafter(0.5, 0)),
+            float(np.nextafter(0.5, 1)),
+            float(np.nextafter(1.0, 0)),
+            1 - 1e-9,
+            1e-9,
+        ]
+    ),
     st.floats(0, 1),
 )
 
@@ -75,7 +91,9 @@ def test_within_one_of_exact_over_the_whole_range(dtype, data):
 @pytest.mark.parametrize("dtype", [np.int64, np.uint64])
 def test_extremes_exactly(dtype):
     lo, hi = RANGES[dtype]
-    vals = [lo, lo + 1, hi - 1, hi, 2**62 + 1, 2**49, 2**49 - 1, 0, 1] + ([-(2**62) - 1, -1] if lo < 0 else [2**63, 2**64 - 3725])
+    vals = [lo, lo + 1, hi - 1, hi, 2**62 + 1, 2**49, 2**49 - 1, 0, 1] + (
+        [-(2**62) - 1, -1] if lo < 0 else [2**63, 2**64 - 3725]
+    )
     pairs = [(x, y) for x in vals for y in vals]
     a = np.array([p[0] for p in pairs], dtype=dtype)
     b = np.array([p[1] for p in pairs], dtype=dtype)

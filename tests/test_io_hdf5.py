@@ -4,7 +4,8 @@ against h5py's own reading, over chunk layouts they take or refuse."""
 import h5py
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mixup_cli.io import hdf5
 

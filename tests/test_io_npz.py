@@ -13,10 +13,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from conftest import REPO, assert_nothing_written, mixup_executable, write_npz
 
-from conftest import REPO, assert_nothing_written, mixup_executable, write_npy_dir, write_npz
 from mixup_cli.core import mix_rows
-from mixup_cli.errors import InputError
 from mixup_cli.io import npz as npz_module
 from mixup_cli.io import open_reader
 
@@ -136,8 +135,9 @@ def test_nested_keys_are_written_nested_and_verify(tmp_path, run_cli, out_name):
             got, lam, partner, ys = f["train/images"], f["lam"], f["partner"], f["train/labels"]
     elif out_name == "out":
         assert (out / "train" / "images.npy").is_file()
-        got, lam, partner, ys = (np.load(out / n) for n in ("train/images.npy", "lam.npy", "partner.npy",
-                                                           "train/labels.npy"))
+        got, lam, partner, ys = (
+            np.load(out / n) for n in ("train/images.npy", "lam.npy", "partner.npy", "train/labels.npy")
+        )
     else:
         with h5py.File(out) as f:
             got, lam, partner, ys = (f[n][()] for n in ("train/images", "lam", "partner", "train/labels"))
@@ -222,8 +222,12 @@ def test_compressed_input_uses_no_tmpdir_and_a_kill_leaves_nothing(tmp_path):
     x = np.random.default_rng(1).integers(0, 4, (20000, 256)).astype(np.uint8)
     src = write_npz(tmp_path / "in.npz", compressed=True, x=x, y=(np.arange(20000) % 10).astype(np.int64))
     env = dict(os.environ, TMPDIR=str(tmpdir), PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.Popen(mixup_executable() + ["augment", str(src), str(outdir / "out.h5"), "--copies", "50"],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        mixup_executable() + ["augment", str(src), str(outdir / "out.h5"), "--copies", "50"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 60
     while not (outdir / ".out.h5.mixup-partial").exists() and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.005)  # input inflated and memory-mapped by now: kill while rows stream

@@ -8,8 +8,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-
 from conftest import REPO, expected_mix, make_arrays, read_sidecar, write_h5, write_npz
+
 from mixup_cli.pipeline import AugmentRequest, augment
 
 zarr = pytest.importorskip("zarr", reason="Zarr is an optional extra: pip install 'mixup-cli[zarr]'")
@@ -60,8 +60,9 @@ def test_zarr_to_h5_with_nested_keys_and_integer_images(tmp_path):
     root.create_array("train/images", data=x, chunks=(10, 4, 4))
     root.create_array("train/labels", data=y, chunks=(10, 5))
     out = tmp_path / "out.h5"
-    augment(AugmentRequest(tmp_path / "in.zarr", out, seed=5, block_rows=16,
-                           x_key="train/images", y_key="train/labels"))
+    augment(
+        AugmentRequest(tmp_path / "in.zarr", out, seed=5, block_rows=16, x_key="train/images", y_key="train/labels")
+    )
     with h5py.File(out, "r") as f:
         lam, partner = f["lam"][()], f["partner"][()]
         l = lam.astype(np.float32).reshape(-1, 1, 1)
@@ -147,8 +148,12 @@ def test_help_imports_neither_zarr_nor_dask():
         "    assert CliRunner().invoke(cli, args).exit_code == 0\n"
         "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules} & {'dask', 'distributed', 'zarr'})))\n"
     )
-    proc = subprocess.run([sys.executable, "-c", "import json\n" + code], capture_output=True, text=True,
-                          env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+    proc = subprocess.run(
+        [sys.executable, "-c", "import json\n" + code],
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
+    )
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout) == []
 

@@ -8,7 +8,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from mixup_cli import core
@@ -50,8 +51,7 @@ def test_kernel_is_built_and_active():
     if FORCED_NUMPY:
         pytest.skip("MIXUP_CLI_KERNEL=numpy")
     assert core.KERNEL == "c", (
-        "mixup_cli._kernel is not importable: build it (pip install -e . or "
-        "python setup.py build_ext --inplace)"
+        "mixup_cli._kernel is not importable: build it (pip install -e . or python setup.py build_ext --inplace)"
     )
 
 
@@ -72,8 +72,10 @@ def cases(draw):
     else:
         pool = draw(hnp.arrays(dtype, a.shape, elements=elements))
         index = None
-    lam = np.array(draw(st.lists(st.sampled_from(SPECIAL_LAMS) | st.floats(0, 1) | st.floats(-2, 3),
-                                 min_size=n, max_size=n)), dtype=np.float64)
+    lam = np.array(
+        draw(st.lists(st.sampled_from(SPECIAL_LAMS) | st.floats(0, 1) | st.floats(-2, 3), min_size=n, max_size=n)),
+        dtype=np.float64,
+    )
     in_place = draw(st.booleans())
     return a, pool, index, lam, in_place
 
@@ -167,12 +169,16 @@ def test_threads_mix_at_once():
     assert all(same(g, e) for g, e in zip(got, expected))
 
 
-@pytest.mark.parametrize("make", [
-    lambda x: x.astype(np.float16),
-    lambda x: x[:, ::2],
-    lambda x: np.asfortranarray(x),
-    lambda x: x.astype(">f4"),
-], ids=["float16", "strided", "fortran", "big-endian"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda x: x.astype(np.float16),
+        lambda x: x[:, ::2],
+        lambda x: np.asfortranarray(x),
+        lambda x: x.astype(">f4"),
+    ],
+    ids=["float16", "strided", "fortran", "big-endian"],
+)
 def test_fallback_for_unsupported_arrays_matches_the_formula(make):
     rng = np.random.default_rng(5)
     x = make(rng.random((9, 6, 4)))

@@ -6,9 +6,9 @@ import json
 import h5py
 import numpy as np
 import pytest
+from conftest import load_output, read_sidecar, run_in_process, write_h5, write_npz
 from scipy import stats
 
-from conftest import load_output, read_sidecar, write_h5, write_npz, run_in_process
 from mixup_cli import label_kernel
 from mixup_cli.errors import ParameterError
 from mixup_cli.label_kernel import LabelKernel
@@ -18,8 +18,16 @@ from mixup_cli.sampling import Plan
 
 def draws(y, bandwidth, copies, block_rows=128, seed=3):
     index = LabelKernel.from_targets(y, bandwidth)
-    plan = Plan(n_rows=len(y), alpha=1.0, seed=seed, block_rows=block_rows, pairing="label-kernel",
-                bandwidth=bandwidth, copies=copies, partners=index)
+    plan = Plan(
+        n_rows=len(y),
+        alpha=1.0,
+        seed=seed,
+        block_rows=block_rows,
+        pairing="label-kernel",
+        bandwidth=bandwidth,
+        copies=copies,
+        partners=index,
+    )
     own, partner = [], []
     for task in plan.tasks():
         own.append(np.arange(task.start, task.stop))
@@ -117,8 +125,19 @@ def test_batch_size_never_changes_the_output_and_rows_mix_by_the_formula(regress
     outs = []
     for batch in (1, 7, 1000):
         out = tmp_path / f"out{batch}.{fmt}"
-        augment(AugmentRequest(src, out, seed=9, pairing="label-kernel", bandwidth=0.3, batch_size=batch,
-                               block_rows=16, copies=2, include_original=True))
+        augment(
+            AugmentRequest(
+                src,
+                out,
+                seed=9,
+                pairing="label-kernel",
+                bandwidth=0.3,
+                batch_size=batch,
+                block_rows=16,
+                copies=2,
+                include_original=True,
+            )
+        )
         outs.append(load_output(out))
     for other in outs[1:]:
         for key in outs[0]:
@@ -133,8 +152,9 @@ def test_batch_size_never_changes_the_output_and_rows_mix_by_the_formula(regress
 def test_verify_recomputes_and_catches_an_edited_bandwidth(regression, tmp_path, run_cli):
     src, _, _ = regression
     out = tmp_path / "out.h5"
-    result = run_cli("augment", src, out, "--pairing", "label-kernel", "--bandwidth", 0.25, "--seed", 1,
-                     "--block-rows", 32, "-q")
+    result = run_cli(
+        "augment", src, out, "--pairing", "label-kernel", "--bandwidth", 0.25, "--seed", 1, "--block-rows", 32, "-q"
+    )
     assert result.exit_code == 0, result.stderr
     assert read_sidecar(out)["parameters"]["bandwidth"] == 0.25
     assert run_cli("verify", out).exit_code == 0
@@ -158,13 +178,16 @@ def test_dask_gives_the_local_bytes(dask_scheduler, regression, tmp_path, run_mi
             assert a[key][()].tobytes() == b[key][()].tobytes(), key
 
 
-@pytest.mark.parametrize("y,args,pattern", [
-    ("classes", ("--bandwidth", 0.5), "use --pairing within-class or between-class"),
-    ("onehot", ("--bandwidth", 0.5), "use --pairing within-class or between-class"),
-    ("dense", (), "--bandwidth"),
-    ("dense", ("--bandwidth", 0), "--bandwidth"),
-    ("dense", ("--bandwidth", "nan"), "--bandwidth"),
-])
+@pytest.mark.parametrize(
+    "y,args,pattern",
+    [
+        ("classes", ("--bandwidth", 0.5), "use --pairing within-class or between-class"),
+        ("onehot", ("--bandwidth", 0.5), "use --pairing within-class or between-class"),
+        ("dense", (), "--bandwidth"),
+        ("dense", ("--bandwidth", 0), "--bandwidth"),
+        ("dense", ("--bandwidth", "nan"), "--bandwidth"),
+    ],
+)
 def test_refusals_are_one_line_exit_2_and_leave_nothing(tmp_path, outdir, run_mixup, y, args, pattern):
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 3, 40)

@@ -3,11 +3,10 @@
 import h5py
 import numpy as np
 import pytest
+from conftest import assert_nothing_written, expected_mix, load_output, read_sidecar, write_h5, write_npy_dir, write_npz
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import (assert_nothing_written, expected_mix, load_output, read_sidecar, write_h5, write_npy_dir,
-                      write_npz)
 from mixup_cli import labels
 from mixup_cli.errors import InputError, ParameterError
 from mixup_cli.io import open_reader
@@ -67,8 +66,13 @@ def test_class_targets_sum_to_one_and_sidecar_records_the_classes(tmp_path, run_
     same = yy == y[data["partner"]]
     assert np.allclose(np.where(same, own, own + part), 1, atol=1e-6)
     params = read_sidecar(out)["parameters"]
-    assert params["targets"] == {"kind": "classes", "dtype": "<f4", "num_classes": 8, "classes": [0, 3, 7],
-                                 "label_smoothing": 0.0}
+    assert params["targets"] == {
+        "kind": "classes",
+        "dtype": "<f4",
+        "num_classes": 8,
+        "classes": [0, 3, 7],
+        "label_smoothing": 0.0,
+    }
     assert params["y_format"] == "soft" and params["x_dtype"] == "keep" and params["allow_nonfinite"] is False
     record = read_sidecar(out)
     assert record["input"]["arrays"]["y"] == {"shape": [11], "dtype": "<i2"}
@@ -104,9 +108,11 @@ def test_label_out_of_range_names_the_row_and_writes_nothing(tmp_path, run_cli, 
     y = np.zeros(30, dtype=np.int64)
     y[23] = 5
     x = xs(30)
-    src = {"h5": lambda: write_h5(tmp_path / "in.h5", x=x, y=y),
-           "npz": lambda: write_npz(tmp_path / "in.npz", x=x, y=y),
-           "npydir": lambda: write_npy_dir(tmp_path / "in", x=x, y=y)}[fmt]()
+    src = {
+        "h5": lambda: write_h5(tmp_path / "in.h5", x=x, y=y),
+        "npz": lambda: write_npz(tmp_path / "in.npz", x=x, y=y),
+        "npydir": lambda: write_npy_dir(tmp_path / "in", x=x, y=y),
+    }[fmt]()
     # row 23 sits in the last block: earlier blocks are already written when it is found
     result = run_cli("augment", src, outdir / "out.h5", "--num-classes", 5, "--block-rows", 8, "--pairing", "batch")
     assert result.exit_code == 1
@@ -158,11 +164,14 @@ def test_classes_are_found_streaming_in_blocks(tmp_path, monkeypatch):
 # ---------------------------------------------------- binary, multi-label, dense
 
 
-@pytest.mark.parametrize("y", [
-    np.array([0, 1, 1, 0, 1, 0, 0, 1, 1, 1, 0, 0, 1], dtype=bool),
-    np.array([0, 1, 1, 0, 1, 0, 0, 1, 1, 1, 0, 0, 1], dtype=bool)[:, None],
-    np.array([0, 1, 1, 0, 1, 0, 0, 1, 1, 1, 0, 0, 1], dtype=np.float32),
-])
+@pytest.mark.parametrize(
+    "y",
+    [
+        np.array([0, 1, 1, 0, 1, 0, 0, 1, 1, 1, 0, 0, 1], dtype=bool),
+        np.array([0, 1, 1, 0, 1, 0, 0, 1, 1, 1, 0, 0, 1], dtype=bool)[:, None],
+        np.array([0, 1, 1, 0, 1, 0, 0, 1, 1, 1, 0, 0, 1], dtype=np.float32),
+    ],
+)
 def test_binary_targets_come_out_in_unit_interval(tmp_path, y):
     src = write_h5(tmp_path / "in.h5", x=xs(len(y)), y=y)
     run(src, tmp_path / "out.h5", alpha=1.0)
@@ -230,11 +239,14 @@ def test_dense_targets_are_mixed_linearly(tmp_path, dtype, row_shape):
 # ---------------------------------------------------------------- pair
 
 
-@pytest.mark.parametrize("y", [
-    np.arange(31) % 4,  # class labels
-    np.random.default_rng(2).integers(0, 9, (31, 5, 5)).astype(np.uint8),  # segmentation masks
-    np.random.default_rng(3).random((31, 2)),  # float targets
-])
+@pytest.mark.parametrize(
+    "y",
+    [
+        np.arange(31) % 4,  # class labels
+        np.random.default_rng(2).integers(0, 9, (31, 5, 5)).astype(np.uint8),  # segmentation masks
+        np.random.default_rng(3).random((31, 2)),  # float targets
+    ],
+)
 def test_pair_output_holds_both_targets_unmixed(tmp_path, y):
     src = write_h5(tmp_path / "in.h5", x=xs(31), y=y)
     out = tmp_path / "out.h5"
@@ -245,8 +257,9 @@ def test_pair_output_holds_both_targets_unmixed(tmp_path, y):
     assert data["y_a"].dtype == y.dtype and data["y_b"].dtype == y.dtype
     assert np.array_equal(data["y_a"], yy)
     assert np.array_equal(data["y_b"], y[data["partner"]])
-    assert np.array_equal(data["x"][31:], expected_mix(np.concatenate([xs(31)] * 2), data["lam"][31:],
-                                                       data["partner"][31:]))
+    assert np.array_equal(
+        data["x"][31:], expected_mix(np.concatenate([xs(31)] * 2), data["lam"][31:], data["partner"][31:])
+    )
     params = read_sidecar(out)["parameters"]
     assert params["y_format"] == "pair"
 
@@ -297,11 +310,14 @@ def test_x_without_y(tmp_path, run_cli, outdir):
 # ---------------------------------------------------------------- recompute
 
 
-@pytest.mark.parametrize("options", [
-    {"label_smoothing": 0.1},
-    {"y_format": "pair"},
-    {"num_classes": 9, "x_dtype": "float16"},
-])
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"label_smoothing": 0.1},
+        {"y_format": "pair"},
+        {"num_classes": 9, "x_dtype": "float16"},
+    ],
+)
 def test_sidecar_parameters_rebuild_the_same_bytes(tmp_path, options):
     y = np.arange(21) % 6
     src = write_h5(tmp_path / "in.h5", x=xs(21, dtype=np.float64), y=y)
@@ -310,13 +326,25 @@ def test_sidecar_parameters_rebuild_the_same_bytes(tmp_path, options):
     params = read_sidecar(first)["parameters"]
     data_options = DataOptions.from_parameters(params)
     again = tmp_path / "again.h5"
-    augment(AugmentRequest(
-        src, again, alpha=params["alpha"], seed=params["seed"], block_rows=params["block_rows"],
-        pairing=params["pairing"], copies=params["copies"], x_key=params["x_key"], y_key=params["y_key"],
-        x_dtype=data_options.x_dtype, y_format=data_options.y_format, y_kind=data_options.y_kind,
-        num_classes=data_options.num_classes, label_smoothing=data_options.label_smoothing,
-        command_line=[],
-    ))
+    augment(
+        AugmentRequest(
+            src,
+            again,
+            alpha=params["alpha"],
+            seed=params["seed"],
+            block_rows=params["block_rows"],
+            pairing=params["pairing"],
+            copies=params["copies"],
+            x_key=params["x_key"],
+            y_key=params["y_key"],
+            x_dtype=data_options.x_dtype,
+            y_format=data_options.y_format,
+            y_kind=data_options.y_kind,
+            num_classes=data_options.num_classes,
+            label_smoothing=data_options.label_smoothing,
+            command_line=[],
+        )
+    )
     a, b = load_output(first), load_output(again)
     assert a.keys() == b.keys()
     for key in a:

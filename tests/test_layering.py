@@ -18,8 +18,25 @@ LAYERS = [
     ("commands", ["pipeline", "verify", "preview", "describe", "dataset", "sets.run"]),
     ("engines", ["engines"]),
     ("run", ["request", "source", "planning", "preflight", "resume", "sidecar", "scratch", "tasks", "sets"]),
-    ("data", ["mixing", "sampling", "balance", "classes", "neighbours", "label_kernel", "cutmix", "prepare",
-              "labels", "names", "io", "digests", "provenance", "atomic"]),
+    (
+        "data",
+        [
+            "mixing",
+            "sampling",
+            "balance",
+            "classes",
+            "neighbours",
+            "label_kernel",
+            "cutmix",
+            "prepare",
+            "labels",
+            "names",
+            "io",
+            "digests",
+            "provenance",
+            "atomic",
+        ],
+    ),
     ("core", ["", "core", "errors", "_kernel"]),  # "": the package itself (__version__)
 ]
 CLI_ONLY = {"click"}  # third-party modules only cli/ may import
@@ -110,7 +127,7 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
         path.append(node)
         for nxt in sorted(graph.get(node, ())):
             if state.get(nxt) == "open":
-                cycles.append(path[path.index(nxt):] + [nxt])
+                cycles.append(path[path.index(nxt) :] + [nxt])
             elif nxt not in state:
                 visit(nxt, path)
         path.pop()
@@ -150,16 +167,22 @@ def test_a_planted_tree_that_keeps_the_layers_passes(tmp_path):
     assert violations(_plant(tmp_path, GOOD)) == []
 
 
-@pytest.mark.parametrize("module, text, expected", [
-    # A lazy import inside a function is an edge like any other.
-    ("engines/local.py", "def f():\n    from mixup_cli.pipeline import augment\n",
-     r"engines/local.py:3: engines.local \(engines\) imports pipeline \(commands\), a higher layer"),
-    ("sampling.py", "from mixup_cli import engines\n", r"sampling \(data\) imports engines \(engines\)"),
-    ("core.py", "from .cli import augment\n", r"core \(core\) imports cli.augment \(cli\)"),
-    ("sampling.py", "import click\n", r"sampling.py:2: imports click outside cli/"),
-    ("sampling.py", "from mixup_cli.mixing import Mixer\n", r"import cycle: sampling -> mixing -> sampling"),
-    ("shards.py", "from mixup_cli import core\n", r"'shards' is in no layer"),
-])
+@pytest.mark.parametrize(
+    "module, text, expected",
+    [
+        # A lazy import inside a function is an edge like any other.
+        (
+            "engines/local.py",
+            "def f():\n    from mixup_cli.pipeline import augment\n",
+            r"engines/local.py:3: engines.local \(engines\) imports pipeline \(commands\), a higher layer",
+        ),
+        ("sampling.py", "from mixup_cli import engines\n", r"sampling \(data\) imports engines \(engines\)"),
+        ("core.py", "from .cli import augment\n", r"core \(core\) imports cli.augment \(cli\)"),
+        ("sampling.py", "import click\n", r"sampling.py:2: imports click outside cli/"),
+        ("sampling.py", "from mixup_cli.mixing import Mixer\n", r"import cycle: sampling -> mixing -> sampling"),
+        ("shards.py", "from mixup_cli import core\n", r"'shards' is in no layer"),
+    ],
+)
 def test_a_back_edge_planted_in_a_small_tree_is_caught(tmp_path, module, text, expected):
     import re
 

@@ -6,9 +6,9 @@ import json
 import h5py
 import numpy as np
 import pytest
+from conftest import load_output, read_sidecar, write_npy_dir, write_npz
 from sklearn.preprocessing import OneHotEncoder
 
-from conftest import load_output, read_sidecar, write_npy_dir, write_npz
 from mixup_cli.pipeline import AugmentRequest, augment
 
 NAMES = np.array(["dog", "cat", "émeu", "ant", "Zebra"])
@@ -31,11 +31,17 @@ def write_inputs(tmp_path, labels):
         g = f.create_group("obs/kind")  # AnnData: codes into unsorted categories
         g["codes"] = labels.astype(np.int8)
         g.create_dataset("categories", data=NAMES.tolist(), dtype=h5py.string_dtype())
-    return {
-        "h5-vlen": (h5, "vlen"), "h5-fixed": (h5, "fixed"), "anndata": (h5, "obs/kind"),
-        "npz-U": (write_npz(tmp_path / "in.npz", x=x, y=text), "y"),
-        "npy-S": (write_npy_dir(tmp_path / "in", x=x, y=np.char.encode(text, "utf-8")), "y"),
-    }, x, text
+    return (
+        {
+            "h5-vlen": (h5, "vlen"),
+            "h5-fixed": (h5, "fixed"),
+            "anndata": (h5, "obs/kind"),
+            "npz-U": (write_npz(tmp_path / "in.npz", x=x, y=text), "y"),
+            "npy-S": (write_npy_dir(tmp_path / "in", x=x, y=np.char.encode(text, "utf-8")), "y"),
+        },
+        x,
+        text,
+    )
 
 
 @pytest.mark.parametrize("form", ["h5-vlen", "h5-fixed", "anndata", "npz-U", "npy-S"])
@@ -73,8 +79,21 @@ def test_class_pairings_and_balance_work_on_names(tmp_path, labels, form, run_cl
     inputs, _, text = write_inputs(tmp_path, labels)
     src, key = inputs[form]
     out = tmp_path / "out.h5"
-    result = run_cli("augment", src, out, "--y-key", key, "--pairing", "within-class", "--balance", "--seed", 5,
-                     "--block-rows", 16, "-q")
+    result = run_cli(
+        "augment",
+        src,
+        out,
+        "--y-key",
+        key,
+        "--pairing",
+        "within-class",
+        "--balance",
+        "--seed",
+        5,
+        "--block-rows",
+        16,
+        "-q",
+    )
     assert result.exit_code == 0, result.stderr
     with h5py.File(out, "r") as f:
         own, partner = f["own"][()], f["partner"][()]

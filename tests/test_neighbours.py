@@ -8,11 +8,11 @@ import sys
 import h5py
 import numpy as np
 import pytest
+from conftest import REPO, load_output, read_sidecar, run_in_process, write_h5, write_npz
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scipy import stats
 
-from conftest import REPO, load_output, read_sidecar, write_h5, write_npz, run_in_process
 from mixup_cli import neighbours
 from mixup_cli.pipeline import AugmentRequest, augment
 
@@ -35,8 +35,13 @@ def read_h5(path):
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(n=st.integers(2, 120), width=st.integers(1, 4), k=st.integers(1, 6), levels=st.integers(1, 5),
-       seed=st.integers(0, 2**16))
+@given(
+    n=st.integers(2, 120),
+    width=st.integers(1, 4),
+    k=st.integers(1, 6),
+    levels=st.integers(1, 5),
+    seed=st.integers(0, 2**16),
+)
 def test_table_is_the_brute_force_k_nearest_with_ties_by_index(n, width, k, levels, seed):
     """Few distinct values: many rows at exactly the same distance (and many
     identical rows), so the K-th neighbour is usually one of a tie."""
@@ -88,8 +93,7 @@ def test_partner_is_uniform_over_the_k_neighbours():
     index = neighbours.NeighbourIndex(table)
     from mixup_cli.sampling import Plan
 
-    plan = Plan(n_rows=2000, alpha=0.5, seed=4, block_rows=256, pairing="knn", neighbors=7, copies=5,
-                partners=index)
+    plan = Plan(n_rows=2000, alpha=0.5, seed=4, block_rows=256, pairing="knn", neighbors=7, copies=5, partners=index)
     pos = []
     for task in plan.tasks():
         _, partner = plan.draw(task)
@@ -148,9 +152,14 @@ def test_projection_is_fitted_in_pieces(monkeypatch):
     assert batch == 100 and seen == [100] * 9 + [105] and feats.shape == (1005, 8) and feats.dtype == np.float32
 
 
-@pytest.mark.parametrize("pairing,extra", [
-    ("knn", {}), ("knn-within-class", {}), ("knn", {"project": 2}),
-])
+@pytest.mark.parametrize(
+    "pairing,extra",
+    [
+        ("knn", {}),
+        ("knn-within-class", {}),
+        ("knn", {"project": 2}),
+    ],
+)
 @pytest.mark.parametrize("fmt", ["h5", "npz"])
 def test_batch_size_never_changes_the_output(tabular, tmp_path, pairing, extra, fmt):
     src, x, labels = tabular
@@ -159,8 +168,20 @@ def test_batch_size_never_changes_the_output(tabular, tmp_path, pairing, extra, 
     outs = []
     for batch in (1, 7, 1000):
         out = tmp_path / f"out{batch}.{fmt}"
-        augment(AugmentRequest(src, out, seed=9, pairing=pairing, neighbors=3, batch_size=batch, block_rows=16,
-                               copies=2, include_original=True, **extra))
+        augment(
+            AugmentRequest(
+                src,
+                out,
+                seed=9,
+                pairing=pairing,
+                neighbors=3,
+                batch_size=batch,
+                block_rows=16,
+                copies=2,
+                include_original=True,
+                **extra,
+            )
+        )
         outs.append(load_output(out))
     for other in outs[1:]:
         for key in outs[0]:
@@ -170,8 +191,22 @@ def test_batch_size_never_changes_the_output(tabular, tmp_path, pairing, extra, 
 def test_verify_recomputes_and_catches_an_edited_k(tabular, tmp_path, run_cli):
     src, _, _ = tabular
     out = tmp_path / "out.h5"
-    result = run_cli("augment", src, out, "--pairing", "knn-within-class", "--neighbors", 3, "--project", 2,
-                     "--seed", 1, "--block-rows", 32, "-q")
+    result = run_cli(
+        "augment",
+        src,
+        out,
+        "--pairing",
+        "knn-within-class",
+        "--neighbors",
+        3,
+        "--project",
+        2,
+        "--seed",
+        1,
+        "--block-rows",
+        32,
+        "-q",
+    )
     assert result.exit_code == 0, result.stderr
     result = run_cli("verify", out)
     assert result.exit_code == 0, result.stdout + result.stderr
@@ -196,13 +231,16 @@ def test_dask_gives_the_local_bytes(dask_scheduler, tabular, tmp_path, run_mixup
         assert a[key].tobytes() == b[key].tobytes(), key
 
 
-@pytest.mark.parametrize("args,pattern", [
-    (("--pairing", "knn", "--neighbors", 240), "--neighbors 240"),
-    (("--pairing", "knn-within-class", "--neighbors", 100), "class"),
-    (("--pairing", "knn", "--project", 4), "--project 4"),
-    (("--pairing", "global", "--neighbors", 3), "--neighbors goes with --pairing knn"),
-    (("--project", 2), "--project goes with"),
-])
+@pytest.mark.parametrize(
+    "args,pattern",
+    [
+        (("--pairing", "knn", "--neighbors", 240), "--neighbors 240"),
+        (("--pairing", "knn-within-class", "--neighbors", 100), "class"),
+        (("--pairing", "knn", "--project", 4), "--project 4"),
+        (("--pairing", "global", "--neighbors", 3), "--neighbors goes with --pairing knn"),
+        (("--project", 2), "--project goes with"),
+    ],
+)
 def test_refusals_are_one_line_exit_2_and_leave_nothing(tabular, outdir, run_mixup, args, pattern):
     src, _, _ = tabular
     proc = run_mixup("augment", src, outdir / "out.h5", *args)
@@ -213,12 +251,19 @@ def test_refusals_are_one_line_exit_2_and_leave_nothing(tabular, outdir, run_mix
 
 
 def test_scikit_learn_is_not_imported_at_start_up():
-    code = ("import sys; from click.testing import CliRunner; from mixup_cli.cli import cli; "
-            "import mixup_cli.pipeline, mixup_cli.sampling; "
-            "r = CliRunner().invoke(cli, ['augment', '--help']); assert r.exit_code == 0; "
-            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('sklearn', 'scipy')))")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
-                          env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+    code = (
+        "import sys; from click.testing import CliRunner; from mixup_cli.cli import cli; "
+        "import mixup_cli.pipeline, mixup_cli.sampling; "
+        "r = CliRunner().invoke(cli, ['augment', '--help']); assert r.exit_code == 0; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('sklearn', 'scipy')))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"
 

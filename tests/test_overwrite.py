@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
-import stat
 import subprocess
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import REPO, make_arrays, mixup_executable, read_sidecar, run_in_process, write_h5
 
 
@@ -161,8 +159,14 @@ def test_sticky_directory_refusal_through_the_executable(src):
 
 def _sticky_refusal_as_nobody(src, base):
     as_nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
-    probe = subprocess.run(as_nobody + [*mixup_executable(), "--version"], capture_output=True, text=True,
-                           env=dict(os.environ, PYTHONPATH=str(REPO)), cwd=base, timeout=120)
+    probe = subprocess.run(
+        as_nobody + [*mixup_executable(), "--version"],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+        cwd=base,
+        timeout=120,
+    )
     if probe.returncode != 0:
         pytest.skip(f"user nobody cannot run the project here: {probe.stderr.strip()[-200:]}")
     mine = base / "in.h5"

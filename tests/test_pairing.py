@@ -2,14 +2,15 @@
 
 import numpy as np
 import pytest
+from conftest import expected_mix, load_output, write_h5
 from scipy import stats
 
-from conftest import expected_mix, load_output, write_h5
 from mixup_cli.classes import ClassIndex, class_index, labels_of
 from mixup_cli.errors import InputError, ParameterError
 from mixup_cli.io import hdf5
 from mixup_cli.pipeline import AugmentRequest, augment
-from mixup_cli.sampling import INDEX_PAIRINGS, Plan, PAIRINGS as ALL_PAIRINGS
+from mixup_cli.sampling import INDEX_PAIRINGS, Plan
+from mixup_cli.sampling import PAIRINGS as ALL_PAIRINGS
 
 # The pairings that need no index over the data (the others: test_neighbours.py, test_label_kernel.py).
 PAIRINGS = tuple(p for p in ALL_PAIRINGS if p not in INDEX_PAIRINGS)
@@ -47,8 +48,9 @@ def ks_pvalue(lam, alpha):
 def test_lam_follows_beta_alpha_alpha(alpha, pairing):
     n = 100_000
     labels = np.random.default_rng(1).integers(0, 4, n)
-    plan = Plan(n_rows=n, alpha=alpha, seed=20261129, block_rows=4096, pairing=pairing,
-                classes=ClassIndex.from_labels(labels))
+    plan = Plan(
+        n_rows=n, alpha=alpha, seed=20261129, block_rows=4096, pairing=pairing, classes=ClassIndex.from_labels(labels)
+    )
     lam, _ = plan_draws(plan)
     assert len(lam) == n and lam.min() >= 0 and lam.max() <= 1
     assert ks_pvalue(lam, alpha) > 0.001
@@ -198,8 +200,15 @@ def test_class_index_streams_integer_labels_from_a_reader(tmp_path, monkeypatch)
     assert index.n_classes == 4 and index.values.tolist() == [5, 6, 7, 8]
     assert np.array_equal(index.values[index.codes], labels)
     for same in (True, False):
-        plan = Plan(n_rows=500, alpha=0.3, seed=4, block_rows=64, copies=2,
-                    pairing="within-class" if same else "between-class", classes=index)
+        plan = Plan(
+            n_rows=500,
+            alpha=0.3,
+            seed=4,
+            block_rows=64,
+            copies=2,
+            pairing="within-class" if same else "between-class",
+            classes=index,
+        )
         _, partner = plan_draws(plan)
         hits = labels[partner] == np.tile(labels, 2)
         assert hits.all() if same else not hits.any()

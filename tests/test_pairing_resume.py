@@ -8,8 +8,8 @@ import sys
 
 import numpy as np
 import pytest
-
 from conftest import REPO, load_output, read_sidecar, write_h5
+
 from mixup_cli.pipeline import AugmentRequest, augment
 
 _KILLED_RUN = """
@@ -30,22 +30,31 @@ raise SystemExit("not killed")
 """
 
 
-@pytest.mark.parametrize("options", [
-    {"pairing": "within-class", "balance": True},
-    {"pairing": "global", "balance_to": 150},
-    {"pairing": "knn-within-class", "neighbors": 3, "project": 2},
-    {"pairing": "label-kernel", "bandwidth": 0.3, "y_key": "t"},
-])
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"pairing": "within-class", "balance": True},
+        {"pairing": "global", "balance_to": 150},
+        {"pairing": "knn-within-class", "neighbors": 3, "project": 2},
+        {"pairing": "label-kernel", "bandwidth": 0.3, "y_key": "t"},
+    ],
+)
 def test_a_killed_run_resumes_to_the_uninterrupted_bytes(tmp_path, options):
     rng = np.random.default_rng(0)
     labels = rng.permutation(np.repeat([0, 1, 2], [500, 200, 100]))
-    src = write_h5(tmp_path / "in.h5", x=rng.standard_normal((800, 4)).astype(np.float32), y=labels,
-                   t=rng.standard_normal(800))
+    src = write_h5(
+        tmp_path / "in.h5", x=rng.standard_normal((800, 4)).astype(np.float32), y=labels, t=rng.standard_normal(800)
+    )
     options = dict(options, seed=5, block_rows=100, copies=2, batch_size=30)
     out = tmp_path / "out.h5"
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    killed = subprocess.run([sys.executable, "-c", _KILLED_RUN, str(src), str(out), json.dumps(options)],
-                            capture_output=True, text=True, env=env, timeout=120)
+    killed = subprocess.run(
+        [sys.executable, "-c", _KILLED_RUN, str(src), str(out), json.dumps(options)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert killed.returncode == 9, killed.stderr
     assert not out.exists()
     augment(AugmentRequest(src, out, resume=True, **options))

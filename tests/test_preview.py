@@ -6,10 +6,10 @@ import sys
 import h5py
 import numpy as np
 import pytest
+from conftest import SAMPLE_H5, load_output, write_h5
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import SAMPLE_H5, load_output, write_h5
 from mixup_cli import preview
 from mixup_cli.errors import ParameterError
 from mixup_cli.pipeline import AugmentRequest, augment
@@ -56,8 +56,24 @@ def test_dataset_grid_from_the_sample(run_cli, tmp_path, mpl):
 
 def test_cutmix_grid_with_histogram(run_cli, tmp_path, mpl):
     out = tmp_path / "cutmix.png"
-    result = run_cli("preview", rgb_dataset(tmp_path), "-o", out, "--method", "cutmix", "--alpha", 1,
-                     "--rows", 2, "--hist", "--seed", 1, "--dpi", 50, "--quiet")
+    result = run_cli(
+        "preview",
+        rgb_dataset(tmp_path),
+        "-o",
+        out,
+        "--method",
+        "cutmix",
+        "--alpha",
+        1,
+        "--rows",
+        2,
+        "--hist",
+        "--seed",
+        1,
+        "--dpi",
+        50,
+        "--quiet",
+    )
     assert result.exit_code == 0, result.stderr
     assert result.stderr == ""
     check_png(out, (300, (2 * 2 + 3 + 0.5) * 50))
@@ -222,8 +238,11 @@ def _names(tmp_path, n=30):
 
 def _regression(tmp_path, n=30):
     rng = np.random.default_rng(7)
-    return write_h5(tmp_path / "regression.h5", x=rng.standard_normal((n, 4)).astype(np.float32),
-                    y=rng.standard_normal(n).astype(np.float32))
+    return write_h5(
+        tmp_path / "regression.h5",
+        x=rng.standard_normal((n, 4)).astype(np.float32),
+        y=rng.standard_normal(n).astype(np.float32),
+    )
 
 
 SHOWN_CASES = {
@@ -321,12 +340,17 @@ def test_unlabelled_preview_says_x_is_shown_alone(run_cli, tmp_path, mpl):
 
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
-    seed=st.integers(0, 2**32), alpha=st.sampled_from([0.2, 1.0, 3.0]), block_rows=st.integers(3, 40),
-    rows=st.integers(1, 12), pairing=st.sampled_from(["global", "batch", "within-class", "between-class"]),
-    y_format=st.sampled_from(["soft", "pair"]), balance=st.booleans(),
+    seed=st.integers(0, 2**32),
+    alpha=st.sampled_from([0.2, 1.0, 3.0]),
+    block_rows=st.integers(3, 40),
+    rows=st.integers(1, 12),
+    pairing=st.sampled_from(["global", "batch", "within-class", "between-class"]),
+    y_format=st.sampled_from(["soft", "pair"]),
+    balance=st.booleans(),
 )
-def test_preview_rows_are_the_rows_augment_writes(tmp_path_factory, seed, alpha, block_rows, rows, pairing,
-                                                   y_format, balance):
+def test_preview_rows_are_the_rows_augment_writes(
+    tmp_path_factory, seed, alpha, block_rows, rows, pairing, y_format, balance
+):
     directory = tmp_path_factory.mktemp("shown")
     src = _classes(directory)
     out = directory / "out.h5"

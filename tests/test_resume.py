@@ -22,8 +22,8 @@ import h5py
 import numpy as np
 import pytest
 from click.testing import CliRunner
-
 from conftest import REPO, load_output, make_arrays, mixup_executable, read_sidecar, write_h5
+
 from mixup_cli.cli import cli
 
 ARGS = ["--seed", "11", "--block-rows", "100", "--copies", "2"]
@@ -71,12 +71,19 @@ def env():
 
 
 def mixup(*args):
-    return subprocess.run(mixup_executable() + [str(a) for a in args], capture_output=True, text=True, timeout=120, env=env())
+    return subprocess.run(
+        mixup_executable() + [str(a) for a in args], capture_output=True, text=True, timeout=120, env=env()
+    )
 
 
 def killed(point: str, n: int, *args) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, "-c", _KILL_AT, point, str(n), "augment"] + [str(a) for a in args],
-                            capture_output=True, text=True, timeout=120, env=env())
+    result = subprocess.run(
+        [sys.executable, "-c", _KILL_AT, point, str(n), "augment"] + [str(a) for a in args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env(),
+    )
     assert result.returncode == -signal.SIGKILL, (result.returncode, result.stderr)
     return result
 
@@ -105,7 +112,6 @@ def reference(src, tmp_path, name, *extra) -> dict[str, np.ndarray]:
         assert done.exit_code == 0, done.output
         _REFERENCES[key] = load_output(ref)
     return _REFERENCES[key]
-
 
 
 def assert_same_arrays(got: dict, want: dict) -> None:
@@ -145,9 +151,17 @@ def test_killed_right_after_the_first_journal_entry_resumes(src, tmp_path, compr
     assert_same_arrays(load_output(out), reference(src, tmp_path, "out.h5", "--compression", compression))
 
 
-@pytest.mark.parametrize("name,compression", [
-    ("out.h5", "none"), ("out.h5", "gzip"), ("out.h5", "lzf"), ("out.npz", "none"), ("out", "none"), ("out.zarr", "none"),
-])
+@pytest.mark.parametrize(
+    "name,compression",
+    [
+        ("out.h5", "none"),
+        ("out.h5", "gzip"),
+        ("out.h5", "lzf"),
+        ("out.npz", "none"),
+        ("out", "none"),
+        ("out.zarr", "none"),
+    ],
+)
 def test_killed_mid_write_resumes_to_the_uninterrupted_arrays(src, tmp_path, name, compression):
     if name.endswith(".zarr"):
         pytest.importorskip("zarr")
@@ -176,7 +190,9 @@ def test_resume_of_a_complete_output_exits_0(src, tmp_path):
     for seed_args in (ARGS, [a for a in ARGS if a not in ("--seed", "11")]):  # the seed may come from the sidecar
         again = mixup("augment", src, out, *seed_args, "--resume")
         assert again.returncode == 0, again.stderr
-        assert again.stderr.strip().splitlines() == [f"warning: {out}: already complete (its sidecar records this command); nothing to do"]
+        assert again.stderr.strip().splitlines() == [
+            f"warning: {out}: already complete (its sidecar records this command); nothing to do"
+        ]
     assert (out.stat().st_mtime_ns, Path(f"{out}.provenance.json").read_bytes()) == before
 
     other = mixup("augment", src, out, *ARGS, "--alpha", "0.5", "--resume")

@@ -7,8 +7,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from conftest import read_sidecar, write_h5
 
-from conftest import make_arrays, read_sidecar, write_h5
 from mixup_cli import scratch
 from mixup_cli.errors import OutputError
 from mixup_cli.io import hdf5
@@ -37,13 +37,16 @@ def arrays_of(path):
         return {key: f[key][()] for key in f}
 
 
-@pytest.mark.parametrize("extra", [
-    dict(pairing="within-class"),
-    dict(pairing="between-class", copies=2, include_original=True),
-    dict(pairing="within-class", y_format="pair"),
-    dict(pairing="within-class", label_smoothing=0.1, x_dtype="float32"),
-    dict(pairing="between-class", method="cutmix", layout="NHWC"),
-])
+@pytest.mark.parametrize(
+    "extra",
+    [
+        dict(pairing="within-class"),
+        dict(pairing="between-class", copies=2, include_original=True),
+        dict(pairing="within-class", y_format="pair"),
+        dict(pairing="within-class", label_smoothing=0.1, x_dtype="float32"),
+        dict(pairing="between-class", method="cutmix", layout="NHWC"),
+    ],
+)
 def test_compressed_input_gives_the_bytes_of_the_uncompressed_one(tmp_path, monkeypatch, extra):
     x, y = images_and_labels()
     plain = write_h5(tmp_path / "plain.h5", x=x, y=y)
@@ -60,7 +63,10 @@ def test_compressed_input_gives_the_bytes_of_the_uncompressed_one(tmp_path, monk
     assert sorted(a) == sorted(b)
     for key in a:
         assert a[key].tobytes() == b[key].tobytes(), key
-    assert read_sidecar(tmp_path / "from-plain.h5")["output"]["arrays"] == read_sidecar(tmp_path / "from-packed.h5")["output"]["arrays"]
+    assert (
+        read_sidecar(tmp_path / "from-plain.h5")["output"]["arrays"]
+        == read_sidecar(tmp_path / "from-packed.h5")["output"]["arrays"]
+    )
     assert sorted(p.name for p in tmp_path.iterdir() if "mixup" in p.name) == []
 
 
@@ -81,12 +87,15 @@ def test_the_copy_is_removed_when_the_run_fails(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["packed.h5"]
 
 
-@pytest.mark.parametrize("pairing, block_rows, compressed, expected", [
-    ("within-class", 20, True, True),
-    ("within-class", 45, True, False),  # two blocks: inflating twice is cheaper than a copy
-    ("within-class", 20, False, False),
-    ("global", 20, True, False),  # reads whole blocks anyway
-])
+@pytest.mark.parametrize(
+    "pairing, block_rows, compressed, expected",
+    [
+        ("within-class", 20, True, True),
+        ("within-class", 45, True, False),  # two blocks: inflating twice is cheaper than a copy
+        ("within-class", 20, False, False),
+        ("global", 20, True, False),  # reads whole blocks anyway
+    ],
+)
 def test_a_copy_is_made_only_where_it_pays(tmp_path, pairing, block_rows, compressed, expected):
     x, y = images_and_labels()
     src = (write_gzip_h5 if compressed else write_h5)(tmp_path / "in.h5", x=x, y=y)
@@ -107,7 +116,9 @@ def test_free_space_check_counts_the_copy(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "statvfs", lambda path: Small())
     specs = {"x": hdf5.ArraySpec((10, 10), np.dtype("float32"))}  # 400 bytes
     check_free_space(tmp_path / "out.h5", "hdf5", specs, "gzip", extra=50 * 1024)
-    with pytest.raises(OutputError, match="an uncompressed copy of the input .* need about 0.2 MiB but 0.1 MiB is free"):
+    with pytest.raises(
+        OutputError, match="an uncompressed copy of the input .* need about 0.2 MiB but 0.1 MiB is free"
+    ):
         check_free_space(tmp_path / "out.h5", "hdf5", specs, "gzip", extra=200 * 1024)
 
 
@@ -115,8 +126,12 @@ def test_verify_recomputes_from_a_copy_too_and_removes_it(tmp_path, run_cli, mon
     x, y = images_and_labels()
     packed = write_gzip_h5(tmp_path / "packed.h5", x=x, y=y)
     out = tmp_path / "out.h5"
-    assert run_cli("augment", packed, out, "--seed", 2, "--block-rows", 20, "--pairing", "between-class",
-                   "--quiet").exit_code == 0
+    assert (
+        run_cli(
+            "augment", packed, out, "--seed", 2, "--block-rows", 20, "--pairing", "between-class", "--quiet"
+        ).exit_code
+        == 0
+    )
     copies = []
     real_copy = scratch._copy
     monkeypatch.setattr(scratch, "_copy", lambda *a: copies.append(a[2]) or real_copy(*a))
@@ -154,7 +169,9 @@ def test_a_killed_run_resumes_with_a_fresh_copy(tmp_path, run_mixup):
     packed = write_gzip_h5(tmp_path / "packed.h5", x=x, y=y)
     out = tmp_path / "out.h5"
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    killed = subprocess.run([sys.executable, "-c", _KILLED, str(packed), str(out)], env=env, capture_output=True, text=True)
+    killed = subprocess.run(
+        [sys.executable, "-c", _KILLED, str(packed), str(out)], env=env, capture_output=True, text=True
+    )
     assert killed.returncode == 9, killed.stderr
     assert (tmp_path / ".out.h5.mixup-partial.scratch.h5").exists()  # left by the kill, like the partial output
 

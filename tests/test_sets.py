@@ -14,7 +14,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from conftest import make_arrays, write_h5, write_npy_dir, write_npz
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mixup_cli import pipeline, provenance
 from mixup_cli.engines import local
@@ -22,12 +24,35 @@ from mixup_cli.errors import InputError, OutputError, ParameterError
 from mixup_cli.pipeline import AugmentRequest, augment, open_source
 from mixup_cli.planning import build_plan
 from mixup_cli.sampling import Plan
-from mixup_cli.sets import (ConcatReader, Part, check_plan, inputs_state, is_set_form, locate_rows, check_outdir, check_outdir_contents, check_part_seed,
-                            check_storage_options, collect_inputs, from_single, inspect_inputs, output_paths,
-                            output_rows, parse_shard, part_of, read_section, restrict, section, set_id, set_status,
-                            split, task_slice, to_single, whole_task)
+from mixup_cli.sets import (
+    ConcatReader,
+    Part,
+    check_outdir,
+    check_outdir_contents,
+    check_part_seed,
+    check_plan,
+    check_storage_options,
+    collect_inputs,
+    from_single,
+    inputs_state,
+    inspect_inputs,
+    is_set_form,
+    locate_rows,
+    output_paths,
+    output_rows,
+    parse_shard,
+    part_of,
+    read_section,
+    restrict,
+    section,
+    set_id,
+    set_status,
+    split,
+    task_slice,
+    to_single,
+    whole_task,
+)
 from mixup_cli.tasks import compute_task
-from conftest import make_arrays, write_h5, write_npy_dir, write_npz
 
 SIZES = (37, 5, 64, 1, 29)  # unequal, boundaries off any power-of-two block
 
@@ -111,9 +136,19 @@ def test_shard_parses(text, part):
     assert (got.index, got.count) == part
 
 
-@pytest.mark.parametrize("text, says", [("3/3", "I must be below N"), ("-1/2", "I/N"), ("0/0", "at least 1"),
-                                        ("a/b", "I/N"), ("1", "I/N"), ("1/2/3", "I/N"), ("", "I/N"),
-                                        ("1.0/2", "I/N")])
+@pytest.mark.parametrize(
+    "text, says",
+    [
+        ("3/3", "I must be below N"),
+        ("-1/2", "I/N"),
+        ("0/0", "at least 1"),
+        ("a/b", "I/N"),
+        ("1", "I/N"),
+        ("1/2/3", "I/N"),
+        ("", "I/N"),
+        ("1.0/2", "I/N"),
+    ],
+)
 def test_shard_refuses(text, says):
     with pytest.raises(ParameterError, match=says) as err:
         parse_shard(text)
@@ -243,15 +278,21 @@ def _pair(tmp_path, second: dict, first: dict | None = None, suffix=".h5"):
     return a, b, x, y
 
 
-@pytest.mark.parametrize("second, says", [
-    (lambda x, y: {"x": x[:, :2], "y": y}, r"b.h5: array 'x' has rows of shape \(2, 3\), but .*a.h5's are \(4, 3\)"),
-    (lambda x, y: {"x": x.astype(np.float64), "y": y}, r"b.h5: array 'x' is float64, but .*a.h5's is float32"),
-    (lambda x, y: {"x": x, "y": y[:, :3]}, r"b.h5: array 'y' has rows of shape \(3,\)"),
-    (lambda x, y: {"x": x}, r"b.h5: no array 'y'"),
-    (lambda x, y: {"x": x[:0], "y": y[:0]}, r"b.h5: 'x' has zero rows; remove it from the set's inputs"),
-    (lambda x, y: {"x": x, "y": y[:9]}, r"b.h5: 'x' has 10 rows but 'y' has 9"),
-    (lambda x, y: {"x": x.astype(np.complex64), "y": y}, r"b.h5: array 'x' has dtype complex64"),
-])
+@pytest.mark.parametrize(
+    "second, says",
+    [
+        (
+            lambda x, y: {"x": x[:, :2], "y": y},
+            r"b.h5: array 'x' has rows of shape \(2, 3\), but .*a.h5's are \(4, 3\)",
+        ),
+        (lambda x, y: {"x": x.astype(np.float64), "y": y}, r"b.h5: array 'x' is float64, but .*a.h5's is float32"),
+        (lambda x, y: {"x": x, "y": y[:, :3]}, r"b.h5: array 'y' has rows of shape \(3,\)"),
+        (lambda x, y: {"x": x}, r"b.h5: no array 'y'"),
+        (lambda x, y: {"x": x[:0], "y": y[:0]}, r"b.h5: 'x' has zero rows; remove it from the set's inputs"),
+        (lambda x, y: {"x": x, "y": y[:9]}, r"b.h5: 'x' has 10 rows but 'y' has 9"),
+        (lambda x, y: {"x": x.astype(np.complex64), "y": y}, r"b.h5: array 'x' has dtype complex64"),
+    ],
+)
 def test_inputs_that_disagree_are_refused_by_name(tmp_path, second, says):
     x, y = make_arrays(10)
     a = write_h5(tmp_path / "a.h5", x=x, y=y)
@@ -278,7 +319,9 @@ def test_the_same_file_twice(tmp_path):
     os.link(a, tmp_path / "hard.h5")
     os.symlink(a, tmp_path / "sym.h5")
     for again in (a, tmp_path / "hard.h5", tmp_path / "sym.h5", tmp_path / "." / "a.h5"):
-        with pytest.raises(ParameterError, match=rf"{again.name}: is given twice \(input 1, .*a.h5, is the same file\)"):
+        with pytest.raises(
+            ParameterError, match=rf"{again.name}: is given twice \(input 1, .*a.h5, is the same file\)"
+        ):
             inspect_inputs([a, again])
 
 
@@ -326,7 +369,11 @@ def test_anndata_categories_must_agree(tmp_path):
 def test_output_names(tmp_path):
     out = tmp_path / "o"
     assert output_paths([Path("s/a.h5"), Path("s/b.npz"), Path("s/c.zarr"), Path("s/d")], out) == [
-        out / "a.h5", out / "b.npz", out / "c.zarr", out / "d"]
+        out / "a.h5",
+        out / "b.npz",
+        out / "c.zarr",
+        out / "d",
+    ]
     with pytest.raises(ParameterError, match=r"t/a.h5: has the same name as s/a.h5"):
         output_paths([Path("s/a.h5"), Path("t/a.h5")], out)
     with pytest.raises(ParameterError, match=r"s/a.h5ad: its output .*a.h5ad would have no output format"):
@@ -383,8 +430,15 @@ def test_row_errors_name_the_input_and_its_row(tmp_path):
 )
 def test_restricted_tasks_cover_the_single_file_output_once(sizes, block_rows, copies, include_original, pairing):
     n = sum(sizes)
-    plan = Plan(n_rows=n, alpha=0.2, seed=3, block_rows=block_rows, pairing=pairing, copies=copies,
-                include_original=include_original)
+    plan = Plan(
+        n_rows=n,
+        alpha=0.2,
+        seed=3,
+        block_rows=block_rows,
+        pairing=pairing,
+        copies=copies,
+        include_original=include_original,
+    )
     offsets = np.cumsum([0] + sizes)
     covered = np.zeros(plan.output_rows, dtype=np.int64)
     tasks = list(plan.tasks())
@@ -462,8 +516,17 @@ def _fake_output(outdir: Path, layout, k: int, part: Part, sid: str):
     """An output and its sidecar as a run of part ``part`` writes them."""
     out = outdir / layout.shards[k].path.name
     write_h5(out, x=np.zeros((layout.shards[k].rows, 1), np.float32))
-    record = provenance.build(run_id="r", command_line=[], parameters={}, execution={}, input_entry={},
-                              output_entry={}, started_at="", finished_at="", set_section=section(layout, k, part, sid))
+    record = provenance.build(
+        run_id="r",
+        command_line=[],
+        parameters={},
+        execution={},
+        input_entry={},
+        output_entry={},
+        started_at="",
+        finished_at="",
+        set_section=section(layout, k, part, sid),
+    )
     provenance.sidecar_path(out).write_text(provenance.to_json(record))
     return out
 
@@ -472,9 +535,21 @@ def test_sidecar_section_round_trips(tmp_path):
     paths, _, _ = _shards(tmp_path)
     layout = inspect_inputs(paths)
     sid = set_id(layout, _decides())
-    record = json.loads(provenance.to_json(provenance.build(
-        run_id="r", command_line=[], parameters={}, execution={}, input_entry={}, output_entry={}, started_at="",
-        finished_at="", set_section=section(layout, 2, Part(1, 3), sid))))
+    record = json.loads(
+        provenance.to_json(
+            provenance.build(
+                run_id="r",
+                command_line=[],
+                parameters={},
+                execution={},
+                input_entry={},
+                output_entry={},
+                started_at="",
+                finished_at="",
+                set_section=section(layout, 2, Part(1, 3), sid),
+            )
+        )
+    )
     got = read_section(record, "s")
     assert got["set_id"] == sid and got["index"] == 2 and got["outputs"] == 5 and got["rows"] == 136
     assert got["input"] | {"path": None} == {"name": "part-0002.h5", "rows": 64, "offset": 42, "path": None}
@@ -484,8 +559,16 @@ def test_sidecar_section_round_trips(tmp_path):
     record["set"]["index"] = 9
     with pytest.raises(InputError, match="'set' section is damaged"):
         read_section(record, "s")
-    plain = provenance.build(run_id="r", command_line=[], parameters={}, execution={}, input_entry={},
-                             output_entry={}, started_at="", finished_at="")
+    plain = provenance.build(
+        run_id="r",
+        command_line=[],
+        parameters={},
+        execution={},
+        input_entry={},
+        output_entry={},
+        started_at="",
+        finished_at="",
+    )
     assert "set" not in plain  # other sidecars are as they were
 
 
@@ -508,21 +591,41 @@ def test_outdir_holds_only_this_sets_outputs(tmp_path):
         check_outdir_contents(out, outputs, sid)
     (out / "notes.txt").unlink()
     other = set_id(layout, _decides(seed=8))
-    with pytest.raises(OutputError, match=rf"part-0000.h5: is not an output of this set \(its sidecar records set "
-                                          rf"{sid[:12]}, this set is {other[:12]}\); .*--overwrite"):
+    with pytest.raises(
+        OutputError,
+        match=rf"part-0000.h5: is not an output of this set \(its sidecar records set "
+        rf"{sid[:12]}, this set is {other[:12]}\); .*--overwrite",
+    ):
         check_outdir_contents(out, outputs, other)
     assert check_outdir_contents(out, outputs, other, overwrite=True) == set()
     single = write_h5(out / "part-0003.h5", x=np.zeros((1, 1)))  # a run on one input: a sidecar, no set
-    provenance.sidecar_path(single).write_text(provenance.to_json(provenance.build(
-        run_id="r", command_line=[], parameters={}, execution={}, input_entry={}, output_entry={}, started_at="",
-        finished_at="")))
-    with pytest.raises(OutputError, match=r"part-0003.h5: is not an output of this set \(its sidecar records no set\); "
-                                          r".*--overwrite"):
+    provenance.sidecar_path(single).write_text(
+        provenance.to_json(
+            provenance.build(
+                run_id="r",
+                command_line=[],
+                parameters={},
+                execution={},
+                input_entry={},
+                output_entry={},
+                started_at="",
+                finished_at="",
+            )
+        )
+    )
+    with pytest.raises(
+        OutputError,
+        match=r"part-0003.h5: is not an output of this set \(its sidecar records no set\); "
+        r".*--overwrite",
+    ):
         check_outdir_contents(out, outputs, sid)
     assert check_outdir_contents(out, outputs, sid, overwrite=True) == {0, 1}
     write_h5(out / "part-0004.h5", x=np.zeros((1, 1)))  # no sidecar: written by something else
-    with pytest.raises(OutputError, match=r"part-0004.h5: is not an output of this set \(it has no provenance sidecar\); "
-                                          r"move it away, choose another OUTDIR$"):
+    with pytest.raises(
+        OutputError,
+        match=r"part-0004.h5: is not an output of this set \(it has no provenance sidecar\); "
+        r"move it away, choose another OUTDIR$",
+    ):
         check_outdir_contents(out, outputs, sid, overwrite=True)
 
 
@@ -561,8 +664,14 @@ def test_set_status_from_the_sidecars(tmp_path):
 def _set_source(layout, request: AugmentRequest):
     """pipeline.open_source over the set: the same checks and preparation as
     one input, on the ConcatReader passed in."""
-    return open_source(layout.shards[0].path, request.x_key, request.y_key, request.data_options(),
-                       require_y=request.require_y, reader=ConcatReader(layout))
+    return open_source(
+        layout.shards[0].path,
+        request.x_key,
+        request.y_key,
+        request.data_options(),
+        require_y=request.require_y,
+        reader=ConcatReader(layout),
+    )
 
 
 def _replace_y(path: Path, y: np.ndarray) -> None:
@@ -602,18 +711,21 @@ def _set_outputs(layout, request: AugmentRequest) -> list[dict[str, np.ndarray]]
     return results
 
 
-@pytest.mark.parametrize("pairing, method, copies, original, fmt, extra", [
-    ("global", "mixup", 1, False, "h5", {}),
-    ("global", "mixup", 2, True, ("h5", "npz", "npy"), {}),
-    ("batch", "mixup", 1, False, "npz", {}),
-    ("within-class", "mixup", 2, False, "h5gz", {}),
-    ("between-class", "mixup", 1, True, "h5", {}),
-    ("global", "cutmix", 1, False, "h5", {}),
-    ("within-class", "cutmix", 2, False, "npy", {}),
-    ("knn", "mixup", 1, False, "h5", {"neighbors": 3}),
-    ("label-kernel", "mixup", 1, False, "h5", {"bandwidth": 0.5, "y": "dense"}),
-    ("within-class", "mixup", 1, False, ("h5", "npz"), {"y": "names", "y_format": "pair"}),
-])
+@pytest.mark.parametrize(
+    "pairing, method, copies, original, fmt, extra",
+    [
+        ("global", "mixup", 1, False, "h5", {}),
+        ("global", "mixup", 2, True, ("h5", "npz", "npy"), {}),
+        ("batch", "mixup", 1, False, "npz", {}),
+        ("within-class", "mixup", 2, False, "h5gz", {}),
+        ("between-class", "mixup", 1, True, "h5", {}),
+        ("global", "cutmix", 1, False, "h5", {}),
+        ("within-class", "cutmix", 2, False, "npy", {}),
+        ("knn", "mixup", 1, False, "h5", {"neighbors": 3}),
+        ("label-kernel", "mixup", 1, False, "h5", {"bandwidth": 0.5, "y": "dense"}),
+        ("within-class", "mixup", 1, False, ("h5", "npz"), {"y": "names", "y_format": "pair"}),
+    ],
+)
 def test_outputs_equal_the_single_file_run(tmp_path, pairing, method, copies, original, fmt, extra):
     extra = dict(extra)
     kind = extra.pop("y", None)
@@ -624,8 +736,17 @@ def test_outputs_equal_the_single_file_run(tmp_path, pairing, method, copies, or
         for path, part in zip(paths, np.split(y, np.cumsum(SIZES)[:-1])):
             _replace_y(path, part)
     whole = write_h5(tmp_path / "whole.h5", x=x, y=y.astype("S") if y.dtype.kind == "U" else y)
-    common = dict(alpha=0.4, seed=11, block_rows=16, pairing=pairing, copies=copies, include_original=original,
-                  method=method, command_line=[], **extra)
+    common = dict(
+        alpha=0.4,
+        seed=11,
+        block_rows=16,
+        pairing=pairing,
+        copies=copies,
+        include_original=original,
+        method=method,
+        command_line=[],
+        **extra,
+    )
     augment(AugmentRequest(whole, tmp_path / "single.h5", **common))
     with h5py.File(tmp_path / "single.h5", "r") as f:
         single = {key: f[key][()] for key in f}
@@ -635,10 +756,12 @@ def test_outputs_equal_the_single_file_run(tmp_path, pairing, method, copies, or
     assert set(outputs[0]) == set(single)
     for key, want in single.items():
         # Each segment's slices over the outputs, concatenated, are that segment of the single file.
-        got = np.concatenate([
-            np.concatenate([out[key][seg * s.rows : (seg + 1) * s.rows] for out, s in zip(outputs, layout.shards)])
-            for seg in range(n_segments)
-        ])
+        got = np.concatenate(
+            [
+                np.concatenate([out[key][seg * s.rows : (seg + 1) * s.rows] for out, s in zip(outputs, layout.shards)])
+                for seg in range(n_segments)
+            ]
+        )
         assert got.dtype == want.dtype
         assert got.tobytes() == want.tobytes(), key
     if copies == 1 and not original:
@@ -669,8 +792,9 @@ class _MemoryWriter:
         pass
 
 
-@pytest.mark.parametrize("pairing, fmt", [("global", "h5"), ("global", ("h5gz", "npzc", "zarr")),
-                                          ("within-class", ("h5", "npz"))])
+@pytest.mark.parametrize(
+    "pairing, fmt", [("global", "h5"), ("global", ("h5gz", "npzc", "zarr")), ("within-class", ("h5", "npz"))]
+)
 def test_the_engine_reads_a_set_as_the_concatenated_file(tmp_path, pairing, fmt):
     """The local engine over the ConcatReader (its block cache, raw and inflating
     reads, partners by index) writes the single-file run's bytes."""

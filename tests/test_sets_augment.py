@@ -16,12 +16,13 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from conftest import REPO, default_signals, load_output, mixup_executable, write_h5, write_npy_dir, write_npz
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from mixup_cli.pipeline import AugmentRequest, augment
 from mixup_cli.sets import Part
 from mixup_cli.sets.run import augment_set
-from conftest import REPO, default_signals, load_output, mixup_executable, write_h5, write_npy_dir, write_npz
 
 SIZES = (37, 5, 64, 1, 29)  # unequal; with --block-rows 16 no boundary but 0 falls on a block's
 BLOCK = 16
@@ -94,9 +95,14 @@ def _digest_from_file(arr: np.ndarray, scheme: dict) -> str:
 
 
 CASES = [
-    dict(pairing="global"), dict(pairing="batch"), dict(pairing="within-class"), dict(pairing="between-class"),
-    dict(pairing="knn", neighbors=3), dict(pairing="knn-within-class", neighbors=2),
-    dict(pairing="label-kernel", bandwidth=0.5), dict(method="cutmix", pairing="global"),
+    dict(pairing="global"),
+    dict(pairing="batch"),
+    dict(pairing="within-class"),
+    dict(pairing="between-class"),
+    dict(pairing="knn", neighbors=3),
+    dict(pairing="knn-within-class", neighbors=2),
+    dict(pairing="label-kernel", bandwidth=0.5),
+    dict(method="cutmix", pairing="global"),
     dict(method="cutmix", pairing="within-class"),
 ]
 
@@ -112,7 +118,7 @@ def test_the_sets_outputs_are_the_single_file_run_on_the_concatenation(tmp_path,
     assert [p.name for p in result.written] == [p.name for p in paths]
     outs = _outputs(outdir, paths)
     _assert_concatenation(single, outs)
-    for p, out, n in zip(paths, outs, SIZES):  # partner is a row of the whole set: pairs cross the inputs
+    for out, n in zip(outs, SIZES):  # partner is a row of the whole set: pairs cross the inputs
         assert len(out["lam"]) == 3 * n
     assert any((out["partner"][n:] >= n).any() for out, n in zip(outs, SIZES)) or case.get("pairing") == "batch"
     for k, p in enumerate(paths):  # each sidecar's digests follow from its file alone
@@ -155,8 +161,9 @@ def test_any_split_into_parts_writes_the_whole_runs_files(tmp_path, count):
     augment_set(AugmentRequest(paths[0], whole_dir, command_line=[], **common), paths, whole_dir)
     owners = {}
     for i in reversed(range(count)):  # any order
-        result = augment_set(AugmentRequest(paths[0], parts_dir, command_line=[], **common), paths, parts_dir,
-                             Part(i, count))
+        result = augment_set(
+            AugmentRequest(paths[0], parts_dir, command_line=[], **common), paths, parts_dir, Part(i, count)
+        )
         for p in result.written:
             owners[p.name] = i
     assert sorted(owners) == sorted(p.name for p in paths)
@@ -181,8 +188,13 @@ def _env(**extra):
 
 
 def _mixup(*args, **extra) -> subprocess.CompletedProcess:
-    return subprocess.run(mixup_executable() + ["augment", *map(str, args)], capture_output=True, text=True,
-                          timeout=120, env=_env(**extra))
+    return subprocess.run(
+        mixup_executable() + ["augment", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=_env(**extra),
+    )
 
 
 def test_the_command_line_forms(tmp_path):
@@ -201,7 +213,10 @@ def test_the_command_line_forms(tmp_path):
     # One input and OUT with a slash: a set of one; without it, today's single output.
     r = _mixup(paths[0], str(tmp_path / "one") + "/", *args)
     assert r.returncode == 0 and sorted(x.name for x in (tmp_path / "one").iterdir()) == [
-        "mixup-set.json", paths[0].name, paths[0].name + ".provenance.json"]
+        "mixup-set.json",
+        paths[0].name,
+        paths[0].name + ".provenance.json",
+    ]
     r = _mixup(paths[0], tmp_path / "plain.h5", *args)
     assert r.returncode == 0 and "set" not in json.loads((tmp_path / "plain.h5.provenance.json").read_text())
     # Again without --resume: refused, nothing changed; with --resume: nothing to do, exit 0.
@@ -215,9 +230,14 @@ def test_the_command_line_forms(tmp_path):
 
 
 def _paused(args, stage: str, flag: Path, **extra):
-    proc = subprocess.Popen(mixup_executable() + ["augment", *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=_env(MIXUP_TEST_PAUSE=f"{stage}:{flag}", **extra),
-                            preexec_fn=default_signals)
+    proc = subprocess.Popen(
+        mixup_executable() + ["augment", *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(MIXUP_TEST_PAUSE=f"{stage}:{flag}", **extra),
+        preexec_fn=default_signals,
+    )
     deadline = time.monotonic() + 60
     while not flag.exists():
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
@@ -228,8 +248,20 @@ def _paused(args, stage: str, flag: Path, **extra):
 @pytest.mark.parametrize("sig, code, at", [(signal.SIGINT, 130, 12), (signal.SIGTERM, 143, 22)])
 def test_a_part_stopped_mid_output_resumes_to_the_same_bytes(tmp_path, sig, code, at):
     paths, _ = _set(tmp_path)
-    args = [*paths, tmp_path / "out", "--seed", 4, "--block-rows", BLOCK, "--batch-size", 4, "--copies", 2,
-            "--shard", "0/2"]
+    args = [
+        *paths,
+        tmp_path / "out",
+        "--seed",
+        4,
+        "--block-rows",
+        BLOCK,
+        "--batch-size",
+        4,
+        "--copies",
+        2,
+        "--shard",
+        "0/2",
+    ]
     ref = _mixup(*paths, tmp_path / "ref", "--seed", 4, "--block-rows", BLOCK, "--copies", 2, "--shard", "0/2")
     assert ref.returncode == 0, ref.stderr
     flag = tmp_path / "paused.flag"
@@ -241,7 +273,9 @@ def test_a_part_stopped_mid_output_resumes_to_the_same_bytes(tmp_path, sig, code
     assert "stopped at a checkpoint" in stderr and "--resume" in stderr
     left = sorted(x.name for x in (tmp_path / "out").iterdir())
     committed = [p.name for p in paths if p.name in left]
-    assert committed == [p.name for p in paths[: at // 20]]  # 20 batches in output 0: those before the stop are complete
+    assert committed == [
+        p.name for p in paths[: at // 20]
+    ]  # 20 batches in output 0: those before the stop are complete
     assert any(name.endswith(".journal.json") for name in left)  # the current one is resumable
     r = _mixup(*args, "--resume")
     assert r.returncode == 0, r.stderr
@@ -267,7 +301,6 @@ def test_a_signal_between_two_outputs_keeps_the_first(tmp_path):
     assert [Path(p).name for p in json.loads(r.stdout)["skipped"]] == [paths[0].name]
 
 
-
 @pytest.mark.parametrize("stage", ["sidecar-in-place", "cleaned", "committed"])
 def test_a_kill_late_in_an_outputs_commit_leaves_nothing_after_resume(tmp_path, stage):
     # SIGKILL once output 0 and its sidecar are in place, before its commit
@@ -286,7 +319,8 @@ def test_a_kill_late_in_an_outputs_commit_leaves_nothing_after_resume(tmp_path, 
     assert [Path(p).name for p in json.loads(r.stdout)["skipped"]] == [paths[0].name]
     names = [p.name for p in paths]
     assert sorted(x.name for x in (tmp_path / "out").iterdir()) == sorted(
-        ["mixup-set.json", *names, *(n + ".provenance.json" for n in names)])
+        ["mixup-set.json", *names, *(n + ".provenance.json" for n in names)]
+    )
 
 
 def test_a_kill_while_the_manifest_is_staged_leaves_nothing_after_resume(tmp_path):
@@ -302,7 +336,8 @@ def test_a_kill_while_the_manifest_is_staged_leaves_nothing_after_resume(tmp_pat
     assert r.returncode == 0, r.stderr
     names = [p.name for p in paths[2:]]  # part 1 of 2 of 5 outputs: outputs 2 to 4
     assert sorted(x.name for x in (tmp_path / "out").iterdir()) == sorted(
-        ["mixup-set.json", *names, *(n + ".provenance.json" for n in names)])
+        ["mixup-set.json", *names, *(n + ".provenance.json" for n in names)]
+    )
 
 
 def test_a_manifest_staged_by_another_host_or_a_live_process_is_left(tmp_path):
@@ -336,8 +371,8 @@ def test_a_scratch_copy_a_killed_part_left_is_removed_by_the_next_run(tmp_path):
     for k, n in enumerate(SIZES):
         paths.append(tmp_path / "shards" / f"part-{k}.h5")
         with h5py.File(paths[-1], "w") as f:
-            f.create_dataset("x", data=x[at:at + n], compression="gzip")
-            f.create_dataset("y", data=y[at:at + n], compression="gzip")
+            f.create_dataset("x", data=x[at : at + n], compression="gzip")
+            f.create_dataset("y", data=y[at : at + n], compression="gzip")
         at += n
     common = [*paths, tmp_path / "out", "--seed", 4, "--block-rows", BLOCK, "--pairing", "within-class"]
     flag = tmp_path / "paused.flag"
@@ -360,6 +395,7 @@ def test_a_scratch_copy_a_killed_part_left_is_removed_by_the_next_run(tmp_path):
     assert r.returncode == 0, r.stderr
     assert left() == sorted(["mixup-set.json", *names, *(n + ".provenance.json" for n in names)])
 
+
 # --- refusals ------------------------------------------------------------------
 
 
@@ -375,11 +411,14 @@ def _refusal_inputs(tmp_path: Path, what: str):
     return [a, b]
 
 
-@pytest.mark.parametrize("what, says", [
-    ("row shape", r"b.h5: array 'x' has rows of shape \(6, 5, 2\), but .*a.h5.s are \(6, 5, 3\)"),
-    ("dtype", r"b.h5: array 'x' is float64, but .*a.h5's is float32"),
-    ("keys", r"b.h5: has no array 'y', which .*a.h5 has"),
-])
+@pytest.mark.parametrize(
+    "what, says",
+    [
+        ("row shape", r"b.h5: array 'x' has rows of shape \(6, 5, 2\), but .*a.h5.s are \(6, 5, 3\)"),
+        ("dtype", r"b.h5: array 'x' is float64, but .*a.h5's is float32"),
+        ("keys", r"b.h5: has no array 'y', which .*a.h5 has"),
+    ],
+)
 def test_inputs_that_disagree_are_refused_naming_the_input_and_array(tmp_path, what, says):
     import re
 
@@ -405,7 +444,10 @@ def test_an_outdir_with_foreign_files_is_refused_and_left_alone(tmp_path):
         assert sorted(x.name for x in out.iterdir()) == ["notes.txt", paths[1].name]
     (out / "notes.txt").unlink()
     r = _mixup(*paths, out, "--seed", 1)
-    assert r.returncode == 1 and f"{paths[1].name}: is not an output of this set (it has no provenance sidecar)" in r.stderr
+    assert (
+        r.returncode == 1
+        and f"{paths[1].name}: is not an output of this set (it has no provenance sidecar)" in r.stderr
+    )
     # An output of another set (another seed) is replaced only with --overwrite.
     (out / paths[1].name).unlink()
     assert _mixup(*paths, out, "--seed", 1).returncode == 0
@@ -415,12 +457,15 @@ def test_an_outdir_with_foreign_files_is_refused_and_left_alone(tmp_path):
     assert json.loads((out / "mixup-set.json").read_text())["parameters"]["seed"] == 2
 
 
-@pytest.mark.parametrize("args, says", [
-    (["--shard", "3/3", "--seed", 1], "--shard 3/3: I must be below N"),
-    (["--shard", "1-3", "--seed", 1], "--shard must be I/N"),
-    (["--shard", "0/3"], "--shard 0/3 needs --seed"),
-    (["--balance", "--seed", 1], "--balance cannot split its output by input"),
-])
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (["--shard", "3/3", "--seed", 1], "--shard 3/3: I must be below N"),
+        (["--shard", "1-3", "--seed", 1], "--shard must be I/N"),
+        (["--shard", "0/3"], "--shard 0/3 needs --seed"),
+        (["--balance", "--seed", 1], "--balance cannot split its output by input"),
+    ],
+)
 def test_usage_refusals(tmp_path, args, says):
     paths, _ = _set(tmp_path)
     r = _mixup(*paths, tmp_path / "out", *args)
@@ -478,13 +523,22 @@ def test_parts_running_at_once_write_the_whole_runs_files(tmp_path):
     paths, _ = _set(tmp_path)
     common = ["--seed", 6, "--block-rows", BLOCK, "--batch-size", 4, "--pairing", "within-class", "-q"]
     assert _mixup(*paths, tmp_path / "whole", *common).returncode == 0
-    procs = [subprocess.Popen(mixup_executable() + ["augment", *map(str, paths), str(tmp_path / "parts"), *map(str, common),
-                                                    "--shard", f"{i}/3"], stderr=subprocess.PIPE, text=True, env=_env())
-             for i in range(3)]
+    procs = [
+        subprocess.Popen(
+            mixup_executable()
+            + ["augment", *map(str, paths), str(tmp_path / "parts"), *map(str, common), "--shard", f"{i}/3"],
+            stderr=subprocess.PIPE,
+            text=True,
+            env=_env(),
+        )
+        for i in range(3)
+    ]
     for proc in procs:
         _, err = proc.communicate(timeout=120)
         assert proc.returncode == 0, err
-    assert sorted(x.name for x in (tmp_path / "parts").iterdir()) == sorted(x.name for x in (tmp_path / "whole").iterdir())
+    assert sorted(x.name for x in (tmp_path / "parts").iterdir()) == sorted(
+        x.name for x in (tmp_path / "whole").iterdir()
+    )
     assert (tmp_path / "whole" / "mixup-set.json").read_bytes() == (tmp_path / "parts" / "mixup-set.json").read_bytes()
     for p in paths:
         a, b = load_output(tmp_path / "whole" / p.name), load_output(tmp_path / "parts" / p.name)
@@ -492,15 +546,21 @@ def test_parts_running_at_once_write_the_whole_runs_files(tmp_path):
 
 
 @settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(sizes=st.lists(st.integers(1, 40), min_size=2, max_size=6), block_rows=st.sampled_from([3, 8, 16, 64]),
-       copies=st.integers(1, 2), include_original=st.booleans(),
-       pairing=st.sampled_from(["global", "batch", "between-class"]))
-def test_any_shard_sizes_and_blocks_give_the_concatenations_run(tmp_path_factory, sizes, block_rows, copies,
-                                                                 include_original, pairing):
+@given(
+    sizes=st.lists(st.integers(1, 40), min_size=2, max_size=6),
+    block_rows=st.sampled_from([3, 8, 16, 64]),
+    copies=st.integers(1, 2),
+    include_original=st.booleans(),
+    pairing=st.sampled_from(["global", "batch", "between-class"]),
+)
+def test_any_shard_sizes_and_blocks_give_the_concatenations_run(
+    tmp_path_factory, sizes, block_rows, copies, include_original, pairing
+):
     tmp_path = tmp_path_factory.mktemp("sets")
     paths, whole = _set(tmp_path, sizes=tuple(sizes))
-    common = dict(alpha=0.5, seed=3, block_rows=block_rows, copies=copies, include_original=include_original,
-                  pairing=pairing)
+    common = dict(
+        alpha=0.5, seed=3, block_rows=block_rows, copies=copies, include_original=include_original, pairing=pairing
+    )
     single = _single(whole, tmp_path / "single.h5", **common)
     outdir = tmp_path / "mixed"
     augment_set(AugmentRequest(paths[0], outdir, command_line=[], **common), paths, outdir)

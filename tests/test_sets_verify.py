@@ -13,7 +13,6 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-
 from conftest import write_h5, write_npz
 
 SIZES = (37, 5, 64, 1, 29)  # unequal, off the blocks of --block-rows 16
@@ -55,7 +54,9 @@ def test_a_complete_set_verifies(run_cli, tmp_path, pairing, fmts):
     out = _augment(run_cli, paths, tmp_path / "mixed", "--pairing", pairing, "--copies", 2, "--include-original")
     result = run_cli("verify", out)
     assert result.exit_code == 0, result.stdout
-    assert result.stdout.splitlines()[-1].startswith("OK: set ") and "all 5 outputs present and verified" in result.stdout
+    assert (
+        result.stdout.splitlines()[-1].startswith("OK: set ") and "all 5 outputs present and verified" in result.stdout
+    )
     assert _fails(result) == []
     assert sum(line.startswith("ok    ") for line in result.stdout.splitlines()) == len(paths)
     report = json.loads(run_cli("verify", out, "--json").stdout)
@@ -80,7 +81,8 @@ def test_parts_run_apart_verify_and_an_undone_part_is_named(run_cli, tmp_path):
     # Part 1/3 writes outputs 1 and 2 (floor(I*S/N)): each named, with the command.
     assert _fails(result) == [
         f"FAIL  {out / paths[k].name}: missing; part 1/3 writes it: mixup augment <the set's inputs> {out} --seed 7 "
-        "--shard 1/3 --resume" for k in (1, 2)
+        "--shard 1/3 --resume"
+        for k in (1, 2)
     ]
     assert "3 of 5 outputs present, 3 verified, 2 problems" in result.stdout.splitlines()[-1]
     report = json.loads(run_cli("verify", out, "--json").stdout)
@@ -116,13 +118,16 @@ def test_a_missing_output_is_named_with_the_command_that_writes_it(run_cli, tmp_
     ]
     (out / f"{paths[1].name}.provenance.json").unlink()  # the file there, but never committed with its sidecar
     fails = _fails(run_cli("verify", out))
-    assert fails[0] == (f"FAIL  {out / paths[1].name}: not committed (no sidecar of this set); write it: mixup augment "
-                        f"<the set's inputs> {out} --seed 7 --resume")
+    assert fails[0] == (
+        f"FAIL  {out / paths[1].name}: not committed (no sidecar of this set); write it: mixup augment "
+        f"<the set's inputs> {out} --seed 7 --resume"
+    )
     assert len(fails) == 2
     (out / f".{paths[3].name}.mixup-partial").mkdir()  # what a stopped part leaves: --resume continues it
     assert _fails(run_cli("verify", out))[1] == (
         f"FAIL  {out / paths[3].name}: missing; an interrupted run left its partial files; write it: mixup augment "
-        f"<the set's inputs> {out} --seed 7 --resume")
+        f"<the set's inputs> {out} --seed 7 --resume"
+    )
     assert f"  interrupted       {paths[3].name} (continue with --resume)" in run_cli("inspect", out).stdout
 
 
@@ -182,7 +187,8 @@ def test_moved_inputs_are_found_with_input_a_folder_or_a_list(run_cli, tmp_path)
     listing.write_text("".join(f"moved/{p.name}\n" for p in reversed(paths)))
     refused = run_cli("verify", out, "--input", listing)
     assert refused.exit_code == 2 and f"line 1 names {paths[-1].name}, the set's input 0 is {paths[0].name}" in (
-        refused.stderr)
+        refused.stderr
+    )
 
 
 def test_an_edited_sidecar_parameter_fails_that_output(run_cli, tmp_path):
@@ -193,9 +199,11 @@ def test_an_edited_sidecar_parameter_fails_that_output(run_cli, tmp_path):
     record["parameters"]["alpha"] = 0.4
     sidecar.write_text(json.dumps(record))
     fails = _fails(run_cli("verify", out))
-    assert fails == [f"FAIL  {out / paths[1].name}: recompute: its sidecar's parameters differ from the set's (alpha); "
-                     "it is not what the set's inputs and recorded parameters give: restore the inputs, or write the "
-                     "set again"]
+    assert fails == [
+        f"FAIL  {out / paths[1].name}: recompute: its sidecar's parameters differ from the set's (alpha); "
+        "it is not what the set's inputs and recorded parameters give: restore the inputs, or write the "
+        "set again"
+    ]
 
 
 def test_an_edited_manifest_is_named_and_the_outputs_still_verify(run_cli, tmp_path):
@@ -207,8 +215,10 @@ def test_an_edited_manifest_is_named_and_the_outputs_still_verify(run_cli, tmp_p
     manifest.write_text(json.dumps(record))
     result = run_cli("verify", out)
     assert result.exit_code == 1
-    assert _fails(result) == [f"FAIL  {manifest}: its parameters differ from its outputs' sidecars' (seed); it was "
-                              "edited: write the set again, or remove it (a part's run writes it again)"]
+    assert _fails(result) == [
+        f"FAIL  {manifest}: its parameters differ from its outputs' sidecars' (seed); it was "
+        "edited: write the set again, or remove it (a part's run writes it again)"
+    ]
     assert sum(line.startswith("ok    ") for line in result.stdout.splitlines()) == len(paths)
     # One output alone is held to the manifest: it cannot tell which of the two was edited.
     alone = run_cli("verify", out / paths[0].name)
@@ -269,7 +279,9 @@ def test_inspect_of_a_complete_set_and_of_many_inputs(run_cli, tmp_path):
     paths = _shards(tmp_path, sizes=sizes)
     out = _augment(run_cli, paths, tmp_path / "mixed")
     shown = run_cli("inspect", out).stdout.splitlines()
-    assert shown[0] == f"{out} (set {json.loads((out / 'mixup-set.json').read_text())['set_id'][:12]}, 12 inputs, 36 rows)"
+    assert (
+        shown[0] == f"{out} (set {json.loads((out / 'mixup-set.json').read_text())['set_id'][:12]}, 12 inputs, 36 rows)"
+    )
     assert shown[1] == f"  inputs {paths[0].name} ... {paths[-1].name}: 3 to 3 rows each, 36 in all (each: --json)"
     assert "  seed              7" in shown and "  complete          yes" in shown
     assert "  parts of 1        1 done (0)" in shown

@@ -6,10 +6,10 @@ from __future__ import annotations
 import h5py
 import numpy as np
 import pytest
+from conftest import make_arrays, write_h5
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import make_arrays, write_h5
 from mixup_cli import digests, provenance
 from mixup_cli.engines import local
 from mixup_cli.io import hdf5
@@ -35,8 +35,13 @@ def h5_arrays(path):
         return {k: f[k][()] for k in f}
 
 
-PAIRINGS = [dict(pairing="global"), dict(pairing="batch"), dict(pairing="within-class"),
-            dict(pairing="global", method="cutmix", layout="NHWC"), dict(pairing="batch", balance=True)]
+PAIRINGS = [
+    dict(pairing="global"),
+    dict(pairing="batch"),
+    dict(pairing="within-class"),
+    dict(pairing="global", method="cutmix", layout="NHWC"),
+    dict(pairing="batch", balance=True),
+]
 
 
 @pytest.fixture(scope="module")
@@ -46,10 +51,15 @@ def src(tmp_path_factory):
 
 
 @settings(max_examples=12, deadline=None)
-@given(params=st.sampled_from(PAIRINGS), cuts=st.integers(1, 4), block_rows=st.sampled_from([7, 16, 45]),
-       batch_rows=st.sampled_from([2, 5, 100]))
-def test_tasks_cut_into_parts_write_the_bytes_of_whole_blocks(src, tmp_path_factory, params, cuts, block_rows,
-                                                              batch_rows):
+@given(
+    params=st.sampled_from(PAIRINGS),
+    cuts=st.integers(1, 4),
+    block_rows=st.sampled_from([7, 16, 45]),
+    batch_rows=st.sampled_from([2, 5, 100]),
+)
+def test_tasks_cut_into_parts_write_the_bytes_of_whole_blocks(
+    src, tmp_path_factory, params, cuts, block_rows, batch_rows
+):
     """Sub-range tasks: lam, partners and boxes drawn for the whole block and
     sliced; the local engine, the per-task computation (Dask workers') and
     the digests all agree with the whole-block run, byte for byte."""
@@ -99,11 +109,20 @@ def test_skipped_indices_are_those_of_the_given_list(src, tmp_path):
     finally:
         source.reader.close()
     assert done == [i for i in range(len(tasks)) if i not in (0, 3)]
-    assert writer.rows == {r for i in done for r in range(tasks[i].out_start, tasks[i].out_start + tasks[i].stop - tasks[i].start)}
+    assert writer.rows == {
+        r for i in done for r in range(tasks[i].out_start, tasks[i].out_start + tasks[i].stop - tasks[i].start)
+    }
 
 
-@pytest.mark.parametrize("options", [dict(pairing="global"), dict(pairing="within-class", balance_to=9),
-                                     dict(pairing="knn", neighbors=3), dict(method="cutmix", layout="NHWC", pairing="batch")])
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(pairing="global"),
+        dict(pairing="within-class", balance_to=9),
+        dict(pairing="knn", neighbors=3),
+        dict(method="cutmix", layout="NHWC", pairing="batch"),
+    ],
+)
 def test_the_plan_from_a_sidecar_is_the_plan_of_the_run(src, tmp_path, options):
     out = tmp_path / "out.h5"
     augment(AugmentRequest(src, out, seed=5, block_rows=16, copies=2, command_line=[], **options))
@@ -124,13 +143,27 @@ def test_the_plan_from_a_sidecar_is_the_plan_of_the_run(src, tmp_path, options):
 
 
 @settings(max_examples=30, deadline=None)
-@given(pairing=st.sampled_from(["global", "batch"]), copies=st.integers(1, 3), include_original=st.booleans(),
-       block_rows=st.integers(1, 50), seed=st.integers(0, 2**63 - 1), alpha=st.floats(0.05, 5),
-       cutmix=st.booleans())
+@given(
+    pairing=st.sampled_from(["global", "batch"]),
+    copies=st.integers(1, 3),
+    include_original=st.booleans(),
+    block_rows=st.integers(1, 50),
+    seed=st.integers(0, 2**63 - 1),
+    alpha=st.floats(0.05, 5),
+    cutmix=st.booleans(),
+)
 def test_plan_from_dict_reads_back_to_dict(pairing, copies, include_original, block_rows, seed, alpha, cutmix):
     method = dict(method="cutmix", layout="NCHW") if cutmix else {}
-    plan = Plan(n_rows=40, alpha=alpha, seed=seed, block_rows=block_rows, pairing=pairing, copies=copies,
-                include_original=include_original, **method)
+    plan = Plan(
+        n_rows=40,
+        alpha=alpha,
+        seed=seed,
+        block_rows=block_rows,
+        pairing=pairing,
+        copies=copies,
+        include_original=include_original,
+        **method,
+    )
     again = Plan.from_dict(plan.to_dict(), 40)
     assert again == plan and again.to_dict() == plan.to_dict()
     assert [t for t in again.tasks()] == list(plan.tasks())
@@ -161,15 +194,18 @@ def test_resume_redoes_the_parts_of_a_block_not_finished(tmp_path):
     assert journal.digests == {0: {"x": "a"}}
 
 
-@pytest.mark.parametrize("y, options", [
-    (np.arange(30) % 4, {}),
-    (np.arange(30) % 4, dict(num_classes=6, label_smoothing=0.2)),
-    (np.eye(3, dtype=np.float32)[np.arange(30) % 3], {}),
-    ((np.arange(30) % 2).astype(bool), {}),
-    (np.linspace(0, 1, 30), dict(x_dtype="float64")),
-    (np.arange(30) % 4, dict(y_format="pair")),
-    (None, {}),
-])
+@pytest.mark.parametrize(
+    "y, options",
+    [
+        (np.arange(30) % 4, {}),
+        (np.arange(30) % 4, dict(num_classes=6, label_smoothing=0.2)),
+        (np.eye(3, dtype=np.float32)[np.arange(30) % 3], {}),
+        ((np.arange(30) % 2).astype(bool), {}),
+        (np.linspace(0, 1, 30), dict(x_dtype="float64")),
+        (np.arange(30) % 4, dict(y_format="pair")),
+        (None, {}),
+    ],
+)
 def test_workers_prepare_the_rows_as_the_client_did(tmp_path, y, options):
     """What the Dask workers open the input with (``Prepared.resolved_options``,
     passed as it is) prepares the same rows as the client, and is what the

@@ -6,7 +6,6 @@ import shutil
 import h5py
 import numpy as np
 import pytest
-
 from conftest import make_arrays, read_sidecar, write_h5, write_npy_dir, write_npz
 
 N = 40
@@ -112,11 +111,14 @@ def test_changed_input_is_found(h5_output, run_cli):
     assert "FAIL  recompute" in result.stdout and "'y'" in result.stdout
 
 
-@pytest.mark.parametrize("edit,names", [
-    ({"alpha": 0.3}, ["'lam' first at row 0"]),
-    ({"seed": 8}, ["'lam' first at row 0", "'partner'"]),
-    ({"pairing": "batch"}, ["'partner'"]),
-])
+@pytest.mark.parametrize(
+    "edit,names",
+    [
+        ({"alpha": 0.3}, ["'lam' first at row 0"]),
+        ({"seed": 8}, ["'lam' first at row 0", "'partner'"]),
+        ({"pairing": "batch"}, ["'partner'"]),
+    ],
+)
 def test_edited_sidecar_parameters_are_found(h5_output, run_cli, edit, names):
     _, out = h5_output
     edit_sidecar(out, **edit)
@@ -183,11 +185,14 @@ def test_installed_executable_exit_codes(h5_output, run_mixup):
     assert proc.returncode == 1 and "FAILED: recompute" in proc.stdout
 
 
-@pytest.mark.parametrize("extra", [
-    ["--num-classes", "6", "--label-smoothing", "0.1"],
-    ["--y-format", "pair"],
-    ["--x-dtype", "float64"],
-])
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["--num-classes", "6", "--label-smoothing", "0.1"],
+        ["--y-format", "pair"],
+        ["--x-dtype", "float64"],
+    ],
+)
 def test_target_and_dtype_options_are_recomputed(run_cli, tmp_path, extra):
     rng = np.random.default_rng(3)
     x = rng.integers(0, 256, (30, 4, 4), dtype=np.uint8)

@@ -52,8 +52,11 @@ class MixupGroup(click.Group):
             signals.settle()
             name = signals.late()
             if name is not None:
-                click.echo(f"warning: {name} came too late to stop the run: the output was already being "
-                           "put in place, and is complete", err=True)
+                click.echo(
+                    f"warning: {name} came too late to stop the run: the output was already being "
+                    "put in place, and is complete",
+                    err=True,
+                )
             signals.check()
             return result
         except MixupError as exc:

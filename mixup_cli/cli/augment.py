@@ -14,7 +14,14 @@ from mixup_cli.engines import ENGINES
 
 from . import signals
 from .options import (
-    as_int, batch_size_option, data_options, debug_option, json_option, keys_options, pairing_options, quiet_option,
+    as_int,
+    batch_size_option,
+    data_options,
+    debug_option,
+    json_option,
+    keys_options,
+    pairing_options,
+    quiet_option,
     run_options,
 )
 from .progress import BarProgress
@@ -30,8 +37,10 @@ def _stopped(output: Path, name: str) -> str:
     from mixup_cli import resume
 
     if resume.journal_path(output).exists() and atomic.partials(output, with_lock=False):
-        return (f"Interrupted by {name}: stopped at a checkpoint, the partial output is kept; "
-                f"continue with: {_resume_command()} (or run it again without --resume to discard it)")
+        return (
+            f"Interrupted by {name}: stopped at a checkpoint, the partial output is kept; "
+            f"continue with: {_resume_command()} (or run it again without --resume to discard it)"
+        )
     return f"Interrupted by {name}: stopped before writing any output; nothing was kept."
 
 
@@ -42,35 +51,93 @@ def _stopped_set(outdir: Path, name: str, written: list[Path]) -> str:
     done = f"{len(written)} output(s) of this part committed; " if written else ""
     kept = [p for p in sorted(Path(outdir).glob(".*" + atomic.PARTIAL_SUFFIX + resume.JOURNAL_SUFFIX))]
     if kept:
-        return (f"Interrupted by {name}: stopped at a checkpoint; {done}the partial output is kept; "
-                f"continue with: {_resume_command()} (or run it again without --resume to start that output over)")
+        return (
+            f"Interrupted by {name}: stopped at a checkpoint; {done}the partial output is kept; "
+            f"continue with: {_resume_command()} (or run it again without --resume to start that output over)"
+        )
     return f"Interrupted by {name}: stopped; {done}nothing else was kept."
 
 
 @click.command()
 # Strings: a set's OUT is told by a trailing slash, which a Path drops. The library says why a path fails.
 @click.argument("paths", metavar="IN... OUT", nargs=-1, type=click.Path(readable=False))
-@click.option("--inputs-from", metavar="FILE", default=None,
-              help="A set's inputs, one path a line (relative to FILE's folder; '-' reads stdin), after any IN given: sets of any size.")
-@click.option("--shard", metavar="I/N", default=None,
-              help="Write only part I of N of the set's outputs (outputs floor(I*S/N) to floor((I+1)*S/N)-1 of S), with the whole set's plan; N > 1 needs --seed.")
+@click.option(
+    "--inputs-from",
+    metavar="FILE",
+    default=None,
+    help="A set's inputs, one path a line (relative to FILE's folder; '-' reads stdin), after any IN given: sets of any size.",
+)
+@click.option(
+    "--shard",
+    metavar="I/N",
+    default=None,
+    help="Write only part I of N of the set's outputs (outputs floor(I*S/N) to floor((I+1)*S/N)-1 of S), with the whole set's plan; N > 1 needs --seed.",
+)
 @keys_options
 @run_options
 @pairing_options
 @click.option("--copies", type=int, default=1, show_default=True, help="Augmented copies of the dataset to write.")
-@click.option("--include-original", is_flag=True, help="Also write the original rows first (lam = 1, partner = itself).")
+@click.option(
+    "--include-original", is_flag=True, help="Also write the original rows first (lam = 1, partner = itself)."
+)
 @batch_size_option
-@click.option("--compression", type=click.Choice(["none", "gzip", "lzf", "zstd"]), default="none", show_default=True, help="Output compression (HDF5: gzip or lzf; .npz: gzip; Zarr: gzip or zstd).")
-@click.option("--chunk-rows", type=click.IntRange(min=1), default=None, metavar="N", help="HDF5/Zarr output: rows per chunk; must divide the block rows [default: chunks of about 64 KiB for compressed HDF5, 1 MiB otherwise]. Does not change the arrays.")
-@click.option("--byte-shuffle/--no-byte-shuffle", default=None, help="HDF5 output: the shuffle filter before compression [default: on for gzip]. Does not change the arrays.")
-@click.option("--zarr-format", type=click.Choice(["2", "3"]), default=None, callback=as_int, help="Zarr output: store format; 2 for readers that know only Zarr v2 (zarr-python 2) [default: 3].")
+@click.option(
+    "--compression",
+    type=click.Choice(["none", "gzip", "lzf", "zstd"]),
+    default="none",
+    show_default=True,
+    help="Output compression (HDF5: gzip or lzf; .npz: gzip; Zarr: gzip or zstd).",
+)
+@click.option(
+    "--chunk-rows",
+    type=click.IntRange(min=1),
+    default=None,
+    metavar="N",
+    help="HDF5/Zarr output: rows per chunk; must divide the block rows [default: chunks of about 64 KiB for compressed HDF5, 1 MiB otherwise]. Does not change the arrays.",
+)
+@click.option(
+    "--byte-shuffle/--no-byte-shuffle",
+    default=None,
+    help="HDF5 output: the shuffle filter before compression [default: on for gzip]. Does not change the arrays.",
+)
+@click.option(
+    "--zarr-format",
+    type=click.Choice(["2", "3"]),
+    default=None,
+    callback=as_int,
+    help="Zarr output: store format; 2 for readers that know only Zarr v2 (zarr-python 2) [default: 3].",
+)
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists (only once the new output is complete).")
 @data_options
-@click.option("--resume", is_flag=True, help="Continue a run that was killed, from its last block written, if its options and input match; otherwise say what differs and stop.")
-@click.option("--engine", type=click.Choice(ENGINES), default="local", show_default=True, help="Where blocks are computed: this process, or a Dask cluster (extra: pip install 'mixup-cli[dask]'). Does not change the output.")
-@click.option("--scheduler", metavar="ADDRESS", default=None, help="With --engine dask: address of a running Dask scheduler (tcp://host:8786).")
-@click.option("--workers", type=int, default=None, help="With --engine dask and no --scheduler: worker processes of a local cluster started for this run [default: CPU count].")
-@click.option("--hash-files", is_flag=True, help="Also record each output file's SHA-256 in the sidecar (one more read of the output; the arrays' SHA-256 is always recorded).")
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Continue a run that was killed, from its last block written, if its options and input match; otherwise say what differs and stop.",
+)
+@click.option(
+    "--engine",
+    type=click.Choice(ENGINES),
+    default="local",
+    show_default=True,
+    help="Where blocks are computed: this process, or a Dask cluster (extra: pip install 'mixup-cli[dask]'). Does not change the output.",
+)
+@click.option(
+    "--scheduler",
+    metavar="ADDRESS",
+    default=None,
+    help="With --engine dask: address of a running Dask scheduler (tcp://host:8786).",
+)
+@click.option(
+    "--workers",
+    type=int,
+    default=None,
+    help="With --engine dask and no --scheduler: worker processes of a local cluster started for this run [default: CPU count].",
+)
+@click.option(
+    "--hash-files",
+    is_flag=True,
+    help="Also record each output file's SHA-256 in the sidecar (one more read of the output; the arrays' SHA-256 is always recorded).",
+)
 @quiet_option
 @json_option
 @debug_option
@@ -114,8 +181,13 @@ def augment(paths, inputs_from, shard, keys, data, quiet, as_json, **params):
     *inputs, out_text = paths
     inputs, output_path = [Path(p) for p in inputs], Path(out_text)
     # Every other option is named as the request's field it sets.
-    request = AugmentRequest(input=inputs[0] if inputs else output_path, output=output_path, **keys.as_dict(),
-                             **dataclasses.asdict(data), **params)
+    request = AugmentRequest(
+        input=inputs[0] if inputs else output_path,
+        output=output_path,
+        **keys.as_dict(),
+        **dataclasses.asdict(data),
+        **params,
+    )
     if is_set_form(len(inputs), out_text, inputs_from, shard):
         return _augment_set(request, inputs, inputs_from, shard, quiet, as_json)
     _augment_one(request, quiet, as_json)
@@ -125,8 +197,9 @@ def _augment_one(request, quiet: bool, as_json: bool) -> None:
     from mixup_cli.pipeline import augment as run_augment
 
     output_path = request.output
-    result = _with_bar(BarProgress(quiet), lambda bar: run_augment(request, progress=bar),
-                       lambda name: _stopped(output_path, name))
+    result = _with_bar(
+        BarProgress(quiet), lambda bar: run_augment(request, progress=bar), lambda name: _stopped(output_path, name)
+    )
     if as_json:
         click.echo(json.dumps(result.summary(), sort_keys=True))
     elif not quiet and not result.already_complete:  # that case was said already
@@ -167,15 +240,22 @@ def _augment_set(request, inputs, inputs_from, shard, quiet: bool, as_json: bool
     paths = collect_inputs(inputs, inputs_from)
     outdir = request.output
     written: list[Path] = []
-    result = _with_bar(_SetBar(quiet), lambda bar: augment_set(request, paths, outdir, part, progress=bar, written=written),
-                       lambda name: _stopped_set(outdir, name, written))
+    result = _with_bar(
+        _SetBar(quiet),
+        lambda bar: augment_set(request, paths, outdir, part, progress=bar, written=written),
+        lambda name: _stopped_set(outdir, name, written),
+    )
     if as_json:
         click.echo(json.dumps(result.summary(), sort_keys=True))
     elif not quiet:
         before = f", {len(result.skipped)} already complete" if result.skipped else ""
-        what = (f"wrote {len(result.written)} output(s){before} to {outdir}, {result.rows} rows in this part,"
-                if result.written else f"{outdir}: this part's {len(result.skipped)} output(s) already complete; "
-                "nothing to do,")
-        click.echo(f"{what} in {result.seconds:.2f} s (seed {result.seed}, set {result.set_id[:12]}, "
-                   f"part {result.part})", err=True)
+        what = (
+            f"wrote {len(result.written)} output(s){before} to {outdir}, {result.rows} rows in this part,"
+            if result.written
+            else f"{outdir}: this part's {len(result.skipped)} output(s) already complete; nothing to do,"
+        )
+        click.echo(
+            f"{what} in {result.seconds:.2f} s (seed {result.seed}, set {result.set_id[:12]}, part {result.part})",
+            err=True,
+        )
     atomic.test_pause("finished")

@@ -61,7 +61,9 @@ def render(info: dict) -> str:
         if a.get("error"):
             unreadable[key] = a["error"]
             continue
-        rows.append((key, _shape(a["shape"]), a["dtype"], _shape(a["chunks"]) if a["chunks"] else "-", a["compression"]))
+        rows.append(
+            (key, _shape(a["shape"]), a["dtype"], _shape(a["chunks"]) if a["chunks"] else "-", a["compression"])
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines += ["  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     lines += [f"  {key}  unreadable: {reason}" for key, reason in unreadable.items()]
@@ -89,7 +91,9 @@ def render(info: dict) -> str:
     width = max(len(name) for name, _ in fields)
     lines += [f"  {name.ljust(width)}  {value}" for name, value in fields]
     if p.get("run_id_matches_file") is False:
-        lines.append("  warning: the file's run_id attribute differs from the sidecar's; the sidecar may belong to another run")
+        lines.append(
+            "  warning: the file's run_id attribute differs from the sidecar's; the sidecar may belong to another run"
+        )
     return "\n".join(lines)
 
 
@@ -104,11 +108,17 @@ def render_set(info: dict) -> str:
         width = max(len(e["name"]) for e in listed)
         lines += [f"  {e['name'].ljust(width)}  {e['rows']:>10} rows  from row {e['offset']}" for e in listed]
     elif listed:
-        lines.append(f"  inputs {listed[0]['name']} ... {listed[-1]['name']}: {inputs['rows_min']} to "
-                     f"{inputs['rows_max']} rows each, {inputs['rows']} in all (each: --json)")
+        lines.append(
+            f"  inputs {listed[0]['name']} ... {listed[-1]['name']}: {inputs['rows_min']} to "
+            f"{inputs['rows_max']} rows each, {inputs['rows']} in all (each: --json)"
+        )
     fields = [
-        ("seed", p["seed"]), ("alpha", p["alpha"]), ("pairing", p["pairing"]), ("copies", p["copies"]),
-        ("include original", "yes" if p["include_original"] else "no"), ("block rows", p["block_rows"]),
+        ("seed", p["seed"]),
+        ("alpha", p["alpha"]),
+        ("pairing", p["pairing"]),
+        ("copies", p["copies"]),
+        ("include original", "yes" if p["include_original"] else "no"),
+        ("block rows", p["block_rows"]),
         ("x key / y key", f"{p['x_key']} / {p['y_key']}"),
         ("outputs", f"{len(outputs['present'])} of {outputs['count']} present"),
     ]
@@ -120,8 +130,13 @@ def render_set(info: dict) -> str:
         fields.append(("interrupted", ", ".join(outputs["interrupted"]) + " (continue with --resume)"))
     for part in info["parts"].values():
         done = part["done"]
-        fields.append((f"parts of {part['count']}", f"{len(done)} done ({_indices(done)})"
-                       + (f", not done: {_indices(part['not_done'])}" if part["not_done"] else "")))
+        fields.append(
+            (
+                f"parts of {part['count']}",
+                f"{len(done)} done ({_indices(done)})"
+                + (f", not done: {_indices(part['not_done'])}" if part["not_done"] else ""),
+            )
+        )
     fields.append(("complete", "yes" if info["complete"] else "no"))
     width = max(len(name) for name, _ in fields)
     lines += [f"  {name.ljust(width)}  {value}" for name, value in fields]

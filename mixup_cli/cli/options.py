@@ -84,9 +84,12 @@ def as_int(ctx, param, value):
 
 def batch_size_option(f):
     return click.option(
-        "--batch-size", type=int, default=None, callback=_positive,
+        "--batch-size",
+        type=int,
+        default=None,
+        callback=_positive,
         help="Rows computed at once (augment: mixed and written; verify: recomputed and compared) "
-             "[default: about 16 MiB, at most a block]. Does not change the output or the result.",
+        "[default: about 16 MiB, at most a block]. Does not change the output or the result.",
     )(f)
 
 
@@ -118,13 +121,24 @@ def _keys(ctx, x_key, y_key, no_y):
 def keys_options(f):
     """--x-key, --y-key, --no-y, passed as ``keys`` (a ``Keys``)."""
     f = _gathered(f, ("x_key", "y_key", "no_y"), _keys, "keys")
-    return _apply(f, [
-        click.option("--x-key", default="x", show_default=True,
-                     help="Array holding the inputs (HDF5 path, .npz member or .npy file stem)."),
-        click.option("--y-key", default="y", show_default=True,
-                     help="Array holding the targets. If not given and IN has no 'y', x is mixed alone."),
-        click.option("--no-y", is_flag=True, help="Mix x alone (unlabelled data); y is neither read nor written."),
-    ])
+    return _apply(
+        f,
+        [
+            click.option(
+                "--x-key",
+                default="x",
+                show_default=True,
+                help="Array holding the inputs (HDF5 path, .npz member or .npy file stem).",
+            ),
+            click.option(
+                "--y-key",
+                default="y",
+                show_default=True,
+                help="Array holding the targets. If not given and IN has no 'y', x is mixed alone.",
+            ),
+            click.option("--no-y", is_flag=True, help="Mix x alone (unlabelled data); y is neither read nor written."),
+        ],
+    )
 
 
 def _data(ctx, **values):
@@ -135,22 +149,52 @@ def data_options(f):
     """How x and y are read and mixed, passed as ``data`` (a ``prepare.DataOptions``)."""
     names = ("y_format", "y_kind", "num_classes", "label_smoothing", "x_dtype", "allow_nonfinite")
     f = _gathered(f, names, _data, "data")
-    return _apply(f, [
-        click.option("--y-format", type=click.Choice(Y_FORMATS), default="soft", show_default=True,
-                     help="soft: mixed targets; pair: y_a, y_b (the two original targets, dtype kept) beside lam."),
-        click.option("--y-kind", type=click.Choice(Y_KINDS), default="auto", show_default=True,
-                     help="What y holds; auto: integer (N,) labels are classes (one-hot), bool and other integer "
-                          "targets 0/1, floats dense."),
-        click.option("--num-classes", type=click.IntRange(min=1), default=None, metavar="C",
-                     help="Classes of integer labels (labels in [0, C)) [default: max label + 1, found by a pass "
-                          "over y]."),
-        click.option("--label-smoothing", type=click.FloatRange(0, 1, max_open=True), default=0.0, metavar="EPS",
-                     help="Class targets: off = EPS/C, on = 1 - EPS + EPS/C, applied before mixing."),
-        click.option("--x-dtype", type=click.Choice(X_DTYPES), default="keep", show_default=True,
-                     help="Output dtype of x (keep: integers are rounded and clipped back)."),
-        click.option("--allow-nonfinite", is_flag=True,
-                     help="Mix NaN and Inf as they are instead of stopping at the first row holding one."),
-    ])
+    return _apply(
+        f,
+        [
+            click.option(
+                "--y-format",
+                type=click.Choice(Y_FORMATS),
+                default="soft",
+                show_default=True,
+                help="soft: mixed targets; pair: y_a, y_b (the two original targets, dtype kept) beside lam.",
+            ),
+            click.option(
+                "--y-kind",
+                type=click.Choice(Y_KINDS),
+                default="auto",
+                show_default=True,
+                help="What y holds; auto: integer (N,) labels are classes (one-hot), bool and other integer "
+                "targets 0/1, floats dense.",
+            ),
+            click.option(
+                "--num-classes",
+                type=click.IntRange(min=1),
+                default=None,
+                metavar="C",
+                help="Classes of integer labels (labels in [0, C)) [default: max label + 1, found by a pass over y].",
+            ),
+            click.option(
+                "--label-smoothing",
+                type=click.FloatRange(0, 1, max_open=True),
+                default=0.0,
+                metavar="EPS",
+                help="Class targets: off = EPS/C, on = 1 - EPS + EPS/C, applied before mixing.",
+            ),
+            click.option(
+                "--x-dtype",
+                type=click.Choice(X_DTYPES),
+                default="keep",
+                show_default=True,
+                help="Output dtype of x (keep: integers are rounded and clipped back).",
+            ),
+            click.option(
+                "--allow-nonfinite",
+                is_flag=True,
+                help="Mix NaN and Inf as they are instead of stopping at the first row holding one.",
+            ),
+        ],
+    )
 
 
 # ------------------------------------------------------------------------ run
@@ -158,41 +202,88 @@ def data_options(f):
 
 def run_options(f):
     """--alpha, --seed, --method, --layout, --block-rows: the draws of a run."""
-    return _apply(f, [
-        click.option("--alpha", type=float, default=0.2, show_default=True, help="lam ~ Beta(alpha, alpha)."),
-        click.option("--seed", type=click.IntRange(min=0), default=None,
-                     help="Seed for all randomness; drawn if omitted (augment records it, preview shows it)."),
-        click.option("--method", type=click.Choice(METHODS), default="mixup", show_default=True,
-                     help="mixup blends whole rows; cutmix pastes a box of the partner image into each image "
-                          "(x must be images)."),
-        click.option("--layout", type=click.Choice(LAYOUTS), default=None,
-                     help="Axis order of image x, for cutmix and for drawing images [default: inferred when "
-                          "unambiguous]."),
-        click.option("--block-rows", type=int, default=None,
-                     help="Rows per pairing block, the unit of randomness [default: about 16 MiB]."),
-    ])
+    return _apply(
+        f,
+        [
+            click.option("--alpha", type=float, default=0.2, show_default=True, help="lam ~ Beta(alpha, alpha)."),
+            click.option(
+                "--seed",
+                type=click.IntRange(min=0),
+                default=None,
+                help="Seed for all randomness; drawn if omitted (augment records it, preview shows it).",
+            ),
+            click.option(
+                "--method",
+                type=click.Choice(METHODS),
+                default="mixup",
+                show_default=True,
+                help="mixup blends whole rows; cutmix pastes a box of the partner image into each image "
+                "(x must be images).",
+            ),
+            click.option(
+                "--layout",
+                type=click.Choice(LAYOUTS),
+                default=None,
+                help="Axis order of image x, for cutmix and for drawing images [default: inferred when unambiguous].",
+            ),
+            click.option(
+                "--block-rows",
+                type=int,
+                default=None,
+                help="Rows per pairing block, the unit of randomness [default: about 16 MiB].",
+            ),
+        ],
+    )
 
 
 def pairing_options(f):
     """--pairing and its parameters, --balance and --balance-to: which rows are mixed with which."""
-    return _apply(f, [
-        click.option("--pairing", type=click.Choice(PAIRINGS), default="global", show_default=True,
-                     help="Where partners come from: the whole dataset, the row's own block, rows of the same / "
-                          "another class of y, one of the --neighbors nearest rows in x (of the same class), or "
-                          "rows of near float y (C-Mixup, --bandwidth)."),
-        click.option("--neighbors", type=click.IntRange(min=1), default=None, metavar="K",
-                     help="With --pairing knn / knn-within-class: the partner is one of the K nearest rows "
-                          "[default: 5]."),
-        click.option("--project", type=click.IntRange(min=1), default=None, metavar="D",
-                     help="With --pairing knn: search neighbours in x projected to D dimensions (IncrementalPCA, "
-                          "one streaming pass) [default: the rows as they are]."),
-        click.option("--bandwidth", type=float, default=None, metavar="S",
-                     help="With --pairing label-kernel: partner probability proportional to "
-                          "exp(-|y_i - y_j|^2 / (2 S^2))."),
-        click.option("--balance", is_flag=True,
-                     help="Every class gets as many output rows per copy as the largest class: own rows of smaller "
-                          "classes are drawn more often (an 'own' array records each row's own input row)."),
-        click.option("--balance-to", type=click.IntRange(min=1), default=None, metavar="M",
-                     help="Balance to M rows of every class per copy (implies --balance; larger classes are "
-                          "subsampled)."),
-    ])
+    return _apply(
+        f,
+        [
+            click.option(
+                "--pairing",
+                type=click.Choice(PAIRINGS),
+                default="global",
+                show_default=True,
+                help="Where partners come from: the whole dataset, the row's own block, rows of the same / "
+                "another class of y, one of the --neighbors nearest rows in x (of the same class), or "
+                "rows of near float y (C-Mixup, --bandwidth).",
+            ),
+            click.option(
+                "--neighbors",
+                type=click.IntRange(min=1),
+                default=None,
+                metavar="K",
+                help="With --pairing knn / knn-within-class: the partner is one of the K nearest rows [default: 5].",
+            ),
+            click.option(
+                "--project",
+                type=click.IntRange(min=1),
+                default=None,
+                metavar="D",
+                help="With --pairing knn: search neighbours in x projected to D dimensions (IncrementalPCA, "
+                "one streaming pass) [default: the rows as they are].",
+            ),
+            click.option(
+                "--bandwidth",
+                type=float,
+                default=None,
+                metavar="S",
+                help="With --pairing label-kernel: partner probability proportional to exp(-|y_i - y_j|^2 / (2 S^2)).",
+            ),
+            click.option(
+                "--balance",
+                is_flag=True,
+                help="Every class gets as many output rows per copy as the largest class: own rows of smaller "
+                "classes are drawn more often (an 'own' array records each row's own input row).",
+            ),
+            click.option(
+                "--balance-to",
+                type=click.IntRange(min=1),
+                default=None,
+                metavar="M",
+                help="Balance to M rows of every class per copy (implies --balance; larger classes are subsampled).",
+            ),
+        ],
+    )

@@ -11,16 +11,36 @@ from .options import data_options, debug_option, keys_options, pairing_options, 
 
 @click.command()
 @click.argument("input_path", metavar="[IN]", required=False, type=click.Path(path_type=Path))
-@click.option("-o", "--output", "output_path", required=True, type=click.Path(path_type=Path), help="Picture to write: .png (or .svg, .pdf).")
+@click.option(
+    "-o",
+    "--output",
+    "output_path",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Picture to write: .png (or .svg, .pdf).",
+)
 @keys_options
 @run_options
 @pairing_options
 @data_options
 @click.option("--rows", type=click.IntRange(min=1, max=32), default=4, show_default=True, help="Rows of IN to show.")
-@click.option("--identity", type=int, default=None, metavar="N", help="Instead of IN: mixup of the N x N identity matrix, one panel per alpha.")
-@click.option("--alphas", default="0.1,0.2,...,0.9", show_default=True, help="Alphas of the --identity panels: a list, or a range first,second,...,last.")
+@click.option(
+    "--identity",
+    type=int,
+    default=None,
+    metavar="N",
+    help="Instead of IN: mixup of the N x N identity matrix, one panel per alpha.",
+)
+@click.option(
+    "--alphas",
+    default="0.1,0.2,...,0.9",
+    show_default=True,
+    help="Alphas of the --identity panels: a list, or a range first,second,...,last.",
+)
 @click.option("--hist", is_flag=True, help="Add the histogram of lam against the Beta(alpha, alpha) density.")
-@click.option("--dpi", type=click.IntRange(min=20, max=600), default=100, show_default=True, help="Resolution of the picture.")
+@click.option(
+    "--dpi", type=click.IntRange(min=20, max=600), default=100, show_default=True, help="Resolution of the picture."
+)
 @click.option("--overwrite", is_flag=True, help="Replace the picture if it exists.")
 @quiet_option
 @debug_option

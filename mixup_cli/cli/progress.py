@@ -24,8 +24,13 @@ class BarProgress:
         from tqdm import tqdm  # only once a run starts: not on --help
 
         self._bar = tqdm(
-            total=total, unit="rows", unit_scale=True, file=sys.stderr, desc="mixup",
-            disable=self._quiet or not sys.stderr.isatty(), dynamic_ncols=True,
+            total=total,
+            unit="rows",
+            unit_scale=True,
+            file=sys.stderr,
+            desc="mixup",
+            disable=self._quiet or not sys.stderr.isatty(),
+            dynamic_ncols=True,
         )
 
     def update(self, rows: int) -> None:

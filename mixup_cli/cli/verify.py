@@ -7,16 +7,21 @@ from pathlib import Path
 
 import click
 
-from .progress import BarProgress
 from .options import batch_size_option, debug_option, json_option, quiet_option
+from .progress import BarProgress
 
 
 @click.command()
 @click.argument("output_path", metavar="OUT", type=click.Path(path_type=Path))
-@click.option("--input", "input_path", type=click.Path(path_type=Path), default=None,
-              help="Where the input is now, if it moved since the run [default: the path in the sidecar]. "
-                   "For a set (OUTDIR or one of its outputs): the folder now holding its inputs under their "
-                   "names, or a file listing them in order, one a line.")
+@click.option(
+    "--input",
+    "input_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Where the input is now, if it moved since the run [default: the path in the sidecar]. "
+    "For a set (OUTDIR or one of its outputs): the folder now holding its inputs under their "
+    "names, or a file listing them in order, one a line.",
+)
 @batch_size_option
 @quiet_option
 @json_option
@@ -44,7 +49,8 @@ def verify(output_path, input_path, batch_size, quiet, as_json):
       mixup verify mixed/ --input /data/moved/shards/
     """
     from mixup_cli.sets.status import is_set_dir
-    from mixup_cli.verify import verify as run_verify, verify_set
+    from mixup_cli.verify import verify as run_verify
+    from mixup_cli.verify import verify_set
 
     bar = BarProgress(quiet or as_json)
     try:
@@ -75,7 +81,7 @@ def _echo_set(report, quiet: bool, as_json: bool) -> None:
         click.echo(json.dumps(report.to_dict(), sort_keys=True))
     else:
         if not quiet:
-            for k, found in sorted(report.reports.items()):
+            for _k, found in sorted(report.reports.items()):
                 if found.ok:
                     click.echo(f"ok    {found.output}: {', '.join(c.name for c in found.checks)}")
         for line in report.problems:
@@ -84,8 +90,10 @@ def _echo_set(report, quiet: bool, as_json: bool) -> None:
         if report.ok:
             click.echo(f"OK: set {report.set_id[:12]}, all {report.outputs} outputs present and verified")
         else:
-            click.echo(f"FAILED: set {report.set_id[:12]}, {report.outputs - len(report.missing)} of {report.outputs} "
-                       f"outputs present, {verified} verified, {len(report.problems)} "
-                       f"problem{'s' if len(report.problems) != 1 else ''}")
+            click.echo(
+                f"FAILED: set {report.set_id[:12]}, {report.outputs - len(report.missing)} of {report.outputs} "
+                f"outputs present, {verified} verified, {len(report.problems)} "
+                f"problem{'s' if len(report.problems) != 1 else ''}"
+            )
     if not report.ok:
         raise click.exceptions.Exit(1)

@@ -25,7 +25,6 @@ waited for first, so none writes after the partial output is removed.
 from __future__ import annotations
 
 import dataclasses
-
 import logging
 import os
 import threading
@@ -105,8 +104,9 @@ def _open_input(job: Job):
                 from mixup_cli.sets import ConcatReader
 
                 concat = ConcatReader(job.layout)
-            reader = open_source(Path(job.input), job.x_key, job.y_key, job.options, require_y=False,
-                                 reader=concat, layout=job.layout)
+            reader = open_source(
+                Path(job.input), job.x_key, job.y_key, job.options, require_y=False, reader=concat, layout=job.layout
+            )
             try:
                 for name, expected in job.specs.items():
                     found = reader.specs.get(name)
@@ -218,8 +218,11 @@ def connect(scheduler: str | None, workers: int | None):
         else:
             n = workers or os.cpu_count() or 1
             cluster = distributed.LocalCluster(
-                n_workers=n, processes=True, threads_per_worker=1,
-                dashboard_address=":0", silence_logs=logging.CRITICAL,
+                n_workers=n,
+                processes=True,
+                threads_per_worker=1,
+                dashboard_address=":0",
+                silence_logs=logging.CRITICAL,
             )
             client = distributed.Client(cluster, set_as_default=False)
         try:
@@ -227,8 +230,7 @@ def connect(scheduler: str | None, workers: int | None):
                 client.wait_for_workers(1, timeout=WORKERS_TIMEOUT_S)
             except (TimeoutError, OSError):
                 raise MixupError(
-                    f"--scheduler {scheduler}: the scheduler has no workers; "
-                    f"start some with `dask worker {scheduler}`"
+                    f"--scheduler {scheduler}: the scheduler has no workers; start some with `dask worker {scheduler}`"
                 ) from None
             yield client
         finally:
@@ -237,8 +239,19 @@ def connect(scheduler: str | None, workers: int | None):
                 cluster.close()
 
 
-def run(source, plan: Plan, writer, tasks, progress, *, skip=frozenset(), on_done=None, block_digests=None,
-        scheduler: str | None = None, workers: int | None = None) -> dict:
+def run(
+    source,
+    plan: Plan,
+    writer,
+    tasks,
+    progress,
+    *,
+    skip=frozenset(),
+    on_done=None,
+    block_digests=None,
+    scheduler: str | None = None,
+    workers: int | None = None,
+) -> dict:
     """Compute ``tasks`` on Dask and hand their rows to ``writer``; return
     what the sidecar records of the engine. The protocol of
     ``engines.local.run``; each block's digests come from its worker.
@@ -248,8 +261,17 @@ def run(source, plan: Plan, writer, tasks, progress, *, skip=frozenset(), on_don
     distributed = import_distributed()
     run_id = uuid.uuid4().hex[:12]
     options = source.prepared.resolved_options() if source.prepared is not None else DataOptions()
-    job = Job(run_id, str(Path(source.path).resolve()), dict(source.specs), next(iter(source.specs)), source.y_key,
-              options, plan, writer.parallel_target(), _absolute(source.layout))
+    job = Job(
+        run_id,
+        str(Path(source.path).resolve()),
+        dict(source.specs),
+        next(iter(source.specs)),
+        source.y_key,
+        options,
+        plan,
+        writer.parallel_target(),
+        _absolute(source.layout),
+    )
     with connect(scheduler, workers) as client, _quiet_distributed_logs():
         nthreads = client.nthreads()
         limit = IN_FLIGHT_PER_THREAD * max(1, sum(nthreads.values()))
@@ -291,8 +313,11 @@ def run(source, plan: Plan, writer, tasks, progress, *, skip=frozenset(), on_don
             except Exception:  # a worker gone: nothing of ours left open there
                 pass
     return {
-        "engine": "dask", "workers": len(nthreads), "scheduler": scheduler or "local",
-        "dask": distributed.__version__, "batch_size": plan.block_rows,  # a worker mixes a whole task at once
+        "engine": "dask",
+        "workers": len(nthreads),
+        "scheduler": scheduler or "local",
+        "dask": distributed.__version__,
+        "batch_size": plan.block_rows,  # a worker mixes a whole task at once
     }
 
 
@@ -300,8 +325,9 @@ def _absolute(layout):
     """A set's layout with every input by its absolute path (workers may run elsewhere)."""
     if layout is None:
         return None
-    return dataclasses.replace(layout, shards=tuple(dataclasses.replace(s, path=Path(s.path).resolve())
-                                                    for s in layout.shards))
+    return dataclasses.replace(
+        layout, shards=tuple(dataclasses.replace(s, path=Path(s.path).resolve()) for s in layout.shards)
+    )
 
 
 class _Parts:

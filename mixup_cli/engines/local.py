@@ -26,8 +26,19 @@ from mixup_cli.sampling import Plan
 from mixup_cli.tasks import output_rows, task_input, whole_block
 
 
-def run(source, plan: Plan, writer, tasks, progress, *, skip=frozenset(), on_done=None, block_digests=None,
-        batch_rows: int | None = None, threaded: bool = True) -> dict:
+def run(
+    source,
+    plan: Plan,
+    writer,
+    tasks,
+    progress,
+    *,
+    skip=frozenset(),
+    on_done=None,
+    block_digests=None,
+    batch_rows: int | None = None,
+    threaded: bool = True,
+) -> dict:
     """Compute ``tasks`` (an iterable of the plan's tasks, whole blocks or
     parts of them) and hand their rows to ``writer``; return what the sidecar
     records of the engine.
@@ -53,9 +64,16 @@ def run(source, plan: Plan, writer, tasks, progress, *, skip=frozenset(), on_don
     rows = min(batch_rows, plan.block_rows, plan.n_rows)
     mixed_specs = {key: source.specs[key] for key in source.mixed_keys}
     state = _Run(
-        source, plan, Mixer(plan, {key: spec.row_shape for key, spec in mixed_specs.items()}),
+        source,
+        plan,
+        Mixer(plan, {key: spec.row_shape for key, spec in mixed_specs.items()}),
         BlockCache(source, plan, slots=3 if threaded else 2, check=check),
-        _BufferPool(mixed_specs, rows, 2 if threaded else 1, check), out, hashing, hasher, batch_rows, progress,
+        _BufferPool(mixed_specs, rows, 2 if threaded else 1, check),
+        out,
+        hashing,
+        hasher,
+        batch_rows,
+        progress,
     )
     try:
         for index, task in enumerate(tasks):
@@ -97,17 +115,19 @@ class _Run:
             e = min(n, s + self.batch_rows)
             if task.copy < 0 and not whole:  # original rows read for this task alone
                 arrays = output_rows(self.source, self.mixer, inputs, s, e)
-                release = (lambda: None)
+                release = lambda: None
             elif task.copy < 0 or mixing_in_place:
                 # Rows of the cached block itself: pinned until written.
                 into = {key: inputs.own[key][s:e] for key in self.source.mixed_keys} if mixing_in_place else None
                 arrays = output_rows(self.source, self.mixer, inputs, s, e, into)
                 cache.pin(slot)
-                release = (lambda i=slot: cache.unpin(i))
+                release = lambda i=slot: cache.unpin(i)
             else:
                 bufs = self.pool.acquire()
-                arrays = output_rows(self.source, self.mixer, inputs, s, e, {key: b[: e - s] for key, b in bufs.items()})
-                release = (lambda b=bufs: self.pool.release(b))
+                arrays = output_rows(
+                    self.source, self.mixer, inputs, s, e, {key: b[: e - s] for key, b in bufs.items()}
+                )
+                release = lambda b=bufs: self.pool.release(b)
             self.submit(task.out_start + s, arrays, release)
             self.progress.update(e - s)
 

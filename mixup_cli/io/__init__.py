@@ -13,7 +13,16 @@ from pathlib import Path
 from mixup_cli.errors import InputError, ParameterError
 from mixup_cli.io.base import ArraySpec, Reader, WriteOptions, Writer
 
-__all__ = ["ArraySpec", "Reader", "Writer", "WriteOptions", "format_of", "open_reader", "create_writer", "reopen_writer"]
+__all__ = [
+    "ArraySpec",
+    "Reader",
+    "Writer",
+    "WriteOptions",
+    "format_of",
+    "open_reader",
+    "create_writer",
+    "reopen_writer",
+]
 
 # suffix -> (format name, module)
 _SUFFIXES = {
@@ -82,7 +91,9 @@ def format_of(path: Path, *, for_output: bool = False) -> str:
         hint = f"use {SUPPORTED}"
     role = "output" if for_output else "input"
     # A usage error (exit 2) either way: the path given chooses the format.
-    raise ParameterError(f"{path}: unknown {role} format '{suffix or path.name}'; {hint}", "OUT" if for_output else "IN")
+    raise ParameterError(
+        f"{path}: unknown {role} format '{suffix or path.name}'; {hint}", "OUT" if for_output else "IN"
+    )
 
 
 # Formats stored as a directory rather than one file.
@@ -108,9 +119,17 @@ def open_reader(path: Path, scratch_prefix: Path | None = None, fast: bool = Tru
         raise InputError(f"{path}: cannot read it ({exc.strerror or exc})") from None
     if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
         # Opening a FIFO would wait for a writer forever; datasets are files.
-        kind = ("a named pipe (FIFO)" if stat.S_ISFIFO(mode) else "a character device" if stat.S_ISCHR(mode)
-                else "a block device" if stat.S_ISBLK(mode) else "a socket" if stat.S_ISSOCK(mode)
-                else "not a regular file")
+        kind = (
+            "a named pipe (FIFO)"
+            if stat.S_ISFIFO(mode)
+            else "a character device"
+            if stat.S_ISCHR(mode)
+            else "a block device"
+            if stat.S_ISBLK(mode)
+            else "a socket"
+            if stat.S_ISSOCK(mode)
+            else "not a regular file"
+        )
         raise InputError(f"{path}: is {kind}, not a dataset file; write the data to a file and pass that")
     fmt = format_of(path)
     if fmt not in DIRECTORY_FORMATS and path.is_dir():

@@ -48,8 +48,7 @@ def refuse_unsupported_dtype(path: Path, key: str, dtype: np.dtype, kinds: str =
     if dtype.kind not in kinds:
         supported = "float16/32/64, integer and bool types" if "b" in kinds else "float16/32/64 and integer types"
         raise InputError(
-            f"{path}: array '{key}' has dtype {dtype}, which cannot be mixed; "
-            f"supported dtypes are {supported}"
+            f"{path}: array '{key}' has dtype {dtype}, which cannot be mixed; supported dtypes are {supported}"
         )
 
 
@@ -88,9 +87,7 @@ class Reader(ABC):
         return out
 
     def _take_sorted_unique(self, key: str, rows: np.ndarray) -> np.ndarray:
-        return np.stack([self.read(key, int(r), int(r) + 1)[0] for r in rows]) if len(rows) else (
-            self.read(key, 0, 0)
-        )
+        return np.stack([self.read(key, int(r), int(r) + 1)[0] for r in rows]) if len(rows) else (self.read(key, 0, 0))
 
     def describe(self, key: str) -> dict:
         """Storage details of ``key`` (chunking, compression) where the format has them."""
@@ -113,9 +110,7 @@ class Reader(ABC):
         """The spec of ``key``, or an error naming the option and the keys present."""
         if key not in self.keys():
             present = ", ".join(sorted(self.keys())) or "none"
-            raise InputError(
-                f"{self.path}: no array '{key}' (arrays present: {present}); choose one with {option}"
-            )
+            raise InputError(f"{self.path}: no array '{key}' (arrays present: {present}); choose one with {option}")
         spec = self.spec(key)
         if len(spec.shape) == 0:
             raise InputError(f"{self.path}: array '{key}' is a scalar; it needs a first axis of samples")
@@ -147,8 +142,14 @@ class WriteOptions:
     zarr_format: int = 3  # --zarr-format: 2 for readers that only know Zarr v2
 
 
-def layout_options(out_format: str, compression: str, block_rows: int | None, chunk_rows: int | None = None,
-                   byte_shuffle: bool | None = None, zarr_format: int | None = None) -> WriteOptions:
+def layout_options(
+    out_format: str,
+    compression: str,
+    block_rows: int | None,
+    chunk_rows: int | None = None,
+    byte_shuffle: bool | None = None,
+    zarr_format: int | None = None,
+) -> WriteOptions:
     """The WriteOptions of a run, refusing storage options OUT's format lacks."""
     if zarr_format is not None and out_format != "zarr":
         raise ParameterError(f"--zarr-format applies to Zarr output (.zarr), not {out_format}", "--zarr-format")
@@ -158,8 +159,13 @@ def layout_options(out_format: str, compression: str, block_rows: int | None, ch
         raise ParameterError(f"--byte-shuffle applies to HDF5 output, not {out_format}", "--byte-shuffle")
     if byte_shuffle and compression == "none":
         raise ParameterError("--byte-shuffle only helps compression: add --compression gzip or lzf", "--byte-shuffle")
-    options = WriteOptions(compression=compression, block_rows=block_rows, chunk_rows=chunk_rows,
-                           shuffle=byte_shuffle, zarr_format=zarr_format or 3)
+    options = WriteOptions(
+        compression=compression,
+        block_rows=block_rows,
+        chunk_rows=chunk_rows,
+        shuffle=byte_shuffle,
+        zarr_format=zarr_format or 3,
+    )
     check_chunk_rows(options, out_format)
     return options
 
@@ -177,7 +183,7 @@ def check_chunk_rows(options: WriteOptions, out_format: str) -> None:
         raise ParameterError(f"--chunk-rows must be an integer >= 1, got {n}", "--chunk-rows")
     if options.block_rows and options.block_rows % n:
         b = options.block_rows
-        fits = {f for d in range(1, int(b ** 0.5) + 1) if b % d == 0 for f in (d, b // d)}
+        fits = {f for d in range(1, int(b**0.5) + 1) if b % d == 0 for f in (d, b // d)}
         near = sorted(fits, key=lambda d: abs(d - n))[:3]
         raise ParameterError(
             f"--chunk-rows {n} does not divide the block rows ({options.block_rows}): blocks must cover "
@@ -215,7 +221,7 @@ class Writer(ABC):
         """Make every row written so far durable on disk (the resume journal relies on it)."""
 
     @classmethod
-    def reopen(cls, path: Path, specs: dict[str, ArraySpec], options: WriteOptions) -> "Writer":
+    def reopen(cls, path: Path, specs: dict[str, ArraySpec], options: WriteOptions) -> Writer:
         """A writer on the partial output an interrupted run left at ``path``."""
         raise OutputError(f"{path}: {cls.format_name} output cannot be resumed; run without --resume")
 

@@ -42,7 +42,7 @@ def _open_error(path: Path, exc: OSError) -> InputError:
     return InputError(f"{path}: not a readable HDF5 file (is it damaged, truncated or another format?)")
 
 
-def open_reader(path: Path, fast: bool = True) -> "Reader":
+def open_reader(path: Path, fast: bool = True) -> Reader:
     return Reader(path, fast=fast)
 
 
@@ -62,11 +62,35 @@ INFLATE_JOB_BYTES = 1 << 20
 
 # Filters HDF5 may lack, by id: the name users know and where it comes from.
 _PLUGINS = {
-    307: "bzip2", 32000: "lzf", 32001: "blosc", 32002: "mafisc", 32003: "snappy", 32004: "lz4",
-    32005: "apax", 32006: "cbf", 32007: "jpeg-xr", 32008: "bitshuffle", 32009: "spdp", 32010: "lpc-rice",
-    32011: "ccsds-123", 32012: "jpeg-ls", 32013: "zfp", 32014: "fpzip", 32015: "zstd", 32016: "b3d",
-    32017: "sz", 32018: "fcidecomp", 32019: "jpeg", 32020: "vbz", 32022: "fapec", 32023: "bitgroom",
-    32024: "granular bitround", 32025: "sz3", 32026: "blosc2", 32027: "flac", 4: "szip",
+    307: "bzip2",
+    32000: "lzf",
+    32001: "blosc",
+    32002: "mafisc",
+    32003: "snappy",
+    32004: "lz4",
+    32005: "apax",
+    32006: "cbf",
+    32007: "jpeg-xr",
+    32008: "bitshuffle",
+    32009: "spdp",
+    32010: "lpc-rice",
+    32011: "ccsds-123",
+    32012: "jpeg-ls",
+    32013: "zfp",
+    32014: "fpzip",
+    32015: "zstd",
+    32016: "b3d",
+    32017: "sz",
+    32018: "fcidecomp",
+    32019: "jpeg",
+    32020: "vbz",
+    32022: "fapec",
+    32023: "bitgroom",
+    32024: "granular bitround",
+    32025: "sz3",
+    32026: "blosc2",
+    32027: "flac",
+    4: "szip",
 }
 _PLUGIN_HINT = (
     "install the plugin (for example `pip install hdf5plugin`, which mixup loads when present) "
@@ -109,8 +133,11 @@ def plain_type(tid, dtype: np.dtype) -> bool:
         if cls == h5py.h5t.INTEGER:
             return tid.get_sign() == (h5py.h5t.SGN_2 if dtype.kind == "i" else h5py.h5t.SGN_NONE)
         ref = h5py.h5t.py_create(dtype)  # IEEE's layout of that size, as h5py makes it
-        return (tid.get_fields() == ref.get_fields() and tid.get_ebias() == ref.get_ebias()
-                and tid.get_norm() == ref.get_norm())
+        return (
+            tid.get_fields() == ref.get_fields()
+            and tid.get_ebias() == ref.get_ebias()
+            and tid.get_norm() == ref.get_norm()
+        )
     except Exception:
         return False
 
@@ -155,9 +182,14 @@ def type_name(dtype: np.dtype, tid=None) -> str:
                 elif cls == h5py.h5t.FLOAT:
                     ref = h5py.h5t.py_create(dtype.newbyteorder("="))
                     if (tid.get_size(), tid.get_fields(), tid.get_ebias()) != (
-                            ref.get_size(), ref.get_fields(), ref.get_ebias()):
-                        name = (f"{8 * tid.get_size()}-bit float, non-IEEE (exponent bias {tid.get_ebias()}), "
-                                f"read as {dtype.name}")
+                        ref.get_size(),
+                        ref.get_fields(),
+                        ref.get_ebias(),
+                    ):
+                        name = (
+                            f"{8 * tid.get_size()}-bit float, non-IEEE (exponent bias {tid.get_ebias()}), "
+                            f"read as {dtype.name}"
+                        )
         except Exception:
             pass
     return name
@@ -189,7 +221,7 @@ class _Keys(list):
     """The arrays listed (each once), where ``in`` asks h5py: any path it
     resolves is a key (leading '/', soft, hard and external links)."""
 
-    def __init__(self, listed, reader: "Reader"):
+    def __init__(self, listed, reader: Reader):
         super().__init__(listed)
         self._reader = reader
 
@@ -301,8 +333,7 @@ class Reader(base.Reader):
                 cls = None
             what = {h5py.h5t.TIME: "an HDF5 time type (H5T_TIME)"}.get(cls, "an HDF5 type numpy cannot hold")
             raise InputError(
-                f"{self.path}: array '{key}' has {what}, which cannot be mixed ({exc}); "
-                "store it as integers or floats"
+                f"{self.path}: array '{key}' has {what}, which cannot be mixed ({exc}); store it as integers or floats"
             ) from None
 
     # --- what an array is ------------------------------------------------
@@ -424,8 +455,11 @@ class Reader(base.Reader):
         if not self.fast or ds.is_virtual or not ds.shape or not ds.shape[0]:
             return False
         try:
-            return (plain_type(ds.id.get_type(), ds.dtype) and ds.external is None
-                    and ds.file.id.get_create_plist().get_userblock() == 0)
+            return (
+                plain_type(ds.id.get_type(), ds.dtype)
+                and ds.external is None
+                and ds.file.id.get_create_plist().get_userblock() == 0
+            )
         except Exception:
             return False
 
@@ -499,9 +533,12 @@ class Reader(base.Reader):
             ds, layout = self._ds(key), None
             try:
                 filters = [code for code, _ in self._filters(ds)]
-                if (self._plain(ds) and self._stream(key) is not None
-                        and filters in ([_DEFLATE], [_SHUFFLE, _DEFLATE])
-                        and self._chunk_index(key) is not None):
+                if (
+                    self._plain(ds)
+                    and self._stream(key) is not None
+                    and filters in ([_DEFLATE], [_SHUFFLE, _DEFLATE])
+                    and self._chunk_index(key) is not None
+                ):
                     layout = filters[0] == _SHUFFLE
             except Exception:
                 layout = None
@@ -811,8 +848,6 @@ def plain_chunk_offsets(ds, chunk_rows: int) -> np.ndarray | None:
     return offsets if n and (offsets >= 0).all() else None
 
 
-
-
 def shuffle_for(options: WriteOptions) -> bool:
     """Whether HDF5's byte-shuffle filter runs before compression: on for
     gzip unless turned off (it groups the like bytes of numbers, so deflate
@@ -878,8 +913,15 @@ class Writer(base.Writer):
                         dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
                         dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
                 self._datasets[key] = self._file.create_dataset(
-                    key, shape=spec.shape, dtype=spec.dtype, chunks=chunks, compression=compression,
-                    compression_opts=opts, shuffle=shuffle, dcpl=dcpl, fill_time="never" if dcpl is not None else None,
+                    key,
+                    shape=spec.shape,
+                    dtype=spec.dtype,
+                    chunks=chunks,
+                    compression=compression,
+                    compression_opts=opts,
+                    shuffle=shuffle,
+                    dcpl=dcpl,
+                    fill_time="never" if dcpl is not None else None,
                 )
             self.flush()  # the file is complete on disk before any row is written
         except BaseException:
@@ -991,7 +1033,7 @@ class Writer(base.Writer):
         return self._datasets[key][start:stop]
 
     @classmethod
-    def reopen(cls, path: Path, specs: dict[str, ArraySpec], options: WriteOptions) -> "Writer":
+    def reopen(cls, path: Path, specs: dict[str, ArraySpec], options: WriteOptions) -> Writer:
         # A kill during a flush of compressed output may leave a file that does not open.
         self = cls.__new__(cls)
         base.Writer.__init__(self, path, specs, options)

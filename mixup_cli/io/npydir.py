@@ -11,14 +11,13 @@ from pathlib import Path
 
 import numpy as np
 
-from mixup_cli.errors import InputError
+from mixup_cli.errors import InputError, ParameterError
 from mixup_cli.io import base
 from mixup_cli.io.base import ArraySpec, WriteOptions
-from mixup_cli.errors import ParameterError
 from mixup_cli.io.npyfile import NpyMaps, member_path, memmap_npy
 
 
-def open_reader(path: Path) -> "Reader":
+def open_reader(path: Path) -> Reader:
     return Reader(path)
 
 
@@ -61,8 +60,9 @@ class Reader(base.Reader):
         nested = []
         for sub in sorted(p for p in self.path.iterdir() if p.is_dir() and not p.name.startswith(".")):
             try:
-                nested += sorted(q.relative_to(self.path).with_suffix("").as_posix()
-                                 for q in sub.rglob("*.npy") if q.is_file())
+                nested += sorted(
+                    q.relative_to(self.path).with_suffix("").as_posix() for q in sub.rglob("*.npy") if q.is_file()
+                )
             except OSError:
                 continue
         return list(self._files) + nested
@@ -101,7 +101,7 @@ class Writer(base.Writer):
         self._maps = NpyMaps(self.path, specs)
 
     @classmethod
-    def reopen(cls, path: Path, specs: dict[str, ArraySpec], options: WriteOptions) -> "Writer":
+    def reopen(cls, path: Path, specs: dict[str, ArraySpec], options: WriteOptions) -> Writer:
         self = cls.__new__(cls)
         base.Writer.__init__(self, path, specs, options)
         try:

@@ -27,8 +27,7 @@ def read_header(fh, label: str) -> tuple[tuple[int, ...], bool, np.dtype, int]:
         raise InputError(f"{label}: not a valid .npy array ({exc})") from None
     if dtype.hasobject:
         raise InputError(
-            f"{label}: holds Python objects (pickled data), which are never loaded; "
-            "save it as a numeric array"
+            f"{label}: holds Python objects (pickled data), which are never loaded; save it as a numeric array"
         )
     return tuple(shape), fortran, dtype, fh.tell()
 
@@ -52,7 +51,9 @@ def memmap_npy(source, offset: int = 0, label: str | None = None, end: int | Non
     except PermissionError:
         raise InputError(f"{label}: permission denied; make the file readable") from None
     if any(d < 0 for d in shape):
-        raise InputError(f"{label}: the .npy header gives an impossible shape {shape} (a negative length); the file is damaged")
+        raise InputError(
+            f"{label}: the .npy header gives an impossible shape {shape} (a negative length); the file is damaged"
+        )
     expected = math.prod(shape) * dtype.itemsize  # Python integers: no overflow
     limit = size if end is None else min(size, end)
     if data_offset + expected > limit:
@@ -95,8 +96,7 @@ def member_path(key: str) -> str:
 def check_output_key(key: str, option: str = "--x-key") -> None:
     """Refuse an array name that is not a plain (or nested plain) name."""
     parts = key.lstrip("/").split("/")
-    if (not key.lstrip("/") or any(part in ("", ".", "..") for part in parts)
-            or "\\" in key or "\0" in key):
+    if not key.lstrip("/") or any(part in ("", ".", "..") for part in parts) or "\\" in key or "\0" in key:
         raise ParameterError(
             f"{option} {key!r}: not usable as an output array name: arrays are written as files inside OUT, "
             "so names must be plain, or nested like 'train/images', without '..', '.', empty parts "

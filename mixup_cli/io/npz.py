@@ -37,7 +37,7 @@ _PACKED_AT = (1980, 1, 1, 0, 0, 0)  # the earliest time a zip entry can hold
 _LOCAL_HEADER = struct.Struct("<4s2B4HL2L2H")  # zip local file header, 30 bytes
 
 
-def open_reader(path: Path, scratch_prefix: Path | None = None) -> "Reader":
+def open_reader(path: Path, scratch_prefix: Path | None = None) -> Reader:
     return Reader(path, scratch_prefix)
 
 
@@ -92,7 +92,9 @@ class Reader(base.Reader):
         except PermissionError:
             raise InputError(f"{self.path}: permission denied; make the file readable") from None
         except (zipfile.BadZipFile, OSError, EOFError):
-            raise InputError(f"{self.path}: not a readable .npz archive (damaged, truncated or another format?)") from None
+            raise InputError(
+                f"{self.path}: not a readable .npz archive (damaged, truncated or another format?)"
+            ) from None
         self._members = {
             info.filename[: -len(".npy")]: info for info in self._zip.infolist() if info.filename.endswith(".npy")
         }
@@ -118,15 +120,21 @@ class Reader(base.Reader):
             with self._zip.open(info) as src:
                 shape, _, dtype, header_bytes = read_header(src, label)
                 if any(d < 0 for d in shape):
-                    raise InputError(f"{label}: the .npy header gives an impossible shape {shape} "
-                                     "(a negative length); the archive is damaged")
+                    raise InputError(
+                        f"{label}: the .npy header gives an impossible shape {shape} "
+                        "(a negative length); the archive is damaged"
+                    )
                 need = header_bytes + int(np.prod(shape, dtype=object)) * dtype.itemsize
                 if need > info.file_size:
                     raise InputError(
                         f"{label}: member is shorter than its .npy header says (shape {shape}, dtype {dtype}: "
                         f"{need} bytes, but the archive declares {info.file_size}); the archive is damaged"
                     )
-                folder = Path(self._scratch_prefix).parent if self._scratch_prefix is not None else Path(tempfile.gettempdir())
+                folder = (
+                    Path(self._scratch_prefix).parent
+                    if self._scratch_prefix is not None
+                    else Path(tempfile.gettempdir())
+                )
                 free = _free_bytes(folder)
                 if free is not None and need > free:
                     raise InputError(
@@ -141,8 +149,10 @@ class Reader(base.Reader):
                         while left:
                             piece = again.read(min(left, 4 * 1024 * 1024))
                             if not piece:
-                                raise InputError(f"{label}: member ends before the {need} bytes its header declares; "
-                                                 "the archive is damaged")
+                                raise InputError(
+                                    f"{label}: member ends before the {need} bytes its header declares; "
+                                    "the archive is damaged"
+                                )
                             dst.write(piece)
                             left -= len(piece)
                     dst.flush()
@@ -194,7 +204,7 @@ class Writer(base.Writer):
         self._maps: NpyMaps | None = NpyMaps(self._staging, specs)
 
     @classmethod
-    def reopen(cls, path: Path, specs: dict[str, ArraySpec], options: WriteOptions) -> "Writer":
+    def reopen(cls, path: Path, specs: dict[str, ArraySpec], options: WriteOptions) -> Writer:
         self = cls.__new__(cls)
         base.Writer.__init__(self, path, specs, options)
         self._staging = self.path.with_name(self.path.name + ".staging")

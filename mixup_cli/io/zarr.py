@@ -43,7 +43,7 @@ def import_zarr(path: Path | None = None, *, for_output: bool = False):
     return zarr
 
 
-def open_reader(path: Path) -> "Reader":
+def open_reader(path: Path) -> Reader:
     return Reader(path)
 
 
@@ -104,9 +104,7 @@ class Reader(base.Reader):
         zarr = import_zarr(self.path)
         try:
             group = zarr.open_group(store=str(self.path), mode="r")
-            self._arrays = {
-                name: node for name, node in group.members(max_depth=None) if isinstance(node, zarr.Array)
-            }
+            self._arrays = {name: node for name, node in group.members(max_depth=None) if isinstance(node, zarr.Array)}
         except PermissionError:
             raise InputError(f"{self.path}: permission denied; make the store readable") from None
         except Exception as exc:  # zarr raises several kinds for a damaged or foreign store
@@ -181,8 +179,12 @@ class Writer(base.Writer):
         compressors = _compressors(options.compression, options.zarr_format)
         self._arrays = {
             key: self._group.create_array(
-                key, shape=spec.shape, dtype=spec.dtype, chunks=chunk_shape(spec, options),
-                compressors=compressors, fill_value=0,
+                key,
+                shape=spec.shape,
+                dtype=spec.dtype,
+                chunks=chunk_shape(spec, options),
+                compressors=compressors,
+                fill_value=0,
             )
             for key, spec in specs.items()
         }
@@ -190,7 +192,7 @@ class Writer(base.Writer):
         self._flushed_at = 0
 
     @classmethod
-    def reopen(cls, path: Path, specs: dict[str, ArraySpec], options: WriteOptions) -> "Writer":
+    def reopen(cls, path: Path, specs: dict[str, ArraySpec], options: WriteOptions) -> Writer:
         self = cls.__new__(cls)
         base.Writer.__init__(self, path, specs, options)
         zarr = import_zarr(self.path, for_output=True)
@@ -202,7 +204,10 @@ class Writer(base.Writer):
         for key, spec in specs.items():
             arr = self._arrays[key]
             if tuple(arr.shape) != spec.shape or np.dtype(arr.dtype) != np.dtype(spec.dtype):
-                raise cls.damaged(self.path, f"'{key}' has shape {arr.shape} and dtype {arr.dtype}, not {spec.shape} {np.dtype(spec.dtype)}")
+                raise cls.damaged(
+                    self.path,
+                    f"'{key}' has shape {arr.shape} and dtype {arr.dtype}, not {spec.shape} {np.dtype(spec.dtype)}",
+                )
         self._files = None
         self._flushed_at = 0
         return self
@@ -224,9 +229,7 @@ class Writer(base.Writer):
                 raise
 
     def parallel_target(self) -> ParallelTarget:
-        return ParallelTarget(
-            str(self.path.resolve()), {key: arr.chunks[0] for key, arr in self._arrays.items()}
-        )
+        return ParallelTarget(str(self.path.resolve()), {key: arr.chunks[0] for key, arr in self._arrays.items()})
 
     def set_attributes(self, attrs: dict) -> None:
         self._group.attrs.update(attrs)

@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 from mixup_cli import atomic, provenance
 from mixup_cli.errors import InputError, OutputError
@@ -62,7 +62,7 @@ def inputs_state(layout: SetLayout, files=None) -> str:
     ``files``: the files of each input (``Reader.files()``), else the inputs."""
     entries = []
     for k, shard in enumerate(layout.shards):
-        for path in (files[k] if files is not None else [shard.path]):
+        for path in files[k] if files is not None else [shard.path]:
             st = Path(path).stat()
             entries.append([shard.path.name, str(Path(path).name), st.st_size, st.st_mtime_ns])
     return _digest(entries)
@@ -77,8 +77,12 @@ def section(layout: SetLayout, k: int, part: Part, sid: str) -> dict:
         "index": k,
         "outputs": len(layout.shards),
         "rows": layout.n_rows,
-        "input": {"name": shard.path.name, "rows": shard.rows, "offset": shard.offset,
-                  "path": str(shard.path.resolve())},
+        "input": {
+            "name": shard.path.name,
+            "rows": shard.rows,
+            "offset": shard.offset,
+            "path": str(shard.path.resolve()),
+        },
         "inputs_sha256": inputs_sha256(layout),
         "part": part.to_dict(),
     }
@@ -93,13 +97,19 @@ def read_section(record: dict, label: str) -> dict | None:
     if found is None:
         return None
     try:
-        ok = (isinstance(found["set_id"], str) and 0 <= int(found["index"]) < int(found["outputs"])
-              and isinstance(found["input"]["name"], str) and int(found["part"]["count"]) >= 1)
+        ok = (
+            isinstance(found["set_id"], str)
+            and 0 <= int(found["index"]) < int(found["outputs"])
+            and isinstance(found["input"]["name"], str)
+            and int(found["part"]["count"]) >= 1
+        )
     except (KeyError, TypeError, ValueError):
         ok = False
     if not ok or found.get("version") != SET_VERSION:
-        raise InputError(f"{label}: its 'set' section is damaged or of another version; check it with the "
-                         "mixup-cli version that wrote it")
+        raise InputError(
+            f"{label}: its 'set' section is damaged or of another version; check it with the "
+            "mixup-cli version that wrote it"
+        )
     return found
 
 
@@ -153,8 +163,13 @@ def check_outdir_contents(outdir: Path, outputs: Sequence[Path], sid: str, overw
             continue
         if overwrite and readable:  # a previous output of mixup (of another set, or of one input)
             continue
-        why = ("it has no provenance sidecar" if not readable else "its sidecar records no set" if found is None
-               else f"its sidecar records set {found['set_id'][:12]}, this set is {sid[:12]}")
+        why = (
+            "it has no provenance sidecar"
+            if not readable
+            else "its sidecar records no set"
+            if found is None
+            else f"its sidecar records set {found['set_id'][:12]}, this set is {sid[:12]}"
+        )
         raise OutputError(
             f"{entry}: is not an output of this set ({why}); move it away, choose another OUTDIR"
             + ("" if not readable else ", or pass --overwrite to replace it")
@@ -233,7 +248,7 @@ def remove_stale(outdir: Path) -> None:
         suffix = next((x for x in (_STAGE_SUFFIX, SCRATCH_SUFFIX) if entry.name.endswith(x)), None)
         if suffix is None:
             continue
-        who, _, pid = entry.name[len(SET_PREFIX):-len(suffix)].rpartition(".")
+        who, _, pid = entry.name[len(SET_PREFIX) : -len(suffix)].rpartition(".")
         if not (who == host or who.endswith("." + host)) or not pid.isdigit() or int(pid) == os.getpid():
             continue
         if not _alive(int(pid)):
@@ -271,8 +286,10 @@ def _check_manifest(path: Path, sid: str, overwrite: bool) -> None:
     if record is not None and overwrite:
         return  # another set's: replaced with its outputs
     why = "unreadable" if record is None else f"of set {str(record.get('set_id'))[:12]}, this set is {sid[:12]}"
-    raise OutputError(f"{path}: is the manifest of another set ({why}); move it away, choose another OUTDIR"
-                      + ("" if record is None else ", or pass --overwrite to replace that set's outputs"))
+    raise OutputError(
+        f"{path}: is the manifest of another set ({why}); move it away, choose another OUTDIR"
+        + ("" if record is None else ", or pass --overwrite to replace that set's outputs")
+    )
 
 
 class OutputsPresent:
@@ -319,8 +336,10 @@ def set_status(outdir: Path) -> SetStatus | None:
             status = SetStatus(found["set_id"], int(found["outputs"]), int(found["rows"]), inputs=found.get("inputs"))
             first = sidecar
         elif found["set_id"] != status.set_id or int(found["outputs"]) != status.outputs:
-            raise InputError(f"{sidecar}: belongs to set {found['set_id'][:12]}, but {first} to set "
-                             f"{status.set_id[:12]}; an OUTDIR holds one set")
+            raise InputError(
+                f"{sidecar}: belongs to set {found['set_id'][:12]}, but {first} to set "
+                f"{status.set_id[:12]}; an OUTDIR holds one set"
+            )
         k = int(found["index"])
         output = sidecar.with_name(sidecar.name[: -len(provenance.SIDECAR_SUFFIX)])
         if found["input"]["name"] != output.name:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import os
 import re
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, TextIO
+from typing import TextIO
 
 from mixup_cli.errors import InputError, ParameterError
 
@@ -32,8 +33,9 @@ def read_list(text: Iterable[str], base: Path | None, label: str) -> list[Path]:
     return found
 
 
-def collect_inputs(arguments: Iterable[str | Path], inputs_from: str | Path | None = None,
-                   stdin: TextIO | None = None) -> list[Path]:
+def collect_inputs(
+    arguments: Iterable[str | Path], inputs_from: str | Path | None = None, stdin: TextIO | None = None
+) -> list[Path]:
     """The set's inputs in order: the arguments first, then the lines of
     ``inputs_from`` (``-``: standard input), so a list never meets the
     shell's argument limit (ARG_MAX)."""
@@ -47,16 +49,22 @@ def collect_inputs(arguments: Iterable[str | Path], inputs_from: str | Path | No
                 with open(listing, encoding="utf-8") as fh:
                     paths += read_list(fh, listing.parent, str(listing))
             except FileNotFoundError:
-                raise ParameterError(f"--inputs-from {listing}: no such file; check the path", "--inputs-from") from None
+                raise ParameterError(
+                    f"--inputs-from {listing}: no such file; check the path", "--inputs-from"
+                ) from None
             except IsADirectoryError:
-                raise ParameterError(f"--inputs-from {listing}: is a directory; pass a file listing one input per line",
-                                     "--inputs-from") from None
+                raise ParameterError(
+                    f"--inputs-from {listing}: is a directory; pass a file listing one input per line", "--inputs-from"
+                ) from None
             except UnicodeDecodeError:
-                raise ParameterError(f"--inputs-from {listing}: is not UTF-8 text; pass a file listing one input per line",
-                                     "--inputs-from") from None
+                raise ParameterError(
+                    f"--inputs-from {listing}: is not UTF-8 text; pass a file listing one input per line",
+                    "--inputs-from",
+                ) from None
             except OSError as exc:
-                raise ParameterError(f"--inputs-from {listing}: cannot read it ({exc.strerror or exc})",
-                                     "--inputs-from") from None
+                raise ParameterError(
+                    f"--inputs-from {listing}: cannot read it ({exc.strerror or exc})", "--inputs-from"
+                ) from None
     if not paths:
         where = f" (--inputs-from {inputs_from} lists none)" if inputs_from is not None else ""
         raise ParameterError(f"no inputs given{where}; pass IN... OUTDIR or --inputs-from FILE", "IN")

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -84,7 +84,7 @@ def locate_rows(error: Exception, layout: SetLayout) -> Exception:
         return error
     k, local = layout.locate(row)
     told = f"{layout.shards[k].path}{match.group('key') or ''} row {local} (row {row} of the set)"
-    new = text[: match.start()] + told + text[match.end():]
+    new = text[: match.start()] + told + text[match.end() :]
     if isinstance(error, ParameterError):
         return type(error)(new, error.option)
     try:
@@ -120,8 +120,15 @@ def _used_keys(reader, path: Path, x_key: str, y_key: str | None, require_y: boo
     return [x_key], []
 
 
-def inspect_inputs(paths: Sequence[Path], x_key: str = "x", y_key: str | None = "y", *, require_y: bool = True,
-                   outdir: Path | None = None, opener: Callable = open_reader) -> SetLayout:
+def inspect_inputs(
+    paths: Sequence[Path],
+    x_key: str = "x",
+    y_key: str | None = "y",
+    *,
+    require_y: bool = True,
+    outdir: Path | None = None,
+    opener: Callable = open_reader,
+) -> SetLayout:
     """Check the inputs against each other and return the set's layout.
 
     Refused, naming the input: the same file given twice; an input that is
@@ -212,8 +219,9 @@ def _shard_specs(reader, path: Path, keys, shared, x_key: str, first_shared: dic
     rows = specs[x_key].rows
     for key, spec in specs.items():
         if spec.rows != rows:
-            raise InputError(f"{path}: '{x_key}' has {rows} rows but '{key}' has {spec.rows}; x and y need one "
-                             "row per sample")
+            raise InputError(
+                f"{path}: '{x_key}' has {rows} rows but '{key}' has {spec.rows}; x and y need one row per sample"
+            )
     if rows == 0:
         raise InputError(f"{path}: '{x_key}' has zero rows; remove it from the set's inputs")
     return specs
@@ -241,7 +249,9 @@ def output_paths(layout_or_paths, outdir: Path) -> list[Path]:
 
     Refused: two inputs of the same name (from different folders), and a
     name that is not an output format (an HDF5 input named ``.h5ad``)."""
-    paths = [s.path for s in layout_or_paths.shards] if isinstance(layout_or_paths, SetLayout) else list(layout_or_paths)
+    paths = (
+        [s.path for s in layout_or_paths.shards] if isinstance(layout_or_paths, SetLayout) else list(layout_or_paths)
+    )
     outdir = Path(outdir)
     names: dict[str, Path] = {}
     found = []
@@ -259,7 +269,8 @@ def output_paths(layout_or_paths, outdir: Path) -> list[Path]:
         except ParameterError:
             raise ParameterError(
                 f"{path}: its output {out} would have no output format; a set's outputs take their inputs' names "
-                "(.h5, .hdf5, .npz, .zarr or a directory of .npy files), so rename the input", "IN"
+                "(.h5, .hdf5, .npz, .zarr or a directory of .npy files), so rename the input",
+                "IN",
             ) from None
         found.append(out)
     return found
@@ -275,9 +286,14 @@ def check_outdir(outdir: Path) -> None:
         raise OutputError(f"{outdir}: directory {parent} does not exist; create it first")
 
 
-def check_storage_options(outputs: Sequence[Path], compression: str, block_rows: int | None,
-                          chunk_rows: int | None = None, byte_shuffle: bool | None = None,
-                          zarr_format: int | None = None) -> None:
+def check_storage_options(
+    outputs: Sequence[Path],
+    compression: str,
+    block_rows: int | None,
+    chunk_rows: int | None = None,
+    byte_shuffle: bool | None = None,
+    zarr_format: int | None = None,
+) -> None:
     """The storage options of one command apply to every output: refuse
     them, naming the first output of a format they do not fit (a set may
     mix formats; ``--zarr-format`` then does not fit its HDF5 outputs)."""
@@ -292,8 +308,6 @@ def check_storage_options(outputs: Sequence[Path], compression: str, block_rows:
         try:
             layout_options(fmt, compression, block_rows, chunk_rows, byte_shuffle, zarr_format)
             if compression not in _module(fmt).Writer.compressions:
-                raise ParameterError(
-                    f"--compression {compression} is not available for {fmt} output", "--compression"
-                )
+                raise ParameterError(f"--compression {compression} is not available for {fmt} output", "--compression")
         except ParameterError as exc:
             raise ParameterError(f"{out}: {exc}", exc.option) from None

@@ -15,8 +15,8 @@ every input, opening each in turn.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -41,8 +41,15 @@ class ConcatReader(Reader):
     """The set's inputs as one Reader (read-only, rows in the given order).
     Used from one thread at a time, like the readers it holds."""
 
-    def __init__(self, layout: SetLayout, *, opener: Callable[[Path], Reader] | None = None,
-                 scratch_prefix: Path | None = None, fast: bool = True, max_open: int = DEFAULT_MAX_OPEN):
+    def __init__(
+        self,
+        layout: SetLayout,
+        *,
+        opener: Callable[[Path], Reader] | None = None,
+        scratch_prefix: Path | None = None,
+        fast: bool = True,
+        max_open: int = DEFAULT_MAX_OPEN,
+    ):
         super().__init__(Path(layout.label))  # messages name the set; layout.locate_rows names the input
         self.layout = layout
         self._custom_opener = opener
@@ -57,7 +64,9 @@ class ConcatReader(Reader):
         self._specs = {}
         for key in layout.keys:
             specs = [s.specs[key] for s in layout.shards]
-            self._specs[key] = ArraySpec((layout.n_rows,) + specs[0].row_shape, _unified_dtype([s.dtype for s in specs]))
+            self._specs[key] = ArraySpec(
+                (layout.n_rows,) + specs[0].row_shape, _unified_dtype([s.dtype for s in specs])
+            )
         self._shared_specs: dict[str, ArraySpec] = {}
 
     # --- readers ------------------------------------------------------------
@@ -137,7 +146,7 @@ class ConcatReader(Reader):
 
     @staticmethod
     def _as_set_dtype(piece: np.ndarray, dtype: np.dtype) -> np.ndarray:
-        if dtype == object and piece.dtype != object:
+        if dtype.kind == "O" and piece.dtype.kind != "O":
             return piece.astype(object)
         return piece
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 from mixup_cli.errors import ParameterError
 from mixup_cli.sampling import Plan, Task
@@ -33,7 +33,8 @@ def check_plan(plan: Plan) -> None:
     if plan.own is not None:
         raise ParameterError(
             "--balance cannot split its output by input (its rows are drawn per class from the whole set); "
-            "run it on one file holding the set", "--balance",
+            "run it on one file holding the set",
+            "--balance",
         )
 
 

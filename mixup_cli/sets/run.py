@@ -13,9 +13,9 @@ the outputs are the single-file run's rows whatever the part or engine.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 from mixup_cli import atomic, pipeline, preflight, provenance, resume, scratch, sidecar
 from mixup_cli.errors import MixupError, OutputError
@@ -26,7 +26,12 @@ from mixup_cli.sampling import CLASS_PAIRINGS
 from mixup_cli.sets import identity
 from mixup_cli.sets.inputs import WHOLE, Part, check_part_seed
 from mixup_cli.sets.layout import (
-    SetLayout, check_outdir, check_storage_options, inspect_inputs, locate_rows, output_paths,
+    SetLayout,
+    check_outdir,
+    check_storage_options,
+    inspect_inputs,
+    locate_rows,
+    output_paths,
 )
 from mixup_cli.sets.reader import ConcatReader
 from mixup_cli.sets.restrict import check_plan, output_rows, split
@@ -52,9 +57,14 @@ class SetResult:
     def summary(self) -> dict:
         """What ``--json`` prints for a set: one object."""
         return {
-            "outdir": str(self.outdir), "set_id": self.set_id, "part": str(self.part), "seed": self.seed,
-            "rows": self.rows, "seconds": round(self.seconds, 3),
-            "outputs": [str(p) for p in self.written], "skipped": [str(p) for p in self.skipped],
+            "outdir": str(self.outdir),
+            "set_id": self.set_id,
+            "part": str(self.part),
+            "seed": self.seed,
+            "rows": self.rows,
+            "seconds": round(self.seconds, 3),
+            "outputs": [str(p) for p in self.written],
+            "skipped": [str(p) for p in self.skipped],
         }
 
 
@@ -79,8 +89,14 @@ class _PartProgress(Progress):
             between(caught)
 
 
-def augment_set(request: AugmentRequest, inputs: Sequence[Path], outdir: Path, part: Part = WHOLE,
-                progress: Progress | None = None, written: list | None = None) -> SetResult:
+def augment_set(
+    request: AugmentRequest,
+    inputs: Sequence[Path],
+    outdir: Path,
+    part: Part = WHOLE,
+    progress: Progress | None = None,
+    written: list | None = None,
+) -> SetResult:
     """Write part ``part`` of the set's outputs into ``outdir`` (each with its
     sidecar), and OUTDIR's manifest. ``request.input``/``output`` are unused.
     A refusal leaves OUTDIR as it was; a stop leaves the outputs committed
@@ -97,8 +113,9 @@ def augment_set(request: AugmentRequest, inputs: Sequence[Path], outdir: Path, p
     check_part_seed(part, request.seed)
     layout = inspect_inputs(inputs, request.x_key, request.y_key, require_y=request.require_y, outdir=outdir)
     outputs = output_paths(layout, outdir)
-    check_storage_options(outputs, request.compression, request.block_rows, request.chunk_rows,
-                          request.byte_shuffle, request.zarr_format)
+    check_storage_options(
+        outputs, request.compression, request.block_rows, request.chunk_rows, request.byte_shuffle, request.zarr_format
+    )
     try:
         source, concat = _open_set(request, layout, outdir, part)  # may pass over y (names, classes)
     except MixupError as exc:
@@ -125,13 +142,22 @@ def _open_set(request: AugmentRequest, layout: SetLayout, outdir: Path, part: Pa
     # Inflated .npz members go to unlinked files in OUTDIR (or beside it, before it exists).
     base = outdir if outdir.is_dir() else outdir.resolve().parent
     reader = ConcatReader(layout, scratch_prefix=base / f"{identity.SET_PREFIX}{part.index}-{part.count}")
-    source = open_source(layout.shards[0].path, request.x_key, request.y_key, request.data_options(),
-                         request.require_y, y_for=y_for, reader=reader, layout=layout)
+    source = open_source(
+        layout.shards[0].path,
+        request.x_key,
+        request.y_key,
+        request.data_options(),
+        request.require_y,
+        y_for=y_for,
+        reader=reader,
+        layout=layout,
+    )
     return source, reader
 
 
-def _run_part(request, source, concat: ConcatReader, plan, outputs, result: SetResult, progress, started_at,
-              t0) -> SetResult:
+def _run_part(
+    request, source, concat: ConcatReader, plan, outputs, result: SetResult, progress, started_at, t0
+) -> SetResult:
     layout, outdir, part = concat.layout, result.outdir, result.part
     parameters = sidecar.run_parameters(plan, request, source)
     sid = identity.set_id(layout, parameters)
@@ -141,8 +167,10 @@ def _run_part(request, source, concat: ConcatReader, plan, outputs, result: SetR
     done = identity.check_outdir_contents(outdir, outputs, sid, request.overwrite) & set(mine)
     if done and not (request.resume or request.overwrite):
         first = outputs[min(done)]
-        raise OutputError(f"{first}: already exists (an output of this set); pass --resume to continue the set, "
-                          "or --overwrite to write it again")
+        raise OutputError(
+            f"{first}: already exists (an output of this set); pass --resume to continue the set, "
+            "or --overwrite to write it again"
+        )
     result.set_id = sid
     fresh = (not outdir.exists(), not (outdir / identity.MANIFEST).exists())
     outdir.mkdir(exist_ok=True)
@@ -167,8 +195,9 @@ def _tidy(outdir: Path, made_dir: bool, made_manifest: bool) -> None:
         pass
 
 
-def _write_part(request, source, concat, plan, outputs, result: SetResult, progress, started_at, t0,
-                done: set[int]) -> SetResult:
+def _write_part(
+    request, source, concat, plan, outputs, result: SetResult, progress, started_at, t0, done: set[int]
+) -> SetResult:
     layout, outdir, part = concat.layout, result.outdir, result.part
     mine = part.outputs(len(outputs))
     result.rows = sum(output_rows(plan, layout.shards[k].rows) for k in mine)
@@ -184,8 +213,9 @@ def _write_part(request, source, concat, plan, outputs, result: SetResult, progr
         state = identity.inputs_state(layout)  # S stats once, for every output's journal
         with _run_source(request, source, plan, outdir, part) as run_source:
             for n, k in enumerate(todo):
-                job = _job(request, source, concat, plan, outputs, k, tasks.pop(k), result.set_id, part, state,
-                           run_source)
+                job = _job(
+                    request, source, concat, plan, outputs, k, tasks.pop(k), result.set_id, part, state, run_source
+                )
                 held = _write_one(request, source, plan, job, progress, started_at, t0)
                 result.written.append(outputs[k])
                 if n + 1 < len(todo):
@@ -221,8 +251,9 @@ def _run_source(request, source, plan, outdir: Path, part: Part):
     return scratch.source_for_run(source, plan, outdir / name)
 
 
-def _job(request, source, concat: ConcatReader, plan, outputs, k: int, tasks, sid: str, part: Part, state: str,
-         run_source) -> pipeline.OutputJob:
+def _job(
+    request, source, concat: ConcatReader, plan, outputs, k: int, tasks, sid: str, part: Part, state: str, run_source
+) -> pipeline.OutputJob:
     """Output ``k``: its rows and arrays, its own input for the sidecar, the
     set for the journal, its digests' blocks shifted by its offset."""
     layout = concat.layout
@@ -230,14 +261,26 @@ def _job(request, source, concat: ConcatReader, plan, outputs, k: int, tasks, si
     rows = output_rows(plan, shard.rows)
     specs = {key: ArraySpec((rows,) + spec.row_shape, spec.dtype) for key, spec in output_specs(source, plan).items()}
     input_record = {
-        "set_id": sid, "path": str(shard.path.resolve()), "format": shard.format, "inputs_state": state,
+        "set_id": sid,
+        "path": str(shard.path.resolve()),
+        "format": shard.format,
+        "inputs_state": state,
         "arrays": {key: spec.to_dict() for key, spec in source.specs.items()},
     }
     return pipeline.OutputJob(
-        output, format_of(output, for_output=True), lambda: tasks, rows, shard.path, shard.format, shard.specs,
-        lambda: concat.input_files(k), specs,
-        shift=(shard.rows, shard.offset % plan.block_rows), input_record=input_record,
-        set_section=identity.section(layout, k, part, sid), run_source=run_source,
+        output,
+        format_of(output, for_output=True),
+        lambda: tasks,
+        rows,
+        shard.path,
+        shard.format,
+        shard.specs,
+        lambda: concat.input_files(k),
+        specs,
+        shift=(shard.rows, shard.offset % plan.block_rows),
+        input_record=input_record,
+        set_section=identity.section(layout, k, part, sid),
+        run_source=run_source,
     )
 
 

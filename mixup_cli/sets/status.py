@@ -77,14 +77,25 @@ def read_set(outdir: Path) -> SetView:
     manifest = identity.read_manifest(outdir)
     status = identity.set_status(outdir)
     if manifest is None and status is None:
-        raise InputError(f"{outdir}: holds no set (no {identity.MANIFEST}, no sidecar of a set's output); "
-                         "pass a set's OUTDIR or one output")
+        raise InputError(
+            f"{outdir}: holds no set (no {identity.MANIFEST}, no sidecar of a set's output); "
+            "pass a set's OUTDIR or one output"
+        )
     if manifest is not None and status is not None and manifest.get("set_id") != status.set_id:
-        raise InputError(f"{outdir / identity.MANIFEST}: is of set {str(manifest.get('set_id'))[:12]}, the outputs' "
-                         f"sidecars of set {status.set_id[:12]}; an OUTDIR holds one set")
+        raise InputError(
+            f"{outdir / identity.MANIFEST}: is of set {str(manifest.get('set_id'))[:12]}, the outputs' "
+            f"sidecars of set {status.set_id[:12]}; an OUTDIR holds one set"
+        )
     if manifest is not None:
-        view = SetView(outdir, manifest["set_id"], len(manifest["inputs"]), int(manifest["rows"]),
-                       [dict(e) for e in manifest["inputs"]], manifest.get("parameters"), has_manifest=True)
+        view = SetView(
+            outdir,
+            manifest["set_id"],
+            len(manifest["inputs"]),
+            int(manifest["rows"]),
+            [dict(e) for e in manifest["inputs"]],
+            manifest.get("parameters"),
+            has_manifest=True,
+        )
     else:
         inputs = [dict(e, path=None) for e in status.inputs] if status.inputs is not None else None
         view = SetView(outdir, status.set_id, status.outputs, status.rows, inputs, None)
@@ -94,7 +105,9 @@ def read_set(outdir: Path) -> SetView:
             if view.inputs is not None and view.inputs[k].get("path") is None:
                 view.inputs[k]["path"] = found["input"].get("path")
         if view.parameters is None and view.present:
-            view.parameters = provenance.read(provenance.sidecar_path(view.present[min(view.present)])).get("parameters")
+            view.parameters = provenance.read(provenance.sidecar_path(view.present[min(view.present)])).get(
+                "parameters"
+            )
     if view.inputs is not None:
         view.interrupted = [e["name"] for e in view.inputs if atomic.partials(outdir / e["name"], with_lock=False)]
     return view
@@ -105,8 +118,10 @@ def input_paths(view: SetView, override: Path | None = None) -> list[Path]:
     or ``override``: a folder holding them under their recorded names, or a
     list file (one path a line, as ``--inputs-from``) naming them in order."""
     if view.inputs is None:
-        raise InputError(f"{view.outdir}: its sidecars do not list the set's {view.outputs} inputs and it has no "
-                         f"{identity.MANIFEST}; pass --input with a list of the inputs in order")
+        raise InputError(
+            f"{view.outdir}: its sidecars do not list the set's {view.outputs} inputs and it has no "
+            f"{identity.MANIFEST}; pass --input with a list of the inputs in order"
+        )
     names = [e["name"] for e in view.inputs]
     if override is None:
         known = [Path(e["path"]) for e in view.inputs if e.get("path")]
@@ -121,10 +136,16 @@ def input_paths(view: SetView, override: Path | None = None) -> list[Path]:
         raise ParameterError(f"{override}: cannot read it as a list of inputs ({exc})", "--input") from None
     paths = read_list(lines, override.parent, str(override))
     if len(paths) != len(names):
-        raise ParameterError(f"{override}: lists {len(paths)} inputs, the set has {len(names)}; list every input "
-                             "in the order of the run", "--input")
+        raise ParameterError(
+            f"{override}: lists {len(paths)} inputs, the set has {len(names)}; list every input "
+            "in the order of the run",
+            "--input",
+        )
     for k, (path, name) in enumerate(zip(paths, names)):
         if path.name != name:
-            raise ParameterError(f"{override}: line {k + 1} names {path.name}, the set's input {k} is {name}; list "
-                                 "the inputs in the order of the run, under their names", "--input")
+            raise ParameterError(
+                f"{override}: line {k + 1} names {path.name}, the set's input {k} is {name}; list "
+                "the inputs in the order of the run, under their names",
+                "--input",
+            )
     return paths
