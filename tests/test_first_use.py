@@ -1,77 +1,14 @@
-"""What a new user runs first: README examples, messages, inspect and preview output."""
+"""What a new user runs first: messages, inspect and preview output (the docs' examples
+run in test_docs_examples.py)."""
 
 from __future__ import annotations
 
 import re
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO, write_h5
-
-README = (REPO / "README.md").read_text()
-
-
-def _blocks(text: str) -> list[str]:
-    """The fenced code blocks of a Markdown text."""
-    blocks, current = [], None
-    for line in text.splitlines():
-        if line.startswith("```"):
-            if current is None:
-                current = []
-            else:
-                blocks.append("\n".join(current))
-                current = None
-        elif current is not None:
-            current.append(line)
-    return blocks
-
-
-@pytest.mark.slow
-def test_readme_set_script_runs_as_written(tmp_path):
-    """The README's script for a sharded dataset (one job, then 16 parts with
-    xargs, then verify), run word for word by bash on three small shards."""
-    import os
-    import subprocess
-
-    import h5py
-
-    scripts = [b for b in _blocks(README) if b.startswith("set -euo pipefail") and "mixup verify mixed/" in b]
-    assert len(scripts) == 2 and any("--shard {}/16" in s for s in scripts)
-    assert "for shard in" not in README  # the per-shard loop with one seed is gone
-    env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
-    written = []
-    for i, script in enumerate(scripts):
-        root = tmp_path / str(i)
-        (root / "shards").mkdir(parents=True)
-        rng = np.random.default_rng(0)
-        for k, rows in enumerate((30, 17, 41)):
-            write_h5(
-                root / "shards" / f"part-{k:04d}.h5",
-                x=rng.random((rows, 4), dtype=np.float32),
-                y=rng.integers(0, 3, rows),
-            )
-        done = subprocess.run(["bash", "-c", script], cwd=root, env=env, capture_output=True, text=True)
-        assert done.returncode == 0, done.stderr
-        outputs = sorted((root / "mixed").glob("*.h5"))
-        assert [p.name for p in outputs] == [f"part-{k:04d}.h5" for k in range(3)]
-        written.append([h5py.File(p, "r")["x"][()] for p in outputs])
-    assert all(np.array_equal(a, b) for a, b in zip(*written))  # one job and 16 parts: the same files
-
-
-def test_readme_label_examples_never_write_the_same_output_twice():
-    """Run one after another, the examples of "Labels and dtypes" must not
-    stop at "already exists": every OUT differs (none uses --overwrite)."""
-    section = README.split("## Labels and dtypes", 1)[1].split("\n## ", 1)[0]
-    outs = []
-    for block in _blocks(section):
-        for line in block.splitlines():
-            words = line.split("#")[0].split()
-            if words[:2] == ["mixup", "augment"]:
-                assert "--overwrite" not in words
-                outs.append(words[3])
-    assert len(outs) >= 5 and len(outs) == len(set(outs)), outs
+from conftest import write_h5
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,216 @@
+"""Every example and every link in the README and docs/ works as written.
+
+Each page's fenced code blocks are run word for word, in order, in a fresh
+folder that holds the files the pages name (``in.h5``, ``shards/``,
+``images.h5``, ... made by ``make_workspace`` below, and a copy of
+``sample_data/``):
+
+- ```` ```bash ```` and ```` ```sh ```` blocks run in ``bash -e -o pipefail``
+  with the installed ``mixup`` first on PATH; a leading ``pip install ... &&``
+  is left out (the test runs on the installed package, which is what that
+  install makes);
+- ```` ```python ```` blocks run in this interpreter;
+- ```` ```text ```` blocks (output, tables, formulas) are not run;
+- a runnable block right after ``<!-- not run: REASON -->`` is skipped, and
+  the reason must be given (a cluster on other machines, a scheduler);
+- a fence without a language is refused: every block says what it is.
+
+Links: every relative link (``[text](path#anchor)``, images too) points to a
+file of the repository, and an anchor to a heading of that file.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from conftest import REPO
+
+PAGES = sorted([REPO / "README.md", *(REPO / "docs").rglob("*.md")])
+RUNNABLE = {"bash": "bash", "sh": "bash", "python": "python"}
+NOT_RUN = re.compile(r"^<!-- not run: (\S.*\S) -->$")
+PIP_PREFIX = re.compile(r"^pip install [^&]*&&\s*")
+LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")
+# Pages whose examples take tens of seconds (16 processes of an array job,
+# matplotlib, a Dask cluster): run by the whole suite.
+SLOW_PAGES = {"docs/sets.md", "docs/preview.md", "docs/scaling-out.md"}
+
+
+def page_id(page: Path) -> str:
+    return page.relative_to(REPO).as_posix()
+
+
+# ------------------------------------------------------------------ the pages
+
+
+def code_blocks(text: str) -> list[tuple[str, str, str | None, int]]:
+    """(language, code, reason it is not run or None, line) of each fenced block."""
+    blocks, lines, i = [], text.splitlines(), 0
+    while i < len(lines):
+        m = re.match(r"^(\s*)```(\S*)\s*$", lines[i])
+        if not m:
+            i += 1
+            continue
+        indent, language, start = len(m.group(1)), m.group(2), i
+        end = next(j for j in range(i + 1, len(lines)) if lines[j].strip() == "```")
+        code = "\n".join(line[indent:] for line in lines[i + 1 : end])
+        before = next((lines[j].strip() for j in range(start - 1, -1, -1) if lines[j].strip()), "")
+        reason = NOT_RUN.match(before)
+        blocks.append((language, code, reason.group(1) if reason else None, start + 1))
+        i = end + 1
+    return blocks
+
+
+def github_anchors(text: str) -> set[str]:
+    """The anchors GitHub gives a page's headings (lower case, punctuation
+    dropped, spaces to hyphens, -1, -2 ... for repeats)."""
+    anchors, seen = set(), {}
+    in_code = False
+    for line in text.splitlines():
+        if line.lstrip().startswith("```"):
+            in_code = not in_code
+        m = None if in_code else re.match(r"^#{1,6} (.+?)\s*$", line)
+        if not m:
+            continue
+        slug = re.sub(r"[^\w\- ]", "", m.group(1).lower()).replace(" ", "-")
+        n = seen.get(slug, 0)
+        seen[slug] = n + 1
+        anchors.add(slug if n == 0 else f"{slug}-{n}")
+    return anchors
+
+
+def broken_links(page: Path, root: Path = REPO) -> list[str]:
+    text = page.read_text(encoding="utf-8")
+    text = re.sub(r"```.*?```", "", text, flags=re.S)  # links inside code are code
+    broken = []
+    for target in LINK.findall(text):
+        if re.match(r"^[a-z]+:", target):  # http:, https:, mailto:
+            continue
+        path, _, anchor = target.partition("#")
+        file = (page.parent / path).resolve() if path else page
+        if root not in (file, *file.parents):
+            broken.append(f"{target}: outside the repository")
+        elif not file.exists():
+            broken.append(f"{target}: no such file")
+        elif anchor and (file.suffix != ".md" or anchor not in github_anchors(file.read_text(encoding="utf-8"))):
+            broken.append(f"{target}: no heading with that anchor")
+    return broken
+
+
+# -------------------------------------------------------------- the workspace
+
+
+def _h5(path: Path, **arrays) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with h5py.File(path, "w") as f:
+        for key, value in arrays.items():
+            f.create_dataset(key, data=value)
+
+
+def make_workspace(root: Path) -> None:
+    """The files the docs' examples name, small and real."""
+    rng = np.random.default_rng(0)
+    shutil.copytree(REPO / "sample_data", root / "sample_data")
+    (root / "docs").mkdir()
+    tabular = rng.standard_normal((240, 8)).astype(np.float32)
+    labels = rng.integers(0, 10, 240)
+    for name in ("in.h5", "train.h5"):
+        _h5(root / name, x=tabular, y=labels)
+    np.savez(root / "in.npz", x=tabular, y=labels)
+    (root / "data").mkdir()
+    np.save(root / "data" / "x.npy", tabular)
+    np.save(root / "data" / "y.npy", labels)
+    for k, rows in enumerate((60, 45, 75)):
+        _h5(root / "shards" / f"part-{k:04d}.h5", x=rng.random((rows, 8), dtype=np.float32), y=rng.integers(0, 3, rows))
+    images = rng.integers(0, 256, (64, 16, 16, 3), dtype=np.uint8)
+    _h5(root / "images.h5", x=images, y=rng.integers(0, 4, 64))
+    np.savez(root / "images.npz", x=images)
+    np.savez(root / "scans.npz", x=rng.random((32, 1, 16, 16), dtype=np.float32), y=rng.integers(0, 2, 32))
+    _h5(root / "spam.h5", x=tabular[:100], y=rng.integers(0, 2, 100).astype(np.int8))
+    _h5(root / "tags.h5", x=tabular[:100], y=rng.integers(0, 2, (100, 20)).astype(np.uint8))
+    _h5(root / "depth.h5", x=images[:32], y=rng.random((32, 16, 16), dtype=np.float32))
+    _h5(root / "seg.h5", x=images[:32], y=rng.integers(0, 5, (32, 16, 16)).astype(np.uint8))
+
+
+def run_block(language: str, code: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ, MPLBACKEND="Agg")
+    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env["PATH"]
+    if RUNNABLE[language] == "bash":
+        code = "\n".join(PIP_PREFIX.sub("", line) for line in code.splitlines())
+        argv = ["bash", "-e", "-o", "pipefail", "-c", code]
+    else:
+        argv = [sys.executable, "-c", code]
+    return subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+# ------------------------------------------------------------------ the tests
+
+
+@pytest.mark.parametrize(
+    "page", [pytest.param(p, marks=[pytest.mark.slow] if page_id(p) in SLOW_PAGES else []) for p in PAGES], ids=page_id
+)
+def test_every_example_runs_as_written(page, tmp_path):
+    blocks = code_blocks(page.read_text(encoding="utf-8"))
+    unlabelled = [line for language, _, _, line in blocks if not language]
+    assert not unlabelled, f"{page_id(page)}: code blocks without a language at lines {unlabelled}"
+    runnable = [b for b in blocks if b[0] in RUNNABLE and b[2] is None]
+    if not runnable:
+        pytest.skip("no runnable example on this page")
+    make_workspace(tmp_path)
+    for language, code, _, line in runnable:
+        done = run_block(language, code, tmp_path)
+        assert done.returncode == 0, f"{page_id(page)}:{line} exit {done.returncode}\n{code}\n{done.stderr}"
+
+
+@pytest.mark.parametrize("page", PAGES, ids=page_id)
+def test_every_link_resolves(page):
+    assert broken_links(page) == []
+
+
+def test_the_readme_stays_short():
+    assert len((REPO / "README.md").read_text(encoding="utf-8").splitlines()) <= 200
+
+
+# ------------------------------------------------ the checks, shown to fail
+
+
+def test_a_failing_example_fails_the_page(tmp_path):
+    [(language, code, reason, _)] = code_blocks("```bash\nmixup augment missing.h5 out.h5\n```\n")
+    assert reason is None
+    done = run_block(language, code, tmp_path)
+    assert done.returncode == 1 and "missing.h5" in done.stderr
+
+
+def test_a_block_marked_not_run_needs_a_reason():
+    text = "<!-- not run: needs a cluster -->\n\n```bash\nfalse\n```\n<!-- not run: -->\n```bash\nfalse\n```\n"
+    assert [b[2] for b in code_blocks(text)] == ["needs a cluster", None]
+
+
+def test_a_broken_link_and_a_missing_anchor_are_found(tmp_path):
+    (tmp_path / "sets.md").write_text("# Sets\n\n## Checking a set\n")
+    page = tmp_path / "page.md"
+    page.write_text(
+        "[ok](sets.md#checking-a-set) [a](no-such-page.md) [b](sets.md#no-such-heading) [c](../README.md)\n"
+    )
+    assert broken_links(page, root=tmp_path) == [
+        "no-such-page.md: no such file",
+        "sets.md#no-such-heading: no heading with that anchor",
+        "../README.md: outside the repository",
+    ]
+
+
+def test_anchors_follow_github():
+    text = "# Sharded datasets: a set of inputs as one dataset\n## `mixup verify OUT`\n## Pairing\n## Pairing\n"
+    assert github_anchors(text) == {
+        "sharded-datasets-a-set-of-inputs-as-one-dataset",
+        "mixup-verify-out",
+        "pairing",
+        "pairing-1",
+    }

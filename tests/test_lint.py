@@ -1,0 +1,30 @@
+"""The tree passes ruff's lint and format checks (rules in pyproject.toml)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO
+
+
+def _ruff(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "ruff", *args], cwd=REPO, capture_output=True, text=True)
+
+
+pytestmark = pytest.mark.skipif(
+    _ruff("--version").returncode != 0 and shutil.which("ruff") is None,
+    reason="ruff is not installed: pip install -e '.[test]'",
+)
+
+
+def test_lint_is_clean():
+    done = _ruff("check", "--no-cache", ".")
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_format_is_clean():
+    done = _ruff("format", "--no-cache", "--check", ".")
+    assert done.returncode == 0, done.stdout + done.stderr + "\nrun: ruff format ."
