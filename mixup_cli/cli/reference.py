@@ -34,7 +34,7 @@ _WIDE = 10_000  # no wrapping by click: lines are laid out here
 # (an underscore inside a word is none), a tag, strikethrough, code spans.
 _MARKUP = re.compile(r"[\\`*|]|(?<![0-9A-Za-z])_|_(?![0-9A-Za-z])|<(?=[A-Za-z/!?])|~(?=\S)")
 _MARKUP_PROSE = re.compile(r"[\\*|]|(?<![0-9A-Za-z])_|_(?![0-9A-Za-z])|<(?=[A-Za-z/!?])|~(?=\S)")  # keeps `code`
-_LITERAL = re.compile(r"[\w.,+/-]+")  # a stated default that is one value, not words
+_LITERAL = re.compile(r"[\w.,+/-]*\d[\w.,+/-]*")  # a stated default that is a value (5), not words
 _DEFAULT_IN_HELP = re.compile(r"\s*\[default: ([^\]]+)\]")
 
 

@@ -23,7 +23,7 @@ from .progress import BarProgress
     "names, or a file listing them in order, one a line.",
 )
 @batch_size_option
-@quiet_option
+@quiet_option(help="Print only the final line (OK or FAILED: ...) and no progress bar.")
 @json_option
 @debug_option
 def verify(output_path, input_path, batch_size, quiet, as_json):
