@@ -290,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.check:
         problems = stale(args.folder, pages)
         for line in problems:
-            print(f"{line}; regenerate with: {REGENERATE}", file=sys.stderr)
+            print(f"{line}; regenerate with: python -m mixup_cli.cli.reference {args.folder}", file=sys.stderr)
         return 1 if problems else 0
     for path in write(args.folder, pages):
         print(f"wrote {path}" if path.exists() else f"removed {path}")
