@@ -136,7 +136,7 @@ def option_row(param: click.Option, ctx: click.Context, help_opts: set[str]) -> 
     extra = [item for item in extra if not item.startswith("default: ") and item != "required"]
     stated = _DEFAULT_IN_HELP.search(text)
     if shown:
-        default = f"`{shown[0][len('default: ') :]}`"
+        default = f"`{_escape_code(shown[0][len('default: ') :])}`"
     elif stated:
         value = stated.group(1)
         default = f"`{value}`" if _LITERAL.fullmatch(value) else _escape(value)
@@ -145,16 +145,22 @@ def option_row(param: click.Option, ctx: click.Context, help_opts: set[str]) -> 
         default = "required"
     elif set(param.opts) & help_opts or param.name == "version":
         default = ""  # they print and exit
-    elif param.is_flag and not param.secondary_opts:
-        value = param.get_default(ctx)
-        default = "on" if value is True else "off" if value is False else ""
     else:
-        value = param.get_default(ctx)
-        default = f"`{value}`" if isinstance(value, (str, int, float)) and not isinstance(value, bool) else "none"
+        default = _default_value(param.get_default(ctx))
     meaning = _escape(text.strip())
     if extra:
         meaning += " " + _escape(f"[{'; '.join(extra)}]")
     return OptionRow(names, default, meaning)
+
+
+def _default_value(value) -> str:
+    """A default --help does not state: on/off for a flag (of either form), a
+    plain value as code, none for anything else (None; no default at all)."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, (str, int, float)):
+        return f"`{_escape_code(str(value))}`"
+    return "none"
 
 
 def option_rows(command: click.Command, ctx: click.Context) -> list[OptionRow]:
