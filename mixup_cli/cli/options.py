@@ -64,8 +64,13 @@ def debug_option(f):
     )(f)
 
 
-def json_option(f):
-    return click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout when done.")(f)
+JSON_HELP = "Print one JSON object on stdout when done."
+
+
+def json_option(f=None, *, help=JSON_HELP):
+    """``--json`` (as ``as_json``); ``help``: what the object holds, where a command says so."""
+    option = click.option("--json", "as_json", is_flag=True, help=help)
+    return option if f is None else option(f)
 
 
 QUIET_HELP = "No progress bar and no messages, errors aside."
