@@ -84,13 +84,22 @@ def expected_mix(arr, lam, partner, source_rows=None):
     return l * src + (1 - l) * src[partner]
 
 
+def cli_runner() -> CliRunner:
+    """click's test runner with stdout and stderr apart, as click 8.2 and later
+    always keep them; click 8.1 needs it asked (``mix_stderr``, gone in 8.2)."""
+    import inspect
+
+    if "mix_stderr" in inspect.signature(CliRunner).parameters:
+        return CliRunner(mix_stderr=False)
+    return CliRunner()
+
+
 @pytest.fixture
 def run_cli():
     """Invoke the CLI in-process; returns click's Result (stdout and stderr apart)."""
 
     def run(*args, input=None):
-        runner = CliRunner()
-        return runner.invoke(cli, [str(a) for a in args], input=input, catch_exceptions=False)
+        return cli_runner().invoke(cli, [str(a) for a in args], input=input, catch_exceptions=False)
 
     return run
 
@@ -100,7 +109,7 @@ def run_in_process(*args) -> subprocess.CompletedProcess:
     for reference runs beside the runs under test: no interpreter start-up.
     An exception that escapes the command fails the test."""
     args = [str(a) for a in args]
-    result = CliRunner().invoke(cli, args, catch_exceptions=False)
+    result = cli_runner().invoke(cli, args, catch_exceptions=False)
     return subprocess.CompletedProcess(args, result.exit_code, result.stdout, result.stderr)
 
 

@@ -65,7 +65,7 @@ def _stopped_set(outdir: Path, name: str, written: list[Path]) -> str:
     "--inputs-from",
     metavar="FILE",
     default=None,
-    help="A set's inputs, one path a line (relative to FILE's folder; '-' reads stdin), after any IN given: sets of any size.",
+    help="A set's inputs, one path a line ('#' starts a comment line; relative to FILE's folder; '-' reads stdin), after any IN given: sets of any size.",
 )
 @click.option(
     "--shard",
@@ -76,7 +76,13 @@ def _stopped_set(outdir: Path, name: str, written: list[Path]) -> str:
 @keys_options
 @run_options
 @pairing_options
-@click.option("--copies", type=int, default=1, show_default=True, help="Augmented copies of the dataset to write.")
+@click.option(
+    "--copies",
+    type=int,
+    default=1,
+    show_default=True,
+    help="Augmented copies of the dataset to write, each with fresh lam and partners.",
+)
 @click.option(
     "--include-original", is_flag=True, help="Also write the original rows first (lam = 1, partner = itself)."
 )
@@ -107,7 +113,11 @@ def _stopped_set(outdir: Path, name: str, written: list[Path]) -> str:
     callback=as_int,
     help="Zarr output: store format; 2 for readers that know only Zarr v2 (zarr-python 2) [default: 3].",
 )
-@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists (only once the new output is complete).")
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Replace OUT if it exists, only once the new output is complete (a directory only if a mixup run wrote it).",
+)
 @data_options
 @click.option(
     "--resume",

@@ -149,7 +149,10 @@ def _indices(values: list[int]) -> str:
 
 @click.command()
 @click.argument("path", metavar="FILE", type=click.Path(path_type=Path))
-@json_option
+@json_option(
+    help="Print one JSON object on stdout: path, format, arrays (shape, dtype, chunks, compression each), "
+    "attributes, provenance (null without a sidecar); for a set, its inputs, parameters and outputs."
+)
 @debug_option
 def inspect(path, as_json):
     """Show a dataset's arrays and, for an output, its provenance.

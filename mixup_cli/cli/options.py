@@ -64,12 +64,22 @@ def debug_option(f):
     )(f)
 
 
-def json_option(f):
-    return click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout when done.")(f)
+JSON_HELP = "Print one JSON object on stdout when done."
 
 
-def quiet_option(f):
-    return click.option("-q", "--quiet", is_flag=True, help="No progress bar and no messages, errors aside.")(f)
+def json_option(f=None, *, help=JSON_HELP):
+    """``--json`` (as ``as_json``); ``help``: what the object holds, where a command says so."""
+    option = click.option("--json", "as_json", is_flag=True, help=help)
+    return option if f is None else option(f)
+
+
+QUIET_HELP = "No progress bar and no messages, errors aside."
+
+
+def quiet_option(f=None, *, help=QUIET_HELP):
+    """``-q/--quiet``; ``help``: what it leaves out, where a command prints more than messages."""
+    option = click.option("-q", "--quiet", is_flag=True, help=help)
+    return option if f is None else option(f)
 
 
 def _positive(ctx, param, value):
@@ -128,7 +138,7 @@ def keys_options(f):
                 "--x-key",
                 default="x",
                 show_default=True,
-                help="Array holding the inputs (HDF5 path, .npz member or .npy file stem).",
+                help="Array holding the inputs (an HDF5 path such as train/images, an .npz member or a .npy file stem).",
             ),
             click.option(
                 "--y-key",
@@ -172,12 +182,13 @@ def data_options(f):
                 type=click.IntRange(min=1),
                 default=None,
                 metavar="C",
-                help="Classes of integer labels (labels in [0, C)) [default: max label + 1, found by a pass over y].",
+                help="Classes of integer labels (labels in [0, C)) [default: max label + 1, found by one pass over y].",
             ),
             click.option(
                 "--label-smoothing",
                 type=click.FloatRange(0, 1, max_open=True),
                 default=0.0,
+                show_default=True,
                 metavar="EPS",
                 help="Class targets: off = EPS/C, on = 1 - EPS + EPS/C, applied before mixing.",
             ),
@@ -205,12 +216,18 @@ def run_options(f):
     return _apply(
         f,
         [
-            click.option("--alpha", type=float, default=0.2, show_default=True, help="lam ~ Beta(alpha, alpha)."),
+            click.option(
+                "--alpha",
+                type=float,
+                default=0.2,
+                show_default=True,
+                help="lam ~ Beta(alpha, alpha); alpha from 1e-300 to 1e300.",
+            ),
             click.option(
                 "--seed",
                 type=click.IntRange(min=0),
                 default=None,
-                help="Seed for all randomness; drawn if omitted (augment records it, preview shows it).",
+                help="Seed for all randomness (augment records it in the sidecar, preview shows it) [default: drawn].",
             ),
             click.option(
                 "--method",
@@ -230,7 +247,7 @@ def run_options(f):
                 "--block-rows",
                 type=int,
                 default=None,
-                help="Rows per pairing block, the unit of randomness [default: about 16 MiB].",
+                help="Rows per pairing block, the unit of randomness (recorded) [default: about 16 MiB].",
             ),
         ],
     )
@@ -246,31 +263,34 @@ def pairing_options(f):
                 type=click.Choice(PAIRINGS),
                 default="global",
                 show_default=True,
-                help="Where partners come from: the whole dataset, the row's own block, rows of the same / "
-                "another class of y, one of the --neighbors nearest rows in x (of the same class), or "
-                "rows of near float y (C-Mixup, --bandwidth).",
+                help="Where partners come from. global: the whole dataset; batch: the row's own block; "
+                "within-class / between-class: rows of the same / another class of y; knn / knn-within-class: "
+                "the row's --neighbors nearest rows in x (of the same class); label-kernel: rows of near "
+                "float y (C-Mixup, --bandwidth).",
             ),
             click.option(
                 "--neighbors",
                 type=click.IntRange(min=1),
                 default=None,
                 metavar="K",
-                help="With --pairing knn / knn-within-class: the partner is one of the K nearest rows [default: 5].",
+                help="With --pairing knn / knn-within-class: the partner is drawn uniformly from the row's K nearest "
+                "other rows [default: 5].",
             ),
             click.option(
                 "--project",
                 type=click.IntRange(min=1),
                 default=None,
                 metavar="D",
-                help="With --pairing knn: search neighbours in x projected to D dimensions (IncrementalPCA, "
-                "one streaming pass) [default: the rows as they are].",
+                help="With --pairing knn / knn-within-class: search neighbours in x projected to D dimensions "
+                "(IncrementalPCA, one streaming pass), for wide rows such as images [default: the rows as they are].",
             ),
             click.option(
                 "--bandwidth",
                 type=float,
                 default=None,
                 metavar="S",
-                help="With --pairing label-kernel: partner probability proportional to exp(-|y_i - y_j|^2 / (2 S^2)).",
+                help="With --pairing label-kernel, which needs it: partner probability proportional to "
+                "exp(-|y_i - y_j|^2 / (2 S^2)), S > 0 in units of y.",
             ),
             click.option(
                 "--balance",

@@ -37,9 +37,17 @@ from .options import data_options, debug_option, keys_options, pairing_options, 
     show_default=True,
     help="Alphas of the --identity panels: a list, or a range first,second,...,last.",
 )
-@click.option("--hist", is_flag=True, help="Add the histogram of lam against the Beta(alpha, alpha) density.")
 @click.option(
-    "--dpi", type=click.IntRange(min=20, max=600), default=100, show_default=True, help="Resolution of the picture."
+    "--hist",
+    is_flag=True,
+    help="Add the histogram of lam (20000 draws; for cutmix, corrected to the box) against the Beta(alpha, alpha) density.",
+)
+@click.option(
+    "--dpi",
+    type=click.IntRange(min=20, max=600),
+    default=100,
+    show_default=True,
+    help="Resolution of the picture, in dots per inch; a picture is 2 inches per panel.",
 )
 @click.option("--overwrite", is_flag=True, help="Replace the picture if it exists.")
 @quiet_option

@@ -23,8 +23,11 @@ from .progress import BarProgress
     "names, or a file listing them in order, one a line.",
 )
 @batch_size_option
-@quiet_option
-@json_option
+@quiet_option(help="Print only the final line (OK or FAILED: ...) and no progress bar.")
+@json_option(
+    help="Print the report as one JSON object on stdout: ok, output, sidecar, input, checks (name, ok, detail), "
+    "first_difference (array, row; or null); for a set, each output's report under reports."
+)
 @debug_option
 def verify(output_path, input_path, batch_size, quiet, as_json):
     """Check OUT against its provenance sidecar, recomputing it.
