@@ -15,6 +15,10 @@ folder that holds the files the pages name (``in.h5``, ``shards/``,
   the reason must be given (a cluster on other machines, a scheduler);
 - a fence without a language is refused: every block says what it is.
 
+The command reference (``docs/reference/``, generated from ``--help``) lists
+independent one-line examples: each line runs alone, in its own copy of the
+workspace, after the steps in ``REFERENCE_SETUP`` (an output to verify, say).
+
 Links: every relative link (``[text](path#anchor)``, images too) points to a
 file of the repository, and an anchor to a heading of that file.
 """
@@ -40,7 +44,18 @@ PIP_PREFIX = re.compile(r"^pip install [^&]*&&\s*")
 LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")
 # Pages whose examples take tens of seconds (16 processes of an array job,
 # matplotlib, a Dask cluster): run by the whole suite.
-SLOW_PAGES = {"docs/sets.md", "docs/preview.md", "docs/scaling-out.md"}
+SLOW_PAGES = {
+    "docs/sets.md",
+    "docs/preview.md",
+    "docs/scaling-out.md",
+    *(f"docs/reference/{c}.md" for c in ("augment", "verify", "inspect", "preview")),
+}
+# What a command's help examples take as given (a --help example names an
+# output already written, or inputs that moved).
+REFERENCE_SETUP = {
+    "docs/reference/verify.md": ["mixup augment in.h5 out.h5 -q", "mixup augment shards/*.h5 mixed/ --seed 7 -q"],
+    "docs/reference/inspect.md": ["mixup augment in.h5 out.h5 -q", "mixup augment shards/*.h5 mixed/ --seed 7 -q"],
+}
 
 
 def page_id(page: Path) -> str:
@@ -137,10 +152,17 @@ def make_workspace(root: Path) -> None:
     _h5(root / "tags.h5", x=tabular[:100], y=rng.integers(0, 2, (100, 20)).astype(np.uint8))
     _h5(root / "depth.h5", x=images[:32], y=rng.random((32, 16, 16), dtype=np.float32))
     _h5(root / "seg.h5", x=images[:32], y=rng.integers(0, 5, (32, 16, 16)).astype(np.uint8))
+    shutil.copy(root / "seg.h5", root / "masks.h5")
+    shutil.copy(root / "train.h5", root / "labels.h5")
+    _h5(root / "regression.h5", x=tabular, y=tabular[:, :1] * 2 + 1)
+    (root / "shards.txt").write_text("".join(f"shards/{p.name}\n" for p in sorted((root / "shards").iterdir())))
+    (root / "moved").mkdir()
+    shutil.copy(root / "in.h5", root / "moved" / "in.h5")
+    shutil.copytree(root / "shards", root / "moved" / "shards")
 
 
 def run_block(language: str, code: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = dict(os.environ, MPLBACKEND="Agg")
+    env = dict(os.environ, MPLBACKEND="Agg", SLURM_ARRAY_TASK_ID="3")
     env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env["PATH"]
     if RUNNABLE[language] == "bash":
         code = "\n".join(PIP_PREFIX.sub("", line) for line in code.splitlines())
@@ -163,9 +185,20 @@ def test_every_example_runs_as_written(page, tmp_path):
     runnable = [b for b in blocks if b[0] in RUNNABLE and b[2] is None]
     if not runnable:
         pytest.skip("no runnable example on this page")
-    make_workspace(tmp_path)
-    for language, code, _, line in runnable:
-        done = run_block(language, code, tmp_path)
+    make_workspace(tmp_path / "ws")
+    setup = REFERENCE_SETUP.get(page_id(page))
+    if page_id(page).startswith("docs/reference/"):
+        for step in setup or ():
+            assert run_block("bash", step, tmp_path / "ws").returncode == 0, step
+        runnable = [
+            (lang, one, None, line) for lang, code, _, line in runnable for one in code.splitlines() if one.strip()
+        ]
+    for k, (language, code, _, line) in enumerate(runnable):
+        cwd = tmp_path / "ws"
+        if page_id(page).startswith("docs/reference/"):
+            cwd = tmp_path / f"example-{k}"
+            shutil.copytree(tmp_path / "ws", cwd, symlinks=True)
+        done = run_block(language, code, cwd)
         assert done.returncode == 0, f"{page_id(page)}:{line} exit {done.returncode}\n{code}\n{done.stderr}"
 
 

@@ -171,7 +171,7 @@ def augment(paths, inputs_from, shard, keys, data, quiet, as_json, **params):
       mixup augment labels.h5 out.h5 --num-classes 10 --label-smoothing 0.1
       mixup augment masks.h5 out.h5 --y-format pair   # y_a, y_b, lam
       mixup augment in.h5 out.h5 --seed 7 --resume  # after a killed run
-      mixup augment in.h5 out.zarr --engine dask --scheduler tcp://host:8786
+      mixup augment in.h5 out.zarr --engine dask --workers 2
       mixup augment in.h5 out.zarr --zarr-format 2   # for zarr-python 2 readers
       mixup augment images.h5 out.h5 --pairing knn --neighbors 5 --project 32
       mixup augment regression.h5 out.h5 --pairing label-kernel --bandwidth 0.5

@@ -204,14 +204,16 @@ def command_page(command: click.Command, ctx: click.Context) -> str:
     lines = [MARKER, "", f"# `{path}`", ""]
     if help_.summary:
         lines += [_escape(help_.summary, keep_code=True), ""]
-    lines += ["```", _usage(command, ctx), "```", ""]
+    lines += ["```text", _usage(command, ctx), "```", ""]
     for kind, title, body in help_.parts:
         if kind == "text":
             lines += [_escape(body[0], keep_code=True), ""]
             continue
         if title:
             lines += [f"## {title}", ""]
-        lines += ["```", *body, "```", ""]
+        # Examples are shell lines, run as written by tests/test_docs_examples.py.
+        fence = "```bash" if title == "Examples" else "```text"
+        lines += [fence, *body, "```", ""]
     lines += ["## Options", "", *option_table(option_rows(command, ctx)), ""]
     return "\n".join(lines)
 

@@ -47,9 +47,9 @@ def verify(output_path, input_path, batch_size, quiet, as_json):
     \b
     Examples:
       mixup verify out.h5
-      mixup verify out.h5 --input /data/moved/in.h5 --json
+      mixup verify out.h5 --input moved/in.h5 --json
       mixup verify mixed/
-      mixup verify mixed/ --input /data/moved/shards/
+      mixup verify mixed/ --input moved/shards/
     """
     from mixup_cli.sets.status import is_set_dir
     from mixup_cli.verify import verify as run_verify
