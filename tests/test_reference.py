@@ -97,14 +97,14 @@ def test_every_option_of_the_command_is_on_its_page_and_nothing_else(pages, name
     page = pages[f"{name}.md"]
     assert set(table(page)) == options
     assert f"# `mixup {name}`" in page
-    usage = re.search(r"```\n(mixup .*)\n```", page).group(1)
+    usage = re.search(r"```text\n(mixup .*)\n```", page).group(1)
     assert usage.startswith(f"mixup {name} [OPTIONS]")
 
 
 def test_a_page_has_the_summary_examples_and_every_help_and_default(pages):
     page = pages["augment.md"]
     assert "Write a mixed copy of dataset IN to OUT, plus OUT.provenance.json." in page
-    examples = page.split("## Examples\n\n```\n", 1)[1].split("\n```", 1)[0].splitlines()
+    examples = page.split("## Examples\n\n```bash\n", 1)[1].split("\n```", 1)[0].splitlines()
     assert examples[0] == "mixup augment in.h5 out.h5 --alpha 0.2 --seed 7"
     assert all(line.startswith("mixup augment ") for line in examples)
     rows = table(page)
@@ -160,8 +160,8 @@ def _planted(tmp_path, base: dict[str, str], planted: dict[str, str]) -> tuple[l
 
 def test_the_small_command_renders_as_expected():
     page = _render_small(ALPHA, SIZE)["run.md"]
-    assert "\n```\ntool run [OPTIONS] IN\n```\n" in page
-    assert "## Examples\n\n```\ntool run a.h5\n```" in page
+    assert "\n```text\ntool run [OPTIONS] IN\n```\n" in page
+    assert "## Examples\n\n```bash\ntool run a.h5\n```" in page
     assert "| `--alpha FLOAT` | `0.2` | lam ~ Beta(alpha, alpha). |" in page
     assert "| `--size INTEGER` | about 16 MiB | Rows at once. |" in page
     assert "| `--flag` | off | A flag. |" in page
