@@ -178,7 +178,9 @@ def verify(output, *, input=None, batch_size: int | None = None, progress=None):
     ``input``: where the input is now if it moved (for a set: the folder
     holding its inputs under their names, or a file listing them in order).
     Raises ``InputError`` when there is nothing to check (no sidecar, not an
-    output); a check that fails is in the report, not raised.
+    output); a check that fails is in the report, not raised. ``progress``:
+    as ``augment``'s, told the rows recomputed. Warnings (a commit a killed
+    run left half-done, finished first) go to the ``mixup_cli`` logger.
     """
     from mixup_cli.sets.status import is_set_dir
     from mixup_cli.verify import verify as verify_one

@@ -92,10 +92,25 @@ def test_import_is_light():
     assert not loaded & {"h5py", "sklearn", "click", "numpy"}, loaded & {"h5py", "sklearn", "click", "numpy"}
 
 
+class Recorder:
+    """A progress object as augment() takes one: told the total, then rows as written."""
+
+    def __init__(self):
+        self.total, self.rows = None, 0
+
+    def start(self, total):
+        self.total = total
+
+    def update(self, rows):
+        self.rows += rows
+
+
 def test_augment_then_verify_then_dataset_round_trip(tmp_path, source, capsys):
     src, x, labels = source
     out = tmp_path / "out.h5"
-    done = mixup_cli.augment(src, out, alpha=0.4, seed=3, block_rows=16)
+    progress = Recorder()
+    done = mixup_cli.augment(src, out, alpha=0.4, seed=3, block_rows=16, progress=progress)
+    assert progress.total == progress.rows == N
     assert isinstance(done, mixup_cli.AugmentSummary)
     assert done.output == out and done.written == (out,) and done.skipped == () and done.set_id is None
     assert (done.rows, done.seed) == (N, 3) and done.seconds > 0
@@ -198,7 +213,9 @@ def _shards(tmp_path):
 
 def test_a_list_of_inputs_writes_a_set_as_the_command_does(tmp_path):
     paths = _shards(tmp_path)
-    done = mixup_cli.augment(paths, tmp_path / "api", seed=5, block_rows=8)
+    progress = Recorder()
+    done = mixup_cli.augment(paths, tmp_path / "api", seed=5, block_rows=8, progress=progress)
+    assert progress.total == progress.rows == 60
     assert done.output == tmp_path / "api" and done.set_id and done.rows == 60 and done.seed == 5
     assert done.written == tuple(tmp_path / "api" / p.name for p in paths)
     assert (tmp_path / "api" / "mixup-set.json").is_file()
