@@ -193,7 +193,7 @@ def verify(output, *, input=None, batch_size: int | None = None, progress=None):
     return verify_one(output, input_path=input, batch_size=batch_size, progress=progress)
 
 
-def mix(x, y=None, lam=None, partner=None, *, num_classes: int | None = None, label_smoothing: float = 0.0):
+def mix(x, y, lam, partner, *, num_classes: int | None = None, label_smoothing: float = 0.0):
     """The mixup formula on arrays in memory, as the command applies it:
     returns ``(x_mixed, y_mixed)`` with, for each row ``i``::
 
