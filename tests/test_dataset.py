@@ -586,5 +586,19 @@ def test_images_of_a_set(tmp_path):
     augment(*paths, tmp_path / "mixed", "--seed", 3)
     whole = np.concatenate([raw_arrays(tmp_path / "mixed" / p.name)["x"] for p in paths])
     ds = MixupDataset(tmp_path / "mixed", image_format="float-nchw")
-    np.testing.assert_array_equal(ds[0:24]["x"], whole.transpose(0, 3, 1, 2) / np.float32(255))
-    np.testing.assert_array_equal(ds[13]["x"], whole[13].transpose(2, 0, 1) / np.float32(255))
+    as_float = whole.astype(np.float32) / np.float32(255)
+    np.testing.assert_array_equal(ds[0:24]["x"], as_float.transpose(0, 3, 1, 2))
+    np.testing.assert_array_equal(ds[13]["x"], as_float[13].transpose(2, 0, 1))
+
+
+def test_images_cutmix_stored_nchw_are_not_transposed_again(tmp_path):
+    rng = np.random.default_rng(5)
+    x = rng.integers(0, 256, (16, 3, 8, 8), dtype=np.uint8)  # NCHW, as the sidecar records
+    src = write_h5(tmp_path / "nchw.h5", x=x, y=np.arange(16) % 2)
+    out = tmp_path / "cut.h5"
+    augment(src, out, "--seed", 1, "--method", "cutmix", "--layout", "NCHW")
+    stored = raw_arrays(out)["x"].astype(np.float32) / np.float32(255)
+    ds = MixupDataset(out, image_format="float-nchw")
+    np.testing.assert_array_equal(ds[0:16]["x"], stored)
+    nhwc = MixupDataset(out, image_format="float-nhwc")
+    np.testing.assert_array_equal(nhwc[4]["x"], stored[4].transpose(1, 2, 0))
