@@ -25,8 +25,8 @@ class AugmentSummary:
     this call (OUT, or the set's outputs of this part, in the set's order);
     ``skipped``: outputs found complete already (``resume=True``); ``rows``:
     the rows of those outputs; ``seed``: the seed used (drawn and recorded
-    when none was given); ``set_id``: the set's id (None for one output).
-    Each output's sidecar is ``sidecars``' entry of the same position.
+    when none was given); ``set_id``: the set's id (None for one output);
+    ``sidecars``: the provenance sidecar of each output, written then skipped.
     """
 
     output: Path

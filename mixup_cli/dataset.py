@@ -420,6 +420,8 @@ def _set_outputs(outdir: Path) -> tuple[list[Path], dict]:
     from mixup_cli.sets.status import read_set
 
     view = read_set(outdir)
+    if not view.outputs:
+        raise InputError(f"{outdir}: its set has no outputs; write the set again")
     if view.missing:
         k = view.missing[0]
         more = f" ({len(view.missing)} of {view.outputs} outputs missing)" if len(view.missing) > 1 else ""
