@@ -14,6 +14,17 @@ dataset: ``len(ds)``, ``ds[i]`` (one row) and ``ds[i:j]`` / ``ds[[i, j, ...]]``
 The names come from the sidecar (``OUT.provenance.json``) when it is beside
 the output; without it they are guessed from the arrays present.
 
+A set's OUTDIR (``mixup augment IN1 IN2 ... OUTDIR``) is read as one
+dataset: its outputs concatenated in the set's order (``mixup-set.json``),
+``partner`` as recorded (a row of the set's concatenated inputs). A set with
+an output missing is refused, naming it and the command that writes it.
+At most 16 of its outputs are open at once in a process.
+
+``image_format`` gives x as training loops take images: ``"float-nchw"``
+(unsigned integer images as float32 in [0, 1], ``x.astype(float32) / 255``
+for uint8, in (C, H, W) per row), ``"float-nhwc"`` (the same, (H, W, C)) or
+``"nchw"`` (the layout only, dtype kept); see ``_Images``.
+
 It imports neither torch nor click, and reads the formats directly (h5py,
 zarr, numpy), not through the command's readers.
 
@@ -44,13 +55,14 @@ import json
 import os
 import struct
 import zipfile
+from collections import OrderedDict
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .errors import InputError
+from .errors import InputError, ParameterError
 from .io.base import pread_pieces
 from .io.npyfile import read_header
 
@@ -391,6 +403,100 @@ def _names(path: Path, keys: dict[str, tuple], params: dict | None) -> dict[str,
     return dict(sorted(names.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)))
 
 
+# ---------------------------------------------------------------- sets
+
+_MAX_OPEN = 16  # a set's outputs open at once in one process (as its inputs are when it is written)
+
+
+def _is_set_dir(path: Path) -> bool:
+    from mixup_cli.sets.status import is_set_dir
+
+    return is_set_dir(path)
+
+
+def _set_outputs(outdir: Path) -> tuple[list[Path], dict]:
+    """The outputs of the set in OUTDIR in the set's order, and its parameters;
+    an incomplete set is refused, naming its first missing output and what writes it."""
+    from mixup_cli.sets.status import read_set
+
+    view = read_set(outdir)
+    if not view.outputs:
+        raise InputError(f"{outdir}: its set has no outputs; write the set again")
+    if view.missing:
+        k = view.missing[0]
+        more = f" ({len(view.missing)} of {view.outputs} outputs missing)" if len(view.missing) > 1 else ""
+        raise InputError(f"{outdir}: an incomplete set{more}: {view.missing_problem(k)}")
+    return [view.present[k] for k in range(view.outputs)], dict(view.parameters or {})
+
+
+def _row_shapes(ds) -> dict:
+    return {name: shape[1:] for name, shape in ds.shapes.items()}
+
+
+# ---------------------------------------------------------------- images
+
+IMAGE_FORMATS = ("float-nchw", "float-nhwc", "nchw")
+
+
+class _Images:
+    """``image_format``: x as a training loop takes images. Rows of x are
+    images (H, W, C), or (H, W) for one channel, stored NHWC (or NCHW when the
+    sidecar records ``layout`` NCHW, as CutMix may); the result is in the
+    layout the name says ((C, H, W) or (H, W, C) per row, a channel axis of 1
+    added to (H, W)), and, for ``float-*``, unsigned integers become float32
+    ``x.astype(float32) / max`` (uint8: / 255, uint16: / 65535, so in [0, 1])
+    while floating x keeps its dtype and values."""
+
+    def __init__(self, name: str, shape, dtype, parameters: dict, path: Path):
+        if name not in IMAGE_FORMATS:
+            raise ParameterError(
+                f"image_format must be one of {', '.join(map(repr, IMAGE_FORMATS))}, got {name!r}", "image_format"
+            )
+        if shape is None or len(shape) not in (3, 4):
+            what = "no x" if shape is None else f"x of shape {tuple(shape)}"
+            raise ParameterError(
+                f"{path}: image_format={name!r} needs x of images, (N, H, W, C) or (N, H, W); the output has {what}",
+                "image_format",
+            )
+        self.scale = None
+        if name.startswith("float") and dtype.kind == "u":
+            self.scale = np.float32(np.iinfo(dtype).max)
+        elif name.startswith("float") and dtype.kind != "f":
+            raise ParameterError(
+                f"{path}: image_format={name!r} scales unsigned integer images (uint8, uint16) or keeps "
+                f"floating ones; x is {dtype}: read it as stored (no image_format) and convert it",
+                "image_format",
+            )
+        stored_first = len(shape) == 4 and str((parameters or {}).get("layout") or "").upper() == "NCHW"
+        self.add_channel = len(shape) == 3
+        want_first = name.endswith("nchw")
+        self.move = None if stored_first == want_first else ("last_to_first" if want_first else "first_to_last")
+        row = tuple(shape[1:]) + ((1,) if self.add_channel and not want_first else ())
+        if self.add_channel and want_first:
+            row = (1,) + row
+        elif self.move == "last_to_first":
+            row = (row[2], row[0], row[1])
+        elif self.move == "first_to_last":
+            row = (row[1], row[2], row[0])
+        self.shape = (shape[0],) + row
+        self.dtype = np.dtype(np.float32) if self.scale is not None else np.dtype(dtype)
+        self.channels_first = want_first
+
+    def __call__(self, x: np.ndarray, one_row: bool) -> np.ndarray:
+        lead = 0 if one_row else 1  # axes before the image's own
+        if self.add_channel:
+            x = np.expand_dims(x, lead if self.channels_first else x.ndim)
+        elif self.move == "last_to_first":
+            x = np.moveaxis(x, -1, lead)
+        elif self.move == "first_to_last":
+            x = np.moveaxis(x, lead, -1)
+        if self.scale is None:
+            return np.ascontiguousarray(x)
+        out = np.empty(x.shape, dtype=np.float32)
+        np.divide(x, self.scale, out=out, dtype=np.float32)
+        return out
+
+
 # ---------------------------------------------------------------- dataset
 
 
@@ -401,8 +507,23 @@ class MixupDataset:
     ``lam`` and ``partner``, every named array with one row per output row)
     and raises ``InputError`` with a one-line message otherwise.
 
+    ``path`` may also be a set's OUTDIR: its outputs, all present, as one
+    dataset in the set's order (row ``i`` of their concatenation);
+    ``outputs`` lists them. An incomplete set is an ``InputError`` naming
+    the first output missing and the command that writes it.
+
     ``names`` restricts what a row holds (for instance ``("x", "y")`` to skip
     reading ``partner``); by default every per-row array is returned.
+
+    ``image_format`` (default None: x as stored) converts x, rows of images
+    stored (H, W, C) (or (H, W), one channel), as it is read:
+    ``"float-nchw"``: (C, H, W) rows, uint8/uint16 as float32
+    ``x.astype(float32) / 255`` (``/ 65535``), so in [0, 1], floating x
+    keeping its dtype and values; ``"float-nhwc"``: the same, (H, W, C)
+    rows; ``"nchw"``: (C, H, W) rows, dtype and values kept. A sidecar
+    recording ``layout`` NCHW (CutMix) means x is stored (C, H, W). x of
+    another rank, or of signed integers for ``float-*``, is a
+    ``ParameterError``. ``shapes`` and ``dtypes`` say what rows hold.
 
     ``ds[i]`` -> dict of one row (numpy arrays, numpy scalars for 1-D
     arrays); ``ds[i:j]``, ``ds[index_array]`` -> dict of batches, rows in
@@ -410,13 +531,25 @@ class MixupDataset:
     batch) reads a batch at once and returns it as a list of rows.
     """
 
-    def __init__(self, path, names: Iterable[str] | None = None):
+    def __init__(self, path, names: Iterable[str] | None = None, *, image_format: str | None = None):
         self.path = Path(path)
         if not self.path.exists():
             raise InputError(f"{self.path}: no such file or directory")
-        self.format = _format_of(self.path)
         self._store = None
         self._pid = None
+        self._parts: list[MixupDataset] | None = None  # a set's outputs, in the set's order
+        self._images = None
+        if _is_set_dir(self.path):
+            self._init_set(names)
+        else:
+            self._init_output(names)
+        if image_format is not None:
+            self._images = _Images(image_format, self.shapes.get("x"), self.dtypes.get("x"), self.parameters, self.path)
+            self.shapes["x"], self.dtypes["x"] = self._images.shape, self._images.dtype
+
+    def _init_output(self, names) -> None:
+        self.format = _format_of(self.path)
+        self.outputs = [self.path]
         self.parameters = self._read_sidecar()
         store = self._opened()
         keys = {k: (a.shape, a.dtype) for k, a in store.arrays.items()}
@@ -439,6 +572,30 @@ class MixupDataset:
         self.shapes = {nm: tuple(keys[k][0]) for nm, k in all_names.items()}
         self.dtypes = {nm: np.dtype(keys[k][1]) for nm, k in all_names.items()}
         self._n = int(n)
+
+    def _init_set(self, names) -> None:
+        """A set's OUTDIR: its outputs (all present) as one dataset, in the set's order."""
+        self.format = "set"
+        self.outputs, self.parameters = _set_outputs(self.path)
+        self._parts = []
+        first = None
+        for output in self.outputs:
+            part = MixupDataset(output, names)
+            part.close()  # reopened on use; at most _MAX_OPEN at once (``_part``)
+            if first is None:
+                first = part
+            elif (part.keys, part.dtypes, _row_shapes(part)) != (first.keys, first.dtypes, _row_shapes(first)):
+                raise InputError(
+                    f"{output}: its arrays differ from those of {first.path} ({_row_shapes(part)} vs "
+                    f"{_row_shapes(first)}); a set's outputs come from one run: write the set again"
+                )
+            self._parts.append(part)
+        self._offsets = np.cumsum([0] + [len(p) for p in self._parts])
+        self._n = int(self._offsets[-1])
+        self.keys = dict(first.keys)
+        self.dtypes = dict(first.dtypes)
+        self.shapes = {nm: (self._n,) + shape[1:] for nm, shape in first.shapes.items()}
+        self._recent: OrderedDict[int, None] = OrderedDict()  # parts read lately, in this process
 
     def _read_sidecar(self) -> dict:
         sidecar = _sidecar_of(self.path)
@@ -509,8 +666,44 @@ class MixupDataset:
         return {k: v[inverse] for k, v in read.items()}
 
     def _read(self, index) -> dict:
+        """Rows ``index`` (an int, a slice of step 1, or sorted unique integers), as returned."""
+        rows = self._read_stored(index) if self._parts is None else self._read_set(index)
+        if self._images is not None:
+            rows["x"] = self._images(rows["x"], one_row=isinstance(index, (int, np.integer)))
+        return rows
+
+    def _read_stored(self, index) -> dict:
         arrays = self._opened().arrays
         return {name: arrays[key].read(index) for name, key in self.keys.items()}
+
+    def _read_set(self, index) -> dict:
+        """Rows of the concatenation of the set's outputs, each read by its own output."""
+        if isinstance(index, (int, np.integer)):
+            k = int(np.searchsorted(self._offsets, index, side="right")) - 1
+            return self._part(k)._read_stored(int(index) - int(self._offsets[k]))
+        if isinstance(index, slice):
+            index = np.arange(index.start, index.stop, dtype=np.int64)
+        index = np.asarray(index, dtype=np.int64)
+        ks = np.searchsorted(self._offsets, index, side="right") - 1
+        pieces = []
+        for k in np.unique(ks).tolist():
+            local = index[ks == k] - self._offsets[k]
+            whole = local.size and local[-1] - local[0] + 1 == local.size  # consecutive rows: one slice
+            pieces.append(self._part(k)._read_stored(slice(int(local[0]), int(local[-1]) + 1) if whole else local))
+        if not pieces:
+            return self._part(0)._read_stored(np.empty(0, dtype=np.int64))
+        return {name: np.concatenate([p[name] for p in pieces]) for name in self.keys}
+
+    def _part(self, k: int) -> MixupDataset:
+        """Output ``k`` of the set, with at most ``_MAX_OPEN`` of them open in this process."""
+        if self._recent and self._pid != os.getpid():
+            self._recent.clear()  # what the parent opened is not ours to close
+        self._pid = os.getpid()
+        self._recent[k] = None
+        self._recent.move_to_end(k)
+        while len(self._recent) > _MAX_OPEN:
+            self._parts[self._recent.popitem(last=False)[0]].close()
+        return self._parts[k]
 
     # -- lifetime
 
@@ -518,6 +711,10 @@ class MixupDataset:
         """Close the files this process opened (the dataset reopens on next use)."""
         if self._store is not None and self._pid == os.getpid():
             self._store.close()
+        for part in self._parts or ():
+            part.close()
+        if self._parts is not None:
+            self._recent.clear()
         self._store = None
         self._pid = None
 
@@ -531,7 +728,10 @@ class MixupDataset:
         state = self.__dict__.copy()
         state["_store"] = None
         state["_pid"] = None
+        if self._parts is not None:
+            state["_recent"] = OrderedDict()
         return state
 
     def __repr__(self):
-        return f"MixupDataset({str(self.path)!r}, rows={self._n}, arrays={list(self.keys)})"
+        outputs = f", outputs={len(self._parts)}" if self._parts is not None else ""
+        return f"MixupDataset({str(self.path)!r}, rows={self._n}{outputs}, arrays={list(self.keys)})"

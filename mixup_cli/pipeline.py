@@ -17,7 +17,8 @@ import uuid
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from mixup_cli import __version__, atomic, engines, names, preflight, provenance, resume, scratch, sidecar
+from mixup_cli import atomic, engines, names, preflight, provenance, resume, scratch, sidecar
+from mixup_cli._version import __version__
 from mixup_cli.core import check_alpha
 from mixup_cli.engines import local
 from mixup_cli.errors import OutputError

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mixup_cli import __version__, core
+from mixup_cli import core
+from mixup_cli._version import __version__
 from mixup_cli.errors import InputError
 
 # 2: each output array's SHA-256 (mixup_cli.digests); output files' SHA-256 only on request.

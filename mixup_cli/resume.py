@@ -24,7 +24,8 @@ import os
 import time
 from pathlib import Path
 
-from mixup_cli import __version__, atomic, digests
+from mixup_cli import atomic, digests
+from mixup_cli._version import __version__
 from mixup_cli.errors import OutputError
 from mixup_cli.io import reopen_writer
 from mixup_cli.io.base import DamagedPartial

@@ -436,10 +436,9 @@ def verify_set(
     for k in view.missing:
         parts = view.parts_for(k)
         report.missing.append({"index": k, "name": view.name(k), "parts": parts})
-        what = "missing" if not (outdir / view.name(k)).exists() else "not committed (no sidecar of this set)"
-        report.problems.append(f"{outdir / view.name(k)}: {what}; {_who_writes(view, k, parts)}")
+        report.problems.append(view.missing_problem(k))
     for k, found in sorted(report.reports.items()):
-        rewrite = "write it again: " + _command(view, view.parts_for(k))
+        rewrite = "write it again: " + view.command(view.parts_for(k))
         report.problems += [
             f"{found.output}: {c.name}: {c.detail}; " + _ADVICE[c.name].format(rewrite=rewrite)
             for c in found.checks
@@ -497,22 +496,6 @@ def _recover_set(outdir: Path) -> None:
     names |= {p.name[: -len(provenance.SIDECAR_SUFFIX)] for p in outdir.glob("*" + provenance.SIDECAR_SUFFIX)}
     for name in sorted(names):
         recover(outdir / name)
-
-
-def _command(view, parts: list[str]) -> str:
-    """The command that writes an output of the set: its part of each ``--shard`` count seen."""
-    seed = (view.parameters or {}).get("seed")
-    command = f"mixup augment <the set's inputs> {view.outdir}" + (f" --seed {seed}" if seed is not None else "")
-    shards = [p for p in parts if not p.endswith("/1")]
-    return f"{command} --shard {shards[0]} --resume" if shards else f"{command} --resume"
-
-
-def _who_writes(view, k: int, parts: list[str]) -> str:
-    how = "an interrupted run left its partial files; " if view.name(k) in view.interrupted else ""
-    shards = [p for p in parts if not p.endswith("/1")]
-    if not shards:
-        return f"{how}write it: {_command(view, parts)}"
-    return f"{how}part {' or '.join(shards)} writes it: {_command(view, parts)}"
 
 
 def _verify_outputs(

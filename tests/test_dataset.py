@@ -420,3 +420,185 @@ def test_every_hdf5_layout_reads_as_h5py_reads_it(tmp_path, layout):
             assert batch[k].dtype == raw[k].dtype
     for i in (0, 7, 8, 44, -1):
         np.testing.assert_array_equal(ds[i]["x"], raw["x"][i])
+
+
+# ---------------------------------------------------------------- images
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    """uint8 NHWC images and class labels, mixed by the real command."""
+    d = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(3)
+    x = rng.integers(0, 256, (40, 6, 5, 3), dtype=np.uint8)
+    src = write_h5(d / "images.h5", x=x, y=rng.integers(0, 4, 40))
+    out = d / "mixed.h5"
+    augment(src, out, "--seed", 2, "--block-rows", 16)
+    return out
+
+
+def test_uint8_nhwc_images_as_float32_nchw_in_zero_one(images):
+    raw = raw_arrays(images)
+    assert raw["x"].dtype == np.uint8 and raw["x"].shape == (40, 6, 5, 3)
+    expected = raw["x"].astype(np.float32).transpose(0, 3, 1, 2) / np.float32(255)
+    ds = MixupDataset(images, image_format="float-nchw")
+    assert ds.shapes["x"] == (40, 3, 6, 5) and ds.dtypes["x"] == np.float32
+    row = ds[7]
+    assert row["x"].shape == (3, 6, 5) and row["x"].dtype == np.float32 and row["x"].flags.c_contiguous
+    np.testing.assert_array_equal(row["x"], expected[7])
+    np.testing.assert_array_equal(ds[3:19]["x"], expected[3:19])
+    idx = np.array([30, 2, 30, 11])
+    batch = ds[idx]
+    np.testing.assert_array_equal(batch["x"], expected[idx])
+    assert batch["x"].min() >= 0 and batch["x"].max() <= 1
+    for name in ("y", "lam", "partner"):  # only x changes
+        np.testing.assert_array_equal(batch[name], raw[name][idx])
+    rows = ds.__getitems__([5, 1])
+    np.testing.assert_array_equal(np.stack([r["x"] for r in rows]), expected[[5, 1]])
+    # as stored without the option
+    assert MixupDataset(images)[7]["x"].dtype == np.uint8
+
+
+def test_other_image_formats_and_dtypes(images, tmp_path):
+    raw = raw_arrays(images)["x"]
+    nhwc = MixupDataset(images, image_format="float-nhwc")[0:4]["x"]
+    np.testing.assert_array_equal(nhwc, raw[:4].astype(np.float32) / np.float32(255))
+    nchw = MixupDataset(images, image_format="nchw")[0:4]["x"]
+    assert nchw.dtype == np.uint8
+    np.testing.assert_array_equal(nchw, raw[:4].transpose(0, 3, 1, 2))
+    # float (N, H, W) images: values and dtype kept, one channel axis added
+    gray = np.random.default_rng(0).random((20, 4, 4)).astype(np.float64)
+    src = write_h5(tmp_path / "gray.h5", x=gray, y=np.arange(20) % 2)
+    out = tmp_path / "gray-mixed.h5"
+    augment(src, out, "--seed", 1)
+    ds = MixupDataset(out, image_format="float-nchw")
+    assert ds[3]["x"].shape == (1, 4, 4) and ds.dtypes["x"] == np.float64
+    np.testing.assert_array_equal(ds[0:20]["x"][:, 0], raw_arrays(out)["x"])
+
+
+def test_image_format_refusals(images, outputs, a_set):
+    from mixup_cli.errors import ParameterError
+
+    with pytest.raises(ParameterError, match="image_format must be one of 'float-nchw', 'float-nhwc', 'nchw'"):
+        MixupDataset(images, image_format="NCHW")
+    images_wanted = r"image_format='float-nchw' needs x of images, \(N, H, W, C\) or \(N, H, W\); the output has "
+    with pytest.raises(ParameterError, match=images_wanted + r"x of shape \(104, 3\)"):
+        MixupDataset(a_set[0], image_format="float-nchw")
+    with pytest.raises(ParameterError, match=images_wanted + "no x"):
+        MixupDataset(outputs["h5", "none", "soft"], names=["lam"], image_format="float-nchw")
+
+
+# ---------------------------------------------------------------- sets
+
+
+@pytest.fixture(scope="module")
+def a_set(tmp_path_factory):
+    """A set written by the command: shards in an order that is not their
+    names' order, mixed formats, two copies, blocks across shard boundaries."""
+    d = tmp_path_factory.mktemp("set")
+    rng = np.random.default_rng(6)
+    paths = []
+    for name, rows in (("c.h5", 19), ("a.npz", 7), ("b.h5", 26)):
+        x = rng.random((rows, 3), dtype=np.float32)
+        y = rng.integers(0, 3, rows)
+        if name.endswith(".npz"):
+            np.savez(d / name, x=x, y=y)
+            paths.append(d / name)
+        else:
+            paths.append(write_h5(d / name, x=x, y=y))
+    augment(*paths, d / "mixed", "--seed", 4, "--block-rows", 16, "--copies", 2)
+    return d / "mixed", [d / "mixed" / p.name for p in paths]
+
+
+def test_a_sets_outdir_is_one_dataset_in_the_sets_order(a_set):
+    outdir, outputs = a_set
+    parts = [raw_arrays(p) for p in outputs]  # h5py / numpy, each output alone
+    whole = {k: np.concatenate([p[k] for p in parts]) for k in ("x", "y", "lam", "partner")}
+    ds = MixupDataset(outdir)
+    assert ds.outputs == outputs and len(ds) == 2 * (19 + 7 + 26) == len(whole["x"])
+    assert ds.shapes["x"] == (104, 3) and ds.parameters["seed"] == 4
+    rows = ds[0 : len(ds)]
+    for name in whole:
+        np.testing.assert_array_equal(rows[name], whole[name])
+    for i in (0, 37, 38, 52, 103, -1):  # first, last of an output, first of the next
+        for name in whole:
+            np.testing.assert_array_equal(ds[i][name], whole[name][i])
+    idx = np.random.default_rng(1).integers(0, len(ds), 50)
+    batch = ds[idx]
+    for name in whole:
+        np.testing.assert_array_equal(batch[name], whole[name][idx])
+    np.testing.assert_array_equal(ds[30:45]["partner"], whole["partner"][30:45])
+    assert ds[5:5]["x"].shape == (0, 3)
+
+
+def test_a_sets_rows_in_workers(a_set):
+    outdir, outputs = a_set
+    whole = np.concatenate([raw_arrays(p)["x"] for p in outputs])
+    ds = MixupDataset(outdir)
+    ds[50]
+    copy = pickle.loads(pickle.dumps(ds))
+    np.testing.assert_array_equal(copy[[3, 90]]["x"], whole[[3, 90]])
+    chunks = np.array_split(np.random.default_rng(2).permutation(len(ds)), 4)
+    with multiprocessing.get_context("fork").Pool(2, initializer=_keep_in_child, initargs=(ds,)) as pool:
+        results = pool.map(_read_in_child, chunks)
+    for (_, _, batch, singles), rows in zip(results, chunks):
+        np.testing.assert_array_equal(batch["x"], whole[rows])
+        np.testing.assert_array_equal(singles, whole[rows])
+
+
+def test_an_incomplete_set_is_refused_naming_the_missing_output_and_its_command(tmp_path):
+    rng = np.random.default_rng(0)
+    paths = [write_h5(tmp_path / f"s{k}.h5", x=rng.random((10, 2)), y=np.arange(10) % 2) for k in range(4)]
+    outdir = tmp_path / "mixed"
+    augment(*paths, outdir, "--seed", 3, "--shard", "0/2")
+    with pytest.raises(InputError) as exc:
+        MixupDataset(outdir)
+    msg = str(exc.value)
+    assert "\n" not in msg
+    assert msg.startswith(f"{outdir}: an incomplete set (2 of 4 outputs missing): {outdir / 's2.h5'}: missing; ")
+    assert msg.endswith(f"part 1/2 writes it: mixup augment <the set's inputs> {outdir} --seed 3 --shard 1/2 --resume")
+    augment(*paths, outdir, "--seed", 3, "--shard", "1/2")
+    assert len(MixupDataset(outdir)) == 40
+
+
+def test_a_set_of_many_outputs_keeps_few_open(tmp_path):
+    rng = np.random.default_rng(0)
+    paths = [write_h5(tmp_path / f"s{k:02d}.h5", x=rng.random((3, 2)), y=np.arange(3) % 2) for k in range(20)]
+    outdir = tmp_path / "mixed"
+    augment(*paths, outdir, "--seed", 3)
+    whole = np.concatenate([raw_arrays(outdir / p.name)["x"] for p in paths])
+    ds = MixupDataset(outdir)
+
+    def open_outputs():
+        return sum(bool(_open_fds(outdir / p.name)) for p in paths)
+
+    assert open_outputs() == 0
+    np.testing.assert_array_equal(np.stack([ds[i]["x"] for i in range(len(ds))]), whole)
+    assert open_outputs() == 16
+    ds.close()
+    assert open_outputs() == 0
+
+
+def test_images_of_a_set(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (24, 4, 4, 1), dtype=np.uint8)
+    paths = [write_h5(tmp_path / f"s{k}.h5", x=x[k * 12 : (k + 1) * 12], y=np.arange(12) % 3) for k in range(2)]
+    augment(*paths, tmp_path / "mixed", "--seed", 3)
+    whole = np.concatenate([raw_arrays(tmp_path / "mixed" / p.name)["x"] for p in paths])
+    ds = MixupDataset(tmp_path / "mixed", image_format="float-nchw")
+    as_float = whole.astype(np.float32) / np.float32(255)
+    np.testing.assert_array_equal(ds[0:24]["x"], as_float.transpose(0, 3, 1, 2))
+    np.testing.assert_array_equal(ds[13]["x"], as_float[13].transpose(2, 0, 1))
+
+
+def test_images_cutmix_stored_nchw_are_not_transposed_again(tmp_path):
+    rng = np.random.default_rng(5)
+    x = rng.integers(0, 256, (16, 3, 8, 8), dtype=np.uint8)  # NCHW, as the sidecar records
+    src = write_h5(tmp_path / "nchw.h5", x=x, y=np.arange(16) % 2)
+    out = tmp_path / "cut.h5"
+    augment(src, out, "--seed", 1, "--method", "cutmix", "--layout", "NCHW")
+    stored = raw_arrays(out)["x"].astype(np.float32) / np.float32(255)
+    ds = MixupDataset(out, image_format="float-nchw")
+    np.testing.assert_array_equal(ds[0:16]["x"], stored)
+    nhwc = MixupDataset(out, image_format="float-nhwc")
+    np.testing.assert_array_equal(nhwc[4]["x"], stored[4].transpose(1, 2, 0))

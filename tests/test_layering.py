@@ -14,6 +14,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "mixup_cli"
 
 # Highest first. A name covers the module and everything under it.
 LAYERS = [
+    ("package", ["", "api"]),  # "": the package itself, its public names (imported lazily from api, dataset)
     ("cli", ["cli", "__main__"]),
     ("commands", ["pipeline", "verify", "preview", "describe", "dataset", "sets.run"]),
     ("engines", ["engines"]),
@@ -37,15 +38,16 @@ LAYERS = [
             "atomic",
         ],
     ),
-    ("core", ["", "core", "errors", "_kernel"]),  # "": the package itself (__version__)
+    ("core", ["_version", "core", "errors", "_kernel"]),
 ]
 CLI_ONLY = {"click"}  # third-party modules only cli/ may import
 
 
 def modules(package: Path) -> dict[str, Path]:
-    """Dotted names below the package (``io.hdf5``; ``""`` for its ``__init__``) -> file."""
+    """Dotted names below the package (``io.hdf5``; ``""`` for its ``__init__``) -> file;
+    C sources too (``_kernel.c``: the extension module ``_kernel``)."""
     found = {}
-    for path in package.rglob("*.py"):
+    for path in [*package.rglob("*.py"), *package.rglob("*.c")]:
         parts = list(path.relative_to(package).with_suffix("").parts)
         if parts[-1] == "__init__":
             parts = parts[:-1]
@@ -60,6 +62,8 @@ def imports(package: Path) -> list[tuple[str, str, int]]:
     mods, name = modules(package), package.name
     edges = []
     for mod, path in mods.items():
+        if path.suffix != ".py":
+            continue
         here = mod.split(".") if path.name == "__init__.py" else mod.split(".")[:-1]
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.Import):

@@ -18,7 +18,7 @@ import logging  # noqa: E402
 
 import click  # noqa: E402
 
-from mixup_cli import __version__
+from mixup_cli._version import __version__
 from mixup_cli.errors import MixupError
 
 from .augment import augment

@@ -44,6 +44,28 @@ class SetView(identity.OutputsPresent):
         """The parts that write output ``k``, one for each N seen (``I/N``)."""
         return [f"{part_of(k, self.outputs, n)}/{n}" for n in self.counts()]
 
+    def command(self, parts: list[str]) -> str:
+        """The command that writes an output of the set: its part of each ``--shard`` count seen."""
+        seed = (self.parameters or {}).get("seed")
+        command = f"mixup augment <the set's inputs> {self.outdir}" + (f" --seed {seed}" if seed is not None else "")
+        shards = [p for p in parts if not p.endswith("/1")]
+        return f"{command} --shard {shards[0]} --resume" if shards else f"{command} --resume"
+
+    def who_writes(self, k: int) -> str:
+        """What writes the missing output ``k``: the part and the command (one phrase)."""
+        parts = self.parts_for(k)
+        how = "an interrupted run left its partial files; " if self.name(k) in self.interrupted else ""
+        shards = [p for p in parts if not p.endswith("/1")]
+        if not shards:
+            return f"{how}write it: {self.command(parts)}"
+        return f"{how}part {' or '.join(shards)} writes it: {self.command(parts)}"
+
+    def missing_problem(self, k: int) -> str:
+        """One line about the missing output ``k``: its path, what is wrong, what writes it."""
+        path = self.outdir / self.name(k)
+        what = "missing" if not path.exists() else "not committed (no sidecar of this set)"
+        return f"{path}: {what}; {self.who_writes(k)}"
+
     def parts_table(self) -> dict[int, dict]:
         """For each N seen: the parts done (every output assigned present) and not done."""
         table = {}
