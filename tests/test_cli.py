@@ -8,7 +8,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO, SAMPLE_H5, expected_mix, load_output, make_arrays, write_h5, write_npz
+from conftest import (
+    REPO,
+    SAMPLE_H5,
+    expected_mix,
+    load_output,
+    make_arrays,
+    read_sidecar,
+    write_h5,
+    write_npy_dir,
+    write_npz,
+)
 
 from mixup_cli import __version__
 from mixup_cli.cli import cli
@@ -44,6 +54,34 @@ def test_default_run_reports_on_stderr_only(run_cli, small_h5, tmp_path):
     result = run_cli("augment", src, tmp_path / "out.h5", "--seed", 1)
     assert result.exit_code == 0 and result.stdout == ""
     assert "wrote 25 rows" in result.stderr and "seed 1" in result.stderr
+
+
+@pytest.mark.parametrize("form", ["npy-dir", "hdf5"])
+def test_one_input_and_out_with_a_slash_write_one_npy_directory(run_cli, tmp_path, form):
+    """A shell's completion adds the slash: ``data/ mixed/`` (and ``in.h5 mixed/``) write
+    the .npy directory ``mixed`` and ``mixed.provenance.json``, as ``mixed`` does; no set."""
+    from mixup_cli.dataset import MixupDataset
+
+    x, y = make_arrays(n=20)
+    if form == "npy-dir":
+        src = write_npy_dir(tmp_path / "data", x=x, y=y)
+        given = str(src) + "/"
+    else:
+        src = given = write_h5(tmp_path / "in.h5", x=x, y=y)
+    out = tmp_path / "mixed"
+    result = run_cli("augment", given, str(out) + "/", "--seed", 7)
+    assert result.exit_code == 0, result.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["lam.npy", "partner.npy", "x.npy", "y.npy"]
+    assert (tmp_path / "mixed.provenance.json").is_file()
+    assert "set" not in read_sidecar(out)
+    reference = tmp_path / "reference"
+    assert run_cli("augment", src, reference, "--seed", 7).exit_code == 0
+    data = load_output(out)
+    assert {k: v.tobytes() for k, v in data.items()} == {k: v.tobytes() for k, v in load_output(reference).items()}
+    with MixupDataset(str(out) + "/") as ds:
+        assert len(ds) == 20
+    verified = run_cli("verify", str(out) + "/")
+    assert verified.exit_code == 0 and verified.stdout.strip().endswith("OK"), verified.stdout
 
 
 def test_existing_output_is_kept_without_overwrite(run_cli, small_h5, tmp_path):

@@ -210,8 +210,8 @@ def test_the_command_line_forms(tmp_path):
     assert len(summary["set_id"]) == 64
     single = _single(whole, tmp_path / "single.h5", alpha=0.2, seed=3, block_rows=BLOCK, copies=2)
     _assert_concatenation(single, _outputs(tmp_path / "out", paths))
-    # One input and OUT with a slash: a set of one; without it, today's single output.
-    r = _mixup(paths[0], str(tmp_path / "one") + "/", *args)
+    # One input makes one output, OUT with a slash or not (tests/test_cli.py); --shard 0/1 a set of one.
+    r = _mixup(paths[0], tmp_path / "one", "--shard", "0/1", *args)
     assert r.returncode == 0 and sorted(x.name for x in (tmp_path / "one").iterdir()) == [
         "mixup-set.json",
         paths[0].name,

@@ -59,7 +59,7 @@ def _stopped_set(outdir: Path, name: str, written: list[Path]) -> str:
 
 
 @click.command()
-# Strings: a set's OUT is told by a trailing slash, which a Path drops. The library says why a path fails.
+# Strings: the library says why a path fails.
 @click.argument("paths", metavar="IN... OUT", nargs=-1, type=click.Path(readable=False))
 @click.option(
     "--inputs-from",
@@ -147,11 +147,12 @@ def augment(paths, inputs_from, shard, keys, data, quiet, as_json, **params):
     IN and OUT are .h5/.hdf5, .npz, .zarr, or a directory of .npy files
     (x.npy, y.npy); OUT's extension chooses its format, so formats convert.
 
-    A set: with two inputs or more (or --inputs-from, --shard, or OUT ending
-    in /) the inputs are mixed as one dataset, their concatenation in the
+    A set: with two inputs or more (or --inputs-from, or --shard) the inputs are mixed as one dataset, their concatenation in the
     order given (pairs cross inputs), and OUT is a directory receiving one
     output per input under its name, each with its sidecar, and the set's
-    manifest mixup-set.json. --shard I/N writes part I of N of them.
+    manifest mixup-set.json. --shard I/N writes part I of N of them. One
+    input makes one output, OUT spelled with a trailing slash or not
+    (data/ mixed/ writes mixed/x.npy, ... and mixed.provenance.json).
 
     \b
     Examples:
@@ -188,7 +189,7 @@ def augment(paths, inputs_from, shard, keys, data, quiet, as_json, **params):
         **dataclasses.asdict(data),
         **params,
     )
-    if is_set_form(len(inputs), out_text, inputs_from, shard):
+    if is_set_form(len(inputs), inputs_from, shard):
         return _augment_set(request, inputs, inputs_from, shard, quiet, as_json)
     _augment_one(request, quiet, as_json)
 
