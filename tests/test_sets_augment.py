@@ -229,6 +229,22 @@ def test_the_command_line_forms(tmp_path):
     assert before == {p.name: p.stat().st_mtime_ns for p in (tmp_path / "out").iterdir()}
 
 
+def test_the_part_is_shown_only_with_shard(tmp_path):
+    """A run without --shard writes the whole set: its closing line names no part."""
+    paths, _ = _set(tmp_path, sizes=(7, 5))
+    r = _mixup(*paths, tmp_path / "whole", "--seed", 3)
+    assert r.returncode == 0, r.stderr
+    said = r.stderr.replace(str(tmp_path), "TMP")
+    assert said.startswith("wrote 2 output(s) to TMP/whole, 12 rows, in ") and "part" not in said, said
+    r = _mixup(*paths, tmp_path / "whole", "--seed", 3, "--resume")
+    said = r.stderr.replace(str(tmp_path), "TMP")
+    assert r.returncode == 0 and "TMP/whole: its 2 output(s) already complete" in said and "part" not in said, said
+    r = _mixup(*paths, tmp_path / "halves", "--seed", 3, "--shard", "1/2")
+    assert r.returncode == 0, r.stderr
+    assert "to " + str(tmp_path / "halves") + ", 5 rows in this part, in " in r.stderr
+    assert r.stderr.rstrip().endswith(", part 1/2)"), r.stderr
+
+
 def _paused(args, stage: str, flag: Path, **extra):
     proc = subprocess.Popen(
         mixup_executable() + ["augment", *map(str, args)],

@@ -44,11 +44,11 @@ def _stopped(output: Path, name: str) -> str:
     return f"Interrupted by {name}: stopped before writing any output; nothing was kept."
 
 
-def _stopped_set(outdir: Path, name: str, written: list[Path]) -> str:
-    """What an interrupted set's part says: outputs committed, one kept to resume."""
+def _stopped_set(outdir: Path, name: str, written: list[Path], sharded: bool) -> str:
+    """What an interrupted set's run (or part, with --shard) says: outputs committed, one kept to resume."""
     from mixup_cli import resume
 
-    done = f"{len(written)} output(s) of this part committed; " if written else ""
+    done = f"{len(written)} output(s){' of this part' if sharded else ''} committed; " if written else ""
     kept = [p for p in sorted(Path(outdir).glob(".*" + atomic.PARTIAL_SUFFIX + resume.JOURNAL_SUFFIX))]
     if kept:
         return (
@@ -244,19 +244,24 @@ def _augment_set(request, inputs, inputs_from, shard, quiet: bool, as_json: bool
     result = _with_bar(
         _SetBar(quiet),
         lambda bar: augment_set(request, paths, outdir, part, progress=bar, written=written),
-        lambda name: _stopped_set(outdir, name, written),
+        lambda name: _stopped_set(outdir, name, written, shard is not None),
     )
     if as_json:
         click.echo(json.dumps(result.summary(), sort_keys=True))
     elif not quiet:
-        before = f", {len(result.skipped)} already complete" if result.skipped else ""
-        what = (
-            f"wrote {len(result.written)} output(s){before} to {outdir}, {result.rows} rows in this part,"
-            if result.written
-            else f"{outdir}: this part's {len(result.skipped)} output(s) already complete; nothing to do,"
-        )
-        click.echo(
-            f"{what} in {result.seconds:.2f} s (seed {result.seed}, set {result.set_id[:12]}, part {result.part})",
-            err=True,
-        )
+        click.echo(_set_summary(result, outdir, shard is not None), err=True)
     atomic.test_pause("finished")
+
+
+def _set_summary(result, outdir: Path, sharded: bool) -> str:
+    """The line a set's run ends with; its part (I/N) only when --shard was given."""
+    before = f", {len(result.skipped)} already complete" if result.skipped else ""
+    rows = f"{result.rows} rows in this part" if sharded else f"{result.rows} rows"
+    whose = "this part's" if sharded else "its"
+    what = (
+        f"wrote {len(result.written)} output(s){before} to {outdir}, {rows},"
+        if result.written
+        else f"{outdir}: {whose} {len(result.skipped)} output(s) already complete; nothing to do,"
+    )
+    part = f", part {result.part}" if sharded else ""
+    return f"{what} in {result.seconds:.2f} s (seed {result.seed}, set {result.set_id[:12]}{part})"
