@@ -93,7 +93,7 @@ def _stopped_set(outdir: Path, name: str, written: list[Path], sharded: bool) ->
     type=click.IntRange(min=1),
     default=None,
     metavar="N",
-    help="HDF5/Zarr output: rows per chunk; must divide the block rows [default: chunks of about 64 KiB for compressed HDF5, 1 MiB otherwise]. Does not change the arrays.",
+    help="HDF5/Zarr output: rows per chunk; must divide --block-rows when both are given (alone, it makes the block rows the largest multiple of N not above their default, at least N) [default: chunks of about 64 KiB for compressed HDF5, 1 MiB otherwise]. With --block-rows, or with blocks of a multiple of N, does not change the arrays.",
 )
 @click.option(
     "--byte-shuffle/--no-byte-shuffle",
