@@ -1,5 +1,6 @@
 """The command line: exit codes, messages, stdout/stderr discipline, help."""
 
+import importlib.util
 import json
 import re
 import subprocess
@@ -14,6 +15,7 @@ from conftest import (
     expected_mix,
     load_output,
     make_arrays,
+    mixup_executable,
     read_sidecar,
     write_h5,
     write_npy_dir,
@@ -47,6 +49,63 @@ def test_quiet_prints_nothing(run_cli, small_h5, tmp_path):
     result = run_cli("augment", src, tmp_path / "out.npz", "--seed", 1, "--quiet")
     assert result.exit_code == 0
     assert result.stdout == "" and result.stderr == ""
+
+
+def _paused_and_killed(args, stage, tmp_path):
+    """``mixup ARGS`` stopped by SIGKILL where it reaches ``stage`` (MIXUP_TEST_PAUSE)."""
+    import os
+    import signal
+    import time
+
+    flag = tmp_path / "paused.flag"
+    env = dict(os.environ, MIXUP_TEST_PAUSE=f"{stage}:{flag}")
+    proc = subprocess.Popen(
+        mixup_executable() + [str(a) for a in args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
+    )
+    deadline = time.monotonic() + 60
+    while not flag.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=60)
+    flag.unlink()
+
+
+def test_quiet_leaves_only_errors_on_stderr(tmp_path):
+    """-q in every command that has it: the warnings and notes each run below
+    prints without it (checked) are gone; an error still says its one line."""
+    x, _ = make_arrays(n=12)
+    src = write_h5(tmp_path / "xonly.h5", x=x)  # no 'y': "mixing 'x' alone" is a warning
+    other = write_h5(tmp_path / "xonly2.h5", x=x)
+
+    def run(*args):
+        return subprocess.run(mixup_executable() + [str(a) for a in args], capture_output=True, text=True, timeout=120)
+
+    out = tmp_path / "out.h5"
+    runs = {
+        "augment": ["augment", src, out, "--seed", 1],
+        "augment --resume": ["augment", src, tmp_path / "r.h5", "--seed", 1, "--resume"],  # nothing to resume
+        "augment of a set": ["augment", src, other, tmp_path / "set", "--seed", 1],
+    }
+    if importlib.util.find_spec("matplotlib") is not None:
+        runs["preview"] = ["preview", src, "-o", tmp_path / "p.png", "--seed", 1]
+    for what, args in runs.items():
+        loud = run(*args)
+        assert loud.returncode == 0 and "warning: " in loud.stderr, (what, loud.stderr)
+        for p in [tmp_path / "r.h5", tmp_path / "p.png", out, tmp_path / "set"]:
+            subprocess.run(["rm", "-rf", str(p), str(p) + ".provenance.json"], check=True)
+        quiet = run(*args, "-q")
+        assert quiet.returncode == 0 and quiet.stderr == "", (what, quiet.stderr)
+    # verify finishing the commit a killed run left half-done: a warning, silenced by -q.
+    for flags in ([], ["-q"]):
+        subprocess.run(["rm", "-rf", str(out), str(out) + ".provenance.json"], check=True)
+        _paused_and_killed(["augment", src, out, "--seed", 1, "-q"], "output-in-place", tmp_path)
+        checked = run("verify", out, *flags)
+        assert checked.returncode == 0 and checked.stdout.strip().endswith("OK"), checked.stdout
+        assert ("finished the commit" in checked.stderr) == (not flags), checked.stderr
+        assert checked.stderr == "" or not flags
+    failed = run("augment", tmp_path / "missing.h5", tmp_path / "o.h5", "-q")
+    assert failed.returncode == 1 and len(failed.stderr.splitlines()) == 1 and "missing.h5" in failed.stderr
 
 
 def test_default_run_reports_on_stderr_only(run_cli, small_h5, tmp_path):

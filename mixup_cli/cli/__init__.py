@@ -51,7 +51,7 @@ class MixupGroup(click.Group):
             result = super().invoke(ctx)
             signals.settle()
             name = signals.late()
-            if name is not None:
+            if name is not None and not ctx.meta.get("mixup.quiet"):
                 click.echo(
                     f"warning: {name} came too late to stop the run: the output was already being "
                     "put in place, and is complete",

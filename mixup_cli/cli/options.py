@@ -68,8 +68,27 @@ def json_option(f):
     return click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout when done.")(f)
 
 
+def _set_quiet(ctx, param, value):
+    """With -q only errors reach stderr: the library's warnings and notes (its
+    logger) and Python's warnings (of the libraries below) are dropped."""
+    if value:
+        import logging
+        import warnings
+
+        logging.getLogger("mixup_cli").setLevel(logging.ERROR)
+        warnings.simplefilter("ignore")
+        ctx.meta["mixup.quiet"] = True  # shared by every context of the command line
+    return value
+
+
 def quiet_option(f):
-    return click.option("-q", "--quiet", is_flag=True, help="No progress bar and no messages, errors aside.")(f)
+    return click.option(
+        "-q",
+        "--quiet",
+        is_flag=True,
+        callback=_set_quiet,
+        help="No progress bar, warnings or notes: only errors reach stderr (verify prints its verdict alone).",
+    )(f)
 
 
 def _positive(ctx, param, value):
