@@ -181,6 +181,53 @@ def test_refused_options(run_cli, small_h5, tmp_path, args, code, pattern):
     assert leftovers(tmp_path) == []
 
 
+@pytest.mark.parametrize(
+    "args, line",
+    [
+        (
+            ["augment", "IN", "out.h5", "--alpah", "0.3"],
+            "mixup augment: no such option --alpah (did you mean --alpha?); see 'mixup augment --help'",
+        ),
+        (["augment"], "mixup augment: missing arguments 'IN... OUT'; see 'mixup augment --help'"),
+        (["verify"], "mixup verify: missing argument 'OUT'; see 'mixup verify --help'"),
+        (
+            ["augment", "IN", "out.h5", "--copies", "x"],
+            "mixup augment: invalid value for '--copies': 'x' is not a valid integer; see 'mixup augment --help'",
+        ),
+        (
+            ["augment", "IN", "out.h5", "--alpha"],
+            "mixup augment: option '--alpha' requires an argument; see 'mixup augment --help'",
+        ),
+        (
+            ["inspect", "IN", "extra"],
+            "mixup inspect: got unexpected extra argument (extra); see 'mixup inspect --help'",
+        ),
+        (["preview", "IN"], "mixup preview: missing option '-o' / '--output'; see 'mixup preview --help'"),
+        (
+            ["augment", "IN", "out.h5", "--no-y", "--y-key", "y"],
+            "mixup augment: --no-y and --y-key exclude each other; see 'mixup augment --help'",
+        ),
+        (  # click < 8.4 names no near miss
+            ["agument"],
+            (
+                "mixup: no such command 'agument' (did you mean augment?); see 'mixup --help'",
+                "mixup: no such command 'agument'; see 'mixup --help'",
+            ),
+        ),
+        (["--bogus"], "mixup: no such option --bogus; see 'mixup --help'"),
+    ],
+)
+def test_usage_errors_are_one_line(small_h5, tmp_path, args, line):
+    """click's usage errors (Usage, Try, a blank line, Error) and the command's own: one line, exit 2."""
+    src, _, _ = small_h5
+    args = [str(src) if a == "IN" else a for a in args]
+    proc = subprocess.run(mixup_executable() + args, capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr in [f"{one}\n" for one in ((line,) if isinstance(line, str) else line)], proc.stderr
+    assert proc.stdout == ""
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.h5"]
+
+
 def test_mismatched_rows_are_refused_before_output(run_cli, tmp_path):
     x, y = make_arrays(n=10)
     src = write_h5(tmp_path / "in.h5", x=x, y=y[:9])

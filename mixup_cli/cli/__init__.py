@@ -42,8 +42,59 @@ def _quiet_abandoned_work() -> None:
     warnings.filterwarnings("ignore", message="coroutine .* was never awaited", category=RuntimeWarning)
 
 
+class OneLineUsageError(click.UsageError):
+    """A usage error said in one line on stderr (exit 2): the command, what is
+    wrong, and where its help is; click's own say Usage, Try, a blank line and Error."""
+
+    def __init__(self, line: str, ctx=None):
+        super().__init__(line, ctx)
+        self.line = line
+
+    def show(self, file=None) -> None:
+        click.echo(self.line, err=True)
+
+
+def one_line(exc: click.UsageError, command: str = "mixup") -> click.UsageError:
+    """``exc`` as one line: ``mixup augment: no such option --alpah (did you mean
+    --alpha?); see 'mixup augment --help'`` (``command``: where it was raised, when
+    click did not say)."""
+    if isinstance(exc, OneLineUsageError) or isinstance(exc, _HELP_ERRORS):
+        return exc
+    command = exc.ctx.command_path if exc.ctx is not None else command
+    if isinstance(exc, click.NoSuchOption):
+        what = f"no such option {exc.option_name}"
+        if exc.possibilities:  # the closest first
+            what += f" (did you mean {exc.possibilities[0]}?)"
+    elif isinstance(exc, _NO_SUCH_COMMAND):
+        what = f"no such command '{exc.command_name}'"
+        if exc.possibilities:
+            what += f" (did you mean {exc.possibilities[0]}?)"
+    else:
+        what = " ".join(exc.format_message().split()).rstrip(".")
+        if what[:1].isupper() and what[1:2].islower():
+            what = what[0].lower() + what[1:]
+    return OneLineUsageError(f"{command}: {what}; see '{command} --help'", exc.ctx)
+
+
+# click >= 8.2 says "no arguments: here is the help" through a usage error that prints the help.
+# click >= 8.2 names the command and its near misses (before: one sentence, said as it is).
+_NO_SUCH_COMMAND = tuple(
+    getattr(click.exceptions, name) for name in ("NoSuchCommand",) if hasattr(click.exceptions, name)
+)
+_HELP_ERRORS = tuple(
+    getattr(click.exceptions, name) for name in ("NoArgsIsHelpError",) if hasattr(click.exceptions, name)
+)
+
+
 class MixupGroup(click.Group):
-    """Maps library errors to ``Error: ...`` on stderr and the documented exit codes."""
+    """Maps library errors to ``Error: ...`` on stderr and the documented exit
+    codes, and click's usage errors to one line (``one_line``), exit 2."""
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except click.UsageError as exc:
+            raise one_line(exc) from None
 
     def invoke(self, ctx):
         signals.begin_command()
@@ -70,6 +121,9 @@ class MixupGroup(click.Group):
             message = getattr(exc, "mixup_message", None)  # augment says what it kept
             click.echo(message or f"Interrupted by {name}: stopped and removed the temporary files.", err=True)
             ctx.exit(code)
+        except click.UsageError as exc:
+            sub = ctx.invoked_subcommand  # set once the command is known, before its options are parsed
+            raise one_line(exc, f"{ctx.command_path} {sub}" if sub else ctx.command_path) from None
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
         except Exception as exc:  # a bug or an unforeseen system error: still one line
