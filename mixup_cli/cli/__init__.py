@@ -133,8 +133,27 @@ class MixupGroup(click.Group):
             ctx.exit(1)
 
 
+def _show_version(ctx, param, value):
+    """The version, and which mixing loop runs and why (``core.KERNEL_REASON``)."""
+    if not value or ctx.resilient_parsing:
+        return
+    from mixup_cli import core
+
+    click.echo(f"mixup, version {__version__}")
+    click.echo(f"kernel: {core.KERNEL} ({core.KERNEL_REASON})")
+    ctx.exit()
+
+
 @click.group(cls=MixupGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, "-V", "--version", prog_name="mixup")
+@click.option(
+    "-V",
+    "--version",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=_show_version,
+    help="Show the version and the mixing loop in use (compiled or numpy's, and why), and exit.",
+)
 def cli():
     """Apply mixup to datasets on disk, streaming, seeded, with per-row provenance.
 
