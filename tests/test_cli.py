@@ -207,6 +207,11 @@ def test_refused_options(run_cli, small_h5, tmp_path, args, code, pattern):
             ["augment", "IN", "out.h5", "--no-y", "--y-key", "y"],
             "mixup augment: --no-y and --y-key exclude each other; see 'mixup augment --help'",
         ),
+        (  # the library's own usage errors (ParameterError, exit 2): the same form
+            ["augment", "IN", "out.h5", "--chunk-rows", "7", "--block-rows", "64"],
+            "mixup augment: --chunk-rows 7 does not divide the block rows (64): blocks must cover whole chunks; "
+            "choose a divisor such as 2, 4, 8, or set --block-rows; see 'mixup augment --help'",
+        ),
         (  # click < 8.4 names no near miss
             ["agument"],
             (
@@ -341,7 +346,9 @@ def test_shared_options_refuse_alike_in_every_command(run_cli, small_h5, tmp_pat
         result = run_cli(*args, "--batch-size", 0)
         assert result.exit_code == 2
         messages.add(result.stderr)
-    assert messages == {"Error: --batch-size must be an integer >= 1, got 0\n"}
+    assert {m.replace("verify", "CMD").replace("augment", "CMD") for m in messages} == {
+        "mixup CMD: --batch-size must be an integer >= 1, got 0; see 'mixup CMD --help'\n"
+    }
     assert not (tmp_path / "other.h5").exists()
 
 

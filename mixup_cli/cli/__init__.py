@@ -76,11 +76,11 @@ def one_line(exc: click.UsageError, command: str = "mixup") -> click.UsageError:
     return OneLineUsageError(f"{command}: {what}; see '{command} --help'", exc.ctx)
 
 
-# click >= 8.2 says "no arguments: here is the help" through a usage error that prints the help.
-# click >= 8.2 names the command and its near misses (before: one sentence, said as it is).
+# click >= 8.4 names an unknown command and its near misses (before: one sentence, said as it is).
 _NO_SUCH_COMMAND = tuple(
     getattr(click.exceptions, name) for name in ("NoSuchCommand",) if hasattr(click.exceptions, name)
 )
+# click >= 8.2 says "no arguments: here is the help" through a usage error that prints the help.
 _HELP_ERRORS = tuple(
     getattr(click.exceptions, name) for name in ("NoArgsIsHelpError",) if hasattr(click.exceptions, name)
 )
@@ -113,6 +113,8 @@ class MixupGroup(click.Group):
         except MixupError as exc:
             if ctx.meta.get("mixup.debug"):
                 raise
+            if exc.exit_code == 2:  # a usage error of the library's (ParameterError): said as click's are
+                raise one_line(click.UsageError(str(exc)), _command(ctx)) from None
             click.echo(f"Error: {exc}", err=True)
             ctx.exit(exc.exit_code)
         except KeyboardInterrupt as exc:
@@ -122,8 +124,7 @@ class MixupGroup(click.Group):
             click.echo(message or f"Interrupted by {name}: stopped and removed the temporary files.", err=True)
             ctx.exit(code)
         except click.UsageError as exc:
-            sub = ctx.invoked_subcommand  # set once the command is known, before its options are parsed
-            raise one_line(exc, f"{ctx.command_path} {sub}" if sub else ctx.command_path) from None
+            raise one_line(exc, _command(ctx)) from None
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
         except Exception as exc:  # a bug or an unforeseen system error: still one line
@@ -131,6 +132,12 @@ class MixupGroup(click.Group):
                 raise
             click.echo(f"Error: {type(exc).__name__}: {exc} (run with --debug for the traceback)", err=True)
             ctx.exit(1)
+
+
+def _command(ctx) -> str:
+    """``mixup CMD`` once the command is known (set before its options are parsed), else ``mixup``."""
+    sub = ctx.invoked_subcommand
+    return f"{ctx.command_path} {sub}" if sub else ctx.command_path
 
 
 def _show_version(ctx, param, value):
@@ -144,7 +151,7 @@ def _show_version(ctx, param, value):
     ctx.exit()
 
 
-@click.group(cls=MixupGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group("mixup", cls=MixupGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "-V",
     "--version",
