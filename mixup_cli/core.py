@@ -14,7 +14,13 @@ would be off by thousands near 2^63.
 The loop runs in the compiled ``mixup_cli._kernel`` (one pass over memory)
 where it is built and the arrays suit it, else in numpy; both give the same
 bytes. ``KERNEL`` says which is active: ``"c"``, or ``"numpy"`` when the
-extension is missing or ``MIXUP_CLI_KERNEL=numpy`` was set at import.
+extension is missing or ``MIXUP_CLI_KERNEL=numpy`` was set at import, and
+``KERNEL_REASON`` why, in one line (``mixup --version`` shows both): the
+compiled file in use; or that variable; or a build from an older
+``_kernel.c``, or one that does not load; or, imported from a source tree
+without the compiled loop (run from a checkout after ``pip install .``) while
+a copy further on ``sys.path`` has it, both folders (that copy is not
+imported in its place); or that none was built.
 """
 
 from __future__ import annotations
@@ -29,17 +35,55 @@ from mixup_cli.errors import ParameterError
 
 
 def _load_kernel():
+    """``(the compiled module or None, why)``."""
     if os.environ.get("MIXUP_CLI_KERNEL", "").strip().lower() == "numpy":
-        return None
+        return None, "MIXUP_CLI_KERNEL=numpy is set"
     try:
         from mixup_cli import _kernel
-    except ImportError:
-        return None
+    except ImportError as exc:
+        return None, _why_missing(exc)
     # A build left over from an older _kernel.c may take other arguments.
-    return _kernel if getattr(_kernel, "VERSION", None) == 2 else None
+    if getattr(_kernel, "VERSION", None) != 2:
+        return None, f"{_kernel.__file__} was built from an older _kernel.c; rebuild it: pip install ."
+    return _kernel, f"compiled: {_kernel.__file__}"
 
 
-_kernel = _load_kernel()
+def _compiled_in(folder) -> list:
+    """The builds of ``_kernel`` in a package folder, for this interpreter."""
+    import importlib.machinery
+
+    return [
+        folder / f"_kernel{suffix}"
+        for suffix in importlib.machinery.EXTENSION_SUFFIXES
+        if (folder / f"_kernel{suffix}").is_file()
+    ]
+
+
+def _why_missing(exc: ImportError) -> str:
+    """Why ``_kernel`` did not import: a build here that does not load, a
+    source tree without it ahead of a copy that has it, or none built."""
+    import sys
+    from pathlib import Path
+
+    here = Path(__file__).resolve().parent
+    built = _compiled_in(here)
+    if built:
+        return f"{built[0]} does not load: {exc}"
+    for entry in sys.path:
+        try:
+            other = Path(entry or ".").resolve() / "mixup_cli"
+            if other != here and _compiled_in(other):
+                return (
+                    f"mixup_cli is imported from {here.parent}, a source tree without the compiled "
+                    f"loop, ahead of the copy in {other.parent} that has it; run from another folder, "
+                    "or build it in that tree: python setup.py build_ext --inplace"
+                )
+        except (OSError, ValueError):
+            continue
+    return "the compiled loop was not built, no C compiler at install; same bytes, slower"
+
+
+_kernel, KERNEL_REASON = _load_kernel()
 KERNEL = "numpy" if _kernel is None else "c"
 _KERNEL_DTYPES = frozenset(
     np.dtype(t)

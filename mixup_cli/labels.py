@@ -50,6 +50,11 @@ SCAN_ROWS = 1 << 20
 # that are identifiers rather than classes would otherwise start a huge output.
 ONE_HOT_FACTOR = 8
 ONE_HOT_FLOOR = 64 * 1024 * 1024
+# Labels taken as classes by --y-kind auto are refused when every row has its
+# own (as many distinct labels as rows) and there are more than this many
+# rows: one label a row is an identifier (AnnData's obs/_index), not a class.
+# --y-kind classes (or --num-classes) keeps them as classes.
+UNIQUE_LABEL_ROWS = 16
 
 
 @dataclass(frozen=True)
@@ -157,7 +162,8 @@ def resolve(
     if kind not in Y_KINDS:
         raise ParameterError(f"--y-kind must be one of {', '.join(Y_KINDS)}, got {kind!r}", "--y-kind")
     eps = check_smoothing(label_smoothing)
-    if kind == "auto":
+    inferred = kind == "auto"
+    if inferred:
         kind = auto_kind(dtype, row_shape)
     if dtype.kind not in "biuf":
         raise InputError(
@@ -179,6 +185,8 @@ def resolve(
             raise InputError(f"{label} has no rows; there are no classes to encode")
         num_classes = int(classes[-1]) + 1
         check_inferred_classes(label, num_classes, len(classes), shape[0], input_row_bytes)
+        if inferred:
+            check_identifiers(label, len(classes), shape[0], named=hasattr(reader, "class_names"))
     else:
         try:
             num_classes = int(num_classes)
@@ -189,6 +197,19 @@ def resolve(
         if num_classes < 1:
             raise ParameterError(f"--num-classes must be an integer >= 1, got {num_classes!r}", "--num-classes")
     return Targets("classes", np.dtype(np.float32), num_classes, classes, eps, label)
+
+
+def check_identifiers(label: str, present: int, n_rows: int, named: bool = False) -> None:
+    """Refuse labels that ``--y-kind auto`` would take as classes when every row
+    has its own (``UNIQUE_LABEL_ROWS``); ``named``: string or categorical labels."""
+    if present != n_rows or n_rows <= UNIQUE_LABEL_ROWS:
+        return
+    numbers = "" if named else ", --y-kind dense if they are numbers to mix"
+    raise InputError(
+        f"{label}: every one of its {n_rows} rows has a label of its own, so they identify rows rather than "
+        f"name classes; pass the array of classes with --y-key{numbers}, or --no-y to mix x alone "
+        "(--y-kind classes takes them as classes all the same)"
+    )
 
 
 def check_inferred_classes(

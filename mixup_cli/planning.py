@@ -62,6 +62,7 @@ def build_plan(
     copies: int = 1,
     include_original: bool = False,
     block_rows: int | None = None,
+    chunk_rows: int | None = None,
     method: str = "mixup",
     layout: str | None = None,
     neighbors: int | None = None,
@@ -71,10 +72,11 @@ def build_plan(
     balance_to: int | None = None,
 ) -> Plan:
     """The plan of a run over ``source`` (seed drawn when None; ``x_key`` and
-    ``y_key`` as asked, the source's own by default)."""
+    ``y_key`` as asked, the source's own by default; without ``block_rows``,
+    the default, a multiple of ``chunk_rows`` when that is given)."""
     x_key = x_key or next(iter(source.specs))
     y_key = source.y_key if y_key is None else y_key
-    block_rows = block_rows or default_block_rows(source.row_bytes)
+    block_rows = block_rows or default_block_rows(source.row_bytes, chunk_rows=chunk_rows)
     seed = draw_seed() if seed is None else seed
     if pairing in KNN_PAIRINGS and neighbors is None:
         neighbors = DEFAULT_NEIGHBORS

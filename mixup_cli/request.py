@@ -78,6 +78,7 @@ class AugmentRequest:
             copies=self.copies,
             include_original=self.include_original,
             block_rows=self.block_rows,
+            chunk_rows=self.chunk_rows,
             method=self.method,
             layout=self.layout,
             neighbors=self.neighbors,

@@ -79,10 +79,16 @@ def draw_seed() -> int:
     return int(np.random.SeedSequence().entropy % (2**63))
 
 
-def default_block_rows(row_bytes: int, target_bytes: int = DEFAULT_BLOCK_BYTES) -> int:
-    """The largest power of two of rows whose bytes stay within ``target_bytes``."""
+def default_block_rows(row_bytes: int, target_bytes: int = DEFAULT_BLOCK_BYTES, chunk_rows: int | None = None) -> int:
+    """The largest power of two of rows whose bytes stay within ``target_bytes``;
+    with ``chunk_rows`` (``--chunk-rows`` without ``--block-rows``), the largest
+    multiple of it not above that, and at least one chunk, so chunks divide blocks."""
     rows = max(1, target_bytes // max(1, row_bytes))
-    return 1 << (int(rows).bit_length() - 1)
+    rows = 1 << (int(rows).bit_length() - 1)
+    if chunk_rows:
+        chunk_rows = int(chunk_rows)
+        rows = max(chunk_rows, rows // chunk_rows * chunk_rows)
+    return rows
 
 
 def check_positive(value: int, option: str) -> int:

@@ -29,7 +29,7 @@ from conftest import REPO, default_signals, make_arrays, mixup_executable, write
 from mixup_cli.cli import cli
 
 FORMATS = ["out.h5", "out.npz", "out", "out.zarr"]
-ARGS = ["--block-rows", "250", "--quiet"]
+ARGS = ["--block-rows", "250", "--json"]  # stderr: the warnings alone (-q drops them)
 # Before the commit record: the run can still stop. From it on: it finishes.
 STOPPABLE = ["staged"]
 TOO_LATE = ["commit-record", "output-in-place", "sidecar-in-place", "cleaned", "committed", "finished"]
@@ -193,6 +193,19 @@ def test_sigterm_at_each_step_of_the_commit(source, references, tmp_path, stage,
     assert leftovers(tmp_path) == []
 
 
+def test_quiet_drops_the_too_late_warning(source, references, tmp_path):
+    """-q: only errors reach stderr; a signal too late to stop the run is a warning."""
+    out = old_output(tmp_path, "out.h5", references)
+    rc, stderr = paused_run(
+        ["augment", source, out, "--seed", 2, "--overwrite", "--block-rows", "250", "-q"],
+        TOO_LATE[0],
+        signal.SIGTERM,
+        tmp_path,
+    )
+    assert rc == 0 and stderr == ""
+    assert state(out, expected(references, "out.h5")) == "new" and leftovers(tmp_path) == []
+
+
 # SIGINT at the last stoppable step and the first and last too-late ones; the
 # other steps (which SIGTERM meets in every format above) in the slow suite.
 @pytest.mark.parametrize(
@@ -263,13 +276,13 @@ def test_sigkill_in_the_commit_is_finished_or_rolled_back(source, references, tm
         assert (tmp_path / f".{name}.mixup-partial").is_dir()
 
     # The next command on OUT recognises the half-done commit (here: verify).
-    result = run_cli("verify", out, "--quiet")
+    result = run_cli("verify", out)
     assert "half-done" not in result.output
     warning = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
     assert len(warning) == 1, result.stderr
     want = KILL_STAGES[stage]
     assert ("finished the commit" in warning[0]) == (want == "new"), warning
-    assert result.exit_code == 0 and result.stdout.strip() == "OK", result.output
+    assert result.exit_code == 0 and result.stdout.splitlines()[-1] == "OK", result.output
     assert state(out, expected(references, name)) == want
     if want == "new":
         assert leftovers(tmp_path) == []

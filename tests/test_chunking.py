@@ -8,6 +8,7 @@ mixup_cli's readers; the layout must never change the arrays."""
 from __future__ import annotations
 
 import gzip
+import importlib.util
 import json
 import os
 import shutil
@@ -141,6 +142,32 @@ def test_chunk_rows_sets_hdf5_and_zarr_chunks(images, tmp_path, run_mixup):
         meta = json.loads((store / "x" / "zarr.json").read_text())
         assert meta["chunk_grid"]["configuration"]["chunk_shape"] == [16, 3, 8, 8]
         assert _digests(store) == _digests(plain)
+
+
+def test_chunk_rows_alone_chooses_block_rows_it_divides(tmp_path, run_mixup):
+    """--chunk-rows without --block-rows: the block rows are the largest multiple
+    of it not above their default (rows of 128 KiB: 128 rows a block; 10 rows a
+    chunk: 120), the output verifies, and is the run with --block-rows 120."""
+    rng = np.random.default_rng(0)
+    x = rng.random((130, 32766), dtype=np.float32)  # with float64 y: 128 KiB a row; two blocks
+    src = write_h5(tmp_path / "in.h5", x=x, y=rng.random(130))
+    outs = [tmp_path / "c.h5"]
+    if importlib.util.find_spec("zarr") is not None:  # Zarr is an optional extra
+        outs.append(tmp_path / "c.zarr")
+    for out in outs:
+        done = run_mixup("augment", src, out, *ARGS, "--chunk-rows", 10)
+        assert done.returncode == 0, done.stderr
+        assert read_sidecar(out)["parameters"]["block_rows"] == 120
+        checked = run_in_process("verify", out)
+        assert checked.returncode == 0 and checked.stdout.strip().endswith("OK"), checked.stdout
+    with h5py.File(tmp_path / "c.h5", "r") as f:
+        assert {f[k].chunks[0] for k in f} == {10}
+    both = tmp_path / "both.h5"
+    assert run_in_process("augment", src, both, *ARGS, "--chunk-rows", 10, "--block-rows", 120).returncode == 0
+    assert _digests(tmp_path / "c.h5") == _digests(both)
+    # A chunk above the default block rows: one chunk a block.
+    assert run_in_process("augment", src, tmp_path / "big.h5", *ARGS, "--chunk-rows", 200).returncode == 0
+    assert read_sidecar(tmp_path / "big.h5")["parameters"]["block_rows"] == 200
 
 
 @pytest.mark.parametrize(

@@ -1,5 +1,6 @@
 """The command line: exit codes, messages, stdout/stderr discipline, help."""
 
+import importlib.util
 import json
 import re
 import subprocess
@@ -8,7 +9,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO, SAMPLE_H5, expected_mix, load_output, make_arrays, write_h5, write_npz
+from conftest import (
+    REPO,
+    SAMPLE_H5,
+    expected_mix,
+    load_output,
+    make_arrays,
+    mixup_executable,
+    read_sidecar,
+    write_h5,
+    write_npy_dir,
+    write_npz,
+)
 
 from mixup_cli import __version__
 from mixup_cli.cli import cli
@@ -39,11 +51,96 @@ def test_quiet_prints_nothing(run_cli, small_h5, tmp_path):
     assert result.stdout == "" and result.stderr == ""
 
 
+def _paused_and_killed(args, stage, tmp_path):
+    """``mixup ARGS`` stopped by SIGKILL where it reaches ``stage`` (MIXUP_TEST_PAUSE)."""
+    import os
+    import signal
+    import time
+
+    flag = tmp_path / "paused.flag"
+    env = dict(os.environ, MIXUP_TEST_PAUSE=f"{stage}:{flag}")
+    proc = subprocess.Popen(
+        mixup_executable() + [str(a) for a in args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
+    )
+    deadline = time.monotonic() + 60
+    while not flag.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=60)
+    flag.unlink()
+
+
+def test_quiet_leaves_only_errors_on_stderr(tmp_path):
+    """-q in every command that has it: the warnings and notes each run below
+    prints without it (checked) are gone; an error still says its one line."""
+    x, _ = make_arrays(n=12)
+    src = write_h5(tmp_path / "xonly.h5", x=x)  # no 'y': "mixing 'x' alone" is a warning
+    other = write_h5(tmp_path / "xonly2.h5", x=x)
+
+    def run(*args):
+        return subprocess.run(mixup_executable() + [str(a) for a in args], capture_output=True, text=True, timeout=120)
+
+    out = tmp_path / "out.h5"
+    runs = {
+        "augment": ["augment", src, out, "--seed", 1],
+        "augment --resume": ["augment", src, tmp_path / "r.h5", "--seed", 1, "--resume"],  # nothing to resume
+        "augment of a set": ["augment", src, other, tmp_path / "set", "--seed", 1],
+    }
+    if importlib.util.find_spec("matplotlib") is not None:
+        runs["preview"] = ["preview", src, "-o", tmp_path / "p.png", "--seed", 1]
+    for what, args in runs.items():
+        loud = run(*args)
+        assert loud.returncode == 0 and "warning: " in loud.stderr, (what, loud.stderr)
+        for p in [tmp_path / "r.h5", tmp_path / "p.png", out, tmp_path / "set"]:
+            subprocess.run(["rm", "-rf", str(p), str(p) + ".provenance.json"], check=True)
+        quiet = run(*args, "-q")
+        assert quiet.returncode == 0 and quiet.stderr == "", (what, quiet.stderr)
+    # verify finishing the commit a killed run left half-done: a warning, silenced by -q.
+    for flags in ([], ["-q"]):
+        subprocess.run(["rm", "-rf", str(out), str(out) + ".provenance.json"], check=True)
+        _paused_and_killed(["augment", src, out, "--seed", 1, "-q"], "output-in-place", tmp_path)
+        checked = run("verify", out, *flags)
+        assert checked.returncode == 0 and checked.stdout.strip().endswith("OK"), checked.stdout
+        assert ("finished the commit" in checked.stderr) == (not flags), checked.stderr
+        assert checked.stderr == "" or not flags
+    failed = run("augment", tmp_path / "missing.h5", tmp_path / "o.h5", "-q")
+    assert failed.returncode == 1 and len(failed.stderr.splitlines()) == 1 and "missing.h5" in failed.stderr
+
+
 def test_default_run_reports_on_stderr_only(run_cli, small_h5, tmp_path):
     src, _, _ = small_h5
     result = run_cli("augment", src, tmp_path / "out.h5", "--seed", 1)
     assert result.exit_code == 0 and result.stdout == ""
     assert "wrote 25 rows" in result.stderr and "seed 1" in result.stderr
+
+
+@pytest.mark.parametrize("form", ["npy-dir", "hdf5"])
+def test_one_input_and_out_with_a_slash_write_one_npy_directory(run_cli, tmp_path, form):
+    """A shell's completion adds the slash: ``data/ mixed/`` (and ``in.h5 mixed/``) write
+    the .npy directory ``mixed`` and ``mixed.provenance.json``, as ``mixed`` does; no set."""
+    from mixup_cli.dataset import MixupDataset
+
+    x, y = make_arrays(n=20)
+    if form == "npy-dir":
+        src = write_npy_dir(tmp_path / "data", x=x, y=y)
+        given = str(src) + "/"
+    else:
+        src = given = write_h5(tmp_path / "in.h5", x=x, y=y)
+    out = tmp_path / "mixed"
+    result = run_cli("augment", given, str(out) + "/", "--seed", 7)
+    assert result.exit_code == 0, result.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["lam.npy", "partner.npy", "x.npy", "y.npy"]
+    assert (tmp_path / "mixed.provenance.json").is_file()
+    assert "set" not in read_sidecar(out)
+    reference = tmp_path / "reference"
+    assert run_cli("augment", src, reference, "--seed", 7).exit_code == 0
+    data = load_output(out)
+    assert {k: v.tobytes() for k, v in data.items()} == {k: v.tobytes() for k, v in load_output(reference).items()}
+    with MixupDataset(str(out) + "/") as ds:
+        assert len(ds) == 20
+    verified = run_cli("verify", str(out) + "/")
+    assert verified.exit_code == 0 and verified.stdout.strip().endswith("OK"), verified.stdout
 
 
 def test_existing_output_is_kept_without_overwrite(run_cli, small_h5, tmp_path):
@@ -82,6 +179,58 @@ def test_refused_options(run_cli, small_h5, tmp_path, args, code, pattern):
     assert re.search(pattern, result.stderr), result.stderr
     assert "Traceback" not in result.stderr
     assert leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize(
+    "args, line",
+    [
+        (
+            ["augment", "IN", "out.h5", "--alpah", "0.3"],
+            "mixup augment: no such option --alpah (did you mean --alpha?); see 'mixup augment --help'",
+        ),
+        (["augment"], "mixup augment: missing arguments 'IN... OUT'; see 'mixup augment --help'"),
+        (["verify"], "mixup verify: missing argument 'OUT'; see 'mixup verify --help'"),
+        (
+            ["augment", "IN", "out.h5", "--copies", "x"],
+            "mixup augment: invalid value for '--copies': 'x' is not a valid integer; see 'mixup augment --help'",
+        ),
+        (
+            ["augment", "IN", "out.h5", "--alpha"],
+            "mixup augment: option '--alpha' requires an argument; see 'mixup augment --help'",
+        ),
+        (
+            ["inspect", "IN", "extra"],
+            "mixup inspect: got unexpected extra argument (extra); see 'mixup inspect --help'",
+        ),
+        (["preview", "IN"], "mixup preview: missing option '-o' / '--output'; see 'mixup preview --help'"),
+        (
+            ["augment", "IN", "out.h5", "--no-y", "--y-key", "y"],
+            "mixup augment: --no-y and --y-key exclude each other; see 'mixup augment --help'",
+        ),
+        (  # the library's own usage errors (ParameterError, exit 2): the same form
+            ["augment", "IN", "out.h5", "--chunk-rows", "7", "--block-rows", "64"],
+            "mixup augment: --chunk-rows 7 does not divide the block rows (64): blocks must cover whole chunks; "
+            "choose a divisor such as 2, 4, 8, or set --block-rows; see 'mixup augment --help'",
+        ),
+        (  # click < 8.4 names no near miss
+            ["agument"],
+            (
+                "mixup: no such command 'agument' (did you mean augment?); see 'mixup --help'",
+                "mixup: no such command 'agument'; see 'mixup --help'",
+            ),
+        ),
+        (["--bogus"], "mixup: no such option --bogus; see 'mixup --help'"),
+    ],
+)
+def test_usage_errors_are_one_line(small_h5, tmp_path, args, line):
+    """click's usage errors (Usage, Try, a blank line, Error) and the command's own: one line, exit 2."""
+    src, _, _ = small_h5
+    args = [str(src) if a == "IN" else a for a in args]
+    proc = subprocess.run(mixup_executable() + args, capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr in [f"{one}\n" for one in ((line,) if isinstance(line, str) else line)], proc.stderr
+    assert proc.stdout == ""
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.h5"]
 
 
 def test_mismatched_rows_are_refused_before_output(run_cli, tmp_path):
@@ -197,7 +346,9 @@ def test_shared_options_refuse_alike_in_every_command(run_cli, small_h5, tmp_pat
         result = run_cli(*args, "--batch-size", 0)
         assert result.exit_code == 2
         messages.add(result.stderr)
-    assert messages == {"Error: --batch-size must be an integer >= 1, got 0\n"}
+    assert {m.replace("verify", "CMD").replace("augment", "CMD") for m in messages} == {
+        "mixup CMD: --batch-size must be an integer >= 1, got 0; see 'mixup CMD --help'\n"
+    }
     assert not (tmp_path / "other.h5").exists()
 
 

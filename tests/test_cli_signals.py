@@ -290,7 +290,7 @@ def test_a_run_without_resume_removes_what_an_interrupted_run_kept(tmp_path):
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130 and "--resume" in stderr
     assert ".out.mixup-partial" in partials(tmp_path)
-    again = mixup(*args, "--quiet")
+    again = mixup(*args, "--json")  # stderr: the warning alone (-q drops it)
     assert again.returncode == 0 and "removing .out.mixup-partial" in again.stderr
     assert partials(tmp_path) == [] and load_output(out)["x"].shape == (1000, 6)
 
@@ -433,7 +433,7 @@ def test_resume_of_a_damaged_partial_starts_over(tmp_path):
     partial = tmp_path / ".out.h5.mixup-partial"
     with open(partial, "r+b") as fh:
         fh.truncate(100)
-    result = mixup("augment", src, out, "--block-rows", 100, "--copies", 2, "--seed", 5, "--resume", "--quiet")
+    result = mixup("augment", src, out, "--block-rows", 100, "--copies", 2, "--seed", 5, "--resume", "--json")
     assert result.returncode == 0 and "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "partial output is damaged" in lines[0] and "starting from the beginning" in lines[0]
@@ -445,7 +445,7 @@ def test_resume_without_journal_starts_over(tmp_path):
     src = _source(tmp_path, "h5")
     out = tmp_path / "out.npz"
     (tmp_path / ".out.npz.mixup-partial").write_bytes(b"half")
-    result = mixup("augment", src, out, "--seed", 1, "--resume", "--quiet")
+    result = mixup("augment", src, out, "--seed", 1, "--resume", "--json")
     assert result.returncode == 0, result.stderr
     assert "no journal" in result.stderr and "starting from the beginning" in result.stderr
     assert partials(tmp_path) == [] and load_output(out)["x"].shape == (1000, 6)
@@ -454,7 +454,7 @@ def test_resume_without_journal_starts_over(tmp_path):
 def test_resume_with_nothing_to_resume_starts_afresh(tmp_path):
     src = _source(tmp_path, "h5")
     out = tmp_path / "out.h5"
-    result = mixup("augment", src, out, "--seed", 1, "--resume", "--quiet")
+    result = mixup("augment", src, out, "--seed", 1, "--resume", "--json")
     assert result.returncode == 0 and "no interrupted run to resume" in result.stderr
     assert load_output(out)["x"].shape == (1000, 6) and partials(tmp_path) == []
 

@@ -180,6 +180,24 @@ def test_anndata_dense_x_with_obs_labels(run_cli, tmp_path, outdir):
     check_accepted(run_cli, src, outdir, x_key="X", y_key="obs/score", x=x, y=score)
 
 
+def test_anndata_obs_suggests_a_class_column_never_the_row_index(run_cli, tmp_path, outdir):
+    """--y-key obs names a group: the example given is a column of obs, not
+    obs/_index (one identifier a cell), which is itself refused as classes."""
+    anndata = pytest.importorskip("anndata")
+    pd = pytest.importorskip("pandas")
+    x = _data()
+    kind = pd.Categorical(np.random.default_rng(2).choice(["b", "t", "nk"], N))
+    src = tmp_path / "cells.h5ad"
+    anndata.AnnData(X=x, obs=pd.DataFrame({"kind": kind}, index=[f"c{i}" for i in range(N)])).write_h5ad(src)
+    line = check_refused(run_cli, src, outdir, "obs", "is a group", x_key="X", y_key="obs")
+    assert line.endswith("pass the path of an array in it with --y-key (for example 'obs/kind')"), line
+    check_refused(run_cli, src, outdir, "obs/_index", "a label of its own", "--no-y", x_key="X", y_key="obs/_index")
+    done = run_cli("augment", src, outdir / "out.h5", "--seed", 5, "--x-key", "X", "--y-key", "obs/kind")
+    assert done.exit_code == 0, done.stderr
+    with h5py.File(outdir / "out.h5", "r") as f:
+        assert f["obs/kind"].shape == (N, 3)  # three classes, one-hot
+
+
 def test_anndata_sparse_x_is_refused_as_a_sparse_matrix(run_cli, tmp_path, outdir):
     anndata = pytest.importorskip("anndata")
     sparse = pytest.importorskip("scipy.sparse")

@@ -304,3 +304,107 @@ def test_rows_shifted_onto_themselves(kernel_path):
     want = mix_rows(y[1:].copy(), partner, lam)
     mix_rows(y[1:], partner, lam, out=y[:-1])
     assert np.array_equal(y[:-1], want)
+
+
+# --- which loop runs, and why (core.KERNEL_REASON, mixup --version) ----------
+
+
+def _package_copy(root, with_kernel: bool):
+    """A copy of the package under ``root`` (a folder on sys.path), with or without the compiled loop."""
+    import shutil
+    from pathlib import Path
+
+    package = Path(core.__file__).parent
+    built = [p for p in package.iterdir() if p.name.startswith("_kernel.") and p.suffix in (".so", ".pyd")]
+    if with_kernel and not built:
+        pytest.skip("mixup_cli._kernel is not built here")
+    shutil.copytree(package, root / "mixup_cli", ignore=shutil.ignore_patterns("__pycache__", "_kernel.*.so", "*.pyd"))
+    if with_kernel:
+        for p in built:
+            shutil.copy2(p, root / "mixup_cli" / p.name)
+    return root
+
+
+def _version(cwd, *path):
+    """``python -S -m mixup_cli --version`` in ``cwd`` with ``path`` (then the
+    dependencies) on PYTHONPATH: -S, so no editable install's finder answers."""
+    import sysconfig
+
+    deps = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "MIXUP_CLI_KERNEL")}
+    env["PYTHONPATH"] = os.pathsep.join([*map(str, path), *sorted(deps)])
+    proc = subprocess.run(
+        [sys.executable, "-S", "-m", "mixup_cli", "--version"], cwd=cwd, env=env, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.splitlines()
+
+
+def test_version_says_which_loop_runs_and_why(tmp_path):
+    """Run from a source tree without the compiled loop while an installed copy
+    has it: that tree is imported, numpy's loop runs, and --version says both
+    folders (the other copy is not imported in its place)."""
+    source = _package_copy(tmp_path / "checkout", with_kernel=False)
+    installed = _package_copy(tmp_path / "site", with_kernel=True)
+    lines = _version(source, installed)  # the current folder first on sys.path, as from a checkout's root
+    assert lines[0] == f"mixup, version {__import__('mixup_cli').__version__}"
+    assert lines[1] == (
+        f"kernel: numpy (mixup_cli is imported from {source}, a source tree without the compiled loop, "
+        f"ahead of the copy in {installed} that has it; run from another folder, "
+        "or build it in that tree: python setup.py build_ext --inplace)"
+    )
+    assert _version(tmp_path, installed)[1].startswith(f"kernel: c (compiled: {installed / 'mixup_cli' / '_kernel'}")
+    assert _version(source)[1] == (
+        "kernel: numpy (the compiled loop was not built, no C compiler at install; same bytes, slower)"
+    )
+
+
+def test_kernel_reason_names_the_variable():
+    env = dict(os.environ, MIXUP_CLI_KERNEL="numpy")
+    code = "from mixup_cli import core; print(core.KERNEL, '|', core.KERNEL_REASON)"
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=REPO)
+    assert proc.stdout.strip() == "numpy | MIXUP_CLI_KERNEL=numpy is set", proc.stderr
+
+
+@pytest.mark.slow
+def test_pip_install_then_run_from_the_checkout(tmp_path):
+    """The real thing: ``pip install .`` into a fresh virtual environment (its
+    dependencies from this one's), then ``import mixup_cli.core`` from the
+    checkout's root, which holds no compiled loop, and from elsewhere."""
+    import shutil
+    import sysconfig
+    from pathlib import Path
+
+    checkout = tmp_path / "checkout"
+    files = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True).stdout
+    for name in filter(None, files.decode().split("\0")):
+        if os.path.isfile(os.path.join(REPO, name)):
+            (checkout / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(os.path.join(REPO, name), checkout / name)
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", venv], check=True)
+    python = venv / "bin" / "python"
+    site = subprocess.run(
+        [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], capture_output=True, text=True
+    ).stdout.strip()
+    Path(site, "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    pip = subprocess.run(
+        [sys.executable, "-m", "pip", "--python", python, "install", "-q", "--no-deps", checkout],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert pip.returncode == 0, pip.stderr
+    installed = Path(site)
+    code = "import mixup_cli.core as c; print(c.KERNEL); print(c.KERNEL_REASON)"
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "MIXUP_CLI_KERNEL")}
+    here = subprocess.run([python, "-c", code], cwd=checkout, env=env, capture_output=True, text=True)
+    kernel, reason = here.stdout.splitlines()
+    assert kernel == "numpy" and f"imported from {checkout}," in reason and f"copy in {installed} " in reason
+    version = subprocess.run(
+        [python, "-m", "mixup_cli", "--version"], cwd=checkout, env=env, capture_output=True, text=True
+    )
+    assert version.stdout.splitlines()[1] == f"kernel: numpy ({reason})"
+    elsewhere = subprocess.run([python, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
+    kernel, reason = elsewhere.stdout.splitlines()
+    assert kernel == "c" and reason.startswith(f"compiled: {installed / 'mixup_cli' / '_kernel'}"), reason

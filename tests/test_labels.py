@@ -426,6 +426,39 @@ def test_identifiers_as_labels_are_refused_naming_classes_rows_and_options(tmp_p
         assert np.array_equal(f["y_b"][()], y[f["partner"][()]])
 
 
+@pytest.mark.parametrize("form", ["integers", "strings"])
+def test_a_label_of_its_own_on_every_row_is_refused_as_classes(tmp_path, run_cli, outdir, form):
+    """--y-kind auto: as many distinct labels as rows (more than UNIQUE_LABEL_ROWS)
+    identify rows; refused in one line naming the file, the array and the ways out."""
+    n = labels.UNIQUE_LABEL_ROWS + 1
+    ids = np.random.default_rng(4).permutation(n)
+    y = ids.astype(np.int64) if form == "integers" else np.array([f"cell-{i}" for i in ids], dtype="S")
+    src = write_h5(tmp_path / "in.h5", x=xs(n), y=y)
+    result = run_cli("augment", src, outdir / "out.h5", "--seed", 1)
+    assert result.exit_code == 1, result.stderr
+    line = result.stderr.strip()
+    assert "\n" not in line and "Traceback" not in line
+    assert line.startswith(f"Error: {src}: 'y': every one of its {n} rows has a label of its own"), line
+    for option in ("--y-key", "--no-y", "--y-kind classes"):
+        assert option in line
+    assert ("--y-kind dense" in line) == (form == "integers")
+    assert_nothing_written(outdir)
+    # The user's word is kept: --y-kind classes, or --num-classes, take them as classes.
+    assert run_cli("augment", src, outdir / "a.h5", "--seed", 1, "--y-kind", "classes").exit_code == 0
+    assert load_output(outdir / "a.h5")["y"].shape == (n, n)
+    if form == "integers":
+        assert run_cli("augment", src, outdir / "b.h5", "--seed", 1, "--num-classes", n).exit_code == 0
+        assert run_cli("augment", src, outdir / "c.h5", "--seed", 1, "--y-kind", "dense").exit_code == 0
+
+
+def test_a_label_of_its_own_on_a_few_rows_is_still_classes(tmp_path):
+    """UNIQUE_LABEL_ROWS rows or fewer, each its own class: classes as before."""
+    n = labels.UNIQUE_LABEL_ROWS
+    src = write_h5(tmp_path / "in.h5", x=xs(n), y=np.arange(n)[::-1].copy())
+    run(src, tmp_path / "out.h5")
+    assert load_output(tmp_path / "out.h5")["y"].shape == (n, n)
+
+
 def test_one_hot_many_times_the_input_is_refused(tmp_path, run_cli, outdir):
     """Fewer classes than rows, but one-hot rows 3000x the input's: 763 MiB per copy."""
     n = 20_000

@@ -127,7 +127,7 @@ def test_killed_before_the_first_journal_entry_resume_starts_over(src, tmp_path,
     killed("save", 1, src, out, *ARGS, "--compression", compression)
     assert (tmp_path / ".out.h5.mixup-partial").exists()
     assert not (tmp_path / ".out.h5.mixup-partial.journal.json").exists()
-    result = mixup("augment", src, out, *ARGS, "--compression", compression, "--resume", "--quiet")
+    result = mixup("augment", src, out, *ARGS, "--compression", compression, "--resume", "--json")
     assert result.returncode == 0, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "no journal" in lines[0] and "starting from the beginning" in lines[0], lines
@@ -212,7 +212,7 @@ def test_journaled_rows_that_do_not_read_back_start_over(src, tmp_path):
     killed("write", 21, src, out, *ARGS, "--compression", "gzip")
     with h5py.File(tmp_path / ".out.h5.mixup-partial", "r+") as f:
         f["x"][:] = f["x"][:] + 1  # the journaled blocks' rows among them
-    result = mixup("augment", src, out, *ARGS, "--compression", "gzip", "--resume", "--quiet")
+    result = mixup("augment", src, out, *ARGS, "--compression", "gzip", "--resume", "--json")
     assert result.returncode == 0, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "does not hold the rows its journal records; starting from the beginning" in lines[0]

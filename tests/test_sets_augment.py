@@ -210,8 +210,8 @@ def test_the_command_line_forms(tmp_path):
     assert len(summary["set_id"]) == 64
     single = _single(whole, tmp_path / "single.h5", alpha=0.2, seed=3, block_rows=BLOCK, copies=2)
     _assert_concatenation(single, _outputs(tmp_path / "out", paths))
-    # One input and OUT with a slash: a set of one; without it, today's single output.
-    r = _mixup(paths[0], str(tmp_path / "one") + "/", *args)
+    # One input makes one output, OUT with a slash or not (tests/test_cli.py); --shard 0/1 a set of one.
+    r = _mixup(paths[0], tmp_path / "one", "--shard", "0/1", *args)
     assert r.returncode == 0 and sorted(x.name for x in (tmp_path / "one").iterdir()) == [
         "mixup-set.json",
         paths[0].name,
@@ -227,6 +227,22 @@ def test_the_command_line_forms(tmp_path):
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["outputs"] == [] and json.loads(r.stdout)["seed"] == 3  # seed from the manifest
     assert before == {p.name: p.stat().st_mtime_ns for p in (tmp_path / "out").iterdir()}
+
+
+def test_the_part_is_shown_only_with_shard(tmp_path):
+    """A run without --shard writes the whole set: its closing line names no part."""
+    paths, _ = _set(tmp_path, sizes=(7, 5))
+    r = _mixup(*paths, tmp_path / "whole", "--seed", 3)
+    assert r.returncode == 0, r.stderr
+    said = r.stderr.replace(str(tmp_path), "TMP")
+    assert said.startswith("wrote 2 output(s) to TMP/whole, 12 rows, in ") and "part" not in said, said
+    r = _mixup(*paths, tmp_path / "whole", "--seed", 3, "--resume")
+    said = r.stderr.replace(str(tmp_path), "TMP")
+    assert r.returncode == 0 and "TMP/whole: its 2 output(s) already complete" in said and "part" not in said, said
+    r = _mixup(*paths, tmp_path / "halves", "--seed", 3, "--shard", "1/2")
+    assert r.returncode == 0, r.stderr
+    assert "to " + str(tmp_path / "halves") + ", 5 rows in this part, in " in r.stderr
+    assert r.stderr.rstrip().endswith(", part 1/2)"), r.stderr
 
 
 def _paused(args, stage: str, flag: Path, **extra):

@@ -42,8 +42,59 @@ def _quiet_abandoned_work() -> None:
     warnings.filterwarnings("ignore", message="coroutine .* was never awaited", category=RuntimeWarning)
 
 
+class OneLineUsageError(click.UsageError):
+    """A usage error said in one line on stderr (exit 2): the command, what is
+    wrong, and where its help is; click's own say Usage, Try, a blank line and Error."""
+
+    def __init__(self, line: str, ctx=None):
+        super().__init__(line, ctx)
+        self.line = line
+
+    def show(self, file=None) -> None:
+        click.echo(self.line, err=True)
+
+
+def one_line(exc: click.UsageError, command: str = "mixup") -> click.UsageError:
+    """``exc`` as one line: ``mixup augment: no such option --alpah (did you mean
+    --alpha?); see 'mixup augment --help'`` (``command``: where it was raised, when
+    click did not say)."""
+    if isinstance(exc, OneLineUsageError) or isinstance(exc, _HELP_ERRORS):
+        return exc
+    command = exc.ctx.command_path if exc.ctx is not None else command
+    if isinstance(exc, click.NoSuchOption):
+        what = f"no such option {exc.option_name}"
+        if exc.possibilities:  # the closest first
+            what += f" (did you mean {exc.possibilities[0]}?)"
+    elif isinstance(exc, _NO_SUCH_COMMAND):
+        what = f"no such command '{exc.command_name}'"
+        if exc.possibilities:
+            what += f" (did you mean {exc.possibilities[0]}?)"
+    else:
+        what = " ".join(exc.format_message().split()).rstrip(".")
+        if what[:1].isupper() and what[1:2].islower():
+            what = what[0].lower() + what[1:]
+    return OneLineUsageError(f"{command}: {what}; see '{command} --help'", exc.ctx)
+
+
+# click >= 8.4 names an unknown command and its near misses (before: one sentence, said as it is).
+_NO_SUCH_COMMAND = tuple(
+    getattr(click.exceptions, name) for name in ("NoSuchCommand",) if hasattr(click.exceptions, name)
+)
+# click >= 8.2 says "no arguments: here is the help" through a usage error that prints the help.
+_HELP_ERRORS = tuple(
+    getattr(click.exceptions, name) for name in ("NoArgsIsHelpError",) if hasattr(click.exceptions, name)
+)
+
+
 class MixupGroup(click.Group):
-    """Maps library errors to ``Error: ...`` on stderr and the documented exit codes."""
+    """Maps library errors to ``Error: ...`` on stderr and the documented exit
+    codes, and click's usage errors to one line (``one_line``), exit 2."""
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except click.UsageError as exc:
+            raise one_line(exc) from None
 
     def invoke(self, ctx):
         signals.begin_command()
@@ -51,7 +102,7 @@ class MixupGroup(click.Group):
             result = super().invoke(ctx)
             signals.settle()
             name = signals.late()
-            if name is not None:
+            if name is not None and not ctx.meta.get("mixup.quiet"):
                 click.echo(
                     f"warning: {name} came too late to stop the run: the output was already being "
                     "put in place, and is complete",
@@ -62,6 +113,8 @@ class MixupGroup(click.Group):
         except MixupError as exc:
             if ctx.meta.get("mixup.debug"):
                 raise
+            if exc.exit_code == 2:  # a usage error of the library's (ParameterError): said as click's are
+                raise one_line(click.UsageError(str(exc)), _command(ctx)) from None
             click.echo(f"Error: {exc}", err=True)
             ctx.exit(exc.exit_code)
         except KeyboardInterrupt as exc:
@@ -70,6 +123,8 @@ class MixupGroup(click.Group):
             message = getattr(exc, "mixup_message", None)  # augment says what it kept
             click.echo(message or f"Interrupted by {name}: stopped and removed the temporary files.", err=True)
             ctx.exit(code)
+        except click.UsageError as exc:
+            raise one_line(exc, _command(ctx)) from None
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
         except Exception as exc:  # a bug or an unforeseen system error: still one line
@@ -79,8 +134,33 @@ class MixupGroup(click.Group):
             ctx.exit(1)
 
 
-@click.group(cls=MixupGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, "-V", "--version", prog_name="mixup")
+def _command(ctx) -> str:
+    """``mixup CMD`` once the command is known (set before its options are parsed), else ``mixup``."""
+    sub = ctx.invoked_subcommand
+    return f"{ctx.command_path} {sub}" if sub else ctx.command_path
+
+
+def _show_version(ctx, param, value):
+    """The version, and which mixing loop runs and why (``core.KERNEL_REASON``)."""
+    if not value or ctx.resilient_parsing:
+        return
+    from mixup_cli import core
+
+    click.echo(f"mixup, version {__version__}")
+    click.echo(f"kernel: {core.KERNEL} ({core.KERNEL_REASON})")
+    ctx.exit()
+
+
+@click.group("mixup", cls=MixupGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "-V",
+    "--version",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=_show_version,
+    help="Show the version and the mixing loop in use (compiled or numpy's, and why), and exit.",
+)
 def cli():
     """Apply mixup to datasets on disk, streaming, seeded, with per-row provenance.
 

@@ -44,11 +44,11 @@ def _stopped(output: Path, name: str) -> str:
     return f"Interrupted by {name}: stopped before writing any output; nothing was kept."
 
 
-def _stopped_set(outdir: Path, name: str, written: list[Path]) -> str:
-    """What an interrupted set's part says: outputs committed, one kept to resume."""
+def _stopped_set(outdir: Path, name: str, written: list[Path], sharded: bool) -> str:
+    """What an interrupted set's run (or part, with --shard) says: outputs committed, one kept to resume."""
     from mixup_cli import resume
 
-    done = f"{len(written)} output(s) of this part committed; " if written else ""
+    done = f"{len(written)} output(s){' of this part' if sharded else ''} committed; " if written else ""
     kept = [p for p in sorted(Path(outdir).glob(".*" + atomic.PARTIAL_SUFFIX + resume.JOURNAL_SUFFIX))]
     if kept:
         return (
@@ -59,7 +59,7 @@ def _stopped_set(outdir: Path, name: str, written: list[Path]) -> str:
 
 
 @click.command()
-# Strings: a set's OUT is told by a trailing slash, which a Path drops. The library says why a path fails.
+# Strings: the library says why a path fails.
 @click.argument("paths", metavar="IN... OUT", nargs=-1, type=click.Path(readable=False))
 @click.option(
     "--inputs-from",
@@ -99,7 +99,7 @@ def _stopped_set(outdir: Path, name: str, written: list[Path]) -> str:
     type=click.IntRange(min=1),
     default=None,
     metavar="N",
-    help="HDF5/Zarr output: rows per chunk; must divide the block rows [default: chunks of about 64 KiB for compressed HDF5, 1 MiB otherwise]. Does not change the arrays.",
+    help="HDF5/Zarr output: rows per chunk; must divide --block-rows when both are given (alone, it makes the block rows the largest multiple of N not above their default, at least N) [default: chunks of about 64 KiB for compressed HDF5, 1 MiB otherwise]. With --block-rows, or with blocks of a multiple of N, does not change the arrays.",
 )
 @click.option(
     "--byte-shuffle/--no-byte-shuffle",
@@ -157,11 +157,12 @@ def augment(paths, inputs_from, shard, keys, data, quiet, as_json, **params):
     IN and OUT are .h5/.hdf5, .npz, .zarr, or a directory of .npy files
     (x.npy, y.npy); OUT's extension chooses its format, so formats convert.
 
-    A set: with two inputs or more (or --inputs-from, --shard, or OUT ending
-    in /) the inputs are mixed as one dataset, their concatenation in the
+    A set: with two inputs or more (or --inputs-from, or --shard) the inputs are mixed as one dataset, their concatenation in the
     order given (pairs cross inputs), and OUT is a directory receiving one
     output per input under its name, each with its sidecar, and the set's
-    manifest mixup-set.json. --shard I/N writes part I of N of them.
+    manifest mixup-set.json. --shard I/N writes part I of N of them. One
+    input makes one output, OUT spelled with a trailing slash or not
+    (data/ mixed/ writes mixed/x.npy, ... and mixed.provenance.json).
 
     \b
     Examples:
@@ -198,7 +199,7 @@ def augment(paths, inputs_from, shard, keys, data, quiet, as_json, **params):
         **dataclasses.asdict(data),
         **params,
     )
-    if is_set_form(len(inputs), out_text, inputs_from, shard):
+    if is_set_form(len(inputs), inputs_from, shard):
         return _augment_set(request, inputs, inputs_from, shard, quiet, as_json)
     _augment_one(request, quiet, as_json)
 
@@ -253,19 +254,24 @@ def _augment_set(request, inputs, inputs_from, shard, quiet: bool, as_json: bool
     result = _with_bar(
         _SetBar(quiet),
         lambda bar: augment_set(request, paths, outdir, part, progress=bar, written=written),
-        lambda name: _stopped_set(outdir, name, written),
+        lambda name: _stopped_set(outdir, name, written, shard is not None),
     )
     if as_json:
         click.echo(json.dumps(result.summary(), sort_keys=True))
     elif not quiet:
-        before = f", {len(result.skipped)} already complete" if result.skipped else ""
-        what = (
-            f"wrote {len(result.written)} output(s){before} to {outdir}, {result.rows} rows in this part,"
-            if result.written
-            else f"{outdir}: this part's {len(result.skipped)} output(s) already complete; nothing to do,"
-        )
-        click.echo(
-            f"{what} in {result.seconds:.2f} s (seed {result.seed}, set {result.set_id[:12]}, part {result.part})",
-            err=True,
-        )
+        click.echo(_set_summary(result, outdir, shard is not None), err=True)
     atomic.test_pause("finished")
+
+
+def _set_summary(result, outdir: Path, sharded: bool) -> str:
+    """The line a set's run ends with; its part (I/N) only when --shard was given."""
+    before = f", {len(result.skipped)} already complete" if result.skipped else ""
+    rows = f"{result.rows} rows in this part" if sharded else f"{result.rows} rows"
+    whose = "this part's" if sharded else "its"
+    what = (
+        f"wrote {len(result.written)} output(s){before} to {outdir}, {rows},"
+        if result.written
+        else f"{outdir}: {whose} {len(result.skipped)} output(s) already complete; nothing to do,"
+    )
+    part = f", part {result.part}" if sharded else ""
+    return f"{what} in {result.seconds:.2f} s (seed {result.seed}, set {result.set_id[:12]}{part})"

@@ -129,6 +129,8 @@ def render_set(info: dict) -> str:
     if outputs["interrupted"]:
         fields.append(("interrupted", ", ".join(outputs["interrupted"]) + " (continue with --resume)"))
     for part in info["parts"].values():
+        if part["count"] == 1:  # written without --shard (or as its one part): nothing beyond "complete"
+            continue
         done = part["done"]
         fields.append(
             (

@@ -73,12 +73,25 @@ def json_option(f=None, *, help=JSON_HELP):
     return option if f is None else option(f)
 
 
-QUIET_HELP = "No progress bar and no messages, errors aside."
+def _set_quiet(ctx, param, value):
+    """With -q only errors reach stderr: the library's warnings and notes (its
+    logger) and Python's warnings (of the libraries below) are dropped."""
+    if value:
+        import logging
+        import warnings
+
+        logging.getLogger("mixup_cli").setLevel(logging.ERROR)
+        warnings.simplefilter("ignore")
+        ctx.meta["mixup.quiet"] = True  # shared by every context of the command line
+    return value
+
+
+QUIET_HELP = "No progress bar, warnings or notes: only errors reach stderr."
 
 
 def quiet_option(f=None, *, help=QUIET_HELP):
-    """``-q/--quiet``; ``help``: what it leaves out, where a command prints more than messages."""
-    option = click.option("-q", "--quiet", is_flag=True, help=help)
+    """``-q/--quiet``; ``help``: what it prints besides errors, where a command prints more."""
+    option = click.option("-q", "--quiet", is_flag=True, callback=_set_quiet, help=help)
     return option if f is None else option(f)
 
 

@@ -23,7 +23,7 @@ from .progress import BarProgress
     "names, or a file listing them in order, one a line.",
 )
 @batch_size_option
-@quiet_option(help="Print only the final line (OK or FAILED: ...) and no progress bar.")
+@quiet_option(help="Print only the final line (OK or FAILED: ...): no progress bar, warnings or notes.")
 @json_option(
     help="Print the report as one JSON object on stdout: ok, output, sidecar, input, checks (name, ok, detail), "
     "first_difference (array, row; or null); for a set, each output's report under reports."

@@ -314,9 +314,10 @@ class Reader(base.Reader):
                     "and mixup mixes dense arrays; densify it first (for example with anndata: "
                     f"adata.X = adata.X.toarray(), then write_h5ad) or pass another array with {option}"
                 )
+            member = _example_member(obj)
+            example = f" (for example '{key.rstrip('/')}/{member}')" if member else ""
             raise InputError(
-                f"{self.path}: '{key}' is a group, not an array; pass the path of an array in it with {option} "
-                f"(for example '{key.rstrip('/')}/{next(iter(obj.keys()), 'name')}')"
+                f"{self.path}: '{key}' is a group, not an array; pass the path of an array in it with {option}{example}"
             )
         if not isinstance(obj, h5py.Dataset):
             raise InputError(f"{self.path}: '{key}' is not an array")
@@ -799,6 +800,24 @@ def _load_plugins() -> None:
 # (gzip with shuffle) read random rows 20-25x faster than 1 MiB chunks
 # without shuffle, at 0.7-1.3x uncompressed output's rate, in less CPU time.
 COMPRESSED_CHUNK_BYTES = {"gzip": 64 << 10, "lzf": 64 << 10}
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _example_member(group: h5py.Group) -> str | None:
+    """A member of ``group`` to name as an example: in the order of an AnnData
+    dataframe's columns (``column-order``) when it has one, never its row index
+    (the ``_index`` attribute names it: one identifier a row, not a class)."""
+    try:
+        index = _text(group.attrs.get("_index", "_index"))
+        order = group.attrs.get("column-order")
+        names = [_text(n) for n in np.atleast_1d(order)] if order is not None and np.size(order) else []
+        names += [n for n in group.keys() if n not in names]
+        return next((n for n in names if n not in (index, "_index") and n in group), None)
+    except (OSError, KeyError, ValueError, RuntimeError, TypeError):
+        return None
 
 
 def chunk_rows_for(spec: ArraySpec, options: WriteOptions, *, compressed: bool = True) -> int:

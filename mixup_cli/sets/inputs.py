@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import sys
 from collections.abc import Iterable
@@ -71,13 +70,13 @@ def collect_inputs(
     return paths
 
 
-def is_set_form(n_inputs: int, out_text: str, inputs_from: str | Path | None = None, shard: str | None = None) -> bool:
+def is_set_form(n_inputs: int, inputs_from: str | Path | None = None, shard: str | None = None) -> bool:
     """Whether ``augment IN... OUT`` names a set (OUT a directory of outputs)
-    or one output: two inputs or more, ``--inputs-from``, ``--shard``, or an
-    OUT spelled with a trailing slash (``shards/*.h5 mixed/`` stays a set
-    when the glob matches one file; without the slash, one input and a
-    suffix-less OUT is today's ``.npy`` directory output)."""
-    return n_inputs >= 2 or inputs_from is not None or shard is not None or str(out_text).endswith(("/", os.sep))
+    or one output: two inputs or more, ``--inputs-from`` or ``--shard``. One
+    input is one output whatever OUT's spelling: ``data/ mixed/`` (the slash
+    a shell's completion adds) writes the ``.npy`` directory ``mixed`` as
+    ``data/ mixed`` does, and ``in.h5 mixed/`` likewise."""
+    return n_inputs >= 2 or inputs_from is not None or shard is not None
 
 
 _SHARD = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$")
