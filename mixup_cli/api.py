@@ -105,7 +105,7 @@ def augment(
 
     Every other keyword is the command's option of the same name without its
     dashes (``--block-rows`` is ``block_rows``), with the same default and
-    meaning (README: the tables of ``mixup augment``). ``seed=None`` draws a
+    meaning (docs/reference/augment.md). ``seed=None`` draws a
     seed and records it. ``y_key=None`` mixes x alone (``--no-y``); the
     default ``"y"`` missing from the input also means x alone, any other key
     must be there.
@@ -130,7 +130,8 @@ def augment(
     # The command's rule: a missing y is an error only when its key was named.
     require_y = y_key not in (None, "y")
     request = AugmentRequest(input=inputs[0], output=Path(output), require_y=require_y, **options)
-    if many or is_set_form(len(inputs), str(output), None, shard):
+    # A list of paths is a set whatever its length, as --inputs-from is.
+    if many or is_set_form(len(inputs), None, shard):
         return _augment_set(request, inputs, shard, progress)
     from mixup_cli.pipeline import augment as run
 
