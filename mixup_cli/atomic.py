@@ -13,13 +13,13 @@ import errno
 import json
 import logging
 import os
-import shutil
 import signal
 import stat
 import sys
 import threading
 from pathlib import Path
 
+from mixup_cli import beside
 from mixup_cli.errors import OutputError
 
 try:
@@ -73,7 +73,7 @@ class RunLock:
     def acquire(self) -> RunLock:
         if fcntl is None:
             return self
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = self._open()
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -89,6 +89,23 @@ class RunLock:
         self._fd = fd
         return self
 
+    def _open(self) -> int:
+        """The lock file, never through a link: a link or special file
+        planted at its name is removed (it is mixup's name), once."""
+        for attempt in (0, 1):
+            try:
+                return beside.open_regular(self.path, os.O_RDWR | os.O_CREAT)
+            except beside.NotPlain as exc:
+                st = beside.lstat(self.path)
+                if attempt or st is None or stat.S_ISDIR(st.st_mode):
+                    raise OutputError(
+                        f"{self.path}: {exc.strerror}, not the lock file mixup makes there; "
+                        f"remove it or choose another output path"
+                    ) from None
+                log.warning("%s: removed %s found at the name of mixup's lock file", self.path, beside.kind(st.st_mode))
+                beside.clear(self.path)
+        raise AssertionError("unreachable")
+
     def release(self) -> None:
         """Unlock; the lock file goes too unless a partial output stays for --resume."""
         if self._fd is None:
@@ -100,14 +117,8 @@ class RunLock:
 
 
 def remove(path: Path) -> None:
-    path = Path(path)
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        try:
-            path.unlink()
-        except FileNotFoundError:
-            pass
+    """Remove the entry at ``path``: a link itself, never what it points to."""
+    beside.clear(path)
 
 
 def remove_partials(final: Path) -> None:
@@ -123,14 +134,16 @@ def sync(path: Path, changed_since_ns: int | None = None) -> None:
     under ``path`` (their new entries) included."""
     path = Path(path)
     if changed_since_ns is None:
-        paths = [p for p in path.rglob("*") if p.is_file()] if path.is_dir() else [path]
+        paths = [p for p in path.rglob("*") if beside.plain_file(p)] if beside.plain_tree(path) else [path]
     else:
         paths = [path, *path.rglob("*")] if path.is_dir() else [path]
     for p in paths:
         try:
-            if changed_since_ns is not None and p.stat().st_mtime_ns < changed_since_ns:
+            if changed_since_ns is not None and p.lstat().st_mtime_ns < changed_since_ns:
                 continue
-            fd = os.open(p, os.O_RDONLY)
+            if p.is_symlink():
+                continue  # not written by the run: nothing of it to flush
+            fd = os.open(p, os.O_RDONLY | beside.NOFOLLOW | beside.NONBLOCK)
         except FileNotFoundError:
             if changed_since_ns is None:
                 raise
@@ -145,7 +158,7 @@ def sync_quietly(path: Path, data_only: bool = False) -> None:
     """fsync (or fdatasync) one file or directory, ignoring failures: for
     early flushes whose errors a later, checked sync reports."""
     try:
-        fd = os.open(path, os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY | beside.NOFOLLOW | beside.NONBLOCK)
     except OSError:
         return
     try:
@@ -232,9 +245,22 @@ _RENAME_EXCHANGE = 2
 _SYS_RENAMEAT2 = {"x86_64": 316, "aarch64": 276, "amd64": 316, "arm64": 276}
 
 
+SIDECAR_SUFFIX = ".provenance.json"  # provenance.SIDECAR_SUFFIX (not imported here: numpy)
+# What a commit record holds is a few hundred bytes: anything larger was not written by mixup.
+RECORD_LIMIT = 64 * 1024
+
+
 def commit_record_path(final: Path) -> Path:
     partial = partial_path(final)
     return partial.with_name(partial.name + COMMIT_SUFFIX)
+
+
+def sidecar_names(final: Path) -> tuple[Path, Path]:
+    """OUT's sidecar and the name it is staged under: derived from OUT, never
+    read from a file (a record planted beside OUT names nothing)."""
+    final = Path(final)
+    partial = partial_path(final)
+    return final.with_name(final.name + SIDECAR_SUFFIX), partial.with_name(partial.name + SIDECAR_SUFFIX)
 
 
 def _old_aside_path(final: Path) -> Path:
@@ -304,14 +330,14 @@ def commit_output(tmp: Path, final: Path, sidecar_tmp: Path, sidecar: Path, over
     rename (the last look at what an old ``final`` holds).
     """
     tmp, final, sidecar_tmp, sidecar = Path(tmp), Path(final), Path(sidecar_tmp), Path(sidecar)
+    if (sidecar, sidecar_tmp) != sidecar_names(final) or tmp != partial_path(final):
+        raise ValueError("commit_output: the names beside OUT are derived from OUT")  # recover() derives them again
     old_exists = final.exists() or final.is_symlink()
     if old_exists and not overwrite:
         raise OutputError(f"{final}: already exists; pass --overwrite to replace it")
     record = commit_record_path(final)
     steps = {
-        "output": final.name,
-        "sidecar": sidecar.name,
-        "sidecar_tmp": sidecar_tmp.name,
+        "output": final.name,  # for people; recover() derives every name from OUT
         "new_output": _ident(tmp),
         "new_sidecar": _ident(sidecar_tmp),
     }
@@ -379,17 +405,16 @@ def recover(final: Path) -> str | None:
     final = Path(final)
     record = commit_record_path(final)
     try:
-        if not record.exists():
-            return None
+        os.lstat(record)
     except OSError:
-        return None  # the directory cannot be searched: the run's own checks say so in words
+        return None  # none, or the directory cannot be searched: the run's own checks say so in words
     lock = RunLock(final)
     try:
         lock.acquire()
     except (OutputError, OSError):
         return None  # a live run holds it (and finishes its own commit), or the directory is read-only
     try:
-        if not record.exists():
+        if beside.lstat(record) is None:
             return None
         message = _recover_locked(final, record)
     except OSError as exc:
@@ -402,15 +427,33 @@ def recover(final: Path) -> str | None:
     return message
 
 
-def _recover_locked(final: Path, record: Path) -> str:
+def _read_record(record: Path):
+    """(new output, new sidecar) identities the record names, or None when it
+    is not a record mixup wrote: a link, FIFO, device or directory, too
+    large, not JSON, or identities that are not two integers (or null)."""
     try:
-        steps = json.loads(record.read_text(encoding="utf-8"))
-        new_output, new_sidecar = steps["new_output"], steps["new_sidecar"]
-        sidecar = final.with_name(steps["sidecar"])
-        sidecar_tmp = final.with_name(steps["sidecar_tmp"])
+        steps = json.loads(beside.read_regular(record, RECORD_LIMIT).decode("utf-8"))
+        found = steps["new_output"], steps["new_sidecar"]
     except (OSError, ValueError, KeyError, TypeError):
-        remove(record)  # written by a rename once complete: damaged by something else
+        return None
+    for value in found:
+        if value is not None and not (
+            isinstance(value, list) and len(value) == 2 and all(type(v) is int and v >= 0 for v in value)
+        ):
+            return None
+    return found
+
+
+def _recover_locked(final: Path, record: Path) -> str:
+    found = _read_record(record)
+    if found is None:
+        st = beside.lstat(record)
+        if st is not None and stat.S_ISDIR(st.st_mode):
+            return f"{final}: ignored a directory at the name of mixup's commit record {record.name}; remove it"
+        remove(record)  # written by a rename once complete: damaged, or planted, by something else
         return f"{final}: removed an unreadable commit record; {final.name} is as it was"
+    new_output, new_sidecar = found
+    sidecar, sidecar_tmp = sidecar_names(final)
     partial = partial_path(final)
     if new_output is not None and _ident(final) == new_output:
         # The point of no return was passed: go forward.
@@ -566,10 +609,16 @@ def stage_text(tmp: Path, text: str) -> Path:
     """Write ``text`` to the temporary file ``tmp``, flushed to disk; return ``tmp``."""
     tmp = Path(tmp)
     try:
-        with open(tmp, "w", encoding="utf-8") as fh:
+        # A new file, never through a link planted at the temporary name.
+        with os.fdopen(beside.create_file(tmp), "w", encoding="utf-8") as fh:
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
+    except FileExistsError:
+        raise OutputError(
+            f"{tmp}: another process keeps creating files at this name beside the output; "
+            "choose an output directory only you can write to"
+        ) from None
     except BaseException:
         remove(tmp)
         raise

@@ -24,7 +24,7 @@ import os
 import time
 from pathlib import Path
 
-from mixup_cli import __version__, atomic, digests
+from mixup_cli import __version__, atomic, beside, digests
 from mixup_cli.errors import OutputError
 from mixup_cli.io import reopen_writer
 from mixup_cli.io.base import DamagedPartial
@@ -42,6 +42,9 @@ JOURNAL_SUFFIX = ".journal.json"
 JOURNAL_VERSION = 2  # 2: digests of the finished blocks
 # Seconds between journal updates: at most this much work is redone on resume.
 SAVE_INTERVAL = 1.0
+# A journal larger than this was not written by mixup (a million tasks' digests take far less).
+JOURNAL_LIMIT = 512 * 1024 * 1024
+MAX_TASKS = 1_000_000  # sampling.MAX_TASKS: no plan has more tasks, so no journal records more
 
 # Request fields that do not decide the output (or enter it through the plan).
 # Request fields that do not decide output bytes (y's presence shows in the output arrays).
@@ -215,17 +218,40 @@ class Journal:
         if not any(not p.name.startswith(Path(path).name) for p in atomic.partials(output, with_lock=False)):
             raise NothingToResume(f"{output}: the partial output {partial.name} is missing")
         try:
-            record = json.loads(Path(path).read_text(encoding="utf-8"))
-            if record.get("journal_version") != JOURNAL_VERSION:
-                raise ValueError("unknown journal version")
-            done = {i for first, last in record["done"] for i in range(first, last + 1)}
-            digests = {int(start): dict(d) for start, d in record["digests"].items()}
-            return cls(path, record["fingerprint"], record["run_id"], record["started_at"], done, digests)
+            record = json.loads(beside.read_regular(path, JOURNAL_LIMIT).decode("utf-8"))
+            return cls(path, *_checked(record))
         except FileNotFoundError:
             reason = "it has no journal (the run stopped before its first block)"
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError):
             reason = f"its journal {Path(path).name} is unreadable"
         raise NothingToResume(f"{output}: {partial.name} cannot be continued: {reason}")
+
+
+def _checked(record) -> tuple:
+    """The journal's fields, checked against what mixup writes there (ValueError else):
+    a fingerprint of sections, task ranges within what any plan has, digests as text."""
+    if not isinstance(record, dict) or record.get("journal_version") != JOURNAL_VERSION:
+        raise ValueError("unknown journal version")
+    fingerprint, run_id, started_at = record["fingerprint"], record["run_id"], record["started_at"]
+    if not isinstance(fingerprint, dict) or not all(isinstance(v, (dict, str)) for v in fingerprint.values()):
+        raise ValueError("fingerprint")
+    if not isinstance(run_id, str) or not isinstance(started_at, str):
+        raise ValueError("run id")
+    ranges, total = record["done"], 0
+    for pair in ranges:
+        first, last = pair
+        if not (type(first) is int and type(last) is int and 0 <= first <= last < MAX_TASKS):
+            raise ValueError("task range")
+        total += last - first + 1
+        if total > MAX_TASKS:
+            raise ValueError("task ranges")
+    done = {i for first, last in ranges for i in range(first, last + 1)}
+    digests = {}
+    for start, d in record["digests"].items():
+        if not (isinstance(d, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in d.items())):
+            raise ValueError("digests")
+        digests[int(start)] = dict(d)
+    return fingerprint, run_id, started_at, done, digests
 
 
 def open_journal(output: Path, resume: bool) -> Journal | None:

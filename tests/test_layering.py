@@ -37,7 +37,7 @@ LAYERS = [
             "atomic",
         ],
     ),
-    ("core", ["", "core", "errors", "_kernel"]),  # "": the package itself (__version__)
+    ("core", ["", "core", "errors", "_kernel", "beside"]),  # "": the package itself (__version__)
 ]
 CLI_ONLY = {"click"}  # third-party modules only cli/ may import
 

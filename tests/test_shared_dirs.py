@@ -1,0 +1,267 @@
+"""Nothing outside OUT, whatever was planted beside it.
+
+Someone else who can write to OUT's directory plants links, special files
+or hand-made records at the names mixup uses beside OUT. Whatever they
+plant, no file outside OUT's own names is written, renamed or removed, and
+OUT ends up a real file (or directory) of the right data. Real files, real
+symbolic links, the installed executable where processes matter.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from conftest import REPO, load_output, make_arrays, mixup_executable, read_sidecar, write_h5
+
+from mixup_cli.cli import cli
+
+ARGS = ["--seed", "11", "--block-rows", "100", "--copies", "2"]
+
+_KILL_AT_WRITE = """
+import os, signal, sys
+from mixup_cli import pipeline, resume
+resume.SAVE_INTERVAL = 0
+n, calls = int(sys.argv[1]), [0]
+create = pipeline.create_writer
+def create_writer(*args, **kwargs):
+    writer = create(*args, **kwargs)
+    write = writer.write
+    def killing_write(key, start, data):
+        calls[0] += 1
+        if calls[0] == n:
+            os.kill(os.getpid(), signal.SIGKILL)
+        write(key, start, data)
+    writer.write = killing_write
+    return writer
+pipeline.create_writer = create_writer
+from mixup_cli.cli import main
+main(sys.argv[2:], prog_name="mixup")
+"""
+
+
+def env():
+    return dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+
+
+def mixup(*args, timeout=120):
+    return subprocess.run(
+        mixup_executable() + [str(a) for a in args], capture_output=True, text=True, timeout=timeout, env=env()
+    )
+
+
+def killed_at_write(n: int, *args) -> None:
+    """``mixup augment ARGS`` SIGKILLed at its n-th write of rows (journal saved after every task)."""
+    result = subprocess.run(
+        [sys.executable, "-c", _KILL_AT_WRITE, str(n), "augment"] + [str(a) for a in args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env(),
+    )
+    assert result.returncode == -signal.SIGKILL, (result.returncode, result.stderr)
+
+
+def in_process(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+@pytest.fixture
+def src(tmp_path):
+    x, y = make_arrays(n=1000, x_shape=(6,), seed=3)
+    return write_h5(tmp_path / "in.h5", x=x, y=y)
+
+
+@pytest.fixture
+def outside(tmp_path):
+    """A folder beside OUT's: files there are someone else's, never to change."""
+    d = tmp_path / "outside"
+    d.mkdir()
+    return d
+
+
+def victim(outside: Path, name: str = "victim.txt") -> tuple[Path, bytes]:
+    path = outside / name
+    path.write_bytes(b"precious, not mixup's\n")
+    return path, path.read_bytes()
+
+
+def reference(src, tmp_path, name, *extra):
+    ref = tmp_path / "reference" / name
+    ref.parent.mkdir(exist_ok=True)
+    done = in_process("augment", src, ref, *ARGS, *extra, "--quiet")
+    assert done.exit_code == 0, done.output
+    return load_output(ref)
+
+
+def assert_same(got: dict, want: dict) -> None:
+    assert sorted(got) == sorted(want)
+    for key in want:
+        assert got[key].tobytes() == want[key].tobytes(), key
+
+
+# ---------------------------------------------------------------- 1: commit record names
+
+
+def test_a_hand_made_commit_record_renames_nothing_it_names(src, tmp_path):
+    out = tmp_path / "out.h5"
+    assert in_process("augment", src, out, *ARGS, "--quiet").exit_code == 0
+    notes, other = tmp_path / "notes.txt", tmp_path / "other.txt"
+    notes.write_text("my notes\n")
+    other.write_text("other\n")
+    st_out, st_other = os.lstat(out), os.lstat(other)
+    record = {
+        "output": out.name,
+        "sidecar": "notes.txt",
+        "sidecar_tmp": "other.txt",
+        "new_output": [st_out.st_dev, st_out.st_ino],
+        "new_sidecar": [st_other.st_dev, st_other.st_ino],
+    }
+    (tmp_path / ".out.h5.mixup-partial.commit.json").write_text(json.dumps(record))
+    sidecar = Path(f"{out}.provenance.json").read_bytes()
+    result = mixup("inspect", out)
+    assert result.returncode == 0, result.stderr
+    assert notes.read_text() == "my notes\n" and other.read_text() == "other\n"
+    assert Path(f"{out}.provenance.json").read_bytes() == sidecar
+
+
+def test_a_fifo_as_the_commit_record_does_not_hang_inspect(src, tmp_path):
+    out = tmp_path / "out.h5"
+    assert in_process("augment", src, out, *ARGS, "--quiet").exit_code == 0
+    os.mkfifo(tmp_path / ".out.h5.mixup-partial.commit.json")
+    result = mixup("inspect", out, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert "unreadable commit record" in result.stderr
+
+
+# ---------------------------------------------------------------- 2: staging names
+
+
+@pytest.mark.parametrize(
+    "planted",
+    [
+        ".out.h5.mixup-partial.journal.json.tmp",
+        ".out.h5.mixup-partial.provenance.json",
+        ".out.h5.mixup-partial.commit.json.tmp",
+    ],
+)
+def test_links_at_staging_names_are_never_written_through(src, tmp_path, outside, planted):
+    out = tmp_path / "out.h5"
+    killed_at_write(7, src, out, *ARGS)
+    target, before = victim(outside)
+    (tmp_path / planted).unlink(missing_ok=True)
+    (tmp_path / planted).symlink_to(target)
+    result = mixup("augment", src, out, *ARGS, "--resume", "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert target.read_bytes() == before
+    assert not out.is_symlink() and not Path(f"{out}.provenance.json").is_symlink()
+    assert_same(load_output(out), reference(src, tmp_path, "out.h5"))
+
+
+def test_a_partial_output_replaced_by_a_link_is_not_written_through(src, tmp_path, outside):
+    out = tmp_path / "out.h5"
+    killed_at_write(7, src, out, *ARGS)
+    partial = tmp_path / ".out.h5.mixup-partial"
+    moved = outside / "moved.h5"
+    os.rename(partial, moved)
+    partial.symlink_to(moved)
+    before = moved.read_bytes()
+    result = mixup("augment", src, out, *ARGS, "--resume", "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert moved.read_bytes() == before
+    assert out.is_file() and not out.is_symlink()
+    assert_same(load_output(out), reference(src, tmp_path, "out.h5"))
+
+
+# ---------------------------------------------------------------- 3: the lock
+
+
+def test_a_dangling_link_at_the_lock_creates_nothing_outside(src, tmp_path, outside):
+    out = tmp_path / "out.h5"
+    target = outside / "created-by-mixup"
+    (tmp_path / ".out.h5.mixup-partial.lock").symlink_to(target)
+    result = mixup("augment", src, out, *ARGS, "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert not target.exists() and not target.is_symlink()
+    assert out.is_file()
+
+
+# ---------------------------------------------------------------- 5: preview
+
+
+def test_preview_never_writes_through_a_link_at_its_temporary_name(tmp_path, outside):
+    target, before = victim(outside)
+    pic = tmp_path / "pic.png"
+    (tmp_path / ".pic.png.mixup-partial").symlink_to(target)
+    result = in_process("preview", "--identity", 4, "--alphas", "0.2,0.4", "-o", pic, "--seed", 2)
+    assert result.exit_code == 0, result.output
+    assert target.read_bytes() == before
+    assert pic.is_file() and not pic.is_symlink()
+    assert pic.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# ---------------------------------------------------------------- 6: verify's scratch copy
+
+
+def test_verify_never_writes_its_scratch_copy_through_a_link(tmp_path, outside):
+    rng = np.random.default_rng(4)
+    x = rng.integers(0, 256, (90, 4, 4, 3), dtype=np.uint8)
+    y = np.sort(rng.integers(0, 5, 90)).astype(np.int16)
+    packed = tmp_path / "packed.h5"
+    with h5py.File(packed, "w") as f:
+        for key, value in (("x", x), ("y", y)):
+            f.create_dataset(key, data=value, chunks=(16,) + value.shape[1:], compression="gzip")
+    out = tmp_path / "out.h5"
+    made = in_process("augment", packed, out, "--seed", 2, "--block-rows", 20, "--pairing", "between-class", "--quiet")
+    assert made.exit_code == 0
+    target, before = victim(outside)
+    # verify runs in this process here: the scratch name it derives carries this pid
+    (tmp_path / f".out.h5.mixup-verify-{os.getpid()}.scratch.h5").symlink_to(target)
+    result = in_process("verify", out)
+    assert result.exit_code == 0, result.output
+    assert target.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.h5", "out.h5.provenance.json", "outside", "packed.h5"]
+
+
+# ---------------------------------------------------------------- 7: journaled blocks read back
+
+
+def _change_one_row(partial: Path, name: str, row: int) -> None:
+    """Row ``row`` of x in the partial output, changed as another program would."""
+    if name.endswith(".h5"):
+        with h5py.File(partial, "r+") as f:
+            f["x"][row] = f["x"][row] + 1
+    elif name.endswith(".zarr"):
+        import zarr
+
+        arr = zarr.open_array(store=str(partial), path="x", mode="r+")
+        arr[row] = np.asarray(arr[row]) + 1
+    else:
+        folder = partial.with_name(partial.name + ".staging") if name.endswith(".npz") else partial
+        arr = np.load(folder / "x.npy", mmap_mode="r+")
+        arr[row] += 1
+        arr.flush()
+
+
+@pytest.mark.parametrize("name", ["out.h5", "out", "out.zarr", "out.npz"])
+def test_a_changed_row_in_a_journaled_block_means_start_over(src, tmp_path, name):
+    out = tmp_path / name
+    killed_at_write(13, src, out, *ARGS)
+    partial = tmp_path / f".{name}.mixup-partial"
+    journal = json.loads((tmp_path / f".{name}.mixup-partial.journal.json").read_text())
+    assert journal["digests"], "nothing journaled: the test needs a journaled block"
+    for start in journal["digests"]:  # one row in each block hashed (those journaled among them)
+        _change_one_row(partial, name, int(start) + 3)
+    result = mixup("augment", src, out, *ARGS, "--resume")
+    assert result.returncode == 0, result.stderr
+    assert "does not hold the rows its journal records; starting from the beginning" in result.stderr
+    assert "resumed_tasks" not in read_sidecar(out)["execution"]
+    assert_same(load_output(out), reference(src, tmp_path, name))
