@@ -345,22 +345,13 @@ def commit_output(tmp: Path, final: Path, sidecar_tmp: Path, sidecar: Path, over
     _sync_dir(final.parent)
     test_pause("commit-record")
     try:
+        checked = _ident(final)  # what check() looks at; what is replaced must be that very entry
         if check is not None:
             check()
-        if old_exists and tmp.is_dir():
-            # A directory cannot be renamed over an existing entry. One atomic
-            # swap where the system has it (the old entry then sits under the
-            # partial name, removed with it); elsewhere: old aside, then new in.
-            if not exchange(tmp, final):
-                aside = _old_aside_path(final)
-                remove(aside)
-                os.rename(final, aside)
-                test_pause("old-aside")
-                try:
-                    os.rename(tmp, final)
-                except BaseException:
-                    os.rename(aside, final)
-                    raise
+        test_pause("checked")
+        staged = beside.lstat(tmp)
+        if old_exists and staged is not None and stat.S_ISDIR(staged.st_mode):
+            _swap_directory(tmp, final, checked)
         else:
             os.replace(tmp, final)
     except BaseException:
@@ -382,6 +373,46 @@ def commit_output(tmp: Path, final: Path, sidecar_tmp: Path, sidecar: Path, over
         ) from None
     test_pause("sidecar-in-place")
     _finish(final)
+
+
+class ReplacedMeanwhile(OutputError):
+    """OUT was replaced by another entry between its check and the swap: the
+    swap was undone, nothing was deleted."""
+
+    def __init__(self, final: Path):
+        super().__init__(
+            f"{final}: was replaced by another entry while mixup replaced it (another process renames entries "
+            "there); nothing was replaced or deleted: run again when nothing else renames it"
+        )
+
+
+def _swap_directory(tmp: Path, final: Path, checked) -> None:
+    """Put the directory ``tmp`` at ``final`` in place of the entry checked
+    (identity ``checked``), which ends under a partial name, removed with it.
+
+    A directory cannot be renamed over an existing entry: one atomic swap
+    where the system has it, elsewhere old aside, then new in. What the swap
+    took from ``final`` is compared with what was checked; another entry (a
+    process renaming directories meanwhile) is swapped back and the commit
+    refused, so nothing that was not checked is ever removed."""
+    replaced = ReplacedMeanwhile(final)
+    if exchange(tmp, final):
+        if _ident(tmp) != checked:
+            exchange(tmp, final)  # undo: the entry taken goes back where it was
+            raise replaced
+        return
+    aside = _old_aside_path(final)
+    remove(aside)
+    os.rename(final, aside)
+    if _ident(aside) != checked:
+        os.rename(aside, final)
+        raise replaced
+    test_pause("old-aside")
+    try:
+        os.rename(tmp, final)
+    except BaseException:
+        os.rename(aside, final)
+        raise
 
 
 def _finish(final: Path) -> None:
@@ -488,7 +519,7 @@ def test_pause(stage: str) -> None:
     the file FLAG and waits (at most 60 s) until FLAG is removed, so that a
     test can signal or kill the process at exactly that instant. Stages:
     ``progress`` (rows written), ``staged`` (sidecar staged), ``commit-record``,
-    ``old-aside`` (no RENAME_EXCHANGE only), ``output-in-place``, ``sidecar-in-place``, ``cleaned``, ``committed``,
+    ``checked`` (OUT's contents checked, not yet replaced), ``old-aside`` (no RENAME_EXCHANGE only), ``output-in-place``, ``sidecar-in-place``, ``cleaned``, ``committed``,
     ``finished`` (summary printed), and for a set ``manifest-staged`` (OUTDIR's manifest
     staged, not yet renamed)."""
     spec = os.environ.get("MIXUP_TEST_PAUSE")

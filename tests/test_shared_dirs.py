@@ -265,3 +265,44 @@ def test_a_changed_row_in_a_journaled_block_means_start_over(src, tmp_path, name
     assert "does not hold the rows its journal records; starting from the beginning" in result.stderr
     assert "resumed_tasks" not in read_sidecar(out)["execution"]
     assert_same(load_output(out), reference(src, tmp_path, name))
+
+
+# ---------------------------------------------------------------- 4: --overwrite against a renaming process
+
+_SWAP_FIRST = """
+import os, sys
+from mixup_cli import atomic
+out, mine, moved = sys.argv[1:4]
+real, calls = atomic.exchange, [0]
+def exchange(a, b):
+    calls[0] += 1
+    if calls[0] == 1:  # another process, right before the swap: OUT moved away, the user's folder put there
+        os.rename(out, moved)
+        os.rename(mine, out)
+    return real(a, b)
+atomic.exchange = exchange
+from mixup_cli.cli import main
+main(sys.argv[4:], prog_name="mixup")
+"""
+
+
+def test_overwrite_never_deletes_a_directory_swapped_in_after_the_check(src, tmp_path):
+    out = tmp_path / "out.zarr"
+    assert in_process("augment", src, out, *ARGS, "--quiet").exit_code == 0
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "data.txt").write_text("mine\n")
+    result = subprocess.run(
+        [sys.executable, "-c", _SWAP_FIRST, str(out), str(mine), str(tmp_path / "moved")]
+        + ["augment", str(src), str(out), *ARGS, "--alpha", "0.3", "--overwrite", "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env(),
+    )
+    found = [p for p in tmp_path.rglob("data.txt")]
+    assert [p.read_text() for p in found] == ["mine\n"], "the user's folder was deleted"
+    assert result.returncode == 1, result.stderr
+    assert "was replaced by another entry while mixup replaced it" in result.stderr
+    assert (out / "data.txt").read_text() == "mine\n"  # back where the other process put it
+    assert not [p.name for p in tmp_path.iterdir() if "mixup-partial" in p.name]
