@@ -174,7 +174,7 @@ def _sync_dir(directory: Path) -> None:
 
 
 class signals_held:
-    """Hold SIGINT and SIGTERM back while the block runs (main thread only).
+    """Hold SIGINT, SIGTERM and SIGHUP back while the block runs (main thread only).
 
     Used around the final renames: once the first rename is done the run
     can only go forward, so a signal that arrives meanwhile must not stop
@@ -196,7 +196,7 @@ class signals_held:
         if threading.current_thread() is not threading.main_thread():
             return self
         try:
-            for signum in (signal.SIGINT, signal.SIGTERM):
+            for signum in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", signal.SIGTERM)):
                 handler = signal.getsignal(signum)
                 if handler in (signal.SIG_IGN, None):
                     continue
