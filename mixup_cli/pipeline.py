@@ -214,7 +214,7 @@ class _Partial:
         if preflight.disk_full(exc):
             raise OutputError(
                 f"{self.output}: disk full (no space left in {self.output.parent.resolve()}); "
-                "nothing was written: free some space or choose another output directory"
+                f"nothing of {self.output.name} was written: free some space or choose another output directory"
             ) from None
 
 

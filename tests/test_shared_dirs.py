@@ -306,3 +306,85 @@ def test_overwrite_never_deletes_a_directory_swapped_in_after_the_check(src, tmp
     assert "was replaced by another entry while mixup replaced it" in result.stderr
     assert (out / "data.txt").read_text() == "mine\n"  # back where the other process put it
     assert not [p.name for p in tmp_path.iterdir() if "mixup-partial" in p.name]
+
+
+# ---------------------------------------------------------------- 8: exit codes that match the disk
+
+
+def _run_with_stdout(stdout, *args):
+    return subprocess.run(
+        mixup_executable() + [str(a) for a in args],
+        stdout=stdout,
+        stderr=subprocess.PIPE,
+        text=True,
+        timeout=120,
+        env=env(),
+    )
+
+
+@pytest.mark.parametrize("where", ["closed pipe", "/dev/full"])
+def test_stdout_gone_after_the_commit_is_a_warning_not_a_failure(src, tmp_path, where):
+    out = tmp_path / "out.h5"
+    if where == "closed pipe":
+        read_end, write_end = os.pipe()
+        os.close(read_end)  # the reader has ended, as `| true` has
+        result = _run_with_stdout(write_end, "augment", src, out, *ARGS, "--json", "--quiet")
+        os.close(write_end)
+    else:
+        if not os.path.exists("/dev/full"):
+            pytest.skip("no /dev/full")
+        with open("/dev/full", "w") as full:
+            result = _run_with_stdout(full, "augment", src, out, *ARGS, "--json", "--quiet")
+    assert result.returncode == 0, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("warning: could not print on stdout"), result.stderr
+    assert "Error" not in result.stderr and "Traceback" not in result.stderr
+    assert out.is_file() and Path(f"{out}.provenance.json").is_file()
+
+
+def test_a_directory_at_the_sidecar_name_is_refused_before_anything_is_written(src, tmp_path):
+    out = tmp_path / "out.h5"
+    (tmp_path / "out.h5.provenance.json").mkdir()
+    result = mixup("augment", src, out, *ARGS)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"Error: {out}.provenance.json: is a directory, where mixup puts the sidecar of out.h5; "
+        "move it away or choose another output path"
+    ]
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if "mixup-partial" in p.name]
+
+
+_FULL_AT_SECOND = """
+import errno, sys
+from mixup_cli import pipeline
+calls, create = [0], pipeline.create_writer
+def create_writer(*args, **kwargs):
+    calls[0] += 1
+    if calls[0] == 2:
+        raise OSError(errno.ENOSPC, "No space left on device")
+    return create(*args, **kwargs)
+pipeline.create_writer = create_writer
+from mixup_cli.cli import main
+main(sys.argv[1:], prog_name="mixup")
+"""
+
+
+def test_a_set_failing_after_its_first_output_says_which_are_written(tmp_path):
+    x, y = make_arrays(n=200, x_shape=(6,), seed=3)
+    a = write_h5(tmp_path / "a.h5", x=x[:120], y=y[:120])
+    b = write_h5(tmp_path / "b.h5", x=x[120:], y=y[120:])
+    outdir = tmp_path / "mixed"
+    result = subprocess.run(
+        [sys.executable, "-c", _FULL_AT_SECOND, "augment", str(a), str(b), str(outdir), "--seed", "3", "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env(),
+    )
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "disk full" in lines[0], result.stderr
+    assert "nothing was written" not in lines[0]
+    assert "1 output(s) of this part were written before it and stay: a.h5" in lines[0]
+    assert (outdir / "a.h5").is_file() and (outdir / "a.h5.provenance.json").is_file()
+    assert not (outdir / "b.h5").exists()
