@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -224,11 +225,19 @@ def test_verify_never_writes_its_scratch_copy_through_a_link(tmp_path, outside):
     assert made.exit_code == 0
     target, before = victim(outside)
     # verify runs in this process here: the scratch name it derives carries this pid
-    (tmp_path / f".out.h5.mixup-verify-{os.getpid()}.scratch.h5").symlink_to(target)
+    for name in (f"{socket.gethostname()}.{os.getpid()}", str(os.getpid())):
+        (tmp_path / f".out.h5.mixup-verify-{name}.scratch.h5").symlink_to(target)
     result = in_process("verify", out)
     assert result.exit_code == 0, result.output
     assert target.read_bytes() == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.h5", "out.h5.provenance.json", "outside", "packed.h5"]
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == [
+        f".out.h5.mixup-verify-{os.getpid()}.scratch.h5",
+        "out.h5",
+        "out.h5.provenance.json",
+        "outside",
+        "packed.h5",
+    ]
 
 
 # ---------------------------------------------------------------- 7: journaled blocks read back
@@ -388,3 +397,89 @@ def test_a_set_failing_after_its_first_output_says_which_are_written(tmp_path):
     assert "1 output(s) of this part were written before it and stay: a.h5" in lines[0]
     assert (outdir / "a.h5").is_file() and (outdir / "a.h5.provenance.json").is_file()
     assert not (outdir / "b.h5").exists()
+
+
+# ---------------------------------------------------------------- 9: leftovers and hangs
+
+
+def test_verify_removes_the_scratch_copy_a_killed_verify_left(src, tmp_path):
+    out = tmp_path / "out.h5"
+    assert in_process("augment", src, out, *ARGS, "--quiet").exit_code == 0
+    gone = subprocess.Popen(["true"])  # a process that has ended: its pid names a killed verify's copy
+    gone.wait()
+    left = tmp_path / f".out.h5.mixup-verify-{socket.gethostname()}.{gone.pid}.scratch.h5"
+    left.write_bytes(b"\0" * 4096)
+    elsewhere = tmp_path / ".out.h5.mixup-verify-otherhost.1.scratch.h5"  # another host's: maybe in use
+    elsewhere.write_bytes(b"\0")
+    result = mixup("verify", out)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert not left.exists() and elsewhere.exists()
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        {"done": [[0, 10**15]]},
+        {"done": [[-5, 3]]},
+        {"done": [[0, "7"]]},
+        {"fingerprint": ["not", "a", "fingerprint"]},
+        {"fingerprint": {"plan": 3}},
+        {"digests": {"0": "text"}},
+    ],
+    ids=["huge", "negative", "text", "fingerprint-list", "plan-number", "digests"],
+)
+def test_a_damaged_journal_starts_over_by_itself(src, tmp_path, damage):
+    out = tmp_path / "out.h5"
+    killed_at_write(7, src, out, *ARGS)
+    journal = tmp_path / ".out.h5.mixup-partial.journal.json"
+    record = json.loads(journal.read_text())
+    record.update(damage)
+    journal.write_text(json.dumps(record))
+    result = mixup("augment", src, out, *ARGS, "--resume")
+    assert result.returncode == 0, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if not line.startswith("wrote ")]
+    assert len(warnings) == 1 and "is unreadable; starting from the beginning" in warnings[0], result.stderr
+    assert_same(load_output(out), reference(src, tmp_path, "out.h5"))
+
+
+def test_verify_refuses_a_device_the_sidecar_lists_as_an_input_file(src, tmp_path):
+    out = tmp_path / "out.h5"
+    assert in_process("augment", src, out, *ARGS, "--quiet").exit_code == 0
+    sidecar = Path(f"{out}.provenance.json")
+    record = json.loads(sidecar.read_text())
+    record["input"]["files"].append({"path": "/dev/zero", "size": 0, "sha256": "0" * 64})
+    sidecar.write_text(json.dumps(record))
+    result = mixup("verify", out, timeout=60)
+    assert result.returncode == 1
+    assert "/dev/zero: is a character device, not a file a run reads" in result.stdout
+
+
+def test_a_sidecar_claiming_absurdly_many_set_outputs_is_refused_in_one_line(tmp_path):
+    x, y = make_arrays(n=200, x_shape=(6,), seed=3)
+    a = write_h5(tmp_path / "a.h5", x=x[:120], y=y[:120])
+    b = write_h5(tmp_path / "b.h5", x=x[120:], y=y[120:])
+    outdir = tmp_path / "mixed"
+    assert in_process("augment", a, b, outdir, "--seed", 3, "--quiet").exit_code == 0
+    for name in ("a.h5", "b.h5"):
+        sidecar = outdir / f"{name}.provenance.json"
+        record = json.loads(sidecar.read_text())
+        record["set"]["outputs"] = 10**12
+        record["set"].pop("inputs", None)
+        sidecar.write_text(json.dumps(record))
+    (outdir / "mixup-set.json").unlink()
+    for command in ("inspect", "verify"):
+        result = mixup(command, outdir, timeout=60)
+        assert result.returncode == 1, (command, result.stdout, result.stderr)
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and "'set' section is damaged" in lines[0], (command, result.stderr)
+
+
+def test_a_fifo_as_the_sidecar_does_not_hang_inspect(src, tmp_path):
+    out = tmp_path / "out.h5"
+    assert in_process("augment", src, out, *ARGS, "--quiet").exit_code == 0
+    sidecar = Path(f"{out}.provenance.json")
+    sidecar.unlink()
+    os.mkfifo(sidecar)
+    result = mixup("inspect", out, timeout=30)
+    assert "Traceback" not in result.stderr
+    assert "named pipe" in result.stderr or "named pipe" in result.stdout
