@@ -146,7 +146,8 @@ class LabelKernel:
     def _draw_exact(self, u: np.ndarray, start: int, stop: int) -> np.ndarray:
         n = self.n_rows
         out = np.empty(stop - start, dtype=np.int64)
-        step = max(1, _CHUNK // n)
+        # Rows per step sized by the (rows x n x width) differences they take, not by rows alone.
+        step = max(1, _CHUNK // (n * max(1, self.y[0].size)))
         for s in range(start, stop, step):
             e = min(stop, s + step)
             d2 = ((self.y[s:e, None, :] - self.y[None, :, :]) ** 2).sum(axis=2)

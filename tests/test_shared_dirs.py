@@ -483,3 +483,37 @@ def test_a_fifo_as_the_sidecar_does_not_hang_inspect(src, tmp_path):
     result = mixup("inspect", out, timeout=30)
     assert "Traceback" not in result.stderr
     assert "named pipe" in result.stderr or "named pipe" in result.stdout
+
+
+# ---------------------------------------------------------------- 10: memory bounded up front
+
+
+def test_an_absurd_balance_to_is_refused_up_front(src, tmp_path):
+    out = tmp_path / "out.h5"
+    result = mixup("augment", src, out, "--seed", 1, "--balance-to", 10**12, timeout=60)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--balance-to 1000000000000 makes" in lines[0] and "lower --balance-to" in lines[0]
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if "mixup" in p.name]
+
+
+def test_label_kernel_on_wide_targets_keeps_its_batches_small(tmp_path):
+    """The exact multi-dimensional draw holds rows x N x width differences at
+    once: its step is sized by all three (500 rows of width 512: 1 GiB before)."""
+    import tracemalloc
+
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((500, 4)).astype(np.float32)
+    y = rng.standard_normal((500, 512)).astype(np.float32)
+    src = write_h5(tmp_path / "wide.h5", x=x, y=y)
+    out = tmp_path / "out.h5"
+    tracemalloc.start()
+    try:
+        result = in_process(
+            "augment", src, out, "--seed", 1, "--pairing", "label-kernel", "--bandwidth", 1.0, "--quiet"
+        )
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert result.exit_code == 0, result.output
+    assert peak < 200 * 2**20, f"peak {peak / 2**20:.0f} MiB"
