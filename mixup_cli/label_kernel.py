@@ -48,6 +48,14 @@ def check_bandwidth(bandwidth) -> float:
         s = float("nan")
     if not (np.isfinite(s) and s > 0):
         raise ParameterError(f"--bandwidth must be a number > 0, got {bandwidth!r}", "--bandwidth")
+    if not (np.isfinite(2 * s * s) and 2 * s * s >= np.finfo(np.float64).tiny):
+        # The kernel divides by 2 S^2: it must be a finite, non-zero float.
+        raise ParameterError(
+            f"--bandwidth {bandwidth}: too {'large' if s > 1 else 'small'} to compute with "
+            "(2 x S^2 must be a finite, non-zero number: S between about 1e-154 and 1e154); "
+            "give it in the units of y",
+            "--bandwidth",
+        )
     return s
 
 

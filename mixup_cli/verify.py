@@ -150,6 +150,12 @@ def check_array_digests(entry: dict, output: Path, found: dict[str, str] | None 
         return None
     if scheme.get("scheme") != digests.SCHEME:
         return Check("output data", False, f"unknown digest scheme {scheme.get('scheme')!r}")
+    try:
+        sizes = int(scheme["block_rows"]), int(scheme["segment_rows"]), int(scheme.get("block_offset", 0))
+    except (KeyError, TypeError, ValueError):
+        sizes = (0, 0, 0)
+    if min(sizes[:2]) < 1 or sizes[2] < 0:
+        return Check("output data", False, "the sidecar's array_sha256 records impossible block sizes; it is damaged")
     arrays = entry["arrays"]
     problems = []
     if found is None or set(found) != set(arrays):

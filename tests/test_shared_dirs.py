@@ -517,3 +517,75 @@ def test_label_kernel_on_wide_targets_keeps_its_batches_small(tmp_path):
         tracemalloc.stop()
     assert result.exit_code == 0, result.output
     assert peak < 200 * 2**20, f"peak {peak / 2**20:.0f} MiB"
+
+
+# ---------------------------------------------------------------- 11: messages in words, not Python's
+
+
+def _one_line(result, code: int) -> str:
+    assert result.returncode == code, (result.returncode, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
+    for name in ("ZeroDivisionError", "OverflowError", "ValueError", "ContainsGroupError", "RuntimeWarning"):
+        assert name not in result.stderr
+    return lines[0]
+
+
+def test_knn_on_rows_without_values_is_refused_in_words(tmp_path):
+    src = write_h5(
+        tmp_path / "empty-rows.h5",
+        chunks=False,
+        x=np.zeros((20, 0), np.float32),
+        y=np.eye(2, dtype=np.float32)[np.arange(20) % 2],
+    )
+    line = _one_line(mixup("augment", src, tmp_path / "out.h5", "--pairing", "knn", "--seed", 1), 1)
+    assert "its rows hold no values" in line
+
+
+@pytest.mark.parametrize("bandwidth, word", [("1e300", "large"), ("1e-300", "small")])
+def test_a_bandwidth_that_cannot_be_computed_with_is_a_usage_error(tmp_path, bandwidth, word):
+    rng = np.random.default_rng(1)
+    src = write_h5(tmp_path / "r.h5", x=rng.random((50, 3), np.float32), y=rng.random(50, np.float32))
+    result = mixup(
+        "augment", src, tmp_path / "out.h5", "--pairing", "label-kernel", "--bandwidth", bandwidth, "--seed", 1
+    )
+    assert f"too {word} to compute with" in _one_line(result, 2)
+    assert not (tmp_path / "out.h5").exists()
+
+
+@pytest.mark.parametrize("name", ["out.h5", "out.zarr"])
+def test_a_key_inside_a_provenance_name_is_refused_in_words(tmp_path, name):
+    rng = np.random.default_rng(1)
+    src = tmp_path / "n.h5"
+    with h5py.File(src, "w") as f:
+        f["x"] = rng.random((50, 3), np.float32)
+        f["lam/y"] = rng.random(50, np.float32)
+    line = _one_line(mixup("augment", src, tmp_path / name, "--y-key", "lam/y", "--seed", 1), 2)
+    assert "'lam/y' would be written inside 'lam'" in line
+
+
+def test_a_sidecar_with_block_rows_0_fails_verify_in_words(src, tmp_path):
+    out = tmp_path / "out.h5"
+    assert in_process("augment", src, out, *ARGS, "--quiet").exit_code == 0
+    sidecar = Path(f"{out}.provenance.json")
+    record = json.loads(sidecar.read_text())
+    record["output"]["array_sha256"]["block_rows"] = 0
+    sidecar.write_text(json.dumps(record))
+    result = mixup("verify", out)
+    assert result.returncode == 1 and "ZeroDivisionError" not in result.stdout + result.stderr
+    assert "records impossible block sizes" in result.stdout
+
+
+def test_a_run_with_stderr_closed_still_runs(src, tmp_path):
+    out = tmp_path / "out.h5"
+    result = subprocess.run(
+        mixup_executable() + ["augment", str(src), str(out), *ARGS, "--json"],
+        stdout=subprocess.PIPE,
+        text=True,
+        timeout=120,
+        env=env(),
+        preexec_fn=lambda: os.close(2),  # as `2>&-` leaves it
+    )
+    assert result.returncode == 0
+    assert json.loads(result.stdout)["rows"] == 2000
+    assert_same(load_output(out), reference(src, tmp_path, "out.h5"))
