@@ -96,11 +96,12 @@ def create_dir(path) -> None:
     os.mkdir(path)
 
 
-def open_regular(path, flags: int = os.O_RDONLY, mode: int = 0o644) -> int:
-    """Open the regular file at ``path`` without following a link and
-    without waiting on a FIFO (``NotPlain`` for anything else)."""
+def open_regular(path, flags: int = os.O_RDONLY, mode: int = 0o644, follow: bool = False) -> int:
+    """Open the regular file at ``path`` without following a link (unless
+    ``follow``: a file mixup only reads, such as a sidecar) and without
+    waiting on a FIFO (``NotPlain`` for anything else)."""
     try:
-        fd = os.open(path, flags | NOFOLLOW | NONBLOCK | CLOEXEC, mode)
+        fd = os.open(path, flags | (0 if follow else NOFOLLOW) | NONBLOCK | CLOEXEC, mode)
     except OSError as exc:
         if exc.errno in (errno.ELOOP, errno.EISDIR, errno.ENXIO):
             st = lstat(path)
@@ -118,10 +119,10 @@ def open_regular(path, flags: int = os.O_RDONLY, mode: int = 0o644) -> int:
     return fd
 
 
-def read_regular(path, limit: int) -> bytes:
+def read_regular(path, limit: int, follow: bool = False) -> bytes:
     """The bytes of the regular file at ``path``, refused (``NotPlain``)
     when it is anything else or larger than ``limit``."""
-    fd = open_regular(path)
+    fd = open_regular(path, follow=follow)
     try:
         size = os.fstat(fd).st_size
         if size > limit:

@@ -139,7 +139,8 @@ SIDECAR_LIMIT = 256 * 1024 * 1024
 
 def read(path: Path) -> dict:
     try:
-        record = json.loads(beside.read_regular(path, SIDECAR_LIMIT).decode("utf-8"))
+        # Read through a link (only read, never written through), but never a FIFO or device.
+        record = json.loads(beside.read_regular(path, SIDECAR_LIMIT, follow=True).decode("utf-8"))
     except FileNotFoundError:
         raise InputError(f"{path}: no provenance sidecar; was this file written by mixup augment?") from None
     except beside.NotPlain as exc:
