@@ -133,10 +133,12 @@ def sync(path: Path, changed_since_ns: int | None = None) -> None:
     ``changed_since_ns``, only what was modified since then, the directories
     under ``path`` (their new entries) included."""
     path = Path(path)
+    st = beside.lstat(path)
+    is_dir = st is not None and stat.S_ISDIR(st.st_mode)  # a link to a directory is not walked
     if changed_since_ns is None:
-        paths = [p for p in path.rglob("*") if beside.plain_file(p)] if beside.plain_tree(path) else [path]
+        paths = [p for p in path.rglob("*") if beside.plain_file(p)] if is_dir else [path]
     else:
-        paths = [path, *path.rglob("*")] if path.is_dir() else [path]
+        paths = [path, *path.rglob("*")] if is_dir else [path]
     for p in paths:
         try:
             if changed_since_ns is not None and p.lstat().st_mtime_ns < changed_since_ns:
