@@ -197,6 +197,7 @@ def main():
                         not in (
                             f".{name}.mixup-partial",
                             f".{name}.mixup-partial.journal.json",
+                            f".{name}.mixup-partial.journal.json.log",
                             f".{name}.mixup-partial.provenance.json",
                             f".{name}.mixup-partial.lock",
                         )

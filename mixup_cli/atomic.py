@@ -13,13 +13,13 @@ import errno
 import json
 import logging
 import os
-import shutil
 import signal
 import stat
 import sys
 import threading
 from pathlib import Path
 
+from mixup_cli import beside
 from mixup_cli.errors import OutputError
 
 try:
@@ -73,7 +73,7 @@ class RunLock:
     def acquire(self) -> RunLock:
         if fcntl is None:
             return self
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = self._open()
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -89,6 +89,23 @@ class RunLock:
         self._fd = fd
         return self
 
+    def _open(self) -> int:
+        """The lock file, never through a link: a link or special file
+        planted at its name is removed (it is mixup's name), once."""
+        for attempt in (0, 1):
+            try:
+                return beside.open_regular(self.path, os.O_RDWR | os.O_CREAT)
+            except beside.NotPlain as exc:
+                st = beside.lstat(self.path)
+                if attempt or st is None or stat.S_ISDIR(st.st_mode):
+                    raise OutputError(
+                        f"{self.path}: {exc.strerror}, not the lock file mixup makes there; "
+                        f"remove it or choose another output path"
+                    ) from None
+                log.warning("%s: removed %s found at the name of mixup's lock file", self.path, beside.kind(st.st_mode))
+                beside.clear(self.path)
+        raise AssertionError("unreachable")
+
     def release(self) -> None:
         """Unlock; the lock file goes too unless a partial output stays for --resume."""
         if self._fd is None:
@@ -100,14 +117,8 @@ class RunLock:
 
 
 def remove(path: Path) -> None:
-    path = Path(path)
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        try:
-            path.unlink()
-        except FileNotFoundError:
-            pass
+    """Remove the entry at ``path``: a link itself, never what it points to."""
+    beside.clear(path)
 
 
 def remove_partials(final: Path) -> None:
@@ -122,15 +133,19 @@ def sync(path: Path, changed_since_ns: int | None = None) -> None:
     ``changed_since_ns``, only what was modified since then, the directories
     under ``path`` (their new entries) included."""
     path = Path(path)
+    st = beside.lstat(path)
+    is_dir = st is not None and stat.S_ISDIR(st.st_mode)  # a link to a directory is not walked
     if changed_since_ns is None:
-        paths = [p for p in path.rglob("*") if p.is_file()] if path.is_dir() else [path]
+        paths = [p for p in path.rglob("*") if beside.plain_file(p)] if is_dir else [path]
     else:
-        paths = [path, *path.rglob("*")] if path.is_dir() else [path]
+        paths = [path, *path.rglob("*")] if is_dir else [path]
     for p in paths:
         try:
-            if changed_since_ns is not None and p.stat().st_mtime_ns < changed_since_ns:
+            if changed_since_ns is not None and p.lstat().st_mtime_ns < changed_since_ns:
                 continue
-            fd = os.open(p, os.O_RDONLY)
+            if p.is_symlink():
+                continue  # not written by the run: nothing of it to flush
+            fd = os.open(p, os.O_RDONLY | beside.NOFOLLOW | beside.NONBLOCK)
         except FileNotFoundError:
             if changed_since_ns is None:
                 raise
@@ -145,7 +160,7 @@ def sync_quietly(path: Path, data_only: bool = False) -> None:
     """fsync (or fdatasync) one file or directory, ignoring failures: for
     early flushes whose errors a later, checked sync reports."""
     try:
-        fd = os.open(path, os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY | beside.NOFOLLOW | beside.NONBLOCK)
     except OSError:
         return
     try:
@@ -161,7 +176,7 @@ def _sync_dir(directory: Path) -> None:
 
 
 class signals_held:
-    """Hold SIGINT and SIGTERM back while the block runs (main thread only).
+    """Hold SIGINT, SIGTERM and SIGHUP back while the block runs (main thread only).
 
     Used around the final renames: once the first rename is done the run
     can only go forward, so a signal that arrives meanwhile must not stop
@@ -183,7 +198,7 @@ class signals_held:
         if threading.current_thread() is not threading.main_thread():
             return self
         try:
-            for signum in (signal.SIGINT, signal.SIGTERM):
+            for signum in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", signal.SIGTERM)):
                 handler = signal.getsignal(signum)
                 if handler in (signal.SIG_IGN, None):
                     continue
@@ -232,9 +247,22 @@ _RENAME_EXCHANGE = 2
 _SYS_RENAMEAT2 = {"x86_64": 316, "aarch64": 276, "amd64": 316, "arm64": 276}
 
 
+SIDECAR_SUFFIX = ".provenance.json"  # provenance.SIDECAR_SUFFIX (not imported here: numpy)
+# What a commit record holds is a few hundred bytes: anything larger was not written by mixup.
+RECORD_LIMIT = 64 * 1024
+
+
 def commit_record_path(final: Path) -> Path:
     partial = partial_path(final)
     return partial.with_name(partial.name + COMMIT_SUFFIX)
+
+
+def sidecar_names(final: Path) -> tuple[Path, Path]:
+    """OUT's sidecar and the name it is staged under: derived from OUT, never
+    read from a file (a record planted beside OUT names nothing)."""
+    final = Path(final)
+    partial = partial_path(final)
+    return final.with_name(final.name + SIDECAR_SUFFIX), partial.with_name(partial.name + SIDECAR_SUFFIX)
 
 
 def _old_aside_path(final: Path) -> Path:
@@ -304,14 +332,14 @@ def commit_output(tmp: Path, final: Path, sidecar_tmp: Path, sidecar: Path, over
     rename (the last look at what an old ``final`` holds).
     """
     tmp, final, sidecar_tmp, sidecar = Path(tmp), Path(final), Path(sidecar_tmp), Path(sidecar)
+    if (sidecar, sidecar_tmp) != sidecar_names(final) or tmp != partial_path(final):
+        raise ValueError("commit_output: the names beside OUT are derived from OUT")  # recover() derives them again
     old_exists = final.exists() or final.is_symlink()
     if old_exists and not overwrite:
         raise OutputError(f"{final}: already exists; pass --overwrite to replace it")
     record = commit_record_path(final)
     steps = {
-        "output": final.name,
-        "sidecar": sidecar.name,
-        "sidecar_tmp": sidecar_tmp.name,
+        "output": final.name,  # for people; recover() derives every name from OUT
         "new_output": _ident(tmp),
         "new_sidecar": _ident(sidecar_tmp),
     }
@@ -319,22 +347,13 @@ def commit_output(tmp: Path, final: Path, sidecar_tmp: Path, sidecar: Path, over
     _sync_dir(final.parent)
     test_pause("commit-record")
     try:
+        checked = _ident(final)  # what check() looks at; what is replaced must be that very entry
         if check is not None:
             check()
-        if old_exists and tmp.is_dir():
-            # A directory cannot be renamed over an existing entry. One atomic
-            # swap where the system has it (the old entry then sits under the
-            # partial name, removed with it); elsewhere: old aside, then new in.
-            if not exchange(tmp, final):
-                aside = _old_aside_path(final)
-                remove(aside)
-                os.rename(final, aside)
-                test_pause("old-aside")
-                try:
-                    os.rename(tmp, final)
-                except BaseException:
-                    os.rename(aside, final)
-                    raise
+        test_pause("checked")
+        staged = beside.lstat(tmp)
+        if old_exists and staged is not None and stat.S_ISDIR(staged.st_mode):
+            _swap_directory(tmp, final, checked)
         else:
             os.replace(tmp, final)
     except BaseException:
@@ -358,6 +377,46 @@ def commit_output(tmp: Path, final: Path, sidecar_tmp: Path, sidecar: Path, over
     _finish(final)
 
 
+class ReplacedMeanwhile(OutputError):
+    """OUT was replaced by another entry between its check and the swap: the
+    swap was undone, nothing was deleted."""
+
+    def __init__(self, final: Path):
+        super().__init__(
+            f"{final}: was replaced by another entry while mixup replaced it (another process renames entries "
+            "there); nothing was replaced or deleted: run again when nothing else renames it"
+        )
+
+
+def _swap_directory(tmp: Path, final: Path, checked) -> None:
+    """Put the directory ``tmp`` at ``final`` in place of the entry checked
+    (identity ``checked``), which ends under a partial name, removed with it.
+
+    A directory cannot be renamed over an existing entry: one atomic swap
+    where the system has it, elsewhere old aside, then new in. What the swap
+    took from ``final`` is compared with what was checked; another entry (a
+    process renaming directories meanwhile) is swapped back and the commit
+    refused, so nothing that was not checked is ever removed."""
+    replaced = ReplacedMeanwhile(final)
+    if exchange(tmp, final):
+        if _ident(tmp) != checked:
+            exchange(tmp, final)  # undo: the entry taken goes back where it was
+            raise replaced
+        return
+    aside = _old_aside_path(final)
+    remove(aside)
+    os.rename(final, aside)
+    if _ident(aside) != checked:
+        os.rename(aside, final)
+        raise replaced
+    test_pause("old-aside")
+    try:
+        os.rename(tmp, final)
+    except BaseException:
+        os.rename(aside, final)
+        raise
+
+
 def _finish(final: Path) -> None:
     """The last step: what the run left beside OUT (the journal, an old
     directory) goes, the commit record last."""
@@ -379,17 +438,16 @@ def recover(final: Path) -> str | None:
     final = Path(final)
     record = commit_record_path(final)
     try:
-        if not record.exists():
-            return None
+        os.lstat(record)
     except OSError:
-        return None  # the directory cannot be searched: the run's own checks say so in words
+        return None  # none, or the directory cannot be searched: the run's own checks say so in words
     lock = RunLock(final)
     try:
         lock.acquire()
     except (OutputError, OSError):
         return None  # a live run holds it (and finishes its own commit), or the directory is read-only
     try:
-        if not record.exists():
+        if beside.lstat(record) is None:
             return None
         message = _recover_locked(final, record)
     except OSError as exc:
@@ -402,15 +460,33 @@ def recover(final: Path) -> str | None:
     return message
 
 
-def _recover_locked(final: Path, record: Path) -> str:
+def _read_record(record: Path):
+    """(new output, new sidecar) identities the record names, or None when it
+    is not a record mixup wrote: a link, FIFO, device or directory, too
+    large, not JSON, or identities that are not two integers (or null)."""
     try:
-        steps = json.loads(record.read_text(encoding="utf-8"))
-        new_output, new_sidecar = steps["new_output"], steps["new_sidecar"]
-        sidecar = final.with_name(steps["sidecar"])
-        sidecar_tmp = final.with_name(steps["sidecar_tmp"])
+        steps = json.loads(beside.read_regular(record, RECORD_LIMIT).decode("utf-8"))
+        found = steps["new_output"], steps["new_sidecar"]
     except (OSError, ValueError, KeyError, TypeError):
-        remove(record)  # written by a rename once complete: damaged by something else
+        return None
+    for value in found:
+        if value is not None and not (
+            isinstance(value, list) and len(value) == 2 and all(type(v) is int and v >= 0 for v in value)
+        ):
+            return None
+    return found
+
+
+def _recover_locked(final: Path, record: Path) -> str:
+    found = _read_record(record)
+    if found is None:
+        st = beside.lstat(record)
+        if st is not None and stat.S_ISDIR(st.st_mode):
+            return f"{final}: ignored a directory at the name of mixup's commit record {record.name}; remove it"
+        remove(record)  # written by a rename once complete: damaged, or planted, by something else
         return f"{final}: removed an unreadable commit record; {final.name} is as it was"
+    new_output, new_sidecar = found
+    sidecar, sidecar_tmp = sidecar_names(final)
     partial = partial_path(final)
     if new_output is not None and _ident(final) == new_output:
         # The point of no return was passed: go forward.
@@ -445,7 +521,7 @@ def test_pause(stage: str) -> None:
     the file FLAG and waits (at most 60 s) until FLAG is removed, so that a
     test can signal or kill the process at exactly that instant. Stages:
     ``progress`` (rows written), ``staged`` (sidecar staged), ``commit-record``,
-    ``old-aside`` (no RENAME_EXCHANGE only), ``output-in-place``, ``sidecar-in-place``, ``cleaned``, ``committed``,
+    ``checked`` (OUT's contents checked, not yet replaced), ``old-aside`` (no RENAME_EXCHANGE only), ``output-in-place``, ``sidecar-in-place``, ``cleaned``, ``committed``,
     ``finished`` (summary printed), and for a set ``manifest-staged`` (OUTDIR's manifest
     staged, not yet renamed)."""
     spec = os.environ.get("MIXUP_TEST_PAUSE")
@@ -566,10 +642,16 @@ def stage_text(tmp: Path, text: str) -> Path:
     """Write ``text`` to the temporary file ``tmp``, flushed to disk; return ``tmp``."""
     tmp = Path(tmp)
     try:
-        with open(tmp, "w", encoding="utf-8") as fh:
+        # A new file, never through a link planted at the temporary name.
+        with os.fdopen(beside.create_file(tmp), "w", encoding="utf-8") as fh:
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
+    except FileExistsError:
+        raise OutputError(
+            f"{tmp}: another process keeps creating files at this name beside the output; "
+            "choose an output directory only you can write to"
+        ) from None
     except BaseException:
         remove(tmp)
         raise

@@ -29,6 +29,8 @@ from mixup_cli.errors import ParameterError
 from mixup_cli.io.base import ArraySpec
 
 _BALANCE = 3  # key purpose of the own rows' draw (sampling uses 0-2)
+# The own rows are held in memory (8 bytes each): at most this many (1 GiB), whatever --balance-to asks.
+MAX_ROWS = 2**27
 
 
 def own_rows(classes: ClassIndex, seed: int, per_class: int | None = None) -> np.ndarray:
@@ -36,6 +38,7 @@ def own_rows(classes: ClassIndex, seed: int, per_class: int | None = None) -> np
     from mixup_cli.sampling import keyed_rng
 
     m = int(classes.counts.max()) if per_class is None else int(per_class)
+    _check_rows(classes.n_classes, m, per_class is not None)
     parts = []
     for c in range(classes.n_classes):
         start, count = int(classes.offsets[c]), int(classes.counts[c])
@@ -46,10 +49,23 @@ def own_rows(classes: ClassIndex, seed: int, per_class: int | None = None) -> np
     return np.sort(np.concatenate(parts))
 
 
+def _check_rows(n_classes: int, m: int, given: bool) -> None:
+    if n_classes * m > MAX_ROWS:
+        what = f"--balance-to {m}" if given else f"--balance (the largest class's {m:,} rows)"
+        raise ParameterError(
+            f"{what} makes {n_classes} x {m:,} = {n_classes * m:,} balanced rows, more than the "
+            f"{MAX_ROWS:,} a run holds (8 bytes each in memory); lower --balance-to, and use --copies "
+            "for more output rows",
+            "--balance-to" if given else "--balance",
+        )
+
+
 def check(pairing: str, balance: bool, balance_to: int | None, y_key: str | None) -> bool:
     """Whether the run is balanced; refuses what cannot be."""
     if balance_to is not None and int(balance_to) < 1:
         raise ParameterError(f"--balance-to must be an integer >= 1, got {balance_to!r}", "--balance-to")
+    if balance_to is not None:
+        _check_rows(1, int(balance_to), True)  # before the pass over y: one class is enough to refuse it
     if not (balance or balance_to is not None):
         return False
     from mixup_cli.sampling import INDEX_PAIRINGS

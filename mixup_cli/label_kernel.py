@@ -48,6 +48,14 @@ def check_bandwidth(bandwidth) -> float:
         s = float("nan")
     if not (np.isfinite(s) and s > 0):
         raise ParameterError(f"--bandwidth must be a number > 0, got {bandwidth!r}", "--bandwidth")
+    if not (np.isfinite(2 * s * s) and 2 * s * s >= np.finfo(np.float64).tiny):
+        # The kernel divides by 2 S^2: it must be a finite, non-zero float.
+        raise ParameterError(
+            f"--bandwidth {bandwidth}: too {'large' if s > 1 else 'small'} to compute with "
+            "(2 x S^2 must be a finite, non-zero number: S between about 1e-154 and 1e154); "
+            "give it in the units of y",
+            "--bandwidth",
+        )
     return s
 
 
@@ -146,7 +154,8 @@ class LabelKernel:
     def _draw_exact(self, u: np.ndarray, start: int, stop: int) -> np.ndarray:
         n = self.n_rows
         out = np.empty(stop - start, dtype=np.int64)
-        step = max(1, _CHUNK // n)
+        # Rows per step sized by the (rows x n x width) differences they take, not by rows alone.
+        step = max(1, _CHUNK // (n * max(1, self.y[0].size)))
         for s in range(start, stop, step):
             e = min(stop, s + step)
             d2 = ((self.y[s:e, None, :] - self.y[None, :, :]) ** 2).sum(axis=2)

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mixup_cli.errors import ParameterError
+from mixup_cli.errors import InputError, ParameterError
 
 # x is read in contiguous pieces of about this many bytes (as float64).
 _READ_BYTES = 16 * 1024 * 1024
@@ -91,6 +91,11 @@ def features(reader, key: str, project: int | None = None, label: str = "x") -> 
     spec = reader.spec(key)
     n = spec.rows
     width = int(np.prod(spec.row_shape, dtype=np.int64)) if spec.row_shape else 1
+    if width == 0:
+        raise InputError(
+            f"{reader.path}['{key}']: its rows hold no values (shape {spec.shape}), so no distance "
+            "can pair them; use another --pairing or an x with values"
+        )
     step = max(1, _READ_BYTES // (8 * width))
 
     def piece(s, e):

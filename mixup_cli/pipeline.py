@@ -164,8 +164,7 @@ class _Partial:
         self.options, self.fingerprint, self.journal, self.writer = options, fingerprint, journal, writer
         self.started_at = started_at
         self.tmp = atomic.partial_path(self.output)
-        self.sidecar = provenance.sidecar_path(self.output)
-        self.sidecar_tmp = self.tmp.with_name(self.tmp.name + provenance.SIDECAR_SUFFIX)  # removed with the partial
+        self.sidecar, self.sidecar_tmp = atomic.sidecar_names(self.output)  # the staged one goes with the partial
         self.commit_started = False
         self.resumed = 0  # tasks the journal had when the run started
         self.seconds = 0.0
@@ -216,7 +215,7 @@ class _Partial:
         if preflight.disk_full(exc):
             raise OutputError(
                 f"{self.output}: disk full (no space left in {self.output.parent.resolve()}); "
-                "nothing was written: free some space or choose another output directory"
+                f"nothing of {self.output.name} was written: free some space or choose another output directory"
             ) from None
 
 

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 from pathlib import Path
 
 import numpy as np
 
-from mixup_cli import atomic, provenance
+from mixup_cli import atomic, beside, provenance
 from mixup_cli.errors import InputError, OutputError, ParameterError
 from mixup_cli.io import ArraySpec, format_of
 
@@ -63,9 +64,24 @@ def check_output_path(input_path: Path, output: Path, overwrite: bool, exists_ok
         )
     if (output.exists() or output.is_symlink()) and not (overwrite or exists_ok):
         raise OutputError(f"{output}: already exists; pass --overwrite to replace it")
+    _check_sidecar_name(output)
     if overwrite:
         atomic.check_replaceable(output, provenance.sidecar_path(output), fmt in DIRECTORY_FORMATS)
     return fmt
+
+
+def _check_sidecar_name(output: Path) -> None:
+    """The sidecar is renamed into place last, over what is at its name: a
+    directory or special file there would fail that rename after OUT is in
+    place, so it is refused before anything is written (a file or a link is
+    replaced, never followed)."""
+    sidecar = provenance.sidecar_path(output)
+    st = beside.lstat(sidecar)
+    if st is not None and not (stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode)):
+        raise OutputError(
+            f"{sidecar}: is {beside.kind(st.st_mode)}, where mixup puts the sidecar of {output.name}; "
+            "move it away or choose another output path"
+        )
 
 
 def disk_full(exc: BaseException) -> bool:

@@ -19,12 +19,13 @@ backend, no window.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from mixup_cli import atomic, cutmix
+from mixup_cli import atomic, beside, cutmix
 from mixup_cli.core import check_alpha, mix_rows, sample_lam
 from mixup_cli.errors import MixupError, OutputError, ParameterError
 from mixup_cli.prepare import DataOptions, pair_keys
@@ -137,7 +138,10 @@ def save_figure(fig, output: Path, dpi: int = 100, overwrite: bool = False) -> P
     fmt = check_output(output, overwrite)
     tmp = atomic.partial_path(output)
     try:
-        fig.savefig(tmp, format=fmt, dpi=dpi)
+        # A new file where nothing is: whatever sat at the temporary name (a
+        # link) is removed, never written through.
+        with os.fdopen(beside.create_file(tmp), "wb") as fh:
+            fig.savefig(fh, format=fmt, dpi=dpi)
         atomic.commit(tmp, output, overwrite)
     except BaseException:
         atomic.remove(tmp)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mixup_cli import core
+from mixup_cli import beside, core
 from mixup_cli._version import __version__
 from mixup_cli.errors import InputError
 
@@ -134,14 +134,22 @@ def to_json(record: dict) -> str:
     return json.dumps(record, indent=2, sort_keys=True) + "\n"
 
 
+# A sidecar larger than this was not written by mixup (a set's inline input list stops at 256 inputs).
+SIDECAR_LIMIT = 256 * 1024 * 1024
+
+
 def read(path: Path) -> dict:
     try:
-        with open(path, encoding="utf-8") as fh:
-            record = json.load(fh)
+        # Read through a link (only read, never written through), but never a FIFO or device.
+        record = json.loads(beside.read_regular(path, SIDECAR_LIMIT, follow=True).decode("utf-8"))
     except FileNotFoundError:
         raise InputError(f"{path}: no provenance sidecar; was this file written by mixup augment?") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except beside.NotPlain as exc:
+        raise InputError(f"{path}: {exc.strerror}, not a provenance sidecar; move it away") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise InputError(f"{path}: not a valid provenance sidecar ({exc})") from None
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read the sidecar ({exc.strerror or exc})") from None
     if not isinstance(record, dict) or record.get("schema_version") not in READABLE_SCHEMAS:
         raise InputError(
             f"{path}: unsupported sidecar schema (this mixup-cli reads versions "

@@ -24,7 +24,7 @@ import os
 import time
 from pathlib import Path
 
-from mixup_cli import atomic, digests
+from mixup_cli import atomic, beside, digests
 from mixup_cli._version import __version__
 from mixup_cli.errors import OutputError
 from mixup_cli.io import reopen_writer
@@ -40,9 +40,13 @@ class NothingToResume(OutputError):
 
 
 JOURNAL_SUFFIX = ".journal.json"
-JOURNAL_VERSION = 2  # 2: digests of the finished blocks
+JOURNAL_VERSION = 3  # 2: digests of the finished blocks; 3: those digests in an append-only log beside it
+LOG_SUFFIX = ".log"  # the digests' log: ``.OUT.mixup-partial.journal.json.log``
 # Seconds between journal updates: at most this much work is redone on resume.
 SAVE_INTERVAL = 1.0
+# A journal larger than this was not written by mixup (a million tasks' digests take far less).
+JOURNAL_LIMIT = 512 * 1024 * 1024
+MAX_TASKS = 1_000_000  # sampling.MAX_TASKS: no plan has more tasks, so no journal records more
 
 # Request fields that do not decide the output (or enter it through the plan).
 # Request fields that do not decide output bytes (y's presence shows in the output arrays).
@@ -161,7 +165,9 @@ def _ranges(done: set[int]) -> list[list[int]]:
 class Journal:
     """The resume record of one partial output."""
 
-    def __init__(self, path: Path, fingerprint: dict, run_id: str, started_at: str, done=(), digests=None):
+    def __init__(
+        self, path: Path, fingerprint: dict, run_id: str, started_at: str, done=(), digests=None, log_bytes=None
+    ):
         self.path = Path(path)
         self.fingerprint = fingerprint
         self.run_id = run_id
@@ -171,25 +177,55 @@ class Journal:
         self.digests: dict[int, dict[str, str]] = dict(digests or {})
         self._saved_at = 0.0
         self._first = True  # the first finished task is recorded at once: early kills lose little
+        # The digests go to an append-only log; the journal records how many of its bytes count,
+        # so a save costs what was done since the last one, not everything done so far.
+        self.log_path = self.path.with_name(self.path.name + LOG_SUFFIX)
+        self._log_bytes = log_bytes  # None: a new journal, whose log is made afresh
+        self._logged: dict[int, dict[str, str]] = dict(self.digests)
 
     @property
     def seed(self) -> int | None:
         return self.fingerprint.get("plan", {}).get("seed")
 
     def save(self) -> None:
+        self._append_digests()
         record = {
             "journal_version": JOURNAL_VERSION,
             "run_id": self.run_id,
             "started_at": self.started_at,
             "fingerprint": self.fingerprint,
             "done": _ranges(self.done),
-            # A copy first: the engine adds digests from another thread.
-            "digests": {str(start): d for start, d in sorted(dict(self.digests).items())},
+            "log_bytes": self._log_bytes,
         }
         # The temporary name shares the partial output's prefix, so cleanup finds it.
         tmp = atomic.stage_text(self.path.with_name(self.path.name + ".tmp"), json.dumps(record, sort_keys=True) + "\n")
         os.replace(tmp, self.path)
         self._saved_at = time.monotonic()
+
+    def _append_digests(self) -> None:
+        """Digests not yet in the log appended to it and flushed; lines past
+        the length the journal records (a kill between the two) are cut first."""
+        if self._log_bytes is None:
+            os.close(beside.create_file(self.log_path))  # whatever was at its name removed first
+            self._log_bytes = 0
+            self._logged = {}
+        snapshot = dict(self.digests)  # a copy first: the engine adds digests from another thread
+        new = [(start, d) for start, d in snapshot.items() if self._logged.get(start) != d]
+        if not new:
+            return
+        data = "".join(json.dumps([start, d], sort_keys=True) + "\n" for start, d in new).encode()
+        fd = beside.open_regular(self.log_path, os.O_WRONLY)
+        try:
+            os.ftruncate(fd, self._log_bytes)
+            view, at = memoryview(data), self._log_bytes
+            while view:
+                written = os.pwrite(fd, view, at)
+                view, at = view[written:], at + written
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self._log_bytes += len(data)
+        self._logged.update(new)
 
     def task_done(self, index: int, writer) -> None:
         """Record a finished task; for the first one and then every
@@ -216,17 +252,66 @@ class Journal:
         if not any(not p.name.startswith(Path(path).name) for p in atomic.partials(output, with_lock=False)):
             raise NothingToResume(f"{output}: the partial output {partial.name} is missing")
         try:
-            record = json.loads(Path(path).read_text(encoding="utf-8"))
-            if record.get("journal_version") != JOURNAL_VERSION:
-                raise ValueError("unknown journal version")
-            done = {i for first, last in record["done"] for i in range(first, last + 1)}
-            digests = {int(start): dict(d) for start, d in record["digests"].items()}
-            return cls(path, record["fingerprint"], record["run_id"], record["started_at"], done, digests)
+            record = json.loads(beside.read_regular(path, JOURNAL_LIMIT).decode("utf-8"))
+            fingerprint, run_id, started_at, done, log_bytes = _checked(record)
+            digests = _read_log(Path(path).with_name(Path(path).name + LOG_SUFFIX), log_bytes)
+            return cls(path, fingerprint, run_id, started_at, done, digests, log_bytes)
         except FileNotFoundError:
             reason = "it has no journal (the run stopped before its first block)"
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError):
             reason = f"its journal {Path(path).name} is unreadable"
         raise NothingToResume(f"{output}: {partial.name} cannot be continued: {reason}")
+
+
+def _checked(record) -> tuple:
+    """The journal's fields, checked against what mixup writes there (ValueError else):
+    a fingerprint of sections, task ranges within what any plan has, digests as text."""
+    if not isinstance(record, dict) or record.get("journal_version") != JOURNAL_VERSION:
+        raise ValueError("unknown journal version")
+    fingerprint, run_id, started_at = record["fingerprint"], record["run_id"], record["started_at"]
+    if not isinstance(fingerprint, dict) or not all(isinstance(v, (dict, str)) for v in fingerprint.values()):
+        raise ValueError("fingerprint")
+    if not isinstance(run_id, str) or not isinstance(started_at, str):
+        raise ValueError("run id")
+    ranges, total = record["done"], 0
+    for pair in ranges:
+        first, last = pair
+        if not (type(first) is int and type(last) is int and 0 <= first <= last < MAX_TASKS):
+            raise ValueError("task range")
+        total += last - first + 1
+        if total > MAX_TASKS:
+            raise ValueError("task ranges")
+    done = {i for first, last in ranges for i in range(first, last + 1)}
+    log_bytes = record["log_bytes"]
+    if not (type(log_bytes) is int and 0 <= log_bytes <= JOURNAL_LIMIT):
+        raise ValueError("log length")
+    return fingerprint, run_id, started_at, done, log_bytes
+
+
+def _read_log(path: Path, length: int) -> dict[int, dict[str, str]]:
+    """The digests of the log's first ``length`` bytes (later lines: a kill
+    came before the journal recorded them), the last line of a block winning."""
+    if not length:
+        return {}
+    fd = beside.open_regular(path)
+    try:
+        data = os.pread(fd, length, 0)
+    finally:
+        os.close(fd)
+    if len(data) != length or not data.endswith(b"\n"):
+        raise ValueError("the digests' log is shorter than its journal records")
+    found = {}
+    for line in data.splitlines():
+        start, d = json.loads(line)
+        if not (
+            type(start) is int
+            and start >= 0
+            and isinstance(d, dict)
+            and all(isinstance(k, str) and isinstance(v, str) for k, v in d.items())
+        ):
+            raise ValueError("digests")
+        found[start] = d
+    return found
 
 
 def open_journal(output: Path, resume: bool) -> Journal | None:

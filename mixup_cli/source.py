@@ -106,6 +106,15 @@ def open_source(
         for key in PROVENANCE_KEYS:
             if key in specs:
                 raise ParameterError(f"'{key}' is reserved for provenance in the output; rename the array", "--x-key")
+        for key in specs:
+            top = key.strip("/").split("/")[0]
+            if top in PROVENANCE_KEYS and top != key.strip("/"):
+                option = "--x-key" if key == x_key else "--y-key"
+                raise ParameterError(
+                    f"'{key}' would be written inside '{top}', the name of a provenance array of the output; "
+                    "rename the array (or its group)",
+                    option,
+                )
         prepared = prepare(reader, x_key, specs[x_key], y_key, specs.get(y_key), options or DataOptions())
         check_output_keys(prepared, x_key)
     except BaseException:

@@ -26,13 +26,15 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import stat
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from mixup_cli import digests, provenance, scratch
+from mixup_cli import beside, digests, provenance, scratch
 from mixup_cli.errors import InputError, MixupError
 from mixup_cli.io import open_reader
 from mixup_cli.sampling import PLAN_VERSION
@@ -107,7 +109,11 @@ def check_files(name: str, entry: dict, root: Path, hint: str = "") -> Check:
         if not path.exists():
             problems.append(f"{path}: not found{hint}")
             continue
-        size = path.stat().st_size
+        st = path.stat()
+        if not stat.S_ISREG(st.st_mode):  # a FIFO or device would be read for ever
+            problems.append(f"{path}: is {beside.kind(st.st_mode)}, not a file a run reads; the sidecar is wrong")
+            continue
+        size = st.st_size
         if size != item.get("size"):
             problems.append(f"{path}: size {size} bytes, the sidecar records {item.get('size')}")
             continue
@@ -144,6 +150,12 @@ def check_array_digests(entry: dict, output: Path, found: dict[str, str] | None 
         return None
     if scheme.get("scheme") != digests.SCHEME:
         return Check("output data", False, f"unknown digest scheme {scheme.get('scheme')!r}")
+    try:
+        sizes = int(scheme["block_rows"]), int(scheme["segment_rows"]), int(scheme.get("block_offset", 0))
+    except (KeyError, TypeError, ValueError):
+        sizes = (0, 0, 0)
+    if min(sizes[:2]) < 1 or sizes[2] < 0:
+        return Check("output data", False, "the sidecar's array_sha256 records impossible block sizes; it is damaged")
     arrays = entry["arrays"]
     problems = []
     if found is None or set(found) != set(arrays):
@@ -213,11 +225,33 @@ class CompareWriter:
             self.count[key] = self.count.get(key, 0) + len(rows)
 
 
+_VERIFY_SCRATCH = ".mixup-verify-"
+
+
 def _scratch_path(output: Path) -> Path:
     """Where a recomputation may put a scratch copy of the input: beside OUT
-    (hidden, one per process), or in the temporary folder if that is read-only."""
+    (hidden, one per process: ``.OUT.mixup-verify-HOST.PID.scratch.h5``), or in
+    the temporary folder if that is read-only. Copies a killed verify of
+    this host left (its process gone) are removed first."""
     folder = output.parent if os.access(output.parent, os.W_OK) else Path(tempfile.gettempdir())
-    return folder / f".{output.name}.mixup-verify-{os.getpid()}.scratch.h5"
+    prefix = f".{output.name}{_VERIFY_SCRATCH}"
+    _remove_stale(folder, prefix, ".scratch.h5")
+    return folder / f"{prefix}{socket.gethostname()}.{os.getpid()}.scratch.h5"
+
+
+def _remove_stale(folder: Path, prefix: str, suffix: str) -> None:
+    """Scratch copies named ``PREFIX HOST.PID SUFFIX`` whose process, on this
+    host, is gone; those of another host or a live process are left."""
+    from mixup_cli.sets.identity import process_gone
+
+    try:
+        names = [n for n in os.listdir(folder) if n.startswith(prefix) and n.endswith(suffix)]
+    except OSError:
+        return
+    for name in names:
+        host, _, pid = name[len(prefix) : -len(suffix)].rpartition(".")
+        if process_gone(host, pid):
+            beside.clear(folder / name)
 
 
 def _shape_problems(expected: dict, out_reader, output: Path) -> list[str]:
@@ -579,7 +613,8 @@ def _set_scratch(outdir: Path, what: str) -> Path:
     from mixup_cli.sets.identity import SET_PREFIX
 
     folder = outdir if os.access(outdir, os.W_OK) else Path(tempfile.gettempdir())
-    return folder / f"{SET_PREFIX}verify-{os.getpid()}.{what}"
+    _remove_stale(folder, f"{SET_PREFIX}verify-", f".{what}")
+    return folder / f"{SET_PREFIX}verify-{socket.gethostname()}.{os.getpid()}.{what}"
 
 
 def _layout_problem(view, layout) -> Check | None:

@@ -227,6 +227,24 @@ def test_sigint_at_steps_of_the_commit(source, references, tmp_path, stage):
     assert len(stderr.strip().splitlines()) == 1 and "Traceback" not in stderr
 
 
+@pytest.mark.parametrize("stage", ["progress", "staged", "output-in-place"])
+def test_sighup_is_handled_like_sigterm(source, references, tmp_path, stage):
+    """A terminal closed or an ssh session dropped: stopped at a checkpoint
+    (exit 129, the work kept for --resume), or, past the point of no
+    return, the commit finished (exit 0): never the new OUT without its sidecar."""
+    out = old_output(tmp_path, "out.h5", references)
+    rc, stderr = paused_run(["augment", source, out, "--seed", 2, "--overwrite", *ARGS], stage, signal.SIGHUP, tmp_path)
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in stderr, stderr
+    if stage == "output-in-place":
+        assert rc == 0 and "SIGHUP came too late to stop the run" in lines[0], stderr
+        assert state(out, expected(references, "out.h5")) == "new" and leftovers(tmp_path) == []
+    else:
+        assert rc == 129 and lines[0].startswith("Interrupted by SIGHUP: stopped at a checkpoint"), stderr
+        assert state(out, expected(references, "out.h5")) == "old"
+        assert f".{out.name}.mixup-partial.journal.json" in leftovers(tmp_path)
+
+
 @pytest.mark.slow  # timing: 16 whole runs signalled at random instants
 @pytest.mark.parametrize("name", ["out.h5", "out.npz", "out", "out.zarr"])
 def test_signals_at_random_instants_exit_code_matches_the_disk(source, references, tmp_path, name):

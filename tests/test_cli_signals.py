@@ -136,12 +136,13 @@ def test_sigkill_then_resume_gives_the_uninterrupted_arrays(how, tmp_path):
     proc.wait(timeout=10)
     (tmp_path / "paused.flag").unlink(missing_ok=True)
 
-    # Nothing that looks finished: only the hidden partial and its journal.
+    # Nothing that looks finished: only the hidden partial, its journal and the journal's digests.
     assert not out.exists() and not Path(f"{out}.provenance.json").exists()
     # (the lock file is released by the kernel and removed by the next run)
     assert partials(tmp_path) == [
         ".out.h5.mixup-partial",
         ".out.h5.mixup-partial.journal.json",
+        ".out.h5.mixup-partial.journal.json.log",
         ".out.h5.mixup-partial.lock",
     ]
     partial = tmp_path / ".out.h5.mixup-partial"
@@ -216,6 +217,7 @@ def test_interrupt_stops_at_a_checkpoint_and_resume_finishes(how, tmp_path, sign
     assert partials(tmp_path) == [
         ".out.h5.mixup-partial",
         ".out.h5.mixup-partial.journal.json",
+        ".out.h5.mixup-partial.journal.json.log",
         ".out.h5.mixup-partial.lock",
     ]
     assert out.read_bytes() == old_bytes  # --overwrite replaces only at the final commit

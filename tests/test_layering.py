@@ -38,7 +38,7 @@ LAYERS = [
             "atomic",
         ],
     ),
-    ("core", ["_version", "core", "errors", "_kernel"]),
+    ("core", ["_version", "core", "errors", "_kernel", "beside"]),
 ]
 CLI_ONLY = {"click"}  # third-party modules only cli/ may import
 

@@ -6,6 +6,7 @@ the library's exceptions into one-line messages and exit codes.
 
 from __future__ import annotations
 
+import os
 import sys
 
 from . import signals
@@ -183,7 +184,26 @@ cli.add_command(inspect)
 cli.add_command(preview)
 
 
+def _standard_streams() -> None:
+    """Standard streams the shell closed (``2>&-``) become the null device,
+    before anything else opens a file: otherwise the first file opened would
+    take descriptor 2 and the messages meant for stderr would be written
+    into it; and a run that cannot say anything still runs."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)  # the lowest free descriptor: this one
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+    for name, fd, mode in (("stdout", 1, "w"), ("stderr", 2, "w")):
+        if getattr(sys, name) is None:
+            setattr(sys, name, open(fd, mode, closefd=False))
+
+
 def main(args=None, prog_name="mixup"):
+    _standard_streams()
     signals.install()
     try:
         signals.started()

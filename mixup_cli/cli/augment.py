@@ -18,6 +18,7 @@ from .options import (
     batch_size_option,
     data_options,
     debug_option,
+    emit,
     json_option,
     keys_options,
     pairing_options,
@@ -212,7 +213,7 @@ def _augment_one(request, quiet: bool, as_json: bool) -> None:
         BarProgress(quiet), lambda bar: run_augment(request, progress=bar), lambda name: _stopped(output_path, name)
     )
     if as_json:
-        click.echo(json.dumps(result.summary(), sort_keys=True))
+        emit(json.dumps(result.summary(), sort_keys=True))
     elif not quiet and not result.already_complete:  # that case was said already
         click.echo(
             f"wrote {result.rows} rows to {result.output} in {result.seconds:.2f} s "
@@ -257,7 +258,7 @@ def _augment_set(request, inputs, inputs_from, shard, quiet: bool, as_json: bool
         lambda name: _stopped_set(outdir, name, written, shard is not None),
     )
     if as_json:
-        click.echo(json.dumps(result.summary(), sort_keys=True))
+        emit(json.dumps(result.summary(), sort_keys=True))
     elif not quiet:
         click.echo(_set_summary(result, outdir, shard is not None), err=True)
     atomic.test_pause("finished")

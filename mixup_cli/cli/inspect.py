@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from .options import debug_option, json_option
+from .options import debug_option, emit, json_option
 
 
 def _shape(values) -> str:
@@ -179,7 +179,7 @@ def inspect(path, as_json):
 
     if is_set_dir(path):
         info = describe_set(path)
-        click.echo(json.dumps(info, sort_keys=True) if as_json else render_set(info))
+        emit(json.dumps(info, sort_keys=True) if as_json else render_set(info))
         return
     info = describe(path)
-    click.echo(json.dumps(info, sort_keys=True) if as_json else render(info))
+    emit(json.dumps(info, sort_keys=True) if as_json else render(info))

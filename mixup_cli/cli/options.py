@@ -16,6 +16,8 @@ that uses them (``mixup --help`` stays fast).
 from __future__ import annotations
 
 import functools
+import os
+import sys
 from dataclasses import dataclass
 
 import click
@@ -65,6 +67,27 @@ def debug_option(f):
 
 
 JSON_HELP = "Print one JSON object on stdout when done."
+
+
+def emit(text: str) -> None:
+    """``text`` on stdout. When stdout is gone (a pipe whose reader has
+    ended: ``| head``, ``| true``) or full (``/dev/full``), what the command
+    did stays done and its exit code stands: one warning line on stderr,
+    and stdout goes to the null device (nothing more fails at exit)."""
+    try:
+        click.echo(text)
+        sys.stdout.flush()
+    except OSError as exc:
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+        except (OSError, ValueError):
+            pass
+        click.echo(
+            f"warning: could not print on stdout ({exc.strerror or exc}); the command's work is done all the same",
+            err=True,
+        )
 
 
 def json_option(f=None, *, help=JSON_HELP):

@@ -1,7 +1,8 @@
-"""SIGINT and SIGTERM stop a run through the library's own cleanup.
+"""SIGINT, SIGTERM and SIGHUP stop a run through the library's own cleanup.
 
 The handler raises in the main thread (``KeyboardInterrupt``, or its
-subclass ``Terminated`` for SIGTERM); ``augment`` then stops at a clean
+subclass ``Terminated`` for SIGTERM and SIGHUP: a terminal closed, an ssh
+session dropped); ``augment`` then stops at a clean
 checkpoint and keeps its partial files for ``--resume``. A Python exception
 raised from a signal handler can land in a finalizer and be swallowed
 there; the signal is therefore also remembered, and ``check()`` (called on
@@ -27,6 +28,8 @@ import signal
 import sys
 
 EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}  # 128 + signal number
+if hasattr(signal, "SIGHUP"):
+    EXIT_CODES[signal.SIGHUP] = 129
 
 _pending: int | None = None
 _starting = False  # installed while the command imports: remember, never raise
@@ -38,11 +41,15 @@ _LOCK_MODULES = ("threading", "queue")  # looked up when needed: this module mus
 
 
 class Terminated(KeyboardInterrupt):
-    """SIGTERM, delivered like Ctrl-C."""
+    """SIGTERM (or SIGHUP), delivered like Ctrl-C."""
+
+    def __init__(self, signum: int = signal.SIGTERM):
+        super().__init__()
+        self.signum = signum
 
 
 def _exception(signum: int) -> KeyboardInterrupt:
-    return Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+    return KeyboardInterrupt() if signum == signal.SIGINT else Terminated(signum)
 
 
 def _unsafe(frame) -> bool:
@@ -115,7 +122,7 @@ def _unraisable(info, _default=sys.unraisablehook):
 
 
 def install() -> None:
-    """Handle SIGINT and SIGTERM, unless they were ignored when we started (nohup)."""
+    """Handle SIGINT, SIGTERM and SIGHUP, unless they were ignored when we started (nohup)."""
     for signum in EXIT_CODES:
         if signal.getsignal(signum) is not signal.SIG_IGN:
             signal.signal(signum, _on_signal)
@@ -210,5 +217,5 @@ def settle() -> None:
 
 def describe(exc: KeyboardInterrupt) -> tuple[str, int]:
     """The signal's name and the exit code for an interruption."""
-    signum = signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT
+    signum = getattr(exc, "signum", signal.SIGTERM) if isinstance(exc, Terminated) else signal.SIGINT
     return signal.Signals(signum).name, EXIT_CODES[signum]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from .options import batch_size_option, debug_option, json_option, quiet_option
+from .options import batch_size_option, debug_option, emit, json_option, quiet_option
 from .progress import BarProgress
 
 
@@ -67,13 +67,13 @@ def verify(output_path, input_path, batch_size, quiet, as_json):
         _echo_set(report, quiet, as_json)
         return
     if as_json:
-        click.echo(json.dumps(report.to_dict(), sort_keys=True))
+        emit(json.dumps(report.to_dict(), sort_keys=True))
     else:
         if not quiet:
             for check in report.checks:
-                click.echo(f"{'ok' if check.ok else 'FAIL':<5} {check.name}: {check.detail}")
+                emit(f"{'ok' if check.ok else 'FAIL':<5} {check.name}: {check.detail}")
         failed = [check.name for check in report.checks if not check.ok]
-        click.echo("OK" if report.ok else f"FAILED: {', '.join(failed)}")
+        emit("OK" if report.ok else f"FAILED: {', '.join(failed)}")
     if not report.ok:
         raise click.exceptions.Exit(1)
 
@@ -81,19 +81,19 @@ def verify(output_path, input_path, batch_size, quiet, as_json):
 def _echo_set(report, quiet: bool, as_json: bool) -> None:
     """A set's report: one line per output checked, one per problem, then the verdict."""
     if as_json:
-        click.echo(json.dumps(report.to_dict(), sort_keys=True))
+        emit(json.dumps(report.to_dict(), sort_keys=True))
     else:
         if not quiet:
             for _k, found in sorted(report.reports.items()):
                 if found.ok:
-                    click.echo(f"ok    {found.output}: {', '.join(c.name for c in found.checks)}")
+                    emit(f"ok    {found.output}: {', '.join(c.name for c in found.checks)}")
         for line in report.problems:
-            click.echo(f"FAIL  {line}")
+            emit(f"FAIL  {line}")
         verified = sum(r.ok for r in report.reports.values())
         if report.ok:
-            click.echo(f"OK: set {report.set_id[:12]}, all {report.outputs} outputs present and verified")
+            emit(f"OK: set {report.set_id[:12]}, all {report.outputs} outputs present and verified")
         else:
-            click.echo(
+            emit(
                 f"FAILED: set {report.set_id[:12]}, {report.outputs - len(report.missing)} of {report.outputs} "
                 f"outputs present, {verified} verified, {len(report.problems)} "
                 f"problem{'s' if len(report.problems) != 1 else ''}"

@@ -236,9 +236,10 @@ class Writer(ABC):
         return DamagedPartial(f"{path}: the partial output is damaged ({reason})")
 
     def read(self, key: str, start: int, stop: int) -> np.ndarray | None:
-        """Rows already written, where a kill may have left them misplaced
-        (resume checks them against the journal's digests: compressed HDF5,
-        whose chunk index changes as rows stream), else None."""
+        """Rows already written, as the partial output holds them: ``--resume``
+        checks every journaled block against the journal's digests before it
+        keeps them (a kill never makes them differ; a partial damaged or
+        changed otherwise does). None: this format cannot read them back."""
         return None
 
     def suspend(self) -> None:

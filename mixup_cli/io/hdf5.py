@@ -16,6 +16,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from mixup_cli import beside
 from mixup_cli.errors import InputError, OutputError
 from mixup_cli.io import base
 from mixup_cli.io.base import GZIP_LEVEL, ArraySpec, WriteOptions
@@ -912,7 +913,10 @@ class Writer(base.Writer):
         super().__init__(path, specs, options)
         self._failed = False
         try:
-            self._file = h5py.File(self.path, "w", **_writer_cache(options))
+            # Created where nothing is (HDF5's exclusive create: O_CREAT | O_EXCL, never
+            # through a link); whatever sat at this temporary name is removed first.
+            beside.clear(self.path)
+            self._file = h5py.File(self.path, "x", **_writer_cache(options))
         except OSError as exc:
             if _is_lock_error(exc):
                 raise OutputError(f"{self.path}: cannot create HDF5 file: {_LOCK_HINT}") from None
@@ -960,7 +964,21 @@ class Writer(base.Writer):
             for key, c in self._chunk_rows.items():
                 self._offsets[key] = plain_chunk_offsets(self._datasets[key], c)
             if any(v is not None for v in self._offsets.values()):
-                self._fd = os.open(self.path, os.O_WRONLY)
+                self._fd = self._same_file(os.O_WRONLY)
+
+    def _same_file(self, flags: int) -> int:
+        """A second descriptor on the file HDF5 has open, by name but checked
+        to be that very file (no link, not swapped since)."""
+        fd = os.open(self.path, flags | beside.NOFOLLOW | beside.CLOEXEC)
+        try:
+            st, held = os.fstat(fd), os.fstat(self._file.id.get_vfd_handle())
+        except BaseException:
+            os.close(fd)
+            raise
+        if (st.st_dev, st.st_ino) != (held.st_dev, held.st_ino):
+            os.close(fd)
+            raise OutputError(f"{self.path}: was replaced by another file while mixup wrote it; run again")
+        return fd
 
     def write(self, key: str, start: int, data: np.ndarray) -> None:
         try:
@@ -1046,9 +1064,8 @@ class Writer(base.Writer):
             raise
 
     def read(self, key: str, start: int, stop: int) -> np.ndarray | None:
-        # Raw-written arrays need no check: their metadata never changed after creation.
-        if self._offsets.get(key) is not None:
-            return None
+        # Through HDF5, whichever way the rows were written: on a reopened file
+        # nothing of them is cached, so this reads what the disk holds.
         return self._datasets[key][start:stop]
 
     @classmethod
@@ -1057,12 +1074,17 @@ class Writer(base.Writer):
         self = cls.__new__(cls)
         base.Writer.__init__(self, path, specs, options)
         self._failed = False
+        if not beside.plain_file(self.path):
+            raise cls.damaged(self.path, "not a regular file")
         try:
             self._file = h5py.File(self.path, "r+", **_writer_cache(options))
         except OSError as exc:
             if _is_lock_error(exc):
                 raise OutputError(f"{self.path}: cannot resume: {_LOCK_HINT}") from None
             raise cls.damaged(self.path, "HDF5 cannot open it") from None
+        if not beside.same_file(self._file.id.get_vfd_handle(), self.path):  # a link swapped in meanwhile
+            self._file.close()
+            raise cls.damaged(self.path, "replaced while it was opened")
         try:
             self._datasets = {key: self._file[key] for key in specs}
             for key, spec in specs.items():

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mixup_cli import beside
 from mixup_cli.errors import InputError, ParameterError
 from mixup_cli.io import base
 from mixup_cli.io.base import ArraySpec, WriteOptions
@@ -104,6 +105,8 @@ class Writer(base.Writer):
     def reopen(cls, path: Path, specs: dict[str, ArraySpec], options: WriteOptions) -> Writer:
         self = cls.__new__(cls)
         base.Writer.__init__(self, path, specs, options)
+        if not beside.plain_tree(self.path):
+            raise cls.damaged(self.path, "not a directory of regular files: mixup never makes links there")
         try:
             self._maps = NpyMaps(self.path, specs, reopen=True)
         except (OSError, ValueError) as exc:
@@ -112,6 +115,9 @@ class Writer(base.Writer):
 
     def flush(self) -> None:
         self._maps.flush()
+
+    def read(self, key: str, start: int, stop: int) -> np.ndarray:
+        return self._maps.read(key, start, stop)
 
     def write(self, key: str, start: int, data: np.ndarray) -> None:
         self._maps.write(key, start, data)

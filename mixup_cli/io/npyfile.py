@@ -153,6 +153,10 @@ class NpyMaps:
     def write(self, key: str, start: int, data: np.ndarray) -> None:
         self._maps[key][start : start + len(data)] = data
 
+    def read(self, key: str, start: int, stop: int) -> np.ndarray:
+        """A copy of rows already written (what the file holds: the map is the page cache)."""
+        return np.array(self._maps[key][start:stop])
+
     def flush(self) -> None:
         for arr in self._maps.values():
             if isinstance(arr, np.memmap):

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mixup_cli import beside
 from mixup_cli.errors import InputError
 from mixup_cli.io import base
 from mixup_cli.io.base import ArraySpec, WriteOptions
@@ -198,9 +199,7 @@ class Writer(base.Writer):
         for key in specs:
             member_path(key)  # refused before anything is made
         self._staging = self.path.with_name(self.path.name + ".staging")
-        if self._staging.exists():
-            shutil.rmtree(self._staging)
-        self._staging.mkdir()
+        beside.create_dir(self._staging)  # what was there removed, a link itself, never followed
         self._maps: NpyMaps | None = NpyMaps(self._staging, specs)
 
     @classmethod
@@ -208,8 +207,10 @@ class Writer(base.Writer):
         self = cls.__new__(cls)
         base.Writer.__init__(self, path, specs, options)
         self._staging = self.path.with_name(self.path.name + ".staging")
-        if not self._staging.is_dir():
+        if beside.lstat(self._staging) is None:
             # Killed after the archive was packed: it only waits to be renamed.
+            if not beside.plain_file(self.path):
+                raise cls.damaged(self.path, "not a regular file")
             try:
                 with zipfile.ZipFile(self.path) as zf:
                     names = set(zf.namelist())
@@ -219,6 +220,8 @@ class Writer(base.Writer):
                 raise cls.damaged(self.path, str(exc)) from None
             self._maps = None
             return self
+        if not beside.plain_tree(self._staging):
+            raise cls.damaged(self._staging, "holds links or special files, which mixup never makes")
         try:
             self._maps = NpyMaps(self._staging, specs, reopen=True)
         except (OSError, ValueError) as exc:
@@ -233,11 +236,18 @@ class Writer(base.Writer):
         self._maps.write(key, start, data)
 
     def close(self) -> None:
+        if getattr(self, "_packed", None) is not None:
+            self._packed.close()
+            self._packed = None
         if not self._maps:
             return
         self._maps.close()
         method = zipfile.ZIP_DEFLATED if self.options.compression == "gzip" else zipfile.ZIP_STORED
-        with zipfile.ZipFile(self.path, "w", compression=method, allowZip64=True) as zf:
+        # A new file where nothing is, never through a link planted at the name.
+        with (
+            os.fdopen(beside.create_file(self.path), "w+b") as fh,
+            zipfile.ZipFile(fh, "w", compression=method, allowZip64=True) as zf,
+        ):
             for key in self.specs:
                 name = member_path(key)
                 info = zipfile.ZipInfo.from_file(self._staging / name, arcname=name)
@@ -250,9 +260,9 @@ class Writer(base.Writer):
         # Out of reopen()'s sight in one rename, then removed: interrupted
         # half-way through removing it, --resume would find a staging half gone.
         done = self._staging.with_name(self._staging.name + ".done")
-        shutil.rmtree(done, ignore_errors=True)
+        beside.clear(done)
         os.rename(self._staging, done)
-        shutil.rmtree(done)
+        beside.clear(done)
 
     def suspend(self) -> None:
         if self._maps:  # the staged arrays stay, unpacked, for --resume
@@ -260,8 +270,19 @@ class Writer(base.Writer):
         self._maps = None
 
     def abort(self) -> None:
+        if getattr(self, "_packed", None) is not None:
+            self._packed.close()
+            self._packed = None
         self._maps = None
-        shutil.rmtree(self._staging, ignore_errors=True)
+        beside.clear(self._staging)
+
+    def read(self, key: str, start: int, stop: int) -> np.ndarray:
+        """Rows already written: from the staged arrays, or the packed archive."""
+        if self._maps:
+            return self._maps.read(key, start, stop)
+        if getattr(self, "_packed", None) is None:
+            self._packed = Reader(self.path)
+        return np.array(self._packed.read(key, start, stop))
 
     def files(self) -> list[Path]:
         return [Path(".")]

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mixup_cli import atomic
+from mixup_cli import atomic, beside
 from mixup_cli.errors import InputError, OutputError, ParameterError
 from mixup_cli.io import base
 from mixup_cli.io.base import GZIP_LEVEL, ArraySpec, WriteOptions
@@ -173,6 +173,7 @@ class Writer(base.Writer):
         super().__init__(path, specs, options)
         zarr = import_zarr(self.path, for_output=True)
         try:
+            beside.create_dir(self.path)  # the store's own new folder: never through a link at its name
             self._group = zarr.open_group(store=str(self.path), mode="w-", zarr_format=options.zarr_format)
         except (OSError, FileExistsError) as exc:
             raise OutputError(f"{self.path}: cannot create Zarr store: {exc}") from None
@@ -196,6 +197,8 @@ class Writer(base.Writer):
         self = cls.__new__(cls)
         base.Writer.__init__(self, path, specs, options)
         zarr = import_zarr(self.path, for_output=True)
+        if not beside.plain_tree(self.path):
+            raise cls.damaged(self.path, "not a directory of regular files: mixup never makes links there")
         try:
             self._group = zarr.open_group(store=str(self.path), mode="r+")
             self._arrays = {key: self._group[key] for key in specs}
@@ -227,6 +230,9 @@ class Writer(base.Writer):
                 # running in zarr's event loop; they must end before cleanup.
                 _wait_for_zarr_writes()
                 raise
+
+    def read(self, key: str, start: int, stop: int) -> np.ndarray:
+        return np.asarray(self._arrays[key][start:stop])
 
     def parallel_target(self) -> ParallelTarget:
         return ParallelTarget(str(self.path.resolve()), {key: arr.chunks[0] for key, arr in self._arrays.items()})

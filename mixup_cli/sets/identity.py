@@ -91,6 +91,10 @@ def section(layout: SetLayout, k: int, part: Part, sid: str) -> dict:
     return record
 
 
+# More outputs (or parts) than this in a sidecar is a damaged or hand-made record, not a set.
+MAX_OUTPUTS = 10_000_000
+
+
 def read_section(record: dict, label: str) -> dict | None:
     """A sidecar's ``set`` section, checked; None for an output of one input."""
     found = record.get("set")
@@ -99,9 +103,10 @@ def read_section(record: dict, label: str) -> dict | None:
     try:
         ok = (
             isinstance(found["set_id"], str)
-            and 0 <= int(found["index"]) < int(found["outputs"])
+            and 0 <= int(found["index"]) < int(found["outputs"]) <= MAX_OUTPUTS
             and isinstance(found["input"]["name"], str)
-            and int(found["part"]["count"]) >= 1
+            and 1 <= int(found["part"]["count"]) <= MAX_OUTPUTS
+            and (found.get("inputs") is None or len(found["inputs"]) == int(found["outputs"]))
         )
     except (KeyError, TypeError, ValueError):
         ok = False
@@ -236,7 +241,6 @@ def remove_stale(outdir: Path) -> None:
     """Remove the manifests staged and the scratch copies made by processes
     of this host that are gone (killed before removing them); those of
     another host, or of a live process, may be in use and are left."""
-    import os
     import socket
 
     host = socket.gethostname()
@@ -249,13 +253,23 @@ def remove_stale(outdir: Path) -> None:
         if suffix is None:
             continue
         who, _, pid = entry.name[len(SET_PREFIX) : -len(suffix)].rpartition(".")
-        if not (who == host or who.endswith("." + host)) or not pid.isdigit() or int(pid) == os.getpid():
-            continue
-        if not _alive(int(pid)):
+        if process_gone(who, pid, host):
             try:
                 entry.unlink()
             except OSError:
                 pass
+
+
+def process_gone(who: str, pid: str, host: str | None = None) -> bool:
+    """Whether the process ``pid`` named in a scratch name with host ``who``
+    (``I-N.HOST`` for a part) ran on this host and is gone."""
+    import os
+    import socket
+
+    host = host or socket.gethostname()
+    if not (who == host or who.endswith("." + host)) or not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    return not _alive(int(pid))
 
 
 def _alive(pid: int) -> bool:

@@ -216,7 +216,11 @@ def _write_part(
                 job = _job(
                     request, source, concat, plan, outputs, k, tasks.pop(k), result.set_id, part, state, run_source
                 )
-                held = _write_one(request, source, plan, job, progress, started_at, t0)
+                try:
+                    held = _write_one(request, source, plan, job, progress, started_at, t0)
+                except MixupError as exc:
+                    _say_written(exc, result.written)
+                    raise
                 result.written.append(outputs[k])
                 if n + 1 < len(todo):
                     progress.between(held.caught)
@@ -224,6 +228,19 @@ def _write_part(
                     result.late_signals = tuple(held.caught)
     result.seconds = time.perf_counter() - t0
     return result
+
+
+def _say_written(exc: MixupError, written: list[Path]) -> None:
+    """An output of the part failed after others were committed: its message
+    says which are written (they stay; --resume skips them)."""
+    if not written:
+        return
+    names = ", ".join(p.name for p in written[:5]) + (f" and {len(written) - 5} more" if len(written) > 5 else "")
+    exc.args = (
+        f"{exc}; {len(written)} output(s) of this part were written before it and stay: {names} "
+        "(--resume writes the rest)",
+        *exc.args[1:],
+    )
 
 
 def _drop_stale_lock(output: Path) -> None:
