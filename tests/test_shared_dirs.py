@@ -526,7 +526,11 @@ def test_label_kernel_on_wide_targets_keeps_its_batches_small(tmp_path):
 def _one_line(result, code: int) -> str:
     assert result.returncode == code, (result.returncode, result.stderr)
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
+    # A data error reads "Error: ..."; a usage error names the command and its help.
+    prefix = "Error: " if code == 1 else "mixup "
+    assert len(lines) == 1 and lines[0].startswith(prefix), result.stderr
+    if code == 2:
+        assert lines[0].endswith("--help'"), result.stderr
     for name in ("ZeroDivisionError", "OverflowError", "ValueError", "ContainsGroupError", "RuntimeWarning"):
         assert name not in result.stderr
     return lines[0]
