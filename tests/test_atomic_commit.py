@@ -23,8 +23,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from click.testing import CliRunner
-from conftest import REPO, default_signals, make_arrays, mixup_executable, write_h5
+from conftest import REPO, cli_runner, default_signals, make_arrays, mixup_executable, write_h5
 
 from mixup_cli.cli import cli
 
@@ -127,7 +126,7 @@ def references(source, tmp_path_factory):
         for label, seed in (("old", 1), ("new", 2)):
             out = base / label / name
             out.parent.mkdir(exist_ok=True)
-            done = CliRunner().invoke(cli, ["augment", str(source), str(out), "--seed", str(seed), *ARGS])
+            done = cli_runner().invoke(cli, ["augment", str(source), str(out), "--seed", str(seed), *ARGS])
             assert done.exit_code == 0, done.output
             refs[name][label] = (read_arrays(out), sidecar_of(out), out)
     return refs
@@ -295,7 +294,7 @@ def test_sigkill_in_the_commit_is_finished_or_rolled_back(source, references, tm
 
     # The next command on OUT recognises the half-done commit (here: verify).
     result = run_cli("verify", out)
-    assert "half-done" not in result.output
+    assert "half-done" not in result.stdout + result.stderr
     warning = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
     assert len(warning) == 1, result.stderr
     want = KILL_STAGES[stage]

@@ -21,9 +21,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from conftest import (
     REPO,
+    cli_runner,
     default_signals,
     load_output,
     make_arrays,
@@ -55,7 +55,7 @@ def mixup(*args, timeout=120):
 
 def uninterrupted(*args):
     """The reference run, in-process: the interrupted and resumed runs are the real processes."""
-    done = CliRunner().invoke(cli, [str(a) for a in args] + ["--quiet"])
+    done = cli_runner().invoke(cli, [str(a) for a in args] + ["--quiet"])
     assert done.exit_code == 0, done.output
 
 

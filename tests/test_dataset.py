@@ -11,8 +11,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from click.testing import CliRunner
-from conftest import make_arrays, write_h5
+from conftest import cli_runner, make_arrays, write_h5
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -24,7 +23,7 @@ N = 53
 
 
 def augment(*args):
-    result = CliRunner().invoke(cli, ["augment", *map(str, args), "--quiet"], catch_exceptions=False)
+    result = cli_runner().invoke(cli, ["augment", *map(str, args), "--quiet"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     return result
 

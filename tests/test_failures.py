@@ -16,7 +16,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from conftest import REPO, load_output, make_arrays, mixup_executable, write_h5, write_npy_dir, write_npz
+from conftest import REPO, cli_runner, load_output, make_arrays, mixup_executable, write_h5, write_npy_dir, write_npz
 
 from mixup_cli.errors import ParameterError
 
@@ -277,11 +277,9 @@ CASES = {
 def run_in_process(args):
     """The command line in this process (click's runner), as a CompletedProcess;
     an exception that escapes the command fails the test, as a traceback would."""
-    from click.testing import CliRunner
-
     from mixup_cli.cli import cli
 
-    result = CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+    result = cli_runner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
     return subprocess.CompletedProcess(args, result.exit_code, result.stdout, result.stderr)
 
 

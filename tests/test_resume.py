@@ -21,8 +21,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from click.testing import CliRunner
-from conftest import REPO, load_output, make_arrays, mixup_executable, read_sidecar, write_h5
+from conftest import REPO, cli_runner, load_output, make_arrays, mixup_executable, read_sidecar, write_h5
 
 from mixup_cli.cli import cli
 
@@ -108,7 +107,7 @@ def reference(src, tmp_path, name, *extra) -> dict[str, np.ndarray]:
     if key not in _REFERENCES:
         ref = tmp_path / f"ref-{len(_REFERENCES)}" / name  # one folder per reference: a test may need two
         ref.parent.mkdir()
-        done = CliRunner().invoke(cli, ["augment", str(src), str(ref), *ARGS, *map(str, extra), "--quiet"])
+        done = cli_runner().invoke(cli, ["augment", str(src), str(ref), *ARGS, *map(str, extra), "--quiet"])
         assert done.exit_code == 0, done.output
         _REFERENCES[key] = load_output(ref)
     return _REFERENCES[key]
