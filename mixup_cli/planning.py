@@ -21,6 +21,7 @@ from mixup_cli.sampling import (
     INDEX_PAIRINGS,
     KNN_PAIRINGS,
     PLAN_VERSION,
+    PLAN_VERSIONS,
     Plan,
     default_block_rows,
     draw_seed,
@@ -69,9 +70,11 @@ def build_plan(
     bandwidth: float | None = None,
     balance: bool = False,
     balance_to: int | None = None,
+    plan_version: int = PLAN_VERSION,
 ) -> Plan:
     """The plan of a run over ``source`` (seed drawn when None; ``x_key`` and
-    ``y_key`` as asked, the source's own by default)."""
+    ``y_key`` as asked, the source's own by default; ``plan_version`` a
+    sidecar's, to recompute an output of an earlier version)."""
     x_key = x_key or next(iter(source.specs))
     y_key = source.y_key if y_key is None else y_key
     block_rows = block_rows or default_block_rows(source.row_bytes)
@@ -111,6 +114,7 @@ def build_plan(
         partners=partners,
         balance_to=balance_to if balance_wanted else None,
         own=own,
+        version=plan_version,
         **options,
     )
 
@@ -119,12 +123,8 @@ def plan_from_sidecar(parameters: dict, source: Source) -> Plan:
     """The plan a sidecar's ``parameters`` record, rebuilt over ``source``
     (its indexes found again); a usage error when they are incomplete or of
     another plan version."""
-    if parameters.get("plan_version") != PLAN_VERSION:
-        raise ParameterError(
-            f"the sidecar's plan_version is {parameters.get('plan_version')!r}, this mixup-cli computes "
-            f"version {PLAN_VERSION}; verify with the mixup-cli version that wrote it",
-            "OUT",
-        )
+    if parameters.get("plan_version") not in PLAN_VERSIONS:
+        raise ParameterError(version_problem(parameters), "OUT")
     missing = [
         key
         for key, default in _RECORDED.items()
@@ -136,7 +136,16 @@ def plan_from_sidecar(parameters: dict, source: Source) -> Plan:
         raise ParameterError(f"the sidecar lacks the parameter '{missing[0]}'", "OUT")
     kwargs = {key: parameters.get(key, default) for key, default in _RECORDED.items()}
     kwargs["balance"] = bool(kwargs["balance"])
-    return build_plan(source, **kwargs)
+    return build_plan(source, plan_version=parameters["plan_version"], **kwargs)
+
+
+def version_problem(parameters: dict) -> str:
+    """Why a sidecar's plan cannot be computed: a plan version this code lacks."""
+    versions = " and ".join(map(str, PLAN_VERSIONS))
+    return (
+        f"the sidecar's plan_version is {parameters.get('plan_version')!r}, this mixup-cli computes "
+        f"versions {versions}; verify with the mixup-cli version that wrote it"
+    )
 
 
 def _class_index(source: Source) -> ClassIndex:

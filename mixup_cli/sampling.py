@@ -9,12 +9,20 @@ and the result does not depend on how many rows are read or written at once.
 Pairing modes:
 
 ``global``
-    For each copy the blocks are put in a random cyclic order; a block takes
-    its partners from the next block of that cycle, one partner per row, from
-    a random permutation of that block's rows. Partners thus come from
-    anywhere in the dataset, while the input is still read as whole,
-    contiguous blocks: walking the cycle keeps the partner block in memory as
-    the next step's own block, so each block is read about once per copy.
+    Each output row's partner is uniform over all the plan's rows,
+    independently of every other row's (i.i.d., with replacement), whatever
+    the block layout, the input's order, the batch size or the engine. A
+    block's partners are drawn by its own keyed generator, so a block is
+    still computed alone; they lie anywhere in the input and are read by
+    index (sorted, unique), as the class pairings' are. With one block they
+    come from the block itself, in memory.
+
+    Plan version 1 (before ``PLAN_VERSION`` 2) put the blocks in a
+    random cycle per copy and took each block's partners from a random
+    permutation of the next block's rows: never from a row's own block, and
+    a short last block's few rows were the partners of a whole block. That
+    law is still computed for sidecars of version 1 (``Plan.version``), so
+    their outputs verify.
 ``batch``
     The reference behaviour: a row's partner is a random row of its own block.
 ``within-class`` / ``between-class``
@@ -55,7 +63,10 @@ METHODS = ("mixup", "cutmix")
 
 # Bumped whenever the mapping from (seed, parameters) to output changes, so
 # that an old sidecar is never silently checked against a new plan.
-PLAN_VERSION = 1
+# 2: ``global`` partners i.i.d. uniform over all rows (1: the block cycle).
+PLAN_VERSION = 2
+# The versions this code computes (a sidecar of any of them verifies).
+PLAN_VERSIONS = (1, 2)
 
 # Key "purposes": each use of randomness has its own stream.
 _CYCLE = 0
@@ -140,9 +151,13 @@ class Plan:
     # the plan's rows are then these, ``n_rows = len(own)``. None: the input's rows.
     balance_to: int | None = None  # rows per class (None: the largest class's count)
     own: np.ndarray | None = field(default=None, compare=False, repr=False)
+    # The plan version computed (``PLAN_VERSIONS``); a sidecar's own for verify and resume.
+    version: int = PLAN_VERSION
 
     def __post_init__(self):
         check_alpha(self.alpha)
+        if self.version not in PLAN_VERSIONS:
+            raise ValueError(f"plan_version {self.version!r}, this code computes {', '.join(map(str, PLAN_VERSIONS))}")
         if self.method not in METHODS:
             raise ParameterError(f"--method must be one of {', '.join(METHODS)}, got {self.method!r}", "--method")
         if self.method != "cutmix":
@@ -211,9 +226,16 @@ class Plan:
         """First output row of ``copy`` (-1 is the original, written first)."""
         return (copy + int(self.include_original)) * self.n_rows
 
+    @property
+    def by_index(self) -> bool:
+        """Whether the plan's partners are read by index (not from a partner block)."""
+        if self.pairing == "global":
+            return self.version >= 2 and self.n_blocks > 1
+        return self.pairing in BY_INDEX_PAIRINGS
+
     def block_order(self, copy: int) -> np.ndarray:
-        """The order blocks are visited in; for global pairing, the cycle."""
-        if self.pairing == "global" and self.n_blocks > 1:
+        """The order blocks are visited in; for global pairing of plan version 1, the cycle."""
+        if self.pairing == "global" and self.version == 1 and self.n_blocks > 1:
             return keyed_rng(self.seed, _CYCLE, copy).permutation(self.n_blocks)
         return np.arange(self.n_blocks)
 
@@ -225,10 +247,10 @@ class Plan:
         for copy in range(self.copies):
             order = self.block_order(copy)
             for t, b in enumerate(order):
-                if self.pairing in BY_INDEX_PAIRINGS:
+                if self.by_index:
                     yield self._task(copy, int(b), None)
                     continue
-                partner = order[(t + 1) % len(order)] if self.pairing == "global" else b
+                partner = order[(t + 1) % len(order)] if self.pairing == "global" and self.version == 1 else b
                 yield self._task(copy, int(b), int(partner))
 
     def _task(self, copy: int, block: int, partner_block: int | None) -> Task:
@@ -242,6 +264,9 @@ class Plan:
             return np.ones(n), np.arange(task.start, task.stop, dtype=np.int64)
         rng = keyed_rng(self.seed, _ROWS, task.copy, task.block)
         lam = sample_lam(rng, self.alpha, n)
+        if self.pairing == "global" and self.version >= 2:
+            # i.i.d. uniform over every row of the plan (one block: its own rows)
+            return lam, rng.integers(0, self.n_rows, n, dtype=np.int64)
         if task.partner_block is None and self.pairing in INDEX_PAIRINGS:
             if self.partners is None:
                 raise ValueError(f"--pairing {self.pairing} needs the partner index of the rows")
@@ -273,8 +298,8 @@ class Plan:
         plan's ``rows_per_copy`` instead). What is derived from the input
         (``classes``, ``partners``, ``own``) is not recorded: a pairing that
         needs it takes it here (``planning.plan_from_sidecar`` builds it)."""
-        if record.get("plan_version") != PLAN_VERSION:
-            raise ValueError(f"plan_version {record.get('plan_version')!r}, this code computes {PLAN_VERSION}")
+        if record.get("plan_version") not in PLAN_VERSIONS:
+            raise ValueError(f"plan_version {record.get('plan_version')!r}, this code computes {PLAN_VERSIONS}")
         optional = ("layout", "neighbors", "project", "bandwidth", "balance_to")
         fields = {key: record[key] for key in ("alpha", "seed", "block_rows", "pairing", "copies", "include_original")}
         fields.update({key: record.get(key) for key in optional}, method=record.get("method", "mixup"))
@@ -282,6 +307,7 @@ class Plan:
             n_rows = int(record["rows_per_copy"])
         else:
             fields["balance_to"] = None
+        fields["version"] = record["plan_version"]
         return cls(n_rows=n_rows, classes=classes, partners=partners, own=own, **fields)
 
     def to_dict(self) -> dict:
@@ -305,5 +331,5 @@ class Plan:
             "include_original": self.include_original,
             "method": self.method,
             "layout": self.layout,
-            "plan_version": PLAN_VERSION,
+            "plan_version": self.version,
         }

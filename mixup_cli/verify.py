@@ -35,7 +35,7 @@ import numpy as np
 from mixup_cli import digests, provenance, scratch
 from mixup_cli.errors import InputError, MixupError
 from mixup_cli.io import open_reader
-from mixup_cli.sampling import PLAN_VERSION
+from mixup_cli.sampling import PLAN_VERSIONS
 
 # Parameters a sidecar must record for the output to be recomputed.
 _REQUIRED = ("alpha", "seed", "x_key", "pairing", "copies", "include_original", "block_rows")
@@ -248,20 +248,9 @@ def recompute(record: dict, output: Path, input_path: Path, batch_size: int | No
     from mixup_cli.source import open_source
 
     params = record.get("parameters") or {}
-    if params.get("plan_version") != PLAN_VERSION:
-        return (
-            Check(
-                "recompute",
-                False,
-                f"the sidecar's plan_version is {params.get('plan_version')!r}, this mixup-cli computes "
-                f"version {PLAN_VERSION}; verify with the mixup-cli version that wrote it",
-            ),
-            None,
-            None,
-        )
-    missing = [key for key in _REQUIRED if key not in params]
-    if missing:
-        return Check("recompute", False, f"the sidecar lacks the parameter '{missing[0]}'"), None, None
+    problem = _parameters_problem(params)
+    if problem is not None:
+        return problem, None, None
 
     source = None
     try:
@@ -544,12 +533,12 @@ def _verify_outputs(
 
 
 def _parameters_problem(params: dict) -> Check | None:
-    if params.get("plan_version") != PLAN_VERSION:
+    if params.get("plan_version") not in PLAN_VERSIONS:
         return Check(
             "recompute",
             False,
-            f"the sidecar's plan_version is {params.get('plan_version')!r}, this mixup-cli computes version "
-            f"{PLAN_VERSION}; verify with the mixup-cli version that wrote it",
+            f"the sidecar's plan_version is {params.get('plan_version')!r}, this mixup-cli computes versions "
+            f"{' and '.join(map(str, PLAN_VERSIONS))}; verify with the mixup-cli version that wrote it",
         )
     missing = [key for key in _REQUIRED if key not in params]
     return Check("recompute", False, f"the sidecar lacks the parameter '{missing[0]}'") if missing else None

@@ -1,0 +1,256 @@
+"""Every pairing is the law it documents: statistical tests on real outputs.
+
+Each test runs ``augment`` on a real file, reads the output's own ``partner``
+(``own``, ``lam``, ``box``) arrays back with h5py, and tests them against the
+documented law. Tolerances are derived, not tuned: every statistical check
+rejects at a false-alarm rate of ``FALSE_ALARM`` = 1e-6 under the law
+(two-sided where a statistic can err both ways), from the exact law of the
+statistic or from its normal / chi-square approximation where each cell
+expects at least 5 counts (the usual condition for the chi-square
+approximation; the tests keep it at 10 or more). Seeds are fixed, so a run is
+deterministic; the bound says how unlikely a correct sampler is to fail.
+
+Each law test has a control: a planted wrong law (the block cycle that plan
+version 1 drew for ``global``, a reused last block, a permutation where the
+law is i.i.d., partners from the own block only) that the same statistic,
+at the same bound, rejects.
+
+Sizes sit around block boundaries (N = B+1, 2B-1, 2.5B), with 1, 2, 3 and
+many blocks, on input sorted by class and shuffled.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import load_output, write_h5
+from scipy import stats
+
+from mixup_cli.pipeline import AugmentRequest, augment
+
+FALSE_ALARM = 1e-6
+# |z| beyond this has probability FALSE_ALARM under a standard normal (two-sided).
+Z = stats.norm.isf(FALSE_ALARM / 2)  # 4.89
+
+
+# ---------------------------------------------------------------- statistics
+
+
+def chi2_p(observed, expected, df: int) -> float:
+    """Two-sided p-value of Pearson's chi-square of ``observed`` against
+    ``expected`` with ``df`` degrees of freedom: too far (upper tail) or too
+    close (lower tail: a permutation where the law is i.i.d.) both count."""
+    observed, expected = np.asarray(observed, float).ravel(), np.asarray(expected, float).ravel()
+    assert expected.min() >= 5, f"chi-square approximation needs >= 5 expected per cell, got {expected.min():.2f}"
+    stat = float(np.sum((observed - expected) ** 2 / expected))
+    return 2 * min(stats.chi2.sf(stat, df), stats.chi2.cdf(stat, df))
+
+
+def pair_table_p(own_group, partner_group, prob) -> float:
+    """The (own group, partner group) table against rows that draw their
+    partner's group independently with probabilities ``prob`` (one per
+    group): each own group's row of the table is multinomial with fixed
+    total, so df = groups x (groups - 1)."""
+    g = len(prob)
+    table = np.zeros((g, g))
+    np.add.at(table, (own_group, partner_group), 1)
+    expected = table.sum(axis=1, keepdims=True) * np.asarray(prob)[None, :]
+    keep = expected.sum(axis=1) > 0
+    return chi2_p(table[keep], expected[keep], int(keep.sum()) * (g - 1))
+
+
+def bernoulli_sum_z(hits, probs) -> float:
+    """z of a sum of independent Bernoulli(probs) indicators (normal approximation)."""
+    probs = np.asarray(probs, float)
+    return (float(np.sum(hits)) - probs.sum()) / np.sqrt(np.sum(probs * (1 - probs)))
+
+
+def max_count_bound(draws: int, n: int) -> int:
+    """The smallest k with P(some row is drawn >= k times) <= FALSE_ALARM when
+    ``draws`` partners are i.i.d. uniform over ``n`` rows (union bound over
+    rows: n x P(Binomial(draws, 1/n) >= k))."""
+    k = 1
+    while n * stats.binom.sf(k - 1, draws, 1 / n) > FALSE_ALARM:
+        k += 1
+    return k
+
+
+def unused_z(partner_by_copy, n: int) -> float:
+    """z of the number of rows left unused as partners, summed over copies,
+    against n partners i.i.d. uniform over n rows per copy (occupancy:
+    mean n q, variance n q + n (n-1) (1-2/n)^n - n^2 q^2, q = (1-1/n)^n)."""
+    unused = sum(n - len(np.unique(p)) for p in partner_by_copy)
+    q = (1 - 1 / n) ** n
+    var = n * q + n * (n - 1) * (1 - 2 / n) ** n - (n * q) ** 2
+    copies = len(partner_by_copy)
+    return (unused - copies * n * q) / np.sqrt(copies * var)
+
+
+# ---------------------------------------------------------------- runs and planted laws
+
+
+def run(tmp_path, x, y=None, name="out", **options) -> dict[str, np.ndarray]:
+    """``augment`` on a real HDF5 file of ``x`` (and ``y``); the output's arrays."""
+    src = tmp_path / f"{name}-in.h5"
+    if not src.exists():
+        write_h5(src, chunks=False, x=x, y=np.zeros(len(x), np.int64) if y is None else y)
+    out = tmp_path / f"{name}.h5"
+    augment(AugmentRequest(src, out, alpha=0.4, seed=options.pop("seed", 7), **options))
+    return load_output(out)
+
+
+def by_copy(arr, n: int) -> np.ndarray:
+    """An output array as (copies, n)."""
+    return np.asarray(arr).reshape(-1, n)
+
+
+def block_of(rows, block_rows: int):
+    return np.asarray(rows) // block_rows
+
+
+def block_sizes(n: int, block_rows: int) -> np.ndarray:
+    return np.diff(np.minimum(np.arange(0, n + block_rows, block_rows), n))
+
+
+def planted_block_cycle(n: int, block_rows: int, copies: int, seed: int = 0) -> np.ndarray:
+    """The law plan version 1 drew for ``global``: per copy, blocks in a random
+    cycle, each block's partners a random permutation (repeated to cover it)
+    of the next block's rows."""
+    rng = np.random.default_rng(seed)
+    k = -(-n // block_rows)
+    out = np.empty((copies, n), np.int64)
+    for c in range(copies):
+        order = rng.permutation(k)
+        for t, b in enumerate(order):
+            nb = order[(t + 1) % k]
+            s, e = b * block_rows, min(n, (b + 1) * block_rows)
+            ps, pe = nb * block_rows, min(n, (nb + 1) * block_rows)
+            pool = np.concatenate([rng.permutation(pe - ps) for _ in range(-(-(e - s) // (pe - ps)))])
+            out[c, s:e] = ps + pool[: e - s]
+    return out
+
+
+def planted_permutation(n: int, copies: int, seed: int = 0) -> np.ndarray:
+    """A uniform random permutation of all rows per copy (not i.i.d.)."""
+    rng = np.random.default_rng(seed)
+    return np.stack([rng.permutation(n) for _ in range(copies)])
+
+
+def planted_own_block(n: int, block_rows: int, copies: int, seed: int = 0) -> np.ndarray:
+    """i.i.d. uniform over the row's own block only."""
+    rng = np.random.default_rng(seed)
+    rows = np.arange(n)
+    start = rows // block_rows * block_rows
+    size = np.minimum(start + block_rows, n) - start
+    return np.stack([start + (rng.random(n) * size).astype(np.int64) for _ in range(copies)])
+
+
+# ---------------------------------------------------------------- global: i.i.d. uniform over all N rows
+
+
+def row_groups(rows, n: int, groups: int = 10):
+    """Rows cut into ``min(n, groups)`` contiguous groups of near-equal size."""
+    g = min(n, groups)
+    return np.asarray(rows) * g // n
+
+
+def group_probs(n: int, groups: int = 10) -> np.ndarray:
+    return np.bincount(row_groups(np.arange(n), n, groups)) / n
+
+
+def global_pair_p(partner_by_copy, n: int) -> float:
+    """The (own row's group, partner's group) table against i.i.d. uniform
+    partners; groups of rows, 10 at most (single rows up to N = 10)."""
+    own = np.broadcast_to(np.arange(n), partner_by_copy.shape).ravel()
+    return pair_table_p(row_groups(own, n), row_groups(partner_by_copy.ravel(), n), group_probs(n))
+
+
+B = 8  # block rows of the small runs: N = 9 (B+1), 15 (2B-1), 20 (2.5B), 8 (one block), 40 (five blocks)
+
+
+@pytest.mark.parametrize("n, block_rows", [(9, B), (15, B), (20, B), (8, B), (40, B), (20, 2)])
+def test_global_partner_is_iid_uniform_over_every_row(tmp_path, n, block_rows):
+    """Each output row's partner is uniform over all N rows, whatever block it
+    is in, and independent of the others: every cell of the (row group,
+    partner group) table expects its share, and per copy the number of rows
+    nobody takes as partner is that of N draws with replacement."""
+    smallest = np.bincount(row_groups(np.arange(n), n)).min()
+    copies = int(-(-10 * n // smallest**2))  # each cell expects >= (smallest x copies) x smallest / n >= 10
+    x = np.arange(n, dtype=np.float32)[:, None]
+    partner = by_copy(run(tmp_path, x, block_rows=block_rows, copies=copies)["partner"], n)
+    assert partner.min() >= 0 and partner.max() < n
+    assert global_pair_p(partner, n) >= FALSE_ALARM
+    assert abs(unused_z(partner, n)) <= Z
+    # Controls, same statistics and bounds: the block cycle (with one block,
+    # a permutation of it), and a uniform permutation of all rows.
+    cycle = planted_block_cycle(n, block_rows, copies)
+    if n > block_rows:
+        assert global_pair_p(cycle, n) < FALSE_ALARM
+    else:
+        assert abs(unused_z(cycle, n)) > Z
+    assert abs(unused_z(planted_permutation(n, copies), n)) > Z
+
+
+@pytest.mark.parametrize("order", ["sorted", "shuffled"])
+@pytest.mark.parametrize("block_rows", [1000, 1024, 333, 4000])
+def test_global_on_classes_is_independent_random_pairing(tmp_path, order, block_rows):
+    """4 classes of 1,000 rows: same-class pairs have probability 1/4 per row
+    and the partner's block is independent of the row's own, whether the
+    file is sorted by class (blocks of 1000 rows: one class each) or not."""
+    n, classes = 4000, 4
+    labels = np.repeat(np.arange(classes), n // classes)
+    if order == "shuffled":
+        labels = np.random.default_rng(1).permutation(labels)
+    x = np.arange(n, dtype=np.float32)[:, None]
+    out = run(tmp_path, x, labels, block_rows=block_rows)
+    partner = out["partner"]
+    same_p = np.full(n, 1 / classes)
+    assert abs(bernoulli_sum_z(labels[partner] == labels, same_p)) <= Z
+    k = -(-n // block_rows)
+    # the table of blocks (a tail of a few rows counted with the block before it)
+    k_table = k - 1 if n % block_rows and n % block_rows < 100 else k
+    blocks = lambda rows: np.minimum(block_of(rows, block_rows), k_table - 1)  # noqa: E731
+    sizes = np.bincount(blocks(np.arange(n)))
+    if k_table > 1:
+        assert pair_table_p(blocks(np.arange(n)), blocks(partner), sizes / n) >= FALSE_ALARM
+    # control: the block cycle gives no same-class pair on sorted input, no own-block pair at all
+    cycle = planted_block_cycle(n, block_rows, 1)[0]
+    if k_table > 1:
+        assert pair_table_p(blocks(np.arange(n)), blocks(cycle), sizes / n) < FALSE_ALARM
+    if order == "sorted" and block_rows in (1000, 333):
+        assert abs(bernoulli_sum_z(labels[cycle] == labels, same_p)) > Z
+
+
+@pytest.mark.parametrize("n, block_rows", [(1001, 1000), (2001, 1000), (1999, 1000), (2500, 1000)])
+def test_global_never_reuses_a_short_last_block(tmp_path, n, block_rows):
+    """N = B+1: plan version 1 gave all B rows of the first block the one row of
+    the last block as partner. No row may be drawn more often than i.i.d.
+    uniform draws allow at 1e-6 (union bound over rows), in any block."""
+    x = np.arange(n, dtype=np.float32)[:, None]
+    partner = run(tmp_path, x, block_rows=block_rows)["partner"]
+    bound = max_count_bound(n, n)
+    assert np.bincount(partner, minlength=n).max() < bound
+    # the own block's share is that of uniform partners
+    sizes = block_sizes(n, block_rows)
+    share_p = (sizes / n)[block_of(np.arange(n), block_rows)]
+    assert abs(bernoulli_sum_z(block_of(partner, block_rows) == block_of(np.arange(n), block_rows), share_p)) <= Z
+    cycle = planted_block_cycle(n, block_rows, 1)[0]
+    if n % block_rows <= 10:  # a tail of a few rows, reused by a whole block
+        assert np.bincount(cycle, minlength=n).max() >= bound
+    assert abs(bernoulli_sum_z(block_of(cycle, block_rows) == block_of(np.arange(n), block_rows), share_p)) > Z
+
+
+@pytest.mark.slow
+def test_global_over_many_blocks(tmp_path):
+    """100 blocks of 64 rows (and a tail of 17): partner blocks, grouped by ten
+    blocks, independent of the own block's group; multiplicities of groups of
+    rows as for i.i.d. draws."""
+    n, block_rows, copies = 6417, 64, 4
+    x = np.arange(n, dtype=np.float32)[:, None]
+    partner = by_copy(run(tmp_path, x, block_rows=block_rows, copies=copies)["partner"], n)
+    group = lambda rows: np.minimum(block_of(rows, block_rows * 10), 9)  # noqa: E731  (the tail with the 10th)
+    sizes = np.bincount(group(np.arange(n)))
+    own = np.broadcast_to(np.arange(n), partner.shape).ravel()
+    assert pair_table_p(group(own), group(partner.ravel()), sizes / n) >= FALSE_ALARM
+    cycle = planted_block_cycle(n, block_rows, copies).ravel()
+    assert pair_table_p(group(own), group(cycle), sizes / n) < FALSE_ALARM
