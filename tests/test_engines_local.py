@@ -422,6 +422,7 @@ def test_take_equals_fancy_indexing(take_files, layout):
             ):
                 for rows in TAKE_ROWS:
                     _check_take(reader, expected, rows)
+                    _check_take(reader, expected, np.unique(rows))  # sorted and unique: read as they are
                 # Memory: one reused buffer of at most a chunk (or a window).
                 chunks = reader._datasets["x"].chunks
                 bound = chunks[0] * row_bytes if chunks else window
@@ -444,6 +445,7 @@ def test_hypothesis_take_equals_fancy_indexing(take_files, layout, rows, gap_row
         hdf5.Reader(path) as reader,
     ):
         _check_take(reader, expected, rows)
+        _check_take(reader, expected, np.unique(rows))
 
 
 def test_take_reads_a_compressed_chunk_once(take_files, monkeypatch):

@@ -702,6 +702,8 @@ class Reader(base.Reader):
             return out
         if rows[0] < 0 or rows[-1] >= ds.shape[0]:
             raise IndexError(f"{self.path}: rows of '{key}' out of range 0..{ds.shape[0] - 1}")
+        if raw and self._raw_take(key, rows, out):
+            return out
         row_bytes = out.nbytes // len(rows)
         group = ds.chunks[0] if ds.chunks else max(1, TAKE_WINDOW_BYTES // row_bytes)
         # A raw read costs little more than the bytes it copies: long gaps are
@@ -716,6 +718,33 @@ class Reader(base.Reader):
             if not whole:
                 np.take(dest, rows[first:stop] - lo, axis=0, out=out[first:stop], mode="clip")
         return out
+
+    def _raw_take(self, key: str, rows: np.ndarray, out: np.ndarray) -> bool:
+        """Sorted, unique ``rows`` of plain bytes (contiguous, or chunks of
+        whole rows) straight into ``out``: each row's file offset computed at
+        once, rows adjacent in the file read in one call. False (nothing
+        read) where the layout does not allow it."""
+        row_bytes, chunked, offset = self._raw_layout(key)
+        rows = np.asarray(rows, dtype=np.int64)
+        if not chunked:
+            file_at = offset + rows * row_bytes
+        else:
+            chunk_bytes, chunk_rows, per_row = self._stream(key)
+            if per_row != 1:
+                return False
+            offsets, sizes, masks = self._chunk_index(key)
+            k = rows // chunk_rows
+            at = offsets[k]
+            if (at < 0).any() or masks[k].any() or (sizes[k] < chunk_bytes).any():
+                return False  # unallocated (fill value) or unusual chunk: let HDF5 do it
+            file_at = at + (rows - k * chunk_rows) * row_bytes
+        new = np.ones(len(rows), dtype=bool)
+        new[1:] = file_at[1:] != file_at[:-1] + row_bytes
+        starts = np.flatnonzero(new)
+        counts = np.diff(np.append(starts, len(rows))) * row_bytes
+        pieces = zip(file_at[starts].tolist(), (starts * row_bytes).tolist(), counts.tolist())
+        base.pread_pieces(self._fd(self._ds(key)), memoryview(out).cast("B"), pieces, f"{self.path}: '{key}'")
+        return True
 
     def _buffer(self, like: np.ndarray, rows: int) -> np.ndarray:
         """A C-contiguous array of ``rows`` rows shaped like ``like``'s, in
