@@ -23,6 +23,7 @@ LAYERS = [
         [
             "mixing",
             "sampling",
+            "law",
             "balance",
             "classes",
             "neighbours",

@@ -254,3 +254,81 @@ def test_global_over_many_blocks(tmp_path):
     assert pair_table_p(group(own), group(partner.ravel()), sizes / n) >= FALSE_ALARM
     cycle = planted_block_cycle(n, block_rows, copies).ravel()
     assert pair_table_p(group(own), group(cycle), sizes / n) < FALSE_ALARM
+
+
+# ---------------------------------------------------------------- verify tests the law too
+
+
+def law_line(result) -> str:
+    return next(line for line in result.stdout.splitlines() if " law: " in line)
+
+
+def global_output(tmp_path, n=3000, block_rows=500, copies=2):
+    x = np.random.default_rng(3).standard_normal((n, 3)).astype(np.float32)
+    labels = np.repeat(np.arange(6), n // 6)
+    src = write_h5(tmp_path / "in.h5", chunks=False, x=x, y=labels)
+    out = tmp_path / "out.h5"
+    augment(AugmentRequest(src, out, alpha=0.4, seed=11, block_rows=block_rows, copies=copies))
+    return src, out
+
+
+def test_verify_reports_the_law_it_tested(tmp_path, run_cli):
+    _, out = global_output(tmp_path)
+    result = run_cli("verify", out)
+    assert result.exit_code == 0, result.stdout
+    line = law_line(result)
+    assert line.startswith("ok") and "partner counts" in line and "own-block share" in line
+
+
+def test_verify_fails_an_output_whose_partners_follow_the_block_cycle(tmp_path, run_cli):
+    """Partners replaced by the old block-cycle law, x and y recomputed from
+    them by the formula: the law check names what is implausible."""
+    import h5py
+
+    src, out = global_output(tmp_path)
+    with h5py.File(src, "r") as f:
+        x, y = f["x"][()], np.eye(6, dtype=np.float32)[f["y"][()]]
+    n = len(x)
+    with h5py.File(out, "r+") as f:
+        lam = f["lam"][()]
+        partner = planted_block_cycle(n, 500, 2).ravel()
+        l32 = lam.astype(np.float32)[:, None]
+        f["partner"][...] = partner
+        f["x"][...] = l32 * np.concatenate([x, x]) + (1 - l32) * x[partner]
+        if "y" in f and f["y"].ndim == 2:
+            f["y"][...] = l32 * np.concatenate([y, y]) + (1 - l32) * y[partner]
+    result = run_cli("verify", out)
+    assert result.exit_code == 1
+    line = law_line(result)
+    assert line.startswith("FAIL") and "own block" in line and "p < 1e-06" in line
+
+
+def test_verify_fails_a_planted_wrong_plan_that_the_bytes_match(tmp_path, run_cli, monkeypatch):
+    """A planner that draws the block cycle while recording plan version 2:
+    every byte matches its own recomputation, the law does not."""
+    import dataclasses
+
+    from mixup_cli import sampling
+
+    tasks, draw = sampling.Plan.tasks, sampling.Plan.draw
+    as_cycle = lambda plan: dataclasses.replace(plan, version=1)  # noqa: E731
+    monkeypatch.setattr(sampling.Plan, "tasks", lambda self: tasks(as_cycle(self)))
+    monkeypatch.setattr(sampling.Plan, "draw", lambda self, task: draw(as_cycle(self), task))
+    _, out = global_output(tmp_path)
+    result = run_cli("verify", out)
+    assert result.exit_code == 1
+    checks = {line.split(":")[0].split()[-1]: line.split()[0] for line in result.stdout.splitlines() if ":" in line}
+    assert checks["recompute"] == "ok" and checks["data"] == "ok"
+    assert law_line(result).startswith("FAIL")
+
+
+def test_outputs_of_plan_version_1_verify_under_their_own_version(tmp_path, run_cli):
+    x = np.arange(41, dtype=np.float32)[:, None]
+    src = write_h5(tmp_path / "in.h5", x=x, y=np.arange(41) % 3)
+    out = tmp_path / "out.h5"
+    augment(AugmentRequest(src, out, seed=2, block_rows=8, copies=2, plan_version=1))
+    partner = by_copy(load_output(out)["partner"], 41)
+    assert not np.any(block_of(partner, 8) == block_of(np.arange(41), 8))  # the block cycle
+    result = run_cli("verify", out)
+    assert result.exit_code == 0, result.stdout
+    assert "plan version 1" in law_line(result)
