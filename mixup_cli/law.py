@@ -15,9 +15,10 @@ rate of ``FALSE_ALARM`` (1e-6) under the law:
   (c) the share of partners in the row's own block against the blocks'
   sizes, by Bernstein's inequality (exact for any sum of independent
   indicators, no approximation).
-* ``batch``: each block's partners, per copy, are its own rows, each once
-  (concatenated permutations of the block, which is one permutation since a
-  block has as many rows as partners): checked exactly.
+* ``batch``: each group's partners, per copy, are its own rows, each once
+  (a permutation of the group): checked exactly. A group is a block, or
+  (plan version 2) the last two blocks when the last is shorter than half a
+  block.
 * ``within-class`` / ``between-class``: every partner's class is (is not) its
   row's, exactly, from the input's labels (``classes``).
 * lam (``--method mixup``): Beta(alpha, alpha), chi-square over 20 bins of
@@ -70,6 +71,7 @@ class Law:
     classes: np.ndarray | None = None  # class of every input row (class pairings)
     # False: the partners are drawn over rows other than the input's (--balance), not tested but by class
     partner_law: bool = True
+    version: int = 2  # the plan version (1: batch groups are the blocks, tail included)
     problems: list[str] = field(default_factory=list)
 
     def __post_init__(self):
@@ -83,6 +85,7 @@ class Law:
         self.lam_counts = np.zeros(LAM_BINS, np.int64)
         self.lam_rows = 0
         self.batch_bad: tuple[int, int] | None = None
+        self._pending: tuple[np.ndarray, np.ndarray, int] | None = None  # rows of a group not complete yet
         self.class_bad: int | None = None
         self.rows_seen = 0
 
@@ -127,16 +130,31 @@ class Law:
             self.own_block[1] += float(p.sum())
             self.own_block[2] += float(np.sum(p * (1 - p)))
 
+    def group_stop(self, row: int) -> int:
+        """The end of the batch pairing group that starts at ``row``."""
+        n, b = self.n_rows, self.block_rows
+        stop = min(n, row + b)
+        if self.version >= 2 and stop < n and 2 * (n - stop) < b:
+            return n  # a short last block goes with the one before it
+        return stop
+
     def _batch(self, own: np.ndarray, partner: np.ndarray, at: int) -> None:
-        """Rows fed in whole blocks of one copy: each block's partners are its rows, once."""
-        if self.batch_bad is not None:
-            return
-        b = self.block_rows
-        for s in range(0, len(own), b):
-            rows, got = own[s : s + b], np.sort(partner[s : s + b])
-            if not np.array_equal(got, np.arange(rows[0], rows[0] + len(rows))):
-                self.batch_bad = (at + s, int(rows[0]) // b)
+        """Rows fed in order, groups whole or continued by the next call: each
+        group's partners are its rows, once."""
+        if self._pending is not None:
+            p_own, p_partner, at = self._pending
+            own, partner = np.concatenate([p_own, own]), np.concatenate([p_partner, partner])
+            self._pending = None
+        s = 0
+        while s < len(own) and self.batch_bad is None:
+            first = int(own[s])
+            e = s + self.group_stop(first) - first
+            if e > len(own):  # the rest of the group comes with the next rows
+                self._pending = (own[s:], partner[s:], at + s)
                 return
+            if not np.array_equal(np.sort(partner[s:e]), np.arange(first, first + e - s)):
+                self.batch_bad = (at + s, first // self.block_rows)
+            s = e
 
     def result(self) -> tuple[bool, str]:
         """Whether the rows fed are plausible under the law, and a line saying what was tested."""
@@ -163,9 +181,10 @@ class Law:
             if self.batch_bad is not None:
                 row, block = self.batch_bad
                 self.problems.append(
-                    f"output rows from {row}: the partners of block {block} are not a permutation of its rows"
+                    f"output rows from {row}: the partners of the rows of block {block} (and the short last "
+                    "block, when it goes with it) are not a permutation of those rows"
                 )
-            tested.append("partners within their block, each row once")
+            tested.append("partners within their group of rows, each row once")
         elif self.classes is not None:
             if self.class_bad is not None:
                 what = "another class" if self.pairing == "within-class" else "its own class"

@@ -24,7 +24,12 @@ Pairing modes:
     law is still computed for sidecars of version 1 (``Plan.version``), so
     their outputs verify.
 ``batch``
-    The reference behaviour: a row's partner is a random row of its own block.
+    The reference behaviour: a row's partners, per copy, are a random
+    permutation of its block's rows. Plan version 2: a last block shorter
+    than half a block is paired together with the block before it (one
+    permutation of both: ``pair_group``), so no group of rows is smaller
+    than half a block (version 1 left it alone: a one-row tail was its own
+    partner).
 ``within-class`` / ``between-class``
     A row's partner is drawn uniformly from the rows of the same / of any
     other class in the whole dataset (``mixup_cli.classes``), keyed per copy
@@ -72,6 +77,8 @@ PLAN_VERSIONS = (1, 2)
 _CYCLE = 0
 _ROWS = 1
 _BOXES = 2
+# (3: balance's own rows) 4: the permutation of a batch pairing group of two blocks
+_GROUP = 4
 # At most this many tasks (blocks x copies) in one run: the resume journal
 # and the sidecar's digests keep an entry per block, and a run must not spend
 # its first minutes on a plan that would never finish (--copies 1000000000).
@@ -233,6 +240,18 @@ class Plan:
             return self.version >= 2 and self.n_blocks > 1
         return self.pairing in BY_INDEX_PAIRINGS
 
+    def pair_group(self, block: int) -> tuple[int, int]:
+        """The rows ``batch`` pairing draws ``block``'s partners from: the
+        block, or (plan version 2, a last block shorter than half a block)
+        the last two blocks together."""
+        start, stop = self.block_bounds(block)
+        k = self.n_blocks
+        if self.pairing != "batch" or self.version < 2 or k < 2 or block < k - 2:
+            return start, stop
+        if 2 * (self.n_rows - (k - 1) * self.block_rows) >= self.block_rows:
+            return start, stop
+        return (k - 2) * self.block_rows, self.n_rows
+
     def block_order(self, copy: int) -> np.ndarray:
         """The order blocks are visited in; for global pairing of plan version 1, the cycle."""
         if self.pairing == "global" and self.version == 1 and self.n_blocks > 1:
@@ -251,7 +270,9 @@ class Plan:
                     yield self._task(copy, int(b), None)
                     continue
                 partner = order[(t + 1) % len(order)] if self.pairing == "global" and self.version == 1 else b
-                yield self._task(copy, int(b), int(partner))
+                if self.pair_group(int(b)) != self.block_bounds(int(b)):
+                    partner = None  # a group of two blocks: partners read by index
+                yield self._task(copy, int(b), None if partner is None else int(partner))
 
     def _task(self, copy: int, block: int, partner_block: int | None) -> Task:
         start, stop = self.block_bounds(block)
@@ -271,11 +292,15 @@ class Plan:
             if self.partners is None:
                 raise ValueError(f"--pairing {self.pairing} needs the partner index of the rows")
             return lam, self.partners.draw_partners(rng, task.start, task.stop)
-        if task.partner_block is None:
+        if task.partner_block is None and self.pairing in CLASS_PAIRINGS:
             if self.classes is None:
                 raise ValueError(f"--pairing {self.pairing} needs the class index of the rows")
             same = self.pairing == "within-class"
             return lam, self.classes.draw_partners(rng, task.start, task.stop, same)
+        if task.partner_block is None:  # batch: a group of two blocks, one permutation of it
+            g_start, g_stop = self.pair_group(task.block)
+            group = keyed_rng(self.seed, _GROUP, task.copy, g_start // self.block_rows).permutation(g_stop - g_start)
+            return lam, group[task.start - g_start : task.stop - g_start].astype(np.int64) + g_start
         p_start, p_stop = self.block_bounds(task.partner_block)
         partner = _cover(rng, p_stop - p_start, n).astype(np.int64) + p_start
         return lam, partner

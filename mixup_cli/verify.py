@@ -388,6 +388,7 @@ def check_law(params: dict, output: Path, input_path: Path | None) -> Check | No
             lam_is_beta=params.get("method", "mixup") == "mixup",
             classes=classes,
             partner_law=not balanced,
+            version=int(params.get("plan_version", 1)),
         )
         first = segments - copies  # the original rows come first, unmixed
         piece = max(1, _LAW_PIECE_ROWS // block_rows) * block_rows

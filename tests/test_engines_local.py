@@ -34,6 +34,7 @@ PLANS = [
     dict(pairing="global", copies=1, include_original=False, block_rows=64),  # one block
     # plan version 1 (the block cycle), still computed to verify its outputs
     dict(pairing="global", copies=2, include_original=True, block_rows=5, version=1),
+    dict(pairing="batch", copies=1, include_original=False, block_rows=16, version=1),  # its tail of 5 alone
 ]
 
 
@@ -47,7 +48,9 @@ def reference_output(x, y, seed, alpha, block_rows, pairing="global", copies=1, 
     numpy: no block cache, no kernel, no engine. Keys (purpose, copy, block):
     (1, copy, block) draws the block's lam (Beta) then its partners: for
     global pairing, i.i.d. uniform over all rows; for batch, concatenated
-    permutations of the block's rows. Plan version 1's global pairing: (0,
+    permutations of the block's rows, but for a last block shorter than half
+    a block, paired with the one before it: (4, copy, first block of the two)
+    permutes the two blocks' rows. Plan version 1's global pairing: (0,
     copy) orders the blocks of a copy in a cycle, and a block's partners are
     concatenated permutations of the next block's rows. Floats are mixed in
     their own dtype, lam rounded to it first, as the README states."""
@@ -69,6 +72,13 @@ def reference_output(x, y, seed, alpha, block_rows, pairing="global", copies=1, 
             lam_parts.append(rng.beta(alpha, alpha, stop - start))
             if pairing == "global" and version == 2:
                 partner_parts.append(rng.integers(0, n, stop - start, dtype=np.int64))
+                continue
+            short_tail = n_blocks > 1 and 2 * (n - (n_blocks - 1) * block_rows) < block_rows
+            if pairing == "batch" and version == 2 and short_tail and b >= n_blocks - 2:
+                # the last two blocks are one group: one permutation of it, keyed (4, copy, first block)
+                first = (n_blocks - 2) * block_rows
+                group = keyed(seed, 4, copy, n_blocks - 2).permutation(n - first)
+                partner_parts.append(group[start - first : stop - first].astype(np.int64) + first)
                 continue
             p_start, p_stop = bounds[partner_of[b]]
             perms = [rng.permutation(p_stop - p_start) for _ in range(-(-(stop - start) // (p_stop - p_start)))]

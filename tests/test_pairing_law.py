@@ -332,3 +332,86 @@ def test_outputs_of_plan_version_1_verify_under_their_own_version(tmp_path, run_
     result = run_cli("verify", out)
     assert result.exit_code == 0, result.stdout
     assert "plan version 1" in law_line(result)
+
+
+# ---------------------------------------------------------------- batch: a permutation of the row's group
+
+
+def batch_groups(n: int, block_rows: int) -> list[tuple[int, int]]:
+    """The documented groups: blocks, the last two together when the last is
+    shorter than half a block."""
+    bounds = [(s, min(n, s + block_rows)) for s in range(0, n, block_rows)]
+    if len(bounds) > 1 and 2 * (bounds[-1][1] - bounds[-1][0]) < block_rows:
+        bounds[-2:] = [(bounds[-2][0], n)]
+    return bounds
+
+
+def batch_law_problems(partner_by_copy, n: int, block_rows: int) -> list[str]:
+    """Exact: per copy, each group's partners are a permutation of its rows.
+    Statistical: over copies, each (row, partner) cell of a group expects
+    copies / size (a uniform permutation's marginals); chi-square per group."""
+    problems = []
+    for s, e in batch_groups(n, block_rows):
+        part = partner_by_copy[:, s:e]
+        if not all(np.array_equal(np.sort(p), np.arange(s, e)) for p in part):
+            problems.append(f"group {s}:{e} is not a permutation of its rows")
+            continue
+        table = np.zeros((e - s, e - s))
+        np.add.at(table, (np.broadcast_to(np.arange(e - s), part.shape), part - s), 1)
+        expected = np.full_like(table, len(part) / (e - s))
+        # each row of the table is multinomial over the group (df (size-1) per row,
+        # less the (size-1) constraints of the columns' fixed totals)
+        if e - s > 1 and chi2_p(table, expected, (e - s - 1) ** 2) < FALSE_ALARM:
+            problems.append(f"group {s}:{e}: partners not uniform")
+    return problems
+
+
+def planted_batch_v1(n: int, block_rows: int, copies: int, seed: int = 0) -> np.ndarray:
+    """Plan version 1's batch: a permutation of each block, a short tail alone."""
+    rng = np.random.default_rng(seed)
+    out = np.empty((copies, n), np.int64)
+    for c in range(copies):
+        for s in range(0, n, block_rows):
+            e = min(n, s + block_rows)
+            out[c, s:e] = s + rng.permutation(e - s)
+    return out
+
+
+@pytest.mark.parametrize("n", [9, 15, 20, 8, 41, 3])
+def test_batch_partners_are_a_permutation_of_the_rows_group(tmp_path, n):
+    """N = B+1 (a one-row tail: paired within the 9 rows), 2B-1, 2.5B (a tail
+    of half a block stays alone), one block, five blocks and a tail of one."""
+    copies = 10 * (B + B // 2)  # >= 10 expected per cell of a group of at most 1.5 B rows
+    x = np.arange(n, dtype=np.float32)[:, None]
+    partner = by_copy(run(tmp_path, x, block_rows=B, copies=copies, pairing="batch")["partner"], n)
+    assert batch_law_problems(partner, n, B) == []
+    sizes = [e - s for s, e in batch_groups(n, B)]
+    assert min(sizes) >= min(n, B // 2) and max(sizes) < 1.5 * B + 1
+    if n > B and 2 * (n % B) < B and n % B:  # control: version 1's lone tail (the row is its own partner)
+        assert batch_law_problems(planted_batch_v1(n, B, copies), n, B) != []
+
+
+def test_batch_on_sorted_classes_pairs_within_blocks(tmp_path):
+    """Sorted by class, blocks of one class: batch pairs are all same-class
+    (its documented behaviour), where global gives 1/4."""
+    n = 4000
+    labels = np.repeat(np.arange(4), n // 4)
+    out = run(tmp_path, np.arange(n, dtype=np.float32)[:, None], labels, block_rows=1000, pairing="batch")
+    assert np.all(labels[out["partner"]] == labels)
+
+
+def test_verify_tests_batch_groups(tmp_path, run_cli):
+    """A batch output verifies with its groups tested exactly; partners
+    edited to version 1's lone tail (the row its own partner) fail the law."""
+    import h5py
+
+    n = 41
+    src = write_h5(tmp_path / "in.h5", x=np.arange(n, dtype=np.float32)[:, None], y=np.arange(n) % 3)
+    out = tmp_path / "out.h5"
+    augment(AugmentRequest(src, out, seed=2, block_rows=8, copies=3, pairing="batch"))
+    result = run_cli("verify", out)
+    assert result.exit_code == 0 and "each row once" in law_line(result)
+    with h5py.File(out, "r+") as f:
+        f["partner"][...] = planted_batch_v1(n, 8, 3).ravel()
+    line = law_line(run_cli("verify", out))
+    assert line.startswith("FAIL") and "block 4" in line and "not a permutation" in line
