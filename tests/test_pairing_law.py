@@ -417,3 +417,156 @@ def test_verify_tests_batch_groups(tmp_path, run_cli):
         f["partner"][...] = np.tile((np.arange(n) + 1) % n, 3)
     line = law_line(run_cli("verify", out))
     assert line.startswith("FAIL") and "block 0" in line and "not a permutation" in line
+
+
+# ---------------------------------------------------------------- class pairings: uniform over the allowed rows
+
+
+def conditional_table_p(keys, observed_groups, probs) -> float:
+    """Rows grouped by ``keys`` (rows of one key share a law), each drawing a
+    group with probabilities ``probs(key)``: per key, the counts over groups
+    against those probabilities (Pearson chi-square, df = cells - 1 per key,
+    summed; cells expecting under 5 pooled into one, a pool still under 5 is
+    added to the largest cell). A count in a cell of probability 0 is p = 0."""
+    stat, df = 0.0, 0
+    for key in np.unique(keys, axis=0):
+        mine = np.all(keys == key, axis=1) if keys.ndim > 1 else keys == key
+        prob = np.asarray(probs(key), float)
+        got = np.bincount(observed_groups[mine], minlength=len(prob)).astype(float)
+        if got[prob == 0].any():
+            return 0.0
+        exp, got = prob[prob > 0] * mine.sum(), got[prob > 0]
+        small = exp < 5
+        if small.any():
+            exp, got = np.append(exp[~small], exp[small].sum()), np.append(got[~small], got[small].sum())
+            if exp[-1] < 5 and len(exp) > 1:
+                big = np.argmax(exp[:-1])
+                exp[big] += exp[-1]
+                got[big] += got[-1]
+                exp, got = exp[:-1], got[:-1]
+        stat += float(np.sum((got - exp) ** 2 / exp))
+        df += len(exp) - 1
+    return 2 * min(stats.chi2.sf(stat, df), stats.chi2.cdf(stat, df)) if df else 1.0
+
+
+def class_pairing_p(labels, block_rows, own_rows, partner, same: bool) -> float:
+    """Partners uniform over the allowed rows (the row's class, or the other
+    classes), tested on the partner's block given the row's class and block:
+    P(block g) = allowed rows in g / allowed rows."""
+    n = len(labels)
+    blocks = np.arange(n) // block_rows
+
+    def probs(key):
+        c = key[0]
+        allowed = (labels == c) if same else (labels != c)
+        return np.bincount(blocks[allowed], minlength=blocks[-1] + 1) / allowed.sum()
+
+    keys = np.stack([labels[own_rows], blocks[own_rows]], axis=1)
+    return conditional_table_p(keys, blocks[partner], probs)
+
+
+@pytest.mark.parametrize("pairing", ["within-class", "between-class"])
+@pytest.mark.parametrize("order", ["sorted", "shuffled"])
+def test_class_partners_are_uniform_over_the_allowed_rows(tmp_path, pairing, order):
+    """Classes of 10, 20 and 30 rows in blocks of 8 (a class spans blocks):
+    within-class partners uniform over the row's class (itself included),
+    between-class over every row of the other classes; exact class constraint."""
+    labels = np.repeat([0, 1, 2], [10, 20, 30])
+    if order == "shuffled":
+        labels = np.random.default_rng(2).permutation(labels)
+    n, copies = len(labels), 50  # between-class: 10 rows x 50 / 50 allowed = 10 expected at least
+    out = run(tmp_path, np.arange(n, dtype=np.float32)[:, None], labels, block_rows=8, copies=copies, pairing=pairing)
+    own_class, partner = np.tile(labels, copies), out["partner"]
+    same = pairing == "within-class"
+    assert np.all((labels[partner] == own_class) == same)
+    rows = np.tile(np.arange(n), copies)
+    assert class_pairing_p(labels, 8, rows, partner, same) >= FALSE_ALARM
+    # control: the allowed rows of the row's own block (itself if none)
+    rng = np.random.default_rng(0)
+    allowed = (lambda c: labels == c) if same else (lambda c: labels != c)  # noqa: E731
+    planted = np.array(
+        [
+            rng.choice(np.flatnonzero(allowed(c) & (np.arange(n) // 8 == r // 8) | (np.arange(n) == r)))
+            for c, r in zip(own_class, rows)
+        ]
+    )
+    assert class_pairing_p(labels, 8, rows, planted, same) < FALSE_ALARM
+
+
+# ---------------------------------------------------------------- knn: uniform over the K nearest
+
+
+def nearest(x, k, labels=None):
+    """The K nearest other rows of each row (Euclidean), by brute force."""
+    d = ((x[:, None, :] - x[None, :, :]) ** 2).sum(axis=2)
+    np.fill_diagonal(d, np.inf)
+    if labels is not None:
+        d[labels[:, None] != labels[None, :]] = np.inf
+    return np.argsort(d, axis=1, kind="stable")[:, :k]
+
+
+@pytest.mark.parametrize("pairing", ["knn", "knn-within-class"])
+def test_knn_partner_is_uniform_over_the_k_nearest(tmp_path, pairing):
+    """Every partner is one of the row's K nearest (exact), and each of the K
+    is taken equally often: the (row, neighbour rank) table expects copies / K
+    per cell (chi-square, df = N (K - 1))."""
+    n, k, copies = 40, 3, 30
+    x = np.random.default_rng(4).standard_normal((n, 2)).astype(np.float32)
+    labels = np.repeat([0, 1], n // 2)
+    out = run(tmp_path, x, labels, block_rows=16, copies=copies, pairing=pairing, neighbors=k)
+    lists = nearest(x.astype(np.float64), k, labels if pairing == "knn-within-class" else None)
+    partner = by_copy(out["partner"], n)
+    rank = (partner.T[:, :, None] == lists[:, None, :]).argmax(axis=2)  # (n, copies)
+    assert np.all((partner.T[:, :, None] == lists[:, None, :]).any(axis=2))
+    table = np.stack([np.bincount(r, minlength=k) for r in rank])
+    assert chi2_p(table, np.full(table.shape, copies / k), n * (k - 1)) >= FALSE_ALARM
+    # control: always the nearest
+    always = np.zeros_like(table)
+    always[:, 0] = copies
+    assert chi2_p(always, np.full(table.shape, copies / k), n * (k - 1)) < FALSE_ALARM
+
+
+# ---------------------------------------------------------------- lam ~ Beta(alpha, alpha)
+
+
+def lam_p(lam, alpha, bins=20) -> float:
+    """Chi-square of lam over 20 bins of equal Beta(alpha, alpha) probability."""
+    edges = stats.beta(alpha, alpha).ppf(np.arange(1, bins) / bins)
+    counts = np.bincount(np.searchsorted(edges, lam, side="right"), minlength=bins)
+    return chi2_p(counts, np.full(bins, len(lam) / bins), bins - 1)
+
+
+@pytest.mark.parametrize("pairing", ["global", "batch", "within-class"])
+@pytest.mark.parametrize("alpha", [0.2, 1.0])
+def test_lam_follows_beta_on_the_output(tmp_path, pairing, alpha):
+    n = 2000
+    labels = np.repeat(np.arange(4), n // 4)
+    src = write_h5(tmp_path / "in.h5", chunks=False, x=np.zeros((n, 1), np.float32), y=labels)
+    augment(AugmentRequest(src, tmp_path / "out.h5", alpha=alpha, seed=5, block_rows=300, pairing=pairing))
+    lam = load_output(tmp_path / "out.h5")["lam"]
+    assert lam_p(lam, alpha) >= FALSE_ALARM
+    # control: a Beta of another alpha
+    assert lam_p(np.random.default_rng(0).beta(alpha * 2, alpha * 2, n), alpha) < FALSE_ALARM
+
+
+# ---------------------------------------------------------------- --balance: M rows of every class
+
+
+def test_balance_gives_every_class_m_rows_and_uniform_partner_classes(tmp_path):
+    """Classes of 50, 200 and 750 rows balanced to M = 750: per copy each class
+    has exactly M own rows, each of its rows used floor or ceil(M / n_c)
+    times (exact); global partners are uniform over the balanced rows, so the
+    partner's class is uniform over the classes (chi-square, df = C - 1)."""
+    labels = np.repeat([0, 1, 2], [50, 200, 750])
+    n, m = len(labels), 750
+    out = run(tmp_path, np.arange(n, dtype=np.float32)[:, None], labels, block_rows=256, balance=True)
+    own, partner = out["own"], out["partner"]
+    assert np.array_equal(np.bincount(labels[own]), [m, m, m])
+    for c, size in enumerate([50, 200, 750]):
+        uses = np.bincount(own[labels[own] == c], minlength=n)[labels == c]
+        assert uses.min() >= m // size and uses.max() <= -(-m // size)
+    counts = np.bincount(labels[partner], minlength=3)
+    assert chi2_p(counts, np.full(3, len(partner) / 3), 2) >= FALSE_ALARM
+    # control: partners uniform over the input rows (unbalanced)
+    planted = np.bincount(labels[np.random.default_rng(0).integers(0, n, len(partner))], minlength=3)
+    assert chi2_p(planted, np.full(3, len(partner) / 3), 2) < FALSE_ALARM
