@@ -99,7 +99,7 @@ def build_plan(
     )
     if pairing in INDEX_PAIRINGS:  # check the options (a Plan without the index) before reading anything
         Plan(n_rows=source.n_rows, seed=0, **options)
-    partners = partner_index(source, pairing, x_key, y_key, neighbors, project, bandwidth)
+    partners = partner_index(source, pairing, x_key, y_key, neighbors, project, bandwidth, plan_version)
     if method == "cutmix":
         x_spec = source.specs[x_key]
         layout = cutmix.resolve_layout(x_spec.row_shape, layout, f"{source.reader.path}: '{x_key}'")
@@ -155,7 +155,9 @@ def _class_index(source: Source) -> ClassIndex:
     return class_index(source.reader, source.y_key, one_hot=targets is not None and targets.kind == "classes")
 
 
-def partner_index(source: Source, pairing: str, x_key: str, y_key: str | None, neighbors, project, bandwidth):
+def partner_index(
+    source: Source, pairing: str, x_key: str, y_key: str | None, neighbors, project, bandwidth, version=PLAN_VERSION
+):
     """The index the knn and label-kernel pairings draw partners from (one or
     two passes over x, or one over y); None for the other pairings."""
     if pairing not in INDEX_PAIRINGS:
@@ -166,7 +168,8 @@ def partner_index(source: Source, pairing: str, x_key: str, y_key: str | None, n
         if y_key is None:
             raise ParameterError("--pairing label-kernel needs targets; name them with --y-key", "--pairing")
         kind = source.prepared.target_kind if source.prepared is not None else None
-        return label_kernel.build(source.reader, y_key, bandwidth, kind)
+        widen = label_kernel.MAX_LEFT_OUT if version >= 2 else None  # version 1: the plain window
+        return label_kernel.build(source.reader, y_key, bandwidth, kind, max_left_out=widen)
     from mixup_cli import neighbours
 
     within = None

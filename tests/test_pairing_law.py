@@ -570,3 +570,41 @@ def test_balance_gives_every_class_m_rows_and_uniform_partner_classes(tmp_path):
     # control: partners uniform over the input rows (unbalanced)
     planted = np.bincount(labels[np.random.default_rng(0).integers(0, n, len(partner))], minlength=3)
     assert chi2_p(planted, np.full(3, len(partner) / 3), 2) < FALSE_ALARM
+
+
+# ---------------------------------------------------------------- label-kernel: the exact Gaussian kernel
+
+
+def kernel_law(y, s):
+    """P(partner j | row i) = exp(-(y_i - y_j)^2 / 2 S^2) / sum over j != i (in log space: no underflow)."""
+    logw = -((y[:, None] - y[None, :]) ** 2) / (2 * s**2)
+    np.fill_diagonal(logw, -np.inf)
+    w = np.exp(logw - logw.max(axis=1, keepdims=True))
+    return w / w.sum(axis=1, keepdims=True)
+
+
+def test_label_kernel_is_the_exact_kernel_where_the_window_cut_matters(tmp_path):
+    """Row 0's label is 0; one row at 3.9 S lies in its 4 S window, fifty at
+    4.1 S lie just outside. The exact kernel gives the row at 3.9 S
+    probability 0.043, a 4 S window gave it 1.0. Per row, partner counts
+    against the exact law (cells expecting < 5 pooled), summed over rows."""
+    s = 1.0
+    rng = np.random.default_rng(6)
+    y = np.concatenate([[0.0, 3.9], np.full(50, 4.1) + rng.normal(0, 0.01, 50), rng.uniform(20, 23, 20)])
+    n, copies = len(y), 150
+    out = run(
+        tmp_path,
+        np.zeros((n, 1), np.float32),
+        y.astype(np.float64),
+        block_rows=16,
+        copies=copies,
+        pairing="label-kernel",
+        bandwidth=s,
+    )
+    law = kernel_law(y, s)
+    rows = np.tile(np.arange(n), copies)
+    assert conditional_table_p(rows, out["partner"], lambda i: law[i]) >= FALSE_ALARM
+    # control: row 0 always paired with the row at 3.9 S (the 4 S window's law)
+    planted = out["partner"].copy()
+    planted[rows == 0] = 1
+    assert conditional_table_p(rows, planted, lambda i: law[i]) < FALSE_ALARM
