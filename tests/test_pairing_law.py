@@ -608,3 +608,41 @@ def test_label_kernel_is_the_exact_kernel_where_the_window_cut_matters(tmp_path)
     planted = out["partner"].copy()
     planted[rows == 0] = 1
     assert conditional_table_p(rows, planted, lambda i: law[i]) < FALSE_ALARM
+
+
+# ---------------------------------------------------------------- CutMix boxes: a uniform centre
+
+
+def box_centre_p(box, height) -> float:
+    """Box rows (y0, y1) not clipped at the top or bottom: their cut height
+    c = y1 - y0 is the drawn one, the centre is y0 + c // 2, and given c it is
+    uniform over the centres that leave the box unclipped,
+    c // 2 + 1 .. height - c + c // 2 - 1 (chi-square per c, pooled cells)."""
+    y0, y1 = box[:, 0], box[:, 2]
+    keep = (y0 > 0) & (y1 < height)
+    cut, centre = (y1 - y0)[keep], (y0 + (y1 - y0) // 2)[keep]
+
+    def probs(c):
+        p = np.zeros(height)
+        p[c // 2 + 1 : height - c + c // 2] = 1
+        return p / p.sum()
+
+    return conditional_table_p(cut, centre, probs)
+
+
+def test_cutmix_box_centres_are_uniform(tmp_path):
+    """Rows and columns alike (the box transposed); control: centres drawn
+    from the middle half only."""
+    n, copies, h = 50, 40, 16
+    x = np.random.default_rng(1).integers(0, 255, (n, h, h)).astype(np.uint8)
+    out = run(tmp_path, x, np.arange(n) % 3, block_rows=16, copies=copies, method="cutmix")
+    box = out["box"]
+    assert box_centre_p(box, h) >= FALSE_ALARM
+    assert box_centre_p(box[:, [1, 0, 3, 2]], h) >= FALSE_ALARM
+    # control: the same cut heights, centres in the middle half of what is allowed
+    rng = np.random.default_rng(2)
+    cut = box[:, 2] - box[:, 0]
+    lo, hi = cut // 2 + 1, h - cut + cut // 2
+    centre = lo + (hi - lo) // 4 + (rng.random(len(cut)) * np.maximum(1, (hi - lo) // 2)).astype(int)
+    planted = np.stack([centre - cut // 2, box[:, 1], centre - cut // 2 + cut, box[:, 3]], axis=1)
+    assert box_centre_p(planted, h) < FALSE_ALARM
