@@ -646,3 +646,26 @@ def test_cutmix_box_centres_are_uniform(tmp_path):
     centre = lo + (hi - lo) // 4 + (rng.random(len(cut)) * np.maximum(1, (hi - lo) // 2)).astype(int)
     planted = np.stack([centre - cut // 2, box[:, 1], centre - cut // 2 + cut, box[:, 3]], axis=1)
     assert box_centre_p(planted, h) < FALSE_ALARM
+
+
+@pytest.mark.parametrize("pairing", ["batch", "label-kernel"])
+def test_other_pairings_of_plan_version_1_verify_under_their_own_version(tmp_path, run_cli, pairing):
+    """Version 1's batch (a lone short tail) and label-kernel (the plain 4 S
+    window) are still computed from a version 1 sidecar."""
+    n = 41
+    y = np.concatenate([[0.0, 3.9], np.full(n - 2, 4.1)]) if pairing == "label-kernel" else np.arange(n) % 3
+    src = write_h5(tmp_path / "in.h5", x=np.arange(n, dtype=np.float32)[:, None], y=y)
+    options = dict(bandwidth=1.0) if pairing == "label-kernel" else {}
+    outs = {}
+    for version in (1, 2):
+        outs[version] = tmp_path / f"out{version}.h5"
+        augment(
+            AugmentRequest(src, outs[version], seed=2, block_rows=8, pairing=pairing, plan_version=version, **options)
+        )
+        result = run_cli("verify", outs[version])
+        assert result.exit_code == 0, result.stdout
+    # the versions differ where the law changed: the tail row (batch), row 0 (label-kernel)
+    row = 40 if pairing == "batch" else 0
+    v1, v2 = (load_output(outs[v])["partner"] for v in (1, 2))
+    assert v1[row] == (40 if pairing == "batch" else 1)
+    assert not np.array_equal(v1, v2)
