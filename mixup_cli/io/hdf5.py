@@ -728,6 +728,7 @@ class Reader(base.Reader):
         rows = np.asarray(rows, dtype=np.int64)
         if not chunked:
             file_at = offset + rows * row_bytes
+            group = rows // max(1, TAKE_WINDOW_BYTES // row_bytes)  # a read stays within a window ...
         else:
             chunk_bytes, chunk_rows, per_row = self._stream(key)
             if per_row != 1:
@@ -738,12 +739,21 @@ class Reader(base.Reader):
             if (at < 0).any() or masks[k].any() or (sizes[k] < chunk_bytes).any():
                 return False  # unallocated (fill value) or unusual chunk: let HDF5 do it
             file_at = at + (rows - k * chunk_rows) * row_bytes
-        new = np.ones(len(rows), dtype=bool)
-        new[1:] = file_at[1:] != file_at[:-1] + row_bytes
-        starts = np.flatnonzero(new)
-        counts = np.diff(np.append(starts, len(rows))) * row_bytes
-        pieces = zip(file_at[starts].tolist(), (starts * row_bytes).tolist(), counts.tolist())
-        base.pread_pieces(self._fd(self._ds(key)), memoryview(out).cast("B"), pieces, f"{self.path}: '{key}'")
+            group = k  # ... or a chunk: the buffer holds one at most
+        # A read goes on through up to TAKE_GAP_BYTES of unwanted rows rather than start another.
+        gap = file_at[1:] - (file_at[:-1] + row_bytes)
+        starts = np.flatnonzero(np.append(True, (gap < 0) | (gap > TAKE_GAP_BYTES) | (np.diff(group) != 0)))
+        ends = np.append(starts[1:], len(rows))
+        spans = file_at[ends - 1] + row_bytes - file_at[starts]
+        whole = spans == (ends - starts) * row_bytes  # every row of the span is wanted
+        fd, label = self._fd(self._ds(key)), f"{self.path}: '{key}'"
+        pieces = zip(file_at[starts[whole]].tolist(), (starts[whole] * row_bytes).tolist(), spans[whole].tolist())
+        base.pread_pieces(fd, memoryview(out).cast("B"), pieces, label)
+        flat = out.reshape(len(rows), -1).view(np.uint8)
+        for lo, hi, span in zip(starts[~whole].tolist(), ends[~whole].tolist(), spans[~whole].tolist()):
+            buf = self._buffer(flat, span // row_bytes)
+            base.pread_pieces(fd, memoryview(buf).cast("B"), [(int(file_at[lo]), 0, span)], label)
+            np.take(buf, (file_at[lo:hi] - file_at[lo]) // row_bytes, axis=0, out=flat[lo:hi])
         return True
 
     def _buffer(self, like: np.ndarray, rows: int) -> np.ndarray:
