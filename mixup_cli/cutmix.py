@@ -52,10 +52,15 @@ def resolve_layout(row_shape: tuple[int, ...], layout: str | None = None, where:
     that are not images at all). ``where`` names the array in messages.
     """
     row_shape = tuple(int(d) for d in row_shape)
-    if layout is not None and layout not in LAYOUTS:
+    # NHW: what a grayscale array resolved to, as a sidecar records it (verify rebuilds the plan from it)
+    if layout is not None and layout not in LAYOUTS + (GRAYSCALE,):
         raise ParameterError(f"--layout must be one of {', '.join(LAYOUTS)}, got {layout!r}", "--layout")
     if len(row_shape) == 2:
         return GRAYSCALE
+    if layout == GRAYSCALE:
+        raise ParameterError(
+            f"{where} has shape {_shape_text(row_shape)}; layout NHW is for grayscale (N, H, W) images", "--layout"
+        )
     if len(row_shape) != 3:
         raise ParameterError(
             f"{where} has shape {_shape_text(row_shape)}; --method cutmix needs images: "

@@ -17,6 +17,15 @@ bandwidth wide enough to take in most of the data makes it O(N^2) per copy.
 A row with no other row in its window takes the row of nearest label (ties:
 the lower row index).
 
+Plan version 2 bounds what the window leaves out: a row whose left-out
+mass may exceed ``MAX_LEFT_OUT`` (1e-3) of its window's (the rows outside,
+counted, times e^-8 each) has its window widened, weights taken relative to
+its nearest row's, doubling the exponent (radius^2 = d0^2 + 2 S^2 t, t = 16,
+32, ...) until the rows outside weigh at most that share, or the window holds
+every row (the exact law): its partner law is then within 1e-3 (total
+variation) of the exact kernel's, an isolated label's included. Version 1
+(``max_left_out=None``) keeps the plain 4 S window.
+
 Multi-dimensional y (shape (N, d)): the law is exact, over every other row
 (Euclidean distance of the target rows), which costs O(N^2 d) per copy; it is
 accepted up to ``EXACT_MAX_ROWS`` rows and refused above.
@@ -34,6 +43,7 @@ import numpy as np
 from mixup_cli.errors import InputError, ParameterError
 
 WINDOW = 4.0  # half-width of a row's window, in bandwidths
+MAX_LEFT_OUT = 1e-3  # plan version 2: the window's left-out mass, at most this share of its own
 EXACT_MAX_ROWS = 20_000
 # Kernel weights computed at once (float64 each, a few arrays of them).
 _CHUNK = 1 << 22
@@ -66,9 +76,10 @@ class LabelKernel:
     order: np.ndarray | None = None  # 1-D: rows sorted by label (stable)
     rank: np.ndarray | None = None  # 1-D: position of each row in ``order``
     sorted_y: np.ndarray | None = None  # 1-D: the labels in ``order``
+    max_left_out: float | None = None  # plan version 2: MAX_LEFT_OUT (None: the plain window of version 1)
 
     @classmethod
-    def from_targets(cls, y: np.ndarray, bandwidth: float, label: str = "y") -> LabelKernel:
+    def from_targets(cls, y: np.ndarray, bandwidth: float, label: str = "y", max_left_out=None) -> LabelKernel:
         s = check_bandwidth(bandwidth)
         y = np.asarray(y, dtype=np.float64)
         if y.ndim == 2 and y.shape[1] == 1:
@@ -85,7 +96,7 @@ class LabelKernel:
             order = np.argsort(y, kind="stable")
             rank = np.empty_like(order)
             rank[order] = np.arange(len(y))
-            return cls(s, y, order, rank, y[order])
+            return cls(s, y, order, rank, y[order], max_left_out)
         if len(y) > EXACT_MAX_ROWS:
             raise ParameterError(
                 f"--pairing label-kernel: {label} has {len(y)} rows of {y.shape[1]} values; the exact law over "
@@ -119,9 +130,37 @@ class LabelKernel:
         while s < len(rows):  # pieces of at most _CHUNK weights (at least one row)
             ends = np.cumsum(lengths[s:])
             e = s + max(1, int(np.searchsorted(ends, _CHUNK, side="right")))
-            out[s:e] = self._window_pick(ys, u[s:e], yi[s:e], p[s:e], lo[s:e], lengths[s:e])
+            out[s:e], total = self._window_pick(ys, u[s:e], yi[s:e], p[s:e], lo[s:e], lengths[s:e])
+            if self.max_left_out is not None:
+                # rows outside the window: each weighs under e^-8 (WINDOW = 4 bandwidths)
+                outside = (len(ys) - lengths[s:e]) * np.exp(-(WINDOW**2) / 2)
+                for i in np.flatnonzero(outside > self.max_left_out * total):
+                    out[s + i] = self._widened_pick(ys, u[s + i], int(p[s + i]))
             s = e
         return out
+
+    def _widened_pick(self, ys, u: float, p: int) -> int:
+        """The partner of the row at sorted position ``p``, from a window
+        widened until the rows it leaves out weigh at most ``max_left_out`` of
+        it (weights relative to the nearest other row's, so none underflows)."""
+        n, yi, s2 = len(ys), ys[p], self.bandwidth**2
+        d0 = abs(ys[self._nearest_sorted(ys, np.array([p]))[0]] - yi)
+        t = 2 * WINDOW**2
+        while True:
+            radius = np.sqrt(d0**2 + 2 * s2 * t)
+            lo = int(np.searchsorted(ys, yi - radius, side="left"))
+            hi = int(np.searchsorted(ys, yi + radius, side="right"))
+            w = np.exp(-((ys[lo:hi] - yi) ** 2 - d0**2) / (2 * s2))
+            w[p - lo] = 0.0  # never the row itself
+            total = float(w.sum())
+            if (lo == 0 and hi == n) or (n - (hi - lo)) * np.exp(-t) <= self.max_left_out * total:
+                break
+            t *= 2
+        cs = np.cumsum(w)
+        pick = min(int(np.searchsorted(cs, u * total, side="right")), len(w) - 1)
+        while w[pick] == 0.0:  # never the row itself, nor a row of no weight
+            pick -= 1 if pick > 0 else -1
+        return int(self.order[lo + pick])
 
     def _window_pick(self, ys, u, yi, p, lo, lengths) -> np.ndarray:
         ends = np.cumsum(lengths)
@@ -139,7 +178,7 @@ class LabelKernel:
         alone = total <= 0
         if alone.any():
             chosen[alone] = self._nearest_sorted(ys, p[alone])
-        return self.order[chosen].astype(np.int64)
+        return self.order[chosen].astype(np.int64), total
 
     def _nearest_sorted(self, ys, p) -> np.ndarray:
         """Sorted positions of the rows of nearest label (ties: lower row index)."""
@@ -171,7 +210,9 @@ class LabelKernel:
         return out
 
 
-def build(reader, y_key: str, bandwidth: float, kind: str | None, label: str | None = None) -> LabelKernel:
+def build(
+    reader, y_key: str, bandwidth: float, kind: str | None, label: str | None = None, max_left_out=MAX_LEFT_OUT
+) -> LabelKernel:
     """Read the targets (one pass) and index them; refused for class targets."""
     label = label or f"{reader.path}['{y_key}']"
     if kind is not None and kind != "dense":
@@ -192,4 +233,4 @@ def build(reader, y_key: str, bandwidth: float, kind: str | None, label: str | N
             "class labels; for them use --pairing within-class or between-class",
             "--pairing",
         )
-    return LabelKernel.from_targets(y, bandwidth, label)
+    return LabelKernel.from_targets(y, bandwidth, label, max_left_out)

@@ -21,6 +21,7 @@ from mixup_cli.sampling import (
     INDEX_PAIRINGS,
     KNN_PAIRINGS,
     PLAN_VERSION,
+    PLAN_VERSIONS,
     Plan,
     default_block_rows,
     draw_seed,
@@ -70,10 +71,12 @@ def build_plan(
     bandwidth: float | None = None,
     balance: bool = False,
     balance_to: int | None = None,
+    plan_version: int = PLAN_VERSION,
 ) -> Plan:
     """The plan of a run over ``source`` (seed drawn when None; ``x_key`` and
     ``y_key`` as asked, the source's own by default; without ``block_rows``,
-    the default, a multiple of ``chunk_rows`` when that is given)."""
+    the default, a multiple of ``chunk_rows`` when that is given;
+    ``plan_version`` a sidecar's, to recompute an output of an earlier version)."""
     x_key = x_key or next(iter(source.specs))
     y_key = source.y_key if y_key is None else y_key
     block_rows = block_rows or default_block_rows(source.row_bytes, chunk_rows=chunk_rows)
@@ -98,7 +101,7 @@ def build_plan(
     )
     if pairing in INDEX_PAIRINGS:  # check the options (a Plan without the index) before reading anything
         Plan(n_rows=source.n_rows, seed=0, **options)
-    partners = partner_index(source, pairing, x_key, y_key, neighbors, project, bandwidth)
+    partners = partner_index(source, pairing, x_key, y_key, neighbors, project, bandwidth, plan_version)
     if method == "cutmix":
         x_spec = source.specs[x_key]
         layout = cutmix.resolve_layout(x_spec.row_shape, layout, f"{source.reader.path}: '{x_key}'")
@@ -113,6 +116,7 @@ def build_plan(
         partners=partners,
         balance_to=balance_to if balance_wanted else None,
         own=own,
+        version=plan_version,
         **options,
     )
 
@@ -121,12 +125,8 @@ def plan_from_sidecar(parameters: dict, source: Source) -> Plan:
     """The plan a sidecar's ``parameters`` record, rebuilt over ``source``
     (its indexes found again); a usage error when they are incomplete or of
     another plan version."""
-    if parameters.get("plan_version") != PLAN_VERSION:
-        raise ParameterError(
-            f"the sidecar's plan_version is {parameters.get('plan_version')!r}, this mixup-cli computes "
-            f"version {PLAN_VERSION}; verify with the mixup-cli version that wrote it",
-            "OUT",
-        )
+    if parameters.get("plan_version") not in PLAN_VERSIONS:
+        raise ParameterError(version_problem(parameters), "OUT")
     missing = [
         key
         for key, default in _RECORDED.items()
@@ -138,7 +138,16 @@ def plan_from_sidecar(parameters: dict, source: Source) -> Plan:
         raise ParameterError(f"the sidecar lacks the parameter '{missing[0]}'", "OUT")
     kwargs = {key: parameters.get(key, default) for key, default in _RECORDED.items()}
     kwargs["balance"] = bool(kwargs["balance"])
-    return build_plan(source, **kwargs)
+    return build_plan(source, plan_version=parameters["plan_version"], **kwargs)
+
+
+def version_problem(parameters: dict) -> str:
+    """Why a sidecar's plan cannot be computed: a plan version this code lacks."""
+    versions = " and ".join(map(str, PLAN_VERSIONS))
+    return (
+        f"the sidecar's plan_version is {parameters.get('plan_version')!r}, this mixup-cli computes "
+        f"versions {versions}; verify with the mixup-cli version that wrote it"
+    )
 
 
 def _class_index(source: Source) -> ClassIndex:
@@ -148,7 +157,9 @@ def _class_index(source: Source) -> ClassIndex:
     return class_index(source.reader, source.y_key, one_hot=targets is not None and targets.kind == "classes")
 
 
-def partner_index(source: Source, pairing: str, x_key: str, y_key: str | None, neighbors, project, bandwidth):
+def partner_index(
+    source: Source, pairing: str, x_key: str, y_key: str | None, neighbors, project, bandwidth, version=PLAN_VERSION
+):
     """The index the knn and label-kernel pairings draw partners from (one or
     two passes over x, or one over y); None for the other pairings."""
     if pairing not in INDEX_PAIRINGS:
@@ -159,7 +170,8 @@ def partner_index(source: Source, pairing: str, x_key: str, y_key: str | None, n
         if y_key is None:
             raise ParameterError("--pairing label-kernel needs targets; name them with --y-key", "--pairing")
         kind = source.prepared.target_kind if source.prepared is not None else None
-        return label_kernel.build(source.reader, y_key, bandwidth, kind)
+        widen = label_kernel.MAX_LEFT_OUT if version >= 2 else None  # version 1: the plain window
+        return label_kernel.build(source.reader, y_key, bandwidth, kind, max_left_out=widen)
     from mixup_cli import neighbours
 
     within = None

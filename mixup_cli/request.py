@@ -8,6 +8,7 @@ from pathlib import Path
 
 from mixup_cli import provenance
 from mixup_cli.prepare import DataOptions
+from mixup_cli.sampling import PLAN_VERSION
 
 
 @dataclass
@@ -66,6 +67,10 @@ class AugmentRequest:
     # --balance / --balance-to M: M rows of every class per copy (see balance.py).
     balance: bool = False
     balance_to: int | None = None
+    # The plan version computed (sampling.PLAN_VERSIONS): an earlier one writes
+    # what that version wrote (checks of verify on such outputs); the command
+    # line always asks for the current one.
+    plan_version: int = PLAN_VERSION
 
     def plan_parameters(self) -> dict:
         """The keyword arguments of ``planning.build_plan`` this request gives."""
@@ -86,6 +91,7 @@ class AugmentRequest:
             bandwidth=self.bandwidth,
             balance=self.balance,
             balance_to=self.balance_to,
+            plan_version=self.plan_version,
         )
 
 

@@ -9,14 +9,27 @@ and the result does not depend on how many rows are read or written at once.
 Pairing modes:
 
 ``global``
-    For each copy the blocks are put in a random cyclic order; a block takes
-    its partners from the next block of that cycle, one partner per row, from
-    a random permutation of that block's rows. Partners thus come from
-    anywhere in the dataset, while the input is still read as whole,
-    contiguous blocks: walking the cycle keeps the partner block in memory as
-    the next step's own block, so each block is read about once per copy.
+    Each output row's partner is uniform over all the plan's rows,
+    independently of every other row's (i.i.d., with replacement), whatever
+    the block layout, the input's order, the batch size or the engine. A
+    block's partners are drawn by its own keyed generator, so a block is
+    still computed alone; they lie anywhere in the input and are read by
+    index (sorted, unique), as the class pairings' are. With one block they
+    come from the block itself, in memory.
+
+    Plan version 1 (before ``PLAN_VERSION`` 2) put the blocks in a
+    random cycle per copy and took each block's partners from a random
+    permutation of the next block's rows: never from a row's own block, and
+    a short last block's few rows were the partners of a whole block. That
+    law is still computed for sidecars of version 1 (``Plan.version``), so
+    their outputs verify.
 ``batch``
-    The reference behaviour: a row's partner is a random row of its own block.
+    The reference behaviour: a row's partners, per copy, are a random
+    permutation of its block's rows. Plan version 2: a last block shorter
+    than half a block is paired together with the block before it (one
+    permutation of both: ``pair_group``), so no group of rows is smaller
+    than half a block (version 1 left it alone: a one-row tail was its own
+    partner).
 ``within-class`` / ``between-class``
     A row's partner is drawn uniformly from the rows of the same / of any
     other class in the whole dataset (``mixup_cli.classes``), keyed per copy
@@ -55,12 +68,17 @@ METHODS = ("mixup", "cutmix")
 
 # Bumped whenever the mapping from (seed, parameters) to output changes, so
 # that an old sidecar is never silently checked against a new plan.
-PLAN_VERSION = 1
+# 2: ``global`` partners i.i.d. uniform over all rows (1: the block cycle).
+PLAN_VERSION = 2
+# The versions this code computes (a sidecar of any of them verifies).
+PLAN_VERSIONS = (1, 2)
 
 # Key "purposes": each use of randomness has its own stream.
 _CYCLE = 0
 _ROWS = 1
 _BOXES = 2
+# (3: balance's own rows) 4: the permutation of a batch pairing group of two blocks
+_GROUP = 4
 # At most this many tasks (blocks x copies) in one run: the resume journal
 # and the sidecar's digests keep an entry per block, and a run must not spend
 # its first minutes on a plan that would never finish (--copies 1000000000).
@@ -146,9 +164,13 @@ class Plan:
     # the plan's rows are then these, ``n_rows = len(own)``. None: the input's rows.
     balance_to: int | None = None  # rows per class (None: the largest class's count)
     own: np.ndarray | None = field(default=None, compare=False, repr=False)
+    # The plan version computed (``PLAN_VERSIONS``); a sidecar's own for verify and resume.
+    version: int = PLAN_VERSION
 
     def __post_init__(self):
         check_alpha(self.alpha)
+        if self.version not in PLAN_VERSIONS:
+            raise ValueError(f"plan_version {self.version!r}, this code computes {', '.join(map(str, PLAN_VERSIONS))}")
         if self.method not in METHODS:
             raise ParameterError(f"--method must be one of {', '.join(METHODS)}, got {self.method!r}", "--method")
         if self.method != "cutmix":
@@ -217,9 +239,28 @@ class Plan:
         """First output row of ``copy`` (-1 is the original, written first)."""
         return (copy + int(self.include_original)) * self.n_rows
 
+    @property
+    def by_index(self) -> bool:
+        """Whether the plan's partners are read by index (not from a partner block)."""
+        if self.pairing == "global":
+            return self.version >= 2 and self.n_blocks > 1
+        return self.pairing in BY_INDEX_PAIRINGS
+
+    def pair_group(self, block: int) -> tuple[int, int]:
+        """The rows ``batch`` pairing draws ``block``'s partners from: the
+        block, or (plan version 2, a last block shorter than half a block)
+        the last two blocks together."""
+        start, stop = self.block_bounds(block)
+        k = self.n_blocks
+        if self.pairing != "batch" or self.version < 2 or k < 2 or block < k - 2:
+            return start, stop
+        if 2 * (self.n_rows - (k - 1) * self.block_rows) >= self.block_rows:
+            return start, stop
+        return (k - 2) * self.block_rows, self.n_rows
+
     def block_order(self, copy: int) -> np.ndarray:
-        """The order blocks are visited in; for global pairing, the cycle."""
-        if self.pairing == "global" and self.n_blocks > 1:
+        """The order blocks are visited in; for global pairing of plan version 1, the cycle."""
+        if self.pairing == "global" and self.version == 1 and self.n_blocks > 1:
             return keyed_rng(self.seed, _CYCLE, copy).permutation(self.n_blocks)
         return np.arange(self.n_blocks)
 
@@ -231,11 +272,13 @@ class Plan:
         for copy in range(self.copies):
             order = self.block_order(copy)
             for t, b in enumerate(order):
-                if self.pairing in BY_INDEX_PAIRINGS:
+                if self.by_index:
                     yield self._task(copy, int(b), None)
                     continue
-                partner = order[(t + 1) % len(order)] if self.pairing == "global" else b
-                yield self._task(copy, int(b), int(partner))
+                partner = order[(t + 1) % len(order)] if self.pairing == "global" and self.version == 1 else b
+                if self.pair_group(int(b)) != self.block_bounds(int(b)):
+                    partner = None  # a group of two blocks: partners read by index
+                yield self._task(copy, int(b), None if partner is None else int(partner))
 
     def _task(self, copy: int, block: int, partner_block: int | None) -> Task:
         start, stop = self.block_bounds(block)
@@ -248,15 +291,22 @@ class Plan:
             return np.ones(n), np.arange(task.start, task.stop, dtype=np.int64)
         rng = keyed_rng(self.seed, _ROWS, task.copy, task.block)
         lam = sample_lam(rng, self.alpha, n)
+        if self.pairing == "global" and self.version >= 2:
+            # i.i.d. uniform over every row of the plan (one block: its own rows)
+            return lam, rng.integers(0, self.n_rows, n, dtype=np.int64)
         if task.partner_block is None and self.pairing in INDEX_PAIRINGS:
             if self.partners is None:
                 raise ValueError(f"--pairing {self.pairing} needs the partner index of the rows")
             return lam, self.partners.draw_partners(rng, task.start, task.stop)
-        if task.partner_block is None:
+        if task.partner_block is None and self.pairing in CLASS_PAIRINGS:
             if self.classes is None:
                 raise ValueError(f"--pairing {self.pairing} needs the class index of the rows")
             same = self.pairing == "within-class"
             return lam, self.classes.draw_partners(rng, task.start, task.stop, same)
+        if task.partner_block is None:  # batch: a group of two blocks, one permutation of it
+            g_start, g_stop = self.pair_group(task.block)
+            group = keyed_rng(self.seed, _GROUP, task.copy, g_start // self.block_rows).permutation(g_stop - g_start)
+            return lam, group[task.start - g_start : task.stop - g_start].astype(np.int64) + g_start
         p_start, p_stop = self.block_bounds(task.partner_block)
         partner = _cover(rng, p_stop - p_start, n).astype(np.int64) + p_start
         return lam, partner
@@ -279,8 +329,8 @@ class Plan:
         plan's ``rows_per_copy`` instead). What is derived from the input
         (``classes``, ``partners``, ``own``) is not recorded: a pairing that
         needs it takes it here (``planning.plan_from_sidecar`` builds it)."""
-        if record.get("plan_version") != PLAN_VERSION:
-            raise ValueError(f"plan_version {record.get('plan_version')!r}, this code computes {PLAN_VERSION}")
+        if record.get("plan_version") not in PLAN_VERSIONS:
+            raise ValueError(f"plan_version {record.get('plan_version')!r}, this code computes {PLAN_VERSIONS}")
         optional = ("layout", "neighbors", "project", "bandwidth", "balance_to")
         fields = {key: record[key] for key in ("alpha", "seed", "block_rows", "pairing", "copies", "include_original")}
         fields.update({key: record.get(key) for key in optional}, method=record.get("method", "mixup"))
@@ -288,6 +338,7 @@ class Plan:
             n_rows = int(record["rows_per_copy"])
         else:
             fields["balance_to"] = None
+        fields["version"] = record["plan_version"]
         return cls(n_rows=n_rows, classes=classes, partners=partners, own=own, **fields)
 
     def to_dict(self) -> dict:
@@ -311,5 +362,5 @@ class Plan:
             "include_original": self.include_original,
             "method": self.method,
             "layout": self.layout,
-            "plan_version": PLAN_VERSION,
+            "plan_version": self.version,
         }

@@ -1,7 +1,7 @@
-"""An uncompressed scratch copy of the input, for the class pairings.
+"""An uncompressed scratch copy of the input, for pairings read by index.
 
-A class-pairing task reads its partners from anywhere in the input (see
-``sampling``). From compressed input (filtered HDF5, compressed Zarr) each
+A task of the class, index and ``global`` pairings reads its partners from
+anywhere in the input (see ``sampling``; ``Plan.by_index``). From compressed input (filtered HDF5, compressed Zarr) each
 such read inflates every chunk it touches, and every block touches most
 chunks: a run would inflate the whole input once per block, a cost that
 grows with the square of the rows. So when there are more than a few
@@ -24,7 +24,7 @@ import numpy as np
 
 from mixup_cli.io import hdf5
 from mixup_cli.io.base import ArraySpec, WriteOptions
-from mixup_cli.sampling import BY_INDEX_PAIRINGS, Plan
+from mixup_cli.sampling import Plan
 
 # With this many blocks or fewer, inflating the input once per block costs
 # no more than making the copy.
@@ -36,7 +36,7 @@ def wanted(source, plan: Plan) -> bool:
     chunks would be inflated once per block, or (a set of more inputs than its
     reader keeps open) each output's partners would reopen inputs all over
     the set, O(inputs) opens an output."""
-    if plan.pairing not in BY_INDEX_PAIRINGS or plan.own is not None:
+    if not plan.by_index or plan.own is not None:
         return False
     return source.reader.take_scatters() or (
         plan.n_blocks >= MIN_BLOCKS and any(source.reader.take_inflates(key) for key in source.specs)

@@ -83,9 +83,11 @@ def task_input(
             return TaskInput(
                 task, drawn, own, block_rows(task.partner_block, task.block if whole else None), drawn.partner - p_first
             )
-    # class and index pairings, or few partners: by index (sorted, unique reads)
-    pool = {key: source.reader.take(key, drawn.partner) for key in source.specs}
-    return TaskInput(task, drawn, own, pool, np.arange(len(drawn.partner)))
+    # class, index and global pairings, or few partners: by index (sorted, unique
+    # reads), each partner row read once and gathered as it is mixed
+    unique, index = np.unique(drawn.partner, return_inverse=True)
+    pool = {key: source.reader.take(key, unique) for key in source.specs}
+    return TaskInput(task, drawn, own, pool, index.reshape(-1))
 
 
 def output_rows(source, mixer: Mixer, inputs: TaskInput, s: int, e: int, out: Block | None = None) -> Block:

@@ -37,7 +37,7 @@ import numpy as np
 from mixup_cli import beside, digests, provenance, scratch
 from mixup_cli.errors import InputError, MixupError
 from mixup_cli.io import open_reader
-from mixup_cli.sampling import PLAN_VERSION
+from mixup_cli.sampling import PLAN_VERSIONS
 
 # Parameters a sidecar must record for the output to be recomputed.
 _REQUIRED = ("alpha", "seed", "x_key", "pairing", "copies", "include_original", "block_rows")
@@ -282,20 +282,9 @@ def recompute(record: dict, output: Path, input_path: Path, batch_size: int | No
     from mixup_cli.source import open_source
 
     params = record.get("parameters") or {}
-    if params.get("plan_version") != PLAN_VERSION:
-        return (
-            Check(
-                "recompute",
-                False,
-                f"the sidecar's plan_version is {params.get('plan_version')!r}, this mixup-cli computes "
-                f"version {PLAN_VERSION}; verify with the mixup-cli version that wrote it",
-            ),
-            None,
-            None,
-        )
-    missing = [key for key in _REQUIRED if key not in params]
-    if missing:
-        return Check("recompute", False, f"the sidecar lacks the parameter '{missing[0]}'"), None, None
+    problem = _parameters_problem(params)
+    if problem is not None:
+        return problem, None, None
 
     source = None
     try:
@@ -382,8 +371,97 @@ def verify(output: Path, input_path: Path | None = None, batch_size: int | None 
         report.checks.append(data_check)
     report.checks.append(check_files("input files", in_entry, source, hint))
     report.checks.append(recomputed or Check("recompute", False, f"skipped: input {source} not found{hint}"))
+    law = check_law(record.get("parameters") or {}, output, source if source.exists() else None)
+    if law is not None:
+        report.checks.append(law)
     report.first_difference = first
     return report
+
+
+# Rows of OUT's provenance read at once by the law check.
+_LAW_PIECE_ROWS = 1 << 18
+
+
+def check_law(params: dict, output: Path, input_path: Path | None) -> Check | None:
+    """The ``law`` check: OUT's own ``partner`` and ``lam`` (and ``own``)
+    arrays against the pairing's documented law (``mixup_cli.law``), read
+    from OUT alone (and, for class pairings, the input's labels): none of the
+    planner's code. None when the sidecar lacks what it needs."""
+    from mixup_cli import law
+
+    try:
+        pairing, copies = params["pairing"], int(params["copies"])
+        segments = copies + int(bool(params["include_original"]))
+        block_rows, alpha = int(params["block_rows"]), float(params["alpha"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    if params.get("plan_version") == 1 and pairing == "global":
+        return Check(
+            "law",
+            True,
+            "plan version 1: global pairing took each block's partners from the next block of a random "
+            "cycle (its documented law then), not uniform over the dataset; not tested",
+        )
+    try:
+        reader = open_reader(output, fast=False)
+    except (MixupError, OSError) as exc:
+        return Check("law", False, f"could not read {output}: {exc}")
+    try:
+        rows = reader.spec("partner").rows
+        n = rows // segments
+        balanced = bool(params.get("balance"))
+        classes = None
+        if pairing in ("within-class", "between-class") and input_path is not None:
+            classes = _input_classes(input_path, params.get("y_key"))
+        tested = law.Law(
+            pairing,
+            n,
+            block_rows,
+            alpha,
+            copies * n,
+            lam_is_beta=params.get("method", "mixup") == "mixup",
+            classes=classes,
+            partner_law=not balanced,
+            version=int(params.get("plan_version", 1)),
+        )
+        first = segments - copies  # the original rows come first, unmixed
+        piece = max(1, _LAW_PIECE_ROWS // block_rows) * block_rows
+        for seg in range(first, segments):
+            for s in range(0, n, piece):
+                e = min(n, s + piece)
+                at = seg * n + s
+                own = reader.read("own", at, at + e - s) if balanced else np.arange(s, e)
+                tested.add(own, reader.read("partner", at, at + e - s), reader.read("lam", at, at + e - s), at)
+        ok, detail = tested.result()
+        return Check("law", ok, detail)
+    except (MixupError, OSError, KeyError, ValueError) as exc:
+        return Check("law", False, f"could not read the provenance of {output}: {exc}")
+    finally:
+        reader.close()
+
+
+def _input_classes(input_path: Path, y_key: str | None) -> np.ndarray | None:
+    """The class of every input row, read here (argmax of label rows, or
+    integer labels); None where y holds neither (names: not tested)."""
+    if not y_key:
+        return None
+    reader = open_reader(input_path, fast=False)
+    try:
+        spec = reader.spec(y_key)
+        parts = []
+        for s in range(0, spec.rows, _LAW_PIECE_ROWS):
+            y = np.asarray(reader.read(y_key, s, min(spec.rows, s + _LAW_PIECE_ROWS)))
+            if y.ndim == 2 and y.shape[1] > 1:
+                parts.append(np.argmax(y, axis=1))
+            elif y.dtype.kind in "iub":
+                parts.append(y.reshape(len(y)).astype(np.int64))
+            else:
+                return None
+        return np.concatenate(parts) if parts else np.zeros(0, np.int64)
+    except (MixupError, OSError, KeyError, ValueError):
+        return None
+    finally:
+        reader.close()
 
 
 # A set's outputs (``mixup augment IN1 IN2 ... OUTDIR``): each output is
@@ -561,12 +639,12 @@ def _verify_outputs(
 
 
 def _parameters_problem(params: dict) -> Check | None:
-    if params.get("plan_version") != PLAN_VERSION:
+    if params.get("plan_version") not in PLAN_VERSIONS:
         return Check(
             "recompute",
             False,
-            f"the sidecar's plan_version is {params.get('plan_version')!r}, this mixup-cli computes version "
-            f"{PLAN_VERSION}; verify with the mixup-cli version that wrote it",
+            f"the sidecar's plan_version is {params.get('plan_version')!r}, this mixup-cli computes versions "
+            f"{' and '.join(map(str, PLAN_VERSIONS))}; verify with the mixup-cli version that wrote it",
         )
     missing = [key for key in _REQUIRED if key not in params]
     return Check("recompute", False, f"the sidecar lacks the parameter '{missing[0]}'") if missing else None

@@ -260,10 +260,22 @@ resume.SAVE_INTERVAL = 0
 src, out, fmt = sys.argv[1], sys.argv[2], sys.argv[3]
 
 class Killer(pipeline.Progress):
+    # killed once 250 rows are mixed and the journal holds a task (the
+    # writer may lag the mixing by a few blocks: wait for it, 5 s at most)
     rows = 0
     def update(self, rows):
+        import json, time
         self.rows += rows
         if self.rows >= 250:
+            journal = os.path.join(os.path.dirname(out), "." + os.path.basename(out) + ".mixup-partial.journal.json")
+            for _ in range(500):
+                try:
+                    with open(journal) as f:
+                        if json.load(f)["done"]:
+                            break
+                except (OSError, ValueError, KeyError):
+                    pass
+                time.sleep(0.01)
             os._exit(9)
 
 extra = dict(zarr_format=2) if fmt == "zarr2" else {}

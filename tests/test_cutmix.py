@@ -183,6 +183,7 @@ def test_non_image_x_is_refused_for_cutmix(run_cli, tmp_path, shape):
     [
         ((28, 28), None, "NHW"),
         ((28, 28), "NCHW", "NHW"),
+        ((28, 28), "NHW", "NHW"),  # as a sidecar records a grayscale layout
         ((32, 32, 3), None, "NHWC"),
         ((3, 32, 32), None, "NCHW"),
         ((1, 28, 28), None, "NCHW"),
@@ -199,6 +200,9 @@ def test_layout_resolution(row_shape, layout, expected):
 def test_layout_is_never_guessed(row_shape):
     with pytest.raises(ParameterError, match="--layout") as info:
         cutmix.resolve_layout(row_shape)
+    assert info.value.option == "--layout"
+    with pytest.raises(ParameterError, match="NHW is for grayscale") as info:
+        cutmix.resolve_layout(row_shape, "NHW")
     assert info.value.option == "--layout"
 
 
@@ -237,9 +241,11 @@ def test_box_is_reserved_for_cutmix_provenance(run_cli, tmp_path):
 
 
 @pytest.mark.parametrize("pairing", ["global", "within-class"])
-def test_cutmix_output_passes_verify_and_an_edit_fails_it(run_cli, tmp_path, pairing):
+@pytest.mark.parametrize("row_shape", [(8, 8, 3), (8, 8)], ids=["NHWC", "grayscale"])
+def test_cutmix_output_passes_verify_and_an_edit_fails_it(run_cli, tmp_path, pairing, row_shape):
+    # grayscale (N, H, W) records layout NHW, which verify must take back
     rng = np.random.default_rng(5)
-    x = rng.integers(0, 256, (40, 8, 8, 3), dtype=np.uint8)
+    x = rng.integers(0, 256, (40,) + row_shape, dtype=np.uint8)
     labels = rng.integers(0, 4, 40)
     src = write_h5(tmp_path / "in.h5", x=x, y=labels)
     out = tmp_path / "out.h5"

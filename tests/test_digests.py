@@ -194,8 +194,10 @@ def test_verify_hashes_the_output_as_it_recomputes_and_without_the_input_too(tmp
 
     monkeypatch.setattr(hdf5.Reader, "read", counting_read)
     report = verify.verify(out)
-    assert report.ok and [c.name for c in report.checks] == ["output files", "output data", "input files", "recompute"]
-    assert rows_read["n"] == 40 * 4  # every row of the four arrays, once
+    names = [c.name for c in report.checks]
+    assert report.ok and names == ["output files", "output data", "input files", "recompute", "law"]
+    # every row of the four arrays, once; the law check reads partner and lam again (16 bytes a row)
+    assert rows_read["n"] == 40 * 4 + 40 * 2
 
     # A digest edited in the sidecar: the data check fails, the recomputation still matches.
     path = tmp_path / "out.h5.provenance.json"
@@ -210,4 +212,4 @@ def test_verify_hashes_the_output_as_it_recomputes_and_without_the_input_too(tmp
     rows_read["n"] = 0
     checks = {c.name: c for c in verify.verify(out).checks}
     assert not checks["output data"].ok and "'partner': SHA-256 " in checks["output data"].detail
-    assert "skipped" in checks["recompute"].detail and rows_read["n"] == 40 * 4
+    assert "skipped" in checks["recompute"].detail and rows_read["n"] == 40 * 4 + 40 * 2

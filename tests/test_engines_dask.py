@@ -147,14 +147,18 @@ def test_a_failing_block_on_a_worker_ends_with_its_message(scheduler, tmp_path, 
         f.create_dataset("y", data=y)
     corrupt_one_chunk(src)
     where = ("--scheduler", scheduler) if cluster == "scheduler" else ("--workers", 2)
-    proc = run_mixup("augment", src, tmp_path / out_name, "--seed", 1, "--block-rows", 16, "--engine", "dask", *where)
+    # batch pairing: each block reads its own rows only, so the damaged chunk is read as a block's rows
+    pairing = ("--pairing", "batch")
+    proc = run_mixup(
+        "augment", src, tmp_path / out_name, "--seed", 1, "--block-rows", 16, *pairing, "--engine", "dask", *where
+    )
     assert proc.returncode == 1, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: "), proc.stderr
     # The damaged chunk named as the local engine names it, and where it was read.
     assert lines[0].startswith(f"Error: {src}: the compressed chunk of 'x' rows 32:48 "), lines[0]
     assert "copy or write the file again" in lines[0] and "on worker tcp://127.0.0.1" in lines[0]
-    local = run_mixup("augment", src, tmp_path / out_name, "--seed", 1, "--block-rows", 16)
+    local = run_mixup("augment", src, tmp_path / out_name, "--seed", 1, "--block-rows", 16, *pairing)
     assert local.returncode == 1 and local.stderr.strip() == lines[0].split(" (on worker")[0], local.stderr
     assert "Traceback" not in proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.h5"]

@@ -24,6 +24,7 @@ LAYERS = [
         [
             "mixing",
             "sampling",
+            "law",
             "balance",
             "classes",
             "neighbours",

@@ -93,7 +93,10 @@ def test_the_copy_is_removed_when_the_run_fails(tmp_path, monkeypatch):
         ("within-class", 20, True, True),
         ("within-class", 45, True, False),  # two blocks: inflating twice is cheaper than a copy
         ("within-class", 20, False, False),
-        ("global", 20, True, False),  # reads whole blocks anyway
+        ("global", 20, True, True),  # partners i.i.d. over all rows, read by index
+        ("global", 45, True, False),
+        ("global", 90, True, False),  # one block: partners from the block in memory
+        ("batch", 20, True, False),  # reads whole blocks
     ],
 )
 def test_a_copy_is_made_only_where_it_pays(tmp_path, pairing, block_rows, compressed, expected):

@@ -585,10 +585,10 @@ def test_any_shard_sizes_and_blocks_give_the_concatenations_run(
 
 @pytest.mark.parametrize("pairing", ["global", "within-class"])
 def test_more_inputs_than_readers_kept_open(tmp_path, monkeypatch, pairing):
-    """20 inputs, more than the ConcatReader keeps open (16): with global
-    pairing inputs are reopened as blocks are read; partners by class, which
-    fall anywhere in the set for every output, come from one scratch copy of
-    the set made once (not O(inputs) reopenings an output). The same bytes."""
+    """20 inputs, more than the ConcatReader keeps open (16): partners by
+    class, or global (i.i.d. over all rows), which fall anywhere in the set
+    for every output, come from one scratch copy of the set made once (not
+    O(inputs) reopenings an output). The same bytes."""
     from mixup_cli import scratch
 
     copies = []
@@ -602,5 +602,5 @@ def test_more_inputs_than_readers_kept_open(tmp_path, monkeypatch, pairing):
     outdir = tmp_path / "mixed"
     augment_set(AugmentRequest(paths[0], outdir, command_line=[], **common), paths, outdir)
     _assert_concatenation(single, _outputs(outdir, paths), sizes=sizes)
-    assert len(copies) == (1 if pairing == "within-class" else 0)
+    assert len(copies) == 1
     assert not [p for p in outdir.iterdir() if "scratch" in p.name]  # removed when the part ends

@@ -165,7 +165,7 @@ def test_json_report_of_a_fresh_output(h5_output, run_cli):
     assert result.exit_code == 0
     report = json.loads(result.stdout)
     assert report["ok"] is True and report["first_difference"] is None
-    assert [c["name"] for c in report["checks"]] == ["output files", "output data", "input files", "recompute"]
+    assert [c["name"] for c in report["checks"]] == ["output files", "output data", "input files", "recompute", "law"]
     assert result.stderr == ""
 
 

@@ -151,7 +151,7 @@ def run_task(job: Job, task: Task) -> tuple[list[Piece], dict[str, str] | None]:
         raise type(exc)(f"{exc} (on worker {_worker_name()})") from None
     except Exception as exc:
         if task.partner_block is None:
-            partners = "partners by class"
+            partners = "partners read by index"
         else:
             partners = "partners from rows {}:{}".format(*job.plan.block_bounds(task.partner_block))
         raise MixupError(

@@ -67,7 +67,11 @@ def run(
         source,
         plan,
         Mixer(plan, {key: spec.row_shape for key, spec in mixed_specs.items()}),
-        BlockCache(source, plan, slots=3 if threaded else 2, check=check),
+        # global pairing reads its partners by index (a block's worth, beside
+        # the cache): two slots, so that three blocks are in memory at most, as before
+        BlockCache(
+            source, plan, slots=3 if threaded and not (plan.pairing == "global" and plan.by_index) else 2, check=check
+        ),
         _BufferPool(mixed_specs, rows, 2 if threaded else 1, check),
         out,
         hashing,

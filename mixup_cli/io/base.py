@@ -78,6 +78,9 @@ class Reader(ABC):
 
     def take(self, key: str, rows: np.ndarray) -> np.ndarray:
         """Rows at the given indices, in that order (random access: slower)."""
+        rows = np.asarray(rows)
+        if len(rows) and np.all(rows[1:] > rows[:-1]):  # sorted and unique: as read
+            return self._take_sorted_unique(key, rows)
         order = np.argsort(rows, kind="stable")
         sorted_rows = rows[order]
         unique, inverse = np.unique(sorted_rows, return_inverse=True)

@@ -704,6 +704,8 @@ class Reader(base.Reader):
             return out
         if rows[0] < 0 or rows[-1] >= ds.shape[0]:
             raise IndexError(f"{self.path}: rows of '{key}' out of range 0..{ds.shape[0] - 1}")
+        if raw and self._raw_take(key, rows, out):
+            return out
         row_bytes = out.nbytes // len(rows)
         group = ds.chunks[0] if ds.chunks else max(1, TAKE_WINDOW_BYTES // row_bytes)
         # A raw read costs little more than the bytes it copies: long gaps are
@@ -718,6 +720,43 @@ class Reader(base.Reader):
             if not whole:
                 np.take(dest, rows[first:stop] - lo, axis=0, out=out[first:stop], mode="clip")
         return out
+
+    def _raw_take(self, key: str, rows: np.ndarray, out: np.ndarray) -> bool:
+        """Sorted, unique ``rows`` of plain bytes (contiguous, or chunks of
+        whole rows) straight into ``out``: each row's file offset computed at
+        once, rows adjacent in the file read in one call. False (nothing
+        read) where the layout does not allow it."""
+        row_bytes, chunked, offset = self._raw_layout(key)
+        rows = np.asarray(rows, dtype=np.int64)
+        if not chunked:
+            file_at = offset + rows * row_bytes
+            group = rows // max(1, TAKE_WINDOW_BYTES // row_bytes)  # a read stays within a window ...
+        else:
+            chunk_bytes, chunk_rows, per_row = self._stream(key)
+            if per_row != 1:
+                return False
+            offsets, sizes, masks = self._chunk_index(key)
+            k = rows // chunk_rows
+            at = offsets[k]
+            if (at < 0).any() or masks[k].any() or (sizes[k] < chunk_bytes).any():
+                return False  # unallocated (fill value) or unusual chunk: let HDF5 do it
+            file_at = at + (rows - k * chunk_rows) * row_bytes
+            group = k  # ... or a chunk: the buffer holds one at most
+        # A read goes on through up to TAKE_GAP_BYTES of unwanted rows rather than start another.
+        gap = file_at[1:] - (file_at[:-1] + row_bytes)
+        starts = np.flatnonzero(np.append(True, (gap < 0) | (gap > TAKE_GAP_BYTES) | (np.diff(group) != 0)))
+        ends = np.append(starts[1:], len(rows))
+        spans = file_at[ends - 1] + row_bytes - file_at[starts]
+        whole = spans == (ends - starts) * row_bytes  # every row of the span is wanted
+        fd, label = self._fd(self._ds(key)), f"{self.path}: '{key}'"
+        pieces = zip(file_at[starts[whole]].tolist(), (starts[whole] * row_bytes).tolist(), spans[whole].tolist())
+        base.pread_pieces(fd, memoryview(out).cast("B"), pieces, label)
+        flat = out.reshape(len(rows), -1).view(np.uint8)
+        for lo, hi, span in zip(starts[~whole].tolist(), ends[~whole].tolist(), spans[~whole].tolist()):
+            buf = self._buffer(flat, span // row_bytes)
+            base.pread_pieces(fd, memoryview(buf).cast("B"), [(int(file_at[lo]), 0, span)], label)
+            np.take(buf, (file_at[lo:hi] - file_at[lo]) // row_bytes, axis=0, out=flat[lo:hi])
+        return True
 
     def _buffer(self, like: np.ndarray, rows: int) -> np.ndarray:
         """A C-contiguous array of ``rows`` rows shaped like ``like``'s, in

@@ -1,0 +1,231 @@
+"""What the documented law of a run implies for its output's own provenance
+arrays, tested from those arrays alone: ``mixup verify``'s ``law`` check.
+
+The recomputation proves the output is what the plan computes; this proves
+the plan computes what the README says, by a path that shares nothing with
+the planner: the rows are fed in output order (``Law.add``: each mixed row's
+own input row, partner and lam) and ``Law.result`` tests, at a false-alarm
+rate of ``FALSE_ALARM`` (1e-6) under the law:
+
+* ``global`` (plan version 2): partners i.i.d. uniform over the N rows.
+  (a) partner counts over up to 4,096 bins of consecutive rows against the
+  bins' shares (Pearson chi-square, two-sided: too even fails too, at least
+  10 expected per bin); (b) the table of own-row group against partner-row
+  group (up to 16 groups, at least 5 expected per cell) against independence;
+  (c) the share of partners in the row's own block against the blocks'
+  sizes, by Bernstein's inequality (exact for any sum of independent
+  indicators, no approximation).
+* ``batch``: each group's partners, per copy, are its own rows, each once
+  (a permutation of the group): checked exactly. A group is a block, or
+  (plan version 2) the last two blocks when the last is shorter than half a
+  block.
+* ``within-class`` / ``between-class``: every partner's class is (is not) its
+  row's, exactly, from the input's labels (``classes``).
+* lam (``--method mixup``): Beta(alpha, alpha), chi-square over 20 bins of
+  equal probability under it (at least 100 rows).
+
+Memory: the bins, the table and, for class pairings, the labels (O(N)
+integers, as the class pairings' own index). Plan version 1's ``global``
+(the block cycle) is not tested: its law is the one that version documented.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+FALSE_ALARM = 1e-6
+MAX_BINS = 4096
+MAX_GROUPS = 16
+LAM_BINS = 20
+
+
+def chi2_two_sided(observed, expected, df: int) -> float:
+    """Two-sided p-value of Pearson's chi-square (upper tail: too far; lower: too even)."""
+    from scipy.special import gammainc, gammaincc
+
+    observed, expected = np.asarray(observed, float).ravel(), np.asarray(expected, float).ravel()
+    stat = float(np.sum((observed - expected) ** 2 / expected))
+    return 2 * min(float(gammaincc(df / 2, stat / 2)), float(gammainc(df / 2, stat / 2)))
+
+
+def bernstein_bound(variance: float, alpha: float = FALSE_ALARM) -> float:
+    """t with P(|S - E S| >= t) <= alpha for S a sum of independent indicators
+    of total variance ``variance`` (Bernstein: 2 exp(-t^2 / (2 v + 2 t / 3)))."""
+    log = math.log(2 / alpha)
+    return log / 3 + math.sqrt((log / 3) ** 2 + 2 * variance * log)
+
+
+@dataclass
+class Law:
+    """The law's tests, fed the output's mixed rows in order."""
+
+    pairing: str
+    n_rows: int  # N: the rows partners are drawn from
+    block_rows: int
+    alpha: float
+    mixed_rows: int  # rows that will be fed (copies x N)
+    lam_is_beta: bool = True  # CutMix corrects lam to its box: not Beta
+    classes: np.ndarray | None = None  # class of every input row (class pairings)
+    # False: the partners are drawn over rows other than the input's (--balance), not tested but by class
+    partner_law: bool = True
+    version: int = 2  # the plan version (1: batch groups are the blocks, tail included)
+    problems: list[str] = field(default_factory=list)
+
+    def __post_init__(self):
+        n, m = self.n_rows, self.mixed_rows
+        self.bins = min(n, MAX_BINS, m // 10) if self.pairing == "global" and self.partner_law else 0
+        self.partner_bins = np.zeros(max(self.bins, 1), np.int64)
+        groups = min(MAX_GROUPS, n, int(math.sqrt(m / 10))) if self.pairing == "global" and self.partner_law else 0
+        self.groups = groups if groups >= 2 else 0
+        self.table = np.zeros((max(self.groups, 1),) * 2, np.int64)
+        self.own_block = [0, 0.0, 0.0]  # hits, expected, variance
+        self.lam_counts = np.zeros(LAM_BINS, np.int64)
+        self.lam_rows = 0
+        self.batch_bad: tuple[int, int] | None = None
+        self._pending: tuple[np.ndarray, np.ndarray, int] | None = None  # rows of a group not complete yet
+        self.class_bad: int | None = None
+        self.rows_seen = 0
+
+    def add(self, own: np.ndarray, partner: np.ndarray, lam: np.ndarray, at: int) -> None:
+        """Mixed rows: each one's own input row, partner and lam; ``at`` is the
+        first one's output row (for messages)."""
+        own, partner = np.asarray(own, np.int64), np.asarray(partner, np.int64)
+        if self.lam_is_beta:
+            self._lam(np.asarray(lam, np.float64))
+        if self.pairing == "global" and self.partner_law:
+            self._global(own, partner)
+        elif self.pairing == "batch" and self.partner_law:
+            self._batch(own, partner, at)
+        elif self.classes is not None and self.class_bad is None:
+            same = self.classes[partner] == self.classes[own]
+            bad = np.flatnonzero(~same if self.pairing == "within-class" else same)
+            if len(bad):
+                self.class_bad = at + int(bad[0])
+        self.rows_seen += len(own)
+
+    def _lam(self, lam: np.ndarray) -> None:
+        from scipy.special import betaincinv
+
+        if not hasattr(self, "_edges"):
+            q = np.arange(1, LAM_BINS) / LAM_BINS
+            self._edges = betaincinv(self.alpha, self.alpha, q)
+        self.lam_counts += np.bincount(np.searchsorted(self._edges, lam, side="right"), minlength=LAM_BINS)
+        self.lam_rows += len(lam)
+
+    def _global(self, own: np.ndarray, partner: np.ndarray) -> None:
+        n = self.n_rows
+        if self.bins:
+            self.partner_bins += np.bincount(partner * self.bins // n, minlength=self.bins)
+        if self.groups:
+            g = self.groups
+            np.add.at(self.table, (own * g // n, partner * g // n), 1)
+        b = self.block_rows
+        if n > b:
+            size = np.minimum((own // b + 1) * b, n) - own // b * b
+            p = size / n
+            self.own_block[0] += int(np.sum(own // b == partner // b))
+            self.own_block[1] += float(p.sum())
+            self.own_block[2] += float(np.sum(p * (1 - p)))
+
+    def group_stop(self, row: int) -> int:
+        """The end of the batch pairing group that starts at ``row``."""
+        n, b = self.n_rows, self.block_rows
+        stop = min(n, row + b)
+        if self.version >= 2 and stop < n and 2 * (n - stop) < b:
+            return n  # a short last block goes with the one before it
+        return stop
+
+    def _batch(self, own: np.ndarray, partner: np.ndarray, at: int) -> None:
+        """Rows fed in order, groups whole or continued by the next call: each
+        group's partners are its rows, once."""
+        if self._pending is not None:
+            p_own, p_partner, at = self._pending
+            own, partner = np.concatenate([p_own, own]), np.concatenate([p_partner, partner])
+            self._pending = None
+        s = 0
+        while s < len(own) and self.batch_bad is None:
+            first = int(own[s])
+            e = s + self.group_stop(first) - first
+            if e > len(own):  # the rest of the group comes with the next rows
+                self._pending = (own[s:], partner[s:], at + s)
+                return
+            if not np.array_equal(np.sort(partner[s:e]), np.arange(first, first + e - s)):
+                self.batch_bad = (at + s, first // self.block_rows)
+            s = e
+
+    def result(self) -> tuple[bool, str]:
+        """Whether the rows fed are plausible under the law, and a line saying what was tested."""
+        tested = self._tests()
+        if self.problems:
+            return False, "; ".join(self.problems) + f" (p < {FALSE_ALARM:g} under the documented law)"
+        if not tested:
+            return True, f"{self.rows_seen} rows: too few to test the law of --pairing {self.pairing}"
+        return (
+            True,
+            f"{self.rows_seen} mixed rows plausible under --pairing {self.pairing} (tested: {', '.join(tested)})",
+        )
+
+    def _tests(self) -> list[str]:
+        tested: list[str] = []
+        if self.lam_is_beta and self.lam_rows >= 5 * LAM_BINS:
+            expected = np.full(LAM_BINS, self.lam_rows / LAM_BINS)
+            if chi2_two_sided(self.lam_counts, expected, LAM_BINS - 1) < FALSE_ALARM:
+                self.problems.append(f"lam does not follow Beta({self.alpha:g}, {self.alpha:g})")
+            tested.append("lam")
+        if self.pairing == "global" and self.partner_law:
+            tested += self._global_result()
+        elif self.pairing == "batch" and self.partner_law:
+            if self.batch_bad is not None:
+                row, block = self.batch_bad
+                self.problems.append(
+                    f"output rows from {row}: the partners of the rows of block {block} (and the short last "
+                    "block, when it goes with it) are not a permutation of those rows"
+                )
+            tested.append("partners within their group of rows, each row once")
+        elif self.classes is not None:
+            if self.class_bad is not None:
+                what = "another class" if self.pairing == "within-class" else "its own class"
+                self.problems.append(f"output row {self.class_bad}: its partner is of {what}")
+            tested.append("partner classes")
+        return tested
+
+    def _global_result(self) -> list[str]:
+        tested, n = [], self.n_rows
+        if self.bins >= 2:
+            sizes = np.bincount(np.arange(n) * self.bins // n, minlength=self.bins)
+            expected = self.rows_seen * sizes / n
+            if chi2_two_sided(self.partner_bins, expected, self.bins - 1) < FALSE_ALARM:
+                spread = float(np.sum((self.partner_bins - expected) ** 2 / expected))
+                top = int(np.argmax(self.partner_bins / expected))
+                if spread < self.bins - 1:  # the lower tail
+                    self.problems.append(
+                        "partner counts are more even than independent uniform draws give (each row about "
+                        "equally often: a permutation?)"
+                    )
+                else:
+                    self.problems.append(
+                        f"partner counts are not those of rows drawn uniformly: rows {top * n // self.bins}-"
+                        f"{(top + 1) * n // self.bins - 1} are partners {self.partner_bins[top]} times where "
+                        f"{expected[top]:.1f} are expected"
+                    )
+            tested.append("partner counts")
+        if self.groups:
+            g = self.groups
+            sizes = np.bincount(np.arange(n) * g // n, minlength=g)
+            expected = self.table.sum(axis=1, keepdims=True) * sizes[None, :] / n
+            keep = expected.sum(axis=1) > 0
+            if chi2_two_sided(self.table[keep], expected[keep], int(keep.sum()) * (g - 1)) < FALSE_ALARM:
+                self.problems.append("a row's partner depends on where the row is (own and partner row groups)")
+            tested.append("partner independent of the row")
+        hits, mean, variance = self.own_block
+        if mean > 0:
+            if abs(hits - mean) >= bernstein_bound(variance):
+                self.problems.append(
+                    f"{hits / self.rows_seen:.3f} of partners are in their row's own block where uniform "
+                    f"pairing gives {mean / self.rows_seen:.3f}"
+                )
+            tested.append("own-block share")
+        return tested
