@@ -77,7 +77,8 @@ def test_augment_takes_every_option_of_the_command_by_keyword():
     fields = {
         f.name: f.default
         for f in __import__("dataclasses").fields(AugmentRequest)
-        if f.name not in ("input", "output", "command_line", "require_y")
+        # plan_version: older plans, for tests that write outputs of an earlier version
+        if f.name not in ("input", "output", "command_line", "require_y", "plan_version")
     }
     assert keywords == dict(fields, shard=None, progress=None)
     assert list(params)[:2] == ["input", "output"]
@@ -118,7 +119,13 @@ def test_augment_then_verify_then_dataset_round_trip(tmp_path, source, capsys):
     assert json.loads(json.dumps(done.summary()))["written"] == [str(out)]
 
     report = mixup_cli.verify(out)
-    assert report.ok and [c.name for c in report.checks] == ["output files", "output data", "input files", "recompute"]
+    assert report.ok and [c.name for c in report.checks] == [
+        "output files",
+        "output data",
+        "input files",
+        "recompute",
+        "law",
+    ]
     assert capsys.readouterr() == ("", "")  # neither function prints
 
     with h5py.File(out, "r") as f:
