@@ -184,7 +184,9 @@ def soak(name: str, src: Path, workdir: Path, kills: int, args: list[str], rng: 
             journaled = False
         if journaled:
             counts["journaled"] += 1
-        again = subprocess.run(cmd + [str(out)] + opts + ["--resume"], env=env(), capture_output=True, text=True)
+        # Without --quiet: the note that the run was already complete is what is counted.
+        resume_opts = [o for o in opts if o != "--quiet"] + ["--resume"]
+        again = subprocess.run(cmd + [str(out)] + resume_opts, env=env(), capture_output=True, text=True)
         if again.returncode != 0:
             counts["failed"] += 1
             failures.append(
