@@ -1,8 +1,9 @@
 """String and categorical class labels.
 
 Accepted for ``y``: strings (HDF5 fixed- or variable-length strings, numpy
-``U``/``S`` arrays in ``.npy``/``.npz``) and AnnData categoricals (an HDF5
-group ``obs/<name>`` holding ``codes`` and ``categories``). Their class
+``U``/``S`` arrays in ``.npy``/``.npz``), AnnData categoricals (an HDF5
+group ``obs/<name>`` holding ``codes`` and ``categories``) and HDF5 enums
+(their members' names; a stored value no member has is refused). Their class
 names are the sorted unique values (the order of scikit-learn's
 ``LabelEncoder``/``OneHotEncoder``: ``numpy.unique``, by code point), found by
 one streaming pass over the labels (for AnnData, the categories alone);
@@ -46,12 +47,12 @@ def _as_text(block: np.ndarray, label: str) -> np.ndarray:
 class NamedLabels:
     """A reader whose ``key`` is shown as int64 class codes into ``names``."""
 
-    def __init__(
-        self, inner, key: str, names: np.ndarray, source_key: str | None = None, categories: np.ndarray | None = None
-    ):
+    def __init__(self, inner, key: str, names: np.ndarray, source_key: str | None = None, codes=None):
         self._inner, self._key = inner, key
         self._source_key = source_key or key  # AnnData: KEY/codes
-        self._categories = categories  # AnnData: code -> position in names
+        # AnnData codes, or an HDF5 enum's values: (the stored values, sorted;
+        # the position of each one's name in names).
+        self._stored_codes = codes
         self.class_names = [str(n) for n in names]
         self._names = np.asarray(names, dtype=str)
         self.path = inner.path
@@ -66,17 +67,19 @@ class NamedLabels:
         return ArraySpec((self._inner.spec(self._source_key).rows,), np.dtype(np.int64))
 
     def _codes(self, block: np.ndarray, first) -> np.ndarray:
-        if self._categories is not None:
+        if self._stored_codes is not None:
+            values, positions = self._stored_codes
             codes = np.asarray(block).reshape(-1).astype(np.int64)
-            bad = (codes < 0) | (codes >= len(self._categories))
+            at = np.minimum(np.searchsorted(values, codes), len(values) - 1)
+            bad = values[at] != codes
             if bad.any():
                 i = int(np.flatnonzero(bad)[0])
                 row = int(first[i]) if isinstance(first, np.ndarray) else int(first) + i
                 raise InputError(
-                    f"{self.path}: '{self._key}' row {row} has code {int(codes[i])} (a missing category); "
-                    "every row needs a class"
+                    f"{self.path}: '{self._key}' row {row} has code {int(codes[i])}, which names no class "
+                    "(a missing category); every row needs a class"
                 )
-            return self._categories[codes]
+            return positions[at]
         text = _as_text(block, f"{self.path}: '{self._key}'")
         return np.searchsorted(self._names, text).astype(np.int64)
 
@@ -134,9 +137,16 @@ def wrap(reader, y_key: str | None):
         names = np.unique(categories)
         if len(names) != len(categories):
             raise InputError(f"{label}: its categories repeat a name; each category must be unique")
-        return NamedLabels(reader, y_key, names, f"{y_key}/codes", np.searchsorted(names, categories))
+        codes = (np.arange(len(categories)), np.searchsorted(names, categories))
+        return NamedLabels(reader, y_key, names, f"{y_key}/codes", codes)
     if y_key not in keys:
         return reader
+    members = getattr(reader, "enum_members", lambda key: None)(y_key)
+    if members:  # an HDF5 enum: its members are the classes, by name
+        names = np.array(sorted(members), dtype=str)
+        values = np.array([members[n] for n in names], dtype=np.int64)
+        order = np.argsort(values, kind="stable")
+        return NamedLabels(reader, y_key, names, codes=(values[order], order))
     spec = reader.spec(y_key)
     if np.dtype(spec.dtype).kind not in STRING_KINDS or spec.row_shape not in ((), (1,)):
         return reader

@@ -6,6 +6,7 @@ with nothing left in the output folder."""
 
 from __future__ import annotations
 
+import json
 import os
 import warnings
 
@@ -610,3 +611,56 @@ def test_a_damaged_big_chunk_is_refused_naming_its_rows(run_cli, tmp_path, outdi
             ds.id.write_direct_chunk((start, 0), stored)
     line = check_refused(run_cli, src, outdir, "x", "rows 20:40", "damaged", y_key="y")
     assert "copy or write the file again" in line
+
+
+def test_a_null_dataspace_is_refused_in_one_line(run_cli, tmp_path, outdir):
+    src = tmp_path / "null.h5"
+    with h5py.File(src, "w") as f:
+        f["x"] = _data()
+        f.create_dataset("y", data=h5py.Empty("f4"))
+    line = check_refused(run_cli, src, outdir, "y", "null dataspace", y_key="y")
+    assert "TypeError" not in line
+
+
+def test_a_matlab_v5_file_is_refused_saying_how_to_save_it(run_cli, tmp_path, outdir):
+    scipy_io = pytest.importorskip("scipy.io")
+    src = tmp_path / "old.mat"
+    scipy_io.savemat(src, {"x": _data(), "y": np.arange(N)})
+    result = run_cli("augment", src, outdir / "out.h5", "--quiet")
+    assert result.exit_code == 1, result.stderr
+    assert str(src) in result.stderr and "'-v7.3'" in result.stderr and "scipy.io.loadmat" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert_nothing_written(outdir)
+
+
+def test_hdf5_enum_labels_are_named_classes(run_cli, tmp_path, outdir):
+    """{b: 20, a: 10, c: 30}: three classes named a, b, c (c never used), not
+    31 one-hot columns of the raw values."""
+    src, x = tmp_path / "enum.h5", _data()
+    values = np.random.default_rng(3).choice([10, 20], N).astype(np.int8)
+    with h5py.File(src, "w") as f:
+        f["x"] = x
+        f.create_dataset("y", data=values, dtype=h5py.enum_dtype({"b": 20, "a": 10, "c": 30}, basetype="i1"))
+    result = run_cli("augment", src, outdir / "out.h5", "--seed", 2, "--quiet")
+    assert result.exit_code == 0, result.stderr
+    with h5py.File(outdir / "out.h5", "r") as f:
+        assert json.loads(f.attrs["class_names"]) == ["a", "b", "c"]
+        y_out, lam, partner = f["y"][()], f["lam"][()], f["partner"][()]
+    one_hot = np.eye(3, dtype=y_out.dtype)[(values == 20).astype(int)]  # a -> column 0, b -> column 1
+    _check_rows(y_out, one_hot, lam, partner)
+    assert run_cli("verify", outdir / "out.h5").exit_code == 0
+
+
+def test_an_enum_value_no_member_has_is_refused(run_cli, tmp_path, outdir):
+    src = tmp_path / "enum.h5"
+    with h5py.File(src, "w") as f:
+        f["x"] = _data()
+        dt = h5py.enum_dtype({"a": 10, "b": 20}, basetype="i1")
+        ds = f.create_dataset("y", shape=(N,), dtype=dt)
+        ds.id.write(h5py.h5s.ALL, h5py.h5s.ALL, np.full(N, 10, np.int8))
+        ds.id.write(h5py.h5s.create_simple((N,)), h5py.h5s.ALL, np.full(N, 10, np.int8))
+        raw = np.full(N, 10, np.int8)
+        raw[7] = 15
+        ds.id.write(h5py.h5s.ALL, h5py.h5s.ALL, raw, mtype=h5py.h5t.NATIVE_INT8)
+    line = check_refused(run_cli, src, outdir, "y", "row 7", "code 15", y_key="y")
+    assert "names no class" in line

@@ -85,6 +85,11 @@ def format_of(path: Path, *, for_output: bool = False) -> str:
             f"{path}: a netCDF file in the classic (netCDF-3) format, not HDF5; convert it to netCDF-4 "
             "first (for example `nccopy -k nc4 IN OUT.nc`, or xarray's to_netcdf(engine='h5netcdf'))"
         )
+    if not for_output and _regular_file(path) and suffix == ".mat":
+        raise InputError(
+            f"{path}: a MATLAB file saved before v7.3 (not HDF5); save it again with "
+            "save(FILE, ..., '-v7.3'), or load it with scipy.io.loadmat and write the arrays with numpy.savez"
+        )
     if suffix == ".npy":
         hint = "put x.npy and y.npy in one directory and pass the directory"
     else:

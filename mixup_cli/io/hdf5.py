@@ -348,7 +348,16 @@ class Reader(base.Reader):
 
     def spec(self, key: str) -> ArraySpec:
         ds = self._ds(key)
+        if ds.shape is None:
+            raise InputError(
+                f"{self.path}: array '{key}' is empty (an HDF5 null dataspace: no shape, no values); "
+                "write it with its rows, or name another array"
+            )
         return ArraySpec(tuple(ds.shape), self._dtype(key, ds))
+
+    def enum_members(self, key: str) -> dict[str, int] | None:
+        """An HDF5 enum's names and values (labels stored as named integers)."""
+        return h5py.check_enum_dtype(self._ds(key).dtype)
 
     def require(self, key: str, option: str, kinds: str = "fiu") -> ArraySpec:
         if key in self.keys():
