@@ -188,3 +188,18 @@ def test_partial_store_reopens_for_resume_and_flush_syncs_what_changed(tmp_path,
     shutil.rmtree(path / "lam")
     with pytest.raises(OutputError, match="the partial output is damaged"):
         zarr_io.Writer.reopen(path, specs, options)
+
+
+@pytest.mark.parametrize("zarr_format", [2, 3])
+def test_a_store_named_without_the_zarr_suffix_is_read_as_zarr(tmp_path, run_cli, zarr_format):
+    x, y = make_arrays(n=30, x_shape=(3,))
+    store = tmp_path / "features"  # a folder, as `zarr.open_group("features")` makes it
+    group = zarr.open_group(str(store), mode="w", zarr_format=zarr_format)
+    group["x"], group["y"] = x, y
+    out = tmp_path / "out.h5"
+    result = run_cli("augment", store, out, "--seed", 4, "--quiet")
+    assert result.exit_code == 0, result.stderr
+    with h5py.File(out, "r") as f:
+        assert np.array_equal(f["x"][()], expected_mix(x, f["lam"][()], f["partner"][()]))
+    assert read_sidecar(out)["input"]["format"] == "zarr"
+    assert run_cli("verify", out).exit_code == 0

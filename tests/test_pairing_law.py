@@ -280,6 +280,37 @@ def test_verify_reports_the_law_it_tested(tmp_path, run_cli):
     assert line.startswith("ok") and "partner counts" in line and "own-block share" in line
 
 
+@pytest.mark.parametrize("n", [20, 21, 25, 30, 40, 50, 64, 99, 100, 150, 200, 1000])
+def test_verify_raises_no_false_alarm_on_honest_draws_at_small_sizes(n):
+    """verify's law check on partners drawn exactly by the documented law
+    (i.i.d. uniform, Beta lam) passes: 400 draws per size. The chi-square
+    law's lower tail is wrong for counts in few cells (at 20 rows, equal
+    halves happen 18% of the time); a check that used it there failed honest
+    outputs that often."""
+    from mixup_cli.law import Law
+
+    rng = np.random.default_rng(n)
+    for _ in range(400):
+        law = Law(pairing="global", n_rows=n, block_rows=max(1, n // 3), alpha=0.4, mixed_rows=n)
+        law.add(np.arange(n), rng.integers(0, n, n), rng.beta(0.4, 0.4, n), 0)
+        ok, line = law.result()
+        assert ok, line
+
+
+def test_verify_law_check_rejects_partners_that_are_a_permutation():
+    """The control: each row exactly once as a partner (a permutation, the
+    block cycle's law) is far too even for i.i.d. draws once there are
+    cells enough to tell."""
+    from mixup_cli.law import Law
+
+    rng = np.random.default_rng(0)
+    n = 5000
+    law = Law(pairing="global", n_rows=n, block_rows=n, alpha=0.4, mixed_rows=n)
+    law.add(np.arange(n), rng.permutation(n), rng.beta(0.4, 0.4, n), 0)
+    ok, line = law.result()
+    assert not ok and "more even" in line
+
+
 def test_verify_fails_an_output_whose_partners_follow_the_block_cycle(tmp_path, run_cli):
     """Partners replaced by the old block-cycle law, x and y recomputed from
     them by the formula: the law check names what is implausible."""

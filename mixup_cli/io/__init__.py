@@ -37,6 +37,8 @@ _MODULES = {
     "npydir": "mixup_cli.io.npydir",
     "zarr": "mixup_cli.io.zarr",
 }
+# The metadata file at the top of a Zarr store (v3, v2 group, v2 array).
+_ZARR_MARKERS = ("zarr.json", ".zgroup", ".zarray")
 SUPPORTED = ".h5, .hdf5, .npz, .zarr, or a directory of .npy files (a path without extension)"
 
 # An HDF5 file starts with this signature at byte 0, 512, 1024, 2048, ...
@@ -76,6 +78,9 @@ def format_of(path: Path, *, for_output: bool = False) -> str:
         if fmt == "zarr":  # an optional extra: say so before any work is done
             _module(fmt).import_zarr(path, for_output=for_output)
         return fmt
+    if not for_output and path.is_dir() and any((path / name).is_file() for name in _ZARR_MARKERS):
+        _module("zarr").import_zarr(path)  # a Zarr store named without .zarr: known by its metadata file
+        return "zarr"
     if path.is_dir() or (for_output and suffix == "" and not path.exists()):
         return "npydir"
     if not for_output and _regular_file(path) and is_hdf5(path):
