@@ -248,11 +248,18 @@ def _run_tasks(request, source: Source, plan: Plan, partial: _Partial, progress:
             info = local.run(run_source, plan, writer, job.tasks(), progress, **common, batch_rows=request.batch_size)
     writer.flush()
     journal.save()  # every task recorded before the file is finished
+    decoded = {f"{key}_decoded": note for key, note in _decoded(source).items()}  # say what the values are
     writer.set_attributes(
-        {"mixup_cli_version": __version__, "run_id": journal.run_id, **names.attributes(source.prepared)}
+        {"mixup_cli_version": __version__, "run_id": journal.run_id, **names.attributes(source.prepared), **decoded}
     )
     writer.close()
     return info
+
+
+def _decoded(source: Source) -> dict[str, str]:
+    """How each input array was decoded on reading, where it was (``io.cf``)."""
+    notes = {key: source.reader.describe(key).get("decoded") for key in source.specs}
+    return {key: note for key, note in notes.items() if note}
 
 
 def _record(
@@ -266,6 +273,8 @@ def _record(
     out_hashes, in_hashes = out_hashing.result(), input_hashes.result()
     job = partial.job
     input_entry = sidecar.dataset_entry(job.input_path, job.input_format, job.input_specs, in_hashes)
+    for key, note in _decoded(source).items():  # values read other than as stored (netCDF packing)
+        input_entry["arrays"][key]["decoded"] = note
     final = {str(output / rel if str(rel) != "." else output): f for rel, f in zip(writer.files(), out_files)}
     output_entry = sidecar.output_entry(
         output, partial.out_format, partial.specs, final, out_hashes, plan, partial.block_digests, job.shift

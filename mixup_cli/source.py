@@ -9,7 +9,7 @@ from pathlib import Path
 
 from mixup_cli import names
 from mixup_cli.errors import InputError, ParameterError
-from mixup_cli.io import ArraySpec, Reader, open_reader
+from mixup_cli.io import ArraySpec, Reader, cf, open_reader
 from mixup_cli.prepare import DataOptions, Prepared, pair_keys, prepare
 
 log = logging.getLogger("mixup_cli")
@@ -83,6 +83,8 @@ def open_source(
     if reader is None:
         reader = open_reader(path, scratch_prefix, fast=fast)
     try:
+        reader.require(x_key, "--x-key")  # x exists, before its attributes are read
+        reader = cf.wrap(reader, (x_key, y_key))  # netCDF: packed variables as floats, fill values as missing
         specs = {x_key: reader.require(x_key, "--x-key")}
         reader = names.wrap(reader, y_key)  # string or categorical class labels, shown as class codes
         if y_key is not None and not require_y and y_key not in reader.keys():

@@ -664,3 +664,68 @@ def test_an_enum_value_no_member_has_is_refused(run_cli, tmp_path, outdir):
         ds.id.write(h5py.h5s.ALL, h5py.h5s.ALL, raw, mtype=h5py.h5t.NATIVE_INT8)
     line = check_refused(run_cli, src, outdir, "y", "row 7", "code 15", y_key="y")
     assert "names no class" in line
+
+
+def _netcdf4():
+    return pytest.importorskip("netCDF4")
+
+
+def _packed_nc(path, gap=None, packed=True, n=N):
+    netCDF4 = _netcdf4()
+    values = np.random.default_rng(2).normal(20, 3, (n, 4))
+    with netCDF4.Dataset(path, "w") as nc:
+        nc.createDimension("sample", n)
+        nc.createDimension("feature", 4)
+        x = nc.createVariable("x", "i2", ("sample", "feature"), fill_value=-32767)
+        if packed:
+            x.scale_factor, x.add_offset = np.float32(0.01), np.float32(20.0)
+        else:
+            values = np.round(values * 100)
+        data = np.ma.masked_array(values, mask=np.zeros(values.shape, bool))
+        if gap is not None:
+            data.mask[gap, 1] = True
+        x[:] = data
+        nc.createVariable("y", "i4", ("sample",))[:] = np.arange(n) % 3
+
+
+def test_netcdf_packed_variables_are_mixed_as_the_values_netcdf_reads(run_cli, tmp_path, outdir):
+    """int16 with scale_factor/add_offset: mixed as netCDF4-python decodes
+    it (float32), not as raw integers; the output says so."""
+    netCDF4 = _netcdf4()
+    src = tmp_path / "packed.nc"
+    _packed_nc(src)
+    with netCDF4.Dataset(src) as nc:
+        x = np.asarray(nc["x"][:], dtype=np.float32)  # the library's own unpacking
+    out, _ = check_accepted(run_cli, src, outdir, x=x, y=None, y_key=None)
+    with h5py.File(out, "r") as f:
+        assert f["x"].dtype == np.float32 and "scale" not in " ".join(f["x"].attrs)
+        assert "stored * 0.01 + 20" in f.attrs["x_decoded"]
+    record = json.loads(out.with_name(out.name + ".provenance.json").read_text())
+    assert "_FillValue -32767 is missing data" in record["input"]["arrays"]["x"]["decoded"]
+
+
+def test_netcdf_fill_values_are_missing_data_not_numbers(run_cli, tmp_path, outdir):
+    src = tmp_path / "gaps.nc"
+    _packed_nc(src, gap=7)
+    check_refused(run_cli, src, outdir, "x", "row 7", "NaN", y_key="y")
+    kept = run_cli("augment", src, outdir / "kept.h5", "--allow-nonfinite", "--no-y", "--seed", 1, "--quiet")
+    assert kept.exit_code == 0, kept.stderr
+    with h5py.File(outdir / "kept.h5", "r") as f:
+        x, partner = f["x"][()], f["partner"][()]
+    touched = (partner == 7) | (np.arange(N) == 7)  # NaN times any lam is NaN
+    assert np.isnan(x[touched, 1]).all() and not np.isnan(x[~touched]).any()
+
+
+def test_netcdf_integer_fill_values_are_refused_naming_the_row(run_cli, tmp_path, outdir):
+    src = tmp_path / "ints.nc"
+    _packed_nc(src, gap=11, packed=False)
+    check_refused(run_cli, src, outdir, "x", "row 11", "fill value", y_key="y")
+
+
+def test_scale_factor_outside_netcdf_is_an_ordinary_attribute(run_cli, tmp_path, outdir):
+    """Only files netCDF wrote give those attribute names their CF meaning."""
+    src, x = tmp_path / "plain.h5", _data(np.int16)
+    with h5py.File(src, "w") as f:
+        f["x"] = x
+        f["x"].attrs["scale_factor"] = np.float32(0.5)
+    check_accepted(run_cli, src, outdir, y_key=None)

@@ -355,6 +355,16 @@ class Reader(base.Reader):
             )
         return ArraySpec(tuple(ds.shape), self._dtype(key, ds))
 
+    def cf_attributes(self, key: str) -> dict | None:
+        """The CF attributes of a netCDF-4 variable (packing, fill values):
+        only in files netCDF wrote (its properties attribute, or dimension
+        scales), where those names have that meaning."""
+        ds = self._ds(key)
+        if "_NCProperties" not in self._file.attrs and "DIMENSION_LIST" not in ds.attrs:
+            return None
+        names = ("scale_factor", "add_offset", "_FillValue", "missing_value")
+        return {name: ds.attrs[name] for name in names if name in ds.attrs} or None
+
     def enum_members(self, key: str) -> dict[str, int] | None:
         """An HDF5 enum's names and values (labels stored as named integers)."""
         return h5py.check_enum_dtype(self._ds(key).dtype)
