@@ -1,0 +1,203 @@
+"""Parquet files as input and output (an optional extra: pyarrow)."""
+
+import json
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+import pytest
+from conftest import REPO, expected_mix, read_sidecar, write_h5
+
+from mixup_cli.pipeline import AugmentRequest, augment
+
+pa = pytest.importorskip("pyarrow", reason="Parquet is an optional extra: pip install 'mixup-cli[arrow]'")
+pq = pytest.importorskip("pyarrow.parquet")
+pd = pytest.importorskip("pandas")
+
+
+def tensor_column(x: np.ndarray):
+    """x (N, *shape) as nested fixed-size lists, one level per axis."""
+    arr = pa.array(np.ascontiguousarray(x).reshape(-1))
+    for size in reversed(x.shape[1:]):
+        arr = pa.FixedSizeListArray.from_arrays(arr, size)
+    return arr
+
+
+def load_h5(path) -> dict:
+    with h5py.File(path, "r") as f:
+        return {key: f[key][()] for key in f}, dict(f.attrs)
+
+
+def one_hot(labels, n):
+    return np.eye(n, dtype=np.float32)[labels]
+
+
+@pytest.mark.parametrize("row_group_size", [7, 16, 1000])
+def test_tensor_column_and_integer_labels_match_the_formula(tmp_path, row_group_size):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((45, 3, 2)).astype(np.float32)
+    y = rng.integers(0, 4, 45)
+    src = tmp_path / "in.parquet"
+    pq.write_table(pa.table({"x": tensor_column(x), "y": y}), src, row_group_size=row_group_size)
+    out = tmp_path / "out.h5"
+    augment(AugmentRequest(src, out, alpha=0.4, seed=3, block_rows=8, batch_size=3))
+    got, _ = load_h5(out)
+    lam, partner = got["lam"], got["partner"]
+    assert got["x"].dtype == np.float32 and np.array_equal(got["x"], expected_mix(x, lam, partner))
+    assert np.array_equal(got["y"], expected_mix(one_hot(y, 4), lam, partner))
+    sidecar = read_sidecar(out)
+    assert sidecar["input"]["format"] == "parquet"
+
+
+def test_fixed_shape_tensor_and_pandas_lists(tmp_path, run_cli):
+    rng = np.random.default_rng(1)
+    x = rng.integers(0, 256, (30, 4, 4), dtype=np.uint8)
+    tensor = pa.ExtensionArray.from_storage(pa.fixed_shape_tensor(pa.uint8(), (4, 4)), tensor_column(x.reshape(30, 16)))
+    frame = pd.DataFrame({"emb": list(rng.standard_normal((30, 5))), "target": rng.standard_normal(30)})
+    pq.write_table(pa.table({"img": tensor}), tmp_path / "t.parquet", row_group_size=11)
+    frame.to_parquet(tmp_path / "p.parquet", row_group_size=11)
+    assert run_cli("augment", tmp_path / "t.parquet", tmp_path / "t.h5", "--x-key", "img", "--seed", 1).exit_code == 0
+    got, _ = load_h5(tmp_path / "t.h5")
+    l = got["lam"].astype(np.float32).reshape(-1, 1, 1)
+    want = np.clip(np.rint(l * x + (1 - l) * x[got["partner"]]), 0, 255).astype(np.uint8)
+    assert np.array_equal(got["img"], want)
+    args = ("--x-key", "emb", "--y-key", "target", "--seed", 2)
+    assert run_cli("augment", tmp_path / "p.parquet", tmp_path / "p.h5", *args).exit_code == 0
+    got, _ = load_h5(tmp_path / "p.h5")
+    emb = np.stack(frame["emb"])
+    assert np.array_equal(got["emb"], expected_mix(emb, got["lam"], got["partner"]))
+    assert np.array_equal(got["target"], expected_mix(frame["target"].to_numpy(), got["lam"], got["partner"]))
+
+
+def test_lists_of_unequal_length_are_refused_with_the_row(tmp_path, run_cli):
+    rows = [[1.0, 2.0]] * 20 + [[1.0, 2.0, 3.0]] + [[0.0, 0.0]] * 5
+    pq.write_table(pa.table({"x": rows, "y": list(range(26))}), tmp_path / "in.parquet", row_group_size=8)
+    result = run_cli("augment", tmp_path / "in.parquet", tmp_path / "out.h5", "--y-kind", "dense")
+    assert result.exit_code == 1
+    assert "column 'x'" in result.stderr and "row 20 has a list of 3 values" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.parquet"]
+
+
+@pytest.mark.parametrize("selection", ["f*", "f0,f1,f2", "f0, f1 ,f[2]"])
+def test_numeric_columns_gathered_into_x(tmp_path, run_cli, selection):
+    rng = np.random.default_rng(2)
+    frame = pd.DataFrame(
+        {
+            "f0": rng.standard_normal(40).astype(np.float32),
+            "id": np.arange(40),
+            "f1": rng.standard_normal(40).astype(np.float32),
+            "f2": rng.integers(0, 9, 40).astype(np.int16),
+            "label": rng.integers(0, 3, 40),
+        }
+    )
+    frame.to_parquet(tmp_path / "in.parquet", row_group_size=9)
+    result = run_cli(
+        "augment", tmp_path / "in.parquet", tmp_path / "out.h5", "--x-key", selection, "--y-key", "label", "--seed", 4
+    )
+    assert result.exit_code == 0, result.stderr
+    got, _ = load_h5(tmp_path / "out.h5")
+    x = frame[["f0", "f1", "f2"]].to_numpy(dtype=np.float32)
+    assert got[selection].dtype == np.float32
+    assert np.array_equal(got[selection], expected_mix(x, got["lam"], got["partner"]))
+    assert np.array_equal(got["label"], expected_mix(one_hot(frame["label"], 3), got["lam"], got["partner"]))
+
+
+def test_a_selection_that_matches_nothing_names_the_columns(tmp_path, run_cli):
+    pd.DataFrame({"a": [1.0, 2.0], "b": [3.0, 4.0]}).to_parquet(tmp_path / "in.parquet")
+    result = run_cli("augment", tmp_path / "in.parquet", tmp_path / "out.h5", "--x-key", "a,z*", "--no-y")
+    assert result.exit_code == 1 and "no column matches 'z*' (columns: a, b)" in result.stderr
+    result = run_cli("augment", tmp_path / "in.parquet", tmp_path / "out.h5", "--x-key", "a,a", "--no-y")
+    assert result.exit_code == 2 and "names column 'a' twice" in result.stderr
+
+
+def test_strings_and_categoricals_are_named_classes(tmp_path, run_cli):
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((36, 2)).astype(np.float32)
+    species = np.array(["cat", "dog", "emu"])[rng.integers(0, 3, 36)]
+    frame = pd.DataFrame(
+        {
+            "x": list(x),
+            "species": species,
+            # an unused category still has its column in the one-hot targets
+            "kind": pd.Categorical(species, categories=["dog", "cat", "ant", "emu"]),
+        }
+    )
+    frame.to_parquet(tmp_path / "in.parquet", row_group_size=10)
+    for key, names in (("species", ["cat", "dog", "emu"]), ("kind", ["ant", "cat", "dog", "emu"])):
+        out = tmp_path / f"{key}.h5"
+        result = run_cli("augment", tmp_path / "in.parquet", out, "--y-key", key, "--seed", 5)
+        assert result.exit_code == 0, result.stderr
+        got, attrs = load_h5(out)
+        assert json.loads(attrs["class_names"]) == names
+        codes = np.searchsorted(np.array(names), species)
+        assert np.array_equal(got[key], expected_mix(one_hot(codes, len(names)), got["lam"], got["partner"]))
+        assert read_sidecar(out)["parameters"]["class_names"] == names
+
+
+def test_missing_default_keys_list_the_columns_and_the_option(tmp_path, run_cli):
+    pd.DataFrame({"pixels": [[1.0, 2.0]] * 4, "label": [0, 1, 0, 1]}).to_parquet(tmp_path / "in.parquet")
+    result = run_cli("augment", tmp_path / "in.parquet", tmp_path / "out.h5")
+    assert result.exit_code == 1
+    assert "no column 'x' (columns: pixels, label); choose one with --x-key" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_nulls_are_refused_with_the_row(tmp_path, run_cli):
+    table = pa.table({"x": [1.0, 2.0, None, 4.0], "y": [0.5, 0.1, 0.2, 0.3]})
+    pq.write_table(table, tmp_path / "in.parquet")
+    result = run_cli("augment", tmp_path / "in.parquet", tmp_path / "out.h5")
+    assert result.exit_code == 1 and "missing values (null), the first at row 2" in result.stderr
+
+
+def test_take_equals_fancy_indexing_across_row_groups(tmp_path):
+    from mixup_cli.io import open_reader
+
+    x = np.random.default_rng(4).random((50, 3, 2)).astype(np.float32)
+    pq.write_table(pa.table({"x": tensor_column(x)}), tmp_path / "in.parquet", row_group_size=7)
+    with open_reader(tmp_path / "in.parquet") as reader:
+        assert np.array_equal(reader.read("x", 5, 31), x[5:31])
+        for rows in [[], [0], [49], [49, 0, 7, 7, 30, 6], list(range(49, -1, -3))]:
+            got = reader.take("x", np.array(rows, dtype=np.int64))
+            assert got.dtype == x.dtype and np.array_equal(got, x[rows]) and got.shape == (len(rows), 3, 2)
+
+
+def test_parquet_is_found_by_its_content(tmp_path, run_cli):
+    pd.DataFrame({"x": [[1.0, 2.0]] * 6, "y": [0.0, 1, 2, 3, 4, 5]}).to_parquet(tmp_path / "data.bin")
+    result = run_cli("augment", tmp_path / "data.bin", tmp_path / "out.h5", "--seed", 1)
+    assert result.exit_code == 0, result.stderr
+
+
+def test_within_class_pairing_reads_partners_from_parquet(tmp_path):
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((60, 4)).astype(np.float32)
+    y = rng.integers(0, 3, 60)
+    pq.write_table(pa.table({"x": tensor_column(x), "y": y}), tmp_path / "in.parquet", row_group_size=13)
+    out = tmp_path / "out.h5"
+    augment(AugmentRequest(tmp_path / "in.parquet", out, seed=7, block_rows=16, pairing="within-class"))
+    got, _ = load_h5(out)
+    assert np.array_equal(y[got["partner"]], y)
+    assert np.array_equal(got["x"], expected_mix(x, got["lam"], got["partner"]))
+
+
+def test_without_pyarrow_the_message_names_the_extra(tmp_path, run_cli, monkeypatch):
+    pd.DataFrame({"x": [1.0, 2.0]}).to_parquet(tmp_path / "in.parquet")
+    monkeypatch.setitem(sys.modules, "pyarrow", None)  # `import pyarrow` now fails
+    result = run_cli("augment", tmp_path / "in.parquet", tmp_path / "out.h5")
+    assert result.exit_code == 2 and "pip install 'mixup-cli[arrow]'" in result.stderr
+
+
+def test_a_tiny_hdf5_run_imports_no_pyarrow(tmp_path):
+    x = np.zeros((4, 2), dtype=np.float32)
+    src = write_h5(tmp_path / "in.h5", x=x, y=np.arange(4.0))
+    code = (
+        "import sys\n"
+        "from click.testing import CliRunner\n"
+        "from mixup_cli.cli import cli\n"
+        f"r = CliRunner().invoke(cli, ['augment', {str(src)!r}, {str(tmp_path / 'o.h5')!r}, '-q'])\n"
+        "assert r.exit_code == 0, r.output\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'pyarrow', 'pandas'}))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
