@@ -147,7 +147,7 @@ def test_nulls_are_refused_with_the_row(tmp_path, run_cli):
     table = pa.table({"x": [1.0, 2.0, None, 4.0], "y": [0.5, 0.1, 0.2, 0.3]})
     pq.write_table(table, tmp_path / "in.parquet")
     result = run_cli("augment", tmp_path / "in.parquet", tmp_path / "out.h5")
-    assert result.exit_code == 1 and "missing values (null), the first at row 2" in result.stderr
+    assert result.exit_code == 1 and "missing values (null), the first in row 2" in result.stderr
 
 
 def test_take_equals_fancy_indexing_across_row_groups(tmp_path):
@@ -201,3 +201,76 @@ def test_a_tiny_hdf5_run_imports_no_pyarrow(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"
+
+
+# ------------------------------------------------------------------ output
+
+
+def test_h5_to_parquet_writes_a_row_group_per_block(tmp_path, run_cli):
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((45, 3, 2)).astype(np.float32)
+    y = rng.random((45, 2))
+    src = write_h5(tmp_path / "in.h5", x=x, y=y)
+    out = tmp_path / "out.parquet"
+    result = run_cli("augment", src, out, "--seed", 3, "--block-rows", 8, "--batch-size", 3)
+    assert result.exit_code == 0, result.stderr
+    pf = pq.ParquetFile(out)
+    assert [pf.metadata.row_group(i).num_rows for i in range(pf.metadata.num_row_groups)] == [8] * 5 + [5]
+    schema = pf.schema_arrow
+    assert schema.names == ["x", "y", "lam", "partner"]
+    assert schema.field("x").type == pa.list_(pa.list_(pa.float32(), 2), 3)
+    assert schema.field("lam").type == pa.float64() and schema.field("partner").type == pa.int64()
+    record = json.loads(schema.metadata[b"mixup"])
+    assert record["arrays"]["x"] == {"shape": [3, 2], "dtype": "<f4"}
+    assert record["parameters"]["seed"] == 3 and record["run_id"] == read_sidecar(out)["run_id"]
+    frame = pd.read_parquet(out)
+    lam, partner = frame["lam"].to_numpy(), frame["partner"].to_numpy()
+    xs = np.stack([np.stack(row) for row in frame["x"]])
+    assert np.array_equal(xs, expected_mix(x, lam, partner))
+    assert np.array_equal(np.stack(frame["y"]), expected_mix(y, lam, partner))
+    assert run_cli("verify", out).exit_code == 0
+    inspected = run_cli("inspect", out)
+    assert inspected.exit_code == 0 and "(45, 3, 2)" in inspected.stdout
+    from mixup_cli import MixupDataset
+
+    data = MixupDataset(out)
+    assert len(data) == 45 and np.array_equal(data[10]["x"], xs[10]) and data[10]["partner"] == partner[10]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.h5", "out.parquet", "out.parquet.provenance.json"]
+
+
+def test_gathered_columns_are_written_back_as_columns(tmp_path, run_cli):
+    rng = np.random.default_rng(9)
+    frame = pd.DataFrame({f"f{i}": rng.standard_normal(33).astype(np.float32) for i in range(3)})
+    frame["label"] = np.array(["no", "yes"])[rng.integers(0, 2, 33)]
+    frame.to_parquet(tmp_path / "in.parquet", row_group_size=10)
+    out = tmp_path / "out.parquet"
+    args = ("--x-key", "f*", "--y-key", "label", "--seed", 6, "--block-rows", 16, "--compression", "zstd")
+    result = run_cli("augment", tmp_path / "in.parquet", out, *args)
+    assert result.exit_code == 0, result.stderr
+    pf = pq.ParquetFile(out)
+    assert pf.schema_arrow.names == ["f0", "f1", "f2", "label", "lam", "partner"]
+    assert pf.metadata.row_group(0).column(0).compression == "ZSTD"
+    record = json.loads(pf.schema_arrow.metadata[b"mixup"])
+    assert record["arrays"]["f*"]["columns"] == ["f0", "f1", "f2"] and record["class_names"] == ["no", "yes"]
+    got = pd.read_parquet(out)
+    lam, partner = got["lam"].to_numpy(), got["partner"].to_numpy()
+    for name in ("f0", "f1", "f2"):
+        assert got[name].dtype == np.float32
+        assert np.array_equal(got[name].to_numpy(), expected_mix(frame[name].to_numpy(), lam, partner))
+    codes = (frame["label"] == "yes").to_numpy().astype(int)
+    assert np.array_equal(np.stack(got["label"]), expected_mix(one_hot(codes, 2), lam, partner))
+    assert run_cli("verify", out).exit_code == 0
+    from mixup_cli import MixupDataset
+
+    rows = MixupDataset(out)[np.array([0, 5])]
+    assert rows["x"].shape == (2, 3) and np.array_equal(rows["x"][1], got[["f0", "f1", "f2"]].to_numpy()[5])
+
+
+def test_parquet_output_refuses_lzf_and_a_failed_run_leaves_nothing(tmp_path, run_cli):
+    table = pa.table({"x": [1.0, 2.0, 3.0, None], "y": [0.5, 0.1, 0.2, 0.3]})
+    pq.write_table(table, tmp_path / "in.parquet", row_group_size=2)
+    refused = run_cli("augment", tmp_path / "in.parquet", tmp_path / "out.parquet", "--compression", "lzf")
+    assert refused.exit_code == 2 and "--compression lzf is not available for parquet output" in refused.stderr
+    failed = run_cli("augment", tmp_path / "in.parquet", tmp_path / "out.parquet", "--block-rows", 2)
+    assert failed.exit_code == 1 and "the first in row 3" in failed.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.parquet"]

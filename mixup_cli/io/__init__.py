@@ -41,7 +41,6 @@ _MODULES = {
     "parquet": "mixup_cli.io.parquet",
 }
 SUPPORTED = ".h5, .hdf5, .npz, .zarr, .parquet, or a directory of .npy files (a path without extension)"
-SUPPORTED_OUT = ".h5, .hdf5, .npz, .zarr, or a directory of .npy files (a path without extension)"
 # Parquet files start and end with these four bytes.
 PARQUET_MAGIC = b"PAR1"
 
@@ -94,8 +93,6 @@ def format_of(path: Path, *, for_output: bool = False) -> str:
         if fmt == "zarr":  # an optional extra: say so before any work is done
             _module(fmt).import_zarr(path, for_output=for_output)
         if fmt == "parquet":
-            if for_output:
-                raise ParameterError(f"{path}: Parquet is read, not written; use {SUPPORTED_OUT} for OUT", "OUT")
             _module(fmt).import_pyarrow(path, for_output=for_output)
         return fmt
     if path.is_dir() or (for_output and suffix == "" and not path.exists()):

@@ -20,16 +20,22 @@ block, never the whole file.
 from __future__ import annotations
 
 import fnmatch
+import json
+import os
 import threading
 from pathlib import Path
 
 import numpy as np
 
-from mixup_cli.errors import InputError, ParameterError
-from mixup_cli.io import base
-from mixup_cli.io.base import ArraySpec
+from mixup_cli import beside
+from mixup_cli.errors import InputError, OutputError, ParameterError
+from mixup_cli.io import base, npz
+from mixup_cli.io.base import ArraySpec, WriteOptions
+from mixup_cli.io.npyfile import member_path, memmap_npy
 
 EXTRA = "pip install 'mixup-cli[arrow]'"
+# The schema metadata key of what a mixup output records (JSON).
+METADATA_KEY = b"mixup"
 _PATTERN = set(",*?[")
 
 
@@ -131,7 +137,7 @@ class _Column:
                         "needs the same length in every row (pad the rows, or store them as fixed-size lists)"
                     )
                 values = values.flatten()
-            _refuse_nulls(values, self.label, first)
+            _refuse_nulls(values, self.label, first, level + 1, self.dims)
         if self.dtype.kind == "O":
             out = values.to_numpy(zero_copy_only=False)
         else:
@@ -147,20 +153,20 @@ def _has_variable_list(pa, typ) -> bool:
     return False
 
 
-def _row_of(i: int, level: int, dims, first: int) -> int:
-    """The table row of the i-th list at nesting ``level``."""
+def _row_of(i: int, level: int, dims, first) -> int:
+    """The file's row of the i-th list at nesting ``level``; ``first``: the
+    row of the block's first, or the rows of a block taken by index."""
     per_row = int(np.prod(dims[:level], dtype=np.int64)) if level else 1
-    return first + int(i) // per_row
+    at = int(i) // per_row
+    return int(first[at]) if isinstance(first, np.ndarray) else first + at
 
 
-def _refuse_nulls(arr, label: str, first: int) -> None:
+def _refuse_nulls(arr, label: str, first, level: int = 0, dims=()) -> None:
     if arr.null_count:
         valid = np.asarray(arr.is_valid().to_numpy(zero_copy_only=False))
         i = int(np.flatnonzero(~valid)[0])
-        raise InputError(
-            f"{label}: has missing values (null), the first at row {first + i} or in its lists; "
-            "fill or drop them before mixing"
-        )
+        row = _row_of(i, level, dims, first)
+        raise InputError(f"{label}: has missing values (null), the first in row {row}; fill or drop them before mixing")
 
 
 class _Gathered:
@@ -233,13 +239,24 @@ class Reader(base.Reader):
         self._dictionary = [n for n, f in self._fields.items() if pa.types.is_dictionary(f.type)]
         self._cache: dict[str, tuple[int, object]] = {}
         self._lock = threading.RLock()
+        self._gathered = self._recorded_columns()
+
+    def _recorded_columns(self) -> dict[str, list[str]]:
+        """Arrays a mixup output wrote as several columns (its metadata says which)."""
+        try:
+            record = json.loads((self._schema.metadata or {}).get(METADATA_KEY, b"{}"))
+            found = {key: list(info["columns"]) for key, info in record["arrays"].items() if "columns" in info}
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return {}
+        return {key: cols for key, cols in found.items() if cols and all(c in self._fields for c in cols)}
 
     # ------------------------------------------------------------ keys
     def columns(self) -> list[str]:
         return list(self._fields)
 
     def keys(self) -> list[str]:
-        keys = [n for n in self._fields if n not in self._dictionary]
+        members = {c for cols in self._gathered.values() for c in cols}
+        keys = [n for n in self._fields if n not in self._dictionary and n not in members] + list(self._gathered)
         for name in self._dictionary:
             keys += [f"{name}/codes", f"{name}/categories"]
         return keys + [k for k in self._arrays if k not in keys and not k.endswith("/categories")]
@@ -253,7 +270,9 @@ class Reader(base.Reader):
         if key in self._arrays:
             return self._arrays[key]
         found = None
-        if key in self._fields and key not in self._dictionary:
+        if key in self._gathered:
+            found = _Gathered([self._column(n) for n in self._gathered[key]], self._label(key))
+        elif key in self._fields and key not in self._dictionary:
             found = self._column(key)
         elif key.endswith(("/codes", "/categories")) and key.rsplit("/", 1)[0] in self._dictionary:
             name, part = key.rsplit("/", 1)
@@ -370,7 +389,7 @@ class Reader(base.Reader):
         for i in np.unique(groups):
             local = rows[groups == i] - self._starts[i]
             table = self._group(key, int(i), arr.names).take(self._pa.array(local))
-            pieces.append(arr.convert(self._pa, table, int(self._starts[i])))
+            pieces.append(arr.convert(self._pa, table, rows[groups == i]))
         return np.concatenate(pieces)
 
     def take_inflates(self, key: str) -> bool:
@@ -402,3 +421,124 @@ class Reader(base.Reader):
             self._file.close()
         except Exception:
             pass
+
+
+# Rows per row group when the run gives no block size.
+DEFAULT_GROUP_ROWS = 65536
+
+
+def _column_type(pa, dtype: np.dtype, row_shape: tuple[int, ...]):
+    typ = pa.from_numpy_dtype(np.dtype(dtype))
+    for size in reversed(row_shape):
+        typ = pa.list_(typ, int(size))
+    return typ
+
+
+def _column_array(pa, data: np.ndarray):
+    arr = pa.array(np.ascontiguousarray(data).reshape(-1))
+    for size in reversed(data.shape[1:]):
+        arr = pa.FixedSizeListArray.from_arrays(arr, int(size))
+    return arr
+
+
+class Writer(npz.Writer):
+    """Parquet output: arrays staged as ``.npy`` memory maps beside OUT (rows
+    arrive in any order, ``--resume`` reopens them, as ``.npz`` output does),
+    then written as one row group per block when the run completes: arrays of
+    more than one axis as nested fixed-size lists, x gathered from several
+    input columns back into those columns; what the run records (the
+    version, run id, class names, each array's shape and columns) in the
+    schema's metadata under ``mixup``."""
+
+    format_name = "parquet"
+    compressions = ("none", "gzip", "zstd")
+    records_parameters = True
+
+    def __init__(self, path: Path, specs: dict[str, ArraySpec], options: WriteOptions):
+        import_pyarrow(path, for_output=True)
+        super().__init__(path, specs, options)
+        self._attrs: dict = {}
+
+    @classmethod
+    def reopen(cls, path: Path, specs: dict[str, ArraySpec], options: WriteOptions) -> Writer:
+        import_pyarrow(path, for_output=True)
+        self = super().reopen(path, specs, options)
+        self._attrs = {}
+        return self
+
+    @classmethod
+    def _check_packed(cls, path: Path, specs: dict[str, ArraySpec]) -> None:
+        try:
+            with Reader(path) as reader:
+                for key, spec in specs.items():
+                    if reader.spec(key).shape != spec.shape:
+                        raise ValueError(f"'{key}' is incomplete")
+        except (InputError, ValueError, KeyError, AttributeError) as exc:
+            raise cls.damaged(path, str(exc)) from None
+
+    def set_attributes(self, attrs: dict) -> None:
+        self._attrs.update(attrs)
+
+    def _columns(self) -> dict[str, list[str]]:
+        """The input columns x was gathered from (``x_columns``), by key."""
+        found = json.loads(self._attrs.get("gathered_columns", "{}"))
+        return {
+            key: names
+            for key, names in found.items()
+            if key in self.specs and self.specs[key].row_shape == (len(names),)
+        }
+
+    def _metadata(self, columns: dict[str, list[str]]) -> bytes:
+        record = {k: v for k, v in self._attrs.items() if k not in ("class_names", "gathered_columns", "parameters")}
+        for key in ("class_names", "parameters"):
+            if key in self._attrs:
+                record[key] = json.loads(self._attrs[key])
+        record["arrays"] = {
+            key: {"shape": list(spec.row_shape), "dtype": np.dtype(spec.dtype).str}
+            | ({"columns": columns[key]} if key in columns else {})
+            for key, spec in self.specs.items()
+        }
+        return json.dumps(record, sort_keys=True).encode()
+
+    def _pack(self) -> None:
+        pa = import_pyarrow(self.path, for_output=True)
+        import pyarrow.parquet as pq
+
+        columns = self._columns()
+        fields, arrays = [], {}
+        for key, spec in self.specs.items():
+            arrays[key] = memmap_npy(self._staging / member_path(key))
+            if key in columns:
+                fields += [pa.field(name, pa.from_numpy_dtype(np.dtype(spec.dtype)), False) for name in columns[key]]
+            else:
+                fields.append(pa.field(key, _column_type(pa, spec.dtype, spec.row_shape), False))
+        taken = [f.name for f in fields]
+        if len(set(taken)) != len(taken):
+            dup = sorted({n for n in taken if taken.count(n) > 1})
+            raise OutputError(f"{self.path}: two output arrays would both be column(s) {', '.join(dup)}")
+        schema = pa.schema(fields, metadata={METADATA_KEY: self._metadata(columns)})
+        rows = next(iter(self.specs.values())).rows
+        step = self.options.block_rows or DEFAULT_GROUP_ROWS
+        compression = {"none": "NONE", "gzip": "GZIP", "zstd": "ZSTD"}[self.options.compression]
+        # A new file where nothing is, never through a link planted at the name.
+        with os.fdopen(beside.create_file(self.path), "w+b") as fh:
+            with pq.ParquetWriter(fh, schema, compression=compression, write_statistics=False) as out:
+                for start in range(0, rows, step):
+                    stop = min(rows, start + step)
+                    out.write_table(self._group(pa, schema, arrays, columns, start, stop), row_group_size=step)
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    @staticmethod
+    def _group(pa, schema, arrays, columns, start, stop):
+        data = []
+        for key, arr in arrays.items():
+            block = np.asarray(arr[start:stop])
+            if key in columns:
+                data += [pa.array(np.ascontiguousarray(block[:, j])) for j in range(block.shape[1])]
+            else:
+                data.append(_column_array(pa, block))
+        return pa.Table.from_arrays(data, schema=schema)
+
+    def _open_packed(self):
+        return Reader(self.path)
