@@ -6,7 +6,10 @@ group ``obs/<name>`` holding ``codes`` and ``categories``). Their class
 names are the sorted unique values (the order of scikit-learn's
 ``LabelEncoder``/``OneHotEncoder``: ``numpy.unique``, by code point), found by
 one streaming pass over the labels (for AnnData, the categories alone);
-column k of the one-hot targets is the k-th name. ``NamedLabels`` then shows
+column k of the one-hot targets is the k-th name. Integer labels whose
+reader declares names (Hugging Face ``ClassLabel`` features in Parquet and
+``datasets`` folders) keep them in the declared order: label k is the k-th
+name. ``NamedLabels`` then shows
 ``y`` to the rest of the pipeline as integer class codes (int64), so class
 encoding, the class pairings and ``--balance`` work on them unchanged.
 """
@@ -137,6 +140,10 @@ def wrap(reader, y_key: str | None):
         return NamedLabels(reader, y_key, names, f"{y_key}/codes", np.searchsorted(names, categories))
     if y_key not in keys:
         return reader
+    declared = getattr(reader, "declared_class_names", None)
+    found_names = declared(y_key) if declared is not None else None
+    if found_names:  # integer labels with names declared (Hugging Face ClassLabel): label k is the k-th name
+        return NamedLabels(reader, y_key, np.array(found_names, dtype=str), y_key, np.arange(len(found_names)))
     spec = reader.spec(y_key)
     if np.dtype(spec.dtype).kind not in STRING_KINDS or spec.row_shape not in ((), (1,)):
         return reader

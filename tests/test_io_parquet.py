@@ -274,3 +274,86 @@ def test_parquet_output_refuses_lzf_and_a_failed_run_leaves_nothing(tmp_path, ru
     failed = run_cli("augment", tmp_path / "in.parquet", tmp_path / "out.parquet", "--block-rows", 2)
     assert failed.exit_code == 1 and "the first in row 3" in failed.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.parquet"]
+
+
+# ------------------------------------------------------- datasets folders
+
+
+def hf_dataset(n=30, seed=10):
+    datasets = pytest.importorskip("datasets")
+    from datasets import Array2D, ClassLabel, Dataset, Features, Sequence, Value
+
+    rng = np.random.default_rng(seed)
+    columns = {
+        "img": rng.standard_normal((n, 3, 2)).astype(np.float32),
+        "label": rng.integers(0, 3, n),
+        "emb": rng.standard_normal((n, 4)).astype(np.float32),
+        "target": rng.standard_normal((n, 2)),
+    }
+    features = Features(
+        {
+            "img": Array2D(shape=(3, 2), dtype="float32"),
+            "label": ClassLabel(names=["zebra", "ant", "cow"]),  # declared order, not sorted
+            "emb": Sequence(Value("float32"), length=4),
+            "target": Sequence(Value("float64")),  # variable-length lists, all of length 2
+        }
+    )
+    datasets.disable_progress_bars()
+    return Dataset.from_dict(columns, features=features), columns
+
+
+@pytest.mark.parametrize("num_shards", [1, 3])
+def test_a_save_to_disk_folder_with_class_label_names(tmp_path, run_cli, num_shards):
+    ds, cols = hf_dataset()
+    ds.save_to_disk(str(tmp_path / "hf"), num_shards=num_shards)
+    out = tmp_path / "out.h5"
+    result = run_cli(
+        "augment", tmp_path / "hf", out, "--x-key", "img", "--y-key", "label", "--seed", 2, "--block-rows", 8
+    )
+    assert result.exit_code == 0, result.stderr
+    got, attrs = load_h5(out)
+    assert json.loads(attrs["class_names"]) == ["zebra", "ant", "cow"]
+    lam, partner = got["lam"], got["partner"]
+    assert np.array_equal(got["img"], expected_mix(cols["img"], lam, partner))
+    assert np.array_equal(got["label"], expected_mix(one_hot(cols["label"], 3), lam, partner))  # column k: label k
+    sidecar = read_sidecar(out)
+    assert sidecar["input"]["format"] == "arrow" and sidecar["parameters"]["class_names"] == ["zebra", "ant", "cow"]
+    assert run_cli("verify", out).exit_code == 0
+
+
+def test_sequences_to_parquet_load_back_with_datasets(tmp_path, run_cli):
+    datasets = pytest.importorskip("datasets")
+    ds, cols = hf_dataset(n=25)
+    ds.save_to_disk(str(tmp_path / "hf"))
+    out = tmp_path / "out.parquet"
+    result = run_cli("augment", tmp_path / "hf", out, "--x-key", "emb", "--y-key", "target", "--seed", 3)
+    assert result.exit_code == 0, result.stderr
+    back = datasets.Dataset.from_parquet(str(out))
+    assert back.column_names == ["emb", "target", "lam", "partner"]
+    frame = back.to_pandas()
+    lam, partner = frame["lam"].to_numpy(), frame["partner"].to_numpy()
+    assert lam.dtype == np.float64 and partner.dtype == np.int64
+    assert np.array_equal(np.stack(frame["emb"]), expected_mix(cols["emb"], lam, partner))
+    assert np.array_equal(np.stack(frame["target"]), expected_mix(cols["target"], lam, partner))
+
+
+def test_hub_parquet_keeps_the_class_label_names(tmp_path, run_cli):
+    ds, cols = hf_dataset(n=20)
+    ds.to_parquet(str(tmp_path / "train.parquet"))  # as the Hub converts datasets: features in the metadata
+    out = tmp_path / "out.npz"
+    result = run_cli("augment", tmp_path / "train.parquet", out, "--x-key", "img", "--y-key", "label", "--seed", 4)
+    assert result.exit_code == 0, result.stderr
+    assert read_sidecar(out)["parameters"]["class_names"] == ["zebra", "ant", "cow"]
+    with np.load(out) as got:
+        assert np.array_equal(got["label"], expected_mix(one_hot(cols["label"], 3), got["lam"], got["partner"]))
+        assert np.array_equal(got["img"], expected_mix(cols["img"], got["lam"], got["partner"]))
+
+
+def test_a_dataset_dict_folder_asks_for_one_split(tmp_path, run_cli):
+    datasets = pytest.importorskip("datasets")
+    ds, _ = hf_dataset(n=10)
+    datasets.DatasetDict({"train": ds, "test": ds}).save_to_disk(str(tmp_path / "dd"))
+    result = run_cli("augment", tmp_path / "dd", tmp_path / "out.h5", "--x-key", "img")
+    assert result.exit_code == 1
+    assert "a DatasetDict folder (splits: train, test); pass one split's folder" in result.stderr
+    assert run_cli("augment", tmp_path / "dd" / "train", tmp_path / "out.h5", "--x-key", "img").exit_code == 0

@@ -39,6 +39,7 @@ _MODULES = {
     "npydir": "mixup_cli.io.npydir",
     "zarr": "mixup_cli.io.zarr",
     "parquet": "mixup_cli.io.parquet",
+    "arrow": "mixup_cli.io.arrow",
 }
 SUPPORTED = ".h5, .hdf5, .npz, .zarr, .parquet, or a directory of .npy files (a path without extension)"
 # Parquet files start and end with these four bytes.
@@ -95,6 +96,9 @@ def format_of(path: Path, *, for_output: bool = False) -> str:
         if fmt == "parquet":
             _module(fmt).import_pyarrow(path, for_output=for_output)
         return fmt
+    if not for_output and path.is_dir() and _module("arrow").is_datasets_folder(path):
+        _module("arrow").import_pyarrow(path)
+        return "arrow"
     if path.is_dir() or (for_output and suffix == "" and not path.exists()):
         return "npydir"
     if not for_output and _regular_file(path) and is_hdf5(path):
@@ -119,7 +123,7 @@ def format_of(path: Path, *, for_output: bool = False) -> str:
 
 
 # Formats stored as a directory rather than one file.
-DIRECTORY_FORMATS = ("npydir", "zarr")
+DIRECTORY_FORMATS = ("npydir", "zarr", "arrow")
 
 
 def _module(fmt: str):

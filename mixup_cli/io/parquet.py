@@ -83,6 +83,8 @@ class _Column:
                 raise InputError(f"{label}: a fixed_shape_tensor with a permutation is not supported")
             self.tensor_shape = tuple(int(d) for d in typ.shape)
             typ = typ.storage_type
+        elif isinstance(typ, pa.BaseExtensionType):  # e.g. Hugging Face's Array2D: its storage
+            typ = typ.storage_type
         self.type = typ
         dims: list[int | None] = []
         while pa.types.is_fixed_size_list(typ) or pa.types.is_list(typ) or pa.types.is_large_list(typ):
@@ -146,6 +148,7 @@ class _Column:
 
 
 def _has_variable_list(pa, typ) -> bool:
+    typ = getattr(typ, "storage_type", typ)
     while pa.types.is_fixed_size_list(typ) or pa.types.is_list(typ) or pa.types.is_large_list(typ):
         if not pa.types.is_fixed_size_list(typ):
             return True
@@ -216,30 +219,31 @@ class _Codes:
         return np.concatenate(out) if out else np.empty(0, dtype=np.int64)
 
 
-class Reader(base.Reader):
-    format_name = "parquet"
+class TableReader(base.Reader):
+    """Arrays of an Arrow table stored in pieces (Parquet row groups, Arrow
+    record batches): ``_starts`` (first row of each piece, then the row
+    count), ``_schema`` and ``_read_piece(i, columns)`` come from the format."""
 
-    def __init__(self, path: Path):
-        super().__init__(path)
-        self._pa = pa = import_pyarrow(self.path)
-        import pyarrow.parquet as pq
-
-        try:
-            self._file = pq.ParquetFile(str(self.path))
-        except PermissionError:
-            raise InputError(f"{self.path}: permission denied; make the file readable") from None
-        except (pa.ArrowException, OSError) as exc:
-            raise InputError(f"{self.path}: not a readable Parquet file ({exc})") from None
-        meta = self._file.metadata
-        self._starts = np.cumsum([0] + [meta.row_group(i).num_rows for i in range(meta.num_row_groups)])
+    def _setup(self, schema, piece_rows: list[int]) -> None:
+        pa = self._pa
+        self._starts = np.cumsum([0] + list(piece_rows))
         self._rows = int(self._starts[-1])
-        self._schema = self._file.schema_arrow
-        self._fields = {f.name: f for f in self._schema}
+        self._schema = schema
+        self._fields = {f.name: f for f in schema}
         self._arrays: dict[str, object] = {}
         self._dictionary = [n for n, f in self._fields.items() if pa.types.is_dictionary(f.type)]
         self._cache: dict[str, tuple[int, object]] = {}
         self._lock = threading.RLock()
         self._gathered = self._recorded_columns()
+        self._class_names = hf_class_names(schema.metadata)
+
+    def _read_piece(self, i: int, columns: list[str]):
+        raise NotImplementedError
+
+    def declared_class_names(self, key: str) -> list[str] | None:
+        """The class names a Hugging Face ``ClassLabel`` column declares, in
+        its order (label k is the k-th), or None."""
+        return self._class_names.get(key) if key in self._fields else None
 
     def _recorded_columns(self) -> dict[str, list[str]]:
         """Arrays a mixup output wrote as several columns (its metadata says which)."""
@@ -292,7 +296,8 @@ class Reader(base.Reader):
         first = None
         if self._rows and _has_variable_list(self._pa, typ):
             table = self._group(name, self._group_of(0), [name])
-            first = table.column(name)[0].as_py()
+            column = table.column(name).combine_chunks()
+            first = getattr(column, "storage", column)[0].as_py()  # an extension type's own values
         return _Column(self._pa, name, typ, self._label(name), first)
 
     def _select(self, key: str) -> list[str]:
@@ -350,15 +355,12 @@ class Reader(base.Reader):
         return int(np.searchsorted(self._starts, row, side="right")) - 1
 
     def _group(self, key: str, i: int, columns) -> object:
-        """Row group ``i`` of ``columns``, the last one read kept per ``key``."""
+        """Piece ``i`` of ``columns``, the last one read kept per ``key``."""
         with self._lock:
             hit = self._cache.get(key)
             if hit is not None and hit[0] == i:
                 return hit[1]
-            try:
-                table = self._file.read_row_group(i, columns=list(columns))
-            except (self._pa.ArrowException, OSError) as exc:
-                raise InputError(f"{self.path}: cannot read row group {i} ({exc}); the file is damaged") from None
+            table = self._read_piece(i, list(columns))
             self._cache[key] = (i, table)
             return table
 
@@ -393,11 +395,45 @@ class Reader(base.Reader):
         return np.concatenate(pieces)
 
     def take_inflates(self, key: str) -> bool:
-        return True  # a row group is decoded whole to give a few of its rows
+        return True  # a piece is decoded whole to give a few of its rows
+
+    def describe(self, key: str) -> dict:
+        arr = self._resolve(key)
+        return {"columns": list(arr.names)} if isinstance(arr, _Gathered) else {}
+
+    def files(self) -> list[Path]:
+        return [self.path]
+
+    def close(self) -> None:
+        self._cache.clear()
+
+
+class Reader(TableReader):
+    format_name = "parquet"
+
+    def __init__(self, path: Path):
+        super().__init__(path)
+        self._pa = pa = import_pyarrow(self.path)
+        import pyarrow.parquet as pq
+
+        try:
+            self._file = pq.ParquetFile(str(self.path))
+        except PermissionError:
+            raise InputError(f"{self.path}: permission denied; make the file readable") from None
+        except (pa.ArrowException, OSError) as exc:
+            raise InputError(f"{self.path}: not a readable Parquet file ({exc})") from None
+        meta = self._file.metadata
+        self._setup(self._file.schema_arrow, [meta.row_group(i).num_rows for i in range(meta.num_row_groups)])
+
+    def _read_piece(self, i: int, columns: list[str]):
+        try:
+            return self._file.read_row_group(i, columns=columns)
+        except (self._pa.ArrowException, OSError) as exc:
+            raise InputError(f"{self.path}: cannot read row group {i} ({exc}); the file is damaged") from None
 
     def describe(self, key: str) -> dict:
         meta = self._file.metadata
-        info = {"row_groups": meta.num_row_groups}
+        info = {"row_groups": meta.num_row_groups, **super().describe(key)}
         arr = self._resolve(key)
         if arr is not None and not isinstance(arr, tuple) and meta.num_row_groups:
             group = meta.row_group(0)
@@ -405,22 +441,38 @@ class Reader(base.Reader):
             j = names.get(arr.names[0])
             if j is not None:
                 info["compression"] = group.column(j).compression.lower()
-        if isinstance(arr, _Gathered):
-            info["columns"] = list(arr.names)
         return info
 
-    def metadata(self) -> dict[bytes, bytes]:
-        return dict(self._schema.metadata or {})
-
-    def files(self) -> list[Path]:
-        return [self.path]
-
     def close(self) -> None:
-        self._cache.clear()
+        super().close()
         try:
             self._file.close()
         except Exception:
             pass
+
+
+def hf_class_names(metadata) -> dict[str, list[str]]:
+    """``ClassLabel`` names by column, from the features Hugging Face
+    ``datasets`` puts in a Parquet schema's metadata (``huggingface``)."""
+    try:
+        info = json.loads((metadata or {}).get(b"huggingface", b"{}"))
+        features = info.get("info", {}).get("features", {})
+    except (ValueError, AttributeError):
+        return {}
+    return class_label_names(features)
+
+
+def class_label_names(features) -> dict[str, list[str]]:
+    """Column -> names of each top-level ``ClassLabel`` feature."""
+    if not isinstance(features, dict):
+        return {}
+    found = {}
+    for name, feature in features.items():
+        if isinstance(feature, dict) and feature.get("_type") == "ClassLabel":
+            names = feature.get("names")
+            if isinstance(names, list) and names and all(isinstance(n, str) for n in names):
+                found[name] = names
+    return found
 
 
 # Rows per row group when the run gives no block size.
