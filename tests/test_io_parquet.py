@@ -328,7 +328,7 @@ def test_sequences_to_parquet_load_back_with_datasets(tmp_path, run_cli):
     out = tmp_path / "out.parquet"
     result = run_cli("augment", tmp_path / "hf", out, "--x-key", "emb", "--y-key", "target", "--seed", 3)
     assert result.exit_code == 0, result.stderr
-    back = datasets.Dataset.from_parquet(str(out))
+    back = datasets.Dataset.from_parquet(str(out), cache_dir=str(tmp_path / "cache"))
     assert back.column_names == ["emb", "target", "lam", "partner"]
     frame = back.to_pandas()
     lam, partner = frame["lam"].to_numpy(), frame["partner"].to_numpy()
