@@ -357,3 +357,45 @@ def test_a_dataset_dict_folder_asks_for_one_split(tmp_path, run_cli):
     assert result.exit_code == 1
     assert "a DatasetDict folder (splits: train, test); pass one split's folder" in result.stderr
     assert run_cli("augment", tmp_path / "dd" / "train", tmp_path / "out.h5", "--x-key", "img").exit_code == 0
+
+
+# ------------------------------------------------------- folders of shards
+
+
+def test_a_folder_of_parquet_shards_is_a_set(tmp_path, run_cli):
+    from conftest import load_output
+
+    from mixup_cli import augment as api_augment
+
+    rng = np.random.default_rng(11)
+    (tmp_path / "shards").mkdir()
+    xs, ys = [], []
+    for k, n in enumerate((30, 25, 40)):
+        x, y = rng.standard_normal((n, 4)).astype(np.float32), rng.integers(0, 3, n)
+        pd.DataFrame({"x": list(x), "y": y}).to_parquet(tmp_path / "shards" / f"train-{k:05d}-of-00003.parquet")
+        xs.append(x)
+        ys.append(y)
+    names = [f"train-{k:05d}-of-00003.parquet" for k in range(3)]
+    whole = run_cli("augment", tmp_path / "shards", tmp_path / "mixed", "--seed", 5, "--block-rows", 16)
+    assert whole.exit_code == 0, whole.stderr
+    assert sorted(p.name for p in (tmp_path / "mixed").glob("*.parquet")) == names
+    listed = run_cli(
+        "augment", *[tmp_path / "shards" / n for n in names], tmp_path / "listed", "--seed", 5, "--block-rows", 16
+    )
+    assert listed.exit_code == 0, listed.stderr
+    for part in ("0/2", "1/2"):
+        args = ("--seed", 5, "--block-rows", 16, "--shard", part)
+        assert run_cli("augment", tmp_path / "shards", tmp_path / "parts", *args).exit_code == 0
+    api_augment(tmp_path / "shards", tmp_path / "api", seed=5, block_rows=16)
+    for name in names:
+        want = load_output(tmp_path / "mixed" / name)
+        for other in ("listed", "parts", "api"):
+            got = load_output(tmp_path / other / name)
+            assert all(np.array_equal(got[k], want[k]) for k in want), (other, name)
+    x, y = np.concatenate(xs), np.concatenate(ys)
+    out = {
+        k: np.concatenate([load_output(tmp_path / "mixed" / n)[k] for n in names]) for k in ("x", "y", "lam", "partner")
+    }
+    assert np.array_equal(out["x"], expected_mix(x, out["lam"], out["partner"]))
+    assert np.array_equal(out["y"], expected_mix(one_hot(y, 3), out["lam"], out["partner"]))
+    assert run_cli("verify", tmp_path / "mixed").exit_code == 0

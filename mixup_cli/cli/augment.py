@@ -164,9 +164,11 @@ def augment(paths, inputs_from, shard, keys, data, quiet, as_json, **params):
     A set: with two inputs or more (or --inputs-from, or --shard) the inputs are mixed as one dataset, their concatenation in the
     order given (pairs cross inputs), and OUT is a directory receiving one
     output per input under its name, each with its sidecar, and the set's
-    manifest mixup-set.json. --shard I/N writes part I of N of them. One
-    input makes one output, OUT spelled with a trailing slash or not
-    (data/ mixed/ writes mixed/x.npy, ... and mixed.provenance.json).
+    manifest mixup-set.json. --shard I/N writes part I of N of them. A
+    folder of Parquet files (no .npy files) is the set of its .parquet
+    files, sorted by name. Otherwise one input makes one output, OUT
+    spelled with a trailing slash or not (data/ mixed/ writes mixed/x.npy,
+    ... and mixed.provenance.json).
 
     \b
     Examples:
@@ -203,7 +205,7 @@ def augment(paths, inputs_from, shard, keys, data, quiet, as_json, **params):
         **dataclasses.asdict(data),
         **params,
     )
-    if is_set_form(len(inputs), inputs_from, shard):
+    if is_set_form(len(inputs), inputs_from, shard, inputs[0] if inputs else None):
         return _augment_set(request, inputs, inputs_from, shard, quiet, as_json)
     _augment_one(request, quiet, as_json)
 
