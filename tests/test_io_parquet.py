@@ -298,7 +298,8 @@ def hf_dataset(n=30, seed=10):
             "target": Sequence(Value("float64")),  # variable-length lists, all of length 2
         }
     )
-    datasets.disable_progress_bars()
+    quiet = getattr(datasets, "disable_progress_bars", None) or datasets.disable_progress_bar  # 3.0 renamed it
+    quiet()
     return Dataset.from_dict(columns, features=features), columns
 
 
