@@ -68,13 +68,6 @@ class NeighbourIndex:
         return self.table[np.arange(start, stop), pick].astype(np.int64)
 
 
-def check_options(neighbors: int | None, project: int | None) -> None:
-    if neighbors is None or int(neighbors) < 1:
-        raise ParameterError(f"--neighbors must be an integer >= 1, got {neighbors!r}", "--neighbors")
-    if project is not None and int(project) < 1:
-        raise ParameterError(f"--project must be an integer >= 1, got {project!r}", "--project")
-
-
 def _pieces(n: int, step: int, least: int = 1) -> list[tuple[int, int]]:
     """Contiguous ranges of ``step`` rows; the last one merged into the one
     before when shorter than ``least`` (partial_fit needs D rows a piece)."""

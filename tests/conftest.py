@@ -21,6 +21,36 @@ REPO = Path(__file__).resolve().parent.parent
 SAMPLE_H5 = REPO / "sample_data" / "digits.h5"
 SAMPLE_NPY_DIR = REPO / "sample_data" / "digits"
 
+# For scripts run in a child process: ``Killer(out, rows)`` is a progress
+# object that ends the process like SIGKILL (no cleanup) once ``rows`` rows
+# were handed to the writer *and* a finished block is in the journal
+# (progress counts rows before they are written, so counting alone races).
+KILLER = """
+import json as _json, os as _os, time as _time
+from pathlib import Path as _Path
+from mixup_cli import pipeline as _pipeline, resume as _resume
+
+class Killer(_pipeline.Progress):
+    def __init__(self, out, stop_after):
+        self.journal, self.stop_after, self.rows = _resume.journal_path(_Path(out)), stop_after, 0
+
+    def _a_block_is_journalled(self):
+        try:
+            return bool(_json.loads(self.journal.read_text())["done"])
+        except (OSError, ValueError, KeyError):
+            return False
+
+    def update(self, rows):
+        self.rows += rows
+        if self.rows >= self.stop_after:
+            deadline = _time.monotonic() + 60
+            while not self._a_block_is_journalled():
+                if _time.monotonic() > deadline:
+                    _os._exit(3)  # never journalled: the test fails on this exit code
+                _time.sleep(0.01)
+            _os._exit(9)
+"""
+
 
 def make_arrays(n=53, x_shape=(4, 3), n_classes=5, dtype=np.float32, seed=0):
     """Random x of the given row shape and one-hot y."""

@@ -20,7 +20,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from conftest import REPO, load_output, read_sidecar, run_in_process, write_h5
+from conftest import KILLER, REPO, load_output, read_sidecar, run_in_process, write_h5
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -253,37 +253,21 @@ def test_zarr_format_2_is_plain_v2_metadata_and_chunks(images, tmp_path, run_mix
     assert _digests(store) == _digests(plain)
 
 
-_KILLED = """
-import os, sys
+_KILLED = (
+    KILLER
+    + """
+import sys
 from mixup_cli import pipeline, resume
 resume.SAVE_INTERVAL = 0
 src, out, fmt = sys.argv[1], sys.argv[2], sys.argv[3]
 
-class Killer(pipeline.Progress):
-    # killed once 250 rows are mixed and the journal holds a task (the
-    # writer may lag the mixing by a few blocks: wait for it, 5 s at most)
-    rows = 0
-    def update(self, rows):
-        import json, time
-        self.rows += rows
-        if self.rows >= 250:
-            journal = os.path.join(os.path.dirname(out), "." + os.path.basename(out) + ".mixup-partial.journal.json")
-            for _ in range(500):
-                try:
-                    with open(journal) as f:
-                        if json.load(f)["done"]:
-                            break
-                except (OSError, ValueError, KeyError):
-                    pass
-                time.sleep(0.01)
-            os._exit(9)
-
 extra = dict(zarr_format=2) if fmt == "zarr2" else {}
 request = pipeline.AugmentRequest(src, out, seed=5, block_rows=64, copies=2, batch_size=32, compression="gzip",
                                   chunk_rows=16, **extra)
-pipeline.augment(request, progress=Killer())
+pipeline.augment(request, progress=Killer(out, 250))
 raise SystemExit("not killed")
 """
+)
 
 
 @pytest.mark.parametrize("fmt", ["zarr2", "h5"])

@@ -22,6 +22,7 @@ import h5py
 import numpy as np
 import pytest
 from conftest import (
+    KILLER,
     REPO,
     cli_runner,
     default_signals,
@@ -308,23 +309,19 @@ def test_the_message_says_what_was_kept(tmp_path):
 
 
 # A run killed at a chosen point, the way SIGKILL would: no cleanup runs.
-_KILLED_RUN = """
-import os, sys
+_KILLED_RUN = (
+    KILLER
+    + """
+import sys
 from mixup_cli import pipeline, resume
 resume.SAVE_INTERVAL = 0  # journal every task, so the kill point is exact
 src, out, stop_after, seed = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 
-class Killer(pipeline.Progress):
-    rows = 0
-    def update(self, rows):
-        self.rows += rows
-        if self.rows >= stop_after:
-            os._exit(9)
-
 request = pipeline.AugmentRequest(src, out, seed=None if seed == "-" else int(seed), block_rows=100, copies=2, batch_size=30)
-pipeline.augment(request, progress=Killer())
+pipeline.augment(request, progress=Killer(out, stop_after))
 raise SystemExit("not killed")
 """
+)
 
 
 @pytest.mark.xdist_group("dask")

@@ -12,8 +12,10 @@ from conftest import load_output, make_arrays, read_sidecar, run_in_process, wri
 from mixup_cli.errors import InputError
 from mixup_cli.pipeline import AugmentRequest, Progress, augment
 
-# On one xdist worker: they share its cluster (conftest.dask_scheduler).
-pytestmark = pytest.mark.xdist_group("dask")
+# On one xdist worker: they share its cluster (conftest.dask_scheduler). Run
+# by the whole suite only (-m "slow or not slow"): one worker running all the
+# cluster tests would set the fast suite's pace.
+pytestmark = [pytest.mark.xdist_group("dask"), pytest.mark.slow]
 
 KEYS = ("x", "y", "lam", "partner")
 

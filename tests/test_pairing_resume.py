@@ -8,26 +8,22 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import REPO, load_output, read_sidecar, write_h5
+from conftest import KILLER, REPO, load_output, read_sidecar, write_h5
 
 from mixup_cli.pipeline import AugmentRequest, augment
 
-_KILLED_RUN = """
-import json, os, sys
+_KILLED_RUN = (
+    KILLER
+    + """
+import json, sys
 from mixup_cli import pipeline, resume
 resume.SAVE_INTERVAL = 0  # journal every task, so the kill point is exact
 src, out, options = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
 
-class Killer(pipeline.Progress):
-    rows = 0
-    def update(self, rows):
-        self.rows += rows
-        if self.rows >= 700:
-            os._exit(9)
-
-pipeline.augment(pipeline.AugmentRequest(src, out, **options), progress=Killer())
+pipeline.augment(pipeline.AugmentRequest(src, out, **options), progress=Killer(out, 700))
 raise SystemExit("not killed")
 """
+)
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from conftest import read_sidecar, write_h5
+from conftest import KILLER, read_sidecar, write_h5
 
 from mixup_cli import scratch
 from mixup_cli.errors import OutputError
@@ -144,22 +144,18 @@ def test_verify_recomputes_from_a_copy_too_and_removes_it(tmp_path, run_cli, mon
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.h5", "out.h5.provenance.json", "packed.h5"]
 
 
-_KILLED = """
-import os, sys
+_KILLED = (
+    KILLER
+    + """
+import sys
 from mixup_cli import pipeline, resume
 resume.SAVE_INTERVAL = 0
 src, out = sys.argv[1], sys.argv[2]
 
-class Killer(pipeline.Progress):
-    rows = 0
-    def update(self, rows):
-        self.rows += rows
-        if self.rows >= 50:
-            os._exit(9)
-
 pipeline.augment(pipeline.AugmentRequest(src, out, seed=5, block_rows=20, batch_size=10, pairing="within-class"),
-                 progress=Killer())
+                 progress=Killer(out, 50))
 """
+)
 
 
 def test_a_killed_run_resumes_with_a_fresh_copy(tmp_path, run_mixup):

@@ -655,11 +655,10 @@ class Reader(base.Reader):
         self._raw[key] = layout
         return layout
 
-    def _raw_read(self, key: str, start: int, stop: int, out: np.ndarray, chunks=None) -> bool:
+    def _raw_read(self, key: str, start: int, stop: int, out: np.ndarray) -> bool:
         """Read rows with ``os.preadv`` straight into ``out``: outside h5py's
         global lock, so reading overlaps the writer thread's HDF5 calls.
-        False (and nothing read) when the layout does not allow it.
-        (``chunks`` is not used: chunk locations come from the array's index.)"""
+        False (and nothing read) when the layout does not allow it."""
         layout = self._raw_layout(key)
         ds = self._ds(key)
         if layout is None or not out.flags.c_contiguous or out.dtype != ds.dtype:
@@ -878,12 +877,11 @@ def chunk_rows_for(spec: ArraySpec, options: WriteOptions, *, compressed: bool =
     return max(1, limit)
 
 
-def _writer_cache(options: WriteOptions) -> dict:
-    """No HDF5 chunk cache on output: rows are written in whole runs anyway,
-    and after a failed write (disk full) a file with dirty cached chunks
-    crashes HDF5 when it is closed (lzf included: it then writes each chunk
-    through the filter at once)."""
-    return {"rdcc_nbytes": 0}
+# No HDF5 chunk cache on output: rows are written in whole runs anyway, and
+# after a failed write (disk full) a file with dirty cached chunks crashes HDF5
+# when it is closed (lzf included: it then writes each chunk through the
+# filter at once).
+WRITER_CACHE = {"rdcc_nbytes": 0}
 
 
 def plain_chunk_offsets(ds, chunk_rows: int) -> np.ndarray | None:
@@ -955,7 +953,7 @@ class Writer(base.Writer):
             # Created where nothing is (HDF5's exclusive create: O_CREAT | O_EXCL, never
             # through a link); whatever sat at this temporary name is removed first.
             beside.clear(self.path)
-            self._file = h5py.File(self.path, "x", **_writer_cache(options))
+            self._file = h5py.File(self.path, "x", **WRITER_CACHE)
         except OSError as exc:
             if _is_lock_error(exc):
                 raise OutputError(f"{self.path}: cannot create HDF5 file: {_LOCK_HINT}") from None
@@ -994,8 +992,9 @@ class Writer(base.Writer):
     def _start_direct_writes(self) -> None:
         self._direct = self.options.compression in ("none", "gzip")
         self._pool = None
+        self._deflaters = max(1, os.cpu_count() or 1)
         if self.options.compression == "gzip":
-            self._pool = ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1))
+            self._pool = ThreadPoolExecutor(max_workers=self._deflaters)
         # Uncompressed: file offset of every chunk, per array (None: through HDF5).
         self._offsets: dict[str, np.ndarray | None] = {}
         self._fd: int | None = None
@@ -1073,7 +1072,7 @@ class Writer(base.Writer):
                 ds.id.write_direct_chunk((first + i * c,) + tail, piece)
             return
         # Deflate a few chunks ahead of the one being written: bounded memory.
-        window = 2 * self._pool._max_workers
+        window = 2 * self._deflaters
         if ds.shuffle:  # the dataset's filters say so (also on a reopened file)
             compress, arg = _shuffled_deflate, ds.dtype.itemsize
         else:
@@ -1116,7 +1115,7 @@ class Writer(base.Writer):
         if not beside.plain_file(self.path):
             raise cls.damaged(self.path, "not a regular file")
         try:
-            self._file = h5py.File(self.path, "r+", **_writer_cache(options))
+            self._file = h5py.File(self.path, "r+", **WRITER_CACHE)
         except OSError as exc:
             if _is_lock_error(exc):
                 raise OutputError(f"{self.path}: cannot resume: {_LOCK_HINT}") from None

@@ -255,9 +255,6 @@ class TableReader(base.Reader):
         return {key: cols for key, cols in found.items() if cols and all(c in self._fields for c in cols)}
 
     # ------------------------------------------------------------ keys
-    def columns(self) -> list[str]:
-        return list(self._fields)
-
     def keys(self) -> list[str]:
         members = {c for cols in self._gathered.values() for c in cols}
         keys = [n for n in self._fields if n not in self._dictionary and n not in members] + list(self._gathered)

@@ -93,13 +93,6 @@ def locate_rows(error: Exception, layout: SetLayout) -> Exception:
         return error
 
 
-def _same_identity(a: Path, b: Path) -> bool:
-    try:
-        return os.path.samefile(a, b)
-    except OSError:
-        return False
-
-
 def _categorical(keys: set[str], y_key: str) -> bool:
     return y_key not in keys and {f"{y_key}/codes", f"{y_key}/categories"} <= keys
 
