@@ -123,6 +123,20 @@ class NamedLabels:
         self._inner.close()
 
 
+class WithClassNames:
+    """A reader whose targets are multi-hot rows of named classes (column k
+    is the k-th name): the reader itself, with ``class_names``."""
+
+    def __init__(self, inner, names):
+        self._inner = inner
+        self.class_names = [str(n) for n in names]
+        self.path = inner.path
+        self.format_name = inner.format_name
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+
 def wrap(reader, y_key: str | None):
     """``reader`` with string or categorical ``y_key`` shown as class codes;
     ``reader`` itself when ``y_key`` holds numbers (or is absent)."""
@@ -142,6 +156,8 @@ def wrap(reader, y_key: str | None):
         return reader
     declared = getattr(reader, "declared_class_names", None)
     found_names = declared(y_key) if declared is not None else None
+    if found_names and reader.spec(y_key).row_shape:  # multi-hot rows of declared classes: column k, name k
+        return WithClassNames(reader, found_names)
     if found_names:  # integer labels with names declared (Hugging Face ClassLabel): label k is the k-th name
         return NamedLabels(reader, y_key, np.array(found_names, dtype=str), y_key, np.arange(len(found_names)))
     spec = reader.spec(y_key)

@@ -400,3 +400,33 @@ def test_a_folder_of_parquet_shards_is_a_set(tmp_path, run_cli):
     assert np.array_equal(out["x"], expected_mix(x, out["lam"], out["partner"]))
     assert np.array_equal(out["y"], expected_mix(one_hot(y, 3), out["lam"], out["partner"]))
     assert run_cli("verify", tmp_path / "mixed").exit_code == 0
+
+
+def test_lists_of_class_labels_are_multi_hot_rows(tmp_path, run_cli):
+    pytest.importorskip("datasets")
+    from datasets import ClassLabel, Dataset, Features, Sequence, Value
+
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((24, 3)).astype(np.float32)
+    tags = [sorted(set(rng.integers(0, 4, rng.integers(0, 4)).tolist())) for _ in range(24)]
+    features = Features(
+        {
+            "x": Sequence(Value("float32"), length=3),
+            "tags": Sequence(ClassLabel(names=["red", "green", "blue", "gold"])),
+        }
+    )
+    ds = Dataset.from_dict({"x": x, "tags": tags}, features=features)
+    ds.save_to_disk(str(tmp_path / "hf"))
+    ds.to_parquet(str(tmp_path / "hub.parquet"))
+    multi_hot = np.zeros((24, 4), dtype=np.uint8)
+    for i, row in enumerate(tags):
+        multi_hot[i, row] = 1
+    for src in (tmp_path / "hf", tmp_path / "hub.parquet"):
+        out = tmp_path / f"{src.stem}.h5"
+        result = run_cli("augment", src, out, "--y-key", "tags", "--seed", 8, "--block-rows", 8)
+        assert result.exit_code == 0, result.stderr
+        got, attrs = load_h5(out)
+        assert json.loads(attrs["class_names"]) == ["red", "green", "blue", "gold"]
+        assert np.array_equal(got["tags"], expected_mix(multi_hot.astype(np.float32), got["lam"], got["partner"]))
+        assert np.array_equal(got["x"], expected_mix(x, got["lam"], got["partner"]))
+        assert read_sidecar(out)["parameters"]["targets"]["kind"] == "multilabel"

@@ -172,6 +172,44 @@ def _refuse_nulls(arr, label: str, first, level: int = 0, dims=()) -> None:
         raise InputError(f"{label}: has missing values (null), the first in row {row}; fill or drop them before mixing")
 
 
+class _MultiHot:
+    """Lists of class indices (Hugging Face ``Sequence(ClassLabel)``) as
+    multi-hot rows of 0/1 (uint8), one column per declared class."""
+
+    def __init__(self, name: str, n_classes: int, label: str):
+        self.names = (name,)
+        self.label = label
+        self.row_shape = (n_classes,)
+        self.dtype = np.dtype(np.uint8)
+
+    def convert(self, pa, table, first) -> np.ndarray:
+        import pyarrow.compute as pc
+
+        n, n_classes = table.num_rows, self.row_shape[0]
+        out = np.zeros((n, n_classes), dtype=np.uint8)
+        if not n:
+            return out
+        arr = table.column(self.names[0]).combine_chunks()
+        arr = getattr(arr, "storage", arr)
+        _refuse_nulls(arr, self.label, first)
+        rows = np.repeat(np.arange(n), pc.list_value_length(arr).to_numpy(zero_copy_only=False))
+        values = arr.flatten()
+        labels = np.asarray(values.to_numpy(zero_copy_only=False))
+        bad = np.flatnonzero(~values.is_valid().to_numpy(zero_copy_only=False)) if values.null_count else []
+        if not len(bad):
+            labels = labels.astype(np.int64)
+            bad = np.flatnonzero((labels < 0) | (labels >= n_classes))
+        if len(bad):
+            at = int(rows[bad[0]])
+            row = int(first[at]) if isinstance(first, np.ndarray) else first + at
+            raise InputError(
+                f"{self.label}: row {row} has label {labels[bad[0]]}, not one of the {n_classes} classes "
+                "its ClassLabel names; every label must be a class index"
+            )
+        out[rows, labels] = 1
+        return out
+
+
 class _Gathered:
     """Several numeric columns as one (N, k) array."""
 
@@ -241,9 +279,9 @@ class TableReader(base.Reader):
         raise NotImplementedError
 
     def declared_class_names(self, key: str) -> list[str] | None:
-        """The class names a Hugging Face ``ClassLabel`` column declares, in
-        its order (label k is the k-th), or None."""
-        return self._class_names.get(key) if key in self._fields else None
+        """The class names a Hugging Face ``ClassLabel`` column (or a list of
+        them: multi-hot rows) declares, in its order (label k is the k-th), or None."""
+        return self._class_names[key][0] if key in self._class_names and key in self._fields else None
 
     def _recorded_columns(self) -> dict[str, list[str]]:
         """Arrays a mixup output wrote as several columns (its metadata says which)."""
@@ -290,6 +328,8 @@ class TableReader(base.Reader):
 
     def _column(self, name: str) -> _Column:
         typ = self._fields[name].type
+        if name in self._class_names and self._class_names[name][1] and _has_variable_list(self._pa, typ):
+            return _MultiHot(name, len(self._class_names[name][0]), self._label(name))
         first = None
         if self._rows and _has_variable_list(self._pa, typ):
             table = self._group(name, self._group_of(0), [name])
@@ -459,16 +499,22 @@ def hf_class_names(metadata) -> dict[str, list[str]]:
     return class_label_names(features)
 
 
-def class_label_names(features) -> dict[str, list[str]]:
-    """Column -> names of each top-level ``ClassLabel`` feature."""
+def class_label_names(features) -> dict[str, tuple[list[str], bool]]:
+    """Column -> (names, multi) of each top-level ``ClassLabel`` feature
+    (multi False) and of each list of them without a fixed length
+    (``Sequence(ClassLabel)``: multi-label rows, multi True)."""
     if not isinstance(features, dict):
         return {}
     found = {}
     for name, feature in features.items():
-        if isinstance(feature, dict) and feature.get("_type") == "ClassLabel":
-            names = feature.get("names")
+        if not isinstance(feature, dict):
+            continue
+        multi = feature.get("_type") in ("Sequence", "List", "LargeList") and feature.get("length", -1) in (-1, None)
+        label = feature.get("feature") if multi else feature
+        if isinstance(label, dict) and label.get("_type") == "ClassLabel":
+            names = label.get("names")
             if isinstance(names, list) and names and all(isinstance(n, str) for n in names):
-                found[name] = names
+                found[name] = (names, multi)
     return found
 
 
