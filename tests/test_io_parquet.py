@@ -430,3 +430,23 @@ def test_lists_of_class_labels_are_multi_hot_rows(tmp_path, run_cli):
         assert np.array_equal(got["tags"], expected_mix(multi_hot.astype(np.float32), got["lam"], got["partner"]))
         assert np.array_equal(got["x"], expected_mix(x, got["lam"], got["partner"]))
         assert read_sidecar(out)["parameters"]["targets"]["kind"] == "multilabel"
+
+
+def test_reading_holds_a_row_group_not_the_file(tmp_path):
+    """The Arrow memory a run takes stays near a row group and a block, far below the column's size."""
+    x = np.random.default_rng(13).standard_normal((20000, 64)).astype(np.float32)  # 5 MiB
+    pq.write_table(
+        pa.table({"x": tensor_column(x), "y": np.arange(20000) % 5}), tmp_path / "in.parquet", row_group_size=500
+    )
+    code = (
+        "import pyarrow as pa\n"
+        "from mixup_cli import augment\n"
+        f"augment({str(tmp_path / 'in.parquet')!r}, {str(tmp_path / 'out.h5')!r}, seed=1, block_rows=1024)\n"
+        "print(pa.default_memory_pool().max_memory())\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    peak = int(proc.stdout.split()[-1])
+    assert 0 < peak < x.nbytes // 2, (peak, x.nbytes)
+    got, _ = load_h5(tmp_path / "out.h5")
+    assert np.array_equal(got["x"], expected_mix(x, got["lam"], got["partner"]))
