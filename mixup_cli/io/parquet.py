@@ -436,7 +436,11 @@ class TableReader(base.Reader):
 
     def describe(self, key: str) -> dict:
         arr = self._resolve(key)
-        return {"columns": list(arr.names)} if isinstance(arr, _Gathered) else {}
+        if isinstance(arr, _Gathered):
+            return {"columns": list(arr.names)}
+        if isinstance(arr, tuple) or (isinstance(arr, _Column) and arr.dtype.kind == "O"):
+            return {"type": "string"}
+        return {}
 
     def files(self) -> list[Path]:
         return [self.path]
