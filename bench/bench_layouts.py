@@ -4,7 +4,8 @@ arrays whole and writing them to a new HDF5 file.
     python bench/bench_layouts.py [--rows-scale 1.0] [--only NAME] [--keep DIR]
 
 Layouts: one row per chunk (images), part-row chunks (chunks not spanning a
-row), 1 x 64 chunks with 100k rows, each with and without gzip, and a file
+row), 1 x 64 chunks with 100k rows, each with and without gzip, the whole
+array in one gzip chunk, and a file
 written by the netCDF4 library (unlimited first dimension, zlib + shuffle,
 chunks 1 x 64). Every run mixes x alone (``--no-y``), writes uncompressed
 HDF5 and the sidecar; the h5py baseline is timed in this process (no
@@ -42,6 +43,7 @@ LAYOUTS = {
     "1 x 64 (100k x 64, chunks 1 x 64)": ((100_000, 64), (1, 64), False, "h5py"),
     "1 x 64 gzip": ((100_000, 64), (1, 64), True, "h5py"),
     "netCDF4 (100k x 64, unlimited, zlib+shuffle, 1 x 64)": ((100_000, 64), (1, 64), True, "netcdf4"),
+    "one chunk gzip (1M x 64 in a single 256 MB chunk)": ((1_000_000, 64), (1_000_000, 64), True, "h5py"),
 }
 
 

@@ -463,9 +463,9 @@ def test_take_reads_a_compressed_chunk_once(take_files, monkeypatch):
     reads = []
     real = hdf5.Reader._raw_read
 
-    def recording(self, key, start, stop, out, chunks=None):
+    def recording(self, key, start, stop, out):
         reads.append((start, stop))
-        return real(self, key, start, stop, out, chunks)
+        return real(self, key, start, stop, out)
 
     monkeypatch.setattr(hdf5.Reader, "_raw_read", recording)
     rows = np.array([1, 3, 14, 15, 16, 40, 41, 47, 99, 3])

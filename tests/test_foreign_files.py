@@ -301,6 +301,22 @@ def test_big_endian(run_cli, tmp_path, outdir, dtype):
     assert err <= 1
 
 
+def _write_unfiltered_edge_chunk(f, x, shuffle, rows=4):
+    """The partial last chunk stored as plain bytes, its filter mask saying
+    so: what HDF5 writes with H5Pset_chunk_opts(DONT_FILTER_PARTIAL_CHUNKS)."""
+    import zlib
+
+    ds = f.create_dataset("x", shape=x.shape, dtype=x.dtype, chunks=(rows, D), compression="gzip", shuffle=shuffle)
+    for start in range(0, len(x), rows):
+        piece = np.zeros((rows, D), x.dtype)
+        piece[: len(x[start : start + rows])] = x[start : start + rows]
+        if start + rows <= len(x):
+            stored = piece.view(np.uint8).reshape(-1, x.itemsize).T.copy() if shuffle else piece
+            ds.id.write_direct_chunk((start, 0), zlib.compress(stored.tobytes()))
+        else:
+            ds.id.write_direct_chunk((start, 0), piece.tobytes(), filter_mask=0b11 if shuffle else 0b1)
+
+
 @pytest.mark.parametrize(
     "layout",
     [
@@ -312,6 +328,9 @@ def test_big_endian(run_cli, tmp_path, outdir, dtype):
         "lzf",
         "gzip-1-row-chunks",
         "part-row-chunks",
+        "gzip-unfiltered-edge-chunk",
+        "shuffle-gzip-unfiltered-edge-chunk",
+        "gzip-one-chunk",
     ],
 )
 def test_storage_layouts(run_cli, tmp_path, outdir, layout):
@@ -336,6 +355,10 @@ def test_storage_layouts(run_cli, tmp_path, outdir, layout):
             f.create_dataset("x", data=x, chunks=(4, D), compression="lzf")
         elif layout == "gzip-1-row-chunks":
             f.create_dataset("x", data=x, chunks=(1, D), compression="gzip", shuffle=True)
+        elif layout.endswith("unfiltered-edge-chunk"):
+            _write_unfiltered_edge_chunk(f, x, shuffle=layout.startswith("shuffle"))
+        elif layout == "gzip-one-chunk":
+            f.create_dataset("x", data=x, chunks=x.shape, compression="gzip")
         else:
             f.create_dataset("x", data=x, chunks=(3, 2), compression="gzip")
     check_accepted(run_cli, src, outdir)
@@ -545,3 +568,45 @@ def test_unusual_bit_layout_with_class_pairing(run_cli, tmp_path, outdir, storag
     assert _check_rows(x_out, stored, lam, partner) <= 1
     verified = run_cli("verify", out)
     assert verified.exit_code == 0 and verified.stdout.splitlines()[-1] == "OK", verified.stdout
+
+
+@pytest.mark.parametrize("layout", ["gzip", "shuffle-gzip", "gzip-unfiltered-edge-chunk"])
+def test_big_gzip_chunks_are_inflated_once(run_cli, tmp_path, outdir, monkeypatch, layout):
+    """A dataset stored in a few chunks larger than a block: each chunk is
+    inflated once for the whole run (own rows and partners alike), not once
+    per block, and every row is still the formula's."""
+    import zlib
+
+    monkeypatch.setattr(hdf5, "BIG_CHUNK_BYTES", 256)  # chunks of 4 rows of 6 float32 are 96 B; of 20 rows, 480 B
+    src, x = tmp_path / "big.h5", _data()
+    with h5py.File(src, "w") as f:
+        f["y"] = _labels()
+        if layout == "gzip-unfiltered-edge-chunk":
+            _write_unfiltered_edge_chunk(f, x, shuffle=False, rows=20)
+        else:
+            f.create_dataset("x", data=x, chunks=(20, D), compression="gzip", shuffle=layout.startswith("shuffle"))
+    inflated = []
+    real = zlib.decompress
+    monkeypatch.setattr(zlib, "decompress", lambda data, *a, **k: inflated.append(len(data)) or real(data, *a, **k))
+    result = run_cli("augment", src, outdir / "out.h5", "--seed", 3, "--block-rows", 5, "-q")
+    assert result.exit_code == 0, result.stderr
+    assert len(inflated) <= 3  # 3 chunks (the last one stored plain or deflated), 9 blocks
+    with h5py.File(outdir / "out.h5", "r") as f:
+        _check_rows(f["x"][()], x, f["lam"][()], f["partner"][()])
+
+
+def test_a_damaged_big_chunk_is_refused_naming_its_rows(run_cli, tmp_path, outdir, monkeypatch):
+    import zlib
+
+    monkeypatch.setattr(hdf5, "BIG_CHUNK_BYTES", 256)
+    src, x = tmp_path / "big.h5", _data()
+    with h5py.File(src, "w") as f:
+        f["y"] = _labels()
+        ds = f.create_dataset("x", shape=x.shape, dtype=x.dtype, chunks=(20, D), compression="gzip")
+        for start in range(0, N, 20):
+            piece = np.zeros((20, D), x.dtype)
+            piece[: len(x[start : start + 20])] = x[start : start + 20]
+            stored = b"not a deflate stream" if start == 20 else zlib.compress(piece.tobytes())
+            ds.id.write_direct_chunk((start, 0), stored)
+    line = check_refused(run_cli, src, outdir, "x", "rows 20:40", "damaged", y_key="y")
+    assert "copy or write the file again" in line

@@ -61,6 +61,11 @@ TAKE_GAP_BYTES = 64 << 10
 # small against its work when chunks are tiny (one row of a few hundred bytes).
 INFLATE_JOB_BYTES = 1 << 20
 
+# A gzip chunk this large is kept inflated once read (one chunk at a time): a
+# dataset stored as a few big chunks (the whole array in one, say) would else
+# be inflated again for every block, and for every partner read, that touches it.
+BIG_CHUNK_BYTES = 8 << 20
+
 # Filters HDF5 may lack, by id: the name users know and where it comes from.
 _PLUGINS = {
     307: "bzip2",
@@ -257,6 +262,7 @@ class Reader(base.Reader):
         self._index: dict[str, tuple | None] = {}
         self._pool: ThreadPoolExecutor | None = None  # inflates gzip chunks
         self._scratch: np.ndarray | None = None
+        self._held_chunk: tuple[str, int, np.ndarray] | None = None  # (key, chunk, its bytes inflated)
 
     # --- names ---------------------------------------------------------
 
@@ -569,10 +575,10 @@ class Reader(base.Reader):
         _, chunk_rows, per_row = self._stream(key)
         if (offsets[first:last] < 0).any():
             return False  # a chunk never written (fill value): let HDF5 do it
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1))
-        fd = self._fd(ds)
         dest = memoryview(out).cast("B")
+        if chunk_bytes >= BIG_CHUNK_BYTES:
+            return self._read_big_chunks(key, shuffled, range(first, last), want_lo, dest)
+        pool, fd = self._inflate_pool(), self._fd(ds)
         itemsize = ds.dtype.itemsize
         deflate_bit = 2 if shuffled else 1  # a set bit of the filter mask: that filter was skipped
 
@@ -623,7 +629,7 @@ class Reader(base.Reader):
         jobs = []
         try:
             for k0 in range(first, last, per_job):
-                jobs.append(self._pool.submit(inflate, k0, min(last, k0 + per_job)))
+                jobs.append(pool.submit(inflate, k0, min(last, k0 + per_job)))
         finally:
             errors = [job.exception() for job in jobs]  # all finished: none writes into out later
         failed = next((e for e in errors if e is not None), None)
@@ -632,6 +638,73 @@ class Reader(base.Reader):
                 raise InputError(f"{self.path}: cannot read '{key}': {failed}") from None
             raise failed
         return True
+
+    def _inflate_pool(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1))
+        return self._pool
+
+    def _read_big_chunks(self, key: str, shuffled: bool, chunks: range, want_lo: int, dest: memoryview) -> bool:
+        """Bytes ``want_lo:`` of the rows laid end to end into ``dest``, from
+        big chunks inflated one at a time (the last one kept for the next read)."""
+        chunk_bytes = self._stream(key)[0]
+        want_hi = want_lo + len(dest)
+        for k in chunks:
+            data = self._inflated_chunk(key, shuffled, k, chunk_bytes)
+            lo, hi = max(want_lo, k * chunk_bytes), min(want_hi, (k + 1) * chunk_bytes)
+            dest[lo - want_lo : hi - want_lo] = data[lo - k * chunk_bytes : hi - k * chunk_bytes]
+        return True
+
+    def _take_from_big_chunks(self, key: str, rows: np.ndarray, out: np.ndarray) -> bool:
+        """Sorted, unique ``rows`` gathered from big gzip chunks of whole rows,
+        each inflated once (see ``BIG_CHUNK_BYTES``); False where the layout
+        is another."""
+        stream, shuffled, ds = self._stream(key), self._deflated(key), self._ds(key)
+        if stream is None or stream[0] < BIG_CHUNK_BYTES or stream[2] != 1 or shuffled is None:
+            return False
+        chunk_bytes, chunk_rows, _ = stream
+        offsets = self._chunk_index(key)[0]
+        chunk_of = rows // chunk_rows
+        if (offsets[chunk_of] < 0).any() or out.dtype != ds.dtype:
+            return False  # a chunk never written (fill value): HDF5 knows its fill
+        bounds = np.flatnonzero(np.diff(chunk_of)) + 1
+        for lo, hi in zip([0, *bounds.tolist()], [*bounds.tolist(), len(rows)]):
+            k = int(chunk_of[lo])
+            held = (
+                self._inflated_chunk(key, shuffled, k, chunk_bytes).view(ds.dtype).reshape((chunk_rows,) + ds.shape[1:])
+            )
+            np.take(held, rows[lo:hi] - k * chunk_rows, axis=0, out=out[lo:hi])
+        return True
+
+    def _inflated_chunk(self, key: str, shuffled: bool, k: int, chunk_bytes: int) -> np.ndarray:
+        held = self._held_chunk
+        if held is not None and held[:2] == (key, k):
+            return held[2]
+        self._held_chunk = None  # never two big chunks in memory at once
+        ds = self._ds(key)
+        offsets, sizes, masks = self._chunk_index(key)
+        stored = bytearray(int(sizes[k]))
+        base.pread_pieces(
+            self._fd(ds), memoryview(stored), [(int(offsets[k]), 0, len(stored))], f"{self.path}: '{key}'"
+        )
+        mask, itemsize = int(masks[k]), ds.dtype.itemsize
+        try:  # a set bit of the filter mask: that filter was skipped for this chunk
+            raw = stored if mask & (2 if shuffled else 1) else zlib.decompress(stored, bufsize=chunk_bytes)
+        except zlib.error as exc:
+            raw = f"{exc}"
+        if len(raw) != chunk_bytes or isinstance(raw, str):
+            _, chunk_rows, per_row = self._stream(key)
+            row = k // per_row * chunk_rows
+            why = raw if isinstance(raw, str) else f"it inflates to {len(raw)} bytes, not {chunk_bytes}"
+            raise InputError(
+                f"{self.path}: the compressed chunk of '{key}' rows {row}:{row + chunk_rows} is damaged ({why}); "
+                "copy or write the file again"
+            )
+        data = np.frombuffer(raw, np.uint8)
+        if shuffled and itemsize > 1 and not mask & 1:  # byte b of every element was stored together
+            data = data.reshape(itemsize, -1).T.copy().reshape(-1)
+        self._held_chunk = (key, k, data)
+        return data
 
     def _raw_layout(self, key: str):
         """``(row_bytes, chunked, contiguous offset)`` when the rows of
@@ -704,6 +777,8 @@ class Reader(base.Reader):
         if rows[0] < 0 or rows[-1] >= ds.shape[0]:
             raise IndexError(f"{self.path}: rows of '{key}' out of range 0..{ds.shape[0] - 1}")
         if raw and self._raw_take(key, rows, out):
+            return out
+        if self._take_from_big_chunks(key, rows, out):
             return out
         row_bytes = out.nbytes // len(rows)
         group = ds.chunks[0] if ds.chunks else max(1, TAKE_WINDOW_BYTES // row_bytes)
