@@ -120,11 +120,11 @@ def test_strings_and_categoricals_are_named_classes(tmp_path, run_cli):
             "x": list(x),
             "species": species,
             # an unused category still has its column in the one-hot targets
-            "kind": pd.Categorical(species, categories=["dog", "cat", "ant", "emu"]),
+            "kind": pd.Categorical(species, categories=["dog", "cat", "ant", "emu", "yak"]),
         }
     )
     frame.to_parquet(tmp_path / "in.parquet", row_group_size=10)
-    for key, names in (("species", ["cat", "dog", "emu"]), ("kind", ["ant", "cat", "dog", "emu"])):
+    for key, names in (("species", ["cat", "dog", "emu"]), ("kind", ["ant", "cat", "dog", "emu", "yak"])):
         out = tmp_path / f"{key}.h5"
         result = run_cli("augment", tmp_path / "in.parquet", out, "--y-key", key, "--seed", 5)
         assert result.exit_code == 0, result.stderr
@@ -450,3 +450,20 @@ def test_reading_holds_a_row_group_not_the_file(tmp_path):
     assert 0 < peak < x.nbytes // 2, (peak, x.nbytes)
     got, _ = load_h5(tmp_path / "out.h5")
     assert np.array_equal(got["x"], expected_mix(x, got["lam"], got["partner"]))
+
+
+def test_declared_classes_absent_from_the_rows_still_have_their_columns(tmp_path, run_cli):
+    pytest.importorskip("datasets")
+    from datasets import ClassLabel, Dataset, Features, Value
+
+    labels = np.array([0, 1, 1, 0, 2, 1, 0, 2] * 3)  # "gold" (3) never occurs
+    x = np.arange(24, dtype=np.float32)
+    features = Features({"x": Value("float32"), "label": ClassLabel(names=["red", "green", "blue", "gold"])})
+    Dataset.from_dict({"x": x, "label": labels}, features=features).save_to_disk(str(tmp_path / "hf"))
+    out = tmp_path / "out.h5"
+    result = run_cli("augment", tmp_path / "hf", out, "--y-key", "label", "--seed", 1)
+    assert result.exit_code == 0, result.stderr
+    got, attrs = load_h5(out)
+    assert json.loads(attrs["class_names"]) == ["red", "green", "blue", "gold"]
+    assert got["label"].shape == (24, 4)
+    assert np.array_equal(got["label"], expected_mix(one_hot(labels, 4), got["lam"], got["partner"]))
