@@ -133,6 +133,12 @@ def test_strings_and_categoricals_are_named_classes(tmp_path, run_cli):
         codes = np.searchsorted(np.array(names), species)
         assert np.array_equal(got[key], expected_mix(one_hot(codes, len(names)), got["lam"], got["partner"]))
         assert read_sidecar(out)["parameters"]["class_names"] == names
+        paired = tmp_path / f"{key}-within.h5"
+        args = ("--y-key", key, "--seed", 5, "--pairing", "within-class")
+        assert run_cli("augment", tmp_path / "in.parquet", paired, *args).exit_code == 0
+        got, _ = load_h5(paired)
+        assert np.array_equal(species[got["partner"]], species)
+        assert run_cli("verify", paired).exit_code == 0
 
 
 def test_missing_default_keys_list_the_columns_and_the_option(tmp_path, run_cli):

@@ -381,8 +381,14 @@ class TableReader(base.Reader):
             )
         return super().require(key, option, kinds)
 
-    def spec(self, key: str) -> ArraySpec:
+    def _array(self, key: str):
         arr = self._resolve(key)
+        if arr is None:
+            raise KeyError(key)
+        return arr
+
+    def spec(self, key: str) -> ArraySpec:
+        arr = self._array(key)
         if isinstance(arr, tuple):
             return ArraySpec((len(arr[1].categories),), np.dtype(object))
         return ArraySpec((self._rows,) + tuple(arr.row_shape), arr.dtype)
@@ -402,7 +408,7 @@ class TableReader(base.Reader):
             return table
 
     def read(self, key: str, start: int, stop: int) -> np.ndarray:
-        arr = self._resolve(key)
+        arr = self._array(key)
         if isinstance(arr, tuple):
             return np.array(arr[1].categories[start:stop], dtype=object)
         start, stop = max(0, start), min(stop, self._rows)
@@ -420,7 +426,7 @@ class TableReader(base.Reader):
         return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
 
     def _take_sorted_unique(self, key: str, rows: np.ndarray) -> np.ndarray:
-        arr = self._resolve(key)
+        arr = self._array(key)
         if not len(rows):
             return self.read(key, 0, 0)
         groups = np.searchsorted(self._starts, rows, side="right") - 1
