@@ -131,7 +131,7 @@ def augment(
     require_y = y_key not in (None, "y")
     request = AugmentRequest(input=inputs[0], output=Path(output), require_y=require_y, **options)
     # A list of paths is a set whatever its length, as --inputs-from is.
-    if many or is_set_form(len(inputs), None, shard):
+    if many or is_set_form(len(inputs), None, shard, inputs[0]):
         return _augment_set(request, inputs, shard, progress)
     from mixup_cli.pipeline import augment as run
 
@@ -149,9 +149,10 @@ def augment(
 
 def _augment_set(request, inputs: list[Path], shard: str | None, progress) -> AugmentSummary:
     from mixup_cli.sets import parse_shard
+    from mixup_cli.sets.inputs import expand_folders
     from mixup_cli.sets.run import augment_set
 
-    result = augment_set(request, inputs, request.output, parse_shard(shard), progress=progress)
+    result = augment_set(request, expand_folders(inputs), request.output, parse_shard(shard), progress=progress)
     return AugmentSummary(
         output=result.outdir,
         written=tuple(result.written),

@@ -69,6 +69,7 @@ from .io.npyfile import read_header
 __all__ = ["MixupDataset"]
 
 _ZARR_EXTRA = "pip install 'mixup-cli[zarr]'"
+_ARROW_EXTRA = "pip install 'mixup-cli[arrow]'"
 _PROVENANCE = ("lam", "partner")
 
 
@@ -80,9 +81,13 @@ def _format_of(path: Path) -> str:
         return "zarr"
     if suffix == ".npz":
         return "npz"
+    if suffix in (".parquet", ".pq"):
+        return "parquet"
     if path.is_dir():
         return "npydir"
-    raise InputError(f"{path}: not a mixup output (expected .h5, .hdf5, .zarr, .npz or a directory of .npy files)")
+    raise InputError(
+        f"{path}: not a mixup output (expected .h5, .hdf5, .zarr, .npz, .parquet or a directory of .npy files)"
+    )
 
 
 def _sidecar_of(path: Path) -> Path:
@@ -348,7 +353,86 @@ def _load_npz_member(path, key):
         return z[key]
 
 
-_STORES = {"hdf5": _Hdf5Store, "zarr": _ZarrStore, "npz": _NpzStore, "npydir": _NpyDirStore}
+class _ParquetStore:
+    """A Parquet output, read with pyarrow a row group at a time (the one
+    last read kept per array): each array is a column (nested fixed-size
+    lists for more than one axis) or, as the schema's ``mixup`` metadata
+    records, several columns gathered."""
+
+    fork_safe = False
+
+    def __init__(self, path: Path):
+        try:
+            import pyarrow.parquet as pq
+        except ImportError:
+            raise InputError(f"{path}: reading Parquet output needs pyarrow: {_ARROW_EXTRA}") from None
+        try:
+            self.file = pq.ParquetFile(str(path))
+            record = json.loads((self.file.schema_arrow.metadata or {}).get(b"mixup", b"{}"))
+        except Exception as exc:  # pyarrow raises several types for "not Parquet"
+            raise InputError(f"{path}: cannot be opened as a Parquet file ({type(exc).__name__}: {exc})") from None
+        meta = self.file.metadata
+        self.starts = np.cumsum([0] + [meta.row_group(i).num_rows for i in range(meta.num_row_groups)])
+        names = self.file.schema_arrow.names
+        arrays = record.get("arrays") or {name: {} for name in names}
+        self.arrays = {}
+        for key, info in arrays.items():
+            columns = info.get("columns") or [key]
+            if all(c in names for c in columns):
+                self.arrays[key] = _ParquetArray(self, key, columns, "columns" in info)
+
+    def close(self):
+        self.file.close()
+
+
+class _ParquetArray:
+    def __init__(self, store: _ParquetStore, key: str, columns: list[str], gathered: bool):
+        self.store, self.columns, self.gathered = store, columns, gathered
+        self.rows = int(store.starts[-1])
+        self._cached: tuple[int, Any] | None = None
+        first = self._convert(self._group(0).slice(0, 1)) if self.rows else None
+        self.dtype = first.dtype if first is not None else np.dtype(np.float64)
+        self.shape = (self.rows,) + (first.shape[1:] if first is not None else ())
+
+    def _group(self, i: int):
+        if self._cached is None or self._cached[0] != i:
+            self._cached = (i, self.store.file.read_row_group(i, columns=self.columns))
+        return self._cached[1]
+
+    def _convert(self, table) -> np.ndarray:
+        if self.gathered:
+            return np.stack([table.column(c).to_numpy() for c in self.columns], axis=1)
+        values = table.column(self.columns[0]).combine_chunks()
+        shape = []
+        while hasattr(values.type, "list_size"):
+            shape.append(values.type.list_size)
+            values = values.flatten()
+        return np.asarray(values.to_numpy(zero_copy_only=False)).reshape([table.num_rows] + shape)
+
+    def read(self, index):
+        rows = np.arange(self.rows)[index]
+        flat = np.atleast_1d(rows)
+        groups = np.searchsorted(self.store.starts, flat, side="right") - 1
+        out = np.empty((len(flat),) + self.shape[1:], dtype=self.dtype)
+        for i in np.unique(groups):
+            at = np.flatnonzero(groups == i)
+            local = flat[at] - self.store.starts[i]
+            import pyarrow as pa
+
+            out[at] = self._convert(self._group(int(i)).take(pa.array(local)))
+        if np.ndim(rows) == 0:
+            row = out[0]
+            return row[()] if row.ndim == 0 else row
+        return out
+
+
+_STORES = {
+    "hdf5": _Hdf5Store,
+    "zarr": _ZarrStore,
+    "npz": _NpzStore,
+    "npydir": _NpyDirStore,
+    "parquet": _ParquetStore,
+}
 
 
 # ---------------------------------------------------------------- names

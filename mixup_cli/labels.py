@@ -183,9 +183,9 @@ def resolve(
         classes = find_classes(reader, key, shape[0], label)
         if not len(classes):
             raise InputError(f"{label} has no rows; there are no classes to encode")
-        # Named classes (strings, categories, enum members) are all columns,
-        # those no row uses too: column k is the k-th name.
-        num_classes = max(int(classes[-1]) + 1, len(getattr(reader, "class_names", ())))
+        # Named classes (strings, categories, declared names): one column per name, the
+        # last ones too when no row has them (column k is the k-th name).
+        num_classes = max(int(classes[-1]) + 1, len(getattr(reader, "class_names", None) or ()))
         check_inferred_classes(label, num_classes, len(classes), shape[0], input_row_bytes)
         if inferred:
             check_identifiers(label, len(classes), shape[0], named=hasattr(reader, "class_names"))

@@ -7,7 +7,10 @@ group ``obs/<name>`` holding ``codes`` and ``categories``) and HDF5 enums
 names are the sorted unique values (the order of scikit-learn's
 ``LabelEncoder``/``OneHotEncoder``: ``numpy.unique``, by code point), found by
 one streaming pass over the labels (for AnnData, the categories alone);
-column k of the one-hot targets is the k-th name. ``NamedLabels`` then shows
+column k of the one-hot targets is the k-th name. Integer labels whose
+reader declares names (Hugging Face ``ClassLabel`` features in Parquet and
+``datasets`` folders) keep them in the declared order: label k is the k-th
+name. ``NamedLabels`` then shows
 ``y`` to the rest of the pipeline as integer class codes (int64), so class
 encoding, the class pairings and ``--balance`` work on them unchanged.
 """
@@ -123,6 +126,20 @@ class NamedLabels:
         self._inner.close()
 
 
+class WithClassNames:
+    """A reader whose targets are multi-hot rows of named classes (column k
+    is the k-th name): the reader itself, with ``class_names``."""
+
+    def __init__(self, inner, names):
+        self._inner = inner
+        self.class_names = [str(n) for n in names]
+        self.path = inner.path
+        self.format_name = inner.format_name
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+
 def wrap(reader, y_key: str | None):
     """``reader`` with string or categorical ``y_key`` shown as class codes;
     ``reader`` itself when ``y_key`` holds numbers (or is absent)."""
@@ -141,6 +158,13 @@ def wrap(reader, y_key: str | None):
         return NamedLabels(reader, y_key, names, f"{y_key}/codes", codes)
     if y_key not in keys:
         return reader
+    declared = getattr(reader, "declared_class_names", None)
+    found_names = declared(y_key) if declared is not None else None
+    if found_names and reader.spec(y_key).row_shape:  # multi-hot rows of declared classes: column k, name k
+        return WithClassNames(reader, found_names)
+    if found_names:  # integer labels with names declared (Hugging Face ClassLabel): label k is the k-th name
+        every = np.arange(len(found_names))
+        return NamedLabels(reader, y_key, np.array(found_names, dtype=str), codes=(every, every))
     members = getattr(reader, "enum_members", lambda key: None)(y_key)
     if members:  # an HDF5 enum: its members are the classes, by name
         names = np.array(sorted(members), dtype=str)

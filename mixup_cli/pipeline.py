@@ -11,6 +11,7 @@ when a step fails.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import time
 import uuid
@@ -248,10 +249,7 @@ def _run_tasks(request, source: Source, plan: Plan, partial: _Partial, progress:
             info = local.run(run_source, plan, writer, job.tasks(), progress, **common, batch_rows=request.batch_size)
     writer.flush()
     journal.save()  # every task recorded before the file is finished
-    decoded = {f"{key}_decoded": note for key, note in _decoded(source).items()}  # say what the values are
-    writer.set_attributes(
-        {"mixup_cli_version": __version__, "run_id": journal.run_id, **names.attributes(source.prepared), **decoded}
-    )
+    writer.set_attributes(_attributes(request, source, plan, writer, journal.run_id))
     writer.close()
     return info
 
@@ -260,6 +258,20 @@ def _decoded(source: Source) -> dict[str, str]:
     """How each input array was decoded on reading, where it was (``io.cf``)."""
     notes = {key: source.reader.describe(key).get("decoded") for key in source.specs}
     return {key: note for key, note in notes.items() if note}
+
+
+def _attributes(request, source: Source, plan: Plan, writer, run_id: str) -> dict:
+    """The small metadata the output carries: version, run id, class names;
+    the input columns an array was gathered from (Parquet ``--x-key 'f*'``);
+    the run's parameters where the format keeps them (Parquet's schema)."""
+    attrs = {"mixup_cli_version": __version__, "run_id": run_id, **names.attributes(source.prepared)}
+    attrs.update({f"{key}_decoded": note for key, note in _decoded(source).items()})  # netCDF packing undone
+    gathered = {key: cols for key in source.specs if (cols := source.reader.describe(key).get("columns"))}
+    if gathered:
+        attrs["gathered_columns"] = json.dumps(gathered)
+    if getattr(writer, "records_parameters", False):
+        attrs["parameters"] = json.dumps(sidecar.run_parameters(plan, request, source))
+    return attrs
 
 
 def _record(

@@ -103,15 +103,15 @@ def check_free_space(
     """Refuse up front an output that cannot fit on its disk.
 
     The uncompressed bytes are a lower bound of what the output takes (a
-    stored ``.npz`` needs them twice: staging, then the archive). Compressed
+    stored ``.npz`` and Parquet need them twice: staging, then the archive). Compressed
     HDF5 output has no such bound and counts for nothing. ``extra``: the
     bytes of a scratch copy of the input made beside the output (``scratch``).
     """
     need = 0
     if not (out_format == "hdf5" and compression != "none"):
         need = sum(int(np.prod(spec.shape, dtype=np.int64)) * np.dtype(spec.dtype).itemsize for spec in specs.values())
-        if out_format == "npz" and compression == "none":
-            need *= 2
+        if (out_format == "npz" and compression == "none") or out_format == "parquet":
+            need *= 2  # staged, then packed (compressed Parquet: at most as much again)
     need += extra
     if not need:
         return

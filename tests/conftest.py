@@ -101,9 +101,28 @@ def load_output(path) -> dict[str, np.ndarray]:
         import zarr
 
         found = {k: np.asarray(a[...]) for k, a in zarr.open_group(str(path), mode="r").arrays()}
+    elif path.suffix == ".parquet":
+        found = load_parquet(path)
     else:
         found = {p.stem: np.load(p, allow_pickle=False) for p in path.glob("*.npy")}
     assert found, f"no arrays in {path}"
+    return found
+
+
+def load_parquet(path) -> dict[str, np.ndarray]:
+    """A Parquet output's columns with pyarrow: nested fixed-size lists as
+    tensors, plain columns as vectors (by the types, not mixup's metadata)."""
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path)
+    found = {}
+    for name in table.column_names:
+        values = table.column(name).combine_chunks()
+        shape = []
+        while hasattr(values.type, "list_size"):
+            shape.append(values.type.list_size)
+            values = values.flatten()
+        found[name] = values.to_numpy(zero_copy_only=False).reshape([table.num_rows] + shape)
     return found
 
 

@@ -373,6 +373,8 @@ HEAVY_MODULES = {
     "scipy",
     "anndata",
     "netCDF4",
+    "pyarrow",
+    "pandas",
 }
 
 

@@ -159,6 +159,12 @@ def make_workspace(root: Path) -> None:
     shutil.copy(root / "train.h5", root / "labels.h5")
     _h5(root / "regression.h5", x=tabular, y=tabular[:, :1] * 2 + 1)
     (root / "shards.txt").write_text("".join(f"shards/{p.name}\n" for p in sorted((root / "shards").iterdir())))
+    # docs/parquet.md: a table of eight feature columns and a string label, in row groups of 100
+    import pandas as pd
+
+    table = pd.DataFrame({f"f{i}": tabular[:, i] for i in range(8)})
+    table["species"] = np.array(["cat", "dog", "emu"])[labels % 3]
+    table.to_parquet(root / "train.parquet", row_group_size=100)
     (root / "moved").mkdir()
     shutil.copy(root / "in.h5", root / "moved" / "in.h5")
     shutil.copytree(root / "shards", root / "moved" / "shards")

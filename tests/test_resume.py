@@ -159,11 +159,15 @@ def test_killed_right_after_the_first_journal_entry_resumes(src, tmp_path, compr
         ("out.npz", "none"),
         ("out", "none"),
         ("out.zarr", "none"),
+        ("out.parquet", "none"),
+        ("out.parquet", "zstd"),
     ],
 )
 def test_killed_mid_write_resumes_to_the_uninterrupted_arrays(src, tmp_path, name, compression):
     if name.endswith(".zarr"):
         pytest.importorskip("zarr")
+    if name.endswith(".parquet"):
+        pytest.importorskip("pyarrow")
     out = tmp_path / name
     # 4 arrays (x, y, lam, partner) per task: half-way through x of the 6th task.
     killed("write", 21, src, out, *ARGS, "--compression", compression)

@@ -93,7 +93,7 @@ def _stopped_set(outdir: Path, name: str, written: list[Path], sharded: bool) ->
     type=click.Choice(["none", "gzip", "lzf", "zstd"]),
     default="none",
     show_default=True,
-    help="Output compression (HDF5: gzip or lzf; .npz: gzip; Zarr: gzip or zstd).",
+    help="Output compression (HDF5: gzip or lzf; .npz: gzip; Zarr and Parquet: gzip or zstd).",
 )
 @click.option(
     "--chunk-rows",
@@ -155,15 +155,20 @@ def _stopped_set(outdir: Path, name: str, written: list[Path], sharded: bool) ->
 def augment(paths, inputs_from, shard, keys, data, quiet, as_json, **params):
     """Write a mixed copy of dataset IN to OUT, plus OUT.provenance.json.
 
-    IN and OUT are .h5/.hdf5, .npz, .zarr, or a directory of .npy files
-    (x.npy, y.npy); OUT's extension chooses its format, so formats convert.
+    IN and OUT are .h5/.hdf5, .npz, .zarr, .parquet, or a directory of .npy
+    files (x.npy, y.npy); OUT's extension chooses its format, so formats
+    convert. Parquet (pip install 'mixup-cli[arrow]'): x is a column of
+    fixed-size lists (or of equal-length lists), or several numeric columns
+    gathered by --x-key 'f0,f1,f2' or --x-key 'f*'.
 
     A set: with two inputs or more (or --inputs-from, or --shard) the inputs are mixed as one dataset, their concatenation in the
     order given (pairs cross inputs), and OUT is a directory receiving one
     output per input under its name, each with its sidecar, and the set's
-    manifest mixup-set.json. --shard I/N writes part I of N of them. One
-    input makes one output, OUT spelled with a trailing slash or not
-    (data/ mixed/ writes mixed/x.npy, ... and mixed.provenance.json).
+    manifest mixup-set.json. --shard I/N writes part I of N of them. A
+    folder of Parquet files (no .npy files) is the set of its .parquet
+    files, sorted by name. Otherwise one input makes one output, OUT
+    spelled with a trailing slash or not (data/ mixed/ writes mixed/x.npy,
+    ... and mixed.provenance.json).
 
     \b
     Examples:
@@ -200,7 +205,7 @@ def augment(paths, inputs_from, shard, keys, data, quiet, as_json, **params):
         **dataclasses.asdict(data),
         **params,
     )
-    if is_set_form(len(inputs), inputs_from, shard):
+    if is_set_form(len(inputs), inputs_from, shard, inputs[0] if inputs else None):
         return _augment_set(request, inputs, inputs_from, shard, quiet, as_json)
     _augment_one(request, quiet, as_json)
 

@@ -174,7 +174,8 @@ def keys_options(f):
                 "--x-key",
                 default="x",
                 show_default=True,
-                help="Array holding the inputs (an HDF5 path such as train/images, an .npz member or a .npy file stem).",
+                help="Array holding the inputs (an HDF5 path such as train/images, an .npz member or a .npy file stem; "
+                "Parquet: a column, or numeric columns gathered into (N, k) by a list or pattern: 'f0,f1,f2', 'f*').",
             ),
             click.option(
                 "--y-key",

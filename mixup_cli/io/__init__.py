@@ -30,16 +30,22 @@ _SUFFIXES = {
     ".hdf5": "hdf5",
     ".npz": "npz",
     ".zarr": "zarr",
+    ".parquet": "parquet",
+    ".pq": "parquet",
 }
 _MODULES = {
     "hdf5": "mixup_cli.io.hdf5",
     "npz": "mixup_cli.io.npz",
     "npydir": "mixup_cli.io.npydir",
     "zarr": "mixup_cli.io.zarr",
+    "parquet": "mixup_cli.io.parquet",
+    "arrow": "mixup_cli.io.arrow",
 }
 # The metadata file at the top of a Zarr store (v3, v2 group, v2 array).
 _ZARR_MARKERS = ("zarr.json", ".zgroup", ".zarray")
-SUPPORTED = ".h5, .hdf5, .npz, .zarr, or a directory of .npy files (a path without extension)"
+SUPPORTED = ".h5, .hdf5, .npz, .zarr, .parquet, or a directory of .npy files (a path without extension)"
+# Parquet files start and end with these four bytes.
+PARQUET_MAGIC = b"PAR1"
 
 # An HDF5 file starts with this signature at byte 0, 512, 1024, 2048, ...
 # (after a user block); .h5ad, .nc, .nc4, .he5, .hdf files are HDF5 too.
@@ -62,6 +68,18 @@ def is_hdf5(path: Path) -> bool:
     return False
 
 
+def is_parquet(path: Path) -> bool:
+    """Whether the regular file at ``path`` starts and ends with Parquet's magic bytes."""
+    try:
+        with open(path, "rb") as fh:
+            if fh.read(4) != PARQUET_MAGIC:
+                return False
+            fh.seek(-4, os.SEEK_END)
+            return fh.read(4) == PARQUET_MAGIC
+    except OSError:
+        return False
+
+
 def _regular_file(path: Path) -> bool:
     try:
         return stat.S_ISREG(os.stat(path).st_mode)
@@ -77,14 +95,22 @@ def format_of(path: Path, *, for_output: bool = False) -> str:
         fmt = _SUFFIXES[suffix]
         if fmt == "zarr":  # an optional extra: say so before any work is done
             _module(fmt).import_zarr(path, for_output=for_output)
+        if fmt == "parquet":
+            _module(fmt).import_pyarrow(path, for_output=for_output)
         return fmt
     if not for_output and path.is_dir() and any((path / name).is_file() for name in _ZARR_MARKERS):
         _module("zarr").import_zarr(path)  # a Zarr store named without .zarr: known by its metadata file
         return "zarr"
+    if not for_output and path.is_dir() and _module("arrow").is_datasets_folder(path):
+        _module("arrow").import_pyarrow(path)
+        return "arrow"
     if path.is_dir() or (for_output and suffix == "" and not path.exists()):
         return "npydir"
     if not for_output and _regular_file(path) and is_hdf5(path):
         return "hdf5"
+    if not for_output and _regular_file(path) and is_parquet(path):
+        _module("parquet").import_pyarrow(path)
+        return "parquet"
     if not for_output and _regular_file(path) and suffix in (".nc", ".cdf"):
         raise InputError(
             f"{path}: a netCDF file in the classic (netCDF-3) format, not HDF5; convert it to netCDF-4 "
@@ -107,7 +133,7 @@ def format_of(path: Path, *, for_output: bool = False) -> str:
 
 
 # Formats stored as a directory rather than one file.
-DIRECTORY_FORMATS = ("npydir", "zarr")
+DIRECTORY_FORMATS = ("npydir", "zarr", "arrow")
 
 
 def _module(fmt: str):

@@ -211,13 +211,7 @@ class Writer(base.Writer):
             # Killed after the archive was packed: it only waits to be renamed.
             if not beside.plain_file(self.path):
                 raise cls.damaged(self.path, "not a regular file")
-            try:
-                with zipfile.ZipFile(self.path) as zf:
-                    names = set(zf.namelist())
-                    if zf.testzip() is not None or names != {member_path(key) for key in specs}:
-                        raise ValueError("the archive is incomplete")
-            except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
-                raise cls.damaged(self.path, str(exc)) from None
+            cls._check_packed(self.path, specs)
             self._maps = None
             return self
         if not beside.plain_tree(self._staging):
@@ -227,6 +221,17 @@ class Writer(base.Writer):
         except (OSError, ValueError) as exc:
             raise cls.damaged(self.path, str(exc)) from None
         return self
+
+    @classmethod
+    def _check_packed(cls, path: Path, specs: dict[str, ArraySpec]) -> None:
+        """Refuse (``damaged``) a packed file that is not whole."""
+        try:
+            with zipfile.ZipFile(path) as zf:
+                names = set(zf.namelist())
+                if zf.testzip() is not None or names != {member_path(key) for key in specs}:
+                    raise ValueError("the archive is incomplete")
+        except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+            raise cls.damaged(path, str(exc)) from None
 
     def flush(self) -> None:
         if self._maps:
@@ -242,6 +247,16 @@ class Writer(base.Writer):
         if not self._maps:
             return
         self._maps.close()
+        self._pack()
+        # Out of reopen()'s sight in one rename, then removed: interrupted
+        # half-way through removing it, --resume would find a staging half gone.
+        done = self._staging.with_name(self._staging.name + ".done")
+        beside.clear(done)
+        os.rename(self._staging, done)
+        beside.clear(done)
+
+    def _pack(self) -> None:
+        """The staged arrays into the archive at ``path``."""
         method = zipfile.ZIP_DEFLATED if self.options.compression == "gzip" else zipfile.ZIP_STORED
         # A new file where nothing is, never through a link planted at the name.
         with (
@@ -257,12 +272,6 @@ class Writer(base.Writer):
                 info.compress_type = method
                 with open(self._staging / name, "rb") as src, zf.open(info, "w") as dst:
                     shutil.copyfileobj(src, dst, 4 * 1024 * 1024)
-        # Out of reopen()'s sight in one rename, then removed: interrupted
-        # half-way through removing it, --resume would find a staging half gone.
-        done = self._staging.with_name(self._staging.name + ".done")
-        beside.clear(done)
-        os.rename(self._staging, done)
-        beside.clear(done)
 
     def suspend(self) -> None:
         if self._maps:  # the staged arrays stay, unpacked, for --resume
@@ -281,8 +290,11 @@ class Writer(base.Writer):
         if self._maps:
             return self._maps.read(key, start, stop)
         if getattr(self, "_packed", None) is None:
-            self._packed = Reader(self.path)
+            self._packed = self._open_packed()
         return np.array(self._packed.read(key, start, stop))
+
+    def _open_packed(self):
+        return Reader(self.path)
 
     def files(self) -> list[Path]:
         return [Path(".")]

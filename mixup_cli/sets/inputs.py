@@ -32,6 +32,33 @@ def read_list(text: Iterable[str], base: Path | None, label: str) -> list[Path]:
     return found
 
 
+PARQUET_SUFFIXES = (".parquet", ".pq")
+
+
+def parquet_shards(path: str | Path) -> list[Path] | None:
+    """The Parquet files directly inside folder ``path``, sorted by name
+    (``train-00000-of-00003.parquet``, ...), when it is a folder of Parquet
+    shards: it holds some and no ``.npy`` file, and is neither a Zarr store
+    nor a ``datasets`` folder. None for any other path."""
+    path = Path(path)
+    if path.suffix.lower() == ".zarr" or not path.is_dir():
+        return None
+    try:
+        entries = list(path.iterdir())
+    except OSError:
+        return None
+    names = {p.name for p in entries}
+    if names & {"dataset_info.json", "dataset_dict.json"} or any(p.suffix == ".npy" for p in entries):
+        return None
+    found = sorted(p for p in entries if p.suffix.lower() in PARQUET_SUFFIXES and p.is_file())
+    return found or None
+
+
+def expand_folders(paths: Iterable[Path]) -> list[Path]:
+    """``paths`` with each folder of Parquet shards replaced by its files, in order."""
+    return [shard for path in paths for shard in (parquet_shards(path) or [Path(path)])]
+
+
 def collect_inputs(
     arguments: Iterable[str | Path], inputs_from: str | Path | None = None, stdin: TextIO | None = None
 ) -> list[Path]:
@@ -67,15 +94,20 @@ def collect_inputs(
     if not paths:
         where = f" (--inputs-from {inputs_from} lists none)" if inputs_from is not None else ""
         raise ParameterError(f"no inputs given{where}; pass IN... OUTDIR or --inputs-from FILE", "IN")
-    return paths
+    return expand_folders(paths)
 
 
-def is_set_form(n_inputs: int, inputs_from: str | Path | None = None, shard: str | None = None) -> bool:
+def is_set_form(
+    n_inputs: int, inputs_from: str | Path | None = None, shard: str | None = None, first: Path | None = None
+) -> bool:
     """Whether ``augment IN... OUT`` names a set (OUT a directory of outputs)
     or one output: two inputs or more, ``--inputs-from`` or ``--shard``. One
     input is one output whatever OUT's spelling: ``data/ mixed/`` (the slash
     a shell's completion adds) writes the ``.npy`` directory ``mixed`` as
-    ``data/ mixed`` does, and ``in.h5 mixed/`` likewise."""
+    ``data/ mixed`` does, and ``in.h5 mixed/`` likewise. One input ``first``
+    that is a folder of Parquet shards is the set of its files."""
+    if n_inputs == 1 and first is not None and parquet_shards(first):
+        return True
     return n_inputs >= 2 or inputs_from is not None or shard is not None
 
 

@@ -1,0 +1,649 @@
+"""Parquet files through pyarrow, an optional extra (``arrow``).
+
+Arrays are columns. ``x`` is one tensor column (a fixed-size list, nested
+fixed-size lists, Arrow's ``fixed_shape_tensor``, or variable-length lists
+whose rows all have the same length: checked as each block is read), a plain
+numeric column (shape ``(N,)``), or several numeric columns gathered into
+``(N, k)``: a key with a comma or a glob character selects them
+(``f0,f1,f2``, ``'f*'``, ``'pixel_[0-9]*'``; columns in the order named,
+those a pattern matches in the file's order). ``y`` is a column of numbers,
+of strings (named classes, as in ``names``), a dictionary column (pandas
+``category``: shown as ``KEY/codes`` and ``KEY/categories``, which
+``names.wrap`` reads as AnnData's categoricals) or fixed-size lists
+(multi-label rows, dense targets). Missing values (nulls) are refused.
+
+Rows are read one row group at a time: the row group last read is kept per
+array, so memory is bounded by one row group of the columns read plus the
+block, never the whole file.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from mixup_cli import beside
+from mixup_cli.errors import InputError, OutputError, ParameterError
+from mixup_cli.io import base, npz
+from mixup_cli.io.base import ArraySpec, WriteOptions
+from mixup_cli.io.npyfile import member_path, memmap_npy
+
+EXTRA = "pip install 'mixup-cli[arrow]'"
+# The schema metadata key of what a mixup output records (JSON).
+METADATA_KEY = b"mixup"
+_PATTERN = set(",*?[")
+
+
+def import_pyarrow(path: Path | None = None, *, for_output: bool = False):
+    """The pyarrow module (with ``parquet`` loaded), or a usage error (exit 2)
+    naming the extra that provides it."""
+    try:
+        import pyarrow
+        import pyarrow.parquet  # noqa: F401
+    except ImportError:
+        where = f"{path}: " if path is not None else ""
+        raise ParameterError(
+            f"{where}Parquet and Arrow support is an optional extra; install it with {EXTRA}",
+            "OUT" if for_output else "IN",
+        ) from None
+    return pyarrow
+
+
+def open_reader(path: Path) -> Reader:
+    return Reader(path)
+
+
+def _leaf_dtype(pa, typ, label: str) -> np.dtype:
+    if pa.types.is_boolean(typ):
+        return np.dtype(bool)
+    if pa.types.is_integer(typ) or pa.types.is_floating(typ):
+        return np.dtype(typ.to_pandas_dtype())
+    if pa.types.is_string(typ) or pa.types.is_large_string(typ):
+        return np.dtype(object)
+    raise InputError(
+        f"{label}: Arrow type {typ} cannot be mixed; supported columns hold numbers, strings, "
+        "or (nested) lists of numbers"
+    )
+
+
+class _Column:
+    """One stored column as an array: its shape per row and how blocks convert."""
+
+    def __init__(self, pa, name: str, typ, label: str, first_row=None):
+        self.names = (name,)
+        self.label = label
+        self.tensor_shape = None
+        if getattr(typ, "extension_name", None) == "arrow.fixed_shape_tensor":
+            if typ.permutation is not None and list(typ.permutation) != sorted(typ.permutation):
+                raise InputError(f"{label}: a fixed_shape_tensor with a permutation is not supported")
+            self.tensor_shape = tuple(int(d) for d in typ.shape)
+            typ = typ.storage_type
+        elif isinstance(typ, pa.BaseExtensionType):  # e.g. Hugging Face's Array2D: its storage
+            typ = typ.storage_type
+        self.type = typ
+        dims: list[int | None] = []
+        while pa.types.is_fixed_size_list(typ) or pa.types.is_list(typ) or pa.types.is_large_list(typ):
+            dims.append(typ.list_size if pa.types.is_fixed_size_list(typ) else None)
+            typ = typ.value_type
+        self.variable = None in dims
+        if self.variable:
+            dims = self._lengths_of_first(first_row, len(dims))
+        self.dims = tuple(dims)
+        self.dtype = _leaf_dtype(pa, typ, label)
+        if dims and self.dtype.kind == "O":
+            raise InputError(
+                f"{label}: lists of strings cannot be mixed; targets of named classes are one string a row"
+            )
+
+    def _lengths_of_first(self, first_row, depth: int) -> list[int]:
+        dims = []
+        value = first_row
+        for _ in range(depth):
+            if value is None:
+                return [0] * depth if not dims else dims + [0] * (depth - len(dims))
+            dims.append(len(value))
+            value = value[0] if len(value) else None
+        return dims
+
+    @property
+    def row_shape(self) -> tuple[int, ...]:
+        return self.tensor_shape if self.tensor_shape is not None else self.dims
+
+    def convert(self, pa, table, first: int) -> np.ndarray:
+        """Rows of ``table`` (this column only) as numpy, ``first`` the row of its first for messages."""
+        arr = table.column(self.names[0]).combine_chunks() if table.num_rows else None
+        n = table.num_rows
+        if arr is None:
+            return np.empty((0,) + self.row_shape, dtype=self.dtype)
+        if isinstance(arr, pa.ExtensionArray) or hasattr(arr, "storage"):
+            arr = arr.storage
+        _refuse_nulls(arr, self.label, first)
+        values = arr
+        for level, size in enumerate(self.dims):
+            if pa.types.is_fixed_size_list(values.type):
+                values = values.flatten()
+            else:
+                import pyarrow.compute as pc
+
+                lengths = pc.list_value_length(values).to_numpy(zero_copy_only=False)
+                bad = np.flatnonzero(lengths != size)
+                if len(bad):
+                    raise InputError(
+                        f"{self.label}: row {_row_of(bad[0], level, self.dims, first)} has a list of "
+                        f"{int(lengths[bad[0]])} values where the first row has {size}; a tensor column "
+                        "needs the same length in every row (pad the rows, or store them as fixed-size lists)"
+                    )
+                values = values.flatten()
+            _refuse_nulls(values, self.label, first, level + 1, self.dims)
+        if self.dtype.kind == "O":
+            out = values.to_numpy(zero_copy_only=False)
+        else:
+            out = np.asarray(values.to_numpy(zero_copy_only=False), dtype=self.dtype)
+        return out.reshape((n,) + self.row_shape)
+
+
+def _has_variable_list(pa, typ) -> bool:
+    typ = getattr(typ, "storage_type", typ)
+    while pa.types.is_fixed_size_list(typ) or pa.types.is_list(typ) or pa.types.is_large_list(typ):
+        if not pa.types.is_fixed_size_list(typ):
+            return True
+        typ = typ.value_type
+    return False
+
+
+def _row_of(i: int, level: int, dims, first) -> int:
+    """The file's row of the i-th list at nesting ``level``; ``first``: the
+    row of the block's first, or the rows of a block taken by index."""
+    per_row = int(np.prod(dims[:level], dtype=np.int64)) if level else 1
+    at = int(i) // per_row
+    return int(first[at]) if isinstance(first, np.ndarray) else first + at
+
+
+def _refuse_nulls(arr, label: str, first, level: int = 0, dims=()) -> None:
+    if arr.null_count:
+        valid = np.asarray(arr.is_valid().to_numpy(zero_copy_only=False))
+        i = int(np.flatnonzero(~valid)[0])
+        row = _row_of(i, level, dims, first)
+        raise InputError(f"{label}: has missing values (null), the first in row {row}; fill or drop them before mixing")
+
+
+class _MultiHot:
+    """Lists of class indices (Hugging Face ``Sequence(ClassLabel)``) as
+    multi-hot rows of 0/1 (uint8), one column per declared class."""
+
+    def __init__(self, name: str, n_classes: int, label: str):
+        self.names = (name,)
+        self.label = label
+        self.row_shape = (n_classes,)
+        self.dtype = np.dtype(np.uint8)
+
+    def convert(self, pa, table, first) -> np.ndarray:
+        import pyarrow.compute as pc
+
+        n, n_classes = table.num_rows, self.row_shape[0]
+        out = np.zeros((n, n_classes), dtype=np.uint8)
+        if not n:
+            return out
+        arr = table.column(self.names[0]).combine_chunks()
+        arr = getattr(arr, "storage", arr)
+        _refuse_nulls(arr, self.label, first)
+        rows = np.repeat(np.arange(n), pc.list_value_length(arr).to_numpy(zero_copy_only=False))
+        values = arr.flatten()
+        labels = np.asarray(values.to_numpy(zero_copy_only=False))
+        bad = np.flatnonzero(~values.is_valid().to_numpy(zero_copy_only=False)) if values.null_count else []
+        if not len(bad):
+            labels = labels.astype(np.int64)
+            bad = np.flatnonzero((labels < 0) | (labels >= n_classes))
+        if len(bad):
+            at = int(rows[bad[0]])
+            row = int(first[at]) if isinstance(first, np.ndarray) else first + at
+            raise InputError(
+                f"{self.label}: row {row} has label {labels[bad[0]]}, not one of the {n_classes} classes "
+                "its ClassLabel names; every label must be a class index"
+            )
+        out[rows, labels] = 1
+        return out
+
+
+class _Gathered:
+    """Several numeric columns as one (N, k) array."""
+
+    def __init__(self, columns: list[_Column], label: str):
+        self.names = tuple(c.names[0] for c in columns)
+        self.columns = columns
+        self.label = label
+        for col in columns:
+            if col.row_shape or col.dtype.kind not in "fiub":
+                raise InputError(
+                    f"{col.label}: only plain numeric columns can be gathered into x "
+                    "(this one holds lists or strings); name a tensor column alone with --x-key"
+                )
+        self.dtype = np.result_type(*[c.dtype for c in columns])
+        self.row_shape = (len(columns),)
+
+    def convert(self, pa, table, first: int) -> np.ndarray:
+        out = np.empty((table.num_rows, len(self.columns)), dtype=self.dtype)
+        for j, col in enumerate(self.columns):
+            out[:, j] = col.convert(pa, table.select([col.names[0]]), first)
+        return out
+
+
+class _Codes:
+    """A dictionary column's indices into the union of its row groups' dictionaries."""
+
+    def __init__(self, name: str, label: str):
+        self.names = (name,)
+        self.label = label
+        self.row_shape = ()
+        self.dtype = np.dtype(np.int64)
+        self.categories: list | None = None  # filled by the reader's pass
+
+    def positions(self, dictionary) -> np.ndarray:
+        index = {v: i for i, v in enumerate(self.categories)}
+        return np.array([index[v] for v in dictionary.to_pylist()], dtype=np.int64)
+
+    def convert(self, pa, table, first: int) -> np.ndarray:
+        out = []
+        for chunk in table.column(self.names[0]).chunks:
+            codes = chunk.indices.to_numpy(zero_copy_only=False)
+            codes = np.where(chunk.is_valid().to_numpy(zero_copy_only=False), codes, -1).astype(np.int64)
+            pos = np.append(self.positions(chunk.dictionary), -1)
+            out.append(pos[codes])
+        return np.concatenate(out) if out else np.empty(0, dtype=np.int64)
+
+
+class TableReader(base.Reader):
+    """Arrays of an Arrow table stored in pieces (Parquet row groups, Arrow
+    record batches): ``_starts`` (first row of each piece, then the row
+    count), ``_schema`` and ``_read_piece(i, columns)`` come from the format."""
+
+    def _setup(self, schema, piece_rows: list[int]) -> None:
+        pa = self._pa
+        self._starts = np.cumsum([0] + list(piece_rows))
+        self._rows = int(self._starts[-1])
+        self._schema = schema
+        self._fields = {f.name: f for f in schema}
+        self._arrays: dict[str, object] = {}
+        self._dictionary = [n for n, f in self._fields.items() if pa.types.is_dictionary(f.type)]
+        self._cache: dict[str, tuple[int, object]] = {}
+        self._lock = threading.RLock()
+        self._gathered = self._recorded_columns()
+        self._class_names = hf_class_names(schema.metadata)
+
+    def _read_piece(self, i: int, columns: list[str]):
+        raise NotImplementedError
+
+    def declared_class_names(self, key: str) -> list[str] | None:
+        """The class names a Hugging Face ``ClassLabel`` column (or a list of
+        them: multi-hot rows) declares, in its order (label k is the k-th), or None."""
+        return self._class_names[key][0] if key in self._class_names and key in self._fields else None
+
+    def _recorded_columns(self) -> dict[str, list[str]]:
+        """Arrays a mixup output wrote as several columns (its metadata says which)."""
+        try:
+            record = json.loads((self._schema.metadata or {}).get(METADATA_KEY, b"{}"))
+            found = {key: list(info["columns"]) for key, info in record["arrays"].items() if "columns" in info}
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return {}
+        return {key: cols for key, cols in found.items() if cols and all(c in self._fields for c in cols)}
+
+    # ------------------------------------------------------------ keys
+    def keys(self) -> list[str]:
+        members = {c for cols in self._gathered.values() for c in cols}
+        keys = [n for n in self._fields if n not in self._dictionary and n not in members] + list(self._gathered)
+        for name in self._dictionary:
+            keys += [f"{name}/codes", f"{name}/categories"]
+        return keys + [k for k in self._arrays if k not in keys and not k.endswith("/categories")]
+
+    def _label(self, key: str) -> str:
+        return f"{self.path}: column '{key}'"
+
+    def _resolve(self, key: str):
+        """The array of ``key``: a column, a dictionary column's codes or
+        categories, or columns gathered by a list or pattern; None if absent."""
+        if key in self._arrays:
+            return self._arrays[key]
+        found = None
+        if key in self._gathered:
+            found = _Gathered([self._column(n) for n in self._gathered[key]], self._label(key))
+        elif key in self._fields and key not in self._dictionary:
+            found = self._column(key)
+        elif key.endswith(("/codes", "/categories")) and key.rsplit("/", 1)[0] in self._dictionary:
+            name, part = key.rsplit("/", 1)
+            codes = self._arrays.get(f"{name}/codes") or _Codes(name, self._label(name))
+            if codes.categories is None:
+                codes.categories = self._categories(name)
+            self._arrays[f"{name}/codes"] = codes
+            found = codes if part == "codes" else ("categories", codes)
+        elif _PATTERN & set(key):
+            found = _Gathered([self._column(n) for n in self._select(key)], self._label(key))
+        if found is not None:
+            self._arrays[key] = found
+        return found
+
+    def _column(self, name: str) -> _Column:
+        typ = self._fields[name].type
+        if name in self._class_names and self._class_names[name][1] and _has_variable_list(self._pa, typ):
+            return _MultiHot(name, len(self._class_names[name][0]), self._label(name))
+        first = None
+        if self._rows and _has_variable_list(self._pa, typ):
+            table = self._group(name, self._group_of(0), [name])
+            column = table.column(name).combine_chunks()
+            first = getattr(column, "storage", column)[0].as_py()  # an extension type's own values
+        return _Column(self._pa, name, typ, self._label(name), first)
+
+    def _select(self, key: str) -> list[str]:
+        chosen: list[str] = []
+        for part in (p.strip() for p in key.split(",")):
+            if not part:
+                raise ParameterError(f"--x-key '{key}': an empty column name in the list", "--x-key")
+            if part in self._fields:
+                matched = [part]
+            else:
+                matched = [n for n in self._fields if fnmatch.fnmatchcase(n, part)]
+            if not matched:
+                raise InputError(
+                    f"{self.path}: no column matches '{part}' (columns: {', '.join(self._fields)}); "
+                    "choose them with --x-key"
+                )
+            for name in matched:
+                if name in chosen:
+                    raise ParameterError(f"--x-key '{key}' names column '{name}' twice", "--x-key")
+                chosen.append(name)
+        return chosen
+
+    def _categories(self, name: str) -> list:
+        """The union of the dictionaries of a dictionary column, in order of
+        first appearance (one pass over the column, a row group at a time)."""
+        seen: dict = {}
+        for i in range(len(self._starts) - 1):
+            for chunk in self._group(name, i, [name]).column(name).chunks:
+                for value in chunk.dictionary.to_pylist():
+                    seen.setdefault(value, None)
+        if any(not isinstance(v, str) for v in seen):
+            raise InputError(
+                f"{self._label(name)}: a dictionary (categorical) column of non-string values; "
+                "store the categories as strings or the column as plain integers"
+            )
+        return list(seen)
+
+    def require(self, key: str, option: str, kinds: str = "fiu") -> ArraySpec:
+        if self._resolve(key) is None:
+            raise InputError(
+                f"{self.path}: no column '{key}' (columns: {', '.join(self._fields) or 'none'}); choose one with "
+                f"{option}"
+                + (" (several numeric columns: a list 'a,b,c' or a pattern 'f*')" if option == "--x-key" else "")
+            )
+        return super().require(key, option, kinds)
+
+    def _array(self, key: str):
+        arr = self._resolve(key)
+        if arr is None:
+            raise KeyError(key)
+        return arr
+
+    def spec(self, key: str) -> ArraySpec:
+        arr = self._array(key)
+        if isinstance(arr, tuple):
+            return ArraySpec((len(arr[1].categories),), np.dtype(object))
+        return ArraySpec((self._rows,) + tuple(arr.row_shape), arr.dtype)
+
+    # ------------------------------------------------------------ reading
+    def _group_of(self, row: int) -> int:
+        return int(np.searchsorted(self._starts, row, side="right")) - 1
+
+    def _group(self, key: str, i: int, columns) -> object:
+        """Piece ``i`` of ``columns``, the last one read kept per ``key``."""
+        with self._lock:
+            hit = self._cache.get(key)
+            if hit is not None and hit[0] == i:
+                return hit[1]
+            table = self._read_piece(i, list(columns))
+            self._cache[key] = (i, table)
+            return table
+
+    def read(self, key: str, start: int, stop: int) -> np.ndarray:
+        arr = self._array(key)
+        if isinstance(arr, tuple):
+            return np.array(arr[1].categories[start:stop], dtype=object)
+        start, stop = max(0, start), min(stop, self._rows)
+        if stop <= start:
+            return np.empty((0,) + tuple(arr.row_shape), dtype=arr.dtype)
+        pieces = []
+        at = start
+        while at < stop:
+            i = self._group_of(at)
+            g0, g1 = int(self._starts[i]), int(self._starts[i + 1])
+            table = self._group(key, i, arr.names)
+            end = min(stop, g1)
+            pieces.append(arr.convert(self._pa, table.slice(at - g0, end - at), at))
+            at = end
+        return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
+
+    def _take_sorted_unique(self, key: str, rows: np.ndarray) -> np.ndarray:
+        arr = self._array(key)
+        if not len(rows):
+            return self.read(key, 0, 0)
+        groups = np.searchsorted(self._starts, rows, side="right") - 1
+        pieces = []
+        for i in np.unique(groups):
+            local = rows[groups == i] - self._starts[i]
+            table = self._group(key, int(i), arr.names).take(self._pa.array(local))
+            pieces.append(arr.convert(self._pa, table, rows[groups == i]))
+        return np.concatenate(pieces)
+
+    def take_inflates(self, key: str) -> bool:
+        return True  # a piece is decoded whole to give a few of its rows
+
+    def describe(self, key: str) -> dict:
+        arr = self._resolve(key)
+        if isinstance(arr, _Gathered):
+            return {"columns": list(arr.names)}
+        if isinstance(arr, tuple) or (isinstance(arr, _Column) and arr.dtype.kind == "O"):
+            return {"type": "string"}
+        return {}
+
+    def files(self) -> list[Path]:
+        return [self.path]
+
+    def close(self) -> None:
+        self._cache.clear()
+
+
+class Reader(TableReader):
+    format_name = "parquet"
+
+    def __init__(self, path: Path):
+        super().__init__(path)
+        self._pa = pa = import_pyarrow(self.path)
+        import pyarrow.parquet as pq
+
+        try:
+            self._file = pq.ParquetFile(str(self.path))
+        except PermissionError:
+            raise InputError(f"{self.path}: permission denied; make the file readable") from None
+        except (pa.ArrowException, OSError) as exc:
+            raise InputError(f"{self.path}: not a readable Parquet file ({exc})") from None
+        meta = self._file.metadata
+        self._setup(self._file.schema_arrow, [meta.row_group(i).num_rows for i in range(meta.num_row_groups)])
+
+    def _read_piece(self, i: int, columns: list[str]):
+        try:
+            return self._file.read_row_group(i, columns=columns)
+        except (self._pa.ArrowException, OSError) as exc:
+            raise InputError(f"{self.path}: cannot read row group {i} ({exc}); the file is damaged") from None
+
+    def describe(self, key: str) -> dict:
+        meta = self._file.metadata
+        info = {"row_groups": meta.num_row_groups, **super().describe(key)}
+        arr = self._resolve(key)
+        if arr is not None and not isinstance(arr, tuple) and meta.num_row_groups:
+            group = meta.row_group(0)
+            names = {group.column(j).path_in_schema.split(".")[0]: j for j in range(group.num_columns)}
+            j = names.get(arr.names[0])
+            if j is not None:
+                info["compression"] = group.column(j).compression.lower()
+        return info
+
+    def close(self) -> None:
+        super().close()
+        try:
+            self._file.close()
+        except Exception:
+            pass
+
+
+def hf_class_names(metadata) -> dict[str, list[str]]:
+    """``ClassLabel`` names by column, from the features Hugging Face
+    ``datasets`` puts in a Parquet schema's metadata (``huggingface``)."""
+    try:
+        info = json.loads((metadata or {}).get(b"huggingface", b"{}"))
+        features = info.get("info", {}).get("features", {})
+    except (ValueError, AttributeError):
+        return {}
+    return class_label_names(features)
+
+
+def class_label_names(features) -> dict[str, tuple[list[str], bool]]:
+    """Column -> (names, multi) of each top-level ``ClassLabel`` feature
+    (multi False) and of each list of them without a fixed length
+    (``Sequence(ClassLabel)``: multi-label rows, multi True)."""
+    if not isinstance(features, dict):
+        return {}
+    found = {}
+    for name, feature in features.items():
+        if not isinstance(feature, dict):
+            continue
+        multi = feature.get("_type") in ("Sequence", "List", "LargeList") and feature.get("length", -1) in (-1, None)
+        label = feature.get("feature") if multi else feature
+        if isinstance(label, dict) and label.get("_type") == "ClassLabel":
+            names = label.get("names")
+            if isinstance(names, list) and names and all(isinstance(n, str) for n in names):
+                found[name] = (names, multi)
+    return found
+
+
+# Rows per row group when the run gives no block size.
+DEFAULT_GROUP_ROWS = 65536
+
+
+def _column_type(pa, dtype: np.dtype, row_shape: tuple[int, ...]):
+    typ = pa.from_numpy_dtype(np.dtype(dtype))
+    for size in reversed(row_shape):
+        typ = pa.list_(typ, int(size))
+    return typ
+
+
+def _column_array(pa, data: np.ndarray):
+    arr = pa.array(np.ascontiguousarray(data).reshape(-1))
+    for size in reversed(data.shape[1:]):
+        arr = pa.FixedSizeListArray.from_arrays(arr, int(size))
+    return arr
+
+
+class Writer(npz.Writer):
+    """Parquet output: arrays staged as ``.npy`` memory maps beside OUT (rows
+    arrive in any order, ``--resume`` reopens them, as ``.npz`` output does),
+    then written as one row group per block when the run completes: arrays of
+    more than one axis as nested fixed-size lists, x gathered from several
+    input columns back into those columns; what the run records (the
+    version, run id, class names, each array's shape and columns) in the
+    schema's metadata under ``mixup``."""
+
+    format_name = "parquet"
+    compressions = ("none", "gzip", "zstd")
+    records_parameters = True
+
+    def __init__(self, path: Path, specs: dict[str, ArraySpec], options: WriteOptions):
+        import_pyarrow(path, for_output=True)
+        super().__init__(path, specs, options)
+        self._attrs: dict = {}
+
+    @classmethod
+    def reopen(cls, path: Path, specs: dict[str, ArraySpec], options: WriteOptions) -> Writer:
+        import_pyarrow(path, for_output=True)
+        self = super().reopen(path, specs, options)
+        self._attrs = {}
+        return self
+
+    @classmethod
+    def _check_packed(cls, path: Path, specs: dict[str, ArraySpec]) -> None:
+        try:
+            with Reader(path) as reader:
+                for key, spec in specs.items():
+                    if reader.spec(key).shape != spec.shape:
+                        raise ValueError(f"'{key}' is incomplete")
+        except (InputError, ValueError, KeyError, AttributeError) as exc:
+            raise cls.damaged(path, str(exc)) from None
+
+    def set_attributes(self, attrs: dict) -> None:
+        self._attrs.update(attrs)
+
+    def _columns(self) -> dict[str, list[str]]:
+        """The input columns x was gathered from (``x_columns``), by key."""
+        found = json.loads(self._attrs.get("gathered_columns", "{}"))
+        return {
+            key: names
+            for key, names in found.items()
+            if key in self.specs and self.specs[key].row_shape == (len(names),)
+        }
+
+    def _metadata(self, columns: dict[str, list[str]]) -> bytes:
+        record = {k: v for k, v in self._attrs.items() if k not in ("class_names", "gathered_columns", "parameters")}
+        for key in ("class_names", "parameters"):
+            if key in self._attrs:
+                record[key] = json.loads(self._attrs[key])
+        record["arrays"] = {
+            key: {"shape": list(spec.row_shape), "dtype": np.dtype(spec.dtype).str}
+            | ({"columns": columns[key]} if key in columns else {})
+            for key, spec in self.specs.items()
+        }
+        return json.dumps(record, sort_keys=True).encode()
+
+    def _pack(self) -> None:
+        pa = import_pyarrow(self.path, for_output=True)
+        import pyarrow.parquet as pq
+
+        columns = self._columns()
+        fields, arrays = [], {}
+        for key, spec in self.specs.items():
+            arrays[key] = memmap_npy(self._staging / member_path(key))
+            if key in columns:
+                fields += [pa.field(name, pa.from_numpy_dtype(np.dtype(spec.dtype)), False) for name in columns[key]]
+            else:
+                fields.append(pa.field(key, _column_type(pa, spec.dtype, spec.row_shape), False))
+        taken = [f.name for f in fields]
+        if len(set(taken)) != len(taken):
+            dup = sorted({n for n in taken if taken.count(n) > 1})
+            raise OutputError(f"{self.path}: two output arrays would both be column(s) {', '.join(dup)}")
+        schema = pa.schema(fields, metadata={METADATA_KEY: self._metadata(columns)})
+        rows = next(iter(self.specs.values())).rows
+        step = self.options.block_rows or DEFAULT_GROUP_ROWS
+        compression = {"none": "NONE", "gzip": "GZIP", "zstd": "ZSTD"}[self.options.compression]
+        # A new file where nothing is, never through a link planted at the name.
+        with os.fdopen(beside.create_file(self.path), "w+b") as fh:
+            with pq.ParquetWriter(fh, schema, compression=compression, write_statistics=False) as out:
+                for start in range(0, rows, step):
+                    stop = min(rows, start + step)
+                    out.write_table(self._group(pa, schema, arrays, columns, start, stop), row_group_size=step)
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    @staticmethod
+    def _group(pa, schema, arrays, columns, start, stop):
+        data = []
+        for key, arr in arrays.items():
+            block = np.asarray(arr[start:stop])
+            if key in columns:
+                data += [pa.array(np.ascontiguousarray(block[:, j])) for j in range(block.shape[1])]
+            else:
+                data.append(_column_array(pa, block))
+        return pa.Table.from_arrays(data, schema=schema)
+
+    def _open_packed(self):
+        return Reader(self.path)
