@@ -81,7 +81,7 @@ def open_source(
     set's, which the Source keeps for the workers of other engines.
     """
     if reader is None:
-        reader = open_reader(path, scratch_prefix, fast=fast)
+        reader = open_reader(path, scratch_prefix, fast=fast, images=(options or DataOptions()).image_options())
     try:
         specs = {x_key: reader.require(x_key, "--x-key")}
         reader = names.wrap(reader, y_key)  # string or categorical class labels, shown as class codes

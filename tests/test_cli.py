@@ -373,6 +373,7 @@ HEAVY_MODULES = {
     "scipy",
     "anndata",
     "netCDF4",
+    "PIL",
 }
 
 

@@ -36,6 +36,7 @@ _MODULES = {
     "npz": "mixup_cli.io.npz",
     "npydir": "mixup_cli.io.npydir",
     "zarr": "mixup_cli.io.zarr",
+    "images": "mixup_cli.io.images",
 }
 SUPPORTED = ".h5, .hdf5, .npz, .zarr, or a directory of .npy files (a path without extension)"
 
@@ -76,6 +77,8 @@ def format_of(path: Path, *, for_output: bool = False) -> str:
         if fmt == "zarr":  # an optional extra: say so before any work is done
             _module(fmt).import_zarr(path, for_output=for_output)
         return fmt
+    if not for_output and path.is_dir() and _module("images").looks_like_images(path):
+        return "images"  # input only: a folder of images (class folders, or images alone)
     if path.is_dir() or (for_output and suffix == "" and not path.exists()):
         return "npydir"
     if not for_output and _regular_file(path) and is_hdf5(path):
@@ -97,19 +100,21 @@ def format_of(path: Path, *, for_output: bool = False) -> str:
 
 
 # Formats stored as a directory rather than one file.
-DIRECTORY_FORMATS = ("npydir", "zarr")
+DIRECTORY_FORMATS = ("npydir", "zarr", "images")
 
 
 def _module(fmt: str):
     return importlib.import_module(_MODULES[fmt])
 
 
-def open_reader(path: Path, scratch_prefix: Path | None = None, fast: bool = True) -> Reader:
+def open_reader(path: Path, scratch_prefix: Path | None = None, fast: bool = True, images=None) -> Reader:
     """A reader of the dataset at ``path``. ``scratch_prefix``: where a
     reader may put scratch files (the output's partial name; compressed
     ``.npz`` members are inflated there). ``fast=False`` turns off the
     readers' shortcuts around their libraries' decoding (HDF5: raw and
-    inflated reads), for checks that must not share them."""
+    inflated reads), for checks that must not share them. ``images``: how
+    a folder of images is decoded (``images.ImageOptions``); other
+    formats refuse options that are not the defaults."""
     path = Path(path)
     try:
         mode = os.stat(path).st_mode
@@ -136,6 +141,14 @@ def open_reader(path: Path, scratch_prefix: Path | None = None, fast: bool = Tru
         raise InputError(
             f"{path}: is a directory, not a {fmt} file; pass the file itself "
             "(a directory is read as .npy files only when its name has no extension)"
+        )
+    if fmt == "images":
+        return _module(fmt).open_reader(path, images)
+    if images is not None and not images.is_default():
+        raise ParameterError(
+            f"{path}: --image-size, --image-resize, --image-channels and --skip-bad-images apply to a folder of images, "
+            f"not {fmt} input",
+            "--image-size",
         )
     if fmt == "npz":
         return _module(fmt).open_reader(path, scratch_prefix)
