@@ -412,7 +412,7 @@ def check_law(params: dict, output: Path, input_path: Path | None) -> Check | No
         balanced = bool(params.get("balance"))
         classes = None
         if pairing in ("within-class", "between-class") and input_path is not None:
-            classes = _input_classes(input_path, params.get("y_key"))
+            classes = _input_classes(input_path, params.get("y_key"), params)
         tested = law.Law(
             pairing,
             n,
@@ -440,12 +440,16 @@ def check_law(params: dict, output: Path, input_path: Path | None) -> Check | No
         reader.close()
 
 
-def _input_classes(input_path: Path, y_key: str | None) -> np.ndarray | None:
+def _input_classes(input_path: Path, y_key: str | None, params: dict) -> np.ndarray | None:
     """The class of every input row, read here (argmax of label rows, or
     integer labels); None where y holds neither (names: not tested)."""
+    from mixup_cli.prepare import DataOptions
+
     if not y_key:
         return None
-    reader = open_reader(input_path, fast=False)
+    # A folder of images: the files the run read (--skip-bad-images left some out).
+    images = DataOptions.from_parameters(params).image_options()
+    reader = open_reader(input_path, fast=False, images=images)
     try:
         spec = reader.spec(y_key)
         parts = []

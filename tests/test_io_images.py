@@ -267,3 +267,19 @@ def test_without_pillow_the_extra_is_named(tmp_path, run_cli, monkeypatch):
     result = run_cli("augment", tmp_path / "train", tmp_path / "out.h5")
     assert result.exit_code == 1
     assert "mixup-cli[images]" in result.output
+
+
+def test_verify_checks_the_law_on_the_images_the_run_kept(tmp_path, run_cli):
+    """--skip-bad-images: verify's law check reads the classes of the files the run read."""
+    rng = np.random.default_rng(1)
+    for c in range(3):
+        (tmp_path / "train" / f"c{c}").mkdir(parents=True)
+        for i in range(100):
+            picture(rng, (2, 2), "RGB").save(tmp_path / "train" / f"c{c}" / f"{i:03d}.png")
+    (tmp_path / "train" / "c1" / "050.png").write_bytes(b"junk")
+    out = tmp_path / "out.h5"
+    args = ("--pairing", "within-class", "--skip-bad-images", "--seed", "2")
+    assert run_cli("augment", tmp_path / "train", out, *args).exit_code == 0
+    result = run_cli("verify", out)
+    assert result.exit_code == 0, result.output
+    assert "ok    law: 299 mixed rows" in result.output
