@@ -283,3 +283,15 @@ def test_verify_checks_the_law_on_the_images_the_run_kept(tmp_path, run_cli):
     result = run_cli("verify", out)
     assert result.exit_code == 0, result.output
     assert "ok    law: 299 mixed rows" in result.output
+
+
+def test_a_set_refuses_image_folders_and_image_options(tmp_path, run_mixup, outdir):
+    make_folder(tmp_path / "a", per_class=1)
+    make_folder(tmp_path / "b", per_class=1, seed=1)
+    proc = run_mixup("augment", tmp_path / "a", tmp_path / "b", outdir / "mixed")
+    assert proc.returncode == 2 and f"{tmp_path / 'a'}: a folder of images cannot be one input of a set" in proc.stderr
+    write_h5(tmp_path / "one.h5", x=np.zeros((4, 2), np.float32))
+    write_h5(tmp_path / "two.h5", x=np.zeros((4, 2), np.float32))
+    proc = run_mixup("augment", tmp_path / "one.h5", tmp_path / "two.h5", outdir / "mixed", "--image-size", "8")
+    assert proc.returncode == 2 and "--image-size" in proc.stderr
+    assert_nothing_written(outdir)

@@ -149,6 +149,12 @@ def inspect_inputs(
     offset = 0
     for k, path in enumerate(paths):
         _check_place(path, k, paths, seen, out_real, outdir)
+        if path.is_dir() and format_of(path) == "images":
+            raise ParameterError(
+                f"{path}: a folder of images cannot be one input of a set; mix each folder on its own "
+                "(mixup augment FOLDER OUT.h5)",
+                "IN",
+            )
         reader = opener(path)
         try:
             keys, shared = _used_keys(reader, path, x_key, y_key, require_y)
