@@ -87,6 +87,7 @@ def augment(
     image_resize: str | None = None,
     image_channels: str | None = None,
     skip_bad_images: bool = False,
+    wds_label: str | None = None,
     method: str = "mixup",
     layout: str | None = None,
     neighbors: int | None = None,
@@ -102,7 +103,8 @@ def augment(
     sidecar, as ``mixup augment INPUT OUTPUT`` does; returns an ``AugmentSummary``.
 
     ``input``: a path (.h5/.hdf5, .npz, .zarr, a directory of .npy files,
-    or a folder of images: ``image_size`` 224, "224x160" or (224, 160)),
+    a folder of images or WebDataset shards (.tar): ``image_size`` 224,
+    "224x160" or (224, 160)),
     or a list of paths: a set, mixed as their concatenation and written into
     the directory ``output``, one output per input under its name, with the
     manifest ``mixup-set.json`` (as ``mixup augment IN1 IN2 ... OUTDIR``).

@@ -43,10 +43,12 @@ class DataOptions:
     image_resize: str | None = None  # crop | squash [default: crop]
     image_channels: str | None = None  # rgb | gray [default: rgb]
     skip_bad_images: bool = False
+    wds_label: str | None = None  # WebDataset shards: cls | json:FIELD [default: cls]
 
     def image_options(self) -> ImageOptions | None:
         """How a folder of images is decoded; None when no image option is given."""
-        if (self.image_size, self.image_resize, self.image_channels, self.skip_bad_images) == (None, None, None, False):
+        given = (self.image_size, self.image_resize, self.image_channels, self.skip_bad_images, self.wds_label)
+        if given == (None, None, None, False, None):
             return None
         if self.image_resize is not None and self.image_size is None:
             raise ParameterError("--image-resize applies with --image-size (the size to resize to)", "--image-resize")
@@ -55,6 +57,7 @@ class DataOptions:
             resize=self.image_resize or "crop",
             channels=self.image_channels or "rgb",
             skip_bad=self.skip_bad_images,
+            label=self.wds_label,
         ).check()
 
     def check(self) -> DataOptions:
@@ -106,6 +109,7 @@ def _image_fields(images: dict | None) -> dict:
         "image_resize": images.get("resize") if size else None,
         "image_channels": images.get("channels"),
         "skip_bad_images": bool(images.get("skip_bad")),
+        "wds_label": images.get("label"),
     }
 
 
@@ -203,6 +207,7 @@ class Prepared:
             image_resize=self.options.image_resize,
             image_channels=self.options.image_channels,
             skip_bad_images=self.options.skip_bad_images,
+            wds_label=self.options.wds_label,
         )
 
     def parameters(self) -> dict:

@@ -42,6 +42,7 @@ class AugmentRequest:
     image_resize: str | None = None
     image_channels: str | None = None
     skip_bad_images: bool = False
+    wds_label: str | None = None  # WebDataset shards: cls | json:FIELD
     # False: a missing y_key means x alone (unlabelled data) instead of an error.
     require_y: bool = True
     # Also record each output file's SHA-256 (one more read of the whole output).
@@ -59,6 +60,7 @@ class AugmentRequest:
             image_resize=self.image_resize,
             image_channels=self.image_channels,
             skip_bad_images=self.skip_bad_images,
+            wds_label=self.wds_label,
         )
 
     resume: bool = False

@@ -54,7 +54,7 @@ MAX_TASKS = 1_000_000  # sampling.MAX_TASKS: no plan has more tasks, so no journ
 # fingerprints are what they were.
 _PAIRING_OPTIONS = {"neighbors", "project", "bandwidth", "balance", "balance_to"}
 # Options of a folder of images: recorded only when given, so other journals are as they were.
-_IMAGE_OPTIONS = {"image_size", "image_resize", "image_channels", "skip_bad_images"}
+_IMAGE_OPTIONS = {"image_size", "image_resize", "image_channels", "skip_bad_images", "wds_label"}
 _NOT_IN_FINGERPRINT = {
     "input",
     "output",

@@ -289,7 +289,10 @@ def test_a_set_refuses_image_folders_and_image_options(tmp_path, run_mixup, outd
     make_folder(tmp_path / "a", per_class=1)
     make_folder(tmp_path / "b", per_class=1, seed=1)
     proc = run_mixup("augment", tmp_path / "a", tmp_path / "b", outdir / "mixed")
-    assert proc.returncode == 2 and f"{tmp_path / 'a'}: a folder of images cannot be one input of a set" in proc.stderr
+    assert (
+        proc.returncode == 2
+        and f"{tmp_path / 'a'}: a folder of images or WebDataset shards cannot be one input of a set" in proc.stderr
+    )
     write_h5(tmp_path / "one.h5", x=np.zeros((4, 2), np.float32))
     write_h5(tmp_path / "two.h5", x=np.zeros((4, 2), np.float32))
     proc = run_mixup("augment", tmp_path / "one.h5", tmp_path / "two.h5", outdir / "mixed", "--image-size", "8")

@@ -214,6 +214,7 @@ def data_options(f):
         "image_resize",
         "image_channels",
         "skip_bad_images",
+        "wds_label",
     )
     f = _gathered(f, names, _data, "data")
     return _apply(
@@ -266,8 +267,8 @@ def data_options(f):
                 metavar="SIZE|WxH",
                 default=None,
                 callback=_image_size,
-                help="A folder of images (IN/<class>/*.jpg, or IN/*.jpg with --no-y; JPEG, PNG, WebP, BMP; "
-                "extra: pip install 'mixup-cli[images]'): resize every image to SIZE x SIZE or WIDTH x HEIGHT "
+                help="A folder of images (IN/<class>/*.jpg, or IN/*.jpg with --no-y; JPEG, PNG, WebP, BMP) "
+                "or WebDataset shards (extra: pip install 'mixup-cli[images]'): resize every image to SIZE x SIZE or WIDTH x HEIGHT "
                 "pixels (x is uint8 N x HEIGHT x WIDTH x C) [default: the images' own size, which they must share].",
             ),
             click.option(
@@ -281,14 +282,22 @@ def data_options(f):
                 "--image-channels",
                 type=click.Choice(CHANNELS),
                 default=None,
-                help="A folder of images: rgb (C=3; alpha dropped, not composited; grayscale repeated) or "
+                help="Images: rgb (C=3; alpha dropped, not composited; grayscale repeated) or "
                 "gray (C=1; ITU-R 601-2 luma) [default: rgb].",
             ),
             click.option(
                 "--skip-bad-images",
                 is_flag=True,
-                help="A folder of images: leave out files that do not decode (one more decoding pass), "
+                help="A folder of images or shards: leave out files that do not decode (one more decoding pass), "
                 "listed in the sidecar, instead of stopping at the first.",
+            ),
+            click.option(
+                "--wds-label",
+                metavar="cls|json:FIELD",
+                default=None,
+                help="WebDataset shards (IN.tar, or a folder of .tar; samples grouped by key, image "
+                "jpg/jpeg/png/webp/bmp): the class of a sample is the integer in its .cls member, or FIELD of "
+                "its .json member [default: cls; without any, x alone].",
             ),
         ],
     )

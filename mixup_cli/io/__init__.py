@@ -37,8 +37,10 @@ _MODULES = {
     "npydir": "mixup_cli.io.npydir",
     "zarr": "mixup_cli.io.zarr",
     "images": "mixup_cli.io.images",
+    "webdataset": "mixup_cli.io.webdataset",
 }
 SUPPORTED = ".h5, .hdf5, .npz, .zarr, or a directory of .npy files (a path without extension)"
+# Inputs only: a folder of images (IN/<class>/*.jpg), WebDataset shards (.tar, or a folder of them).
 
 # An HDF5 file starts with this signature at byte 0, 512, 1024, 2048, ...
 # (after a user block); .h5ad, .nc, .nc4, .he5, .hdf files are HDF5 too.
@@ -77,6 +79,10 @@ def format_of(path: Path, *, for_output: bool = False) -> str:
         if fmt == "zarr":  # an optional extra: say so before any work is done
             _module(fmt).import_zarr(path, for_output=for_output)
         return fmt
+    if not for_output and suffix == ".tar":
+        return "webdataset"  # input only: one WebDataset shard
+    if not for_output and path.is_dir() and _module("webdataset").looks_like_shards(path):
+        return "webdataset"  # a folder of shards
     if not for_output and path.is_dir() and _module("images").looks_like_images(path):
         return "images"  # input only: a folder of images (class folders, or images alone)
     if path.is_dir() or (for_output and suffix == "" and not path.exists()):
@@ -100,7 +106,7 @@ def format_of(path: Path, *, for_output: bool = False) -> str:
 
 
 # Formats stored as a directory rather than one file.
-DIRECTORY_FORMATS = ("npydir", "zarr", "images")
+DIRECTORY_FORMATS = ("npydir", "zarr", "images", "webdataset")
 
 
 def _module(fmt: str):
@@ -142,12 +148,14 @@ def open_reader(path: Path, scratch_prefix: Path | None = None, fast: bool = Tru
             f"{path}: is a directory, not a {fmt} file; pass the file itself "
             "(a directory is read as .npy files only when its name has no extension)"
         )
-    if fmt == "images":
+    if fmt in ("images", "webdataset"):
+        if images is not None and images.label is not None and fmt == "images":
+            raise ParameterError(f"{path}: --wds-label applies to WebDataset shards (.tar)", "--wds-label")
         return _module(fmt).open_reader(path, images)
     if images is not None and not images.is_default():
         raise ParameterError(
-            f"{path}: --image-size, --image-resize, --image-channels and --skip-bad-images apply to a folder of images, "
-            f"not {fmt} input",
+            f"{path}: --image-size, --image-resize, --image-channels, --skip-bad-images and --wds-label apply to "
+            f"a folder of images or WebDataset shards, not {fmt} input",
             "--image-size",
         )
     if fmt == "npz":

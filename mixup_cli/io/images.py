@@ -53,6 +53,7 @@ class ImageOptions:
     resize: str = "crop"  # crop | squash
     channels: str = "rgb"  # rgb | gray
     skip_bad: bool = False  # leave out files that do not decode (else: refuse the folder)
+    label: str | None = None  # WebDataset shards: cls, or json:FIELD [default: cls]
     threads: int | None = field(default=None, compare=False)  # decoding threads [default: CPUs, at most 8]
 
     def is_default(self) -> bool:
@@ -67,6 +68,8 @@ class ImageOptions:
             raise ParameterError(
                 f"--image-channels must be one of {', '.join(CHANNELS)}, got {self.channels!r}", "--image-channels"
             )
+        if self.label is not None and self.label != "cls" and not (self.label.startswith("json:") and self.label[5:]):
+            raise ParameterError(f"--wds-label must be cls or json:FIELD, got {self.label!r}", "--wds-label")
         if self.size is not None and (len(self.size) != 2 or min(self.size) < 1):
             raise ParameterError(f"--image-size must be positive, got {self.size!r}", "--image-size")
         return self
@@ -182,16 +185,18 @@ def pillow_versions() -> dict:
     return found
 
 
-def decode(path: Path, options: ImageOptions) -> np.ndarray:
-    """The image at ``path`` as a uint8 (H, W, C) array, as a row of ``x``.
+def decode(path, options: ImageOptions, name: str | None = None) -> np.ndarray:
+    """The image at ``path`` (a path or a binary file object; ``name`` tells
+    it in messages) as a uint8 (H, W, C) array, as a row of ``x``.
 
     Raises InputError naming the file if it does not decode."""
     Image, ImageOps = _pil()
+    name = name or str(path)
     try:
         with Image.open(path) as im:
             if im.mode not in _MODES:
                 raise InputError(
-                    f"{path}: a {im.mode} image (more than 8 bits a channel); "
+                    f"{name}: a {im.mode} image (more than 8 bits a channel); "
                     "convert it to 8-bit, or pass --skip-bad-images to leave it out"
                 )
             im.load()
@@ -207,20 +212,20 @@ def decode(path: Path, options: ImageOptions) -> np.ndarray:
     except Exception as exc:  # Pillow's OSError, SyntaxError, ValueError, DecompressionBombError...
         detail = str(exc) or type(exc).__name__
         raise InputError(
-            f"{path}: cannot decode this image ({detail}); replace the file, or pass --skip-bad-images to leave it out"
+            f"{name}: cannot decode this image ({detail}); replace the file, or pass --skip-bad-images to leave it out"
         ) from None
     return arr.reshape(arr.shape[0], arr.shape[1], -1)
 
 
-def header_size(path: Path) -> tuple[int, int]:
-    """(width, height) from the file's header, without decoding it."""
+def header_size(path, name: str | None = None) -> tuple[int, int]:
+    """(width, height) from the image's header, without decoding it."""
     Image, _ = _pil()
     try:
         with Image.open(path) as im:
             return im.size
     except Exception as exc:
         raise InputError(
-            f"{path}: cannot read this image ({str(exc) or type(exc).__name__}); replace the file, "
+            f"{name or path}: cannot read this image ({str(exc) or type(exc).__name__}); replace the file, "
             "or pass --skip-bad-images to leave it out"
         ) from None
 
@@ -230,41 +235,67 @@ def open_reader(path: Path, options: ImageOptions | None = None) -> Reader:
 
 
 class Reader(base.Reader):
-    """``x`` (uint8, N x H x W x C) and, with class folders, ``y`` (int64)."""
+    """``x`` (uint8, N x H x W x C) and, with classes, ``y`` (int64): one row
+    per item (here an image file; ``webdataset.Reader``: a tar member)."""
 
     format_name = "images"
+    _what = "a folder of images"
+    _unlabelled = "images without class folders have no labels (put them in one folder per class)"
 
     def __init__(self, path: Path, options: ImageOptions):
         super().__init__(path)
         self.options = options.check()
         _pil()  # the extra's message before any work
-        files, labels, names = list_folder(self.path)
         self._threads = options.threads or max(1, min(MAX_THREADS, os.cpu_count() or 1))
         self._pool: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
+        items, labels, names = self._list()
         self.skipped: list[dict] = []
         if options.skip_bad:
-            good = self._decodable(files)
-            self.skipped = [
-                {"path": str(Path(f).resolve()), "reason": reason} for f, reason in zip(files, good) if reason
-            ]
-            keep = np.array([reason is None for reason in good], dtype=bool)
-            files = [f for f, ok in zip(files, keep) if ok]
-            labels = labels[keep] if labels is not None else None
-            if not files:
-                raise InputError(f"{self.path}: none of its images decodes; nothing to mix")
-            if labels is not None:
-                missing = sorted(set(range(len(names))) - set(labels.tolist()))
-                if missing:
-                    raise InputError(
-                        f"{self.path / names[missing[0]]}: none of this class's images decodes; "
-                        "replace them or move the folder out of the input"
-                    )
-        self._files = files
+            items, labels = self._drop_bad(items, labels, names)
+        self._items = items
         self._labels = labels
         if names is not None:
             self.class_names = names
         self._shape = self._row_shape()
+
+    # ------------------------------------------------------------ items
+
+    def _list(self) -> tuple[list, np.ndarray | None, list[str] | None]:
+        """The items in their stable order, the class of each, the classes' names."""
+        return list_folder(self.path)
+
+    def _source(self, item):
+        """What Pillow opens for ``item``: a path or a binary file object."""
+        return item
+
+    def _name(self, item) -> str:
+        """``item`` in messages and the sidecar."""
+        return str(Path(item).resolve())
+
+    def _decode(self, item) -> np.ndarray:
+        return decode(self._source(item), self.options, str(item) if isinstance(item, Path) else self._name(item))
+
+    def _header_size(self, item) -> tuple[int, int]:
+        return header_size(self._source(item), str(item) if isinstance(item, Path) else self._name(item))
+
+    def _drop_bad(self, items, labels, names):
+        """--skip-bad-images: the items that decode (all decoded once), the others recorded."""
+        good = self._decodable(items)
+        self.skipped = [{"path": self._name(f), "reason": reason} for f, reason in zip(items, good) if reason]
+        keep = np.array([reason is None for reason in good], dtype=bool)
+        items = [f for f, ok in zip(items, keep) if ok]
+        labels = labels[keep] if labels is not None else None
+        if not items:
+            raise InputError(f"{self.path}: none of its images decodes; nothing to mix")
+        if labels is not None and names is not None:
+            missing = sorted(set(range(len(names))) - set(labels.tolist()))
+            if missing:
+                raise InputError(
+                    f"{self.path / names[missing[0]]}: none of this class's images decodes; "
+                    "replace them or move the folder out of the input"
+                )
+        return items, labels
 
     # ------------------------------------------------------------ decoding
 
@@ -276,19 +307,19 @@ class Reader(base.Reader):
                 self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="mixup-images")
         return list(self._pool.map(fn, items))
 
-    def _decodable(self, files: list[Path]) -> list[str | None]:
-        """For each file, None if it decodes as a row would be, else why not."""
+    def _decodable(self, items: list) -> list[str | None]:
+        """For each item, None if it decodes as a row would be, else why not."""
 
-        def attempt(f):
+        def attempt(item):
             try:
-                decode(f, self.options)
+                self._decode(item)
             except InputError as exc:
                 return str(exc).split(": ", 1)[-1].split("; ")[0]
             return None
 
         out: list[str | None] = []
-        for s in range(0, len(files), 256):  # bounded: a few hundred decoded images in flight at most
-            out += self._map(attempt, files[s : s + 256])
+        for s in range(0, len(items), 256):  # bounded: a few hundred decoded images in flight at most
+            out += self._map(attempt, items[s : s + 256])
         return out
 
     def _row_shape(self) -> tuple[int, int, int]:
@@ -296,30 +327,35 @@ class Reader(base.Reader):
         if self.options.size is not None:
             w, h = self.options.size
             return (h, w, channels)
+        items = self._items
         sizes = []
-        for s in range(0, len(self._files), 1024):
-            sizes += self._map(header_size, self._files[s : s + 1024])
+        for s in range(0, len(items), 1024):
+            sizes += self._map(self._header_size, items[s : s + 1024])
         first = sizes[0]
-        for f, size in zip(self._files, sizes):
+        for item, size in zip(items, sizes):
             if size != first:
                 raise InputError(
-                    f"{self._files[0]} is {first[0]}x{first[1]} but {f} is {size[0]}x{size[1]}; images of "
-                    "different sizes need --image-size WIDTHxHEIGHT (or SIZE) to resize them to one"
+                    f"{self._label(items[0])} is {first[0]}x{first[1]} but {self._label(item)} is "
+                    f"{size[0]}x{size[1]}; images of different sizes need --image-size WIDTHxHEIGHT (or SIZE) "
+                    "to resize them to one"
                 )
         return (first[1], first[0], channels)
 
-    def _decode_into(self, out: np.ndarray, files: list[Path]) -> None:
+    def _label(self, item) -> str:
+        return str(item) if isinstance(item, Path) else self._name(item)
+
+    def _decode_into(self, out: np.ndarray, items: list) -> None:
         def one(i):
-            arr = decode(files[i], self.options)
+            arr = self._decode(items[i])
             if arr.shape != self._shape:
                 w, h = arr.shape[1], arr.shape[0]
                 raise InputError(
-                    f"{files[i]} is {w}x{h}, not {self._shape[1]}x{self._shape[0]} as the other images; "
-                    "pass --image-size to resize them to one size"
+                    f"{self._label(items[i])} is {w}x{h}, not {self._shape[1]}x{self._shape[0]} as the other "
+                    "images; pass --image-size to resize them to one size"
                 )
             out[i] = arr
 
-        self._map(one, range(len(files)))
+        self._map(one, range(len(items)))
 
     # ------------------------------------------------------------ Reader
 
@@ -328,49 +364,46 @@ class Reader(base.Reader):
 
     def require(self, key: str, option: str, kinds: str = "fiu") -> ArraySpec:
         if key == "y" and self._labels is None:
-            raise InputError(
-                f"{self.path}: images without class folders have no labels; pass --no-y to mix them alone "
-                "(or put them in one folder per class)"
-            )
+            raise InputError(f"{self.path}: {self._unlabelled}; pass --no-y to mix them alone")
         if key not in self.keys():
             raise InputError(
-                f"{self.path}: a folder of images holds 'x' (the images) and 'y' (their class); "
+                f"{self.path}: {self._what} holds 'x' (the images) and 'y' (their class); "
                 f"there is no '{key}' to choose with {option}"
             )
         return super().require(key, option, kinds)
 
     def spec(self, key: str) -> ArraySpec:
         if key == "y":
-            return ArraySpec((len(self._files),), np.dtype(np.int64))
-        return ArraySpec((len(self._files),) + self._shape, np.dtype(np.uint8))
+            return ArraySpec((len(self._items),), np.dtype(np.int64))
+        return ArraySpec((len(self._items),) + self._shape, np.dtype(np.uint8))
 
     def read(self, key: str, start: int, stop: int) -> np.ndarray:
-        stop = min(stop, len(self._files))
+        stop = min(stop, len(self._items))
         start = min(start, stop)
         if key == "y":
             return self._labels[start:stop].copy()
         out = np.empty((stop - start,) + self._shape, np.uint8)
-        self._decode_into(out, self._files[start:stop])
+        self._decode_into(out, self._items[start:stop])
         return out
 
     def read_into(self, key: str, start: int, stop: int, out: np.ndarray) -> None:
         if key == "y" or out.dtype != np.uint8 or not out.flags.c_contiguous:
             return super().read_into(key, start, stop, out)
-        self._decode_into(out[: stop - start], self._files[start:stop])
+        self._decode_into(out[: stop - start], self._items[start:stop])
 
     def _take_sorted_unique(self, key: str, rows: np.ndarray) -> np.ndarray:
         rows = np.asarray(rows, dtype=np.int64)
         if key == "y":
             return self._labels[rows]
         out = np.empty((len(rows),) + self._shape, np.uint8)
-        self._decode_into(out, [self._files[int(r)] for r in rows])
+        self._decode_into(out, [self._items[int(r)] for r in rows])
         return out
 
     def describe(self, key: str) -> dict:
-        return {"images": len(self._files)} if key == "x" else {}
+        return {"images": len(self._items)} if key == "x" else {}
 
     def files(self) -> list[Path]:
-        return list(self._files)
+        return list(self._items)
 
     def image_parameters(self) -> dict:
         """What the sidecar records of how the images became ``x``."""

@@ -149,10 +149,10 @@ def inspect_inputs(
     offset = 0
     for k, path in enumerate(paths):
         _check_place(path, k, paths, seen, out_real, outdir)
-        if path.is_dir() and format_of(path) == "images":
+        if (path.is_dir() or path.suffix.lower() == ".tar") and format_of(path) in ("images", "webdataset"):
             raise ParameterError(
-                f"{path}: a folder of images cannot be one input of a set; mix each folder on its own "
-                "(mixup augment FOLDER OUT.h5)",
+                f"{path}: a folder of images or WebDataset shards cannot be one input of a set; mix it on its "
+                "own (mixup augment FOLDER OUT.h5; a folder of .tar shards is one input)",
                 "IN",
             )
         reader = opener(path)

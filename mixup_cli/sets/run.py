@@ -108,8 +108,8 @@ def augment_set(
     pipeline.check_request(request)
     if request.data_options().image_options() is not None:
         raise ParameterError(
-            "--image-size, --image-resize, --image-channels and --skip-bad-images apply to a folder of images, "
-            "not to a set's inputs",
+            "--image-size, --image-resize, --image-channels, --skip-bad-images and --wds-label apply to a folder "
+            "of images or WebDataset shards, not to a set's inputs",
             "--image-size",
         )
     check_outdir(outdir)
