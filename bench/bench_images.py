@@ -79,7 +79,9 @@ def floor(src: Path, dst: Path, size: int, threads: int) -> None:
 
     def load(path):
         with Image.open(path) as im:
-            return np.asarray(ImageOps.fit(im.convert("RGB"), (size, size), method=Image.BILINEAR))
+            return np.asarray(
+                ImageOps.fit(im.convert("RGB"), (size, size), method=getattr(Image, "Resampling", Image).BILINEAR)
+            )
 
     pool = ThreadPoolExecutor(threads) if threads > 1 else None
     with h5py.File(dst, "w") as f:

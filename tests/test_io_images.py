@@ -66,9 +66,9 @@ def pillow_rows(files, size=None, resize="crop", channels="rgb"):
             im = im.convert("RGB" if channels == "rgb" else "L")
             if size is not None and im.size != size:
                 if resize == "crop":
-                    im = ImageOps.fit(im, size, method=Image.BILINEAR)
+                    im = ImageOps.fit(im, size, method=getattr(Image, "Resampling", Image).BILINEAR)
                 else:
-                    im = im.resize(size, Image.BILINEAR)
+                    im = im.resize(size, getattr(Image, "Resampling", Image).BILINEAR)
             arr = np.asarray(im, dtype=np.uint8)
         rows.append(arr.reshape(arr.shape[0], arr.shape[1], -1))
     return np.stack(rows)

@@ -60,7 +60,7 @@ def decoded(blobs, size=None):
             if size is not None and im.size != size:
                 from PIL import ImageOps
 
-                im = ImageOps.fit(im, size, method=Image.BILINEAR)
+                im = ImageOps.fit(im, size, method=getattr(Image, "Resampling", Image).BILINEAR)
             rows.append(np.asarray(im, dtype=np.uint8))
     return np.stack(rows)
 

@@ -203,9 +203,9 @@ def decode(path, options: ImageOptions, name: str | None = None) -> np.ndarray:
             im = im.convert("RGB" if options.channels == "rgb" else "L")
             if options.size is not None and im.size != options.size:
                 if options.resize == "crop":
-                    im = ImageOps.fit(im, options.size, method=Image.BILINEAR)
+                    im = ImageOps.fit(im, options.size, method=getattr(Image, "Resampling", Image).BILINEAR)
                 else:
-                    im = im.resize(options.size, Image.BILINEAR)
+                    im = im.resize(options.size, getattr(Image, "Resampling", Image).BILINEAR)
             arr = np.asarray(im, dtype=np.uint8)
     except InputError:
         raise
