@@ -298,3 +298,16 @@ def test_a_set_refuses_image_folders_and_image_options(tmp_path, run_mixup, outd
     proc = run_mixup("augment", tmp_path / "one.h5", tmp_path / "two.h5", outdir / "mixed", "--image-size", "8")
     assert proc.returncode == 2 and "--image-size" in proc.stderr
     assert_nothing_written(outdir)
+
+
+def test_resume_knows_a_finished_image_run_and_refuses_other_image_options(tmp_path, run_cli):
+    make_folder(tmp_path / "train")
+    out = tmp_path / "out.h5"
+    args = ("augment", tmp_path / "train", out, "--seed", "3", "--image-size", "8")
+    assert run_cli(*args).exit_code == 0
+    before = out.stat().st_mtime_ns
+    again = run_cli(*args, "--resume")
+    assert again.exit_code == 0 and "already complete" in again.stderr
+    other = run_cli(*args[:-1], "10", "--resume")
+    assert other.exit_code == 1 and "--overwrite" in other.stderr
+    assert out.stat().st_mtime_ns == before
