@@ -20,9 +20,9 @@ mixup is faster).
   since temporaries of the whole batch made it several times slower), and
   written with h5py to a chunked uint8 dataset, with one-hot ``y``.
 - candidate: ``mixup augment`` run in-process through the library
-  (``mixup_cli.pipeline.augment``): listing, header-free (sized) decoding in
-  its thread pool, mixing, the input files' SHA-256, output digests, fsync,
-  atomic rename and the sidecar, everything included.
+  (``mixup_cli.pipeline.augment``): listing, decoding in its thread pool,
+  mixing, the input files' SHA-256, output digests, fsync, atomic rename and
+  the sidecar, everything included.
 
 The page cache is warm for both sides. ``CPU`` columns add user and system
 time of all threads; ``load`` is the 1-minute load average after the case.

@@ -311,3 +311,12 @@ def test_resume_knows_a_finished_image_run_and_refuses_other_image_options(tmp_p
     other = run_cli(*args[:-1], "10", "--resume")
     assert other.exit_code == 1 and "--overwrite" in other.stderr
     assert out.stat().st_mtime_ns == before
+
+
+def test_a_16_bit_image_is_refused_not_clipped(tmp_path, run_mixup, outdir):
+    make_folder(tmp_path / "train", per_class=2)
+    deep = tmp_path / "train" / "cat" / "deep.png"
+    Image.fromarray(np.full((12, 20), 40000, dtype=np.uint16)).save(deep)
+    proc = run_mixup("augment", tmp_path / "train", outdir / "out.h5", "--image-size", "8")
+    assert proc.returncode == 1 and str(deep) in proc.stderr and "more than 8 bits" in proc.stderr
+    assert_nothing_written(outdir)
