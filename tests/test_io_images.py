@@ -320,3 +320,19 @@ def test_a_16_bit_image_is_refused_not_clipped(tmp_path, run_mixup, outdir):
     proc = run_mixup("augment", tmp_path / "train", outdir / "out.h5", "--image-size", "8")
     assert proc.returncode == 1 and str(deep) in proc.stderr and "more than 8 bits" in proc.stderr
     assert_nothing_written(outdir)
+
+
+def test_verify_names_a_changed_decoder_when_the_rows_differ(tmp_path, run_cli):
+    files, _ = make_folder(tmp_path / "train")
+    out = tmp_path / "out.h5"
+    assert run_cli("augment", tmp_path / "train", out, "--seed", "8").exit_code == 0
+    sidecar = tmp_path / "out.h5.provenance.json"
+    record = json.loads(sidecar.read_text())
+    assert run_cli("verify", out).exit_code == 0
+    record["parameters"]["images"]["decoder"]["jpg"] = "0.1"  # as if another libjpeg had decoded them
+    sidecar.write_text(json.dumps(record))
+    assert run_cli("verify", out).exit_code == 0  # same rows: nothing to say
+    picture(np.random.default_rng(3), (20, 12), "RGB").save(files[0])  # now a row differs
+    result = run_cli("verify", out)
+    assert result.exit_code != 0
+    assert "jpg 0.1 then" in result.output and "may decode them differently" in result.output
