@@ -137,7 +137,7 @@ def test_a_truncated_member_stops_the_run_naming_it(tmp_path, run_mixup, outdir)
         for i in range(3):
             add(tar, f"{i:03d}.png", encoded(rng)[: 60 if i == 1 else None])
     proc = run_mixup("augment", shard, outdir / "out.h5", "--image-size", "4")
-    assert proc.returncode == 1 and f"{shard.resolve()}:001.png: cannot decode" in proc.stderr
+    assert proc.returncode == 1 and f"{shard}:001.png: cannot decode" in proc.stderr
     assert_nothing_written(outdir)
 
 

@@ -270,14 +270,18 @@ class Reader(base.Reader):
         return item
 
     def _name(self, item) -> str:
-        """``item`` in messages and the sidecar."""
+        """``item`` in the sidecar (absolute)."""
         return str(Path(item).resolve())
 
+    def _label(self, item) -> str:
+        """``item`` in messages (under IN as given)."""
+        return str(item)
+
     def _decode(self, item) -> np.ndarray:
-        return decode(self._source(item), self.options, str(item) if isinstance(item, Path) else self._name(item))
+        return decode(self._source(item), self.options, self._label(item))
 
     def _header_size(self, item) -> tuple[int, int]:
-        return header_size(self._source(item), str(item) if isinstance(item, Path) else self._name(item))
+        return header_size(self._source(item), self._label(item))
 
     def _drop_bad(self, items, labels, names):
         """--skip-bad-images: the items that decode (all decoded once), the others recorded."""
@@ -340,9 +344,6 @@ class Reader(base.Reader):
                     "to resize them to one"
                 )
         return (first[1], first[0], channels)
-
-    def _label(self, item) -> str:
-        return str(item) if isinstance(item, Path) else self._name(item)
 
     def _decode_into(self, out: np.ndarray, items: list) -> None:
         def one(i):

@@ -191,7 +191,7 @@ class Reader(images.Reader):
 
     def _source(self, item):
         k, offset, size, member = item
-        return io.BytesIO(self._bytes(k, offset, size, self._name(item)))
+        return io.BytesIO(self._bytes(k, offset, size, self._label(item)))
 
     def _name(self, item) -> str:
         return f"{self._shards[item[0]].resolve()}:{item[3]}"
