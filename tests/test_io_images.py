@@ -266,7 +266,7 @@ def test_without_pillow_the_extra_is_named(tmp_path, run_cli, monkeypatch):
     monkeypatch.setitem(sys.modules, "PIL", None)  # `import PIL` now fails
     result = run_cli("augment", tmp_path / "train", tmp_path / "out.h5")
     assert result.exit_code == 1
-    assert "mixup-cli[images]" in result.output
+    assert "mixup-cli[images]" in result.stderr
 
 
 def test_verify_checks_the_law_on_the_images_the_run_kept(tmp_path, run_cli):
