@@ -275,3 +275,106 @@ def test_identical_rows_take_the_lowest_indices_in_bounded_queries(monkeypatch):
     table = neighbours.neighbour_table(np.ones((300, 4), dtype=np.float32), 3)
     expected = np.array([[j for j in range(5) if j != i][:3] for i in range(300)])
     assert np.array_equal(table, expected)
+
+
+# ---------------------------------------------------------------- the fast exact search
+
+
+def near_ties(seed, n, width, spread):
+    """Rows of two far clusters (+-4096 + small integers, some rows repeated):
+    float32 keys |b|^2 - 2ab lose the integers' differences (keys ~ 1e9), the
+    float64 distances are exact (integers below 2^53)."""
+    rng = np.random.default_rng(seed)
+    side = np.where(rng.random((n, 1)) < 0.5, 4096.0, -4096.0)
+    x = side + rng.integers(0, spread, (n, width))
+    dup = rng.integers(0, n, n // 5)
+    x[rng.integers(0, n, n // 5)] = x[dup]
+    return x.astype(np.float32)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    n=st.integers(2, 300),
+    width=st.integers(1, 5),
+    k=st.integers(1, 8),
+    spread=st.integers(1, 6),
+    seed=st.integers(0, 2**16),
+    group=st.sampled_from([2, 3, 16]),
+)
+def test_fast_table_is_the_float64_answer_on_near_ties_and_duplicates(n, width, k, spread, seed, group):
+    """Near-ties float32 misorders, exact ties, duplicates, and (small groups)
+    the threshold found down two levels of group minima: the lists are those
+    of a plain float64 brute force, ties by index."""
+    k = min(k, n - 1)
+    feats = near_ties(seed, n, width, spread)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(neighbours, "_GROUP", group)
+        assert np.array_equal(neighbours.neighbour_table(feats, k), brute_lists(feats, k))
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    n=st.integers(20, 400),
+    width=st.integers(1, 40),
+    k=st.integers(1, 10),
+    scale=st.sampled_from([1e-6, 1.0, 1e4]),
+    offset=st.sampled_from([0.0, 1e3]),
+    seed=st.integers(0, 2**16),
+)
+def test_fast_table_on_continuous_data_is_the_float64_answer(n, width, k, scale, offset, seed):
+    k = min(k, n - 1)
+    rng = np.random.default_rng(seed)
+    feats = (offset + scale * rng.standard_normal((n, width))).astype(np.float32)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(neighbours, "_GROUP", 2)
+        got = neighbours.neighbour_table(feats, k)
+    ref = brute_lists(feats, k)
+    # float64 sums in another order may differ in their last bit: compare the distances
+    f = feats.astype(np.float64)
+    dist = lambda t: ((f[:, None, :] - f[t]) ** 2).sum(axis=2)  # noqa: E731
+    assert np.array_equal(got, ref) or np.allclose(dist(got), dist(ref), rtol=1e-12, atol=0)
+
+
+def test_fast_table_is_the_reference_search_on_larger_data():
+    """Two levels of group minima (16 x 16), several blocks of queries; the
+    same lists as scikit-learn's search widened until exact."""
+    rng = np.random.default_rng(11)
+    feats = rng.standard_normal((12000, 8)).astype(np.float32)
+    feats[6000:6100] = feats[:100]
+    assert np.array_equal(neighbours.neighbour_table(feats, 6), neighbours.reference_table(feats, 6))
+
+
+def test_fast_table_does_not_depend_on_threads():
+    """Our threads (1 or 3) and BLAS's (threadpoolctl: 1 or 2): the same lists."""
+    from threadpoolctl import threadpool_limits
+
+    feats = near_ties(5, 1200, 3, 4)
+    tables = []
+    for blas in (1, 2):
+        for threads in (1, 3):
+            with threadpool_limits(limits=blas):
+                tables.append(neighbours.neighbour_table(feats, 5, threads=threads))
+    assert all(np.array_equal(tables[0], t) for t in tables[1:])
+    assert np.array_equal(tables[0], brute_lists(feats, 5))
+
+
+def test_memory_of_the_search_is_bounded_by_blocks(monkeypatch):
+    """Blocks of queries sized by _BLOCK_BYTES: a small budget, the same lists."""
+    feats = np.random.default_rng(2).standard_normal((3000, 5)).astype(np.float32)
+    ref = neighbours.neighbour_table(feats, 4)
+    monkeypatch.setattr(neighbours, "_BLOCK_BYTES", 3000 * 4 * 8)  # 8 queries a block
+    monkeypatch.setattr(neighbours, "_TILE_BYTES", 1024)
+    assert np.array_equal(neighbours.neighbour_table(feats, 4), ref)
+
+
+def test_verify_recomputes_neighbours_by_the_reference_path(tabular, tmp_path, run_cli, monkeypatch):
+    """An output written by a wrong fast search (each row's lists shifted) is
+    caught: verify does not share the fast path it checks."""
+    src, _, _ = tabular
+    out = tmp_path / "out.h5"
+    real = neighbours.neighbour_table
+    monkeypatch.setattr(neighbours, "neighbour_table", lambda feats, k, *a, **kw: np.roll(real(feats, k), 1, axis=0))
+    result = run_cli("augment", src, out, "--pairing", "knn", "--neighbors", 3, "--seed", 1, "--block-rows", 32, "-q")
+    assert result.exit_code == 0, result.stderr
+    result = run_cli("verify", out)
+    assert result.exit_code != 0 and "recomputed output differs" in result.stdout
