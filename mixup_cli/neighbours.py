@@ -59,7 +59,13 @@ class NeighbourIndex:
     """``table[i]``: the K nearest other rows of row i, nearest first."""
 
     table: np.ndarray  # (N, K) int64
-    project_batch_rows: int | None = None  # rows per partial_fit of the projection
+    # What the sidecar records of the projection (plan version 3: the sample's
+    # rows and the share of its variance kept; 2: rows per partial_fit).
+    projection: dict | None = None
+
+    @property
+    def project_batch_rows(self) -> int | None:
+        return (self.projection or {}).get("project_batch_rows")
 
     @property
     def n_rows(self) -> int:
@@ -90,10 +96,16 @@ def _pieces(n: int, step: int, least: int = 1) -> list[tuple[int, int]]:
     return bounds
 
 
-def features(reader, key: str, project: int | None = None, label: str = "x") -> tuple[np.ndarray, int | None]:
+def features(
+    reader, key: str, project: int | None = None, label: str = "x", version: int = 3
+) -> tuple[np.ndarray, dict | None]:
     """Rows of ``key`` flattened to float32, or projected to ``project``
-    dimensions by an IncrementalPCA fitted in one pass; and the rows per
-    ``partial_fit`` (None without projection)."""
+    dimensions; and what the sidecar records of the projection (None
+    without). Plan version 3: randomized PCA fitted on a seeded sample
+    (``_fit_randomized``); 1 and 2: an IncrementalPCA fitted in one pass
+    (``project_batch_rows`` rows per ``partial_fit``). The fit and the
+    transform run with one BLAS thread, so their bytes do not depend on the
+    thread count."""
     spec = reader.spec(key)
     n = spec.rows
     width = int(np.prod(spec.row_shape, dtype=np.int64)) if spec.row_shape else 1
@@ -119,6 +131,16 @@ def features(reader, key: str, project: int | None = None, label: str = "x") -> 
             f"{min(width, n)} dimensions",
             "--project",
         )
+    from mixup_cli import threads
+
+    with threads.blas_limited(1):
+        if version >= 3:
+            return _fit_randomized(reader, key, n, width, d)
+        return _fit_incremental(piece, n, d, step)
+
+
+def _fit_incremental(piece, n: int, d: int, step: int) -> tuple[np.ndarray, dict]:
+    """Plan versions 1 and 2: IncrementalPCA, ``partial_fit`` piece by piece."""
     from sklearn.decomposition import IncrementalPCA
 
     # partial_fit takes an SVD of (piece + D) rows: per row it costs about
@@ -131,7 +153,59 @@ def features(reader, key: str, project: int | None = None, label: str = "x") -> 
     out = np.empty((n, d), dtype=np.float32)
     for s, e in bounds:
         out[s:e] = ipca.transform(piece(s, e))
-    return out, step
+    return out, {"project_batch_rows": step}
+
+
+# Plan version 3's projection: the sample it is fitted on takes at most this many
+# bytes (float32; at least 4 D rows), drawn with this key (a function of the data alone),
+_SAMPLE_BYTES = 64 * 1024 * 1024
+_SAMPLE_KEY = 0x6D69787570  # "mixup"
+# with this many extra directions and power iterations (Halko, Martinsson, Tropp 2011).
+_OVERSAMPLE = 10
+_POWER_ITERATIONS = 4
+
+
+def _fit_randomized(reader, key: str, n: int, width: int, d: int) -> tuple[np.ndarray, dict]:
+    """Plan version 3: principal directions of a seeded sample of rows (read
+    in the pass in row order, contiguous pieces), by a randomized range
+    finder with power iterations, in float32; the rows centred on the
+    sample's mean and projected in a second pass. Records the sample's rows
+    and the share of its variance the D directions keep."""
+    rows = min(n, max(4 * d, _SAMPLE_BYTES // (4 * width)))
+    rng = np.random.default_rng([_SAMPLE_KEY, n, width, d])
+    chosen = np.sort(rng.choice(n, rows, replace=False)) if rows < n else np.arange(n)
+    sample = np.empty((rows, width), dtype=np.float32)
+    step = max(1, _READ_BYTES // (4 * width))
+    at = 0
+    for s, e in _pieces(n, step):
+        hit = chosen[np.searchsorted(chosen, s) : np.searchsorted(chosen, e)]
+        if len(hit):
+            block = np.asarray(reader.read(key, s, e)).reshape(e - s, width)
+            sample[at : at + len(hit)] = block[hit - s]
+            at += len(hit)
+    mean = sample.mean(axis=0, dtype=np.float64)
+    sample -= mean.astype(np.float32)
+    total = float(np.einsum("ij,ij->", sample, sample, dtype=np.float64))
+    wide = min(d + _OVERSAMPLE, rows, width)
+    basis = sample @ rng.standard_normal((width, wide), dtype=np.float32)
+    for _ in range(_POWER_ITERATIONS):
+        basis, _r = np.linalg.qr(basis)
+        back, _r = np.linalg.qr(sample.T @ basis)
+        basis = sample @ back
+    basis, _r = np.linalg.qr(basis)
+    _u, sing, vt = np.linalg.svd(basis.T @ sample, full_matrices=False)
+    comps = np.ascontiguousarray(vt[:d])
+    # Signs fixed (largest entry of each direction positive), so a fit is one answer.
+    flip = np.sign(comps[np.arange(d), np.abs(comps).argmax(axis=1)])
+    comps *= np.where(flip == 0, 1, flip)[:, None].astype(np.float32)
+    kept = float(np.sum(sing[:d].astype(np.float64) ** 2) / total) if total > 0 else 1.0
+    del sample
+    shift = mean.astype(np.float32)
+    out = np.empty((n, d), dtype=np.float32)
+    for s, e in _pieces(n, step):
+        block = np.asarray(reader.read(key, s, e), dtype=np.float32).reshape(e - s, width) - shift
+        np.matmul(block, comps.T, out=out[s:e])
+    return out, {"project_sample_rows": int(rows), "project_variance": round(min(1.0, kept), 6)}
 
 
 def _exact(feats: np.ndarray, rows: np.ndarray, cand: np.ndarray) -> np.ndarray:
@@ -429,11 +503,13 @@ def build(
     label: str = "x",
     *,
     reference: bool = False,
+    version: int = 3,
 ) -> NeighbourIndex:
     """The index for ``--pairing knn`` (``classes`` None) or ``knn-within-class``
     (``classes`` a ``ClassIndex``: neighbours among the rows of the same class).
     ``reference``: the lists found by ``reference_table`` (``verify``), not
-    by the fast search; the same lists."""
+    by the fast search; the same lists). ``version``: the plan version,
+    which decides the projection (``features``)."""
     n = reader.spec(x_key).rows
     search = reference_table if reference else neighbour_table
     if classes is None:
@@ -442,8 +518,8 @@ def build(
                 f"--neighbors {k}: {label} has {n} rows; a row has at most {n - 1} other rows to pair with",
                 "--neighbors",
             )
-        feats, batch = features(reader, x_key, project, label)
-        return NeighbourIndex(search(feats, k), batch)
+        feats, projection = features(reader, x_key, project, label, version)
+        return NeighbourIndex(search(feats, k), projection)
     small = np.flatnonzero(classes.counts <= k)
     if len(small):
         c = int(small[0])
@@ -453,9 +529,9 @@ def build(
             "or --pairing knn",
             "--neighbors",
         )
-    feats, batch = features(reader, x_key, project, label)
+    feats, projection = features(reader, x_key, project, label, version)
     table = np.empty((n, k), dtype=np.int64)
     for c in range(classes.n_classes):
         rows = np.sort(classes.order[classes.offsets[c] : classes.offsets[c] + classes.counts[c]]).astype(np.int64)
         table[rows] = rows[search(feats[rows], k)]  # local order is row order: ties still by index
-    return NeighbourIndex(table, batch)
+    return NeighbourIndex(table, projection)

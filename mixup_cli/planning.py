@@ -195,7 +195,9 @@ def partner_index(
             raise ParameterError("--pairing knn-within-class needs class labels; name them with --y-key", "--pairing")
         within = class_index(source.reader, y_key)
     label = f"{source.reader.path}['{x_key}']"
-    return neighbours.build(source.reader, x_key, neighbors, project, within, label, reference=reference)
+    return neighbours.build(
+        source.reader, x_key, neighbors, project, within, label, reference=reference, version=version
+    )
 
 
 def default_batch_rows(row_bytes: int, block_rows: int) -> int:

@@ -118,11 +118,12 @@ def test_projection_searches_in_the_projected_space(tmp_path):
     own = np.tile(np.arange(600), 2)
     assert np.mean([p in ref[i] for p, i in zip(partner, own)]) == 1.0
     params = read_sidecar(out)["parameters"]
-    assert params["project"] == 2 and params["project_batch_rows"] >= 2
+    assert params["project"] == 2 and params["plan_version"] == 3
+    assert params["project_sample_rows"] == 600 and params["project_variance"] == pytest.approx(1.0, abs=1e-5)
 
 
 def test_projection_is_fitted_in_pieces(monkeypatch):
-    """partial_fit sees pieces of bounded size (the last one never below D rows)."""
+    """Plan version 2: partial_fit sees pieces of bounded size (the last one never below D rows)."""
     from sklearn.decomposition import IncrementalPCA
 
     seen = []
@@ -148,8 +149,13 @@ def test_projection_is_fitted_in_pieces(monkeypatch):
             return self.a[s:e]
 
     a = np.random.default_rng(0).standard_normal((1005, 10))
-    feats, batch = neighbours.features(Reader(a), "x", project=8)
-    assert batch == 100 and seen == [100] * 9 + [105] and feats.shape == (1005, 8) and feats.dtype == np.float32
+    feats, projection = neighbours.features(Reader(a), "x", project=8, version=2)
+    assert (
+        projection == {"project_batch_rows": 100}
+        and seen == [100] * 9 + [105]
+        and feats.shape == (1005, 8)
+        and feats.dtype == np.float32
+    )
 
 
 @pytest.mark.parametrize(
@@ -378,3 +384,91 @@ def test_verify_recomputes_neighbours_by_the_reference_path(tabular, tmp_path, r
     assert result.exit_code == 0, result.stderr
     result = run_cli("verify", out)
     assert result.exit_code != 0 and "recomputed output differs" in result.stdout
+
+
+# ---------------------------------------------------------------- --project (plan version 3)
+
+
+class ArrayReader:
+    """The reader interface ``features`` reads through, over an array."""
+
+    path = "mem"
+
+    def __init__(self, a):
+        self.a = a
+
+    def spec(self, key):
+        from mixup_cli.io import ArraySpec
+
+        return ArraySpec(self.a.shape, self.a.dtype)
+
+    def read(self, key, s, e):
+        return self.a[s:e]
+
+
+def test_projection_keeps_the_top_principal_variance():
+    """The share of variance recorded is the top D eigenvalues' share of the
+    sample's covariance (here every row), and the features span those directions."""
+    rng = np.random.default_rng(3)
+    scales = np.array([9.0, 7.0, 5.0, 1.0, 0.5, 0.4, 0.3, 0.2, 0.1, 0.1, 0.05, 0.05])
+    x = (rng.standard_normal((2000, 12)) * scales + 100.0).astype(np.float32)
+    feats, projection = neighbours.features(ArrayReader(x), "x", project=3, version=3)
+    centred = x.astype(np.float64) - x.mean(axis=0, dtype=np.float64)
+    eig = np.linalg.eigvalsh(centred.T @ centred)[::-1]
+    assert projection["project_sample_rows"] == 2000
+    assert projection["project_variance"] == pytest.approx(eig[:3].sum() / eig.sum(), abs=1e-4)
+    assert feats.shape == (2000, 3) and feats.dtype == np.float32
+    # the features are the centred rows in the top directions: their variance is the top eigenvalues'
+    assert np.var(feats.astype(np.float64), axis=0).sum() * 2000 == pytest.approx(eig[:3].sum(), rel=1e-4)
+
+
+def test_projection_fits_a_bounded_sample(monkeypatch):
+    monkeypatch.setattr(neighbours, "_SAMPLE_BYTES", 300 * 4 * 10)  # 300 rows of 10 float32
+    x = np.random.default_rng(0).standard_normal((5000, 10)).astype(np.float32)
+    feats, projection = neighbours.features(ArrayReader(x), "x", project=4, version=3)
+    assert projection["project_sample_rows"] == 300 and feats.shape == (5000, 4)
+    assert 0.3 < projection["project_variance"] < 0.6  # 4 of 10 equal directions, on a sample
+
+
+def test_projection_is_reproducible_byte_for_byte_whatever_the_threads(tmp_path):
+    """The fit is part of the plan: the same bytes run after run, with BLAS
+    pools of 1 or 2 threads (threadpoolctl) around it, and in the output."""
+    from threadpoolctl import threadpool_limits
+
+    rng = np.random.default_rng(8)
+    x = rng.random((700, 6, 6, 3), dtype=np.float32)
+    outs = []
+    for blas in (1, 2, 1):
+        with threadpool_limits(limits=blas):
+            feats, projection = neighbours.features(ArrayReader(x), "x", project=7, version=3)
+        outs.append((feats.tobytes(), projection))
+    assert outs[0] == outs[1] == outs[2]
+    src = write_h5(tmp_path / "in.h5", x=x, y=rng.random(700).astype(np.float32))
+    got = []
+    for blas in (1, 2):
+        out = tmp_path / f"out{blas}.h5"
+        with threadpool_limits(limits=blas):
+            augment(AugmentRequest(src, out, seed=3, pairing="knn", neighbors=4, project=7, block_rows=128))
+        got.append((read_h5(out), read_sidecar(out)["parameters"]))
+    for key in got[0][0]:
+        assert got[0][0][key].tobytes() == got[1][0][key].tobytes(), key
+    assert got[0][1]["project_variance"] == got[1][1]["project_variance"] == outs[0][1]["project_variance"]
+
+
+@pytest.mark.parametrize("version", [2, 3])
+def test_projected_outputs_of_plan_versions_2_and_3_verify(tmp_path, run_cli, version):
+    """Version 2 (IncrementalPCA) is still computed for its sidecars; version 3 records the fit."""
+    rng = np.random.default_rng(4)
+    src = write_h5(tmp_path / "in.h5", x=rng.random((300, 4, 4, 3), dtype=np.float32), y=rng.integers(0, 3, 300))
+    out = tmp_path / "out.h5"
+    augment(
+        AugmentRequest(src, out, seed=2, pairing="knn", neighbors=3, project=5, block_rows=64, plan_version=version)
+    )
+    params = read_sidecar(out)["parameters"]
+    assert params["plan_version"] == version
+    if version == 2:
+        assert params["project_batch_rows"] == 256 and "project_variance" not in params
+    else:
+        assert params["project_sample_rows"] == 300 and 0 < params["project_variance"] < 1
+    result = run_cli("verify", out)
+    assert result.exit_code == 0, result.stdout
