@@ -448,10 +448,18 @@ def _fallback(feats, keys, qs, local, limit, k, table) -> None:
         table[cols + qs] = j[starts[:, None] + np.arange(k)]
 
 
-def reference_table(feats: np.ndarray, k: int) -> np.ndarray:
+def reference_table(feats: np.ndarray, k: int, threads: int | None = None) -> np.ndarray:
     """The K nearest other rows of every row, by (squared distance, index):
     the reference search ``verify`` recomputes with, by another path than
-    ``neighbour_table`` (scikit-learn's brute force proposes candidates)."""
+    ``neighbour_table`` (scikit-learn's brute force proposes candidates);
+    scikit-learn's BLAS and OpenMP pools held to ``threads`` (the budget)."""
+    from mixup_cli import threads as pools
+
+    with pools.blas_limited(threads):
+        return _reference(feats, k)
+
+
+def _reference(feats: np.ndarray, k: int) -> np.ndarray:
     from sklearn.neighbors import NearestNeighbors
 
     n = len(feats)

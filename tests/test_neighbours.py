@@ -472,3 +472,59 @@ def test_projected_outputs_of_plan_versions_2_and_3_verify(tmp_path, run_cli, ve
         assert params["project_sample_rows"] == 300 and 0 < params["project_variance"] < 1
     result = run_cli("verify", out)
     assert result.exit_code == 0, result.stdout
+
+
+# ---------------------------------------------------------------- BLAS thread pools
+
+
+def blas_threads_seen(monkeypatch, target, name):
+    """Calls ``target.name`` through a spy that records the most threads of any BLAS/OpenMP pool at the call."""
+    from threadpoolctl import threadpool_info
+
+    seen = []
+    real = getattr(target, name)
+
+    def spy(*args, **kwargs):
+        if len(seen) < 3:
+            seen.append(max(p["num_threads"] for p in threadpool_info()))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(target, name, spy)
+    return seen
+
+
+def test_blas_pools_are_held_to_the_budget_and_restored():
+    from threadpoolctl import threadpool_info
+
+    from mixup_cli import threads
+
+    before = [p["num_threads"] for p in threadpool_info()]
+    with threads.blas_limited(1):
+        assert all(p["num_threads"] == 1 for p in threadpool_info())
+    assert [p["num_threads"] for p in threadpool_info()] == before
+    assert threads.budget() >= 1
+
+
+def test_the_search_runs_one_blas_thread_per_product(monkeypatch):
+    """The fast search's products: one BLAS thread each (its blocks go to
+    threads of its own), so BLAS never spins against the run's threads."""
+    seen = blas_threads_seen(monkeypatch, np, "matmul")
+    feats = np.random.default_rng(0).standard_normal((500, 4)).astype(np.float32)
+    neighbours.neighbour_table(feats, 3, threads=2)
+    assert seen and max(seen) == 1
+
+
+def test_the_projection_fit_runs_one_blas_thread(monkeypatch):
+    seen = blas_threads_seen(monkeypatch, np.linalg, "qr")
+    x = np.random.default_rng(0).standard_normal((300, 12)).astype(np.float32)
+    neighbours.features(ArrayReader(x), "x", project=3, version=3)
+    assert seen and max(seen) == 1
+
+
+def test_the_reference_search_is_held_to_the_budget(monkeypatch):
+    from sklearn.neighbors import NearestNeighbors
+
+    seen = blas_threads_seen(monkeypatch, NearestNeighbors, "kneighbors")
+    feats = np.random.default_rng(0).standard_normal((200, 4)).astype(np.float32)
+    neighbours.reference_table(feats, 3, threads=1)
+    assert seen and max(seen) == 1
