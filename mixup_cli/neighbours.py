@@ -1,7 +1,7 @@
 """Nearest-neighbour partners, for ``--pairing knn`` and ``knn-within-class``.
 
 Every row gets the list of its ``K`` nearest other rows (Euclidean, in the
-space of its flattened x, or of an ``IncrementalPCA`` projection of it to
+space of its flattened x, or of a principal-component projection of it to
 ``D`` dimensions); a task then draws each row's partner uniformly from its
 list, keyed by ``(seed, copy, block)`` like the class pairings, and reads the
 partners by index. The lists are a function of the data alone, so the output
@@ -23,9 +23,11 @@ row width, or the projection's dimension), twice (as read, and centred with
 a column of norms), plus the search's blocks (``_BLOCK_BYTES``, 64 MiB, per
 thread; ``reference_table``: scikit-learn's ``working_memory``, 1 GiB by
 default); while the run lasts,
-the neighbour table, ``N x K x 8`` bytes. The projection is fitted with one
-streaming pass over x (``partial_fit`` per piece of 256 rows, or 8 D, at most 16 MiB), and x is
-read a second time to project it. scikit-learn is imported only here, and
+the neighbour table, ``N x K x 8`` bytes. The projection (plan version 3) is
+fitted on a seeded sample of at most 64 MiB of rows gathered in one pass
+over x (randomized PCA, float32), and x is read a second time to project it;
+plan versions 1 and 2 fitted an IncrementalPCA in that pass (``partial_fit``
+per piece of 256 rows, or 8 D, at most 16 MiB). scikit-learn is imported only here, and
 only when one of these pairings is used.
 """
 
