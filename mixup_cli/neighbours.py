@@ -20,7 +20,7 @@ only when every row left out is provably farther than its K-th neighbour
 
 Memory while the index is built: the features, ``N x D x 4`` bytes (D the
 row width, or the projection's dimension), twice (as read, and centred with
-a column of norms), plus the search's blocks (``_BLOCK_BYTES``, 64 MiB, per
+a column of norms), plus the search's blocks (``_BLOCK_BYTES``, 64 MiB, for all
 thread; ``reference_table``: scikit-learn's ``working_memory``, 1 GiB by
 default); while the run lasts,
 the neighbour table, ``N x K x 8`` bytes. The projection (plan version 3) is
@@ -318,7 +318,9 @@ def _search(feats: np.ndarray, k: int, table: np.ndarray, threads: int | None) -
     while levels < 2 and n >= _GROUP ** (levels + 1) * 4 * (m + 1):
         levels += 1
     unit = _GROUP**levels
-    q = int(min(n, max(8, min(512, _BLOCK_BYTES // (4 * (n + unit))))))
+    workers = max(1, int(threads or pools.budget()))
+    # The blocks of all threads together take _BLOCK_BYTES (8 queries a block at least).
+    q = int(min(n, max(8, min(512, _BLOCK_BYTES // workers // (4 * (n + unit))))))
     c = max(unit, _TILE_BYTES // (4 * q) // unit * unit)
     c = min(c, -(-n // unit) * unit)
     npad = -(-n // c) * c
@@ -330,7 +332,7 @@ def _search(feats: np.ndarray, k: int, table: np.ndarray, threads: int | None) -
     del cen  # the queries are taken back from rows_side (-2 C: exact halving)
     search = _Blocks(feats, k, table, rows_side, sq, error, m, levels, q, c, npad)
     starts = range(0, n, q)
-    workers = min(len(starts), max(1, int(threads or pools.budget())))
+    workers = min(len(starts), workers)
     # One BLAS thread per product, the blocks over ``workers`` threads of our own:
     # BLAS's own threads wait for each other by spinning, which a loaded machine
     # turns into a standstill (2.4 GFLOP/s with two threads, 60-90 with one).
@@ -368,48 +370,13 @@ class _Blocks:
         return bufs
 
     def block(self, qs: int) -> None:
-        feats, k, table, rows_side, sq, error = self.feats, self.k, self.table, self.rows_side, self.sq, self.error
-        m, levels, c, npad = self.m, self.levels, self.c, self.npad
-        n, width = feats.shape
-        qe = min(n, qs + self.q)
-        nq = qe - qs
-        buf, *mins_buf = self.buffers()
-        query = np.ones((width + 1, nq), dtype=np.float32)
-        query[:width] = rows_side[qs:qe, :width].T
-        query[:width] *= -0.5
-        keys = buf[: npad * nq].reshape(npad, nq)
-        mins = [b[: npad // _GROUP ** (lev + 1) * nq].reshape(-1, nq) for lev, b in enumerate(mins_buf)]
-        for s in range(0, npad, c):
-            tile = keys[s : s + c]
-            np.matmul(rows_side[s : s + c], query, out=tile)
-            below = tile
-            for lev, out in enumerate(mins, 1):
-                part = c // _GROUP**lev
-                np.min(below.reshape(_GROUP, part, nq), axis=0, out=out[s // _GROUP**lev : s // _GROUP**lev + part])
-                below = out[s // _GROUP**lev : s // _GROUP**lev + part]
-        levels_arrays = [keys] + mins
-        top = levels_arrays[-1]
-        if m < n:
-            thr = np.partition(top, m, axis=0)[m]
-        else:
-            thr = np.full(nq, np.inf, dtype=np.float32)
-        g, qi = np.nonzero(top <= thr)
-        for lev in range(levels, 0, -1):  # down the groups: the rows whose keys are at or below thr
-            part = c // _GROUP**lev
-            chunk, local = np.divmod(g, part)
-            g = (chunk * (part * _GROUP) + local)[:, None] + np.arange(_GROUP) * part
-            g, qi = g.ravel(), np.repeat(qi, _GROUP)
-            keep = levels_arrays[lev - 1][g, qi] <= thr[qi]
-            g, qi = g[keep], qi[keep]
-        keep = g < n
-        g, qi = g[keep], qi[keep]
-        key = keys[g, qi]
-        order = np.lexsort((g, key, qi))
-        g, key = g[order], key[order]
-        counts = np.bincount(qi, minlength=nq)
-        starts = np.cumsum(counts) - counts
+        """Rows ``qs`` to ``qs + q``: candidates, exact re-ranking, the bound's check, the fallback."""
+        feats, k, table, sq, error, m = self.feats, self.k, self.table, self.sq, self.error, self.m
+        n = len(feats)
+        rows = np.arange(qs, min(n, qs + self.q))
+        levels_arrays = self.keys(rows)
+        g, key, starts = self.below(levels_arrays, len(rows))
         cand = g[starts[:, None] + np.arange(m)]
-        rows = np.arange(qs, qe)
         d = _exact(feats, rows, cand)
         d[cand == rows[:, None]] = np.inf  # the row itself: never its own neighbour
         order = _sort_rows(d, cand)
@@ -421,11 +388,55 @@ class _Blocks:
             nxt = key[starts + m].astype(np.float64)
             ok = d[:, k - 1] < nxt + sq[rows] - error[rows]
         else:
-            ok = np.ones(nq, dtype=bool)
+            ok = np.ones(len(rows), dtype=bool)
         table[rows[ok]] = cand[ok, :k]
         bad = np.flatnonzero(~ok)
         if len(bad):
-            _fallback(feats, keys, qs, bad, d[bad, k - 1] - sq[rows[bad]] + error[rows[bad]], k, table)
+            limit = d[bad, k - 1] - sq[rows[bad]] + error[rows[bad]]
+            _fallback(feats, levels_arrays[0], qs, bad, limit, k, table)
+
+    def keys(self, rows: np.ndarray) -> list[np.ndarray]:
+        """The keys of ``rows`` against every row (npad x queries), and the
+        minima of their groups, level by level."""
+        rows_side, c, npad, nq = self.rows_side, self.c, self.npad, len(rows)
+        width = rows_side.shape[1] - 1
+        buf, *mins_buf = self.buffers()
+        query = np.ones((width + 1, nq), dtype=np.float32)
+        query[:width] = rows_side[rows[0] : rows[-1] + 1, :width].T
+        query[:width] *= -0.5
+        keys = buf[: npad * nq].reshape(npad, nq)
+        mins = [b[: npad // _GROUP ** (lev + 1) * nq].reshape(-1, nq) for lev, b in enumerate(mins_buf)]
+        for s in range(0, npad, c):
+            tile = keys[s : s + c]
+            np.matmul(rows_side[s : s + c], query, out=tile)
+            below = tile
+            for lev, out in enumerate(mins, 1):
+                part = c // _GROUP**lev
+                np.min(below.reshape(_GROUP, part, nq), axis=0, out=out[s // _GROUP**lev : s // _GROUP**lev + part])
+                below = out[s // _GROUP**lev : s // _GROUP**lev + part]
+        return [keys] + mins
+
+    def below(self, levels_arrays: list[np.ndarray], nq: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per query, the rows whose keys are at or below its threshold (the
+        (M+1)-th smallest top group minimum: M+1 of them at least), found down
+        the groups; sorted by (query, key, row): rows, keys, each query's start."""
+        n, m, c = len(self.feats), self.m, self.c
+        top = levels_arrays[-1]
+        thr = np.partition(top, m, axis=0)[m] if m < n else np.full(nq, np.inf, dtype=np.float32)
+        g, qi = np.nonzero(top <= thr)
+        for lev in range(self.levels, 0, -1):
+            part = c // _GROUP**lev
+            chunk, local = np.divmod(g, part)
+            g = (chunk * (part * _GROUP) + local)[:, None] + np.arange(_GROUP) * part
+            g, qi = g.ravel(), np.repeat(qi, _GROUP)
+            keep = levels_arrays[lev - 1][g, qi] <= thr[qi]
+            g, qi = g[keep], qi[keep]
+        keep = g < n
+        g, qi = g[keep], qi[keep]
+        key = levels_arrays[0][g, qi]
+        order = np.lexsort((g, key, qi))
+        counts = np.bincount(qi, minlength=nq)
+        return g[order], key[order], np.cumsum(counts) - counts
 
 
 def _fallback(feats, keys, qs, local, limit, k, table) -> None:
