@@ -21,7 +21,7 @@ only when every row left out is provably farther than its K-th neighbour
 Memory while the index is built: the features, ``N x D x 4`` bytes (D the
 row width, or the projection's dimension), twice (as read, and centred with
 a column of norms), plus the search's blocks (``_BLOCK_BYTES``, 64 MiB, for all
-thread; ``reference_table``: scikit-learn's ``working_memory``, 1 GiB by
+threads; ``reference_table``: scikit-learn's ``working_memory``, 1 GiB by
 default); while the run lasts,
 the neighbour table, ``N x K x 8`` bytes. The projection (plan version 3) is
 fitted on a seeded sample of at most 64 MiB of rows gathered in one pass
