@@ -72,11 +72,14 @@ def build_plan(
     balance: bool = False,
     balance_to: int | None = None,
     plan_version: int = PLAN_VERSION,
+    reference: bool = False,
 ) -> Plan:
     """The plan of a run over ``source`` (seed drawn when None; ``x_key`` and
     ``y_key`` as asked, the source's own by default; without ``block_rows``,
     the default, a multiple of ``chunk_rows`` when that is given;
-    ``plan_version`` a sidecar's, to recompute an output of an earlier version)."""
+    ``plan_version`` a sidecar's, to recompute an output of an earlier version;
+    ``reference``: indexes found by their reference path, as ``verify``
+    recomputes, not by the fast one)."""
     x_key = x_key or next(iter(source.specs))
     y_key = source.y_key if y_key is None else y_key
     block_rows = block_rows or default_block_rows(source.row_bytes, chunk_rows=chunk_rows)
@@ -101,7 +104,9 @@ def build_plan(
     )
     if pairing in INDEX_PAIRINGS:  # check the options (a Plan without the index) before reading anything
         Plan(n_rows=source.n_rows, seed=0, **options)
-    partners = partner_index(source, pairing, x_key, y_key, neighbors, project, bandwidth, plan_version)
+    partners = partner_index(
+        source, pairing, x_key, y_key, neighbors, project, bandwidth, plan_version, reference=reference
+    )
     if method == "cutmix":
         x_spec = source.specs[x_key]
         layout = cutmix.resolve_layout(x_spec.row_shape, layout, f"{source.reader.path}: '{x_key}'")
@@ -123,7 +128,8 @@ def build_plan(
 
 def plan_from_sidecar(parameters: dict, source: Source) -> Plan:
     """The plan a sidecar's ``parameters`` record, rebuilt over ``source``
-    (its indexes found again); a usage error when they are incomplete or of
+    (its indexes found again, by their reference paths: a check never shares
+    the fast path it checks); a usage error when they are incomplete or of
     another plan version."""
     if parameters.get("plan_version") not in PLAN_VERSIONS:
         raise ParameterError(version_problem(parameters), "OUT")
@@ -138,7 +144,7 @@ def plan_from_sidecar(parameters: dict, source: Source) -> Plan:
         raise ParameterError(f"the sidecar lacks the parameter '{missing[0]}'", "OUT")
     kwargs = {key: parameters.get(key, default) for key, default in _RECORDED.items()}
     kwargs["balance"] = bool(kwargs["balance"])
-    return build_plan(source, plan_version=parameters["plan_version"], **kwargs)
+    return build_plan(source, plan_version=parameters["plan_version"], reference=True, **kwargs)
 
 
 def version_problem(parameters: dict) -> str:
@@ -158,7 +164,16 @@ def _class_index(source: Source) -> ClassIndex:
 
 
 def partner_index(
-    source: Source, pairing: str, x_key: str, y_key: str | None, neighbors, project, bandwidth, version=PLAN_VERSION
+    source: Source,
+    pairing: str,
+    x_key: str,
+    y_key: str | None,
+    neighbors,
+    project,
+    bandwidth,
+    version=PLAN_VERSION,
+    *,
+    reference: bool = False,
 ):
     """The index the knn and label-kernel pairings draw partners from (one or
     two passes over x, or one over y); None for the other pairings."""
@@ -179,7 +194,10 @@ def partner_index(
         if y_key is None:
             raise ParameterError("--pairing knn-within-class needs class labels; name them with --y-key", "--pairing")
         within = class_index(source.reader, y_key)
-    return neighbours.build(source.reader, x_key, neighbors, project, within, f"{source.reader.path}['{x_key}']")
+    label = f"{source.reader.path}['{x_key}']"
+    return neighbours.build(
+        source.reader, x_key, neighbors, project, within, label, reference=reference, version=version
+    )
 
 
 def default_batch_rows(row_bytes: int, block_rows: int) -> int:

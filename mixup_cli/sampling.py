@@ -69,9 +69,11 @@ METHODS = ("mixup", "cutmix")
 # Bumped whenever the mapping from (seed, parameters) to output changes, so
 # that an old sidecar is never silently checked against a new plan.
 # 2: ``global`` partners i.i.d. uniform over all rows (1: the block cycle).
-PLAN_VERSION = 2
+# 3: ``--project`` fitted by randomized PCA on a seeded sample (2: IncrementalPCA
+# over every row), so knn partners with --project differ; nothing else does.
+PLAN_VERSION = 3
 # The versions this code computes (a sidecar of any of them verifies).
-PLAN_VERSIONS = (1, 2)
+PLAN_VERSIONS = (1, 2, 3)
 
 # Key "purposes": each use of randomness has its own stream.
 _CYCLE = 0
@@ -349,6 +351,9 @@ class Plan:
                 "project": self.project,
                 "project_batch_rows": getattr(self.partners, "project_batch_rows", None),
             }
+            if self.version >= 3 and self.project is not None:  # the sample and the variance kept
+                projection = getattr(self.partners, "projection", None) or {}
+                extra.update({k: v for k, v in projection.items() if k != "project_batch_rows"})
         elif self.pairing == "label-kernel":
             extra = {"bandwidth": self.bandwidth}
         if self.own is not None:
