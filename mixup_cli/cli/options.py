@@ -378,7 +378,7 @@ def pairing_options(f):
                 default=None,
                 metavar="D",
                 help="With --pairing knn / knn-within-class: search neighbours in x projected to D dimensions "
-                "(IncrementalPCA, one streaming pass), for wide rows such as images [default: the rows as they are].",
+                "(PCA fitted on a seeded sample of the rows, randomized, float32), for wide rows such as images [default: the rows as they are].",
             ),
             click.option(
                 "--bandwidth",
