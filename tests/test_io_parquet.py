@@ -473,3 +473,16 @@ def test_declared_classes_absent_from_the_rows_still_have_their_columns(tmp_path
     assert json.loads(attrs["class_names"]) == ["red", "green", "blue", "gold"]
     assert got["label"].shape == (24, 4)
     assert np.array_equal(got["label"], expected_mix(one_hot(labels, 4), got["lam"], got["partner"]))
+
+
+def test_large_row_groups_are_warned_of(tmp_path, run_cli, monkeypatch):
+    from mixup_cli.io import parquet
+
+    x = np.random.default_rng(14).random((2000, 16), dtype=np.float32)  # 125 KiB in one row group
+    pq.write_table(pa.table({"x": tensor_column(x), "y": np.arange(2000.0)}), tmp_path / "in.parquet")
+    assert "row groups" not in run_cli("augment", tmp_path / "in.parquet", tmp_path / "a.h5").stderr
+    monkeypatch.setattr(parquet, "LARGE_ROW_GROUP_BYTES", 64 * 1024)
+    result = run_cli("augment", tmp_path / "in.parquet", tmp_path / "b.h5")
+    assert result.exit_code == 0
+    assert "'x' has row groups of up to 0 MiB, and mixup reads a row group whole" in result.stderr
+    assert "'y' has" not in result.stderr  # y's column is small

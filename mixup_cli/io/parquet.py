@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import logging
 import os
 import threading
 from pathlib import Path
@@ -34,6 +35,9 @@ from mixup_cli.io.base import ArraySpec, WriteOptions
 from mixup_cli.io.npyfile import member_path, memmap_npy
 
 EXTRA = "pip install 'mixup-cli[arrow]'"
+log = logging.getLogger("mixup_cli")
+# Row groups of an array larger than this (uncompressed) are warned of: each is decoded whole.
+LARGE_ROW_GROUP_BYTES = 256 * 2**20
 # The schema metadata key of what a mixup output records (JSON).
 METADATA_KEY = b"mixup"
 _PATTERN = set(",*?[")
@@ -477,6 +481,34 @@ class Reader(TableReader):
             return self._file.read_row_group(i, columns=columns)
         except (self._pa.ArrowException, OSError) as exc:
             raise InputError(f"{self.path}: cannot read row group {i} ({exc}); the file is damaged") from None
+
+    def require(self, key: str, option: str, kinds: str = "fiu") -> ArraySpec:
+        spec = super().require(key, option, kinds)
+        self._warn_of_large_groups(key)
+        return spec
+
+    def _warn_of_large_groups(self, key: str) -> None:
+        """A row group is decoded whole: say so when one of ``key``'s is large."""
+        arr = self._resolve(key)
+        names = set(arr.names) if arr is not None and not isinstance(arr, tuple) else set()
+        meta = self._file.metadata
+        largest = 0
+        for i in range(meta.num_row_groups):
+            group = meta.row_group(i)
+            size = sum(
+                group.column(j).total_uncompressed_size
+                for j in range(group.num_columns)
+                if group.column(j).path_in_schema.split(".")[0] in names
+            )
+            largest = max(largest, size)
+        if largest > LARGE_ROW_GROUP_BYTES:
+            log.warning(
+                "%s: '%s' has row groups of up to %d MiB, and mixup reads a row group whole (memory: a few times "
+                "that); write the file with smaller row groups (pyarrow.parquet.write_table(..., row_group_size=N))",
+                self.path,
+                key,
+                largest // 2**20,
+            )
 
     def describe(self, key: str) -> dict:
         meta = self._file.metadata
