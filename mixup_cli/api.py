@@ -83,6 +83,11 @@ def augment(
     num_classes: int | None = None,
     label_smoothing: float = 0.0,
     allow_nonfinite: bool = False,
+    image_size: int | str | tuple[int, int] | None = None,
+    image_resize: str | None = None,
+    image_channels: str | None = None,
+    skip_bad_images: bool = False,
+    wds_label: str | None = None,
     method: str = "mixup",
     layout: str | None = None,
     neighbors: int | None = None,
@@ -97,7 +102,9 @@ def augment(
     """Write a mixed copy of ``input`` to ``output`` and its provenance
     sidecar, as ``mixup augment INPUT OUTPUT`` does; returns an ``AugmentSummary``.
 
-    ``input``: a path (.h5/.hdf5, .npz, .zarr, or a directory of .npy files),
+    ``input``: a path (.h5/.hdf5, .npz, .zarr, a directory of .npy files,
+    a folder of images or WebDataset shards (.tar): ``image_size`` 224,
+    "224x160" or (224, 160)),
     or a list of paths: a set, mixed as their concatenation and written into
     the directory ``output``, one output per input under its name, with the
     manifest ``mixup-set.json`` (as ``mixup augment IN1 IN2 ... OUTDIR``).

@@ -21,6 +21,7 @@ import numpy as np
 from mixup_cli import labels
 from mixup_cli.errors import InputError, ParameterError
 from mixup_cli.io.base import ArraySpec, Reader
+from mixup_cli.io.images import ImageOptions, parse_size
 from mixup_cli.io.npyfile import check_output_key
 
 X_DTYPES = ("keep", "float16", "float32", "float64")
@@ -37,6 +38,27 @@ class DataOptions:
     num_classes: int | None = None
     label_smoothing: float = 0.0
     allow_nonfinite: bool = False
+    # A folder of images (io/images.py): None and False when not given.
+    image_size: tuple[int, int] | None = None  # (width, height)
+    image_resize: str | None = None  # crop | squash [default: crop]
+    image_channels: str | None = None  # rgb | gray [default: rgb]
+    skip_bad_images: bool = False
+    wds_label: str | None = None  # WebDataset shards: cls | json:FIELD [default: cls]
+
+    def image_options(self) -> ImageOptions | None:
+        """How a folder of images is decoded; None when no image option is given."""
+        given = (self.image_size, self.image_resize, self.image_channels, self.skip_bad_images, self.wds_label)
+        if given == (None, None, None, False, None):
+            return None
+        if self.image_resize is not None and self.image_size is None:
+            raise ParameterError("--image-resize applies with --image-size (the size to resize to)", "--image-resize")
+        return ImageOptions(
+            size=parse_size(self.image_size),
+            resize=self.image_resize or "crop",
+            channels=self.image_channels or "rgb",
+            skip_bad=self.skip_bad_images,
+            label=self.wds_label,
+        ).check()
 
     def check(self) -> DataOptions:
         if self.x_dtype not in X_DTYPES:
@@ -73,7 +95,22 @@ class DataOptions:
             num_classes=None if pair else targets.get("num_classes"),
             label_smoothing=0.0 if pair else targets.get("label_smoothing", 0.0),
             allow_nonfinite=parameters.get("allow_nonfinite", False),
+            **_image_fields(parameters.get("images")),
         )
+
+
+def _image_fields(images: dict | None) -> dict:
+    """DataOptions' image fields from what a sidecar records of the images."""
+    if not images:
+        return {}
+    size = images.get("size")
+    return {
+        "image_size": tuple(size) if size else None,
+        "image_resize": images.get("resize") if size else None,
+        "image_channels": images.get("channels"),
+        "skip_bad_images": bool(images.get("skip_bad")),
+        "wds_label": images.get("label"),
+    }
 
 
 def pair_keys(key: str) -> tuple[str, str]:
@@ -152,6 +189,8 @@ class Prepared:
     options: DataOptions
     # String or categorical labels (``names.NamedLabels``): the name of each class code.
     class_names: list[str] | None = None
+    # A folder of images: how they were decoded (``io.images.Reader.image_parameters``).
+    images: dict | None = None
 
     def resolved_options(self) -> DataOptions:
         """The options that prepare the same rows again without a pass over y
@@ -164,6 +203,11 @@ class Prepared:
             num_classes=t.num_classes if t is not None else None,
             label_smoothing=t.label_smoothing if t is not None else 0.0,
             allow_nonfinite=self.options.allow_nonfinite,
+            image_size=self.options.image_size,
+            image_resize=self.options.image_resize,
+            image_channels=self.options.image_channels,
+            skip_bad_images=self.options.skip_bad_images,
+            wds_label=self.options.wds_label,
         )
 
     def parameters(self) -> dict:
@@ -188,6 +232,8 @@ class Prepared:
         }
         if self.class_names is not None:  # only for such labels: other sidecars stay as they were
             recorded["class_names"] = list(self.class_names)
+        if self.images is not None:  # a folder of images only
+            recorded["images"] = dict(self.images)
         return recorded
 
 
@@ -309,4 +355,14 @@ def prepare(
         specs[y_key], transforms[y_key], targets, kind = _prepare_y(reader, y_key, y_spec, x_spec, options)
         paired = (y_key,) if options.y_format == "pair" else ()
     wrapped = PreparedReader(reader, specs, transforms)
-    return Prepared(wrapped, specs, paired, targets, kind, options, getattr(reader, "class_names", None))
+    image_parameters = getattr(reader, "image_parameters", None)
+    return Prepared(
+        wrapped,
+        specs,
+        paired,
+        targets,
+        kind,
+        options,
+        getattr(reader, "class_names", None),
+        image_parameters() if image_parameters is not None else None,
+    )

@@ -37,6 +37,12 @@ class AugmentRequest:
     num_classes: int | None = None
     label_smoothing: float = 0.0
     allow_nonfinite: bool = False
+    # A folder of images (io/images.py): size (width, height), resize, channels; None when not given.
+    image_size: tuple[int, int] | None = None
+    image_resize: str | None = None
+    image_channels: str | None = None
+    skip_bad_images: bool = False
+    wds_label: str | None = None  # WebDataset shards: cls | json:FIELD
     # False: a missing y_key means x alone (unlabelled data) instead of an error.
     require_y: bool = True
     # Also record each output file's SHA-256 (one more read of the whole output).
@@ -50,6 +56,11 @@ class AugmentRequest:
             num_classes=self.num_classes,
             label_smoothing=self.label_smoothing,
             allow_nonfinite=self.allow_nonfinite,
+            image_size=self.image_size,
+            image_resize=self.image_resize,
+            image_channels=self.image_channels,
+            skip_bad_images=self.skip_bad_images,
+            wds_label=self.wds_label,
         )
 
     resume: bool = False

@@ -81,7 +81,7 @@ def open_source(
     set's, which the Source keeps for the workers of other engines.
     """
     if reader is None:
-        reader = open_reader(path, scratch_prefix, fast=fast)
+        reader = open_reader(path, scratch_prefix, fast=fast, images=(options or DataOptions()).image_options())
     try:
         reader.require(x_key, "--x-key")  # x exists, before its attributes are read
         reader = cf.wrap(reader, (x_key, y_key))  # netCDF: packed variables as floats, fill values as missing

@@ -302,12 +302,32 @@ def recompute(record: dict, output: Path, input_path: Path, batch_size: int | No
         progress.start(plan.output_rows)
         # Class pairings on compressed input: from an uncompressed copy, as in a run.
         with scratch.source_for_run(source, plan, _scratch_path(output), fast=False) as run_source:
-            return compare(run_source, plan, plan.tasks(), expected, output, block_digests, progress, batch_size)
+            found = compare(run_source, plan, plan.tasks(), expected, output, block_digests, progress, batch_size)
+        note = None if found[0].ok else _decoder_note(params)
+        if note:
+            found = (Check(found[0].name, False, f"{found[0].detail}; {note}"),) + found[1:]
+        return found
     except (MixupError, OSError, ValueError, TypeError, KeyError) as exc:
         return Check("recompute", False, f"could not recompute the output: {exc}"), None, None
     finally:
         if source is not None:
             source.reader.close()
+
+
+def _decoder_note(params: dict) -> str | None:
+    """Images decoded by another Pillow or codec than the run's: say so (they may decode differently)."""
+    recorded = (params.get("images") or {}).get("decoder")
+    if not isinstance(recorded, dict):
+        return None
+    from mixup_cli.io.images import pillow_versions
+
+    now = pillow_versions()
+    changed = [
+        f"{name} {recorded.get(name)} then, {now.get(name)} now" for name in now if recorded.get(name) != now[name]
+    ]
+    if not changed:
+        return None
+    return "the images were decoded by other versions (" + ", ".join(changed) + "), which may decode them differently"
 
 
 def compare(run_source, plan, tasks, expected: dict, output: Path, block_digests, progress, batch_size=None):
@@ -412,7 +432,7 @@ def check_law(params: dict, output: Path, input_path: Path | None) -> Check | No
         balanced = bool(params.get("balance"))
         classes = None
         if pairing in ("within-class", "between-class") and input_path is not None:
-            classes = _input_classes(input_path, params.get("y_key"))
+            classes = _input_classes(input_path, params.get("y_key"), params)
         tested = law.Law(
             pairing,
             n,
@@ -440,12 +460,16 @@ def check_law(params: dict, output: Path, input_path: Path | None) -> Check | No
         reader.close()
 
 
-def _input_classes(input_path: Path, y_key: str | None) -> np.ndarray | None:
+def _input_classes(input_path: Path, y_key: str | None, params: dict) -> np.ndarray | None:
     """The class of every input row, read here (argmax of label rows, or
     integer labels); None where y holds neither (names: not tested)."""
+    from mixup_cli.prepare import DataOptions
+
     if not y_key:
         return None
-    reader = open_reader(input_path, fast=False)
+    # A folder of images: the files the run read (--skip-bad-images left some out).
+    images = DataOptions.from_parameters(params).image_options()
+    reader = open_reader(input_path, fast=False, images=images)
     try:
         spec = reader.spec(y_key)
         parts = []

@@ -375,6 +375,7 @@ HEAVY_MODULES = {
     "netCDF4",
     "pyarrow",
     "pandas",
+    "PIL",
 }
 
 

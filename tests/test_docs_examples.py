@@ -168,6 +168,30 @@ def make_workspace(root: Path) -> None:
     (root / "moved").mkdir()
     shutil.copy(root / "in.h5", root / "moved" / "in.h5")
     shutil.copytree(root / "shards", root / "moved" / "shards")
+    _image_inputs(root, rng)
+
+
+def _image_inputs(root: Path, rng) -> None:
+    """photos/<class>/*.jpg|png (two sizes) and samples.tar (WebDataset: .jpg + .cls)."""
+    import io
+    import tarfile
+
+    from PIL import Image
+
+    for name in ("cat", "dog", "emu"):
+        (root / "photos" / name).mkdir(parents=True)
+        for i in range(8):
+            size = (24, 20) if i % 2 else (30, 18)
+            img = Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+            img.save(root / "photos" / name / f"{i:03d}.{'png' if i % 3 == 0 else 'jpg'}")
+    with tarfile.open(root / "samples.tar", "w") as tar:
+        for i in range(24):
+            buf = io.BytesIO()
+            Image.fromarray(rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)).save(buf, "JPEG")
+            for ext, data in (("jpg", buf.getvalue()), ("cls", str(i % 3).encode())):
+                info = tarfile.TarInfo(f"{i:06d}.{ext}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
 
 
 def run_block(language: str, code: str, cwd: Path) -> subprocess.CompletedProcess:

@@ -409,3 +409,23 @@ def test_tasks_that_are_parts_of_blocks_give_the_rows_and_digests_of_whole_block
     assert found[0] == found[1]
     for key in specs:
         assert arrays[0][key].tobytes() == arrays[1][key].tobytes(), key
+
+
+def test_an_image_folder_gives_the_local_bytes(scheduler, tmp_path, run_mixup):
+    """Workers open the folder with the client's image options (size, files left out)."""
+    pytest.importorskip("PIL")
+    from test_io_images import make_folder
+
+    files, _ = make_folder(tmp_path / "train", per_class=6, sizes=[(20, 12), (9, 17)])
+    files[4].write_bytes(b"not an image")
+    args = ("--seed", "5", "--image-size", "10x6", "--skip-bad-images", "--block-rows", "4")
+    local = run_mixup("augment", tmp_path / "train", tmp_path / "local.zarr", *args)
+    assert local.returncode == 0, local.stderr
+    remote = run_mixup(
+        "augment", tmp_path / "train", tmp_path / "dask.zarr", *args, "--engine", "dask", "--scheduler", scheduler
+    )
+    assert remote.returncode == 0, remote.stderr
+    a, b = load_output(tmp_path / "local.zarr"), load_output(tmp_path / "dask.zarr")
+    assert len(a["x"]) == len(files) - 1
+    for key in KEYS:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)

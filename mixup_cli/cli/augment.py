@@ -159,7 +159,9 @@ def augment(paths, inputs_from, shard, keys, data, quiet, as_json, **params):
     files (x.npy, y.npy); OUT's extension chooses its format, so formats
     convert. Parquet (pip install 'mixup-cli[arrow]'): x is a column of
     fixed-size lists (or of equal-length lists), or several numeric columns
-    gathered by --x-key 'f0,f1,f2' or --x-key 'f*'.
+    gathered by --x-key 'f0,f1,f2' or --x-key 'f*'. IN may also be a folder
+    of images (IN/<class>/*.jpg, or images alone) or WebDataset shards
+    (IN.tar, or a folder of .tar): see --image-size.
 
     A set: with two inputs or more (or --inputs-from, or --shard) the inputs are mixed as one dataset, their concatenation in the
     order given (pairs cross inputs), and OUT is a directory receiving one
@@ -182,6 +184,8 @@ def augment(paths, inputs_from, shard, keys, data, quiet, as_json, **params):
       mixup augment in.h5 out.zarr --zarr-format 2   # for zarr-python 2 readers
       mixup augment images.h5 out.h5 --pairing knn --neighbors 5 --project 32
       mixup augment regression.h5 out.h5 --pairing label-kernel --bandwidth 0.5
+      mixup augment photos/ out.h5 --image-size 16 --seed 7   # photos/<class>/*.jpg
+      mixup augment samples.tar out.h5 --image-size 16   # WebDataset: .jpg + .cls
       mixup augment shards/*.h5 mixed/ --seed 7     # a set: mixed/part-0000.h5, ...
       mixup augment --inputs-from shards.txt mixed/ --seed 7
       mixup augment shards/*.h5 mixed/ --seed 7 --shard $SLURM_ARRAY_TASK_ID/16

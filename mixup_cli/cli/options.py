@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import click
 
 from mixup_cli.cutmix import LAYOUTS
+from mixup_cli.io.images import CHANNELS, RESIZES, parse_size
 from mixup_cli.labels import Y_KINDS
 from mixup_cli.prepare import X_DTYPES, Y_FORMATS, DataOptions
 from mixup_cli.sampling import METHODS, PAIRINGS, check_positive
@@ -192,9 +193,30 @@ def _data(ctx, **values):
     return DataOptions(**values)
 
 
+def _image_size(ctx, param, value):
+    from mixup_cli.errors import ParameterError
+
+    try:
+        return parse_size(value)
+    except ParameterError as exc:
+        raise click.BadParameter(str(exc).split(": ", 1)[-1].replace("--image-size must", "must"), ctx, param) from None
+
+
 def data_options(f):
     """How x and y are read and mixed, passed as ``data`` (a ``prepare.DataOptions``)."""
-    names = ("y_format", "y_kind", "num_classes", "label_smoothing", "x_dtype", "allow_nonfinite")
+    names = (
+        "y_format",
+        "y_kind",
+        "num_classes",
+        "label_smoothing",
+        "x_dtype",
+        "allow_nonfinite",
+        "image_size",
+        "image_resize",
+        "image_channels",
+        "skip_bad_images",
+        "wds_label",
+    )
     f = _gathered(f, names, _data, "data")
     return _apply(
         f,
@@ -240,6 +262,43 @@ def data_options(f):
                 "--allow-nonfinite",
                 is_flag=True,
                 help="Mix NaN and Inf as they are instead of stopping at the first row holding one.",
+            ),
+            click.option(
+                "--image-size",
+                metavar="SIZE|WxH",
+                default=None,
+                callback=_image_size,
+                help="A folder of images (IN/<class>/*.jpg, or IN/*.jpg with --no-y; JPEG, PNG, WebP, BMP) "
+                "or WebDataset shards (extra: pip install 'mixup-cli[images]'): resize every image to SIZE x SIZE or WIDTH x HEIGHT "
+                "pixels (x is uint8 N x HEIGHT x WIDTH x C) [default: the images' own size, which they must share].",
+            ),
+            click.option(
+                "--image-resize",
+                type=click.Choice(RESIZES),
+                default=None,
+                help="With --image-size: crop takes the largest centred region of the target's aspect ratio, "
+                "squash the whole image (aspect not kept); both bilinear [default: crop].",
+            ),
+            click.option(
+                "--image-channels",
+                type=click.Choice(CHANNELS),
+                default=None,
+                help="Images: rgb (C=3; alpha dropped, not composited; grayscale repeated) or "
+                "gray (C=1; ITU-R 601-2 luma) [default: rgb].",
+            ),
+            click.option(
+                "--skip-bad-images",
+                is_flag=True,
+                help="A folder of images or shards: leave out files that do not decode (one more decoding pass), "
+                "listed in the sidecar, instead of stopping at the first.",
+            ),
+            click.option(
+                "--wds-label",
+                metavar="cls|json:FIELD",
+                default=None,
+                help="WebDataset shards (IN.tar, or a folder of .tar; samples grouped by key, image "
+                "jpg/jpeg/png/webp/bmp): the class of a sample is the integer in its .cls member, or FIELD of "
+                "its .json member [default: cls; without any, x alone].",
             ),
         ],
     )

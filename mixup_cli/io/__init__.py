@@ -40,12 +40,15 @@ _MODULES = {
     "zarr": "mixup_cli.io.zarr",
     "parquet": "mixup_cli.io.parquet",
     "arrow": "mixup_cli.io.arrow",
+    "images": "mixup_cli.io.images",
+    "webdataset": "mixup_cli.io.webdataset",
 }
 # The metadata file at the top of a Zarr store (v3, v2 group, v2 array).
 _ZARR_MARKERS = ("zarr.json", ".zgroup", ".zarray")
 SUPPORTED = ".h5, .hdf5, .npz, .zarr, .parquet, or a directory of .npy files (a path without extension)"
 # Parquet files start and end with these four bytes.
 PARQUET_MAGIC = b"PAR1"
+# Inputs only: a folder of images (IN/<class>/*.jpg), WebDataset shards (.tar, or a folder of them).
 
 # An HDF5 file starts with this signature at byte 0, 512, 1024, 2048, ...
 # (after a user block); .h5ad, .nc, .nc4, .he5, .hdf files are HDF5 too.
@@ -104,6 +107,12 @@ def format_of(path: Path, *, for_output: bool = False) -> str:
     if not for_output and path.is_dir() and _module("arrow").is_datasets_folder(path):
         _module("arrow").import_pyarrow(path)
         return "arrow"
+    if not for_output and suffix == ".tar":
+        return "webdataset"  # input only: one WebDataset shard
+    if not for_output and path.is_dir() and _module("webdataset").looks_like_shards(path):
+        return "webdataset"  # a folder of shards
+    if not for_output and path.is_dir() and _module("images").looks_like_images(path):
+        return "images"  # input only: a folder of images (class folders, or images alone)
     if path.is_dir() or (for_output and suffix == "" and not path.exists()):
         return "npydir"
     if not for_output and _regular_file(path) and is_hdf5(path):
@@ -133,19 +142,21 @@ def format_of(path: Path, *, for_output: bool = False) -> str:
 
 
 # Formats stored as a directory rather than one file.
-DIRECTORY_FORMATS = ("npydir", "zarr", "arrow")
+DIRECTORY_FORMATS = ("npydir", "zarr", "arrow", "images", "webdataset")
 
 
 def _module(fmt: str):
     return importlib.import_module(_MODULES[fmt])
 
 
-def open_reader(path: Path, scratch_prefix: Path | None = None, fast: bool = True) -> Reader:
+def open_reader(path: Path, scratch_prefix: Path | None = None, fast: bool = True, images=None) -> Reader:
     """A reader of the dataset at ``path``. ``scratch_prefix``: where a
     reader may put scratch files (the output's partial name; compressed
     ``.npz`` members are inflated there). ``fast=False`` turns off the
     readers' shortcuts around their libraries' decoding (HDF5: raw and
-    inflated reads), for checks that must not share them."""
+    inflated reads), for checks that must not share them. ``images``: how
+    a folder of images is decoded (``images.ImageOptions``); other
+    formats refuse options that are not the defaults."""
     path = Path(path)
     try:
         mode = os.stat(path).st_mode
@@ -172,6 +183,16 @@ def open_reader(path: Path, scratch_prefix: Path | None = None, fast: bool = Tru
         raise InputError(
             f"{path}: is a directory, not a {fmt} file; pass the file itself "
             "(a directory is read as .npy files only when its name has no extension)"
+        )
+    if fmt in ("images", "webdataset"):
+        if images is not None and images.label is not None and fmt == "images":
+            raise ParameterError(f"{path}: --wds-label applies to WebDataset shards (.tar)", "--wds-label")
+        return _module(fmt).open_reader(path, images)
+    if images is not None and not images.is_default():
+        raise ParameterError(
+            f"{path}: --image-size, --image-resize, --image-channels, --skip-bad-images and --wds-label apply to "
+            f"a folder of images or WebDataset shards, not {fmt} input",
+            "--image-size",
         )
     if fmt == "npz":
         return _module(fmt).open_reader(path, scratch_prefix)

@@ -142,6 +142,12 @@ def inspect_inputs(
     offset = 0
     for k, path in enumerate(paths):
         _check_place(path, k, paths, seen, out_real, outdir)
+        if (path.is_dir() or path.suffix.lower() == ".tar") and format_of(path) in ("images", "webdataset"):
+            raise ParameterError(
+                f"{path}: a folder of images or WebDataset shards cannot be one input of a set; mix it on its "
+                "own (mixup augment FOLDER OUT.h5; a folder of .tar shards is one input)",
+                "IN",
+            )
         reader = opener(path)
         try:
             keys, shared = _used_keys(reader, path, x_key, y_key, require_y)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mixup_cli import atomic, pipeline, preflight, provenance, resume, scratch, sidecar
-from mixup_cli.errors import MixupError, OutputError
+from mixup_cli.errors import MixupError, OutputError, ParameterError
 from mixup_cli.io import ArraySpec, format_of
 from mixup_cli.planning import build_plan, output_specs
 from mixup_cli.request import AugmentRequest, Progress
@@ -106,6 +106,12 @@ def augment_set(
     progress = progress or Progress()
     outdir = Path(outdir)
     pipeline.check_request(request)
+    if request.data_options().image_options() is not None:
+        raise ParameterError(
+            "--image-size, --image-resize, --image-channels, --skip-bad-images and --wds-label apply to a folder "
+            "of images or WebDataset shards, not to a set's inputs",
+            "--image-size",
+        )
     check_outdir(outdir)
     if request.seed is None and request.resume:  # the interrupted set's seed, as a single run takes its journal's
         recorded = (identity.read_manifest(outdir) or {}).get("parameters", {}).get("seed")

@@ -1,0 +1,225 @@
+"""WebDataset shards as input: one ``.tar`` file, or a folder of them.
+
+A sample is the run of consecutive members sharing a key (the member's path
+up to the first dot of its file name: ``d/0001.jpg`` and ``d/0001.cls`` are
+sample ``d/0001``), as the ``webdataset`` library groups them; shards are
+read in sorted name order, samples in their order in the shard. Its image is
+the member with extension jpg, jpeg, png, webp or bmp (the first of these
+present), decoded as a folder's images are (``images.decode``); its class is
+the integer in its ``.cls`` member, or a field of its ``.json`` member
+(``--wds-label json:FIELD``). Without any label member the samples are
+``x`` alone (``--no-y``).
+
+Read with ``tarfile`` (uncompressed tar): the members' headers once when
+opened, then each image's bytes with ``os.pread`` at its offset, from the
+decoding threads. The shards are the input's files (hashed into the sidecar).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import posixpath
+import tarfile
+from pathlib import Path
+
+import numpy as np
+
+from mixup_cli.errors import InputError, ParameterError
+from mixup_cli.io import images
+from mixup_cli.io.images import ImageOptions
+
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp")
+
+
+def shard_paths(path: Path) -> list[Path]:
+    """The shards: ``path`` itself, or the ``.tar`` files in the folder, sorted."""
+    path = Path(path)
+    if not path.is_dir():
+        return [path]
+    try:
+        found = sorted(p for p in path.iterdir() if p.suffix.lower() == ".tar" and p.is_file())
+    except PermissionError:
+        raise InputError(f"{path}: permission denied; make the folder readable") from None
+    if not found:
+        raise InputError(f"{path}: holds no .tar shards")
+    return found
+
+
+def looks_like_shards(path: Path) -> bool:
+    """A folder holding ``.tar`` files (and no ``.npy`` of its own)."""
+    try:
+        names = [e.name for e in os.scandir(path) if e.is_file()]
+    except OSError:
+        return False
+    return any(n.lower().endswith(".tar") for n in names) and not any(n.endswith(".npy") for n in names)
+
+
+def split_key(name: str) -> tuple[str, str] | None:
+    """``dir/0001.seg.png`` -> (``dir/0001``, ``seg.png``); None without an extension."""
+    folder, base = posixpath.split(name)
+    dot = base.find(".")
+    if dot <= 0:
+        return None
+    return posixpath.join(folder, base[:dot]), base[dot + 1 :].lower()
+
+
+def parse_label(text: str | None) -> str:
+    """``cls`` or ``json:FIELD``."""
+    label = text or "cls"
+    if label != "cls" and not (label.startswith("json:") and len(label) > 5):
+        raise ParameterError(f"--wds-label must be cls or json:FIELD, got {label!r}", "--wds-label")
+    return label
+
+
+def open_reader(path: Path, options: ImageOptions | None = None) -> Reader:
+    return Reader(path, options or ImageOptions())
+
+
+class Reader(images.Reader):
+    """Samples of WebDataset shards: ``x`` their images, ``y`` their classes."""
+
+    format_name = "webdataset"
+    _what = "WebDataset shards"
+    _unlabelled = "its samples have no label member (.cls, or .json with --wds-label json:FIELD)"
+
+    def __init__(self, path: Path, options: ImageOptions):
+        self._shards = shard_paths(path)
+        self._fds: dict[int, int] = {}
+        self._label_spec = parse_label(options.label)
+        super().__init__(path, options)
+
+    # ------------------------------------------------------------ items
+
+    def _fd(self, shard: int) -> int:
+        with self._lock:
+            if shard not in self._fds:
+                try:
+                    self._fds[shard] = os.open(self._shards[shard], os.O_RDONLY)
+                except OSError as exc:
+                    raise InputError(f"{self._shards[shard]}: cannot read it ({exc.strerror or exc})") from None
+            return self._fds[shard]
+
+    def _bytes(self, shard: int, offset: int, size: int, name: str) -> bytes:
+        data = os.pread(self._fd(shard), size, offset)
+        if len(data) != size:
+            raise InputError(f"{name}: the shard ended while reading this member (truncated?)")
+        return data
+
+    def _samples(self, k: int):
+        """(key, {extension: TarInfo}) of shard ``k``, in order."""
+        shard = self._shards[k]
+        try:
+            with tarfile.open(shard, "r:") as tar:
+                key, members = None, {}
+                for info in tar:
+                    if not info.isfile():
+                        continue
+                    found = split_key(info.name)
+                    if found is None:
+                        continue
+                    if found[0] != key:
+                        if key is not None:
+                            yield key, members
+                        key, members = found[0], {}
+                    members.setdefault(found[1], info)
+                if key is not None:
+                    yield key, members
+        except (tarfile.TarError, OSError, EOFError) as exc:
+            raise InputError(
+                f"{shard}: not a readable uncompressed tar file ({exc}); WebDataset shards are .tar files"
+            ) from None
+
+    def _label_of(self, k: int, key: str, members: dict) -> int | None:
+        name = f"{self._shards[k]}:{key}"
+        if self._label_spec == "cls":
+            info = members.get("cls")
+            if info is None:
+                return None
+            text = self._bytes(k, info.offset_data, info.size, name).decode("utf-8", "replace").strip()
+        else:
+            info = members.get("json")
+            if info is None:
+                return None
+            field = self._label_spec[5:]
+            try:
+                value = json.loads(self._bytes(k, info.offset_data, info.size, name))
+                for part in field.split("."):
+                    value = value[part]
+            except (ValueError, KeyError, TypeError, IndexError):
+                raise InputError(
+                    f"{name}.json: has no field '{field}'; name the label's field with --wds-label"
+                ) from None
+            text = str(value)
+        try:
+            label = int(text)
+        except ValueError:
+            label = -1
+        if label < 0:
+            raise InputError(f"{name}: its label {text[:40]!r} is not a class number (an integer >= 0)")
+        return label
+
+    def _list(self):
+        items, labels, missing = [], [], None
+        self.skipped_samples: list[dict] = []
+        for k in range(len(self._shards)):
+            for key, members in self._samples(k):
+                ext = next((e for e in IMAGE_EXTENSIONS if e in members), None)
+                if ext is None:
+                    reason = f"sample '{key}' has no image member ({', '.join(IMAGE_EXTENSIONS)})"
+                    if not self.options.skip_bad:
+                        raise InputError(f"{self._shards[k]}: {reason}; pass --skip-bad-images to leave it out")
+                    self.skipped_samples.append({"path": f"{self._shards[k].resolve()}:{key}", "reason": reason})
+                    continue
+                info = members[ext]
+                label = self._label_of(k, key, members)
+                if label is None:
+                    missing = missing or f"{self._shards[k]}:{key}"
+                items.append((k, info.offset_data, info.size, info.name))
+                labels.append(label)
+        if not items:
+            raise InputError(f"{self.path}: holds no samples with an image")
+        if all(label is None for label in labels):
+            return items, None, None
+        if missing is not None:
+            raise InputError(
+                f"{missing}: a sample without a label while others have one; every sample needs its "
+                f"{'.cls' if self._label_spec == 'cls' else '.json'} member"
+            )
+        return items, np.asarray(labels, dtype=np.int64), None
+
+    def _source(self, item):
+        k, offset, size, member = item
+        return io.BytesIO(self._bytes(k, offset, size, self._label(item)))
+
+    def _name(self, item) -> str:
+        return f"{self._shards[item[0]].resolve()}:{item[3]}"
+
+    def _label(self, item) -> str:
+        return f"{self._shards[item[0]]}:{item[3]}"
+
+    # ------------------------------------------------------------ Reader
+
+    def files(self) -> list[Path]:
+        return list(self._shards)
+
+    def image_parameters(self) -> dict:
+        recorded = super().image_parameters()
+        recorded["label"] = self._label_spec
+        recorded["samples"] = len(self._items)
+        if self.options.skip_bad:
+            recorded["skipped"] = self.skipped_samples + list(self.skipped)
+        return recorded
+
+    def close(self) -> None:
+        super().close()
+        with self._lock:
+            fds, self._fds = self._fds, {}
+        for fd in fds.values():
+            os.close(fd)
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        state["_fds"] = {}
+        return state
