@@ -473,3 +473,52 @@ def test_declared_classes_absent_from_the_rows_still_have_their_columns(tmp_path
     assert json.loads(attrs["class_names"]) == ["red", "green", "blue", "gold"]
     assert got["label"].shape == (24, 4)
     assert np.array_equal(got["label"], expected_mix(one_hot(labels, 4), got["lam"], got["partner"]))
+
+
+def test_large_row_groups_are_warned_of(tmp_path, run_cli, monkeypatch):
+    from mixup_cli.io import parquet
+
+    x = np.random.default_rng(14).random((2000, 16), dtype=np.float32)  # 125 KiB in one row group
+    pq.write_table(pa.table({"x": tensor_column(x), "y": np.arange(2000.0)}), tmp_path / "in.parquet")
+    assert "row groups" not in run_cli("augment", tmp_path / "in.parquet", tmp_path / "a.h5").stderr
+    monkeypatch.setattr(parquet, "LARGE_ROW_GROUP_BYTES", 64 * 1024)
+    result = run_cli("augment", tmp_path / "in.parquet", tmp_path / "b.h5")
+    assert result.exit_code == 0
+    assert "'x' has row groups of up to 0 MiB; rows read by index" in result.stderr
+    assert "'y' has" not in result.stderr  # y's column is small
+
+
+def test_one_large_row_group_is_streamed(tmp_path):
+    """A file written as one row group (pyarrow's default below a million rows) is read in batches."""
+    x = np.random.default_rng(15).standard_normal((80000, 64)).astype(np.float32)  # 20 MiB
+    pq.write_table(pa.table({"x": tensor_column(x), "y": np.arange(80000) % 5}), tmp_path / "in.parquet")
+    code = (
+        "import pyarrow as pa\n"
+        "from mixup_cli import augment\n"
+        "from mixup_cli.io import parquet\n"
+        "parquet.STREAM_GROUP_BYTES, parquet.STREAM_BATCH_BYTES = 1 << 20, 1 << 18\n"
+        f"augment({str(tmp_path / 'in.parquet')!r}, {str(tmp_path / 'out.h5')!r}, seed=1, block_rows=1024)\n"
+        "print(pa.default_memory_pool().max_memory())\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    peak = int(proc.stdout.split()[-1])
+    assert 0 < peak < x.nbytes // 2, (peak, x.nbytes)  # decoded whole, the row group takes 3.5 times x
+    got, _ = load_h5(tmp_path / "out.h5")
+    assert np.array_equal(got["x"], expected_mix(x, got["lam"], got["partner"]))
+
+
+def test_streamed_reads_in_any_order_give_the_rows(tmp_path, monkeypatch):
+    from mixup_cli.io import open_reader, parquet
+
+    monkeypatch.setattr(parquet, "STREAM_GROUP_BYTES", 1024)
+    monkeypatch.setattr(parquet, "STREAM_BATCH_BYTES", 1000)
+    x = np.random.default_rng(16).random((300, 3, 2)).astype(np.float32)
+    pq.write_table(
+        pa.table({"x": tensor_column(x), "y": np.arange(300.0)}), tmp_path / "in.parquet", row_group_size=120
+    )
+    with open_reader(tmp_path / "in.parquet") as reader:
+        for start, stop in [(0, 50), (50, 130), (10, 20), (250, 300), (119, 121), (0, 300), (299, 300)]:
+            assert np.array_equal(reader.read("x", start, stop), x[start:stop]), (start, stop)
+            assert np.array_equal(reader.read("y", start, stop), np.arange(300.0)[start:stop])
+        assert np.array_equal(reader.take("x", np.array([299, 0, 150])), x[[299, 0, 150]])

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import logging
 import os
 import threading
 from pathlib import Path
@@ -34,6 +35,14 @@ from mixup_cli.io.base import ArraySpec, WriteOptions
 from mixup_cli.io.npyfile import member_path, memmap_npy
 
 EXTRA = "pip install 'mixup-cli[arrow]'"
+log = logging.getLogger("mixup_cli")
+# Row groups of an array larger than this (uncompressed) are streamed in record batches of
+# about STREAM_BATCH_BYTES (decoded) when read in order; smaller ones are decoded whole and kept.
+STREAM_GROUP_BYTES = 64 * 2**20
+STREAM_BATCH_BYTES = 4 * 2**20
+# Row groups of an array larger than this (uncompressed) are warned of: a random read
+# (partners by index, when no scratch copy is made) decodes one whole.
+LARGE_ROW_GROUP_BYTES = 1024 * 2**20
 # The schema metadata key of what a mixup output records (JSON).
 METADATA_KEY = b"mixup"
 _PATTERN = set(",*?[")
@@ -257,6 +266,34 @@ class _Codes:
         return np.concatenate(out) if out else np.empty(0, dtype=np.int64)
 
 
+class _Stream:
+    """The record batches of one row group, read in order: ``start`` is the
+    file row of the current batch's first (of the next one before any)."""
+
+    def __init__(self, group: int, batches, start: int):
+        self.group, self.batches, self.start, self.batch = group, batches, start, None
+
+    def rows(self, start: int, stop: int, path) -> list:
+        """Rows ``start:stop`` (``start`` not before the current batch) as batch slices."""
+        pieces = []
+        while start < stop:
+            end = self.start + (self.batch.num_rows if self.batch is not None else 0)
+            if start < end:
+                upto = min(stop, end)
+                pieces.append(self.batch.slice(start - self.start, upto - start))
+                start = upto
+                continue
+            try:
+                self.start, self.batch = end, next(self.batches)
+            except StopIteration:
+                raise InputError(
+                    f"{path}: row group {self.group} ends before row {start}; the file is damaged"
+                ) from None
+            except OSError as exc:
+                raise InputError(f"{path}: cannot read row group {self.group} ({exc}); the file is damaged") from None
+        return pieces
+
+
 class TableReader(base.Reader):
     """Arrays of an Arrow table stored in pieces (Parquet row groups, Arrow
     record batches): ``_starts`` (first row of each piece, then the row
@@ -332,8 +369,7 @@ class TableReader(base.Reader):
             return _MultiHot(name, len(self._class_names[name][0]), self._label(name))
         first = None
         if self._rows and _has_variable_list(self._pa, typ):
-            table = self._group(name, self._group_of(0), [name])
-            column = table.column(name).combine_chunks()
+            column = self._first_row(name).column(name).combine_chunks()
             first = getattr(column, "storage", column)[0].as_py()  # an extension type's own values
         return _Column(self._pa, name, typ, self._label(name), first)
 
@@ -418,12 +454,19 @@ class TableReader(base.Reader):
         at = start
         while at < stop:
             i = self._group_of(at)
-            g0, g1 = int(self._starts[i]), int(self._starts[i + 1])
-            table = self._group(key, i, arr.names)
-            end = min(stop, g1)
-            pieces.append(arr.convert(self._pa, table.slice(at - g0, end - at), at))
+            end = min(stop, int(self._starts[i + 1]))
+            pieces.append(arr.convert(self._pa, self._piece_rows(key, arr, i, at, end), at))
             at = end
         return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
+
+    def _piece_rows(self, key: str, arr, i: int, start: int, stop: int):
+        """Rows ``start:stop`` (of the file; all in piece ``i``) of ``arr``'s columns, as a table."""
+        first = int(self._starts[i])
+        return self._group(key, i, arr.names).slice(start - first, stop - start)
+
+    def _first_row(self, name: str):
+        """The first row of column ``name``, as a one-row table."""
+        return self._group(name, self._group_of(0), [name]).slice(0, 1)
 
     def _take_sorted_unique(self, key: str, rows: np.ndarray) -> np.ndarray:
         arr = self._array(key)
@@ -464,19 +507,92 @@ class Reader(TableReader):
         import pyarrow.parquet as pq
 
         try:
-            self._file = pq.ParquetFile(str(self.path))
+            # Column chunks read through a buffer, not loaded whole: streamed row groups stay small.
+            self._file = pq.ParquetFile(str(self.path), buffer_size=1 << 20, pre_buffer=False)
         except PermissionError:
             raise InputError(f"{self.path}: permission denied; make the file readable") from None
         except (pa.ArrowException, OSError) as exc:
             raise InputError(f"{self.path}: not a readable Parquet file ({exc})") from None
         meta = self._file.metadata
         self._setup(self._file.schema_arrow, [meta.row_group(i).num_rows for i in range(meta.num_row_groups)])
+        self._streams: dict[str, _Stream] = {}
+        self._group_bytes: dict[tuple[str, ...], list[int]] = {}
+
+    def _sizes(self, names: tuple[str, ...]) -> list[int]:
+        """Uncompressed bytes of ``names``' columns in each row group."""
+        if names not in self._group_bytes:
+            meta, wanted = self._file.metadata, set(names)
+            self._group_bytes[names] = [
+                sum(
+                    group.column(j).total_uncompressed_size
+                    for j in range(group.num_columns)
+                    if group.column(j).path_in_schema.split(".")[0] in wanted
+                )
+                for group in (meta.row_group(i) for i in range(meta.num_row_groups))
+            ]
+        return self._group_bytes[names]
+
+    def _piece_rows(self, key: str, arr, i: int, start: int, stop: int):
+        """Small row groups: decoded whole and kept (``TableReader``). Large
+        ones: streamed in batches of a few MiB, in order, the current batch
+        kept; reading rows before it starts the row group again."""
+        if self._sizes(tuple(arr.names))[i] <= STREAM_GROUP_BYTES:
+            return super()._piece_rows(key, arr, i, start, stop)
+        with self._lock:
+            stream = self._streams.get(key)
+            if stream is None or stream.group != i or start < stream.start:
+                row_bytes = max(1, int(np.prod(arr.row_shape, dtype=np.int64)) * max(8, arr.dtype.itemsize))
+                batch = int(np.clip(STREAM_BATCH_BYTES // row_bytes, 16, 65536))
+                batches = self._file.iter_batches(batch, row_groups=[i], columns=list(arr.names), use_threads=False)
+                stream = self._streams[key] = _Stream(i, batches, int(self._starts[i]))
+            return self._pa.Table.from_batches(stream.rows(start, stop, self.path))
+
+    def _first_row(self, name: str):
+        try:
+            batch = next(self._file.iter_batches(1, row_groups=[self._group_of(0)], columns=[name]))
+        except (StopIteration, self._pa.ArrowException, OSError) as exc:
+            raise InputError(f"{self.path}: cannot read column '{name}' ({exc}); the file is damaged") from None
+        return self._pa.Table.from_batches([batch])
 
     def _read_piece(self, i: int, columns: list[str]):
+        # Through iter_batches: pyarrow 14's read_row_group(columns=) allocates as if it read every column.
+        rows = int(self._starts[i + 1] - self._starts[i])
         try:
-            return self._file.read_row_group(i, columns=columns)
+            batches = list(self._file.iter_batches(max(1, rows), row_groups=[i], columns=columns, use_threads=False))
+            if not batches:
+                return self._file.read_row_group(i, columns=columns)
+            return self._pa.Table.from_batches(batches)
         except (self._pa.ArrowException, OSError) as exc:
             raise InputError(f"{self.path}: cannot read row group {i} ({exc}); the file is damaged") from None
+
+    def require(self, key: str, option: str, kinds: str = "fiu") -> ArraySpec:
+        spec = super().require(key, option, kinds)
+        self._warn_of_large_groups(key)
+        return spec
+
+    def _warn_of_large_groups(self, key: str) -> None:
+        """Rows read by index decode their row group whole: say so when one of ``key``'s is large."""
+        arr = self._resolve(key)
+        names = set(arr.names) if arr is not None and not isinstance(arr, tuple) else set()
+        meta = self._file.metadata
+        largest = 0
+        for i in range(meta.num_row_groups):
+            group = meta.row_group(i)
+            size = sum(
+                group.column(j).total_uncompressed_size
+                for j in range(group.num_columns)
+                if group.column(j).path_in_schema.split(".")[0] in names
+            )
+            largest = max(largest, size)
+        if largest > LARGE_ROW_GROUP_BYTES:
+            log.warning(
+                "%s: '%s' has row groups of up to %d MiB; rows read by index (--balance, or partners without a "
+                "scratch copy) decode a row group whole, which takes a few times that: write the file with smaller "
+                "row groups (pyarrow.parquet.write_table(..., row_group_size=N))",
+                self.path,
+                key,
+                largest // 2**20,
+            )
 
     def describe(self, key: str) -> dict:
         meta = self._file.metadata
