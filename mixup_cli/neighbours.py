@@ -370,11 +370,7 @@ class _Blocks:
         levels_arrays = self.keys(rows)
         g, key, starts = self.below(levels_arrays, len(rows))
         cand = g[starts[:, None] + np.arange(m)]
-        d = _exact(feats, rows, cand)
-        d[cand == rows[:, None]] = np.inf  # the row itself: never its own neighbour
-        order = _sort_rows(d, cand)
-        cand = np.take_along_axis(cand, order, axis=1)
-        d = np.take_along_axis(d, order, axis=1)
+        cand, d = _ranked(feats, rows, cand)
         if m < n:
             # Every row left out has a key >= the (M+1)-th, so an exact distance
             # > that + |C_i|^2 - E_i: it must exceed the K-th.
@@ -482,11 +478,7 @@ def _reference(feats: np.ndarray, k: int) -> np.ndarray:
         for s in range(0, len(pending), step):
             rows = pending[s : s + step]
             cand = search.kneighbors(feats[rows], n_neighbors=m, return_distance=False).astype(np.int64)
-            d = _exact(feats, rows, cand)
-            d[cand == rows[:, None]] = np.inf  # the row itself: never its own neighbour
-            order = _sort_rows(d, cand)
-            cand = np.take_along_axis(cand, order, axis=1)
-            d = np.take_along_axis(d, order, axis=1)
+            cand, d = _ranked(feats, rows, cand)
             if m < n:
                 # Rows left out are at least as far, by the search's distances,
                 # as its farthest candidate: exact distance >= that - tolerance.
@@ -500,6 +492,15 @@ def _reference(feats: np.ndarray, k: int) -> np.ndarray:
         pending = np.concatenate(again) if again else pending[:0]
         m = min(n, 2 * m)
     return table
+
+
+def _ranked(feats, rows: np.ndarray, cand: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's candidates sorted by exact float64 distance, then index;
+    the row itself last (infinitely far): ``(candidates, distances)``."""
+    d = _exact(feats, rows, cand)
+    d[cand == rows[:, None]] = np.inf  # the row itself: never its own neighbour
+    order = _sort_rows(d, cand)
+    return np.take_along_axis(cand, order, axis=1), np.take_along_axis(d, order, axis=1)
 
 
 def _sort_rows(d: np.ndarray, cand: np.ndarray) -> np.ndarray:
