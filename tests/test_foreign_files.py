@@ -729,3 +729,22 @@ def test_scale_factor_outside_netcdf_is_an_ordinary_attribute(run_cli, tmp_path,
         f["x"] = x
         f["x"].attrs["scale_factor"] = np.float32(0.5)
     check_accepted(run_cli, src, outdir, y_key=None)
+
+
+@pytest.mark.parametrize("fmt", ["table", "fixed"])
+def test_a_pandas_frame_is_refused_saying_what_to_pass(run_cli, tmp_path, outdir, fmt):
+    pd = pytest.importorskip("pandas")
+    pytest.importorskip("tables")
+    frame = pd.DataFrame(_data(), columns=[f"f{i}" for i in range(D)])
+    src = tmp_path / "frame.h5"
+    frame.to_hdf(src, key="train", format=fmt)
+    line = check_refused(run_cli, src, outdir, "train", "pandas DataFrame", x_key="train")
+    assert "df.to_parquet" in line and "dtype(" not in line and "[(" not in line
+    if fmt == "fixed":  # its 2-D block of values is an array mixup reads
+        assert "'train/block0_values'" in line
+        check_accepted(run_cli, src, outdir, x_key="train/block0_values", y_key=None, name="block.h5")
+    else:  # the table itself: its fields named, not its whole compound type printed
+        line = check_refused(
+            run_cli, src, outdir, "train/table", "table of records", "values_block_0", x_key="train/table"
+        )
+        assert "[(" not in line

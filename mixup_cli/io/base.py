@@ -47,6 +47,12 @@ def refuse_unsupported_dtype(path: Path, key: str, dtype: np.dtype, kinds: str =
     dtype = np.dtype(dtype)
     if dtype.kind not in kinds:
         supported = "float16/32/64, integer and bool types" if "b" in kinds else "float16/32/64 and integer types"
+        if dtype.names:  # a table of records: name its fields, not the whole type
+            fields = ", ".join(dtype.names[:6]) + (", ..." if len(dtype.names) > 6 else "")
+            raise InputError(
+                f"{path}: array '{key}' is a table of records (fields {fields}), which cannot be mixed; "
+                f"mixup mixes arrays of {supported}: store the columns to mix as one numeric array"
+            )
         raise InputError(
             f"{path}: array '{key}' has dtype {dtype}, which cannot be mixed; supported dtypes are {supported}"
         )

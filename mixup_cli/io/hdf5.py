@@ -321,6 +321,9 @@ class Reader(base.Reader):
                     "and mixup mixes dense arrays; densify it first (for example with anndata: "
                     f"adata.X = adata.X.toarray(), then write_h5ad) or pass another array with {option}"
                 )
+            pandas = _pandas_frame(self.path, key, obj, option)
+            if pandas:
+                raise InputError(pandas)
             member = _example_member(obj)
             example = f" (for example '{key.rstrip('/')}/{member}')" if member else ""
             raise InputError(
@@ -937,6 +940,24 @@ COMPRESSED_CHUNK_BYTES = {"gzip": 64 << 10, "lzf": 64 << 10}
 
 def _text(value) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _pandas_frame(path: Path, key: str, group: h5py.Group, option: str) -> str | None:
+    """What to do with a pandas DataFrame that ``to_hdf`` wrote at ``key``
+    (its ``pandas_type`` attribute says so); None for other groups."""
+    kind = _text(group.attrs.get("pandas_type", b""))
+    if not kind.startswith("frame"):
+        return None
+    where = f"{path}: '{key}' is a pandas DataFrame (to_hdf, {kind.replace('_', ' ')})"
+    if kind == "frame" and "block0_values" in group:  # fixed format: each dtype's columns in one 2-D block
+        return (
+            f"{where}; its columns of one dtype are the array '{key.rstrip('/')}/block0_values' (their names in "
+            f"block0_items): pass it with {option}, or write the frame with df.to_parquet and read columns by name"
+        )
+    return (
+        f"{where}, stored as one table of records, not as arrays; write it with df.to_parquet and pass the columns "
+        f"with {option} 'a,b,c' (pip install 'mixup-cli[arrow]'), or save df.to_numpy() as .npy"
+    )
 
 
 def _example_member(group: h5py.Group) -> str | None:
