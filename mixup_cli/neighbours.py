@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mixup_cli import stopping
 from mixup_cli.errors import InputError, ParameterError
 
 # x is read in contiguous pieces of about this many bytes (as float64).
@@ -99,6 +100,7 @@ def features(reader, key: str, project: int | None = None, label: str = "x") -> 
     step = max(1, _READ_BYTES // (8 * width))
 
     def piece(s, e):
+        stopping.check()  # between two pieces of the pass (reading, fitting, projecting)
         return np.asarray(reader.read(key, s, e), dtype=np.float64).reshape(e - s, width)
 
     if project is None:
@@ -156,6 +158,7 @@ def neighbour_table(feats: np.ndarray, k: int) -> np.ndarray:
         again = []
         step = max(1, min(_QUERY_ROWS, _QUERY_CANDIDATES // m))  # many tied rows: fewer rows at once
         for s in range(0, len(pending), step):
+            stopping.check()  # between two pieces of the search
             rows = pending[s : s + step]
             cand = search.kneighbors(feats[rows], n_neighbors=m, return_distance=False).astype(np.int64)
             d = _exact(feats, rows, cand)
@@ -208,6 +211,7 @@ def build(reader, x_key: str, k: int, project: int | None = None, classes=None, 
     feats, batch = features(reader, x_key, project, label)
     table = np.empty((n, k), dtype=np.int64)
     for c in range(classes.n_classes):
+        stopping.check()
         rows = np.sort(classes.order[classes.offsets[c] : classes.offsets[c] + classes.counts[c]]).astype(np.int64)
         table[rows] = rows[neighbour_table(feats[rows], k)]  # local order is row order: ties still by index
     return NeighbourIndex(table, batch)
