@@ -116,13 +116,16 @@ def augment(
     ``progress``: an object with ``start(total_rows)`` and ``update(rows)``
     methods, told as rows are written.
     ``stop``: a ``StopToken``; ``stop.request()`` (from another thread, or
-    a signal handler: ``stopping.handle_signals``) stops the run at its next
-    safe point, within about 0.1 s, with ``KeyboardInterrupt`` (``request(
-    signal.SIGTERM)``: its subclass ``Terminated``), keeping what
-    ``resume=True`` continues from; once the output is being put in place
-    the request comes too late (listed in ``stop.late``) and the call
-    returns normally. Without a token, Ctrl-C raises ``KeyboardInterrupt``
-    wherever Python's own handler lands, and the same cleanup runs.
+    from a signal handler of your own: ``signal.signal(signal.SIGTERM,
+    lambda signum, frame: stop.request(signum))``) stops the run at its next
+    safe point, within about 0.1 s, with ``KeyboardInterrupt`` (for
+    ``request(signal.SIGTERM)`` or SIGHUP: its subclass, with ``signum``),
+    keeping what ``resume=True`` continues from; once the output is being
+    put in place the request comes too late (listed in ``stop.late``) and
+    the call returns normally. A token once asked to stop stops every call
+    it is passed to. Without a token the library installs nothing: Ctrl-C
+    raises ``KeyboardInterrupt`` wherever Python's own handler lands, and
+    the same cleanup runs.
 
     Raises the library's exceptions: ``ParameterError`` for an option value
     that cannot work, ``InputError`` and ``OutputError`` for the input and

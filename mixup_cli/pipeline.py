@@ -121,6 +121,7 @@ def write_output(
     the engine, the record, the commit; on any failure what --resume needs is
     kept and the rest removed. The caller holds OUT's lock. Returns
     ``(partial, record)``."""
+    stopping.check()  # asked to stop while the input was opened and planned: nothing written yet
     partial = _Partial.open(request, source, plan, job, journal, started_at)
     input_hashes = provenance.BackgroundHash(job.input_files())
     try:
