@@ -191,3 +191,28 @@ def test_a_request_during_one_output_commit_of_a_set_stops_before_the_next(tmp_p
     assert during_commit([a, b], outdir, "committed", tmp_path) == ["stopped", "Terminated", "True"]
     assert (outdir / "a.h5").exists() and Path(f"{outdir / 'a.h5'}.provenance.json").exists()
     assert not (outdir / "b.h5").exists()
+
+
+@pytest.mark.xdist_group("dask")
+def test_a_token_stops_the_dask_engine_between_two_results(dask_scheduler, source, tmp_path):
+    out = tmp_path / "out.zarr"
+    options = dict(seed=3, block_rows=50, copies=2)
+    token = StopToken()
+    started = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        mixup_cli.augment(
+            source,
+            out,
+            engine="dask",
+            scheduler=dask_scheduler,
+            progress=StopAfter(token, 1),
+            stop=token,
+            **options,
+        )
+    assert time.monotonic() - started < 60
+    assert not out.exists() and ".out.zarr.mixup-partial.journal.json" in partials(tmp_path)
+    mixup_cli.augment(source, out, resume=True, **options)  # the rest, on the local engine
+    reference = tmp_path / "ref.zarr"
+    mixup_cli.augment(source, reference, **options)
+    got, want = load_output(out), load_output(reference)
+    assert all(got[k].tobytes() == want[k].tobytes() for k in want) and partials(tmp_path) == []
