@@ -5,8 +5,12 @@ caller's thread, a GUI button) calls ``token.request(signum)``; that only
 records the request (plain assignments: safe inside a signal handler, from
 any thread). The run checks the token where stopping is safe: between two
 batches and in every wait of the engines (which wake every 50 ms), between
-the pieces of an index build, between the rows ``verify`` recomputes,
-between the outputs of a set, and once more just before the final commit.
+the pieces of the passes over the input (classes, names, the scratch copy)
+and of the index builds (neighbour search, projection fit, label kernel),
+in ``verify``'s loops, while waiting for file hashes, between the outputs
+of a set, and once more just before the final commit. Checks happen in the
+run's own thread: ``current()`` is a context variable, which the threads a
+run starts (writer, hashing) do not inherit, so they finish their work.
 There ``check()`` raises the interruption: ``KeyboardInterrupt`` for
 SIGINT, ``Terminated`` (a subclass) for SIGTERM and SIGHUP, so the
 cleanup is the one any ``KeyboardInterrupt`` goes through (the partial
