@@ -11,6 +11,9 @@ The public API is the names of this package's ``__all__``, and only those:
   a set's OUTDIR, read row by row for training (``len``, ``ds[i]``, batches);
 - ``mix(x, y, lam, partner)``: the mixup formula on arrays in memory, with
   the command's dtype rules;
+- ``StopToken()``: passed as ``stop=`` to ``augment``/``verify``, its
+  ``request()`` stops the run at its next safe point, as a signal stops
+  the command;
 - the exceptions: ``MixupError`` and its kinds ``InputError``,
   ``OutputError`` and ``ParameterError``;
 - ``__version__``.
@@ -31,7 +34,7 @@ from mixup_cli._version import __version__
 from mixup_cli.errors import InputError, MixupError, OutputError, ParameterError
 
 if TYPE_CHECKING:
-    from mixup_cli.api import AugmentSummary, augment, mix, verify
+    from mixup_cli.api import AugmentSummary, StopToken, augment, mix, verify
     from mixup_cli.dataset import MixupDataset
 
 __all__ = [
@@ -41,13 +44,14 @@ __all__ = [
     "MixupError",
     "OutputError",
     "ParameterError",
+    "StopToken",
     "__version__",
     "augment",
     "mix",
     "verify",
 ]
 
-_FROM_API = ("AugmentSummary", "augment", "mix", "verify")
+_FROM_API = ("AugmentSummary", "StopToken", "augment", "mix", "verify")
 
 
 def __getattr__(name: str):

@@ -12,9 +12,11 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from mixup_cli import stopping
 from mixup_cli.errors import ParameterError
+from mixup_cli.stopping import StopToken
 
-__all__ = ["AugmentSummary", "augment", "mix", "verify"]
+__all__ = ["AugmentSummary", "StopToken", "augment", "mix", "verify"]
 
 
 @dataclass(frozen=True)
@@ -98,6 +100,7 @@ def augment(
     hash_files: bool = False,
     shard: str | None = None,
     progress=None,
+    stop: StopToken | None = None,
 ) -> AugmentSummary:
     """Write a mixed copy of ``input`` to ``output`` and its provenance
     sidecar, as ``mixup augment INPUT OUTPUT`` does; returns an ``AugmentSummary``.
@@ -118,7 +121,18 @@ def augment(
     must be there.
 
     ``progress``: an object with ``start(total_rows)`` and ``update(rows)``
-    methods (``committing()`` too, optionally), told as rows are written.
+    methods, told as rows are written.
+    ``stop``: a ``StopToken``; ``stop.request()`` (from another thread, or
+    from a signal handler of your own: ``signal.signal(signal.SIGTERM,
+    lambda signum, frame: stop.request(signum))``) stops the run at its next
+    safe point, within about 0.1 s, with ``KeyboardInterrupt`` (for
+    ``request(signal.SIGTERM)`` or SIGHUP: its subclass, with ``signum``),
+    keeping what ``resume=True`` continues from; once the output is being
+    put in place the request comes too late (listed in ``stop.late``) and
+    the call returns normally. A token once asked to stop stops every call
+    it is passed to. Without a token the library installs nothing: Ctrl-C
+    raises ``KeyboardInterrupt`` wherever Python's own handler lands, and
+    the same cleanup runs.
 
     Raises the library's exceptions: ``ParameterError`` for an option value
     that cannot work, ``InputError`` and ``OutputError`` for the input and
@@ -126,7 +140,14 @@ def augment(
     file, array or option. A refusal leaves nothing on disk; an interruption
     (``KeyboardInterrupt``) keeps what ``resume=True`` continues from.
     """
-    options = {k: v for k, v in locals().items() if k not in ("input", "output", "shard", "progress")}
+    options = {k: v for k, v in locals().items() if k not in ("input", "output", "shard", "progress", "stop")}
+    if stop is not None:
+        stop.begin()
+    with stopping.using(stop):
+        return _augment(input, output, shard, progress, options, y_key)
+
+
+def _augment(input, output, shard, progress, options: dict, y_key) -> AugmentSummary:
     from mixup_cli.request import AugmentRequest
     from mixup_cli.sets import is_set_form
 
@@ -171,7 +192,7 @@ def _augment_set(request, inputs: list[Path], shard: str | None, progress) -> Au
     )
 
 
-def verify(output, *, input=None, batch_size: int | None = None, progress=None):
+def verify(output, *, input=None, batch_size: int | None = None, progress=None, stop: StopToken | None = None):
     """Check an output against its provenance sidecar, recomputing it, as
     ``mixup verify OUTPUT`` does; prints nothing, returns a report.
 
@@ -188,9 +209,17 @@ def verify(output, *, input=None, batch_size: int | None = None, progress=None):
     holding its inputs under their names, or a file listing them in order).
     Raises ``InputError`` when there is nothing to check (no sidecar, not an
     output); a check that fails is in the report, not raised. ``progress``:
-    as ``augment``'s, told the rows recomputed. Warnings (a commit a killed
+    as ``augment``'s, told the rows recomputed; ``stop``: as ``augment``'s
+    (a stop raises ``KeyboardInterrupt``). Warnings (a commit a killed
     run left half-done, finished first) go to the ``mixup_cli`` logger.
     """
+    if stop is not None:
+        stop.begin()
+    with stopping.using(stop):
+        return _verify(output, input, batch_size, progress)
+
+
+def _verify(output, input, batch_size, progress):
     from mixup_cli.sets.status import is_set_dir
     from mixup_cli.verify import verify as verify_one
     from mixup_cli.verify import verify_set

@@ -13,13 +13,11 @@ import errno
 import json
 import logging
 import os
-import signal
 import stat
 import sys
-import threading
 from pathlib import Path
 
-from mixup_cli import beside
+from mixup_cli import beside, stopping
 from mixup_cli.errors import OutputError
 
 try:
@@ -173,49 +171,6 @@ def sync_quietly(path: Path, data_only: bool = False) -> None:
 
 def _sync_dir(directory: Path) -> None:
     sync_quietly(directory)
-
-
-class signals_held:
-    """Hold SIGINT, SIGTERM and SIGHUP back while the block runs (main thread only).
-
-    Used around the final renames: once the first rename is done the run
-    can only go forward, so a signal that arrives meanwhile must not stop
-    it half-way. The handlers are swapped for a recorder rather than
-    masking the signals, which would not hold with other threads running.
-    Signals caught are listed in ``caught`` and are *not* raised again when
-    the block ends: the commit is finished, and stopping now would report
-    a failure that did not happen. The caller says they came too late.
-    """
-
-    def __init__(self):
-        self.caught: list[int] = []
-        self._previous: dict = {}
-
-    def _record(self, signum, frame):
-        self.caught.append(signum)
-
-    def __enter__(self) -> signals_held:
-        if threading.current_thread() is not threading.main_thread():
-            return self
-        try:
-            for signum in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", signal.SIGTERM)):
-                handler = signal.getsignal(signum)
-                if handler in (signal.SIG_IGN, None):
-                    continue
-                self._previous[signum] = handler
-                signal.signal(signum, self._record)
-        except BaseException:  # interrupted while swapping: leave the handlers as they were
-            self._restore()
-            raise
-        return self
-
-    def _restore(self) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
-        self._previous.clear()
-
-    def __exit__(self, *exc) -> None:
-        self._restore()
 
 
 def commit(tmp: Path, final: Path, overwrite: bool, fsync: bool = True) -> None:
@@ -539,6 +494,7 @@ def test_pause(stage: str) -> None:
     Path(flag).touch()
     deadline = time.monotonic() + 60
     while os.path.exists(flag) and time.monotonic() < deadline:
+        stopping.check()  # a stop asked for here is taken, as at any safe point (not once the commit began)
         time.sleep(0.005)
 
 

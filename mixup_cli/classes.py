@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mixup_cli import stopping
 from mixup_cli.errors import InputError, ParameterError
 
 # Targets are read in contiguous pieces of about this many bytes.
@@ -109,6 +110,7 @@ def class_index(reader, key: str, label: str | None = None, one_hot: bool = Fals
     labels = np.empty(spec.rows, dtype=np.int64)
     step = max(1, _READ_BYTES // max(1, spec.row_bytes))
     for start in range(0, spec.rows, step):
+        stopping.check()
         stop = min(spec.rows, start + step)
         labels[start:stop] = labels_of(reader.read(key, start, stop), label, one_hot)
     return ClassIndex.from_labels(labels, label)

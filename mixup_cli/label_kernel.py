@@ -40,6 +40,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mixup_cli import stopping
 from mixup_cli.errors import InputError, ParameterError
 
 WINDOW = 4.0  # half-width of a row's window, in bandwidths
@@ -225,6 +226,7 @@ def build(
     y = np.empty(spec.shape, dtype=np.float64)
     step = max(1, _READ_BYTES // max(1, spec.row_bytes))
     for s in range(0, spec.rows, step):
+        stopping.check()
         e = min(spec.rows, s + step)
         y[s:e] = reader.read(y_key, s, e)
     if y.ndim == 2 and y.shape[1] > 1 and np.all((y == 0) | (y == 1)) and np.all(y.sum(axis=1) == 1):

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mixup_cli import stopping
 from mixup_cli.errors import InputError, ParameterError
 
 KINDS = ("classes", "binary", "multilabel", "dense")
@@ -240,6 +241,7 @@ def find_classes(reader, key: str, n_rows: int, label: str, block_rows: int = SC
     """The sorted class labels present in ``key``, read ``block_rows`` rows at a time."""
     found: set[int] = set()
     for start in range(0, n_rows, block_rows):
+        stopping.check()
         block = reader.read(key, start, min(n_rows, start + block_rows))
         labels = class_indices(block, start, label)
         negative = np.flatnonzero(labels < 0)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from mixup_cli import stopping
 from mixup_cli.errors import InputError
 from mixup_cli.io.base import ArraySpec
 
@@ -176,6 +177,7 @@ def wrap(reader, y_key: str | None):
         return reader
     found: set[str] = set()
     for start in range(0, spec.rows, _SCAN_ROWS):
+        stopping.check()
         found.update(np.unique(_as_text(reader.read(y_key, start, min(spec.rows, start + _SCAN_ROWS)), label)).tolist())
     if not found:
         raise InputError(f"{label} has no rows; there are no classes to encode")

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mixup_cli import stopping
 from mixup_cli.errors import InputError, ParameterError
 
 # x is read in contiguous pieces of about this many bytes (as float64).
@@ -112,6 +113,7 @@ def features(
     step = max(1, _READ_BYTES // (8 * width))
 
     def piece(s, e):
+        stopping.check()  # between two pieces of the pass (reading, fitting, projecting)
         return np.asarray(reader.read(key, s, e), dtype=np.float64).reshape(e - s, width)
 
     if project is None:
@@ -476,6 +478,7 @@ def _reference(feats: np.ndarray, k: int) -> np.ndarray:
         again = []
         step = max(1, min(_QUERY_ROWS, _QUERY_CANDIDATES // m))  # many tied rows: fewer rows at once
         for s in range(0, len(pending), step):
+            stopping.check()  # between two pieces of the search
             rows = pending[s : s + step]
             cand = search.kneighbors(feats[rows], n_neighbors=m, return_distance=False).astype(np.int64)
             cand, d = _ranked(feats, rows, cand)
@@ -547,6 +550,7 @@ def build(
     feats, projection = features(reader, x_key, project, label, version)
     table = np.empty((n, k), dtype=np.int64)
     for c in range(classes.n_classes):
+        stopping.check()
         rows = np.sort(classes.order[classes.offsets[c] : classes.offsets[c] + classes.counts[c]]).astype(np.int64)
         table[rows] = rows[search(feats[rows], k)]  # local order is row order: ties still by index
     return NeighbourIndex(table, projection)

@@ -18,7 +18,7 @@ import uuid
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from mixup_cli import atomic, engines, names, preflight, provenance, resume, scratch, sidecar
+from mixup_cli import atomic, engines, names, preflight, provenance, resume, scratch, sidecar, stopping
 from mixup_cli._version import __version__
 from mixup_cli.core import check_alpha
 from mixup_cli.engines import local
@@ -80,7 +80,7 @@ def augment(request: AugmentRequest, progress: Progress | None = None) -> Augmen
             source.reader.files,
             output_specs(source, plan),
         )
-        partial, record, held = write_output(request, source, plan, job, journal, progress, started_at, t0)
+        partial, record = write_output(request, source, plan, job, journal, progress, started_at, t0)
     finally:
         lock.release()
         source.reader.close()
@@ -92,7 +92,6 @@ def augment(request: AugmentRequest, progress: Progress | None = None) -> Augmen
         int(plan.seed),
         partial.journal.run_id,
         record,
-        tuple(held.caught),
     )
 
 
@@ -122,18 +121,19 @@ def write_output(
     """The partial output (reopened from ``journal`` or fresh), its tasks on
     the engine, the record, the commit; on any failure what --resume needs is
     kept and the rest removed. The caller holds OUT's lock. Returns
-    ``(partial, record, held signals)``."""
+    ``(partial, record)``."""
+    stopping.check()  # asked to stop while the input was opened and planned: nothing written yet
     partial = _Partial.open(request, source, plan, job, journal, started_at)
     input_hashes = provenance.BackgroundHash(job.input_files())
     try:
         partial.create(request, source)
         engine_info = _run_tasks(request, source, plan, partial, progress)
         record = _record(request, source, plan, partial, engine_info, input_hashes, time.perf_counter() - t0)
-        held = _commit(request, job.output, job.out_format, partial, record, progress)
+        _commit(request, job.output, job.out_format, partial, record)
     except BaseException as exc:
         partial.fail(exc)
         raise
-    return partial, record, held
+    return partial, record
 
 
 def check_request(request: AugmentRequest) -> None:
@@ -308,26 +308,23 @@ def _record(
     )
 
 
-def _commit(request, output: Path, out_format: str, partial: _Partial, record: dict, progress: Progress):
-    """Stage the sidecar and put OUT and it in place; the signals held meanwhile."""
+def _commit(request, output: Path, out_format: str, partial: _Partial, record: dict) -> None:
+    """Stage the sidecar and put OUT and it in place."""
     atomic.stage_text(partial.sidecar_tmp, provenance.to_json(record))
     atomic.test_pause("staged")
-    # The point of no return: once the first rename is under way the run
-    # finishes the commit whatever arrives; a signal meanwhile is only
-    # reported as too late (``late_signals``), never as a stop.
-    committing = getattr(progress, "committing", None)
-    if committing is not None:
-        committing()  # may still stop the run: nothing is replaced yet
+    # The point of no return: a stop asked for until now is raised here,
+    # before anything is replaced; from here on the run finishes the commit
+    # whatever arrives, and a request meanwhile is only listed as too late
+    # (``StopToken.late``), never taken as a stop.
+    stopping.current().begin_commit()
     partial.commit_started = True
     directory = out_format in preflight.DIRECTORY_FORMATS
-    with atomic.signals_held() as held:
-        atomic.commit_output(
-            partial.tmp,
-            output,
-            partial.sidecar_tmp,
-            partial.sidecar,
-            request.overwrite,
-            check=lambda: atomic.check_replaceable(output, partial.sidecar, directory),
-        )
+    atomic.commit_output(
+        partial.tmp,
+        output,
+        partial.sidecar_tmp,
+        partial.sidecar,
+        request.overwrite,
+        check=lambda: atomic.check_replaceable(output, partial.sidecar, directory),
+    )
     atomic.test_pause("committed")
-    return held

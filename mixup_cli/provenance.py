@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mixup_cli import beside, core
+from mixup_cli import beside, core, stopping
 from mixup_cli._version import __version__
 from mixup_cli.errors import InputError
 
@@ -46,6 +46,7 @@ def sha256_file(path: Path) -> str:
             # Hashing the page cache in place saves copying the file (about a
             # tenth of the time); one window mapped at a time keeps RSS bounded.
             for at in range(0, info.st_size, _MAPPED_WINDOW):
+                stopping.check()  # in the caller's thread (verify); a background hash has no token
                 size = min(_MAPPED_WINDOW, info.st_size - at)
                 with mmap.mmap(fh.fileno(), size, access=mmap.ACCESS_READ, offset=at) as window:
                     with memoryview(window) as view:
@@ -54,6 +55,7 @@ def sha256_file(path: Path) -> str:
         buf = bytearray(_HASH_BLOCK)
         view = memoryview(buf)
         while n := fh.readinto(buf):
+            stopping.check()
             digest.update(view[:n])
     return digest.hexdigest()
 
@@ -76,7 +78,10 @@ class BackgroundHash:
             self._error = exc
 
     def result(self) -> dict[str, str]:
-        self._thread.join()
+        """The hashes, once done; a stop asked for meanwhile is raised (the thread ends alone)."""
+        while self._thread.is_alive():
+            stopping.check()
+            self._thread.join(stopping.POLL_S)
         if self._error is not None:
             raise self._error
         return self._result

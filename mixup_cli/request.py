@@ -115,7 +115,6 @@ class AugmentResult:
     seed: int
     run_id: str
     record: dict
-    late_signals: tuple[int, ...] = ()  # SIGINT/SIGTERM held back during the commit: too late to stop it
     already_complete: bool = False  # --resume found OUT finished by this same command
 
     def summary(self) -> dict:
@@ -139,7 +138,3 @@ class Progress:
 
     def update(self, rows: int) -> None:
         pass
-
-    def committing(self) -> None:
-        """Called once the output is complete, right before it is put in
-        place; from then on the run cannot be stopped (it may still raise)."""

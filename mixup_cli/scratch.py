@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mixup_cli import stopping
 from mixup_cli.io import hdf5
 from mixup_cli.io.base import ArraySpec, WriteOptions
 from mixup_cli.sampling import Plan
@@ -60,6 +61,7 @@ def _copy(source, plan: Plan, path: Path, fast: bool = True) -> hdf5.Reader:
         rows = min(plan.block_rows, plan.n_rows)
         buffers = {key: np.empty((rows,) + spec.row_shape, spec.dtype) for key, spec in specs.items()}
         for block in range(plan.n_blocks):
+            stopping.check()
             start, stop = plan.block_bounds(block)
             for key, buf in buffers.items():
                 source.reader.read_into(key, start, stop, buf)

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mixup_cli import beside, digests, provenance, scratch
+from mixup_cli import beside, digests, provenance, scratch, stopping
 from mixup_cli.errors import InputError, MixupError
 from mixup_cli.io import open_reader
 from mixup_cli.sampling import PLAN_VERSIONS
@@ -190,8 +190,13 @@ def _read_back_digests(output: Path, arrays: dict, scheme: dict) -> tuple[dict[s
             bounds = digests.block_bounds(
                 segment, int(scheme["block_rows"]), rows // segment, int(scheme.get("block_offset", 0))
             )  # a set's output: shifted blocks
-            found[key] = digests.combine([digests.of_rows({key: reader.read(key, a, b)})[key] for a, b in bounds])
+            found[key] = digests.combine([_block_digest(reader, key, a, b) for a, b in bounds])
     return found, problems
+
+
+def _block_digest(reader, key: str, start: int, stop: int) -> str:
+    stopping.check()  # between two blocks read back
+    return digests.of_rows({key: reader.read(key, start, stop)})[key]
 
 
 def _differs(key: str, found: str, recorded: str) -> str:
@@ -448,6 +453,7 @@ def check_law(params: dict, output: Path, input_path: Path | None) -> Check | No
         piece = max(1, _LAW_PIECE_ROWS // block_rows) * block_rows
         for seg in range(first, segments):
             for s in range(0, n, piece):
+                stopping.check()
                 e = min(n, s + piece)
                 at = seg * n + s
                 own = reader.read("own", at, at + e - s) if balanced else np.arange(s, e)
@@ -474,6 +480,7 @@ def _input_classes(input_path: Path, y_key: str | None, params: dict) -> np.ndar
         spec = reader.spec(y_key)
         parts = []
         for s in range(0, spec.rows, _LAW_PIECE_ROWS):
+            stopping.check()
             y = np.asarray(reader.read(y_key, s, min(spec.rows, s + _LAW_PIECE_ROWS)))
             if y.ndim == 2 and y.shape[1] > 1:
                 parts.append(np.argmax(y, axis=1))
@@ -764,6 +771,7 @@ def _compare_outputs(view, ks, records, source, plan, layout, tasks, results, ba
     bar = _OneBar(progress)
     with scratch.source_for_run(source, plan, _set_scratch(view.outdir, "scratch.h5"), fast=False) as run_source:
         for k in ks:
+            stopping.check()  # between two outputs
             shard = layout.shards[k]
             rows, shift = output_rows(plan, shard.rows), shard.offset % plan.block_rows
             expected = {key: ArraySpec((rows,) + spec.row_shape, spec.dtype) for key, spec in specs.items()}

@@ -38,6 +38,7 @@ def test_the_public_names_exist_and_are_documented():
             "MixupError",
             "OutputError",
             "ParameterError",
+            "StopToken",
             "__version__",
             "augment",
             "mix",
@@ -80,7 +81,7 @@ def test_augment_takes_every_option_of_the_command_by_keyword():
         # plan_version: older plans, for tests that write outputs of an earlier version
         if f.name not in ("input", "output", "command_line", "require_y", "plan_version")
     }
-    assert keywords == dict(fields, shard=None, progress=None)
+    assert keywords == dict(fields, shard=None, progress=None, stop=None)
     assert list(params)[:2] == ["input", "output"]
 
 

@@ -525,32 +525,45 @@ def test_differences_are_named_by_option():
     assert resume.differences(old, old) == []
 
 
-def test_signals_are_held_back_during_the_final_renames_and_not_raised_again():
-    from mixup_cli import atomic
+def test_signals_during_the_commit_are_listed_too_late_and_not_raised_again():
+    """Once the commit has begun a signal is only recorded: nothing is raised
+    then, nor afterwards; the caller lists it as too late. Before, and between
+    two outputs of a set, the same signal stops the run at the next safe point."""
+    from mixup_cli import stopping
 
     received = []
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: received.append(signum))
     try:
-        with atomic.signals_held() as held:
+        token = stopping.StopToken()
+        with stopping.handle_signals(token):
+            token.begin_commit()
             os.kill(os.getpid(), signal.SIGTERM)
-            time.sleep(0.05)
-            assert received == []
+            time.sleep(0.05)  # the handler has run: had it raised, this test would end here
+            token.check()  # never raised during the commit
         time.sleep(0.05)
-        # Too late to stop what the block did: listed for the caller, never delivered afterwards.
-        assert held.caught == [signal.SIGTERM] and received == []
-        assert signal.getsignal(signal.SIGTERM) is not None and received == []
+        # Too late to stop the commit: listed for the caller, never delivered afterwards.
+        assert token.late == [signal.SIGTERM] and token.late_name() == "SIGTERM" and received == []
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(0.05)
         assert received == [signal.SIGTERM]  # the handler is back
     finally:
         signal.signal(signal.SIGTERM, previous)
 
+    between = stopping.StopToken()
+    between.begin_commit()
+    between.request(signal.SIGHUP)
+    between.check()
+    with pytest.raises(stopping.Terminated) as caught:
+        between.end_commit()  # another output follows: the signal stops the run now
+    assert caught.value.signum == signal.SIGHUP
+
 
 _LOCK_PROBE = """
 import os, random, signal, sys, threading, time
 from mixup_cli.cli import signals
 signals.install()
-if sys.argv[1] == "raise-anywhere":  # the handler as it was: raise wherever the signal lands
+token = signals.token()
+if sys.argv[1] == "raise-anywhere":  # a handler that raises wherever the signal lands
     def raw(signum, frame):
         raise KeyboardInterrupt
     signal.signal(signal.SIGINT, raw)
@@ -558,17 +571,18 @@ main = threading.main_thread().ident
 rng = random.Random(0)
 held = 0
 for trial in range(int(sys.argv[2])):
-    signals._pending, signals._raised = None, False
+    token.signum = None
     cond = threading.Condition()  # as the engine's block cache and queues use them
     try:
         threading.Timer(rng.uniform(0.002, 0.01), lambda: signal.pthread_kill(main, signal.SIGINT)).start()
         while True:
             with cond:
                 pass
+            token.check()  # the safe point the engine's loops have
     except KeyboardInterrupt:
         pass
     try:
-        time.sleep(0.03)  # a signal put off is taken meanwhile
+        time.sleep(0.03)
     except KeyboardInterrupt:
         pass
     held += cond._is_owned()  # left held: the writer thread waiting for it would never end
@@ -604,25 +618,39 @@ def test_an_interruption_never_leaves_a_lock_held(trials):
     assert held("mixup", trials, "all") == 0
 
 
-def test_raising_the_interruption_cancels_a_pending_retry(monkeypatch):
-    """A retry alarm left armed once the interruption is raised would fire while
-    the interpreter exits, with SIGALRM's default action: exit -14 instead of 143."""
-    import signal as signal_module
+_NEVER_RAISED = """
+import os, signal, sys, time
+from mixup_cli.cli import signals
+signals.install()
+os.kill(os.getpid(), getattr(signal, sys.argv[1]))
+deadline = time.monotonic() + 0.2
+while time.monotonic() < deadline:  # code with no safe point: a raise from the handler would land here
+    pass
+print("not raised", flush=True)
+try:
+    signals.token().check()  # the next safe point
+except KeyboardInterrupt as exc:
+    print(type(exc).__name__, signals.describe(exc), flush=True)
+"""
 
-    from mixup_cli.cli import signals
 
-    monkeypatch.setattr(signals, "_pending", signal_module.SIGTERM)
-    monkeypatch.setattr(signals, "_raised", False)
-    monkeypatch.setattr(signals, "_finishing", False)
-    previous = signal_module.signal(signal_module.SIGALRM, signal_module.SIG_IGN)
-    try:
-        signal_module.setitimer(signal_module.ITIMER_REAL, 5.0)  # the retry the handler arms
-        with pytest.raises(signals.Terminated):
-            signals.check()
-        assert signal_module.getitimer(signal_module.ITIMER_REAL) == (0.0, 0.0)
-    finally:
-        signal_module.setitimer(signal_module.ITIMER_REAL, 0)
-        signal_module.signal(signal_module.SIGALRM, previous)
+@pytest.mark.parametrize("name", ["SIGINT", "SIGTERM", "SIGHUP"])
+def test_the_handler_only_records_and_the_next_safe_point_stops(name):
+    """The handler raises nothing wherever the signal lands (a half-built tqdm
+    bar's finalizer once printed a traceback that way); the next safe point
+    raises the interruption the command maps to its exit code."""
+    done = subprocess.run(
+        [sys.executable, "-c", _NEVER_RAISED, name],
+        capture_output=True,
+        text=True,
+        env=env(),
+        timeout=60,
+        preexec_fn=default_signals,
+    )
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    code = {"SIGINT": 130, "SIGTERM": 143, "SIGHUP": 129}[name]
+    kind = "KeyboardInterrupt" if name == "SIGINT" else "Terminated"
+    assert done.stdout.splitlines() == ["not raised", f"{kind} ('{name}', {code})"]
 
 
 def test_an_interruption_leaves_no_report_of_abandoned_async_work():

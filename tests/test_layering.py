@@ -39,7 +39,7 @@ LAYERS = [
             "atomic",
         ],
     ),
-    ("core", ["_version", "core", "errors", "_kernel", "beside", "threads"]),
+    ("core", ["_version", "core", "errors", "_kernel", "beside", "threads", "stopping"]),
 ]
 CLI_ONLY = {"click"}  # third-party modules only cli/ may import
 

@@ -98,10 +98,12 @@ class MixupGroup(click.Group):
             raise one_line(exc) from None
 
     def invoke(self, ctx):
+        from mixup_cli import stopping
+
         signals.begin_command()
         try:
-            result = super().invoke(ctx)
-            signals.settle()
+            with stopping.using(signals.token()):
+                result = super().invoke(ctx)
             name = signals.late()
             if name is not None and not ctx.meta.get("mixup.quiet"):
                 click.echo(
@@ -109,7 +111,7 @@ class MixupGroup(click.Group):
                     "put in place, and is complete",
                     err=True,
                 )
-            signals.check()
+            signals.token().check()  # a signal after the last safe point (none began a commit) still stops it
             return result
         except MixupError as exc:
             if ctx.meta.get("mixup.debug"):

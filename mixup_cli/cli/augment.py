@@ -234,7 +234,7 @@ def _augment_one(request, quiet: bool, as_json: bool) -> None:
 
 def _with_bar(bar, run, stopped):
     """``run(bar)``, the bar closed after; an interruption says what it left
-    (``stopped(signal name)``), signals too late to stop the commit are noted."""
+    (``stopped(signal name)``)."""
     try:
         result = run(bar)
     except KeyboardInterrupt as exc:
@@ -242,15 +242,7 @@ def _with_bar(bar, run, stopped):
         raise
     finally:
         bar.close()
-    signals.add_late(result.late_signals)
     return result
-
-
-class _SetBar(BarProgress):
-    """The bar of a set's part, also told when one output is committed and another follows."""
-
-    def between_outputs(self, caught) -> None:
-        signals.between_outputs(caught)
 
 
 def _augment_set(request, inputs, inputs_from, shard, quiet: bool, as_json: bool) -> None:
@@ -262,7 +254,7 @@ def _augment_set(request, inputs, inputs_from, shard, quiet: bool, as_json: bool
     outdir = request.output
     written: list[Path] = []
     result = _with_bar(
-        _SetBar(quiet),
+        BarProgress(quiet),
         lambda bar: augment_set(request, paths, outdir, part, progress=bar, written=written),
         lambda name: _stopped_set(outdir, name, written, shard is not None),
     )

@@ -6,15 +6,9 @@ import sys
 
 from mixup_cli import atomic
 
-from . import signals
-
 
 class BarProgress:
-    """A tqdm bar on stderr, only when stderr is a terminal and not --quiet.
-
-    Each update is also where a remembered SIGINT/SIGTERM stops the run
-    (``signals.check``), between two batches.
-    """
+    """A tqdm bar on stderr, only when stderr is a terminal and not --quiet."""
 
     def __init__(self, quiet: bool):
         self._quiet = quiet
@@ -34,12 +28,8 @@ class BarProgress:
         )
 
     def update(self, rows: int) -> None:
-        signals.check()
         self._bar.update(rows)
         atomic.test_pause("progress")
-
-    def committing(self) -> None:
-        signals.finishing()
 
     def close(self) -> None:
         if self._bar is not None:

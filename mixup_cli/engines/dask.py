@@ -20,6 +20,9 @@ At most ``2 x worker threads`` tasks are in flight, so the client holds a
 bounded number of blocks whatever the dataset's size (ARCHITECTURE.md, "Memory"). A task that fails on a
 worker ends the run with that worker's message; tasks still running are
 waited for first, so none writes after the partial output is removed.
+The client waits for results at most ``stopping.POLL_S`` at a time and
+looks for a stop between two waits (``stopping``); tasks in flight are then
+waited for the same way.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import queue
 import threading
 import time
 import uuid
@@ -36,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mixup_cli import digests
+from mixup_cli import digests, stopping
 from mixup_cli.engines import import_distributed
 from mixup_cli.errors import InputError, MixupError
 from mixup_cli.io import ArraySpec
@@ -272,25 +276,27 @@ def run(
         writer.parallel_target(),
         _absolute(source.layout),
     )
+    stop = stopping.current()
+    stop.check()  # a stop asked for while the cluster started
     with connect(scheduler, workers) as client, _quiet_distributed_logs():
         nthreads = client.nthreads()
         limit = IN_FLIGHT_PER_THREAD * max(1, sum(nthreads.values()))
         todo = ((i, task) for i, task in enumerate(tasks) if i not in skip)
         pending: dict = {}
-        arrived = distributed.as_completed(loop=client.loop)
+        arrived: queue.Queue = queue.Queue()
         parts = _Parts(plan, block_digests)
 
         def submit_next() -> None:
             for i, task in todo:
                 future = client.submit(run_task, job, task, key=f"mixup-{run_id}-{i}", pure=False, retries=0)
                 pending[future] = (i, task)
-                arrived.add(future)
+                future.add_done_callback(arrived.put)  # called in the client's thread, whatever the outcome
                 return
 
         try:
             for _ in range(limit):
                 submit_next()
-            for future in arrived:
+            for future in _arrivals(arrived, pending, stop):
                 index, task = pending.pop(future)
                 pieces, found = _result(future, task)
                 for key, start, rows in pieces:
@@ -319,6 +325,19 @@ def run(
         "dask": distributed.__version__,
         "batch_size": plan.block_rows,  # a worker mixes a whole task at once
     }
+
+
+def _arrivals(arrived: queue.Queue, pending: dict, stop):
+    """The futures of ``pending`` as they finish (each put in ``arrived`` by
+    its done callback), while ``pending`` is not empty; each wait lasts at
+    most ``stopping.POLL_S``, and a stop asked for meanwhile is raised
+    between two."""
+    while pending:
+        stop.check()
+        try:
+            yield arrived.get(timeout=stopping.POLL_S)
+        except queue.Empty:
+            continue
 
 
 def _absolute(layout):
@@ -370,7 +389,7 @@ def _drain(client, futures) -> None:
     """Let the tasks already submitted finish (they may be writing to the
     partial output, which is removed next), then drop them."""
     deadline = time.monotonic() + DRAIN_TIMEOUT_S
-    for future in futures:
+    for future in futures:  # not stopped by a stop: the partial output must not be written once removed
         try:
             future.exception(timeout=max(0.1, deadline - time.monotonic()))  # waits; never raises its error
         except Exception:

@@ -8,6 +8,9 @@ rows are not needed again: the cycle reads it afresh when it comes back as a
 partner). The memory this takes: ARCHITECTURE.md, "Memory" (the one
 statement of the bound). Each task's rows come from ``tasks.output_rows``, the
 computation every engine shares.
+
+A stop (``stopping``) is taken after each batch and in every wait of the
+caller's thread, which wakes every ``stopping.POLL_S`` to look for one.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mixup_cli import atomic, balance, digests
+from mixup_cli import atomic, balance, digests, stopping
 from mixup_cli.io import ArraySpec
 from mixup_cli.mixing import Mixer
 from mixup_cli.planning import default_batch_rows
@@ -56,10 +59,12 @@ def run(
     # Output hashes in a thread of their own: the work spreads over the cores.
     hashing = _Stage("mixup-hash", hasher.update) if hasher is not None and threaded else None
     stages = [st for st in (hashing, out) if st is not None]  # closed in this order
+    stop = stopping.current()
 
-    def check():
+    def check():  # in every wait: a stage's error first, then a stop asked for
         for stage in stages:
             stage.check()
+        stop.check()
 
     rows = min(batch_rows, plan.block_rows, plan.n_rows)
     mixed_specs = {key: source.specs[key] for key in source.mixed_keys}
@@ -78,10 +83,12 @@ def run(
         hasher,
         batch_rows,
         progress,
+        stop,
     )
     try:
         for index, task in enumerate(tasks):
             if index not in skip:
+                stop.check()
                 state.run_task(task)
                 if on_done is not None:
                     state.after(lambda i=index: on_done(i))
@@ -100,9 +107,10 @@ def run(
 class _Run:
     """One run's parts, and how a task goes through them."""
 
-    def __init__(self, source, plan, mixer, cache, pool, out, hashing, hasher, batch_rows, progress):
+    def __init__(self, source, plan, mixer, cache, pool, out, hashing, hasher, batch_rows, progress, stop):
         self.source, self.plan, self.mixer, self.cache, self.pool = source, plan, mixer, cache, pool
         self.out, self.hashing, self.hasher, self.batch_rows, self.progress = out, hashing, hasher, batch_rows, progress
+        self.stop = stop
         self.in_place = plan.pairing == "global" and plan.n_blocks > 1
 
     def run_task(self, task) -> None:
@@ -134,6 +142,7 @@ class _Run:
                 release = lambda b=bufs: self.pool.release(b)
             self.submit(task.out_start + s, arrays, release)
             self.progress.update(e - s)
+            self.stop.check()  # between two batches: what was submitted is written before the stop is taken
 
     def submit(self, at: int, arrays, release) -> None:
         if self.hashing is not None:
@@ -190,7 +199,7 @@ class BlockCache:
         with self._cond:
             while self._pins[slot]:
                 self._check()
-                self._cond.wait(0.05)
+                self._cond.wait(stopping.POLL_S)
             self._held[slot] = None
 
     def _victim(self, keep: int, block: int) -> int | None:
@@ -207,7 +216,7 @@ class BlockCache:
             with self._cond:
                 while (slot := self._victim(keep, block)) is None:
                     self._check()
-                    self._cond.wait(0.05)
+                    self._cond.wait(stopping.POLL_S)
             if self._slots[slot] is None:
                 self._slots[slot] = {
                     key: np.empty((self._rows,) + spec.row_shape, spec.dtype)
@@ -392,7 +401,7 @@ class _BufferPool:
         while True:
             self._check()
             try:
-                return self._free.get(timeout=0.05)
+                return self._free.get(timeout=stopping.POLL_S)
             except queue.Empty:
                 continue
 

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mixup_cli import atomic, pipeline, preflight, provenance, resume, scratch, sidecar
+from mixup_cli import atomic, pipeline, preflight, provenance, resume, scratch, sidecar, stopping
 from mixup_cli.errors import MixupError, OutputError, ParameterError
 from mixup_cli.io import ArraySpec, format_of
 from mixup_cli.planning import build_plan, output_specs
@@ -48,7 +48,6 @@ class SetResult:
     seconds: float
     written: list[Path] = field(default_factory=list)
     skipped: list[Path] = field(default_factory=list)  # --resume: already complete
-    late_signals: tuple[int, ...] = ()
 
     @property
     def already_complete(self) -> bool:
@@ -69,24 +68,13 @@ class SetResult:
 
 
 class _PartProgress(Progress):
-    """One bar over the part's rows: each output's ``start`` is ignored.
-    Between outputs, a signal that came during a commit stops the part."""
+    """One bar over the part's rows: each output's ``start`` is ignored."""
 
     def __init__(self, inner: Progress):
         self.inner = inner
 
     def update(self, rows: int) -> None:
         self.inner.update(rows)
-
-    def committing(self) -> None:
-        committing = getattr(self.inner, "committing", None)
-        if committing is not None:
-            committing()
-
-    def between(self, caught) -> None:
-        between = getattr(self.inner, "between_outputs", None)
-        if between is not None:
-            between(caught)
 
 
 def augment_set(
@@ -223,15 +211,14 @@ def _write_part(
                     request, source, concat, plan, outputs, k, tasks.pop(k), result.set_id, part, state, run_source
                 )
                 try:
-                    held = _write_one(request, source, plan, job, progress, started_at, t0)
+                    _write_one(request, source, plan, job, progress, started_at, t0)
                 except MixupError as exc:
                     _say_written(exc, result.written)
                     raise
                 result.written.append(outputs[k])
                 if n + 1 < len(todo):
-                    progress.between(held.caught)
-                else:
-                    result.late_signals = tuple(held.caught)
+                    # Another output follows: a stop asked for during this commit is taken now.
+                    stopping.current().end_commit()
     result.seconds = time.perf_counter() - t0
     return result
 
@@ -307,7 +294,7 @@ def _job(
     )
 
 
-def _write_one(request, source, plan, job: pipeline.OutputJob, progress, started_at, t0):
+def _write_one(request, source, plan, job: pipeline.OutputJob, progress, started_at, t0) -> None:
     """One output through the single-file run's own machinery, under its lock."""
     output = job.output
     atomic.recover(output)  # a commit a killed part left half-done
@@ -317,7 +304,6 @@ def _write_one(request, source, plan, job: pipeline.OutputJob, progress, started
         lock.acquire()
         # --resume of a set: outputs not started yet simply start (no warning for each).
         journal = resume.open_journal(output, request.resume and bool(atomic.partials(output, with_lock=False)))
-        _, _, held = pipeline.write_output(request, source, plan, job, journal, progress, started_at, t0)
+        pipeline.write_output(request, source, plan, job, journal, progress, started_at, t0)
     finally:
         lock.release()
-    return held
