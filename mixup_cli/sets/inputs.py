@@ -165,7 +165,9 @@ def parse_shard(text: str | None, environ: Mapping[str, str] | None = None) -> P
         if name == "slurm":
             if rest is not None:
                 raise ParameterError(
-                    f"--shard {text}: slurm takes N from SLURM_ARRAY_TASK_COUNT; write --shard slurm", "--shard"
+                    f"--shard {text}: slurm takes N from SLURM_ARRAY_TASK_COUNT; write --shard slurm, "
+                    "or --shard $SLURM_ARRAY_TASK_ID/N for some tasks of an array of N (--array=3,7)",
+                    "--shard",
                 )
             return _slurm_part(env)
         return _k8s_part(env, name, rest)
@@ -209,7 +211,8 @@ def _slurm_part(env: Mapping[str, str]) -> Part:
         raise ParameterError(
             f"--shard slurm: the job array is not a range of indices (SLURM_ARRAY_TASK_MIN={low}, "
             f"SLURM_ARRAY_TASK_MAX={high}, SLURM_ARRAY_TASK_STEP={step}, SLURM_ARRAY_TASK_COUNT={count}); "
-            "submit it as --array=FIRST-LAST (or FIRST-LAST:STEP), or give --shard I/N",
+            "submit it as --array=FIRST-LAST (or FIRST-LAST:STEP), or give --shard $SLURM_ARRAY_TASK_ID/N "
+            "(N the parts of the whole set)",
             "--shard",
         )
     if not low <= task <= high or (task - low) % step:
