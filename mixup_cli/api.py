@@ -111,7 +111,8 @@ def augment(
     or a list of paths: a set, mixed as their concatenation and written into
     the directory ``output``, one output per input under its name, with the
     manifest ``mixup-set.json`` (as ``mixup augment IN1 IN2 ... OUTDIR``).
-    ``shard="I/N"`` writes part I of N of a set's outputs (``--shard``).
+    ``shard="I/N"`` writes part I of N of a set's outputs (``--shard``);
+    ``"slurm"`` and ``"k8s/N"`` take the part from the job array's variables.
 
     Every other keyword is the command's option of the same name without its
     dashes (``--block-rows`` is ``block_rows``), with the same default and

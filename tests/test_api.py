@@ -248,6 +248,20 @@ def test_a_shard_writes_its_part_and_verify_names_what_is_missing(tmp_path):
     assert any("a.h5: missing" in line and "--shard 1/3" in line for line in report.problems)
 
 
+def test_a_shard_from_the_scheduler_is_its_part(tmp_path, monkeypatch):
+    """shard="k8s/3" reads JOB_COMPLETION_INDEX; the part written and recorded is 2/3."""
+    paths = _shards(tmp_path)
+    monkeypatch.setenv("JOB_COMPLETION_INDEX", "2")
+    part = mixup_cli.augment(paths, tmp_path / "mixed", seed=5, shard="k8s/3")
+    assert part.written == (tmp_path / "mixed" / "c.h5",)
+    report = mixup_cli.verify(tmp_path / "mixed")
+    assert any("a.h5: missing" in line and "--shard 1/3" in line for line in report.problems)
+    monkeypatch.delenv("JOB_COMPLETION_INDEX")
+    with pytest.raises(ParameterError, match="JOB_COMPLETION_INDEX is not set"):
+        mixup_cli.augment(paths, tmp_path / "other", seed=5, shard="k8s/3")
+    assert not (tmp_path / "other").exists()
+
+
 def test_verify_reports_a_changed_output_without_raising(tmp_path, source):
     src, _, _ = source
     out = tmp_path / "o.h5"

@@ -195,7 +195,10 @@ def _image_inputs(root: Path, rng) -> None:
 
 
 def run_block(language: str, code: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = dict(os.environ, MPLBACKEND="Agg", SLURM_ARRAY_TASK_ID="3")
+    # As task 3 of a Slurm array --array=0-15 and index 3 of a Kubernetes Indexed Job (--shard slurm, k8s/N).
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "JOB_COMPLETION_INDEX"))}
+    env.update(MPLBACKEND="Agg", JOB_COMPLETION_INDEX="3")
+    env.update({f"SLURM_ARRAY_TASK_{k}": v for k, v in dict(ID="3", MIN="0", MAX="15", STEP="1", COUNT="16").items()})
     env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env["PATH"]
     if RUNNABLE[language] == "bash":
         code = "\n".join(PIP_PREFIX.sub("", line) for line in code.splitlines())

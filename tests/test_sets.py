@@ -155,6 +155,100 @@ def test_shard_refuses(text, says):
     assert err.value.option == "--shard" and err.value.exit_code == 2
 
 
+def _slurm(task, low=0, high=15, count=16, step="1"):
+    env = {
+        "SLURM_ARRAY_TASK_ID": str(task),
+        "SLURM_ARRAY_TASK_MIN": str(low),
+        "SLURM_ARRAY_TASK_MAX": str(high),
+        "SLURM_ARRAY_TASK_COUNT": str(count),
+    }
+    if step is not None:
+        env["SLURM_ARRAY_TASK_STEP"] = str(step)
+    return env
+
+
+@pytest.mark.parametrize(
+    "text, env, part",
+    [
+        ("slurm", _slurm(3), (3, 16)),  # --array=0-15
+        ("slurm", _slurm(0), (0, 16)),
+        ("slurm", _slurm(15), (15, 16)),
+        ("SLURM", _slurm(15, step=None), (15, 16)),  # no step variable: step 1
+        ("slurm", _slurm(1, low=1, high=16), (0, 16)),  # --array=1-16: I relative to MIN
+        ("slurm", _slurm(16, low=1, high=16), (15, 16)),
+        ("slurm", _slurm(30, low=0, high=30, step=2), (15, 16)),  # --array=0-30:2: the 16th index
+        ("slurm", _slurm(7, low=5, high=11, count=4, step=2), (1, 4)),  # --array=5-11:2
+        ("slurm", _slurm(4, low=4, high=4, count=1), (0, 1)),  # an array of one task
+        ("k8s/16", {"JOB_COMPLETION_INDEX": "5"}, (5, 16)),
+        ("kubernetes/4", {"JOB_COMPLETION_INDEX": "3"}, (3, 4)),
+        (" K8s/ 2 ", {"JOB_COMPLETION_INDEX": "0"}, (0, 2)),
+        ("2/3", {"JOB_COMPLETION_INDEX": "0", **_slurm(1)}, (2, 3)),  # I/N never reads the variables
+    ],
+)
+def test_shard_from_the_scheduler(text, env, part):
+    got = parse_shard(text, env)
+    assert (got.index, got.count) == part and got == Part(*part)  # recorded as I/N is
+    assert str(got) == f"{part[0]}/{part[1]}" and got.to_dict() == {"index": part[0], "count": part[1]}
+
+
+@pytest.mark.parametrize(
+    "text, env, says",
+    [
+        ("slurm", {}, "--shard slurm: SLURM_ARRAY_TASK_ID is not set; run it as a task of a Slurm job array"),
+        (
+            "slurm",
+            {k: v for k, v in _slurm(3).items() if k != "SLURM_ARRAY_TASK_COUNT"},
+            "SLURM_ARRAY_TASK_COUNT is not set",
+        ),
+        ("slurm", {**_slurm(3), "SLURM_ARRAY_TASK_MIN": ""}, "SLURM_ARRAY_TASK_MIN is not set"),
+        (
+            "slurm",
+            {**_slurm(3), "SLURM_ARRAY_TASK_MAX": "15x"},
+            "SLURM_ARRAY_TASK_MAX='15x' is not a non-negative integer",
+        ),
+        ("slurm", {**_slurm(3), "SLURM_ARRAY_TASK_ID": "-3"}, "SLURM_ARRAY_TASK_ID='-3' is not a non-negative integer"),
+        ("slurm", {**_slurm(3), "SLURM_ARRAY_TASK_STEP": "two"}, "SLURM_ARRAY_TASK_STEP='two'"),
+        ("slurm", _slurm(3, low=1, high=7, count=3), "the job array is not a range of indices"),  # --array=1,3,7
+        ("slurm", _slurm(3, step=0), "the job array is not a range of indices"),
+        ("slurm", _slurm(3, low=0, high=30, step=2), "SLURM_ARRAY_TASK_ID=3 is not an index of the job array 0-30:2"),
+        ("slurm", _slurm(16), "SLURM_ARRAY_TASK_ID=16 is not an index of the job array 0-15:1"),
+        ("slurm", _slurm(0, low=1, high=16), "SLURM_ARRAY_TASK_ID=0 is not an index"),
+        ("slurm/16", _slurm(3), "slurm takes N from SLURM_ARRAY_TASK_COUNT; write --shard slurm"),
+        ("k8s", {"JOB_COMPLETION_INDEX": "0"}, "--shard k8s needs N, the Job's spec.completions: write --shard k8s/N"),
+        ("kubernetes", {"JOB_COMPLETION_INDEX": "0"}, "write --shard kubernetes/N"),
+        ("k8s/0", {"JOB_COMPLETION_INDEX": "0"}, "got k8s/0"),
+        ("k8s/x", {"JOB_COMPLETION_INDEX": "0"}, "got k8s/x"),
+        (
+            "k8s/4",
+            {},
+            "--shard k8s/4: JOB_COMPLETION_INDEX is not set; run it in a Kubernetes Job with completionMode: Indexed",
+        ),
+        ("k8s/4", {"JOB_COMPLETION_INDEX": " "}, "JOB_COMPLETION_INDEX is not set"),
+        ("k8s/4", {"JOB_COMPLETION_INDEX": "1.0"}, "JOB_COMPLETION_INDEX='1.0' is not a non-negative integer"),
+        (
+            "k8s/4",
+            {"JOB_COMPLETION_INDEX": "4"},
+            "JOB_COMPLETION_INDEX=4 is not below N=4; make N the Job's spec.completions",
+        ),
+        ("pbs", {}, "--shard must be I/N with integers 0 <= I < N (e.g. 0/4), slurm"),
+    ],
+)
+def test_shard_from_the_scheduler_refuses(text, env, says):
+    with pytest.raises(ParameterError) as err:
+        parse_shard(text, env)
+    assert says in str(err.value) and "\n" not in str(err.value)
+    assert err.value.option == "--shard" and err.value.exit_code == 2
+
+
+def test_shard_reads_the_process_environment(monkeypatch):
+    for name, value in _slurm(2, low=1, high=4, count=4).items():
+        monkeypatch.setenv(name, value)
+    assert parse_shard("slurm") == Part(1, 4)
+    monkeypatch.delenv("SLURM_ARRAY_TASK_ID")
+    with pytest.raises(ParameterError, match="SLURM_ARRAY_TASK_ID is not set"):
+        parse_shard("slurm")
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.integers(1, 60), st.integers(1, 80))
 def test_parts_cover_every_output_once_in_order(n_outputs, count):
@@ -181,6 +275,8 @@ def test_parts_need_a_seed():
     check_part_seed(Part(1, 4), 7)
     with pytest.raises(ParameterError, match=r"--shard 1/4 needs --seed"):
         check_part_seed(Part(1, 4), None)
+    with pytest.raises(ParameterError, match=r"--shard slurm \(part 1/4\) needs --seed"):
+        check_part_seed(parse_shard("slurm", _slurm(2, low=1, high=4, count=4)), None)
 
 
 # --- ConcatReader ------------------------------------------------------------

@@ -490,6 +490,144 @@ def test_usage_refusals(tmp_path, args, says):
     assert not (tmp_path / "out").exists()
 
 
+# --- --shard from the scheduler's variables -------------------------------------
+
+_SCHEDULER_PREFIXES = ("SLURM_", "JOB_COMPLETION_INDEX")
+
+
+def _in_job(*args, flag=None, **variables):
+    """``mixup augment ARGS`` as a task of a job array: only ``variables``
+    of the scheduler's are set (none inherited from the machine running the tests)."""
+    env = {k: v for k, v in _env().items() if not k.startswith(_SCHEDULER_PREFIXES)}
+    env.update({k: str(v) for k, v in variables.items()})
+    command = mixup_executable() + ["augment", *map(str, args)]
+    if flag is not None:
+        env["MIXUP_TEST_PAUSE"] = f"progress@3:{flag}"
+        return subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, preexec_fn=default_signals
+        )
+    return subprocess.run(command, capture_output=True, text=True, timeout=120, env=env)
+
+
+def _slurm(task: int, first: int, last: int, step: int = 1) -> dict:
+    count = (last - first) // step + 1
+    return {
+        "SLURM_ARRAY_JOB_ID": 4242,
+        "SLURM_ARRAY_TASK_ID": task,
+        "SLURM_ARRAY_TASK_MIN": first,
+        "SLURM_ARRAY_TASK_MAX": last,
+        "SLURM_ARRAY_TASK_STEP": step,
+        "SLURM_ARRAY_TASK_COUNT": count,
+    }
+
+
+def _written(outdir: Path) -> dict:
+    """What a set's OUTDIR holds that does not depend on the run: every output's
+    arrays (bytes), the manifest (bytes), and each sidecar's set section,
+    parameters and arrays' digests (a run's id and times aside)."""
+    found = {"manifest": (outdir / "mixup-set.json").read_bytes()}
+    for p in sorted(outdir.glob("*.provenance.json")):
+        name = p.name[: -len(".provenance.json")]
+        record = json.loads(p.read_text())
+        found[name] = {
+            "arrays": {k: (v.dtype.str, v.shape, v.tobytes()) for k, v in load_output(outdir / name).items()},
+            "set": record["set"],
+            "parameters": record["parameters"],
+            "digests": record["output"]["arrays"],
+        }
+    return found
+
+
+@pytest.mark.parametrize(
+    "shard, variables",
+    [
+        ("slurm", _slurm(1, 0, 1)),  # --array=0-1
+        ("slurm", _slurm(2, 1, 2)),  # --array=1-2: I relative to MIN
+        ("slurm", _slurm(7, 5, 7, step=2)),  # --array=5-7:2
+        ("k8s/2", {"JOB_COMPLETION_INDEX": 1}),
+        ("kubernetes/2", {"JOB_COMPLETION_INDEX": 1}),
+    ],
+)
+def test_a_scheduler_part_is_the_explicit_part(tmp_path, shard, variables):
+    paths, _ = _set(tmp_path)
+    common = ["--seed", 5, "--block-rows", BLOCK, "--copies", 2]
+    explicit = _in_job(*paths, tmp_path / "explicit", *common, "--shard", "1/2", "--json")
+    assert explicit.returncode == 0, explicit.stderr
+    r = _in_job(*paths, tmp_path / "job", *common, "--shard", shard, "--json", **variables)
+    assert r.returncode == 0, r.stderr
+    summary, want = json.loads(r.stdout), json.loads(explicit.stdout)
+    assert summary["part"] == "1/2" and [Path(p).name for p in summary["outputs"]] == [p.name for p in paths[2:]]
+    assert summary["set_id"] == want["set_id"]
+    # The same arrays and manifest, byte for byte; the sidecars record the same part, set and digests.
+    written = _written(tmp_path / "job")
+    assert written == _written(tmp_path / "explicit") and len(written) == 4
+    assert all(written[p.name]["set"]["part"] == {"index": 1, "count": 2} for p in paths[2:])
+    # Part 0 written explicitly completes the set, which verifies whole.
+    assert _in_job(*paths, tmp_path / "job", *common, "--shard", "0/2").returncode == 0
+    v = subprocess.run(
+        mixup_executable() + ["verify", str(tmp_path / "job")], capture_output=True, text=True, timeout=120, env=_env()
+    )
+    assert v.returncode == 0, v.stderr
+
+
+@pytest.mark.parametrize("resume_with", ["slurm", "1/2"])
+def test_a_scheduler_part_stopped_resumes(tmp_path, resume_with):
+    """A --shard slurm task stopped mid-output resumes, as the same task or as --shard 1/2, to the same bytes."""
+    paths, _ = _set(tmp_path)
+    common = ["--seed", 4, "--block-rows", BLOCK, "--batch-size", 4]
+    task = _slurm(2, 1, 2)
+    ref = _in_job(*paths, tmp_path / "ref", *common, "--shard", "1/2")
+    assert ref.returncode == 0, ref.stderr
+    flag = tmp_path / "paused.flag"
+    proc = _in_job(*paths, tmp_path / "out", *common, "--shard", "slurm", flag=flag, **task)
+    deadline = time.monotonic() + 60
+    while not flag.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGINT)
+    flag.unlink()
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert any(p.name.endswith(".journal.json") for p in (tmp_path / "out").iterdir())
+    r = _in_job(*paths, tmp_path / "out", *common, "--shard", resume_with, "--resume", "--json", **task)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["part"] == "1/2"
+    assert _written(tmp_path / "out") == _written(tmp_path / "ref")
+    left = sorted(x.name for x in (tmp_path / "out").iterdir())
+    assert left == sorted(x.name for x in (tmp_path / "ref").iterdir())  # no partial files left
+    # Once done, the task run again with --resume has nothing to do.
+    again = _in_job(*paths, tmp_path / "out", *common, "--shard", "slurm", "--resume", "--json", **task)
+    assert again.returncode == 0 and json.loads(again.stdout)["outputs"] == [], again.stderr
+
+
+@pytest.mark.parametrize(
+    "shard, variables, says",
+    [
+        ("slurm", {}, "--shard slurm: SLURM_ARRAY_TASK_ID is not set; run it as a task of a Slurm job array"),
+        ("slurm", {"SLURM_JOB_ID": 7}, "SLURM_ARRAY_TASK_ID is not set"),  # a job, but no array
+        ("slurm", {**_slurm(1, 0, 1), "SLURM_ARRAY_TASK_COUNT": "two"}, "SLURM_ARRAY_TASK_COUNT='two' is not"),
+        ("slurm", {**_slurm(7, 1, 7), "SLURM_ARRAY_TASK_COUNT": 3}, "the job array is not a range of indices"),
+        ("k8s", {"JOB_COMPLETION_INDEX": 0}, "--shard k8s needs N, the Job's spec.completions"),
+        ("k8s/2", {}, "--shard k8s/2: JOB_COMPLETION_INDEX is not set"),
+        ("k8s/2", {"JOB_COMPLETION_INDEX": "x"}, "JOB_COMPLETION_INDEX='x' is not a non-negative integer"),
+        ("k8s/2", {"JOB_COMPLETION_INDEX": 2}, "JOB_COMPLETION_INDEX=2 is not below N=2"),
+    ],
+)
+def test_a_scheduler_part_refuses_missing_or_malformed_variables(tmp_path, shard, variables, says):
+    paths, _ = _set(tmp_path)
+    r = _in_job(*paths, tmp_path / "out", "--seed", 1, "--shard", shard, **variables)
+    assert r.returncode == 2, r.stderr
+    assert says in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_scheduler_part_needs_a_seed(tmp_path):
+    paths, _ = _set(tmp_path)
+    r = _in_job(*paths, tmp_path / "out", "--shard", "slurm", **_slurm(1, 0, 3))
+    assert r.returncode == 2 and "--shard slurm (part 1/4) needs --seed" in r.stderr, r.stderr
+    assert not (tmp_path / "out").exists()
+
+
 # --- Dask --------------------------------------------------------------------
 
 

@@ -72,7 +72,7 @@ def _stopped_set(outdir: Path, name: str, written: list[Path], sharded: bool) ->
     "--shard",
     metavar="I/N",
     default=None,
-    help="Write only part I of N of the set's outputs (outputs floor(I*S/N) to floor((I+1)*S/N)-1 of S), with the whole set's plan; N > 1 needs --seed.",
+    help="Write only part I of N of the set's outputs (outputs floor(I*S/N) to floor((I+1)*S/N)-1 of S), with the whole set's plan; N > 1 needs --seed. 'slurm': I and N from a Slurm job array's task (SLURM_ARRAY_TASK_ID relative to SLURM_ARRAY_TASK_MIN and STEP, N = SLURM_ARRAY_TASK_COUNT); 'k8s/N' (or 'kubernetes/N'): I from a Kubernetes Indexed Job's JOB_COMPLETION_INDEX, N its completions. Recorded as I/N.",
 )
 @keys_options
 @run_options
@@ -166,7 +166,8 @@ def augment(paths, inputs_from, shard, keys, data, quiet, as_json, **params):
     A set: with two inputs or more (or --inputs-from, or --shard) the inputs are mixed as one dataset, their concatenation in the
     order given (pairs cross inputs), and OUT is a directory receiving one
     output per input under its name, each with its sidecar, and the set's
-    manifest mixup-set.json. --shard I/N writes part I of N of them. A
+    manifest mixup-set.json. --shard I/N writes part I of N of them
+    (--shard slurm or k8s/N: the part of a job array's task). A
     folder of Parquet files (no .npy files) is the set of its .parquet
     files, sorted by name. Otherwise one input makes one output, OUT
     spelled with a trailing slash or not (data/ mixed/ writes mixed/x.npy,
@@ -188,7 +189,8 @@ def augment(paths, inputs_from, shard, keys, data, quiet, as_json, **params):
       mixup augment samples.tar out.h5 --image-size 16   # WebDataset: .jpg + .cls
       mixup augment shards/*.h5 mixed/ --seed 7     # a set: mixed/part-0000.h5, ...
       mixup augment --inputs-from shards.txt mixed/ --seed 7
-      mixup augment shards/*.h5 mixed/ --seed 7 --shard $SLURM_ARRAY_TASK_ID/16
+      mixup augment shards/*.h5 mixed/ --seed 7 --shard 3/16
+      mixup augment shards/*.h5 mixed/ --seed 7 --shard slurm   # sbatch --array=0-15
     """
     import dataclasses
 

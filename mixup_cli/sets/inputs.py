@@ -1,11 +1,13 @@
-"""A set's inputs as given (arguments, ``--inputs-from``) and ``--shard I/N``."""
+"""A set's inputs as given (arguments, ``--inputs-from``) and ``--shard I/N``
+(or the part a job array's scheduler gives: ``slurm``, ``k8s/N``)."""
 
 from __future__ import annotations
 
+import os
 import re
 import sys
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
@@ -112,17 +114,26 @@ def is_set_form(
 
 
 _SHARD = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$")
+_SCHEDULER = re.compile(r"^\s*(slurm|k8s|kubernetes)\s*(?:/(.*))?$", re.IGNORECASE)
+_COUNT = re.compile(r"^\s*(\d+)\s*$")
 
 
 @dataclass(frozen=True)
 class Part:
-    """Part ``index`` of ``count`` (``--shard I/N``): ``0 <= index < count``."""
+    """Part ``index`` of ``count`` (``--shard I/N``): ``0 <= index < count``.
+    ``given``: how ``--shard`` was spelled when a scheduler chose the part
+    (``slurm``), for messages only; the part is recorded as ``I/N``."""
 
     index: int
     count: int
+    given: str = field(default="", compare=False, repr=False)
 
     def __str__(self) -> str:
         return f"{self.index}/{self.count}"
+
+    def spelled(self) -> str:
+        """``--shard``'s value as the user gave it: ``3/16``, or ``slurm (part 3/16)``."""
+        return f"{self.given} (part {self})" if self.given else str(self)
 
     def outputs(self, n_outputs: int) -> range:
         """The contiguous outputs this part writes: ``[floor(I*S/N), floor((I+1)*S/N))``.
@@ -135,20 +146,109 @@ class Part:
 
 WHOLE = Part(0, 1)
 
+_FORMS = "I/N with integers 0 <= I < N (e.g. 0/4), slurm (a Slurm job array's task) or k8s/N (a Kubernetes Indexed Job)"
 
-def parse_shard(text: str | None) -> Part:
-    """``--shard I/N`` as a Part (None: the whole set, 0/1)."""
+
+def parse_shard(text: str | None, environ: Mapping[str, str] | None = None) -> Part:
+    """``--shard`` as a Part (None: the whole set, 0/1): ``I/N``; ``slurm``,
+    the task of a Slurm job array (``SLURM_ARRAY_TASK_*``); ``k8s/N`` (or
+    ``kubernetes/N``), the completion index of a Kubernetes Indexed Job of
+    N completions (``JOB_COMPLETION_INDEX``). ``environ``: the variables to
+    read (default ``os.environ``). A variable missing or malformed is refused,
+    never taken as part 0."""
     if text is None:
         return WHOLE
+    scheduler = _SCHEDULER.match(str(text))
+    if scheduler:
+        env = os.environ if environ is None else environ
+        name, rest = scheduler.group(1).lower(), scheduler.group(2)
+        if name == "slurm":
+            if rest is not None:
+                raise ParameterError(
+                    f"--shard {text}: slurm takes N from SLURM_ARRAY_TASK_COUNT; write --shard slurm, "
+                    "or --shard $SLURM_ARRAY_TASK_ID/N for some tasks of an array of N (--array=3,7)",
+                    "--shard",
+                )
+            return _slurm_part(env)
+        return _k8s_part(env, name, rest)
     match = _SHARD.match(str(text))
     if not match:
-        raise ParameterError(f"--shard must be I/N with integers 0 <= I < N (e.g. 0/4), got {text!r}", "--shard")
+        raise ParameterError(f"--shard must be {_FORMS}; got {text!r}", "--shard")
     index, count = int(match.group(1)), int(match.group(2))
     if count < 1:
         raise ParameterError(f"--shard {text}: N must be at least 1", "--shard")
     if index >= count:
         raise ParameterError(f"--shard {text}: I must be below N (parts are numbered 0 to {count - 1})", "--shard")
     return Part(index, count)
+
+
+def _variable(env: Mapping[str, str], name: str, spelled: str, fix: str, default: int | None = None) -> int:
+    """The non-negative integer in variable ``name``; refused in one line when missing or malformed."""
+    raw = env.get(name)
+    if raw is None or not raw.strip():
+        if default is not None:
+            return default
+        raise ParameterError(f"--shard {spelled}: {name} is not set; {fix}", "--shard")
+    found = _COUNT.match(raw)
+    if not found:
+        raise ParameterError(f"--shard {spelled}: {name}={raw!r} is not a non-negative integer; {fix}", "--shard")
+    return int(found.group(1))
+
+
+_SLURM_FIX = "run it as a task of a Slurm job array (sbatch --array=0-15 ...), or give --shard I/N"
+
+
+def _slurm_part(env: Mapping[str, str]) -> Part:
+    """A Slurm array task's part: I = (SLURM_ARRAY_TASK_ID - MIN) / STEP, N = SLURM_ARRAY_TASK_COUNT.
+    Arrays that do not start at 0 (``--array=1-16``) and regular steps
+    (``--array=0-30:2``) map onto parts 0 to N-1 in index order; a list of
+    indices that is not a range (``--array=1,2,7``) is refused."""
+    task, count, low, high = (
+        _variable(env, f"SLURM_ARRAY_TASK_{what}", "slurm", _SLURM_FIX) for what in ("ID", "COUNT", "MIN", "MAX")
+    )
+    step = _variable(env, "SLURM_ARRAY_TASK_STEP", "slurm", _SLURM_FIX, default=1)
+    if count < 1 or step < 1 or high < low or high - low != (count - 1) * step:
+        raise ParameterError(
+            f"--shard slurm: the job array is not a range of indices (SLURM_ARRAY_TASK_MIN={low}, "
+            f"SLURM_ARRAY_TASK_MAX={high}, SLURM_ARRAY_TASK_STEP={step}, SLURM_ARRAY_TASK_COUNT={count}); "
+            "submit it as --array=FIRST-LAST (or FIRST-LAST:STEP), or give --shard $SLURM_ARRAY_TASK_ID/N "
+            "(N the parts of the whole set)",
+            "--shard",
+        )
+    if not low <= task <= high or (task - low) % step:
+        raise ParameterError(
+            f"--shard slurm: SLURM_ARRAY_TASK_ID={task} is not an index of the job array "
+            f"{low}-{high}:{step}; run it as a task of that array, or give --shard I/N",
+            "--shard",
+        )
+    return Part((task - low) // step, count, given="slurm")
+
+
+def _k8s_part(env: Mapping[str, str], name: str, rest: str | None) -> Part:
+    """A Kubernetes Indexed Job's part: I = JOB_COMPLETION_INDEX, N from ``k8s/N`` (the Job's completions)."""
+    found = _COUNT.match(rest) if rest is not None else None
+    if found is None or int(found.group(1)) < 1:
+        got = f"; got {name}/{rest}" if rest is not None else ""
+        raise ParameterError(
+            f"--shard {name} needs N, the Job's spec.completions: write --shard {name}/N (e.g. {name}/16 "
+            f"with completions: 16){got}",
+            "--shard",
+        )
+    count = int(found.group(1))
+    spelled = f"{name}/{count}"
+    index = _variable(
+        env,
+        "JOB_COMPLETION_INDEX",
+        spelled,
+        "run it in a Kubernetes Job with completionMode: Indexed, or give --shard I/N",
+    )
+    if index >= count:
+        raise ParameterError(
+            f"--shard {spelled}: JOB_COMPLETION_INDEX={index} is not below N={count}; "
+            "make N the Job's spec.completions",
+            "--shard",
+        )
+    return Part(index, count, given=spelled)
 
 
 def part_of(output: int, n_outputs: int, count: int) -> int:
@@ -160,4 +260,4 @@ def part_of(output: int, n_outputs: int, count: int) -> int:
 def check_part_seed(part: Part, seed: int | None) -> None:
     """Parts run apart must share one plan: a drawn seed would differ per part."""
     if part.count > 1 and seed is None:
-        raise ParameterError(f"--shard {part} needs --seed: every part must use the same plan", "--seed")
+        raise ParameterError(f"--shard {part.spelled()} needs --seed: every part must use the same plan", "--seed")
