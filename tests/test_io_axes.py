@@ -1,0 +1,154 @@
+"""MATLAB v7.3 files and arrays whose samples are not on the first axis
+(``--sample-axis``): outputs against the formula on the arrays as MATLAB or
+netCDF shows them, the sidecar, resume's fingerprint, verify, and refusals."""
+
+from __future__ import annotations
+
+import h5py
+import numpy as np
+import pytest
+from conftest import expected_mix, load_output, read_sidecar
+
+N, F, C = 37, 6, 4
+HEADER = b"MATLAB 7.3 MAT-file, Platform: GLNXA64, Created on: Thu Dec  3 12:00:00 2026 HDF5 schema 1.00 ."
+
+
+MATLAB_CLASSES = {"f4": "single", "f8": "double", "i4": "int32"}
+
+
+def arrays(n=N, f=F, seed=3):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((n, f)).astype(np.float32), rng.integers(0, C, n).astype(np.int32)
+
+
+def write_mat(path, **variables):
+    """A .mat v7.3 file as MATLAB writes one: a 512-byte user block holding
+    the header text, each variable column-major (stored axes reversed) with
+    its MATLAB_class; a vector stays 2-D (N x 1 is stored as 1 x N)."""
+    with h5py.File(path, "w", userblock_size=512) as f:
+        for name, value in variables.items():
+            value = np.asarray(value)
+            if value.ndim == 1:
+                value = value[:, None]  # MATLAB has no 1-D arrays: a column vector
+            ds = f.create_dataset(name, data=value.T, chunks=True)  # column-major storage
+            ds.attrs["MATLAB_class"] = np.bytes_(MATLAB_CLASSES[value.dtype.str[1:]])
+    with open(path, "r+b") as fh:
+        fh.write(HEADER.ljust(116, b" ") + b"\x00" * 8 + b"\x00\x02IM")
+
+
+def check_mixed(out, x, y=None):
+    got = load_output(out)
+    lam, partner = got["lam"], got["partner"]
+    np.testing.assert_allclose(got["x"], expected_mix(x, lam, partner), rtol=1e-6, atol=1e-6)
+    if y is not None:
+        one_hot = np.eye(C, dtype=np.float32)[y.astype(int)]
+        np.testing.assert_allclose(got["y"], expected_mix(one_hot, lam, partner), rtol=1e-6, atol=1e-6)
+    return got
+
+
+def test_matlab_matrix_reads_as_matlab_shows_it(run_cli, tmp_path, outdir):
+    x, y = arrays()
+    src, out = tmp_path / "data.mat", outdir / "out.h5"
+    write_mat(src, x=x, y=y)
+    assert h5py.File(src, "r")["x"].shape == (F, N)  # stored transposed, as MATLAB does
+    r = run_cli("augment", src, out, "--alpha", "0.4", "--seed", "5", "--block-rows", "8")
+    assert r.exit_code == 0, r.stderr
+    got = check_mixed(out, x, y)
+    assert got["x"].shape == (N, F)
+    assert "sample_axis" not in read_sidecar(out)["parameters"]
+    v = run_cli("verify", out)
+    assert v.exit_code == 0, v.stdout + v.stderr
+
+
+def test_matlab_sample_axis_counts_matlab_axes(run_cli, tmp_path, outdir):
+    # A MATLAB F x N matrix (features down the columns): samples on MATLAB's axis 1.
+    x, y = arrays()
+    src, out = tmp_path / "cols.mat", outdir / "out.h5"
+    write_mat(src, x=x.T, y=y)
+    r = run_cli("augment", src, out, "--seed", "1", "--sample-axis", "1", "--block-rows", "5")
+    assert r.exit_code == 0, r.stderr
+    check_mixed(out, x, y)
+    assert read_sidecar(out)["parameters"]["sample_axis"] == 1
+    v = run_cli("verify", out)
+    assert v.exit_code == 0, v.stdout + v.stderr
+
+
+def test_matlab_transposed_without_option_is_refused_with_the_axis(run_cli, tmp_path, outdir):
+    x, y = arrays()
+    src = tmp_path / "cols.mat"
+    write_mat(src, x=x.T, y=y)
+    r = run_cli("augment", src, outdir / "out.h5", "--seed", "1")
+    assert r.exit_code == 1
+    assert "--sample-axis 1" in r.stderr and "'x' has 6 rows but 'y' has 37" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert not any(outdir.iterdir())
+
+
+def test_matlab_3d_x_without_y(run_cli, tmp_path, outdir):
+    # MATLAB N x H x W images (stored W, H, N), mixed alone.
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((N, 3, 5))
+    src, out = tmp_path / "img.mat", outdir / "out.npz"
+    write_mat(src, images=x)
+    r = run_cli("augment", src, out, "--x-key", "images", "--no-y", "--seed", "2", "--block-rows", "7")
+    assert r.exit_code == 0, r.stderr
+    got = load_output(out)
+    np.testing.assert_allclose(got["images"], expected_mix(x, got["lam"], got["partner"]))
+
+
+def test_hdf5storage_written_file(run_cli, tmp_path, outdir):
+    hdf5storage = pytest.importorskip("hdf5storage")
+    x, y = arrays()
+    src, out = tmp_path / "by_hdf5storage.mat", outdir / "out.h5"
+    hdf5storage.savemat(str(src), {"x": x, "y": y[:, None]}, format="7.3", matlab_compatible=True)
+    r = run_cli("augment", src, out, "--seed", "4", "--block-rows", "9")
+    assert r.exit_code == 0, r.stderr
+    check_mixed(out, x, y)
+    assert run_cli("verify", out).exit_code == 0
+
+
+def test_sample_axis_on_plain_hdf5_and_resume_fingerprint(run_cli, tmp_path, outdir):
+    x, y = arrays()
+    src, out = tmp_path / "t.h5", outdir / "out.h5"
+    with h5py.File(src, "w") as f:
+        f["x"], f["y"] = x.T.copy(), y
+    r = run_cli("augment", src, out, "--seed", "1", "--sample-axis", "-1", "--block-rows", "6")
+    assert r.exit_code == 0, r.stderr
+    check_mixed(out, x, y)
+    assert read_sidecar(out)["parameters"]["sample_axis"] == -1
+    assert run_cli("verify", out).exit_code == 0
+    bad = run_cli("augment", src, outdir / "o2.h5", "--sample-axis", "2")
+    assert bad.exit_code == 2 and "--sample-axis 2 is out of range for 'x'" in bad.stderr
+
+
+def test_sample_axis_refused_for_other_formats(run_cli, tmp_path, outdir):
+    x, y = arrays()
+    src = tmp_path / "t.npz"
+    np.savez(src, x=x.T, y=y)
+    r = run_cli("augment", src, outdir / "out.h5", "--sample-axis", "1")
+    assert r.exit_code == 2 and "--sample-axis applies to HDF5 input" in r.stderr
+
+
+def write_netcdf(path, x, y):
+    netCDF4 = pytest.importorskip("netCDF4")
+    with netCDF4.Dataset(path, "w") as nc:
+        nc.createDimension("feature", x.shape[1])
+        nc.createDimension("sample", x.shape[0])
+        nc.createVariable("x", "f4", ("feature", "sample"))[:] = x.T
+        nc.createVariable("y", "i4", ("sample",))[:] = y
+
+
+def test_netcdf_dimension_name(run_cli, tmp_path, outdir):
+    x, y = arrays(n=F)  # as many samples as features: row counts alone cannot tell
+    src, out = tmp_path / "t.nc", outdir / "out.h5"
+    write_netcdf(src, x, y)
+    refused = run_cli("augment", src, out, "--seed", "1")
+    assert refused.exit_code == 1
+    assert "pass --sample-axis sample (or --sample-axis 1)" in refused.stderr
+    r = run_cli("augment", src, out, "--seed", "1", "--sample-axis", "sample", "--block-rows", "4", "--num-classes", C)
+    assert r.exit_code == 0, r.stderr
+    check_mixed(out, x, y)
+    assert read_sidecar(out)["parameters"]["sample_axis"] == "sample"
+    assert run_cli("verify", out).exit_code == 0
+    wrong = run_cli("augment", src, outdir / "o2.h5", "--sample-axis", "time")
+    assert wrong.exit_code == 2 and "no dimension named 'time'" in wrong.stderr
