@@ -4,10 +4,14 @@ netCDF shows them, the sidecar, resume's fingerprint, verify, and refusals."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+
 import h5py
 import numpy as np
 import pytest
-from conftest import expected_mix, load_output, read_sidecar
+from conftest import expected_mix, load_output, mixup_executable, read_sidecar, run_in_process
+from test_cli_signals import paused
 
 N, F, C = 37, 6, 4
 HEADER = b"MATLAB 7.3 MAT-file, Platform: GLNXA64, Created on: Thu Dec  3 12:00:00 2026 HDF5 schema 1.00 ."
@@ -152,3 +156,72 @@ def test_netcdf_dimension_name(run_cli, tmp_path, outdir):
     assert run_cli("verify", out).exit_code == 0
     wrong = run_cli("augment", src, outdir / "o2.h5", "--sample-axis", "time")
     assert wrong.exit_code == 2 and "no dimension named 'time'" in wrong.stderr
+
+
+def test_netcdf_name_moves_y_too(run_cli, tmp_path, outdir):
+    netCDF4 = pytest.importorskip("netCDF4")
+    x, _ = arrays()
+    soft = np.random.default_rng(1).random((N, 3))
+    src, out = tmp_path / "t.nc", outdir / "out.h5"
+    with netCDF4.Dataset(src, "w") as nc:
+        nc.createDimension("feature", F)
+        nc.createDimension("target", 3)
+        nc.createDimension("sample", N)
+        nc.createVariable("x", "f4", ("feature", "sample"))[:] = x.T
+        nc.createVariable("y", "f8", ("target", "sample"))[:] = soft.T
+    r = run_cli("augment", src, out, "--seed", "3", "--sample-axis", "sample", "--block-rows", "10")
+    assert r.exit_code == 0, r.stderr
+    got = check_mixed(out, x)
+    np.testing.assert_allclose(got["y"], expected_mix(soft, got["lam"], got["partner"]))
+    assert run_cli("verify", out).exit_code == 0
+
+
+def test_matlab_class_pairing_reads_partners_by_row(run_cli, tmp_path, outdir):
+    x, y = arrays(n=120)
+    src, out = tmp_path / "data.mat", outdir / "out.h5"
+    write_mat(src, x=x, y=y)
+    r = run_cli("augment", src, out, "--seed", "8", "--pairing", "within-class", "--block-rows", "16")
+    assert r.exit_code == 0, r.stderr
+    got = check_mixed(out, x, y)
+    assert (y[got["partner"]] == y).all()
+    assert run_cli("verify", out).exit_code == 0
+
+
+def test_inspect_shows_matlab_shapes(run_cli, tmp_path):
+    x, y = arrays()
+    src = tmp_path / "data.mat"
+    write_mat(src, x=x, y=y)
+    r = run_cli("inspect", src, "--json")
+    assert r.exit_code == 0, r.stderr
+    shown = json.loads(r.stdout)["arrays"]
+    assert shown["x"]["shape"] == [N, F] and shown["x"]["stored_shape"] == [F, N]
+    assert shown["y"]["shape"] == [N]
+
+
+def test_killed_run_resumes_only_with_the_same_sample_axis(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1000, F)).astype(np.float32)
+    src, out = tmp_path / "t.h5", tmp_path / "out.h5"
+    with h5py.File(src, "w") as f:
+        f["x"] = x.T.copy()
+    args = ["augment", src, out, "--no-y", "--seed", "4", "--block-rows", "100", "--copies", "2", "--batch-size", "30"]
+    proc, flag = paused([*args, "--sample-axis", "1", "-q"], "progress@40", tmp_path)
+    proc.kill()
+    proc.communicate(timeout=60)
+    flag.unlink()
+    other = subprocess.run(
+        mixup_executable() + [str(a) for a in (*args, "--resume")], capture_output=True, text=True, timeout=120
+    )
+    assert other.returncode != 0 and "--sample-axis" in other.stderr, other.stderr
+    again = subprocess.run(
+        mixup_executable() + [str(a) for a in (*args, "--sample-axis", "1", "--resume")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert again.returncode == 0, again.stderr
+    whole = tmp_path / "whole.h5"
+    assert run_in_process(*args[:2], whole, *args[3:], "--sample-axis", "1").returncode == 0
+    a, b = load_output(out), load_output(whole)
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    np.testing.assert_allclose(a["x"][:1000], expected_mix(x, a["lam"][:1000], a["partner"][:1000]))

@@ -134,7 +134,7 @@ class Reoriented:
     def describe(self, key: str) -> dict:
         info = dict(self._inner.describe(key))
         if key in self._views:
-            info["shown_shape"] = list(self._views[key].shape)
+            info["stored_shape"] = list(self._inner.spec(key).shape)  # chunks are in this order
             if key in self.sample_axes:
                 info["sample_axis"] = self.sample_axes[key]
         return info
@@ -196,7 +196,10 @@ def wrap(reader, keys, sample_axis, *, x_key: str):
     for key in keys:
         if key is None or key not in reader.keys():
             continue
-        shape = reader.spec(key).shape
+        try:
+            shape = reader.spec(key).shape
+        except InputError:
+            continue  # not readable as an array: its own check says why
         if not shape:
             continue
         if matlab and reader.matlab_class(key) is not None:
