@@ -97,10 +97,9 @@ def describe(path: Path) -> dict:
 
     recover(path)  # a commit left half-done by a killed run: finished or rolled back, with a warning
     reader = open_reader(path)
-    if reader.format_name == "hdf5":
-        from mixup_cli.io import axes
+    from mixup_cli.io import axes
 
-        reader = axes.wrap(reader, reader.keys(), None, x_key="")  # MATLAB v7.3: shapes as MATLAB shows them
+    reader = axes.as_matlab_shows(reader)  # MATLAB v7.3: shapes as MATLAB shows them
     try:
         info = {"path": str(path), "format": reader.format_name, "arrays": arrays_of(reader), "attributes": {}}
         attributes = getattr(reader, "attributes", None)

@@ -225,3 +225,17 @@ def test_killed_run_resumes_only_with_the_same_sample_axis(tmp_path):
     a, b = load_output(out), load_output(whole)
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
     np.testing.assert_allclose(a["x"][:1000], expected_mix(x, a["lam"][:1000], a["partner"][:1000]))
+
+
+def test_set_of_matlab_files(run_cli, tmp_path, outdir):
+    # A set's outputs take their inputs' names: MATLAB files named .h5 (the format is HDF5).
+    x, y = arrays(n=50)
+    a, b = tmp_path / "a.h5", tmp_path / "b.h5"
+    write_mat(a, x=x[:20], y=y[:20])
+    write_mat(b, x=x[20:], y=y[20:])
+    r = run_cli("augment", a, b, outdir / "set", "--seed", "6", "--block-rows", "8")
+    assert r.exit_code == 0, r.stderr
+    got = {k: np.concatenate([load_output(outdir / "set" / n)[k] for n in ("a.h5", "b.h5")]) for k in ("x", "lam")}
+    partner = np.concatenate([load_output(outdir / "set" / n)["partner"] for n in ("a.h5", "b.h5")])
+    np.testing.assert_allclose(got["x"], expected_mix(x, got["lam"], partner), rtol=1e-6, atol=1e-6)
+    assert run_cli("verify", outdir / "set").exit_code == 0

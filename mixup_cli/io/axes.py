@@ -216,6 +216,14 @@ def wrap(reader, keys, sample_axis, *, x_key: str):
     return Reoriented(reader, views, axes) if views else reader
 
 
+def as_matlab_shows(reader):
+    """``reader`` with a MATLAB v7.3 file's arrays as MATLAB shows them (every
+    input of a set, ``inspect``); ``reader`` itself for any other file."""
+    if reader.format_name != "hdf5" or not is_matlab(reader.path):
+        return reader
+    return wrap(reader, reader.keys(), None, x_key="")
+
+
 def misplaced_samples(reader, x_key: str, x_shape: tuple, y_key: str, y_rows: int) -> str | None:
     """Without --sample-axis: a one-line reason why x's samples seem not to
     be on its first axis (x's rows disagree with y's while another axis
