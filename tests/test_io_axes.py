@@ -239,3 +239,22 @@ def test_set_of_matlab_files(run_cli, tmp_path, outdir):
     partner = np.concatenate([load_output(outdir / "set" / n)["partner"] for n in ("a.h5", "b.h5")])
     np.testing.assert_allclose(got["x"], expected_mix(x, got["lam"], partner), rtol=1e-6, atol=1e-6)
     assert run_cli("verify", outdir / "set").exit_code == 0
+
+
+@pytest.mark.xdist_group("dask")
+def test_dask_workers_read_the_same_rows(dask_scheduler, tmp_path, run_mixup):
+    netCDF4 = pytest.importorskip("netCDF4")
+    x, y = arrays(n=90)
+    src = tmp_path / "t.nc"
+    with netCDF4.Dataset(src, "w") as nc:
+        nc.createDimension("feature", F)
+        nc.createDimension("sample", 90)
+        nc.createVariable("x", "f4", ("feature", "sample"))[:] = x.T
+        nc.createVariable("y", "i4", ("sample",))[:] = y
+    args = ("--sample-axis", "sample", "--seed", 2, "--block-rows", 16, "--num-classes", C, "-q")
+    assert run_in_process("augment", src, tmp_path / "local.h5", *args).returncode == 0
+    remote = run_mixup("augment", src, tmp_path / "dask.h5", *args, "--engine", "dask", "--scheduler", dask_scheduler)
+    assert remote.returncode == 0, remote.stderr
+    a, b = load_output(tmp_path / "local.h5"), load_output(tmp_path / "dask.h5")
+    assert all(a[k].tobytes() == b[k].tobytes() for k in ("x", "y", "lam", "partner"))
+    check_mixed(tmp_path / "dask.h5", x, y)
