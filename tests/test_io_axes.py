@@ -258,3 +258,14 @@ def test_dask_workers_read_the_same_rows(dask_scheduler, tmp_path, run_mixup):
     a, b = load_output(tmp_path / "local.h5"), load_output(tmp_path / "dask.h5")
     assert all(a[k].tobytes() == b[k].tobytes() for k in ("x", "y", "lam", "partner"))
     check_mixed(tmp_path / "dask.h5", x, y)
+
+
+def test_the_written_mat_files_read_in_matlab_orientation_with_mat73(tmp_path):
+    # An independent reader of MATLAB v7.3 files sees this module's test files as MATLAB would.
+    mat73 = pytest.importorskip("mat73")
+    x, y = arrays()
+    src = tmp_path / "data.mat"
+    write_mat(src, x=x, y=y)
+    loaded = mat73.loadmat(str(src))
+    np.testing.assert_array_equal(loaded["x"], x)
+    np.testing.assert_array_equal(np.ravel(loaded["y"]), y)
