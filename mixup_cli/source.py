@@ -85,8 +85,6 @@ def open_source(
     try:
         reader.require(x_key, "--x-key")  # x exists, before its attributes are read
         options = options or DataOptions()
-        if layout is not None and options.sample_axis is not None:
-            raise ParameterError("--sample-axis applies to one input file, not a set of inputs", "--sample-axis")
         # MATLAB v7.3 arrays as MATLAB shows them; --sample-axis: x's samples moved first.
         reader = axes.wrap(reader, (x_key, y_key), options.sample_axis, x_key=x_key)
         reader = cf.wrap(reader, (x_key, y_key))  # netCDF: packed variables as floats, fill values as missing

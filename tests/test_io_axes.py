@@ -269,3 +269,12 @@ def test_the_written_mat_files_read_in_matlab_orientation_with_mat73(tmp_path):
     loaded = mat73.loadmat(str(src))
     np.testing.assert_array_equal(loaded["x"], x)
     np.testing.assert_array_equal(np.ravel(loaded["y"]), y)
+
+
+def test_sample_axis_refused_for_a_set(run_cli, tmp_path, outdir):
+    x, y = arrays()
+    for name in ("a.h5", "b.h5"):
+        with h5py.File(tmp_path / name, "w") as f:
+            f["x"], f["y"] = x.T.copy(), y
+    r = run_cli("augment", tmp_path / "a.h5", tmp_path / "b.h5", outdir / "set", "--sample-axis", "1")
+    assert r.exit_code == 2 and "--sample-axis applies to one input file" in r.stderr
