@@ -90,6 +90,7 @@ def augment(
     image_channels: str | None = None,
     skip_bad_images: bool = False,
     wds_label: str | None = None,
+    sample_axis: int | str | None = None,
     method: str = "mixup",
     layout: str | None = None,
     neighbors: int | None = None,

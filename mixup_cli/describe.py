@@ -48,6 +48,7 @@ def arrays_of(reader) -> dict:
             "shape": list(spec.shape),
             "dtype": storage.get("type") or type_name(spec.dtype),
             "chunks": list(chunks) if chunks else None,
+            **({"stored_shape": storage["stored_shape"]} if "stored_shape" in storage else {}),
             "compression": storage.get("compression", "none"),
         }
     return arrays
@@ -96,6 +97,9 @@ def describe(path: Path) -> dict:
 
     recover(path)  # a commit left half-done by a killed run: finished or rolled back, with a warning
     reader = open_reader(path)
+    from mixup_cli.io import axes
+
+    reader = axes.as_matlab_shows(reader)  # MATLAB v7.3: shapes as MATLAB shows them
     try:
         info = {"path": str(path), "format": reader.format_name, "arrays": arrays_of(reader), "attributes": {}}
         attributes = getattr(reader, "attributes", None)

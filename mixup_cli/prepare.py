@@ -44,6 +44,11 @@ class DataOptions:
     image_channels: str | None = None  # rgb | gray [default: rgb]
     skip_bad_images: bool = False
     wds_label: str | None = None  # WebDataset shards: cls | json:FIELD [default: cls]
+    # --sample-axis: the axis of x holding the samples (a number, or a netCDF-4 dimension name); io/axes.py.
+    sample_axis: int | str | None = None
+
+    def __post_init__(self):
+        object.__setattr__(self, "sample_axis", parse_sample_axis(self.sample_axis))
 
     def image_options(self) -> ImageOptions | None:
         """How a folder of images is decoded; None when no image option is given."""
@@ -95,8 +100,23 @@ class DataOptions:
             num_classes=None if pair else targets.get("num_classes"),
             label_smoothing=0.0 if pair else targets.get("label_smoothing", 0.0),
             allow_nonfinite=parameters.get("allow_nonfinite", False),
+            sample_axis=parameters.get("sample_axis"),
             **_image_fields(parameters.get("images")),
         )
+
+
+def parse_sample_axis(value) -> int | str | None:
+    """``--sample-axis``: an axis number (as int) or a dimension name."""
+    if value is None or isinstance(value, int):
+        return value
+    text = str(value).strip()
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    if not text:
+        raise ParameterError("--sample-axis needs an axis number or a netCDF dimension name", "--sample-axis")
+    return text
 
 
 def _image_fields(images: dict | None) -> dict:
@@ -208,6 +228,7 @@ class Prepared:
             image_channels=self.options.image_channels,
             skip_bad_images=self.options.skip_bad_images,
             wds_label=self.options.wds_label,
+            sample_axis=self.options.sample_axis,
         )
 
     def parameters(self) -> dict:
@@ -232,6 +253,8 @@ class Prepared:
         }
         if self.class_names is not None:  # only for such labels: other sidecars stay as they were
             recorded["class_names"] = list(self.class_names)
+        if self.options.sample_axis is not None:  # only when given: other sidecars stay as they were
+            recorded["sample_axis"] = self.options.sample_axis
         if self.images is not None:  # a folder of images only
             recorded["images"] = dict(self.images)
         return recorded

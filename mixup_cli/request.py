@@ -43,6 +43,7 @@ class AugmentRequest:
     image_channels: str | None = None
     skip_bad_images: bool = False
     wds_label: str | None = None  # WebDataset shards: cls | json:FIELD
+    sample_axis: int | str | None = None  # --sample-axis: x's axis of samples (io/axes.py)
     # False: a missing y_key means x alone (unlabelled data) instead of an error.
     require_y: bool = True
     # Also record each output file's SHA-256 (one more read of the whole output).
@@ -61,6 +62,7 @@ class AugmentRequest:
             image_channels=self.image_channels,
             skip_bad_images=self.skip_bad_images,
             wds_label=self.wds_label,
+            sample_axis=self.sample_axis,
         )
 
     resume: bool = False

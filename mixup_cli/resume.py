@@ -55,6 +55,8 @@ MAX_TASKS = 1_000_000  # sampling.MAX_TASKS: no plan has more tasks, so no journ
 _PAIRING_OPTIONS = {"neighbors", "project", "bandwidth", "balance", "balance_to"}
 # Options of a folder of images: recorded only when given, so other journals are as they were.
 _IMAGE_OPTIONS = {"image_size", "image_resize", "image_channels", "skip_bad_images", "wds_label"}
+# In the fingerprint only when given, so that journals written without them stay valid.
+_GIVEN_ONLY = {"sample_axis"}
 _NOT_IN_FINGERPRINT = {
     "input",
     "output",
@@ -93,6 +95,7 @@ def fingerprint(request, plan, source, out_format: str, out_specs: dict, input_r
         if f.name not in _NOT_IN_FINGERPRINT
         and f.name not in plan_fields
         and not (f.name in _PAIRING_OPTIONS | _IMAGE_OPTIONS and getattr(request, f.name) in (None, False))
+        and not (f.name in _GIVEN_ONLY and getattr(request, f.name) is None)
     }
     files = []
     for path in source.reader.files() if input_record is None else ():

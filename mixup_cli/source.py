@@ -9,7 +9,7 @@ from pathlib import Path
 
 from mixup_cli import names
 from mixup_cli.errors import InputError, ParameterError
-from mixup_cli.io import ArraySpec, Reader, cf, open_reader
+from mixup_cli.io import ArraySpec, Reader, axes, cf, open_reader
 from mixup_cli.prepare import DataOptions, Prepared, pair_keys, prepare
 
 log = logging.getLogger("mixup_cli")
@@ -84,7 +84,11 @@ def open_source(
         reader = open_reader(path, scratch_prefix, fast=fast, images=(options or DataOptions()).image_options())
     try:
         reader.require(x_key, "--x-key")  # x exists, before its attributes are read
+        options = options or DataOptions()
+        # MATLAB v7.3 arrays as MATLAB shows them; --sample-axis: x's samples moved first.
+        reader = axes.wrap(reader, (x_key, y_key), options.sample_axis, x_key=x_key)
         reader = cf.wrap(reader, (x_key, y_key))  # netCDF: packed variables as floats, fill values as missing
+        dims = reader
         specs = {x_key: reader.require(x_key, "--x-key")}
         reader = names.wrap(reader, y_key)  # string or categorical class labels, shown as class codes
         if y_key is not None and not require_y and y_key not in reader.keys():
@@ -99,6 +103,8 @@ def open_source(
                 raise ParameterError(f"--y-key and --x-key both name '{x_key}'", "--y-key")
             specs[y_key] = reader.require(y_key, "--y-key", kinds=TARGET_DTYPE_KINDS)
             n_x, n_y = specs[x_key].rows, specs[y_key].rows
+            if options.sample_axis is None:
+                axes.refuse_misplaced(dims, x_key, specs[x_key].shape, y_key, n_y)
             if n_x != n_y:
                 raise InputError(
                     f"{path}: '{x_key}' has {n_x} rows but '{y_key}' has {n_y}; x and y need one row per sample"
@@ -117,7 +123,7 @@ def open_source(
                     "rename the array (or its group)",
                     option,
                 )
-        prepared = prepare(reader, x_key, specs[x_key], y_key, specs.get(y_key), options or DataOptions())
+        prepared = prepare(reader, x_key, specs[x_key], y_key, specs.get(y_key), options)
         check_output_keys(prepared, x_key)
     except BaseException:
         reader.close()

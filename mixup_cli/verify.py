@@ -474,9 +474,13 @@ def _input_classes(input_path: Path, y_key: str | None, params: dict) -> np.ndar
     if not y_key:
         return None
     # A folder of images: the files the run read (--skip-bad-images left some out).
-    images = DataOptions.from_parameters(params).image_options()
-    reader = open_reader(input_path, fast=False, images=images)
+    from mixup_cli.io import axes
+
+    options = DataOptions.from_parameters(params)
+    reader = open_reader(input_path, fast=False, images=options.image_options())
     try:
+        # As the run read y: MATLAB's orientation, its own samples' axis for a dimension name.
+        reader = axes.wrap(reader, (y_key,), options.sample_axis, x_key=params.get("x_key") or "x")
         spec = reader.spec(y_key)
         parts = []
         for s in range(0, spec.rows, _LAW_PIECE_ROWS):

@@ -216,6 +216,7 @@ def data_options(f):
         "image_channels",
         "skip_bad_images",
         "wds_label",
+        "sample_axis",
     )
     f = _gathered(f, names, _data, "data")
     return _apply(
@@ -299,6 +300,15 @@ def data_options(f):
                 help="WebDataset shards (IN.tar, or a folder of .tar; samples grouped by key, image "
                 "jpg/jpeg/png/webp/bmp): the class of a sample is the integer in its .cls member, or FIELD of "
                 "its .json member [default: cls; without any, x alone].",
+            ),
+            click.option(
+                "--sample-axis",
+                metavar="A",
+                default=None,
+                help="HDF5 input whose samples are not on x's first axis: the axis of x holding them (a number; "
+                "in a MATLAB v7.3 .mat file, of MATLAB's axes) or, in a netCDF-4 file, a dimension name (y's "
+                "samples then lie on its dimension of that name too); rows are read along it and moved first "
+                "[default: the first axis; MATLAB's first axis in a .mat file].",
             ),
         ],
     )

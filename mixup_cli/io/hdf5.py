@@ -368,6 +368,31 @@ class Reader(base.Reader):
         names = ("scale_factor", "add_offset", "_FillValue", "missing_value")
         return {name: ds.attrs[name] for name in names if name in ds.attrs} or None
 
+    def dataset(self, key: str) -> h5py.Dataset:
+        """The h5py dataset at ``key``, read through HDF5's own decoding (``io.axes``)."""
+        return self._ds(key)
+
+    def dimension_names(self, key: str) -> list[str | None] | None:
+        """netCDF-4 dimension names of ``key``'s stored axes (its dimension
+        scales' names; None where an axis has none), or None without any."""
+        try:
+            ds = self._ds(key)
+            if "DIMENSION_LIST" not in ds.attrs:
+                own = ds.attrs.get("CLASS") == b"DIMENSION_SCALE" and ds.ndim == 1
+                return [ds.name.rsplit("/", 1)[-1]] if own else None
+            names = []
+            for dim in ds.dims:
+                scales = list(dim.values())
+                names.append(scales[0].name.rsplit("/", 1)[-1] if scales and scales[0].name else None)
+            return names
+        except Exception:
+            return None
+
+    def matlab_class(self, key: str) -> str | None:
+        """The ``MATLAB_class`` attribute MATLAB v7.3 writes on each variable, or None."""
+        value = self._ds(key).attrs.get("MATLAB_class")
+        return value.decode(errors="replace") if isinstance(value, bytes) else (None if value is None else str(value))
+
     def enum_members(self, key: str) -> dict[str, int] | None:
         """An HDF5 enum's names and values (labels stored as named integers)."""
         return h5py.check_enum_dtype(self._ds(key).dtype)

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from mixup_cli.errors import InputError, OutputError, ParameterError
-from mixup_cli.io import format_of, open_reader
+from mixup_cli.io import axes, format_of, open_reader
 from mixup_cli.io.base import ArraySpec, layout_options
 from mixup_cli.names import STRING_KINDS
 
@@ -148,7 +148,7 @@ def inspect_inputs(
                 "own (mixup augment FOLDER OUT.h5; a folder of .tar shards is one input)",
                 "IN",
             )
-        reader = opener(path)
+        reader = axes.as_matlab_shows(opener(path))
         try:
             keys, shared = _used_keys(reader, path, x_key, y_key, require_y)
             if first_keys is None:

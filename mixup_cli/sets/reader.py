@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mixup_cli.io import open_reader
+from mixup_cli.io import axes, open_reader
 from mixup_cli.io.base import ArraySpec, Reader
 from mixup_cli.names import STRING_KINDS
 from mixup_cli.sets.layout import SetLayout
@@ -83,7 +83,7 @@ class ConcatReader(Reader):
         if self._custom_opener is not None:
             reader = self._custom_opener(path)
         else:
-            reader = open_reader(path, self._scratch_prefix, fast=self._fast)
+            reader = axes.as_matlab_shows(open_reader(path, self._scratch_prefix, fast=self._fast))
         self.opened += 1
         self._open[k] = reader
         return reader

@@ -100,6 +100,10 @@ def augment_set(
             "of images or WebDataset shards, not to a set's inputs",
             "--image-size",
         )
+    if request.sample_axis is not None:
+        raise ParameterError(
+            "--sample-axis applies to one input file, not a set's inputs; mix each file on its own", "--sample-axis"
+        )
     check_outdir(outdir)
     if request.seed is None and request.resume:  # the interrupted set's seed, as a single run takes its journal's
         recorded = (identity.read_manifest(outdir) or {}).get("parameters", {}).get("seed")
