@@ -36,7 +36,10 @@ class _StderrFormatter(logging.Formatter):
 def _quiet_abandoned_work() -> None:
     """After an interruption the message says what was kept; work other
     libraries had in flight (zarr's event loop) must not add Python's own
-    reports of abandoned tasks and coroutines to stderr as the process exits."""
+    reports of abandoned tasks and coroutines to stderr. Set when the command
+    starts: such a task is a reference cycle, which the garbage collector may
+    destroy (and asyncio report) at any moment after the stop begins, before
+    the interruption reaches this module."""
     import warnings
 
     logging.getLogger("asyncio").setLevel(logging.CRITICAL)
@@ -101,6 +104,7 @@ class MixupGroup(click.Group):
         from mixup_cli import stopping
 
         signals.begin_command()
+        _quiet_abandoned_work()
         try:
             with stopping.using(signals.token()):
                 result = super().invoke(ctx)
@@ -121,7 +125,6 @@ class MixupGroup(click.Group):
             click.echo(f"Error: {exc}", err=True)
             ctx.exit(exc.exit_code)
         except KeyboardInterrupt as exc:
-            _quiet_abandoned_work()
             name, code = signals.describe(exc)
             message = getattr(exc, "mixup_message", None)  # augment says what it kept
             click.echo(message or f"Interrupted by {name}: stopped and removed the temporary files.", err=True)
