@@ -142,11 +142,33 @@ def augment(
     file, array or option. A refusal leaves nothing on disk; an interruption
     (``KeyboardInterrupt``) keeps what ``resume=True`` continues from.
     """
-    options = {k: v for k, v in locals().items() if k not in ("input", "output", "shard", "progress", "stop")}
+    options = {k: _plain(v) for k, v in locals().items() if k not in ("input", "output", "shard", "progress", "stop")}
     if stop is not None:
         stop.begin()
     with stopping.using(stop):
-        return _augment(input, output, shard, progress, options, y_key)
+        return _augment(input, output, shard, progress, options, _plain(y_key))
+
+
+def _plain(value):
+    """numpy scalars (``np.int64(2)``, also inside a tuple) as the Python
+    values they equal: the sidecar is JSON, which has no numpy types."""
+    if isinstance(value, tuple):
+        return tuple(_plain(v) for v in value)
+    if type(value).__module__ == "numpy" and hasattr(value, "item") and getattr(value, "ndim", 1) == 0:
+        return value.item()
+    return value
+
+
+def _call_text(input, output, options: dict, shard) -> str:
+    """The library call as written, its keywords other than their defaults:
+    what a sidecar records as the command line of a run the command did not make."""
+    import inspect
+
+    defaults = {k: p.default for k, p in inspect.signature(augment).parameters.items()}
+    given = dict(options, shard=shard)
+    keywords = [f"{k}={v!r}" for k, v in given.items() if k in defaults and v != defaults[k]]
+    where = [repr(str(input)) if isinstance(input, (str, os.PathLike)) else repr([str(p) for p in input])]
+    return f"mixup_cli.augment({', '.join(where + [repr(str(output))] + keywords)})"
 
 
 def _augment(input, output, shard, progress, options: dict, y_key) -> AugmentSummary:
@@ -159,7 +181,13 @@ def _augment(input, output, shard, progress, options: dict, y_key) -> AugmentSum
         raise ParameterError("augment() needs an input: a path, or a list of a set's paths", "input")
     # The command's rule: a missing y is an error only when its key was named.
     require_y = y_key not in (None, "y")
-    request = AugmentRequest(input=inputs[0], output=Path(output), require_y=require_y, **options)
+    request = AugmentRequest(
+        input=inputs[0],
+        output=Path(output),
+        require_y=require_y,
+        command_line=[_call_text(input, output, options, shard)],
+        **options,
+    )
     # A list of paths is a set whatever its length, as --inputs-from is.
     if many or is_set_form(len(inputs), None, shard, inputs[0]):
         return _augment_set(request, inputs, shard, progress)

@@ -166,6 +166,33 @@ def test_augment_writes_the_bytes_the_command_writes(tmp_path, source):
             np.testing.assert_array_equal(a[key], b[key])
 
 
+def test_numpy_scalars_are_taken_as_the_numbers_they_are(tmp_path, source):
+    # Values computed with numpy (a seed from a generator, copies from an array) are common in scripts.
+    src, _, _ = source
+    done = mixup_cli.augment(
+        src, tmp_path / "np.npz", alpha=np.float32(0.25), seed=np.int64(9), copies=np.int32(2), block_rows=np.int64(16)
+    )
+    mixup_cli.augment(src, tmp_path / "py.npz", alpha=0.25, seed=9, copies=2, block_rows=16)
+    assert done.seed == 9 and type(done.seed) is int
+    record = json.loads((tmp_path / "np.npz.provenance.json").read_text())
+    assert record["parameters"]["copies"] == 2 and record["parameters"]["seed"] == 9
+    with np.load(tmp_path / "np.npz") as a, np.load(tmp_path / "py.npz") as b:
+        for key in a.files:
+            np.testing.assert_array_equal(a[key], b[key])
+    assert mixup_cli.verify(tmp_path / "np.npz").ok
+
+
+def test_a_library_call_records_the_call_not_the_process_arguments(tmp_path, source):
+    src, _, _ = source
+    out = tmp_path / "out.npz"
+    mixup_cli.augment(src, out, seed=4, copies=2, y_key=None)
+    record = json.loads((tmp_path / "out.npz.provenance.json").read_text())
+    assert record["command_line"] == [f"mixup_cli.augment({str(src)!r}, {str(out)!r}, seed=4, y_key=None, copies=2)"]
+    sets = mixup_cli.augment(_shards(tmp_path), tmp_path / "set", seed=5, shard="1/2")
+    first = json.loads(sets.sidecars[0].read_text())
+    assert first["command_line"][0].startswith("mixup_cli.augment([") and "shard='1/2'" in first["command_line"][0]
+
+
 def test_augment_without_y(tmp_path, source):
     src, x, _ = source
     out = tmp_path / "x-only.h5"
