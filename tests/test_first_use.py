@@ -134,3 +134,22 @@ def test_identity_figure_says_rows_are_samples_and_keeps_the_diagonal(mpl, n):
     if n > preview.IDENTITY_PIXELS:
         # The figure's title is among its texts (Figure.get_suptitle came with matplotlib 3.8).
         assert any("largest value of" in text.get_text() for text in fig.texts)
+
+
+def test_a_folder_of_shards_says_how_to_pass_them_as_a_set(tmp_path, run_mixup):
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    for i in range(3):
+        write_h5(shards / f"part-{i}.h5", x=np.zeros((4, 2), np.float32), y=np.arange(4) % 2)
+    (shards / "notes.txt").write_text("made by hand\n")
+    result = run_mixup("augment", shards, tmp_path / "out.h5", "--seed", 1)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"Error: {shards}: a folder of 3 .h5 file(s), not of .npy arrays; to mix them as one set, "
+        f"pass the files: mixup augment {shards}/*.h5 OUTDIR (or list them with --inputs-from)"
+    ]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shards"]
+    # A folder holding neither still names the array it lacks.
+    (tmp_path / "empty").mkdir()
+    result = run_mixup("augment", tmp_path / "empty", tmp_path / "out.h5")
+    assert result.returncode == 1 and "no x.npy (present: no .npy files)" in result.stderr

@@ -17,6 +17,9 @@ from mixup_cli.io import base
 from mixup_cli.io.base import ArraySpec, WriteOptions
 from mixup_cli.io.npyfile import NpyMaps, member_path, memmap_npy
 
+# Files that are inputs of their own: a folder of them holds a set's shards.
+DATA_SUFFIXES = (".h5", ".hdf5", ".nc", ".nc4", ".h5ad", ".mat", ".npz", ".zarr")
+
 
 def open_reader(path: Path) -> Reader:
     return Reader(path)
@@ -70,9 +73,29 @@ class Reader(base.Reader):
 
     def require(self, key: str, option: str, kinds: str = "fiu") -> ArraySpec:
         if self._file(key) is None:
+            if not self._files:
+                self._refuse_a_folder_of_other_files()
             present = ", ".join(f"{k}.npy" for k in self._files) or "no .npy files"
             raise InputError(f"{self.path}: no {key}.npy (present: {present}); choose one with {option}")
         return super().require(key, option, kinds)
+
+    def _refuse_a_folder_of_other_files(self) -> None:
+        """A folder of data files (shards of a set) is not a folder of arrays:
+        say how to pass them, instead of asking for an x.npy it never had."""
+        counts: dict[str, int] = {}
+        try:
+            for entry in self.path.iterdir():
+                suffix = entry.suffix.lower()
+                if suffix in DATA_SUFFIXES and not entry.name.startswith("."):
+                    counts[suffix] = counts.get(suffix, 0) + 1
+        except OSError:
+            return
+        if counts:
+            suffix, n = max(counts.items(), key=lambda item: (item[1], item[0]))
+            raise InputError(
+                f"{self.path}: a folder of {n} {suffix} file(s), not of .npy arrays; to mix them as one set, "
+                f"pass the files: mixup augment {self.path}/*{suffix} OUTDIR (or list them with --inputs-from)"
+            )
 
     def spec(self, key: str) -> ArraySpec:
         arr = self._array(key)
