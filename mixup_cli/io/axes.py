@@ -23,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 
 from mixup_cli.errors import InputError, ParameterError
-from mixup_cli.io.base import ArraySpec
+from mixup_cli.io.base import ArraySpec, Overlay
 
 MATLAB_HEADER = b"MATLAB 7.3 MAT-file"
 
@@ -81,36 +81,24 @@ def matlab_view(shape: tuple[int, ...]) -> _View:
     return _View(shape, kept, [])
 
 
-class Reoriented:
+class Reoriented(Overlay):
     """A reader whose arrays in ``views`` read as shown (see above); the
     others are the inner reader's."""
 
     def __init__(self, inner, views: dict[str, _View], sample_axes: dict[str, int | str]):
-        self._inner, self._views, self.sample_axes = inner, views, sample_axes
-        self.path, self.format_name = inner.path, inner.format_name
-
-    def __getattr__(self, name):  # everything not reoriented is the inner reader's
-        return getattr(self._inner, name)
+        super().__init__(inner, views)
+        self._views, self.sample_axes = views, sample_axes
 
     def spec(self, key: str) -> ArraySpec:
         spec = self._inner.spec(key)
         view = self._views.get(key)
         return spec if view is None else ArraySpec(view.shape, spec.dtype)
 
-    def require(self, key: str, option: str, kinds: str = "fiu") -> ArraySpec:
-        self._inner.require(key, option, kinds)
-        return self.spec(key)
-
     def read(self, key: str, start: int, stop: int) -> np.ndarray:
         view = self._views.get(key)
         if view is None:
             return self._inner.read(key, start, stop)
         return view.arrange(self._inner.dataset(key)[view.selection(slice(start, stop))])
-
-    def read_into(self, key: str, start: int, stop: int, out: np.ndarray) -> None:
-        if key not in self._views:
-            return self._inner.read_into(key, start, stop, out)
-        np.copyto(out[: stop - start], self.read(key, start, stop))
 
     def take(self, key: str, rows: np.ndarray) -> np.ndarray:
         view = self._views.get(key)

@@ -136,6 +136,28 @@ class Reader(ABC):
         self.close()
 
 
+class Overlay:
+    """A reader that reads some arrays of an inner reader differently
+    (``changed``: key -> how, for the subclass) and is the inner reader for
+    everything else. Subclasses give ``spec`` and ``read`` of the changed keys."""
+
+    def __init__(self, inner, changed: dict):
+        self._inner, self._changed = inner, changed
+        self.path, self.format_name = inner.path, inner.format_name
+
+    def __getattr__(self, name):  # everything not changed is the inner reader's
+        return getattr(self._inner, name)
+
+    def require(self, key: str, option: str, kinds: str = "fiu") -> ArraySpec:
+        self._inner.require(key, option, kinds)
+        return self.spec(key)
+
+    def read_into(self, key: str, start: int, stop: int, out: np.ndarray) -> None:
+        if key not in self._changed:
+            return self._inner.read_into(key, start, stop, out)
+        np.copyto(out[: stop - start], self.read(key, start, stop))
+
+
 class DamagedPartial(OutputError):
     """A partial output that cannot be continued; starting over loses nothing
     that could be kept."""

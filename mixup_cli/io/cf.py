@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from mixup_cli.errors import InputError
-from mixup_cli.io.base import ArraySpec
+from mixup_cli.io.base import ArraySpec, Overlay
 
 MISSING_ATTRIBUTES = ("_FillValue", "missing_value")
 
@@ -72,15 +72,12 @@ class _Variable:
         return out
 
 
-class CFDecoded:
+class CFDecoded(Overlay):
     """A reader whose CF-encoded variables read as their values (see above)."""
 
     def __init__(self, inner, variables: dict[str, _Variable]):
-        self._inner, self._variables = inner, variables
-        self.path, self.format_name = inner.path, inner.format_name
-
-    def __getattr__(self, name):  # everything not decoded is the inner reader's
-        return getattr(self._inner, name)
+        super().__init__(inner, variables)
+        self._variables = variables
 
     def _label(self, key: str) -> str:
         return f"{self.path}: '{key}'"
@@ -90,19 +87,10 @@ class CFDecoded:
         found = self._variables.get(key)
         return spec if found is None else ArraySpec(spec.shape, found.dtype)
 
-    def require(self, key: str, option: str, kinds: str = "fiu") -> ArraySpec:
-        self._inner.require(key, option, kinds)
-        return self.spec(key)
-
     def read(self, key: str, start: int, stop: int) -> np.ndarray:
         block = self._inner.read(key, start, stop)
         found = self._variables.get(key)
         return block if found is None else found.decode(block, start, self._label(key))
-
-    def read_into(self, key: str, start: int, stop: int, out: np.ndarray) -> None:
-        if key not in self._variables:
-            return self._inner.read_into(key, start, stop, out)
-        np.copyto(out[: stop - start], self.read(key, start, stop))
 
     def take(self, key: str, rows: np.ndarray) -> np.ndarray:
         block = self._inner.take(key, rows)
