@@ -344,6 +344,47 @@ def test_sequences_to_parquet_load_back_with_datasets(tmp_path, run_cli):
     assert np.array_equal(np.stack(frame["target"]), expected_mix(cols["target"], lam, partner))
 
 
+def test_parquet_output_declares_its_features_to_datasets(tmp_path, run_cli):
+    datasets = pytest.importorskip("datasets")
+    from datasets import Features, Sequence, Value
+
+    ds, cols = hf_dataset(n=30)
+    ds.save_to_disk(str(tmp_path / "hf"))
+    out = tmp_path / "out.parquet"
+    args = ("--x-key", "img", "--y-key", "label", "--seed", 6, "--block-rows", 8)
+    assert run_cli("augment", tmp_path / "hf", out, *args).exit_code == 0
+    # the features as datasets writes them: the schema's "huggingface" metadata
+    declared = json.loads(pq.read_schema(out).metadata[b"huggingface"])["info"]["features"]
+    want = Features(
+        {
+            "img": Sequence(Sequence(Value("float32"), length=2), length=3),
+            "label": Sequence(Value("float32"), length=3),
+            "lam": Value("float64"),
+            "partner": Value("int64"),
+        }
+    )
+    assert Features.from_dict(declared) == want
+    back = datasets.load_dataset("parquet", data_files=str(out), split="train", cache_dir=str(tmp_path / "cache"))
+    assert back.features == want
+    rows = back.with_format("numpy")[:]
+    lam, partner = rows["lam"], rows["partner"]
+    assert np.array_equal(rows["img"], expected_mix(cols["img"], lam, partner))
+    assert np.array_equal(rows["label"], expected_mix(one_hot(cols["label"], 3), lam, partner))
+    # the soft targets' columns are the classes the mixup metadata names, in the input's declared order
+    assert json.loads(pq.read_schema(out).metadata[b"mixup"])["class_names"] == ["zebra", "ant", "cow"]
+    # gathered columns: one Value each
+    pd.DataFrame({"f0": cols["emb"][:, 0], "f1": cols["emb"][:, 1], "t": cols["label"]}).to_parquet(
+        tmp_path / "f.parquet"
+    )
+    args = ("--x-key", "f*", "--y-key", "t", "--seed", 6)
+    assert run_cli("augment", tmp_path / "f.parquet", tmp_path / "f-out.parquet", *args).exit_code == 0
+    declared = json.loads(pq.read_schema(tmp_path / "f-out.parquet").metadata[b"huggingface"])["info"]["features"]
+    assert Features.from_dict(declared) == Features(
+        {"f0": Value("float32"), "f1": Value("float32"), "t": Sequence(Value("float32"), length=3)}
+        | {"lam": Value("float64"), "partner": Value("int64")}
+    )
+
+
 def test_hub_parquet_keeps_the_class_label_names(tmp_path, run_cli):
     ds, cols = hf_dataset(n=20)
     ds.to_parquet(str(tmp_path / "train.parquet"))  # as the Hub converts datasets: features in the metadata

@@ -653,6 +653,33 @@ def class_label_names(features) -> dict[str, tuple[list[str], bool]]:
     return found
 
 
+# The schema metadata key where Hugging Face ``datasets`` keeps a table's features (JSON).
+HF_METADATA_KEY = b"huggingface"
+
+
+def _hf_feature(pa, typ) -> dict:
+    """The ``datasets`` feature (its ``to_dict`` form) of an output column's Arrow type: a
+    number is a ``Value``, nested fixed-size lists (and a ``fixed_shape_tensor``) fixed-length
+    ``Sequence``s, one per axis, the form ``datasets`` 2.15 and later read (newer releases
+    call it ``List``, and read this one)."""
+    if getattr(typ, "extension_name", None) == "arrow.fixed_shape_tensor":
+        feature = _hf_feature(pa, typ.value_type)
+        for size in reversed(list(typ.shape)):
+            feature = {"feature": feature, "length": int(size), "_type": "Sequence"}
+        return feature
+    if pa.types.is_fixed_size_list(typ):
+        return {"feature": _hf_feature(pa, typ.value_type), "length": typ.list_size, "_type": "Sequence"}
+    return {"dtype": np.dtype(typ.to_pandas_dtype()).name, "_type": "Value"}
+
+
+def hf_features(fields) -> bytes:
+    """The ``huggingface`` schema metadata of an output: ``{"info": {"features": ...}}``, as
+    ``datasets`` writes it, so ``load_dataset("parquet", ...)`` shows each column's shape and dtype."""
+    pa = import_pyarrow()
+    features = {field.name: _hf_feature(pa, field.type) for field in fields}
+    return json.dumps({"info": {"features": features}}).encode()
+
+
 # Rows per row group when the run gives no block size.
 DEFAULT_GROUP_ROWS = 65536
 
@@ -764,7 +791,8 @@ class Writer(npz.Writer):
         if len(set(taken)) != len(taken):
             dup = sorted({n for n in taken if taken.count(n) > 1})
             raise OutputError(f"{self.path}: two output arrays would both be column(s) {', '.join(dup)}")
-        schema = pa.schema(fields, metadata={METADATA_KEY: self._metadata(columns, tensors)})
+        metadata = {METADATA_KEY: self._metadata(columns, tensors), HF_METADATA_KEY: hf_features(fields)}
+        schema = pa.schema(fields, metadata=metadata)
         rows = next(iter(self.specs.values())).rows
         step = self.options.block_rows or DEFAULT_GROUP_ROWS
         compression = {"none": "NONE", "gzip": "GZIP", "zstd": "ZSTD"}[self.options.compression]
