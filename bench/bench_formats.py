@@ -1,6 +1,6 @@
 """Formats benchmark: ``mixup augment`` of each input format against a floor.
 
-    python bench/bench_formats.py [--mb 100] [--image-mb 10] [--repeats 1] [--formats h5py,npy,...] [--workdir /tmp]
+    python bench/bench_formats.py [--mb 100] [--image-mb 10] [--repeats 2] [--formats h5py,npy,...] [--workdir /tmp]
 
 Makes the same data (``x`` float32 N x 256, about ``--mb`` MB, and ``y``
 integer labels of 10 classes) in each format, written by the library users
@@ -24,9 +24,11 @@ image formats (``--image-mb``, 32 x 32 RGB PNG files: a smaller size, as
 100 MB of PNG files takes minutes to write) ``mixup_cli.verify``, which
 recomputes the output. A format whose writer is not installed is left out
 and said so. The page cache is warm on both sides (the input was just
-written); one run of each side by default (``--repeats N``: N of each,
-alternating, the best shown), so on a shared machine the figures are
-noisy: compare ratios, not seconds, and rerun before believing a small gap.
+written); each side runs ``--repeats`` times (2), alternating, and the
+best is shown. One run of the whole table takes about 2.5 minutes on 2
+shared CPUs. On a shared machine the figures are noisy (the same floor
+varied 5-fold between two runs): compare ratios, not seconds, and rerun
+before believing a small gap.
 """
 
 from __future__ import annotations
@@ -386,7 +388,7 @@ def main() -> int:
     parser.add_argument("--mb", type=float, default=100.0, help="size of x of the numeric formats (MB)")
     parser.add_argument("--image-mb", type=float, default=10.0, help="size of the decoded images (MB)")
     parser.add_argument("--formats", default="", help="comma-separated names (default: all)")
-    parser.add_argument("--repeats", type=int, default=1, help="runs of each side, alternating; the best is shown")
+    parser.add_argument("--repeats", type=int, default=2, help="runs of each side, alternating; the best is shown")
     parser.add_argument("--workdir", default=None)
     installed.add_arguments(parser)
     args = parser.parse_args()
