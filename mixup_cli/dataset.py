@@ -403,6 +403,10 @@ class _ParquetArray:
         if self.gathered:
             return np.stack([table.column(c).to_numpy() for c in self.columns], axis=1)
         values = table.column(self.columns[0]).combine_chunks()
+        if getattr(values.type, "extension_name", None) == "arrow.fixed_shape_tensor":
+            shape = [int(d) for d in values.type.shape]  # row-major: the writer writes no permutation
+            flat = values.storage.flatten().to_numpy(zero_copy_only=False)
+            return np.asarray(flat).reshape([table.num_rows] + shape)
         shape = []
         while hasattr(values.type, "list_size"):
             shape.append(values.type.list_size)

@@ -269,6 +269,9 @@ def _attributes(request, source: Source, plan: Plan, writer, run_id: str) -> dic
     gathered = {key: cols for key in source.specs if (cols := source.reader.describe(key).get("columns"))}
     if gathered:
         attrs["gathered_columns"] = json.dumps(gathered)
+    tensors = {key: form for key in source.specs if (form := source.reader.describe(key).get("tensor"))}
+    if tensors and getattr(writer, "keeps_tensor_columns", False):  # Parquet: x written back as it came
+        attrs["tensor_columns"] = json.dumps(tensors)
     if getattr(writer, "records_parameters", False):
         attrs["parameters"] = json.dumps(sidecar.run_parameters(plan, request, source))
     return attrs

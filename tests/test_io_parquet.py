@@ -344,6 +344,47 @@ def test_sequences_to_parquet_load_back_with_datasets(tmp_path, run_cli):
     assert np.array_equal(np.stack(frame["target"]), expected_mix(cols["target"], lam, partner))
 
 
+def test_parquet_output_declares_its_features_to_datasets(tmp_path, run_cli):
+    datasets = pytest.importorskip("datasets")
+    from datasets import Features, Sequence, Value
+
+    ds, cols = hf_dataset(n=30)
+    ds.save_to_disk(str(tmp_path / "hf"))
+    out = tmp_path / "out.parquet"
+    args = ("--x-key", "img", "--y-key", "label", "--seed", 6, "--block-rows", 8)
+    assert run_cli("augment", tmp_path / "hf", out, *args).exit_code == 0
+    # the features as datasets writes them: the schema's "huggingface" metadata
+    declared = json.loads(pq.read_schema(out).metadata[b"huggingface"])["info"]["features"]
+    want = Features(
+        {
+            "img": Sequence(Sequence(Value("float32"), length=2), length=3),
+            "label": Sequence(Value("float32"), length=3),
+            "lam": Value("float64"),
+            "partner": Value("int64"),
+        }
+    )
+    assert Features.from_dict(declared) == want
+    back = datasets.load_dataset("parquet", data_files=str(out), split="train", cache_dir=str(tmp_path / "cache"))
+    assert back.features == want
+    rows = back.with_format("numpy")[:]
+    lam, partner = rows["lam"], rows["partner"]
+    assert np.array_equal(rows["img"], expected_mix(cols["img"], lam, partner))
+    assert np.array_equal(rows["label"], expected_mix(one_hot(cols["label"], 3), lam, partner))
+    # the soft targets' columns are the classes the mixup metadata names, in the input's declared order
+    assert json.loads(pq.read_schema(out).metadata[b"mixup"])["class_names"] == ["zebra", "ant", "cow"]
+    # gathered columns: one Value each
+    pd.DataFrame({"f0": cols["emb"][:, 0], "f1": cols["emb"][:, 1], "t": cols["label"]}).to_parquet(
+        tmp_path / "f.parquet"
+    )
+    args = ("--x-key", "f*", "--y-key", "t", "--seed", 6)
+    assert run_cli("augment", tmp_path / "f.parquet", tmp_path / "f-out.parquet", *args).exit_code == 0
+    declared = json.loads(pq.read_schema(tmp_path / "f-out.parquet").metadata[b"huggingface"])["info"]["features"]
+    assert Features.from_dict(declared) == Features(
+        {"f0": Value("float32"), "f1": Value("float32"), "t": Sequence(Value("float32"), length=3)}
+        | {"lam": Value("float64"), "partner": Value("int64")}
+    )
+
+
 def test_hub_parquet_keeps_the_class_label_names(tmp_path, run_cli):
     ds, cols = hf_dataset(n=20)
     ds.to_parquet(str(tmp_path / "train.parquet"))  # as the Hub converts datasets: features in the metadata
@@ -522,3 +563,59 @@ def test_streamed_reads_in_any_order_give_the_rows(tmp_path, monkeypatch):
             assert np.array_equal(reader.read("x", start, stop), x[start:stop]), (start, stop)
             assert np.array_equal(reader.read("y", start, stop), np.arange(300.0)[start:stop])
         assert np.array_equal(reader.take("x", np.array([299, 0, 150])), x[[299, 0, 150]])
+
+
+def fixed_shape_tensor(x: np.ndarray, **kwargs):
+    """x (N, *shape) as Arrow's fixed_shape_tensor extension column."""
+    typ = pa.fixed_shape_tensor(pa.from_numpy_dtype(x.dtype), list(x.shape[1:]), **kwargs)
+    return pa.ExtensionArray.from_storage(typ, tensor_column(x.reshape(len(x), -1)))
+
+
+def test_a_fixed_shape_tensor_x_is_written_back_as_one(tmp_path, run_cli):
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((40, 3, 4)).astype(np.float32)
+    labels = rng.integers(0, 3, 40)
+    src = tmp_path / "in.parquet"
+    pq.write_table(pa.table({"img": fixed_shape_tensor(x, dim_names=["C", "W"]), "y": labels}), src, row_group_size=9)
+    out = tmp_path / "out.parquet"
+    result = run_cli("augment", src, out, "--x-key", "img", "--seed", 2, "--block-rows", 16)
+    assert result.exit_code == 0, result.stderr
+    table = pq.read_table(out)
+    typ = table.schema.field("img").type
+    assert typ.extension_name == "arrow.fixed_shape_tensor" and list(typ.shape) == [3, 4]
+    assert list(typ.dim_names) == ["C", "W"] and typ.permutation is None and typ.value_type == pa.float32()
+    got = table.column("img").combine_chunks().to_numpy_ndarray()
+    lam, partner = table.column("lam").to_numpy(), table.column("partner").to_numpy()
+    assert np.array_equal(got, expected_mix(x, lam, partner))
+    assert np.array_equal(
+        np.stack(table.column("y").to_numpy(zero_copy_only=False)), expected_mix(one_hot(labels, 3), lam, partner)
+    )
+    record = json.loads(table.schema.metadata[b"mixup"])
+    assert record["arrays"]["img"] == {"column": "fixed_shape_tensor", "dtype": "<f4", "shape": [3, 4]}
+    assert run_cli("verify", out).exit_code == 0
+    from mixup_cli import MixupDataset
+
+    rows = MixupDataset(out)
+    assert np.array_equal(rows[5]["x"], got[5])
+    # nested fixed-size lists stay nested lists; an HDF5 output has no trace of the column form
+    pq.write_table(pa.table({"img": tensor_column(x), "y": labels}), tmp_path / "lists.parquet")
+    assert (
+        run_cli("augment", tmp_path / "lists.parquet", tmp_path / "lists-out.parquet", "--x-key", "img").exit_code == 0
+    )
+    assert pa.types.is_fixed_size_list(pq.read_schema(tmp_path / "lists-out.parquet").field("img").type)
+    assert run_cli("augment", src, tmp_path / "out.h5", "--x-key", "img", "--seed", 2).exit_code == 0
+    got_h5, attrs = load_h5(tmp_path / "out.h5")
+    assert np.array_equal(got_h5["img"], expected_mix(x, got_h5["lam"], got_h5["partner"]))
+    assert "tensor_columns" not in attrs
+
+
+def test_a_fixed_shape_tensor_with_a_permutation_is_refused(tmp_path, run_cli):
+    x = np.zeros((6, 2, 3), dtype=np.float32)
+    pq.write_table(
+        pa.table({"x": fixed_shape_tensor(x, permutation=[1, 0]), "y": np.arange(6.0)}), tmp_path / "in.parquet"
+    )
+    result = run_cli("augment", tmp_path / "in.parquet", tmp_path / "out.parquet", "--y-kind", "dense")
+    assert result.exit_code == 1
+    assert "column 'x': a fixed_shape_tensor with a permutation (physical order [1, 0])" in result.stderr
+    assert "row-major" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.parquet"]

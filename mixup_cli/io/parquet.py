@@ -87,10 +87,17 @@ class _Column:
         self.names = (name,)
         self.label = label
         self.tensor_shape = None
+        self.tensor = None  # a fixed_shape_tensor column's form: {"dim_names": ...} or {}
         if getattr(typ, "extension_name", None) == "arrow.fixed_shape_tensor":
             if typ.permutation is not None and list(typ.permutation) != sorted(typ.permutation):
-                raise InputError(f"{label}: a fixed_shape_tensor with a permutation is not supported")
+                raise InputError(
+                    f"{label}: a fixed_shape_tensor with a permutation (physical order {list(typ.permutation)}) "
+                    "is not supported; write the tensors in row-major order (numpy.ascontiguousarray) "
+                    "without a permutation"
+                )
             self.tensor_shape = tuple(int(d) for d in typ.shape)
+            names = typ.dim_names
+            self.tensor = {"dim_names": [str(n) for n in names]} if names else {}
             typ = typ.storage_type
         elif isinstance(typ, pa.BaseExtensionType):  # e.g. Hugging Face's Array2D: its storage
             typ = typ.storage_type
@@ -487,6 +494,8 @@ class TableReader(base.Reader):
         arr = self._resolve(key)
         if isinstance(arr, _Gathered):
             return {"columns": list(arr.names)}
+        if isinstance(arr, _Column) and arr.tensor is not None:
+            return {"tensor": dict(arr.tensor, type="fixed_shape_tensor")}
         if isinstance(arr, tuple) or (isinstance(arr, _Column) and arr.dtype.kind == "O"):
             return {"type": "string"}
         return {}
@@ -644,6 +653,33 @@ def class_label_names(features) -> dict[str, tuple[list[str], bool]]:
     return found
 
 
+# The schema metadata key where Hugging Face ``datasets`` keeps a table's features (JSON).
+HF_METADATA_KEY = b"huggingface"
+
+
+def _hf_feature(pa, typ) -> dict:
+    """The ``datasets`` feature (its ``to_dict`` form) of an output column's Arrow type: a
+    number is a ``Value``, nested fixed-size lists (and a ``fixed_shape_tensor``) fixed-length
+    ``Sequence``s, one per axis, the form ``datasets`` 2.15 and later read (newer releases
+    call it ``List``, and read this one)."""
+    if getattr(typ, "extension_name", None) == "arrow.fixed_shape_tensor":
+        feature = _hf_feature(pa, typ.value_type)
+        for size in reversed(list(typ.shape)):
+            feature = {"feature": feature, "length": int(size), "_type": "Sequence"}
+        return feature
+    if pa.types.is_fixed_size_list(typ):
+        return {"feature": _hf_feature(pa, typ.value_type), "length": typ.list_size, "_type": "Sequence"}
+    return {"dtype": np.dtype(typ.to_pandas_dtype()).name, "_type": "Value"}
+
+
+def hf_features(fields) -> bytes:
+    """The ``huggingface`` schema metadata of an output: ``{"info": {"features": ...}}``, as
+    ``datasets`` writes it, so ``load_dataset("parquet", ...)`` shows each column's shape and dtype."""
+    pa = import_pyarrow()
+    features = {field.name: _hf_feature(pa, field.type) for field in fields}
+    return json.dumps({"info": {"features": features}}).encode()
+
+
 # Rows per row group when the run gives no block size.
 DEFAULT_GROUP_ROWS = 65536
 
@@ -653,6 +689,14 @@ def _column_type(pa, dtype: np.dtype, row_shape: tuple[int, ...]):
     for size in reversed(row_shape):
         typ = pa.list_(typ, int(size))
     return typ
+
+
+def _tensor_type(pa, dtype: np.dtype, row_shape: tuple[int, ...], form: dict):
+    """Arrow's ``fixed_shape_tensor`` of the row shape (row-major, no permutation), with
+    the input column's dimension names where it had them and they still fit."""
+    names = form.get("dim_names")
+    names = [str(n) for n in names] if isinstance(names, list) and len(names) == len(row_shape) else None
+    return pa.fixed_shape_tensor(pa.from_numpy_dtype(np.dtype(dtype)), list(row_shape), dim_names=names)
 
 
 def _column_array(pa, data: np.ndarray):
@@ -674,6 +718,7 @@ class Writer(npz.Writer):
     format_name = "parquet"
     compressions = ("none", "gzip", "zstd")
     records_parameters = True
+    keeps_tensor_columns = True
 
     def __init__(self, path: Path, specs: dict[str, ArraySpec], options: WriteOptions):
         import_pyarrow(path, for_output=True)
@@ -709,14 +754,21 @@ class Writer(npz.Writer):
             if key in self.specs and self.specs[key].row_shape == (len(names),)
         }
 
-    def _metadata(self, columns: dict[str, list[str]]) -> bytes:
-        record = {k: v for k, v in self._attrs.items() if k not in ("class_names", "gathered_columns", "parameters")}
+    def _tensors(self) -> dict[str, dict]:
+        """Arrays whose input column was a ``fixed_shape_tensor`` (``tensor_columns``), by key."""
+        found = json.loads(self._attrs.get("tensor_columns", "{}"))
+        return {key: form for key, form in found.items() if key in self.specs and self.specs[key].row_shape}
+
+    def _metadata(self, columns: dict[str, list[str]], tensors: dict[str, dict]) -> bytes:
+        hidden = ("class_names", "gathered_columns", "tensor_columns", "parameters")
+        record = {k: v for k, v in self._attrs.items() if k not in hidden}
         for key in ("class_names", "parameters"):
             if key in self._attrs:
                 record[key] = json.loads(self._attrs[key])
         record["arrays"] = {
             key: {"shape": list(spec.row_shape), "dtype": np.dtype(spec.dtype).str}
             | ({"columns": columns[key]} if key in columns else {})
+            | ({"column": "fixed_shape_tensor"} if key in tensors else {})
             for key, spec in self.specs.items()
         }
         return json.dumps(record, sort_keys=True).encode()
@@ -725,19 +777,22 @@ class Writer(npz.Writer):
         pa = import_pyarrow(self.path, for_output=True)
         import pyarrow.parquet as pq
 
-        columns = self._columns()
+        columns, tensors = self._columns(), self._tensors()
         fields, arrays = [], {}
         for key, spec in self.specs.items():
             arrays[key] = memmap_npy(self._staging / member_path(key))
             if key in columns:
                 fields += [pa.field(name, pa.from_numpy_dtype(np.dtype(spec.dtype)), False) for name in columns[key]]
+            elif key in tensors:
+                fields.append(pa.field(key, _tensor_type(pa, spec.dtype, spec.row_shape, tensors[key]), False))
             else:
                 fields.append(pa.field(key, _column_type(pa, spec.dtype, spec.row_shape), False))
         taken = [f.name for f in fields]
         if len(set(taken)) != len(taken):
             dup = sorted({n for n in taken if taken.count(n) > 1})
             raise OutputError(f"{self.path}: two output arrays would both be column(s) {', '.join(dup)}")
-        schema = pa.schema(fields, metadata={METADATA_KEY: self._metadata(columns)})
+        metadata = {METADATA_KEY: self._metadata(columns, tensors), HF_METADATA_KEY: hf_features(fields)}
+        schema = pa.schema(fields, metadata=metadata)
         rows = next(iter(self.specs.values())).rows
         step = self.options.block_rows or DEFAULT_GROUP_ROWS
         compression = {"none": "NONE", "gzip": "GZIP", "zstd": "ZSTD"}[self.options.compression]
@@ -757,6 +812,10 @@ class Writer(npz.Writer):
             block = np.asarray(arr[start:stop])
             if key in columns:
                 data += [pa.array(np.ascontiguousarray(block[:, j])) for j in range(block.shape[1])]
+            elif isinstance(schema.field(key).type, pa.BaseExtensionType):
+                flat = pa.array(np.ascontiguousarray(block).reshape(-1))
+                storage = pa.FixedSizeListArray.from_arrays(flat, int(np.prod(block.shape[1:], dtype=np.int64)))
+                data.append(pa.ExtensionArray.from_storage(schema.field(key).type, storage))
             else:
                 data.append(_column_array(pa, block))
         return pa.Table.from_arrays(data, schema=schema)
