@@ -98,6 +98,7 @@ def augment(
     bandwidth: float | None = None,
     balance: bool = False,
     balance_to: int | None = None,
+    groups: str | None = None,
     hash_files: bool = False,
     shard: str | None = None,
     progress=None,

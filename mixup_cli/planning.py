@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from mixup_cli import balance as balancing
 from mixup_cli import cutmix
+from mixup_cli import groups as grouping
 from mixup_cli.classes import ClassIndex, class_index
 from mixup_cli.errors import ParameterError
 from mixup_cli.io import ArraySpec
@@ -49,6 +50,7 @@ _RECORDED = {
     "bandwidth": None,
     "balance": False,
     "balance_to": None,
+    "groups": None,
 }
 
 
@@ -73,13 +75,15 @@ def build_plan(
     balance_to: int | None = None,
     plan_version: int = PLAN_VERSION,
     reference: bool = False,
+    groups: str | None = None,
 ) -> Plan:
     """The plan of a run over ``source`` (seed drawn when None; ``x_key`` and
     ``y_key`` as asked, the source's own by default; without ``block_rows``,
     the default, a multiple of ``chunk_rows`` when that is given;
     ``plan_version`` a sidecar's, to recompute an output of an earlier version;
     ``reference``: indexes found by their reference path, as ``verify``
-    recomputes, not by the fast one)."""
+    recomputes, not by the fast one; ``groups``: the key of the group ids,
+    ``--groups``)."""
     x_key = x_key or next(iter(source.specs))
     y_key = source.y_key if y_key is None else y_key
     block_rows = block_rows or default_block_rows(source.row_bytes, chunk_rows=chunk_rows)
@@ -90,6 +94,7 @@ def build_plan(
         # The source's y: a y_key the input lacks (and was not asked for) is dropped there.
         where = f"{source.reader.path} has no '{y_key}': " if y_key else ""
         raise ParameterError(f"{where}--pairing {pairing} needs class labels; name them with --y-key", "--pairing")
+    grouping.check(pairing, groups, x_key, y_key, balance or balance_to is not None)
     classes = own = None
     if balance_wanted := balancing.check(pairing, balance, balance_to, source.y_key):
         # One pass over y: the own rows, and the classes of the plan's rows from them.
@@ -107,6 +112,10 @@ def build_plan(
     partners = partner_index(
         source, pairing, x_key, y_key, neighbors, project, bandwidth, plan_version, reference=reference
     )
+    group_index = None
+    if groups is not None:
+        ids = grouping.read_ids(source.reader, groups, source.n_rows)
+        group_index = grouping.GroupIndex.build(groups, ids, None if classes is None else classes.codes)
     if method == "cutmix":
         x_spec = source.specs[x_key]
         layout = cutmix.resolve_layout(x_spec.row_shape, layout, f"{source.reader.path}: '{x_key}'")
@@ -122,6 +131,8 @@ def build_plan(
         balance_to=balance_to if balance_wanted else None,
         own=own,
         version=plan_version,
+        group_key=groups,
+        groups=group_index,
         **options,
     )
 
@@ -138,7 +149,7 @@ def plan_from_sidecar(parameters: dict, source: Source) -> Plan:
         for key, default in _RECORDED.items()
         if default is None
         and key not in parameters
-        and key not in ("layout", "neighbors", "project", "bandwidth", "balance_to", "y_key")
+        and key not in ("layout", "neighbors", "project", "bandwidth", "balance_to", "y_key", "groups")
     ]
     if missing:
         raise ParameterError(f"the sidecar lacks the parameter '{missing[0]}'", "OUT")

@@ -26,6 +26,7 @@ LAYERS = [
             "sampling",
             "law",
             "balance",
+            "groups",
             "classes",
             "neighbours",
             "label_kernel",

@@ -360,7 +360,7 @@ def run_options(f):
 
 
 def pairing_options(f):
-    """--pairing and its parameters, --balance and --balance-to: which rows are mixed with which."""
+    """--pairing and its parameters, --balance, --balance-to and --groups: which rows are mixed with which."""
     return _apply(
         f,
         [
@@ -410,6 +410,15 @@ def pairing_options(f):
                 default=None,
                 metavar="M",
                 help="Balance to M rows of every class per copy (implies --balance; larger classes are subsampled).",
+            ),
+            click.option(
+                "--groups",
+                default=None,
+                metavar="KEY",
+                help="Keep every pair inside one group: KEY names the input's array (or column) of group ids "
+                "(integers or strings: patient, session, fold), one per row. With --pairing global, within-class "
+                "or between-class; a row with no partner in its group is left unmixed (lam 1). The output gets "
+                "a 'group' array.",
             ),
         ],
     )
