@@ -438,6 +438,10 @@ def check_law(params: dict, output: Path, input_path: Path | None) -> Check | No
         classes = None
         if pairing in ("within-class", "between-class") and input_path is not None:
             classes = _input_classes(input_path, params.get("y_key"), params)
+        grouped = _group_law(params, input_path, classes)
+        if grouped is not None:
+            _check_original_groups(reader, grouped, n, segments - copies)
+            classes = None  # the group law tests the classes, alone rows apart
         tested = law.Law(
             pairing,
             n,
@@ -446,7 +450,7 @@ def check_law(params: dict, output: Path, input_path: Path | None) -> Check | No
             copies * n,
             lam_is_beta=params.get("method", "mixup") == "mixup",
             classes=classes,
-            partner_law=not balanced,
+            partner_law=not balanced and grouped is None,
             version=int(params.get("plan_version", 1)),
         )
         first = segments - copies  # the original rows come first, unmixed
@@ -457,13 +461,58 @@ def check_law(params: dict, output: Path, input_path: Path | None) -> Check | No
                 e = min(n, s + piece)
                 at = seg * n + s
                 own = reader.read("own", at, at + e - s) if balanced else np.arange(s, e)
-                tested.add(own, reader.read("partner", at, at + e - s), reader.read("lam", at, at + e - s), at)
-        ok, detail = tested.result()
-        return Check("law", ok, detail)
+                partner, lam = reader.read("partner", at, at + e - s), reader.read("lam", at, at + e - s)
+                if grouped is not None:
+                    grouped.check_groups(own, reader.read("group", at, at + e - s), at)
+                    drew = grouped.add(own, partner, lam, at)
+                    own, partner, lam = own[drew], partner[drew], lam[drew]
+                tested.add(own, partner, lam, at)
+        return _law_check(tested, grouped, params)
     except (MixupError, OSError, KeyError, ValueError) as exc:
         return Check("law", False, f"could not read the provenance of {output}: {exc}")
     finally:
         reader.close()
+
+
+def _law_check(tested, grouped, params: dict) -> Check:
+    """The law check's line: the pairing's law, and with --groups the group law."""
+    ok, detail = tested.result()
+    if params.get("groups") is None:
+        return Check("law", ok, detail)
+    if grouped is None:
+        return Check("law", ok, detail + f"; --groups {params['groups']}: not tested, the input was not found")
+    problems, tested_groups = grouped.result()
+    if problems:
+        return Check("law", False, "; ".join(problems) + (f"; {detail}" if not ok else ""))
+    return Check("law", ok, detail + f"; --groups {params['groups']}: {', '.join(tested_groups)}")
+
+
+def _group_law(params: dict, input_path: Path | None, classes):
+    """``--groups``: the law inside the groups, from the input's group ids read here; None without them."""
+    from mixup_cli import law
+
+    key = params.get("groups")
+    if key is None or input_path is None:
+        return None
+    reader = open_reader(input_path, fast=False)
+    try:
+        spec = reader.spec(key)
+        parts = [reader.read(key, s, min(spec.rows, s + _LAW_PIECE_ROWS)) for s in range(0, spec.rows, _LAW_PIECE_ROWS)]
+    finally:
+        reader.close()
+    ids = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+    ids = ids.reshape(len(ids))
+    if ids.dtype.kind in "SO":
+        ids = np.array([v.decode("utf-8") if isinstance(v, bytes) else v for v in ids.tolist()], dtype=str)
+    return law.GroupLaw(params["pairing"], ids.astype(np.int64) if ids.dtype.kind == "b" else ids, classes)
+
+
+def _check_original_groups(reader, grouped, n: int, originals: int) -> None:
+    """The original rows' (``--include-original``) ``group``: their own row's id."""
+    for seg in range(originals):
+        for s in range(0, n, _LAW_PIECE_ROWS):
+            e = min(n, s + _LAW_PIECE_ROWS)
+            grouped.check_groups(np.arange(s, e), reader.read("group", seg * n + s, seg * n + e), seg * n + s)
 
 
 def _input_classes(input_path: Path, y_key: str | None, params: dict) -> np.ndarray | None:
