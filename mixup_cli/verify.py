@@ -751,7 +751,12 @@ def _recompute_set(view, ks, records, params, paths, batch_size, progress, hint)
     try:
         y_key = params.get("y_key")
         layout = inspect_inputs(
-            paths, params["x_key"], y_key, require_y=y_key is not None, opener=lambda p: open_reader(p, fast=False)
+            paths,
+            params["x_key"],
+            y_key,
+            require_y=y_key is not None,
+            opener=lambda p: open_reader(p, fast=False),
+            groups=params.get("groups"),
         )
         problem = _layout_problem(view, layout)
         if problem is not None:

@@ -299,12 +299,14 @@ def test_workers_read_a_zarr_input(scheduler, tmp_path):
     [
         ("--pairing", "within-class", "--num-classes", 4, "--label-smoothing", 0.1),
         ("--method", "cutmix", "--y-format", "pair"),
+        ("--pairing", "between-class", "--groups", "g"),
+        ("--groups", "g", "--method", "cutmix"),
     ],
 )
 def test_dask_gives_the_local_bytes_for_labels_classes_and_cutmix(scheduler, tmp_path, run_mixup, extra):
     rng = np.random.default_rng(2)
     x = rng.integers(0, 256, (70, 6, 6, 3), dtype=np.uint8)
-    src = write_h5(tmp_path / "in.h5", x=x, y=rng.integers(0, 4, 70))
+    src = write_h5(tmp_path / "in.h5", x=x, y=rng.integers(0, 4, 70), g=rng.integers(0, 7, 70))
     args = COMMON + extra + ("-q",)
     local = run_in_process("augment", src, tmp_path / "local.h5", *args)
     assert local.returncode == 0, local.stderr

@@ -283,3 +283,61 @@ def test_verify_fails_an_edited_group_array(tmp_path, run_cli):
     result = run_cli("verify", out)
     assert result.exit_code == 1
     assert "output row 3: its 'group' is not its own row's group id" in law_line(result)
+
+
+# ---------------------------------------------------------------- sets and shards
+
+
+def write_set(tmp_path, sizes, seed=4):
+    rng = np.random.default_rng(seed)
+    paths, pids = [], []
+    for k, n in enumerate(sizes):
+        pid = rng.integers(0, 9, n)
+        paths.append(
+            write_h5(tmp_path / f"part{k}.h5", x=rng.standard_normal((n, 2)), y=rng.integers(0, 3, n), pid=pid)
+        )
+        pids.append(pid)
+    return paths, np.concatenate(pids)
+
+
+@pytest.mark.parametrize("pairing", ["global", "between-class"])
+def test_a_sets_pairs_stay_in_their_group_across_inputs(tmp_path, run_cli, pairing):
+    sizes = [70, 45, 90]
+    paths, pid = write_set(tmp_path, sizes)
+    outdir = tmp_path / "outdir"
+    args = ["--groups", "pid", "--pairing", pairing, "--seed", "3", "--block-rows", "32", "--copies", "2"]
+    result = run_cli("augment", *paths, outdir, *args)
+    assert result.exit_code == 0, result.stderr
+    offsets = np.concatenate(([0], np.cumsum(sizes)))
+    crossed_inputs = 0
+    for k, n in enumerate(sizes):
+        got = load_output(outdir / f"part{k}.h5")
+        own = np.arange(len(got["partner"])) % n + offsets[k]
+        assert np.array_equal(pid[got["partner"]], pid[own]) and np.array_equal(got["group"], pid[own])
+        crossed_inputs += int(np.sum((got["partner"] < offsets[k]) | (got["partner"] >= offsets[k + 1])))
+    assert crossed_inputs > 0  # groups span inputs: partners come from the whole set
+    assert run_cli("verify", outdir).exit_code == 0
+
+
+def test_shards_of_a_set_with_groups_equal_the_whole_run(tmp_path, run_cli):
+    paths, _ = write_set(tmp_path, [50, 60, 40])
+    args = ["--groups", "pid", "--seed", "5", "--block-rows", "16"]
+    assert run_cli("augment", *paths, tmp_path / "whole", *args).exit_code == 0
+    for part in ("0/2", "1/2"):
+        result = run_cli("augment", *paths, tmp_path / "parts", *args, "--shard", part)
+        assert result.exit_code == 0, result.stderr
+    for k in range(3):
+        whole, parts = load_output(tmp_path / "whole" / f"part{k}.h5"), load_output(tmp_path / "parts" / f"part{k}.h5")
+        assert sorted(whole) == sorted(parts) and "group" in whole
+        for key in whole:
+            assert whole[key].tobytes() == parts[key].tobytes(), key
+
+
+def test_a_set_input_without_the_group_ids_is_named(tmp_path, run_cli):
+    paths, _ = write_set(tmp_path, [30, 30])
+    rng = np.random.default_rng(0)
+    bare = write_h5(tmp_path / "bare.h5", x=rng.standard_normal((30, 2)), y=rng.integers(0, 3, 30))
+    result = run_cli("augment", *paths, bare, tmp_path / "outdir", "--groups", "pid")
+    assert result.exit_code == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "bare.h5 has no 'pid'" in lines[0] and "--groups" in lines[0]
