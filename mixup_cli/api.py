@@ -99,6 +99,7 @@ def augment(
     balance: bool = False,
     balance_to: int | None = None,
     groups: str | None = None,
+    exclude_rows: str | os.PathLike | None = None,
     hash_files: bool = False,
     shard: str | None = None,
     progress=None,

@@ -265,12 +265,18 @@ class GroupLaw:
     pairing: str
     ids: np.ndarray  # the input's group id of every row
     classes: np.ndarray | None = None  # class of every input row (class pairings; None: not known)
+    excluded: np.ndarray | None = None  # rows held out (--exclude-rows): in no row's pool
     problems: list[str] = field(default_factory=list)
 
     def __post_init__(self):
         values, self.code = np.unique(self.ids, return_inverse=True)
         self.code = self.code.reshape(-1)
         self.written = self.ids if values.dtype.kind in "iu" else self.code  # what 'group' holds
+        if self.excluded is not None and len(self.excluded):  # each a group of its own: no pool holds them
+            held = self.excluded[self.excluded < len(self.code)]
+            self.code = self.code.copy()
+            self.code[held] = len(values) + np.arange(len(held))
+            self.code = np.unique(self.code, return_inverse=True)[1].reshape(-1)  # dense again
         n = len(self.code)
         cls = np.zeros(n, np.int64) if self.classes is None else np.asarray(self.classes, np.int64)
         self.cls = cls
@@ -365,3 +371,26 @@ def _merged(observed: np.ndarray, expected: np.ndarray, least: float) -> tuple[n
         np.array([observed[a:b].sum() for a, b in zip(starts, cuts)]),
         np.array([expected[a:b].sum() for a, b in zip(starts, cuts)]),
     )
+
+
+class Excluded:
+    """``--exclude-rows``: no output row's own row or partner is a row the file lists (exact)."""
+
+    def __init__(self, rows: np.ndarray | None, problem: str | None = None):
+        self.rows, self.problem, self.seen = rows, problem, 0
+
+    def add(self, own: np.ndarray, partner: np.ndarray, at: int) -> None:
+        if self.rows is None or self.problem is not None:
+            return
+        for what, rows in (("its own row", own), ("its partner", partner)):
+            hit = np.flatnonzero(np.isin(np.asarray(rows, np.int64), self.rows))
+            if len(hit) and self.problem is None:
+                row = int(np.asarray(rows)[hit[0]])
+                self.problem = (
+                    f"output row {at + int(hit[0])}: {what} is input row {row}, which --exclude-rows holds out"
+                )
+        self.seen += len(own)
+
+    def result(self) -> tuple[str | None, str]:
+        count = 0 if self.rows is None else len(self.rows)
+        return self.problem, f"--exclude-rows: none of the {count} rows held out used"

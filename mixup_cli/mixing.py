@@ -70,7 +70,8 @@ class Mixer:
         self.paste_axes: dict[str, tuple[int, int] | None] = {key: None for key in self.row_shapes}
         self.image_size: tuple[int, int] | None = None
         if plan.own is not None and "own" in self.row_shapes:
-            raise ParameterError("'own' is reserved for provenance in balanced output; rename the array", "--balance")
+            option = "--balance" if plan.exclude is None else "--exclude-rows"
+            raise ParameterError(f"'own' is reserved for provenance in output with {option}; rename the array", option)
         if plan.group_key is not None and "group" in self.row_shapes:
             raise ParameterError(
                 "'group' is reserved for provenance in output with --groups; rename the array", "--groups"
@@ -92,7 +93,7 @@ class Mixer:
     def provenance_specs(plan: Plan) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
         """Row shape and dtype of each provenance array the plan's output holds."""
         specs = {name: (shape, np.dtype(dtype)) for name, (shape, dtype) in PROVENANCE[plan.method].items()}
-        if plan.own is not None:  # --balance: each output row's own input row
+        if plan.own is not None:  # --balance, --exclude-rows: each output row's own input row
             specs["own"] = ((), np.dtype(np.int64))
         if plan.groups is not None:  # --groups: each output row's group id
             specs["group"] = ((), np.dtype(plan.groups.out_dtype))

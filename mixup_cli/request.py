@@ -82,6 +82,8 @@ class AugmentRequest:
     balance_to: int | None = None
     # --groups KEY: the input's array of group ids; every pair stays inside one group (groups.py).
     groups: str | None = None
+    # --exclude-rows FILE: input rows never used, as own row or partner (exclude.py).
+    exclude_rows: Path | None = None
     # The plan version computed (sampling.PLAN_VERSIONS): an earlier one writes
     # what that version wrote (checks of verify on such outputs); the command
     # line always asks for the current one.
@@ -108,6 +110,7 @@ class AugmentRequest:
             balance_to=self.balance_to,
             plan_version=self.plan_version,
             groups=self.groups,
+            exclude_rows=self.exclude_rows,
         )
 
 

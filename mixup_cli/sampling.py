@@ -166,6 +166,9 @@ class Plan:
     # the plan's rows are then these, ``n_rows = len(own)``. None: the input's rows.
     balance_to: int | None = None  # rows per class (None: the largest class's count)
     own: np.ndarray | None = field(default=None, compare=False, repr=False)
+    # --exclude-rows FILE: (path, sha256, rows excluded); ``own`` then holds the
+    # kept input rows, the plan's rows (``exclude.py``).
+    exclude: tuple | None = None
     # --groups KEY: every pair inside one group (``groups.GroupIndex``, derived
     # from the input's KEY array); None: no groups.
     group_key: str | None = None
@@ -231,7 +234,7 @@ class Plan:
             return
         from mixup_cli import groups
 
-        groups.check(self.pairing, self.group_key, None, None, self.own is not None)
+        groups.check(self.pairing, self.group_key, None, None, self.own is not None and self.exclude is None)
         if self.groups is not None and self.groups.n_rows != self.n_rows:
             raise ValueError(f"group index has {self.groups.n_rows} rows, the plan {self.n_rows}")
 
@@ -356,10 +359,12 @@ class Plan:
         optional = ("layout", "neighbors", "project", "bandwidth", "balance_to")
         fields = {key: record[key] for key in ("alpha", "seed", "block_rows", "pairing", "copies", "include_original")}
         fields.update({key: record.get(key) for key in optional}, method=record.get("method", "mixup"))
-        if record.get("balance"):
+        if record.get("balance") or record.get("exclude_rows"):
             n_rows = int(record["rows_per_copy"])
-        else:
+        if not record.get("balance"):
             fields["balance_to"] = None
+        if record.get("exclude_rows"):
+            fields["exclude"] = tuple(record["exclude_rows"][k] for k in ("path", "sha256", "rows"))
         fields["version"] = record["plan_version"]
         fields["group_key"] = record.get("groups")
         return cls(n_rows=n_rows, classes=classes, partners=partners, own=own, groups=groups, **fields)
@@ -377,7 +382,10 @@ class Plan:
                 extra.update({k: v for k, v in projection.items() if k != "project_batch_rows"})
         elif self.pairing == "label-kernel":
             extra = {"bandwidth": self.bandwidth}
-        if self.own is not None:
+        if self.exclude is not None:
+            path, sha256, rows = self.exclude
+            extra.update(exclude_rows={"path": path, "sha256": sha256, "rows": rows}, rows_per_copy=self.n_rows)
+        elif self.own is not None:
             extra.update(balance=True, balance_to=self.balance_to, rows_per_copy=self.n_rows)
         if self.group_key is not None:
             extra.update(groups=self.group_key)

@@ -434,13 +434,14 @@ def check_law(params: dict, output: Path, input_path: Path | None) -> Check | No
     try:
         rows = reader.spec("partner").rows
         n = rows // segments
-        balanced = bool(params.get("balance"))
+        balanced = bool(params.get("balance") or params.get("exclude_rows"))  # an 'own' array
+        excluded = _excluded_rows(params, rows)
         classes = None
         if pairing in ("within-class", "between-class") and input_path is not None:
             classes = _input_classes(input_path, params.get("y_key"), params)
-        grouped = _group_law(params, input_path, classes)
+        grouped = _group_law(params, input_path, classes, excluded)
         if grouped is not None:
-            _check_original_groups(reader, grouped, n, segments - copies)
+            _check_original_groups(reader, grouped, n, segments - copies, balanced)
             classes = None  # the group law tests the classes, alone rows apart
         tested = law.Law(
             pairing,
@@ -462,21 +463,29 @@ def check_law(params: dict, output: Path, input_path: Path | None) -> Check | No
                 at = seg * n + s
                 own = reader.read("own", at, at + e - s) if balanced else np.arange(s, e)
                 partner, lam = reader.read("partner", at, at + e - s), reader.read("lam", at, at + e - s)
+                if excluded is not None:
+                    excluded.add(own, partner, at)
                 if grouped is not None:
                     grouped.check_groups(own, reader.read("group", at, at + e - s), at)
                     drew = grouped.add(own, partner, lam, at)
                     own, partner, lam = own[drew], partner[drew], lam[drew]
                 tested.add(own, partner, lam, at)
-        return _law_check(tested, grouped, params)
+        return _law_check(tested, grouped, params, excluded)
     except (MixupError, OSError, KeyError, ValueError) as exc:
         return Check("law", False, f"could not read the provenance of {output}: {exc}")
     finally:
         reader.close()
 
 
-def _law_check(tested, grouped, params: dict) -> Check:
-    """The law check's line: the pairing's law, and with --groups the group law."""
+def _law_check(tested, grouped, params: dict, excluded=None) -> Check:
+    """The law check's line: the pairing's law, with --groups the group law,
+    with --exclude-rows the rows held out."""
     ok, detail = tested.result()
+    if excluded is not None:
+        problem, line = excluded.result()
+        if problem:
+            return Check("law", False, problem + (f"; {detail}" if not ok else ""))
+        detail += f"; {line}"
     if params.get("groups") is None:
         return Check("law", ok, detail)
     if grouped is None:
@@ -487,7 +496,25 @@ def _law_check(tested, grouped, params: dict) -> Check:
     return Check("law", ok, detail + f"; --groups {params['groups']}: {', '.join(tested_groups)}")
 
 
-def _group_law(params: dict, input_path: Path | None, classes):
+def _excluded_rows(params: dict, rows: int):
+    """``--exclude-rows``: the check that no output row uses the rows the file lists; None without it."""
+    from mixup_cli import law
+    from mixup_cli.exclude import read_rows
+
+    recorded = params.get("exclude_rows")
+    if not recorded:
+        return None
+    path = Path(recorded["path"])
+    try:
+        excluded = read_rows(path, np.iinfo(np.int64).max)
+        if provenance.sha256_file(path) != recorded.get("sha256"):
+            return law.Excluded(None, f"--exclude-rows: {path} changed since the run (its SHA-256 differs)")
+    except (MixupError, OSError) as exc:
+        return law.Excluded(None, f"--exclude-rows: could not read {path}: {exc}")
+    return law.Excluded(excluded)
+
+
+def _group_law(params: dict, input_path: Path | None, classes, excluded=None):
     """``--groups``: the law inside the groups, from the input's group ids read here; None without them."""
     from mixup_cli import law
 
@@ -504,15 +531,17 @@ def _group_law(params: dict, input_path: Path | None, classes):
     ids = ids.reshape(len(ids))
     if ids.dtype.kind in "SO":
         ids = np.array([v.decode("utf-8") if isinstance(v, bytes) else v for v in ids.tolist()], dtype=str)
-    return law.GroupLaw(params["pairing"], ids.astype(np.int64) if ids.dtype.kind == "b" else ids, classes)
+    held_out = None if excluded is None else excluded.rows
+    return law.GroupLaw(params["pairing"], ids.astype(np.int64) if ids.dtype.kind == "b" else ids, classes, held_out)
 
 
-def _check_original_groups(reader, grouped, n: int, originals: int) -> None:
+def _check_original_groups(reader, grouped, n: int, originals: int, with_own: bool) -> None:
     """The original rows' (``--include-original``) ``group``: their own row's id."""
     for seg in range(originals):
         for s in range(0, n, _LAW_PIECE_ROWS):
             e = min(n, s + _LAW_PIECE_ROWS)
-            grouped.check_groups(np.arange(s, e), reader.read("group", seg * n + s, seg * n + e), seg * n + s)
+            own = reader.read("own", seg * n + s, seg * n + e) if with_own else np.arange(s, e)
+            grouped.check_groups(own, reader.read("group", seg * n + s, seg * n + e), seg * n + s)
 
 
 def _input_classes(input_path: Path, y_key: str | None, params: dict) -> np.ndarray | None:

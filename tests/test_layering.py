@@ -27,6 +27,7 @@ LAYERS = [
             "law",
             "balance",
             "groups",
+            "exclude",
             "classes",
             "neighbours",
             "label_kernel",

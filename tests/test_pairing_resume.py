@@ -35,6 +35,7 @@ raise SystemExit("not killed")
         {"pairing": "label-kernel", "bandwidth": 0.3, "y_key": "t"},
         {"pairing": "global", "groups": "pid"},
         {"pairing": "between-class", "groups": "pid"},
+        {"pairing": "within-class", "groups": "pid", "exclude_rows": "held.txt"},
     ],
 )
 def test_a_killed_run_resumes_to_the_uninterrupted_bytes(tmp_path, options):
@@ -48,6 +49,9 @@ def test_a_killed_run_resumes_to_the_uninterrupted_bytes(tmp_path, options):
         pid=rng.integers(0, 40, 800),
     )
     options = dict(options, seed=5, block_rows=100, copies=2, batch_size=30)
+    if "exclude_rows" in options:
+        (tmp_path / options["exclude_rows"]).write_text("\n".join(map(str, range(0, 800, 7))))
+        options["exclude_rows"] = str(tmp_path / options["exclude_rows"])
     out = tmp_path / "out.h5"
     env = dict(os.environ, PYTHONPATH=str(REPO))
     killed = subprocess.run(
