@@ -341,3 +341,12 @@ def test_a_set_input_without_the_group_ids_is_named(tmp_path, run_cli):
     assert result.exit_code == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "bare.h5 has no 'pid'" in lines[0] and "--groups" in lines[0]
+
+
+def test_inspect_shows_the_groups(tmp_path, run_cli):
+    src, *_ = grouped_input(tmp_path / "in.h5", 100, groups=8)
+    run(src, tmp_path / "out.h5")
+    result = run_cli("inspect", tmp_path / "out.h5")
+    assert result.exit_code == 0, result.stderr
+    lines = {line.strip().split("  ")[0]: line.split()[-1] for line in result.stdout.splitlines() if line.strip()}
+    assert lines["groups"] == "pid" and lines["group count"] == "9" and int(lines["unpaired rows"]) >= 1
