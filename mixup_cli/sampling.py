@@ -42,6 +42,13 @@ Pairing modes:
     C-Mixup: a partner drawn with probability proportional to the Gaussian
     kernel of the label distance (``label_kernel.LabelKernel``).
     These too read their partners by index.
+
+``--groups KEY`` (``global``, ``within-class``, ``between-class``): the
+pairing's law restricted to the row's group (``groups.GroupIndex``), drawn
+from the block's same keyed generator after lam; a row with no partner in
+its group is paired with itself with lam 1. Plans without it draw as before.
+``--exclude-rows FILE``: the plan runs on the kept rows (``Plan.own``), as a
+balanced plan runs on its drawn rows.
 """
 
 from __future__ import annotations
