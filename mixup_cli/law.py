@@ -295,6 +295,7 @@ class GroupLaw:
         self.group_count = group_count[self.code]
         by_cell = self.pairing == "within-class" and self.classes is not None
         self.same = self.pairing != "between-class"
+        self.pools_known = self.pairing == "global" or self.classes is not None
         if self.same and not by_cell:  # global (or classes unknown): the group is the pool
             self.cell_first, self.cell_count = self.group_first, self.group_count
         self.bins = np.zeros(LAM_BINS, np.int64)
@@ -316,6 +317,8 @@ class GroupLaw:
         self._flag("its partner is no row of the input", np.flatnonzero(outside), at)
         partner = np.where(outside, own, partner)
         self._flag("its partner is in another group", np.flatnonzero(self.code[partner] != self.code[own]), at)
+        if not self.pools_known:  # class pairings on classes not read (names): the group alone is tested
+            return ~((partner == own) & (np.asarray(lam) == 1.0))
         pool = self.cell_count[own] if self.same else self.group_count[own] - self.cell_count[own]
         alone = pool <= 1 if self.same else pool == 0
         wrong = alone & ((partner != own) | (np.asarray(lam) != 1.0))
@@ -342,6 +345,8 @@ class GroupLaw:
         """The problems found, and what was tested."""
         problems = [f"output row {row}: {what}" for what, row in self.bad.items()]
         tested = ["partners inside their group"]
+        if not self.pools_known:
+            return problems, tested
         observed, expected = _merged(self.bins, self.expected, 10)
         if len(expected) >= 2:
             from scipy.special import gammaincc

@@ -350,3 +350,21 @@ def test_inspect_shows_the_groups(tmp_path, run_cli):
     assert result.exit_code == 0, result.stderr
     lines = {line.strip().split("  ")[0]: line.split()[-1] for line in result.stdout.splitlines() if line.strip()}
     assert lines["groups"] == "pid" and lines["group count"] == "9" and int(lines["unpaired rows"]) >= 1
+
+
+def test_verify_of_class_pairings_on_string_labels_tests_the_groups_alone(tmp_path, run_cli):
+    """Classes named by strings are not read by the law check: the pools of
+    within-class are then unknown, and only the group constraint is tested
+    (uniformity over the whole group would be a false alarm)."""
+    rng = np.random.default_rng(0)
+    src = write_h5(
+        tmp_path / "in.h5",
+        x=rng.standard_normal((300, 3)).astype(np.float32),
+        y=np.array([b"a", b"b", b"c"])[rng.integers(0, 3, 300)],
+        pid=rng.integers(0, 20, 300),
+    )
+    run(src, tmp_path / "out.h5", pairing="within-class", copies=6)
+    result = run_cli("verify", tmp_path / "out.h5")
+    assert result.exit_code == 0, result.stdout
+    line = law_line(result)
+    assert "partners inside their group" in line and "uniform" not in line
