@@ -302,6 +302,10 @@ class GroupLaw:
         self.expected = np.zeros(LAM_BINS)
         self.bad: dict[str, int] = {}
 
+    def reset(self) -> None:
+        """Forget the rows fed (the index over the input is kept): the next output's check."""
+        self.bins, self.expected, self.bad = np.zeros(LAM_BINS, np.int64), np.zeros(LAM_BINS), {}
+
     def _flag(self, what: str, rows: np.ndarray, at: int) -> None:
         if len(rows) and what not in self.bad:
             self.bad[what] = at + int(rows[0])

@@ -521,6 +521,12 @@ def _group_law(params: dict, input_path: Path | None, classes, excluded=None):
     key = params.get("groups")
     if key is None or input_path is None:
         return None
+    held_out = None if excluded is None else excluded.rows
+    return law.GroupLaw(params["pairing"], _group_ids(input_path, key), classes, held_out)
+
+
+def _group_ids(input_path: Path, key: str) -> np.ndarray:
+    """The input's group ids as stored (strings as text, bools as integers), read here."""
     reader = open_reader(input_path, fast=False)
     try:
         spec = reader.spec(key)
@@ -531,8 +537,56 @@ def _group_law(params: dict, input_path: Path | None, classes, excluded=None):
     ids = ids.reshape(len(ids))
     if ids.dtype.kind in "SO":
         ids = np.array([v.decode("utf-8") if isinstance(v, bytes) else v for v in ids.tolist()], dtype=str)
-    held_out = None if excluded is None else excluded.rows
-    return law.GroupLaw(params["pairing"], ids.astype(np.int64) if ids.dtype.kind == "b" else ids, classes, held_out)
+    return ids.astype(np.int64) if ids.dtype.kind == "b" else ids
+
+
+def _set_group_checks(records: dict, params: dict, paths: list[Path], reports: dict) -> None:
+    """``--groups`` on a set: each output's ``group`` and partners against the
+    group ids of the whole set (global rows), read from the inputs here."""
+    from mixup_cli import law
+
+    key, pairing = params.get("groups"), params.get("pairing")
+    if key is None:
+        return
+    try:
+        ids = np.concatenate([_group_ids(p, key) for p in paths])
+        classes = None
+        if pairing in ("within-class", "between-class"):
+            found = [_input_classes(p, params.get("y_key"), params) for p in paths]
+            classes = None if any(c is None for c in found) else np.concatenate(found)
+        grouped = law.GroupLaw(pairing, ids, classes)
+    except (MixupError, OSError, KeyError, ValueError) as exc:
+        for rep in reports.values():
+            rep.checks.append(Check("law", False, f"--groups {key}: could not read the inputs' group ids: {exc}"))
+        return
+    segments = int(params["copies"]) + int(bool(params["include_original"]))
+    for k, rep in reports.items():
+        section = records[k]["set"]["input"]
+        grouped.reset()
+        try:
+            _add_set_output(grouped, rep.output, int(section["offset"]), segments, segments - int(params["copies"]))
+        except (MixupError, OSError, KeyError, ValueError) as exc:
+            rep.checks.append(Check("law", False, f"could not read the provenance of {rep.output}: {exc}"))
+            continue
+        problems, tested = grouped.result()
+        line = "; ".join(problems) if problems else f"--groups {key}: {', '.join(tested)}"
+        rep.checks.append(Check("law", not problems, line))
+
+
+def _add_set_output(grouped, output: Path, offset: int, segments: int, originals: int) -> None:
+    """One output of a set, fed to ``grouped`` (its own rows are global rows from ``offset``)."""
+    reader = open_reader(output, fast=False)
+    try:
+        n = reader.spec("partner").rows // segments
+        for seg in range(segments):
+            for s in range(0, n, _LAW_PIECE_ROWS):
+                e, at = min(n, s + _LAW_PIECE_ROWS), seg * n + s
+                own = np.arange(s, e) + offset
+                grouped.check_groups(own, reader.read("group", at, at + e - s), at)
+                if seg >= originals:
+                    grouped.add(own, reader.read("partner", at, at + e - s), reader.read("lam", at, at + e - s), at)
+    finally:
+        reader.close()
 
 
 def _check_original_groups(reader, grouped, n: int, originals: int, with_own: bool) -> None:
@@ -587,6 +641,7 @@ _ADVICE = {
     "input files": "its input changed since the run (or moved: --input): restore it, or write the set again",
     "recompute": "it is not what the set's inputs and recorded parameters give: restore the inputs, or write "
     "the set again",
+    "law": "its provenance breaks the law of its pairing: {rewrite}",
 }
 
 
@@ -748,6 +803,7 @@ def _verify_outputs(
             rep.checks.append(data_check)
         rep.checks.append(check_files("input files", record.get("input") or {}, paths[k], hint))
         rep.checks.append(check)
+    _set_group_checks(records, params, paths, reports)
     return reports
 
 

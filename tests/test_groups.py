@@ -368,3 +368,21 @@ def test_verify_of_class_pairings_on_string_labels_tests_the_groups_alone(tmp_pa
     assert result.exit_code == 0, result.stdout
     line = law_line(result)
     assert "partners inside their group" in line and "uniform" not in line
+
+
+def test_verify_of_a_set_fails_a_partner_edited_to_cross_groups(tmp_path, run_cli):
+    sizes = [70, 45, 90]
+    paths, pid = write_set(tmp_path, sizes)
+    outdir = tmp_path / "outdir"
+    assert run_cli("augment", *paths, outdir, "--groups", "pid", "--seed", "3", "--copies", "3").exit_code == 0
+    result = run_cli("verify", outdir)
+    assert result.exit_code == 0, result.stdout
+    with h5py.File(outdir / "part1.h5", "r+") as f:
+        partner = f["partner"][()]
+        own = 70 + 7  # output row 7 of part1.h5 is global row 77
+        partner[7] = np.flatnonzero(pid != pid[own])[0]
+        f["partner"][...] = partner
+    result = run_cli("verify", outdir)
+    assert result.exit_code == 1
+    line = next(line for line in result.stdout.splitlines() if "part1.h5: law:" in line)
+    assert "output row 7: its partner is in another group" in line
