@@ -386,3 +386,21 @@ def test_verify_of_a_set_fails_a_partner_edited_to_cross_groups(tmp_path, run_cl
     assert result.exit_code == 1
     line = next(line for line in result.stdout.splitlines() if "part1.h5: law:" in line)
     assert "output row 7: its partner is in another group" in line
+
+
+def test_cutmix_keeps_pairs_in_their_group_and_leaves_a_lone_row_as_it_is(tmp_path, run_cli):
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (120, 8, 8, 3), dtype=np.uint8)
+    g = rng.integers(0, 10, 120)
+    g[5] = 99  # alone in its group
+    src = write_h5(tmp_path / "img.h5", x=x, y=rng.integers(0, 3, 120), g=g)
+    out = tmp_path / "out.h5"
+    result = run_cli("augment", src, out, "--method", "cutmix", "--groups", "g", "--seed", "1", "--copies", "3")
+    assert result.exit_code == 0, result.stderr
+    got = load_output(out)
+    own = np.arange(360) % 120
+    assert np.array_equal(g[got["partner"]], g[own])
+    lone = own == 5
+    assert np.all(got["lam"][lone] == 1.0) and np.all(got["partner"][lone] == 5)
+    assert all(np.array_equal(row, x[5]) for row in got["x"][lone])
+    assert run_cli("verify", out).exit_code == 0
