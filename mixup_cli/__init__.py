@@ -7,6 +7,8 @@ The public API is the names of this package's ``__all__``, and only those:
   ``mixup augment``; returns an ``AugmentSummary``;
 - ``verify(output, *, input=None, ...)``: check an output (or a set's
   OUTDIR) against its sidecar, recomputing it; returns a report, prints nothing;
+- ``lineage(output)``: the input rows each output row was made from (own,
+  partner, lam, group), as ``mixup lineage``; a dict of numpy arrays;
 - ``MixupDataset(output, names=None, *, image_format=None)``: an output, or
   a set's OUTDIR, read row by row for training (``len``, ``ds[i]``, batches);
 - ``mix(x, y, lam, partner)``: the mixup formula on arrays in memory, with
@@ -34,7 +36,7 @@ from mixup_cli._version import __version__
 from mixup_cli.errors import InputError, MixupError, OutputError, ParameterError
 
 if TYPE_CHECKING:
-    from mixup_cli.api import AugmentSummary, StopToken, augment, mix, verify
+    from mixup_cli.api import AugmentSummary, StopToken, augment, lineage, mix, verify
     from mixup_cli.dataset import MixupDataset
 
 __all__ = [
@@ -47,11 +49,12 @@ __all__ = [
     "StopToken",
     "__version__",
     "augment",
+    "lineage",
     "mix",
     "verify",
 ]
 
-_FROM_API = ("AugmentSummary", "StopToken", "augment", "mix", "verify")
+_FROM_API = ("AugmentSummary", "StopToken", "augment", "lineage", "mix", "verify")
 
 
 def __getattr__(name: str):

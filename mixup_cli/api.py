@@ -16,7 +16,7 @@ from mixup_cli import stopping
 from mixup_cli.errors import ParameterError
 from mixup_cli.stopping import StopToken
 
-__all__ = ["AugmentSummary", "StopToken", "augment", "mix", "verify"]
+__all__ = ["AugmentSummary", "StopToken", "augment", "lineage", "mix", "verify"]
 
 
 @dataclass(frozen=True)
@@ -98,6 +98,8 @@ def augment(
     bandwidth: float | None = None,
     balance: bool = False,
     balance_to: int | None = None,
+    groups: str | None = None,
+    exclude_rows: str | os.PathLike | None = None,
     hash_files: bool = False,
     shard: str | None = None,
     progress=None,
@@ -220,6 +222,26 @@ def _augment_set(request, inputs: list[Path], shard: str | None, progress) -> Au
         seconds=result.seconds,
         set_id=result.set_id,
     )
+
+
+def lineage(output) -> dict:
+    """The input rows each output row of ``output`` was made from, as
+    ``mixup lineage OUT`` prints them: a dict of numpy arrays, one entry per
+    output row, in output order: ``row``, ``copy`` (-1: an original row of
+    ``include_original``), ``own`` (its input row), ``partner``, ``lam``,
+    ``group`` (with ``groups=``); a set's output adds ``own_input``,
+    ``own_row``, ``partner_input``, ``partner_row`` (input file name and row),
+    a set's OUTDIR an ``output`` column. Holds every row in memory (the
+    command prints them a piece at a time). Raises ``InputError`` for what is
+    not an output of ``augment``."""
+    import numpy as np
+
+    from mixup_cli.lineage import lineage as rows_of
+
+    pieces = list(rows_of(Path(output)))
+    if not pieces:
+        return {}
+    return {key: np.concatenate([piece[key] for piece in pieces]) for key in pieces[0]}
 
 
 def verify(output, *, input=None, batch_size: int | None = None, progress=None, stop: StopToken | None = None):

@@ -69,10 +69,21 @@ def provenance_summary(record: dict) -> dict:
         "x_key": params.get("x_key"),
         "y_key": params.get("y_key"),
         "plan_version": params.get("plan_version"),
-        # What some pairings and --balance add (absent for the others).
+        # What some pairings, --balance, --groups and --exclude-rows add (absent for the others).
         "pairing_options": {
-            key: params[key]
-            for key in ("neighbors", "project", "bandwidth", "balance", "balance_to", "rows_per_copy")
+            key: params[key] if key != "exclude_rows" else f"{params[key]['rows']} rows, {params[key]['path']}"
+            for key in (
+                "neighbors",
+                "project",
+                "bandwidth",
+                "balance",
+                "balance_to",
+                "groups",
+                "group_count",
+                "unpaired_rows",
+                "exclude_rows",
+                "rows_per_copy",
+            )
             if params.get(key) is not None
         },
         "input": {

@@ -245,3 +245,161 @@ class Law:
                 )
             tested.append("own-block share")
         return tested
+
+
+@dataclass
+class GroupLaw:
+    """``--groups``: the constraint and the law inside the group, from the
+    input's group ids (and classes) alone, none of ``groups.GroupIndex``.
+
+    Every output row's ``group`` is its own row's id; a mixed row's partner
+    is in its row's group (and of its class / of another class); a row whose
+    pool is empty (no other row of its group; of its class and group for
+    ``within-class``; of its group and another class for ``between-class``)
+    is paired with itself with lam 1; the partner's rank in the row's pool,
+    in 20 bins of the pool, against uniform draws from the pool (Pearson's
+    chi-square, upper tail: rows with pools of unequal sizes make the counts
+    less spread than a multinomial's, so the upper tail stays conservative).
+    """
+
+    pairing: str
+    ids: np.ndarray  # the input's group id of every row
+    classes: np.ndarray | None = None  # class of every input row (class pairings; None: not known)
+    excluded: np.ndarray | None = None  # rows held out (--exclude-rows): in no row's pool
+    problems: list[str] = field(default_factory=list)
+
+    def __post_init__(self):
+        values, self.code = np.unique(self.ids, return_inverse=True)
+        self.code = self.code.reshape(-1)
+        self.written = self.ids if values.dtype.kind in "iu" else self.code  # what 'group' holds
+        if self.excluded is not None and len(self.excluded):  # each a group of its own: no pool holds them
+            held = self.excluded[self.excluded < len(self.code)]
+            self.code = self.code.copy()
+            self.code[held] = len(values) + np.arange(len(held))
+            self.code = np.unique(self.code, return_inverse=True)[1].reshape(-1)  # dense again
+        n = len(self.code)
+        cls = np.zeros(n, np.int64) if self.classes is None else np.asarray(self.classes, np.int64)
+        self.cls = cls
+        order = np.lexsort((np.arange(n), cls, self.code))
+        self.pos = np.empty(n, np.int64)
+        self.pos[order] = np.arange(n)
+        _, group_first, group_count = np.unique(self.code[order], return_index=True, return_counts=True)
+        cell = self.code[order] * (int(cls.max()) + 1 if n else 1) + cls[order]
+        _, cell_inverse, cell_count = np.unique(cell, return_inverse=True, return_counts=True)
+        cell_first = np.concatenate(([0], np.cumsum(cell_count)[:-1]))
+        self.cell_first = np.empty(n, np.int64)
+        self.cell_first[order] = cell_first[cell_inverse.reshape(-1)]
+        self.cell_count = np.empty(n, np.int64)
+        self.cell_count[order] = cell_count[cell_inverse.reshape(-1)]
+        self.group_first = group_first[self.code]
+        self.group_count = group_count[self.code]
+        by_cell = self.pairing == "within-class" and self.classes is not None
+        self.same = self.pairing != "between-class"
+        self.pools_known = self.pairing == "global" or self.classes is not None
+        if self.same and not by_cell:  # global (or classes unknown): the group is the pool
+            self.cell_first, self.cell_count = self.group_first, self.group_count
+        self.bins = np.zeros(LAM_BINS, np.int64)
+        self.expected = np.zeros(LAM_BINS)
+        self.bad: dict[str, int] = {}
+
+    def reset(self) -> None:
+        """Forget the rows fed (the index over the input is kept): the next output's check."""
+        self.bins, self.expected, self.bad = np.zeros(LAM_BINS, np.int64), np.zeros(LAM_BINS), {}
+
+    def _flag(self, what: str, rows: np.ndarray, at: int) -> None:
+        if len(rows) and what not in self.bad:
+            self.bad[what] = at + int(rows[0])
+
+    def check_groups(self, own: np.ndarray, group: np.ndarray, at: int) -> None:
+        """Output rows ``at...``: their ``group`` is their own row's id."""
+        self._flag("its 'group' is not its own row's group id", np.flatnonzero(self.written[own] != group), at)
+
+    def add(self, own: np.ndarray, partner: np.ndarray, lam: np.ndarray, at: int) -> np.ndarray:
+        """Mixed rows; returns which of them drew a partner (the others are alone)."""
+        own, partner = np.asarray(own, np.int64), np.asarray(partner, np.int64)
+        outside = (partner < 0) | (partner >= len(self.code))
+        self._flag("its partner is no row of the input", np.flatnonzero(outside), at)
+        partner = np.where(outside, own, partner)
+        self._flag("its partner is in another group", np.flatnonzero(self.code[partner] != self.code[own]), at)
+        if not self.pools_known:  # class pairings on classes not read (names): the group alone is tested
+            return ~((partner == own) & (np.asarray(lam) == 1.0))
+        pool = self.cell_count[own] if self.same else self.group_count[own] - self.cell_count[own]
+        alone = pool <= 1 if self.same else pool == 0
+        wrong = alone & ((partner != own) | (np.asarray(lam) != 1.0))
+        self._flag("it has no partner in its group but is not paired with itself with lam 1", np.flatnonzero(wrong), at)
+        drew = ~alone & (self.code[partner] == self.code[own])
+        if self.classes is not None and self.pairing != "global":
+            same = self.cls[partner] == self.cls[own]
+            off = drew & (~same if self.same else same)
+            self._flag(f"its partner is of {'another' if self.same else 'its own'} class", np.flatnonzero(off), at)
+            drew &= ~off
+        if self.same:
+            rank = self.pos[partner] - self.cell_first[own]
+        else:
+            later = self.cls[partner] > self.cls[own]
+            rank = self.pos[partner] - self.group_first[own] - np.where(later, self.cell_count[own], 0)
+        rank, pool = rank[drew], pool[drew]
+        self.bins += np.bincount(rank * LAM_BINS // pool, minlength=LAM_BINS)
+        sizes, rows = np.unique(pool, return_counts=True)
+        for m, k in zip(sizes.tolist(), rows.tolist()):
+            self.expected += k * np.bincount(np.arange(m) * LAM_BINS // m, minlength=LAM_BINS) / m
+        return ~alone
+
+    def result(self) -> tuple[list[str], list[str]]:
+        """The problems found, and what was tested."""
+        problems = [f"output row {row}: {what}" for what, row in self.bad.items()]
+        tested = ["partners inside their group"]
+        if not self.pools_known:
+            return problems, tested
+        observed, expected = _merged(self.bins, self.expected, 10)
+        if len(expected) >= 2:
+            from scipy.special import gammaincc
+
+            stat = float(np.sum((observed - expected) ** 2 / expected))
+            if float(gammaincc((len(expected) - 1) / 2, stat / 2)) < FALSE_ALARM:
+                problems.append(
+                    f"partners are not drawn uniformly from the row's group (p < {FALSE_ALARM:g} under the documented law)"
+                )
+            tested.append("partner uniform in the group")
+        return problems, tested
+
+
+def _merged(observed: np.ndarray, expected: np.ndarray, least: float) -> tuple[np.ndarray, np.ndarray]:
+    """Adjacent bins merged, left to right, until each expects at least ``least`` (a short rest joins the last)."""
+    cuts, total = [], 0.0
+    for i, e in enumerate(expected):
+        total += e
+        if total >= least:
+            cuts.append(i + 1)
+            total = 0.0
+    if not cuts:
+        return observed[:0], expected[:0]
+    cuts[-1] = len(expected)
+    starts = [0] + cuts[:-1]
+    return (
+        np.array([observed[a:b].sum() for a, b in zip(starts, cuts)]),
+        np.array([expected[a:b].sum() for a, b in zip(starts, cuts)]),
+    )
+
+
+class Excluded:
+    """``--exclude-rows``: no output row's own row or partner is a row the file lists (exact)."""
+
+    def __init__(self, rows: np.ndarray | None, problem: str | None = None):
+        self.rows, self.problem, self.seen = rows, problem, 0
+
+    def add(self, own: np.ndarray, partner: np.ndarray, at: int) -> None:
+        if self.rows is None or self.problem is not None:
+            return
+        for what, rows in (("its own row", own), ("its partner", partner)):
+            hit = np.flatnonzero(np.isin(np.asarray(rows, np.int64), self.rows))
+            if len(hit) and self.problem is None:
+                row = int(np.asarray(rows)[hit[0]])
+                self.problem = (
+                    f"output row {at + int(hit[0])}: {what} is input row {row}, which --exclude-rows holds out"
+                )
+        self.seen += len(own)
+
+    def result(self) -> tuple[str | None, str]:
+        count = 0 if self.rows is None else len(self.rows)
+        return self.problem, f"--exclude-rows: none of the {count} rows held out used"

@@ -39,11 +39,14 @@ class Drawn:
     # input rows of the partner and of the row itself (``own``).
     partner_input: np.ndarray | None = None
     own: np.ndarray | None = None
+    group: np.ndarray | None = None  # --groups: the group id of each row (``groups.GroupIndex.ids``)
 
     def rows(self, s: int, e: int) -> Drawn:
         """Rows ``s:e`` only (a task that is part of a block)."""
         cut = lambda a: None if a is None else a[s:e]
-        return Drawn(self.lam[s:e], self.partner[s:e], cut(self.box), cut(self.partner_input), cut(self.own))
+        return Drawn(
+            self.lam[s:e], self.partner[s:e], cut(self.box), cut(self.partner_input), cut(self.own), cut(self.group)
+        )
 
     def provenance(self, s: int = 0, e: int | None = None) -> dict[str, np.ndarray]:
         """Rows ``s:e`` of each provenance array, by output name."""
@@ -53,6 +56,8 @@ class Drawn:
             arrays["box"] = self.box[s:e]
         if self.own is not None:
             arrays["own"] = self.own[s:e]
+        if self.group is not None:
+            arrays["group"] = self.group[s:e]
         return arrays
 
 
@@ -65,7 +70,12 @@ class Mixer:
         self.paste_axes: dict[str, tuple[int, int] | None] = {key: None for key in self.row_shapes}
         self.image_size: tuple[int, int] | None = None
         if plan.own is not None and "own" in self.row_shapes:
-            raise ParameterError("'own' is reserved for provenance in balanced output; rename the array", "--balance")
+            option = "--balance" if plan.exclude is None else "--exclude-rows"
+            raise ParameterError(f"'own' is reserved for provenance in output with {option}; rename the array", option)
+        if plan.group_key is not None and "group" in self.row_shapes:
+            raise ParameterError(
+                "'group' is reserved for provenance in output with --groups; rename the array", "--groups"
+            )
         if plan.method == "cutmix":
             reserved = [key for key in self.row_shapes if key in PROVENANCE["cutmix"]]
             if reserved:
@@ -83,8 +93,10 @@ class Mixer:
     def provenance_specs(plan: Plan) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
         """Row shape and dtype of each provenance array the plan's output holds."""
         specs = {name: (shape, np.dtype(dtype)) for name, (shape, dtype) in PROVENANCE[plan.method].items()}
-        if plan.own is not None:  # --balance: each output row's own input row
+        if plan.own is not None:  # --balance, --exclude-rows: each output row's own input row
             specs["own"] = ((), np.dtype(np.int64))
+        if plan.groups is not None:  # --groups: each output row's group id
+            specs["group"] = ((), np.dtype(plan.groups.out_dtype))
         return specs
 
     def draw(self, task: Task) -> Drawn:
@@ -92,10 +104,11 @@ class Mixer:
         box = None
         if self.plan.method == "cutmix":
             box, lam = self.plan.draw_boxes(task, lam, *self.image_size)
+        group = None if self.plan.groups is None else self.plan.groups.ids(task.start, task.stop)
         if self.plan.own is None:
-            return Drawn(lam, partner, box)
+            return Drawn(lam, partner, box, group=group)
         own = self.plan.own
-        return Drawn(lam, partner, box, partner_input=own[partner], own=own[task.start : task.stop])
+        return Drawn(lam, partner, box, partner_input=own[partner], own=own[task.start : task.stop], group=group)
 
     def mix(
         self,

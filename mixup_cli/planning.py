@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from mixup_cli import balance as balancing
 from mixup_cli import cutmix
+from mixup_cli import exclude as excluding
+from mixup_cli import groups as grouping
 from mixup_cli.classes import ClassIndex, class_index
 from mixup_cli.errors import ParameterError
 from mixup_cli.io import ArraySpec
@@ -49,6 +51,7 @@ _RECORDED = {
     "bandwidth": None,
     "balance": False,
     "balance_to": None,
+    "groups": None,
 }
 
 
@@ -73,13 +76,18 @@ def build_plan(
     balance_to: int | None = None,
     plan_version: int = PLAN_VERSION,
     reference: bool = False,
+    groups: str | None = None,
+    exclude_rows=None,
+    exclude_sha256: str | None = None,
 ) -> Plan:
     """The plan of a run over ``source`` (seed drawn when None; ``x_key`` and
     ``y_key`` as asked, the source's own by default; without ``block_rows``,
     the default, a multiple of ``chunk_rows`` when that is given;
     ``plan_version`` a sidecar's, to recompute an output of an earlier version;
     ``reference``: indexes found by their reference path, as ``verify``
-    recomputes, not by the fast one)."""
+    recomputes, not by the fast one; ``groups``: the key of the group ids,
+    ``--groups``; ``exclude_rows``: the file of input rows held out,
+    ``--exclude-rows``, whose SHA-256 must be ``exclude_sha256`` when given)."""
     x_key = x_key or next(iter(source.specs))
     y_key = source.y_key if y_key is None else y_key
     block_rows = block_rows or default_block_rows(source.row_bytes, chunk_rows=chunk_rows)
@@ -90,15 +98,10 @@ def build_plan(
         # The source's y: a y_key the input lacks (and was not asked for) is dropped there.
         where = f"{source.reader.path} has no '{y_key}': " if y_key else ""
         raise ParameterError(f"{where}--pairing {pairing} needs class labels; name them with --y-key", "--pairing")
-    classes = own = None
-    if balance_wanted := balancing.check(pairing, balance, balance_to, source.y_key):
-        # One pass over y: the own rows, and the classes of the plan's rows from them.
-        input_classes = _class_index(source)
-        own = balancing.own_rows(input_classes, seed, balance_to)
-        if pairing in CLASS_PAIRINGS:
-            classes = ClassIndex.from_labels(input_classes.values[input_classes.codes[own]], input_classes.label)
-    elif pairing in CLASS_PAIRINGS:
-        classes = _class_index(source)
+    grouping.check(pairing, groups, x_key, y_key, balance or balance_to is not None)
+    excluding.check(pairing, exclude_rows, balance or balance_to is not None)
+    balance_wanted = balancing.check(pairing, balance, balance_to, source.y_key)
+    own, classes, exclude = _own_rows(source, pairing, balance_wanted, balance_to, seed, exclude_rows, exclude_sha256)
     options = dict(
         alpha=alpha, block_rows=block_rows, pairing=pairing, neighbors=neighbors, project=project, bandwidth=bandwidth
     )
@@ -107,6 +110,11 @@ def build_plan(
     partners = partner_index(
         source, pairing, x_key, y_key, neighbors, project, bandwidth, plan_version, reference=reference
     )
+    group_index = None
+    if groups is not None:
+        ids = grouping.read_ids(source.reader, groups, source.n_rows)
+        ids = ids if own is None else ids[own]
+        group_index = grouping.GroupIndex.build(groups, ids, None if classes is None else classes.codes)
     if method == "cutmix":
         x_spec = source.specs[x_key]
         layout = cutmix.resolve_layout(x_spec.row_shape, layout, f"{source.reader.path}: '{x_key}'")
@@ -122,8 +130,38 @@ def build_plan(
         balance_to=balance_to if balance_wanted else None,
         own=own,
         version=plan_version,
+        group_key=groups,
+        groups=group_index,
+        exclude=exclude,
         **options,
     )
+
+
+def _own_rows(source: Source, pairing: str, balanced: bool, balance_to, seed: int, exclude_rows, exclude_sha256):
+    """The plan's rows, when they are not the input's (``--balance``: drawn per
+    class; ``--exclude-rows``: the kept ones), the class index over them, and
+    the record of the excluded rows' file: ``(own, classes, exclude)``."""
+    own = exclude = None
+    if exclude_rows is not None:
+        excluded = excluding.read_rows(exclude_rows, source.n_rows)
+        found = excluding.record(exclude_rows, excluded)
+        if exclude_sha256 is not None and found["sha256"] != exclude_sha256:
+            raise ParameterError(
+                f"{exclude_rows}: its SHA-256 differs from the one the run recorded; restore the file of excluded rows",
+                "--exclude-rows",
+            )
+        own = excluding.kept_rows(excluded, source.n_rows)
+        exclude = (found["path"], found["sha256"], found["rows"])
+    if not (balanced or (own is not None and pairing in CLASS_PAIRINGS)):
+        return own, _class_index(source) if pairing in CLASS_PAIRINGS else None, exclude
+    # One pass over y: the own rows, and the classes of the plan's rows from them.
+    input_classes = _class_index(source)
+    if balanced:
+        own = balancing.own_rows(input_classes, seed, balance_to)
+    classes = None
+    if pairing in CLASS_PAIRINGS:
+        classes = ClassIndex.from_labels(input_classes.values[input_classes.codes[own]], input_classes.label)
+    return own, classes, exclude
 
 
 def plan_from_sidecar(parameters: dict, source: Source) -> Plan:
@@ -138,12 +176,15 @@ def plan_from_sidecar(parameters: dict, source: Source) -> Plan:
         for key, default in _RECORDED.items()
         if default is None
         and key not in parameters
-        and key not in ("layout", "neighbors", "project", "bandwidth", "balance_to", "y_key")
+        and key not in ("layout", "neighbors", "project", "bandwidth", "balance_to", "y_key", "groups")
     ]
     if missing:
         raise ParameterError(f"the sidecar lacks the parameter '{missing[0]}'", "OUT")
     kwargs = {key: parameters.get(key, default) for key, default in _RECORDED.items()}
     kwargs["balance"] = bool(kwargs["balance"])
+    excluded = parameters.get("exclude_rows")
+    if excluded:
+        kwargs.update(exclude_rows=excluded["path"], exclude_sha256=excluded["sha256"])
     return build_plan(source, plan_version=parameters["plan_version"], reference=True, **kwargs)
 
 

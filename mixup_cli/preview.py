@@ -305,6 +305,8 @@ def preview_rows(
     bandwidth: float | None = None,
     balance: bool = False,
     balance_to: int | None = None,
+    groups: str | None = None,
+    exclude_rows=None,
 ) -> PreviewRows:
     """The first ``rows`` rows of the plan's first task of copy 0, mixed.
 
@@ -343,6 +345,8 @@ def preview_rows(
             bandwidth=bandwidth,
             balance=balance,
             balance_to=balance_to,
+            groups=groups,
+            exclude_rows=exclude_rows,
         )
         shown, task, mixer, own, other, mixed, provenance = _first_rows(source, plan, rows)
         x_shape = shown.specs[x_key].row_shape

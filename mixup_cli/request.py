@@ -80,6 +80,10 @@ class AugmentRequest:
     # --balance / --balance-to M: M rows of every class per copy (see balance.py).
     balance: bool = False
     balance_to: int | None = None
+    # --groups KEY: the input's array of group ids; every pair stays inside one group (groups.py).
+    groups: str | None = None
+    # --exclude-rows FILE: input rows never used, as own row or partner (exclude.py).
+    exclude_rows: Path | None = None
     # The plan version computed (sampling.PLAN_VERSIONS): an earlier one writes
     # what that version wrote (checks of verify on such outputs); the command
     # line always asks for the current one.
@@ -105,6 +109,8 @@ class AugmentRequest:
             balance=self.balance,
             balance_to=self.balance_to,
             plan_version=self.plan_version,
+            groups=self.groups,
+            exclude_rows=self.exclude_rows,
         )
 
 
@@ -129,7 +135,14 @@ class AugmentResult:
             "rows_per_second": round(self.rows / self.seconds, 1) if self.seconds > 0 else None,
             "seed": self.seed,
             "run_id": self.run_id,
-        }
+        } | self.group_summary()
+
+    def group_summary(self) -> dict:
+        """--groups: the groups found and the rows per copy left unmixed (no partner in their group)."""
+        parameters = (self.record or {}).get("parameters") or {}
+        if parameters.get("groups") is None:
+            return {}
+        return {key: parameters.get(key) for key in ("groups", "group_count", "unpaired_rows")}
 
 
 class Progress:

@@ -52,7 +52,7 @@ MAX_TASKS = 1_000_000  # sampling.MAX_TASKS: no plan has more tasks, so no journ
 # Request fields that do not decide output bytes (y's presence shows in the output arrays).
 # Options of some pairings only: left out when not given, so that other runs'
 # fingerprints are what they were.
-_PAIRING_OPTIONS = {"neighbors", "project", "bandwidth", "balance", "balance_to"}
+_PAIRING_OPTIONS = {"neighbors", "project", "bandwidth", "balance", "balance_to", "groups", "exclude_rows"}
 # Options of a folder of images: recorded only when given, so other journals are as they were.
 _IMAGE_OPTIONS = {"image_size", "image_resize", "image_channels", "skip_bad_images", "wds_label"}
 # In the fingerprint only when given, so that journals written without them stay valid.

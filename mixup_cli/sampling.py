@@ -42,6 +42,13 @@ Pairing modes:
     C-Mixup: a partner drawn with probability proportional to the Gaussian
     kernel of the label distance (``label_kernel.LabelKernel``).
     These too read their partners by index.
+
+``--groups KEY`` (``global``, ``within-class``, ``between-class``): the
+pairing's law restricted to the row's group (``groups.GroupIndex``), drawn
+from the block's same keyed generator after lam; a row with no partner in
+its group is paired with itself with lam 1. Plans without it draw as before.
+``--exclude-rows FILE``: the plan runs on the kept rows (``Plan.own``), as a
+balanced plan runs on its drawn rows.
 """
 
 from __future__ import annotations
@@ -166,6 +173,13 @@ class Plan:
     # the plan's rows are then these, ``n_rows = len(own)``. None: the input's rows.
     balance_to: int | None = None  # rows per class (None: the largest class's count)
     own: np.ndarray | None = field(default=None, compare=False, repr=False)
+    # --exclude-rows FILE: (path, sha256, rows excluded); ``own`` then holds the
+    # kept input rows, the plan's rows (``exclude.py``).
+    exclude: tuple | None = None
+    # --groups KEY: every pair inside one group (``groups.GroupIndex``, derived
+    # from the input's KEY array); None: no groups.
+    group_key: str | None = None
+    groups: object | None = field(default=None, compare=False, repr=False)
     # The plan version computed (``PLAN_VERSIONS``); a sidecar's own for verify and resume.
     version: int = PLAN_VERSION
 
@@ -215,11 +229,21 @@ class Plan:
             raise ValueError(f"balanced plan has {len(self.own)} own rows, n_rows {self.n_rows}")
         if self.partners is not None and self.partners.n_rows != self.n_rows:
             raise ValueError(f"partner index has {self.partners.n_rows} rows, the plan {self.n_rows}")
+        self._check_groups()
         if self.classes is not None:
             if self.classes.n_rows != self.n_rows:
                 raise ValueError(f"class index has {self.classes.n_rows} rows, the plan {self.n_rows}")
             if self.pairing == "between-class":
                 self.classes.check_between()
+
+    def _check_groups(self) -> None:
+        if self.group_key is None:
+            return
+        from mixup_cli import groups
+
+        groups.check(self.pairing, self.group_key, None, None, self.own is not None and self.exclude is None)
+        if self.groups is not None and self.groups.n_rows != self.n_rows:
+            raise ValueError(f"group index has {self.groups.n_rows} rows, the plan {self.n_rows}")
 
     @property
     def n_blocks(self) -> int:
@@ -293,6 +317,12 @@ class Plan:
             return np.ones(n), np.arange(task.start, task.stop, dtype=np.int64)
         rng = keyed_rng(self.seed, _ROWS, task.copy, task.block)
         lam = sample_lam(rng, self.alpha, n)
+        if self.group_key is not None:
+            if self.groups is None:
+                raise ValueError("--groups needs the group index of the rows")
+            partner, alone = self.groups.draw_partners(rng, task.start, task.stop, self.pairing != "between-class")
+            lam[alone] = 1.0  # paired with itself: left unmixed
+            return lam, partner
         if self.pairing == "global" and self.version >= 2:
             # i.i.d. uniform over every row of the plan (one block: its own rows)
             return lam, rng.integers(0, self.n_rows, n, dtype=np.int64)
@@ -326,7 +356,7 @@ class Plan:
         return cutmix.draw_boxes(rng, lam, height, width)
 
     @classmethod
-    def from_dict(cls, record: dict, n_rows: int, *, classes=None, partners=None, own=None) -> Plan:
+    def from_dict(cls, record: dict, n_rows: int, *, classes=None, partners=None, own=None, groups=None) -> Plan:
         """The plan ``to_dict`` recorded, over ``n_rows`` input rows (a balanced
         plan's ``rows_per_copy`` instead). What is derived from the input
         (``classes``, ``partners``, ``own``) is not recorded: a pairing that
@@ -336,12 +366,15 @@ class Plan:
         optional = ("layout", "neighbors", "project", "bandwidth", "balance_to")
         fields = {key: record[key] for key in ("alpha", "seed", "block_rows", "pairing", "copies", "include_original")}
         fields.update({key: record.get(key) for key in optional}, method=record.get("method", "mixup"))
-        if record.get("balance"):
+        if record.get("balance") or record.get("exclude_rows"):
             n_rows = int(record["rows_per_copy"])
-        else:
+        if not record.get("balance"):
             fields["balance_to"] = None
+        if record.get("exclude_rows"):
+            fields["exclude"] = tuple(record["exclude_rows"][k] for k in ("path", "sha256", "rows"))
         fields["version"] = record["plan_version"]
-        return cls(n_rows=n_rows, classes=classes, partners=partners, own=own, **fields)
+        fields["group_key"] = record.get("groups")
+        return cls(n_rows=n_rows, classes=classes, partners=partners, own=own, groups=groups, **fields)
 
     def to_dict(self) -> dict:
         extra = {}  # only for the pairings that have them: other sidecars stay as they were
@@ -356,8 +389,16 @@ class Plan:
                 extra.update({k: v for k, v in projection.items() if k != "project_batch_rows"})
         elif self.pairing == "label-kernel":
             extra = {"bandwidth": self.bandwidth}
-        if self.own is not None:
+        if self.exclude is not None:
+            path, sha256, rows = self.exclude
+            extra.update(exclude_rows={"path": path, "sha256": sha256, "rows": rows}, rows_per_copy=self.n_rows)
+        elif self.own is not None:
             extra.update(balance=True, balance_to=self.balance_to, rows_per_copy=self.n_rows)
+        if self.group_key is not None:
+            extra.update(groups=self.group_key)
+            if self.groups is not None:  # what the input's ids gave (the same for every seed)
+                same = self.pairing != "between-class"
+                extra.update(group_count=self.groups.n_groups, unpaired_rows=self.groups.unpaired_rows(same))
         return extra | {
             "alpha": self.alpha,
             "seed": int(self.seed),

@@ -434,10 +434,15 @@ def check_law(params: dict, output: Path, input_path: Path | None) -> Check | No
     try:
         rows = reader.spec("partner").rows
         n = rows // segments
-        balanced = bool(params.get("balance"))
+        balanced = bool(params.get("balance") or params.get("exclude_rows"))  # an 'own' array
+        excluded = _excluded_rows(params, rows)
         classes = None
         if pairing in ("within-class", "between-class") and input_path is not None:
             classes = _input_classes(input_path, params.get("y_key"), params)
+        grouped = _group_law(params, input_path, classes, excluded)
+        if grouped is not None:
+            _check_original_groups(reader, grouped, n, segments - copies, balanced)
+            classes = None  # the group law tests the classes, alone rows apart
         tested = law.Law(
             pairing,
             n,
@@ -446,7 +451,7 @@ def check_law(params: dict, output: Path, input_path: Path | None) -> Check | No
             copies * n,
             lam_is_beta=params.get("method", "mixup") == "mixup",
             classes=classes,
-            partner_law=not balanced,
+            partner_law=not balanced and grouped is None,
             version=int(params.get("plan_version", 1)),
         )
         first = segments - copies  # the original rows come first, unmixed
@@ -457,13 +462,140 @@ def check_law(params: dict, output: Path, input_path: Path | None) -> Check | No
                 e = min(n, s + piece)
                 at = seg * n + s
                 own = reader.read("own", at, at + e - s) if balanced else np.arange(s, e)
-                tested.add(own, reader.read("partner", at, at + e - s), reader.read("lam", at, at + e - s), at)
-        ok, detail = tested.result()
-        return Check("law", ok, detail)
+                partner, lam = reader.read("partner", at, at + e - s), reader.read("lam", at, at + e - s)
+                if excluded is not None:
+                    excluded.add(own, partner, at)
+                if grouped is not None:
+                    grouped.check_groups(own, reader.read("group", at, at + e - s), at)
+                    drew = grouped.add(own, partner, lam, at)
+                    own, partner, lam = own[drew], partner[drew], lam[drew]
+                tested.add(own, partner, lam, at)
+        return _law_check(tested, grouped, params, excluded)
     except (MixupError, OSError, KeyError, ValueError) as exc:
         return Check("law", False, f"could not read the provenance of {output}: {exc}")
     finally:
         reader.close()
+
+
+def _law_check(tested, grouped, params: dict, excluded=None) -> Check:
+    """The law check's line: the pairing's law, with --groups the group law,
+    with --exclude-rows the rows held out."""
+    ok, detail = tested.result()
+    if excluded is not None:
+        problem, line = excluded.result()
+        if problem:
+            return Check("law", False, problem + (f"; {detail}" if not ok else ""))
+        detail += f"; {line}"
+    if params.get("groups") is None:
+        return Check("law", ok, detail)
+    if grouped is None:
+        return Check("law", ok, detail + f"; --groups {params['groups']}: not tested, the input was not found")
+    problems, tested_groups = grouped.result()
+    if problems:
+        return Check("law", False, "; ".join(problems) + (f"; {detail}" if not ok else ""))
+    return Check("law", ok, detail + f"; --groups {params['groups']}: {', '.join(tested_groups)}")
+
+
+def _excluded_rows(params: dict, rows: int):
+    """``--exclude-rows``: the check that no output row uses the rows the file lists; None without it."""
+    from mixup_cli import law
+    from mixup_cli.exclude import read_rows
+
+    recorded = params.get("exclude_rows")
+    if not recorded:
+        return None
+    path = Path(recorded["path"])
+    try:
+        excluded = read_rows(path, np.iinfo(np.int64).max)
+        if provenance.sha256_file(path) != recorded.get("sha256"):
+            return law.Excluded(None, f"--exclude-rows: {path} changed since the run (its SHA-256 differs)")
+    except (MixupError, OSError) as exc:
+        return law.Excluded(None, f"--exclude-rows: could not read {path}: {exc}")
+    return law.Excluded(excluded)
+
+
+def _group_law(params: dict, input_path: Path | None, classes, excluded=None):
+    """``--groups``: the law inside the groups, from the input's group ids read here; None without them."""
+    from mixup_cli import law
+
+    key = params.get("groups")
+    if key is None or input_path is None:
+        return None
+    held_out = None if excluded is None else excluded.rows
+    return law.GroupLaw(params["pairing"], _group_ids(input_path, key), classes, held_out)
+
+
+def _group_ids(input_path: Path, key: str) -> np.ndarray:
+    """The input's group ids as stored (strings as text, bools as integers), read here."""
+    reader = open_reader(input_path, fast=False)
+    try:
+        spec = reader.spec(key)
+        parts = [reader.read(key, s, min(spec.rows, s + _LAW_PIECE_ROWS)) for s in range(0, spec.rows, _LAW_PIECE_ROWS)]
+    finally:
+        reader.close()
+    ids = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+    ids = ids.reshape(len(ids))
+    if ids.dtype.kind in "SO":
+        ids = np.array([v.decode("utf-8") if isinstance(v, bytes) else v for v in ids.tolist()], dtype=str)
+    return ids.astype(np.int64) if ids.dtype.kind == "b" else ids
+
+
+def _set_group_checks(records: dict, params: dict, paths: list[Path], reports: dict) -> None:
+    """``--groups`` on a set: each output's ``group`` and partners against the
+    group ids of the whole set (global rows), read from the inputs here."""
+    from mixup_cli import law
+
+    key, pairing = params.get("groups"), params.get("pairing")
+    if key is None:
+        return
+    try:
+        ids = np.concatenate([_group_ids(p, key) for p in paths])
+        classes = None
+        if pairing in ("within-class", "between-class"):
+            found = [_input_classes(p, params.get("y_key"), params) for p in paths]
+            classes = None if any(c is None for c in found) else np.concatenate(found)
+        grouped = law.GroupLaw(pairing, ids, classes)
+    except (MixupError, OSError, KeyError, ValueError) as exc:
+        for rep in reports.values():
+            rep.checks.append(Check("law", False, f"--groups {key}: could not read the inputs' group ids: {exc}"))
+        return
+    segments = int(params["copies"]) + int(bool(params["include_original"]))
+    for k, rep in reports.items():
+        section = records[k]["set"]["input"]
+        grouped.reset()
+        try:
+            _add_set_output(grouped, rep.output, int(section["offset"]), segments, segments - int(params["copies"]))
+        except (MixupError, OSError, KeyError, ValueError) as exc:
+            rep.checks.append(Check("law", False, f"could not read the provenance of {rep.output}: {exc}"))
+            continue
+        problems, tested = grouped.result()
+        line = "; ".join(problems) if problems else f"--groups {key}: {', '.join(tested)}"
+        rep.checks.append(Check("law", not problems, line))
+
+
+def _add_set_output(grouped, output: Path, offset: int, segments: int, originals: int) -> None:
+    """One output of a set, fed to ``grouped`` (its own rows are global rows from ``offset``)."""
+    reader = open_reader(output, fast=False)
+    try:
+        n = reader.spec("partner").rows // segments
+        for seg in range(segments):
+            for s in range(0, n, _LAW_PIECE_ROWS):
+                e, at = min(n, s + _LAW_PIECE_ROWS), seg * n + s
+                own = np.arange(s, e) + offset
+                grouped.check_groups(own, reader.read("group", at, at + e - s), at)
+                if seg >= originals:
+                    grouped.add(own, reader.read("partner", at, at + e - s), reader.read("lam", at, at + e - s), at)
+    finally:
+        reader.close()
+
+
+def _check_original_groups(reader, grouped, n: int, originals: int, with_own: bool) -> None:
+    """The original rows' (``--include-original``) ``group``: their own row's id."""
+    for seg in range(originals):
+        for s in range(0, n, _LAW_PIECE_ROWS):
+            e = min(n, s + _LAW_PIECE_ROWS)
+            own = reader.read("own", seg * n + s, seg * n + e) if with_own else np.arange(s, e)
+            grouped.check_groups(own, reader.read("group", seg * n + s, seg * n + e), seg * n + s)
 
 
 def _input_classes(input_path: Path, y_key: str | None, params: dict) -> np.ndarray | None:
@@ -509,6 +641,7 @@ _ADVICE = {
     "input files": "its input changed since the run (or moved: --input): restore it, or write the set again",
     "recompute": "it is not what the set's inputs and recorded parameters give: restore the inputs, or write "
     "the set again",
+    "law": "its provenance breaks the law of its pairing: {rewrite}",
 }
 
 
@@ -670,6 +803,7 @@ def _verify_outputs(
             rep.checks.append(data_check)
         rep.checks.append(check_files("input files", record.get("input") or {}, paths[k], hint))
         rep.checks.append(check)
+    _set_group_checks(records, params, paths, reports)
     return reports
 
 
@@ -702,7 +836,12 @@ def _recompute_set(view, ks, records, params, paths, batch_size, progress, hint)
     try:
         y_key = params.get("y_key")
         layout = inspect_inputs(
-            paths, params["x_key"], y_key, require_y=y_key is not None, opener=lambda p: open_reader(p, fast=False)
+            paths,
+            params["x_key"],
+            y_key,
+            require_y=y_key is not None,
+            opener=lambda p: open_reader(p, fast=False),
+            groups=params.get("groups"),
         )
         problem = _layout_problem(view, layout)
         if problem is not None:

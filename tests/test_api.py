@@ -41,6 +41,7 @@ def test_the_public_names_exist_and_are_documented():
             "StopToken",
             "__version__",
             "augment",
+            "lineage",
             "mix",
             "verify",
         ]

@@ -58,6 +58,7 @@ SLOW_PAGES = {
 REFERENCE_SETUP = {
     "docs/reference/verify.md": ["mixup augment in.h5 out.h5 -q", "mixup augment shards/*.h5 mixed/ --seed 7 -q"],
     "docs/reference/inspect.md": ["mixup augment in.h5 out.h5 -q", "mixup augment shards/*.h5 mixed/ --seed 7 -q"],
+    "docs/reference/lineage.md": ["mixup augment in.h5 out.h5 -q"],
 }
 
 

@@ -299,12 +299,14 @@ def test_workers_read_a_zarr_input(scheduler, tmp_path):
     [
         ("--pairing", "within-class", "--num-classes", 4, "--label-smoothing", 0.1),
         ("--method", "cutmix", "--y-format", "pair"),
+        ("--pairing", "between-class", "--groups", "g"),
+        ("--groups", "g", "--method", "cutmix"),
     ],
 )
 def test_dask_gives_the_local_bytes_for_labels_classes_and_cutmix(scheduler, tmp_path, run_mixup, extra):
     rng = np.random.default_rng(2)
     x = rng.integers(0, 256, (70, 6, 6, 3), dtype=np.uint8)
-    src = write_h5(tmp_path / "in.h5", x=x, y=rng.integers(0, 4, 70))
+    src = write_h5(tmp_path / "in.h5", x=x, y=rng.integers(0, 4, 70), g=rng.integers(0, 7, 70))
     args = COMMON + extra + ("-q",)
     local = run_in_process("augment", src, tmp_path / "local.h5", *args)
     assert local.returncode == 0, local.stderr
@@ -429,3 +431,18 @@ def test_an_image_folder_gives_the_local_bytes(scheduler, tmp_path, run_mixup):
     assert len(a["x"]) == len(files) - 1
     for key in KEYS:
         np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+def test_dask_gives_the_local_bytes_with_held_out_rows(scheduler, tmp_path, run_mixup):
+    rng = np.random.default_rng(3)
+    src = write_h5(
+        tmp_path / "in.h5", x=rng.standard_normal((70, 4)), y=rng.integers(0, 3, 70), g=rng.integers(0, 5, 70)
+    )
+    (tmp_path / "held.txt").write_text("0\n17\n40\n69\n")
+    args = COMMON + ("--exclude-rows", tmp_path / "held.txt", "--pairing", "within-class", "--groups", "g", "-q")
+    local = run_in_process("augment", src, tmp_path / "local.h5", *args)
+    assert local.returncode == 0, local.stderr
+    remote = run_mixup("augment", src, tmp_path / "dask.h5", *args, "--engine", "dask", "--scheduler", scheduler)
+    assert remote.returncode == 0, remote.stderr
+    keys = ("x", "y", "lam", "partner", "own", "group")
+    assert_same_bytes(load_any(tmp_path / "local.h5", keys), load_any(tmp_path / "dask.h5", keys))

@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "mixup_cli"
 LAYERS = [
     ("package", ["", "api"]),  # "": the package itself, its public names (imported lazily from api, dataset)
     ("cli", ["cli", "__main__"]),
-    ("commands", ["pipeline", "verify", "preview", "describe", "dataset", "sets.run"]),
+    ("commands", ["pipeline", "verify", "preview", "describe", "lineage", "dataset", "sets.run"]),
     ("engines", ["engines"]),
     ("run", ["request", "source", "planning", "preflight", "resume", "sidecar", "scratch", "tasks", "sets"]),
     (
@@ -26,6 +26,8 @@ LAYERS = [
             "sampling",
             "law",
             "balance",
+            "groups",
+            "exclude",
             "classes",
             "neighbours",
             "label_kernel",

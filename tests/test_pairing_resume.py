@@ -1,4 +1,4 @@
-"""--resume for the pairings with an index (knn, label-kernel) and --balance:
+"""--resume for the pairings with an index (knn, label-kernel), --balance and --groups:
 a killed run, resumed, gives the bytes of an uninterrupted one."""
 
 import json
@@ -33,15 +33,25 @@ raise SystemExit("not killed")
         {"pairing": "global", "balance_to": 150},
         {"pairing": "knn-within-class", "neighbors": 3, "project": 2},
         {"pairing": "label-kernel", "bandwidth": 0.3, "y_key": "t"},
+        {"pairing": "global", "groups": "pid"},
+        {"pairing": "between-class", "groups": "pid"},
+        {"pairing": "within-class", "groups": "pid", "exclude_rows": "held.txt"},
     ],
 )
 def test_a_killed_run_resumes_to_the_uninterrupted_bytes(tmp_path, options):
     rng = np.random.default_rng(0)
     labels = rng.permutation(np.repeat([0, 1, 2], [500, 200, 100]))
     src = write_h5(
-        tmp_path / "in.h5", x=rng.standard_normal((800, 4)).astype(np.float32), y=labels, t=rng.standard_normal(800)
+        tmp_path / "in.h5",
+        x=rng.standard_normal((800, 4)).astype(np.float32),
+        y=labels,
+        t=rng.standard_normal(800),
+        pid=rng.integers(0, 40, 800),
     )
     options = dict(options, seed=5, block_rows=100, copies=2, batch_size=30)
+    if "exclude_rows" in options:
+        (tmp_path / options["exclude_rows"]).write_text("\n".join(map(str, range(0, 800, 7))))
+        options["exclude_rows"] = str(tmp_path / options["exclude_rows"])
     out = tmp_path / "out.h5"
     env = dict(os.environ, PYTHONPATH=str(REPO))
     killed = subprocess.run(

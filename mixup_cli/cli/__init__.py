@@ -24,6 +24,7 @@ from mixup_cli.errors import MixupError
 
 from .augment import augment
 from .inspect import inspect
+from .lineage import lineage
 from .preview import preview
 from .verify import verify
 
@@ -185,6 +186,7 @@ def cli():
 cli.add_command(augment)
 cli.add_command(verify)
 cli.add_command(inspect)
+cli.add_command(lineage)
 
 cli.add_command(preview)
 

@@ -231,6 +231,12 @@ def _augment_one(request, quiet: bool, as_json: bool) -> None:
             f"(seed {result.seed}); provenance in {result.sidecar}",
             err=True,
         )
+        if groups := result.group_summary():
+            click.echo(
+                f"--groups {groups['groups']}: {groups['group_count']} groups; {groups['unpaired_rows']} rows per "
+                "copy have no partner in their group and are left unmixed (lam 1)",
+                err=True,
+            )
     atomic.test_pause("finished")
 
 

@@ -19,6 +19,7 @@ import functools
 import os
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import click
 
@@ -360,7 +361,8 @@ def run_options(f):
 
 
 def pairing_options(f):
-    """--pairing and its parameters, --balance and --balance-to: which rows are mixed with which."""
+    """--pairing and its parameters, --balance, --balance-to, --groups and --exclude-rows: which rows are
+    mixed with which."""
     return _apply(
         f,
         [
@@ -410,6 +412,24 @@ def pairing_options(f):
                 default=None,
                 metavar="M",
                 help="Balance to M rows of every class per copy (implies --balance; larger classes are subsampled).",
+            ),
+            click.option(
+                "--groups",
+                default=None,
+                metavar="KEY",
+                help="Keep every pair inside one group: KEY names the input's array (or column) of group ids "
+                "(integers or strings: patient, session, fold), one per row. With --pairing global, within-class "
+                "or between-class; a row with no partner in its group is left unmixed (lam 1). The output gets "
+                "a 'group' array.",
+            ),
+            click.option(
+                "--exclude-rows",
+                type=click.Path(path_type=Path),
+                default=None,
+                metavar="FILE",
+                help="Input rows never used, neither as a row nor as a partner (held-out rows, a test fold): a .npy "
+                "array of row indices, or a text file of one index a line. The output gets an 'own' array (the "
+                "input row of each output row); the sidecar records FILE's SHA-256.",
             ),
         ],
     )

@@ -97,8 +97,19 @@ def _categorical(keys: set[str], y_key: str) -> bool:
     return y_key not in keys and {f"{y_key}/codes", f"{y_key}/categories"} <= keys
 
 
-def _used_keys(reader, path: Path, x_key: str, y_key: str | None, require_y: bool) -> tuple[list[str], list[str]]:
-    """The arrays of one input taking part: (row arrays, shared arrays)."""
+def _used_keys(
+    reader, path: Path, x_key: str, y_key: str | None, require_y: bool, groups: str | None = None
+) -> tuple[list[str], list[str]]:
+    """The arrays of one input taking part: (row arrays, shared arrays); ``groups``: the group ids too."""
+    keys, shared = _data_keys(reader, path, x_key, y_key, require_y)
+    if groups is not None:
+        if groups not in reader.keys():
+            raise ParameterError(f"{path} has no '{groups}'; --groups names the array of group ids", "--groups")
+        keys.append(groups)
+    return keys, shared
+
+
+def _data_keys(reader, path: Path, x_key: str, y_key: str | None, require_y: bool) -> tuple[list[str], list[str]]:
     keys = set(reader.keys())
     if x_key not in keys:
         reader.require(x_key, "--x-key")  # its own message (arrays present, the option)
@@ -121,6 +132,7 @@ def inspect_inputs(
     require_y: bool = True,
     outdir: Path | None = None,
     opener: Callable = open_reader,
+    groups: str | None = None,
 ) -> SetLayout:
     """Check the inputs against each other and return the set's layout.
 
@@ -129,6 +141,7 @@ def inspect_inputs(
     inputs but not others; row shapes or dtypes that differ from the first
     input's (string labels may differ in storage: fixed lengths, bytes or
     text); AnnData categories that differ; x and y of different lengths.
+    ``groups``: the key of the group ids (``--groups``), read as a row array.
     """
     paths = [Path(p) for p in paths]
     if not paths:
@@ -150,12 +163,12 @@ def inspect_inputs(
             )
         reader = axes.as_matlab_shows(opener(path))
         try:
-            keys, shared = _used_keys(reader, path, x_key, y_key, require_y)
+            keys, shared = _used_keys(reader, path, x_key, y_key, require_y, groups)
             if first_keys is None:
                 first_keys, row_keys = keys + shared, tuple(keys)
             elif keys + shared != first_keys:
                 _refuse_keys(path, paths[0], first_keys, keys + shared)
-            specs = _shard_specs(reader, path, keys, shared, x_key, first_shared, paths[0])
+            specs = _shard_specs(reader, path, keys, shared, x_key, first_shared, paths[0], groups)
             if shards:
                 _agree(path, specs, paths[0], shards[0].specs)
             rows = specs[x_key].rows
@@ -200,12 +213,14 @@ def _refuse_keys(path: Path, first: Path, first_keys: list[str], keys: list[str]
     )
 
 
-def _shard_specs(reader, path: Path, keys, shared, x_key: str, first_shared: dict, first: Path) -> dict:
+def _shard_specs(
+    reader, path: Path, keys, shared, x_key: str, first_shared: dict, first: Path, groups: str | None = None
+) -> dict:
     """The input's specs of the arrays used, checked: shared arrays equal to the
     first input's, x and y of one length, rows to mix."""
     specs = {}
     for key in keys:
-        option = "--x-key" if key == x_key else "--y-key"
+        option = "--x-key" if key == x_key else "--groups" if key == groups else "--y-key"
         kinds = "fiu" if key == x_key else "fiubSUO"
         specs[key] = reader.require(key, option, kinds=kinds)
     for key in shared:

@@ -30,6 +30,10 @@ def check_plan(plan: Plan) -> None:
     """Refuse plans whose output rows are not rows of the inputs in order:
     ``--balance`` draws M rows per class from the whole set, so its rows
     belong to no one input's output."""
+    if plan.exclude is not None:
+        raise ParameterError(
+            "--exclude-rows does not go with a set of inputs yet; run it on one file holding the set", "--exclude-rows"
+        )
     if plan.own is not None:
         raise ParameterError(
             "--balance cannot split its output by input (its rows are drawn per class from the whole set); "

@@ -109,7 +109,9 @@ def augment_set(
         recorded = (identity.read_manifest(outdir) or {}).get("parameters", {}).get("seed")
         request = _with(request, seed=recorded if isinstance(recorded, int) else None)
     check_part_seed(part, request.seed)
-    layout = inspect_inputs(inputs, request.x_key, request.y_key, require_y=request.require_y, outdir=outdir)
+    layout = inspect_inputs(
+        inputs, request.x_key, request.y_key, require_y=request.require_y, outdir=outdir, groups=request.groups
+    )
     outputs = output_paths(layout, outdir)
     check_storage_options(
         outputs, request.compression, request.block_rows, request.chunk_rows, request.byte_shuffle, request.zarr_format
