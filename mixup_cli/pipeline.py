@@ -182,6 +182,8 @@ class _Partial:
             request.chunk_rows,
             request.byte_shuffle,
             request.zarr_format,
+            request.image_format,
+            request.jpeg_quality,
         )
         fingerprint = resume.fingerprint(request, plan, source, job.out_format, job.specs, job.input_record)
         writer = None
@@ -250,8 +252,20 @@ def _run_tasks(request, source: Source, plan: Plan, partial: _Partial, progress:
     writer.flush()
     journal.save()  # every task recorded before the file is finished
     writer.set_attributes(_attributes(request, source, plan, writer, journal.run_id))
+    if hasattr(writer, "set_lineage"):  # WebDataset output names each row's input samples
+        writer.set_lineage(_row_names(source.reader), plan.n_rows)
     writer.close()
     return info
+
+
+def _row_names(reader):
+    """The input's ``row_names(rows)`` (a folder of images, WebDataset shards),
+    looked for through the readers that wrap it; None for other inputs."""
+    for _ in range(8):
+        if reader is None or hasattr(reader, "row_names"):
+            break
+        reader = getattr(reader, "inner", None) or getattr(reader, "_inner", None)
+    return getattr(reader, "row_names", None)
 
 
 def _decoded(source: Source) -> dict[str, str]:

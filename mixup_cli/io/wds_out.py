@@ -1,0 +1,415 @@
+"""WebDataset output: ``OUT.tar``, one sample per output row.
+
+Sample ``KEY`` (the output row number, zero-padded to 9 digits or more:
+``000000123``) holds, in this order:
+
+- ``KEY.png`` (or ``KEY.jpg`` with ``--image-format jpeg``): the mixed image,
+  row ``KEY`` of x (uint8, ``(H, W)`` or ``(H, W, C)`` with C 1, 3 or 4: gray,
+  RGB, RGBA);
+- ``KEY.cls``: the class, only when every row's target is one class exactly
+  (a one-hot row: original rows, ``--pairing within-class``); then every
+  sample has one, so a pipeline's ``to_tuple("png", "cls")`` works on all of
+  them, never on some;
+- ``KEY.json``: ``lam``, ``partner``, ``sources`` (the names of the row's own
+  input sample and of its partner: file names under IN for a folder of
+  images, sample keys for WebDataset shards (``SHARD.tar:KEY`` for a folder
+  of them), input row numbers otherwise), ``target`` (the mixed target, a
+  list of floats: soft labels have no place in ``.cls``), ``box`` for CutMix
+  (``[y0, x0, y1, x1]``, half-open, in pixels) and ``own`` for ``--balance``.
+
+What the output holds as arrays (shapes, dtypes, which json field holds
+which array, the image format) and the run's version, run id and class
+names are in the tar's PAX global header under ``mixup``, which tar readers
+(and ``webdataset``) read past; ``Reader`` reads the arrays back from it for
+``verify`` and ``inspect``.
+
+Rows are staged as ``.npy`` memory maps beside OUT while the run writes
+blocks in any order (as ``.npz`` and Parquet output: ``--resume`` reopens
+them), then packed in row order, a block at a time (images encoded by a
+thread pool), into a new file when the run completes. The archive's bytes
+depend only on the data and Pillow's encoders: members have a fixed time,
+owner and mode.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tarfile
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+
+from mixup_cli import beside
+from mixup_cli.errors import InputError, ParameterError
+from mixup_cli.io import base, npz
+from mixup_cli.io.base import ArraySpec, WriteOptions
+from mixup_cli.io.npyfile import member_path, memmap_npy
+
+EXTRA = "pip install 'mixup-cli[images]'"
+META_KEY = "mixup"  # the PAX global header's field holding what the output records
+IMAGE_FORMATS = ("png", "jpeg")
+EXTENSIONS = {"png": "png", "jpeg": "jpg"}
+DEFAULT_JPEG_QUALITY = 90
+PROVENANCE = ("lam", "partner", "box", "own")
+KEY_DIGITS = 9
+PACK_ROWS = 1024  # rows encoded and added at once when packing
+MAX_THREADS = 8
+_MODES = {1: "L", 3: "RGB", 4: "RGBA"}
+ARRAY_OUTPUTS = ".h5, .npz, .zarr, .parquet or a directory of .npy files"
+
+
+def _pil():
+    try:
+        from PIL import Image
+    except ImportError:
+        raise ParameterError(
+            f"WebDataset output (.tar) encodes images with Pillow; install it with {EXTRA}", "OUT"
+        ) from None
+    return Image
+
+
+def sample_key(row: int, rows: int) -> str:
+    return f"{row:0{max(KEY_DIGITS, len(str(max(rows - 1, 0))))}d}"
+
+
+def check_specs(path: Path, specs: dict[str, ArraySpec], options: WriteOptions) -> None:
+    """Refuse, in one line, arrays a tar of images cannot hold."""
+    x_key = next(iter(specs))
+    spec = specs[x_key]
+    shape, dtype = spec.row_shape, np.dtype(spec.dtype)
+    images = dtype == np.uint8 and (len(shape) == 2 or (len(shape) == 3 and shape[2] in _MODES))
+    if not images:
+        raise ParameterError(
+            f"{path}: WebDataset output (.tar) holds images, but '{x_key}' has rows of shape {shape} and dtype "
+            f"{dtype}, not uint8 (H, W) or (H, W, C) with C 1, 3 or 4; choose an array output ({ARRAY_OUTPUTS})",
+            "OUT",
+        )
+    if options.image_format == "jpeg" and len(shape) == 3 and shape[2] == 4:
+        raise ParameterError(
+            f"{path}: '{x_key}' has 4 channels (RGBA), which JPEG cannot hold; use --image-format png", "--image-format"
+        )
+
+
+def fields_of(specs: dict[str, ArraySpec]) -> dict[str, str]:
+    """The json field of each array but the image: a single target is ``target``."""
+    data = [key for key in list(specs)[1:] if key not in PROVENANCE]
+    fields = {key: ("target" if len(data) == 1 else key) for key in data}
+    fields.update({key: key for key in specs if key in PROVENANCE})
+    return fields
+
+
+def encode(row: np.ndarray, image_format: str, quality: int | None) -> bytes:
+    """One image (uint8 (H, W) or (H, W, C)) as PNG or JPEG bytes."""
+    Image = _pil()
+    arr = row if row.ndim == 2 else (row[:, :, 0] if row.shape[2] == 1 else row)
+    im = Image.fromarray(np.ascontiguousarray(arr), mode=_MODES[1 if arr.ndim == 2 else arr.shape[2]])
+    buf = io.BytesIO()
+    if image_format == "jpeg":
+        im.save(buf, format="JPEG", quality=quality or DEFAULT_JPEG_QUALITY)
+    else:
+        im.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def decode(data: bytes, row_shape: tuple[int, ...], label: str) -> np.ndarray:
+    """Image bytes back to a row of x (``row_shape``); InputError naming ``label``."""
+    Image = _pil()
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            arr = np.asarray(im, dtype=np.uint8)
+    except Exception as exc:  # Pillow's OSError, SyntaxError, ValueError...
+        raise InputError(f"{label}: cannot decode this image ({str(exc) or type(exc).__name__})") from None
+    if arr.size != int(np.prod(row_shape)):
+        raise InputError(f"{label}: an image of shape {arr.shape}, where the output's images are {row_shape}")
+    return arr.reshape(row_shape)
+
+
+def _member(name: str, size: int) -> tarfile.TarInfo:
+    # TarInfo's defaults: time 0, mode 0o644, owner 0/0 without names; fixed,
+    # so the same data gives the same archive.
+    info = tarfile.TarInfo(name)
+    info.size = size
+    return info
+
+
+class _Pool:
+    """Images encoded or decoded a block at a time by a few threads (Pillow releases the GIL)."""
+
+    def __init__(self):
+        self._threads = max(1, min(MAX_THREADS, os.cpu_count() or 1))
+        self._pool: ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()
+
+    def map(self, fn, items) -> list:
+        items = list(items)
+        if len(items) <= 1 or self._threads == 1:
+            return [fn(item) for item in items]
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="mixup-tar")
+        return list(self._pool.map(fn, items))
+
+    def close(self) -> None:
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True)
+
+
+class Writer(npz.Writer):
+    """``OUT.tar``: arrays staged as ``.npy`` beside OUT, packed into samples at the end."""
+
+    format_name = "webdataset"
+    compressions = ("none",)
+
+    def __init__(self, path: Path, specs: dict[str, ArraySpec], options: WriteOptions):
+        _pil()
+        check_specs(path, specs, options)
+        super().__init__(path, specs, options)
+        self._attrs: dict = {}
+        self._names = None
+        self._segment_rows: int | None = None
+
+    @classmethod
+    def reopen(cls, path: Path, specs: dict[str, ArraySpec], options: WriteOptions) -> Writer:
+        _pil()
+        check_specs(path, specs, options)
+        self = super().reopen(path, specs, options)
+        self._attrs, self._names, self._segment_rows = {}, None, None
+        return self
+
+    @classmethod
+    def _check_packed(cls, path: Path, specs: dict[str, ArraySpec]) -> None:
+        try:
+            with Reader(path) as reader:
+                for key, spec in specs.items():
+                    if reader.spec(key).shape != spec.shape:
+                        raise ValueError(f"'{key}' is incomplete")
+        except (InputError, ValueError, KeyError) as exc:
+            raise cls.damaged(path, str(exc)) from None
+
+    def set_attributes(self, attrs: dict) -> None:
+        self._attrs.update(attrs)
+
+    def set_lineage(self, names, segment_rows: int) -> None:
+        """``names(rows)``: the input samples' names of input rows (a list of
+        str), or None for row numbers; ``segment_rows``: input rows per copy."""
+        self._names, self._segment_rows = names, segment_rows
+
+    def _metadata(self, fields: dict[str, str], cls: bool) -> str:
+        record = {k: v for k, v in self._attrs.items() if k != "class_names"}
+        if "class_names" in self._attrs:
+            record["class_names"] = json.loads(self._attrs["class_names"])
+        x_key = next(iter(self.specs))
+        record["image"] = {
+            "array": x_key,
+            "format": self.options.image_format,
+            "extension": EXTENSIONS[self.options.image_format],
+        }
+        if self.options.image_format == "jpeg":
+            record["image"]["quality"] = self.options.jpeg_quality or DEFAULT_JPEG_QUALITY
+        record["arrays"] = {
+            key: {"shape": list(spec.shape), "dtype": np.dtype(spec.dtype).str}
+            | ({"field": fields[key]} if key in fields else {"member": EXTENSIONS[self.options.image_format]})
+            for key, spec in self.specs.items()
+        }
+        record["cls"] = cls
+        return json.dumps(record, sort_keys=True)
+
+    def _one_class(self, arrays: dict, fields: dict[str, str]) -> bool:
+        """Whether every row's target is one class exactly (a one-hot row of floats)."""
+        targets = [key for key, field in fields.items() if field == "target"]
+        if len(targets) != 1:
+            return False
+        y = arrays[targets[0]]
+        if y.ndim != 2 or y.dtype.kind != "f" or y.shape[1] < 1:
+            return False
+        for s in range(0, len(y), 65536):
+            block = np.asarray(y[s : s + 65536])
+            if not ((block.max(axis=1) == 1) & (block.sum(axis=1) == 1) & (block.min(axis=1) == 0)).all():
+                return False
+        return True
+
+    def _pack(self) -> None:
+        arrays = {key: memmap_npy(self._staging / member_path(key)) for key in self.specs}
+        fields = fields_of(self.specs)
+        cls = self._one_class(arrays, fields)
+        rows = next(iter(self.specs.values())).rows
+        pool = _Pool()
+        try:
+            with os.fdopen(beside.create_file(self.path), "w+b") as fh:
+                tar = tarfile.open(
+                    fileobj=fh, mode="w", format=tarfile.PAX_FORMAT, pax_headers={META_KEY: self._metadata(fields, cls)}
+                )
+                for start in range(0, rows, PACK_ROWS):
+                    self._add_rows(tar, pool, arrays, fields, cls, start, min(rows, start + PACK_ROWS))
+                tar.close()
+                fh.flush()
+                os.fsync(fh.fileno())
+        finally:
+            pool.close()
+
+    def _add_rows(self, tar, pool: _Pool, arrays: dict, fields: dict, cls: bool, start: int, stop: int) -> None:
+        """Samples ``start:stop`` into ``tar``: image, class (``cls``), json."""
+        rows = next(iter(self.specs.values())).rows
+        ext = EXTENSIONS[self.options.image_format]
+        block = np.asarray(arrays[next(iter(self.specs))][start:stop])
+        images = pool.map(
+            partial(encode, image_format=self.options.image_format, quality=self.options.jpeg_quality), block
+        )
+        for i, (image, record) in enumerate(zip(images, self._records(arrays, fields, start, stop))):
+            key = sample_key(start + i, rows)
+            members = [(f"{key}.{ext}", image)]
+            if cls:
+                members.append((f"{key}.cls", str(int(np.argmax(record["target"]))).encode()))
+            members.append((f"{key}.json", json.dumps(record).encode()))
+            for name, data in members:
+                tar.addfile(_member(name, len(data)), io.BytesIO(data))
+
+    def _records(self, arrays: dict, fields: dict[str, str], start: int, stop: int) -> list[dict]:
+        """The json of rows ``start:stop``: lam, partner, sources, then the other arrays."""
+        values = {key: np.asarray(arrays[key][start:stop]).tolist() for key in fields}
+        own = np.asarray(arrays["own"][start:stop]) if "own" in arrays else None
+        if own is None:
+            n = self._segment_rows or self.specs[next(iter(self.specs))].rows
+            own = np.arange(start, stop, dtype=np.int64) % n
+        partner = np.asarray(arrays["partner"][start:stop]) if "partner" in arrays else own
+        sources = list(zip(self._names_of(own), self._names_of(partner)))
+        records = []
+        for i in range(stop - start):
+            record = {"lam": values["lam"][i], "partner": values["partner"][i], "sources": list(sources[i])}
+            record.update({fields[key]: values[key][i] for key in fields if key not in ("lam", "partner")})
+            records.append(record)
+        return records
+
+    def _names_of(self, rows: np.ndarray) -> list:
+        found = self._names(rows) if self._names is not None else None
+        return list(found) if found is not None else [int(r) for r in rows]
+
+    def _open_packed(self):
+        return Reader(self.path)
+
+
+def is_output(path: Path) -> bool:
+    """Whether the file at ``path`` is a tar mixup wrote (its PAX global header has ``mixup``)."""
+    try:
+        with tarfile.open(path, "r:") as tar:
+            tar.next()
+            return META_KEY in tar.pax_headers
+    except (tarfile.TarError, OSError, EOFError):
+        return False
+
+
+class Reader(base.Reader):
+    """A tar mixup wrote, read back as its arrays: x from the images, the
+    rest from each sample's json (``verify``, ``inspect``, ``--resume``)."""
+
+    format_name = "webdataset"
+
+    def __init__(self, path: Path):
+        super().__init__(path)
+        try:
+            with tarfile.open(self.path, "r:") as tar:
+                first = tar.next()
+                meta = json.loads(tar.pax_headers[META_KEY])
+                self._meta = meta
+                self._arrays = {
+                    key: (ArraySpec(tuple(a["shape"]), np.dtype(a["dtype"])), a.get("field"))
+                    for key, a in meta["arrays"].items()
+                }
+                self._index(tar, first)
+        except (tarfile.TarError, OSError, EOFError, KeyError, TypeError, ValueError) as exc:
+            raise InputError(f"{self.path}: not a complete WebDataset output of mixup ({exc})") from None
+        self._fd = os.open(self.path, os.O_RDONLY)
+        self._pool = _Pool()
+
+    def _index(self, tar, first) -> None:
+        rows = next(iter(self._arrays.values()))[0].rows
+        ext = self._meta["image"]["extension"]
+        image, record = np.zeros((rows, 2), np.int64), np.zeros((rows, 2), np.int64)
+        seen = np.zeros((rows, 2), bool)
+        info = first
+        while info is not None:
+            stem, _, suffix = info.name.partition(".")
+            if stem.isdigit() and int(stem) < rows and suffix in (ext, "json"):
+                col = 0 if suffix == ext else 1
+                (image if col == 0 else record)[int(stem)] = (info.offset_data, info.size)
+                seen[int(stem), col] = True
+            info = tar.next()
+        if not seen.all():
+            missing = int(np.flatnonzero(~seen.all(axis=1))[0])
+            raise ValueError(f"sample {sample_key(missing, rows)} is missing or incomplete")
+        self._image, self._record = image, record
+
+    def _bytes(self, at: int, size: int, row: int) -> bytes:
+        data = os.pread(self._fd, int(size), int(at))
+        if len(data) != size:
+            raise InputError(f"{self.path}: the file ended in sample {row} (truncated?)")
+        return data
+
+    def keys(self) -> list[str]:
+        return list(self._arrays)
+
+    def spec(self, key: str) -> ArraySpec:
+        return self._arrays[key][0]
+
+    def read(self, key: str, start: int, stop: int) -> np.ndarray:
+        spec, field = self._arrays[key]
+        stop = min(stop, spec.rows)
+        start = min(start, stop)
+        if field is None:  # the images
+            rows = range(start, stop)
+            ext = self._meta["image"]["extension"]
+
+            def one(r):
+                label = f"{self.path}:{sample_key(r, spec.rows)}.{ext}"
+                return decode(self._bytes(*self._image[r], r), spec.row_shape, label)
+
+            found = self._pool.map(one, rows)
+            return np.stack(found) if found else np.empty((0,) + spec.row_shape, spec.dtype)
+        values = []
+        for r in range(start, stop):
+            try:
+                values.append(json.loads(self._bytes(*self._record[r], r))[field])
+            except (ValueError, KeyError, TypeError):
+                raise InputError(f"{self.path}:{sample_key(r, spec.rows)}.json: has no '{field}'") from None
+        return np.asarray(values, dtype=spec.dtype).reshape((stop - start,) + spec.row_shape)
+
+    def as_stored(self, key: str, data: np.ndarray) -> np.ndarray:
+        """Rows as this output would hold them once written: JPEG images
+        encoded and decoded again (lossy); everything else as it is."""
+        spec, field = self._arrays[key]
+        image = self._meta["image"]
+        if field is not None or image["format"] != "jpeg":
+            return data
+        quality = image.get("quality")
+
+        def one(row):
+            return decode(encode(row, "jpeg", quality), spec.row_shape, str(self.path))
+
+        found = self._pool.map(one, data)
+        return np.stack(found) if found else data
+
+    def describe(self, key: str) -> dict:
+        spec, field = self._arrays[key]
+        if field is None:
+            image = self._meta["image"]
+            return {"member": image["extension"], **({"quality": image["quality"]} if "quality" in image else {})}
+        return {"json_field": field}
+
+    def attributes(self) -> dict:
+        return {k: v for k, v in self._meta.items() if k not in ("arrays",)}
+
+    def files(self) -> list[Path]:
+        return [self.path]
+
+    def close(self) -> None:
+        self._pool.close()
+        if getattr(self, "_fd", None) is not None:
+            os.close(self._fd)
+            self._fd = None
