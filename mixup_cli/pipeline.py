@@ -305,6 +305,9 @@ def _record(
     output_entry = sidecar.output_entry(
         output, partial.out_format, partial.specs, final, out_hashes, plan, partial.block_digests, job.shift
     )
+    stored = getattr(writer, "stored_digests", None)  # lossy storage (JPEG): the rows as the file holds them
+    for key, (digest, note) in (stored() if stored is not None else {}).items():
+        output_entry["arrays"][key].update(sha256=digest, stored=note)
     partial.seconds = seconds
     execution = dict(engine_info, seconds=round(seconds, 3))
     if partial.resumed:

@@ -294,6 +294,23 @@ class Writer(npz.Writer):
     def _open_packed(self):
         return Reader(self.path)
 
+    def stored_digests(self) -> dict[str, tuple[str, str]]:
+        """JPEG output: x's SHA-256 (``digests`` scheme) as the packed file
+        holds it, decoded, with a note for the sidecar; nothing for PNG, which
+        holds the rows as they were written."""
+        if self.options.image_format != "jpeg":
+            return {}
+        from mixup_cli import digests
+
+        x_key = next(iter(self.specs))
+        rows = self.specs[x_key].rows
+        segment = self._segment_rows or rows
+        bounds = digests.block_bounds(segment, self.options.block_rows or segment, rows // segment)
+        with Reader(self.path) as reader:
+            found = digests.combine([digests.of_rows({x_key: reader.read(x_key, a, b)})[x_key] for a, b in bounds])
+        quality = self.options.jpeg_quality or DEFAULT_JPEG_QUALITY
+        return {x_key: (found, f"JPEG (quality {quality}): the SHA-256 of the images as decoded from the file")}
+
 
 def is_output(path: Path) -> bool:
     """Whether the file at ``path`` is a tar mixup wrote (its PAX global header has ``mixup``)."""
