@@ -24,7 +24,7 @@ from mixup_cli.core import check_alpha
 from mixup_cli.engines import local
 from mixup_cli.errors import OutputError
 from mixup_cli.io import create_writer  # looked up here at run time: tests wrap it
-from mixup_cli.io.base import layout_options
+from mixup_cli.io.base import WriteOptions, check_image_options, layout_options
 from mixup_cli.planning import build_plan, output_specs
 from mixup_cli.request import AugmentRequest, AugmentResult, Progress
 from mixup_cli.sampling import CLASS_PAIRINGS, Plan, Task, check_positive
@@ -60,6 +60,11 @@ def augment(request: AugmentRequest, progress: Progress | None = None) -> Augmen
         y_for=y_for,
         scratch_prefix=atomic.partial_path(output),
     )
+    try:
+        _check_output_arrays(request, source, out_format)
+    except BaseException:
+        source.reader.close()
+        raise
     lock = atomic.RunLock(output)
     try:
         lock.acquire()
@@ -93,6 +98,17 @@ def augment(request: AugmentRequest, progress: Progress | None = None) -> Augmen
         partial.journal.run_id,
         record,
     )
+
+
+def _check_output_arrays(request: AugmentRequest, source: Source, out_format: str) -> None:
+    """Before the plan (which may take long): options and arrays OUT's format
+    cannot take. A WebDataset output (.tar) holds uint8 images only."""
+    check_image_options(out_format, request.image_format, request.jpeg_quality)
+    if out_format == "webdataset":
+        from mixup_cli.io import wds_out
+
+        options = WriteOptions(image_format=request.image_format or "png", jpeg_quality=request.jpeg_quality)
+        wds_out.check_specs(request.output, source.specs, options)
 
 
 @dataclasses.dataclass
