@@ -274,3 +274,13 @@ def test_killed_mid_run_resumes_to_the_same_archive(tmp_path):
     assert got_meta.pop("run_id") != want_meta.pop("run_id") and got_meta == want_meta
     # Past the header (which names the run), the archives are the same bytes: fixed member times and owners.
     assert out.read_bytes()[-500_000:] == ref.read_bytes()[-500_000:]
+
+
+def test_a_set_refuses_image_options_in_one_line(tmp_path, outdir):
+    a, _, _ = uint8_h5(tmp_path / "a.h5")
+    b, _, _ = uint8_h5(tmp_path / "b.h5", seed=1)
+    result = run(a, b, outdir, "--seed", "1", "--image-format", "jpeg")
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "--image-format applies to WebDataset output (.tar), not to a set's outputs" in lines[0]
+    assert_nothing_written(outdir)
