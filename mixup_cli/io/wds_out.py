@@ -240,29 +240,43 @@ class Writer(npz.Writer):
         fields = fields_of(self.specs)
         cls = self._one_class(arrays, fields)
         rows = next(iter(self.specs.values())).rows
-        pool = _Pool()
+        starts = list(range(0, rows, PACK_ROWS))
+        pool, ahead = _Pool(), ThreadPoolExecutor(1, thread_name_prefix="mixup-tar-ahead")
         try:
             with os.fdopen(beside.create_file(self.path), "w+b") as fh:
                 tar = tarfile.open(
                     fileobj=fh, mode="w", format=tarfile.PAX_FORMAT, pax_headers={META_KEY: self._metadata(fields, cls)}
                 )
-                for start in range(0, rows, PACK_ROWS):
-                    self._add_rows(tar, pool, arrays, fields, cls, start, min(rows, start + PACK_ROWS))
+                # The next block is encoded while this one is added: two blocks in memory at most.
+                pending = ahead.submit(self._encode_rows, pool, arrays, fields, starts[0], min(rows, PACK_ROWS))
+                for start in starts:
+                    images, records = pending.result()
+                    if start + PACK_ROWS < rows:
+                        after = start + PACK_ROWS
+                        pending = ahead.submit(
+                            self._encode_rows, pool, arrays, fields, after, min(rows, after + PACK_ROWS)
+                        )
+                    self._add_rows(tar, start, images, records, cls)
                 tar.close()
                 fh.flush()
                 os.fsync(fh.fileno())
         finally:
+            ahead.shutdown(wait=True)
             pool.close()
 
-    def _add_rows(self, tar, pool: _Pool, arrays: dict, fields: dict, cls: bool, start: int, stop: int) -> None:
-        """Samples ``start:stop`` into ``tar``: image, class (``cls``), json."""
-        rows = next(iter(self.specs.values())).rows
-        ext = EXTENSIONS[self.options.image_format]
+    def _encode_rows(self, pool: _Pool, arrays: dict, fields: dict, start: int, stop: int):
+        """The encoded images and the json records of rows ``start:stop``."""
         block = np.asarray(arrays[next(iter(self.specs))][start:stop])
         images = pool.map(
             partial(encode, image_format=self.options.image_format, quality=self.options.jpeg_quality), block
         )
-        for i, (image, record) in enumerate(zip(images, self._records(arrays, fields, start, stop))):
+        return images, self._records(arrays, fields, start, stop)
+
+    def _add_rows(self, tar, start: int, images: list, records: list, cls: bool) -> None:
+        """Samples from row ``start`` into ``tar``: image, class (``cls``), json."""
+        rows = next(iter(self.specs.values())).rows
+        ext = EXTENSIONS[self.options.image_format]
+        for i, (image, record) in enumerate(zip(images, records)):
             key = sample_key(start + i, rows)
             members = [(f"{key}.{ext}", image)]
             if cls:
