@@ -284,3 +284,29 @@ def test_a_set_refuses_image_options_in_one_line(tmp_path, outdir):
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and "--image-format applies to WebDataset output (.tar), not to a set's outputs" in lines[0]
     assert_nothing_written(outdir)
+
+
+@pytest.mark.parametrize(
+    "args,fields",
+    [
+        (["--y-format", "pair"], ["lam", "partner", "sources", "y_a", "y_b"]),
+        (["--no-y"], ["lam", "partner", "sources"]),
+        (["--balance"], ["lam", "partner", "sources", "target", "own"]),
+    ],
+)
+def test_the_json_holds_every_array_of_the_row(tmp_path, args, fields):
+    src, x, y = uint8_h5(tmp_path / "in.h5", n=30)
+    out = tmp_path / "out.tar"
+    assert run(src, out, "--seed", "6", *args).exit_code == 0
+    found, meta = samples(out)
+    records = [json.loads(m["json"]) for _, m in found]
+    assert all(list(r) == fields for r in records)
+    own = np.array([r.get("own", i) for i, r in enumerate(records)])
+    partner = np.array([r["partner"] for r in records])
+    assert [r["sources"] for r in records] == [[int(o), int(p)] for o, p in zip(own, partner)]
+    lam = np.array([r["lam"] for r in records])
+    lam32 = lam.astype(np.float32)[:, None, None, None]
+    want = np.clip(np.rint(lam32 * x[own] + (np.float32(1) - lam32) * x[partner]), 0, 255).astype(np.uint8)
+    np.testing.assert_array_equal(np.stack([png(m["png"]) for _, m in found]), want)
+    if "y_a" in fields:
+        assert [r["y_a"] for r in records] == y[own].tolist() and [r["y_b"] for r in records] == y[partner].tolist()

@@ -107,7 +107,7 @@ def encode(row: np.ndarray, image_format: str, quality: int | None) -> bytes:
     """One image (uint8 (H, W) or (H, W, C)) as PNG or JPEG bytes."""
     Image = _pil()
     arr = row if row.ndim == 2 else (row[:, :, 0] if row.shape[2] == 1 else row)
-    im = Image.fromarray(np.ascontiguousarray(arr), mode=_MODES[1 if arr.ndim == 2 else arr.shape[2]])
+    im = Image.fromarray(np.ascontiguousarray(arr))  # uint8 (H, W): L; (H, W, 3): RGB; (H, W, 4): RGBA
     buf = io.BytesIO()
     if image_format == "jpeg":
         im.save(buf, format="JPEG", quality=quality or DEFAULT_JPEG_QUALITY)
