@@ -310,3 +310,30 @@ def test_the_json_holds_every_array_of_the_row(tmp_path, args, fields):
     np.testing.assert_array_equal(np.stack([png(m["png"]) for _, m in found]), want)
     if "y_a" in fields:
         assert [r["y_a"] for r in records] == y[own].tolist() and [r["y_b"] for r in records] == y[partner].tolist()
+
+
+def test_a_stop_while_packing_keeps_the_staged_rows_for_resume(tmp_path):
+    import signal
+    import time
+
+    from test_atomic_commit import start
+    from test_resume import mixup, partials
+
+    src, _, _ = uint8_h5(tmp_path / "in.h5", n=3000, row_shape=(4, 4, 3))
+    ref = tmp_path / "ref" / "out.tar"
+    ref.parent.mkdir()
+    assert run(src, ref, "--seed", "8").exit_code == 0
+    out, flag = tmp_path / "out.tar", tmp_path / "paused.flag"
+    proc = start("augment", src, out, "--seed", "8", MIXUP_TEST_PAUSE=f"packing@2:{flag}")  # 1,024 samples in
+    deadline = time.monotonic() + 60
+    while not flag.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "--resume" in stderr, stderr
+    assert not out.exists() and ".out.tar.mixup-partial.staging" in partials(tmp_path)
+    result = mixup("augment", src, out, "--seed", "8", "--resume", "--quiet")
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    assert partials(tmp_path) == []
+    assert samples(out)[0] == samples(ref)[0]

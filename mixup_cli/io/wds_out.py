@@ -44,7 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mixup_cli import beside
+from mixup_cli import atomic, beside, stopping
 from mixup_cli.errors import InputError, ParameterError
 from mixup_cli.io import base, npz
 from mixup_cli.io.base import ArraySpec, WriteOptions
@@ -250,6 +250,9 @@ class Writer(npz.Writer):
                 # The next block is encoded while this one is added: two blocks in memory at most.
                 pending = ahead.submit(self._encode_rows, pool, arrays, fields, starts[0], min(rows, PACK_ROWS))
                 for start in starts:
+                    # A safe point: stopped here, the staged rows stay for --resume, which packs again.
+                    atomic.test_pause("packing")
+                    stopping.check()
                     images, records = pending.result()
                     if start + PACK_ROWS < rows:
                         after = start + PACK_ROWS
