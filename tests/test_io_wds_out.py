@@ -337,3 +337,15 @@ def test_a_stop_while_packing_keeps_the_staged_rows_for_resume(tmp_path):
     assert result.returncode == 0 and result.stderr == "", result.stderr
     assert partials(tmp_path) == []
     assert samples(out)[0] == samples(ref)[0]
+
+
+def test_a_truncated_tar_fails_verify_without_a_traceback(tmp_path, run_mixup):
+    src, _, _ = uint8_h5(tmp_path / "in.h5", n=50)
+    out = tmp_path / "out.tar"
+    assert run(src, out, "--seed", "1").exit_code == 0
+    data = out.read_bytes()
+    out.write_bytes(data[: len(data) // 2])
+    done = run_mixup("verify", out)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr
+    assert "not a complete WebDataset output of mixup" in done.stdout + done.stderr
