@@ -349,3 +349,24 @@ def test_a_truncated_tar_fails_verify_without_a_traceback(tmp_path, run_mixup):
     assert done.returncode == 1, done.stdout + done.stderr
     assert "Traceback" not in done.stderr
     assert "not a complete WebDataset output of mixup" in done.stdout + done.stderr
+
+
+def test_links_planted_at_the_partial_names_are_never_written_through(tmp_path):
+    src, x, _ = uint8_h5(tmp_path / "in.h5")
+    outside = tmp_path / "outside"
+    (outside / "dir").mkdir(parents=True)
+    victim = outside / "victim"
+    victim.write_bytes(b"keep me")
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / ".out.tar.mixup-partial").symlink_to(victim)
+    (work / ".out.tar.mixup-partial.staging").symlink_to(outside / "dir", target_is_directory=True)
+    out = work / "out.tar"
+    assert run(src, out, "--seed", "3").exit_code == 0
+    assert victim.read_bytes() == b"keep me" and list((outside / "dir").iterdir()) == []
+    assert out.is_file() and not out.is_symlink()
+    assert sorted(p.name for p in work.iterdir()) == ["out.tar", "out.tar.provenance.json"]
+    found, _ = samples(out)
+    records = [json.loads(m["json"]) for _, m in found]
+    lam, partner = np.array([r["lam"] for r in records]), np.array([r["partner"] for r in records])
+    np.testing.assert_array_equal(np.stack([png(m["png"]) for _, m in found]), mixed(x, lam, partner))
