@@ -370,3 +370,23 @@ def test_links_planted_at_the_partial_names_are_never_written_through(tmp_path):
     records = [json.loads(m["json"]) for _, m in found]
     lam, partner = np.array([r["lam"] for r in records]), np.array([r["partner"] for r in records])
     np.testing.assert_array_equal(np.stack([png(m["png"]) for _, m in found]), mixed(x, lam, partner))
+
+
+def test_the_tar_command_lists_and_extracts_it(tmp_path):
+    import shutil
+    import subprocess
+
+    if shutil.which("tar") is None:
+        pytest.skip("no tar command")
+    src, x, _ = uint8_h5(tmp_path / "in.h5", n=12)
+    out = tmp_path / "out.tar"
+    assert run(src, out, "--seed", "2").exit_code == 0
+    listed = subprocess.run(["tar", "-tvf", str(out)], capture_output=True, text=True, check=True)
+    assert listed.stderr == ""
+    lines = listed.stdout.splitlines()
+    assert [line.split()[-1] for line in lines] == [f"{i:09d}.{e}" for i in range(12) for e in ("png", "json")]
+    assert all(line.startswith("-rw-r--r-- 0/0") for line in lines)
+    (tmp_path / "x").mkdir()
+    subprocess.run(["tar", "-xf", str(out), "-C", str(tmp_path / "x")], check=True, capture_output=True)
+    assert sorted(p.name for p in (tmp_path / "x").iterdir()) == sorted(line.split()[-1] for line in lines)
+    assert json.loads((tmp_path / "x" / "000000003.json").read_text())["sources"][0] == 3
