@@ -390,3 +390,29 @@ def test_the_tar_command_lists_and_extracts_it(tmp_path):
     subprocess.run(["tar", "-xf", str(out), "-C", str(tmp_path / "x")], check=True, capture_output=True)
     assert sorted(p.name for p in (tmp_path / "x").iterdir()) == sorted(line.split()[-1] for line in lines)
     assert json.loads((tmp_path / "x" / "000000003.json").read_text())["sources"][0] == 3
+
+
+@pytest.mark.parametrize("image_format", ["png", "jpeg"])
+def test_killed_once_packed_resumes(tmp_path, image_format):
+    """Killed between the packing and the commit: PNG's packed samples are
+    checked against the journal and kept; JPEG's cannot be, so the run
+    starts over, saying why."""
+    import signal
+
+    from test_atomic_commit import paused_run
+    from test_resume import mixup, partials
+
+    src, _, _ = uint8_h5(tmp_path / "in.h5", n=300, row_shape=(4, 4, 3))
+    args = ["--seed", "9", "--block-rows", "100", "--image-format", image_format]
+    ref = tmp_path / "ref" / "out.tar"
+    ref.parent.mkdir()
+    assert run(src, ref, *args).exit_code == 0
+    out = tmp_path / "out.tar"
+    rc, _ = paused_run(["augment", src, out, *args, "-q"], "staged", signal.SIGKILL, tmp_path)
+    assert rc == -signal.SIGKILL and not out.exists()
+    result = mixup("augment", src, out, *args, "--resume")
+    assert result.returncode == 0, result.stderr
+    warned = "packed with JPEG images, which cannot be checked against the journal" in result.stderr
+    assert warned == (image_format == "jpeg"), result.stderr
+    assert partials(tmp_path) == []
+    assert samples(out)[0] == samples(ref)[0]

@@ -190,6 +190,9 @@ class Writer(npz.Writer):
         check_specs(path, specs, options)
         self = super().reopen(path, specs, options)
         self._attrs, self._names, self._segment_rows = {}, None, None
+        if self._maps is None and options.image_format == "jpeg":
+            # Packed already: JPEG keeps other pixels than the rows the journal's digests are of.
+            raise cls.damaged(path, "packed with JPEG images, which cannot be checked against the journal")
         return self
 
     @classmethod
