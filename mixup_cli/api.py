@@ -74,6 +74,8 @@ def augment(
     chunk_rows: int | None = None,
     byte_shuffle: bool | None = None,
     zarr_format: int | None = None,
+    image_format: str | None = None,
+    jpeg_quality: int | None = None,
     overwrite: bool = False,
     resume: bool = False,
     engine: str = "local",

@@ -85,6 +85,12 @@ def _format_of(path: Path) -> str:
         return "parquet"
     if path.is_dir():
         return "npydir"
+    if suffix == ".tar":
+        raise InputError(
+            f"{path}: WebDataset output is read for training with the webdataset library "
+            "(webdataset.WebDataset(path).decode('rgb8'): each sample's png and json); MixupDataset reads "
+            ".h5, .hdf5, .zarr, .npz, .parquet or a directory of .npy files"
+        )
     raise InputError(
         f"{path}: not a mixup output (expected .h5, .hdf5, .zarr, .npz, .parquet or a directory of .npy files)"
     )

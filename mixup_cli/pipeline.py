@@ -24,7 +24,7 @@ from mixup_cli.core import check_alpha
 from mixup_cli.engines import local
 from mixup_cli.errors import OutputError
 from mixup_cli.io import create_writer  # looked up here at run time: tests wrap it
-from mixup_cli.io.base import layout_options
+from mixup_cli.io.base import WriteOptions, check_image_options, layout_options
 from mixup_cli.planning import build_plan, output_specs
 from mixup_cli.request import AugmentRequest, AugmentResult, Progress
 from mixup_cli.sampling import CLASS_PAIRINGS, Plan, Task, check_positive
@@ -60,6 +60,11 @@ def augment(request: AugmentRequest, progress: Progress | None = None) -> Augmen
         y_for=y_for,
         scratch_prefix=atomic.partial_path(output),
     )
+    try:
+        _check_output_arrays(request, source, out_format)
+    except BaseException:
+        source.reader.close()
+        raise
     lock = atomic.RunLock(output)
     try:
         lock.acquire()
@@ -93,6 +98,17 @@ def augment(request: AugmentRequest, progress: Progress | None = None) -> Augmen
         partial.journal.run_id,
         record,
     )
+
+
+def _check_output_arrays(request: AugmentRequest, source: Source, out_format: str) -> None:
+    """Before the plan (which may take long): options and arrays OUT's format
+    cannot take. A WebDataset output (.tar) holds uint8 images only."""
+    check_image_options(out_format, request.image_format, request.jpeg_quality)
+    if out_format == "webdataset":
+        from mixup_cli.io import wds_out
+
+        options = WriteOptions(image_format=request.image_format or "png", jpeg_quality=request.jpeg_quality)
+        wds_out.check_specs(request.output, source.specs, options)
 
 
 @dataclasses.dataclass
@@ -182,6 +198,8 @@ class _Partial:
             request.chunk_rows,
             request.byte_shuffle,
             request.zarr_format,
+            request.image_format,
+            request.jpeg_quality,
         )
         fingerprint = resume.fingerprint(request, plan, source, job.out_format, job.specs, job.input_record)
         writer = None
@@ -250,8 +268,20 @@ def _run_tasks(request, source: Source, plan: Plan, partial: _Partial, progress:
     writer.flush()
     journal.save()  # every task recorded before the file is finished
     writer.set_attributes(_attributes(request, source, plan, writer, journal.run_id))
+    if hasattr(writer, "set_lineage"):  # WebDataset output names each row's input samples
+        writer.set_lineage(_row_names(source.reader), plan.n_rows)
     writer.close()
     return info
+
+
+def _row_names(reader):
+    """The input's ``row_names(rows)`` (a folder of images, WebDataset shards),
+    looked for through the readers that wrap it; None for other inputs."""
+    for _ in range(8):
+        if reader is None or hasattr(reader, "row_names"):
+            break
+        reader = getattr(reader, "inner", None) or getattr(reader, "_inner", None)
+    return getattr(reader, "row_names", None)
 
 
 def _decoded(source: Source) -> dict[str, str]:
@@ -294,6 +324,9 @@ def _record(
     output_entry = sidecar.output_entry(
         output, partial.out_format, partial.specs, final, out_hashes, plan, partial.block_digests, job.shift
     )
+    stored = getattr(writer, "stored_digests", None)  # lossy storage (JPEG): the rows as the file holds them
+    for key, (digest, note) in (stored() if stored is not None else {}).items():
+        output_entry["arrays"][key].update(sha256=digest, stored=note)
     partial.seconds = seconds
     execution = dict(engine_info, seconds=round(seconds, 3))
     if partial.resumed:

@@ -110,7 +110,7 @@ def check_free_space(
     need = 0
     if not (out_format == "hdf5" and compression != "none"):
         need = sum(int(np.prod(spec.shape, dtype=np.int64)) * np.dtype(spec.dtype).itemsize for spec in specs.values())
-        if (out_format == "npz" and compression == "none") or out_format == "parquet":
+        if (out_format == "npz" and compression == "none") or out_format in ("parquet", "webdataset"):
             need *= 2  # staged, then packed (compressed Parquet: at most as much again)
     need += extra
     if not need:

@@ -72,6 +72,8 @@ class AugmentRequest:
     chunk_rows: int | None = None
     byte_shuffle: bool | None = None
     zarr_format: int | None = None
+    image_format: str | None = None  # WebDataset output (.tar): png | jpeg [default: png]
+    jpeg_quality: int | None = None
     # --pairing knn / knn-within-class: neighbours per row, projection dimension.
     neighbors: int | None = None
     project: int | None = None

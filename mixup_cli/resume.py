@@ -56,7 +56,7 @@ _PAIRING_OPTIONS = {"neighbors", "project", "bandwidth", "balance", "balance_to"
 # Options of a folder of images: recorded only when given, so other journals are as they were.
 _IMAGE_OPTIONS = {"image_size", "image_resize", "image_channels", "skip_bad_images", "wds_label"}
 # In the fingerprint only when given, so that journals written without them stay valid.
-_GIVEN_ONLY = {"sample_axis"}
+_GIVEN_ONLY = {"sample_axis", "image_format", "jpeg_quality"}
 _NOT_IN_FINGERPRINT = {
     "input",
     "output",

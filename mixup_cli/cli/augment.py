@@ -115,6 +115,19 @@ def _stopped_set(outdir: Path, name: str, written: list[Path], sharded: bool) ->
     help="Zarr output: store format; 2 for readers that know only Zarr v2 (zarr-python 2) [default: 3].",
 )
 @click.option(
+    "--image-format",
+    type=click.Choice(["png", "jpeg"]),
+    default=None,
+    help="WebDataset output (.tar): how each sample's mixed image is stored; JPEG is lossy, so verify compares the images as JPEG encodes them [default: png].",
+)
+@click.option(
+    "--jpeg-quality",
+    type=int,
+    default=None,
+    metavar="Q",
+    help="With --image-format jpeg: the JPEG quality, 1 to 95 [default: 90].",
+)
+@click.option(
     "--overwrite",
     is_flag=True,
     help="Replace OUT if it exists, only once the new output is complete (a directory only if a mixup run wrote it).",
@@ -157,7 +170,9 @@ def augment(paths, inputs_from, shard, keys, data, quiet, as_json, **params):
 
     IN and OUT are .h5/.hdf5, .npz, .zarr, .parquet, or a directory of .npy
     files (x.npy, y.npy); OUT's extension chooses its format, so formats
-    convert. Parquet (pip install 'mixup-cli[arrow]'): x is a column of
+    convert. OUT may also be a WebDataset shard (OUT.tar) of uint8 images:
+    each sample KEY.png (or .jpg) with KEY.json (lam, partner, sources,
+    target). Parquet (pip install 'mixup-cli[arrow]'): x is a column of
     fixed-size lists (or of equal-length lists), or several numeric columns
     gathered by --x-key 'f0,f1,f2' or --x-key 'f*'. IN may also be a folder
     of images (IN/<class>/*.jpg, or images alone) or WebDataset shards
@@ -187,6 +202,7 @@ def augment(paths, inputs_from, shard, keys, data, quiet, as_json, **params):
       mixup augment regression.h5 out.h5 --pairing label-kernel --bandwidth 0.5
       mixup augment photos/ out.h5 --image-size 16 --seed 7   # photos/<class>/*.jpg
       mixup augment samples.tar out.h5 --image-size 16   # WebDataset: .jpg + .cls
+      mixup augment photos/ out.tar --image-size 16 --seed 7   # png + json samples
       mixup augment shards/*.h5 mixed/ --seed 7     # a set: mixed/part-0000.h5, ...
       mixup augment --inputs-from shards.txt mixed/ --seed 7
       mixup augment shards/*.h5 mixed/ --seed 7 --shard 3/16

@@ -43,6 +43,8 @@ _MODULES = {
     "images": "mixup_cli.io.images",
     "webdataset": "mixup_cli.io.webdataset",
 }
+# Formats whose writer lives apart from their reader of inputs.
+_WRITER_MODULES = {"webdataset": "mixup_cli.io.wds_out"}
 # The metadata file at the top of a Zarr store (v3, v2 group, v2 array).
 _ZARR_MARKERS = ("zarr.json", ".zgroup", ".zarray")
 SUPPORTED = ".h5, .hdf5, .npz, .zarr, .parquet, or a directory of .npy files (a path without extension)"
@@ -107,8 +109,8 @@ def format_of(path: Path, *, for_output: bool = False) -> str:
     if not for_output and path.is_dir() and _module("arrow").is_datasets_folder(path):
         _module("arrow").import_pyarrow(path)
         return "arrow"
-    if not for_output and suffix == ".tar":
-        return "webdataset"  # input only: one WebDataset shard
+    if suffix == ".tar":
+        return "webdataset"  # one WebDataset shard (output: images and their json, io/wds_out.py)
     if not for_output and path.is_dir() and _module("webdataset").looks_like_shards(path):
         return "webdataset"  # a folder of shards
     if not for_output and path.is_dir() and _module("images").looks_like_images(path):
@@ -201,8 +203,12 @@ def open_reader(path: Path, scratch_prefix: Path | None = None, fast: bool = Tru
     return _module(fmt).open_reader(path)
 
 
+def _writer_module(fmt: str):
+    return importlib.import_module(_WRITER_MODULES[fmt]) if fmt in _WRITER_MODULES else _module(fmt)
+
+
 def create_writer(path: Path, fmt: str, specs: dict[str, ArraySpec], options: WriteOptions) -> Writer:
-    module = _module(fmt)
+    module = _writer_module(fmt)
     if options.compression not in module.Writer.compressions:
         raise ParameterError(
             f"--compression {options.compression} is not available for {fmt} output "
@@ -214,4 +220,4 @@ def create_writer(path: Path, fmt: str, specs: dict[str, ArraySpec], options: Wr
 
 def reopen_writer(path: Path, fmt: str, specs: dict[str, ArraySpec], options: WriteOptions) -> Writer:
     """A writer on the partial output of an interrupted run (``--resume``)."""
-    return _module(fmt).Writer.reopen(path, specs, options)
+    return _writer_module(fmt).Writer.reopen(path, specs, options)

@@ -171,6 +171,8 @@ class WriteOptions:
     chunk_rows: int | None = None  # --chunk-rows: rows per chunk asked for (must divide block_rows)
     shuffle: bool | None = None  # HDF5 byte-shuffle before compression; None: on for gzip
     zarr_format: int = 3  # --zarr-format: 2 for readers that only know Zarr v2
+    image_format: str = "png"  # --image-format: how WebDataset output (.tar) stores images
+    jpeg_quality: int | None = None  # --jpeg-quality: JPEG images' quality (1-95) [default: 90]
 
 
 def layout_options(
@@ -180,8 +182,11 @@ def layout_options(
     chunk_rows: int | None = None,
     byte_shuffle: bool | None = None,
     zarr_format: int | None = None,
+    image_format: str | None = None,
+    jpeg_quality: int | None = None,
 ) -> WriteOptions:
     """The WriteOptions of a run, refusing storage options OUT's format lacks."""
+    check_image_options(out_format, image_format, jpeg_quality)
     if zarr_format is not None and out_format != "zarr":
         raise ParameterError(f"--zarr-format applies to Zarr output (.zarr), not {out_format}", "--zarr-format")
     if zarr_format not in (None, 2, 3):
@@ -196,9 +201,23 @@ def layout_options(
         chunk_rows=chunk_rows,
         shuffle=byte_shuffle,
         zarr_format=zarr_format or 3,
+        image_format=image_format or "png",
+        jpeg_quality=jpeg_quality,
     )
     check_chunk_rows(options, out_format)
     return options
+
+
+def check_image_options(out_format: str, image_format: str | None, jpeg_quality: int | None) -> None:
+    """``--image-format`` and ``--jpeg-quality`` fit WebDataset output (.tar) only."""
+    if image_format is not None and out_format != "webdataset":
+        raise ParameterError(f"--image-format applies to WebDataset output (.tar), not {out_format}", "--image-format")
+    if image_format not in (None, "png", "jpeg"):
+        raise ParameterError(f"--image-format must be png or jpeg, got {image_format!r}", "--image-format")
+    if jpeg_quality is not None and image_format != "jpeg":
+        raise ParameterError("--jpeg-quality applies to --image-format jpeg", "--jpeg-quality")
+    if jpeg_quality is not None and not 1 <= jpeg_quality <= 95:
+        raise ParameterError(f"--jpeg-quality must be 1 to 95, got {jpeg_quality}", "--jpeg-quality")
 
 
 def check_chunk_rows(options: WriteOptions, out_format: str) -> None:

@@ -406,6 +406,10 @@ class Reader(base.Reader):
     def files(self) -> list[Path]:
         return list(self._items)
 
+    def row_names(self, rows) -> list[str]:
+        """The images' paths under the folder (``cat/001.jpg``), of input rows ``rows``."""
+        return [Path(self._items[int(r)]).relative_to(self.path).as_posix() for r in rows]
+
     def image_parameters(self) -> dict:
         """What the sidecar records of how the images became ``x``."""
         o = self.options

@@ -73,7 +73,14 @@ def parse_label(text: str | None) -> str:
     return label
 
 
-def open_reader(path: Path, options: ImageOptions | None = None) -> Reader:
+def open_reader(path: Path, options: ImageOptions | None = None):
+    """The shards' samples as images; a tar mixup wrote (``wds_out``), without
+    image options, as the arrays it was written from."""
+    if (options is None or options.is_default()) and Path(path).is_file():
+        from mixup_cli.io import wds_out
+
+        if wds_out.is_output(path):
+            return wds_out.Reader(path)
     return Reader(path, options or ImageOptions())
 
 
@@ -203,6 +210,15 @@ class Reader(images.Reader):
 
     def files(self) -> list[Path]:
         return list(self._shards)
+
+    def row_names(self, rows) -> list[str]:
+        """The samples' keys (``SHARD.tar:KEY`` when the input is a folder of shards)."""
+        found = []
+        for r in rows:
+            k, _, _, member = self._items[int(r)]
+            key = split_key(member)[0]
+            found.append(key if len(self._shards) == 1 else f"{self._shards[k].name}:{key}")
+        return found
 
     def image_parameters(self) -> dict:
         recorded = super().image_parameters()

@@ -77,6 +77,21 @@ class _PartProgress(Progress):
         self.inner.update(rows)
 
 
+def _refuse_image_outputs(request, outputs) -> None:
+    """A set's outputs are arrays: WebDataset output (.tar) and its options
+    are for one input's output (``mixup augment IN OUT.tar``)."""
+    for out in outputs:
+        if format_of(out, for_output=True) == "webdataset":
+            raise ParameterError(
+                f"{out}: a set's outputs cannot be WebDataset shards (.tar) yet; mix each input on its own "
+                "(mixup augment IN OUT.tar)",
+                "OUTDIR",
+            )
+    if request.image_format is not None or request.jpeg_quality is not None:
+        option = "--image-format" if request.image_format is not None else "--jpeg-quality"
+        raise ParameterError(f"{option} applies to WebDataset output (.tar), not to a set's outputs", option)
+
+
 def augment_set(
     request: AugmentRequest,
     inputs: Sequence[Path],
@@ -113,6 +128,7 @@ def augment_set(
         inputs, request.x_key, request.y_key, require_y=request.require_y, outdir=outdir, groups=request.groups
     )
     outputs = output_paths(layout, outdir)
+    _refuse_image_outputs(request, outputs)
     check_storage_options(
         outputs, request.compression, request.block_rows, request.chunk_rows, request.byte_shuffle, request.zarr_format
     )
