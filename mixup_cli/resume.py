@@ -17,7 +17,6 @@ uninterrupted run, whatever ``--batch-size`` either run used.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
@@ -48,20 +47,57 @@ SAVE_INTERVAL = 1.0
 JOURNAL_LIMIT = 512 * 1024 * 1024
 MAX_TASKS = 1_000_000  # sampling.MAX_TASKS: no plan has more tasks, so no journal records more
 
-# Request fields that do not decide the output (or enter it through the plan).
-# Request fields that do not decide output bytes (y's presence shows in the output arrays).
-# Options of some pairings only: left out when not given, so that other runs'
-# fingerprints are what they were.
-_PAIRING_OPTIONS = {"neighbors", "project", "bandwidth", "balance", "balance_to", "groups", "exclude_rows"}
-# Options of a folder of images: recorded only when given, so other journals are as they were.
-_IMAGE_OPTIONS = {"image_size", "image_resize", "image_channels", "skip_bad_images", "wds_label"}
-# In the fingerprint only when given, so that journals written without them stay valid.
-_GIVEN_ONLY = {"sample_axis", "image_format", "jpeg_quality"}
-_NOT_IN_FINGERPRINT = {
-    "input",
-    "output",
+# What the fingerprint records of a request besides the plan, each by name
+# (a field's journal key is its name here, whatever the option is called).
+# Options that decide the output's bytes, always recorded:
+FINGERPRINT_OPTIONS = (
+    "x_key",
+    "y_key",
+    "compression",
+    "x_dtype",
+    "y_format",
+    "y_kind",
+    "num_classes",
+    "label_smoothing",
+    "allow_nonfinite",
+    "chunk_rows",
+    "byte_shuffle",
+    "zarr_format",
+)
+# Options of some pairings, inputs or outputs only: recorded only when given
+# (not None or False) and not already in the plan, so that journals written
+# before they existed, and by runs without them, stay valid.
+FINGERPRINT_WHEN_GIVEN = (
+    "neighbors",
+    "project",
+    "bandwidth",
+    "balance",
+    "balance_to",
+    "groups",
+    "exclude_rows",
+    "image_size",
+    "image_resize",
+    "image_channels",
+    "skip_bad_images",
+    "wds_label",
+    "sample_axis",
+    "image_format",
+    "jpeg_quality",
+)
+# In the fingerprint through the plan (``Plan.to_dict``), or not deciding the
+# output's bytes (where the run reads and writes, how it runs, what it prints).
+NOT_IN_FINGERPRINT = (
+    "alpha",
     "seed",
     "block_rows",
+    "pairing",
+    "copies",
+    "include_original",
+    "method",
+    "layout",
+    "plan_version",
+    "input",
+    "output",
     "batch_size",
     "overwrite",
     "command_line",
@@ -71,7 +107,7 @@ _NOT_IN_FINGERPRINT = {
     "scheduler",
     "workers",
     "hash_files",
-}
+)
 
 
 def journal_path(output: Path) -> Path:
@@ -89,14 +125,11 @@ def fingerprint(request, plan, source, out_format: str, out_specs: dict, input_r
     stands for the input (a set's output: the set's inputs, stated once,
     ``sets.inputs_state``), instead of the input's own files."""
     plan_fields = plan.to_dict()
-    options = {
-        f.name: getattr(request, f.name)
-        for f in dataclasses.fields(request)
-        if f.name not in _NOT_IN_FINGERPRINT
-        and f.name not in plan_fields
-        and not (f.name in _PAIRING_OPTIONS | _IMAGE_OPTIONS and getattr(request, f.name) in (None, False))
-        and not (f.name in _GIVEN_ONLY and getattr(request, f.name) is None)
-    }
+    options = {name: getattr(request, name) for name in FINGERPRINT_OPTIONS}
+    for name in FINGERPRINT_WHEN_GIVEN:
+        value = getattr(request, name)
+        if name not in plan_fields and value is not None and value is not False:
+            options[name] = value
     files = []
     for path in source.reader.files() if input_record is None else ():
         st = Path(path).stat()

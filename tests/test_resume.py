@@ -221,3 +221,33 @@ def test_journaled_rows_that_do_not_read_back_start_over(src, tmp_path):
     assert len(lines) == 1 and "does not hold the rows its journal records; starting from the beginning" in lines[0]
     assert "resumed_tasks" not in read_sidecar(out)["execution"]
     assert_same_arrays(load_output(out), reference(src, tmp_path, "out.h5", "--compression", "gzip"))
+
+
+def test_every_request_field_is_either_fingerprinted_or_said_not_to_decide_the_output():
+    # A new option must be placed in one list: a field left out of all three
+    # would let --resume continue a run that was started with another value.
+    import dataclasses
+
+    from mixup_cli import resume
+    from mixup_cli.request import AugmentRequest
+
+    lists = (resume.FINGERPRINT_OPTIONS, resume.FINGERPRINT_WHEN_GIVEN, resume.NOT_IN_FINGERPRINT)
+    named = [name for names in lists for name in names]
+    assert len(named) == len(set(named)), "a field is in two lists"
+    assert sorted(named) == sorted(f.name for f in dataclasses.fields(AugmentRequest))
+
+
+@pytest.mark.parametrize(
+    "first, second, option",
+    [
+        (("--compression", "gzip"), ("--compression", "lzf"), "--compression"),
+        (("--y-format", "soft"), ("--y-format", "pair"), "--y-format"),
+        ((), ("--x-dtype", "float64"), "--x-dtype"),
+    ],
+)
+def test_resume_with_an_option_that_changes_the_bytes_names_it(src, tmp_path, first, second, option):
+    out = tmp_path / "out.h5"
+    killed("save", -2, src, out, *ARGS, *first)
+    result = mixup("augment", src, out, *ARGS, *second, "--resume")
+    assert result.returncode != 0 and option in result.stderr, result.stderr
+    assert (tmp_path / ".out.h5.mixup-partial").exists()  # kept: the original options can still resume it
