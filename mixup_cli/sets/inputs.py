@@ -56,9 +56,186 @@ def parquet_shards(path: str | Path) -> list[Path] | None:
     return found or None
 
 
+TAR_SUFFIXES = (".tar",)
+# Compressed shards: named here so that a folder of them is told what to do (io/webdataset.py refuses them).
+COMPRESSED_TAR_SUFFIXES = (".tar.gz", ".tgz")
+
+
+def tar_shards(path: str | Path) -> list[Path] | None:
+    """The WebDataset shards directly inside folder ``path`` (``.tar``, and
+    ``.tar.gz``/``.tgz`` so that they are refused by name, unless the ``.tar``
+    that ``gunzip -k`` makes of them is there too), sorted by name,
+    when it is a folder of shards: it holds some and no ``.npy`` file, and
+    is no Zarr store. None for any other path."""
+    path = Path(path)
+    if path.suffix.lower() == ".zarr" or not path.is_dir():
+        return None
+    try:
+        entries = list(path.iterdir())
+    except OSError:
+        return None
+    if any(p.suffix == ".npy" for p in entries):
+        return None
+    names = {p.name for p in entries}
+    found = sorted(
+        p
+        for p in entries
+        if p.name.lower().endswith(TAR_SUFFIXES + COMPRESSED_TAR_SUFFIXES)
+        and p.is_file()
+        and _plain_name(p.name) not in names  # gunzip -k left the .tar beside it: that one is read
+    )
+    return found or None
+
+
+def _plain_name(name: str) -> str | None:
+    """``a.tar.gz``/``a.tgz`` -> ``a.tar`` (what ``gunzip -k`` writes); None for other names."""
+    lower = name.lower()
+    if lower.endswith(".tar.gz"):
+        return name[: -len(".gz")]
+    if lower.endswith(".tgz"):
+        return name[: -len(".tgz")] + ".tar"
+    return None
+
+
+def folder_shards(path: str | Path) -> list[Path] | None:
+    """The shards of a folder that is a set (Parquet files, or WebDataset ``.tar`` shards); None otherwise."""
+    return parquet_shards(path) or tar_shards(path)
+
+
 def expand_folders(paths: Iterable[Path]) -> list[Path]:
-    """``paths`` with each folder of Parquet shards replaced by its files, in order."""
-    return [shard for path in paths for shard in (parquet_shards(path) or [Path(path)])]
+    """``paths`` with each brace pattern replaced by the paths it names
+    (``expand_pattern``) and each folder of Parquet or WebDataset shards by
+    its files, in order."""
+    found = []
+    for path in paths:
+        for one in expand_pattern(path):
+            found += folder_shards(one) or [Path(one)]
+    return found
+
+
+# ------------------------------------------------------------ brace patterns
+
+MAX_PATTERN_PATHS = 1_000_000
+_RANGE = re.compile(r"^(-?\d+)\.\.(-?\d+)(?:\.\.(-?\d+))?$|^([A-Za-z])\.\.([A-Za-z])(?:\.\.(-?\d+))?$")
+
+
+def is_pattern(path: str | Path) -> bool:
+    """Whether ``path`` is a brace pattern (``shard-{000..099}.tar``,
+    ``{train,val}.tar``) rather than a path that exists under that name."""
+    text = str(path)
+    return _first_group(text) is not None and not os.path.lexists(text)
+
+
+def expand_pattern(path: str | Path) -> list[Path]:
+    """The paths a brace pattern names, in order (a path that exists, or holds
+    no pattern, is itself). A name the pattern gives that does not exist is
+    refused in one line naming the first one missing."""
+    text = str(path)
+    if _first_group(text) is None or os.path.lexists(text):
+        return [Path(path)]
+    names = braces(text)
+    missing = [name for name in names if not os.path.lexists(name)]
+    if missing:
+        raise InputError(
+            f"{text}: {missing[0]} does not exist ({len(missing)} of the {len(names)} paths the pattern names "
+            "are missing); check the pattern, or list the shards that exist with --inputs-from"
+        )
+    return [Path(name) for name in names]
+
+
+def braces(text: str, limit: int = MAX_PATTERN_PATHS) -> list[str]:
+    """Brace expansion as the ``braceexpand`` package (and WebDataset) do it:
+    ``{a,b}`` alternatives, ``{000..099}`` numeric ranges (zero-padded to the
+    wider bound when either bound is), ``{a..e}`` letter ranges, an optional
+    step ``{0..10..2}``, nested groups; ``\\{`` is a literal brace. A group
+    that is none of these stays as written. At most ``limit`` names."""
+    return [_unescape(name) for name in _expand(text, limit)]
+
+
+def _unescape(text: str) -> str:
+    return text.replace("\\{", "{").replace("\\}", "}").replace("\\,", ",")
+
+
+def _expand(text: str, limit: int) -> list[str]:
+    group = _first_group(text)
+    if group is None:
+        return [text]
+    start, end, choices = group
+    found: list[str] = []
+    for choice in choices:
+        for tail in _expand(choice + text[end + 1 :], limit):
+            found.append(text[:start] + tail)
+            if len(found) > limit:
+                raise ParameterError(
+                    f"{text[:200]}: the pattern names more than {limit} paths; list the inputs with --inputs-from",
+                    "IN",
+                )
+    return found
+
+
+def _first_group(text: str):
+    """(start, end, choices) of the first expandable ``{...}`` group, or None."""
+    at = 0
+    while True:
+        start = _unescaped(text, "{", at)
+        if start < 0:
+            return None
+        depth, i, commas = 0, start, []
+        end = -1
+        while i < len(text):
+            c = text[i]
+            if c == "\\":
+                i += 2
+                continue
+            if c == "{":
+                depth += 1
+            elif c == "}":
+                depth -= 1
+                if depth == 0:
+                    end = i
+                    break
+            elif c == "," and depth == 1:
+                commas.append(i)
+            i += 1
+        if end < 0:
+            return None
+        inner = text[start + 1 : end]
+        if commas:
+            cuts = [start] + commas + [end]
+            return start, end, [text[a + 1 : b] for a, b in zip(cuts, cuts[1:])]
+        choices = _range(inner)
+        if choices is not None:
+            return start, end, choices
+        at = start + 1  # not a pattern: kept as written
+
+
+def _unescaped(text: str, char: str, at: int) -> int:
+    while True:
+        i = text.find(char, at)
+        if i <= 0 or text[i - 1] != "\\":
+            return i
+        at = i + 1
+
+
+def _range(inner: str) -> list[str] | None:
+    match = _RANGE.match(inner)
+    if match is None:
+        return None
+    if match.group(1) is not None:
+        a, b, step = match.group(1), match.group(2), abs(int(match.group(3) or 1)) or 1
+        lo, hi = int(a), int(b)
+        padded = any(len(s.lstrip("-")) > 1 and s.lstrip("-").startswith("0") for s in (a, b))
+        width = max(len(a), len(b)) if padded else 0
+        values = range(lo, hi + 1, step) if lo <= hi else range(lo, hi - 1, -step)
+        if len(values) > MAX_PATTERN_PATHS:
+            raise ParameterError(
+                f"{{{inner}}}: the range names more than {MAX_PATTERN_PATHS} paths; list the inputs with --inputs-from",
+                "IN",
+            )
+        return [f"{v:0{width}d}" if width else str(v) for v in values]
+    a, b, step = ord(match.group(4)), ord(match.group(5)), abs(int(match.group(6) or 1)) or 1
+    values = range(a, b + 1, step) if a <= b else range(a, b - 1, -step)
+    return [chr(v) for v in values]
 
 
 def collect_inputs(
@@ -107,8 +284,10 @@ def is_set_form(
     input is one output whatever OUT's spelling: ``data/ mixed/`` (the slash
     a shell's completion adds) writes the ``.npy`` directory ``mixed`` as
     ``data/ mixed`` does, and ``in.h5 mixed/`` likewise. One input ``first``
-    that is a folder of Parquet shards is the set of its files."""
-    if n_inputs == 1 and first is not None and parquet_shards(first):
+    that is a folder of Parquet or WebDataset (``.tar``) shards is the set of
+    its files; a brace pattern (``shard-{000..099}.tar``) is a set of the
+    paths it names, as a list is, whatever their number."""
+    if n_inputs == 1 and first is not None and (folder_shards(first) or is_pattern(first)):
         return True
     return n_inputs >= 2 or inputs_from is not None or shard is not None
 

@@ -68,6 +68,10 @@ class ConcatReader(Reader):
                 (layout.n_rows,) + specs[0].row_shape, _unified_dtype([s.dtype for s in specs])
             )
         self._shared_specs: dict[str, ArraySpec] = {}
+        if layout.class_names is not None:  # folders of images: their class folders (the same in every input)
+            self.class_names = layout.class_names
+        if layout.image_parameters() is not None:  # how the images were decoded, for the sidecar
+            self.image_parameters = layout.image_parameters
 
     # --- readers ------------------------------------------------------------
 
@@ -83,7 +87,9 @@ class ConcatReader(Reader):
         if self._custom_opener is not None:
             reader = self._custom_opener(path)
         else:
-            reader = axes.as_matlab_shows(open_reader(path, self._scratch_prefix, fast=self._fast))
+            reader = axes.as_matlab_shows(
+                open_reader(path, self._scratch_prefix, fast=self._fast, images=self.layout.image_options)
+            )
         self.opened += 1
         self._open[k] = reader
         return reader

@@ -94,12 +94,6 @@ def augment_set(
     progress = progress or Progress()
     outdir = Path(outdir)
     pipeline.check_request(request)
-    if request.data_options().image_options() is not None:
-        raise ParameterError(
-            "--image-size, --image-resize, --image-channels, --skip-bad-images and --wds-label apply to a folder "
-            "of images or WebDataset shards, not to a set's inputs",
-            "--image-size",
-        )
     if request.sample_axis is not None:
         raise ParameterError(
             "--sample-axis applies to one input file, not a set's inputs; mix each file on its own", "--sample-axis"
@@ -109,7 +103,14 @@ def augment_set(
         recorded = (identity.read_manifest(outdir) or {}).get("parameters", {}).get("seed")
         request = _with(request, seed=recorded if isinstance(recorded, int) else None)
     check_part_seed(part, request.seed)
-    layout = inspect_inputs(inputs, request.x_key, request.y_key, require_y=request.require_y, outdir=outdir)
+    layout = inspect_inputs(
+        inputs,
+        request.x_key,
+        request.y_key,
+        require_y=request.require_y,
+        outdir=outdir,
+        images=request.data_options().image_options(),
+    )
     outputs = output_paths(layout, outdir)
     check_storage_options(
         outputs, request.compression, request.block_rows, request.chunk_rows, request.byte_shuffle, request.zarr_format
@@ -293,7 +294,7 @@ def _job(
         specs,
         shift=(shard.rows, shard.offset % plan.block_rows),
         input_record=input_record,
-        set_section=identity.section(layout, k, part, sid),
+        set_section=identity.section(layout, k, part, sid, output.name),
         run_source=run_source,
     )
 
