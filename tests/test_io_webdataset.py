@@ -295,3 +295,40 @@ def test_a_set_of_shards_written_by_the_webdataset_library(tmp_path, run_cli):
     assert [len(load_output(out / name)["x"]) for name in names] == [3, 4, 5]
     assert np.array_equal(np.array(classes)[data["partner"]], np.array(classes))
     assert run_cli("verify", out).exit_code == 0
+
+
+def test_compressed_shards_are_refused_saying_how_to_decompress(tmp_path, run_mixup, outdir):
+    import gzip
+    import shutil
+    import subprocess
+
+    make_shards(tmp_path / "shards", shards=2, per_shard=2)
+    plain = tmp_path / "shards" / "shard-0001.tar"
+    packed = tmp_path / "shards" / "shard-0001.tar.gz"
+    with open(plain, "rb") as src, gzip.open(packed, "wb") as dst:
+        shutil.copyfileobj(src, dst)
+    plain.unlink()
+    tgz = tmp_path / "one.tgz"
+    shutil.copy(packed, tgz)
+    renamed = tmp_path / "renamed.tar"  # gzip inside, whatever the name says
+    shutil.copy(packed, renamed)
+    cases = [
+        ((tgz, outdir / "out.h5"), f"{tgz}: a gzip-compressed tar; WebDataset shards are read uncompressed"),
+        ((renamed, outdir / "out.h5"), f"gunzip -c {renamed} > {tmp_path / 'renamed.plain.tar'}"),
+        ((tmp_path / "shards", outdir / "mixed"), f"{packed}: a gzip-compressed tar"),
+        ((str(tmp_path / "shards" / "shard-{0000.tar,0001.tar.gz}"), outdir / "mixed"), f"{packed}: a gzip"),
+    ]
+    for args, message in cases:
+        proc = run_mixup("augment", *args, "--seed", "1")
+        assert proc.returncode == 1 and message in proc.stderr, proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1
+    assert_nothing_written(outdir)
+    # The command it gives works, and the folder then reads the .tar beside the .tar.gz.
+    assert f"gunzip -k {packed}, which writes shard-0001.tar" in proc.stderr
+    if shutil.which("gunzip"):
+        subprocess.run(["gunzip", "-k", str(packed)], check=True)
+    else:
+        plain.write_bytes(gzip.decompress(packed.read_bytes()))
+    proc = run_mixup("augment", tmp_path / "shards", outdir / "mixed", "--seed", "1", "-q")
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in (outdir / "mixed").iterdir() if p.is_dir()) == NAMES[:2]

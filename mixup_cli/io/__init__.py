@@ -109,6 +109,8 @@ def format_of(path: Path, *, for_output: bool = False) -> str:
         return "arrow"
     if not for_output and suffix == ".tar":
         return "webdataset"  # input only: one WebDataset shard
+    if not for_output and path.name.lower().endswith((".tar.gz", ".tgz")) and _regular_file(path):
+        raise _module("webdataset").compressed_shard(path)  # read by offset: gzip does not allow it
     if not for_output and path.is_dir() and _module("webdataset").looks_like_shards(path):
         return "webdataset"  # a folder of shards
     if not for_output and path.is_dir() and _module("images").looks_like_images(path):

@@ -47,6 +47,42 @@ def shard_paths(path: Path) -> list[Path]:
     return found
 
 
+# Compressed tar files start with these bytes (gzip, bzip2, xz, zstd).
+_COMPRESSED = {b"\x1f\x8b": "gzip", b"BZh": "bzip2", b"\xfd7zXZ\x00": "xz", b"\x28\xb5\x2f\xfd": "zstd"}
+_DECOMPRESS = {"gzip": "gunzip -k", "bzip2": "bunzip2 -k", "xz": "unxz -k", "zstd": "unzstd"}
+
+
+def compressed_shard(path: Path, kind: str = "gzip") -> InputError:
+    """Why a compressed shard is refused, and how to decompress it: its
+    members are read by their offsets in the tar (``os.pread``, from several
+    threads, blocks in any order), which a compressed stream does not allow
+    without inflating it from its start for every block."""
+    path = Path(path)
+    name = path.name.lower()
+    if kind == "gzip" and name.endswith((".tar.gz", ".tgz")):
+        plain = path.name[: -len(".gz")] if name.endswith(".tar.gz") else path.name[: -len(".tgz")] + ".tar"
+        how = f"gunzip -k {path}, which writes {plain}"
+    else:
+        plain = path.name[: -len(".tar")] + ".plain.tar" if name.endswith(".tar") else path.name + ".tar"
+        how = f"{_DECOMPRESS[kind].split()[0]} -c {path} > {path.with_name(plain)}"
+    return InputError(
+        f"{path}: a {kind}-compressed tar; WebDataset shards are read uncompressed (by offset), so decompress "
+        f"it first ({how}) and pass the .tar"
+    )
+
+
+def refuse_compressed(path: Path) -> None:
+    """Refuse a compressed tar (by its first bytes), whatever its name."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(6)
+    except OSError:
+        return  # the reader says why it cannot read it
+    for magic, kind in _COMPRESSED.items():
+        if head.startswith(magic):
+            raise compressed_shard(path, kind)
+
+
 def looks_like_shards(path: Path) -> bool:
     """A folder holding ``.tar`` files (and no ``.npy`` of its own)."""
     try:
@@ -86,6 +122,8 @@ class Reader(images.Reader):
 
     def __init__(self, path: Path, options: ImageOptions):
         self._shards = shard_paths(path)
+        for shard in self._shards:
+            refuse_compressed(shard)
         self._fds: dict[int, int] = {}
         self._label_spec = parse_label(options.label)
         super().__init__(path, options)
