@@ -332,3 +332,24 @@ def test_compressed_shards_are_refused_saying_how_to_decompress(tmp_path, run_mi
     proc = run_mixup("augment", tmp_path / "shards", outdir / "mixed", "--seed", "1", "-q")
     assert proc.returncode == 0, proc.stderr
     assert sorted(p.name for p in (outdir / "mixed").iterdir() if p.is_dir()) == NAMES[:2]
+
+
+@pytest.mark.parametrize("form", ["pattern", "folder"])
+def test_preview_of_shards_shows_the_rows_the_set_writes(tmp_path, run_cli, form):
+    pytest.importorskip("matplotlib")
+    from mixup_cli import preview
+
+    make_shards(tmp_path / "shards", shards=3, per_shard=4)
+    given = str(tmp_path / "shards" / "shard-{0000..0002}.tar") if form == "pattern" else tmp_path / "shards"
+    common = ("--seed", "5", "--block-rows", "4", "--pairing", "within-class")
+    picture = tmp_path / "shown.png"
+    result = run_cli("preview", given, "-o", picture, "--rows", "3", "--dpi", "25", *common)
+    assert result.exit_code == 0, result.output
+    assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert run_cli("augment", given, tmp_path / "mixed", *common).exit_code == 0
+    written = set_output(tmp_path / "mixed", NAMES)
+    shown = preview.preview_rows(given, seed=5, rows=3, block_rows=4, pairing="within-class")
+    at = shown.out_rows
+    assert len(at) == 3
+    assert np.array_equal(written["x"][at], shown.mixed["x"])
+    assert np.array_equal(written["lam"][at], shown.lam) and np.array_equal(written["partner"][at], shown.partner)

@@ -911,7 +911,7 @@ def test_the_engine_reads_a_set_as_the_concatenated_file(tmp_path, pairing, fmt)
 
 
 def test_brace_patterns_expand_as_braceexpand_does():
-    from mixup_cli.sets.inputs import braces
+    from mixup_cli.io.braces import braces
 
     assert braces("shard-{000..003}.tar") == [f"shard-{i:03d}.tar" for i in range(4)]
     assert braces("{train,val}-{0..4..2}.tar") == [f"{a}-{i}.tar" for a in ("train", "val") for i in (0, 2, 4)]

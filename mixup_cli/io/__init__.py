@@ -160,6 +160,8 @@ def open_reader(path: Path, scratch_prefix: Path | None = None, fast: bool = Tru
     a folder of images is decoded (``images.ImageOptions``); other
     formats refuse options that are not the defaults."""
     path = Path(path)
+    if _tar_pattern(path):  # shard-{000..009}.tar: the shards it names, read as one input
+        return _module("webdataset").open_reader(path, images)
     try:
         mode = os.stat(path).st_mode
     except FileNotFoundError:
@@ -201,6 +203,19 @@ def open_reader(path: Path, scratch_prefix: Path | None = None, fast: bool = Tru
     if fmt == "hdf5":
         return _module(fmt).open_reader(path, fast=fast)
     return _module(fmt).open_reader(path)
+
+
+def _tar_pattern(path: Path) -> bool:
+    """A brace pattern naming WebDataset shards (``.tar`` names only)."""
+    from mixup_cli.io import braces
+
+    if not braces.is_pattern(path):
+        return False
+    try:
+        names = braces.braces(str(path), limit=100_000)
+    except ParameterError:
+        return False
+    return all(name.lower().endswith(".tar") for name in names)
 
 
 def create_writer(path: Path, fmt: str, specs: dict[str, ArraySpec], options: WriteOptions) -> Writer:

@@ -27,15 +27,18 @@ from pathlib import Path
 import numpy as np
 
 from mixup_cli.errors import InputError, ParameterError
-from mixup_cli.io import images
+from mixup_cli.io import braces, images
 from mixup_cli.io.images import ImageOptions
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp")
 
 
 def shard_paths(path: Path) -> list[Path]:
-    """The shards: ``path`` itself, or the ``.tar`` files in the folder, sorted."""
+    """The shards: ``path`` itself, the ``.tar`` files in the folder, sorted,
+    or those a brace pattern names (``shard-{000..009}.tar``), in its order."""
     path = Path(path)
+    if braces.is_pattern(path):
+        return braces.expand_pattern(path)
     if not path.is_dir():
         return [path]
     try:
