@@ -362,3 +362,22 @@ def test_verify_names_a_changed_decoder_when_the_rows_differ(tmp_path, run_cli):
     result = run_cli("verify", out)
     assert result.exit_code != 0
     assert "jpg 0.1 then" in result.output and "may decode them differently" in result.output
+
+
+def test_a_set_of_image_folders_skips_bad_files_in_any_of_them(tmp_path, run_cli, run_mixup, outdir):
+    make_folder(tmp_path / "a", per_class=2)
+    make_folder(tmp_path / "b", per_class=2, seed=1)
+    bad = tmp_path / "b" / "dog" / "a1.png"
+    bad.write_bytes(b"not an image")
+    proc = run_mixup("augment", tmp_path / "a", tmp_path / "b", outdir / "mixed", "--image-size", "8")
+    assert proc.returncode == 1 and f"{bad}: cannot decode this image" in proc.stderr
+    assert_nothing_written(outdir)
+    out = tmp_path / "mixed"
+    args = ("--image-size", "8", "--skip-bad-images", "--seed", "3")
+    result = run_cli("augment", tmp_path / "a", tmp_path / "b", out, *args)
+    assert result.exit_code == 0, result.output
+    assert [len(load_output(out / name)["x"]) for name in ("a", "b")] == [6, 6]  # b: 7 files, 1 left out
+    records = [read_sidecar(out / name)["parameters"] for name in ("a", "b")]
+    assert records[0] == records[1]  # one set, one record of its parameters
+    assert [item["path"] for item in records[0]["images"]["skipped"]] == [str(bad.resolve())]
+    assert run_cli("verify", out).exit_code == 0
