@@ -1,4 +1,8 @@
-"""WebDataset shards as input: one ``.tar`` file, or a folder of them.
+"""WebDataset shards as input: one ``.tar`` file, a folder of them, or a
+brace pattern naming them (``train-{000..099}.tar``, ``io/braces.py``).
+``mixup augment`` makes a set of a folder or a pattern (one output per
+shard, ``sets/``); read here as one input they are the set's concatenation
+(``preview``, the library's ``open_reader``).
 
 A sample is the run of consecutive members sharing a key (the member's path
 up to the first dot of its file name: ``d/0001.jpg`` and ``d/0001.cls`` are
@@ -13,6 +17,9 @@ the integer in its ``.cls`` member, or a field of its ``.json`` member
 Read with ``tarfile`` (uncompressed tar): the members' headers once when
 opened, then each image's bytes with ``os.pread`` at its offset, from the
 decoding threads. The shards are the input's files (hashed into the sidecar).
+Compressed shards (gzip, bzip2, xz, zstd: by name or by their first bytes)
+are refused with the command that decompresses them: blocks are read in any
+order, which a compressed stream allows only by inflating it from its start.
 """
 
 from __future__ import annotations
