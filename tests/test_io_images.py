@@ -381,3 +381,44 @@ def test_a_set_of_image_folders_skips_bad_files_in_any_of_them(tmp_path, run_cli
     assert records[0] == records[1]  # one set, one record of its parameters
     assert [item["path"] for item in records[0]["images"]["skipped"]] == [str(bad.resolve())]
     assert run_cli("verify", out).exit_code == 0
+
+
+def test_a_set_of_image_folders_is_not_resumed_after_its_images_changed(tmp_path, run_cli):
+    import signal
+    import time
+
+    from conftest import default_signals, mixup_executable
+
+    make_folder(tmp_path / "a", per_class=4, size=(8, 6))
+    make_folder(tmp_path / "b", per_class=4, size=(8, 6), seed=1)
+    args = [tmp_path / "a", tmp_path / "b", tmp_path / "out", "--seed", "3", "--block-rows", "4", "--batch-size", "2"]
+    flag = tmp_path / "paused.flag"
+    proc = subprocess.Popen(
+        mixup_executable() + ["augment", *map(str, args)],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ, MIXUP_TEST_PAUSE=f"progress@4:{flag}"),
+        preexec_fn=default_signals,
+    )
+    deadline = time.monotonic() + 60
+    while not flag.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGTERM)
+    flag.unlink()
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 143 and "--resume" in stderr, stderr
+    make_folder(
+        tmp_path / "new", per_class=4, size=(8, 6), seed=2
+    )  # every image of a replaced, inside its class folder
+    for old, new in zip(sorted((tmp_path / "a").rglob("*.*")), sorted((tmp_path / "new").rglob("*.*"))):
+        new.replace(old)
+    result = run_cli("augment", *args, "--resume")
+    assert result.exit_code == 1 and "cannot resume, the interrupted run differs: input.inputs_state" in result.output
+    assert run_cli("augment", *args).exit_code == 0  # without --resume: started over on the images as they are
+    fresh = tmp_path / "fresh"
+    assert run_cli("augment", tmp_path / "a", tmp_path / "b", fresh, *args[3:]).exit_code == 0
+    for name in ("a", "b"):
+        got, want = load_output(tmp_path / "out" / name), load_output(fresh / name)
+        assert {k: v.tobytes() for k, v in got.items()} == {k: v.tobytes() for k, v in want.items()}
+    assert run_cli("verify", tmp_path / "out").exit_code == 0

@@ -209,7 +209,7 @@ def _write_part(
             progress.update(output_rows(plan, layout.shards[k].rows))
     if todo:
         tasks = split(plan.tasks(), plan, layout.offsets, range(min(todo), max(todo) + 1))
-        state = identity.inputs_state(layout)  # S stats once, for every output's journal
+        state = identity.inputs_state(layout, _state_files(concat))  # once, for every output's journal
         with _run_source(request, source, plan, outdir, part) as run_source:
             for n, k in enumerate(todo):
                 job = _job(
@@ -226,6 +226,17 @@ def _write_part(
                     stopping.current().end_commit()
     result.seconds = time.perf_counter() - t0
     return result
+
+
+def _state_files(concat: ConcatReader) -> list[list[Path]] | None:
+    """The files whose size and mtime stand for each input in the resume
+    journals: the input itself, but every image of a folder of images (an
+    image changed inside a class folder leaves the folder's own mtime as it
+    was). None when no input is a folder of images."""
+    shards = concat.layout.shards
+    if all(s.format != "images" for s in shards):
+        return None
+    return [concat.input_files(k) if s.format == "images" else [s.path] for k, s in enumerate(shards)]
 
 
 def _say_written(exc: MixupError, written: list[Path]) -> None:
