@@ -222,9 +222,9 @@ def _same_classes(info: ShardInfo, first: ShardInfo) -> None:
     ours, theirs = set(info.class_names), set(first.class_names)
     other = sorted(ours - theirs) or sorted(theirs - ours)
     if other:
-        where, what = (info.path, "has") if other[0] in ours else (info.path, "lacks")
+        what = "has" if other[0] in ours else "lacks"
         raise InputError(
-            f"{where}: {what} the class folder '{other[0]}' ({len(ours)} classes, {first.path} has "
+            f"{info.path}: {what} the class folder '{other[0]}' ({len(ours)} classes, {first.path} has "
             f"{len(theirs)}); every folder of images in a set needs the same class folders (add the "
             "missing class folder with its images, or take that class out of every input)"
         )
