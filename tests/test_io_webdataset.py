@@ -353,3 +353,21 @@ def test_preview_of_shards_shows_the_rows_the_set_writes(tmp_path, run_cli, form
     assert len(at) == 3
     assert np.array_equal(written["x"][at], shown.mixed["x"])
     assert np.array_equal(written["lam"][at], shown.lam) and np.array_equal(written["partner"][at], shown.partner)
+
+
+def test_a_set_of_shards_lists_each_shard_once_however_few_stay_open(tmp_path):
+    """Partners by index touch every shard; past the open readers' limit a shard
+    reopens without listing its members again (descriptors and threads are let go)."""
+    from mixup_cli.sets import ConcatReader, inspect_inputs
+
+    blobs, _ = make_shards(tmp_path / "shards", shards=5, per_shard=3)
+    layout = inspect_inputs(sorted((tmp_path / "shards").glob("*.tar")))
+    rows = np.array([14, 0, 7, 3, 12, 1, 9, 5, 13, 2, 10, 4, 6, 11, 8])
+    reader = ConcatReader(layout, max_open=2)
+    try:
+        for _ in range(3):
+            np.testing.assert_array_equal(reader.take("x", rows), decoded(blobs)[rows])
+            assert reader.open_count <= 2
+        assert reader.opened == 5
+    finally:
+        reader.close()

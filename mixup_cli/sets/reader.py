@@ -57,6 +57,9 @@ class ConcatReader(Reader):
         self._max_open = max(1, int(max_open))
         self._open: OrderedDict[int, Reader] = OrderedDict()
         self._files: dict[int, list[Path]] = {}  # of inputs opened, recorded before they close
+        # Readers that open again after close() (folders of images, WebDataset shards: their
+        # listing, as long to make as it is to read a block, is kept; descriptors and threads go).
+        self._closed: dict[int, Reader] = {}
         self._offsets = layout.offsets
         self.opened = 0  # readers opened so far (tests, and a measure of churn)
         formats = layout.formats
@@ -84,6 +87,10 @@ class ConcatReader(Reader):
             old, evicted = self._open.popitem(last=False)
             self._close_one(old, evicted)
         path = self.layout.shards[k].path
+        reader = self._closed.pop(k, None)
+        if reader is not None:
+            self._open[k] = reader
+            return reader
         if self._custom_opener is not None:
             reader = self._custom_opener(path)
         else:
@@ -99,6 +106,8 @@ class ConcatReader(Reader):
             self._files[k] = list(reader.files())
         finally:
             reader.close()
+        if getattr(reader, "reopens_after_close", False):
+            self._closed[k] = reader
 
     def _pieces(self, start: int, stop: int):
         """(input k, local start, local stop, offset in the result) over [start, stop)."""
@@ -221,6 +230,7 @@ class ConcatReader(Reader):
         # readers do not; the copy opens its own as it reads.
         state = dict(self.__dict__)
         state["_open"] = OrderedDict()
+        state["_closed"] = {}
         return state
 
     @property
@@ -231,3 +241,4 @@ class ConcatReader(Reader):
         while self._open:
             k, reader = self._open.popitem(last=False)
             self._close_one(k, reader)
+        self._closed.clear()
