@@ -825,6 +825,7 @@ def _parameters_problem(params: dict) -> Check | None:
 def _recompute_set(view, ks, records, params, paths, batch_size, progress, hint) -> dict[int, tuple]:
     """``(check, first_difference, digests)`` for each output of ``ks``: the
     set opened once (fast=False), one plan, each output's own tasks."""
+    from mixup_cli.prepare import DataOptions
     from mixup_cli.sets import ConcatReader, inspect_inputs, split
 
     absent = [p for p in paths if not p.exists()]
@@ -838,12 +839,14 @@ def _recompute_set(view, ks, records, params, paths, batch_size, progress, hint)
     results, concat = {}, None
     try:
         y_key = params.get("y_key")
+        images = DataOptions.from_parameters(params).image_options()
         layout = inspect_inputs(
             paths,
             params["x_key"],
             y_key,
             require_y=y_key is not None,
-            opener=lambda p: open_reader(p, fast=False),
+            opener=lambda p: open_reader(p, fast=False, images=images),
+            images=images,
             groups=params.get("groups"),
         )
         problem = _layout_problem(view, layout)

@@ -285,14 +285,40 @@ def test_verify_checks_the_law_on_the_images_the_run_kept(tmp_path, run_cli):
     assert "ok    law: 299 mixed rows" in result.output
 
 
-def test_a_set_refuses_image_folders_and_image_options(tmp_path, run_mixup, outdir):
+def test_image_folders_listed_are_a_set_with_one_set_of_classes(tmp_path, run_cli):
+    files_a, labels_a = make_folder(tmp_path / "splits" / "a", per_class=2, size=(10, 6))
+    files_b, labels_b = make_folder(tmp_path / "splits" / "b", per_class=3, sizes=[(10, 6), (7, 9)], seed=1)
+    (tmp_path / "splits.txt").write_text("splits/a\nsplits/b\n")
+    out = tmp_path / "mixed"
+    result = run_cli("augment", "--inputs-from", tmp_path / "splits.txt", out, "--seed", "4", "--image-size", "8x6")
+    assert result.exit_code == 0, result.output
+    parts = [load_output(out / name) for name in ("a", "b")]  # folders of .npy files, named as the inputs
+    data = {key: np.concatenate([part[key] for part in parts]) for key in ("x", "y", "lam", "partner")}
+    x = pillow_rows(files_a + files_b, size=(8, 6))
+    np.testing.assert_array_equal(data["x"], mixed(x, data["lam"], data["partner"]))
+    onehot = np.eye(3, dtype=np.float32)[np.concatenate([labels_a, labels_b])]
+    lam = data["lam"].astype(np.float32)[:, None]
+    np.testing.assert_allclose(data["y"], lam * onehot + (1 - lam) * onehot[data["partner"]], rtol=1e-6)
+    for name, files in (("a", files_a), ("b", files_b)):
+        record = read_sidecar(out / name)
+        assert record["parameters"]["class_names"] == ["cat", "dog", "emu"]
+        assert record["parameters"]["images"]["size"] == [8, 6]
+        assert [f["path"] for f in record["input"]["files"]] == [str(f.resolve()) for f in files]
+    result = run_cli("verify", out)
+    assert result.exit_code == 0, result.output
+    # The folder holding both is ONE input: its subfolders a and b are its classes.
+    one = tmp_path / "one.h5"
+    assert run_cli("augment", tmp_path / "splits", one, "--seed", "4", "--image-size", "8x6").exit_code == 0
+    with h5py.File(one) as f:
+        assert json.loads(f.attrs["class_names"]) == ["a", "b"] and len(f["x"]) == len(files_a + files_b)
+
+
+def test_a_set_of_image_folders_with_other_classes_is_refused(tmp_path, run_mixup, outdir):
     make_folder(tmp_path / "a", per_class=1)
-    make_folder(tmp_path / "b", per_class=1, seed=1)
-    proc = run_mixup("augment", tmp_path / "a", tmp_path / "b", outdir / "mixed")
-    assert (
-        proc.returncode == 2
-        and f"{tmp_path / 'a'}: a folder of images or WebDataset shards cannot be one input of a set" in proc.stderr
-    )
+    make_folder(tmp_path / "b", classes=("cat", "dog"), per_class=1, seed=1)
+    proc = run_mixup("augment", tmp_path / "a", tmp_path / "b", outdir / "mixed", "--image-size", "8")
+    assert proc.returncode == 1 and len(proc.stderr.strip().splitlines()) == 1
+    assert f"{tmp_path / 'b'}: lacks the class folder 'emu' (2 classes, {tmp_path / 'a'} has 3)" in proc.stderr
     write_h5(tmp_path / "one.h5", x=np.zeros((4, 2), np.float32))
     write_h5(tmp_path / "two.h5", x=np.zeros((4, 2), np.float32))
     proc = run_mixup("augment", tmp_path / "one.h5", tmp_path / "two.h5", outdir / "mixed", "--image-size", "8")
@@ -336,3 +362,63 @@ def test_verify_names_a_changed_decoder_when_the_rows_differ(tmp_path, run_cli):
     result = run_cli("verify", out)
     assert result.exit_code != 0
     assert "jpg 0.1 then" in result.output and "may decode them differently" in result.output
+
+
+def test_a_set_of_image_folders_skips_bad_files_in_any_of_them(tmp_path, run_cli, run_mixup, outdir):
+    make_folder(tmp_path / "a", per_class=2)
+    make_folder(tmp_path / "b", per_class=2, seed=1)
+    bad = tmp_path / "b" / "dog" / "a1.png"
+    bad.write_bytes(b"not an image")
+    proc = run_mixup("augment", tmp_path / "a", tmp_path / "b", outdir / "mixed", "--image-size", "8")
+    assert proc.returncode == 1 and f"{bad}: cannot decode this image" in proc.stderr
+    assert_nothing_written(outdir)
+    out = tmp_path / "mixed"
+    args = ("--image-size", "8", "--skip-bad-images", "--seed", "3")
+    result = run_cli("augment", tmp_path / "a", tmp_path / "b", out, *args)
+    assert result.exit_code == 0, result.output
+    assert [len(load_output(out / name)["x"]) for name in ("a", "b")] == [6, 6]  # b: 7 files, 1 left out
+    records = [read_sidecar(out / name)["parameters"] for name in ("a", "b")]
+    assert records[0] == records[1]  # one set, one record of its parameters
+    assert [item["path"] for item in records[0]["images"]["skipped"]] == [str(bad.resolve())]
+    assert run_cli("verify", out).exit_code == 0
+
+
+def test_a_set_of_image_folders_is_not_resumed_after_its_images_changed(tmp_path, run_cli):
+    import signal
+    import time
+
+    from conftest import default_signals, mixup_executable
+
+    make_folder(tmp_path / "a", per_class=4, size=(8, 6))
+    make_folder(tmp_path / "b", per_class=4, size=(8, 6), seed=1)
+    args = [tmp_path / "a", tmp_path / "b", tmp_path / "out", "--seed", "3", "--block-rows", "4", "--batch-size", "2"]
+    flag = tmp_path / "paused.flag"
+    proc = subprocess.Popen(
+        mixup_executable() + ["augment", *map(str, args)],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ, MIXUP_TEST_PAUSE=f"progress@4:{flag}"),
+        preexec_fn=default_signals,
+    )
+    deadline = time.monotonic() + 60
+    while not flag.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGTERM)
+    flag.unlink()
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 143 and "--resume" in stderr, stderr
+    make_folder(
+        tmp_path / "new", per_class=4, size=(8, 6), seed=2
+    )  # every image of a replaced, inside its class folder
+    for old, new in zip(sorted((tmp_path / "a").rglob("*.*")), sorted((tmp_path / "new").rglob("*.*"))):
+        new.replace(old)
+    result = run_cli("augment", *args, "--resume")
+    assert result.exit_code == 1 and "cannot resume, the interrupted run differs: input.inputs_state" in result.output
+    assert run_cli("augment", *args).exit_code == 0  # without --resume: started over on the images as they are
+    fresh = tmp_path / "fresh"
+    assert run_cli("augment", tmp_path / "a", tmp_path / "b", fresh, *args[3:]).exit_code == 0
+    for name in ("a", "b"):
+        got, want = load_output(tmp_path / "out" / name), load_output(fresh / name)
+        assert {k: v.tobytes() for k, v in got.items()} == {k: v.tobytes() for k, v in want.items()}
+    assert run_cli("verify", tmp_path / "out").exit_code == 0

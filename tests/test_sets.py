@@ -905,3 +905,31 @@ def test_the_engine_reads_a_set_as_the_concatenated_file(tmp_path, pairing, fmt)
     with h5py.File(tmp_path / "single.h5", "r") as f:
         for key in f:
             assert writer.arrays[key].tobytes() == f[key][()].tobytes(), key
+
+
+# ---------------------------------------------------------------- brace patterns
+
+
+def test_brace_patterns_expand_as_braceexpand_does():
+    from mixup_cli.io.braces import braces
+
+    assert braces("shard-{000..003}.tar") == [f"shard-{i:03d}.tar" for i in range(4)]
+    assert braces("{train,val}-{0..4..2}.tar") == [f"{a}-{i}.tar" for a in ("train", "val") for i in (0, 2, 4)]
+    assert braces("{a,{b,c}}{9..8}") == ["a9", "a8", "b9", "b8", "c9", "c8"]
+    assert braces("{x..z}") == ["x", "y", "z"]
+    assert braces("plain{}{a}\\{1,2\\}.tar") == ["plain{}{a}{1,2}.tar"]
+
+
+def test_a_pattern_is_a_set_and_names_its_missing_paths(tmp_path):
+    from mixup_cli.sets import collect_inputs, is_set_form
+
+    for i in range(3):
+        write_h5(tmp_path / f"p-{i}.h5", x=np.zeros((2, 1), np.float32))
+    pattern = tmp_path / "p-{0..2}.h5"
+    assert collect_inputs([pattern]) == [tmp_path / f"p-{i}.h5" for i in range(3)]
+    assert is_set_form(1, first=pattern) and is_set_form(1, first=tmp_path / "p-{0..0}.h5")
+    literal = tmp_path / "q-{0..1}.h5"  # a file named like a pattern is itself
+    write_h5(literal, x=np.zeros((2, 1), np.float32))
+    assert collect_inputs([literal]) == [literal] and not is_set_form(1, first=literal)
+    with pytest.raises(InputError, match=r"p-\{0\.\.4\}\.h5: .*p-3\.h5 does not exist \(2 of the 5 paths"):
+        collect_inputs([tmp_path / "p-{0..4}.h5"])

@@ -175,16 +175,19 @@ def augment(paths, inputs_from, shard, keys, data, quiet, as_json, **params):
     target). Parquet (pip install 'mixup-cli[arrow]'): x is a column of
     fixed-size lists (or of equal-length lists), or several numeric columns
     gathered by --x-key 'f0,f1,f2' or --x-key 'f*'. IN may also be a folder
-    of images (IN/<class>/*.jpg, or images alone) or WebDataset shards
-    (IN.tar, or a folder of .tar): see --image-size.
+    of images (IN/<class>/*.jpg, or images alone) or a WebDataset shard
+    (IN.tar): see --image-size.
 
     A set: with two inputs or more (or --inputs-from, or --shard) the inputs are mixed as one dataset, their concatenation in the
     order given (pairs cross inputs), and OUT is a directory receiving one
     output per input under its name, each with its sidecar, and the set's
     manifest mixup-set.json. --shard I/N writes part I of N of them
     (--shard slurm or k8s/N: the part of a job array's task). A
-    folder of Parquet files (no .npy files) is the set of its .parquet
-    files, sorted by name. Otherwise one input makes one output, OUT
+    folder of Parquet files or of WebDataset .tar shards (no .npy files) is
+    the set of its .parquet (or .tar) files, sorted by name; a quoted brace
+    pattern such as 'shards/train-{000..099}.tar' (or {a,b}) is the set of
+    the paths it names, as an argument or a line of --inputs-from. A .tar
+    shard's output is a folder of .npy files named without .tar. Otherwise one input makes one output, OUT
     spelled with a trailing slash or not (data/ mixed/ writes mixed/x.npy,
     ... and mixed.provenance.json).
 

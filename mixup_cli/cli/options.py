@@ -298,7 +298,7 @@ def data_options(f):
                 "--wds-label",
                 metavar="cls|json:FIELD",
                 default=None,
-                help="WebDataset shards (IN.tar, or a folder of .tar; samples grouped by key, image "
+                help="WebDataset shards (IN.tar, a folder of .tar or a pattern such as 'train-{000..099}.tar'; samples grouped by key, image "
                 "jpg/jpeg/png/webp/bmp): the class of a sample is the integer in its .cls member, or FIELD of "
                 "its .json member [default: cls; without any, x alone].",
             ),

@@ -111,6 +111,8 @@ def format_of(path: Path, *, for_output: bool = False) -> str:
         return "arrow"
     if suffix == ".tar":
         return "webdataset"  # one WebDataset shard (output: images and their json, io/wds_out.py)
+    if not for_output and path.name.lower().endswith((".tar.gz", ".tgz")) and _regular_file(path):
+        raise _module("webdataset").compressed_shard(path)  # read by offset: gzip does not allow it
     if not for_output and path.is_dir() and _module("webdataset").looks_like_shards(path):
         return "webdataset"  # a folder of shards
     if not for_output and path.is_dir() and _module("images").looks_like_images(path):
@@ -160,6 +162,8 @@ def open_reader(path: Path, scratch_prefix: Path | None = None, fast: bool = Tru
     a folder of images is decoded (``images.ImageOptions``); other
     formats refuse options that are not the defaults."""
     path = Path(path)
+    if _tar_pattern(path):  # shard-{000..009}.tar: the shards it names, read as one input
+        return _module("webdataset").open_reader(path, images)
     try:
         mode = os.stat(path).st_mode
     except FileNotFoundError:
@@ -205,6 +209,19 @@ def open_reader(path: Path, scratch_prefix: Path | None = None, fast: bool = Tru
 
 def _writer_module(fmt: str):
     return importlib.import_module(_WRITER_MODULES[fmt]) if fmt in _WRITER_MODULES else _module(fmt)
+
+
+def _tar_pattern(path: Path) -> bool:
+    """A brace pattern naming WebDataset shards (``.tar`` names only)."""
+    from mixup_cli.io import braces
+
+    if not braces.is_pattern(path):
+        return False
+    try:
+        names = braces.braces(str(path), limit=100_000)
+    except ParameterError:
+        return False
+    return all(name.lower().endswith(".tar") for name in names)
 
 
 def create_writer(path: Path, fmt: str, specs: dict[str, ArraySpec], options: WriteOptions) -> Writer:

@@ -239,6 +239,9 @@ class Reader(base.Reader):
     per item (here an image file; ``webdataset.Reader``: a tar member)."""
 
     format_name = "images"
+    # close() ends the decoding threads (and WebDataset's descriptors); a closed reader
+    # reads again, starting them anew, without listing the files again (sets/reader.py).
+    reopens_after_close = True
     _what = "a folder of images"
     _unlabelled = "images without class folders have no labels (put them in one folder per class)"
 

@@ -1,4 +1,8 @@
-"""WebDataset shards as input: one ``.tar`` file, or a folder of them.
+"""WebDataset shards as input: one ``.tar`` file, a folder of them, or a
+brace pattern naming them (``train-{000..099}.tar``, ``io/braces.py``).
+``mixup augment`` makes a set of a folder or a pattern (one output per
+shard, ``sets/``); read here as one input they are the set's concatenation
+(``preview``, the library's ``open_reader``).
 
 A sample is the run of consecutive members sharing a key (the member's path
 up to the first dot of its file name: ``d/0001.jpg`` and ``d/0001.cls`` are
@@ -13,6 +17,9 @@ the integer in its ``.cls`` member, or a field of its ``.json`` member
 Read with ``tarfile`` (uncompressed tar): the members' headers once when
 opened, then each image's bytes with ``os.pread`` at its offset, from the
 decoding threads. The shards are the input's files (hashed into the sidecar).
+Compressed shards (gzip, bzip2, xz, zstd: by name or by their first bytes)
+are refused with the command that decompresses them: blocks are read in any
+order, which a compressed stream allows only by inflating it from its start.
 """
 
 from __future__ import annotations
@@ -27,15 +34,18 @@ from pathlib import Path
 import numpy as np
 
 from mixup_cli.errors import InputError, ParameterError
-from mixup_cli.io import images
+from mixup_cli.io import braces, images
 from mixup_cli.io.images import ImageOptions
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp")
 
 
 def shard_paths(path: Path) -> list[Path]:
-    """The shards: ``path`` itself, or the ``.tar`` files in the folder, sorted."""
+    """The shards: ``path`` itself, the ``.tar`` files in the folder, sorted,
+    or those a brace pattern names (``shard-{000..009}.tar``), in its order."""
     path = Path(path)
+    if braces.is_pattern(path):
+        return braces.expand_pattern(path)
     if not path.is_dir():
         return [path]
     try:
@@ -45,6 +55,42 @@ def shard_paths(path: Path) -> list[Path]:
     if not found:
         raise InputError(f"{path}: holds no .tar shards")
     return found
+
+
+# Compressed tar files start with these bytes (gzip, bzip2, xz, zstd).
+_COMPRESSED = {b"\x1f\x8b": "gzip", b"BZh": "bzip2", b"\xfd7zXZ\x00": "xz", b"\x28\xb5\x2f\xfd": "zstd"}
+_DECOMPRESS = {"gzip": "gunzip -k", "bzip2": "bunzip2 -k", "xz": "unxz -k", "zstd": "unzstd"}
+
+
+def compressed_shard(path: Path, kind: str = "gzip") -> InputError:
+    """Why a compressed shard is refused, and how to decompress it: its
+    members are read by their offsets in the tar (``os.pread``, from several
+    threads, blocks in any order), which a compressed stream does not allow
+    without inflating it from its start for every block."""
+    path = Path(path)
+    name = path.name.lower()
+    if kind == "gzip" and name.endswith((".tar.gz", ".tgz")):
+        plain = path.name[: -len(".gz")] if name.endswith(".tar.gz") else path.name[: -len(".tgz")] + ".tar"
+        how = f"gunzip -k {path}, which writes {plain}"
+    else:
+        plain = path.name[: -len(".tar")] + ".plain.tar" if name.endswith(".tar") else path.name + ".tar"
+        how = f"{_DECOMPRESS[kind].split()[0]} -c {path} > {path.with_name(plain)}"
+    return InputError(
+        f"{path}: a {kind}-compressed tar; WebDataset shards are read uncompressed (by offset), so decompress "
+        f"it first ({how}) and pass the .tar"
+    )
+
+
+def refuse_compressed(path: Path) -> None:
+    """Refuse a compressed tar (by its first bytes), whatever its name."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(6)
+    except OSError:
+        return  # the reader says why it cannot read it
+    for magic, kind in _COMPRESSED.items():
+        if head.startswith(magic):
+            raise compressed_shard(path, kind)
 
 
 def looks_like_shards(path: Path) -> bool:
@@ -93,6 +139,8 @@ class Reader(images.Reader):
 
     def __init__(self, path: Path, options: ImageOptions):
         self._shards = shard_paths(path)
+        for shard in self._shards:
+            refuse_compressed(shard)
         self._fds: dict[int, int] = {}
         self._label_spec = parse_label(options.label)
         super().__init__(path, options)

@@ -68,8 +68,9 @@ def inputs_state(layout: SetLayout, files=None) -> str:
     return _digest(entries)
 
 
-def section(layout: SetLayout, k: int, part: Part, sid: str) -> dict:
-    """The ``set`` section of output ``k``'s sidecar."""
+def section(layout: SetLayout, k: int, part: Part, sid: str, output: str | None = None) -> dict:
+    """The ``set`` section of output ``k``'s sidecar; ``output``: the output's
+    name, recorded when it is not its input's (``layout.output_name``)."""
     shard = layout.shards[k]
     record = {
         "set_id": sid,
@@ -86,6 +87,8 @@ def section(layout: SetLayout, k: int, part: Part, sid: str) -> dict:
         "inputs_sha256": inputs_sha256(layout),
         "part": part.to_dict(),
     }
+    if output is not None and output != shard.path.name:
+        record["output"] = output
     if len(layout.shards) <= INLINE_INPUTS:
         record["inputs"] = input_list(layout)
     return record
@@ -356,7 +359,7 @@ def set_status(outdir: Path) -> SetStatus | None:
             )
         k = int(found["index"])
         output = sidecar.with_name(sidecar.name[: -len(provenance.SIDECAR_SUFFIX)])
-        if found["input"]["name"] != output.name:
+        if found.get("output", found["input"]["name"]) != output.name:
             raise InputError(f"{sidecar}: records input {found['input']['name']!r} for output {output.name!r}")
         if k in status.present:
             raise InputError(f"{sidecar}: output {k} of the set is also {status.present[k]}")

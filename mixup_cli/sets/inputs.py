@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TextIO
 
 from mixup_cli.errors import InputError, ParameterError
+from mixup_cli.io.braces import expand_pattern, is_pattern
 
 
 def read_list(text: Iterable[str], base: Path | None, label: str) -> list[Path]:
@@ -56,9 +57,61 @@ def parquet_shards(path: str | Path) -> list[Path] | None:
     return found or None
 
 
+TAR_SUFFIXES = (".tar",)
+# Compressed shards: named here so that a folder of them is told what to do (io/webdataset.py refuses them).
+COMPRESSED_TAR_SUFFIXES = (".tar.gz", ".tgz")
+
+
+def tar_shards(path: str | Path) -> list[Path] | None:
+    """The WebDataset shards directly inside folder ``path`` (``.tar``, and
+    ``.tar.gz``/``.tgz`` so that they are refused by name, unless the ``.tar``
+    that ``gunzip -k`` makes of them is there too), sorted by name,
+    when it is a folder of shards: it holds some and no ``.npy`` file, and
+    is no Zarr store. None for any other path."""
+    path = Path(path)
+    if path.suffix.lower() == ".zarr" or not path.is_dir():
+        return None
+    try:
+        entries = list(path.iterdir())
+    except OSError:
+        return None
+    if any(p.suffix == ".npy" for p in entries):
+        return None
+    names = {p.name for p in entries}
+    found = sorted(
+        p
+        for p in entries
+        if p.name.lower().endswith(TAR_SUFFIXES + COMPRESSED_TAR_SUFFIXES)
+        and p.is_file()
+        and _plain_name(p.name) not in names  # gunzip -k left the .tar beside it: that one is read
+    )
+    return found or None
+
+
+def _plain_name(name: str) -> str | None:
+    """``a.tar.gz``/``a.tgz`` -> ``a.tar`` (what ``gunzip -k`` writes); None for other names."""
+    lower = name.lower()
+    if lower.endswith(".tar.gz"):
+        return name[: -len(".gz")]
+    if lower.endswith(".tgz"):
+        return name[: -len(".tgz")] + ".tar"
+    return None
+
+
+def folder_shards(path: str | Path) -> list[Path] | None:
+    """The shards of a folder that is a set (Parquet files, or WebDataset ``.tar`` shards); None otherwise."""
+    return parquet_shards(path) or tar_shards(path)
+
+
 def expand_folders(paths: Iterable[Path]) -> list[Path]:
-    """``paths`` with each folder of Parquet shards replaced by its files, in order."""
-    return [shard for path in paths for shard in (parquet_shards(path) or [Path(path)])]
+    """``paths`` with each brace pattern replaced by the paths it names
+    (``expand_pattern``) and each folder of Parquet or WebDataset shards by
+    its files, in order."""
+    found = []
+    for path in paths:
+        for one in expand_pattern(path):
+            found += folder_shards(one) or [Path(one)]
+    return found
 
 
 def collect_inputs(
@@ -107,8 +160,10 @@ def is_set_form(
     input is one output whatever OUT's spelling: ``data/ mixed/`` (the slash
     a shell's completion adds) writes the ``.npy`` directory ``mixed`` as
     ``data/ mixed`` does, and ``in.h5 mixed/`` likewise. One input ``first``
-    that is a folder of Parquet shards is the set of its files."""
-    if n_inputs == 1 and first is not None and parquet_shards(first):
+    that is a folder of Parquet or WebDataset (``.tar``) shards is the set of
+    its files; a brace pattern (``shard-{000..099}.tar``) is a set of the
+    paths it names, as a list is, whatever their number."""
+    if n_inputs == 1 and first is not None and (folder_shards(first) or is_pattern(first)):
         return True
     return n_inputs >= 2 or inputs_from is not None or shard is not None
 

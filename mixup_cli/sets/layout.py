@@ -29,6 +29,10 @@ class ShardInfo:
     offset: int  # global row of its first row
     format: str
     specs: dict[str, ArraySpec]  # the arrays used, as this input stores them
+    # A folder of images or WebDataset shards: how its images were decoded
+    # (``images.Reader.image_parameters``), and its class folders' names.
+    images: dict | None = None
+    class_names: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,28 @@ class SetLayout:
     keys: tuple[str, ...]  # arrays read: x, y (or an AnnData categorical's codes and categories)
     # Arrays every input holds identically (AnnData categories): shown once, not concatenated.
     shared: tuple[str, ...] = ()
+    # How folders of images and WebDataset shards are decoded (``io.images.ImageOptions``; None: the defaults).
+    image_options: object | None = None
+
+    @property
+    def class_names(self) -> list[str] | None:
+        """The class folders' names every input of images shares (checked by ``inspect_inputs``)."""
+        names = self.shards[0].class_names
+        return list(names) if names is not None else None
+
+    def image_parameters(self) -> dict | None:
+        """What the sidecar records of how the set's images were decoded: the
+        first input's record, with every input's skipped files (and, for
+        WebDataset shards, the samples of the whole set). None unless every
+        input is a folder of images or WebDataset shards."""
+        if any(s.images is None for s in self.shards):
+            return None
+        recorded = dict(self.shards[0].images)
+        if "samples" in recorded:
+            recorded["samples"] = self.n_rows
+        if "skipped" in recorded:
+            recorded["skipped"] = [item for s in self.shards for item in s.images.get("skipped", [])]
+        return recorded
 
     @property
     def n_rows(self) -> int:
@@ -131,8 +157,9 @@ def inspect_inputs(
     *,
     require_y: bool = True,
     outdir: Path | None = None,
-    opener: Callable = open_reader,
+    opener: Callable | None = None,
     groups: str | None = None,
+    images=None,
 ) -> SetLayout:
     """Check the inputs against each other and return the set's layout.
 
@@ -140,9 +167,17 @@ def inspect_inputs(
     OUTDIR or inside it; an input without rows; arrays missing from some
     inputs but not others; row shapes or dtypes that differ from the first
     input's (string labels may differ in storage: fixed lengths, bytes or
-    text); AnnData categories that differ; x and y of different lengths.
+    text); AnnData categories that differ; folders of images whose class
+    folders differ; x and y of different lengths. ``images``: how folders
+    of images and WebDataset shards are decoded (``io.images.ImageOptions``),
+    kept in the layout so that every reader of the set decodes them alike.
     ``groups``: the key of the group ids (``--groups``), read as a row array.
     """
+    if opener is None:
+
+        def opener(path):
+            return open_reader(path, images=images)
+
     paths = [Path(p) for p in paths]
     if not paths:
         raise ParameterError("a set needs at least one input", "IN")
@@ -155,12 +190,6 @@ def inspect_inputs(
     offset = 0
     for k, path in enumerate(paths):
         _check_place(path, k, paths, seen, out_real, outdir)
-        if (path.is_dir() or path.suffix.lower() == ".tar") and format_of(path) in ("images", "webdataset"):
-            raise ParameterError(
-                f"{path}: a folder of images or WebDataset shards cannot be one input of a set; mix it on its "
-                "own (mixup augment FOLDER OUT.h5; a folder of .tar shards is one input)",
-                "IN",
-            )
         reader = axes.as_matlab_shows(opener(path))
         try:
             keys, shared = _used_keys(reader, path, x_key, y_key, require_y, groups)
@@ -172,11 +201,46 @@ def inspect_inputs(
             if shards:
                 _agree(path, specs, paths[0], shards[0].specs)
             rows = specs[x_key].rows
-            shards.append(ShardInfo(path, rows, offset, reader.format_name, specs))
+            decoded = getattr(reader, "image_parameters", None)
+            names = getattr(reader, "class_names", None) if y_key is not None else None
+            info = ShardInfo(
+                path,
+                rows,
+                offset,
+                reader.format_name,
+                specs,
+                decoded() if decoded is not None else None,
+                tuple(names) if names is not None else None,
+            )
+            if shards:
+                _same_classes(info, shards[0])
+            shards.append(info)
         finally:
             reader.close()
         offset += rows
-    return SetLayout(tuple(shards), row_keys, tuple(first_shared))
+    return SetLayout(tuple(shards), row_keys, tuple(first_shared), images)
+
+
+def _same_classes(info: ShardInfo, first: ShardInfo) -> None:
+    """Folders of images label their rows by their class folders' names: the
+    inputs of a set need the same ones, so that a class number means one class."""
+    if info.class_names == first.class_names:
+        return
+    if info.class_names is None or first.class_names is None:
+        has, lacks = (info, first) if info.class_names is not None else (first, info)
+        raise InputError(
+            f"{info.path}: its classes are named by class folders in {has.path} but not in {lacks.path}; "
+            "every input of a set needs the same classes (mix folders of images with folders of images)"
+        )
+    ours, theirs = set(info.class_names), set(first.class_names)
+    other = sorted(ours - theirs) or sorted(theirs - ours)
+    if other:
+        what = "has" if other[0] in ours else "lacks"
+        raise InputError(
+            f"{info.path}: {what} the class folder '{other[0]}' ({len(ours)} classes, {first.path} has "
+            f"{len(theirs)}); every folder of images in a set needs the same class folders (add the "
+            "missing class folder with its images, or take that class out of every input)"
+        )
 
 
 def _check_place(path: Path, k: int, paths, seen: dict, out_real: Path | None, outdir) -> None:
@@ -258,11 +322,32 @@ def _agree(path: Path, specs: dict[str, ArraySpec], first: Path, first_specs: di
         )
 
 
-def output_paths(layout_or_paths, outdir: Path) -> list[Path]:
-    """OUTDIR/<name of input k> for each input, in the format its name says.
+def output_name(name: str, outdir: Path) -> str:
+    """The name of a set's output of the input named ``name``: the same name
+    when it is an output format's (``part-0.h5``; a folder ``a`` of images is
+    written as a folder of ``.npy`` files); a WebDataset shard
+    ``shard-000.tar`` gives ``shard-000`` (a folder of ``.npy`` files: a set
+    writes no WebDataset output); ``""`` for any other name."""
+    candidates = [name]
+    if Path(name).suffix.lower() == ".tar":
+        stem = Path(name).stem
+        candidates = [stem] if stem and not stem.startswith(".") else []
+    for candidate in candidates:
+        try:
+            format_of(Path(outdir) / candidate, for_output=True)
+        except ParameterError:
+            continue
+        return candidate
+    return ""
 
-    Refused: two inputs of the same name (from different folders), and a
-    name that is not an output format (an HDF5 input named ``.h5ad``)."""
+
+def output_paths(layout_or_paths, outdir: Path) -> list[Path]:
+    """OUTDIR/<name of input k> for each input, in the format its name says
+    (a WebDataset ``.tar`` shard gives a folder of ``.npy`` files named
+    without the extension: ``output_name``).
+
+    Refused: two inputs of the same output name (from different folders), and
+    a name that is not an output format (an HDF5 input named ``.h5ad``)."""
     paths = (
         [s.path for s in layout_or_paths.shards] if isinstance(layout_or_paths, SetLayout) else list(layout_or_paths)
     )
@@ -270,23 +355,20 @@ def output_paths(layout_or_paths, outdir: Path) -> list[Path]:
     names: dict[str, Path] = {}
     found = []
     for path in paths:
-        name = Path(path).name
+        name = output_name(Path(path).name, outdir)
+        if not name:
+            raise ParameterError(
+                f"{path}: its output {outdir / Path(path).name} would have no output format; a set's outputs take "
+                "their inputs' names (.h5, .hdf5, .npz, .zarr or a directory of .npy files), so rename the input",
+                "IN",
+            )
         if name in names:
             raise ParameterError(
                 f"{path}: has the same name as {names[name]}; outputs are named after their inputs, so rename one",
                 "IN",
             )
         names[name] = path
-        out = outdir / name
-        try:
-            format_of(out, for_output=True)
-        except ParameterError:
-            raise ParameterError(
-                f"{path}: its output {out} would have no output format; a set's outputs take their inputs' names "
-                "(.h5, .hdf5, .npz, .zarr or a directory of .npy files), so rename the input",
-                "IN",
-            ) from None
-        found.append(out)
+        found.append(outdir / name)
     return found
 
 

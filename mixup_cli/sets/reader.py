@@ -57,6 +57,9 @@ class ConcatReader(Reader):
         self._max_open = max(1, int(max_open))
         self._open: OrderedDict[int, Reader] = OrderedDict()
         self._files: dict[int, list[Path]] = {}  # of inputs opened, recorded before they close
+        # Readers that open again after close() (folders of images, WebDataset shards: their
+        # listing, as long to make as it is to read a block, is kept; descriptors and threads go).
+        self._closed: dict[int, Reader] = {}
         self._offsets = layout.offsets
         self.opened = 0  # readers opened so far (tests, and a measure of churn)
         formats = layout.formats
@@ -68,6 +71,10 @@ class ConcatReader(Reader):
                 (layout.n_rows,) + specs[0].row_shape, _unified_dtype([s.dtype for s in specs])
             )
         self._shared_specs: dict[str, ArraySpec] = {}
+        if layout.class_names is not None:  # folders of images: their class folders (the same in every input)
+            self.class_names = layout.class_names
+        if layout.image_parameters() is not None:  # how the images were decoded, for the sidecar
+            self.image_parameters = layout.image_parameters
 
     # --- readers ------------------------------------------------------------
 
@@ -80,10 +87,16 @@ class ConcatReader(Reader):
             old, evicted = self._open.popitem(last=False)
             self._close_one(old, evicted)
         path = self.layout.shards[k].path
+        reader = self._closed.pop(k, None)
+        if reader is not None:
+            self._open[k] = reader
+            return reader
         if self._custom_opener is not None:
             reader = self._custom_opener(path)
         else:
-            reader = axes.as_matlab_shows(open_reader(path, self._scratch_prefix, fast=self._fast))
+            reader = axes.as_matlab_shows(
+                open_reader(path, self._scratch_prefix, fast=self._fast, images=self.layout.image_options)
+            )
         self.opened += 1
         self._open[k] = reader
         return reader
@@ -93,6 +106,8 @@ class ConcatReader(Reader):
             self._files[k] = list(reader.files())
         finally:
             reader.close()
+        if getattr(reader, "reopens_after_close", False):
+            self._closed[k] = reader
 
     def _pieces(self, start: int, stop: int):
         """(input k, local start, local stop, offset in the result) over [start, stop)."""
@@ -215,6 +230,7 @@ class ConcatReader(Reader):
         # readers do not; the copy opens its own as it reads.
         state = dict(self.__dict__)
         state["_open"] = OrderedDict()
+        state["_closed"] = {}
         return state
 
     @property
@@ -225,3 +241,4 @@ class ConcatReader(Reader):
         while self._open:
             k, reader = self._open.popitem(last=False)
             self._close_one(k, reader)
+        self._closed.clear()

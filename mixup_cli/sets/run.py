@@ -109,12 +109,6 @@ def augment_set(
     progress = progress or Progress()
     outdir = Path(outdir)
     pipeline.check_request(request)
-    if request.data_options().image_options() is not None:
-        raise ParameterError(
-            "--image-size, --image-resize, --image-channels, --skip-bad-images and --wds-label apply to a folder "
-            "of images or WebDataset shards, not to a set's inputs",
-            "--image-size",
-        )
     if request.sample_axis is not None:
         raise ParameterError(
             "--sample-axis applies to one input file, not a set's inputs; mix each file on its own", "--sample-axis"
@@ -125,7 +119,13 @@ def augment_set(
         request = _with(request, seed=recorded if isinstance(recorded, int) else None)
     check_part_seed(part, request.seed)
     layout = inspect_inputs(
-        inputs, request.x_key, request.y_key, require_y=request.require_y, outdir=outdir, groups=request.groups
+        inputs,
+        request.x_key,
+        request.y_key,
+        require_y=request.require_y,
+        outdir=outdir,
+        images=request.data_options().image_options(),
+        groups=request.groups,
     )
     outputs = output_paths(layout, outdir)
     _refuse_image_outputs(request, outputs)
@@ -226,7 +226,7 @@ def _write_part(
             progress.update(output_rows(plan, layout.shards[k].rows))
     if todo:
         tasks = split(plan.tasks(), plan, layout.offsets, range(min(todo), max(todo) + 1))
-        state = identity.inputs_state(layout)  # S stats once, for every output's journal
+        state = identity.inputs_state(layout, _state_files(concat))  # once, for every output's journal
         with _run_source(request, source, plan, outdir, part) as run_source:
             for n, k in enumerate(todo):
                 job = _job(
@@ -243,6 +243,17 @@ def _write_part(
                     stopping.current().end_commit()
     result.seconds = time.perf_counter() - t0
     return result
+
+
+def _state_files(concat: ConcatReader) -> list[list[Path]] | None:
+    """The files whose size and mtime stand for each input in the resume
+    journals: the input itself, but every image of a folder of images (an
+    image changed inside a class folder leaves the folder's own mtime as it
+    was). None when no input is a folder of images."""
+    shards = concat.layout.shards
+    if all(s.format != "images" for s in shards):
+        return None
+    return [concat.input_files(k) if s.format == "images" else [s.path] for k, s in enumerate(shards)]
 
 
 def _say_written(exc: MixupError, written: list[Path]) -> None:
@@ -311,7 +322,7 @@ def _job(
         specs,
         shift=(shard.rows, shard.offset % plan.block_rows),
         input_record=input_record,
-        set_section=identity.section(layout, k, part, sid),
+        set_section=identity.section(layout, k, part, sid, output.name),
         run_source=run_source,
     )
 

@@ -17,6 +17,7 @@ from mixup_cli import atomic, provenance
 from mixup_cli.errors import InputError, ParameterError
 from mixup_cli.sets import identity
 from mixup_cli.sets.inputs import Part, part_of, read_list
+from mixup_cli.sets.layout import output_name
 
 
 @dataclass
@@ -32,9 +33,18 @@ class SetView(identity.OutputsPresent):
     sections: dict[int, dict] = field(default_factory=dict)
     interrupted: list[str] = field(default_factory=list)  # outputs with partial files left
     has_manifest: bool = False
+    output_names: list[str] | None = None  # as the manifest lists them
 
     def name(self, k: int) -> str:
-        return self.inputs[k]["name"] if self.inputs is not None else f"output {k} of {self.outputs}"
+        """Output ``k``'s name in OUTDIR (its input's name, or that name without
+        an extension that is no output format's: ``layout.output_name``)."""
+        if self.output_names is not None and k < len(self.output_names):
+            return self.output_names[k]
+        if k in self.sections:
+            return self.sections[k].get("output", self.sections[k]["input"]["name"])
+        if self.inputs is None:
+            return f"output {k} of {self.outputs}"
+        return output_name(self.inputs[k]["name"], self.outdir) or self.inputs[k]["name"]
 
     def counts(self) -> list[int]:
         """The part counts N seen (``--shard I/N`` runs; 1 for a whole run)."""
@@ -117,6 +127,7 @@ def read_set(outdir: Path) -> SetView:
             [dict(e) for e in manifest["inputs"]],
             manifest.get("parameters"),
             has_manifest=True,
+            output_names=[str(n) for n in manifest.get("outputs") or []] or None,
         )
     else:
         inputs = [dict(e, path=None) for e in status.inputs] if status.inputs is not None else None
@@ -131,7 +142,8 @@ def read_set(outdir: Path) -> SetView:
                 "parameters"
             )
     if view.inputs is not None:
-        view.interrupted = [e["name"] for e in view.inputs if atomic.partials(outdir / e["name"], with_lock=False)]
+        names = [view.name(k) for k in range(len(view.inputs))]
+        view.interrupted = [name for name in names if atomic.partials(outdir / name, with_lock=False)]
     return view
 
 
