@@ -742,3 +742,18 @@ def test_more_inputs_than_readers_kept_open(tmp_path, monkeypatch, pairing):
     _assert_concatenation(single, _outputs(outdir, paths), sizes=sizes)
     assert len(copies) == 1
     assert not [p for p in outdir.iterdir() if "scratch" in p.name]  # removed when the part ends
+
+
+@pytest.mark.parametrize("name", ["mixed.h5", "mixed.npz", "mixed.parquet", "mixed.tar"])
+def test_a_set_written_to_a_files_name_is_refused(tmp_path, run_mixup, name):
+    # Two inputs (or a folder of shards, or a brace pattern) make a folder of outputs:
+    # a file's name for it would give a directory called mixed.h5.
+    rng = np.random.default_rng(0)
+    a = write_h5(tmp_path / "a.h5", x=rng.random((6, 2), dtype=np.float32), y=np.arange(6) % 2)
+    b = write_h5(tmp_path / "b.h5", x=rng.random((6, 2), dtype=np.float32), y=np.arange(6) % 2)
+    result = run_mixup("augment", a, b, tmp_path / name, "--seed", 1)
+    assert result.returncode == 2
+    assert f"{tmp_path / name}: the inputs are a set" in result.stderr
+    assert f"(for example {tmp_path / 'mixed'}/)" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.h5", "b.h5"]
+    assert run_mixup("augment", a, b, tmp_path / "mixed", "--seed", 1, "-q").returncode == 0

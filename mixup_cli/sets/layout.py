@@ -377,6 +377,14 @@ def check_outdir(outdir: Path) -> None:
     outdir = Path(outdir)
     if outdir.exists() and not outdir.is_dir():
         raise OutputError(f"{outdir}: is a file, not a directory; a set's outputs go into a directory (OUTDIR)")
+    if not outdir.exists() and outdir.suffix and _names_a_file_format(outdir):
+        # A folder of shards or a brace pattern is a set: `IN out.h5` would make a directory out.h5.
+        raise ParameterError(
+            f"{outdir}: the inputs are a set, written as one output per input into a folder, but this name is "
+            f"a {outdir.suffix} file's; name a folder for them (for example {outdir.with_suffix('')}/), "
+            "or pass a single input file to write one output",
+            "OUTDIR",
+        )
     parent = outdir.resolve().parent
     if not outdir.exists() and not parent.is_dir():
         raise OutputError(f"{outdir}: directory {parent} does not exist; create it first")
@@ -407,3 +415,10 @@ def check_storage_options(
                 raise ParameterError(f"--compression {compression} is not available for {fmt} output", "--compression")
         except ParameterError as exc:
             raise ParameterError(f"{out}: {exc}", exc.option) from None
+
+
+def _names_a_file_format(path: Path) -> bool:
+    try:
+        return format_of(path, for_output=True) != "npydir"
+    except ParameterError:
+        return False  # not an output format's name at all: a folder name like any other
