@@ -422,3 +422,27 @@ def test_a_set_of_image_folders_is_not_resumed_after_its_images_changed(tmp_path
         got, want = load_output(tmp_path / "out" / name), load_output(fresh / name)
         assert {k: v.tobytes() for k, v in got.items()} == {k: v.tobytes() for k, v in want.items()}
     assert run_cli("verify", tmp_path / "out").exit_code == 0
+
+
+def test_verify_decodes_apart_from_the_run_and_catches_a_wrong_fast_path(tmp_path, run_cli, monkeypatch):
+    # A planted fault in the run's path (Pillow opening the file by name, from the
+    # thread pool) that verify's path (bytes read whole, decoded one at a time) lacks.
+    from mixup_cli.io import images
+
+    files, _ = make_folder(tmp_path / "train", size=(8, 8))
+    fast_source = images.Reader._source
+
+    def one_file_late(self, item):
+        if not self._fast:
+            return fast_source(self, item)
+        listed = sorted(files)
+        return listed[(listed.index(item) + 1) % len(listed)]
+
+    monkeypatch.setattr(images.Reader, "_source", one_file_late)
+    assert run_cli("augment", tmp_path / "train", tmp_path / "out.h5", "--seed", "3").exit_code == 0
+    # The fault is still there: a verify that shared the run's path would reproduce it and pass.
+    result = run_cli("verify", tmp_path / "out.h5")
+    assert result.exit_code == 1 and "recompute" in result.output and "FAIL" in result.output.upper()
+    monkeypatch.undo()
+    assert run_cli("augment", tmp_path / "train", tmp_path / "good.h5", "--seed", "3").exit_code == 0
+    assert run_cli("verify", tmp_path / "good.h5").exit_code == 0

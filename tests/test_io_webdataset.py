@@ -371,3 +371,28 @@ def test_a_set_of_shards_lists_each_shard_once_however_few_stay_open(tmp_path):
         assert reader.opened == 5
     finally:
         reader.close()
+
+
+def test_verify_reads_members_through_tarfile_and_catches_a_wrong_offset(tmp_path, run_cli, monkeypatch):
+    # The run reads each member at its offset (os.pread); verify reads it by name with tarfile.
+    from mixup_cli.io import webdataset
+
+    make_shards(tmp_path / "in", shards=1, per_shard=6)
+    shard = tmp_path / "in" / "shard-0000.tar"
+    fast_bytes = webdataset.Reader._bytes
+    with tarfile.open(shard) as tar:
+        first = next(m for m in tar.getmembers() if m.name.endswith(".png"))
+
+    def always_the_first_image(self, k, offset, size, name):
+        if name.endswith((".png", ".jpg")):
+            return fast_bytes(self, k, first.offset_data, first.size, name)
+        return fast_bytes(self, k, offset, size, name)
+
+    monkeypatch.setattr(webdataset.Reader, "_bytes", always_the_first_image)
+    assert run_cli("augment", shard, tmp_path / "out.h5", "--seed", "3", "--image-size", "8x6").exit_code == 0
+    # The fault is still there: a verify that shared the run's path would reproduce it and pass.
+    result = run_cli("verify", tmp_path / "out.h5")
+    assert result.exit_code == 1 and "recompute" in result.output
+    monkeypatch.undo()
+    assert run_cli("augment", shard, tmp_path / "good.h5", "--seed", "3", "--image-size", "8x6").exit_code == 0
+    assert run_cli("verify", tmp_path / "good.h5").exit_code == 0

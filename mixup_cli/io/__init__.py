@@ -163,7 +163,7 @@ def open_reader(path: Path, scratch_prefix: Path | None = None, fast: bool = Tru
     formats refuse options that are not the defaults."""
     path = Path(path)
     if _tar_pattern(path):  # shard-{000..009}.tar: the shards it names, read as one input
-        return _module("webdataset").open_reader(path, images)
+        return _module("webdataset").open_reader(path, images, fast=fast)
     try:
         mode = os.stat(path).st_mode
     except FileNotFoundError:
@@ -193,7 +193,7 @@ def open_reader(path: Path, scratch_prefix: Path | None = None, fast: bool = Tru
     if fmt in ("images", "webdataset"):
         if images is not None and images.label is not None and fmt == "images":
             raise ParameterError(f"{path}: --wds-label applies to WebDataset shards (.tar)", "--wds-label")
-        return _module(fmt).open_reader(path, images)
+        return _module(fmt).open_reader(path, images, fast=fast)
     if images is not None and not images.is_default():
         raise ParameterError(
             f"{path}: --image-size, --image-resize, --image-channels, --skip-bad-images and --wds-label apply to "

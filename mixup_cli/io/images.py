@@ -24,6 +24,7 @@ decoding pass over every file when the folder is opened) and recorded.
 
 from __future__ import annotations
 
+import io
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -230,8 +231,11 @@ def header_size(path, name: str | None = None) -> tuple[int, int]:
         ) from None
 
 
-def open_reader(path: Path, options: ImageOptions | None = None) -> Reader:
-    return Reader(path, options or ImageOptions())
+def open_reader(path: Path, options: ImageOptions | None = None, fast: bool = True) -> Reader:
+    """``fast=False`` (verify): each image's bytes read whole by Python and
+    decoded one at a time in the caller's thread, apart from the run's path
+    (Pillow opening the file, a thread pool filling the block)."""
+    return Reader(path, options or ImageOptions(), fast=fast)
 
 
 class Reader(base.Reader):
@@ -245,11 +249,12 @@ class Reader(base.Reader):
     _what = "a folder of images"
     _unlabelled = "images without class folders have no labels (put them in one folder per class)"
 
-    def __init__(self, path: Path, options: ImageOptions):
+    def __init__(self, path: Path, options: ImageOptions, fast: bool = True):
         super().__init__(path)
         self.options = options.check()
         _pil()  # the extra's message before any work
-        self._threads = options.threads or max(1, min(MAX_THREADS, os.cpu_count() or 1))
+        self._fast = fast
+        self._threads = (options.threads or max(1, min(MAX_THREADS, os.cpu_count() or 1))) if fast else 1
         self._pool: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
         items, labels, names = self._list()
@@ -270,7 +275,12 @@ class Reader(base.Reader):
 
     def _source(self, item):
         """What Pillow opens for ``item``: a path or a binary file object."""
-        return item
+        if self._fast:
+            return item
+        try:
+            return io.BytesIO(Path(item).read_bytes())
+        except OSError as exc:
+            raise InputError(f"{item}: cannot read it ({exc.strerror or exc})") from None
 
     def _name(self, item) -> str:
         """``item`` in the sidecar (absolute)."""

@@ -119,15 +119,17 @@ def parse_label(text: str | None) -> str:
     return label
 
 
-def open_reader(path: Path, options: ImageOptions | None = None):
+def open_reader(path: Path, options: ImageOptions | None = None, fast: bool = True):
     """The shards' samples as images; a tar mixup wrote (``wds_out``), without
-    image options, as the arrays it was written from."""
+    image options, as the arrays it was written from. ``fast=False``
+    (verify): members read through ``tarfile`` by name, not by the offsets
+    of the run's index, and decoded one at a time."""
     if (options is None or options.is_default()) and Path(path).is_file():
         from mixup_cli.io import wds_out
 
         if wds_out.is_output(path):
             return wds_out.Reader(path)
-    return Reader(path, options or ImageOptions())
+    return Reader(path, options or ImageOptions(), fast=fast)
 
 
 class Reader(images.Reader):
@@ -137,13 +139,14 @@ class Reader(images.Reader):
     _what = "WebDataset shards"
     _unlabelled = "its samples have no label member (.cls, or .json with --wds-label json:FIELD)"
 
-    def __init__(self, path: Path, options: ImageOptions):
+    def __init__(self, path: Path, options: ImageOptions, fast: bool = True):
         self._shards = shard_paths(path)
         for shard in self._shards:
             refuse_compressed(shard)
         self._fds: dict[int, int] = {}
+        self._tars: dict[int, tarfile.TarFile] = {}  # fast=False: each shard through tarfile
         self._label_spec = parse_label(options.label)
-        super().__init__(path, options)
+        super().__init__(path, options, fast=fast)
 
     # ------------------------------------------------------------ items
 
@@ -246,7 +249,19 @@ class Reader(images.Reader):
 
     def _source(self, item):
         k, offset, size, member = item
-        return io.BytesIO(self._bytes(k, offset, size, self._label(item)))
+        if self._fast:
+            return io.BytesIO(self._bytes(k, offset, size, self._label(item)))
+        with self._lock:
+            if k not in self._tars:
+                self._tars[k] = tarfile.open(self._shards[k], "r:")
+            try:
+                found = self._tars[k].extractfile(member)
+                data = found.read() if found is not None else b""
+            except (OSError, tarfile.TarError, KeyError) as exc:
+                raise InputError(f"{self._label(item)}: cannot read this member ({exc})") from None
+        if len(data) != size:
+            raise InputError(f"{self._label(item)}: the shard ended while reading this member (truncated?)")
+        return io.BytesIO(data)
 
     def _name(self, item) -> str:
         return f"{self._shards[item[0]].resolve()}:{item[3]}"
@@ -280,10 +295,13 @@ class Reader(images.Reader):
         super().close()
         with self._lock:
             fds, self._fds = self._fds, {}
+            tars, self._tars = self._tars, {}
         for fd in fds.values():
             os.close(fd)
+        for tar in tars.values():
+            tar.close()
 
     def __getstate__(self):
         state = super().__getstate__()
-        state["_fds"] = {}
+        state["_fds"], state["_tars"] = {}, {}
         return state
