@@ -3,14 +3,15 @@
     python bench/soak_kill.py [--kills 100] [--formats h5:none,h5:gzip,...] [--workdir /tmp]
 
 For each output format (HDF5 with no compression, gzip and lzf, ``.npz``,
-``.npy`` directory, Zarr) one uninterrupted run gives the reference arrays
+``.npy`` directory, Zarr, Parquet, and a WebDataset ``.tar`` of uint8
+images made from an image input) one uninterrupted run gives the reference arrays
 with its start-up time S (until its first partial file appears) and the
 rest of its duration T. Then, ``--kills`` times: a run is started and killed
 with SIGKILL, one time in ten at an instant drawn uniformly in start-up
 [0, S], otherwise at one drawn uniformly in [0, 1.05 T] after its first
 partial file appeared (creation, the first journal save, mid-stream, the
 flush and the commit); then ``mixup augment ... --resume`` is run once. Its output is read
-with h5py / numpy / zarr directly and compared with the reference, array by
+with h5py / numpy / zarr / pyarrow / tarfile directly and compared with the reference, array by
 array, byte for byte. Each trial is counted as one of:
 
 - ``resumed``: exit 0, identical arrays, tasks kept from the killed run;
@@ -58,7 +59,11 @@ FORMATS = {
     "npz": ("out.npz", "none", 3),
     "npydir": ("out", "none", 4),
     "zarr": ("out.zarr", "none", 2),
+    "parquet": ("out.parquet", "none", 2),  # staged as .npy beside OUT, packed at the commit
+    "tar": ("out.tar", "none", 1),  # WebDataset: uint8 images, PNG-encoded at the commit
 }
+# Formats whose input is uint8 images (rows x 8 x 8 x 3) instead of float rows.
+IMAGE_FORMATS = {"tar"}
 
 
 def mixup_command() -> list[str]:
@@ -78,6 +83,22 @@ def read_digests(path: Path) -> dict[str, str]:
     elif path.suffix == ".npz":
         with np.load(path) as z:
             arrays = {k: z[k] for k in z.files}
+    elif path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(path)
+        for name in table.column_names:
+            column = table.column(name).combine_chunks()
+            while hasattr(column, "flatten"):  # fixed-size lists: the values, in row order
+                column = column.flatten()
+            arrays[name] = column.to_numpy(zero_copy_only=False)
+    elif path.suffix == ".tar":
+        import tarfile
+
+        with tarfile.open(path) as tar:  # every sample's members; the header's run id differs by run
+            for member in tar.getmembers():
+                if member.isfile():
+                    arrays[member.name] = np.frombuffer(tar.extractfile(member).read(), np.uint8)
     elif path.suffix == ".zarr":
         import zarr
 
@@ -110,6 +131,13 @@ def make_input(path: Path, rows: int, width: int) -> None:
     with h5py.File(path, "w") as f:
         f.create_dataset("x", data=rng.standard_normal((rows, width), dtype=np.float32), chunks=(500, width))
         f.create_dataset("y", data=np.eye(10, dtype=np.float32)[rng.integers(0, 10, rows)], chunks=(500, 10))
+
+
+def make_image_input(path: Path, rows: int) -> None:
+    rng = np.random.default_rng(0)
+    with h5py.File(path, "w") as f:
+        f.create_dataset("x", data=rng.integers(0, 256, (rows, 8, 8, 3), dtype=np.uint8), chunks=(500, 8, 8, 3))
+        f.create_dataset("y", data=rng.integers(0, 10, rows), chunks=(500,))
 
 
 def remove(path: Path) -> None:
@@ -245,11 +273,12 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="mixup-soak-", dir=ns.workdir))
     results = []
     try:
-        src = workdir / "in.h5"
+        src, images = workdir / "in.h5", workdir / "images.h5"
         make_input(src, ns.rows, ns.width)
+        make_image_input(images, ns.rows)
         args = ["--seed", "7", "--block-rows", str(ns.block_rows)]
         for name in ns.formats.split(","):
-            result = soak(name, src, workdir, ns.kills, args, rng)
+            result = soak(name, images if name in IMAGE_FORMATS else src, workdir, ns.kills, args, rng)
             results.append(result)
             c = result["counts"]
             print(
