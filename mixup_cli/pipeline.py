@@ -129,6 +129,7 @@ class OutputJob:
     input_record: dict | None = None  # what the journal's fingerprint records of the input (a set's inputs)
     set_section: dict | None = None  # the sidecar's ``set`` section
     run_source: Source | None = None  # what the local engine reads (a set's scratch copy, made once for all)
+    row_offset: int = 0  # a set's output: the set row of its input's first row (WebDataset lineage)
 
 
 def write_output(
@@ -269,7 +270,8 @@ def _run_tasks(request, source: Source, plan: Plan, partial: _Partial, progress:
     journal.save()  # every task recorded before the file is finished
     writer.set_attributes(_attributes(request, source, plan, writer, journal.run_id))
     if hasattr(writer, "set_lineage"):  # WebDataset output names each row's input samples
-        writer.set_lineage(_row_names(source.reader), plan.n_rows)
+        own_rows = job.shift[0] if job.shift is not None else plan.n_rows
+        writer.set_lineage(_row_names(source.reader), own_rows, job.row_offset)
     writer.close()
     return info
 

@@ -277,7 +277,8 @@ def test_a_set_refuses_image_options_in_one_line(tmp_path, outdir):
     result = run(a, b, outdir, "--seed", "1", "--image-format", "jpeg")
     assert result.exit_code == 2, result.output
     lines = result.output.strip().splitlines()
-    assert len(lines) == 1 and "--image-format applies to WebDataset output (.tar), not to a set's outputs" in lines[0]
+    assert len(lines) == 1 and "--image-format applies to the WebDataset output of one input" in lines[0]
+    assert "a set's .tar outputs hold PNG images" in lines[0]
     assert_nothing_written(outdir)
 
 

@@ -8,10 +8,12 @@ import hashlib
 import io
 import json
 import tarfile
+from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import assert_nothing_written, load_output, read_sidecar
+from conftest import assert_nothing_written, read_sidecar
+from conftest import load_output as load_arrays
 from test_io_images import mixed
 
 Image = pytest.importorskip("PIL.Image")
@@ -65,13 +67,39 @@ def decoded(blobs, size=None):
     return np.stack(rows)
 
 
+def load_output(path):
+    """An output's arrays; a .tar (a set of shards writes shards) read with
+    tarfile, Pillow and json: the images, and each sample's json fields."""
+    path = Path(path)
+    if path.suffix != ".tar":
+        return load_arrays(path)
+    images, records = [], []
+    with tarfile.open(path, "r:") as tar:
+        for info in tar:
+            data = tar.extractfile(info).read()
+            if info.name.endswith(".png"):
+                with Image.open(io.BytesIO(data)) as im:
+                    arr = np.asarray(im)
+                images.append(arr.reshape(arr.shape[0], arr.shape[1], -1))
+            elif info.name.endswith(".json"):
+                records.append(json.loads(data))
+    out = {
+        "x": np.stack(images),
+        "lam": np.array([r["lam"] for r in records], dtype=np.float64),
+        "partner": np.array([r["partner"] for r in records], dtype=np.int64),
+    }
+    if "target" in records[0]:
+        out["y"] = np.array([r["target"] for r in records], dtype=np.float32)
+    return out
+
+
 def set_output(outdir, names, keys=("x", "y", "lam", "partner")):
-    """A set's outputs (folders of .npy files) concatenated in the set's order."""
+    """A set's outputs (WebDataset shards) concatenated in the set's order."""
     parts = [load_output(outdir / name) for name in names]
     return {key: np.concatenate([part[key] for part in parts]) for key in keys if key in parts[0]}
 
 
-NAMES = ["shard-0000", "shard-0001", "shard-0002"]
+NAMES = ["shard-0000.tar", "shard-0001.tar", "shard-0002.tar"]
 
 
 def check_set(outdir, blobs, classes, names=NAMES):
@@ -101,7 +129,7 @@ def test_a_folder_of_shards_is_a_set_of_them(tmp_path, run_cli):
         assert record["input"]["format"] == "webdataset"
         assert [f["path"] for f in record["input"]["files"]] == [str(shard.resolve())]
         assert record["input"]["files"][0]["sha256"] == hashlib.sha256(shard.read_bytes()).hexdigest()
-        assert record["set"]["input"]["name"] == shard.name and record["set"]["output"] == name
+        assert record["set"]["input"]["name"] == shard.name == name and "output" not in record["set"]
         assert [e["name"] for e in record["set"]["inputs"]] == [p.name for p in shards]
         assert record["parameters"]["images"]["label"] == "cls"
         assert record["parameters"]["images"]["samples"] == 12
@@ -290,11 +318,17 @@ def test_a_set_of_shards_written_by_the_webdataset_library(tmp_path, run_cli):
     pattern = str(tmp_path / "wds" / "train-{000000..000002}.tar")
     result = run_cli("augment", pattern, out, "--seed", "9", "--pairing", "within-class")
     assert result.exit_code == 0, result.output
-    names = [f"train-{s:06d}" for s in range(3)]
+    names = [f"train-{s:06d}.tar" for s in range(3)]
     data = check_set(out, blobs, np.array(classes), names)
     assert [len(load_output(out / name)["x"]) for name in names] == [3, 4, 5]
     assert np.array_equal(np.array(classes)[data["partner"]], np.array(classes))
     assert run_cli("verify", out).exit_code == 0
+    # The outputs are shards the webdataset library reads: within-class rows are one class, so .cls is there.
+    read = list(wds.WebDataset(str(out / "train-{000000..000002}.tar"), shardshuffle=False).decode("rgb8"))
+    assert [r["__key__"] for r in read[:3]] == ["000000000", "000000001", "000000002"] and len(read) == 12
+    assert [int(r["cls"]) for r in read] == classes
+    keys = [f"train-{s:06d}.tar:s{s}-{i:05d}" for s in range(3) for i in range(3 + s)]
+    assert [r["json"]["sources"] for r in read] == [[keys[i], keys[p]] for i, p in enumerate(data["partner"])]
 
 
 def test_compressed_shards_are_refused_saying_how_to_decompress(tmp_path, run_mixup, outdir):
@@ -331,7 +365,7 @@ def test_compressed_shards_are_refused_saying_how_to_decompress(tmp_path, run_mi
         plain.write_bytes(gzip.decompress(packed.read_bytes()))
     proc = run_mixup("augment", tmp_path / "shards", outdir / "mixed", "--seed", "1", "-q")
     assert proc.returncode == 0, proc.stderr
-    assert sorted(p.name for p in (outdir / "mixed").iterdir() if p.is_dir()) == NAMES[:2]
+    assert sorted(p.name for p in (outdir / "mixed").iterdir() if p.suffix == ".tar") == NAMES[:2]
 
 
 @pytest.mark.parametrize("form", ["pattern", "folder"])

@@ -22,6 +22,7 @@ __all__ = [
     "open_reader",
     "create_writer",
     "reopen_writer",
+    "writer_compressions",
 ]
 
 # suffix -> (format name, module)
@@ -209,6 +210,11 @@ def open_reader(path: Path, scratch_prefix: Path | None = None, fast: bool = Tru
 
 def _writer_module(fmt: str):
     return importlib.import_module(_WRITER_MODULES[fmt]) if fmt in _WRITER_MODULES else _module(fmt)
+
+
+def writer_compressions(fmt: str) -> tuple[str, ...]:
+    """The ``--compression`` values ``fmt`` output takes."""
+    return tuple(_writer_module(fmt).Writer.compressions)
 
 
 def _tar_pattern(path: Path) -> bool:

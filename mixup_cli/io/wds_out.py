@@ -183,13 +183,14 @@ class Writer(npz.Writer):
         self._attrs: dict = {}
         self._names = None
         self._segment_rows: int | None = None
+        self._row_offset = 0
 
     @classmethod
     def reopen(cls, path: Path, specs: dict[str, ArraySpec], options: WriteOptions) -> Writer:
         _pil()
         check_specs(path, specs, options)
         self = super().reopen(path, specs, options)
-        self._attrs, self._names, self._segment_rows = {}, None, None
+        self._attrs, self._names, self._segment_rows, self._row_offset = {}, None, None, 0
         if self._maps is None and options.image_format == "jpeg":
             # Packed already: JPEG keeps other pixels than the rows the journal's digests are of.
             raise cls.damaged(path, "packed with JPEG images, which cannot be checked against the journal")
@@ -208,10 +209,12 @@ class Writer(npz.Writer):
     def set_attributes(self, attrs: dict) -> None:
         self._attrs.update(attrs)
 
-    def set_lineage(self, names, segment_rows: int) -> None:
+    def set_lineage(self, names, segment_rows: int, row_offset: int = 0) -> None:
         """``names(rows)``: the input samples' names of input rows (a list of
-        str), or None for row numbers; ``segment_rows``: input rows per copy."""
-        self._names, self._segment_rows = names, segment_rows
+        str), or None for row numbers; ``segment_rows``: input rows per copy
+        (a set's output: its own input's); ``row_offset``: the input row of
+        its first row (a set's output: its input's offset in the set)."""
+        self._names, self._segment_rows, self._row_offset = names, segment_rows, row_offset
 
     def _metadata(self, fields: dict[str, str], cls: bool) -> str:
         record = {k: v for k, v in self._attrs.items() if k != "class_names"}
@@ -309,7 +312,7 @@ class Writer(npz.Writer):
         own = np.asarray(arrays["own"][start:stop]) if "own" in arrays else None
         if own is None:
             n = self._segment_rows or self.specs[next(iter(self.specs))].rows
-            own = np.arange(start, stop, dtype=np.int64) % n
+            own = np.arange(start, stop, dtype=np.int64) % n + self._row_offset
         partner = np.asarray(arrays["partner"][start:stop]) if "partner" in arrays else own
         sources = list(zip(self._names_of(own), self._names_of(partner)))
         records = []

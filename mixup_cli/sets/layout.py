@@ -324,27 +324,19 @@ def _agree(path: Path, specs: dict[str, ArraySpec], first: Path, first_specs: di
 
 def output_name(name: str, outdir: Path) -> str:
     """The name of a set's output of the input named ``name``: the same name
-    when it is an output format's (``part-0.h5``; a folder ``a`` of images is
-    written as a folder of ``.npy`` files); a WebDataset shard
-    ``shard-000.tar`` gives ``shard-000`` (a folder of ``.npy`` files: a set
-    writes no WebDataset output); ``""`` for any other name."""
-    candidates = [name]
-    if Path(name).suffix.lower() == ".tar":
-        stem = Path(name).stem
-        candidates = [stem] if stem and not stem.startswith(".") else []
-    for candidate in candidates:
-        try:
-            format_of(Path(outdir) / candidate, for_output=True)
-        except ParameterError:
-            continue
-        return candidate
-    return ""
+    when it is an output format's (``part-0.h5``, a WebDataset shard
+    ``shard-000.tar``; a folder ``a`` of images is written as a folder of
+    ``.npy`` files); ``""`` for any other name."""
+    try:
+        format_of(Path(outdir) / name, for_output=True)
+    except ParameterError:
+        return ""
+    return name
 
 
 def output_paths(layout_or_paths, outdir: Path) -> list[Path]:
     """OUTDIR/<name of input k> for each input, in the format its name says
-    (a WebDataset ``.tar`` shard gives a folder of ``.npy`` files named
-    without the extension: ``output_name``).
+    (``output_name``).
 
     Refused: two inputs of the same output name (from different folders), and
     a name that is not an output format (an HDF5 input named ``.h5ad``)."""
@@ -401,7 +393,7 @@ def check_storage_options(
     """The storage options of one command apply to every output: refuse
     them, naming the first output of a format they do not fit (a set may
     mix formats; ``--zarr-format`` then does not fit its HDF5 outputs)."""
-    from mixup_cli.io import _module
+    from mixup_cli.io import writer_compressions
 
     done = set()
     for out in outputs:
@@ -411,7 +403,7 @@ def check_storage_options(
         done.add(fmt)
         try:
             layout_options(fmt, compression, block_rows, chunk_rows, byte_shuffle, zarr_format)
-            if compression not in _module(fmt).Writer.compressions:
+            if compression not in writer_compressions(fmt):
                 raise ParameterError(f"--compression {compression} is not available for {fmt} output", "--compression")
         except ParameterError as exc:
             raise ParameterError(f"{out}: {exc}", exc.option) from None

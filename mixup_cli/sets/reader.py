@@ -185,6 +185,24 @@ class ConcatReader(Reader):
             out[order[seg]] = self._as_set_dtype(self._reader(k).take(key, local), spec.dtype)
         return out
 
+    def row_names(self, rows) -> list[str] | None:
+        """The names of set rows ``rows`` (``INPUT:NAME``, an input's own
+        ``row_names``: image paths, sample keys), for WebDataset outputs'
+        lineage; None when an input has no names (arrays: rows are numbers)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        owner = np.searchsorted(self._offsets, rows, side="right") - 1
+        found: list[str] = [""] * len(rows)
+        for k in np.unique(owner).tolist():
+            reader = self._reader(k)
+            names = getattr(reader, "row_names", None)
+            if names is None:
+                return None
+            picked = np.flatnonzero(owner == k)
+            prefix = self.layout.shards[k].path.name
+            for i, name in zip(picked.tolist(), names(rows[picked] - self._offsets[k])):
+                found[i] = f"{prefix}:{name}"
+        return found
+
     def describe(self, key: str) -> dict:
         info = dict(self._reader(0).describe(key))
         info["inputs"] = len(self.layout.shards)

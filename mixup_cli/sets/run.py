@@ -78,18 +78,16 @@ class _PartProgress(Progress):
 
 
 def _refuse_image_outputs(request, outputs) -> None:
-    """A set's outputs are arrays: WebDataset output (.tar) and its options
-    are for one input's output (``mixup augment IN OUT.tar``)."""
-    for out in outputs:
-        if format_of(out, for_output=True) == "webdataset":
-            raise ParameterError(
-                f"{out}: a set's outputs cannot be WebDataset shards (.tar) yet; mix each input on its own "
-                "(mixup augment IN OUT.tar)",
-                "OUTDIR",
-            )
+    """A set's WebDataset outputs (its inputs are .tar shards) hold PNG
+    images: JPEG's stored digests are not cut at a set output's shifted
+    block bounds, so its options are for one input's output."""
     if request.image_format is not None or request.jpeg_quality is not None:
         option = "--image-format" if request.image_format is not None else "--jpeg-quality"
-        raise ParameterError(f"{option} applies to WebDataset output (.tar), not to a set's outputs", option)
+        raise ParameterError(
+            f"{option} applies to the WebDataset output of one input (mixup augment IN OUT.tar); "
+            "a set's .tar outputs hold PNG images",
+            option,
+        )
 
 
 def augment_set(
@@ -324,6 +322,7 @@ def _job(
         input_record=input_record,
         set_section=identity.section(layout, k, part, sid, output.name),
         run_source=run_source,
+        row_offset=shard.offset,
     )
 
 
