@@ -76,9 +76,9 @@ def __dir__() -> list[str]:
 
 
 class _Package(types.ModuleType):
-    """The package's module type: the internal module ``mixup_cli/verify.py``
+    """The package's module type: the internal package ``mixup_cli/verify/``
     shares its name with the public function ``verify``. Importing that
-    module binds it on the package as usual; this keeps the function under
+    package binds it on the package as usual; this keeps the function under
     the name. The module stays in ``sys.modules``: ``from mixup_cli.verify
     import ...`` reads it (``import mixup_cli.verify as v`` gives the function)."""
 

@@ -60,7 +60,7 @@ def test_the_public_names_exist_and_are_documented():
 
 
 def test_verify_stays_the_function_after_its_module_is_imported():
-    """``mixup_cli/verify.py`` shares the name: importing it (as the command
+    """``mixup_cli/verify/`` shares the name: importing it (as the command
     does) must not replace the public function on the package."""
     import importlib
 

@@ -25,6 +25,8 @@ LAYERS = [
             "mixing",
             "sampling",
             "law",
+            "verify.report",  # verify's report and its file and digest checks: files and arrays only
+            "verify.laws",  # verify's law check: OUT's own arrays, none of the planner's code
             "balance",
             "groups",
             "exclude",
