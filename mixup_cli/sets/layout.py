@@ -195,6 +195,7 @@ def inspect_inputs(
         raise ParameterError("a set needs at least one input", "IN")
     out_real = Path(outdir).resolve() if outdir is not None else None
     seen: dict[tuple[int, int], int] = {}
+    folders: dict[Path, Path] = {}  # each folder of inputs resolved once (_resolved)
     shards: list[ShardInfo] = []
     first_keys: list[str] | None = None
     row_keys: tuple[str, ...] = ()
@@ -202,7 +203,7 @@ def inspect_inputs(
     classes: set[int] | None = None  # the labels found so far, while they are being found
     offset = 0
     for k, path in enumerate(paths):
-        _check_place(path, k, paths, seen, out_real, outdir)
+        _check_place(path, k, paths, seen, out_real, outdir, folders)
         reader = axes.as_matlab_shows(opener(path))
         try:
             keys, shared = _used_keys(reader, path, x_key, y_key, require_y, groups)
@@ -282,7 +283,9 @@ def _same_classes(info: ShardInfo, first: ShardInfo) -> None:
         )
 
 
-def _check_place(path: Path, k: int, paths, seen: dict, out_real: Path | None, outdir) -> None:
+def _check_place(
+    path: Path, k: int, paths, seen: dict, out_real: Path | None, outdir, folders: dict | None = None
+) -> None:
     """Refuse an input given twice (same device and inode), or inside OUTDIR (or holding it)."""
     try:
         st = os.stat(path)
@@ -297,11 +300,22 @@ def _check_place(path: Path, k: int, paths, seen: dict, out_real: Path | None, o
             )
         seen[ident] = k
     if out_real is not None:
-        real = path.resolve()
+        real = _resolved(path, folders) if st is not None and folders is not None else path.resolve()
         if real == out_real or real.is_relative_to(out_real):
             raise ParameterError(f"{path}: is inside the output directory {outdir}; choose another OUTDIR", "OUTDIR")
         if out_real.is_relative_to(real):  # a directory input (.npy files, Zarr) would receive outputs
             raise ParameterError(f"{outdir}: is inside the input {path}; choose another OUTDIR", "OUTDIR")
+
+
+def _resolved(path: Path, folders: dict[Path, Path]) -> Path:
+    """``path.resolve()``, its folder resolved once for all the inputs in it:
+    the name of an input that is no symbolic link adds nothing to resolve."""
+    if path.name in ("", ".", "..") or os.path.islink(path):
+        return path.resolve()
+    folder = folders.get(path.parent)
+    if folder is None:
+        folder = folders[path.parent] = path.parent.resolve()
+    return folder / path.name
 
 
 def _refuse_keys(path: Path, first: Path, first_keys: list[str], keys: list[str]) -> None:
