@@ -238,18 +238,40 @@ def check_inferred_classes(
 
 
 def find_classes(reader, key: str, n_rows: int, label: str, block_rows: int = SCAN_ROWS) -> tuple[int, ...]:
-    """The sorted class labels present in ``key``, read ``block_rows`` rows at a time."""
+    """The sorted class labels present in ``key``, read ``block_rows`` rows at a time.
+
+    A reader that already knows them (``classes_present(key)`` not None: a
+    set's inputs, whose labels were read while they were checked) is not read."""
+    known = getattr(reader, "classes_present", None)
+    found_before = known(key) if known is not None else None
+    if found_before is not None:
+        return tuple(found_before)
     found: set[int] = set()
     for start in range(0, n_rows, block_rows):
         stopping.check()
         block = reader.read(key, start, min(n_rows, start + block_rows))
-        labels = class_indices(block, start, label)
-        negative = np.flatnonzero(labels < 0)
-        if len(negative):
-            row = row_number(start, int(negative[0]))
-            raise InputError(f"{label} row {row} has label {int(labels[negative[0]])}; class labels must be >= 0")
-        found.update(int(v) for v in np.unique(labels))
+        found.update(block_classes(block, start, label).tolist())
     return tuple(sorted(found))
+
+
+def block_classes(block: np.ndarray, first_row: int, label: str) -> np.ndarray:
+    """The sorted unique class labels (int64) of a block of ``y``; InputError
+    naming the first row whose label is not a whole number, or else the first
+    negative one (``first_row``: the block's first row)."""
+    labels = class_indices(block, first_row, label)
+    negative = np.flatnonzero(labels < 0)
+    if len(negative):
+        row = row_number(first_row, int(negative[0]))
+        raise InputError(f"{label} row {row} has label {int(labels[negative[0]])}; class labels must be >= 0")
+    return np.unique(labels)
+
+
+def wants_classes(dtype: np.dtype, row_shape: tuple[int, ...], kind: str = "auto") -> bool:
+    """Whether targets of this dtype and row shape, under ``--y-kind kind``
+    (without ``--num-classes``), are classes whose labels a pass must find."""
+    if np.dtype(dtype).kind not in "biuf" or tuple(row_shape) not in ((), (1,)):
+        return False
+    return kind == "classes" or (kind == "auto" and auto_kind(dtype, row_shape) == "classes")
 
 
 def class_indices(block: np.ndarray, first_row: int, label: str) -> np.ndarray:

@@ -440,6 +440,25 @@ def test_an_input_inside_outdir_and_an_outdir_that_is_a_file(tmp_path):
     check_outdir(tmp_path / "new")  # the caller creates it
 
 
+def test_an_input_reaching_outdir_through_a_link_is_refused(tmp_path):
+    """Inputs are placed by their real paths: a link to a file in OUTDIR, or
+    a linked folder that is OUTDIR, after inputs of the same folder."""
+    x, y = make_arrays(10)
+    out = tmp_path / "out"
+    out.mkdir()
+    folder = tmp_path / "in"
+    folder.mkdir()
+    a = write_h5(folder / "a.h5", x=x, y=y)
+    (folder / "b.h5").symlink_to(write_h5(out / "b.h5", x=x, y=y))
+    with pytest.raises(ParameterError, match=r"in/b.h5: is inside the output directory"):
+        inspect_inputs([a, folder / "b.h5"], outdir=out)
+    (tmp_path / "linked").symlink_to(out)
+    with pytest.raises(ParameterError, match=r"linked/b.h5: is inside the output directory"):
+        inspect_inputs([a, tmp_path / "linked" / "b.h5"], outdir=out)
+    with pytest.raises(ParameterError, match=r"in/\.\./out/b.h5: is inside the output directory"):
+        inspect_inputs([a, folder / ".." / "out" / "b.h5"], outdir=out)
+
+
 def test_anndata_categories_must_agree(tmp_path):
     def h5ad(path, codes, cats):
         with h5py.File(path, "w") as f:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -757,3 +758,101 @@ def test_a_set_written_to_a_files_name_is_refused(tmp_path, run_mixup, name):
     assert f"(for example {tmp_path / 'mixed'}/)" in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.h5", "b.h5"]
     assert run_mixup("augment", a, b, tmp_path / "mixed", "--seed", 1, "-q").returncode == 0
+
+
+# --- what a part reads before its run ------------------------------------------
+
+
+class _OpensCounted(logging.Handler):
+    """The readers opened (``PATH: opened (FORMAT)`` at DEBUG on ``mixup_cli``),
+    and how many had been opened when the part's run started (``start``)."""
+
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.opened: list[str] = []
+        self.before_run: list[str] | None = None
+
+    def emit(self, record):
+        message = record.getMessage()
+        if message.endswith(")") and ": opened (" in message:
+            self.opened.append(message.rsplit(": opened (", 1)[0])
+
+    def start(self, total_rows):
+        self.before_run = list(self.opened)
+
+    def update(self, rows):
+        pass
+
+
+@pytest.fixture
+def counted_opens():
+    logger = logging.getLogger("mixup_cli")
+    handler, level = _OpensCounted(), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+def test_a_part_of_many_inputs_opens_each_input_once_before_its_run(tmp_path, counted_opens):
+    """Integer labels whose classes are found in the data: the labels are read
+    while each input is checked, so the part opens every input once (not
+    twice) before it writes; its output is the single-file run's rows."""
+    import mixup_cli
+
+    sizes = (10,) * 40
+    rng = np.random.default_rng(3)
+    x = rng.random((sum(sizes), 4), dtype=np.float32)
+    y = rng.integers(0, 3, sum(sizes))
+    y[233] = 5  # one input alone holds the last class: the classes are the whole set's
+    folder = tmp_path / "shards"
+    folder.mkdir()
+    paths = [
+        write_h5(folder / f"s-{k:03d}.h5", x=x[10 * k : 10 * k + 10], y=y[10 * k : 10 * k + 10]) for k in range(40)
+    ]
+    whole = write_h5(tmp_path / "whole.h5", x=x, y=y)
+    mixup_cli.augment(paths, tmp_path / "out", seed=1, shard="7/40", progress=counted_opens)
+    assert counted_opens.before_run is not None
+    assert sorted(counted_opens.before_run) == sorted(str(p) for p in paths)  # each once
+    single = _single(whole, tmp_path / "whole-out.h5", seed=1)
+    got = load_output(tmp_path / "out" / paths[7].name)
+    assert set(got) == set(single)
+    for key, want in single.items():
+        np.testing.assert_array_equal(got[key], want[70:80], err_msg=key)
+    assert got["y"].shape == (10, 6)
+    sidecar = json.loads((tmp_path / "out" / f"{paths[7].name}.provenance.json").read_text())
+    assert sidecar["parameters"]["targets"]["classes"] == [0, 1, 2, 5]
+
+
+@pytest.mark.parametrize(
+    "label, options, says",
+    [
+        (-1, {}, "'y' row 4 (row 124 of the set) has label -1; class labels must be >= 0"),
+        (
+            1.5,
+            {"y_kind": "classes"},
+            "'y' row 4 (row 124 of the set) has label 1.5; class labels must be whole numbers",
+        ),
+    ],
+)
+def test_a_label_refused_in_a_set_names_its_input_and_row(tmp_path, label, options, says):
+    """Labels read while the inputs are checked: a label to refuse is still
+    told as the label pass tells it, naming the input and its row."""
+    import mixup_cli
+
+    rng = np.random.default_rng(4)
+    y = rng.integers(0, 3, 200).astype(np.float64 if isinstance(label, float) else np.int64)
+    y[124] = label
+    folder = tmp_path / "shards"
+    folder.mkdir()
+    x = rng.random((200, 3), dtype=np.float32)
+    paths = [
+        write_h5(folder / f"s-{k:02d}.h5", x=x[10 * k : 10 * k + 10], y=y[10 * k : 10 * k + 10]) for k in range(20)
+    ]
+    with pytest.raises(mixup_cli.InputError) as err:
+        mixup_cli.augment(paths, tmp_path / "out", seed=1, shard="0/20", **options)
+    assert str(err.value) == f"{paths[12]}: {says}"
+    assert not (tmp_path / "out").exists()

@@ -6,12 +6,15 @@ Formats are imported only when used, so that ``mixup --help`` stays fast.
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import stat
 from pathlib import Path
 
 from mixup_cli.errors import InputError, ParameterError
 from mixup_cli.io.base import ArraySpec, Reader, WriteOptions, Writer
+
+log = logging.getLogger("mixup_cli")
 
 __all__ = [
     "ArraySpec",
@@ -161,8 +164,18 @@ def open_reader(path: Path, scratch_prefix: Path | None = None, fast: bool = Tru
     readers' shortcuts around their libraries' decoding (HDF5: raw and
     inflated reads), for checks that must not share them. ``images``: how
     a folder of images is decoded (``images.ImageOptions``); other
-    formats refuse options that are not the defaults."""
+    formats refuse options that are not the defaults.
+
+    Each reader opened is logged at DEBUG level on the ``mixup_cli`` logger
+    (``PATH: opened (FORMAT)``): how often a run opens its inputs can be counted."""
     path = Path(path)
+    reader = _open(path, scratch_prefix, fast, images)
+    if log.isEnabledFor(logging.DEBUG):
+        log.debug("%s: opened (%s)", path, reader.format_name)
+    return reader
+
+
+def _open(path: Path, scratch_prefix: Path | None, fast: bool, images) -> Reader:
     if _tar_pattern(path):  # shard-{000..009}.tar: the shards it names, read as one input
         return _module("webdataset").open_reader(path, images, fast=fast)
     try:

@@ -148,6 +148,14 @@ class Overlay:
     def __getattr__(self, name):  # everything not changed is the inner reader's
         return getattr(self._inner, name)
 
+    def classes_present(self, key: str):
+        """The inner reader's known class labels (``labels.find_classes``) hold
+        only for arrays shown as they are, never for a changed one."""
+        if key in self._changed:
+            return None
+        found = getattr(self._inner, "classes_present", None)
+        return found(key) if found is not None else None
+
     def require(self, key: str, option: str, kinds: str = "fiu") -> ArraySpec:
         self._inner.require(key, option, kinds)
         return self.spec(key)

@@ -487,7 +487,11 @@ class Reader(base.Reader):
     def _hdf5_read(self, key: str, out: np.ndarray, start: int, stop: int) -> None:
         """Rows through HDF5 (its type conversion and filters). An OSError
         (a damaged chunk) goes up as it is: the engines name the rows."""
-        self._ds(key).read_direct(out, np.s_[start:stop], np.s_[0 : stop - start])
+        ds = self._ds(key)
+        if start == 0 and stop == ds.shape[0] and out.shape == ds.shape:  # a whole (small) array: no selections
+            ds.read_direct(out)
+            return
+        ds.read_direct(out, np.s_[start:stop], np.s_[0 : stop - start])
 
     def read(self, key: str, start: int, stop: int) -> np.ndarray:
         ds = self._ds(key)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mixup_cli import labels, stopping
 from mixup_cli.errors import InputError, OutputError, ParameterError
 from mixup_cli.io import axes, format_of, open_reader
 from mixup_cli.io.base import ArraySpec, layout_options
@@ -45,6 +46,11 @@ class SetLayout:
     shared: tuple[str, ...] = ()
     # How folders of images and WebDataset shards are decoded (``io.images.ImageOptions``; None: the defaults).
     image_options: object | None = None
+    # The sorted class labels of ``classes_key`` (y) over the whole set, read while
+    # ``inspect_inputs`` had each input open (None: not read, or a label to refuse:
+    # the label pass then reads them itself and says which row is wrong).
+    classes: tuple[int, ...] | None = None
+    classes_key: str | None = None
 
     @property
     def class_names(self) -> list[str] | None:
@@ -160,6 +166,7 @@ def inspect_inputs(
     opener: Callable | None = None,
     groups: str | None = None,
     images=None,
+    y_kind: str | None = None,
 ) -> SetLayout:
     """Check the inputs against each other and return the set's layout.
 
@@ -172,6 +179,11 @@ def inspect_inputs(
     of images and WebDataset shards are decoded (``io.images.ImageOptions``),
     kept in the layout so that every reader of the set decodes them alike.
     ``groups``: the key of the group ids (``--groups``), read as a row array.
+    ``y_kind``: given when the run finds y's classes in the data (``--y-kind``
+    auto or classes, no ``--num-classes``, soft targets): integer-like labels
+    are then read while each input is open, and the set's sorted labels kept
+    (``SetLayout.classes``, O(classes)), so that the label pass opens no
+    input again.
     """
     if opener is None:
 
@@ -183,13 +195,15 @@ def inspect_inputs(
         raise ParameterError("a set needs at least one input", "IN")
     out_real = Path(outdir).resolve() if outdir is not None else None
     seen: dict[tuple[int, int], int] = {}
+    folders: dict[Path, Path] = {}  # each folder of inputs resolved once (_resolved)
     shards: list[ShardInfo] = []
     first_keys: list[str] | None = None
     row_keys: tuple[str, ...] = ()
     first_shared: dict[str, np.ndarray] = {}
+    classes: set[int] | None = None  # the labels found so far, while they are being found
     offset = 0
     for k, path in enumerate(paths):
-        _check_place(path, k, paths, seen, out_real, outdir)
+        _check_place(path, k, paths, seen, out_real, outdir, folders)
         reader = axes.as_matlab_shows(opener(path))
         try:
             keys, shared = _used_keys(reader, path, x_key, y_key, require_y, groups)
@@ -214,11 +228,37 @@ def inspect_inputs(
             )
             if shards:
                 _same_classes(info, shards[0])
+            else:
+                classes = set() if _labels_wanted(specs, y_key, y_kind) else None
+            if classes is not None and not _add_classes(reader, y_key, rows, classes):
+                classes = None  # a label to refuse: the label pass finds it, with its row in the set
             shards.append(info)
         finally:
             reader.close()
         offset += rows
-    return SetLayout(tuple(shards), row_keys, tuple(first_shared), images)
+    found = tuple(sorted(classes)) if classes is not None else None
+    return SetLayout(tuple(shards), row_keys, tuple(first_shared), images, found, y_key if found is not None else None)
+
+
+def _labels_wanted(specs: dict[str, ArraySpec], y_key: str | None, y_kind: str | None) -> bool:
+    """Whether y holds numbers the run takes as class labels to find (every
+    input has the first one's dtype and row shape: ``_agree``)."""
+    if y_kind is None or y_key not in specs:
+        return False  # no classes to find, or labels shown as codes (AnnData categoricals)
+    return labels.wants_classes(specs[y_key].dtype, specs[y_key].row_shape, y_kind)
+
+
+def _add_classes(reader, y_key: str, rows: int, found: set[int]) -> bool:
+    """Add the class labels of one input's ``y_key`` to ``found``, read as
+    ``labels.find_classes`` reads them; False at a label it refuses."""
+    for start in range(0, rows, labels.SCAN_ROWS):
+        stopping.check()
+        block = reader.read(y_key, start, min(rows, start + labels.SCAN_ROWS))
+        try:
+            found.update(labels.block_classes(block, start, y_key).tolist())
+        except InputError:
+            return False
+    return True
 
 
 def _same_classes(info: ShardInfo, first: ShardInfo) -> None:
@@ -243,7 +283,9 @@ def _same_classes(info: ShardInfo, first: ShardInfo) -> None:
         )
 
 
-def _check_place(path: Path, k: int, paths, seen: dict, out_real: Path | None, outdir) -> None:
+def _check_place(
+    path: Path, k: int, paths, seen: dict, out_real: Path | None, outdir, folders: dict | None = None
+) -> None:
     """Refuse an input given twice (same device and inode), or inside OUTDIR (or holding it)."""
     try:
         st = os.stat(path)
@@ -258,11 +300,22 @@ def _check_place(path: Path, k: int, paths, seen: dict, out_real: Path | None, o
             )
         seen[ident] = k
     if out_real is not None:
-        real = path.resolve()
+        real = _resolved(path, folders) if st is not None and folders is not None else path.resolve()
         if real == out_real or real.is_relative_to(out_real):
             raise ParameterError(f"{path}: is inside the output directory {outdir}; choose another OUTDIR", "OUTDIR")
         if out_real.is_relative_to(real):  # a directory input (.npy files, Zarr) would receive outputs
             raise ParameterError(f"{outdir}: is inside the input {path}; choose another OUTDIR", "OUTDIR")
+
+
+def _resolved(path: Path, folders: dict[Path, Path]) -> Path:
+    """``path.resolve()``, its folder resolved once for all the inputs in it:
+    the name of an input that is no symbolic link adds nothing to resolve."""
+    if path.name in ("", ".", "..") or os.path.islink(path):
+        return path.resolve()
+    folder = folders.get(path.parent)
+    if folder is None:
+        folder = folders[path.parent] = path.parent.resolve()
+    return folder / path.name
 
 
 def _refuse_keys(path: Path, first: Path, first_keys: list[str], keys: list[str]) -> None:

@@ -215,6 +215,11 @@ class ConcatReader(Reader):
         # Asked once per run (scratch.wanted): each input answers for itself.
         return any(self._reader(k).take_inflates(key) for k in range(len(self.layout.shards)))
 
+    def classes_present(self, key: str) -> tuple[int, ...] | None:
+        """The set's sorted class labels of ``key`` when ``inspect_inputs`` read
+        them as it checked the inputs (``labels.find_classes`` then reads nothing)."""
+        return self.layout.classes if key == self.layout.classes_key else None
+
     def take_scatters(self) -> bool:
         # Partners by index fall in any input: past max_open, every take reopens inputs.
         return len(self.layout.shards) > self._max_open

@@ -124,6 +124,7 @@ def augment_set(
         outdir=outdir,
         images=request.data_options().image_options(),
         groups=request.groups,
+        y_kind=_classes_to_find(request),
     )
     outputs = output_paths(layout, outdir)
     _refuse_image_outputs(request, outputs)
@@ -143,6 +144,15 @@ def augment_set(
         raise locate_rows(exc, layout) from None
     finally:
         source.reader.close()
+
+
+def _classes_to_find(request: AugmentRequest) -> str | None:
+    """``--y-kind`` when the plan finds y's classes in the data (no
+    ``--num-classes``, soft targets): ``inspect_inputs`` then reads the labels
+    while each input is open, and the label pass reopens none."""
+    if request.y_key is None or request.y_format != "soft" or request.num_classes is not None:
+        return None
+    return request.y_kind if request.y_kind in ("auto", "classes") else None
 
 
 def _with(request: AugmentRequest, **changes) -> AugmentRequest:
