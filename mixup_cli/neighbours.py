@@ -554,7 +554,12 @@ def build(
     search = reference_table if reference else neighbour_table
     if cells is not None:
         feats, projection = features(reader, x_key, project, label, version)
-        return _in_cells(feats, k, np.asarray(cells, np.int64), search, projection)
+        if not reference:
+            return _in_cells(feats, k, np.asarray(cells, np.int64), search, projection)
+        from mixup_cli import threads as pools
+
+        with pools.blas_limited(None):  # once, not per cell: the pools' limits cost milliseconds to set
+            return _in_cells(feats, k, np.asarray(cells, np.int64), _reference, projection)
     if classes is None:
         if n <= k:
             raise ParameterError(
