@@ -98,7 +98,7 @@ class NeighbourIndex:
 
     @property
     def short_rows(self) -> int:
-        """--groups: rows whose list is shorter than K (their cell has at most K rows)."""
+        """--groups: rows whose list is shorter than K (their cell has K rows or fewer)."""
         return 0 if self.counts is None else int(np.sum(self.counts < self.table.shape[1]))
 
 

@@ -452,7 +452,7 @@ def test_knn_partners_are_among_the_k_nearest_of_their_group(tmp_path, run_cli, 
     short = sum(len(lst) < k for lst in lists)
     assert params["unpaired_rows"] == sum(len(lst) == 0 for lst in lists) >= 1
     assert params["short_rows"] == short >= 4
-    assert f"{short} rows have at most --neighbors others in their group" in result.stderr
+    assert f"{short} rows have fewer than --neighbors others in their group" in result.stderr
     verified = run_cli("verify", out)
     assert verified.exit_code == 0, verified.stdout
     assert "partners inside their group" in law_line(verified)

@@ -258,7 +258,7 @@ def _augment_one(request, quiet: bool, as_json: bool) -> None:
             )
             if groups.get("short_rows"):
                 click.echo(
-                    f"--groups {groups['groups']}: {groups['short_rows']} rows have at most --neighbors others "
+                    f"--groups {groups['groups']}: {groups['short_rows']} rows have fewer than --neighbors others "
                     "in their group and draw from all of them",
                     err=True,
                 )
