@@ -81,6 +81,7 @@ def provenance_summary(record: dict) -> dict:
                 "groups",
                 "group_count",
                 "unpaired_rows",
+                "short_rows",
                 "exclude_rows",
                 "rows_per_copy",
             )

@@ -6,14 +6,26 @@ restricted to the row's group:
 
 * ``global``: the partner is uniform over the rows of the row's group;
 * ``within-class``: uniform over the rows of the row's class AND group;
-* ``between-class``: uniform over the rows of the row's group of any other class.
+* ``between-class``: uniform over the rows of the row's group of any other class;
+* ``knn`` / ``knn-within-class``: uniform over the K nearest other rows of the
+  row's group (and class), found exactly as without groups (ties by index),
+  by ``neighbours.build(cells=...)``; every other row of it when it holds at
+  most K others (``short_rows`` counts those rows);
+* ``label-kernel``: the Gaussian kernel of the label distance over the other
+  rows of the row's group (``label_kernel.LabelKernel``, rows sorted by
+  (group, label));
+* ``batch``: per copy, the partners of the rows of one group inside one pair
+  group of rows (a block, or the last two blocks when the last is shorter
+  than half a block) are a random permutation of those rows.
 
-A row whose pool is empty (a group of one row; for ``within-class`` the only
-row of its class in its group; for ``between-class`` a group whose rows are
-all of one class) is paired with itself and left unmixed: ``partner`` is the
-row, ``lam`` is 1.0, its output row equals its input row. Their number per
-copy is recorded (``unpaired_rows``). The pool of every row is fixed by the
-input, so that number does not depend on the seed.
+A row whose pool is empty (a group of one row; for ``within-class`` and
+``knn-within-class`` the only row of its class in its group; for
+``between-class`` a group whose rows are all of one class; for ``batch`` the
+only row of its group in its pair group) is paired with itself and left
+unmixed: ``partner`` is the row, ``lam`` is 1.0, its output row equals its
+input row. Their number per copy is recorded (``unpaired_rows``). The pool of
+every row is fixed by the input (and for ``batch`` the block size), so that
+number does not depend on the seed. ``--balance`` is refused with it.
 
 ``GroupIndex`` holds O(N) integers, like ``classes.ClassIndex``: one code per
 row, and the rows ordered by (group, class) cells, each group's cells
@@ -33,7 +45,7 @@ from mixup_cli.classes import ClassIndex
 from mixup_cli.errors import InputError, ParameterError
 
 # Pairings that --groups restricts; any other is refused with it.
-GROUP_PAIRINGS = ("global", "within-class", "between-class")
+GROUP_PAIRINGS = ("global", "batch", "within-class", "between-class", "knn", "knn-within-class", "label-kernel")
 # The group ids are read in contiguous pieces of this many rows.
 _READ_ROWS = 1 << 18
 
@@ -46,7 +58,7 @@ def check(pairing: str, group_key: str | None, x_key: str, y_key: str | None, ba
         raise ParameterError("--groups needs the name of an array of group ids", "--groups")
     if pairing not in GROUP_PAIRINGS:
         raise ParameterError(
-            f"--groups keeps pairs inside a group with --pairing global, within-class or between-class, "
+            f"--groups keeps pairs inside a group with --pairing {', '.join(GROUP_PAIRINGS)}, "
             f"not --pairing {pairing}; use one of those",
             "--groups",
         )

@@ -78,9 +78,16 @@ class LabelKernel:
     rank: np.ndarray | None = None  # 1-D: position of each row in ``order``
     sorted_y: np.ndarray | None = None  # 1-D: the labels in ``order``
     max_left_out: float | None = None  # plan version 2: MAX_LEFT_OUT (None: the plain window of version 1)
+    # --groups: the group code of each row; 1-D: ``order`` sorts by (group, label),
+    # and each sorted position's group spans ``[seg_first, seg_stop)`` of it.
+    codes: np.ndarray | None = None
+    seg_first: np.ndarray | None = None
+    seg_stop: np.ndarray | None = None
 
     @classmethod
-    def from_targets(cls, y: np.ndarray, bandwidth: float, label: str = "y", max_left_out=None) -> LabelKernel:
+    def from_targets(
+        cls, y: np.ndarray, bandwidth: float, label: str = "y", max_left_out=None, groups=None
+    ) -> LabelKernel:
         s = check_bandwidth(bandwidth)
         y = np.asarray(y, dtype=np.float64)
         if y.ndim == 2 and y.shape[1] == 1:
@@ -93,6 +100,8 @@ class LabelKernel:
             raise InputError(f"{label}: holds NaN or Inf; --pairing label-kernel needs finite targets")
         if len(y) < 2:
             raise InputError(f"{label}: has {len(y)} row; --pairing label-kernel needs at least two rows")
+        if y.ndim == 1 and groups is not None:
+            return cls._grouped(s, y, np.asarray(groups, np.int64), max_left_out)
         if y.ndim == 1:
             order = np.argsort(y, kind="stable")
             rank = np.empty_like(order)
@@ -105,7 +114,32 @@ class LabelKernel:
                 "(one-dimensional targets have no such limit)",
                 "--pairing",
             )
-        return cls(s, y)
+        return cls(s, y, codes=None if groups is None else np.asarray(groups, np.int64))
+
+    @classmethod
+    def _grouped(cls, s: float, y: np.ndarray, codes: np.ndarray, max_left_out) -> LabelKernel:
+        """1-D labels with --groups: rows sorted by (group, label), ties by row."""
+        order = np.lexsort((y, codes))
+        rank = np.empty_like(order)
+        rank[order] = np.arange(len(y))
+        sorted_codes = codes[order]
+        starts = np.flatnonzero(np.r_[True, sorted_codes[1:] != sorted_codes[:-1]])
+        sizes = np.diff(np.r_[starts, len(y)])
+        first = np.repeat(starts, sizes)
+        return cls(s, y, order, rank, y[order], max_left_out, codes, first, first + np.repeat(sizes, sizes))
+
+    def draw_in_groups(self, rng: np.random.Generator, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        """--groups: partners by the kernel over the rows of the row's group, and
+        which rows are alone in theirs (paired with themselves)."""
+        rows = np.arange(start, stop)
+        if self.seg_first is not None:
+            at = self.rank[rows]
+            alone = self.seg_stop[at] - self.seg_first[at] <= 1
+        else:
+            alone = np.bincount(self.codes)[self.codes[rows]] <= 1
+        partner = self.draw_partners(rng, start, stop)
+        partner[alone] = rows[alone]
+        return partner, alone
 
     @property
     def n_rows(self) -> int:
@@ -123,8 +157,9 @@ class LabelKernel:
         yi = self.y[rows]
         p = self.rank[rows]
         half = WINDOW * self.bandwidth
-        lo = np.searchsorted(ys, yi - half, side="left")
-        hi = np.searchsorted(ys, yi + half, side="right")
+        lo = self._search(ys, yi - half, "left", p)
+        hi = self._search(ys, yi + half, "right", p)
+        pool = len(ys) if self.seg_first is None else self.seg_stop[p] - self.seg_first[p]
         out = np.empty(len(rows), dtype=np.int64)
         lengths = hi - lo
         s = 0
@@ -134,27 +169,45 @@ class LabelKernel:
             out[s:e], total = self._window_pick(ys, u[s:e], yi[s:e], p[s:e], lo[s:e], lengths[s:e])
             if self.max_left_out is not None:
                 # rows outside the window: each weighs under e^-8 (WINDOW = 4 bandwidths)
-                outside = (len(ys) - lengths[s:e]) * np.exp(-(WINDOW**2) / 2)
+                outside = ((pool if np.isscalar(pool) else pool[s:e]) - lengths[s:e]) * np.exp(-(WINDOW**2) / 2)
                 for i in np.flatnonzero(outside > self.max_left_out * total):
                     out[s + i] = self._widened_pick(ys, u[s + i], int(p[s + i]))
             s = e
         return out
 
+    def _search(self, ys, values: np.ndarray, side: str, p: np.ndarray) -> np.ndarray:
+        """Sorted positions where ``values`` go (``np.searchsorted``); with
+        --groups, inside the group of the row at sorted position ``p``."""
+        if self.seg_first is None:
+            return np.searchsorted(ys, values, side=side)
+        lo, hi = self.seg_first[p].copy(), self.seg_stop[p].copy()
+        while True:  # binary search, every row at once, each in its own segment
+            active = lo < hi
+            if not active.any():
+                return lo
+            mid = (lo + hi) // 2
+            at = ys[np.minimum(mid, len(ys) - 1)]
+            right = active & ((at < values) if side == "left" else (at <= values))
+            lo = np.where(right, mid + 1, lo)
+            hi = np.where(active & ~right, mid, hi)
+
     def _widened_pick(self, ys, u: float, p: int) -> int:
         """The partner of the row at sorted position ``p``, from a window
         widened until the rows it leaves out weigh at most ``max_left_out`` of
         it (weights relative to the nearest other row's, so none underflows)."""
-        n, yi, s2 = len(ys), ys[p], self.bandwidth**2
+        yi, s2 = ys[p], self.bandwidth**2
+        first, n = (0, len(ys)) if self.seg_first is None else (int(self.seg_first[p]), int(self.seg_stop[p]))
         d0 = abs(ys[self._nearest_sorted(ys, np.array([p]))[0]] - yi)
         t = 2 * WINDOW**2
         while True:
             radius = np.sqrt(d0**2 + 2 * s2 * t)
-            lo = int(np.searchsorted(ys, yi - radius, side="left"))
-            hi = int(np.searchsorted(ys, yi + radius, side="right"))
-            w = np.exp(-((ys[lo:hi] - yi) ** 2 - d0**2) / (2 * s2))
+            lo = first + int(np.searchsorted(ys[first:n], yi - radius, side="left"))
+            hi = first + int(np.searchsorted(ys[first:n], yi + radius, side="right"))
+            with np.errstate(over="ignore"):  # the row itself may overflow: it weighs 0 anyway
+                w = np.exp(-((ys[lo:hi] - yi) ** 2 - d0**2) / (2 * s2))
             w[p - lo] = 0.0  # never the row itself
             total = float(w.sum())
-            if (lo == 0 and hi == n) or (n - (hi - lo)) * np.exp(-t) <= self.max_left_out * total:
+            if (lo == first and hi == n) or (n - first - (hi - lo)) * np.exp(-t) <= self.max_left_out * total:
                 break
             t *= 2
         cs = np.cumsum(w)
@@ -184,10 +237,11 @@ class LabelKernel:
     def _nearest_sorted(self, ys, p) -> np.ndarray:
         """Sorted positions of the rows of nearest label (ties: lower row index)."""
         n = len(ys)
+        first, last = (0, n - 1) if self.seg_first is None else (self.seg_first[p], self.seg_stop[p] - 1)
         left = np.clip(p - 1, 0, n - 1)
         right = np.clip(p + 1, 0, n - 1)
-        dl = np.where(p > 0, ys[p] - ys[left], np.inf)
-        dr = np.where(p < n - 1, ys[right] - ys[p], np.inf)
+        dl = np.where(p > first, ys[p] - ys[left], np.inf)
+        dr = np.where(p < last, ys[right] - ys[p], np.inf)
         take_left = (dl < dr) | ((dl == dr) & (self.order[left] < self.order[right]))
         return np.where(take_left, left, right)
 
@@ -200,6 +254,8 @@ class LabelKernel:
             e = min(stop, s + step)
             d2 = ((self.y[s:e, None, :] - self.y[None, :, :]) ** 2).sum(axis=2)
             d2[np.arange(e - s), np.arange(s, e)] = np.inf  # never the row itself
+            if self.codes is not None:  # --groups: never a row of another group
+                d2[self.codes[s:e, None] != self.codes[None, :]] = np.inf
             w = np.exp(-d2 / (2 * self.bandwidth**2))
             cs = np.cumsum(w, axis=1)
             total = cs[:, -1]
@@ -212,9 +268,16 @@ class LabelKernel:
 
 
 def build(
-    reader, y_key: str, bandwidth: float, kind: str | None, label: str | None = None, max_left_out=MAX_LEFT_OUT
+    reader,
+    y_key: str,
+    bandwidth: float,
+    kind: str | None,
+    label: str | None = None,
+    max_left_out=MAX_LEFT_OUT,
+    groups: np.ndarray | None = None,
 ) -> LabelKernel:
-    """Read the targets (one pass) and index them; refused for class targets."""
+    """Read the targets (one pass) and index them; refused for class targets.
+    ``groups`` (--groups): each row's group code; the kernel over the row's group."""
     label = label or f"{reader.path}['{y_key}']"
     if kind is not None and kind != "dense":
         raise ParameterError(
@@ -235,4 +298,4 @@ def build(
             "class labels; for them use --pairing within-class or between-class",
             "--pairing",
         )
-    return LabelKernel.from_targets(y, bandwidth, label, max_left_out)
+    return LabelKernel.from_targets(y, bandwidth, label, max_left_out, groups)

@@ -18,7 +18,8 @@ rate of ``FALSE_ALARM`` (1e-6) under the law:
 * ``batch``: each group's partners, per copy, are its own rows, each once
   (a permutation of the group): checked exactly. A group is a block, or
   (plan version 2) the last two blocks when the last is shorter than half a
-  block.
+  block. With ``--groups`` the same check, and ``GroupLaw``'s (every partner
+  in its row's group) make it a permutation of each (block, group) cell.
 * ``within-class`` / ``between-class``: every partner's class is (is not) its
   row's, exactly, from the input's labels (``classes``).
 * lam (``--method mixup``): Beta(alpha, alpha), chi-square over 20 bins of
@@ -105,12 +106,14 @@ class Law:
         self.class_bad: int | None = None
         self.rows_seen = 0
 
-    def add(self, own: np.ndarray, partner: np.ndarray, lam: np.ndarray, at: int) -> None:
+    def add(self, own: np.ndarray, partner: np.ndarray, lam: np.ndarray, at: int, mixed=None) -> None:
         """Mixed rows: each one's own input row, partner and lam; ``at`` is the
-        first one's output row (for messages)."""
+        first one's output row (for messages); ``mixed``: which rows' lam is
+        Beta (``batch`` with --groups: rows alone in their cell have lam 1)."""
         own, partner = np.asarray(own, np.int64), np.asarray(partner, np.int64)
         if self.lam_is_beta:
-            self._lam(np.asarray(lam, np.float64))
+            lam = np.asarray(lam, np.float64)
+            self._lam(lam if mixed is None else lam[mixed])
         if self.pairing == "global" and self.partner_law:
             self._global(own, partner)
         elif self.pairing == "batch" and self.partner_law:
@@ -321,7 +324,15 @@ class GroupLaw:
         self._flag("its partner is no row of the input", np.flatnonzero(outside), at)
         partner = np.where(outside, own, partner)
         self._flag("its partner is in another group", np.flatnonzero(self.code[partner] != self.code[own]), at)
-        if not self.pools_known:  # class pairings on classes not read (names): the group alone is tested
+        if not self.pools_known:  # class pairings on classes not read (names), knn, label-kernel, batch
+            if self.pairing in ("knn", "label-kernel"):  # the pool is the group: alone when it holds one row
+                lone = self.group_count[own] <= 1
+                wrong = (lone & ((partner != own) | (np.asarray(lam) != 1.0))) | (~lone & (partner == own))
+                self._flag(
+                    "it is paired with itself though not alone in its group, or alone but not left unmixed",
+                    np.flatnonzero(wrong),
+                    at,
+                )
             return ~((partner == own) & (np.asarray(lam) == 1.0))
         pool = self.cell_count[own] if self.same else self.group_count[own] - self.cell_count[own]
         alone = pool <= 1 if self.same else pool == 0

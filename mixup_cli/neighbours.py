@@ -65,6 +65,9 @@ class NeighbourIndex:
     # What the sidecar records of the projection (plan version 3: the sample's
     # rows and the share of its variance kept; 2: rows per partial_fit).
     projection: dict | None = None
+    # --groups: how many of ``table[i]``'s entries are row i's list (its cell's
+    # other rows when it has fewer than K + 1; 0: alone); None: all K.
+    counts: np.ndarray | None = None
 
     @property
     def project_batch_rows(self) -> int | None:
@@ -81,6 +84,22 @@ class NeighbourIndex:
     def draw_partners(self, rng: np.random.Generator, start: int, stop: int) -> np.ndarray:
         pick = rng.integers(0, self.k, stop - start)
         return self.table[np.arange(start, stop), pick].astype(np.int64)
+
+    def draw_in_cells(self, rng: np.random.Generator, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        """--groups: a partner uniform over each row's list (``counts`` long),
+        and which rows are alone (an empty list: paired with themselves)."""
+        rows = np.arange(start, stop)
+        counts = self.table.shape[1] if self.counts is None else self.counts[start:stop]
+        pick = rng.integers(0, np.maximum(counts, 1), stop - start)
+        alone = np.asarray(counts) == 0
+        partner = self.table[rows, np.where(alone, 0, pick)].astype(np.int64)
+        partner[alone] = rows[alone]
+        return partner, np.broadcast_to(alone, rows.shape).copy()
+
+    @property
+    def short_rows(self) -> int:
+        """--groups: rows whose list is shorter than K (their cell has K rows or fewer)."""
+        return 0 if self.counts is None else int(np.sum(self.counts < self.table.shape[1]))
 
 
 def _pieces(n: int, step: int, least: int = 1) -> list[tuple[int, int]]:
@@ -522,14 +541,25 @@ def build(
     *,
     reference: bool = False,
     version: int = 3,
+    cells: np.ndarray | None = None,
 ) -> NeighbourIndex:
     """The index for ``--pairing knn`` (``classes`` None) or ``knn-within-class``
     (``classes`` a ``ClassIndex``: neighbours among the rows of the same class).
     ``reference``: the lists found by ``reference_table`` (``verify``), not
     by the fast search; the same lists). ``version``: the plan version,
-    which decides the projection (``features``)."""
+    which decides the projection (``features``). ``cells`` (--groups): the
+    cell of every row (its group, or group and class): neighbours among the
+    rows of the row's cell, every other row of it when it has at most K rows."""
     n = reader.spec(x_key).rows
     search = reference_table if reference else neighbour_table
+    if cells is not None:
+        feats, projection = features(reader, x_key, project, label, version)
+        if not reference:
+            return _in_cells(feats, k, np.asarray(cells, np.int64), search, projection)
+        from mixup_cli import threads as pools
+
+        with pools.blas_limited(None):  # once, not per cell: the pools' limits cost milliseconds to set
+            return _in_cells(feats, k, np.asarray(cells, np.int64), _reference, projection)
     if classes is None:
         if n <= k:
             raise ParameterError(
@@ -554,3 +584,22 @@ def build(
         rows = np.sort(classes.order[classes.offsets[c] : classes.offsets[c] + classes.counts[c]]).astype(np.int64)
         table[rows] = rows[search(feats[rows], k)]  # local order is row order: ties still by index
     return NeighbourIndex(table, projection)
+
+
+def _in_cells(feats: np.ndarray, k: int, cells: np.ndarray, search, projection) -> NeighbourIndex:
+    """--groups: each row's K nearest other rows of its cell (ties by index);
+    all of them, nearest first, where the cell has at most K rows."""
+    n = len(feats)
+    table = np.empty((n, k), dtype=np.int64)
+    counts = np.empty(n, dtype=np.int64)
+    order = np.argsort(cells, kind="stable")  # each cell's rows contiguous, in row order
+    bounds = np.flatnonzero(np.diff(cells[order])) + 1
+    for rows in np.split(order, bounds):
+        stopping.check()
+        rows = rows.astype(np.int64)
+        m = min(k, len(rows) - 1)
+        counts[rows] = m
+        table[rows] = rows[:, None]  # padding past the list: the row itself, never drawn
+        if m > 0:  # local order is row order: ties still by index
+            table[rows, :m] = rows[search(np.ascontiguousarray(feats[rows]), m)]
+    return NeighbourIndex(table, projection, counts)

@@ -107,14 +107,26 @@ def build_plan(
     )
     if pairing in INDEX_PAIRINGS:  # check the options (a Plan without the index) before reading anything
         Plan(n_rows=source.n_rows, seed=0, **options)
-    partners = partner_index(
-        source, pairing, x_key, y_key, neighbors, project, bandwidth, plan_version, reference=reference
-    )
     group_index = None
     if groups is not None:
         ids = grouping.read_ids(source.reader, groups, source.n_rows)
         ids = ids if own is None else ids[own]
-        group_index = grouping.GroupIndex.build(groups, ids, None if classes is None else classes.codes)
+        cell_classes = classes
+        if pairing == "knn-within-class":  # its cells are (group, class) too
+            cell_classes = _knn_classes(source, y_key)
+        group_index = grouping.GroupIndex.build(groups, ids, None if cell_classes is None else cell_classes.codes)
+    partners = partner_index(
+        source,
+        pairing,
+        x_key,
+        y_key,
+        neighbors,
+        project,
+        bandwidth,
+        plan_version,
+        reference=reference,
+        groups=group_index,
+    )
     if method == "cutmix":
         x_spec = source.specs[x_key]
         layout = cutmix.resolve_layout(x_spec.row_shape, layout, f"{source.reader.path}: '{x_key}'")
@@ -215,9 +227,12 @@ def partner_index(
     version=PLAN_VERSION,
     *,
     reference: bool = False,
+    groups=None,
 ):
     """The index the knn and label-kernel pairings draw partners from (one or
-    two passes over x, or one over y); None for the other pairings."""
+    two passes over x, or one over y); None for the other pairings. ``groups``
+    (``groups.GroupIndex``, --groups): partners searched inside the row's
+    cell (group; group and class for knn-within-class)."""
     if pairing not in INDEX_PAIRINGS:
         return None
     if pairing == "label-kernel":
@@ -227,18 +242,34 @@ def partner_index(
             raise ParameterError("--pairing label-kernel needs targets; name them with --y-key", "--pairing")
         kind = source.prepared.target_kind if source.prepared is not None else None
         widen = label_kernel.MAX_LEFT_OUT if version >= 2 else None  # version 1: the plain window
-        return label_kernel.build(source.reader, y_key, bandwidth, kind, max_left_out=widen)
+        codes = None if groups is None else groups.codes
+        return label_kernel.build(source.reader, y_key, bandwidth, kind, max_left_out=widen, groups=codes)
     from mixup_cli import neighbours
 
-    within = None
-    if pairing == "knn-within-class":
-        if y_key is None:
-            raise ParameterError("--pairing knn-within-class needs class labels; name them with --y-key", "--pairing")
-        within = class_index(source.reader, y_key)
     label = f"{source.reader.path}['{x_key}']"
+    if groups is not None:
+        return neighbours.build(
+            source.reader,
+            x_key,
+            neighbors,
+            project,
+            None,
+            label,
+            reference=reference,
+            version=version,
+            cells=groups.cells.codes,
+        )
+    within = _knn_classes(source, y_key) if pairing == "knn-within-class" else None
     return neighbours.build(
         source.reader, x_key, neighbors, project, within, label, reference=reference, version=version
     )
+
+
+def _knn_classes(source: Source, y_key: str | None) -> ClassIndex:
+    """The classes knn-within-class searches within (one pass over y)."""
+    if y_key is None:
+        raise ParameterError("--pairing knn-within-class needs class labels; name them with --y-key", "--pairing")
+    return class_index(source.reader, y_key)
 
 
 def default_batch_rows(row_bytes: int, block_rows: int) -> int:

@@ -144,7 +144,10 @@ class AugmentResult:
         parameters = (self.record or {}).get("parameters") or {}
         if parameters.get("groups") is None:
             return {}
-        return {key: parameters.get(key) for key in ("groups", "group_count", "unpaired_rows")}
+        summary = {key: parameters.get(key) for key in ("groups", "group_count", "unpaired_rows")}
+        if parameters.get("short_rows") is not None:  # knn: rows whose group holds at most K others
+            summary["short_rows"] = parameters["short_rows"]
+        return summary
 
 
 class Progress:

@@ -43,10 +43,14 @@ Pairing modes:
     kernel of the label distance (``label_kernel.LabelKernel``).
     These too read their partners by index.
 
-``--groups KEY`` (``global``, ``within-class``, ``between-class``): the
-pairing's law restricted to the row's group (``groups.GroupIndex``), drawn
-from the block's same keyed generator after lam; a row with no partner in
-its group is paired with itself with lam 1. Plans without it draw as before.
+``--groups KEY``: the pairing's law restricted to the row's group
+(``groups.GroupIndex``), drawn from the block's same keyed generator after
+lam; a row with no partner in its group is paired with itself with lam 1.
+``knn`` / ``knn-within-class``: the K nearest rows of the row's group (and
+class), all of them where it holds at most K others (``NeighbourIndex.counts``).
+``label-kernel``: the kernel over the rows of the row's group. ``batch``: a
+random permutation of the rows of each group inside the block's pair group.
+Plans without it draw as before.
 ``--exclude-rows FILE``: the plan runs on the kept rows (``Plan.own``), as a
 balanced plan runs on its drawn rows.
 """
@@ -320,7 +324,7 @@ class Plan:
         if self.group_key is not None:
             if self.groups is None:
                 raise ValueError("--groups needs the group index of the rows")
-            partner, alone = self.groups.draw_partners(rng, task.start, task.stop, self.pairing != "between-class")
+            partner, alone = self._draw_in_groups(rng, task)
             lam[alone] = 1.0  # paired with itself: left unmixed
             return lam, partner
         if self.pairing == "global" and self.version >= 2:
@@ -342,6 +346,43 @@ class Plan:
         p_start, p_stop = self.block_bounds(task.partner_block)
         partner = _cover(rng, p_stop - p_start, n).astype(np.int64) + p_start
         return lam, partner
+
+    def _draw_in_groups(self, rng: np.random.Generator, task: Task) -> tuple[np.ndarray, np.ndarray]:
+        """--groups: the partners of the task's rows inside their groups, and which rows are alone."""
+        if self.pairing in KNN_PAIRINGS:
+            if self.partners is None:
+                raise ValueError(f"--pairing {self.pairing} needs the partner index of the rows")
+            return self.partners.draw_in_cells(rng, task.start, task.stop)
+        if self.pairing == "batch":
+            return self._permute_in_groups(task)
+        if self.pairing == "label-kernel":
+            if self.partners is None:
+                raise ValueError("--pairing label-kernel needs the partner index of the rows")
+            return self.partners.draw_in_groups(rng, task.start, task.stop)
+        return self.groups.draw_partners(rng, task.start, task.stop, self.pairing != "between-class")
+
+    def _permute_in_groups(self, task: Task) -> tuple[np.ndarray, np.ndarray]:
+        """--groups, ``batch``: the partners of the rows of a (pair group, group)
+        cell are a random permutation of its rows, keyed by the pair group (so
+        the two blocks of one share it); a row alone in its cell is alone."""
+        g_start, g_stop = self.pair_group(task.block)
+        codes = self.groups.codes[g_start:g_stop]
+        perm = keyed_rng(self.seed, _GROUP, task.copy, g_start // self.block_rows).permutation(g_stop - g_start)
+        partner = np.empty(len(codes), dtype=np.int64)
+        # each group's rows in row order, given its rows in the permutation's order
+        partner[np.argsort(codes, kind="stable")] = perm[np.argsort(codes[perm], kind="stable")]
+        _, cell, counts = np.unique(codes, return_inverse=True, return_counts=True)
+        alone = counts[cell.reshape(-1)] <= 1
+        part = slice(task.start - g_start, task.stop - g_start)
+        return partner[part] + g_start, alone[part]
+
+    def batch_unpaired_rows(self) -> int:
+        """--groups, ``batch``: rows alone in their (pair group, group) cell, per copy."""
+        first = np.arange(self.n_rows) // self.block_rows
+        if self.n_blocks >= 2 and self.pair_group(self.n_blocks - 1)[0] != self.block_bounds(self.n_blocks - 1)[0]:
+            first[first == self.n_blocks - 1] = self.n_blocks - 2  # the short last block goes with the one before
+        _, counts = np.unique(first * self.groups.n_groups + self.groups.codes, return_counts=True)
+        return int(np.sum(counts == 1))
 
     def draw_boxes(self, task: Task, lam: np.ndarray, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
         """CutMix: a box (y0, x0, y1, x1) per row of the task, and lam corrected to it.
@@ -398,7 +439,10 @@ class Plan:
             extra.update(groups=self.group_key)
             if self.groups is not None:  # what the input's ids gave (the same for every seed)
                 same = self.pairing != "between-class"
-                extra.update(group_count=self.groups.n_groups, unpaired_rows=self.groups.unpaired_rows(same))
+                unpaired = self.batch_unpaired_rows() if self.pairing == "batch" else self.groups.unpaired_rows(same)
+                extra.update(group_count=self.groups.n_groups, unpaired_rows=unpaired)
+                if self.pairing in KNN_PAIRINGS and self.partners is not None:  # lists of all their cell's rows
+                    extra.update(short_rows=self.partners.short_rows)
         return extra | {
             "alpha": self.alpha,
             "seed": int(self.seed),

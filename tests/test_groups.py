@@ -173,10 +173,6 @@ def test_group_k_fold_on_the_output_never_leaks(tmp_path):
 @pytest.mark.parametrize(
     "options, words",
     [
-        (["--pairing", "batch"], "--pairing batch"),
-        (["--pairing", "knn"], "--pairing knn"),
-        (["--pairing", "knn-within-class"], "--pairing knn-within-class"),
-        (["--pairing", "label-kernel", "--bandwidth", "1"], "--pairing label-kernel"),
         (["--balance"], "--balance"),
         (["--pairing", "within-class", "--balance-to", "5"], "--balance"),
     ],
@@ -404,3 +400,238 @@ def test_cutmix_keeps_pairs_in_their_group_and_leaves_a_lone_row_as_it_is(tmp_pa
     assert np.all(got["lam"][lone] == 1.0) and np.all(got["partner"][lone] == 5)
     assert all(np.array_equal(row, x[5]) for row in got["x"][lone])
     assert run_cli("verify", out).exit_code == 0
+
+
+# ---------------------------------------------------------------- knn inside groups
+
+
+def knn_lists(x, cell, k):
+    """Each row's K nearest other rows of its cell (numpy brute force, float64
+    distances of the float32 rows, ties by index); all of them when fewer."""
+    f = x.reshape(len(x), -1).astype(np.float32).astype(np.float64)
+    lists = []
+    for r in range(len(x)):
+        others = np.flatnonzero((cell == cell[r]) & (np.arange(len(x)) != r))
+        d = ((f[others] - f[r]) ** 2).sum(axis=1)
+        lists.append(others[np.lexsort((others, d))][:k])
+    return lists
+
+
+def knn_input(path, n=240, seed=3):
+    """Ties everywhere (small integer features), a group of one row and a group of three."""
+    rng = np.random.default_rng(seed)
+    pid = rng.integers(0, 6, n)
+    pid[0] = 100  # alone
+    pid[1:4] = 200  # three rows: fewer than K + 1
+    x = rng.integers(0, 4, (n, 3)).astype(np.float32)
+    y = rng.integers(0, 2, n)
+    return write_h5(path, x=x, y=y, pid=pid), x, y, pid
+
+
+@pytest.mark.parametrize("pairing", ["knn", "knn-within-class"])
+def test_knn_partners_are_among_the_k_nearest_of_their_group(tmp_path, run_cli, pairing):
+    src, x, y, pid = knn_input(tmp_path / "in.h5")
+    n, k, copies = len(pid), 5, 100
+    out = tmp_path / "out.h5"
+    args = ["--groups", "pid", "--pairing", pairing, "--neighbors", k, "--seed", 2, "--copies", copies]
+    result = run_cli("augment", src, out, *args, "--block-rows", 64)
+    assert result.exit_code == 0, result.stderr
+    cell = pid * 2 + y if pairing == "knn-within-class" else pid
+    lists = knn_lists(x, cell, k)
+    got = load_output(out)
+    own = np.arange(n * copies) % n
+    alone = np.array([len(lists[r]) == 0 for r in own])
+    assert np.array_equal(got["partner"][alone], own[alone]) and np.all(got["lam"][alone] == 1.0)
+    assert np.array_equal(got["x"][alone], x[own[alone]])
+    assert all(p in lists[r] for r, p in zip(own[~alone].tolist(), got["partner"][~alone].tolist()))
+    assert np.array_equal(got["group"], pid[own])
+    # every entry of every list is drawn (100 draws from at most 5: missed with p < 1e-9 a row)
+    for r in range(n):
+        assert set(got["partner"][own == r].tolist()) == (set(lists[r].tolist()) or {r})
+    params = read_sidecar(out)["parameters"]
+    short = sum(len(lst) < k for lst in lists)
+    assert params["unpaired_rows"] == sum(len(lst) == 0 for lst in lists) >= 1
+    assert params["short_rows"] == short >= 4
+    assert f"{short} rows have fewer than --neighbors others in their group" in result.stderr
+    verified = run_cli("verify", out)
+    assert verified.exit_code == 0, verified.stdout
+    assert "partners inside their group" in law_line(verified)
+
+
+def test_verify_fails_a_knn_partner_edited_to_another_group(tmp_path, run_cli):
+    src, x, y, pid = knn_input(tmp_path / "in.h5")
+    out = tmp_path / "out.h5"
+    assert run_cli("augment", src, out, "--groups", "pid", "--pairing", "knn", "--seed", 2).exit_code == 0
+    with h5py.File(out, "r+") as f:
+        partner, lam = f["partner"][()], f["lam"][()]
+        partner[9] = np.flatnonzero(pid != pid[9])[0]
+        f["partner"][...] = partner
+        l32 = lam.astype(np.float32)[:, None]
+        f["x"][...] = l32 * x + (1 - l32) * x[partner]
+    result = run_cli("verify", out)
+    assert result.exit_code == 1
+    assert "output row 9: its partner is in another group" in law_line(result)
+
+
+def test_knn_with_groups_takes_every_group_size_and_leaves_runs_without_groups_alone(tmp_path, run_cli):
+    """A group of K + 1 rows takes exactly the others; without --groups, a
+    dataset of K rows is still refused as before."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((12, 2)).astype(np.float32)
+    pid = np.repeat([0, 1], 6)
+    src = write_h5(tmp_path / "in.h5", x=x, y=np.zeros(12, np.int64), pid=pid)
+    out = tmp_path / "out.h5"
+    result = run_cli("augment", src, out, "--groups", "pid", "--pairing", "knn", "--neighbors", 5, "--copies", 20)
+    assert result.exit_code == 0, result.stderr
+    got = load_output(out)
+    own = np.arange(240) % 12
+    assert np.array_equal(pid[got["partner"]], pid[own]) and np.all(got["partner"] != own)
+    assert read_sidecar(out)["parameters"]["short_rows"] == 0
+    small = write_h5(tmp_path / "small.h5", x=x[:5], y=np.zeros(5, np.int64), pid=pid[:5])
+    refused = run_cli("augment", small, tmp_path / "o2.h5", "--pairing", "knn", "--neighbors", 5)
+    assert refused.exit_code == 2 and "--neighbors 5" in refused.stderr
+
+
+# ---------------------------------------------------------------- label-kernel inside groups
+
+
+def kernel_expected(y, pid, bandwidth, own, edges, distance):
+    """Expected draws per bin of label distance under the exact kernel over
+    the other rows of the row's group (rows alone in their group left out)."""
+    y2 = np.asarray(y, np.float64).reshape(len(y), -1)
+    d2 = ((y2[:, None, :] - y2[None, :, :]) ** 2).sum(axis=2)
+    w = np.exp(-d2 / (2 * bandwidth**2)) * (pid[:, None] == pid[None, :])
+    np.fill_diagonal(w, 0.0)
+    total = w.sum(axis=1, keepdims=True)
+    p = np.divide(w, total, out=np.zeros_like(w), where=total > 0)
+    bins = np.clip(np.digitize(distance(y2[None, :, :] - y2[:, None, :]), edges) - 1, 0, len(edges) - 2)
+    times = np.bincount(own, minlength=len(y)).astype(np.float64)
+    return np.array([(times[:, None] * p * (bins == b)).sum() for b in range(len(edges) - 1)])
+
+
+def kernel_p(observed, expected):
+    obs, exp = merged(observed, expected, 5.0)
+    return float(stats.chisquare(obs, exp * obs.sum() / exp.sum()).pvalue)
+
+
+def kernel_input(path, y):
+    rng = np.random.default_rng(8)
+    n = len(y)
+    pid = rng.integers(0, 3, n)
+    pid[0] = 50  # alone in its group
+    pid[1:3] = 60  # two rows far apart: each the other's only partner
+    x = rng.standard_normal((n, 2)).astype(np.float32)
+    return write_h5(path, x=x, y=y, pid=pid), pid
+
+
+@pytest.mark.parametrize("bandwidth", [0.05, 0.3])
+def test_label_kernel_draws_follow_the_kernel_inside_each_group(tmp_path, bandwidth):
+    rng = np.random.default_rng(11)
+    n = 1500
+    y = np.concatenate([rng.normal(0, 1, 1200), np.round(rng.normal(3, 0.5, 300), 1)])  # ties too
+    y[1], y[2] = -40.0, 40.0
+    src, pid = kernel_input(tmp_path / "in.h5", y)
+    copies = 20
+    got = run(src, tmp_path / "out.h5", pairing="label-kernel", bandwidth=bandwidth, copies=copies, block_rows=256)
+    own = np.arange(n * copies) % n
+    partner = got["partner"]
+    assert np.array_equal(pid[partner], pid[own]) and np.array_equal(got["group"], pid[own])
+    alone = own == 0
+    assert np.all(partner[alone] == 0) and np.all(got["lam"][alone] == 1.0)
+    assert np.all(partner[own == 1] == 2) and np.all(partner[own == 2] == 1)  # 80 apart: the nearest label
+    assert np.all(partner[~alone] != own[~alone])
+    drew = own > 2
+    edges = np.linspace(-4 * bandwidth, 4 * bandwidth, 25)
+    edges[0], edges[-1] = -np.inf, np.inf
+    observed = np.bincount(np.clip(np.digitize(y[partner[drew]] - y[own[drew]], edges) - 1, 0, 23), minlength=24)
+    expected = kernel_expected(y, pid, bandwidth, own[drew], edges, lambda d: d[..., 0])
+    assert kernel_p(observed, expected) > 0.001
+    assert read_sidecar(tmp_path / "out.h5")["parameters"]["unpaired_rows"] == 1
+
+
+def test_multi_dimensional_label_kernel_is_the_exact_kernel_inside_each_group(tmp_path, run_cli):
+    rng = np.random.default_rng(5)
+    n, copies = 800, 25
+    y = rng.normal(0, 1, (n, 3))
+    src, pid = kernel_input(tmp_path / "in.h5", y)
+    out = tmp_path / "out.h5"
+    got = run(src, out, pairing="label-kernel", bandwidth=0.5, copies=copies, block_rows=128)
+    own = np.arange(n * copies) % n
+    partner = got["partner"]
+    assert np.array_equal(pid[partner], pid[own])
+    assert np.all(partner[own == 0] == 0) and np.all(got["lam"][own == 0] == 1.0)
+    drew = own > 0
+    norm = lambda d: np.sqrt((d**2).sum(axis=-1))  # noqa: E731
+    edges = np.append(np.linspace(0, 2.5, 21), np.inf)
+    observed = np.bincount(np.clip(np.digitize(norm(y[partner[drew]] - y[own[drew]]), edges) - 1, 0, 20), minlength=21)
+    assert kernel_p(observed, kernel_expected(y, pid, 0.5, own[drew], edges, norm)) > 0.001
+    verified = run_cli("verify", out)
+    assert verified.exit_code == 0, verified.stdout
+    assert "partners inside their group" in law_line(verified)
+
+
+# ---------------------------------------------------------------- batch inside groups
+
+
+def batch_cells(n, block, pid):
+    """Each row's cell: the rows of its group in its pair group (its block, or
+    the last two blocks when the last is shorter than half a block)."""
+    first = np.arange(n) // block
+    k = -(-n // block)
+    if k >= 2 and 2 * (n - (k - 1) * block) < block:
+        first[first == k - 1] = k - 2
+    return [np.flatnonzero((first == first[r]) & (pid == pid[r])) for r in range(n)]
+
+
+@pytest.mark.parametrize("n", [65, 150, 160])  # B + 1, a short last block merged, a half block alone
+def test_batch_partners_are_a_permutation_of_each_block_and_group(tmp_path, run_cli, n):
+    src, x, _, pid = grouped_input(tmp_path / "in.h5", n, groups=max(2, n // 12))
+    copies, block = 60, 64
+    out = tmp_path / "out.h5"
+    got = run(src, out, pairing="batch", block_rows=block, copies=copies, include_original=True)
+    cells = batch_cells(n, block, pid)
+    partner, lam = got["partner"][n:].reshape(copies, n), got["lam"][n:].reshape(copies, n)
+    seen = set()
+    for c in range(copies):
+        for r in range(n):
+            cell = cells[r]
+            if r == cell[0]:  # each cell once: its partners are its rows, each once
+                assert np.array_equal(np.sort(partner[c, cell]), cell)
+            if len(cell) == 1:
+                assert partner[c, r] == r and lam[c, r] == 1.0
+            seen.add((r, int(partner[c, r])))
+    assert np.array_equal(got["group"], pid[np.arange(n * (copies + 1)) % n])
+    alone = np.array([len(cells[r]) == 1 for r in range(n)])
+    assert np.array_equal(
+        got["x"][n:].reshape(copies, n, -1)[:, alone], np.broadcast_to(x[alone], (copies,) + x[alone].shape)
+    )
+    assert read_sidecar(out)["parameters"]["unpaired_rows"] == alone.sum() >= 1
+    # uniform over the cell: the partner's rank in the row's cell
+    observed, expected = np.zeros(BINS), np.zeros(BINS)
+    for r in np.flatnonzero(~alone):
+        m = len(cells[r])
+        observed += np.bincount(np.searchsorted(cells[r], partner[:, r]) * BINS // m, minlength=BINS)
+        expected += copies * np.bincount(np.arange(m) * BINS // m, minlength=BINS) / m
+    obs, exp = merged(observed, expected)
+    assert stats.chi2.sf(float(np.sum((obs - exp) ** 2 / exp)), len(exp) - 1) > FALSE_ALARM
+    verified = run_cli("verify", out)
+    assert verified.exit_code == 0, verified.stdout
+    line = law_line(verified)
+    assert "partners inside their group" in line and "each row once" in line
+
+
+def test_verify_fails_a_batch_partner_edited_to_another_group(tmp_path, run_cli):
+    src, x, _, pid = grouped_input(tmp_path / "in.h5", 200, groups=10)
+    out = tmp_path / "out.h5"
+    run(src, out, pairing="batch", block_rows=64, copies=2)
+    with h5py.File(out, "r+") as f:
+        partner, lam = f["partner"][()], f["lam"][()]
+        partner[5] = next(r for r in range(64) if pid[r] != pid[5])
+        f["partner"][...] = partner
+        own = np.arange(len(partner)) % len(pid)
+        l32 = lam.astype(np.float32)[:, None]
+        f["x"][...] = l32 * x[own] + (1 - l32) * x[partner]
+    result = run_cli("verify", out)
+    assert result.exit_code == 1
+    line = law_line(result)
+    assert "output row 5: its partner is in another group" in line and "not a permutation" in line

@@ -256,6 +256,12 @@ def _augment_one(request, quiet: bool, as_json: bool) -> None:
                 "copy have no partner in their group and are left unmixed (lam 1)",
                 err=True,
             )
+            if groups.get("short_rows"):
+                click.echo(
+                    f"--groups {groups['groups']}: {groups['short_rows']} rows have fewer than --neighbors others "
+                    "in their group and draw from all of them",
+                    err=True,
+                )
     atomic.test_pause("finished")
 
 

@@ -418,9 +418,9 @@ def pairing_options(f):
                 default=None,
                 metavar="KEY",
                 help="Keep every pair inside one group: KEY names the input's array (or column) of group ids "
-                "(integers or strings: patient, session, fold), one per row. With --pairing global, within-class "
-                "or between-class; a row with no partner in its group is left unmixed (lam 1). The output gets "
-                "a 'group' array.",
+                "(integers or strings: patient, session, fold), one per row. Every --pairing keeps its law inside "
+                "the group (not --balance); a row with no partner in its group is left unmixed (lam 1). The output "
+                "gets a 'group' array.",
             ),
             click.option(
                 "--exclude-rows",

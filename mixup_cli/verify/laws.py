@@ -65,30 +65,37 @@ def check_law(params: dict, output: Path, input_path: Path | None) -> Check | No
             copies * n,
             lam_is_beta=params.get("method", "mixup") == "mixup",
             classes=classes,
-            partner_law=not balanced and grouped is None,
+            # batch with --groups: its permutations still hold (the group law adds the groups)
+            partner_law=not balanced and (grouped is None or pairing == "batch"),
             version=int(params.get("plan_version", 1)),
         )
-        first = segments - copies  # the original rows come first, unmixed
         piece = max(1, _LAW_PIECE_ROWS // block_rows) * block_rows
-        for seg in range(first, segments):
+        for seg in range(segments - copies, segments):  # the original rows come first, unmixed
             for s in range(0, n, piece):
                 stopping.check()
-                e = min(n, s + piece)
-                at = seg * n + s
-                own = reader.read("own", at, at + e - s) if balanced else np.arange(s, e)
-                partner, lam = reader.read("partner", at, at + e - s), reader.read("lam", at, at + e - s)
-                if excluded is not None:
-                    excluded.add(own, partner, at)
-                if grouped is not None:
-                    grouped.check_groups(own, reader.read("group", at, at + e - s), at)
-                    drew = grouped.add(own, partner, lam, at)
-                    own, partner, lam = own[drew], partner[drew], lam[drew]
-                tested.add(own, partner, lam, at)
+                _feed_law(reader, tested, grouped, excluded, (seg * n + s, s, min(n, s + piece)), balanced)
         return _law_check(tested, grouped, params, excluded)
     except (MixupError, OSError, KeyError, ValueError) as exc:
         return Check("law", False, f"could not read the provenance of {output}: {exc}")
     finally:
         reader.close()
+
+
+def _feed_law(reader, tested, grouped, excluded, rows: tuple[int, int, int], balanced: bool) -> None:
+    """Output rows ``at...`` (input rows ``s:e`` of a segment) fed to the law's checks."""
+    at, s, e = rows
+    own = reader.read("own", at, at + e - s) if balanced else np.arange(s, e)
+    partner, lam = reader.read("partner", at, at + e - s), reader.read("lam", at, at + e - s)
+    if excluded is not None:
+        excluded.add(own, partner, at)
+    if grouped is not None:
+        grouped.check_groups(own, reader.read("group", at, at + e - s), at)
+        drew = grouped.add(own, partner, lam, at)
+        if tested.pairing == "batch":  # every row is in its block's permutation; lam of the mixed ones
+            tested.add(own, partner, lam, at, mixed=drew)
+            return
+        own, partner, lam = own[drew], partner[drew], lam[drew]
+    tested.add(own, partner, lam, at)
 
 
 def _law_check(tested, grouped, params: dict, excluded=None) -> Check:
