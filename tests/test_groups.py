@@ -635,3 +635,27 @@ def test_verify_fails_a_batch_partner_edited_to_another_group(tmp_path, run_cli)
     assert result.exit_code == 1
     line = law_line(result)
     assert "output row 5: its partner is in another group" in line and "not a permutation" in line
+
+
+@pytest.mark.parametrize("pairing, extra", [("knn", {}), ("label-kernel", {"bandwidth": 0.2}), ("batch", {})])
+def test_a_set_keeps_pairs_in_groups_across_inputs_and_its_parts_write_the_same_rows(tmp_path, pairing, extra):
+    import mixup_cli
+
+    rng = np.random.default_rng(21)
+    paths, ids = [], []
+    for i in range(3):
+        pid = rng.integers(0, 4, 40)
+        ids.append(pid)
+        x = rng.random((40, 4), dtype=np.float32)
+        paths.append(write_h5(tmp_path / f"s{i}.h5", x=x, y=rng.random(40).astype(np.float32), pid=pid))
+    pid = np.concatenate(ids)
+    options = dict(groups="pid", pairing=pairing, seed=3, y_kind="dense", block_rows=32, **extra)
+    mixup_cli.augment(paths, tmp_path / "whole", **options)
+    mixup_cli.augment(paths, tmp_path / "part", shard="1/3", **options)
+    for k, path in enumerate(paths):
+        got = load_output(tmp_path / "whole" / path.name)
+        assert (pid[40 * k + np.arange(40)] == got["group"]).all()  # each row's own group
+        assert (pid[got["partner"]] == got["group"]).all()  # partners from any input, inside the group
+    whole, part = load_output(tmp_path / "whole" / "s1.h5"), load_output(tmp_path / "part" / "s1.h5")
+    assert all(np.array_equal(whole[key], part[key]) for key in whole)
+    assert mixup_cli.verify(tmp_path / "whole").ok
