@@ -414,7 +414,7 @@ def test_a_set_of_image_folders_is_not_resumed_after_its_images_changed(tmp_path
     for old, new in zip(sorted((tmp_path / "a").rglob("*.*")), sorted((tmp_path / "new").rglob("*.*"))):
         new.replace(old)
     result = run_cli("augment", *args, "--resume")
-    assert result.exit_code == 1 and "cannot resume, the interrupted run differs: input.inputs_state" in result.output
+    assert result.exit_code == 1 and "cannot resume, the interrupted run differs: input.inputs_state" in result.stderr
     assert run_cli("augment", *args).exit_code == 0  # without --resume: started over on the images as they are
     fresh = tmp_path / "fresh"
     assert run_cli("augment", tmp_path / "a", tmp_path / "b", fresh, *args[3:]).exit_code == 0

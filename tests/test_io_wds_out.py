@@ -104,7 +104,7 @@ def test_webdataset_input_names_its_samples_by_key(tmp_path):
     out = tmp_path / "out.tar"
     # A folder of shards is a set, written as a folder of outputs: a .tar name for it is refused.
     refused = run(tmp_path / "shards", out, "--seed", "2")
-    assert refused.exit_code == 2 and "name a folder for them" in refused.output and not out.exists()
+    assert refused.exit_code == 2 and "name a folder for them" in refused.stderr and not out.exists()
     single = tmp_path / "single.tar"
     assert run(tmp_path / "shards" / "shard-0001.tar", single, "--seed", "2").exit_code == 0
     first = json.loads(samples(single)[0][0][1]["json"])
@@ -226,9 +226,9 @@ def test_refusals_are_one_line_and_leave_nothing(tmp_path, outdir, row_shape, dt
     x = (rng.random((10, *row_shape)) * 255).astype(dtype)
     src = write_h5(tmp_path / "in.h5", x=x, y=rng.integers(0, 3, 10))
     result = run(src, outdir / "out.tar", "--seed", "1", *args)
-    assert result.exit_code == 2, result.output
-    lines = result.output.strip().splitlines()
-    assert len(lines) == 1 and option in lines[0], result.output
+    assert result.exit_code == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and option in lines[0], result.stderr
     assert_nothing_written(outdir)
 
 
@@ -236,7 +236,7 @@ def test_image_format_is_refused_for_array_outputs(tmp_path, outdir):
     src, _, _ = uint8_h5(tmp_path / "in.h5")
     result = run(src, outdir / "out.h5", "--image-format", "jpeg")
     assert result.exit_code == 2
-    assert "--image-format applies to WebDataset output (.tar), not hdf5" in result.output
+    assert "--image-format applies to WebDataset output (.tar), not hdf5" in result.stderr
     assert_nothing_written(outdir)
 
 
@@ -275,8 +275,8 @@ def test_a_set_refuses_image_options_in_one_line(tmp_path, outdir):
     a, _, _ = uint8_h5(tmp_path / "a.h5")
     b, _, _ = uint8_h5(tmp_path / "b.h5", seed=1)
     result = run(a, b, outdir, "--seed", "1", "--image-format", "jpeg")
-    assert result.exit_code == 2, result.output
-    lines = result.output.strip().splitlines()
+    assert result.exit_code == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "--image-format applies to the WebDataset output of one input" in lines[0]
     assert "a set's .tar outputs hold PNG images" in lines[0]
     assert_nothing_written(outdir)
