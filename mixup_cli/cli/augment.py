@@ -187,8 +187,9 @@ def augment(paths, inputs_from, shard, keys, data, quiet, as_json, **params):
     the set of its .parquet (or .tar) files, sorted by name; a quoted brace
     pattern such as 'shards/train-{000..099}.tar' (or {a,b}) is the set of
     the paths it names, as an argument or a line of --inputs-from. A .tar
-    shard's output is a folder of .npy files named without .tar. Otherwise one input makes one output, OUT
-    spelled with a trailing slash or not (data/ mixed/ writes mixed/x.npy,
+    shard's output is a WebDataset shard of the same name (PNG images); OUT
+    named like a file (mixed.h5) is refused for a set. Otherwise one input
+    makes one output, OUT spelled with a trailing slash or not (data/ mixed/ writes mixed/x.npy,
     ... and mixed.provenance.json).
 
     \b
