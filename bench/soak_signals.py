@@ -12,7 +12,12 @@ against the exit code, the way a batch script would trust it:
   then ``mixup verify OUT``: it must find the old output with the old
   sidecar or the new with the new, verify OK, and nothing left beside it.
 
+Outputs: HDF5, ``.npz``, a ``.npy`` folder, Zarr, Parquet and a WebDataset
+``.tar`` (of uint8 images), read back with h5py, numpy, zarr, pyarrow and
+tarfile, never through mixup_cli.
+
     python bench/soak_signals.py --trials 40 --kills 20
+    python bench/soak_signals.py --trials 12 --kills 8 --formats out.parquet out.tar
 """
 
 from __future__ import annotations
@@ -36,7 +41,9 @@ REPO = Path(__file__).resolve().parent.parent
 
 import installed  # noqa: E402  (the installed mixup_cli for the subprocesses)
 
-FORMATS = ["out.h5", "out.npz", "out", "out.zarr"]
+FORMATS = ["out.h5", "out.npz", "out", "out.zarr", "out.parquet", "out.tar"]
+# A WebDataset output holds images: its input is uint8 images (rows x 8 x 8 x 3) instead of float rows.
+IMAGE_FORMATS = {"out.tar"}
 STAGES = ["staged", "commit-record", "output-in-place", "sidecar-in-place", "cleaned", "committed"]
 
 
@@ -69,6 +76,16 @@ def arrays(path: Path) -> dict[str, bytes]:
         import zarr
 
         return {k: np.asarray(a[...]).tobytes() for k, a in zarr.open_group(str(path), mode="r").arrays()}
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(path)
+        return {name: str(table.column(name).to_pylist()).encode() for name in table.column_names}
+    if path.suffix == ".tar":
+        import tarfile
+
+        with tarfile.open(path) as tar:  # every sample's members (the PAX header's run id differs by run)
+            return {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}
     return {p.stem: np.load(p, allow_pickle=False).tobytes() for p in path.glob("*.npy")}
 
 
@@ -108,19 +125,26 @@ def main():
     parser.add_argument("--kills", type=int, default=20, help="SIGKILLs at commit steps per format")
     parser.add_argument("--rows", type=int, default=20000)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--formats", nargs="+", default=FORMATS, choices=FORMATS, help="outputs to soak (all by default)"
+    )
     opts = parser.parse_args()
     installed.check(opts)
     print(installed.header(), flush=True)
     rng = random.Random(opts.seed)
     work = Path(tempfile.mkdtemp(prefix="mixup-soak-"))
-    src = work / "in.h5"
     gen = np.random.default_rng(0)
-    with h5py.File(src, "w") as f:
+    inputs = {"rows": work / "in.h5", "images": work / "images.h5"}
+    with h5py.File(inputs["rows"], "w") as f:
         f["x"] = gen.standard_normal((opts.rows, 64), dtype=np.float32)
         f["y"] = np.eye(10, dtype=np.float32)[gen.integers(0, 10, opts.rows)]
+    with h5py.File(inputs["images"], "w") as f:
+        f["x"] = gen.integers(0, 256, (opts.rows // 4, 8, 8, 3), dtype=np.uint8)
+        f["y"] = gen.integers(0, 10, opts.rows // 4)
     common = ["--block-rows", "1000", "--copies", "2", "--quiet"]
     try:
-        for name in FORMATS:
+        for name in opts.formats:
+            src = inputs["images" if name in IMAGE_FORMATS else "rows"]
             refs = {}
             for label, seed in (("old", 1), ("new", 2)):
                 (work / label).mkdir(exist_ok=True)

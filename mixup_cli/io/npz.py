@@ -298,3 +298,26 @@ class Writer(base.Writer):
 
     def files(self) -> list[Path]:
         return [Path(".")]
+
+
+class ReadBackWriter(Writer):
+    """Rows staged as ``.npy`` beside OUT, packed at the commit into a container
+    another module reads (Parquet, WebDataset): a packed file is checked, and
+    read for ``--resume``, through that module's ``Reader`` (``packed_reader``)."""
+
+    @staticmethod
+    def packed_reader(path: Path) -> base.Reader:
+        raise NotImplementedError
+
+    @classmethod
+    def _check_packed(cls, path: Path, specs: dict[str, ArraySpec]) -> None:
+        try:
+            with cls.packed_reader(path) as reader:
+                for key, spec in specs.items():
+                    if reader.spec(key).shape != spec.shape:
+                        raise ValueError(f"'{key}' is incomplete")
+        except (InputError, ValueError, KeyError, AttributeError) as exc:
+            raise cls.damaged(path, str(exc)) from None
+
+    def _open_packed(self):
+        return self.packed_reader(self.path)

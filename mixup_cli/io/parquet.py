@@ -706,7 +706,7 @@ def _column_array(pa, data: np.ndarray):
     return arr
 
 
-class Writer(npz.Writer):
+class Writer(npz.ReadBackWriter):
     """Parquet output: arrays staged as ``.npy`` memory maps beside OUT (rows
     arrive in any order, ``--resume`` reopens them, as ``.npz`` output does),
     then written as one row group per block when the run completes: arrays of
@@ -732,15 +732,9 @@ class Writer(npz.Writer):
         self._attrs = {}
         return self
 
-    @classmethod
-    def _check_packed(cls, path: Path, specs: dict[str, ArraySpec]) -> None:
-        try:
-            with Reader(path) as reader:
-                for key, spec in specs.items():
-                    if reader.spec(key).shape != spec.shape:
-                        raise ValueError(f"'{key}' is incomplete")
-        except (InputError, ValueError, KeyError, AttributeError) as exc:
-            raise cls.damaged(path, str(exc)) from None
+    @staticmethod
+    def packed_reader(path: Path) -> Reader:
+        return Reader(path)
 
     def set_attributes(self, attrs: dict) -> None:
         self._attrs.update(attrs)
@@ -819,6 +813,3 @@ class Writer(npz.Writer):
             else:
                 data.append(_column_array(pa, block))
         return pa.Table.from_arrays(data, schema=schema)
-
-    def _open_packed(self):
-        return Reader(self.path)

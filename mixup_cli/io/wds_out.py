@@ -170,7 +170,7 @@ class _Pool:
             pool.shutdown(wait=True)
 
 
-class Writer(npz.Writer):
+class Writer(npz.ReadBackWriter):
     """``OUT.tar``: arrays staged as ``.npy`` beside OUT, packed into samples at the end."""
 
     format_name = "webdataset"
@@ -196,15 +196,9 @@ class Writer(npz.Writer):
             raise cls.damaged(path, "packed with JPEG images, which cannot be checked against the journal")
         return self
 
-    @classmethod
-    def _check_packed(cls, path: Path, specs: dict[str, ArraySpec]) -> None:
-        try:
-            with Reader(path) as reader:
-                for key, spec in specs.items():
-                    if reader.spec(key).shape != spec.shape:
-                        raise ValueError(f"'{key}' is incomplete")
-        except (InputError, ValueError, KeyError) as exc:
-            raise cls.damaged(path, str(exc)) from None
+    @staticmethod
+    def packed_reader(path: Path) -> Reader:
+        return Reader(path)
 
     def set_attributes(self, attrs: dict) -> None:
         self._attrs.update(attrs)
@@ -325,9 +319,6 @@ class Writer(npz.Writer):
     def _names_of(self, rows: np.ndarray) -> list:
         found = self._names(rows) if self._names is not None else None
         return list(found) if found is not None else [int(r) for r in rows]
-
-    def _open_packed(self):
-        return Reader(self.path)
 
     def stored_digests(self) -> dict[str, tuple[str, str]]:
         """JPEG output: x's SHA-256 (``digests`` scheme) as the packed file
