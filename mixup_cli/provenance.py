@@ -101,7 +101,26 @@ def software_versions() -> dict:
         "hdf5": h5py.version.hdf5_version,
         "mixup_cli": __version__,
         "kernel": core.KERNEL,  # the compiled mixing loop or numpy's (same bytes)
+        **_optional_versions(),
     }
+
+
+def _optional_versions() -> dict:
+    """Versions of the optional libraries this run used (those imported): what
+    read or wrote the data, and for images the codecs whose bytes they decide."""
+    found = {}
+    for name, module in (("pyarrow", "pyarrow"), ("zarr", "zarr"), ("dask", "dask"), ("pillow", "PIL")):
+        loaded = sys.modules.get(module)
+        if loaded is not None and getattr(loaded, "__version__", None):
+            found[name] = loaded.__version__
+    if "pillow" in found:
+        from PIL import features
+
+        for codec, key in (("jpg", "libjpeg"), ("zlib", "zlib")):  # JPEG and PNG bytes depend on them
+            version = features.version(codec)
+            if version:
+                found[key] = version
+    return found
 
 
 def build(

@@ -412,3 +412,25 @@ def test_killed_once_packed_resumes(tmp_path, image_format):
     assert warned == (image_format == "jpeg"), result.stderr
     assert partials(tmp_path) == []
     assert samples(out)[0] == samples(ref)[0]
+
+
+def test_the_sidecar_records_the_image_codecs_that_made_the_bytes(tmp_path, run_mixup):
+    """JPEG and PNG bytes depend on libjpeg and zlib: a tar output's sidecar names
+    Pillow's and theirs; a run that touches no image records no Pillow."""
+    from PIL import __version__ as pillow_version
+    from PIL import features
+
+    make_pngs(tmp_path / "train", size=(8, 8))
+    out = tmp_path / "out.tar"
+    done = run_mixup("augment", tmp_path / "train", out, "--seed", "3", "--image-format", "jpeg", "--quiet")
+    assert done.returncode == 0, done.stderr
+    software = read_sidecar(out)["software"]
+    assert software["pillow"] == pillow_version
+    assert software["libjpeg"] == features.version("jpg")
+    assert software["zlib"] == features.version("zlib")
+
+    rows = tmp_path / "rows.h5"
+    write_h5(rows, x=np.zeros((8, 3), np.float32), y=np.arange(8) % 2)
+    done = run_mixup("augment", rows, tmp_path / "rows-out.h5", "--seed", "3", "--quiet")
+    assert done.returncode == 0, done.stderr
+    assert not {"pillow", "libjpeg", "pyarrow"} & set(read_sidecar(tmp_path / "rows-out.h5")["software"])
