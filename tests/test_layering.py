@@ -165,10 +165,10 @@ GOOD = {
     "core.py": "import numpy\n",
     "sampling.py": "from mixup_cli.core import x\n",
     "engines/__init__.py": "",
-    "engines/local.py": "from mixup_cli import sampling\n",
+    "engines/local.py": "from mixup_cli.mixing import sampling\n",
     "pipeline.py": "from mixup_cli.engines import local\n",
     "cli/__init__.py": "import click\nfrom . import augment\n",
-    "cli/augment.py": "def run():\n    from mixup_cli.pipeline import augment\n",
+    "cli/augment.py": "def run():\n    from mixup_cli.commands.pipeline import augment\n",
 }
 
 
@@ -182,20 +182,20 @@ def test_a_planted_tree_that_keeps_the_layers_passes(tmp_path):
         # A lazy import inside a function is an edge like any other.
         (
             "engines/local.py",
-            "def f():\n    from mixup_cli.pipeline import augment\n",
+            "def f():\n    from mixup_cli.commands.pipeline import augment\n",
             r"engines/local.py:3: engines.local \(engines\) imports pipeline \(commands\), a higher layer",
         ),
         ("sampling.py", "from mixup_cli import engines\n", r"sampling \(data\) imports engines \(engines\)"),
         ("core.py", "from .cli import augment\n", r"core \(core\) imports cli.augment \(cli\)"),
         ("sampling.py", "import click\n", r"sampling.py:2: imports click outside cli/"),
         ("sampling.py", "from mixup_cli.mixing import Mixer\n", r"import cycle: sampling -> mixing -> sampling"),
-        ("shards.py", "from mixup_cli import core\n", r"'shards' is in no layer"),
+        ("shards.py", "from mixup_cli.core import blend as core\n", r"'shards' is in no layer"),
     ],
 )
 def test_a_back_edge_planted_in_a_small_tree_is_caught(tmp_path, module, text, expected):
     import re
 
-    files = dict(GOOD, **{"mixing.py": "from mixup_cli.sampling import Plan\n"})
+    files = dict(GOOD, **{"mixing.py": "from mixup_cli.mixing.sampling import Plan\n"})
     files[module] = files.get(module, "") + text
     found = violations(_plant(tmp_path, files))
     assert any(re.search(expected, line) for line in found), found

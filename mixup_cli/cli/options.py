@@ -23,11 +23,11 @@ from pathlib import Path
 
 import click
 
-from mixup_cli.cutmix import LAYOUTS
 from mixup_cli.io.images import CHANNELS, RESIZES, parse_size
-from mixup_cli.labels import Y_KINDS
-from mixup_cli.prepare import X_DTYPES, Y_FORMATS, DataOptions
-from mixup_cli.sampling import METHODS, PAIRINGS, check_positive
+from mixup_cli.mixing.cutmix import LAYOUTS
+from mixup_cli.mixing.sampling import METHODS, PAIRINGS, check_positive
+from mixup_cli.run.prepared import X_DTYPES, Y_FORMATS, DataOptions
+from mixup_cli.targets.encoding import Y_KINDS
 
 
 def _apply(f, options):
@@ -195,7 +195,7 @@ def _data(ctx, **values):
 
 
 def _image_size(ctx, param, value):
-    from mixup_cli.errors import ParameterError
+    from mixup_cli.core.errors import ParameterError
 
     try:
         return parse_size(value)

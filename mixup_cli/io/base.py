@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mixup_cli.errors import InputError, OutputError, ParameterError
+from mixup_cli.core.errors import InputError, OutputError, ParameterError
 
 # gzip level of HDF5 and Zarr output: h5py's default for compression="gzip",
 # so "gzip" costs the same in both formats.

@@ -22,8 +22,8 @@ import numpy as np
 
 from mixup_cli.io import axes, open_reader
 from mixup_cli.io.base import ArraySpec, Reader
-from mixup_cli.names import STRING_KINDS
 from mixup_cli.sets.layout import SetLayout
+from mixup_cli.targets.named import STRING_KINDS
 
 DEFAULT_MAX_OPEN = 16  # ~3 descriptors each; a 16-shard set then never reopens (about 1 ms an input)
 
