@@ -186,7 +186,7 @@ def _run_part(
     request, source, concat: ConcatReader, plan, outputs, result: SetResult, progress, started_at, t0
 ) -> SetResult:
     layout, outdir, part = concat.layout, result.outdir, result.part
-    parameters = entries.run_parameters(plan, request, source)
+    parameters = entries.run_parameters(plan, source, x_key=request.x_key, compression=request.compression)
     sid = identity.set_id(layout, parameters)
     mine = part.outputs(len(outputs))
     for k in mine:  # a commit a killed part left half-done is finished or rolled back before it counts as done

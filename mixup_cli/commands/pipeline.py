@@ -168,13 +168,21 @@ def check_request(request: AugmentRequest) -> None:
 
 
 def _already_done(request: AugmentRequest, source: Source, output: Path, out_format: str) -> AugmentResult:
-    finished = entries.completed_run(request, source, output, out_format)
+    finished = entries.completed_run(
+        source,
+        output,
+        out_format,
+        input_path=request.input,
+        plan_parameters=request.plan_parameters(),
+        compression=request.compression,
+    )
     if finished is None:
         raise OutputError(
             f"{output}: already exists, written by another command (its sidecar differs); "
             "pass --overwrite to replace it"
         )
-    return finished
+    sidecar, record, rows, seed = finished
+    return AugmentResult(output, sidecar, rows, 0.0, seed, str(record.get("run_id")), record, already_complete=True)
 
 
 class _Partial:
@@ -206,7 +214,15 @@ class _Partial:
             request.image_format,
             request.jpeg_quality,
         )
-        fingerprint = resume.fingerprint(request, plan, source, job.out_format, job.specs, job.input_record)
+        fingerprint = resume.fingerprint(
+            plan,
+            source,
+            job.out_format,
+            job.specs,
+            options=request.values(resume.FINGERPRINTED),
+            input_path=request.input,
+            input_record=job.input_record,
+        )
         writer = None
         if journal is not None:
             writer = resume.reopen_partial(
@@ -309,8 +325,13 @@ def _attributes(request, source: Source, plan: Plan, writer, run_id: str) -> dic
     if tensors and getattr(writer, "keeps_tensor_columns", False):  # Parquet: x written back as it came
         attrs["tensor_columns"] = json.dumps(tensors)
     if getattr(writer, "records_parameters", False):
-        attrs["parameters"] = json.dumps(entries.run_parameters(plan, request, source))
+        attrs["parameters"] = json.dumps(_parameters(plan, request, source))
     return attrs
+
+
+def _parameters(plan: Plan, request: AugmentRequest, source: Source) -> dict:
+    """The sidecar's ``parameters`` of this run."""
+    return entries.run_parameters(plan, source, x_key=request.x_key, compression=request.compression)
 
 
 def _record(
@@ -340,7 +361,7 @@ def _record(
     return provenance.build(
         run_id=partial.journal.run_id,
         command_line=request.command_line,
-        parameters=entries.run_parameters(plan, request, source),
+        parameters=_parameters(plan, request, source),
         execution=execution,
         input_entry=input_entry,
         output_entry=output_entry,

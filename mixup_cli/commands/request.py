@@ -91,6 +91,10 @@ class AugmentRequest:
     # line always asks for the current one.
     plan_version: int = PLAN_VERSION
 
+    def values(self, names) -> dict:
+        """The request's value of each field named, by name: what a lower module takes as plain parameters."""
+        return {name: getattr(self, name) for name in names}
+
     def plan_parameters(self) -> dict:
         """The keyword arguments of ``planning.build_plan`` this request gives."""
         return dict(

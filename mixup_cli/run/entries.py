@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import NamedTuple
 
-from mixup_cli.commands.request import AugmentRequest, AugmentResult
 from mixup_cli.io import ArraySpec
 from mixup_cli.mixing.sampling import Plan
 from mixup_cli.record import digests, provenance
@@ -18,9 +18,9 @@ from mixup_cli.run.source import Source
 log = logging.getLogger("mixup_cli")
 
 
-def run_parameters(plan: Plan, request: AugmentRequest, source: Source) -> dict:
+def run_parameters(plan: Plan, source: Source, *, x_key: str, compression: str) -> dict:
     """The sidecar's ``parameters``: the plan's, the keys, and how rows were prepared."""
-    parameters = dict(plan.to_dict(), x_key=request.x_key, y_key=source.y_key, compression=request.compression)
+    parameters = dict(plan.to_dict(), x_key=x_key, y_key=source.y_key, compression=compression)
     parameters.update(source.prepared.parameters())
     return parameters
 
@@ -79,21 +79,34 @@ def output_entry(
     return entry
 
 
-def completed_run(request: AugmentRequest, source: Source, output: Path, out_format: str) -> AugmentResult | None:
-    """With --resume, an OUT whose sidecar records this very command: the
-    result of that run (nothing to do), else None."""
+class Finished(NamedTuple):
+    """A run ``completed_run`` found finished: its sidecar, record, output rows and seed."""
+
+    sidecar: Path
+    record: dict
+    rows: int
+    seed: int
+
+
+def completed_run(
+    source: Source, output: Path, out_format: str, *, input_path: Path, plan_parameters: dict, compression: str
+) -> Finished | None:
+    """With --resume, an OUT whose sidecar records this very run (the input
+    at ``input_path``, ``plan_parameters`` as ``build_plan`` takes them, the
+    output's ``compression``): that run (nothing to do), else None."""
     sidecar = provenance.sidecar_path(output)
     try:
         record = provenance.read(sidecar)
         params = record["parameters"]
-        seed = request.seed if request.seed is not None else params.get("seed")
+        seed = plan_parameters["seed"] if plan_parameters["seed"] is not None else params.get("seed")
         if not isinstance(seed, int):
             return None
-        plan = build_plan(source, **dict(request.plan_parameters(), seed=seed))
-        if resume._plain(run_parameters(plan, request, source)) != resume._plain(params):
+        plan = build_plan(source, **dict(plan_parameters, seed=seed))
+        ours = run_parameters(plan, source, x_key=plan_parameters["x_key"], compression=compression)
+        if resume._plain(ours) != resume._plain(params):
             return None
         inp, out = record["input"], record["output"]
-        if inp["path"] != str(Path(request.input).resolve()) or out["format"] != out_format:
+        if inp["path"] != str(Path(input_path).resolve()) or out["format"] != out_format:
             return None
         done_at = sidecar.stat().st_mtime_ns
         recorded = {f["path"]: f["size"] for f in inp["files"]}
@@ -112,6 +125,4 @@ def completed_run(request: AugmentRequest, source: Source, output: Path, out_for
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
     log.warning("%s: already complete (its sidecar records this command); nothing to do", output)
-    return AugmentResult(
-        output, sidecar, plan.output_rows, 0.0, int(seed), str(record.get("run_id")), record, already_complete=True
-    )
+    return Finished(sidecar, record, plan.output_rows, int(seed))

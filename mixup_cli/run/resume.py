@@ -85,6 +85,8 @@ FINGERPRINT_WHEN_GIVEN = (
     "image_format",
     "jpeg_quality",
 )
+# Every option the fingerprint takes (``fingerprint(options=...)``), by name.
+FINGERPRINTED = FINGERPRINT_OPTIONS + FINGERPRINT_WHEN_GIVEN
 # In the fingerprint through the plan (``Plan.to_dict``), or not deciding the
 # output's bytes (where the run reads and writes, how it runs, what it prints).
 NOT_IN_FINGERPRINT = (
@@ -121,23 +123,34 @@ def _plain(value):
     return json.loads(json.dumps(value, default=str, sort_keys=True))
 
 
-def fingerprint(request, plan, source, out_format: str, out_specs: dict, input_record: dict | None = None) -> dict:
-    """Everything that decides the bytes of the output. ``input_record``: what
-    stands for the input (a set's output: the set's inputs, stated once,
-    ``sets.inputs_state``), instead of the input's own files."""
+def fingerprint(
+    plan,
+    source,
+    out_format: str,
+    out_specs: dict,
+    *,
+    options: dict,
+    input_path: Path,
+    input_record: dict | None = None,
+) -> dict:
+    """Everything that decides the bytes of the output. ``options``: the
+    run's value of each name in ``FINGERPRINTED``; ``input_path``: the input
+    as given; ``input_record``: what stands for the input (a set's output: the
+    set's inputs, stated once, ``sets.inputs_state``), instead of the input's
+    own files."""
     plan_fields = plan.to_dict()
-    options = {name: getattr(request, name) for name in FINGERPRINT_OPTIONS}
+    recorded = {name: options[name] for name in FINGERPRINT_OPTIONS}
     for name in FINGERPRINT_WHEN_GIVEN:
-        value = getattr(request, name)
+        value = options[name]
         if name not in plan_fields and value is not None and value is not False:
-            options[name] = value
+            recorded[name] = value
     files = []
     for path in source.reader.files() if input_record is None else ():
         st = Path(path).stat()
         files.append({"path": str(Path(path).resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns})
     if input_record is None:
         input_record = {
-            "path": str(Path(request.input).resolve()),
+            "path": str(Path(input_path).resolve()),
             "format": source.reader.format_name,
             "arrays": {key: spec.to_dict() for key, spec in source.specs.items()},
             "files": files,
@@ -146,7 +159,7 @@ def fingerprint(request, plan, source, out_format: str, out_specs: dict, input_r
         {
             "tool_version": __version__,
             "plan": plan_fields,
-            "options": options,
+            "options": recorded,
             "input": input_record,
             "output": {"format": out_format, "arrays": {key: spec.to_dict() for key, spec in out_specs.items()}},
         }
