@@ -124,7 +124,7 @@ def main(argv=None):
     seed_t, copy_t = med["seed function"], med["x.copy()"]
     print(
         f"batch: {n} x 3x32x32 float32 ({x.nbytes / 1e6:.1f} MB) + one-hot y[10]; "
-        f"median of {args.repeats}, one thread; blend.KERNEL = {blend.KERNEL!r}"
+        f"median of {args.repeats}, one thread; core.KERNEL = {blend.KERNEL!r}"
     )
     print(f"{'contender':<26} {'ms':>8} {'seed / this':>12} {'this / copy':>12}")
     for name, _ in items:

@@ -78,7 +78,7 @@ def header() -> str:
     import mixup_cli
     from mixup_cli.core import blend
 
-    return f"mixup-cli {mixup_cli.__version__} from {Path(mixup_cli.__file__).parent}; blend.KERNEL = {blend.KERNEL!r}"
+    return f"mixup-cli {mixup_cli.__version__} from {Path(mixup_cli.__file__).parent}; core.KERNEL = {blend.KERNEL!r}"
 
 
 def env(**extra: str) -> dict[str, str]:
