@@ -5,7 +5,7 @@ A command takes the groups it shares (``keys_options``, ``run_options``,
 ``json_option``, ``debug_option``) instead of redefining them, so one help
 text and one default serve every command. ``keys_options`` and
 ``data_options`` hand the command one object each (``keys``: a ``Keys``,
-``data``: a ``prepare.DataOptions``) instead of their separate values; the
+``data``: a ``prepared.DataOptions``) instead of their separate values; the
 other groups pass values named as ``pipeline.AugmentRequest``'s fields, so a
 command builds its request from them as they come.
 
@@ -204,7 +204,7 @@ def _image_size(ctx, param, value):
 
 
 def data_options(f):
-    """How x and y are read and mixed, passed as ``data`` (a ``prepare.DataOptions``)."""
+    """How x and y are read and mixed, passed as ``data`` (a ``prepared.DataOptions``)."""
     names = (
         "y_format",
         "y_kind",

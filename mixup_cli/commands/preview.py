@@ -282,7 +282,7 @@ class PreviewRows:
     other: dict  # data key -> partner rows
     mixed: dict  # output array -> its rows as augment writes them (y_a, y_b for a pair)
     image_size: tuple[int, int] | None
-    y_kind: str | None = None  # classes, binary, multilabel or dense (labels.KINDS)
+    y_kind: str | None = None  # classes, binary, multilabel or dense (encoding.KINDS)
     paired: tuple[str, ...] = ()  # data keys written as KEY_a / KEY_b (--y-format pair)
     class_names: list | None = None  # names of the classes of string labels, by code
     pairing: str = "global"

@@ -96,7 +96,7 @@ class AugmentRequest:
         return {name: getattr(self, name) for name in names}
 
     def plan_parameters(self) -> dict:
-        """The keyword arguments of ``planning.build_plan`` this request gives."""
+        """The keyword arguments of ``planner.build_plan`` this request gives."""
         return dict(
             alpha=self.alpha,
             seed=self.seed,

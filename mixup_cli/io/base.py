@@ -149,7 +149,7 @@ class Overlay:
         return getattr(self._inner, name)
 
     def classes_present(self, key: str):
-        """The inner reader's known class labels (``labels.find_classes``) hold
+        """The inner reader's known class labels (``encoding.find_classes``) hold
         only for arrays shown as they are, never for a changed one."""
         if key in self._changed:
             return None

@@ -401,7 +401,7 @@ class Plan:
         """The plan ``to_dict`` recorded, over ``n_rows`` input rows (a balanced
         plan's ``rows_per_copy`` instead). What is derived from the input
         (``classes``, ``partners``, ``own``) is not recorded: a pairing that
-        needs it takes it here (``planning.plan_from_sidecar`` builds it)."""
+        needs it takes it here (``planner.plan_from_sidecar`` builds it)."""
         if record.get("plan_version") not in PLAN_VERSIONS:
             raise ValueError(f"plan_version {record.get('plan_version')!r}, this code computes {PLAN_VERSIONS}")
         optional = ("layout", "neighbors", "project", "bandwidth", "balance_to")

@@ -207,7 +207,7 @@ class Prepared:
     targets: encoding.Targets | None  # None without y, or with --y-format pair
     target_kind: str | None  # the kind of y (recorded for pair too)
     options: DataOptions
-    # String or categorical labels (``names.NamedLabels``): the name of each class code.
+    # String or categorical labels (``named.NamedLabels``): the name of each class code.
     class_names: list[str] | None = None
     # A folder of images: how they were decoded (``io.images.Reader.image_parameters``).
     images: dict | None = None

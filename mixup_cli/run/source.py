@@ -23,7 +23,7 @@ TARGET_DTYPE_KINDS = "fiub"
 class Source:
     """An opened input with the arrays that take part, checked for consistency."""
 
-    reader: Reader  # reads rows as they are mixed (prepare.PreparedReader)
+    reader: Reader  # reads rows as they are mixed (prepared.PreparedReader)
     specs: dict[str, ArraySpec]  # data keys (x, then y if any) as mixed: --x-dtype, y encoded
     input_specs: dict[str, ArraySpec] | None = None  # the same keys as stored in the input
     # How the rows were prepared (None for a copy of rows already prepared: ``scratch``).

@@ -251,7 +251,7 @@ def _labels_wanted(specs: dict[str, ArraySpec], y_key: str | None, y_kind: str |
 
 def _add_classes(reader, y_key: str, rows: int, found: set[int]) -> bool:
     """Add the class labels of one input's ``y_key`` to ``found``, read as
-    ``labels.find_classes`` reads them; False at a label it refuses."""
+    ``encoding.find_classes`` reads them; False at a label it refuses."""
     for start in range(0, rows, encoding.SCAN_ROWS):
         stopping.check()
         block = reader.read(y_key, start, min(rows, start + encoding.SCAN_ROWS))

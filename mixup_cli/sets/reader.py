@@ -217,7 +217,7 @@ class ConcatReader(Reader):
 
     def classes_present(self, key: str) -> tuple[int, ...] | None:
         """The set's sorted class labels of ``key`` when ``inspect_inputs`` read
-        them as it checked the inputs (``labels.find_classes`` then reads nothing)."""
+        them as it checked the inputs (``encoding.find_classes`` then reads nothing)."""
         return self.layout.classes if key == self.layout.classes_key else None
 
     def take_scatters(self) -> bool:
