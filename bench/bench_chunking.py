@@ -37,7 +37,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 import installed  # noqa: E402  (first: the installed mixup_cli, not the checkout)
 
-from mixup_cli.dataset import MixupDataset  # noqa: E402
+from mixup_cli.commands.dataset import MixupDataset  # noqa: E402
 
 
 def image_like(rng, n, shape):

@@ -15,7 +15,7 @@ Contenders:
 
 - ``seed function``: the seed article's mixup (``np.random.beta`` +
   ``sklearn.utils.shuffle``; promotes float32 to float64), re-implemented here.
-- ``mixup_cli.core.mixup``: the same job (draw lam and partners, gather, mix
+- ``mixup_cli.core.blend.mixup``: the same job (draw lam and partners, gather, mix
   x and y), per-row lam, float32 kept.
 - ``mix_gather (x only)``: x alone, partners gathered as it mixes, into a
   preallocated output (what the file engine does per batch).
@@ -36,8 +36,8 @@ import time
 import installed  # noqa: E402  (first: the installed mixup_cli, not the checkout)
 import numpy as np
 
-from mixup_cli import core  # noqa: E402
-from mixup_cli.core import mix_gather, mix_rows, mixup  # noqa: E402
+from mixup_cli.core import blend  # noqa: E402
+from mixup_cli.core.blend import mix_gather, mix_rows, mixup  # noqa: E402
 
 
 def seed_mixup(x, y, batch_size, alpha=0.2):
@@ -63,10 +63,10 @@ def contenders(x, y, n):
     rest_w = (1 - lam_w).astype(x.dtype)
     items = [
         ("seed function", lambda: seed_mixup(x, y, n)),
-        ("mixup_cli.core.mixup", lambda: mixup(x, y, 0.2, rng=rng)),
+        ("mixup_cli.core.blend.mixup", lambda: mixup(x, y, 0.2, rng=rng)),
         ("mix_gather (x only)", lambda: mix_gather(x, x, perm, lam, out=out)),
         # the loop mix_gather falls back to, called directly
-        ("mix_gather (numpy path)", lambda: core._mix_numpy(x, x, perm, lam_w, rest_w, out)),
+        ("mix_gather (numpy path)", lambda: blend._mix_numpy(x, x, perm, lam_w, rest_w, out)),
         ("mix_rows (b given)", lambda: mix_rows(x, b, lam, out=out)),
         ("x.copy()", lambda: x.copy()),
     ]
@@ -124,7 +124,7 @@ def main(argv=None):
     seed_t, copy_t = med["seed function"], med["x.copy()"]
     print(
         f"batch: {n} x 3x32x32 float32 ({x.nbytes / 1e6:.1f} MB) + one-hot y[10]; "
-        f"median of {args.repeats}, one thread; core.KERNEL = {core.KERNEL!r}"
+        f"median of {args.repeats}, one thread; core.KERNEL = {blend.KERNEL!r}"
     )
     print(f"{'contender':<26} {'ms':>8} {'seed / this':>12} {'this / copy':>12}")
     for name, _ in items:

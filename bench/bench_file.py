@@ -12,7 +12,7 @@ ratio.
   buffer) of ``x`` and ``y`` and writing them to a new file chunked the same
   way (256 rows), with the same compression.
 - candidate: ``mixup augment`` run in-process through the library
-  (``mixup_cli.pipeline.augment``), everything included: the input file's
+  (``mixup_cli.commands.pipeline.augment``), everything included: the input file's
   and the output arrays' SHA-256, fsync, atomic rename and the provenance
   sidecar.
 
@@ -45,7 +45,7 @@ import h5py
 import installed  # noqa: E402  (first: the installed mixup_cli, not the checkout)
 import numpy as np
 
-from mixup_cli.pipeline import AugmentRequest, augment  # noqa: E402
+from mixup_cli.commands.pipeline import AugmentRequest, augment  # noqa: E402
 
 CHUNK_ROWS = 256
 BATCH = 1024
@@ -96,9 +96,11 @@ def candidate_phases(src: Path, dst: Path, compression: str, pairing: str) -> tu
     """One candidate run, timed by wrapping the library's functions: where the
     run's wall time goes, and the seconds spent in each stage's calls (in
     their own threads, so these overlap)."""
-    from mixup_cli import digests, mixing, pipeline, provenance
+    from mixup_cli.commands import pipeline
     from mixup_cli.engines import local
     from mixup_cli.io import hdf5
+    from mixup_cli.mixing import mixer
+    from mixup_cli.record import digests, provenance
 
     phases = {
         "engine run": (local, "run"),
@@ -107,7 +109,7 @@ def candidate_phases(src: Path, dst: Path, compression: str, pairing: str) -> tu
     }
     stages = {
         "read": (hdf5.Reader, "read_into"),
-        "mix": (mixing.Mixer, "mix_gather"),
+        "mix": (mixer.Mixer, "mix_gather"),
         "hash out": (digests.BlockHasher, "update"),
         "write": (hdf5.Writer, "write"),
         "hash in": (provenance, "sha256_file"),

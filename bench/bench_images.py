@@ -20,7 +20,7 @@ mixup is faster).
   since temporaries of the whole batch made it several times slower), and
   written with h5py to a chunked uint8 dataset, with one-hot ``y``.
 - candidate: ``mixup augment`` run in-process through the library
-  (``mixup_cli.pipeline.augment``): listing, decoding in its thread pool,
+  (``mixup_cli.commands.pipeline.augment``): listing, decoding in its thread pool,
   mixing, the input files' SHA-256, output digests, fsync, atomic rename and
   the sidecar, everything included.
 
@@ -45,8 +45,8 @@ import installed  # noqa: E402  (first: the installed mixup_cli, not the checkou
 import numpy as np
 from PIL import Image, ImageOps
 
+from mixup_cli.commands.pipeline import AugmentRequest, augment  # noqa: E402
 from mixup_cli.io.images import MAX_THREADS  # noqa: E402
-from mixup_cli.pipeline import AugmentRequest, augment  # noqa: E402
 
 CLASSES = 10
 BATCH = 256

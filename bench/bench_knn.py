@@ -41,7 +41,7 @@ import installed  # noqa: E402  (the installed mixup_cli for the subprocesses)
 
 RUN = r"""
 import json, resource, sys, time
-from mixup_cli import pipeline
+from mixup_cli.commands import pipeline
 args = json.loads(sys.argv[1])
 real, spent = pipeline.build_plan, {}
 def timed(*a, **k):
@@ -60,7 +60,7 @@ print(json.dumps({"seconds": time.perf_counter() - t, "index": spent["index"],
 SEARCH = r"""
 import json, sys, time
 import h5py, numpy as np
-from mixup_cli import neighbours
+from mixup_cli.mixing import neighbours
 src, k = sys.argv[1], int(sys.argv[2])
 with h5py.File(src, "r") as f:
     feats = f["x"][()].astype(np.float32)

@@ -28,8 +28,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 import installed  # noqa: E402  (first: the installed mixup_cli, not the checkout)
 
-from mixup_cli.planning import default_batch_rows  # noqa: E402
-from mixup_cli.sampling import default_block_rows  # noqa: E402
+from mixup_cli.mixing.sampling import default_block_rows  # noqa: E402
+from mixup_cli.run.planner import default_batch_rows  # noqa: E402
 
 ROW_SHAPE = (32, 32, 3)
 CLASSES = 10

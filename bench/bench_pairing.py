@@ -27,9 +27,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 import installed  # noqa: E402  (first: the installed mixup_cli, not the checkout)
 
-from mixup_cli import scratch  # noqa: E402
-from mixup_cli.pipeline import AugmentRequest, augment  # noqa: E402
-from mixup_cli.sampling import INDEX_PAIRINGS, PAIRINGS  # noqa: E402
+from mixup_cli.commands.pipeline import AugmentRequest, augment  # noqa: E402
+from mixup_cli.mixing.sampling import INDEX_PAIRINGS, PAIRINGS  # noqa: E402
+from mixup_cli.run import scratch  # noqa: E402
 
 # knn and label-kernel: bench_knn.py (they need options and float targets).
 PAIRINGS = tuple(p for p in PAIRINGS if p not in INDEX_PAIRINGS)
@@ -61,7 +61,7 @@ def main() -> None:
         "--input-compression",
         choices=["none", "gzip"],
         default="none",
-        help="gzip: the class modes then read from an uncompressed copy (mixup_cli.scratch)",
+        help="gzip: the class modes then read from an uncompressed copy (mixup_cli.run.scratch)",
     )
     parser.add_argument(
         "--no-scratch",

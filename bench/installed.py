@@ -11,7 +11,7 @@ in place, and would silently time the numpy loop. So:
   (``pip install .``; an editable install counts, it builds the kernel in place);
 - ``installed.add_arguments(parser)`` adds ``--allow-numpy``;
 - ``installed.check(args)`` exits 2 with one line saying how to build the
-  kernel when ``mixup_cli.core.KERNEL`` is not the compiled one, unless
+  kernel when ``mixup_cli.core.blend.KERNEL`` is not the compiled one, unless
   ``--allow-numpy`` was given;
 - ``installed.env()``, ``installed.mixup()`` and ``installed.python()`` are the
   environment and commands for subprocesses, which then import the same package.
@@ -58,27 +58,27 @@ def add_arguments(parser) -> None:
     parser.add_argument(
         "--allow-numpy",
         action="store_true",
-        help="run even when mixup_cli.core.KERNEL is the numpy loop (figures are then not the installed kernel's)",
+        help="run even when mixup_cli.core.blend.KERNEL is the numpy loop (figures are then not the installed kernel's)",
     )
 
 
 def check(args) -> str:
     """The kernel in use (``"c"``); exit 2 when it is not, unless --allow-numpy."""
-    from mixup_cli import core
+    from mixup_cli.core import blend
 
-    if core.KERNEL != "c" and not getattr(args, "allow_numpy", False):
+    if blend.KERNEL != "c" and not getattr(args, "allow_numpy", False):
         reason = " (MIXUP_CLI_KERNEL=numpy is set)" if os.environ.get("MIXUP_CLI_KERNEL") == "numpy" else ""
         print(f"{BUILD}{reason}", file=sys.stderr)
         raise SystemExit(2)
-    return core.KERNEL
+    return blend.KERNEL
 
 
 def header() -> str:
     """One line for a benchmark's output: which package and loop were measured."""
     import mixup_cli
-    from mixup_cli import core
+    from mixup_cli.core import blend
 
-    return f"mixup-cli {mixup_cli.__version__} from {Path(mixup_cli.__file__).parent}; core.KERNEL = {core.KERNEL!r}"
+    return f"mixup-cli {mixup_cli.__version__} from {Path(mixup_cli.__file__).parent}; core.KERNEL = {blend.KERNEL!r}"
 
 
 def env(**extra: str) -> dict[str, str]:

@@ -20,8 +20,8 @@ The public API is the names of this package's ``__all__``, and only those:
   ``OutputError`` and ``ParameterError``;
 - ``__version__``.
 
-Everything else, the modules ``mixup_cli.core``, ``mixup_cli.pipeline``,
-``mixup_cli.dataset`` and the rest included, is internal: it may change in
+Everything else, the modules ``mixup_cli.core``, ``mixup_cli.commands.pipeline``,
+``mixup_cli.commands.dataset`` and the rest included, is internal: it may change in
 any release. ``import mixup_cli`` is light (neither numpy nor h5py, click or
 scikit-learn): the functions import what they need when first used.
 """
@@ -33,11 +33,11 @@ import types
 from typing import TYPE_CHECKING
 
 from mixup_cli._version import __version__
-from mixup_cli.errors import InputError, MixupError, OutputError, ParameterError
+from mixup_cli.core.errors import InputError, MixupError, OutputError, ParameterError
 
 if TYPE_CHECKING:
     from mixup_cli.api import AugmentSummary, StopToken, augment, lineage, mix, verify
-    from mixup_cli.dataset import MixupDataset
+    from mixup_cli.commands.dataset import MixupDataset
 
 __all__ = [
     "AugmentSummary",
@@ -64,7 +64,7 @@ def __getattr__(name: str):
 
         value = getattr(api, name)
     elif name == "MixupDataset":
-        from mixup_cli.dataset import MixupDataset as value
+        from mixup_cli.commands.dataset import MixupDataset as value
     else:
         raise AttributeError(f"module 'mixup_cli' has no attribute {name!r}")
     globals()[name] = value

@@ -12,9 +12,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from mixup_cli import stopping
-from mixup_cli.errors import ParameterError
-from mixup_cli.stopping import StopToken
+from mixup_cli.core import stopping
+from mixup_cli.core.errors import ParameterError
+from mixup_cli.core.stopping import StopToken
 
 __all__ = ["AugmentSummary", "StopToken", "augment", "lineage", "mix", "verify"]
 
@@ -176,7 +176,7 @@ def _call_text(input, output, options: dict, shard) -> str:
 
 
 def _augment(input, output, shard, progress, options: dict, y_key) -> AugmentSummary:
-    from mixup_cli.request import AugmentRequest
+    from mixup_cli.commands.request import AugmentRequest
     from mixup_cli.sets import is_set_form
 
     many = not isinstance(input, (str, os.PathLike))
@@ -195,7 +195,7 @@ def _augment(input, output, shard, progress, options: dict, y_key) -> AugmentSum
     # A list of paths is a set whatever its length, as --inputs-from is.
     if many or is_set_form(len(inputs), None, shard, inputs[0]):
         return _augment_set(request, inputs, shard, progress)
-    from mixup_cli.pipeline import augment as run
+    from mixup_cli.commands.pipeline import augment as run
 
     result = run(request, progress=progress)
     done = (result.output,)
@@ -210,9 +210,9 @@ def _augment(input, output, shard, progress, options: dict, y_key) -> AugmentSum
 
 
 def _augment_set(request, inputs: list[Path], shard: str | None, progress) -> AugmentSummary:
+    from mixup_cli.commands.augment_set import augment_set
     from mixup_cli.sets import parse_shard
     from mixup_cli.sets.inputs import expand_folders
-    from mixup_cli.sets.run import augment_set
 
     result = augment_set(request, expand_folders(inputs), request.output, parse_shard(shard), progress=progress)
     return AugmentSummary(
@@ -238,7 +238,7 @@ def lineage(output) -> dict:
     not an output of ``augment``."""
     import numpy as np
 
-    from mixup_cli.lineage import lineage as rows_of
+    from mixup_cli.commands.lineage import lineage as rows_of
 
     pieces = list(rows_of(Path(output)))
     if not pieces:
@@ -305,7 +305,7 @@ def mix(x, y, lam, partner, *, num_classes: int | None = None, label_smoothing: 
     """
     import numpy as np
 
-    from mixup_cli.core import mix_gather
+    from mixup_cli.core.blend import mix_gather
 
     x = np.asarray(x)
     n = x.shape[0] if x.ndim else 0
@@ -355,7 +355,7 @@ def _targets(y, n: int, num_classes: int | None, label_smoothing: float):
     if not y.ndim or y.shape[0] != n:
         raise ParameterError(f"y has shape {y.shape}; x has {n} rows: y needs one row per row of x", "y")
     if y.dtype.kind in "iub" and num_classes is not None:
-        from mixup_cli.labels import one_hot
+        from mixup_cli.targets.encoding import one_hot
 
         if y.ndim != 1:
             raise ParameterError(f"y has shape {y.shape}: num_classes one-hot encodes 1-D class labels", "y")

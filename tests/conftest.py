@@ -28,7 +28,7 @@ SAMPLE_NPY_DIR = REPO / "sample_data" / "digits"
 KILLER = """
 import json as _json, os as _os, time as _time
 from pathlib import Path as _Path
-from mixup_cli import pipeline as _pipeline, resume as _resume
+from mixup_cli.commands import pipeline as _pipeline; from mixup_cli.run import resume as _resume
 
 class Killer(_pipeline.Progress):
     def __init__(self, out, stop_after):

@@ -72,7 +72,7 @@ def test_verify_stays_the_function_after_its_module_is_imported():
 
 
 def test_augment_takes_every_option_of_the_command_by_keyword():
-    from mixup_cli.request import AugmentRequest
+    from mixup_cli.commands.request import AugmentRequest
 
     params = inspect.signature(mixup_cli.augment).parameters
     keywords = {n: p.default for n, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}

@@ -334,7 +334,7 @@ def test_every_command_on_out_finishes_a_half_done_commit(source, references, tm
 
 
 _WITHOUT_EXCHANGE = (
-    "import sys; from mixup_cli import atomic; atomic.exchange = lambda a, b: False; "
+    "import sys; from mixup_cli.record import atomic; atomic.exchange = lambda a, b: False; "
     "from mixup_cli.cli import main; sys.argv[0] = 'mixup'; main()"
 )
 
@@ -362,7 +362,7 @@ def test_without_renameat2_a_kill_between_the_two_renames_is_recovered(source, r
 
 
 def test_exchange_swaps_two_directories(tmp_path):
-    from mixup_cli import atomic
+    from mixup_cli.record import atomic
 
     a, b = tmp_path / "a", tmp_path / "b"
     a.mkdir()

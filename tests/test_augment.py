@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from conftest import expected_mix, load_output, make_arrays, read_sidecar, write_h5, write_npy_dir, write_npz
 
-from mixup_cli.pipeline import AugmentRequest, augment
+from mixup_cli.commands.pipeline import AugmentRequest, augment
 
 
 def make_input(fmt, tmp_path, x, y):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from conftest import load_output, read_sidecar, run_in_process, write_h5, write_npz
 
-from mixup_cli.pipeline import AugmentRequest, augment
+from mixup_cli.commands.pipeline import AugmentRequest, augment
 
 COUNTS = (300, 120, 37, 1)  # classes 0..3, one with a single row
 

@@ -257,7 +257,7 @@ _KILLED = (
     KILLER
     + """
 import sys
-from mixup_cli import pipeline, resume
+from mixup_cli.commands import pipeline; from mixup_cli.run import resume
 resume.SAVE_INTERVAL = 0
 src, out, fmt = sys.argv[1], sys.argv[2], sys.argv[3]
 

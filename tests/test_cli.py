@@ -119,7 +119,7 @@ def test_default_run_reports_on_stderr_only(run_cli, small_h5, tmp_path):
 def test_one_input_and_out_with_a_slash_write_one_npy_directory(run_cli, tmp_path, form):
     """A shell's completion adds the slash: ``data/ mixed/`` (and ``in.h5 mixed/``) write
     the .npy directory ``mixed`` and ``mixed.provenance.json``, as ``mixed`` does; no set."""
-    from mixup_cli.dataset import MixupDataset
+    from mixup_cli.commands.dataset import MixupDataset
 
     x, y = make_arrays(n=20)
     if form == "npy-dir":

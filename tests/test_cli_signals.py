@@ -35,9 +35,9 @@ from conftest import (
     write_npz,
 )
 
-from mixup_cli import resume
 from mixup_cli.cli import cli
 from mixup_cli.io import open_reader
+from mixup_cli.run import resume
 
 # Big enough that a run takes a few seconds even on a fast machine.
 BIG_ROWS, BIG_WIDTH = 100_000, 256  # x: about 100 MB of float32
@@ -313,7 +313,7 @@ _KILLED_RUN = (
     KILLER
     + """
 import sys
-from mixup_cli import pipeline, resume
+from mixup_cli.commands import pipeline; from mixup_cli.run import resume
 resume.SAVE_INTERVAL = 0  # journal every task, so the kill point is exact
 src, out, stop_after, seed = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 
@@ -472,7 +472,7 @@ def test_second_run_on_the_same_output_is_refused(tmp_path):
 
 
 def test_interruption_inside_the_library_keeps_a_resumable_partial(tmp_path):
-    from mixup_cli import pipeline
+    from mixup_cli.commands import pipeline
 
     src = _source(tmp_path, "h5")
     out = tmp_path / "out.h5"
@@ -529,7 +529,7 @@ def test_signals_during_the_commit_are_listed_too_late_and_not_raised_again():
     """Once the commit has begun a signal is only recorded: nothing is raised
     then, nor afterwards; the caller lists it as too late. Before, and between
     two outputs of a set, the same signal stops the run at the next safe point."""
-    from mixup_cli import stopping
+    from mixup_cli.core import stopping
 
     received = []
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: received.append(signum))

@@ -13,10 +13,10 @@ from conftest import load_output, make_arrays, write_h5, write_npy_dir, write_np
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from mixup_cli.classes import ClassIndex
-from mixup_cli.pipeline import AugmentRequest, augment
-from mixup_cli.sampling import INDEX_PAIRINGS, Plan
-from mixup_cli.sampling import PAIRINGS as ALL_PAIRINGS
+from mixup_cli.commands.pipeline import AugmentRequest, augment
+from mixup_cli.mixing.sampling import INDEX_PAIRINGS, Plan
+from mixup_cli.mixing.sampling import PAIRINGS as ALL_PAIRINGS
+from mixup_cli.targets.classes import ClassIndex
 
 # The pairings that need no index over the data (the others: test_neighbours.py, test_label_kernel.py).
 PAIRINGS = tuple(p for p in ALL_PAIRINGS if p not in INDEX_PAIRINGS)

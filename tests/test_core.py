@@ -6,8 +6,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from mixup_cli.core import mix_rows, mixup, sample_lam
-from mixup_cli.errors import ParameterError
+from mixup_cli.core.blend import mix_rows, mixup, sample_lam
+from mixup_cli.core.errors import ParameterError
 
 
 def reference_formula(x, y, lam, partner):

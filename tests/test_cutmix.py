@@ -5,12 +5,12 @@ import numpy as np
 import pytest
 from conftest import expected_mix, load_output, make_arrays, read_sidecar, write_h5, write_npy_dir, write_npz
 
-from mixup_cli import cutmix
-from mixup_cli.errors import ParameterError
+from mixup_cli.commands.pipeline import AugmentRequest, augment
+from mixup_cli.core.errors import ParameterError
 from mixup_cli.io import open_reader
-from mixup_cli.mixing import Mixer
-from mixup_cli.pipeline import AugmentRequest, augment
-from mixup_cli.sampling import Plan
+from mixup_cli.mixing import cutmix
+from mixup_cli.mixing.mixer import Mixer
+from mixup_cli.mixing.sampling import Plan
 
 H, W = 6, 7
 

@@ -16,8 +16,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mixup_cli.cli import cli
-from mixup_cli.dataset import MixupDataset
-from mixup_cli.errors import InputError
+from mixup_cli.commands.dataset import MixupDataset
+from mixup_cli.core.errors import InputError
 
 N = 53
 
@@ -476,7 +476,7 @@ def test_other_image_formats_and_dtypes(images, tmp_path):
 
 
 def test_image_format_refusals(images, outputs, a_set):
-    from mixup_cli.errors import ParameterError
+    from mixup_cli.core.errors import ParameterError
 
     with pytest.raises(ParameterError, match="image_format must be one of 'float-nchw', 'float-nhwc', 'nchw'"):
         MixupDataset(images, image_format="NCHW")

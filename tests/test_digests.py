@@ -12,10 +12,10 @@ from conftest import make_arrays, read_sidecar, write_h5
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mixup_cli import digests, provenance
+from mixup_cli.commands.pipeline import AugmentRequest, augment
 from mixup_cli.io import open_reader
-from mixup_cli.pipeline import AugmentRequest, augment
-from mixup_cli.sampling import Plan
+from mixup_cli.mixing.sampling import Plan
+from mixup_cli.record import digests, provenance
 
 
 def read_all(path) -> dict[str, np.ndarray]:

@@ -8,8 +8,8 @@ from conftest import assert_nothing_written, expected_mix, load_output, read_sid
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mixup_cli.core import mix_rows, working_dtype
-from mixup_cli.pipeline import AugmentRequest, augment
+from mixup_cli.commands.pipeline import AugmentRequest, augment
+from mixup_cli.core.blend import mix_rows, working_dtype
 
 SUPPORTED = "supported dtypes are float16/32/64 and integer types"
 

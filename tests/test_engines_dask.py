@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from conftest import load_output, make_arrays, read_sidecar, run_in_process, write_h5, write_npz
 
-from mixup_cli.errors import InputError
-from mixup_cli.pipeline import AugmentRequest, Progress, augment
+from mixup_cli.commands.pipeline import AugmentRequest, Progress, augment
+from mixup_cli.core.errors import InputError
 
 # On one xdist worker: they share its cluster (conftest.dask_scheduler). Run
 # by the whole suite only (-m "slow or not slow"): one worker running all the
@@ -192,8 +192,8 @@ def test_a_worker_notices_an_input_that_changed(tmp_path):
     needs_dask()
     from mixup_cli.engines.dask import Job, run_task
     from mixup_cli.io import ArraySpec
-    from mixup_cli.prepare import DataOptions
-    from mixup_cli.sampling import Plan
+    from mixup_cli.mixing.sampling import Plan
+    from mixup_cli.run.prepared import DataOptions
 
     x, y = make_arrays(n=20)
     src = write_h5(tmp_path / "in.h5", x=x, y=y)
@@ -322,10 +322,10 @@ def test_dask_gives_the_local_bytes_for_labels_classes_and_cutmix(scheduler, tmp
 
 def test_tasks_already_written_are_not_computed_again(scheduler, dataset):
     """What --resume relies on: skipped tasks reach neither the workers nor the writer."""
-    from mixup_cli import digests
     from mixup_cli.engines import dask as dask_engine
-    from mixup_cli.planning import build_plan, output_specs
-    from mixup_cli.source import open_source
+    from mixup_cli.record import digests
+    from mixup_cli.run.planner import build_plan, output_specs
+    from mixup_cli.run.source import open_source
 
     src, _, _ = dataset
     request = AugmentRequest(src, src.with_name("unused.h5"), seed=11, block_rows=16, copies=2)
@@ -369,11 +369,11 @@ def test_tasks_already_written_are_not_computed_again(scheduler, dataset):
 def test_tasks_that_are_parts_of_blocks_give_the_rows_and_digests_of_whole_blocks(scheduler, dataset):
     """The engine protocol on Dask: a list of sub-range tasks (in any order of
     arrival) writes the rows, and records the block digests, of whole blocks."""
-    from mixup_cli import digests
     from mixup_cli.engines import dask as dask_engine
-    from mixup_cli.planning import build_plan, output_specs
-    from mixup_cli.sampling import Task
-    from mixup_cli.source import open_source
+    from mixup_cli.mixing.sampling import Task
+    from mixup_cli.record import digests
+    from mixup_cli.run.planner import build_plan, output_specs
+    from mixup_cli.run.source import open_source
 
     src, _, _ = dataset
     source = open_source(src, "x", "y")

@@ -12,14 +12,15 @@ from conftest import expected_mix, load_output, make_arrays, write_h5, write_npy
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mixup_cli import planning, provenance
-from mixup_cli.core import mix_gather, mix_rows, mixup
+from mixup_cli.commands.pipeline import AugmentRequest, Progress, augment, open_source
+from mixup_cli.core.blend import mix_gather, mix_rows, mixup
 from mixup_cli.engines import local
 from mixup_cli.engines.local import BlockCache
 from mixup_cli.io import hdf5
 from mixup_cli.io.base import ArraySpec, WriteOptions
-from mixup_cli.pipeline import AugmentRequest, Progress, augment, open_source
-from mixup_cli.sampling import Plan
+from mixup_cli.mixing.sampling import Plan
+from mixup_cli.record import provenance
+from mixup_cli.run import planner
 
 
 def h5_arrays(path):
@@ -117,7 +118,7 @@ def test_threaded_engine_writes_the_reference_bytes(tmp_path, params, batch_rows
         results = []
         for threaded in (False, True):
             path = tmp_path / f"out-{threaded}.h5"
-            specs = planning.output_specs(source, plan)
+            specs = planner.output_specs(source, plan)
             writer = hdf5.Writer(
                 path, specs, WriteOptions(compression=compression, block_rows=plan.block_rows, chunk_bytes=4 * 6 * 4)
             )
@@ -176,7 +177,7 @@ def _assert_nothing_left(tmp_path, out):
 
 
 def _failure_points():
-    from mixup_cli import digests
+    from mixup_cli.record import digests
 
     return [
         pytest.param(hdf5.Writer, "write", 6, id="writer thread"),
@@ -535,7 +536,7 @@ def test_slow_writer_never_sees_rows_change_under_it(tmp_path, params, monkeypat
             if threaded:
                 monkeypatch.setattr(hdf5.Writer, "write", slow_write)
             path = tmp_path / f"out-{threaded}.h5"
-            writer = hdf5.Writer(path, planning.output_specs(source, plan), WriteOptions(block_rows=plan.block_rows))
+            writer = hdf5.Writer(path, planner.output_specs(source, plan), WriteOptions(block_rows=plan.block_rows))
             local.run(source, plan, writer, plan.tasks(), Progress(), batch_rows=3, threaded=threaded)
             writer.close()
             results.append(h5_arrays(path))
@@ -554,7 +555,7 @@ def test_slow_hashing_never_sees_rows_change_under_it(tmp_path, params, monkeypa
     the hashing thread are done with it: the digests are those of the rows written."""
     import time
 
-    from mixup_cli import digests
+    from mixup_cli.record import digests
 
     x, y = make_arrays(n=37, x_shape=(3, 2), seed=6)
     src = write_h5(tmp_path / "in.h5", x=x, y=y)

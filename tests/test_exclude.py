@@ -12,7 +12,7 @@ import pytest
 from conftest import load_output, read_sidecar, write_h5
 from scipy import stats
 
-from mixup_cli.pipeline import AugmentRequest, augment
+from mixup_cli.commands.pipeline import AugmentRequest, augment
 
 FALSE_ALARM = 1e-6
 

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from conftest import REPO, cli_runner, load_output, make_arrays, mixup_executable, write_h5, write_npy_dir, write_npz
 
-from mixup_cli.errors import ParameterError
+from mixup_cli.core.errors import ParameterError
 
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 SETPRIV = shutil.which("setpriv")
@@ -382,7 +382,7 @@ def test_disk_full_during_the_write(tmp_path, small_tmpfs):
 _NO_PRECHECK = """
 import sys
 import time
-from mixup_cli import preflight
+from mixup_cli.run import preflight
 preflight.check_free_space = lambda *args: None  # let the write itself hit the full disk
 from mixup_cli.cli import main
 main(sys.argv[1:], prog_name="mixup")
@@ -531,8 +531,8 @@ def test_a_billion_copies_are_refused_at_once(tmp_path):
 
 def test_many_tasks_cost_no_memory_before_the_first_write():
     """The block bounds behind the output digests are computed, not listed."""
-    from mixup_cli import digests
-    from mixup_cli.sampling import MAX_TASKS, Plan
+    from mixup_cli.mixing.sampling import MAX_TASKS, Plan
+    from mixup_cli.record import digests
 
     plan = Plan(n_rows=10, alpha=0.2, seed=1, block_rows=10, copies=MAX_TASKS)
     t0 = time.perf_counter()

@@ -32,7 +32,7 @@ def test_between_class_partners_unchanged_by_one_hot_class_codes(tmp_path):
     """Labels and their one-hot rows give the same class groups: same partners."""
     import h5py
 
-    from mixup_cli.pipeline import AugmentRequest, augment
+    from mixup_cli.commands.pipeline import AugmentRequest, augment
 
     labels = np.arange(40) % 3
     a = write_h5(tmp_path / "a.h5", x=np.ones((40, 2), np.float32), y=labels)
@@ -91,7 +91,7 @@ def mpl():
 
 
 def test_preview_titles_multilabel_rows_with_their_label_set(tmp_path, mpl):
-    from mixup_cli import preview
+    from mixup_cli.commands import preview
 
     y = np.zeros((12, 6), np.uint8)
     y[:, 1] = 1
@@ -109,7 +109,7 @@ def test_preview_titles_multilabel_rows_with_their_label_set(tmp_path, mpl):
 
 
 def test_preview_titles_class_rows_with_the_class(tmp_path, mpl):
-    from mixup_cli import preview
+    from mixup_cli.commands import preview
 
     src = write_h5(tmp_path / "c.h5", x=np.random.default_rng(0).random((12, 8), dtype=np.float32), y=np.arange(12) % 5)
     fig = preview.dataset_figure(preview.preview_rows(src, seed=1, rows=2))
@@ -119,7 +119,7 @@ def test_preview_titles_class_rows_with_the_class(tmp_path, mpl):
 
 @pytest.mark.parametrize("n", [10, 1024])
 def test_identity_figure_says_rows_are_samples_and_keeps_the_diagonal(mpl, n):
-    from mixup_cli import preview
+    from mixup_cli.commands import preview
 
     fig = preview.identity_figure(n, [0.2, 1.0], seed=0)
     panels = [ax for ax in fig.axes if ax.images]

@@ -22,7 +22,7 @@ import pytest
 from conftest import load_output, read_sidecar, write_h5, write_npz
 from scipy import stats
 
-from mixup_cli.pipeline import AugmentRequest, augment
+from mixup_cli.commands.pipeline import AugmentRequest, augment
 
 FALSE_ALARM = 1e-6
 BINS = 20
@@ -253,7 +253,7 @@ def test_verify_fails_an_output_whose_partners_cross_groups(tmp_path, run_cli):
 def test_verify_fails_a_planner_that_ignores_the_groups_while_the_bytes_match(tmp_path, run_cli, monkeypatch):
     """A planner that draws partners from the whole dataset but records
     --groups: every byte matches its own recomputation, the group law does not."""
-    from mixup_cli import groups
+    from mixup_cli.mixing import groups
 
     def anywhere(self, rng, start, stop, same):
         return rng.integers(0, self.n_rows, stop - start), np.zeros(stop - start, bool)

@@ -8,10 +8,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mixup_cli import core
-from mixup_cli.core import mix_gather, mix_rows, working_dtype
+from mixup_cli.core import blend
+from mixup_cli.core.blend import mix_gather, mix_rows, working_dtype
 
-needs_kernel = pytest.mark.skipif(core._kernel is None, reason="mixup_cli._kernel not active")
+needs_kernel = pytest.mark.skipif(blend._kernel is None, reason="mixup_cli._kernel not active")
 
 RANGES = {np.int64: (-(2**63), 2**63 - 1), np.uint64: (0, 2**64 - 1)}
 
@@ -60,10 +60,10 @@ def mix_both(a, b, lam):
     """Numpy path and (where built) C path: the same bytes."""
     lam_w = np.ascontiguousarray(lam, dtype=working_dtype(a.dtype))
     rest_w = (1 - lam_w).astype(lam_w.dtype)
-    out_np = core._mix_numpy(a, b, None, lam_w, rest_w, np.empty_like(a))
-    if core._kernel is not None:
+    out_np = blend._mix_numpy(a, b, None, lam_w, rest_w, np.empty_like(a))
+    if blend._kernel is not None:
         out_c = np.empty_like(a)
-        assert core._mix_kernel(a, b, None, lam_w, rest_w, out_c)
+        assert blend._mix_kernel(a, b, None, lam_w, rest_w, out_c)
         assert out_c.tobytes() == out_np.tobytes()
     return out_np
 

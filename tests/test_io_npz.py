@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from conftest import REPO, assert_nothing_written, mixup_executable, write_npz
 
-from mixup_cli.core import mix_rows
+from mixup_cli.core.blend import mix_rows
 from mixup_cli.io import npz as npz_module
 from mixup_cli.io import open_reader
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from conftest import REPO, expected_mix, read_sidecar, write_h5
 
-from mixup_cli.pipeline import AugmentRequest, augment
+from mixup_cli.commands.pipeline import AugmentRequest, augment
 
 pa = pytest.importorskip("pyarrow", reason="Parquet is an optional extra: pip install 'mixup-cli[arrow]'")
 pq = pytest.importorskip("pyarrow.parquet")

@@ -371,7 +371,7 @@ def test_compressed_shards_are_refused_saying_how_to_decompress(tmp_path, run_mi
 @pytest.mark.parametrize("form", ["pattern", "folder"])
 def test_preview_of_shards_shows_the_rows_the_set_writes(tmp_path, run_cli, form):
     pytest.importorskip("matplotlib")
-    from mixup_cli import preview
+    from mixup_cli.commands import preview
 
     make_shards(tmp_path / "shards", shards=3, per_shard=4)
     given = str(tmp_path / "shards" / "shard-{0000..0002}.tar") if form == "pattern" else tmp_path / "shards"

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from conftest import REPO, expected_mix, make_arrays, read_sidecar, write_h5, write_npz
 
-from mixup_cli.pipeline import AugmentRequest, augment
+from mixup_cli.commands.pipeline import AugmentRequest, augment
 
 zarr = pytest.importorskip("zarr", reason="Zarr is an optional extra: pip install 'mixup-cli[zarr]'")
 
@@ -162,7 +162,7 @@ def test_partial_store_reopens_for_resume_and_flush_syncs_what_changed(tmp_path,
     import os
     import shutil
 
-    from mixup_cli.errors import OutputError
+    from mixup_cli.core.errors import OutputError
     from mixup_cli.io import zarr as zarr_io
     from mixup_cli.io.base import ArraySpec, WriteOptions
 

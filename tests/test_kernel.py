@@ -12,12 +12,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from mixup_cli import core
-from mixup_cli.core import integer_bounds, mix_gather, mix_rows, working_dtype
+from mixup_cli.core import blend
+from mixup_cli.core.blend import integer_bounds, mix_gather, mix_rows, working_dtype
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FORCED_NUMPY = os.environ.get("MIXUP_CLI_KERNEL", "").strip().lower() == "numpy"
-needs_kernel = pytest.mark.skipif(core._kernel is None, reason="mixup_cli._kernel not active")
+needs_kernel = pytest.mark.skipif(blend._kernel is None, reason="mixup_cli._kernel not active")
 
 FLOATS = [np.float32, np.float64]
 INTEGERS = [np.uint8, np.int8, np.uint16, np.int16, np.int32, np.uint32, np.int64, np.uint64]
@@ -34,12 +34,12 @@ def numpy_mix(a, b, index, lam, out=None):
     out = np.empty(a.shape, a.dtype) if out is None else out
     if a.shape[0] == 0:
         return out
-    return core._mix_numpy(a, b, index, *weights(lam, a.dtype), out)
+    return blend._mix_numpy(a, b, index, *weights(lam, a.dtype), out)
 
 
 def c_mix(a, b, index, lam, out=None):
     out = np.empty(a.shape, a.dtype) if out is None else out
-    assert core._mix_kernel(a, b, index, *weights(lam, a.dtype), out), "the kernel declined"
+    assert blend._mix_kernel(a, b, index, *weights(lam, a.dtype), out), "the kernel declined"
     return out
 
 
@@ -50,7 +50,7 @@ def same(x, y):
 def test_kernel_is_built_and_active():
     if FORCED_NUMPY:
         pytest.skip("MIXUP_CLI_KERNEL=numpy")
-    assert core.KERNEL == "c", (
+    assert blend.KERNEL == "c", (
         "mixup_cli._kernel is not importable: build it (pip install -e . or python setup.py build_ext --inplace)"
     )
 
@@ -184,7 +184,7 @@ def test_fallback_for_unsupported_arrays_matches_the_formula(make):
     x = make(rng.random((9, 6, 4)))
     lam = rng.random(9)
     partner = rng.permutation(9)
-    assert not core._mix_kernel(x, x, partner, *weights(lam, x.dtype), np.empty(x.shape, x.dtype))
+    assert not blend._mix_kernel(x, x, partner, *weights(lam, x.dtype), np.empty(x.shape, x.dtype))
     l = lam.astype(working_dtype(x.dtype))[:, None, None]
     assert np.array_equal(mix_gather(x, x, partner, lam), l * x + (1 - l) * x[partner])
 
@@ -193,13 +193,13 @@ def test_fallback_for_unsupported_arrays_matches_the_formula(make):
 def test_kernel_declines_overlap_and_unbounded_weights():
     x = np.arange(40, dtype=np.float32).reshape(8, 5)
     lam_w, rest_w = weights(np.full(8, 0.25), x.dtype)
-    assert core._kernel.mix(x, x.copy(), x, None, lam_w, rest_w, 5) is False  # out is b
-    assert core._kernel.mix(x[1:], x[:-1].copy(), x[:-1], None, lam_w[1:], rest_w[1:], 5) is False
-    assert core._kernel.mix(x, x, x.copy(), None, lam_w, rest_w, 5) is True  # out is a: in place
+    assert blend._kernel.mix(x, x.copy(), x, None, lam_w, rest_w, 5) is False  # out is b
+    assert blend._kernel.mix(x[1:], x[:-1].copy(), x[:-1], None, lam_w[1:], rest_w[1:], 5) is False
+    assert blend._kernel.mix(x, x, x.copy(), None, lam_w, rest_w, 5) is True  # out is a: in place
     ints = np.arange(8, dtype=np.uint8)[:, None]
     for bad in (np.nan, np.inf, 1e38):
         w = np.full(8, bad, np.float32)
-        assert core._kernel.mix(np.empty_like(ints), ints, ints, None, w, w, 1) is False
+        assert blend._kernel.mix(np.empty_like(ints), ints, ints, None, w, w, 1) is False
     with np.errstate(all="ignore"):
         out = mix_rows(ints, ints, np.full(8, np.nan))  # numpy does it instead
         assert same(out, numpy_mix(ints, ints, None, np.full(8, np.nan)))
@@ -207,7 +207,7 @@ def test_kernel_declines_overlap_and_unbounded_weights():
 
 @needs_kernel
 def test_wrong_buffers_raise_instead_of_corrupting():
-    mix = core._kernel.mix
+    mix = blend._kernel.mix
     a = np.ones((4, 3), np.float32)
     out = np.zeros((4, 3), np.float32)
     lam = np.full(4, 0.5, np.float32)
@@ -252,7 +252,7 @@ def test_wrong_buffers_raise_instead_of_corrupting():
 def test_environment_variable_selects_the_numpy_loop():
     code = (
         "import hashlib, numpy as np\n"
-        "from mixup_cli import core\n"
+        "from mixup_cli.core import blend as core\n"
         "x = np.random.default_rng(6).random((33, 7, 5)).astype(np.float32)\n"
         "out = core.mix_gather(x, x, np.arange(33)[::-1], np.linspace(0, 1, 33))\n"
         "print(core.KERNEL, hashlib.sha256(out.tobytes()).hexdigest())\n"
@@ -270,10 +270,10 @@ def test_environment_variable_selects_the_numpy_loop():
 @pytest.fixture(params=["c", "numpy"])
 def kernel_path(request, monkeypatch):
     """Run a test through the compiled loop and through the numpy loop."""
-    if request.param == "c" and core._kernel is None:
+    if request.param == "c" and blend._kernel is None:
         pytest.skip("mixup_cli._kernel not active")
     if request.param == "numpy":
-        monkeypatch.setattr(core, "_kernel", None)
+        monkeypatch.setattr(blend, "_kernel", None)
     return request.param
 
 
@@ -314,7 +314,7 @@ def _package_copy(root, with_kernel: bool):
     import shutil
     from pathlib import Path
 
-    package = Path(core.__file__).parent
+    package = Path(blend.__file__).parent.parent  # core/blend.py: the package is two folders up
     built = [p for p in package.iterdir() if p.name.startswith("_kernel.") and p.suffix in (".so", ".pyd")]
     if with_kernel and not built:
         pytest.skip("mixup_cli._kernel is not built here")
@@ -361,7 +361,7 @@ def test_version_says_which_loop_runs_and_why(tmp_path):
 
 def test_kernel_reason_names_the_variable():
     env = dict(os.environ, MIXUP_CLI_KERNEL="numpy")
-    code = "from mixup_cli import core; print(core.KERNEL, '|', core.KERNEL_REASON)"
+    code = "from mixup_cli.core import blend as core; print(core.KERNEL, '|', core.KERNEL_REASON)"
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=REPO)
     assert proc.stdout.strip() == "numpy | MIXUP_CLI_KERNEL=numpy is set", proc.stderr
 
@@ -396,7 +396,7 @@ def test_pip_install_then_run_from_the_checkout(tmp_path):
     )
     assert pip.returncode == 0, pip.stderr
     installed = Path(site)
-    code = "import mixup_cli.core as c; print(c.KERNEL); print(c.KERNEL_REASON)"
+    code = "import mixup_cli.core.blend as c; print(c.KERNEL); print(c.KERNEL_REASON)"
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "MIXUP_CLI_KERNEL")}
     here = subprocess.run([python, "-c", code], cwd=checkout, env=env, capture_output=True, text=True)
     kernel, reason = here.stdout.splitlines()

@@ -9,11 +9,11 @@ import pytest
 from conftest import load_output, read_sidecar, run_in_process, write_h5, write_npz
 from scipy import stats
 
-from mixup_cli import label_kernel
-from mixup_cli.errors import ParameterError
-from mixup_cli.label_kernel import LabelKernel
-from mixup_cli.pipeline import AugmentRequest, augment
-from mixup_cli.sampling import Plan
+from mixup_cli.commands.pipeline import AugmentRequest, augment
+from mixup_cli.core.errors import ParameterError
+from mixup_cli.mixing import label_kernel
+from mixup_cli.mixing.label_kernel import LabelKernel
+from mixup_cli.mixing.sampling import Plan
 
 
 def draws(y, bandwidth, copies, block_rows=128, seed=3):

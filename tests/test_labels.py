@@ -7,11 +7,11 @@ from conftest import assert_nothing_written, expected_mix, load_output, read_sid
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mixup_cli import labels
-from mixup_cli.errors import InputError, ParameterError
+from mixup_cli.commands.pipeline import AugmentRequest, augment
+from mixup_cli.core.errors import InputError, ParameterError
 from mixup_cli.io import open_reader
-from mixup_cli.pipeline import AugmentRequest, augment
-from mixup_cli.prepare import DataOptions
+from mixup_cli.run.prepared import DataOptions
+from mixup_cli.targets import encoding
 
 
 def xs(n, shape=(3, 2), seed=0, dtype=np.float32):
@@ -98,7 +98,7 @@ def test_label_smoothing_values(tmp_path, run_cli):
 
 
 def test_one_hot_matches_timm_formula():
-    out = labels.one_hot(np.array([2, 0]), 5, smoothing=0.1)
+    out = encoding.one_hot(np.array([2, 0]), 5, smoothing=0.1)
     assert np.allclose(out, [[0.02, 0.02, 0.92, 0.02, 0.02], [0.92, 0.02, 0.02, 0.02, 0.02]])
     assert out.dtype == np.float32
 
@@ -144,7 +144,7 @@ def test_float_labels_that_are_not_whole_numbers_are_refused(tmp_path, run_cli, 
 def test_classes_are_found_streaming_in_blocks(tmp_path, monkeypatch):
     y = np.arange(50) % 7
     src = write_npz(tmp_path / "in.npz", x=xs(50), y=y)
-    monkeypatch.setattr(labels, "SCAN_ROWS", 8)
+    monkeypatch.setattr(encoding, "SCAN_ROWS", 8)
     reader = open_reader(src)
     sizes = []
     real_read = reader.read
@@ -155,7 +155,7 @@ def test_classes_are_found_streaming_in_blocks(tmp_path, monkeypatch):
 
     reader.read = spy
     try:
-        found = labels.find_classes(reader, "y", 50, "y", block_rows=8)
+        found = encoding.find_classes(reader, "y", 50, "y", block_rows=8)
     finally:
         reader.close()
     assert found == tuple(range(7)) and max(sizes) == 8 and sum(sizes) == 50
@@ -355,14 +355,14 @@ def test_sidecar_parameters_rebuild_the_same_bytes(tmp_path, options):
 
 
 def test_core_mixup_refuses_integer_labels():
-    from mixup_cli.core import mixup
+    from mixup_cli.core.blend import mixup
 
     with pytest.raises(ParameterError, match="one_hot"):
         mixup(np.ones((4, 2), np.float32), np.arange(4), rng=0)
 
 
 def test_errors_from_rows_read_by_index_name_the_input_row(tmp_path):
-    from mixup_cli.source import open_source
+    from mixup_cli.run.source import open_source
 
     y = np.arange(10) % 3
     y[7] = 4
@@ -389,7 +389,7 @@ def test_hypothesis_class_labels_equal_hand_encoding(tmp_path_factory, n, c, blo
     tmp = tmp_path_factory.mktemp("h")
     y = np.array(data.draw(st.lists(st.integers(0, c - 1), min_size=n, max_size=n)), dtype=label_dtype)
     x = xs(n, shape=(2,), seed=n)
-    hand = labels.one_hot(y, c, eps)
+    hand = encoding.one_hot(y, c, eps)
     a = write_npz(tmp / "a.npz", x=x, y=y)
     b = write_npz(tmp / "b.npz", x=x, y=hand)
     run(a, tmp / "a.h5", block_rows=block_rows, num_classes=c, label_smoothing=eps)
@@ -430,7 +430,7 @@ def test_identifiers_as_labels_are_refused_naming_classes_rows_and_options(tmp_p
 def test_a_label_of_its_own_on_every_row_is_refused_as_classes(tmp_path, run_cli, outdir, form):
     """--y-kind auto: as many distinct labels as rows (more than UNIQUE_LABEL_ROWS)
     identify rows; refused in one line naming the file, the array and the ways out."""
-    n = labels.UNIQUE_LABEL_ROWS + 1
+    n = encoding.UNIQUE_LABEL_ROWS + 1
     ids = np.random.default_rng(4).permutation(n)
     y = ids.astype(np.int64) if form == "integers" else np.array([f"cell-{i}" for i in ids], dtype="S")
     src = write_h5(tmp_path / "in.h5", x=xs(n), y=y)
@@ -453,7 +453,7 @@ def test_a_label_of_its_own_on_every_row_is_refused_as_classes(tmp_path, run_cli
 
 def test_a_label_of_its_own_on_a_few_rows_is_still_classes(tmp_path):
     """UNIQUE_LABEL_ROWS rows or fewer, each its own class: classes as before."""
-    n = labels.UNIQUE_LABEL_ROWS
+    n = encoding.UNIQUE_LABEL_ROWS
     src = write_h5(tmp_path / "in.h5", x=xs(n), y=np.arange(n)[::-1].copy())
     run(src, tmp_path / "out.h5")
     assert load_output(tmp_path / "out.h5")["y"].shape == (n, n)
@@ -495,8 +495,8 @@ def test_free_space_check_counts_the_one_hot_output(tmp_path, monkeypatch):
     import os
     from types import SimpleNamespace
 
-    from mixup_cli import preflight
-    from mixup_cli.errors import OutputError
+    from mixup_cli.core.errors import OutputError
+    from mixup_cli.run import preflight
 
     n = 2000
     src = write_h5(tmp_path / "in.h5", x=np.ones((n, 1), np.float32), y=(np.arange(n) % 10).astype(np.int64))

@@ -1,7 +1,10 @@
 """The layering of ARCHITECTURE.md, checked over every import in mixup_cli/
-(lazy ones inside functions included): a module imports only from its own
-layer or lower ones, the import graph has no cycle, and click is imported
-only under cli/."""
+(lazy ones inside functions included): each folder of the package is a
+layer, and a folder imports only from itself and the folders below it; the
+import graph has no cycle; click is imported only under cli/. At the
+package's top sit only its front (the package, ``api``, ``__main__``), which
+may import any folder, and two leaves every folder may read (``_version``,
+the compiled ``_kernel``), which import nothing of the package."""
 
 from __future__ import annotations
 
@@ -12,40 +15,16 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "mixup_cli"
 
-# Highest first. A name covers the module and everything under it.
-LAYERS = [
-    ("package", ["", "api"]),  # "": the package itself, its public names (imported lazily from api, dataset)
-    ("cli", ["cli", "__main__"]),
-    ("commands", ["pipeline", "verify", "preview", "describe", "lineage", "dataset", "sets.run"]),
-    ("engines", ["engines"]),
-    ("run", ["request", "source", "planning", "preflight", "resume", "sidecar", "scratch", "tasks", "sets"]),
-    (
-        "data",
-        [
-            "mixing",
-            "sampling",
-            "law",
-            "verify.report",  # verify's report and its file and digest checks: files and arrays only
-            "verify.laws",  # verify's law check: OUT's own arrays, none of the planner's code
-            "balance",
-            "groups",
-            "exclude",
-            "classes",
-            "neighbours",
-            "label_kernel",
-            "cutmix",
-            "prepare",
-            "labels",
-            "names",
-            "io",
-            "digests",
-            "provenance",
-            "atomic",
-        ],
-    ),
-    ("core", ["_version", "core", "errors", "_kernel", "beside", "threads", "stopping"]),
-]
+FRONT = ["", "api", "__main__"]  # "": the package itself, its public names (imported lazily from api)
+# The folders, highest first: one folder, one layer.
+FOLDERS = ["cli", "verify", "commands", "engines", "run", "sets", "mixing", "targets", "io", "record", "core"]
+LEAVES = ["_version", "_kernel"]  # read by every layer; they import nothing of the package
+MAX_TOP = 6  # modules at the package's top (``__init__`` included), the rest in folders
 CLI_ONLY = {"click"}  # third-party modules only cli/ may import
+# Checks never share the code they check: verify's law check and its file and
+# digest checks read OUT's own arrays, none of the planner's or engines' code.
+CHECKS = ["verify.laws", "verify.report"]
+PLANNER = ["run.planner", "run.tasks", "run.scratch", "mixing.sampling", "mixing.mixer", "engines", "commands"]
 
 
 def modules(package: Path) -> dict[str, Path]:
@@ -97,22 +76,38 @@ def _resolve(target: str, name: str, mods) -> str:
     return inner
 
 
+def layers() -> list[str]:
+    """Every layer's name, highest first."""
+    return ["package", *FOLDERS, "leaves"]
+
+
 def layer_of(module: str) -> int | None:
-    """The layer of the longest name that covers ``module`` (``sets.run`` above ``sets``)."""
-    best, found = -1, None
-    for rank, (_, names) in enumerate(reversed(LAYERS)):
-        for n in names:
-            if (module == n or (n and module.startswith(n + "."))) and len(n) > best:
-                best, found = len(n), rank
-    return found
+    """The rank of ``module``'s layer (0 the highest), None for a module in none:
+    the folder it is in, the front, or the leaves."""
+    if module in FRONT:
+        return 0
+    if module in LEAVES:
+        return len(FOLDERS) + 1
+    folder = module.split(".")[0]
+    return FOLDERS.index(folder) + 1 if folder in FOLDERS else None
+
+
+_HINT = " of tests/test_layering.py: put it in its layer's folder (FOLDERS)"
+
+
+def _covers(names: list[str], module: str) -> bool:
+    return any(module == n or module.startswith(n + ".") for n in names)
 
 
 def violations(package: Path) -> list[str]:
-    found, graph = [], {}
-    for mod, target, line in imports(package):
-        where = f"mixup_cli/{mod.replace('.', '/') or '__init__'}.py:{line}"
+    found, graph, mods = [], {}, modules(package)
+    for mod, path in sorted(mods.items()):
+        if layer_of(mod) is None:
+            found.append(f"mixup_cli/{path.relative_to(package).as_posix()}: {mod!r} is in no layer{_HINT}")
+    for mod, target, line in dict.fromkeys(imports(package)):
+        where = f"mixup_cli/{mods[mod].relative_to(package).as_posix()}:{line}"
         if target.startswith("<"):
-            if target[1:-1] in CLI_ONLY and layer_of(mod) != layer_of("cli"):
+            if target[1:-1] in CLI_ONLY and not _covers(["cli"], mod):
                 found.append(f"{where}: imports {target[1:-1]} outside cli/")
             continue
         if target == mod:
@@ -120,10 +115,15 @@ def violations(package: Path) -> list[str]:
         graph.setdefault(mod, set()).add(target)
         a, b = layer_of(mod), layer_of(target)
         if a is None or b is None:
-            found.append(f"{where}: {mod or target!r} is in no layer of tests/test_layering.py")
-        elif b > a:
-            found.append(f"{where}: {mod} ({LAYERS[-1 - a][0]}) imports {target} ({LAYERS[-1 - b][0]}), a higher layer")
+            continue  # said above
+        if b < a:
+            found.append(f"{where}: {mod} ({layers()[a]}) imports {target} ({layers()[b]}), a higher layer")
+        elif _covers(CHECKS, mod) and _covers(PLANNER, target):
+            found.append(f"{where}: {mod}, a check, imports {target}, the code it checks")
     found += [f"import cycle: {' -> '.join(c)}" for c in _cycles(graph)]
+    top = sorted(p.name for p in package.iterdir() if p.suffix in (".py", ".c"))
+    if len(top) > MAX_TOP:
+        found.append(f"mixup_cli/ holds {len(top)} modules at its top ({', '.join(top)}): at most {MAX_TOP}")
     return found
 
 
@@ -152,6 +152,38 @@ def test_the_package_keeps_its_layers():
     assert violations(PACKAGE) == []
 
 
+def test_every_folder_is_a_layer():
+    folders = sorted(p.name for p in PACKAGE.iterdir() if (p / "__init__.py").is_file())
+    assert folders == sorted(FOLDERS)
+
+
+def request_parameters(package: Path) -> list[str]:
+    """Functions below the command layer that take the command's request (a
+    parameter named ``request``): what they use of it they take as plain parameters."""
+    found = []
+    for mod, path in sorted(modules(package).items()):
+        rank = layer_of(mod)
+        if path.suffix != ".py" or rank is None or rank <= layer_of("commands"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                a = node.args
+                if "request" in [p.arg for p in (*a.posonlyargs, *a.args, *a.kwonlyargs)]:
+                    found.append(
+                        f"mixup_cli/{path.relative_to(package).as_posix()}:{node.lineno}: {node.name}(request)"
+                    )
+    return found
+
+
+def test_the_request_reaches_no_module_below_the_command_layer():
+    assert request_parameters(PACKAGE) == []
+
+
+def test_a_request_planted_below_the_command_layer_is_caught(tmp_path):
+    package = _plant(tmp_path, dict(GOOD, **{"engines/local.py": "def run(plan, *, request=None):\n    pass\n"}))
+    assert request_parameters(package) == ["mixup_cli/engines/local.py:1: run(request)"]
+
+
 def _plant(root: Path, files: dict[str, str]) -> Path:
     package = root / "mixup_cli"
     for rel, text in {"__init__.py": "", **files}.items():
@@ -162,13 +194,19 @@ def _plant(root: Path, files: dict[str, str]) -> Path:
 
 
 GOOD = {
-    "core.py": "import numpy\n",
-    "sampling.py": "from mixup_cli.core import x\n",
+    "_version.py": "",
+    "core/__init__.py": "",
+    "core/blend.py": "import numpy\nfrom mixup_cli import _version\n",
+    "mixing/__init__.py": "",
+    "mixing/sampling.py": "from mixup_cli.core.blend import x\n",
+    "mixing/mixer.py": "from mixup_cli.mixing.sampling import Plan\n",
     "engines/__init__.py": "",
-    "engines/local.py": "from mixup_cli import sampling\n",
-    "pipeline.py": "from mixup_cli.engines import local\n",
+    "engines/local.py": "from mixup_cli.mixing import sampling\n",
+    "commands/__init__.py": "",
+    "commands/pipeline.py": "from mixup_cli.engines import local\n",
     "cli/__init__.py": "import click\nfrom . import augment\n",
-    "cli/augment.py": "def run():\n    from mixup_cli.pipeline import augment\n",
+    "cli/augment.py": "def run():\n    from mixup_cli.commands.pipeline import augment\n",
+    "api.py": "from mixup_cli.commands import pipeline\n",
 }
 
 
@@ -182,20 +220,33 @@ def test_a_planted_tree_that_keeps_the_layers_passes(tmp_path):
         # A lazy import inside a function is an edge like any other.
         (
             "engines/local.py",
-            "def f():\n    from mixup_cli.pipeline import augment\n",
-            r"engines/local.py:3: engines.local \(engines\) imports pipeline \(commands\), a higher layer",
+            "def f():\n    from mixup_cli.commands.pipeline import augment\n",
+            r"engines/local.py:3: engines.local \(engines\) imports commands.pipeline \(commands\), a higher layer",
         ),
-        ("sampling.py", "from mixup_cli import engines\n", r"sampling \(data\) imports engines \(engines\)"),
-        ("core.py", "from .cli import augment\n", r"core \(core\) imports cli.augment \(cli\)"),
-        ("sampling.py", "import click\n", r"sampling.py:2: imports click outside cli/"),
-        ("sampling.py", "from mixup_cli.mixing import Mixer\n", r"import cycle: sampling -> mixing -> sampling"),
-        ("shards.py", "from mixup_cli import core\n", r"'shards' is in no layer"),
+        (
+            "mixing/sampling.py",
+            "from mixup_cli import engines\n",
+            r"mixing.sampling \(mixing\) imports engines \(engines\)",
+        ),
+        ("core/blend.py", "from ..cli import augment\n", r"core.blend \(core\) imports cli.augment \(cli\)"),
+        ("core/blend.py", "from mixup_cli import api\n", r"core.blend \(core\) imports api \(package\)"),
+        ("_version.py", "from mixup_cli.core import blend\n", r"_version \(leaves\) imports core.blend \(core\)"),
+        ("mixing/sampling.py", "import click\n", r"mixing/sampling.py:2: imports click outside cli/"),
+        (
+            "mixing/sampling.py",
+            "from mixup_cli.mixing.mixer import Mixer\n",
+            r"import cycle: mixing.(sampling|mixer) -> mixing.(sampling|mixer) -> mixing.(sampling|mixer)",
+        ),
+        ("shards.py", "from mixup_cli.core import blend\n", r"'shards' is in no layer"),
+        ("extra/__init__.py", "from mixup_cli.core import blend\n", r"'extra' is in no layer"),
+        ("verify/laws.py", "from mixup_cli.engines import local\n", r"verify.laws, a check, imports engines.local"),
+        ("a.py", "", r"holds 7 modules at its top"),
     ],
 )
 def test_a_back_edge_planted_in_a_small_tree_is_caught(tmp_path, module, text, expected):
     import re
 
-    files = dict(GOOD, **{"mixing.py": "from mixup_cli.sampling import Plan\n"})
+    files = dict(GOOD, **({"b.py": "", "c.py": "", "d.py": ""} if module == "a.py" else {}))
     files[module] = files.get(module, "") + text
     found = violations(_plant(tmp_path, files))
     assert any(re.search(expected, line) for line in found), found

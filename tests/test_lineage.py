@@ -13,7 +13,7 @@ import pytest
 from conftest import load_output, write_h5
 
 import mixup_cli
-from mixup_cli.pipeline import AugmentRequest, augment
+from mixup_cli.commands.pipeline import AugmentRequest, augment
 
 
 def grouped(tmp_path, n=50, name="in.h5", seed=0):

@@ -9,7 +9,7 @@ import pytest
 from conftest import load_output, read_sidecar, write_npy_dir, write_npz
 from sklearn.preprocessing import OneHotEncoder
 
-from mixup_cli.pipeline import AugmentRequest, augment
+from mixup_cli.commands.pipeline import AugmentRequest, augment
 
 NAMES = np.array(["dog", "cat", "émeu", "ant", "Zebra"])
 

@@ -13,8 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scipy import stats
 
-from mixup_cli import neighbours
-from mixup_cli.pipeline import AugmentRequest, augment
+from mixup_cli.commands.pipeline import AugmentRequest, augment
+from mixup_cli.mixing import neighbours
 
 
 def brute_lists(feats, k, groups=None, rows=None):
@@ -91,7 +91,7 @@ def test_partner_is_uniform_over_the_k_neighbours():
     rng = np.random.default_rng(0)
     table = np.argsort(rng.random((2000, 7)), axis=1)  # any table: what is drawn is the position
     index = neighbours.NeighbourIndex(table)
-    from mixup_cli.sampling import Plan
+    from mixup_cli.mixing.sampling import Plan
 
     plan = Plan(n_rows=2000, alpha=0.5, seed=4, block_rows=256, pairing="knn", neighbors=7, copies=5, partners=index)
     pos = []
@@ -259,7 +259,7 @@ def test_refusals_are_one_line_exit_2_and_leave_nothing(tabular, outdir, run_mix
 def test_scikit_learn_is_not_imported_at_start_up():
     code = (
         "import sys; from click.testing import CliRunner; from mixup_cli.cli import cli; "
-        "import mixup_cli.pipeline, mixup_cli.sampling; "
+        "import mixup_cli.commands.pipeline, mixup_cli.mixing.sampling; "
         "r = CliRunner().invoke(cli, ['augment', '--help']); assert r.exit_code == 0; "
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('sklearn', 'scipy')))"
     )
@@ -496,7 +496,7 @@ def blas_threads_seen(monkeypatch, target, name):
 def test_blas_pools_are_held_to_the_budget_and_restored():
     from threadpoolctl import threadpool_info
 
-    from mixup_cli import threads
+    from mixup_cli.core import threads
 
     before = [p["num_threads"] for p in threadpool_info()]
     with threads.blas_limited(1):

@@ -130,8 +130,8 @@ def test_a_link_is_replaced_never_what_it_points_to(src, tmp_path, run_mixup):
 
 def test_sticky_directory_refusal_comes_before_any_work(src, tmp_path, monkeypatch):
     """Another user's OUT in a sticky directory cannot be renamed over: said up front."""
-    from mixup_cli import preflight
-    from mixup_cli.errors import OutputError
+    from mixup_cli.core.errors import OutputError
+    from mixup_cli.run import preflight
 
     sticky = tmp_path / "shared"
     sticky.mkdir()

@@ -5,12 +5,12 @@ import pytest
 from conftest import expected_mix, load_output, write_h5
 from scipy import stats
 
-from mixup_cli.classes import ClassIndex, class_index, labels_of
-from mixup_cli.errors import InputError, ParameterError
+from mixup_cli.commands.pipeline import AugmentRequest, augment
+from mixup_cli.core.errors import InputError, ParameterError
 from mixup_cli.io import hdf5
-from mixup_cli.pipeline import AugmentRequest, augment
-from mixup_cli.sampling import INDEX_PAIRINGS, Plan
-from mixup_cli.sampling import PAIRINGS as ALL_PAIRINGS
+from mixup_cli.mixing.sampling import INDEX_PAIRINGS, Plan
+from mixup_cli.mixing.sampling import PAIRINGS as ALL_PAIRINGS
+from mixup_cli.targets.classes import ClassIndex, class_index, labels_of
 
 # The pairings that need no index over the data (the others: test_neighbours.py, test_label_kernel.py).
 PAIRINGS = tuple(p for p in ALL_PAIRINGS if p not in INDEX_PAIRINGS)
@@ -194,7 +194,7 @@ def test_class_index_streams_integer_labels_from_a_reader(tmp_path, monkeypatch)
     """Integer y of shape (N,) (refused by augment today) gives classes too."""
     labels = np.random.default_rng(0).integers(5, 9, 500).astype(np.int32)
     src = write_h5(tmp_path / "in.h5", x=np.zeros((500, 1), np.float32), y=labels)
-    monkeypatch.setattr("mixup_cli.classes._READ_BYTES", 64)  # many small pieces
+    monkeypatch.setattr("mixup_cli.targets.classes._READ_BYTES", 64)  # many small pieces
     with hdf5.Reader(src) as reader:
         index = class_index(reader, "y")
     assert index.n_classes == 4 and index.values.tolist() == [5, 6, 7, 8]

@@ -26,7 +26,7 @@ import pytest
 from conftest import load_output, write_h5
 from scipy import stats
 
-from mixup_cli.pipeline import AugmentRequest, augment
+from mixup_cli.commands.pipeline import AugmentRequest, augment
 
 FALSE_ALARM = 1e-6
 # |z| beyond this has probability FALSE_ALARM under a standard normal (two-sided).
@@ -287,7 +287,7 @@ def test_verify_raises_no_false_alarm_on_honest_draws_at_small_sizes(n):
     law's lower tail is wrong for counts in few cells (at 20 rows, equal
     halves happen 18% of the time); a check that used it there failed honest
     outputs that often."""
-    from mixup_cli.law import Law
+    from mixup_cli.mixing.law import Law
 
     rng = np.random.default_rng(n)
     for _ in range(400):
@@ -301,7 +301,7 @@ def test_verify_law_check_rejects_partners_that_are_a_permutation():
     """The control: each row exactly once as a partner (a permutation, the
     block cycle's law) is far too even for i.i.d. draws once there are
     cells enough to tell."""
-    from mixup_cli.law import Law
+    from mixup_cli.mixing.law import Law
 
     rng = np.random.default_rng(0)
     n = 5000
@@ -339,7 +339,7 @@ def test_verify_fails_a_planted_wrong_plan_that_the_bytes_match(tmp_path, run_cl
     every byte matches its own recomputation, the law does not."""
     import dataclasses
 
-    from mixup_cli import sampling
+    from mixup_cli.mixing import sampling
 
     tasks, draw = sampling.Plan.tasks, sampling.Plan.draw
     as_cycle = lambda plan: dataclasses.replace(plan, version=1)  # noqa: E731

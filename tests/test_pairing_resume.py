@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 from conftest import KILLER, REPO, load_output, read_sidecar, write_h5
 
-from mixup_cli.pipeline import AugmentRequest, augment
+from mixup_cli.commands.pipeline import AugmentRequest, augment
 
 _KILLED_RUN = (
     KILLER
     + """
 import json, sys
-from mixup_cli import pipeline, resume
+from mixup_cli.commands import pipeline; from mixup_cli.run import resume
 resume.SAVE_INTERVAL = 0  # journal every task, so the kill point is exact
 src, out, options = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
 

@@ -10,10 +10,10 @@ from conftest import SAMPLE_H5, load_output, write_h5
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mixup_cli import preview
-from mixup_cli.errors import ParameterError
-from mixup_cli.pipeline import AugmentRequest, augment
-from mixup_cli.prepare import DataOptions
+from mixup_cli.commands import preview
+from mixup_cli.commands.pipeline import AugmentRequest, augment
+from mixup_cli.core.errors import ParameterError
+from mixup_cli.run.prepared import DataOptions
 
 
 @pytest.fixture

@@ -29,7 +29,7 @@ ARGS = ["--seed", "11", "--block-rows", "100", "--copies", "2"]
 
 _KILL_AT = """
 import os, signal, sys
-from mixup_cli import pipeline, resume
+from mixup_cli.commands import pipeline; from mixup_cli.run import resume
 point, n = sys.argv[1], int(sys.argv[2])
 calls = [0]
 
@@ -228,8 +228,8 @@ def test_every_request_field_is_either_fingerprinted_or_said_not_to_decide_the_o
     # would let --resume continue a run that was started with another value.
     import dataclasses
 
-    from mixup_cli import resume
-    from mixup_cli.request import AugmentRequest
+    from mixup_cli.commands.request import AugmentRequest
+    from mixup_cli.run import resume
 
     lists = (resume.FINGERPRINT_OPTIONS, resume.FINGERPRINT_WHEN_GIVEN, resume.NOT_IN_FINGERPRINT)
     named = [name for names in lists for name in names]

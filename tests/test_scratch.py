@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 from conftest import KILLER, read_sidecar, write_h5
 
-from mixup_cli import scratch
-from mixup_cli.errors import OutputError
+from mixup_cli.commands.pipeline import AugmentRequest, augment
+from mixup_cli.core.errors import OutputError
 from mixup_cli.io import hdf5
-from mixup_cli.pipeline import AugmentRequest, augment
-from mixup_cli.planning import build_plan
-from mixup_cli.preflight import check_free_space
-from mixup_cli.source import open_source
+from mixup_cli.run import scratch
+from mixup_cli.run.planner import build_plan
+from mixup_cli.run.preflight import check_free_space
+from mixup_cli.run.source import open_source
 
 
 def write_gzip_h5(path, **arrays):
@@ -148,7 +148,7 @@ _KILLED = (
     KILLER
     + """
 import sys
-from mixup_cli import pipeline, resume
+from mixup_cli.commands import pipeline; from mixup_cli.run import resume
 resume.SAVE_INTERVAL = 0
 src, out = sys.argv[1], sys.argv[2]
 

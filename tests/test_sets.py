@@ -18,12 +18,14 @@ from conftest import make_arrays, write_h5, write_npy_dir, write_npz
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mixup_cli import pipeline, provenance
+from mixup_cli.commands import pipeline
+from mixup_cli.commands.pipeline import AugmentRequest, augment, open_source
+from mixup_cli.core.errors import InputError, OutputError, ParameterError
 from mixup_cli.engines import local
-from mixup_cli.errors import InputError, OutputError, ParameterError
-from mixup_cli.pipeline import AugmentRequest, augment, open_source
-from mixup_cli.planning import build_plan
-from mixup_cli.sampling import Plan
+from mixup_cli.mixing.sampling import Plan
+from mixup_cli.record import provenance
+from mixup_cli.run.planner import build_plan
+from mixup_cli.run.tasks import compute_task
 from mixup_cli.sets import (
     ConcatReader,
     Part,
@@ -52,7 +54,6 @@ from mixup_cli.sets import (
     to_single,
     whole_task,
 )
-from mixup_cli.tasks import compute_task
 
 SIZES = (37, 5, 64, 1, 29)  # unequal, boundaries off any power-of-two block
 

@@ -21,9 +21,9 @@ from conftest import REPO, default_signals, load_output, mixup_executable, write
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mixup_cli.pipeline import AugmentRequest, augment
+from mixup_cli.commands.augment_set import augment_set
+from mixup_cli.commands.pipeline import AugmentRequest, augment
 from mixup_cli.sets import Part
-from mixup_cli.sets.run import augment_set
 
 SIZES = (37, 5, 64, 1, 29)  # unequal; with --block-rows 16 no boundary but 0 falls on a block's
 BLOCK = 16
@@ -728,7 +728,7 @@ def test_more_inputs_than_readers_kept_open(tmp_path, monkeypatch, pairing):
     class, or global (i.i.d. over all rows), which fall anywhere in the set
     for every output, come from one scratch copy of the set made once (not
     O(inputs) reopenings an output). The same bytes."""
-    from mixup_cli import scratch
+    from mixup_cli.run import scratch
 
     copies = []
     real_copy = scratch._copy

@@ -29,7 +29,7 @@ ARGS = ["--seed", "11", "--block-rows", "100", "--copies", "2"]
 
 _KILL_AT_WRITE = """
 import os, signal, sys
-from mixup_cli import pipeline, resume
+from mixup_cli.commands import pipeline; from mixup_cli.run import resume
 resume.SAVE_INTERVAL = 0
 n, calls = int(sys.argv[1]), [0]
 create = pipeline.create_writer
@@ -281,7 +281,7 @@ def test_a_changed_row_in_a_journaled_block_means_start_over(src, tmp_path, name
 
 _SWAP_FIRST = """
 import os, sys
-from mixup_cli import atomic
+from mixup_cli.record import atomic
 out, mine, moved = sys.argv[1:4]
 real, calls = atomic.exchange, [0]
 def exchange(a, b):
@@ -366,7 +366,7 @@ def test_a_directory_at_the_sidecar_name_is_refused_before_anything_is_written(s
 
 _FULL_AT_SECOND = """
 import errno, sys
-from mixup_cli import pipeline
+from mixup_cli.commands import pipeline
 calls, create = [0], pipeline.create_writer
 def create_writer(*args, **kwargs):
     calls[0] += 1

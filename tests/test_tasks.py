@@ -10,15 +10,15 @@ from conftest import make_arrays, write_h5
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mixup_cli import digests, provenance
+from mixup_cli.commands.pipeline import AugmentRequest, Progress, augment
 from mixup_cli.engines import local
 from mixup_cli.io import hdf5
 from mixup_cli.io.base import WriteOptions
-from mixup_cli.pipeline import AugmentRequest, Progress, augment
-from mixup_cli.planning import build_plan, output_specs, plan_from_sidecar
-from mixup_cli.sampling import Plan, Task
-from mixup_cli.source import open_source
-from mixup_cli.tasks import compute_task
+from mixup_cli.mixing.sampling import Plan, Task
+from mixup_cli.record import digests, provenance
+from mixup_cli.run.planner import build_plan, output_specs, plan_from_sidecar
+from mixup_cli.run.source import open_source
+from mixup_cli.run.tasks import compute_task
 
 
 def split(plan: Plan, cuts: int):
@@ -170,7 +170,7 @@ def test_plan_from_dict_reads_back_to_dict(pairing, copies, include_original, bl
 
 
 def test_plan_from_a_sidecar_of_another_version_is_refused(src):
-    from mixup_cli.errors import ParameterError
+    from mixup_cli.core.errors import ParameterError
 
     source = open_source(src, "x", "y")
     try:
@@ -183,7 +183,7 @@ def test_plan_from_a_sidecar_of_another_version_is_refused(src):
 def test_resume_redoes_the_parts_of_a_block_not_finished(tmp_path):
     """A digest covers a whole block: parts journaled as written, of a block
     whose digest is missing (its other parts were not), are done again."""
-    from mixup_cli import resume
+    from mixup_cli.run import resume
 
     plan = Plan(n_rows=40, alpha=0.3, seed=1, block_rows=10, pairing="batch")
     tasks = list(split(plan, 2))  # 8 parts: two per block
@@ -210,7 +210,7 @@ def test_workers_prepare_the_rows_as_the_client_did(tmp_path, y, options):
     """What the Dask workers open the input with (``Prepared.resolved_options``,
     passed as it is) prepares the same rows as the client, and is what the
     sidecar's parameters read back to."""
-    from mixup_cli.prepare import DataOptions
+    from mixup_cli.run.prepared import DataOptions
 
     arrays = {"x": np.random.default_rng(2).random((30, 3), dtype=np.float32)}
     if y is not None:

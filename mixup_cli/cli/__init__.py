@@ -20,7 +20,7 @@ import logging  # noqa: E402
 import click  # noqa: E402
 
 from mixup_cli._version import __version__
-from mixup_cli.errors import MixupError
+from mixup_cli.core.errors import MixupError
 
 from .augment import augment
 from .inspect import inspect
@@ -102,7 +102,7 @@ class MixupGroup(click.Group):
             raise one_line(exc) from None
 
     def invoke(self, ctx):
-        from mixup_cli import stopping
+        from mixup_cli.core import stopping
 
         signals.begin_command()
         _quiet_abandoned_work()
@@ -148,13 +148,13 @@ def _command(ctx) -> str:
 
 
 def _show_version(ctx, param, value):
-    """The version, and which mixing loop runs and why (``core.KERNEL_REASON``)."""
+    """The version, and which mixing loop runs and why (``blend.KERNEL_REASON``)."""
     if not value or ctx.resilient_parsing:
         return
-    from mixup_cli import core
+    from mixup_cli.core import blend
 
     click.echo(f"mixup, version {__version__}")
-    click.echo(f"kernel: {core.KERNEL} ({core.KERNEL_REASON})")
+    click.echo(f"kernel: {blend.KERNEL} ({blend.KERNEL_REASON})")
     ctx.exit()
 
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import click
 
-from mixup_cli import atomic
 from mixup_cli.engines import ENGINES
+from mixup_cli.record import atomic
 
 from . import signals
 from .options import (
@@ -35,7 +35,7 @@ def _resume_command() -> str:
 
 def _stopped(output: Path, name: str) -> str:
     """What an interrupted run says, from what it left on disk."""
-    from mixup_cli import resume
+    from mixup_cli.run import resume
 
     if resume.journal_path(output).exists() and atomic.partials(output, with_lock=False):
         return (
@@ -47,7 +47,7 @@ def _stopped(output: Path, name: str) -> str:
 
 def _stopped_set(outdir: Path, name: str, written: list[Path], sharded: bool) -> str:
     """What an interrupted set's run (or part, with --shard) says: outputs committed, one kept to resume."""
-    from mixup_cli import resume
+    from mixup_cli.run import resume
 
     done = f"{len(written)} output(s){' of this part' if sharded else ''} committed; " if written else ""
     kept = [p for p in sorted(Path(outdir).glob(".*" + atomic.PARTIAL_SUFFIX + resume.JOURNAL_SUFFIX))]
@@ -214,7 +214,7 @@ def augment(paths, inputs_from, shard, keys, data, quiet, as_json, **params):
     """
     import dataclasses
 
-    from mixup_cli.pipeline import AugmentRequest
+    from mixup_cli.commands.pipeline import AugmentRequest
     from mixup_cli.sets import is_set_form
 
     if not paths:
@@ -237,7 +237,7 @@ def augment(paths, inputs_from, shard, keys, data, quiet, as_json, **params):
 
 
 def _augment_one(request, quiet: bool, as_json: bool) -> None:
-    from mixup_cli.pipeline import augment as run_augment
+    from mixup_cli.commands.pipeline import augment as run_augment
 
     output_path = request.output
     result = _with_bar(
@@ -280,8 +280,8 @@ def _with_bar(bar, run, stopped):
 
 
 def _augment_set(request, inputs, inputs_from, shard, quiet: bool, as_json: bool) -> None:
+    from mixup_cli.commands.augment_set import augment_set
     from mixup_cli.sets import collect_inputs, parse_shard
-    from mixup_cli.sets.run import augment_set
 
     part = parse_shard(shard)
     paths = collect_inputs(inputs, inputs_from)

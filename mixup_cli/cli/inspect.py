@@ -174,7 +174,7 @@ def inspect(path, as_json):
       mixup inspect out.h5
       mixup inspect mixed/ --json
     """
-    from mixup_cli.describe import describe, describe_set
+    from mixup_cli.commands.describe import describe, describe_set
     from mixup_cli.sets.status import is_set_dir
 
     if is_set_dir(path):

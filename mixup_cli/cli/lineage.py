@@ -35,8 +35,8 @@ def lineage(output, fmt):
       mixup lineage out.h5 > lineage.csv
       mixup lineage out.h5 --format jsonl | head
     """
-    from mixup_cli.lineage import lineage as rows_of
-    from mixup_cli.lineage import render
+    from mixup_cli.commands.lineage import lineage as rows_of
+    from mixup_cli.commands.lineage import render
 
     for text in render(rows_of(output), fmt):
         emit(text.rstrip("\n"))

@@ -5,7 +5,7 @@ A command takes the groups it shares (``keys_options``, ``run_options``,
 ``json_option``, ``debug_option``) instead of redefining them, so one help
 text and one default serve every command. ``keys_options`` and
 ``data_options`` hand the command one object each (``keys``: a ``Keys``,
-``data``: a ``prepare.DataOptions``) instead of their separate values; the
+``data``: a ``prepared.DataOptions``) instead of their separate values; the
 other groups pass values named as ``pipeline.AugmentRequest``'s fields, so a
 command builds its request from them as they come.
 
@@ -23,11 +23,11 @@ from pathlib import Path
 
 import click
 
-from mixup_cli.cutmix import LAYOUTS
 from mixup_cli.io.images import CHANNELS, RESIZES, parse_size
-from mixup_cli.labels import Y_KINDS
-from mixup_cli.prepare import X_DTYPES, Y_FORMATS, DataOptions
-from mixup_cli.sampling import METHODS, PAIRINGS, check_positive
+from mixup_cli.mixing.cutmix import LAYOUTS
+from mixup_cli.mixing.sampling import METHODS, PAIRINGS, check_positive
+from mixup_cli.run.prepared import X_DTYPES, Y_FORMATS, DataOptions
+from mixup_cli.targets.encoding import Y_KINDS
 
 
 def _apply(f, options):
@@ -195,7 +195,7 @@ def _data(ctx, **values):
 
 
 def _image_size(ctx, param, value):
-    from mixup_cli.errors import ParameterError
+    from mixup_cli.core.errors import ParameterError
 
     try:
         return parse_size(value)
@@ -204,7 +204,7 @@ def _image_size(ctx, param, value):
 
 
 def data_options(f):
-    """How x and y are read and mixed, passed as ``data`` (a ``prepare.DataOptions``)."""
+    """How x and y are read and mixed, passed as ``data`` (a ``prepared.DataOptions``)."""
     names = (
         "y_format",
         "y_kind",

@@ -72,8 +72,8 @@ def preview(input_path, output_path, keys, data, rows, identity, alphas, hist, d
       mixup preview labels.h5 -o classes.png --pairing within-class
       mixup preview --identity 10 --alphas 0.1,0.2,...,0.9 -o table.png
     """
-    from mixup_cli import preview as lib
-    from mixup_cli.sampling import draw_seed
+    from mixup_cli.commands import preview as lib
+    from mixup_cli.mixing.sampling import draw_seed
 
     if (input_path is None) == (identity is None):
         raise click.UsageError("give either IN (a dataset) or --identity N, not both and not neither")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from mixup_cli import atomic
+from mixup_cli.record import atomic
 
 
 class BarProgress:

@@ -1,7 +1,7 @@
 """SIGINT, SIGTERM and SIGHUP stop a run through the library's own cleanup.
 
 The handler only records the signal in the command's ``StopToken``
-(``mixup_cli.stopping``): the first one is acted on, later ones are
+(``mixup_cli.core.stopping``): the first one is acted on, later ones are
 remembered. The library checks the token at safe points (between batches,
 in the engines' waits, between the pieces of an index build, in verify's
 loops, between a set's outputs, just before the final commit) and raises
@@ -22,7 +22,7 @@ import os
 import signal
 import sys
 
-from mixup_cli.stopping import SIGNALS, StopToken, Terminated
+from mixup_cli.core.stopping import SIGNALS, StopToken, Terminated
 
 __all__ = ["EXIT_CODES", "Terminated", "describe", "install", "install_early", "started", "token"]
 

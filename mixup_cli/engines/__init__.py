@@ -4,13 +4,13 @@ only when asked for). Both implement one protocol,
 
     run(source, plan, writer, tasks, progress, *, skip, on_done, block_digests, **settings) -> dict
 
-and compute every task with ``mixup_cli.tasks`` (``output_rows``), so they
+and compute every task with ``mixup_cli.run.tasks`` (``output_rows``), so they
 write the same bytes. This module holds what both need (names, option
 checks) and imports neither: ``pipeline`` picks one."""
 
 from __future__ import annotations
 
-from mixup_cli.errors import ParameterError
+from mixup_cli.core.errors import ParameterError
 
 ENGINES = ("local", "dask")
 EXTRA = "pip install 'mixup-cli[dask]'"

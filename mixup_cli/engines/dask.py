@@ -40,14 +40,15 @@ from pathlib import Path
 
 import numpy as np
 
-from mixup_cli import digests, stopping
+from mixup_cli.core import stopping
+from mixup_cli.core.errors import InputError, MixupError
 from mixup_cli.engines import import_distributed
-from mixup_cli.errors import InputError, MixupError
 from mixup_cli.io import ArraySpec
-from mixup_cli.prepare import DataOptions
-from mixup_cli.sampling import Plan, Task
-from mixup_cli.source import open_source
-from mixup_cli.tasks import compute_task
+from mixup_cli.mixing.sampling import Plan, Task
+from mixup_cli.record import digests
+from mixup_cli.run.prepared import DataOptions
+from mixup_cli.run.source import open_source
+from mixup_cli.run.tasks import compute_task
 
 # How long to wait for an existing scheduler to answer, and for it to have a worker.
 CONNECT_TIMEOUT_S = 20

@@ -21,12 +21,14 @@ from pathlib import Path
 
 import numpy as np
 
-from mixup_cli import atomic, balance, digests, stopping
+from mixup_cli.core import stopping
 from mixup_cli.io import ArraySpec
-from mixup_cli.mixing import Mixer
-from mixup_cli.planning import default_batch_rows
-from mixup_cli.sampling import Plan
-from mixup_cli.tasks import output_rows, task_input, whole_block
+from mixup_cli.mixing import balance
+from mixup_cli.mixing.mixer import Mixer
+from mixup_cli.mixing.sampling import Plan
+from mixup_cli.record import atomic, digests
+from mixup_cli.run.planner import default_batch_rows
+from mixup_cli.run.tasks import output_rows, task_input, whole_block
 
 
 def run(

@@ -11,7 +11,7 @@ import os
 import stat
 from pathlib import Path
 
-from mixup_cli.errors import InputError, ParameterError
+from mixup_cli.core.errors import InputError, ParameterError
 from mixup_cli.io.base import ArraySpec, Reader, WriteOptions, Writer
 
 log = logging.getLogger("mixup_cli")

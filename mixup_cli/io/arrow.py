@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from mixup_cli.errors import InputError
+from mixup_cli.core.errors import InputError
 from mixup_cli.io.parquet import TableReader, class_label_names, import_pyarrow
 
 INFO = "dataset_info.json"

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mixup_cli.errors import InputError, ParameterError
+from mixup_cli.core.errors import InputError, ParameterError
 from mixup_cli.io.base import ArraySpec, Overlay
 
 MATLAB_HEADER = b"MATLAB 7.3 MAT-file"

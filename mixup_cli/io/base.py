@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mixup_cli.errors import InputError, OutputError, ParameterError
+from mixup_cli.core.errors import InputError, OutputError, ParameterError
 
 # gzip level of HDF5 and Zarr output: h5py's default for compression="gzip",
 # so "gzip" costs the same in both formats.
@@ -149,7 +149,7 @@ class Overlay:
         return getattr(self._inner, name)
 
     def classes_present(self, key: str):
-        """The inner reader's known class labels (``labels.find_classes``) hold
+        """The inner reader's known class labels (``encoding.find_classes``) hold
         only for arrays shown as they are, never for a changed one."""
         if key in self._changed:
             return None

@@ -12,7 +12,7 @@ import os
 import re
 from pathlib import Path
 
-from mixup_cli.errors import InputError, ParameterError
+from mixup_cli.core.errors import InputError, ParameterError
 
 MAX_PATTERN_PATHS = 1_000_000
 _RANGE = re.compile(r"^(-?\d+)\.\.(-?\d+)(?:\.\.(-?\d+))?$|^([A-Za-z])\.\.([A-Za-z])(?:\.\.(-?\d+))?$")

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mixup_cli.errors import InputError
+from mixup_cli.core.errors import InputError
 from mixup_cli.io.base import ArraySpec, Overlay
 
 MISSING_ATTRIBUTES = ("_FillValue", "missing_value")

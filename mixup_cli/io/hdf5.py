@@ -16,8 +16,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from mixup_cli import beside
-from mixup_cli.errors import InputError, OutputError
+from mixup_cli.core import beside
+from mixup_cli.core.errors import InputError, OutputError
 from mixup_cli.io import base
 from mixup_cli.io.base import GZIP_LEVEL, ArraySpec, WriteOptions
 

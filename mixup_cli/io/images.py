@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mixup_cli.errors import InputError, ParameterError
+from mixup_cli.core.errors import InputError, ParameterError
 from mixup_cli.io import base
 from mixup_cli.io.base import ArraySpec
 

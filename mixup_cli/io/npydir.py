@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mixup_cli import beside
-from mixup_cli.errors import InputError, ParameterError
+from mixup_cli.core import beside
+from mixup_cli.core.errors import InputError, ParameterError
 from mixup_cli.io import base
 from mixup_cli.io.base import ArraySpec, WriteOptions
 from mixup_cli.io.npyfile import NpyMaps, member_path, memmap_npy

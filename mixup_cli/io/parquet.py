@@ -9,7 +9,7 @@ numeric column (shape ``(N,)``), or several numeric columns gathered into
 those a pattern matches in the file's order). ``y`` is a column of numbers,
 of strings (named classes, as in ``names``), a dictionary column (pandas
 ``category``: shown as ``KEY/codes`` and ``KEY/categories``, which
-``names.wrap`` reads as AnnData's categoricals) or fixed-size lists
+``named.wrap`` reads as AnnData's categoricals) or fixed-size lists
 (multi-label rows, dense targets). Missing values (nulls) are refused.
 
 Rows are read one row group at a time: the row group last read is kept per
@@ -28,8 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mixup_cli import beside
-from mixup_cli.errors import InputError, OutputError, ParameterError
+from mixup_cli.core import beside
+from mixup_cli.core.errors import InputError, OutputError, ParameterError
 from mixup_cli.io import base, npz
 from mixup_cli.io.base import ArraySpec, WriteOptions
 from mixup_cli.io.npyfile import member_path, memmap_npy

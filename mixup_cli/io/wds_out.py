@@ -44,11 +44,12 @@ from pathlib import Path
 
 import numpy as np
 
-from mixup_cli import atomic, beside, stopping
-from mixup_cli.errors import InputError, ParameterError
+from mixup_cli.core import beside, stopping
+from mixup_cli.core.errors import InputError, ParameterError
 from mixup_cli.io import base, npz
 from mixup_cli.io.base import ArraySpec, WriteOptions
 from mixup_cli.io.npyfile import member_path, memmap_npy
+from mixup_cli.record import atomic
 
 EXTRA = "pip install 'mixup-cli[images]'"
 META_KEY = "mixup"  # the PAX global header's field holding what the output records
@@ -326,7 +327,7 @@ class Writer(npz.ReadBackWriter):
         holds the rows as they were written."""
         if self.options.image_format != "jpeg":
             return {}
-        from mixup_cli import digests
+        from mixup_cli.record import digests
 
         x_key = next(iter(self.specs))
         rows = self.specs[x_key].rows

@@ -19,11 +19,12 @@ from pathlib import Path
 
 import numpy as np
 
-from mixup_cli import atomic, beside
-from mixup_cli.errors import InputError, OutputError, ParameterError
+from mixup_cli.core import beside
+from mixup_cli.core.errors import InputError, OutputError, ParameterError
 from mixup_cli.io import base
 from mixup_cli.io.base import GZIP_LEVEL, ArraySpec, WriteOptions
 from mixup_cli.io.hdf5 import chunk_rows_for
+from mixup_cli.record import atomic
 
 EXTRA = "pip install 'mixup-cli[zarr]'"
 # File times come from a coarse clock: files changed just before the last

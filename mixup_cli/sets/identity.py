@@ -24,8 +24,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mixup_cli import atomic, provenance
-from mixup_cli.errors import InputError, OutputError
+from mixup_cli.core.errors import InputError, OutputError
+from mixup_cli.record import atomic, provenance
 from mixup_cli.sets.inputs import Part
 from mixup_cli.sets.layout import SetLayout
 

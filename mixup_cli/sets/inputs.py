@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
-from mixup_cli.errors import InputError, ParameterError
+from mixup_cli.core.errors import InputError, ParameterError
 from mixup_cli.io.braces import expand_pattern, is_pattern
 
 

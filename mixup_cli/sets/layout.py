@@ -16,11 +16,12 @@ from pathlib import Path
 
 import numpy as np
 
-from mixup_cli import labels, stopping
-from mixup_cli.errors import InputError, OutputError, ParameterError
+from mixup_cli.core import stopping
+from mixup_cli.core.errors import InputError, OutputError, ParameterError
 from mixup_cli.io import axes, format_of, open_reader
 from mixup_cli.io.base import ArraySpec, layout_options
-from mixup_cli.names import STRING_KINDS
+from mixup_cli.targets import encoding
+from mixup_cli.targets.named import STRING_KINDS
 
 
 @dataclass(frozen=True)
@@ -245,17 +246,17 @@ def _labels_wanted(specs: dict[str, ArraySpec], y_key: str | None, y_kind: str |
     input has the first one's dtype and row shape: ``_agree``)."""
     if y_kind is None or y_key not in specs:
         return False  # no classes to find, or labels shown as codes (AnnData categoricals)
-    return labels.wants_classes(specs[y_key].dtype, specs[y_key].row_shape, y_kind)
+    return encoding.wants_classes(specs[y_key].dtype, specs[y_key].row_shape, y_kind)
 
 
 def _add_classes(reader, y_key: str, rows: int, found: set[int]) -> bool:
     """Add the class labels of one input's ``y_key`` to ``found``, read as
-    ``labels.find_classes`` reads them; False at a label it refuses."""
-    for start in range(0, rows, labels.SCAN_ROWS):
+    ``encoding.find_classes`` reads them; False at a label it refuses."""
+    for start in range(0, rows, encoding.SCAN_ROWS):
         stopping.check()
-        block = reader.read(y_key, start, min(rows, start + labels.SCAN_ROWS))
+        block = reader.read(y_key, start, min(rows, start + encoding.SCAN_ROWS))
         try:
-            found.update(labels.block_classes(block, start, y_key).tolist())
+            found.update(encoding.block_classes(block, start, y_key).tolist())
         except InputError:
             return False
     return True

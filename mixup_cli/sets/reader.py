@@ -22,8 +22,8 @@ import numpy as np
 
 from mixup_cli.io import axes, open_reader
 from mixup_cli.io.base import ArraySpec, Reader
-from mixup_cli.names import STRING_KINDS
 from mixup_cli.sets.layout import SetLayout
+from mixup_cli.targets.named import STRING_KINDS
 
 DEFAULT_MAX_OPEN = 16  # ~3 descriptors each; a 16-shard set then never reopens (about 1 ms an input)
 
@@ -217,7 +217,7 @@ class ConcatReader(Reader):
 
     def classes_present(self, key: str) -> tuple[int, ...] | None:
         """The set's sorted class labels of ``key`` when ``inspect_inputs`` read
-        them as it checked the inputs (``labels.find_classes`` then reads nothing)."""
+        them as it checked the inputs (``encoding.find_classes`` then reads nothing)."""
         return self.layout.classes if key == self.layout.classes_key else None
 
     def take_scatters(self) -> bool:

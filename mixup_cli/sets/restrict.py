@@ -22,8 +22,8 @@ import bisect
 import dataclasses
 from collections.abc import Iterable, Iterator
 
-from mixup_cli.errors import ParameterError
-from mixup_cli.sampling import Plan, Task
+from mixup_cli.core.errors import ParameterError
+from mixup_cli.mixing.sampling import Plan, Task
 
 
 def check_plan(plan: Plan) -> None:

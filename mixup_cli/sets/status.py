@@ -13,8 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mixup_cli import atomic, provenance
-from mixup_cli.errors import InputError, ParameterError
+from mixup_cli.core.errors import InputError, ParameterError
+from mixup_cli.record import atomic, provenance
 from mixup_cli.sets import identity
 from mixup_cli.sets.inputs import Part, part_of, read_list
 from mixup_cli.sets.layout import output_name

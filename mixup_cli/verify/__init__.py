@@ -7,7 +7,7 @@ The checks, all run so that a report names everything that differs:
     records;
 ``output data``
     every array of OUT has the SHA-256 the sidecar records (see
-    ``mixup_cli.digests``), hashed as ``recompute`` reads OUT, so OUT is
+    ``mixup_cli.record.digests``), hashed as ``recompute`` reads OUT, so OUT is
     read once; without the input, read back block by block;
 ``input files``
     the input (where the sidecar says, or ``input_path``) still has the

@@ -1,6 +1,6 @@
 """The ``law`` check of ``mixup verify``: OUT's own ``partner``, ``lam`` (and
 ``own``, ``group``) arrays against the documented law of its pairing
-(``mixup_cli.law``), with ``--groups`` the law inside the groups and with
+(``mixup_cli.mixing.law``), with ``--groups`` the law inside the groups and with
 ``--exclude-rows`` the rows held out; read from OUT alone and, where the
 law needs them, the input's labels and group ids: none of the planner's
 code. ``set_group_checks``: ``--groups`` on a set's outputs, against the
@@ -12,9 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
-from mixup_cli import provenance, stopping
-from mixup_cli.errors import MixupError
+from mixup_cli.core import stopping
+from mixup_cli.core.errors import MixupError
 from mixup_cli.io import open_reader
+from mixup_cli.record import provenance
 from mixup_cli.verify.report import Check
 
 # Rows of OUT's provenance read at once by the law check.
@@ -23,10 +24,10 @@ _LAW_PIECE_ROWS = 1 << 18
 
 def check_law(params: dict, output: Path, input_path: Path | None) -> Check | None:
     """The ``law`` check: OUT's own ``partner`` and ``lam`` (and ``own``)
-    arrays against the pairing's documented law (``mixup_cli.law``), read
+    arrays against the pairing's documented law (``mixup_cli.mixing.law``), read
     from OUT alone (and, for class pairings, the input's labels): none of the
     planner's code. None when the sidecar lacks what it needs."""
-    from mixup_cli import law
+    from mixup_cli.mixing import law
 
     try:
         pairing, copies = params["pairing"], int(params["copies"])
@@ -119,8 +120,8 @@ def _law_check(tested, grouped, params: dict, excluded=None) -> Check:
 
 def _excluded_rows(params: dict, rows: int):
     """``--exclude-rows``: the check that no output row uses the rows the file lists; None without it."""
-    from mixup_cli import law
-    from mixup_cli.exclude import read_rows
+    from mixup_cli.mixing import law
+    from mixup_cli.mixing.exclude import read_rows
 
     recorded = params.get("exclude_rows")
     if not recorded:
@@ -137,7 +138,7 @@ def _excluded_rows(params: dict, rows: int):
 
 def _group_law(params: dict, input_path: Path | None, classes, excluded=None):
     """``--groups``: the law inside the groups, from the input's group ids read here; None without them."""
-    from mixup_cli import law
+    from mixup_cli.mixing import law
 
     key = params.get("groups")
     if key is None or input_path is None:
@@ -164,7 +165,7 @@ def _group_ids(input_path: Path, key: str) -> np.ndarray:
 def set_group_checks(records: dict, params: dict, paths: list[Path], reports: dict) -> None:
     """``--groups`` on a set: each output's ``group`` and partners against the
     group ids of the whole set (global rows), read from the inputs here."""
-    from mixup_cli import law
+    from mixup_cli.mixing import law
 
     key, pairing = params.get("groups"), params.get("pairing")
     if key is None:
@@ -222,7 +223,7 @@ def _check_original_groups(reader, grouped, n: int, originals: int, with_own: bo
 def _input_classes(input_path: Path, y_key: str | None, params: dict) -> np.ndarray | None:
     """The class of every input row, read here (argmax of label rows, or
     integer labels); None where y holds neither (names: not tested)."""
-    from mixup_cli.prepare import DataOptions
+    from mixup_cli.run.prepared import DataOptions
 
     if not y_key:
         return None

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mixup_cli import provenance, scratch
-from mixup_cli.errors import InputError
+from mixup_cli.core.errors import InputError
+from mixup_cli.record import provenance
+from mixup_cli.run import scratch
 from mixup_cli.verify import recomputation
 from mixup_cli.verify.laws import check_law
 from mixup_cli.verify.report import Check, VerifyReport, matching_digests
@@ -18,7 +19,7 @@ from mixup_cli.verify.sets import verify_member
 def verify(output: Path, input_path: Path | None = None, batch_size: int | None = None, progress=None) -> VerifyReport:
     """Run every check on OUT; raise only when there is nothing to check."""
     output = Path(output)
-    from mixup_cli.atomic import recover
+    from mixup_cli.record.atomic import recover
 
     recover(output)  # a commit left half-done by a killed run: finished or rolled back, with a warning
     if not output.exists():
@@ -53,8 +54,8 @@ def recompute(record: dict, output: Path, input_path: Path, batch_size: int | No
     Returns ``(check, first_difference, digests)``: ``digests`` are the
     SHA-256 of OUT's arrays as read for the comparison, when the sidecar
     records them for the same blocks (else None)."""
-    from mixup_cli.planning import output_specs, plan_from_sidecar
-    from mixup_cli.request import Progress
+    from mixup_cli.commands.request import Progress
+    from mixup_cli.run.planner import output_specs, plan_from_sidecar
 
     params = record.get("parameters") or {}
     problem = recomputation.parameters_problem(params)

@@ -14,10 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
-from mixup_cli import beside, digests
-from mixup_cli.errors import MixupError
+from mixup_cli.core import beside
+from mixup_cli.core.errors import MixupError
 from mixup_cli.io import open_reader
-from mixup_cli.sampling import PLAN_VERSIONS
+from mixup_cli.mixing.sampling import PLAN_VERSIONS
+from mixup_cli.record import digests
 from mixup_cli.verify.report import Check
 
 # Parameters a sidecar must record for the output to be recomputed.
@@ -50,8 +51,8 @@ def open_recorded(params: dict, path: Path, **where):
     a set's ``reader`` and ``layout``), through HDF5's own decoding, never
     the run's fast paths: a wrong fast path would otherwise reproduce its
     own wrong output."""
-    from mixup_cli.prepare import DataOptions
-    from mixup_cli.source import open_source
+    from mixup_cli.run.prepared import DataOptions
+    from mixup_cli.run.source import open_source
 
     options = DataOptions.from_parameters(params)
     return open_source(path, params["x_key"], params.get("y_key"), options, fast=False, **where)

@@ -10,9 +10,10 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mixup_cli import beside, digests, provenance, stopping
-from mixup_cli.errors import MixupError
+from mixup_cli.core import beside, stopping
+from mixup_cli.core.errors import MixupError
 from mixup_cli.io import open_reader
+from mixup_cli.record import digests, provenance
 
 
 @dataclass

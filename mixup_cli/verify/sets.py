@@ -10,9 +10,11 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mixup_cli import provenance, scratch, stopping
-from mixup_cli.errors import InputError
+from mixup_cli.core import stopping
+from mixup_cli.core.errors import InputError
 from mixup_cli.io import open_reader
+from mixup_cli.record import provenance
+from mixup_cli.run import scratch
 from mixup_cli.verify.laws import set_group_checks
 from mixup_cli.verify.recomputation import (
     RECOMPUTE_ERRORS,
@@ -159,7 +161,7 @@ def verify_member(output: Path, record: dict, input_path, batch_size, progress) 
 
 def _recover_set(outdir: Path) -> None:
     """Finish (or roll back) any commit a killed part left half-done, before counting outputs."""
-    from mixup_cli.atomic import recover
+    from mixup_cli.record.atomic import recover
     from mixup_cli.sets import read_manifest
 
     names = set((read_manifest(outdir) or {}).get("outputs") or [])
@@ -195,8 +197,8 @@ def _verify_outputs(
 def _recompute_set(view, ks, records, params, paths, batch_size, progress, hint) -> dict[int, tuple]:
     """``(check, first_difference, digests)`` for each output of ``ks``: the
     set opened once (fast=False), one plan, each output's own tasks."""
-    from mixup_cli.planning import plan_from_sidecar
-    from mixup_cli.prepare import DataOptions
+    from mixup_cli.run.planner import plan_from_sidecar
+    from mixup_cli.run.prepared import DataOptions
     from mixup_cli.sets import ConcatReader, inspect_inputs, split
 
     absent = [p for p in paths if not p.exists()]
@@ -261,9 +263,9 @@ def _layout_problem(view, layout) -> Check | None:
 def _compare_outputs(view, ks, records, source, plan, layout, tasks, results, batch_size, progress) -> None:
     """Each output recomputed through the local engine from one run source
     (class pairings on compressed inputs: one scratch copy of the whole set)."""
+    from mixup_cli.commands.request import Progress
     from mixup_cli.io import ArraySpec
-    from mixup_cli.planning import output_specs
-    from mixup_cli.request import Progress
+    from mixup_cli.run.planner import output_specs
     from mixup_cli.sets import output_rows
 
     specs = output_specs(source, plan)
