@@ -113,10 +113,10 @@ def build_plan(
         ids = ids if own is None else ids[own]
         cell_classes = classes
         if pairing == "knn-within-class":  # its cells are (group, class) too
-            cell_classes = _knn_classes(source, y_key)
+            cell_classes = _knn_classes(balancing.rows_view(source, own), y_key)
         group_index = grouping.GroupIndex.build(groups, ids, None if cell_classes is None else cell_classes.codes)
     partners = partner_index(
-        source,
+        balancing.rows_view(source, own),  # --exclude-rows: the index over the kept rows only
         pairing,
         x_key,
         y_key,

@@ -120,14 +120,7 @@ def test_verify_fails_when_the_file_changed(tmp_path, run_cli):
     assert "SHA-256 differs" in result.stdout
 
 
-@pytest.mark.parametrize(
-    "options, words",
-    [
-        (["--pairing", "knn"], "--pairing knn"),
-        (["--pairing", "label-kernel", "--bandwidth", "1"], "--pairing label-kernel"),
-        (["--balance"], "--balance"),
-    ],
-)
+@pytest.mark.parametrize("options, words", [(["--balance"], "--balance")])
 def test_what_it_cannot_honour_is_refused(tmp_path, run_cli, options, words):
     src, *_ = make_input(tmp_path)
     path = held_out(tmp_path, HELD)
