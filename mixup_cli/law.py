@@ -90,6 +90,8 @@ class Law:
     partner_law: bool = True
     version: int = 2  # the plan version (1: batch groups are the blocks, tail included)
     problems: list[str] = field(default_factory=list)
+    # batch on a set's output: the rows [lo, hi) of the pair groups that lie whole in it (None: every row)
+    batch_window: tuple[int, int] | None = None
 
     def __post_init__(self):
         n, m = self.n_rows, self.mixed_rows
@@ -160,6 +162,11 @@ class Law:
     def _batch(self, own: np.ndarray, partner: np.ndarray, at: int) -> None:
         """Rows fed in order, groups whole or continued by the next call: each
         group's partners are its rows, once."""
+        if self.batch_window is not None:  # a set's output: the groups that lie whole in it
+            inside = np.flatnonzero((own >= self.batch_window[0]) & (own < self.batch_window[1]))
+            if not len(inside):
+                return
+            own, partner, at = own[inside[0] : inside[-1] + 1], partner[inside[0] : inside[-1] + 1], at + int(inside[0])
         if self._pending is not None:
             p_own, p_partner, at = self._pending
             own, partner = np.concatenate([p_own, own]), np.concatenate([p_partner, partner])
