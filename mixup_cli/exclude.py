@@ -9,7 +9,9 @@ are read by index (``balance.view``) and ``partner`` is mapped back to input
 rows. The indexes of ``knn``, ``knn-within-class`` and ``label-kernel``
 (neighbour lists, the projection, the label kernel) are built over the kept
 rows alone (``planning.build_plan``), so a held-out row is in no list.
-The output gets an ``own`` array: the input row each output row is.
+With ``--balance`` the M rows per class are drawn among the kept rows
+(``planning._own_rows``). The output gets an ``own`` array: the input row
+each output row is.
 The sidecar records the file's path, SHA-256 and the rows it excludes; a
 recomputation (``verify``, ``--resume``) refuses a file whose SHA-256 changed.
 """
@@ -21,14 +23,6 @@ from pathlib import Path
 import numpy as np
 
 from mixup_cli.errors import InputError, ParameterError
-
-
-def check(pairing: str, exclude_rows, balance: bool) -> None:
-    """Refuse, before anything is read, what --exclude-rows cannot honour (exit 2)."""
-    if exclude_rows is None:
-        return
-    if balance:
-        raise ParameterError("--exclude-rows does not go with --balance; leave one of them out", "--exclude-rows")
 
 
 def read_rows(path, n_rows: int) -> np.ndarray:

@@ -120,17 +120,6 @@ def test_verify_fails_when_the_file_changed(tmp_path, run_cli):
     assert "SHA-256 differs" in result.stdout
 
 
-@pytest.mark.parametrize("options, words", [(["--balance"], "--balance")])
-def test_what_it_cannot_honour_is_refused(tmp_path, run_cli, options, words):
-    src, *_ = make_input(tmp_path)
-    path = held_out(tmp_path, HELD)
-    result = run_cli("augment", src, tmp_path / "out.h5", "--exclude-rows", path, *options)
-    assert result.exit_code == 2
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "--exclude-rows" in lines[0] and words in lines[0]
-    assert not (tmp_path / "out.h5").exists()
-
-
 @pytest.mark.parametrize(
     "content, code, words",
     [

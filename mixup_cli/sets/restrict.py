@@ -31,7 +31,7 @@ def check_plan(plan: Plan, layout=None) -> None:
     ``--balance`` draws M rows per class from the whole set, so its rows
     belong to no one input's output. ``--exclude-rows`` (global rows of the
     set) is refused when it holds out every row of one input (``layout``)."""
-    if plan.exclude is not None:
+    if plan.exclude is not None and not plan.balance:
         if layout is not None:
             _check_kept(plan, layout)
         return
@@ -61,7 +61,7 @@ def plan_offsets(plan: Plan, offsets) -> list[int]:
     rows are the kept rows of the set, ``plan.own``, sorted) the kept rows
     before each input's first row. Output k holds plan rows
     ``[bounds[k], bounds[k + 1])`` of each segment."""
-    if plan.exclude is None or plan.own is None:
+    if plan.exclude is None or plan.balance or plan.own is None:
         return [int(v) for v in offsets]
     import numpy as np
 

@@ -62,7 +62,7 @@ def check_law(params: dict, output: Path, input_path: Path | None) -> Check | No
         classes = None
         if frame[0] in ("within-class", "between-class") and input_path is not None:
             classes = _input_classes(input_path, params.get("y_key"), params)
-        grouped = _group_law(params, input_path, classes, excluded)
+        grouped = _group_law(params, input_path, classes, excluded, _balanced_rows(params, reader, frame))
         return _output_law(params, frame, reader, classes, grouped, excluded)
     except (MixupError, OSError, KeyError, ValueError) as exc:
         return Check("law", False, f"could not read the provenance of {output}: {exc}")
@@ -175,15 +175,31 @@ def _excluded_rows(params: dict):
     return law.Excluded(excluded)
 
 
-def _group_law(params: dict, input_path: Path | None, classes, excluded=None):
-    """``--groups``: the law inside the groups, from the input's group ids read here; None without them."""
+def _group_law(params: dict, input_path: Path | None, classes, excluded=None, balanced=None):
+    """``--groups``: the law inside the groups, from the input's group ids read
+    here; None without them. ``balanced`` (--balance): the balanced rows of a
+    copy, the pools partners are drawn from."""
     from mixup_cli import law
 
     key = params.get("groups")
     if key is None or input_path is None:
         return None
     held_out = None if excluded is None else excluded.rows
-    return law.GroupLaw(params["pairing"], _group_ids(input_path, key), classes, held_out)
+    ids = _group_ids(input_path, key)
+    weights = None if balanced is None else np.bincount(balanced, minlength=len(ids))
+    return law.GroupLaw(params["pairing"], ids, classes, held_out, weights=weights)
+
+
+def _balanced_rows(params: dict, reader, frame: tuple) -> np.ndarray | None:
+    """--balance with --groups: OUT's ``own`` rows of its first segment (each
+    segment holds the same balanced rows); None otherwise."""
+    if not (params.get("balance") and params.get("groups")):
+        return None
+    n = reader.spec("partner").rows // frame[2]
+    own = np.asarray(reader.read("own", 0, n), np.int64)
+    if len(own) and own.min() < 0:
+        raise ValueError("its 'own' array holds negative rows")
+    return own
 
 
 def _group_ids(input_path: Path, key: str) -> np.ndarray:
