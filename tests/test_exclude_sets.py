@@ -10,12 +10,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import subprocess
+import time
 
 import h5py
 import numpy as np
 import pytest
-from conftest import REPO, load_output, mixup_executable, write_h5
+from conftest import REPO, default_signals, load_output, mixup_executable, write_h5
 
 SIZES = (37, 5, 64, 29)  # unequal, off the block boundaries of --block-rows 16
 BLOCK = 16
@@ -42,8 +44,12 @@ def make_set(tmp_path):
     return paths, whole, held, x, y
 
 
+def _env(**extra):
+    return dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""), **extra)
+
+
 def mixup(*args, check=True):
-    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = _env()
     result = subprocess.run(
         mixup_executable() + [*map(str, args)], capture_output=True, text=True, timeout=300, env=env
     )
@@ -148,3 +154,32 @@ def test_the_file_is_recorded_in_every_sidecar(tmp_path):
     for p in paths:
         record = json.loads((tmp_path / "set" / (p.name + ".provenance.json")).read_text())
         assert record["parameters"]["exclude_rows"] == {"path": str(held.resolve()), "sha256": sha, "rows": 9}
+
+
+def test_a_part_stopped_mid_output_resumes_to_the_whole_runs_bytes(tmp_path):
+    paths, _, held, *_ = make_set(tmp_path)
+    common = ["--exclude-rows", held, "--seed", 4, "--block-rows", BLOCK, "--copies", 2, "--batch-size", 4]
+    mixup("augment", *paths, tmp_path / "ref", *common)
+    args = ["augment", *paths, tmp_path / "out", *common, "--shard", "0/2"]
+    flag = tmp_path / "paused.flag"
+    proc = subprocess.Popen(
+        mixup_executable() + [*map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(MIXUP_TEST_PAUSE=f"progress@5:{flag}"),
+        preexec_fn=default_signals,
+    )
+    deadline = time.monotonic() + 60
+    while not flag.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGINT)
+    flag.unlink()
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "--resume" in stderr, stderr
+    assert any(p.name.endswith(".journal.json") for p in (tmp_path / "out").iterdir())
+    mixup(*args, "--resume")
+    for p in paths[:2]:  # part 0 of 2: outputs 0 and 1
+        want = load_output(tmp_path / "ref" / p.name)
+        assert as_bytes(load_output(tmp_path / "out" / p.name)) == as_bytes(want), p.name
