@@ -250,6 +250,8 @@ def partner_index(
     from mixup_cli import neighbours
 
     label = f"{source.reader.path}['{x_key}']"
+    if isinstance(source.reader, balancing.BalancedReader):  # --exclude-rows: the kept rows only
+        label += " without the rows --exclude-rows holds out,"
     if groups is not None:
         return neighbours.build(
             source.reader,

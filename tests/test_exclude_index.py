@@ -112,3 +112,16 @@ def test_verify_fails_a_partner_edited_to_a_held_out_row(tmp_path, run_cli, pair
     result = run_cli("verify", out)
     assert result.exit_code == 1
     assert "output row 10: its partner is input row 57, which --exclude-rows holds out" in result.stdout
+
+
+def test_too_few_kept_rows_for_the_neighbours_are_refused_in_one_line(tmp_path, run_cli):
+    src, _, *_ = make_input(tmp_path)
+    most = tmp_path / "most.npy"
+    np.save(most, np.arange(4, N))  # 4 rows kept
+    result = run_cli(
+        "augment", src, tmp_path / "out.h5", "--exclude-rows", most, "--pairing", "knn", "--neighbors", "5"
+    )
+    assert result.exit_code == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "without the rows --exclude-rows holds out, has 4 rows" in lines[0], lines
+    assert not (tmp_path / "out.h5").exists()
