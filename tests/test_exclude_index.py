@@ -125,3 +125,13 @@ def test_too_few_kept_rows_for_the_neighbours_are_refused_in_one_line(tmp_path, 
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "without the rows --exclude-rows holds out, has 4 rows" in lines[0], lines
     assert not (tmp_path / "out.h5").exists()
+
+
+@pytest.mark.xdist_group("dask")
+def test_the_dask_engine_writes_the_local_bytes(dask_scheduler, tmp_path, run_cli):
+    """knn over the kept rows inside the groups, on Dask workers: the local bytes."""
+    src, held, *_ = make_input(tmp_path)
+    options = ["--pairing", "knn", "--neighbors", str(K), "--groups", "pid"]
+    local = run(run_cli, src, tmp_path / "local.h5", held, *options)
+    dask = run(run_cli, src, tmp_path / "dask.h5", held, *options, "--engine", "dask", "--scheduler", dask_scheduler)
+    assert {k: v.tobytes() for k, v in local.items()} == {k: v.tobytes() for k, v in dask.items()}

@@ -105,22 +105,32 @@ def test_each_output_holds_its_kept_rows_and_the_concatenations_run(tmp_path, op
         assert law["ok"] and f"none of the {len(HELD)} rows held out used" in law["detail"], law
 
 
-def test_shard_parts_and_dask_write_the_whole_runs_bytes(tmp_path):
-    pytest.importorskip("distributed", reason="the Dask engine is an optional extra")
-    paths, _, held, *_ = make_set(tmp_path)
-    common = ["--exclude-rows", held, "--seed", 3, "--block-rows", BLOCK, "--copies", 2, "--pairing", "global"]
-    mixup("augment", *paths, tmp_path / "whole", *common)
-    for i in (1, 0):
-        mixup("augment", *paths, tmp_path / "parts", *common, "--shard", f"{i}/2")
-    mixup("augment", *paths, tmp_path / "dask", *common, "--engine", "dask", "--workers", 2)
+def _same_outputs(paths, a, b) -> None:
     for p in paths:
-        want = load_output(tmp_path / "whole" / p.name)
-        sidecar = json.loads((tmp_path / "whole" / (p.name + ".provenance.json")).read_text())
-        for other in ("parts", "dask"):
-            assert as_bytes(load_output(tmp_path / other / p.name)) == as_bytes(want), (other, p.name)
-            found = json.loads((tmp_path / other / (p.name + ".provenance.json")).read_text())
-            assert found["output"]["arrays"] == sidecar["output"]["arrays"]  # the same digests
+        assert as_bytes(load_output(b / p.name)) == as_bytes(load_output(a / p.name)), (b, p.name)
+        want = json.loads((a / (p.name + ".provenance.json")).read_text())["output"]["arrays"]
+        assert json.loads((b / (p.name + ".provenance.json")).read_text())["output"]["arrays"] == want  # digests
+
+
+COMMON = ["--seed", 3, "--block-rows", BLOCK, "--copies", 2, "--pairing", "global"]
+
+
+def test_shard_parts_write_the_whole_runs_bytes(tmp_path):
+    paths, _, held, *_ = make_set(tmp_path)
+    mixup("augment", *paths, tmp_path / "whole", "--exclude-rows", held, *COMMON)
+    for i in (2, 0, 1):
+        mixup("augment", *paths, tmp_path / "parts", "--exclude-rows", held, *COMMON, "--shard", f"{i}/3")
+    _same_outputs(paths, tmp_path / "whole", tmp_path / "parts")
     assert mixup("verify", tmp_path / "parts", check=False).returncode == 0
+
+
+@pytest.mark.xdist_group("dask")
+def test_the_dask_engine_writes_the_local_bytes(dask_scheduler, tmp_path):
+    paths, _, held, *_ = make_set(tmp_path)
+    mixup("augment", *paths, tmp_path / "local", "--exclude-rows", held, *COMMON)
+    dask = ["--engine", "dask", "--scheduler", dask_scheduler]
+    mixup("augment", *paths, tmp_path / "dask", "--exclude-rows", held, *COMMON, *dask)
+    _same_outputs(paths, tmp_path / "local", tmp_path / "dask")
 
 
 def test_verify_fails_an_output_whose_partner_is_edited_to_a_held_out_row(tmp_path):
