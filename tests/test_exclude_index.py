@@ -88,6 +88,22 @@ def test_knn_with_a_projection_and_groups(tmp_path, run_cli):
     assert run_cli("verify", out).exit_code == 0
 
 
+@pytest.mark.parametrize(
+    "options",
+    [["--pairing", "knn-within-class", "--neighbors", "3"], ["--pairing", "label-kernel", "--bandwidth", "0.3"]],
+    ids=["knn-within-class", "label-kernel"],
+)
+def test_with_groups_the_lists_hold_kept_rows_of_the_group(tmp_path, run_cli, options):
+    src, held, _, y, _, pid = make_input(tmp_path)
+    y_key = "y" if "knn-within-class" in options else "t"
+    got = run(run_cli, src, tmp_path / "out.h5", held, *options, "--groups", "pid", "--y-key", y_key)
+    assert_nothing_held_out_used(got)
+    assert np.array_equal(pid[got["partner"]], pid[got["own"]])
+    if y_key == "y":
+        assert np.array_equal(y[got["partner"]], y[got["own"]])
+    assert run_cli("verify", tmp_path / "out.h5").exit_code == 0
+
+
 def test_label_kernel_draws_no_held_out_row(tmp_path, run_cli):
     src, held, _, _, target, _ = make_input(tmp_path)
     out = tmp_path / "out.h5"
