@@ -121,24 +121,6 @@ def test_verify_fails_when_the_file_changed(tmp_path, run_cli):
 
 
 @pytest.mark.parametrize(
-    "options, words",
-    [
-        (["--pairing", "knn"], "--pairing knn"),
-        (["--pairing", "label-kernel", "--bandwidth", "1"], "--pairing label-kernel"),
-        (["--balance"], "--balance"),
-    ],
-)
-def test_what_it_cannot_honour_is_refused(tmp_path, run_cli, options, words):
-    src, *_ = make_input(tmp_path)
-    path = held_out(tmp_path, HELD)
-    result = run_cli("augment", src, tmp_path / "out.h5", "--exclude-rows", path, *options)
-    assert result.exit_code == 2
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "--exclude-rows" in lines[0] and words in lines[0]
-    assert not (tmp_path / "out.h5").exists()
-
-
-@pytest.mark.parametrize(
     "content, code, words",
     [
         ("3\n300\n", 1, "row 300 is not a row of the input (0 to 299)"),
@@ -158,12 +140,3 @@ def test_bad_files_are_refused_in_one_line(tmp_path, run_cli, content, code, wor
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and words in lines[0] and "held.txt" in lines[0]
     assert not (tmp_path / "out.h5").exists()
-
-
-def test_a_set_with_held_out_rows_is_refused(tmp_path, run_cli):
-    rng = np.random.default_rng(0)
-    a = write_h5(tmp_path / "a.h5", x=rng.standard_normal((20, 2)), y=rng.integers(0, 2, 20))
-    b = write_h5(tmp_path / "b.h5", x=rng.standard_normal((20, 2)), y=rng.integers(0, 2, 20))
-    result = run_cli("augment", a, b, tmp_path / "outdir", "--exclude-rows", held_out(tmp_path, [1]))
-    assert result.exit_code == 2
-    assert "--exclude-rows does not go with a set of inputs" in result.stderr

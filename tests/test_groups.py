@@ -171,23 +171,6 @@ def test_group_k_fold_on_the_output_never_leaks(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "options, words",
-    [
-        (["--balance"], "--balance"),
-        (["--pairing", "within-class", "--balance-to", "5"], "--balance"),
-    ],
-)
-def test_pairings_it_cannot_restrict_are_refused(tmp_path, run_cli, options, words):
-    src, *_ = grouped_input(tmp_path / "in.h5", 60, groups=5)
-    out = tmp_path / "out.h5"
-    result = run_cli("augment", src, out, "--groups", "pid", *options)
-    assert result.exit_code == 2
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "--groups" in lines[0] and words in lines[0]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.h5"]
-
-
-@pytest.mark.parametrize(
     "make, code, words",
     [
         (lambda n: {}, 2, "has no 'pid'"),

@@ -38,7 +38,7 @@ from mixup_cli.sets.layout import (
     output_paths,
 )
 from mixup_cli.sets.reader import ConcatReader
-from mixup_cli.sets.restrict import check_plan, output_rows, split
+from mixup_cli.sets.restrict import check_plan, output_rows, plan_offsets, split
 
 
 @dataclass
@@ -140,7 +140,7 @@ def augment_set(
         raise locate_rows(exc, layout) from None  # a row of the set, told as its input's row
     try:
         plan = build_plan(source, **request.plan_parameters())
-        check_plan(plan)
+        check_plan(plan, layout)
         result = SetResult(outdir, "", part, int(plan.seed), 0, 0.0, written if written is not None else [])
         return _run_part(request, source, concat, plan, outputs, result, _PartProgress(progress), started_at, t0)
     except MixupError as exc:
@@ -227,16 +227,17 @@ def _write_part(
 ) -> SetResult:
     layout, outdir, part = concat.layout, result.outdir, result.part
     mine = part.outputs(len(outputs))
-    result.rows = sum(output_rows(plan, layout.shards[k].rows) for k in mine)
+    bounds = plan_offsets(plan, layout.offsets)  # the plan's rows of each input (--exclude-rows: the kept ones)
+    result.rows = sum(output_rows(plan, bounds[k + 1] - bounds[k]) for k in mine)
     progress.inner.start(result.rows)
     todo = [k for k in mine if not (request.resume and k in done)]
     for k in mine:
         if k not in todo:
             _drop_stale_lock(outputs[k])
             result.skipped.append(outputs[k])
-            progress.update(output_rows(plan, layout.shards[k].rows))
+            progress.update(output_rows(plan, bounds[k + 1] - bounds[k]))
     if todo:
-        tasks = split(plan.tasks(), plan, layout.offsets, range(min(todo), max(todo) + 1))
+        tasks = split(plan.tasks(), plan, bounds, range(min(todo), max(todo) + 1))
         state = identity.inputs_state(layout, _state_files(concat))  # once, for every output's journal
         with _run_source(request, source, plan, outdir, part) as run_source:
             for n, k in enumerate(todo):
@@ -312,7 +313,8 @@ def _job(
     set for the journal, its digests' blocks shifted by its offset."""
     layout = concat.layout
     shard, output = layout.shards[k], outputs[k]
-    rows = output_rows(plan, shard.rows)
+    first, stop = plan_offsets(plan, layout.offsets[k : k + 2])  # its input's rows the plan mixes
+    rows = output_rows(plan, stop - first)
     specs = {key: ArraySpec((rows,) + spec.row_shape, spec.dtype) for key, spec in output_specs(source, plan).items()}
     input_record = {
         "set_id": sid,
@@ -331,7 +333,7 @@ def _job(
         shard.specs,
         lambda: concat.input_files(k),
         specs,
-        shift=(shard.rows, shard.offset % plan.block_rows),
+        shift=(stop - first, first % plan.block_rows),
         input_record=input_record,
         set_section=identity.section(layout, k, part, sid, output.name),
         run_source=run_source,

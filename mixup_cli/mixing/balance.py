@@ -120,7 +120,11 @@ class BalancedReader:
 
 def view(source, plan):
     """``source`` as the plan sees it: itself, or (balanced plan) its own rows."""
-    own = getattr(plan, "own", None)
+    return rows_view(source, getattr(plan, "own", None))
+
+
+def rows_view(source, own: np.ndarray | None):
+    """``source`` whose row ``v`` is its row ``own[v]`` (itself when ``own`` is None)."""
     if own is None or isinstance(source.reader, BalancedReader):
         return source
     specs = {key: ArraySpec((len(own),) + spec.row_shape, spec.dtype) for key, spec in source.specs.items()}

@@ -6,7 +6,12 @@ starting with ``#`` skipped). Those rows are never an output row's own row nor
 any row's partner, in every pairing and copy: the plan runs on the kept rows
 (``Plan.own``, sorted), as ``--balance`` runs on its drawn rows, so its rows
 are read by index (``balance.view``) and ``partner`` is mapped back to input
-rows. The output gets an ``own`` array: the input row each output row is.
+rows. The indexes of ``knn``, ``knn-within-class`` and ``label-kernel``
+(neighbour lists, the projection, the label kernel) are built over the kept
+rows alone (``planning.build_plan``), so a held-out row is in no list.
+With ``--balance`` the M rows per class are drawn among the kept rows
+(``planning._own_rows``). The output gets an ``own`` array: the input row
+each output row is.
 The sidecar records the file's path, SHA-256 and the rows it excludes; a
 recomputation (``verify``, ``--resume``) refuses a file whose SHA-256 changed.
 """
@@ -18,23 +23,6 @@ from pathlib import Path
 import numpy as np
 
 from mixup_cli.core.errors import InputError, ParameterError
-
-# Pairings whose index is built over every input row: refused with --exclude-rows.
-_REFUSED = ("knn", "knn-within-class", "label-kernel")
-
-
-def check(pairing: str, exclude_rows, balance: bool) -> None:
-    """Refuse, before anything is read, what --exclude-rows cannot honour (exit 2)."""
-    if exclude_rows is None:
-        return
-    if pairing in _REFUSED:
-        raise ParameterError(
-            f"--exclude-rows goes with --pairing global, batch, within-class or between-class, not --pairing "
-            f"{pairing}; hold the rows out of the input instead",
-            "--exclude-rows",
-        )
-    if balance:
-        raise ParameterError("--exclude-rows does not go with --balance; leave one of them out", "--exclude-rows")
 
 
 def read_rows(path, n_rows: int) -> np.ndarray:

@@ -25,7 +25,9 @@ only row of its group in its pair group) is paired with itself and left
 unmixed: ``partner`` is the row, ``lam`` is 1.0, its output row equals its
 input row. Their number per copy is recorded (``unpaired_rows``). The pool of
 every row is fixed by the input (and for ``batch`` the block size), so that
-number does not depend on the seed. ``--balance`` is refused with it.
+number does not depend on the seed. With ``--balance`` the plan's rows are
+the balanced rows (``balance.own_rows``, drawn per class as without groups),
+and the pools hold them: a row drawn twice is in its pool twice.
 
 ``GroupIndex`` holds O(N) integers, like ``classes.ClassIndex``: one code per
 row, and the rows ordered by (group, class) cells, each group's cells
@@ -50,7 +52,7 @@ GROUP_PAIRINGS = ("global", "batch", "within-class", "between-class", "knn", "kn
 _READ_ROWS = 1 << 18
 
 
-def check(pairing: str, group_key: str | None, x_key: str, y_key: str | None, balance: bool) -> None:
+def check(pairing: str, group_key: str | None, x_key: str, y_key: str | None) -> None:
     """Refuse, before anything is read, what --groups cannot honour (exit 2)."""
     if group_key is None:
         return
@@ -62,8 +64,6 @@ def check(pairing: str, group_key: str | None, x_key: str, y_key: str | None, ba
             f"not --pairing {pairing}; use one of those",
             "--groups",
         )
-    if balance:
-        raise ParameterError("--groups does not go with --balance; leave one of them out", "--groups")
     if group_key in (x_key, y_key):
         raise ParameterError(f"--groups names '{group_key}', which is also x or y; name the group ids", "--groups")
 

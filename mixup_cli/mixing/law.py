@@ -90,6 +90,8 @@ class Law:
     partner_law: bool = True
     version: int = 2  # the plan version (1: batch groups are the blocks, tail included)
     problems: list[str] = field(default_factory=list)
+    # batch on a set's output: the rows [lo, hi) of the pair groups that lie whole in it (None: every row)
+    batch_window: tuple[int, int] | None = None
 
     def __post_init__(self):
         n, m = self.n_rows, self.mixed_rows
@@ -160,6 +162,11 @@ class Law:
     def _batch(self, own: np.ndarray, partner: np.ndarray, at: int) -> None:
         """Rows fed in order, groups whole or continued by the next call: each
         group's partners are its rows, once."""
+        if self.batch_window is not None:  # a set's output: the groups that lie whole in it
+            inside = np.flatnonzero((own >= self.batch_window[0]) & (own < self.batch_window[1]))
+            if not len(inside):
+                return
+            own, partner, at = own[inside[0] : inside[-1] + 1], partner[inside[0] : inside[-1] + 1], at + int(inside[0])
         if self._pending is not None:
             p_own, p_partner, at = self._pending
             own, partner = np.concatenate([p_own, own]), np.concatenate([p_partner, partner])
@@ -270,8 +277,14 @@ class GroupLaw:
     classes: np.ndarray | None = None  # class of every input row (class pairings; None: not known)
     excluded: np.ndarray | None = None  # rows held out (--exclude-rows): in no row's pool
     problems: list[str] = field(default_factory=list)
+    # --balance: how many times each input row is among the rows partners are
+    # drawn from (the balanced rows of a copy, OUT's 'own'); None: each row once
+    weights: np.ndarray | None = None
 
     def __post_init__(self):
+        if self.weights is not None:
+            self._index_slots()
+            return
         values, self.code = np.unique(self.ids, return_inverse=True)
         self.code = self.code.reshape(-1)
         self.written = self.ids if values.dtype.kind in "iu" else self.code  # what 'group' holds
@@ -304,6 +317,59 @@ class GroupLaw:
         self.bins = np.zeros(LAM_BINS, np.int64)
         self.expected = np.zeros(LAM_BINS)
         self.bad: dict[str, int] = {}
+
+    def _index_slots(self) -> None:
+        """--balance: the pools are the balanced rows, a row as many times as it
+        was drawn (its slots, contiguous). ``pos`` is the place of a row's first
+        slot in the (group, class, row) order; a partner's rank in its pool is
+        that of its first slot, and ``_slot_law`` gives the law of that rank."""
+        values, code = np.unique(self.ids, return_inverse=True)
+        self.code = code.reshape(-1)
+        self.written = self.ids if values.dtype.kind in "iu" else self.code
+        n = len(self.code)
+        cls = np.zeros(n, np.int64) if self.classes is None else np.asarray(self.classes, np.int64)
+        self.cls = cls
+        weights = np.zeros(n, np.int64)
+        weights[: len(self.weights)] = np.asarray(self.weights, np.int64)[:n]
+        rows = np.repeat(np.arange(n), weights)
+        order = rows[np.lexsort((rows, cls[rows], self.code[rows]))]  # the slots, in pool order
+        self.slot_rows = order
+        self.pos = np.full(n, -1, np.int64)
+        self.pos[order[::-1]] = np.arange(len(order))[::-1]  # each row's first slot
+        code_of, cell_of = self.code[order], self.code[order] * (int(cls.max()) + 1 if n else 1) + cls[order]
+        self.group_first, self.group_count = self._runs(code_of, order, n)
+        self.cell_first, self.cell_count = self._runs(cell_of, order, n)
+        self.same = self.pairing != "between-class"
+        by_cell = self.pairing == "within-class" and self.classes is not None
+        self.pools_known = self.pairing == "global" or self.classes is not None
+        if self.same and not by_cell:
+            self.cell_first, self.cell_count = self.group_first, self.group_count
+        self.bins, self.expected, self.bad, self._laws = np.zeros(LAM_BINS, np.int64), np.zeros(LAM_BINS), {}, {}
+
+    @staticmethod
+    def _runs(keys: np.ndarray, order: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """Per input row: where the run of slots of its key starts, and its length (0 for rows without slots)."""
+        first, count = np.zeros(n, np.int64), np.zeros(n, np.int64)
+        if len(keys):
+            starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
+            lengths = np.diff(np.r_[starts, len(keys)])
+            run = np.repeat(np.arange(len(starts)), lengths)
+            first[order], count[order] = starts[run], lengths[run]
+        return first, count
+
+    def _slot_law(self, own: int) -> np.ndarray:
+        """--balance: the law of the binned rank of a partner drawn uniformly
+        from the slots of ``own``'s pool (the rank of the drawn row's first slot)."""
+        start, count = int(self.cell_first[own]), int(self.cell_count[own])
+        if self.same:
+            pool = self.slot_rows[start : start + count]
+        else:
+            g = int(self.group_first[own])
+            group = self.slot_rows[g : g + int(self.group_count[own])]
+            pool = np.concatenate([group[: start - g], group[start - g + count :]])
+        first = np.flatnonzero(np.r_[True, pool[1:] != pool[:-1]]) if len(pool) else np.zeros(0, np.int64)
+        rank = np.repeat(first, np.diff(np.r_[first, len(pool)]))
+        return np.bincount(rank * LAM_BINS // max(len(pool), 1), minlength=LAM_BINS) / max(len(pool), 1)
 
     def reset(self) -> None:
         """Forget the rows fed (the index over the input is kept): the next output's check."""
@@ -339,6 +405,10 @@ class GroupLaw:
         wrong = alone & ((partner != own) | (np.asarray(lam) != 1.0))
         self._flag("it has no partner in its group but is not paired with itself with lam 1", np.flatnonzero(wrong), at)
         drew = ~alone & (self.code[partner] == self.code[own])
+        if self.weights is not None:  # --balance: partners are balanced rows
+            unbalanced = drew & (self.pos[partner] < 0)
+            self._flag("its partner is none of the balanced rows ('own')", np.flatnonzero(unbalanced), at)
+            drew &= ~unbalanced
         if self.classes is not None and self.pairing != "global":
             same = self.cls[partner] == self.cls[own]
             off = drew & (~same if self.same else same)
@@ -351,6 +421,13 @@ class GroupLaw:
             rank = self.pos[partner] - self.group_first[own] - np.where(later, self.cell_count[own], 0)
         rank, pool = rank[drew], pool[drew]
         self.bins += np.bincount(rank * LAM_BINS // pool, minlength=LAM_BINS)
+        if self.weights is not None:  # --balance: each pool's own law of the rank
+            cells, first, rows = np.unique(self.cell_first[own[drew]], return_index=True, return_counts=True)
+            for cell, i, k in zip(cells.tolist(), first.tolist(), rows.tolist()):
+                if cell not in self._laws:
+                    self._laws[cell] = self._slot_law(int(own[drew][i]))
+                self.expected += k * self._laws[cell]
+            return ~alone
         sizes, rows = np.unique(pool, return_counts=True)
         for m, k in zip(sizes.tolist(), rows.tolist()):
             self.expected += k * np.bincount(np.arange(m) * LAM_BINS // m, minlength=LAM_BINS) / m

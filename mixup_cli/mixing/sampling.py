@@ -176,6 +176,8 @@ class Plan:
     # --balance: the input row of each of the plan's rows (``balance.own_rows``);
     # the plan's rows are then these, ``n_rows = len(own)``. None: the input's rows.
     balance_to: int | None = None  # rows per class (None: the largest class's count)
+    # --balance with --exclude-rows: ``own`` holds the balanced rows drawn among the kept ones
+    balance: bool = False
     own: np.ndarray | None = field(default=None, compare=False, repr=False)
     # --exclude-rows FILE: (path, sha256, rows excluded); ``own`` then holds the
     # kept input rows, the plan's rows (``exclude.py``).
@@ -245,7 +247,7 @@ class Plan:
             return
         from mixup_cli.mixing import groups
 
-        groups.check(self.pairing, self.group_key, None, None, self.own is not None and self.exclude is None)
+        groups.check(self.pairing, self.group_key, None, None)
         if self.groups is not None and self.groups.n_rows != self.n_rows:
             raise ValueError(f"group index has {self.groups.n_rows} rows, the plan {self.n_rows}")
 
@@ -413,6 +415,7 @@ class Plan:
             fields["balance_to"] = None
         if record.get("exclude_rows"):
             fields["exclude"] = tuple(record["exclude_rows"][k] for k in ("path", "sha256", "rows"))
+            fields["balance"] = bool(record.get("balance"))
         fields["version"] = record["plan_version"]
         fields["group_key"] = record.get("groups")
         return cls(n_rows=n_rows, classes=classes, partners=partners, own=own, groups=groups, **fields)
@@ -433,7 +436,7 @@ class Plan:
         if self.exclude is not None:
             path, sha256, rows = self.exclude
             extra.update(exclude_rows={"path": path, "sha256": sha256, "rows": rows}, rows_per_copy=self.n_rows)
-        elif self.own is not None:
+        if self.own is not None and (self.exclude is None or self.balance):
             extra.update(balance=True, balance_to=self.balance_to, rows_per_copy=self.n_rows)
         if self.group_key is not None:
             extra.update(groups=self.group_key)

@@ -98,8 +98,7 @@ def build_plan(
         # The source's y: a y_key the input lacks (and was not asked for) is dropped there.
         where = f"{source.reader.path} has no '{y_key}': " if y_key else ""
         raise ParameterError(f"{where}--pairing {pairing} needs class labels; name them with --y-key", "--pairing")
-    grouping.check(pairing, groups, x_key, y_key, balance or balance_to is not None)
-    excluding.check(pairing, exclude_rows, balance or balance_to is not None)
+    grouping.check(pairing, groups, x_key, y_key)
     balance_wanted = balancing.check(pairing, balance, balance_to, source.y_key)
     own, classes, exclude = _own_rows(source, pairing, balance_wanted, balance_to, seed, exclude_rows, exclude_sha256)
     options = dict(
@@ -113,10 +112,10 @@ def build_plan(
         ids = ids if own is None else ids[own]
         cell_classes = classes
         if pairing == "knn-within-class":  # its cells are (group, class) too
-            cell_classes = _knn_classes(source, y_key)
+            cell_classes = _knn_classes(balancing.rows_view(source, own), y_key)
         group_index = grouping.GroupIndex.build(groups, ids, None if cell_classes is None else cell_classes.codes)
     partners = partner_index(
-        source,
+        balancing.rows_view(source, own),  # --exclude-rows: the index over the kept rows only
         pairing,
         x_key,
         y_key,
@@ -140,6 +139,7 @@ def build_plan(
         layout=layout if method == "cutmix" else None,
         partners=partners,
         balance_to=balance_to if balance_wanted else None,
+        balance=balance_wanted and exclude is not None,
         own=own,
         version=plan_version,
         group_key=groups,
@@ -168,7 +168,10 @@ def _own_rows(source: Source, pairing: str, balanced: bool, balance_to, seed: in
         return own, _class_index(source) if pairing in CLASS_PAIRINGS else None, exclude
     # One pass over y: the own rows, and the classes of the plan's rows from them.
     input_classes = _class_index(source)
-    if balanced:
+    if balanced and own is not None:  # --exclude-rows: M rows per class drawn among the kept rows
+        kept = ClassIndex.from_labels(input_classes.values[input_classes.codes[own]], input_classes.label)
+        own = own[balancing.own_rows(kept, seed, balance_to)]
+    elif balanced:
         own = balancing.own_rows(input_classes, seed, balance_to)
     classes = None
     if pairing in CLASS_PAIRINGS:
@@ -247,6 +250,8 @@ def partner_index(
     from mixup_cli.mixing import neighbours
 
     label = f"{source.reader.path}['{x_key}']"
+    if isinstance(source.reader, balancing.BalancedReader):  # --exclude-rows: the kept rows only
+        label += " without the rows --exclude-rows holds out,"
     if groups is not None:
         return neighbours.build(
             source.reader,

@@ -26,20 +26,46 @@ from mixup_cli.core.errors import ParameterError
 from mixup_cli.mixing.sampling import Plan, Task
 
 
-def check_plan(plan: Plan) -> None:
+def check_plan(plan: Plan, layout=None) -> None:
     """Refuse plans whose output rows are not rows of the inputs in order:
     ``--balance`` draws M rows per class from the whole set, so its rows
-    belong to no one input's output."""
-    if plan.exclude is not None:
-        raise ParameterError(
-            "--exclude-rows does not go with a set of inputs yet; run it on one file holding the set", "--exclude-rows"
-        )
+    belong to no one input's output. ``--exclude-rows`` (global rows of the
+    set) is refused when it holds out every row of one input (``layout``)."""
+    if plan.exclude is not None and not plan.balance:
+        if layout is not None:
+            _check_kept(plan, layout)
+        return
     if plan.own is not None:
         raise ParameterError(
             "--balance cannot split its output by input (its rows are drawn per class from the whole set); "
             "run it on one file holding the set",
             "--balance",
         )
+
+
+def _check_kept(plan: Plan, layout) -> None:
+    bounds = plan_offsets(plan, layout.offsets)
+    for k, shard in enumerate(layout.shards):
+        if bounds[k + 1] == bounds[k]:
+            raise ParameterError(
+                f"{plan.exclude[0]}: holds out every row of input {shard.path} (set rows {shard.offset} to "
+                f"{shard.offset + shard.rows - 1}), which would leave its output empty; leave that input out "
+                "of the set",
+                "--exclude-rows",
+            )
+
+
+def plan_offsets(plan: Plan, offsets) -> list[int]:
+    """The plan's first row of each input, and its rows in all last: the
+    inputs' ``offsets`` themselves, or with ``--exclude-rows`` (the plan's
+    rows are the kept rows of the set, ``plan.own``, sorted) the kept rows
+    before each input's first row. Output k holds plan rows
+    ``[bounds[k], bounds[k + 1])`` of each segment."""
+    if plan.exclude is None or plan.balance or plan.own is None:
+        return [int(v) for v in offsets]
+    import numpy as np
+
+    return [int(v) for v in np.searchsorted(plan.own, np.asarray(offsets, np.int64))]
 
 
 def segment(plan: Plan, task: Task) -> int:

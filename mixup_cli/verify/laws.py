@@ -22,70 +22,110 @@ from mixup_cli.verify.report import Check
 _LAW_PIECE_ROWS = 1 << 18
 
 
-def check_law(params: dict, output: Path, input_path: Path | None) -> Check | None:
-    """The ``law`` check: OUT's own ``partner`` and ``lam`` (and ``own``)
-    arrays against the pairing's documented law (``mixup_cli.mixing.law``), read
-    from OUT alone (and, for class pairings, the input's labels): none of the
-    planner's code. None when the sidecar lacks what it needs."""
-    from mixup_cli.mixing import law
-
+def _law_frame(params: dict) -> tuple | None:
+    """``(pairing, copies, segments, block_rows, alpha)`` from the sidecar; None when it lacks them."""
     try:
         pairing, copies = params["pairing"], int(params["copies"])
         segments = copies + int(bool(params["include_original"]))
-        block_rows, alpha = int(params["block_rows"]), float(params["alpha"])
+        return pairing, copies, segments, int(params["block_rows"]), float(params["alpha"])
     except (KeyError, TypeError, ValueError):
         return None
-    if params.get("plan_version") == 1 and pairing == "global":
+
+
+def _version_one_global(params: dict) -> Check | None:
+    if params.get("plan_version") == 1 and params.get("pairing") == "global":
         return Check(
             "law",
             True,
             "plan version 1: global pairing took each block's partners from the next block of a random "
             "cycle (its documented law then), not uniform over the dataset; not tested",
         )
+    return None
+
+
+def check_law(params: dict, output: Path, input_path: Path | None) -> Check | None:
+    """The ``law`` check: OUT's own ``partner`` and ``lam`` (and ``own``)
+    arrays against the pairing's documented law (``mixup_cli.mixing.law``), read
+    from OUT alone (and, for class pairings, the input's labels): none of the
+    planner's code. None when the sidecar lacks what it needs."""
+    frame = _law_frame(params)
+    if frame is None:
+        return None
+    old = _version_one_global(params)
+    if old is not None:
+        return old
     try:
         reader = open_reader(output, fast=False)
     except (MixupError, OSError) as exc:
         return Check("law", False, f"could not read {output}: {exc}")
     try:
-        rows = reader.spec("partner").rows
-        n = rows // segments
-        balanced = bool(params.get("balance") or params.get("exclude_rows"))  # an 'own' array
-        excluded = _excluded_rows(params, rows)
+        excluded = _excluded_rows(params)
         classes = None
-        if pairing in ("within-class", "between-class") and input_path is not None:
+        if frame[0] in ("within-class", "between-class") and input_path is not None:
             classes = _input_classes(input_path, params.get("y_key"), params)
-        grouped = _group_law(params, input_path, classes, excluded)
-        if grouped is not None:
-            _check_original_groups(reader, grouped, n, segments - copies, balanced)
-            classes = None  # the group law tests the classes, alone rows apart
-        tested = law.Law(
-            pairing,
-            n,
-            block_rows,
-            alpha,
-            copies * n,
-            lam_is_beta=params.get("method", "mixup") == "mixup",
-            classes=classes,
-            # batch with --groups: its permutations still hold (the group law adds the groups)
-            partner_law=not balanced and (grouped is None or pairing == "batch"),
-            version=int(params.get("plan_version", 1)),
-        )
-        piece = max(1, _LAW_PIECE_ROWS // block_rows) * block_rows
-        for seg in range(segments - copies, segments):  # the original rows come first, unmixed
-            for s in range(0, n, piece):
-                stopping.check()
-                _feed_law(reader, tested, grouped, excluded, (seg * n + s, s, min(n, s + piece)), balanced)
-        return _law_check(tested, grouped, params, excluded)
+        grouped = _group_law(params, input_path, classes, excluded, _balanced_rows(params, reader, frame))
+        return _output_law(params, frame, reader, classes, grouped, excluded)
     except (MixupError, OSError, KeyError, ValueError) as exc:
         return Check("law", False, f"could not read the provenance of {output}: {exc}")
     finally:
         reader.close()
 
 
-def _feed_law(reader, tested, grouped, excluded, rows: tuple[int, int, int], balanced: bool) -> None:
-    """Output rows ``at...`` (input rows ``s:e`` of a segment) fed to the law's checks."""
+def _output_law(params: dict, frame: tuple, reader, classes, grouped, excluded, where=None) -> Check:
+    """The law check of one output, open in ``reader``. ``where`` (a set's
+    output): ``(offset, plan_rows)``: its input's first global row, and the
+    rows the set's plan draws partners from; its own rows are global rows
+    from ``offset``, and with --pairing batch only the set's pair groups that
+    lie whole in its rows are tested as permutations (the others span outputs)."""
+    from mixup_cli.mixing import law
+
+    pairing, copies, segments, block_rows, alpha = frame
+    n = reader.spec("partner").rows // segments
+    offset, plan_rows = where if where is not None else (0, n)
+    balanced = bool(params.get("balance") or params.get("exclude_rows"))  # an 'own' array
+    if grouped is not None:
+        _check_original_groups(reader, grouped, n, segments - copies, balanced, offset)
+        classes = None  # the group law tests the classes, alone rows apart
+    tested = law.Law(
+        pairing,
+        plan_rows,
+        block_rows,
+        alpha,
+        copies * n,
+        lam_is_beta=params.get("method", "mixup") == "mixup",
+        classes=classes,
+        # batch with --groups: its permutations still hold (the group law adds the groups)
+        partner_law=not balanced and (grouped is None or pairing == "batch"),
+        version=int(params.get("plan_version", 1)),
+    )
+    if where is not None and pairing == "batch" and tested.partner_law:
+        tested.batch_window = _whole_groups(tested, offset, offset + n)
+    piece = max(1, _LAW_PIECE_ROWS // block_rows) * block_rows
+    for seg in range(segments - copies, segments):  # the original rows come first, unmixed
+        for s in range(0, n, piece):
+            stopping.check()
+            _feed_law(reader, tested, grouped, excluded, (seg * n + s, s, min(n, s + piece)), balanced, offset)
+    return _law_check(tested, grouped, params, excluded)
+
+
+def _whole_groups(tested, first: int, stop: int) -> tuple[int, int]:
+    """The plan rows of the batch pair groups that lie whole in ``[first, stop)``."""
+    b = tested.block_rows
+    lo = -(-first // b) * b
+    hi = lo
+    while hi < stop:
+        end = tested.group_stop(hi)
+        if end > stop or end <= hi:
+            break
+        hi = end
+    return lo, hi
+
+
+def _feed_law(reader, tested, grouped, excluded, rows: tuple[int, int, int], balanced: bool, offset: int = 0) -> None:
+    """Output rows ``at...`` (rows ``s:e`` of a segment) fed to the law's checks;
+    ``offset``: the global row of a set output's first row."""
     at, s, e = rows
-    own = reader.read("own", at, at + e - s) if balanced else np.arange(s, e)
+    own = reader.read("own", at, at + e - s) if balanced else np.arange(s, e) + offset
     partner, lam = reader.read("partner", at, at + e - s), reader.read("lam", at, at + e - s)
     if excluded is not None:
         excluded.add(own, partner, at)
@@ -118,7 +158,7 @@ def _law_check(tested, grouped, params: dict, excluded=None) -> Check:
     return Check("law", ok, detail + f"; --groups {params['groups']}: {', '.join(tested_groups)}")
 
 
-def _excluded_rows(params: dict, rows: int):
+def _excluded_rows(params: dict):
     """``--exclude-rows``: the check that no output row uses the rows the file lists; None without it."""
     from mixup_cli.mixing import law
     from mixup_cli.mixing.exclude import read_rows
@@ -136,15 +176,31 @@ def _excluded_rows(params: dict, rows: int):
     return law.Excluded(excluded)
 
 
-def _group_law(params: dict, input_path: Path | None, classes, excluded=None):
-    """``--groups``: the law inside the groups, from the input's group ids read here; None without them."""
+def _group_law(params: dict, input_path: Path | None, classes, excluded=None, balanced=None):
+    """``--groups``: the law inside the groups, from the input's group ids read
+    here; None without them. ``balanced`` (--balance): the balanced rows of a
+    copy, the pools partners are drawn from."""
     from mixup_cli.mixing import law
 
     key = params.get("groups")
     if key is None or input_path is None:
         return None
     held_out = None if excluded is None else excluded.rows
-    return law.GroupLaw(params["pairing"], _group_ids(input_path, key), classes, held_out)
+    ids = _group_ids(input_path, key)
+    weights = None if balanced is None else np.bincount(balanced, minlength=len(ids))
+    return law.GroupLaw(params["pairing"], ids, classes, held_out, weights=weights)
+
+
+def _balanced_rows(params: dict, reader, frame: tuple) -> np.ndarray | None:
+    """--balance with --groups: OUT's ``own`` rows of its first segment (each
+    segment holds the same balanced rows); None otherwise."""
+    if not (params.get("balance") and params.get("groups")):
+        return None
+    n = reader.spec("partner").rows // frame[2]
+    own = np.asarray(reader.read("own", 0, n), np.int64)
+    if len(own) and own.min() < 0:
+        raise ValueError("its 'own' array holds negative rows")
+    return own
 
 
 def _group_ids(input_path: Path, key: str) -> np.ndarray:
@@ -162,61 +218,66 @@ def _group_ids(input_path: Path, key: str) -> np.ndarray:
     return ids.astype(np.int64) if ids.dtype.kind == "b" else ids
 
 
-def set_group_checks(records: dict, params: dict, paths: list[Path], reports: dict) -> None:
-    """``--groups`` on a set: each output's ``group`` and partners against the
-    group ids of the whole set (global rows), read from the inputs here."""
+def set_law_checks(records: dict, params: dict, paths: list[Path], reports: dict) -> None:
+    """The ``law`` check of each output of a set, as of one output: its
+    ``partner``/``lam`` (``own``, ``group``) against the pairing's law, the
+    rows held out, and the group law, against the labels and group ids of
+    the whole set (global rows), read from the inputs here."""
+    frame = _law_frame(params)
+    if frame is None:
+        return
+    old = _version_one_global(params)
+    if old is not None:
+        for rep in reports.values():
+            rep.checks.append(old)
+        return
+    try:
+        classes, grouped = _set_labels(params, paths)
+    except (MixupError, OSError, KeyError, ValueError) as exc:
+        for rep in reports.values():
+            rep.checks.append(Check("law", False, f"could not read the inputs' labels or group ids: {exc}"))
+        return
+    for k, rep in reports.items():
+        stopping.check()
+        section = records[k]["set"]
+        plan_rows = int(params.get("rows_per_copy") or section["rows"])
+        where = (int(section["input"]["offset"]), plan_rows)
+        if grouped is not None:
+            grouped.reset()
+        try:
+            reader = open_reader(rep.output, fast=False)
+            try:
+                check = _output_law(params, frame, reader, classes, grouped, _excluded_rows(params), where)
+            finally:
+                reader.close()
+        except (MixupError, OSError, KeyError, ValueError) as exc:
+            check = Check("law", False, f"could not read the provenance of {rep.output}: {exc}")
+        rep.checks.append(check)
+
+
+def _set_labels(params: dict, paths: list[Path]):
+    """The classes (class pairings) and the group law (--groups) over the whole set."""
     from mixup_cli.mixing import law
 
     key, pairing = params.get("groups"), params.get("pairing")
+    classes = None
+    if pairing in ("within-class", "between-class"):
+        found = [_input_classes(p, params.get("y_key"), params) for p in paths]
+        classes = None if any(c is None for c in found) else np.concatenate(found)
     if key is None:
-        return
-    try:
-        ids = np.concatenate([_group_ids(p, key) for p in paths])
-        classes = None
-        if pairing in ("within-class", "between-class"):
-            found = [_input_classes(p, params.get("y_key"), params) for p in paths]
-            classes = None if any(c is None for c in found) else np.concatenate(found)
-        grouped = law.GroupLaw(pairing, ids, classes)
-    except (MixupError, OSError, KeyError, ValueError) as exc:
-        for rep in reports.values():
-            rep.checks.append(Check("law", False, f"--groups {key}: could not read the inputs' group ids: {exc}"))
-        return
-    segments = int(params["copies"]) + int(bool(params["include_original"]))
-    for k, rep in reports.items():
-        section = records[k]["set"]["input"]
-        grouped.reset()
-        try:
-            _add_set_output(grouped, rep.output, int(section["offset"]), segments, segments - int(params["copies"]))
-        except (MixupError, OSError, KeyError, ValueError) as exc:
-            rep.checks.append(Check("law", False, f"could not read the provenance of {rep.output}: {exc}"))
-            continue
-        problems, tested = grouped.result()
-        line = "; ".join(problems) if problems else f"--groups {key}: {', '.join(tested)}"
-        rep.checks.append(Check("law", not problems, line))
+        return classes, None
+    ids = np.concatenate([_group_ids(p, key) for p in paths])
+    excluded = _excluded_rows(params)
+    held_out = None if excluded is None else excluded.rows
+    return classes, law.GroupLaw(pairing, ids, classes, held_out)
 
 
-def _add_set_output(grouped, output: Path, offset: int, segments: int, originals: int) -> None:
-    """One output of a set, fed to ``grouped`` (its own rows are global rows from ``offset``)."""
-    reader = open_reader(output, fast=False)
-    try:
-        n = reader.spec("partner").rows // segments
-        for seg in range(segments):
-            for s in range(0, n, _LAW_PIECE_ROWS):
-                e, at = min(n, s + _LAW_PIECE_ROWS), seg * n + s
-                own = np.arange(s, e) + offset
-                grouped.check_groups(own, reader.read("group", at, at + e - s), at)
-                if seg >= originals:
-                    grouped.add(own, reader.read("partner", at, at + e - s), reader.read("lam", at, at + e - s), at)
-    finally:
-        reader.close()
-
-
-def _check_original_groups(reader, grouped, n: int, originals: int, with_own: bool) -> None:
+def _check_original_groups(reader, grouped, n: int, originals: int, with_own: bool, offset: int = 0) -> None:
     """The original rows' (``--include-original``) ``group``: their own row's id."""
     for seg in range(originals):
         for s in range(0, n, _LAW_PIECE_ROWS):
             e = min(n, s + _LAW_PIECE_ROWS)
-            own = reader.read("own", seg * n + s, seg * n + e) if with_own else np.arange(s, e)
+            own = reader.read("own", seg * n + s, seg * n + e) if with_own else np.arange(s, e) + offset
             grouped.check_groups(own, reader.read("group", seg * n + s, seg * n + e), seg * n + s)
 
 

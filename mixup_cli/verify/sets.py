@@ -15,7 +15,7 @@ from mixup_cli.core.errors import InputError
 from mixup_cli.io import open_reader
 from mixup_cli.record import provenance
 from mixup_cli.run import scratch
-from mixup_cli.verify.laws import set_group_checks
+from mixup_cli.verify.laws import set_law_checks
 from mixup_cli.verify.recomputation import (
     RECOMPUTE_ERRORS,
     compare,
@@ -190,7 +190,7 @@ def _verify_outputs(
                 f"its sidecar's parameters differ from the set's ({_changed(params, record.get('parameters'))})",
             )
         rep.add_checks(record.get("output") or {}, record.get("input") or {}, check, found, hint)
-    set_group_checks(records, params, paths, reports)
+    set_law_checks(records, params, paths, reports)
     return reports
 
 
@@ -199,7 +199,7 @@ def _recompute_set(view, ks, records, params, paths, batch_size, progress, hint)
     set opened once (fast=False), one plan, each output's own tasks."""
     from mixup_cli.run.planner import plan_from_sidecar
     from mixup_cli.run.prepared import DataOptions
-    from mixup_cli.sets import ConcatReader, inspect_inputs, split
+    from mixup_cli.sets import ConcatReader, inspect_inputs, plan_offsets, split
 
     absent = [p for p in paths if not p.exists()]
     problem = (
@@ -228,8 +228,9 @@ def _recompute_set(view, ks, records, params, paths, batch_size, progress, hint)
         concat = ConcatReader(layout, fast=False, scratch_prefix=_set_scratch(view.outdir, "inflated"))
         source = open_recorded(params, paths[0], reader=concat, layout=layout)
         plan = plan_from_sidecar(params, source)
-        tasks = split(plan.tasks(), plan, layout.offsets, range(min(ks), max(ks) + 1))
-        _compare_outputs(view, ks, records, source, plan, layout, tasks, results, batch_size, progress)
+        bounds = plan_offsets(plan, layout.offsets)  # the plan's rows of each input (--exclude-rows: the kept ones)
+        tasks = split(plan.tasks(), plan, bounds, range(min(ks), max(ks) + 1))
+        _compare_outputs(view, ks, records, source, plan, bounds, tasks, results, batch_size, progress)
     except RECOMPUTE_ERRORS as exc:
         failed = not_recomputed(exc, "the output from the set")
         results.update({k: failed for k in ks if k not in results})
@@ -260,7 +261,7 @@ def _layout_problem(view, layout) -> Check | None:
     )
 
 
-def _compare_outputs(view, ks, records, source, plan, layout, tasks, results, batch_size, progress) -> None:
+def _compare_outputs(view, ks, records, source, plan, bounds, tasks, results, batch_size, progress) -> None:
     """Each output recomputed through the local engine from one run source
     (class pairings on compressed inputs: one scratch copy of the whole set)."""
     from mixup_cli.commands.request import Progress
@@ -270,15 +271,15 @@ def _compare_outputs(view, ks, records, source, plan, layout, tasks, results, ba
 
     specs = output_specs(source, plan)
     progress = progress or Progress()
-    progress.start(sum(output_rows(plan, layout.shards[k].rows) for k in ks))
+    progress.start(sum(output_rows(plan, bounds[k + 1] - bounds[k]) for k in ks))
     bar = _OneBar(progress)
     with scratch.source_for_run(source, plan, _set_scratch(view.outdir, "scratch.h5"), fast=False) as run_source:
         for k in ks:
             stopping.check()  # between two outputs
-            shard = layout.shards[k]
-            rows, shift = output_rows(plan, shard.rows), shard.offset % plan.block_rows
+            n = bounds[k + 1] - bounds[k]
+            rows, shift = output_rows(plan, n), bounds[k] % plan.block_rows
             expected = {key: ArraySpec((rows,) + spec.row_shape, spec.dtype) for key, spec in specs.items()}
-            block_digests = matching_digests(records[k].get("output") or {}, plan, expected, (shard.rows, shift))
+            block_digests = matching_digests(records[k].get("output") or {}, plan, expected, (n, shift))
             try:
                 results[k] = compare(
                     run_source, plan, tasks.pop(k), expected, view.present[k], block_digests, bar, batch_size
