@@ -47,8 +47,9 @@ PIP_PREFIX = re.compile(r"^pip install [^&]*&&\s*")
 LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")
 # Pages whose examples take seconds or more (16 processes of an array job,
 # matplotlib, a Dask cluster, many runs of the executable): run by the whole
-# suite. The fast suite keeps the README and the short pages.
+# suite. The fast suite keeps the short pages.
 SLOW_PAGES = {
+    "README.md",
     "docs/sets.md",
     "docs/preview.md",
     "docs/scaling-out.md",

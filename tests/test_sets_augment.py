@@ -557,7 +557,7 @@ def _written(outdir: Path) -> dict:
         ("slurm", _slurm(1, 0, 1)),  # --array=0-1
         pytest.param("slurm", _slurm(2, 1, 2), marks=pytest.mark.slow),  # --array=1-2: I relative to MIN
         pytest.param("slurm", _slurm(7, 5, 7, step=2), marks=pytest.mark.slow),  # --array=5-7:2
-        ("k8s/2", {"JOB_COMPLETION_INDEX": 1}),
+        pytest.param("k8s/2", {"JOB_COMPLETION_INDEX": 1}, marks=pytest.mark.slow),
         pytest.param("kubernetes/2", {"JOB_COMPLETION_INDEX": 1}, marks=pytest.mark.slow),
     ],
 )
