@@ -310,7 +310,14 @@ def test_sigkill_in_the_commit_is_finished_or_rolled_back(source, references, tm
         assert state(out, expected(references, name)) == "new" and leftovers(tmp_path) == []
 
 
-@pytest.mark.parametrize("command", ["inspect", "augment", "augment --resume"])
+@pytest.mark.parametrize(
+    "command",
+    [
+        pytest.param("inspect", marks=pytest.mark.slow),
+        "augment",
+        pytest.param("augment --resume", marks=pytest.mark.slow),
+    ],
+)
 def test_every_command_on_out_finishes_a_half_done_commit(source, references, tmp_path, command, run_cli):
     name = "out.zarr"
     out = old_output(tmp_path, name, references)

@@ -137,7 +137,7 @@ def test_killed_before_the_first_journal_entry_resume_starts_over(src, tmp_path,
     assert_same_arrays(load_output(out), reference(src, tmp_path, "out.h5", "--compression", compression))
 
 
-@pytest.mark.parametrize("compression", ["none", "gzip", "lzf"])
+@pytest.mark.parametrize("compression", ["none", "gzip", pytest.param("lzf", marks=pytest.mark.slow)])
 def test_killed_right_after_the_first_journal_entry_resumes(src, tmp_path, compression):
     out = tmp_path / "out.h5"
     killed("save", -2, src, out, *ARGS, "--compression", compression)  # just after the first task is recorded

@@ -762,7 +762,7 @@ def test_more_inputs_than_readers_kept_open(tmp_path, monkeypatch, pairing):
     "name",
     [
         "mixed.h5",
-        "mixed.npz",
+        pytest.param("mixed.npz", marks=pytest.mark.slow),
         pytest.param("mixed.parquet", marks=pytest.mark.slow),
         pytest.param("mixed.tar", marks=pytest.mark.slow),
     ],
