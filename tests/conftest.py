@@ -52,6 +52,20 @@ class Killer(_pipeline.Progress):
 """
 
 
+# Hypothesis examples: a property runs its full count in the whole suite and
+# a fifth of it (at least 5) in the fast suite, the default (-m 'not slow').
+_FAST_SUITE = [False]
+
+
+def examples(n: int) -> int:
+    """``max_examples`` for a property whose whole-suite count is ``n``."""
+    return max(5, n // 5) if _FAST_SUITE[0] else n
+
+
+def pytest_configure(config):
+    _FAST_SUITE[0] = " ".join(str(config.getoption("markexpr", "") or "").split()) == "not slow"
+
+
 def make_arrays(n=53, x_shape=(4, 3), n_classes=5, dtype=np.float32, seed=0):
     """Random x of the given row shape and one-hot y."""
     rng = np.random.default_rng(seed)

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 from conftest import REPO
 
 # The checkout everywhere a script could pick it up from: PYTHONPATH, the
@@ -38,6 +39,7 @@ def test_the_checkout_is_not_imported():
     assert os.path.exists(imported)
 
 
+@pytest.mark.slow  # two benchmark runs
 def test_a_benchmark_refuses_the_numpy_loop_unless_allowed():
     refused = run([sys.executable, "bench/bench_core.py", "--rows", "8", "--repeats", "1"], MIXUP_CLI_KERNEL="numpy")
     assert refused.returncode == 2 and refused.stdout == ""

@@ -20,7 +20,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from conftest import KILLER, REPO, load_output, read_sidecar, run_in_process, write_h5
+from conftest import KILLER, REPO, examples, load_output, read_sidecar, run_in_process, write_h5
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -102,7 +102,7 @@ def test_shuffled_gzip_chunks_match_hdf5s_own_filter(tmp_path, dtype):
             assert zlib.decompress(mine[1]) == zlib.decompress(theirs[1]), c
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=examples(25), deadline=None)
 @given(
     rows=st.integers(1, 70),
     chunk=st.sampled_from([1, 2, 4, 8]),
@@ -270,7 +270,7 @@ raise SystemExit("not killed")
 )
 
 
-@pytest.mark.parametrize("fmt", ["zarr2", "h5"])
+@pytest.mark.parametrize("fmt", [pytest.param("zarr2", marks=pytest.mark.slow), "h5"])
 def test_resume_keeps_the_layout(images, tmp_path, run_mixup, fmt):
     """A killed gzip run (Zarr v2, or shuffled HDF5) resumed: same arrays, same layout."""
     if fmt == "zarr2":

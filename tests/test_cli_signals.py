@@ -255,7 +255,16 @@ def paused(args, stage, tmp_path):
     return proc, flag
 
 
-@pytest.mark.parametrize("out_name", ["out.h5", "out.npz", "out", "out.zarr"])
+# Each format is resumed in the fast suite, after a SIGTERM here or a kill (test_resume_each_format).
+@pytest.mark.parametrize(
+    "out_name",
+    [
+        "out.h5",
+        pytest.param("out.npz", marks=pytest.mark.slow),
+        "out",
+        pytest.param("out.zarr", marks=pytest.mark.slow),
+    ],
+)
 def test_sigterm_mid_run_then_resume_is_byte_identical(tmp_path, out_name):
     if out_name.endswith(".zarr"):
         pytest.importorskip("zarr", reason="Zarr is an optional extra")
@@ -380,7 +389,15 @@ def _source(tmp_path, fmt):
     return write_npy_dir(tmp_path / "data", x=x, y=y)
 
 
-@pytest.mark.parametrize("out_name", ["out.h5", "out.npz", "out", "out.zarr"])
+@pytest.mark.parametrize(
+    "out_name",
+    [
+        pytest.param("out.h5", marks=pytest.mark.slow),
+        "out.npz",
+        pytest.param("out", marks=pytest.mark.slow),
+        "out.zarr",
+    ],
+)
 def test_resume_each_format(tmp_path, out_name):
     """A run without --seed, killed mid-task, resumed without --seed: the recorded seed is reused."""
     if out_name.endswith(".zarr"):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import load_output, make_arrays, write_h5, write_npy_dir, write_npz
+from conftest import examples, load_output, make_arrays, write_h5, write_npy_dir, write_npz
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
@@ -59,7 +59,7 @@ def test_batch_size_never_changes_the_output(tmp_path, fmt, pairing):
     assert len(outputs[0]["lam"]) == 3 * N
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(25), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     n=st.integers(1, 90),
     block_rows=st.integers(1, 40),

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from conftest import examples
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -21,7 +22,7 @@ def reference_formula(x, y, lam, partner):
     return x, y
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(60), deadline=None)
 @given(
     x=hnp.arrays(
         np.float64, hnp.array_shapes(min_dims=1, max_dims=4, min_side=1, max_side=6), elements=st.floats(-1e6, 1e6)

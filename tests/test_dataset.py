@@ -11,7 +11,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from conftest import cli_runner, make_arrays, write_h5
+from conftest import cli_runner, examples, make_arrays, write_h5
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -138,7 +138,7 @@ def test_the_pair_form_holds_both_targets_and_the_weights_of_the_loss(outputs, s
     assert ((batch["lam"] >= 0) & (batch["lam"] <= 1)).all()
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=examples(40), deadline=None)
 @given(st.lists(st.integers(-2 * N, 2 * N - 1), max_size=60))
 def test_any_index_list_gives_its_rows_in_the_order_asked(outputs, idx):
     out = outputs["h5", "gzip", "soft"]

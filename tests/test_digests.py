@@ -8,7 +8,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import make_arrays, read_sidecar, write_h5
+from conftest import examples, make_arrays, read_sidecar, write_h5
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -37,7 +37,7 @@ def digest_by_hand(array: np.ndarray, segment_rows: int, block_rows: int) -> str
     return outer.hexdigest()
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(60), deadline=None)
 @given(
     n_rows=st.integers(1, 60),
     block_rows=st.integers(1, 70),

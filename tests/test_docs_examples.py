@@ -45,13 +45,17 @@ RUNNABLE = {"bash": "bash", "sh": "bash", "python": "python"}
 NOT_RUN = re.compile(r"^<!-- not run: (\S.*\S) -->$")
 PIP_PREFIX = re.compile(r"^pip install [^&]*&&\s*")
 LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")
-# Pages whose examples take tens of seconds (16 processes of an array job,
-# matplotlib, a Dask cluster): run by the whole suite.
+# Pages whose examples take seconds or more (16 processes of an array job,
+# matplotlib, a Dask cluster, many runs of the executable): run by the whole
+# suite. The fast suite keeps the short pages.
 SLOW_PAGES = {
+    "README.md",
     "docs/sets.md",
     "docs/preview.md",
     "docs/scaling-out.md",
-    *(f"docs/reference/{c}.md" for c in ("augment", "verify", "inspect", "preview")),
+    *(f"docs/{p}.md" for p in ("parquet", "groups", "images", "labels-and-dtypes", "scripts", "checking")),
+    "docs/webdataset-output.md",
+    *(f"docs/reference/{c}.md" for c in ("augment", "verify", "inspect", "preview", "lineage")),
 }
 # What a command's help examples take as given (a --help example names an
 # output already written, or inputs that moved).

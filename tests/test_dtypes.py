@@ -4,7 +4,16 @@ dtypes, NaN and Inf."""
 import h5py
 import numpy as np
 import pytest
-from conftest import assert_nothing_written, expected_mix, load_output, read_sidecar, write_h5, write_npy_dir, write_npz
+from conftest import (
+    assert_nothing_written,
+    examples,
+    expected_mix,
+    load_output,
+    read_sidecar,
+    write_h5,
+    write_npy_dir,
+    write_npz,
+)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -250,7 +259,7 @@ def test_overflow_on_conversion_is_reported(tmp_path, run_cli, outdir):
 # ---------------------------------------------------------------- varying inputs
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=examples(30), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     dtype=st.sampled_from([np.float16, np.float32, np.float64, np.uint8, np.int8, np.int16, np.uint16, np.int32]),
     row_shape=st.lists(st.integers(1, 3), max_size=3).map(tuple),

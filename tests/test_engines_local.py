@@ -8,7 +8,7 @@ from unittest import mock
 import h5py
 import numpy as np
 import pytest
-from conftest import expected_mix, load_output, make_arrays, write_h5, write_npy_dir, write_npz
+from conftest import examples, expected_mix, load_output, make_arrays, write_h5, write_npy_dir, write_npz
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -440,7 +440,7 @@ def test_take_equals_fancy_indexing(take_files, layout):
                 assert reader._scratch is None or reader._scratch.nbytes <= bound
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(60), deadline=None)
 @given(
     layout=st.sampled_from(sorted(TAKE_LAYOUTS)),
     rows=st.lists(st.integers(0, 99), max_size=160),
@@ -586,7 +586,7 @@ def test_slow_hashing_never_sees_rows_change_under_it(tmp_path, params, monkeypa
         (dict(chunks=(7, 3, 2), compression="lzf"), False),
     ],
 )
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=examples(25), deadline=None)
 @given(start=st.integers(0, 50), length=st.integers(0, 50))
 def test_gzip_chunks_inflated_on_every_core_equal_hdf5_reads(tmp_path_factory, layout, inflated_here, start, length):
     stop = min(50, start + length)

@@ -392,14 +392,14 @@ main(sys.argv[1:], prog_name="mixup")
 # Every format and compression: the write itself hits the full disk.
 _EVERY_OUTPUT = [
     ("out.h5", "none"),
-    ("out.h5", "gzip"),
+    pytest.param("out.h5", "gzip", marks=pytest.mark.slow),
     ("out.h5", "lzf"),
     ("out.npz", "none"),
-    ("out.npz", "gzip"),
+    pytest.param("out.npz", "gzip", marks=pytest.mark.slow),
     ("out", "none"),
-    ("out.zarr", "none"),
+    pytest.param("out.zarr", "none", marks=pytest.mark.slow),
     ("out.zarr", "gzip"),
-    ("out.zarr", "zstd"),
+    pytest.param("out.zarr", "zstd", marks=pytest.mark.slow),
 ]
 
 

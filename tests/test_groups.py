@@ -411,7 +411,7 @@ def knn_input(path, n=240, seed=3):
     return write_h5(path, x=x, y=y, pid=pid), x, y, pid
 
 
-@pytest.mark.parametrize("pairing", ["knn", "knn-within-class"])
+@pytest.mark.parametrize("pairing", [pytest.param("knn", marks=pytest.mark.slow), "knn-within-class"])
 def test_knn_partners_are_among_the_k_nearest_of_their_group(tmp_path, run_cli, pairing):
     src, x, y, pid = knn_input(tmp_path / "in.h5")
     n, k, copies = len(pid), 5, 100
@@ -507,7 +507,7 @@ def kernel_input(path, y):
     return write_h5(path, x=x, y=y, pid=pid), pid
 
 
-@pytest.mark.parametrize("bandwidth", [0.05, 0.3])
+@pytest.mark.parametrize("bandwidth", [pytest.param(0.05, marks=pytest.mark.slow), 0.3])
 def test_label_kernel_draws_follow_the_kernel_inside_each_group(tmp_path, bandwidth):
     rng = np.random.default_rng(11)
     n = 1500
@@ -532,6 +532,7 @@ def test_label_kernel_draws_follow_the_kernel_inside_each_group(tmp_path, bandwi
     assert read_sidecar(tmp_path / "out.h5")["parameters"]["unpaired_rows"] == 1
 
 
+@pytest.mark.slow  # the fast suite draws the one-dimensional kernel inside groups
 def test_multi_dimensional_label_kernel_is_the_exact_kernel_inside_each_group(tmp_path, run_cli):
     rng = np.random.default_rng(5)
     n, copies = 800, 25

@@ -5,6 +5,7 @@ from fractions import Fraction
 
 import numpy as np
 import pytest
+from conftest import examples
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -69,7 +70,7 @@ def mix_both(a, b, lam):
 
 
 @pytest.mark.parametrize("dtype", [np.int64, np.uint64])
-@settings(max_examples=120, deadline=None)
+@settings(max_examples=examples(120), deadline=None)
 @given(data=st.data())
 def test_within_one_of_exact_over_the_whole_range(dtype, data):
     n = data.draw(st.integers(1, 6))

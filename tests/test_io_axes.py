@@ -241,6 +241,7 @@ def test_set_of_matlab_files(run_cli, tmp_path, outdir):
     assert run_cli("verify", outdir / "set").exit_code == 0
 
 
+@pytest.mark.slow  # the fast suite keeps a few Dask tests (balance, stopping, a killed run resumed)
 @pytest.mark.xdist_group("dask")
 def test_dask_workers_read_the_same_rows(dask_scheduler, tmp_path, run_mixup):
     netCDF4 = pytest.importorskip("netCDF4")

@@ -4,6 +4,7 @@ against h5py's own reading, over chunk layouts they take or refuse."""
 import h5py
 import numpy as np
 import pytest
+from conftest import examples
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -46,7 +47,7 @@ def test_fast_path_taken_where_it_applies(files, name):
     assert took == expected
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(60), deadline=None)
 @given(name=st.sampled_from(sorted(LAYOUTS)), start=st.integers(0, N), length=st.integers(0, N))
 def test_read_into_equals_h5py(files, name, start, length):
     path, x = files[name]

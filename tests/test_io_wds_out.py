@@ -250,6 +250,7 @@ def test_mixup_dataset_refuses_a_tar_in_one_line(tmp_path):
         MixupDataset(out)
 
 
+@pytest.mark.slow  # the staged rows resumed: test_a_stop_while_packing_keeps_the_staged_rows_for_resume
 def test_killed_mid_run_resumes_to_the_same_archive(tmp_path):
     from test_resume import ARGS, killed, mixup, partials
 
@@ -388,7 +389,7 @@ def test_the_tar_command_lists_and_extracts_it(tmp_path):
     assert json.loads((tmp_path / "x" / "000000003.json").read_text())["sources"][0] == 3
 
 
-@pytest.mark.parametrize("image_format", ["png", "jpeg"])
+@pytest.mark.parametrize("image_format", ["png", pytest.param("jpeg", marks=pytest.mark.slow)])
 def test_killed_once_packed_resumes(tmp_path, image_format):
     """Killed between the packing and the commit: PNG's packed samples are
     checked against the journal and kept; JPEG's cannot be, so the run

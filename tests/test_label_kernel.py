@@ -63,7 +63,7 @@ def chi2_pvalue(observed, expected):
     return stats.chisquare(obs, exp * obs.sum() / exp.sum()).pvalue
 
 
-@pytest.mark.parametrize("bandwidth", [0.05, 0.3])
+@pytest.mark.parametrize("bandwidth", [pytest.param(0.05, marks=pytest.mark.slow), 0.3])
 def test_one_dimensional_draws_follow_the_kernel(bandwidth):
     rng = np.random.default_rng(11)
     y = np.concatenate([rng.normal(0, 1, 1200), np.round(rng.normal(3, 0.5, 300), 1)])  # ties too
@@ -79,6 +79,7 @@ def test_one_dimensional_draws_follow_the_kernel(bandwidth):
     assert np.abs(y[partner] - y[own]).max() <= 4 * bandwidth + 1e-12
 
 
+@pytest.mark.slow  # the power of the law test, not a behaviour of mixup
 def test_a_wrong_bandwidth_is_seen_by_the_test():
     """The chi-square above can fail: draws at S = 0.3 against the law at S = 0.2."""
     rng = np.random.default_rng(11)
@@ -166,6 +167,7 @@ def test_verify_recomputes_and_catches_an_edited_bandwidth(regression, tmp_path,
     assert result.exit_code != 0 and "recomputed output differs" in result.stdout
 
 
+@pytest.mark.slow  # the fast suite keeps a few Dask tests (balance, stopping, a killed run resumed)
 @pytest.mark.xdist_group("dask")
 def test_dask_gives_the_local_bytes(dask_scheduler, regression, tmp_path, run_mixup):
     src, _, _ = regression

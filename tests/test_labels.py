@@ -3,7 +3,16 @@
 import h5py
 import numpy as np
 import pytest
-from conftest import assert_nothing_written, expected_mix, load_output, read_sidecar, write_h5, write_npy_dir, write_npz
+from conftest import (
+    assert_nothing_written,
+    examples,
+    expected_mix,
+    load_output,
+    read_sidecar,
+    write_h5,
+    write_npy_dir,
+    write_npz,
+)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -376,7 +385,7 @@ def test_errors_from_rows_read_by_index_name_the_input_row(tmp_path):
         source.reader.close()
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=examples(25), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     n=st.integers(1, 40),
     c=st.integers(1, 12),

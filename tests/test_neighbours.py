@@ -8,7 +8,7 @@ import sys
 import h5py
 import numpy as np
 import pytest
-from conftest import REPO, load_output, read_sidecar, run_in_process, write_h5, write_npz
+from conftest import REPO, examples, load_output, read_sidecar, run_in_process, write_h5, write_npz
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scipy import stats
@@ -34,7 +34,7 @@ def read_h5(path):
         return {k: f[k][()] for k in f}
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(30), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     n=st.integers(2, 120),
     width=st.integers(1, 4),
@@ -224,6 +224,7 @@ def test_verify_recomputes_and_catches_an_edited_k(tabular, tmp_path, run_cli):
     assert result.exit_code != 0 and "recomputed output differs" in result.stdout
 
 
+@pytest.mark.slow  # the fast suite keeps a few Dask tests (balance, stopping, a killed run resumed)
 @pytest.mark.xdist_group("dask")
 def test_dask_gives_the_local_bytes(dask_scheduler, tabular, tmp_path, run_mixup):
     src, _, _ = tabular
@@ -298,7 +299,7 @@ def near_ties(seed, n, width, spread):
     return x.astype(np.float32)
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(40), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     n=st.integers(2, 300),
     width=st.integers(1, 5),
@@ -318,7 +319,7 @@ def test_fast_table_is_the_float64_answer_on_near_ties_and_duplicates(n, width, 
         assert np.array_equal(neighbours.neighbour_table(feats, k), brute_lists(feats, k))
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(25), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     n=st.integers(20, 400),
     width=st.integers(1, 40),
@@ -341,6 +342,7 @@ def test_fast_table_on_continuous_data_is_the_float64_answer(n, width, k, scale,
     assert np.array_equal(got, ref) or np.allclose(dist(got), dist(ref), rtol=1e-12, atol=0)
 
 
+@pytest.mark.slow  # 12,000 rows
 def test_fast_table_is_the_reference_search_on_larger_data():
     """Two levels of group minima (16 x 16), several blocks of queries; the
     same lists as scikit-learn's search widened until exact."""

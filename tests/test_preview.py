@@ -6,7 +6,7 @@ import sys
 import h5py
 import numpy as np
 import pytest
-from conftest import SAMPLE_H5, load_output, write_h5
+from conftest import SAMPLE_H5, examples, load_output, write_h5
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -90,6 +90,7 @@ def test_mixup_of_feature_vectors_is_drawn_as_lines(tmp_path, mpl):
     check_png(tmp_path / "lines.png", (240, 180))
 
 
+@pytest.mark.slow  # nine panels; test_existing_picture_is_kept_without_overwrite draws --identity fast
 def test_identity_table(run_cli, tmp_path, mpl):
     out = tmp_path / "table.png"
     result = run_cli("preview", "--identity", 8, "--alphas", "0.1,0.2,...,0.9", "-o", out, "--seed", 2)
@@ -261,7 +262,13 @@ SHOWN_CASES = {
 }
 
 
-@pytest.mark.parametrize("case", list(SHOWN_CASES))
+# The fast suite: pairs and CutMix's boxes, a balanced class pairing, a converted x.
+FAST_SHOWN = {"masks as pairs, cutmix", "between-class, balanced", "x as float32"}
+
+
+@pytest.mark.parametrize(
+    "case", [pytest.param(c, marks=() if c in FAST_SHOWN else pytest.mark.slow) for c in SHOWN_CASES]
+)
 def test_preview_shows_what_augment_writes_for_any_input(run_cli, tmp_path, monkeypatch, mpl, case):
     make, args = SHOWN_CASES[case]
     src = make(tmp_path)
@@ -338,7 +345,7 @@ def test_unlabelled_preview_says_x_is_shown_alone(run_cli, tmp_path, mpl):
     assert result.exit_code == 1 and "no array 'y'" in result.stderr  # asked for: an error, as for augment
 
 
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=examples(12), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     seed=st.integers(0, 2**32),
     alpha=st.sampled_from([0.2, 1.0, 3.0]),

@@ -119,7 +119,9 @@ def assert_same_arrays(got: dict, want: dict) -> None:
         assert got[key].dtype == want[key].dtype and got[key].tobytes() == want[key].tobytes(), key
 
 
-@pytest.mark.parametrize("compression", ["none", "gzip", "lzf"])
+@pytest.mark.parametrize(
+    "compression", ["none", pytest.param("gzip", marks=pytest.mark.slow), pytest.param("lzf", marks=pytest.mark.slow)]
+)
 def test_killed_before_the_first_journal_entry_resume_starts_over(src, tmp_path, compression):
     """The HDF5 partial exists but nothing is journaled: --resume starts over, in one line."""
     out = tmp_path / "out.h5"
@@ -135,7 +137,7 @@ def test_killed_before_the_first_journal_entry_resume_starts_over(src, tmp_path,
     assert_same_arrays(load_output(out), reference(src, tmp_path, "out.h5", "--compression", compression))
 
 
-@pytest.mark.parametrize("compression", ["none", "gzip", "lzf"])
+@pytest.mark.parametrize("compression", ["none", "gzip", pytest.param("lzf", marks=pytest.mark.slow)])
 def test_killed_right_after_the_first_journal_entry_resumes(src, tmp_path, compression):
     out = tmp_path / "out.h5"
     killed("save", -2, src, out, *ARGS, "--compression", compression)  # just after the first task is recorded
@@ -154,13 +156,15 @@ def test_killed_right_after_the_first_journal_entry_resumes(src, tmp_path, compr
     "name,compression",
     [
         ("out.h5", "none"),
-        ("out.h5", "gzip"),
-        ("out.h5", "lzf"),
+        # compressed HDF5 and Zarr are resumed in the fast suite by
+        # test_killed_right_after_the_first_journal_entry_resumes and test_cli_signals
+        pytest.param("out.h5", "gzip", marks=pytest.mark.slow),
+        pytest.param("out.h5", "lzf", marks=pytest.mark.slow),
         ("out.npz", "none"),
         ("out", "none"),
-        ("out.zarr", "none"),
+        pytest.param("out.zarr", "none", marks=pytest.mark.slow),
         ("out.parquet", "none"),
-        ("out.parquet", "zstd"),
+        pytest.param("out.parquet", "zstd", marks=pytest.mark.slow),
     ],
 )
 def test_killed_mid_write_resumes_to_the_uninterrupted_arrays(src, tmp_path, name, compression):

@@ -14,7 +14,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from conftest import make_arrays, write_h5, write_npy_dir, write_npz
+from conftest import examples, make_arrays, write_h5, write_npy_dir, write_npz
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -250,7 +250,7 @@ def test_shard_reads_the_process_environment(monkeypatch):
         parse_shard("slurm")
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(st.integers(1, 60), st.integers(1, 80))
 def test_parts_cover_every_output_once_in_order(n_outputs, count):
     parts = [Part(i, count).outputs(n_outputs) for i in range(count)]
@@ -534,7 +534,7 @@ def test_row_errors_name_the_input_and_its_row(tmp_path):
 # --- restriction to one output -------------------------------------------------
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=examples(150), deadline=None)
 @given(
     sizes=st.lists(st.integers(1, 40), min_size=1, max_size=7),
     block_rows=st.integers(1, 50),

@@ -17,7 +17,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from conftest import REPO, default_signals, load_output, mixup_executable, write_h5, write_npy_dir, write_npz
+from conftest import REPO, default_signals, examples, load_output, mixup_executable, write_h5, write_npy_dir, write_npz
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -154,7 +154,10 @@ def test_mixed_formats_and_the_sidecars_own_input(tmp_path):
 # --- parts ---------------------------------------------------------------
 
 
-@pytest.mark.parametrize("count", [1, 2, 3, len(SIZES), len(SIZES) + 2])
+@pytest.mark.parametrize(
+    "count",
+    [1, 2, pytest.param(3, marks=pytest.mark.slow), len(SIZES), pytest.param(len(SIZES) + 2, marks=pytest.mark.slow)],
+)
 def test_any_split_into_parts_writes_the_whole_runs_files(tmp_path, count):
     paths, _ = _set(tmp_path)
     common = dict(alpha=0.3, seed=5, block_rows=BLOCK, copies=2, pairing="between-class")
@@ -262,7 +265,9 @@ def _paused(args, stage: str, flag: Path, **extra):
     return proc
 
 
-@pytest.mark.parametrize("sig, code, at", [(signal.SIGINT, 130, 12), (signal.SIGTERM, 143, 22)])
+@pytest.mark.parametrize(
+    "sig, code, at", [(signal.SIGINT, 130, 12), pytest.param(signal.SIGTERM, 143, 22, marks=pytest.mark.slow)]
+)
 def test_a_part_stopped_mid_output_resumes_to_the_same_bytes(tmp_path, sig, code, at):
     paths, _ = _set(tmp_path)
     args = [
@@ -318,7 +323,14 @@ def test_a_signal_between_two_outputs_keeps_the_first(tmp_path):
     assert [Path(p).name for p in json.loads(r.stdout)["skipped"]] == [paths[0].name]
 
 
-@pytest.mark.parametrize("stage", ["sidecar-in-place", "cleaned", "committed"])
+@pytest.mark.parametrize(
+    "stage",
+    [
+        pytest.param("sidecar-in-place", marks=pytest.mark.slow),
+        pytest.param("cleaned", marks=pytest.mark.slow),
+        "committed",
+    ],
+)
 def test_a_kill_late_in_an_outputs_commit_leaves_nothing_after_resume(tmp_path, stage):
     # SIGKILL once output 0 and its sidecar are in place, before its commit
     # record or its lock file is removed: --resume skips output 0 as complete
@@ -543,10 +555,10 @@ def _written(outdir: Path) -> dict:
     "shard, variables",
     [
         ("slurm", _slurm(1, 0, 1)),  # --array=0-1
-        ("slurm", _slurm(2, 1, 2)),  # --array=1-2: I relative to MIN
-        ("slurm", _slurm(7, 5, 7, step=2)),  # --array=5-7:2
-        ("k8s/2", {"JOB_COMPLETION_INDEX": 1}),
-        ("kubernetes/2", {"JOB_COMPLETION_INDEX": 1}),
+        pytest.param("slurm", _slurm(2, 1, 2), marks=pytest.mark.slow),  # --array=1-2: I relative to MIN
+        pytest.param("slurm", _slurm(7, 5, 7, step=2), marks=pytest.mark.slow),  # --array=5-7:2
+        pytest.param("k8s/2", {"JOB_COMPLETION_INDEX": 1}, marks=pytest.mark.slow),
+        pytest.param("kubernetes/2", {"JOB_COMPLETION_INDEX": 1}, marks=pytest.mark.slow),
     ],
 )
 def test_a_scheduler_part_is_the_explicit_part(tmp_path, shard, variables):
@@ -571,7 +583,7 @@ def test_a_scheduler_part_is_the_explicit_part(tmp_path, shard, variables):
     assert v.returncode == 0, v.stderr
 
 
-@pytest.mark.parametrize("resume_with", ["slurm", "1/2"])
+@pytest.mark.parametrize("resume_with", ["slurm", pytest.param("1/2", marks=pytest.mark.slow)])
 def test_a_scheduler_part_stopped_resumes(tmp_path, resume_with):
     """A --shard slurm task stopped mid-output resumes, as the same task or as --shard 1/2, to the same bytes."""
     paths, _ = _set(tmp_path)
@@ -632,6 +644,7 @@ def test_a_scheduler_part_needs_a_seed(tmp_path):
 # --- Dask --------------------------------------------------------------------
 
 
+@pytest.mark.slow  # a cluster of its own (--workers 2); the Dask engine has fast tests of its own
 def test_the_dask_engine_runs_a_set_with_the_local_bytes(tmp_path):
     pytest.importorskip("distributed", reason="the Dask engine is an optional extra")
     paths, _ = _set(tmp_path, fmts=("h5", "npz"))
@@ -700,7 +713,7 @@ def test_parts_running_at_once_write_the_whole_runs_files(tmp_path):
         assert {k: v.tobytes() for k, v in a.items()} == {k: v.tobytes() for k, v in b.items()}
 
 
-@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=examples(8), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     sizes=st.lists(st.integers(1, 40), min_size=2, max_size=6),
     block_rows=st.sampled_from([3, 8, 16, 64]),
@@ -722,7 +735,7 @@ def test_any_shard_sizes_and_blocks_give_the_concatenations_run(
     _assert_concatenation(single, _outputs(outdir, paths), sizes=tuple(sizes))
 
 
-@pytest.mark.parametrize("pairing", ["global", "within-class"])
+@pytest.mark.parametrize("pairing", ["global", pytest.param("within-class", marks=pytest.mark.slow)])
 def test_more_inputs_than_readers_kept_open(tmp_path, monkeypatch, pairing):
     """20 inputs, more than the ConcatReader keeps open (16): partners by
     class, or global (i.i.d. over all rows), which fall anywhere in the set
@@ -745,7 +758,15 @@ def test_more_inputs_than_readers_kept_open(tmp_path, monkeypatch, pairing):
     assert not [p for p in outdir.iterdir() if "scratch" in p.name]  # removed when the part ends
 
 
-@pytest.mark.parametrize("name", ["mixed.h5", "mixed.npz", "mixed.parquet", "mixed.tar"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "mixed.h5",
+        pytest.param("mixed.npz", marks=pytest.mark.slow),
+        pytest.param("mixed.parquet", marks=pytest.mark.slow),
+        pytest.param("mixed.tar", marks=pytest.mark.slow),
+    ],
+)
 def test_a_set_written_to_a_files_name_is_refused(tmp_path, run_mixup, name):
     # Two inputs (or a folder of shards, or a brace pattern) make a folder of outputs:
     # a file's name for it would give a directory called mixed.h5.

@@ -150,7 +150,7 @@ def test_a_fifo_as_the_commit_record_does_not_hang_inspect(src, tmp_path):
     "planted",
     [
         ".out.h5.mixup-partial.journal.json.tmp",
-        ".out.h5.mixup-partial.provenance.json",
+        pytest.param(".out.h5.mixup-partial.provenance.json", marks=pytest.mark.slow),
         ".out.h5.mixup-partial.commit.json.tmp",
     ],
 )
@@ -260,7 +260,7 @@ def _change_one_row(partial: Path, name: str, row: int) -> None:
         arr.flush()
 
 
-@pytest.mark.parametrize("name", ["out.h5", "out", "out.zarr", "out.npz"])
+@pytest.mark.parametrize("name", ["out.h5", "out", pytest.param("out.zarr", marks=pytest.mark.slow), "out.npz"])
 def test_a_changed_row_in_a_journaled_block_means_start_over(src, tmp_path, name):
     out = tmp_path / name
     killed_at_write(13, src, out, *ARGS)
@@ -420,14 +420,13 @@ def test_verify_removes_the_scratch_copy_a_killed_verify_left(src, tmp_path):
 @pytest.mark.parametrize(
     "damage",
     [
-        {"done": [[0, 10**15]]},
-        {"done": [[-5, 3]]},
-        {"done": [[0, "7"]]},
-        {"fingerprint": ["not", "a", "fingerprint"]},
-        {"fingerprint": {"plan": 3}},
-        {"log_bytes": 10**15},
+        pytest.param({"done": [[0, 10**15]]}, id="huge"),
+        pytest.param({"done": [[-5, 3]]}, id="negative", marks=pytest.mark.slow),
+        pytest.param({"done": [[0, "7"]]}, id="text", marks=pytest.mark.slow),
+        pytest.param({"fingerprint": ["not", "a", "fingerprint"]}, id="fingerprint-list"),
+        pytest.param({"fingerprint": {"plan": 3}}, id="plan-number", marks=pytest.mark.slow),
+        pytest.param({"log_bytes": 10**15}, id="log-length"),
     ],
-    ids=["huge", "negative", "text", "fingerprint-list", "plan-number", "log-length"],
 )
 def test_a_damaged_journal_starts_over_by_itself(src, tmp_path, damage):
     out = tmp_path / "out.h5"
@@ -596,6 +595,7 @@ def test_a_run_with_stderr_closed_still_runs(src, tmp_path):
     assert_same(load_output(out), reference(src, tmp_path, "out.h5"))
 
 
+@pytest.mark.slow  # a thousand one-row tasks
 def test_the_journal_costs_what_was_done_since_its_last_save(tmp_path):
     """Block digests go to an append-only log: the journal rewritten at
     each save stays small however many blocks are done, and --resume still

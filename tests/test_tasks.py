@@ -6,7 +6,7 @@ from __future__ import annotations
 import h5py
 import numpy as np
 import pytest
-from conftest import make_arrays, write_h5
+from conftest import examples, make_arrays, write_h5
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -50,7 +50,7 @@ def src(tmp_path_factory):
     return write_h5(tmp_path_factory.mktemp("in") / "in.h5", x=x, y=y)
 
 
-@settings(max_examples=12, deadline=None)
+@settings(max_examples=examples(12), deadline=None)
 @given(
     params=st.sampled_from(PAIRINGS),
     cuts=st.integers(1, 4),
@@ -142,7 +142,7 @@ def test_the_plan_from_a_sidecar_is_the_plan_of_the_run(src, tmp_path, options):
     assert plain == again and plain.to_dict() == record
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=examples(30), deadline=None)
 @given(
     pairing=st.sampled_from(["global", "batch"]),
     copies=st.integers(1, 3),

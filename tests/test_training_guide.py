@@ -97,6 +97,7 @@ def test_every_block_is_runnable_or_marked_text():
     assert len(torch_blocks) == 1 and "DataLoader(" in torch_blocks[0]
 
 
+@pytest.mark.slow  # as the slow docs pages (tests/test_docs_examples.py)
 def test_the_guide_runs_word_for_word(tmp_path, monkeypatch):
     printed = run_guide(tmp_path, with_torch=False)
     accuracy = [

@@ -80,7 +80,7 @@ class _PartProgress(Progress):
         self.inner.update(rows)
 
 
-def _refuse_image_outputs(request, outputs) -> None:
+def _refuse_image_outputs(request) -> None:
     """A set's WebDataset outputs (its inputs are .tar shards) hold PNG
     images: JPEG's stored digests are not cut at a set output's shifted
     block bounds, so its options are for one input's output."""
@@ -130,7 +130,7 @@ def augment_set(
         y_kind=_classes_to_find(request),
     )
     outputs = output_paths(layout, outdir)
-    _refuse_image_outputs(request, outputs)
+    _refuse_image_outputs(request)
     check_storage_options(
         outputs, request.compression, request.block_rows, request.chunk_rows, request.byte_shuffle, request.zarr_format
     )
@@ -241,9 +241,7 @@ def _write_part(
         state = identity.inputs_state(layout, _state_files(concat))  # once, for every output's journal
         with _run_source(request, source, plan, outdir, part) as run_source:
             for n, k in enumerate(todo):
-                job = _job(
-                    request, source, concat, plan, outputs, k, tasks.pop(k), result.set_id, part, state, run_source
-                )
+                job = _job(source, concat, plan, outputs, k, tasks.pop(k), result.set_id, part, state, run_source)
                 try:
                     _write_one(request, source, plan, job, progress, started_at, t0)
                 except MixupError as exc:
@@ -307,7 +305,7 @@ def _run_source(request, source, plan, outdir: Path, part: Part):
 
 
 def _job(
-    request, source, concat: ConcatReader, plan, outputs, k: int, tasks, sid: str, part: Part, state: str, run_source
+    source, concat: ConcatReader, plan, outputs, k: int, tasks, sid: str, part: Part, state: str, run_source
 ) -> pipeline.OutputJob:
     """Output ``k``: its rows and arrays, its own input for the sidecar, the
     set for the journal, its digests' blocks shifted by its offset."""

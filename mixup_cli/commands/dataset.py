@@ -385,14 +385,14 @@ class _ParquetStore:
         for key, info in arrays.items():
             columns = info.get("columns") or [key]
             if all(c in names for c in columns):
-                self.arrays[key] = _ParquetArray(self, key, columns, "columns" in info)
+                self.arrays[key] = _ParquetArray(self, columns, "columns" in info)
 
     def close(self):
         self.file.close()
 
 
 class _ParquetArray:
-    def __init__(self, store: _ParquetStore, key: str, columns: list[str], gathered: bool):
+    def __init__(self, store: _ParquetStore, columns: list[str], gathered: bool):
         self.store, self.columns, self.gathered = store, columns, gathered
         self.rows = int(store.starts[-1])
         self._cached: tuple[int, Any] | None = None

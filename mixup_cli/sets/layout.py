@@ -134,7 +134,7 @@ def _used_keys(
     reader, path: Path, x_key: str, y_key: str | None, require_y: bool, groups: str | None = None
 ) -> tuple[list[str], list[str]]:
     """The arrays of one input taking part: (row arrays, shared arrays); ``groups``: the group ids too."""
-    keys, shared = _data_keys(reader, path, x_key, y_key, require_y)
+    keys, shared = _data_keys(reader, x_key, y_key, require_y)
     if groups is not None:
         if groups not in reader.keys():
             raise ParameterError(f"{path} has no '{groups}'; --groups names the array of group ids", "--groups")
@@ -142,7 +142,7 @@ def _used_keys(
     return keys, shared
 
 
-def _data_keys(reader, path: Path, x_key: str, y_key: str | None, require_y: bool) -> tuple[list[str], list[str]]:
+def _data_keys(reader, x_key: str, y_key: str | None, require_y: bool) -> tuple[list[str], list[str]]:
     keys = set(reader.keys())
     if x_key not in keys:
         reader.require(x_key, "--x-key")  # its own message (arrays present, the option)
