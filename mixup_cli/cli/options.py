@@ -419,8 +419,8 @@ def pairing_options(f):
                 metavar="KEY",
                 help="Keep every pair inside one group: KEY names the input's array (or column) of group ids "
                 "(integers or strings: patient, session, fold), one per row. Every --pairing keeps its law inside "
-                "the group (not --balance); a row with no partner in its group is left unmixed (lam 1). The output "
-                "gets a 'group' array.",
+                "the group (with --balance, partners come from the balanced rows of the group); a row with no partner "
+                "in its group is left unmixed (lam 1). The output gets a 'group' array.",
             ),
             click.option(
                 "--exclude-rows",
@@ -428,8 +428,9 @@ def pairing_options(f):
                 default=None,
                 metavar="FILE",
                 help="Input rows never used, neither as a row nor as a partner (held-out rows, a test fold): a .npy "
-                "array of row indices, or a text file of one index a line. The output gets an 'own' array (the "
-                "input row of each output row); the sidecar records FILE's SHA-256.",
+                "array of row indices, or a text file of one index a line (for a set of inputs, rows of the set: "
+                "the inputs' rows in the order given). Every pairing runs on the kept rows. The output gets an "
+                "'own' array (the input row of each output row); the sidecar records FILE's SHA-256.",
             ),
         ],
     )
