@@ -47,6 +47,18 @@ def open_reader(path: Path, fast: bool = True) -> Reader:
     return Reader(path, fast=fast)
 
 
+# The reader's own paths by name, for bench/bench_hdf5_paths.py to measure
+# each against HDF5's reading: MIXUP_HDF5_OFF=raw-read,raw-take,inflate,dataset-pread
+# turns those off (read here only).
+OWN_PATHS = ("raw-read", "raw-take", "inflate", "dataset-pread")
+
+
+def own_paths(fast: bool = True) -> frozenset[str]:
+    """The reader's own paths in use (none without ``fast``)."""
+    off = {name.strip() for name in os.environ.get("MIXUP_HDF5_OFF", "").split(",")}
+    return frozenset(name for name in OWN_PATHS if fast and name not in off)
+
+
 _DEFLATE, _SHUFFLE = h5py.h5z.FILTER_DEFLATE, h5py.h5z.FILTER_SHUFFLE
 
 # Reader.take groups the rows it reads by chunk, or in contiguous storage by
@@ -250,6 +262,7 @@ class Reader(base.Reader):
     def __init__(self, path: Path, fast: bool = True):
         super().__init__(path)
         self.fast = fast
+        self._own = own_paths(fast)
         try:
             self._file = h5py.File(self.path, "r")
         except OSError as exc:
@@ -503,9 +516,9 @@ class Reader(base.Reader):
     def read_into(self, key: str, start: int, stop: int, out: np.ndarray) -> None:
         if stop <= start:
             return
-        if self._raw_read(key, start, stop, out):
+        if "raw-read" in self._own and self._raw_read(key, start, stop, out):
             return
-        if self._inflate_read(key, start, stop, out):
+        if "inflate" in self._own and self._inflate_read(key, start, stop, out):
             return
         self._hdf5_read(key, out, start, stop)
 
@@ -818,7 +831,7 @@ class Reader(base.Reader):
         result when a range is all wanted rows, else into a reused buffer
         they are copied from."""
         ds = self._ds(key)
-        raw = self._raw_layout(key) is not None
+        raw = "raw-take" in self._own and self._raw_layout(key) is not None
         if ds.chunks is None and not raw:
             # Contiguous or compact, read through HDF5: its point selections are fast there.
             return ds[rows.tolist()] if len(rows) else self.read(key, 0, 0)
@@ -829,7 +842,7 @@ class Reader(base.Reader):
             raise IndexError(f"{self.path}: rows of '{key}' out of range 0..{ds.shape[0] - 1}")
         if raw and self._raw_take(key, rows, out):
             return out
-        if self._take_from_big_chunks(key, rows, out):
+        if "inflate" in self._own and self._take_from_big_chunks(key, rows, out):
             return out
         row_bytes = out.nbytes // len(rows)
         group = ds.chunks[0] if ds.chunks else max(1, TAKE_WINDOW_BYTES // row_bytes)
@@ -840,7 +853,7 @@ class Reader(base.Reader):
             lo, hi = int(rows[first]), int(rows[stop - 1]) + 1
             whole = hi - lo == stop - first  # every row of the range is wanted
             dest = out[first:stop] if whole else self._buffer(out, hi - lo)
-            if not self._raw_read(key, lo, hi, dest):
+            if not (raw and self._raw_read(key, lo, hi, dest)):
                 self._hdf5_read(key, dest, lo, hi)
             if not whole:
                 np.take(dest, rows[first:stop] - lo, axis=0, out=out[first:stop], mode="clip")
