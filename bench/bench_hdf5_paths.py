@@ -8,19 +8,26 @@ classes) in each layout users have: contiguous, chunks of whole rows,
 chunks of part of a row (1 x 256 of 1,024 columns), one chunk for the whole
 array, gzip, byte shuffle + gzip, lzf (chunks of 64 KiB) and a file written
 by netCDF4 (its default chunks, zlib and shuffle). Then, for each layout,
-times with the reader's own paths on (``on``) and off (``off``: every read
-through h5py, ``read_direct`` of the rows asked):
+times with the reader's own paths on (``on``: ``os.preadv`` of plain rows
+at their byte offsets, blocks and rows by index) and off (``off``: every
+read through h5py, ``read_direct`` of the rows asked; rows by index one
+HDF5 read per chunk, or h5py's point selection in contiguous storage).
+Compressed layouts are read by HDF5 on both sides (with a chunk cache
+holding the chunks a row crosses where they are bigger than HDF5's 1 MiB
+default): their ``on``/``off`` differ only where a run reads an
+uncompressed copy (``take`` on compressed input: the scratch copy).
 
 - ``global``, ``batch``: ``mixup_cli.augment(IN, OUT.h5)`` with that
   pairing (rows read block by block: ``Reader.read_into``);
 - ``take``: ``mixup_cli.augment(IN, OUT.h5, pairing="within-class")``,
   whose partners are read by index (``Reader.take``; on compressed input
   from the uncompressed scratch copy it makes first);
-- ``h5py``, for the one-chunk gzip layout: h5py's read of the whole array
-  and its write to an uncompressed file (the floor ``on`` must stay within
-  3x of).
+- ``h5py read whole + write``, for the one-chunk gzip layout: h5py's read
+  of the whole array and its write to an uncompressed file (the floor the
+  ``global`` run must stay within 3x of).
 
-and, for the training reader (``MixupDataset`` over an uncompressed mixup
+for the uncompressed layouts, ``global`` again with one path off and the
+other on (``only raw-read off``, ``only raw-take off``); and, for the training reader (``MixupDataset`` over an uncompressed mixup
 output), ``ds[rows]`` of 400 batches of 256 random sorted rows and a pass of
 256-row slices, with its ``pread`` of plain rows on and off.
 
@@ -44,9 +51,13 @@ import time
 from pathlib import Path
 
 import h5py
+import installed  # noqa: E402  (first: the installed mixup_cli, not the checkout)
 import numpy as np
 
-ALL_OFF = "raw-read,raw-take,inflate,dataset-pread"
+import mixup_cli  # noqa: E402
+from mixup_cli.io.hdf5 import OWN_PATHS  # noqa: E402
+
+ALL_OFF = ",".join(OWN_PATHS)
 KiB = 1 << 10
 
 
@@ -114,8 +125,6 @@ def _describe(path: Path) -> str:
 
 
 def _augment(src: Path, out: Path, pairing: str) -> None:
-    import mixup_cli
-
     mixup_cli.augment(src, out, alpha=0.2, seed=1, pairing=pairing, overwrite=True)
 
 
@@ -129,9 +138,7 @@ def _h5py_floor(src: Path, out: Path) -> None:
 
 
 def _dataset_reads(out: Path, sliced: bool) -> None:
-    from mixup_cli import MixupDataset
-
-    with MixupDataset(out) as ds:
+    with mixup_cli.MixupDataset(out) as ds:
         n = len(ds)
         if sliced:
             for start in range(0, n, 256):
@@ -172,12 +179,15 @@ def main() -> None:
     ap.add_argument("--modes", default="global,batch,take", help="end-to-end runs: global, batch, take")
     ap.add_argument("--no-dataset", action="store_true", help="leave out the training reader")
     ap.add_argument("--workdir", default=None)
+    installed.add_arguments(ap)
     args = ap.parse_args()
+    kernel = installed.check(args)
     wanted = {w.strip() for w in args.layouts.split(",") if w.strip()} or None
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     pairing = {"global": "global", "batch": "batch", "take": "within-class"}
     where = Path(tempfile.mkdtemp(prefix="mixup-hdf5ab-", dir=args.workdir))
     print(f"load average before: {' '.join(f'{v:.2f}' for v in os.getloadavg())}; {os.cpu_count()} CPUs")
+    print(f"core.KERNEL = {kernel!r}; h5py {h5py.__version__}, HDF5 {h5py.version.hdf5_version}")
     print(f"x: {args.rows} x {args.cols} float32 ({args.rows * args.cols * 4 / 2**20:.0f} MiB); best of {args.repeats}")
     rows: list = []
     try:
@@ -188,6 +198,10 @@ def main() -> None:
             print(f"| **{name}**: {_describe(src)} | | | |", flush=True)
             for mode in modes:
                 ab(f"{name}: {mode}", lambda s=src, m=mode: _augment(s, out, pairing[m]), ALL_OFF, args.repeats, rows)
+            if "global" in modes and "gzip" not in name and "lzf" not in name and "zlib" not in name:
+                for path in ("raw-read", "raw-take"):  # one path off, the other on
+                    run = lambda s=src: _augment(s, out, "global")  # noqa: E731
+                    ab(f"{name}: global, only {path} off", run, path, args.repeats, rows)
             if name == "single chunk gzip":
                 floor = min(_timed(lambda s=src: _h5py_floor(s, where / "floor.h5"), None) for _ in range(args.repeats))
                 on = next(r[1] for r in rows if r[0] == f"{name}: global") if "global" in modes else None
