@@ -38,7 +38,15 @@ alternately (their order swapped each round), the page cache warm on both
 sides (the input was just written); the best of ``--repeats`` (3) is shown
 with the ratio off / on (above 1: the own path is faster) and the load
 average before and after. On a shared machine compare ratios, and rerun
-before believing a small gap.
+before believing a small gap: with the same code on both sides (the
+compressed layouts) the ratio ranged 0.7-1.6 at a load average of 9-15.
+
+One run (2 shared CPUs, load average 4.5-5.6, 64 MiB, h5py 3.16, HDF5 2.0):
+rows by index at computed offsets 3.6x (contiguous), 2.0x (chunks of
+whole rows) and 2.6x (one chunk) end to end with global pairing; chunks
+splitting rows read as stored 1.75x with batch pairing; MixupDataset's
+pread of random batches 3.9x; one gzip chunk for the whole array 1.8x
+h5py's read of it and its write.
 """
 
 from __future__ import annotations
