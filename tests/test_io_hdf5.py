@@ -1,5 +1,5 @@
-"""The HDF5 reader's fast paths (raw reads, inflating gzip outside HDF5)
-against h5py's own reading, over chunk layouts they take or refuse."""
+"""The HDF5 reader (its own raw reads of plain rows, HDF5 for the rest)
+against h5py's own reading, over the chunk layouts files have."""
 
 import h5py
 import numpy as np
@@ -10,41 +10,33 @@ from hypothesis import strategies as st
 
 from mixup_cli.io import hdf5
 
-# (row shape, chunks, gzip, shuffle, dtype, fast path expected)
-LAYOUTS = {
-    "whole rows": ((6,), (4, 6), False, False, "f4", "raw"),
-    "one row per chunk, gzip": ((6,), (1, 6), True, True, "f4", "inflate"),
-    "part-row (1, 2), raw": ((6,), (1, 2), False, False, "f4", "raw"),
-    "part-row (1, 2), gzip+shuffle": ((6,), (1, 2), True, True, "i2", "inflate"),
-    "3-D (1, 2, 6)": ((4, 6), (1, 2, 6), True, False, "f8", "inflate"),
-    "3-D (1, 1, 3)": ((4, 6), (1, 1, 3), False, False, "u1", "raw"),
-    "3-D (1, 3, 6): does not divide": ((4, 6), (1, 3, 6), False, False, "f4", None),
-    "(2, 3): two rows, part of each": ((6,), (2, 3), True, False, "f4", None),
-    "big-endian": ((6,), (4, 6), True, False, ">f4", None),
-}
 N = 37
+# (row shape, chunks, gzip, shuffle, dtype)
+LAYOUTS = {
+    "whole rows": ((6,), (4, 6), False, False, "f4"),
+    "one row per chunk, gzip": ((6,), (1, 6), True, True, "f4"),
+    "part-row (1, 2), raw": ((6,), (1, 2), False, False, "f4"),
+    "part-row (1, 2), gzip+shuffle": ((6,), (1, 2), True, True, "i2"),
+    "3-D (1, 2, 6)": ((4, 6), (1, 2, 6), True, False, "f8"),
+    "3-D (1, 1, 3)": ((4, 6), (1, 1, 3), False, False, "u1"),
+    "3-D (1, 3, 6): does not divide": ((4, 6), (1, 3, 6), False, False, "f4"),
+    "(2, 3): two rows, part of each": ((6,), (2, 3), True, False, "f4"),
+    "big-endian": ((6,), (4, 6), True, False, ">f4"),
+    "one chunk, gzip": ((6,), (N, 6), True, True, "f4"),
+}
 
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     made = {}
     rng = np.random.default_rng(0)
-    for name, (row, chunks, gzip, shuffle, dtype, _) in LAYOUTS.items():
+    for name, (row, chunks, gzip, shuffle, dtype) in LAYOUTS.items():
         path = tmp_path_factory.mktemp("layouts") / "in.h5"
         x = (rng.standard_normal((N,) + row) * 100).astype(dtype)
         with h5py.File(path, "w") as f:
             f.create_dataset("x", data=x, chunks=chunks, compression="gzip" if gzip else None, shuffle=shuffle)
         made[name] = (path, x)
     return made
-
-
-@pytest.mark.parametrize("name", sorted(LAYOUTS))
-def test_fast_path_taken_where_it_applies(files, name):
-    path, _ = files[name]
-    expected = LAYOUTS[name][-1]
-    with hdf5.Reader(path) as reader:
-        took = "raw" if reader._raw_layout("x") else "inflate" if reader._deflated("x") is not None else None
-    assert took == expected
 
 
 @settings(max_examples=examples(60), deadline=None)
@@ -80,3 +72,18 @@ def test_unwritten_chunks_read_as_fill_values(tmp_path):
         out = np.empty((20, 4), "f4")
         reader.read_into("x", 0, 20, out)
     np.testing.assert_array_equal(out, expected)
+
+
+@pytest.mark.parametrize("name", sorted(LAYOUTS))
+def test_read_through_hdf5_alone_equals_h5py(files, name, monkeypatch):
+    """With the reader's own paths turned off (bench/bench_hdf5_paths.py's B side)."""
+    monkeypatch.setenv("MIXUP_HDF5_OFF", ",".join(hdf5.OWN_PATHS))
+    path, _ = files[name]
+    with h5py.File(path, "r") as f:
+        expected = f["x"][()]
+    rows = np.array([5, 0, 36, 5, 17, 18, 19, 2])
+    with hdf5.Reader(path) as reader:
+        out = np.empty_like(expected)
+        reader.read_into("x", 3, N, out)
+        np.testing.assert_array_equal(out[: N - 3], expected[3:])
+        np.testing.assert_array_equal(reader.take("x", rows), expected[rows])

@@ -264,7 +264,9 @@ def test_verify_does_not_share_a_wrong_fast_path(run_cli, tmp_path, monkeypatch)
     for k, rows in enumerate((23, 18)):
         paths.append(folder / f"part-{k}.h5")
         with h5py.File(paths[-1], "w") as f:
-            _low_level_dataset(f, "x", _int12(), rng.integers(-2048, 2048, (rows, 6)).astype(np.int16))
+            # Chunks of half a row: rows read as stored (the fast path's layout).
+            x = rng.integers(-2048, 2048, (rows, 6)).astype(np.int16)
+            _low_level_dataset(f, "x", _int12(), x, chunks=(1, 3))
     monkeypatch.setattr(hdf5, "plain_type", lambda tid, dtype: np.dtype(dtype).kind in "fiu")
     out = tmp_path / "mixed"
     assert run_cli("augment", *paths, out, "--seed", 1, "--no-y", "--quiet").exit_code == 0

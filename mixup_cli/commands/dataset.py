@@ -125,6 +125,9 @@ class _Hdf5Store:
             plain_file = self.file.id.get_create_plist().get_userblock() == 0
         except Exception:
             plain_file = False
+        from mixup_cli.io.hdf5 import own_paths
+
+        plain_file = plain_file and "dataset-pread" in own_paths()
         self.arrays: dict[str, Any] = {}
 
         def visit(name, obj):
