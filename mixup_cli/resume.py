@@ -95,6 +95,7 @@ NOT_IN_FINGERPRINT = (
     "include_original",
     "method",
     "layout",
+    "neighbor_index",
     "plan_version",
     "input",
     "output",

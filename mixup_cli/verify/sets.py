@@ -17,6 +17,7 @@ from mixup_cli.verify.laws import set_group_checks
 from mixup_cli.verify.recomputation import (
     RECOMPUTE_ERRORS,
     compare,
+    index_problem,
     not_recomputed,
     open_recorded,
     parameters_problem,
@@ -226,6 +227,9 @@ def _recompute_set(view, ks, records, params, paths, batch_size, progress, hint)
         concat = ConcatReader(layout, fast=False, scratch_prefix=_set_scratch(view.outdir, "inflated"))
         source = open_recorded(params, paths[0], reader=concat, layout=layout)
         plan = plan_from_sidecar(params, source)
+        problem = index_problem(params, plan)
+        if problem is not None:
+            return {k: (problem, None, None) for k in ks}
         tasks = split(plan.tasks(), plan, layout.offsets, range(min(ks), max(ks) + 1))
         _compare_outputs(view, ks, records, source, plan, layout, tasks, results, batch_size, progress)
     except RECOMPUTE_ERRORS as exc:
