@@ -58,6 +58,18 @@ _QUERY_BLOCK = 256
 _SLACK = 8
 
 
+def build(reader, x_key: str, k: int, project, classes, label: str, *, reference: bool, version: int, cells=None):
+    """``neighbours.build`` with the lists of ``search`` (the same in a run and
+    in ``verify``), with their recall measured (``measured``)."""
+    from mixup_cli import neighbours
+
+    load()  # the extra missing: refused before x is read
+    index, feats, parts = neighbours.build_lists(
+        reader, x_key, k, project, classes, label, search, False, version, cells
+    )
+    return measured(index, feats, parts, reference)
+
+
 def load():
     """faiss, or a usage error naming the pip command when the extra is missing."""
     try:

@@ -545,7 +545,6 @@ def build(
     reference: bool = False,
     version: int = 3,
     cells: np.ndarray | None = None,
-    approximate: bool = False,
 ) -> NeighbourIndex:
     """The index for ``--pairing knn`` (``classes`` None) or ``knn-within-class``
     (``classes`` a ``ClassIndex``: neighbours among the rows of the same class).
@@ -553,21 +552,14 @@ def build(
     by the fast search; the same lists). ``version``: the plan version,
     which decides the projection (``features``). ``cells`` (--groups): the
     cell of every row (its group, or group and class): neighbours among the
-    rows of the row's cell, every other row of it when it has at most K rows.
-    ``approximate``: the lists of ``approximate.search`` (the same in a run
-    and in ``verify``), with their recall measured (``approximate.measured``)."""
-    if approximate:
-        from mixup_cli import approximate as ann
-
-        ann.load()  # the extra missing: refused before x is read
-        index, feats, parts = _build(reader, x_key, k, project, classes, label, ann.search, False, version, cells)
-        return ann.measured(index, feats, parts, reference)
+    rows of the row's cell, every other row of it when it has at most K rows."""
     search = reference_table if reference else neighbour_table
-    return _build(reader, x_key, k, project, classes, label, search, reference, version, cells)[0]
+    return build_lists(reader, x_key, k, project, classes, label, search, reference, version, cells)[0]
 
 
-def _build(reader, x_key, k, project, classes, label, search, reference, version, cells):
-    """``build`` with its search: ``(index, features, cell of every row or None)``."""
+def build_lists(reader, x_key, k, project, classes, label, search, reference, version, cells):
+    """``build`` with the search ``search(feats, k)`` (``approximate.build``
+    passes its own): ``(index, features, class or cell of every row or None)``."""
     n = reader.spec(x_key).rows
     if cells is not None:
         feats, projection = features(reader, x_key, project, label, version)

@@ -261,9 +261,14 @@ def partner_index(
         return label_kernel.build(source.reader, y_key, bandwidth, kind, max_left_out=widen, groups=codes)
     from mixup_cli import neighbours
 
+    build = neighbours.build
+    if approximate:  # the same arguments, the lists of an approximate index
+        from mixup_cli import approximate as ann
+
+        build = ann.build
     label = f"{source.reader.path}['{x_key}']"
     if groups is not None:
-        return neighbours.build(
+        return build(
             source.reader,
             x_key,
             neighbors,
@@ -273,10 +278,9 @@ def partner_index(
             reference=reference,
             version=version,
             cells=groups.cells.codes,
-            approximate=approximate,
         )
     within = _knn_classes(source, y_key) if pairing == "knn-within-class" else None
-    return neighbours.build(
+    return build(
         source.reader,
         x_key,
         neighbors,
@@ -285,7 +289,6 @@ def partner_index(
         label,
         reference=reference,
         version=version,
-        approximate=approximate,
     )
 
 

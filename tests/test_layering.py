@@ -31,6 +31,7 @@ LAYERS = [
             "groups",
             "exclude",
             "classes",
+            "approximate",  # --neighbor-index approximate: neighbours' lists from faiss's index
             "neighbours",
             "label_kernel",
             "cutmix",
