@@ -3,7 +3,7 @@ inverted-file index (faiss-cpu's ``IndexIVFFlat``, the optional extra
 ``ann``), for datasets where the exact search (N^2 D) takes too long.
 
 The index: the rows (the same features as the exact search: flattened or
-projected) clustered by k-means into ``lists_for(n)`` lists (about sqrt(n)),
+projected) clustered by k-means into ``lists_for(n)`` lists (about 4 sqrt(n)),
 trained on a sample of ``_POINTS_PER_LIST`` rows a list drawn by faiss from
 its fixed seed ``_KMEANS_SEED``, ``_ITERATIONS`` iterations; each row is
 searched in its ``_PROBES`` nearest lists for ``K + 1 + _MARGIN``
@@ -40,15 +40,15 @@ KINDS = ("exact", "approximate")
 LIBRARY = "faiss-cpu"
 EXTRA = "pip install 'mixup-cli[ann]'"
 # The index's parameters (they decide the lists: recorded in the sidecar).
-_PROBES = 16
+_PROBES = 8
 _ITERATIONS = 10
-_POINTS_PER_LIST = 64
+_POINTS_PER_LIST = 39
 _KMEANS_SEED = 1234
 # faiss warns (on stderr) when k-means has fewer than 39 rows a list.
 _LEAST_PER_LIST = 39
 _MARGIN = 8
 # Rows searched at once.
-_QUERY_ROWS = 16384
+_QUERY_ROWS = 4096
 # Rows whose recall is measured, and the key of their sample.
 SAMPLE_ROWS = 1000
 _SAMPLE_KEY = 0x6B6E6E  # "knn"
@@ -92,8 +92,8 @@ def library_version() -> str:
 
 
 def lists_for(n: int) -> int:
-    """Lists of the index over ``n`` rows: round(sqrt(n)), at most n / 39, at least 1."""
-    return max(1, min(round(math.sqrt(n)), n // _LEAST_PER_LIST))
+    """Lists of the index over ``n`` rows: round(4 sqrt(n)), at most n / 39, at least 1."""
+    return max(1, min(round(4 * math.sqrt(n)), n // _LEAST_PER_LIST))
 
 
 def parameters() -> dict:
@@ -102,7 +102,7 @@ def parameters() -> dict:
         "library": LIBRARY,
         "version": library_version(),
         "index": "IVFFlat",
-        "lists": "round(sqrt(rows)), at most rows/39",
+        "lists": "round(4 sqrt(rows)), at most rows/39",
         "probes": _PROBES,
         "kmeans_iterations": _ITERATIONS,
         "kmeans_points_per_list": _POINTS_PER_LIST,
@@ -113,36 +113,57 @@ def parameters() -> dict:
 
 def search(feats: np.ndarray, k: int, threads: int | None = None) -> np.ndarray:
     """The approximate K nearest other rows of every row (nearest first, ties
-    by index), with ``threads`` OpenMP threads (the budget by default): the
-    same lists whatever their number."""
+    by index), the blocks of queries spread over ``threads`` threads of our
+    own (the budget by default), each searching with one OpenMP and one BLAS
+    thread (their spinning waits stall a loaded machine, as in
+    ``neighbours._search``): the same lists whatever their number."""
     from mixup_cli import threads as pools
-    from mixup_cli.neighbours import _ranked
 
     faiss = load()
     feats = np.ascontiguousarray(feats, dtype=np.float32)
-    n, width = feats.shape
+    n = len(feats)
     table = np.empty((n, k), dtype=np.int64)
     if n == 0:
         return table
     before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(max(1, int(threads or pools.budget())))
+    faiss.omp_set_num_threads(1)
     try:
-        index = _index(faiss, feats)
-        m = min(n, k + 1 + _MARGIN)
-        for s in range(0, n, _QUERY_ROWS):
-            stopping.check()  # between two pieces of the search
-            rows = np.arange(s, min(n, s + _QUERY_ROWS))
-            _d, cand = index.search(feats[rows], m)
-            cand = np.where(cand < 0, rows[:, None], cand).astype(np.int64)  # -1: none found (the row: infinitely far)
-            cand, d = _ranked(feats, rows, cand)
-            ok = np.isfinite(d[:, k - 1])
-            table[rows[ok]] = cand[ok, :k]
-            for row in rows[~ok]:  # fewer than K others in the probed lists: every row
-                every, _dist = _ranked(feats, np.array([row]), np.arange(n)[None, :])
-                table[row] = every[0, :k]
+        with pools.blas_limited(1):
+            index = _index(faiss, feats)
+            starts = range(0, n, _QUERY_ROWS)
+            workers = min(len(starts), max(1, int(threads or pools.budget())))
+
+            def block(s: int) -> None:
+                stopping.check()  # between two pieces of the search
+                _search_block(index, feats, k, np.arange(s, min(n, s + _QUERY_ROWS)), table)
+
+            if workers == 1:
+                for s in starts:
+                    block(s)
+            else:
+                from concurrent.futures import ThreadPoolExecutor
+
+                with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mixup-ann") as pool:
+                    for _ in pool.map(block, starts):
+                        pass
     finally:
         faiss.omp_set_num_threads(before)
     return table
+
+
+def _search_block(index, feats: np.ndarray, k: int, rows: np.ndarray, table: np.ndarray) -> None:
+    """Rows ``rows``: candidates from the index, re-ranked exactly, into their rows of ``table``."""
+    from mixup_cli.neighbours import _ranked
+
+    n = len(feats)
+    _d, cand = index.search(feats[rows], min(n, k + 1 + _MARGIN))
+    cand = np.where(cand < 0, rows[:, None], cand).astype(np.int64)  # -1: none found (the row: infinitely far)
+    cand, d = _ranked(feats, rows, cand)
+    ok = np.isfinite(d[:, k - 1])
+    table[rows[ok]] = cand[ok, :k]
+    for row in rows[~ok]:  # fewer than K others in the probed lists: every row
+        every, _dist = _ranked(feats, np.array([row]), np.arange(n)[None, :])
+        table[row] = every[0, :k]
 
 
 def _index(faiss, feats: np.ndarray):

@@ -97,7 +97,7 @@ def test_recall_recorded_equals_a_recomputation_and_partners_are_in_the_lists(ha
     params = read_sidecar(out)["parameters"]
     assert params["neighbor_index"] == "approximate"
     index = params["neighbor_index_parameters"]
-    assert index["library"] == "faiss-cpu" and index["version"] and index["probes"] == 16
+    assert index["library"] == "faiss-cpu" and index["version"] and index["probes"] == 8
     table = approximate.search(x, K)
     found, entries = recall_of(table, x, K)
     assert params["neighbor_recall_sample"] == {"rows": 1000, "entries": entries, "found": found}
