@@ -175,6 +175,7 @@ def _index(faiss, feats: np.ndarray):
     clustering.seed = _KMEANS_SEED
     clustering.niter = _ITERATIONS
     clustering.max_points_per_centroid = _POINTS_PER_LIST
+    clustering.min_points_per_centroid = 1  # only decides faiss's warning on stderr (small classes, cells)
     clustering.verbose = False
     clustering.train(feats, quantizer)
     index.is_trained = True

@@ -187,6 +187,27 @@ def test_exact_is_the_default_and_its_sidecar_is_unchanged(hard_input, tmp_path)
         assert np.array_equal(fa["partner"][()], fb["partner"][()])
 
 
+@needs_faiss
+def test_groups_small_cells_verify_and_nothing_more_on_stderr(tmp_path, run_mixup):
+    """One index per cell, cells of 10 rows and of 2: lists inside the cell, verify OK, and the
+    index's own warnings (k-means on few rows) kept off stderr."""
+    x = hard_rows(400)
+    groups = np.repeat(np.arange(40), 10)
+    groups[:2] = [100, 100]
+    src = write_h5(tmp_path / "in.h5", x=x, y=np.zeros(400, dtype=np.int64), g=groups)
+    out = tmp_path / "out.h5"
+    result = run_mixup(
+        "augment", src, out, "--seed", 1, "--pairing", "knn", "--groups", "g", "--neighbor-index", "approximate"
+    )
+    assert result.returncode == 0, result.stderr
+    assert "WARNING" not in result.stderr and "clustering" not in result.stderr
+    with h5py.File(out, "r") as f:
+        partner = f["partner"][()]
+    assert (groups[partner] == groups).all()
+    assert read_sidecar(out)["parameters"]["neighbor_recall_sample"]["rows"] == 400
+    assert run_in_process("verify", out).returncode == 0
+
+
 def test_neighbor_index_goes_with_the_knn_pairings(hard_input, tmp_path):
     src, _x, _y = hard_input
     result = run_in_process("augment", src, tmp_path / "out.h5", "--neighbor-index", "approximate")
