@@ -36,7 +36,6 @@ import numpy as np
 from mixup_cli import stopping
 from mixup_cli.errors import ParameterError
 
-KINDS = ("exact", "approximate")
 LIBRARY = "faiss-cpu"
 EXTRA = "pip install 'mixup-cli[ann]'"
 # The index's parameters (they decide the lists: recorded in the sidecar).
