@@ -1,6 +1,7 @@
 """kNN pairing benchmark: ``--pairing knn`` against ``global`` on the same data.
 
     python bench/bench_knn.py [--tabular-rows 100000] [--image-rows 40000] [--neighbors 5] [--workdir /tmp]
+    python bench/bench_knn.py --ann [--ann-rows 100000,1000000] [--ann-data clustered] [--exact-max 200000]
 
 Writes two HDF5 files under a temporary folder in ``--workdir``:
 
@@ -20,6 +21,19 @@ tabular rows, in a fresh process: ``neighbour_table`` (the run's) against
 ``verify``'s path), with a check that their lists are the same. The load
 average is printed before and after (the figures are of a shared machine
 when it is not 0). Files are deleted at the end.
+
+``--ann`` (needs the ``ann`` extra, faiss-cpu) benchmarks ``--neighbor-index
+approximate`` instead: for each of ``--ann-rows`` (N x 64 float32 rows:
+``clustered``, 1,000 Gaussian clusters, or ``gaussian``, one standard normal,
+the worst case for an index), in fresh processes, ``augment`` with
+``global``, ``knn`` exact (only up to ``--exact-max`` rows: it grows as N^2)
+and ``knn`` approximate (its recall@K as the sidecar records it, on its
+1,000 sampled rows), the ratio to ``global`` on the same file; then the
+searches alone up to ``--exact-max`` rows: the exact ``neighbour_table``,
+scikit-learn's ``NearestNeighbors`` brute force (K + 1 neighbours, itself
+included) and ``approximate.search`` (index built, searched, re-ranked),
+on ``--crossover-rows`` too, where the approximate search overtakes the
+exact one.
 """
 
 from __future__ import annotations
@@ -74,6 +88,107 @@ print(json.dumps({"fast": t_fast, "reference": t_ref, "same": bool(np.array_equa
 """
 
 
+ANN_SEARCH = r"""
+import json, sys, time
+import h5py, numpy as np
+from mixup_cli.mixing import approximate
+from mixup_cli.mixing import neighbours
+src, k = sys.argv[1], int(sys.argv[2])
+with h5py.File(src, "r") as f:
+    feats = f["x"][()].astype(np.float32)
+out = {}
+for name in sys.argv[3].split(","):
+    t = time.perf_counter()
+    if name == "exact":
+        table = neighbours.neighbour_table(feats, k)
+    elif name == "approximate":
+        table = approximate.search(feats, k)
+        found, entries = approximate.recall(feats, table, None, None, approximate.exact_rows)
+        out["recall"] = found / entries
+    else:
+        from sklearn.neighbors import NearestNeighbors
+        from mixup_cli.core import threads
+        with threads.blas_limited(None):
+            NearestNeighbors(algorithm="brute").fit(feats).kneighbors(feats, n_neighbors=k + 1)
+    out[name] = time.perf_counter() - t
+print(json.dumps(out))
+"""
+
+
+def make_ann_input(path: Path, rows: int, kind: str) -> Path:
+    """N x 64 float32 rows: 1,000 Gaussian clusters (centres of norm about 24, unit noise), or one
+    standard normal; labels of 10 classes."""
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((1000, 64)).astype(np.float32) * 3
+    with h5py.File(path, "w") as f:
+        x = f.create_dataset("x", (rows, 64), "f4", chunks=(min(4096, rows), 64))
+        for s in range(0, rows, 1 << 18):
+            e = min(rows, s + (1 << 18))
+            block = rng.standard_normal((e - s, 64), dtype=np.float32)
+            if kind == "clustered":
+                block += centres[rng.integers(0, 1000, e - s)]
+            x[s:e] = block
+        f.create_dataset("y", data=rng.integers(0, 10, rows))
+    return path
+
+
+def ann_search(src: Path, k: int, names: str) -> dict:
+    env = dict(installed.env(), PATH="/usr/bin:/bin")
+    proc = subprocess.run(
+        installed.python() + ["-c", ANN_SEARCH, str(src), str(k), names],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    if proc.returncode:
+        raise SystemExit(proc.stderr)
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def ann_main(args, folder: Path) -> None:
+    k = args.neighbors
+    sizes = [int(v) for v in args.ann_rows.split(",")]
+    print(load(), flush=True)
+    print(f"{args.ann_data} rows x 64 float32; K = {k}; uncompressed HDF5 in and out, one run each, in a fresh process")
+    print(f"{'rows':>9}  {'pairing':<22}{'s':>9}{'index s':>9}{'recall@K':>10}{'rows/s':>10}{'/ global':>10}")
+    for rows in sizes:
+        src = make_ann_input(folder / f"ann-{rows}.h5", rows, args.ann_data)
+        cases = [("global", {}), ("knn exact", {"neighbors": k}), ("knn approximate", {"neighbors": k})]
+        base = None
+        for label, options in cases:
+            if label == "knn exact" and rows > args.exact_max:
+                print(f"{rows:>9}  {label:<22}  skipped (N^2: above --exact-max {args.exact_max})", flush=True)
+                continue
+            pairing = label.split()[0]
+            if label.endswith("approximate"):
+                options = dict(options, neighbor_index="approximate")
+            r = run(folder / f"ann-{rows}.h5", folder / "out.h5", pairing=pairing, **options)
+            base = base or r["seconds"]
+            recall = f"{r['recall']:.4f}" if r.get("recall") is not None else "-"
+            print(
+                f"{rows:>9}  {label:<22}{r['seconds']:>9.2f}{r['index'] if pairing != 'global' else 0:>9.2f}"
+                f"{recall:>10}{rows / r['seconds']:>10,.0f}{r['seconds'] / base:>9.2f}x",
+                flush=True,
+            )
+        src.unlink()
+    print("searches alone (no reading or writing), s:")
+    print(f"{'rows':>9}{'exact':>10}{'sklearn':>10}{'approx':>10}{'recall@K':>10}{'exact/approx':>14}")
+    alone = sorted({int(v) for v in args.crossover_rows.split(",")} | {n for n in sizes if n <= args.exact_max})
+    for rows in alone:
+        src = make_ann_input(folder / f"alone-{rows}.h5", rows, args.ann_data)
+        names = "exact,approximate" + (",sklearn" if rows in sizes else "")
+        r = ann_search(src, k, names)
+        sk = f"{r['sklearn']:.2f}" if "sklearn" in r else "-"
+        print(
+            f"{rows:>9}{r['exact']:>10.2f}{sk:>10}{r['approximate']:>10.2f}{r['recall']:>10.4f}"
+            f"{r['exact'] / r['approximate']:>13.2f}x",
+            flush=True,
+        )
+        src.unlink()
+    print(load(), flush=True)
+
+
 def make_inputs(folder: Path, tabular_rows: int, image_rows: int) -> tuple[Path, Path]:
     rng = np.random.default_rng(0)
     tab = folder / "tabular.h5"
@@ -118,8 +233,10 @@ def run(src: Path, out: Path, **options) -> dict:
     if proc.returncode:
         raise SystemExit(proc.stderr)
     out.unlink()
-    Path(str(out) + ".provenance.json").unlink()
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    sidecar = Path(str(out) + ".provenance.json")
+    recall = json.loads(sidecar.read_text())["parameters"].get("neighbor_recall")
+    sidecar.unlink()
+    return dict(json.loads(proc.stdout.strip().splitlines()[-1]), recall=recall)
 
 
 def main() -> None:
@@ -133,11 +250,18 @@ def main() -> None:
         "--old-projection", action="store_true", help="also --project 32 as plan version 2 fitted it (IncrementalPCA)"
     )
     parser.add_argument("--no-reference", action="store_true", help="skip the search alone against scikit-learn's")
+    parser.add_argument("--ann", action="store_true", help="benchmark --neighbor-index approximate instead")
+    parser.add_argument("--ann-rows", default="100000,1000000", help="with --ann: the row counts (x 64 float32)")
+    parser.add_argument("--ann-data", choices=("clustered", "gaussian"), default="clustered")
+    parser.add_argument("--exact-max", type=int, default=200_000, help="with --ann: no exact search above this")
+    parser.add_argument("--crossover-rows", default="10000,30000", help="with --ann: more sizes, searches alone")
     args = parser.parse_args()
     installed.check(args)
     print(installed.header(), flush=True)
     folder = Path(tempfile.mkdtemp(prefix="mixup-bench-knn-", dir=args.workdir))
     try:
+        if args.ann:
+            return ann_main(args, folder)
         tab, img = make_inputs(folder, args.tabular_rows, args.image_rows)
         k = args.neighbors
         cases = [

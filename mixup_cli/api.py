@@ -97,6 +97,7 @@ def augment(
     layout: str | None = None,
     neighbors: int | None = None,
     project: int | None = None,
+    neighbor_index: str | None = None,
     bandwidth: float | None = None,
     balance: bool = False,
     balance_to: int | None = None,

@@ -75,6 +75,8 @@ def provenance_summary(record: dict) -> dict:
             for key in (
                 "neighbors",
                 "project",
+                "neighbor_index",
+                "neighbor_recall",
                 "bandwidth",
                 "balance",
                 "balance_to",

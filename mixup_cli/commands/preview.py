@@ -309,6 +309,7 @@ def preview_rows(
     balance_to: int | None = None,
     groups: str | None = None,
     exclude_rows=None,
+    neighbor_index: str | None = None,
 ) -> PreviewRows:
     """The first ``rows`` rows of the plan's first task of copy 0, mixed.
 
@@ -349,6 +350,7 @@ def preview_rows(
             balance_to=balance_to,
             groups=groups,
             exclude_rows=exclude_rows,
+            neighbor_index=neighbor_index,
         )
         shown, task, mixer, own, other, mixed, provenance = _first_rows(source, plan, rows)
         x_shape = shown.specs[x_key].row_shape

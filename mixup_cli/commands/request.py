@@ -77,6 +77,8 @@ class AugmentRequest:
     # --pairing knn / knn-within-class: neighbours per row, projection dimension.
     neighbors: int | None = None
     project: int | None = None
+    # --neighbor-index: exact (None) or approximate lists (approximate.py).
+    neighbor_index: str | None = None
     # --pairing label-kernel: the kernel's bandwidth.
     bandwidth: float | None = None
     # --balance / --balance-to M: M rows of every class per copy (see balance.py).
@@ -111,6 +113,7 @@ class AugmentRequest:
             layout=self.layout,
             neighbors=self.neighbors,
             project=self.project,
+            neighbor_index=self.neighbor_index,
             bandwidth=self.bandwidth,
             balance=self.balance,
             balance_to=self.balance_to,

@@ -68,6 +68,9 @@ class NeighbourIndex:
     # --groups: how many of ``table[i]``'s entries are row i's list (its cell's
     # other rows when it has fewer than K + 1; 0: alone); None: all K.
     counts: np.ndarray | None = None
+    # --neighbor-index approximate: what the sidecar records of the index and
+    # its recall (``approximate.measured``); None: exact lists.
+    approximate: dict | None = None
 
     @property
     def project_batch_rows(self) -> int | None:
@@ -550,16 +553,23 @@ def build(
     which decides the projection (``features``). ``cells`` (--groups): the
     cell of every row (its group, or group and class): neighbours among the
     rows of the row's cell, every other row of it when it has at most K rows."""
-    n = reader.spec(x_key).rows
     search = reference_table if reference else neighbour_table
+    return build_lists(reader, x_key, k, project, classes, label, search, reference, version, cells)[0]
+
+
+def build_lists(reader, x_key, k, project, classes, label, search, reference, version, cells):
+    """``build`` with the search ``search(feats, k)`` (``approximate.build``
+    passes its own): ``(index, features, class or cell of every row or None)``."""
+    n = reader.spec(x_key).rows
     if cells is not None:
         feats, projection = features(reader, x_key, project, label, version)
+        cells = np.asarray(cells, np.int64)
         if not reference:
-            return _in_cells(feats, k, np.asarray(cells, np.int64), search, projection)
+            return _in_cells(feats, k, cells, search, projection), feats, cells
         from mixup_cli.core import threads as pools
 
         with pools.blas_limited(None):  # once, not per cell: the pools' limits cost milliseconds to set
-            return _in_cells(feats, k, np.asarray(cells, np.int64), _reference, projection)
+            return _in_cells(feats, k, cells, _reference, projection), feats, cells
     if classes is None:
         if n <= k:
             raise ParameterError(
@@ -567,7 +577,7 @@ def build(
                 "--neighbors",
             )
         feats, projection = features(reader, x_key, project, label, version)
-        return NeighbourIndex(search(feats, k), projection)
+        return NeighbourIndex(search(feats, k), projection), feats, None
     small = np.flatnonzero(classes.counts <= k)
     if len(small):
         c = int(small[0])
@@ -583,7 +593,7 @@ def build(
         stopping.check()
         rows = np.sort(classes.order[classes.offsets[c] : classes.offsets[c] + classes.counts[c]]).astype(np.int64)
         table[rows] = rows[search(feats[rows], k)]  # local order is row order: ties still by index
-    return NeighbourIndex(table, projection)
+    return NeighbourIndex(table, projection), feats, classes.codes
 
 
 def _in_cells(feats: np.ndarray, k: int, cells: np.ndarray, search, projection) -> NeighbourIndex:

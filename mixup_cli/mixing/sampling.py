@@ -168,6 +168,9 @@ class Plan:
     # knn pairings: neighbours per row, and the projection's dimension (None: none).
     neighbors: int | None = None
     project: int | None = None
+    # knn pairings: "approximate" (--neighbor-index approximate: an inverted-file
+    # index, approximate.py); None: the exact lists.
+    neighbor_index: str | None = None
     # label-kernel: the kernel's bandwidth, in units of y.
     bandwidth: float | None = None
     # The index the INDEX_PAIRINGS draw from (derived from the input), with
@@ -220,8 +223,18 @@ class Plan:
             check_positive(self.neighbors, "--neighbors")
             if self.project is not None:
                 check_positive(self.project, "--project")
-        elif self.neighbors is not None or self.project is not None:
-            option = "--neighbors" if self.neighbors is not None else "--project"
+            if self.neighbor_index not in (None, "approximate"):
+                raise ParameterError(
+                    f"--neighbor-index must be exact or approximate, got {self.neighbor_index!r}", "--neighbor-index"
+                )
+        elif self.neighbors is not None or self.project is not None or self.neighbor_index is not None:
+            option = (
+                "--neighbors"
+                if self.neighbors is not None
+                else "--project"
+                if self.project is not None
+                else "--neighbor-index"
+            )
             raise ParameterError(f"{option} goes with --pairing knn or knn-within-class", option)
         if self.pairing == "label-kernel":
             if not (self.bandwidth is not None and np.isfinite(self.bandwidth) and self.bandwidth > 0):
@@ -406,7 +419,7 @@ class Plan:
         needs it takes it here (``planner.plan_from_sidecar`` builds it)."""
         if record.get("plan_version") not in PLAN_VERSIONS:
             raise ValueError(f"plan_version {record.get('plan_version')!r}, this code computes {PLAN_VERSIONS}")
-        optional = ("layout", "neighbors", "project", "bandwidth", "balance_to")
+        optional = ("layout", "neighbors", "project", "neighbor_index", "bandwidth", "balance_to")
         fields = {key: record[key] for key in ("alpha", "seed", "block_rows", "pairing", "copies", "include_original")}
         fields.update({key: record.get(key) for key in optional}, method=record.get("method", "mixup"))
         if record.get("balance") or record.get("exclude_rows"):
@@ -431,6 +444,8 @@ class Plan:
             if self.version >= 3 and self.project is not None:  # the sample and the variance kept
                 projection = getattr(self.partners, "projection", None) or {}
                 extra.update({k: v for k, v in projection.items() if k != "project_batch_rows"})
+            if self.neighbor_index is not None:  # exact runs' sidecars stay as they were
+                extra.update(neighbor_index=self.neighbor_index, **(getattr(self.partners, "approximate", None) or {}))
         elif self.pairing == "label-kernel":
             extra = {"bandwidth": self.bandwidth}
         if self.exclude is not None:

@@ -48,6 +48,7 @@ _RECORDED = {
     "layout": None,
     "neighbors": None,
     "project": None,
+    "neighbor_index": None,
     "bandwidth": None,
     "balance": False,
     "balance_to": None,
@@ -79,6 +80,7 @@ def build_plan(
     groups: str | None = None,
     exclude_rows=None,
     exclude_sha256: str | None = None,
+    neighbor_index: str | None = None,
 ) -> Plan:
     """The plan of a run over ``source`` (seed drawn when None; ``x_key`` and
     ``y_key`` as asked, the source's own by default; without ``block_rows``,
@@ -87,13 +89,16 @@ def build_plan(
     ``reference``: indexes found by their reference path, as ``verify``
     recomputes, not by the fast one; ``groups``: the key of the group ids,
     ``--groups``; ``exclude_rows``: the file of input rows held out,
-    ``--exclude-rows``, whose SHA-256 must be ``exclude_sha256`` when given)."""
+    ``--exclude-rows``, whose SHA-256 must be ``exclude_sha256`` when given;
+    ``neighbor_index``: "approximate" for the knn pairings' approximate lists,
+    ``--neighbor-index``; None or "exact": the exact ones)."""
     x_key = x_key or next(iter(source.specs))
     y_key = source.y_key if y_key is None else y_key
     block_rows = block_rows or default_block_rows(source.row_bytes, chunk_rows=chunk_rows)
     seed = draw_seed() if seed is None else seed
     if pairing in KNN_PAIRINGS and neighbors is None:
         neighbors = DEFAULT_NEIGHBORS
+    neighbor_index = None if neighbor_index == "exact" else neighbor_index  # exact: recorded as before
     if pairing in CLASS_PAIRINGS and source.y_key is None:
         # The source's y: a y_key the input lacks (and was not asked for) is dropped there.
         where = f"{source.reader.path} has no '{y_key}': " if y_key else ""
@@ -102,7 +107,13 @@ def build_plan(
     balance_wanted = balancing.check(pairing, balance, balance_to, source.y_key)
     own, classes, exclude = _own_rows(source, pairing, balance_wanted, balance_to, seed, exclude_rows, exclude_sha256)
     options = dict(
-        alpha=alpha, block_rows=block_rows, pairing=pairing, neighbors=neighbors, project=project, bandwidth=bandwidth
+        alpha=alpha,
+        block_rows=block_rows,
+        pairing=pairing,
+        neighbors=neighbors,
+        project=project,
+        neighbor_index=neighbor_index,
+        bandwidth=bandwidth,
     )
     if pairing in INDEX_PAIRINGS:  # check the options (a Plan without the index) before reading anything
         Plan(n_rows=source.n_rows, seed=0, **options)
@@ -125,6 +136,7 @@ def build_plan(
         plan_version,
         reference=reference,
         groups=group_index,
+        approximate=neighbor_index == "approximate",
     )
     if method == "cutmix":
         x_spec = source.specs[x_key]
@@ -191,7 +203,8 @@ def plan_from_sidecar(parameters: dict, source: Source) -> Plan:
         for key, default in _RECORDED.items()
         if default is None
         and key not in parameters
-        and key not in ("layout", "neighbors", "project", "bandwidth", "balance_to", "y_key", "groups")
+        and key
+        not in ("layout", "neighbors", "project", "neighbor_index", "bandwidth", "balance_to", "y_key", "groups")
     ]
     if missing:
         raise ParameterError(f"the sidecar lacks the parameter '{missing[0]}'", "OUT")
@@ -231,11 +244,13 @@ def partner_index(
     *,
     reference: bool = False,
     groups=None,
+    approximate: bool = False,
 ):
     """The index the knn and label-kernel pairings draw partners from (one or
     two passes over x, or one over y); None for the other pairings. ``groups``
     (``groups.GroupIndex``, --groups): partners searched inside the row's
-    cell (group; group and class for knn-within-class)."""
+    cell (group; group and class for knn-within-class); ``approximate``: the
+    knn lists of ``approximate.search``."""
     if pairing not in INDEX_PAIRINGS:
         return None
     if pairing == "label-kernel":
@@ -249,11 +264,16 @@ def partner_index(
         return label_kernel.build(source.reader, y_key, bandwidth, kind, max_left_out=widen, groups=codes)
     from mixup_cli.mixing import neighbours
 
+    build = neighbours.build
+    if approximate:  # the same arguments, the lists of an approximate index
+        from mixup_cli.mixing import approximate as ann
+
+        build = ann.build
     label = f"{source.reader.path}['{x_key}']"
     if isinstance(source.reader, balancing.BalancedReader):  # --exclude-rows: the kept rows only
         label += " without the rows --exclude-rows holds out,"
     if groups is not None:
-        return neighbours.build(
+        return build(
             source.reader,
             x_key,
             neighbors,
@@ -265,8 +285,15 @@ def partner_index(
             cells=groups.cells.codes,
         )
     within = _knn_classes(source, y_key) if pairing == "knn-within-class" else None
-    return neighbours.build(
-        source.reader, x_key, neighbors, project, within, label, reference=reference, version=version
+    return build(
+        source.reader,
+        x_key,
+        neighbors,
+        project,
+        within,
+        label,
+        reference=reference,
+        version=version,
     )
 
 

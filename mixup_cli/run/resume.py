@@ -98,6 +98,7 @@ NOT_IN_FINGERPRINT = (
     "include_original",
     "method",
     "layout",
+    "neighbor_index",
     "plan_version",
     "input",
     "output",

@@ -66,6 +66,9 @@ def recompute(record: dict, output: Path, input_path: Path, batch_size: int | No
     try:
         source = recomputation.open_recorded(params, input_path)
         plan = plan_from_sidecar(params, source)
+        problem = recomputation.index_problem(params, plan)
+        if problem is not None:
+            return problem, None, None
         expected = output_specs(source, plan)
         block_digests = matching_digests(record.get("output") or {}, plan, expected)
         progress = progress or Progress()

@@ -41,6 +41,34 @@ def parameters_problem(params: dict) -> Check | None:
     return Check("recompute", False, f"the sidecar lacks the parameter '{missing[0]}'") if missing else None
 
 
+def index_problem(params: dict, plan) -> Check | None:
+    """``--neighbor-index approximate``: the recall the sidecar records against
+    the one found again (the lists rebuilt by the library, the sample's exact
+    lists by scikit-learn's brute force); the recompute check's failure when
+    they differ, else None."""
+    if params.get("neighbor_index") is None and plan.neighbor_index is None:
+        return None
+    found = plan.to_dict()
+    keys = ("neighbor_index", "neighbor_recall", "neighbor_recall_sample")
+    if all(params.get(key) == found.get(key) for key in keys):
+        return None
+    then = (params.get("neighbor_index_parameters") or {}).get("version")
+    now = (found.get("neighbor_index_parameters") or {}).get("version")
+    note = f"; the index was built with faiss-cpu {then}, this is {now}" if then != now else ""
+    return Check(
+        "recompute",
+        False,
+        f"the recorded recall@K {params.get('neighbor_recall')!r} ({_found(params)}) differs from "
+        f"{found.get('neighbor_recall')!r} ({_found(found)}) found again with scikit-learn's brute force on "
+        f"the same sampled rows{note}",
+    )
+
+
+def _found(record: dict) -> str:
+    sample = record.get("neighbor_recall_sample") or {}
+    return f"{sample.get('found')} of {sample.get('entries')} list entries of {sample.get('rows')} rows"
+
+
 def not_recomputed(exc: BaseException, what: str = "the output") -> tuple:
     """``(check, first_difference, digests)`` of a recomputation that failed with ``exc``."""
     return Check("recompute", False, f"could not recompute {what}: {exc}"), None, None

@@ -19,6 +19,7 @@ from mixup_cli.verify.laws import set_law_checks
 from mixup_cli.verify.recomputation import (
     RECOMPUTE_ERRORS,
     compare,
+    index_problem,
     not_recomputed,
     open_recorded,
     parameters_problem,
@@ -228,6 +229,9 @@ def _recompute_set(view, ks, records, params, paths, batch_size, progress, hint)
         concat = ConcatReader(layout, fast=False, scratch_prefix=_set_scratch(view.outdir, "inflated"))
         source = open_recorded(params, paths[0], reader=concat, layout=layout)
         plan = plan_from_sidecar(params, source)
+        problem = index_problem(params, plan)
+        if problem is not None:
+            return {k: (problem, None, None) for k in ks}
         bounds = plan_offsets(plan, layout.offsets)  # the plan's rows of each input (--exclude-rows: the kept ones)
         tasks = split(plan.tasks(), plan, bounds, range(min(ks), max(ks) + 1))
         _compare_outputs(view, ks, records, source, plan, bounds, tasks, results, batch_size, progress)
