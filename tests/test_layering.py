@@ -34,6 +34,7 @@ LAYERS = [
             "neighbours",
             "label_kernel",
             "cutmix",
+            "gather",  # partner rows read by index, over a reader and its preparation
             "prepare",
             "labels",
             "names",
