@@ -5,6 +5,7 @@ import pytest
 from conftest import expected_mix, load_output, write_h5
 from scipy import stats
 
+from mixup_cli import tasks
 from mixup_cli.classes import ClassIndex, class_index, labels_of
 from mixup_cli.errors import InputError, ParameterError
 from mixup_cli.io import hdf5
@@ -148,15 +149,15 @@ def test_class_pairing_output_matches_the_formula(tmp_path, pairing):
 def test_class_partners_are_read_sorted_and_unique(sorted_by_class, tmp_path, monkeypatch):
     path, _ = sorted_by_class
     reads = []
-    original = hdf5.Reader._take_sorted_unique
+    original = tasks.partner_rows
 
-    def recording(self, key, rows):
+    def recording(source, rows):
         reads.append(np.asarray(rows))
-        return original(self, key, rows)
+        return original(source, rows)
 
-    monkeypatch.setattr(hdf5.Reader, "_take_sorted_unique", recording)
+    monkeypatch.setattr(tasks, "partner_rows", recording)
     augment(AugmentRequest(path, tmp_path / "out.h5", seed=0, pairing="within-class", block_rows=100))
-    assert len(reads) == 2 * 30  # x and y, once per block
+    assert len(reads) == 30  # every array's partner rows, once per block
     assert all(np.all(np.diff(r) > 0) for r in reads)
 
 
