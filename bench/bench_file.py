@@ -112,7 +112,7 @@ def candidate(src: Path, dst: Path, compression: str, pairing: str) -> None:
         from mixup_cli import pipeline, planning
 
         def build_plan(source, **kwargs):
-            return planning.build_plan(source, **kwargs, plan_version=1)
+            return planning.build_plan(source, **{**kwargs, "plan_version": 1})
 
         with mock.patch.object(pipeline, "build_plan", build_plan):
             return candidate(src, dst, compression, "global")

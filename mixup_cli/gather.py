@@ -13,8 +13,9 @@ are read changes: the rows, and so the bytes, are those ``take`` returns.
 
 The input's preparation (``prepare.PreparedReader``: conversion, label
 encoding, the check for NaN) is applied to the rows picked, never to the
-neighbours read with them. Memory: one window (at most ``WINDOW_BYTES``)
-per call, reused for its runs.
+neighbours read with them. Memory, beside the rows returned: one window
+(at most ``WINDOW_BYTES``) per call, reused for its runs, and the rows read
+alone a piece (``PIECE_BYTES``) at a time.
 """
 
 from __future__ import annotations
@@ -36,36 +37,65 @@ WINDOW_BYTES = 4 << 20
 # call per run of rows. Others (decoded images, Parquet batches, memory
 # maps) gain nothing from reading neighbours: their ``take`` is used as is.
 COALESCING_FORMATS = frozenset({"hdf5"})
+# Rows read by ``take`` beside the ranges are read this many bytes at a time.
+PIECE_BYTES = 4 << 20
 # A run of fewer rows is left to ``take`` (which reads rows close together
 # within one chunk in one call already): the range pays when it saves calls.
 MIN_RUN_ROWS = 4
 
 
-def take(reader, key: str, rows: np.ndarray) -> np.ndarray:
-    """Rows ``rows`` (sorted, unique) of ``key``, as ``reader.take`` gives them."""
+def take(reader, key: str, rows: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """Rows ``rows`` (sorted, unique) of ``key``, as ``reader.take`` gives
+    them; into ``out[:len(rows)]`` when ``out`` is given and holds such rows
+    (a buffer reused from task to task: no block of rows allocated per task)."""
     rows = np.asarray(rows, dtype=np.int64)
     if isinstance(reader, PreparedReader):
-        return reader.prepare_rows(key, take(reader.inner, key, rows), rows)
+        inner = reader.inner.spec(key)
+        direct = out if out is not None and _fits(out, inner.row_shape, inner.dtype) else None
+        return _into(reader.prepare_rows(key, take(reader.inner, key, rows, direct), rows), out)
     if not coalesces(reader) or len(rows) < 2:
-        return reader.take(key, rows)
+        return _into(reader.take(key, rows), out)
     spec = reader.spec(key)
     row_shape, dtype = tuple(spec.row_shape), np.dtype(spec.dtype)
     row_bytes = max(1, int(np.prod(row_shape, dtype=np.int64)) * dtype.itemsize)
-    runs = ranges(rows, row_bytes)
-    if runs is None:
+    runs = ranges(rows, row_bytes) or []
+    if not runs and out is None:
         return reader.take(key, rows)
-    out = np.empty((len(rows),) + row_shape, dtype)
+    if out is not None and _fits(out, row_shape, dtype) and len(out) >= len(rows):
+        result = out[: len(rows)]
+    else:
+        result = np.empty((len(rows),) + row_shape, dtype)
     alone = np.ones(len(rows), dtype=bool)  # rows not in any run: read by ``take``
-    window = np.empty(max(int(rows[stop - 1] - rows[first]) + 1 for first, stop in runs) * row_bytes, np.uint8)
+    if runs:
+        window = np.empty(max(int(rows[stop - 1] - rows[first]) + 1 for first, stop in runs) * row_bytes, np.uint8)
     for first, stop in runs:
         alone[first:stop] = False
         lo, hi = int(rows[first]), int(rows[stop - 1]) + 1
         buf = window[: (hi - lo) * row_bytes].view(dtype).reshape((hi - lo,) + row_shape)
         reader.read_into(key, lo, hi, buf)
-        np.take(buf, rows[first:stop] - lo, axis=0, out=out[first:stop])
-    if alone.any():
-        out[alone] = reader.take(key, rows[alone])
-    return out
+        np.take(buf, rows[first:stop] - lo, axis=0, out=result[first:stop])
+    # the rows far from others, by ``take``, a piece at a time: what it
+    # returns beside the result stays small (never a second block of rows)
+    at = np.flatnonzero(alone)
+    piece = max(1, PIECE_BYTES // row_bytes)
+    for lo in range(0, len(at), piece):
+        part = at[lo : lo + piece]
+        result[part] = reader.take(key, rows[part])
+    return result
+
+
+def _fits(out: np.ndarray, row_shape, dtype) -> bool:
+    return out.dtype == np.dtype(dtype) and tuple(out.shape[1:]) == tuple(row_shape) and out.flags.c_contiguous
+
+
+def _into(block: np.ndarray, out: np.ndarray | None) -> np.ndarray:
+    """``block`` in ``out``'s first rows when it fits there (copied unless it is already)."""
+    if out is None or len(block) > len(out) or not _fits(out, block.shape[1:], block.dtype):
+        return block
+    target = out[: len(block)]
+    if not np.may_share_memory(block, target):
+        np.copyto(target, block)
+    return target
 
 
 def coalesces(reader) -> bool:

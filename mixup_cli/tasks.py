@@ -83,14 +83,15 @@ def reads_by_index(plan: Plan, task: Task) -> bool:
     return 4 * (task.stop - task.start) < p_last - p_first
 
 
-def read_partners(source, plan: Plan, mixer: Mixer, task: Task, lock=None) -> Partners:
+def read_partners(source, plan: Plan, mixer: Mixer, task: Task, lock=None, out: Block | None = None) -> Partners:
     """A task's draws and its partner rows read by index (sorted, unique
     reads, each partner row read once and gathered as it is mixed); the
-    reads under ``lock`` when given (an engine reading ahead on a thread)."""
+    reads under ``lock`` when given (an engine reading ahead on a thread),
+    into the buffers ``out`` when given (see ``partner_rows``)."""
     drawn = draw(plan, mixer, task)
     unique, index = np.unique(drawn.partner, return_inverse=True)
     with lock or nullcontext():
-        pool = partner_rows(source, unique)
+        pool = partner_rows(source, unique, out)
     return Partners(drawn, pool, index.reshape(-1))
 
 
@@ -131,10 +132,12 @@ def task_input(
     return TaskInput(task, partners.drawn, own, partners.pool, partners.index)
 
 
-def partner_rows(source, rows: np.ndarray) -> Block:
+def partner_rows(source, rows: np.ndarray, out: Block | None = None) -> Block:
     """Rows ``rows`` (sorted, unique) of the (prepared) input, for each data
-    key, read by index (``gather.take``: rows close together as one range)."""
-    return {key: gather.take(source.reader, key, rows) for key in source.specs}
+    key, read by index (``gather.take``: rows close together as one range);
+    into ``out[key]`` (buffers of at least ``len(rows)`` rows) when given."""
+    out = out or {}
+    return {key: gather.take(source.reader, key, rows, out.get(key)) for key in source.specs}
 
 
 def output_rows(source, mixer: Mixer, inputs: TaskInput, s: int, e: int, out: Block | None = None) -> Block:

@@ -119,10 +119,10 @@ def test_the_next_tasks_partners_are_read_while_this_task_mixes(tmp_path, monkey
     spans = []
     real = gather.take
 
-    def slow_take(reader, key, rows):
+    def slow_take(reader, key, rows, out=None):
         t0 = time.monotonic()
         time.sleep(0.15)
-        got = real(reader, key, rows)
+        got = real(reader, key, rows, out)
         spans.append(("take", t0, time.monotonic(), threading.get_ident()))
         return got
 
@@ -157,3 +157,15 @@ def test_finite_values_whose_sum_overflows_are_not_refused(tmp_path, dtype):
     src = write_h5(tmp_path / "bad.h5", x=x, y=y)
     with pytest.raises(InputError, match="'x' row 33 holds NaN or Inf"):
         augment(AugmentRequest(src, tmp_path / "out2.h5", seed=1, block_rows=8))
+
+
+@pytest.mark.parametrize("rows", [[0, 1, 2, 3, 4, 150], [3, 90, 180]])
+def test_rows_are_gathered_into_the_buffer_given(small_rows, rows):
+    """The engine reads each task's partners into one of two buffers reused
+    for the whole run: the rows land in the buffer's first rows."""
+    path, expected = small_rows
+    with hdf5.Reader(path) as reader:
+        for key in ("x", "y"):
+            out = np.full((8,) + expected[key].shape[1:], -1, expected[key].dtype)
+            got = gather.take(reader, key, np.array(rows), out)
+            assert np.shares_memory(got, out) and np.array_equal(out[: len(rows)], expected[key][rows])

@@ -151,9 +151,9 @@ def test_class_partners_are_read_sorted_and_unique(sorted_by_class, tmp_path, mo
     reads = []
     original = tasks.partner_rows
 
-    def recording(source, rows):
+    def recording(source, rows, out=None):
         reads.append(np.asarray(rows))
-        return original(source, rows)
+        return original(source, rows, out)
 
     monkeypatch.setattr(tasks, "partner_rows", recording)
     augment(AugmentRequest(path, tmp_path / "out.h5", seed=0, pairing="within-class", block_rows=100))

@@ -272,15 +272,35 @@ class _ReadAhead:
     def __init__(self, source, plan: Plan, mixer: Mixer, lock, check):
         self._source, self._plan, self._mixer, self._lock, self._check = source, plan, mixer, lock, check
         self._pool: ThreadPoolExecutor | None = None
+        # Two sets of partner buffers, used in turn: a task's partners are read
+        # into the set the task before the last one used, whose run is over.
+        self._buffers: list[dict[str, np.ndarray] | None] = [None, None]
+        self._turn = 0
 
     def start(self, task):
-        """Start reading ``task``'s partners; a future, or None when it reads none by index."""
+        """Start reading ``task``'s partners; a future, or None when it reads none by index.
+        Called once the task before the last one started has run."""
         if not reads_by_index(self._plan, task):
             return None
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mixup-partners")
+        self._turn ^= 1
+        if self._buffers[self._turn] is None:
+            rows = min(self._plan.block_rows, self._plan.n_rows)  # partners of a task: at most a block's rows
+            self._buffers[self._turn] = {
+                key: np.empty((rows,) + spec.row_shape, spec.dtype) for key, spec in self._source.specs.items()
+            }
         context = contextvars.copy_context()  # the call's stop token, as in the caller's thread
-        return self._pool.submit(context.run, read_partners, self._source, self._plan, self._mixer, task, self._lock)
+        return self._pool.submit(
+            context.run,
+            read_partners,
+            self._source,
+            self._plan,
+            self._mixer,
+            task,
+            self._lock,
+            self._buffers[self._turn],
+        )
 
     def result(self, future):
         """The partners read by ``future``, waiting as every wait of the caller does."""
