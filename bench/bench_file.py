@@ -1,6 +1,8 @@
 """File benchmark: ``mixup augment`` against an h5py streaming copy.
 
     python bench/bench_file.py [--rows 40000] [--repeats 3] [--workdir /tmp]
+    python bench/bench_file.py --together --durable --input-compression gzip --rows 160000
+
 
 Generates an HDF5 file (float32 ``x`` of 40,000 x 32x32x3 = 0.49 GB, chunks
 of 256 rows, plus one-hot ``y``) in a temporary folder under ``--workdir``
@@ -16,7 +18,20 @@ ratio.
   and the output arrays' SHA-256, fsync, atomic rename and the provenance
   sidecar.
 
-Cases: uncompressed and gzip (both sides), ``global`` and ``batch`` pairing.
+Cases: uncompressed and gzip (both sides), ``global`` and ``batch`` pairing;
+``cycle`` is ``global`` under plan version 1 (its blocks in a random cycle,
+each taking its partners from the next block, read whole: the law before
+version 2, still computed to verify its outputs), for the cost of reading
+whole blocks.
+``--input-compression gzip`` writes the input itself with gzip (chunks of
+256 rows; the case's compression is then the output's, as before).
+``--durable`` makes the reference fsync its output before it returns (as
+mixup does before renaming its output into place). ``--together`` runs the
+cases of one output compression in one loop: each round runs the copy and
+every pairing once, in an order that rotates from round to round, so the
+ratios ``global/copy`` and ``batch/copy`` come from runs side by side; the
+table then also gives each contender's peak memory (the process's resident
+set above what it held before the run, VmHWM reset before each run: Linux).
 ``--phases`` adds, per case, where one more candidate run spends its time:
 the engine's ``run`` (read, mix, hash and write the output; the input file is hashed
 meanwhile in a thread), ``fsync``, ``wait hashes`` (what is left of the
@@ -51,19 +66,32 @@ CHUNK_ROWS = 256
 BATCH = 1024
 
 
-def make_input(path: Path, rows: int) -> None:
+def make_input(path: Path, rows: int, compression: str | None = None) -> None:
     rng = np.random.default_rng(0)
     with h5py.File(path, "w") as f:
-        x = f.create_dataset("x", shape=(rows, 32, 32, 3), dtype=np.float32, chunks=(CHUNK_ROWS, 32, 32, 3))
-        y = f.create_dataset("y", shape=(rows, 10), dtype=np.float32, chunks=(CHUNK_ROWS, 10))
+        x = f.create_dataset(
+            "x", shape=(rows, 32, 32, 3), dtype=np.float32, chunks=(CHUNK_ROWS, 32, 32, 3), compression=compression
+        )
+        y = f.create_dataset("y", shape=(rows, 10), dtype=np.float32, chunks=(CHUNK_ROWS, 10), compression=compression)
         for s in range(0, rows, 4096):
             e = min(rows, s + 4096)
             x[s:e] = rng.random((e - s, 32, 32, 3), dtype=np.float32)
             y[s:e] = np.eye(10, dtype=np.float32)[rng.integers(0, 10, e - s)]
 
 
-def h5py_copy(src: Path, dst: Path, compression: str | None) -> None:
-    """The reference: stream every row of x and y to a new chunked file."""
+def h5py_copy(src: Path, dst: Path, compression: str | None, durable: bool = False) -> None:
+    """The reference: stream every row of x and y to a new chunked file
+    (``durable``: then fsync it, as mixup does its output)."""
+    _copy_rows(src, dst, compression)
+    if durable:
+        fd = os.open(dst, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _copy_rows(src: Path, dst: Path, compression: str | None) -> None:
     with h5py.File(src, "r") as fin, h5py.File(dst, "w") as fout:
         for key in ("x", "y"):
             ds = fin[key]
@@ -78,6 +106,17 @@ def h5py_copy(src: Path, dst: Path, compression: str | None) -> None:
 
 
 def candidate(src: Path, dst: Path, compression: str, pairing: str) -> None:
+    if pairing == "cycle":  # global pairing's law of plan version 1: blocks in a cycle, read whole
+        from unittest import mock
+
+        from mixup_cli.commands import pipeline
+        from mixup_cli.run import planner as planning
+
+        def build_plan(source, **kwargs):
+            return planning.build_plan(source, **{**kwargs, "plan_version": 1})
+
+        with mock.patch.object(pipeline, "build_plan", build_plan):
+            return candidate(src, dst, compression, "global")
     augment(
         AugmentRequest(
             src,
@@ -101,6 +140,7 @@ def candidate_phases(src: Path, dst: Path, compression: str, pairing: str) -> tu
     from mixup_cli.io import hdf5
     from mixup_cli.mixing import mixer
     from mixup_cli.record import digests, provenance
+    from mixup_cli.run import tasks
 
     phases = {
         "engine run": (local, "run"),
@@ -109,11 +149,13 @@ def candidate_phases(src: Path, dst: Path, compression: str, pairing: str) -> tu
     }
     stages = {
         "read": (hdf5.Reader, "read_into"),
+        "partners": (tasks, "partner_rows"),
         "mix": (mixer.Mixer, "mix_gather"),
         "hash out": (digests.BlockHasher, "update"),
         "write": (hdf5.Writer, "write"),
         "hash in": (provenance, "sha256_file"),
     }
+    stages = {name: (owner, attr) for name, (owner, attr) in stages.items() if hasattr(owner, attr)}
     spent = {name: 0.0 for name in [*phases, *stages]}
     originals = {name: getattr(owner, attr) for name, (owner, attr) in {**phases, **stages}.items()}
 
@@ -140,6 +182,79 @@ def candidate_phases(src: Path, dst: Path, compression: str, pairing: str) -> tu
     return wall, {name: spent[name] for name in stages}
 
 
+def reset_peak() -> int | None:
+    """Reset the process's peak resident set (Linux: VmHWM); its size now, in bytes."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return _status_bytes("VmRSS")
+    except OSError:
+        return None
+
+
+def _status_bytes(field: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def peak_above(before: int | None) -> float:
+    """MiB of the peak resident set since ``reset_peak`` above what it held then (NaN: unknown)."""
+    peak = _status_bytes("VmHWM")
+    return float("nan") if before is None or peak is None else (peak - before) / 2**20
+
+
+def together(args, src: Path, work: Path) -> None:
+    """The copy and each pairing of one output compression, side by side:
+    each round runs every contender once, the order rotating each round."""
+    groups: dict[str, list[str]] = {}
+    for case in args.cases.split(","):
+        compression, pairing = case.split(":")
+        groups.setdefault(compression, []).append(pairing)
+    print(
+        f"{'compression':<12} {'contender':<10} {'s':>7} {'/ copy':>7} {'CPU s':>7} {'CPU / copy':>10}"
+        f" {'peak MiB':>9} {'load':>5}"
+    )
+    for compression, pairings in groups.items():
+        out_comp = None if compression == "none" else compression
+        names = ["copy", *pairings]
+        times: dict[str, list[tuple[float, float]]] = {n: [] for n in names}
+        peaks: dict[str, list[float]] = {n: [] for n in names}
+        loads = []
+
+        def run_one(name):
+            dst = work / ("ref.h5" if name == "copy" else "out.h5")
+            before = reset_peak()
+            if name == "copy":
+                times[name].append(timed(lambda: h5py_copy(src, dst, out_comp, args.durable)))
+            else:
+                times[name].append(timed(lambda: candidate(src, dst, compression, name)))
+            peaks[name].append(peak_above(before))
+            dst.unlink()
+
+        repeats = args.gzip_repeats if "gzip" in (compression, args.input_compression) else args.repeats
+        for i in range(repeats):
+            order = names[i % len(names) :] + names[: i % len(names)]
+            for name in order:
+                run_one(name)
+            loads.append(os.getloadavg()[0])
+        ref_wall = statistics.median(t for t, _ in times["copy"])
+        ref_cpu = statistics.median(u for _, u in times["copy"])
+        for name in names:
+            wall = statistics.median(t for t, _ in times[name])
+            cpu = statistics.median(u for _, u in times[name])
+            print(
+                f"{compression:<12} {name:<10} {wall:7.2f} {wall / ref_wall:6.2f}x {cpu:7.2f} {cpu / ref_cpu:9.2f}x"
+                f" {max(peaks[name]):9.1f} {statistics.median(loads):5.1f}",
+                flush=True,
+            )
+            if args.all_runs:
+                print("    runs s: " + " ".join(f"{t:.2f}" for t, _ in times[name]))
+
+
 def timed(fn) -> tuple[float, float]:
     """Wall seconds and CPU seconds (all threads of this process) of one call."""
     r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
@@ -163,6 +278,19 @@ def main(argv=None):
     parser.add_argument(
         "--phases", action="store_true", help="also print where one candidate run of each case spends its time"
     )
+    parser.add_argument("--input-compression", choices=("none", "gzip"), default="none", help="of the input file")
+    parser.add_argument("--durable", action="store_true", help="the copy fsyncs its output, as mixup does")
+    parser.add_argument(
+        "--together",
+        action="store_true",
+        help="run the copy and every pairing of one output compression in one loop, in rotating order",
+    )
+    parser.add_argument(
+        "--keep-input",
+        type=Path,
+        help="the input file at this path: made there (and kept) when it is not there yet, else reused as it is",
+    )
+    parser.add_argument("--all-runs", action="store_true", help="with --together: print every run's seconds")
     args = parser.parse_args(argv)
     installed.check(args)
     print(installed.header(), flush=True)
@@ -170,12 +298,20 @@ def main(argv=None):
     work = Path(tempfile.mkdtemp(prefix="mixup-bench-", dir=args.workdir))
     try:
         src = work / "in.h5"
-        make_input(src, args.rows)
+        if args.keep_input is not None:
+            src = args.keep_input
+        if not src.exists():
+            make_input(src, args.rows, None if args.input_compression == "none" else args.input_compression)
         size = src.stat().st_size
         print(
             f"input: {args.rows} x 32x32x3 float32 + y[10], chunks of {CHUNK_ROWS} rows, "
-            f"{size / 1e9:.2f} GB; median of {args.repeats} (gzip: {args.gzip_repeats}), alternating"
+            f"compression {args.input_compression}, {size / 1e9:.2f} GB on disk; "
+            f"median of {args.repeats} (gzip: {args.gzip_repeats}), alternating; "
+            f"copy {'fsynced' if args.durable else 'not fsynced'}"
         )
+        if args.together:
+            together(args, src, work)
+            return
         phases = {}
         print(
             f"{'compression':<12} {'pairing':<8} {'h5py copy s':>12} {'mixup s':>9} {'ratio':>7}"
@@ -187,7 +323,11 @@ def main(argv=None):
 
             def run_ref():
                 ref_t.append(
-                    timed(lambda: h5py_copy(src, work / "ref.h5", None if compression == "none" else compression))
+                    timed(
+                        lambda: h5py_copy(
+                            src, work / "ref.h5", None if compression == "none" else compression, args.durable
+                        )
+                    )
                 )
                 (work / "ref.h5").unlink()
 

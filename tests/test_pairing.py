@@ -10,6 +10,7 @@ from mixup_cli.core.errors import InputError, ParameterError
 from mixup_cli.io import hdf5
 from mixup_cli.mixing.sampling import INDEX_PAIRINGS, Plan
 from mixup_cli.mixing.sampling import PAIRINGS as ALL_PAIRINGS
+from mixup_cli.run import tasks
 from mixup_cli.targets.classes import ClassIndex, class_index, labels_of
 
 # The pairings that need no index over the data (the others: test_neighbours.py, test_label_kernel.py).
@@ -148,15 +149,15 @@ def test_class_pairing_output_matches_the_formula(tmp_path, pairing):
 def test_class_partners_are_read_sorted_and_unique(sorted_by_class, tmp_path, monkeypatch):
     path, _ = sorted_by_class
     reads = []
-    original = hdf5.Reader._take_sorted_unique
+    original = tasks.partner_rows
 
-    def recording(self, key, rows):
+    def recording(source, rows, out=None):
         reads.append(np.asarray(rows))
-        return original(self, key, rows)
+        return original(source, rows, out)
 
-    monkeypatch.setattr(hdf5.Reader, "_take_sorted_unique", recording)
+    monkeypatch.setattr(tasks, "partner_rows", recording)
     augment(AugmentRequest(path, tmp_path / "out.h5", seed=0, pairing="within-class", block_rows=100))
-    assert len(reads) == 2 * 30  # x and y, once per block
+    assert len(reads) == 30  # every array's partner rows, once per block
     assert all(np.all(np.diff(r) > 0) for r in reads)
 
 

@@ -73,15 +73,15 @@ def test_compressed_input_gives_the_bytes_of_the_uncompressed_one(tmp_path, monk
 def test_the_copy_is_removed_when_the_run_fails(tmp_path, monkeypatch):
     x, y = images_and_labels()
     packed = write_gzip_h5(tmp_path / "packed.h5", x=x, y=y)
-    real_take = hdf5.Reader.take
+    real_read = hdf5.Reader.read_into
 
-    def failing_take(self, key, rows):
+    def failing_read(self, key, start, stop, out):  # own rows and partners alike
         if self.path.name.endswith(".scratch.h5"):
             assert self.path.exists()
             raise OSError("bad sector")
-        return real_take(self, key, rows)
+        return real_read(self, key, start, stop, out)
 
-    monkeypatch.setattr(hdf5.Reader, "take", failing_take)
+    monkeypatch.setattr(hdf5.Reader, "read_into", failing_read)
     with pytest.raises(OSError, match="bad sector"):
         augment(AugmentRequest(packed, tmp_path / "out.h5", seed=1, block_rows=20, pairing="within-class"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["packed.h5"]

@@ -5,7 +5,9 @@ and hashing in a third (``_Stage``), through two sets of output buffers;
 input blocks sit in a few buffers reused for the whole run (``BlockCache``).
 With global pairing over several blocks, a block is mixed in place (its own
 rows are not needed again: the cycle reads it afresh when it comes back as a
-partner). The memory this takes: ARCHITECTURE.md, "Memory" (the one
+partner). Partners read by index (global, class and index pairings) are
+read one task ahead on a thread of their own (``_ReadAhead``), while this
+task mixes; the input is read by one thread at a time. The memory this takes: ARCHITECTURE.md, "Memory" (the one
 statement of the bound). Each task's rows come from ``tasks.output_rows``, the
 computation every engine shares.
 
@@ -15,8 +17,12 @@ caller's thread, which wakes every ``stopping.POLL_S`` to look for one.
 
 from __future__ import annotations
 
+import contextvars
 import queue
 import threading
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +34,7 @@ from mixup_cli.mixing.mixer import Mixer
 from mixup_cli.mixing.sampling import Plan
 from mixup_cli.record import atomic, digests
 from mixup_cli.run.planner import default_batch_rows
-from mixup_cli.run.tasks import output_rows, task_input, whole_block
+from mixup_cli.run.tasks import output_rows, read_partners, reads_by_index, task_input, whole_block
 
 
 def run(
@@ -70,14 +76,22 @@ def run(
 
     rows = min(batch_rows, plan.block_rows, plan.n_rows)
     mixed_specs = {key: source.specs[key] for key in source.mixed_keys}
+    mixer = Mixer(plan, {key: spec.row_shape for key, spec in mixed_specs.items()})
+    # One thread reads the input at a time: the caller's (own blocks) or the read-ahead's (partners).
+    reading = threading.Lock() if threaded else None
+    ahead = _ReadAhead(source, plan, mixer, reading, check) if threaded else None
     state = _Run(
         source,
         plan,
-        Mixer(plan, {key: spec.row_shape for key, spec in mixed_specs.items()}),
+        mixer,
         # global pairing reads its partners by index (a block's worth, beside
         # the cache): two slots, so that three blocks are in memory at most, as before
         BlockCache(
-            source, plan, slots=3 if threaded and not (plan.pairing == "global" and plan.by_index) else 2, check=check
+            source,
+            plan,
+            slots=3 if threaded and not (plan.pairing == "global" and plan.by_index) else 2,
+            check=check,
+            lock=reading,
         ),
         _BufferPool(mixed_specs, rows, 2 if threaded else 1, check),
         out,
@@ -86,21 +100,34 @@ def run(
         batch_rows,
         progress,
         stop,
+        reading,
     )
     try:
-        for index, task in enumerate(tasks):
-            if index not in skip:
-                stop.check()
-                state.run_task(task)
-                if on_done is not None:
-                    state.after(lambda i=index: on_done(i))
+        todo = ((index, task) for index, task in enumerate(tasks) if index not in skip)
+        following = next(todo, None)
+        pending = ahead.start(following[1]) if ahead is not None and following is not None else None
+        while following is not None:
+            index, task = following
+            stop.check()
+            partners = ahead.result(pending) if pending is not None else None
+            # the next task's partners are read while this one mixes
+            following = next(todo, None)
+            pending = ahead.start(following[1]) if ahead is not None and following is not None else None
+            state.run_task(task, partners)
+            del partners
+            if on_done is not None:
+                state.after(lambda i=index: on_done(i))
     except BaseException:
+        if ahead is not None:
+            ahead.close()
         for stage in stages:
             try:
                 stage.close()
             except BaseException:
                 pass  # the first error is the one to report
         raise
+    if ahead is not None:
+        ahead.close()
     for stage in stages:
         stage.close()
     return {"engine": "local", "batch_size": batch_rows}
@@ -109,15 +136,16 @@ def run(
 class _Run:
     """One run's parts, and how a task goes through them."""
 
-    def __init__(self, source, plan, mixer, cache, pool, out, hashing, hasher, batch_rows, progress, stop):
+    def __init__(self, source, plan, mixer, cache, pool, out, hashing, hasher, batch_rows, progress, stop, reading):
         self.source, self.plan, self.mixer, self.cache, self.pool = source, plan, mixer, cache, pool
         self.out, self.hashing, self.hasher, self.batch_rows, self.progress = out, hashing, hasher, batch_rows, progress
-        self.stop = stop
+        self.stop, self.reading = stop, reading
         self.in_place = plan.pairing == "global" and plan.n_blocks > 1
 
-    def run_task(self, task) -> None:
+    def run_task(self, task, partners=None) -> None:
+        """Mix and hand over one task (``partners``: its ``read_partners``, read ahead)."""
         cache = self.cache
-        inputs = task_input(self.source, self.plan, self.mixer, task, cache.get)
+        inputs = task_input(self.source, self.plan, self.mixer, task, cache.get, partners, self.reading)
         # Part of a block: its rows were read apart from the cache (tasks.task_input).
         whole = whole_block(self.plan, task) is task
         slot = cache.slot_of(task.block) if whole else None
@@ -173,8 +201,9 @@ class BlockCache:
     pinned buffer, waiting for the writer if needed.
     """
 
-    def __init__(self, source, plan: Plan, slots: int = 2, check=None):
+    def __init__(self, source, plan: Plan, slots: int = 2, check=None, lock=None):
         self._source, self._plan = source, plan
+        self._lock = lock  # held while reading (another thread may read the input too)
         self._rows = min(plan.block_rows, plan.n_rows)
         self._slots: list[dict[str, np.ndarray] | None] = [None] * max(2, slots)
         self._held: list[int | None] = [None] * len(self._slots)  # block held by each buffer
@@ -225,10 +254,69 @@ class BlockCache:
                     for key, spec in self._source.specs.items()
                 }
             self._held[slot] = None  # a failed read leaves nothing stale behind
-            for key, buf in self._slots[slot].items():
-                self._source.reader.read_into(key, start, stop, buf)
+            with self._lock or nullcontext():
+                for key, buf in self._slots[slot].items():
+                    self._source.reader.read_into(key, start, stop, buf)
             self._held[slot] = block
         return {key: buf[: stop - start] for key, buf in self._slots[slot].items()}
+
+
+class _ReadAhead:
+    """The partner rows of the next task, read on a thread while this task mixes.
+
+    Only tasks whose partners are read by index (``tasks.reads_by_index``)
+    are read ahead: at most one at a time, so the rows in memory are this
+    task's partners and the next one's (see ARCHITECTURE.md, "Memory").
+    Reads hold ``lock``, which the caller's thread holds for its own reads;
+    the draws and the rows are those ``task_input`` would read itself.
+    """
+
+    def __init__(self, source, plan: Plan, mixer: Mixer, lock, check):
+        self._source, self._plan, self._mixer, self._lock, self._check = source, plan, mixer, lock, check
+        self._pool: ThreadPoolExecutor | None = None
+        # Two sets of partner buffers, used in turn: a task's partners are read
+        # into the set the task before the last one used, whose run is over.
+        self._buffers: list[dict[str, np.ndarray] | None] = [None, None]
+        self._turn = 0
+
+    def start(self, task):
+        """Start reading ``task``'s partners; a future, or None when it reads none by index.
+        Called once the task before the last one started has run."""
+        if not reads_by_index(self._plan, task):
+            return None
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mixup-partners")
+        self._turn ^= 1
+        if self._buffers[self._turn] is None:
+            rows = min(self._plan.block_rows, self._plan.n_rows)  # partners of a task: at most a block's rows
+            self._buffers[self._turn] = {
+                key: np.empty((rows,) + spec.row_shape, spec.dtype) for key, spec in self._source.specs.items()
+            }
+        context = contextvars.copy_context()  # the call's stop token, as in the caller's thread
+        return self._pool.submit(
+            context.run,
+            read_partners,
+            self._source,
+            self._plan,
+            self._mixer,
+            task,
+            self._lock,
+            self._buffers[self._turn],
+        )
+
+    def result(self, future):
+        """The partners read by ``future``, waiting as every wait of the caller does."""
+        while True:
+            self._check()
+            try:
+                return future.result(timeout=stopping.POLL_S)
+            except FutureTimeout:
+                continue
+
+    def close(self) -> None:
+        """Wait for a read in flight (nothing reads the input after the run)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 class _Stage:

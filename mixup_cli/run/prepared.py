@@ -179,7 +179,11 @@ class PreparedReader(Reader):
             np.copyto(out[: stop - start], f(self.inner.read(key, start, stop), start))
 
     def take(self, key: str, rows: np.ndarray) -> np.ndarray:
-        block = self.inner.take(key, rows)
+        return self.prepare_rows(key, self.inner.take(key, rows), rows)
+
+    def prepare_rows(self, key: str, block: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """``block``, the inner reader's rows ``rows`` of ``key`` (read by
+        index, however), as this reader gives them."""
         f = self._transforms.get(key)
         return block if f is None else f(block, np.asarray(rows))
 
@@ -263,6 +267,13 @@ class Prepared:
 def first_nonfinite_row(block: np.ndarray) -> int | None:
     """Offset of the first row holding NaN or Inf, or None (floats only)."""
     if block.dtype.kind != "f" or len(block) == 0:
+        return None
+    # A NaN or an Inf anywhere makes the sum NaN or Inf, so a finite sum
+    # proves every element finite, in one pass and no temporary array (a sum
+    # that overflows falls through to the exact check below).
+    with np.errstate(over="ignore", invalid="ignore"):
+        total = np.add.reduce(block.reshape(-1), dtype=np.float32 if block.dtype.itemsize < 4 else None)
+    if np.isfinite(total):
         return None
     finite = np.isfinite(block)
     if finite.all():

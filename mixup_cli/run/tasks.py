@@ -19,6 +19,7 @@ where blocks come from and where rows go:
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,6 +27,7 @@ import numpy as np
 from mixup_cli.mixing import balance
 from mixup_cli.mixing.mixer import Drawn, Mixer
 from mixup_cli.mixing.sampling import Plan, Task
+from mixup_cli.run import gather
 from mixup_cli.run.prepared import pair_keys
 
 Block = dict[str, np.ndarray]
@@ -59,35 +61,84 @@ def draw(plan: Plan, mixer: Mixer, task: Task) -> Drawn:
     return drawn.rows(task.start - block.start, task.stop - block.start)
 
 
+@dataclass(frozen=True)
+class Partners:
+    """A task's draws and the partner rows it reads by index (``read_partners``)."""
+
+    drawn: Drawn
+    pool: Block  # partner rows, per data key (sorted, unique) ...
+    index: np.ndarray  # ... and the row of ``pool`` of each task row
+
+
+def reads_by_index(plan: Plan, task: Task) -> bool:
+    """Whether ``task_input`` reads the task's partners by index rather than
+    from a partner block: class, index and global pairings (no partner
+    block), or a task that is part of its block with partners fewer than a
+    quarter of the partner block's rows."""
+    if task.partner_block is None:
+        return True
+    first, last = plan.block_bounds(task.block)
+    if (task.start, task.stop) == (first, last):
+        return False
+    p_first, p_last = plan.block_bounds(task.partner_block)
+    return 4 * (task.stop - task.start) < p_last - p_first
+
+
+def read_partners(source, plan: Plan, mixer: Mixer, task: Task, lock=None, out: Block | None = None) -> Partners:
+    """A task's draws and its partner rows read by index (sorted, unique
+    reads, each partner row read once and gathered as it is mixed); the
+    reads under ``lock`` when given (an engine reading ahead on a thread),
+    into the buffers ``out`` when given (see ``partner_rows``)."""
+    drawn = draw(plan, mixer, task)
+    unique, index = np.unique(drawn.partner, return_inverse=True)
+    with lock or nullcontext():
+        pool = partner_rows(source, unique, out)
+    return Partners(drawn, pool, index.reshape(-1))
+
+
 def task_input(
-    source, plan: Plan, mixer: Mixer, task: Task, block_rows: Callable[[int, int | None], Block]
+    source,
+    plan: Plan,
+    mixer: Mixer,
+    task: Task,
+    block_rows: Callable[[int, int | None], Block],
+    partners: Partners | None = None,
+    lock=None,
 ) -> TaskInput:
     """Gather a task's rows and partners. ``source`` is the plan's view of the
     input (``balance.view``); ``block_rows(block, keep)`` returns a whole
-    block's rows, keeping block ``keep`` if it holds it.
+    block's rows, keeping block ``keep`` if it holds it. ``partners``: the
+    task's ``read_partners``, when the engine read them ahead; ``lock``: held
+    around the reads made here apart from ``block_rows``.
 
     A task that is part of its block (a set's output holds only its input's
     rows) reads only its own rows, and its partners by index unless they are
     a large share of the partner block: reading whole blocks for each of a
     set's outputs read each block once per output it touches."""
     first, last = plan.block_bounds(task.block)
-    drawn = draw(plan, mixer, task)
     whole = (task.start, task.stop) == (first, last)
     if whole:
         own = block_rows(task.block, task.partner_block)
     else:
-        own = read_rows(source, task.start, task.stop)
-    if task.partner_block is not None:
-        p_first, p_last = plan.block_bounds(task.partner_block)
-        if whole or 4 * (task.stop - task.start) >= p_last - p_first:
-            return TaskInput(
-                task, drawn, own, block_rows(task.partner_block, task.block if whole else None), drawn.partner - p_first
-            )
-    # class, index and global pairings, or few partners: by index (sorted, unique
-    # reads), each partner row read once and gathered as it is mixed
-    unique, index = np.unique(drawn.partner, return_inverse=True)
-    pool = {key: source.reader.take(key, unique) for key in source.specs}
-    return TaskInput(task, drawn, own, pool, index.reshape(-1))
+        with lock or nullcontext():
+            own = read_rows(source, task.start, task.stop)
+    if not reads_by_index(plan, task):
+        p_first = plan.block_bounds(task.partner_block)[0]
+        drawn = draw(plan, mixer, task)
+        return TaskInput(
+            task, drawn, own, block_rows(task.partner_block, task.block if whole else None), drawn.partner - p_first
+        )
+    if partners is None:
+        partners = read_partners(source, plan, mixer, task, lock)
+    return TaskInput(task, partners.drawn, own, partners.pool, partners.index)
+
+
+def partner_rows(source, rows: np.ndarray, out: Block | None = None) -> Block:
+    """Rows ``rows`` (sorted, unique) of the (prepared) input, for each data
+    key, read by index (``gather.take``: rows close together as one range);
+    into ``out[key]`` (buffers of at least ``len(rows)`` rows) when given."""
+    out = out or {}
+    return {key: gather.take(source.reader, key, rows, out.get(key)) for key in source.specs}
 
 
 def output_rows(source, mixer: Mixer, inputs: TaskInput, s: int, e: int, out: Block | None = None) -> Block:
