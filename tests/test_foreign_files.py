@@ -16,6 +16,7 @@ import pytest
 from conftest import assert_nothing_written
 
 from mixup_cli.io import hdf5
+from mixup_cli.run import gather
 
 N, D = 41, 6
 
@@ -267,6 +268,8 @@ def test_verify_does_not_share_a_wrong_fast_path(run_cli, tmp_path, outdir, monk
     with h5py.File(src, "w") as f:
         _low_level_dataset(f, "x", _int12(), x)
     monkeypatch.setattr(hdf5, "plain_type", lambda tid, dtype: np.dtype(dtype).kind in "fiu")
+    # every partner row by the reader's take (rows close together would be read as ranges, through HDF5)
+    monkeypatch.setattr(gather, "MIN_RUN_ROWS", N + 1)
     out = outdir / "out.h5"
     # Several blocks: partners read by index, as stored (the fast path's layout).
     assert run_cli("augment", src, out, "--seed", 1, "--no-y", "--block-rows", 8, "--quiet").exit_code == 0
