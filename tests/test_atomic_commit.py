@@ -167,6 +167,7 @@ def expected(refs, name):
     return {label: refs[name][label][:2] for label in ("old", "new")}
 
 
+@pytest.mark.slow  # the fast suite meets the commit's steps in test_sigkill_in_the_commit_is_finished_or_rolled_back
 @pytest.mark.parametrize("stage, name", matrix(STOPPABLE + TOO_LATE))
 def test_sigterm_at_each_step_of_the_commit(source, references, tmp_path, stage, name):
     out = old_output(tmp_path, name, references)
@@ -192,6 +193,7 @@ def test_sigterm_at_each_step_of_the_commit(source, references, tmp_path, stage,
     assert leftovers(tmp_path) == []
 
 
+@pytest.mark.slow
 def test_quiet_drops_the_too_late_warning(source, references, tmp_path):
     """-q: only errors reach stderr; a signal too late to stop the run is a warning."""
     out = old_output(tmp_path, "out.h5", references)
@@ -206,7 +208,8 @@ def test_quiet_drops_the_too_late_warning(source, references, tmp_path):
 
 
 # SIGINT at the last stoppable step and the first and last too-late ones; the
-# other steps (which SIGTERM meets in every format above) in the slow suite.
+# other steps are met by SIGTERM in every format above.
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "stage",
     [
@@ -226,6 +229,7 @@ def test_sigint_at_steps_of_the_commit(source, references, tmp_path, stage):
     assert len(stderr.strip().splitlines()) == 1 and "Traceback" not in stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stage", ["progress", "staged", "output-in-place"])
 def test_sighup_is_handled_like_sigterm(source, references, tmp_path, stage):
     """A terminal closed or an ssh session dropped: stopped at a checkpoint
@@ -310,6 +314,7 @@ def test_sigkill_in_the_commit_is_finished_or_rolled_back(source, references, tm
         assert state(out, expected(references, name)) == "new" and leftovers(tmp_path) == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "command",
     [
@@ -346,6 +351,7 @@ _WITHOUT_EXCHANGE = (
 )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stage", ["old-aside", "output-in-place"])
 def test_without_renameat2_a_kill_between_the_two_renames_is_recovered(source, references, tmp_path, stage, run_cli):
     """Where directories cannot be swapped, the old one is set aside (under

@@ -44,6 +44,7 @@ def test_every_format_pair_matches_the_formula(tmp_path, in_fmt, out_fmt):
     check_rows(load_output(out), x, y)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("x_shape", [(), (7,), (2, 3), (2, 3, 2), (1, 2, 1, 3)])
 @pytest.mark.parametrize("batch_size", [1, 3, 17, 1000])
 def test_ranks_and_odd_batches(tmp_path, x_shape, batch_size):

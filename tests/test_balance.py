@@ -26,6 +26,7 @@ def copy_rows(n_copy, copies, include_original):
     return [slice(first + k * n_copy, first + (k + 1) * n_copy) for k in range(copies)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("balance_to", [None, 50, 400])
 @pytest.mark.parametrize("pairing", ["global", "batch", "within-class", "between-class"])
 def test_every_class_gets_exactly_m_rows_per_copy_and_rows_follow_the_formula(
@@ -71,6 +72,7 @@ def test_every_class_gets_exactly_m_rows_per_copy_and_rows_follow_the_formula(
     assert (params["balance"], params["balance_to"], params["rows_per_copy"]) == (True, balance_to, 4 * m)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["h5", "npz"])
 def test_batch_size_never_changes_the_output(imbalanced, tmp_path, fmt):
     src, x, labels = imbalanced
@@ -96,6 +98,7 @@ def test_own_rows_depend_on_the_seed(imbalanced, tmp_path):
     assert not np.array_equal(*owns)
 
 
+@pytest.mark.slow
 def test_verify_inspect_and_an_edited_balance(imbalanced, tmp_path, run_cli):
     src, _, _ = imbalanced
     out = tmp_path / "out.h5"
@@ -112,6 +115,7 @@ def test_verify_inspect_and_an_edited_balance(imbalanced, tmp_path, run_cli):
     assert result.exit_code != 0 and "recompute" in result.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.xdist_group("dask")
 def test_dask_gives_the_local_bytes(dask_scheduler, imbalanced, tmp_path, run_mixup):
     src, _, _ = imbalanced
@@ -132,6 +136,7 @@ def test_unbalanced_runs_have_no_own_array(imbalanced, tmp_path):
     assert "balance" not in read_sidecar(tmp_path / "out.h5")["parameters"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "args,pattern",
     [

@@ -41,6 +41,7 @@ def images(tmp_path):
     return write_h5(tmp_path / "in.h5", x=x, y=y)
 
 
+@pytest.mark.slow
 def test_gzip_default_is_small_shuffled_chunks_with_the_same_arrays(images, tmp_path, run_mixup):
     plain, packed = tmp_path / "plain.h5", tmp_path / "packed.h5"
     assert run_in_process("augment", images, plain, *ARGS).returncode == 0
@@ -127,6 +128,7 @@ def test_gzip_output_reads_back_through_h5py(tmp_path_factory, rows, chunk, widt
         assert np.array_equal(f["a"][()], data)
 
 
+@pytest.mark.slow
 def test_chunk_rows_sets_hdf5_and_zarr_chunks(images, tmp_path, run_mixup):
     out = tmp_path / "c.h5"
     done = run_mixup("augment", images, out, *ARGS, "--chunk-rows", 8, "--block-rows", 64)
@@ -144,6 +146,7 @@ def test_chunk_rows_sets_hdf5_and_zarr_chunks(images, tmp_path, run_mixup):
         assert _digests(store) == _digests(plain)
 
 
+@pytest.mark.slow
 def test_chunk_rows_alone_chooses_block_rows_it_divides(tmp_path, run_mixup):
     """--chunk-rows without --block-rows: the block rows are the largest multiple
     of it not above their default (rows of 128 KiB: 128 rows a block; 10 rows a
@@ -170,6 +173,7 @@ def test_chunk_rows_alone_chooses_block_rows_it_divides(tmp_path, run_mixup):
     assert read_sidecar(tmp_path / "big.h5")["parameters"]["block_rows"] == 200
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "args, words",
     [
@@ -185,6 +189,7 @@ def test_chunk_rows_that_cannot_be_honoured_is_a_usage_error(images, tmp_path, r
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.h5"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "out_name, args, word",
     [
@@ -218,6 +223,7 @@ def _read_v2(store: Path, key: str) -> np.ndarray:
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("compression", ["none", "gzip"])
 def test_zarr_format_2_is_plain_v2_metadata_and_chunks(images, tmp_path, run_mixup, compression):
     zarr = pytest.importorskip("zarr", reason="Zarr is an optional extra")
@@ -270,6 +276,7 @@ raise SystemExit("not killed")
 )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", [pytest.param("zarr2", marks=pytest.mark.slow), "h5"])
 def test_resume_keeps_the_layout(images, tmp_path, run_mixup, fmt):
     """A killed gzip run (Zarr v2, or shuffled HDF5) resumed: same arrays, same layout."""

@@ -71,6 +71,7 @@ def _paused_and_killed(args, stage, tmp_path):
     flag.unlink()
 
 
+@pytest.mark.slow
 def test_quiet_leaves_only_errors_on_stderr(tmp_path):
     """-q in every command that has it: the warnings and notes each run below
     prints without it (checked) are gone; an error still says its one line."""
@@ -181,6 +182,7 @@ def test_refused_options(run_cli, small_h5, tmp_path, args, code, pattern):
     assert leftovers(tmp_path) == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "args, line",
     [
@@ -314,6 +316,7 @@ def test_installed_executable_runs_the_sample(run_mixup, tmp_path):
     assert out.exists() and Path(str(out) + ".provenance.json").exists()
 
 
+@pytest.mark.slow
 def test_python_dash_m_and_exit_codes_in_a_shell_script(tmp_path):
     x, y = make_arrays(n=8)
     write_npz(tmp_path / "in.npz", x=x, y=y)
@@ -379,6 +382,7 @@ HEAVY_MODULES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args", [["--help"], ["augment", "--help"], ["preview", "--help"], ["verify", "--help"]])
 def test_help_imports_no_heavy_module(args):
     """--help stays fast: the shared options import lists of choices, not the code behind them."""

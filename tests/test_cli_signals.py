@@ -129,6 +129,7 @@ def how(request):
     return request.param, (request.getfixturevalue("big_h5") if request.param == "big" else None)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", HOW, indirect=True)
 def test_sigkill_then_resume_gives_the_uninterrupted_arrays(how, tmp_path):
     out = tmp_path / "out.h5"
@@ -198,6 +199,7 @@ def continue_command(stderr: str) -> list[str]:
     return shlex.split(line.split("continue with: ", 1)[1].split(" (or run it again", 1)[0])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", HOW, indirect=True)
 @pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"])
 def test_interrupt_stops_at_a_checkpoint_and_resume_finishes(how, tmp_path, signum, code, request):
@@ -255,7 +257,8 @@ def paused(args, stage, tmp_path):
     return proc, flag
 
 
-# Each format is resumed in the fast suite, after a SIGTERM here or a kill (test_resume_each_format).
+# Each format is resumed after a SIGTERM here or a kill (test_resume_each_format).
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "out_name",
     [
@@ -293,6 +296,7 @@ def test_sigterm_mid_run_then_resume_is_byte_identical(tmp_path, out_name):
     assert read_sidecar(out)["output"]["arrays"] == read_sidecar(reference)["output"]["arrays"]
 
 
+@pytest.mark.slow
 def test_a_run_without_resume_removes_what_an_interrupted_run_kept(tmp_path):
     src = _source(tmp_path, "npz")
     out = tmp_path / "out"
@@ -333,6 +337,7 @@ raise SystemExit("not killed")
 )
 
 
+@pytest.mark.slow
 @pytest.mark.xdist_group("dask")
 def test_a_killed_run_resumes_on_dask_without_redoing_its_blocks(dask_scheduler, tmp_path):
     src = _source(tmp_path, "h5")
@@ -389,6 +394,7 @@ def _source(tmp_path, fmt):
     return write_npy_dir(tmp_path / "data", x=x, y=y)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "out_name",
     [
@@ -428,6 +434,7 @@ def read_arrays(path) -> dict[str, np.ndarray]:
         return {key: reader.read(key, 0, reader.spec(key).rows) for key in reader.keys()}
 
 
+@pytest.mark.slow
 def test_resume_refused_when_the_input_changed(tmp_path):
     src = _source(tmp_path, "h5")
     out = tmp_path / "out.h5"
@@ -441,6 +448,7 @@ def test_resume_refused_when_the_input_changed(tmp_path):
     assert not out.exists() and (tmp_path / ".out.h5.mixup-partial").exists()
 
 
+@pytest.mark.slow
 def test_resume_of_a_damaged_partial_starts_over(tmp_path):
     """A partial that no longer opens holds nothing to keep: --resume says so and starts over."""
     src = _source(tmp_path, "npz")
@@ -457,6 +465,7 @@ def test_resume_of_a_damaged_partial_starts_over(tmp_path):
     assert "resumed_tasks" not in read_sidecar(out)["execution"]
 
 
+@pytest.mark.slow
 def test_resume_without_journal_starts_over(tmp_path):
     src = _source(tmp_path, "h5")
     out = tmp_path / "out.npz"
@@ -467,6 +476,7 @@ def test_resume_without_journal_starts_over(tmp_path):
     assert partials(tmp_path) == [] and load_output(out)["x"].shape == (1000, 6)
 
 
+@pytest.mark.slow
 def test_resume_with_nothing_to_resume_starts_afresh(tmp_path):
     src = _source(tmp_path, "h5")
     out = tmp_path / "out.h5"
@@ -475,6 +485,7 @@ def test_resume_with_nothing_to_resume_starts_afresh(tmp_path):
     assert load_output(out)["x"].shape == (1000, 6) and partials(tmp_path) == []
 
 
+@pytest.mark.slow
 def test_second_run_on_the_same_output_is_refused(tmp_path):
     src = _source(tmp_path, "h5")
     out = tmp_path / "out.h5"
@@ -612,6 +623,7 @@ os._exit(0)  # a timer thread stuck on a lock the raw handler left held must not
 
 # Trials of the fixed handler: 30 see a regression that leaves a lock held as
 # often as the raw handler does with odds of about 1 - 1e-5; the slow suite runs 100.
+@pytest.mark.slow
 @pytest.mark.parametrize("trials", [30, pytest.param(100, marks=pytest.mark.slow)])
 def test_an_interruption_never_leaves_a_lock_held(trials):
     """The cause of the SIGINT that did not stop a run: raised between a
@@ -651,6 +663,7 @@ except KeyboardInterrupt as exc:
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["SIGINT", "SIGTERM", "SIGHUP"])
 def test_the_handler_only_records_and_the_next_safe_point_stops(name):
     """The handler raises nothing wherever the signal lands (a half-built tqdm
@@ -670,6 +683,7 @@ def test_the_handler_only_records_and_the_next_safe_point_stops(name):
     assert done.stdout.splitlines() == ["not raised", f"{kind} ('{name}', {code})"]
 
 
+@pytest.mark.slow
 def test_an_interruption_leaves_no_report_of_abandoned_async_work():
     """Interrupted while another library's event loop (zarr's) had work in
     flight: stderr is the one line saying what was kept, not Python's reports

@@ -40,6 +40,7 @@ def assert_identical(a: dict, b: dict):
         assert a[key].tobytes() == b[key].tobytes(), f"'{key}' differs"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["h5", "npz", "npydir"])
 @pytest.mark.parametrize("pairing", PAIRINGS)
 def test_batch_size_never_changes_the_output(tmp_path, fmt, pairing):

@@ -90,6 +90,7 @@ def test_grayscale_mask_beside_rgb_images(tmp_path):
     check_boxes({**out, "x": out["y"]}, mask, "NHW")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["h5", "npz", "npydir"])
 def test_output_bytes_do_not_depend_on_batch_size(tmp_path, fmt):
     x, y = make_images(41, "NHWC", np.uint8)

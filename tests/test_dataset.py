@@ -86,6 +86,7 @@ def expected_names(yf):
     return {"soft": {"x": "x", "y": "y"}, "pair": {"x": "x", "y_a": "y_a", "y_b": "y_b"}, "no-y": {"x": "x"}}[yf]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("yf", Y_FORMATS)
 @pytest.mark.parametrize("fmt,comp", FORMATS)
 def test_rows_slices_and_index_arrays_match_the_stored_arrays(outputs, fmt, comp, yf):
@@ -322,6 +323,7 @@ _WORKER_KEYS = [
 
 # Fork for every format; spawn (a new interpreter per worker, about a second)
 # for the formats whose handles are reopened per process, the rest in the slow suite.
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "method, key",
     [("fork", k) for k in _WORKER_KEYS]
@@ -560,6 +562,7 @@ def test_an_incomplete_set_is_refused_naming_the_missing_output_and_its_command(
     assert len(MixupDataset(outdir)) == 40
 
 
+@pytest.mark.slow
 def test_a_set_of_many_outputs_keeps_few_open(tmp_path):
     rng = np.random.default_rng(0)
     paths = [write_h5(tmp_path / f"s{k:02d}.h5", x=rng.random((3, 2)), y=np.arange(3) % 2) for k in range(20)]

@@ -62,6 +62,7 @@ def test_blocks_are_the_plans_tasks_in_row_order(n_rows, block_rows, copies, inc
     assert tasks[-1][1] == plan.output_rows
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("out_name", ["out.h5", "out.npz", "out", "out.zarr"])
 @pytest.mark.parametrize("pairing", ["global", "within-class"])
 def test_recorded_digests_match_the_written_arrays(tmp_path, out_name, pairing):

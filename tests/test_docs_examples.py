@@ -55,6 +55,7 @@ SLOW_PAGES = {
     "docs/scaling-out.md",
     *(f"docs/{p}.md" for p in ("parquet", "groups", "images", "labels-and-dtypes", "scripts", "checking")),
     "docs/webdataset-output.md",
+    "docs/approximate-neighbours.md",  # builds a faiss index and measures its recall
     *(f"docs/reference/{c}.md" for c in ("augment", "verify", "inspect", "preview", "lineage")),
 }
 # What a command's help examples take as given (a --help example names an

@@ -224,6 +224,7 @@ def test_long_double_x_converted_with_x_dtype_round_trips_and_verifies(tmp_path,
 # ---------------------------------------------------------------- NaN and Inf
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("key", ["x", "y"])
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
 def test_nonfinite_values_are_refused_naming_array_and_row(tmp_path, run_cli, outdir, key, bad):

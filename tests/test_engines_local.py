@@ -106,6 +106,7 @@ def test_the_reference_follows_the_plan_it_documents():
         assert ref["lam"].tobytes() == lam.tobytes() and ref["partner"].tobytes() == partner.tobytes()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("params", PLANS)
 @pytest.mark.parametrize("batch_rows", [1, 3, 8, 1000])
 @pytest.mark.parametrize("compression", ["none", "gzip"])
@@ -510,6 +511,7 @@ SLOW_PLANS = PLANS + [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("params", SLOW_PLANS)
 def test_slow_writer_never_sees_rows_change_under_it(tmp_path, params, monkeypatch):
     """Mixing in place reuses input buffers the writer thread reads: with a
@@ -547,6 +549,7 @@ def test_slow_writer_never_sees_rows_change_under_it(tmp_path, params, monkeypat
             assert got[key].tobytes() == want[key].tobytes(), key
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("params", [p for p in SLOW_PLANS if "version" not in p])  # augment computes the current
 def test_slow_hashing_never_sees_rows_change_under_it(tmp_path, params, monkeypatch):
     """A batch is released (its buffer reused) only once both the writer and

@@ -55,6 +55,7 @@ def assert_nothing_held_out_used(got):
     assert not set(HELD) & (set(got["own"].tolist()) | set(got["partner"].tolist()))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("pairing", ["knn", "knn-within-class"])
 def test_knn_partners_are_among_the_nearest_kept_rows(tmp_path, run_cli, pairing):
     src, held, x, y, _, _ = make_input(tmp_path)
@@ -79,6 +80,7 @@ def test_knn_partners_are_among_the_nearest_kept_rows(tmp_path, run_cli, pairing
     assert "none of the 8 rows held out used" in result.stdout
 
 
+@pytest.mark.slow
 def test_knn_with_a_projection_and_groups(tmp_path, run_cli):
     src, held, x, _, _, pid = make_input(tmp_path)
     out = tmp_path / "out.h5"
@@ -143,6 +145,7 @@ def test_too_few_kept_rows_for_the_neighbours_are_refused_in_one_line(tmp_path, 
     assert not (tmp_path / "out.h5").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.xdist_group("dask")
 def test_the_dask_engine_writes_the_local_bytes(dask_scheduler, tmp_path, run_cli):
     """knn over the kept rows inside the groups, on Dask workers: the local bytes."""

@@ -68,6 +68,7 @@ def as_bytes(arrays: dict) -> dict:
     return {key: value.tobytes() for key, value in arrays.items()}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "options",
     [
@@ -115,6 +116,7 @@ def _same_outputs(paths, a, b) -> None:
 COMMON = ["--seed", 3, "--block-rows", BLOCK, "--copies", 2, "--pairing", "global"]
 
 
+@pytest.mark.slow
 def test_shard_parts_write_the_whole_runs_bytes(tmp_path):
     paths, _, held, *_ = make_set(tmp_path)
     mixup("augment", *paths, tmp_path / "whole", "--exclude-rows", held, *COMMON)
@@ -124,6 +126,7 @@ def test_shard_parts_write_the_whole_runs_bytes(tmp_path):
     assert mixup("verify", tmp_path / "parts", check=False).returncode == 0
 
 
+@pytest.mark.slow
 @pytest.mark.xdist_group("dask")
 def test_the_dask_engine_writes_the_local_bytes(dask_scheduler, tmp_path):
     paths, _, held, *_ = make_set(tmp_path)
@@ -133,6 +136,7 @@ def test_the_dask_engine_writes_the_local_bytes(dask_scheduler, tmp_path):
     _same_outputs(paths, tmp_path / "local", tmp_path / "dask")
 
 
+@pytest.mark.slow
 def test_verify_fails_an_output_whose_partner_is_edited_to_a_held_out_row(tmp_path):
     paths, _, held, *_ = make_set(tmp_path)
     mixup("augment", *paths, tmp_path / "set", "--exclude-rows", held, "--seed", 3, "--block-rows", BLOCK)
@@ -157,6 +161,7 @@ def test_a_file_that_holds_out_a_whole_input_is_refused(tmp_path):
     assert not (tmp_path / "set").exists()
 
 
+@pytest.mark.slow
 def test_the_file_is_recorded_in_every_sidecar(tmp_path):
     paths, _, held, *_ = make_set(tmp_path)
     mixup("augment", *paths, tmp_path / "set", "--exclude-rows", held, "--seed", 3)
@@ -166,6 +171,7 @@ def test_the_file_is_recorded_in_every_sidecar(tmp_path):
         assert record["parameters"]["exclude_rows"] == {"path": str(held.resolve()), "sha256": sha, "rows": 9}
 
 
+@pytest.mark.slow
 def test_a_part_stopped_mid_output_resumes_to_the_whole_runs_bytes(tmp_path):
     paths, _, held, *_ = make_set(tmp_path)
     common = ["--exclude-rows", held, "--seed", 4, "--block-rows", BLOCK, "--copies", 2, "--batch-size", 4]

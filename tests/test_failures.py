@@ -303,6 +303,7 @@ def test_bad_input(tmp_path, case, how):
     assert temporaries(tmp_path, out.parent, Path(src).parent) == []
 
 
+@pytest.mark.slow
 @needs_permission_bits
 @pytest.mark.parametrize("fmt", ["in.h5", "in.npz", "data"])
 def test_unreadable_input(tmp_path, fmt):
@@ -357,6 +358,7 @@ def small_tmpfs(tmp_path):
         subprocess.run(["umount", str(mount)], check=False)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["out.h5", "out.npz", "out"])
 def test_disk_full(tmp_path, small_tmpfs, name):
     x, y = make_arrays(n=3000, x_shape=(400,))  # about 4.8 MB of x alone: more than the disk holds
@@ -369,6 +371,7 @@ def test_disk_full(tmp_path, small_tmpfs, name):
     assert digest(src) == before
 
 
+@pytest.mark.slow
 def test_disk_full_during_the_write(tmp_path, small_tmpfs):
     """The staged rows fit, the compressed archive packed after them does not."""
     x, y = make_arrays(n=1200, x_shape=(256,))  # about 1.2 MiB: staging fits in 2 MiB, staging + archive not
@@ -403,6 +406,7 @@ _EVERY_OUTPUT = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,compression", _EVERY_OUTPUT)
 def test_disk_full_mid_write_without_the_precheck(tmp_path, small_tmpfs, name, compression):
     """Exit 1 with the one line, nothing left: no crash closing a file whose
@@ -434,6 +438,7 @@ def test_disk_full_mid_write_without_the_precheck(tmp_path, small_tmpfs, name, c
     assert list(small_tmpfs.iterdir()) == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("compression", ["gzip", "lzf"])
 def test_disk_full_compressed_hdf5(tmp_path, small_tmpfs, compression):
     """No free-space bound exists for compressed HDF5: the run itself finds the disk full."""
@@ -465,6 +470,7 @@ time.sleep(60)
 """
 
 
+@pytest.mark.slow
 def test_locked_hdf5_input(tmp_path):
     src = _h5(tmp_path)
     env = {k: v for k, v in os.environ.items() if k != "HDF5_USE_FILE_LOCKING"}
@@ -483,6 +489,7 @@ def test_locked_hdf5_input(tmp_path):
     assert digest(src) == before
 
 
+@pytest.mark.slow
 def test_hdf5_output_is_never_opened_at_its_final_path(tmp_path):
     """An OUT held open by another process (a reader with a lock) is not truncated:
     the new file is written beside it and renamed over it."""
@@ -498,6 +505,7 @@ def test_hdf5_output_is_never_opened_at_its_final_path(tmp_path):
     assert temporaries(tmp_path) == []
 
 
+@pytest.mark.slow
 def test_a_billion_copies_are_refused_at_once(tmp_path):
     """No minutes spent planning tasks that could never be recorded: refused
     before anything is written, in about the time the command takes to start."""
@@ -543,6 +551,7 @@ def test_many_tasks_cost_no_memory_before_the_first_write():
         Plan(n_rows=10, alpha=0.2, seed=1, block_rows=10, copies=MAX_TASKS + 1)
 
 
+@pytest.mark.slow
 def test_class_pairing_on_an_input_without_y_is_a_usage_error(tmp_path):
     x, _ = make_arrays(n=50, x_shape=(4,))
     src = write_npz(tmp_path / "in.npz", x=x)
@@ -555,6 +564,7 @@ def test_class_pairing_on_an_input_without_y_is_a_usage_error(tmp_path):
     assert not out.exists() and temporaries(tmp_path) == []
 
 
+@pytest.mark.slow
 def test_symlink_loops_are_named(tmp_path):
     x, y = make_arrays(n=50, x_shape=(4,))
     src = write_h5(tmp_path / "in.h5", x=x, y=y)

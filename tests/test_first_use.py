@@ -11,6 +11,7 @@ import pytest
 from conftest import write_h5
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "y, shown",
     [
@@ -45,6 +46,7 @@ def test_between_class_partners_unchanged_by_one_hot_class_codes(tmp_path):
         assert (labels[partner] != labels[np.arange(40)]).all()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, code", [("in.txt", 2), ("x.npy", 2)])
 def test_unknown_input_and_output_extensions_are_both_usage_errors(tmp_path, run_mixup, name, code):
     src = write_h5(tmp_path / "in.h5", x=np.ones((4, 2), np.float32), y=np.arange(4))
@@ -56,6 +58,7 @@ def test_unknown_input_and_output_extensions_are_both_usage_errors(tmp_path, run
     assert "unknown input format" in as_input.stderr and "unknown output format" in as_output.stderr
 
 
+@pytest.mark.slow
 def test_inspect_lists_a_zarr_input_by_array(tmp_path, run_mixup):
     pytest.importorskip("zarr", reason="Zarr is an optional extra")
     src = write_h5(tmp_path / "in.h5", x=np.ones((64, 3), np.float32), y=np.arange(64) % 4)
@@ -75,6 +78,7 @@ def test_inspect_lists_a_zarr_input_by_array(tmp_path, run_mixup):
     assert re.fullmatch(r"[0-9a-f]{64}  zarr\.json", lines[0]), lines
 
 
+@pytest.mark.slow
 def test_inspect_of_a_file_input_still_shows_its_digest(tmp_path, run_mixup):
     import hashlib
 
@@ -90,6 +94,7 @@ def mpl():
     return pytest.importorskip("matplotlib")
 
 
+@pytest.mark.slow
 def test_preview_titles_multilabel_rows_with_their_label_set(tmp_path, mpl):
     from mixup_cli.commands import preview
 
@@ -108,6 +113,7 @@ def test_preview_titles_multilabel_rows_with_their_label_set(tmp_path, mpl):
         assert t.endswith(want), t
 
 
+@pytest.mark.slow
 def test_preview_titles_class_rows_with_the_class(tmp_path, mpl):
     from mixup_cli.commands import preview
 
@@ -136,6 +142,7 @@ def test_identity_figure_says_rows_are_samples_and_keeps_the_diagonal(mpl, n):
         assert any("largest value of" in text.get_text() for text in fig.texts)
 
 
+@pytest.mark.slow
 def test_a_folder_of_shards_says_how_to_pass_them_as_a_set(tmp_path, run_mixup):
     shards = tmp_path / "shards"
     shards.mkdir()

@@ -167,6 +167,7 @@ def test_netcdf4_unlimited_zlib_shuffle_named_nc(run_cli, tmp_path, outdir):
     check_accepted(run_cli, src, outdir)
 
 
+@pytest.mark.slow
 def test_anndata_dense_x_with_obs_labels(run_cli, tmp_path, outdir):
     anndata = pytest.importorskip("anndata")
     pd = pytest.importorskip("pandas")
@@ -474,6 +475,7 @@ def test_netcdf3_is_refused_with_what_to_do(run_cli, tmp_path, outdir):
     assert_nothing_written(outdir)
 
 
+@pytest.mark.slow
 def test_a_fifo_is_refused_at_once(run_mixup, tmp_path, outdir):
     fifo = tmp_path / "pipe.h5"
     os.mkfifo(fifo)
@@ -498,6 +500,7 @@ def test_long_double_from_hdf5_is_refused(run_cli, tmp_path, outdir):
     check_refused(run_cli, src, outdir, "x", "long double", "float64")
 
 
+@pytest.mark.slow
 def test_missing_filter_refusal_from_the_executable(run_mixup, tmp_path, outdir, monkeypatch):
     """Exit code and message from the installed executable (no traceback)."""
     src = tmp_path / "filtered.h5"

@@ -113,6 +113,7 @@ class _Slow(Progress):
         self.spans.append(("mix", t0, time.monotonic(), threading.get_ident()))
 
 
+@pytest.mark.slow
 def test_the_next_tasks_partners_are_read_while_this_task_mixes(tmp_path, monkeypatch):
     x, y = make_arrays(n=80, x_shape=(2,))
     src = write_h5(tmp_path / "in.h5", x=x, y=y)

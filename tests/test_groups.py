@@ -114,6 +114,7 @@ def check_constraint(pairing, got, x, y, pid, copies):
     return own, alone_rows
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("pairing", ["global", "within-class", "between-class"])
 @pytest.mark.parametrize("order", ["shuffled", "sorted"])
 @pytest.mark.parametrize("n", [65, 127, 160])  # B + 1, 2B - 1, 2.5B for B = 64
@@ -204,6 +205,7 @@ def law_line(result) -> str:
     return next(line for line in result.stdout.splitlines() if " law: " in line)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("pairing", ["global", "within-class", "between-class"])
 def test_verify_passes_a_good_output_and_tests_the_group_law(tmp_path, run_cli, pairing):
     src, *_ = grouped_input(tmp_path / "in.h5", 400, groups=30)
@@ -279,6 +281,7 @@ def write_set(tmp_path, sizes, seed=4):
     return paths, np.concatenate(pids)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("pairing", ["global", "between-class"])
 def test_a_sets_pairs_stay_in_their_group_across_inputs(tmp_path, run_cli, pairing):
     sizes = [70, 45, 90]
@@ -298,6 +301,7 @@ def test_a_sets_pairs_stay_in_their_group_across_inputs(tmp_path, run_cli, pairi
     assert run_cli("verify", outdir).exit_code == 0
 
 
+@pytest.mark.slow
 def test_shards_of_a_set_with_groups_equal_the_whole_run(tmp_path, run_cli):
     paths, _ = write_set(tmp_path, [50, 60, 40])
     args = ["--groups", "pid", "--seed", "5", "--block-rows", "16"]
@@ -411,6 +415,7 @@ def knn_input(path, n=240, seed=3):
     return write_h5(path, x=x, y=y, pid=pid), x, y, pid
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("pairing", [pytest.param("knn", marks=pytest.mark.slow), "knn-within-class"])
 def test_knn_partners_are_among_the_k_nearest_of_their_group(tmp_path, run_cli, pairing):
     src, x, y, pid = knn_input(tmp_path / "in.h5")
@@ -441,6 +446,7 @@ def test_knn_partners_are_among_the_k_nearest_of_their_group(tmp_path, run_cli, 
     assert "partners inside their group" in law_line(verified)
 
 
+@pytest.mark.slow
 def test_verify_fails_a_knn_partner_edited_to_another_group(tmp_path, run_cli):
     src, x, y, pid = knn_input(tmp_path / "in.h5")
     out = tmp_path / "out.h5"
@@ -507,6 +513,7 @@ def kernel_input(path, y):
     return write_h5(path, x=x, y=y, pid=pid), pid
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("bandwidth", [pytest.param(0.05, marks=pytest.mark.slow), 0.3])
 def test_label_kernel_draws_follow_the_kernel_inside_each_group(tmp_path, bandwidth):
     rng = np.random.default_rng(11)
@@ -532,7 +539,7 @@ def test_label_kernel_draws_follow_the_kernel_inside_each_group(tmp_path, bandwi
     assert read_sidecar(tmp_path / "out.h5")["parameters"]["unpaired_rows"] == 1
 
 
-@pytest.mark.slow  # the fast suite draws the one-dimensional kernel inside groups
+@pytest.mark.slow  # the one-dimensional kernel inside groups: test_label_kernel_draws_follow_the_kernel_inside_each_group
 def test_multi_dimensional_label_kernel_is_the_exact_kernel_inside_each_group(tmp_path, run_cli):
     rng = np.random.default_rng(5)
     n, copies = 800, 25
@@ -567,6 +574,7 @@ def batch_cells(n, block, pid):
     return [np.flatnonzero((first == first[r]) & (pid == pid[r])) for r in range(n)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("n", [65, 150, 160])  # B + 1, a short last block merged, a half block alone
 def test_batch_partners_are_a_permutation_of_each_block_and_group(tmp_path, run_cli, n):
     src, x, _, pid = grouped_input(tmp_path / "in.h5", n, groups=max(2, n // 12))
@@ -621,6 +629,7 @@ def test_verify_fails_a_batch_partner_edited_to_another_group(tmp_path, run_cli)
     assert "output row 5: its partner is in another group" in line and "not a permutation" in line
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("pairing, extra", [("knn", {}), ("label-kernel", {"bandwidth": 0.2}), ("batch", {})])
 def test_a_set_keeps_pairs_in_groups_across_inputs_and_its_parts_write_the_same_rows(tmp_path, pairing, extra):
     import mixup_cli

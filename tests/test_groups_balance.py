@@ -106,6 +106,7 @@ def test_balance_with_held_out_rows_draws_m_per_class_among_the_kept_rows(tmp_pa
     assert result.exit_code == 0, result.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("pairing", ["global", "within-class", "between-class"])
 @pytest.mark.parametrize("held_out", [False, True])
 def test_balance_with_groups_draws_inside_the_group_by_the_balanced_law(tmp_path, run_cli, pairing, held_out):
@@ -132,6 +133,7 @@ def test_balance_with_groups_draws_inside_the_group_by_the_balanced_law(tmp_path
     assert "partner uniform in the group" in result.stdout
 
 
+@pytest.mark.slow
 def test_a_planted_law_that_ignores_the_repetitions_is_rejected(tmp_path, run_cli):
     """Partners uniform over the distinct rows of the row's group: inside the
     group all the same, but rows of the small classes (drawn 3 and 8 times)

@@ -69,6 +69,7 @@ def mix_both(a, b, lam):
     return out_np
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", [np.int64, np.uint64])
 @settings(max_examples=examples(120), deadline=None)
 @given(data=st.data())

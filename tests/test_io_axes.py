@@ -198,6 +198,7 @@ def test_inspect_shows_matlab_shapes(run_cli, tmp_path):
     assert shown["y"]["shape"] == [N]
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_only_with_the_same_sample_axis(tmp_path):
     rng = np.random.default_rng(0)
     x = rng.standard_normal((1000, F)).astype(np.float32)
@@ -241,7 +242,7 @@ def test_set_of_matlab_files(run_cli, tmp_path, outdir):
     assert run_cli("verify", outdir / "set").exit_code == 0
 
 
-@pytest.mark.slow  # the fast suite keeps a few Dask tests (balance, stopping, a killed run resumed)
+@pytest.mark.slow  # Dask: the whole suite only (a local cluster costs seconds to start)
 @pytest.mark.xdist_group("dask")
 def test_dask_workers_read_the_same_rows(dask_scheduler, tmp_path, run_mixup):
     netCDF4 = pytest.importorskip("netCDF4")

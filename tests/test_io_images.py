@@ -132,6 +132,7 @@ def test_gray_channels_and_a_square_size(tmp_path, run_cli):
     )
 
 
+@pytest.mark.slow
 def test_different_sizes_without_image_size_are_refused_in_one_line(tmp_path, run_mixup, outdir):
     files, _ = make_folder(tmp_path / "train", sizes=[(20, 12), (20, 12), (9, 17)])
     proc = run_mixup("augment", tmp_path / "train", outdir / "out.h5")
@@ -142,6 +143,7 @@ def test_different_sizes_without_image_size_are_refused_in_one_line(tmp_path, ru
     assert_nothing_written(outdir)
 
 
+@pytest.mark.slow
 def test_a_truncated_image_stops_the_run_naming_it_and_leaves_nothing(tmp_path, run_mixup, outdir):
     files, _ = make_folder(tmp_path / "train")
     bad = files[5]
@@ -153,6 +155,7 @@ def test_a_truncated_image_stops_the_run_naming_it_and_leaves_nothing(tmp_path, 
     assert_nothing_written(outdir)
 
 
+@pytest.mark.slow
 def test_skip_bad_images_leaves_them_out_and_lists_them(tmp_path, run_cli):
     files, _ = make_folder(tmp_path / "train")
     bad, junk = files[5], files[7]
@@ -174,6 +177,7 @@ def test_skip_bad_images_leaves_them_out_and_lists_them(tmp_path, run_cli):
     assert verified.returncode == 0, verified.stdout + verified.stderr
 
 
+@pytest.mark.slow
 def test_images_without_class_folders_are_x_alone(tmp_path, run_cli, run_mixup, outdir):
     files, _ = make_folder(tmp_path / "scratch", classes=("only",))
     flat = tmp_path / "flat"
@@ -201,6 +205,7 @@ def test_an_image_beside_class_folders_is_refused(tmp_path, run_mixup, outdir):
     assert_nothing_written(outdir)
 
 
+@pytest.mark.slow
 def test_image_options_on_other_inputs_are_usage_errors(tmp_path, run_mixup, outdir):
     write_h5(tmp_path / "in.h5", x=np.zeros((4, 2), np.float32))
     proc = run_mixup("augment", tmp_path / "in.h5", outdir / "out.h5", "--image-size", "8")
@@ -269,6 +274,7 @@ def test_without_pillow_the_extra_is_named(tmp_path, run_cli, monkeypatch):
     assert "mixup-cli[images]" in result.stderr
 
 
+@pytest.mark.slow
 def test_verify_checks_the_law_on_the_images_the_run_kept(tmp_path, run_cli):
     """--skip-bad-images: verify's law check reads the classes of the files the run read."""
     rng = np.random.default_rng(1)
@@ -313,6 +319,7 @@ def test_image_folders_listed_are_a_set_with_one_set_of_classes(tmp_path, run_cl
         assert json.loads(f.attrs["class_names"]) == ["a", "b"] and len(f["x"]) == len(files_a + files_b)
 
 
+@pytest.mark.slow
 def test_a_set_of_image_folders_with_other_classes_is_refused(tmp_path, run_mixup, outdir):
     make_folder(tmp_path / "a", per_class=1)
     make_folder(tmp_path / "b", classes=("cat", "dog"), per_class=1, seed=1)
@@ -339,6 +346,7 @@ def test_resume_knows_a_finished_image_run_and_refuses_other_image_options(tmp_p
     assert out.stat().st_mtime_ns == before
 
 
+@pytest.mark.slow
 def test_a_16_bit_image_is_refused_not_clipped(tmp_path, run_mixup, outdir):
     make_folder(tmp_path / "train", per_class=2)
     deep = tmp_path / "train" / "cat" / "deep.png"
@@ -364,6 +372,7 @@ def test_verify_names_a_changed_decoder_when_the_rows_differ(tmp_path, run_cli):
     assert "jpg 0.1 then" in result.output and "may decode them differently" in result.output
 
 
+@pytest.mark.slow
 def test_a_set_of_image_folders_skips_bad_files_in_any_of_them(tmp_path, run_cli, run_mixup, outdir):
     make_folder(tmp_path / "a", per_class=2)
     make_folder(tmp_path / "b", per_class=2, seed=1)
@@ -383,6 +392,7 @@ def test_a_set_of_image_folders_skips_bad_files_in_any_of_them(tmp_path, run_cli
     assert run_cli("verify", out).exit_code == 0
 
 
+@pytest.mark.slow
 def test_a_set_of_image_folders_is_not_resumed_after_its_images_changed(tmp_path, run_cli):
     import signal
     import time

@@ -212,6 +212,7 @@ def test_inflation_writes_no_more_than_the_header_declares(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["long.npz"]
 
 
+@pytest.mark.slow
 def test_compressed_input_uses_no_tmpdir_and_a_kill_leaves_nothing(tmp_path):
     """The run inflates beside OUT (never in $TMPDIR); SIGKILL mid-run leaves at
     most partial files, which the next run removes."""

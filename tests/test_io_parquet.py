@@ -309,6 +309,7 @@ def hf_dataset(n=30, seed=10):
     return Dataset.from_dict(columns, features=features), columns
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("num_shards", [1, 3])
 def test_a_save_to_disk_folder_with_class_label_names(tmp_path, run_cli, num_shards):
     ds, cols = hf_dataset()
@@ -328,6 +329,7 @@ def test_a_save_to_disk_folder_with_class_label_names(tmp_path, run_cli, num_sha
     assert run_cli("verify", out).exit_code == 0
 
 
+@pytest.mark.slow
 def test_sequences_to_parquet_load_back_with_datasets(tmp_path, run_cli):
     datasets = pytest.importorskip("datasets")
     ds, cols = hf_dataset(n=25)
@@ -410,6 +412,7 @@ def test_a_dataset_dict_folder_asks_for_one_split(tmp_path, run_cli):
 # ------------------------------------------------------- folders of shards
 
 
+@pytest.mark.slow
 def test_a_folder_of_parquet_shards_is_a_set(tmp_path, run_cli):
     from conftest import load_output
 
@@ -449,6 +452,7 @@ def test_a_folder_of_parquet_shards_is_a_set(tmp_path, run_cli):
     assert run_cli("verify", tmp_path / "mixed").exit_code == 0
 
 
+@pytest.mark.slow
 def test_lists_of_class_labels_are_multi_hot_rows(tmp_path, run_cli):
     pytest.importorskip("datasets")
     from datasets import ClassLabel, Dataset, Features, Sequence, Value
@@ -479,6 +483,7 @@ def test_lists_of_class_labels_are_multi_hot_rows(tmp_path, run_cli):
         assert read_sidecar(out)["parameters"]["targets"]["kind"] == "multilabel"
 
 
+@pytest.mark.slow
 def test_reading_holds_a_row_group_not_the_file(tmp_path):
     """The Arrow memory a run takes stays near a row group and a block, far below the column's size."""
     x = np.random.default_rng(13).standard_normal((20000, 64)).astype(np.float32)  # 5 MiB
@@ -529,6 +534,7 @@ def test_large_row_groups_are_warned_of(tmp_path, run_cli, monkeypatch):
     assert "'y' has" not in result.stderr  # y's column is small
 
 
+@pytest.mark.slow
 def test_one_large_row_group_is_streamed(tmp_path):
     """A file written as one row group (pyarrow's default below a million rows) is read in batches."""
     x = np.random.default_rng(15).standard_normal((80000, 64)).astype(np.float32)  # 20 MiB

@@ -155,6 +155,7 @@ def test_within_class_pairs_carry_a_cls_member(tmp_path):
     assert all(sorted(m) == ["cls", "json", "png"] for _, m in found)
 
 
+@pytest.mark.slow
 def test_verify_and_inspect_read_the_tar(tmp_path, run_mixup):
     names, _, _ = make_pngs(tmp_path / "train")
     out = tmp_path / "out.tar"
@@ -188,6 +189,7 @@ def test_verify_and_inspect_read_the_tar(tmp_path, run_mixup):
     assert "'lam' first at row 4 (1 of 12 rows differ)" in bad.stdout
 
 
+@pytest.mark.slow
 def test_jpeg_images_are_verified_as_jpeg_keeps_them(tmp_path, run_mixup):
     names, x, _ = make_pngs(tmp_path / "train", size=(16, 16))
     out = tmp_path / "out.tar"
@@ -309,6 +311,7 @@ def test_the_json_holds_every_array_of_the_row(tmp_path, args, fields):
         assert [r["y_a"] for r in records] == y[own].tolist() and [r["y_b"] for r in records] == y[partner].tolist()
 
 
+@pytest.mark.slow
 def test_a_stop_while_packing_keeps_the_staged_rows_for_resume(tmp_path):
     import signal
     import time
@@ -336,6 +339,7 @@ def test_a_stop_while_packing_keeps_the_staged_rows_for_resume(tmp_path):
     assert samples(out)[0] == samples(ref)[0]
 
 
+@pytest.mark.slow
 def test_a_truncated_tar_fails_verify_without_a_traceback(tmp_path, run_mixup):
     src, _, _ = uint8_h5(tmp_path / "in.h5", n=50)
     out = tmp_path / "out.tar"
@@ -389,6 +393,7 @@ def test_the_tar_command_lists_and_extracts_it(tmp_path):
     assert json.loads((tmp_path / "x" / "000000003.json").read_text())["sources"][0] == 3
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("image_format", ["png", pytest.param("jpeg", marks=pytest.mark.slow)])
 def test_killed_once_packed_resumes(tmp_path, image_format):
     """Killed between the packing and the commit: PNG's packed samples are
@@ -415,6 +420,7 @@ def test_killed_once_packed_resumes(tmp_path, image_format):
     assert samples(out)[0] == samples(ref)[0]
 
 
+@pytest.mark.slow
 def test_the_sidecar_records_the_image_codecs_that_made_the_bytes(tmp_path, run_mixup):
     """JPEG and PNG bytes depend on libjpeg and zlib: a tar output's sidecar names
     Pillow's and theirs; a run that touches no image records no Pillow."""

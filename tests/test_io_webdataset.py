@@ -138,6 +138,7 @@ def test_a_folder_of_shards_is_a_set_of_them(tmp_path, run_cli):
     assert "all 3 outputs present and verified" in result.output
 
 
+@pytest.mark.slow
 def test_a_brace_pattern_names_the_shards_as_webdataset_writes_it(tmp_path, run_cli):
     blobs, classes = make_shards(tmp_path / "shards", shards=3, per_shard=4)
     whole = tmp_path / "whole"
@@ -159,6 +160,7 @@ def test_a_brace_pattern_names_the_shards_as_webdataset_writes_it(tmp_path, run_
         assert all(np.array_equal(a[key], b[key]) for key in a)
 
 
+@pytest.mark.slow
 def test_shards_of_a_set_run_as_parts(tmp_path, run_cli, run_mixup):
     blobs, classes = make_shards(tmp_path / "shards", shards=3, per_shard=4)
     pattern = str(tmp_path / "shards" / "shard-{0000..0002}.tar")
@@ -176,6 +178,7 @@ def test_shards_of_a_set_run_as_parts(tmp_path, run_cli, run_mixup):
         assert all(np.array_equal(a[key], b[key]) for key in a)
 
 
+@pytest.mark.slow
 def test_a_pattern_naming_missing_shards_is_refused_naming_the_first(tmp_path, run_mixup, outdir):
     make_shards(tmp_path / "shards", shards=3, per_shard=2)
     (tmp_path / "shards" / "shard-0001.tar").unlink()
@@ -191,6 +194,7 @@ def test_a_pattern_naming_missing_shards_is_refused_naming_the_first(tmp_path, r
     assert_nothing_written(outdir)
 
 
+@pytest.mark.slow
 def test_shards_that_disagree_are_refused_by_name(tmp_path, run_mixup, outdir):
     make_shards(tmp_path / "a", shards=1, per_shard=2)
     make_shards(tmp_path / "b", shards=1, per_shard=2, labels=False)
@@ -239,6 +243,7 @@ def test_shards_without_labels_are_x_alone(tmp_path, run_cli):
     np.testing.assert_array_equal(data["x"], mixed(decoded(blobs), data["lam"], data["partner"]))
 
 
+@pytest.mark.slow
 def test_a_sample_without_an_image_or_a_bad_one_is_named(tmp_path, run_cli, run_mixup, outdir):
     rng = np.random.default_rng(5)
     shard = tmp_path / "in.tar"
@@ -260,6 +265,7 @@ def test_a_sample_without_an_image_or_a_bad_one_is_named(tmp_path, run_cli, run_
     assert skipped == [f"{shard.resolve()}:004", f"{shard.resolve()}:005.png"]
 
 
+@pytest.mark.slow
 def test_a_truncated_member_stops_the_run_naming_it(tmp_path, run_mixup, outdir):
     rng = np.random.default_rng(6)
     shard = tmp_path / "in.tar"
@@ -271,6 +277,7 @@ def test_a_truncated_member_stops_the_run_naming_it(tmp_path, run_mixup, outdir)
     assert_nothing_written(outdir)
 
 
+@pytest.mark.slow
 def test_labels_on_some_samples_only_are_refused(tmp_path, run_mixup, outdir):
     rng = np.random.default_rng(7)
     shard = tmp_path / "in.tar"
@@ -331,6 +338,7 @@ def test_a_set_of_shards_written_by_the_webdataset_library(tmp_path, run_cli):
     assert [r["json"]["sources"] for r in read] == [[keys[i], keys[p]] for i, p in enumerate(data["partner"])]
 
 
+@pytest.mark.slow
 def test_compressed_shards_are_refused_saying_how_to_decompress(tmp_path, run_mixup, outdir):
     import gzip
     import shutil
@@ -368,6 +376,7 @@ def test_compressed_shards_are_refused_saying_how_to_decompress(tmp_path, run_mi
     assert sorted(p.name for p in (outdir / "mixed").iterdir() if p.suffix == ".tar") == NAMES[:2]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("form", ["pattern", "folder"])
 def test_preview_of_shards_shows_the_rows_the_set_writes(tmp_path, run_cli, form):
     pytest.importorskip("matplotlib")

@@ -35,6 +35,7 @@ def check_formula(out, x, y, x_key="x", y_key="y"):
     assert out[x_key].dtype == x.dtype and out[y_key].dtype == y.dtype
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("compression", ["none", "gzip", "zstd"])
 def test_h5_to_zarr_matches_the_formula(tmp_path, compression):
     x, y = make_arrays(n=45, x_shape=(3, 2))

@@ -341,6 +341,7 @@ def _version(cwd, *path):
     return proc.stdout.splitlines()
 
 
+@pytest.mark.slow
 def test_version_says_which_loop_runs_and_why(tmp_path):
     """Run from a source tree without the compiled loop while an installed copy
     has it: that tree is imported, numpy's loop runs, and --version says both

@@ -63,6 +63,7 @@ def chi2_pvalue(observed, expected):
     return stats.chisquare(obs, exp * obs.sum() / exp.sum()).pvalue
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("bandwidth", [pytest.param(0.05, marks=pytest.mark.slow), 0.3])
 def test_one_dimensional_draws_follow_the_kernel(bandwidth):
     rng = np.random.default_rng(11)
@@ -91,6 +92,7 @@ def test_a_wrong_bandwidth_is_seen_by_the_test():
     assert chi2_pvalue(observed, expected_counts(y, 0.2, own, edges, lambda d: d[..., 0])) < 1e-6
 
 
+@pytest.mark.slow
 def test_multi_dimensional_draws_follow_the_exact_kernel():
     rng = np.random.default_rng(5)
     y = rng.normal(0, 1, (800, 3))
@@ -116,6 +118,7 @@ def regression(tmp_path):
     return write_h5(tmp_path / "in.h5", x=x, y=y), x, y
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["h5", "npz"])
 @pytest.mark.parametrize("shape", ["1d", "2d"])
 def test_batch_size_never_changes_the_output_and_rows_mix_by_the_formula(regression, tmp_path, fmt, shape):
@@ -167,7 +170,7 @@ def test_verify_recomputes_and_catches_an_edited_bandwidth(regression, tmp_path,
     assert result.exit_code != 0 and "recomputed output differs" in result.stdout
 
 
-@pytest.mark.slow  # the fast suite keeps a few Dask tests (balance, stopping, a killed run resumed)
+@pytest.mark.slow  # Dask: the whole suite only (a local cluster costs seconds to start)
 @pytest.mark.xdist_group("dask")
 def test_dask_gives_the_local_bytes(dask_scheduler, regression, tmp_path, run_mixup):
     src, _, _ = regression
@@ -180,6 +183,7 @@ def test_dask_gives_the_local_bytes(dask_scheduler, regression, tmp_path, run_mi
             assert a[key][()].tobytes() == b[key][()].tobytes(), key
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "y,args,pattern",
     [

@@ -36,6 +36,7 @@ def run(src, out, **kw):
 # ---------------------------------------------------------------- classes
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("label_dtype", [np.int64, np.uint8, np.int32])
 @pytest.mark.parametrize("column", [False, True])
 def test_class_labels_give_the_same_output_as_hand_one_hot(tmp_path, label_dtype, column):
@@ -233,6 +234,7 @@ def test_integer_masks_that_are_not_zero_one_point_to_pair(tmp_path, run_cli, ou
     assert np.array_equal(data["y"], expected_mix(y.astype(np.float32), data["lam"], data["partner"]))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
 @pytest.mark.parametrize("row_shape", [(), (3,), (4, 4), (2, 3, 2)])
 def test_dense_targets_are_mixed_linearly(tmp_path, dtype, row_shape):

@@ -158,6 +158,7 @@ def test_projection_is_fitted_in_pieces(monkeypatch):
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "pairing,extra",
     [
@@ -224,7 +225,7 @@ def test_verify_recomputes_and_catches_an_edited_k(tabular, tmp_path, run_cli):
     assert result.exit_code != 0 and "recomputed output differs" in result.stdout
 
 
-@pytest.mark.slow  # the fast suite keeps a few Dask tests (balance, stopping, a killed run resumed)
+@pytest.mark.slow  # Dask: the whole suite only (a local cluster costs seconds to start)
 @pytest.mark.xdist_group("dask")
 def test_dask_gives_the_local_bytes(dask_scheduler, tabular, tmp_path, run_mixup):
     src, _, _ = tabular
@@ -238,6 +239,7 @@ def test_dask_gives_the_local_bytes(dask_scheduler, tabular, tmp_path, run_mixup
         assert a[key].tobytes() == b[key].tobytes(), key
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "args,pattern",
     [
@@ -352,6 +354,7 @@ def test_fast_table_is_the_reference_search_on_larger_data():
     assert np.array_equal(neighbours.neighbour_table(feats, 6), neighbours.reference_table(feats, 6))
 
 
+@pytest.mark.slow
 def test_fast_table_does_not_depend_on_threads():
     """Our threads (1 or 3) and BLAS's (threadpoolctl: 1 or 2): the same lists."""
     from threadpoolctl import threadpool_limits
@@ -366,6 +369,7 @@ def test_fast_table_does_not_depend_on_threads():
     assert np.array_equal(tables[0], brute_lists(feats, 5))
 
 
+@pytest.mark.slow
 def test_memory_of_the_search_is_bounded_by_blocks(monkeypatch):
     """Blocks of queries sized by _BLOCK_BYTES: a small budget, the same lists."""
     feats = np.random.default_rng(2).standard_normal((3000, 5)).astype(np.float32)
@@ -457,6 +461,7 @@ def test_projection_is_reproducible_byte_for_byte_whatever_the_threads(tmp_path)
     assert got[0][1]["project_variance"] == got[1][1]["project_variance"] == outs[0][1]["project_variance"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("version", [2, 3])
 def test_projected_outputs_of_plan_versions_2_and_3_verify(tmp_path, run_cli, version):
     """Version 2 (IncrementalPCA) is still computed for its sidecars; version 3 records the fit."""

@@ -69,6 +69,7 @@ def test_lists_are_the_same_on_every_run_and_thread_count():
     assert (np.diff(d, axis=1) >= 0).all()
 
 
+@pytest.mark.slow
 @needs_faiss
 def test_lists_found_in_two_processes_are_the_same(tmp_path):
     """A fresh process (as --resume, --shard parts and verify are) builds the same lists."""
@@ -88,6 +89,7 @@ def test_lists_found_in_two_processes_are_the_same(tmp_path):
     assert len(found) == 1
 
 
+@pytest.mark.slow
 @needs_faiss
 def test_recall_recorded_equals_a_recomputation_and_partners_are_in_the_lists(hard_input, tmp_path):
     src, x, _y = hard_input
@@ -108,6 +110,7 @@ def test_recall_recorded_equals_a_recomputation_and_partners_are_in_the_lists(ha
     assert all(p in table[i] for i, p in enumerate(partner))
 
 
+@pytest.mark.slow
 @needs_faiss
 def test_knn_within_class_recall_within_the_class(hard_input, tmp_path):
     src, x, y = hard_input
@@ -187,6 +190,7 @@ def test_exact_is_the_default_and_its_sidecar_is_unchanged(hard_input, tmp_path)
         assert np.array_equal(fa["partner"][()], fb["partner"][()])
 
 
+@pytest.mark.slow
 @needs_faiss
 def test_groups_small_cells_verify_and_nothing_more_on_stderr(tmp_path, run_mixup):
     """One index per cell, cells of 10 rows and of 2: lists inside the cell, verify OK, and the
@@ -235,6 +239,7 @@ BLOCKED = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("pairing", ["knn", "knn-within-class"])
 def test_refused_in_one_line_without_the_extra(hard_input, tmp_path, pairing):
     src, _x, _y = hard_input

@@ -28,6 +28,7 @@ def hidden(directory: Path) -> list[str]:
     return sorted(p.name for p in directory.iterdir() if p.name.startswith("."))
 
 
+@pytest.mark.slow
 def test_a_directory_of_other_outputs_is_not_replaced(src, tmp_path, run_mixup):
     """The shard loop: mixed/ holds a.h5, b.h5 and their sidecars. `--overwrite`
     into mixed/ itself must not delete them."""
@@ -47,6 +48,7 @@ def test_a_directory_of_other_outputs_is_not_replaced(src, tmp_path, run_mixup):
     assert snapshot(mixed) == before and hidden(tmp_path) == []  # refused before any work
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["out", pytest.param("out.zarr", marks=pytest.mark.slow)])
 def test_a_previous_directory_output_is_replaced_but_not_with_foreign_files(src, tmp_path, run_mixup, name):
     if name.endswith(".zarr"):
@@ -65,6 +67,7 @@ def test_a_previous_directory_output_is_replaced_but_not_with_foreign_files(src,
     assert hidden(tmp_path) == []
 
 
+@pytest.mark.slow
 def test_a_mixup_zarr_store_without_its_sidecar_is_still_ours(src, tmp_path, run_mixup):
     pytest.importorskip("zarr", reason="Zarr is an optional extra")
     out = tmp_path / "out.zarr"
@@ -81,6 +84,7 @@ def test_a_mixup_zarr_store_without_its_sidecar_is_still_ours(src, tmp_path, run
     assert refused.returncode == 1 and "zarr.json" in refused.stderr
 
 
+@pytest.mark.slow
 def test_npy_files_no_sidecar_names_are_refused_an_empty_directory_is_replaced(src, tmp_path, run_mixup):
     data = tmp_path / "arrays"
     data.mkdir()
@@ -96,6 +100,7 @@ def test_npy_files_no_sidecar_names_are_refused_an_empty_directory_is_replaced(s
     assert sorted(p.name for p in empty.iterdir()) == ["lam.npy", "partner.npy", "x.npy", "y.npy"]
 
 
+@pytest.mark.slow
 def test_a_single_file_out_is_replaced_whatever_it_holds(src, tmp_path, run_mixup):
     """A file named as OUT is the user's choice: --overwrite replaces it (and nothing else)."""
     out = tmp_path / "out.h5"
@@ -116,6 +121,7 @@ def test_a_directory_where_a_file_goes_is_refused_before_any_work(src, tmp_path,
     assert (out / "data").read_text() == "x" and hidden(tmp_path) == []
 
 
+@pytest.mark.slow
 def test_a_link_is_replaced_never_what_it_points_to(src, tmp_path, run_mixup):
     target = tmp_path / "precious"
     target.mkdir()
@@ -146,6 +152,7 @@ def test_sticky_directory_refusal_comes_before_any_work(src, tmp_path, monkeypat
     preflight.check_output_path(src, out, overwrite=True)  # the owner may
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"), reason="needs root to run as another user")
 def test_sticky_directory_refusal_through_the_executable(src):
     # Under a folder every user can search (pytest's own temporary folder is root's alone).

@@ -44,6 +44,7 @@ def ks_pvalue(lam, alpha):
     return stats.kstest(u, "uniform").pvalue
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("pairing", PAIRINGS)
 @pytest.mark.parametrize("alpha", [0.1, 0.2, 1.0, 4.0])
 def test_lam_follows_beta_alpha_alpha(alpha, pairing):
@@ -84,6 +85,7 @@ def cross_class_share(path, labels, pairing, seed, tmp_path, copies=2, block_row
     return float(np.mean(labels[partner] != own))
 
 
+@pytest.mark.slow
 def test_global_pairing_matches_independent_random_pairing(sorted_by_class, tmp_path):
     path, labels = sorted_by_class
     p = np.bincount(labels) / len(labels)
@@ -93,6 +95,7 @@ def test_global_pairing_matches_independent_random_pairing(sorted_by_class, tmp_
         assert abs(share - expected) < 0.03, (seed, share, expected)
 
 
+@pytest.mark.slow
 def test_batch_pairing_on_sorted_data_rarely_crosses_classes(sorted_by_class, tmp_path):
     path, labels = sorted_by_class
     expected = 1 - np.sum((np.bincount(labels) / len(labels)) ** 2)
@@ -110,6 +113,7 @@ def test_between_class_pairs_are_all_cross_class(sorted_by_class, tmp_path):
     assert cross_class_share(path, labels, "between-class", 0, tmp_path, block_rows=100) == 1.0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("pairing", ["within-class", "between-class"])
 def test_class_partners_come_from_the_whole_dataset(sorted_by_class, tmp_path, pairing):
     """Not only from the row's block: every row of a class is a possible partner."""

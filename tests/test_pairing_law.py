@@ -168,6 +168,7 @@ def global_pair_p(partner_by_copy, n: int) -> float:
 B = 8  # block rows of the small runs: N = 9 (B+1), 15 (2B-1), 20 (2.5B), 8 (one block), 40 (five blocks)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("n, block_rows", [(9, B), (15, B), (20, B), (8, B), (40, B), (20, 2)])
 def test_global_partner_is_iid_uniform_over_every_row(tmp_path, n, block_rows):
     """Each output row's partner is uniform over all N rows, whatever block it
@@ -280,6 +281,7 @@ def test_verify_reports_the_law_it_tested(tmp_path, run_cli):
     assert line.startswith("ok") and "partner counts" in line and "own-block share" in line
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("n", [20, 21, 25, 30, 40, 50, 64, 99, 100, 150, 200, 1000])
 def test_verify_raises_no_false_alarm_on_honest_draws_at_small_sizes(n):
     """verify's law check on partners drawn exactly by the documented law
@@ -408,6 +410,7 @@ def planted_batch_v1(n: int, block_rows: int, copies: int, seed: int = 0) -> np.
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("n", [9, 15, 20, 8, 41, 3])
 def test_batch_partners_are_a_permutation_of_the_rows_group(tmp_path, n):
     """N = B+1 (a one-row tail: paired within the 9 rows), 2B-1, 2.5B (a tail
@@ -496,6 +499,7 @@ def class_pairing_p(labels, block_rows, own_rows, partner, same: bool) -> float:
     return conditional_table_p(keys, blocks[partner], probs)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("pairing", ["within-class", "between-class"])
 @pytest.mark.parametrize("order", ["sorted", "shuffled"])
 def test_class_partners_are_uniform_over_the_allowed_rows(tmp_path, pairing, order):
@@ -536,6 +540,7 @@ def nearest(x, k, labels=None):
     return np.argsort(d, axis=1, kind="stable")[:, :k]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("pairing", ["knn", "knn-within-class"])
 def test_knn_partner_is_uniform_over_the_k_nearest(tmp_path, pairing):
     """Every partner is one of the row's K nearest (exact), and each of the K
@@ -614,6 +619,7 @@ def kernel_law(y, s):
     return w / w.sum(axis=1, keepdims=True)
 
 
+@pytest.mark.slow
 def test_label_kernel_is_the_exact_kernel_where_the_window_cut_matters(tmp_path):
     """Row 0's label is 0; one row at 3.9 S lies in its 4 S window, fifty at
     4.1 S lie just outside. The exact kernel gives the row at 3.9 S
@@ -661,6 +667,7 @@ def box_centre_p(box, height) -> float:
     return conditional_table_p(cut, centre, probs)
 
 
+@pytest.mark.slow
 def test_cutmix_box_centres_are_uniform(tmp_path):
     """Rows and columns alike (the box transposed); control: centres drawn
     from the middle half only."""

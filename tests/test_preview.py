@@ -46,6 +46,7 @@ def rgb_dataset(tmp_path, n=20):
     return write_h5(tmp_path / "rgb.h5", x=x, y=y)
 
 
+@pytest.mark.slow
 def test_dataset_grid_from_the_sample(run_cli, tmp_path, mpl):
     out = tmp_path / "grid.png"
     result = run_cli("preview", SAMPLE_H5, "-o", out, "--rows", 3, "--seed", 7, "--alpha", 0.4)
@@ -54,6 +55,7 @@ def test_dataset_grid_from_the_sample(run_cli, tmp_path, mpl):
     check_png(out, (600, 3 * 200 + 50))
 
 
+@pytest.mark.slow
 def test_cutmix_grid_with_histogram(run_cli, tmp_path, mpl):
     out = tmp_path / "cutmix.png"
     result = run_cli(
@@ -79,6 +81,7 @@ def test_cutmix_grid_with_histogram(run_cli, tmp_path, mpl):
     check_png(out, (300, (2 * 2 + 3 + 0.5) * 50))
 
 
+@pytest.mark.slow
 def test_mixup_of_feature_vectors_is_drawn_as_lines(tmp_path, mpl):
     x = np.random.default_rng(0).standard_normal((9, 16)).astype(np.float32)
     src = write_h5(tmp_path / "in.h5", x=x, y=np.eye(3, dtype=np.float32)[np.arange(9) % 3])
@@ -98,6 +101,7 @@ def test_identity_table(run_cli, tmp_path, mpl):
     check_png(out, (700, 650))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("hist", [False, True])
 def test_identity_figure_has_one_panel_per_alpha(mpl, hist):
     alphas = preview.parse_alphas("0.1,0.2,...,0.9")
@@ -300,6 +304,7 @@ def test_preview_shows_what_augment_writes_for_any_input(run_cli, tmp_path, monk
         assert np.array_equal(written[key][at], rows, equal_nan=rows.dtype.kind == "f"), key
 
 
+@pytest.mark.slow
 def test_mask_preview_draws_the_masks_below_their_rows(tmp_path, mpl):
     src = _masks(tmp_path)
     shown = preview.preview_rows(src, seed=2, rows=3, data=DataOptions(y_format="pair"))
@@ -323,6 +328,7 @@ def test_string_labels_are_named_in_the_titles(tmp_path, mpl):
     assert titles == [f"row {r}, class {y[r]}" for r in shown.rows]
 
 
+@pytest.mark.slow
 def test_the_mask_message_names_an_option_preview_takes(run_cli, tmp_path, mpl):
     """Soft targets of masks are refused by augment and preview alike, with a
     message that suggests --y-format pair; preview takes it and then works."""
@@ -337,6 +343,7 @@ def test_the_mask_message_names_an_option_preview_takes(run_cli, tmp_path, mpl):
     assert "--y-format" not in result.stderr
 
 
+@pytest.mark.slow
 def test_unlabelled_preview_says_x_is_shown_alone(run_cli, tmp_path, mpl):
     result = run_cli("preview", _unlabelled(tmp_path), "-o", tmp_path / "u.png", "--seed", 1)
     assert result.exit_code == 0, result.stderr

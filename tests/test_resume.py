@@ -119,6 +119,7 @@ def assert_same_arrays(got: dict, want: dict) -> None:
         assert got[key].dtype == want[key].dtype and got[key].tobytes() == want[key].tobytes(), key
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "compression", ["none", pytest.param("gzip", marks=pytest.mark.slow), pytest.param("lzf", marks=pytest.mark.slow)]
 )
@@ -137,6 +138,7 @@ def test_killed_before_the_first_journal_entry_resume_starts_over(src, tmp_path,
     assert_same_arrays(load_output(out), reference(src, tmp_path, "out.h5", "--compression", compression))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("compression", ["none", "gzip", pytest.param("lzf", marks=pytest.mark.slow)])
 def test_killed_right_after_the_first_journal_entry_resumes(src, tmp_path, compression):
     out = tmp_path / "out.h5"
@@ -152,12 +154,13 @@ def test_killed_right_after_the_first_journal_entry_resumes(src, tmp_path, compr
     assert_same_arrays(load_output(out), reference(src, tmp_path, "out.h5", "--compression", compression))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "name,compression",
     [
         ("out.h5", "none"),
-        # compressed HDF5 and Zarr are resumed in the fast suite by
-        # test_killed_right_after_the_first_journal_entry_resumes and test_cli_signals
+        # compressed HDF5 and Zarr are resumed by
+        # test_killed_right_after_the_first_journal_entry_resumes and test_cli_signals too
         pytest.param("out.h5", "gzip", marks=pytest.mark.slow),
         pytest.param("out.h5", "lzf", marks=pytest.mark.slow),
         ("out.npz", "none"),
@@ -189,6 +192,7 @@ def test_killed_mid_write_resumes_to_the_uninterrupted_arrays(src, tmp_path, nam
     assert_same_arrays(load_output(out), reference(src, tmp_path, name, "--compression", compression))
 
 
+@pytest.mark.slow
 def test_resume_of_a_complete_output_exits_0(src, tmp_path):
     """A retrying script can always pass --resume: a finished OUT of the same command is left alone."""
     out = tmp_path / "out.h5"
@@ -241,6 +245,7 @@ def test_every_request_field_is_either_fingerprinted_or_said_not_to_decide_the_o
     assert sorted(named) == sorted(f.name for f in dataclasses.fields(AugmentRequest))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "first, second, option",
     [

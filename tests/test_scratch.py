@@ -37,6 +37,7 @@ def arrays_of(path):
         return {key: f[key][()] for key in f}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "extra",
     [
@@ -158,6 +159,7 @@ pipeline.augment(pipeline.AugmentRequest(src, out, seed=5, block_rows=20, batch_
 )
 
 
+@pytest.mark.slow
 def test_a_killed_run_resumes_with_a_fresh_copy(tmp_path, run_mixup):
     import subprocess
     import sys

@@ -124,6 +124,7 @@ def test_inputs_from_a_missing_or_empty_list(tmp_path):
         collect_inputs([], tmp_path)
 
 
+@pytest.mark.slow
 def test_many_inputs_from_a_list_file(tmp_path):
     listing = tmp_path / "many.txt"
     listing.write_text("".join(f"shards/part-{k:05d}.h5\n" for k in range(20000)))
@@ -298,6 +299,7 @@ def _raw(path: Path, key: str) -> np.ndarray:
     return np.load(path / f"{key}.npy", allow_pickle=False)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["h5", "h5gz", "npz", "npzc", "npy", "zarr", ("h5", "npz", "npy", "zarr", "h5gz")])
 def test_concat_reader_reads_the_concatenation(tmp_path, fmt):
     paths, _, _ = _shards(tmp_path, fmt=fmt)
@@ -825,6 +827,7 @@ def _set_outputs(layout, request: AugmentRequest) -> list[dict[str, np.ndarray]]
     return results
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "pairing, method, copies, original, fmt, extra",
     [
@@ -906,6 +909,7 @@ class _MemoryWriter:
         pass
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "pairing, fmt", [("global", "h5"), ("global", ("h5gz", "npzc", "zarr")), ("within-class", ("h5", "npz"))]
 )

@@ -108,6 +108,7 @@ CASES = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(str(v) for v in c.values()))
 def test_the_sets_outputs_are_the_single_file_run_on_the_concatenation(tmp_path, case):
     y = "dense" if case.get("pairing") == "label-kernel" else "onehot"
@@ -154,6 +155,7 @@ def test_mixed_formats_and_the_sidecars_own_input(tmp_path):
 # --- parts ---------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "count",
     [1, 2, pytest.param(3, marks=pytest.mark.slow), len(SIZES), pytest.param(len(SIZES) + 2, marks=pytest.mark.slow)],
@@ -201,6 +203,7 @@ def _mixup(*args, **extra) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 def test_the_command_line_forms(tmp_path):
     paths, whole = _set(tmp_path)
     listing = tmp_path / "shards.txt"
@@ -233,6 +236,7 @@ def test_the_command_line_forms(tmp_path):
     assert before == {p.name: p.stat().st_mtime_ns for p in (tmp_path / "out").iterdir()}
 
 
+@pytest.mark.slow
 def test_the_part_is_shown_only_with_shard(tmp_path):
     """A run without --shard writes the whole set: its closing line names no part."""
     paths, _ = _set(tmp_path, sizes=(7, 5))
@@ -265,6 +269,7 @@ def _paused(args, stage: str, flag: Path, **extra):
     return proc
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "sig, code, at", [(signal.SIGINT, 130, 12), pytest.param(signal.SIGTERM, 143, 22, marks=pytest.mark.slow)]
 )
@@ -307,6 +312,7 @@ def test_a_part_stopped_mid_output_resumes_to_the_same_bytes(tmp_path, sig, code
     assert sorted(x.name for x in (tmp_path / "out").iterdir()) == sorted(x.name for x in (tmp_path / "ref").iterdir())
 
 
+@pytest.mark.slow
 def test_a_signal_between_two_outputs_keeps_the_first(tmp_path):
     paths, _ = _set(tmp_path)
     args = [*paths, tmp_path / "out", "--seed", 4, "--block-rows", BLOCK]
@@ -323,6 +329,7 @@ def test_a_signal_between_two_outputs_keeps_the_first(tmp_path):
     assert [Path(p).name for p in json.loads(r.stdout)["skipped"]] == [paths[0].name]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "stage",
     [
@@ -352,6 +359,7 @@ def test_a_kill_late_in_an_outputs_commit_leaves_nothing_after_resume(tmp_path, 
     )
 
 
+@pytest.mark.slow
 def test_a_kill_while_the_manifest_is_staged_leaves_nothing_after_resume(tmp_path):
     paths, _ = _set(tmp_path)
     args = [*paths, tmp_path / "out", "--seed", 4, "--block-rows", BLOCK, "--shard", "1/2"]
@@ -390,6 +398,7 @@ def test_a_manifest_staged_by_another_host_or_a_live_process_is_left(tmp_path):
         live.wait()
 
 
+@pytest.mark.slow
 def test_a_scratch_copy_a_killed_part_left_is_removed_by_the_next_run(tmp_path):
     # Class pairings on compressed shards: a part reads a scratch copy of the
     # whole set. A kill after the part's last commit leaves it; the --resume
@@ -440,6 +449,7 @@ def _refusal_inputs(tmp_path: Path, what: str):
     return [a, b]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "what, says",
     [
@@ -459,6 +469,7 @@ def test_inputs_that_disagree_are_refused_naming_the_input_and_array(tmp_path, w
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_an_outdir_with_foreign_files_is_refused_and_left_alone(tmp_path):
     paths, _ = _set(tmp_path)
     out = tmp_path / "out"
@@ -486,6 +497,7 @@ def test_an_outdir_with_foreign_files_is_refused_and_left_alone(tmp_path):
     assert json.loads((out / "mixup-set.json").read_text())["parameters"]["seed"] == 2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "args, says",
     [
@@ -551,6 +563,7 @@ def _written(outdir: Path) -> dict:
     return found
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "shard, variables",
     [
@@ -583,6 +596,7 @@ def test_a_scheduler_part_is_the_explicit_part(tmp_path, shard, variables):
     assert v.returncode == 0, v.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("resume_with", ["slurm", pytest.param("1/2", marks=pytest.mark.slow)])
 def test_a_scheduler_part_stopped_resumes(tmp_path, resume_with):
     """A --shard slurm task stopped mid-output resumes, as the same task or as --shard 1/2, to the same bytes."""
@@ -613,6 +627,7 @@ def test_a_scheduler_part_stopped_resumes(tmp_path, resume_with):
     assert again.returncode == 0 and json.loads(again.stdout)["outputs"] == [], again.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "shard, variables, says",
     [
@@ -661,6 +676,7 @@ def test_the_dask_engine_runs_a_set_with_the_local_bytes(tmp_path):
         assert da["execution"]["engine"] == "dask" and la["set"]["set_id"] == da["set"]["set_id"]
 
 
+@pytest.mark.slow
 def test_a_bad_row_is_named_by_its_input_and_nothing_is_left(tmp_path):
     """A NaN found while mixing: the input holding it and its row there, one
     line, exit 1; outputs committed before it stay (complete, with their
@@ -684,6 +700,7 @@ def test_a_bad_row_is_named_by_its_input_and_nothing_is_left(tmp_path):
     assert not (tmp_path / "out2").exists()
 
 
+@pytest.mark.slow
 def test_parts_running_at_once_write_the_whole_runs_files(tmp_path):
     """Three parts started together in one OUTDIR (as an array job does):
     each sees the others' partial files and commits, all exit 0, and the
@@ -713,6 +730,7 @@ def test_parts_running_at_once_write_the_whole_runs_files(tmp_path):
         assert {k: v.tobytes() for k, v in a.items()} == {k: v.tobytes() for k, v in b.items()}
 
 
+@pytest.mark.slow
 @settings(max_examples=examples(8), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     sizes=st.lists(st.integers(1, 40), min_size=2, max_size=6),
@@ -735,6 +753,7 @@ def test_any_shard_sizes_and_blocks_give_the_concatenations_run(
     _assert_concatenation(single, _outputs(outdir, paths), sizes=tuple(sizes))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("pairing", ["global", pytest.param("within-class", marks=pytest.mark.slow)])
 def test_more_inputs_than_readers_kept_open(tmp_path, monkeypatch, pairing):
     """20 inputs, more than the ConcatReader keeps open (16): partners by
@@ -758,6 +777,7 @@ def test_more_inputs_than_readers_kept_open(tmp_path, monkeypatch, pairing):
     assert not [p for p in outdir.iterdir() if "scratch" in p.name]  # removed when the part ends
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "name",
     [
@@ -818,6 +838,7 @@ def counted_opens():
         logger.setLevel(level)
 
 
+@pytest.mark.slow
 def test_a_part_of_many_inputs_opens_each_input_once_before_its_run(tmp_path, counted_opens):
     """Integer labels whose classes are found in the data: the labels are read
     while each input is checked, so the part opens every input once (not

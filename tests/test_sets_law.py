@@ -45,6 +45,7 @@ def law_checks(outdir):
     return report, {rep.output.name: c for rep in report.reports.values() for c in rep.checks if c.name == "law"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "pairing, tested",
     [

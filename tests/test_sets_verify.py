@@ -50,6 +50,7 @@ def _fails(result) -> list[str]:
     return [line for line in result.stdout.splitlines() if line.startswith("FAIL  ")]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("pairing,fmts", [("global", ("h5",)), ("within-class", ("h5", "npz")), ("batch", ("h5",))])
 def test_a_complete_set_verifies(run_cli, tmp_path, pairing, fmts):
     paths = _shards(tmp_path, fmts=fmts)
@@ -73,6 +74,7 @@ def test_a_complete_set_verifies(run_cli, tmp_path, pairing, fmts):
     assert f"recompute: all {3 * SIZES[2]} rows" in one.stdout
 
 
+@pytest.mark.slow
 def test_parts_run_apart_verify_and_an_undone_part_is_named(run_cli, tmp_path):
     paths = _shards(tmp_path)
     out = tmp_path / "mixed"
@@ -109,6 +111,7 @@ def test_parts_run_apart_verify_and_an_undone_part_is_named(run_cli, tmp_path):
     assert "  complete          yes" in run_cli("inspect", out).stdout
 
 
+@pytest.mark.slow
 def test_a_missing_output_is_named_with_the_command_that_writes_it(run_cli, tmp_path):
     paths = _shards(tmp_path)
     out = _augment(run_cli, paths, tmp_path / "mixed")
@@ -133,6 +136,7 @@ def test_a_missing_output_is_named_with_the_command_that_writes_it(run_cli, tmp_
     assert f"  interrupted       {paths[3].name} (continue with --resume)" in run_cli("inspect", out).stdout
 
 
+@pytest.mark.slow
 def test_an_edited_array_fails_its_output_by_digest_and_recomputation(run_cli, tmp_path):
     paths = _shards(tmp_path)
     out = _augment(run_cli, paths, tmp_path / "mixed", "--shard", "0/2")
@@ -169,6 +173,7 @@ def test_an_input_edited_after_the_run_fails_by_hash_and_recomputation(run_cli, 
     assert not any("input files" in line for line in others)
 
 
+@pytest.mark.slow
 def test_moved_inputs_are_found_with_input_a_folder_or_a_list(run_cli, tmp_path):
     paths = _shards(tmp_path)
     out = _augment(run_cli, paths, tmp_path / "mixed")
@@ -208,6 +213,7 @@ def test_an_edited_sidecar_parameter_fails_that_output(run_cli, tmp_path):
     ]
 
 
+@pytest.mark.slow
 def test_an_edited_manifest_is_named_and_the_outputs_still_verify(run_cli, tmp_path):
     paths = _shards(tmp_path)
     out = _augment(run_cli, paths, tmp_path / "mixed")
@@ -227,6 +233,7 @@ def test_an_edited_manifest_is_named_and_the_outputs_still_verify(run_cli, tmp_p
     assert alone.exit_code == 1 and "recompute: its sidecar's parameters differ from the set's (seed)" in alone.stdout
 
 
+@pytest.mark.slow
 def test_every_reader_of_a_sets_verification_is_opened_without_fast_paths(run_cli, tmp_path, monkeypatch):
     verify = importlib.import_module("mixup_cli.verify")  # the package: its name on mixup_cli is the public function
     from mixup_cli.sets import reader
@@ -279,6 +286,7 @@ def test_verify_does_not_share_a_wrong_fast_path(run_cli, tmp_path, monkeypatch)
     assert all(int(d) > int(n) // 2 for d, n in differing), differing
 
 
+@pytest.mark.slow
 def test_inspect_of_a_complete_set_and_of_many_inputs(run_cli, tmp_path):
     sizes = (3,) * 12
     paths = _shards(tmp_path, sizes=sizes)
@@ -292,6 +300,7 @@ def test_inspect_of_a_complete_set_and_of_many_inputs(run_cli, tmp_path):
     assert not [line for line in shown if "parts of" in line]  # written without --shard: no part to show
 
 
+@pytest.mark.slow
 def test_a_set_outdir_without_its_manifest_is_still_a_set(run_cli, tmp_path):
     paths = _shards(tmp_path)
     out = _augment(run_cli, paths, tmp_path / "mixed")

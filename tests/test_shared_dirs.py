@@ -112,6 +112,7 @@ def assert_same(got: dict, want: dict) -> None:
 # ---------------------------------------------------------------- 1: commit record names
 
 
+@pytest.mark.slow
 def test_a_hand_made_commit_record_renames_nothing_it_names(src, tmp_path):
     out = tmp_path / "out.h5"
     assert in_process("augment", src, out, *ARGS, "--quiet").exit_code == 0
@@ -134,6 +135,7 @@ def test_a_hand_made_commit_record_renames_nothing_it_names(src, tmp_path):
     assert Path(f"{out}.provenance.json").read_bytes() == sidecar
 
 
+@pytest.mark.slow
 def test_a_fifo_as_the_commit_record_does_not_hang_inspect(src, tmp_path):
     out = tmp_path / "out.h5"
     assert in_process("augment", src, out, *ARGS, "--quiet").exit_code == 0
@@ -146,6 +148,7 @@ def test_a_fifo_as_the_commit_record_does_not_hang_inspect(src, tmp_path):
 # ---------------------------------------------------------------- 2: staging names
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "planted",
     [
@@ -167,6 +170,7 @@ def test_links_at_staging_names_are_never_written_through(src, tmp_path, outside
     assert_same(load_output(out), reference(src, tmp_path, "out.h5"))
 
 
+@pytest.mark.slow
 def test_a_partial_output_replaced_by_a_link_is_not_written_through(src, tmp_path, outside):
     out = tmp_path / "out.h5"
     killed_at_write(7, src, out, *ARGS)
@@ -185,6 +189,7 @@ def test_a_partial_output_replaced_by_a_link_is_not_written_through(src, tmp_pat
 # ---------------------------------------------------------------- 3: the lock
 
 
+@pytest.mark.slow
 def test_a_dangling_link_at_the_lock_creates_nothing_outside(src, tmp_path, outside):
     out = tmp_path / "out.h5"
     target = outside / "created-by-mixup"
@@ -260,6 +265,7 @@ def _change_one_row(partial: Path, name: str, row: int) -> None:
         arr.flush()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["out.h5", "out", pytest.param("out.zarr", marks=pytest.mark.slow), "out.npz"])
 def test_a_changed_row_in_a_journaled_block_means_start_over(src, tmp_path, name):
     out = tmp_path / name
@@ -296,6 +302,7 @@ main(sys.argv[4:], prog_name="mixup")
 """
 
 
+@pytest.mark.slow
 def test_overwrite_never_deletes_a_directory_swapped_in_after_the_check(src, tmp_path):
     out = tmp_path / "out.zarr"
     assert in_process("augment", src, out, *ARGS, "--quiet").exit_code == 0
@@ -332,6 +339,7 @@ def _run_with_stdout(stdout, *args):
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("where", ["closed pipe", "/dev/full"])
 def test_stdout_gone_after_the_commit_is_a_warning_not_a_failure(src, tmp_path, where):
     out = tmp_path / "out.h5"
@@ -352,6 +360,7 @@ def test_stdout_gone_after_the_commit_is_a_warning_not_a_failure(src, tmp_path, 
     assert out.is_file() and Path(f"{out}.provenance.json").is_file()
 
 
+@pytest.mark.slow
 def test_a_directory_at_the_sidecar_name_is_refused_before_anything_is_written(src, tmp_path):
     out = tmp_path / "out.h5"
     (tmp_path / "out.h5.provenance.json").mkdir()
@@ -379,6 +388,7 @@ main(sys.argv[1:], prog_name="mixup")
 """
 
 
+@pytest.mark.slow
 def test_a_set_failing_after_its_first_output_says_which_are_written(tmp_path):
     x, y = make_arrays(n=200, x_shape=(6,), seed=3)
     a = write_h5(tmp_path / "a.h5", x=x[:120], y=y[:120])
@@ -403,6 +413,7 @@ def test_a_set_failing_after_its_first_output_says_which_are_written(tmp_path):
 # ---------------------------------------------------------------- 9: leftovers and hangs
 
 
+@pytest.mark.slow
 def test_verify_removes_the_scratch_copy_a_killed_verify_left(src, tmp_path):
     out = tmp_path / "out.h5"
     assert in_process("augment", src, out, *ARGS, "--quiet").exit_code == 0
@@ -417,6 +428,7 @@ def test_verify_removes_the_scratch_copy_a_killed_verify_left(src, tmp_path):
     assert not left.exists() and elsewhere.exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "damage",
     [
@@ -442,6 +454,7 @@ def test_a_damaged_journal_starts_over_by_itself(src, tmp_path, damage):
     assert_same(load_output(out), reference(src, tmp_path, "out.h5"))
 
 
+@pytest.mark.slow
 def test_verify_refuses_a_device_the_sidecar_lists_as_an_input_file(src, tmp_path):
     out = tmp_path / "out.h5"
     assert in_process("augment", src, out, *ARGS, "--quiet").exit_code == 0
@@ -454,6 +467,7 @@ def test_verify_refuses_a_device_the_sidecar_lists_as_an_input_file(src, tmp_pat
     assert "/dev/zero: is a character device, not a file a run reads" in result.stdout
 
 
+@pytest.mark.slow
 def test_a_sidecar_claiming_absurdly_many_set_outputs_is_refused_in_one_line(tmp_path):
     x, y = make_arrays(n=200, x_shape=(6,), seed=3)
     a = write_h5(tmp_path / "a.h5", x=x[:120], y=y[:120])
@@ -497,6 +511,7 @@ def test_an_absurd_balance_to_is_refused_up_front(src, tmp_path):
     assert not out.exists() and not [p for p in tmp_path.iterdir() if "mixup" in p.name]
 
 
+@pytest.mark.slow
 def test_label_kernel_on_wide_targets_keeps_its_batches_small(tmp_path):
     """The exact multi-dimensional draw holds rows x N x width differences at
     once: its step is sized by all three (500 rows of width 512: 1 GiB before)."""
@@ -535,6 +550,7 @@ def _one_line(result, code: int) -> str:
     return lines[0]
 
 
+@pytest.mark.slow
 def test_knn_on_rows_without_values_is_refused_in_words(tmp_path):
     src = write_h5(
         tmp_path / "empty-rows.h5",
@@ -546,6 +562,7 @@ def test_knn_on_rows_without_values_is_refused_in_words(tmp_path):
     assert "its rows hold no values" in line
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("bandwidth, word", [("1e300", "large"), ("1e-300", "small")])
 def test_a_bandwidth_that_cannot_be_computed_with_is_a_usage_error(tmp_path, bandwidth, word):
     rng = np.random.default_rng(1)
@@ -557,6 +574,7 @@ def test_a_bandwidth_that_cannot_be_computed_with_is_a_usage_error(tmp_path, ban
     assert not (tmp_path / "out.h5").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["out.h5", "out.zarr"])
 def test_a_key_inside_a_provenance_name_is_refused_in_words(tmp_path, name):
     rng = np.random.default_rng(1)
@@ -568,6 +586,7 @@ def test_a_key_inside_a_provenance_name_is_refused_in_words(tmp_path, name):
     assert "'lam/y' would be written inside 'lam'" in line
 
 
+@pytest.mark.slow
 def test_a_sidecar_with_block_rows_0_fails_verify_in_words(src, tmp_path):
     out = tmp_path / "out.h5"
     assert in_process("augment", src, out, *ARGS, "--quiet").exit_code == 0
@@ -580,6 +599,7 @@ def test_a_sidecar_with_block_rows_0_fails_verify_in_words(src, tmp_path):
     assert "records impossible block sizes" in result.stdout
 
 
+@pytest.mark.slow
 def test_a_run_with_stderr_closed_still_runs(src, tmp_path):
     out = tmp_path / "out.h5"
     result = subprocess.run(

@@ -74,6 +74,7 @@ def test_a_token_stops_augment_at_a_checkpoint_and_resume_finishes(source, tmp_p
     assert got.keys() == want.keys() and all(got[k].tobytes() == want[k].tobytes() for k in want)
 
 
+@pytest.mark.slow
 def test_a_request_from_another_thread_stops_the_run_within_a_tenth_of_a_second(tmp_path):
     """The engine waits at most 50 ms before looking at the token again."""
     rng = np.random.default_rng(1)
@@ -99,6 +100,7 @@ def test_a_request_from_another_thread_stops_the_run_within_a_tenth_of_a_second(
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_a_token_stops_the_index_build(tmp_path):
     """A K-nearest-neighbour search over many rows stops between its pieces
     (of 4,096 rows), not once the whole index is built (several seconds here)."""
@@ -175,6 +177,7 @@ def during_commit(inputs, out, stage, tmp_path):
     return done.stdout.split()
 
 
+@pytest.mark.slow
 def test_a_request_during_the_commit_is_too_late_and_the_call_returns(source, tmp_path):
     out = tmp_path / "out.h5"
     assert during_commit([source], out, "output-in-place", tmp_path) == ["done", "1", "SIGTERM"]
@@ -183,6 +186,7 @@ def test_a_request_during_the_commit_is_too_late_and_the_call_returns(source, tm
         assert f["x"].shape == (600, 6)
 
 
+@pytest.mark.slow
 def test_a_request_during_one_output_commit_of_a_set_stops_before_the_next(tmp_path):
     x, y = make_arrays(n=300, x_shape=(4,))
     a = write_h5(tmp_path / "a.h5", x=x[:150], y=y[:150])
@@ -193,6 +197,7 @@ def test_a_request_during_one_output_commit_of_a_set_stops_before_the_next(tmp_p
     assert not (outdir / "b.h5").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.xdist_group("dask")
 def test_a_token_stops_the_dask_engine_between_two_results(dask_scheduler, source, tmp_path):
     out = tmp_path / "out.zarr"

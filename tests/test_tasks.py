@@ -50,6 +50,7 @@ def src(tmp_path_factory):
     return write_h5(tmp_path_factory.mktemp("in") / "in.h5", x=x, y=y)
 
 
+@pytest.mark.slow
 @settings(max_examples=examples(12), deadline=None)
 @given(
     params=st.sampled_from(PAIRINGS),
@@ -114,6 +115,7 @@ def test_skipped_indices_are_those_of_the_given_list(src, tmp_path):
     }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "options",
     [

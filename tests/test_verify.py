@@ -48,6 +48,7 @@ def flip_byte(path, offset):
         fh.write(bytes([value ^ 0x10]))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("in_fmt", ["h5", "npz", "npydir"])
 @pytest.mark.parametrize("out_name,pairing", [("out.h5", "global"), ("out.npz", "within-class"), ("out", "batch")])
 def test_fresh_outputs_verify(run_cli, tmp_path, in_fmt, out_name, pairing):
@@ -177,6 +178,7 @@ def test_missing_sidecar_is_an_error(h5_output, run_cli):
     assert "no provenance sidecar" in result.stderr
 
 
+@pytest.mark.slow
 def test_installed_executable_exit_codes(h5_output, run_mixup):
     _, out = h5_output
     assert run_mixup("verify", out, "--quiet").returncode == 0
