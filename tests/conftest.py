@@ -178,12 +178,12 @@ def run_in_process(*args) -> subprocess.CompletedProcess:
 
 def default_signals():
     """``preexec_fn`` for children that tests signal: a parent that ignores
-    SIGINT (a suite run as a background job) must not hide it from them (they
-    would keep it ignored)."""
+    SIGINT (a suite run as a background job) or SIGHUP (under nohup) must not
+    hide it from them (they would keep it ignored)."""
     import signal
 
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_DFL)
 
 
 def mixup_executable() -> list[str]:
