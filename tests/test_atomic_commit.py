@@ -215,8 +215,8 @@ def test_quiet_drops_the_too_late_warning(source, references, tmp_path):
     [
         "staged",
         "commit-record",
-        pytest.param("output-in-place", marks=pytest.mark.slow),
-        pytest.param("committed", marks=pytest.mark.slow),
+        "output-in-place",
+        "committed",
         "finished",
     ],
 )
@@ -318,9 +318,9 @@ def test_sigkill_in_the_commit_is_finished_or_rolled_back(source, references, tm
 @pytest.mark.parametrize(
     "command",
     [
-        pytest.param("inspect", marks=pytest.mark.slow),
+        "inspect",
         "augment",
-        pytest.param("augment --resume", marks=pytest.mark.slow),
+        "augment --resume",
     ],
 )
 def test_every_command_on_out_finishes_a_half_done_commit(source, references, tmp_path, command, run_cli):

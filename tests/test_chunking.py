@@ -277,7 +277,7 @@ raise SystemExit("not killed")
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("fmt", [pytest.param("zarr2", marks=pytest.mark.slow), "h5"])
+@pytest.mark.parametrize("fmt", ["zarr2", "h5"])
 def test_resume_keeps_the_layout(images, tmp_path, run_mixup, fmt):
     """A killed gzip run (Zarr v2, or shuffled HDF5) resumed: same arrays, same layout."""
     if fmt == "zarr2":

@@ -263,9 +263,9 @@ def paused(args, stage, tmp_path):
     "out_name",
     [
         "out.h5",
-        pytest.param("out.npz", marks=pytest.mark.slow),
+        "out.npz",
         "out",
-        pytest.param("out.zarr", marks=pytest.mark.slow),
+        "out.zarr",
     ],
 )
 def test_sigterm_mid_run_then_resume_is_byte_identical(tmp_path, out_name):
@@ -398,9 +398,9 @@ def _source(tmp_path, fmt):
 @pytest.mark.parametrize(
     "out_name",
     [
-        pytest.param("out.h5", marks=pytest.mark.slow),
+        "out.h5",
         "out.npz",
-        pytest.param("out", marks=pytest.mark.slow),
+        "out",
         "out.zarr",
     ],
 )
@@ -621,10 +621,10 @@ os._exit(0)  # a timer thread stuck on a lock the raw handler left held must not
 """
 
 
-# Trials of the fixed handler: 30 see a regression that leaves a lock held as
-# often as the raw handler does with odds of about 1 - 1e-5; the slow suite runs 100.
+# Trials of the fixed handler: 30 would see a regression that leaves a lock held
+# as often as the raw handler does with odds of about 1 - 1e-5; this runs 100.
 @pytest.mark.slow
-@pytest.mark.parametrize("trials", [30, pytest.param(100, marks=pytest.mark.slow)])
+@pytest.mark.parametrize("trials", [100])
 def test_an_interruption_never_leaves_a_lock_held(trials):
     """The cause of the SIGINT that did not stop a run: raised between a
     Condition's lock being taken and its ``with`` block being entered, the

@@ -416,7 +416,7 @@ def knn_input(path, n=240, seed=3):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("pairing", [pytest.param("knn", marks=pytest.mark.slow), "knn-within-class"])
+@pytest.mark.parametrize("pairing", ["knn", "knn-within-class"])
 def test_knn_partners_are_among_the_k_nearest_of_their_group(tmp_path, run_cli, pairing):
     src, x, y, pid = knn_input(tmp_path / "in.h5")
     n, k, copies = len(pid), 5, 100
@@ -514,7 +514,7 @@ def kernel_input(path, y):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("bandwidth", [pytest.param(0.05, marks=pytest.mark.slow), 0.3])
+@pytest.mark.parametrize("bandwidth", [0.05, 0.3])
 def test_label_kernel_draws_follow_the_kernel_inside_each_group(tmp_path, bandwidth):
     rng = np.random.default_rng(11)
     n = 1500

@@ -394,7 +394,7 @@ def test_the_tar_command_lists_and_extracts_it(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("image_format", ["png", pytest.param("jpeg", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("image_format", ["png", "jpeg"])
 def test_killed_once_packed_resumes(tmp_path, image_format):
     """Killed between the packing and the commit: PNG's packed samples are
     checked against the journal and kept; JPEG's cannot be, so the run

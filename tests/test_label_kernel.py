@@ -64,7 +64,7 @@ def chi2_pvalue(observed, expected):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("bandwidth", [pytest.param(0.05, marks=pytest.mark.slow), 0.3])
+@pytest.mark.parametrize("bandwidth", [0.05, 0.3])
 def test_one_dimensional_draws_follow_the_kernel(bandwidth):
     rng = np.random.default_rng(11)
     y = np.concatenate([rng.normal(0, 1, 1200), np.round(rng.normal(3, 0.5, 300), 1)])  # ties too

@@ -49,7 +49,7 @@ def test_a_directory_of_other_outputs_is_not_replaced(src, tmp_path, run_mixup):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["out", pytest.param("out.zarr", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("name", ["out", "out.zarr"])
 def test_a_previous_directory_output_is_replaced_but_not_with_foreign_files(src, tmp_path, run_mixup, name):
     if name.endswith(".zarr"):
         pytest.importorskip("zarr", reason="Zarr is an optional extra")

@@ -120,9 +120,7 @@ def assert_same_arrays(got: dict, want: dict) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "compression", ["none", pytest.param("gzip", marks=pytest.mark.slow), pytest.param("lzf", marks=pytest.mark.slow)]
-)
+@pytest.mark.parametrize("compression", ["none", "gzip", "lzf"])
 def test_killed_before_the_first_journal_entry_resume_starts_over(src, tmp_path, compression):
     """The HDF5 partial exists but nothing is journaled: --resume starts over, in one line."""
     out = tmp_path / "out.h5"
@@ -139,7 +137,7 @@ def test_killed_before_the_first_journal_entry_resume_starts_over(src, tmp_path,
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("compression", ["none", "gzip", pytest.param("lzf", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("compression", ["none", "gzip", "lzf"])
 def test_killed_right_after_the_first_journal_entry_resumes(src, tmp_path, compression):
     out = tmp_path / "out.h5"
     killed("save", -2, src, out, *ARGS, "--compression", compression)  # just after the first task is recorded
@@ -161,13 +159,13 @@ def test_killed_right_after_the_first_journal_entry_resumes(src, tmp_path, compr
         ("out.h5", "none"),
         # compressed HDF5 and Zarr are resumed by
         # test_killed_right_after_the_first_journal_entry_resumes and test_cli_signals too
-        pytest.param("out.h5", "gzip", marks=pytest.mark.slow),
-        pytest.param("out.h5", "lzf", marks=pytest.mark.slow),
+        ("out.h5", "gzip"),
+        ("out.h5", "lzf"),
         ("out.npz", "none"),
         ("out", "none"),
-        pytest.param("out.zarr", "none", marks=pytest.mark.slow),
+        ("out.zarr", "none"),
         ("out.parquet", "none"),
-        pytest.param("out.parquet", "zstd", marks=pytest.mark.slow),
+        ("out.parquet", "zstd"),
     ],
 )
 def test_killed_mid_write_resumes_to_the_uninterrupted_arrays(src, tmp_path, name, compression):

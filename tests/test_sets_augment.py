@@ -158,7 +158,7 @@ def test_mixed_formats_and_the_sidecars_own_input(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "count",
-    [1, 2, pytest.param(3, marks=pytest.mark.slow), len(SIZES), pytest.param(len(SIZES) + 2, marks=pytest.mark.slow)],
+    [1, 2, 3, len(SIZES), len(SIZES) + 2],
 )
 def test_any_split_into_parts_writes_the_whole_runs_files(tmp_path, count):
     paths, _ = _set(tmp_path)
@@ -270,9 +270,7 @@ def _paused(args, stage: str, flag: Path, **extra):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "sig, code, at", [(signal.SIGINT, 130, 12), pytest.param(signal.SIGTERM, 143, 22, marks=pytest.mark.slow)]
-)
+@pytest.mark.parametrize("sig, code, at", [(signal.SIGINT, 130, 12), (signal.SIGTERM, 143, 22)])
 def test_a_part_stopped_mid_output_resumes_to_the_same_bytes(tmp_path, sig, code, at):
     paths, _ = _set(tmp_path)
     args = [
@@ -333,8 +331,8 @@ def test_a_signal_between_two_outputs_keeps_the_first(tmp_path):
 @pytest.mark.parametrize(
     "stage",
     [
-        pytest.param("sidecar-in-place", marks=pytest.mark.slow),
-        pytest.param("cleaned", marks=pytest.mark.slow),
+        "sidecar-in-place",
+        "cleaned",
         "committed",
     ],
 )
@@ -568,10 +566,10 @@ def _written(outdir: Path) -> dict:
     "shard, variables",
     [
         ("slurm", _slurm(1, 0, 1)),  # --array=0-1
-        pytest.param("slurm", _slurm(2, 1, 2), marks=pytest.mark.slow),  # --array=1-2: I relative to MIN
-        pytest.param("slurm", _slurm(7, 5, 7, step=2), marks=pytest.mark.slow),  # --array=5-7:2
-        pytest.param("k8s/2", {"JOB_COMPLETION_INDEX": 1}, marks=pytest.mark.slow),
-        pytest.param("kubernetes/2", {"JOB_COMPLETION_INDEX": 1}, marks=pytest.mark.slow),
+        ("slurm", _slurm(2, 1, 2)),  # --array=1-2: I relative to MIN
+        ("slurm", _slurm(7, 5, 7, step=2)),  # --array=5-7:2
+        ("k8s/2", {"JOB_COMPLETION_INDEX": 1}),
+        ("kubernetes/2", {"JOB_COMPLETION_INDEX": 1}),
     ],
 )
 def test_a_scheduler_part_is_the_explicit_part(tmp_path, shard, variables):
@@ -597,7 +595,7 @@ def test_a_scheduler_part_is_the_explicit_part(tmp_path, shard, variables):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("resume_with", ["slurm", pytest.param("1/2", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("resume_with", ["slurm", "1/2"])
 def test_a_scheduler_part_stopped_resumes(tmp_path, resume_with):
     """A --shard slurm task stopped mid-output resumes, as the same task or as --shard 1/2, to the same bytes."""
     paths, _ = _set(tmp_path)
@@ -754,7 +752,7 @@ def test_any_shard_sizes_and_blocks_give_the_concatenations_run(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("pairing", ["global", pytest.param("within-class", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("pairing", ["global", "within-class"])
 def test_more_inputs_than_readers_kept_open(tmp_path, monkeypatch, pairing):
     """20 inputs, more than the ConcatReader keeps open (16): partners by
     class, or global (i.i.d. over all rows), which fall anywhere in the set
@@ -782,9 +780,9 @@ def test_more_inputs_than_readers_kept_open(tmp_path, monkeypatch, pairing):
     "name",
     [
         "mixed.h5",
-        pytest.param("mixed.npz", marks=pytest.mark.slow),
-        pytest.param("mixed.parquet", marks=pytest.mark.slow),
-        pytest.param("mixed.tar", marks=pytest.mark.slow),
+        "mixed.npz",
+        "mixed.parquet",
+        "mixed.tar",
     ],
 )
 def test_a_set_written_to_a_files_name_is_refused(tmp_path, run_mixup, name):
