@@ -659,3 +659,77 @@ def test_shuffled_chunks_stored_with_some_filters_skipped(tmp_path):
         assert np.array_equal(out, x)
     finally:
         reader.close()
+
+
+class _RowsWriter:
+    """A writer that keeps each batch it is handed (a copy: buffers are reused)."""
+
+    def __init__(self, events, k):
+        self.rows, self.events, self.k = {}, events, k
+
+    def write(self, key, at, arr):
+        self.rows.setdefault(key, {})[at] = np.array(arr, copy=True)
+
+    def files(self):
+        return []
+
+    def written(self, key):
+        return sum(len(a) for a in self.rows.get(key, {}).values())
+
+
+@pytest.mark.parametrize("threaded", [False, True])
+@pytest.mark.parametrize("params", PLANS[:3])
+def test_one_pass_over_several_outputs_routes_each_task_and_finishes_each_in_turn(tmp_path, params, threaded):
+    """``run_outputs``: each output's tasks go to its own writer, exactly the
+    rows one run writes; an output is opened only once the one before it is
+    finished, and finished only once all its rows are written; tasks its
+    journal had done (``skip``), even the first one, whose partners were read
+    ahead, are not written again."""
+    x, y = make_arrays(n=37, x_shape=(3, 2), seed=4)
+    source = open_source(write_h5(tmp_path / "in.h5", x=x, y=y), "x", "y")
+    try:
+        plan = Plan(n_rows=37, alpha=0.3, seed=9, **params)
+        tasks = list(plan.tasks())
+        whole = _RowsWriter([], -1)
+        local.run(source, plan, whole, tasks, Progress(), batch_rows=3, threaded=threaded)
+        cuts = [0, len(tasks) // 3, 2 * len(tasks) // 3, len(tasks)]
+        parts = [tasks[a:b] for a, b in zip(cuts[:-1], cuts[1:])]
+        skips = [frozenset(), frozenset({0}), frozenset({len(parts[2]) - 1})]
+        events, writers = [], [_RowsWriter(None, k) for k in range(3)]
+
+        def opener(k):
+            events.append(("open", k))
+            return local.Sink(writers[k], skips[k], on_done=lambda i, k=k: events.append(("done", k, i)))
+
+        def finished(k, info):
+            want = sum(t.stop - t.start for i, t in enumerate(parts[k]) if i not in skips[k])
+            assert writers[k].written("x") == want  # every row written before it is finished
+            events.append(("finished", k))
+
+        outputs = [(part, lambda k=k: opener(k)) for k, part in enumerate(parts)]
+        info = local.run_outputs(source, plan, outputs, Progress(), finished=finished, batch_rows=3, threaded=threaded)
+    finally:
+        source.reader.close()
+    assert info["engine"] == "local"
+    assert [e for e in events if e[0] != "done"] == [(s, k) for k in range(3) for s in ("open", "finished")]
+    for k in range(3):  # journal callbacks: each task not skipped, once, before its output is finished
+        done = [e[2] for e in events if e[0] == "done" and e[1] == k]
+        assert done == [i for i in range(len(parts[k])) if i not in skips[k]]
+        # (an output whose tasks were all done is finished all the same)
+        assert all(events.index(("finished", k)) > events.index(("done", k, i)) for i in done)
+    for key in ("x", "y", "lam", "partner"):
+        got = {}
+        for writer in writers:
+            for at, arr in writer.rows.get(key, {}).items():
+                assert at not in got
+                got[at] = arr
+        skipped = {t.out_start for k in range(3) for i, t in enumerate(parts[k]) if i in skips[k]}
+        want = dict(whole.rows[key])
+        # batches of skipped tasks are missing; every other batch is the single run's, byte for byte
+        for at, arr in want.items():
+            task = next(t for t in tasks if t.out_start <= at < t.out_start + t.stop - t.start)
+            if task.out_start in skipped:
+                assert at not in got
+            else:
+                assert got[at].tobytes() == arr.tobytes(), (key, at)
+        assert set(got) <= set(want)

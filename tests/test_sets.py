@@ -322,6 +322,8 @@ def test_concat_reader_reads_the_concatenation(tmp_path, fmt):
         rows[:3] = [135, 0, 135]  # unsorted, repeated, both ends
         for key in ("x", "y"):
             np.testing.assert_array_equal(reader.take(key, rows), want[key][rows])
+            ordered = np.sort(rows)  # sorted, with repeats: partners' order, read without reordering
+            np.testing.assert_array_equal(reader.take(key, ordered), want[key][ordered])
         assert reader.open_count <= 2
         assert reader.take("x", np.array([], dtype=np.int64)).shape == (0, 4, 3)
         with pytest.raises(IndexError):

@@ -131,6 +131,33 @@ def test_the_sets_outputs_are_the_single_file_run_on_the_concatenation(tmp_path,
             assert record["output"]["arrays"][key]["sha256"] == _digest_from_file(arr, scheme), (k, key)
 
 
+def test_a_part_is_written_in_one_pass_of_the_local_engine(tmp_path, monkeypatch):
+    """The local engine writes all of a part's outputs in one pass (one set of
+    threads and buffers, outputs committed one by one); the bytes are the
+    single-file run's, and a part resumed after its first output still is."""
+    from mixup_cli.engines import local
+
+    passes = []
+    real = local.run_outputs
+    monkeypatch.setattr(local, "run_outputs", lambda *a, **k: passes.append(len(a[2])) or real(*a, **k))
+    paths, whole = _set(tmp_path)
+    common = dict(alpha=0.4, seed=11, block_rows=BLOCK, copies=2, batch_size=5)
+    single = _single(whole, tmp_path / "single.h5", **common)
+    passes.clear()
+    outdir = tmp_path / "mixed"
+    result = augment_set(AugmentRequest(paths[0], outdir, command_line=[], **common), paths, outdir)
+    assert passes == [len(paths)] and [p.name for p in result.written] == [p.name for p in paths]
+    _assert_concatenation(single, _outputs(outdir, paths))
+    # --resume with the first two committed: one pass over the other three
+    for p in paths[2:]:
+        (outdir / p.name).unlink()
+        (outdir / (p.name + ".provenance.json")).unlink()
+    passes.clear()
+    again = augment_set(AugmentRequest(paths[0], outdir, command_line=[], resume=True, **common), paths, outdir)
+    assert passes == [3] and [p.name for p in again.skipped] == [p.name for p in paths[:2]]
+    _assert_concatenation(single, _outputs(outdir, paths))
+
+
 def test_mixed_formats_and_the_sidecars_own_input(tmp_path):
     """Shards of HDF5, .npz and .npy directories, outputs each in its input's
     format; each sidecar records (and hashes) its own input only."""

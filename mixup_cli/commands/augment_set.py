@@ -17,14 +17,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mixup_cli.commands import pipeline
+from mixup_cli.commands import pipeline, set_outputs
 from mixup_cli.commands.request import AugmentRequest, Progress
-from mixup_cli.core import stopping
 from mixup_cli.core.errors import MixupError, OutputError, ParameterError
 from mixup_cli.io import ArraySpec, format_of
 from mixup_cli.mixing.sampling import CLASS_PAIRINGS
 from mixup_cli.record import atomic, provenance
-from mixup_cli.run import entries, preflight, resume, scratch
+from mixup_cli.run import entries, scratch
 from mixup_cli.run.planner import build_plan, output_specs
 from mixup_cli.run.source import open_source
 from mixup_cli.sets import identity
@@ -240,17 +239,20 @@ def _write_part(
         tasks = split(plan.tasks(), plan, bounds, range(min(todo), max(todo) + 1))
         state = identity.inputs_state(layout, _state_files(concat))  # once, for every output's journal
         with _run_source(request, source, plan, outdir, part) as run_source:
-            for n, k in enumerate(todo):
-                job = _job(source, concat, plan, outputs, k, tasks.pop(k), result.set_id, part, state, run_source)
-                try:
-                    _write_one(request, source, plan, job, progress, started_at, t0)
-                except MixupError as exc:
-                    _say_written(exc, result.written)
-                    raise
-                result.written.append(outputs[k])
-                if n + 1 < len(todo):
-                    # Another output follows: a stop asked for during this commit is taken now.
-                    stopping.current().end_commit()
+            jobs = [
+                _job(source, concat, plan, outputs, k, tasks.pop(k), result.set_id, part, state, run_source)
+                for k in todo
+            ]
+            try:
+                if run_source is not None:  # the local engine: every output in one pass
+                    set_outputs.write_in_one_pass(
+                        request, source, run_source, plan, jobs, progress, started_at, t0, result.written
+                    )
+                else:
+                    set_outputs.write_each(request, source, plan, jobs, progress, started_at, t0, result.written)
+            except MixupError as exc:
+                _say_written(exc, result.written)
+                raise
     result.seconds = time.perf_counter() - t0
     return result
 
@@ -337,18 +339,3 @@ def _job(
         run_source=run_source,
         row_offset=shard.offset,
     )
-
-
-def _write_one(request, source, plan, job: pipeline.OutputJob, progress, started_at, t0) -> None:
-    """One output through the single-file run's own machinery, under its lock."""
-    output = job.output
-    atomic.recover(output)  # a commit a killed part left half-done
-    preflight.check_output_path(job.input_path, output, request.overwrite, exists_ok=True)
-    lock = atomic.RunLock(output)
-    try:
-        lock.acquire()
-        # --resume of a set: outputs not started yet simply start (no warning for each).
-        journal = resume.open_journal(output, request.resume and bool(atomic.partials(output, with_lock=False)))
-        pipeline.write_output(request, source, plan, job, journal, progress, started_at, t0)
-    finally:
-        lock.release()

@@ -144,17 +144,48 @@ def write_output(
     kept and the rest removed. The caller holds OUT's lock. Returns
     ``(partial, record)``."""
     stopping.check()  # asked to stop while the input was opened and planned: nothing written yet
-    partial = _Partial.open(request, source, plan, job, journal, started_at)
-    input_hashes = provenance.BackgroundHash(job.input_files())
+    partial = start_output(request, source, plan, job, journal, started_at)
     try:
-        partial.create(request, source)
+        progress.start(job.rows)
         engine_info = _run_tasks(request, source, plan, partial, progress)
-        record = _record(request, source, plan, partial, engine_info, input_hashes, time.perf_counter() - t0)
-        _commit(request, job.output, job.out_format, partial, record)
+        record = finish_output(request, source, plan, partial, engine_info, t0)
     except BaseException as exc:
         partial.fail(exc)
         raise
     return partial, record
+
+
+def start_output(request, source: Source, plan: Plan, job: OutputJob, journal, started_at: str) -> _Partial:
+    """The partial output, reopened from ``journal`` or made (its writer and
+    journal), its input's files hashing in the background, and the digests
+    of the blocks it already holds. Removes what it made if it fails."""
+    partial = _Partial.open(request, source, plan, job, journal, started_at)
+    partial.input_hashes = provenance.BackgroundHash(job.input_files())
+    try:
+        partial.create(request, source)
+        partial.block_digests = resume.block_digests(plan, partial.specs, partial.journal, job.tasks(), job.shift)
+        partial.resumed = len(partial.journal.done)
+    except BaseException as exc:
+        partial.fail(exc)
+        raise
+    return partial
+
+
+def resumed_rows(partial: _Partial) -> int:
+    """Rows of the tasks the journal had done when the run started."""
+    done = partial.journal.done
+    if not done:  # (work proportional to the tasks done, only when resuming)
+        return 0
+    return sum(t.stop - t.start for i, t in enumerate(partial.job.tasks()) if i in done)
+
+
+def finish_output(request, source: Source, plan: Plan, partial: _Partial, engine_info: dict, t0: float) -> dict:
+    """Once every task is written: the files finished, the record, the
+    commit. Returns the record. (On failure the caller calls ``partial.fail``.)"""
+    close_files(request, source, plan, partial)
+    record = _record(request, source, plan, partial, engine_info, partial.input_hashes, time.perf_counter() - t0)
+    _commit(request, partial.job.output, partial.job.out_format, partial, record)
+    return record
 
 
 def check_request(request: AugmentRequest) -> None:
@@ -199,6 +230,7 @@ class _Partial:
         self.resumed = 0  # tasks the journal had when the run started
         self.seconds = 0.0
         self.block_digests = None
+        self.input_hashes = None  # provenance.BackgroundHash of the input's files
 
     @classmethod
     def open(cls, request, source, plan, job: OutputJob, journal, started_at) -> _Partial:
@@ -260,40 +292,38 @@ class _Partial:
 
 
 def _run_tasks(request, source: Source, plan: Plan, partial: _Partial, progress: Progress) -> dict:
-    """Every task not yet written, on the request's engine; the writer is closed after."""
+    """Every task not yet written, on the request's engine."""
     journal, writer, job = partial.journal, partial.writer, partial.job
-    block_digests = partial.block_digests = resume.block_digests(plan, partial.specs, journal, job.tasks(), job.shift)
-    partial.resumed = len(journal.done)
-    progress.start(job.rows)
-    if journal.done:  # (work proportional to the tasks done, only when resuming)
-        progress.update(sum(t.stop - t.start for i, t in enumerate(job.tasks()) if i in journal.done))
+    progress.update(resumed_rows(partial))
     common = dict(
         skip=frozenset(journal.done),
         on_done=lambda index: journal.task_done(index, writer),
-        block_digests=block_digests,
+        block_digests=partial.block_digests,
     )
     if request.engine == "dask":  # workers open the input themselves, prepared as here
         from mixup_cli.engines import dask
 
-        info = dask.run(
+        return dask.run(
             source, plan, writer, job.tasks(), progress, **common, scheduler=request.scheduler, workers=request.workers
         )
-    elif job.run_source is not None:
-        info = local.run(job.run_source, plan, writer, job.tasks(), progress, **common, batch_rows=request.batch_size)
-    else:
-        # Class pairings on compressed input: read from an uncompressed copy.
-        with scratch.source_for_run(
-            source, plan, partial.tmp.with_name(partial.tmp.name + ".scratch.h5")
-        ) as run_source:
-            info = local.run(run_source, plan, writer, job.tasks(), progress, **common, batch_rows=request.batch_size)
+    if job.run_source is not None:
+        return local.run(job.run_source, plan, writer, job.tasks(), progress, **common, batch_rows=request.batch_size)
+    # Class pairings on compressed input: read from an uncompressed copy.
+    with scratch.source_for_run(source, plan, partial.tmp.with_name(partial.tmp.name + ".scratch.h5")) as run_source:
+        return local.run(run_source, plan, writer, job.tasks(), progress, **common, batch_rows=request.batch_size)
+
+
+def close_files(request, source: Source, plan: Plan, partial: _Partial) -> None:
+    """Every task written: the writer flushed, the journal saved (every task
+    recorded before the file is finished), the attributes set, the files closed."""
+    journal, writer, job = partial.journal, partial.writer, partial.job
     writer.flush()
-    journal.save()  # every task recorded before the file is finished
+    journal.save()
     writer.set_attributes(_attributes(request, source, plan, writer, journal.run_id))
     if hasattr(writer, "set_lineage"):  # WebDataset output names each row's input samples
         own_rows = job.shift[0] if job.shift is not None else plan.n_rows
         writer.set_lineage(_row_names(source.reader), own_rows, job.row_offset)
     writer.close()
-    return info
 
 
 def _row_names(reader):

@@ -20,9 +20,11 @@ from __future__ import annotations
 import contextvars
 import queue
 import threading
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +37,18 @@ from mixup_cli.mixing.sampling import Plan
 from mixup_cli.record import atomic, digests
 from mixup_cli.run.planner import default_batch_rows
 from mixup_cli.run.tasks import output_rows, read_partners, reads_by_index, task_input, whole_block
+
+
+@dataclass
+class Sink:
+    """Where one output's rows go: its writer, the tasks its journal has
+    done (``skip``: numbered in the order of its tasks), ``on_done(index)``
+    once a task's rows are written, and its ``digests.BlockDigests``."""
+
+    writer: object
+    skip: frozenset = frozenset()
+    on_done: Callable[[int], None] | None = None
+    block_digests: object | None = None
 
 
 def run(
@@ -60,90 +74,219 @@ def run(
     ``block_digests`` (a ``digests.BlockDigests``), in a third thread.
     ``threaded=False`` writes and hashes inline: same bytes, slower.
     """
+    sink = Sink(writer, frozenset(skip), on_done, block_digests)
+    return run_outputs(source, plan, [(tasks, lambda: sink)], progress, batch_rows=batch_rows, threaded=threaded)
+
+
+def run_outputs(
+    source,
+    plan: Plan,
+    outputs: Sequence[tuple[Iterable, Callable[[], Sink]]],
+    progress,
+    *,
+    finished: Callable[[int, dict], None] | None = None,
+    batch_rows: int | None = None,
+    threaded: bool = True,
+) -> dict:
+    """One pass over several outputs' tasks, in order, with one set of
+    threads, buffers and read-ahead: a set's part writes all its outputs so,
+    and the partners of an output's first task are read while the output
+    before it is finished.
+
+    ``outputs``: ``(tasks, open)`` for each output. ``open()`` is called in
+    this thread when the pass reaches the output (once the output before it
+    is finished) and returns its ``Sink``. ``finished(k, info)`` is called in
+    this thread once every row of output ``k`` is written and hashed, before
+    any row of the next output is mixed. Returns what the sidecar records of
+    the engine (``info``).
+    """
     batch_rows = batch_rows or default_batch_rows(source.row_bytes, plan.block_rows)
-    source = balance.view(source, plan)  # a balanced plan's rows, read by index
-    hasher = digests.BlockHasher(block_digests) if block_digests is not None else None
-    out = _writer_thread(writer) if threaded else _InlineWriter(writer)
-    # Output hashes in a thread of their own: the work spreads over the cores.
-    hashing = _Stage("mixup-hash", hasher.update) if hasher is not None and threaded else None
-    stages = [st for st in (hashing, out) if st is not None]  # closed in this order
-    stop = stopping.current()
-
-    def check():  # in every wait: a stage's error first, then a stop asked for
-        for stage in stages:
-            stage.check()
-        stop.check()
-
-    rows = min(batch_rows, plan.block_rows, plan.n_rows)
-    mixed_specs = {key: source.specs[key] for key in source.mixed_keys}
-    mixer = Mixer(plan, {key: spec.row_shape for key, spec in mixed_specs.items()})
-    # One thread reads the input at a time: the caller's (own blocks) or the read-ahead's (partners).
-    reading = threading.Lock() if threaded else None
-    ahead = _ReadAhead(source, plan, mixer, reading, check) if threaded else None
-    state = _Run(
-        source,
-        plan,
-        mixer,
-        # global pairing reads its partners by index (a block's worth, beside
-        # the cache): two slots, so that three blocks are in memory at most, as before
-        BlockCache(
-            source,
-            plan,
-            slots=3 if threaded and not (plan.pairing == "global" and plan.by_index) else 2,
-            check=check,
-            lock=reading,
-        ),
-        _BufferPool(mixed_specs, rows, 2 if threaded else 1, check),
-        out,
-        hashing,
-        hasher,
-        batch_rows,
-        progress,
-        stop,
-        reading,
-    )
+    info = {"engine": "local", "batch_size": batch_rows}
+    state = _Run.start(balance.view(source, plan), plan, batch_rows, progress, threaded)
+    ahead, stream = state.ahead, _Stream(outputs, threaded)
     try:
-        todo = ((index, task) for index, task in enumerate(tasks) if index not in skip)
-        following = next(todo, None)
-        pending = ahead.start(following[1]) if ahead is not None and following is not None else None
-        while following is not None:
-            index, task = following
-            stop.check()
+        following = stream.peek()
+        pending = ahead.start(following.task) if ahead is not None and following is not None else None
+        while (item := stream.pull()) is not None:
+            state.stop.check()
+            if item.task is None:
+                # Finished before the next output's rows are mixed (its first
+                # partners are being read): a stop then finds every output
+                # before the current one complete, as with a run per output.
+                state.wait_written()
+                stream.close(item.output)
+                if finished is not None:
+                    finished(item.output, info)
+                continue
+            if pending is not None and (following.output, following.index) != (item.output, item.index):
+                ahead.result(pending)  # read for a task the output's journal had done: dropped
+                pending = None
             partners = ahead.result(pending) if pending is not None else None
-            # the next task's partners are read while this one mixes
-            following = next(todo, None)
-            pending = ahead.start(following[1]) if ahead is not None and following is not None else None
-            state.run_task(task, partners)
+            # the next task's partners are read while this one mixes (the next output's too)
+            following = stream.peek()
+            pending = ahead.start(following.task) if ahead is not None and following is not None else None
+            state.run_task(item.task, partners, item.target)
             del partners
-            if on_done is not None:
-                state.after(lambda i=index: on_done(i))
+            if item.target.sink.on_done is not None:
+                state.after(lambda i=item.index, done=item.target.sink.on_done: done(i))
     except BaseException:
-        if ahead is not None:
-            ahead.close()
-        for stage in stages:
-            try:
-                stage.close()
-            except BaseException:
-                pass  # the first error is the one to report
+        state.close(quietly=True)
+        stream.close_all()
         raise
-    if ahead is not None:
-        ahead.close()
-    for stage in stages:
-        stage.close()
-    return {"engine": "local", "batch_size": batch_rows}
+    state.close()
+    return info
+
+
+@dataclass
+class _Item:
+    """Task ``index`` of output ``output`` (``task`` None: the output's end)."""
+
+    output: int
+    index: int
+    task: object | None
+    target: _Target | None
+
+
+class _Target:
+    """An open output of the pass: its sink, the write and hash calls the
+    stages make for it, and its disk flusher."""
+
+    def __init__(self, sink: Sink, threaded: bool):
+        self.sink = sink
+        writer = sink.writer
+        self.flusher = _Flusher(writer) if threaded else None
+        hasher = digests.BlockHasher(sink.block_digests) if sink.block_digests is not None else None
+        self.hash = hasher.update if hasher is not None else None
+
+        def write(at, arrays):
+            for key, arr in arrays.items():
+                writer.write(key, at, arr)
+                if self.flusher is not None:
+                    self.flusher.wrote(arr.nbytes)
+
+        self.write = write
+
+    def close(self) -> None:
+        if self.flusher is not None:
+            self.flusher.close()
+            self.flusher = None
+
+
+class _Stream:
+    """The pass's tasks in order. An output is opened when its first item is
+    pulled (after the output before it is finished), and the tasks its
+    journal has done are left out; after its tasks, an item marks its end."""
+
+    def __init__(self, outputs, threaded: bool):
+        self._tasks = [list(tasks) for tasks, _ in outputs]
+        self._openers = [opener for _, opener in outputs]
+        self._threaded = threaded
+        self._k, self._i = 0, 0  # the output of the next item, and its next task's position
+        self._open: dict[int, _Target] = {}
+
+    def _next_position(self, k: int, i: int) -> int:
+        skip = self._open[k].sink.skip if k in self._open else ()
+        while i < len(self._tasks[k]) and i in skip:
+            i += 1
+        return i
+
+    def _open_current(self) -> _Target:
+        k = self._k
+        if k not in self._open:  # the output before it is finished
+            self._open[k] = _Target(self._openers[k](), self._threaded)
+        return self._open[k]
+
+    def peek(self) -> _Item | None:
+        """The next task to run, as far as is known: in an output after the
+        current one (not opened yet), its first task, which its journal may
+        have done (``pull`` tells)."""
+        if self._k < len(self._tasks):
+            self._open_current()
+        k, i = self._k, self._i
+        while k < len(self._tasks):
+            i = self._next_position(k, i)
+            if i < len(self._tasks[k]):
+                return _Item(k, i, self._tasks[k][i], None)
+            k, i = k + 1, 0
+        return None
+
+    def pull(self) -> _Item | None:
+        k = self._k
+        if k >= len(self._tasks):
+            return None
+        target = self._open_current()
+        i = self._i = self._next_position(k, self._i)
+        if i < len(self._tasks[k]):
+            self._i += 1
+            return _Item(k, i, self._tasks[k][i], target)
+        self._k, self._i = k + 1, 0
+        return _Item(k, -1, None, target)
+
+    def close(self, k: int) -> None:
+        target = self._open.pop(k, None)
+        if target is not None:
+            target.close()
+
+    def close_all(self) -> None:
+        for k in list(self._open):
+            self.close(k)
 
 
 class _Run:
-    """One run's parts, and how a task goes through them."""
+    """One run's parts (threads, buffers, read-ahead), and how a task goes through them."""
 
-    def __init__(self, source, plan, mixer, cache, pool, out, hashing, hasher, batch_rows, progress, stop, reading):
-        self.source, self.plan, self.mixer, self.cache, self.pool = source, plan, mixer, cache, pool
-        self.out, self.hashing, self.hasher, self.batch_rows, self.progress = out, hashing, hasher, batch_rows, progress
-        self.stop, self.reading = stop, reading
+    @classmethod
+    def start(cls, source, plan: Plan, batch_rows: int, progress, threaded: bool) -> _Run:
+        """The parts of a run over ``source`` (the plan's view of the input)."""
+        self = cls()
+        self.source, self.plan, self.batch_rows, self.progress = source, plan, batch_rows, progress
+        self.out = _Stage("mixup-writer") if threaded else _Inline()
+        # Output hashes in a thread of their own: the work spreads over the cores.
+        self.hashing = _Stage("mixup-hash") if threaded else None
+        self.stages = [st for st in (self.hashing, self.out) if st is not None]  # closed in this order
+        self.stop = stopping.current()
+        rows = min(batch_rows, plan.block_rows, plan.n_rows)
+        mixed_specs = {key: source.specs[key] for key in source.mixed_keys}
+        self.mixer = Mixer(plan, {key: spec.row_shape for key, spec in mixed_specs.items()})
+        # One thread reads the input at a time: the caller's (own blocks) or the read-ahead's (partners).
+        self.reading = threading.Lock() if threaded else None
+        self.ahead = _ReadAhead(source, plan, self.mixer, self.reading, self.check) if threaded else None
+        # global pairing reads its partners by index (a block's worth, beside
+        # the cache): two slots, so that three blocks are in memory at most, as before
+        slots = 3 if threaded and not (plan.pairing == "global" and plan.by_index) else 2
+        self.cache = BlockCache(source, plan, slots=slots, check=self.check, lock=self.reading)
+        self.pool = _BufferPool(mixed_specs, rows, 2 if threaded else 1, self.check)
         self.in_place = plan.pairing == "global" and plan.n_blocks > 1
+        return self
 
-    def run_task(self, task, partners=None) -> None:
-        """Mix and hand over one task (``partners``: its ``read_partners``, read ahead)."""
+    def check(self) -> None:
+        """In every wait: a stage's error first, then a stop asked for."""
+        for stage in self.stages:
+            stage.check()
+        self.stop.check()
+
+    def wait_written(self) -> None:
+        """Until everything submitted so far is hashed and written."""
+        written = threading.Event()
+        self.after(written.set)
+        while not written.wait(stopping.POLL_S):
+            self.check()
+        self.check()
+
+    def close(self, quietly: bool = False) -> None:
+        """The read-ahead and the stages stopped (``quietly``: after an
+        error, which is the one to report, not theirs)."""
+        if self.ahead is not None:
+            self.ahead.close()
+        for stage in self.stages:
+            try:
+                stage.close()
+            except BaseException:
+                if not quietly:
+                    raise
+
+    def run_task(self, task, partners, target: _Target) -> None:
+        """Mix and hand over one task to ``target`` (``partners``: its ``read_partners``, read ahead)."""
         cache = self.cache
         inputs = task_input(self.source, self.plan, self.mixer, task, cache.get, partners, self.reading)
         # Part of a block: its rows were read apart from the cache (tasks.task_input).
@@ -170,17 +313,18 @@ class _Run:
                     self.source, self.mixer, inputs, s, e, {key: b[: e - s] for key, b in bufs.items()}
                 )
                 release = lambda b=bufs: self.pool.release(b)
-            self.submit(task.out_start + s, arrays, release)
+            self.submit(target, task.out_start + s, arrays, release)
             self.progress.update(e - s)
             self.stop.check()  # between two batches: what was submitted is written before the stop is taken
 
-    def submit(self, at: int, arrays, release) -> None:
-        if self.hashing is not None:
-            release = _released_after(2, release)
-            self.hashing.submit(at, arrays, release)
-        elif self.hasher is not None:
-            self.hasher.update(at, arrays)
-        self.out.submit(at, arrays, release)
+    def submit(self, target: _Target, at: int, arrays, release) -> None:
+        if target.hash is not None:
+            if self.hashing is not None:
+                release = _released_after(2, release)
+                self.hashing.submit(target.hash, at, arrays, release)
+            else:
+                target.hash(at, arrays)
+        self.out.submit(target.write, at, arrays, release)
 
     def after(self, callback) -> None:
         """``callback`` once everything submitted so far is hashed, then written."""
@@ -322,17 +466,15 @@ class _ReadAhead:
 class _Stage:
     """A thread that handles batches in order while the caller mixes the next.
 
-    ``handle(at, arrays)`` is called for each batch in the thread; each batch
-    comes with a ``release`` callback, called once it is handled (or dropped
-    after an error) so the caller may reuse the memory. An error in the
-    thread is re-raised in the caller by ``check`` (which the caller's waits
-    call), and ``close`` always joins the thread, so nothing is in flight
-    when the caller cleans up.
+    Each batch comes with the call that handles it (``handle(at, arrays)``,
+    made in the thread: an output's write, or its hashing) and a ``release``
+    callback, called once it is handled (or dropped after an error) so the
+    caller may reuse the memory. An error in the thread is re-raised in the
+    caller by ``check`` (which the caller's waits call), and ``close`` always
+    joins the thread, so nothing is in flight when the caller cleans up.
     """
 
-    def __init__(self, name: str, handle, on_close=None):
-        self._handle = handle
-        self._on_close = on_close
+    def __init__(self, name: str):
         self._todo: queue.Queue = queue.Queue()
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
@@ -350,10 +492,10 @@ class _Stage:
                     except BaseException as exc:
                         self._error = exc
                 continue
-            at, arrays, release = item
+            handle, at, arrays, release = item
             try:
                 if self._error is None:
-                    self._handle(at, arrays)
+                    handle(at, arrays)
             except BaseException as exc:  # handed to the caller
                 self._error = exc
             finally:
@@ -363,9 +505,9 @@ class _Stage:
         if self._error is not None:
             raise self._error
 
-    def submit(self, at: int, arrays: dict[str, np.ndarray], release) -> None:
+    def submit(self, handle, at: int, arrays: dict[str, np.ndarray], release) -> None:
         self.check()
-        self._todo.put((at, arrays, release))
+        self._todo.put((handle, at, arrays, release))
 
     def after(self, callback) -> None:
         """Call ``callback`` in the stage's thread once all batches submitted so far are handled."""
@@ -375,21 +517,7 @@ class _Stage:
     def close(self) -> None:
         self._todo.put(None)
         self._thread.join()
-        if self._on_close is not None:
-            self._on_close()
         self.check()
-
-
-def _writer_thread(writer) -> _Stage:
-    """Writes batches in a thread; a flusher starts the disk flush meanwhile."""
-    flusher = _Flusher(writer)
-
-    def write(at, arrays):
-        for key, arr in arrays.items():
-            writer.write(key, at, arr)
-            flusher.wrote(arr.nbytes)
-
-    return _Stage("mixup-writer", write, on_close=flusher.close)
 
 
 def _released_after(count: int, release):
@@ -454,19 +582,15 @@ class _Flusher:
         self._thread.join()
 
 
-class _InlineWriter:
-    """The same interface, writing at once in the caller's thread."""
-
-    def __init__(self, writer):
-        self._writer = writer
+class _Inline:
+    """The same interface, handling each batch at once in the caller's thread."""
 
     def check(self) -> None:
         pass
 
-    def submit(self, at, arrays, release):
+    def submit(self, handle, at, arrays, release):
         try:
-            for key, arr in arrays.items():
-                self._writer.write(key, at, arr)
+            handle(at, arrays)
         finally:
             release()
 

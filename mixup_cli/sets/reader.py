@@ -175,14 +175,18 @@ class ConcatReader(Reader):
             return out
         if rows.min() < 0 or rows.max() >= spec.rows:
             raise IndexError(f"rows of '{key}' outside 0:{spec.rows}")
-        order = np.argsort(rows, kind="stable")
-        sorted_rows = rows[order]
+        in_order = bool(np.all(rows[1:] >= rows[:-1]))  # partners come sorted: no reordering
+        order = None if in_order else np.argsort(rows, kind="stable")
+        sorted_rows = rows if order is None else rows[order]
         owner = np.searchsorted(self._offsets, sorted_rows, side="right") - 1
-        cuts = np.flatnonzero(np.diff(owner)) + 1
-        for seg in np.split(np.arange(len(rows)), cuts):
-            k = int(owner[seg[0]])
-            local = sorted_rows[seg] - self._offsets[k]
-            out[order[seg]] = self._as_set_dtype(self._reader(k).take(key, local), spec.dtype)
+        cuts = [0, *(np.flatnonzero(np.diff(owner)) + 1).tolist(), len(rows)]
+        for lo, hi in zip(cuts[:-1], cuts[1:]):
+            k = int(owner[lo])
+            piece = self._as_set_dtype(self._reader(k).take(key, sorted_rows[lo:hi] - self._offsets[k]), spec.dtype)
+            if order is None:
+                out[lo:hi] = piece
+            else:
+                out[order[lo:hi]] = piece
         return out
 
     def row_names(self, rows) -> list[str] | None:
