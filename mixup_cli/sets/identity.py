@@ -222,7 +222,8 @@ def write_manifest(outdir: Path, record: dict) -> Path:
     return path
 
 
-_STAGE_SUFFIX = ".json.tmp"
+# The suffix of a record staged under a name of this process's own (``own_name``).
+STAGE_SUFFIX = _STAGE_SUFFIX = ".json.tmp"
 SCRATCH_SUFFIX = ".scratch.h5"
 
 
