@@ -27,7 +27,7 @@ from mixup_cli.commands.pipeline import AugmentRequest, augment
 from mixup_cli.core.errors import InputError, OutputError
 from mixup_cli.run import gather
 from mixup_cli.sets import ConcatReader, check_outdir_contents, identity, inspect_inputs, layout_record
-from mixup_cli.sets.identity import MANIFEST, remove_stale
+from mixup_cli.sets.identity import remove_stale
 
 RECORD = layout_record.RECORD
 
@@ -378,6 +378,12 @@ def test_a_folder_or_fifo_at_the_records_name_is_ignored(tmp_path, inspections):
     assert len(inspections) == 2 + 2
 
 
+def _manifest_of(paths, out: Path) -> None:
+    """OUTDIR's manifest as a part of the set of ``paths`` writes it (records are written only beside one)."""
+    layout = inspect_inputs(paths, "x", "y")
+    identity.write_manifest(out, identity.manifest(layout, "0" * 64, {}, [out / p.name for p in paths]))
+
+
 def test_folders_and_linked_files_are_not_recorded(tmp_path, inspections):
     paths, _ = _inputs(tmp_path / "in", (10,) * 3)
     folder = tmp_path / "in" / "d"  # a directory of .npy files
@@ -386,7 +392,7 @@ def test_folders_and_linked_files_are_not_recorded(tmp_path, inspections):
     np.save(folder / "y.npy", np.zeros(5, np.int64))
     out = tmp_path / "out"
     out.mkdir()
-    (out / MANIFEST).write_text("{}")
+    _manifest_of([*paths, folder], out)
     layout_record.inspect_recorded([*paths, folder], outdir=out)
     assert not (out / RECORD).exists()
     linked = tmp_path / "in" / "linked.h5"  # an HDF5 file whose x is a virtual dataset of another's
@@ -395,8 +401,12 @@ def test_folders_and_linked_files_are_not_recorded(tmp_path, inspections):
         vds[:] = h5py.VirtualSource(str(paths[0]), "x", shape=(10, 4))
         f.create_virtual_dataset("x", vds)
         f["y"] = np.zeros(10, np.int64)
+    _manifest_of([*paths[1:], linked], out)
     layout_record.inspect_recorded([*paths[1:], linked], outdir=out)
     assert not (out / RECORD).exists()
+    layout_record.inspect_recorded(paths, outdir=out)  # the manifest is another list's
+    assert not (out / RECORD).exists()
+    _manifest_of(paths, out)
     layout_record.inspect_recorded(paths, outdir=out)
     assert (out / RECORD).is_file()
 

@@ -2,8 +2,8 @@
 
 ``inspect_inputs`` opens every input of the set, so a part that did it for
 itself would cost time proportional to S, and an array job of S parts S
-squared. The first part that checks the inputs, once OUTDIR holds the set's
-manifest (a part got that far before), records what it found in
+squared. The first part that checks the inputs once OUTDIR holds the
+manifest of these inputs (a part got that far before) records what it found in
 ``OUTDIR/.mixup-set.layout.json`` (``RECORD``): what ``inspect_inputs``
 returns (each input's path, rows, offset, format and array specs, the
 arrays used and shared, class names, the classes found and their key),
@@ -117,7 +117,7 @@ def inspect_recorded(
     plain: dict[int, bool] = {}
     layout = check(lambda k, reader, info: plain.__setitem__(k, _plain_file(reader, info)))
     if before is not None and all(plain.get(k) for k in range(len(paths))) and _stats(paths) == before:
-        _write(outdir, _record(layout, before, outdir, options))
+        _write(outdir, layout, _record(layout, before, outdir, options))
     return layout
 
 
@@ -194,11 +194,18 @@ def _limit(count: int) -> int:
     return BASE_BYTES + count * INPUT_BYTES
 
 
-def _write(outdir: Path, record: dict) -> None:
-    """Record the layout by an atomic rename (only where a part already wrote
-    the manifest: a part that fails leaves OUTDIR as it found it, as before).
-    A record that cannot be written is only not written."""
+def _write(outdir: Path, layout: SetLayout, record: dict) -> None:
+    """Record the layout by an atomic rename, only where a part of this list
+    of inputs already wrote the set's manifest (a part that made OUTDIR, or
+    its manifest, removes them when it fails; an OUTDIR of another set gets
+    nothing). A record that cannot be written is only not written."""
     if not (outdir.is_dir() and beside.plain_file(outdir / identity.MANIFEST)):
+        return
+    manifest = identity.read_manifest(outdir)
+    listed = manifest.get("inputs") if manifest is not None else None
+    if listed != [
+        dict(entry, path=str(s.path.resolve())) for entry, s in zip(identity.input_list(layout), layout.shards)
+    ]:
         return
     text = json.dumps(record, sort_keys=True, separators=(",", ":")) + "\n"
     if len(text.encode("utf-8")) > _limit(len(record["inputs"])):
