@@ -203,9 +203,7 @@ def _write(outdir: Path, layout: SetLayout, record: dict) -> None:
         return
     manifest = identity.read_manifest(outdir)
     listed = manifest.get("inputs") if manifest is not None else None
-    if listed != [
-        dict(entry, path=str(s.path.resolve())) for entry, s in zip(identity.input_list(layout), layout.shards)
-    ]:
+    if listed != identity.manifest_inputs(layout):
         return
     text = json.dumps(record, sort_keys=True, separators=(",", ":")) + "\n"
     if len(text.encode("utf-8")) > _limit(len(record["inputs"])):
