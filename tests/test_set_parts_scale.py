@@ -18,7 +18,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from conftest import REPO, examples, load_output, mixup_executable, write_h5
+from conftest import REPO, examples, load_output, mixup_executable, write_h5, write_npz
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -199,6 +199,51 @@ def test_every_part_with_the_record_is_the_whole_runs(tmp_path, options):
         assert _bytes(whole / p.name) == _bytes(parts / p.name)
 
 
+@pytest.mark.parametrize(
+    "dtype, text",
+    [
+        (np.float32, "<f4"),
+        (">i2", ">i2"),
+        (np.bool_, "|b1"),
+        ("S7", "|S7"),
+        ("<U3", "<U3"),
+        (object, "|O"),
+        (h5py.string_dtype(), None),  # h5py's strings carry metadata the text would lose
+        (h5py.enum_dtype({"a": 0, "b": 1}, basetype="i1"), None),
+        ("(2,)<f4", None),
+        ([("a", "<f4")], None),
+    ],
+)
+def test_dtypes_recorded_are_given_back_exactly(dtype, text):
+    assert layout_record._dtype_text(np.dtype(dtype)) == text
+    if text is not None:
+        assert layout_record._DTYPE.fullmatch(text) and np.dtype(text) == np.dtype(dtype)
+
+
+def test_npz_inputs_are_recorded_too(tmp_path, inspections):
+    h5, _ = _inputs(tmp_path / "in", (8, 5, 11, 6))
+    paths = []
+    for k, path in enumerate(h5):  # every other input as .npz (compressed: inflated to scratch files)
+        if k % 2:
+            data = load_output(path)
+            path.unlink()
+            path = write_npz(path.with_suffix(".npz"), compressed=True, x=data["x"], y=data["y"])
+        paths.append(path)
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    mixup_cli.augment(paths, whole, seed=5)
+    for i in range(4):
+        mixup_cli.augment(paths, parts, seed=5, shard=f"{i}/4")
+    assert len(inspections) == 1 + 2  # the whole run, parts 0 and 1; parts 2 and 3 used the record
+    assert [entry["format"] for entry in json.loads((parts / RECORD).read_text())["inputs"]] == [
+        "hdf5",
+        "npz",
+        "hdf5",
+        "npz",
+    ]
+    for p in paths:
+        assert _bytes(whole / p.name) == _bytes(parts / p.name)
+
+
 def _two_outdirs(tmp_path, paths):
     """OUTDIR after parts 0 and 1 (the layout recorded), and a copy without the record."""
     out = tmp_path / "out"
@@ -297,6 +342,7 @@ def _mutations():
         "classes unsorted": set_in(["classes"], [2, 1, 0]),
         "classes negative": set_in(["classes"], [-1, 0, 1]),
         "classes text": set_in(["classes"], "012"),
+        "classes none found": set_in(["classes"], []),
         "classes key": set_in(["classes_key"], "x"),
         "class names": set_in(["class_names"], [1, 2]),
         "inputs short": lambda record: dict(record, inputs=record["inputs"][:-1]),

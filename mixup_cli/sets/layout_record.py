@@ -65,8 +65,8 @@ MAX_DIMS = 32
 MAX_INT = (1 << 63) - 1
 # dtype kinds of the arrays used (x: numbers; y and group ids: labels too).
 X_KINDS, OTHER_KINDS = "fiu", "fiubSUO"
-# A dtype as the record writes it (``dtype.str``): byte order, kind, size.
-_DTYPE = re.compile(r"[<>|=][biufSUO][0-9]{1,6}")
+# A dtype as the record writes it (``dtype.str``): byte order, kind, size (none for objects).
+_DTYPE = re.compile(r"[<>|=][biufSUO][0-9]{0,6}")
 
 
 def inspect_recorded(
@@ -302,7 +302,7 @@ def _parse(record, paths, stats, outdir: Path, options: dict, images) -> SetLayo
     else:
         if classes_key != y_key or y_key not in keys or options["y_kind"] is None:
             return None
-        if not isinstance(classes, list) or len(classes) > offset or not all(_int(c) for c in classes):
+        if not isinstance(classes, list) or not 1 <= len(classes) <= offset or not all(_int(c) for c in classes):
             return None
         if any(a >= b for a, b in zip(classes, classes[1:])):
             return None
