@@ -23,8 +23,11 @@ from hypothesis import strategies as st
 
 from mixup_cli.commands.augment_set import augment_set
 from mixup_cli.commands.pipeline import AugmentRequest, augment
-from mixup_cli.sets import Part
+from mixup_cli.sets import Part, layout_record
 
+# Parts keep the set's checked layout in OUTDIR for the parts that follow
+# (sets/layout_record.py); a run of the whole set never needs it.
+RECORD = layout_record.RECORD
 SIZES = (37, 5, 64, 1, 29)  # unequal; with --block-rows 16 no boundary but 0 falls on a block's
 BLOCK = 16
 
@@ -65,6 +68,11 @@ def _single(whole: Path, out: Path, **common) -> dict[str, np.ndarray]:
     augment(AugmentRequest(whole, out, command_line=[], **common))
     with h5py.File(out, "r") as f:
         return {k: f[k][()] for k in f}
+
+
+def _names(folder: Path) -> list[str]:
+    """What ``folder`` holds, less the layout record."""
+    return sorted(x.name for x in folder.iterdir() if x.name != RECORD)
 
 
 def _outputs(outdir: Path, paths) -> list[dict[str, np.ndarray]]:
@@ -200,7 +208,7 @@ def test_any_split_into_parts_writes_the_whole_runs_files(tmp_path, count):
         for p in result.written:
             owners[p.name] = i
     assert sorted(owners) == sorted(p.name for p in paths)
-    assert sorted(x.name for x in whole_dir.iterdir()) == sorted(x.name for x in parts_dir.iterdir())
+    assert _names(whole_dir) == _names(parts_dir)
     assert (whole_dir / "mixup-set.json").read_bytes() == (parts_dir / "mixup-set.json").read_bytes()
     for k, p in enumerate(paths):
         a, b = load_output(whole_dir / p.name), load_output(parts_dir / p.name)
@@ -254,13 +262,13 @@ def test_the_command_line_forms(tmp_path):
     r = _mixup(paths[0], tmp_path / "plain.h5", *args)
     assert r.returncode == 0 and "set" not in json.loads((tmp_path / "plain.h5.provenance.json").read_text())
     # Again without --resume: refused, nothing changed; with --resume: nothing to do, exit 0.
-    before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "out").iterdir()}
+    before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "out").iterdir() if p.name != RECORD}
     r = _mixup(*paths, tmp_path / "out", *args)
     assert r.returncode == 1 and "already exists (an output of this set)" in r.stderr
     r = _mixup(*paths, tmp_path / "out", "--resume", "--block-rows", BLOCK, "--copies", 2, "--json")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["outputs"] == [] and json.loads(r.stdout)["seed"] == 3  # seed from the manifest
-    assert before == {p.name: p.stat().st_mtime_ns for p in (tmp_path / "out").iterdir()}
+    assert before == {p.name: p.stat().st_mtime_ns for p in (tmp_path / "out").iterdir() if p.name != RECORD}
 
 
 @pytest.mark.slow
@@ -323,7 +331,7 @@ def test_a_part_stopped_mid_output_resumes_to_the_same_bytes(tmp_path, sig, code
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == code, stderr
     assert "stopped at a checkpoint" in stderr and "--resume" in stderr
-    left = sorted(x.name for x in (tmp_path / "out").iterdir())
+    left = _names(tmp_path / "out")
     committed = [p.name for p in paths if p.name in left]
     assert committed == [
         p.name for p in paths[: at // 20]
@@ -334,7 +342,7 @@ def test_a_part_stopped_mid_output_resumes_to_the_same_bytes(tmp_path, sig, code
     for p in paths[:2]:  # part 0 of 2 of 5 outputs: outputs 0 and 1
         a, b = load_output(tmp_path / "ref" / p.name), load_output(tmp_path / "out" / p.name)
         assert {k: v.tobytes() for k, v in a.items()} == {k: v.tobytes() for k, v in b.items()}
-    assert sorted(x.name for x in (tmp_path / "out").iterdir()) == sorted(x.name for x in (tmp_path / "ref").iterdir())
+    assert _names(tmp_path / "out") == _names(tmp_path / "ref")
 
 
 @pytest.mark.slow
@@ -373,15 +381,13 @@ def test_a_kill_late_in_an_outputs_commit_leaves_nothing_after_resume(tmp_path, 
     proc = _paused(args, stage, flag)
     proc.kill()
     proc.communicate(timeout=60)
-    left = sorted(x.name for x in (tmp_path / "out").iterdir())
+    left = _names(tmp_path / "out")
     assert f".{paths[0].name}.mixup-partial.lock" in left and paths[0].name + ".provenance.json" in left, left
     r = _mixup(*args, "--resume", "--json")
     assert r.returncode == 0, r.stderr
     assert [Path(p).name for p in json.loads(r.stdout)["skipped"]] == [paths[0].name]
     names = [p.name for p in paths]
-    assert sorted(x.name for x in (tmp_path / "out").iterdir()) == sorted(
-        ["mixup-set.json", *names, *(n + ".provenance.json" for n in names)]
-    )
+    assert _names(tmp_path / "out") == sorted(["mixup-set.json", *names, *(n + ".provenance.json" for n in names)])
 
 
 @pytest.mark.slow
@@ -445,7 +451,7 @@ def test_a_scratch_copy_a_killed_part_left_is_removed_by_the_next_run(tmp_path):
     names = [p.name for p in paths]
 
     def left():
-        return sorted(x.name for x in (tmp_path / "out").iterdir())
+        return _names(tmp_path / "out")
 
     assert [n for n in left() if n.endswith(".scratch.h5")], left()
     r = _mixup(*common, "--shard", "0/2", "--resume")
@@ -645,8 +651,8 @@ def test_a_scheduler_part_stopped_resumes(tmp_path, resume_with):
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["part"] == "1/2"
     assert _written(tmp_path / "out") == _written(tmp_path / "ref")
-    left = sorted(x.name for x in (tmp_path / "out").iterdir())
-    assert left == sorted(x.name for x in (tmp_path / "ref").iterdir())  # no partial files left
+    left = _names(tmp_path / "out")
+    assert left == _names(tmp_path / "ref")  # no partial files left
     # Once done, the task run again with --resume has nothing to do.
     again = _in_job(*paths, tmp_path / "out", *common, "--shard", "slurm", "--resume", "--json", **task)
     assert again.returncode == 0 and json.loads(again.stdout)["outputs"] == [], again.stderr
@@ -746,9 +752,7 @@ def test_parts_running_at_once_write_the_whole_runs_files(tmp_path):
     for proc in procs:
         _, err = proc.communicate(timeout=120)
         assert proc.returncode == 0, err
-    assert sorted(x.name for x in (tmp_path / "parts").iterdir()) == sorted(
-        x.name for x in (tmp_path / "whole").iterdir()
-    )
+    assert _names(tmp_path / "parts") == _names(tmp_path / "whole")
     assert (tmp_path / "whole" / "mixup-set.json").read_bytes() == (tmp_path / "parts" / "mixup-set.json").read_bytes()
     for p in paths:
         a, b = load_output(tmp_path / "whole" / p.name), load_output(tmp_path / "parts" / p.name)

@@ -32,10 +32,10 @@ from mixup_cli.sets.layout import (
     SetLayout,
     check_outdir,
     check_storage_options,
-    inspect_inputs,
     locate_rows,
     output_paths,
 )
+from mixup_cli.sets.layout_record import inspect_recorded
 from mixup_cli.sets.reader import ConcatReader
 from mixup_cli.sets.restrict import check_plan, output_rows, plan_offsets, split
 
@@ -118,7 +118,7 @@ def augment_set(
         recorded = (identity.read_manifest(outdir) or {}).get("parameters", {}).get("seed")
         request = _with(request, seed=recorded if isinstance(recorded, int) else None)
     check_part_seed(part, request.seed)
-    layout = inspect_inputs(
+    layout = inspect_recorded(  # the layout a previous part recorded in OUTDIR, else inspect_inputs
         inputs,
         request.x_key,
         request.y_key,

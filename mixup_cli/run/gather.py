@@ -16,6 +16,13 @@ encoding, the check for NaN) is applied to the rows picked, never to the
 neighbours read with them. Memory, beside the rows returned: one window
 (at most ``WINDOW_BYTES``) per call, reused for its runs, and the rows read
 alone a piece (``PIECE_BYTES``) at a time.
+
+A reader made of several inputs (a set's ``ConcatReader``) tells where each
+starts by an ``input_offsets`` attribute (the first row of each input, then
+the total rows; ``run/`` does not import ``sets/``, so it is looked up by
+name): a range never crosses from one input into the next, so a take opens
+and reads only the inputs holding the rows wanted, never the rows of inputs
+between them.
 """
 
 from __future__ import annotations
@@ -58,7 +65,7 @@ def take(reader, key: str, rows: np.ndarray, out: np.ndarray | None = None) -> n
     spec = reader.spec(key)
     row_shape, dtype = tuple(spec.row_shape), np.dtype(spec.dtype)
     row_bytes = max(1, int(np.prod(row_shape, dtype=np.int64)) * dtype.itemsize)
-    runs = ranges(rows, row_bytes) or []
+    runs = ranges(rows, row_bytes, getattr(reader, "input_offsets", None)) or []
     if not runs and out is None:
         return reader.take(key, rows)
     if out is not None and _fits(out, row_shape, dtype) and len(out) >= len(rows):
@@ -103,13 +110,17 @@ def coalesces(reader) -> bool:
     return isinstance(reader, Reader) and reader.format_name in COALESCING_FORMATS
 
 
-def ranges(rows: np.ndarray, row_bytes: int) -> list[tuple[int, int]] | None:
+def ranges(rows: np.ndarray, row_bytes: int, bounds: np.ndarray | None = None) -> list[tuple[int, int]] | None:
     """The runs of ``MIN_RUN_ROWS`` rows or more in ``rows`` (sorted, unique), as
     positions ``[first, stop)``: consecutive rows join a run while the gap
     between them is under ``GAP_BYTES``, and a run's range stays within
-    ``WINDOW_BYTES``. None when there is none
-    (``take`` reads every row)."""
+    ``WINDOW_BYTES``. ``bounds``: the first row of each input of the reader
+    (ascending; a reader's ``input_offsets``): a run never holds rows of two
+    inputs. None when there is none (``take`` reads every row)."""
     join = (np.diff(rows) - 1) * row_bytes < GAP_BYTES
+    if bounds is not None and len(rows) > 1:
+        owner = np.searchsorted(np.asarray(bounds, dtype=np.int64), rows, side="right")
+        join &= owner[1:] == owner[:-1]
     breaks = np.flatnonzero(~join) + 1
     firsts = np.concatenate(([0], breaks))
     stops = np.concatenate((breaks, [len(rows)]))

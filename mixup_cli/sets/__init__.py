@@ -4,6 +4,8 @@
   and which outputs each part writes;
 - ``layout``: the inputs checked against each other (``inspect_inputs``), the
   outputs' paths, OUTDIR checks, row errors told by input;
+- ``layout_record``: the checked layout a part records in OUTDIR, which later
+  parts use instead of opening every input (``inspect_recorded``);
 - ``reader``: ``ConcatReader``, the inputs read as one ``Reader``;
 - ``restrict``: one plan over the set's rows, cut into one task list per output;
 - ``identity``: ``set_id``, the sidecar's ``set`` section, OUTDIR's manifest

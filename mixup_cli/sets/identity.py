@@ -27,7 +27,7 @@ from pathlib import Path
 from mixup_cli.core.errors import InputError, OutputError
 from mixup_cli.record import atomic, provenance
 from mixup_cli.sets.inputs import Part
-from mixup_cli.sets.layout import SetLayout
+from mixup_cli.sets.layout import SetLayout, _resolved
 
 SET_VERSION = 1
 INLINE_INPUTS = 256
@@ -191,10 +191,18 @@ def manifest(layout: SetLayout, sid: str, parameters: dict, outputs: Sequence[Pa
         "mixup_set": SET_VERSION,
         "set_id": sid,
         "rows": layout.n_rows,
-        "inputs": [dict(entry, path=str(s.path.resolve())) for entry, s in zip(input_list(layout), layout.shards)],
+        "inputs": manifest_inputs(layout),
         "outputs": [Path(p).name for p in outputs],
         "parameters": parameters,
     }
+
+
+def manifest_inputs(layout: SetLayout) -> list[dict]:
+    """The manifest's list of inputs: name, rows, offset and resolved path of
+    each (each folder of inputs resolved once: S resolves of the same folder
+    cost as much as the rest of a part)."""
+    folders: dict[Path, Path] = {}
+    return [dict(entry, path=str(_resolved(s.path, folders))) for entry, s in zip(input_list(layout), layout.shards)]
 
 
 def write_manifest(outdir: Path, record: dict) -> Path:
@@ -222,7 +230,8 @@ def write_manifest(outdir: Path, record: dict) -> Path:
     return path
 
 
-_STAGE_SUFFIX = ".json.tmp"
+# The suffix of a record staged under a name of this process's own (``own_name``).
+STAGE_SUFFIX = _STAGE_SUFFIX = ".json.tmp"
 SCRATCH_SUFFIX = ".scratch.h5"
 
 

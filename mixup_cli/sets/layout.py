@@ -168,6 +168,7 @@ def inspect_inputs(
     groups: str | None = None,
     images=None,
     y_kind: str | None = None,
+    on_input: Callable | None = None,
 ) -> SetLayout:
     """Check the inputs against each other and return the set's layout.
 
@@ -184,7 +185,8 @@ def inspect_inputs(
     auto or classes, no ``--num-classes``, soft targets): integer-like labels
     are then read while each input is open, and the set's sorted labels kept
     (``SetLayout.classes``, O(classes)), so that the label pass opens no
-    input again.
+    input again. ``on_input(k, reader, info)``: called for each input once it
+    is checked, while it is open (``layout_record`` asks its files).
     """
     if opener is None:
 
@@ -233,6 +235,8 @@ def inspect_inputs(
                 classes = set() if _labels_wanted(specs, y_key, y_kind) else None
             if classes is not None and not _add_classes(reader, y_key, rows, classes):
                 classes = None  # a label to refuse: the label pass finds it, with its row in the set
+            if on_input is not None:
+                on_input(k, reader, info)
             shards.append(info)
         finally:
             reader.close()

@@ -10,6 +10,15 @@ inflated ``.npz`` scratch files) at once, and memory beyond the open
 readers is the layout's O(S) metadata. Walking the plan's blocks touches
 one or two inputs at a time; class pairings' partners (``take``) may touch
 every input, opening each in turn.
+
+``input_offsets`` (the first row of each input, then the total rows) is
+what ``run/gather.take`` looks up, by name, to cut the ranges it reads at
+the inputs' boundaries: a take opens only the inputs holding its rows.
+
+An input is checked as it is opened against what the layout says of it
+(rows, and the row shape and dtype of each array used): an input rewritten
+after ``inspect_inputs`` (or after a part recorded the set's layout,
+``layout_record``) is refused, naming it, rather than read as it now is.
 """
 
 from __future__ import annotations
@@ -20,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mixup_cli.core.errors import InputError
 from mixup_cli.io import axes, open_reader
 from mixup_cli.io.base import ArraySpec, Reader
 from mixup_cli.sets.layout import SetLayout
@@ -35,6 +45,11 @@ def _unified_dtype(dtypes: list[np.dtype]) -> np.dtype:
     if all(d == first for d in dtypes):
         return first
     return np.dtype(object)
+
+
+def _same_dtype(a: np.dtype, b: np.dtype) -> bool:
+    # String labels are read as text whatever their storage (lengths, bytes or text).
+    return a == b or (a.kind in STRING_KINDS and b.kind in STRING_KINDS)
 
 
 class ConcatReader(Reader):
@@ -98,8 +113,43 @@ class ConcatReader(Reader):
                 open_reader(path, self._scratch_prefix, fast=self._fast, images=self.layout.image_options)
             )
         self.opened += 1
+        try:
+            self._check_unchanged(k, reader)
+        except BaseException:
+            reader.close()
+            raise
         self._open[k] = reader
         return reader
+
+    def _check_unchanged(self, k: int, reader: Reader) -> None:
+        """Input ``k`` as opened now has the rows, row shapes and dtypes the
+        layout records of it: else it changed after the set was checked."""
+        shard = self.layout.shards[k]
+        for key, want in shard.specs.items():
+            try:
+                got = reader.spec(key)
+            except KeyError:
+                got = None
+            if got is None:
+                now = f"has no array '{key}'"
+            elif got.rows != shard.rows:
+                now = f"has {got.rows} rows of '{key}', not the {shard.rows} it had"
+            elif tuple(got.row_shape) != tuple(want.row_shape):
+                now = f"has rows of shape {tuple(got.row_shape)} in '{key}', not {tuple(want.row_shape)}"
+            elif not _same_dtype(np.dtype(got.dtype), np.dtype(want.dtype)):
+                now = f"has '{key}' as {np.dtype(got.dtype)}, not {np.dtype(want.dtype)}"
+            else:
+                continue
+            raise InputError(
+                f"{shard.path}: {now} when the set's inputs were checked; it changed while the set was being "
+                "written: run the part again, which checks the inputs again"
+            )
+
+    @property
+    def input_offsets(self) -> np.ndarray:
+        """The set's row of each input's first row, then the total rows (S + 1
+        entries): ``run/gather.take`` cuts its ranges there (looked up by name)."""
+        return self._offsets
 
     def _close_one(self, k: int, reader: Reader) -> None:
         try:
