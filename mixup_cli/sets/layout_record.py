@@ -258,6 +258,24 @@ def _parse(record, paths, stats, outdir: Path, options: dict, images) -> SetLayo
         return None
     if record.get("outdir") != str(outdir.resolve()) or _canonical(record.get("options")) != _canonical(options):
         return None
+    keys = _parse_keys(record, options)
+    if keys is None:
+        return None
+    keys, shared, names = keys
+    shards = _parse_inputs(record.get("inputs"), paths, stats, keys, options["x_key"], names)
+    if shards is None:
+        return None
+    y_key = options["y_key"]
+    if names is not None and (y_key is None or not names):
+        return None
+    classes = _parse_classes(record, keys, options, shards[-1].offset + shards[-1].rows if shards else 0)
+    if classes is False:
+        return None
+    return SetLayout(tuple(shards), tuple(keys), tuple(shared), images, classes, record.get("classes_key"))
+
+
+def _parse_keys(record, options: dict):
+    """``(keys, shared, class_names)`` as recorded, each checked, or None."""
     x_key, y_key, groups = options["x_key"], options["y_key"], options["groups"]
     keys, shared = record.get("keys"), record.get("shared")
     allowed = {x_key, groups} | ({y_key, f"{y_key}/codes"} if y_key is not None else set())
@@ -270,7 +288,11 @@ def _parse(record, paths, stats, outdir: Path, options: dict, images) -> SetLayo
     names = record.get("class_names")
     if names is not None and not _strings(names, 1 << 20):
         return None
-    inputs = record.get("inputs")
+    return keys, shared, names
+
+
+def _parse_inputs(inputs, paths, stats, keys, x_key: str, names) -> list[ShardInfo] | None:
+    """Each input as recorded, while its stat is as recorded, or None."""
     if not isinstance(inputs, list) or len(inputs) != len(paths):
         return None
     fields = {"path", "size", "mtime_ns", "ino", "dev", "rows", "offset", "format", "specs"}
@@ -293,21 +315,21 @@ def _parse(record, paths, stats, outdir: Path, options: dict, images) -> SetLayo
         offset += rows
         if offset > MAX_INT:
             return None
-    if names is not None and (y_key is None or not names):
-        return None
-    classes, classes_key = record.get("classes"), record.get("classes_key")
+    return shards
+
+
+def _parse_classes(record, keys, options: dict, n_rows: int):
+    """The recorded classes (a tuple, or None when none were), or False when malformed."""
+    classes, classes_key, y_key = record.get("classes"), record.get("classes_key"), options["y_key"]
     if classes is None:
-        if classes_key is not None:
-            return None
-    else:
-        if classes_key != y_key or y_key not in keys or options["y_kind"] is None:
-            return None
-        if not isinstance(classes, list) or not 1 <= len(classes) <= offset or not all(_int(c) for c in classes):
-            return None
-        if any(a >= b for a, b in zip(classes, classes[1:])):
-            return None
-        classes = tuple(classes)
-    return SetLayout(tuple(shards), tuple(keys), tuple(shared), images, classes, classes_key)
+        return None if classes_key is None else False
+    if classes_key != y_key or y_key not in keys or options["y_kind"] is None:
+        return False
+    if not isinstance(classes, list) or not 1 <= len(classes) <= n_rows or not all(_int(c) for c in classes):
+        return False
+    if any(a >= b for a, b in zip(classes, classes[1:])):
+        return False
+    return tuple(classes)
 
 
 def _specs(found, keys: list[str], rows: int, x_key: str) -> dict[str, ArraySpec] | None:
