@@ -25,7 +25,8 @@ with ``mixup verify OUTDIR`` (exit 0). Each trial is counted as:
   caught too late to stop it); ``--resume`` wrote nothing;
 - ``different``: exit 0 but an array differs (must never happen);
 - ``failed``: ``--resume`` exits non-zero, an output does not read back,
-  files left in OUTDIR beside the outputs, or ``mixup verify`` fails.
+  files left in OUTDIR beside the outputs (the manifest and the layout
+  record aside), or ``mixup verify`` fails.
 
 The exit codes of the stopped runs (130, 143, -9, 0, ...) are tallied per
 signal. Not part of the test suite (minutes). One line per signal and kind on
@@ -57,6 +58,7 @@ SHARD_ROWS = (2300, 900, 3100, 1500, 650, 2750)
 PARTS = 3
 SIGNALS = (signal.SIGKILL, signal.SIGINT, signal.SIGTERM)
 MANIFEST = "mixup-set.json"
+LAYOUT_RECORD = ".mixup-set.layout.json"  # what later parts read instead of every input (docs/sets.md)
 SIDECAR = ".provenance.json"
 
 
@@ -108,8 +110,9 @@ def listing(d: Path) -> list[str]:
 
 
 def extras(outdir: Path, outputs: list[str]) -> list[str]:
-    """Entries of OUTDIR that are neither these outputs, their sidecars nor the manifest."""
-    allowed = {MANIFEST, *outputs, *(o + SIDECAR for o in outputs)}
+    """Entries of OUTDIR that are neither these outputs, their sidecars, the
+    manifest nor the layout record."""
+    allowed = {MANIFEST, LAYOUT_RECORD, *outputs, *(o + SIDECAR for o in outputs)}
     return [n for n in listing(outdir) if n not in allowed]
 
 
