@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -260,3 +261,38 @@ def dask_scheduler():
 def pytest_runtest_teardown(item, nextitem):
     if "cluster" in _CLUSTER and (nextitem is None or "dask_scheduler" not in nextitem.fixturenames):
         _CLUSTER.pop("cluster").close()
+
+
+class OpenedInputs(logging.Handler):
+    """Readers opened (``PATH: opened (FORMAT)``, logged at DEBUG), and those
+    opened before the run started (it is also the run's progress object)."""
+
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.opened: list[str] = []
+        self.before_run: list[str] | None = None
+
+    def emit(self, record):
+        message = record.getMessage()
+        if message.endswith(")") and ": opened (" in message:
+            self.opened.append(message.rsplit(": opened (", 1)[0])
+
+    def start(self, total_rows):
+        self.before_run = list(self.opened)
+
+    def update(self, rows):
+        pass
+
+
+@pytest.fixture
+def counted_opens():
+    """An ``OpenedInputs`` listening to mixup's log while the test runs."""
+    logger = logging.getLogger("mixup_cli")
+    handler, level = OpenedInputs(), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)

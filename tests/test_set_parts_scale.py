@@ -9,7 +9,6 @@ concatenation."""
 from __future__ import annotations
 
 import json
-import logging
 import os
 import shutil
 import subprocess
@@ -113,39 +112,6 @@ def test_a_take_of_a_few_rows_opens_only_their_inputs(tmp_path):
 # --- B and C: a part reuses the recorded layout ------------------------------
 
 
-class _Opens(logging.Handler):
-    """Readers opened (``PATH: opened (FORMAT)`` at DEBUG), and those opened before the part's run."""
-
-    def __init__(self):
-        super().__init__(logging.DEBUG)
-        self.opened: list[str] = []
-        self.before_run: list[str] | None = None
-
-    def emit(self, record):
-        message = record.getMessage()
-        if ": opened (" in message:
-            self.opened.append(message.rsplit(": opened (", 1)[0])
-
-    def start(self, total_rows):
-        self.before_run = list(self.opened)
-
-    def update(self, rows):
-        pass
-
-
-@pytest.fixture
-def opens():
-    logger = logging.getLogger("mixup_cli")
-    handler, level = _Opens(), logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG)
-    try:
-        yield handler
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(level)
-
-
 @pytest.fixture
 def inspections(monkeypatch):
     """How many times the parts checked every input (``inspect_inputs``)."""
@@ -158,19 +124,19 @@ def inspections(monkeypatch):
 SIZES40 = (10,) * 40
 
 
-def test_a_part_after_the_record_opens_only_the_inputs_it_reads(tmp_path, opens, inspections):
+def test_a_part_after_the_record_opens_only_the_inputs_it_reads(tmp_path, counted_opens, inspections):
     paths, whole = _inputs(tmp_path / "in", SIZES40)
     out = tmp_path / "out"
     mixup_cli.augment(paths, out, seed=1, shard="0/40")  # no OUTDIR yet: nothing recorded
     assert not (out / RECORD).exists()
     mixup_cli.augment(paths, out, seed=1, shard="1/40")  # the manifest is there: records the layout
     assert (out / RECORD).is_file() and len(inspections) == 2
-    opens.opened.clear()
-    mixup_cli.augment(paths, out, seed=1, shard="7/40", progress=opens)
+    counted_opens.opened.clear()
+    mixup_cli.augment(paths, out, seed=1, shard="7/40", progress=counted_opens)
     assert len(inspections) == 2  # the record was used
-    assert opens.before_run == []  # no input opened before the run
+    assert counted_opens.before_run == []  # no input opened before the run
     # its own input, and those holding its 10 partner rows (global pairing over 400 rows)
-    assert str(paths[7]) in opens.opened and len(set(opens.opened)) <= 11
+    assert str(paths[7]) in counted_opens.opened and len(set(counted_opens.opened)) <= 11
     # byte for byte a part on a fresh OUTDIR, and the single-file run's rows
     fresh = tmp_path / "fresh"
     mixup_cli.augment(paths, fresh, seed=1, shard="7/40")

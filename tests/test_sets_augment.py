@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 import signal
 import subprocess
@@ -831,40 +830,6 @@ def test_a_set_written_to_a_files_name_is_refused(tmp_path, run_mixup, name):
 
 
 # --- what a part reads before its run ------------------------------------------
-
-
-class _OpensCounted(logging.Handler):
-    """The readers opened (``PATH: opened (FORMAT)`` at DEBUG on ``mixup_cli``),
-    and how many had been opened when the part's run started (``start``)."""
-
-    def __init__(self):
-        super().__init__(logging.DEBUG)
-        self.opened: list[str] = []
-        self.before_run: list[str] | None = None
-
-    def emit(self, record):
-        message = record.getMessage()
-        if message.endswith(")") and ": opened (" in message:
-            self.opened.append(message.rsplit(": opened (", 1)[0])
-
-    def start(self, total_rows):
-        self.before_run = list(self.opened)
-
-    def update(self, rows):
-        pass
-
-
-@pytest.fixture
-def counted_opens():
-    logger = logging.getLogger("mixup_cli")
-    handler, level = _OpensCounted(), logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG)
-    try:
-        yield handler
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(level)
 
 
 @pytest.mark.slow
