@@ -206,7 +206,7 @@ def inspect_inputs(
     classes: set[int] | None = None  # the labels found so far, while they are being found
     offset = 0
     for k, path in enumerate(paths):
-        _check_place(path, k, paths, seen, out_real, outdir, folders)
+        check_place(path, k, paths, seen, out_real, outdir, folders)
         reader = axes.as_matlab_shows(opener(path))
         try:
             keys, shared = _used_keys(reader, path, x_key, y_key, require_y, groups)
@@ -288,7 +288,7 @@ def _same_classes(info: ShardInfo, first: ShardInfo) -> None:
         )
 
 
-def _check_place(
+def check_place(
     path: Path, k: int, paths, seen: dict, out_real: Path | None, outdir, folders: dict | None = None
 ) -> None:
     """Refuse an input given twice (same device and inode), or inside OUTDIR (or holding it)."""

@@ -51,7 +51,7 @@ from mixup_cli.core.errors import OutputError
 from mixup_cli.io.base import ArraySpec
 from mixup_cli.record import atomic
 from mixup_cli.sets import identity
-from mixup_cli.sets.layout import SetLayout, ShardInfo, _check_place, inspect_inputs
+from mixup_cli.sets.layout import SetLayout, ShardInfo, check_place, inspect_inputs
 from mixup_cli.targets.named import STRING_KINDS
 
 RECORD = identity.SET_PREFIX + "layout.json"
@@ -234,7 +234,7 @@ def _recorded(paths: list[Path], stats: list[list[int]], outdir: Path, options: 
     folders: dict = {}
     out_real = outdir.resolve()
     for k, path in enumerate(paths):
-        _check_place(path, k, paths, seen, out_real, outdir, folders)
+        check_place(path, k, paths, seen, out_real, outdir, folders)
     return layout
 
 
