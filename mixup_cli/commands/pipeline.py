@@ -294,7 +294,8 @@ class _Partial:
 def _run_tasks(request, source: Source, plan: Plan, partial: _Partial, progress: Progress) -> dict:
     """Every task not yet written, on the request's engine."""
     journal, writer, job = partial.journal, partial.writer, partial.job
-    progress.update(resumed_rows(partial))
+    if partial.resumed:
+        progress.update(resumed_rows(partial))
     common = dict(
         skip=frozenset(journal.done),
         on_done=lambda index: journal.task_done(index, writer),
