@@ -5,11 +5,12 @@ local engine or one engine run each (Dask).
 One pass (``write_in_one_pass``): every output's tasks go through one
 ``engines.local.run_outputs``, with one set of threads, buffers and
 read-ahead. The pass opens an output (lock, journal, partial file) when it
-reaches it, and commits it as soon as its rows are written, while the next
-output's rows are mixed and its partners read. At most two outputs are open
-at a time: the one being committed and the one being written. Each commit
-is the single-file run's, so a kill or a stop leaves what one run leaves
-(committed outputs, the open ones resumable or removed).
+reaches it, and commits it as soon as its rows are written and hashed,
+before the next output's rows are mixed (the next output's first partners
+are read meanwhile), so one output has files open at a time. Each commit is
+the single-file run's, so a kill or a stop leaves what one run leaves (the
+outputs before the current one committed, the current one resumable or
+removed).
 
 A run per output (``write_each``): the same steps, one output after the
 other (the Dask engine runs a task graph per output).

@@ -27,7 +27,7 @@ from pathlib import Path
 from mixup_cli.core.errors import InputError, OutputError
 from mixup_cli.record import atomic, provenance
 from mixup_cli.sets.inputs import Part
-from mixup_cli.sets.layout import SetLayout, _resolved
+from mixup_cli.sets.layout import SetLayout, resolved_path
 
 SET_VERSION = 1
 INLINE_INPUTS = 256
@@ -202,7 +202,9 @@ def manifest_inputs(layout: SetLayout) -> list[dict]:
     each (each folder of inputs resolved once: S resolves of the same folder
     cost as much as the rest of a part)."""
     folders: dict[Path, Path] = {}
-    return [dict(entry, path=str(_resolved(s.path, folders))) for entry, s in zip(input_list(layout), layout.shards)]
+    return [
+        dict(entry, path=str(resolved_path(s.path, folders))) for entry, s in zip(input_list(layout), layout.shards)
+    ]
 
 
 def write_manifest(outdir: Path, record: dict) -> Path:
@@ -231,12 +233,12 @@ def write_manifest(outdir: Path, record: dict) -> Path:
 
 
 # The suffix of a record staged under a name of this process's own (``own_name``).
-STAGE_SUFFIX = _STAGE_SUFFIX = ".json.tmp"
+STAGE_SUFFIX = ".json.tmp"
 SCRATCH_SUFFIX = ".scratch.h5"
 
 
 def _stage_name() -> str:
-    return own_name("", _STAGE_SUFFIX)
+    return own_name("", STAGE_SUFFIX)
 
 
 def own_name(tag: str, suffix: str) -> str:
@@ -261,7 +263,7 @@ def remove_stale(outdir: Path) -> None:
     except OSError:
         return
     for entry in entries:
-        suffix = next((x for x in (_STAGE_SUFFIX, SCRATCH_SUFFIX) if entry.name.endswith(x)), None)
+        suffix = next((x for x in (STAGE_SUFFIX, SCRATCH_SUFFIX) if entry.name.endswith(x)), None)
         if suffix is None:
             continue
         who, _, pid = entry.name[len(SET_PREFIX) : -len(suffix)].rpartition(".")

@@ -198,7 +198,7 @@ def inspect_inputs(
         raise ParameterError("a set needs at least one input", "IN")
     out_real = Path(outdir).resolve() if outdir is not None else None
     seen: dict[tuple[int, int], int] = {}
-    folders: dict[Path, Path] = {}  # each folder of inputs resolved once (_resolved)
+    folders: dict[Path, Path] = {}  # each folder of inputs resolved once (resolved_path)
     shards: list[ShardInfo] = []
     first_keys: list[str] | None = None
     row_keys: tuple[str, ...] = ()
@@ -305,14 +305,14 @@ def check_place(
             )
         seen[ident] = k
     if out_real is not None:
-        real = _resolved(path, folders) if st is not None and folders is not None else path.resolve()
+        real = resolved_path(path, folders) if st is not None and folders is not None else path.resolve()
         if real == out_real or real.is_relative_to(out_real):
             raise ParameterError(f"{path}: is inside the output directory {outdir}; choose another OUTDIR", "OUTDIR")
         if out_real.is_relative_to(real):  # a directory input (.npy files, Zarr) would receive outputs
             raise ParameterError(f"{outdir}: is inside the input {path}; choose another OUTDIR", "OUTDIR")
 
 
-def _resolved(path: Path, folders: dict[Path, Path]) -> Path:
+def resolved_path(path: Path, folders: dict[Path, Path]) -> Path:
     """``path.resolve()``, its folder resolved once for all the inputs in it:
     the name of an input that is no symbolic link adds nothing to resolve."""
     if path.name in ("", ".", "..") or os.path.islink(path):
